@@ -1,0 +1,125 @@
+"""Audio file I/O (soundfile) and resampling (torchaudio.functional).
+
+Arrays are float32 ``[C, T]`` (channels first) inside the library; files keep their own
+sample rate, channel count and subtype when written back.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384_000
+
+
+class AudioError(ValueError):
+    """An audio input could not be used: unreadable, empty, or with absurd parameters."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str  # soundfile container, e.g. "WAV"
+    subtype: str  # soundfile subtype, e.g. "PCM_16"
+
+
+def _check_samples(wav: np.ndarray, sr: int, name: str) -> None:
+    if wav.size == 0 or wav.shape[-1] == 0:
+        raise AudioError(f"{name}: the audio is empty (0 samples)")
+    if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
+        raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{name}: the audio contains NaN or Inf samples")
+
+
+def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[np.ndarray, int, AudioInfo]:
+    """Read WAV/FLAC/OGG from a path or from encoded bytes.
+
+    Returns ``(wav [C, T] float32, sample_rate, info)``. Raises :class:`AudioError` naming the
+    file for anything unreadable, empty or non-finite.
+    """
+    if isinstance(source, bytes | bytearray):
+        name = name or "<bytes>"
+        handle = io.BytesIO(source)
+    else:
+        name = name or str(source)
+        handle = str(source)
+    try:
+        with sf.SoundFile(handle) as f:
+            info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
+            data = f.read(dtype="float32", always_2d=True)  # [T, C]
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
+        raise AudioError(f"{name}: cannot read audio ({exc})") from exc
+    wav = np.ascontiguousarray(data.T)  # [C, T]
+    _check_samples(wav, info.sample_rate, name)
+    return wav, info.sample_rate, info
+
+
+def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>") -> None:
+    """Validate in-memory audio the same way files are validated."""
+    _check_samples(wav, sr, name)
+
+
+def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str | None = None) -> bytes:
+    """Encode ``[C, T]`` float audio into file bytes (WAV/FLAC/OGG)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.ascontiguousarray(wav.T), sr, format=format, subtype=subtype)
+    return buf.getvalue()
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: str | None = None,
+                format: str | None = None) -> None:
+    """Write ``[C, T]`` audio atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A crash at any moment leaves either the old file or the new one, never half of one
+    (rename is atomic on POSIX local filesystems; not guaranteed on NFS).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = format or {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower(), "WAV")
+    if subtype is not None and not sf.check_format(fmt, subtype):
+        subtype = None  # e.g. a float subtype asked of FLAC: fall back to the container default
+    data = np.ascontiguousarray(wav.T)
+    if subtype is not None and subtype.startswith("PCM"):
+        data = np.clip(data, -1.0, 1.0)  # integer formats would wrap around otherwise
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            sf.write(fh, data, sr, format=fmt, subtype=subtype)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Resample along the last axis with torchaudio's windowed-sinc resampler."""
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    if orig_sr == new_sr:
+        return x
+    return AF.resample(x, orig_sr, new_sr)
+
+
+def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Crop or zero-pad the last axis to ``length`` samples (resampling can be off by one)."""
+    n = x.shape[-1]
+    if n == length:
+        return x
+    if n > length:
+        return x[..., :length]
+    return torch.nn.functional.pad(x, (0, length - n))

@@ -1,0 +1,125 @@
+"""Checkpoints are plain data: a ``.safetensors`` file of weights whose metadata holds the
+registry name, the config as JSON, the format version and the library versions.
+
+Loading is strict (every key, every shape) and never unpickles. A sha256 of the file can be
+published beside it (``<file>.sha256``) and is then checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import safetensors
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import __version__
+from .models import Autoencoder, build_model, family
+
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, tampered with or incompatible."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | None = None,
+                    write_sha256: bool = True) -> str:
+    """Write ``model`` atomically; returns the file's sha256 (also written to ``<path>.sha256``)."""
+    path = Path(path)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "registry_name": model.registry_name,
+        "config": model.config.to_json(),
+        "audioae_version": __version__,
+        "torch_version": torch.__version__,
+        "safetensors_version": safetensors.__version__,
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = st_save(state, metadata=meta)
+    _atomic_write_bytes(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    if write_sha256:
+        _atomic_write_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
+    return digest
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata header alone (cheap: no weights are read)."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if "registry_name" not in meta or "config" not in meta:
+        raise CheckpointError(f"{path}: safetensors file without audioae metadata (registry_name, config)")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    expected_sha256: str | None = None) -> Autoencoder:
+    """Rebuild the model from its registry name and config, then load every weight strictly.
+
+    The sha256 is checked against ``expected_sha256`` or, when present, ``<path>.sha256``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    data = path.read_bytes()
+    sidecar = path.with_name(path.name + ".sha256")
+    if expected_sha256 is None and sidecar.is_file():
+        expected_sha256 = sidecar.read_text().split()[0]
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise CheckpointError(f"{path}: sha256 mismatch (expected {expected_sha256[:12]}..., "
+                                  f"got {actual[:12]}...): the file was changed or truncated")
+    meta = read_metadata(path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, "
+                              f"this audioae reads {FORMAT_VERSION!r}")
+    try:
+        state = st_load(data)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated weights ({exc})") from exc
+    name = meta["registry_name"]
+    try:
+        config = family(name).config.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
+    model = build_model(name, config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the {name} config: {exc}") from exc
+    return model.to(map_location).eval()
+
+
+def checkpoint_extra(path: str | os.PathLike) -> dict:
+    return json.loads(read_metadata(path).get("extra", "{}"))

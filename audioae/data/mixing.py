@@ -1,0 +1,112 @@
+"""Clean speech and noise, mixed on the fly: random crops, gains and SNRs.
+
+A :class:`Source` yields mono crops at the model's rate either from a folder of audio files
+(loaded once, resampled, kept in memory: the corpora here are tens of minutes) or from the
+synthetic generators. :class:`Mixer` draws ``(clean, noise)`` batches; the model's corruption
+setting decides how they are combined (see :mod:`audioae.train`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import AUDIO_EXTENSIONS, AudioError, read_audio, resample
+from . import synthetic
+
+log = logging.getLogger(__name__)
+
+
+def list_audio(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+def load_folder(folder: str | Path, sr: int, min_seconds: float = 0.25) -> list[np.ndarray]:
+    """Every readable file of ``folder`` (recursive) as mono float32 at ``sr``; unreadable ones are
+    logged and skipped."""
+    clips = []
+    for path in list_audio(folder):
+        try:
+            wav, file_sr, _ = read_audio(path)
+        except AudioError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        mono = resample(wav.mean(0), file_sr, sr).numpy()
+        if len(mono) >= min_seconds * sr:
+            clips.append(mono.astype(np.float32))
+    if not clips:
+        raise ValueError(f"{folder}: no usable audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    return clips
+
+
+class Source:
+    """Random mono crops of ``n`` samples from loaded clips, or from a generator function."""
+
+    def __init__(self, clips: list[np.ndarray] | None = None, generator=None, name: str = ""):
+        if (clips is None) == (generator is None):
+            raise ValueError("give clips or a generator")
+        self.clips, self.generator, self.name = clips, generator, name
+        if clips is not None:
+            lengths = np.array([len(c) for c in clips], dtype=np.float64)
+            self.weights = lengths / lengths.sum()  # long files are drawn proportionally more
+
+    def crop(self, rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+        if self.generator is not None:
+            return self.generator(rng, n / sr, sr)[:n]
+        clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
+        if len(clip) <= n:  # loop short clips
+            clip = np.tile(clip, int(np.ceil(n / len(clip))) + 1)
+        start = int(rng.integers(0, len(clip) - n + 1))
+        return clip[start : start + n]
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    segment_seconds: float = 2.0
+    snr_low: float = -5.0
+    snr_high: float = 20.0
+    gain_db_low: float = -25.0  # level of the mixture's peak
+    gain_db_high: float = -1.0
+    reverb_prob: float = 0.0  # share of clean examples given a synthetic room
+
+
+class Mixer:
+    """Batches of ``(clean [B, T], noise [B, T], snr_db [B])`` drawn with a seeded generator."""
+
+    def __init__(self, speech: Source, noise: Source, sr: int, cfg: MixConfig, seed: int = 0):
+        self.speech, self.noise, self.sr, self.cfg = speech, noise, sr, cfg
+        self.rng = np.random.default_rng(seed)
+
+    def example(self) -> tuple[np.ndarray, np.ndarray, float]:
+        n = int(self.cfg.segment_seconds * self.sr)
+        clean = self.speech.crop(self.rng, n, self.sr).astype(np.float32)
+        if self.cfg.reverb_prob > 0 and self.rng.random() < self.cfg.reverb_prob:
+            clean = synthetic.reverberate(clean, synthetic.synthetic_rir(self.rng, self.sr))
+        noise = self.noise.crop(self.rng, n, self.sr).astype(np.float32)
+        snr = float(self.rng.uniform(self.cfg.snr_low, self.cfg.snr_high))
+        # One gain for the pair so the SNR holds; sets the mixture's rough level.
+        gain = 10 ** (self.rng.uniform(self.cfg.gain_db_low, self.cfg.gain_db_high) / 20)
+        peak = max(np.abs(clean).max(), 1e-4)
+        return clean * gain / peak, noise * gain / peak, snr
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ex = [self.example() for _ in range(batch_size)]
+        clean = torch.from_numpy(np.stack([e[0] for e in ex]))  # [B, T]
+        noise = torch.from_numpy(np.stack([e[1] for e in ex]))  # [B, T]
+        snr = torch.tensor([e[2] for e in ex], dtype=torch.float32)  # [B]
+        return clean, noise, snr
+
+
+def synthetic_speech() -> Source:
+    return Source(generator=synthetic.speech_like, name="synthetic speech")
+
+
+def synthetic_noise() -> Source:
+    return Source(generator=synthetic.noise, name="synthetic noise")

@@ -1,0 +1,238 @@
+"""The pure inference functions shared by the CLI, the server, the batch engines and the
+benchmarks. No file I/O here: arrays in, arrays out.
+
+Length contract: every function returns exactly as many samples as it got, at the caller's sample
+rate and channel count. The model's own rate is internal: we resample in and out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from .audio import AudioError, check_pcm, fit_length, resample
+from .models import SpectralAutoencoder
+from .spectral import StreamingSTFT
+
+# Inputs longer than this go through the chunked path so memory stays bounded.
+OFFLINE_MAX_SECONDS = 120.0
+STREAM_CHUNK_SECONDS = 4.0
+
+
+def _as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
+    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
+    if x.dim() == 1:
+        return x[None], True
+    if x.dim() != 2:
+        raise AudioError(f"audio must be [T] or [C, T], got shape {tuple(x.shape)}")
+    return x, False
+
+
+def _blend(clean: torch.Tensor, noisy: torch.Tensor, strength: float) -> torch.Tensor:
+    """``strength`` 1: the model's output; 0: the input untouched; between: a mix, which caps
+    how much the model may remove (an attenuation limit users ask for)."""
+    if strength >= 1.0:
+        return clean
+    return strength * clean + (1.0 - strength) * noisy
+
+
+def _check_strength(strength: float) -> None:
+    if not (0.0 <= strength <= 1.0) or math.isnan(strength):
+        raise ValueError(f"strength must be within [0, 1], got {strength}")
+
+
+@torch.inference_mode()
+def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
+            max_offline_seconds: float = OFFLINE_MAX_SECONDS) -> np.ndarray:
+    """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
+
+    Each channel is processed separately. Long inputs of a causal model stream through
+    :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
+    are cut into overlapping windows that are cross-faded.
+    """
+    _check_strength(strength)
+    x, squeeze = _as_channels_first(wav)
+    check_pcm(x.numpy() if x.device.type == "cpu" else x.cpu().numpy(), sr)
+    if x.shape[-1] / sr > max_offline_seconds:
+        if model.causal:
+            s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
+            step = int(STREAM_CHUNK_SECONDS * sr)
+            y = torch.cat([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
+        else:
+            y = _denoise_windows(model, x, sr, strength, int(max_offline_seconds * sr))
+    else:
+        y = _denoise_offline(model, x, sr, strength)
+    out = y.cpu().numpy()
+    return out[0] if squeeze else out
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float) -> torch.Tensor:
+    """``x [C, T]`` at ``sr`` -> ``[C, T]``: resample, enhance all channels as a batch, resample back."""
+    msr = model.config.sample_rate
+    dev = _device_of(model)
+    z = resample(x, sr, msr).to(dev)  # [C, T']
+    y, _ = model.enhance(z)  # [C, T']
+    y = fit_length(resample(y.float().cpu(), msr, sr), x.shape[-1])  # [C, T]
+    return _blend(y, x.cpu(), strength)
+
+
+def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float, win: int) -> torch.Tensor:
+    """Non-causal models on long input: windows with 1/8 overlap, linearly cross-faded."""
+    overlap = max(1, win // 8)
+    hop = win - overlap
+    out = torch.zeros_like(x)
+    weight = torch.zeros(x.shape[-1])
+    ramp = torch.linspace(0, 1, overlap + 2)[1:-1]
+    for start in range(0, x.shape[-1], hop):
+        seg = x[:, start : start + win]
+        y = _denoise_offline(model, seg, sr, strength)
+        w = torch.ones(seg.shape[-1])
+        if start > 0:
+            w[: min(overlap, len(w))] = ramp[: min(overlap, len(w))]
+        if start + win < x.shape[-1]:
+            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
+        out[:, start : start + seg.shape[-1]] += y * w
+        weight[start : start + seg.shape[-1]] += w
+        if start + win >= x.shape[-1]:
+            break
+    return out / weight.clamp_min(1e-8)
+
+
+class StreamingResampler:
+    """Resampling chunk by chunk that equals ``torchaudio.functional.resample`` on the whole input.
+
+    Works in blocks of ``orig/g`` input samples (``new/g`` output samples, ``g = gcd``): an output
+    block depends on the input within the sinc kernel's width of its block, so each call resamples
+    a short segment with that much context on both sides and keeps the middle.
+    """
+
+    LOWPASS_WIDTH = 6  # torchaudio's default lowpass_filter_width
+    ROLLOFF = 0.99
+
+    def __init__(self, orig_sr: int, new_sr: int, channels: int):
+        self.orig_sr, self.new_sr = orig_sr, new_sr
+        g = math.gcd(orig_sr, new_sr)
+        self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
+        width = math.ceil(self.LOWPASS_WIDTH * self.bi / (min(self.bi, self.bo) * self.ROLLOFF))
+        self.ctx = math.ceil((width + self.bi) / self.bi)  # context, in blocks, on each side
+        self.buf = torch.zeros(channels, self.ctx * self.bi)  # zeros before the start, as offline
+        self.buf_block = -self.ctx  # block index of buf[..., 0]
+        self.next_block = 0  # first output block not yet produced
+        self.length = 0
+
+    def _run(self, upto_block: int) -> torch.Tensor:
+        if upto_block <= self.next_block:
+            return self.buf.new_zeros(self.buf.shape[0], 0)
+        lo = (self.next_block - self.ctx - self.buf_block) * self.bi
+        hi = (upto_block + self.ctx - self.buf_block) * self.bi
+        seg = self.buf[:, lo:hi]  # [C, n]
+        seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))
+        y = AF.resample(seg, self.orig_sr, self.new_sr)  # [C, n * bo / bi]
+        y = y[:, self.ctx * self.bo : (self.ctx + upto_block - self.next_block) * self.bo]
+        self.next_block = upto_block
+        keep_from = (self.next_block - self.ctx - self.buf_block) * self.bi
+        self.buf = self.buf[:, keep_from:]
+        self.buf_block = self.next_block - self.ctx
+        return y
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        if self.orig_sr == self.new_sr:
+            return x
+        self.length += x.shape[-1]
+        self.buf = torch.cat([self.buf, x], dim=-1)
+        have_blocks = self.buf_block + self.buf.shape[-1] // self.bi
+        return self._run(have_blocks - self.ctx)
+
+    def finish(self) -> torch.Tensor:
+        if self.orig_sr == self.new_sr:
+            return torch.zeros(self.buf.shape[0], 0)
+        total = math.ceil(self.new_sr * self.length / self.orig_sr)
+        produced = self.next_block * self.bo
+        y = self._run(math.ceil(self.length / self.bi) + 1)
+        return y[:, : max(0, total - produced)]
+
+
+class StreamingDenoiser:
+    """Denoise audio chunk by chunk, carrying state between chunks.
+
+    ``push(chunk [C, n])`` returns the cleaned samples that are ready (possibly none);
+    ``finish()`` returns the rest. The concatenation has exactly the input's length and equals
+    :func:`denoise` on the whole input to float tolerance. Needs a causal model.
+    """
+
+    def __init__(self, model: SpectralAutoencoder, sr: int, channels: int = 1, *, strength: float = 1.0):
+        if not model.causal:
+            raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
+        _check_strength(strength)
+        c = model.config
+        self.model, self.sr, self.strength = model, sr, strength
+        self.device = _device_of(model)
+        self.down = StreamingResampler(sr, c.sample_rate, channels)
+        self.up = StreamingResampler(c.sample_rate, sr, channels)
+        self.stft = StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device)
+        self.state = model.stream_init(channels)
+        self.pending_spec: list[torch.Tensor] = []  # frames awaiting the model's output
+        self.dry = torch.zeros(channels, 0)  # input kept for blending, aligned with output
+        self.n_in = 0
+        self.n_out = 0
+
+    def _process(self, frames: torch.Tensor, final: bool) -> torch.Tensor:
+        self.pending_spec.append(frames)
+        spec = torch.cat(self.pending_spec, dim=-1)  # [C, F, n]
+        if frames.shape[-1] == 0 and not final:
+            return self.stft.add_frames(frames)
+        out, self.state = self.model.stream_step(self.model.features(frames), self.state, final)  # [C, F, m]
+        m = out.shape[-1]
+        done, self.pending_spec = spec[..., :m], [spec[..., m:]]
+        return self.stft.add_frames(self.model.estimate_spec(done, out))  # [C, k] at the model rate
+
+    def _output(self, y_model: torch.Tensor, final: bool) -> torch.Tensor:
+        y = self.up.push(y_model.float().cpu())
+        if final:
+            y = torch.cat([y, self.up.finish()], dim=-1)
+        n = y.shape[-1]
+        if final:
+            n = self.n_in - self.n_out  # the resamplers' rounding: crop or pad to the input length
+            y = fit_length(y, n)
+        dry, self.dry = self.dry[:, :n], self.dry[:, n:]
+        self.n_out += n
+        return _blend(y, fit_length(dry, n), self.strength)
+
+    @torch.inference_mode()
+    def push(self, chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x, _ = _as_channels_first(chunk)
+        if x.shape[-1] == 0:
+            return torch.zeros(x.shape[0], 0)
+        self.n_in += x.shape[-1]
+        self.dry = torch.cat([self.dry, x], dim=-1)
+        frames = self.stft.push(self.down.push(x).to(self.device))  # [C, F, m]
+        return self._output(self._process(frames, final=False), final=False)
+
+    @torch.inference_mode()
+    def finish(self) -> torch.Tensor:
+        if self.n_in == 0:
+            raise AudioError("the stream carried no audio")
+        frames = self.stft.push(self.down.finish().to(self.device))
+        frames = torch.cat([frames, self.stft.finish()], dim=-1)
+        y = self._process(frames, final=True)
+        y = torch.cat([y, self.stft.drain()], dim=-1)
+        return self._output(y, final=True)
+
+
+def denoise_stream(model: SpectralAutoencoder, chunks: Iterable[np.ndarray], sr: int, channels: int,
+                   strength: float = 1.0) -> Iterator[np.ndarray]:
+    """Generator form of :class:`StreamingDenoiser` for file readers and RPC streams."""
+    s = StreamingDenoiser(model, sr, channels, strength=strength)
+    for chunk in chunks:
+        y = s.push(chunk)
+        if y.shape[-1]:
+            yield y.numpy()
+    yield s.finish().numpy()

@@ -1,0 +1,64 @@
+"""The explicit model registry: registry name -> (config class, model class)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .base import Autoencoder, AutoencoderConfig, SpectralAutoencoder, SpectralConfig
+from .conv1d import Conv1dAutoencoder, Conv1dConfig
+from .linear import LinearAutoencoder, LinearConfig
+from .recurrent import RecurrentAutoencoder, RecurrentConfig
+
+
+class Family(NamedTuple):
+    config: type[AutoencoderConfig]
+    model: type[Autoencoder]
+    summary: str
+
+
+REGISTRY: dict[str, Family] = {
+    "conv1d": Family(Conv1dConfig, Conv1dAutoencoder, "1D conv over spectrogram frames; 3 unpooling choices"),
+    "recurrent": Family(RecurrentConfig, RecurrentAutoencoder, "GRU/LSTM encoder and decoder; streams"),
+    "linear": Family(LinearConfig, LinearAutoencoder, "one linear layer each way: PCA's subspace"),
+}
+
+
+class UnknownModelError(KeyError):
+    """A registry name that does not exist; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def family(name: str) -> Family:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model family {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+
+
+def make_config(name: str, overrides: dict | None = None) -> AutoencoderConfig:
+    return family(name).config.from_dict(dict(overrides or {}))
+
+
+def build_model(name: str, config: AutoencoderConfig | dict | None = None) -> Autoencoder:
+    """Instantiate a registered family from its config (or a dict of overrides)."""
+    fam = family(name)
+    if config is None or isinstance(config, dict):
+        config = fam.config.from_dict(config or {})
+    if not isinstance(config, fam.config):
+        raise TypeError(f"{name} takes a {fam.config.__name__}, got {type(config).__name__}")
+    return fam.model(config)
+
+
+__all__ = [
+    "REGISTRY",
+    "Autoencoder",
+    "AutoencoderConfig",
+    "SpectralAutoencoder",
+    "SpectralConfig",
+    "UnknownModelError",
+    "build_model",
+    "family",
+    "make_config",
+]

@@ -1,0 +1,238 @@
+"""What every autoencoder shares: the config fields for input, sparsity and corruption, and the
+``encode``/``decode``/``forward`` contract; for spectrogram models also the STFT, the output head
+(mask or magnitude) and streaming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
+from .corruption import CORRUPTIONS
+from .sparsity import PENALTIES, keep_topk, sparsity_penalty
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Fields shared by every family. Subclasses add their architecture."""
+
+    input: str = "spectrogram"  # spectrogram | vector | image
+    code_dim: int = 64  # units per code vector; may exceed the input size (overcomplete)
+    code_activation: str = "relu"  # relu | sigmoid | tanh | none
+    # Sparsity of the code.
+    sparsity: str = "none"  # none | l1 | l2 | kl | topk
+    sparsity_weight: float = 0.0
+    sparsity_target: float = 0.05  # target mean activation for kl
+    topk: int = 0  # units kept per code vector for topk
+    # Corruption seen during training (denoising autoencoder); the target stays clean.
+    corruption: str = "none"  # none | gaussian | patches | mix
+    snr_low: float = -5.0  # dB, for gaussian and mix
+    snr_high: float = 20.0
+    noise_std: float = 0.3  # for gaussian on vector/image inputs
+    patch_fraction: float = 0.15  # share of the input darkened by patches
+    patch_size: tuple[int, int] = (16, 8)  # (frequency bins, frames) or (rows, cols)
+
+    def __post_init__(self):
+        if self.sparsity not in PENALTIES:
+            raise ValueError(f"sparsity must be one of {PENALTIES}, got {self.sparsity!r}")
+        if self.corruption not in CORRUPTIONS:
+            raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {self.corruption!r}")
+        if self.sparsity == "kl" and self.code_activation != "sigmoid":
+            raise ValueError("the kl sparsity penalty needs code_activation='sigmoid' (codes in (0, 1))")
+        if self.sparsity == "topk" and self.topk <= 0:
+            raise ValueError("sparsity='topk' needs topk > 0")
+        if self.code_dim <= 0:
+            raise ValueError("code_dim must be positive")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AutoencoderConfig:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(names)}")
+        kw = {}
+        for k, v in d.items():
+            default = getattr(cls, k, None) if not isinstance(names[k].default, dataclasses._MISSING_TYPE) else None
+            kw[k] = tuple(v) if isinstance(v, list) or isinstance(default, tuple) else v
+        return cls(**kw)
+
+    def replace(self, **changes) -> AutoencoderConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SpectralConfig(AutoencoderConfig):
+    """Spectrogram front end. Sample rate, FFT size and hop live in every audio checkpoint."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512  # 32 ms at 16 kHz
+    hop_length: int = 128  # 8 ms
+    compression: str = "power"  # log | power | none, on magnitudes
+    compression_power: float = 0.3  # for power compression
+    output: str = "mask"  # mask: a [0, 1] gain on the noisy STFT; magnitude: compressed magnitudes
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.output not in ("mask", "magnitude"):
+            raise ValueError(f"output must be mask or magnitude, got {self.output!r}")
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+
+def activate_code(h: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "relu":
+        return torch.relu(h)
+    if kind == "sigmoid":
+        return torch.sigmoid(h)
+    if kind == "tanh":
+        return torch.tanh(h)
+    if kind == "none":
+        return h
+    raise ValueError(f"unknown code_activation {kind!r}; choose relu, sigmoid, tanh or none")
+
+
+class Autoencoder(nn.Module):
+    """Base of every registered model: ``encode(x) -> h``, ``decode(h) -> x̂``, ``forward(x) -> (x̂, h)``."""
+
+    registry_name: str = ""
+    config: AutoencoderConfig
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encode(x)
+        return self.decode(h), h
+
+    def finish_code(self, h: torch.Tensor) -> torch.Tensor:
+        """Code activation, then the top-k constraint when configured."""
+        h = activate_code(h, self.config.code_activation)
+        if self.config.sparsity == "topk":
+            h = keep_topk(h, self.config.topk)
+        return h
+
+    def sparsity_loss(self, h: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.sparsity_weight == 0:
+            return h.new_zeros(())
+        return c.sparsity_weight * sparsity_penalty(h, c.sparsity, c.sparsity_target)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def latency_seconds(self) -> float | None:
+        """Algorithmic latency, or None when the model sees the whole input (non-causal)."""
+        return None
+
+    def describe(self) -> dict:
+        return {
+            "family": self.registry_name,
+            "input": self.config.input,
+            "code_dim": self.config.code_dim,
+            "parameters": self.num_parameters(),
+            "sparsity": self.config.sparsity,
+            "corruption": self.config.corruption,
+            "latency_ms": None if self.latency_seconds is None else round(1000 * self.latency_seconds, 2),
+            "sample_rate": getattr(self.config, "sample_rate", None),
+        }
+
+
+class SpectralAutoencoder(Autoencoder):
+    """An autoencoder over compressed STFT magnitudes ``[B, F, N]``, with a mask or magnitude head.
+
+    Phase: the model estimates magnitudes only; reconstructions reuse the input's (noisy) phase.
+    """
+
+    config: SpectralConfig
+    causal: bool = False
+
+    def __init__(self, config: SpectralConfig):
+        super().__init__()
+        self.config = config
+        self.stft = STFT(config.n_fft, config.hop_length)
+
+    # ---- features and reconstruction -------------------------------------------------------
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        """complex ``[B, F, N]`` -> compressed magnitudes ``[B, F, N]``."""
+        return compress(spec.abs(), self.config.compression, self.config.compression_power)
+
+    def head(self, y: torch.Tensor) -> torch.Tensor:
+        """Raw decoder output -> mask in [0, 1] or compressed magnitude."""
+        return torch.sigmoid(y) if self.config.output == "mask" else y
+
+    def estimate_spec(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Apply the decoder's output to the input STFT ``[B, F, N]``, keeping the input's phase."""
+        if self.config.output == "mask":
+            return apply_mask(spec, out)
+        mag = decompress(out, self.config.compression, self.config.compression_power)
+        return with_magnitude(spec, mag)
+
+    def enhance(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wav [B, T]`` at the model's rate -> ``(wav_hat [B, T], code [B, K, N'])``."""
+        spec = self.stft(wav)  # [B, F, N]
+        out, h = self(self.features(spec))  # [B, F, N], [B, K, N']
+        return self.stft.inverse(self.estimate_spec(spec, out), wav.shape[-1]), h
+
+    # ---- latency and streaming --------------------------------------------------------------
+    @property
+    def lookahead_frames(self) -> int:
+        return 0
+
+    @property
+    def latency_seconds(self) -> float | None:
+        if not self.causal:
+            return None
+        c = self.config
+        return frames_latency_seconds(c.n_fft, c.hop_length, self.lookahead_frames, c.sample_rate)
+
+    def stream_init(self, batch: int):
+        """State for :meth:`stream_step`; only causal models stream."""
+        if not self.causal:
+            raise ValueError(f"{self.registry_name} is not causal; set causal=True to stream")
+        return {"feats": None, "pos": 0}
+
+    def stream_step(self, feats: torch.Tensor, state, final: bool = False):
+        """Feed ``feats [B, F, n]`` new frames; return ``(out [B, F, m], state)`` for the next
+        ``m`` frames whose outputs are final (in order).
+
+        Default: recompute the model over a context buffer long enough to cover its receptive
+        field; exact because a causal model's outputs depend only on that window. Recurrent
+        models override this with their hidden state.
+        """
+        buf = feats if state["feats"] is None else torch.cat([state["feats"], feats], dim=-1)  # [B, F, L]
+        start = state["pos"]  # absolute frame index of buf[..., 0]
+        done = state.get("done", 0)  # frames already emitted
+        block = self.stream_block
+        # An output is final once its whole pooling block has arrived (or the stream has ended).
+        usable = start + buf.shape[-1] if final else ((start + buf.shape[-1]) // block) * block
+        if usable <= done or buf.shape[-1] == 0:
+            return feats.new_zeros(feats.shape[0], feats.shape[1], 0), {"feats": buf, "pos": start, "done": done}
+        out, _ = self(buf)  # [B, F, L]
+        emitted = out[..., done - start : usable - start]
+        # Keep enough past frames, aligned to the pooling block, for the next call.
+        keep_from = max(start, ((usable - self.receptive_field) // block) * block)
+        new_state = {"feats": buf[..., keep_from - start :], "pos": keep_from, "done": usable}
+        return emitted, new_state
+
+    @property
+    def stream_block(self) -> int:
+        return 1
+
+    @property
+    def receptive_field(self) -> int:
+        """Past frames an output can depend on (causal models)."""
+        return 0

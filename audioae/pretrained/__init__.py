@@ -1,0 +1,48 @@
+"""Shipped models. Each ``<name>.safetensors`` has a ``<name>.safetensors.sha256`` (checked on
+load) and a model card ``<name>.md`` saying how it was trained, on what, and what it scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, load_checkpoint, read_metadata
+from ..models import Autoencoder
+
+HERE = Path(__file__).parent
+DEFAULT_DENOISER = "denoiser-small"
+DEFAULT_DECOMPOSER = "decomposer-small"
+
+
+def shipped() -> dict[str, Path]:
+    """Shipped model names -> weight files."""
+    return {p.name.removesuffix(".safetensors"): p for p in sorted(HERE.glob("*.safetensors"))}
+
+
+def resolve(spec: str | None, default: str = DEFAULT_DENOISER) -> Path:
+    """A shipped model name or a path to a ``.safetensors`` checkpoint -> its path."""
+    spec = spec or default
+    models = shipped()
+    if spec in models:
+        return models[spec]
+    path = Path(spec)
+    if path.suffix == ".safetensors" or path.exists():
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        return path
+    names = ", ".join(models) or "(none shipped)"
+    raise CheckpointError(f"unknown model {spec!r}: not a shipped model ({names}) nor a .safetensors path")
+
+
+def load(spec: str | None, default: str = DEFAULT_DENOISER, map_location="cpu") -> Autoencoder:
+    """Load a shipped model by name, or any checkpoint by path."""
+    return load_checkpoint(resolve(spec, default), map_location=map_location)
+
+
+def describe_shipped() -> list[dict]:
+    rows = []
+    for name, path in shipped().items():
+        meta = read_metadata(path)
+        model = load_checkpoint(path)
+        rows.append({"name": name, **model.describe(), "version": meta.get("audioae_version"),
+                     "card": str(path.with_suffix(".md"))})
+    return rows

@@ -1,0 +1,182 @@
+"""The one spectral front end: STFT / iSTFT (torchaudio transforms), compression, masks.
+
+Framing is ``center=True`` with *zero* padding (not reflect) so that the offline transform and the
+streaming one in :class:`StreamingSTFT` produce the same frames: frame ``t`` covers samples
+``[t*hop - n_fft/2, t*hop + n_fft/2)`` of the input, zeros outside it. A signal of ``T`` samples has
+``1 + T // hop`` frames, and :meth:`STFT.inverse` always takes ``length=`` so that length in equals
+length out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+LOG_EPS = 1e-4  # floor of the log compression: about -80 dB below a full-scale bin
+
+
+class STFT(nn.Module):
+    """Complex STFT and its length-exact inverse. The Hann window is a buffer of the transforms."""
+
+    def __init__(self, n_fft: int, hop_length: int):
+        super().__init__()
+        if n_fft % 2 or hop_length > n_fft // 2:
+            raise ValueError(f"need an even n_fft and hop <= n_fft/2, got n_fft={n_fft} hop={hop_length}")
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.spec = torchaudio.transforms.Spectrogram(
+            n_fft=n_fft, hop_length=hop_length, power=None, center=True, pad_mode="constant"
+        )
+        self.ispec = torchaudio.transforms.InverseSpectrogram(n_fft=n_fft, hop_length=hop_length, center=True)
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def num_frames(self, length: int) -> int:
+        return 1 + length // self.hop_length
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [..., T]`` -> complex ``[..., F, N]`` with ``F = n_fft/2+1``, ``N = 1 + T//hop``."""
+        return self.spec(wav)
+
+    def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """complex ``[..., F, N]`` -> ``[..., length]``."""
+        return self.ispec(spec, length=length)
+
+
+def compress(mag: torch.Tensor, kind: str = "power", power: float = 0.3) -> torch.Tensor:
+    """Compress magnitudes so loud and quiet bins weigh alike: ``log(m + eps)`` or ``m ** power``."""
+    if kind == "log":
+        return torch.log(mag + LOG_EPS)
+    if kind == "power":
+        return mag.clamp_min(0).pow(power)
+    if kind == "none":
+        return mag
+    raise ValueError(f"unknown compression {kind!r}; choose log, power or none")
+
+
+def decompress(feat: torch.Tensor, kind: str = "power", power: float = 0.3) -> torch.Tensor:
+    """Inverse of :func:`compress` (clamped to non-negative magnitudes)."""
+    if kind == "log":
+        return (torch.exp(feat) - LOG_EPS).clamp_min(0)
+    if kind == "power":
+        return feat.clamp_min(0).pow(1.0 / power)
+    if kind == "none":
+        return feat.clamp_min(0)
+    raise ValueError(f"unknown compression {kind!r}; choose log, power or none")
+
+
+def apply_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scale a complex spectrogram by a real mask: the result keeps the input's phase."""
+    return spec * mask.to(spec.real.dtype)
+
+
+def with_magnitude(spec: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """A spectrogram with magnitude ``mag`` and the phase of ``spec`` (the noisy phase is reused)."""
+    phase = spec / spec.abs().clamp_min(1e-8)
+    return phase * mag.to(spec.real.dtype)
+
+
+class StreamingSTFT:
+    """Chunk-by-chunk STFT and overlap-add iSTFT equal to :class:`STFT` on the whole signal.
+
+    ``push(samples)`` returns the new complex frames; ``add_frames(frames)`` overlap-adds processed
+    frames (in order) and returns the output samples no later frame can change. ``finish()`` pads
+    the tail exactly as the offline transform does and returns the remaining frames; after the
+    caller has added them, ``drain()`` returns the rest of the output, cropped to the input length.
+    Vectorised over frames (unfold/fold), so large chunks cost what the offline transform costs.
+    """
+
+    def __init__(self, n_fft: int, hop_length: int, batch_shape: tuple[int, ...] = (), device=None):
+        self.n_fft, self.hop = n_fft, hop_length
+        self.pad = n_fft // 2
+        self.device = device
+        self.window = torch.hann_window(n_fft, device=device)
+        self.batch_shape = tuple(batch_shape)
+        self._in = self._zeros(self.pad)  # left zero padding of center=True
+        self._frames_out = 0
+        self._ola = self._zeros(n_fft - hop_length)  # overlap carried into the next frames
+        self._env = torch.zeros(n_fft - hop_length, device=device)
+        self._emitted = -self.pad  # input coordinate of the first sample not yet emitted
+        self._length = 0
+        self._finished = False
+
+    def _zeros(self, n: int) -> torch.Tensor:
+        return torch.zeros(*self.batch_shape, n, device=self.device)
+
+    def _take_frames(self, limit: int | None = None) -> torch.Tensor:
+        m = max(0, (self._in.shape[-1] - self.n_fft) // self.hop + 1)
+        if limit is not None:
+            m = min(m, limit - self._frames_out)
+        frames = self._in[..., : (m - 1) * self.hop + self.n_fft].unfold(-1, self.n_fft, self.hop) if m else None
+        if frames is None:
+            return torch.zeros(*self.batch_shape, self.n_fft // 2 + 1, 0, dtype=torch.complex64, device=self.device)
+        self._in = self._in[..., m * self.hop :]
+        self._frames_out += m
+        return torch.fft.rfft(frames * self.window, dim=-1).transpose(-1, -2)  # [..., F, m]
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        """``samples [..., n]`` -> the new complex frames ``[..., F, m]``."""
+        if self._finished:
+            raise RuntimeError("push after finish")
+        self._length += samples.shape[-1]
+        self._in = torch.cat([self._in, samples.to(self._in.dtype)], dim=-1)
+        return self._take_frames()
+
+    def finish(self) -> torch.Tensor:
+        """Pad the tail with zeros (as ``center=True`` does) and return the last frames."""
+        self._finished = True
+        self._in = torch.cat([self._in, self._zeros(self.pad)], dim=-1)
+        return self._take_frames(limit=1 + self._length // self.hop)
+
+    def add_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Overlap-add processed complex frames ``[..., F, m]``; return the samples now final."""
+        m = frames.shape[-1]
+        if m == 0:
+            return self._zeros(0)
+        segs = torch.fft.irfft(frames.transpose(-1, -2), n=self.n_fft, dim=-1) * self.window  # [..., m, n_fft]
+        span = (m - 1) * self.hop + self.n_fft
+        lead = segs.shape[:-2]
+        y = F.fold(segs.reshape(-1, m, self.n_fft).transpose(1, 2), (1, span), (1, self.n_fft),
+                   stride=(1, self.hop)).reshape(*lead, span)  # [..., span]
+        w2 = (self.window**2)[None, :, None].expand(1, self.n_fft, m)
+        env = F.fold(w2, (1, span), (1, self.n_fft), stride=(1, self.hop)).reshape(span)
+        carried = self._ola.shape[-1]
+        y[..., :carried] += self._ola
+        env[:carried] += self._env
+        # Samples before the next frame's start are final.
+        final = m * self.hop
+        self._ola, self._env = y[..., final:], env[final:]
+        return self._emit(y[..., :final] / env[:final].clamp_min(1e-11))
+
+    def _emit(self, y: torch.Tensor) -> torch.Tensor:
+        start = self._emitted
+        self._emitted += y.shape[-1]
+        lo = max(0, -start)  # drop the left padding region
+        hi = y.shape[-1]
+        if self._finished:
+            hi = max(lo, min(hi, self._length - start))  # and anything past the input's end
+        return y[..., lo:hi]
+
+    def drain(self) -> torch.Tensor:
+        """After ``finish`` and the last ``add_frames``: the remaining output samples."""
+        if not self._finished:
+            raise RuntimeError("drain before finish")
+        n = min(max(0, self._length - self._emitted), self._ola.shape[-1])
+        y = self._ola[..., :n] / self._env[:n].clamp_min(1e-11)
+        self._ola, self._env = self._ola[..., n:], self._env[n:]
+        return self._emit(y)
+
+
+def frames_latency_seconds(n_fft: int, hop_length: int, lookahead_frames: int, sample_rate: int) -> float:
+    """Algorithmic latency: one window plus the model's look-ahead in frames."""
+    return (n_fft + lookahead_frames * hop_length) / sample_rate
+
+
+def next_multiple(n: int, k: int) -> int:
+    return int(math.ceil(n / k) * k)

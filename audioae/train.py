@@ -1,0 +1,412 @@
+"""One training loop for the spectrogram autoencoders (CPU, CUDA with mixed precision, DDP under
+``torchrun``), and :func:`fit_arrays` for in-memory vector/image data (digits, patches).
+
+A run is described by a :class:`RunConfig` read from TOML with ``section.key=value`` overrides::
+
+    [model]
+    name = "recurrent"
+    [model.config]          # fields of the family's config dataclass
+    hidden = 256
+    [data]                  # folders, or synthetic signals when none are given
+    clean_dir = "corpus/train/speech"
+    noise_dir = "corpus/train/noise"
+    [train]
+    steps = 20000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file as st_load_file
+from safetensors.torch import save as st_save
+
+from . import losses
+from .checkpoint import _atomic_write_bytes, load_checkpoint, save_checkpoint
+from .data.mixing import MixConfig, Mixer, Source, load_folder, synthetic_noise, synthetic_speech
+from .metrics import pesq_wb, si_sdr, stoi
+from .models import Autoencoder, SpectralAutoencoder, build_model
+from .models.corruption import add_gaussian, darken_patches, mix_at_snr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    clean_dir: str = ""  # empty: synthetic speech-like signals
+    noise_dir: str = ""  # empty: synthetic noise families
+    val_clean_dir: str = ""  # empty: a fixed seed over the training sources
+    val_noise_dir: str = ""
+    val_examples: int = 24
+    val_seconds: float = 3.0
+    segment_seconds: float = 2.0
+    snr_low: float = -5.0
+    snr_high: float = 20.0
+    reverb_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    grad_clip: float = 5.0
+    spectral_weight: float = 1.0
+    mrstft_weight: float = 0.0
+    sisdr_weight: float = 0.0
+    val_every: int = 250
+    checkpoint_seconds: float = 180.0  # write last.safetensors at least this often
+    out_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads on CPU; 0: leave torch's default
+    metrics: tuple[str, ...] = ("si_sdr", "pesq", "stoi")
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "recurrent"
+    model_config: dict = field(default_factory=dict)
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return {"model": {"name": self.model, "config": dict(self.model_config)},
+                "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
+
+
+def _coerce(value: str):
+    """A CLI override value: TOML syntax when it parses (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _section(cls, values: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"[{cls.__name__}] has no key(s) {unknown}; valid: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a TOML run description and apply ``section.key=value`` overrides
+    (``model.config.hidden=64``, ``train.steps=10``, ``model.name=conv1d``)."""
+    raw: dict = {}
+    if path:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; valid: model, data, train")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _coerce(value.strip())
+    model = raw.get("model", {})
+    return RunConfig(
+        model=model.get("name", "recurrent"),
+        model_config=dict(model.get("config", {})),
+        data=_section(DataConfig, raw.get("data", {})),
+        train=_section(TrainConfig, raw.get("train", {})),
+    )
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU. Asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corruption and loss for one batch
+
+
+def corrupt_batch(model: SpectralAutoencoder, clean: torch.Tensor, noise: torch.Tensor, snr: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the model sees for this batch: ``(noisy waveform [B, T], noisy STFT [B, F, N])``.
+
+    The model config's corruption decides: ``mix`` adds the drawn noise at the drawn SNR,
+    ``gaussian`` white noise at a random SNR, ``patches`` darkens time-frequency patches of the
+    clean STFT, ``none`` passes the clean signal (a plain autoencoder).
+    """
+    c = model.config
+    if c.corruption == "mix":
+        noisy = mix_at_snr(clean, noise, snr)
+    elif c.corruption == "gaussian":
+        noisy = add_gaussian(clean, c.snr_low, c.snr_high, generator)
+    else:
+        noisy = clean
+    spec = model.stft(noisy)  # [B, F, N]
+    if c.corruption == "patches":
+        spec = darken_patches(spec, c.patch_fraction, c.patch_size, generator)
+        noisy = model.stft.inverse(spec, clean.shape[-1])
+    return noisy, spec
+
+
+def batch_loss(model: SpectralAutoencoder, clean: torch.Tensor, noisy_spec: torch.Tensor, tc: TrainConfig,
+               forward=None) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of the configured losses plus the sparsity penalty."""
+    inner = model
+    forward = forward or model
+    feats = inner.features(noisy_spec)  # [B, F, N]
+    out, h = forward(feats)  # [B, F, N], code
+    est_spec = inner.estimate_spec(noisy_spec, out.float())  # [B, F, N]
+    clean_spec = inner.stft(clean)  # [B, F, N]
+    parts = {}
+    total = clean.new_zeros(())
+    cfg = inner.config
+    if tc.spectral_weight:
+        parts["spec"] = losses.spectral_loss(est_spec, clean_spec, cfg.compression, cfg.compression_power)
+        total = total + tc.spectral_weight * parts["spec"]
+    if tc.mrstft_weight or tc.sisdr_weight:
+        est = inner.stft.inverse(est_spec, clean.shape[-1])  # [B, T]
+        if tc.mrstft_weight:
+            parts["mrstft"] = losses.multires_stft_loss(est, clean)
+            total = total + tc.mrstft_weight * parts["mrstft"]
+        if tc.sisdr_weight:
+            parts["sisdr"] = losses.si_sdr_loss(est, clean)
+            total = total + tc.sisdr_weight * parts["sisdr"]
+    sp = inner.sparsity_loss(h.float())
+    if cfg.sparsity_weight:
+        parts["sparsity"] = sp
+    total = total + sp
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources and validation
+
+
+def _sources(data: DataConfig, sr: int, val: bool) -> tuple[Source, Source]:
+    clean_dir = (data.val_clean_dir or data.clean_dir) if val else data.clean_dir
+    noise_dir = (data.val_noise_dir or data.noise_dir) if val else data.noise_dir
+    speech = Source(load_folder(clean_dir, sr), name=clean_dir) if clean_dir else synthetic_speech()
+    noise = Source(load_folder(noise_dir, sr), name=noise_dir) if noise_dir else synthetic_noise()
+    return speech, noise
+
+
+def make_validation_set(model: SpectralAutoencoder, data: DataConfig, sources=None, seed: int = 1234):
+    """A fixed list of ``(clean [T], noise [T], snr)`` examples: same every run and every resume."""
+    speech, noise = sources or _sources(data, model.config.sample_rate, val=True)
+    mix = MixConfig(data.val_seconds, data.snr_low, data.snr_high, reverb_prob=data.reverb_prob)
+    mixer = Mixer(speech, noise, model.config.sample_rate, mix, seed=seed)
+    clean, noise_b, snr = mixer.batch(data.val_examples)
+    return clean, noise_b, snr
+
+
+@torch.inference_mode()
+def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi")) -> dict[str, float]:
+    """Mean metrics of the model's output on the fixed validation set (and of the input)."""
+    model.eval()
+    clean, noise, snr = val_set
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(99)
+    noisy, spec = corrupt_batch(model, clean.to(dev), noise.to(dev), snr.to(dev), gen)
+    out, _ = model(model.features(spec))
+    est = model.stft.inverse(model.estimate_spec(spec, out), clean.shape[-1]).float().cpu()  # [B, T]
+    noisy = noisy.float().cpu()
+    sr = model.config.sample_rate
+    res = {"si_sdr": float(si_sdr(est.double(), clean.double()).mean()),
+           "si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean())}
+    if "pesq" in metrics:
+        res["pesq"] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
+    if "stoi" in metrics:
+        res["stoi"] = float(np.mean([stoi(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
+    model.train()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint and optimizer state (safetensors, never pickle)
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Path) -> None:
+    tensors, meta = {}, {"step": str(step), "best": repr(best)}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    _atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    flat = st_load_file(str(path))
+    sd = opt.state_dict()
+    state: dict = {}
+    for key, v in flat.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return int(meta["step"]), float(meta["best"])
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _maybe_init_distributed(device: torch.device) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
+
+
+def train(run: RunConfig, resume: bool = True) -> dict:
+    """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation SI-SDR),
+    ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``."""
+    tc = run.train
+    device = pick_device(tc.device)
+    started_dist = _maybe_init_distributed(device)
+    rank, world = _dist_info()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = build_model(run.model, run.model_config)
+    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
+        raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
+                         f"{model.config.input!r} trains with fit_arrays (see audioae images)")
+    sr = model.config.sample_rate
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step, best = 0, -math.inf
+    last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
+    if resume and last.is_file() and last_opt.is_file():
+        model.load_state_dict(load_checkpoint(last).state_dict())
+        step, best = _load_optimizer(opt, last_opt)
+        log.info("resumed from %s at step %d", last, step)
+    model.to(device).train()
+    forward = model
+    if world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sources = _sources(run.data, sr, val=False)
+    mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob)
+    # Each rank and each resume draws different examples.
+    mixer = Mixer(*sources, sr, mix, seed=tc.seed * 1000 + rank + 7919 * step)
+    val_set = make_validation_set(model, run.data) if rank == 0 else None
+    use_amp = tc.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if rank == 0:
+        _atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
+
+    bar = None
+    if rank == 0 and tc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    t_last_ckpt = time.monotonic()
+    t0, audio_seconds = time.monotonic(), 0.0
+    history = []
+    while step < tc.steps:
+        clean, noise, snr = mixer.batch(tc.batch_size)
+        clean, noise, snr = clean.to(device), noise.to(device), snr.to(device)
+        with torch.no_grad():
+            _, spec = corrupt_batch(model, clean, noise, snr)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            loss, parts = batch_loss(model, clean, spec, tc, forward=forward)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
+        if bar is not None:
+            rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
+            bar.set_postfix(loss=f"{float(loss):.4f}", audio_s_per_s=f"{rate:.0f}")
+            bar.update(1)
+        if rank != 0:
+            continue
+        record = {"step": step, "loss": float(loss), **parts}
+        if step % tc.val_every == 0 or step == tc.steps:
+            record["val"] = validate(model, val_set, tc.metrics)
+            if record["val"]["si_sdr"] > best:
+                best = record["val"]["si_sdr"]
+                save_checkpoint(model, out / "best.safetensors", {"step": step, "val": record["val"]})
+            log.info("step %d val %s", step, record["val"])
+            if bar is not None:
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
+        if "val" in record or step % 50 == 0:
+            history.append(record)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or step == tc.steps:
+            save_checkpoint(model, last, {"step": step}, write_sha256=False)
+            _save_optimizer(opt, step, best, last_opt)
+            t_last_ckpt = time.monotonic()
+    if bar is not None:
+        bar.close()
+    summary = {"steps": step, "best_val_si_sdr": best, "seconds": time.monotonic() - t0,
+               "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world}
+    if started_dist:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory arrays: vectors and images
+
+
+def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
+               corrupt=None, seed: int = 0, weight_decay: float = 0.0, forward=None) -> list[float]:
+    """Train ``model`` to reconstruct ``x [N, ...]`` with MSE plus its sparsity penalty.
+
+    ``corrupt(batch, generator) -> batch`` makes it a denoising autoencoder: the model sees the
+    corrupted batch and is scored against the clean one. Returns the loss every step.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    forward = forward or model
+    history = []
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
+        target = x[idx]
+        inp = corrupt(target, gen) if corrupt is not None else target
+        out, h = forward(inp)
+        loss = torch.nn.functional.mse_loss(out, target) + model.sparsity_loss(h)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(float(loss))
+    model.eval()
+    return history
