@@ -59,12 +59,16 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     else:
         name = name or str(source)
         handle = str(source)
+        if not os.path.isfile(handle):
+            raise AudioError(f"{name}: no such file")
     try:
         with sf.SoundFile(handle) as f:
             info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
             data = f.read(dtype="float32", always_2d=True)  # [T, C]
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        raise AudioError(f"{name}: cannot read audio ({exc})") from exc
+        # libsndfile's own reason, without the repr of the file object it was handed.
+        reason = getattr(exc, "error_string", None) or str(exc)
+        raise AudioError(f"{name}: cannot read audio ({reason})") from exc
     wav = np.ascontiguousarray(data.T)  # [C, T]
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from .audio import AudioError, check_pcm, fit_length, resample
@@ -75,13 +76,40 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float) -> torch.Tensor:
-    """``x [C, T]`` at ``sr`` -> ``[C, T]``: resample, enhance all channels as a batch, resample back."""
+    """``x [C, T]`` at ``sr`` -> ``[C, T]``: all channels through the model as one batch."""
+    return torch.from_numpy(denoise_batch(model, [(x.cpu().numpy(), sr, strength)])[0])
+
+
+@torch.inference_mode()
+def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int, float]]) -> list[np.ndarray]:
+    """Denoise several clips ``(wav [C, T], sr, strength)`` with one forward pass of the model.
+
+    Per clip: resample to the model's rate, STFT, then the model runs once on the features of all
+    channels of all clips, zero-padded at the end to the longest in frames; mask, iSTFT with the
+    clip's own length, resample back, blend. A causal model's outputs do not depend on what
+    follows, so each result equals the clip denoised alone; a non-causal model takes one clip.
+    """
+    if len(items) > 1 and not model.causal:
+        raise ValueError("only a causal model can batch clips of different lengths (end padding)")
     msr = model.config.sample_rate
     dev = _device_of(model)
-    z = resample(x, sr, msr).to(dev)  # [C, T']
-    y, _ = model.enhance(z)  # [C, T']
-    y = fit_length(resample(y.float().cpu(), msr, sr), x.shape[-1])  # [C, T]
-    return _blend(y, x.cpu(), strength)
+    specs, lengths = [], []
+    for wav, sr, _ in items:
+        z = resample(torch.as_tensor(np.ascontiguousarray(wav), dtype=torch.float32), sr, msr).to(dev)  # [C, T']
+        specs.append(model.stft(z))  # [C, F, N_i]
+        lengths.append(z.shape[-1])
+    n_max = max(s.shape[-1] for s in specs)
+    feats = torch.cat([F.pad(model.features(s), (0, n_max - s.shape[-1])) for s in specs])  # [R, F, N]
+    out, _ = model(feats)  # [R, F, N]
+    results, row = [], 0
+    for (wav, sr, strength), spec, length in zip(items, specs, lengths, strict=True):
+        c, n = spec.shape[0], spec.shape[-1]
+        est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
+        row += c
+        y = model.stft.inverse(est, length)  # [C, T'] at the model's rate
+        y = fit_length(resample(y.float().cpu(), msr, sr), wav.shape[-1])  # [C, T]
+        results.append(_blend(y, torch.as_tensor(wav, dtype=torch.float32), strength).numpy())
+    return results
 
 
 def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float, win: int) -> torch.Tensor:

@@ -22,11 +22,11 @@ import logging
 import math
 import os
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tomllib
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file as st_load_file
@@ -59,6 +59,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
+    max_minutes: float = 0.0  # stop (with a final checkpoint) after this much wall time; 0: no limit
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -334,7 +335,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
+    deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     while step < tc.steps:
+        last_step = step + 1 == tc.steps or _out_of_time(deadline, world)
         clean, noise, snr = mixer.batch(tc.batch_size)
         clean, noise, snr = clean.to(device), noise.to(device), snr.to(device)
         with torch.no_grad():
@@ -354,9 +357,11 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             bar.set_postfix(loss=f"{float(loss):.4f}", audio_s_per_s=f"{rate:.0f}")
             bar.update(1)
         if rank != 0:
+            if last_step:
+                break
             continue
         record = {"step": step, "loss": float(loss), **parts}
-        if step % tc.val_every == 0 or step == tc.steps:
+        if step % tc.val_every == 0 or last_step:
             record["val"] = validate(model, val_set, tc.metrics)
             if record["val"]["si_sdr"] > best:
                 best = record["val"]["si_sdr"]
@@ -368,18 +373,43 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             history.append(record)
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or step == tc.steps:
+        if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
             save_checkpoint(model, last, {"step": step}, write_sha256=False)
             _save_optimizer(opt, step, best, last_opt)
             t_last_ckpt = time.monotonic()
+        if last_step:
+            break
     if bar is not None:
         bar.close()
     summary = {"steps": step, "best_val_si_sdr": best, "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world}
+    if world > 1:
+        summary["replica_max_abs_diff"] = replica_divergence(model)
+        if rank == 0:
+            _atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if started_dist:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _out_of_time(deadline: float, world: int) -> bool:
+    """Whether the wall-time budget is spent; under DDP every rank follows rank 0's clock."""
+    flag = torch.tensor([1.0 if time.monotonic() >= deadline else 0.0])
+    if world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def replica_divergence(model: torch.nn.Module) -> float:
+    """Largest absolute difference between any rank's weights and rank 0's (0.0 when DDP kept the
+    replicas in sync, as it must)."""
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()]).cpu()  # [P]
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    diff = (flat - ref).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,14 +429,16 @@ def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_
     history = []
     model.train()
     for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
-        target = x[idx]
+        if batch_size >= x.shape[0]:
+            target = x  # full-batch gradient descent: what converges tightly on small sets
+        else:
+            target = x[torch.randint(0, x.shape[0], (batch_size,), generator=gen)]
         inp = corrupt(target, gen) if corrupt is not None else target
         out, h = forward(inp)
         loss = torch.nn.functional.mse_loss(out, target) + model.sparsity_loss(h)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     model.eval()
     return history

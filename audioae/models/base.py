@@ -133,6 +133,10 @@ class Autoencoder(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        """A small random input of the right shape for ``forward`` (tests and warm-up)."""
+        raise NotImplementedError
+
     @property
     def latency_seconds(self) -> float | None:
         """Algorithmic latency, or None when the model sees the whole input (non-causal)."""
@@ -164,6 +168,12 @@ class SpectralAutoencoder(Autoencoder):
         super().__init__()
         self.config = config
         self.stft = STFT(config.n_fft, config.hop_length)
+
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        """Compressed magnitudes ``[B, F, 37]`` of random noise (37 frames: odd on purpose)."""
+        g = torch.Generator().manual_seed(seed)
+        wav = 0.1 * torch.randn(batch, 36 * self.config.hop_length, generator=g)  # [B, T]
+        return self.features(self.stft(wav))
 
     # ---- features and reconstruction -------------------------------------------------------
     def features(self, spec: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,11 @@ class LinearAutoencoder(SpectralAutoencoder):
         self.encoder = nn.Linear(d, config.code_dim)
         self.decoder = nn.Linear(config.code_dim, d)
 
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        if self.config.input == "vector":
+            return torch.rand(batch, self.config.input_dim, generator=torch.Generator().manual_seed(seed))
+        return super().example_input(batch, seed)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, D]`` or ``[B, D, N]`` -> ``h [B, K]`` or ``[B, K, N]``."""
         return self.finish_code(self.encoder(x.movedim(1, -1)).movedim(-1, 1))

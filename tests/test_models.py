@@ -1,0 +1,125 @@
+"""Shape, length and round-trip tests over the whole registry."""
+
+import pytest
+import torch
+
+from audioae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from audioae.models import REGISTRY, SpectralAutoencoder, UnknownModelError, build_model
+from audioae.models.conv1d import UNPOOLING
+
+TINY = {
+    "conv1d": {"channels": (24, 16), "code_dim": 8, "n_fft": 128, "hop_length": 32},
+    "recurrent": {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 32},
+    "linear": {"code_dim": 8, "n_fft": 128, "hop_length": 32},
+}
+
+
+def tiny(name: str, **extra):
+    cfg = dict(TINY.get(name, {}))
+    cfg.update(extra)
+    return build_model(name, cfg).eval()
+
+
+def _variants():
+    for name in REGISTRY:
+        if name == "conv1d":
+            for unpool in UNPOOLING:
+                for causal in (False, True):
+                    yield name, {"unpool": unpool, "causal": causal}
+        elif name == "recurrent":
+            for extra in ({}, {"bidirectional": True}, {"cell": "lstm"}):
+                yield name, extra
+        else:
+            yield name, {}
+
+
+VARIANTS = list(_variants())
+
+
+@pytest.mark.parametrize(("name", "extra"), VARIANTS, ids=[f"{n}-{e}" for n, e in VARIANTS])
+@pytest.mark.parametrize("length", [1, 333, 8001])
+def test_output_length_equals_input_length(name, extra, length):
+    model = tiny(name, **extra)
+    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
+        pytest.skip(f"{name} is not an audio model")
+    wav = 0.1 * torch.randn(2, length)
+    with torch.no_grad():
+        y, h = model.enhance(wav)
+    assert y.shape == wav.shape
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_save_load_round_trip_gives_same_outputs(name, tmp_path):
+    model = tiny(name)
+    x = model.example_input(2)
+    path = tmp_path / f"{name}.safetensors"
+    save_checkpoint(model, path)
+    loaded = load_checkpoint(path)
+    assert type(loaded) is type(model)
+    assert loaded.config == model.config
+    with torch.no_grad():
+        out_a, h_a = model(x)
+        out_b, h_b = loaded(x)
+    assert torch.equal(out_a, out_b)
+    assert torch.equal(h_a, h_b)
+
+
+def test_tampered_checkpoint_fails_clearly(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny("recurrent"), path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip a weight byte: sha256 must catch it
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_fails_clearly(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny("recurrent"), path, write_sha256=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated|not a readable"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_with_wrong_shapes_fails_strictly(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny("linear")
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(model, path, write_sha256=False)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder")}
+    save_file(state, str(path), metadata=meta)  # a key missing
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(path)
+
+
+def test_unknown_family_lists_valid_names():
+    with pytest.raises(UnknownModelError, match="registered: .*conv1d"):
+        build_model("transformer")
+
+
+def test_unknown_config_field_is_rejected():
+    with pytest.raises(ValueError, match="no field"):
+        build_model("recurrent", {"hiddden": 3})
+
+
+def test_every_model_reports_parameters_and_latency():
+    causal = tiny("recurrent")
+    assert causal.num_parameters() > 0
+    assert causal.latency_seconds == pytest.approx((128) / 16000)
+    conv = tiny("conv1d", causal=True)
+    assert conv.lookahead_frames == 3  # two pooling levels: a block of 4 frames
+    assert tiny("conv1d").latency_seconds is None
+
+
+def test_maxunpool_decode_needs_indices():
+    model = tiny("conv1d", unpool="maxunpool")
+    h = model.encode(model.example_input())
+    with pytest.raises(ValueError, match="pooling indices"):
+        model.decode(h)

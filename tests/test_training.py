@@ -1,0 +1,91 @@
+"""Learning tests on tiny problems: PCA, unpooling, denoising, sparsity."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import subspace_angles
+from sklearn.decomposition import PCA
+
+from audioae.data import synthetic
+from audioae.data.digits import load_digits_tensors
+from audioae.metrics import si_sdr
+from audioae.models import build_model
+from audioae.models.conv1d import UNPOOLING
+from audioae.models.sparsity import fraction_near_zero, hoyer_sparsity
+from audioae.train import TrainConfig, batch_loss, corrupt_batch, fit_arrays
+
+
+def test_linear_autoencoder_spans_pca_subspace_on_digits():
+    x, _ = load_digits_tensors()  # [1797, 64]
+    k = 8
+    torch.manual_seed(0)
+    model = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": k})
+    fit_arrays(model, x, steps=2000, batch_size=len(x), lr=1e-2)
+    with torch.no_grad():
+        recon, _ = model(x)
+    ae_mse = float((recon - x).pow(2).mean())
+
+    pca = PCA(k).fit(x.numpy())
+    pca_recon = pca.inverse_transform(pca.transform(x.numpy()))
+    pca_mse = float(((pca_recon - x.numpy()) ** 2).mean())
+    # The decoder's columns span the learned subspace; compare with the top-k principal axes.
+    angles = np.degrees(subspace_angles(model.decoder.weight.detach().numpy(), pca.components_.T))
+    assert angles.max() < 10.0, f"largest principal angle {angles.max():.1f} deg"
+    assert ae_mse <= 1.05 * pca_mse, f"AE MSE {ae_mse:.5f} vs PCA {pca_mse:.5f}"
+
+
+def _spectrogram_batch(n_fft=64, examples=8, seconds=0.5, sr=8000):
+    rng = np.random.default_rng(0)
+    wav = torch.from_numpy(np.stack([synthetic.speech_like(rng, seconds, sr) for _ in range(examples)]))
+    return wav
+
+
+@pytest.mark.parametrize("unpool", UNPOOLING)
+def test_each_unpooling_choice_trains(unpool):
+    torch.manual_seed(0)
+    model = build_model("conv1d", {"unpool": unpool, "channels": (32, 32), "code_dim": 16, "n_fft": 64,
+                                   "hop_length": 16, "sample_rate": 8000, "output": "magnitude",
+                                   "code_activation": "none"})
+    feats = model.features(model.stft(_spectrogram_batch()))  # [8, 33, N]
+    history = fit_arrays(model, feats, steps=400, batch_size=8, lr=3e-3)
+    first, last = np.mean(history[:5]), np.mean(history[-5:])
+    assert last < first / 10, f"{unpool}: loss {first:.4f} -> {last:.4f}"
+
+
+def test_denoising_model_overfits_one_batch():
+    torch.manual_seed(0)
+    sr = 8000
+    model = build_model("conv1d", {"channels": (64,), "code_dim": 64, "kernel_size": 5, "n_fft": 256,
+                                   "hop_length": 64, "sample_rate": sr, "corruption": "mix"})
+    rng = np.random.default_rng(1)
+    clean = torch.from_numpy(np.stack([synthetic.speech_like(rng, 1.0, sr) for _ in range(4)]))  # [4, T]
+    noise = torch.from_numpy(np.stack([synthetic.colored_noise(rng, 1.0, sr, 1.0) for _ in range(4)]))
+    noisy, spec = corrupt_batch(model, clean, noise, torch.full((4,), -5.0))  # pink noise at -5 dB
+    tc = TrainConfig(spectral_weight=1.0, sisdr_weight=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss, _ = batch_loss(model, clean, spec, tc)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out, _ = model(model.features(spec))
+        est = model.stft.inverse(model.estimate_spec(spec, out), clean.shape[-1])
+    gain = float((si_sdr(est, clean) - si_sdr(noisy, clean)).mean())
+    assert gain >= 10.0, f"SI-SDR improvement {gain:.1f} dB"
+
+
+def test_sparsity_penalty_makes_codes_sparser():
+    x, _ = load_digits_tensors()
+    codes = {}
+    for penalty, weight in (("none", 0.0), ("l1", 0.05)):
+        torch.manual_seed(0)
+        model = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 128,
+                                       "code_activation": "relu", "sparsity": penalty,
+                                       "sparsity_weight": weight})
+        fit_arrays(model, x, steps=1500, batch_size=256, lr=3e-3)
+        with torch.no_grad():
+            codes[penalty] = model.encode(x)
+    assert hoyer_sparsity(codes["l1"]) > hoyer_sparsity(codes["none"]) + 0.1
+    assert fraction_near_zero(codes["l1"]) > fraction_near_zero(codes["none"])
