@@ -1,0 +1,532 @@
+"""Python client for the audioae gRPC service, and the wire codec both sides share.
+
+The codec turns arrays into the messages of ``proto/audioae/v1/audioae.proto`` and back:
+audio as a whole encoded file or as little-endian PCM (``[C, T]`` float32 inside, interleaved
+``[T, C]`` on the wire), tensors as shape + KServe datatype + raw little-endian row-major bytes.
+Decoding validates everything (whole frames, finite samples, sane rates, byte counts) and raises
+:class:`~audioae.audio.AudioError` or ``ValueError`` with a message meant for a person; the
+server turns those into INVALID_ARGUMENT.
+
+Typical use::
+
+    from audioae.client import Client
+    with Client("127.0.0.1:50051") as c:
+        c.denoise_file("noisy.wav", "clean.wav")
+        print(c.list_models())
+
+RPC failures surface as ``grpc.RpcError`` (``.code()``, ``.details()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .audio import MIN_SAMPLE_RATE, AudioError, check_pcm, encode_audio, read_audio
+
+MAX_CHANNELS = 64
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MESSAGE_MB = 64
+
+# KServe v2 datatypes <-> little-endian numpy dtypes.
+DATATYPES: dict[str, str] = {
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "FP16": "<f2",
+    "INT64": "<i8",
+    "INT32": "<i4",
+    "INT16": "<i2",
+    "INT8": "i1",
+    "UINT8": "u1",
+    "BOOL": "?",
+}
+
+
+def _pb():
+    from .v1 import audioae_pb2
+
+    return audioae_pb2
+
+
+# ---- codec: PCM and encoded audio ----------------------------------------------------------------
+@dataclass(frozen=True)
+class AudioForm:
+    """How a piece of audio arrived, so the answer can go back the same way."""
+
+    kind: str  # "encoded" | "pcm"
+    sample_rate: int
+    channels: int
+    format: str = ""  # encoded: soundfile container, e.g. "WAV"
+    subtype: str = ""  # encoded: soundfile subtype, e.g. "PCM_16"
+    pcm_format: int = 0  # pcm: SampleFormat value
+
+
+def _pcm_dtype(fmt: int) -> tuple[str, str]:
+    pb = _pb()
+    if fmt == pb.INT16:
+        return "<i2", "int16"
+    if fmt == pb.FLOAT32:
+        return "<f4", "float32"
+    name = pb.SampleFormat.Name(fmt) if fmt in pb.SampleFormat.values() else str(fmt)
+    raise AudioError(f"PCM sample format must be INT16 or FLOAT32, got {name}")
+
+
+def pcm_bytes_to_array(data: bytes, fmt: int, channels: int, name: str = "PCM audio") -> np.ndarray:
+    """Interleaved little-endian bytes -> ``[C, T]`` float32; raises :class:`AudioError`."""
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{name}: channels must be within 1..{MAX_CHANNELS}, got {channels}")
+    dtype, label = _pcm_dtype(fmt)
+    frame = np.dtype(dtype).itemsize * channels
+    if len(data) % frame:
+        raise AudioError(
+            f"{name}: {len(data)} bytes is not a whole number of {channels}-channel {label} "
+            f"frames ({frame} bytes each)"
+        )
+    x = np.frombuffer(data, dtype=dtype).reshape(-1, channels).T  # [C, T]
+    if label == "int16":
+        return (x.astype(np.float32) / 32768.0).astype(np.float32)
+    return np.array(x, dtype=np.float32, order="C")  # a writable copy: the buffer belongs to the message
+
+
+def array_to_pcm_bytes(wav: np.ndarray, fmt: int) -> bytes:
+    """``[C, T]`` float -> interleaved little-endian bytes (int16 is clipped, not wrapped)."""
+    dtype, label = _pcm_dtype(fmt)
+    x = np.asarray(wav, dtype=np.float32).T  # [T, C]
+    if label == "int16":
+        x = np.clip(np.round(x * 32768.0), -32768, 32767)
+    return np.ascontiguousarray(x.astype(dtype)).tobytes()
+
+
+def pcm_message(wav: np.ndarray, sr: int, fmt: str | int = "float32"):
+    """``[C, T]`` (or ``[T]``) float audio -> ``Pcm`` message."""
+    pb = _pb()
+    code = fmt if isinstance(fmt, int) else {"int16": pb.INT16, "float32": pb.FLOAT32}[fmt]
+    x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T]
+    return pb.Pcm(data=array_to_pcm_bytes(x, code), format=code, sample_rate=int(sr), channels=x.shape[0])
+
+
+def audio_from_message(audio, name: str = "audio") -> tuple[np.ndarray, int, AudioForm]:
+    """``Audio`` message -> ``(wav [C, T] float32, sample_rate, form)``; validates it all."""
+    which = audio.WhichOneof("data") if audio is not None else None
+    if which == "encoded":
+        try:
+            wav, sr, info = read_audio(bytes(audio.encoded), name=name)
+        except AudioError as exc:  # soundfile names the BytesIO object; a person needs none of that
+            raise AudioError(
+                re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", str(exc))
+            ) from None
+        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype)
+    if which == "pcm":
+        p = audio.pcm
+        wav = pcm_bytes_to_array(p.data, p.format, p.channels, name)
+        check_pcm(wav, p.sample_rate, name)
+        return wav, p.sample_rate, AudioForm("pcm", p.sample_rate, p.channels, pcm_format=p.format)
+    raise AudioError(f"{name}: no audio given (set either encoded file bytes or pcm)")
+
+
+def audio_message(wav: np.ndarray, form: AudioForm):
+    """``[C, T]`` float audio -> ``Audio`` message in the same form the input came in."""
+    pb = _pb()
+    if form.kind == "pcm":
+        return pb.Audio(pcm=pcm_message(wav, form.sample_rate, form.pcm_format))
+    fmt, subtype = form.format, form.subtype or None
+    if subtype is not None and not sf.check_format(fmt, subtype):
+        subtype = None
+    x = np.asarray(wav, dtype=np.float32)
+    if subtype is None or subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
+        x = np.clip(x, -1.0, 1.0)  # integer formats would wrap around otherwise
+    return pb.Audio(encoded=encode_audio(x, form.sample_rate, format=fmt, subtype=subtype))
+
+
+def pcm_seconds(audio) -> float | None:
+    """Duration of an ``Audio`` message without decoding it (None when unknown or malformed)."""
+    which = audio.WhichOneof("data")
+    if which == "pcm":
+        p = audio.pcm
+        width = {_pb().INT16: 2, _pb().FLOAT32: 4}.get(p.format)
+        if not width or p.channels <= 0 or p.sample_rate < MIN_SAMPLE_RATE:  # the full decode says why
+            return None
+        return len(p.data) / (width * p.channels) / p.sample_rate
+    if which == "encoded":
+        try:
+            info = sf.info(io.BytesIO(bytes(audio.encoded)))
+        except Exception:  # malformed containers are reported by the full decode
+            return None
+        return info.frames / info.samplerate if info.samplerate > 0 else None
+    return None
+
+
+# ---- codec: tensors -----------------------------------------------------------------------------
+def tensor_message(x: np.ndarray):
+    """Array -> ``Tensor`` message (row-major, little-endian)."""
+    pb = _pb()
+    a = np.asarray(x)
+    for name, dt in DATATYPES.items():
+        if np.dtype(dt) == a.dtype.newbyteorder("<") or (a.dtype == np.dtype(dt)):
+            return pb.Tensor(
+                shape=list(a.shape),
+                datatype=name,
+                data=np.ascontiguousarray(a.astype(np.dtype(dt), copy=False)).tobytes(),
+            )
+    raise ValueError(f"cannot send arrays of dtype {a.dtype}; use one of {sorted(DATATYPES)}")
+
+
+def array_from_tensor(t, name: str = "tensor") -> np.ndarray:
+    """``Tensor`` message -> array; raises ``ValueError`` on a bad datatype, shape or byte count."""
+    if t.datatype not in DATATYPES:
+        raise ValueError(f"{name}: datatype {t.datatype!r} is not one of {', '.join(DATATYPES)}")
+    shape = tuple(int(s) for s in t.shape)
+    if not shape or any(s < 0 for s in shape):
+        raise ValueError(f"{name}: shape {list(shape)} must have at least one dimension, none negative")
+    dtype = np.dtype(DATATYPES[t.datatype])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(t.data) != expected:
+        raise ValueError(
+            f"{name}: {len(t.data)} bytes of data, but shape {list(shape)} of {t.datatype} needs {expected}"
+        )
+    return np.frombuffer(t.data, dtype=dtype).reshape(shape).copy()  # writable, owns its memory
+
+
+# ---- results ------------------------------------------------------------------------------------
+@dataclass
+class DecomposeResult:
+    """What ``Decompose`` returned; waveforms are ``None`` unless components were requested."""
+
+    model: str
+    activations: np.ndarray  # [U, N]
+    frame_rate: float
+    labels: list[str]
+    units: list[list[int]]
+    energy_share: np.ndarray  # [K]
+    components: np.ndarray | None = None  # [K, C, T]
+    residual: np.ndarray | None = None  # [C, T]
+    sample_rate: int = 0
+
+    def summary(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("activations", "components", "residual"):
+            d.pop(k)
+        d["energy_share"] = [round(float(e), 6) for e in self.energy_share]
+        d["activations_shape"] = list(self.activations.shape)
+        return d
+
+
+# ---- the client ---------------------------------------------------------------------------------
+class Client:
+    """A connection to an audioae server.
+
+    ``token``: bearer token sent as ``authorization`` metadata. ``tls_ca``: PEM file (or bytes) of
+    the CA that signed the server's certificate; enables TLS. ``timeout``: per-call deadline in
+    seconds (None: no deadline).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        tls_ca: str | os.PathLike | bytes | None = None,
+        tls_server_name: str | None = None,
+        timeout: float | None = None,
+        max_message_mb: int = DEFAULT_MESSAGE_MB,
+    ):
+        import grpc
+
+        from .v1 import audioae_pb2_grpc
+
+        size = int(max_message_mb * 1024 * 1024)
+        options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+        if tls_ca is not None:
+            ca = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self.channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates=ca), options
+            )
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+        self.stub = audioae_pb2_grpc.AudioAEStub(self.channel)
+        self.target = target
+        self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _kw(self, timeout: float | None) -> dict:
+        t = self.timeout if timeout is None else timeout
+        return {"metadata": self.metadata, "timeout": t}
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects (raises ``grpc.FutureTimeoutError``)."""
+        import grpc
+
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # -- denoise ----------------------------------------------------------------------------------
+    def denoise(
+        self,
+        wav: np.ndarray,
+        sr: int,
+        *,
+        model: str = "",
+        strength: float | None = None,
+        pcm_format: str = "float32",
+        timeout: float | None = None,
+    ) -> np.ndarray:
+        """``wav [T]`` or ``[C, T]`` at ``sr`` -> the same shape, denoised (sent as raw PCM)."""
+        pb = _pb()
+        x = np.asarray(wav, dtype=np.float32)
+        req = pb.DenoiseRequest(
+            model=model, audio=pb.Audio(pcm=pcm_message(np.atleast_2d(x), sr, pcm_format))
+        )
+        if strength is not None:
+            req.strength = strength
+        resp = self.stub.Denoise(req, **self._kw(timeout))
+        y, _, _ = audio_from_message(resp.audio, "response")
+        return y[0] if x.ndim == 1 else y
+
+    def denoise_bytes(
+        self, data: bytes, *, model: str = "", strength: float | None = None, timeout: float | None = None
+    ):
+        """Encoded file bytes -> the ``DenoiseResponse`` (its audio in the same container)."""
+        pb = _pb()
+        req = pb.DenoiseRequest(model=model, audio=pb.Audio(encoded=data))
+        if strength is not None:
+            req.strength = strength
+        return self.stub.Denoise(req, **self._kw(timeout))
+
+    def denoise_file(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        *,
+        model: str = "",
+        strength: float | None = None,
+        timeout: float | None = None,
+    ) -> dict:
+        """Denoise a file into ``dst`` (atomic write) at its own rate, channels and length."""
+        src, dst = Path(src), Path(dst)
+        resp = self.denoise_bytes(src.read_bytes(), model=model, strength=strength, timeout=timeout)
+        data = resp.audio.encoded
+        if dst.suffix.lower() == src.suffix.lower():
+            _atomic_write(dst, data)
+        else:  # another container asked for: transcode, keeping the sample subtype where possible
+            from .audio import write_audio
+
+            wav, sr, info = read_audio(data, name="response")
+            write_audio(dst, wav, sr, subtype=info.subtype)
+        return {
+            "model": resp.model,
+            "queue_ms": round(resp.queue_ms, 2),
+            "compute_ms": round(resp.compute_ms, 2),
+            "batch_size": resp.batch_size,
+            "output": str(dst),
+        }
+
+    # -- streaming --------------------------------------------------------------------------------
+    def stream(
+        self,
+        chunks: Iterable[np.ndarray],
+        sr: int,
+        channels: int,
+        *,
+        model: str = "",
+        strength: float | None = None,
+        pcm_format: str = "float32",
+        timeout: float | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Send ``[C, n]`` chunks, yield cleaned ``[C, m]`` chunks as the server returns them.
+
+        The concatenated output has exactly the input's length.
+        """
+        pb = _pb()
+        code = {"int16": pb.INT16, "float32": pb.FLOAT32}[pcm_format]
+        config = pb.StreamConfig(model=model, sample_rate=int(sr), channels=int(channels), format=code)
+        if strength is not None:
+            config.strength = strength
+
+        def requests():
+            yield pb.StreamDenoiseRequest(config=config)
+            for chunk in chunks:
+                c = np.atleast_2d(np.asarray(chunk, dtype=np.float32))  # [C, n]
+                yield pb.StreamDenoiseRequest(audio=array_to_pcm_bytes(c, code))
+
+        for resp in self.stub.StreamDenoise(requests(), **self._kw(timeout)):
+            if resp.audio:
+                yield pcm_bytes_to_array(resp.audio, code, channels, "response")
+
+    def stream_file(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        *,
+        chunk_ms: float = 100.0,
+        model: str = "",
+        strength: float | None = None,
+        timeout: float | None = None,
+    ) -> dict:
+        """Stream a file through ``StreamDenoise`` in ``chunk_ms`` chunks, writing ``dst``
+        progressively (temp file in the same folder, renamed at the end)."""
+        src, dst = Path(src), Path(dst)
+        try:
+            info = sf.info(str(src))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"{src}: cannot read audio ({exc})") from exc
+        block = max(1, int(info.samplerate * chunk_ms / 1000))
+        chunks = (b.T for b in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True))
+        fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(dst.suffix.lower(), "WAV")
+        subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+        n = 0
+        try:
+            with (
+                os.fdopen(fd, "wb") as fh,
+                sf.SoundFile(fh, "w", info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
+            ):
+                for y in self.stream(
+                    chunks, info.samplerate, info.channels, model=model, strength=strength, timeout=timeout
+                ):
+                    out.write(np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
+                    n += y.shape[-1]
+            os.replace(tmp, dst)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}
+
+    # -- decompose --------------------------------------------------------------------------------
+    def decompose(
+        self,
+        audio: np.ndarray | bytes,
+        sr: int | None = None,
+        *,
+        model: str = "",
+        top_k: int = 0,
+        group: str = "",
+        components: bool = False,
+        timeout: float | None = None,
+    ) -> DecomposeResult:
+        """Decompose ``[C, T]`` float audio at ``sr`` (or encoded file bytes)."""
+        pb = _pb()
+        if isinstance(audio, bytes | bytearray):
+            msg = pb.Audio(encoded=bytes(audio))
+        else:
+            if sr is None:
+                raise ValueError("decompose of an array needs its sample rate")
+            msg = pb.Audio(pcm=pcm_message(np.atleast_2d(np.asarray(audio, np.float32)), sr, "float32"))
+        req = pb.DecomposeRequest(
+            model=model, audio=msg, top_k=top_k, group=group, return_components=components
+        )
+        resp = self.stub.Decompose(req, **self._kw(timeout))
+        comps, residual, rate = None, None, 0
+        if components and resp.components:
+            waves = [audio_from_message(c.audio, f"component {c.label}") for c in resp.components]
+            comps = np.stack([w for w, _, _ in waves])  # [K, C, T]
+            residual, rate, _ = audio_from_message(resp.residual, "residual")
+        return DecomposeResult(
+            model=resp.model,
+            activations=array_from_tensor(resp.activations, "activations"),
+            frame_rate=resp.frame_rate,
+            labels=[c.label for c in resp.components],
+            units=[list(c.units) for c in resp.components],
+            energy_share=np.array([c.energy_share for c in resp.components], np.float64),
+            components=comps,
+            residual=residual,
+            sample_rate=rate,
+        )
+
+    # -- encode / decode --------------------------------------------------------------------------
+    def encode(self, x: np.ndarray, *, model: str, timeout: float | None = None) -> np.ndarray:
+        """The model's input tensor (spectrogram models: features ``[B, F, N]``) -> code."""
+        resp = self.stub.Encode(
+            _pb().EncodeRequest(model=model, tensor=tensor_message(x)), **self._kw(timeout)
+        )
+        return array_from_tensor(resp.code, "code")
+
+    def encode_audio(
+        self, wav: np.ndarray, sr: int, *, model: str, timeout: float | None = None
+    ) -> np.ndarray:
+        """``[C, T]`` audio -> code ``[C, K, N]`` of a spectrogram model (channels as the batch)."""
+        pb = _pb()
+        msg = pb.Audio(pcm=pcm_message(np.atleast_2d(np.asarray(wav, np.float32)), sr, "float32"))
+        resp = self.stub.Encode(pb.EncodeRequest(model=model, audio=msg), **self._kw(timeout))
+        return array_from_tensor(resp.code, "code")
+
+    def decode(self, h: np.ndarray, *, model: str, timeout: float | None = None) -> np.ndarray:
+        resp = self.stub.Decode(_pb().DecodeRequest(model=model, code=tensor_message(h)), **self._kw(timeout))
+        return array_from_tensor(resp.output, "output")
+
+    # -- models and health ------------------------------------------------------------------------
+    def list_models(self, timeout: float | None = None) -> dict:
+        from google.protobuf.json_format import MessageToDict
+
+        resp = self.stub.ListModels(_pb().ListModelsRequest(), **self._kw(timeout))
+        return MessageToDict(
+            resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+
+    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        """``grpc.health.v1`` status name: SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=self.metadata
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``activations.npy``, ``decomposition.json`` and, when present, one WAV per component
+    plus ``residual.wav`` into ``out_dir`` (each written atomically)."""
+    import json
+
+    from .audio import write_audio
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, result.activations)
+    written = [out / "activations.npy"]
+    _atomic_write(written[0], buf.getvalue())
+    if result.components is not None:
+        for i, (label, wav) in enumerate(zip(result.labels, result.components, strict=True)):
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:40]
+            path = out / f"component_{i:02d}_{safe}.wav"
+            write_audio(path, wav, result.sample_rate, subtype="FLOAT")
+            written.append(path)
+        write_audio(out / "residual.wav", result.residual, result.sample_rate, subtype="FLOAT")
+        written.append(out / "residual.wav")
+    meta = out / "decomposition.json"
+    _atomic_write(meta, (json.dumps(result.summary(), indent=2) + "\n").encode())
+    written.append(meta)
+    return written

@@ -1,0 +1,159 @@
+"""The server's life: bind (health NOT_SERVING) -> load and warm up the models (SERVING) ->
+serve -> on SIGTERM drain (NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish) -> exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from audioae.enhance import denoise_batch
+from audioae.train import pick_device
+from audioae.v1 import audioae_pb2, audioae_pb2_grpc
+
+from .auth import TokenAuth, read_tokens
+from .batcher import Batcher
+from .config import ServerConfig
+from .lifecycle import Gate
+from .metrics import Metrics
+from .servicer import AudioAEServicer
+from .store import ModelStore
+
+log = logging.getLogger(__name__)
+SERVICE = audioae_pb2.DESCRIPTOR.services_by_name["AudioAE"].full_name  # "audioae.v1.AudioAE"
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class AudioServer:
+    """One gRPC server. ``start()`` binds and answers health (NOT_SERVING) at once; ``load()``
+    loads and warms the models, then reports SERVING; ``drain()`` shuts down gracefully."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
+        self.device = pick_device(config.device)
+        self.metrics = Metrics()
+        self.gate = Gate()
+        self.batcher = Batcher(self.metrics, config.max_queue, config.max_delay_ms, config.max_batch_seconds)
+        self.health = health.HealthServicer()
+        self.store: ModelStore | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        # Registered before the models load so that the port answers at once; until load() gives
+        # it a model store, the gate answers every call UNAVAILABLE.
+        self.servicer = AudioAEServicer(None, self.batcher, self.metrics, self.gate, config)
+        tokens = read_tokens(config.token_file) if config.token_file else None
+        interceptors = [TokenAuth(tokens, self.metrics)] if tokens else []
+        # Threads: every queued request and every stream holds one while it waits; the rest answer
+        # health and refusals. Calls beyond that get RESOURCE_EXHAUSTED from gRPC itself.
+        workers = 2 * config.max_queue + config.max_streams + 8
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audioae-rpc"),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_send_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=workers,
+        )
+        audioae_pb2_grpc.add_AudioAEServicer_to_server(self.servicer, self.server)
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> int:
+        """Bind and start answering (health NOT_SERVING, other calls UNAVAILABLE); returns the port."""
+        c = self.config
+        for name in ("", SERVICE):
+            self.health.set(name, NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
+        address = f"{c.host}:{c.port}"
+        if c.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {address} (in use, or not an address of this machine)")
+        self.server.start()
+        if c.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(c.host, c.metrics_port)
+        log.debug("listening on %s:%d (%s)", c.host, self.port, "TLS" if c.tls_cert else "plaintext")
+        return self.port
+
+    def load(self) -> None:
+        """Load and warm up the models, then report SERVING."""
+        self.store = ModelStore(self.config.models, self.device)
+        self.store.warm_up(batch_fn=denoise_batch)
+        self.servicer.store = self.store
+        self.batcher.start()
+        self.gate.set_serving()
+        for name in ("", SERVICE):
+            self.health.set(name, SERVING)
+        log.debug("serving %s on %s", ", ".join(self.store.models), self.device)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """NOT_SERVING; new calls UNAVAILABLE; wait for in-flight calls (up to ``timeout``,
+        default ``drain_seconds``); then stop. Returns False if calls were still running."""
+        timeout = self.config.drain_seconds if timeout is None else timeout
+        self.health.enter_graceful_shutdown()
+        self.gate.start_draining()
+        idle = self.gate.wait_idle(timeout)
+        if not idle:
+            log.warning(
+                "drain: %d calls still running after %.0f s; stopping anyway", self.gate.inflight, timeout
+            )
+        self.batcher.stop()
+        self.server.stop(grace=1.0).wait()
+        self.metrics.stop_http()
+        return idle
+
+    def stop(self) -> None:
+        """Stop at once (tests): no drain."""
+        self.health.enter_graceful_shutdown()
+        self.gate.start_draining()
+        self.batcher.stop(timeout=1.0)
+        self.server.stop(grace=None).wait()
+        self.metrics.stop_http()
+
+
+def serve(config: ServerConfig, announce: Callable[[str], None] = log.warning) -> int:
+    """Run a server until SIGTERM or SIGINT, then drain. Returns the exit status (0: clean)."""
+    srv = AudioServer(config)
+    port = srv.start()
+    announce(
+        f"listening on {config.host}:{port}"
+        + (f"; metrics on :{srv.metrics_port}" if srv.metrics_port else "")
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        srv.load()
+    except BaseException:
+        srv.stop()
+        raise
+    announce(
+        f"ready: serving {', '.join(srv.store.models)} on {srv.device} "
+        f"(default denoiser {srv.store.default_denoiser or '-'})"
+    )
+    while not stop.wait(0.5):
+        pass
+    announce("draining: finishing in-flight calls")
+    clean = srv.drain()
+    announce("stopped" if clean else "stopped with calls still running")
+    return 0 if clean else 1

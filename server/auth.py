@@ -1,0 +1,81 @@
+"""Bearer-token authentication as a server interceptor.
+
+With tokens configured, every call but the health check must carry ``authorization: Bearer
+<token>`` metadata matching one of them (several lines in the token file allow rotation);
+otherwise it ends with UNAUTHENTICATED before reaching the servicer. Health stays open so that
+load balancers and orchestrators can probe without a secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+import grpc
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def read_tokens(path: str | Path) -> list[str]:
+    """One token per non-empty line; ``#`` starts a comment line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--token-file {path}: no such file")
+    tokens = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not tokens:
+        raise ValueError(f"--token-file {path}: no token in it (one per line)")
+    return tokens
+
+
+def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
+
+    def deny(_request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny, **kw)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny, **kw)
+    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    def __init__(self, tokens: list[str], metrics: Metrics):
+        self._tokens = [t.encode() for t in tokens]
+        self._metrics = metrics
+
+    def _valid(self, metadata) -> tuple[bool, str]:
+        values = [v for k, v in (metadata or ()) if k == "authorization"]
+        if not values:
+            return False, "missing bearer token: send metadata 'authorization: Bearer <token>'"
+        scheme, _, token = values[0].partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False, "malformed authorization metadata: expected 'Bearer <token>'"
+        # Compare against every token in constant time, so timing says nothing about which failed.
+        ok = False
+        for t in self._tokens:
+            ok |= hmac.compare_digest(t, token.strip().encode())
+        return ok, "" if ok else "invalid bearer token"
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(OPEN_PREFIXES):
+            return continuation(handler_call_details)
+        ok, why = self._valid(handler_call_details.invocation_metadata)
+        handler = continuation(handler_call_details)
+        if ok or handler is None:
+            return handler
+        self._metrics.requests.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
+        log.info("refused %s: %s", method, why)
+        return _aborting_handler(handler, why)

@@ -1,0 +1,47 @@
+"""The server's settings: one frozen dataclass, filled from ``audioae serve``'s flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"  # loopback by default: exposing the service is a deliberate choice
+    port: int = 50051  # 0: any free port (tests)
+    models: tuple[str, ...] = ()  # shipped names, checkpoint paths or NAME=PATH; empty: shipped defaults
+    device: str = "auto"  # auto | cpu | cuda[:N]
+    max_batch_seconds: float = 60.0  # audio seconds run together in one batch; 0 disables batching
+    max_delay_ms: float = 10.0  # how long the first request of a batch waits for company
+    max_request_mb: float = 64.0  # largest message accepted (gRPC answers RESOURCE_EXHAUSTED above)
+    max_audio_seconds: float = 600.0  # longest clip or stream accepted
+    max_queue: int = 64  # requests waiting for the device; one more gets RESOURCE_EXHAUSTED
+    max_streams: int = 32  # concurrent StreamDenoise calls
+    token_file: str | None = None  # bearer tokens, one per line; None: no auth
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key: TLS
+    tls_key: str | None = None
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off, 0: any free port
+    drain_seconds: float = 30.0  # how long SIGTERM waits for in-flight calls
+    torch_threads: int = 0  # torch intra-op threads; 0: torch's default
+
+    def __post_init__(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        for name in ("max_request_mb", "max_audio_seconds", "drain_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_batch_seconds < 0 or self.max_delay_ms < 0:
+            raise ValueError("max_batch_seconds and max_delay_ms must be >= 0")
+        if self.max_queue < 1 or self.max_streams < 1:
+            raise ValueError("max_queue and max_streams must be >= 1")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_request_mb * MB)
+
+    @property
+    def max_send_bytes(self) -> int:
+        # Answers can be larger than questions (int16 in, components out): allow 4x.
+        return 4 * self.max_message_bytes

@@ -1,0 +1,72 @@
+"""Serving state and in-flight accounting: starting -> serving -> draining.
+
+Every RPC enters through :meth:`Gate.enter`, atomically with the in-flight count, so a drain
+either sees a call (and waits for it) or the call sees the drain (and gets UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+
+from .errors import Abort
+
+STARTING, SERVING, DRAINING = "starting", "serving", "draining"
+
+
+class Gate:
+    def __init__(self):
+        self.state = STARTING
+        self._inflight = 0
+        self._streams = 0
+        self._cond = threading.Condition()
+
+    def set_serving(self) -> None:
+        with self._cond:
+            self.state = SERVING
+
+    def start_draining(self) -> None:
+        with self._cond:
+            self.state = DRAINING
+            self._cond.notify_all()
+
+    def enter(self, stream: bool = False, max_streams: int = 0) -> None:
+        with self._cond:
+            if self.state == STARTING:
+                raise Abort(
+                    grpc.StatusCode.UNAVAILABLE, "the server is still loading its models; retry shortly"
+                )
+            if self.state == DRAINING:
+                raise Abort(
+                    grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another replica"
+                )
+            if stream and self._streams >= max_streams:
+                raise Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many open streams ({self._streams}, max {max_streams}); retry later",
+                )
+            self._inflight += 1
+            self._streams += int(stream)
+
+    def exit(self, stream: bool = False) -> None:
+        with self._cond:
+            self._inflight -= 1
+            self._streams -= int(stream)
+            self._cond.notify_all()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is in flight; False if ``timeout`` passed first."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._inflight > 0:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True

@@ -1,0 +1,367 @@
+"""The ``audioae.v1.AudioAE`` servicer: validates each request, queues device work on the
+:class:`~server.batcher.Batcher`, and answers in the caller's own format.
+
+Status codes: INVALID_ARGUMENT for bad audio or parameters, NOT_FOUND for an unknown model,
+RESOURCE_EXHAUSTED for oversized input or a full queue, UNAVAILABLE while starting or draining,
+DEADLINE_EXCEEDED when the caller's deadline passes while it waits, UNIMPLEMENTED when this
+build lacks the decomposition module.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
+import numpy as np
+import torch
+
+from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, resample
+from audioae.client import (
+    MAX_CHANNELS,
+    array_from_tensor,
+    audio_from_message,
+    audio_message,
+    pcm_bytes_to_array,
+    pcm_message,
+    pcm_seconds,
+    tensor_message,
+)
+from audioae.enhance import StreamingDenoiser
+from audioae.v1 import audioae_pb2 as pb
+from audioae.v1 import audioae_pb2_grpc
+
+from .batcher import Batcher, Job, batch_key
+from .config import ServerConfig
+from .errors import Abort, status_of
+from .lifecycle import Gate
+from .metrics import Metrics
+from .store import ModelStore, ServedModel
+
+log = logging.getLogger(__name__)
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _unary(method: Callable) -> Callable:
+    """Count the call, enter the gate, map exceptions to status codes."""
+
+    @functools.wraps(method)
+    def wrapper(self: AudioAEServicer, request, context: grpc.ServicerContext):
+        code = grpc.StatusCode.OK
+        self.metrics.inflight.inc()
+        try:
+            self.gate.enter()
+            try:
+                return method(self, request, context)
+            finally:
+                self.gate.exit()
+        except Exception as exc:
+            code, message = status_of(exc)
+            context.abort(code, message)
+        finally:
+            self.metrics.requests.labels(method.__name__, code.name).inc()
+            self.metrics.inflight.dec()
+
+    return wrapper
+
+
+def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """Why a call that is no longer active ended: its deadline, or the caller cancelled it.
+    (gRPC core's clock and Python's differ by a little: a call within 0.25 s of its deadline
+    counts as timed out.)"""
+    late = context.time_remaining() < 0.25
+    return grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+
+
+class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
+    def __init__(
+        self, store: ModelStore | None, batcher: Batcher, metrics: Metrics, gate: Gate, config: ServerConfig
+    ):
+        self.store, self.batcher, self.metrics, self.gate, self.config = store, batcher, metrics, gate, config
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _wait(self, job: Job, context: grpc.ServicerContext):
+        """Queue ``job`` and wait for it within the caller's deadline; a call that ends early
+        (cancelled, timed out) cancels its queued job so the device never runs it."""
+        fut = self.batcher.submit(job)
+        context.add_callback(fut.cancel)
+        left = context.time_remaining()  # huge (not None) when the caller set no deadline
+        try:
+            return fut.result(timeout=left if left is not None and left < 1e6 else None)
+        except FutureTimeout:
+            fut.cancel()
+            raise Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the deadline passed while the request waited for the device "
+                f"({self.batcher.depth} requests queued)",
+            ) from None
+        except CancelledError:
+            raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+
+    def _check_seconds(self, seconds: float | None, what: str = "the audio") -> None:
+        if seconds is not None and seconds > self.config.max_audio_seconds:
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{what} lasts {seconds:.1f} s; this server accepts at most "
+                f"{self.config.max_audio_seconds:g} s per request (--max-audio-seconds)",
+            )
+
+    def _audio(self, audio, name: str = "audio") -> tuple[np.ndarray, int, object]:
+        if audio is None or audio.WhichOneof("data") is None:
+            raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
+        self._check_seconds(pcm_seconds(audio))  # before decoding: refuse cheaply
+        wav, sr, form = audio_from_message(audio, name)
+        self._check_seconds(wav.shape[-1] / sr)
+        return wav, sr, form
+
+    @staticmethod
+    def _strength(msg) -> float:
+        if not msg.HasField("strength"):
+            return 1.0
+        s = msg.strength
+        if math.isnan(s) or not 0.0 <= s <= 1.0:
+            raise Abort(INVALID, f"strength must be within [0, 1], got {s}")
+        return float(s)
+
+    # ---- Denoise ---------------------------------------------------------------------------------
+    @_unary
+    def Denoise(self, request: pb.DenoiseRequest, context) -> pb.DenoiseResponse:
+        sm = self.store.denoiser(request.model)
+        strength = self._strength(request)
+        wav, sr, form = self._audio(request.audio)
+        seconds = wav.shape[-1] / sr
+        job = Job(
+            "denoise", seconds, key=batch_key(sm.name, sm.model, seconds), args=(sm.model, wav, sr, strength)
+        )
+        y, info = self._wait(job, context)
+        self.metrics.audio_seconds.labels("Denoise").inc(seconds)
+        return pb.DenoiseResponse(
+            audio=audio_message(y, form),
+            model=sm.name,
+            queue_ms=info.queue_ms,
+            compute_ms=info.compute_ms,
+            batch_size=info.batch_size,
+        )
+
+    # ---- StreamDenoise ---------------------------------------------------------------------------
+    def StreamDenoise(self, request_iterator, context) -> Iterator[pb.StreamDenoiseResponse]:
+        code = grpc.StatusCode.OK
+        self.metrics.inflight.inc()
+        try:
+            self.gate.enter(stream=True, max_streams=self.config.max_streams)
+            try:
+                yield from self._stream(request_iterator, context)
+            finally:
+                self.gate.exit(stream=True)
+        except Exception as exc:
+            if not context.is_active():  # the caller went away or its deadline passed: stop quietly
+                code = _ended(context)
+                return
+            code, message = status_of(exc)
+            context.abort(code, message)
+        finally:
+            if code == grpc.StatusCode.OK and not context.is_active():
+                code = _ended(context)
+            self.metrics.requests.labels("StreamDenoise", code.name).inc()
+            self.metrics.inflight.dec()
+
+    def _stream_config(self, first) -> tuple[ServedModel, pb.StreamConfig, float]:
+        if first is None:
+            raise Abort(INVALID, "empty stream: the first message must be a StreamConfig")
+        if first.WhichOneof("msg") != "config":
+            raise Abort(
+                INVALID,
+                "the first message must be a StreamConfig (model, sample_rate, channels, "
+                "format); audio came first",
+            )
+        cfg = first.config
+        sm = self.store.streamer(cfg.model)
+        strength = self._strength(cfg)
+        if not MIN_SAMPLE_RATE <= cfg.sample_rate <= MAX_SAMPLE_RATE:
+            raise Abort(
+                INVALID,
+                f"sample rate {cfg.sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz",
+            )
+        if not 1 <= cfg.channels <= MAX_CHANNELS:
+            raise Abort(INVALID, f"channels must be within 1..{MAX_CHANNELS}, got {cfg.channels}")
+        if cfg.format not in (pb.INT16, pb.FLOAT32):
+            raise Abort(INVALID, "StreamConfig.format must be INT16 or FLOAT32")
+        return sm, cfg, strength
+
+    def _stream(self, requests, context) -> Iterator[pb.StreamDenoiseResponse]:
+        sm, cfg, strength = self._stream_config(next(requests, None))
+        den = StreamingDenoiser(sm.model, cfg.sample_rate, cfg.channels, strength=strength)
+        limit = int(self.config.max_audio_seconds * cfg.sample_rate)
+        n_in = n_out = 0
+        for i, msg in enumerate(requests, start=1):
+            if msg.WhichOneof("msg") != "audio":
+                raise Abort(
+                    INVALID,
+                    f"message {i}: only the first message may be a StreamConfig; the rest carry audio",
+                )
+            x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, f"chunk {i}")  # [C, n]
+            if not np.isfinite(x).all():
+                raise AudioError(f"chunk {i}: the audio contains NaN or Inf samples")
+            n_in += x.shape[-1]
+            if n_in > limit:
+                self._check_seconds(n_in / cfg.sample_rate, "the stream")
+            t0 = time.monotonic()
+            y = den.push(x).numpy()  # [C, m]
+            self.metrics.compute_seconds.labels("stream").observe(time.monotonic() - t0)
+            if y.shape[-1]:
+                n_out += y.shape[-1]
+                yield self._chunk(y, cfg, n_in, n_out, sm.name)
+        y = den.finish().numpy()  # the tail; raises AudioError when no audio came at all
+        n_out += y.shape[-1]
+        self.metrics.audio_seconds.labels("StreamDenoise").inc(n_in / cfg.sample_rate)
+        yield self._chunk(y, cfg, n_in, n_out, sm.name)
+
+    @staticmethod
+    def _chunk(y: np.ndarray, cfg, n_in: int, n_out: int, name: str) -> pb.StreamDenoiseResponse:
+        data = pcm_message(y, cfg.sample_rate, cfg.format).data
+        return pb.StreamDenoiseResponse(audio=data, samples_in=n_in, samples_out=n_out, model=name)
+
+    # ---- Decompose -------------------------------------------------------------------------------
+    @_unary
+    def Decompose(self, request: pb.DecomposeRequest, context) -> pb.DecomposeResponse:
+        sm = self.store.decomposer(request.model)
+        if request.top_k < 0:
+            raise Abort(INVALID, f"top_k must be >= 0 (0: all components), got {request.top_k}")
+        try:
+            from audioae.decompose import decompose
+        except ImportError:
+            raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
+        wav, sr, _ = self._audio(request.audio)
+        seconds = wav.shape[-1] / sr
+
+        def run():
+            return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=request.group or "none")
+
+        d, _ = self._wait(Job("decompose", seconds, fn=run), context)
+        self.metrics.audio_seconds.labels("Decompose").inc(seconds)
+        resp = pb.DecomposeResponse(
+            model=sm.name,
+            frame_rate=float(d.frame_rate),
+            activations=tensor_message(np.asarray(d.activations, np.float32)),
+        )
+        for label, units, share in zip(d.labels, d.units, np.asarray(d.energy_share), strict=True):
+            resp.components.add(label=str(label), units=[int(u) for u in units], energy_share=float(share))
+        if request.return_components:
+            size = 4 * (np.asarray(d.components).size + np.asarray(d.residual).size)
+            if size > self.config.max_send_bytes * 0.95:
+                raise Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{len(d.labels)} component waveforms would be {size / 2**20:.0f} MB, over the "
+                    f"{self.config.max_send_bytes / 2**20:.0f} MB answer limit: ask for a smaller top_k",
+                )
+            # Float32 PCM whatever the input's format: components + residual == input exactly.
+            for comp, wave in zip(resp.components, d.components, strict=True):
+                comp.audio.pcm.CopyFrom(pcm_message(wave, sr, pb.FLOAT32))
+            resp.residual.pcm.CopyFrom(pcm_message(d.residual, sr, pb.FLOAT32))
+        return resp
+
+    # ---- Encode / Decode -------------------------------------------------------------------------
+    def _tensor(self, t, name: str) -> torch.Tensor:
+        x = array_from_tensor(t, name)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise Abort(INVALID, f"{name}: contains NaN or Inf")
+        return torch.from_numpy(np.array(x, dtype=np.float32))
+
+    @staticmethod
+    def _input_hint(sm: ServedModel) -> str:
+        if sm.is_audio:
+            return f"[B, {sm.model.config.n_bins}, N] compressed STFT magnitudes"
+        try:
+            shape = list(sm.model.example_input(1).shape)
+        except NotImplementedError:
+            return "the model's input shape"
+        return str(["B", *shape[1:]]).replace("'", "")
+
+    def _named(self, name: str, rpc: str) -> ServedModel:
+        if not name:
+            raise Abort(INVALID, f"{rpc} needs a model name; this server has: {', '.join(self.store.models)}")
+        return self.store.get(name)
+
+    @_unary
+    def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:
+        sm = self._named(request.model, "Encode")
+        model, device = sm.model, sm.device
+        which = request.WhichOneof("input")
+        if which == "tensor":
+            x = self._tensor(request.tensor, "tensor")
+            if sm.is_audio and (x.dim() != 3 or x.shape[1] != model.config.n_bins):
+                raise Abort(
+                    INVALID, f"model {sm.name!r} encodes {self._input_hint(sm)}, got shape {list(x.shape)}"
+                )
+            seconds = 0.0
+        elif which == "audio":
+            if not sm.is_audio:
+                raise Abort(
+                    INVALID, f"model {sm.name!r} takes {self._input_hint(sm)}, not audio: send a tensor"
+                )
+            wav, sr, _ = self._audio(request.audio)
+            seconds = wav.shape[-1] / sr
+            x = None
+        else:
+            raise Abort(INVALID, "Encode needs an input: set tensor or audio")
+
+        @torch.inference_mode()
+        def run() -> np.ndarray:
+            inp = x
+            if inp is None:  # audio: the model's own features, channels as the batch
+                z = resample(torch.from_numpy(wav), sr, model.config.sample_rate).to(device)  # [C, T']
+                inp = model.features(model.stft(z))  # [C, F, N]
+            try:
+                h = model.encode(inp.to(device))
+            except RuntimeError as exc:  # shape mismatches inside the network
+                raise ValueError(
+                    f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "
+                    f"it takes {self._input_hint(sm)} ({str(exc).splitlines()[0]})"
+                ) from exc
+            return h.float().cpu().numpy()
+
+        h, _ = self._wait(Job("encode", seconds, fn=run), context)
+        return pb.EncodeResponse(model=sm.name, code=tensor_message(h))
+
+    @_unary
+    def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
+        sm = self._named(request.model, "Decode")
+        model, device = sm.model, sm.device
+        if not request.HasField("code"):
+            raise Abort(INVALID, "Decode needs a code tensor")
+        if getattr(model.config, "unpool", None) == "maxunpool":
+            raise Abort(
+                INVALID,
+                f"model {sm.name!r} unpools with the encoder's max-pooling indices, which are "
+                "not part of the code and do not travel over the wire; Decode needs a model "
+                "with unpool=nearest or transposed",
+            )
+        h = self._tensor(request.code, "code")
+
+        @torch.inference_mode()
+        def run() -> np.ndarray:
+            try:
+                y = model.decode(h.to(device))
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
+                    f"(code_dim {model.config.code_dim}): {str(exc).splitlines()[0]}"
+                ) from exc
+            return y.float().cpu().numpy()
+
+        y, _ = self._wait(Job("decode", 0.0, fn=run), context)
+        return pb.DecodeResponse(model=sm.name, output=tensor_message(y))
+
+    # ---- ListModels ------------------------------------------------------------------------------
+    @_unary
+    def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[pb.ModelInfo(**m.info()) for m in self.store.models.values()],
+            default_denoiser=self.store.default_denoiser,
+            default_decomposer=self.store.default_decomposer,
+        )

@@ -1,0 +1,204 @@
+"""The models a server holds: loaded from shipped names or checkpoint paths, warmed up, described."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+import audioae.models
+from audioae import pretrained
+from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file
+from audioae.enhance import StreamingDenoiser, denoise
+from audioae.models import Autoencoder, SpectralAutoencoder
+
+from .errors import Abort
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    model: Autoencoder
+    path: Path
+    sha256: str
+    version: str
+
+    @property
+    def is_audio(self) -> bool:
+        """A spectrogram model: denoises and decomposes audio."""
+        return isinstance(self.model, SpectralAutoencoder) and self.model.config.input == "spectrogram"
+
+    @property
+    def decomposes(self) -> bool:
+        """A sparse dictionary model: :func:`audioae.decompose.decompose` takes it."""
+        cls = getattr(audioae.models, "SparseDictionary", None)
+        return cls is not None and isinstance(self.model, cls)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def streams(self) -> bool:
+        return self.is_audio and bool(self.model.causal)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(getattr(self.model.config, "sample_rate", 0) or 0) if self.is_audio else 0
+
+    def rpcs(self) -> list[str]:
+        out = ["Denoise"] if self.is_audio else []
+        out += ["StreamDenoise"] if self.streams else []
+        out += ["Decompose"] if self.decomposes else []
+        return [*out, "Encode", "Decode"]
+
+    def info(self) -> dict:
+        d = self.model.describe()
+        return {
+            "name": self.name,
+            "family": d["family"],
+            "input": d["input"],
+            "sample_rate": self.sample_rate,
+            "code_dim": int(d["code_dim"]),
+            "parameters": int(d["parameters"]),
+            "version": self.version,
+            "sha256": self.sha256,
+            "causal": self.streams,
+            "latency_ms": float(d["latency_ms"] or 0.0),
+            "rpcs": self.rpcs(),
+        }
+
+
+def _split_spec(spec: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` -> (NAME, PATH); a bare shipped name or path -> (None, spec)."""
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        if name and path:
+            return name, path
+    return None, spec
+
+
+class ModelStore:
+    """Name -> :class:`ServedModel`. Names are shipped names, ``NAME=PATH`` names, or file stems."""
+
+    def __init__(self, specs: tuple[str, ...] | list[str], device: torch.device):
+        self.device = device
+        self.models: dict[str, ServedModel] = {}
+        specs = list(specs) or self.shipped_defaults()
+        if not specs:
+            raise ValueError(
+                "no models to serve: none are shipped yet; pass --models PATH.safetensors "
+                "(a checkpoint written by `audioae train`)"
+            )
+        for spec in specs:
+            self._load(spec)
+        audio = [m.name for m in self.models.values() if m.is_audio]
+        self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, audio)
+        self.default_decomposer = self._default(
+            pretrained.DEFAULT_DECOMPOSER, [m.name for m in self.models.values() if m.decomposes]
+        )
+
+    @staticmethod
+    def shipped_defaults() -> list[str]:
+        shipped = pretrained.shipped()
+        return [n for n in (pretrained.DEFAULT_DENOISER, pretrained.DEFAULT_DECOMPOSER) if n in shipped]
+
+    @staticmethod
+    def _default(preferred: str, candidates: list[str]) -> str:
+        if preferred in candidates:
+            return preferred
+        return candidates[0] if candidates else ""
+
+    def _load(self, spec: str) -> None:
+        name, target = _split_spec(spec)
+        path = pretrained.resolve(target)
+        name = name or (target if target in pretrained.shipped() else path.name.removesuffix(".safetensors"))
+        if name in self.models:
+            raise ValueError(f"two models named {name!r}; name them explicitly with NAME=PATH")
+        meta = read_metadata(path)
+        # Decomposition runs on the CPU (audioae.decompose moves its model there): keep sparse
+        # dictionaries on the CPU so no call moves a shared model between devices.
+        device = "cpu" if meta.get("registry_name") == "sparse_dict" else self.device
+        model = load_checkpoint(path, map_location=device)
+        sidecar = path.with_name(path.name + ".sha256")
+        digest = sidecar.read_text().split()[0] if sidecar.is_file() else sha256_file(path)
+        self.models[name] = ServedModel(name, model, path, digest, meta.get("audioae_version", ""))
+        log.info("loaded %s from %s (%s)", name, path, model.describe())
+
+    # ---- lookup with the right status codes ------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise Abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown model {name!r}; this server has: {', '.join(self.models) or '(none)'}",
+            )
+        return self.models[name]
+
+    def audio_model(self, name: str, default: str, purpose: str) -> ServedModel:
+        name = name or default
+        if not name:
+            raise Abort(grpc.StatusCode.NOT_FOUND, f"this server has no audio model to {purpose} with")
+        m = self.get(name)
+        if not m.is_audio:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {name!r} ({m.model.registry_name}, input {m.model.config.input}) "
+                f"cannot {purpose} audio; audio models here: "
+                f"{', '.join(n for n, s in self.models.items() if s.is_audio) or '(none)'}",
+            )
+        return m
+
+    def denoiser(self, name: str) -> ServedModel:
+        return self.audio_model(name, self.default_denoiser, "denoise")
+
+    def streamer(self, name: str) -> ServedModel:
+        m = self.audio_model(name, self.default_denoiser, "stream")
+        if not m.streams:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {m.name!r} is not causal and cannot stream; use Denoise, or one of: "
+                f"{', '.join(n for n, s in self.models.items() if s.streams) or '(none)'}",
+            )
+        return m
+
+    def decomposer(self, name: str) -> ServedModel:
+        m = self.audio_model(name, self.default_decomposer, "decompose")
+        if not m.decomposes:
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"model {m.name!r} ({m.model.registry_name}) cannot decompose: that needs a sparse "
+                f"dictionary model (sparse_dict); here: "
+                f"{', '.join(n for n, s in self.models.items() if s.decomposes) or '(none)'}",
+            )
+        return m
+
+    # ---- warm-up ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def warm_up(self, batch_fn=None) -> None:
+        """Run every model once on noise (and its batch and stream paths) so that the first
+        request does not pay for allocation and kernel selection."""
+        rng = np.random.default_rng(0)
+        for m in self.models.values():
+            if m.is_audio:
+                sr = m.sample_rate
+                x = (0.1 * rng.standard_normal((1, sr // 2))).astype(np.float32)  # [1, T]
+                denoise(m.model, x, sr)
+                if batch_fn is not None and m.streams:
+                    batch_fn(m.model, [(x, sr, 1.0), (x[:, : sr // 4], sr, 1.0)])
+                if m.streams:
+                    s = StreamingDenoiser(m.model, sr, 1)
+                    s.push(x[:, : sr // 10])
+                    s.finish()
+            else:
+                try:
+                    x = m.model.example_input(1).to(m.device)
+                except NotImplementedError:
+                    continue
+                m.model.encode(x)
+            log.info("warmed up %s", m.name)

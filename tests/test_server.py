@@ -1,0 +1,758 @@
+"""The gRPC service against real servers on 127.0.0.1 (no mocks): every RPC, every bad input
+with its status code, batching equal to the library, streaming equal to offline, limits,
+deadlines, auth, TLS, health, reflection, metrics and the ``audioae client`` command."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import ipaddress
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioae.audio import encode_audio
+from audioae.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from audioae.cli import main as cli_main
+from audioae.client import Client, pcm_message
+from audioae.data.synthetic import speech_like
+from audioae.enhance import denoise, denoise_batch
+from audioae.models import build_model
+from audioae.v1 import audioae_pb2 as pb
+from server import AudioServer, ServerConfig
+
+CODE = grpc.StatusCode
+TOL = 2e-5  # float32 rounding of batched vs single matrix products
+
+
+# ---- fixtures -------------------------------------------------------------------------------------
+def _noisy(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    clean = np.stack([speech_like(rng, seconds, sr) for _ in range(channels)])  # [C, T]
+    return (clean + 0.05 * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), d / "tiny.safetensors")
+    save_checkpoint(
+        build_model("conv1d", {"channels": [32], "code_dim": 8, "unpool": "maxunpool"}),
+        d / "conv.safetensors",
+    )
+    save_checkpoint(build_model("image", {}), d / "img.safetensors")
+    save_checkpoint(
+        build_model("sparse_dict", {"code_dim": 24, "encoder_hidden": 32}), d / "dict.safetensors"
+    )
+    return d
+
+
+def _config(model_dir: Path, **kw) -> ServerConfig:
+    models = tuple(str(model_dir / f"{n}.safetensors") for n in ("tiny", "conv", "img", "dict"))
+    base = dict(
+        port=0,
+        models=models,
+        max_request_mb=1,
+        max_audio_seconds=30,
+        max_queue=4,
+        max_delay_ms=20,
+        metrics_port=0,
+        torch_threads=1,
+        drain_seconds=10,
+    )
+    return ServerConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    srv = AudioServer(_config(model_dir))
+    srv.start()
+    srv.load()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(f"127.0.0.1:{server.port}", timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tiny(model_dir):
+    return load_checkpoint(model_dir / "tiny.safetensors")
+
+
+def _code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn(*args, **kw)
+    return info.value.code(), info.value.details()
+
+
+def _wait_until(cond, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+# ---- Denoise --------------------------------------------------------------------------------------
+def test_denoise_pcm_equals_library(client, tiny):
+    x = _noisy(1.3, 22050, channels=2)
+    y = client.denoise(x, 22050, model="tiny")
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, denoise(tiny, x, 22050), atol=TOL)
+
+
+def test_denoise_default_model_and_mono_1d(client, tiny):
+    x = _noisy(0.7, 16000)[0]
+    y = client.denoise(x, 16000)  # no model: the server's default denoiser (tiny, listed first)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, denoise(tiny, x, 16000), atol=TOL)
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_24"), ("WAV", "FLOAT")])
+def test_denoise_encoded_keeps_container_rate_length(client, tiny, fmt, subtype):
+    x = np.clip(_noisy(1.0, 44100), -1, 1)[:, :39_691]  # odd length
+    data = encode_audio(x, 44100, format=fmt, subtype=subtype)
+    resp = client.denoise_bytes(data, model="tiny")
+    info = sf.info(io.BytesIO(resp.audio.encoded))
+    assert (info.format, info.subtype, info.samplerate, info.frames, info.channels) == (
+        fmt,
+        subtype,
+        44100,
+        39_691,
+        1,
+    )
+    x_read, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    y, _ = sf.read(io.BytesIO(resp.audio.encoded), dtype="float32", always_2d=True)
+    step = {"PCM_16": 1 / 32768, "PCM_24": 1 / 2**23, "FLOAT": 0}[subtype]
+    np.testing.assert_allclose(y.T, denoise(tiny, x_read.T, 44100), atol=TOL + step)
+
+
+def test_denoise_int16_pcm_comes_back_int16(client, tiny):
+    x = _noisy(0.5, 16000)
+    req = pb.DenoiseRequest(model="tiny", audio=pb.Audio(pcm=pcm_message(x, 16000, "int16")))
+    resp = client.stub.Denoise(req, timeout=30)
+    assert resp.audio.pcm.format == pb.INT16 and resp.audio.pcm.sample_rate == 16000
+    assert len(resp.audio.pcm.data) == 2 * x.shape[-1]
+    assert resp.batch_size >= 1 and resp.model == "tiny"
+
+
+def test_strength_zero_returns_the_input(client):
+    x = _noisy(0.5, 16000)
+    np.testing.assert_array_equal(client.denoise(x, 16000, model="tiny", strength=0.0), x)
+
+
+def test_non_causal_model_denoises_alone(client, model_dir):
+    conv = load_checkpoint(model_dir / "conv.safetensors")
+    x = _noisy(0.6, 16000)
+    np.testing.assert_allclose(client.denoise(x, 16000, model="conv"), denoise(conv, x, 16000), atol=TOL)
+
+
+# ---- dynamic batching -----------------------------------------------------------------------------
+def test_denoise_batch_equals_denoise_alone(tiny):
+    items = [
+        (_noisy(1.1, 16000, seed=1), 16000, 1.0),
+        (_noisy(0.4, 22050, 2, seed=2), 22050, 0.5),
+        (_noisy(0.77, 8000, seed=3), 8000, 1.0),
+    ]
+    for (wav, sr, s), y in zip(items, denoise_batch(tiny, items), strict=True):
+        assert y.shape == wav.shape
+        np.testing.assert_allclose(y, denoise(tiny, wav, sr, strength=s), atol=TOL)
+
+
+def test_queued_requests_run_as_one_batch_with_library_results(server, client, tiny):
+    clips = [
+        (_noisy(0.5 + 0.3 * i, sr, ch, seed=10 + i), sr)
+        for i, (sr, ch) in enumerate([(16000, 1), (16000, 2), (44100, 1), (8000, 1)])
+    ]
+    with ThreadPoolExecutor(4) as pool, server.batcher.hold():
+        futs = [
+            pool.submit(
+                client.stub.Denoise,
+                pb.DenoiseRequest(model="tiny", audio=pb.Audio(pcm=pcm_message(x, sr))),
+                timeout=30,
+            )
+            for x, sr in clips
+        ]
+        assert _wait_until(lambda: server.batcher.depth == 4)
+    for f, (x, sr) in zip(futs, clips, strict=True):
+        resp = f.result()
+        assert resp.batch_size == 4
+        y = np.frombuffer(resp.audio.pcm.data, "<f4").reshape(-1, x.shape[0]).T
+        np.testing.assert_allclose(y, denoise(tiny, x, sr), atol=TOL)
+
+
+def test_full_queue_answers_resource_exhausted_at_once(server, client):
+    x = _noisy(0.3, 16000)
+    with ThreadPoolExecutor(4) as pool, server.batcher.hold():
+        futs = [pool.submit(client.denoise, x, 16000, model="tiny") for _ in range(4)]
+        assert _wait_until(lambda: server.batcher.depth == 4)
+        code, msg = _code(client.denoise, x, 16000, model="tiny")
+        assert code == CODE.RESOURCE_EXHAUSTED and "busy" in msg
+    assert all(f.result().shape == x.shape for f in futs)
+
+
+def test_deadline_exceeded_drops_the_queued_job(server, client):
+    dropped = server.metrics.registry.get_sample_value("audioae_dropped_jobs_total") or 0.0
+    with server.batcher.hold():
+        code, _ = _code(client.denoise, _noisy(0.3, 16000), 16000, model="tiny", timeout=1.0)
+        assert code == CODE.DEADLINE_EXCEEDED
+    assert _wait_until(
+        lambda: server.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == dropped + 1
+    )
+
+
+# ---- bad input: precise status, clear message, server stays up ----------------------------------
+def _pcm(data: bytes, fmt=pb.FLOAT32, sr=16000, ch=1) -> pb.Audio:
+    return pb.Audio(pcm=pb.Pcm(data=data, format=fmt, sample_rate=sr, channels=ch))
+
+
+_ONE_SECOND = np.zeros(16000, "<f4").tobytes()
+BAD_DENOISE = {
+    "corrupt container": (
+        pb.Audio(encoded=b"RIFF\x00\x00\x00\x00WAVEjunk" * 10),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "cannot read audio",
+    ),
+    "pcm not whole samples": (_pcm(b"\x00" * 1001, pb.INT16), "tiny", CODE.INVALID_ARGUMENT, "whole number"),
+    "pcm not whole frames": (
+        _pcm(b"\x00" * 1002, pb.INT16, ch=2),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "whole number",
+    ),
+    "nan": (_pcm(np.array([0.1, np.nan, 0.2] * 100, "<f4").tobytes()), "tiny", CODE.INVALID_ARGUMENT, "NaN"),
+    "inf": (_pcm(np.array([0.1, np.inf] * 100, "<f4").tobytes()), "tiny", CODE.INVALID_ARGUMENT, "Inf"),
+    "empty pcm": (_pcm(b""), "tiny", CODE.INVALID_ARGUMENT, "empty"),
+    "empty wav": (
+        pb.Audio(encoded=encode_audio(np.zeros((1, 0), np.float32), 16000)),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "empty",
+    ),
+    "no audio": (None, "tiny", CODE.INVALID_ARGUMENT, "no audio"),
+    "unknown model": (_pcm(_ONE_SECOND), "nope", CODE.NOT_FOUND, "unknown model 'nope'"),
+    "image model": (_pcm(_ONE_SECOND), "img", CODE.INVALID_ARGUMENT, "cannot denoise"),
+    "absurd rate": (_pcm(_ONE_SECOND, sr=7), "tiny", CODE.INVALID_ARGUMENT, "sample rate 7 Hz"),
+    "absurd rate high": (_pcm(_ONE_SECOND, sr=50_000_000), "tiny", CODE.INVALID_ARGUMENT, "sample rate"),
+    "zero channels": (_pcm(_ONE_SECOND, ch=0), "tiny", CODE.INVALID_ARGUMENT, "channels"),
+    "no sample format": (
+        _pcm(_ONE_SECOND, fmt=pb.SAMPLE_FORMAT_UNSPECIFIED),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "INT16 or FLOAT32",
+    ),
+    "too long": (
+        _pcm(np.zeros(8000 * 31, "<i2").tobytes(), pb.INT16, sr=8000),
+        "tiny",
+        CODE.RESOURCE_EXHAUSTED,
+        "at most 30 s",
+    ),
+    "message too large": (_pcm(np.zeros(300_000, "<f4").tobytes()), "tiny", CODE.RESOURCE_EXHAUSTED, ""),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DENOISE))
+def test_bad_denoise_input(client, case):
+    audio, model, want, text = BAD_DENOISE[case]
+    req = pb.DenoiseRequest(model=model, audio=audio) if audio is not None else pb.DenoiseRequest(model=model)
+    code, msg = _code(client.stub.Denoise, req, timeout=30)
+    assert code == want, msg
+    assert text in msg
+    assert client.health() == "SERVING"
+
+
+def test_bad_strength(client):
+    code, msg = _code(client.denoise, _noisy(0.2, 16000), 16000, model="tiny", strength=1.5)
+    assert code == CODE.INVALID_ARGUMENT and "strength" in msg
+
+
+# ---- StreamDenoise --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fmt,sr,channels", [("float32", 16000, 1), ("float32", 22050, 2), ("int16", 16000, 1)]
+)
+def test_stream_equals_offline_and_streams_early(client, tiny, fmt, sr, channels):
+    x = _noisy(1.5, sr, channels, seed=5)
+    if fmt == "int16":
+        x = np.round(x * 32768).clip(-32768, 32767) / 32768
+        x = x.astype(np.float32)
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.choice(np.arange(1, x.shape[-1]), 40, replace=False))
+    pieces = np.split(x, cuts, axis=-1)  # chunks of any size, some a few samples
+    first_out = threading.Event()
+    early = []
+
+    def chunks():
+        for i, p in enumerate(pieces):
+            if i == len(pieces) // 2:
+                early.append(first_out.wait(30))  # output must come back before the input ends
+            yield p
+
+    outs = []
+    for y in client.stream(chunks(), sr, channels, model="tiny", pcm_format=fmt):
+        outs.append(y)
+        first_out.set()
+    y = np.concatenate(outs, axis=-1)
+    assert early == [True]
+    assert y.shape == x.shape
+    step = 1 / 32768 if fmt == "int16" else 0
+    np.testing.assert_allclose(y, denoise(tiny, x, sr), atol=TOL + step)
+
+
+_CFG = pb.StreamConfig(model="tiny", sample_rate=16000, channels=1, format=pb.FLOAT32)
+_AUDIO = pb.StreamDenoiseRequest(audio=np.zeros(160, "<f4").tobytes())
+BAD_STREAM = {
+    "empty stream": ([], CODE.INVALID_ARGUMENT, "empty stream"),
+    "audio first": ([_AUDIO], CODE.INVALID_ARGUMENT, "first message must be a StreamConfig"),
+    "config twice": ([pb.StreamDenoiseRequest(config=_CFG)] * 2, CODE.INVALID_ARGUMENT, "only the first"),
+    "no audio at all": ([pb.StreamDenoiseRequest(config=_CFG)], CODE.INVALID_ARGUMENT, "no audio"),
+    "not causal": (
+        [
+            pb.StreamDenoiseRequest(
+                config=pb.StreamConfig(model="conv", sample_rate=16000, channels=1, format=pb.FLOAT32)
+            )
+        ],
+        CODE.INVALID_ARGUMENT,
+        "not causal",
+    ),
+    "unknown model": (
+        [
+            pb.StreamDenoiseRequest(
+                config=pb.StreamConfig(model="x", sample_rate=16000, channels=1, format=pb.FLOAT32)
+            )
+        ],
+        CODE.NOT_FOUND,
+        "'x'",
+    ),
+    "absurd rate": (
+        [
+            pb.StreamDenoiseRequest(
+                config=pb.StreamConfig(model="tiny", sample_rate=3, channels=1, format=pb.FLOAT32)
+            )
+        ],
+        CODE.INVALID_ARGUMENT,
+        "sample rate 3 Hz",
+    ),
+    "odd bytes": (
+        [pb.StreamDenoiseRequest(config=_CFG), _AUDIO, pb.StreamDenoiseRequest(audio=b"\x00" * 7)],
+        CODE.INVALID_ARGUMENT,
+        "chunk 2: 7 bytes",
+    ),
+    "nan chunk": (
+        [
+            pb.StreamDenoiseRequest(config=_CFG),
+            pb.StreamDenoiseRequest(audio=np.array([np.nan] * 10, "<f4").tobytes()),
+        ],
+        CODE.INVALID_ARGUMENT,
+        "NaN",
+    ),
+    "too long": (
+        [
+            pb.StreamDenoiseRequest(
+                config=pb.StreamConfig(model="tiny", sample_rate=1000, channels=1, format=pb.FLOAT32)
+            )
+        ]
+        + [pb.StreamDenoiseRequest(audio=np.zeros(10_000, "<f4").tobytes())] * 4,
+        CODE.RESOURCE_EXHAUSTED,
+        "the stream lasts",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STREAM))
+def test_bad_stream_input(client, case):
+    msgs, want, text = BAD_STREAM[case]
+    code, msg = _code(lambda: list(client.stub.StreamDenoise(iter(msgs), timeout=30)))
+    assert code == want, msg
+    assert text in msg
+    assert client.health() == "SERVING"
+
+
+# ---- Decompose ------------------------------------------------------------------------------------
+def test_decompose_components_sum_to_input(client, model_dir):
+    from audioae.decompose import decompose
+
+    x = _noisy(0.8, 22050)
+    r = client.decompose(x, 22050, model="dict", top_k=3, components=True)
+    ref = decompose(load_checkpoint(model_dir / "dict.safetensors"), x, 22050, top_k=3)
+    assert r.components.shape == (3, 1, x.shape[-1]) and r.residual.shape == x.shape
+    np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
+    np.testing.assert_allclose(r.activations, ref.activations, atol=1e-5)
+    np.testing.assert_allclose(r.components, ref.components, atol=1e-5)
+    assert r.labels == ref.labels and r.units == ref.units and r.frame_rate == ref.frame_rate
+    np.testing.assert_allclose(r.energy_share, ref.energy_share, rtol=1e-5)
+
+
+def test_decompose_default_model_file_bytes_no_audio(client):
+    data = encode_audio(np.clip(_noisy(0.5, 16000), -1, 1), 16000, subtype="PCM_16")
+    r = client.decompose(data)  # the default decomposer, activations only
+    assert r.model == "dict" and r.components is None and r.activations.shape[0] == 24
+    assert len(r.labels) == len(r.units) == len(r.energy_share) > 0
+
+
+@pytest.mark.parametrize(
+    "model,kw,want,text",
+    [
+        ("tiny", {}, CODE.INVALID_ARGUMENT, "sparse dictionary"),
+        ("dict", {"top_k": -1}, CODE.INVALID_ARGUMENT, "top_k"),
+        ("dict", {"group": "zodiac"}, CODE.INVALID_ARGUMENT, "unknown group"),
+        ("nope", {}, CODE.NOT_FOUND, "unknown model"),
+    ],
+)
+def test_bad_decompose(client, model, kw, want, text):
+    code, msg = _code(client.decompose, _noisy(0.3, 16000), 16000, model=model, **kw)
+    assert code == want and text in msg, msg
+
+
+# ---- Encode / Decode ------------------------------------------------------------------------------
+def test_encode_decode_spectrogram_model(client, tiny):
+    feats = tiny.example_input(2)  # [2, F, 37]
+    h = client.encode(feats.numpy(), model="tiny")
+    with torch.no_grad():
+        np.testing.assert_allclose(h, tiny.encode(feats).numpy(), atol=1e-5)
+        out = client.decode(h, model="tiny")
+        np.testing.assert_allclose(out, tiny.decode(torch.from_numpy(h)).numpy(), atol=1e-5)
+
+
+def test_encode_audio_uses_the_model_features(client, tiny):
+    x = _noisy(0.5, 16000, channels=2)
+    h = client.encode_audio(x, 16000, model="tiny")
+    with torch.no_grad():
+        want = tiny.encode(tiny.features(tiny.stft(torch.from_numpy(x))))
+    np.testing.assert_allclose(h, want.numpy(), atol=1e-5)
+
+
+def test_encode_decode_image_model(client, model_dir):
+    img = load_checkpoint(model_dir / "img.safetensors")
+    x = img.example_input(3)
+    h = client.encode(x.numpy().astype(np.float64), model="img")  # FP64 in: converted
+    with torch.no_grad():
+        np.testing.assert_allclose(h, img.encode(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            client.decode(h, model="img"), img.decode(torch.from_numpy(h)).numpy(), atol=1e-5
+        )
+
+
+def _tensor(shape, datatype="FP32", data=None):
+    n = int(np.prod(shape))
+    return pb.Tensor(
+        shape=shape, datatype=datatype, data=np.zeros(n, "<f4").tobytes() if data is None else data
+    )
+
+
+BAD_TENSORS = {
+    "maxunpool decode": ("Decode", "conv", _tensor([1, 8, 4]), CODE.INVALID_ARGUMENT, "pooling indices"),
+    "wrong bins": ("Encode", "tiny", _tensor([1, 100, 5]), CODE.INVALID_ARGUMENT, "[B, 257, N]"),
+    "image wrong shape": ("Encode", "img", _tensor([1, 1, 8, 8]), CODE.INVALID_ARGUMENT, "[B, 1, 16, 16]"),
+    "code wrong size": ("Decode", "tiny", _tensor([1, 5, 7]), CODE.INVALID_ARGUMENT, "code_dim 16"),
+    "byte count": (
+        "Encode",
+        "tiny",
+        _tensor([1, 257, 5], data=b"\x00" * 12),
+        CODE.INVALID_ARGUMENT,
+        "needs 5140",
+    ),
+    "datatype": (
+        "Encode",
+        "tiny",
+        _tensor([1, 257, 5], "COMPLEX"),
+        CODE.INVALID_ARGUMENT,
+        "datatype 'COMPLEX'",
+    ),
+    "negative shape": ("Encode", "tiny", _tensor([1, -257, 5], data=b""), CODE.INVALID_ARGUMENT, "negative"),
+    "nan": (
+        "Encode",
+        "tiny",
+        _tensor([1, 257, 1], data=np.full(257, np.nan, "<f4").tobytes()),
+        CODE.INVALID_ARGUMENT,
+        "NaN",
+    ),
+    "no model": ("Encode", "", _tensor([1, 257, 5]), CODE.INVALID_ARGUMENT, "needs a model name"),
+    "unknown model": ("Decode", "nope", _tensor([1, 16, 5]), CODE.NOT_FOUND, "unknown model"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TENSORS))
+def test_bad_encode_decode(client, case):
+    rpc, model, tensor, want, text = BAD_TENSORS[case]
+    if rpc == "Encode":
+        req = pb.EncodeRequest(model=model, tensor=tensor)
+    else:
+        req = pb.DecodeRequest(model=model, code=tensor)
+    code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
+    assert code == want, msg
+    assert text in msg, msg
+
+
+def test_encode_conv_maxunpool_works(client):
+    h = client.encode(np.zeros((1, 257, 9), np.float32), model="conv")
+    assert h.shape == (1, 8, 5)
+
+
+# ---- ListModels, reflection, metrics --------------------------------------------------------------
+def test_list_models(client, model_dir):
+    info = client.list_models()
+    by = {m["name"]: m for m in info["models"]}
+    assert list(by) == ["tiny", "conv", "img", "dict"]
+    assert info["default_denoiser"] == "tiny" and info["default_decomposer"] == "dict"
+    assert by["tiny"]["rpcs"] == ["Denoise", "StreamDenoise", "Encode", "Decode"] and by["tiny"]["causal"]
+    assert by["dict"]["rpcs"] == ["Denoise", "Decompose", "Encode", "Decode"]
+    assert by["img"]["rpcs"] == ["Encode", "Decode"] and by["img"]["sample_rate"] == 0
+    assert (
+        by["tiny"]["sample_rate"] == 16000 and by["tiny"]["code_dim"] == 16 and by["tiny"]["latency_ms"] > 0
+    )
+    assert by["tiny"]["sha256"] == sha256_file(model_dir / "tiny.safetensors")
+
+
+def test_reflection_lists_the_service(server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        services = ProtoReflectionDescriptorDatabase(ch).get_services()
+    assert "audioae.v1.AudioAE" in services and "grpc.health.v1.Health" in services
+
+
+def test_prometheus_metrics(server, client):
+    client.denoise(_noisy(0.3, 16000), 16000, model="tiny")
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    )
+    for needle in (
+        'audioae_requests_total{code="OK",method="Denoise"}',
+        'code="INVALID_ARGUMENT"',
+        "audioae_queue_seconds_bucket",
+        'audioae_compute_seconds_count{kind="denoise"}',
+        "audioae_batch_size_bucket",
+        'audioae_audio_seconds_total{method="Denoise"}',
+        "audioae_queue_depth",
+    ):
+        assert needle in text, needle
+
+
+# ---- health transitions and drain (in process) ---------------------------------------------------
+def test_health_transitions_and_drain(model_dir):
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None))
+    srv.start()
+    c = Client(f"127.0.0.1:{srv.port}", timeout=30)
+    try:
+        assert c.health() == "NOT_SERVING" and c.health("audioae.v1.AudioAE") == "NOT_SERVING"
+        code, msg = _code(c.list_models)
+        assert code == CODE.UNAVAILABLE and "loading" in msg
+        srv.load()
+        assert c.health() == "SERVING" and c.health("audioae.v1.AudioAE") == "SERVING"
+        # A stream in flight when the drain starts finishes normally; new calls are refused.
+        go_on, outs = threading.Event(), []
+        x = _noisy(1.0, 16000)
+
+        def chunks():
+            yield x[:, :8000]
+            go_on.wait(30)
+            yield x[:, 8000:]
+
+        reader = threading.Thread(target=lambda: outs.extend(c.stream(chunks(), 16000, 1, model="tiny")))
+        reader.start()
+        assert _wait_until(lambda: srv.gate.inflight == 1)
+        drained = []
+        drainer = threading.Thread(target=lambda: drained.append(srv.drain(timeout=30)))
+        drainer.start()
+        assert _wait_until(lambda: c.health() == "NOT_SERVING")
+        code, msg = _code(c.denoise, x, 16000)
+        assert code == CODE.UNAVAILABLE and "shutting down" in msg
+        go_on.set()
+        reader.join(30)
+        drainer.join(30)
+        assert drained == [True]
+        assert np.concatenate(outs, -1).shape == x.shape
+    finally:
+        c.close()
+        srv.stop()
+
+
+# ---- auth and TLS ---------------------------------------------------------------------------------
+def _self_signed_openssl(tmp: Path) -> tuple[Path, Path]:
+    """The same certificate with the openssl command, where the cryptography package is missing."""
+    if shutil.which("openssl") is None:
+        pytest.skip("neither the cryptography package nor the openssl command is available")
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key_path),
+                    "-out", str(cert_path), "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert_path, key_path
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM files)."""
+    try:
+        from cryptography import x509
+    except ImportError:
+        return _self_signed_openssl(tmp)
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def secure_server(model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = _self_signed(tmp)
+    (tmp / "tokens").write_text("# rotation: old and new\nold-secret\nnew-secret\n")
+    srv = AudioServer(
+        _config(
+            model_dir,
+            models=(str(model_dir / "tiny.safetensors"),),
+            metrics_port=None,
+            token_file=str(tmp / "tokens"),
+            tls_cert=str(cert),
+            tls_key=str(key),
+        )
+    )
+    srv.start()
+    srv.load()
+    yield srv, cert
+    srv.stop()
+
+
+def test_tls_and_bearer_token(secure_server):
+    srv, cert = secure_server
+    target = f"127.0.0.1:{srv.port}"
+    x = _noisy(0.3, 16000)
+    for token in ("old-secret", "new-secret"):
+        with Client(target, token=token, tls_ca=cert, timeout=30) as c:
+            assert c.denoise(x, 16000).shape == x.shape
+            assert len(list(c.stream([x], 16000, 1))) >= 1
+    for token, text in ((None, "missing bearer token"), ("wrong", "invalid bearer token")):
+        with Client(target, token=token, tls_ca=cert, timeout=30) as c:
+            assert c.health() == "SERVING"  # health stays open for probes
+            for call in (lambda: c.denoise(x, 16000), lambda: list(c.stream([x], 16000, 1)), c.list_models):
+                code, msg = _code(call)
+                assert code == CODE.UNAUTHENTICATED and text in msg
+    with Client(target, token="new-secret", timeout=5) as c:  # plaintext to a TLS port
+        code, _ = _code(c.list_models)
+        assert code == CODE.UNAVAILABLE
+
+
+# ---- the `audioae client` command ----------------------------------------------------------------
+def test_cli_client_commands(server, tmp_path, capsys):
+    addr = f"127.0.0.1:{server.port}"
+    src = tmp_path / "noisy.flac"
+    x = np.clip(_noisy(0.8, 24000, 2), -1, 1)
+    sf.write(src, x.T, 24000, subtype="PCM_16")
+    assert cli_main(["client", "denoise", str(src), "--server", addr, "--model", "tiny"]) == 0
+    out = tmp_path / "noisy.denoised.flac"
+    info = sf.info(out)
+    assert (info.samplerate, info.frames, info.channels, info.subtype) == (24000, x.shape[-1], 2, "PCM_16")
+    assert (
+        cli_main(
+            [
+                "client",
+                "stream",
+                str(src),
+                "-o",
+                str(tmp_path / "s.wav"),
+                "--server",
+                addr,
+                "--chunk-ms",
+                "37",
+            ]
+        )
+        == 0
+    )
+    a, _ = sf.read(out, always_2d=True)
+    b, _ = sf.read(tmp_path / "s.wav", always_2d=True)
+    np.testing.assert_allclose(a, b, atol=2 / 32768)  # streamed == offline, both quantized to 16 bits
+    assert (
+        cli_main(
+            ["client", "decompose", str(src), "-o", str(tmp_path / "comp"), "--top-k", "2", "--server", addr]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "comp").glob("component_*.wav"))) == 2
+    assert (tmp_path / "comp" / "residual.wav").is_file() and (
+        tmp_path / "comp" / "decomposition.json"
+    ).is_file()
+    assert cli_main(["client", "models", "--server", addr]) == 0
+    assert cli_main(["client", "health", "--server", addr]) == 0
+    capsys.readouterr()
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    assert cli_main(["client", "denoise", str(tmp_path / "bad.wav"), "--server", addr]) == 2
+    err = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in err and "cannot read audio" in err
+    assert not (tmp_path / "bad.denoised.wav").exists()
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
+    label = "CANCELLED" if how == "cancel" else "DEADLINE_EXCEEDED"
+
+    def count():
+        return (
+            server.metrics.registry.get_sample_value(
+                "audioae_requests_total", {"method": "StreamDenoise", "code": label}
+            )
+            or 0.0
+        )
+
+    before, stop = count(), threading.Event()
+
+    def msgs():
+        yield pb.StreamDenoiseRequest(config=_CFG)
+        yield _AUDIO
+        stop.wait(30)  # the client never closes its side
+
+    call = client.stub.StreamDenoise(msgs(), timeout=30 if how == "cancel" else 1.0)
+    if how == "cancel":
+        assert _wait_until(lambda: server.gate.inflight >= 1)
+        call.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    stop.set()
+    assert info.value.code() == getattr(CODE, label)
+    assert _wait_until(lambda: count() == before + 1), server.metrics.text()  # the handler ended, counted
+    assert _wait_until(lambda: server.gate.inflight == 0)
+    assert client.health() == "SERVING"

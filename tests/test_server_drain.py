@@ -1,0 +1,101 @@
+"""SIGTERM on a real `python -m server` process: NOT_SERVING, new calls UNAVAILABLE, the call in
+flight finishes with the right answer, then the process exits 0."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.client import Client
+from audioae.enhance import denoise
+from audioae.models import build_model
+
+
+def _lines(stream, out: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        out.put(line)
+
+
+def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float = 60.0) -> re.Match:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        log.append(line)
+        if m := re.search(pattern, line):
+            return m
+    raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(log)}")
+
+
+def test_sigterm_drains_in_flight_calls(tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
+    log: list[str] = []
+    try:
+        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        _wait_for(lines, r"ready: serving tiny", log)
+        c = Client(f"127.0.0.1:{port}", timeout=60)
+        assert c.health() == "SERVING"
+
+        x = (0.1 * np.random.default_rng(0).standard_normal((1, 24000))).astype(np.float32)
+        first_out, go_on, outs = threading.Event(), threading.Event(), []
+
+        def chunks():
+            yield x[:, :12000]
+            go_on.wait(60)
+            yield x[:, 12000:]
+
+        def read():
+            for y in c.stream(chunks(), 16000, 1):
+                outs.append(y)
+                first_out.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first_out.wait(30), "the stream never answered"
+
+        proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + 30
+        while c.health() != "NOT_SERVING" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert c.health() == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as info:
+            c.denoise(x, 16000)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in info.value.details()
+
+        go_on.set()
+        reader.join(60)
+        y = np.concatenate(outs, axis=-1)
+        np.testing.assert_allclose(y, denoise(load_checkpoint(ckpt), x, 16000), atol=2e-5)
+        assert proc.wait(timeout=60) == 0
+        c.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _wait_for(lines, r"stopped$", log, timeout=5)
