@@ -105,6 +105,9 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     try:
         with os.fdopen(fd, "wb") as fh:
             sf.write(fh, data, sr, format=fmt, subtype=subtype)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs should read like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -45,10 +45,14 @@ def fraction_near_zero(h: torch.Tensor, threshold: float = 1e-3) -> float:
 
 
 def hoyer_sparsity(h: torch.Tensor) -> float:
-    """Hoyer's measure in [0, 1] per code vector (1 = one active unit), averaged."""
+    """Hoyer's measure in [0, 1] per code vector (1 = one active unit), averaged over the code
+    vectors that have any activity (an all-zero vector has no defined sparsity)."""
     x = h.transpose(0, 1).reshape(h.shape[1], -1).abs()  # [K, M]
     n = x.shape[0]
     l1 = x.sum(0)
-    l2 = x.pow(2).sum(0).sqrt().clamp_min(1e-12)
-    s = (n**0.5 - l1 / l2) / (n**0.5 - 1)
+    l2 = x.pow(2).sum(0).sqrt()
+    active = l2 > 1e-12
+    if not active.any():
+        return 1.0
+    s = (n**0.5 - l1[active] / l2[active]) / (n**0.5 - 1)
     return float(s.mean())

@@ -1,0 +1,467 @@
+"""The course's image experiments. Each function trains its small models on in-memory data with
+:func:`audioae.train.fit_arrays` and returns ``(numbers, arrays, models)``: plain JSON-able
+numbers for the report, arrays for the figure, and the trained models (saved as checkpoints).
+
+Digits are scikit-learn's 8x8 digits, split once into a stratified train and test set; every
+digit number is measured on the test set. Photograph numbers are measured on ``camera``, which
+no model sees in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.images import (
+    TEST_PHOTOGRAPH,
+    TRAIN_PHOTOGRAPHS,
+    image_to_patches,
+    load_digit_images,
+    load_photograph,
+    photograph_patches,
+)
+from ..models import Autoencoder, build_model
+from ..models.corruption import add_gaussian_std, darken_patches
+from ..models.image import UNPOOLING, ImageAutoencoder, corrupt_images
+from ..models.sparsity import fraction_near_zero, hoyer_sparsity
+from ..train import fit_arrays
+from .inference import psnr, reconstruct_image, run_batches
+
+log = logging.getLogger(__name__)
+
+Result = tuple[dict, dict, dict[str, Autoencoder]]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Sizes and budgets of every experiment in ``audioae images report``."""
+
+    seed: int = 0
+    test_fraction: float = 1 / 3  # of the 1,797 digits
+    # Training (Adam, MSE + the model's sparsity penalty, constant learning rate).
+    digit_steps: int = 1200  # per digit model; about 5-10 s each on one CPU thread
+    photo_steps: int = 1000  # per photograph-patch model; 16x16 patches cost ~4x an 8x8 digit
+    linear_steps: int = 2000  # full-batch steps for the linear autoencoders (cheap)
+    linear_lr: float = 3e-2  # full batches take a larger step; at 3e-3 the weakest directions lag
+    batch_size: int = 128  # digits
+    photo_batch_size: int = 64  # photograph patches
+    lr: float = 3e-3
+    # Architecture of the convolutional models.
+    channels: tuple[int, ...] = (16, 32)  # two levels: 8x8 digits -> 2x2, 16x16 patches -> 4x4
+    unpool: str = "transposed"  # decoder of the digit and denoising models (maxunpool cannot decode bare codes)
+    # Dimensionality reduction and features.
+    code_sizes: tuple[int, ...] = (2, 4, 8, 16, 32)
+    map_code_dim: int = 8  # the model whose codes are mapped in 2-D, shown and perturbed
+    map_points: int = 0  # test digits in the 2-D maps; 0: all
+    tsne_perplexity: float = 30.0
+    # Photographs.
+    image_scale: float = 0.5  # photographs are halved: more structure per 16x16 patch
+    patch: int = 16
+    patches_per_image: int = 400  # random training patches from each training photograph
+    photo_code_dim: int = 64  # of 256 pixels
+    noise_std: float = 0.2  # Gaussian corruption, pixels in [0, 1]
+    dark_fraction: float = 0.15  # patches corruption: share of pixels darkened
+    dark_patch: tuple[int, int] = (4, 4)
+    # Sparse codes: an overcomplete ReLU code of the digits and (penalty, weight) pairs.
+    sparse_code_dim: int = 128
+    # Weights picked so each penalty's pair spans a similar error range (L1 0.03 silences every unit).
+    sparse_runs: tuple[tuple[str, float], ...] = (("none", 0.0), ("l1", 0.001), ("l1", 0.003), ("l2", 0.03),
+                                                  ("l2", 0.3))
+    # Generation.
+    perturb_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # times each code unit's std
+    interpolation_steps: int = 9
+    gaussian_samples: int = 500
+    dpi: int = 90  # of report.png: 1530 x 3240 pixels
+
+    @classmethod
+    def quick(cls, **changes) -> ReportConfig:
+        """Tiny settings for tests and smoke runs (seconds, numbers meaningless)."""
+        small = dict(digit_steps=40, photo_steps=30, linear_steps=100, code_sizes=(2, 8), map_code_dim=8,
+                     map_points=120, tsne_perplexity=10.0, patches_per_image=30, photo_code_dim=16,
+                     sparse_code_dim=32, sparse_runs=(("none", 0.0), ("l1", 0.03), ("l2", 0.03)),
+                     gaussian_samples=50, channels=(4, 8), dpi=40)
+        small.update(changes)
+        return cls(**small)
+
+    def __post_init__(self):
+        if self.map_code_dim not in self.code_sizes:
+            raise ValueError(f"map_code_dim {self.map_code_dim} must be one of code_sizes {self.code_sizes}")
+        if self.unpool == "maxunpool":
+            raise ValueError("the digit models decode perturbed codes: unpool must be nearest or transposed "
+                             "(max-unpooling is compared in its own experiment)")
+        if self.gaussian_samples < 24:
+            raise ValueError("gaussian_samples must be at least 24 (the figure shows 24)")
+        if self.patch % 2 ** len(self.channels):
+            raise ValueError(f"patch {self.patch} must be a multiple of 2**levels")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Digits:
+    """The fixed split: ``x [N, 1, 8, 8]`` in [0, 1], labels ``y [N]``."""
+
+    x_train: torch.Tensor
+    y_train: np.ndarray
+    x_test: torch.Tensor
+    y_test: np.ndarray
+
+    @property
+    def flat_train(self) -> np.ndarray:
+        return self.x_train.reshape(len(self.x_train), -1).numpy()
+
+    @property
+    def flat_test(self) -> np.ndarray:
+        return self.x_test.reshape(len(self.x_test), -1).numpy()
+
+
+def load_digits_split(cfg: ReportConfig) -> Digits:
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digit_images(8)
+    tr, te = train_test_split(np.arange(len(y)), test_size=cfg.test_fraction, random_state=cfg.seed, stratify=y)
+    return Digits(x[tr], y[tr], x[te], y[te])
+
+
+@dataclass
+class Photos:
+    train: torch.Tensor  # [N, 1, s, s] random patches of the training photographs
+    test_image: torch.Tensor  # [H, W] the held-out photograph
+    test_patches: torch.Tensor  # [P, 1, s, s] its non-overlapping grid
+
+
+def load_photos(cfg: ReportConfig) -> Photos:
+    train = photograph_patches(TRAIN_PHOTOGRAPHS, cfg.patch, cfg.patches_per_image, cfg.image_scale, cfg.seed)
+    img = torch.from_numpy(load_photograph(TEST_PHOTOGRAPH, cfg.image_scale))
+    grid, _ = image_to_patches(img, cfg.patch, cfg.patch)
+    return Photos(train, img, grid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _train(name: str, config: dict, x: torch.Tensor, cfg: ReportConfig, steps: int, *, batch_size: int,
+           lr: float | None = None, seed_offset: int = 0) -> tuple[Autoencoder, dict]:
+    """Build and train one model; returns it with ``{"train_seconds", "final_loss", "parameters"}``."""
+    torch.manual_seed(cfg.seed + seed_offset)
+    model = build_model(name, config)
+    corrupt = None
+    if getattr(model.config, "corruption", "none") != "none":
+        def corrupt(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return corrupt_images(batch, model.config, gen)
+    t0 = time.perf_counter()
+    hist = fit_arrays(model, x, steps=steps, batch_size=batch_size, lr=lr or cfg.lr, corrupt=corrupt,
+                      seed=cfg.seed + seed_offset)
+    info = {"train_seconds": round(time.perf_counter() - t0, 3), "final_loss": float(np.mean(hist[-20:])),
+            "parameters": model.num_parameters()}
+    log.info("trained %s %s: %s", name, config, info)
+    return model.eval(), info
+
+
+def _mse(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    return float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).pow(2).mean())
+
+
+def _digit_model_config(cfg: ReportConfig, code_dim: int, **extra) -> dict:
+    return {"image_size": (8, 8), "channels": cfg.channels, "unpool": cfg.unpool, "code_dim": code_dim, **extra}
+
+
+def _photo_model_config(cfg: ReportConfig, **extra) -> dict:
+    return {"image_size": (cfg.patch, cfg.patch), "channels": cfg.channels, "unpool": cfg.unpool,
+            "code_dim": cfg.photo_code_dim, **extra}
+
+
+def _logistic(train_x: np.ndarray, train_y: np.ndarray, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed))
+    return clf.fit(train_x, train_y)
+
+
+def _one_per_class(labels: np.ndarray, classes=range(10)) -> np.ndarray:
+    return np.array([int(np.flatnonzero(labels == c)[0]) for c in classes])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 + 2. Dimensionality reduction, 2-D maps, codes as features
+
+
+def dimensionality(cfg: ReportConfig, digits: Digits) -> Result:
+    """Test reconstruction error against code size for PCA, the linear and the convolutional
+    autoencoder; logistic-regression accuracy on each one's codes and on raw pixels; 2-D maps."""
+    from sklearn.decomposition import PCA
+
+    xtr, xte = digits.flat_train, digits.flat_test  # [N, 64]
+    ytr, yte = digits.y_train, digits.y_test
+    raw_clf = _logistic(xtr, ytr, cfg.seed)
+    methods = ("pca", "linear", "conv")
+    numbers: dict = {"code_sizes": list(cfg.code_sizes), "mse": {m: [] for m in methods},
+                     "train_mse": {m: [] for m in methods},
+                     "accuracy": {"raw_pixels": float(raw_clf.score(xte, yte)), **{m: [] for m in methods}},
+                     "pca_explained_variance": [], "train_seconds": {"linear": [], "conv": []},
+                     "parameters": {"linear": [], "conv": []}, "test_pixel_variance": float(xte.var(0).mean())}
+    arrays: dict = {"examples": _one_per_class(yte), "y_test": yte}
+    models: dict[str, Autoencoder] = {}
+
+    def record(method: str, rec_tr, rec_te, code_tr, code_te) -> None:
+        """Errors of the reconstructions and accuracy of a classifier on the codes."""
+        numbers["mse"][method].append(_mse(rec_te, xte))
+        numbers["train_mse"][method].append(_mse(rec_tr, xtr))
+        numbers["accuracy"][method].append(float(_logistic(code_tr, ytr, cfg.seed).score(code_te, yte)))
+
+    for k in cfg.code_sizes:
+        pca = PCA(k, random_state=cfg.seed).fit(xtr)
+        p_tr, p_te = pca.transform(xtr), pca.transform(xte)  # [N, k]
+        rec_pca = pca.inverse_transform(p_te)  # [M, 64]
+        record("pca", pca.inverse_transform(p_tr), rec_pca, p_tr, p_te)
+        numbers["pca_explained_variance"].append(float(pca.explained_variance_ratio_.sum()))
+
+        # Full batches: the linear autoencoder's optimum is PCA's subspace, and they get there.
+        lin, info = _train("linear", {"input": "vector", "input_dim": xtr.shape[1], "code_dim": k},
+                           torch.from_numpy(xtr), cfg, cfg.linear_steps, batch_size=len(xtr), lr=cfg.linear_lr)
+        (l_rec_tr, l_tr), (l_rec_te, l_te) = (run_batches(lin, torch.from_numpy(v)) for v in (xtr, xte))
+        record("linear", l_rec_tr, l_rec_te, l_tr.numpy(), l_te.numpy())
+        models[f"digits-linear-k{k}"] = lin
+        for key in ("train_seconds", "parameters"):
+            numbers[key]["linear"].append(info[key])
+
+        conv, info = _train("image", _digit_model_config(cfg, k), digits.x_train, cfg, cfg.digit_steps,
+                            batch_size=cfg.batch_size)
+        (c_rec_tr, c_tr), (c_rec_te, c_te) = (run_batches(conv, v) for v in (digits.x_train, digits.x_test))
+        record("conv", c_rec_tr.flatten(1), c_rec_te.flatten(1), c_tr.numpy(), c_te.numpy())
+        models[f"digits-conv-k{k}"] = conv
+        for key in ("train_seconds", "parameters"):
+            numbers[key]["conv"].append(info[key])
+
+        if k == cfg.map_code_dim:
+            ex = arrays["examples"]
+            arrays["recon"] = {"original": xte[ex], "pca": rec_pca[ex], "linear": l_rec_te[ex].numpy(),
+                               "conv": c_rec_te[ex].flatten(1).numpy()}
+            arrays["map_codes"], arrays["train_codes"] = c_te.numpy(), c_tr.numpy()
+        if k == 2:
+            arrays["code2"] = c_te.numpy()
+    arrays.update(_maps(cfg, arrays["map_codes"], yte))
+    arrays["raw_classifier"] = raw_clf
+    numbers["map"] = {"code_dim": cfg.map_code_dim, "points": int(len(arrays["map_labels"])),
+                      "tsne_perplexity": arrays["tsne_perplexity"],
+                      "pca_explained_variance_2d": arrays["map_pca_explained"]}
+    return numbers, arrays, models
+
+
+def _maps(cfg: ReportConfig, codes: np.ndarray, labels: np.ndarray) -> dict:
+    """PCA and t-SNE of ``codes [N, K]`` to 2-D."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    n = len(codes) if cfg.map_points <= 0 else min(cfg.map_points, len(codes))
+    codes, labels = codes[:n], labels[:n]
+    pca = PCA(2, random_state=cfg.seed).fit(codes)
+    perplexity = min(cfg.tsne_perplexity, (n - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=cfg.seed).fit_transform(codes)
+    return {"map_pca": pca.transform(codes), "map_tsne": tsne, "map_labels": labels,
+            "map_pca_explained": float(pca.explained_variance_ratio_.sum()), "tsne_perplexity": float(perplexity)}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Denoising photographs
+
+
+def _corrupt_test_image(img: torch.Tensor, kind: str, cfg: ReportConfig) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(cfg.seed + 4242)  # the same corruption every run
+    if kind == "gaussian":
+        return add_gaussian_std(img, cfg.noise_std, gen)
+    return darken_patches(img[None, None], cfg.dark_fraction, cfg.dark_patch, gen)[0, 0]
+
+
+def _gaussian_filter_oracle(noisy: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
+    """Best PSNR of a Gaussian blur over a few widths (chosen on the clean image: an upper bound)."""
+    from scipy.ndimage import gaussian_filter
+
+    best = max((psnr(torch.from_numpy(gaussian_filter(noisy, s)), torch.from_numpy(clean)), s)
+               for s in (0.5, 0.75, 1.0, 1.5, 2.0))
+    return best
+
+
+def denoising(cfg: ReportConfig, photos: Photos, plain: ImageAutoencoder | None) -> Result:
+    """Denoising autoencoders on photograph patches, one per corruption; PSNR on the held-out
+    photograph before and after, beside the plain autoencoder (same architecture, clean training)."""
+    numbers: dict = {"test_image": TEST_PHOTOGRAPH, "image_shape": list(photos.test_image.shape)}
+    arrays: dict = {"clean": photos.test_image.numpy()}
+    models: dict[str, Autoencoder] = {}
+    clean = photos.test_image  # [H, W]
+    for i, kind in enumerate(("gaussian", "patches")):
+        config = _photo_model_config(cfg, corruption=kind, noise_std=cfg.noise_std,
+                                     patch_fraction=cfg.dark_fraction, patch_size=cfg.dark_patch)
+        model, info = _train("image", config, photos.train, cfg, cfg.photo_steps, batch_size=cfg.photo_batch_size,
+                             seed_offset=10 + i)
+        noisy = _corrupt_test_image(clean, kind, cfg)  # [H, W]
+        out = reconstruct_image(model, noisy)  # [H, W]
+        res = {"psnr_in": psnr(noisy, clean), "psnr_out": psnr(out, clean),
+               "psnr_clean_through_model": psnr(reconstruct_image(model, clean), clean), **info}
+        if kind == "gaussian":
+            res["noise_std"] = cfg.noise_std
+            best, sigma = _gaussian_filter_oracle(noisy.numpy(), clean.numpy())
+            res["gaussian_filter_best_psnr"], res["gaussian_filter_best_sigma"] = best, sigma
+        else:
+            res["dark_fraction_measured"] = float((noisy == 0).double().mean() - (clean == 0).double().mean())
+            res["dark_patch"] = list(cfg.dark_patch)
+        if plain is not None:
+            plain_out = reconstruct_image(plain, noisy)
+            res["psnr_plain_autoencoder"] = psnr(plain_out, clean)
+            arrays[f"{kind}_plain"] = plain_out.numpy()
+        res["psnr_gain"] = res["psnr_out"] - res["psnr_in"]
+        numbers[kind] = res
+        arrays[f"{kind}_noisy"], arrays[f"{kind}_out"] = noisy.numpy(), out.numpy()
+        models[f"photo-denoise-{kind}"] = model
+    return numbers, arrays, models
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Sparse codes
+
+
+def sparsity_numbers(h: torch.Tensor) -> dict:
+    """How sparse a code ``h [N, K]`` is. Near zero: below 1e-3 of the largest activation."""
+    near_zero = fraction_near_zero(h)
+    silent = h.abs().amax(1) == 0  # [N] code vectors with no active unit
+    return {"fraction_zero": float((h == 0).double().mean()), "fraction_near_zero": near_zero,
+            "mean_active_units": (1 - near_zero) * h.shape[1],
+            # Hoyer's measure is undefined for an all-zero vector: measured over the others.
+            "hoyer": hoyer_sparsity(h[~silent]) if bool((~silent).any()) else None,
+            "silent_codes": int(silent.sum()), "dead_units": int((h.abs().amax(0) == 0).sum()),
+            "mean_abs_code": float(h.abs().mean())}
+
+
+def sparse_codes(cfg: ReportConfig, digits: Digits) -> Result:
+    """An overcomplete ReLU code (more units than pixels) under no, L1 and L2 penalties."""
+    rows, codes = [], {}
+    models: dict[str, Autoencoder] = {}
+    for i, (penalty, weight) in enumerate(cfg.sparse_runs):
+        config = _digit_model_config(cfg, cfg.sparse_code_dim, code_activation="relu", sparsity=penalty,
+                                     sparsity_weight=weight)
+        model, info = _train("image", config, digits.x_train, cfg, cfg.digit_steps, batch_size=cfg.batch_size,
+                             seed_offset=20 + i)
+        rec, h = run_batches(model, digits.x_test)  # [N, 1, 8, 8], [N, K]
+        rows.append({"penalty": penalty, "weight": weight, "mse": _mse(rec, digits.x_test), "code_dim": h.shape[1],
+                     **sparsity_numbers(h), **info})
+        codes["none" if penalty == "none" else f"{penalty} {weight:g}"] = h.numpy()
+        models[f"digits-sparse-{penalty}-{weight:g}"] = model
+    return {"runs": rows, "code_dim": cfg.sparse_code_dim}, {"codes": codes}, models
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Unpooling
+
+
+@torch.inference_mode()
+def _inference_ms(model: Autoencoder, x: torch.Tensor, repeats: int = 5) -> float:
+    """Best of ``repeats`` forward passes over ``x``, in ms per 1,000 inputs (the best is the
+    least disturbed by other processes)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_batches(model, x)
+        best = min(best, time.perf_counter() - t0)
+    return 1e6 * best / len(x)
+
+
+def unpooling(cfg: ReportConfig, photos: Photos) -> Result:
+    """The three unpooling methods with the same encoder, code size and training budget."""
+    rows, recon = [], {}
+    models: dict[str, Autoencoder] = {}
+    test = photos.test_patches  # [P, 1, s, s]
+    for method in UNPOOLING:
+        # Same seed for all three: the same encoder initialisation and the same batches.
+        model, info = _train("image", _photo_model_config(cfg, unpool=method), photos.train, cfg, cfg.photo_steps,
+                             batch_size=cfg.photo_batch_size, seed_offset=30)
+        rec, _ = run_batches(model, test)
+        whole = reconstruct_image(model, photos.test_image)  # [H, W]
+        rows.append({"method": method, "mse": _mse(rec, test), "psnr": psnr(rec, test),
+                     "psnr_whole_image_overlapping": psnr(whole, photos.test_image),
+                     "inference_ms_per_1000": _inference_ms(model, test),
+                     "decodes_bare_code": method != "maxunpool", **info})
+        recon[method] = whole.numpy()
+        models[f"photo-{method}"] = model
+    numbers = {"runs": rows, "code_dim": cfg.photo_code_dim, "patch": cfg.patch, "test_patches": len(test)}
+    return numbers, {"recon": recon, "clean": photos.test_image.numpy()}, models
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Generating similar objects
+
+
+@torch.inference_mode()
+def generation(cfg: ReportConfig, digits: Digits, model: ImageAutoencoder, train_codes: np.ndarray,
+               classifier) -> Result:
+    """Decode perturbed codes, interpolations between codes and samples of a Gaussian fitted to
+    the training codes; a logistic regression on raw pixels says which digit each output looks like."""
+    gen = torch.Generator().manual_seed(cfg.seed + 6)
+    codes = torch.from_numpy(train_codes)  # [N, K]
+    std = codes.std(0)  # [K]
+
+    def predict(images: torch.Tensor) -> np.ndarray:
+        return classifier.predict_proba(images.flatten(1).numpy())  # [M, 10]
+
+    _, h_test = run_batches(model, digits.x_test)  # [M, K]
+    base_rec = model.decode(h_test)  # [M, 1, 8, 8]
+    numbers: dict = {"code_dim": int(codes.shape[1]), "perturbation": [],
+                     "reconstruction_label_kept": float((predict(base_rec).argmax(1) == digits.y_test).mean())}
+    examples = _one_per_class(digits.y_test, (0, 2, 3, 5, 8))
+    arrays: dict = {"perturbed": {}, "examples": examples, "example_labels": digits.y_test[examples].tolist(),
+                    "base": base_rec[examples].numpy()}
+    for scale in cfg.perturb_scales:
+        out = model.decode(h_test + torch.randn(h_test.shape, generator=gen) * std * scale)  # [M, 1, 8, 8]
+        numbers["perturbation"].append({"scale": scale,
+                                        "label_kept": float((predict(out).argmax(1) == digits.y_test).mean()),
+                                        "mse_to_reconstruction": _mse(out, base_rec)})
+        h_ex = h_test[examples]  # [E, K]
+        draws = [model.decode(h_ex + torch.randn(h_ex.shape, generator=gen) * std * scale) for _ in range(6)]
+        arrays["perturbed"][scale] = torch.stack(draws, 1).numpy()  # [E, 6, 1, 8, 8]
+
+    pairs = [(0, 6), (3, 8), (1, 7), (4, 9)]
+    t = torch.linspace(0, 1, cfg.interpolation_steps)  # [S]
+    interp, pixel_interp, paths = [], [], []
+    for a, b in pairs:
+        ia, ib = _one_per_class(digits.y_test, (a, b))
+        out = model.decode((1 - t)[:, None] * h_test[ia] + t[:, None] * h_test[ib])  # [S, 1, 8, 8]
+        pix = (1 - t)[:, None, None, None] * digits.x_test[ia] + t[:, None, None, None] * digits.x_test[ib]
+        p_code, p_pix = predict(out), predict(pix)  # [S, 10]
+        interp.append(out.numpy())
+        pixel_interp.append(pix.numpy())
+        paths.append({"from": a, "to": b, "code_path_labels": p_code.argmax(1).tolist(),
+                      "code_path_confidence": p_code.max(1).tolist(), "pixel_path_labels": p_pix.argmax(1).tolist(),
+                      "pixel_path_confidence": p_pix.max(1).tolist()})
+    numbers["interpolation"] = paths
+    # Classifier confidence halfway: a blend of two digits' pixels is ambiguous; a decoded blend
+    # of their codes tends to look like some digit.
+    mid = cfg.interpolation_steps // 2
+    numbers["interpolation_mid_confidence"] = {
+        "code": float(np.mean([p["code_path_confidence"][mid] for p in paths])),
+        "pixel": float(np.mean([p["pixel_path_confidence"][mid] for p in paths]))}
+    arrays["interp"], arrays["pixel_interp"] = np.stack(interp), np.stack(pixel_interp)  # [P, S, 1, 8, 8]
+    arrays["pairs"] = pairs
+
+    cov = torch.cov(codes.T.double()) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)  # [K, K]
+    dist = torch.distributions.MultivariateNormal(codes.mean(0).double(), covariance_matrix=cov)
+    torch.manual_seed(cfg.seed + 7)
+    samples = model.decode(dist.sample((cfg.gaussian_samples,)).float())  # [S, 1, 8, 8]
+    proba = predict(samples)
+    numbers["gaussian_samples"] = {
+        "count": cfg.gaussian_samples, "mean_confidence": float(proba.max(1).mean()),
+        "test_digits_mean_confidence": float(classifier.predict_proba(digits.flat_test).max(1).mean()),
+        "label_histogram": np.bincount(proba.argmax(1), minlength=10).tolist()}
+    arrays["samples"] = samples[:24].numpy()
+    return numbers, arrays, {}

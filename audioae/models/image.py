@@ -1,0 +1,175 @@
+"""2D convolutional autoencoder for small grayscale images and photograph patches (the course's
+first autoencoders). The encoder is a stack of ``conv -> ReLU -> 2x2 max-pool`` levels and one
+dense layer to a code vector ``h [B, K]``; the decoder mirrors it and unpools by one of three
+methods chosen in the config:
+
+- ``nearest``: copy each value into its 2x2 block (no parameters);
+- ``maxunpool``: put each value back where the encoder's max-pool found it, zeros elsewhere. The
+  pooling indices travel from the encoder to the decoder, so they are information *beside* the
+  code: reconstruction error is then not a function of ``code_dim`` alone, and a bare code
+  cannot be decoded (``decode(h)`` without indices raises);
+- ``transposed``: a learnable transposed convolution, kernel 3, stride 2.
+
+Sparse (``sparsity``) and denoising (``corruption``: ``gaussian`` noise of ``noise_std`` or
+darkened ``patches``) variants come from the shared config fields, as for the audio models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Autoencoder, AutoencoderConfig
+from .corruption import add_gaussian_std, darken_patches
+
+UNPOOLING = ("nearest", "maxunpool", "transposed")
+IMAGE_CORRUPTIONS = ("none", "gaussian", "patches")
+
+
+@dataclass(frozen=True)
+class ImageConfig(AutoencoderConfig):
+    input: str = "image"
+    in_channels: int = 1
+    image_size: tuple[int, int] = (16, 16)  # (H, W); each must divide by 2**levels
+    channels: tuple[int, ...] = (16, 32)  # one entry per level; each level halves H and W
+    kernel_size: int = 3
+    unpool: str = "nearest"  # nearest | maxunpool | transposed
+    code_dim: int = 32
+    code_activation: str = "none"  # a linear code, like PCA's; use relu for sparse codes
+    output_activation: str = "sigmoid"  # sigmoid (pixels in [0, 1]) | none
+    patch_size: tuple[int, int] = (4, 4)  # darkened (rows, cols) for corruption='patches'
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.input != "image":
+            raise ValueError(f"image models take input='image', got {self.input!r}")
+        if self.unpool not in UNPOOLING:
+            raise ValueError(f"unpool must be one of {UNPOOLING}, got {self.unpool!r}")
+        if self.corruption not in IMAGE_CORRUPTIONS:
+            raise ValueError(f"image corruption must be one of {IMAGE_CORRUPTIONS}, got {self.corruption!r}")
+        if self.output_activation not in ("sigmoid", "none"):
+            raise ValueError(f"output_activation must be sigmoid or none, got {self.output_activation!r}")
+        if not self.channels:
+            raise ValueError("channels needs at least one level")
+        if self.kernel_size % 2 != 1:
+            raise ValueError("kernel_size must be odd (same-size convolutions)")
+        block = 2 ** len(self.channels)
+        if any(s <= 0 or s % block for s in self.image_size):
+            raise ValueError(f"image_size {self.image_size} must be positive multiples of 2**levels = {block}")
+
+    @property
+    def bottleneck_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the last feature map, before the dense layer to the code."""
+        block = 2 ** len(self.channels)
+        return self.channels[-1], self.image_size[0] // block, self.image_size[1] // block
+
+
+class _Unpool(nn.Module):
+    """Doubles H and W of ``[B, C, h, w]`` by the configured method."""
+
+    def __init__(self, method: str, channels: int):
+        super().__init__()
+        self.method = method
+        if method == "transposed":
+            # Kernel 3, stride 2, padding 1, output_padding 1: exactly [h, w] -> [2h, 2w].
+            self.up = nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.method == "nearest":
+            return F.interpolate(x, scale_factor=2, mode="nearest")  # [B, C, 2h, 2w]
+        if self.method == "maxunpool":
+            if indices is None:
+                raise ValueError("max-unpooling needs the encoder's pooling indices: a bare code cannot be "
+                                 "decoded (use forward/encode_with_indices, or a nearest/transposed model)")
+            return F.max_unpool2d(x, indices, kernel_size=2, output_size=(2 * h, 2 * w))  # [B, C, 2h, 2w]
+        return self.up(x)  # [B, C, 2h, 2w]
+
+
+class ImageAutoencoder(Autoencoder):
+    """``encode(x [B, C, H, W]) -> h [B, K]``, ``decode(h) -> x̂ [B, C, H, W]``."""
+
+    registry_name = "image"
+    config: ImageConfig
+
+    def __init__(self, config: ImageConfig):
+        super().__init__()
+        self.config = c = config
+        widths = [c.in_channels, *c.channels]
+        pad = c.kernel_size // 2
+        self.enc = nn.ModuleList(
+            nn.Conv2d(widths[i], widths[i + 1], c.kernel_size, padding=pad) for i in range(len(c.channels))
+        )
+        flat = c.bottleneck_shape[0] * c.bottleneck_shape[1] * c.bottleneck_shape[2]
+        self.to_code = nn.Linear(flat, c.code_dim)
+        self.from_code = nn.Linear(c.code_dim, flat)
+        self.unpool = nn.ModuleList(_Unpool(c.unpool, w) for w in c.channels)
+        self.dec = nn.ModuleList(
+            nn.Conv2d(widths[i + 1], widths[i], c.kernel_size, padding=pad) for i in range(len(c.channels))
+        )
+
+    @property
+    def levels(self) -> int:
+        return len(self.config.channels)
+
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        """Uniform random pixels ``[B, C, H, W]`` in [0, 1]."""
+        c = self.config
+        return torch.rand(batch, c.in_channels, *c.image_size, generator=torch.Generator().manual_seed(seed))
+
+    def _check(self, x: torch.Tensor) -> None:
+        c = self.config
+        want = (c.in_channels, *c.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"image model expects [B, {want[0]}, {want[1]}, {want[2]}], got {list(x.shape)}")
+
+    def encode_with_indices(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``x [B, C, H, W]`` -> ``(h [B, K], max-pool indices per level)``."""
+        self._check(x)
+        indices = []
+        for conv in self.enc:
+            x = torch.relu(conv(x))  # [B, C_l, h, w]
+            x, idx = F.max_pool2d(x, 2, return_indices=True)  # [B, C_l, h/2, w/2]
+            indices.append(idx)
+        h = self.finish_code(self.to_code(x.flatten(1)))  # [B, K]
+        return h, indices
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_with_indices(x)[0]
+
+    def decode(self, h: torch.Tensor, indices: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``h [B, K]`` -> ``x̂ [B, C, H, W]``; max-unpooling models also need the encoder's indices."""
+        if h.dim() != 2 or h.shape[1] != self.config.code_dim:
+            raise ValueError(f"image model decodes codes [B, {self.config.code_dim}], got {list(h.shape)}")
+        y = torch.relu(self.from_code(h)).unflatten(1, self.config.bottleneck_shape)  # [B, C_L, H/2^L, W/2^L]
+        for level in reversed(range(self.levels)):
+            y = self.unpool[level](y, None if indices is None else indices[level])  # [B, C_l, 2h, 2w]
+            y = self.dec[level](y)  # [B, C_{l-1}, 2h, 2w]
+            if level > 0:
+                y = torch.relu(y)
+        return torch.sigmoid(y) if self.config.output_activation == "sigmoid" else y
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, indices = self.encode_with_indices(x)
+        return self.decode(h, indices), h
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(image_size=list(self.config.image_size), unpool=self.config.unpool)
+        return d
+
+
+def corrupt_images(x: torch.Tensor, config: AutoencoderConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """What a denoising image model sees: ``x [B, C, H, W]`` (or ``[B, D]`` for ``gaussian``)
+    with Gaussian noise of ``config.noise_std`` or darkened ``config.patch_size`` patches covering
+    about ``config.patch_fraction``; ``none`` returns ``x`` itself. Values are not clipped."""
+    if config.corruption == "none":
+        return x
+    if config.corruption == "gaussian":
+        return add_gaussian_std(x, config.noise_std, generator)
+    if config.corruption == "patches":
+        return darken_patches(x, config.patch_fraction, config.patch_size, generator)
+    raise ValueError(f"no image corruption {config.corruption!r}; choose one of {IMAGE_CORRUPTIONS}")

@@ -1,0 +1,58 @@
+"""Build the shipped example recordings (audioae/pretrained/examples/) from the corpus's
+validation split: held-out voices mixed with held-out noise at fixed seeds. Never from the
+reserved evaluation packages.
+
+    python recipes/make_examples.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from audioae.audio import resample, write_audio
+from audioae.data.mixing import list_audio, load_folder
+from audioae.models.corruption import mix_at_snr
+
+OUT = Path(__file__).resolve().parents[1] / "audioae" / "pretrained" / "examples"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "val"
+EXAMPLES = [
+    # (speech subfolder, noise subfolder, snr dB, output name, sample rate, channels)
+    ("fillets_nl", "synthetic_pink", 0.0, "voice-pink-0dB.wav", 16000, 1),
+    ("asterisk_fr_armelle", "babble", 5.0, "voice-babble-5dB.flac", 16000, 1),
+    ("fillets_cs", "alienblaster", 5.0, "voice-effects-5dB-stereo-44k.wav", 44100, 2),
+]
+
+
+def _speech(folder: Path, rng: np.random.Generator, seconds: float) -> np.ndarray:
+    clips = load_folder(folder, 16000)
+    out = np.concatenate([clips[i] for i in rng.permutation(len(clips))[:8]])
+    return out[: int(seconds * 16000)]
+
+
+def main() -> None:
+    import torch
+
+    rng = np.random.default_rng(2026)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for speech_dir, noise_dir, snr, name, sr, channels in EXAMPLES:
+        clean = _speech(CORPUS / "speech" / speech_dir, rng, 6.0)
+        noise_files = list_audio(CORPUS / "noise" / noise_dir)
+        noise = np.concatenate(load_folder(noise_files[0].parent, 16000))
+        noise = np.tile(noise, int(np.ceil(len(clean) / len(noise))) + 1)[: len(clean)]
+        chans = []
+        for c in range(channels):
+            shift = c * 800  # the second channel hears the noise a little later
+            mixed = mix_at_snr(torch.from_numpy(clean)[None], torch.from_numpy(np.roll(noise, shift))[None],
+                               torch.tensor([snr]))[0]
+            chans.append(mixed)
+        wav = torch.stack(chans)  # [C, T] at 16 kHz
+        wav = 0.5 * wav / wav.abs().max()
+        wav = resample(wav, 16000, sr).numpy()
+        write_audio(OUT / name, wav, sr, subtype="PCM_16")
+        print(OUT / name, wav.shape, sr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The corpus recipe and the denoising benchmark on generated signals: SNRs, lengths, layout."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audioae.data import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bc = _load("build_corpus", ROOT / "recipes" / "build_corpus.py")
+bench = _load("denoise_bench", ROOT / "benchmarks" / "denoise_bench.py")
+SR = bc.SR
+
+
+def _write(path: Path, x: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), x, SR, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("snr", [-5.0, 0.0, 7.5, 20.0])
+def test_scale_to_snr_is_exact(snr):
+    rng = np.random.default_rng(0)
+    clean = synthetic.speech_like(rng, 2.0, SR)
+    noise = synthetic.colored_noise(rng, 2.0, SR, 1.0)
+    assert bc.measured_snr(clean, bc.scale_to_snr(clean, noise, snr)) == pytest.approx(snr, abs=1e-6)
+
+
+def test_make_mixture_length_snr_and_level():
+    rng = np.random.default_rng(1)
+    speech = [synthetic.speech_like(rng, s, SR) for s in (0.7, 1.3, 2.1)]
+    noise = [synthetic.clicks(rng, 0.4, SR), synthetic.hum(rng, 9.0, SR)]
+    for seconds, snr in ((3.0, -5.0), (5.37, 10.0), (8.0, 0.0)):
+        noisy, clean, _ = bc.make_mixture(rng, speech, noise, snr, seconds)
+        assert noisy.shape == clean.shape == (int(round(seconds * SR)),)
+        assert bc.measured_snr(clean, noisy - clean) == pytest.approx(snr, abs=1e-3)
+        peak_db = 20 * np.log10(np.abs(noisy).max())
+        assert -20.01 <= peak_db <= -0.99
+
+
+def test_clean_clip_trims_silence_and_drops_silent_clips():
+    rng = np.random.default_rng(2)
+    voice = synthetic.speech_like(rng, 1.0, SR)
+    padded = np.concatenate([np.zeros(SR), voice, np.zeros(SR)]).astype(np.float32)
+    out = bc.clean_clip(padded, "speech")
+    assert out is not None and len(voice) <= len(out) <= len(voice) + int(0.2 * SR)
+    assert bc.clean_clip(np.full(SR, 1e-4, np.float32), "speech") is None  # -80 dBFS: silence
+    assert bc.clean_clip(voice[: SR // 4], "speech") is None  # too short to be an utterance
+
+
+def test_opensfx_reader_parses_the_cat_layout(tmp_path):
+    def riff(x: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        sf.write(buf, x, 22050, format="WAV", subtype="PCM_16")
+        return buf.getvalue()
+
+    def entry(name: bytes, x: np.ndarray) -> bytes:
+        return bytes([len(name) + 1]) + name + b"\0" + riff(x)
+
+    entries = [entry(b'"Horn". A test', np.full(300, 0.25)), entry(b"Wind", np.full(500, -0.5))]
+    table, offset = b"", 8 * len(entries)
+    for e in entries:
+        table += struct.pack("<II", offset | 0x80000000, len(e))  # top bit: the format flag
+        offset += len(e)
+    cat = tmp_path / "sfx.cat"
+    cat.write_bytes(table + b"".join(entries))
+    got = list(bc.opensfx_samples(str(cat)))
+    assert [(name, len(x), sr) for name, x, sr in got] == [("Horn", 300, 22050), ("Wind", 500, 22050)]
+    assert got[1][1][0] == pytest.approx(-0.5, abs=1e-4)
+
+
+def _tiny_corpus(root: Path) -> None:
+    rng = np.random.default_rng(3)
+    for spk in ("alice", "bob", "carol"):
+        for k in range(3):
+            _write(root / "test" / "speech" / spk / f"{k}.wav", synthetic.speech_like(rng, rng.uniform(0.6, 2.0), SR))
+    for fam in ("white", "clicks"):
+        _write(root / "test" / "noise" / fam / "a.wav", synthetic.noise(rng, 10.0, SR, fam))
+    for spk in ("alice", "bob", "carol"):
+        bc.build_babble(root, "test", 1, 9.0, exclude=spk)
+
+
+def test_build_test_mixtures_layout_and_labels(tmp_path):
+    _tiny_corpus(tmp_path)
+    bc.build_test_mixtures(tmp_path, snrs=(-5.0, 10.0), per_cell=2)
+    mix = tmp_path / "test" / "mixtures"
+    meta = json.loads((mix / "meta.json").read_text())
+    assert meta["noise_types"] == ["babble", "clicks", "white"]
+    assert len(meta["mixtures"]) == 3 * 2 * 2
+    for item in meta["mixtures"]:
+        noisy, sr = sf.read(str(mix / "noisy" / item["file"]), dtype="float32")
+        clean, _ = sf.read(str(mix / "clean" / item["file"]), dtype="float32")
+        assert sr == SR and len(noisy) == len(clean) == int(round(item["seconds"] * SR))
+        assert 3.0 <= item["seconds"] <= 8.0
+        assert bc.measured_snr(clean, noisy - clean) == pytest.approx(item["snr_db"], abs=0.01)
+    # babble for a mixture comes from babble built without that mixture's speaker
+    babble = sorted((tmp_path / "test" / "noise" / "babble").glob("*.wav"))
+    assert [p.name for p in babble] == [f"babble_no-{s}_000.wav" for s in ("alice", "bob", "carol")]
+
+
+def test_benchmark_peers_keep_length_and_score(tmp_path):
+    _tiny_corpus(tmp_path)
+    bc.build_test_mixtures(tmp_path, snrs=(0.0,), per_cell=1)
+    mix = tmp_path / "test" / "mixtures"
+    out = tmp_path / "res.json"
+    bench.main(["--testset", str(mix), "--out", str(out), "--methods", "rnnoise,noisereduce_stationary,unprocessed",
+                "--speed-seconds", "2", "--speed-repeats", "1"])
+    res = json.loads(out.read_text())
+    assert set(res["quality"]) == {"rnnoise", "noisereduce_stationary", "unprocessed"}
+    assert res["quality"]["unprocessed"]["overall"]["si_sdr_i"] == pytest.approx(0.0, abs=1e-6)
+    assert set(res["quality"]["rnnoise"]["per_noise_type"]) == {"babble", "clicks", "white"}
+    assert set(res["speed"]) == {"rnnoise", "noisereduce_stationary"}  # no speed for doing nothing
+    assert res["speed"]["rnnoise"]["x_realtime"] > 0
+    assert out.with_suffix(".md").read_text().startswith("| method |")
