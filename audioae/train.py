@@ -381,7 +381,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             break
     if bar is not None:
         bar.close()
-    summary = {"steps": step, "best_val_si_sdr": best, "seconds": time.monotonic() - t0,
+    summary = {"steps": step, "best_val_si_sdr": best if math.isfinite(best) else None, "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world}
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)

@@ -61,8 +61,12 @@ class Source:
         if self.generator is not None:
             return self.generator(rng, n / sr, sr)[:n]
         clip = self.clips[rng.choice(len(self.clips), p=self.weights)]
-        if len(clip) <= n:  # loop short clips
-            clip = np.tile(clip, int(np.ceil(n / len(clip))) + 1)
+        if len(clip) <= n:  # join random clips rather than looping one (word-length clips exist)
+            parts, total = [clip], len(clip)
+            while total <= n:
+                parts.append(self.clips[rng.choice(len(self.clips), p=self.weights)])
+                total += len(parts[-1])
+            clip = np.concatenate(parts)
         start = int(rng.integers(0, len(clip) - n + 1))
         return clip[start : start + n]
 

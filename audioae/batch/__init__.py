@@ -1,0 +1,25 @@
+"""Folder jobs: denoise many files, resumably, with a local or a Ray Data engine.
+
+:func:`run_denoise` is the entry point (``audioae denoise`` calls it). The parts: :mod:`.plan`
+(discovery, output paths, resume), :mod:`.process` (one file, atomically), :mod:`.manifest`
+(the JSON-lines record and the summary), :mod:`.local` and :mod:`.ray_engine` (the engines).
+"""
+
+from .job import ENGINES, DenoiseOptions, run_denoise
+from .manifest import FileResult, read_manifest
+from .plan import MANIFEST_NAME, FileTask, part_path, plan_tasks
+from .process import FileDenoiser, denoise_padded
+
+__all__ = [
+    "ENGINES",
+    "MANIFEST_NAME",
+    "DenoiseOptions",
+    "FileDenoiser",
+    "FileResult",
+    "FileTask",
+    "denoise_padded",
+    "part_path",
+    "plan_tasks",
+    "read_manifest",
+    "run_denoise",
+]

@@ -1,0 +1,146 @@
+"""A folder job end to end: plan, lock, resume, run an engine, record the manifest, summarize."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from .manifest import FileResult, ManifestWriter, previous_durations, summarize
+from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
+from .process import BLOCK_SECONDS, model_device
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+LOCK_NAME = ".audioae.lock"
+
+
+@dataclass(frozen=True)
+class DenoiseOptions:
+    model: str | None = None  # shipped name or .safetensors path; None: the default denoiser
+    strength: float = 1.0  # 1: the model's output; lower blends the input back in
+    device: str = "auto"  # auto | cpu | cuda
+    engine: str = "local"  # local | ray
+    workers: int = 1  # local: processes; ray: actors
+    address: str | None = None  # ray: auto | ray://HOST:PORT; None starts a local Ray
+    gpus_per_worker: float = 0.0  # ray: GPUs per actor
+    overwrite: bool = False  # redo outputs that already exist
+    threads: int = 1  # torch threads per worker; the same count on both engines gives identical outputs
+    block_seconds: float = BLOCK_SECONDS  # read size of the streaming path
+    progress: bool = True  # a tqdm bar on stderr
+
+    def check(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"--strength must be within [0, 1], got {self.strength}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.block_seconds <= 0:
+            raise ValueError("block_seconds must be positive")
+
+
+def _resolve_model(spec: str | None) -> Path:
+    from ..pretrained import DEFAULT_DENOISER, resolve, shipped
+
+    if spec is None and DEFAULT_DENOISER not in shipped():
+        raise CheckpointError(f"no --model given and the default model {DEFAULT_DENOISER!r} is not shipped "
+                              f"with this install; pass --model PATH.safetensors")
+    return resolve(spec)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One job at a time per output folder: a second one would delete the first one's .part files."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / LOCK_NAME, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{out}: another audioae denoise job is writing into this folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path) -> Iterator[FileResult]:
+    data = ckpt.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if opts.engine == "ray":
+        from .ray_engine import run_ray
+
+        load_checkpoint(ckpt, expected_sha256=sha)  # fail here, clearly, not in every actor
+        gpus = opts.gpus_per_worker or (1.0 if opts.device.startswith("cuda") else 0.0)
+        yield from run_ray(todo, model_bytes=data, sha256=sha, strength=opts.strength, workers=opts.workers,
+                           address=opts.address, gpus_per_worker=gpus, threads=opts.threads,
+                           block_seconds=opts.block_seconds)
+        return
+    from .local import run_local
+
+    model = load_checkpoint(ckpt, map_location=model_device(opts.device), expected_sha256=sha)
+    yield from run_local(todo, model, checkpoint=str(ckpt), sha256=sha, strength=opts.strength,
+                         workers=opts.workers, threads=opts.threads, block_seconds=opts.block_seconds)
+
+
+def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                options: DenoiseOptions = DenoiseOptions()) -> dict:
+    """Denoise every input file (folders recursively) into ``out_dir``; returns the summary.
+
+    Skips outputs that exist (unless ``overwrite``), never overwrites an input, never stops for
+    a bad file, and records one manifest line per file in ``out_dir/audioae-manifest.jsonl``.
+    """
+    options.check()
+    if options.engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()  # before anything is written: without Ray, say how to install it
+    tasks = plan_tasks(inputs, out_dir)
+    ckpt = _resolve_model(options.model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: list[FileResult] = []
+    with _exclusive(out):
+        remove_stale_parts(tasks)
+        todo, done = split_done(tasks, options.overwrite)
+        manifest = ManifestWriter(out / MANIFEST_NAME)
+        durations = previous_durations(manifest.path)
+        bar = _progress(len(tasks), options.progress)
+        try:
+            for t in done:
+                results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input)))
+                manifest.write(results[-1])
+            bar.update(len(done))
+            for r in _engine_results(todo, options, ckpt):
+                results.append(r)
+                manifest.write(r)
+                bar.update(1)
+        finally:
+            bar.close()
+            manifest.compact()
+    summary = summarize(results, time.perf_counter() - t0)
+    summary["manifest"] = str(manifest.path)
+    summary["engine"] = options.engine
+    return summary
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="denoise", dynamic_ncols=True, disable=not enabled or None)

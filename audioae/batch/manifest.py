@@ -1,0 +1,113 @@
+"""The JSON-lines manifest of a folder job (``OUT/audioae-manifest.jsonl``) and its summary.
+
+One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
+``seconds`` (wall time spent on it) and ``duration`` (seconds of audio). Lines are appended and
+flushed as files finish, so a killed run still leaves a record of what it completed; at the end
+of a run the file is compacted (last line per input wins) and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "skipped", "error")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one input file."""
+
+    input: str
+    output: str
+    status: str  # ok | skipped | error
+    error: str = ""
+    seconds: float = 0.0  # wall time spent on this file
+    duration: float | None = None  # seconds of audio, when known
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["seconds"] = round(d["seconds"], 4)
+        if d["duration"] is not None:
+            d["duration"] = round(d["duration"], 4)
+        return json.dumps(d)
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """Every complete line of a manifest (a line cut short by a killed run is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "input" in rec:
+                records.append(rec)
+    return records
+
+
+class ManifestWriter:
+    """Appends one line per result and flushes it; :meth:`compact` rewrites the file at the end."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, result: FileResult) -> None:
+        self._fh.write(result.to_json() + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def compact(self) -> None:
+        """Keep the last line of each input (earlier runs' lines included), written atomically."""
+        self.close()
+        latest: dict[str, dict] = {}
+        for rec in read_manifest(self.path):
+            latest.pop(rec["input"], None)  # re-insert: order of the last update
+            latest[rec["input"]] = rec
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in latest.values())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def previous_durations(path: str | os.PathLike) -> dict[str, float]:
+    """Audio durations recorded by earlier runs, so skipped files still count in the summary."""
+    return {r["input"]: r["duration"] for r in read_manifest(path)
+            if r.get("status") == "ok" and isinstance(r.get("duration"), int | float)}
+
+
+def summarize(results: Iterable[FileResult], wall_seconds: float) -> dict:
+    """Counts, audio processed and speed of one run, plus the failed files with their errors."""
+    results = list(results)
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    processed = sum(r.duration or 0.0 for r in results if r.status == "ok")
+    return {
+        "files": len(results),
+        **counts,
+        "audio_seconds": round(processed, 3),
+        "wall_seconds": round(wall_seconds, 3),
+        "files_per_second": round(counts["ok"] / wall_seconds, 3) if wall_seconds > 0 else math.nan,
+        "realtime_factor": round(processed / wall_seconds, 2) if wall_seconds > 0 else math.nan,
+        "errors": [{"input": r.input, "error": r.error} for r in results if r.status == "error"],
+    }

@@ -1,0 +1,132 @@
+"""Which files a folder job reads and where each one's output goes.
+
+Folders are searched recursively for WAV/FLAC/OGG; a file named on the command line is taken as
+is. Each output keeps its input's path relative to the folder it was found in (a file given
+directly goes to ``OUT/<name>``). The plan refuses, before any work starts, to overwrite an
+input or to write two inputs to one output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..audio import AUDIO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "audioae-manifest.jsonl"
+PART_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One input file and the output it becomes. Paths are absolute strings (they cross processes)."""
+
+    input: str
+    output: str
+    rel: str  # the output's path relative to OUT, as shown to people
+
+
+def part_path(output: str | os.PathLike) -> Path:
+    """The temporary name an output is written under before it is renamed into place.
+
+    Deterministic (``.<name>.part`` beside the output), so a rerun finds and replaces what a
+    killed run left behind. Hidden, and not an audio extension, so it is never taken as an input.
+    """
+    out = Path(output)
+    return out.with_name(f".{out.name}{PART_SUFFIX}")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
+    """Audio files under ``folder`` (sorted, recursive) with their relative paths, skipping OUT
+    when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        if here.resolve() == out_dir:
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            path = here / name
+            found.append((path.resolve(), path.relative_to(folder).as_posix()))
+    return found
+
+
+def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[FileTask]:
+    """Map every input file (folders searched recursively) to its output under ``out_dir``.
+
+    Raises FileNotFoundError for a missing input and ValueError when an output would overwrite
+    an input or when two inputs map to the same output.
+    """
+    if not inputs:
+        raise ValueError("no inputs given")
+    out = Path(out_dir).resolve()
+    pairs: list[tuple[Path, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            if p.resolve() == out:
+                raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
+                                 f"outputs would overwrite inputs")
+            found = _discover(p, out)
+            if not found:
+                log.warning("%s: no %s files found", p, "/".join(AUDIO_EXTENSIONS))
+            pairs.extend(found)
+        elif p.is_file():
+            pairs.append((p.resolve(), p.name))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    tasks, by_output = [], {}
+    input_set = {src for src, _ in pairs}
+    for src, rel in pairs:
+        dst = out / rel
+        if dst in input_set or (dst.exists() and dst.resolve() in input_set):
+            raise ValueError(f"refusing to run: the output {dst} would overwrite an input; "
+                             f"choose an output folder outside the inputs")
+        if dst in by_output:
+            if by_output[dst] == src:
+                continue  # the same file named twice (e.g. a file and its folder)
+            raise ValueError(f"two inputs map to the same output {dst}: {by_output[dst]} and {src}; "
+                             f"denoise them into separate output folders")
+        by_output[dst] = src
+        tasks.append(FileTask(str(src), str(dst), rel))
+    return tasks
+
+
+def split_done(tasks: Sequence[FileTask], overwrite: bool) -> tuple[list[FileTask], list[FileTask]]:
+    """``(todo, done)``: an output that exists is complete (outputs only appear by an atomic
+    rename), so a rerun skips it unless ``overwrite``."""
+    if overwrite:
+        return list(tasks), []
+    todo, done = [], []
+    for t in tasks:
+        (done if Path(t.output).is_file() else todo).append(t)
+    return todo, done
+
+
+def remove_stale_parts(tasks: Sequence[FileTask]) -> int:
+    """Delete the temporary files a killed run left for these outputs; returns how many."""
+    n = 0
+    for t in tasks:
+        part = part_path(t.output)
+        if part.exists():
+            part.unlink()
+            n += 1
+    if n:
+        log.info("removed %d unfinished .part file(s) from an earlier run", n)
+    return n

@@ -1,0 +1,253 @@
+"""Denoise one file (or, on a GPU, a batch of short files) into its output, atomically.
+
+Causal models stream: the input is read in blocks (``SoundFile.blocks``), fed to
+:class:`audioae.enhance.StreamingDenoiser` and written block by block to ``.<name>.part`` beside
+the output, which is renamed into place at the end. Memory stays bounded whatever the length,
+and the output equals :func:`audioae.enhance.denoise` on the whole file (to float tolerance).
+Non-causal models read the whole file and call :func:`audioae.enhance.denoise` (which windows
+long inputs itself). Either way the output keeps the input's sample rate, channel count,
+container and subtype, and is written under a temporary name and renamed: a run killed at any
+moment leaves either a complete output or a ``.part`` file, never a half-written output.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, fit_length, read_audio, resample
+from ..enhance import StreamingDenoiser, _blend, denoise
+from ..models import SpectralAutoencoder
+from .manifest import FileResult
+from .plan import FileTask, part_path
+
+log = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 10.0  # read size of the streaming path: memory per channel ~ a few blocks
+BATCH_MAX_SECONDS = 30.0  # on a GPU, files up to this long are padded into shared batches
+BATCH_FILES = 16  # files per GPU batch
+
+
+def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
+    """Open the input from its path, or from bytes a read stage already fetched."""
+    try:
+        return sf.SoundFile(io.BytesIO(data) if data is not None else task.input)
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
+        # libsndfile's own words, without its "Error opening <object>:" prefix (bytes have no name)
+        reason = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
+        raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
+
+
+def _check_header(task: FileTask, f: sf.SoundFile) -> None:
+    if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
+        raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    if f.frames == 0:
+        raise AudioError(f"{task.input}: the audio is empty (0 samples)")
+
+
+def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
+    """The input's container and subtype, or the container's default subtype when libsndfile
+    cannot write that subtype (logged)."""
+    if sf.check_format(fmt, subtype):
+        return fmt, subtype
+    fallback = sf.default_subtype(fmt)
+    log.warning("%s: cannot write subtype %s in %s; writing %s", name, subtype, fmt, fallback)
+    return fmt, fallback
+
+
+class _PartWriter:
+    """Writes ``[C, n]`` blocks to the output's ``.part`` file; :meth:`commit` renames it into place."""
+
+    def __init__(self, task: FileTask, sr: int, channels: int, fmt: str, subtype: str):
+        self.task, self.part = task, part_path(task.output)
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self.clip = subtype.startswith("PCM")  # integer formats would wrap around otherwise
+        self.f = sf.SoundFile(self.part, "w", samplerate=sr, channels=channels, subtype=subtype, format=fmt)
+
+    def write(self, y: np.ndarray | torch.Tensor) -> None:
+        y = np.asarray(y, dtype=np.float32)  # [C, n]
+        if y.shape[-1] == 0:
+            return
+        if self.clip:
+            y = np.clip(y, -1.0, 1.0)
+        self.f.write(np.ascontiguousarray(y.T))  # [n, C]
+
+    def commit(self) -> None:
+        self.f.close()
+        os.replace(self.part, self.task.output)  # atomic on a local POSIX filesystem (not quite on NFS)
+
+    def abort(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+        self.part.unlink(missing_ok=True)
+
+
+class FileDenoiser:
+    """Applies one loaded model to files. The local engine and every Ray actor hold one of these.
+
+    ``run(task)`` never raises for a bad file: the failure comes back as a ``FileResult`` with
+    status ``error``, and nothing is left at the output path.
+    """
+
+    def __init__(self, model: SpectralAutoencoder, strength: float = 1.0, *,
+                 block_seconds: float = BLOCK_SECONDS, batch_max_seconds: float = BATCH_MAX_SECONDS,
+                 batch_files: int = BATCH_FILES):
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be within [0, 1], got {strength}")
+        self.model, self.strength = model.eval(), strength
+        self.block_seconds = block_seconds
+        self.batch_max_seconds, self.batch_files = batch_max_seconds, batch_files
+        self.device = next(model.parameters()).device
+
+    # ---- one file -------------------------------------------------------------------------------
+    def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
+        """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
+        t0 = time.perf_counter()
+        duration = None
+        try:
+            with _open(task, data) as f:
+                _check_header(task, f)
+                duration = f.frames / f.samplerate
+                if self.model.causal:
+                    self._stream(task, f)
+                else:
+                    self._whole(task, f, data)
+        except Exception as exc:  # one bad file must never stop the job
+            part_path(task.output).unlink(missing_ok=True)
+            msg = str(exc) if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
+            log.info("failed: %s", msg)
+            return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
+        return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration)
+
+    @torch.inference_mode()
+    def _stream(self, task: FileTask, f: sf.SoundFile) -> None:
+        sr, channels = f.samplerate, f.channels
+        fmt, subtype = output_format(f.format, f.subtype, task.input)
+        s = StreamingDenoiser(self.model, sr, channels, strength=self.strength)
+        writer = _PartWriter(task, sr, channels, fmt, subtype)
+        try:
+            block = max(1, int(self.block_seconds * sr))
+            for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):  # [n, C]
+                x = np.ascontiguousarray(chunk.T)  # [C, n]
+                if not np.isfinite(x).all():
+                    raise AudioError(f"{task.input}: the audio contains NaN or Inf samples")
+                writer.write(s.push(x))  # [C, m], m may be 0
+            writer.write(s.finish())  # [C, rest]
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _whole(self, task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
+        fmt, subtype = output_format(f.format, f.subtype, task.input)
+        wav, sr, info = read_audio(data if data is not None else task.input, name=task.input)  # [C, T]
+        y = denoise(self.model, wav, sr, strength=self.strength)  # [C, T]
+        self._write_whole(task, y, sr, fmt, subtype)
+
+    @staticmethod
+    def _write_whole(task: FileTask, y: np.ndarray, sr: int, fmt: str, subtype: str) -> None:
+        writer = _PartWriter(task, sr, y.shape[0], fmt, subtype)
+        try:
+            writer.write(y)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    # ---- many files -----------------------------------------------------------------------------
+    def run_many(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
+        """Results for ``items`` (in no guaranteed order). On CPU: one file at a time. On a GPU:
+        short files are padded into shared batches, long ones stream one at a time."""
+        if self.device.type == "cpu":
+            for task, data in items:
+                yield self.run(task, data)
+            return
+        yield from self._run_batched(items)
+
+    def _run_batched(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
+        short: list[tuple[FileTask, np.ndarray, int, str, str, float]] = []
+        for task, data in items:
+            t0 = time.perf_counter()
+            try:
+                with _open(task, data) as f:
+                    _check_header(task, f)
+                    is_short = f.frames / f.samplerate <= self.batch_max_seconds
+                    fmt, subtype = output_format(f.format, f.subtype, task.input)
+                if not is_short:
+                    yield self.run(task, data)
+                    continue
+                wav, sr, _ = read_audio(data if data is not None else task.input, name=task.input)  # [C, T]
+                short.append((task, wav, sr, fmt, subtype, time.perf_counter() - t0))
+            except Exception as exc:
+                yield FileResult(task.input, task.output, "error", str(exc), time.perf_counter() - t0)
+        short.sort(key=lambda s: s[1].shape[-1])  # similar lengths together: less padding
+        for i in range(0, len(short), self.batch_files):
+            yield from self._padded_group(short[i : i + self.batch_files])
+
+    def _padded_group(self, group) -> Iterator[FileResult]:
+        t0 = time.perf_counter()
+        try:
+            outs = denoise_padded(self.model, [g[1] for g in group], [g[2] for g in group], self.strength)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("GPU out of memory on a batch of %d files; doing them one by one", len(group))
+            torch.cuda.empty_cache()
+            for task, *_ in group:
+                yield self.run(task)
+            return
+        share = (time.perf_counter() - t0) / len(group)
+        for (task, wav, sr, fmt, subtype, t_read), y in zip(group, outs, strict=True):
+            t1 = time.perf_counter()
+            try:
+                self._write_whole(task, y, sr, fmt, subtype)
+            except Exception as exc:
+                yield FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}",
+                                 t_read + share, wav.shape[-1] / sr)
+                continue
+            yield FileResult(task.input, task.output, "ok", "", t_read + share + time.perf_counter() - t1,
+                             wav.shape[-1] / sr)
+
+
+@torch.inference_mode()
+def denoise_padded(model: SpectralAutoencoder, wavs: Sequence[np.ndarray], srs: Sequence[int],
+                   strength: float = 1.0) -> list[np.ndarray]:
+    """Denoise several ``[C_i, T_i]`` clips in ONE ``model.enhance`` call: each is resampled to the
+    model's rate, every channel becomes a row, rows are zero-padded to the longest, and each
+    output is cropped, resampled back and blended like :func:`audioae.enhance.denoise`.
+
+    For the GPU: one big batch instead of many small ones. Not bit-identical to per-file
+    processing: the zero padding changes the last STFT frame of a causal model's output (and, for
+    a bidirectional model, every frame a little), which is why the CPU path goes file by file.
+    """
+    msr = model.config.sample_rate
+    dev = next(model.parameters()).device
+    zs = [resample(torch.as_tensor(w, dtype=torch.float32), sr, msr) for w, sr in zip(wavs, srs, strict=True)]
+    n = max(z.shape[-1] for z in zs)
+    batch = torch.cat([torch.nn.functional.pad(z, (0, n - z.shape[-1])) for z in zs]).to(dev)  # [sum C_i, n]
+    y, _ = model.enhance(batch)  # [sum C_i, n]
+    y = y.float().cpu()
+    outs, row = [], 0
+    for w, sr, z in zip(wavs, srs, zs, strict=True):
+        c, t = z.shape
+        yi = fit_length(resample(y[row : row + c, :t], msr, sr), w.shape[-1])  # [C_i, T_i]
+        outs.append(_blend(yi, torch.as_tensor(w, dtype=torch.float32), strength).numpy())
+        row += c
+    return outs
+
+
+def model_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees one, else CPU. Asking for CUDA without one is an error.
+    (Same rule as ``audioae.train.pick_device``, without importing the training stack: ~70 MB.)"""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+

@@ -1,0 +1,157 @@
+"""The Ray Data engine (optional extra: ``pip install 'audioae[ray]'``).
+
+The same job as the local engine, as a Ray Data pipeline::
+
+    from_items(tasks)                      list of files (planned and resume-filtered by the driver)
+    .map(_read_file)                       read: each file's bytes (long files: just the path)
+    .map_batches(RayDenoiser, ...)         inference in an actor pool; each actor loads the model
+                                           once, then denoises and writes every output atomically
+    .iter_rows()                           the driver appends each result to the manifest
+
+Actors call :class:`audioae.batch.process.FileDenoiser`, exactly as the local engine does, so
+outputs are identical on CPU. Inputs and outputs must be on storage every node sees (the same
+absolute paths); the model travels with the pipeline as bytes, so it needs no shared path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .manifest import FileResult
+from .plan import FileTask
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("the ray engine needs Ray, an optional extra: pip install 'audioae[ray]' "
+                "(or: pip install 'ray[data]>=2.9')")
+INLINE_MAX_BYTES = 32 << 20  # larger files are not copied through the object store: actors stream them
+ROWS_PER_BATCH = 4  # files per map_batches call (the GPU path pads these into shared batches)
+
+
+def require_ray():
+    """Import Ray or fail with the command that installs it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(INSTALL_HINT) from exc
+    return ray
+
+
+def _read_file(row: dict, inline_max_bytes: int = INLINE_MAX_BYTES) -> dict:
+    """The read stage: the file's bytes (when small enough), or the error that prevented it."""
+    row = dict(row)
+    row["data"], row["inline"], row["read_error"] = b"", False, ""
+    try:
+        if os.path.getsize(row["input"]) <= inline_max_bytes:
+            with open(row["input"], "rb") as f:
+                row["data"], row["inline"] = f.read(), True
+    except OSError as exc:
+        row["read_error"] = f"{row['input']}: cannot read ({exc})"
+    return row
+
+
+class RayDenoiser:
+    """The actor of the inference stage: loads the model once, then denoises batches of rows."""
+
+    def __init__(self, model_bytes: bytes, sha256: str, strength: float, device: str, threads: int,
+                 block_seconds: float):
+        import torch
+
+        from ..checkpoint import load_checkpoint
+        from .process import FileDenoiser
+
+        torch.set_num_threads(max(1, threads))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.safetensors"
+            path.write_bytes(model_bytes)
+            model = load_checkpoint(path, map_location=device, expected_sha256=sha256)
+        self.den = FileDenoiser(model, strength, block_seconds=block_seconds)
+
+    def __call__(self, batch: dict) -> dict:
+        items, results = [], []
+        for i in range(len(batch["input"])):
+            task = FileTask(str(batch["input"][i]), str(batch["output"][i]), str(batch["rel"][i]))
+            if batch["read_error"][i]:
+                results.append(FileResult(task.input, task.output, "error", str(batch["read_error"][i])))
+            else:
+                items.append((task, bytes(batch["data"][i]) if batch["inline"][i] else None))
+        results.extend(self.den.run_many(items))
+        return {
+            "input": [r.input for r in results],
+            "output": [r.output for r in results],
+            "status": [r.status for r in results],
+            "error": [r.error for r in results],
+            "seconds": [float(r.seconds) for r in results],
+            "duration": [math.nan if r.duration is None else float(r.duration) for r in results],
+        }
+
+
+def _task_pool(ray, size: int) -> dict:
+    """At most ``size`` concurrent tasks, in the spelling this Ray version understands."""
+    if hasattr(ray.data, "TaskPoolStrategy"):
+        return {"compute": ray.data.TaskPoolStrategy(size=size)}
+    return {"concurrency": size}  # Ray < 2.4x
+
+
+def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, strength: float = 1.0,
+            workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
+            block_seconds: float = 4.0) -> Iterator[FileResult]:
+    """Results for ``todo`` as the pipeline yields them. Joins the running Ray (``address`` when
+    given, else the one this process already started, else a new local one)."""
+    ray = require_ray()
+    if not todo:
+        return
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError) as exc:
+            raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+        started = True
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers * threads > cpus:
+        log.warning("%d actors x %d CPUs asked of a cluster with %g CPUs: actors wait until an autoscaler "
+                    "adds nodes", workers, threads, cpus)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver shows one bar for the whole job
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO chatter
+    device = "cuda" if gpus_per_worker > 0 else "cpu"
+    ds = ray.data.from_items([{"input": t.input, "output": t.output, "rel": t.rel} for t in todo])
+    # Reading is I/O: zero CPUs, so it never waits behind actors holding every CPU (with
+    # num_cpus > 0 and workers x threads == the cluster's CPUs the pipeline would deadlock), and a
+    # bounded number of concurrent reads, so it never floods the object store.
+    ds = ds.map(_read_file, fn_kwargs={"inline_max_bytes": INLINE_MAX_BYTES}, num_cpus=0,
+                **_task_pool(ray, max(2, workers)))
+    ds = ds.map_batches(
+        RayDenoiser,
+        fn_constructor_kwargs={"model_bytes": model_bytes, "sha256": sha256, "strength": strength,
+                               "device": device, "threads": threads, "block_seconds": block_seconds},
+        batch_size=ROWS_PER_BATCH,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=threads,
+        num_gpus=gpus_per_worker or None,
+    )
+    reported: set[str] = set()
+    try:
+        for row in ds.iter_rows():
+            duration = float(row["duration"])
+            result = FileResult(str(row["input"]), str(row["output"]), str(row["status"]), str(row["error"]),
+                                float(row["seconds"]), None if math.isnan(duration) else duration)
+            reported.add(result.input)
+            yield result
+    except Exception as exc:  # noqa: BLE001 (the pipeline itself failed: an actor died, the cluster went)
+        log.error("the Ray pipeline failed: %s", exc)
+        msg = f"Ray pipeline failed before this file finished: {type(exc).__name__}: {str(exc)[:500]}"
+        for t in todo:
+            if t.input not in reported:
+                yield FileResult(t.input, t.output, "error", msg)
+    finally:
+        if started:
+            ray.shutdown()

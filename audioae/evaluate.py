@@ -1,0 +1,165 @@
+"""``audioae eval``: score enhanced files against clean references, paired by relative path.
+
+Per file and on average: SI-SDR, SI-SDR improvement over the noisy input (when a noisy folder is
+given), wide-band PESQ and STOI (:mod:`audioae.metrics`). Metrics are computed on the mono
+mixdown at the clean file's sample rate. Files present on one side only, and files that cannot
+be read, are reported rather than fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio import AUDIO_EXTENSIONS, AudioError, read_audio, resample
+from .metrics import score
+
+log = logging.getLogger(__name__)
+
+METRICS = ("si_sdr", "si_sdr_i", "pesq", "stoi")
+HEADERS = {"si_sdr": "SI-SDR", "si_sdr_i": "SI-SDRi", "pesq": "PESQ", "stoi": "STOI"}
+
+
+def audio_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Relative path (posix) -> file, for every WAV/FLAC/OGG under ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")}
+
+
+def _stem(rel: str) -> str:
+    return rel.rsplit(".", 1)[0]
+
+
+def _match(rel: str, files: dict[str, Path], by_stem: dict[str, str]) -> str | None:
+    """The same relative path, else the same path with another audio extension."""
+    if rel in files:
+        return rel
+    return by_stem.get(_stem(rel))
+
+
+@dataclass
+class Pairing:
+    # (relative path, clean, enhanced, noisy or None)
+    pairs: list[tuple[str, Path, Path, Path | None]] = field(default_factory=list)
+    missing_enhanced: list[str] = field(default_factory=list)  # clean files without an enhanced one
+    extra_enhanced: list[str] = field(default_factory=list)  # enhanced files without a clean one
+    missing_noisy: list[str] = field(default_factory=list)
+
+
+def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
+                 noisy: str | os.PathLike | None = None) -> Pairing:
+    """Pair files by relative path (an extension change, e.g. .wav -> .flac, still pairs)."""
+    c, e = audio_files(clean), audio_files(enhanced)
+    n = audio_files(noisy) if noisy is not None else {}
+    e_stem, n_stem = {_stem(r): r for r in e}, {_stem(r): r for r in n}
+    out, used = Pairing(), set()
+    for rel, cpath in c.items():
+        er = _match(rel, e, e_stem)
+        if er is None:
+            out.missing_enhanced.append(rel)
+            continue
+        used.add(er)
+        npath = None
+        if noisy is not None:
+            nr = _match(rel, n, n_stem)
+            if nr is None:
+                out.missing_noisy.append(rel)
+            else:
+                npath = n[nr]
+        out.pairs.append((rel, cpath, e[er], npath))
+    out.extra_enhanced = [r for r in e if r not in used]
+    return out
+
+
+def _mono_at(path: Path, sr: int, length: int | None, notes: list[str], label: str) -> np.ndarray:
+    """``path`` as mono float at ``sr``, cropped/padded to ``length`` (each change noted)."""
+    wav, file_sr, info = read_audio(path)  # [C, T]
+    mono = wav.mean(0)
+    if file_sr != sr:
+        notes.append(f"{label} at {file_sr} Hz, resampled to {sr} Hz")
+        mono = resample(mono, file_sr, sr).numpy()
+    if length is not None and len(mono) != length:
+        notes.append(f"{label} has {len(mono)} samples, clean has {length}: compared over the shorter")
+    return mono.astype(np.float32)
+
+
+def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None) -> dict:
+    """Metrics of one file: ``si_sdr``, ``pesq``, ``stoi`` (+ ``si_sdr_i`` with ``noisy``), ``notes``."""
+    notes: list[str] = []
+    ref, sr, cinfo = read_audio(clean)
+    ref = ref.mean(0)
+    if cinfo.channels > 1:
+        notes.append(f"{cinfo.channels} channels: scored on the mono mixdown")
+    est = _mono_at(enhanced, sr, len(ref), notes, "enhanced")
+    arrays = [ref, est]
+    if noisy is not None:
+        arrays.append(_mono_at(noisy, sr, len(ref), notes, "noisy"))
+    n = min(len(a) for a in arrays)
+    arrays = [a[:n] for a in arrays]
+    res = score(arrays[1], arrays[0], sr, arrays[2] if noisy is not None else None)
+    return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes}
+
+
+def _mean(values: list[float]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
+                     noisy: str | os.PathLike | None = None) -> dict:
+    """Score every pair; returns ``{"files", "mean", "errors", "missing_enhanced", "extra_enhanced",
+    "missing_noisy", "paired"}`` (JSON-ready; NaN becomes None)."""
+    pairing = pair_folders(clean, enhanced, noisy)
+    files, errors = [], []
+    for rel, cpath, epath, npath in pairing.pairs:
+        try:
+            res = score_pair(cpath, epath, npath)
+        except AudioError as exc:
+            errors.append({"file": rel, "error": str(exc)})
+            continue
+        except ValueError as exc:  # e.g. a metric refusing a too-short signal
+            errors.append({"file": rel, "error": f"{cpath}: cannot score ({exc})"})
+            continue
+        files.append({"file": rel, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                      for k, v in res.items()}})
+    metrics = [m for m in METRICS if any(m in f for f in files)]
+    mean = {m: _mean([f.get(m) for f in files]) for m in metrics}
+    return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
+            "paired": len(pairing.pairs), "scored": len(files), "files": files, "mean": mean,
+            "errors": errors, "missing_enhanced": pairing.missing_enhanced,
+            "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy}
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table for people, then the problems."""
+    metrics = [m for m in METRICS if m in report["mean"]]
+    width = max([len("mean"), *(len(f["file"]) for f in report["files"])])
+    head = f"{'file':<{width}}  " + "  ".join(f"{HEADERS[m]:>8}" for m in metrics)
+    lines = [head, "-" * len(head)]
+    for f in report["files"]:
+        lines.append(f"{f['file']:<{width}}  " + "  ".join(f"{_fmt(f.get(m)):>8}" for m in metrics))
+    lines.append("-" * len(head))
+    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{_fmt(report['mean'].get(m)):>8}" for m in metrics))
+    lines.append(f"{report['scored']} of {report['paired']} pairs scored")
+    for key, label in (("missing_enhanced", "no enhanced file for"), ("extra_enhanced", "no clean file for"),
+                       ("missing_noisy", "no noisy file for")):
+        for rel in report[key]:
+            lines.append(f"{label}: {rel}")
+    for err in report["errors"]:
+        lines.append(f"error: {err['file']}: {err['error']}")
+    for f in report["files"]:
+        for note in f.get("notes", []):
+            lines.append(f"note: {f['file']}: {note}")
+    return "\n".join(lines)

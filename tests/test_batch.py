@@ -1,0 +1,284 @@
+"""The folder tool (`audioae denoise`, local engine): paths, formats, errors, resume, kill safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioae.batch import DenoiseOptions, FileDenoiser, FileTask, denoise_padded, read_manifest, run_denoise
+from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.cli import main
+from audioae.data.synthetic import noise, speech_like
+from audioae.enhance import denoise
+from audioae.models import build_model
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+# (relative path, sample rate, channels, container, subtype, seconds)
+TREE = [
+    ("top.wav", 16000, 1, "WAV", "PCM_16", 1.5),
+    ("sub/stereo.wav", 44100, 2, "WAV", "PCM_24", 1.2),
+    ("sub/deeper/low.flac", 22050, 1, "FLAC", "PCM_16", 1.0),
+    ("sub/deeper/v.ogg", 16000, 1, "OGG", "VORBIS", 1.0),
+    ("float.wav", 16000, 1, "WAV", "FLOAT", 0.8),
+]
+
+
+def noisy_signal(rng: np.random.Generator, seconds: float, sr: int, channels: int) -> np.ndarray:
+    """``[T, C]`` speech-like signal plus noise, peak below 1."""
+    chans = [speech_like(rng, seconds, sr) + 0.2 * noise(rng, seconds, sr, "pink") for _ in range(channels)]
+    x = np.stack(chans, 1)
+    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+
+
+def make_tree(root: Path, seed: int = 0) -> Path:
+    """The generated input tree: nested folders, three containers, a stereo 44.1 kHz file, a corrupt
+    WAV and a file that is not audio."""
+    rng = np.random.default_rng(seed)
+    for rel, sr, ch, fmt, subtype, sec in TREE:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, noisy_signal(rng, sec, sr, ch), sr, format=fmt, subtype=subtype)
+    (root / "sub" / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
+    (root / "sub" / "notes.txt").write_text("not audio, not an input")
+    return root
+
+
+@pytest.fixture(scope="session")
+def causal_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-causal.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bidir_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("models") / "tiny-bidir.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16, "bidirectional": True}), path)
+    return path
+
+
+def outputs(out: Path) -> set[str]:
+    """Relative paths of the finished outputs (no manifest, lock or .part files)."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.suffix != ".jsonl"}
+
+
+def parts(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*.part")]
+
+
+def by_input(out: Path) -> dict[str, dict]:
+    return {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+
+
+def test_tree_keeps_paths_formats_lengths_and_reports_corrupt(tmp_path, causal_ckpt, capsys):
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    rc = main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"])
+    assert rc == 1  # the corrupt file failed, nothing else did
+    assert outputs(out) == {rel for rel, *_ in TREE}
+    for rel, sr, ch, fmt, subtype, _ in TREE:
+        i, o = sf.info(src / rel), sf.info(out / rel)
+        got = (o.samplerate, o.channels, o.format, o.subtype, o.frames)
+        assert got == (sr, ch, fmt, subtype, i.frames), rel
+    stereo = sf.info(out / "sub/stereo.wav")
+    assert (stereo.samplerate, stereo.channels, stereo.subtype) == (44100, 2, "PCM_24")
+    assert not parts(out)
+    recs = by_input(out)
+    assert len(read_manifest(out / "audioae-manifest.jsonl")) == len(TREE) + 1  # one line per input
+    assert recs["corrupt.wav"]["status"] == "error" and "corrupt.wav" in recs["corrupt.wav"]["error"]
+    assert {recs[Path(rel).name]["status"] for rel, *_ in TREE} == {"ok"}
+    assert recs["top.wav"]["duration"] == pytest.approx(1.5)
+    err = capsys.readouterr().err
+    assert "corrupt.wav" in err
+
+
+def test_streamed_file_equals_offline_denoise(tmp_path, causal_ckpt):
+    """The chunked file path gives enhance.denoise's output on the whole file (float WAV: no rounding)."""
+    src = make_tree(tmp_path / "in")
+    model = load_checkpoint(causal_ckpt)
+    den = FileDenoiser(model, strength=0.7, block_seconds=0.3)  # several blocks per file
+    for rel in ("float.wav", "sub/stereo.wav"):
+        res = den.run(FileTask(str(src / rel), str(tmp_path / "out" / rel), rel))
+        assert res.status == "ok", res.error
+        wav, sr = sf.read(src / rel, dtype="float32", always_2d=True)
+        ref = denoise(model, wav.T, sr, strength=0.7)  # [C, T]
+        got, _ = sf.read(tmp_path / "out" / rel, dtype="float32", always_2d=True)
+        tol = 1e-5 if rel == "float.wav" else 2.0 / 2**23  # PCM_24 rounding
+        np.testing.assert_allclose(got.T, np.clip(ref, -1, 1), atol=tol)
+
+
+def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    run_denoise([src / "top.wav"], out, DenoiseOptions(model=str(causal_ckpt), strength=0.0, progress=False))
+    a, _ = sf.read(src / "top.wav", dtype="int16")
+    b, _ = sf.read(out / "top.wav", dtype="int16")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_causal_model_goes_whole_file(tmp_path, bidir_ckpt):
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    s = run_denoise([src / "float.wav", src / "sub" / "stereo.wav"], out,
+                    DenoiseOptions(model=str(bidir_ckpt), progress=False))
+    assert (s["ok"], s["error"]) == (2, 0)
+    model = load_checkpoint(bidir_ckpt)
+    wav, sr = sf.read(src / "float.wav", dtype="float32", always_2d=True)
+    got, _ = sf.read(out / "float.wav", dtype="float32", always_2d=True)
+    np.testing.assert_allclose(got.T, denoise(model, wav.T, sr), atol=1e-6)
+    assert sf.info(out / "stereo.wav").channels == 2  # a file given directly goes to OUT/<name>
+
+
+def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckpt):
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    sentinel = np.zeros(100, np.float32)
+    sf.write(out / "top.wav", sentinel, 16000, subtype="PCM_16")  # "already done" by an earlier run
+    (out / "sub" / ".stereo.wav.part").write_bytes(b"half of a file from a killed run")
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    s = run_denoise([src], out, opts)
+    assert (s["skipped"], s["ok"], s["error"]) == (1, len(TREE) - 1, 1)
+    assert sf.info(out / "top.wav").frames == 100  # untouched
+    assert by_input(out)["top.wav"]["status"] == "skipped"
+    assert not parts(out)  # the stale .part was replaced by a complete output
+    # A rerun: everything done is skipped; the corrupt file is tried (and fails) again.
+    s = run_denoise([src], out, opts)
+    assert (s["skipped"], s["ok"], s["error"]) == (len(TREE), 0, 1)
+    assert len(read_manifest(out / "audioae-manifest.jsonl")) == len(TREE) + 1  # compacted
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), overwrite=True, progress=False))
+    assert (s["skipped"], s["ok"]) == (0, len(TREE))
+    assert sf.info(out / "top.wav").frames == sf.info(src / "top.wav").frames
+
+
+def test_refuses_to_overwrite_inputs_or_merge_outputs(tmp_path, causal_ckpt, capsys):
+    src = make_tree(tmp_path / "in")
+    before = sorted(p.name for p in src.rglob("*"))
+    model = ["--model", str(causal_ckpt), "--no-progress"]
+    assert main(["denoise", str(src), "-o", str(src), *model]) == 2
+    assert main(["denoise", str(src / "top.wav"), "-o", str(src), *model]) == 2
+    assert "overwrite an input" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "top.wav").write_bytes((src / "top.wav").read_bytes())
+    assert main(["denoise", str(src / "top.wav"), str(tmp_path / "other" / "top.wav"),
+                 "-o", str(tmp_path / "o"), *model]) == 2
+    assert "same output" in capsys.readouterr().err
+    assert main(["denoise", str(tmp_path / "missing"), "-o", str(tmp_path / "o"), *model]) == 2
+    assert main(["denoise", str(src), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "no.safetensors"),
+                 "--no-progress"]) == 2
+    assert sorted(p.name for p in src.rglob("*")) == before  # nothing written into the inputs
+
+
+def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckpt):
+    src = make_tree(tmp_path / "in")
+    out = src / "denoised"
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    assert run_denoise([src], out, opts)["ok"] == len(TREE)
+    s = run_denoise([src], out, opts)  # its own outputs are not new inputs
+    assert (s["files"], s["skipped"]) == (len(TREE) + 1, len(TREE))
+
+
+def test_default_model_or_clear_error(tmp_path, capsys):
+    from audioae.pretrained import DEFAULT_DENOISER, shipped
+
+    src = make_tree(tmp_path / "in")
+    rc = main(["denoise", str(src / "top.wav"), "-o", str(tmp_path / "out"), "--no-progress"])
+    if DEFAULT_DENOISER in shipped():
+        assert rc == 0 and (tmp_path / "out" / "top.wav").is_file()
+    else:
+        assert rc == 2
+        assert f"{DEFAULT_DENOISER!r} is not shipped" in capsys.readouterr().err
+
+
+def test_ray_engine_without_ray_says_how_to_install(tmp_path, causal_ckpt, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra looks like
+    src = make_tree(tmp_path / "in")
+    rc = main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(causal_ckpt),
+               "--engine", "ray"])
+    assert rc == 2
+    assert "pip install 'audioae[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_worker_processes_give_the_same_files(tmp_path, causal_ckpt):
+    src = make_tree(tmp_path / "in")
+    one = run_denoise([src], tmp_path / "one", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    two = run_denoise([src], tmp_path / "two",
+                      DenoiseOptions(model=str(causal_ckpt), workers=2, progress=False))
+    assert (one["ok"], one["error"]) == (two["ok"], two["error"]) == (len(TREE), 1)
+    for rel, *_ in TREE:
+        a, _ = sf.read(tmp_path / "one" / rel, dtype="float32")
+        b, _ = sf.read(tmp_path / "two" / rel, dtype="float32")
+        np.testing.assert_array_equal(a, b)
+
+
+def test_padded_gpu_batch_path_on_cpu(tmp_path, causal_ckpt):
+    """The GPU batching code, run on CPU: shared padded batches, outputs written in their formats,
+    equal to per-file processing except the padded tail; a corrupt file is still an error."""
+    src = make_tree(tmp_path / "in")
+    model = load_checkpoint(causal_ckpt)
+    rels = ("top.wav", "sub/stereo.wav", "float.wav")
+    clips = [sf.read(src / rel, dtype="float32", always_2d=True) for rel in rels]
+    outs = denoise_padded(model, [w.T for w, _ in clips], [sr for _, sr in clips])
+    for (w, sr), y in zip(clips, outs, strict=True):
+        assert y.shape == w.T.shape
+        tail = int(np.ceil(2 * model.config.n_fft * sr / model.config.sample_rate))
+        ref = denoise(model, w.T, sr)
+        np.testing.assert_allclose(y[:, :-tail], ref[:, :-tail], atol=1e-4)
+    den = FileDenoiser(model)
+    items = [(FileTask(str(src / rel), str(tmp_path / "out" / rel), rel), None)
+             for rel in [r for r, *_ in TREE] + ["sub/corrupt.wav"]]
+    results = {Path(r.input).name: r for r in den._run_batched(items)}
+    assert results["corrupt.wav"].status == "error"
+    for rel, sr, ch, _fmt, subtype, _ in TREE:
+        assert results[Path(rel).name].status == "ok", results[Path(rel).name].error
+        o, i = sf.info(tmp_path / "out" / rel), sf.info(src / rel)
+        assert (o.samplerate, o.channels, o.subtype, o.frames) == (sr, ch, subtype, i.frames)
+
+
+def test_killed_run_leaves_only_complete_outputs_and_rerun_finishes(tmp_path, causal_ckpt):
+    rng = np.random.default_rng(3)
+    src, out, n = tmp_path / "in", tmp_path / "out", 40
+    src.mkdir()
+    frames = {}
+    for i in range(n):
+        x = noisy_signal(rng, 4.0, 16000, 1)
+        sf.write(src / f"f{i:02d}.wav", x, 16000, subtype="PCM_16")
+        frames[f"f{i:02d}.wav"] = len(x)
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out),
+           "--model", str(causal_ckpt), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and outputs(out)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = outputs(out) if out.is_dir() else set()
+    assert 0 < len(done) < n, f"the kill should land mid-way through the job: {proc.stderr.read()[-2000:]}"
+    for name in done:  # every output present is complete
+        assert sf.info(out / name).frames == frames[name]
+    assert all(p.name.endswith(".wav.part") for p in parts(out))  # only temp files besides
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (s["skipped"], s["ok"], s["error"]) == (len(done), n - len(done), 0)
+    assert outputs(out) == set(frames) and not parts(out)
+    for name, nframes in frames.items():
+        assert sf.info(out / name).frames == nframes
+    statuses = {Path(r["input"]).name: r["status"] for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert statuses == {name: ("skipped" if name in done else "ok") for name in frames}
+    json.dumps(s)  # the summary is JSON-ready

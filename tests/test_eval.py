@@ -1,0 +1,98 @@
+"""`audioae eval`: pairing by relative path, metric values on constructed pairs, problems reported."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audioae.cli import main
+from audioae.data.synthetic import noise, speech_like
+from audioae.evaluate import evaluate_folders, format_table, pair_folders
+from audioae.metrics import si_sdr
+
+SR = 16000
+
+
+def at_snr(clean: np.ndarray, n: np.ndarray, snr_db: float) -> np.ndarray:
+    n = n - n.mean()
+    gain = np.sqrt((clean**2).sum() / ((n**2).sum() * 10 ** (snr_db / 10)))
+    return (clean + gain * n).astype(np.float32)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """clean/, noisy/ (5 dB SNR) and enhanced/ (15 dB SNR) for three files, two nested."""
+    rng = np.random.default_rng(0)
+    dirs = {k: tmp_path / k for k in ("clean", "noisy", "enhanced")}
+    truth = {}
+    for rel in ("a.wav", "spk1/b.wav", "spk1/deep/c.wav"):
+        clean = speech_like(rng, 2.0, SR)
+        n = noise(rng, 2.0, SR, "white")
+        sigs = {"clean": clean, "noisy": at_snr(clean, n, 5.0), "enhanced": at_snr(clean, n, 15.0)}
+        for k, x in sigs.items():
+            (dirs[k] / rel).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(dirs[k] / rel, x, SR, subtype="FLOAT")
+        truth[rel] = (si_sdr(sigs["enhanced"], clean), si_sdr(sigs["noisy"], clean))
+    return dirs, truth
+
+
+def test_scores_pairs_by_relative_path(folders):
+    dirs, truth = folders
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
+    assert (rep["paired"], rep["scored"]) == (3, 3)
+    assert not (rep["errors"] or rep["missing_enhanced"] or rep["extra_enhanced"] or rep["missing_noisy"])
+    for f in rep["files"]:
+        enh, noisy = truth[f["file"]]
+        assert f["si_sdr"] == pytest.approx(enh, abs=1e-3)
+        assert f["si_sdr"] == pytest.approx(15.0, abs=0.3)  # it was built at 15 dB SNR
+        assert f["si_sdr_i"] == pytest.approx(enh - noisy, abs=1e-3)
+        assert f["si_sdr_i"] == pytest.approx(10.0, abs=0.5)
+        assert 1.0 <= f["pesq"] <= 4.65 and 0.0 <= f["stoi"] <= 1.0
+    for m in ("si_sdr", "si_sdr_i", "pesq", "stoi"):
+        assert rep["mean"][m] == pytest.approx(np.mean([f[m] for f in rep["files"]]))
+    # Less noise scores better on every metric.
+    worse = evaluate_folders(dirs["clean"], dirs["noisy"])
+    for m in ("si_sdr", "pesq", "stoi"):
+        assert rep["mean"][m] > worse["mean"][m]
+    table = format_table(rep)
+    assert "spk1/deep/c.wav" in table and "mean" in table and "SI-SDRi" in table
+
+
+def test_missing_extra_renamed_and_broken_files_are_reported(folders, tmp_path):
+    dirs, _ = folders
+    (dirs["enhanced"] / "spk1" / "b.wav").unlink()  # missing
+    x, _ = sf.read(dirs["enhanced"] / "a.wav")
+    (dirs["enhanced"] / "a.wav").unlink()
+    sf.write(dirs["enhanced"] / "a.flac", x[: len(x) - 160], SR)  # other extension, 10 ms shorter
+    sf.write(dirs["enhanced"] / "stray.wav", x, SR)  # no clean counterpart
+    (dirs["noisy"] / "spk1" / "deep" / "c.wav").unlink()
+    (dirs["clean"] / "broken.wav").write_bytes(b"not audio")
+    (dirs["enhanced"] / "broken.wav").write_bytes(b"not audio")
+    p = pair_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
+    assert [r for r, *_ in p.pairs] == ["a.wav", "broken.wav", "spk1/deep/c.wav"]
+    assert (p.missing_enhanced, p.extra_enhanced, p.missing_noisy) == (["spk1/b.wav"], ["stray.wav"],
+                                                                       ["broken.wav", "spk1/deep/c.wav"])
+    out = tmp_path / "report.json"
+    rc = main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]),
+               "--noisy", str(dirs["noisy"]), "--json", str(out)])
+    assert rc == 1  # problems were found
+    rep = json.loads(out.read_text())
+    assert rep["scored"] == 2 and [e["file"] for e in rep["errors"]] == ["broken.wav"]
+    a = next(f for f in rep["files"] if f["file"] == "a.wav")
+    assert any("compared over the shorter" in n for n in a["notes"])
+    c = next(f for f in rep["files"] if f["file"] == "spk1/deep/c.wav")
+    assert "si_sdr_i" not in c  # no noisy file for it
+
+
+def test_eval_cli_json_to_stdout_and_no_pairs_is_an_error(folders, tmp_path, capsys):
+    dirs, _ = folders
+    rc = main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--json", "-"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["scored"] == 3 and "si_sdr_i" not in rep["mean"]
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(tmp_path / "empty")]) == 2
+    assert main(["eval", "--clean", str(tmp_path / "nope"), "--enhanced", str(dirs["enhanced"])]) == 2
