@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import __version__
@@ -39,7 +40,8 @@ def _cmd_train(args) -> int:
         overrides.append(f"train.device={json.dumps(args.device)}")
     run = load_run_config(args.config, overrides)
     summary = train(run, resume=not args.no_resume)
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, from rank 0
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -80,12 +82,362 @@ def _cmd_models(args) -> int:
 
 # ---- subcommands owned by other modules register below (one function each) --------------------
 # [denoise/eval]
+def _add_denoise(sub) -> None:
+    p = sub.add_parser(
+        "denoise", help="denoise audio files and folders into an output folder",
+        description="Denoise WAV/FLAC/OGG files and folders (recursive) into OUT, keeping each file's "
+                    "relative path, sample rate, channels and subtype. Resumable: existing outputs are "
+                    "skipped. Writes OUT/audioae-manifest.jsonl; exits 1 if any file failed.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files and/or folders")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--model", help="shipped model name or .safetensors path (default: denoiser-small)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="1: full denoising; lower blends the input back in (an attenuation limit)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local processes, or a Ray Data pipeline (pip install 'audioae[ray]')")
+    p.add_argument("--workers", type=int, default=1, help="local: worker processes; ray: actors")
+    p.add_argument("--address", help="ray: the cluster to join, auto or ray://HOST:PORT "
+                                     "(default: start a local Ray)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker (default 1: scale with --workers)")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_denoise)
+
+
+def _cmd_denoise(args) -> int:
+    from .batch import DenoiseOptions, run_denoise
+
+    opts = DenoiseOptions(model=args.model, strength=args.strength, device=args.device, engine=args.engine,
+                          workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                          threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress)
+    s = run_denoise(args.inputs, args.out, opts)
+    print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped']} skipped (already done), "
+          f"{s['error']} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.1f} s "
+          f"({s['realtime_factor']}x real time, engine {s['engine']})")
+    for err in s["errors"]:
+        print(f"  failed: {err['error']}", file=sys.stderr)
+    print(f"manifest: {s['manifest']}")
+    return 1 if s["error"] else 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score enhanced files against clean ones (SI-SDR, PESQ, STOI)",
+                       description="Pair files by relative path; per-file and mean SI-SDR, SI-SDR "
+                                   "improvement (with --noisy), PESQ (wb) and STOI. Exits 1 if a file "
+                                   "is missing or failed.")
+    p.add_argument("--clean", required=True, help="folder of clean references")
+    p.add_argument("--enhanced", required=True, help="folder of enhanced files (same relative paths)")
+    p.add_argument("--noisy", help="folder of the noisy inputs, for the SI-SDR improvement")
+    p.add_argument("--json", dest="json_out", metavar="OUT",
+                   help="also write the report as JSON ('-': print only the JSON)")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from .evaluate import evaluate_folders, format_table
+
+    report = evaluate_folders(args.clean, args.enhanced, args.noisy)
+    if report["paired"] == 0:
+        raise ValueError(f"no files of {args.enhanced} pair with {args.clean} by relative path")
+    text = json.dumps(report, indent=2)
+    if args.json_out == "-":
+        print(text)
+    else:
+        print(format_table(report))
+        if args.json_out:
+            from pathlib import Path
+
+            from .checkpoint import _atomic_write_bytes
+
+            _atomic_write_bytes(Path(args.json_out), (text + "\n").encode())
+            print(f"JSON: {args.json_out}")
+    problems = report["errors"] or report["missing_enhanced"] or report["missing_noisy"]
+    return 1 if problems else 0
+
+
 # [decompose/inspect]
+def _add_decompose(sub) -> None:
+    p = sub.add_parser("decompose", help="split a recording into learned components that sum to it",
+                       description="Write one WAV per component plus residual.wav (float WAVs: they add up to the "
+                                   "input), summary.json and, with --plot, decomposition.png.")
+    p.add_argument("file", help="input audio (WAV/FLAC/OGG, any rate, mono or multichannel)")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--model", help="shipped model name or .safetensors path (default: decomposer-small)")
+    p.add_argument("--top", type=int, default=16,
+                   help="keep the K strongest components, the rest join the residual (0: all; default 16)")
+    p.add_argument("--group", choices=("none", "band", "cluster"), default="none",
+                   help="none: one component per latent unit; band: octave bands; cluster: units that "
+                        "look and move alike")
+    p.add_argument("--groups", type=int, default=8, help="number of bands or clusters (default 8)")
+    p.add_argument("--plot", action="store_true", help="also write decomposition.png")
+    p.set_defaults(func=_cmd_decompose)
+
+
+def _cmd_decompose(args) -> int:
+    import re
+    from pathlib import Path
+
+    from .audio import read_audio, write_audio
+    from .checkpoint import _atomic_write_bytes
+    from .decompose import decompose, summarize
+    from .pretrained import DEFAULT_DECOMPOSER, load, resolve
+
+    wav, sr, _info = read_audio(args.file)
+    model = load(args.model, default=DEFAULT_DECOMPOSER)
+    dec = decompose(model, wav, sr, top_k=args.top or None, group=args.group, n_groups=args.groups)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(dec)
+    for comp, entry in zip(dec.components, summary["components"], strict=True):
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", entry["label"]).strip("_")
+        entry["file"] = f"{entry['index'] + 1:02d}_{slug}.wav"
+        write_audio(out / entry["file"], comp, sr, subtype="FLOAT")  # float: the files sum to the input
+    write_audio(out / "residual.wav", dec.residual, sr, subtype="FLOAT")
+    summary.update({"input": str(args.file), "model": str(resolve(args.model, DEFAULT_DECOMPOSER)),
+                    "residual_file": "residual.wav", "top": args.top or None})
+    if args.plot:
+        from .plots import plot_decomposition
+
+        plot_decomposition(dec, wav, sr, model, out / "decomposition.png")
+        summary["figure"] = "decomposition.png"
+    _atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    print(f"{len(dec.labels)} components + residual ({100 * dec.residual_share:.1f}% of the energy), "
+          f"sum-to-input error {dec.error_db:.0f} dB -> {out}")
+    for entry in summary["components"]:
+        spans = entry["active_seconds"]
+        when = f"{spans[0][0]:.2f}-{spans[-1][1]:.2f} s" if spans else "-"
+        print(f"  {entry['index'] + 1:>3}  {100 * entry['energy_share']:6.2f}%  {entry['dominant_hz']:7.0f} Hz  "
+              f"{when:<14} {entry['label']}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="draw the whole learned dictionary of a decomposition model")
+    p.add_argument("model", nargs="?", help="shipped model name or .safetensors path (default: decomposer-small)")
+    p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png here)")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args) -> int:
+    from pathlib import Path
+
+    from .models.dictionary import SparseDictionary
+    from .plots import atom_bandwidths, plot_dictionary
+    from .pretrained import DEFAULT_DECOMPOSER, load, resolve
+
+    path = resolve(args.model, DEFAULT_DECOMPOSER)
+    model = load(str(path), default=DEFAULT_DECOMPOSER)
+    if not isinstance(model, SparseDictionary):
+        raise ValueError(f"{path}: inspect draws sparse_dict dictionaries, this is a {model.registry_name} model")
+    out = Path(args.out or f"{path.name.removesuffix('.safetensors')}-dictionary.png")
+    plot_dictionary(model, out)
+    centre, spread = atom_bandwidths(model)
+    print(json.dumps({"model": str(path), **model.describe(), "figure": str(out),
+                      "median_atom_bandwidth_hz": round(float(sorted(spread)[len(spread) // 2]), 1),
+                      "median_atom_centre_hz": round(float(sorted(centre)[len(centre) // 2]), 1)}, indent=2))
+    return 0
+
+
 # [images]
+def _add_images(sub) -> None:
+    p = sub.add_parser("images", help="the course's image autoencoders: train small models, write a report",
+                       description="Image autoencoders on scikit-learn's digits and scikit-image's bundled "
+                                   "photographs (nothing is downloaded). See docs/images.md.")
+    isub = p.add_subparsers(dest="images_command", required=True)
+    r = isub.add_parser("report", help="train the report's models; write report.png, report.json, summary.md, models/",
+                        description="PCA against linear and convolutional autoencoders, codes as features, "
+                                    "denoising, L1/L2 sparse codes, the three unpooling methods, generation.")
+    r.add_argument("-o", "--out", required=True, help="output folder")
+    r.add_argument("--quick", action="store_true", help="tiny settings: a smoke test in seconds, numbers meaningless")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ReportConfig field, e.g. --set digit_steps=3000 --set code_sizes=[2,8,32]")
+    r.add_argument("--seed", type=int, help="random seed (split, initialisation, batches, corruptions)")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    r.add_argument("--no-models", action="store_true", help="do not save the trained models")
+    r.set_defaults(func=_cmd_images_report)
+
+
+def _cmd_images_report(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    import torch
+
+    from .images import ReportConfig, run_report
+    from .train import _coerce
+
+    names = {f.name for f in dataclasses.fields(ReportConfig)}
+    changes = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in names:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(names)}")
+        v = _coerce(value.strip())
+        changes[key.strip()] = tuple(tuple(e) if isinstance(e, list) else e for e in v) if isinstance(v, list) else v
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    cfg = ReportConfig.quick(**changes) if args.quick else ReportConfig(**changes)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    numbers = run_report(args.out, cfg, save_models=not args.no_models,
+                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"wrote {args.out}/report.png, report.json, summary.md"
+          + ("" if args.no_models else f" and {len(numbers.get('models', []))} models in {args.out}/models/"))
+    return 0
+
+
 # [serve/client]
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="run the gRPC service (denoise, stream, decompose, encode/decode)",
+        description="Serve models over gRPC (audioae.v1.AudioAE) with health, reflection, dynamic "
+                    "batching, limits, optional bearer-token auth and TLS, and Prometheus metrics. "
+                    "SIGTERM drains: NOT_SERVING, in-flight calls finish, then exit. See docs/serving.md.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=50051, help="0: any free port (printed)")
+    p.add_argument("--models", nargs="+", default=[], metavar="MODEL",
+                   help="shipped names, .safetensors paths or NAME=PATH (default: the shipped denoiser "
+                        "and decomposer)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--max-batch-seconds", type=float, default=60.0,
+                   help="audio seconds run together in one batch (0: no batching)")
+    p.add_argument("--max-delay-ms", type=float, default=10.0,
+                   help="how long a request waits for others to batch with")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request message")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest clip or stream")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for the device; beyond it: RESOURCE_EXHAUSTED at once")
+    p.add_argument("--max-streams", type=int, default=32, help="concurrent StreamDenoise calls")
+    p.add_argument("--token-file", help="require 'authorization: Bearer <token>' (tokens one per line)")
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this HTTP port")
+    p.add_argument("--drain-seconds", type=float, default=30.0, help="SIGTERM: wait this long for calls")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.set_defaults(func=_cmd_serve)
 
 
-COMMANDS = [_add_train, _add_models]
+def _cmd_serve(args) -> int:
+    from server import ServerConfig, serve
+
+    logging.getLogger("server").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    config = ServerConfig(
+        host=args.host, port=args.port, models=tuple(args.models), device=args.device,
+        max_batch_seconds=args.max_batch_seconds, max_delay_ms=args.max_delay_ms,
+        max_request_mb=args.max_request_mb, max_audio_seconds=args.max_audio_seconds,
+        max_queue=args.max_queue, max_streams=args.max_streams, token_file=args.token_file,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
+        drain_seconds=args.drain_seconds, torch_threads=args.threads)
+    return serve(config, announce=lambda msg: print(f"audioae serve: {msg}", file=sys.stderr, flush=True))
+
+
+def _add_client(sub) -> None:
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
+    conn.add_argument("--token-file", help="file holding the bearer token")
+    conn.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (enables TLS)")
+    conn.add_argument("--tls-server-name", help="expected name in the server's certificate")
+    conn.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
+    p = sub.add_parser("client", help="call an audioae server: denoise, stream, decompose, models, health")
+    csub = p.add_subparsers(dest="client_command", required=True)
+    d = csub.add_parser("denoise", parents=[conn], help="denoise a file (same rate, channels, length)")
+    d.add_argument("input")
+    d.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
+    d.add_argument("--model", default="", help="served model name (default: the server's denoiser)")
+    d.add_argument("--strength", type=float, help="0..1 (default 1)")
+    s = csub.add_parser("stream", parents=[conn], help="stream a file through StreamDenoise in chunks")
+    s.add_argument("input")
+    s.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
+    s.add_argument("--model", default="")
+    s.add_argument("--strength", type=float)
+    s.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length sent per message")
+    c = csub.add_parser("decompose", parents=[conn], help="latent activations and component waveforms")
+    c.add_argument("input")
+    c.add_argument("-o", "--out", help="output folder (default: INPUT.components/ beside it)")
+    c.add_argument("--model", default="")
+    c.add_argument("--top-k", type=int, default=0, help="components to return (0: all)")
+    c.add_argument("--group", default="", help="grouping of latent units (default: none)")
+    c.add_argument("--no-audio", action="store_true", help="activations and summary only, no waveforms")
+    m = csub.add_parser("models", parents=[conn], help="list the served models")
+    m.add_argument("--json", action="store_true")
+    csub.add_parser("health", parents=[conn], help="print SERVING / NOT_SERVING (exit 1 unless SERVING)")
+    p.set_defaults(func=_cmd_client)
+
+
+def _default_out(path: str, tag: str) -> str:
+    from pathlib import Path
+
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.{tag}{p.suffix}"))
+
+
+def _cmd_client(args) -> int:
+    import grpc
+
+    from .client import Client
+
+    token = None
+    if args.token_file:
+        from pathlib import Path
+
+        token = Path(args.token_file).read_text().strip().splitlines()[0].strip()
+    client = Client(args.server, token=token, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name,
+                    timeout=args.timeout)
+    try:
+        return _client_call(args, client)
+    except grpc.RpcError as exc:
+        raise RuntimeError(f"server {args.server} answered {exc.code().name}: {exc.details()}") from None
+    finally:
+        client.close()
+
+
+def _client_call(args, client) -> int:
+    from pathlib import Path
+
+    from .client import save_decomposition
+
+    cmd = args.client_command
+    if cmd == "denoise":
+        out = args.out or _default_out(args.input, "denoised")
+        r = client.denoise_file(args.input, out, model=args.model, strength=args.strength)
+        print(f"{args.input} -> {out} (model {r['model']}, queue {r['queue_ms']} ms, "
+              f"compute {r['compute_ms']} ms, batch of {r['batch_size']})")
+    elif cmd == "stream":
+        out = args.out or _default_out(args.input, "denoised")
+        r = client.stream_file(args.input, out, chunk_ms=args.chunk_ms, model=args.model,
+                               strength=args.strength)
+        print(f"{args.input} -> {out} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
+    elif cmd == "decompose":
+        out = args.out or str(Path(args.input).with_suffix(".components"))
+        res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
+                               group=args.group, components=not args.no_audio)
+        files = save_decomposition(res, out)
+        print(json.dumps({**res.summary(), "files": [str(f) for f in files]}, indent=2))
+    elif cmd == "models":
+        info = client.list_models()
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        for mi in info["models"]:
+            rate = f"{mi['sample_rate']} Hz" if mi["sample_rate"] else "-"
+            kind = "causal" if mi["causal"] else "offline"
+            print(f"  {mi['name']:<20} {mi['family']:<10} {mi['input']:<12} {rate:>9}  "
+                  f"code {mi['code_dim']:<4} {int(mi['parameters']):>9,} params  {kind:<7}  {' '.join(mi['rpcs'])}")
+        print(f"default denoiser: {info['default_denoiser'] or '-'}; "
+              f"default decomposer: {info['default_decomposer'] or '-'}")
+    elif cmd == "health":
+        status = client.health()
+        print(status)
+        return 0 if status == "SERVING" else 1
+    return 0
+
+
+COMMANDS = [_add_train, _add_models, _add_denoise, _add_eval, _add_serve, _add_client, _add_images,
+            _add_decompose, _add_inspect]
 
 
 def build_parser() -> argparse.ArgumentParser:
