@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from .fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +102,8 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     data = np.ascontiguousarray(wav.T)
     if subtype is not None and subtype.startswith("PCM"):
         data = np.clip(data, -1.0, 1.0)  # integer formats would wrap around otherwise
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            sf.write(fh, data, sr, format=fmt, subtype=subtype)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs should read like any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        sf.write(fh, data, sr, format=fmt, subtype=subtype)
 
 
 def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int) -> torch.Tensor:

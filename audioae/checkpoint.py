@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import safetensors
@@ -19,6 +18,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .fileio import atomic_write_bytes
 from .models import Autoencoder, build_model, family
 
 FORMAT_VERSION = "1"
@@ -36,24 +36,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def default_file_mode() -> int:
-    """0666 less the umask: what ``open()`` would give (mkstemp's temp files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Kept for modules that imported the private name; new code uses audioae.fileio.
+_atomic_write_bytes = atomic_write_bytes
 
 
 def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | None = None,
@@ -71,10 +55,10 @@ def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | N
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = st_save(state, metadata=meta)
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     digest = hashlib.sha256(data).hexdigest()
     if write_sha256:
-        _atomic_write_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
+        atomic_write_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
     return digest
 
 

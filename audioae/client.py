@@ -23,7 +23,6 @@ import dataclasses
 import io
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import MIN_SAMPLE_RATE, AudioError, check_pcm, encode_audio, read_audio
+from .fileio import atomic_open, atomic_write_bytes
 
 MAX_CHANNELS = 64
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -325,7 +325,7 @@ class Client:
         resp = self.denoise_bytes(src.read_bytes(), model=model, strength=strength, timeout=timeout)
         data = resp.audio.encoded
         if dst.suffix.lower() == src.suffix.lower():
-            _atomic_write(dst, data)
+            atomic_write_bytes(dst, data)
         else:  # another container asked for: transcode, keeping the sample subtype where possible
             from .audio import write_audio
 
@@ -392,23 +392,14 @@ class Client:
         chunks = (b.T for b in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True))
         fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(dst.suffix.lower(), "WAV")
         subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
         n = 0
-        try:
-            with (
-                os.fdopen(fd, "wb") as fh,
-                sf.SoundFile(fh, "w", info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
-            ):
-                for y in self.stream(
-                    chunks, info.samplerate, info.channels, model=model, strength=strength, timeout=timeout
-                ):
-                    out.write(np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
-                    n += y.shape[-1]
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with (
+            atomic_open(dst) as fh,
+            sf.SoundFile(fh, "w", info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
+        ):
+            for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength, timeout=timeout):
+                out.write(np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
+                n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}
 
     # -- decompose --------------------------------------------------------------------------------
@@ -493,18 +484,6 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``activations.npy``, ``decomposition.json`` and, when present, one WAV per component
     plus ``residual.wav`` into ``out_dir`` (each written atomically)."""
@@ -517,7 +496,7 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> l
     buf = io.BytesIO()
     np.save(buf, result.activations)
     written = [out / "activations.npy"]
-    _atomic_write(written[0], buf.getvalue())
+    atomic_write_bytes(written[0], buf.getvalue())
     if result.components is not None:
         for i, (label, wav) in enumerate(zip(result.labels, result.components, strict=True)):
             safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:40]
@@ -527,6 +506,6 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> l
         write_audio(out / "residual.wav", result.residual, result.sample_rate, subtype="FLOAT")
         written.append(out / "residual.wav")
     meta = out / "decomposition.json"
-    _atomic_write(meta, (json.dumps(result.summary(), indent=2) + "\n").encode())
+    atomic_write_bytes(meta, (json.dumps(result.summary(), indent=2) + "\n").encode())
     written.append(meta)
     return written

@@ -33,8 +33,9 @@ from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
 
 from . import losses
-from .checkpoint import _atomic_write_bytes, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data.mixing import MixConfig, Mixer, Source, load_folder, synthetic_noise, synthetic_speech
+from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
 from .models import Autoencoder, SpectralAutoencoder, build_model
 from .models.corruption import add_gaussian, darken_patches, mix_at_snr
@@ -251,7 +252,7 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Pa
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-    _atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
@@ -325,7 +326,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if rank == 0:
-        _atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
+        atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
 
     bar = None
     if rank == 0 and tc.progress:
@@ -386,7 +387,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)
         if rank == 0:
-            _atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+            atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if started_dist:
         dist.barrier()
         dist.destroy_process_group()

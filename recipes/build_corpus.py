@@ -45,6 +45,7 @@ import torch
 
 from audioae.audio import read_audio, resample, write_audio
 from audioae.data import synthetic
+from audioae.fileio import atomic_write_text
 
 log = logging.getLogger("build_corpus")
 
@@ -676,12 +677,7 @@ def build_test_mixtures(out: Path, snrs: tuple[float, ...] = TEST_SNRS, per_cell
 
 
 def _write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def summarize(out: Path) -> dict:

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..checkpoint import _atomic_write_bytes, save_checkpoint
+from ..checkpoint import save_checkpoint
+from ..fileio import atomic_write_bytes
 from . import experiments
 from .experiments import ReportConfig
 
@@ -90,7 +91,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     fig = draw(numbers, arrays)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=cfg.dpi)
-    _atomic_write_bytes(out / "report.png", buf.getvalue())
+    atomic_write_bytes(out / "report.png", buf.getvalue())
     if save_models:
         for name, model in models.items():
             save_checkpoint(model, out / "models" / f"{name}.safetensors", {"report": "audioae images report"})
@@ -99,8 +100,8 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     # CPU seconds of this process: what the run costs when other processes share the cores.
     numbers["seconds"]["process_cpu"] = round(time.process_time() - cpu_start, 2)
     numbers = _jsonable(numbers)
-    _atomic_write_bytes(out / "report.json", (json.dumps(numbers, indent=2, allow_nan=False) + "\n").encode())
-    _atomic_write_bytes(out / "summary.md", summary_markdown(numbers).encode())
+    atomic_write_bytes(out / "report.json", (json.dumps(numbers, indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(out / "summary.md", summary_markdown(numbers).encode())
     return numbers
 
 
