@@ -1,0 +1,74 @@
+"""One script for a machine with a GPU: does the CUDA path run, and how fast.
+
+    python benchmarks/gpu_check.py --out benchmarks/results/gpu.json
+
+Checks (each prints a line and lands in the JSON):
+1. ``pick_device("auto")`` picks CUDA; the shipped denoiser on CUDA gives the CPU's output
+   (to 1e-3: cuDNN's GRU differs in the last bits).
+2. ``audioae train`` runs a few steps with mixed precision (bf16/fp16 autocast) on CUDA.
+3. Throughput: ``denoise`` one clip at a time against ``denoise_batch`` of 16 clips (what the
+   server's batcher and the batch engine's GPU path do), in seconds of audio per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from audioae import pretrained
+from audioae.enhance import denoise, denoise_batch
+from audioae.train import load_run_config, pick_device, train
+
+
+def _clips(n: int, seconds: float, sr: int = 16000) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal((1, int(seconds * sr)))).astype(np.float32) for _ in range(n)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="benchmarks/results/gpu.json")
+    args = p.parse_args()
+    res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    dev = pick_device("auto")
+    res["device"] = str(dev)
+    if dev.type != "cuda":
+        raise SystemExit("no CUDA device: nothing to check")
+    res["gpu"] = torch.cuda.get_device_name(0)
+
+    cpu_model = pretrained.load(None)
+    gpu_model = pretrained.load(None, map_location=dev)
+    clip = _clips(1, 10.0)[0]
+    res["max_abs_diff_cpu_vs_cuda"] = float(np.abs(denoise(cpu_model, clip, 16000) - denoise(gpu_model, clip, 16000)).max())
+    print("cuda vs cpu max abs diff", res["max_abs_diff_cpu_vs_cuda"])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = load_run_config("configs/tiny-synthetic.toml", [f"train.out_dir=\"{tmp}\"", "train.steps=20",
+                                                               "train.device=\"cuda\"", "train.progress=false"])
+        t = time.perf_counter()
+        res["amp_train"] = train(run, resume=False)
+        res["amp_train"]["wall_s"] = time.perf_counter() - t
+    print("AMP training", res["amp_train"])
+
+    clips = _clips(64, 3.0)
+    for label, fn in (("unbatched", lambda cs: [denoise(gpu_model, c, 16000) for c in cs]),
+                      ("batched16", lambda cs: [y for i in range(0, len(cs), 16)
+                                                for y in denoise_batch(gpu_model, [(c, 16000, 1.0) for c in cs[i:i + 16]])])):
+        fn(clips[:4])
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn(clips)
+        torch.cuda.synchronize()
+        res[f"{label}_audio_s_per_s"] = 64 * 3.0 / (time.perf_counter() - t)
+        print(label, f"{res[f'{label}_audio_s_per_s']:.0f} s of audio per second")
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
