@@ -168,9 +168,9 @@ def _add_decompose(sub) -> None:
     p.add_argument("--model", help="shipped model name or .safetensors path (default: decomposer-small)")
     p.add_argument("--top", type=int, default=16,
                    help="keep the K strongest components, the rest join the residual (0: all; default 16)")
-    p.add_argument("--group", choices=("none", "band", "cluster"), default="none",
-                   help="none: one component per latent unit; band: octave bands; cluster: units that "
-                        "look and move alike")
+    p.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
+                   help="cluster (default): units that look and move alike; band: octave bands; "
+                        "none: one component per latent unit")
     p.add_argument("--groups", type=int, default=8, help="number of bands or clusters (default 8)")
     p.add_argument("--plot", action="store_true", help="also write decomposition.png")
     p.set_defaults(func=_cmd_decompose)
@@ -181,8 +181,8 @@ def _cmd_decompose(args) -> int:
     from pathlib import Path
 
     from .audio import read_audio, write_audio
-    from .checkpoint import _atomic_write_bytes
     from .decompose import decompose, summarize
+    from .fileio import atomic_write_bytes
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
     wav, sr, _info = read_audio(args.file)
@@ -203,7 +203,7 @@ def _cmd_decompose(args) -> int:
 
         plot_decomposition(dec, wav, sr, model, out / "decomposition.png")
         summary["figure"] = "decomposition.png"
-    _atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     print(f"{len(dec.labels)} components + residual ({100 * dec.residual_share:.1f}% of the energy), "
           f"sum-to-input error {dec.error_db:.0f} dB -> {out}")
     for entry in summary["components"]:

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from .base import Autoencoder, AutoencoderConfig, SpectralAutoencoder, SpectralConfig
 from .conv1d import Conv1dAutoencoder, Conv1dConfig
+from .dictionary import SparseDictConfig, SparseDictionary
+from .image import ImageAutoencoder, ImageConfig
 from .linear import LinearAutoencoder, LinearConfig
 from .recurrent import RecurrentAutoencoder, RecurrentConfig
 
@@ -20,6 +22,9 @@ REGISTRY: dict[str, Family] = {
     "conv1d": Family(Conv1dConfig, Conv1dAutoencoder, "1D conv over spectrogram frames; 3 unpooling choices"),
     "recurrent": Family(RecurrentConfig, RecurrentAutoencoder, "GRU/LSTM encoder and decoder; streams"),
     "linear": Family(LinearConfig, LinearAutoencoder, "one linear layer each way: PCA's subspace"),
+    "sparse_dict": Family(SparseDictConfig, SparseDictionary,
+                          "sparse overcomplete code, non-negative convolutive dictionary: one component per unit"),
+    "image": Family(ImageConfig, ImageAutoencoder, "2D conv over images/patches to a code vector; 3 unpooling choices"),
 }
 
 

@@ -1,0 +1,307 @@
+"""Components from a sparse dictionary model: soft masks, grouping, and sum-to-input.
+
+A :class:`~audioae.models.dictionary.SparseDictionary` explains the input's magnitude spectrogram
+``|X|`` as a sum of unit spectrograms ``V_u`` (atom * activation). A group ``g`` of units (one
+unit, a frequency band of units, or a cluster) gets the soft mask::
+
+    M_g = V_g / max(V, |X|)        V_g = sum of its units' V_u,  V = sum over all units
+
+applied to the input's complex STFT (the input's phase is kept), then inverted. The masks of all
+groups add up to ``min(V, |X|) / |X| <= 1``: whatever the model does not explain stays in the
+residual. Components are computed at the model's rate and resampled to the caller's; the
+residual is *defined* as input minus the sum of the components, at the caller's rate and length,
+so ``components.sum(0) + residual == input`` to float rounding whatever the resampler does. At a
+caller's rate above the model's, the residual also holds everything above the model's band.
+
+Pure functions: arrays in, arrays out, no file I/O (the CLI, the server and the benchmark share
+them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .audio import AudioError, check_pcm, fit_length, resample
+from .models.dictionary import SparseDictionary
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("none", "band", "cluster")
+ACTIVE_SHARE = 1e-6  # units with less of the input's STFT energy than this are left in the residual
+EXACT_DB = -90.0  # the sum-to-input contract
+CHUNK_FLOATS = 1 << 24  # per-unit spectrograms are computed in chunks of about this many floats
+MASK_FLOOR = 1.0  # a bin's masks add up to min(1, V / (floor * |X|)): the rest goes to the residual
+ACTIVITY_WEIGHT = 2.0  # clustering: when a unit is active counts this much more than its atom's shape
+ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its loudest frame
+
+
+@dataclass
+class Decomposition:
+    """Component waveforms of one input, ranked by the energy attributed to them (largest first).
+
+    The energy attributed to a component is its projection on the input, ``<c_k, x>``; these
+    and the residual's add up to the input's energy ``|x|^2``.
+    """
+
+    components: np.ndarray  # [K, C, T] float32 component waveforms at the caller's rate
+    residual: np.ndarray  # [C, T]; components.sum(0) + residual == input to float error
+    labels: list[str]  # one per component
+    units: list[list[int]]  # latent units behind each component
+    activations: np.ndarray  # [U, N] latent activations over frames (mean over channels)
+    energy_share: np.ndarray  # [K] <component, input> / |input|^2; with residual_share they sum to 1
+    frame_rate: float  # frames per second of `activations`
+    sample_rate: int = 0  # the caller's rate
+    dominant_hz: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [K]
+    envelopes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [K, N] energy/frame
+    residual_share: float = 0.0  # <residual, input> / |input|^2
+    error_db: float = -math.inf  # 10 log10(|sum + residual - input|^2 / |input|^2)
+    group: str = "none"
+
+
+def _channels_first(wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2:
+        raise AudioError(f"audio must be [T] or [C, T], got shape {tuple(x.shape)}")
+    return x.cpu()
+
+
+def _unit_chunks(n_units: int, per_unit: int) -> int:
+    return max(1, min(n_units, CHUNK_FLOATS // max(per_unit, 1)))
+
+
+def _group_magnitudes(model: SparseDictionary, h: torch.Tensor, units: list[int]) -> torch.Tensor:
+    """Spectrogram ``V_g [C, F, N]`` of one group of units."""
+    idx = torch.as_tensor(units, dtype=torch.long)
+    w = model.dictionary()[idx]  # [u', F, L]
+    pad = (model.config.atom_frames - 1) // 2
+    return torch.nn.functional.conv_transpose1d(h[:, idx], w, padding=pad)  # [C, F, N]
+
+
+# ---- grouping -------------------------------------------------------------------------------------
+def _band_groups(freqs: np.ndarray, active: list[int], nyquist: float, n_bands: int):
+    """Dyadic bands, like the levels of a wavelet multiresolution analysis: ``[0, ny/2^(n-1))``,
+    then one octave each up to the model's Nyquist frequency."""
+    edges = [0.0] + [nyquist / 2**j for j in range(n_bands - 1, -1, -1)]
+    groups, labels = [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        last = hi == edges[-1]
+        members = [u for u in active if lo <= freqs[u] < hi or (last and freqs[u] >= hi)]
+        if members:
+            groups.append(members)
+            labels.append(f"band {lo:.0f}-{hi:.0f} Hz")
+    return groups, labels
+
+
+def _log_pool(spectra: np.ndarray, n_out: int = 48) -> np.ndarray:
+    """Pool ``[U, F]`` spectra into ``n_out`` log-spaced bands (so octaves weigh alike)."""
+    f = spectra.shape[1]
+    edges = np.unique(np.round(np.geomspace(1, f, n_out + 1)).astype(int))
+    edges[0] = 0
+    return np.stack([spectra[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:], strict=True)], 1)
+
+
+def _unit_norm(a: np.ndarray) -> np.ndarray:
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, active: list[int], n_groups: int):
+    """K-means over the active units, weighted by their energy. A unit is described by when it
+    is active in this signal (its activation envelope, counted twice) and by its atom's shape on
+    a log-frequency axis: units that rise and fall together -- the harmonics of one voice, the
+    bands of one noise -- land in one group, and shape splits sources that move alike."""
+    from sklearn.cluster import KMeans
+
+    if len(active) <= n_groups:
+        return [[u] for u in active], ["cluster"] * len(active)
+    atom = _unit_norm(np.sqrt(_log_pool(spectra[active])))  # [A, 48]
+    env = np.sqrt(acts[active])  # [A, N] compressed, so quiet units count
+    env = _unit_norm(env - env.mean(1, keepdims=True))
+    feats = np.concatenate([atom, ACTIVITY_WEIGHT * env], axis=1)
+    labels_ = KMeans(n_clusters=n_groups, n_init=4, random_state=0).fit_predict(
+        feats, sample_weight=np.maximum(energy[active], 1e-12))
+    groups = [[u for u, lab in zip(active, labels_, strict=True) if lab == k] for k in range(n_groups)]
+    groups = [g for g in groups if g]
+    return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
+
+
+def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.ndarray, active: list[int],
+                group: str, n_groups: int = 8) -> tuple[list[list[int]], list[str]]:
+    """Partition the active units: ``none`` (one per unit), ``band`` (dyadic bands by the atom's
+    peak frequency) or ``cluster`` (k-means over atom shape and activity).
+    ``activations [U, N]``, ``energy [U]``."""
+    freqs = model.atom_frequencies().detach().numpy()
+    if group == "none":
+        return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
+    if group == "band":
+        return _band_groups(freqs, active, model.config.sample_rate / 2, n_groups)
+    if group == "cluster":
+        spectra = model.atom_spectra().detach().numpy()
+        return _cluster_groups(spectra, activations, energy, active, n_groups)
+    raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+
+
+# ---- the decomposition ------------------------------------------------------------------------------
+@torch.inference_mode()
+def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
+              group: str = "none", n_groups: int = 8) -> Decomposition:
+    """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
+
+    ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` dyadic bands)
+    or ``cluster`` (``n_groups`` clusters). ``top_k``: keep only the ``top_k`` strongest
+    components; the others join the residual. Components come back as ``[K, C, T]`` at the
+    caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
+    the same units and groups (each channel gets its own masks).
+    """
+    if not isinstance(model, SparseDictionary):
+        raise ValueError(f"decompose needs a sparse_dict model, got {getattr(model, 'registry_name', type(model))}")
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be at least 1, got {n_groups}")
+    x = _channels_first(wav)  # [C, T]
+    check_pcm(x.numpy(), sr)
+    model = model.cpu().eval()
+    c = model.config
+    msr = c.sample_rate
+
+    z = resample(x, sr, msr)  # [C, T']
+    spec = model.stft(z)  # [C, F, N] complex
+    mag = spec.abs()  # [C, F, N]
+    level = model.level(mag)  # [C, 1, N]
+    h = model.encode(model.features(spec))  # [C, U, N], in units of the level
+    # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
+    denom = torch.maximum(model.magnitudes(h), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
+    unit_energy = model.unit_energies(h, (mag / denom).pow(2))  # [U]: masked STFT energy
+    total = float(mag.pow(2).sum())
+    active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
+    acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
+    groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups)
+
+    # Pick the top-k by the sum of the units' masked STFT energies (cheap: no group spectrogram
+    # is formed twice); the final order is by the energy attributed to each waveform.
+    g_energy = [float(unit_energy[g].sum()) for g in groups]
+    order = np.argsort(g_energy, kind="stable")[::-1]
+    if top_k is not None:
+        order = order[:top_k]
+    groups = [groups[i] for i in order]
+    labels = [labels[i] for i in order]
+
+    comps, dom_hz, envs = _component_waveforms(model, h, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
+    x64 = x.double().numpy()
+    comps64 = comps.astype(np.float64)  # [K, C, T]
+    residual = (x64 - comps64.sum(0)).astype(np.float32)  # [C, T]
+    # Energy attributed to each component, <c_k, x>: with the residual's it sums to |x|^2 exactly
+    # (soft-masked components share the input's phase, so |c_k|^2 alone would leave out the cross
+    # terms and the shares would not add up).
+    energy = (comps64 * x64[None]).sum(axis=(1, 2))  # [K]
+    rank = np.argsort(-energy, kind="stable")
+    comps, energy, dom_hz, envs = comps[rank], energy[rank], dom_hz[rank], envs[rank]
+    groups = [groups[i] for i in rank]
+    labels = [labels[i] for i in rank]
+    if group == "cluster":  # name clusters by what they sound like, in rank order
+        labels = [f"cluster {i + 1} (~{hz:.0f} Hz, {len(g)} unit{'s' if len(g) > 1 else ''})"
+                  for i, (hz, g) in enumerate(zip(dom_hz, groups, strict=True))]
+
+    x_energy = max(float((x64**2).sum()), 1e-30)
+    err = comps.astype(np.float64).sum(0) + residual.astype(np.float64) - x64
+    error_db = 10 * math.log10(max(float((err**2).sum()), 1e-300) / x_energy)
+    if error_db > EXACT_DB:
+        log.warning("components sum to the input only within %.1f dB (contract: %.0f dB)", error_db, EXACT_DB)
+    return Decomposition(
+        components=comps, residual=residual, labels=labels, units=[sorted(g) for g in groups],
+        activations=acts.astype(np.float32), energy_share=(energy / x_energy).astype(np.float32),
+        frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
+        residual_share=float((residual.astype(np.float64) * x64).sum() / x_energy),
+        error_db=error_db, group=group,
+    )
+
+
+def _component_waveforms(model: SparseDictionary, h: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
+                         groups: list[list[int]], sr: int, length: int, z_len: int):
+    """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
+    frequencies ``[K]`` and energy envelopes ``[K, N]`` (model frames, summed over channels)."""
+    c = model.config
+    n_ch, n_bins, n_frames = spec.shape
+    mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
+    out = np.zeros((len(groups), n_ch, length), np.float32)
+    dom = np.zeros(len(groups), np.float32)
+    envs = np.zeros((len(groups), n_frames), np.float32)
+    step = _unit_chunks(len(groups), spec.numel() * 2)
+    for lo in range(0, len(groups), step):
+        batch = groups[lo : lo + step]
+        if all(len(g) == 1 for g in batch):
+            v = model.unit_magnitudes(h, [g[0] for g in batch]).movedim(1, 0)  # [k, C, F, N]
+        else:
+            v = torch.stack([_group_magnitudes(model, h, g) for g in batch])  # [k, C, F, N]
+        mask = v / denom[None]  # [k, C, F, N]
+        s = spec[None] * mask  # [k, C, F, N] complex: the input's phase
+        power = mask.pow(2) * mag2[None]  # [k, C, F, N]
+        dom[lo : lo + len(batch)] = (power.sum(dim=(1, 3)).argmax(-1).float() * (c.sample_rate / c.n_fft)).numpy()
+        envs[lo : lo + len(batch)] = power.sum(dim=(1, 2)).numpy()
+        y = model.stft.inverse(s, z_len)  # [k, C, T']
+        y = fit_length(resample(y, c.sample_rate, sr), length)  # [k, C, T]
+        out[lo : lo + len(batch)] = y.numpy()
+    return out, dom, envs
+
+
+# ---- a summary people can read ------------------------------------------------------------------
+def active_intervals(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTIVE_DB,
+                     min_gap: float = 0.05, max_intervals: int = 50) -> list[list[float]]:
+    """``[start, end]`` seconds where ``envelope [N]`` (energy per frame) is within ``floor_db`` of
+    its peak; gaps shorter than ``min_gap`` seconds are bridged."""
+    if envelope.size == 0 or envelope.max() <= 0:
+        return []
+    on = envelope >= envelope.max() * 10 ** (floor_db / 10)
+    spans: list[list[float]] = []
+    n = 0
+    while n < len(on):
+        if not on[n]:
+            n += 1
+            continue
+        start = n
+        while n < len(on) and on[n]:
+            n += 1
+        a, b = start / frame_rate, n / frame_rate
+        if spans and a - spans[-1][1] < min_gap:
+            spans[-1][1] = round(b, 3)
+        else:
+            spans.append([round(a, 3), round(b, 3)])
+    return spans[:max_intervals]
+
+
+def summarize(dec: Decomposition) -> dict:
+    """A JSON-ready description: per component its label, units, energy share, dominant
+    frequency and when it is active."""
+    comps = []
+    for k in range(len(dec.labels)):
+        env = dec.envelopes[k]
+        on = env >= env.max() * 10 ** (ACTIVE_DB / 10) if env.size and env.max() > 0 else np.zeros(0, bool)
+        comps.append({
+            "index": k,
+            "label": dec.labels[k],
+            "units": dec.units[k],
+            "energy_share": round(float(dec.energy_share[k]), 6),
+            "dominant_hz": round(float(dec.dominant_hz[k]), 1),
+            "active_fraction": round(float(on.mean()) if on.size else 0.0, 4),
+            "active_seconds": active_intervals(env, dec.frame_rate),
+        })
+    return {
+        "sample_rate": dec.sample_rate,
+        "channels": int(dec.residual.shape[0]),
+        "samples": int(dec.residual.shape[-1]),
+        "seconds": round(dec.residual.shape[-1] / max(dec.sample_rate, 1), 4),
+        "group": dec.group,
+        "frame_rate": dec.frame_rate,
+        "error_db": round(dec.error_db, 2) if math.isfinite(dec.error_db) else None,
+        "residual_energy_share": round(dec.residual_share, 6),
+        "components": comps,
+    }

@@ -1,0 +1,241 @@
+"""A sparse, overcomplete autoencoder whose decoder is a non-negative convolutive dictionary.
+
+Decoder: *linear* in magnitude::
+
+    n[f, t]  ~  V[f, t] = sum_u sum_l W[u, f, l] * h[u, t - l + p]        (p = (L - 1) / 2)
+
+where ``n = |X| / level`` is the magnitude STFT divided by its moving level (so the model does
+not care how loud the recording is), and every atom ``W[u] [F, L]`` is non-negative with unit L2
+norm (the scale lives in ``h``). Each latent unit ``u`` contributes exactly one component
+spectrogram ``V_u`` -- its atom convolved with its activation over time -- and the components
+add up to the reconstruction. :mod:`audioae.decompose` turns that additivity into component
+waveforms with soft masks.
+
+Encoder, tied to the decoder (no weights of its own):
+
+1. a matched filter through the dictionary (the decoder's adjoint, ``W^T n``) scores every
+   unit at every frame; the ``topk`` best-scoring units of a frame form its support (the code
+   is sparse by construction: at most ``topk`` of ``code_dim`` units per frame);
+2. ``refine_steps`` multiplicative updates of non-negative sparse coding (Lee & Seung's
+   KL-divergence rule, with an optional L1 shrinkage ``sparsity_weight``) fit the activations on
+   that support. Multiplicative updates keep zeros at zero and values non-negative, and each
+   step lowers the KL divergence between ``n`` and ``V`` for any dictionary, which is what makes
+   training the dictionary through them stable (an amortised ReLU encoder trained against a
+   non-negative decoder lost most of its units in our trials).
+
+Training (the library's :func:`audioae.train.fit_arrays`) backpropagates the MSE between the
+compressed reconstruction and the compressed input through the unrolled updates into ``W``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spectral import compress, decompress, with_magnitude
+from .base import SpectralAutoencoder, SpectralConfig
+
+MAG_FLOOR = 1e-3  # added to level-normalised magnitudes before compression: -60 dB under the level
+LEVEL_FLOOR = 1e-6  # keeps the level of digital silence above zero
+DIV_EPS = 1e-6  # keeps the multiplicative updates' ratios finite
+
+
+@dataclass(frozen=True)
+class SparseDictConfig(SpectralConfig):
+    code_dim: int = 320  # units; more than the 257 bins of a 512-point frame: overcomplete
+    code_activation: str = "relu"  # the code is non-negative (multiplicative updates keep it so)
+    sparsity: str = "topk"  # topk: at most `topk` units per frame; l1/none: every unit may be active
+    topk: int = 32  # units per frame (10% of the code)
+    sparsity_weight: float = 0.0  # L1 shrinkage inside the multiplicative updates
+    output: str = "magnitude"
+    atom_frames: int = 3  # frames one atom spans (convolutive); 1 gives NMF's per-frame dictionary
+    refine_steps: int = 4  # multiplicative updates after the matched filter
+    level_frames: int = 63  # magnitudes are divided by a moving RMS level over this many frames (~0.5 s)
+    init_seed: int = 0  # seed of the atoms' initial shapes (bumps spread over log-frequency)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sparsity not in ("topk", "l1", "none"):
+            raise ValueError(f"sparse_dict sparsity must be topk, l1 or none, got {self.sparsity!r}")
+        if self.output != "magnitude":
+            raise ValueError("sparse_dict outputs magnitudes (output='magnitude')")
+        if self.input != "spectrogram":
+            raise ValueError("sparse_dict works on spectrograms (input='spectrogram')")
+        if self.refine_steps < 1:
+            raise ValueError("refine_steps must be at least 1")
+        for name in ("atom_frames", "level_frames"):
+            v = getattr(self, name)
+            if v < 1 or v % 2 == 0:
+                raise ValueError(f"{name} must be a positive odd number, got {v}")
+
+
+def _initial_atoms(config: SparseDictConfig) -> torch.Tensor:
+    """Initial atoms ``[U, F, L]`` (unit norm): Gaussian bumps at log-spaced random centres with
+    random widths -- a wavelet-like start that training shapes into harmonic and noise atoms."""
+    g = torch.Generator().manual_seed(config.init_seed)
+    u, f, length = config.code_dim, config.n_bins, config.atom_frames
+    centre = torch.exp(torch.rand(u, generator=g) * math.log(f - 1))  # [U] bins, 1 .. F-1
+    width = torch.exp(torch.rand(u, generator=g) * math.log(f / 4))  # [U] bins, 1 .. F/4
+    bins = torch.arange(f, dtype=torch.float32)
+    bump = torch.exp(-0.5 * ((bins[None] - centre[:, None]) / width[:, None]) ** 2)  # [U, F]
+    w = bump[:, :, None].expand(u, f, length) + 1e-3 * torch.rand(u, f, length, generator=g)  # [U, F, L]
+    return w / w.flatten(1).norm(dim=1)[:, None, None]
+
+
+class SparseDictionary(SpectralAutoencoder):
+    """Tied sparse encoder + non-negative convolutive dictionary decoder.
+
+    ``forward(feats [B, F, N]) -> (compress(V) [B, F, N], h [B, U, N])``; ``h`` is in units of
+    the local level. Offline only (the encoder and the level look ahead). Phase is not modelled:
+    component waveforms take the input's phase through soft masks (:mod:`audioae.decompose`).
+    """
+
+    registry_name = "sparse_dict"
+    config: SparseDictConfig
+
+    def __init__(self, config: SparseDictConfig):
+        super().__init__(config)
+        self.atoms_raw = nn.Parameter(_initial_atoms(config))  # [U, F, L]
+        self._atoms_cache: tuple | None = None
+
+    # ---- features ------------------------------------------------------------------------------
+    def level(self, mag: torch.Tensor) -> torch.Tensor:
+        """Moving RMS level ``[B, 1, N]`` of magnitudes ``mag [B, F, N]`` (over frequency and
+        ``level_frames`` frames)."""
+        k = self.config.level_frames
+        power = mag.pow(2).mean(1, keepdim=True)  # [B, 1, N]
+        power = F.avg_pool1d(power, k, stride=1, padding=k // 2, count_include_pad=False)  # [B, 1, N]
+        return power.add(LEVEL_FLOOR**2).sqrt()
+
+    def normalized_magnitudes(self, spec: torch.Tensor) -> torch.Tensor:
+        """complex ``[B, F, N]`` -> ``|X| / level`` ``[B, F, N]``: what the dictionary explains."""
+        mag = spec.abs()  # [B, F, N]
+        return mag / self.level(mag)
+
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        """complex ``[B, F, N]`` -> compressed level-normalised magnitudes ``[B, F, N]``.
+
+        :data:`MAG_FLOOR` makes the loss ignore what lies more than 60 dB under the local level.
+        """
+        c = self.config
+        return compress(self.normalized_magnitudes(spec) + MAG_FLOOR, c.compression, c.compression_power)
+
+    def _magnitudes_of(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return (decompress(x, c.compression, c.compression_power) - MAG_FLOOR).clamp_min(0)  # [B, F, N]
+
+    # ---- dictionary, encoder, decoder ---------------------------------------------------------
+    def dictionary(self) -> torch.Tensor:
+        """The atoms ``[U, F, L]``: non-negative, unit L2 norm each."""
+        raw = self.atoms_raw
+        key = (raw.data_ptr(), raw._version, raw.device)  # optimizer steps and loads bump _version
+        if not torch.is_grad_enabled() and self._atoms_cache is not None and self._atoms_cache[0] == key:
+            return self._atoms_cache[1]  # inference calls this many times per input
+        # |raw| rather than softplus(raw): an Adam step moves an entry by ~lr in absolute terms,
+        # and an entry that crosses zero comes back (relu's would stay dead).
+        w = raw.abs()  # [U, F, L]
+        w = w / w.flatten(1).norm(dim=1).clamp_min(1e-8)[:, None, None]
+        if not torch.is_grad_enabled():
+            self._atoms_cache = (key, w.detach())
+        return w
+
+    @property
+    def _pad(self) -> int:
+        return (self.config.atom_frames - 1) // 2
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``x [B, F, N]`` -> non-negative sparse code ``h [B, U, N]`` (units of the
+        local level: multiply by :meth:`level` for absolute magnitudes)."""
+        c = self.config
+        n = self._magnitudes_of(x)  # [B, F, N]
+        w = self.dictionary()  # [U, F, L]
+        match = F.conv1d(n, w, padding=self._pad)  # [B, U, N]: the decoder's adjoint
+        h = match.clamp_min(0) / c.code_dim  # [B, U, N]; any positive scale: the updates rescale
+        if c.sparsity == "topk" and c.topk < c.code_dim:
+            kth = match.topk(c.topk, dim=1).values[:, -1:]  # [B, 1, N]
+            h = h * (match >= kth).to(h.dtype)
+        # KL multiplicative updates: h <- h * W^T(n / V) / (W^T 1 + lambda). Interior frames see
+        # every atom frame, so W^T 1 is the atom's sum (edges are off by at most L-1 frames).
+        denom = w.sum(dim=(1, 2))[None, :, None] + c.sparsity_weight  # [1, U, 1]
+        for _ in range(c.refine_steps):
+            v = self.magnitudes(h) + DIV_EPS  # [B, F, N]
+            h = h * F.conv1d(n / v, w, padding=self._pad) / denom  # [B, U, N]
+        return h
+
+    def magnitudes(self, h: torch.Tensor) -> torch.Tensor:
+        """Code ``h [B, U, N]`` -> magnitude reconstruction ``V [B, F, N]`` (level-normalised)."""
+        return F.conv_transpose1d(h, self.dictionary(), padding=self._pad)  # [B, F, N]
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [B, U, N]`` -> compressed magnitudes ``[B, F, N]`` (comparable with :meth:`features`)."""
+        c = self.config
+        return compress(self.magnitudes(h) + MAG_FLOOR, c.compression, c.compression_power)
+
+    def estimate_spec(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The reconstruction as a complex STFT: the model's magnitudes back at the input's
+        level, with the input's phase."""
+        return with_magnitude(spec, self._magnitudes_of(out) * self.level(spec.abs()))
+
+    def sparsity_loss(self, h: torch.Tensor) -> torch.Tensor:
+        """Zero: sparsity is built into the encoder (top-k support, L1 shrinkage in the updates)."""
+        return h.new_zeros(())
+
+    # ---- per-unit views ----------------------------------------------------------------------------
+    def shifted_code(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [B, U, N]`` -> ``[B, U, N, L]`` with ``[..., n, l] = h[..., n - l + p]`` (zeros outside):
+        the activation each atom frame ``l`` meets at output frame ``n``."""
+        length = self.config.atom_frames
+        hp = F.pad(h, (length - 1 - self._pad, self._pad))  # [B, U, N + L - 1]
+        return hp.unfold(-1, length, 1).flip(-1)  # [B, U, N, L]
+
+    def unit_magnitudes(self, h: torch.Tensor, units: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """Per-unit component spectrograms ``V_u [B, U', F, N]`` for ``units`` (all by default);
+        they sum over ``U'`` to :meth:`magnitudes` when every unit is included.
+
+        Memory is ``U' * F * N`` floats per item: callers chunk ``units`` for long inputs.
+        """
+        w = self.dictionary()  # [U, F, L]
+        if units is not None:
+            idx = torch.as_tensor(units, dtype=torch.long, device=h.device)
+            w, h = w[idx], h[:, idx]  # [U', F, L], [B, U', N]
+        # einsum batches over units with a GEMM each; a grouped conv_transpose1d is ~6x slower here.
+        return torch.einsum("ufl,bunl->bufn", w, self.shifted_code(h))  # [B, U', F, N]
+
+    def unit_energies(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``sum_{b,f,n} weight * V_u^2`` for every unit ``[U]``, without forming ``V_u``.
+
+        ``V_u[f, n]^2 = sum_{l,m} W[u,f,l] W[u,f,m] hs[u,n,l] hs[u,n,m]``, so the sum over ``f``
+        is a GEMM of the atom products with ``weight [B, F, N]``: ``L (L + 1) / 2`` GEMMs in all.
+        """
+        w = self.dictionary()  # [U, F, L]
+        hs = self.shifted_code(h)  # [B, U, N, L]
+        total = h.new_zeros(h.shape[1])
+        length = self.config.atom_frames
+        for a in range(length):
+            for b in range(a, length):
+                proj = torch.matmul((w[:, :, a] * w[:, :, b])[None], weight)  # [B, U, N]
+                term = (proj * hs[..., a] * hs[..., b]).sum(dim=(0, 2))  # [U]
+                total = total + (term if a == b else 2 * term)
+        return total
+
+    # ---- what the dictionary looks like ----------------------------------------------------
+    def atom_spectra(self) -> torch.Tensor:
+        """Each atom summed over its frames: ``[U, F]`` (what a person plots)."""
+        return self.dictionary().sum(-1)
+
+    def atom_frequencies(self) -> torch.Tensor:
+        """Dominant frequency of each atom in Hz ``[U]`` (its spectral peak)."""
+        c = self.config
+        return self.atom_spectra().argmax(-1).float() * (c.sample_rate / c.n_fft)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        c = self.config
+        d.update({"atom_frames": c.atom_frames, "n_fft": c.n_fft, "hop_length": c.hop_length,
+                  "topk": c.topk if c.sparsity == "topk" else None, "refine_steps": c.refine_steps,
+                  "overcomplete": round(c.code_dim / c.n_bins, 2)})
+        return d

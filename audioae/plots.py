@@ -1,0 +1,166 @@
+"""Figures for decompositions and dictionaries (matplotlib, Agg backend; written atomically).
+
+- :func:`plot_decomposition`: input spectrogram, the atoms behind the strongest components,
+  their activations over time, and their spectrograms -- one PNG to read at a glance;
+- :func:`plot_dictionary`: every atom of a :class:`~audioae.models.dictionary.SparseDictionary`,
+  sorted by peak frequency, with where the atoms sit and how wide they are (a wavelet basis would
+  show a constant bandwidth-to-frequency ratio).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .decompose import Decomposition  # noqa: E402
+from .fileio import atomic_write_bytes  # noqa: E402
+from .models.dictionary import SparseDictionary  # noqa: E402
+from .spectral import STFT  # noqa: E402
+
+MAX_PANELS = 8  # component spectrograms shown (the strongest)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _spec_db(wav: np.ndarray, sr: int) -> tuple[np.ndarray, float, float]:
+    """Mono ``wav [T]`` -> ``(dB [F, N], hop seconds, bin Hz)`` with a ~32 ms window."""
+    n_fft = 2 ** max(6, round(math.log2(0.032 * sr)))
+    stft = STFT(n_fft, n_fft // 4)
+    mag = stft(torch.as_tensor(wav, dtype=torch.float32)).abs().numpy()  # [F, N]
+    return 20 * np.log10(mag + 1e-6), (n_fft // 4) / sr, sr / n_fft
+
+
+def _show_spec(ax, db: np.ndarray, hop_s: float, bin_hz: float, vmax: float, title: str) -> None:
+    extent = (0, db.shape[1] * hop_s, 0, db.shape[0] * bin_hz)
+    ax.imshow(db, origin="lower", aspect="auto", extent=extent, cmap="magma", vmin=vmax - 80, vmax=vmax)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("Hz", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: SparseDictionary,
+                       path: str | os.PathLike, max_components: int = MAX_PANELS) -> Path:
+    """One PNG: input spectrogram (top), the strongest components' atoms (left) and activations
+    over time (right), then their spectrograms. ``wav`` is the input, ``[T]`` or ``[C, T]``."""
+    x = np.asarray(wav, np.float32)
+    mono = x.mean(0) if x.ndim == 2 else x
+    k = min(max_components, len(dec.labels))
+    rows = 2 + max(1, math.ceil(k / 4))
+    fig = plt.figure(figsize=(15, 3.2 * rows))
+    grid = fig.add_gridspec(rows, 4, hspace=0.55, wspace=0.25)
+
+    db, hop_s, bin_hz = _spec_db(mono, sr)
+    vmax = float(db.max())
+    _show_spec(fig.add_subplot(grid[0, :]), db, hop_s, bin_hz, vmax,
+               f"input ({sr} Hz, {len(mono) / sr:.2f} s); {len(dec.labels)} components + residual "
+               f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_db:.0f} dB")
+
+    c = model.config
+    spectra = model.atom_spectra().detach().numpy()  # [U, F]
+    freqs = np.arange(spectra.shape[1]) * c.sample_rate / c.n_fft
+    colors = plt.cm.tab10(np.arange(max(k, 1)) % 10)
+    ax_atoms = fig.add_subplot(grid[1, :2])
+    ax_acts = fig.add_subplot(grid[1, 2:])
+    t_frames = np.arange(dec.activations.shape[1]) / dec.frame_rate
+    for i in range(k):
+        units = dec.units[i]
+        weight = dec.activations[units].sum(1) + 1e-12  # [u]: how much each unit was used
+        atom = (spectra[units] * weight[:, None]).sum(0) / weight.sum()  # [F]
+        ax_atoms.plot(freqs[1:], atom[1:] / (atom.max() + 1e-12) + i, color=colors[i], lw=1)
+        act = dec.activations[units].sum(0)  # [N]
+        ax_acts.plot(t_frames, act / (act.max() + 1e-12) + i, color=colors[i], lw=0.8)
+    for ax, xlabel, title in ((ax_atoms, "Hz", "atoms behind each component (normalised, stacked)"),
+                              (ax_acts, "s", "activations over time (normalised, stacked)")):
+        ax.set_yticks(np.arange(k) + 0.5)
+        ax.set_yticklabels([f"{i + 1}" for i in range(k)], fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+    ax_atoms.set_xscale("log")
+    ax_atoms.set_xlim(freqs[1], freqs[-1])
+
+    for i in range(k):
+        ax = fig.add_subplot(grid[2 + i // 4, i % 4])
+        comp = dec.components[i].mean(0)  # [T]
+        cdb, _, _ = _spec_db(comp, sr)
+        _show_spec(ax, cdb, hop_s, bin_hz, vmax,
+                   f"{i + 1}: {dec.labels[i]} -- {100 * dec.energy_share[i]:.1f}%")
+        ax.set_xlabel("s", fontsize=8)
+    return _save(fig, path)
+
+
+def atom_bandwidths(model: SparseDictionary) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre Hz [U], bandwidth Hz [U])``: each atom's power-weighted mean frequency and the
+    standard deviation around it."""
+    c = model.config
+    p = model.atom_spectra().detach().numpy() ** 2  # [U, F]
+    p = p / p.sum(1, keepdims=True).clip(1e-12)
+    f = np.arange(p.shape[1]) * c.sample_rate / c.n_fft
+    centre = p @ f
+    spread = np.sqrt(np.maximum(p @ f**2 - centre**2, 0))
+    return centre, spread
+
+
+def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
+    """Every atom as a column (sorted by peak frequency, dB colour), where the atoms' peaks sit
+    by octave, and bandwidth against centre frequency."""
+    c = model.config
+    spectra = model.atom_spectra().detach().numpy()  # [U, F]
+    peak = model.atom_frequencies().detach().numpy()
+    order = np.argsort(peak, kind="stable")
+    fig = plt.figure(figsize=(15, 9))
+    grid = fig.add_gridspec(2, 3, height_ratios=[2, 1], hspace=0.35, wspace=0.3)
+    ax = fig.add_subplot(grid[0, :])
+    db = 20 * np.log10(spectra[order].T / spectra.max() + 1e-6)  # [F, U]
+    im = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-60, vmax=0,
+                   extent=(0, len(order), 0, c.sample_rate / 2))
+    ax.set_title(f"{model.registry_name}: {c.code_dim} atoms of {c.atom_frames} frame(s), sorted by peak "
+                 f"frequency ({c.sample_rate} Hz, n_fft {c.n_fft}, hop {c.hop_length})", fontsize=10)
+    ax.set_xlabel("atom (sorted)")
+    ax.set_ylabel("Hz")
+    fig.colorbar(im, ax=ax, label="dB re the largest atom value", pad=0.01)
+
+    ax_oct = fig.add_subplot(grid[1, 0])
+    edges = [0.0] + [c.sample_rate / 2 / 2**j for j in range(7, -1, -1)]
+    counts = np.histogram(peak, bins=edges)[0]
+    ax_oct.bar(range(len(counts)), counts, color="tab:blue")
+    ax_oct.set_xticks(range(len(counts)))
+    ax_oct.set_xticklabels([f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
+                           rotation=45, fontsize=7)
+    ax_oct.set_title("atoms per octave band (by peak)", fontsize=9)
+
+    centre, spread = atom_bandwidths(model)
+    ax_bw = fig.add_subplot(grid[1, 1])
+    ax_bw.scatter(centre, spread, s=6)
+    ax_bw.set_xscale("log")
+    ax_bw.set_yscale("log")
+    ax_bw.set_xlabel("centre Hz", fontsize=8)
+    ax_bw.set_ylabel("bandwidth Hz", fontsize=8)
+    ax_bw.set_title("bandwidth vs centre (wavelets: a straight line)", fontsize=9)
+
+    ax_ex = fig.add_subplot(grid[1, 2])
+    w = model.dictionary().detach().numpy()  # [U, F, L]
+    picks = order[np.linspace(0, len(order) - 1, 16).astype(int)]
+    tiles = np.concatenate([np.pad(w[u], ((0, 0), (0, 1))) for u in picks], axis=1)  # [F, 16 * (L + 1)]
+    ax_ex.imshow(20 * np.log10(tiles / w.max() + 1e-6), origin="lower", aspect="auto", cmap="magma",
+                 vmin=-60, vmax=0, extent=(0, tiles.shape[1], 0, c.sample_rate / 2))
+    ax_ex.set_title("16 atoms in time-frequency (frames across)", fontsize=9)
+    ax_ex.set_xticks([])
+    return _save(fig, path)

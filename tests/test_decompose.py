@@ -1,0 +1,280 @@
+"""The learned decomposition: sparse dictionary model, components that sum to the input,
+grouping, ranking, separation of known parts, the shipped model, and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from audioae.audio import read_audio, write_audio
+from audioae.checkpoint import save_checkpoint
+from audioae.cli import main
+from audioae.decompose import GROUPS, decompose, summarize
+from audioae.models import build_model
+from audioae.pretrained import DEFAULT_DECOMPOSER, HERE, load
+from audioae.train import fit_arrays
+
+TINY = {"n_fft": 256, "hop_length": 64, "code_dim": 48, "topk": 6, "refine_steps": 3}
+SR = 16000
+
+
+def tiny_model(**extra):
+    return build_model("sparse_dict", {**TINY, **extra}).eval()
+
+
+def error_db(dec, x: np.ndarray) -> float:
+    """The sum-to-input error as a caller would compute it: float32 arrays, plain sums."""
+    err = dec.components.sum(0) + dec.residual - (x if x.ndim == 2 else x[None])
+    return 10 * np.log10(float((err.astype(np.float64) ** 2).sum()) / float((x.astype(np.float64) ** 2).sum()))
+
+
+def tone(seconds: float, sr: int, hz: float = 700.0) -> np.ndarray:
+    t = np.arange(round(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def noise_bursts(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """White noise switched on for 120 ms in every 500 ms."""
+    n = round(seconds * sr)
+    noise = np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 0.2
+    on = (np.arange(n) / sr) % 0.5 < 0.12
+    return noise * on
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+# ---- the model ------------------------------------------------------------------------------------
+def test_code_is_nonnegative_sparse_and_components_add_up():
+    model = tiny_model()
+    x = model.example_input(2)
+    with torch.no_grad():
+        h = model.encode(x)  # [B, U, N]
+        assert (h >= 0).all()
+        assert int((h > 0).sum(1).max()) <= TINY["topk"]
+        assert (model.dictionary() >= 0).all()
+        per_unit = model.unit_magnitudes(h)  # [B, U, F, N]
+        torch.testing.assert_close(per_unit.sum(1), model.magnitudes(h), rtol=1e-4, atol=1e-5)
+        weight = torch.rand(x.shape)
+        brute = (per_unit.pow(2) * weight[:, None]).sum(dim=(0, 2, 3))
+        torch.testing.assert_close(model.unit_energies(h, weight), brute, rtol=1e-4, atol=1e-6)
+
+
+def test_config_rejects_what_the_model_cannot_do():
+    with pytest.raises(ValueError, match="odd"):
+        build_model("sparse_dict", {"atom_frames": 2})
+    with pytest.raises(ValueError, match="topk, l1 or none"):
+        build_model("sparse_dict", {"sparsity": "kl", "code_activation": "sigmoid"})
+
+
+# ---- sum to input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("sr", "length", "channels"), [(8000, 8001, 0), (16000, 16003, 1), (44100, 44101, 2),
+                                                        (48000, 33333, 2), (22050, 777, 1)])
+@pytest.mark.parametrize("group", GROUPS)
+def test_components_sum_to_the_input_at_any_rate_and_length(sr, length, channels, group, rng):
+    model = tiny_model()
+    shape = (length,) if channels == 0 else (channels, length)
+    x = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    x += tone(length / sr, sr, 440.0)[:length]
+    dec = decompose(model, x, sr, group=group, n_groups=4)
+    c = 1 if channels == 0 else channels
+    k = len(dec.labels)
+    assert dec.components.shape == (k, c, length)
+    assert dec.components.dtype == np.float32
+    assert dec.residual.shape == (c, length)
+    assert k > 0 and len(dec.units) == k and dec.energy_share.shape == (k,)
+    assert error_db(dec, x) < -90
+    assert dec.error_db < -90
+    # The components carry real signal (the residual is not just the whole input).
+    assert dec.energy_share.sum() > 0.2
+
+
+def test_top_k_moves_the_rest_into_the_residual(rng):
+    model = tiny_model()
+    x = (0.1 * rng.standard_normal(12345)).astype(np.float32)
+    full = decompose(model, x, SR)
+    top = decompose(model, x, SR, top_k=3)
+    assert len(top.labels) == 3 < len(full.labels)
+    assert top.residual_share > full.residual_share
+    assert error_db(top, x) < -90
+
+
+def test_components_are_ranked_by_energy_and_shares_add_up(rng):
+    model = tiny_model()
+    x = (0.1 * rng.standard_normal((2, 9000))).astype(np.float32) + tone(9000 / SR, SR)
+    for group in GROUPS:
+        dec = decompose(model, x, SR, group=group, n_groups=4)
+        share = dec.energy_share
+        assert np.all(np.diff(share) <= 1e-7), f"{group}: not ranked by energy: {share}"
+        recomputed = (dec.components.astype(np.float64) * x[None]).sum(axis=(1, 2)) / (x.astype(np.float64) ** 2).sum()
+        np.testing.assert_allclose(share, recomputed, rtol=1e-4, atol=1e-7)
+        assert share.sum() + dec.residual_share == pytest.approx(1.0, abs=1e-5)
+
+
+def test_groups_partition_the_units(rng):
+    model = tiny_model()
+    x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    for group in GROUPS:
+        dec = decompose(model, x, SR, group=group, n_groups=4)
+        flat = [u for g in dec.units for u in g]
+        assert len(flat) == len(set(flat)), f"{group}: a unit in two components"
+    bands = decompose(model, x, SR, group="band", n_groups=4)
+    assert all(label.startswith("band ") and label.endswith(" Hz") for label in bands.labels)
+    assert len(bands.labels) <= 4
+
+
+def test_scaling_the_input_scales_the_components(rng):
+    """The model divides by the local level, so the decomposition does not depend on loudness."""
+    model = tiny_model()
+    x = (0.05 * rng.standard_normal(8000)).astype(np.float32) + tone(0.5, SR)
+    a = decompose(model, x, SR)
+    b = decompose(model, 4 * x, SR)
+    assert a.labels == b.labels
+    np.testing.assert_allclose(4 * a.components, b.components, rtol=1e-3, atol=1e-5)
+
+
+def test_silence_and_bad_arguments():
+    model = tiny_model()
+    dec = decompose(model, np.zeros((2, 4000), np.float32), SR)
+    assert dec.components.shape == (0, 2, 4000)
+    assert not dec.residual.any()
+    with pytest.raises(ValueError, match="group"):
+        decompose(model, np.ones(100, np.float32), SR, group="wavelet")
+    with pytest.raises(ValueError, match="top_k"):
+        decompose(model, np.ones(100, np.float32), SR, top_k=0)
+    with pytest.raises(ValueError, match="sparse_dict"):
+        decompose(build_model("linear", {"n_fft": 128, "hop_length": 32}), np.ones(100, np.float32), SR)
+
+
+def test_summary_says_when_each_component_is_active():
+    model = tiny_model()
+    x = np.zeros(SR, np.float32)
+    x[SR // 2 :] = tone(0.5, SR)
+    dec = decompose(model, x, SR, top_k=2)
+    summary = summarize(dec)
+    assert json.loads(json.dumps(summary)) == summary  # JSON-ready
+    first = summary["components"][0]
+    assert first["active_seconds"], "the strongest component is active somewhere"
+    start = first["active_seconds"][0][0]
+    assert 0.4 < start < 0.55, f"the tone starts at 0.5 s, the summary says {start}"
+    assert abs(first["dominant_hz"] - 700) < 100
+
+
+# ---- separation of known parts --------------------------------------------------------------------
+def _separation(dec, parts: dict[str, np.ndarray]) -> dict[str, tuple[int, float]]:
+    """For each part: the component closest to it (cosine) and that cosine."""
+    comps = dec.components[:, 0].astype(np.float64)
+    out = {}
+    for name, p in parts.items():
+        cos = [cosine(c, p.astype(np.float64)) for c in comps]
+        out[name] = (int(np.argmax(cos)), float(np.max(cos)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_tiny():
+    """A tiny model trained here (fit_arrays, a few hundred steps) on tones and noise bursts."""
+    torch.manual_seed(0)
+    model = build_model("sparse_dict", {**TINY, "code_dim": 32, "topk": 4}).train()
+    rng = np.random.default_rng(1)
+    wavs = []
+    for i in range(48):
+        t = np.arange(SR // 2) / SR
+        x = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t) if i % 3 != 1 else np.zeros(SR // 2)
+        if i % 3 != 0:
+            x = x + noise_bursts(0.5, SR, seed=i)
+        wavs.append(x.astype(np.float32))
+    with torch.no_grad():
+        feats = model.features(model.stft(torch.from_numpy(np.stack(wavs))))  # [E, F, N]
+    losses = fit_arrays(model, feats, steps=250, batch_size=8, lr=3e-3, seed=0)
+    assert np.mean(losses[-20:]) < np.mean(losses[:20])
+    return model.eval()
+
+
+def test_tone_and_noise_bursts_go_to_different_components_tiny_trained(trained_tiny):
+    x_tone, x_noise = tone(1.5, SR, 1000.0), noise_bursts(1.5, SR, seed=99)
+    dec = decompose(trained_tiny, x_tone + x_noise, SR, group="cluster", n_groups=2)
+    sep = _separation(dec, {"tone": x_tone, "noise": x_noise})
+    assert sep["tone"][0] != sep["noise"][0], sep
+    assert sep["tone"][1] > 0.8 and sep["noise"][1] > 0.6, sep
+
+
+def test_shipped_model_separates_a_tone_from_noise_bursts():
+    """Uses the shipped decomposer; fails (never skips) when the file is missing."""
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    x_tone, x_noise = tone(2.0, SR, 1000.0), noise_bursts(2.0, SR, seed=7)
+    mix = x_tone + x_noise
+    units = decompose(model, mix, SR, group="none")
+    sep = _separation(units, {"tone": x_tone, "noise": x_noise})
+    assert sep["tone"][0] != sep["noise"][0], sep
+    best_tone = units.components[sep["tone"][0], 0]
+    assert cosine(best_tone, x_tone) > 0.8
+    assert abs(cosine(best_tone, x_noise)) < 0.2
+    clusters = decompose(model, mix, SR, group="cluster", n_groups=2)
+    sep = _separation(clusters, {"tone": x_tone, "noise": x_noise})
+    assert sep["tone"][0] != sep["noise"][0], sep
+    assert sep["tone"][1] > 0.9 and sep["noise"][1] > 0.8, sep
+
+
+def test_shipped_decomposer_is_small_checked_and_documented():
+    path = HERE / f"{DEFAULT_DECOMPOSER}.safetensors"
+    assert path.is_file(), "the default decomposition model is not shipped"
+    assert path.stat().st_size < 5e6
+    assert (HERE / f"{DEFAULT_DECOMPOSER}.safetensors.sha256").is_file()
+    assert (HERE / f"{DEFAULT_DECOMPOSER}.md").is_file()
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    assert model.registry_name == "sparse_dict"
+    assert model.config.code_dim > model.config.n_bins  # overcomplete
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------
+def test_cli_decompose_writes_every_file(tmp_path, capsys):
+    sr = 22050
+    x = np.stack([tone(1.0, sr) + noise_bursts(1.0, sr), 0.5 * tone(1.0, sr)])  # stereo, not the model's rate
+    src = tmp_path / "in.wav"
+    write_audio(src, x, sr, subtype="FLOAT")
+    out = tmp_path / "parts"
+    assert main(["decompose", str(src), "-o", str(out), "--top", "5", "--plot"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["components"]) == 5
+    total = read_audio(out / summary["residual_file"])[0].astype(np.float64)
+    for entry in summary["components"]:
+        wav, file_sr, _ = read_audio(out / entry["file"])
+        assert file_sr == sr and wav.shape == x.shape
+        assert {"energy_share", "dominant_hz", "active_seconds", "units", "label"} <= set(entry)
+        total += wav
+    err = ((total - x) ** 2).sum() / (x.astype(np.float64) ** 2).sum()
+    assert 10 * np.log10(err) < -90, "the written files do not add up to the input"
+    png = (out / "decomposition.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert "components + residual" in capsys.readouterr().out
+
+
+def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), ckpt)
+    src = tmp_path / "in.wav"
+    write_audio(src, tone(0.5, 8000)[None], 8000, subtype="PCM_16")
+    assert main(["decompose", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--group", "band",
+                 "--groups", "3"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["group"] == "band" and 1 <= len(summary["components"]) <= 3
+    assert all((tmp_path / "o" / c["file"]).is_file() for c in summary["components"])
+    assert main(["decompose", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "x")]) == 2
+
+
+def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
+    import matplotlib.image
+
+    png = tmp_path / "dict.png"
+    assert main(["inspect", "-o", str(png)]) == 0
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 500 and image.shape[1] > 1000
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "sparse_dict" and info["code_dim"] == 320
+    ckpt = tmp_path / "lin.safetensors"
+    save_checkpoint(build_model("linear", {"n_fft": 128, "hop_length": 32}), ckpt)
+    assert main(["inspect", str(ckpt), "-o", str(tmp_path / "x.png")]) == 2
