@@ -36,10 +36,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-# Kept for modules that imported the private name; new code uses audioae.fileio.
-_atomic_write_bytes = atomic_write_bytes
-
-
 def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | None = None,
                     write_sha256: bool = True) -> str:
     """Write ``model`` atomically; returns the file's sha256 (also written to ``<path>.sha256``)."""

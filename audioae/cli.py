@@ -150,9 +150,9 @@ def _cmd_eval(args) -> int:
         if args.json_out:
             from pathlib import Path
 
-            from .checkpoint import _atomic_write_bytes
+            from .fileio import atomic_write_bytes
 
-            _atomic_write_bytes(Path(args.json_out), (text + "\n").encode())
+            atomic_write_bytes(Path(args.json_out), (text + "\n").encode())
             print(f"JSON: {args.json_out}")
     problems = report["errors"] or report["missing_enhanced"] or report["missing_noisy"]
     return 1 if problems else 0
