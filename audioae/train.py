@@ -311,6 +311,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if resume and last.is_file() and last_opt.is_file():
         model.load_state_dict(load_checkpoint(last).state_dict())
         step, best = _load_optimizer(opt, last_opt)
+        for group in opt.param_groups:  # the run config, not the saved state, sets the rate
+            group["lr"] = tc.lr
         log.info("resumed from %s at step %d", last, step)
     model.to(device).train()
     forward = model
