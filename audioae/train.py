@@ -357,13 +357,13 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
         if bar is not None:
             rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix(loss=f"{float(loss):.4f}", audio_s_per_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
             bar.update(1)
         if rank != 0:
             if last_step:
                 break
             continue
-        record = {"step": step, "loss": float(loss), **parts}
+        record = {"step": step, "loss": float(loss.detach()), **parts}
         if step % tc.val_every == 0 or last_step:
             record["val"] = validate(model, val_set, tc.metrics)
             if record["val"]["si_sdr"] > best:
