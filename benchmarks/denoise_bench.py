@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 
-from audioae.fileio import atomic_write_text
-
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = "1"  # one CPU thread for every library, set before numpy loads
 
@@ -36,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from audioae.audio import fit_length, read_audio, resample  # noqa: E402
+from audioae.fileio import atomic_write_text  # noqa: E402
 from audioae.metrics import score  # noqa: E402
 
 log = logging.getLogger("denoise_bench")
