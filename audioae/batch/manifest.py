@@ -12,10 +12,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ..fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,7 @@ class ManifestWriter:
         for rec in read_manifest(self.path):
             latest.pop(rec["input"], None)  # re-insert: order of the last update
             latest[rec["input"]] = rec
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in latest.values())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in latest.values()))
 
 
 def previous_durations(path: str | os.PathLike) -> dict[str, float]:
