@@ -22,11 +22,11 @@ import logging
 import math
 import os
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file as st_load_file
