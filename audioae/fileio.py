@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def default_file_mode() -> int:
-    """0666 less the umask: what ``open()`` would give (mkstemp's temp files are 0600)."""
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, and setting it on every write
+# would briefly give other threads' new files a zero umask.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
+def default_file_mode() -> int:
+    """0666 less the umask: what ``open()`` would give (mkstemp's temp files are 0600)."""
+    return _FILE_MODE
 
 
 @contextmanager
