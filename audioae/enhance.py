@@ -208,6 +208,8 @@ class StreamingDenoiser:
         self.stft = StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device)
         self.state = model.stream_init(channels)
         self.pending_spec: list[torch.Tensor] = []  # frames awaiting the model's output
+        # Frames already estimated that a deep filter still reads (its past taps).
+        self.spec_past = torch.zeros(channels, c.n_fft // 2 + 1, 0, dtype=torch.complex64, device=self.device)
         self.dry = torch.zeros(channels, 0)  # input kept for blending, aligned with output
         self.n_in = 0
         self.n_out = 0
@@ -217,10 +219,12 @@ class StreamingDenoiser:
         spec = torch.cat(self.pending_spec, dim=-1)  # [C, F, n]
         if frames.shape[-1] == 0 and not final:
             return self.stft.add_frames(frames)
-        out, self.state = self.model.stream_step(self.model.features(frames), self.state, final)  # [C, F, m]
+        out, self.state = self.model.stream_step(self.model.features(frames), self.state, final)  # [C, F', m]
         m = out.shape[-1]
         done, self.pending_spec = spec[..., :m], [spec[..., m:]]
-        return self.stft.add_frames(self.model.estimate_spec(done, out))  # [C, k] at the model rate
+        with_past = torch.cat([self.spec_past, done], dim=-1)  # [C, F, P + m]
+        self.spec_past = with_past[..., with_past.shape[-1] - self.model.spec_context_frames :]
+        return self.stft.add_frames(self.model.estimate_spec(with_past, out))  # [C, k] at the model rate
 
     def _output(self, y_model: torch.Tensor, final: bool) -> torch.Tensor:
         y = self.up.push(y_model.float().cpu())

@@ -75,6 +75,10 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     seed: int = 0
     threads: int = 0  # torch intra-op threads on CPU; 0: leave torch's default
+    # Start a fresh run from another checkpoint's weights (ignored when resuming). Tensors that
+    # grew (a deep-filter head on a mask model) keep the old values in their leading slice and
+    # zeros elsewhere, so training starts from exactly the old model's function.
+    init_from: str = ""
     metrics: tuple[str, ...] = ("si_sdr", "pesq", "stoi")
     progress: bool = True
 
@@ -271,6 +275,30 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]
     return int(meta["step"]), float(meta["best"])
 
 
+def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:
+    """Copy ``old`` weights into ``model``, zero-padding tensors that grew; returns the grown names.
+
+    Function-preserving (Net2Net-style) when every added input and output is new: zero input
+    columns ignore the new features and zero output rows add nothing (``tanh(0) = 0`` taps).
+    """
+    new = model.state_dict()
+    missing = sorted(set(new) ^ set(old))
+    if missing:
+        raise ValueError(f"cannot grow: parameter names differ ({', '.join(missing[:5])})")
+    grown = []
+    for name, target in new.items():
+        src = old[name]
+        if src.shape == target.shape:
+            target.copy_(src)
+            continue
+        if src.dim() != target.dim() or any(a > b for a, b in zip(src.shape, target.shape, strict=True)):
+            raise ValueError(f"cannot grow {name}: {tuple(src.shape)} does not fit in {tuple(target.shape)}")
+        target.zero_()
+        target[tuple(slice(0, n) for n in src.shape)].copy_(src)
+        grown.append(name)
+    return grown
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -314,6 +342,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
             group["lr"] = tc.lr
         log.info("resumed from %s at step %d", last, step)
+    elif tc.init_from:
+        grown = grow_into(model, load_checkpoint(tc.init_from).state_dict())
+        log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
     model.to(device).train()
     forward = model
     if world > 1:

@@ -29,7 +29,7 @@ def _variants():
                 for causal in (False, True):
                     yield name, {"unpool": unpool, "causal": causal}
         elif name == "recurrent":
-            for extra in ({}, {"bidirectional": True}, {"cell": "lstm"}):
+            for extra in ({}, {"bidirectional": True}, {"cell": "lstm"}, {"output": "deepfilter", "df_bins": 20}):
                 yield name, extra
         else:
             yield name, {}

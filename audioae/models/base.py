@@ -1,6 +1,6 @@
 """What every autoencoder shares: the config fields for input, sparsity and corruption, and the
 ``encode``/``decode``/``forward`` contract; for spectrogram models also the STFT, the output head
-(mask or magnitude) and streaming.
+(mask, magnitude or mask plus deep filter) and streaming.
 """
 
 from __future__ import annotations
@@ -77,16 +77,39 @@ class SpectralConfig(AutoencoderConfig):
     hop_length: int = 128  # 8 ms
     compression: str = "power"  # log | power | none, on magnitudes
     compression_power: float = 0.3  # for power compression
-    output: str = "mask"  # mask: a [0, 1] gain on the noisy STFT; magnitude: compressed magnitudes
+    # mask: a [0, 1] gain on the noisy STFT; magnitude: compressed magnitudes; deepfilter: the
+    # mask plus, on the lowest ``df_bins`` bins, a causal complex filter over the last
+    # ``df_order`` noisy frames (deep filtering, Schroeter et al. 2022), which can resolve
+    # harmonics finer than a bin and correct phase, where a real mask cannot.
+    output: str = "mask"
+    df_order: int = 3
+    df_bins: int = 96
 
     def __post_init__(self):
         super().__post_init__()
-        if self.output not in ("mask", "magnitude"):
-            raise ValueError(f"output must be mask or magnitude, got {self.output!r}")
+        if self.output not in ("mask", "magnitude", "deepfilter"):
+            raise ValueError(f"output must be mask, magnitude or deepfilter, got {self.output!r}")
+        if self.output == "deepfilter" and not (1 <= self.df_bins <= self.n_bins and self.df_order >= 1):
+            raise ValueError(f"deepfilter needs 1 <= df_bins <= {self.n_bins} and df_order >= 1")
 
     @property
     def n_bins(self) -> int:
         return self.n_fft // 2 + 1
+
+    @property
+    def deep_filter(self) -> bool:
+        return self.output == "deepfilter"
+
+    @property
+    def n_features(self) -> int:
+        """Input rows per frame: compressed magnitudes, plus the compressed complex values (real,
+        imaginary) of the deep-filtered bins, which carry the phase the filter needs."""
+        return self.n_bins + (2 * self.df_bins if self.deep_filter else 0)
+
+    @property
+    def n_outputs(self) -> int:
+        """Decoder rows per frame: the mask or magnitudes, plus complex filter taps."""
+        return self.n_bins + (2 * self.df_order * self.df_bins if self.deep_filter else 0)
 
 
 def activate_code(h: torch.Tensor, kind: str) -> torch.Tensor:
@@ -158,14 +181,18 @@ class Autoencoder(nn.Module):
 class SpectralAutoencoder(Autoencoder):
     """An autoencoder over compressed STFT magnitudes ``[B, F, N]``, with a mask or magnitude head.
 
-    Phase: the model estimates magnitudes only; reconstructions reuse the input's (noisy) phase.
+    Phase: mask and magnitude models reuse the input's (noisy) phase; a deep-filter model also
+    sees and corrects the phase of its lowest bins.
     """
 
     config: SpectralConfig
     causal: bool = False
+    supports_deep_filter: bool = False
 
     def __init__(self, config: SpectralConfig):
         super().__init__()
+        if config.deep_filter and not self.supports_deep_filter:
+            raise ValueError(f"{self.registry_name} has no deepfilter output; use mask or magnitude")
         self.config = config
         self.stft = STFT(config.n_fft, config.hop_length)
 
@@ -177,19 +204,58 @@ class SpectralAutoencoder(Autoencoder):
 
     # ---- features and reconstruction -------------------------------------------------------
     def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """complex ``[B, F, N]`` -> compressed magnitudes ``[B, F, N]``."""
-        return compress(spec.abs(), self.config.compression, self.config.compression_power)
+        """complex ``[B, F, N]`` -> compressed magnitudes ``[B, F, N]`` (deep filter: ``[B, F + 2D, N]``).
+
+        Frame by frame (no state across frames), so streaming computes the same features."""
+        c = self.config
+        mag = compress(spec.abs(), c.compression, c.compression_power)  # [B, F, N]
+        if not c.deep_filter:
+            return mag
+        low = spec[:, : c.df_bins]  # [B, D, N]
+        unit = low / low.abs().clamp_min(1e-8)  # [B, D, N] phase only
+        low_c = mag[:, : c.df_bins] * unit  # [B, D, N] compressed complex
+        return torch.cat([mag, low_c.real, low_c.imag], dim=1)  # [B, F + 2D, N]
 
     def head(self, y: torch.Tensor) -> torch.Tensor:
-        """Raw decoder output -> mask in [0, 1] or compressed magnitude."""
-        return torch.sigmoid(y) if self.config.output == "mask" else y
+        """Raw decoder output -> mask in [0, 1] (plus filter taps in [-1, 1]) or compressed magnitude."""
+        c = self.config
+        if c.output == "magnitude":
+            return y
+        if c.output == "mask":
+            return torch.sigmoid(y)
+        return torch.cat([torch.sigmoid(y[:, : c.n_bins]), torch.tanh(y[:, c.n_bins :])], dim=1)  # [B, F + 2KD, N]
+
+    @property
+    def spec_context_frames(self) -> int:
+        """Past input frames :meth:`estimate_spec` reads beyond the frames it estimates."""
+        return self.config.df_order - 1 if self.config.deep_filter else 0
 
     def estimate_spec(self, spec: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Apply the decoder's output to the input STFT ``[B, F, N]``, keeping the input's phase."""
-        if self.config.output == "mask":
+        """Apply the decoder's output ``[B, F', N]`` to the input STFT, keeping the input's phase
+        (except for a deep filter's bins).
+
+        ``spec`` is ``[B, F, N]``, or ``[B, F, P + N]`` with ``P <= spec_context_frames`` earlier
+        frames in front (streaming passes them; missing ones count as silence, as at the start).
+        """
+        c = self.config
+        n = out.shape[-1]
+        past, spec = spec[..., : spec.shape[-1] - n], spec[..., spec.shape[-1] - n :]  # [B, F, P], [B, F, N]
+        if c.output == "mask":
             return apply_mask(spec, out)
-        mag = decompress(out, self.config.compression, self.config.compression_power)
-        return with_magnitude(spec, mag)
+        if c.output == "magnitude":
+            return with_magnitude(spec, decompress(out, c.compression, c.compression_power))
+        return self._deep_filter(spec, past, out)
+
+    def _deep_filter(self, spec: torch.Tensor, past: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        k, d, n = c.df_order, c.df_bins, spec.shape[-1]
+        est = apply_mask(spec, out[:, : c.n_bins])  # [B, F, N]
+        taps = out[:, c.n_bins :].reshape(out.shape[0], k, 2, d, n).to(spec.real.dtype)  # [B, K, 2, D, N]
+        taps = torch.complex(taps[:, :, 0], taps[:, :, 1])  # [B, K, D, N]
+        hist = torch.cat([past[:, :d, max(0, past.shape[-1] - (k - 1)) :], spec[:, :d]], dim=-1)  # [B, D, P' + N]
+        hist = torch.nn.functional.pad(hist, (k - 1 + n - hist.shape[-1], 0))  # [B, D, K - 1 + N]
+        filtered = sum(taps[:, j] * hist[..., k - 1 - j : k - 1 - j + n] for j in range(k))  # [B, D, N]
+        return torch.cat([est[:, :d] + filtered, est[:, d:]], dim=1)  # [B, F, N]
 
     def enhance(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``wav [B, T]`` at the model's rate -> ``(wav_hat [B, T], code [B, K, N'])``."""

@@ -30,6 +30,7 @@ class RecurrentConfig(SpectralConfig):
 class RecurrentAutoencoder(SpectralAutoencoder):
     registry_name = "recurrent"
     config: RecurrentConfig
+    supports_deep_filter = True
 
     def __init__(self, config: RecurrentConfig):
         super().__init__(config)
@@ -37,12 +38,12 @@ class RecurrentAutoencoder(SpectralAutoencoder):
         self.causal = not c.bidirectional
         rnn = nn.GRU if c.cell == "gru" else nn.LSTM
         dirs = 2 if c.bidirectional else 1
-        self.enc_in = nn.Linear(c.n_bins, c.hidden)
+        self.enc_in = nn.Linear(c.n_features, c.hidden)
         self.enc_rnn = rnn(c.hidden, c.hidden, c.layers, batch_first=True, bidirectional=c.bidirectional)
         self.to_code = nn.Linear(dirs * c.hidden, c.code_dim)
         self.dec_in = nn.Linear(c.code_dim, c.hidden)
         self.dec_rnn = rnn(c.hidden, c.hidden, c.layers, batch_first=True, bidirectional=c.bidirectional)
-        self.to_out = nn.Linear(dirs * c.hidden, c.n_bins)
+        self.to_out = nn.Linear(dirs * c.hidden, c.n_outputs)
 
     def _encode(self, x: torch.Tensor, state=None):
         z = torch.relu(self.enc_in(x.transpose(1, 2)))  # [B, N, H]
@@ -53,14 +54,14 @@ class RecurrentAutoencoder(SpectralAutoencoder):
     def _decode(self, h: torch.Tensor, state=None):
         z = torch.relu(self.dec_in(h.transpose(1, 2)))  # [B, N, H]
         z, state = self.dec_rnn(z, state)  # [B, N, dirs*H]
-        return self.head(self.to_out(z).transpose(1, 2)), state  # [B, F, N]
+        return self.head(self.to_out(z).transpose(1, 2)), state  # [B, F', N]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, F, N]`` -> ``h [B, K, N]``."""
+        """``x [B, F', N]`` (:meth:`features`) -> ``h [B, K, N]``."""
         return self._encode(x)[0]
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
-        """``h [B, K, N]`` -> ``[B, F, N]``."""
+        """``h [B, K, N]`` -> ``[B, F', N]`` (what :meth:`estimate_spec` applies)."""
         return self._decode(h)[0]
 
     def stream_init(self, batch: int):

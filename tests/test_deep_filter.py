@@ -1,0 +1,85 @@
+"""The deep-filter head: causal taps, streaming equal to offline, and growing a mask model into it."""
+
+import numpy as np
+import pytest
+import torch
+
+from audioae.enhance import StreamingDenoiser, denoise
+from audioae.models import build_model
+from audioae.train import grow_into
+
+SMALL = {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 64}
+
+
+def _df_model(**extra):
+    return build_model("recurrent", {**SMALL, "output": "deepfilter", "df_bins": 12, "df_order": 3, **extra}).eval()
+
+
+def test_taps_reach_back_in_time_only():
+    """Mask 0 and a single real tap of 1 at delay j must give the input ``j`` frames earlier on the
+    filtered bins (zeros before the start) and silence above them."""
+    m = _df_model()
+    c = m.config
+    spec = torch.randn(2, c.n_bins, 9, dtype=torch.complex64)  # [B, F, N]
+    for delay in range(c.df_order):
+        out = torch.zeros(2, c.n_outputs, 9)  # [B, F', N]
+        taps = out[:, c.n_bins :].view(2, c.df_order, 2, c.df_bins, 9)
+        taps[:, delay, 0] = 1.0  # real part of tap `delay`
+        est = m.estimate_spec(spec, out)  # [B, F, N]
+        want = torch.zeros_like(spec[:, : c.df_bins])
+        want[..., delay:] = spec[:, : c.df_bins, : 9 - delay]
+        torch.testing.assert_close(est[:, : c.df_bins], want)
+        assert est[:, c.df_bins :].abs().max() == 0
+
+
+def test_context_frames_continue_the_filter():
+    """Estimating the second half with the first half's last frames in front equals estimating all."""
+    m = _df_model()
+    c = m.config
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(1, c.n_bins, 10, dtype=torch.complex64, generator=g)  # [B, F, N]
+    out = torch.rand(1, c.n_outputs, 10, generator=g) * 2 - 1  # [B, F', N]
+    whole = m.estimate_spec(spec, out)
+    tail = m.estimate_spec(spec[..., 6 - m.spec_context_frames :], out[..., 6:])
+    torch.testing.assert_close(tail, whole[..., 6:])
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 4410])
+def test_deep_filter_streams_like_offline(chunk):
+    m = _df_model()
+    with torch.no_grad():
+        for p in m.to_out.parameters():  # non-trivial taps
+            p.normal_(0, 0.3)
+    wav = (0.1 * np.random.default_rng(1).standard_normal((2, 22050))).astype(np.float32)
+    offline = denoise(m, wav, 44100)
+    sd = StreamingDenoiser(m, 44100, channels=2)
+    streamed = torch.cat([sd.push(wav[:, i : i + chunk]) for i in range(0, wav.shape[1], chunk)] + [sd.finish()], -1)
+    assert streamed.shape == offline.shape
+    np.testing.assert_allclose(streamed.numpy(), offline, atol=2e-6)
+
+
+def test_growing_a_mask_model_keeps_its_function():
+    mask = build_model("recurrent", {**SMALL}).eval()
+    with torch.no_grad():
+        for p in mask.parameters():
+            p.normal_(0, 0.3)
+    grown = _df_model()
+    names = grow_into(grown, mask.state_dict())
+    assert set(names) == {"enc_in.weight", "to_out.weight", "to_out.bias"}
+    wav = torch.randn(2, 4000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(grown.enhance(wav)[0], mask.enhance(wav)[0], atol=1e-6, rtol=0)
+
+
+def test_grow_refuses_what_does_not_fit():
+    big = build_model("recurrent", {**SMALL, "hidden": 24})
+    with pytest.raises(ValueError, match="cannot grow"):
+        grow_into(build_model("recurrent", SMALL), big.state_dict())
+
+
+def test_only_models_with_a_deep_filter_head_accept_it():
+    with pytest.raises(ValueError, match="no deepfilter output"):
+        build_model("conv1d", {"channels": (8,), "code_dim": 4, "n_fft": 128, "hop_length": 32, "output": "deepfilter",
+                                "df_bins": 12})
+    with pytest.raises(ValueError, match="df_bins"):
+        build_model("recurrent", {**SMALL, "output": "deepfilter", "df_bins": 1000})
