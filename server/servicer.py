@@ -275,7 +275,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     @staticmethod
     def _input_hint(sm: ServedModel) -> str:
         if sm.is_audio:
-            return f"[B, {sm.model.config.n_bins}, N] compressed STFT magnitudes"
+            c = sm.model.config
+            what = "compressed STFT magnitudes" + (" + low-bin real/imag" if c.n_features != c.n_bins else "")
+            return f"[B, {c.n_features}, N] {what}"
         try:
             shape = list(sm.model.example_input(1).shape)
         except NotImplementedError:
@@ -294,7 +296,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         which = request.WhichOneof("input")
         if which == "tensor":
             x = self._tensor(request.tensor, "tensor")
-            if sm.is_audio and (x.dim() != 3 or x.shape[1] != model.config.n_bins):
+            if sm.is_audio and (x.dim() != 3 or x.shape[1] != model.config.n_features):
                 raise Abort(
                     INVALID, f"model {sm.name!r} encodes {self._input_hint(sm)}, got shape {list(x.shape)}"
                 )
