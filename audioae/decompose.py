@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 GROUPS = ("none", "band", "cluster")
 ACTIVE_SHARE = 1e-6  # units with less of the input's STFT energy than this are left in the residual
 EXACT_DB = -90.0  # the sum-to-input contract
-CHUNK_FLOATS = 1 << 24  # per-unit spectrograms are computed in chunks of about this many floats
+CHUNK_FLOATS = 1 << 20  # per-unit spectrograms in chunks of about this many floats: small chunks reuse freed memory instead of page-faulting in fresh 100 MB buffers (2x faster)
 MASK_FLOOR = 1.0  # a bin's masks add up to min(1, V / (floor * |X|)): the rest goes to the residual
 ACTIVITY_WEIGHT = 2.0  # clustering: when a unit is active counts this much more than its atom's shape
 ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its loudest frame
@@ -197,12 +197,12 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
 
     comps, dom_hz, envs = _component_waveforms(model, h, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
     x64 = x.double().numpy()
-    comps64 = comps.astype(np.float64)  # [K, C, T]
-    residual = (x64 - comps64.sum(0)).astype(np.float32)  # [C, T]
+    residual = (x64 - comps.sum(0, dtype=np.float64)).astype(np.float32)  # [C, T], float64 sum
     # Energy attributed to each component, <c_k, x>: with the residual's it sums to |x|^2 exactly
     # (soft-masked components share the input's phase, so |c_k|^2 alone would leave out the cross
-    # terms and the shares would not add up).
-    energy = (comps64 * x64[None]).sum(axis=(1, 2))  # [K]
+    # terms and the shares would not add up). One component at a time in float64: no [K, C, T]
+    # float64 copy.
+    energy = np.array([float((comp.astype(np.float64) * x64).sum()) for comp in comps])  # [K]
     rank = np.argsort(-energy, kind="stable")
     comps, energy, dom_hz, envs = comps[rank], energy[rank], dom_hz[rank], envs[rank]
     groups = [groups[i] for i in rank]
@@ -212,7 +212,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
                   for i, (hz, g) in enumerate(zip(dom_hz, groups, strict=True))]
 
     x_energy = max(float((x64**2).sum()), 1e-30)
-    err = comps.astype(np.float64).sum(0) + residual.astype(np.float64) - x64
+    err = comps.sum(0, dtype=np.float64) + residual.astype(np.float64) - x64
     error_db = 10 * math.log10(max(float((err**2).sum()), 1e-300) / x_energy)
     if error_db > EXACT_DB:
         log.warning("components sum to the input only within %.1f dB (contract: %.0f dB)", error_db, EXACT_DB)
@@ -232,6 +232,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, spec: torch.T
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
     mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
+    spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
     out = np.zeros((len(groups), n_ch, length), np.float32)
     dom = np.zeros(len(groups), np.float32)
     envs = np.zeros((len(groups), n_frames), np.float32)
@@ -242,11 +243,13 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, spec: torch.T
             v = model.unit_magnitudes(h, [g[0] for g in batch]).movedim(1, 0)  # [k, C, F, N]
         else:
             v = torch.stack([_group_magnitudes(model, h, g) for g in batch])  # [k, C, F, N]
-        mask = v / denom[None]  # [k, C, F, N]
-        s = spec[None] * mask  # [k, C, F, N] complex: the input's phase
-        power = mask.pow(2) * mag2[None]  # [k, C, F, N]
-        dom[lo : lo + len(batch)] = (power.sum(dim=(1, 3)).argmax(-1).float() * (c.sample_rate / c.n_fft)).numpy()
-        envs[lo : lo + len(batch)] = power.sum(dim=(1, 2)).numpy()
+        mask = v.div_(denom[None])  # [k, C, F, N], in place: these tensors are the big ones
+        # The input's phase: real and imaginary parts scaled in one broadcast op.
+        s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
+        power = mask.pow_(2).mul_(mag2[None])  # [k, C, F, N]
+        per_bin = power.sum(dim=1)  # [k, F, N]
+        dom[lo : lo + len(batch)] = (per_bin.sum(-1).argmax(-1).float() * (c.sample_rate / c.n_fft)).numpy()
+        envs[lo : lo + len(batch)] = per_bin.sum(1).numpy()
         y = model.stft.inverse(s, z_len)  # [k, C, T']
         y = fit_length(resample(y, c.sample_rate, sr), length)  # [k, C, T]
         out[lo : lo + len(batch)] = y.numpy()
