@@ -412,9 +412,11 @@ class Client:
         top_k: int = 0,
         group: str = "",
         components: bool = False,
+        fit_steps: int | None = None,
         timeout: float | None = None,
     ) -> DecomposeResult:
-        """Decompose ``[C, T]`` float audio at ``sr`` (or encoded file bytes)."""
+        """Decompose ``[C, T]`` float audio at ``sr`` (or encoded file bytes). ``fit_steps``:
+        per-signal fit steps (None: the model's default; 0: fastest)."""
         pb = _pb()
         if isinstance(audio, bytes | bytearray):
             msg = pb.Audio(encoded=bytes(audio))
@@ -423,7 +425,7 @@ class Client:
                 raise ValueError("decompose of an array needs its sample rate")
             msg = pb.Audio(pcm=pcm_message(np.atleast_2d(np.asarray(audio, np.float32)), sr, "float32"))
         req = pb.DecomposeRequest(
-            model=model, audio=msg, top_k=top_k, group=group, return_components=components
+            model=model, audio=msg, top_k=top_k, group=group, return_components=components, fit_steps=fit_steps
         )
         resp = self.stub.Decompose(req, **self._kw(timeout))
         comps, residual, rate = None, None, 0

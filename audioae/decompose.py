@@ -61,6 +61,17 @@ class Decomposition:
     residual_share: float = 0.0  # <residual, input> / |input|^2
     error_db: float = -math.inf  # 10 log10(|sum + residual - input|^2 / |input|^2)
     group: str = "none"
+    # [U, F, L] the atoms behind the components: the model's, or adapted to this signal when fitted.
+    atoms: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    fit_steps: int = 0
+
+    def magnitude_model(self, units: list[int]) -> np.ndarray:
+        """``sum_u W_u * a_u`` over ``units`` ``[F, N]``: the magnitude the components of these
+        units model, in the input's STFT units (from the channel-mean activations)."""
+        idx = torch.as_tensor(sorted(units), dtype=torch.long)
+        a = torch.from_numpy(self.activations)[None, idx]  # [1, u, N]
+        w = torch.from_numpy(self.atoms)[idx]  # [u, F, L]
+        return torch.nn.functional.conv_transpose1d(a, w, padding=(w.shape[-1] - 1) // 2)[0].numpy()  # [F, N]
 
 
 def _channels_first(wav: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -76,10 +87,10 @@ def _unit_chunks(n_units: int, per_unit: int) -> int:
     return max(1, min(n_units, CHUNK_FLOATS // max(per_unit, 1)))
 
 
-def _group_magnitudes(model: SparseDictionary, h: torch.Tensor, units: list[int]) -> torch.Tensor:
+def _group_magnitudes(model: SparseDictionary, h: torch.Tensor, units: list[int], atoms: torch.Tensor) -> torch.Tensor:
     """Spectrogram ``V_g [C, F, N]`` of one group of units."""
     idx = torch.as_tensor(units, dtype=torch.long)
-    w = model.dictionary()[idx]  # [u', F, L]
+    w = atoms[idx]  # [u', F, L]
     pad = (model.config.atom_frames - 1) // 2
     return torch.nn.functional.conv_transpose1d(h[:, idx], w, padding=pad)  # [C, F, N]
 
@@ -132,17 +143,17 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
 
 
 def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.ndarray, active: list[int],
-                group: str, n_groups: int = 8) -> tuple[list[list[int]], list[str]]:
+                group: str, n_groups: int = 8, atoms: torch.Tensor | None = None) -> tuple[list[list[int]], list[str]]:
     """Partition the active units: ``none`` (one per unit), ``band`` (dyadic bands by the atom's
     peak frequency) or ``cluster`` (k-means over atom shape and activity).
     ``activations [U, N]``, ``energy [U]``."""
-    freqs = model.atom_frequencies().detach().numpy()
+    freqs = model.atom_frequencies(atoms).detach().numpy()
     if group == "none":
         return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
     if group == "band":
         return _band_groups(freqs, active, model.config.sample_rate / 2, n_groups)
     if group == "cluster":
-        spectra = model.atom_spectra().detach().numpy()
+        spectra = model.atom_spectra(atoms).detach().numpy()
         return _cluster_groups(spectra, activations, energy, active, n_groups)
     raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
 
@@ -150,14 +161,16 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
 # ---- the decomposition ------------------------------------------------------------------------------
 @torch.inference_mode()
 def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
-              group: str = "none", n_groups: int = 8) -> Decomposition:
+              group: str = "none", n_groups: int = 8, fit_steps: int | None = None) -> Decomposition:
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
     ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` dyadic bands)
     or ``cluster`` (``n_groups`` clusters). ``top_k``: keep only the ``top_k`` strongest
     components; the others join the residual. Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
-    the same units and groups (each channel gets its own masks).
+    the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
+    code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
+    config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     """
     if not isinstance(model, SparseDictionary):
         raise ValueError(f"decompose needs a sparse_dict model, got {getattr(model, 'registry_name', type(model))}")
@@ -167,6 +180,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if n_groups < 1:
         raise ValueError(f"n_groups must be at least 1, got {n_groups}")
+    fit_steps = model.config.fit_steps if fit_steps is None else fit_steps
+    if fit_steps < 0:
+        raise ValueError(f"fit_steps must be >= 0, got {fit_steps}")
     x = _channels_first(wav)  # [C, T]
     check_pcm(x.numpy(), sr)
     model = model.cpu().eval()
@@ -177,14 +193,18 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     spec = model.stft(z)  # [C, F, N] complex
     mag = spec.abs()  # [C, F, N]
     level = model.level(mag)  # [C, 1, N]
-    h = model.encode(model.features(spec))  # [C, U, N], in units of the level
+    feats = model.features(spec)  # [C, F, N]
+    h = model.encode(feats)  # [C, U, N], in units of the level
+    atoms = model.dictionary()  # [U, F, L]
+    if fit_steps:
+        h, atoms = model.fit_signal(feats, h, fit_steps)
     # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
-    denom = torch.maximum(model.magnitudes(h), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
-    unit_energy = model.unit_energies(h, (mag / denom).pow(2))  # [U]: masked STFT energy
+    denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
+    unit_energy = model.unit_energies(h, (mag / denom).pow(2), atoms)  # [U]: masked STFT energy
     total = float(mag.pow(2).sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
     acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
-    groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups)
+    groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
 
     # Pick the top-k by the sum of the units' masked STFT energies (cheap: no group spectrogram
     # is formed twice); the final order is by the energy attributed to each waveform.
@@ -195,7 +215,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     groups = [groups[i] for i in order]
     labels = [labels[i] for i in order]
 
-    comps, dom_hz, envs = _component_waveforms(model, h, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
+    comps, dom_hz, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
     x64 = x.double().numpy()
     residual = (x64 - comps.sum(0, dtype=np.float64)).astype(np.float32)  # [C, T], float64 sum
     # Energy attributed to each component, <c_k, x>: with the residual's it sums to |x|^2 exactly
@@ -221,11 +241,11 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         activations=acts.astype(np.float32), energy_share=(energy / x_energy).astype(np.float32),
         frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
         residual_share=float((residual.astype(np.float64) * x64).sum() / x_energy),
-        error_db=error_db, group=group,
+        error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
     )
 
 
-def _component_waveforms(model: SparseDictionary, h: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
+def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
                          groups: list[list[int]], sr: int, length: int, z_len: int):
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
     frequencies ``[K]`` and energy envelopes ``[K, N]`` (model frames, summed over channels)."""
@@ -240,9 +260,9 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, spec: torch.T
     for lo in range(0, len(groups), step):
         batch = groups[lo : lo + step]
         if all(len(g) == 1 for g in batch):
-            v = model.unit_magnitudes(h, [g[0] for g in batch]).movedim(1, 0)  # [k, C, F, N]
+            v = model.unit_magnitudes(h, [g[0] for g in batch], atoms).movedim(1, 0)  # [k, C, F, N]
         else:
-            v = torch.stack([_group_magnitudes(model, h, g) for g in batch])  # [k, C, F, N]
+            v = torch.stack([_group_magnitudes(model, h, g, atoms) for g in batch])  # [k, C, F, N]
         mask = v.div_(denom[None])  # [k, C, F, N], in place: these tensors are the big ones
         # The input's phase: real and imaginary parts scaled in one broadcast op.
         s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
@@ -303,6 +323,7 @@ def summarize(dec: Decomposition) -> dict:
         "samples": int(dec.residual.shape[-1]),
         "seconds": round(dec.residual.shape[-1] / max(dec.sample_rate, 1), 4),
         "group": dec.group,
+        "fit_steps": dec.fit_steps,
         "frame_rate": dec.frame_rate,
         "error_db": round(dec.error_db, 2) if math.isfinite(dec.error_db) else None,
         "residual_energy_share": round(dec.residual_share, 6),

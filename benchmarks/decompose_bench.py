@@ -10,6 +10,8 @@ Methods (each gives component waveforms that should sum to the mixture):
 
 - ``ours-none``: :func:`audioae.decompose.decompose`, one component per active unit;
 - ``ours-cluster8`` / ``ours-band8``: the same units grouped into 8 clusters / 8 dyadic bands;
+  these use the model's per-signal fit (``fit_steps`` in its config: 10 for the shipped model);
+  ``ours-*-fit0`` are the same without it (the fast path, ``--fit 0``);
 - ``nmf-same``: ``librosa.decompose.decompose`` on the magnitude STFT (same STFT as the model)
   with as many components as ``ours-none`` produced on that mixture; ``nmf-8``: 8 components.
   Waveforms: soft masks ``W_k H_k / WH`` on the complex STFT, then the inverse STFT;
@@ -125,18 +127,15 @@ def stft(x: np.ndarray, model) -> torch.Tensor:
     return model.stft(torch.from_numpy(x))  # [F, N]
 
 
-def run_ours(model, x: np.ndarray, group: str, n_groups: int = 8):
-    dec = decompose(model, x, SR, group=group, n_groups=n_groups)
+def run_ours(model, x: np.ndarray, group: str, n_groups: int = 8, fit_steps: int = 0):
+    dec = decompose(model, x, SR, group=group, n_groups=n_groups, fit_steps=fit_steps)
     return dec.components[:, 0], dec.residual[0], dec
 
 
-def ours_top8_magnitude(model, x: np.ndarray, dec) -> np.ndarray:
-    """Sum of the 8 strongest components' magnitude models ``V_g`` (units or groups)."""
-    with torch.no_grad():
-        spec = stft(x, model)[None]  # [1, F, N]
-        h = model.encode(model.features(spec))  # [1, U, N]
-        units = sorted({u for g in dec.units[:8] for u in g})
-        return model.unit_magnitudes(h, units).sum(1)[0].numpy()  # [F, N]
+def ours_top8_magnitude(dec) -> np.ndarray:
+    """Sum of the 8 strongest components' magnitude models ``V_g`` (units or groups), in the
+    input's STFT units (activations times the level, as ``decompose`` reports them)."""
+    return dec.magnitude_model(sorted({u for g in dec.units[:8] for u in g}))  # [F, N]
 
 
 def run_nmf(model, x: np.ndarray, k: int):
@@ -204,9 +203,13 @@ def timed(fn, repeats: int):
 def run_methods(model, x: np.ndarray, repeats: int) -> dict:
     """Every method on one mixture: name -> (components, residual, top-8 magnitude model, seconds)."""
     results = {}
-    for name, group in (("ours-none", "none"), ("ours-cluster8", "cluster"), ("ours-band8", "band")):
-        (comps, res, dec), secs = timed(lambda g=group: run_ours(model, x, g), repeats)
-        results[name] = (comps, res, ours_top8_magnitude(model, x, dec), secs)
+    fit = model.config.fit_steps
+    ours = [("ours-none", "none", fit), ("ours-cluster8", "cluster", fit), ("ours-band8", "band", fit)]
+    if fit:  # the fast path too: no per-signal fit
+        ours += [("ours-none-fit0", "none", 0), ("ours-cluster8-fit0", "cluster", 0), ("ours-band8-fit0", "band", 0)]
+    for name, group, steps in ours:
+        (comps, res, dec), secs = timed(lambda g=group, s=steps: run_ours(model, x, g, fit_steps=s), repeats)
+        results[name] = (comps, res, ours_top8_magnitude(dec), secs)
     k_same = max(1, len(results["ours-none"][0]))
     for name, k in (("nmf-same", k_same), ("nmf-8", 8)):
         (comps, res, cmag), secs = timed(lambda k=k: run_nmf(model, x, k), repeats)

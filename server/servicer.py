@@ -45,6 +45,7 @@ from .store import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+MAX_FIT_STEPS = 100  # per-signal fit steps a Decompose call may ask for (each costs about one encoder pass)
 
 
 def _unary(method: Callable) -> Callable:
@@ -232,6 +233,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         sm = self.store.decomposer(request.model)
         if request.top_k < 0:
             raise Abort(INVALID, f"top_k must be >= 0 (0: all components), got {request.top_k}")
+        fit_steps = request.fit_steps if request.HasField("fit_steps") else None
+        if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:
+            raise Abort(INVALID, f"fit_steps must be 0..{MAX_FIT_STEPS} (unset: the model's default), got {fit_steps}")
         try:
             from audioae.decompose import decompose
         except ImportError:
@@ -240,7 +244,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         seconds = wav.shape[-1] / sr
 
         def run():
-            return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=request.group or "none")
+            return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=request.group or "none",
+                             fit_steps=fit_steps)
 
         d, _ = self._wait(Job("decompose", seconds, fn=run), context)
         self.metrics.audio_seconds.labels("Decompose").inc(seconds)

@@ -73,12 +73,14 @@ def test_config_rejects_what_the_model_cannot_do():
 @pytest.mark.parametrize(("sr", "length", "channels"), [(8000, 8001, 0), (16000, 16003, 1), (44100, 44101, 2),
                                                         (48000, 33333, 2), (22050, 777, 1)])
 @pytest.mark.parametrize("group", GROUPS)
-def test_components_sum_to_the_input_at_any_rate_and_length(sr, length, channels, group, rng):
+@pytest.mark.parametrize("fit", [0, 5])
+def test_components_sum_to_the_input_at_any_rate_and_length(sr, length, channels, group, fit, rng):
     model = tiny_model()
     shape = (length,) if channels == 0 else (channels, length)
     x = (0.1 * rng.standard_normal(shape)).astype(np.float32)
     x += tone(length / sr, sr, 440.0)[:length]
-    dec = decompose(model, x, sr, group=group, n_groups=4)
+    dec = decompose(model, x, sr, group=group, n_groups=4, fit_steps=fit)
+    assert dec.fit_steps == fit
     c = 1 if channels == 0 else channels
     k = len(dec.labels)
     assert dec.components.shape == (k, c, length)
@@ -125,6 +127,32 @@ def test_groups_partition_the_units(rng):
     assert len(bands.labels) <= 4
 
 
+def _kl(n: torch.Tensor, v: torch.Tensor) -> float:
+    v = v + 1e-6
+    return float((n * torch.log((n + 1e-12) / v) - n + v).sum())
+
+
+def test_fitting_a_signal_lowers_the_divergence_and_keeps_the_constraints(rng):
+    """The per-signal fit: lower KL divergence than the encoder alone, non-negative unit-norm
+    atoms, the encoder's support kept, unused atoms untouched."""
+    model = tiny_model()
+    x = torch.from_numpy((0.05 * rng.standard_normal(16000)).astype(np.float32) + tone(1.0, SR, 523.0))[None]
+    with torch.no_grad():
+        feats = model.features(model.stft(x))  # [1, F, N]
+        n = model._magnitudes_of(feats)
+        h0 = model.encode(feats)
+        h, atoms = model.fit_signal(feats, h0, 10)
+        w0 = model.dictionary()
+        assert _kl(n, model.magnitudes(h, atoms)) < 0.9 * _kl(n, model.magnitudes(h0))
+    assert (atoms >= 0).all() and (h >= 0).all()
+    norms = atoms.flatten(1).norm(dim=1)
+    assert torch.allclose(norms[norms > 0], torch.ones_like(norms[norms > 0]), atol=1e-5)
+    assert not h[h0 == 0].any()
+    unused = h0.sum(dim=(0, 2)) == 0
+    assert unused.any() and torch.allclose(atoms[unused], w0[unused], atol=1e-7)
+    assert not torch.equal(atoms[~unused], w0[~unused])
+
+
 def test_scaling_the_input_scales_the_components(rng):
     """The model divides by the local level, so the decomposition does not depend on loudness."""
     model = tiny_model()
@@ -144,6 +172,8 @@ def test_silence_and_bad_arguments():
         decompose(model, np.ones(100, np.float32), SR, group="wavelet")
     with pytest.raises(ValueError, match="top_k"):
         decompose(model, np.ones(100, np.float32), SR, top_k=0)
+    with pytest.raises(ValueError, match="fit_steps"):
+        decompose(model, np.ones(100, np.float32), SR, fit_steps=-1)
     with pytest.raises(ValueError, match="sparse_dict"):
         decompose(build_model("linear", {"n_fft": 128, "hop_length": 32}), np.ones(100, np.float32), SR)
 
@@ -258,9 +288,10 @@ def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path):
     src = tmp_path / "in.wav"
     write_audio(src, tone(0.5, 8000)[None], 8000, subtype="PCM_16")
     assert main(["decompose", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--group", "band",
-                 "--groups", "3"]) == 0
+                 "--groups", "3", "--fit", "4"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["group"] == "band" and 1 <= len(summary["components"]) <= 3
+    assert summary["fit_steps"] == 4
     assert all((tmp_path / "o" / c["file"]).is_file() for c in summary["components"])
     assert main(["decompose", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "x")]) == 2
 

@@ -393,8 +393,8 @@ def test_decompose_components_sum_to_input(client, model_dir):
     from audioae.decompose import decompose
 
     x = _noisy(0.8, 22050)
-    r = client.decompose(x, 22050, model="dict", top_k=3, components=True)
-    ref = decompose(load_checkpoint(model_dir / "dict.safetensors"), x, 22050, top_k=3)
+    r = client.decompose(x, 22050, model="dict", top_k=3, components=True, fit_steps=3)
+    ref = decompose(load_checkpoint(model_dir / "dict.safetensors"), x, 22050, top_k=3, fit_steps=3)
     assert r.components.shape == (3, 1, x.shape[-1]) and r.residual.shape == x.shape
     np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
     np.testing.assert_allclose(r.activations, ref.activations, atol=1e-5)
@@ -416,6 +416,8 @@ def test_decompose_default_model_file_bytes_no_audio(client):
         ("tiny", {}, CODE.INVALID_ARGUMENT, "sparse dictionary"),
         ("dict", {"top_k": -1}, CODE.INVALID_ARGUMENT, "top_k"),
         ("dict", {"group": "zodiac"}, CODE.INVALID_ARGUMENT, "unknown group"),
+        ("dict", {"fit_steps": -2}, CODE.INVALID_ARGUMENT, "fit_steps must be 0..100"),
+        ("dict", {"fit_steps": 10_000}, CODE.INVALID_ARGUMENT, "fit_steps must be 0..100"),
         ("nope", {}, CODE.NOT_FOUND, "unknown model"),
     ],
 )

@@ -23,6 +23,10 @@ Encoder, tied to the decoder (no weights of its own):
    training the dictionary through them stable (an amortised ReLU encoder trained against a
    non-negative decoder lost most of its units in our trials).
 
+Per-signal fit (optional, :meth:`SparseDictionary.fit_signal`): a few joint multiplicative
+updates of the atoms *and* the activations on one signal, starting from the learned dictionary
+and the encoder's code -- NMF's per-signal fit, but from a learned start, so a few steps go far.
+
 Training (the library's :func:`audioae.train.fit_arrays`) backpropagates the MSE between the
 compressed reconstruction and the compressed input through the unrolled updates into ``W``.
 """
@@ -54,6 +58,7 @@ class SparseDictConfig(SpectralConfig):
     output: str = "magnitude"
     atom_frames: int = 3  # frames one atom spans (convolutive); 1 gives NMF's per-frame dictionary
     refine_steps: int = 4  # multiplicative updates after the matched filter
+    fit_steps: int = 0  # decompose's default per-signal fit (joint atom + code updates); 0: none
     level_frames: int = 63  # magnitudes are divided by a moving RMS level over this many frames (~0.5 s)
     init_seed: int = 0  # seed of the atoms' initial shapes (bumps spread over log-frequency)
 
@@ -67,6 +72,8 @@ class SparseDictConfig(SpectralConfig):
             raise ValueError("sparse_dict works on spectrograms (input='spectrogram')")
         if self.refine_steps < 1:
             raise ValueError("refine_steps must be at least 1")
+        if self.fit_steps < 0:
+            raise ValueError("fit_steps must be >= 0")
         for name in ("atom_frames", "level_frames"):
             v = getattr(self, name)
             if v < 1 or v % 2 == 0:
@@ -166,9 +173,33 @@ class SparseDictionary(SpectralAutoencoder):
             h = h * F.conv1d(n / v, w, padding=self._pad) / denom  # [B, U, N]
         return h
 
-    def magnitudes(self, h: torch.Tensor) -> torch.Tensor:
+    def fit_signal(self, x: torch.Tensor, h: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapt atoms and code to one signal: ``steps`` joint KL multiplicative updates from the
+        learned atoms and the encoder's code ``h [B, U, N]`` (features ``x [B, F, N]``).
+
+        Returns ``(h [B, U, N], atoms [U, F, L])``; atoms stay non-negative with unit norm (the
+        scale moves into ``h``), zeros in ``h`` stay zero (the support is the encoder's), and
+        atoms of units this signal does not use are left as learned. Pass the atoms to the
+        per-unit views (``atoms=``) to use them.
+        """
+        n = self._magnitudes_of(x)  # [B, F, N]
+        w = self.dictionary()  # [U, F, L]
+        lam = self.config.sparsity_weight
+        for _ in range(steps):
+            # Both factors from one ratio n / V (one decoder pass per step instead of two).
+            ratio = n / (self.magnitudes(h, w) + DIV_EPS)  # [B, F, N]
+            hs = self.shifted_code(h)  # [B, U, N, L]
+            used = hs.sum(dim=(0, 2))[:, None, :]  # [U, 1, L]: W's update denominator
+            # An atom this signal drives to zero stays zero (clamped: no 0/0), and so does its code.
+            h_new = h * F.conv1d(ratio, w, padding=self._pad) / (w.sum(dim=(1, 2))[None, :, None] + lam).clamp_min(DIV_EPS)
+            w = torch.where(used > 0, w * torch.einsum("bfn,bunl->ufl", ratio, hs) / (used + DIV_EPS), w)
+            scale = w.flatten(1).norm(dim=1).clamp_min(1e-12)  # [U]
+            w, h = w / scale[:, None, None], h_new * scale[None, :, None]
+        return h, w
+
+    def magnitudes(self, h: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Code ``h [B, U, N]`` -> magnitude reconstruction ``V [B, F, N]`` (level-normalised)."""
-        return F.conv_transpose1d(h, self.dictionary(), padding=self._pad)  # [B, F, N]
+        return F.conv_transpose1d(h, self.dictionary() if atoms is None else atoms, padding=self._pad)  # [B, F, N]
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """``h [B, U, N]`` -> compressed magnitudes ``[B, F, N]`` (comparable with :meth:`features`)."""
@@ -192,26 +223,27 @@ class SparseDictionary(SpectralAutoencoder):
         hp = F.pad(h, (length - 1 - self._pad, self._pad))  # [B, U, N + L - 1]
         return hp.unfold(-1, length, 1).flip(-1)  # [B, U, N, L]
 
-    def unit_magnitudes(self, h: torch.Tensor, units: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+    def unit_magnitudes(self, h: torch.Tensor, units: torch.Tensor | list[int] | None = None,
+                        atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Per-unit component spectrograms ``V_u [B, U', F, N]`` for ``units`` (all by default);
         they sum over ``U'`` to :meth:`magnitudes` when every unit is included.
 
         Memory is ``U' * F * N`` floats per item: callers chunk ``units`` for long inputs.
         """
-        w = self.dictionary()  # [U, F, L]
+        w = self.dictionary() if atoms is None else atoms  # [U, F, L]
         if units is not None:
             idx = torch.as_tensor(units, dtype=torch.long, device=h.device)
             w, h = w[idx], h[:, idx]  # [U', F, L], [B, U', N]
         # einsum batches over units with a GEMM each; a grouped conv_transpose1d is ~6x slower here.
         return torch.einsum("ufl,bunl->bufn", w, self.shifted_code(h))  # [B, U', F, N]
 
-    def unit_energies(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def unit_energies(self, h: torch.Tensor, weight: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_{b,f,n} weight * V_u^2`` for every unit ``[U]``, without forming ``V_u``.
 
         ``V_u[f, n]^2 = sum_{l,m} W[u,f,l] W[u,f,m] hs[u,n,l] hs[u,n,m]``, so the sum over ``f``
         is a GEMM of the atom products with ``weight [B, F, N]``: ``L (L + 1) / 2`` GEMMs in all.
         """
-        w = self.dictionary()  # [U, F, L]
+        w = self.dictionary() if atoms is None else atoms  # [U, F, L]
         hs = self.shifted_code(h)  # [B, U, N, L]
         total = h.new_zeros(h.shape[1])
         length = self.config.atom_frames
@@ -223,14 +255,14 @@ class SparseDictionary(SpectralAutoencoder):
         return total
 
     # ---- what the dictionary looks like ----------------------------------------------------
-    def atom_spectra(self) -> torch.Tensor:
+    def atom_spectra(self, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Each atom summed over its frames: ``[U, F]`` (what a person plots)."""
-        return self.dictionary().sum(-1)
+        return (self.dictionary() if atoms is None else atoms).sum(-1)
 
-    def atom_frequencies(self) -> torch.Tensor:
+    def atom_frequencies(self, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Dominant frequency of each atom in Hz ``[U]`` (its spectral peak)."""
         c = self.config
-        return self.atom_spectra().argmax(-1).float() * (c.sample_rate / c.n_fft)
+        return self.atom_spectra(atoms).argmax(-1).float() * (c.sample_rate / c.n_fft)
 
     def describe(self) -> dict:
         d = super().describe()

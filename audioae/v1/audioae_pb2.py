@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61udioae/v1/audioae.proto\x12\naudioae.v1\"d\n\x03Pcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\"B\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1e\n\x03pcm\x18\x02 \x01(\x0b\x32\x0f.audioae.v1.PcmH\x00\x42\x06\n\x04\x64\x61ta\"7\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"e\n\x0e\x44\x65noiseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\x15\n\x08strength\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"|\n\x0f\x44\x65noiseResponse\x12 \n\x05\x61udio\x18\x01 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\x92\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x15\n\x08strength\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"Z\n\x14StreamDenoiseRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.audioae.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"^\n\x15StreamDenoiseResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nsamples_in\x18\x02 \x01(\x03\x12\x13\n\x0bsamples_out\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\"|\n\x10\x44\x65\x63omposeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05group\x18\x04 \x01(\t\x12\x19\n\x11return_components\x18\x05 \x01(\x08\"a\n\tComponent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x03(\x05\x12\x14\n\x0c\x65nergy_share\x18\x03 \x01(\x01\x12 \n\x05\x61udio\x18\x04 \x01(\x0b\x32\x11.audioae.v1.Audio\"\xaf\x01\n\x11\x44\x65\x63omposeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\x12\x12\n\nframe_rate\x18\x03 \x01(\x01\x12)\n\ncomponents\x18\x04 \x03(\x0b\x32\x15.audioae.v1.Component\x12#\n\x08residual\x18\x05 \x01(\x0b\x32\x11.audioae.v1.Audio\"q\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.audioae.v1.TensorH\x00\x12\"\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x11.audioae.v1.AudioH\x00\x42\x07\n\x05input\"A\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"@\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"C\n\x0e\x44\x65\x63odeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06output\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"\x13\n\x11ListModelsRequest\"\xc6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x10\n\x08\x63ode_dim\x18\x05 \x01(\x05\x12\x12\n\nparameters\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61usal\x18\t \x01(\x08\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x0c\n\x04rpcs\x18\x0b \x03(\t\"q\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.audioae.v1.ModelInfo\x12\x18\n\x10\x64\x65\x66\x61ult_denoiser\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_decomposer\x18\x03 \x01(\t*E\n\x0cSampleFormat\x12\x1d\n\x19SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\t\n\x05INT16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xc0\x03\n\x07\x41udioAE\x12\x42\n\x07\x44\x65noise\x12\x1a.audioae.v1.DenoiseRequest\x1a\x1b.audioae.v1.DenoiseResponse\x12X\n\rStreamDenoise\x12 .audioae.v1.StreamDenoiseRequest\x1a!.audioae.v1.StreamDenoiseResponse(\x01\x30\x01\x12H\n\tDecompose\x12\x1c.audioae.v1.DecomposeRequest\x1a\x1d.audioae.v1.DecomposeResponse\x12?\n\x06\x45ncode\x12\x19.audioae.v1.EncodeRequest\x1a\x1a.audioae.v1.EncodeResponse\x12?\n\x06\x44\x65\x63ode\x12\x19.audioae.v1.DecodeRequest\x1a\x1a.audioae.v1.DecodeResponse\x12K\n\nListModels\x12\x1d.audioae.v1.ListModelsRequest\x1a\x1e.audioae.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61udioae/v1/audioae.proto\x12\naudioae.v1\"d\n\x03Pcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\"B\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1e\n\x03pcm\x18\x02 \x01(\x0b\x32\x0f.audioae.v1.PcmH\x00\x42\x06\n\x04\x64\x61ta\"7\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"e\n\x0e\x44\x65noiseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\x15\n\x08strength\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"|\n\x0f\x44\x65noiseResponse\x12 \n\x05\x61udio\x18\x01 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\x92\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x15\n\x08strength\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"Z\n\x14StreamDenoiseRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.audioae.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"^\n\x15StreamDenoiseResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nsamples_in\x18\x02 \x01(\x03\x12\x13\n\x0bsamples_out\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\"\xa2\x01\n\x10\x44\x65\x63omposeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05group\x18\x04 \x01(\t\x12\x19\n\x11return_components\x18\x05 \x01(\x08\x12\x16\n\tfit_steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_fit_steps\"a\n\tComponent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x03(\x05\x12\x14\n\x0c\x65nergy_share\x18\x03 \x01(\x01\x12 \n\x05\x61udio\x18\x04 \x01(\x0b\x32\x11.audioae.v1.Audio\"\xaf\x01\n\x11\x44\x65\x63omposeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\x12\x12\n\nframe_rate\x18\x03 \x01(\x01\x12)\n\ncomponents\x18\x04 \x03(\x0b\x32\x15.audioae.v1.Component\x12#\n\x08residual\x18\x05 \x01(\x0b\x32\x11.audioae.v1.Audio\"q\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.audioae.v1.TensorH\x00\x12\"\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x11.audioae.v1.AudioH\x00\x42\x07\n\x05input\"A\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"@\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"C\n\x0e\x44\x65\x63odeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06output\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"\x13\n\x11ListModelsRequest\"\xc6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x10\n\x08\x63ode_dim\x18\x05 \x01(\x05\x12\x12\n\nparameters\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61usal\x18\t \x01(\x08\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x0c\n\x04rpcs\x18\x0b \x03(\t\"q\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.audioae.v1.ModelInfo\x12\x18\n\x10\x64\x65\x66\x61ult_denoiser\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_decomposer\x18\x03 \x01(\t*E\n\x0cSampleFormat\x12\x1d\n\x19SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\t\n\x05INT16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xc0\x03\n\x07\x41udioAE\x12\x42\n\x07\x44\x65noise\x12\x1a.audioae.v1.DenoiseRequest\x1a\x1b.audioae.v1.DenoiseResponse\x12X\n\rStreamDenoise\x12 .audioae.v1.StreamDenoiseRequest\x1a!.audioae.v1.StreamDenoiseResponse(\x01\x30\x01\x12H\n\tDecompose\x12\x1c.audioae.v1.DecomposeRequest\x1a\x1d.audioae.v1.DecomposeResponse\x12?\n\x06\x45ncode\x12\x19.audioae.v1.EncodeRequest\x1a\x1a.audioae.v1.EncodeResponse\x12?\n\x06\x44\x65\x63ode\x12\x19.audioae.v1.DecodeRequest\x1a\x1a.audioae.v1.DecodeResponse\x12K\n\nListModels\x12\x1d.audioae.v1.ListModelsRequest\x1a\x1e.audioae.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'audioae.v1.audioae_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLEFORMAT']._serialized_start=1890
-  _globals['_SAMPLEFORMAT']._serialized_end=1959
+  _globals['_SAMPLEFORMAT']._serialized_start=1929
+  _globals['_SAMPLEFORMAT']._serialized_end=1998
   _globals['_PCM']._serialized_start=40
   _globals['_PCM']._serialized_end=140
   _globals['_AUDIO']._serialized_start=142
@@ -49,26 +49,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMDENOISEREQUEST']._serialized_end=735
   _globals['_STREAMDENOISERESPONSE']._serialized_start=737
   _globals['_STREAMDENOISERESPONSE']._serialized_end=831
-  _globals['_DECOMPOSEREQUEST']._serialized_start=833
-  _globals['_DECOMPOSEREQUEST']._serialized_end=957
-  _globals['_COMPONENT']._serialized_start=959
-  _globals['_COMPONENT']._serialized_end=1056
-  _globals['_DECOMPOSERESPONSE']._serialized_start=1059
-  _globals['_DECOMPOSERESPONSE']._serialized_end=1234
-  _globals['_ENCODEREQUEST']._serialized_start=1236
-  _globals['_ENCODEREQUEST']._serialized_end=1349
-  _globals['_ENCODERESPONSE']._serialized_start=1351
-  _globals['_ENCODERESPONSE']._serialized_end=1416
-  _globals['_DECODEREQUEST']._serialized_start=1418
-  _globals['_DECODEREQUEST']._serialized_end=1482
-  _globals['_DECODERESPONSE']._serialized_start=1484
-  _globals['_DECODERESPONSE']._serialized_end=1551
-  _globals['_LISTMODELSREQUEST']._serialized_start=1553
-  _globals['_LISTMODELSREQUEST']._serialized_end=1572
-  _globals['_MODELINFO']._serialized_start=1575
-  _globals['_MODELINFO']._serialized_end=1773
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1775
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1888
-  _globals['_AUDIOAE']._serialized_start=1962
-  _globals['_AUDIOAE']._serialized_end=2410
+  _globals['_DECOMPOSEREQUEST']._serialized_start=834
+  _globals['_DECOMPOSEREQUEST']._serialized_end=996
+  _globals['_COMPONENT']._serialized_start=998
+  _globals['_COMPONENT']._serialized_end=1095
+  _globals['_DECOMPOSERESPONSE']._serialized_start=1098
+  _globals['_DECOMPOSERESPONSE']._serialized_end=1273
+  _globals['_ENCODEREQUEST']._serialized_start=1275
+  _globals['_ENCODEREQUEST']._serialized_end=1388
+  _globals['_ENCODERESPONSE']._serialized_start=1390
+  _globals['_ENCODERESPONSE']._serialized_end=1455
+  _globals['_DECODEREQUEST']._serialized_start=1457
+  _globals['_DECODEREQUEST']._serialized_end=1521
+  _globals['_DECODERESPONSE']._serialized_start=1523
+  _globals['_DECODERESPONSE']._serialized_end=1590
+  _globals['_LISTMODELSREQUEST']._serialized_start=1592
+  _globals['_LISTMODELSREQUEST']._serialized_end=1611
+  _globals['_MODELINFO']._serialized_start=1614
+  _globals['_MODELINFO']._serialized_end=1812
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1814
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1927
+  _globals['_AUDIOAE']._serialized_start=2001
+  _globals['_AUDIOAE']._serialized_end=2449
 # @@protoc_insertion_point(module_scope)
