@@ -744,6 +744,9 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
             or 0.0
         )
 
+    # Earlier tests' calls must have left: otherwise "in flight" below could count one of them
+    # and the cancel could land before this stream's handler has started.
+    assert _wait_until(lambda: server.gate.inflight == 0)
     before, stop = count(), threading.Event()
 
     def msgs():
