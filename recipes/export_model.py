@@ -1,6 +1,7 @@
 """Copy a training checkpoint into the package as a shipped model (weights, metadata, sha256).
 
     python recipes/export_model.py runs/denoiser-small/best.safetensors audioae/pretrained/denoiser-small.safetensors
+    python recipes/export_model.py SRC DST --set mask_power=0.8   # change an inference knob of the config
 """
 
 from __future__ import annotations
@@ -9,16 +10,24 @@ import argparse
 import json
 
 from audioae.checkpoint import checkpoint_extra, load_checkpoint, save_checkpoint
+from audioae.models import build_model
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("src")
     p.add_argument("dst")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON",
+                   help="config field to change (inference knobs only: the weights must still fit)")
     args = p.parse_args()
     model = load_checkpoint(args.src)
     extra = checkpoint_extra(args.src)
-    digest = save_checkpoint(model, args.dst, {"trained": extra})
+    changes = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.overrides)}
+    if changes:
+        shipped = build_model(model.registry_name, model.config.replace(**changes))
+        shipped.load_state_dict(model.state_dict())  # strict: a change the weights do not fit fails here
+        model = shipped
+    digest = save_checkpoint(model, args.dst, {"trained": extra, **({"config_changes": changes} if changes else {})})
     print(json.dumps({"dst": args.dst, "sha256": digest, "parameters": model.num_parameters(), **extra}, indent=2))
 
 

@@ -83,3 +83,19 @@ def test_only_models_with_a_deep_filter_head_accept_it():
                                 "df_bins": 12})
     with pytest.raises(ValueError, match="df_bins"):
         build_model("recurrent", {**SMALL, "output": "deepfilter", "df_bins": 1000})
+
+
+@pytest.mark.parametrize("output", ["mask", "deepfilter"])
+def test_mask_power_raises_the_mask_and_leaves_the_taps(output):
+    extra = {"output": output, "df_bins": 12} if output == "deepfilter" else {}
+    base = build_model("recurrent", {**SMALL, **extra}).eval()
+    soft = build_model("recurrent", {**SMALL, **extra, "mask_power": 0.5}).eval()
+    soft.load_state_dict(base.state_dict())
+    x = base.example_input(2)
+    with torch.no_grad():
+        a, b = base(x)[0], soft(x)[0]
+    f = base.config.n_bins
+    torch.testing.assert_close(b[:, :f], a[:, :f].sqrt())
+    torch.testing.assert_close(b[:, f:], a[:, f:])
+    with pytest.raises(ValueError, match="mask_power"):
+        build_model("recurrent", {**SMALL, "mask_power": 0.0})

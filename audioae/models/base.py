@@ -84,11 +84,16 @@ class SpectralConfig(AutoencoderConfig):
     output: str = "mask"
     df_order: int = 3
     df_bins: int = 96
+    # The mask is raised to this power (mask and deepfilter heads): below 1 suppresses less. An
+    # inference knob a shipped model may set after training (chosen on validation data).
+    mask_power: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
         if self.output not in ("mask", "magnitude", "deepfilter"):
             raise ValueError(f"output must be mask, magnitude or deepfilter, got {self.output!r}")
+        if self.mask_power <= 0:
+            raise ValueError(f"mask_power must be positive, got {self.mask_power}")
         if self.output == "deepfilter" and not (1 <= self.df_bins <= self.n_bins and self.df_order >= 1):
             raise ValueError(f"deepfilter needs 1 <= df_bins <= {self.n_bins} and df_order >= 1")
 
@@ -221,9 +226,12 @@ class SpectralAutoencoder(Autoencoder):
         c = self.config
         if c.output == "magnitude":
             return y
+        mask = torch.sigmoid(y[:, : c.n_bins])  # [B, F, N]
+        if c.mask_power != 1.0:
+            mask = mask.pow(c.mask_power)
         if c.output == "mask":
-            return torch.sigmoid(y)
-        return torch.cat([torch.sigmoid(y[:, : c.n_bins]), torch.tanh(y[:, c.n_bins :])], dim=1)  # [B, F + 2KD, N]
+            return mask
+        return torch.cat([mask, torch.tanh(y[:, c.n_bins :])], dim=1)  # [B, F + 2KD, N]
 
     @property
     def spec_context_frames(self) -> int:

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Score denoiser checkpoints on one fixed validation set, to choose which one to ship.
+
+    python recipes/compare_checkpoints.py runs/denoiser-small/last.safetensors runs/denoiser-small-df/last.safetensors
+
+Builds the validation mixtures of a run config's ``[data]`` section (the corpus's *val* split:
+held-out voices and noises; never the test set) with ``--examples`` mixtures and a fixed seed,
+so every checkpoint is scored on the same mixtures, and prints SI-SDR (and of the input), PESQ
+and STOI per checkpoint as JSON lines. ``--mask-power`` also scores each checkpoint with its
+mask raised to these powers (the ``mask_power`` knob of the model config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import torch
+
+from audioae.checkpoint import load_checkpoint
+from audioae.models import build_model
+from audioae.train import load_run_config, make_validation_set, validate
+
+
+def with_config(model, **changes):
+    """The same weights under a changed config (inference knobs such as ``mask_power``)."""
+    other = build_model(model.registry_name, model.config.replace(**changes))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--config", default="configs/denoiser-small.toml", help="run config whose [data] gives the val split")
+    ap.add_argument("--examples", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--mask-power", type=float, nargs="*", default=[], help="also score these mask powers")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = load_run_config(args.config)
+    data = dataclasses.replace(run.data, val_examples=args.examples)
+    val_set = None
+    for path in args.checkpoints:
+        model = load_checkpoint(path).eval()
+        if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
+            val_set = make_validation_set(model, data, seed=args.seed)
+        for power in [None, *args.mask_power]:
+            m = model if power is None else with_config(model, mask_power=power)
+            with torch.no_grad():
+                scores = validate(m, val_set)
+            print(json.dumps({"checkpoint": path, "mask_power": m.config.mask_power,
+                              **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
