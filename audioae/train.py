@@ -63,6 +63,11 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop (with a final checkpoint) after this much wall time; 0: no limit
     batch_size: int = 16
     lr: float = 1e-3
+    # Cosine decay from lr to lr_final over decay_steps steps counted from where this invocation
+    # starts (a fine-tuning phase); afterwards lr_final. decay_steps 0: constant lr. Step-based,
+    # so every DDP rank uses the same rate.
+    lr_final: float = 0.0
+    decay_steps: int = 0
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
     spectral_weight: float = 1.0
@@ -370,6 +375,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
+    start_step = step
     while step < tc.steps:
         last_step = step + 1 == tc.steps or _out_of_time(deadline, world)
         clean, noise, snr = mixer.batch(tc.batch_size)
@@ -378,6 +384,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             _, spec = corrupt_batch(model, clean, noise, snr)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss, parts = batch_loss(model, clean, spec, tc, forward=forward)
+        if tc.decay_steps:
+            for group in opt.param_groups:
+                group["lr"] = decayed_lr(tc, step - start_step)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -425,6 +434,12 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def decayed_lr(tc: TrainConfig, steps_done: int) -> float:
+    """The learning rate after ``steps_done`` steps of this invocation (cosine to ``lr_final``)."""
+    frac = min(1.0, steps_done / tc.decay_steps)
+    return tc.lr_final + (tc.lr - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def _out_of_time(deadline: float, world: int) -> bool:

@@ -67,3 +67,29 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert summary["world_size"] == 2
     assert summary["replica_max_abs_diff"] == 0.0
     assert load_checkpoint(out / "last.safetensors").num_parameters() > 0
+
+
+def test_init_from_grows_a_mask_model_into_a_deep_filter_one(tmp_path, capsys):
+    """train.init_from: a deep-filter run starts from a mask run's weights, function-preserving
+    (with lr 0 the grown model must still compute exactly what the mask model did)."""
+    common = ["--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", "train.val_every=100"]
+    assert main(["train", CONFIG, "--out", str(tmp_path / "mask"), "--steps", "3", *common]) == 0
+    mask_ckpt = tmp_path / "mask" / "last.safetensors"
+    assert main(["train", CONFIG, "--out", str(tmp_path / "df"), "--steps", "2", *common,
+                 "--set", "model.config.output=deepfilter", "--set", "model.config.df_bins=20",
+                 "--set", f"train.init_from={mask_ckpt}", "--set", "train.lr=0"]) == 0
+    mask, grown = load_checkpoint(mask_ckpt), load_checkpoint(tmp_path / "df" / "last.safetensors")
+    assert grown.config.deep_filter and not mask.config.deep_filter
+    wav = torch.randn(1, 4001) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(grown.enhance(wav)[0], mask.enhance(wav)[0], atol=1e-6, rtol=0)
+
+
+def test_cosine_decay_reaches_the_final_rate():
+    from audioae.train import TrainConfig, decayed_lr
+
+    tc = TrainConfig(lr=1e-3, lr_final=1e-4, decay_steps=100)
+    assert decayed_lr(tc, 0) == 1e-3
+    assert abs(decayed_lr(tc, 50) - 5.5e-4) < 1e-12
+    assert decayed_lr(tc, 100) == decayed_lr(tc, 500) == 1e-4
+    assert decayed_lr(tc, 30) > decayed_lr(tc, 31)
