@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Train the shipped speech denoiser from scratch and export it into audioae/pretrained/.
-#   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES]
-# 1. installs the Debian packages and builds corpus/ (docs/corpus.md), 2. trains
-# configs/denoiser-small.toml on one CPU thread for MINUTES of wall time at lr 2e-3, then
-# FINETUNE_MINUTES at lr 5e-4 on two threads (both resumable: a rerun continues from
-# runs/denoiser-small/last.safetensors), 3. exports the fine-tuned final weights (on a 48-example
-# validation set they beat the first phase's best checkpoint: +4.44 vs +4.10 dB SI-SDR improvement).
+#   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES]
+# 1. installs the Debian packages and builds corpus/ (docs/corpus.md);
+# 2. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
+#    CPU thread, FINETUNE_MINUTES at lr 5e-4 and MORE_MINUTES at lr 4e-4 on two threads;
+# 3. grows it into the deep-filter model (configs/denoiser-small-df.toml, train.init_from:
+#    function-preserving) and trains DF_MINUTES at lr 1e-3 on one thread, then
+#    DF_DECAY_MINUTES on two threads with the rate decaying (cosine) from 1e-3 to 5e-5;
+# 4. exports the final weights with the mask power chosen on the validation split
+#    (recipes/compare_checkpoints.py --mask-power ...).
+# Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-80}
 FINETUNE_MINUTES=${2:-12}
+MORE_MINUTES=${3:-21}
+DF_MINUTES=${4:-46}
+DF_DECAY_MINUTES=${5:-25}
+MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
 if [ ! -f corpus/READY ]; then
   bash recipes/install_corpus_packages.sh
   python recipes/build_corpus.py
@@ -17,4 +25,10 @@ fi
 audioae train configs/denoiser-small.toml --set train.max_minutes="$MINUTES"
 audioae train configs/denoiser-small.toml --set train.max_minutes="$FINETUNE_MINUTES" \
   --set train.lr=5e-4 --set train.threads=2
-python recipes/export_model.py runs/denoiser-small/last.safetensors audioae/pretrained/denoiser-small.safetensors
+audioae train configs/denoiser-small.toml --set train.max_minutes="$MORE_MINUTES" \
+  --set train.lr=4e-4 --set train.threads=2
+audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_MINUTES"
+audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_DECAY_MINUTES" \
+  --set train.threads=2 --set train.lr_final=5e-5 --set train.decay_steps=6000
+python recipes/export_model.py runs/denoiser-small-df/last.safetensors \
+  audioae/pretrained/denoiser-small.safetensors --set mask_power="$MASK_POWER"
