@@ -209,7 +209,7 @@ class StreamingDenoiser:
         self.state = model.stream_init(channels)
         self.pending_spec: list[torch.Tensor] = []  # frames awaiting the model's output
         # Frames already estimated that a deep filter still reads (its past taps).
-        self.spec_past = torch.zeros(channels, c.n_fft // 2 + 1, 0, dtype=torch.complex64, device=self.device)
+        self.spec_past = torch.zeros(channels, c.n_bins, 0, dtype=torch.complex64, device=self.device)
         self.dry = torch.zeros(channels, 0)  # input kept for blending, aligned with output
         self.n_in = 0
         self.n_out = 0

@@ -20,15 +20,7 @@ import sys
 import torch
 
 from audioae.checkpoint import load_checkpoint
-from audioae.models import build_model
 from audioae.train import load_run_config, make_validation_set, validate
-
-
-def with_config(model, **changes):
-    """The same weights under a changed config (inference knobs such as ``mask_power``)."""
-    other = build_model(model.registry_name, model.config.replace(**changes))
-    other.load_state_dict(model.state_dict())
-    return other.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
             val_set = make_validation_set(model, data, seed=args.seed)
         for power in [None, *args.mask_power]:
-            m = model if power is None else with_config(model, mask_power=power)
+            m = model if power is None else model.with_config(mask_power=power)
             with torch.no_grad():
                 scores = validate(m, val_set)
             print(json.dumps({"checkpoint": path, "mask_power": m.config.mask_power,

@@ -10,7 +10,6 @@ import argparse
 import json
 
 from audioae.checkpoint import checkpoint_extra, load_checkpoint, save_checkpoint
-from audioae.models import build_model
 
 
 def main() -> None:
@@ -24,9 +23,7 @@ def main() -> None:
     extra = checkpoint_extra(args.src)
     changes = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.overrides)}
     if changes:
-        shipped = build_model(model.registry_name, model.config.replace(**changes))
-        shipped.load_state_dict(model.state_dict())  # strict: a change the weights do not fit fails here
-        model = shipped
+        model = model.with_config(**changes)
     digest = save_checkpoint(model, args.dst, {"trained": extra, **({"config_changes": changes} if changes else {})})
     print(json.dumps({"dst": args.dst, "sha256": digest, "parameters": model.num_parameters(), **extra}, indent=2))
 

@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                  "data": "espeak-ng speech + synthetic speech-like, music-like, tones and noise (16 kHz)",
                  "recipe": "recipes/train_decomposer.py"}
         # Inference knobs of the tied encoder differ from training's (same atoms): see SHIP_INFERENCE.
-        shipped = build_model("sparse_dict", {**json.loads(model.config.to_json()), **SHIP_INFERENCE})
-        shipped.load_state_dict(model.state_dict())
+        shipped = model.with_config(**SHIP_INFERENCE)
         extra["inference"] = SHIP_INFERENCE
         digest = save_checkpoint(shipped.eval(), SHIPPED, extra)
         log.info("shipped %s (sha256 %s, %.2f MB)", SHIPPED, digest[:12], SHIPPED.stat().st_size / 1e6)

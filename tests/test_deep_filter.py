@@ -89,8 +89,7 @@ def test_only_models_with_a_deep_filter_head_accept_it():
 def test_mask_power_raises_the_mask_and_leaves_the_taps(output):
     extra = {"output": output, "df_bins": 12} if output == "deepfilter" else {}
     base = build_model("recurrent", {**SMALL, **extra}).eval()
-    soft = build_model("recurrent", {**SMALL, **extra, "mask_power": 0.5}).eval()
-    soft.load_state_dict(base.state_dict())
+    soft = base.with_config(mask_power=0.5)
     x = base.example_input(2)
     with torch.no_grad():
         a, b = base(x)[0], soft(x)[0]

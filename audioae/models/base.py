@@ -158,6 +158,13 @@ class Autoencoder(nn.Module):
             return h.new_zeros(())
         return c.sparsity_weight * sparsity_penalty(h, c.sparsity, c.sparsity_target)
 
+    def with_config(self, **changes) -> Autoencoder:
+        """The same weights under a config with ``changes`` (inference knobs such as a mask power
+        or a top-k). Loaded strictly: a change the weights do not fit fails here."""
+        other = type(self)(self.config.replace(**changes))
+        other.load_state_dict(self.state_dict())
+        return other.train(self.training)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
