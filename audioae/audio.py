@@ -75,6 +75,16 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     return wav, info.sample_rate, info
 
 
+def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``[T]`` or ``[C, T]`` audio -> float32 ``[C, T]`` and whether the input was 1-D."""
+    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
+    if x.dim() == 1:
+        return x[None], True
+    if x.dim() != 2:
+        raise AudioError(f"audio must be [T] or [C, T], got shape {tuple(x.shape)}")
+    return x, False
+
+
 def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>") -> None:
     """Validate in-memory audio the same way files are validated."""
     _check_samples(wav, sr, name)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .audio import AudioError, check_pcm, fit_length, resample
+from .audio import as_channels_first, check_pcm, fit_length, resample
 from .models.dictionary import SparseDictionary
 
 log = logging.getLogger(__name__)
@@ -65,34 +65,9 @@ class Decomposition:
     atoms: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
     fit_steps: int = 0
 
-    def magnitude_model(self, units: list[int]) -> np.ndarray:
-        """``sum_u W_u * a_u`` over ``units`` ``[F, N]``: the magnitude the components of these
-        units model, in the input's STFT units (from the channel-mean activations)."""
-        idx = torch.as_tensor(sorted(units), dtype=torch.long)
-        a = torch.from_numpy(self.activations)[None, idx]  # [1, u, N]
-        w = torch.from_numpy(self.atoms)[idx]  # [u, F, L]
-        return torch.nn.functional.conv_transpose1d(a, w, padding=(w.shape[-1] - 1) // 2)[0].numpy()  # [F, N]
-
-
-def _channels_first(wav: np.ndarray | torch.Tensor) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
-    if x.dim() == 1:
-        x = x[None]
-    if x.dim() != 2:
-        raise AudioError(f"audio must be [T] or [C, T], got shape {tuple(x.shape)}")
-    return x.cpu()
-
 
 def _unit_chunks(n_units: int, per_unit: int) -> int:
     return max(1, min(n_units, CHUNK_FLOATS // max(per_unit, 1)))
-
-
-def _group_magnitudes(model: SparseDictionary, h: torch.Tensor, units: list[int], atoms: torch.Tensor) -> torch.Tensor:
-    """Spectrogram ``V_g [C, F, N]`` of one group of units."""
-    idx = torch.as_tensor(units, dtype=torch.long)
-    w = atoms[idx]  # [u', F, L]
-    pad = (model.config.atom_frames - 1) // 2
-    return torch.nn.functional.conv_transpose1d(h[:, idx], w, padding=pad)  # [C, F, N]
 
 
 # ---- grouping -------------------------------------------------------------------------------------
@@ -183,7 +158,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     fit_steps = model.config.fit_steps if fit_steps is None else fit_steps
     if fit_steps < 0:
         raise ValueError(f"fit_steps must be >= 0, got {fit_steps}")
-    x = _channels_first(wav)  # [C, T]
+    x = as_channels_first(wav)[0].cpu()  # [C, T]
     check_pcm(x.numpy(), sr)
     model = model.cpu().eval()
     c = model.config
@@ -217,7 +192,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
 
     comps, dom_hz, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
     x64 = x.double().numpy()
-    residual = (x64 - comps.sum(0, dtype=np.float64)).astype(np.float32)  # [C, T], float64 sum
+    comps_sum = comps.sum(0, dtype=np.float64)  # [C, T]
+    residual = (x64 - comps_sum).astype(np.float32)  # [C, T]
     # Energy attributed to each component, <c_k, x>: with the residual's it sums to |x|^2 exactly
     # (soft-masked components share the input's phase, so |c_k|^2 alone would leave out the cross
     # terms and the shares would not add up). One component at a time in float64: no [K, C, T]
@@ -232,7 +208,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
                   for i, (hz, g) in enumerate(zip(dom_hz, groups, strict=True))]
 
     x_energy = max(float((x64**2).sum()), 1e-30)
-    err = comps.sum(0, dtype=np.float64) + residual.astype(np.float64) - x64
+    err = comps_sum + residual.astype(np.float64) - x64
     error_db = 10 * math.log10(max(float((err**2).sum()), 1e-300) / x_energy)
     if error_db > EXACT_DB:
         log.warning("components sum to the input only within %.1f dB (contract: %.0f dB)", error_db, EXACT_DB)
@@ -262,7 +238,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         if all(len(g) == 1 for g in batch):
             v = model.unit_magnitudes(h, [g[0] for g in batch], atoms).movedim(1, 0)  # [k, C, F, N]
         else:
-            v = torch.stack([_group_magnitudes(model, h, g, atoms) for g in batch])  # [k, C, F, N]
+            v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in batch])  # [k, C, F, N]: V_g per group
         mask = v.div_(denom[None])  # [k, C, F, N], in place: these tensors are the big ones
         # The input's phase: real and imaginary parts scaled in one broadcast op.
         s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex

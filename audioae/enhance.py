@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
-from .audio import AudioError, check_pcm, fit_length, resample
+from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
 from .models import SpectralAutoencoder
 from .spectral import StreamingSTFT
 
@@ -24,13 +24,13 @@ OFFLINE_MAX_SECONDS = 120.0
 STREAM_CHUNK_SECONDS = 4.0
 
 
-def _as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
-    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
-    if x.dim() == 1:
-        return x[None], True
-    if x.dim() != 2:
-        raise AudioError(f"audio must be [T] or [C, T], got shape {tuple(x.shape)}")
-    return x, False
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees one, else CPU. Asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
 
 
 def _blend(clean: torch.Tensor, noisy: torch.Tensor, strength: float) -> torch.Tensor:
@@ -56,7 +56,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     are cut into overlapping windows that are cross-faded.
     """
     _check_strength(strength)
-    x, squeeze = _as_channels_first(wav)
+    x, squeeze = as_channels_first(wav)
     check_pcm(x.numpy() if x.device.type == "cpu" else x.cpu().numpy(), sr)
     if x.shape[-1] / sr > max_offline_seconds:
         if model.causal:
@@ -240,7 +240,7 @@ class StreamingDenoiser:
 
     @torch.inference_mode()
     def push(self, chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x, _ = _as_channels_first(chunk)
+        x, _ = as_channels_first(chunk)
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
         self.n_in += x.shape[-1]

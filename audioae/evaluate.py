@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AUDIO_EXTENSIONS, AudioError, read_audio, resample
+from .audio import AudioError, read_audio, resample
+from .data.mixing import list_audio
 from .metrics import score
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,7 @@ HEADERS = {"si_sdr": "SI-SDR", "si_sdr_i": "SI-SDRi", "pesq": "PESQ", "stoi": "S
 def audio_files(folder: str | os.PathLike) -> dict[str, Path]:
     """Relative path (posix) -> file, for every WAV/FLAC/OGG under ``folder``."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
-    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".")}
+    return {p.relative_to(folder).as_posix(): p for p in list_audio(folder) if not p.name.startswith(".")}
 
 
 def _stem(rel: str) -> str:

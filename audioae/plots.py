@@ -73,8 +73,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
                f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_db:.0f} dB")
 
     c = model.config
-    # The atoms this decomposition used (adapted to the signal when it was fitted).
-    spectra = dec.atoms.sum(-1) if dec.atoms.size else model.atom_spectra().detach().numpy()  # [U, F]
+    spectra = dec.atoms.sum(-1)  # [U, F]: the atoms this decomposition used (adapted when fitted)
     freqs = np.arange(spectra.shape[1]) * c.sample_rate / c.n_fft
     colors = plt.cm.tab10(np.arange(max(k, 1)) % 10)
     ax_atoms = fig.add_subplot(grid[1, :2])

@@ -35,6 +35,7 @@ from safetensors.torch import save as st_save
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.mixing import MixConfig, Mixer, Source, load_folder, synthetic_noise, synthetic_speech
+from .enhance import pick_device  # noqa: F401  (re-exported: server and benchmarks import it from here)
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
 from .models import Autoencoder, SpectralAutoencoder, build_model
@@ -142,15 +143,6 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
         data=_section(DataConfig, raw.get("data", {})),
         train=_section(TrainConfig, raw.get("train", {})),
     )
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU. Asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..enhance import pick_device
 from .manifest import FileResult, ManifestWriter, previous_durations, summarize
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
-from .process import BLOCK_SECONDS, model_device
+from .process import BLOCK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path) 
         return
     from .local import run_local
 
-    model = load_checkpoint(ckpt, map_location=model_device(opts.device), expected_sha256=sha)
+    model = load_checkpoint(ckpt, map_location=pick_device(opts.device), expected_sha256=sha)
     yield from run_local(todo, model, checkpoint=str(ckpt), sha256=sha, strength=opts.strength,
                          workers=opts.workers, threads=opts.threads, block_seconds=opts.block_seconds)
 

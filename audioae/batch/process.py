@@ -241,13 +241,3 @@ def denoise_padded(model: SpectralAutoencoder, wavs: Sequence[np.ndarray], srs: 
         row += c
     return outs
 
-
-def model_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when torch sees one, else CPU. Asking for CUDA without one is an error.
-    (Same rule as ``audioae.train.pick_device``, without importing the training stack: ~70 MB.)"""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
-

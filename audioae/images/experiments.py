@@ -415,8 +415,7 @@ def generation(cfg: ReportConfig, digits: Digits, model: ImageAutoencoder, train
     def predict(images: torch.Tensor) -> np.ndarray:
         return classifier.predict_proba(images.flatten(1).numpy())  # [M, 10]
 
-    _, h_test = run_batches(model, digits.x_test)  # [M, K]
-    base_rec = model.decode(h_test)  # [M, 1, 8, 8]
+    base_rec, h_test = run_batches(model, digits.x_test)  # [M, 1, 8, 8], [M, K]
     numbers: dict = {"code_dim": int(codes.shape[1]), "perturbation": [],
                      "reconstruction_label_kept": float((predict(base_rec).argmax(1) == digits.y_test).mean())}
     examples = _one_per_class(digits.y_test, (0, 2, 3, 5, 8))

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..checkpoint import save_checkpoint
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import experiments
 from .experiments import ReportConfig
 
@@ -100,8 +99,8 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     # CPU seconds of this process: what the run costs when other processes share the cores.
     numbers["seconds"]["process_cpu"] = round(time.process_time() - cpu_start, 2)
     numbers = _jsonable(numbers)
-    atomic_write_bytes(out / "report.json", (json.dumps(numbers, indent=2, allow_nan=False) + "\n").encode())
-    atomic_write_bytes(out / "summary.md", summary_markdown(numbers).encode())
+    atomic_write_json(out / "report.json", numbers)
+    atomic_write_text(out / "summary.md", summary_markdown(numbers))
     return numbers
 
 

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Autoencoder, AutoencoderConfig
+from .conv1d import UNPOOLING  # the same three choices as the 1D model
 from .corruption import add_gaussian_std, darken_patches
 
-UNPOOLING = ("nearest", "maxunpool", "transposed")
 IMAGE_CORRUPTIONS = ("none", "gaussian", "patches")
 
 
