@@ -208,8 +208,8 @@ def _write_json(path: Path, obj: dict) -> None:
 # The shipped model decodes with a wider support (64 units per frame) and fits each signal with
 # 10 joint atom + code updates (decompose's default; `--fit 0` skips it). Chosen on tuning
 # mixtures (decompose_bench.make_mixture seeds 1000-1005; the benchmark uses seeds 0-7): mean
-# purity 4.50 -> 6.38 dB one component per unit, 1.73 -> 2.49 dB in 8 clusters, against NMF's
-# 5.72 and 2.18 on the same mixtures. Training keeps top-32 and no fit (faster steps).
+# purity 4.50 -> 6.38 dB one component per unit, 1.73 -> 2.49 dB in 8 clusters (NMF-8: 2.18);
+# docs/decomposition.md has the commands. Training keeps top-32 and no fit (faster steps).
 SHIP_INFERENCE = {"topk": 64, "fit_steps": 10}
 
 

@@ -20,7 +20,7 @@ DF_DECAY_MINUTES=${5:-25}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
 if [ ! -f corpus/READY ]; then
   bash recipes/install_corpus_packages.sh
-  python recipes/build_corpus.py
+  python recipes/build_corpus.py --ready
 fi
 audioae train configs/denoiser-small.toml --set train.max_minutes="$MINUTES"
 audioae train configs/denoiser-small.toml --set train.max_minutes="$FINETUNE_MINUTES" \

