@@ -70,6 +70,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return meta
 
 
+def sidecar_sha256(path: str | os.PathLike) -> str | None:
+    """The hash in ``<path>.sha256`` beside a checkpoint, or None when there is none."""
+    sidecar = Path(path).with_name(Path(path).name + ".sha256")
+    return sidecar.read_text().split()[0] if sidecar.is_file() else None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     expected_sha256: str | None = None) -> Autoencoder:
     """Rebuild the model from its registry name and config, then load every weight strictly.
@@ -80,9 +86,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     data = path.read_bytes()
-    sidecar = path.with_name(path.name + ".sha256")
-    if expected_sha256 is None and sidecar.is_file():
-        expected_sha256 = sidecar.read_text().split()[0]
+    if expected_sha256 is None:
+        expected_sha256 = sidecar_sha256(path)
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256:

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from audioae.batch import DenoiseOptions, FileDenoiser, FileTask, denoise_padded, read_manifest, run_denoise
-from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from audioae.cli import main
 from audioae.data.synthetic import noise, speech_like
 from audioae.enhance import denoise
@@ -282,3 +282,17 @@ def test_killed_run_leaves_only_complete_outputs_and_rerun_finishes(tmp_path, ca
     statuses = {Path(r["input"]).name: r["status"] for r in read_manifest(out / "audioae-manifest.jsonl")}
     assert statuses == {name: ("skipped" if name in done else "ok") for name in frames}
     json.dumps(s)  # the summary is JSON-ready
+
+
+def test_a_checkpoint_that_disagrees_with_its_sha256_file_is_refused(tmp_path, causal_ckpt):
+    """The folder tool checks the .sha256 beside a checkpoint, as every load does, and writes nothing."""
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(causal_ckpt.read_bytes())
+    (tmp_path / "model.safetensors.sha256").write_text("0" * 64 + "  model.safetensors\n")
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", (0.1 * noise(np.random.default_rng(0), 0.5, 16000)).astype(np.float32), 16000)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))
+    assert not (out / "a.wav").exists()

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, sidecar_sha256
 from ..enhance import pick_device
 from .manifest import FileResult, ManifestWriter, previous_durations, summarize
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
@@ -83,10 +83,13 @@ def _exclusive(out: Path) -> Iterator[None]:
 def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path) -> Iterator[FileResult]:
     data = ckpt.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
+    # Checked against the .sha256 beside the checkpoint when there is one (as every load is);
+    # workers then verify they load these same bytes.
+    expected = sidecar_sha256(ckpt) or sha
     if opts.engine == "ray":
         from .ray_engine import run_ray
 
-        load_checkpoint(ckpt, expected_sha256=sha)  # fail here, clearly, not in every actor
+        load_checkpoint(ckpt, expected_sha256=expected)  # fail here, clearly, not in every actor
         gpus = opts.gpus_per_worker or (1.0 if opts.device.startswith("cuda") else 0.0)
         yield from run_ray(todo, model_bytes=data, sha256=sha, strength=opts.strength, workers=opts.workers,
                            address=opts.address, gpus_per_worker=gpus, threads=opts.threads,
@@ -94,7 +97,7 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path) 
         return
     from .local import run_local
 
-    model = load_checkpoint(ckpt, map_location=pick_device(opts.device), expected_sha256=sha)
+    model = load_checkpoint(ckpt, map_location=pick_device(opts.device), expected_sha256=expected)
     yield from run_local(todo, model, checkpoint=str(ckpt), sha256=sha, strength=opts.strength,
                          workers=opts.workers, threads=opts.threads, block_seconds=opts.block_seconds)
 
