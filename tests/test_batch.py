@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_tree import noisy_signal, outputs, write_tree
 
 from audioae.batch import DenoiseOptions, FileDenoiser, FileTask, denoise_padded, read_manifest, run_denoise
 from audioae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from audioae.cli import main
-from audioae.data.synthetic import noise, speech_like
+from audioae.data.synthetic import noise
 from audioae.enhance import denoise
 from audioae.models import build_model
 
@@ -35,21 +36,10 @@ TREE = [
 ]
 
 
-def noisy_signal(rng: np.random.Generator, seconds: float, sr: int, channels: int) -> np.ndarray:
-    """``[T, C]`` speech-like signal plus noise, peak below 1."""
-    chans = [speech_like(rng, seconds, sr) + 0.2 * noise(rng, seconds, sr, "pink") for _ in range(channels)]
-    x = np.stack(chans, 1)
-    return (0.8 * x / np.abs(x).max()).astype(np.float32)
-
-
 def make_tree(root: Path, seed: int = 0) -> Path:
     """The generated input tree: nested folders, three containers, a stereo 44.1 kHz file, a corrupt
     WAV and a file that is not audio."""
-    rng = np.random.default_rng(seed)
-    for rel, sr, ch, fmt, subtype, sec in TREE:
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, noisy_signal(rng, sec, sr, ch), sr, format=fmt, subtype=subtype)
+    write_tree(root, TREE, seed)
     (root / "sub" / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage that is not audio")
     (root / "sub" / "notes.txt").write_text("not audio, not an input")
     return root
@@ -69,12 +59,6 @@ def bidir_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny-bidir.safetensors"
     save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16, "bidirectional": True}), path)
     return path
-
-
-def outputs(out: Path) -> set[str]:
-    """Relative paths of the finished outputs (no manifest, lock or .part files)."""
-    return {p.relative_to(out).as_posix() for p in out.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix != ".jsonl"}
 
 
 def parts(out: Path) -> list[Path]:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_tree import outputs, write_tree
 
 from audioae.batch import DenoiseOptions, read_manifest, run_denoise
 from audioae.checkpoint import save_checkpoint
-from audioae.data.synthetic import noise, speech_like
 from audioae.models import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray's own internals
@@ -38,18 +38,9 @@ def ray_local():
 
 
 def make_tree(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for rel, sr, ch, fmt, subtype, sec in TREE:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        x = np.stack([speech_like(rng, sec, sr) + 0.2 * noise(rng, sec, sr, "pink") for _ in range(ch)], 1)
-        sf.write(root / rel, 0.8 * x / np.abs(x).max(), sr, format=fmt, subtype=subtype)
+    write_tree(root, TREE)
     (root / "sub" / "corrupt.flac").write_bytes(b"fLaC but then nothing sensible")
     return root
-
-
-def outputs(out: Path) -> set[str]:
-    return {p.relative_to(out).as_posix() for p in out.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix != ".jsonl"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,33 @@
+"""Generated input trees for the folder-denoising tests (local engine and Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from audioae.data.synthetic import noise, speech_like
+
+
+def noisy_signal(rng: np.random.Generator, seconds: float, sr: int, channels: int) -> np.ndarray:
+    """``[T, C]`` speech-like signal plus noise, peak below 1."""
+    chans = [speech_like(rng, seconds, sr) + 0.2 * noise(rng, seconds, sr, "pink") for _ in range(channels)]
+    x = np.stack(chans, 1)
+    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+
+
+def write_tree(root: Path, tree, seed: int = 0) -> Path:
+    """One file per ``(relative path, sample rate, channels, container, subtype, seconds)`` row."""
+    rng = np.random.default_rng(seed)
+    for rel, sr, ch, fmt, subtype, sec in tree:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, noisy_signal(rng, sec, sr, ch), sr, format=fmt, subtype=subtype)
+    return root
+
+
+def outputs(out: Path) -> set[str]:
+    """Relative paths of the finished outputs (no manifest, lock or .part files)."""
+    return {p.relative_to(out).as_posix() for p in out.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.suffix != ".jsonl"}
