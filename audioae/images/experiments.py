@@ -26,7 +26,6 @@ from ..data.images import (
     photograph_patches,
 )
 from ..models import Autoencoder, build_model
-from ..models.corruption import add_gaussian_std, darken_patches
 from ..models.image import UNPOOLING, ImageAutoencoder, corrupt_images
 from ..models.sparsity import fraction_near_zero, hoyer_sparsity
 from ..train import fit_arrays
@@ -279,13 +278,6 @@ def _maps(cfg: ReportConfig, codes: np.ndarray, labels: np.ndarray) -> dict:
 # 3. Denoising photographs
 
 
-def _corrupt_test_image(img: torch.Tensor, kind: str, cfg: ReportConfig) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(cfg.seed + 4242)  # the same corruption every run
-    if kind == "gaussian":
-        return add_gaussian_std(img, cfg.noise_std, gen)
-    return darken_patches(img[None, None], cfg.dark_fraction, cfg.dark_patch, gen)[0, 0]
-
-
 def _gaussian_filter_oracle(noisy: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     """Best PSNR of a Gaussian blur over a few widths (chosen on the clean image: an upper bound)."""
     from scipy.ndimage import gaussian_filter
@@ -307,7 +299,8 @@ def denoising(cfg: ReportConfig, photos: Photos, plain: ImageAutoencoder | None)
                                      patch_fraction=cfg.dark_fraction, patch_size=cfg.dark_patch)
         model, info = _train("image", config, photos.train, cfg, cfg.photo_steps, batch_size=cfg.photo_batch_size,
                              seed_offset=10 + i)
-        noisy = _corrupt_test_image(clean, kind, cfg)  # [H, W]
+        # The model's own corruption, with a fixed seed: the same test image every run.
+        noisy = corrupt_images(clean[None, None], model.config, torch.Generator().manual_seed(cfg.seed + 4242))[0, 0]  # [H, W]
         out = reconstruct_image(model, noisy)  # [H, W]
         res = {"psnr_in": psnr(noisy, clean), "psnr_out": psnr(out, clean),
                "psnr_clean_through_model": psnr(reconstruct_image(model, clean), clean), **info}
