@@ -148,11 +148,9 @@ def _cmd_eval(args) -> int:
     else:
         print(format_table(report))
         if args.json_out:
-            from pathlib import Path
+            from .fileio import atomic_write_text
 
-            from .fileio import atomic_write_bytes
-
-            atomic_write_bytes(Path(args.json_out), (text + "\n").encode())
+            atomic_write_text(args.json_out, text + "\n")
             print(f"JSON: {args.json_out}")
     problems = report["errors"] or report["missing_enhanced"] or report["missing_noisy"]
     return 1 if problems else 0

@@ -13,7 +13,6 @@ Checks (each prints a line and lands in the JSON):
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 
@@ -22,6 +21,7 @@ import torch
 
 from audioae import pretrained
 from audioae.enhance import denoise, denoise_batch
+from audioae.fileio import atomic_write_json
 from audioae.train import load_run_config, pick_device, train
 
 
@@ -66,8 +66,7 @@ def main() -> None:
         torch.cuda.synchronize()
         res[f"{label}_audio_s_per_s"] = 64 * 3.0 / (time.perf_counter() - t)
         print(label, f"{res[f'{label}_audio_s_per_s']:.0f} s of audio per second")
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
+    atomic_write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
 from .plan import FileTask
-from .process import FileDenoiser
+from .process import BLOCK_SECONDS, FileDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _work(task: FileTask) -> FileResult:
 
 def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder, *, checkpoint: str, sha256: str,
               strength: float = 1.0, workers: int = 1, threads: int = 1,
-              block_seconds: float = 4.0) -> Iterator[FileResult]:
+              block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
     """Results for ``todo`` as files finish. ``model`` (already on its device) serves the
     in-process case; worker processes load ``checkpoint`` themselves (sha256-checked)."""
     if workers <= 1 or len(todo) <= 1:

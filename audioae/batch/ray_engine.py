@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .manifest import FileResult
 from .plan import FileTask
+from .process import BLOCK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _task_pool(ray, size: int) -> dict:
 
 def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, strength: float = 1.0,
             workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
-            block_seconds: float = 4.0) -> Iterator[FileResult]:
+            block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
     """Results for ``todo`` as the pipeline yields them. Joins the running Ray (``address`` when
     given, else the one this process already started, else a new local one)."""
     ray = require_ray()
