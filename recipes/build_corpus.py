@@ -650,7 +650,7 @@ def build_test_mixtures(out: Path, snrs: tuple[float, ...] = TEST_SNRS, per_cell
               for spk in speakers}
     meta = []
     names = sorted(speakers)
-    # Speakers drawn in proportion to the square root of their speech: a 40 s speaker still
+    # Speakers drawn in proportion to the square root of their speech: a 33 s speaker still
     # appears, without its few sentences being reused in a quarter of the mixtures.
     weights = np.sqrt([sum(len(c) for c in speakers[s]) for s in names])
     weights /= weights.sum()
