@@ -227,7 +227,7 @@ def _cmd_inspect(args) -> int:
     from pathlib import Path
 
     from .models.dictionary import SparseDictionary
-    from .plots import atom_bandwidths, plot_dictionary
+    from .plots import dictionary_stats, plot_dictionary
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
     path = resolve(args.model, DEFAULT_DECOMPOSER)
@@ -236,10 +236,7 @@ def _cmd_inspect(args) -> int:
         raise ValueError(f"{path}: inspect draws sparse_dict dictionaries, this is a {model.registry_name} model")
     out = Path(args.out or f"{path.name.removesuffix('.safetensors')}-dictionary.png")
     plot_dictionary(model, out)
-    centre, spread = atom_bandwidths(model)
-    print(json.dumps({"model": str(path), **model.describe(), "figure": str(out),
-                      "median_atom_bandwidth_hz": round(float(sorted(spread)[len(spread) // 2]), 1),
-                      "median_atom_centre_hz": round(float(sorted(centre)[len(centre) // 2]), 1)}, indent=2))
+    print(json.dumps({"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}, indent=2))
     return 0
 
 

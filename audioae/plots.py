@@ -118,6 +118,27 @@ def atom_bandwidths(model: SparseDictionary) -> tuple[np.ndarray, np.ndarray]:
     return centre, spread
 
 
+def octave_edges(sample_rate: int) -> list[float]:
+    """``0``, then one octave each up to the Nyquist frequency: 8 bands."""
+    return [0.0] + [sample_rate / 2 / 2**j for j in range(7, -1, -1)]
+
+
+def dictionary_stats(model: SparseDictionary) -> dict:
+    """What ``audioae inspect`` prints: atoms per octave band (by peak), and how bandwidth grows
+    with centre frequency (slope and correlation of a straight line in log-log: wavelets give 1)."""
+    centre, spread = atom_bandwidths(model)
+    peak = model.atom_frequencies().detach().numpy()
+    ok = (centre > 0) & (spread > 0)
+    lc, ls = np.log(centre[ok]), np.log(spread[ok])
+    edges = octave_edges(model.config.sample_rate)
+    return {"atoms_per_octave": np.histogram(peak, bins=edges)[0].tolist(),
+            "octave_edges_hz": [round(e, 1) for e in edges],
+            "bandwidth_loglog_slope": round(float(np.polyfit(lc, ls, 1)[0]), 3),
+            "bandwidth_loglog_correlation": round(float(np.corrcoef(lc, ls)[0, 1]), 3),
+            "median_atom_bandwidth_hz": round(float(np.sort(spread)[len(spread) // 2]), 1),
+            "median_atom_centre_hz": round(float(np.sort(centre)[len(centre) // 2]), 1)}
+
+
 def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
     """Every atom as a column (sorted by peak frequency, dB colour), where the atoms' peaks sit
     by octave, and bandwidth against centre frequency."""
@@ -138,7 +159,7 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
     fig.colorbar(im, ax=ax, label="dB re the largest atom value", pad=0.01)
 
     ax_oct = fig.add_subplot(grid[1, 0])
-    edges = [0.0] + [c.sample_rate / 2 / 2**j for j in range(7, -1, -1)]
+    edges = octave_edges(c.sample_rate)
     counts = np.histogram(peak, bins=edges)[0]
     ax_oct.bar(range(len(counts)), counts, color="tab:blue")
     ax_oct.set_xticks(range(len(counts)))
