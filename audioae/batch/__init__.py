@@ -8,7 +8,7 @@
 from .job import ENGINES, DenoiseOptions, run_denoise
 from .manifest import FileResult, read_manifest
 from .plan import MANIFEST_NAME, FileTask, part_path, plan_tasks
-from .process import FileDenoiser, denoise_padded
+from .process import FileDenoiser
 
 __all__ = [
     "ENGINES",
@@ -17,7 +17,6 @@ __all__ = [
     "FileDenoiser",
     "FileResult",
     "FileTask",
-    "denoise_padded",
     "part_path",
     "plan_tasks",
     "read_manifest",

@@ -97,9 +97,14 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path) 
         return
     from .local import run_local
 
-    model = load_checkpoint(ckpt, map_location=pick_device(opts.device), expected_sha256=expected)
-    yield from run_local(todo, model, checkpoint=str(ckpt), sha256=sha, strength=opts.strength,
-                         workers=opts.workers, threads=opts.threads, block_seconds=opts.block_seconds)
+    device = pick_device(opts.device)
+    pooled = opts.workers > 1 and len(todo) > 1
+    # A pool's workers load their own copies: the parent only checks the file (on CPU, so it
+    # holds no GPU memory of its own).
+    model = load_checkpoint(ckpt, map_location="cpu" if pooled else device, expected_sha256=expected)
+    yield from run_local(todo, None if pooled else model, checkpoint=str(ckpt), sha256=sha, device=str(device),
+                         strength=opts.strength, workers=opts.workers, threads=opts.threads,
+                         block_seconds=opts.block_seconds)
 
 
 def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -36,12 +36,17 @@ def _work(task: FileTask) -> FileResult:
     return _WORKER.run(task)
 
 
-def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder, *, checkpoint: str, sha256: str,
-              strength: float = 1.0, workers: int = 1, threads: int = 1,
+def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder | None, *, checkpoint: str, sha256: str,
+              device: str = "cpu", strength: float = 1.0, workers: int = 1, threads: int = 1,
               block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
     """Results for ``todo`` as files finish. ``model`` (already on its device) serves the
-    in-process case; worker processes load ``checkpoint`` themselves (sha256-checked)."""
+    in-process case (``workers`` 1 or a single file); worker processes load ``checkpoint``
+    themselves onto ``device`` (sha256-checked), so ``model`` may then be None."""
     if workers <= 1 or len(todo) <= 1:
+        if model is None:
+            from ..checkpoint import load_checkpoint
+
+            model = load_checkpoint(checkpoint, map_location=device, expected_sha256=sha256)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -52,7 +57,6 @@ def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder, *, checkpoin
         finally:
             torch.set_num_threads(before)
         return
-    device = str(next(model.parameters()).device)
     # spawn, not fork: forking a process whose torch thread pools are running can deadlock.
     ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(checkpoint, sha256, device, strength, threads, block_seconds))

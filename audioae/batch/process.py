@@ -17,13 +17,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, fit_length, read_audio, resample
-from ..enhance import StreamingDenoiser, _blend, denoise
+from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_pcm
+from ..enhance import StreamingDenoiser, denoise, denoise_batch
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
 from .plan import FileTask, part_path
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_SECONDS = 10.0  # read size of the streaming path: memory per channel ~ a few blocks
 BATCH_MAX_SECONDS = 30.0  # on a GPU, files up to this long are padded into shared batches
-BATCH_FILES = 16  # files per GPU batch
+BATCH_FILES = 16  # files per GPU batch (causal models; non-causal ones go one by one)
 
 
 def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
@@ -61,6 +62,25 @@ def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
     fallback = sf.default_subtype(fmt)
     log.warning("%s: cannot write subtype %s in %s; writing %s", name, subtype, fmt, fallback)
     return fmt, fallback
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A short file read whole, waiting for its GPU batch."""
+
+    task: FileTask
+    wav: np.ndarray  # [C, T]
+    sr: int
+    fmt: str
+    subtype: str
+    read_seconds: float
+
+
+def _read_whole(task: FileTask, f: sf.SoundFile) -> np.ndarray:
+    """All samples of an open file as ``[C, T]`` float32, validated like every other input."""
+    wav = np.ascontiguousarray(f.read(dtype="float32", always_2d=True).T)  # [C, T]
+    check_pcm(wav, f.samplerate, task.input)
+    return wav
 
 
 class _PartWriter:
@@ -119,7 +139,7 @@ class FileDenoiser:
                 if self.model.causal:
                     self._stream(task, f)
                 else:
-                    self._whole(task, f, data)
+                    self._whole(task, f)
         except Exception as exc:  # one bad file must never stop the job
             part_path(task.output).unlink(missing_ok=True)
             msg = str(exc) if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
@@ -146,11 +166,10 @@ class FileDenoiser:
             writer.abort()
             raise
 
-    def _whole(self, task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
+    def _whole(self, task: FileTask, f: sf.SoundFile) -> None:
         fmt, subtype = output_format(f.format, f.subtype, task.input)
-        wav, sr, info = read_audio(data if data is not None else task.input, name=task.input)  # [C, T]
-        y = denoise(self.model, wav, sr, strength=self.strength)  # [C, T]
-        self._write_whole(task, y, sr, fmt, subtype)
+        y = denoise(self.model, _read_whole(task, f), f.samplerate, strength=self.strength)  # [C, T]
+        self._write_whole(task, y, f.samplerate, fmt, subtype)
 
     @staticmethod
     def _write_whole(task: FileTask, y: np.ndarray, sr: int, fmt: str, subtype: str) -> None:
@@ -165,7 +184,8 @@ class FileDenoiser:
     # ---- many files -----------------------------------------------------------------------------
     def run_many(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
         """Results for ``items`` (in no guaranteed order). On CPU: one file at a time. On a GPU:
-        short files are padded into shared batches, long ones stream one at a time."""
+        short files share batches (:func:`audioae.enhance.denoise_batch`), long ones stream one
+        at a time."""
         if self.device.type == "cpu":
             for task, data in items:
                 yield self.run(task, data)
@@ -173,71 +193,51 @@ class FileDenoiser:
         yield from self._run_batched(items)
 
     def _run_batched(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
-        short: list[tuple[FileTask, np.ndarray, int, str, str, float]] = []
+        short: list[_Decoded] = []
         for task, data in items:
             t0 = time.perf_counter()
             try:
                 with _open(task, data) as f:
                     _check_header(task, f)
-                    is_short = f.frames / f.samplerate <= self.batch_max_seconds
-                    fmt, subtype = output_format(f.format, f.subtype, task.input)
-                if not is_short:
-                    yield self.run(task, data)
-                    continue
-                wav, sr, _ = read_audio(data if data is not None else task.input, name=task.input)  # [C, T]
-                short.append((task, wav, sr, fmt, subtype, time.perf_counter() - t0))
+                    if f.frames / f.samplerate > self.batch_max_seconds:
+                        decoded = None
+                    else:
+                        fmt, subtype = output_format(f.format, f.subtype, task.input)
+                        decoded = _Decoded(task, _read_whole(task, f), f.samplerate, fmt, subtype,
+                                           time.perf_counter() - t0)
             except Exception as exc:
                 yield FileResult(task.input, task.output, "error", str(exc), time.perf_counter() - t0)
-        short.sort(key=lambda s: s[1].shape[-1])  # similar lengths together: less padding
-        for i in range(0, len(short), self.batch_files):
-            yield from self._padded_group(short[i : i + self.batch_files])
+                continue
+            if decoded is None:
+                yield self.run(task, data)  # long: streams, bounded memory
+            else:
+                short.append(decoded)
+        short.sort(key=lambda d: d.wav.shape[-1])  # similar lengths together: less padding
+        # Only a causal model's outputs are independent of the end padding a shared batch adds.
+        size = self.batch_files if self.model.causal else 1
+        for i in range(0, len(short), size):
+            yield from self._batch(short[i : i + size])
 
-    def _padded_group(self, group) -> Iterator[FileResult]:
+    def _batch(self, group: list[_Decoded]) -> Iterator[FileResult]:
         t0 = time.perf_counter()
         try:
-            outs = denoise_padded(self.model, [g[1] for g in group], [g[2] for g in group], self.strength)
+            outs = denoise_batch(self.model, [(d.wav, d.sr, self.strength) for d in group])  # [C_i, T_i] each
         except torch.cuda.OutOfMemoryError:
             log.warning("GPU out of memory on a batch of %d files; doing them one by one", len(group))
             torch.cuda.empty_cache()
-            for task, *_ in group:
-                yield self.run(task)
+            for d in group:
+                yield self.run(d.task)
             return
         share = (time.perf_counter() - t0) / len(group)
-        for (task, wav, sr, fmt, subtype, t_read), y in zip(group, outs, strict=True):
+        for d, y in zip(group, outs, strict=True):
             t1 = time.perf_counter()
+            duration = d.wav.shape[-1] / d.sr
             try:
-                self._write_whole(task, y, sr, fmt, subtype)
+                self._write_whole(d.task, y, d.sr, d.fmt, d.subtype)
             except Exception as exc:
-                yield FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}",
-                                 t_read + share, wav.shape[-1] / sr)
+                yield FileResult(d.task.input, d.task.output, "error", f"{type(exc).__name__}: {exc}",
+                                 d.read_seconds + share, duration)
                 continue
-            yield FileResult(task.input, task.output, "ok", "", t_read + share + time.perf_counter() - t1,
-                             wav.shape[-1] / sr)
-
-
-@torch.inference_mode()
-def denoise_padded(model: SpectralAutoencoder, wavs: Sequence[np.ndarray], srs: Sequence[int],
-                   strength: float = 1.0) -> list[np.ndarray]:
-    """Denoise several ``[C_i, T_i]`` clips in ONE ``model.enhance`` call: each is resampled to the
-    model's rate, every channel becomes a row, rows are zero-padded to the longest, and each
-    output is cropped, resampled back and blended like :func:`audioae.enhance.denoise`.
-
-    For the GPU: one big batch instead of many small ones. Not bit-identical to per-file
-    processing: the zero padding changes the last STFT frame of a causal model's output (and, for
-    a bidirectional model, every frame a little), which is why the CPU path goes file by file.
-    """
-    msr = model.config.sample_rate
-    dev = next(model.parameters()).device
-    zs = [resample(torch.as_tensor(w, dtype=torch.float32), sr, msr) for w, sr in zip(wavs, srs, strict=True)]
-    n = max(z.shape[-1] for z in zs)
-    batch = torch.cat([torch.nn.functional.pad(z, (0, n - z.shape[-1])) for z in zs]).to(dev)  # [sum C_i, n]
-    y, _ = model.enhance(batch)  # [sum C_i, n]
-    y = y.float().cpu()
-    outs, row = [], 0
-    for w, sr, z in zip(wavs, srs, zs, strict=True):
-        c, t = z.shape
-        yi = fit_length(resample(y[row : row + c, :t], msr, sr), w.shape[-1])  # [C_i, T_i]
-        outs.append(_blend(yi, torch.as_tensor(w, dtype=torch.float32), strength).numpy())
-        row += c
-    return outs
+            yield FileResult(d.task.input, d.task.output, "ok", "",
+                             d.read_seconds + share + time.perf_counter() - t1, duration)
 

@@ -24,14 +24,16 @@ from pathlib import Path
 
 from .manifest import FileResult
 from .plan import FileTask
-from .process import BLOCK_SECONDS
+from .process import BATCH_FILES, BLOCK_SECONDS
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("the ray engine needs Ray, an optional extra: pip install 'audioae[ray]' "
                 "(or: pip install 'ray[data]>=2.9')")
 INLINE_MAX_BYTES = 32 << 20  # larger files are not copied through the object store: actors stream them
-ROWS_PER_BATCH = 4  # files per map_batches call (the GPU path pads these into shared batches)
+# Files per map_batches call: on CPU a few (actors share the work evenly); on a GPU as many as
+# one GPU batch holds (FileDenoiser batches them).
+CPU_ROWS_PER_BATCH = 4
 
 
 def require_ray():
@@ -133,7 +135,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, streng
         RayDenoiser,
         fn_constructor_kwargs={"model_bytes": model_bytes, "sha256": sha256, "strength": strength,
                                "device": device, "threads": threads, "block_seconds": block_seconds},
-        batch_size=ROWS_PER_BATCH,
+        batch_size=BATCH_FILES if gpus_per_worker > 0 else CPU_ROWS_PER_BATCH,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=threads,
