@@ -37,6 +37,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -392,6 +393,7 @@ def espeak_variants() -> list[str]:
     return sorted({line.split()[4].split("/")[-1] for line in res.stdout.splitlines()[1:] if len(line.split()) >= 5})
 
 
+# The TTS commands take the output path last, so that ``partial(command, ...)`` is a job.
 def tts_espeak(text: str, voice: str, rate: int, pitch: int, path: Path) -> None:
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "-w", str(path), text],
                    check=True, capture_output=True, timeout=60)
@@ -401,7 +403,7 @@ def tts_flite(text: str, voice: str, path: Path) -> None:
     subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True, capture_output=True, timeout=60)
 
 
-def tts_festival(text: str, voice: str, path: Path, encoding: str = "latin-1") -> None:
+def tts_festival(text: str, voice: str, path: Path, *, encoding: str = "latin-1") -> None:
     """Festival's ``text2wave`` reads 8-bit text: ISO-8859-2 for the Czech voices, Latin-1 otherwise."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding=encoding, errors="replace", delete=False) as fh:
         fh.write(text)
@@ -435,6 +437,17 @@ def _stable_rng(*keys: str) -> np.random.Generator:
     return np.random.default_rng(int(hashlib.sha256("/".join(keys).encode()).hexdigest()[:12], 16))
 
 
+def _pick(rng: np.random.Generator, items: list[str]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
+def synthesize_all(jobs: list[tuple[Path, Callable[[Path], None]]], workers: int) -> int:
+    """Run ``(target, tts_command)`` jobs in a thread pool (the work is in the subprocesses);
+    returns how many new utterances were stored."""
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(lambda job: synth_to(*job), jobs))
+
+
 def build_espeak(out: Path, per_voice: int, workers: int) -> None:
     """espeak-ng: every variant speaks sentences in several languages, at varied rate and pitch.
 
@@ -447,13 +460,12 @@ def build_espeak(out: Path, per_voice: int, workers: int) -> None:
         rng = _stable_rng("espeak", var)
         langs = [lang for lang in ESPEAK_LANGS if texts[lang]]
         for k in range(per_voice):
-            lang = langs[int(rng.integers(len(langs)))]
-            text = texts[lang][int(rng.integers(len(texts[lang])))]
+            lang = _pick(rng, langs)
+            text = _pick(rng, texts[lang])
             rate, pitch = int(rng.integers(120, 200)), int(rng.integers(20, 80))
             target = out / split / "speech" / "espeak" / f"{safe_name(var)}_{lang}_{k:03d}.wav"
-            jobs.append((target, f"{lang}+{var}", rate, pitch, text))
-    with ThreadPoolExecutor(workers) as pool:
-        made = sum(pool.map(lambda j: synth_to(j[0], lambda p: tts_espeak(j[4], j[1], j[2], j[3], p)), jobs))
+            jobs.append((target, partial(tts_espeak, text, f"{lang}+{var}", rate, pitch)))
+    made = synthesize_all(jobs, workers)
     log.info("espeak-ng: %d variants, %d new utterances", len(variants), made)
 
 
@@ -463,10 +475,9 @@ def build_flite(out: Path, per_voice: int, workers: int) -> None:
     for voice, split in FLITE_VOICES.items():
         rng = _stable_rng("flite", voice)
         for k in range(per_voice):
-            text = texts[int(rng.integers(len(texts)))]
-            jobs.append((out / split / "speech" / "flite" / f"{voice}_{k:03d}.wav", voice, text))
-    with ThreadPoolExecutor(workers) as pool:
-        made = sum(pool.map(lambda j: synth_to(j[0], lambda p: tts_flite(j[2], j[1], p)), jobs))
+            jobs.append((out / split / "speech" / "flite" / f"{voice}_{k:03d}.wav",
+                         partial(tts_flite, _pick(rng, texts), voice)))
+    made = synthesize_all(jobs, workers)
     log.info("flite: %d new utterances", made)
 
 
@@ -477,19 +488,19 @@ def festival_voices() -> set[str]:
 
 def build_festival(out: Path, per_voice: int, workers: int) -> None:
     installed = festival_voices()
-    jobs = []
+    jobs, voices = [], 0
     for voice, (lang, split) in FESTIVAL_VOICES.items():
         if voice not in installed:
             continue
+        voices += 1
         texts = sentences(lang) or sentences("en")
+        enc = "iso-8859-2" if lang == "cs" else "latin-1"
         rng = _stable_rng("festival", voice)
         for k in range(per_voice):
-            text = texts[int(rng.integers(len(texts)))]
-            enc = "iso-8859-2" if lang == "cs" else "latin-1"
-            jobs.append((out / split / "speech" / "festival" / f"{voice[6:]}_{k:03d}.wav", voice, text, enc))
-    with ThreadPoolExecutor(workers) as pool:
-        made = sum(pool.map(lambda j: synth_to(j[0], lambda p: tts_festival(j[2], j[1], p, j[3])), jobs))
-    log.info("festival: %d voices, %d new utterances", len({j[1] for j in jobs}), made)
+            jobs.append((out / split / "speech" / "festival" / f"{voice[6:]}_{k:03d}.wav",
+                         partial(tts_festival, _pick(rng, texts), voice, encoding=enc)))
+    made = synthesize_all(jobs, workers)
+    log.info("festival: %d voices, %d new utterances", voices, made)
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,19 +576,19 @@ def babble_clip(rng: np.random.Generator, utterances: list[np.ndarray], seconds:
 
 def build_babble(out: Path, split: str, count: int, seconds: float, exclude: str = "") -> None:
     """Babble from 4-8 talkers of the split's own speakers (test: every speaker but ``exclude``)."""
+    folder = out / split / "noise" / "babble"
+    tag = f"babble_no-{exclude}" if exclude else "babble"
+    todo = [k for k in range(count) if not (folder / f"{tag}_{k:03d}.wav").exists()]
+    if not todo:  # a rerun: skip loading the split's speech
+        return
     speech_root = out / split / "speech"
-    pools = {d.name: load_clips(d) for d in sorted(speech_root.iterdir()) if d.is_dir() and d.name != exclude}
-    utterances = [u for clips in pools.values() for u in clips]
+    utterances = [u for d in sorted(speech_root.iterdir()) if d.is_dir() and d.name != exclude for u in load_clips(d)]
     if not utterances:
         log.warning("no %s speech for babble", split)
         return
-    folder = out / split / "noise" / "babble"
-    tag = f"babble_no-{exclude}" if exclude else "babble"
     made = 0
-    for k in range(count):
+    for k in todo:
         target = folder / f"{tag}_{k:03d}.wav"
-        if target.exists():
-            continue
         rng = _stable_rng("babble", split, exclude, str(k))
         save(target, babble_clip(rng, utterances, seconds, int(rng.integers(4, 9))), subtype="FLOAT")
         made += 1
@@ -730,7 +741,8 @@ STAGES = ("packages", "opensfx", "espeak", "flite", "festival", "synthetic", "ba
           "summary")
 
 
-def run(out: Path, stages: tuple[str, ...], workers: int, scale: float, only: tuple[str, ...] = ()) -> None:
+def run(out: Path, stages: tuple[str, ...], workers: int, scale: float, only: tuple[str, ...] = ()) -> dict | None:
+    """Build the ``stages``; returns the corpus summary when the summary stage ran."""
     def n(x: int) -> int:
         return max(1, int(round(x * scale)))
 
@@ -757,11 +769,13 @@ def run(out: Path, stages: tuple[str, ...], workers: int, scale: float, only: tu
             build_babble(out, "test", n(6), 10.0, exclude=spk)
     if "mixtures" in stages:
         build_test_mixtures(out)
-    if "summary" in stages:
-        summary = summarize(out)
-        (out / "manifest.md").write_text(summary_markdown(summary))
-        for line in summary_lines(summary):
-            log.info("%s", line)
+    if "summary" not in stages:
+        return None
+    summary = summarize(out)
+    (out / "manifest.md").write_text(summary_markdown(summary))
+    for line in summary_lines(summary):
+        log.info("%s", line)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -779,9 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         ap.error(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
-    run(args.out, stages, args.workers, args.scale, tuple(s for s in args.only.split(",") if s))
+    summary = run(args.out, stages, args.workers, args.scale, tuple(s for s in args.only.split(",") if s))
     if args.ready:
-        lines = summary_lines(summarize(args.out))
+        lines = summary_lines(summary or summarize(args.out))
         (args.out / "READY").write_text("\n".join(lines) + "\n")
     return 0
 
