@@ -122,10 +122,10 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
     """Partition the active units: ``none`` (one per unit), ``band`` (dyadic bands by the atom's
     peak frequency) or ``cluster`` (k-means over atom shape and activity).
     ``activations [U, N]``, ``energy [U]``."""
-    freqs = model.atom_frequencies(atoms).detach().numpy()
-    if group == "none":
-        return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
-    if group == "band":
+    if group in ("none", "band"):
+        freqs = model.atom_frequencies(atoms).detach().numpy()
+        if group == "none":
+            return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
         return _band_groups(freqs, active, model.config.sample_rate / 2, n_groups)
     if group == "cluster":
         spectra = model.atom_spectra(atoms).detach().numpy()
@@ -253,13 +253,19 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
 
 
 # ---- a summary people can read ------------------------------------------------------------------
+def active_frames(envelope: np.ndarray, floor_db: float = ACTIVE_DB) -> np.ndarray:
+    """``[N]`` bool: frames whose energy is within ``floor_db`` of the envelope's peak (none of a
+    silent envelope)."""
+    if envelope.size == 0 or envelope.max() <= 0:
+        return np.zeros(envelope.shape, bool)
+    return envelope >= envelope.max() * 10 ** (floor_db / 10)
+
+
 def active_intervals(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTIVE_DB,
                      min_gap: float = 0.05, max_intervals: int = 50) -> list[list[float]]:
     """``[start, end]`` seconds where ``envelope [N]`` (energy per frame) is within ``floor_db`` of
     its peak; gaps shorter than ``min_gap`` seconds are bridged."""
-    if envelope.size == 0 or envelope.max() <= 0:
-        return []
-    on = envelope >= envelope.max() * 10 ** (floor_db / 10)
+    on = active_frames(envelope, floor_db)
     spans: list[list[float]] = []
     n = 0
     while n < len(on):
@@ -283,7 +289,7 @@ def summarize(dec: Decomposition) -> dict:
     comps = []
     for k in range(len(dec.labels)):
         env = dec.envelopes[k]
-        on = env >= env.max() * 10 ** (ACTIVE_DB / 10) if env.size and env.max() > 0 else np.zeros(0, bool)
+        on = active_frames(env)
         comps.append({
             "index": k,
             "label": dec.labels[k],
