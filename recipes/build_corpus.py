@@ -61,6 +61,7 @@ NOISE_CHUNK_SECONDS = 15.0  # long noise files (music, ambience) are cut into pi
 NOISE_CAP_SECONDS = 900.0  # at most this much audio from one noise source: keeps the mix balanced
 TEST_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
 TEST_PER_CELL = 4  # mixtures per (noise type, SNR)
+VAL_PER_CELL = 2  # the val split has 11 noise folders
 
 
 # --------------------------------------------------------------------------------------------
@@ -645,20 +646,26 @@ def make_mixture(rng: np.random.Generator, speech: list[np.ndarray], noise: list
     return noisy * g, clean * g, gain_db
 
 
-def build_test_mixtures(out: Path, snrs: tuple[float, ...] = TEST_SNRS, per_cell: int = TEST_PER_CELL) -> None:
-    """Fixed noisy/clean pairs: every labelled test noise type at every SNR, ``per_cell`` each,
-    3-8 s long, each from one held-out speaker; babble never contains the target's own speaker."""
-    mix_dir = out / "test" / "mixtures"
+def build_mixtures(out: Path, split: str = "test", snrs: tuple[float, ...] = TEST_SNRS,
+                   per_cell: int = TEST_PER_CELL) -> None:
+    """Fixed noisy/clean pairs in ``<split>/mixtures``: every noise folder of the split at every
+    SNR, ``per_cell`` each, 3-8 s long, each from one speaker (folder) of the split.
+
+    ``test`` is the benchmark's set: held-out speakers, and babble never contains the target's
+    own speaker. ``val`` is the same kind of set from the validation split, so checkpoints can be
+    compared per noise type and SNR (``benchmarks/denoise_bench.py --testset corpus/val/mixtures``)
+    without looking at the test set; its babble is the split's own."""
+    mix_dir = out / split / "mixtures"
     if (mix_dir / "meta.json").exists():
-        log.info("test mixtures exist: kept (delete %s to rebuild)", mix_dir)
+        log.info("%s mixtures exist: kept (delete %s to rebuild)", split, mix_dir)
         return
-    speakers = {d.name: load_clips(d) for d in sorted((out / "test" / "speech").iterdir()) if d.is_dir()}
-    noise_root = out / "test" / "noise"
+    speakers = {d.name: load_clips(d) for d in sorted((out / split / "speech").iterdir()) if d.is_dir()}
+    noise_root = out / split / "noise"
     types = sorted(d.name for d in noise_root.iterdir() if d.is_dir())
     noise_pools = {t: load_clips(noise_root / t) for t in types if t != "babble"}
     babble_files = sorted((noise_root / "babble").rglob("*.wav"))
-    babble = {spk: [sf.read(str(f), dtype="float32")[0] for f in babble_files if f"no-{spk}_" in f.name]
-              for spk in speakers}
+    babble = {spk: [sf.read(str(f), dtype="float32")[0] for f in babble_files
+                    if split != "test" or f"no-{spk}_" in f.name] for spk in speakers}
     meta = []
     names = sorted(speakers)
     # Speakers drawn in proportion to the square root of their speech: a 33 s speaker still
@@ -668,7 +675,8 @@ def build_test_mixtures(out: Path, snrs: tuple[float, ...] = TEST_SNRS, per_cell
     for t in types:
         for snr in snrs:
             for k in range(per_cell):
-                rng = _stable_rng("mixture", t, str(snr), str(k))
+                keys = ("mixture", t, str(snr), str(k))
+                rng = _stable_rng(*(keys if split == "test" else (split, *keys)))
                 spk = names[int(rng.choice(len(names), p=weights))]
                 pool = babble[spk] if t == "babble" else noise_pools[t]
                 seconds = float(np.round(rng.uniform(3.0, 8.0), 2))
@@ -680,7 +688,7 @@ def build_test_mixtures(out: Path, snrs: tuple[float, ...] = TEST_SNRS, per_cell
                              "gain_db": round(gain_db, 2)})
     _write_json(mix_dir / "meta.json", {"sample_rate": SR, "snrs": list(snrs), "noise_types": types,
                                         "speakers": names, "mixtures": meta})
-    log.info("test mixtures: %d (%d types x %d SNRs x %d)", len(meta), len(types), len(snrs), per_cell)
+    log.info("%s mixtures: %d (%d types x %d SNRs x %d)", split, len(meta), len(types), len(snrs), per_cell)
 
 
 # --------------------------------------------------------------------------------------------
@@ -703,9 +711,10 @@ def summarize(out: Path) -> dict:
                 files = sorted(d.rglob("*.wav"))
                 secs = sum(wav_seconds(f) for f in files)
                 summary.setdefault(split, {}).setdefault(kind, {})[d.name] = {"files": len(files), "seconds": round(secs, 1)}
-    mix = out / "test" / "mixtures" / "meta.json"
-    if mix.exists():
-        summary["test_mixtures"] = len(json.loads(mix.read_text())["mixtures"])
+    for split in ("val", "test"):
+        mix = out / split / "mixtures" / "meta.json"
+        if mix.exists():
+            summary[f"{split}_mixtures"] = len(json.loads(mix.read_text())["mixtures"])
     _write_json(out / "manifest.json", summary)
     return summary
 
@@ -730,15 +739,16 @@ def summary_lines(summary: dict) -> list[str]:
             files = sum(s["files"] for s in sources.values())
             hours = sum(s["seconds"] for s in sources.values()) / 3600
             lines.append(f"{split}/{kind}: {files} files, {hours:.2f} h, {len(sources)} sources")
-    if "test_mixtures" in summary:
-        lines.append(f"test/mixtures: {summary['test_mixtures']} pairs")
+    for split in ("val", "test"):
+        if f"{split}_mixtures" in summary:
+            lines.append(f"{split}/mixtures: {summary[f'{split}_mixtures']} pairs")
     return lines
 
 
 # --------------------------------------------------------------------------------------------
 
 STAGES = ("packages", "opensfx", "espeak", "flite", "festival", "synthetic", "babble", "babble_test", "mixtures",
-          "summary")
+          "val_mixtures", "summary")
 
 
 def run(out: Path, stages: tuple[str, ...], workers: int, scale: float, only: tuple[str, ...] = ()) -> dict | None:
@@ -768,7 +778,9 @@ def run(out: Path, stages: tuple[str, ...], workers: int, scale: float, only: tu
         for spk in test_speakers:
             build_babble(out, "test", n(6), 10.0, exclude=spk)
     if "mixtures" in stages:
-        build_test_mixtures(out)
+        build_mixtures(out, "test")
+    if "val_mixtures" in stages:
+        build_mixtures(out, "val", per_cell=VAL_PER_CELL)
     if "summary" not in stages:
         return None
     summary = summarize(out)

@@ -87,20 +87,23 @@ def test_opensfx_reader_parses_the_cat_layout(tmp_path):
     assert got[1][1][0] == pytest.approx(-0.5, abs=1e-4)
 
 
-def _tiny_corpus(root: Path) -> None:
+def _tiny_corpus(root: Path, split: str = "test") -> None:
     rng = np.random.default_rng(3)
     for spk in ("alice", "bob", "carol"):
         for k in range(3):
-            _write(root / "test" / "speech" / spk / f"{k}.wav", synthetic.speech_like(rng, rng.uniform(0.6, 2.0), SR))
+            _write(root / split / "speech" / spk / f"{k}.wav", synthetic.speech_like(rng, rng.uniform(0.6, 2.0), SR))
     for fam in ("white", "clicks"):
-        _write(root / "test" / "noise" / fam / "a.wav", synthetic.noise(rng, 10.0, SR, fam))
+        _write(root / split / "noise" / fam / "a.wav", synthetic.noise(rng, 10.0, SR, fam))
+    if split != "test":
+        bc.build_babble(root, split, 2, 9.0)
+        return
     for spk in ("alice", "bob", "carol"):
         bc.build_babble(root, "test", 1, 9.0, exclude=spk)
 
 
 def test_build_test_mixtures_layout_and_labels(tmp_path):
     _tiny_corpus(tmp_path)
-    bc.build_test_mixtures(tmp_path, snrs=(-5.0, 10.0), per_cell=2)
+    bc.build_mixtures(tmp_path, "test", snrs=(-5.0, 10.0), per_cell=2)
     mix = tmp_path / "test" / "mixtures"
     meta = json.loads((mix / "meta.json").read_text())
     assert meta["noise_types"] == ["babble", "clicks", "white"]
@@ -116,9 +119,25 @@ def test_build_test_mixtures_layout_and_labels(tmp_path):
     assert [p.name for p in babble] == [f"babble_no-{s}_000.wav" for s in ("alice", "bob", "carol")]
 
 
+def test_val_mixtures_come_from_the_val_split_with_their_own_seeds(tmp_path):
+    _tiny_corpus(tmp_path, "val")
+    _tiny_corpus(tmp_path, "test")
+    bc.build_mixtures(tmp_path, "val", snrs=(0.0, 10.0), per_cell=1)
+    bc.build_mixtures(tmp_path, "test", snrs=(0.0, 10.0), per_cell=1)
+    val, test = (json.loads((tmp_path / s / "mixtures" / "meta.json").read_text()) for s in ("val", "test"))
+    assert val["noise_types"] == ["babble", "clicks", "white"] and len(val["mixtures"]) == 6
+    for item in val["mixtures"]:  # babble from the split's own pool (not per speaker)
+        noisy, _ = sf.read(str(tmp_path / "val" / "mixtures" / "noisy" / item["file"]), dtype="float32")
+        clean, _ = sf.read(str(tmp_path / "val" / "mixtures" / "clean" / item["file"]), dtype="float32")
+        assert bc.measured_snr(clean, noisy - clean) == pytest.approx(item["snr_db"], abs=0.01)
+    # same names, different draws: the val set is not a copy of the test set's choices
+    assert [m["file"] for m in val["mixtures"]] == [m["file"] for m in test["mixtures"]]
+    assert [m["seconds"] for m in val["mixtures"]] != [m["seconds"] for m in test["mixtures"]]
+
+
 def test_benchmark_peers_keep_length_and_score(tmp_path):
     _tiny_corpus(tmp_path)
-    bc.build_test_mixtures(tmp_path, snrs=(0.0,), per_cell=1)
+    bc.build_mixtures(tmp_path, "test", snrs=(0.0,), per_cell=1)
     mix = tmp_path / "test" / "mixtures"
     out = tmp_path / "res.json"
     bench.main(["--testset", str(mix), "--out", str(out), "--methods", "rnnoise,noisereduce_stationary,unprocessed",
