@@ -161,7 +161,7 @@ def read_mono(path: Path) -> tuple[np.ndarray, int]:
 
 
 def evaluate(methods: dict[str, Method], folder: Path, items: list[dict]) -> dict[str, list[dict]]:
-    """Per-file scores: ``{method: [{file, noise_type, snr_db, si_sdr, si_sdr_i, pesq, stoi}]}``."""
+    """Per-file scores: ``{method: [{file, noise_type, snr_db, speaker, si_sdr, si_sdr_i, pesq, stoi}]}``."""
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     for i, item in enumerate(items):
         noisy, sr = read_mono(folder / "noisy" / item["file"])
@@ -172,7 +172,7 @@ def evaluate(methods: dict[str, Method], folder: Path, items: list[dict]) -> dic
                 raise RuntimeError(f"{name} returned {est.shape} for input {noisy.shape}: length contract broken")
             s = score(est, clean, sr, noisy=noisy)
             rows[name].append({"file": item["file"], "noise_type": item["noise_type"], "snr_db": item["snr_db"],
-                               **{k: float(s[k]) for k in METRICS}})
+                               "speaker": item.get("speaker", ""), **{k: float(s[k]) for k in METRICS}})
         if (i + 1) % 20 == 0 or i + 1 == len(items):
             log.info("scored %d/%d mixtures", i + 1, len(items))
     return rows
@@ -187,7 +187,7 @@ def mean_scores(rows: list[dict]) -> dict[str, float]:
 
 
 def aggregate(rows: dict[str, list[dict]]) -> dict:
-    """Means overall, per noise type and per SNR, for each method."""
+    """Means overall, per noise type, per SNR and per speaker, for each method."""
     result: dict = {}
     for name, rs in rows.items():
         types = sorted({r["noise_type"] for r in rs})
@@ -198,6 +198,8 @@ def aggregate(rows: dict[str, list[dict]]) -> dict:
             "hard_-5_to_10dB": mean_scores(hard) if hard else {},
             "per_noise_type": {t: mean_scores([r for r in rs if r["noise_type"] == t]) for t in types},
             "per_snr": {f"{s:g}": mean_scores([r for r in rs if r["snr_db"] == s]) for s in snrs},
+            "per_speaker": {k: mean_scores([r for r in rs if r.get("speaker", "") == k])
+                            for k in sorted({r.get("speaker", "") for r in rs})},
         }
     return result
 
@@ -265,13 +267,16 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {_fmt(o['si_sdr'])} | {_fmt(o['si_sdr_i'])} | {_fmt(o['pesq'])} "
                      f"| {_fmt(o['stoi'], 3)} | {_fmt(h.get('si_sdr_i', math.nan))} | {_fmt(h.get('pesq', math.nan))} "
                      f"| {wall} | {cpu} |")
-    for group, title in (("per_noise_type", "noise type"), ("per_snr", "SNR (dB)")):
-        keys = list(next(iter(q.values()))[group])
-        for metric, label in (("si_sdr_i", "SI-SDR improvement (dB)"), ("pesq", "PESQ wb")):
+    for group, title in (("per_noise_type", "noise type"), ("per_snr", "SNR (dB)"), ("per_speaker", "speaker")):
+        keys = list(next(iter(q.values())).get(group, {}))
+        if not keys:  # results written before per-speaker scores existed
+            continue
+        for metric, label, digits in (("si_sdr_i", "SI-SDR improvement (dB)", 2), ("pesq", "PESQ wb", 2),
+                                      ("stoi", "STOI", 3)):
             lines += ["", f"{label} per {title}:", "",
                       "| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
             for name, agg in q.items():
-                lines.append(f"| {name} | " + " | ".join(_fmt(agg[group][k][metric]) for k in keys) + " |")
+                lines.append(f"| {name} | " + " | ".join(_fmt(agg[group][k][metric], digits) for k in keys) + " |")
     return "\n".join(lines)
 
 
