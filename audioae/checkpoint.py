@@ -38,7 +38,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | None = None,
                     write_sha256: bool = True) -> str:
-    """Write ``model`` atomically; returns the file's sha256 (also written to ``<path>.sha256``)."""
+    """Write ``model`` atomically; returns the file's sha256 (also written to ``<path>.sha256``
+    unless ``write_sha256`` is false; a stale one is removed either way)."""
     path = Path(path)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -51,10 +52,14 @@ def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | N
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = st_save(state, metadata=meta)
-    atomic_write_bytes(path, data)
     digest = hashlib.sha256(data).hexdigest()
+    sidecar = path.with_name(path.name + ".sha256")
+    # The old hash goes first: a kill (or a reader) between the two renames then finds a checkpoint
+    # without a hash file, which loads, never a new checkpoint beside the old file's hash.
+    sidecar.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
     if write_sha256:
-        atomic_write_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
+        atomic_write_bytes(sidecar, f"{digest}  {path.name}\n".encode())
     return digest
 
 

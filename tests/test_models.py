@@ -76,6 +76,18 @@ def test_tampered_checkpoint_fails_clearly(tmp_path):
         load_checkpoint(path)
 
 
+def test_overwriting_a_checkpoint_never_leaves_the_old_hash_beside_it(tmp_path):
+    """The old .sha256 is removed before the new weights land: saving without a hash file over a
+    checkpoint that had one (as training's last/best do) must leave a loadable file."""
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny("recurrent"), path)
+    torch.manual_seed(1)
+    other = tiny("recurrent")
+    save_checkpoint(other, path, write_sha256=False)
+    assert not path.with_name(path.name + ".sha256").exists()
+    assert torch.equal(load_checkpoint(path).state_dict()["to_out.bias"], other.state_dict()["to_out.bias"])
+
+
 def test_truncated_checkpoint_fails_clearly(tmp_path):
     path = tmp_path / "m.safetensors"
     save_checkpoint(tiny("recurrent"), path, write_sha256=False)
