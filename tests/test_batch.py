@@ -145,6 +145,8 @@ def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckp
     s = run_denoise([src], out, opts)
     assert (s["skipped"], s["ok"], s["error"]) == (len(TREE), 0, 1)
     assert len(read_manifest(out / "audioae-manifest.jsonl")) == len(TREE) + 1  # compacted
+    run_denoise([src], out, opts)  # a third run: durations survive lines that were "skipped"
+    assert by_input(out)["stereo.wav"]["duration"] == pytest.approx(1.2)
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), overwrite=True, progress=False))
     assert (s["skipped"], s["ok"]) == (0, len(TREE))
     assert sf.info(out / "top.wav").frames == sf.info(src / "top.wav").frames

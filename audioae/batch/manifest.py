@@ -86,9 +86,10 @@ class ManifestWriter:
 
 
 def previous_durations(path: str | os.PathLike) -> dict[str, float]:
-    """Audio durations recorded by earlier runs, so skipped files still count in the summary."""
+    """Audio durations recorded by earlier runs, so skipped files keep theirs in the manifest
+    (a file's line after compaction may itself be a "skipped" one carrying it forward)."""
     return {r["input"]: r["duration"] for r in read_manifest(path)
-            if r.get("status") == "ok" and isinstance(r.get("duration"), int | float)}
+            if r.get("status") in ("ok", "skipped") and isinstance(r.get("duration"), int | float)}
 
 
 def summarize(results: Iterable[FileResult], wall_seconds: float) -> dict:
