@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from audioae.checkpoint import load_checkpoint
@@ -35,14 +36,15 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys):
               "--set", "model.config.hidden=16"]
     assert main(["train", *common, "--steps", "4"]) == 0
     first = load_checkpoint(out / "last.safetensors").state_dict()
-    capsys.readouterr()
+    per_step = json.loads(capsys.readouterr().out)["audio_seconds"] / 4
     assert main(["train", *common, "--steps", "7"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 7
+    assert summary["audio_seconds"] == pytest.approx(per_step * 3)  # only steps 5..7 ran: it resumed, not restarted
     resumed = load_checkpoint(out / "last.safetensors").state_dict()
     assert any(not torch.equal(first[k], resumed[k]) for k in first)
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 7
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 7  # one record per step, none repeated
 
 
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
