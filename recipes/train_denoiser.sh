@@ -19,7 +19,8 @@ DF_MINUTES=${4:-46}
 DF_DECAY_MINUTES=${5:-25}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
 if [ ! -f corpus/READY ]; then
-  bash recipes/install_corpus_packages.sh
+  # apt-get needs root: sudo when this shell is not root already.
+  if [ "$(id -u)" -eq 0 ]; then bash recipes/install_corpus_packages.sh; else sudo bash recipes/install_corpus_packages.sh; fi
   python recipes/build_corpus.py --ready
 fi
 audioae train configs/denoiser-small.toml --set train.max_minutes="$MINUTES"
