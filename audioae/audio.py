@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
+# torchaudio's resampler builds a filter bank of (new/g) x (orig/g + 2 * width) floats, g = gcd:
+# 44101 -> 16000 Hz would be ~700 M floats (2.8 GB). The product of the reduced rates bounds it
+# (the bank stays under ~15x the product: 60 MB here). The standard rates against 16000 Hz need
+# at most 282,240 (11025 Hz: 441 x 640); tested.
+MAX_RESAMPLE_PRODUCT = 1_000_000
 
 
 class AudioError(ValueError):
@@ -116,11 +122,30 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
         sf.write(fh, data, sr, format=fmt, subtype=subtype)
 
 
+def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:
+    """Raise :class:`AudioError` when resampling ``orig_sr`` -> ``new_sr`` would need a huge
+    filter bank: rates that share almost no factor (44101 and 16000 share only 1).
+    ``target`` names the new rate for people, e.g. ``"the model's "``."""
+    g = math.gcd(orig_sr, new_sr)
+    a, b = orig_sr // g, new_sr // g
+    if a * b > MAX_RESAMPLE_PRODUCT:
+        width = math.ceil(6 * a / (min(a, b) * 0.99))  # torchaudio's defaults: 6 zero crossings, rolloff 0.99
+        raise AudioError(
+            f"a sample rate of {orig_sr} Hz cannot be resampled to {target}{new_sr} Hz efficiently: "
+            f"the two rates reduce to {a}:{b}, which needs a {4 * b * (a + 2 * width) / 1e6:,.0f} MB "
+            f"resampling filter; resample the audio to a standard rate such as 16000, 44100 or "
+            f"48000 Hz first"
+        )
+
+
 def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """Resample along the last axis with torchaudio's windowed-sinc resampler."""
+    """Resample along the last axis with torchaudio's windowed-sinc resampler.
+
+    Raises :class:`AudioError` for rate pairs :func:`check_resample` refuses."""
     x = torch.as_tensor(wav, dtype=torch.float32)
     if orig_sr == new_sr:
         return x
+    check_resample(orig_sr, new_sr)
     return AF.resample(x, orig_sr, new_sr)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
-from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
+from .audio import AudioError, as_channels_first, check_pcm, check_resample, fit_length, resample
 from .models import SpectralAutoencoder
 from .spectral import StreamingSTFT
 
@@ -95,6 +95,7 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     dev = _device_of(model)
     specs, lengths = [], []
     for wav, sr, _ in items:
+        check_resample(sr, msr, target="the model's ")
         z = resample(torch.as_tensor(np.ascontiguousarray(wav), dtype=torch.float32), sr, msr).to(dev)  # [C, T']
         specs.append(model.stft(z))  # [C, F, N_i]
         lengths.append(z.shape[-1])
@@ -139,13 +140,15 @@ class StreamingResampler:
 
     Works in blocks of ``orig/g`` input samples (``new/g`` output samples, ``g = gcd``): an output
     block depends on the input within the sinc kernel's width of its block, so each call resamples
-    a short segment with that much context on both sides and keeps the middle.
+    a short segment with that much context on both sides and keeps the middle. Raises
+    :class:`~audioae.audio.AudioError` for rate pairs :func:`~audioae.audio.check_resample` refuses.
     """
 
     LOWPASS_WIDTH = 6  # torchaudio's default lowpass_filter_width
     ROLLOFF = 0.99
 
-    def __init__(self, orig_sr: int, new_sr: int, channels: int):
+    def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = ""):
+        check_resample(orig_sr, new_sr, target=target)  # the blocks below are orig/g samples long
         self.orig_sr, self.new_sr = orig_sr, new_sr
         g = math.gcd(orig_sr, new_sr)
         self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
@@ -203,7 +206,7 @@ class StreamingDenoiser:
         c = model.config
         self.model, self.sr, self.strength = model, sr, strength
         self.device = _device_of(model)
-        self.down = StreamingResampler(sr, c.sample_rate, channels)
+        self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ")
         self.up = StreamingResampler(c.sample_rate, sr, channels)
         self.stft = StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device)
         self.state = model.stream_init(channels)

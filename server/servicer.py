@@ -10,6 +10,7 @@ build lacks the decomposition module.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import time
@@ -19,9 +20,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
+import soundfile as sf
 import torch
 
-from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, resample
+from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_resample, resample
 from audioae.client import (
     MAX_CHANNELS,
     array_from_tensor,
@@ -45,7 +47,16 @@ from .store import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 MAX_FIT_STEPS = 100  # per-signal fit steps a Decompose call may ask for (each costs about one encoder pass)
+# An encoded upload may decode to --max-audio-seconds of this (or to as many samples as the largest
+# int16 PCM message carries, if more): FLAC of silence compresses ~1000:1, so the message limit
+# alone does not bound the decoded size.
+DECODE_BUDGET_RATE, DECODE_BUDGET_CHANNELS = 48_000, 2
+# Decompose builds every component waveform [K, C, T] float32 at the caller's rate, returned or
+# not; its worst case (K = top_k, or every unit / group) must fit in this.
+MAX_COMPONENT_BYTES = 1 << 30
+DECOMPOSE_GROUPS = 8  # components of group=band / cluster (decompose's n_groups)
 
 
 def _unary(method: Callable) -> Callable:
@@ -69,6 +80,31 @@ def _unary(method: Callable) -> Callable:
             self.metrics.inflight.dec()
 
     return wrapper
+
+
+def _declared_shape(audio) -> tuple[int, int, int] | None:
+    """``(frames, channels, sample_rate)`` of an ``Audio`` message without decoding it: the
+    encoded file's header, or the PCM byte count. None when malformed (the decode says why)."""
+    if audio.WhichOneof("data") == "encoded":
+        try:
+            info = sf.info(io.BytesIO(audio.encoded))
+        except Exception:  # malformed containers are reported by the full decode
+            return None
+        return info.frames, info.channels, info.samplerate
+    seconds = pcm_seconds(audio)
+    if seconds is None:
+        return None
+    p = audio.pcm
+    return round(seconds * p.sample_rate), p.channels, p.sample_rate
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host or the device running out of memory (torch raises a plain
+    RuntimeError for the CPU allocator and MPS, ``torch.cuda.OutOfMemoryError`` for CUDA)."""
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
@@ -112,12 +148,53 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"{self.config.max_audio_seconds:g} s per request (--max-audio-seconds)",
             )
 
-    def _audio(self, audio, name: str = "audio") -> tuple[np.ndarray, int, object]:
+    @property
+    def max_decoded_samples(self) -> int:
+        """The most samples (frames x channels) an encoded upload may decode to."""
+        return max(self._seconds_budget, self.config.max_message_bytes // 2)
+
+    @property
+    def _seconds_budget(self) -> int:
+        return int(self.config.max_audio_seconds * DECODE_BUDGET_RATE * DECODE_BUDGET_CHANNELS)
+
+    def _check_decoded(self, frames: int, channels: int, sr: int) -> None:
+        samples, budget = frames * channels, self.max_decoded_samples
+        if samples > budget:
+            why = (
+                f"{self.config.max_audio_seconds:g} s of {DECODE_BUDGET_RATE // 1000} kHz stereo, from --max-audio-seconds"
+                if budget == self._seconds_budget
+                else "as many as the largest int16 PCM message carries, from --max-request-mb"
+            )
+            raise Abort(
+                EXHAUSTED,
+                f"the encoded audio would decode to {samples:,} samples ({frames:,} frames x {channels} "
+                f"channels at {sr} Hz, {4 * samples / 2**30:.1f} GiB as float32); this server decodes at "
+                f"most {budget:,} per request ({why}): send shorter audio, fewer channels or a lower "
+                f"sample rate",
+            )
+
+    def _audio(
+        self, audio, model_sr: int, name: str = "audio", check: Callable[[int, int, int], None] | None = None
+    ) -> tuple[np.ndarray, int, object]:
+        """Decode ``audio`` for a model of rate ``model_sr``, refusing what the limits forbid from
+        its header first, before decoding. ``check(frames, channels, sample_rate)``: the RPC's own
+        limit, applied to the header and again to the decoded audio."""
         if audio is None or audio.WhichOneof("data") is None:
             raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
         self._check_seconds(pcm_seconds(audio))  # before decoding: refuse cheaply
+        declared = _declared_shape(audio)
+        if declared is not None:
+            if audio.WhichOneof("data") == "encoded":  # PCM is no larger than its message
+                self._check_decoded(*declared)
+            if MIN_SAMPLE_RATE <= declared[2] <= MAX_SAMPLE_RATE:  # else the decode says it is out of range
+                check_resample(declared[2], model_sr, target="the model's ")
+            if check is not None:
+                check(*declared)
         wav, sr, form = audio_from_message(audio, name)
         self._check_seconds(wav.shape[-1] / sr)
+        check_resample(sr, model_sr, target="the model's ")  # on the caller's thread, not the device's
+        if check is not None:
+            check(wav.shape[-1], wav.shape[0], sr)
         return wav, sr, form
 
     @staticmethod
@@ -134,7 +211,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def Denoise(self, request: pb.DenoiseRequest, context) -> pb.DenoiseResponse:
         sm = self.store.denoiser(request.model)
         strength = self._strength(request)
-        wav, sr, form = self._audio(request.audio)
+        wav, sr, form = self._audio(request.audio, sm.model.config.sample_rate)
         seconds = wav.shape[-1] / sr
         job = Job(
             "denoise", seconds, key=batch_key(sm.name, sm.model, seconds), args=(sm.model, wav, sr, strength)
@@ -237,15 +314,32 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:
             raise Abort(INVALID, f"fit_steps must be 0..{MAX_FIT_STEPS} (unset: the model's default), got {fit_steps}")
         try:
-            from audioae.decompose import decompose
+            from audioae.decompose import GROUPS, decompose
         except ImportError:
             raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
-        wav, sr, _ = self._audio(request.audio)
+        group = request.group or "none"
+        if group not in GROUPS:
+            raise Abort(INVALID, f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+        units = sm.model.config.code_dim
+        k = min(request.top_k or units, units if group == "none" else min(DECOMPOSE_GROUPS, units))
+
+        def check_components(frames: int, channels: int, sr: int) -> None:
+            size = 4 * k * channels * frames
+            if size > MAX_COMPONENT_BYTES:
+                raise Abort(
+                    EXHAUSTED,
+                    f"decomposing {frames / max(sr, 1):.1f} s of {channels}-channel audio at {sr} Hz into up "
+                    f"to {k} components needs {size / 2**30:.1f} GiB for their waveforms, over this server's "
+                    f"{MAX_COMPONENT_BYTES / 2**30:g} GiB: send shorter audio, ask for a smaller top_k, "
+                    f"or group the units (group=band or cluster: {DECOMPOSE_GROUPS} components)",
+                )
+
+        wav, sr, _ = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)
         seconds = wav.shape[-1] / sr
 
         def run():
-            return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=request.group or "none",
-                             fit_steps=fit_steps)
+            return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=group,
+                             n_groups=DECOMPOSE_GROUPS, fit_steps=fit_steps)
 
         d, _ = self._wait(Job("decompose", seconds, fn=run), context)
         self.metrics.audio_seconds.labels("Decompose").inc(seconds)
@@ -311,7 +405,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 raise Abort(
                     INVALID, f"model {sm.name!r} takes {self._input_hint(sm)}, not audio: send a tensor"
                 )
-            wav, sr, _ = self._audio(request.audio)
+            wav, sr, _ = self._audio(request.audio, model.config.sample_rate)
             seconds = wav.shape[-1] / sr
             x = None
         else:
@@ -325,7 +419,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 inp = model.features(model.stft(z))  # [C, F, N]
             try:
                 h = model.encode(inp.to(device))
-            except RuntimeError as exc:  # shape mismatches inside the network
+            except (RuntimeError, MemoryError) as exc:  # shape mismatches inside the network, or memory
+                if _out_of_memory(exc):
+                    raise Abort(
+                        EXHAUSTED, f"out of memory encoding a tensor of shape {list(inp.shape)}: send a smaller batch"
+                    ) from exc
                 raise ValueError(
                     f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "
                     f"it takes {self._input_hint(sm)} ({str(exc).splitlines()[0]})"
@@ -354,7 +452,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         def run() -> np.ndarray:
             try:
                 y = model.decode(h.to(device))
-            except RuntimeError as exc:
+            except (RuntimeError, MemoryError) as exc:
+                if _out_of_memory(exc):
+                    raise Abort(
+                        EXHAUSTED, f"out of memory decoding a code of shape {list(h.shape)}: send a smaller batch"
+                    ) from exc
                 raise ValueError(
                     f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
                     f"(code_dim {model.config.code_dim}): {str(exc).splitlines()[0]}"

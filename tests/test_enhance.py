@@ -1,10 +1,16 @@
-"""audioae.enhance: the windowed path that non-causal models take on long inputs."""
+"""audioae.enhance: the windowed path that non-causal models take on long inputs, and the
+resampling guard against rates that share almost no factor with the model's."""
 
 import numpy as np
+import pytest
 import torch
 
-from audioae.enhance import _denoise_offline, denoise
+from audioae.audio import MAX_RESAMPLE_PRODUCT, AudioError, check_resample, resample
+from audioae.enhance import StreamingDenoiser, StreamingResampler, _denoise_offline, denoise
 from audioae.models import build_model
+
+STANDARD_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400,
+                  192000, 352800, 384000)
 
 
 def _bidirectional():
@@ -30,3 +36,37 @@ def test_long_input_of_a_non_causal_model_goes_through_crossfaded_windows():
     np.testing.assert_allclose(y[:, hop:win], mixed, atol=1e-5)
     # Strength 0 gives the input back exactly where windows overlap too.
     np.testing.assert_allclose(denoise(model, x, sr, strength=0.0, max_offline_seconds=1.0), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("sr", STANDARD_RATES)
+def test_standard_rates_resample_to_and_from_16k(sr):
+    check_resample(sr, 16000)  # the check alone: no filter is built
+    check_resample(16000, sr)
+
+
+def test_a_rate_sharing_no_factor_with_the_model_is_refused_before_any_filter_is_built():
+    with pytest.raises(AudioError) as info:
+        check_resample(44101, 16000, target="the model's ")
+    msg = str(info.value)
+    assert "44101 Hz cannot be resampled to the model's 16000 Hz efficiently" in msg
+    assert "44101:16000" in msg and "2,825 MB" in msg  # torchaudio's bank: 16000 x (44101 + 2 x 17) floats
+    assert "standard rate such as 16000, 44100 or 48000 Hz" in msg
+    assert 44101 * 16000 > MAX_RESAMPLE_PRODUCT
+    x = np.zeros((1, 4410), np.float32)
+    for call in (lambda: resample(x, 44101, 16000), lambda: resample(x, 16000, 44101),
+                 lambda: StreamingResampler(44101, 16000, 1)):
+        with pytest.raises(AudioError, match="cannot be resampled"):
+            call()
+
+
+def test_denoise_and_streaming_refuse_a_rate_the_model_cannot_resample_to():
+    torch.manual_seed(0)
+    causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    x = np.zeros((1, 44101), np.float32)
+    with pytest.raises(AudioError, match="cannot be resampled to the model's 16000 Hz"):
+        denoise(causal, x, 44101)
+    with pytest.raises(AudioError, match="cannot be resampled to the model's 16000 Hz"):
+        StreamingDenoiser(causal, 44101, 1)
+    with pytest.raises(AudioError, match="cannot be resampled to the model's 8000 Hz"):
+        denoise(_bidirectional(), x, 44101, max_offline_seconds=0.5)  # the windowed path too
+    assert denoise(causal, x[:, :22050], 22050).shape == (1, 22050)  # a standard rate still works

@@ -30,6 +30,7 @@ from audioae.enhance import denoise, denoise_batch
 from audioae.models import build_model
 from audioae.v1 import audioae_pb2 as pb
 from server import AudioServer, ServerConfig
+from server.servicer import MAX_COMPONENT_BYTES, _out_of_memory
 
 CODE = grpc.StatusCode
 TOL = 2e-5  # float32 rounding of batched vs single matrix products
@@ -285,6 +286,89 @@ def test_bad_denoise_input(client, case):
 def test_bad_strength(client):
     code, msg = _code(client.denoise, _noisy(0.2, 16000), 16000, model="tiny", strength=1.5)
     assert code == CODE.INVALID_ARGUMENT and "strength" in msg
+
+
+# ---- limits that keep a small request from allocating gigabytes -----------------------------------
+def test_rate_sharing_no_factor_with_the_model_is_refused(client):
+    # 44101 Hz against the model's 16000 Hz: torchaudio's filter bank would be 2.8 GB.
+    for rpc, req in (
+        ("Denoise", pb.DenoiseRequest(model="tiny", audio=_pcm(np.zeros(4410, "<f4").tobytes(), sr=44101))),
+        ("Encode", pb.EncodeRequest(model="tiny", audio=_pcm(np.zeros(4410, "<f4").tobytes(), sr=44101))),
+    ):
+        code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
+        assert code == CODE.INVALID_ARGUMENT, msg
+        assert "44101 Hz cannot be resampled to the model's 16000 Hz efficiently" in msg, msg
+        assert "standard rate such as 16000, 44100 or 48000 Hz first" in msg, msg
+    cfg = pb.StreamConfig(model="tiny", sample_rate=44101, channels=1, format=pb.FLOAT32)
+    code, msg = _code(lambda: list(client.stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=cfg), _AUDIO]),
+                                                              timeout=30)))
+    assert code == CODE.INVALID_ARGUMENT and "cannot be resampled to the model's 16000 Hz" in msg, msg
+    x = _noisy(0.2, 44100)
+    assert client.denoise(x, 44100, model="tiny").shape == x.shape  # the standard neighbour is fine
+
+
+def test_encoded_upload_that_would_decode_too_large_is_refused_before_decoding(server, client):
+    # 1 s of 8-channel 384 kHz silence: a few kB of FLAC, 3.1 M samples decoded -- over this
+    # server's budget of max(30 s x 48 kHz x 2, 1 MB / 2) = 2.88 M samples.
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((384_000, 8), np.int16), 384_000, format="FLAC", subtype="PCM_16")
+    data = buf.getvalue()
+    assert len(data) < 20_000
+    assert server.servicer.max_decoded_samples == 2_880_000
+    for rpc, req in (
+        ("Denoise", pb.DenoiseRequest(model="tiny", audio=pb.Audio(encoded=data))),
+        ("Decompose", pb.DecomposeRequest(model="dict", audio=pb.Audio(encoded=data))),
+    ):
+        code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
+        assert code == CODE.RESOURCE_EXHAUSTED, msg  # as the duration limit
+        assert "would decode to 3,072,000 samples (384,000 frames x 8 channels at 384000 Hz" in msg, msg
+        assert "at most 2,880,000" in msg and "--max-audio-seconds" in msg, msg
+    x = _noisy(0.3, 16000)
+    assert client.denoise(x, 16000, model="tiny").shape == x.shape
+
+
+def test_out_of_memory_is_told_apart_from_shape_errors():
+    # Encode/Decode map these to RESOURCE_EXHAUSTED; other RuntimeErrors stay INVALID_ARGUMENT
+    # (the shape-error cases of test_bad_encode_decode: "image wrong shape", "code wrong size").
+    assert _out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _out_of_memory(MemoryError())
+    try:  # a real allocator refusal: nothing is allocated
+        torch.empty(1 << 60, dtype=torch.uint8)
+    except RuntimeError as exc:
+        assert _out_of_memory(exc), exc
+    assert _out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (5x7 and 16x64)"))
+    assert not _out_of_memory(ValueError("out of memory"))
+
+
+def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):
+    # 750 s of 16 kHz silence (a few tens of kB of FLAC) into the 24 units of "dict": 24 x 12 M
+    # float32 samples = 1.07 GiB of component waveforms, refused from the header, before decoding.
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "dict.safetensors"),), metrics_port=None,
+                              max_audio_seconds=3600))
+    srv.start()
+    srv.load()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            frames = 750 * 16000
+            assert 24 * frames * 4 > MAX_COMPONENT_BYTES > 8 * frames * 4
+            buf = io.BytesIO()
+            sf.write(buf, np.zeros(frames, np.int16), 16000, format="FLAC", subtype="PCM_16")
+            big = pb.Audio(encoded=buf.getvalue())
+            for kw in ({}, {"return_components": True}, {"top_k": 23}):
+                code, msg = _code(c.stub.Decompose, pb.DecomposeRequest(audio=big, **kw), timeout=30)
+                assert code == CODE.RESOURCE_EXHAUSTED, msg
+                assert "750.0 s of 1-channel audio at 16000 Hz into up to" in msg, msg
+                assert "send shorter audio, ask for a smaller top_k, or group the units" in msg, msg
+            assert "into up to 23 components" in msg
+            # The server keeps serving: the next request (short audio) is answered.
+            x = _noisy(0.5, 16000)
+            r = c.decompose(x, 16000, top_k=2, components=True, fit_steps=0)
+            assert r.components.shape == (2, 1, x.shape[-1])
+            np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
+            assert c.health() == "SERVING"
+    finally:
+        srv.stop()
 
 
 # ---- StreamDenoise --------------------------------------------------------------------------------
