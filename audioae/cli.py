@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 from . import __version__
@@ -157,6 +158,10 @@ def _cmd_eval(args) -> int:
 
 
 # [decompose/inspect]
+DECOMPOSE_COMPONENT = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as written below
+DECOMPOSE_OUTPUTS = ("residual.wav", "summary.json", "decomposition.png")
+
+
 def _add_decompose(sub) -> None:
     p = sub.add_parser("decompose", help="split a recording into learned components that sum to it",
                        description="Write one WAV per component plus residual.wav (float WAVs: they add up to the "
@@ -178,7 +183,6 @@ def _add_decompose(sub) -> None:
 
 
 def _cmd_decompose(args) -> int:
-    import re
     from pathlib import Path
 
     from .audio import read_audio, write_audio
@@ -192,6 +196,11 @@ def _cmd_decompose(args) -> int:
                     fit_steps=args.fit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # A rerun into the same folder: remove what an earlier run wrote (its names only, nothing
+    # else), so that no component of a larger decomposition is left to break the sum.
+    for f in out.iterdir():
+        if (f.name in DECOMPOSE_OUTPUTS or DECOMPOSE_COMPONENT.fullmatch(f.name)) and f.is_file():
+            f.unlink()
     summary = summarize(dec)
     for comp, entry in zip(dec.components, summary["components"], strict=True):
         slug = re.sub(r"[^A-Za-z0-9]+", "_", entry["label"]).strip("_")
@@ -337,10 +346,13 @@ def _cmd_serve(args) -> int:
 def _add_client(sub) -> None:
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
-    conn.add_argument("--token-file", help="file holding the bearer token")
+    conn.add_argument("--token-file", help="file holding the bearer token (its first; '#' lines and blanks skipped)")
     conn.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (enables TLS)")
     conn.add_argument("--tls-server-name", help="expected name in the server's certificate")
     conn.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
+    conn.add_argument("--max-message-mb", type=float, default=None, metavar="MB",
+                      help="largest message sent or received (default: what a server on its defaults "
+                           "may answer, 4x its default --max-request-mb)")
     p = sub.add_parser("client", help="call an audioae server: denoise, stream, decompose, models, health")
     csub = p.add_subparsers(dest="client_command", required=True)
     d = csub.add_parser("denoise", parents=[conn], help="denoise a file (same rate, channels, length)")
@@ -377,15 +389,12 @@ def _default_out(path: str, tag: str) -> str:
 def _cmd_client(args) -> int:
     import grpc
 
-    from .client import Client
+    from .client import DEFAULT_MESSAGE_MB, Client, read_tokens
 
-    token = None
-    if args.token_file:
-        from pathlib import Path
-
-        token = Path(args.token_file).read_text().strip().splitlines()[0].strip()
+    token = read_tokens(args.token_file)[0] if args.token_file else None  # the server's own parser
+    mb = DEFAULT_MESSAGE_MB if args.max_message_mb is None else args.max_message_mb
     client = Client(args.server, token=token, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name,
-                    timeout=args.timeout)
+                    timeout=args.timeout, max_message_mb=mb)
     try:
         return _client_call(args, client)
     except grpc.RpcError as exc:

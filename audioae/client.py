@@ -35,7 +35,10 @@ from .fileio import atomic_open, atomic_write_bytes
 
 MAX_CHANNELS = 64
 DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_MESSAGE_MB = 64
+# Largest message the client sends or receives: the answer limit of a server on its defaults
+# (``audioae serve``: 4 x --max-request-mb 64; tests/test_client.py checks they agree). Less
+# would fail answers the server has already computed, e.g. every component of a decomposition.
+DEFAULT_MESSAGE_MB = 256
 
 # KServe v2 datatypes <-> little-endian numpy dtypes.
 DATATYPES: dict[str, str] = {
@@ -196,6 +199,21 @@ def array_from_tensor(t, name: str = "tensor") -> np.ndarray:
     return np.frombuffer(t.data, dtype=dtype).reshape(shape).copy()  # writable, owns its memory
 
 
+# ---- bearer tokens ------------------------------------------------------------------------------
+def read_tokens(path: str | os.PathLike) -> list[str]:
+    """The tokens of a token file: one per line; blank lines and lines starting with ``#`` are
+    skipped. The server accepts any of them (rotation); the client sends the first. Raises
+    ``ValueError`` when the file is missing or holds no token."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--token-file {path}: no such file")
+    lines = (ln.strip() for ln in path.read_text().splitlines())
+    tokens = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not tokens:
+        raise ValueError(f"--token-file {path}: no token in it (one per line; '#' starts a comment)")
+    return tokens
+
+
 # ---- results ------------------------------------------------------------------------------------
 @dataclass
 class DecomposeResult:
@@ -226,7 +244,8 @@ class Client:
 
     ``token``: bearer token sent as ``authorization`` metadata. ``tls_ca``: PEM file (or bytes) of
     the CA that signed the server's certificate; enables TLS. ``timeout``: per-call deadline in
-    seconds (None: no deadline).
+    seconds (None: no deadline). ``max_message_mb``: largest message sent or received; raise it
+    for a server whose ``--max-request-mb`` is above its default.
     """
 
     def __init__(
@@ -237,13 +256,15 @@ class Client:
         tls_ca: str | os.PathLike | bytes | None = None,
         tls_server_name: str | None = None,
         timeout: float | None = None,
-        max_message_mb: int = DEFAULT_MESSAGE_MB,
+        max_message_mb: float = DEFAULT_MESSAGE_MB,
     ):
         import grpc
 
         from .v1 import audioae_pb2_grpc
 
-        size = int(max_message_mb * 1024 * 1024)
+        if not max_message_mb > 0:
+            raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
+        size = min(int(max_message_mb * 1024 * 1024), 2**31 - 1)  # gRPC's limits are int32
         options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
         if tls_ca is not None:
             ca = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
@@ -486,15 +507,25 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
+# What save_decomposition writes, and nothing else: a rerun into the same folder removes these
+# first, so that no component of an earlier, larger decomposition is left to break the sum.
+_COMPONENT_FILE = re.compile(r"component_\d{2,}_[\w-]*\.wav")  # \w: str.isalnum and _
+_SUMMARY_FILES = ("activations.npy", "decomposition.json", "residual.wav")
+
+
 def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``activations.npy``, ``decomposition.json`` and, when present, one WAV per component
-    plus ``residual.wav`` into ``out_dir`` (each written atomically)."""
+    plus ``residual.wav`` into ``out_dir`` (each written atomically). Files of an earlier
+    decomposition in ``out_dir`` (those names only) are removed first; other files are left alone."""
     import json
 
     from .audio import write_audio
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        if (f.name in _SUMMARY_FILES or _COMPONENT_FILE.fullmatch(f.name)) and f.is_file():
+            f.unlink()
     buf = io.BytesIO()
     np.save(buf, result.activations)
     written = [out / "activations.npy"]

@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-from pathlib import Path
 
 import grpc
+
+from audioae.client import read_tokens
 
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-def read_tokens(path: str | Path) -> list[str]:
-    """One token per non-empty line; ``#`` starts a comment line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--token-file {path}: no such file")
-    tokens = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    if not tokens:
-        raise ValueError(f"--token-file {path}: no token in it (one per line)")
-    return tokens
+__all__ = ["TokenAuth", "read_tokens"]  # read_tokens: shared with the client
 
 
 def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -98,11 +98,18 @@ class ModelStore:
             )
         for spec in specs:
             self._load(spec)
-        audio = [m.name for m in self.models.values() if m.is_audio]
-        self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, audio)
-        self.default_decomposer = self._default(
-            pretrained.DEFAULT_DECOMPOSER, [m.name for m in self.models.values() if m.decomposes]
-        )
+        # A sparse dictionary is a spectrogram model too, but its "denoising" is only its
+        # reconstruction and it cannot stream: never a default denoiser. Causal models first, so
+        # that a call naming no model can both Denoise and StreamDenoise.
+        served = list(self.models.values())
+        denoisers = sorted((m for m in served if m.is_audio and not m.decomposes), key=lambda m: not m.streams)
+        self.defaultable = {  # purpose -> the models a call naming none may get, best first
+            "denoise": [m.name for m in denoisers],
+            "stream": [m.name for m in denoisers if m.streams],
+            "decompose": [m.name for m in served if m.decomposes],
+        }
+        self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, self.defaultable["denoise"])
+        self.default_decomposer = self._default(pretrained.DEFAULT_DECOMPOSER, self.defaultable["decompose"])
 
     @staticmethod
     def shipped_defaults() -> list[str]:
@@ -141,9 +148,14 @@ class ModelStore:
         return self.models[name]
 
     def audio_model(self, name: str, default: str, purpose: str) -> ServedModel:
+        if not name and not default:
+            # As Encode/Decode without a model name: the request lacks an argument this server needs.
+            raise Abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"no model named, and this server has no default model to {purpose} with; name one: "
+                f"{', '.join(self.defaultable.get(purpose, [])) or '(none here can)'}",
+            )
         name = name or default
-        if not name:
-            raise Abort(grpc.StatusCode.NOT_FOUND, f"this server has no audio model to {purpose} with")
         m = self.get(name)
         if not m.is_audio:
             raise Abort(

@@ -296,6 +296,33 @@ def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path):
     assert main(["decompose", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "x")]) == 2
 
 
+def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path):
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), ckpt)
+    x = (tone(0.5, SR) + noise_bursts(0.5, SR))[None]
+    src, out = tmp_path / "in.wav", tmp_path / "parts"
+    write_audio(src, x, SR, subtype="FLOAT")
+    out.mkdir()
+    keep = [out / "notes.txt", out / "1_mine.wav", out / "take_01.wav", out / "01_mine.flac"]  # not its names
+    for f in keep:
+        f.write_bytes(b"mine")
+    base = ["decompose", str(src), "-o", str(out), "--model", str(ckpt), "--group", "none", "--fit", "0"]
+    assert main([*base, "--top", "5", "--plot"]) == 0
+    assert len(list(out.glob("[0-9][0-9]_*.wav"))) == 5 and (out / "decomposition.png").is_file()
+    assert main([*base, "--top", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    names = sorted(f.name for f in out.glob("[0-9][0-9]_*.wav"))
+    assert names == sorted(c["file"] for c in summary["components"]) and len(names) == 2
+    assert not (out / "decomposition.png").exists()  # the old figure showed the old components
+    total = read_audio(out / "residual.wav")[0].astype(np.float64)
+    for name in names:
+        total += read_audio(out / name)[0]
+    err = ((total - x) ** 2).sum() / (x.astype(np.float64) ** 2).sum()
+    assert 10 * np.log10(err) < -90, "the folder's WAVs do not add up to the input"
+    assert all(f.read_bytes() == b"mine" for f in keep)
+    assert not list(out.glob(".*.part"))
+
+
 def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
     import matplotlib.image
 

@@ -1,0 +1,198 @@
+"""The client side against real servers on 127.0.0.1 (no mocks): which model a call naming none
+gets, the client's message limit, token files, and decomposition folders written twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from audioae.audio import read_audio, write_audio
+from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.cli import main as cli_main
+from audioae.client import DEFAULT_MESSAGE_MB, Client, read_tokens
+from audioae.data.synthetic import speech_like
+from audioae.enhance import denoise
+from audioae.models import build_model
+from audioae.pretrained import DEFAULT_DECOMPOSER
+from server import AudioServer, ServerConfig
+from server.auth import read_tokens as server_read_tokens
+
+CODE = grpc.StatusCode
+MB = 1024 * 1024
+TOL = 2e-5  # float32 rounding, as in test_server.py
+
+
+def _noisy(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    clean = np.stack([speech_like(rng, seconds, sr) for _ in range(channels)])  # [C, T]
+    return np.clip(clean + 0.05 * rng.standard_normal(clean.shape), -1, 1).astype(np.float32)
+
+
+def _code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn(*args, **kw)
+    return info.value.code(), info.value.details()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), d / "tiny.safetensors")  # causal
+    save_checkpoint(build_model("conv1d", {"channels": [32], "code_dim": 8}), d / "conv.safetensors")  # offline
+    return d
+
+
+def _start(**kw) -> AudioServer:
+    srv = AudioServer(ServerConfig(**{"port": 0, "torch_threads": 1, "max_delay_ms": 1, **kw}))
+    srv.start()
+    srv.load()
+    return srv
+
+
+@pytest.fixture(scope="module")
+def mixed_server(model_dir):
+    """The shipped decomposer listed first, then an offline denoiser, then a causal one; the
+    message limits are the server's defaults."""
+    srv = _start(models=(DEFAULT_DECOMPOSER, str(model_dir / "conv.safetensors"), str(model_dir / "tiny.safetensors")))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def mixed(mixed_server):
+    with Client(f"127.0.0.1:{mixed_server.port}", timeout=120) as c:
+        yield c
+
+
+# ---- the default denoiser ---------------------------------------------------------------------------
+def test_default_denoiser_is_never_the_decomposer_and_prefers_causal(mixed, model_dir):
+    info = mixed.list_models()
+    assert [m["name"] for m in info["models"]] == [DEFAULT_DECOMPOSER, "conv", "tiny"]
+    assert info["default_denoiser"] == "tiny" and info["default_decomposer"] == DEFAULT_DECOMPOSER
+    tiny = load_checkpoint(model_dir / "tiny.safetensors")
+    x = _noisy(0.6, 16000)
+    np.testing.assert_allclose(mixed.denoise(x, 16000), denoise(tiny, x, 16000), atol=TOL)  # no model named
+    y = np.concatenate(list(mixed.stream(np.array_split(x, 5, axis=-1), 16000, 1)), axis=-1)  # no model named
+    np.testing.assert_allclose(y, denoise(tiny, x, 16000), atol=TOL)
+    assert mixed.decompose(x, 16000, fit_steps=0).model == DEFAULT_DECOMPOSER
+
+
+def test_a_server_with_only_a_decomposer_has_no_default_denoiser():
+    srv = _start(models=(DEFAULT_DECOMPOSER,))
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            info = c.list_models()
+            assert info["default_denoiser"] == "" and info["default_decomposer"] == DEFAULT_DECOMPOSER
+            x = _noisy(0.3, 16000)
+            for call in (lambda: c.denoise(x, 16000), lambda: list(c.stream([x], 16000, 1))):
+                code, msg = _code(call)
+                assert code == CODE.INVALID_ARGUMENT and "no default model to" in msg, msg
+            assert c.decompose(x, 16000, fit_steps=0).model == DEFAULT_DECOMPOSER  # still its job
+            assert c.health() == "SERVING"
+    finally:
+        srv.stop()
+
+
+# ---- the client's message limit ------------------------------------------------------------------------
+def test_client_receives_what_a_default_server_may_answer():
+    assert DEFAULT_MESSAGE_MB * MB == ServerConfig().max_send_bytes
+    with pytest.raises(ValueError, match="max_message_mb"):
+        Client(max_message_mb=0)
+
+
+def test_ungrouped_decomposition_over_64_mb_arrives(mixed, mixed_server, tmp_path, capsys):
+    x = _noisy(1.0, 48000, channels=2)  # every active unit of 320, stereo at 48 kHz: ~85 MB of components
+    r = mixed.decompose(x, 48000, components=True, fit_steps=0)
+    assert r.components.nbytes > 64 * MB
+    np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-4)
+    # The old limit, asked for with the flag: the server computes, the client refuses the answer.
+    src = tmp_path / "in.wav"
+    write_audio(src, x, 48000, subtype="FLOAT")
+    argv = ["client", "decompose", str(src), "-o", str(tmp_path / "parts"), "--server", f"127.0.0.1:{mixed_server.port}"]
+    argv += ["--max-message-mb", "64"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "RESOURCE_EXHAUSTED" in err, err
+    assert not list((tmp_path / "parts").glob("component_*.wav"))
+
+
+# ---- token files ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def token_server(model_dir, tmp_path_factory):
+    tokens = tmp_path_factory.mktemp("auth") / "tokens"
+    tokens.write_text("# rotation: old and new\n\nold-secret\n  new-secret  \n")
+    srv = _start(models=(str(model_dir / "tiny.safetensors"),), token_file=str(tokens))
+    yield srv
+    srv.stop()
+
+
+def test_server_and_client_read_token_files_alike(tmp_path):
+    assert server_read_tokens is read_tokens
+    f = tmp_path / "t"
+    f.write_text("\n  # indented comment\n\nfirst\r\n# another\nsecond\n")
+    assert read_tokens(f) == ["first", "second"]
+    for text in ("", "\n\n", "# only a comment\n  # and another\n"):
+        f.write_text(text)
+        with pytest.raises(ValueError, match="no token in it"):
+            read_tokens(f)
+    with pytest.raises(ValueError, match="no such file"):
+        read_tokens(tmp_path / "missing")
+
+
+def test_cli_client_token_file_with_comments(token_server, tmp_path, capsys):
+    addr = f"127.0.0.1:{token_server.port}"
+    ok = tmp_path / "client-token"
+    ok.write_text("# the token for the staging server\n\nnew-secret\n")
+    assert cli_main(["client", "models", "--server", addr, "--token-file", str(ok)]) == 0
+    assert "tiny" in capsys.readouterr().out
+    wrong = tmp_path / "wrong"
+    wrong.write_text("# comment\nnot-the-secret\n")
+    assert cli_main(["client", "models", "--server", addr, "--token-file", str(wrong)]) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n\n"])
+def test_cli_client_token_file_without_a_token_is_a_clear_error(token_server, tmp_path, capsys, text):
+    f = tmp_path / "tokens"
+    f.write_text(text)
+    assert cli_main(["client", "models", "--server", f"127.0.0.1:{token_server.port}", "--token-file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "audioae client: error:" in err and "no token in it" in err and "Traceback" not in err
+
+
+# ---- decomposition folders written twice -------------------------------------------------------------
+def _folder_sum(folder: Path, pattern: str) -> np.ndarray:
+    total = read_audio(folder / "residual.wav")[0].astype(np.float64)
+    for f in folder.glob(pattern):
+        total += read_audio(f)[0]
+    return total
+
+
+def test_cli_client_decompose_rerun_leaves_only_the_new_components(mixed_server, tmp_path, capsys):
+    x = _noisy(0.5, 16000)
+    src, out = tmp_path / "mix.wav", tmp_path / "mix.components"
+    write_audio(src, x, 16000, subtype="FLOAT")
+    out.mkdir()
+    keep = [out / "notes.txt", out / "component_mine.wav", out / "component_01.wav"]  # not this tool's names
+    for f in keep:
+        f.write_bytes(b"mine")
+    base = ["client", "decompose", str(src), "-o", str(out), "--server", f"127.0.0.1:{mixed_server.port}"]
+    assert cli_main([*base, "--top-k", "4"]) == 0
+    assert len(list(out.glob("component_[0-9][0-9]_*.wav"))) == 4
+    assert cli_main([*base, "--top-k", "2"]) == 0
+    capsys.readouterr()
+    new = sorted(f.name for f in out.glob("component_[0-9][0-9]_*.wav"))
+    assert len(new) == 2 and new[0].startswith("component_00_") and new[1].startswith("component_01_")
+    err = _folder_sum(out, "component_[0-9][0-9]_*.wav") - x
+    assert 10 * np.log10((err**2).sum() / (x.astype(np.float64) ** 2).sum()) < -90
+    assert all(f.read_bytes() == b"mine" for f in keep)
+    assert cli_main([*base, "--top-k", "2", "--no-audio"]) == 0  # activations only: no waveform is left
+    assert not list(out.glob("component_[0-9][0-9]_*.wav")) and not (out / "residual.wav").exists()
+    assert (out / "activations.npy").is_file() and (out / "decomposition.json").is_file()
+    assert all(f.read_bytes() == b"mine" for f in keep)
+    assert not list(out.glob(".*.part"))
