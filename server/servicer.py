@@ -107,6 +107,18 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str]):
+    """``fn(x)`` for Encode/Decode: running out of memory is RESOURCE_EXHAUSTED; any other error
+    inside the network is a shape the model does not take (ValueError: INVALID_ARGUMENT), told
+    by ``explain(first line of the error)``."""
+    try:
+        return fn(x)
+    except (RuntimeError, MemoryError) as exc:
+        if _out_of_memory(exc):
+            raise Abort(EXHAUSTED, f"out of memory {doing}: send a smaller batch") from exc
+        raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
+
+
 def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why a call that is no longer active ended: its deadline, or the caller cancelled it.
     (gRPC core's clock and Python's differ by a little: a call within 0.25 s of its deadline
@@ -417,17 +429,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if inp is None:  # audio: the model's own features, channels as the batch
                 z = resample(torch.from_numpy(wav), sr, model.config.sample_rate).to(device)  # [C, T']
                 inp = model.features(model.stft(z))  # [C, F, N]
-            try:
-                h = model.encode(inp.to(device))
-            except (RuntimeError, MemoryError) as exc:  # shape mismatches inside the network, or memory
-                if _out_of_memory(exc):
-                    raise Abort(
-                        EXHAUSTED, f"out of memory encoding a tensor of shape {list(inp.shape)}: send a smaller batch"
-                    ) from exc
-                raise ValueError(
-                    f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "
-                    f"it takes {self._input_hint(sm)} ({str(exc).splitlines()[0]})"
-                ) from exc
+            h = _call_model(
+                model.encode, inp.to(device), f"encoding a tensor of shape {list(inp.shape)}",
+                lambda exc: f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "
+                f"it takes {self._input_hint(sm)} ({exc})",
+            )
             return h.float().cpu().numpy()
 
         h, _ = self._wait(Job("encode", seconds, fn=run), context)
@@ -450,17 +456,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         @torch.inference_mode()
         def run() -> np.ndarray:
-            try:
-                y = model.decode(h.to(device))
-            except (RuntimeError, MemoryError) as exc:
-                if _out_of_memory(exc):
-                    raise Abort(
-                        EXHAUSTED, f"out of memory decoding a code of shape {list(h.shape)}: send a smaller batch"
-                    ) from exc
-                raise ValueError(
-                    f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
-                    f"(code_dim {model.config.code_dim}): {str(exc).splitlines()[0]}"
-                ) from exc
+            y = _call_model(
+                model.decode, h.to(device), f"decoding a code of shape {list(h.shape)}",
+                lambda exc: f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
+                f"(code_dim {model.config.code_dim}): {exc}",
+            )
             return y.float().cpu().numpy()
 
         y, _ = self._wait(Job("decode", 0.0, fn=run), context)
