@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Train the shipped speech denoiser from scratch and export it into audioae/pretrained/.
-#   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES]
+#   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES] \
+#       [DF_MORE_MINUTES] [DF5_MINUTES]
 # 1. installs the Debian packages and builds corpus/ (docs/corpus.md);
 # 2. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
 #    CPU thread, FINETUNE_MINUTES at lr 5e-4 and MORE_MINUTES at lr 4e-4 on two threads;
 # 3. grows it into the deep-filter model (configs/denoiser-small-df.toml, train.init_from:
 #    function-preserving) and trains DF_MINUTES at lr 1e-3 on one thread, then
-#    DF_DECAY_MINUTES on two threads with the rate decaying (cosine) from 1e-3 to 5e-5;
-# 4. exports the final weights with the mask power chosen on the validation split
-#    (recipes/compare_checkpoints.py --mask-power ...).
+#    DF_DECAY_MINUTES on two threads with the rate decaying (cosine) from 1e-3 to 5e-5, then
+#    DF_MORE_MINUTES on one thread decaying from 5e-4 to 3e-5;
+# 4. grows its 3-tap filter into a 5-tap one (configs/denoiser-small-df5.toml, function-preserving)
+#    and trains DF5_MINUTES on one thread decaying from 5e-4 to 3e-5 over 9,000 steps;
+# 5. exports that run's best checkpoint (by validation SI-SDR) with the mask power chosen on the
+#    validation split (recipes/compare_checkpoints.py --mask-power ...).
 # Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +21,8 @@ FINETUNE_MINUTES=${2:-12}
 MORE_MINUTES=${3:-21}
 DF_MINUTES=${4:-46}
 DF_DECAY_MINUTES=${5:-25}
+DF_MORE_MINUTES=${6:-38}
+DF5_MINUTES=${7:-50}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
 if [ ! -f corpus/READY ]; then
   # apt-get needs root: sudo when this shell is not root already.
@@ -31,5 +37,8 @@ audioae train configs/denoiser-small.toml --set train.max_minutes="$MORE_MINUTES
 audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_MINUTES"
 audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_DECAY_MINUTES" \
   --set train.threads=2 --set train.lr_final=5e-5 --set train.decay_steps=6000
-python recipes/export_model.py runs/denoiser-small-df/last.safetensors \
+audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_MORE_MINUTES" \
+  --set train.lr=5e-4 --set train.lr_final=3e-5 --set train.decay_steps=7000
+audioae train configs/denoiser-small-df5.toml --set train.max_minutes="$DF5_MINUTES"
+python recipes/export_model.py runs/denoiser-small-df5/best.safetensors \
   audioae/pretrained/denoiser-small.safetensors --set mask_power="$MASK_POWER"

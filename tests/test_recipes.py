@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from audioae.data import synthetic
 
@@ -28,6 +29,7 @@ def _load(name: str, path: Path):
 
 bc = _load("build_corpus", ROOT / "recipes" / "build_corpus.py")
 bench = _load("denoise_bench", ROOT / "benchmarks" / "denoise_bench.py")
+diag = _load("denoiser_diagnostics", ROOT / "recipes" / "denoiser_diagnostics.py")
 SR = bc.SR
 
 
@@ -149,3 +151,20 @@ def test_benchmark_peers_keep_length_and_score(tmp_path):
     assert set(res["speed"]) == {"rnnoise", "noisereduce_stationary"}  # no speed for doing nothing
     assert res["speed"]["rnnoise"]["x_realtime"] > 0
     assert out.with_suffix(".md").read_text().startswith("| method |")
+
+
+def test_diagnostic_split_parts_sum_to_the_output_of_a_deep_filter_model():
+    """The speech/noise split rests on the output being linear in the noisy STFT once the mask
+    and taps are fixed: the filtered parts must add up to the model's output."""
+    from audioae.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("recurrent", {"sample_rate": SR, "n_fft": 384, "hop_length": 192, "hidden": 16,
+                                      "code_dim": 8, "output": "deepfilter", "df_order": 5, "df_bins": 96}).eval()
+    rng = np.random.default_rng(0)
+    clean = synthetic.speech_like(rng, 1.0, SR)
+    noisy = (clean + 0.3 * synthetic.noise(rng, 1.0, SR, "pink")).astype(np.float32)
+    y, speech, noise = diag.filtered_parts(model, noisy, clean)
+    assert y.shape == speech.shape == noise.shape == noisy.shape
+    np.testing.assert_allclose(speech + noise, y, atol=1e-5)
+    assert np.abs(speech - clean).max() > 1e-3  # the mask did act on the speech

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Where a mask / deep-filter denoiser loses PESQ, measured on the val split only.
+
+    python recipes/denoiser_diagnostics.py split --model denoiser-small > benchmarks/results/val/split.json
+    python recipes/denoiser_diagnostics.py postproc --model denoiser-small > benchmarks/results/val/postproc.jsonl
+
+``split``: the model's output is linear in the noisy STFT once its mask and filter taps are fixed
+(they are computed from the noisy input), so the same mask and taps applied to the clean part
+and to the noise part of each val mixture (``corpus/val/mixtures``, every second one) tell how
+much PESQ the speech distortion alone costs (PESQ of the filtered speech) and how much the
+residual noise alone costs (PESQ of clean + filtered noise), overall and per SNR.
+
+``postproc``: simple changes to the mask after the network (smoothing across frequency or time,
+a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from audioae import pretrained
+from audioae.metrics import pesq_wb
+from audioae.train import load_run_config, make_validation_set, validate
+
+SR = 16000
+
+
+def filtered_parts(model, noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(output, filtered speech, filtered noise)`` of one mono mixture at the model's rate: the
+    mask and taps come from the mixture, then are applied to each part; the two parts sum to the
+    output (the filter is linear in its input)."""
+    x = torch.from_numpy(np.stack([noisy, clean, noisy - clean]))  # [3, T]: mixture, speech, noise
+    with torch.no_grad():
+        spec = model.stft(x)  # [3, F, N]
+        out, _ = model(model.features(spec[:1]))  # mask and taps from the mixture only
+        y, speech, noise = (model.stft.inverse(model.estimate_spec(spec[i : i + 1], out), x.shape[-1])[0].numpy()
+                            for i in range(3))
+    return y, speech, noise
+
+
+def split(model, root: Path) -> dict:
+    meta = json.loads((root / "meta.json").read_text())["mixtures"][::2]
+    rows = []
+    for m in meta:
+        noisy = sf.read(root / "noisy" / m["file"], dtype="float32")[0]
+        clean = sf.read(root / "clean" / m["file"], dtype="float32")[0]
+        y, speech, noise = filtered_parts(model, noisy, clean)
+        rows.append({"snr_db": m["snr_db"], "pesq_input": pesq_wb(noisy, clean, SR), "pesq_output": pesq_wb(y, clean, SR),
+                     "pesq_speech_only": pesq_wb(speech, clean, SR), "pesq_noise_only": pesq_wb(clean + noise, clean, SR)})
+    keys = [k for k in rows[0] if k.startswith("pesq")]
+
+    def mean(rs):
+        return {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys} | {"n": len(rs)}
+
+    return {"mixtures": str(root), "overall": mean(rows),
+            "per_snr": {f"{s:g}": mean([r for r in rows if r["snr_db"] == s]) for s in sorted({r["snr_db"] for r in rows})}}
+
+
+def _freq_smooth(kernel: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    w = torch.tensor(kernel, dtype=torch.float32)
+    w = (w / w.sum())[None, None, :, None]  # [1, 1, k, 1]
+    pad = len(kernel) // 2
+    return lambda m: F.conv2d(F.pad(m[:, None], (0, 0, pad, pad), mode="replicate"), w)[:, 0]  # [B, F, N]
+
+
+def _release(a: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A mask that falls no faster than ``a`` per frame (causal)."""
+    def f(m: torch.Tensor) -> torch.Tensor:
+        out = m.clone()
+        for t in range(1, m.shape[-1]):
+            out[..., t] = torch.maximum(m[..., t], a * out[..., t - 1])
+        return out
+    return f
+
+
+VARIANTS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
+    "none": None, "freq [1 2 1]": _freq_smooth([1, 2, 1]), "freq [1 2 3 2 1]": _freq_smooth([1, 2, 3, 2, 1]),
+    "floor 0.05": lambda m: m.clamp_min(0.05), "floor 0.1": lambda m: m.clamp_min(0.1), "release 0.5": _release(0.5),
+}
+
+
+def postproc(model, config: str, examples: int = 48, seed: int = 1234):
+    run = load_run_config(config)
+    val_set = make_validation_set(model, dataclasses.replace(run.data, val_examples=examples), seed=seed)
+    n_bins, head = model.config.n_bins, type(model).head
+    for name, fn in VARIANTS.items():
+        def patched(self, y, fn=fn):
+            out = head(self, y)  # [B, F + taps, N]
+            return out if fn is None else torch.cat([fn(out[:, :n_bins]), out[:, n_bins:]], dim=1)
+        model.head = patched.__get__(model)  # this instance only
+        with torch.no_grad():
+            scores = validate(model, val_set)
+        yield {"variant": name, **{k: round(v, 4) for k, v in scores.items()}}
+    del model.head
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("split", "postproc"))
+    ap.add_argument("--model", default=None, help="shipped name or .safetensors (default: the shipped denoiser)")
+    ap.add_argument("--mixtures", type=Path, default=Path("corpus/val/mixtures"))
+    ap.add_argument("--config", default="configs/denoiser-small.toml", help="run config whose [data] gives the val split")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    model = pretrained.load(args.model).eval()
+    if args.what == "split":
+        print(json.dumps(split(model, args.mixtures), indent=1))
+    else:
+        for row in postproc(model, args.config):
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
