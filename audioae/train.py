@@ -82,8 +82,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch intra-op threads on CPU; 0: leave torch's default
     # Start a fresh run from another checkpoint's weights (ignored when resuming). Tensors that
-    # grew (a deep-filter head on a mask model) keep the old values in their leading slice and
-    # zeros elsewhere, so training starts from exactly the old model's function.
+    # grew (a deep-filter head on a mask model, more filter taps, a wider GRU) keep the old
+    # values, with zeros on every new input and output (grow_into), so training starts from
+    # exactly the old model's function.
     init_from: str = ""
     metrics: tuple[str, ...] = ("si_sdr", "pesq", "stoi")
     progress: bool = True
@@ -273,15 +274,20 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]
 
 
 def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:
-    """Copy ``old`` weights into ``model``, zero-padding tensors that grew; returns the grown names.
+    """Copy ``old`` weights into ``model`` where tensors grew; returns the grown names.
 
-    Function-preserving (Net2Net-style) when every added input and output is new: zero input
-    columns ignore the new features and zero output rows add nothing (``tanh(0) = 0`` taps).
+    Function-preserving (Net2Net-style): every added input column is zero, so nothing that
+    existed hears a new feature or a new unit, and added output rows are zero (``tanh(0) = 0``
+    taps), so they add nothing. Models may declare a block layout (``growth_blocks``): a GRU's
+    weights stack 3 gates (an LSTM's 4) of ``hidden`` rows, so each gate grows on its own, and
+    the rows of new *hidden units* keep the model's fresh random init: their outgoing weights
+    start at zero, but a unit whose incoming weights were zero too would never get a gradient.
     """
     new = model.state_dict()
     missing = sorted(set(new) ^ set(old))
     if missing:
         raise ValueError(f"cannot grow: parameter names differ ({', '.join(missing[:5])})")
+    layout = model.growth_blocks() if hasattr(model, "growth_blocks") else {}
     grown = []
     for name, target in new.items():
         src = old[name]
@@ -290,10 +296,36 @@ def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]
             continue
         if src.dim() != target.dim() or any(a > b for a, b in zip(src.shape, target.shape, strict=True)):
             raise ValueError(f"cannot grow {name}: {tuple(src.shape)} does not fit in {tuple(target.shape)}")
-        target.zero_()
-        target[tuple(slice(0, n) for n in src.shape)].copy_(src)
+        if src.dim() <= 2:
+            _grow_blocks(name, target, src, *layout.get(name, (1, 1, False)))
+        else:  # conv kernels: the leading slice, zeros elsewhere
+            target.zero_()
+            target[tuple(slice(0, n) for n in src.shape)].copy_(src)
         grown.append(name)
     return grown
+
+
+def _grow_blocks(name: str, target: torch.Tensor, src: torch.Tensor, row_blocks: int, col_blocks: int,
+                 fresh_rows: bool) -> None:
+    """Copy ``src`` into ``target`` block by block (``row_blocks`` gates of rows, ``col_blocks``
+    directions of columns); new columns of old rows are zero; new rows keep ``target``'s values
+    when ``fresh_rows`` (new hidden units), else are zero (new outputs)."""
+    if src.shape[0] % row_blocks or target.shape[0] % row_blocks:
+        raise ValueError(f"cannot grow {name}: {src.shape[0]} rows are not {row_blocks} equal blocks")
+    if not fresh_rows:
+        target.zero_()
+    ro, rn = src.shape[0] // row_blocks, target.shape[0] // row_blocks
+    for g in range(row_blocks):
+        rows_new, rows_old = slice(g * rn, g * rn + ro), slice(g * ro, (g + 1) * ro)
+        if src.dim() == 1:
+            target[rows_new] = src[rows_old]
+            continue
+        if src.shape[1] % col_blocks or target.shape[1] % col_blocks:
+            raise ValueError(f"cannot grow {name}: {src.shape[1]} columns are not {col_blocks} equal blocks")
+        co, cn = src.shape[1] // col_blocks, target.shape[1] // col_blocks
+        for b in range(col_blocks):
+            target[rows_new, b * cn : b * cn + co] = src[rows_old, b * co : (b + 1) * co]
+            target[rows_new, b * cn + co : (b + 1) * cn] = 0  # old units never hear new ones
 
 
 def _dist_info() -> tuple[int, int]:

@@ -71,6 +71,28 @@ def test_growing_a_mask_model_keeps_its_function():
         torch.testing.assert_close(grown.enhance(wav)[0], mask.enhance(wav)[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("extra", [{"output": "deepfilter", "df_bins": 12}, {"cell": "lstm", "bidirectional": True,
+                                                                          "layers": 2}])
+def test_widening_the_hidden_layer_keeps_the_function_and_the_new_units_learn(extra):
+    """hidden 16 -> 24 gate by gate (GRU: 3 gates, LSTM: 4; two directions, two layers): the same
+    outputs, and the new units' outgoing weights get a gradient at once (their incoming weights
+    keep a random init, so they are not dead)."""
+    torch.manual_seed(0)
+    small = build_model("recurrent", {**SMALL, **extra}).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_(0, 0.3)
+    wide = build_model("recurrent", {**SMALL, **extra, "hidden": 24}).eval()
+    grow_into(wide, small.state_dict())
+    x = small.example_input(batch=2)  # [B, F', N]
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x)[0], small(x)[0], atol=1e-6, rtol=0)
+    wide(x)[0].square().mean().backward()
+    dirs = 2 if extra.get("bidirectional") else 1
+    new_cols = wide.to_out.weight.grad.reshape(-1, dirs, 24)[:, :, 16:]  # from the 8 new units of each direction
+    assert new_cols.abs().sum() > 0
+
+
 def test_grow_refuses_what_does_not_fit():
     big = build_model("recurrent", {**SMALL, "hidden": 24})
     with pytest.raises(ValueError, match="cannot grow"):

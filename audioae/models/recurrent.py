@@ -45,6 +45,21 @@ class RecurrentAutoencoder(SpectralAutoencoder):
         self.dec_rnn = rnn(c.hidden, c.hidden, c.layers, batch_first=True, bidirectional=c.bidirectional)
         self.to_out = nn.Linear(dirs * c.hidden, c.n_outputs)
 
+    def growth_blocks(self) -> dict[str, tuple[int, int, bool]]:
+        """For :func:`audioae.train.grow_into`: ``name -> (row blocks, column blocks, fresh rows)``.
+        RNN weights stack their gates as row blocks; inputs that come from both directions of a
+        bidirectional layer are two column blocks; the rows of hidden units (RNN gates, enc_in,
+        dec_in) are fresh units when ``hidden`` grows."""
+        c = self.config
+        gates, dirs = (3 if c.cell == "gru" else 4), (2 if c.bidirectional else 1)
+        blocks = {f"{layer}.{kind}": (1, 1, True) for layer in ("enc_in", "dec_in") for kind in ("weight", "bias")}
+        blocks |= {"to_code.weight": (1, dirs, False), "to_out.weight": (1, dirs, False)}
+        for name, _ in self.named_parameters():
+            if "_rnn." in name:
+                from_both = "weight_ih_l" in name and "weight_ih_l0" not in name  # layer k > 0 reads dirs*H
+                blocks[name] = (gates, dirs if from_both else 1, True)
+        return blocks
+
     def _encode(self, x: torch.Tensor, state=None):
         z = torch.relu(self.enc_in(x.transpose(1, 2)))  # [B, N, H]
         z, state = self.enc_rnn(z, state)  # [B, N, dirs*H]
