@@ -138,14 +138,15 @@ def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:
         )
 
 
-def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int) -> torch.Tensor:
+def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, target: str = "") -> torch.Tensor:
     """Resample along the last axis with torchaudio's windowed-sinc resampler.
 
-    Raises :class:`AudioError` for rate pairs :func:`check_resample` refuses."""
+    Raises :class:`AudioError` for rate pairs :func:`check_resample` refuses (``target`` names
+    the new rate in its message)."""
     x = torch.as_tensor(wav, dtype=torch.float32)
     if orig_sr == new_sr:
         return x
-    check_resample(orig_sr, new_sr)
+    check_resample(orig_sr, new_sr, target=target)
     return AF.resample(x, orig_sr, new_sr)
 
 

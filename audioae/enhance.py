@@ -95,8 +95,7 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     dev = _device_of(model)
     specs, lengths = [], []
     for wav, sr, _ in items:
-        check_resample(sr, msr, target="the model's ")
-        z = resample(torch.as_tensor(np.ascontiguousarray(wav), dtype=torch.float32), sr, msr).to(dev)  # [C, T']
+        z = resample(np.ascontiguousarray(wav), sr, msr, target="the model's ").to(dev)  # [C, T']
         specs.append(model.stft(z))  # [C, F, N_i]
         lengths.append(z.shape[-1])
     n_max = max(s.shape[-1] for s in specs)

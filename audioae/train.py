@@ -35,7 +35,7 @@ from safetensors.torch import save as st_save
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.mixing import MixConfig, Mixer, Source, load_folder, synthetic_noise, synthetic_speech
-from .enhance import pick_device  # noqa: F401  (re-exported: server and benchmarks import it from here)
+from .enhance import pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
 from .models import Autoencoder, SpectralAutoencoder, build_model

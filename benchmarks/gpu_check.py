@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from audioae import pretrained
-from audioae.enhance import denoise, denoise_batch
+from audioae.enhance import denoise, denoise_batch, pick_device
 from audioae.fileio import atomic_write_json
-from audioae.train import load_run_config, pick_device, train
+from audioae.train import load_run_config, train
 
 
 def _clips(n: int, seconds: float, sr: int = 16000) -> list[np.ndarray]:

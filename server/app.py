@@ -16,8 +16,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from audioae.enhance import denoise_batch
-from audioae.train import pick_device
+from audioae.enhance import denoise_batch, pick_device
 from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 
 from .auth import TokenAuth, read_tokens

@@ -204,7 +204,6 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 check(*declared)
         wav, sr, form = audio_from_message(audio, name)
         self._check_seconds(wav.shape[-1] / sr)
-        check_resample(sr, model_sr, target="the model's ")  # on the caller's thread, not the device's
         if check is not None:
             check(wav.shape[-1], wav.shape[0], sr)
         return wav, sr, form

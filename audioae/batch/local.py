@@ -43,10 +43,7 @@ def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder | None, *, ch
     in-process case (``workers`` 1 or a single file); worker processes load ``checkpoint``
     themselves onto ``device`` (sha256-checked), so ``model`` may then be None."""
     if workers <= 1 or len(todo) <= 1:
-        if model is None:
-            from ..checkpoint import load_checkpoint
-
-            model = load_checkpoint(checkpoint, map_location=device, expected_sha256=sha256)
+        assert model is not None, "the in-process engine needs the loaded model"
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
