@@ -11,6 +11,12 @@ Checks (each prints a line and lands in the JSON):
 4. ``audioae denoise`` on a folder of 40 files (16/44.1/48 kHz, mono and stereo) with
    ``--device cuda`` (GPU batches) against ``--device cpu``: every file ok, the largest sample
    difference between the two, and the wall time of each.
+5. The gRPC server on CUDA (a real server on 127.0.0.1): 32 concurrent Denoise calls (its batcher
+   on the GPU) against the CPU's ``denoise`` of each clip, and one Decompose against the CPU's
+   ``decompose``.
+6. Training speed of the shipped denoiser's architecture on CUDA with autocast, on random
+   batches (no corpus needed): steps and seconds of audio per second at several batch sizes and
+   widths: what a GPU session could train in its minutes.
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         run = load_run_config("configs/tiny-synthetic.toml", [f"train.out_dir=\"{tmp}\"", "train.steps=20",
-                                                               "train.device=\"cuda\"", "train.progress=false"])
+                                                               "train.device=\"cuda\"", "train.progress=false",
+                                                               # pesq builds from source: a bare GPU image may lack it
+                                                               'train.metrics=["si_sdr", "stoi"]'])
         t = time.perf_counter()
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
@@ -72,6 +80,11 @@ def main() -> None:
         print(label, f"{res[f'{label}_audio_s_per_s']:.0f} s of audio per second")
     res["folder"] = _folder_cuda_vs_cpu()
     print("folder job", res["folder"])
+    atomic_write_json(args.out, res)  # what is measured so far survives a failure below
+    res["grpc"] = _grpc_on_cuda(cpu_model)
+    print("gRPC on CUDA", res["grpc"])
+    atomic_write_json(args.out, res)
+    res["train_speed"] = _train_speed(dev)
     atomic_write_json(args.out, res)
 
 
@@ -103,6 +116,87 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
             diffs.append(float(np.abs(a - b).max()))
         out["max_abs_diff"] = max(diffs)
     return out
+
+
+def _grpc_on_cuda(cpu_model, n: int = 32, device: str = "cuda") -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audioae.client import Client
+    from audioae.decompose import decompose
+    from server import AudioServer, ServerConfig
+
+    out: dict = {}
+    srv = AudioServer(ServerConfig(port=0, device=device, metrics_port=None))
+    srv.start()
+    srv.load()
+    try:
+        clips = [c[0] for c in _clips(n, 4.0)]
+        with Client(f"127.0.0.1:{srv.port}", timeout=120) as c:
+            c.wait_ready()
+            c.denoise(clips[0], 16000)  # warm-up: cuDNN picks its kernels
+            t = time.perf_counter()
+            with ThreadPoolExecutor(n) as pool:
+                ys = list(pool.map(lambda x: c.denoise(x, 16000), clips))
+            out["denoise_wall_s"] = time.perf_counter() - t
+            out["denoise_audio_s_per_s"] = n * 4.0 / out["denoise_wall_s"]
+            out["denoise_max_abs_diff_vs_cpu"] = max(
+                float(np.abs(y - denoise(cpu_model, x, 16000)).max()) for x, y in zip(clips, ys, strict=True))
+            dec_cpu = pretrained.load("decomposer-small")
+            wav = clips[0][None]  # [1, T]
+            got = c.decompose(wav, 16000, components=True, fit_steps=0)
+            want = decompose(dec_cpu, wav, 16000, fit_steps=0)
+            out["decompose_components"] = int(len(got.components))
+            out["decompose_sum_err"] = float(np.abs(got.components.sum(0) + got.residual - wav).max())
+            out["decompose_max_abs_diff_vs_cpu"] = float(np.abs(got.components - want.components).max())
+    finally:
+        srv.stop()
+    return out
+
+
+def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16, 64, 256))) -> dict:
+    from audioae.models import build_model
+
+    run = load_run_config("configs/denoiser-small-df5.toml")
+    out: dict = {}
+    for hidden in sizes[0]:
+        for batch in sizes[1]:
+            model = build_model(run.model, {**run.model_config, "hidden": hidden}).to(dev).train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            seg = int(run.data.segment_seconds * 16000)
+            clean = 0.1 * torch.randn(batch, seg, device=dev)  # [B, T]
+            noise = torch.randn(batch, seg, device=dev)  # [B, T]
+            snr = torch.full((batch,), 5.0, device=dev)  # [B]
+
+            batch_args = (model, opt, clean, noise, snr, run.train)
+            for _ in range(3):
+                _train_step(*batch_args)
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(steps):
+                _train_step(*batch_args)
+            _sync(dev)
+            rate = steps / (time.perf_counter() - t)
+            key = f"hidden{hidden}_batch{batch}"
+            out[key] = {"steps_per_s": rate, "audio_s_per_s": rate * batch * run.data.segment_seconds}
+            print("train speed", key, out[key])
+    return out
+
+
+def _train_step(model, opt, clean, noise, snr, tc) -> None:
+    from audioae.train import batch_loss, corrupt_batch
+
+    with torch.no_grad():
+        _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
+    with torch.autocast(clean.device.type, dtype=torch.bfloat16):
+        loss, _ = batch_loss(model, clean, spec, tc)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":
