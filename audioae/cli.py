@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         # Library errors carry messages meant for people (AudioError, CheckpointError, config errors).
         print(f"audioae {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data.mixing import MixConfig, Mixer, Source, load_folder, synthetic_noise, synthetic_speech
+from .data.mixing import MixConfig, Mixer, Source, load_folder, mixed_batches, synthetic_noise, synthetic_speech
 from .enhance import pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
@@ -69,6 +69,9 @@ class TrainConfig:
     # so every DDP rank uses the same rate.
     lr_final: float = 0.0
     decay_steps: int = 0
+    # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
+    # step rate unknown beforehand); every DDP rank follows rank 0's clock.
+    decay_by_time: bool = False
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
     spectral_weight: float = 1.0
@@ -79,8 +82,13 @@ class TrainConfig:
     out_dir: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: str = "auto"  # bfloat16 | float16 (with a GradScaler) | auto: bfloat16 where supported
     seed: int = 0
     threads: int = 0  # torch intra-op threads on CPU; 0: leave torch's default
+    # Mix batches on this many background threads, each with its own seeded mixer, taken in
+    # turn (the same sequence whatever the timing). A GPU at batch 256 outruns one mixer;
+    # 0: mix on the training thread.
+    loader_threads: int = 0
     # Start a fresh run from another checkpoint's weights (ignored when resuming). Tensors that
     # grew (a deep-filter head on a mask model, more filter taps, a wider GRU) keep the old
     # values, with zeros on every new input and output (grow_into), so training starts from
@@ -341,6 +349,9 @@ def _maybe_init_distributed(device: torch.device) -> bool:
     return False
 
 
+MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
+
+
 def train(run: RunConfig, resume: bool = True) -> dict:
     """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation SI-SDR),
     ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``."""
@@ -382,10 +393,11 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     sources = _sources(run.data, sr, val=False)
     mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob)
     # Each rank and each resume draws different examples.
-    mixer = Mixer(*sources, sr, mix, seed=tc.seed * 1000 + rank + 7919 * step)
+    seed = tc.seed * 1000 + rank + 7919 * step
+    mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
     val_set = make_validation_set(model, run.data) if rank == 0 else None
     use_amp = tc.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = _amp_dtype(tc.amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if rank == 0:
         atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
@@ -398,58 +410,82 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
+    if tc.decay_by_time and tc.max_minutes <= 0:
+        raise ValueError("train.decay_by_time needs train.max_minutes")
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     start_step = step
-    while step < tc.steps:
-        last_step = step + 1 == tc.steps or _out_of_time(deadline, world)
-        clean, noise, snr = mixer.batch(tc.batch_size)
-        clean, noise, snr = clean.to(device), noise.to(device), snr.to(device)
-        with torch.no_grad():
-            _, spec = corrupt_batch(model, clean, noise, snr)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss, parts = batch_loss(model, clean, spec, tc, forward=forward)
-        if tc.decay_steps:
-            for group in opt.param_groups:
-                group["lr"] = decayed_lr(tc, step - start_step)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        step += 1
-        audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
-        if bar is not None:
-            rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
-            bar.update(1)
-        if rank != 0:
+    skipped = bad_in_a_row = 0
+    with mixed_batches(mixers, tc.batch_size, threads=tc.loader_threads > 0) as batches:
+        while step < tc.steps:
+            time_used = _time_used(t0, deadline, world, device)
+            last_step = step + 1 == tc.steps or time_used >= 1.0
+            clean, noise, snr = next(batches)
+            clean, noise, snr = clean.to(device), noise.to(device), snr.to(device)
+            with torch.no_grad():
+                _, spec = corrupt_batch(model, clean, noise, snr)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss, parts = batch_loss(model, clean, spec, tc, forward=forward)
+            if tc.decay_steps or tc.decay_by_time:
+                done = time_used if tc.decay_by_time else (step - start_step) / tc.decay_steps
+                for group in opt.param_groups:
+                    group["lr"] = decayed_lr(tc, done)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            # A non-finite gradient (reduced across DDP ranks, so all agree) skips the update;
+            # a run of them stops training instead of spending hours on NaN weights. fp16's
+            # GradScaler skips and rescales on its own, so only its absence is guarded here.
+            if scaler.is_enabled() or torch.isfinite(norm):
+                scaler.step(opt)
+                bad_in_a_row = 0
+            else:
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= MAX_NONFINITE_STEPS:
+                    if rank == 0:  # the weights are still the last finite ones: keep them
+                        save_checkpoint(model, last, {"step": step}, write_sha256=False)
+                        _save_optimizer(opt, step, best, last_opt)
+                    raise FloatingPointError(
+                        f"{out}: the loss or its gradient was non-finite for {bad_in_a_row} steps in a row "
+                        f"(up to step {step + 1}, loss {float(loss.detach())}); those updates were skipped and "
+                        f"last.safetensors holds the last finite weights. "
+                        + ("On CUDA, train.amp=false runs without mixed precision." if use_amp else ""))
+            scaler.update()
+            step += 1
+            audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
+            if bar is not None:
+                rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
+                bar.update(1)
+            if rank != 0:
+                if last_step:
+                    break
+                continue
+            record = {"step": step, "loss": float(loss.detach()), **parts, **({"skipped": skipped} if skipped else {})}
+            if step % tc.val_every == 0 or last_step:
+                record["val"] = validate(model, val_set, tc.metrics)
+                if record["val"]["si_sdr"] > best:
+                    best = record["val"]["si_sdr"]
+                    save_checkpoint(model, out / "best.safetensors", {"step": step, "val": record["val"]})
+                log.info("step %d val %s", step, record["val"])
+                if bar is not None:
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
+            if "val" in record or step % 50 == 0:
+                history.append(record)
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
+                save_checkpoint(model, last, {"step": step}, write_sha256=False)
+                _save_optimizer(opt, step, best, last_opt)
+                t_last_ckpt = time.monotonic()
             if last_step:
                 break
-            continue
-        record = {"step": step, "loss": float(loss.detach()), **parts}
-        if step % tc.val_every == 0 or last_step:
-            record["val"] = validate(model, val_set, tc.metrics)
-            if record["val"]["si_sdr"] > best:
-                best = record["val"]["si_sdr"]
-                save_checkpoint(model, out / "best.safetensors", {"step": step, "val": record["val"]})
-            log.info("step %d val %s", step, record["val"])
-            if bar is not None:
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
-        if "val" in record or step % 50 == 0:
-            history.append(record)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-            save_checkpoint(model, last, {"step": step}, write_sha256=False)
-            _save_optimizer(opt, step, best, last_opt)
-            t_last_ckpt = time.monotonic()
-        if last_step:
-            break
     if bar is not None:
         bar.close()
     summary = {"steps": step, "best_val_si_sdr": best if math.isfinite(best) else None, "seconds": time.monotonic() - t0,
-               "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world}
+               "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
+               "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped}
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)
         if rank == 0:
@@ -460,18 +496,31 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     return summary
 
 
-def decayed_lr(tc: TrainConfig, steps_done: int) -> float:
-    """The learning rate after ``steps_done`` steps of this invocation (cosine to ``lr_final``)."""
-    frac = min(1.0, steps_done / tc.decay_steps)
+def _amp_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    if name not in ("bfloat16", "float16"):
+        raise ValueError(f"train.amp_dtype must be auto, bfloat16 or float16, got {name!r}")
+    return getattr(torch, name)
+
+
+def decayed_lr(tc: TrainConfig, done: float) -> float:
+    """The learning rate when ``done`` of the decay is behind (steps or wall time as a fraction;
+    cosine from ``lr`` to ``lr_final``, then ``lr_final``)."""
+    frac = min(1.0, max(0.0, done))
     return tc.lr_final + (tc.lr - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def _out_of_time(deadline: float, world: int) -> bool:
-    """Whether the wall-time budget is spent; under DDP every rank follows rank 0's clock."""
-    flag = torch.tensor([1.0 if time.monotonic() >= deadline else 0.0])
+def _time_used(t0: float, deadline: float, world: int, device: torch.device) -> float:
+    """The share of the wall-time budget spent (0 without one); under DDP every rank follows
+    rank 0's clock, so all stop on the same step and use the same rate. The tensor lives on the
+    training device: NCCL broadcasts only CUDA tensors."""
+    if not math.isfinite(deadline):
+        return 0.0
+    used = torch.tensor([(time.monotonic() - t0) / max(deadline - t0, 1e-9)], dtype=torch.float64, device=device)
     if world > 1:
-        dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        dist.broadcast(used, src=0)
+    return float(used.item())
 
 
 def replica_divergence(model: torch.nn.Module) -> float:

@@ -47,6 +47,36 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys):
     assert steps == sorted(set(steps)) and steps[-1] == 7  # one record per step, none repeated
 
 
+def test_background_mixer_threads_train_reproducibly(tmp_path, capsys):
+    # train.loader_threads mixes on threads; batches are taken in a fixed turn, so two runs agree.
+    weights = []
+    for name in ("a", "b"):
+        rc = main(["train", CONFIG, "--out", str(tmp_path / name), "--steps", "5", "--set", "train.val_every=100",
+                   "--set", "train.progress=false", "--set", "model.config.hidden=16",
+                   "--set", "train.loader_threads=3", "--set", "train.threads=1"])
+        assert rc == 0
+        weights.append(load_checkpoint(tmp_path / name / "last.safetensors").state_dict())
+    capsys.readouterr()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path, capsys):
+    # lr 1e20: the first update wrecks the weights and every later loss is NaN. Those updates are
+    # skipped, and after MAX_NONFINITE_STEPS in a row training stops (not 200 steps of NaN) with
+    # the last finite weights saved.
+    from audioae.train import MAX_NONFINITE_STEPS
+
+    out = tmp_path / "run"
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "200", "--set", "train.lr=1e20",
+               "--set", "train.val_every=1000", "--set", "train.progress=false", "--set", "model.config.hidden=16"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"non-finite for {MAX_NONFINITE_STEPS} steps in a row" in err
+    assert f"up to step {MAX_NONFINITE_STEPS + 1}," in err
+    weights = load_checkpoint(out / "last.safetensors").state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", CONFIG, "--out", str(tmp_path), "--set", "train.stepz=3"])
     assert rc == 2
@@ -91,7 +121,19 @@ def test_cosine_decay_reaches_the_final_rate():
     from audioae.train import TrainConfig, decayed_lr
 
     tc = TrainConfig(lr=1e-3, lr_final=1e-4, decay_steps=100)
-    assert decayed_lr(tc, 0) == 1e-3
-    assert abs(decayed_lr(tc, 50) - 5.5e-4) < 1e-12
-    assert decayed_lr(tc, 100) == decayed_lr(tc, 500) == 1e-4
-    assert decayed_lr(tc, 30) > decayed_lr(tc, 31)
+    assert decayed_lr(tc, 0.0) == 1e-3
+    assert abs(decayed_lr(tc, 0.5) - 5.5e-4) < 1e-12
+    assert decayed_lr(tc, 1.0) == decayed_lr(tc, 5.0) == 1e-4
+    assert decayed_lr(tc, 0.30) > decayed_lr(tc, 0.31)
+
+
+def test_decay_by_time_ends_at_the_final_rate(tmp_path, capsys):
+    # A wall-time budget with decay_by_time: the last logged step runs at (about) lr_final.
+    out = tmp_path / "run"
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "100000", "--set", "train.max_minutes=0.05",
+               "--set", "train.decay_by_time=true", "--set", "train.lr=1e-2", "--set", "train.lr_final=1e-4",
+               "--set", "train.val_every=100000", "--set", "train.progress=false", "--set", "model.config.hidden=16"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] > 1
+    assert abs(summary["final_lr"] - 1e-4) < 1e-4 * 0.05

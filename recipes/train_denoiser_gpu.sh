@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Stage 4 of the shipped speech denoiser, on one GPU (configs/denoiser-small-gpu.toml): the
+# shipped weights trained further at batch 256 for MINUTES of wall time, the rate decaying with
+# the time spent. Choose the checkpoint and mask power afterwards on the val split, on any
+# machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).
+#   bash recipes/train_denoiser_gpu.sh [MINUTES] [DATA] [OUT] [--set section.key=value ...]
+# DATA holds train/{speech,noise} and val/{speech,noise}: corpus/ (built by
+# recipes/train_denoiser.sh) or a packed copy of it (recipes/pack_corpus.py), for a GPU machine
+# that cannot install the Debian packages or take 1.5 GB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES=${1:-7}
+DATA=${2:-corpus}
+OUT=${3:-runs/denoiser-small-gpu}
+python3 -m audioae.cli train configs/denoiser-small-gpu.toml --out "$OUT" \
+  --set train.max_minutes="$MINUTES" --set train.progress=false \
+  --set data.clean_dir="\"$DATA/train/speech\"" --set data.noise_dir="\"$DATA/train/noise\"" \
+  --set data.val_clean_dir="\"$DATA/val/speech\"" --set data.val_noise_dir="\"$DATA/val/noise\"" \
+  "${@:4}"
