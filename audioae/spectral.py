@@ -49,6 +49,17 @@ class STFT(nn.Module):
         return self.ispec(spec, length=length)
 
 
+def magnitude(spec: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``|spec|`` with a finite gradient everywhere, for losses: ``sqrt(re^2 + im^2 + eps^2)``.
+
+    At an exactly zero bin (digital silence, common in TTS speech and synthetic noise) the chain
+    ``abs() -> pow(0.3)`` has a 0 * inf in its backward. CPU kernels happen to mask the NaN
+    (anomaly detection still flags PowBackward0); nothing guarantees another device's do. The
+    first GPU run had NaN losses within 50 steps. Features keep ``abs()``: they need no gradient.
+    """
+    return torch.sqrt(spec.real.square() + spec.imag.square() + eps * eps)
+
+
 def compress(mag: torch.Tensor, kind: str = "power", power: float = 0.3) -> torch.Tensor:
     """Compress magnitudes so loud and quiet bins weigh alike: ``log(m + eps)`` or ``m ** power``."""
     if kind == "log":

@@ -5,7 +5,12 @@
 Checks (each prints a line and lands in the JSON):
 1. ``pick_device("auto")`` picks CUDA; the shipped denoiser on CUDA gives the CPU's output
    (to 1e-3: cuDNN's GRU differs in the last bits).
-2. ``audioae train`` runs a few steps with mixed precision (bf16/fp16 autocast) on CUDA.
+2. ``audioae train`` runs a few steps with mixed precision (bf16/fp16 autocast) on CUDA; then the
+   shipped denoiser's own architecture, from the shipped weights on synthetic batches of 64,
+   trains 40 steps with bf16 autocast, fp16 autocast (GradScaler) and fp32, each reporting whether
+   its loss stayed finite; and where bf16 does not, anomaly detection names the first operation
+   whose backward gives NaN. (The first GPU training run, 2026-11-27 on an H200 with bf16
+   autocast, had NaN losses from its first 50 steps.)
 3. Throughput: ``denoise`` one clip at a time against ``denoise_batch`` of 16 clips (what the
    server's batcher and the batch engine's GPU path do), in seconds of audio per second.
 4. ``audioae denoise`` on a folder of 40 files (16/44.1/48 kHz, mono and stereo) with
@@ -22,6 +27,7 @@ Checks (each prints a line and lands in the JSON):
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -66,6 +72,12 @@ def main() -> None:
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
     print("AMP training", res["amp_train"])
+    res["finite_training"] = _finite_training()
+    print("finite training", res["finite_training"])
+    if not res["finite_training"]["bfloat16"]["finite"]:
+        res["first_nan_op"] = _first_nan_op(dev)
+        print("first NaN op", res["first_nan_op"])
+    atomic_write_json(args.out, res)
 
     clips = _clips(64, 3.0)
     for label, fn in (("unbatched", lambda cs: [denoise(gpu_model, c, 16000) for c in cs]),
@@ -116,6 +128,46 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
             diffs.append(float(np.abs(a - b).max()))
         out["max_abs_diff"] = max(diffs)
     return out
+
+
+def _finite_training(steps: int = 40) -> dict:
+    out: dict = {}
+    for label, over in (("bfloat16", ['train.amp_dtype="bfloat16"']), ("float16", ['train.amp_dtype="float16"']),
+                        ("float32", ["train.amp=false"])):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = load_run_config("configs/denoiser-small-df5.toml", [
+                f'train.out_dir="{tmp}"', f"train.steps={steps}", 'train.device="cuda"', "train.progress=false",
+                'train.metrics=["si_sdr"]', "train.batch_size=64", "train.val_every=1000", "train.decay_steps=0",
+                'train.init_from="audioae/pretrained/denoiser-small.safetensors"', 'data.clean_dir=""',
+                'data.noise_dir=""', 'data.val_clean_dir=""', 'data.val_noise_dir=""', *over])
+            try:
+                summary = train(run, resume=False)
+                out[label] = {"finite": summary["skipped_steps"] == 0, "skipped_steps": summary["skipped_steps"],
+                              "val_si_sdr": summary["best_val_si_sdr"], "seconds": summary["seconds"]}
+            except FloatingPointError as exc:
+                out[label] = {"finite": False, "error": str(exc)}
+    return out
+
+
+def _first_nan_op(dev: torch.device, steps: int = 40) -> str:
+    """Train the shipped weights under bf16 autocast with anomaly detection: the error names the
+    backward function that first returned NaN."""
+    from audioae.data.mixing import MixConfig, Mixer, synthetic_noise, synthetic_speech
+
+    run = load_run_config("configs/denoiser-small-df5.toml")
+    model = pretrained.load(None, map_location=dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=run.train.lr)
+    mixer = Mixer(synthetic_speech(), synthetic_noise(), 16000, MixConfig(), seed=0)
+    with torch.autograd.detect_anomaly():
+        for step in range(steps):
+            clean, noise, snr = (t.to(dev) for t in mixer.batch(64))
+            try:
+                loss = _train_step(model, opt, clean, noise, snr, run.train)
+            except RuntimeError as exc:
+                return f"step {step}: {exc}"
+            if not math.isfinite(loss):
+                return f"step {step}: forward loss {loss} (the forward pass, not a backward op)"
+    return f"none in {steps} steps"
 
 
 def _grpc_on_cuda(cpu_model, n: int = 32, device: str = "cuda") -> dict:
@@ -182,7 +234,7 @@ def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16
     return out
 
 
-def _train_step(model, opt, clean, noise, snr, tc) -> None:
+def _train_step(model, opt, clean, noise, snr, tc) -> float:
     from audioae.train import batch_loss, corrupt_batch
 
     with torch.no_grad():
@@ -192,6 +244,7 @@ def _train_step(model, opt, clean, noise, snr, tc) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    return float(loss.detach())
 
 
 def _sync(dev: torch.device) -> None:

@@ -89,3 +89,25 @@ def test_sparsity_penalty_makes_codes_sparser():
             codes[penalty] = model.encode(x)
     assert hoyer_sparsity(codes["l1"]) > hoyer_sparsity(codes["none"]) + 0.1
     assert fraction_near_zero(codes["l1"]) > fraction_near_zero(codes["none"])
+
+
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
+def test_loss_backward_has_no_nan_at_silent_bins():
+    # Exactly zero STFT bins (digital silence) must not put a 0 * inf anywhere in the backward:
+    # anomaly detection raises on any NaN a backward function returns, masked later or not.
+    from audioae.losses import multires_stft_loss, spectral_loss
+
+    re = torch.zeros(2, 9, 7)
+    re[0, :, :3] = 0.5
+    im = torch.zeros(2, 9, 7)
+    re.requires_grad_(True)
+    im.requires_grad_(True)
+    est = torch.complex(re, im)  # [B, F, N], silent but for a few frames
+    clean = torch.complex(torch.zeros(2, 9, 7), torch.zeros(2, 9, 7))
+    clean[1, 4, 2] = 0.3  # a bin where the estimate is silent and the target is not
+    wav = torch.zeros(2, 2048)
+    wav[0, 1000:1100] = torch.linspace(0, 1, 100)
+    wav.requires_grad_(True)
+    with torch.autograd.detect_anomaly():
+        (spectral_loss(est, clean) + multires_stft_loss(wav, torch.zeros(2, 2048))).backward()
+    assert torch.isfinite(re.grad).all() and torch.isfinite(im.grad).all() and torch.isfinite(wav.grad).all()
