@@ -431,13 +431,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                     group["lr"] = decayed_lr(tc, done)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            # A non-finite gradient (reduced across DDP ranks, so all agree) skips the update;
-            # a run of them stops training instead of spending hours on NaN weights. fp16's
-            # GradScaler skips and rescales on its own, so only its absence is guarded here.
-            if scaler.is_enabled() or torch.isfinite(norm):
-                scaler.step(opt)
+            if _apply_gradients(model, opt, scaler, tc.grad_clip):
                 bad_in_a_row = 0
             else:
                 skipped += 1
@@ -451,7 +445,6 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                         f"(up to step {step + 1}, loss {float(loss.detach())}); those updates were skipped and "
                         f"last.safetensors holds the last finite weights. "
                         + ("On CUDA, train.amp=false runs without mixed precision." if use_amp else ""))
-            scaler.update()
             step += 1
             audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
             if bar is not None:
@@ -494,6 +487,22 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     grad_clip: float) -> bool:
+    """Clip and apply the gradients; False when they were non-finite and nothing was applied.
+
+    Under DDP the gradients are already reduced, so every rank decides alike. fp16's GradScaler
+    skips such steps and lowers its scale on its own; without it the step is skipped here.
+    """
+    scaler.unscale_(opt)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    applied = scaler.is_enabled() or bool(torch.isfinite(norm))
+    if applied:
+        scaler.step(opt)
+    scaler.update()
+    return applied
 
 
 def _amp_dtype(name: str) -> torch.dtype:
