@@ -30,6 +30,7 @@ def _load(name: str, path: Path):
 bc = _load("build_corpus", ROOT / "recipes" / "build_corpus.py")
 bench = _load("denoise_bench", ROOT / "benchmarks" / "denoise_bench.py")
 diag = _load("denoiser_diagnostics", ROOT / "recipes" / "denoiser_diagnostics.py")
+pack = _load("pack_corpus", ROOT / "recipes" / "pack_corpus.py")
 SR = bc.SR
 
 
@@ -168,3 +169,27 @@ def test_diagnostic_split_parts_sum_to_the_output_of_a_deep_filter_model():
     assert y.shape == speech.shape == noise.shape == noisy.shape
     np.testing.assert_allclose(speech + noise, y, atol=1e-5)
     assert np.abs(speech - clean).max() > 1e-3  # the mask did act on the speech
+
+
+def test_pack_corpus_codes_every_readable_file_and_keeps_what_exists(tmp_path, monkeypatch, capsys):
+    from audioae.metrics import si_sdr
+
+    rng = np.random.default_rng(3)
+    speech = synthetic.speech_like(rng, 2.0, SR).astype(np.float32)
+    _write(tmp_path / "src" / "voice_a" / "one.wav", speech)
+    _write(tmp_path / "src" / "voice_b" / "deep" / "two.wav", speech[::-1].copy())
+    (tmp_path / "src" / "voice_b" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    monkeypatch.setattr(sys, "argv", ["pack_corpus.py", str(tmp_path / "src"), str(tmp_path / "dst"), "--quality", "0.85"])
+    pack.main()
+    out = capsys.readouterr().out
+    assert "skipping" in out and "broken.wav" in out  # reported, not fatal
+    coded, sr = sf.read(tmp_path / "dst" / "voice_a" / "one.ogg", dtype="float32")
+    assert sr == SR and abs(len(coded) - len(speech)) < SR // 100
+    n = min(len(coded), len(speech))
+    assert si_sdr(coded[:n], speech[:n]) > 15.0  # Opus at quality 0.85 keeps the waveform
+    assert (tmp_path / "dst" / "voice_b" / "deep" / "two.ogg").is_file()
+    assert not list((tmp_path / "dst").rglob("*.part"))
+    # A rerun keeps existing outputs untouched.
+    before = (tmp_path / "dst" / "voice_a" / "one.ogg").stat().st_mtime_ns
+    pack.main()
+    assert (tmp_path / "dst" / "voice_a" / "one.ogg").stat().st_mtime_ns == before
