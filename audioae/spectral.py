@@ -53,9 +53,9 @@ def magnitude(spec: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``|spec|`` with a finite gradient everywhere, for losses: ``sqrt(re^2 + im^2 + eps^2)``.
 
     At an exactly zero bin (digital silence, common in TTS speech and synthetic noise) the chain
-    ``abs() -> pow(0.3)`` has a 0 * inf in its backward. CPU kernels happen to mask the NaN
-    (anomaly detection still flags PowBackward0); nothing guarantees another device's do. The
-    first GPU run had NaN losses within 50 steps. Features keep ``abs()``: they need no gradient.
+    ``abs() -> pow(0.3)`` has a 0 * inf in its backward: anomaly detection flags PowBackward0,
+    though on CPU the final gradients still come out finite. It is the suspected cause of the
+    first GPU run's NaN losses (unverified). Features keep ``abs()``: they need no gradient.
     """
     return torch.sqrt(spec.real.square() + spec.imag.square() + eps * eps)
 

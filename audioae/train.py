@@ -70,7 +70,8 @@ class TrainConfig:
     lr_final: float = 0.0
     decay_steps: int = 0
     # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
-    # step rate unknown beforehand); every DDP rank follows rank 0's clock.
+    # step rate unknown beforehand); every DDP rank follows rank 0's clock. Like decay_steps it
+    # counts from where this invocation starts: a resumed run is a warm restart with a new budget.
     decay_by_time: bool = False
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
@@ -96,6 +97,12 @@ class TrainConfig:
     init_from: str = ""
     metrics: tuple[str, ...] = ("si_sdr", "pesq", "stoi")
     progress: bool = True
+
+    def __post_init__(self):
+        if self.decay_by_time and self.max_minutes <= 0:
+            raise ValueError("train.decay_by_time needs train.max_minutes")
+        if self.decay_by_time and self.decay_steps:
+            raise ValueError("train.decay_by_time and train.decay_steps both set: choose one (decay_steps=0)")
 
 
 @dataclass(frozen=True)
@@ -410,8 +417,6 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
-    if tc.decay_by_time and tc.max_minutes <= 0:
-        raise ValueError("train.decay_by_time needs train.max_minutes")
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     start_step = step
     skipped = bad_in_a_row = 0
@@ -431,7 +436,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                     group["lr"] = decayed_lr(tc, done)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if _apply_gradients(model, opt, scaler, tc.grad_clip):
+            if _apply_gradients(model, opt, scaler, tc.grad_clip, loss):
                 bad_in_a_row = 0
             else:
                 skipped += 1
@@ -440,6 +445,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                     if rank == 0:  # the weights are still the last finite ones: keep them
                         save_checkpoint(model, last, {"step": step}, write_sha256=False)
                         _save_optimizer(opt, step, best, last_opt)
+                    if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
+                        dist.barrier()
                     raise FloatingPointError(
                         f"{out}: the loss or its gradient was non-finite for {bad_in_a_row} steps in a row "
                         f"(up to step {step + 1}, loss {float(loss.detach())}); those updates were skipped and "
@@ -490,19 +497,24 @@ def train(run: RunConfig, resume: bool = True) -> dict:
 
 
 def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                     grad_clip: float) -> bool:
-    """Clip and apply the gradients; False when they were non-finite and nothing was applied.
+                     grad_clip: float, loss: torch.Tensor) -> bool:
+    """Clip and apply the gradients; False when the step was bad and nothing was applied.
 
     Under DDP the gradients are already reduced, so every rank decides alike. fp16's GradScaler
-    skips such steps and lowers its scale on its own; without it the step is skipped here.
+    skips steps whose scaled gradients overflow and lowers its scale: those are its calibration,
+    so with it only a non-finite loss counts as bad.
     """
     scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    applied = scaler.is_enabled() or bool(torch.isfinite(norm))
-    if applied:
-        scaler.step(opt)
+    if scaler.is_enabled():
+        scaler.step(opt)  # skips by itself on inf/NaN gradients
+        good = bool(torch.isfinite(loss.detach()))
+    else:
+        good = bool(torch.isfinite(norm))
+        if good:
+            opt.step()
     scaler.update()
-    return applied
+    return good
 
 
 def _amp_dtype(name: str) -> torch.dtype:
@@ -522,14 +534,16 @@ def decayed_lr(tc: TrainConfig, done: float) -> float:
 
 def _time_used(t0: float, deadline: float, world: int, device: torch.device) -> float:
     """The share of the wall-time budget spent (0 without one); under DDP every rank follows
-    rank 0's clock, so all stop on the same step and use the same rate. The tensor lives on the
-    training device: NCCL broadcasts only CUDA tensors."""
+    rank 0's clock, so all stop on the same step and use the same rate (the tensor lives on the
+    training device: NCCL broadcasts only CUDA tensors)."""
     if not math.isfinite(deadline):
         return 0.0
-    used = torch.tensor([(time.monotonic() - t0) / max(deadline - t0, 1e-9)], dtype=torch.float64, device=device)
-    if world > 1:
-        dist.broadcast(used, src=0)
-    return float(used.item())
+    used = (time.monotonic() - t0) / max(deadline - t0, 1e-9)
+    if world == 1:
+        return used
+    shared = torch.tensor([used], dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=0)
+    return float(shared.item())
 
 
 def replica_divergence(model: torch.nn.Module) -> float:

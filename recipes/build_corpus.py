@@ -749,9 +749,9 @@ def summary_lines(summary: dict) -> list[str]:
 
 STAGES = ("packages", "opensfx", "espeak", "flite", "festival", "synthetic", "babble", "babble_test", "mixtures",
           "val_mixtures", "summary")
-# Not in the default run: stage 5 of the shipped denoiser (recipes/train_denoiser.sh) doubles the
-# training babble (the one noise type whose STOI the model barely improves on val: 0.755 vs the
-# input's 0.751); the stages before it trained on the first 300 clips.
+# Not in the default run: the denoiser's eighth training phase (recipes/train_denoiser.sh) doubles
+# the training babble (the one noise type whose STOI the model barely improves on val: 0.755 vs
+# the input's 0.751); the phases before it trained on the first 300 clips.
 EXTRA_STAGES = ("babble_extra",)
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stage 4 of the shipped speech denoiser, on one GPU (configs/denoiser-small-gpu.toml): the
+# A GPU phase for the shipped speech denoiser (configs/denoiser-small-gpu.toml; its one run so far,
+# 2026-11-27, went NaN and shipped nothing: benchmarks/results/gpu-train-attempt.json): the
 # shipped weights trained further at batch 256 for MINUTES of wall time, the rate decaying with
 # the time spent. Choose the checkpoint and mask power afterwards on the val split, on any
 # machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).

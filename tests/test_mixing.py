@@ -40,10 +40,16 @@ def test_threaded_batches_equal_the_unthreaded_sequence():
     assert not torch.equal(want[0][0], want[1][0])  # the mixers really differ
 
 
+class _Broken(Mixer):
+    def batch(self, batch_size):
+        raise OSError("disk went away")
+
+
 def test_a_failing_mixer_raises_in_the_consumer():
     mixers = _mixers(2)
-    mixers[1].cfg = MixConfig(segment_seconds=-1.0)  # a negative length fails inside batch()
+    speech, noise = _sources()
+    mixers[1] = _Broken(speech, noise, 8000, MixConfig(segment_seconds=0.5))
     with mixed_batches(mixers, 4, threads=True) as batches:
         next(batches)  # mixer 0 works
-        with pytest.raises(ValueError):
+        with pytest.raises(OSError, match="disk went away"):
             next(batches)

@@ -77,6 +77,13 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_decay_by_time_needs_a_time_budget(tmp_path, capsys):
+    rc = main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", "train.decay_by_time=true"])
+    assert rc == 2
+    assert "decay_by_time needs train.max_minutes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", CONFIG, "--out", str(tmp_path), "--set", "train.stepz=3"])
     assert rc == 2
