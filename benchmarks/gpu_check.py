@@ -130,13 +130,13 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
-def _finite_training(steps: int = 40) -> dict:
+def _finite_training(steps: int = 40, device: str = "cuda") -> dict:
     out: dict = {}
     for label, over in (("bfloat16", ['train.amp_dtype="bfloat16"']), ("float16", ['train.amp_dtype="float16"']),
                         ("float32", ["train.amp=false"])):
         with tempfile.TemporaryDirectory() as tmp:
             run = load_run_config("configs/denoiser-small-df5.toml", [
-                f'train.out_dir="{tmp}"', f"train.steps={steps}", 'train.device="cuda"', "train.progress=false",
+                f'train.out_dir="{tmp}"', f"train.steps={steps}", f'train.device="{device}"', "train.progress=false",
                 'train.metrics=["si_sdr"]', "train.batch_size=64", "train.val_every=1000", "train.decay_steps=0",
                 'train.init_from="audioae/pretrained/denoiser-small.safetensors"', 'data.clean_dir=""',
                 'data.noise_dir=""', 'data.val_clean_dir=""', 'data.val_noise_dir=""', *over])
