@@ -272,6 +272,13 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Pa
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
+def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, best: float,
+                       out: Path) -> None:
+    """``last.safetensors`` and ``last.optim.safetensors``: what a rerun resumes from."""
+    save_checkpoint(model, out / "last.safetensors", {"step": step}, write_sha256=False)
+    _save_optimizer(opt, step, best, out / "last.optim.safetensors")
+
+
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
     from safetensors import safe_open
 
@@ -443,8 +450,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_NONFINITE_STEPS:
                     if rank == 0:  # the weights are still the last finite ones: keep them
-                        save_checkpoint(model, last, {"step": step}, write_sha256=False)
-                        _save_optimizer(opt, step, best, last_opt)
+                        _save_resume_point(model, opt, step, best, out)
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(
@@ -476,8 +482,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                save_checkpoint(model, last, {"step": step}, write_sha256=False)
-                _save_optimizer(opt, step, best, last_opt)
+                _save_resume_point(model, opt, step, best, out)
                 t_last_ckpt = time.monotonic()
             if last_step:
                 break

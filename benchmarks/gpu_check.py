@@ -38,7 +38,8 @@ import torch
 from audioae import pretrained
 from audioae.enhance import denoise, denoise_batch, pick_device
 from audioae.fileio import atomic_write_json
-from audioae.train import load_run_config, train
+from audioae.models import build_model
+from audioae.train import batch_loss, corrupt_batch, load_run_config, train
 
 
 def _clips(n: int, seconds: float, sr: int = 16000) -> list[np.ndarray]:
@@ -72,12 +73,9 @@ def main() -> None:
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
     print("AMP training", res["amp_train"])
-    res["finite_training"] = _finite_training()
-    print("finite training", res["finite_training"])
+    _keep(res, args.out, "finite_training", _finite_training())
     if not res["finite_training"]["bfloat16"]["finite"]:
-        res["first_nan_op"] = _first_nan_op(dev)
-        print("first NaN op", res["first_nan_op"])
-    atomic_write_json(args.out, res)
+        _keep(res, args.out, "first_nan_op", _first_nan_op(dev))
 
     clips = _clips(64, 3.0)
     for label, fn in (("unbatched", lambda cs: [denoise(gpu_model, c, 16000) for c in cs]),
@@ -88,16 +86,17 @@ def main() -> None:
         t = time.perf_counter()
         fn(clips)
         torch.cuda.synchronize()
-        res[f"{label}_audio_s_per_s"] = 64 * 3.0 / (time.perf_counter() - t)
-        print(label, f"{res[f'{label}_audio_s_per_s']:.0f} s of audio per second")
-    res["folder"] = _folder_cuda_vs_cpu()
-    print("folder job", res["folder"])
-    atomic_write_json(args.out, res)  # what is measured so far survives a failure below
-    res["grpc"] = _grpc_on_cuda(cpu_model)
-    print("gRPC on CUDA", res["grpc"])
-    atomic_write_json(args.out, res)
-    res["train_speed"] = _train_speed(dev)
-    atomic_write_json(args.out, res)
+        _keep(res, args.out, f"{label}_audio_s_per_s", 64 * 3.0 / (time.perf_counter() - t))
+    _keep(res, args.out, "folder", _folder_cuda_vs_cpu())
+    _keep(res, args.out, "grpc", _grpc_on_cuda(cpu_model))
+    _keep(res, args.out, "train_speed", _train_speed(dev))
+
+
+def _keep(res: dict, path: str, key: str, value) -> None:
+    """Print one finding and write everything so far: a later check that fails loses nothing."""
+    res[key] = value
+    print(key, value, flush=True)
+    atomic_write_json(path, res)
 
 
 def _folder_cuda_vs_cpu(n: int = 40) -> dict:
@@ -208,8 +207,6 @@ def _grpc_on_cuda(cpu_model, n: int = 32, device: str = "cuda") -> dict:
 
 
 def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16, 64, 256))) -> dict:
-    from audioae.models import build_model
-
     run = load_run_config("configs/denoiser-small-df5.toml")
     out: dict = {}
     for hidden in sizes[0]:
@@ -237,8 +234,6 @@ def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16
 
 
 def _train_step(model, opt, clean, noise, snr, tc) -> float:
-    from audioae.train import batch_loss, corrupt_batch
-
     with torch.no_grad():
         _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
     with torch.autocast(clean.device.type, dtype=torch.bfloat16):

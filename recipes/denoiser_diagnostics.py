@@ -98,8 +98,7 @@ def postproc(model, config: str, examples: int = 48, seed: int = 1234):
             out = head(self, y)  # [B, F + taps, N]
             return out if fn is None else torch.cat([fn(out[:, :n_bins]), out[:, n_bins:]], dim=1)
         model.head = patched.__get__(model)  # this instance only
-        with torch.no_grad():
-            scores = validate(model, val_set)
+        scores = validate(model, val_set)  # runs under inference_mode itself
         yield {"variant": name, **{k: round(v, 4) for k, v in scores.items()}}
     del model.head
 

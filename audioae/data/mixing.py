@@ -54,7 +54,7 @@ def _load_mono(path: Path, sr: int) -> np.ndarray | None:
     except AudioError as exc:
         log.warning("skipping %s", exc)
         return None
-    return resample(wav.mean(0), file_sr, sr).numpy().astype(np.float32)
+    return resample(wav.mean(0), file_sr, sr).numpy()  # float32 already: no second copy
 
 
 class Source:
