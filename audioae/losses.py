@@ -1,6 +1,10 @@
-"""Training losses: spectral (compressed magnitudes), multi-resolution STFT, SI-SDR."""
+"""Training losses: spectral (compressed magnitudes), multi-resolution STFT, SI-SDR, and two
+differentiable proxies of the benchmark's perceptual metrics (PESQ: ``torch-pesq``; STOI:
+``torch-stoi``), installed with the ``train`` extra."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -37,3 +41,35 @@ def multires_stft_loss(est: torch.Tensor, ref: torch.Tensor,
 
 def si_sdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return -si_sdr(est, ref).mean()
+
+
+@functools.cache
+def _pesq_proxy(sample_rate: int, device: str) -> torch.nn.Module:
+    from torch_pesq import PesqLoss  # the `train` extra
+
+    return PesqLoss(1.0, sample_rate=sample_rate).to(device)
+
+
+@functools.cache
+def _stoi_proxy(sample_rate: int, device: str) -> torch.nn.Module:
+    from torch_stoi import NegSTOILoss  # the `train` extra
+
+    return NegSTOILoss(sample_rate=sample_rate).to(device)
+
+
+def pesq_loss(est: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """PESQ's disturbance term, 0.1 * symmetric + 0.0309 * asymmetric (Strauss et al.'s
+    differentiable PESQ): 4.5 minus the loss is PESQ's raw score before its MOS mapping, so one
+    unit of loss is about one PESQ point. ``est``, ``ref``: [B, T]."""
+    # Its level alignment divides by the signal's power: a silent row (the model muting a whole
+    # crop) would give NaN, so such rows are left out before the proxy sees them and add nothing.
+    audible = (est.detach().square().mean(-1) > 1e-10) & (ref.square().mean(-1) > 1e-10)  # [B]
+    if not bool(audible.any()):
+        return est.sum() * 0.0
+    per_row = _pesq_proxy(sample_rate, str(est.device))(ref[audible].float(), est[audible].float())  # [B']
+    return per_row.sum() / est.shape[0]
+
+
+def stoi_loss(est: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Negative STOI (differentiable, silent frames dropped as in the metric). [B, T] each."""
+    return _stoi_proxy(sample_rate, str(est.device))(est.float(), ref.float()).mean()

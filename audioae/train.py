@@ -78,6 +78,10 @@ class TrainConfig:
     spectral_weight: float = 1.0
     mrstft_weight: float = 0.0
     sisdr_weight: float = 0.0
+    # Differentiable proxies of the benchmark's PESQ and STOI on the output waveform (a
+    # fine-tuning phase; needs the `train` extra): one unit of pesq loss is about one PESQ point.
+    pesq_weight: float = 0.0
+    stoi_weight: float = 0.0
     val_every: int = 250
     checkpoint_seconds: float = 180.0  # write last.safetensors at least this often
     out_dir: str = "runs/default"
@@ -202,14 +206,16 @@ def batch_loss(model: SpectralAutoencoder, clean: torch.Tensor, noisy_spec: torc
     if tc.spectral_weight:
         parts["spec"] = losses.spectral_loss(est_spec, clean_spec, cfg.compression, cfg.compression_power)
         total = total + tc.spectral_weight * parts["spec"]
-    if tc.mrstft_weight or tc.sisdr_weight:
+    waveform_terms = {"mrstft": (tc.mrstft_weight, losses.multires_stft_loss),
+                      "sisdr": (tc.sisdr_weight, losses.si_sdr_loss),
+                      "pesq": (tc.pesq_weight, lambda e, c: losses.pesq_loss(e, c, cfg.sample_rate)),
+                      "stoi": (tc.stoi_weight, lambda e, c: losses.stoi_loss(e, c, cfg.sample_rate))}
+    if any(weight for weight, _ in waveform_terms.values()):
         est = inner.stft.inverse(est_spec, clean.shape[-1])  # [B, T]
-        if tc.mrstft_weight:
-            parts["mrstft"] = losses.multires_stft_loss(est, clean)
-            total = total + tc.mrstft_weight * parts["mrstft"]
-        if tc.sisdr_weight:
-            parts["sisdr"] = losses.si_sdr_loss(est, clean)
-            total = total + tc.sisdr_weight * parts["sisdr"]
+        for name, (weight, term) in waveform_terms.items():
+            if weight:
+                parts[name] = term(est, clean)
+                total = total + weight * parts[name]
     sp = inner.sparsity_loss(h.float())
     if cfg.sparsity_weight:
         parts["sparsity"] = sp

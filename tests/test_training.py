@@ -111,3 +111,65 @@ def test_loss_backward_has_no_nan_at_silent_bins():
     with torch.autograd.detect_anomaly():
         (spectral_loss(est, clean) + multires_stft_loss(wav, torch.zeros(2, 2048))).backward()
     assert torch.isfinite(re.grad).all() and torch.isfinite(im.grad).all() and torch.isfinite(wav.grad).all()
+
+
+def _speech_in_noise(seconds=2.0, sr=16000, examples=2, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = torch.from_numpy(np.stack([synthetic.speech_like(rng, seconds, sr) for _ in range(examples)])).float()
+    noise = torch.from_numpy(np.stack([synthetic.colored_noise(rng, seconds, sr, 1.0) for _ in range(examples)])).float()
+    return clean, noise * (clean.std(-1, keepdim=True) / noise.std(-1, keepdim=True))  # [B, T] each, noise at 0 dB
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_perceptual_losses_rank_noise_levels_as_the_metrics_do():
+    from audioae.losses import pesq_loss, stoi_loss
+    from audioae.metrics import pesq_wb, stoi
+
+    clean, noise = _speech_in_noise()
+    proxies, metrics = [], []
+    for level in (0.02, 0.1, 0.5):  # -34, -20 and -6 dB of pink noise
+        est = clean + level * noise
+        proxies.append((float(pesq_loss(est, clean, 16000)), float(stoi_loss(est, clean, 16000))))
+        metrics.append((np.mean([pesq_wb(e, c, 16000) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]),
+                        np.mean([stoi(e, c, 16000) for e, c in zip(est.numpy(), clean.numpy(), strict=True)])))
+    # More noise: both losses rise while both metrics fall, and the STOI loss is -STOI.
+    assert proxies[0][0] < proxies[1][0] < proxies[2][0] and proxies[0][1] < proxies[1][1] < proxies[2][1]
+    assert metrics[0][0] > metrics[1][0] > metrics[2][0] and metrics[0][1] > metrics[1][1] > metrics[2][1]
+    for (_, neg_stoi), (_, true_stoi) in zip(proxies, metrics, strict=True):
+        assert abs(-neg_stoi - true_stoi) < 0.02
+    assert abs(float(pesq_loss(clean, clean, 16000))) < 1e-6
+
+
+def test_pesq_loss_leaves_out_a_silent_output_instead_of_giving_nan():
+    from audioae.losses import pesq_loss
+
+    clean, _ = _speech_in_noise(examples=3)
+    est = clean.clone()
+    est[1] = 0.0  # the model muted one whole crop: the proxy's level alignment would divide by 0
+    est.requires_grad_(True)
+    loss = pesq_loss(est, clean, 16000)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(est.grad).all()
+    silent = torch.zeros_like(clean, requires_grad=True)
+    assert float(pesq_loss(silent, clean, 16000).detach()) == 0.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_perceptual_terms_train_a_denoiser_through_batch_loss():
+    torch.manual_seed(0)
+    model = build_model("recurrent", {"sample_rate": 16000, "n_fft": 256, "hop_length": 128, "hidden": 32,
+                                      "code_dim": 16, "corruption": "mix"})
+    clean, noise = _speech_in_noise(seconds=1.0)
+    _, spec = corrupt_batch(model, clean, noise, torch.zeros(2))
+    tc = TrainConfig(spectral_weight=0.0, pesq_weight=1.0, stoi_weight=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(40):
+        loss, parts = batch_loss(model, clean, spec, tc)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(parts)
+    assert set(history[0]) == {"pesq", "stoi"}
+    assert history[-1]["pesq"] < history[0]["pesq"] - 0.2, (history[0], history[-1])
+    assert history[-1]["stoi"] < history[0]["stoi"] - 0.01, (history[0], history[-1])
