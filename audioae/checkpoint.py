@@ -121,3 +121,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def checkpoint_extra(path: str | os.PathLike) -> dict:
     return json.loads(read_metadata(path).get("extra", "{}"))
+
+
+def interpolate_weights(model: Autoencoder, base: Autoencoder, alpha: float) -> Autoencoder:
+    """``alpha * model + (1 - alpha) * base``, tensor by tensor, under ``model``'s config.
+
+    For a fine-tuned model and the weights it started from (one basin), the straight line
+    between them trades what the fine-tuning gained against what it cost (Wortsman et al.'s
+    WiSE-FT): ``alpha`` is chosen on validation data. Same family and shapes required."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    mine, theirs = model.state_dict(), base.state_dict()
+    if type(model) is not type(base) or mine.keys() != theirs.keys() or any(
+            mine[k].shape != theirs[k].shape for k in mine):
+        raise CheckpointError("interpolation needs two checkpoints of one architecture (same tensors and shapes)")
+    mixed = {k: torch.lerp(theirs[k].float(), mine[k].float(), alpha).to(mine[k].dtype)
+             if mine[k].is_floating_point() else mine[k] for k in mine}
+    out = type(model)(model.config)
+    out.load_state_dict(mixed, strict=True)
+    return out.train(model.training)

@@ -7,7 +7,9 @@ Builds the validation mixtures of a run config's ``[data]`` section (the corpus'
 held-out voices and noises; never the test set) with ``--examples`` mixtures and a fixed seed,
 so every checkpoint is scored on the same mixtures, and prints SI-SDR (and of the input), PESQ
 and STOI per checkpoint as JSON lines. ``--mask-power`` also scores each checkpoint with its
-mask raised to these powers (the ``mask_power`` knob of the model config).
+mask raised to these powers (the ``mask_power`` knob of the model config). ``--base B --alpha
+A...`` also scores each checkpoint's weights interpolated towards B's (``alpha * ckpt + (1 - alpha)
+* B``: a fine-tuned model against the weights it started from).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 
 import torch
 
-from audioae.checkpoint import load_checkpoint
+from audioae.checkpoint import interpolate_weights, load_checkpoint
 from audioae.train import load_run_config, make_validation_set, validate
 
 
@@ -30,22 +32,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--mask-power", type=float, nargs="*", default=[], help="also score these mask powers")
+    ap.add_argument("--base", help="checkpoint to interpolate each checkpoint's weights towards")
+    ap.add_argument("--alpha", type=float, nargs="*", default=[], help="interpolation weights of the checkpoint (with --base)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = load_run_config(args.config)
     data = dataclasses.replace(run.data, val_examples=args.examples)
     val_set = None
+    if args.alpha and not args.base:
+        ap.error("--alpha needs --base")
+    base = load_checkpoint(args.base) if args.base else None
     for path in args.checkpoints:
-        model = load_checkpoint(path).eval()
+        loaded = load_checkpoint(path).eval()
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
-            val_set = make_validation_set(model, data, seed=args.seed)
-        for power in [None, *args.mask_power]:
-            m = model if power is None else model.with_config(mask_power=power)
-            with torch.no_grad():
+            val_set = make_validation_set(loaded, data, seed=args.seed)
+        for alpha in [None, *args.alpha]:
+            model = loaded if alpha is None else interpolate_weights(loaded, base, alpha).eval()
+            blend = {} if alpha is None else {"base": args.base, "alpha": alpha}
+            for power in [None, *args.mask_power]:
+                m = model if power is None else model.with_config(mask_power=power)
                 scores = validate(m, val_set)
-            print(json.dumps({"checkpoint": path, "mask_power": m.config.mask_power,
-                              **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
+                print(json.dumps({"checkpoint": path, **blend, "mask_power": m.config.mask_power,
+                                  **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
     return 0
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from audioae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint, save_checkpoint
 from audioae.models import REGISTRY, SpectralAutoencoder, UnknownModelError, build_model
 from audioae.models.conv1d import UNPOOLING
 
@@ -136,3 +136,33 @@ def test_maxunpool_decode_needs_indices():
     h = model.encode(model.example_input())
     with pytest.raises(ValueError, match="pooling indices"):
         model.decode(h)
+
+
+def test_interpolated_weights_run_from_the_base_model_to_the_fine_tuned_one():
+    torch.manual_seed(0)
+    base = tiny("recurrent", output="deepfilter", df_order=2, df_bins=16)
+    torch.manual_seed(1)
+    tuned = tiny("recurrent", output="deepfilter", df_order=2, df_bins=16, mask_power=0.8)
+    x = tuned.example_input()
+    outputs = {}
+    for alpha in (0.0, 0.5, 1.0):
+        mixed = interpolate_weights(tuned, base, alpha).eval()
+        assert mixed.config == tuned.config  # the fine-tuned model's config (its mask power) is kept
+        with torch.no_grad():
+            outputs[alpha] = mixed(x)[0]  # [B, F', N]
+        for name, w in mixed.state_dict().items():
+            expected = alpha * tuned.state_dict()[name] + (1 - alpha) * base.state_dict()[name]
+            torch.testing.assert_close(w, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(outputs[1.0], tuned(x)[0])
+        torch.testing.assert_close(outputs[0.0], base.with_config(mask_power=0.8)(x)[0])
+    assert not torch.allclose(outputs[0.5], outputs[0.0]) and not torch.allclose(outputs[0.5], outputs[1.0])
+
+
+def test_interpolating_different_architectures_fails_clearly():
+    with pytest.raises(CheckpointError, match="one architecture"):
+        interpolate_weights(tiny("recurrent", hidden=16), tiny("recurrent", hidden=24), 0.5)
+    with pytest.raises(CheckpointError, match="one architecture"):
+        interpolate_weights(tiny("recurrent"), tiny("conv1d"), 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate_weights(tiny("recurrent"), tiny("recurrent"), 1.5)

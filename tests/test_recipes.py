@@ -195,3 +195,30 @@ def test_pack_corpus_codes_every_readable_file_and_keeps_what_exists(tmp_path, m
     os.utime(kept, ns=(10**9, 10**9))  # an old mtime: any rewrite would change it
     pack.main()
     assert kept.stat().st_mtime_ns == 10**9
+
+
+def test_export_model_interpolates_towards_a_base_and_records_it(tmp_path):
+    import subprocess
+
+    from audioae.checkpoint import checkpoint_extra, interpolate_weights, load_checkpoint, save_checkpoint
+    from audioae.models import build_model
+
+    cfg = {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 32}
+    torch.manual_seed(0)
+    save_checkpoint(build_model("recurrent", cfg), tmp_path / "base.safetensors", {"step": 1})
+    torch.manual_seed(1)
+    save_checkpoint(build_model("recurrent", cfg), tmp_path / "tuned.safetensors", {"step": 2})
+    dst = tmp_path / "shipped.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "export_model.py"), str(tmp_path / "tuned.safetensors"),
+                    str(dst), "--base", str(tmp_path / "base.safetensors"), "--alpha", "0.25",
+                    "--set", "mask_power=0.8"], check=True, capture_output=True)
+    shipped = load_checkpoint(dst)  # its sha256 file is checked on load
+    expected = interpolate_weights(load_checkpoint(tmp_path / "tuned.safetensors"),
+                                   load_checkpoint(tmp_path / "base.safetensors"), 0.25)
+    for name, w in shipped.state_dict().items():
+        torch.testing.assert_close(w, expected.state_dict()[name])
+    assert shipped.config.mask_power == 0.8
+    extra = checkpoint_extra(dst)
+    assert extra["config_changes"] == {"mask_power": 0.8}
+    assert extra["trained"]["interpolated"]["alpha"] == 0.25 and extra["trained"]["step"] == 2
+    assert extra["trained"]["interpolated"]["base_trained"]["step"] == 1
