@@ -100,6 +100,9 @@ class TrainConfig:
     # exactly the old model's function.
     init_from: str = ""
     metrics: tuple[str, ...] = ("si_sdr", "pesq", "stoi")
+    # The validation metric that picks best.safetensors (higher is better; one of metrics). A
+    # perceptual phase trades SI-SDR for PESQ, so it selects by pesq.
+    select_by: str = "si_sdr"
     progress: bool = True
 
     def __post_init__(self):
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ValueError("train.decay_by_time needs train.max_minutes")
         if self.decay_by_time and self.decay_steps:
             raise ValueError("train.decay_by_time and train.decay_steps both set: choose one (decay_steps=0)")
+        if self.select_by not in self.metrics:
+            raise ValueError(f"train.select_by={self.select_by!r} is not among train.metrics {list(self.metrics)}")
 
 
 @dataclass(frozen=True)
@@ -373,7 +378,8 @@ MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
 
 
 def train(run: RunConfig, resume: bool = True) -> dict:
-    """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation SI-SDR),
+    """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation score of
+    ``train.select_by``, SI-SDR by default),
     ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``."""
     tc = run.train
     device = pick_device(tc.device)
@@ -477,8 +483,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             record = {"step": step, "loss": float(loss.detach()), **parts, **({"skipped": skipped} if skipped else {})}
             if step % tc.val_every == 0 or last_step:
                 record["val"] = validate(model, val_set, tc.metrics)
-                if record["val"]["si_sdr"] > best:
-                    best = record["val"]["si_sdr"]
+                if record["val"][tc.select_by] > best:
+                    best = record["val"][tc.select_by]
                     save_checkpoint(model, out / "best.safetensors", {"step": step, "val": record["val"]})
                 log.info("step %d val %s", step, record["val"])
                 if bar is not None:
@@ -494,7 +500,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 break
     if bar is not None:
         bar.close()
-    summary = {"steps": step, "best_val_si_sdr": best if math.isfinite(best) else None, "seconds": time.monotonic() - t0,
+    summary = {"steps": step, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
+               "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
                "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped}
     if world > 1:

@@ -141,10 +141,10 @@ def _finite_training(steps: int = 40, device: str = "cuda") -> dict:
                 'data.noise_dir=""', 'data.val_clean_dir=""', 'data.val_noise_dir=""', *over])
             try:
                 summary = train(run, resume=False)
-                val = summary["best_val_si_sdr"]  # None: validation was NaN (no best checkpoint)
+                val = summary["best_val"]  # SI-SDR; None: validation was NaN (no best checkpoint)
                 finite = summary["skipped_steps"] == 0 and val is not None and math.isfinite(val)
                 out[label] = {"finite": finite, "skipped_steps": summary["skipped_steps"],
-                              "val_si_sdr": summary["best_val_si_sdr"], "seconds": summary["seconds"]}
+                              "val_si_sdr": val, "seconds": summary["seconds"]}
             except FloatingPointError as exc:
                 out[label] = {"finite": False, "error": str(exc)}
     return out

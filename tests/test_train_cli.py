@@ -144,3 +144,27 @@ def test_decay_by_time_ends_at_the_final_rate(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] > 1
     assert abs(summary["final_lr"] - 1e-4) < 1e-4 * 0.05
+
+
+def test_best_checkpoint_follows_the_select_by_metric(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "8", "--set", "train.val_every=2",
+               "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", "train.lr=0.01",
+               "--set", 'train.metrics=["si_sdr", "stoi"]', "--set", 'train.select_by="stoi"'])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    vals = {r["step"]: r["val"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val" in r}
+    by_stoi = max(vals, key=lambda s: (vals[s]["stoi"], -s))  # the first step reaching the top STOI
+    assert by_stoi != max(vals, key=lambda s: (vals[s]["si_sdr"], -s))  # (the two choices differ in this run)
+    assert summary["select_by"] == "stoi" and summary["best_val"] == vals[by_stoi]["stoi"]
+    from audioae.checkpoint import checkpoint_extra
+
+    assert checkpoint_extra(out / "best.safetensors")["step"] == by_stoi
+
+
+def test_select_by_must_be_a_validated_metric(tmp_path, capsys):
+    rc = main(["train", CONFIG, "--out", str(tmp_path), "--steps", "1", "--set", 'train.metrics=["si_sdr"]',
+               "--set", 'train.select_by="pesq"'])
+    assert rc == 2
+    assert "train.select_by='pesq' is not among train.metrics ['si_sdr']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
