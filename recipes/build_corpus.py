@@ -750,9 +750,9 @@ def summary_lines(summary: dict) -> list[str]:
 STAGES = ("packages", "opensfx", "espeak", "flite", "festival", "synthetic", "babble", "babble_test", "mixtures",
           "val_mixtures", "summary")
 # Not in the default run: doubles the training babble (the one noise type whose STOI the model
-# barely improves on val: 0.755 vs the input's 0.751) for an eighth denoiser phase that scored
-# within noise of the shipped model and was not shipped (see its card); the shipped phases
-# trained on the first 300 clips.
+# barely improves on val: 0.755 vs the input's 0.751). The shipped denoiser's stages 1-3 trained
+# on the first 300 clips, its perceptual stage 4 on all 600 (recipes/train_denoiser.sh builds
+# them before it).
 EXTRA_STAGES = ("babble_extra",)
 
 
