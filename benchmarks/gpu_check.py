@@ -11,6 +11,9 @@ Checks (each prints a line and lands in the JSON):
    its loss stayed finite; and where bf16 does not, anomaly detection names the first operation
    whose backward gives NaN. (The first GPU training run, 2026-11-27 on an H200 with bf16
    autocast, had NaN losses from its first 50 steps.)
+   Before those: seconds per fp32 step at batch 256 with the spectral loss alone and with each
+   perceptual term (PESQ and STOI proxies), and the operations taking the most device time in one
+   step: the perceptual GPU phase ran at an eighth of the spectral-only phase's step rate.
 3. Throughput: ``denoise`` one clip at a time against ``denoise_batch`` of 16 clips (what the
    server's batcher and the batch engine's GPU path do), in seconds of audio per second.
 4. ``audioae denoise`` on a folder of 40 files (16/44.1/48 kHz, mono and stereo) with
@@ -73,7 +76,8 @@ def main() -> None:
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
     print("AMP training", res["amp_train"])
-    _keep(res, args.out, "finite_training", _finite_training())
+    _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev))
+    _finite_training(res, args.out)
     if not res["finite_training"]["bfloat16"]["finite"]:
         _keep(res, args.out, "first_nan_op", _first_nan_op(dev))
 
@@ -129,7 +133,9 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
-def _finite_training(steps: int = 40, device: str = "cuda") -> dict:
+def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda") -> dict:
+    """Each precision's result is kept as soon as it is known (on the H200 of 2026-11-27 this check
+    ran over two minutes and was stopped with nothing written)."""
     out: dict = {}
     for label, over in (("bfloat16", ['train.amp_dtype="bfloat16"']), ("float16", ['train.amp_dtype="float16"']),
                         ("float32", ["train.amp=false"])):
@@ -147,7 +153,55 @@ def _finite_training(steps: int = 40, device: str = "cuda") -> dict:
                               "val_si_sdr": val, "seconds": summary["seconds"]}
             except FloatingPointError as exc:
                 out[label] = {"finite": False, "error": str(exc)}
+        _keep(res, path, "finite_training", out)
     return out
+
+
+def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dict:
+    """Seconds per fp32 training step of the shipped denoiser at the GPU phase's batch size, with
+    the spectral loss alone and with each perceptual term (configs/denoiser-small-gpu.toml), and
+    the operations that take the most device time in one step with all terms: the GPU phase of
+    2026-11-27 made 2.65 steps/s with the perceptual terms, where spectral-only runs made 22."""
+    from dataclasses import replace
+
+    from torch.profiler import ProfilerActivity, profile
+
+    tc = load_run_config("configs/denoiser-small-gpu.toml", ["train.max_minutes=1"]).train
+    variants = {"spectral_sisdr": replace(tc, pesq_weight=0.0, stoi_weight=0.0),
+                "plus_pesq": replace(tc, stoi_weight=0.0), "plus_stoi": replace(tc, pesq_weight=0.0), "all": tc}
+    model = pretrained.load(None, map_location=dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    clean = 0.1 * torch.randn(batch, 32000, device=dev)  # [B, T]
+    noise = torch.randn(batch, 32000, device=dev)  # [B, T]
+    snr = torch.full((batch,), 5.0, device=dev)  # [B]
+    out: dict = {"batch": batch}
+    for label, variant in variants.items():
+        _fp32_step(model, opt, clean, noise, snr, variant)  # warm-up
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(steps):
+            _fp32_step(model, opt, clean, noise, snr, variant)
+        _sync(dev)
+        out[f"{label}_s_per_step"] = (time.perf_counter() - t) / steps
+        print("loss term speed", label, out[f"{label}_s_per_step"], flush=True)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        _fp32_step(model, opt, clean, noise, snr, tc)
+        _sync(dev)
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    top = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:15]
+    out["top_ops_ms"] = [[e.key, round(getattr(e, key) / 1e3, 2), e.count] for e in top]
+    return out
+
+
+def _fp32_step(model, opt, clean, noise, snr, tc) -> float:
+    with torch.no_grad():
+        _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
+    loss, _ = batch_loss(model, clean, spec, tc)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def _first_nan_op(dev: torch.device, steps: int = 40) -> str:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A GPU phase for the shipped speech denoiser (configs/denoiser-small-gpu.toml; its one run so far,
-# 2026-11-27, went NaN and shipped nothing: benchmarks/results/gpu-train-attempt.json): the
-# shipped weights trained further at batch 256 for MINUTES of wall time, the rate decaying with
-# the time spent. Choose the checkpoint and mask power afterwards on the val split, on any
+# A GPU phase for the shipped speech denoiser (configs/denoiser-small-gpu.toml): the shipped
+# weights trained further with stage 4's perceptual loss at batch 256 for MINUTES of wall time,
+# the rate decaying with the time spent. Its runs so far (H200, 2026-11-27): the first went NaN
+# (bf16, benchmarks/results/gpu-train-attempt.json); the second, fp32, trained finite but did
+# not beat the shipped weights on val (benchmarks/results/gpu-train-perceptual.json). Choose the checkpoint and mask power afterwards on the val split, on any
 # machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).
 #   bash recipes/train_denoiser_gpu.sh [MINUTES] [DATA] [OUT] [--set section.key=value ...]
 # DATA holds train/{speech,noise} and val/{speech,noise}: corpus/ (built by
