@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped speech denoiser from scratch and export it into audioae/pretrained/.
 #   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES] \
-#       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES]
+#       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES] [WIDEN_MINUTES]
 # 1. installs the Debian packages and builds corpus/ (docs/corpus.md);
 # 2. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
 #    CPU thread, FINETUNE_MINUTES at lr 5e-4 and MORE_MINUTES at lr 4e-4 on two threads;
@@ -17,6 +17,9 @@
 #    exported model for PERCEPTUAL_MINUTES on one thread with differentiable PESQ and STOI terms
 #    and the mask power in the loop (configs/denoiser-small-perceptual.toml; needs the `train`
 #    extra), then exports that run's last checkpoint, chosen on the validation split.
+# 7. widens that network's GRUs from 192 to 224 units (configs/denoiser-small-w224.toml,
+#    function-preserving) and trains WIDEN_MINUTES more with stage 6's loss on one thread, then
+#    exports that run's last checkpoint, chosen on the validation split.
 # Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +31,9 @@ DF_DECAY_MINUTES=${5:-25}
 DF_MORE_MINUTES=${6:-38}
 DF5_MINUTES=${7:-50}
 PERCEPTUAL_MINUTES=${8:-72}
+WIDEN_MINUTES=${9:-75}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
-# Stage 6's loss terms come with the `train` extra (torch-pesq, torch-stoi).
+# Stages 6 and 7's loss terms come with the `train` extra (torch-pesq, torch-stoi).
 python -c "import torch_pesq, torch_stoi" 2>/dev/null || pip install -e '.[train]'
 if [ ! -f corpus/READY ]; then
   # apt-get needs root: sudo when this shell is not root already.
@@ -52,4 +56,7 @@ python recipes/export_model.py runs/denoiser-small-df5/best.safetensors \
 python recipes/build_corpus.py --stages babble_extra
 audioae train configs/denoiser-small-perceptual.toml --set train.max_minutes="$PERCEPTUAL_MINUTES"
 python recipes/export_model.py runs/denoiser-small-perceptual/last.safetensors \
+  audioae/pretrained/denoiser-small.safetensors
+audioae train configs/denoiser-small-w224.toml --set train.max_minutes="$WIDEN_MINUTES"
+python recipes/export_model.py runs/denoiser-small-w224/last.safetensors \
   audioae/pretrained/denoiser-small.safetensors

@@ -16,23 +16,27 @@ from audioae.cli import main
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny-synthetic.toml")
 
 
-SHIPPED_CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+REPO = Path(__file__).parent.parent
+SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.stem)
 def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
-    """A config is only read when its (long) phase starts: a typo or a weight file that no
-    longer fits would surface on a GPU machine or an hour into a recipe."""
+    """A config is only read when its (long) phase starts: a typo, a weight file that no longer
+    fits, or a warm start from a run folder that no phase writes would surface on a GPU machine or
+    an hour into a recipe."""
     from audioae.models import build_model
     from audioae.train import grow_into, load_run_config
 
     run = load_run_config(str(path), ["train.max_minutes=1"])  # time-decayed phases need it
     model = build_model(run.model, run.model_config)
     assert run.train.select_by in run.train.metrics
-    if run.train.init_from:
-        old = load_checkpoint(Path(__file__).parent.parent / run.train.init_from).state_dict()
-        grow_into(model, old)  # raises where the weights do not fit the config's model
-
+    init = run.train.init_from
+    if init.startswith("runs/"):  # an earlier phase's output: some config must write that folder
+        writers = {load_run_config(str(c), ["train.max_minutes=1"]).train.out_dir for c in SHIPPED_CONFIGS}
+        assert str(Path(init).parent) in writers, f"{path.name}: no config writes {init}"
+    elif init:  # shipped weights: they must grow into this config's model
+        grow_into(model, load_checkpoint(REPO / init).state_dict())
 
 def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
     out = tmp_path / "run"
