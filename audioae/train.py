@@ -480,7 +480,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 if last_step:
                     break
                 continue
-            record = {"step": step, "loss": float(loss.detach()), **parts, **({"skipped": skipped} if skipped else {})}
+            record = {"step": step, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
+                      **({"skipped": skipped} if skipped else {})}
             if step % tc.val_every == 0 or last_step:
                 record["val"] = validate(model, val_set, tc.metrics)
                 if record["val"][tc.select_by] > best:

@@ -160,13 +160,18 @@ def test_cosine_decay_reaches_the_final_rate():
 def test_decay_by_time_ends_at_the_final_rate(tmp_path, capsys):
     # A wall-time budget with decay_by_time: the last logged step runs at (about) lr_final.
     out = tmp_path / "run"
-    rc = main(["train", CONFIG, "--out", str(out), "--steps", "100000", "--set", "train.max_minutes=0.05",
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "100000", "--set", "train.max_minutes=0.1",
                "--set", "train.decay_by_time=true", "--set", "train.lr=1e-2", "--set", "train.lr_final=1e-4",
                "--set", "train.val_every=100000", "--set", "train.progress=false", "--set", "model.config.hidden=16"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] > 1
     assert abs(summary["final_lr"] - 1e-4) < 1e-4 * 0.05
+    # and it got there by decaying: log.jsonl's rates (every 50 steps) never rise, and one lies
+    # strictly between the two ends (a jump to lr_final at the start or the end would not)
+    rates = [r["lr"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert any(1.05e-4 < r < 0.95e-2 for r in rates)
 
 
 def test_best_checkpoint_follows_the_select_by_metric(tmp_path, capsys):
