@@ -133,7 +133,7 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
-def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda") -> dict:
+def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda") -> None:
     """Each precision's result is kept as soon as it is known (on the H200 of 2026-11-27 this check
     ran over two minutes and was stopped with nothing written)."""
     out: dict = {}
@@ -154,7 +154,6 @@ def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda"
             except FloatingPointError as exc:
                 out[label] = {"finite": False, "error": str(exc)}
         _keep(res, path, "finite_training", out)
-    return out
 
 
 def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dict:
@@ -176,32 +175,22 @@ def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dic
     snr = torch.full((batch,), 5.0, device=dev)  # [B]
     out: dict = {"batch": batch}
     for label, variant in variants.items():
-        _fp32_step(model, opt, clean, noise, snr, variant)  # warm-up
+        _train_step(model, opt, clean, noise, snr, variant, amp=False)  # warm-up
         _sync(dev)
         t = time.perf_counter()
         for _ in range(steps):
-            _fp32_step(model, opt, clean, noise, snr, variant)
+            _train_step(model, opt, clean, noise, snr, variant, amp=False)
         _sync(dev)
         out[f"{label}_s_per_step"] = (time.perf_counter() - t) / steps
         print("loss term speed", label, out[f"{label}_s_per_step"], flush=True)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        _fp32_step(model, opt, clean, noise, snr, tc)
+        _train_step(model, opt, clean, noise, snr, tc, amp=False)
         _sync(dev)
     key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     top = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:15]
     out["top_ops_ms"] = [[e.key, round(getattr(e, key) / 1e3, 2), e.count] for e in top]
     return out
-
-
-def _fp32_step(model, opt, clean, noise, snr, tc) -> float:
-    with torch.no_grad():
-        _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
-    loss, _ = batch_loss(model, clean, spec, tc)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
 
 
 def _first_nan_op(dev: torch.device, steps: int = 40) -> str:
@@ -287,10 +276,11 @@ def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16
     return out
 
 
-def _train_step(model, opt, clean, noise, snr, tc) -> float:
+def _train_step(model, opt, clean, noise, snr, tc, amp: bool = True) -> float:
+    """One training step, under bf16 autocast unless ``amp`` is off."""
     with torch.no_grad():
         _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
-    with torch.autocast(clean.device.type, dtype=torch.bfloat16):
+    with torch.autocast(clean.device.type, dtype=torch.bfloat16, enabled=amp):
         loss, _ = batch_loss(model, clean, spec, tc)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -751,8 +751,8 @@ STAGES = ("packages", "opensfx", "espeak", "flite", "festival", "synthetic", "ba
           "val_mixtures", "summary")
 # Not in the default run: doubles the training babble (the one noise type whose STOI the model
 # barely improves on val: 0.755 vs the input's 0.751). The shipped denoiser's stages 1-3 trained
-# on the first 300 clips, its perceptual stage 4 on all 600 (recipes/train_denoiser.sh builds
-# them before it).
+# on the first 300 clips, its perceptual stages 4 and 5 on all 600 (recipes/train_denoiser.sh
+# builds them before stage 4).
 EXTRA_STAGES = ("babble_extra",)
 
 

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,16 @@ import torch
 from audioae.checkpoint import load_checkpoint
 from audioae.cli import main
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny-synthetic.toml")
-
-
 REPO = Path(__file__).parent.parent
+CONFIG = str(REPO / "configs" / "tiny-synthetic.toml")
 SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.toml"))
+
+
+@cache
+def _load(path: Path):
+    from audioae.train import load_run_config
+
+    return load_run_config(str(path), ["train.max_minutes=1"])  # time-decayed phases need it
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.stem)
@@ -26,17 +32,18 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
     fits, or a warm start from a run folder that no phase writes would surface on a GPU machine or
     an hour into a recipe."""
     from audioae.models import build_model
-    from audioae.train import grow_into, load_run_config
+    from audioae.train import grow_into
 
-    run = load_run_config(str(path), ["train.max_minutes=1"])  # time-decayed phases need it
+    run = _load(path)
     model = build_model(run.model, run.model_config)
     assert run.train.select_by in run.train.metrics
     init = run.train.init_from
     if init.startswith("runs/"):  # an earlier phase's output: some config must write that folder
-        writers = {load_run_config(str(c), ["train.max_minutes=1"]).train.out_dir for c in SHIPPED_CONFIGS}
+        writers = {_load(c).train.out_dir for c in SHIPPED_CONFIGS}
         assert str(Path(init).parent) in writers, f"{path.name}: no config writes {init}"
     elif init:  # shipped weights: they must grow into this config's model
         grow_into(model, load_checkpoint(REPO / init).state_dict())
+
 
 def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
     out = tmp_path / "run"
