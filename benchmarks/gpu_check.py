@@ -11,8 +11,9 @@ Checks (each prints a line and lands in the JSON):
    its loss stayed finite; and where bf16 does not, anomaly detection names the first operation
    whose backward gives NaN. (The first GPU training run, 2026-11-27 on an H200 with bf16
    autocast, had NaN losses from its first 50 steps.)
-   Before those: seconds per fp32 step at batch 256 with the spectral loss alone and with each
-   perceptual term (PESQ and STOI proxies), and the operations taking the most device time in one
+   Before those: one forward and backward of each perceptual proxy, torch-pesq's and torch-stoi's
+   own against audioae's (FFT filters for PESQ's IIR filters, a vectorised STOI VAD); seconds
+   per fp32 step at batch 256 with the spectral loss alone and with each perceptual term (PESQ and STOI proxies), and the operations taking the most device time in one
    step: the perceptual GPU phase ran at an eighth of the spectral-only phase's step rate.
 3. Throughput: ``denoise`` one clip at a time against ``denoise_batch`` of 16 clips (what the
    server's batcher and the batch engine's GPU path do), in seconds of audio per second.
@@ -76,6 +77,7 @@ def main() -> None:
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
     print("AMP training", res["amp_train"])
+    _keep(res, args.out, "proxy_speed", _proxy_speed(dev))
     _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev))
     _finite_training(res, args.out)
     if not res["finite_training"]["bfloat16"]["finite"]:
@@ -140,9 +142,9 @@ def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda"
     for label, over in (("bfloat16", ['train.amp_dtype="bfloat16"']), ("float16", ['train.amp_dtype="float16"']),
                         ("float32", ["train.amp=false"])):
         with tempfile.TemporaryDirectory() as tmp:
-            run = load_run_config("configs/denoiser-small-df5.toml", [
+            run = load_run_config("configs/denoiser-small-w224.toml", [  # the shipped architecture
                 f'train.out_dir="{tmp}"', f"train.steps={steps}", f'train.device="{device}"', "train.progress=false",
-                'train.metrics=["si_sdr"]', "train.batch_size=64", "train.val_every=1000", "train.decay_steps=0",
+                'train.metrics=["si_sdr"]', 'train.select_by="si_sdr"', "train.batch_size=64", "train.val_every=1000", "train.decay_steps=0",
                 'train.init_from="audioae/pretrained/denoiser-small.safetensors"', 'data.clean_dir=""',
                 'data.noise_dir=""', 'data.val_clean_dir=""', 'data.val_noise_dir=""', *over])
             try:
@@ -154,6 +156,40 @@ def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda"
             except FloatingPointError as exc:
                 out[label] = {"finite": False, "error": str(exc)}
         _keep(res, path, "finite_training", out)
+
+
+def _proxy_speed(dev: torch.device, batch: int = 256, steps: int = 3) -> dict:
+    """Seconds for one forward and backward of each perceptual proxy at batch 256 on 2 s rows:
+    torch-pesq's and torch-stoi's own modules against audioae.losses' versions (FFT filters, a
+    vectorised VAD), and the largest difference between their losses."""
+    from torch_pesq import PesqLoss
+    from torch_stoi import NegSTOILoss
+
+    from audioae import losses
+
+    ref = 0.1 * torch.randn(batch, 32000, device=dev) * torch.linspace(0, 1, 32000, device=dev)  # [B, T]
+    ref[:, 8000:12000] = 0.0  # silent frames for the VAD to drop
+    est = ref + 0.03 * torch.randn_like(ref)  # [B, T]
+    mods = {"pesq_torch_pesq": PesqLoss(1.0, sample_rate=16000).to(dev), "pesq_audioae": losses._pesq_proxy(16000, str(dev)),
+            "stoi_torch_stoi": NegSTOILoss(16000).to(dev), "stoi_audioae": losses._stoi_proxy(16000, str(dev))}
+    out: dict = {"batch": batch}
+    values = {}
+    for label, mod in mods.items():
+        call = (lambda e, m=mod: m(ref, e)) if label.startswith("pesq") else (lambda e, m=mod: m(e, ref))
+        for i in range(steps + 1):  # the first is warm-up
+            if i == 1:
+                _sync(dev)
+                t = time.perf_counter()
+            e = est.clone().requires_grad_()
+            v = call(e)
+            v.sum().backward()
+        _sync(dev)
+        out[f"{label}_s"] = (time.perf_counter() - t) / steps
+        values[label] = v.detach()
+        print("proxy speed", label, out[f"{label}_s"], flush=True)
+    out["pesq_max_abs_diff"] = float((values["pesq_torch_pesq"] - values["pesq_audioae"]).abs().max())
+    out["stoi_max_abs_diff"] = float((values["stoi_torch_stoi"] - values["stoi_audioae"]).abs().max())
+    return out
 
 
 def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dict:

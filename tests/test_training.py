@@ -140,6 +140,34 @@ def test_perceptual_losses_rank_noise_levels_as_the_metrics_do():
     assert abs(float(pesq_loss(clean, clean, 16000))) < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_our_proxies_give_torch_pesq_and_torch_stoi_values_and_gradients():
+    # audioae.losses swaps torch-pesq's sample-by-sample IIR filters for FFT filters and
+    # torch-stoi's per-row VAD loop for one gather (both slow on a GPU); the numbers must not move.
+    from torch_pesq import PesqLoss
+    from torch_stoi import NegSTOILoss
+
+    from audioae.losses import _pesq_proxy, _stoi_proxy
+
+    clean, noise = _speech_in_noise(examples=4)
+    clean[:, 4000:9000] = 0.0  # silent frames for the STOI VAD to drop, a different count per row
+    clean[1, 12000:20000] = 0.0
+    for (ours, theirs, pesq) in ((_pesq_proxy(16000, "cpu"), PesqLoss(1.0, sample_rate=16000), True),
+                                 (_stoi_proxy(16000, "cpu"), NegSTOILoss(16000), False)):
+        grads, values = [], []
+        for module in (ours, theirs):
+            est = (clean + 0.2 * noise).requires_grad_(True)
+            value = module(clean, est) if pesq else module(est, clean)  # [B]
+            value.sum().backward()
+            values.append(value.detach())
+            grads.append(est.grad)
+        assert torch.allclose(values[0].float(), values[1].float(), atol=1e-3 if pesq else 1e-6), values
+        # torch-pesq's float32 10th-order IIR is itself off in its last digits; the FFT filters
+        # use impulse responses computed in float64.
+        scale = grads[1].abs().max()
+        assert (grads[0] - grads[1]).abs().max() < (5e-3 if pesq else 1e-5) * scale
+
+
 def test_pesq_loss_leaves_out_a_silent_output_instead_of_giving_nan():
     from audioae.losses import pesq_loss
 
