@@ -56,6 +56,7 @@ class DataConfig:
     snr_low: float = -5.0
     snr_high: float = 20.0
     reverb_prob: float = 0.0
+    second_noise_prob: float = 0.0  # MixConfig.second_noise_prob: two noises in one example
 
 
 @dataclass(frozen=True)
@@ -417,7 +418,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sources = _sources(run.data, sr, val=False)
-    mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob)
+    mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob,
+                    second_noise_prob=run.data.second_noise_prob)
     # Each rank and each resume draws different examples.
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]

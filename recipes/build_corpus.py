@@ -529,10 +529,32 @@ def bursts(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
     return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
 
 
+def impacts(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
+    """Struck objects in irregular trains, 1-12 hits a second: each hit a short noise transient
+    and a few damped modes (300-7000 Hz, 3-60 ms) of one object, its strength varying per hit:
+    footsteps, dishes, knocking, typing."""
+    n = int(seconds * sr)
+    x = np.zeros(n)
+    freqs = rng.uniform(300, 7000, size=int(rng.integers(2, 6)))  # one object's modes
+    decays = rng.uniform(0.003, 0.06, size=len(freqs))
+    t = np.arange(int(0.3 * sr)) / sr
+    hit = sum(rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) * np.exp(-t / d)
+              for f, d in zip(freqs, decays, strict=True))
+    hit[: int(0.002 * sr)] += rng.standard_normal(int(0.002 * sr)) * rng.uniform(0.2, 1.5)
+    rate = rng.uniform(1, 12)
+    pos = int(rng.exponential(sr / rate))
+    while pos < n:
+        m = min(len(hit), n - pos)
+        x[pos : pos + m] += hit[:m] * rng.uniform(0.2, 1.0) * (1 + 0.05 * rng.standard_normal(m))
+        pos += int(rng.exponential(sr / rate)) + int(0.02 * sr)
+    return (0.5 * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
 SYNTH_FAMILIES: dict[str, Callable[[np.random.Generator, float, int], np.ndarray]] = {
     **synthetic.NOISE_FAMILIES,
     "modulated": modulated,
     "bursts": bursts,
+    "impacts": impacts,
 }
 TEST_SYNTH_FAMILIES = ("white", "pink", "hum", "clicks", "tones")
 

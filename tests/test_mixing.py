@@ -53,3 +53,33 @@ def test_a_failing_mixer_raises_in_the_consumer():
         next(batches)  # mixer 0 works
         with pytest.raises(OSError, match="disk went away"):
             next(batches)
+
+
+def test_second_noise_joins_the_first_0_to_10_db_below_it():
+    # Constant clips: clean speech 1, noises 1 or 2. A second noise, scaled to the first's level
+    # times 10^(-d/20) with d in [0, 10] dB, makes the noise first * (1 + b), b in [0.316, 1].
+    speech = Source([np.ones(4000, np.float32)])
+    noise = Source([np.full(4000, 1.0, np.float32), np.full(4000, 2.0, np.float32)])
+    cfg = MixConfig(segment_seconds=0.25, second_noise_prob=0.5, gain_db_low=0.0, gain_db_high=0.0)
+    mixer = Mixer(speech, noise, 8000, cfg, seed=3)
+    below = []
+    for _ in range(300):
+        clean, n, _ = mixer.example()
+        assert np.allclose(clean, 1.0) and np.allclose(n, n[0])
+        level = float(n[0])
+        if np.isclose(level, 1.0) or np.isclose(level, 2.0):
+            continue
+        first = 1.0 if level <= 2.0 else 2.0
+        below.append(level / first - 1.0)
+    assert 110 < len(below) < 190  # about half the examples
+    assert min(below) >= 10 ** (-10 / 20) - 1e-5 and max(below) <= 1.0 + 1e-5
+    assert min(below) < 0.4 and max(below) > 0.9  # the whole 0-10 dB range is used
+
+
+def test_no_second_noise_by_default():
+    speech, noise = _sources()
+    plain = Mixer(speech, noise, 8000, MixConfig(segment_seconds=0.5), seed=5)
+    zero = Mixer(speech, noise, 8000, MixConfig(segment_seconds=0.5, second_noise_prob=0.0), seed=5)
+    for _ in range(5):
+        for a, b in zip(plain.example(), zero.example(), strict=True):
+            assert np.array_equal(a, b)

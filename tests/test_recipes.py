@@ -60,6 +60,20 @@ def test_make_mixture_length_snr_and_level():
         assert -20.01 <= peak_db <= -0.99
 
 
+def test_impacts_are_short_hits_and_only_in_the_training_and_val_splits(tmp_path, monkeypatch):
+    x = bc.impacts(np.random.default_rng(0), 8.0, SR)
+    assert x.shape == (8 * SR,) and np.isclose(np.abs(x).max(), 0.5)
+    assert np.array_equal(x, bc.impacts(np.random.default_rng(0), 8.0, SR))
+    frames = x[: len(x) // 160 * 160].reshape(-1, 160)  # 10 ms frames
+    energy = (frames**2).sum(1)
+    assert (energy > 0.1 * energy.max()).mean() < 0.3  # hits, not a steady noise
+    monkeypatch.setattr(bc, "SYNTH_FAMILIES", {"impacts": bc.impacts, "white": bc.SYNTH_FAMILIES["white"]})
+    for split in ("train", "test"):
+        bc.build_synthetic(tmp_path, split, per_family=1, seconds=1.0)
+    assert (tmp_path / "train/noise/synthetic_impacts/impacts_000.wav").exists()
+    assert [p.name for p in (tmp_path / "test/noise").iterdir()] == ["white"]  # test keeps its own families
+
+
 def test_clean_clip_trims_silence_and_drops_silent_clips():
     rng = np.random.default_rng(2)
     voice = synthetic.speech_like(rng, 1.0, SR)

@@ -96,6 +96,9 @@ class MixConfig:
     gain_db_low: float = -25.0  # level of the mixture's peak
     gain_db_high: float = -1.0
     reverb_prob: float = 0.0  # share of clean examples given a synthetic room
+    # Share of examples whose noise is two recordings at once (typing over an air conditioner,
+    # a door in a busy room); the second is 0-10 dB below the first before the SNR is set.
+    second_noise_prob: float = 0.0
 
 
 class Mixer:
@@ -111,11 +114,20 @@ class Mixer:
         if self.cfg.reverb_prob > 0 and self.rng.random() < self.cfg.reverb_prob:
             clean = synthetic.reverberate(clean, synthetic.synthetic_rir(self.rng, self.sr))
         noise = self.noise.crop(self.rng, n, self.sr).astype(np.float32)
+        if self.cfg.second_noise_prob > 0 and self.rng.random() < self.cfg.second_noise_prob:
+            noise = self._add_second_noise(noise, n)
         snr = float(self.rng.uniform(self.cfg.snr_low, self.cfg.snr_high))
         # One gain for the pair so the SNR holds; sets the mixture's rough level.
         gain = 10 ** (self.rng.uniform(self.cfg.gain_db_low, self.cfg.gain_db_high) / 20)
         peak = max(np.abs(clean).max(), 1e-4)
         return clean * gain / peak, noise * gain / peak, snr
+
+    def _add_second_noise(self, noise: np.ndarray, n: int) -> np.ndarray:
+        other = self.noise.crop(self.rng, n, self.sr).astype(np.float32)
+        rms = float(np.sqrt(np.mean(noise**2))) + 1e-9
+        other_rms = float(np.sqrt(np.mean(other**2))) + 1e-9
+        below = 10 ** (-self.rng.uniform(0.0, 10.0) / 20)
+        return noise + other * (below * rms / other_rms)
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ex = [self.example() for _ in range(batch_size)]
