@@ -157,10 +157,19 @@ def pesq_loss(est: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> torch.T
     audible = (est.detach().square().mean(-1) > 1e-10) & (ref.square().mean(-1) > 1e-10)  # [B]
     if not bool(audible.any()):
         return est.sum() * 0.0
-    per_row = _pesq_proxy(sample_rate, str(est.device))(ref[audible].float(), est[audible].float())  # [B']
+    with _full_precision(est.device):
+        per_row = _pesq_proxy(sample_rate, str(est.device))(ref[audible].float(), est[audible].float())  # [B']
     return per_row.sum() / est.shape[0]
 
 
 def stoi_loss(est: torch.Tensor, ref: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Negative STOI (differentiable, silent frames dropped as in the metric). [B, T] each."""
-    return _stoi_proxy(sample_rate, str(est.device))(est.float(), ref.float()).mean()
+    with _full_precision(est.device):
+        return _stoi_proxy(sample_rate, str(est.device))(est.float(), ref.float()).mean()
+
+
+def _full_precision(device: torch.device):
+    """Autocast off: the proxies scale signals to a power of 1e7 and take logs and ratios of
+    energies, which overflow or lose everything in float16 (fp16 autocast training went NaN on an
+    H200, benchmarks/results/gpu.json); their inputs are cast to float32 already."""
+    return torch.autocast(device.type, enabled=False)
