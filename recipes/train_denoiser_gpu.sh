@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A GPU phase for the shipped speech denoiser (configs/denoiser-small-gpu.toml): the shipped
 # weights trained further with stage 4's perceptual loss at batch 256 for MINUTES of wall time,
-# the rate decaying with the time spent. Its runs so far (H200, 2026-11-27): the first went NaN
-# (bf16, benchmarks/results/gpu-train-attempt.json); the second, fp32, trained finite but did
-# not beat the shipped weights on val (benchmarks/results/gpu-train-perceptual.json). Choose the checkpoint and mask power afterwards on the val split, on any
-# machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).
+# the rate decaying with the time spent. Its runs (H200, 2026-11-27): the first went NaN (bf16,
+# benchmarks/results/gpu-train-attempt.json); the second, fp32, trained finite but did not beat the
+# shipped weights on val (gpu-train-perceptual.json); the third, fp32 with the fast perceptual
+# proxies and the new training noise, 6 minutes, is in the shipped model: stage 6 of its card
+# (gpu-train-mixnoise.json). Choose the checkpoint and mask power afterwards on the val split, on
+# any machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).
 #   bash recipes/train_denoiser_gpu.sh [MINUTES] [DATA] [OUT] [--set section.key=value ...]
 # DATA holds train/{speech,noise} and val/{speech,noise}: corpus/ (built by
 # recipes/train_denoiser.sh) or a packed copy of it (recipes/pack_corpus.py), for a GPU machine
