@@ -1,11 +1,15 @@
 """Training losses: spectral (compressed magnitudes), multi-resolution STFT, SI-SDR, and two
 differentiable proxies of the benchmark's perceptual metrics (PESQ: ``torch-pesq``; STOI:
-``torch-stoi``), installed with the ``train`` extra."""
+``torch-stoi``; installed with the ``train`` extra), subclassed here to run in parallel on a GPU
+with the same values."""
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+import scipy.fft
+import scipy.signal
 import torch
 
 from .metrics import si_sdr
@@ -46,21 +50,16 @@ def si_sdr_loss(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 def _fir_via_fft(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Causal FIR filtering of each row of ``x`` [B, T] by ``h`` [L], in one FFT: the same output
     as a sample-by-sample loop, computed in parallel over time."""
-    from scipy.fft import next_fast_len
-
-    n = next_fast_len(x.shape[-1] + h.shape[-1] - 1, real=True)  # a prime length would be 5x slower
+    n = scipy.fft.next_fast_len(x.shape[-1] + h.shape[-1] - 1, real=True)  # a prime length would be 5x slower
     y = torch.fft.irfft(torch.fft.rfft(x, n) * torch.fft.rfft(h, n), n)  # [B, n]
     return y[..., : x.shape[-1]]
 
 
 def _impulse_response(b, a, taps: int) -> torch.Tensor:
     """An IIR filter's impulse response, computed in float64 and cut after ``taps`` samples."""
-    import numpy as np
-    from scipy.signal import lfilter
-
     impulse = np.zeros(taps)
     impulse[0] = 1.0
-    return torch.as_tensor(lfilter(np.asarray(b, np.float64), np.asarray(a, np.float64), impulse), dtype=torch.float32)
+    return torch.as_tensor(scipy.signal.lfilter(np.asarray(b, np.float64), np.asarray(a, np.float64), impulse), dtype=torch.float32)
 
 
 def _fast_pesq_class():
