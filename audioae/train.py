@@ -244,6 +244,8 @@ def _sources(data: DataConfig, sr: int, val: bool) -> tuple[Source, Source]:
 def make_validation_set(model: SpectralAutoencoder, data: DataConfig, sources=None, seed: int = 1234):
     """A fixed list of ``(clean [T], noise [T], snr)`` examples: same every run and every resume."""
     speech, noise = sources or _sources(data, model.config.sample_rate, val=True)
+    # One noise per example even where training adds a second (data.second_noise_prob): scores
+    # stay comparable across phases that differ only in that setting.
     mix = MixConfig(data.val_seconds, data.snr_low, data.snr_high, reverb_prob=data.reverb_prob)
     mixer = Mixer(speech, noise, model.config.sample_rate, mix, seed=seed)
     clean, noise_b, snr = mixer.batch(data.val_examples)

@@ -13,8 +13,9 @@ Checks (each prints a line and lands in the JSON):
    autocast, had NaN losses from its first 50 steps.)
    Before those: one forward and backward of each perceptual proxy, torch-pesq's and torch-stoi's
    own against audioae's (FFT filters for PESQ's IIR filters, a vectorised STOI VAD); seconds
-   per fp32 step at batch 256 with the spectral loss alone and with each perceptual term (PESQ and STOI proxies), and the operations taking the most device time in one
-   step: the perceptual GPU phase ran at an eighth of the spectral-only phase's step rate.
+   per fp32 step at batch 256 with the spectral loss alone and with each perceptual term, and
+   the operations taking the most device time in one step: the perceptual GPU phase ran at an
+   eighth of the spectral-only phase's step rate.
 3. Throughput: ``denoise`` one clip at a time against ``denoise_batch`` of 16 clips (what the
    server's batcher and the batch engine's GPU path do), in seconds of audio per second.
 4. ``audioae denoise`` on a folder of 40 files (16/44.1/48 kHz, mono and stereo) with
@@ -26,11 +27,18 @@ Checks (each prints a line and lands in the JSON):
 6. Training speed of the shipped denoiser's architecture on CUDA with autocast, on random
    batches (no corpus needed): steps and seconds of audio per second at several batch sizes and
    widths: what a GPU session could train in its minutes.
+
+The proxy timing alone also runs on a CPU (``--proxy-speed-only``), e.g. on one thread at
+training's CPU batch:
+
+    python benchmarks/gpu_check.py --proxy-speed-only --batch 32 --threads 1 \
+        --out benchmarks/results/proxy-speed-cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import tempfile
@@ -54,10 +62,19 @@ def _clips(n: int, seconds: float, sr: int = 16000) -> list[np.ndarray]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/gpu.json")
+    p.add_argument("--proxy-speed-only", action="store_true", help="time the perceptual proxies on any device, then stop")
+    p.add_argument("--batch", type=int, default=256, help="rows per proxy call (--proxy-speed-only)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
     dev = pick_device("auto")
     res["device"] = str(dev)
+    if args.proxy_speed_only:
+        res["threads"] = torch.get_num_threads()
+        _keep(res, args.out, "proxy_speed", _proxy_speed(dev, batch=args.batch))
+        return
     if dev.type != "cuda":
         raise SystemExit("no CUDA device: nothing to check")
     res["gpu"] = torch.cuda.get_device_name(0)
@@ -175,21 +192,20 @@ def _proxy_speed(dev: torch.device, batch: int = 256, steps: int = 3) -> dict:
     out: dict = {"batch": batch}
     values = {}
     for label, mod in mods.items():
-        call = (lambda e, m=mod: m(ref, e)) if label.startswith("pesq") else (lambda e, m=mod: m(e, ref))
-        for i in range(steps + 1):  # the first is warm-up
-            if i == 1:
-                _sync(dev)
-                t = time.perf_counter()
-            e = est.clone().requires_grad_()
-            v = call(e)
-            v.sum().backward()
-        _sync(dev)
-        out[f"{label}_s"] = (time.perf_counter() - t) / steps
-        values[label] = v.detach()
+        pesq = label.startswith("pesq")
+        call = functools.partial(_proxy_forward_backward, mod, ref, est, pesq)
+        out[f"{label}_s"] = _seconds_per_call(call, steps, dev)
+        with torch.no_grad():
+            values[label] = mod(ref, est) if pesq else mod(est, ref)  # [B]
         print("proxy speed", label, out[f"{label}_s"], flush=True)
     out["pesq_max_abs_diff"] = float((values["pesq_torch_pesq"] - values["pesq_audioae"]).abs().max())
     out["stoi_max_abs_diff"] = float((values["stoi_torch_stoi"] - values["stoi_audioae"]).abs().max())
     return out
+
+
+def _proxy_forward_backward(mod, ref: torch.Tensor, est: torch.Tensor, pesq: bool) -> None:
+    e = est.clone().requires_grad_()  # [B, T]
+    (mod(ref, e) if pesq else mod(e, ref)).sum().backward()  # torch-pesq takes (ref, deg), torch-stoi (est, ref)
 
 
 def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dict:
@@ -211,13 +227,8 @@ def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dic
     snr = torch.full((batch,), 5.0, device=dev)  # [B]
     out: dict = {"batch": batch}
     for label, variant in variants.items():
-        _train_step(model, opt, clean, noise, snr, variant, amp=False)  # warm-up
-        _sync(dev)
-        t = time.perf_counter()
-        for _ in range(steps):
-            _train_step(model, opt, clean, noise, snr, variant, amp=False)
-        _sync(dev)
-        out[f"{label}_s_per_step"] = (time.perf_counter() - t) / steps
+        out[f"{label}_s_per_step"] = _seconds_per_call(
+            lambda v=variant: _train_step(model, opt, clean, noise, snr, v, amp=False), steps, dev)
         print("loss term speed", label, out[f"{label}_s_per_step"], flush=True)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
@@ -298,14 +309,7 @@ def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16
             snr = torch.full((batch,), 5.0, device=dev)  # [B]
 
             batch_args = (model, opt, clean, noise, snr, run.train)
-            for _ in range(3):
-                _train_step(*batch_args)
-            _sync(dev)
-            t = time.perf_counter()
-            for _ in range(steps):
-                _train_step(*batch_args)
-            _sync(dev)
-            rate = steps / (time.perf_counter() - t)
+            rate = 1.0 / _seconds_per_call(lambda a=batch_args: _train_step(*a), steps, dev, warmup=3)
             key = f"hidden{hidden}_batch{batch}"
             out[key] = {"steps_per_s": rate, "audio_s_per_s": rate * batch * run.data.segment_seconds}
             print("train speed", key, out[key])
@@ -322,6 +326,19 @@ def _train_step(model, opt, clean, noise, snr, tc, amp: bool = True) -> float:
     loss.backward()
     opt.step()
     return float(loss.detach())
+
+
+def _seconds_per_call(fn, calls: int, dev: torch.device, warmup: int = 1) -> float:
+    """Wall seconds per call of ``fn`` after ``warmup`` untimed calls, the device synchronised
+    before and after (CUDA runs asynchronously)."""
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - t) / calls
 
 
 def _sync(dev: torch.device) -> None:

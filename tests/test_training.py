@@ -171,7 +171,7 @@ def test_our_proxies_give_torch_pesq_and_torch_stoi_values_and_gradients():
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_perceptual_losses_ignore_autocast():
     # Mixed-precision training must not run the proxies in half precision (fp16 overflows in
-    # PESQ's level alignment; bf16 moves STOI by ~0.004): CPU autocast shows the same mechanism.
+    # PESQ's level alignment; bf16 moves STOI in its third decimal): CPU autocast shows the mechanism.
     from audioae.losses import pesq_loss, stoi_loss
 
     clean, noise = _speech_in_noise(examples=3)
