@@ -34,7 +34,16 @@ from safetensors.torch import save as st_save
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data.mixing import MixConfig, Mixer, Source, load_folder, mixed_batches, synthetic_noise, synthetic_speech
+from .data.mixing import (
+    MixConfig,
+    Mixer,
+    Source,
+    folder_source,
+    load_folder,
+    mixed_batches,
+    synthetic_noise,
+    synthetic_speech,
+)
 from .enhance import pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
@@ -57,6 +66,9 @@ class DataConfig:
     snr_high: float = 20.0
     reverb_prob: float = 0.0
     second_noise_prob: float = 0.0  # MixConfig.second_noise_prob: two noises in one example
+    # Training noise only: {family (subfolder of noise_dir) = weight} scales how often that
+    # family is drawn beyond its share of the duration ({babble = 2.0}: twice as often).
+    noise_weights: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -237,7 +249,9 @@ def _sources(data: DataConfig, sr: int, val: bool) -> tuple[Source, Source]:
     clean_dir = (data.val_clean_dir or data.clean_dir) if val else data.clean_dir
     noise_dir = (data.val_noise_dir or data.noise_dir) if val else data.noise_dir
     speech = Source(load_folder(clean_dir, sr), name=clean_dir) if clean_dir else synthetic_speech()
-    noise = Source(load_folder(noise_dir, sr), name=noise_dir) if noise_dir else synthetic_noise()
+    # Validation keeps every family at its natural share, so scores compare across phases.
+    weights = None if val else data.noise_weights
+    noise = folder_source(noise_dir, sr, weights) if noise_dir else synthetic_noise()
     return speech, noise
 
 

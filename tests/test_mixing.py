@@ -1,10 +1,13 @@
-"""The on-the-fly mixer: length-weighted draws, and threaded batches equal to unthreaded ones."""
+"""The on-the-fly mixer: length-weighted draws, family weights, and threaded batches equal to unthreaded ones."""
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
-from audioae.data.mixing import MixConfig, Mixer, Source, mixed_batches
+from audioae.data.mixing import MixConfig, Mixer, Source, folder_source, mixed_batches
+from audioae.train import _sources as train_sources
+from audioae.train import load_run_config
 
 
 def _sources() -> tuple[Source, Source]:
@@ -83,3 +86,46 @@ def test_no_second_noise_by_default():
     for _ in range(5):
         for a, b in zip(plain.example(), zero.example(), strict=True):
             assert np.array_equal(a, b)
+
+
+def _noise_tree(root, seconds=(1.0, 1.0, 2.0)):
+    """babble/ holds one 1 s clip of value 0.5; hum/ a 1 s clip and a 2 s one of value -0.5."""
+    (root / "babble").mkdir(parents=True)
+    (root / "hum").mkdir()
+    sf.write(root / "babble" / "b.wav", np.full(int(seconds[0] * 8000), 0.5, np.float32), 8000)
+    sf.write(root / "hum" / "h1.wav", np.full(int(seconds[1] * 8000), -0.5, np.float32), 8000)
+    sf.write(root / "hum" / "h2.flac", np.full(int(seconds[2] * 8000), -0.5, np.float32), 8000)
+    return root
+
+
+def _babble_share(src: Source, n: int = 6000) -> float:
+    rng = np.random.default_rng(1)
+    return float(np.mean([src._draw(rng)[0] > 0 for _ in range(n)]))
+
+
+def test_family_weights_scale_a_subfolders_share_of_the_draws(tmp_path):
+    root = _noise_tree(tmp_path / "noise")
+    assert abs(_babble_share(folder_source(root, 8000)) - 0.25) < 0.03  # 1 s of 4 s
+    assert abs(_babble_share(folder_source(root, 8000, {"babble": 3.0})) - 0.5) < 0.03  # 3 of 6
+    assert _babble_share(folder_source(root, 8000, {"babble": 0.0})) == 0.0
+
+
+def test_family_weights_name_an_existing_subfolder_and_are_not_negative(tmp_path):
+    root = _noise_tree(tmp_path / "noise")
+    with pytest.raises(ValueError, match=r"no family \(subfolder\) \['babel'\]; there are \['babble', 'hum'\]"):
+        folder_source(root, 8000, {"babel": 2.0})
+    with pytest.raises(ValueError, match="numbers >= 0"):
+        folder_source(root, 8000, {"hum": -1.0})
+    with pytest.raises(ValueError, match="every clip has weight 0"):
+        folder_source(root, 8000, {"hum": 0, "babble": 0})
+
+
+def test_noise_weights_apply_to_training_noise_and_never_to_validation(tmp_path):
+    root = _noise_tree(tmp_path / "noise")
+    run = load_run_config(None, [f'data.noise_dir="{root}"', f'data.val_noise_dir="{root}"',
+                                 f'data.clean_dir="{root}"', "data.noise_weights={babble = 3.0}"])
+    assert run.data.noise_weights == {"babble": 3.0}
+    _, train_noise = train_sources(run.data, 8000, val=False)
+    _, val_noise = train_sources(run.data, 8000, val=True)
+    assert abs(_babble_share(train_noise) - 0.5) < 0.03
+    assert abs(_babble_share(val_noise) - 0.25) < 0.03

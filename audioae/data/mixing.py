@@ -13,7 +13,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,12 +40,36 @@ def load_folder(folder: str | Path, sr: int, min_seconds: float = 0.25, threads:
     """Every readable file of ``folder`` (recursive) as mono float32 at ``sr``, in file order;
     unreadable ones are logged and skipped. Decoded on ``threads`` threads (libsndfile and the
     resampler release the GIL): hours of Ogg load in seconds on a many-core machine."""
+    return [clip for _, clip in _load_folder_with_paths(folder, sr, min_seconds, threads)]
+
+
+def _load_folder_with_paths(folder: str | Path, sr: int, min_seconds: float = 0.25,
+                            threads: int = 8) -> list[tuple[Path, np.ndarray]]:
+    paths = list_audio(folder)
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        loaded = list(pool.map(partial(_load_mono, sr=sr), list_audio(folder)))
-    clips = [c for c in loaded if c is not None and len(c) >= min_seconds * sr]
-    if not clips:
+        loaded = list(pool.map(partial(_load_mono, sr=sr), paths))
+    pairs = [(p, c) for p, c in zip(paths, loaded, strict=True) if c is not None and len(c) >= min_seconds * sr]
+    if not pairs:
         raise ValueError(f"{folder}: no usable audio files ({', '.join(AUDIO_EXTENSIONS)})")
-    return clips
+    return pairs
+
+
+def folder_source(folder: str | Path, sr: int, family_weights: Mapping[str, float] | None = None) -> Source:
+    """A :class:`Source` over ``folder``'s files. ``family_weights`` (``{"babble": 2.0}``) makes
+    the files under those first-level subfolders (families) that many times likelier to be drawn
+    than their duration alone makes them: more of one condition without copying files."""
+    folder = Path(folder)
+    pairs = _load_folder_with_paths(folder, sr)
+    weights = dict(family_weights or {})
+    families = {p.relative_to(folder).parts[0] for p, _ in pairs if len(p.relative_to(folder).parts) > 1}
+    unknown = sorted(set(weights) - families)
+    if unknown:
+        raise ValueError(f"{folder}: no family (subfolder) {unknown}; there are {sorted(families)}")
+    bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and v >= 0)}
+    if bad:
+        raise ValueError(f"family weights must be numbers >= 0, got {bad}")
+    per_clip = [float(weights.get(p.relative_to(folder).parts[0], 1.0)) for p, _ in pairs]
+    return Source([c for _, c in pairs], name=str(folder), weights=per_clip)
 
 
 def _load_mono(path: Path, sr: int) -> np.ndarray | None:
@@ -60,15 +84,20 @@ def _load_mono(path: Path, sr: int) -> np.ndarray | None:
 class Source:
     """Random mono crops of ``n`` samples from loaded clips, or from a generator function."""
 
-    def __init__(self, clips: list[np.ndarray] | None = None, generator=None, name: str = ""):
+    def __init__(self, clips: list[np.ndarray] | None = None, generator=None, name: str = "",
+                 weights: list[float] | None = None):
         if (clips is None) == (generator is None):
             raise ValueError("give clips or a generator")
         self.clips, self.generator, self.name = clips, generator, name
         if clips is not None:
-            lengths = np.array([len(c) for c in clips], dtype=np.float64)
+            mass = np.array([len(c) for c in clips], dtype=np.float64)
+            if weights is not None:  # per clip, on top of its length
+                mass *= np.asarray(weights, dtype=np.float64)
+            if not mass.sum() > 0:
+                raise ValueError(f"{name or 'source'}: every clip has weight 0")
             # Long files are drawn proportionally more. A cumulative table and one uniform draw:
             # rng.choice(p=...) re-checks all of p on every call, O(files) under the GIL.
-            self.cdf = np.cumsum(lengths / lengths.sum())
+            self.cdf = np.cumsum(mass / mass.sum())
 
     def crop(self, rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
         if self.generator is not None:
