@@ -120,3 +120,60 @@ def test_mask_power_raises_the_mask_and_leaves_the_taps(output):
     torch.testing.assert_close(b[:, f:], a[:, f:])
     with pytest.raises(ValueError, match="mask_power"):
         build_model("recurrent", {**SMALL, "mask_power": 0.0})
+
+
+@pytest.mark.parametrize("output", ["mask", "deepfilter"])
+def test_an_open_input_gate_returns_the_input_and_a_closed_one_the_estimate(output):
+    m = build_model("recurrent", {**SMALL, "output": output, "df_bins": 12, "input_gate": True}).eval()
+    ungated = build_model("recurrent", {**SMALL, "output": output, "df_bins": 12}).eval()
+    c = m.config
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(2, c.n_bins, 7, dtype=torch.complex64, generator=g)  # [B, F, N]
+    out = torch.rand(2, c.n_outputs, 7, generator=g)  # [B, F', N]: mask (and taps) in [0, 1]
+    out[:, -1] = 1.0
+    torch.testing.assert_close(m.estimate_spec(spec, out), spec)
+    out[:, -1] = 0.0
+    torch.testing.assert_close(m.estimate_spec(spec, out), ungated.estimate_spec(spec, out[:, :-1]))
+    out[:, -1, 3] = 0.25  # one frame a quarter of the way back to the input
+    half = m.estimate_spec(spec, out)
+    est = ungated.estimate_spec(spec, out[:, :-1])
+    torch.testing.assert_close(half[..., 3], 0.75 * est[..., 3] + 0.25 * spec[..., 3])
+    torch.testing.assert_close(half[..., 4:], est[..., 4:])
+
+
+def test_a_gate_grown_onto_a_trained_model_starts_closed_and_learns():
+    base = _df_model()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.normal_(0, 0.3)
+    gated = _df_model(input_gate=True)
+    assert set(grow_into(gated, base.state_dict())) == {"to_out.weight", "to_out.bias"}
+    x = base.example_input(batch=2)  # [B, F', N]
+    gate = gated(x)[0][:, -1]  # [B, N]
+    torch.testing.assert_close(gate, torch.full_like(gate, float(torch.sigmoid(torch.tensor(-8.0)))))
+    wav = torch.randn(2, 4000) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(gated.enhance(wav)[0], base.enhance(wav)[0], atol=1e-3 * wav.abs().max().item(), rtol=0)
+    gated.enhance(wav)[0].square().mean().backward()
+    assert gated.to_out.weight.grad[-1].abs().sum() > 0  # the gate's row gets a gradient at once
+
+
+@pytest.mark.parametrize("chunk", [1, 4410])
+def test_a_gated_model_streams_like_offline(chunk):
+    m = _df_model(input_gate=True)
+    with torch.no_grad():
+        for p in m.to_out.parameters():
+            p.normal_(0, 0.3)
+        m.to_out.bias[-1] = 8.0  # a gate near half open, varying frame by frame
+    wav = (0.1 * np.random.default_rng(2).standard_normal((1, 22050))).astype(np.float32)
+    offline = denoise(m, wav, 44100)
+    sd = StreamingDenoiser(m, 44100, channels=1)
+    streamed = torch.cat([sd.push(wav[:, i : i + chunk]) for i in range(0, wav.shape[1], chunk)] + [sd.finish()], -1)
+    np.testing.assert_allclose(streamed.numpy(), offline, atol=2e-6)
+
+
+def test_only_recurrent_mask_heads_take_an_input_gate():
+    with pytest.raises(ValueError, match="no input gate"):
+        build_model("conv1d", {"channels": (8,), "code_dim": 4, "n_fft": 128, "hop_length": 32, "input_gate": True})
+    with pytest.raises(ValueError, match="input_gate needs a mask or deepfilter output"):
+        build_model("recurrent", {**SMALL, "output": "magnitude", "input_gate": True})

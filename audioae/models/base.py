@@ -87,11 +87,17 @@ class SpectralConfig(AutoencoderConfig):
     # The mask is raised to this power (mask and deepfilter heads): below 1 suppresses less. An
     # inference knob a shipped model may set after training (chosen on validation data).
     mask_power: float = 1.0
+    # One more output row per frame: a learned share of the unprocessed input mixed back into
+    # that frame's estimate ("keep the input when unsure": speech on speech at low SNR, where a
+    # mask removes the wrong talker). Mask and deepfilter heads; it starts closed (see head).
+    input_gate: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if self.output not in ("mask", "magnitude", "deepfilter"):
             raise ValueError(f"output must be mask, magnitude or deepfilter, got {self.output!r}")
+        if self.input_gate and self.output == "magnitude":
+            raise ValueError("input_gate needs a mask or deepfilter output, not magnitude")
         if self.mask_power <= 0:
             raise ValueError(f"mask_power must be positive, got {self.mask_power}")
         if self.output == "deepfilter" and not (1 <= self.df_bins <= self.n_bins and self.df_order >= 1):
@@ -114,7 +120,11 @@ class SpectralConfig(AutoencoderConfig):
     @property
     def n_outputs(self) -> int:
         """Decoder rows per frame: the mask or magnitudes, plus complex filter taps."""
-        return self.n_bins + (2 * self.df_order * self.df_bins if self.deep_filter else 0)
+        return self.n_bins + (2 * self.df_order * self.df_bins if self.deep_filter else 0) + int(self.input_gate)
+
+
+# Subtracted from the input gate's logit (SpectralConfig.input_gate): sigmoid(-8) = 3.4e-4.
+GATE_OFFSET = 8.0
 
 
 def activate_code(h: torch.Tensor, kind: str) -> torch.Tensor:
@@ -200,11 +210,14 @@ class SpectralAutoencoder(Autoencoder):
     config: SpectralConfig
     causal: bool = False
     supports_deep_filter: bool = False
+    supports_input_gate: bool = False
 
     def __init__(self, config: SpectralConfig):
         super().__init__()
         if config.deep_filter and not self.supports_deep_filter:
             raise ValueError(f"{self.registry_name} has no deepfilter output; use mask or magnitude")
+        if config.input_gate and not self.supports_input_gate:
+            raise ValueError(f"{self.registry_name} has no input gate; input_gate needs the recurrent family")
         self.config = config
         self.stft = STFT(config.n_fft, config.hop_length)
 
@@ -229,16 +242,22 @@ class SpectralAutoencoder(Autoencoder):
         return torch.cat([mag, low_c.real, low_c.imag], dim=1)  # [B, F + 2D, N]
 
     def head(self, y: torch.Tensor) -> torch.Tensor:
-        """Raw decoder output -> mask in [0, 1] (plus filter taps in [-1, 1]) or compressed magnitude."""
+        """Raw decoder output -> mask in [0, 1] (plus filter taps in [-1, 1], plus the input gate
+        in [0, 1]) or compressed magnitude."""
         c = self.config
         if c.output == "magnitude":
             return y
         mask = torch.sigmoid(y[:, : c.n_bins])  # [B, F, N]
         if c.mask_power != 1.0:
             mask = mask.pow(c.mask_power)
-        if c.output == "mask":
-            return mask
-        return torch.cat([mask, torch.tanh(y[:, c.n_bins :])], dim=1)  # [B, F + 2KD, N]
+        rows = [mask]
+        if c.deep_filter:
+            rows.append(torch.tanh(y[:, c.n_bins : c.n_bins + 2 * c.df_order * c.df_bins]))  # [B, 2KD, N]
+        if c.input_gate:
+            # The offset makes a zero-initialised row (a gate grown onto a trained model) start
+            # closed, 3e-4 of the input, so growing it keeps the model's output.
+            rows.append(torch.sigmoid(y[:, -1:] - GATE_OFFSET))  # [B, 1, N]
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # [B, F', N]
 
     @property
     def spec_context_frames(self) -> int:
@@ -255,11 +274,14 @@ class SpectralAutoencoder(Autoencoder):
         c = self.config
         n = out.shape[-1]
         past, spec = spec[..., : spec.shape[-1] - n], spec[..., spec.shape[-1] - n :]  # [B, F, P], [B, F, N]
-        if c.output == "mask":
-            return apply_mask(spec, out)
         if c.output == "magnitude":
             return with_magnitude(spec, decompress(out, c.compression, c.compression_power))
-        return self._deep_filter(spec, past, out)
+        if c.input_gate:
+            out, gate = out[:, :-1], out[:, -1:]  # [B, F', N], [B, 1, N]
+        est = apply_mask(spec, out) if c.output == "mask" else self._deep_filter(spec, past, out)  # [B, F, N]
+        if c.input_gate:
+            est = est + gate * (spec - est)  # [B, F, N]
+        return est
 
     def _deep_filter(self, spec: torch.Tensor, past: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -31,6 +31,7 @@ class RecurrentAutoencoder(SpectralAutoencoder):
     registry_name = "recurrent"
     config: RecurrentConfig
     supports_deep_filter = True
+    supports_input_gate = True
 
     def __init__(self, config: RecurrentConfig):
         super().__init__(config)
