@@ -164,7 +164,7 @@ def test_a_gated_model_streams_like_offline(chunk):
     with torch.no_grad():
         for p in m.to_out.parameters():
             p.normal_(0, 0.3)
-        m.to_out.bias[-1] = 8.0  # a gate near half open, varying frame by frame
+        m.to_out.bias[-1] = 0.5  # logit 16 * 0.5 - 8 = 0: a gate near half open, varying frame by frame
     wav = (0.1 * np.random.default_rng(2).standard_normal((1, 22050))).astype(np.float32)
     offline = denoise(m, wav, 44100)
     sd = StreamingDenoiser(m, 44100, channels=1)

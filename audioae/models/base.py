@@ -123,8 +123,10 @@ class SpectralConfig(AutoencoderConfig):
         return self.n_bins + (2 * self.df_order * self.df_bins if self.deep_filter else 0) + int(self.input_gate)
 
 
-# Subtracted from the input gate's logit (SpectralConfig.input_gate): sigmoid(-8) = 3.4e-4.
-GATE_OFFSET = 8.0
+# The input gate (SpectralConfig.input_gate) is sigmoid(GATE_GAIN * y - GATE_OFFSET): closed at
+# y = 0, sigmoid(-8) = 3.4e-4, and the gain lets it open within a fine-tuning phase (at a
+# fine-tuning rate, Adam moves a unit-gain logit far too slowly to travel 8).
+GATE_GAIN, GATE_OFFSET = 16.0, 8.0
 
 
 def activate_code(h: torch.Tensor, kind: str) -> torch.Tensor:
@@ -254,9 +256,9 @@ class SpectralAutoencoder(Autoencoder):
         if c.deep_filter:
             rows.append(torch.tanh(y[:, c.n_bins : c.n_bins + 2 * c.df_order * c.df_bins]))  # [B, 2KD, N]
         if c.input_gate:
-            # The offset makes a zero-initialised row (a gate grown onto a trained model) start
-            # closed, 3e-4 of the input, so growing it keeps the model's output.
-            rows.append(torch.sigmoid(y[:, -1:] - GATE_OFFSET))  # [B, 1, N]
+            # A zero-initialised row (a gate grown onto a trained model) starts closed, 3e-4 of
+            # the input, so growing it keeps the model's output.
+            rows.append(torch.sigmoid(GATE_GAIN * y[:, -1:] - GATE_OFFSET))  # [B, 1, N]
         return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # [B, F', N]
 
     @property
