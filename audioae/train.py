@@ -355,6 +355,14 @@ def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]
     return grown
 
 
+def grown_like(model: Autoencoder, base: Autoencoder) -> Autoencoder:
+    """A new model of ``model``'s architecture holding ``base``'s weights grown into it
+    (:func:`grow_into`): the start of a fine-tuning that grew the model, to interpolate towards."""
+    out = type(model)(model.config)
+    grow_into(out, base.state_dict())
+    return out.train(model.training)
+
+
 def _grow_blocks(name: str, target: torch.Tensor, src: torch.Tensor, row_blocks: int, col_blocks: int,
                  fresh_rows: bool) -> None:
     """Copy ``src`` into ``target`` block by block (``row_blocks`` gates of rows, ``col_blocks``

@@ -9,7 +9,8 @@ so every checkpoint is scored on the same mixtures, and prints SI-SDR (and of th
 and STOI per checkpoint as JSON lines. ``--mask-power`` also scores each checkpoint with its
 mask raised to these powers (the ``mask_power`` knob of the model config). ``--base B --alpha
 A...`` also scores each checkpoint's weights interpolated towards B's (``alpha * ckpt + (1 - alpha)
-* B``: a fine-tuned model against the weights it started from).
+* B``: a fine-tuned model against the weights it started from; B is first grown into the
+checkpoint's architecture where that grew, e.g. by an input gate).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import torch
 
 from audioae.checkpoint import interpolate_weights, load_checkpoint
-from audioae.train import load_run_config, make_validation_set, validate
+from audioae.train import grown_like, load_run_config, make_validation_set, validate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
             val_set = make_validation_set(loaded, data, seed=args.seed)
         for alpha in [None, *args.alpha]:
-            model = loaded if alpha is None else interpolate_weights(loaded, base, alpha).eval()
+            model = loaded if alpha is None else interpolate_weights(loaded, grown_like(loaded, base), alpha).eval()
             blend = {} if alpha is None else {"base": args.base, "alpha": alpha}
             for power in [None, *args.mask_power]:
                 m = model if power is None else model.with_config(mask_power=power)

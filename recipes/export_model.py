@@ -11,6 +11,7 @@ import argparse
 import json
 
 from audioae.checkpoint import checkpoint_extra, interpolate_weights, load_checkpoint, save_checkpoint
+from audioae.train import grown_like
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     model = load_checkpoint(args.src)
     extra = checkpoint_extra(args.src)
     if args.base:
-        model = interpolate_weights(model, load_checkpoint(args.base), args.alpha)
+        model = interpolate_weights(model, grown_like(model, load_checkpoint(args.base)), args.alpha)
         extra = {**extra, "interpolated": {"base": args.base, "alpha": args.alpha,
                                            "base_trained": checkpoint_extra(args.base)}}
     changes = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.overrides)}

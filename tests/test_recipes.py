@@ -236,3 +236,29 @@ def test_export_model_interpolates_towards_a_base_and_records_it(tmp_path):
     assert extra["config_changes"] == {"mask_power": 0.8}
     assert extra["trained"]["interpolated"]["alpha"] == 0.25 and extra["trained"]["step"] == 2
     assert extra["trained"]["interpolated"]["base_trained"]["step"] == 1
+
+
+def test_export_model_grows_an_ungated_base_before_interpolating_a_gated_model(tmp_path):
+    """A fine-tuning that grew an input gate starts from weights without one: the base is grown
+    (gate row zero: closed) and then interpolated, so the gate's row is alpha times the tuned one."""
+    import subprocess
+
+    from audioae.checkpoint import load_checkpoint, save_checkpoint
+    from audioae.models import build_model
+
+    cfg = {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 32, "output": "deepfilter", "df_bins": 8}
+    torch.manual_seed(0)
+    base = build_model("recurrent", cfg)
+    save_checkpoint(base, tmp_path / "base.safetensors", {"step": 1})
+    torch.manual_seed(1)
+    tuned = build_model("recurrent", {**cfg, "input_gate": True})
+    save_checkpoint(tuned, tmp_path / "tuned.safetensors", {"step": 2})
+    dst = tmp_path / "shipped.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "recipes" / "export_model.py"), str(tmp_path / "tuned.safetensors"),
+                    str(dst), "--base", str(tmp_path / "base.safetensors"), "--alpha", "0.5"], check=True,
+                   capture_output=True)
+    shipped = load_checkpoint(dst)
+    assert shipped.config.input_gate
+    w, t, b = shipped.to_out.weight.detach(), tuned.to_out.weight.detach(), base.to_out.weight.detach()
+    torch.testing.assert_close(w[-1], 0.5 * t[-1])  # the base's grown gate row is zero
+    torch.testing.assert_close(w[:-1], 0.5 * t[:-1] + 0.5 * b)
