@@ -86,6 +86,10 @@ def _release(a: float) -> Callable[[torch.Tensor], torch.Tensor]:
 VARIANTS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "none": None, "freq [1 2 1]": _freq_smooth([1, 2, 1]), "freq [1 2 3 2 1]": _freq_smooth([1, 2, 3, 2, 1]),
     "floor 0.05": lambda m: m.clamp_min(0.05), "floor 0.1": lambda m: m.clamp_min(0.1), "release 0.5": _release(0.5),
+    # Later: a lower floor, the mask power moved either way, and a deeper cut only where the mask
+    # is already low (downward expansion below 0.1).
+    "floor 0.03": lambda m: m.clamp_min(0.03), "power x1.25": lambda m: m.pow(1.25),
+    "power x0.875": lambda m: m.pow(0.875), "expand below 0.1": lambda m: torch.where(m < 0.1, m * m / 0.1, m),
 }
 
 

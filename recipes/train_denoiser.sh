@@ -26,6 +26,10 @@
 #    exports that run's last weights 0.7 of the way from stage 7's (chosen on the validation
 #    split). Without a GPU the recipe ends at stage 7 and says so. (The shipped stage ran on an
 #    H200 from a packed copy of the corpus: docs/corpus.md.)
+# 9. after stage 8 (so also only with a GPU): trains it BABBLE_MINUTES more on one CPU thread with
+#    babble drawn twice as often and SNRs of -10..15 dB (configs/denoiser-small-babble.toml),
+#    then exports that run's best checkpoint halfway from stage 8's weights (chosen on the
+#    validation split).
 # Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +43,7 @@ DF5_MINUTES=${7:-50}
 PERCEPTUAL_MINUTES=${8:-72}
 WIDEN_MINUTES=${9:-75}
 GPU_MINUTES=${10:-6}
+BABBLE_MINUTES=${11:-80}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
 # Stages 6 and 7's loss terms come with the `train` extra (torch-pesq, torch-stoi).
 python -c "import torch_pesq, torch_stoi" 2>/dev/null || pip install -e '.[train]'
@@ -72,6 +77,11 @@ if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
   bash recipes/train_denoiser_gpu.sh "$GPU_MINUTES" corpus runs/denoiser-small-gpu
   python recipes/export_model.py runs/denoiser-small-gpu/last.safetensors \
     audioae/pretrained/denoiser-small.safetensors --base runs/denoiser-small-w224/last.safetensors --alpha 0.7
+  cp audioae/pretrained/denoiser-small.safetensors runs/denoiser-small-stage6.safetensors
+  cp audioae/pretrained/denoiser-small.safetensors.sha256 runs/denoiser-small-stage6.safetensors.sha256
+  audioae train configs/denoiser-small-babble.toml --set train.max_minutes="$BABBLE_MINUTES"
+  python recipes/export_model.py runs/denoiser-small-babble/best.safetensors \
+    audioae/pretrained/denoiser-small.safetensors --base runs/denoiser-small-stage6.safetensors --alpha 0.5
 else
   echo "stage 8 needs a CUDA GPU (recipes/train_denoiser_gpu.sh): the exported model is stage 7's" >&2
 fi
