@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_checkpoint(path).eval()
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
             val_set = make_validation_set(loaded, data, seed=args.seed)
+        start = grown_like(loaded, base) if base is not None else None  # once per checkpoint, for every alpha
         for alpha in [None, *args.alpha]:
-            model = loaded if alpha is None else interpolate_weights(loaded, grown_like(loaded, base), alpha).eval()
+            model = loaded if alpha is None else interpolate_weights(loaded, start, alpha).eval()
             blend = {} if alpha is None else {"base": args.base, "alpha": alpha}
             for power in [None, *args.mask_power]:
                 m = model if power is None else model.with_config(mask_power=power)

@@ -3,6 +3,7 @@
 
     python recipes/denoiser_diagnostics.py split --model denoiser-small > benchmarks/results/val/split.json
     python recipes/denoiser_diagnostics.py postproc --model denoiser-small > benchmarks/results/val/postproc.jsonl
+    python recipes/denoiser_diagnostics.py gate --model runs/denoiser-small-gate/last.safetensors
 
 ``split``: the model's output is linear in the noisy STFT once its mask and filter taps are fixed
 (they are computed from the noisy input), so the same mask and taps applied to the clean part
@@ -12,6 +13,10 @@ residual noise alone costs (PESQ of clean + filtered noise), overall and per SNR
 
 ``postproc``: simple changes to the mask after the network (smoothing across frequency or time,
 a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``.
+
+``gate``: for a model with an input gate (``model.config.input_gate``), the gate's mean and
+maximum over the frames of each val mixture, averaged per noise type and per SNR: where the
+model chose to keep the input.
 """
 
 from __future__ import annotations
@@ -107,9 +112,28 @@ def postproc(model, config: str, examples: int = 48, seed: int = 1234):
     del model.head
 
 
+def gate(model, root: Path) -> dict:
+    if not model.config.input_gate:
+        raise SystemExit("gate: this model has no input gate (model.config.input_gate)")
+    rows = []
+    for m in json.loads((root / "meta.json").read_text())["mixtures"]:
+        noisy = torch.from_numpy(sf.read(root / "noisy" / m["file"], dtype="float32")[0])[None]  # [1, T]
+        with torch.no_grad():
+            out, _ = model(model.features(model.stft(noisy)))  # [1, F', N]
+        g = out[0, -1]  # [N]: the gate row
+        rows.append({"noise_type": m["noise_type"], "snr_db": m["snr_db"], "mean": float(g.mean()), "max": float(g.max())})
+
+    def mean(rs):
+        return {k: float(np.mean([r[k] for r in rs])) for k in ("mean", "max")} | {"n": len(rs)}
+
+    return {"mixtures": str(root), "overall": mean(rows),
+            "per_noise_type": {t: mean([r for r in rows if r["noise_type"] == t]) for t in sorted({r["noise_type"] for r in rows})},
+            "per_snr": {f"{s:g}": mean([r for r in rows if r["snr_db"] == s]) for s in sorted({r["snr_db"] for r in rows})}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("split", "postproc"))
+    ap.add_argument("what", choices=("split", "postproc", "gate"))
     ap.add_argument("--model", default=None, help="shipped name or .safetensors (default: the shipped denoiser)")
     ap.add_argument("--mixtures", type=Path, default=Path("corpus/val/mixtures"))
     ap.add_argument("--config", default="configs/denoiser-small.toml", help="run config whose [data] gives the val split")
@@ -118,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     model = pretrained.load(args.model).eval()
     if args.what == "split":
         print(json.dumps(split(model, args.mixtures), indent=1))
+    elif args.what == "gate":
+        print(json.dumps(gate(model, args.mixtures), indent=1))
     else:
         for row in postproc(model, args.config):
             print(json.dumps(row), flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped speech denoiser from scratch and export it into audioae/pretrained/.
 #   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES] \
-#       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES] [WIDEN_MINUTES] [GPU_MINUTES]
+#       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES] [WIDEN_MINUTES] [GPU_MINUTES] [BABBLE_MINUTES]
 # 1. installs the Debian packages and builds corpus/ (docs/corpus.md);
 # 2. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
 #    CPU thread, FINETUNE_MINUTES at lr 5e-4 and MORE_MINUTES at lr 4e-4 on two threads;
@@ -83,5 +83,5 @@ if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
   python recipes/export_model.py runs/denoiser-small-babble/best.safetensors \
     audioae/pretrained/denoiser-small.safetensors --base runs/denoiser-small-stage6.safetensors --alpha 0.5
 else
-  echo "stage 8 needs a CUDA GPU (recipes/train_denoiser_gpu.sh): the exported model is stage 7's" >&2
+  echo "stages 8-9 need a CUDA GPU (recipes/train_denoiser_gpu.sh): the exported model is stage 7's" >&2
 fi

@@ -61,15 +61,21 @@ def folder_source(folder: str | Path, sr: int, family_weights: Mapping[str, floa
     folder = Path(folder)
     pairs = _load_folder_with_paths(folder, sr)
     weights = dict(family_weights or {})
-    families = {p.relative_to(folder).parts[0] for p, _ in pairs if len(p.relative_to(folder).parts) > 1}
+    family_of = [_family(folder, p) for p, _ in pairs]  # "" for files at the top level
+    families = set(family_of) - {""}
     unknown = sorted(set(weights) - families)
     if unknown:
         raise ValueError(f"{folder}: no family (subfolder) {unknown}; there are {sorted(families)}")
     bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and v >= 0)}
     if bad:
         raise ValueError(f"family weights must be numbers >= 0, got {bad}")
-    per_clip = [float(weights.get(p.relative_to(folder).parts[0], 1.0)) for p, _ in pairs]
+    per_clip = [float(weights.get(f, 1.0)) for f in family_of]
     return Source([c for _, c in pairs], name=str(folder), weights=per_clip)
+
+
+def _family(folder: Path, path: Path) -> str:
+    parts = path.relative_to(folder).parts
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _load_mono(path: Path, sr: int) -> np.ndarray | None:
