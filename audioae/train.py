@@ -39,7 +39,6 @@ from .data.mixing import (
     Mixer,
     Source,
     folder_source,
-    load_folder,
     mixed_batches,
     synthetic_noise,
     synthetic_speech,
@@ -69,6 +68,9 @@ class DataConfig:
     # Training noise only: {family (subfolder of noise_dir) = weight} scales how often that
     # family is drawn beyond its share of the duration ({babble = 2.0}: twice as often).
     noise_weights: dict = field(default_factory=dict)
+    # The same for clean speech: {source (subfolder of clean_dir) = weight}, e.g. more of the
+    # real recorded voices against text-to-speech ({espeak = 0.5}).
+    speech_weights: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -248,10 +250,11 @@ def batch_loss(model: SpectralAutoencoder, clean: torch.Tensor, noisy_spec: torc
 def _sources(data: DataConfig, sr: int, val: bool) -> tuple[Source, Source]:
     clean_dir = (data.val_clean_dir or data.clean_dir) if val else data.clean_dir
     noise_dir = (data.val_noise_dir or data.noise_dir) if val else data.noise_dir
-    speech = Source(load_folder(clean_dir, sr), name=clean_dir) if clean_dir else synthetic_speech()
     # Validation keeps every family at its natural share, so scores compare across phases.
-    weights = None if val else data.noise_weights
-    noise = folder_source(noise_dir, sr, weights) if noise_dir else synthetic_noise()
+    speech_weights = None if val else data.speech_weights
+    noise_weights = None if val else data.noise_weights
+    speech = folder_source(clean_dir, sr, speech_weights) if clean_dir else synthetic_speech()
+    noise = folder_source(noise_dir, sr, noise_weights) if noise_dir else synthetic_noise()
     return speech, noise
 
 

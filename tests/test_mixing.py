@@ -1,4 +1,4 @@
-"""The on-the-fly mixer: length-weighted draws, family weights, and threaded batches equal to unthreaded ones."""
+"""The on-the-fly mixer: length-weighted draws, family weights (noise and speech), and threaded batches equal to unthreaded ones."""
 
 import numpy as np
 import pytest
@@ -125,7 +125,22 @@ def test_noise_weights_apply_to_training_noise_and_never_to_validation(tmp_path)
     run = load_run_config(None, [f'data.noise_dir="{root}"', f'data.val_noise_dir="{root}"',
                                  f'data.clean_dir="{root}"', "data.noise_weights={babble = 3.0}"])
     assert run.data.noise_weights == {"babble": 3.0}
-    _, train_noise = train_sources(run.data, 8000, val=False)
+    train_speech, train_noise = train_sources(run.data, 8000, val=False)
     _, val_noise = train_sources(run.data, 8000, val=True)
     assert abs(_babble_share(train_noise) - 0.5) < 0.03
     assert abs(_babble_share(val_noise) - 0.25) < 0.03
+    assert abs(_babble_share(train_speech) - 0.25) < 0.03  # noise weights leave speech alone
+
+
+def test_speech_weights_apply_to_training_speech_and_never_to_validation(tmp_path):
+    root = _noise_tree(tmp_path / "speech")  # two "voices": babble/ and hum/
+    run = load_run_config(None, [f'data.clean_dir="{root}"', f'data.val_clean_dir="{root}"',
+                                 f'data.noise_dir="{root}"', "data.speech_weights={hum = 0.5}"])
+    train_speech, train_noise = train_sources(run.data, 8000, val=False)
+    val_speech, _ = train_sources(run.data, 8000, val=True)
+    assert abs(_babble_share(train_speech) - 0.4) < 0.03  # 1 s against 3 s at half weight
+    assert abs(_babble_share(val_speech) - 0.25) < 0.03
+    assert abs(_babble_share(train_noise) - 0.25) < 0.03
+    bad = load_run_config(None, [f'data.clean_dir="{root}"', "data.speech_weights={espeak = 2.0}"])
+    with pytest.raises(ValueError, match=r"no family \(subfolder\) \['espeak'\]"):
+        train_sources(bad.data, 8000, val=False)
