@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file as st_load_file
 from safetensors.torch import save as st_save
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -118,6 +119,11 @@ class TrainConfig:
     # The validation metric that picks best.safetensors (higher is better; one of metrics). A
     # perceptual phase trades SI-SDR for PESQ, so it selects by pesq.
     select_by: str = "si_sdr"
+    # An exponential moving average of the weights (Polyak), updated every step: 0.999 averages
+    # about the last thousand steps, smoother than any one of them. When on, validation and
+    # best.safetensors use the average (what one would ship), ema.safetensors holds the final
+    # one, and last.safetensors stays the raw weights that a resume continues from. 0: off.
+    ema_decay: float = 0.0
     progress: bool = True
 
     def __post_init__(self):
@@ -127,6 +133,8 @@ class TrainConfig:
             raise ValueError("train.decay_by_time and train.decay_steps both set: choose one (decay_steps=0)")
         if self.select_by not in self.metrics:
             raise ValueError(f"train.select_by={self.select_by!r} is not among train.metrics {list(self.metrics)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
 
 
 @dataclass(frozen=True)
@@ -304,10 +312,25 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Pa
 
 
 def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, best: float,
-                       out: Path) -> None:
-    """``last.safetensors`` and ``last.optim.safetensors``: what a rerun resumes from."""
+                       out: Path, ema: AveragedModel | None = None) -> None:
+    """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
+    train.ema_decay): what a rerun resumes from."""
     save_checkpoint(model, out / "last.safetensors", {"step": step}, write_sha256=False)
+    if ema is not None:
+        save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step}, write_sha256=False)
     _save_optimizer(opt, step, best, out / "last.optim.safetensors")
+
+
+def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | None) -> AveragedModel | None:
+    """The EMA of ``model``'s weights (None when ``decay`` is 0), continued from ``resume_from``
+    when that file exists; otherwise its first update copies the weights."""
+    if not decay:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    if resume_from is not None and resume_from.is_file():
+        ema.module.load_state_dict(load_checkpoint(resume_from).state_dict())
+        ema.n_averaged.fill_(1)  # not 0: the next update averages instead of copying
+    return ema
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
@@ -408,7 +431,8 @@ MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
 def train(run: RunConfig, resume: bool = True) -> dict:
     """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation score of
     ``train.select_by``, SI-SDR by default),
-    ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``."""
+    ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``;
+    with ``train.ema_decay`` also ``ema.safetensors`` and ``last.ema.safetensors``."""
     tc = run.train
     device = pick_device(tc.device)
     started_dist = _maybe_init_distributed(device)
@@ -430,7 +454,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best = 0, -math.inf
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
-    if resume and last.is_file() and last_opt.is_file():
+    resuming = resume and last.is_file() and last_opt.is_file()
+    if resuming:
         model.load_state_dict(load_checkpoint(last).state_dict())
         step, best = _load_optimizer(opt, last_opt)
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
@@ -440,6 +465,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         grown = grow_into(model, load_checkpoint(tc.init_from).state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
     model.to(device).train()
+    ema = _weight_average(model, tc.ema_decay, out / "last.ema.safetensors" if resuming else None)
+    evaluated = model if ema is None else ema.module  # what validation scores and best keeps
     forward = model
     if world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -486,12 +513,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             scaler.scale(loss).backward()
             if _apply_gradients(model, opt, scaler, tc.grad_clip, loss):
                 bad_in_a_row = 0
+                if ema is not None:
+                    ema.update_parameters(model)
             else:
                 skipped += 1
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_NONFINITE_STEPS:
                     if rank == 0:  # the weights are still the last finite ones: keep them
-                        _save_resume_point(model, opt, step, best, out)
+                        _save_resume_point(model, opt, step, best, out, ema)
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(
@@ -512,10 +541,10 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             record = {"step": step, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
                       **({"skipped": skipped} if skipped else {})}
             if step % tc.val_every == 0 or last_step:
-                record["val"] = validate(model, val_set, tc.metrics)
+                record["val"] = validate(evaluated, val_set, tc.metrics)
                 if record["val"][tc.select_by] > best:
                     best = record["val"][tc.select_by]
-                    save_checkpoint(model, out / "best.safetensors", {"step": step, "val": record["val"]})
+                    save_checkpoint(evaluated, out / "best.safetensors", {"step": step, "val": record["val"]})
                 log.info("step %d val %s", step, record["val"])
                 if bar is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
@@ -524,12 +553,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                _save_resume_point(model, opt, step, best, out)
+                _save_resume_point(model, opt, step, best, out, ema)
                 t_last_ckpt = time.monotonic()
             if last_step:
                 break
     if bar is not None:
         bar.close()
+    if ema is not None and rank == 0:
+        save_checkpoint(ema.module, out / "ema.safetensors", {"step": step})
     summary = {"steps": step, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
                "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
