@@ -63,12 +63,19 @@ def split(model, root: Path) -> dict:
         rows.append({"snr_db": m["snr_db"], "pesq_input": pesq_wb(noisy, clean, SR), "pesq_output": pesq_wb(y, clean, SR),
                      "pesq_speech_only": pesq_wb(speech, clean, SR), "pesq_noise_only": pesq_wb(clean + noise, clean, SR)})
     keys = [k for k in rows[0] if k.startswith("pesq")]
+    return {"mixtures": str(root), "overall": _means(rows, keys, digits=3),
+            "per_snr": _grouped(rows, "snr_db", keys, digits=3)}
 
-    def mean(rs):
-        return {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys} | {"n": len(rs)}
 
-    return {"mixtures": str(root), "overall": mean(rows),
-            "per_snr": {f"{s:g}": mean([r for r in rows if r["snr_db"] == s]) for s in sorted({r["snr_db"] for r in rows})}}
+def _means(rows: list[dict], keys, digits: int | None = None) -> dict:
+    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    return {k: round(v, digits) if digits is not None else v for k, v in means.items()} | {"n": len(rows)}
+
+
+def _grouped(rows: list[dict], field: str, keys, digits: int | None = None) -> dict:
+    """``_means`` per value of ``field`` (SNRs as "-5", "0", ...), in sorted order."""
+    name = (lambda v: f"{v:g}") if field == "snr_db" else str
+    return {name(v): _means([r for r in rows if r[field] == v], keys, digits) for v in sorted({r[field] for r in rows})}
 
 
 def _freq_smooth(kernel: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -122,13 +129,9 @@ def gate(model, root: Path) -> dict:
             out, _ = model(model.features(model.stft(noisy)))  # [1, F', N]
         g = out[0, -1]  # [N]: the gate row
         rows.append({"noise_type": m["noise_type"], "snr_db": m["snr_db"], "mean": float(g.mean()), "max": float(g.max())})
-
-    def mean(rs):
-        return {k: float(np.mean([r[k] for r in rs])) for k in ("mean", "max")} | {"n": len(rs)}
-
-    return {"mixtures": str(root), "overall": mean(rows),
-            "per_noise_type": {t: mean([r for r in rows if r["noise_type"] == t]) for t in sorted({r["noise_type"] for r in rows})},
-            "per_snr": {f"{s:g}": mean([r for r in rows if r["snr_db"] == s]) for s in sorted({r["snr_db"] for r in rows})}}
+    keys = ("mean", "max")
+    return {"mixtures": str(root), "overall": _means(rows, keys),
+            "per_noise_type": _grouped(rows, "noise_type", keys), "per_snr": _grouped(rows, "snr_db", keys)}
 
 
 def main(argv: list[str] | None = None) -> int:
