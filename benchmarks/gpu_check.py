@@ -65,6 +65,10 @@ def main() -> None:
     p.add_argument("--proxy-speed-only", action="store_true", help="time the perceptual proxies on any device, then stop")
     p.add_argument("--batch", type=int, default=256, help="rows per proxy call (--proxy-speed-only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--only", nargs="+", choices=("proxy_speed", "finite_training"),
+                   help="run just these checks (CUDA), e.g. to spend a few device minutes on one open question")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                   help="finite_training's precisions (each takes about a minute on an H200)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,6 +82,12 @@ def main() -> None:
     if dev.type != "cuda":
         raise SystemExit("no CUDA device: nothing to check")
     res["gpu"] = torch.cuda.get_device_name(0)
+    if args.only:
+        if "proxy_speed" in args.only:
+            _keep(res, args.out, "proxy_speed", _proxy_speed(dev))
+        if "finite_training" in args.only:
+            _finite_training(res, args.out, precisions=args.precisions)
+        return
 
     cpu_model = pretrained.load(None)
     gpu_model = pretrained.load(None, map_location=dev)
@@ -96,8 +106,8 @@ def main() -> None:
     print("AMP training", res["amp_train"])
     _keep(res, args.out, "proxy_speed", _proxy_speed(dev))
     _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev))
-    _finite_training(res, args.out)
-    if not res["finite_training"]["bfloat16"]["finite"]:
+    _finite_training(res, args.out, precisions=args.precisions)
+    if not res["finite_training"].get("bfloat16", {"finite": True})["finite"]:
         _keep(res, args.out, "first_nan_op", _first_nan_op(dev))
 
     clips = _clips(64, 3.0)
@@ -152,12 +162,17 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
-def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda") -> None:
+PRECISIONS = {"bfloat16": ['train.amp_dtype="bfloat16"'], "float16": ['train.amp_dtype="float16"'],
+              "float32": ["train.amp=false"]}
+
+
+def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda",
+                     precisions=tuple(PRECISIONS)) -> None:
     """Each precision's result is kept as soon as it is known (on the H200 of 2026-11-27 this check
     ran over two minutes and was stopped with nothing written)."""
     out: dict = {}
-    for label, over in (("bfloat16", ['train.amp_dtype="bfloat16"']), ("float16", ['train.amp_dtype="float16"']),
-                        ("float32", ["train.amp=false"])):
+    for label in precisions:
+        over = PRECISIONS[label]
         with tempfile.TemporaryDirectory() as tmp:
             run = load_run_config("configs/denoiser-small-w224.toml", [  # the shipped architecture
                 f'train.out_dir="{tmp}"', f"train.steps={steps}", f'train.device="{device}"', "train.progress=false",
