@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the shipped speech denoiser from scratch and export it into audioae/pretrained/.
 #   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES] \
-#       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES] [WIDEN_MINUTES] [GPU_MINUTES] [BABBLE_MINUTES]
+#       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES] [WIDEN_MINUTES] [GPU_MINUTES] [BABBLE_MINUTES] \
+#       [EMA_MINUTES] [GPU2_MINUTES]
 # 1. installs the Debian packages and builds corpus/ (docs/corpus.md);
 # 2. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
 #    CPU thread, FINETUNE_MINUTES at lr 5e-4 and MORE_MINUTES at lr 4e-4 on two threads;
@@ -30,6 +31,13 @@
 #    babble drawn twice as often and SNRs of -10..15 dB (configs/denoiser-small-babble.toml),
 #    then exports that run's best checkpoint halfway from stage 8's weights (chosen on the
 #    validation split).
+# 10. also only with a GPU: trains that model EMA_MINUTES more on one CPU thread at lr 3e-4 with
+#    larger PESQ and STOI weights and a moving average of the weights (configs/denoiser-small-s8.toml),
+#    exports the average and keeps a copy as runs/denoiser-small-stage8.safetensors;
+# 11. trains it GPU2_MINUTES on the GPU with the same loss weights and average, then exports that
+#    run's last weights 0.7 of the way from stage 10's with mask power 0.7 (chosen on the
+#    validation split: benchmarks/results/denoiser-selection-s9.jsonl).
+# (The model card numbers its stages from the first export: recipe steps 8-11 are its stages 6-9.)
 # Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +52,8 @@ PERCEPTUAL_MINUTES=${8:-72}
 WIDEN_MINUTES=${9:-75}
 GPU_MINUTES=${10:-6}
 BABBLE_MINUTES=${11:-80}
+EMA_MINUTES=${12:-35}
+GPU2_MINUTES=${13:-7.5}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
 # Stages 6 and 7's loss terms come with the `train` extra (torch-pesq, torch-stoi).
 python -c "import torch_pesq, torch_stoi" 2>/dev/null || pip install -e '.[train]'
@@ -82,6 +92,14 @@ if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
   audioae train configs/denoiser-small-babble.toml --set train.max_minutes="$BABBLE_MINUTES"
   python recipes/export_model.py runs/denoiser-small-babble/best.safetensors \
     audioae/pretrained/denoiser-small.safetensors --base runs/denoiser-small-stage6.safetensors --alpha 0.5
+  audioae train configs/denoiser-small-s8.toml --set train.max_minutes="$EMA_MINUTES"
+  python recipes/export_model.py runs/denoiser-small-s8/ema.safetensors audioae/pretrained/denoiser-small.safetensors
+  cp audioae/pretrained/denoiser-small.safetensors runs/denoiser-small-stage8.safetensors
+  cp audioae/pretrained/denoiser-small.safetensors.sha256 runs/denoiser-small-stage8.safetensors.sha256
+  bash recipes/train_denoiser_gpu.sh "$GPU2_MINUTES" corpus runs/denoiser-small-gpu2 --set train.pesq_weight=0.05 \
+    --set train.stoi_weight=0.6 --set train.ema_decay=0.999 --set train.val_every=500
+  python recipes/export_model.py runs/denoiser-small-gpu2/last.safetensors audioae/pretrained/denoiser-small.safetensors \
+    --base runs/denoiser-small-stage8.safetensors --alpha 0.7 --set mask_power=0.7
 else
-  echo "stages 8-9 need a CUDA GPU (recipes/train_denoiser_gpu.sh): the exported model is stage 7's" >&2
+  echo "stages 8-11 need a CUDA GPU (recipes/train_denoiser_gpu.sh): the exported model is stage 7's" >&2
 fi

@@ -4,8 +4,10 @@
 # the rate decaying with the time spent. Its runs (H200, 2026-11-27): the first went NaN (bf16,
 # benchmarks/results/gpu-train-attempt.json); the second, fp32, trained finite but did not beat the
 # shipped weights on val (gpu-train-perceptual.json); the third, fp32 with the fast perceptual
-# proxies and the new training noise, 6 minutes, is in the shipped model: stage 6 of its card
-# (gpu-train-mixnoise.json). Choose the checkpoint and mask power afterwards on the val split, on
+# proxies and the new training noise, 6 minutes, is stage 6 of its card (gpu-train-mixnoise.json);
+# the fourth, 7.5 minutes from stage 8 with `--set train.pesq_weight=0.05 --set
+# train.stoi_weight=0.6 --set train.ema_decay=0.999 --set train.val_every=500`, is stage 9
+# (gpu-train-s9.json, 12.9 steps/s). Choose the checkpoint and mask power afterwards on the val split, on
 # any machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).
 #   bash recipes/train_denoiser_gpu.sh [MINUTES] [DATA] [OUT] [--set section.key=value ...]
 # DATA holds train/{speech,noise} and val/{speech,noise}: corpus/ (built by

@@ -16,7 +16,7 @@ from audioae.models.corruption import mix_at_snr
 
 # Measured on the shipped weights with the signal below (see the model card); a retrained model
 # must update it knowingly.
-GOLDEN_SI_SDR_IMPROVEMENT_DB = 7.58
+GOLDEN_SI_SDR_IMPROVEMENT_DB = 7.50
 TOLERANCE_DB = 0.5
 
 
