@@ -28,6 +28,10 @@ Checks (each prints a line and lands in the JSON):
    batches (no corpus needed): steps and seconds of audio per second at several batch sizes and
    widths: what a GPU session could train in its minutes.
 
+A few device minutes can go to chosen checks only (CUDA):
+
+    python benchmarks/gpu_check.py --only proxy_speed finite_training --precisions float16
+
 The proxy timing alone also runs on a CPU (``--proxy-speed-only``), e.g. on one thread at
 training's CPU batch:
 
