@@ -35,8 +35,8 @@
 #    larger PESQ and STOI weights and a moving average of the weights (configs/denoiser-small-s8.toml),
 #    exports the average and keeps a copy as runs/denoiser-small-stage8.safetensors;
 # 11. trains it GPU2_MINUTES on the GPU with the same loss weights and average, then exports that
-#    run's last weights 0.7 of the way from stage 10's with mask power 0.7 (chosen on the
-#    validation split: benchmarks/results/denoiser-selection-s9.jsonl).
+#    run's last weights 0.7 of the way from step 10's export (runs/denoiser-small-stage8.safetensors)
+#    with mask power 0.7 (chosen on the validation split: benchmarks/results/denoiser-selection-s9.jsonl).
 # (The model card numbers its stages from the first export: recipe steps 8-11 are its stages 6-9.)
 # Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
