@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--proxy-speed-only", action="store_true", help="time the perceptual proxies on any device, then stop")
     p.add_argument("--batch", type=int, default=256, help="rows per proxy call (--proxy-speed-only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--only", nargs="+", choices=("proxy_speed", "finite_training"),
+    p.add_argument("--only", nargs="+", choices=("proxy_speed", "loss_term_speed", "finite_training"),
                    help="run just these checks (CUDA), e.g. to spend a few device minutes on one open question")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                    help="finite_training's precisions (each takes about a minute on an H200)")
@@ -89,6 +89,8 @@ def main() -> None:
     if args.only:
         if "proxy_speed" in args.only:
             _keep(res, args.out, "proxy_speed", _proxy_speed(dev))
+        if "loss_term_speed" in args.only:
+            _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev))
         if "finite_training" in args.only:
             _finite_training(res, args.out, precisions=args.precisions)
         return
@@ -249,6 +251,9 @@ def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dic
         out[f"{label}_s_per_step"] = _seconds_per_call(
             lambda v=variant: _train_step(model, opt, clean, noise, snr, v, amp=False), steps, dev)
         print("loss term speed", label, out[f"{label}_s_per_step"], flush=True)
+    # the same step with every term under bf16 autocast: what a GPU phase with train.amp would gain
+    out["all_bf16_s_per_step"] = _seconds_per_call(lambda: _train_step(model, opt, clean, noise, snr, tc), steps, dev)
+    print("loss term speed all_bf16", out["all_bf16_s_per_step"], flush=True)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         _train_step(model, opt, clean, noise, snr, tc, amp=False)
