@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--proxy-speed-only", action="store_true", help="time the perceptual proxies on any device, then stop")
     p.add_argument("--batch", type=int, default=256, help="rows per proxy call (--proxy-speed-only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--only", nargs="+", choices=("proxy_speed", "loss_term_speed", "finite_training"),
+    p.add_argument("--only", nargs="+", choices=TRAINING_CHECKS,
                    help="run just these checks (CUDA), e.g. to spend a few device minutes on one open question")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                    help="finite_training's precisions (each takes about a minute on an H200)")
@@ -86,13 +86,13 @@ def main() -> None:
     if dev.type != "cuda":
         raise SystemExit("no CUDA device: nothing to check")
     res["gpu"] = torch.cuda.get_device_name(0)
+    # the training checks, each also runnable alone (--only), in the order the full run takes them
+    training_checks = {"proxy_speed": lambda: _keep(res, args.out, "proxy_speed", _proxy_speed(dev)),
+                       "loss_term_speed": lambda: _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev)),
+                       "finite_training": lambda: _finite_training(res, args.out, precisions=args.precisions)}
     if args.only:
-        if "proxy_speed" in args.only:
-            _keep(res, args.out, "proxy_speed", _proxy_speed(dev))
-        if "loss_term_speed" in args.only:
-            _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev))
-        if "finite_training" in args.only:
-            _finite_training(res, args.out, precisions=args.precisions)
+        for name in (n for n in training_checks if n in args.only):
+            training_checks[name]()
         return
 
     cpu_model = pretrained.load(None)
@@ -110,10 +110,9 @@ def main() -> None:
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
     print("AMP training", res["amp_train"])
-    _keep(res, args.out, "proxy_speed", _proxy_speed(dev))
-    _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev))
-    _finite_training(res, args.out, precisions=args.precisions)
-    if not res["finite_training"].get("bfloat16", {"finite": True})["finite"]:
+    for check in training_checks.values():
+        check()
+    if "bfloat16" in res["finite_training"] and not res["finite_training"]["bfloat16"]["finite"]:
         _keep(res, args.out, "first_nan_op", _first_nan_op(dev))
 
     clips = _clips(64, 3.0)
@@ -168,6 +167,7 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
+TRAINING_CHECKS = ("proxy_speed", "loss_term_speed", "finite_training")  # --only's choices
 PRECISIONS = {"bfloat16": ['train.amp_dtype="bfloat16"'], "float16": ['train.amp_dtype="float16"'],
               "float32": ["train.amp=false"]}
 

@@ -1,40 +1,33 @@
 """Seconds of audio per second of wall time for several denoisers, timed in turn on one file.
 
-    python benchmarks/model_speed.py MODEL... [--seconds 60] [--rounds 3] [--threads 1] \
+    python benchmarks/model_speed.py MODEL... [--seconds 60] [--rounds 3] \
         [--out benchmarks/results/model-speed.json]
 
 This VM's speed drifts by a third from one hour to the next, so two models timed in separate
 benchmark runs cannot be compared; timed round-robin in one process, they can. Each round times
-every model once on the same noise file with ``enhance.denoise`` (the path the CLI, the server
-and the batch engine use), after one warm-up call per model.
+every model once on the same noise file, on one thread, with the held-out benchmark's own
+method and timing (``denoise_bench.audioae_method``, ``denoise_bench.measure_speed``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
-import torch
+from denoise_bench import audioae_method, measure_speed  # a sibling script: run as benchmarks/model_speed.py
 
-from audioae import pretrained
-from audioae.enhance import denoise
 from audioae.fileio import atomic_write_json
 
 
 def time_models(names: list[str], seconds: float, rounds: int, sr: int = 16000) -> dict[str, list[float]]:
     """× real time of each model in each round, the models taking turns within a round."""
     x = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)  # [T]
-    models = {n: pretrained.load(n) for n in names}
-    for m in models.values():
-        denoise(m, x[:sr], sr)  # warm-up: first-call allocations are not the model's cost
+    methods = {n: audioae_method(n)[0] for n in names}
     speeds: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(rounds):
-        for n, m in models.items():
-            t = time.perf_counter()
-            denoise(m, x, sr)
-            speeds[n].append(seconds / (time.perf_counter() - t))
+        for n, fn in methods.items():
+            speeds[n].append(measure_speed({n: fn}, x, sr, repeats=1)[n]["x_realtime"])
     return speeds
 
 
@@ -43,12 +36,10 @@ def main() -> None:
     p.add_argument("models", nargs="+", help="shipped model names or checkpoint paths")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/model-speed.json")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     speeds = time_models(args.models, args.seconds, args.rounds)
-    res = {"seconds_audio": args.seconds, "rounds": args.rounds, "threads": args.threads,
+    res = {"seconds_audio": args.seconds, "rounds": args.rounds, "threads": 1,
            "x_realtime": {n: [round(v, 1) for v in vs] for n, vs in speeds.items()},
            "median": {n: round(statistics.median(vs), 1) for n, vs in speeds.items()}}
     for n, vs in speeds.items():
