@@ -110,6 +110,11 @@ class TrainConfig:
     # turn (the same sequence whatever the timing). A GPU at batch 256 outruns one mixer;
     # 0: mix on the training thread.
     loader_threads: int = 0
+    # Run those mixers in worker processes instead of threads (the same batches, in the same
+    # order): mixer threads hold the GIL that a CUDA training loop needs between every two
+    # kernel launches (benchmarks/loader_contention.py). Batches come pinned on CUDA. Falls back
+    # to threads, with a warning, where /dev/shm is too small to hand batches over.
+    loader_processes: bool = False
     # Start a fresh run from another checkpoint's weights (ignored when resuming). Tensors that
     # grew (a deep-filter head on a mask model, more filter taps, a wider GRU) keep the old
     # values, with zeros on every new input and output (grow_into), so training starts from
@@ -248,7 +253,9 @@ def batch_loss(model: SpectralAutoencoder, clean: torch.Tensor, noisy_spec: torc
     if cfg.sparsity_weight:
         parts["sparsity"] = sp
     total = total + sp
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    # Detached tensors, not floats: reading a CUDA value waits for the GPU, so the training loop
+    # converts them only on the steps it logs.
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +433,7 @@ def _maybe_init_distributed(device: torch.device) -> bool:
 
 
 MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
+LOG_EVERY = 50  # steps between log.jsonl records (and validation steps)
 
 
 def train(run: RunConfig, resume: bool = True) -> dict:
@@ -495,12 +503,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     start_step = step
     skipped = bad_in_a_row = 0
-    with mixed_batches(mixers, tc.batch_size, threads=tc.loader_threads > 0) as batches:
+    loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
+    with mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches:
         while step < tc.steps:
             time_used = _time_used(t0, deadline, world, device)
             last_step = step + 1 == tc.steps or time_used >= 1.0
             clean, noise, snr = next(batches)
-            clean, noise, snr = clean.to(device), noise.to(device), snr.to(device)
+            # non_blocking: a pinned batch (process loader) copies while the GPU still computes.
+            clean, noise, snr = (t.to(device, non_blocking=True) for t in (clean, noise, snr))
             with torch.no_grad():
                 _, spec = corrupt_batch(model, clean, noise, snr)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -531,16 +541,20 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             step += 1
             audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
             if bar is not None:
-                rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
+                if device.type != "cuda" or step % LOG_EVERY == 0:  # reading the loss waits for the GPU
+                    rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
                 bar.update(1)
             if rank != 0:
                 if last_step:
                     break
                 continue
-            record = {"step": step, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
-                      **({"skipped": skipped} if skipped else {})}
-            if step % tc.val_every == 0 or last_step:
+            validating = step % tc.val_every == 0 or last_step
+            record = None
+            if validating or step % LOG_EVERY == 0:
+                record = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()},
+                          "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {})}
+            if validating:
                 record["val"] = validate(evaluated, val_set, tc.metrics)
                 if record["val"][tc.select_by] > best:
                     best = record["val"][tc.select_by]
@@ -548,7 +562,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 log.info("step %d val %s", step, record["val"])
                 if bar is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
-            if "val" in record or step % 50 == 0:
+            if record is not None:
                 history.append(record)
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")

@@ -32,6 +32,10 @@ A few device minutes can go to chosen checks only (CUDA):
 
     python benchmarks/gpu_check.py --only proxy_speed finite_training --precisions float16
 
+``--only loader_speed --data DIR`` (not in the full run: it needs the corpus) times the GPU phase
+itself, 40 s each with its mixers on threads, in worker processes, and in processes with bf16
+autocast: which of ``train.loader_processes`` and ``train.amp`` buys more steps per minute.
+
 The proxy timing alone also runs on a CPU (``--proxy-speed-only``), e.g. on one thread at
 training's CPU batch:
 
@@ -71,6 +75,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--only", nargs="+", choices=TRAINING_CHECKS,
                    help="run just these checks (CUDA), e.g. to spend a few device minutes on one open question")
+    p.add_argument("--data", default="corpus", help="loader_speed's corpus (train/ and val/), e.g. a packed copy")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                    help="finite_training's precisions (each takes about a minute on an H200)")
     args = p.parse_args()
@@ -89,11 +94,13 @@ def main() -> None:
     # the training checks, each also runnable alone (--only), in the order the full run takes them
     training_checks = {"proxy_speed": lambda: _keep(res, args.out, "proxy_speed", _proxy_speed(dev)),
                        "loss_term_speed": lambda: _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev)),
-                       "finite_training": lambda: _finite_training(res, args.out, precisions=args.precisions)}
+                       "finite_training": lambda: _finite_training(res, args.out, precisions=args.precisions),
+                       "loader_speed": lambda: _loader_speed(res, args.out, args.data)}
     if args.only:
         for name in (n for n in training_checks if n in args.only):
             training_checks[name]()
         return
+    del training_checks["loader_speed"]  # needs the corpus: --only loader_speed --data DIR
 
     cpu_model = pretrained.load(None)
     gpu_model = pretrained.load(None, map_location=dev)
@@ -167,7 +174,33 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
-TRAINING_CHECKS = ("proxy_speed", "loss_term_speed", "finite_training")  # --only's choices
+TRAINING_CHECKS = ("proxy_speed", "loss_term_speed", "finite_training", "loader_speed")  # --only's choices
+# loader_speed's variants of the GPU phase (configs/denoiser-small-gpu.toml, fp32, 12 mixer threads)
+LOADER_VARIANTS = {"threads": ["train.loader_processes=false"],
+                   "processes": ["train.loader_processes=true"],
+                   "processes_bf16": ["train.loader_processes=true", "train.amp=true", 'train.amp_dtype="bfloat16"']}
+
+
+def _loader_speed(res: dict, path: str, data: str, seconds: float = 40.0, device: str = "cuda") -> None:
+    """Steps per second of the GPU phase itself (its config, the corpus in ``data``, the shipped
+    weights) with its mixers on threads, in worker processes, and in processes with bf16
+    autocast, ``seconds`` of training each. Mixer threads hold the GIL that the training loop
+    needs between kernel launches (benchmarks/loader_contention.py shows it on a CPU)."""
+    out: dict = {}
+    for label, over in LOADER_VARIANTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            run = load_run_config("configs/denoiser-small-gpu.toml", [
+                f'train.out_dir="{tmp}"', f"train.max_minutes={seconds / 60}", "train.progress=false", f'train.device="{device}"',
+                "train.val_every=100000", 'train.metrics=["si_sdr"]', 'train.select_by="si_sdr"',
+                'train.init_from="audioae/pretrained/denoiser-small.safetensors"',
+                f'data.clean_dir="{data}/train/speech"', f'data.noise_dir="{data}/train/noise"',
+                f'data.val_clean_dir="{data}/val/speech"', f'data.val_noise_dir="{data}/val/noise"',
+                "data.val_examples=8", *over])
+            summary = train(run, resume=False)
+        # the final step validates (8 mixtures) inside the timed span: under a second of 40
+        out[label] = {"steps": summary["steps"], "seconds": summary["seconds"],
+                      "steps_per_s": summary["steps"] / summary["seconds"], "skipped_steps": summary["skipped_steps"]}
+        _keep(res, path, "loader_speed", out)
 PRECISIONS = {"bfloat16": ['train.amp_dtype="bfloat16"'], "float16": ['train.amp_dtype="float16"'],
               "float32": ["train.amp=false"]}
 

@@ -1,4 +1,7 @@
-"""The on-the-fly mixer: length-weighted draws, family weights (noise and speech), and threaded batches equal to unthreaded ones."""
+"""The on-the-fly mixer: length-weighted draws, family weights (noise and speech), and batches from
+threads or worker processes equal to those mixed inline."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -31,15 +34,17 @@ def test_clips_are_drawn_in_proportion_to_their_length():
     assert abs(draws.mean() - 0.75) < 0.03  # the 300-sample clip: 3/4 of the draws
 
 
-def test_threaded_batches_equal_the_unthreaded_sequence():
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_threaded_and_process_batches_equal_the_inline_sequence():
     # Round-robin over per-thread queues: the order depends on the seeds, not on thread timing.
-    with mixed_batches(_mixers(3), 4, threads=False) as plain:
+    with mixed_batches(_mixers(3), 4, "inline") as plain:
         want = [next(plain) for _ in range(9)]
-    with mixed_batches(_mixers(3), 4, threads=True) as threaded:
-        got = [next(threaded) for _ in range(9)]
-    for w, g in zip(want, got, strict=True):
-        for a, b in zip(w, g, strict=True):
-            assert torch.equal(a, b)
+    for mode in ("threads", "processes"):
+        with mixed_batches(_mixers(3), 4, mode) as batches:
+            got = [next(batches) for _ in range(9)]
+        for w, g in zip(want, got, strict=True):
+            for a, b in zip(w, g, strict=True):
+                assert torch.equal(a, b), mode
     assert not torch.equal(want[0][0], want[1][0])  # the mixers really differ
 
 
@@ -48,14 +53,40 @@ class _Broken(Mixer):
         raise OSError("disk went away")
 
 
-def test_a_failing_mixer_raises_in_the_consumer():
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_a_failing_mixer_raises_in_the_consumer(mode):
     mixers = _mixers(2)
     speech, noise = _sources()
     mixers[1] = _Broken(speech, noise, 8000, MixConfig(segment_seconds=0.5))
-    with mixed_batches(mixers, 4, threads=True) as batches:
+    with mixed_batches(mixers, 4, mode) as batches:
         next(batches)  # mixer 0 works
         with pytest.raises(OSError, match="disk went away"):
             next(batches)
+
+
+def test_mixer_processes_fall_back_to_threads_when_shared_memory_is_small(monkeypatch, caplog):
+    # A container's default /dev/shm (64 MB) cannot hand over GPU-sized batches; this machine's
+    # can, so its free space is shrunk here. The batches stay the same, from threads.
+    import shutil
+
+    from audioae.data import mixing
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(mixing.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=1 << 20) if path == "/dev/shm" else real(path))
+    with mixed_batches(_mixers(2), 4, "inline") as plain:
+        want = [next(plain) for _ in range(4)]
+    with caplog.at_level("WARNING"), mixed_batches(_mixers(2), 4, "processes") as batches:
+        got = [next(batches) for _ in range(4)]
+        assert any(t.name.startswith("mixer-") for t in threading.enumerate())  # threads, not processes
+    assert "mixing on threads instead" in caplog.text
+    assert all(torch.equal(a, b) for w, g in zip(want, got, strict=True) for a, b in zip(w, g, strict=True))
+
+
+def test_unknown_loader_mode_is_refused():
+    with pytest.raises(ValueError, match="inline"), mixed_batches(_mixers(1), 4, "fibers"):
+        pass
 
 
 def test_second_noise_joins_the_first_0_to_10_db_below_it():

@@ -100,17 +100,21 @@ def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tm
     assert "train.ema_decay must be in [0, 1)" in capsys.readouterr().err
 
 
-def test_background_mixer_threads_train_reproducibly(tmp_path, capsys):
-    # train.loader_threads mixes on threads; batches are taken in a fixed turn, so two runs agree.
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_background_mixers_train_reproducibly_on_threads_and_processes(tmp_path, capsys):
+    # train.loader_threads mixes on threads (train.loader_processes: in worker processes);
+    # batches are taken in a fixed turn, so every run agrees, whichever the loader.
     weights = []
-    for name in ("a", "b"):
+    for name, processes in (("a", "false"), ("b", "false"), ("c", "true")):
         rc = main(["train", CONFIG, "--out", str(tmp_path / name), "--steps", "5", "--set", "train.val_every=100",
                    "--set", "train.progress=false", "--set", "model.config.hidden=16",
-                   "--set", "train.loader_threads=3", "--set", "train.threads=1"])
+                   "--set", "train.loader_threads=3", "--set", f"train.loader_processes={processes}",
+                   "--set", "train.threads=1"])
         assert rc == 0
         weights.append(load_checkpoint(tmp_path / name / "last.safetensors").state_dict())
     capsys.readouterr()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
 
 
 def test_a_diverging_run_stops_with_a_clear_error(tmp_path, capsys):

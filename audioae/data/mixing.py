@@ -4,14 +4,17 @@ A :class:`Source` yields mono crops at the model's rate either from a folder of 
 (loaded once, resampled, kept in memory: the corpora here are hours) or from the synthetic
 generators. :class:`Mixer` draws ``(clean, noise)`` batches; the model's corruption setting
 decides how they are combined (see :mod:`audioae.train`). :func:`mixed_batches` runs several
-mixers on background threads when the device outpaces one (a GPU at batch 256).
+mixers on background threads or worker processes when the device outpaces one (a GPU at batch
+256).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import queue
+import shutil
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -172,17 +175,41 @@ class Mixer:
         return clean, noise, snr
 
 
+LOADER_MODES = ("inline", "threads", "processes")
+
+
 @contextmanager
-def mixed_batches(mixers: list[Mixer], batch_size: int, threads: bool) -> Iterator[Iterator[tuple]]:
+def mixed_batches(mixers: list[Mixer], batch_size: int, mode: str = "inline",
+                  pin_memory: bool = False) -> Iterator[Iterator[tuple]]:
     """Endless ``Mixer.batch`` batches, taken from ``mixers`` in turn.
 
-    With ``threads`` each mixer fills its own small queue on a background thread; the batches
-    are still taken round-robin, so the sequence depends on the mixers' seeds alone, never on
-    thread timing. A mixer's exception is raised where its batch would have been taken.
+    ``mode`` "inline" mixes on the caller's thread; "threads" gives each mixer its own small
+    queue filled on a background thread; "processes" runs each mixer in a worker process (a
+    forked copy: the in-memory sources are shared, not copied). The batches are always taken
+    round-robin, so the sequence depends on the mixers' seeds alone, never on timing or mode. A
+    mixer's exception is raised where its batch would have been taken.
+
+    Why processes: mixing is partly Python, so mixer threads hold the GIL, and a training loop
+    that launches hundreds of small CUDA kernels a step waits for it between every two
+    (``benchmarks/loader_contention.py`` measures it). ``pin_memory`` (processes only) pins each
+    batch so that ``.to("cuda", non_blocking=True)`` overlaps with compute.
     """
-    if not threads:
+    if mode not in LOADER_MODES:
+        raise ValueError(f"loader mode must be one of {LOADER_MODES}, got {mode!r}")
+    if mode == "processes" and not _shared_memory_fits(mixers, batch_size):
+        mode = "threads"
+    if mode == "inline":
         yield (mixers[i % len(mixers)].batch(batch_size) for i in itertools.count())
-        return
+    elif mode == "threads":
+        with _threaded_batches(mixers, batch_size) as batches:
+            yield batches
+    else:
+        with _process_batches(mixers, batch_size, pin_memory) as batches:
+            yield batches
+
+
+@contextmanager
+def _threaded_batches(mixers: list[Mixer], batch_size: int) -> Iterator[Iterator[tuple]]:
     stop = threading.Event()
     queues: list[queue.Queue] = [queue.Queue(maxsize=2) for _ in mixers]
 
@@ -219,6 +246,53 @@ def mixed_batches(mixers: list[Mixer], batch_size: int, threads: bool) -> Iterat
         stop.set()
         for w in workers:
             w.join()
+
+
+class _MixerStream(torch.utils.data.IterableDataset):
+    """Worker ``k`` of a DataLoader yields mixer ``k``'s batches; the loader takes them in turn."""
+
+    def __init__(self, mixers: list[Mixer], batch_size: int):
+        self.mixers, self.batch_size = mixers, batch_size
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        mixer = self.mixers[info.id if info is not None else 0]
+        while True:
+            yield mixer.batch(self.batch_size)
+
+
+PREFETCH_PER_WORKER = 2
+
+
+@contextmanager
+def _process_batches(mixers: list[Mixer], batch_size: int, pin_memory: bool) -> Iterator[Iterator[tuple]]:
+    # fork shares the sources copy-on-write; spawn would pickle hours of audio into each worker.
+    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    loader = torch.utils.data.DataLoader(
+        _MixerStream(mixers, batch_size), batch_size=None, num_workers=len(mixers), pin_memory=pin_memory,
+        prefetch_factor=PREFETCH_PER_WORKER, multiprocessing_context=context)
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        batches._shutdown_workers()  # joins the workers now, not whenever the iterator is collected
+
+
+def _shared_memory_fits(mixers: list[Mixer], batch_size: int) -> bool:
+    """Worker processes hand batches over in /dev/shm; a container's default 64 MB holds less
+    than one batch of 256 two-second crops. Too small: say so, and mix on threads instead."""
+    cfg = mixers[0].cfg
+    per_batch = 2 * batch_size * int(cfg.segment_seconds * mixers[0].sr) * 4  # clean + noise, float32
+    need = 2 * per_batch * len(mixers) * (PREFETCH_PER_WORKER + 1)  # in flight, with a 2x margin
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return True  # no /dev/shm (not Linux): torch shares memory its own way
+    if free >= need:
+        return True
+    log.warning("mixer processes need about %d MB of /dev/shm, %d MB free: mixing on threads instead",
+                need >> 20, free >> 20)
+    return False
 
 
 def synthetic_speech() -> Source:

@@ -1,0 +1,86 @@
+"""What background mixing costs the training loop's own thread: mixer threads against processes.
+
+    python benchmarks/loader_contention.py --workers 4 --out benchmarks/results/loader-contention.json
+
+A CUDA training step is hundreds of small kernel launches from one Python thread, a few
+microseconds each, and the GPU waits whenever that thread does. Mixing (``audioae.data.mixing``)
+is partly Python, so mixer *threads* hold the GIL the launching thread needs between every two
+launches; mixer *processes* (``train.loader_processes``) do not. This runs the training corpus's
+mixers (``--config``'s ``[data]``) at full speed in each mode while the main thread takes their
+batches and, after each batch, times ``--ops`` tiny torch operations (an add on 64 numbers,
+about as long as a kernel launch): microseconds per operation, against the same with no mixer
+running, and batches per second delivered. No GPU needed; the mechanism is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from audioae.data.mixing import MixConfig, Mixer, mixed_batches
+from audioae.fileio import atomic_write_json
+from audioae.train import _sources, load_run_config
+
+
+def microseconds_per_op(ops: int) -> float:
+    x = torch.zeros(64)
+    t = time.perf_counter()
+    for _ in range(ops):
+        x = x + 1
+    return (time.perf_counter() - t) / ops * 1e6
+
+
+def run_mode(mode: str, mixers: list[Mixer], batch: int, batches: int, ops: int) -> dict:
+    per_op, waits = [], 0.0
+    t0 = time.perf_counter()
+    with mixed_batches(mixers, batch, mode) as stream:
+        next(stream)  # workers started and their first batches made
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            t = time.perf_counter()
+            next(stream)
+            waits += time.perf_counter() - t
+            per_op.append(microseconds_per_op(ops))
+    wall = time.perf_counter() - t0
+    return {"us_per_op_median": float(np.median(per_op)), "us_per_op_mean": float(np.mean(per_op)),
+            "batches_per_s": batches / wall, "waiting_for_batches_s": waits, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/denoiser-small-s8.toml", help="run config whose [data] is mixed")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--ops", type=int, default=2000, help="tiny operations timed after each batch")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
+    run = load_run_config(args.config)
+    d = run.data
+    sr = run.model_config.get("sample_rate", 16000)
+    sources = _sources(d, sr, val=False)
+    mix = MixConfig(d.segment_seconds, d.snr_low, d.snr_high, reverb_prob=d.reverb_prob,
+                    second_noise_prob=d.second_noise_prob)
+    res = {"command": "python benchmarks/loader_contention.py " + " ".join(argv or []),
+           "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "torch": torch.__version__},
+           "config": args.config, "workers": args.workers, "batch": args.batch, "ops": args.ops,
+           "no_loader_us_per_op": float(np.median([microseconds_per_op(args.ops) for _ in range(args.batches)]))}
+    print(f"no loader: {res['no_loader_us_per_op']:.1f} us per op", flush=True)
+    for mode in ("threads", "processes"):
+        mixers = [Mixer(*sources, sr, mix, seed=k) for k in range(args.workers)]
+        res[mode] = run_mode(mode, mixers, args.batch, args.batches, args.ops)
+        print(mode, {k: round(v, 2) for k, v in res[mode].items()}, flush=True)
+    if args.out:
+        atomic_write_json(args.out, res)
+
+
+if __name__ == "__main__":
+    main()
