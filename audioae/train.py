@@ -89,6 +89,11 @@ class TrainConfig:
     # step rate unknown beforehand); every DDP rank follows rank 0's clock. Like decay_steps it
     # counts from where this invocation starts: a resumed run is a warm restart with a new budget.
     decay_by_time: bool = False
+    # Split one max_minutes run over several invocations (a GPU lent in calls shorter than the
+    # training): each stops after this much wall time with a resume point, and the next resumes
+    # the run's clock where it stopped, so the time-based decay spans all of them and the run
+    # ends after max_minutes of training in all. 0: one invocation is one budget (above).
+    session_minutes: float = 0.0
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
     spectral_weight: float = 1.0
@@ -134,6 +139,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.decay_by_time and self.max_minutes <= 0:
             raise ValueError("train.decay_by_time needs train.max_minutes")
+        if self.session_minutes < 0 or (self.session_minutes and self.max_minutes <= 0):
+            raise ValueError("train.session_minutes splits train.max_minutes: set max_minutes too (and session_minutes >= 0)")
         if self.decay_by_time and self.decay_steps:
             raise ValueError("train.decay_by_time and train.decay_steps both set: choose one (decay_steps=0)")
         if self.select_by not in self.metrics:
@@ -310,8 +317,8 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
 # Checkpoint and optimizer state (safetensors, never pickle)
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Path) -> None:
-    tensors, meta = {}, {"step": str(step), "best": repr(best)}
+def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Path, minutes_done: float) -> None:
+    tensors, meta = {}, {"step": str(step), "best": repr(best), "minutes_done": repr(minutes_done)}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
@@ -319,13 +326,13 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Pa
 
 
 def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, best: float,
-                       out: Path, ema: AveragedModel | None = None) -> None:
+                       out: Path, ema: AveragedModel | None = None, minutes_done: float = 0.0) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
-    train.ema_decay): what a rerun resumes from."""
+    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock."""
     save_checkpoint(model, out / "last.safetensors", {"step": step}, write_sha256=False)
     if ema is not None:
         save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step}, write_sha256=False)
-    _save_optimizer(opt, step, best, out / "last.optim.safetensors")
+    _save_optimizer(opt, step, best, out / "last.optim.safetensors", minutes_done)
 
 
 def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | None) -> AveragedModel | None:
@@ -340,7 +347,7 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | No
     return ema
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float, float]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -353,7 +360,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]
         state.setdefault(int(i), {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
-    return int(meta["step"]), float(meta["best"])
+    return int(meta["step"]), float(meta["best"]), float(meta.get("minutes_done", "0.0"))
 
 
 def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:
@@ -460,12 +467,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     sr = model.config.sample_rate
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step, best = 0, -math.inf
+    step, best, minutes_before = 0, -math.inf, 0.0
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
     resuming = resume and last.is_file() and last_opt.is_file()
     if resuming:
         model.load_state_dict(load_checkpoint(last).state_dict())
-        step, best = _load_optimizer(opt, last_opt)
+        step, best, minutes_before = _load_optimizer(opt, last_opt)
+        if not tc.session_minutes:  # a new budget: the clock starts again
+            minutes_before = 0.0
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
             group["lr"] = tc.lr
         log.info("resumed from %s at step %d", last, step)
@@ -500,14 +509,18 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
-    deadline = time.monotonic() + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
+    # The run's clock: it started minutes_before earlier when this invocation resumes a split run.
+    clock0 = t0 - 60 * minutes_before
+    deadline = clock0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
+    # The share of the budget at which this invocation stops (1: the run's end).
+    stop_share = min(1.0, (minutes_before + tc.session_minutes) / tc.max_minutes) if tc.session_minutes else 1.0
     start_step = step
     skipped = bad_in_a_row = 0
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches:
         while step < tc.steps:
-            time_used = _time_used(t0, deadline, world, device)
-            last_step = step + 1 == tc.steps or time_used >= 1.0
+            time_used = _time_used(clock0, deadline, world, device)
+            last_step = step + 1 == tc.steps or time_used >= stop_share
             clean, noise, snr = next(batches)
             # non_blocking: a pinned batch (process loader) copies while the GPU still computes.
             clean, noise, snr = (t.to(device, non_blocking=True) for t in (clean, noise, snr))
@@ -530,7 +543,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_NONFINITE_STEPS:
                     if rank == 0:  # the weights are still the last finite ones: keep them
-                        _save_resume_point(model, opt, step, best, out, ema)
+                        _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(
@@ -567,7 +580,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                _save_resume_point(model, opt, step, best, out, ema)
+                _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
                 t_last_ckpt = time.monotonic()
             if last_step:
                 break
@@ -578,7 +591,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     summary = {"steps": step, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
                "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
-               "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped}
+               "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped, "minutes_done": _minutes_done(clock0)}
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)
         if rank == 0:
@@ -623,6 +636,11 @@ def decayed_lr(tc: TrainConfig, done: float) -> float:
     cosine from ``lr`` to ``lr_final``, then ``lr_final``)."""
     frac = min(1.0, max(0.0, done))
     return tc.lr_final + (tc.lr - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _minutes_done(clock0: float) -> float:
+    """Minutes on the run's clock: this invocation's plus, in a split run, those before it."""
+    return (time.monotonic() - clock0) / 60
 
 
 def _time_used(t0: float, deadline: float, world: int, device: torch.device) -> float:

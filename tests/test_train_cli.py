@@ -210,6 +210,34 @@ def test_decay_by_time_ends_at_the_final_rate(tmp_path, capsys):
     assert any(1.05e-4 < r < 0.95e-2 for r in rates)
 
 
+def test_a_split_run_resumes_its_clock_and_decays_over_the_whole_budget(tmp_path, capsys):
+    # train.session_minutes: each invocation trains a slice of max_minutes and stops with a
+    # resume point; the next one continues the run's clock, so the rate decays across all of
+    # them and the run ends once max_minutes are done, at lr_final.
+    out = tmp_path / "run"
+    args = ["train", CONFIG, "--out", str(out), "--steps", "1000000", "--set", "train.max_minutes=0.06",
+            "--set", "train.session_minutes=0.02", "--set", "train.decay_by_time=true", "--set", "train.lr=1e-2",
+            "--set", "train.lr_final=1e-4", "--set", "train.val_every=100000", "--set", 'train.metrics=["si_sdr"]',
+            "--set", "train.progress=false", "--set", "model.config.hidden=16"]
+    summaries = []
+    while not summaries or summaries[-1]["minutes_done"] < 0.06:
+        assert len(summaries) < 8, summaries
+        assert main(args) == 0
+        summaries.append(json.loads(capsys.readouterr().out))
+    first, second, final = summaries[0], summaries[1], summaries[-1]
+    assert 0.02 <= first["minutes_done"] < 0.06 and first["final_lr"] > 2e-4  # stopped mid-schedule
+    assert second["steps"] > first["steps"] and second["minutes_done"] > first["minutes_done"]  # resumed
+    assert second["final_lr"] < first["final_lr"]  # and the decay went on from there
+    assert abs(final["final_lr"] - 1e-4) < 1e-4 * 0.05
+    assert main(args) == 0  # the budget is spent: one more invocation only validates and saves
+    assert json.loads(capsys.readouterr().out)["steps"] == final["steps"] + 1
+
+
+def test_session_minutes_needs_a_budget_to_split(tmp_path, capsys):
+    assert main(["train", CONFIG, "--out", str(tmp_path / "r"), "--set", "train.session_minutes=1"]) == 2
+    assert "session_minutes splits train.max_minutes" in capsys.readouterr().err
+
+
 def test_best_checkpoint_follows_the_select_by_metric(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", CONFIG, "--out", str(out), "--steps", "8", "--set", "train.val_every=2",
