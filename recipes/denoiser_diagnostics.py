@@ -4,6 +4,7 @@
     python recipes/denoiser_diagnostics.py split --model denoiser-small > benchmarks/results/val/split.json
     python recipes/denoiser_diagnostics.py postproc --model denoiser-small > benchmarks/results/val/postproc.jsonl
     python recipes/denoiser_diagnostics.py gate --model runs/denoiser-small-gate/last.safetensors
+    python recipes/denoiser_diagnostics.py swap --model runs/denoiser-small-stage9.safetensors --other FINETUNED
 
 ``split``: the model's output is linear in the noisy STFT once its mask and filter taps are fixed
 (they are computed from the noisy input), so the same mask and taps applied to the clean part
@@ -14,6 +15,10 @@ residual noise alone costs (PESQ of clean + filtered noise), overall and per SNR
 ``postproc``: simple changes to the mask after the network (smoothing across frequency or time,
 a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``.
 
+``swap``: the model with one part of its weights (encoder, code layers, decoder GRU, output
+layer, or only the output's mask rows or filter-tap rows) taken from ``--other``, a fine-tuning
+of it, scored like ``postproc``: which part of the fine-tuning moved the scores.
+
 ``gate``: for a model with an input gate (``model.config.input_gate``), the gate's mean and
 maximum over the frames of each val mixture, averaged per noise type and per SNR: where the
 model chose to keep the input.
@@ -22,6 +27,7 @@ model chose to keep the input.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -95,6 +101,24 @@ def _release(a: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return f
 
 
+def _valin_post_filter(beta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """PercepNet's gain post-filter (Valin et al. 2020; DeepFilterNet's ``mask_pf``): low gains
+    pushed lower, 1 kept."""
+    def f(m: torch.Tensor) -> torch.Tensor:
+        m_sin = m * torch.sin(torch.pi * m / 2)
+        return (1 + beta) * m / (1 + beta * (m / m_sin.clamp_min(1e-12)).pow(2))
+    return f
+
+
+def _band_power(factor: float, lo_hz: float, hi_hz: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The mask raised to a power rising from 1 below ``lo_hz`` to ``factor`` above ``hi_hz``."""
+    def f(m: torch.Tensor) -> torch.Tensor:
+        hz = torch.linspace(0, SR / 2, m.shape[1])  # [F]
+        ramp = ((hz - lo_hz) / (hi_hz - lo_hz)).clamp(0, 1)  # [F]
+        return m.pow((1 + (factor - 1) * ramp)[:, None])  # [B, F, N]
+    return f
+
+
 VARIANTS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "none": None, "freq [1 2 1]": _freq_smooth([1, 2, 1]), "freq [1 2 3 2 1]": _freq_smooth([1, 2, 3, 2, 1]),
     "floor 0.05": lambda m: m.clamp_min(0.05), "floor 0.1": lambda m: m.clamp_min(0.1), "release 0.5": _release(0.5),
@@ -102,6 +126,10 @@ VARIANTS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     # is already low (downward expansion below 0.1).
     "floor 0.03": lambda m: m.clamp_min(0.03), "power x1.25": lambda m: m.pow(1.25),
     "power x0.875": lambda m: m.pow(0.875), "expand below 0.1": lambda m: torch.where(m < 0.1, m * m / 0.1, m),
+    # Eleventh session: the post-filter of PercepNet/DeepFilterNet, and a power that differs by
+    # band (more suppression above 2-6 kHz, or less).
+    "post-filter 0.02": _valin_post_filter(0.02), "post-filter 0.05": _valin_post_filter(0.05),
+    "power x1.43 above 2-6 kHz": _band_power(1 / 0.7, 2000, 6000), "power x0.86 above 0.5-4 kHz": _band_power(0.6 / 0.7, 500, 4000),
 }
 
 
@@ -117,6 +145,30 @@ def postproc(model, config: str, examples: int = 48, seed: int = 1234):
         scores = validate(model, val_set)  # runs under inference_mode itself
         yield {"variant": name, **{k: round(v, 4) for k, v in scores.items()}}
     del model.head
+
+
+SWAP_GROUPS: dict[str, Callable[[str], bool]] = {
+    "encoder": lambda k: k.startswith("enc_"), "code": lambda k: k.startswith(("to_code", "dec_in")),
+    "decoder GRU": lambda k: k.startswith("dec_rnn"), "output layer": lambda k: k.startswith("to_out")}
+
+
+def swap(model, other, config: str, examples: int = 48, seed: int = 1234):
+    """``model`` with one part of its weights taken from ``other`` (a fine-tuning of it), part
+    by part, and the output layer's mask rows and filter-tap rows each alone: which part of a
+    fine-tuning moved the val scores."""
+    run = load_run_config(config)
+    val_set = make_validation_set(model, dataclasses.replace(run.data, val_examples=examples), seed=seed)
+    mine, theirs, n_bins = model.state_dict(), other.state_dict(), model.config.n_bins
+    cases = [(name, pick, slice(None)) for name, pick in SWAP_GROUPS.items()]
+    cases += [("output layer, mask rows", SWAP_GROUPS["output layer"], slice(0, n_bins)),
+              ("output layer, filter-tap rows", SWAP_GROUPS["output layer"], slice(n_bins, None))]
+    for name, pick, rows in cases:
+        mixed = {k: v.clone() for k, v in mine.items()}
+        for k in (k for k in mixed if pick(k)):
+            mixed[k][rows] = theirs[k][rows]
+        trial = copy.deepcopy(model)
+        trial.load_state_dict(mixed)
+        yield {"swapped": name, **{k: round(v, 4) for k, v in validate(trial.eval(), val_set).items()}}
 
 
 def gate(model, root: Path) -> dict:
@@ -136,8 +188,9 @@ def gate(model, root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("split", "postproc", "gate"))
+    ap.add_argument("what", choices=("split", "postproc", "gate", "swap"))
     ap.add_argument("--model", default=None, help="shipped name or .safetensors (default: the shipped denoiser)")
+    ap.add_argument("--other", help="swap: the fine-tuned checkpoint whose parts are swapped in")
     ap.add_argument("--mixtures", type=Path, default=Path("corpus/val/mixtures"))
     ap.add_argument("--config", default="configs/denoiser-small.toml", help="run config whose [data] gives the val split")
     args = ap.parse_args(argv)
@@ -147,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(split(model, args.mixtures), indent=1))
     elif args.what == "gate":
         print(json.dumps(gate(model, args.mixtures), indent=1))
+    elif args.what == "swap":
+        if not args.other:
+            ap.error("swap needs --other")
+        for row in swap(model, pretrained.load(args.other).eval(), args.config):
+            print(json.dumps(row), flush=True)
     else:
         for row in postproc(model, args.config):
             print(json.dumps(row), flush=True)

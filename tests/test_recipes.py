@@ -186,6 +186,33 @@ def test_diagnostic_split_parts_sum_to_the_output_of_a_deep_filter_model():
     assert np.abs(speech - clean).max() > 1e-3  # the mask did act on the speech
 
 
+def test_diagnostic_post_filter_and_band_power_keep_full_gains_and_cut_only_what_they_say():
+    m = torch.tensor([0.05, 0.2, 0.5, 0.9, 1.0])[None, :, None].expand(1, 5, 3)  # [B, F, N]
+    pf = diag.VARIANTS["post-filter 0.02"](m)
+    assert torch.allclose(pf[:, -1], m[:, -1]) and (pf[:, :-1] < m[:, :-1]).all()  # 1 kept, lower gains cut
+    # 257 bins over 0..8 kHz: bin 0 is below both ramps; the top bin is past both
+    wide = torch.full((1, 257, 2), 0.5)  # [B, F, N]
+    lifted = diag.VARIANTS["power x0.86 above 0.5-4 kHz"](wide)
+    assert lifted[0, 0, 0] == 0.5 and torch.isclose(lifted[0, -1, 0], torch.tensor(0.5 ** (0.6 / 0.7)))
+    cut = diag.VARIANTS["power x1.43 above 2-6 kHz"](wide)
+    assert cut[0, 0, 0] == 0.5 and (cut[0, -1] < 0.5).all()
+
+
+def test_diagnostic_swap_of_a_models_own_weights_changes_nothing():
+    from audioae.models import build_model
+
+    cfg = {"sample_rate": 8000, "n_fft": 256, "hop_length": 64, "hidden": 16, "code_dim": 8,
+           "output": "deepfilter", "df_order": 2, "df_bins": 16, "corruption": "mix"}
+    torch.manual_seed(0)
+    a, b = build_model("recurrent", cfg).eval(), build_model("recurrent", cfg).eval()
+    config = str(ROOT / "configs" / "tiny-synthetic.toml")  # generated val mixtures, no corpus
+    own = list(diag.swap(a, a, config, examples=3))
+    other = list(diag.swap(a, b, config, examples=3))
+    assert [r["swapped"] for r in own] == [r["swapped"] for r in other] and len(own) == 6
+    assert len({r["si_sdr"] for r in own}) == 1  # every swap of a's own weights is a itself
+    assert len({r["si_sdr"] for r in other}) == 6  # each part of b's moves the output its own way
+
+
 def test_pack_corpus_codes_every_readable_file_and_keeps_what_exists(tmp_path, monkeypatch, capsys):
     from audioae.metrics import si_sdr
 
