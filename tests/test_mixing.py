@@ -74,7 +74,7 @@ def test_mixer_processes_fall_back_to_threads_when_shared_memory_is_small(monkey
 
     real = shutil.disk_usage
     monkeypatch.setattr(mixing.shutil, "disk_usage",
-                        lambda path: real(path)._replace(free=1 << 20) if path == "/dev/shm" else real(path))
+                        lambda path: real(path)._replace(free=1 << 16) if path == "/dev/shm" else real(path))
     with mixed_batches(_mixers(2), 4, "inline") as plain:
         want = [next(plain) for _ in range(4)]
     with caplog.at_level("WARNING"), mixed_batches(_mixers(2), 4, "processes") as batches:

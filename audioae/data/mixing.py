@@ -283,7 +283,7 @@ def _shared_memory_fits(mixers: list[Mixer], batch_size: int) -> bool:
     than one batch of 256 two-second crops. Too small: say so, and mix on threads instead."""
     cfg = mixers[0].cfg
     per_batch = 2 * batch_size * int(cfg.segment_seconds * mixers[0].sr) * 4  # clean + noise, float32
-    need = 2 * per_batch * len(mixers) * (PREFETCH_PER_WORKER + 1)  # in flight, with a 2x margin
+    need = per_batch * len(mixers) * (PREFETCH_PER_WORKER + 1) * 5 // 4  # in flight, a quarter to spare
     try:
         free = shutil.disk_usage("/dev/shm").free
     except OSError:
