@@ -175,7 +175,7 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
 
 
 TRAINING_CHECKS = ("proxy_speed", "loss_term_speed", "finite_training", "loader_speed")  # --only's choices
-# loader_speed's variants of the GPU phase (configs/denoiser-small-gpu.toml, fp32, 12 mixer threads)
+# loader_speed's variants of the GPU phase (configs/denoiser-small-gpu.toml: fp32, 12 mixers)
 LOADER_VARIANTS = {"threads": ["train.loader_processes=false"],
                    "processes": ["train.loader_processes=true"],
                    "processes_bf16": ["train.loader_processes=true", "train.amp=true", 'train.amp_dtype="bfloat16"']}
@@ -201,6 +201,8 @@ def _loader_speed(res: dict, path: str, data: str, seconds: float = 40.0, device
         out[label] = {"steps": summary["steps"], "seconds": summary["seconds"],
                       "steps_per_s": summary["steps"] / summary["seconds"], "skipped_steps": summary["skipped_steps"]}
         _keep(res, path, "loader_speed", out)
+
+
 PRECISIONS = {"bfloat16": ['train.amp_dtype="bfloat16"'], "float16": ['train.amp_dtype="float16"'],
               "float32": ["train.amp=false"]}
 

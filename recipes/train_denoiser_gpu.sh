@@ -10,7 +10,7 @@
 # (gpu-train-s9.json, 12.9 steps/s). Choose the checkpoint and mask power afterwards on the val split, on
 # any machine (recipes/compare_checkpoints.py), then export it (recipes/export_model.py).
 # A machine lent in commands of at most 10 minutes: MINUTES for the whole run, OUT on the machine,
-# and `--set train.session_minutes=8.8`; each command stops after 8.8 minutes with a resume point and
+# and `--set train.session_minutes=8.5`; each command stops after 8.5 minutes with a resume point and
 # the same command again resumes the run's clock (docs/corpus.md).
 #   bash recipes/train_denoiser_gpu.sh [MINUTES] [DATA] [OUT] [--set section.key=value ...]
 # DATA holds train/{speech,noise} and val/{speech,noise}: corpus/ (built by
