@@ -9,7 +9,10 @@ launches; mixer *processes* (``train.loader_processes``) do not. This runs the t
 mixers (``--config``'s ``[data]``) at full speed in each mode while the main thread takes their
 batches and, after each batch, times ``--ops`` tiny torch operations (an add on 64 numbers,
 about as long as a kernel launch): microseconds per operation, against the same with no mixer
-running, and batches per second delivered. No GPU needed; the mechanism is the same. A process
+running, and batches per second delivered. No GPU needed; the mechanism is the same. It also
+counts the operations one training step of the GPU phase dispatches from Python (its forward
+and losses, ``configs/denoiser-small-gpu.toml``; the backward runs in autograd's own threads),
+which turns microseconds per operation into milliseconds per step. A process
 delivers a little fewer batches than a thread (each batch is copied into shared memory), which a
 dozen workers more than cover at a GPU's 13 batches a second.
 """
@@ -37,6 +40,31 @@ def microseconds_per_op(ops: int) -> float:
     for _ in range(ops):
         x = x + 1
     return (time.perf_counter() - t) / ops * 1e6
+
+
+def python_ops_per_step(config: str = "configs/denoiser-small-gpu.toml", batch: int = 4) -> int:
+    """Top-level operations of one forward-and-losses pass of the shipped model under the GPU
+    phase's loss (the same count at any batch size)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from audioae import pretrained
+    from audioae.train import batch_loss, corrupt_batch
+
+    tc = load_run_config(config, ["train.max_minutes=1"]).train
+    model = pretrained.load(None).train()
+    g = torch.Generator().manual_seed(0)
+    clean, noise = (0.1 * torch.randn(batch, 32000, generator=g) for _ in range(2))  # [B, T] each
+    snr = torch.zeros(batch)  # [B]
+
+    def forward_and_losses() -> None:
+        with torch.no_grad():
+            _, spec = corrupt_batch(model, clean, noise, snr)
+        batch_loss(model, clean, spec, tc)
+
+    forward_and_losses()  # warm-up: lazy module and proxy set-up is not a step's work
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        forward_and_losses()
+    return sum(1 for e in prof.events() if e.cpu_parent is None)
 
 
 def run_mode(mode: str, mixers: list[Mixer], batch: int, batches: int, ops: int) -> dict:
@@ -76,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
            "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "torch": torch.__version__},
            "config": args.config, "workers": args.workers, "batch": args.batch, "ops": args.ops,
            "no_loader_us_per_op": float(np.median([microseconds_per_op(args.ops) for _ in range(args.batches)]))}
-    print(f"no loader: {res['no_loader_us_per_op']:.1f} us per op", flush=True)
+    res["python_ops_per_step"] = ops = python_ops_per_step()
+    print(f"no loader: {res['no_loader_us_per_op']:.1f} us per op; {ops} operations per step from Python", flush=True)
+    res["no_loader_ms_per_step"] = ops * res["no_loader_us_per_op"] / 1000
     for mode in ("threads", "processes"):
         mixers = [Mixer(*sources, sr, mix, seed=k) for k in range(args.workers)]
         res[mode] = run_mode(mode, mixers, args.batch, args.batches, args.ops)
+        res[mode]["ms_per_step_median"] = ops * res[mode]["us_per_op_median"] / 1000
         print(mode, {k: round(v, 2) for k, v in res[mode].items()}, flush=True)
     if args.out:
         atomic_write_json(args.out, res)
