@@ -133,9 +133,14 @@ VARIANTS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
 }
 
 
-def postproc(model, config: str, examples: int = 48, seed: int = 1234):
+def _val_set(model, config: str, examples: int, seed: int):
+    """The fixed val mixtures of ``recipes/compare_checkpoints.py`` (``config``'s val split)."""
     run = load_run_config(config)
-    val_set = make_validation_set(model, dataclasses.replace(run.data, val_examples=examples), seed=seed)
+    return make_validation_set(model, dataclasses.replace(run.data, val_examples=examples), seed=seed)
+
+
+def postproc(model, config: str, examples: int = 48, seed: int = 1234):
+    val_set = _val_set(model, config, examples, seed)
     n_bins, head = model.config.n_bins, type(model).head
     for name, fn in VARIANTS.items():
         def patched(self, y, fn=fn):
@@ -156,8 +161,7 @@ def swap(model, other, config: str, examples: int = 48, seed: int = 1234):
     """``model`` with one part of its weights taken from ``other`` (a fine-tuning of it), part
     by part, and the output layer's mask rows and filter-tap rows each alone: which part of a
     fine-tuning moved the val scores."""
-    run = load_run_config(config)
-    val_set = make_validation_set(model, dataclasses.replace(run.data, val_examples=examples), seed=seed)
+    val_set = _val_set(model, config, examples, seed)
     mine, theirs, n_bins = model.state_dict(), other.state_dict(), model.config.n_bins
     cases = [(name, pick, slice(None)) for name, pick in SWAP_GROUPS.items()]
     cases += [("output layer, mask rows", SWAP_GROUPS["output layer"], slice(0, n_bins)),
