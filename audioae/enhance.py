@@ -93,13 +93,15 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
         raise ValueError("only a causal model can batch clips of different lengths (end padding)")
     msr = model.config.sample_rate
     dev = _device_of(model)
-    specs, lengths = [], []
+    specs, feats, lengths = [], [], []
     for wav, sr, _ in items:
         z = resample(np.ascontiguousarray(wav), sr, msr, target="the model's ").to(dev)  # [C, T']
-        specs.append(model.stft(z))  # [C, F, N_i]
+        spec, feat = model.analyze(z)  # [C, F, N_i], [C, F', N_i]
+        specs.append(spec)
+        feats.append(feat)
         lengths.append(z.shape[-1])
     n_max = max(s.shape[-1] for s in specs)
-    feats = torch.cat([F.pad(model.features(s), (0, n_max - s.shape[-1])) for s in specs])  # [R, F, N]
+    feats = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
     out, _ = model(feats)  # [R, F, N]
     results, row = [], 0
     for (wav, sr, strength), spec, length in zip(items, specs, lengths, strict=True):
@@ -208,6 +210,11 @@ class StreamingDenoiser:
         self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ")
         self.up = StreamingResampler(c.sample_rate, sr, channels)
         self.stft = StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device)
+        # Look-ahead frames arrive ``lookahead`` samples after the frame of the same index.
+        self.ahead = (StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device, offset=c.lookahead)
+                      if c.lookahead else None)
+        empty = torch.zeros(channels, c.n_bins, 0, dtype=torch.complex64, device=self.device)
+        self.unpaired, self.ahead_frames = empty, empty  # frames still waiting for their look-ahead
         self.state = model.stream_init(channels)
         self.pending_spec: list[torch.Tensor] = []  # frames awaiting the model's output
         # Frames already estimated that a deep filter still reads (its past taps).
@@ -216,12 +223,24 @@ class StreamingDenoiser:
         self.n_in = 0
         self.n_out = 0
 
-    def _process(self, frames: torch.Tensor, final: bool) -> torch.Tensor:
+    def _features(self, frames: torch.Tensor, ahead: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new frames that have their look-ahead frames too, and their features ``[C, F', m]``."""
+        if self.ahead is None:
+            return frames, self.model.features(frames)
+        self.unpaired = torch.cat([self.unpaired, frames], dim=-1)  # [C, F, a]
+        self.ahead_frames = torch.cat([self.ahead_frames, ahead], dim=-1)  # [C, F, b], b <= a
+        m = self.ahead_frames.shape[-1]
+        frames, ahead = self.unpaired[..., :m], self.ahead_frames
+        self.unpaired, self.ahead_frames = self.unpaired[..., m:], self.ahead_frames[..., m:]
+        return frames, self.model.features(frames, ahead)
+
+    def _process(self, frames: torch.Tensor, ahead: torch.Tensor | None, final: bool) -> torch.Tensor:
+        frames, feats = self._features(frames, ahead)  # [C, F, m'], [C, F', m']
         self.pending_spec.append(frames)
         spec = torch.cat(self.pending_spec, dim=-1)  # [C, F, n]
         if frames.shape[-1] == 0 and not final:
             return self.stft.add_frames(frames)
-        out, self.state = self.model.stream_step(self.model.features(frames), self.state, final)  # [C, F', m]
+        out, self.state = self.model.stream_step(feats, self.state, final)  # [C, F', m]
         m = out.shape[-1]
         done, self.pending_spec = spec[..., :m], [spec[..., m:]]
         with_past = torch.cat([self.spec_past, done], dim=-1)  # [C, F, P + m]
@@ -247,16 +266,19 @@ class StreamingDenoiser:
             return torch.zeros(x.shape[0], 0)
         self.n_in += x.shape[-1]
         self.dry = torch.cat([self.dry, x], dim=-1)
-        frames = self.stft.push(self.down.push(x).to(self.device))  # [C, F, m]
-        return self._output(self._process(frames, final=False), final=False)
+        z = self.down.push(x).to(self.device)  # [C, n'] at the model's rate
+        frames = self.stft.push(z)  # [C, F, m]
+        ahead = self.ahead.push(z) if self.ahead else None  # [C, F, m'], m' <= pending + m
+        return self._output(self._process(frames, ahead, final=False), final=False)
 
     @torch.inference_mode()
     def finish(self) -> torch.Tensor:
         if self.n_in == 0:
             raise AudioError("the stream carried no audio")
-        frames = self.stft.push(self.down.finish().to(self.device))
-        frames = torch.cat([frames, self.stft.finish()], dim=-1)
-        y = self._process(frames, final=True)
+        z = self.down.finish().to(self.device)  # [C, n']
+        frames = torch.cat([self.stft.push(z), self.stft.finish()], dim=-1)  # [C, F, m]
+        ahead = torch.cat([self.ahead.push(z), self.ahead.finish()], dim=-1) if self.ahead else None
+        y = self._process(frames, ahead, final=True)
         y = torch.cat([y, self.stft.drain()], dim=-1)
         return self._output(y, final=True)
 

@@ -101,11 +101,18 @@ class StreamingSTFT:
     the tail exactly as the offline transform does and returns the remaining frames; after the
     caller has added them, ``drain()`` returns the rest of the output, cropped to the input length.
     Vectorised over frames (unfold/fold), so large chunks cost what the offline transform costs.
+
+    ``offset`` samples shift every frame later (:func:`ahead_stft`'s look-ahead frames): frame
+    ``t`` then covers ``[t*hop - n_fft/2 + offset, t*hop + n_fft/2 + offset)``.
     """
 
-    def __init__(self, n_fft: int, hop_length: int, batch_shape: tuple[int, ...] = (), device=None):
+    def __init__(self, n_fft: int, hop_length: int, batch_shape: tuple[int, ...] = (), device=None,
+                 offset: int = 0):
+        if not 0 <= offset <= n_fft // 2:
+            raise ValueError(f"offset must be within [0, n_fft/2], got {offset}")
         self.n_fft, self.hop = n_fft, hop_length
-        self.pad = n_fft // 2
+        self.pad = n_fft // 2 - offset
+        self.tail = n_fft // 2 + offset
         self.device = device
         self.window = torch.hann_window(n_fft, device=device)
         self.batch_shape = tuple(batch_shape)
@@ -142,7 +149,7 @@ class StreamingSTFT:
     def finish(self) -> torch.Tensor:
         """Pad the tail with zeros (as ``center=True`` does) and return the last frames."""
         self._finished = True
-        self._in = torch.cat([self._in, self._zeros(self.pad)], dim=-1)
+        self._in = torch.cat([self._in, self._zeros(self.tail)], dim=-1)
         return self._take_frames(limit=1 + self._length // self.hop)
 
     def add_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -182,6 +189,16 @@ class StreamingSTFT:
         y = self._ola[..., :n] / self._env[:n].clamp_min(1e-11)
         self._ola, self._env = self._ola[..., n:], self._env[n:]
         return self._emit(y)
+
+
+def ahead_stft(wav: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: int, offset: int) -> torch.Tensor:
+    """The STFT of ``wav [..., T]`` with every frame ``offset`` samples later than :class:`STFT`'s:
+    complex ``[..., F, 1 + T//hop]``, zeros outside the signal. ``offset = 0`` is :class:`STFT`.
+    A causal model reads these frames to look ``offset`` samples ahead of the frame it estimates."""
+    lead = wav.shape[:-1]
+    x = F.pad(wav.reshape(-1, wav.shape[-1]), (n_fft // 2 - offset, n_fft // 2 + offset))  # [B', T + n_fft]
+    spec = torch.stft(x, n_fft, hop_length, window=window.to(x.dtype), center=False, return_complex=True)
+    return spec.reshape(*lead, *spec.shape[-2:])  # [..., F, N]
 
 
 def frames_latency_seconds(n_fft: int, hop_length: int, lookahead_frames: int, sample_rate: int) -> float:

@@ -232,11 +232,12 @@ def corrupt_batch(model: SpectralAutoencoder, clean: torch.Tensor, noise: torch.
 
 
 def batch_loss(model: SpectralAutoencoder, clean: torch.Tensor, noisy_spec: torch.Tensor, tc: TrainConfig,
-               forward=None) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of the configured losses plus the sparsity penalty."""
+               forward=None, noisy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of the configured losses plus the sparsity penalty. ``noisy [B, T]``, the
+    waveform of ``noisy_spec``, is needed by look-ahead models only."""
     inner = model
     forward = forward or model
-    feats = inner.features(noisy_spec)  # [B, F, N]
+    feats = inner.features_of(noisy_spec, noisy)  # [B, F', N]
     out, h = forward(feats)  # [B, F, N], code
     est_spec = inner.estimate_spec(noisy_spec, out.float())  # [B, F, N]
     clean_spec = inner.stft(clean)  # [B, F, N]
@@ -299,7 +300,7 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(99)
     noisy, spec = corrupt_batch(model, clean.to(dev), noise.to(dev), snr.to(dev), gen)
-    out, _ = model(model.features(spec))
+    out, _ = model(model.features_of(spec, noisy))
     est = model.stft.inverse(model.estimate_spec(spec, out), clean.shape[-1]).float().cpu()  # [B, T]
     noisy = noisy.float().cpu()
     sr = model.config.sample_rate
@@ -525,9 +526,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             # non_blocking: a pinned batch (process loader) copies while the GPU still computes.
             clean, noise, snr = (t.to(device, non_blocking=True) for t in (clean, noise, snr))
             with torch.no_grad():
-                _, spec = corrupt_batch(model, clean, noise, snr)
+                noisy, spec = corrupt_batch(model, clean, noise, snr)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, parts = batch_loss(model, clean, spec, tc, forward=forward)
+                loss, parts = batch_loss(model, clean, spec, tc, forward=forward, noisy=noisy)
             if tc.decay_steps or tc.decay_by_time:
                 done = time_used if tc.decay_by_time else (step - start_step) / tc.decay_steps
                 for group in opt.param_groups:

@@ -378,9 +378,9 @@ def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16
 def _train_step(model, opt, clean, noise, snr, tc, amp: bool = True) -> float:
     """One training step, under bf16 autocast unless ``amp`` is off."""
     with torch.no_grad():
-        _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
+        noisy, spec = corrupt_batch(model, clean, noise, snr)  # [B, T], [B, F, N]
     with torch.autocast(clean.device.type, dtype=torch.bfloat16, enabled=amp):
-        loss, _ = batch_loss(model, clean, spec, tc)
+        loss, _ = batch_loss(model, clean, spec, tc, noisy=noisy)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -53,7 +53,7 @@ def filtered_parts(model, noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndar
     x = torch.from_numpy(np.stack([noisy, clean, noisy - clean]))  # [3, T]: mixture, speech, noise
     with torch.no_grad():
         spec = model.stft(x)  # [3, F, N]
-        out, _ = model(model.features(spec[:1]))  # mask and taps from the mixture only
+        out, _ = model(model.features_of(spec[:1], x[:1]))  # mask and taps from the mixture only
         y, speech, noise = (model.stft.inverse(model.estimate_spec(spec[i : i + 1], out), x.shape[-1])[0].numpy()
                             for i in range(3))
     return y, speech, noise
@@ -182,7 +182,7 @@ def gate(model, root: Path) -> dict:
     for m in json.loads((root / "meta.json").read_text())["mixtures"]:
         noisy = torch.from_numpy(sf.read(root / "noisy" / m["file"], dtype="float32")[0])[None]  # [1, T]
         with torch.no_grad():
-            out, _ = model(model.features(model.stft(noisy)))  # [1, F', N]
+            out, _ = model(model.analyze(noisy)[1])  # [1, F', N]
         g = out[0, -1]  # [N]: the gate row
         rows.append({"noise_type": m["noise_type"], "snr_db": m["snr_db"], "mean": float(g.mean()), "max": float(g.max())})
     keys = ("mean", "max")

@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     sr = model.config.sample_rate
     mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high)
     clean, noise, snr = Mixer(*_sources(run.data, sr, val=False), sr, mix, seed=args.seed).batch(args.batch)
-    _, spec = corrupt_batch(model, clean, noise, snr)  # [B, F, N]
+    noisy, spec = corrupt_batch(model, clean, noise, snr)  # [B, T], [B, F, N]
     out = {}
     for name, weights in TERMS.items():
         model.zero_grad()
-        loss, _ = batch_loss(model, clean, spec, TrainConfig(**{"spectral_weight": 0.0, **weights}))
+        loss, _ = batch_loss(model, clean, spec, TrainConfig(**{"spectral_weight": 0.0, **weights}), noisy=noisy)
         loss.backward()
         norm = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters() if p.grad is not None))
         out[name] = {"loss": round(float(loss.detach()), 4), "grad_norm": round(float(norm), 4)}

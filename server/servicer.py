@@ -427,7 +427,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             inp = x
             if inp is None:  # audio: the model's own features, channels as the batch
                 z = resample(torch.from_numpy(wav), sr, model.config.sample_rate).to(device)  # [C, T']
-                inp = model.features(model.stft(z))  # [C, F, N]
+                inp = model.analyze(z)[1]  # [C, F', N]
             h = _call_model(
                 model.encode, inp.to(device), f"encoding a tensor of shape {list(inp.shape)}",
                 lambda exc: f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "

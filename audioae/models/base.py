@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
+from ..spectral import STFT, ahead_stft, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
 from .corruption import CORRUPTIONS
 from .sparsity import PENALTIES, keep_topk, sparsity_penalty
 
@@ -91,9 +91,15 @@ class SpectralConfig(AutoencoderConfig):
     # that frame's estimate ("keep the input when unsure": speech on speech at low SNR, where a
     # mask removes the wrong talker). Mask and deepfilter heads; it starts closed (see head).
     input_gate: bool = False
+    # Look-ahead in samples: the input also holds the compressed magnitudes of a frame this much
+    # later than the one estimated (spectral.ahead_stft), which tells an onset before it arrives.
+    # Adds that much to the algorithmic latency; at most n_fft/2.
+    lookahead: int = 0
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.lookahead <= self.n_fft // 2:
+            raise ValueError(f"lookahead must be within [0, n_fft/2 = {self.n_fft // 2}] samples, got {self.lookahead}")
         if self.output not in ("mask", "magnitude", "deepfilter"):
             raise ValueError(f"output must be mask, magnitude or deepfilter, got {self.output!r}")
         if self.input_gate and self.output == "magnitude":
@@ -114,8 +120,9 @@ class SpectralConfig(AutoencoderConfig):
     @property
     def n_features(self) -> int:
         """Input rows per frame: compressed magnitudes, plus the compressed complex values (real,
-        imaginary) of the deep-filtered bins, which carry the phase the filter needs."""
-        return self.n_bins + (2 * self.df_bins if self.deep_filter else 0)
+        imaginary) of the deep-filtered bins, which carry the phase the filter needs, plus the
+        look-ahead frame's compressed magnitudes."""
+        return self.n_bins * (2 if self.lookahead else 1) + (2 * self.df_bins if self.deep_filter else 0)
 
     @property
     def n_outputs(self) -> int:
@@ -213,9 +220,12 @@ class SpectralAutoencoder(Autoencoder):
     causal: bool = False
     supports_deep_filter: bool = False
     supports_input_gate: bool = False
+    supports_lookahead: bool = False
 
     def __init__(self, config: SpectralConfig):
         super().__init__()
+        if config.lookahead and not self.supports_lookahead:
+            raise ValueError(f"{self.registry_name} has no look-ahead input; lookahead needs the recurrent family")
         if config.deep_filter and not self.supports_deep_filter:
             raise ValueError(f"{self.registry_name} has no deepfilter output; use mask or magnitude")
         if config.input_gate and not self.supports_input_gate:
@@ -227,21 +237,49 @@ class SpectralAutoencoder(Autoencoder):
         """Compressed magnitudes ``[B, F, 37]`` of random noise (37 frames: odd on purpose)."""
         g = torch.Generator().manual_seed(seed)
         wav = 0.1 * torch.randn(batch, 36 * self.config.hop_length, generator=g)  # [B, T]
-        return self.features(self.stft(wav))
+        return self.analyze(wav)[1]
 
     # ---- features and reconstruction -------------------------------------------------------
-    def features(self, spec: torch.Tensor) -> torch.Tensor:
-        """complex ``[B, F, N]`` -> compressed magnitudes ``[B, F, N]`` (deep filter: ``[B, F + 2D, N]``).
+    def analyze(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wav [B, T]`` -> ``(spec [B, F, N] complex, features [B, F', N])``: what every offline
+        caller feeds the model (:meth:`features` of the STFT and, with look-ahead, of the later frames)."""
+        spec = self.stft(wav)  # [B, F, N]
+        return spec, self.features_of(spec, wav)
+
+    def features_of(self, spec: torch.Tensor, wav: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`features` of ``spec [B, F, N]``, the STFT of ``wav [B, T]`` (or a corruption of
+        it): the look-ahead frames come from ``wav``, which only a look-ahead model needs."""
+        if not self.config.lookahead:
+            return self.features(spec)
+        if wav is None:
+            raise ValueError(f"this model looks {self.config.lookahead} samples ahead: its input needs the waveform")
+        return self.features(spec, self.ahead_stft(wav))
+
+    def ahead_stft(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav [B, T]`` -> the look-ahead frames ``[B, F, N]``: each ``config.lookahead`` samples
+        later than the STFT frame of the same index."""
+        c = self.config
+        return ahead_stft(wav, self.stft.spec.window, c.n_fft, c.hop_length, c.lookahead)
+
+    def features(self, spec: torch.Tensor, ahead: torch.Tensor | None = None) -> torch.Tensor:
+        """complex ``[B, F, N]`` -> compressed magnitudes ``[B, F, N]`` (deep filter: ``[B, F + 2D, N]``;
+        look-ahead: then the compressed magnitudes of ``ahead [B, F, N]``, :meth:`ahead_stft`).
 
         Frame by frame (no state across frames), so streaming computes the same features."""
         c = self.config
         mag = compress(spec.abs(), c.compression, c.compression_power)  # [B, F, N]
-        if not c.deep_filter:
-            return mag
-        low = spec[:, : c.df_bins]  # [B, D, N]
-        unit = low / low.abs().clamp_min(1e-8)  # [B, D, N] phase only
-        low_c = mag[:, : c.df_bins] * unit  # [B, D, N] compressed complex
-        return torch.cat([mag, low_c.real, low_c.imag], dim=1)  # [B, F + 2D, N]
+        rows = [mag]
+        if c.deep_filter:
+            low = spec[:, : c.df_bins]  # [B, D, N]
+            unit = low / low.abs().clamp_min(1e-8)  # [B, D, N] phase only
+            low_c = mag[:, : c.df_bins] * unit  # [B, D, N] compressed complex
+            rows += [low_c.real, low_c.imag]
+        if c.lookahead:
+            if ahead is None or ahead.shape != spec.shape:
+                raise ValueError(f"this model looks {c.lookahead} samples ahead: it needs the look-ahead frames "
+                                 "of the same shape as spec (analyze(wav) or ahead_stft(wav))")
+            rows.append(compress(ahead.abs(), c.compression, c.compression_power))  # [B, F, N]
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # [B, F', N]
 
     def head(self, y: torch.Tensor) -> torch.Tensor:
         """Raw decoder output -> mask in [0, 1] (plus filter taps in [-1, 1], plus the input gate
@@ -298,8 +336,8 @@ class SpectralAutoencoder(Autoencoder):
 
     def enhance(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``wav [B, T]`` at the model's rate -> ``(wav_hat [B, T], code [B, K, N'])``."""
-        spec = self.stft(wav)  # [B, F, N]
-        out, h = self(self.features(spec))  # [B, F, N], [B, K, N']
+        spec, feats = self.analyze(wav)  # [B, F, N], [B, F', N]
+        out, h = self(feats)  # [B, F, N], [B, K, N']
         return self.stft.inverse(self.estimate_spec(spec, out), wav.shape[-1]), h
 
     # ---- latency and streaming --------------------------------------------------------------
@@ -312,7 +350,7 @@ class SpectralAutoencoder(Autoencoder):
         if not self.causal:
             return None
         c = self.config
-        return frames_latency_seconds(c.n_fft, c.hop_length, self.lookahead_frames, c.sample_rate)
+        return frames_latency_seconds(c.n_fft, c.hop_length, self.lookahead_frames, c.sample_rate) + c.lookahead / c.sample_rate
 
     def stream_init(self, batch: int):
         """State for :meth:`stream_step`; only causal models stream."""

@@ -1,7 +1,8 @@
 """Recurrent autoencoder: GRU or LSTM encoder -> one code vector per frame -> recurrent decoder.
 
-Unidirectional models are causal (no look-ahead beyond the STFT window) and stream with their
-hidden state carried across calls; bidirectional ones see the whole input.
+Unidirectional models are causal (no look-ahead beyond the STFT window and ``lookahead``
+samples) and stream with their hidden state carried across calls; bidirectional ones see the
+whole input.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RecurrentAutoencoder(SpectralAutoencoder):
     config: RecurrentConfig
     supports_deep_filter = True
     supports_input_gate = True
+    supports_lookahead = True
 
     def __init__(self, config: RecurrentConfig):
         super().__init__(config)
