@@ -44,12 +44,14 @@ def test_context_frames_continue_the_filter():
     torch.testing.assert_close(tail, whole[..., 6:])
 
 
+@pytest.mark.parametrize("lookahead", [0, 32])
 @pytest.mark.parametrize("chunk", [1, 100, 4410])
-def test_deep_filter_streams_like_offline(chunk):
-    m = _df_model()
+def test_deep_filter_streams_like_offline(chunk, lookahead):
+    m = _df_model(lookahead=lookahead)  # look-ahead: tests/test_lookahead.py
     with torch.no_grad():
         for p in m.to_out.parameters():  # non-trivial taps
             p.normal_(0, 0.3)
+        m.enc_in.weight.normal_(0, 0.3)  # every input heard, the look-ahead rows too
     wav = (0.1 * np.random.default_rng(1).standard_normal((2, 22050))).astype(np.float32)
     offline = denoise(m, wav, 44100)
     sd = StreamingDenoiser(m, 44100, channels=2)

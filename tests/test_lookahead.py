@@ -1,11 +1,12 @@
-"""Look-ahead input (``SpectralConfig.lookahead``): later frames, their streaming, the latency they
-add and no more, and growing a trained model into one without changing what it computes."""
+"""Look-ahead input (``SpectralConfig.lookahead``): later frames, their streaming (a look-ahead
+model streaming like offline: tests/test_deep_filter.py), the latency they add and no more, and
+growing a trained model into one without changing what it computes."""
 
 import numpy as np
 import pytest
 import torch
 
-from audioae.enhance import StreamingDenoiser, denoise
+from audioae.enhance import denoise
 from audioae.models import build_model
 from audioae.spectral import STFT, StreamingSTFT, ahead_stft
 from audioae.train import TrainConfig, batch_loss, corrupt_batch, grow_into
@@ -47,17 +48,6 @@ def test_streaming_ahead_frames_equal_offline(chunk):
     s = StreamingSTFT(128, 64, (1,), offset=AHEAD)
     got = torch.cat([s.push(x[:, i : i + chunk]) for i in range(0, x.shape[-1], chunk)] + [s.finish()], -1)
     torch.testing.assert_close(got, want)
-
-
-@pytest.mark.parametrize("chunk", [1, 100, 4410])
-def test_lookahead_model_streams_like_offline(chunk):
-    m = _listening(_model())
-    wav = (0.1 * np.random.default_rng(1).standard_normal((2, 22050))).astype(np.float32)
-    offline = denoise(m, wav, 44100)
-    sd = StreamingDenoiser(m, 44100, channels=2)
-    streamed = torch.cat([sd.push(wav[:, i : i + chunk]) for i in range(0, wav.shape[1], chunk)] + [sd.finish()], -1)
-    assert streamed.shape == offline.shape
-    np.testing.assert_allclose(streamed.numpy(), offline, atol=2e-6)
 
 
 def test_lookahead_sees_exactly_its_latency_ahead():
