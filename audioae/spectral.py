@@ -147,7 +147,8 @@ class StreamingSTFT:
         return self._take_frames()
 
     def finish(self) -> torch.Tensor:
-        """Pad the tail with zeros (as ``center=True`` does) and return the last frames."""
+        """Pad the tail with zeros (as ``center=True`` does; ``offset`` samples more, as
+        :func:`ahead_stft` does) and return the last frames."""
         self._finished = True
         self._in = torch.cat([self._in, self._zeros(self.tail)], dim=-1)
         return self._take_frames(limit=1 + self._length // self.hop)
