@@ -48,6 +48,17 @@ class STFT(nn.Module):
         """complex ``[..., F, N]`` -> ``[..., length]``."""
         return self.ispec(spec, length=length)
 
+    def ahead(self, wav: torch.Tensor, offset: int) -> torch.Tensor:
+        """:meth:`forward` with every frame ``offset`` samples later: frame ``t`` covers
+        ``[t*hop - n_fft/2 + offset, t*hop + n_fft/2 + offset)``, zeros outside the signal; complex
+        ``[..., F, 1 + T//hop]``. A causal model reads these frames to look ``offset`` samples ahead
+        of the frame it estimates; ``offset = 0`` is :meth:`forward`."""
+        n, lead = self.n_fft, wav.shape[:-1]
+        x = F.pad(wav.reshape(-1, wav.shape[-1]), (n // 2 - offset, n // 2 + offset))  # [B', T + n_fft]
+        window = self.spec.window.to(x.dtype)
+        spec = torch.stft(x, n, self.hop_length, window=window, center=False, return_complex=True)  # [B', F, N]
+        return spec.reshape(*lead, *spec.shape[-2:])  # [..., F, N]
+
 
 def magnitude(spec: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``|spec|`` with a finite gradient everywhere, for losses: ``sqrt(re^2 + im^2 + eps^2)``.
@@ -102,7 +113,7 @@ class StreamingSTFT:
     caller has added them, ``drain()`` returns the rest of the output, cropped to the input length.
     Vectorised over frames (unfold/fold), so large chunks cost what the offline transform costs.
 
-    ``offset`` samples shift every frame later (:func:`ahead_stft`'s look-ahead frames): frame
+    ``offset`` samples shift every frame later (:meth:`STFT.ahead`'s look-ahead frames): frame
     ``t`` then covers ``[t*hop - n_fft/2 + offset, t*hop + n_fft/2 + offset)``.
     """
 
@@ -148,7 +159,7 @@ class StreamingSTFT:
 
     def finish(self) -> torch.Tensor:
         """Pad the tail with zeros (as ``center=True`` does; ``offset`` samples more, as
-        :func:`ahead_stft` does) and return the last frames."""
+        :meth:`STFT.ahead` does) and return the last frames."""
         self._finished = True
         self._in = torch.cat([self._in, self._zeros(self.tail)], dim=-1)
         return self._take_frames(limit=1 + self._length // self.hop)
@@ -192,19 +203,10 @@ class StreamingSTFT:
         return self._emit(y)
 
 
-def ahead_stft(wav: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: int, offset: int) -> torch.Tensor:
-    """The STFT of ``wav [..., T]`` with every frame ``offset`` samples later than :class:`STFT`'s:
-    complex ``[..., F, 1 + T//hop]``, zeros outside the signal. ``offset = 0`` is :class:`STFT`.
-    A causal model reads these frames to look ``offset`` samples ahead of the frame it estimates."""
-    lead = wav.shape[:-1]
-    x = F.pad(wav.reshape(-1, wav.shape[-1]), (n_fft // 2 - offset, n_fft // 2 + offset))  # [B', T + n_fft]
-    spec = torch.stft(x, n_fft, hop_length, window=window.to(x.dtype), center=False, return_complex=True)
-    return spec.reshape(*lead, *spec.shape[-2:])  # [..., F, N]
-
-
-def frames_latency_seconds(n_fft: int, hop_length: int, lookahead_frames: int, sample_rate: int) -> float:
-    """Algorithmic latency: one window plus the model's look-ahead in frames."""
-    return (n_fft + lookahead_frames * hop_length) / sample_rate
+def frames_latency_seconds(n_fft: int, hop_length: int, lookahead_frames: int, sample_rate: int,
+                           lookahead_samples: int = 0) -> float:
+    """Algorithmic latency: one window plus the model's look-ahead in frames and in samples."""
+    return (n_fft + lookahead_frames * hop_length + lookahead_samples) / sample_rate
 
 
 def next_multiple(n: int, k: int) -> int:

@@ -5,6 +5,7 @@
     python recipes/denoiser_diagnostics.py postproc --model denoiser-small > benchmarks/results/val/postproc.jsonl
     python recipes/denoiser_diagnostics.py gate --model runs/denoiser-small-gate/last.safetensors
     python recipes/denoiser_diagnostics.py swap --model runs/denoiser-small-stage9.safetensors --other FINETUNED
+    python recipes/denoiser_diagnostics.py lookahead --model runs/denoiser-small-lookahead/ema.safetensors
 
 ``split``: the model's output is linear in the noisy STFT once its mask and filter taps are fixed
 (they are computed from the noisy input), so the same mask and taps applied to the clean part
@@ -22,6 +23,10 @@ of it, scored like ``postproc``: which part of the fine-tuning moved the scores.
 ``gate``: for a model with an input gate (``model.config.input_gate``), the gate's mean and
 maximum over the frames of each val mixture, averaged per noise type and per SNR: where the
 model chose to keep the input.
+
+``lookahead``: for a look-ahead model (``model.config.lookahead``), the mean absolute input weight
+on the current frame's compressed magnitudes and on the look-ahead frame's: whether training
+taught the network to listen to the new input (grown models start it at zero).
 """
 
 from __future__ import annotations
@@ -190,9 +195,18 @@ def gate(model, root: Path) -> dict:
             "per_noise_type": _grouped(rows, "noise_type", keys), "per_snr": _grouped(rows, "snr_db", keys)}
 
 
+def lookahead(model) -> dict:
+    """Mean |weight| of the first layer on the current frame's magnitudes and on the look-ahead's."""
+    if not model.config.lookahead:
+        raise SystemExit("lookahead: this model has no look-ahead input (model.config.lookahead)")
+    w, f = model.enc_in.weight.detach(), model.config.n_bins  # [H, F'], look-ahead rows last
+    return {"current_frame_mean_abs": round(float(w[:, :f].abs().mean()), 4),
+            "lookahead_mean_abs": round(float(w[:, -f:].abs().mean()), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("split", "postproc", "gate", "swap"))
+    ap.add_argument("what", choices=("split", "postproc", "gate", "swap", "lookahead"))
     ap.add_argument("--model", default=None, help="shipped name or .safetensors (default: the shipped denoiser)")
     ap.add_argument("--other", help="swap: the fine-tuned checkpoint whose parts are swapped in")
     ap.add_argument("--mixtures", type=Path, default=Path("corpus/val/mixtures"))
@@ -204,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(split(model, args.mixtures), indent=1))
     elif args.what == "gate":
         print(json.dumps(gate(model, args.mixtures), indent=1))
+    elif args.what == "lookahead":
+        print(json.dumps({"model": args.model, **lookahead(model)}))
     elif args.what == "swap":
         if not args.other:
             ap.error("swap needs --other")

@@ -8,7 +8,7 @@ import torch
 
 from audioae.enhance import denoise
 from audioae.models import build_model
-from audioae.spectral import STFT, StreamingSTFT, ahead_stft
+from audioae.spectral import STFT, StreamingSTFT
 from audioae.train import TrainConfig, batch_loss, corrupt_batch, grow_into
 
 SMALL = {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 64, "output": "deepfilter", "df_bins": 12,
@@ -33,8 +33,8 @@ def _listening(m):
 def test_ahead_frames_are_the_stft_of_the_signal_shifted_earlier():
     stft = STFT(128, 64)
     x = torch.randn(2, 3000)  # [B, T]
-    torch.testing.assert_close(ahead_stft(x, stft.spec.window, 128, 64, 0), stft(x))
-    ahead = ahead_stft(x, stft.spec.window, 128, 64, AHEAD)  # [B, F, N]
+    torch.testing.assert_close(stft.ahead(x, 0), stft(x))
+    ahead = stft.ahead(x, AHEAD)  # [B, F, N]
     shifted = stft(torch.nn.functional.pad(x[:, AHEAD:], (0, AHEAD)))  # x[n + AHEAD], zeros after the end
     assert ahead.shape == stft(x).shape
     # Alike wherever neither transform's window reaches before the start (frames 1 on).
@@ -44,7 +44,7 @@ def test_ahead_frames_are_the_stft_of_the_signal_shifted_earlier():
 @pytest.mark.parametrize("chunk", [1, 50, 999])
 def test_streaming_ahead_frames_equal_offline(chunk):
     x = torch.randn(1, 2500)
-    want = ahead_stft(x, torch.hann_window(128), 128, 64, AHEAD)
+    want = STFT(128, 64).ahead(x, AHEAD)
     s = StreamingSTFT(128, 64, (1,), offset=AHEAD)
     got = torch.cat([s.push(x[:, i : i + chunk]) for i in range(0, x.shape[-1], chunk)] + [s.finish()], -1)
     torch.testing.assert_close(got, want)

@@ -186,6 +186,21 @@ def test_diagnostic_split_parts_sum_to_the_output_of_a_deep_filter_model():
     assert np.abs(speech - clean).max() > 1e-3  # the mask did act on the speech
 
 
+def test_diagnostic_lookahead_reads_the_weights_on_each_input_group():
+    """A model grown into a look-ahead one starts with zero weights on the new inputs."""
+    from audioae.models import build_model
+    from audioae.train import grow_into
+
+    cfg = {"sample_rate": SR, "n_fft": 128, "hop_length": 64, "hidden": 16, "code_dim": 8}
+    base = build_model("recurrent", cfg)
+    grown = build_model("recurrent", {**cfg, "lookahead": 32})
+    grow_into(grown, base.state_dict())
+    res = diag.lookahead(grown)
+    assert res["lookahead_mean_abs"] == 0 < res["current_frame_mean_abs"]
+    with pytest.raises(SystemExit, match="no look-ahead input"):
+        diag.lookahead(base)
+
+
 def test_diagnostic_post_filter_and_band_power_keep_full_gains_and_cut_only_what_they_say():
     m = torch.tensor([0.05, 0.2, 0.5, 0.9, 1.0])[None, :, None].expand(1, 5, 3)  # [B, F, N]
     pf = diag.VARIANTS["post-filter 0.02"](m)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..spectral import STFT, ahead_stft, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
+from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
 from .corruption import CORRUPTIONS
 from .sparsity import PENALTIES, keep_topk, sparsity_penalty
 
@@ -92,7 +92,7 @@ class SpectralConfig(AutoencoderConfig):
     # mask removes the wrong talker). Mask and deepfilter heads; it starts closed (see head).
     input_gate: bool = False
     # Look-ahead in samples: the input also holds the compressed magnitudes of a frame this much
-    # later than the one estimated (spectral.ahead_stft), which tells an onset before it arrives.
+    # later than the one estimated (spectral.STFT.ahead), which tells an onset before it arrives.
     # Adds that much to the algorithmic latency; at most n_fft/2.
     lookahead: int = 0
 
@@ -253,17 +253,11 @@ class SpectralAutoencoder(Autoencoder):
             return self.features(spec)
         if wav is None:
             raise ValueError(f"this model looks {self.config.lookahead} samples ahead: its input needs the waveform")
-        return self.features(spec, self.ahead_stft(wav))
-
-    def ahead_stft(self, wav: torch.Tensor) -> torch.Tensor:
-        """``wav [B, T]`` -> the look-ahead frames ``[B, F, N]``: each ``config.lookahead`` samples
-        later than the STFT frame of the same index."""
-        c = self.config
-        return ahead_stft(wav, self.stft.spec.window, c.n_fft, c.hop_length, c.lookahead)
+        return self.features(spec, self.stft.ahead(wav, self.config.lookahead))
 
     def features(self, spec: torch.Tensor, ahead: torch.Tensor | None = None) -> torch.Tensor:
         """complex ``[B, F, N]`` -> compressed magnitudes ``[B, F, N]`` (deep filter: ``[B, F + 2D, N]``;
-        look-ahead: then the compressed magnitudes of ``ahead [B, F, N]``, :meth:`ahead_stft`).
+        look-ahead: then the compressed magnitudes of ``ahead [B, F, N]``, ``STFT.ahead``).
 
         Frame by frame (no state across frames), so streaming computes the same features."""
         c = self.config
@@ -277,7 +271,7 @@ class SpectralAutoencoder(Autoencoder):
         if c.lookahead:
             if ahead is None or ahead.shape != spec.shape:
                 raise ValueError(f"this model looks {c.lookahead} samples ahead: it needs the look-ahead frames "
-                                 "of the same shape as spec (analyze(wav) or ahead_stft(wav))")
+                                 "of the same shape as spec (analyze(wav) or stft.ahead(wav, lookahead))")
             rows.append(compress(ahead.abs(), c.compression, c.compression_power))  # [B, F, N]
         return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)  # [B, F', N]
 
@@ -350,7 +344,7 @@ class SpectralAutoencoder(Autoencoder):
         if not self.causal:
             return None
         c = self.config
-        return frames_latency_seconds(c.n_fft, c.hop_length, self.lookahead_frames, c.sample_rate) + c.lookahead / c.sample_rate
+        return frames_latency_seconds(c.n_fft, c.hop_length, self.lookahead_frames, c.sample_rate, c.lookahead)
 
     def stream_init(self, batch: int):
         """State for :meth:`stream_step`; only causal models stream."""
