@@ -170,6 +170,21 @@ def test_refuses_to_overwrite_inputs_or_merge_outputs(tmp_path, causal_ckpt, cap
     assert sorted(p.name for p in src.rglob("*")) == before  # nothing written into the inputs
 
 
+def test_an_output_that_is_a_file_or_looks_like_one_is_refused(tmp_path, causal_ckpt, capsys):
+    src = make_tree(tmp_path / "in")
+    model = ["--model", str(causal_ckpt), "--no-progress"]
+    before = (src / "top.wav").read_bytes()
+    assert main(["denoise", str(src / "top.wav"), "-o", str(src / "top.wav"), *model]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert (src / "top.wav").read_bytes() == before
+    assert main(["denoise", str(src / "top.wav"), "-o", str(tmp_path / "clean.wav"), *model]) == 2
+    assert "looks like a file name" in capsys.readouterr().err
+    assert not (tmp_path / "clean.wav").exists()
+    (tmp_path / "set.wav").mkdir()  # an existing folder is a folder, whatever its name
+    assert main(["denoise", str(src / "top.wav"), "-o", str(tmp_path / "set.wav"), *model]) == 0
+    assert (tmp_path / "set.wav" / "top.wav").is_file()
+
+
 def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = src / "denoised"

@@ -67,14 +67,28 @@ def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def _check_output_folder(out: Path) -> None:
+    """OUT is a folder: refuse an existing file, and a new name that looks like an audio file
+    (``-o clean.wav`` would otherwise become a folder called ``clean.wav``)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out} is an existing file; -o names an output folder "
+                         f"(each input is written into it under its own name)")
+    if not out.exists() and out.suffix.lower() in AUDIO_EXTENSIONS:
+        raise ValueError(f"-o names an output folder, and {out} looks like a file name; to denoise one "
+                         f"file give a folder, e.g. -o {out.parent / 'denoised'} (writes the file there under "
+                         f"its own name)")
+
+
 def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[FileTask]:
     """Map every input file (folders searched recursively) to its output under ``out_dir``.
 
-    Raises FileNotFoundError for a missing input and ValueError when an output would overwrite
-    an input or when two inputs map to the same output.
+    Raises FileNotFoundError for a missing input and ValueError when ``out_dir`` is a file or a
+    new name with an audio extension, when an output would overwrite an input or when two
+    inputs map to the same output.
     """
     if not inputs:
         raise ValueError("no inputs given")
+    _check_output_folder(Path(out_dir))
     out = Path(out_dir).resolve()
     pairs: list[tuple[Path, str]] = []
     for item in inputs:
