@@ -162,6 +162,11 @@ DECOMPOSE_COMPONENT = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav
 DECOMPOSE_OUTPUTS = ("residual.wav", "summary.json", "decomposition.png")
 
 
+def _writes_decomposition_file(name: str) -> bool:
+    """Whether ``audioae decompose`` writes or clears a file of this name in its folder."""
+    return name in DECOMPOSE_OUTPUTS or bool(DECOMPOSE_COMPONENT.fullmatch(name))
+
+
 def _add_decompose(sub) -> None:
     p = sub.add_parser("decompose", help="split a recording into learned components that sum to it",
                        description="Write one WAV per component plus residual.wav (float WAVs: they add up to the "
@@ -183,23 +188,21 @@ def _add_decompose(sub) -> None:
 
 
 def _cmd_decompose(args) -> int:
-    from pathlib import Path
-
     from .audio import read_audio, write_audio
     from .decompose import decompose, summarize
-    from .fileio import atomic_write_bytes
+    from .fileio import atomic_write_bytes, check_output_folder
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
+    out = check_output_folder(args.out, _writes_decomposition_file, [args.file])
     wav, sr, _info = read_audio(args.file)
     model = load(args.model, default=DEFAULT_DECOMPOSER)
     dec = decompose(model, wav, sr, top_k=args.top or None, group=args.group, n_groups=args.groups,
                     fit_steps=args.fit)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # A rerun into the same folder: remove what an earlier run wrote (its names only, nothing
     # else), so that no component of a larger decomposition is left to break the sum.
     for f in out.iterdir():
-        if (f.name in DECOMPOSE_OUTPUTS or DECOMPOSE_COMPONENT.fullmatch(f.name)) and f.is_file():
+        if _writes_decomposition_file(f.name) and f.is_file():
             f.unlink()
     summary = summarize(dec)
     for comp, entry in zip(dec.components, summary["components"], strict=True):
@@ -406,21 +409,23 @@ def _cmd_client(args) -> int:
 def _client_call(args, client) -> int:
     from pathlib import Path
 
-    from .client import save_decomposition
+    from .client import save_decomposition, writes_decomposition_file
+    from .fileio import check_output_folder
 
     cmd = args.client_command
     if cmd == "denoise":
         out = args.out or _default_out(args.input, "denoised")
         r = client.denoise_file(args.input, out, model=args.model, strength=args.strength)
-        print(f"{args.input} -> {out} (model {r['model']}, queue {r['queue_ms']} ms, "
+        print(f"{args.input} -> {r['output']} (model {r['model']}, queue {r['queue_ms']} ms, "
               f"compute {r['compute_ms']} ms, batch of {r['batch_size']})")
     elif cmd == "stream":
         out = args.out or _default_out(args.input, "denoised")
         r = client.stream_file(args.input, out, chunk_ms=args.chunk_ms, model=args.model,
                                strength=args.strength)
-        print(f"{args.input} -> {out} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
+        print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
         out = args.out or str(Path(args.input).with_suffix(".components"))
+        check_output_folder(out, writes_decomposition_file, [args.input])  # before the call, not after
         res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
                                group=args.group, components=not args.no_audio)
         files = save_decomposition(res, out)

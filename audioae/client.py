@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import MIN_SAMPLE_RATE, AudioError, check_pcm, encode_audio, read_audio
-from .fileio import atomic_open, atomic_write_bytes
+from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
 
 MAX_CHANNELS = 64
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -341,8 +341,9 @@ class Client:
         strength: float | None = None,
         timeout: float | None = None,
     ) -> dict:
-        """Denoise a file into ``dst`` (atomic write) at its own rate, channels and length."""
-        src, dst = Path(src), Path(dst)
+        """Denoise a file into ``dst`` (atomic write) at its own rate, channels and length; an
+        existing folder ``dst`` gets the file under its own name. The input is never overwritten."""
+        src, dst = Path(src), output_file(src, dst)
         resp = self.denoise_bytes(src.read_bytes(), model=model, strength=strength, timeout=timeout)
         data = resp.audio.encoded
         if dst.suffix.lower() == src.suffix.lower():
@@ -403,8 +404,9 @@ class Client:
         timeout: float | None = None,
     ) -> dict:
         """Stream a file through ``StreamDenoise`` in ``chunk_ms`` chunks, writing ``dst``
-        progressively (temp file in the same folder, renamed at the end)."""
-        src, dst = Path(src), Path(dst)
+        progressively (temp file in the same folder, renamed at the end); an existing folder
+        ``dst`` gets the file under its own name. The input is never overwritten."""
+        src, dst = Path(src), output_file(src, dst)
         try:
             info = sf.info(str(src))
         except (sf.LibsndfileError, RuntimeError) as exc:
@@ -513,6 +515,11 @@ _COMPONENT_FILE = re.compile(r"component_\d{2,}_[\w-]*\.wav")  # \w: str.isalnum
 _SUMMARY_FILES = ("activations.npy", "decomposition.json", "residual.wav")
 
 
+def writes_decomposition_file(name: str) -> bool:
+    """Whether :func:`save_decomposition` writes or clears a file of this name."""
+    return name in _SUMMARY_FILES or bool(_COMPONENT_FILE.fullmatch(name))
+
+
 def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``activations.npy``, ``decomposition.json`` and, when present, one WAV per component
     plus ``residual.wav`` into ``out_dir`` (each written atomically). Files of an earlier
@@ -521,10 +528,10 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> l
 
     from .audio import write_audio
 
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, writes_decomposition_file)
     out.mkdir(parents=True, exist_ok=True)
     for f in out.iterdir():
-        if (f.name in _SUMMARY_FILES or _COMPONENT_FILE.fullmatch(f.name)) and f.is_file():
+        if writes_decomposition_file(f.name) and f.is_file():
             f.unlink()
     buf = io.BytesIO()
     np.save(buf, result.activations)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -57,3 +57,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: object, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def output_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Where a one-file command writes ``src``'s result: ``dst``, or ``dst/<src's name>`` when
+    ``dst`` is an existing folder (as ``cp`` does). Raises ValueError when that is ``src`` itself:
+    an input is never overwritten."""
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir():
+        dst = dst / src.name
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise ValueError(f"refusing to write {dst}: it is the input; name another output file")
+    return dst
+
+
+def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
+                        inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check a folder a command writes several files into, before any work: it may not be an
+    existing file, and no input may lie in it under a name the command writes or clears on a
+    rerun (``owns(name)``). Raises ValueError with what to do instead."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out} is an existing file; -o names the folder the files are written into")
+    for src in map(Path, inputs):
+        if owns(src.name) and src.resolve().parent == out.resolve():
+            raise ValueError(f"refusing to write into {out}: the input {src} has a name this command "
+                             f"writes there; choose another output folder")
+    return out

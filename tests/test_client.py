@@ -196,3 +196,34 @@ def test_cli_client_decompose_rerun_leaves_only_the_new_components(mixed_server,
     assert (out / "activations.npy").is_file() and (out / "decomposition.json").is_file()
     assert all(f.read_bytes() == b"mine" for f in keep)
     assert not list(out.glob(".*.part"))
+
+
+@pytest.mark.parametrize("command", ["denoise", "stream"])
+def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_server, tmp_path, capsys, command):
+    src = tmp_path / "in.wav"
+    write_audio(src, _noisy(0.5, 16000), 16000)
+    before = src.read_bytes()
+    base = ["client", command, str(src), "--server", f"127.0.0.1:{mixed_server.port}", "--model", "tiny"]
+    assert cli_main([*base, "-o", str(src)]) == 2
+    assert cli_main([*base, "-o", str(tmp_path)]) == 2  # its own folder: <folder>/in.wav is the input
+    assert "it is the input" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    (tmp_path / "cleaned").mkdir()
+    assert cli_main([*base, "-o", str(tmp_path / "cleaned")]) == 0  # an existing folder, as cp does
+    assert str(tmp_path / "cleaned" / "in.wav") in capsys.readouterr().out
+    y, sr, _ = read_audio(tmp_path / "cleaned" / "in.wav")
+    assert sr == 16000 and y.shape[-1] == 8000
+
+
+def test_cli_client_decompose_refuses_a_file_or_a_folder_holding_the_input(mixed_server, tmp_path, capsys):
+    src = tmp_path / "residual.wav"  # a name the decomposition writes into its folder
+    write_audio(src, _noisy(0.5, 16000), 16000)
+    before = src.read_bytes()
+    base = ["client", "decompose", str(src), "--server", f"127.0.0.1:{mixed_server.port}"]
+    assert cli_main([*base, "-o", str(tmp_path)]) == 2
+    assert "has a name this command writes there" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    (tmp_path / "taken").write_text("mine")
+    assert cli_main([*base, "-o", str(tmp_path / "taken")]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -323,6 +323,19 @@ def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path):
     assert not list(out.glob(".*.part"))
 
 
+def test_cli_decompose_refuses_a_file_or_a_folder_holding_the_input(tmp_path, capsys):
+    src = tmp_path / "residual.wav"  # a name the decomposition writes into its folder
+    write_audio(src, (tone(0.5, SR) + noise_bursts(0.5, SR))[None], SR, subtype="FLOAT")
+    before = src.read_bytes()
+    assert main(["decompose", str(src), "-o", str(tmp_path)]) == 2
+    assert "has a name this command writes there" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    (tmp_path / "taken").write_text("mine")
+    assert main(["decompose", str(src), "-o", str(tmp_path / "taken")]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
     import matplotlib.image
 
