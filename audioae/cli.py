@@ -127,11 +127,11 @@ def _cmd_denoise(args) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score enhanced files against clean ones (SI-SDR, PESQ, STOI)",
                        description="Pair files by relative path; per-file and mean SI-SDR, SI-SDR "
-                                   "improvement (with --noisy), PESQ (wb) and STOI. Exits 1 if a file "
-                                   "is missing or failed.")
-    p.add_argument("--clean", required=True, help="folder of clean references")
-    p.add_argument("--enhanced", required=True, help="folder of enhanced files (same relative paths)")
-    p.add_argument("--noisy", help="folder of the noisy inputs, for the SI-SDR improvement")
+                                   "improvement (with --noisy), PESQ (wb) and STOI. Files instead of "
+                                   "folders score one pair. Exits 1 if a file is missing or failed.")
+    p.add_argument("--clean", required=True, help="folder of clean references (or one file)")
+    p.add_argument("--enhanced", required=True, help="folder of enhanced files, same relative paths (or one file)")
+    p.add_argument("--noisy", help="folder of the noisy inputs (or one file), for the SI-SDR improvement")
     p.add_argument("--json", dest="json_out", metavar="OUT",
                    help="also write the report as JSON ('-': print only the JSON)")
     p.set_defaults(func=_cmd_eval)

@@ -54,7 +54,15 @@ class Pairing:
 
 def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
                  noisy: str | os.PathLike | None = None) -> Pairing:
-    """Pair files by relative path (an extension change, e.g. .wav -> .flac, still pairs)."""
+    """Pair files by relative path (an extension change, e.g. .wav -> .flac, still pairs). Three
+    files instead of folders (``noisy`` optional) are one pair, named after the clean file."""
+    given = [Path(p) for p in (clean, enhanced, noisy) if p is not None]
+    if any(p.is_file() for p in given):
+        if not all(p.is_file() for p in given):
+            missing = [str(p) for p in given if not p.is_file()]
+            raise ValueError(f"give --clean, --enhanced and --noisy as files or all as folders; "
+                             f"not a file: {', '.join(missing)}")
+        return Pairing(pairs=[(Path(clean).name, Path(clean), Path(enhanced), Path(noisy) if noisy else None)])
     c, e = audio_files(clean), audio_files(enhanced)
     n = audio_files(noisy) if noisy is not None else {}
     e_stem, n_stem = {_stem(r): r for r in e}, {_stem(r): r for r in n}

@@ -96,3 +96,17 @@ def test_eval_cli_json_to_stdout_and_no_pairs_is_an_error(folders, tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(tmp_path / "empty")]) == 2
     assert main(["eval", "--clean", str(tmp_path / "nope"), "--enhanced", str(dirs["enhanced"])]) == 2
+
+
+def test_three_files_are_one_pair_and_a_file_with_folders_is_an_error(folders, capsys):
+    dirs, truth = folders
+    rel = "spk1/b.wav"
+    rc = main(["eval", "--clean", str(dirs["clean"] / rel), "--enhanced", str(dirs["enhanced"] / rel),
+               "--noisy", str(dirs["noisy"] / rel), "--json", "-"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    (f,) = rep["files"]
+    assert f["file"] == "b.wav" and f["si_sdr"] == pytest.approx(truth[rel][0], abs=1e-3)
+    assert f["si_sdr_i"] == pytest.approx(truth[rel][0] - truth[rel][1], abs=1e-3)
+    assert main(["eval", "--clean", str(dirs["clean"] / rel), "--enhanced", str(dirs["enhanced"])]) == 2
+    assert "as files or all as folders" in capsys.readouterr().err
