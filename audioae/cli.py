@@ -119,7 +119,9 @@ def _cmd_denoise(args) -> int:
           f"{s['error']} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.1f} s "
           f"({s['realtime_factor']}x real time, engine {s['engine']})")
     for err in s["errors"]:
-        print(f"  failed: {err['error']}", file=sys.stderr)
+        # Read errors name their file already; others (a rate that cannot be resampled) do not.
+        named = err["error"].startswith(err["input"])
+        print(f"  failed: {'' if named else err['input'] + ': '}{err['error']}", file=sys.stderr)
     print(f"manifest: {s['manifest']}")
     return 1 if s["error"] else 0
 

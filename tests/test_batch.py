@@ -91,6 +91,18 @@ def test_tree_keeps_paths_formats_lengths_and_reports_corrupt(tmp_path, causal_c
     assert "corrupt.wav" in err
 
 
+def test_every_failure_line_names_its_file(tmp_path, causal_ckpt, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "odd-rate.wav", np.zeros(4410, np.float32), 44101)  # refused by the resampler, not the reader
+    (src / "corrupt.wav").write_bytes(b"RIFF0000WAVEjunk")
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(causal_ckpt), "--no-progress"]) == 1
+    failed = [ln for ln in capsys.readouterr().err.splitlines() if "failed:" in ln]
+    assert len(failed) == 2
+    assert f"failed: {src / 'corrupt.wav'}: " in failed[0]
+    assert f"failed: {src / 'odd-rate.wav'}: a sample rate of 44101 Hz" in failed[1]
+
+
 def test_streamed_file_equals_offline_denoise(tmp_path, causal_ckpt):
     """The chunked file path gives enhance.denoise's output on the whole file (float WAV: no rounding)."""
     src = make_tree(tmp_path / "in")
