@@ -274,22 +274,21 @@ def _add_images(sub) -> None:
 
 
 def _cmd_images_report(args) -> int:
-    import dataclasses
     from pathlib import Path
 
     import torch
 
+    from .config import typed_fields
     from .images import ReportConfig, run_report
     from .train import _coerce
 
-    names = {f.name for f in dataclasses.fields(ReportConfig)}
     changes = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
-        if not sep or key.strip() not in names:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(names)}")
-        v = _coerce(value.strip())
-        changes[key.strip()] = tuple(tuple(e) if isinstance(e, list) else e for e in v) if isinstance(v, list) else v
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        changes[key.strip()] = _coerce(value.strip())
+    changes = typed_fields(ReportConfig, changes, "--set: ReportConfig")
     if args.seed is not None:
         changes["seed"] = args.seed
     cfg = ReportConfig.quick(**changes) if args.quick else ReportConfig(**changes)

@@ -35,6 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import typed_fields
 from .data.mixing import (
     MixConfig,
     Mixer,
@@ -170,11 +171,7 @@ def _coerce(value: str):
 
 
 def _section(cls, values: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"[{cls.__name__}] has no key(s) {unknown}; valid: {sorted(names)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return cls(**typed_fields(cls, values, f"[{cls.__name__}]"))
 
 
 def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -153,6 +153,15 @@ def test_linear_autoencoder_matches_pca(digits):
     assert float(cosines.min()) > 0.98, cosines
 
 
+@pytest.mark.parametrize(("override", "text"), [("digit_steps=abc", "digit_steps = 'abc': expected int"),
+                                                ("nope=1", "has no key(s) ['nope']"),
+                                                ("code_sizes", "expected KEY=VALUE")])
+def test_report_overrides_are_checked_before_anything_runs(tmp_path, capsys, override, text):
+    assert main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--set", override]) == 2
+    assert text in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_report_command_writes_its_files(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["images", "report", "-o", str(out), "--quick", "--threads", "1"]) == 0

@@ -117,9 +117,15 @@ def test_unknown_family_lists_valid_names():
         build_model("transformer")
 
 
-def test_unknown_config_field_is_rejected():
-    with pytest.raises(ValueError, match="no field"):
+def test_unknown_config_field_or_a_value_of_the_wrong_type_is_rejected():
+    with pytest.raises(ValueError, match=r"has no key\(s\) \['hiddden'\]"):
         build_model("recurrent", {"hiddden": 3})
+    with pytest.raises(ValueError, match="hidden = 'abc': expected int"):
+        build_model("recurrent", {"hidden": "abc"})
+    with pytest.raises(ValueError, match="patch_size = \\[16\\]: expected tuple"):
+        build_model("recurrent", {"patch_size": [16]})
+    cfg = build_model("recurrent", {"patch_size": [4, 2], "mask_power": 1}).config  # JSON and TOML have no tuples
+    assert cfg.patch_size == (4, 2) and cfg.mask_power == 1
 
 
 def test_every_model_reports_parameters_and_latency():

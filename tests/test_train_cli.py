@@ -147,6 +147,16 @@ def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     assert "no key(s) ['stepz']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("override", "text"), [("train.lr=fast", "lr = 'fast': expected float"),
+                                                ("train.steps=1.5", "steps = 1.5: expected int"),
+                                                ("model.config.hidden=abc", "hidden = 'abc': expected int"),
+                                                ("data.snr_low=true", "snr_low = True: expected float")])
+def test_a_value_of_the_wrong_type_is_a_clear_error(tmp_path, capsys, override, text):
+    assert main(["train", CONFIG, "--out", str(tmp_path), "--set", override]) == 2
+    assert text in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

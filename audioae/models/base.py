@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import typed_fields
 from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
 from .corruption import CORRUPTIONS
 from .sparsity import PENALTIES, keep_topk, sparsity_penalty
@@ -54,15 +55,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AutoencoderConfig:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(names)}")
-        kw = {}
-        for k, v in d.items():
-            default = getattr(cls, k, None) if not isinstance(names[k].default, dataclasses._MISSING_TYPE) else None
-            kw[k] = tuple(v) if isinstance(v, list) or isinstance(default, tuple) else v
-        return cls(**kw)
+        return cls(**typed_fields(cls, d, cls.__name__))
 
     def replace(self, **changes) -> AutoencoderConfig:
         return dataclasses.replace(self, **changes)

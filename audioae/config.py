@@ -1,0 +1,50 @@
+"""Config dataclasses from TOML, JSON and ``--set`` values: each value checked against its field's
+type before the class sees it, so ``--set model.config.hidden=abc`` is a message, not a TypeError
+from deep inside torch."""
+
+from __future__ import annotations
+
+import typing
+
+
+def _conforms(value: object, t: object) -> bool:
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t in (str, bool, dict):
+        return isinstance(value, t)
+    if typing.get_origin(t) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(t)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args, strict=True))
+    return True  # an annotation not listed above: the class checks it
+
+
+def _as_field(value: object, t: object) -> object:
+    """Lists become tuples where the field is a tuple (TOML and JSON have no tuples)."""
+    if typing.get_origin(t) is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(t)
+        inner = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return tuple(_as_field(v, a) for v, a in zip(value, inner, strict=True))
+    return value
+
+
+def _type_name(t: object) -> str:
+    return t.__name__ if isinstance(t, type) else str(t)
+
+
+def typed_fields(cls: type, values: dict, where: str) -> dict:
+    """``values`` ready for ``cls(**values)``: unknown keys and values of the wrong type raise
+    ValueError naming ``where`` (e.g. ``[train]``), the key, the value and the type expected."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"{where} has no key(s) {unknown}; valid: {sorted(hints)}")
+    for k, v in values.items():
+        if not _conforms(v, hints[k]):
+            raise ValueError(f"{where} {k} = {v!r}: expected {_type_name(hints[k])}")
+    return {k: _as_field(v, hints[k]) for k, v in values.items()}
