@@ -60,7 +60,7 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     if any(p.is_file() for p in given):
         if not all(p.is_file() for p in given):
             missing = [str(p) for p in given if not p.is_file()]
-            raise ValueError(f"give --clean, --enhanced and --noisy as files or all as folders; "
+            raise ValueError(f"give --clean, --enhanced and --noisy all as files or all as folders; "
                              f"not a file: {', '.join(missing)}")
         return Pairing(pairs=[(Path(clean).name, Path(clean), Path(enhanced), Path(noisy) if noisy else None)])
     c, e = audio_files(clean), audio_files(enhanced)

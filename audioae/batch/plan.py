@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS
+from ..fileio import check_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,7 @@ def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
 def _check_output_folder(out: Path) -> None:
     """OUT is a folder: refuse an existing file, and a new name that looks like an audio file
     (``-o clean.wav`` would otherwise become a folder called ``clean.wav``)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output {out} is an existing file; -o names an output folder "
-                         f"(each input is written into it under its own name)")
+    check_output_folder(out, owns=lambda name: False)  # inputs inside OUT: plan_tasks checks each output
     if not out.exists() and out.suffix.lower() in AUDIO_EXTENSIONS:
         raise ValueError(f"-o names an output folder, and {out} looks like a file name; to denoise one "
                          f"file give a folder, e.g. -o {out.parent / 'denoised'} (writes the file there under "
