@@ -6,6 +6,7 @@
     python recipes/denoiser_diagnostics.py gate --model runs/denoiser-small-gate/last.safetensors
     python recipes/denoiser_diagnostics.py swap --model runs/denoiser-small-stage9.safetensors --other FINETUNED
     python recipes/denoiser_diagnostics.py lookahead --model runs/denoiser-small-lookahead/ema.safetensors
+    python recipes/denoiser_diagnostics.py oracle > benchmarks/results/val/oracle.json
 
 ``split``: the model's output is linear in the noisy STFT once its mask and filter taps are fixed
 (they are computed from the noisy input), so the same mask and taps applied to the clean part
@@ -27,6 +28,10 @@ model chose to keep the input.
 ``lookahead``: for a look-ahead model (``model.config.lookahead``), the mean absolute input weight
 on the current frame's compressed magnitudes and on the look-ahead frame's: whether training
 taught the network to listen to the new input (grown models start it at zero).
+
+``oracle``: on every val mixture, the model against two ideal outputs of its own form at its
+own STFT (the ideal [0, 1] magnitude mask with the noisy phase; the same with the clean STFT in
+the deep filter's low bins), per noise type and SNR: the headroom the output form leaves.
 """
 
 from __future__ import annotations
@@ -204,9 +209,46 @@ def lookahead(model) -> dict:
             "lookahead_mean_abs": round(float(w[:, -f:].abs().mean()), 4)}
 
 
+def oracle_outputs(model, noisy: np.ndarray, clean: np.ndarray) -> dict[str, np.ndarray]:
+    """What the model's output form could reach with perfect estimates, at its own STFT: the
+    ideal [0, 1] magnitude mask on the noisy STFT (noisy phase everywhere), and that mask above
+    the deep filter's bins with the clean STFT itself below them (a filter that is exact there)."""
+    x = torch.from_numpy(np.stack([noisy, clean]))  # [2, T]
+    with torch.no_grad():
+        spec = model.stft(x)  # [2, F, N] complex
+        mix, speech = spec[0], spec[1]
+        mask = (speech.abs() / mix.abs().clamp_min(1e-8)).clamp(max=1.0)  # [F, N]
+        ideal_mask = mask * mix
+        ideal_df = ideal_mask.clone()
+        ideal_df[: model.config.df_bins] = speech[: model.config.df_bins]
+        outs = {name: model.stft.inverse(s[None], x.shape[-1])[0].numpy()
+                for name, s in (("ideal_mask", ideal_mask), ("ideal_mask_and_filter", ideal_df))}
+    return outs
+
+
+def oracle(model, root: Path) -> dict:
+    """PESQ, STOI and SI-SDR of the input, the model and the two ideal outputs above, per val
+    mixture: how far the model is from what its output form allows."""
+    from audioae.metrics import si_sdr, stoi
+
+    rows = []
+    for m in json.loads((root / "meta.json").read_text())["mixtures"]:
+        noisy = sf.read(root / "noisy" / m["file"], dtype="float32")[0]
+        clean = sf.read(root / "clean" / m["file"], dtype="float32")[0]
+        y, _, _ = filtered_parts(model, noisy, clean)
+        row = {"noise_type": m["noise_type"], "snr_db": m["snr_db"]}
+        for name, sig in {"input": noisy, "model": y, **oracle_outputs(model, noisy, clean)}.items():
+            row |= {f"pesq_{name}": pesq_wb(sig, clean, SR), f"stoi_{name}": stoi(sig, clean, SR),
+                    f"si_sdr_{name}": si_sdr(sig, clean)}
+        rows.append(row)
+    keys = [k for k in rows[0] if k.split("_")[0] in ("pesq", "stoi", "si")]
+    return {"mixtures": str(root), "overall": _means(rows, keys, digits=3),
+            "per_noise_type": _grouped(rows, "noise_type", keys, digits=3), "per_snr": _grouped(rows, "snr_db", keys, digits=3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("split", "postproc", "gate", "swap", "lookahead"))
+    ap.add_argument("what", choices=("split", "postproc", "gate", "swap", "lookahead", "oracle"))
     ap.add_argument("--model", default=None, help="shipped name or .safetensors (default: the shipped denoiser)")
     ap.add_argument("--other", help="swap: the fine-tuned checkpoint whose parts are swapped in")
     ap.add_argument("--mixtures", type=Path, default=Path("corpus/val/mixtures"))
@@ -218,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(split(model, args.mixtures), indent=1))
     elif args.what == "gate":
         print(json.dumps(gate(model, args.mixtures), indent=1))
+    elif args.what == "oracle":
+        print(json.dumps(oracle(model, args.mixtures), indent=1))
     elif args.what == "lookahead":
         print(json.dumps({"model": args.model, **lookahead(model)}))
     elif args.what == "swap":
