@@ -10,7 +10,9 @@ and STOI per checkpoint as JSON lines. ``--mask-power`` also scores each checkpo
 mask raised to these powers (the ``mask_power`` knob of the model config). ``--base B --alpha
 A...`` also scores each checkpoint's weights interpolated towards B's (``alpha * ckpt + (1 - alpha)
 * B``: a fine-tuned model against the weights it started from; B is first grown into the
-checkpoint's architecture where that grew, e.g. by an input gate).
+checkpoint's architecture where that grew, e.g. by an input gate). ``--split train`` builds the
+same kind of mixtures from the train split instead: a model that scores much higher there than
+on val has learned its training voices and noises rather than the task.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-power", type=float, nargs="*", default=[], help="also score these mask powers")
     ap.add_argument("--base", help="checkpoint to interpolate each checkpoint's weights towards")
     ap.add_argument("--alpha", type=float, nargs="*", default=[], help="interpolation weights of the checkpoint (with --base)")
+    ap.add_argument("--split", choices=("val", "train"), default="val",
+                    help="train: the same kind of mixtures from the train split's voices and noises, to see "
+                         "whether a model does better on what it trained on (the test split is never used)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = load_run_config(args.config)
     data = dataclasses.replace(run.data, val_examples=args.examples)
+    if args.split == "train":
+        data = dataclasses.replace(data, val_clean_dir=data.clean_dir, val_noise_dir=data.noise_dir)
     val_set = None
     if args.alpha and not args.base:
         ap.error("--alpha needs --base")
