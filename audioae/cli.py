@@ -231,26 +231,49 @@ def _cmd_decompose(args) -> int:
 
 
 def _add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="draw the whole learned dictionary of a decomposition model")
+    p = sub.add_parser("inspect", help="draw a decomposition model's dictionary, or what a denoiser does to a file",
+                       description="A sparse_dict model: every atom of its learned dictionary. Any other "
+                                   "spectrogram model with --audio FILE: the file's input and output "
+                                   "spectrograms, the effective gain and the latent code over time, with "
+                                   "the numbers behind them as JSON.")
     p.add_argument("model", nargs="?", help="shipped model name or .safetensors path (default: decomposer-small)")
-    p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png here)")
+    p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG)")
+    p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png or <audio>.<model>.png here)")
     p.set_defaults(func=_cmd_inspect)
 
 
 def _cmd_inspect(args) -> int:
     from pathlib import Path
 
+    from .models.base import SpectralAutoencoder
     from .models.dictionary import SparseDictionary
     from .plots import dictionary_stats, plot_dictionary
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
     path = resolve(args.model, DEFAULT_DECOMPOSER)
     model = load(str(path), default=DEFAULT_DECOMPOSER)
+    name = path.name.removesuffix(".safetensors")
+    if args.audio:
+        if not isinstance(model, SpectralAutoencoder):
+            raise ValueError(f"{path}: --audio needs a spectrogram model, this is a {model.registry_name} model")
+        return _inspect_denoising(model, path, args.audio, Path(args.out or f"{Path(args.audio).stem}.{name}.png"))
     if not isinstance(model, SparseDictionary):
-        raise ValueError(f"{path}: inspect draws sparse_dict dictionaries, this is a {model.registry_name} model")
-    out = Path(args.out or f"{path.name.removesuffix('.safetensors')}-dictionary.png")
+        raise ValueError(f"{path}: without --audio, inspect draws sparse_dict dictionaries; this is a "
+                         f"{model.registry_name} model: add --audio FILE to see what it does to a recording")
+    out = Path(args.out or f"{name}-dictionary.png")
     plot_dictionary(model, out)
     print(json.dumps({"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}, indent=2))
+    return 0
+
+
+def _inspect_denoising(model, path, audio: str, out) -> int:
+    from .audio import read_audio
+    from .plots import denoising_stats, denoising_view, plot_denoising
+
+    wav, sr, _info = read_audio(audio)
+    view = denoising_view(model.eval(), wav, sr)
+    plot_denoising(view, out, title=f"{audio} ({sr} Hz, shown at the model's {model.config.sample_rate} Hz)")
+    print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), **denoising_stats(view)}, indent=2))
     return 0
 
 

@@ -4,7 +4,9 @@
   their activations over time, and their spectrograms -- one PNG to read at a glance;
 - :func:`plot_dictionary`: every atom of a :class:`~audioae.models.dictionary.SparseDictionary`,
   sorted by peak frequency, with where the atoms sit and how wide they are (a wavelet basis would
-  show a constant bandwidth-to-frequency ratio).
+  show a constant bandwidth-to-frequency ratio);
+- :func:`plot_denoising` (with :func:`denoising_view` and :func:`denoising_stats`): what a
+  denoiser does to one recording: input and output spectrograms, the effective gain, the code.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch  # noqa: E402
 
 from .decompose import Decomposition  # noqa: E402
 from .fileio import atomic_write_bytes  # noqa: E402
+from .models.base import SpectralAutoencoder  # noqa: E402
 from .models.dictionary import SparseDictionary  # noqa: E402
 from .spectral import STFT  # noqa: E402
 
@@ -184,4 +187,74 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
                  vmin=-60, vmax=0, extent=(0, tiles.shape[1], 0, c.sample_rate / 2))
     ax_ex.set_title("16 atoms in time-frequency (frames across)", fontsize=9)
     ax_ex.set_xticks([])
+    return _save(fig, path)
+
+
+def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict:
+    """What a spectrogram denoiser does to one recording, at the model's rate and STFT: the input
+    and output magnitudes in dB ``[F, N]``, the effective gain ``|output| / |input|`` in dB
+    ``[F, N]`` (for a deep filter this includes what the filter adds), and the latent code
+    ``[K, N]``. ``wav`` is ``[T]`` or ``[C, T]`` (mixed to mono) at ``sr``."""
+    from .audio import resample
+
+    x = np.asarray(wav, np.float32)
+    mono = torch.from_numpy(x.mean(0) if x.ndim == 2 else x)[None]  # [1, T]
+    msr = model.config.sample_rate
+    z = resample(mono, sr, msr)  # [1, T'] at the model's rate
+    with torch.inference_mode():
+        spec, feat = model.analyze(z)  # [1, F, N], [1, F', N]
+        out, code = model(feat)  # [1, F', N], [1, K, N]
+        est = model.estimate_spec(spec, out)  # [1, F, N]
+    mag_in, mag_out = spec[0].abs().numpy(), est[0].abs().numpy()  # [F, N]
+    return {"input_db": 20 * np.log10(mag_in + 1e-6), "output_db": 20 * np.log10(mag_out + 1e-6),
+            "gain_db": 20 * np.log10((mag_out + 1e-6) / (mag_in + 1e-6)), "code": code[0].numpy(),
+            "energy_in": mag_in**2, "energy_out": mag_out**2,
+            "hop_s": model.config.hop_length / msr, "bin_hz": msr / model.config.n_fft}
+
+
+def denoising_stats(view: dict) -> dict:
+    """Numbers behind the figure: energy removed, the gain per octave band (energy-weighted over
+    frames), and how sparse the code is."""
+    e_in, e_out, code = view["energy_in"], view["energy_out"], view["code"]
+    freqs = np.arange(e_in.shape[0]) * view["bin_hz"]
+    bands = {}
+    nyquist = float(freqs[-1])
+    edges = octave_edges(round(2 * nyquist))
+    edges[-1] += 1.0  # the Nyquist bin belongs to the top band
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        rows = (freqs >= lo) & (freqs < hi)
+        if rows.any():
+            ratio = e_out[rows].sum() / max(float(e_in[rows].sum()), 1e-20)
+            bands[f"{lo:.0f}-{min(hi, nyquist):.0f} Hz"] = round(10 * math.log10(max(ratio, 1e-20)), 2)
+    active = np.abs(code) > 1e-3 * max(float(np.abs(code).max()), 1e-12)  # [K, N]
+    return {"frames": int(e_in.shape[1]), "energy_removed_db": round(10 * math.log10(
+                max(float(e_out.sum()), 1e-20) / max(float(e_in.sum()), 1e-20)), 2),
+            "gain_db_per_band": bands, "code_units": int(code.shape[0]),
+            "code_active_share": round(float(active.mean()), 4),
+            "code_units_never_active": int((~active.any(1)).sum())}
+
+
+def plot_denoising(view: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """One PNG: input and output spectrograms, the effective gain, and the latent code over time."""
+    fig, axes = plt.subplots(4, 1, figsize=(14, 13), gridspec_kw={"hspace": 0.45})
+    hop_s, bin_hz = view["hop_s"], view["bin_hz"]
+    vmax = float(view["input_db"].max())
+    _show_spec(axes[0], view["input_db"], hop_s, bin_hz, vmax, f"input {title}".strip())
+    _show_spec(axes[1], view["output_db"], hop_s, bin_hz, vmax, "output")
+    n, f = view["gain_db"].shape[1], view["gain_db"].shape[0]
+    im = axes[2].imshow(np.clip(view["gain_db"], -40, 10), origin="lower", aspect="auto", cmap="RdBu_r",
+                        norm=matplotlib.colors.TwoSlopeNorm(vmin=-40, vcenter=0, vmax=10),
+                        extent=(0, n * hop_s, 0, f * bin_hz))
+    axes[2].set_title("effective gain |output| / |input| (dB; white: kept, blue: removed, red: raised)", fontsize=9)
+    axes[2].set_ylabel("Hz", fontsize=8)
+    fig.colorbar(im, ax=axes[2], pad=0.01, fraction=0.02)
+    code = view["code"]  # [K, N]
+    im = axes[3].imshow(code, origin="lower", aspect="auto", cmap="viridis", extent=(0, n * hop_s, 0, code.shape[0]),
+                        interpolation="nearest")
+    axes[3].set_title(f"latent code ({code.shape[0]} units per frame)", fontsize=9)
+    axes[3].set_ylabel("unit", fontsize=8)
+    fig.colorbar(im, ax=axes[3], pad=0.01, fraction=0.02)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    axes[3].set_xlabel("s", fontsize=8)
     return _save(fig, path)

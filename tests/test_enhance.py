@@ -70,3 +70,33 @@ def test_denoise_and_streaming_refuse_a_rate_the_model_cannot_resample_to():
     with pytest.raises(AudioError, match="cannot be resampled to the model's 8000 Hz"):
         denoise(_bidirectional(), x, 44101, max_offline_seconds=0.5)  # the windowed path too
     assert denoise(causal, x[:, :22050], 22050).shape == (1, 22050)  # a standard rate still works
+
+
+def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
+    import json
+
+    import matplotlib.image
+
+    from audioae.audio import write_audio
+    from audioae.checkpoint import save_checkpoint
+    from audioae.cli import main
+    from audioae.data.synthetic import noise, speech_like
+
+    torch.manual_seed(0)
+    cfg = {"hidden": 32, "code_dim": 12, "output": "deepfilter", "df_order": 3, "df_bins": 16}
+    save_checkpoint(build_model("recurrent", cfg), tmp_path / "den.safetensors")
+    rng = np.random.default_rng(0)
+    x = speech_like(rng, 1.5, 22050) + 0.1 * noise(rng, 1.5, 22050, "pink")
+    write_audio(tmp_path / "noisy.wav", np.stack([x, 0.5 * x]), 22050)  # stereo, not the model's rate
+    png = tmp_path / "view.png"
+    assert main(["inspect", str(tmp_path / "den.safetensors"), "--audio", str(tmp_path / "noisy.wav"), "-o", str(png)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 800 and image[..., :3].std() > 0.05  # four panels, not a blank canvas
+    assert info["frames"] == 1 + int(1.5 * 16000) // 128  # the model's frames (n_fft 512, hop 128, centred)
+    assert info["code_units"] == 12 and 0.0 <= info["code_active_share"] <= 1.0
+    assert list(info["gain_db_per_band"]) == ["0-62 Hz", "62-125 Hz", "125-250 Hz", "250-500 Hz", "500-1000 Hz",
+                                              "1000-2000 Hz", "2000-4000 Hz", "4000-8000 Hz"]  # octaves at 16 kHz
+    assert np.isfinite(info["energy_removed_db"])
+    assert main(["inspect", str(tmp_path / "den.safetensors")]) == 2  # a denoiser needs --audio
+    assert "add --audio FILE" in capsys.readouterr().err
