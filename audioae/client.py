@@ -406,6 +406,8 @@ class Client:
         """Stream a file through ``StreamDenoise`` in ``chunk_ms`` chunks, writing ``dst``
         progressively (temp file in the same folder, renamed at the end); an existing folder
         ``dst`` gets the file under its own name. The input is never overwritten."""
+        if not chunk_ms > 0:
+            raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
         try:
             info = sf.info(str(src))
