@@ -186,6 +186,23 @@ def test_diagnostic_split_parts_sum_to_the_output_of_a_deep_filter_model():
     assert np.abs(speech - clean).max() > 1e-3  # the mask did act on the speech
 
 
+def test_diagnostic_oracle_keeps_clean_input_and_its_filter_bound_is_the_tighter():
+    """The ideal mask of a clean input is 1 (output = input); on a noisy one, the clean STFT in
+    the filter's bins can only come closer to the clean signal than the mask alone."""
+    from audioae.metrics import si_sdr
+    from audioae.models import build_model
+
+    model = build_model("recurrent", {"sample_rate": SR, "n_fft": 384, "hop_length": 192, "hidden": 16,
+                                      "code_dim": 8, "output": "deepfilter", "df_order": 5, "df_bins": 96}).eval()
+    rng = np.random.default_rng(1)
+    clean = synthetic.speech_like(rng, 1.0, SR)
+    for out in diag.oracle_outputs(model, clean, clean).values():
+        np.testing.assert_allclose(out, clean, atol=1e-5)
+    noisy = (clean + 0.5 * synthetic.noise(rng, 1.0, SR, "white")).astype(np.float32)
+    o = diag.oracle_outputs(model, noisy, clean)
+    assert si_sdr(noisy, clean) + 5 < si_sdr(o["ideal_mask"], clean) < si_sdr(o["ideal_mask_and_filter"], clean)
+
+
 def test_diagnostic_lookahead_reads_the_weights_on_each_input_group():
     """A model grown into a look-ahead one starts with zero weights on the new inputs."""
     from audioae.models import build_model
