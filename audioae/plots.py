@@ -42,12 +42,16 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _db(mag: np.ndarray) -> np.ndarray:
+    return 20 * np.log10(mag + 1e-6)
+
+
 def _spec_db(wav: np.ndarray, sr: int) -> tuple[np.ndarray, float, float]:
     """Mono ``wav [T]`` -> ``(dB [F, N], hop seconds, bin Hz)`` with a ~32 ms window."""
     n_fft = 2 ** max(6, round(math.log2(0.032 * sr)))
     stft = STFT(n_fft, n_fft // 4)
     mag = stft(torch.as_tensor(wav, dtype=torch.float32)).abs().numpy()  # [F, N]
-    return 20 * np.log10(mag + 1e-6), (n_fft // 4) / sr, sr / n_fft
+    return _db(mag), (n_fft // 4) / sr, sr / n_fft
 
 
 def _show_spec(ax, db: np.ndarray, hop_s: float, bin_hz: float, vmax: float, title: str) -> None:
@@ -192,9 +196,9 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
 
 def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict:
     """What a spectrogram denoiser does to one recording, at the model's rate and STFT: the input
-    and output magnitudes in dB ``[F, N]``, the effective gain ``|output| / |input|`` in dB
-    ``[F, N]`` (for a deep filter this includes what the filter adds), and the latent code
-    ``[K, N]``. ``wav`` is ``[T]`` or ``[C, T]`` (mixed to mono) at ``sr``."""
+    and output magnitudes ``[F, N]`` (their ratio is the effective gain; for a deep filter it
+    includes what the filter adds) and the latent code ``[K, N]``. ``wav`` is ``[T]`` or
+    ``[C, T]`` (mixed to mono) at ``sr``."""
     from .audio import resample
 
     x = np.asarray(wav, np.float32)
@@ -205,17 +209,14 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
         spec, feat = model.analyze(z)  # [1, F, N], [1, F', N]
         out, code = model(feat)  # [1, F', N], [1, K, N]
         est = model.estimate_spec(spec, out)  # [1, F, N]
-    mag_in, mag_out = spec[0].abs().numpy(), est[0].abs().numpy()  # [F, N]
-    return {"input_db": 20 * np.log10(mag_in + 1e-6), "output_db": 20 * np.log10(mag_out + 1e-6),
-            "gain_db": 20 * np.log10((mag_out + 1e-6) / (mag_in + 1e-6)), "code": code[0].numpy(),
-            "energy_in": mag_in**2, "energy_out": mag_out**2,
+    return {"mag_in": spec[0].abs().numpy(), "mag_out": est[0].abs().numpy(), "code": code[0].numpy(),  # [F, N] x2, [K, N]
             "hop_s": model.config.hop_length / msr, "bin_hz": msr / model.config.n_fft}
 
 
 def denoising_stats(view: dict) -> dict:
     """Numbers behind the figure: energy removed, the gain per octave band (energy-weighted over
     frames), and how sparse the code is."""
-    e_in, e_out, code = view["energy_in"], view["energy_out"], view["code"]
+    e_in, e_out, code = view["mag_in"] ** 2, view["mag_out"] ** 2, view["code"]  # [F, N], [F, N], [K, N]
     freqs = np.arange(e_in.shape[0]) * view["bin_hz"]
     bands = {}
     nyquist = float(freqs[-1])
@@ -238,11 +239,12 @@ def plot_denoising(view: dict, path: str | os.PathLike, title: str = "") -> Path
     """One PNG: input and output spectrograms, the effective gain, and the latent code over time."""
     fig, axes = plt.subplots(4, 1, figsize=(14, 13), gridspec_kw={"hspace": 0.45})
     hop_s, bin_hz = view["hop_s"], view["bin_hz"]
-    vmax = float(view["input_db"].max())
-    _show_spec(axes[0], view["input_db"], hop_s, bin_hz, vmax, f"input {title}".strip())
-    _show_spec(axes[1], view["output_db"], hop_s, bin_hz, vmax, "output")
-    n, f = view["gain_db"].shape[1], view["gain_db"].shape[0]
-    im = axes[2].imshow(np.clip(view["gain_db"], -40, 10), origin="lower", aspect="auto", cmap="RdBu_r",
+    db_in, db_out = _db(view["mag_in"]), _db(view["mag_out"])  # [F, N]
+    vmax = float(db_in.max())
+    _show_spec(axes[0], db_in, hop_s, bin_hz, vmax, f"input {title}".strip())
+    _show_spec(axes[1], db_out, hop_s, bin_hz, vmax, "output")
+    f, n = db_in.shape
+    im = axes[2].imshow(np.clip(db_out - db_in, -40, 10), origin="lower", aspect="auto", cmap="RdBu_r",
                         norm=matplotlib.colors.TwoSlopeNorm(vmin=-40, vcenter=0, vmax=10),
                         extent=(0, n * hop_s, 0, f * bin_hz))
     axes[2].set_title("effective gain |output| / |input| (dB; white: kept, blue: removed, red: raised)", fontsize=9)

@@ -7,7 +7,8 @@ val quality, against float32, for each checkpoint given.
 A probe for a decision, not a feature: ``torch.ao.quantization.quantize_dynamic`` says it is
 deprecated (torchao's replacement quantizes Linear layers, not GRUs). Speed is the model's
 forward pass on the features of a 60 s input on one thread, the two variants timed in turn;
-``--quality`` also scores both on the 48 val mixtures of ``recipes/compare_checkpoints.py``.
+``--quality`` also scores them on the 48 val mixtures of ``recipes/compare_checkpoints.py``, and
+a third variant with the Linear layers quantized too.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from audioae.fileio import atomic_write_json
 from audioae.train import load_run_config, make_validation_set, validate
 
 
-def gru_int8(model: torch.nn.Module) -> torch.nn.Module:
+def int8(model: torch.nn.Module, layers: set[type]) -> torch.nn.Module:
+    """A copy with ``layers`` dynamically quantized to int8 (weights int8, activations per call)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.GRU}, dtype=torch.qint8)
-    q.parameters = model.parameters  # validate() finds the device through parameters(); int8 GRUs have none
-    return q
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), layers, dtype=torch.qint8)
 
 
 def forward_speed(variants: dict[str, torch.nn.Module], rounds: int, seconds: float = 60.0) -> dict[str, float]:
@@ -61,13 +61,16 @@ def main() -> None:
     rows = []
     for path in args.checkpoints:
         model = load_checkpoint(path).eval()
-        variants = {"float32": model, "gru_int8": gru_int8(model)}
+        variants = {"float32": model, "gru_int8": int8(model, {torch.nn.GRU})}
         row = {"checkpoint": path, "parameters": model.num_parameters(), "hidden": model.config.hidden,
                "forward_x_realtime": forward_speed(variants, args.rounds)}
-        if args.quality:
+        if args.quality:  # the Linear layers too, for quality only: their int8 form has no parameters() to find the device by
             data = dataclasses.replace(load_run_config("configs/denoiser-small.toml").data, val_examples=48)
             val = make_validation_set(model, data, seed=1234)
-            row["val48"] = {k: {m: round(v, 4) for m, v in validate(mm, val).items()} for k, mm in variants.items()}
+            both = int8(model, {torch.nn.GRU, torch.nn.Linear})
+            both.parameters = model.parameters  # validate() looks the device up through parameters()
+            scored = {**variants, "gru_and_linear_int8": both}
+            row["val48"] = {k: {m: round(v, 4) for m, v in validate(mm, val).items()} for k, mm in scored.items()}
         print(json.dumps(row), flush=True)
         rows.append(row)
     atomic_write_json(args.out, {"threads": 1, "rounds": args.rounds, "torch": torch.__version__, "rows": rows})

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from audioae import pretrained
 from audioae.metrics import pesq_wb
+from audioae.spectral import apply_mask
 from audioae.train import load_run_config, make_validation_set, validate
 
 SR = 16000
@@ -215,15 +216,12 @@ def oracle_outputs(model, noisy: np.ndarray, clean: np.ndarray) -> dict[str, np.
     the deep filter's bins with the clean STFT itself below them (a filter that is exact there)."""
     x = torch.from_numpy(np.stack([noisy, clean]))  # [2, T]
     with torch.no_grad():
-        spec = model.stft(x)  # [2, F, N] complex
-        mix, speech = spec[0], spec[1]
-        mask = (speech.abs() / mix.abs().clamp_min(1e-8)).clamp(max=1.0)  # [F, N]
-        ideal_mask = mask * mix
+        mix, speech = model.stft(x)  # [F, N] complex each
+        ideal_mask = apply_mask(mix, (speech.abs() / mix.abs().clamp_min(1e-8)).clamp(max=1.0))  # [F, N]
         ideal_df = ideal_mask.clone()
         ideal_df[: model.config.df_bins] = speech[: model.config.df_bins]
-        outs = {name: model.stft.inverse(s[None], x.shape[-1])[0].numpy()
+        return {name: model.stft.inverse(s[None], x.shape[-1])[0].numpy()
                 for name, s in (("ideal_mask", ideal_mask), ("ideal_mask_and_filter", ideal_df))}
-    return outs
 
 
 def oracle(model, root: Path) -> dict:
@@ -235,7 +233,8 @@ def oracle(model, root: Path) -> dict:
     for m in json.loads((root / "meta.json").read_text())["mixtures"]:
         noisy = sf.read(root / "noisy" / m["file"], dtype="float32")[0]
         clean = sf.read(root / "clean" / m["file"], dtype="float32")[0]
-        y, _, _ = filtered_parts(model, noisy, clean)
+        with torch.no_grad():
+            y = model.enhance(torch.from_numpy(noisy)[None])[0][0].numpy()  # [T]
         row = {"noise_type": m["noise_type"], "snr_db": m["snr_db"]}
         for name, sig in {"input": noisy, "model": y, **oracle_outputs(model, noisy, clean)}.items():
             row |= {f"pesq_{name}": pesq_wb(sig, clean, SR), f"stoi_{name}": stoi(sig, clean, SR),
