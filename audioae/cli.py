@@ -236,7 +236,8 @@ def _add_inspect(sub) -> None:
                                    "spectrogram model with --audio FILE: the file's input and output "
                                    "spectrograms, the effective gain and the latent code over time, with "
                                    "the numbers behind them as JSON.")
-    p.add_argument("model", nargs="?", help="shipped model name or .safetensors path (default: decomposer-small)")
+    p.add_argument("model", nargs="?", help="shipped model name or .safetensors path (default: decomposer-small, "
+                                            "or denoiser-small with --audio)")
     p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG)")
     p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png or <audio>.<model>.png here)")
     p.set_defaults(func=_cmd_inspect)
@@ -248,12 +249,15 @@ def _cmd_inspect(args) -> int:
     from .models.base import SpectralAutoencoder
     from .models.dictionary import SparseDictionary
     from .plots import dictionary_stats, plot_dictionary
-    from .pretrained import DEFAULT_DECOMPOSER, load, resolve
+    from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
 
-    path = resolve(args.model, DEFAULT_DECOMPOSER)
-    model = load(str(path), default=DEFAULT_DECOMPOSER)
+    path = resolve(args.model, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
+    model = load(str(path))
     name = path.name.removesuffix(".safetensors")
     if args.audio:
+        if isinstance(model, SparseDictionary):  # its output is a reconstruction: components say more
+            raise ValueError(f"{path}: --audio shows what a denoiser does; for a decomposition model's "
+                             f"components of a recording run: audioae decompose {args.audio} -o DIR --plot")
         if not isinstance(model, SpectralAutoencoder):
             raise ValueError(f"{path}: --audio needs a spectrogram model, this is a {model.registry_name} model")
         return _inspect_denoising(model, path, args.audio, Path(args.out or f"{Path(args.audio).stem}.{name}.png"))

@@ -100,3 +100,7 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert np.isfinite(info["energy_removed_db"])
     assert main(["inspect", str(tmp_path / "den.safetensors")]) == 2  # a denoiser needs --audio
     assert "add --audio FILE" in capsys.readouterr().err
+    assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(png)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"].endswith("denoiser-small.safetensors")  # the default denoiser
+    assert main(["inspect", "decomposer-small", "--audio", str(tmp_path / "noisy.wav")]) == 2
+    assert "audioae decompose" in capsys.readouterr().err  # components, not a reconstruction, show a decomposer
