@@ -204,6 +204,9 @@ def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckp
     assert run_denoise([src], out, opts)["ok"] == len(TREE)
     s = run_denoise([src], out, opts)  # its own outputs are not new inputs
     assert (s["files"], s["skipped"]) == (len(TREE) + 1, len(TREE))
+    s = run_denoise([src], tmp_path / "again", opts)  # nor are they for a run into another folder
+    assert (s["files"], s["ok"]) == (len(TREE) + 1, len(TREE))
+    assert run_denoise([out], tmp_path / "twice", opts)["ok"] == len(TREE)  # unless named as an input
 
 
 def test_default_model_or_clear_error(tmp_path, capsys):

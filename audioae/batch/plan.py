@@ -1,7 +1,7 @@
 """Which files a folder job reads and where each one's output goes.
 
-Folders are searched recursively for WAV/FLAC/OGG; a file named on the command line is taken as
-is. Each output keeps its input's path relative to the folder it was found in (a file given
+Folders are searched recursively for WAV/FLAC/OGG (not into another run's output folder, which
+its manifest marks); a file named on the command line is taken as is. Each output keeps its input's path relative to the folder it was found in (a file given
 directly goes to ``OUT/<name>``). The plan refuses, before any work starts, to overwrite an
 input or to write two inputs to one output.
 """
@@ -52,11 +52,17 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (sorted, recursive) with their relative paths, skipping OUT
-    when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs)."""
+    when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs), and
+    skipping a subfolder that holds another run's manifest: denoised copies, not recordings."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
         if here.resolve() == out_dir:
+            dirnames[:] = []
+            continue
+        if here != folder and MANIFEST_NAME in filenames:
+            log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s); name it as an input "
+                        "to denoise it anyway", here, MANIFEST_NAME)
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
