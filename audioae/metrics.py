@@ -50,10 +50,29 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
         return float("nan")
 
 
+STOI_MIN_SECONDS = 0.0256  # one 256-sample analysis frame at STOI's 10 kHz; pystoi fails below it
+
+
 def stoi(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
+    """STOI (pystoi). NaN when the pair is too short to score: shorter than one STOI frame (pystoi
+    fails), or with fewer than its 30 non-silent frames (pystoi warns and returns 1e-5, a number
+    that would pass for a score)."""
+    import warnings
+
     from pystoi import stoi as _stoi
 
-    return float(_stoi(np.asarray(reference, np.float64), np.asarray(estimate, np.float64), sr, extended=False))
+    if len(reference) < STOI_MIN_SECONDS * sr:
+        log.warning("STOI could not score this pair: %d samples at %d Hz, shorter than STOI's %.1f ms frame",
+                    len(reference), sr, 1000 * STOI_MIN_SECONDS)
+        return float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = _stoi(np.asarray(reference, np.float64), np.asarray(estimate, np.float64), sr, extended=False)
+    if any("Not enough STFT frames" in str(w.message) for w in caught):
+        log.warning("STOI could not score this pair: fewer than 30 non-silent 25.6 ms frames (%.2f s at %d Hz)",
+                    len(reference) / sr, sr)
+        return float("nan")
+    return float(value)
 
 
 def score(estimate: np.ndarray, reference: np.ndarray, sr: int, noisy: np.ndarray | None = None) -> dict[str, float]:

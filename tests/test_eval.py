@@ -110,3 +110,18 @@ def test_three_files_are_one_pair_and_a_file_with_folders_is_an_error(folders, c
     assert f["si_sdr_i"] == pytest.approx(truth[rel][0] - truth[rel][1], abs=1e-3)
     assert main(["eval", "--clean", str(dirs["clean"] / rel), "--enhanced", str(dirs["enhanced"])]) == 2
     assert "as files or all as folders" in capsys.readouterr().err
+
+
+def test_a_pair_too_short_for_pesq_or_stoi_still_gets_its_si_sdr(folders):
+    dirs, _ = folders
+    rng = np.random.default_rng(1)
+    for rel, seconds in (("tiny.wav", 100 / SR), ("short.wav", 0.3)):  # below one STOI frame; below 30 frames
+        clean = speech_like(rng, seconds, SR)
+        sf.write(dirs["clean"] / rel, clean, SR, subtype="FLOAT")
+        sf.write(dirs["enhanced"] / rel, at_snr(clean, noise(rng, seconds, SR, "white"), 15.0), SR, subtype="FLOAT")
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    assert (rep["scored"], rep["errors"]) == (5, [])  # pystoi raised on the first and said 1e-5 for the second
+    for rel in ("tiny.wav", "short.wav"):
+        f = next(f for f in rep["files"] if f["file"] == rel)
+        assert f["si_sdr"] == pytest.approx(15.0, abs=1.0) and f["pesq"] is None and f["stoi"] is None
+    assert 0.5 < rep["mean"]["stoi"] <= 1.0  # the three that could be scored
