@@ -180,7 +180,10 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     raw: dict = {}
     if path:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            try:
+                raw = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{path}: not a TOML run config ({exc})") from None
     unknown = sorted(set(raw) - {"model", "data", "train"})
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; valid: model, data, train")
@@ -457,6 +460,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     out = Path(tc.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run's output folder {out} is a file; give a folder (--out or train.out_dir)")
     out.mkdir(parents=True, exist_ok=True)
 
     model = build_model(run.model, run.model_config)

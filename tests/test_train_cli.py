@@ -147,6 +147,16 @@ def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     assert "no key(s) ['stepz']" in capsys.readouterr().err
 
 
+def test_a_config_that_is_not_toml_or_an_output_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "notes.md").write_text("# a heading\nsome prose\n")
+    assert main(["train", str(tmp_path / "notes.md"), "--out", str(tmp_path / "run")]) == 2
+    assert "notes.md: not a TOML run config" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a file")
+    assert main(["train", CONFIG, "--out", str(tmp_path / "taken"), "--steps", "1"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 @pytest.mark.parametrize(("override", "text"), [("train.lr=fast", "lr = 'fast': expected float"),
                                                 ("train.steps=1.5", "steps = 1.5: expected int"),
                                                 ("model.config.hidden=abc", "hidden = 'abc': expected int"),
