@@ -244,7 +244,9 @@ class StreamingDenoiser:
         m = out.shape[-1]
         done, self.pending_spec = spec[..., :m], [spec[..., m:]]
         with_past = torch.cat([self.spec_past, done], dim=-1)  # [C, F, P + m]
-        self.spec_past = with_past[..., with_past.shape[-1] - self.model.spec_context_frames :]
+        # max(0, ...): while fewer frames than the context have passed, keep them all (a negative
+        # start would keep only the last few, and the filter would lose taps for good).
+        self.spec_past = with_past[..., max(0, with_past.shape[-1] - self.model.spec_context_frames) :]
         return self.stft.add_frames(self.model.estimate_spec(with_past, out))  # [C, k] at the model rate
 
     def _output(self, y_model: torch.Tensor, final: bool) -> torch.Tensor:

@@ -44,17 +44,20 @@ def test_context_frames_continue_the_filter():
     torch.testing.assert_close(tail, whole[..., 6:])
 
 
+@pytest.mark.parametrize(("sr", "df_order"), [(44100, 3), (16000, 5)])  # 16 kHz: no resampler to gather
+# samples into blocks, so small chunks bring one frame at a time; 5 taps (the shipped model's) read
+# more past frames than that
 @pytest.mark.parametrize("lookahead", [0, 32])
 @pytest.mark.parametrize("chunk", [1, 100, 4410])
-def test_deep_filter_streams_like_offline(chunk, lookahead):
-    m = _df_model(lookahead=lookahead)  # look-ahead: tests/test_lookahead.py
+def test_deep_filter_streams_like_offline(chunk, lookahead, sr, df_order):
+    m = _df_model(lookahead=lookahead, df_order=df_order)  # look-ahead: tests/test_lookahead.py
     with torch.no_grad():
         for p in m.to_out.parameters():  # non-trivial taps
             p.normal_(0, 0.3)
         m.enc_in.weight.normal_(0, 0.3)  # every input heard, the look-ahead rows too
     wav = (0.1 * np.random.default_rng(1).standard_normal((2, 22050))).astype(np.float32)
-    offline = denoise(m, wav, 44100)
-    sd = StreamingDenoiser(m, 44100, channels=2)
+    offline = denoise(m, wav, sr)
+    sd = StreamingDenoiser(m, sr, channels=2)
     streamed = torch.cat([sd.push(wav[:, i : i + chunk]) for i in range(0, wav.shape[1], chunk)] + [sd.finish()], -1)
     assert streamed.shape == offline.shape
     np.testing.assert_allclose(streamed.numpy(), offline, atol=2e-6)

@@ -65,6 +65,18 @@ def test_shipped_denoiser_streams_like_offline_at_44k_stereo(model):
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
 
 
+@pytest.mark.parametrize("sr", [16000, 48000])
+def test_shipped_denoiser_streams_like_offline_in_10_ms_chunks(model, sr):
+    """Real-time callers send 10 ms: less than one hop, so most calls bring one frame or none,
+    fewer than the deep filter's past taps."""
+    _, noisy = _noisy_example(sr=sr, seconds=1.5)
+    offline = denoise(model, noisy, sr)
+    s = StreamingDenoiser(model, sr, 1)
+    step = sr // 100
+    streamed = torch.cat([s.push(noisy[i : i + step]) for i in range(0, len(noisy), step)] + [s.finish()], -1)
+    np.testing.assert_allclose(streamed.numpy()[0], offline, atol=1e-5)
+
+
 def test_main_job_denoises_the_shipped_examples(tmp_path, capsys):
     examples = Path(pretrained.__file__).parent / "examples"
     inputs = sorted(p for p in examples.iterdir() if p.suffix in (".wav", ".flac"))
