@@ -1,8 +1,9 @@
 """Which files a folder job reads and where each one's output goes.
 
 Folders are searched recursively for WAV/FLAC/OGG (not into another run's output folder, which
-its manifest marks); a file named on the command line is taken as is. Each output keeps its input's path relative to the folder it was found in (a file given
-directly goes to ``OUT/<name>``). The plan refuses, before any work starts, to overwrite an
+its manifest marks); a file named on the command line is taken as is. Each output keeps its
+input's path relative to the folder it was found in (a file given directly goes to
+``OUT/<name>``). The plan refuses, before any work starts, to overwrite an
 input or to write two inputs to one output.
 """
 
