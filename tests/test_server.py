@@ -849,3 +849,13 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
     assert _wait_until(lambda: count() == before + 1), server.metrics.text()  # the handler ended, counted
     assert _wait_until(lambda: server.gate.inflight == 0)
     assert client.health() == "SERVING"
+
+
+@pytest.mark.parametrize(("flags", "text"), [(["--port", "70000"], "port must be within [0, 65535]"),
+                                             (["--metrics-port", "-1"], "metrics_port must be within"),
+                                             (["--max-streams", "0"], "max_queue and max_streams must be >= 1"),
+                                             (["--tls-cert", "cert.pem"], "TLS needs both"),
+                                             (["--max-request-mb", "0"], "max_request_mb must be positive")])
+def test_bad_server_settings_are_refused_before_anything_loads(flags, text, capsys):
+    assert cli_main(["serve", *flags]) == 2  # gRPC alone would bind port 70000 as 4464
+    assert text in capsys.readouterr().err
