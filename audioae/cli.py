@@ -401,8 +401,10 @@ def _add_client(sub) -> None:
     c.add_argument("input")
     c.add_argument("-o", "--out", help="output folder (default: INPUT.components/ beside it)")
     c.add_argument("--model", default="")
-    c.add_argument("--top-k", type=int, default=0, help="components to return (0: all)")
+    c.add_argument("--top-k", "--top", type=int, default=0, help="components to return (0: all)")
     c.add_argument("--group", default="", help="grouping of latent units (default: none)")
+    c.add_argument("--fit", type=int, default=None, metavar="STEPS",
+                   help="per-recording fit steps, as for audioae decompose (default: the model's; 0: fastest)")
     c.add_argument("--no-audio", action="store_true", help="activations and summary only, no waveforms")
     m = csub.add_parser("models", parents=[conn], help="list the served models")
     m.add_argument("--json", action="store_true")
@@ -455,7 +457,7 @@ def _client_call(args, client) -> int:
         out = args.out or str(Path(args.input).with_suffix(".components"))
         check_output_folder(out, writes_decomposition_file, [args.input])  # before the call, not after
         res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
-                               group=args.group, components=not args.no_audio)
+                               group=args.group, components=not args.no_audio, fit_steps=args.fit)
         files = save_decomposition(res, out)
         print(json.dumps({**res.summary(), "files": [str(f) for f in files]}, indent=2))
     elif cmd == "models":
