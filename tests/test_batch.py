@@ -312,3 +312,18 @@ def test_a_checkpoint_that_disagrees_with_its_sha256_file_is_refused(tmp_path, c
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))
     assert not (out / "a.wav").exists()
+
+
+def test_a_model_not_trained_to_denoise_is_named_in_a_warning(tmp_path, caplog):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", noisy_signal(np.random.default_rng(0), 1.0, 16000, 1), 16000)
+    torch.manual_seed(0)
+    trained = tmp_path / "den.safetensors"  # corruption "mix": what denoiser configs train with
+    save_checkpoint(build_model("recurrent", {"hidden": 16, "code_dim": 8, "corruption": "mix"}), trained)
+    opts = DenoiseOptions(model=str(trained), progress=False)
+    assert run_denoise([src], tmp_path / "out1", opts)["ok"] == 1
+    assert "trained without corruption" not in caplog.text
+    opts = DenoiseOptions(model="decomposer-small", progress=False)  # a plain sparse autoencoder
+    assert run_denoise([src], tmp_path / "out2", opts)["ok"] == 1  # still runs: a reconstruction may be wanted
+    assert "decomposer-small.safetensors was trained without corruption" in caplog.text

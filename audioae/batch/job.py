@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_checkpoint, sidecar_sha256
+from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
 from .manifest import FileResult, ManifestWriter, previous_durations, summarize
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
@@ -59,6 +60,15 @@ def _resolve_model(spec: str | None) -> Path:
         raise CheckpointError(f"no --model given and the default model {DEFAULT_DENOISER!r} is not shipped "
                               f"with this install; pass --model PATH.safetensors")
     return resolve(spec)
+
+
+def _warn_if_not_trained_to_denoise(ckpt: Path) -> None:
+    """A model trained on clean input (``corruption = "none"``: the decomposer, a plain
+    autoencoder) gives back its reconstruction, not a denoised copy; say so before the job runs."""
+    config = json.loads(read_metadata(ckpt)["config"])
+    if config.get("corruption") == "none":
+        log.warning("%s was trained without corruption (a plain autoencoder): its outputs are its "
+                    "reconstructions of the inputs, noise included, not denoised copies", ckpt.name)
 
 
 @contextlib.contextmanager
@@ -121,6 +131,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         require_ray()  # before anything is written: without Ray, say how to install it
     tasks = plan_tasks(inputs, out_dir)
     ckpt = _resolve_model(options.model)
+    _warn_if_not_trained_to_denoise(ckpt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
