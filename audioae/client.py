@@ -109,6 +109,22 @@ def array_to_pcm_bytes(wav: np.ndarray, fmt: int) -> bytes:
     return np.ascontiguousarray(x.astype(dtype)).tobytes()
 
 
+def float_audio(wav, name: str = "audio") -> np.ndarray:
+    """A caller's ``[T]`` or ``[C, T]`` float array -> ``[C, T]`` float32, refusing the two usual
+    slips before they reach the server as nonsense: integer samples (int16 PCM taken as floats
+    is 32768 times too loud) and soundfile's ``[T, C]`` layout."""
+    x = np.asarray(wav)
+    if x.dtype.kind not in "f":
+        raise ValueError(f"{name}: float samples in [-1, 1] expected, got {x.dtype}; for int16 PCM pass "
+                         f"x.astype(np.float32) / 32768 (files: denoise_file or denoise_bytes)")
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name}: [T] or [C, T] expected, got shape {x.shape}")
+    if x.ndim == 2 and x.shape[0] > MAX_CHANNELS >= x.shape[1]:
+        raise ValueError(f"{name}: channels first ([C, T]) expected, got shape {x.shape}, which looks like "
+                         f"[T, C] (soundfile.read's layout): pass its transpose, x.T")
+    return np.atleast_2d(x.astype(np.float32, copy=False))  # [C, T]
+
+
 def pcm_message(wav: np.ndarray, sr: int, fmt: str | int = "float32"):
     """``[C, T]`` (or ``[T]``) float audio -> ``Pcm`` message."""
     pb = _pb()
@@ -312,15 +328,12 @@ class Client:
     ) -> np.ndarray:
         """``wav [T]`` or ``[C, T]`` at ``sr`` -> the same shape, denoised (sent as raw PCM)."""
         pb = _pb()
-        x = np.asarray(wav, dtype=np.float32)
-        req = pb.DenoiseRequest(
-            model=model, audio=pb.Audio(pcm=pcm_message(np.atleast_2d(x), sr, pcm_format))
-        )
+        req = pb.DenoiseRequest(model=model, audio=pb.Audio(pcm=pcm_message(float_audio(wav), sr, pcm_format)))
         if strength is not None:
             req.strength = strength
         resp = self.stub.Denoise(req, **self._kw(timeout))
         y, _, _ = audio_from_message(resp.audio, "response")
-        return y[0] if x.ndim == 1 else y
+        return y[0] if np.ndim(wav) == 1 else y
 
     def denoise_bytes(
         self, data: bytes, *, model: str = "", strength: float | None = None, timeout: float | None = None
@@ -383,15 +396,29 @@ class Client:
         if strength is not None:
             config.strength = strength
 
+        import grpc
+
+        failed: list[Exception] = []
+
         def requests():
             yield pb.StreamDenoiseRequest(config=config)
-            for chunk in chunks:
-                c = np.atleast_2d(np.asarray(chunk, dtype=np.float32))  # [C, n]
-                yield pb.StreamDenoiseRequest(audio=array_to_pcm_bytes(c, code))
+            try:
+                for chunk in chunks:
+                    c = float_audio(chunk, "chunk")  # [C, n]
+                    yield pb.StreamDenoiseRequest(audio=array_to_pcm_bytes(c, code))
+            except Exception as exc:  # noqa: BLE001 - gRPC runs this on its own thread and drops errors
+                failed.append(exc)  # end the stream here; raised to the caller below
 
-        for resp in self.stub.StreamDenoise(requests(), **self._kw(timeout)):
-            if resp.audio:
-                yield pcm_bytes_to_array(resp.audio, code, channels, "response")
+        try:
+            for resp in self.stub.StreamDenoise(requests(), **self._kw(timeout)):
+                if resp.audio:
+                    yield pcm_bytes_to_array(resp.audio, code, channels, "response")
+        except grpc.RpcError:
+            if failed:  # the server only saw the stream end early; the cause is on this side
+                raise failed[0] from None
+            raise
+        if failed:
+            raise failed[0]
 
     def stream_file(
         self,
@@ -448,7 +475,7 @@ class Client:
         else:
             if sr is None:
                 raise ValueError("decompose of an array needs its sample rate")
-            msg = pb.Audio(pcm=pcm_message(np.atleast_2d(np.asarray(audio, np.float32)), sr, "float32"))
+            msg = pb.Audio(pcm=pcm_message(float_audio(audio), sr, "float32"))
         req = pb.DecomposeRequest(
             model=model, audio=msg, top_k=top_k, group=group, return_components=components, fit_steps=fit_steps
         )
@@ -483,7 +510,7 @@ class Client:
     ) -> np.ndarray:
         """``[C, T]`` audio -> code ``[C, K, N]`` of a spectrogram model (channels as the batch)."""
         pb = _pb()
-        msg = pb.Audio(pcm=pcm_message(np.atleast_2d(np.asarray(wav, np.float32)), sr, "float32"))
+        msg = pb.Audio(pcm=pcm_message(float_audio(wav), sr, "float32"))
         resp = self.stub.Encode(pb.EncodeRequest(model=model, audio=msg), **self._kw(timeout))
         return array_from_tensor(resp.code, "code")
 

@@ -3,6 +3,7 @@ gets, the client's message limit, token files, and decomposition folders written
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import grpc
@@ -230,3 +231,19 @@ def test_cli_client_decompose_refuses_a_file_or_a_folder_holding_the_input(mixed
     assert cli_main([*base, "-o", str(tmp_path / "taken")]) == 2
     assert "is an existing file" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_integer_samples_and_time_first_arrays_are_refused_before_the_call(mixed):
+    x = _noisy(0.5, 16000)[0]  # [T] float32
+    for bad, text in (((x * 32767).astype(np.int16), "float samples in [-1, 1] expected, got int16"),
+                      (np.stack([x, x], 1), "looks like [T, C]"),
+                      (x[None, None], "[T] or [C, T] expected")):
+        with pytest.raises(ValueError, match=re.escape(text)):
+            mixed.denoise(bad, 16000)
+        with pytest.raises(ValueError, match=re.escape(text)):
+            list(mixed.stream([bad], 16000, channels=1))
+    with pytest.raises(ValueError, match="looks like"):
+        mixed.decompose(np.stack([x, x], 1), 16000)
+    y = mixed.denoise(x.astype(np.float64), 16000)  # any float works, [T] in gives [T] out
+    assert y.shape == x.shape and np.abs(y).max() < 1
+    assert mixed.denoise(np.stack([x, x]), 16000).shape == (2, len(x))
