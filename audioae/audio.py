@@ -81,14 +81,32 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     return wav, info.sample_rate, info
 
 
+MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)
+
+
+def check_audio_array(wav: np.ndarray | torch.Tensor, name: str = "audio") -> None:
+    """Refuse the two usual slips with in-memory audio before they turn into nonsense output:
+    integer samples (int16 PCM taken as floats is 32768 times too loud) and soundfile's
+    ``[T, C]`` layout where ``[C, T]`` is meant (it would become thousands of 2-sample channels)."""
+    is_float = wav.is_floating_point() if isinstance(wav, torch.Tensor) else np.asarray(wav).dtype.kind == "f"
+    if not is_float:
+        raise AudioError(f"{name}: float samples in [-1, 1] expected, got {wav.dtype}; for int16 PCM pass "
+                         f"x.astype(np.float32) / 32768")
+    shape = tuple(wav.shape)
+    if len(shape) not in (1, 2):
+        raise AudioError(f"{name}: [T] or [C, T] expected, got shape {shape}")
+    if len(shape) == 2 and shape[0] > MAX_CHANNELS >= shape[1]:
+        raise AudioError(f"{name}: channels first ([C, T]) expected, got shape {shape}, which looks like "
+                         f"[T, C] (soundfile.read's layout): pass its transpose, x.T")
+
+
 def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """``[T]`` or ``[C, T]`` audio -> float32 ``[C, T]`` and whether the input was 1-D."""
-    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav, dtype=torch.float32)
-    if x.dim() == 1:
-        return x[None], True
-    if x.dim() != 2:
-        raise AudioError(f"audio must be [T] or [C, T], got shape {tuple(x.shape)}")
-    return x, False
+    """``[T]`` or ``[C, T]`` float audio -> float32 ``[C, T]`` and whether the input was 1-D."""
+    if not isinstance(wav, torch.Tensor):
+        wav = np.asarray(wav)
+    check_audio_array(wav)
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    return (x[None], True) if x.dim() == 1 else (x, False)
 
 
 def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>") -> None:

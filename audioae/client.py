@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import MIN_SAMPLE_RATE, AudioError, check_pcm, encode_audio, read_audio
+from .audio import MAX_CHANNELS, MIN_SAMPLE_RATE, AudioError, check_audio_array, check_pcm, encode_audio, read_audio
 from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
 
-MAX_CHANNELS = 64
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Largest message the client sends or receives: the answer limit of a server on its defaults
 # (``audioae serve``: 4 x --max-request-mb 64; tests/test_client.py checks they agree). Less
@@ -110,18 +109,10 @@ def array_to_pcm_bytes(wav: np.ndarray, fmt: int) -> bytes:
 
 
 def float_audio(wav, name: str = "audio") -> np.ndarray:
-    """A caller's ``[T]`` or ``[C, T]`` float array -> ``[C, T]`` float32, refusing the two usual
-    slips before they reach the server as nonsense: integer samples (int16 PCM taken as floats
-    is 32768 times too loud) and soundfile's ``[T, C]`` layout."""
+    """A caller's ``[T]`` or ``[C, T]`` float array -> ``[C, T]`` float32, checked as the library
+    checks in-memory audio (:func:`audioae.audio.check_audio_array`) before it reaches the server."""
     x = np.asarray(wav)
-    if x.dtype.kind not in "f":
-        raise ValueError(f"{name}: float samples in [-1, 1] expected, got {x.dtype}; for int16 PCM pass "
-                         f"x.astype(np.float32) / 32768 (files: denoise_file or denoise_bytes)")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"{name}: [T] or [C, T] expected, got shape {x.shape}")
-    if x.ndim == 2 and x.shape[0] > MAX_CHANNELS >= x.shape[1]:
-        raise ValueError(f"{name}: channels first ([C, T]) expected, got shape {x.shape}, which looks like "
-                         f"[T, C] (soundfile.read's layout): pass its transpose, x.T")
+    check_audio_array(x, name)
     return np.atleast_2d(x.astype(np.float32, copy=False))  # [C, T]
 
 

@@ -1,6 +1,8 @@
 """audioae.enhance: the windowed path that non-causal models take on long inputs, and the
 resampling guard against rates that share almost no factor with the model's."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,17 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["model"].endswith("denoiser-small.safetensors")  # the default denoiser
     assert main(["inspect", "decomposer-small", "--audio", str(tmp_path / "noisy.wav")]) == 2
     assert "audioae decompose" in capsys.readouterr().err  # components, not a reconstruction, show a decomposer
+
+
+def test_integer_samples_and_time_first_arrays_are_refused():
+    model = build_model("recurrent", {"hidden": 16, "code_dim": 8}).eval()
+    x = (0.1 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32)  # [T]
+    for bad, text in (((x * 32767).astype(np.int16), "float samples in [-1, 1] expected, got int16"),
+                      (np.stack([x, x], 1), "looks like [T, C]"),  # soundfile's layout: 4000 2-sample channels
+                      (torch.from_numpy(x[None, None]), "[T] or [C, T] expected")):
+        with pytest.raises(AudioError, match=re.escape(text)):
+            denoise(model, bad, 16000)
+        with pytest.raises(AudioError, match=re.escape(text)):
+            StreamingDenoiser(model, 16000, 1).push(bad)
+    assert denoise(model, x.astype(np.float64), 16000).shape == x.shape  # any float, any layout it can read
+    assert denoise(model, torch.from_numpy(np.stack([x, x])), 16000).shape == (2, len(x))
