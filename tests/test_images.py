@@ -2,6 +2,7 @@
 autoencoder finds PCA's subspace, patches round-trip, and ``audioae images report`` writes its files."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,12 @@ def test_denoising_raises_psnr():
     before, after = psnr(noisy, clean), psnr(reconstruct_image(model, noisy), clean)
     assert after > before + 2.0, (before, after, untrained)
     assert untrained < before  # the gain is learned, not a property of the architecture
+    as_array = reconstruct_image(model, noisy.numpy().astype(np.float64))  # what skimage and PIL hand over
+    torch.testing.assert_close(as_array, reconstruct_image(model, noisy), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="img / 255"):
+        reconstruct_image(model, (noisy.numpy() * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match=re.escape("img.mean(-1)")):
+        reconstruct_image(model, noisy[..., None].expand(-1, -1, 3).numpy())
 
 
 def test_darkened_patches_corruption_darkens_about_the_fraction():

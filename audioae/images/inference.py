@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..data.images import image_to_patches, patches_to_image
@@ -30,11 +31,18 @@ def run_batches(model: Autoencoder, x: torch.Tensor, batch_size: int = 512) -> t
 
 
 @torch.inference_mode()
-def reconstruct_image(model: Autoencoder, img: torch.Tensor, stride: int | None = None,
+def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride: int | None = None,
                       batch_size: int = 512) -> torch.Tensor:
-    """Pass ``img [H, W]`` through a patch model (``config.image_size`` square patches) and
-    average the overlapping outputs back into ``[H, W]``. ``stride`` defaults to a quarter patch:
-    each pixel is then seen in up to 16 positions, which hides the seams between patches."""
+    """Pass ``img [H, W]`` (grey levels in [0, 1], a tensor or an array) through a patch model
+    (``config.image_size`` square patches) and average the overlapping outputs back into
+    ``[H, W]``. ``stride`` defaults to a quarter patch: each pixel is then seen in up to 16
+    positions, which hides the seams between patches."""
+    img = torch.as_tensor(img)
+    if img.dim() != 2:
+        raise ValueError(f"a grey-level image [H, W] expected, got shape {tuple(img.shape)}"
+                         + ("; for colour, pass one channel or img.mean(-1)" if img.dim() == 3 else ""))
+    if not img.is_floating_point():
+        raise ValueError(f"grey levels in [0, 1] expected, got {img.dtype}; for 8-bit images pass img / 255")
     size = model.config.image_size[0]
     if model.config.image_size[1] != size:
         raise ValueError("reconstruct_image needs a model with square patches")
