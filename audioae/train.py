@@ -444,6 +444,20 @@ MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
 LOG_EVERY = 50  # steps between log.jsonl records (and validation steps)
 
 
+def _resume_weights(model: SpectralAutoencoder, last: Path) -> None:
+    """Load the run's last weights; a model whose shapes changed since is refused with the
+    config fields that differ, not torch's list of size mismatches."""
+    saved = load_checkpoint(last)
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError:
+        ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
+        changed = ", ".join(f"{k}: {theirs.get(k)!r} there, {v!r} now" for k, v in ours.items() if theirs.get(k) != v)
+        raise ValueError(f"{last.parent} holds a run of a differently shaped model ({saved.registry_name}; "
+                         f"{changed or 'another family'}); resume with its settings, start over with "
+                         f"--no-resume or another --out, or grow it with train.init_from") from None
+
+
 def train(run: RunConfig, resume: bool = True) -> dict:
     """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation score of
     ``train.select_by``, SI-SDR by default),
@@ -474,7 +488,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
     resuming = resume and last.is_file() and last_opt.is_file()
     if resuming:
-        model.load_state_dict(load_checkpoint(last).state_dict())
+        _resume_weights(model, last)
         step, best, minutes_before = _load_optimizer(opt, last_opt)
         if not tc.session_minutes:  # a new budget: the clock starts again
             minutes_before = 0.0

@@ -77,6 +77,10 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys):
     assert any(not torch.equal(first[k], resumed[k]) for k in first)
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 7  # one record per step, none repeated
+    capsys.readouterr()
+    assert main(["train", *common, "--steps", "9", "--set", "model.config.hidden=24"]) == 2  # another shape
+    assert "hidden: 16 there, 24 now" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.safetensors").config.hidden == 16  # the run is untouched
 
 
 def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tmp_path, capsys):
