@@ -88,11 +88,11 @@ def check_audio_array(wav: np.ndarray | torch.Tensor, name: str = "audio") -> No
     """Refuse the two usual slips with in-memory audio before they turn into nonsense output:
     integer samples (int16 PCM taken as floats is 32768 times too loud) and soundfile's
     ``[T, C]`` layout where ``[C, T]`` is meant (it would become thousands of 2-sample channels)."""
-    is_float = wav.is_floating_point() if isinstance(wav, torch.Tensor) else np.asarray(wav).dtype.kind == "f"
-    if not is_float:
-        raise AudioError(f"{name}: float samples in [-1, 1] expected, got {wav.dtype}; for int16 PCM pass "
+    x = wav if isinstance(wav, torch.Tensor) else np.asarray(wav)  # a list has no dtype or shape
+    if not (x.is_floating_point() if isinstance(x, torch.Tensor) else x.dtype.kind == "f"):
+        raise AudioError(f"{name}: float samples in [-1, 1] expected, got {x.dtype}; for int16 PCM pass "
                          f"x.astype(np.float32) / 32768")
-    shape = tuple(wav.shape)
+    shape = tuple(x.shape)
     if len(shape) not in (1, 2):
         raise AudioError(f"{name}: [T] or [C, T] expected, got shape {shape}")
     if len(shape) == 2 and shape[0] > MAX_CHANNELS >= shape[1]:
