@@ -66,6 +66,8 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     else:
         name = name or str(source)
         handle = str(source)
+        if os.path.isdir(handle):
+            raise AudioError(f"{name}: is a folder; name an audio file")
         if not os.path.isfile(handle):
             raise AudioError(f"{name}: no such file")
     try:

@@ -16,6 +16,29 @@ from . import __version__
 
 
 # ---- train -------------------------------------------------------------------------------------
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number, 0 or more (0 meaning "all" where the help says so)."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a spectrogram autoencoder from a TOML config",
                        description="Train from a TOML run config (see configs/) with section.key=value overrides.")
@@ -176,12 +199,12 @@ def _add_decompose(sub) -> None:
     p.add_argument("file", help="input audio (WAV/FLAC/OGG, any rate, mono or multichannel)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--model", help="shipped model name or .safetensors path (default: decomposer-small)")
-    p.add_argument("--top", type=int, default=16,
+    p.add_argument("--top", type=_count, default=16,
                    help="keep the K strongest components, the rest join the residual (0: all; default 16)")
     p.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
                    help="cluster (default): units that look and move alike; band: octave bands; "
                         "none: one component per latent unit")
-    p.add_argument("--groups", type=int, default=8, help="number of bands or clusters (default 8)")
+    p.add_argument("--groups", type=_positive, default=8, help="number of bands or clusters (default 8)")
     p.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="joint atom + code updates on this recording: purer components, ~8 ms per step "
                         "per 4 s of audio (default: the model's, 10 for decomposer-small; 0: fastest)")
@@ -221,7 +244,7 @@ def _cmd_decompose(args) -> int:
         summary["figure"] = "decomposition.png"
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     print(f"{len(dec.labels)} components + residual ({100 * dec.residual_share:.1f}% of the energy), "
-          f"sum-to-input error {dec.error_db:.0f} dB -> {out}")
+          f"sum-to-input error {dec.error_text} -> {out}")
     for entry in summary["components"]:
         spans = entry["active_seconds"]
         when = f"{spans[0][0]:.2f}-{spans[-1][1]:.2f} s" if spans else "-"
@@ -401,8 +424,12 @@ def _add_client(sub) -> None:
     c.add_argument("input")
     c.add_argument("-o", "--out", help="output folder (default: INPUT.components/ beside it)")
     c.add_argument("--model", default="")
-    c.add_argument("--top-k", "--top", type=int, default=0, help="components to return (0: all)")
-    c.add_argument("--group", default="", help="grouping of latent units (default: none)")
+    # The local command's defaults: the RPC's own (every unit, ungrouped) can run to hundreds of
+    # component waveforms, over the answer limit for a few seconds of stereo.
+    c.add_argument("--top-k", "--top", type=_count, default=16,
+                   help="components to return, the rest join the residual (0: all; default 16)")
+    c.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
+                   help="grouping of latent units, as for audioae decompose (default: cluster)")
     c.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="per-recording fit steps, as for audioae decompose (default: the model's; 0: fastest)")
     c.add_argument("--no-audio", action="store_true", help="activations and summary only, no waveforms")

@@ -559,7 +559,7 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> l
     atomic_write_bytes(written[0], buf.getvalue())
     if result.components is not None:
         for i, (label, wav) in enumerate(zip(result.labels, result.components, strict=True)):
-            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)[:40]
+            safe = re.sub(r"[^A-Za-z0-9-]+", "_", label).strip("_")[:40]  # "cluster_1_688_Hz_166_units"
             path = out / f"component_{i:02d}_{safe}.wav"
             write_audio(path, wav, result.sample_rate, subtype="FLOAT")
             written.append(path)

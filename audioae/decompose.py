@@ -65,6 +65,11 @@ class Decomposition:
     atoms: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
     fit_steps: int = 0
 
+    @property
+    def error_text(self) -> str:
+        """The sum-to-input error for people: ``-171 dB``, or ``exact`` (a silent input)."""
+        return f"{self.error_db:.0f} dB" if math.isfinite(self.error_db) else "exact"
+
 
 def _unit_chunks(n_units: int, per_unit: int) -> int:
     return max(1, min(n_units, CHUNK_FLOATS // max(per_unit, 1)))
@@ -209,7 +214,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
 
     x_energy = max(float((x64**2).sum()), 1e-30)
     err = comps_sum + residual.astype(np.float64) - x64
-    error_db = 10 * math.log10(max(float((err**2).sum()), 1e-300) / x_energy)
+    err_energy = float((err**2).sum())
+    # An exact sum (a silent input, say) is -inf dB, not whatever ratio two epsilons make.
+    error_db = 10 * math.log10(err_energy / x_energy) if err_energy > 0 else -math.inf
     if error_db > EXACT_DB:
         log.warning("components sum to the input only within %.1f dB (contract: %.0f dB)", error_db, EXACT_DB)
     return Decomposition(

@@ -77,7 +77,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
     vmax = float(db.max())
     _show_spec(fig.add_subplot(grid[0, :]), db, hop_s, bin_hz, vmax,
                f"input ({sr} Hz, {len(mono) / sr:.2f} s); {len(dec.labels)} components + residual "
-               f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_db:.0f} dB")
+               f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_text}")
 
     c = model.config
     spectra = dec.atoms.sum(-1)  # [U, F]: the atoms this decomposition used (adapted when fitted)

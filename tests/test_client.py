@@ -3,6 +3,7 @@ gets, the client's message limit, token files, and decomposition folders written
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_ungrouped_decomposition_over_64_mb_arrives(mixed, mixed_server, tmp_pat
     src = tmp_path / "in.wav"
     write_audio(src, x, 48000, subtype="FLOAT")
     argv = ["client", "decompose", str(src), "-o", str(tmp_path / "parts"), "--server", f"127.0.0.1:{mixed_server.port}"]
-    argv += ["--max-message-mb", "64"]
+    argv += ["--max-message-mb", "64", "--group", "none", "--top", "0"]  # the RPC's defaults: everything
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "RESOURCE_EXHAUSTED" in err, err
@@ -217,6 +218,20 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     assert str(tmp_path / "cleaned" / "in.wav") in capsys.readouterr().out
     y, sr, _ = read_audio(tmp_path / "cleaned" / "in.wav")
     assert sr == 16000 and y.shape[-1] == 8000
+
+
+def test_cli_client_decompose_defaults_to_the_local_commands_grouping(mixed_server, tmp_path, capsys):
+    x = _noisy(1.0, 48000, channels=2)
+    src, out = tmp_path / "in.wav", tmp_path / "parts"
+    write_audio(src, x, 48000, subtype="FLOAT")
+    assert cli_main(["client", "decompose", str(src), "-o", str(out), "--server", f"127.0.0.1:{mixed_server.port}"]) == 0
+    summary = json.loads((out / "decomposition.json").read_text())
+    assert 1 <= len(summary["labels"]) <= 16 and all(label.startswith("cluster ") for label in summary["labels"])
+    names = sorted(f.name for f in out.glob("component_*.wav"))
+    assert len(names) == len(summary["labels"]) and all(re.fullmatch(r"component_\d\d_cluster_\d+_\d+_Hz_\d+_units?\.wav", n)
+                                                        for n in names), names
+    err = _folder_sum(out, "component_*.wav") - x
+    assert 10 * np.log10((err**2).sum() / (x.astype(np.float64) ** 2).sum()) < -90
 
 
 def test_cli_client_decompose_refuses_a_file_or_a_folder_holding_the_input(mixed_server, tmp_path, capsys):

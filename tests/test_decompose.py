@@ -168,6 +168,7 @@ def test_silence_and_bad_arguments():
     dec = decompose(model, np.zeros((2, 4000), np.float32), SR)
     assert dec.components.shape == (0, 2, 4000)
     assert not dec.residual.any()
+    assert dec.error_db == -np.inf and dec.error_text == "exact"  # not the ratio of two epsilons
     with pytest.raises(ValueError, match="group"):
         decompose(model, np.ones(100, np.float32), SR, group="wavelet")
     with pytest.raises(ValueError, match="top_k"):
@@ -282,7 +283,7 @@ def test_cli_decompose_writes_every_file(tmp_path, capsys):
     assert "components + residual" in capsys.readouterr().out
 
 
-def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path):
+def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model(), ckpt)
     src = tmp_path / "in.wav"
@@ -294,6 +295,14 @@ def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path):
     assert summary["fit_steps"] == 4
     assert all((tmp_path / "o" / c["file"]).is_file() for c in summary["components"])
     assert main(["decompose", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "x")]) == 2
+    assert main(["decompose", str(tmp_path), "-o", str(tmp_path / "x")]) == 2
+    assert "is a folder; name an audio file" in capsys.readouterr().err
+    for flag, value, text in (("--top", "-1", "--top: must be 0 or more"), ("--groups", "0", "--groups: must be 1"),
+                              ("--top", "all", "expected a whole number, got 'all'")):
+        with pytest.raises(SystemExit):
+            main(["decompose", str(src), "-o", str(tmp_path / "x"), flag, value])
+        assert text in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path):
