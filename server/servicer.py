@@ -387,7 +387,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if sm.is_audio:
             c = sm.model.config
             what = "compressed STFT magnitudes" + (" + low-bin real/imag" if c.n_features != c.n_bins else "")
-            return f"[B, {c.n_features}, N] {what}"
+            return f"[B, {c.n_features}, N] {what} (N >= 1 frames)"
         try:
             shape = list(sm.model.example_input(1).shape)
         except NotImplementedError:
@@ -406,7 +406,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         which = request.WhichOneof("input")
         if which == "tensor":
             x = self._tensor(request.tensor, "tensor")
-            if sm.is_audio and (x.dim() != 3 or x.shape[1] != model.config.n_features):
+            if sm.is_audio and (x.dim() != 3 or x.shape[1] != model.config.n_features or x.shape[2] < 1):
                 raise Abort(
                     INVALID, f"model {sm.name!r} encodes {self._input_hint(sm)}, got shape {list(x.shape)}"
                 )
@@ -452,6 +452,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 "with unpool=nearest or transposed",
             )
         h = self._tensor(request.code, "code")
+        code_dim = model.config.code_dim
+        if sm.is_audio and (h.dim() != 3 or h.shape[1] != code_dim or h.shape[2] < 1):  # as Encode returns
+            raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}, N] (N >= 1 frames), "
+                        f"as its Encode returns them, got shape {list(h.shape)}")
 
         @torch.inference_mode()
         def run() -> np.ndarray:

@@ -550,7 +550,10 @@ BAD_TENSORS = {
     "maxunpool decode": ("Decode", "conv", _tensor([1, 8, 4]), CODE.INVALID_ARGUMENT, "pooling indices"),
     "wrong bins": ("Encode", "tiny", _tensor([1, 100, 5]), CODE.INVALID_ARGUMENT, "[B, 257, N]"),
     "image wrong shape": ("Encode", "img", _tensor([1, 1, 8, 8]), CODE.INVALID_ARGUMENT, "[B, 1, 16, 16]"),
-    "code wrong size": ("Decode", "tiny", _tensor([1, 5, 7]), CODE.INVALID_ARGUMENT, "code_dim 16"),
+    "code wrong size": ("Decode", "tiny", _tensor([1, 5, 7]), CODE.INVALID_ARGUMENT, "codes of shape [B, 16, N]"),
+    "code without batch": ("Decode", "tiny", _tensor([16, 7]), CODE.INVALID_ARGUMENT, "got shape [16, 7]"),
+    "code of no frames": ("Decode", "tiny", _tensor([1, 16, 0]), CODE.INVALID_ARGUMENT, "(N >= 1 frames)"),
+    "no frames": ("Encode", "tiny", _tensor([1, 257, 0]), CODE.INVALID_ARGUMENT, "(N >= 1 frames)"),
     "byte count": (
         "Encode",
         "tiny",
