@@ -96,3 +96,25 @@ def test_ray_resumed_run_skips_finished_files(job, monkeypatch):
     assert recs["stereo.wav"] == "ok" and recs["top.wav"] == "skipped"
     assert_same_files(root / "local", out)
     assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("ask", [{"threads": 3}, {"gpus_per_worker": 1.0}], ids=["threads", "gpus"])
+def test_actor_larger_than_any_node_is_refused_not_waited_for(job, ask, tmp_path):
+    _, ckpt, src, _, _ = job  # the session's Ray has 2 CPUs and no GPU, and nothing adds nodes
+    with pytest.raises(RuntimeError, match="no actor could ever start"):
+        run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(ckpt), engine="ray", progress=False, **ask))
+    assert not outputs(tmp_path / "out")
+
+
+def test_unreachable_address_fails_in_seconds():
+    import socket
+
+    from audioae.batch.ray_engine import _check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RuntimeError, match=f"cannot reach the Ray cluster at '{address}'"):
+            _check_reachable(address)
+    _check_reachable("auto")  # left to Ray

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ INLINE_MAX_BYTES = 32 << 20  # larger files are not copied through the object st
 # Files per map_batches call: on CPU a few (actors share the work evenly); on a GPU as many as
 # one GPU batch holds (FileDenoiser batches them).
 CPU_ROWS_PER_BATCH = 4
+CONNECT_TIMEOUT_S = 5.0  # the TCP probe of --address before ray.init
 
 
 def require_ray():
@@ -102,6 +104,37 @@ def _task_pool(ray, size: int) -> dict:
     return {"concurrency": size}  # Ray < 2.4x
 
 
+def _check_reachable(address: str | None) -> None:
+    """Fail in seconds on a HOST:PORT nobody answers on: ray.init retries such an address for
+    minutes. ``auto`` and anything not shaped HOST:PORT is left to Ray."""
+    if not address or address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}") from exc
+
+
+def _check_actor_fits(ray, threads: int, gpus_per_worker: float, *, autoscaled: bool) -> None:
+    """An actor asking for more CPUs or GPUs than any node has is never placed, and Ray Data
+    waits for it forever. A local Ray cannot grow: refuse. A joined cluster may have an
+    autoscaler that adds such a node: warn."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest = {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
+    if threads <= largest["CPU"] and gpus_per_worker <= largest["GPU"]:
+        return
+    msg = (f"each actor asks for {threads} CPU(s) (--threads) and {gpus_per_worker:g} GPU(s) "
+           f"(--gpus-per-worker), but the largest node has {largest['CPU']:g} CPU(s) and "
+           f"{largest['GPU']:g} GPU(s)")
+    if not autoscaled:
+        raise RuntimeError(f"{msg}: no actor could ever start; lower --threads or --gpus-per-worker")
+    log.warning("%s: the actors wait until an autoscaler adds a node that large", msg)
+
+
 def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, strength: float = 1.0,
             workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
             block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
@@ -112,11 +145,18 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, streng
         return
     started = False
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError) as exc:
             raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
         started = True
+    try:
+        _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address is not None)
+    except RuntimeError:
+        if started:
+            ray.shutdown()
+        raise
     cpus = ray.cluster_resources().get("CPU", 0)
     if workers * threads > cpus:
         log.warning("%d actors x %d CPUs asked of a cluster with %g CPUs: actors wait until an autoscaler "
