@@ -261,6 +261,8 @@ def _add_inspect(sub) -> None:
                                    "the numbers behind them as JSON.")
     p.add_argument("model", nargs="?", help="shipped model name or .safetensors path (default: decomposer-small, "
                                             "or denoiser-small with --audio)")
+    # --model too, as every other command spells it
+    p.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same as the positional MODEL")
     p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG)")
     p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png or <audio>.<model>.png here)")
     p.set_defaults(func=_cmd_inspect)
@@ -274,7 +276,9 @@ def _cmd_inspect(args) -> int:
     from .plots import dictionary_stats, plot_dictionary
     from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
 
-    path = resolve(args.model, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
+    if args.model and args.model_flag and args.model != args.model_flag:
+        raise ValueError(f"two models named: {args.model} and --model {args.model_flag}; name one")
+    path = resolve(args.model or args.model_flag, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
     model = load(str(path))
     name = path.name.removesuffix(".safetensors")
     if args.audio:

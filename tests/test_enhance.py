@@ -106,6 +106,12 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["model"].endswith("denoiser-small.safetensors")  # the default denoiser
     assert main(["inspect", "decomposer-small", "--audio", str(tmp_path / "noisy.wav")]) == 2
     assert "audioae decompose" in capsys.readouterr().err  # components, not a reconstruction, show a decomposer
+    # --model, as every other command spells it, names the same model as the positional argument
+    assert main(["inspect", "--model", str(tmp_path / "den.safetensors"), "--audio", str(tmp_path / "noisy.wav"),
+                 "-o", str(png)]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(tmp_path / "den.safetensors")
+    assert main(["inspect", "decomposer-small", "--model", "denoiser-small", "--audio", str(tmp_path / "noisy.wav")]) == 2
+    assert "two models named" in capsys.readouterr().err
 
 
 def test_integer_samples_and_time_first_arrays_are_refused():
