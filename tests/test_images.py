@@ -128,6 +128,10 @@ def test_denoising_raises_psnr():
         reconstruct_image(model, (noisy.numpy() * 255).astype(np.uint8))
     with pytest.raises(ValueError, match=re.escape("img.mean(-1)")):
         reconstruct_image(model, noisy[..., None].expand(-1, -1, 3).numpy())
+    with pytest.raises(ValueError, match=r"spans \d+\.\.255; for 0\.\.255 levels pass img / 255"):
+        reconstruct_image(model, (clean * 255).round().clamp(0, 255).numpy().astype(np.float32))  # floats, 8-bit levels
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        reconstruct_image(model, torch.where(clean > 0.5, clean, torch.nan))
 
 
 def test_darkened_patches_corruption_darkens_about_the_fraction():

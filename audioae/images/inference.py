@@ -43,6 +43,12 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
                          + ("; for colour, pass one channel or img.mean(-1)" if img.dim() == 3 else ""))
     if not img.is_floating_point():
         raise ValueError(f"grey levels in [0, 1] expected, got {img.dtype}; for 8-bit images pass img / 255")
+    if not torch.isfinite(img).all():
+        raise ValueError("the image contains NaN or Inf")
+    low, high = float(img.min()), float(img.max())
+    if low < -1.0 or high > 2.0:  # noise may push [0, 1] levels a little past either end; 0..255 is far
+        raise ValueError(f"grey levels in [0, 1] expected, the image spans {low:g}..{high:g}"
+                         + ("; for 0..255 levels pass img / 255" if high > 2.0 else ""))
     size = model.config.image_size[0]
     if model.config.image_size[1] != size:
         raise ValueError("reconstruct_image needs a model with square patches")
