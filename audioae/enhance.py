@@ -47,6 +47,13 @@ def _check_strength(strength: float) -> None:
 
 
 @torch.inference_mode()
+def _check_audio_model(model) -> None:
+    """Refuse a model that does not take audio (an image model) with a message, not an AttributeError."""
+    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
+        name = getattr(model, "registry_name", type(model).__name__)
+        raise ValueError(f"denoising needs a spectrogram model; this is a {name!r} model")
+
+
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
@@ -55,6 +62,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
     are cut into overlapping windows that are cross-faded.
     """
+    _check_audio_model(model)
     _check_strength(strength)
     x, squeeze = as_channels_first(wav)
     check_pcm(x.numpy() if x.device.type == "cpu" else x.cpu().numpy(), sr)
@@ -89,6 +97,7 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     clip's own length, resample back, blend. A causal model's outputs do not depend on what
     follows, so each result equals the clip denoised alone; a non-causal model takes one clip.
     """
+    _check_audio_model(model)
     if len(items) > 1 and not model.causal:
         raise ValueError("only a causal model can batch clips of different lengths (end padding)")
     msr = model.config.sample_rate
@@ -201,6 +210,7 @@ class StreamingDenoiser:
     """
 
     def __init__(self, model: SpectralAutoencoder, sr: int, channels: int = 1, *, strength: float = 1.0):
+        _check_audio_model(model)
         if not model.causal:
             raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
         _check_strength(strength)

@@ -327,3 +327,16 @@ def test_a_model_not_trained_to_denoise_is_named_in_a_warning(tmp_path, caplog):
     opts = DenoiseOptions(model="decomposer-small", progress=False)  # a plain sparse autoencoder
     assert run_denoise([src], tmp_path / "out2", opts)["ok"] == 1  # still runs: a reconstruction may be wanted
     assert "decomposer-small.safetensors was trained without corruption" in caplog.text
+
+
+def test_an_image_model_is_refused_before_anything_is_written(tmp_path, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
+    image = tmp_path / "img.safetensors"
+    save_checkpoint(build_model("image", {}), image)
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(image), "--no-progress"]) == 2
+    assert "the image model takes image input and cannot denoise audio" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # not one error row per file: the job never started
+    model = load_checkpoint(image)
+    with pytest.raises(ValueError, match="denoising needs a spectrogram model; this is a 'image' model"):
+        denoise(model, np.zeros(1600, np.float32), 16000)

@@ -62,10 +62,15 @@ def _resolve_model(spec: str | None) -> Path:
     return resolve(spec)
 
 
-def _warn_if_not_trained_to_denoise(ckpt: Path) -> None:
-    """A model trained on clean input (``corruption = "none"``: the decomposer, a plain
-    autoencoder) gives back its reconstruction, not a denoised copy; say so before the job runs."""
-    config = json.loads(read_metadata(ckpt)["config"])
+def _check_model_denoises(ckpt: Path) -> None:
+    """Refuse a model that cannot take audio (an image model would fail on every file), and warn
+    about one trained on clean input (``corruption = "none"``: the decomposer, a plain
+    autoencoder), which gives back its reconstruction, not a denoised copy; both before the job runs."""
+    meta = read_metadata(ckpt)
+    config = json.loads(meta["config"])
+    if config.get("input") != "spectrogram":
+        raise ValueError(f"{ckpt}: the {meta.get('registry_name', '?')} model takes {config.get('input', '?')} "
+                         "input and cannot denoise audio; name a spectrogram model (audioae models lists them)")
     if config.get("corruption") == "none":
         log.warning("%s was trained without corruption (a plain autoencoder): its outputs are its "
                     "reconstructions of the inputs, noise included, not denoised copies", ckpt.name)
@@ -131,7 +136,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         require_ray()  # before anything is written: without Ray, say how to install it
     tasks = plan_tasks(inputs, out_dir)
     ckpt = _resolve_model(options.model)
-    _warn_if_not_trained_to_denoise(ckpt)
+    _check_model_denoises(ckpt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
