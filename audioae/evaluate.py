@@ -8,9 +8,11 @@ be read, are reported rather than fatal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,16 +87,39 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     return out
 
 
-def _mono_at(path: Path, sr: int, length: int | None, notes: list[str], label: str) -> np.ndarray:
-    """``path`` as mono float at ``sr``, cropped/padded to ``length`` (each change noted)."""
+def _mono_at(path: Path, sr: int, length: int | None, channels: int, notes: list[str], label: str) -> np.ndarray:
+    """``path`` as mono float at ``sr``, cropped/padded to ``length`` (each change from the clean
+    file's ``sr``, ``length`` and ``channels`` noted)."""
     wav, file_sr, info = read_audio(path)  # [C, T]
     mono = wav.mean(0)
+    if info.channels != channels:
+        notes.append(f"{label} has {info.channels} channel(s), clean has {channels}"
+                     + (": scored on the mono mixdown" if channels == 1 else ""))  # else said for clean
     if file_sr != sr:
         notes.append(f"{label} at {file_sr} Hz, resampled to {sr} Hz")
         mono = resample(mono, file_sr, sr).numpy()
     if length is not None and len(mono) != length:
         notes.append(f"{label} has {len(mono)} samples, clean has {length}: compared over the shorter")
     return mono.astype(np.float32)
+
+
+@contextlib.contextmanager
+def _metric_warnings_as(notes: list[str]) -> Iterator[None]:
+    """Why a metric could not score (logged by :mod:`audioae.metrics`) goes into this file's
+    notes, printed beside its name, instead of an anonymous warning above the table."""
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    logger, handler = logging.getLogger("audioae.metrics"), Collect(logging.WARNING)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None) -> dict:
@@ -104,13 +129,14 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None) -> dict:
     ref = ref.mean(0)
     if cinfo.channels > 1:
         notes.append(f"{cinfo.channels} channels: scored on the mono mixdown")
-    est = _mono_at(enhanced, sr, len(ref), notes, "enhanced")
+    est = _mono_at(enhanced, sr, len(ref), cinfo.channels, notes, "enhanced")
     arrays = [ref, est]
     if noisy is not None:
-        arrays.append(_mono_at(noisy, sr, len(ref), notes, "noisy"))
+        arrays.append(_mono_at(noisy, sr, len(ref), cinfo.channels, notes, "noisy"))
     n = min(len(a) for a in arrays)
     arrays = [a[:n] for a in arrays]
-    res = score(arrays[1], arrays[0], sr, arrays[2] if noisy is not None else None)
+    with _metric_warnings_as(notes):
+        res = score(arrays[1], arrays[0], sr, arrays[2] if noisy is not None else None)
     return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes}
 
 

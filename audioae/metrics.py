@@ -43,6 +43,10 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     from pesq import pesq
     from pesq.cypesq import PesqError
 
+    for name, x in (("estimate", estimate), ("reference", reference)):
+        if not np.any(x):  # PESQ's own error for it is "cannot convert float NaN to integer"
+            log.warning("PESQ could not score this pair: the %s is silent (all zeros)", name)
+            return float("nan")
     try:
         return float(pesq(16000, _to_16k(reference, sr), _to_16k(estimate, sr), "wb"))
     except (PesqError, ValueError) as exc:

@@ -124,4 +124,17 @@ def test_a_pair_too_short_for_pesq_or_stoi_still_gets_its_si_sdr(folders):
     for rel in ("tiny.wav", "short.wav"):
         f = next(f for f in rep["files"] if f["file"] == rel)
         assert f["si_sdr"] == pytest.approx(15.0, abs=1.0) and f["pesq"] is None and f["stoi"] is None
+        assert any(n.startswith("STOI could not score this pair") for n in f["notes"]), f["notes"]  # beside its file
     assert 0.5 < rep["mean"]["stoi"] <= 1.0  # the three that could be scored
+
+
+def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(folders, capsys):
+    dirs, _ = folders
+    x, _ = sf.read(dirs["enhanced"] / "a.wav")
+    sf.write(dirs["enhanced"] / "a.wav", np.stack([x, x], 1), SR, subtype="FLOAT")  # stereo copy of a mono result
+    sf.write(dirs["enhanced"] / "spk1" / "b.wav", np.zeros_like(x), SR, subtype="FLOAT")  # a model that gave silence
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"])]) == 0
+    out = capsys.readouterr()
+    assert "note: a.wav: enhanced has 2 channel(s), clean has 1: scored on the mono mixdown" in out.out
+    assert "note: spk1/b.wav: PESQ could not score this pair: the estimate is silent (all zeros)" in out.out
+    assert "could not score" not in out.err  # not also as an anonymous warning above the table
