@@ -209,6 +209,19 @@ def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckp
     assert run_denoise([out], tmp_path / "twice", opts)["ok"] == len(TREE)  # unless named as an input
 
 
+def test_recordings_already_in_an_output_folder_inside_the_input_are_named_as_skipped(tmp_path, causal_ckpt,
+                                                                                     caplog):
+    src = make_tree(tmp_path / "in")
+    out = src / "sub"  # holds recordings of the tree, and no manifest yet
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    s = run_denoise([src], out, opts)
+    assert s["files"] == sum(1 for rel, *_ in TREE if not rel.startswith("sub/"))  # sub/corrupt.wav skipped too
+    assert "sub: skipped, it is the output folder; the audio files already in it are not denoised" in caplog.text
+    caplog.clear()
+    run_denoise([src], out, opts)  # now it holds this run's manifest: its outputs, nothing to say
+    assert "it is the output folder" not in caplog.text
+
+
 def test_default_model_or_clear_error(tmp_path, capsys):
     from audioae.pretrained import DEFAULT_DENOISER, shipped
 

@@ -51,6 +51,11 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
+def _holds_audio(folder: Path) -> bool:
+    """Whether ``folder`` or a folder under it holds an audio file."""
+    return any(p.suffix.lower() in AUDIO_EXTENSIONS for p in folder.rglob("*") if p.is_file())
+
+
 def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (sorted, recursive) with their relative paths, skipping OUT
     when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs), and
@@ -59,6 +64,9 @@ def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
         if here.resolve() == out_dir:
+            if MANIFEST_NAME not in filenames and _holds_audio(here):  # recordings, not an earlier run's outputs
+                log.warning("%s: skipped, it is the output folder; the audio files already in it are not "
+                            "denoised (denoise them into another folder)", here)
             dirnames[:] = []
             continue
         if here != folder and MANIFEST_NAME in filenames:
