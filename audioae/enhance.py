@@ -15,7 +15,17 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
-from .audio import AudioError, as_channels_first, check_pcm, check_resample, fit_length, resample
+from .audio import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    as_channels_first,
+    check_pcm,
+    check_resample,
+    fit_length,
+    resample,
+)
 from .models import SpectralAutoencoder
 from .spectral import StreamingSTFT
 
@@ -214,8 +224,13 @@ class StreamingDenoiser:
         if not model.causal:
             raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
         _check_strength(strength)
+        if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+            raise ValueError(f"sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be within 1..{MAX_CHANNELS}, got {channels}")
         c = model.config
-        self.model, self.sr, self.strength = model, sr, strength
+        self.model, self.sr, self.strength, self.channels = model, sr, strength, channels
+        self.finished = False
         self.device = _device_of(model)
         self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ")
         self.up = StreamingResampler(c.sample_rate, sr, channels)
@@ -271,9 +286,18 @@ class StreamingDenoiser:
         self.n_out += n
         return _blend(y, fit_length(dry, n), self.strength)
 
+    def _check_open(self) -> None:
+        if self.finished:
+            raise RuntimeError("this stream has finished; start a new StreamingDenoiser for the next one")
+
     @torch.inference_mode()
     def push(self, chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
         x, _ = as_channels_first(chunk)
+        self._check_open()
+        if x.shape[0] != self.channels:
+            raise ValueError(f"this stream has {self.channels} channel(s), the chunk has {x.shape[0]}")
+        if not torch.isfinite(x).all():
+            raise AudioError(f"chunk after {self.n_in} samples: the audio contains NaN or Inf samples")
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
         self.n_in += x.shape[-1]
@@ -285,8 +309,10 @@ class StreamingDenoiser:
 
     @torch.inference_mode()
     def finish(self) -> torch.Tensor:
+        self._check_open()
         if self.n_in == 0:
             raise AudioError("the stream carried no audio")
+        self.finished = True
         z = self.down.finish().to(self.device)  # [C, n']
         frames = torch.cat([self.stft.push(z), self.stft.finish()], dim=-1)  # [C, F, m]
         ahead = torch.cat([self.ahead.push(z), self.ahead.finish()], dim=-1) if self.ahead else None

@@ -74,6 +74,27 @@ def test_denoise_and_streaming_refuse_a_rate_the_model_cannot_resample_to():
     assert denoise(causal, x[:, :22050], 22050).shape == (1, 22050)  # a standard rate still works
 
 
+def test_a_stream_refuses_bad_chunks_and_settings_and_stays_usable_after_a_refused_chunk():
+    torch.manual_seed(0)
+    causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    x = np.random.default_rng(0).standard_normal(3200).astype(np.float32) * 0.1
+    s = StreamingDenoiser(causal, 16000)
+    first = s.push(x[:1600])
+    with pytest.raises(ValueError, match=re.escape("this stream has 1 channel(s), the chunk has 2")):
+        s.push(np.zeros((2, 160), np.float32))
+    with pytest.raises(AudioError, match="chunk after 1600 samples: the audio contains NaN"):
+        s.push(np.full(160, np.nan, np.float32))
+    rest = torch.cat([s.push(x[1600:]), s.finish()], -1)
+    np.testing.assert_allclose(torch.cat([first, rest], -1)[0].numpy(), denoise(causal, x, 16000), atol=1e-5)
+    for call in (lambda: s.push(x[:160]), s.finish):
+        with pytest.raises(RuntimeError, match="this stream has finished"):
+            call()
+    with pytest.raises(ValueError, match="sample rate 0 Hz is outside"):
+        StreamingDenoiser(causal, 0)
+    with pytest.raises(ValueError, match=re.escape("channels must be within 1..64, got 0")):
+        StreamingDenoiser(causal, 16000, 0)
+
+
 def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     import json
 
