@@ -78,21 +78,30 @@ class AudioServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
+        if c.metrics_port is not None:  # first: a gRPC port, once bound, is not released before start()
+            try:
+                self.metrics_port = self.metrics.serve_http(c.host, c.metrics_port)
+            except OSError as exc:
+                raise RuntimeError(f"cannot serve metrics on {c.host}:{c.metrics_port} "
+                                   f"({exc.strerror or exc})") from exc
         address = f"{c.host}:{c.port}"
-        if c.tls_cert:
-            creds = grpc.ssl_server_credentials(
-                [(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())]
-            )
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self._bind(address)
+        except RuntimeError:  # grpcio raises "Failed to bind ... set GRPC_VERBOSITY=debug" (older: returns 0)
+            self.port = 0
         if not self.port:
+            self.metrics.stop_http()
             raise RuntimeError(f"cannot listen on {address} (in use, or not an address of this machine)")
         self.server.start()
-        if c.metrics_port is not None:
-            self.metrics_port = self.metrics.serve_http(c.host, c.metrics_port)
         log.debug("listening on %s:%d (%s)", c.host, self.port, "TLS" if c.tls_cert else "plaintext")
         return self.port
+
+    def _bind(self, address: str) -> int:
+        c = self.config
+        if c.tls_cert:
+            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+            return self.server.add_secure_port(address, creds)
+        return self.server.add_insecure_port(address)
 
     def load(self) -> None:
         """Load and warm up the models, then report SERVING."""

@@ -867,3 +867,29 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
 def test_bad_server_settings_are_refused_before_anything_loads(flags, text, capsys):
     assert cli_main(["serve", *flags]) == 2  # gRPC alone would bind port 70000 as 4464
     assert text in capsys.readouterr().err
+
+
+def test_a_taken_metrics_port_is_an_error_and_releases_the_grpc_port(model_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=busy))
+        with pytest.raises(RuntimeError, match=f"cannot serve metrics on 127.0.0.1:{busy} \\(Address already in use"):
+            srv.start()  # was a bare OSError traceback out of the HTTP server
+        assert not srv.port  # refused before the gRPC port was bound
+
+
+def test_a_taken_grpc_port_releases_the_metrics_port(model_dir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), port=busy))
+        with pytest.raises(RuntimeError, match="cannot listen on"):
+            srv.start()
+    assert srv.metrics._http is None  # the /metrics server it had started is shut down again
