@@ -495,6 +495,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
             group["lr"] = tc.lr
         log.info("resumed from %s at step %d", last, step)
+        if step >= tc.steps:
+            log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
+                        "go on, or start over with --no-resume or another --out", out, step, tc.steps)
     elif tc.init_from:
         grown = grow_into(model, load_checkpoint(tc.init_from).state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")

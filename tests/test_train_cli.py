@@ -62,7 +62,7 @@ def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
     assert any("val" in r and "stoi" in r["val"] for r in records)
 
 
-def test_train_resumes_from_last_checkpoint(tmp_path, capsys):
+def test_train_resumes_from_last_checkpoint(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
               "--set", "model.config.hidden=16"]
@@ -81,6 +81,10 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys):
     assert main(["train", *common, "--steps", "9", "--set", "model.config.hidden=24"]) == 2  # another shape
     assert "hidden: 16 there, 24 now" in capsys.readouterr().err
     assert load_checkpoint(out / "last.safetensors").config.hidden == 16  # the run is untouched
+
+    assert main(["train", *common, "--steps", "5"]) == 0  # fewer steps than the run holds: nothing to do, said so
+    assert json.loads(capsys.readouterr().out)["steps"] == 7
+    assert "already holds 7 steps, train.steps is 5: nothing to train" in caplog.text
 
 
 def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tmp_path, capsys):
