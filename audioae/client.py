@@ -116,12 +116,27 @@ def float_audio(wav, name: str = "audio") -> np.ndarray:
     return np.atleast_2d(x.astype(np.float32, copy=False))  # [C, T]
 
 
+def whole_hz(sr: float) -> int:
+    """A sample rate for the wire (an int32): 16000.0 is 16000; 44100.5 is a caller's mistake,
+    not 44100."""
+    if int(sr) != sr:
+        raise ValueError(f"a sample rate is a whole number of Hz, got {sr}")
+    return int(sr)
+
+
+def _pcm_format_code(pb, fmt: str) -> int:
+    try:
+        return {"int16": pb.INT16, "float32": pb.FLOAT32}[fmt]
+    except KeyError:
+        raise ValueError(f"pcm_format must be 'int16' or 'float32', got {fmt!r}") from None
+
+
 def pcm_message(wav: np.ndarray, sr: int, fmt: str | int = "float32"):
     """``[C, T]`` (or ``[T]``) float audio -> ``Pcm`` message."""
     pb = _pb()
-    code = fmt if isinstance(fmt, int) else {"int16": pb.INT16, "float32": pb.FLOAT32}[fmt]
+    code = fmt if isinstance(fmt, int) else _pcm_format_code(pb, fmt)
     x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T]
-    return pb.Pcm(data=array_to_pcm_bytes(x, code), format=code, sample_rate=int(sr), channels=x.shape[0])
+    return pb.Pcm(data=array_to_pcm_bytes(x, code), format=code, sample_rate=whole_hz(sr), channels=x.shape[0])
 
 
 def audio_from_message(audio, name: str = "audio") -> tuple[np.ndarray, int, AudioForm]:
@@ -370,20 +385,21 @@ class Client:
         self,
         chunks: Iterable[np.ndarray],
         sr: int,
-        channels: int,
+        channels: int = 1,
         *,
         model: str = "",
         strength: float | None = None,
         pcm_format: str = "float32",
         timeout: float | None = None,
     ) -> Iterator[np.ndarray]:
-        """Send ``[C, n]`` chunks, yield cleaned ``[C, m]`` chunks as the server returns them.
+        """Send ``[C, n]`` chunks (``[n]`` for mono), yield cleaned ``[C, m]`` chunks as the server
+        returns them. Every chunk must have the ``channels`` the stream was opened with.
 
         The concatenated output has exactly the input's length.
         """
         pb = _pb()
-        code = {"int16": pb.INT16, "float32": pb.FLOAT32}[pcm_format]
-        config = pb.StreamConfig(model=model, sample_rate=int(sr), channels=int(channels), format=code)
+        code = _pcm_format_code(pb, pcm_format)
+        config = pb.StreamConfig(model=model, sample_rate=whole_hz(sr), channels=int(channels), format=code)
         if strength is not None:
             config.strength = strength
 
@@ -394,8 +410,11 @@ class Client:
         def requests():
             yield pb.StreamDenoiseRequest(config=config)
             try:
-                for chunk in chunks:
-                    c = float_audio(chunk, "chunk")  # [C, n]
+                for i, chunk in enumerate(chunks, 1):
+                    c = float_audio(chunk, f"chunk {i}")  # [C, n]
+                    if c.shape[0] != channels:  # else its samples would be sent as channels x more frames
+                        raise ValueError(f"chunk {i} has {c.shape[0]} channel(s), the stream was opened with "
+                                         f"channels={channels}")
                     yield pb.StreamDenoiseRequest(audio=array_to_pcm_bytes(c, code))
             except Exception as exc:  # noqa: BLE001 - gRPC runs this on its own thread and drops errors
                 failed.append(exc)  # end the stream here; raised to the caller below

@@ -262,3 +262,17 @@ def test_integer_samples_and_time_first_arrays_are_refused_before_the_call(mixed
     y = mixed.denoise(x.astype(np.float64), 16000)  # any float works, [T] in gives [T] out
     assert y.shape == x.shape and np.abs(y).max() < 1
     assert mixed.denoise(np.stack([x, x]), 16000).shape == (2, len(x))
+
+
+def test_a_chunk_that_disagrees_with_the_stream_and_a_fractional_rate_are_refused(mixed):
+    x = _noisy(0.5, 16000)  # [1, T]
+    stereo = np.concatenate([x, x])  # [2, T]
+    with pytest.raises(ValueError, match=re.escape("chunk 2 has 2 channel(s), the stream was opened with channels=1")):
+        list(mixed.stream([x[:, :1600], stereo[:, 1600:3200]], 16000))  # was sent as 3200 mono frames
+    with pytest.raises(ValueError, match=re.escape("chunk 1 has 1 channel(s), the stream was opened with channels=2")):
+        list(mixed.stream([x[0]], 16000, channels=2))
+    with pytest.raises(ValueError, match="pcm_format must be 'int16' or 'float32', got 'pcm16'"):
+        list(mixed.stream([x], 16000, pcm_format="pcm16"))
+    with pytest.raises(ValueError, match="a sample rate is a whole number of Hz, got 44100.5"):
+        mixed.denoise(x, 44100.5)  # was sent as 44100
+    assert sum(y.shape[-1] for y in mixed.stream([x[:, :800], x[:, 800:]], 16000.0)) == x.shape[-1]  # mono default
