@@ -45,11 +45,24 @@ class AudioInfo:
     subtype: str  # soundfile subtype, e.g. "PCM_16"
 
 
+def whole_hz(sr: float, name: str = "audio") -> int:
+    """``sr`` as an int: 16000.0 is 16000; 44100.5 is a caller's mistake, not 44100."""
+    if int(sr) != sr:
+        raise AudioError(f"{name}: a sample rate is a whole number of Hz, got {sr}")
+    return int(sr)
+
+
+def check_sample_rate(sr: float, name: str = "audio") -> None:
+    """A whole number of Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] (16000.0 passes; 44100.5 does not)."""
+    whole_hz(sr, name)
+    if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
+        raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+
+
 def _check_samples(wav: np.ndarray, sr: int, name: str) -> None:
     if wav.size == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{name}: the audio is empty (0 samples)")
-    if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
-        raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    check_sample_rate(sr, name)
     if not np.isfinite(wav).all():
         raise AudioError(f"{name}: the audio contains NaN or Inf samples")
 

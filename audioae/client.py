@@ -30,7 +30,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import MAX_CHANNELS, MIN_SAMPLE_RATE, AudioError, check_audio_array, check_pcm, encode_audio, read_audio
+from .audio import (
+    MAX_CHANNELS,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    check_audio_array,
+    check_pcm,
+    encode_audio,
+    read_audio,
+    whole_hz,
+)
 from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -116,14 +125,6 @@ def float_audio(wav, name: str = "audio") -> np.ndarray:
     return np.atleast_2d(x.astype(np.float32, copy=False))  # [C, T]
 
 
-def whole_hz(sr: float) -> int:
-    """A sample rate for the wire (an int32): 16000.0 is 16000; 44100.5 is a caller's mistake,
-    not 44100."""
-    if int(sr) != sr:
-        raise ValueError(f"a sample rate is a whole number of Hz, got {sr}")
-    return int(sr)
-
-
 def _pcm_format_code(pb, fmt: str) -> int:
     try:
         return {"int16": pb.INT16, "float32": pb.FLOAT32}[fmt]
@@ -136,7 +137,7 @@ def pcm_message(wav: np.ndarray, sr: int, fmt: str | int = "float32"):
     pb = _pb()
     code = fmt if isinstance(fmt, int) else _pcm_format_code(pb, fmt)
     x = np.atleast_2d(np.asarray(wav, dtype=np.float32))  # [C, T]
-    return pb.Pcm(data=array_to_pcm_bytes(x, code), format=code, sample_rate=whole_hz(sr), channels=x.shape[0])
+    return pb.Pcm(data=array_to_pcm_bytes(x, code), format=code, sample_rate=whole_hz(sr, "sample_rate"), channels=x.shape[0])
 
 
 def audio_from_message(audio, name: str = "audio") -> tuple[np.ndarray, int, AudioForm]:
@@ -399,7 +400,7 @@ class Client:
         """
         pb = _pb()
         code = _pcm_format_code(pb, pcm_format)
-        config = pb.StreamConfig(model=model, sample_rate=whole_hz(sr), channels=int(channels), format=code)
+        config = pb.StreamConfig(model=model, sample_rate=whole_hz(sr, "sample_rate"), channels=int(channels), format=code)
         if strength is not None:
             config.strength = strength
 

@@ -17,12 +17,11 @@ import torchaudio.functional as AF
 
 from .audio import (
     MAX_CHANNELS,
-    MAX_SAMPLE_RATE,
-    MIN_SAMPLE_RATE,
     AudioError,
     as_channels_first,
     check_pcm,
     check_resample,
+    check_sample_rate,
     fit_length,
     resample,
 )
@@ -224,8 +223,8 @@ class StreamingDenoiser:
         if not model.causal:
             raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
         _check_strength(strength)
-        if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
-            raise ValueError(f"sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+        check_sample_rate(sr, "stream")
+        sr = int(sr)
         if not 1 <= channels <= MAX_CHANNELS:
             raise ValueError(f"channels must be within 1..{MAX_CHANNELS}, got {channels}")
         c = model.config

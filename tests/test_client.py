@@ -273,6 +273,6 @@ def test_a_chunk_that_disagrees_with_the_stream_and_a_fractional_rate_are_refuse
         list(mixed.stream([x[0]], 16000, channels=2))
     with pytest.raises(ValueError, match="pcm_format must be 'int16' or 'float32', got 'pcm16'"):
         list(mixed.stream([x], 16000, pcm_format="pcm16"))
-    with pytest.raises(ValueError, match="a sample rate is a whole number of Hz, got 44100.5"):
+    with pytest.raises(ValueError, match="sample_rate: a sample rate is a whole number of Hz, got 44100.5"):
         mixed.denoise(x, 44100.5)  # was sent as 44100
     assert sum(y.shape[-1] for y in mixed.stream([x[:, :800], x[:, 800:]], 16000.0)) == x.shape[-1]  # mono default

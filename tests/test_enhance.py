@@ -89,8 +89,13 @@ def test_a_stream_refuses_bad_chunks_and_settings_and_stays_usable_after_a_refus
     for call in (lambda: s.push(x[:160]), s.finish):
         with pytest.raises(RuntimeError, match="this stream has finished"):
             call()
-    with pytest.raises(ValueError, match="sample rate 0 Hz is outside"):
+    with pytest.raises(AudioError, match="sample rate 0 Hz is outside"):
         StreamingDenoiser(causal, 0)
+    with pytest.raises(AudioError, match="a sample rate is a whole number of Hz, got 44100.5"):
+        StreamingDenoiser(causal, 44100.5)  # math.gcd's TypeError before
+    with pytest.raises(AudioError, match="a sample rate is a whole number of Hz, got 22050.5"):
+        denoise(causal, x, 22050.5)
+    assert denoise(causal, x, 16000.0).shape == x.shape
     with pytest.raises(ValueError, match=re.escape("channels must be within 1..64, got 0")):
         StreamingDenoiser(causal, 16000, 0)
 
