@@ -46,6 +46,12 @@ def _db(mag: np.ndarray) -> np.ndarray:
     return 20 * np.log10(mag + 1e-6)
 
 
+def _colour_top(db: np.ndarray) -> float:
+    """The dB value drawn brightest: the loudest bin, but never below -40 dB, so that silence
+    (all at _db's -120 dB floor) is drawn dark instead of at the top of the scale."""
+    return max(float(db.max()), -40.0)
+
+
 def _spec_db(wav: np.ndarray, sr: int) -> tuple[np.ndarray, float, float]:
     """Mono ``wav [T]`` -> ``(dB [F, N], hop seconds, bin Hz)`` with a ~32 ms window."""
     n_fft = 2 ** max(6, round(math.log2(0.032 * sr)))
@@ -74,7 +80,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
     grid = fig.add_gridspec(rows, 4, hspace=0.55, wspace=0.25)
 
     db, hop_s, bin_hz = _spec_db(mono, sr)
-    vmax = float(db.max())
+    vmax = _colour_top(db)
     _show_spec(fig.add_subplot(grid[0, :]), db, hop_s, bin_hz, vmax,
                f"input ({sr} Hz, {len(mono) / sr:.2f} s); {len(dec.labels)} components + residual "
                f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_text}")
@@ -240,7 +246,7 @@ def plot_denoising(view: dict, path: str | os.PathLike, title: str = "") -> Path
     fig, axes = plt.subplots(4, 1, figsize=(14, 13), gridspec_kw={"hspace": 0.45})
     hop_s, bin_hz = view["hop_s"], view["bin_hz"]
     db_in, db_out = _db(view["mag_in"]), _db(view["mag_out"])  # [F, N]
-    vmax = float(db_in.max())
+    vmax = _colour_top(db_in)
     _show_spec(axes[0], db_in, hop_s, bin_hz, vmax, f"input {title}".strip())
     _show_spec(axes[1], db_out, hop_s, bin_hz, vmax, "output")
     f, n = db_in.shape

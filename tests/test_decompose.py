@@ -261,6 +261,20 @@ def test_shipped_decomposer_is_small_checked_and_documented():
 
 
 # ---- the CLI -------------------------------------------------------------------------------------------
+def test_a_silent_input_is_drawn_dark_and_its_sum_is_exact(tmp_path, capsys):
+    import matplotlib.image
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), ckpt)
+    src = tmp_path / "silence.wav"
+    write_audio(src, np.zeros((1, SR), np.float32), SR, subtype="PCM_16")
+    assert main(["decompose", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--plot"]) == 0
+    assert "sum-to-input error exact" in capsys.readouterr().out
+    rgb = matplotlib.image.imread(tmp_path / "o" / "decomposition.png")[..., :3]
+    top_of_magma = (rgb[..., 0] > 0.9) & (rgb[..., 1] > 0.9) & (rgb[..., 2] < 0.8)  # magma's brightest yellow
+    assert top_of_magma.mean() < 0.01  # it filled the whole input panel: silence drawn as the loudest level
+
+
 def test_cli_decompose_writes_every_file(tmp_path, capsys):
     sr = 22050
     x = np.stack([tone(1.0, sr) + noise_bursts(1.0, sr), 0.5 * tone(1.0, sr)])  # stereo, not the model's rate
