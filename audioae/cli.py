@@ -322,7 +322,7 @@ def _add_images(sub) -> None:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReportConfig field, e.g. --set digit_steps=3000 --set code_sizes=[2,8,32]")
     r.add_argument("--seed", type=int, help="random seed (split, initialisation, batches, corruptions)")
-    r.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    r.add_argument("--threads", type=_count, default=0, help="torch CPU threads; 0: torch's default")
     r.add_argument("--no-models", action="store_true", help="do not save the trained models")
     r.set_defaults(func=_cmd_images_report)
 

@@ -36,6 +36,8 @@ class ServerConfig:
             raise ValueError("max_batch_seconds and max_delay_ms must be >= 0")
         if self.max_queue < 1 or self.max_streams < 1:
             raise ValueError("max_queue and max_streams must be >= 1")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads (--threads) must be >= 0 (0: torch's default), got {self.torch_threads}")
         for name in ("port", "metrics_port"):  # gRPC would take 70000 as 70000 mod 65536 and bind 4464
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:

@@ -166,7 +166,10 @@ def test_linear_autoencoder_matches_pca(digits):
 
 @pytest.mark.parametrize(("override", "text"), [("digit_steps=abc", "digit_steps = 'abc': expected int"),
                                                 ("nope=1", "has no key(s) ['nope']"),
-                                                ("code_sizes", "expected KEY=VALUE")])
+                                                ("code_sizes", "expected KEY=VALUE"),
+                                                ("digit_steps=0", "digit_steps must be at least 1, got 0"),
+                                                ("code_sizes=[]", "code_sizes must be a non-empty list"),
+                                                ("code_sizes=[2,8,100]", "within 1..64 (the digits' pixels)")])
 def test_report_overrides_are_checked_before_anything_runs(tmp_path, capsys, override, text):
     assert main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--set", override]) == 2
     assert text in capsys.readouterr().err

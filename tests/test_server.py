@@ -863,7 +863,8 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
                                              (["--metrics-port", "-1"], "metrics_port must be within"),
                                              (["--max-streams", "0"], "max_queue and max_streams must be >= 1"),
                                              (["--tls-cert", "cert.pem"], "TLS needs both"),
-                                             (["--max-request-mb", "0"], "max_request_mb must be positive")])
+                                             (["--max-request-mb", "0"], "max_request_mb must be positive"),
+                                             (["--threads", "-1"], "torch_threads (--threads) must be >= 0")])
 def test_bad_server_settings_are_refused_before_anything_loads(flags, text, capsys):
     assert cli_main(["serve", *flags]) == 2  # gRPC alone would bind port 70000 as 4464
     assert text in capsys.readouterr().err

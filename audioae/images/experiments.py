@@ -88,6 +88,13 @@ class ReportConfig:
         return cls(**small)
 
     def __post_init__(self):
+        for name in ("digit_steps", "photo_steps", "linear_steps", "batch_size", "photo_batch_size"):
+            if getattr(self, name) < 1:  # zero steps would report untrained models as results
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        pixels = 8 * 8  # a digit: PCA and the codes have at most this many dimensions
+        if not self.code_sizes or not all(1 <= k <= pixels for k in self.code_sizes):
+            raise ValueError(f"code_sizes must be a non-empty list of sizes within 1..{pixels} (the digits' "
+                             f"pixels), got {list(self.code_sizes)}")
         if self.map_code_dim not in self.code_sizes:
             raise ValueError(f"map_code_dim {self.map_code_dim} must be one of code_sizes {self.code_sizes}")
         if self.unpool == "maxunpool":
