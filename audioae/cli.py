@@ -162,9 +162,23 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+def _check_json_out(path: str | None) -> None:
+    """``--json FILE`` is written whole at the end: refuse a folder and an audio file name first
+    (``--json refs/a.wav`` would replace a reference with the report)."""
+    if path in (None, "-"):
+        return
+    from .audio import AUDIO_EXTENSIONS
+
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: is a folder; name the JSON file to write, e.g. {os.path.join(path, 'scores.json')}")
+    if os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS:
+        raise ValueError(f"--json {path}: refusing to write the report over an audio file name; name a .json file")
+
+
 def _cmd_eval(args) -> int:
     from .evaluate import evaluate_folders, format_table
 
+    _check_json_out(args.json_out)
     report = evaluate_folders(args.clean, args.enhanced, args.noisy)
     if report["paired"] == 0:
         raise ValueError(f"no files of {args.enhanced} pair with {args.clean} by relative path")

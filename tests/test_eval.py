@@ -138,3 +138,15 @@ def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(fold
     assert "note: a.wav: enhanced has 2 channel(s), clean has 1: scored on the mono mixdown" in out.out
     assert "note: spk1/b.wav: PESQ could not score this pair: the estimate is silent (all zeros)" in out.out
     assert "could not score" not in out.err  # not also as an anonymous warning above the table
+
+
+def test_json_out_may_not_be_a_folder_or_an_audio_file(folders, capsys):
+    dirs, _ = folders
+    ref = dirs["clean"] / "a.wav"
+    before = ref.read_bytes()
+    base = ["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"])]
+    assert main([*base, "--json", str(ref)]) == 2  # was: the report written over a reference
+    assert "refusing to write the report over an audio file name" in capsys.readouterr().err
+    assert ref.read_bytes() == before
+    assert main([*base, "--json", str(dirs["noisy"])]) == 2  # was: IsADirectoryError traceback
+    assert "is a folder; name the JSON file to write" in capsys.readouterr().err
