@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -282,9 +283,20 @@ def _add_inspect(sub) -> None:
     p.set_defaults(func=_cmd_inspect)
 
 
-def _cmd_inspect(args) -> int:
-    from pathlib import Path
+def _figure_path(out: str | None, default: str) -> Path:
+    """Where inspect draws: ``-o FILE``, or ``default`` (inside ``-o`` when that is a folder). A
+    figure never takes an audio file's name: ``-o x.wav`` would replace a recording with a PNG."""
+    from .audio import AUDIO_EXTENSIONS
 
+    path = Path(out or default)
+    if path.is_dir():
+        path = path / default
+    if path.suffix.lower() in AUDIO_EXTENSIONS:
+        raise ValueError(f"-o {path}: inspect draws a figure (PNG); name a .png file, not an audio file")
+    return path
+
+
+def _cmd_inspect(args) -> int:
     from .models.base import SpectralAutoencoder
     from .models.dictionary import SparseDictionary
     from .plots import dictionary_stats, plot_dictionary
@@ -301,11 +313,11 @@ def _cmd_inspect(args) -> int:
                              f"components of a recording run: audioae decompose {args.audio} -o DIR --plot")
         if not isinstance(model, SpectralAutoencoder):
             raise ValueError(f"{path}: --audio needs a spectrogram model, this is a {model.registry_name} model")
-        return _inspect_denoising(model, path, args.audio, Path(args.out or f"{Path(args.audio).stem}.{name}.png"))
+        return _inspect_denoising(model, path, args.audio, _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png"))
     if not isinstance(model, SparseDictionary):
         raise ValueError(f"{path}: without --audio, inspect draws sparse_dict dictionaries; this is a "
                          f"{model.registry_name} model: add --audio FILE to see what it does to a recording")
-    out = Path(args.out or f"{name}-dictionary.png")
+    out = _figure_path(args.out, f"{name}-dictionary.png")
     plot_dictionary(model, out)
     print(json.dumps({"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}, indent=2))
     return 0
@@ -342,14 +354,14 @@ def _add_images(sub) -> None:
 
 
 def _cmd_images_report(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from .config import typed_fields
+    from .fileio import check_output_folder
     from .images import ReportConfig, run_report
     from .train import _coerce
 
+    check_output_folder(args.out, owns=lambda name: False)  # an existing file is refused before hours of work
     changes = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
@@ -458,8 +470,6 @@ def _add_client(sub) -> None:
 
 
 def _default_out(path: str, tag: str) -> str:
-    from pathlib import Path
-
     p = Path(path)
     return str(p.with_name(f"{p.stem}.{tag}{p.suffix}"))
 
@@ -482,8 +492,6 @@ def _cmd_client(args) -> int:
 
 
 def _client_call(args, client) -> int:
-    from pathlib import Path
-
     from .client import save_decomposition, writes_decomposition_file
     from .fileio import check_output_folder
 

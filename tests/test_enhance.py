@@ -138,6 +138,13 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["model"] == str(tmp_path / "den.safetensors")
     assert main(["inspect", "decomposer-small", "--model", "denoiser-small", "--audio", str(tmp_path / "noisy.wav")]) == 2
     assert "two models named" in capsys.readouterr().err
+    before = (tmp_path / "noisy.wav").read_bytes()  # -o naming the recording would replace it with a PNG
+    assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "noisy.wav")]) == 2
+    assert "inspect draws a figure (PNG); name a .png file" in capsys.readouterr().err
+    assert (tmp_path / "noisy.wav").read_bytes() == before
+    (tmp_path / "figs").mkdir()  # a folder: the default name inside it
+    assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "figs")]) == 0
+    assert json.loads(capsys.readouterr().out)["figure"] == str(tmp_path / "figs" / "noisy.denoiser-small.png")
 
 
 def test_integer_samples_and_time_first_arrays_are_refused():

@@ -176,6 +176,13 @@ def test_report_overrides_are_checked_before_anything_runs(tmp_path, capsys, ove
     assert not (tmp_path / "r").exists()
 
 
+def test_report_into_an_existing_file_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    assert main(["images", "report", "-o", str(tmp_path / "taken"), "--quick"]) == 2  # was a FileExistsError traceback
+    assert "is an existing file" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 def test_report_command_writes_its_files(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["images", "report", "-o", str(out), "--quick", "--threads", "1"]) == 0
