@@ -353,3 +353,17 @@ def test_an_image_model_is_refused_before_anything_is_written(tmp_path, capsys):
     model = load_checkpoint(image)
     with pytest.raises(ValueError, match="denoising needs a spectrogram model; this is a 'image' model"):
         denoise(model, np.zeros(1600, np.float32), 16000)
+
+
+def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp_path, causal_ckpt):
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where the outputs' folder belongs")
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    under_sub = [rel for rel, *_ in TREE if rel.startswith("sub/")]
+    # was: the cleanup of the corrupt file's .part raised NotADirectoryError and ended the job
+    assert (s["ok"], s["error"]) == (len(TREE) - len(under_sub), len(under_sub) + 1)
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert recs["top.wav"]["status"] == "ok" and recs["stereo.wav"]["status"] == "error"
+    assert (out / "sub").read_text() == "a file where the outputs' folder belongs"

@@ -12,6 +12,7 @@ moment leaves either a complete output or a ``.part`` file, never a half-written
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -141,7 +142,8 @@ class FileDenoiser:
                 else:
                     self._whole(task, f)
         except Exception as exc:  # one bad file must never stop the job
-            part_path(task.output).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. its output folder's name is taken by a file
+                part_path(task.output).unlink(missing_ok=True)
             msg = str(exc) if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
             log.info("failed: %s", msg)
             return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
