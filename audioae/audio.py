@@ -136,6 +136,16 @@ def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str 
     return buf.getvalue()
 
 
+def container_for(path: str | os.PathLike) -> str:
+    """The soundfile container a path's extension names: WAV, FLAC or OGG. Any other name is
+    refused: a WAV written as ``out.mp3`` would be mislabelled."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in AUDIO_EXTENSIONS:
+        raise AudioError(f"{path}: audio is written as {', '.join(AUDIO_EXTENSIONS)}; "
+                         f"got {suffix or 'no extension'}")
+    return {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}[suffix]
+
+
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: str | None = None,
                 format: str | None = None) -> None:
     """Write ``[C, T]`` audio atomically: a temporary file in the same folder, then ``os.replace``.
@@ -144,8 +154,8 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     (rename is atomic on POSIX local filesystems; not guaranteed on NFS).
     """
     path = Path(path)
+    fmt = format or container_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = format or {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower(), "WAV")
     if subtype is not None and not sf.check_format(fmt, subtype):
         subtype = None  # e.g. a float subtype asked of FLAC: fall back to the container default
     data = np.ascontiguousarray(wav.T)

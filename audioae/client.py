@@ -36,6 +36,7 @@ from .audio import (
     AudioError,
     check_audio_array,
     check_pcm,
+    container_for,
     encode_audio,
     read_audio,
     whole_hz,
@@ -364,9 +365,12 @@ class Client:
         """Denoise a file into ``dst`` (atomic write) at its own rate, channels and length; an
         existing folder ``dst`` gets the file under its own name. The input is never overwritten."""
         src, dst = Path(src), output_file(src, dst)
+        same_container = dst.suffix.lower() == src.suffix.lower()  # the answer's bytes as they come
+        if not same_container:
+            container_for(dst)  # before the call: out.mp3 would get WAV bytes
         resp = self.denoise_bytes(src.read_bytes(), model=model, strength=strength, timeout=timeout)
         data = resp.audio.encoded
-        if dst.suffix.lower() == src.suffix.lower():
+        if same_container:
             atomic_write_bytes(dst, data)
         else:  # another container asked for: transcode, keeping the sample subtype where possible
             from .audio import write_audio
@@ -451,9 +455,9 @@ class Client:
             info = sf.info(str(src))
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"{src}: cannot read audio ({exc})") from exc
+        fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = (b.T for b in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True))
-        fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(dst.suffix.lower(), "WAV")
         subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
         n = 0
         with (

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from audioae.audio import read_audio, write_audio
@@ -218,6 +219,16 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     assert str(tmp_path / "cleaned" / "in.wav") in capsys.readouterr().out
     y, sr, _ = read_audio(tmp_path / "cleaned" / "in.wav")
     assert sr == 16000 and y.shape[-1] == 8000
+    assert cli_main([*base, "-o", str(tmp_path / "out.mp3")]) == 2  # was: WAV bytes in a file named .mp3
+    assert "audio is written as .wav, .flac, .ogg; got .mp3" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp3").exists()
+    assert cli_main([*base, "-o", str(tmp_path / "out.flac")]) == 0  # another known container: transcoded
+    assert sf.info(tmp_path / "out.flac").format == "FLAC"
+    aiff = tmp_path / "in.aiff"  # a container of the input's own kind is written as the server answers
+    sf.write(aiff, _noisy(0.5, 16000)[0], 16000, subtype="PCM_16")
+    argv = ["client", command, str(aiff), "--server", f"127.0.0.1:{mixed_server.port}", "--model", "tiny"]
+    assert cli_main(argv) == 0
+    assert sf.info(tmp_path / "in.denoised.aiff").format == "AIFF"
 
 
 def test_cli_client_decompose_defaults_to_the_local_commands_grouping(mixed_server, tmp_path, capsys):
