@@ -8,6 +8,7 @@ rate and channel count. The model's own rate is internal: we resample in and out
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -34,11 +35,18 @@ STREAM_CHUNK_SECONDS = 4.0
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when torch sees one, else CPU. Asking for CUDA without one is an error."""
+    """``auto``: CUDA when torch sees one, else CPU; ``cpu``, ``cuda`` or ``cuda:N``. Asking for a
+    CUDA device torch does not see is an error, and so is any other name."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name} asked for, but torch sees no CUDA device")
+        index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise RuntimeError(f"--device {name} asked for, but torch sees {count} CUDA device(s) (cuda:0..{count - 1})")
     return torch.device(name)
 
 

@@ -159,3 +159,16 @@ def test_integer_samples_and_time_first_arrays_are_refused():
             StreamingDenoiser(model, 16000, 1).push(bad)
     assert denoise(model, x.astype(np.float64), 16000).shape == x.shape  # any float, any layout it can read
     assert denoise(model, torch.from_numpy(np.stack([x, x])), 16000).shape == (2, len(x))
+
+
+def test_device_names_are_checked_before_torch_sees_them():
+    from audioae.enhance import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for name in ("gpu", "tpu", "mps", "cuda:x", "CPU"):  # was torch's list of 20 device types, or "not linked"
+        with pytest.raises(ValueError, match=re.escape(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")):
+            pick_device(name)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(RuntimeError, match="torch sees"):
+        pick_device(f"cuda:{count}")  # one past the last device (any CUDA device, when there is none)
