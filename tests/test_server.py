@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import io
 import ipaddress
+import re
 import shutil
 import subprocess
 import threading
@@ -870,27 +871,17 @@ def test_bad_server_settings_are_refused_before_anything_loads(flags, text, caps
     assert text in capsys.readouterr().err
 
 
-def test_a_taken_metrics_port_is_an_error_and_releases_the_grpc_port(model_dir):
+@pytest.mark.parametrize(("taken", "text"), [("metrics_port", "cannot serve metrics on 127.0.0.1:{busy} (Address already in use"),
+                                           ("port", "cannot listen on 127.0.0.1:{busy} (in use")])
+def test_a_taken_port_is_a_plain_error_and_nothing_stays_bound(model_dir, taken, text):
     import socket
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=busy))
-        with pytest.raises(RuntimeError, match=f"cannot serve metrics on 127.0.0.1:{busy} \\(Address already in use"):
-            srv.start()  # was a bare OSError traceback out of the HTTP server
-        assert not srv.port  # refused before the gRPC port was bound
-
-
-def test_a_taken_grpc_port_releases_the_metrics_port(model_dir):
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), port=busy))
-        with pytest.raises(RuntimeError, match="cannot listen on"):
-            srv.start()
-    assert srv.metrics._http is None  # the /metrics server it had started is shut down again
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), **{taken: busy}))
+        with pytest.raises(RuntimeError, match=re.escape(text.format(busy=busy))):
+            srv.start()  # was an OSError traceback (metrics), or grpcio's "Failed to bind ... GRPC_VERBOSITY"
+    assert not srv.port  # the gRPC port: refused before binding, or never bound
+    assert srv.metrics._http is None  # /metrics: never started, or shut down again
