@@ -367,3 +367,13 @@ def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
     assert recs["top.wav"]["status"] == "ok" and recs["stereo.wav"]["status"] == "error"
     assert (out / "sub").read_text() == "a file where the outputs' folder belongs"
+
+
+def test_audio_the_folder_search_passes_over_is_counted_in_a_warning(tmp_path, causal_ckpt, caplog):
+    src = make_tree(tmp_path / "in")
+    (src / "sub" / "talk.mp3").write_bytes(b"ID3 not really")
+    (src / "sub" / "deeper" / "take.MP3").write_bytes(b"ID3")
+    (src / "memo.aiff").write_bytes(b"FORM")
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert s["files"] == len(TREE) + 1  # the same inputs as before (+ the corrupt WAV): none of those
+    assert "passed over 1 .aiff, 2 .mp3 file(s): the folder search takes .wav/.flac/.ogg only" in caplog.text

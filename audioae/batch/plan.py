@@ -56,11 +56,24 @@ def _holds_audio(folder: Path) -> bool:
     return any(p.suffix.lower() in AUDIO_EXTENSIONS for p in folder.rglob("*") if p.is_file())
 
 
+# Audio the folder search passes over (it takes AUDIO_EXTENSIONS): counted, so a folder of MP3s
+# does not come back as "0 files" without a word on why.
+OTHER_AUDIO = (".mp3", ".opus", ".aif", ".aiff", ".au", ".caf", ".w64", ".m4a", ".aac", ".wma")
+
+
+def _warn_other_audio(folder: Path, skipped: dict[str, int]) -> None:
+    if skipped:
+        kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
+        log.warning("%s: passed over %s file(s): the folder search takes %s only; name such files directly "
+                    "(read when libsndfile can: MP3, Opus, AIFF, ...) or convert them", folder, kinds,
+                    "/".join(AUDIO_EXTENSIONS))
+
+
 def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (sorted, recursive) with their relative paths, skipping OUT
     when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs), and
     skipping a subfolder that holds another run's manifest: denoised copies, not recordings."""
-    found = []
+    found, skipped = [], {}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
         if here.resolve() == out_dir:
@@ -76,10 +89,14 @@ def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
+            suffix = Path(name).suffix.lower()
+            if not name.startswith(".") and suffix in OTHER_AUDIO:
+                skipped[suffix] = skipped.get(suffix, 0) + 1
+            if name.startswith(".") or suffix not in AUDIO_EXTENSIONS:
                 continue
             path = here / name
             found.append((path.resolve(), path.relative_to(folder).as_posix()))
+    _warn_other_audio(folder, skipped)
     return found
 
 
