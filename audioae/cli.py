@@ -100,7 +100,7 @@ def _cmd_models(args) -> int:
         print("  (none)")
     for s in shipped:
         lat = "offline" if s["latency_ms"] is None else f"{s['latency_ms']} ms"
-        print(f"  {s['name']:<18} {s['family']:<10} {s['sample_rate'] or '-':>6} Hz  code {s['code_dim']:<4} "
+        print(f"  {s['name']:<18} {s['family']:<11} {s['sample_rate'] or '-':>6} Hz  code {s['code_dim']:<4} "
               f"{s['parameters']:>9,} params  latency {lat}")
     return 0
 
@@ -521,7 +521,7 @@ def _client_call(args, client) -> int:
         for mi in info["models"]:
             rate = f"{mi['sample_rate']} Hz" if mi["sample_rate"] else "-"
             kind = "causal" if mi["causal"] else "offline"
-            print(f"  {mi['name']:<20} {mi['family']:<10} {mi['input']:<12} {rate:>9}  "
+            print(f"  {mi['name']:<20} {mi['family']:<11} {mi['input']:<12} {rate:>9}  "
                   f"code {mi['code_dim']:<4} {int(mi['parameters']):>9,} params  {kind:<7}  {' '.join(mi['rpcs'])}")
         print(f"default denoiser: {info['default_denoiser'] or '-'}; "
               f"default decomposer: {info['default_decomposer'] or '-'}")
