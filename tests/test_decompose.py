@@ -163,6 +163,15 @@ def test_scaling_the_input_scales_the_components(rng):
     np.testing.assert_allclose(4 * a.components, b.components, rtol=1e-3, atol=1e-5)
 
 
+def test_a_long_input_gets_a_memory_estimate_before_the_work(monkeypatch, caplog):
+    monkeypatch.setattr("audioae.decompose.LONG_SECONDS", 0.5)  # a 10-minute signal would need GBs here
+    decompose(tiny_model(), np.zeros((2, SR), np.float32), SR, top_k=3, group="cluster", n_groups=4)
+    assert "decomposing 0 minutes at once needs roughly 1 GB of memory or more" in caplog.text
+    caplog.clear()
+    decompose(tiny_model(), np.zeros((1, SR // 4), np.float32), SR)
+    assert "needs roughly" not in caplog.text
+
+
 def test_silence_and_bad_arguments():
     model = tiny_model()
     dec = decompose(model, np.zeros((2, 4000), np.float32), SR)
