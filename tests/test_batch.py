@@ -234,6 +234,16 @@ def test_default_model_or_clear_error(tmp_path, capsys):
         assert f"{DEFAULT_DENOISER!r} is not shipped" in capsys.readouterr().err
 
 
+def test_a_run_folder_named_as_the_model_lists_its_checkpoints(tmp_path, causal_ckpt, capsys):
+    run = tmp_path / "run"  # what audioae train leaves: best, last and the optimizer state
+    run.mkdir()
+    for name in ("best.safetensors", "last.safetensors", "last.optim.safetensors"):
+        (run / name).write_bytes(causal_ckpt.read_bytes())
+    src = make_tree(tmp_path / "in")
+    assert main(["denoise", str(src / "top.wav"), "-o", str(tmp_path / "out"), "--model", str(run)]) == 2
+    assert "run: is a folder: name one of its checkpoints (best.safetensors, last.safetensors)" in capsys.readouterr().err
+
+
 def test_ray_engine_without_ray_says_how_to_install(tmp_path, causal_ckpt, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the extra looks like
     src = make_tree(tmp_path / "in")

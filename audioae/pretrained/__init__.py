@@ -25,6 +25,10 @@ def resolve(spec: str | None, default: str = DEFAULT_DENOISER) -> Path:
     if spec in models:
         return models[spec]
     path = Path(spec)
+    if path.is_dir():  # a training run's folder, most likely
+        inside = sorted(p.name for p in path.glob("*.safetensors") if not p.name.endswith(".optim.safetensors"))
+        hint = f": name one of its checkpoints ({', '.join(inside)})" if inside else ", with no checkpoint in it"
+        raise CheckpointError(f"{path}: is a folder{hint}")
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint file")
