@@ -387,3 +387,14 @@ def test_audio_the_folder_search_passes_over_is_counted_in_a_warning(tmp_path, c
     s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert s["files"] == len(TREE) + 1  # the same inputs as before (+ the corrupt WAV): none of those
     assert "passed over 1 .aiff, 2 .mp3 file(s): the folder search takes .wav/.flac/.ogg only" in caplog.text
+
+
+def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path, causal_ckpt, caplog):
+    src = make_tree(tmp_path / "in")
+    elsewhere = make_tree(tmp_path / "shared")  # e.g. storage linked into the tree
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (src / "sub" / "up").symlink_to(src, target_is_directory=True)  # a loop back to the top
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (s["files"], s["ok"]) == (2 * (len(TREE) + 1), 2 * len(TREE))  # was: the linked folder left out silently
+    assert outputs(tmp_path / "out") == {rel for rel, *_ in TREE} | {f"linked/{rel}" for rel, *_ in TREE}
+    assert "sub/up: skipped, its files were searched already under another name (a link loop?)" in caplog.text

@@ -72,11 +72,19 @@ def _warn_other_audio(folder: Path, skipped: dict[str, int]) -> None:
 def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (sorted, recursive) with their relative paths, skipping OUT
     when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs), and
-    skipping a subfolder that holds another run's manifest: denoised copies, not recordings."""
-    found, skipped = [], {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    skipping a subfolder that holds another run's manifest: denoised copies, not recordings.
+    Linked folders are followed (shared storage is often linked in), each real folder once, so
+    a link loop ends."""
+    found, skipped, seen = [], {}, set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         here = Path(dirpath)
-        if here.resolve() == out_dir:
+        real = here.resolve()
+        if real in seen:
+            log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if real == out_dir:
             if MANIFEST_NAME not in filenames and _holds_audio(here):  # recordings, not an earlier run's outputs
                 log.warning("%s: skipped, it is the output folder; the audio files already in it are not "
                             "denoised (denoise them into another folder)", here)
