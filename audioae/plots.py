@@ -206,13 +206,14 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
     includes what the filter adds) and the latent code ``[K, N]``. ``wav`` is ``[T]`` or
     ``[C, T]`` (mixed to mono) at ``sr``."""
     from .audio import resample
+    from .enhance import model_input
 
     x = np.asarray(wav, np.float32)
     mono = torch.from_numpy(x.mean(0) if x.ndim == 2 else x)[None]  # [1, T]
     msr = model.config.sample_rate
     z = resample(mono, sr, msr)  # [1, T'] at the model's rate
     with torch.inference_mode():
-        spec, feat = model.analyze(z)  # [1, F, N], [1, F', N]
+        spec, feat = model_input(model, z)  # [1, F, N], [1, F', N]: as denoise feeds it
         out, code = model(feat)  # [1, F', N], [1, K, N]
         est = model.estimate_spec(spec, out)  # [1, F, N]
     return {"mag_in": spec[0].abs().numpy(), "mag_out": est[0].abs().numpy(), "code": code[0].numpy(),  # [F, N] x2, [K, N]
