@@ -181,9 +181,9 @@ def test_level_tracker_gives_the_same_gains_in_any_chunks_and_leaves_loud_frames
     model = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
     rng = np.random.default_rng(0)
     sr = 16000
-    # silence, then a quiet passage (-70 dBFS), a loud one (-20 dBFS), and 20 s of the quiet one again
+    # silence, then a quiet passage (-70 dBFS), a loud one (-20 dBFS), and 25 s of the quiet one again
     parts = [np.zeros(sr // 2), 10 ** (-70 / 20) * rng.standard_normal(2 * sr),
-             10 ** (-20 / 20) * rng.standard_normal(sr), 10 ** (-70 / 20) * rng.standard_normal(20 * sr)]
+             10 ** (-20 / 20) * rng.standard_normal(sr), 10 ** (-70 / 20) * rng.standard_normal(25 * sr)]
     spec = model.stft(torch.from_numpy(np.concatenate(parts)).float()[None])  # [1, F, N]
     whole = LevelTracker(model).gains(spec)[0, 0]  # [N]
     chunked, tracker, i = [], LevelTracker(model), 0
@@ -195,13 +195,13 @@ def test_level_tracker_gives_the_same_gains_in_any_chunks_and_leaves_loud_frames
     hop_s = model.config.hop_length / sr
     frame = lambda seconds: int(seconds / hop_s)  # noqa: E731
     assert whole[: frame(0.4)].eq(10 ** (LEVEL_MAX_GAIN_DB / 20)).all()  # silence: the most, harmless on zeros
-    quiet = whole[frame(1.0) : frame(2.4)]  # -70 dBFS: lifted by about 30 dB
+    quiet = whole[frame(1.0) : frame(2.4)]  # -70 dBFS: lifted by about 25 dB
     assert quiet.min() > 10 ** ((LEVEL_TARGET_DB + 70 - 4) / 20) and quiet.max() < 10 ** ((LEVEL_TARGET_DB + 70 + 4) / 20)
     assert whole[frame(2.6) : frame(3.4)].eq(1.0).all()  # loud: exactly 1, the model's own features
     # After a loud moment the level falls by 1.45 dB a second (3 s in power): from -20 dBFS, the
-    # quiet passage is lifted only from about 14 s on, and then more and more.
+    # quiet passage is lifted only from about 18 s on (-45 dB), and then more and more.
     after = whole[frame(3.5) :]
-    assert after[: frame(12)].eq(1.0).all() and after[-1] > 2.0 and bool((after[1:] >= after[:-1]).all())
+    assert after[: frame(15)].eq(1.0).all() and after[-1] > 1.5 and bool((after[1:] >= after[:-1]).all())
 
 
 def test_at_trained_levels_denoise_feeds_the_model_its_own_features():
