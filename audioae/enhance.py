@@ -75,27 +75,30 @@ class LevelTracker:
         c = model.config
         self.norm = float((torch.hann_window(c.n_fft, dtype=torch.float64) ** 2).sum())  # |X|^2 per unit mean square
         self.decay = -10 / math.log(10) * (c.hop_length / c.sample_rate) / LEVEL_RELEASE_S  # dB per frame
-        self.level: torch.Tensor | None = None  # [B] dB after the last frame seen
+        self.level: np.ndarray | None = None  # [B] dB after the last frame seen
 
     def gains(self, spec: torch.Tensor) -> torch.Tensor:
-        """``spec [B, F, n]`` (the next ``n`` frames) -> gains ``[B, 1, n]`` (float32)."""
-        if spec.shape[-1] == 0:
-            return spec.real.new_ones(spec.shape[0], 1, 0)
-        power = spec.abs().pow(2).mean(1).double() / self.norm  # [B, n] mean square of each frame
-        db = 10 * torch.log10(power.clamp_min(1e-20))  # [B, n]
-        n = torch.arange(1, db.shape[-1] + 1, dtype=torch.float64, device=db.device)  # [n]
+        """``spec [B, F, n]`` (the next ``n`` frames) -> gains ``[B, 1, n]`` (float32, on ``spec``'s
+        device). In NumPy past the one reduction: a streamed 10 ms call brings one frame, and a
+        dozen small torch ops cost more than the frame's features."""
+        power = spec.abs().square().mean(1).double().cpu().numpy() / self.norm  # [B, n] mean square per frame
+        db = 10 * np.log10(np.maximum(power, 1e-20))  # [B, n]
+        n = np.arange(1, db.shape[-1] + 1, dtype=np.float64)  # [n]
         # level_i = max over j <= i of db_j + (i - j) * decay: a running maximum, in closed form
-        level = n * self.decay + torch.cummax(db - n * self.decay, dim=-1).values  # [B, n]
-        if self.level is not None:  # what the earlier frames left, decayed over these
-            level = torch.maximum(level, self.level[:, None] + n * self.decay)
-        self.level = level[:, -1]
-        gain_db = (LEVEL_TARGET_DB - level).clamp(0.0, LEVEL_MAX_GAIN_DB)  # [B, n]
-        return torch.pow(10.0, gain_db / 20).float()[:, None, :]  # [B, 1, n]
+        level = n * self.decay + np.maximum.accumulate(db - n * self.decay, axis=-1)  # [B, n]
+        if self.level is not None and db.shape[-1]:  # what the earlier frames left, decayed over these
+            level = np.maximum(level, self.level[:, None] + n * self.decay)
+        if db.shape[-1]:
+            self.level = level[:, -1]
+        gain_db = np.clip(LEVEL_TARGET_DB - level, 0.0, LEVEL_MAX_GAIN_DB)  # [B, n]
+        return torch.from_numpy(10 ** (gain_db[:, None, :] / 20)).float().to(spec.device)  # [B, 1, n]
 
 
 def lifted_features(model: SpectralAutoencoder, spec: torch.Tensor, ahead: torch.Tensor | None,
                     gains: torch.Tensor) -> torch.Tensor:
     """The model's features of ``spec [B, F, N]`` (and look-ahead frames) raised by ``gains [B, 1, N]``."""
+    if not bool((gains != 1.0).any()):  # the usual case at trained levels: the model's own features
+        return model.features(spec) if ahead is None else model.features(spec, ahead)
     lifted = spec * gains  # [B, F, N]
     return model.features(lifted) if ahead is None else model.features(lifted, ahead * gains)
 
