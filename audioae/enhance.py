@@ -124,7 +124,6 @@ def _check_strength(strength: float) -> None:
         raise ValueError(f"strength must be within [0, 1], got {strength}")
 
 
-@torch.inference_mode()
 def _check_audio_model(model) -> None:
     """Refuse a model that does not take audio (an image model) with a message, not an AttributeError."""
     if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
@@ -132,6 +131,7 @@ def _check_audio_model(model) -> None:
         raise ValueError(f"denoising needs a spectrogram model; this is a {name!r} model")
 
 
+@torch.inference_mode()
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.

@@ -211,3 +211,19 @@ def test_at_trained_levels_denoise_feeds_the_model_its_own_features():
     with torch.inference_mode():
         plain = model.enhance(torch.from_numpy(x)[None])[0][0].numpy()
     np.testing.assert_allclose(denoise(model, x, 16000), plain, atol=1e-6)
+
+
+def test_every_denoising_path_runs_the_network_without_autograd():
+    torch.manual_seed(0)
+    model = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    seen = []
+    for module in model.modules():  # the GRUs too: streaming calls them, not model.forward
+        module.register_forward_pre_hook(lambda *_: seen.append(torch.is_inference_mode_enabled()))
+    x = (0.1 * np.random.default_rng(2).standard_normal(8000)).astype(np.float32)
+    denoise(model, x, 16000)  # offline
+    denoise(model, x, 16000, max_offline_seconds=0.1)  # long input: through the streamer
+    s = StreamingDenoiser(model, 16000)
+    s.push(x)
+    s.finish()
+    assert seen and all(seen), seen
+    assert torch.is_inference_mode_enabled() is False  # and nothing is left switched on
