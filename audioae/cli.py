@@ -486,7 +486,11 @@ def _cmd_client(args) -> int:
     try:
         return _client_call(args, client)
     except grpc.RpcError as exc:
-        raise RuntimeError(f"server {args.server} answered {exc.code().name}: {exc.details()}") from None
+        details, hint = exc.details() or "", ""
+        closed = any(t in details.lower() for t in ("socket closed", "connection reset", "end of file"))
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca and closed:
+            hint = " (something answered and closed the connection: if the server uses TLS, pass --tls-ca)"
+        raise RuntimeError(f"server {args.server} answered {exc.code().name}: {details}{hint}") from None
     finally:
         client.close()
 

@@ -771,6 +771,13 @@ def test_tls_and_bearer_token(secure_server):
         assert code == CODE.UNAVAILABLE
 
 
+def test_cli_client_says_when_a_plaintext_call_meets_a_tls_server(secure_server, capsys):
+    srv, _ = secure_server
+    assert cli_main(["client", "health", "--server", f"127.0.0.1:{srv.port}", "--timeout", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "pass --tls-ca" in err, err  # grpc alone says only "Socket closed"
+
+
 # ---- the `audioae client` command ----------------------------------------------------------------
 def test_cli_client_commands(server, tmp_path, capsys):
     addr = f"127.0.0.1:{server.port}"
