@@ -559,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `audioae models --json | head`: the reader left; say nothing more
+        # Python flushes stdout again at exit and would report the broken pipe there; point it at
+        # devnull first (the recipe in the signal module's documentation).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         # Library errors carry messages meant for people (AudioError, CheckpointError, config errors).
         print(f"audioae {args.command}: error: {exc}", file=sys.stderr)

@@ -398,3 +398,13 @@ def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path, causal_
     assert (s["files"], s["ok"]) == (2 * (len(TREE) + 1), 2 * len(TREE))  # was: the linked folder left out silently
     assert outputs(tmp_path / "out") == {rel for rel, *_ in TREE} | {f"linked/{rel}" for rel, *_ in TREE}
     assert "sub/up: skipped, its files were searched already under another name (a link loop?)" in caplog.text
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`audioae models --json | head -1`: the pipe closes before the command writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "audioae.cli", "models", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the import of torch is done
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
