@@ -74,6 +74,15 @@ class DataConfig:
     # real recorded voices against text-to-speech ({espeak = 0.5}).
     speech_weights: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for name in ("segment_seconds", "val_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+        if self.val_examples < 1:
+            raise ValueError(f"data.val_examples must be at least 1, got {self.val_examples}")
+        if self.snr_low > self.snr_high:
+            raise ValueError(f"data.snr_low {self.snr_low} is above data.snr_high {self.snr_high}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -138,6 +147,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        # Counts that would otherwise fail deep inside (a modulo by zero, an empty batch) or
+        # "train" nothing and still write a run.
+        for name in ("steps", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr >= 0:  # 0 is a run that changes nothing, which a test of grown weights uses
+            raise ValueError(f"train.lr must be >= 0, got {self.lr}")
         if self.decay_by_time and self.max_minutes <= 0:
             raise ValueError("train.decay_by_time needs train.max_minutes")
         if self.session_minutes < 0 or (self.session_minutes and self.max_minutes <= 0):

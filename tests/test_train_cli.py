@@ -47,6 +47,20 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
         grow_into(model, load_checkpoint(REPO / init).state_dict())
 
 
+@pytest.mark.parametrize(("override", "text"), [("train.val_every=0", "train.val_every must be at least 1"),
+                                                ("train.steps=-5", "train.steps must be at least 1"),
+                                                ("train.batch_size=0", "train.batch_size must be at least 1"),
+                                                ("train.lr=-1", "train.lr must be >= 0"),
+                                                ("data.segment_seconds=0", "data.segment_seconds must be positive"),
+                                                ("data.snr_low=30", "data.snr_low 30 is above data.snr_high")])
+def test_impossible_settings_are_refused_before_a_run_starts(tmp_path, capsys, override, text):
+    # was: a ZeroDivisionError traceback (val_every), numpy's "need at least one array to stack"
+    # (batch_size), or a run of no steps written as if it had trained (steps)
+    assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", override]) == 2
+    assert text in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", CONFIG, "--out", str(out), "--steps", "6", "--set", "train.val_every=3",
