@@ -22,7 +22,8 @@ from .fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+CONTAINERS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}  # extension -> soundfile format
+AUDIO_EXTENSIONS = tuple(CONTAINERS)
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
 # torchaudio's resampler builds a filter bank of (new/g) x (orig/g + 2 * width) floats, g = gcd:
@@ -140,10 +141,15 @@ def container_for(path: str | os.PathLike) -> str:
     """The soundfile container a path's extension names: WAV, FLAC or OGG. Any other name is
     refused: a WAV written as ``out.mp3`` would be mislabelled."""
     suffix = Path(path).suffix.lower()
-    if suffix not in AUDIO_EXTENSIONS:
+    if suffix not in CONTAINERS:
         raise AudioError(f"{path}: audio is written as {', '.join(AUDIO_EXTENSIONS)}; "
                          f"got {suffix or 'no extension'}")
-    return {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}[suffix]
+    return CONTAINERS[suffix]
+
+
+def is_audio_name(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s extension is one of the audio containers this package reads and writes."""
+    return Path(path).suffix.lower() in CONTAINERS
 
 
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: str | None = None,

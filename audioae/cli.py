@@ -168,11 +168,11 @@ def _check_json_out(path: str | None) -> None:
     (``--json refs/a.wav`` would replace a reference with the report)."""
     if path in (None, "-"):
         return
-    from .audio import AUDIO_EXTENSIONS
+    from .audio import is_audio_name
 
     if os.path.isdir(path):
         raise ValueError(f"--json {path}: is a folder; name the JSON file to write, e.g. {os.path.join(path, 'scores.json')}")
-    if os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS:
+    if is_audio_name(path):
         raise ValueError(f"--json {path}: refusing to write the report over an audio file name; name a .json file")
 
 
@@ -286,12 +286,12 @@ def _add_inspect(sub) -> None:
 def _figure_path(out: str | None, default: str) -> Path:
     """Where inspect draws: ``-o FILE``, or ``default`` (inside ``-o`` when that is a folder). A
     figure never takes an audio file's name: ``-o x.wav`` would replace a recording with a PNG."""
-    from .audio import AUDIO_EXTENSIONS
+    from .audio import is_audio_name
 
     path = Path(out or default)
     if path.is_dir():
         path = path / default
-    if path.suffix.lower() in AUDIO_EXTENSIONS:
+    if is_audio_name(path):
         raise ValueError(f"-o {path}: inspect draws a figure (PNG); name a .png file, not an audio file")
     return path
 

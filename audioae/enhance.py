@@ -26,7 +26,7 @@ from .audio import (
     fit_length,
     resample,
 )
-from .models import SpectralAutoencoder
+from .models import SpectralAutoencoder, takes_audio
 from .spectral import StreamingSTFT
 
 # Inputs longer than this go through the chunked path so memory stays bounded.
@@ -126,7 +126,7 @@ def _check_strength(strength: float) -> None:
 
 def _check_audio_model(model) -> None:
     """Refuse a model that does not take audio (an image model) with a message, not an AttributeError."""
-    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
+    if not takes_audio(model):
         name = getattr(model, "registry_name", type(model).__name__)
         raise ValueError(f"denoising needs a spectrogram model; this is a {name!r} model")
 

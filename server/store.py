@@ -14,7 +14,7 @@ import audioae.models
 from audioae import pretrained
 from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file
 from audioae.enhance import StreamingDenoiser, denoise
-from audioae.models import Autoencoder, SpectralAutoencoder
+from audioae.models import Autoencoder, takes_audio
 
 from .errors import Abort
 
@@ -32,7 +32,7 @@ class ServedModel:
     @property
     def is_audio(self) -> bool:
         """A spectrogram model: denoises and decomposes audio."""
-        return isinstance(self.model, SpectralAutoencoder) and self.model.config.input == "spectrogram"
+        return takes_audio(self.model)
 
     @property
     def decomposes(self) -> bool:

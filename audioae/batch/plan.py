@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import AUDIO_EXTENSIONS
+from ..audio import AUDIO_EXTENSIONS, is_audio_name
 from ..fileio import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 def _holds_audio(folder: Path) -> bool:
     """Whether ``folder`` or a folder under it holds an audio file."""
-    return any(p.suffix.lower() in AUDIO_EXTENSIONS for p in folder.rglob("*") if p.is_file())
+    return any(is_audio_name(p) and p.is_file() for p in folder.rglob("*"))
 
 
 # Audio the folder search passes over (it takes AUDIO_EXTENSIONS): counted, so a folder of MP3s

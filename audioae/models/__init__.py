@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .base import Autoencoder, AutoencoderConfig, SpectralAutoencoder, SpectralConfig
+from .base import Autoencoder, AutoencoderConfig, SpectralAutoencoder, SpectralConfig, takes_audio
 from .conv1d import Conv1dAutoencoder, Conv1dConfig
 from .dictionary import SparseDictConfig, SparseDictionary
 from .image import ImageAutoencoder, ImageConfig
@@ -66,4 +66,5 @@ __all__ = [
     "build_model",
     "family",
     "make_config",
+    "takes_audio",
 ]

@@ -376,3 +376,9 @@ class SpectralAutoencoder(Autoencoder):
     def receptive_field(self) -> int:
         """Past frames an output can depend on (causal models)."""
         return 0
+
+
+def takes_audio(model: Autoencoder) -> bool:
+    """Whether ``model`` works on audio (a spectrogram model: it denoises, streams when causal,
+    decomposes when it is a dictionary); image models do not."""
+    return isinstance(model, SpectralAutoencoder) and model.config.input == "spectrogram"
