@@ -2,12 +2,14 @@
 level tracker that lifts quiet recordings' features (:class:`audioae.enhance.LevelTracker`).
 
     python benchmarks/input_level.py [--model denoiser-small] [--mixtures corpus/val/mixtures] \
-        [--count 48] [--gains-db 0 -10 -20 -30 -40 -50 -60] [--out benchmarks/results/val/input-level.json]
+        [--count 48] [--gains-db 0 -10 -20 -30 -40 -50 -60] [--target-db -45] \
+        [--out benchmarks/results/val/input-level.json]
 
 Each noisy mixture is scaled by each gain, denoised, scaled back and scored against its clean
-file (SI-SDR, PESQ wb, STOI), once as shipped and once with the lift turned off
-(``LEVEL_MAX_GAIN_DB = 0``: the network sees the frames as they are, the behaviour before the
-tracker). The mixtures' own levels are reported too: the gains are relative to them.
+file (SI-SDR, SI-SDR improvement, PESQ wb, STOI), once with the lift (at ``--target-db``,
+default the shipped ``LEVEL_TARGET_DB``) and once with it turned off (``LEVEL_MAX_GAIN_DB = 0``:
+the network sees the frames as they are, the behaviour before the tracker). The mixtures' own
+levels are reported too: the gains are relative to them. ``--count 0``: every mixture.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from stream_chunks import mixture_names  # the same evenly spaced choice of mixtures
 
 from audioae import enhance
 from audioae.audio import read_audio
@@ -27,27 +30,21 @@ from audioae.metrics import score
 from audioae.pretrained import load, resolve
 
 
-def mixtures(folder: Path, count: int) -> list[str]:
-    """``count`` file names of ``folder/noisy``, evenly spaced (over noise types and SNRs)."""
-    every = sorted(p.name for p in (folder / "noisy").glob("*.wav"))
-    return every[:: max(1, len(every) // count)][:count]
-
-
-def run(model, folder: Path, names: list[str], gains_db: list[float], lift: bool) -> dict[str, dict]:
-    """Mean scores per gain, with the level tracker's lift on or off."""
-    saved = enhance.LEVEL_MAX_GAIN_DB
-    enhance.LEVEL_MAX_GAIN_DB = saved if lift else 0.0
+def run(model, pairs: list[tuple[np.ndarray, np.ndarray, int]], gains_db: list[float], target_db: float,
+        lift: bool) -> dict[str, dict]:
+    """Mean scores per gain over ``(noisy [T], clean [T], sr)`` pairs, the lift on (at
+    ``target_db``) or off. The tracker's settings are module constants: set for the run, then restored."""
+    saved = enhance.LEVEL_TARGET_DB, enhance.LEVEL_MAX_GAIN_DB
+    enhance.LEVEL_TARGET_DB, enhance.LEVEL_MAX_GAIN_DB = target_db, (saved[1] if lift else 0.0)
     try:
         rows: dict[str, list[dict]] = {f"{g:+g} dB": [] for g in gains_db}
-        for name in names:
-            noisy, sr, _ = read_audio(folder / "noisy" / name)
-            clean, _, _ = read_audio(folder / "clean" / name)
+        for noisy, clean, sr in pairs:
             for g in gains_db:
                 scale = 10 ** (g / 20)
-                out = denoise(model, scale * noisy[0], sr) / scale  # [T]
-                rows[f"{g:+g} dB"].append(score(out, clean[0], sr))
+                out = denoise(model, scale * noisy, sr) / scale  # [T]
+                rows[f"{g:+g} dB"].append(score(out, clean, sr, noisy))
     finally:
-        enhance.LEVEL_MAX_GAIN_DB = saved
+        enhance.LEVEL_TARGET_DB, enhance.LEVEL_MAX_GAIN_DB = saved
     return {k: {m: float(np.nanmean([r[m] for r in v])) for m in v[0]} for k, v in rows.items()}
 
 
@@ -55,37 +52,43 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="denoiser-small")
     p.add_argument("--mixtures", default="corpus/val/mixtures", help="a folder with noisy/ and clean/")
-    p.add_argument("--count", type=int, default=48)
+    p.add_argument("--count", type=int, default=48, help="mixtures, evenly spaced (0: all)")
     p.add_argument("--gains-db", type=float, nargs="+", default=[0, -10, -20, -30, -40, -50, -60])
+    p.add_argument("--target-db", type=float, default=enhance.LEVEL_TARGET_DB, help="the tracker's target level")
     p.add_argument("--out", default="benchmarks/results/val/input-level.json")
     args = p.parse_args(argv)
     folder = Path(args.mixtures)
-    names = mixtures(folder, args.count)
+    names = mixture_names(folder, args.count or 10**9)
     if not names:
         print(f"no mixtures in {folder}/noisy (build the corpus: recipes/build_corpus.py)", file=sys.stderr)
         return 2
     model = load(args.model)
-    levels = [10 * np.log10(np.mean(read_audio(folder / "noisy" / n)[0] ** 2)) for n in names]
+    pairs = []
+    for name in names:  # read once: both runs and every gain use them
+        noisy, sr, _ = read_audio(folder / "noisy" / name)
+        pairs.append((noisy[0], read_audio(folder / "clean" / name)[0][0], sr))
+    levels = [10 * np.log10(np.mean(noisy**2)) for noisy, _, _ in pairs]
     t0 = time.perf_counter()
     report = {
         "command": "python benchmarks/input_level.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": str(resolve(args.model)), "mixtures": str(folder), "files": len(names),
         "mixture_level_dbfs": {"mean": float(np.mean(levels)), "min": float(np.min(levels)),
                                "max": float(np.max(levels))},
-        "tracker": {"target_db": enhance.LEVEL_TARGET_DB, "max_gain_db": enhance.LEVEL_MAX_GAIN_DB,
+        "tracker": {"target_db": args.target_db, "max_gain_db": enhance.LEVEL_MAX_GAIN_DB,
                     "release_s": enhance.LEVEL_RELEASE_S},
-        "lifted": run(model, folder, names, args.gains_db, lift=True),
-        "not_lifted": run(model, folder, names, args.gains_db, lift=False),
+        "lifted": run(model, pairs, args.gains_db, args.target_db, lift=True),
+        "not_lifted": run(model, pairs, args.gains_db, args.target_db, lift=False),
     }
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(args.out, report)
     print(f"{len(names)} mixtures at {report['mixture_level_dbfs']['mean']:.1f} dBFS on average "
-          f"({report['mixture_level_dbfs']['min']:.1f}..{report['mixture_level_dbfs']['max']:.1f})")
-    print("gain      lifted: SI-SDR  PESQ   STOI     not lifted: SI-SDR  PESQ   STOI")
+          f"({report['mixture_level_dbfs']['min']:.1f}..{report['mixture_level_dbfs']['max']:.1f}); "
+          f"target {args.target_db:g} dB")
+    print("gain      lifted: SI-SDR SI-SDRi  PESQ   STOI     not lifted: SI-SDR SI-SDRi  PESQ   STOI")
     for k in report["lifted"]:
         a, b = report["lifted"][k], report["not_lifted"][k]
-        print(f"{k:>8}  {a['si_sdr']:14.2f} {a['pesq']:5.3f} {a['stoi']:6.4f}  "
-              f"{b['si_sdr']:18.2f} {b['pesq']:5.3f} {b['stoi']:6.4f}")
+        print(f"{k:>8}  {a['si_sdr']:14.2f} {a['si_sdr_i']:7.3f} {a['pesq']:5.3f} {a['stoi']:6.4f}  "
+              f"{b['si_sdr']:18.2f} {b['si_sdr_i']:7.3f} {b['pesq']:5.3f} {b['stoi']:6.4f}")
     print(f"-> {args.out}")
     return 0
 

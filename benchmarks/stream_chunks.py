@@ -46,10 +46,15 @@ def stream(model, wav: np.ndarray, sr: int, chunk: int, times: list[float] | Non
     return torch.cat(out, -1).numpy()[0]  # [T]
 
 
+def mixture_names(folder: Path, count: int) -> list[str]:
+    """``count`` file names of ``folder/noisy``, evenly spaced (over the noise types and SNRs)."""
+    every = sorted(p.name for p in (folder / "noisy").glob("*.wav"))
+    return every[:: max(1, len(every) // count)][:count]
+
+
 def quality(model, folder: Path, count: int, chunk_ms: list[float]) -> dict:
     """Offline against streamed on ``count`` mixtures of ``folder`` (noisy/ and clean/), evenly spaced."""
-    every = sorted(p.name for p in (folder / "noisy").glob("*.wav"))
-    names = every[:: max(1, len(every) // count)][:count]  # spread over the noise types and SNRs
+    names = mixture_names(folder, count)
     rows: dict[str, list[dict]] = {"offline": [], **{f"{ms:g} ms": [] for ms in chunk_ms}}
     max_diff = {f"{ms:g} ms": 0.0 for ms in chunk_ms}
     for name in names:
