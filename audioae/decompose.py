@@ -39,8 +39,8 @@ MASK_FLOOR = 1.0  # a bin's masks add up to min(1, V / (floor * |X|)): the rest 
 ACTIVITY_WEIGHT = 2.0  # clustering: when a unit is active counts this much more than its atom's shape
 ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its loudest frame
 # The whole recording is decomposed at once (the per-signal fit is global): memory grows with its
-# length, about 5 MB per second at 16 kHz with 16 clusters (measured: 3 min, 0.9 GB above the
-# loaded model), and by the component waveforms kept. Longer inputs get a warning with the estimate.
+# length, about 5 MB per second at 16 kHz with the defaults (measured: 3 min, 0.9 GB above the
+# loaded model; docs/decomposition.md), and by the component waveforms kept. Longer inputs get a warning with the estimate.
 LONG_SECONDS = 600.0
 MB_PER_SECOND = 5.0
 
