@@ -24,8 +24,8 @@ class STFT(nn.Module):
 
     def __init__(self, n_fft: int, hop_length: int):
         super().__init__()
-        if n_fft % 2 or hop_length > n_fft // 2:
-            raise ValueError(f"need an even n_fft and hop <= n_fft/2, got n_fft={n_fft} hop={hop_length}")
+        if n_fft <= 0 or n_fft % 2 or not 0 < hop_length <= n_fft // 2:
+            raise ValueError(f"need an even n_fft > 0 and 0 < hop <= n_fft/2, got n_fft={n_fft} hop={hop_length}")
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.spec = torchaudio.transforms.Spectrogram(

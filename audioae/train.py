@@ -48,7 +48,7 @@ from .data.mixing import (
 from .enhance import pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
-from .models import Autoencoder, SpectralAutoencoder, build_model
+from .models import Autoencoder, SpectralAutoencoder, build_model, family
 from .models.corruption import add_gaussian, darken_patches, mix_at_snr
 
 log = logging.getLogger(__name__)
@@ -200,19 +200,30 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
                 raw = tomllib.load(f)
             except tomllib.TOMLDecodeError as exc:
                 raise ValueError(f"{path}: not a TOML run config ({exc})") from None
-    unknown = sorted(set(raw) - {"model", "data", "train"})
-    if unknown:
-        raise ValueError(f"unknown section(s) {unknown}; valid: model, data, train")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not key=value")
         parts = key.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(f"override {item!r} needs section.key=value, e.g. train.steps=100")
         node = raw
-        for p in parts[:-1]:
+        for depth, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node[parts[-1]] = _coerce(value.strip())
+    # Checked after the overrides: a misspelt ``--set modle.name=...`` must not train the default.
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; valid: model, data, train")
     model = raw.get("model", {})
+    if not isinstance(model, dict) or not isinstance(model.get("config", {}), dict):
+        raise ValueError("[model] needs name = \"<family>\" and a [model.config] table")
+    unknown = sorted(set(model) - {"name", "config"})
+    if unknown:
+        raise ValueError(f"[model] has no key(s) {unknown}; valid: name, config")
+    family(str(model.get("name", "recurrent")))  # an unknown name, before anything is built
     return RunConfig(
         model=model.get("name", "recurrent"),
         model_config=dict(model.get("config", {})),
@@ -489,15 +500,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
+    model = build_model(run.model, run.model_config)  # before the folder: a bad config leaves none
+    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
+        raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
+                         f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     out = Path(tc.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run's output folder {out} is a file; give a folder (--out or train.out_dir)")
     out.mkdir(parents=True, exist_ok=True)
-
-    model = build_model(run.model, run.model_config)
-    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
-        raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
-                         f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     sr = model.config.sample_rate
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, minutes_before = 0, -math.inf, 0.0

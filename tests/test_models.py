@@ -117,6 +117,24 @@ def test_unknown_family_lists_valid_names():
         build_model("transformer")
 
 
+@pytest.mark.parametrize(("name", "field", "text"), [
+    ("recurrent", {"hidden": 0}, "hidden must be positive, got 0"),
+    ("recurrent", {"layers": -1}, "layers must be positive"),
+    ("recurrent", {"hop_length": 0}, "0 < hop <= n_fft/2"),
+    ("recurrent", {"compression": "cube"}, "compression must be log, power or none"),
+    ("recurrent", {"snr_low": 30.0}, "snr_low .* is above snr_high"),
+    ("recurrent", {"patch_fraction": 2.0}, "patch_fraction"),
+    ("conv1d", {"channels": (64, 0)}, r"channels must be positive, got \(64, 0\)"),
+    ("image", {"in_channels": 0}, "in_channels must be positive"),
+    ("linear", {"input_dim": -1}, "input_dim cannot be negative"),
+])
+def test_impossible_sizes_are_refused_naming_the_field(name, field, text):
+    # was: torch's "Trying to create tensor with negative dimension", a ZeroDivisionError, or a
+    # model built silently with an unknown compression or a zero hop
+    with pytest.raises(ValueError, match=text):
+        build_model(name, field)
+
+
 def test_unknown_config_field_or_a_value_of_the_wrong_type_is_rejected():
     with pytest.raises(ValueError, match=r"has no key\(s\) \['hiddden'\]"):
         build_model("recurrent", {"hiddden": 3})

@@ -52,10 +52,19 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.batch_size=0", "train.batch_size must be at least 1"),
                                                 ("train.lr=-1", "train.lr must be >= 0"),
                                                 ("data.segment_seconds=0", "data.segment_seconds must be positive"),
-                                                ("data.snr_low=30", "data.snr_low 30 is above data.snr_high")])
+                                                ("data.snr_low=30", "data.snr_low 30 is above data.snr_high"),
+                                                ("model.family=conv1d", "[model] has no key(s) ['family']"),
+                                                ("modle.name=conv1d", "unknown section(s) ['modle']"),
+                                                ("model.name=transformer", "unknown model family 'transformer'"),
+                                                ("train.steps.x=1", "train.steps is a value, not a section"),
+                                                ("steps=5", "needs section.key=value"),
+                                                ("model.config=3", "[model.config] table"),
+                                                ("model.config.hidden=0", "hidden must be positive, got 0"),
+                                                ("model.config.sample_rate=0", "sample_rate must be positive")])
 def test_impossible_settings_are_refused_before_a_run_starts(tmp_path, capsys, override, text):
-    # was: a ZeroDivisionError traceback (val_every), numpy's "need at least one array to stack"
-    # (batch_size), or a run of no steps written as if it had trained (steps)
+    # was: a ZeroDivisionError traceback (val_every, sample_rate), numpy's "need at least one
+    # array to stack" (batch_size), torch's "input_size must be greater than zero" (hidden), or a
+    # run of the default model written as if it had trained (steps; a misspelt section or key)
     assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", override]) == 2
     assert text in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

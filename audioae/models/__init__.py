@@ -28,8 +28,9 @@ REGISTRY: dict[str, Family] = {
 }
 
 
-class UnknownModelError(KeyError):
-    """A registry name that does not exist; the message lists the valid ones."""
+class UnknownModelError(KeyError, ValueError):
+    """A registry name that does not exist; the message lists the valid ones. A ValueError too,
+    so every caller that reports bad input reports this one."""
 
     def __str__(self) -> str:
         return str(self.args[0])

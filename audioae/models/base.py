@@ -49,6 +49,20 @@ class AutoencoderConfig:
             raise ValueError("sparsity='topk' needs topk > 0")
         if self.code_dim <= 0:
             raise ValueError("code_dim must be positive")
+        if self.topk < 0 or self.sparsity_weight < 0 or self.noise_std < 0:
+            raise ValueError("topk, sparsity_weight and noise_std cannot be negative")
+        if self.snr_low > self.snr_high:
+            raise ValueError(f"snr_low ({self.snr_low}) is above snr_high ({self.snr_high})")
+        if not 0 <= self.patch_fraction <= 1 or min(self.patch_size) < 1:
+            raise ValueError(f"need 0 <= patch_fraction <= 1 and a patch_size of at least 1, "
+                             f"got {self.patch_fraction} and {self.patch_size}")
+
+    def require_positive(self, *names: str) -> None:
+        """Sizes a layer is built from: torch's own message for 0 or -3 names no config field."""
+        for name in names:
+            value = getattr(self, name)
+            if any(v <= 0 for v in (value if isinstance(value, tuple) else (value,))):
+                raise ValueError(f"{name} must be positive, got {value}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -91,6 +105,9 @@ class SpectralConfig(AutoencoderConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.require_positive("sample_rate", "compression_power")
+        if self.compression not in ("log", "power", "none"):
+            raise ValueError(f"compression must be log, power or none, got {self.compression!r}")
         if not 0 <= self.lookahead <= self.n_fft // 2:
             raise ValueError(f"lookahead must be within [0, n_fft/2 = {self.n_fft // 2}] samples, got {self.lookahead}")
         if self.output not in ("mask", "magnitude", "deepfilter"):

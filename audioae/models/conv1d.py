@@ -30,6 +30,7 @@ class Conv1dConfig(SpectralConfig):
             raise ValueError(f"unpool must be one of {UNPOOLING}, got {self.unpool!r}")
         if not self.channels:
             raise ValueError("channels needs at least one level")
+        self.require_positive("channels", "kernel_size")
 
 
 class _Conv(nn.Module):

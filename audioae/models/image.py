@@ -54,6 +54,7 @@ class ImageConfig(AutoencoderConfig):
             raise ValueError(f"output_activation must be sigmoid or none, got {self.output_activation!r}")
         if not self.channels:
             raise ValueError("channels needs at least one level")
+        self.require_positive("channels", "in_channels", "kernel_size")
         if self.kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd (same-size convolutions)")
         block = 2 ** len(self.channels)

@@ -24,6 +24,8 @@ class LinearConfig(SpectralConfig):
         super().__post_init__()
         if self.input not in ("spectrogram", "vector"):
             raise ValueError(f"linear input must be spectrogram or vector, got {self.input!r}")
+        if self.input_dim < 0:
+            raise ValueError(f"input_dim cannot be negative, got {self.input_dim}")
         if self.input == "vector" and self.input_dim <= 0:
             raise ValueError("a vector linear autoencoder needs input_dim")
 

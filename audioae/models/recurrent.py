@@ -26,6 +26,7 @@ class RecurrentConfig(SpectralConfig):
         super().__post_init__()
         if self.cell not in ("gru", "lstm"):
             raise ValueError(f"cell must be gru or lstm, got {self.cell!r}")
+        self.require_positive("hidden", "layers")
 
 
 class RecurrentAutoencoder(SpectralAutoencoder):
