@@ -10,6 +10,7 @@ import io
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,48 @@ def container_for(path: str | os.PathLike) -> str:
 def is_audio_name(path: str | os.PathLike) -> bool:
     """Whether ``path``'s extension is one of the audio containers this package reads and writes."""
     return Path(path).suffix.lower() in CONTAINERS
+
+
+# Audio a folder search passes over (it takes AUDIO_EXTENSIONS): counted, so a folder of MP3s
+# does not come back as "0 files" without a word on why.
+OTHER_AUDIO = (".mp3", ".opus", ".aif", ".aiff", ".au", ".caf", ".w64", ".m4a", ".aac", ".wma")
+
+
+def walk_audio(folder: str | os.PathLike,
+               prune: Callable[[Path, list[str]], bool] = lambda here, filenames: False) -> list[tuple[Path, str]]:
+    """Every WAV/FLAC/OGG under ``folder`` (recursive, sorted; hidden names skipped) with its path
+    relative to ``folder`` (posix). Linked folders are followed (shared storage is often linked
+    in), each real folder once, so a link loop ends. ``prune(here, filenames)`` returning True
+    skips a folder and everything under it. Other audio kinds are counted in one warning.
+
+    The one folder search: the folder tool and ``eval`` must see the same files, or a file
+    denoised from a linked folder would have no reference to be scored against."""
+    folder = Path(folder)
+    found, skipped, seen = [], {}, set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in seen:
+            log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if prune(here, filenames):
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(n for n in filenames if not n.startswith(".")):
+            suffix = Path(name).suffix.lower()
+            if suffix in OTHER_AUDIO:
+                skipped[suffix] = skipped.get(suffix, 0) + 1
+            elif suffix in CONTAINERS:  # a broken link too: reading it reports it
+                found.append((here / name, (here / name).relative_to(folder).as_posix()))
+    if skipped:
+        kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
+        log.warning("%s: passed over %s file(s): the folder search takes %s only; name such files directly "
+                    "(read when libsndfile can: MP3, Opus, AIFF, ...) or convert them", folder, kinds,
+                    "/".join(AUDIO_EXTENSIONS))
+    return found
 
 
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: str | None = None,

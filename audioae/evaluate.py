@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, read_audio, resample
-from .data.mixing import list_audio
+from .audio import AudioError, read_audio, resample, walk_audio
 from .metrics import score
 
 log = logging.getLogger(__name__)
@@ -29,9 +28,11 @@ HEADERS = {"si_sdr": "SI-SDR", "si_sdr_i": "SI-SDRi", "pesq": "PESQ", "stoi": "S
 
 
 def audio_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """Relative path (posix) -> file, for every WAV/FLAC/OGG under ``folder``."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): p for p in list_audio(folder) if not p.name.startswith(".")}
+    """Relative path (posix) -> file, for every WAV/FLAC/OGG under ``folder``: the folder tool's
+    own search (audio.walk_audio), so eval pairs exactly the files a denoise run wrote."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    return {rel: path for path, rel in walk_audio(folder)}
 
 
 def _stem(rel: str) -> str:

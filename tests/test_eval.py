@@ -150,3 +150,20 @@ def test_json_out_may_not_be_a_folder_or_an_audio_file(folders, capsys):
     assert ref.read_bytes() == before
     assert main([*base, "--json", str(dirs["noisy"])]) == 2  # was: IsADirectoryError traceback
     assert "is a folder; name the JSON file to write" in capsys.readouterr().err
+
+
+def test_eval_searches_folders_as_the_folder_tool_does(folders, tmp_path, caplog):
+    # was: a clean folder linked into the references was passed over (pathlib's rglob does not
+    # follow links) while `audioae denoise` followed it, so its outputs had "no clean file";
+    # hidden folders were searched, and MP3s were passed over without a word
+    dirs, _ = folders
+    shared = tmp_path / "shared"
+    (dirs["clean"] / "spk1").rename(shared)
+    (dirs["clean"] / "spk1").symlink_to(shared, target_is_directory=True)
+    (dirs["enhanced"] / ".trash").mkdir()
+    sf.write(dirs["enhanced"] / ".trash" / "old.wav", np.zeros(SR, np.float32), SR)
+    (dirs["enhanced"] / "take.mp3").write_bytes(b"ID3")
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    assert (rep["paired"], rep["scored"]) == (3, 3)
+    assert not (rep["missing_enhanced"] or rep["extra_enhanced"])
+    assert "passed over 1 .mp3 file(s)" in caplog.text

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import AUDIO_EXTENSIONS, is_audio_name
+from ..audio import AUDIO_EXTENSIONS, is_audio_name, walk_audio
 from ..fileio import check_output_folder
 
 log = logging.getLogger(__name__)
@@ -56,56 +56,25 @@ def _holds_audio(folder: Path) -> bool:
     return any(is_audio_name(p) and p.is_file() for p in folder.rglob("*"))
 
 
-# Audio the folder search passes over (it takes AUDIO_EXTENSIONS): counted, so a folder of MP3s
-# does not come back as "0 files" without a word on why.
-OTHER_AUDIO = (".mp3", ".opus", ".aif", ".aiff", ".au", ".caf", ".w64", ".m4a", ".aac", ".wma")
-
-
-def _warn_other_audio(folder: Path, skipped: dict[str, int]) -> None:
-    if skipped:
-        kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
-        log.warning("%s: passed over %s file(s): the folder search takes %s only; name such files directly "
-                    "(read when libsndfile can: MP3, Opus, AIFF, ...) or convert them", folder, kinds,
-                    "/".join(AUDIO_EXTENSIONS))
-
-
 def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
-    """Audio files under ``folder`` (sorted, recursive) with their relative paths, skipping OUT
-    when it lies inside ``folder`` (a rerun would otherwise take its own outputs as inputs), and
-    skipping a subfolder that holds another run's manifest: denoised copies, not recordings.
-    Linked folders are followed (shared storage is often linked in), each real folder once, so
-    a link loop ends."""
-    found, skipped, seen = [], {}, set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        here = Path(dirpath)
-        real = here.resolve()
-        if real in seen:
-            log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        if real == out_dir:
+    """Audio files under ``folder`` (audio.walk_audio: sorted, recursive, linked folders
+    followed once) with their relative paths, skipping OUT when it lies inside ``folder`` (a
+    rerun would otherwise take its own outputs as inputs), and skipping a subfolder that holds
+    another run's manifest: denoised copies, not recordings."""
+
+    def prune(here: Path, filenames: list[str]) -> bool:
+        if here.resolve() == out_dir:
             if MANIFEST_NAME not in filenames and _holds_audio(here):  # recordings, not an earlier run's outputs
                 log.warning("%s: skipped, it is the output folder; the audio files already in it are not "
                             "denoised (denoise them into another folder)", here)
-            dirnames[:] = []
-            continue
+            return True
         if here != folder and MANIFEST_NAME in filenames:
             log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s); name it as an input "
                         "to denoise it anyway", here, MANIFEST_NAME)
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            suffix = Path(name).suffix.lower()
-            if not name.startswith(".") and suffix in OTHER_AUDIO:
-                skipped[suffix] = skipped.get(suffix, 0) + 1
-            if name.startswith(".") or suffix not in AUDIO_EXTENSIONS:
-                continue
-            path = here / name
-            found.append((path.resolve(), path.relative_to(folder).as_posix()))
-    _warn_other_audio(folder, skipped)
-    return found
+            return True
+        return False
+
+    return [(path.resolve(), rel) for path, rel in walk_audio(folder, prune)]
 
 
 def _check_output_folder(out: Path) -> None:
