@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from audioae.data import synthetic
 from audioae.data.mixing import MixConfig, Mixer, Source, folder_source, mixed_batches
 from audioae.train import _sources as train_sources
 from audioae.train import load_run_config
@@ -175,3 +176,17 @@ def test_speech_weights_apply_to_training_speech_and_never_to_validation(tmp_pat
     bad = load_run_config(None, [f'data.clean_dir="{root}"', "data.speech_weights={espeak = 2.0}"])
     with pytest.raises(ValueError, match=r"no family \(subfolder\) \['espeak'\]"):
         train_sources(bad.data, 8000, val=False)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
+def test_colored_noise_is_audible_and_falls_by_its_exponent(exponent):
+    # was: the 1/f gain applied down to DC, so 10 s of pink noise held 56% of its energy below
+    # 20 Hz and brown 99.8%: mixed "at 0 dB SNR" the audible noise was far quieter than named
+    sr = 16000
+    x = synthetic.colored_noise(np.random.default_rng(0), 10.0, sr, exponent)
+    power = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    assert power[f < synthetic.AUDIBLE_HZ].sum() < 1e-12 * power.sum()
+    octave = [power[(f >= lo) & (f < 2 * lo)].mean() for lo in (100.0, 200.0, 400.0, 800.0, 1600.0)]
+    slope = np.polyfit(np.log2([100.0, 200.0, 400.0, 800.0, 1600.0]), 10 * np.log10(octave), 1)[0]
+    assert slope == pytest.approx(-3.0103 * exponent, abs=0.3)  # dB per octave of the mean bin power

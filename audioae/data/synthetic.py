@@ -33,13 +33,22 @@ def speech_like(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray
     return (0.5 * out / peak if peak > 0 else out).astype(np.float32)
 
 
+# Below this the noise has no energy, as after any microphone's high-pass. Without it, 1/f noise
+# put its largest bins at DC and a fraction of a hertz: 10 s of pink noise held 56% of its energy
+# below 20 Hz and brown 99.8%, so "pink at 0 dB SNR" was about 3.5 dB of audible noise and brown
+# noise was an inaudible drift.
+AUDIBLE_HZ = 20.0
+
+
 def colored_noise(rng: np.random.Generator, seconds: float, sr: int, exponent: float) -> np.ndarray:
-    """Noise with power spectrum 1/f**exponent: 0 white, 1 pink, 2 brown."""
+    """Noise with power spectrum 1/f**exponent above AUDIBLE_HZ and none below it: 0 white, 1 pink,
+    2 brown."""
     n = int(seconds * sr)
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.fft.rfftfreq(n, 1 / sr)
-    f[0] = f[1] if n > 1 else 1.0
-    spec /= f ** (exponent / 2)
+    audible = f >= AUDIBLE_HZ
+    spec[~audible] = 0
+    spec[audible] /= f[audible] ** (exponent / 2)
     x = np.fft.irfft(spec, n)
     return (x / (np.abs(x).max() + 1e-9) * 0.5).astype(np.float32)
 
