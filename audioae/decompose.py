@@ -91,9 +91,15 @@ def _unit_chunks(n_units: int, per_unit: int) -> int:
 
 
 # ---- grouping -------------------------------------------------------------------------------------
-def _band_groups(freqs: np.ndarray, active: list[int], nyquist: float, n_bands: int):
+def _band_groups(freqs: np.ndarray, active: list[int], nyquist: float, n_bands: int, n_fft: int):
     """Dyadic bands, like the levels of a wavelet multiresolution analysis: ``[0, ny/2^(n-1))``,
-    then one octave each up to the model's Nyquist frequency."""
+    then one octave each up to the model's Nyquist frequency. The lowest band is at least one
+    STFT bin wide: more bands would split nothing but the 0 Hz bin off ("band 0-0 Hz")."""
+    most = 1 + int(math.log2(n_fft // 2))
+    if n_bands > most:
+        log.warning("%d octave bands asked; %d fit the model's %d-point frames (the lowest band is one bin, "
+                    "0-%.0f Hz): using %d", n_bands, most, n_fft, nyquist / 2 ** (most - 1), most)
+        n_bands = most
     edges = [0.0] + [nyquist / 2**j for j in range(n_bands - 1, -1, -1)]
     groups, labels = [], []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -146,7 +152,7 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
         freqs = model.atom_frequencies(atoms).detach().numpy()
         if group == "none":
             return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
-        return _band_groups(freqs, active, model.config.sample_rate / 2, n_groups)
+        return _band_groups(freqs, active, model.config.sample_rate / 2, n_groups, model.config.n_fft)
     if group == "cluster":
         spectra = model.atom_spectra(atoms).detach().numpy()
         return _cluster_groups(spectra, activations, energy, active, n_groups)

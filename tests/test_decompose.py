@@ -127,6 +127,16 @@ def test_groups_partition_the_units(rng):
     assert len(bands.labels) <= 4
 
 
+def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog):
+    # was: --groups 50 split the 0 Hz bin off as "band 0-0 Hz" and left 41 bands empty unsaid
+    x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    dec = decompose(tiny_model(), x, SR, group="band", n_groups=50)  # 256-point frames: 8 octaves
+    assert "50 octave bands asked; 8 fit the model's 256-point frames" in caplog.text
+    assert len(dec.labels) <= 8 and "band 0-0 Hz" not in dec.labels
+    lows = [int(label.split()[1].split("-")[1]) for label in dec.labels if label.startswith("band 0-")]
+    assert all(hi >= SR / 256 - 1 for hi in lows)  # the lowest band is at least one bin wide
+
+
 def _kl(n: torch.Tensor, v: torch.Tensor) -> float:
     v = v + 1e-6
     return float((n * torch.log((n + 1e-12) / v) - n + v).sum())
