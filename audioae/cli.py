@@ -427,17 +427,30 @@ def _cmd_serve(args) -> int:
     return serve(config, announce=lambda msg: print(f"audioae serve: {msg}", file=sys.stderr, flush=True))
 
 
-def _add_client(sub) -> None:
+def _connection_options(defaults: bool) -> argparse.ArgumentParser:
+    """The options every client call takes. They may come before the subcommand (``client
+    --server H:P health``) or after it; only the first copy sets defaults, because argparse lets
+    a subcommand's defaults overwrite what the parent parser read."""
     conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
-    conn.add_argument("--token-file", help="file holding the bearer token (its first; '#' lines and blanks skipped)")
-    conn.add_argument("--tls-ca", help="PEM of the CA that signed the server's certificate (enables TLS)")
-    conn.add_argument("--tls-server-name", help="expected name in the server's certificate")
-    conn.add_argument("--timeout", type=float, default=None, help="deadline per call, seconds")
-    conn.add_argument("--max-message-mb", type=float, default=None, metavar="MB",
-                      help="largest message sent or received (default: what a server on its defaults "
-                           "may answer, 4x its default --max-request-mb)")
-    p = sub.add_parser("client", help="call an audioae server: denoise, stream, decompose, models, health")
+
+    def option(*names, default=None, **kw):
+        conn.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kw)
+
+    option("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
+    option("--token-file", help="file holding the bearer token (its first; '#' lines and blanks skipped)")
+    option("--tls-ca", help="PEM of the CA that signed the server's certificate (enables TLS)")
+    option("--tls-server-name", help="expected name in the server's certificate")
+    option("--timeout", type=float, help="deadline per call, seconds")
+    option("--max-message-mb", type=float, metavar="MB",
+           help="largest message sent or received (default: what a server on its defaults may answer, 4x its "
+                "default --max-request-mb)")
+    return conn
+
+
+def _add_client(sub) -> None:
+    conn = _connection_options(defaults=False)
+    p = sub.add_parser("client", parents=[_connection_options(defaults=True)],
+                       help="call an audioae server: denoise, stream, decompose, models, health")
     csub = p.add_subparsers(dest="client_command", required=True)
     d = csub.add_parser("denoise", parents=[conn], help="denoise a file (same rate, channels, length)")
     d.add_argument("input")

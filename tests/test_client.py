@@ -159,6 +159,19 @@ def test_cli_client_token_file_with_comments(token_server, tmp_path, capsys):
     assert "UNAUTHENTICATED" in capsys.readouterr().err
 
 
+def test_cli_client_connection_options_may_come_before_the_subcommand(token_server, tmp_path, capsys):
+    # was: `audioae client --server H:P models` said "invalid choice: 'H:P'"
+    addr = f"127.0.0.1:{token_server.port}"
+    ok = tmp_path / "client-token"
+    ok.write_text("new-secret\n")
+    assert cli_main(["client", "--server", addr, "--token-file", str(ok), "models"]) == 0
+    assert "tiny" in capsys.readouterr().out
+    # after the subcommand wins, and the default address is not taken for a given one
+    assert cli_main(["client", "--server", "127.0.0.1:1", "models", "--server", addr, "--token-file", str(ok)]) == 0
+    assert cli_main(["client", "--server", "127.0.0.1:1", "--timeout", "5", "models"]) == 2
+    assert "server 127.0.0.1:1 answered UNAVAILABLE" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text", ["", "# just a comment\n\n"])
 def test_cli_client_token_file_without_a_token_is_a_clear_error(token_server, tmp_path, capsys, text):
     f = tmp_path / "tokens"
