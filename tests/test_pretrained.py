@@ -102,3 +102,14 @@ def test_main_job_denoises_the_shipped_examples(tmp_path, capsys):
         a, b = sf.info(str(src)), sf.info(str(dst))
         assert (a.samplerate, a.channels, a.frames, a.subtype) == (b.samplerate, b.channels, b.frames, b.subtype)
         assert not np.allclose(sf.read(str(src))[0], sf.read(str(dst))[0])
+
+
+def test_a_near_miss_model_name_gets_the_shipped_name():
+    from audioae.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="did you mean 'denoiser-small'"):
+        pretrained.resolve("denoiser_small")
+    with pytest.raises(CheckpointError, match="the shipped model is named 'denoiser-small', without a path"):
+        pretrained.resolve("denoiser-small.safetensors")  # was: "no such checkpoint file" only
+    with pytest.raises(CheckpointError, match=r"nor a \.safetensors path$"):
+        pretrained.resolve("transformer")

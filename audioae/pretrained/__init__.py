@@ -3,6 +3,7 @@ load) and a model card ``<name>.md`` saying how it was trained, on what, and wha
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata
@@ -31,10 +32,13 @@ def resolve(spec: str | None, default: str = DEFAULT_DENOISER) -> Path:
         raise CheckpointError(f"{path}: is a folder{hint}")
     if path.suffix == ".safetensors" or path.exists():
         if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
+            hint = f" (the shipped model is named {path.stem!r}, without a path)" if path.stem in models else ""
+            raise CheckpointError(f"{path}: no such checkpoint file{hint}")
         return path
     names = ", ".join(models) or "(none shipped)"
-    raise CheckpointError(f"unknown model {spec!r}: not a shipped model ({names}) nor a .safetensors path")
+    close = difflib.get_close_matches(spec, models, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise CheckpointError(f"unknown model {spec!r}: not a shipped model ({names}) nor a .safetensors path{hint}")
 
 
 def load(spec: str | None, default: str = DEFAULT_DENOISER, map_location="cpu") -> Autoencoder:
