@@ -473,6 +473,8 @@ def _add_client(sub) -> None:
                    help="components to return, the rest join the residual (0: all; default 16)")
     c.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
                    help="grouping of latent units, as for audioae decompose (default: cluster)")
+    c.add_argument("--groups", type=_positive, default=None,
+                   help="number of bands or clusters, as for audioae decompose (default 8)")
     c.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="per-recording fit steps, as for audioae decompose (default: the model's; 0: fastest)")
     c.add_argument("--no-audio", action="store_true", help="activations and summary only, no waveforms")
@@ -527,7 +529,8 @@ def _client_call(args, client) -> int:
         out = args.out or str(Path(args.input).with_suffix(".components"))
         check_output_folder(out, writes_decomposition_file, [args.input])  # before the call, not after
         res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
-                               group=args.group, components=not args.no_audio, fit_steps=args.fit)
+                               group=args.group, components=not args.no_audio, fit_steps=args.fit,
+                               groups=args.groups)
         files = save_decomposition(res, out)
         print(json.dumps({**res.summary(), "files": [str(f) for f in files]}, indent=2))
     elif cmd == "models":

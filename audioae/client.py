@@ -480,10 +480,12 @@ class Client:
         group: str = "",
         components: bool = False,
         fit_steps: int | None = None,
+        groups: int | None = None,
         timeout: float | None = None,
     ) -> DecomposeResult:
         """Decompose ``[C, T]`` float audio at ``sr`` (or encoded file bytes). ``fit_steps``:
-        per-signal fit steps (None: the model's default; 0: fastest)."""
+        per-signal fit steps (None: the model's default; 0: fastest). ``groups``: bands or
+        clusters for ``group`` band / cluster (None: the server's, 8)."""
         pb = _pb()
         if isinstance(audio, bytes | bytearray):
             msg = pb.Audio(encoded=bytes(audio))
@@ -492,7 +494,8 @@ class Client:
                 raise ValueError("decompose of an array needs its sample rate")
             msg = pb.Audio(pcm=pcm_message(float_audio(audio), sr, "float32"))
         req = pb.DecomposeRequest(
-            model=model, audio=msg, top_k=top_k, group=group, return_components=components, fit_steps=fit_steps
+            model=model, audio=msg, top_k=top_k, group=group, return_components=components, fit_steps=fit_steps,
+            groups=groups,
         )
         resp = self.stub.Decompose(req, **self._kw(timeout))
         comps, residual, rate = None, None, 0

@@ -56,7 +56,7 @@ DECODE_BUDGET_RATE, DECODE_BUDGET_CHANNELS = 48_000, 2
 # Decompose builds every component waveform [K, C, T] float32 at the caller's rate, returned or
 # not; its worst case (K = top_k, or every unit / group) must fit in this.
 MAX_COMPONENT_BYTES = 1 << 30
-DECOMPOSE_GROUPS = 8  # components of group=band / cluster (decompose's n_groups)
+DECOMPOSE_GROUPS = 8  # components of group=band / cluster when the request leaves groups unset
 
 
 def _unary(method: Callable) -> Callable:
@@ -332,7 +332,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if group not in GROUPS:
             raise Abort(INVALID, f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
         units = sm.model.config.code_dim
-        k = min(request.top_k or units, units if group == "none" else min(DECOMPOSE_GROUPS, units))
+        n_groups = request.groups if request.HasField("groups") else DECOMPOSE_GROUPS
+        if request.HasField("groups") and group == "none":
+            raise Abort(INVALID, "groups counts bands or clusters: set group to band or cluster, or leave groups unset")
+        if not 1 <= n_groups <= units:
+            raise Abort(INVALID, f"groups must be 1..{units} (this model's units), got {n_groups}")
+        k = min(request.top_k or units, units if group == "none" else n_groups)
 
         def check_components(frames: int, channels: int, sr: int) -> None:
             size = 4 * k * channels * frames
@@ -342,7 +347,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     f"decomposing {frames / max(sr, 1):.1f} s of {channels}-channel audio at {sr} Hz into up "
                     f"to {k} components needs {size / 2**30:.1f} GiB for their waveforms, over this server's "
                     f"{MAX_COMPONENT_BYTES / 2**30:g} GiB: send shorter audio, ask for a smaller top_k, "
-                    f"or group the units (group=band or cluster: {DECOMPOSE_GROUPS} components)",
+                    f"or group the units (group=band or cluster: {DECOMPOSE_GROUPS} components unless groups says)",
                 )
 
         wav, sr, _ = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)
@@ -350,7 +355,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         def run():
             return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=group,
-                             n_groups=DECOMPOSE_GROUPS, fit_steps=fit_steps)
+                             n_groups=n_groups, fit_steps=fit_steps)
 
         d, _ = self._wait(Job("decompose", seconds, fn=run), context)
         self.metrics.audio_seconds.labels("Decompose").inc(seconds)

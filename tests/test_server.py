@@ -488,6 +488,18 @@ def test_decompose_components_sum_to_input(client, model_dir):
     np.testing.assert_allclose(r.energy_share, ref.energy_share, rtol=1e-5)
 
 
+def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):
+    # was: the server always made 8; the local command's --groups had no counterpart in the API
+    from audioae.decompose import decompose
+
+    x = _noisy(0.8, 16000)
+    model = load_checkpoint(model_dir / "dict.safetensors")
+    for group, n in (("cluster", 3), ("band", 2)):
+        r = client.decompose(x, 16000, model="dict", group=group, groups=n, fit_steps=0)
+        ref = decompose(model, x, 16000, group=group, n_groups=n, fit_steps=0)
+        assert 1 <= len(r.labels) <= n and r.labels == ref.labels and r.units == ref.units
+
+
 def test_decompose_default_model_file_bytes_no_audio(client):
     data = encode_audio(np.clip(_noisy(0.5, 16000), -1, 1), 16000, subtype="PCM_16")
     r = client.decompose(data)  # the default decomposer, activations only
@@ -503,6 +515,9 @@ def test_decompose_default_model_file_bytes_no_audio(client):
         ("dict", {"group": "zodiac"}, CODE.INVALID_ARGUMENT, "unknown group"),
         ("dict", {"fit_steps": -2}, CODE.INVALID_ARGUMENT, "fit_steps must be 0..100"),
         ("dict", {"fit_steps": 10_000}, CODE.INVALID_ARGUMENT, "fit_steps must be 0..100"),
+        ("dict", {"group": "cluster", "groups": 0}, CODE.INVALID_ARGUMENT, "groups must be 1..24"),
+        ("dict", {"group": "band", "groups": 25}, CODE.INVALID_ARGUMENT, "groups must be 1..24"),
+        ("dict", {"groups": 3}, CODE.INVALID_ARGUMENT, "set group to band or cluster"),
         ("nope", {}, CODE.NOT_FOUND, "unknown model"),
     ],
 )
@@ -820,6 +835,8 @@ def test_cli_client_commands(server, tmp_path, capsys):
     comp2 = str(tmp_path / "comp2")  # local decompose's flag names work too, and --fit reaches the server
     assert cli_main(["client", "decompose", str(src), "-o", comp2, "--top", "1", "--fit", "0", "--server", addr]) == 0
     assert len(list((tmp_path / "comp2").glob("component_*.wav"))) == 1
+    assert cli_main(["client", "decompose", str(src), "-o", comp2, "--groups", "2", "--server", addr]) == 0
+    assert 1 <= len(list((tmp_path / "comp2").glob("component_*.wav"))) <= 2
     assert cli_main(["client", "decompose", str(src), "-o", comp2, "--fit", "-1", "--server", addr]) == 2
     assert "fit_steps must be" in capsys.readouterr().err
     assert cli_main(["client", "models", "--server", addr]) == 0

@@ -105,20 +105,22 @@ class StreamDenoiseResponse(_message.Message):
     def __init__(self, audio: _Optional[bytes] = ..., samples_in: _Optional[int] = ..., samples_out: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class DecomposeRequest(_message.Message):
-    __slots__ = ("model", "audio", "top_k", "group", "return_components", "fit_steps")
+    __slots__ = ("model", "audio", "top_k", "group", "return_components", "fit_steps", "groups")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     RETURN_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     FIT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     audio: Audio
     top_k: int
     group: str
     return_components: bool
     fit_steps: int
-    def __init__(self, model: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ..., group: _Optional[str] = ..., return_components: _Optional[bool] = ..., fit_steps: _Optional[int] = ...) -> None: ...
+    groups: int
+    def __init__(self, model: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ..., group: _Optional[str] = ..., return_components: _Optional[bool] = ..., fit_steps: _Optional[int] = ..., groups: _Optional[int] = ...) -> None: ...
 
 class Component(_message.Message):
     __slots__ = ("label", "units", "energy_share", "audio")
