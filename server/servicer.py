@@ -332,11 +332,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if group not in GROUPS:
             raise Abort(INVALID, f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
         units = sm.model.config.code_dim
-        n_groups = request.groups if request.HasField("groups") else DECOMPOSE_GROUPS
-        if request.HasField("groups") and group == "none":
-            raise Abort(INVALID, "groups counts bands or clusters: set group to band or cluster, or leave groups unset")
-        if not 1 <= n_groups <= units:
-            raise Abort(INVALID, f"groups must be 1..{units} (this model's units), got {n_groups}")
+        n_groups = min(DECOMPOSE_GROUPS, units)
+        if request.HasField("groups"):
+            if group == "none":
+                raise Abort(INVALID, "groups counts bands or clusters: set group to band or cluster, or leave groups unset")
+            if not 1 <= request.groups <= units:
+                raise Abort(INVALID, f"groups must be 1..{units} (this model's units), got {request.groups}")
+            n_groups = request.groups
         k = min(request.top_k or units, units if group == "none" else n_groups)
 
         def check_components(frames: int, channels: int, sr: int) -> None:
