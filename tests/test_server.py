@@ -500,6 +500,25 @@ def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):
         assert 1 <= len(r.labels) <= n and r.labels == ref.labels and r.units == ref.units
 
 
+def test_a_decomposer_of_fewer_units_than_the_default_groups_still_decomposes(model_dir, tmp_path):
+    # the default of 8 groups is capped at the model's units; only a groups the caller gives is
+    # checked against them (a first version refused every call to a 4-unit model)
+    small = build_model("sparse_dict", {"n_fft": 256, "hop_length": 64, "code_dim": 4, "topk": 2, "refine_steps": 2})
+    save_checkpoint(small, tmp_path / "dict4.safetensors")
+    srv = AudioServer(_config(model_dir, models=(str(tmp_path / "dict4.safetensors"),), metrics_port=None))
+    srv.start()
+    srv.load()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            x = _noisy(0.5, 16000)
+            for group in ("none", "cluster", "band"):
+                assert 1 <= len(c.decompose(x, 16000, group=group, fit_steps=0).labels) <= 4
+            code, msg = _code(c.decompose, x, 16000, group="band", groups=5)
+            assert code == CODE.INVALID_ARGUMENT and "groups must be 1..4" in msg, msg
+    finally:
+        srv.stop()
+
+
 def test_decompose_default_model_file_bytes_no_audio(client):
     data = encode_audio(np.clip(_noisy(0.5, 16000), -1, 1), 16000, subtype="PCM_16")
     r = client.decompose(data)  # the default decomposer, activations only
