@@ -52,14 +52,16 @@ def pick_device(name: str = "auto") -> torch.device:
 
 # ---- input level ---------------------------------------------------------------------------------
 # The model was trained on mixtures at about -45 to -17 dBFS; on quieter recordings it removed less
-# and less, and below about -60 dBFS it made them worse than the input (val, 48 mixtures lowered by
-# 40 dB: SI-SDR 2.7 dB where the same mixtures at their own level gave 13.4). So the network's
+# and less, and below about -60 dBFS it made them worse than the input (stage 9 on 48 val mixtures
+# lowered by 40 dB: SI-SDR 2.7 dB where the same mixtures at their own level gave 13.4; figures of
+# the val set before synthetic.AUDIBLE_HZ, model card "Input level"). So the network's
 # *features* are computed from the frames raised by a causal gain when the recording's level is
 # low; the mask and filter it returns are applied to the frames as they are, so the output keeps
 # the input's level. At the levels it was trained on the gain is mostly 1; a quiet opening (noise
 # before the first word) is lifted until the first loud frame. The target was chosen on the 144
-# val mixtures (benchmarks/input_level.py): at their own level, -45 dB costs 0.02 dB of SI-SDRi
-# (-40 dB: 0.06) and no PESQ; lowered by 40 dB, they score SI-SDRi 5.2 dB instead of -3.7.
+# val mixtures (benchmarks/input_level.py, stage 9, the same val set): at their own level, -45 dB
+# costs 0.02 dB of SI-SDRi (-40 dB: 0.06) and no PESQ; lowered by 40 dB, they score SI-SDRi 5.2 dB
+# instead of -3.7. Rerun on the rebuilt val set, the ranking of the targets held.
 LEVEL_TARGET_DB = -45.0  # tracked frame level (dB re full-scale mean square) below which frames are lifted
 LEVEL_MAX_GAIN_DB = 40.0  # at most this much
 LEVEL_RELEASE_S = 3.0  # the tracked level rises at once with a louder frame and falls with this time constant

@@ -48,7 +48,7 @@ from .data.mixing import (
 from .enhance import pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
-from .models import Autoencoder, SpectralAutoencoder, build_model, family
+from .models import Autoencoder, SpectralAutoencoder, build_model, takes_audio
 from .models.corruption import add_gaussian, darken_patches, mix_at_snr
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,6 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     unknown = sorted(set(model) - {"name", "config"})
     if unknown:
         raise ValueError(f"[model] has no key(s) {unknown}; valid: name, config")
-    family(str(model.get("name", "recurrent")))  # an unknown name, before anything is built
     return RunConfig(
         model=model.get("name", "recurrent"),
         model_config=dict(model.get("config", {})),
@@ -501,7 +500,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     model = build_model(run.model, run.model_config)  # before the folder: a bad config leaves none
-    if not isinstance(model, SpectralAutoencoder) or model.config.input != "spectrogram":
+    if not takes_audio(model):
         raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     out = Path(tc.out_dir)
