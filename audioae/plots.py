@@ -220,6 +220,14 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
             "hop_s": model.config.hop_length / msr, "bin_hz": msr / model.config.n_fft}
 
 
+def _gain_db(energy_out: float, energy_in: float) -> float | None:
+    """Output over input energy in dB; None where the input is silent (a gain of nothing is
+    undefined, and -200 dB would read as "removed everything")."""
+    if energy_in <= 0:
+        return None
+    return round(10 * math.log10(max(float(energy_out) / float(energy_in), 1e-20)), 2)
+
+
 def denoising_stats(view: dict) -> dict:
     """Numbers behind the figure: energy removed, the gain per octave band (energy-weighted over
     frames), and how sparse the code is."""
@@ -232,11 +240,9 @@ def denoising_stats(view: dict) -> dict:
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         rows = (freqs >= lo) & (freqs < hi)
         if rows.any():
-            ratio = e_out[rows].sum() / max(float(e_in[rows].sum()), 1e-20)
-            bands[f"{lo:.0f}-{min(hi, nyquist):.0f} Hz"] = round(10 * math.log10(max(ratio, 1e-20)), 2)
+            bands[f"{lo:.0f}-{min(hi, nyquist):.0f} Hz"] = _gain_db(e_out[rows].sum(), e_in[rows].sum())
     active = np.abs(code) > 1e-3 * max(float(np.abs(code).max()), 1e-12)  # [K, N]
-    return {"frames": int(e_in.shape[1]), "energy_removed_db": round(10 * math.log10(
-                max(float(e_out.sum()), 1e-20) / max(float(e_in.sum()), 1e-20)), 2),
+    return {"frames": int(e_in.shape[1]), "energy_removed_db": _gain_db(e_out.sum(), e_in.sum()),
             "gain_db_per_band": bands, "code_units": int(code.shape[0]),
             "code_active_share": round(float(active.mean()), 4),
             "code_units_never_active": int((~active.any(1)).sum())}

@@ -147,6 +147,22 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["figure"] == str(tmp_path / "figs" / "noisy.denoiser-small.png")
 
 
+def test_inspect_numbers_call_a_silent_band_undefined_not_removed():
+    from audioae.plots import denoising_stats
+
+    mag_in = np.zeros((257, 10), np.float32)  # [F, N]: silence below 4 kHz, a tone band above
+    mag_in[200:] = 1.0
+    mag_out = 0.5 * mag_in  # the model halves what is there: -6 dB
+    stats = denoising_stats({"mag_in": mag_in, "mag_out": mag_out, "code": np.ones((4, 10)),
+                             "hop_s": 0.008, "bin_hz": 16000 / 512})
+    assert stats["gain_db_per_band"]["0-62 Hz"] is None  # no input energy: no gain to report
+    assert stats["gain_db_per_band"]["4000-8000 Hz"] == -6.02
+    assert stats["energy_removed_db"] == -6.02
+    silent = denoising_stats({"mag_in": 0 * mag_in, "mag_out": 0 * mag_in, "code": np.zeros((4, 10)),
+                              "hop_s": 0.008, "bin_hz": 16000 / 512})
+    assert silent["energy_removed_db"] is None and set(silent["gain_db_per_band"].values()) == {None}
+
+
 def test_integer_samples_and_time_first_arrays_are_refused():
     model = build_model("recurrent", {"hidden": 16, "code_dim": 8}).eval()
     x = (0.1 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32)  # [T]
