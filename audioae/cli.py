@@ -542,7 +542,7 @@ def _client_call(args, client) -> int:
             rate = f"{mi['sample_rate']} Hz" if mi["sample_rate"] else "-"
             kind = "causal" if mi["causal"] else "offline"
             print(f"  {mi['name']:<20} {mi['family']:<11} {mi['input']:<12} {rate:>9}  "
-                  f"code {mi['code_dim']:<4} {int(mi['parameters']):>9,} params  {kind:<7}  {' '.join(mi['rpcs'])}")
+                  f"code {mi['code_dim']:<4} {mi['parameters']:>9,} params  {kind:<7}  {' '.join(mi['rpcs'])}")
         print(f"default denoiser: {info['default_denoiser'] or '-'}; "
               f"default decomposer: {info['default_decomposer'] or '-'}")
     elif cmd == "health":

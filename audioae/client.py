@@ -538,12 +538,17 @@ class Client:
 
     # -- models and health ------------------------------------------------------------------------
     def list_models(self, timeout: float | None = None) -> dict:
+        """The served models as plain Python values (``parameters`` an int: protobuf's JSON
+        mapping would make the int64 a string)."""
         from google.protobuf.json_format import MessageToDict
 
         resp = self.stub.ListModels(_pb().ListModelsRequest(), **self._kw(timeout))
-        return MessageToDict(
+        info = MessageToDict(
             resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
+        for m in info["models"]:
+            m["parameters"] = int(m["parameters"])
+        return info
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """``grpc.health.v1`` status name: SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN."""

@@ -646,6 +646,8 @@ def test_list_models(client, model_dir):
         by["tiny"]["sample_rate"] == 16000 and by["tiny"]["code_dim"] == 16 and by["tiny"]["latency_ms"] > 0
     )
     assert by["tiny"]["sha256"] == sha256_file(model_dir / "tiny.safetensors")
+    tiny = load_checkpoint(model_dir / "tiny.safetensors")  # a count, not protobuf JSON's int64 string
+    assert by["tiny"]["parameters"] == sum(p.numel() for p in tiny.parameters())
 
 
 def test_reflection_lists_the_service(server):
