@@ -174,7 +174,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     """
     if not isinstance(model, SparseDictionary):
-        raise ValueError(f"decompose needs a sparse_dict model, got {getattr(model, 'registry_name', type(model))}")
+        family = getattr(model, "registry_name", type(model).__name__)
+        raise ValueError(f"decompose needs a sparse_dict model (the shipped one is decomposer-small); this is a "
+                         f"{family} model, which denoises or encodes but has no components")
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
     if top_k is not None and top_k < 1:

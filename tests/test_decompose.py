@@ -194,7 +194,7 @@ def test_silence_and_bad_arguments():
         decompose(model, np.ones(100, np.float32), SR, top_k=0)
     with pytest.raises(ValueError, match="fit_steps"):
         decompose(model, np.ones(100, np.float32), SR, fit_steps=-1)
-    with pytest.raises(ValueError, match="sparse_dict"):
+    with pytest.raises(ValueError, match="sparse_dict model .*decomposer-small.*a linear model"):
         decompose(build_model("linear", {"n_fft": 128, "hop_length": 32}), np.ones(100, np.float32), SR)
 
 
