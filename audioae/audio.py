@@ -10,7 +10,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,21 @@ def _check_samples(wav: np.ndarray, sr: int, name: str) -> None:
         raise AudioError(f"{name}: the audio contains NaN or Inf samples")
 
 
+def frames_to_read(f: sf.SoundFile) -> int:
+    """The ``frames`` argument that reads an open file to its end: -1 where it can seek, the
+    header's count where it cannot. libsndfile will not read "to the end" of a file it cannot seek
+    in, and GSM 6.10 WAV (old telephony recordings) is one."""
+    return -1 if f.seekable() else f.frames
+
+
+def iter_blocks(path: str | os.PathLike, block: int) -> Iterator[np.ndarray]:
+    """A file's samples as float32 blocks ``[C, n]`` of ``block`` frames (the last may be shorter),
+    reading only one block at a time."""
+    with sf.SoundFile(str(path)) as f:
+        for b in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
+            yield b.T  # [C, n]
+
+
 def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[np.ndarray, int, AudioInfo]:
     """Read WAV/FLAC/OGG from a path or from encoded bytes.
 
@@ -88,7 +103,7 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     try:
         with sf.SoundFile(handle) as f:
             info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
-            data = f.read(dtype="float32", always_2d=True)  # [T, C]
+            data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         # libsndfile's own reason, without the repr of the file object it was handed.
         reason = getattr(exc, "error_string", None) or str(exc)

@@ -38,6 +38,7 @@ from .audio import (
     check_pcm,
     container_for,
     encode_audio,
+    iter_blocks,
     read_audio,
     whole_hz,
 )
@@ -457,7 +458,7 @@ class Client:
             raise AudioError(f"{src}: cannot read audio ({exc})") from exc
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))
-        chunks = (b.T for b in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True))
+        chunks = iter_blocks(src, block)
         subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
         n = 0
         with (

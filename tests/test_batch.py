@@ -118,6 +118,28 @@ def test_streamed_file_equals_offline_denoise(tmp_path, causal_ckpt):
         np.testing.assert_allclose(got.T, np.clip(ref, -1, 1), atol=tol)
 
 
+def test_a_file_libsndfile_cannot_seek_in_is_denoised_streamed_and_whole(tmp_path, causal_ckpt, bidir_ckpt):
+    """GSM 6.10 WAV (old telephony recordings): libsndfile will not read "to the end" of a file it
+    cannot seek in, and every such file failed with "frames must be specified"."""
+    from audioae.audio import iter_blocks, read_audio
+
+    src = tmp_path / "in" / "phone.wav"
+    src.parent.mkdir()
+    sf.write(src, noisy_signal(np.random.default_rng(3), 1.52, 8000, 1), 8000, subtype="GSM610")  # 76 GSM frames
+    with sf.SoundFile(src) as f:
+        assert not f.seekable() and f.frames == 12160  # the case this test is about
+    wav, sr, _ = read_audio(src)
+    assert wav.shape == (1, 12160) and sr == 8000
+    np.testing.assert_array_equal(np.concatenate(list(iter_blocks(src, 5000)), axis=-1), wav)  # the client's reader
+    for ckpt in (causal_ckpt, bidir_ckpt):  # streamed in blocks, and read whole
+        model = load_checkpoint(ckpt)
+        out = tmp_path / ckpt.stem / "phone.wav"
+        res = FileDenoiser(model, block_seconds=0.3).run(FileTask(str(src), str(out), "phone.wav"))
+        assert res.status == "ok", res.error
+        info = sf.info(out)
+        assert (info.subtype, info.frames, info.samplerate) == ("GSM610", 12160, 8000)
+
+
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"

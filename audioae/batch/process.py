@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_pcm
+from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_pcm, frames_to_read
 from ..enhance import StreamingDenoiser, denoise, denoise_batch
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
@@ -79,7 +79,7 @@ class _Decoded:
 
 def _read_whole(task: FileTask, f: sf.SoundFile) -> np.ndarray:
     """All samples of an open file as ``[C, T]`` float32, validated like every other input."""
-    wav = np.ascontiguousarray(f.read(dtype="float32", always_2d=True).T)  # [C, T]
+    wav = np.ascontiguousarray(f.read(frames_to_read(f), dtype="float32", always_2d=True).T)  # [C, T]
     check_pcm(wav, f.samplerate, task.input)
     return wav
 
@@ -157,7 +157,7 @@ class FileDenoiser:
         writer = _PartWriter(task, sr, channels, fmt, subtype)
         try:
             block = max(1, int(self.block_seconds * sr))
-            for chunk in f.blocks(blocksize=block, dtype="float32", always_2d=True):  # [n, C]
+            for chunk in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
                 x = np.ascontiguousarray(chunk.T)  # [C, n]
                 if not np.isfinite(x).all():
                     raise AudioError(f"{task.input}: the audio contains NaN or Inf samples")
