@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -572,9 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)  # as a shell reports a command killed by it
     except BrokenPipeError:  # `audioae models --json | head`: the reader left; say nothing more
         # Python flushes stdout again at exit and would report the broken pipe there; point it at
         # devnull first (the recipe in the signal module's documentation).

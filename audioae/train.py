@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -484,6 +486,45 @@ def _resume_weights(model: SpectralAutoencoder, last: Path) -> None:
                          f"--no-resume or another --out, or grow it with train.init_from") from None
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training between two steps, after the resume point was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While one process trains, SIGINT and SIGTERM ask the loop to stop at the next step
+    boundary, so the resume point it then saves holds whole steps (an interrupt inside the
+    optimiser's update would not). A second signal acts at once. Entered before the loader forks
+    its workers, which inherit it and keep running until the loop shuts them down. Under DDP the
+    ranks could stop at different steps and wait on each other, so there the signals keep their
+    defaults and the periodic checkpoint is the resume point."""
+
+    def __init__(self, enabled: bool):
+        self.received: int | None = None
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if self._enabled:
+            self._previous = {sig: signal.signal(sig, self._note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum: int, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
 def train(run: RunConfig, resume: bool = True) -> dict:
     """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation score of
     ``train.select_by``, SI-SDR by default),
@@ -562,8 +603,16 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     start_step = step
     skipped = bad_in_a_row = 0
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
-    with mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches:
+    with (_StopSignals(world == 1) as stop,
+          mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
         while step < tc.steps:
+            if stop.received is not None:
+                _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
+                if bar is not None:
+                    bar.close()
+                raise TrainingStopped(f"{signal.Signals(stop.received).name} at step {step}; "
+                                      f"{out / 'last.safetensors'} holds it, and the same command resumes",
+                                      stop.received)
             time_used = _time_used(clock0, deadline, world, device)
             last_step = step + 1 == tc.steps or time_used >= stop_share
             clean, noise, snr = next(batches)

@@ -216,6 +216,38 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert load_checkpoint(out / "last.safetensors").num_parameters() > 0
 
 
+def test_ctrl_c_or_sigterm_saves_whole_steps_and_the_same_command_resumes(tmp_path):
+    """Training stops at a step boundary on SIGINT/SIGTERM and saves its resume point there,
+    instead of losing everything since the last periodic checkpoint (here: never)."""
+    import signal
+    import time
+
+    from audioae.checkpoint import checkpoint_extra
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "audioae.cli", "train", CONFIG, "--out", str(out), "--steps", "100000",
+           "--set", "train.progress=false", "--set", "train.checkpoint_seconds=100000", "--set", "train.threads=1",
+           "--set", "train.val_every=100000", "--set", "model.config.hidden=16"]
+    steps = [0]
+    # the second run mixes in a forked worker process, which inherits the handlers
+    for sig, extra in ((signal.SIGINT, []), (signal.SIGTERM, ["--set", "train.loader_threads=1",
+                                                              "--set", "train.loader_processes=true"])):
+        proc = subprocess.Popen([*cmd, *extra], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (out / "log.jsonl").is_file() or len((out / "log.jsonl").read_text().splitlines()) < len(steps):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.2)  # until this run has logged a step (one record every 50)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=120)[1]
+        assert proc.returncode == 128 + sig, err[-2000:]
+        said = re.search(rf"interrupted: {sig.name} at step (\d+); .*last.safetensors holds it", err)
+        assert said, err[-2000:]
+        steps.append(int(said.group(1)))
+        assert checkpoint_extra(out / "last.safetensors")["step"] == steps[-1] > steps[-2]  # resumed, went on
+    assert load_checkpoint(out / "last.safetensors").num_parameters() > 0
+
+
 def test_init_from_grows_a_mask_model_into_a_deep_filter_one(tmp_path, capsys):
     """train.init_from: a deep-filter run starts from a mask run's weights, function-preserving
     (with lr 0 the grown model must still compute exactly what the mask model did)."""
