@@ -387,6 +387,16 @@ def test_an_image_model_is_refused_before_anything_is_written(tmp_path, capsys):
         denoise(model, np.zeros(1600, np.float32), 16000)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path, causal_ckpt, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(causal_ckpt), "--device", "cuda",
+                 "--no-progress"]) == 2
+    assert "--device cuda asked for, but torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # was: an empty manifest and a lock file
+
+
 def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"

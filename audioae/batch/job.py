@@ -134,6 +134,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         from .ray_engine import require_ray
 
         require_ray()  # before anything is written: without Ray, say how to install it
+    else:
+        pick_device(options.device)  # --device cuda without a GPU: refused before the folder is made
     tasks = plan_tasks(inputs, out_dir)
     ckpt = _resolve_model(options.model)
     _check_model_denoises(ckpt)
