@@ -73,15 +73,39 @@ def _cmd_train(args) -> int:
 
 # ---- models ------------------------------------------------------------------------------------
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the registered model families and the shipped models")
+    p = sub.add_parser("models", help="list the registered model families and the shipped models",
+                       description="Without MODEL: the registered families and the shipped models. With "
+                                   "MODEL: each checkpoint's description as JSON (family, size, latency, its whole "
+                                   "config, what its training recorded, the versions that wrote it, sha256).")
+    p.add_argument("model", nargs="*", metavar="MODEL", help="shipped model names or .safetensors paths")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_models)
+
+
+def describe_checkpoint(spec: str) -> dict:
+    """One checkpoint as a person asks about it: what it is, its config, its training record."""
+    import dataclasses
+
+    from .checkpoint import load_checkpoint, read_metadata, sha256_file
+    from .pretrained import resolve
+
+    path = resolve(spec)
+    model = load_checkpoint(path)  # checks the sha256 beside it, as every use does
+    meta = read_metadata(path)
+    return {"model": str(path), **model.describe(), "config": dataclasses.asdict(model.config),
+            "extra": json.loads(meta.get("extra", "{}")),
+            "versions": {k.removesuffix("_version"): v for k, v in sorted(meta.items()) if k.endswith("_version")},
+            "sha256": sha256_file(path)}
 
 
 def _cmd_models(args) -> int:
     from .models import REGISTRY, build_model
     from .pretrained import describe_shipped
 
+    if args.model:
+        described = [describe_checkpoint(spec) for spec in args.model]
+        print(json.dumps(described[0] if len(described) == 1 else described, indent=2))
+        return 0
     families = []
     for name, fam in REGISTRY.items():
         m = build_model(name)

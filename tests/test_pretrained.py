@@ -113,3 +113,32 @@ def test_a_near_miss_model_name_gets_the_shipped_name():
         pretrained.resolve("denoiser-small.safetensors")  # was: "no such checkpoint file" only
     with pytest.raises(CheckpointError, match=r"nor a \.safetensors path$"):
         pretrained.resolve("transformer")
+
+
+def test_models_lists_what_ships_and_describes_any_checkpoint(tmp_path, capsys):
+    import json
+
+    from audioae.checkpoint import save_checkpoint, sha256_file
+    from audioae.models import REGISTRY, build_model
+
+    assert main(["models", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [f["family"] for f in listing["families"]] == list(REGISTRY)
+    assert {s["name"] for s in listing["shipped"]} == {pretrained.DEFAULT_DENOISER, pretrained.DEFAULT_DECOMPOSER}
+
+    assert main(["models", "denoiser-small"]) == 0  # one model: its whole description
+    shipped = json.loads(capsys.readouterr().out)
+    assert shipped["family"] == "recurrent" and shipped["config"]["hidden"] == 224
+    assert shipped["config"]["mask_power"] == shipped["extra"]["config_changes"]["mask_power"]  # set when exported
+    assert shipped["sha256"] == sha256_file(pretrained.resolve("denoiser-small"))
+    assert set(shipped["versions"]) >= {"audioae", "torch", "format"}
+
+    mine = tmp_path / "run" / "best.safetensors"
+    mine.parent.mkdir()
+    save_checkpoint(build_model("conv1d", {"channels": [16], "code_dim": 8}), mine, {"step": 7, "val": {"pesq": 1.5}})
+    assert main(["models", str(mine), "decomposer-small"]) == 0  # several: a list, in order
+    both = json.loads(capsys.readouterr().out)
+    assert [d["family"] for d in both] == ["conv1d", "sparse_dict"]
+    assert both[0]["extra"] == {"step": 7, "val": {"pesq": 1.5}} and both[0]["config"]["channels"] == [16]
+    assert main(["models", str(mine.parent)]) == 2
+    assert "is a folder: name one of its checkpoints (best.safetensors)" in capsys.readouterr().err
