@@ -82,25 +82,9 @@ def _add_models(sub) -> None:
     p.set_defaults(func=_cmd_models)
 
 
-def describe_checkpoint(spec: str) -> dict:
-    """One checkpoint as a person asks about it: what it is, its config, its training record."""
-    import dataclasses
-
-    from .checkpoint import load_checkpoint, read_metadata, sha256_file
-    from .pretrained import resolve
-
-    path = resolve(spec)
-    model = load_checkpoint(path)  # checks the sha256 beside it, as every use does
-    meta = read_metadata(path)
-    return {"model": str(path), **model.describe(), "config": dataclasses.asdict(model.config),
-            "extra": json.loads(meta.get("extra", "{}")),
-            "versions": {k.removesuffix("_version"): v for k, v in sorted(meta.items()) if k.endswith("_version")},
-            "sha256": sha256_file(path)}
-
-
 def _cmd_models(args) -> int:
     from .models import REGISTRY, build_model
-    from .pretrained import describe_shipped
+    from .pretrained import describe_checkpoint, describe_shipped
 
     if args.model:
         described = [describe_checkpoint(spec) for spec in args.model]

@@ -3,10 +3,12 @@ load) and a model card ``<name>.md`` saying how it was trained, on what, and wha
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_checkpoint, read_metadata
+from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sha256_file
 from ..models import Autoencoder
 
 HERE = Path(__file__).parent
@@ -54,3 +56,15 @@ def describe_shipped() -> list[dict]:
         rows.append({"name": name, **model.describe(), "version": meta.get("audioae_version"),
                      "card": str(path.with_suffix(".md"))})
     return rows
+
+
+def describe_checkpoint(spec: str) -> dict:
+    """One checkpoint (a shipped name or a path) as a person asks about it: what it is, its whole
+    config, what its training recorded, the versions that wrote it, its sha256."""
+    path = resolve(spec)
+    model = load_checkpoint(path)  # checks the sha256 beside it, as every use does
+    meta = read_metadata(path)
+    return {"model": str(path), **model.describe(), "config": dataclasses.asdict(model.config),
+            "extra": json.loads(meta.get("extra", "{}")),
+            "versions": {k.removesuffix("_version"): v for k, v in sorted(meta.items()) if k.endswith("_version")},
+            "sha256": sha256_file(path)}
