@@ -69,6 +69,13 @@ def _check_samples(wav: np.ndarray, sr: int, name: str) -> None:
         raise AudioError(f"{name}: the audio contains NaN or Inf samples")
 
 
+def fs_path(path: str | os.PathLike) -> bytes:
+    """A path as libsndfile should get it: the file system's bytes. soundfile encodes a str path
+    as strict UTF-8, which fails for a name that is not UTF-8 (a Latin-1 "caf\xe9.wav" from an
+    old disk, which Python holds with a surrogate); the bytes are the name as it is on disk."""
+    return os.fsencode(path)
+
+
 def frames_to_read(f: sf.SoundFile) -> int:
     """The ``frames`` argument that reads an open file to its end: -1 where it can seek, the
     header's count where it cannot. libsndfile will not read "to the end" of a file it cannot seek
@@ -79,7 +86,7 @@ def frames_to_read(f: sf.SoundFile) -> int:
 def iter_blocks(path: str | os.PathLike, block: int) -> Iterator[np.ndarray]:
     """A file's samples as float32 blocks ``[C, n]`` of ``block`` frames (the last may be shorter),
     reading only one block at a time."""
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(fs_path(path)) as f:
         for b in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
             yield b.T  # [C, n]
 
@@ -101,7 +108,7 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         if not os.path.isfile(handle):
             raise AudioError(f"{name}: no such file")
     try:
-        with sf.SoundFile(handle) as f:
+        with sf.SoundFile(handle if isinstance(handle, io.BytesIO) else fs_path(handle)) as f:
             info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
             data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:

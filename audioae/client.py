@@ -38,6 +38,7 @@ from .audio import (
     check_pcm,
     container_for,
     encode_audio,
+    fs_path,
     iter_blocks,
     read_audio,
     whole_hz,
@@ -453,7 +454,7 @@ class Client:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
         try:
-            info = sf.info(str(src))
+            info = sf.info(fs_path(src))
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"{src}: cannot read audio ({exc})") from exc
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)

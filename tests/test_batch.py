@@ -140,6 +140,28 @@ def test_a_file_libsndfile_cannot_seek_in_is_denoised_streamed_and_whole(tmp_pat
         assert (info.subtype, info.frames, info.samplerate) == ("GSM610", 12160, 8000)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file system that takes any bytes in a name")
+def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path, causal_ckpt, bidir_ckpt):
+    """A Latin-1 "café.wav" from an old disk: Python holds its 0xE9 byte as a surrogate, and
+    soundfile, which encodes str paths as strict UTF-8, failed on every such file."""
+    from audioae.audio import iter_blocks, read_audio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    name = os.fsdecode(b"caf\xe9.wav")
+    sf.write(os.path.join(os.fsencode(src), b"caf\xe9.wav"), noisy_signal(np.random.default_rng(4), 0.5, 16000, 1),
+             16000, subtype="PCM_16")
+    assert read_audio(src / name)[0].shape == (1, 8000)
+    assert sum(b.shape[-1] for b in iter_blocks(src / name, 3000)) == 8000  # the client's streaming reader
+    for ckpt in (causal_ckpt, bidir_ckpt):  # streamed, and read whole
+        out = tmp_path / ckpt.stem
+        s = run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))
+        assert (s["ok"], s["error"]) == (1, 0), s
+        assert os.listdir(os.fsencode(out)).count(b"caf\xe9.wav") == 1  # the name's own bytes
+        assert sf.info(os.path.join(os.fsencode(out), b"caf\xe9.wav")).frames == 8000
+        assert run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))["skipped"] == 1  # resumes
+
+
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"

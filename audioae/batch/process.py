@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_pcm, frames_to_read
+from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_pcm, frames_to_read, fs_path
 from ..enhance import StreamingDenoiser, denoise, denoise_batch
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
@@ -40,7 +40,7 @@ BATCH_FILES = 16  # files per GPU batch (causal models; non-causal ones go one b
 def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
     """Open the input from its path, or from bytes a read stage already fetched."""
     try:
-        return sf.SoundFile(io.BytesIO(data) if data is not None else task.input)
+        return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         # libsndfile's own words, without its "Error opening <object>:" prefix (bytes have no name)
         reason = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
@@ -91,7 +91,7 @@ class _PartWriter:
         self.task, self.part = task, part_path(task.output)
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self.clip = subtype.startswith("PCM")  # integer formats would wrap around otherwise
-        self.f = sf.SoundFile(self.part, "w", samplerate=sr, channels=channels, subtype=subtype, format=fmt)
+        self.f = sf.SoundFile(fs_path(self.part), "w", samplerate=sr, channels=channels, subtype=subtype, format=fmt)
 
     def write(self, y: np.ndarray | torch.Tensor) -> None:
         y = np.asarray(y, dtype=np.float32)  # [C, n]
