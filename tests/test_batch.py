@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,6 +161,23 @@ def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path, causal_ckpt,
         assert os.listdir(os.fsencode(out)).count(b"caf\xe9.wav") == 1  # the name's own bytes
         assert sf.info(os.path.join(os.fsencode(out), b"caf\xe9.wav")).frames == 8000
         assert run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))["skipped"] == 1  # resumes
+
+
+def test_a_copy_cut_short_is_reported_as_one_and_leaves_nothing(tmp_path, causal_ckpt, bidir_ckpt):
+    """A FLAC whose header opens but whose frames stop mid-way (an interrupted copy): the error
+    was libsndfile's "LibsndfileError: Error : flac decoder lost sync." alone."""
+    full = tmp_path / "full.flac"
+    sf.write(full, noisy_signal(np.random.default_rng(5), 2.0, 16000, 1), 16000, subtype="PCM_16")
+    src = tmp_path / "in" / "cut.flac"
+    src.parent.mkdir()
+    src.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    for ckpt, block, said in ((causal_ckpt, 0.25, r"cannot decode the audio after \d+ samples \("),  # streamed
+                              (bidir_ckpt, 30.0, r"cannot decode the audio \(")):  # read whole
+        out = tmp_path / ckpt.stem / "cut.flac"
+        res = FileDenoiser(load_checkpoint(ckpt), block_seconds=block).run(FileTask(str(src), str(out), "cut.flac"))
+        assert res.status == "error"
+        assert re.search(said, res.error) and "truncated or corrupt" in res.error, res.error
+        assert not out.parent.exists() or not any(out.parent.iterdir())  # no output, no .part
 
 
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):

@@ -79,9 +79,32 @@ class _Decoded:
 
 def _read_whole(task: FileTask, f: sf.SoundFile) -> np.ndarray:
     """All samples of an open file as ``[C, T]`` float32, validated like every other input."""
-    wav = np.ascontiguousarray(f.read(frames_to_read(f), dtype="float32", always_2d=True).T)  # [C, T]
+    try:
+        data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
+    except sf.LibsndfileError as exc:
+        raise _unreadable(task, exc, None) from exc
+    wav = np.ascontiguousarray(data.T)  # [C, T]
     check_pcm(wav, f.samplerate, task.input)
     return wav
+
+
+def _read_blocks(task: FileTask, f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
+    """The open file's samples as ``[C, n]`` float32 blocks, a decoding error named as one."""
+    done = 0
+    try:
+        for chunk in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
+            done += chunk.shape[0]
+            yield np.ascontiguousarray(chunk.T)  # [C, n]
+    except sf.LibsndfileError as exc:
+        raise _unreadable(task, exc, done) from exc
+
+
+def _unreadable(task: FileTask, exc: sf.LibsndfileError, after: int | None) -> AudioError:
+    """A file whose header opened but whose samples do not decode: most often a copy cut short."""
+    where = f" after {after} samples" if after else ""
+    reason = exc.error_string.strip().removeprefix("Error : ")  # libsndfile's own prefix
+    return AudioError(f"{task.input}: cannot decode the audio{where} ({reason}): the file is truncated or "
+                      f"corrupt; nothing was written for it")
 
 
 class _PartWriter:
@@ -157,8 +180,7 @@ class FileDenoiser:
         writer = _PartWriter(task, sr, channels, fmt, subtype)
         try:
             block = max(1, int(self.block_seconds * sr))
-            for chunk in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
-                x = np.ascontiguousarray(chunk.T)  # [C, n]
+            for x in _read_blocks(task, f, block):  # [C, n]
                 if not np.isfinite(x).all():
                     raise AudioError(f"{task.input}: the audio contains NaN or Inf samples")
                 writer.write(s.push(x))  # [C, m], m may be 0
