@@ -83,12 +83,29 @@ def frames_to_read(f: sf.SoundFile) -> int:
     return -1 if f.seekable() else f.frames
 
 
+def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:
+    """A file whose header opened but whose samples do not decode: most often a copy cut short."""
+    where = f" after {after} samples" if after else ""
+    reason = exc.error_string.strip().removeprefix("Error : ")  # libsndfile's own prefix
+    return AudioError(f"{name}: cannot decode the audio{where} ({reason}): the file is truncated or corrupt")
+
+
+def read_blocks(f: sf.SoundFile, block: int, name: str) -> Iterator[np.ndarray]:
+    """An open file's samples as float32 blocks ``[C, n]`` of ``block`` frames (the last may be
+    shorter), one block in memory at a time; a decoding error names the file and the place."""
+    done = 0
+    try:
+        for chunk in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
+            done += chunk.shape[0]
+            yield np.ascontiguousarray(chunk.T)  # [C, n]
+    except sf.LibsndfileError as exc:
+        raise undecodable(name, exc, done) from exc
+
+
 def iter_blocks(path: str | os.PathLike, block: int) -> Iterator[np.ndarray]:
-    """A file's samples as float32 blocks ``[C, n]`` of ``block`` frames (the last may be shorter),
-    reading only one block at a time."""
+    """:func:`read_blocks` of the file at ``path``."""
     with sf.SoundFile(fs_path(path)) as f:
-        for b in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
-            yield b.T  # [C, n]
+        yield from read_blocks(f, block, str(path))
 
 
 def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[np.ndarray, int, AudioInfo]:

@@ -300,3 +300,17 @@ def test_a_chunk_that_disagrees_with_the_stream_and_a_fractional_rate_are_refuse
     with pytest.raises(ValueError, match="sample_rate: a sample rate is a whole number of Hz, got 44100.5"):
         mixed.denoise(x, 44100.5)  # was sent as 44100
     assert sum(y.shape[-1] for y in mixed.stream([x[:, :800], x[:, 800:]], 16000.0)) == x.shape[-1]  # mono default
+
+
+def test_streaming_a_file_cut_short_names_it_and_writes_nothing(mixed, tmp_path):
+    """The stream reads the file block by block; a FLAC whose frames stop mid-way failed with
+    libsndfile's bare "Error : flac decoder lost sync."."""
+    from audioae.audio import AudioError
+
+    full = tmp_path / "full.flac"
+    sf.write(full, _noisy(2.0, 16000)[0], 16000, subtype="PCM_16")
+    src = tmp_path / "cut.flac"
+    src.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"cut\.flac: cannot decode the audio after \d+ samples .* truncated or corrupt"):
+        mixed.stream_file(src, tmp_path / "out.flac", model="tiny", chunk_ms=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.flac", "full.flac"]  # no output, no temporary

@@ -24,7 +24,16 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_pcm, frames_to_read, fs_path
+from ..audio import (
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    check_pcm,
+    frames_to_read,
+    fs_path,
+    read_blocks,
+    undecodable,
+)
 from ..enhance import StreamingDenoiser, denoise, denoise_batch
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
@@ -82,29 +91,10 @@ def _read_whole(task: FileTask, f: sf.SoundFile) -> np.ndarray:
     try:
         data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
     except sf.LibsndfileError as exc:
-        raise _unreadable(task, exc, None) from exc
+        raise undecodable(task.input, exc) from exc
     wav = np.ascontiguousarray(data.T)  # [C, T]
     check_pcm(wav, f.samplerate, task.input)
     return wav
-
-
-def _read_blocks(task: FileTask, f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
-    """The open file's samples as ``[C, n]`` float32 blocks, a decoding error named as one."""
-    done = 0
-    try:
-        for chunk in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
-            done += chunk.shape[0]
-            yield np.ascontiguousarray(chunk.T)  # [C, n]
-    except sf.LibsndfileError as exc:
-        raise _unreadable(task, exc, done) from exc
-
-
-def _unreadable(task: FileTask, exc: sf.LibsndfileError, after: int | None) -> AudioError:
-    """A file whose header opened but whose samples do not decode: most often a copy cut short."""
-    where = f" after {after} samples" if after else ""
-    reason = exc.error_string.strip().removeprefix("Error : ")  # libsndfile's own prefix
-    return AudioError(f"{task.input}: cannot decode the audio{where} ({reason}): the file is truncated or "
-                      f"corrupt; nothing was written for it")
 
 
 class _PartWriter:
@@ -180,7 +170,7 @@ class FileDenoiser:
         writer = _PartWriter(task, sr, channels, fmt, subtype)
         try:
             block = max(1, int(self.block_seconds * sr))
-            for x in _read_blocks(task, f, block):  # [C, n]
+            for x in read_blocks(f, block, task.input):  # [C, n]
                 if not np.isfinite(x).all():
                     raise AudioError(f"{task.input}: the audio contains NaN or Inf samples")
                 writer.write(s.push(x))  # [C, m], m may be 0
