@@ -547,8 +547,11 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     out = Path(tc.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run's output folder {out} is a file; give a folder (--out or train.out_dir)")
-    out.mkdir(parents=True, exist_ok=True)
     sr = model.config.sample_rate
+    # The data before the folder too: a missing or empty corpus folder leaves no empty run behind.
+    sources = _sources(run.data, sr, val=False)
+    val_set = make_validation_set(model, run.data) if rank == 0 else None
+    out.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, minutes_before = 0, -math.inf, 0.0
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
@@ -574,13 +577,11 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sources = _sources(run.data, sr, val=False)
     mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob,
                     second_noise_prob=run.data.second_noise_prob)
     # Each rank and each resume draws different examples.
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
-    val_set = make_validation_set(model, run.data) if rank == 0 else None
     use_amp = tc.amp and device.type == "cuda"
     amp_dtype = _amp_dtype(tc.amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)

@@ -172,6 +172,16 @@ def test_decay_by_time_needs_a_time_budget(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("key", ["clean_dir", "noise_dir", "val_clean_dir"])
+def test_a_missing_or_empty_corpus_folder_leaves_no_run_folder(tmp_path, capsys, key):
+    (tmp_path / "empty").mkdir()
+    for folder, said in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no usable audio files")):
+        rc = main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", f'data.{key}="{folder}"'])
+        assert rc == 2
+        assert f"{folder}: {said}" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()  # was: an empty run folder
+
+
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", CONFIG, "--out", str(tmp_path), "--set", "train.stepz=3"])
     assert rc == 2
