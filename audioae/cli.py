@@ -325,7 +325,8 @@ def _cmd_inspect(args) -> int:
         return _inspect_denoising(model, path, args.audio, _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png"))
     if not isinstance(model, SparseDictionary):
         raise ValueError(f"{path}: without --audio, inspect draws sparse_dict dictionaries; this is a "
-                         f"{model.registry_name} model: add --audio FILE to see what it does to a recording")
+                         f"{model.registry_name} model: add --audio FILE to see what it does to a recording "
+                         f"(its config and training record: audioae models {args.model or args.model_flag})")
     out = _figure_path(args.out, f"{name}-dictionary.png")
     plot_dictionary(model, out)
     print(json.dumps({"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}, indent=2))

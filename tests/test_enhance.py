@@ -127,7 +127,8 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
                                               "1000-2000 Hz", "2000-4000 Hz", "4000-8000 Hz"]  # octaves at 16 kHz
     assert np.isfinite(info["energy_removed_db"])
     assert main(["inspect", str(tmp_path / "den.safetensors")]) == 2  # a denoiser needs --audio
-    assert "add --audio FILE" in capsys.readouterr().err
+    assert f"add --audio FILE to see what it does to a recording (its config and training record: audioae models " \
+           f"{tmp_path / 'den.safetensors'})" in capsys.readouterr().err
     assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(png)]) == 0
     assert json.loads(capsys.readouterr().out)["model"].endswith("denoiser-small.safetensors")  # the default denoiser
     assert main(["inspect", "decomposer-small", "--audio", str(tmp_path / "noisy.wav")]) == 2
