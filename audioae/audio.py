@@ -127,7 +127,10 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     try:
         with sf.SoundFile(handle if isinstance(handle, io.BytesIO) else fs_path(handle)) as f:
             info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
-            data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
+            try:
+                data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
+            except sf.LibsndfileError as exc:  # the header opened, the samples do not decode
+                raise undecodable(name, exc) from exc
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         # libsndfile's own reason, without the repr of the file object it was handed.
         reason = getattr(exc, "error_string", None) or str(exc)

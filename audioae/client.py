@@ -456,7 +456,8 @@ class Client:
         try:
             info = sf.info(fs_path(src))
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"{src}: cannot read audio ({exc})") from exc
+            reason = getattr(exc, "error_string", None) or str(exc)  # without "Error opening b'<path>'"
+            raise AudioError(f"{src}: cannot read audio ({reason})") from exc
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = iter_blocks(src, block)

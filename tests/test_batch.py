@@ -178,6 +178,11 @@ def test_a_copy_cut_short_is_reported_as_one_and_leaves_nothing(tmp_path, causal
         assert res.status == "error"
         assert re.search(said, res.error) and "truncated or corrupt" in res.error, res.error
         assert not out.parent.exists() or not any(out.parent.iterdir())  # no output, no .part
+    from audioae.audio import AudioError, read_audio
+
+    for source in (src, src.read_bytes()):  # eval, decompose, and the server reading a request
+        with pytest.raises(AudioError, match=r"cannot decode the audio \(.*\): the file is truncated or corrupt"):
+            read_audio(source)
 
 
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
