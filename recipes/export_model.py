@@ -8,10 +8,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
 
 from audioae.checkpoint import checkpoint_extra, interpolate_weights, load_checkpoint, save_checkpoint
 from audioae.train import grown_like
+
+
+def _parse_overrides(p: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``KEY=JSON`` pairs -> a dict, or a usage error naming the one that is not."""
+    changes = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        try:
+            if not (key and eq):
+                raise ValueError
+            changes[key] = json.loads(value)
+        except ValueError:
+            p.error(f"--set {item!r}: expected KEY=JSON, e.g. mask_power=0.8 or cell=\"gru\"")
+    return changes
 
 
 def main() -> None:
@@ -25,15 +41,26 @@ def main() -> None:
     args = p.parse_args()
     if (args.base is None) != (args.alpha is None):
         p.error("--base and --alpha go together")
+    if Path(args.dst).resolve() == Path(args.src).resolve():
+        p.error(f"DST is SRC ({args.src}): an export writes a new file and never replaces the checkpoint it reads")
+    changes = _parse_overrides(p, args.overrides)
     model = load_checkpoint(args.src)
     extra = checkpoint_extra(args.src)
     if args.base:
         model = interpolate_weights(model, grown_like(model, load_checkpoint(args.base)), args.alpha)
         extra = {**extra, "interpolated": {"base": args.base, "alpha": args.alpha,
                                            "base_trained": checkpoint_extra(args.base)}}
-    changes = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.overrides)}
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(model.config)})
+    if unknown:
+        p.error(f"--set: {type(model.config).__name__} has no field(s) {unknown}")
     if changes:
-        model = model.with_config(**changes)
+        try:
+            model = model.with_config(**changes)
+        except RuntimeError:  # load_state_dict: the weights no longer fit
+            p.error(f"--set {', '.join(changes)}: changes the shapes of the weights; --set takes inference knobs "
+                    f"only (such as mask_power)")
+        except (ValueError, TypeError) as exc:  # the config's own checks
+            p.error(f"--set: {exc}")
     digest = save_checkpoint(model, args.dst, {"trained": extra, **({"config_changes": changes} if changes else {})})
     print(json.dumps({"dst": args.dst, "sha256": digest, "parameters": model.num_parameters(), **extra}, indent=2))
 

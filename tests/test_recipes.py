@@ -321,3 +321,29 @@ def test_export_model_grows_an_ungated_base_before_interpolating_a_gated_model(t
     w, t, b = shipped.to_out.weight.detach(), tuned.to_out.weight.detach(), base.to_out.weight.detach()
     torch.testing.assert_close(w[-1], 0.5 * t[-1])  # the base's grown gate row is zero
     torch.testing.assert_close(w[:-1], 0.5 * t[:-1] + 0.5 * b)
+
+
+def test_export_model_refuses_what_would_break_or_replace_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """Was: tracebacks for a shape-changing or non-JSON --set, and DST = SRC rewrote the source."""
+    from audioae.checkpoint import save_checkpoint
+    from audioae.models import build_model
+
+    export = _load("export_model", ROOT / "recipes" / "export_model.py")
+    src = tmp_path / "run" / "best.safetensors"
+    src.parent.mkdir()
+    save_checkpoint(build_model("recurrent", {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 32}), src)
+    sidecar = src.parent / "best.safetensors.sha256"
+    before = src.read_bytes(), sidecar.read_bytes()
+    dst = tmp_path / "out.safetensors"
+    same = tmp_path / "run" / ".." / "run" / "best.safetensors"
+    for target, extra, said in ((dst, ["--set", "hidden=32"], "--set hidden: changes the shapes of the weights"),
+                                (dst, ["--set", "mask_power=abc"], "--set 'mask_power=abc': expected KEY=JSON"),
+                                (dst, ["--set", "mask_power"], "--set 'mask_power': expected KEY=JSON"),
+                                (dst, ["--set", "mask_power=-1"], "--set: mask_power must be positive, got -1"),
+                                (dst, ["--set", "maskpower=0.7"], "RecurrentConfig has no field(s) ['maskpower']"),
+                                (same, ["--set", "mask_power=0.7"], "DST is SRC")):
+        monkeypatch.setattr(sys, "argv", ["export_model.py", str(src), str(target), *extra])
+        with pytest.raises(SystemExit) as stop:
+            export.main()
+        assert stop.value.code == 2 and said in capsys.readouterr().err
+        assert not dst.exists() and (src.read_bytes(), sidecar.read_bytes()) == before
