@@ -366,19 +366,12 @@ def _add_images(sub) -> None:
 def _cmd_images_report(args) -> int:
     import torch
 
-    from .config import typed_fields
+    from .config import parse_assignments, typed_fields
     from .fileio import check_output_folder
     from .images import ReportConfig, run_report
-    from .train import _coerce
 
     check_output_folder(args.out, owns=lambda name: False)  # an existing file is refused before hours of work
-    changes = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        changes[key.strip()] = _coerce(value.strip())
-    changes = typed_fields(ReportConfig, changes, "--set: ReportConfig")
+    changes = typed_fields(ReportConfig, parse_assignments(args.overrides), "--set: ReportConfig")
     if args.seed is not None:
         changes["seed"] = args.seed
     cfg = ReportConfig.quick(**changes) if args.quick else ReportConfig(**changes)

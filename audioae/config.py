@@ -4,6 +4,7 @@ from deep inside torch."""
 
 from __future__ import annotations
 
+import tomllib
 import typing
 
 
@@ -48,3 +49,24 @@ def typed_fields(cls: type, values: dict, where: str) -> dict:
         if not _conforms(v, hints[k]):
             raise ValueError(f"{where} {k} = {v!r}: expected {_type_name(hints[k])}")
     return {k: _as_field(v, hints[k]) for k, v in values.items()}
+
+
+def coerce_value(value: str) -> object:
+    """A ``--set`` value: TOML syntax when it parses (numbers, booleans, lists, quoted strings),
+    else the plain string (``cell=gru`` and ``cell="gru"`` mean the same)."""
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def parse_assignments(items: list[str] | tuple[str, ...], where: str = "--set") -> dict:
+    """``KEY=VALUE`` strings -> ``{key: value}`` (values by :func:`coerce_value`); a string
+    without ``=`` or a key raises ValueError naming it."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not (sep and key.strip()):
+            raise ValueError(f"{where} {item!r}: expected KEY=VALUE, e.g. mask_power=0.8")
+        values[key.strip()] = coerce_value(value.strip())
+    return values

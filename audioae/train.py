@@ -37,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import typed_fields
+from .config import coerce_value, typed_fields
 from .data.mixing import (
     MixConfig,
     Mixer,
@@ -180,14 +180,6 @@ class RunConfig:
                 "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
 
 
-def _coerce(value: str):
-    """A CLI override value: TOML syntax when it parses (numbers, booleans, lists), else a string."""
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
-
-
 def _section(cls, values: dict):
     return cls(**typed_fields(cls, values, f"[{cls.__name__}]"))
 
@@ -214,7 +206,7 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
-        node[parts[-1]] = _coerce(value.strip())
+        node[parts[-1]] = coerce_value(value.strip())
     # Checked after the overrides: a misspelt ``--set modle.name=...`` must not train the default.
     unknown = sorted(set(raw) - {"model", "data", "train"})
     if unknown:

@@ -8,33 +8,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from audioae.checkpoint import checkpoint_extra, interpolate_weights, load_checkpoint, save_checkpoint
+from audioae.config import parse_assignments, typed_fields
 from audioae.train import grown_like
-
-
-def _parse_overrides(p: argparse.ArgumentParser, items: list[str]) -> dict:
-    """``KEY=JSON`` pairs -> a dict, or a usage error naming the one that is not."""
-    changes = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        try:
-            if not (key and eq):
-                raise ValueError
-            changes[key] = json.loads(value)
-        except ValueError:
-            p.error(f"--set {item!r}: expected KEY=JSON, e.g. mask_power=0.8 or cell=\"gru\"")
-    return changes
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON",
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config field to change (inference knobs only: the weights must still fit)")
     p.add_argument("--base", help="interpolate SRC's weights towards this checkpoint's (with --alpha)")
     p.add_argument("--alpha", type=float, help="weight of SRC in alpha * SRC + (1 - alpha) * BASE")
@@ -43,16 +29,17 @@ def main() -> None:
         p.error("--base and --alpha go together")
     if Path(args.dst).resolve() == Path(args.src).resolve():
         p.error(f"DST is SRC ({args.src}): an export writes a new file and never replaces the checkpoint it reads")
-    changes = _parse_overrides(p, args.overrides)
     model = load_checkpoint(args.src)
+    try:
+        changes = typed_fields(type(model.config), parse_assignments(args.overrides),
+                               f"--set: {type(model.config).__name__}")
+    except ValueError as exc:
+        p.error(str(exc))
     extra = checkpoint_extra(args.src)
     if args.base:
         model = interpolate_weights(model, grown_like(model, load_checkpoint(args.base)), args.alpha)
         extra = {**extra, "interpolated": {"base": args.base, "alpha": args.alpha,
                                            "base_trained": checkpoint_extra(args.base)}}
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(model.config)})
-    if unknown:
-        p.error(f"--set: {type(model.config).__name__} has no field(s) {unknown}")
     if changes:
         try:
             model = model.with_config(**changes)

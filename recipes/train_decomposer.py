@@ -43,6 +43,7 @@ import torch
 
 from audioae.audio import resample
 from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.config import parse_assignments
 from audioae.data import synthetic
 from audioae.fileio import atomic_write_bytes
 from audioae.models import build_model
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--speech-utterances", type=int, default=160)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="model config override, e.g. --set code_dim=64 (JSON values)")
+                    help="model config override, e.g. --set code_dim=64 (TOML values: numbers, true/false, lists)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ship", action="store_true", help=f"write the result to {SHIPPED}")
@@ -233,13 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    try:
+        config = {**MODEL_CONFIG, **parse_assignments(args.overrides)}
+        build_model("sparse_dict", config)  # every key and value checked before the run folder is made
+    except ValueError as exc:
+        ap.error(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     last, progress_path = out / "last.safetensors", out / "progress.json"
-
-    config = dict(MODEL_CONFIG)
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        config[key] = json.loads(value)
     progress = {"round": 0, "steps": 0, "seconds": 0.0, "losses": []}
     if last.is_file() and progress_path.is_file():
         model = load_checkpoint(last)

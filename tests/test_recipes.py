@@ -337,13 +337,25 @@ def test_export_model_refuses_what_would_break_or_replace_a_checkpoint(tmp_path,
     dst = tmp_path / "out.safetensors"
     same = tmp_path / "run" / ".." / "run" / "best.safetensors"
     for target, extra, said in ((dst, ["--set", "hidden=32"], "--set hidden: changes the shapes of the weights"),
-                                (dst, ["--set", "mask_power=abc"], "--set 'mask_power=abc': expected KEY=JSON"),
-                                (dst, ["--set", "mask_power"], "--set 'mask_power': expected KEY=JSON"),
+                                (dst, ["--set", "mask_power=abc"], "RecurrentConfig mask_power = 'abc': expected float"),
+                                (dst, ["--set", "mask_power"], "--set 'mask_power': expected KEY=VALUE"),
                                 (dst, ["--set", "mask_power=-1"], "--set: mask_power must be positive, got -1"),
-                                (dst, ["--set", "maskpower=0.7"], "RecurrentConfig has no field(s) ['maskpower']"),
+                                (dst, ["--set", "maskpower=0.7"], "RecurrentConfig has no key(s) ['maskpower']"),
                                 (same, ["--set", "mask_power=0.7"], "DST is SRC")):
         monkeypatch.setattr(sys, "argv", ["export_model.py", str(src), str(target), *extra])
         with pytest.raises(SystemExit) as stop:
             export.main()
         assert stop.value.code == 2 and said in capsys.readouterr().err
         assert not dst.exists() and (src.read_bytes(), sidecar.read_bytes()) == before
+
+
+def test_train_decomposer_refuses_a_bad_set_before_making_its_run_folder(tmp_path, capsys):
+    """Was: a JSONDecodeError or ValueError traceback, after the run folder was made."""
+    recipe = _load("train_decomposer", ROOT / "recipes" / "train_decomposer.py")
+    for item, said in (("topk=abc", "SparseDictConfig topk = 'abc': expected int"),
+                       ("nope=3", "SparseDictConfig has no key(s) ['nope']"),
+                       ("topk", "--set 'topk': expected KEY=VALUE")):
+        with pytest.raises(SystemExit) as stop:
+            recipe.main(["--out", str(tmp_path / "run"), "--set", item])
+        assert stop.value.code == 2 and said in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
