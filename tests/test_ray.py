@@ -118,3 +118,21 @@ def test_unreachable_address_fails_in_seconds():
         with pytest.raises(RuntimeError, match=f"cannot reach the Ray cluster at '{address}'"):
             _check_reachable(address)
     _check_reachable("auto")  # left to Ray
+
+
+def test_a_file_name_that_is_not_utf8_goes_through_ray_as_bytes(job, tmp_path, capfd, caplog):
+    """Arrow columns are UTF-8: a Latin-1 name made Ray Data pickle the path columns instead, with
+    a warning from every stage. Paths now travel as the file system's bytes."""
+    import os
+
+    _, ckpt, _, _, _ = job
+    src = tmp_path / "in"
+    src.mkdir()
+    name = b"caf\xe9.wav"
+    sf.write(os.path.join(os.fsencode(src), name), np.zeros(8000, np.float32) + 0.01, 16000, subtype="PCM_16")
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(ckpt), engine="ray", progress=False))
+    assert (s["ok"], s["error"]) == (1, 0)
+    assert os.listdir(os.fsencode(tmp_path / "out")).count(name) == 1
+    recs = read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")
+    assert [r["input"] for r in recs] == [os.path.join(str(src), os.fsdecode(name))]
+    assert "ArrowConversionError" not in capfd.readouterr().err + caplog.text

@@ -48,16 +48,20 @@ def require_ray():
     return ray
 
 
+# Paths and messages travel through the pipeline as the file system's bytes (os.fsencode): Arrow
+# columns are UTF-8, and a name that is not (a Latin-1 "caf\xe9.wav") made Ray Data fall back to
+# pickling the column, with a warning from every stage.
 def _read_file(row: dict, inline_max_bytes: int = INLINE_MAX_BYTES) -> dict:
     """The read stage: the file's bytes (when small enough), or the error that prevented it."""
     row = dict(row)
-    row["data"], row["inline"], row["read_error"] = b"", False, ""
+    row["data"], row["inline"], row["read_error"] = b"", False, b""
+    path = os.fsdecode(row["input"])
     try:
-        if os.path.getsize(row["input"]) <= inline_max_bytes:
-            with open(row["input"], "rb") as f:
+        if os.path.getsize(path) <= inline_max_bytes:
+            with open(path, "rb") as f:
                 row["data"], row["inline"] = f.read(), True
     except OSError as exc:
-        row["read_error"] = f"{row['input']}: cannot read ({exc})"
+        row["read_error"] = os.fsencode(f"{path}: cannot read ({exc})")
     return row
 
 
@@ -81,17 +85,17 @@ class RayDenoiser:
     def __call__(self, batch: dict) -> dict:
         items, results = [], []
         for i in range(len(batch["input"])):
-            task = FileTask(str(batch["input"][i]), str(batch["output"][i]), str(batch["rel"][i]))
+            task = FileTask(*(os.fsdecode(bytes(batch[k][i])) for k in ("input", "output", "rel")))
             if batch["read_error"][i]:
-                results.append(FileResult(task.input, task.output, "error", str(batch["read_error"][i])))
+                results.append(FileResult(task.input, task.output, "error", os.fsdecode(bytes(batch["read_error"][i]))))
             else:
                 items.append((task, bytes(batch["data"][i]) if batch["inline"][i] else None))
         results.extend(self.den.run_many(items))
         return {
-            "input": [r.input for r in results],
-            "output": [r.output for r in results],
+            "input": [os.fsencode(r.input) for r in results],
+            "output": [os.fsencode(r.output) for r in results],
             "status": [r.status for r in results],
-            "error": [r.error for r in results],
+            "error": [os.fsencode(r.error) for r in results],
             "seconds": [float(r.seconds) for r in results],
             "duration": [math.nan if r.duration is None else float(r.duration) for r in results],
         }
@@ -165,7 +169,8 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, streng
     ctx.enable_progress_bars = False  # the driver shows one bar for the whole job
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO chatter
     device = "cuda" if gpus_per_worker > 0 else "cpu"
-    ds = ray.data.from_items([{"input": t.input, "output": t.output, "rel": t.rel} for t in todo])
+    ds = ray.data.from_items([{"input": os.fsencode(t.input), "output": os.fsencode(t.output),
+                               "rel": os.fsencode(t.rel)} for t in todo])
     # Reading is I/O: zero CPUs, so it never waits behind actors holding every CPU (with
     # num_cpus > 0 and workers x threads == the cluster's CPUs the pipeline would deadlock), and a
     # bounded number of concurrent reads, so it never floods the object store.
@@ -185,8 +190,9 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, streng
     try:
         for row in ds.iter_rows():
             duration = float(row["duration"])
-            result = FileResult(str(row["input"]), str(row["output"]), str(row["status"]), str(row["error"]),
-                                float(row["seconds"]), None if math.isnan(duration) else duration)
+            result = FileResult(os.fsdecode(bytes(row["input"])), os.fsdecode(bytes(row["output"])), str(row["status"]),
+                                os.fsdecode(bytes(row["error"])), float(row["seconds"]),
+                                None if math.isnan(duration) else duration)
             reported.add(result.input)
             yield result
     except Exception as exc:  # noqa: BLE001 (the pipeline itself failed: an actor died, the cluster went)
