@@ -583,8 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         # devnull first (the recipe in the signal module's documentation).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
-        # Library errors carry messages meant for people (AudioError, CheckpointError, config errors).
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
+        # Library errors carry messages meant for people (AudioError, CheckpointError, config errors),
+        # and so do the system's (a full disk, a permission: "[Errno 28] No space left on device: ...").
         print(f"audioae {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

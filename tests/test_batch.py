@@ -453,7 +453,36 @@ def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp
     assert (s["ok"], s["error"]) == (len(TREE) - len(under_sub), len(under_sub) + 1)
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
     assert recs["top.wav"]["status"] == "ok" and recs["stereo.wav"]["status"] == "error"
+    assert recs["stereo.wav"]["error"] == f"{out / 'sub' / 'stereo.wav'}: cannot write the output (File exists)"
     assert (out / "sub").read_text() == "a file where the outputs' folder belongs"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 400 kB file system (tmpfs), where this machine lets the tests mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, causal_ckpt, small_disk):
+    """Was: libsndfile's "Error opening b'.../.x.wav.part': System error." per file, then a traceback
+    from the manifest's final rewrite."""
+    src = tmp_path / "in"
+    rows = [(f"f{i}.wav", 16000, 1, "WAV", "PCM_16", 3.0) for i in range(6)]  # 96 kB each: four do not fit
+    write_tree(src, rows)
+    out = small_disk / "out"
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 1
+    recs = read_manifest(out / "audioae-manifest.jsonl")
+    failed = [r for r in recs if r["status"] == "error"]
+    assert 1 <= len(failed) < len(rows) and len(recs) == len(rows)
+    for r in failed:
+        assert r["error"].startswith(f"{r['output']}: cannot write the output (")
+        assert "the disk holding it is full" in r["error"], r["error"]
+    assert not list(out.glob(".*.part"))  # and the job ended with its summary (exit 1), not a traceback
 
 
 def test_audio_the_folder_search_passes_over_is_counted_in_a_warning(tmp_path, causal_ckpt, caplog):

@@ -82,7 +82,11 @@ class ManifestWriter:
         for rec in read_manifest(self.path):
             latest.pop(rec["input"], None)  # re-insert: order of the last update
             latest[rec["input"]] = rec
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in latest.values()))
+        try:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in latest.values()))
+        except OSError as exc:  # a full disk: the appended lines are complete and read the same
+            log.warning("%s: not compacted (%s); it keeps every line as appended, which reads the same",
+                        self.path, exc.strerror or exc)
 
 
 def previous_durations(path: str | os.PathLike) -> dict[str, float]:

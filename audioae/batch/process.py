@@ -16,9 +16,11 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -97,14 +99,44 @@ def _read_whole(task: FileTask, f: sf.SoundFile) -> np.ndarray:
     return wav
 
 
+class WriteError(OSError):
+    """An output that could not be written; the message names it, and a full disk when it is one."""
+
+
+FULL_DISK_BYTES = 1 << 20  # less free space than this beside an output that failed: say the disk is full
+
+
+def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
+    # libsndfile says only "System error." (or names a codec) when the disk is full: look.
+    reason = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)).strip()
+    try:
+        free = shutil.disk_usage(Path(task.output).parent).free
+    except OSError:
+        free = None
+    full = f"; the disk holding it is full ({free // 1024} kB free)" if free is not None and free < FULL_DISK_BYTES else ""
+    return WriteError(f"{task.output}: cannot write the output ({reason.removeprefix('Error : ')}){full}")
+
+
+def _error_text(exc: Exception) -> str:
+    """A per-file error for the manifest: our own errors say what happened in full; anything else
+    also names its type."""
+    return str(exc) if isinstance(exc, AudioError | WriteError) else f"{type(exc).__name__}: {exc}"
+
+
 class _PartWriter:
-    """Writes ``[C, n]`` blocks to the output's ``.part`` file; :meth:`commit` renames it into place."""
+    """Writes ``[C, n]`` blocks to the output's ``.part`` file; :meth:`commit` renames it into place.
+    Any failure to write is a :class:`WriteError` naming the output."""
 
     def __init__(self, task: FileTask, sr: int, channels: int, fmt: str, subtype: str):
         self.task, self.part = task, part_path(task.output)
-        self.part.parent.mkdir(parents=True, exist_ok=True)
         self.clip = subtype.startswith("PCM")  # integer formats would wrap around otherwise
-        self.f = sf.SoundFile(fs_path(self.part), "w", samplerate=sr, channels=channels, subtype=subtype, format=fmt)
+        self.f = None
+        try:
+            self.part.parent.mkdir(parents=True, exist_ok=True)
+            self.f = sf.SoundFile(fs_path(self.part), "w", samplerate=sr, channels=channels, subtype=subtype,
+                                  format=fmt)
+        except (sf.LibsndfileError, OSError) as exc:
+            raise _cannot_write(task, exc) from exc
 
     def write(self, y: np.ndarray | torch.Tensor) -> None:
         y = np.asarray(y, dtype=np.float32)  # [C, n]
@@ -112,15 +144,22 @@ class _PartWriter:
             return
         if self.clip:
             y = np.clip(y, -1.0, 1.0)
-        self.f.write(np.ascontiguousarray(y.T))  # [n, C]
+        try:
+            self.f.write(np.ascontiguousarray(y.T))  # [n, C]
+        except (sf.LibsndfileError, OSError) as exc:
+            raise _cannot_write(self.task, exc) from exc
 
     def commit(self) -> None:
-        self.f.close()
-        os.replace(self.part, self.task.output)  # atomic on a local POSIX filesystem (not quite on NFS)
+        try:
+            self.f.close()
+            os.replace(self.part, self.task.output)  # atomic on a local POSIX filesystem (not quite on NFS)
+        except (sf.LibsndfileError, OSError) as exc:
+            raise _cannot_write(self.task, exc) from exc
 
     def abort(self) -> None:
-        if not self.f.closed:
-            self.f.close()
+        with contextlib.suppress(sf.LibsndfileError, OSError):  # already failing: remove what we can
+            if self.f is not None and not self.f.closed:
+                self.f.close()
         self.part.unlink(missing_ok=True)
 
 
@@ -157,7 +196,7 @@ class FileDenoiser:
         except Exception as exc:  # one bad file must never stop the job
             with contextlib.suppress(OSError):  # e.g. its output folder's name is taken by a file
                 part_path(task.output).unlink(missing_ok=True)
-            msg = str(exc) if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
+            msg = _error_text(exc)
             log.info("failed: %s", msg)
             return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration)
@@ -249,8 +288,8 @@ class FileDenoiser:
             try:
                 self._write_whole(d.task, y, d.sr, d.fmt, d.subtype)
             except Exception as exc:
-                yield FileResult(d.task.input, d.task.output, "error", f"{type(exc).__name__}: {exc}",
-                                 d.read_seconds + share, duration)
+                yield FileResult(d.task.input, d.task.output, "error", _error_text(exc), d.read_seconds + share,
+                                 duration)
                 continue
             yield FileResult(d.task.input, d.task.output, "ok", "",
                              d.read_seconds + share + time.perf_counter() - t1, duration)
