@@ -120,6 +120,7 @@ def test_unreachable_address_fails_in_seconds():
     _check_reachable("auto")  # left to Ray
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # one file: the read stage asked for 2 tasks, Ray warned
 def test_a_file_name_that_is_not_utf8_goes_through_ray_as_bytes(job, tmp_path, capfd, caplog):
     """Arrow columns are UTF-8: a Latin-1 name made Ray Data pickle the path columns instead, with
     a warning from every stage. Paths now travel as the file system's bytes."""

@@ -175,7 +175,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, streng
     # num_cpus > 0 and workers x threads == the cluster's CPUs the pipeline would deadlock), and a
     # bounded number of concurrent reads, so it never floods the object store.
     ds = ds.map(_read_file, fn_kwargs={"inline_max_bytes": INLINE_MAX_BYTES}, num_cpus=0,
-                **_task_pool(ray, max(2, workers)))
+                **_task_pool(ray, min(len(todo), max(2, workers))))  # more than the files: Ray warns
     ds = ds.map_batches(
         RayDenoiser,
         fn_constructor_kwargs={"model_bytes": model_bytes, "sha256": sha256, "strength": strength,
