@@ -113,7 +113,9 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
         free = shutil.disk_usage(Path(task.output).parent).free
     except OSError:
         free = None
-    full = f"; the disk holding it is full ({free // 1024} kB free)" if free is not None and free < FULL_DISK_BYTES else ""
+    full = ""
+    if free is not None and free < FULL_DISK_BYTES:
+        full = f"; the disk holding it is full ({free // 1024} kB free)"
     return WriteError(f"{task.output}: cannot write the output ({reason.removeprefix('Error : ')}){full}")
 
 
