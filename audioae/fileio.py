@@ -4,6 +4,7 @@ then ``os.replace``. A crash at any moment leaves the old file or the new one, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -29,13 +30,34 @@ def default_file_mode() -> int:
     return _FILE_MODE
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def temp_name(name: str, suffix: str, room: int = 0) -> str:
+    """``.<name><suffix>``: the name of a temporary file beside ``name``. Where that would pass the
+    file system's 255 bytes (``name`` itself may be up to 255), a prefix of ``name`` and a hash of
+    all of it instead, so it is still one name per output; ``room``: bytes a caller appends
+    (mkstemp's random letters)."""
+    full = f".{name}{suffix}"
+    if len(os.fsencode(full)) + room <= NAME_MAX:
+        return full
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    keep = NAME_MAX - room - len(os.fsencode(suffix)) - len(digest) - 2  # the dot and the dash
+    head = name
+    while len(os.fsencode(head)) > keep:  # whole characters, so the name stays valid UTF-8
+        head = head[:-1]
+    return f".{head}-{digest}{suffix}"
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open ``.<name>.<random>.part`` beside ``path`` for binary writing; on a clean exit it is
     renamed to ``path``, on an exception it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # mkstemp puts 8 random letters between prefix and suffix.
+    fd, tmp = tempfile.mkstemp(prefix=temp_name(path.name, ".", room=8 + len(".part")), suffix=".part",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

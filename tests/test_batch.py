@@ -185,6 +185,24 @@ def test_a_copy_cut_short_is_reported_as_one_and_leaves_nothing(tmp_path, causal
             read_audio(source)
 
 
+def test_a_file_name_near_the_255_byte_limit_is_denoised(tmp_path, causal_ckpt):
+    """Was: ".<name>.part" passed the file system's 255 bytes, and the whole job ended with
+    "[Errno 36] File name too long" while it looked for an earlier run's .part files."""
+    from audioae.fileio import NAME_MAX, atomic_write_bytes, temp_name
+
+    src = tmp_path / "in"
+    src.mkdir()
+    names = ["x" * 251 + ".wav", "é" * 125 + "a.wav", "é" * 125 + "b.wav"]  # 255 bytes; two share 250
+    for i, name in enumerate(names):
+        sf.write(src / name, noisy_signal(np.random.default_rng(i), 0.3, 16000, 1), 16000, subtype="PCM_16")
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(causal_ckpt), "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == sorted(names)
+    parts = {temp_name(n, ".part") for n in names}
+    assert len(parts) == 3 and all(len(os.fsencode(p)) <= NAME_MAX for p in parts)  # one per name, each fits
+    atomic_write_bytes(tmp_path / names[1], b"data")  # mkstemp's random letters fit too
+    assert (tmp_path / names[1]).read_bytes() == b"data"
+
+
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS, is_audio_name, walk_audio
-from ..fileio import check_output_folder
+from ..fileio import check_output_folder, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,12 @@ class FileTask:
 def part_path(output: str | os.PathLike) -> Path:
     """The temporary name an output is written under before it is renamed into place.
 
-    Deterministic (``.<name>.part`` beside the output), so a rerun finds and replaces what a
+    Deterministic (``.<name>.part`` beside the output, shortened for a name near 255 bytes:
+    :func:`~audioae.fileio.temp_name`), so a rerun finds and replaces what a
     killed run left behind. Hidden, and not an audio extension, so it is never taken as an input.
     """
     out = Path(output)
-    return out.with_name(f".{out.name}{PART_SUFFIX}")
+    return out.with_name(temp_name(out.name, PART_SUFFIX))
 
 
 def _is_within(path: Path, folder: Path) -> bool:
