@@ -7,6 +7,12 @@ from dataclasses import dataclass
 MB = 1024 * 1024
 
 
+def _named(field: str) -> str:
+    """A setting as both spellings people meet: the field and ``audioae serve``'s flag."""
+    flag = "threads" if field == "torch_threads" else field.replace("_", "-")
+    return f"{field} (--{flag})"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # loopback by default: exposing the service is a deliberate choice
@@ -31,17 +37,18 @@ class ServerConfig:
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         for name in ("max_request_mb", "max_audio_seconds", "drain_seconds"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_batch_seconds < 0 or self.max_delay_ms < 0:
-            raise ValueError("max_batch_seconds and max_delay_ms must be >= 0")
-        if self.max_queue < 1 or self.max_streams < 1:
-            raise ValueError("max_queue and max_streams must be >= 1")
-        if self.torch_threads < 0:
-            raise ValueError(f"torch_threads (--threads) must be >= 0 (0: torch's default), got {self.torch_threads}")
+                raise ValueError(f"{_named(name)} must be positive, got {getattr(self, name)}")
+        for name, zero in (("max_batch_seconds", "no batching"), ("max_delay_ms", "no wait"),
+                           ("torch_threads", "torch's default")):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_named(name)} must be >= 0 (0: {zero}), got {getattr(self, name)}")
+        for name in ("max_queue", "max_streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_named(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("port", "metrics_port"):  # gRPC would take 70000 as 70000 mod 65536 and bind 4464
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
-                raise ValueError(f"{name} must be within [0, 65535] (0: any free port), got {value}")
+                raise ValueError(f"{_named(name)} must be within [0, 65535] (0: any free port), got {value}")
 
     @property
     def max_message_bytes(self) -> int:

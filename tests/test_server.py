@@ -905,12 +905,16 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
     assert client.health() == "SERVING"
 
 
-@pytest.mark.parametrize(("flags", "text"), [(["--port", "70000"], "port must be within [0, 65535]"),
-                                             (["--metrics-port", "-1"], "metrics_port must be within"),
-                                             (["--max-streams", "0"], "max_queue and max_streams must be >= 1"),
-                                             (["--tls-cert", "cert.pem"], "TLS needs both"),
-                                             (["--max-request-mb", "0"], "max_request_mb must be positive"),
-                                             (["--threads", "-1"], "torch_threads (--threads) must be >= 0")])
+@pytest.mark.parametrize(("flags", "text"), [
+    (["--port", "70000"], "port (--port) must be within [0, 65535]"),
+    (["--metrics-port", "-1"], "metrics_port (--metrics-port) must be within"),
+    (["--max-streams", "0"], "max_streams (--max-streams) must be >= 1, got 0"),
+    (["--max-queue", "0"], "max_queue (--max-queue) must be >= 1, got 0"),
+    (["--tls-cert", "cert.pem"], "TLS needs both"),
+    (["--max-request-mb", "0"], "max_request_mb (--max-request-mb) must be positive"),
+    (["--max-batch-seconds", "-1"], "max_batch_seconds (--max-batch-seconds) must be >= 0 (0: no batching), got -1"),
+    (["--max-delay-ms", "-5"], "max_delay_ms (--max-delay-ms) must be >= 0 (0: no wait), got -5"),
+    (["--threads", "-1"], "torch_threads (--threads) must be >= 0 (0: torch's default)")])
 def test_bad_server_settings_are_refused_before_anything_loads(flags, text, capsys):
     assert cli_main(["serve", *flags]) == 2  # gRPC alone would bind port 70000 as 4464
     assert text in capsys.readouterr().err
