@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -38,6 +39,17 @@ def _positive(text: str) -> int:
     value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
     return value
 
 
@@ -277,6 +289,9 @@ def _cmd_decompose(args) -> int:
     return 0
 
 
+INSPECT_SECONDS = 600.0  # of a recording inspect --audio shows by default
+
+
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="draw a decomposition model's dictionary, or what a denoiser does to a file",
                        description="A sparse_dict model: every atom of its learned dictionary. Any other "
@@ -288,6 +303,10 @@ def _add_inspect(sub) -> None:
     # --model too, as every other command spells it
     p.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same as the positional MODEL")
     p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG)")
+    p.add_argument("--start", type=_seconds, default=0.0, help="with --audio: where the part shown begins (s)")
+    p.add_argument("--seconds", type=_seconds, default=INSPECT_SECONDS,
+                   help=f"with --audio: how much is shown (default {INSPECT_SECONDS:.0f} s: a figure cannot show "
+                        f"more, and 10 minutes take about 1.6 GB)")
     p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png or <audio>.<model>.png here)")
     p.set_defaults(func=_cmd_inspect)
 
@@ -313,6 +332,10 @@ def _cmd_inspect(args) -> int:
 
     if args.model and args.model_flag and args.model != args.model_flag:
         raise ValueError(f"two models named: {args.model} and --model {args.model_flag}; name one")
+    if not args.audio and (args.start or args.seconds != INSPECT_SECONDS):
+        raise ValueError("--start and --seconds pick the part of a recording shown: they go with --audio FILE")
+    if args.seconds <= 0:
+        raise ValueError(f"--seconds must be more than 0, got {args.seconds:g}")
     path = resolve(args.model or args.model_flag, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
     model = load(str(path))
     name = path.name.removesuffix(".safetensors")
@@ -322,7 +345,8 @@ def _cmd_inspect(args) -> int:
                              f"components of a recording run: audioae decompose {args.audio} -o DIR --plot")
         if not isinstance(model, SpectralAutoencoder):
             raise ValueError(f"{path}: --audio needs a spectrogram model, this is a {model.registry_name} model")
-        return _inspect_denoising(model, path, args.audio, _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png"))
+        return _inspect_denoising(model, path, args.audio, _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png"),
+                                  args.start, args.seconds)
     if not isinstance(model, SparseDictionary):
         raise ValueError(f"{path}: without --audio, inspect draws sparse_dict dictionaries; this is a "
                          f"{model.registry_name} model: add --audio FILE to see what it does to a recording "
@@ -333,14 +357,25 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _inspect_denoising(model, path, audio: str, out) -> int:
+def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds: float = INSPECT_SECONDS) -> int:
     from .audio import read_audio
     from .plots import denoising_stats, denoising_view, plot_denoising
 
     wav, sr, _info = read_audio(audio)
+    total = wav.shape[-1] / sr
+    if start >= total:
+        raise ValueError(f"--start {start:g} s: {audio} lasts {total:.2f} s")
+    wav = wav[:, round(start * sr) : round((start + seconds) * sr)]  # [C, T'] the part shown
+    shown = wav.shape[-1] / sr
+    if shown < total:
+        print(f"note: showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; --start and --seconds pick "
+              f"another part", file=sys.stderr)
     view = denoising_view(model.eval(), wav, sr)
-    plot_denoising(view, out, title=f"{audio} ({sr} Hz, shown at the model's {model.config.sample_rate} Hz)")
-    print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), **denoising_stats(view)}, indent=2))
+    plot_denoising(view, out, title=f"{audio} {start:.2f}-{start + shown:.2f} s ({sr} Hz, shown at the model's "
+                                    f"{model.config.sample_rate} Hz)")
+    print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), "start_s": round(start, 3),
+                      "seconds": round(shown, 3), "audio_seconds": round(total, 3), **denoising_stats(view)},
+                     indent=2))
     return 0
 
 

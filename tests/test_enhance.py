@@ -146,6 +146,19 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     (tmp_path / "figs").mkdir()  # a folder: the default name inside it
     assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "figs")]) == 0
     assert json.loads(capsys.readouterr().out)["figure"] == str(tmp_path / "figs" / "noisy.denoiser-small.png")
+    # a part of a long recording (10 minutes take about 1.6 GB; an hour would not fit a laptop)
+    den = [str(tmp_path / "den.safetensors"), "--audio", str(tmp_path / "noisy.wav"), "-o", str(png)]
+    assert main(["inspect", *den, "--start", "0.5", "--seconds", "0.5"]) == 0
+    out = capsys.readouterr()
+    part = json.loads(out.out)
+    assert (part["start_s"], part["seconds"], part["audio_seconds"]) == (0.5, 0.5, 1.5)
+    assert part["frames"] == 1 + 8000 // 128  # half a second at the model's 16 kHz
+    assert "note: showing 0.50-1.00 s of 1.50 s" in out.err
+    for extra, said in ((["--start", "2"], "--start 2 s: "), (["--seconds", "0"], "--seconds must be more than 0")):
+        assert main(["inspect", *den, *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["inspect", "decomposer-small", "--seconds", "5"]) == 2
+    assert "they go with --audio FILE" in capsys.readouterr().err
 
 
 def test_inspect_numbers_call_a_silent_band_undefined_not_removed():
