@@ -203,6 +203,21 @@ def test_a_file_name_near_the_255_byte_limit_is_denoised(tmp_path, causal_ckpt):
     assert (tmp_path / names[1]).read_bytes() == b"data"
 
 
+def test_a_broken_link_or_a_file_gone_is_named_as_one(tmp_path, causal_ckpt):
+    """Was: the link's missing target as the input, and libsndfile's "System error."."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "real.wav", noisy_signal(np.random.default_rng(6), 0.3, 16000, 1), 16000)
+    (src / "broken.wav").symlink_to("nowhere.wav")
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (s["ok"], s["error"]) == (1, 1)
+    recs = {Path(r["input"]).name: r for r in read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")}
+    assert recs["broken.wav"]["error"] == f"{src / 'broken.wav'}: a link to nowhere.wav, which does not exist"
+    gone = FileDenoiser(load_checkpoint(causal_ckpt)).run(FileTask(str(src / "gone.wav"), str(tmp_path / "g.wav"),
+                                                                   "gone.wav"))
+    assert gone.error == f"{src / 'gone.wav'}: no such file (moved or deleted since the job was planned?)"
+
+
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"

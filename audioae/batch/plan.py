@@ -75,7 +75,8 @@ def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
             return True
         return False
 
-    return [(path.resolve(), rel) for path, rel in walk_audio(folder, prune)]
+    # A broken link stays itself: resolving would name a target that does not exist instead.
+    return [(path.resolve() if path.exists() else path.absolute(), rel) for path, rel in walk_audio(folder, prune)]
 
 
 def _check_output_folder(out: Path) -> None:

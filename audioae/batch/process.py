@@ -50,6 +50,10 @@ BATCH_FILES = 16  # files per GPU batch (causal models; non-causal ones go one b
 
 def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
     """Open the input from its path, or from bytes a read stage already fetched."""
+    if data is None and not os.path.exists(task.input):  # libsndfile would say "System error."
+        if os.path.islink(task.input):
+            raise AudioError(f"{task.input}: a link to {os.readlink(task.input)}, which does not exist")
+        raise AudioError(f"{task.input}: no such file (moved or deleted since the job was planned?)")
     try:
         return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:

@@ -56,6 +56,8 @@ def _read_file(row: dict, inline_max_bytes: int = INLINE_MAX_BYTES) -> dict:
     row = dict(row)
     row["data"], row["inline"], row["read_error"] = b"", False, b""
     path = os.fsdecode(row["input"])
+    if not os.path.exists(path):  # a broken link, a file gone: the actor's FileDenoiser says which
+        return row
     try:
         if os.path.getsize(path) <= inline_max_bytes:
             with open(path, "rb") as f:
