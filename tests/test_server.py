@@ -675,6 +675,13 @@ def test_prometheus_metrics(server, client):
         assert needle in text, needle
 
 
+def test_the_client_pointed_at_the_metrics_port_is_told_it_is_not_grpc(server, capsys):
+    """grpc alone says "Failed parsing HTTP/2 (Expected SETTINGS frame ...)"."""
+    assert cli_main(["client", "--server", f"127.0.0.1:{server.metrics_port}", "--timeout", "10", "models"]) == 2
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "does not speak gRPC: an HTTP server, such as the metrics port?" in err, err
+
+
 # ---- health transitions and drain (in process) ---------------------------------------------------
 def test_health_transitions_and_drain(model_dir):
     srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None))
