@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,17 @@ class ServedModel:
 
 
 def _split_spec(spec: str) -> tuple[str | None, str]:
-    """``NAME=PATH`` -> (NAME, PATH); a bare shipped name or path -> (None, spec)."""
-    if "=" in spec:
-        name, path = spec.split("=", 1)
-        if name and path:
-            return name, path
-    return None, spec
+    """``NAME=PATH`` -> (NAME, PATH); a bare shipped name or path -> (None, spec). A path may hold
+    "=" itself (``runs/lr=1e-3/best.safetensors``): an existing file, or a "NAME" with a slash in
+    it, is a path."""
+    if "=" not in spec or os.path.exists(spec):
+        return None, spec
+    name, path = spec.split("=", 1)
+    if "/" in name or os.sep in name:
+        return None, spec
+    if not name.strip() or not path:
+        raise ValueError(f"--models {spec!r}: NAME=PATH needs a name and a path")
+    return name, path
 
 
 class ModelStore:

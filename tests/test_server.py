@@ -941,3 +941,26 @@ def test_a_taken_port_is_a_plain_error_and_nothing_stays_bound(model_dir, taken,
             srv.start()  # was an OSError traceback (metrics), or grpcio's "Failed to bind ... GRPC_VERBOSITY"
     assert not srv.port  # the gRPC port: refused before binding, or never bound
     assert srv.metrics._http is None  # /metrics: never started, or shut down again
+
+
+def test_a_checkpoint_path_holding_an_equals_sign_is_a_path(model_dir, tmp_path):
+    """Was: "runs/lr=1e-3/best.safetensors" split as the name "runs/lr" and the path "1e-3/..."."""
+    from server.store import _split_spec
+
+    run = tmp_path / "runs" / "lr=1e-3"
+    run.mkdir(parents=True)
+    shutil.copy(model_dir / "tiny.safetensors", run / "best.safetensors")
+    spec = str(run / "best.safetensors")
+    assert _split_spec(spec) == (None, spec)
+    assert _split_spec(f"fast={spec}") == ("fast", spec)
+    assert _split_spec("runs/lr=2e-3/missing.safetensors") == (None, "runs/lr=2e-3/missing.safetensors")
+    with pytest.raises(ValueError, match="NAME=PATH needs a name and a path"):
+        _split_spec("=x.safetensors")
+    srv = AudioServer(_config(model_dir, models=(spec,), metrics_port=None))
+    srv.start()
+    try:
+        srv.load()
+        with Client(f"127.0.0.1:{srv.port}", timeout=30) as c:
+            assert [m["name"] for m in c.list_models()["models"]] == ["best"]
+    finally:
+        srv.stop()
