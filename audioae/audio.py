@@ -83,11 +83,18 @@ def frames_to_read(f: sf.SoundFile) -> int:
     return -1 if f.seekable() else f.frames
 
 
+def sound_error_reason(exc: BaseException) -> str:
+    """What went wrong in libsndfile's or the system's own words, without the prefixes: soundfile's
+    "Error opening <path>:" (the caller names the file) and libsndfile's "Error : "."""
+    reason = getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
+    return reason.strip().removeprefix("Error : ")
+
+
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:
     """A file whose header opened but whose samples do not decode: most often a copy cut short."""
     where = f" after {after} samples" if after else ""
-    reason = exc.error_string.strip().removeprefix("Error : ")  # libsndfile's own prefix
-    return AudioError(f"{name}: cannot decode the audio{where} ({reason}): the file is truncated or corrupt")
+    return AudioError(f"{name}: cannot decode the audio{where} ({sound_error_reason(exc)}): the file is "
+                      f"truncated or corrupt")
 
 
 def read_blocks(f: sf.SoundFile, block: int, name: str) -> Iterator[np.ndarray]:
@@ -119,22 +126,20 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         handle = io.BytesIO(source)
     else:
         name = name or str(source)
-        handle = str(source)
+        handle = fs_path(source)
         if os.path.isdir(handle):
             raise AudioError(f"{name}: is a folder; name an audio file")
         if not os.path.isfile(handle):
             raise AudioError(f"{name}: no such file")
     try:
-        with sf.SoundFile(handle if isinstance(handle, io.BytesIO) else fs_path(handle)) as f:
+        with sf.SoundFile(handle) as f:
             info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
             try:
                 data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
             except sf.LibsndfileError as exc:  # the header opened, the samples do not decode
                 raise undecodable(name, exc) from exc
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        # libsndfile's own reason, without the repr of the file object it was handed.
-        reason = getattr(exc, "error_string", None) or str(exc)
-        raise AudioError(f"{name}: cannot read audio ({reason})") from exc
+        raise AudioError(f"{name}: cannot read audio ({sound_error_reason(exc)})") from exc
     wav = np.ascontiguousarray(data.T)  # [C, T]
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info

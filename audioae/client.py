@@ -41,6 +41,7 @@ from .audio import (
     fs_path,
     iter_blocks,
     read_audio,
+    sound_error_reason,
     whole_hz,
 )
 from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
@@ -456,8 +457,7 @@ class Client:
         try:
             info = sf.info(fs_path(src))
         except (sf.LibsndfileError, RuntimeError) as exc:
-            reason = getattr(exc, "error_string", None) or str(exc)  # without "Error opening b'<path>'"
-            raise AudioError(f"{src}: cannot read audio ({reason})") from exc
+            raise AudioError(f"{src}: cannot read audio ({sound_error_reason(exc)})") from exc
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = iter_blocks(src, block)

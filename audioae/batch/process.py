@@ -34,6 +34,7 @@ from ..audio import (
     frames_to_read,
     fs_path,
     read_blocks,
+    sound_error_reason,
     undecodable,
 )
 from ..enhance import StreamingDenoiser, denoise, denoise_batch
@@ -57,9 +58,7 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
     try:
         return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        # libsndfile's own words, without its "Error opening <object>:" prefix (bytes have no name)
-        reason = exc.error_string if isinstance(exc, sf.LibsndfileError) else str(exc)
-        raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
+        raise AudioError(f"{task.input}: cannot read audio ({sound_error_reason(exc)})") from exc
 
 
 def _check_header(task: FileTask, f: sf.SoundFile) -> None:
@@ -112,7 +111,6 @@ FULL_DISK_BYTES = 1 << 20  # less free space than this beside an output that fai
 
 def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
     # libsndfile says only "System error." (or names a codec) when the disk is full: look.
-    reason = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)).strip()
     try:
         free = shutil.disk_usage(Path(task.output).parent).free
     except OSError:
@@ -120,7 +118,7 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
     full = ""
     if free is not None and free < FULL_DISK_BYTES:
         full = f"; the disk holding it is full ({free // 1024} kB free)"
-    return WriteError(f"{task.output}: cannot write the output ({reason.removeprefix('Error : ')}){full}")
+    return WriteError(f"{task.output}: cannot write the output ({sound_error_reason(exc)}){full}")
 
 
 def _error_text(exc: Exception) -> str:
