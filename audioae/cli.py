@@ -221,6 +221,7 @@ def _cmd_eval(args) -> int:
 # [decompose/inspect]
 DECOMPOSE_COMPONENT = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as written below
 DECOMPOSE_OUTPUTS = ("residual.wav", "summary.json", "decomposition.png")
+DEFAULT_GROUPS = 8  # decompose.DEFAULT_GROUPS, spelt out: importing it here would load torch for --help
 
 
 def _writes_decomposition_file(name: str) -> bool:
@@ -240,7 +241,8 @@ def _add_decompose(sub) -> None:
     p.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
                    help="cluster (default): units that look and move alike; band: octave bands; "
                         "none: one component per latent unit")
-    p.add_argument("--groups", type=_positive, default=8, help="number of bands or clusters (default 8)")
+    p.add_argument("--groups", type=_positive, default=DEFAULT_GROUPS,
+                   help=f"number of bands or clusters (default {DEFAULT_GROUPS})")
     p.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="joint atom + code updates on this recording: purer components, ~8 ms per step "
                         "per 4 s of audio (default: the model's, 10 for decomposer-small; 0: fastest)")

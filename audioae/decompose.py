@@ -32,6 +32,7 @@ from .models.dictionary import SparseDictionary
 log = logging.getLogger(__name__)
 
 GROUPS = ("none", "band", "cluster")
+DEFAULT_GROUPS = 8  # bands or clusters when none are asked for (CLI, server, library alike)
 ACTIVE_SHARE = 1e-6  # units with less of the input's STFT energy than this are left in the residual
 EXACT_DB = -90.0  # the sum-to-input contract
 CHUNK_FLOATS = 1 << 20  # per-unit spectrograms in chunks of about this many floats: small chunks reuse freed memory instead of page-faulting in fresh 100 MB buffers (2x faster)
@@ -144,7 +145,7 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
 
 
 def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.ndarray, active: list[int],
-                group: str, n_groups: int = 8, atoms: torch.Tensor | None = None) -> tuple[list[list[int]], list[str]]:
+                group: str, n_groups: int = DEFAULT_GROUPS, atoms: torch.Tensor | None = None) -> tuple[list[list[int]], list[str]]:
     """Partition the active units: ``none`` (one per unit), ``band`` (dyadic bands by the atom's
     peak frequency) or ``cluster`` (k-means over atom shape and activity).
     ``activations [U, N]``, ``energy [U]``."""
@@ -162,7 +163,7 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
 # ---- the decomposition ------------------------------------------------------------------------------
 @torch.inference_mode()
 def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
-              group: str = "none", n_groups: int = 8, fit_steps: int | None = None) -> Decomposition:
+              group: str = "none", n_groups: int = DEFAULT_GROUPS, fit_steps: int | None = None) -> Decomposition:
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
     ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` dyadic bands)

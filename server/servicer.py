@@ -56,7 +56,6 @@ DECODE_BUDGET_RATE, DECODE_BUDGET_CHANNELS = 48_000, 2
 # Decompose builds every component waveform [K, C, T] float32 at the caller's rate, returned or
 # not; its worst case (K = top_k, or every unit / group) must fit in this.
 MAX_COMPONENT_BYTES = 1 << 30
-DECOMPOSE_GROUPS = 8  # components of group=band / cluster when the request leaves groups unset
 
 
 def _unary(method: Callable) -> Callable:
@@ -325,14 +324,14 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:
             raise Abort(INVALID, f"fit_steps must be 0..{MAX_FIT_STEPS} (unset: the model's default), got {fit_steps}")
         try:
-            from audioae.decompose import GROUPS, decompose
+            from audioae.decompose import DEFAULT_GROUPS, GROUPS, decompose
         except ImportError:
             raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
         group = request.group or "none"
         if group not in GROUPS:
             raise Abort(INVALID, f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
         units = sm.model.config.code_dim
-        n_groups = min(DECOMPOSE_GROUPS, units)
+        n_groups = min(DEFAULT_GROUPS, units)
         if request.HasField("groups"):
             if group == "none":
                 raise Abort(INVALID, "groups counts bands or clusters: set group to band or cluster, or leave groups unset")
@@ -349,7 +348,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     f"decomposing {frames / max(sr, 1):.1f} s of {channels}-channel audio at {sr} Hz into up "
                     f"to {k} components needs {size / 2**30:.1f} GiB for their waveforms, over this server's "
                     f"{MAX_COMPONENT_BYTES / 2**30:g} GiB: send shorter audio, ask for a smaller top_k, "
-                    f"or group the units (group=band or cluster: {DECOMPOSE_GROUPS} components unless groups says)",
+                    f"or group the units (group=band or cluster: {DEFAULT_GROUPS} components unless groups says)",
                 )
 
         wav, sr, _ = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)

@@ -391,3 +391,11 @@ def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
     ckpt = tmp_path / "lin.safetensors"
     save_checkpoint(build_model("linear", {"n_fft": 128, "hop_length": 32}), ckpt)
     assert main(["inspect", str(ckpt), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_the_cli_default_group_count_is_the_librarys():
+    """The CLI spells the default out (importing decompose would load torch for --help)."""
+    from audioae import cli
+    from audioae import decompose as dec_module
+
+    assert cli.DEFAULT_GROUPS == dec_module.DEFAULT_GROUPS
