@@ -8,7 +8,7 @@ import difflib
 import json
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sha256_file
+from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from ..models import Autoencoder
 
 HERE = Path(__file__).parent
@@ -67,4 +67,4 @@ def describe_checkpoint(spec: str) -> dict:
     return {"model": str(path), **model.describe(), "config": dataclasses.asdict(model.config),
             "extra": json.loads(meta.get("extra", "{}")),
             "versions": {k.removesuffix("_version"): v for k, v in sorted(meta.items()) if k.endswith("_version")},
-            "sha256": sha256_file(path)}
+            "sha256": sidecar_sha256(path) or sha256_file(path)}  # a sidecar was checked by the load: no rehash
