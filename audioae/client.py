@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -218,7 +219,7 @@ def array_from_tensor(t, name: str = "tensor") -> np.ndarray:
     if not shape or any(s < 0 for s in shape):
         raise ValueError(f"{name}: shape {list(shape)} must have at least one dimension, none negative")
     dtype = np.dtype(DATATYPES[t.datatype])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: np.prod wraps at 2**63
     if len(t.data) != expected:
         raise ValueError(
             f"{name}: {len(t.data)} bytes of data, but shape {list(shape)} of {t.datatype} needs {expected}"

@@ -604,6 +604,14 @@ BAD_TENSORS = {
         "datatype 'COMPLEX'",
     ),
     "negative shape": ("Encode", "tiny", _tensor([1, -257, 5], data=b""), CODE.INVALID_ARGUMENT, "negative"),
+    # 2**40 * 2**40 elements: np.prod wraps to 0, which matched the empty data
+    "shape overflowing int64": (
+        "Encode",
+        "tiny",
+        _tensor([2**40, 2**40], data=b""),
+        CODE.INVALID_ARGUMENT,
+        "0 bytes of data, but shape [1099511627776, 1099511627776] of FP32 needs 483570327",
+    ),
     "nan": (
         "Encode",
         "tiny",
