@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -219,20 +218,14 @@ def _cmd_eval(args) -> int:
 
 
 # [decompose/inspect]
-DECOMPOSE_COMPONENT = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as written below
-DECOMPOSE_OUTPUTS = ("residual.wav", "summary.json", "decomposition.png")
 DEFAULT_GROUPS = 8  # decompose.DEFAULT_GROUPS, spelt out: importing it here would load torch for --help
-
-
-def _writes_decomposition_file(name: str) -> bool:
-    """Whether ``audioae decompose`` writes or clears a file of this name in its folder."""
-    return name in DECOMPOSE_OUTPUTS or bool(DECOMPOSE_COMPONENT.fullmatch(name))
 
 
 def _add_decompose(sub) -> None:
     p = sub.add_parser("decompose", help="split a recording into learned components that sum to it",
                        description="Write one WAV per component plus residual.wav (float WAVs: they add up to the "
-                                   "input), summary.json and, with --plot, decomposition.png.")
+                                   "input), activations.npy, summary.json and, with --plot, "
+                                   "decomposition.png.")
     p.add_argument("file", help="input audio (WAV/FLAC/OGG, any rate, mono or multichannel)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--model", help="shipped model name or .safetensors path (default: decomposer-small)")
@@ -251,43 +244,28 @@ def _add_decompose(sub) -> None:
 
 
 def _cmd_decompose(args) -> int:
-    from .audio import read_audio, write_audio
+    from . import decomposition_folder as folder
+    from .audio import read_audio
     from .decompose import decompose, summarize
-    from .fileio import atomic_write_bytes, check_output_folder
+    from .fileio import check_output_folder
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
-    out = check_output_folder(args.out, _writes_decomposition_file, [args.file])
+    out = check_output_folder(args.out, folder.writes, [args.file])
     wav, sr, _info = read_audio(args.file)
     model = load(args.model, default=DEFAULT_DECOMPOSER)
     dec = decompose(model, wav, sr, top_k=args.top or None, group=args.group, n_groups=args.groups,
                     fit_steps=args.fit)
-    out.mkdir(parents=True, exist_ok=True)
-    # A rerun into the same folder: remove what an earlier run wrote (its names only, nothing
-    # else), so that no component of a larger decomposition is left to break the sum.
-    for f in out.iterdir():
-        if _writes_decomposition_file(f.name) and f.is_file():
-            f.unlink()
     summary = summarize(dec)
-    for comp, entry in zip(dec.components, summary["components"], strict=True):
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", entry["label"]).strip("_")
-        entry["file"] = f"{entry['index'] + 1:02d}_{slug}.wav"
-        write_audio(out / entry["file"], comp, sr, subtype="FLOAT")  # float: the files sum to the input
-    write_audio(out / "residual.wav", dec.residual, sr, subtype="FLOAT")
     summary.update({"input": str(args.file), "model": str(resolve(args.model, DEFAULT_DECOMPOSER)),
-                    "residual_file": "residual.wav", "top": args.top or None})
+                    "top": args.top or None})
+    folder.write_components(out, summary, dec.activations, dec.components, dec.residual, sr)
     if args.plot:
         from .plots import plot_decomposition
 
         plot_decomposition(dec, wav, sr, model, out / "decomposition.png")
         summary["figure"] = "decomposition.png"
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    print(f"{len(dec.labels)} components + residual ({100 * dec.residual_share:.1f}% of the energy), "
-          f"sum-to-input error {dec.error_text} -> {out}")
-    for entry in summary["components"]:
-        spans = entry["active_seconds"]
-        when = f"{spans[0][0]:.2f}-{spans[-1][1]:.2f} s" if spans else "-"
-        print(f"  {entry['index'] + 1:>3}  {100 * entry['energy_share']:6.2f}%  {entry['dominant_hz']:7.0f} Hz  "
-              f"{when:<14} {entry['label']}")
+    folder.write_summary(out, summary)
+    print("\n".join(folder.describe(summary, out)))
     return 0
 
 
@@ -554,7 +532,8 @@ def _cmd_client(args) -> int:
 
 
 def _client_call(args, client) -> int:
-    from .client import save_decomposition, writes_decomposition_file
+    from . import decomposition_folder as folder
+    from .client import save_decomposition
     from .fileio import check_output_folder
 
     cmd = args.client_command
@@ -570,12 +549,12 @@ def _client_call(args, client) -> int:
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
         out = args.out or str(Path(args.input).with_suffix(".components"))
-        check_output_folder(out, writes_decomposition_file, [args.input])  # before the call, not after
+        check_output_folder(out, folder.writes, [args.input])  # before the call, not after
         res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
                                group=args.group, components=not args.no_audio, fit_steps=args.fit,
                                groups=args.groups)
-        files = save_decomposition(res, out)
-        print(json.dumps({**res.summary(), "files": [str(f) for f in files]}, indent=2))
+        summary, _ = save_decomposition(res, out, source=args.input, top=args.top_k or None)
+        print("\n".join(folder.describe(summary, out)))
     elif cmd == "models":
         info = client.list_models()
         if args.json:

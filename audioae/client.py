@@ -256,14 +256,37 @@ class DecomposeResult:
     components: np.ndarray | None = None  # [K, C, T]
     residual: np.ndarray | None = None  # [C, T]
     sample_rate: int = 0
+    channels: int = 0
+    samples: int = 0  # frames per channel
+    group: str = "none"
+    fit_steps: int = 0
+    residual_energy_share: float = 0.0
+    error_db: float | None = None  # None: exact (a silent input)
+    dominant_hz: list[float] = dataclasses.field(default_factory=list)  # [K]
+    active_fraction: list[float] = dataclasses.field(default_factory=list)  # [K]
+    active_seconds: list[list[list[float]]] = dataclasses.field(default_factory=list)  # [K][spans][start, end]
 
     def summary(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("activations", "components", "residual"):
-            d.pop(k)
-        d["energy_share"] = [round(float(e), 6) for e in self.energy_share]
-        d["activations_shape"] = list(self.activations.shape)
-        return d
+        """The description ``audioae decompose`` writes into ``summary.json``, key by key."""
+        comps = [
+            {"index": k, "label": label, "units": units, "energy_share": round(float(share), 6),
+             "dominant_hz": hz, "active_fraction": frac, "active_seconds": spans}
+            for k, (label, units, share, hz, frac, spans) in enumerate(zip(
+                self.labels, self.units, self.energy_share, self.dominant_hz, self.active_fraction,
+                self.active_seconds, strict=True))
+        ]
+        return {
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "samples": self.samples,
+            "seconds": round(self.samples / max(self.sample_rate, 1), 4),
+            "group": self.group,
+            "fit_steps": self.fit_steps,
+            "frame_rate": self.frame_rate,
+            "error_db": self.error_db,
+            "residual_energy_share": self.residual_energy_share,
+            "components": comps,
+        }
 
 
 # ---- the client ---------------------------------------------------------------------------------
@@ -502,11 +525,11 @@ class Client:
             groups=groups,
         )
         resp = self.stub.Decompose(req, **self._kw(timeout))
-        comps, residual, rate = None, None, 0
+        comps, residual = None, None
         if components and resp.components:
             waves = [audio_from_message(c.audio, f"component {c.label}") for c in resp.components]
             comps = np.stack([w for w, _, _ in waves])  # [K, C, T]
-            residual, rate, _ = audio_from_message(resp.residual, "residual")
+            residual, _, _ = audio_from_message(resp.residual, "residual")
         return DecomposeResult(
             model=resp.model,
             activations=array_from_tensor(resp.activations, "activations"),
@@ -516,7 +539,16 @@ class Client:
             energy_share=np.array([c.energy_share for c in resp.components], np.float64),
             components=comps,
             residual=residual,
-            sample_rate=rate,
+            sample_rate=resp.sample_rate,
+            channels=resp.channels,
+            samples=resp.samples,
+            group=resp.group,
+            fit_steps=resp.fit_steps,
+            residual_energy_share=resp.residual_energy_share,
+            error_db=resp.error_db if resp.HasField("error_db") else None,
+            dominant_hz=[c.dominant_hz for c in resp.components],
+            active_fraction=[c.active_fraction for c in resp.components],
+            active_seconds=[[[span.start, span.end] for span in c.active] for c in resp.components],
         )
 
     # -- encode / decode --------------------------------------------------------------------------
@@ -565,43 +597,17 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
-# What save_decomposition writes, and nothing else: a rerun into the same folder removes these
-# first, so that no component of an earlier, larger decomposition is left to break the sum.
-_COMPONENT_FILE = re.compile(r"component_\d{2,}_[\w-]*\.wav")  # \w: str.isalnum and _
-_SUMMARY_FILES = ("activations.npy", "decomposition.json", "residual.wav")
+def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike, *, source: str | None = None,
+                       top: int | None = None) -> tuple[dict, list[Path]]:
+    """Write what ``audioae decompose`` writes for the same recording: ``NN_<label>.wav`` per
+    component and ``residual.wav`` (when the result has waveforms), ``activations.npy`` and
+    ``summary.json`` (:mod:`audioae.decomposition_folder`). Files of an earlier decomposition in
+    ``out_dir`` (those names only) are removed first; other files are left alone. ``source``
+    (the input's name) and ``top`` are recorded in the summary. Returns the summary and the files written."""
+    from . import decomposition_folder as folder
 
-
-def writes_decomposition_file(name: str) -> bool:
-    """Whether :func:`save_decomposition` writes or clears a file of this name."""
-    return name in _SUMMARY_FILES or bool(_COMPONENT_FILE.fullmatch(name))
-
-
-def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``activations.npy``, ``decomposition.json`` and, when present, one WAV per component
-    plus ``residual.wav`` into ``out_dir`` (each written atomically). Files of an earlier
-    decomposition in ``out_dir`` (those names only) are removed first; other files are left alone."""
-    import json
-
-    from .audio import write_audio
-
-    out = check_output_folder(out_dir, writes_decomposition_file)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        if writes_decomposition_file(f.name) and f.is_file():
-            f.unlink()
-    buf = io.BytesIO()
-    np.save(buf, result.activations)
-    written = [out / "activations.npy"]
-    atomic_write_bytes(written[0], buf.getvalue())
-    if result.components is not None:
-        for i, (label, wav) in enumerate(zip(result.labels, result.components, strict=True)):
-            safe = re.sub(r"[^A-Za-z0-9-]+", "_", label).strip("_")[:40]  # "cluster_1_688_Hz_166_units"
-            path = out / f"component_{i:02d}_{safe}.wav"
-            write_audio(path, wav, result.sample_rate, subtype="FLOAT")
-            written.append(path)
-        write_audio(out / "residual.wav", result.residual, result.sample_rate, subtype="FLOAT")
-        written.append(out / "residual.wav")
-    meta = out / "decomposition.json"
-    atomic_write_bytes(meta, (json.dumps(result.summary(), indent=2) + "\n").encode())
-    written.append(meta)
-    return written
+    out = check_output_folder(out_dir, folder.writes)
+    summary = {**result.summary(), "input": source, "model": result.model, "top": top}
+    written = folder.write_components(out, summary, result.activations, result.components, result.residual,
+                                      result.sample_rate)
+    return summary, [*written, folder.write_summary(out, summary)]

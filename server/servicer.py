@@ -324,7 +324,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:
             raise Abort(INVALID, f"fit_steps must be 0..{MAX_FIT_STEPS} (unset: the model's default), got {fit_steps}")
         try:
-            from audioae.decompose import DEFAULT_GROUPS, GROUPS, decompose
+            from audioae.decompose import DEFAULT_GROUPS, GROUPS, decompose, summarize
         except ImportError:
             raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
         group = request.group or "none"
@@ -360,13 +360,25 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         d, _ = self._wait(Job("decompose", seconds, fn=run), context)
         self.metrics.audio_seconds.labels("Decompose").inc(seconds)
+        summary = summarize(d)  # what `audioae decompose` writes into summary.json, field by field
         resp = pb.DecomposeResponse(
             model=sm.name,
             frame_rate=float(d.frame_rate),
             activations=tensor_message(np.asarray(d.activations, np.float32)),
+            group=summary["group"],
+            fit_steps=summary["fit_steps"],
+            residual_energy_share=summary["residual_energy_share"],
+            error_db=summary["error_db"],  # None (exact) leaves it unset
+            sample_rate=summary["sample_rate"],
+            channels=summary["channels"],
+            samples=summary["samples"],
         )
-        for label, units, share in zip(d.labels, d.units, np.asarray(d.energy_share), strict=True):
-            resp.components.add(label=str(label), units=[int(u) for u in units], energy_share=float(share))
+        for entry in summary["components"]:
+            resp.components.add(
+                label=entry["label"], units=entry["units"], energy_share=entry["energy_share"],
+                dominant_hz=entry["dominant_hz"], active_fraction=entry["active_fraction"],
+                active=[pb.Span(start=a, end=b) for a, b in entry["active_seconds"]],
+            )
         if request.return_components:
             size = 4 * (np.asarray(d.components).size + np.asarray(d.residual).size)
             if size > self.config.max_send_bytes * 0.95:

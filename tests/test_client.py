@@ -194,22 +194,27 @@ def test_cli_client_decompose_rerun_leaves_only_the_new_components(mixed_server,
     src, out = tmp_path / "mix.wav", tmp_path / "mix.components"
     write_audio(src, x, 16000, subtype="FLOAT")
     out.mkdir()
-    keep = [out / "notes.txt", out / "component_mine.wav", out / "component_01.wav"]  # not this tool's names
+    keep = [out / "notes.txt", out / "component_mine.wav", out / "01.wav", out / "1_x.wav"]  # not this tool's names
     for f in keep:
         f.write_bytes(b"mine")
+    # what an older client wrote (component_NN_<label>.wav, decomposition.json) is cleared as well
+    (out / "component_00_cluster_1_100_Hz_3_units.wav").write_bytes(b"old")
+    (out / "decomposition.json").write_bytes(b"old")
     base = ["client", "decompose", str(src), "-o", str(out), "--server", f"127.0.0.1:{mixed_server.port}"]
     assert cli_main([*base, "--top-k", "4"]) == 0
-    assert len(list(out.glob("component_[0-9][0-9]_*.wav"))) == 4
+    assert len(list(out.glob("[0-9][0-9]_*.wav"))) == 4
+    assert not (out / "component_00_cluster_1_100_Hz_3_units.wav").exists() and not (out / "decomposition.json").exists()
     assert cli_main([*base, "--top-k", "2"]) == 0
     capsys.readouterr()
-    new = sorted(f.name for f in out.glob("component_[0-9][0-9]_*.wav"))
-    assert len(new) == 2 and new[0].startswith("component_00_") and new[1].startswith("component_01_")
-    err = _folder_sum(out, "component_[0-9][0-9]_*.wav") - x
+    new = sorted(f.name for f in out.glob("[0-9][0-9]_*.wav"))
+    assert len(new) == 2 and new[0].startswith("01_") and new[1].startswith("02_")
+    err = _folder_sum(out, "[0-9][0-9]_*.wav") - x
     assert 10 * np.log10((err**2).sum() / (x.astype(np.float64) ** 2).sum()) < -90
     assert all(f.read_bytes() == b"mine" for f in keep)
     assert cli_main([*base, "--top-k", "2", "--no-audio"]) == 0  # activations only: no waveform is left
-    assert not list(out.glob("component_[0-9][0-9]_*.wav")) and not (out / "residual.wav").exists()
-    assert (out / "activations.npy").is_file() and (out / "decomposition.json").is_file()
+    assert not list(out.glob("[0-9][0-9]_*.wav")) and not (out / "residual.wav").exists()
+    assert (out / "activations.npy").is_file() and (out / "summary.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["residual_file"] is None
     assert all(f.read_bytes() == b"mine" for f in keep)
     assert not list(out.glob(".*.part"))
 
@@ -249,13 +254,42 @@ def test_cli_client_decompose_defaults_to_the_local_commands_grouping(mixed_serv
     src, out = tmp_path / "in.wav", tmp_path / "parts"
     write_audio(src, x, 48000, subtype="FLOAT")
     assert cli_main(["client", "decompose", str(src), "-o", str(out), "--server", f"127.0.0.1:{mixed_server.port}"]) == 0
-    summary = json.loads((out / "decomposition.json").read_text())
-    assert 1 <= len(summary["labels"]) <= 16 and all(label.startswith("cluster ") for label in summary["labels"])
-    names = sorted(f.name for f in out.glob("component_*.wav"))
-    assert len(names) == len(summary["labels"]) and all(re.fullmatch(r"component_\d\d_cluster_\d+_\d+_Hz_\d+_units?\.wav", n)
-                                                        for n in names), names
-    err = _folder_sum(out, "component_*.wav") - x
+    summary = json.loads((out / "summary.json").read_text())
+    labels = [c["label"] for c in summary["components"]]
+    assert 1 <= len(labels) <= 16 and all(label.startswith("cluster ") for label in labels)
+    names = sorted(f.name for f in out.glob("[0-9][0-9]_*.wav"))
+    assert names == [c["file"] for c in summary["components"]]
+    assert all(re.fullmatch(r"\d\d_cluster_\d+_\d+_Hz_\d+_units?\.wav", n) for n in names), names
+    err = _folder_sum(out, "[0-9][0-9]_*.wav") - x
     assert 10 * np.log10((err**2).sum() / (x.astype(np.float64) ** 2).sum()) < -90
+
+
+def test_cli_client_decompose_writes_what_the_local_command_writes(mixed_server, tmp_path, capsys):
+    """The same recording through `audioae decompose` and `audioae client decompose`: the same
+    files, the same summary (but the model's name), the same printed table, the same waveforms."""
+    x = _noisy(1.0, 22050, channels=2)
+    src = tmp_path / "in.wav"
+    write_audio(src, x, 22050, subtype="FLOAT")
+    flags = ["--group", "band", "--groups", "4", "--fit", "0"]
+    assert cli_main(["decompose", str(src), "-o", str(tmp_path / "local"), *flags]) == 0
+    local_out = capsys.readouterr().out
+    assert cli_main(["client", "decompose", str(src), "-o", str(tmp_path / "remote"), *flags,
+                     "--server", f"127.0.0.1:{mixed_server.port}"]) == 0
+    remote_out = capsys.readouterr().out
+    assert local_out.replace(str(tmp_path / "local"), "OUT") == remote_out.replace(str(tmp_path / "remote"), "OUT")
+    names = sorted(f.name for f in (tmp_path / "local").iterdir())
+    assert names == sorted(f.name for f in (tmp_path / "remote").iterdir())
+    assert {"activations.npy", "residual.wav", "summary.json"} < set(names) and names[0].startswith("01_band_")
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("local", "remote"))
+    assert a.pop("model").endswith(f"{DEFAULT_DECOMPOSER}.safetensors") and b.pop("model") == DEFAULT_DECOMPOSER
+    assert a == b
+    assert a["group"] == "band" and a["fit_steps"] == 0 and a["channels"] == 2 and a["samples"] == 22050
+    for name in names:
+        if name.endswith(".wav"):
+            np.testing.assert_allclose(read_audio(tmp_path / "local" / name)[0],
+                                       read_audio(tmp_path / "remote" / name)[0], atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "local" / "activations.npy"),
+                               np.load(tmp_path / "remote" / "activations.npy"), atol=1e-6)
 
 
 def test_cli_client_decompose_refuses_a_file_or_a_folder_holding_the_input(mixed_server, tmp_path, capsys):

@@ -864,15 +864,13 @@ def test_cli_client_commands(server, tmp_path, capsys):
         )
         == 0
     )
-    assert len(list((tmp_path / "comp").glob("component_*.wav"))) == 2
-    assert (tmp_path / "comp" / "residual.wav").is_file() and (
-        tmp_path / "comp" / "decomposition.json"
-    ).is_file()
+    assert len(list((tmp_path / "comp").glob("[0-9][0-9]_*.wav"))) == 2
+    assert (tmp_path / "comp" / "residual.wav").is_file() and (tmp_path / "comp" / "summary.json").is_file()
     comp2 = str(tmp_path / "comp2")  # local decompose's flag names work too, and --fit reaches the server
     assert cli_main(["client", "decompose", str(src), "-o", comp2, "--top", "1", "--fit", "0", "--server", addr]) == 0
-    assert len(list((tmp_path / "comp2").glob("component_*.wav"))) == 1
+    assert len(list((tmp_path / "comp2").glob("[0-9][0-9]_*.wav"))) == 1
     assert cli_main(["client", "decompose", str(src), "-o", comp2, "--groups", "2", "--server", addr]) == 0
-    assert 1 <= len(list((tmp_path / "comp2").glob("component_*.wav"))) <= 2
+    assert 1 <= len(list((tmp_path / "comp2").glob("[0-9][0-9]_*.wav"))) <= 2
     assert cli_main(["client", "decompose", str(src), "-o", comp2, "--fit", "-1", "--server", addr]) == 2
     assert "fit_steps must be" in capsys.readouterr().err
     assert cli_main(["client", "models", "--server", addr]) == 0

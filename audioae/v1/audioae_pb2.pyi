@@ -122,31 +122,59 @@ class DecomposeRequest(_message.Message):
     groups: int
     def __init__(self, model: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., top_k: _Optional[int] = ..., group: _Optional[str] = ..., return_components: _Optional[bool] = ..., fit_steps: _Optional[int] = ..., groups: _Optional[int] = ...) -> None: ...
 
+class Span(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: float
+    end: float
+    def __init__(self, start: _Optional[float] = ..., end: _Optional[float] = ...) -> None: ...
+
 class Component(_message.Message):
-    __slots__ = ("label", "units", "energy_share", "audio")
+    __slots__ = ("label", "units", "energy_share", "audio", "dominant_hz", "active_fraction", "active")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_SHARE_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
+    DOMINANT_HZ_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
     label: str
     units: _containers.RepeatedScalarFieldContainer[int]
     energy_share: float
     audio: Audio
-    def __init__(self, label: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ..., energy_share: _Optional[float] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
+    dominant_hz: float
+    active_fraction: float
+    active: _containers.RepeatedCompositeFieldContainer[Span]
+    def __init__(self, label: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ..., energy_share: _Optional[float] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., dominant_hz: _Optional[float] = ..., active_fraction: _Optional[float] = ..., active: _Optional[_Iterable[_Union[Span, _Mapping]]] = ...) -> None: ...
 
 class DecomposeResponse(_message.Message):
-    __slots__ = ("model", "activations", "frame_rate", "components", "residual")
+    __slots__ = ("model", "activations", "frame_rate", "components", "residual", "group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    FIT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_ENERGY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DB_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     model: str
     activations: Tensor
     frame_rate: float
     components: _containers.RepeatedCompositeFieldContainer[Component]
     residual: Audio
-    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., frame_rate: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., residual: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
+    group: str
+    fit_steps: int
+    residual_energy_share: float
+    error_db: float
+    sample_rate: int
+    channels: int
+    samples: int
+    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., frame_rate: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., residual: _Optional[_Union[Audio, _Mapping]] = ..., group: _Optional[str] = ..., fit_steps: _Optional[int] = ..., residual_energy_share: _Optional[float] = ..., error_db: _Optional[float] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("model", "tensor", "audio")
