@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -295,6 +296,39 @@ def test_an_output_that_is_a_file_or_looks_like_one_is_refused(tmp_path, causal_
     (tmp_path / "set.wav").mkdir()  # an existing folder is a folder, whatever its name
     assert main(["denoise", str(src / "top.wav"), "-o", str(tmp_path / "set.wav"), *model]) == 0
     assert (tmp_path / "set.wav" / "top.wav").is_file()
+
+
+def test_rerun_with_another_model_or_strength_is_refused_not_skipped(tmp_path, causal_ckpt, bidir_ckpt, capsys):
+    """Skipping finished outputs made with other settings would hand back the old ones as if they
+    were what the rerun asked for."""
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    first = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    run_denoise([src / "top.wav"], out, first)
+    sha = hashlib.sha256(causal_ckpt.read_bytes()).hexdigest()
+    rec = by_input(out)["top.wav"]
+    assert (rec["model"], rec["sha256"], rec["strength"]) == (str(causal_ckpt), sha, 1.0)
+    made = (out / "top.wav").read_bytes()
+    for other in (DenoiseOptions(model=str(causal_ckpt), strength=0.5, progress=False),
+                  DenoiseOptions(model=str(bidir_ckpt), progress=False)):
+        with pytest.raises(ValueError, match=r"already holds 1 output\(s\) made with other settings: "
+                                             r"tiny-causal.safetensors \(sha256 [0-9a-f]{12}\) at strength 1 "
+                                             r"\(e.g. top.wav\).*pass --overwrite to redo them"):
+            run_denoise([src], out, other)
+        assert (out / "top.wav").read_bytes() == made and not (out / "sub").exists()  # nothing was done
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--strength", "0.5",
+                 "--no-progress"]) == 2
+    assert "made with other settings" in capsys.readouterr().err
+    # The same bytes at another path are the same model; its skipped lines keep what made the output.
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(causal_ckpt.read_bytes())
+    s = run_denoise([src], out, DenoiseOptions(model=str(copy), progress=False))
+    assert s["skipped"] == 1 and s["ok"] == len(TREE) - 1
+    assert by_input(out)["top.wav"]["model"] == str(causal_ckpt) and by_input(out)["stereo.wav"]["model"] == str(copy)
+    assert by_input(out)["corrupt.wav"]["sha256"] == ""  # no output: nothing made it
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, overwrite=True, progress=False))
+    assert s["ok"] == len(TREE) and all(r["strength"] == 0.5 for r in by_input(out).values() if r["status"] == "ok")
+    assert run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, progress=False))["skipped"] == len(TREE)
 
 
 def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckpt):

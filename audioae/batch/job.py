@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
-from .manifest import FileResult, ManifestWriter, previous_durations, summarize
+from .manifest import FileResult, MadeWith, ManifestWriter, previous_durations, previous_settings, summarize
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS
 
@@ -95,9 +96,21 @@ def _exclusive(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path) -> Iterator[FileResult]:
-    data = ckpt.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
+def _refuse_other_settings(done: Sequence[FileTask], made: dict[str, MadeWith], now: MadeWith, out: Path) -> None:
+    """A rerun skips finished outputs; one that asks for another model or strength would
+    silently keep outputs made the old way. Refuse it, before any work, and say what to do."""
+    stale = [t for t in done if t.input in made and made[t.input].differs(now)]
+    if not stale:
+        return
+    before = made[stale[0].input]
+    raise ValueError(
+        f"{out} already holds {len(stale)} output(s) made with other settings: {before.describe()} "
+        f"(e.g. {stale[0].rel}); this run asks for {now.describe()}. A rerun skips finished outputs, so "
+        f"they would stay as they were made: pass --overwrite to redo them, or choose another output folder")
+
+
+def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, data: bytes,
+                    sha: str) -> Iterator[FileResult]:
     # Checked against the .sha256 beside the checkpoint when there is one (as every load is);
     # workers then verify they load these same bytes.
     expected = sidecar_sha256(ckpt) or sha
@@ -139,22 +152,31 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     tasks = plan_tasks(inputs, out_dir)
     ckpt = _resolve_model(options.model)
     _check_model_denoises(ckpt)
+    data = ckpt.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    now = MadeWith(str(ckpt), sha, options.strength)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: list[FileResult] = []
     with _exclusive(out):
-        remove_stale_parts(tasks)
         todo, done = split_done(tasks, options.overwrite)
+        made = previous_settings(out / MANIFEST_NAME)
+        _refuse_other_settings(done, made, now, out)
+        remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(manifest.path)
         bar = _progress(len(tasks), options.progress)
         try:
             for t in done:
-                results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input)))
+                before = made.get(t.input)
+                results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
+                                          **(dataclasses.asdict(before) if before else {})))
                 manifest.write(results[-1])
             bar.update(len(done))
-            for r in _engine_results(todo, options, ckpt):
+            for r in _engine_results(todo, options, ckpt, data, sha):
+                if r.status == "ok":
+                    r = dataclasses.replace(r, **dataclasses.asdict(now))
                 results.append(r)
                 manifest.write(r)
                 bar.update(1)

@@ -1,7 +1,8 @@
 """The JSON-lines manifest of a folder job (``OUT/audioae-manifest.jsonl``) and its summary.
 
 One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
-``seconds`` (wall time spent on it) and ``duration`` (seconds of audio). Lines are appended and
+``seconds`` (wall time spent on it), ``duration`` (seconds of audio) and, for an output on disk,
+what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``. Lines are appended and
 flushed as files finish, so a killed run still leaves a record of what it completed; at the end
 of a run the file is compacted (last line per input wins) and replaced atomically.
 """
@@ -33,6 +34,10 @@ class FileResult:
     error: str = ""
     seconds: float = 0.0  # wall time spent on this file
     duration: float | None = None  # seconds of audio, when known
+    # What made the output on disk (ok: this run; skipped: the run that wrote it, when recorded).
+    model: str = ""
+    sha256: str = ""
+    strength: float | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -94,6 +99,31 @@ def previous_durations(path: str | os.PathLike) -> dict[str, float]:
     (a file's line after compaction may itself be a "skipped" one carrying it forward)."""
     return {r["input"]: r["duration"] for r in read_manifest(path)
             if r.get("status") in ("ok", "skipped") and isinstance(r.get("duration"), int | float)}
+
+
+@dataclass(frozen=True)
+class MadeWith:
+    """The settings an output was made with, as a manifest records them."""
+
+    model: str
+    sha256: str
+    strength: float
+
+    def differs(self, other: MadeWith) -> bool:
+        return (self.sha256, self.strength) != (other.sha256, other.strength)  # the path may move
+
+    def describe(self) -> str:
+        return f"{Path(self.model).name} (sha256 {self.sha256[:12]}) at strength {self.strength:g}"
+
+
+def previous_settings(path: str | os.PathLike) -> dict[str, MadeWith]:
+    """Per input, what made its output according to earlier runs (a "skipped" line carries
+    forward what the line before it recorded). Manifests written before 2026-12-06 record none."""
+    made = {}
+    for r in read_manifest(path):
+        if r.get("status") in ("ok", "skipped") and r.get("sha256") and isinstance(r.get("strength"), int | float):
+            made[r["input"]] = MadeWith(str(r.get("model", "")), r["sha256"], float(r["strength"]))
+    return made
 
 
 def summarize(results: Iterable[FileResult], wall_seconds: float) -> dict:
