@@ -148,14 +148,25 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
 MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)
 
 
+def _pcm_hint(x: np.ndarray | torch.Tensor) -> str:
+    """How to scale integer PCM of ``x``'s type to floats in [-1, 1], for an error message."""
+    dtype = np.dtype(str(x.dtype).removeprefix("torch.")) if isinstance(x, torch.Tensor) else x.dtype
+    if dtype.kind not in "iu":
+        return ""
+    bits = 8 * dtype.itemsize
+    cast = "x.float()" if isinstance(x, torch.Tensor) else "x.astype(np.float32)"
+    if dtype.kind == "u":  # unsigned PCM (8-bit WAV) is centred on half its range
+        return f"; for {bits}-bit unsigned PCM pass ({cast} - {2 ** (bits - 1)}) / {2 ** (bits - 1)}"
+    return f"; for {bits}-bit PCM pass {cast} / {2 ** (bits - 1)}"
+
+
 def check_audio_array(wav: np.ndarray | torch.Tensor, name: str = "audio") -> None:
     """Refuse the two usual slips with in-memory audio before they turn into nonsense output:
     integer samples (int16 PCM taken as floats is 32768 times too loud) and soundfile's
     ``[T, C]`` layout where ``[C, T]`` is meant (it would become thousands of 2-sample channels)."""
     x = wav if isinstance(wav, torch.Tensor) else np.asarray(wav)  # a list has no dtype or shape
     if not (x.is_floating_point() if isinstance(x, torch.Tensor) else x.dtype.kind == "f"):
-        raise AudioError(f"{name}: float samples in [-1, 1] expected, got {x.dtype}; for int16 PCM pass "
-                         f"x.astype(np.float32) / 32768")
+        raise AudioError(f"{name}: float samples in [-1, 1] expected, got {x.dtype}{_pcm_hint(x)}")
     shape = tuple(x.shape)
     if len(shape) not in (1, 2):
         raise AudioError(f"{name}: [T] or [C, T] expected, got shape {shape}")

@@ -180,7 +180,10 @@ def test_inspect_numbers_call_a_silent_band_undefined_not_removed():
 def test_integer_samples_and_time_first_arrays_are_refused():
     model = build_model("recurrent", {"hidden": 16, "code_dim": 8}).eval()
     x = (0.1 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32)  # [T]
-    for bad, text in (((x * 32767).astype(np.int16), "float samples in [-1, 1] expected, got int16"),
+    for bad, text in (((x * 32767).astype(np.int16), "got int16; for 16-bit PCM pass x.astype(np.float32) / 32768"),
+                      ((x * 2**31).astype(np.int32), "got int32; for 32-bit PCM pass x.astype(np.float32) / 2147483648"),
+                      ((x * 127 + 128).astype(np.uint8), "for 8-bit unsigned PCM pass (x.astype(np.float32) - 128) / 128"),
+                      (torch.from_numpy((x * 32767).astype(np.int16)), "for 16-bit PCM pass x.float() / 32768"),
                       (np.stack([x, x], 1), "looks like [T, C]"),  # soundfile's layout: 4000 2-sample channels
                       (torch.from_numpy(x[None, None]), "[T] or [C, T] expected")):
         with pytest.raises(AudioError, match=re.escape(text)):
