@@ -301,6 +301,17 @@ def _sources(data: DataConfig, sr: int, val: bool) -> tuple[Source, Source]:
     return speech, noise
 
 
+def _validation_sources(data: DataConfig, sr: int, train_sources: tuple[Source, Source]) -> tuple[Source, Source]:
+    """The val folders, or, where none is set, the training clips already loaded (an hour of Ogg
+    is not decoded twice) at their natural shares: validation ignores the training weights."""
+    def pick(val_dir: str, train: Source) -> Source:
+        if val_dir:
+            return folder_source(val_dir, sr)
+        return train if train.clips is None else Source(train.clips, name=train.name)
+
+    return pick(data.val_clean_dir, train_sources[0]), pick(data.val_noise_dir, train_sources[1])
+
+
 def make_validation_set(model: SpectralAutoencoder, data: DataConfig, sources=None, seed: int = 1234):
     """A fixed list of ``(clean [T], noise [T], snr)`` examples: same every run and every resume."""
     speech, noise = sources or _sources(data, model.config.sample_rate, val=True)
@@ -542,7 +553,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     sr = model.config.sample_rate
     # The data before the folder too: a missing or empty corpus folder leaves no empty run behind.
     sources = _sources(run.data, sr, val=False)
-    val_set = make_validation_set(model, run.data) if rank == 0 else None
+    val_set = make_validation_set(model, run.data, _validation_sources(run.data, sr, sources)) if rank == 0 else None
     out.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, minutes_before = 0, -math.inf, 0.0

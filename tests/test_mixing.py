@@ -11,7 +11,7 @@ import torch
 from audioae.data import synthetic
 from audioae.data.mixing import MixConfig, Mixer, Source, folder_source, mixed_batches
 from audioae.train import _sources as train_sources
-from audioae.train import load_run_config
+from audioae.train import _validation_sources, load_run_config
 
 
 def _sources() -> tuple[Source, Source]:
@@ -176,6 +176,40 @@ def test_speech_weights_apply_to_training_speech_and_never_to_validation(tmp_pat
     bad = load_run_config(None, [f'data.clean_dir="{root}"', "data.speech_weights={espeak = 2.0}"])
     with pytest.raises(ValueError, match=r"no family \(subfolder\) \['espeak'\]"):
         train_sources(bad.data, 8000, val=False)
+
+
+def test_without_val_folders_validation_reuses_the_loaded_clips_at_natural_shares(tmp_path):
+    root = _noise_tree(tmp_path / "noise")
+    run = load_run_config(None, [f'data.noise_dir="{root}"', f'data.clean_dir="{root}"',
+                                 "data.noise_weights={babble = 3.0}"])
+    train = train_sources(run.data, 8000, val=False)
+    val_speech, val_noise = _validation_sources(run.data, 8000, train)
+    assert all(a is b for a, b in zip(val_noise.clips, train[1].clips, strict=True))  # not decoded again
+    assert abs(_babble_share(train[1]) - 0.5) < 0.03 and abs(_babble_share(val_noise) - 0.25) < 0.03
+    # the same draws as loading the folder again without weights (what validation did before)
+    reloaded = train_sources(run.data, 8000, val=True)[1]
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert all(np.array_equal(val_noise.crop(rng_a, 4000, 8000), reloaded.crop(rng_b, 4000, 8000)) for _ in range(20))
+    other = tmp_path / "val-noise"
+    _noise_tree(other, seconds=(2.0, 1.0, 1.0))
+    run = load_run_config(None, [f'data.noise_dir="{root}"', f'data.val_noise_dir="{other}"'])
+    _, val_noise = _validation_sources(run.data, 8000, train_sources(run.data, 8000, val=False))
+    assert abs(_babble_share(val_noise) - 0.5) < 0.03  # the val folder's own clips: 2 s of 4 s
+
+
+def test_short_and_silent_files_are_skipped_and_named(tmp_path, caplog):
+    root = _noise_tree(tmp_path / "speech")
+    sf.write(root / "hum" / "blip.wav", np.full(400, 0.5, np.float32), 8000)  # 50 ms
+    sf.write(root / "hum" / "silence.wav", np.zeros(8000, np.float32), 8000)  # a blank take
+    src = folder_source(root, 8000)
+    assert len(src.clips) == 3
+    assert "skipping 1 file(s) shorter than 0.25 s: hum/blip.wav" in caplog.text
+    assert "skipping 1 file(s) silent (peak below -80 dBFS): hum/silence.wav" in caplog.text
+    (root / "babble" / "b.wav").unlink()
+    for f in (root / "hum").glob("h*"):
+        f.unlink()
+    with pytest.raises(ValueError, match="no usable audio files"):
+        folder_source(root, 8000)
 
 
 @pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])

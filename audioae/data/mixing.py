@@ -39,6 +39,9 @@ def list_audio(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
+SILENT_PEAK = 1e-4  # -80 dBFS: below it a clip counts as silent
+
+
 def load_folder(folder: str | Path, sr: int, min_seconds: float = 0.25, threads: int = 8) -> list[np.ndarray]:
     """Every readable file of ``folder`` (recursive) as mono float32 at ``sr``, in file order;
     unreadable ones are logged and skipped. Decoded on ``threads`` threads (libsndfile and the
@@ -48,10 +51,24 @@ def load_folder(folder: str | Path, sr: int, min_seconds: float = 0.25, threads:
 
 def _load_folder_with_paths(folder: str | Path, sr: int, min_seconds: float = 0.25,
                             threads: int = 8) -> list[tuple[Path, np.ndarray]]:
+    folder = Path(folder)
     paths = list_audio(folder)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         loaded = list(pool.map(partial(_load_mono, sr=sr), paths))
-    pairs = [(p, c) for p, c in zip(paths, loaded, strict=True) if c is not None and len(c) >= min_seconds * sr]
+    pairs, short, silent = [], [], []
+    for path, clip in zip(paths, loaded, strict=True):
+        if clip is None:  # unreadable: _load_mono said why
+            continue
+        if len(clip) < min_seconds * sr:
+            short.append(path)
+        elif not np.abs(clip).max() > SILENT_PEAK:  # a silent "speech" file teaches nothing but silence
+            silent.append(path)
+        else:
+            pairs.append((path, clip))
+    for skipped, why in ((short, f"shorter than {min_seconds:g} s"), (silent, "silent (peak below -80 dBFS)")):
+        if skipped:
+            names = ", ".join(str(p.relative_to(folder)) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+            log.warning("%s: skipping %d file(s) %s: %s", folder, len(skipped), why, names)
     if not pairs:
         raise ValueError(f"{folder}: no usable audio files ({', '.join(AUDIO_EXTENSIONS)})")
     return pairs
