@@ -221,7 +221,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     groups = [groups[i] for i in order]
     labels = [labels[i] for i in order]
 
-    comps, dom_hz, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
+    comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
     x64 = x.double().numpy()
     comps_sum = comps.sum(0, dtype=np.float64)  # [C, T]
     residual = (x64 - comps_sum).astype(np.float32)  # [C, T]
@@ -231,12 +231,12 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     # float64 copy.
     energy = np.array([float((comp.astype(np.float64) * x64).sum()) for comp in comps])  # [K]
     rank = np.argsort(-energy, kind="stable")
-    comps, energy, dom_hz, envs = comps[rank], energy[rank], dom_hz[rank], envs[rank]
+    comps, energy, dom_hz, bands, envs = comps[rank], energy[rank], dom_hz[rank], bands[rank], envs[rank]
     groups = [groups[i] for i in rank]
     labels = [labels[i] for i in rank]
     if group == "cluster":  # name clusters by what they sound like, in rank order
-        labels = [f"cluster {i + 1} (~{hz:.0f} Hz, {len(g)} unit{'s' if len(g) > 1 else ''})"
-                  for i, (hz, g) in enumerate(zip(dom_hz, groups, strict=True))]
+        labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g))
+                  for i, (hz, (lo, hi), g) in enumerate(zip(dom_hz, bands, groups, strict=True))]
 
     x_energy = max(float((x64**2).sum()), 1e-30)
     err = comps_sum + residual.astype(np.float64) - x64
@@ -257,13 +257,16 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
 def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
                          groups: list[list[int]], sr: int, length: int, z_len: int):
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
-    frequencies ``[K]`` and energy envelopes ``[K, N]`` (model frames, summed over channels)."""
+    frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz) and
+    their energy envelopes ``[K, N]`` (model frames, summed over channels)."""
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
     mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
     spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
     out = np.zeros((len(groups), n_ch, length), np.float32)
     dom = np.zeros(len(groups), np.float32)
+    spans = np.zeros((len(groups), 2), np.float32)
+    bin_hz = c.sample_rate / c.n_fft
     envs = np.zeros((len(groups), n_frames), np.float32)
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
@@ -277,12 +280,37 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
         power = mask.pow_(2).mul_(mag2[None])  # [k, C, F, N]
         per_bin = power.sum(dim=1)  # [k, F, N]
-        dom[lo : lo + len(batch)] = (per_bin.sum(-1).argmax(-1).float() * (c.sample_rate / c.n_fft)).numpy()
+        spectrum = per_bin.sum(-1)  # [k, F]
+        dom[lo : lo + len(batch)] = (spectrum.argmax(-1).float() * bin_hz).numpy()
+        spans[lo : lo + len(batch)] = _energy_band(spectrum.double().numpy()) * bin_hz
         envs[lo : lo + len(batch)] = per_bin.sum(1).numpy()
         y = model.stft.inverse(s, z_len)  # [k, C, T']
         y = fit_length(resample(y, c.sample_rate, sr), length)  # [k, C, T]
         out[lo : lo + len(batch)] = y.numpy()
-    return out, dom, envs
+    return out, dom, spans, envs
+
+
+def _energy_band(spectrum: np.ndarray, share: float = 0.8) -> np.ndarray:
+    """``[k, 2]`` bin indices between which the middle ``share`` of each ``spectrum [k, F]``'s
+    energy lies (from its (1-share)/2 to its (1+share)/2 point)."""
+    cdf = np.cumsum(spectrum, axis=-1)
+    cdf /= np.maximum(cdf[:, -1:], 1e-300)
+    tail = (1 - share) / 2
+    return np.stack([(cdf < tail).sum(-1), (cdf < 1 - tail).sum(-1)], axis=-1).astype(np.float32)
+
+
+def _round_hz(hz: float) -> str:
+    """Two significant figures for a band's edges: 780-7200 Hz, not 781-7219 Hz."""
+    return f"{hz:.0f}" if hz < 100 else f"{float(f'{hz:.2g}'):.0f}"
+
+
+def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], units: int) -> str:
+    """``cluster 1 (~219 Hz, 3 units)`` for a component whose energy lies within an octave,
+    ``cluster 4 (780-7200 Hz, 60 units)`` (the middle 80% of its energy) for a wider one: a
+    broadband noise or a voice's harmonics have no one frequency."""
+    lo, hi = band_hz
+    where = f"~{dominant_hz:.0f} Hz" if hi <= 2 * lo else f"{_round_hz(lo)}-{_round_hz(hi)} Hz"
+    return f"cluster {rank} ({where}, {units} unit{'s' if units > 1 else ''})"
 
 
 # ---- a summary people can read ------------------------------------------------------------------

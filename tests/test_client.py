@@ -259,7 +259,7 @@ def test_cli_client_decompose_defaults_to_the_local_commands_grouping(mixed_serv
     assert 1 <= len(labels) <= 16 and all(label.startswith("cluster ") for label in labels)
     names = sorted(f.name for f in out.glob("[0-9][0-9]_*.wav"))
     assert names == [c["file"] for c in summary["components"]]
-    assert all(re.fullmatch(r"\d\d_cluster_\d+_\d+_Hz_\d+_units?\.wav", n) for n in names), names
+    assert all(re.fullmatch(r"\d\d_cluster_\d+_\d+(_\d+)?_Hz_\d+_units?\.wav", n) for n in names), names
     err = _folder_sum(out, "[0-9][0-9]_*.wav") - x
     assert 10 * np.log10((err**2).sum() / (x.astype(np.float64) ** 2).sum()) < -90
 

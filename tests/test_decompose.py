@@ -2,6 +2,7 @@
 grouping, ranking, separation of known parts, the shipped model, and the CLI."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from audioae.audio import read_audio, write_audio
 from audioae.checkpoint import save_checkpoint
 from audioae.cli import main
-from audioae.decompose import GROUPS, decompose, summarize
+from audioae.decompose import GROUPS, _energy_band, cluster_label, decompose, summarize
 from audioae.models import build_model
 from audioae.pretrained import DEFAULT_DECOMPOSER, HERE, load
 from audioae.train import fit_arrays
@@ -266,6 +267,26 @@ def test_shipped_model_separates_a_tone_from_noise_bursts():
     sep = _separation(clusters, {"tone": x_tone, "noise": x_noise})
     assert sep["tone"][0] != sep["noise"][0], sep
     assert sep["tone"][1] > 0.9 and sep["noise"][1] > 0.8, sep
+    # named by what they hold: the tone by its frequency, the broadband bursts by their band
+    # (was "~<peak> Hz" for both: a noise has no one frequency)
+    tone_label, noise_label = clusters.labels[sep["tone"][0]], clusters.labels[sep["noise"][0]]
+    assert re.fullmatch(r"cluster \d \(~(96[0-9]|10[0-4][0-9]) Hz, \d+ units?\)", tone_label), tone_label
+    lo, hi = map(int, re.fullmatch(r"cluster \d \((\d+)-(\d+) Hz, \d+ units?\)", noise_label).groups())
+    assert hi > 4 * max(lo, 1), noise_label
+
+
+def test_cluster_labels_give_a_band_where_the_energy_spreads_over_more_than_an_octave():
+    spectra = np.zeros((3, 257))
+    spectra[0, 32] = 1.0  # one bin
+    spectra[1, 10:200] = 1.0  # flat over 190 bins: its middle 80% lies within bins 28..180
+    spectra[2, 0] = 1.0  # all at 0 Hz
+    bands = _energy_band(spectra)
+    assert bands.tolist() == [[32, 32], [28, 180], [0, 0]]
+    assert cluster_label(1, 500.0, (500.0, 500.0), 3) == "cluster 1 (~500 Hz, 3 units)"
+    assert cluster_label(2, 1000.0, (900.0, 1700.0), 1) == "cluster 2 (~1000 Hz, 1 unit)"  # within an octave
+    assert cluster_label(3, 0.0, (781.25, 7218.75), 60) == "cluster 3 (780-7200 Hz, 60 units)"
+    assert cluster_label(4, 0.0, (0.0, 31.25), 27) == "cluster 4 (0-31 Hz, 27 units)"
+    assert cluster_label(5, 0.0, (0.0, 0.0), 2) == "cluster 5 (~0 Hz, 2 units)"
 
 
 def test_shipped_decomposer_is_small_checked_and_documented():
