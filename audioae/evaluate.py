@@ -175,8 +175,7 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def format_table(report: dict) -> str:
-    """The report as a plain-text table for people, then the problems."""
+def _score_table(report: dict) -> list[str]:
     metrics = [m for m in METRICS if m in report["mean"]]
     width = max([len("mean"), *(len(f["file"]) for f in report["files"])])
     head = f"{'file':<{width}}  " + "  ".join(f"{HEADERS[m]:>8}" for m in metrics)
@@ -185,13 +184,22 @@ def format_table(report: dict) -> str:
         lines.append(f"{f['file']:<{width}}  " + "  ".join(f"{_fmt(f.get(m)):>8}" for m in metrics))
     lines.append("-" * len(head))
     lines.append(f"{'mean':<{width}}  " + "  ".join(f"{_fmt(report['mean'].get(m)):>8}" for m in metrics))
+    return lines
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table for people, then the problems."""
+    lines = _score_table(report) if report["files"] else []  # nothing scored: no empty table
     lines.append(f"{report['scored']} of {report['paired']} pairs scored")
     for key, label in (("missing_enhanced", "no enhanced file for"), ("extra_enhanced", "no clean file for"),
                        ("missing_noisy", "no noisy file for")):
         for rel in report[key]:
             lines.append(f"{label}: {rel}")
     for err in report["errors"]:
-        lines.append(f"error: {err['file']}: {err['error']}")
+        # A message that starts with the file's own path ("<clean>/sub/x.wav: cannot read ...")
+        # says which side failed; the relative name before it would only repeat it.
+        named = err["error"].split(": ", 1)[0].endswith(err["file"])
+        lines.append(f"error: {err['error']}" if named else f"error: {err['file']}: {err['error']}")
     for f in report["files"]:
         for note in f.get("notes", []):
             lines.append(f"note: {f['file']}: {note}")

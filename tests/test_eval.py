@@ -81,6 +81,10 @@ def test_missing_extra_renamed_and_broken_files_are_reported(folders, tmp_path):
     assert rc == 1  # problems were found
     rep = json.loads(out.read_text())
     assert rep["scored"] == 2 and [e["file"] for e in rep["errors"]] == ["broken.wav"]
+    # the message names the broken side's path once (was "error: broken.wav: <clean>/broken.wav: ...")
+    assert f"\nerror: {dirs['clean'] / 'broken.wav'}: cannot read audio" in format_table(rep)
+    only_broken = evaluate_folders(dirs["clean"] / "broken.wav", dirs["enhanced"] / "broken.wav")
+    assert format_table(only_broken).splitlines()[0] == "0 of 1 pairs scored"  # no empty table above it
     a = next(f for f in rep["files"] if f["file"] == "a.wav")
     assert any("compared over the shorter" in n for n in a["notes"])
     c = next(f for f in rep["files"] if f["file"] == "spk1/deep/c.wav")
