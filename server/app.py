@@ -24,6 +24,7 @@ from .batcher import Batcher
 from .config import ServerConfig
 from .lifecycle import Gate
 from .metrics import Metrics
+from .parsing import LenientParsing
 from .servicer import AudioAEServicer
 from .store import ModelStore
 
@@ -53,7 +54,9 @@ class AudioServer:
         # it a model store, the gate answers every call UNAVAILABLE.
         self.servicer = AudioAEServicer(None, self.batcher, self.metrics, self.gate, config)
         tokens = read_tokens(config.token_file) if config.token_file else None
+        # Authentication first: a caller without a token learns nothing about its message.
         interceptors = [TokenAuth(tokens, self.metrics)] if tokens else []
+        interceptors.append(LenientParsing(f"/{SERVICE}/"))
         # Threads: every queued request and every stream holds one while it waits; the rest answer
         # health and refusals. Calls beyond that get RESOURCE_EXHAUSTED from gRPC itself.
         workers = 2 * config.max_queue + config.max_streams + 8

@@ -43,6 +43,7 @@ from .config import ServerConfig
 from .errors import Abort, status_of
 from .lifecycle import Gate
 from .metrics import Metrics
+from .parsing import Unparsed
 from .store import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def _unary(method: Callable) -> Callable:
         code = grpc.StatusCode.OK
         self.metrics.inflight.inc()
         try:
+            if isinstance(request, Unparsed):
+                raise Abort(INVALID, request.refusal())
             self.gate.enter()
             try:
                 return method(self, request, context)
@@ -79,6 +82,14 @@ def _unary(method: Callable) -> Callable:
             self.metrics.inflight.dec()
 
     return wrapper
+
+
+def _parsed(requests: Iterator) -> Iterator:
+    """The stream's messages; one protobuf could not parse ends the call with INVALID_ARGUMENT."""
+    for i, request in enumerate(requests):
+        if isinstance(request, Unparsed):
+            raise Abort(INVALID, f"message {i}: {request.refusal()}")
+        yield request
 
 
 def _declared_shape(audio) -> tuple[int, int, int] | None:
@@ -243,7 +254,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         try:
             self.gate.enter(stream=True, max_streams=self.config.max_streams)
             try:
-                yield from self._stream(request_iterator, context)
+                yield from self._stream(_parsed(request_iterator), context)
             finally:
                 self.gate.exit(stream=True)
         except Exception as exc:

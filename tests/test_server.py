@@ -636,6 +636,27 @@ def test_bad_encode_decode(client, case):
     assert text in msg, msg
 
 
+@pytest.mark.parametrize("method", ["Denoise", "Decompose", "Encode", "Decode", "ListModels"])
+def test_bytes_protobuf_cannot_parse_are_invalid_argument_not_internal(client, method):
+    """grpcio's own answer was INTERNAL 'Exception deserializing request!': a server fault to
+    anyone's monitoring, for what a broken client sent."""
+    raw = client.channel.unary_unary(f"/audioae.v1.AudioAE/{method}", request_serializer=lambda b: b,
+                                     response_deserializer=lambda b: b)
+    code, msg = _code(raw, b"\xff\xff\xff", timeout=30)
+    assert code == CODE.INVALID_ARGUMENT, msg
+    assert f"not a valid audioae.v1.{method}Request message: protobuf could not parse its 3 bytes" in msg, msg
+
+
+def test_a_stream_message_protobuf_cannot_parse_is_invalid_argument(client):
+    raw = client.channel.stream_stream("/audioae.v1.AudioAE/StreamDenoise", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+    config = pb.StreamDenoiseRequest(config=pb.StreamConfig(model="tiny", sample_rate=16000, channels=1,
+                                                            format=pb.FLOAT32)).SerializeToString()
+    code, msg = _code(lambda: list(raw(iter([config, b"\xff\xff\xff"]), timeout=30)))
+    assert code == CODE.INVALID_ARGUMENT and "message 1: the request is not a valid audioae.v1.StreamDenoiseRequest" in msg
+    assert client.health() == "SERVING"
+
+
 def test_encode_conv_maxunpool_works(client):
     h = client.encode(np.zeros((1, 257, 9), np.float32), model="conv")
     assert h.shape == (1, 8, 5)
