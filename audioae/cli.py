@@ -159,9 +159,10 @@ def _cmd_denoise(args) -> int:
                           workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
                           threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress)
     s = run_denoise(args.inputs, args.out, opts)
+    speed = (f"{s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.1f} s ({s['realtime_factor']}x real time, "
+             f"engine {s['engine']})" if s["ok"] else f"nothing denoised (engine {s['engine']})")
     print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped']} skipped (already done), "
-          f"{s['error']} failed; {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.1f} s "
-          f"({s['realtime_factor']}x real time, engine {s['engine']})")
+          f"{s['error']} failed; {speed}")
     for err in s["errors"]:
         # Read errors name their file already; others (a rate that cannot be resampled) do not.
         named = err["error"].startswith(err["input"])

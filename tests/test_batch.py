@@ -329,6 +329,9 @@ def test_rerun_with_another_model_or_strength_is_refused_not_skipped(tmp_path, c
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, overwrite=True, progress=False))
     assert s["ok"] == len(TREE) and all(r["strength"] == 0.5 for r in by_input(out).values() if r["status"] == "ok")
     assert run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, progress=False))["skipped"] == len(TREE)
+    capsys.readouterr()
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--strength", "0.5", "--no-progress"]) == 1
+    assert f"{len(TREE)} skipped (already done), 1 failed; nothing denoised (engine local)" in capsys.readouterr().out
 
 
 def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckpt):
