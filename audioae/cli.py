@@ -524,6 +524,8 @@ def _cmd_client(args) -> int:
         closed = any(t in details.lower() for t in ("socket closed", "connection reset", "end of file"))
         if exc.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca and closed:
             hint = " (something answered and closed the connection: if the server uses TLS, pass --tls-ca)"
+        elif exc.code() == grpc.StatusCode.UNAVAILABLE and "connection refused" in details.lower():
+            hint = " (nothing listens there: start audioae serve, or pass the --server HOST:PORT it printed)"
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "parsing http/2" in details.lower():
             hint = (" (what answers there does not speak gRPC: an HTTP server, such as the metrics port? "
                     "audioae serve prints the port it serves on)")

@@ -9,6 +9,7 @@ import io
 import ipaddress
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -709,6 +710,15 @@ def test_the_client_pointed_at_the_metrics_port_is_told_it_is_not_grpc(server, c
     assert cli_main(["client", "--server", f"127.0.0.1:{server.metrics_port}", "--timeout", "10", "models"]) == 2
     err = capsys.readouterr().err
     assert "UNAVAILABLE" in err and "does not speak gRPC: an HTTP server, such as the metrics port?" in err, err
+
+
+def test_the_client_pointed_at_a_closed_port_is_told_nothing_listens(capsys):
+    with socket.socket() as s:  # a port that was free a moment ago, and nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli_main(["client", "--server", f"127.0.0.1:{port}", "--timeout", "10", "health"]) == 2
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "nothing listens there: start audioae serve" in err, err
 
 
 # ---- health transitions and drain (in process) ---------------------------------------------------
