@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -332,6 +333,33 @@ def test_rerun_with_another_model_or_strength_is_refused_not_skipped(tmp_path, c
     capsys.readouterr()
     assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--strength", "0.5", "--no-progress"]) == 1
     assert f"{len(TREE)} skipped (already done), 1 failed; nothing denoised (engine local)" in capsys.readouterr().out
+
+
+def test_progress_counts_seconds_of_audio_not_files(tmp_path):
+    """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
+    from audioae.batch.job import Progress
+
+    lengths = (1.0, 0.5, 30.0, 2.0)
+    tasks = []
+    for i, seconds in enumerate(lengths):
+        sf.write(tmp_path / f"{i}.wav", np.zeros(int(seconds * 8000), np.float32), 8000)
+        tasks.append(FileTask(str(tmp_path / f"{i}.wav"), str(tmp_path / "out" / f"{i}.wav"), f"{i}.wav"))
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    tasks.append(FileTask(str(tmp_path / "broken.wav"), str(tmp_path / "out" / "broken.wav"), "broken.wav"))
+    stream = io.StringIO()
+    bar = Progress(tasks, 3, enabled=True, stream=stream)
+    assert bar.seconds == {t.input: s for t, s in zip(tasks, [*lengths, 0.0], strict=True)}
+    bar.advance(tasks[0].input)
+    bar.advance(tasks[1].input)
+    bar.bar.refresh()
+    assert " 4%|" in stream.getvalue().splitlines()[-1].split("\r")[-1]  # 1.5 of 33.5 s, not 2 of 5 files
+    for t in tasks[2:]:
+        bar.advance(t.input)
+    bar.close()
+    last = stream.getvalue().split("\r")[-1]
+    assert last.startswith("denoise (3 done before): 100%|") and "34/34 s of audio" in last and "5/5 files" in last
+    quiet = Progress(tasks, 0, enabled=False, stream=io.StringIO())
+    assert quiet.seconds == {}  # --no-progress reads no headers
 
 
 def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckpt):

@@ -8,11 +8,15 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
+
+from ..audio import fs_path
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
 from .manifest import FileResult, MadeWith, ManifestWriter, previous_durations, previous_settings, summarize
@@ -166,20 +170,19 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(manifest.path)
-        bar = _progress(len(tasks), options.progress)
+        bar = Progress(todo, len(done), options.progress)
         try:
             for t in done:
                 before = made.get(t.input)
                 results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
                                           **(dataclasses.asdict(before) if before else {})))
                 manifest.write(results[-1])
-            bar.update(len(done))
             for r in _engine_results(todo, options, ckpt, data, sha):
                 if r.status == "ok":
                     r = dataclasses.replace(r, **dataclasses.asdict(now))
                 results.append(r)
                 manifest.write(r)
-                bar.update(1)
+                bar.advance(r.input)
         finally:
             bar.close()
             manifest.compact()
@@ -189,7 +192,41 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     return summary
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+def header_seconds(tasks: Sequence[FileTask]) -> dict[str, float]:
+    """Each input's duration from its header; 0 for one whose header cannot be read (it fails fast)."""
+    seconds = {}
+    for t in tasks:
+        try:
+            info = sf.info(fs_path(t.input))
+            seconds[t.input] = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+        except Exception:  # unreadable: the job reports it
+            seconds[t.input] = 0.0
+    return seconds
 
-    return tqdm(total=total, unit="file", desc="denoise", dynamic_ncols=True, disable=not enabled or None)
+
+class Progress:
+    """The job's bar on stderr (on a terminal only), in seconds of audio rather than files: a
+    folder's recordings differ in length, and a bar counting files stalls on the one long one.
+    Beside it, files done and the real-time factor. ``stream``: draw there even when it is not
+    a terminal (tests)."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, todo: Sequence[FileTask], skipped: int, enabled: bool, stream=None):
+        from tqdm import tqdm
+
+        shown = enabled and (stream is not None or sys.stderr.isatty())
+        self.seconds = header_seconds(todo) if shown else {}  # header reads only for a bar someone sees
+        self.files, self.total_files, self.t0 = 0, len(todo), time.perf_counter()
+        desc = f"denoise ({skipped} done before)" if skipped else "denoise"
+        self.bar = tqdm(total=round(sum(self.seconds.values()), 3), desc=desc, bar_format=self.FORMAT,
+                        dynamic_ncols=True, disable=not shown, file=stream)
+
+    def advance(self, input_path: str) -> None:
+        self.files += 1
+        self.bar.update(self.seconds.get(input_path, 0.0))
+        speed = self.bar.n / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{self.files}/{self.total_files} files, {speed:.0f}x real time")
+
+    def close(self) -> None:
+        self.bar.close()
