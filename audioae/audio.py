@@ -189,10 +189,25 @@ def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>") -> None:
     _check_samples(wav, sr, name)
 
 
+# libvorbis puts its analysis buffer on the stack, one float per sample handed to it in one call
+# (alloca in _preextrapolate_helper): a single write of a minute of 48 kHz audio overflows an
+# 8 MB stack and kills the process, a server included (libsndfile/libsndfile#1095,
+# bastibe/python-soundfile#396). Every write therefore goes in slices of this many frames.
+WRITE_FRAMES = 1 << 15
+
+
+def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:
+    """Write ``data [n, C]`` to an open sound file in slices of :data:`WRITE_FRAMES` frames."""
+    for start in range(0, len(data), WRITE_FRAMES):
+        f.write(data[start : start + WRITE_FRAMES])
+
+
 def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str | None = None) -> bytes:
     """Encode ``[C, T]`` float audio into file bytes (WAV/FLAC/OGG)."""
     buf = io.BytesIO()
-    sf.write(buf, np.ascontiguousarray(wav.T), sr, format=format, subtype=subtype)
+    data = np.ascontiguousarray(wav.T)  # [T, C]
+    with sf.SoundFile(buf, "w", sr, data.shape[1], subtype=subtype, format=format) as f:
+        write_frames(f, data)
     return buf.getvalue()
 
 
@@ -268,8 +283,8 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     data = np.ascontiguousarray(wav.T)
     if subtype is not None and subtype.startswith("PCM"):
         data = np.clip(data, -1.0, 1.0)  # integer formats would wrap around otherwise
-    with atomic_open(path) as fh:
-        sf.write(fh, data, sr, format=fmt, subtype=subtype)
+    with atomic_open(path) as fh, sf.SoundFile(fh, "w", sr, data.shape[1], subtype=subtype, format=fmt) as f:
+        write_frames(f, data)
 
 
 def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:

@@ -44,6 +44,7 @@ from .audio import (
     read_audio,
     sound_error_reason,
     whole_hz,
+    write_frames,
 )
 from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
 
@@ -492,7 +493,7 @@ class Client:
             sf.SoundFile(fh, "w", info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
         ):
             for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength, timeout=timeout):
-                out.write(np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
+                write_frames(out, np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
                 n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}
 

@@ -1,6 +1,12 @@
-"""Corrupt bytes in every container the tools read: ``read_audio`` returns audio or raises
-``AudioError``, never another exception and never a crash of the process (libsndfile is C; the
-server decodes what any caller sends). Mutations are seeded, so a failure reproduces."""
+"""What would kill the process rather than raise (libsndfile and its codecs are C; the server
+decodes and encodes what any caller sends), run in child processes so that a crash fails a test
+instead of ending pytest:
+
+- corrupt bytes in every container the tools read: ``read_audio`` returns audio or raises
+  ``AudioError``, nothing else (seeded mutations, so a failure reproduces);
+- long Ogg Vorbis written by every writer: one write of a minute at 48 kHz overflowed libvorbis'
+  stack (SIGSEGV).
+"""
 
 from __future__ import annotations
 
@@ -63,3 +69,33 @@ def test_mutated_files_give_audio_or_an_audio_error(tmp_path):
                              timeout=600)
         assert run.returncode == 0, f"seed {seed}: exit {run.returncode} (negative: killed by that signal)\n" \
                                     f"{run.stdout}{run.stderr[-2000:]}"
+
+
+WRITERS = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from audioae.audio import encode_audio, read_audio, write_audio
+    from audioae.batch.plan import FileTask
+    from audioae.batch.process import _PartWriter
+
+    out = Path(sys.argv[1])
+    sr = 48000
+    x = (0.1 * np.random.default_rng(0).standard_normal((2, 70 * sr))).astype(np.float32)  # [C, T]
+    write_audio(out / "a.ogg", x, sr)
+    assert read_audio(out / "a.ogg")[0].shape == x.shape
+    assert read_audio(encode_audio(x, sr, format="OGG"))[0].shape == x.shape
+    w = _PartWriter(FileTask("in.ogg", str(out / "b.ogg"), "b.ogg"), sr, 2, "OGG", "VORBIS")
+    w.write(x)  # a non-causal model's whole file in one block
+    w.commit()
+    assert read_audio(out / "b.ogg")[0].shape == x.shape
+    print("ok")
+""")
+
+
+def test_seventy_seconds_of_48k_ogg_vorbis_are_written_by_every_writer(tmp_path):
+    run = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", \
+        f"exit {run.returncode} (-11: SIGSEGV, libvorbis' stack)\n{run.stderr[-2000:]}"

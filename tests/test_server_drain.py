@@ -1,5 +1,6 @@
-"""SIGTERM on a real `python -m server` process: NOT_SERVING, new calls UNAVAILABLE, the call in
-flight finishes with the right answer, then the process exits 0."""
+"""A real `python -m server` process: SIGTERM gives NOT_SERVING, new calls UNAVAILABLE, the call
+in flight finishes with the right answer, then the process exits 0; and what once killed the
+process (a long Ogg Vorbis upload, answered in Ogg Vorbis) is answered."""
 
 from __future__ import annotations
 
@@ -99,3 +100,34 @@ def test_sigterm_drains_in_flight_calls(tmp_path):
             proc.kill()
             proc.wait()
     _wait_for(lines, r"stopped$", log, timeout=5)
+
+
+def test_a_long_ogg_vorbis_upload_is_answered_and_the_server_lives(tmp_path):
+    """The answer to an Ogg upload is Ogg; encoding 70 s of 48 kHz in one write overflowed
+    libvorbis' stack and the whole server died with SIGSEGV."""
+    import soundfile as sf
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    src = tmp_path / "long.ogg"
+    x = (0.1 * np.random.default_rng(0).standard_normal((70 * 48000, 2))).astype(np.float32)
+    with sf.SoundFile(src, "w", 48000, 2, format="OGG", subtype="VORBIS") as f:
+        for i in range(0, len(x), 48000):  # in slices: one write would crash this test too
+            f.write(x[i : i + 48000])
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
+    log: list[str] = []
+    try:
+        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        _wait_for(lines, r"ready: serving tiny", log)
+        with Client(f"127.0.0.1:{port}", timeout=120) as c:
+            r = c.denoise_file(src, tmp_path / "clean.ogg")
+            assert r["model"] == "tiny" and sf.info(tmp_path / "clean.ogg").frames == len(x)
+            assert proc.poll() is None and c.health() == "SERVING"
+    finally:
+        proc.kill()
+        proc.wait()

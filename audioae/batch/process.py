@@ -36,6 +36,7 @@ from ..audio import (
     read_blocks,
     sound_error_reason,
     undecodable,
+    write_frames,
 )
 from ..enhance import StreamingDenoiser, denoise, denoise_batch
 from ..models import SpectralAutoencoder
@@ -149,7 +150,7 @@ class _PartWriter:
         if self.clip:
             y = np.clip(y, -1.0, 1.0)
         try:
-            self.f.write(np.ascontiguousarray(y.T))  # [n, C]
+            write_frames(self.f, np.ascontiguousarray(y.T))  # [n, C]; a non-causal model's whole file at once
         except (sf.LibsndfileError, OSError) as exc:
             raise _cannot_write(self.task, exc) from exc
 
