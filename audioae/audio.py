@@ -196,6 +196,20 @@ def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>") -> None:
 WRITE_FRAMES = 1 << 15
 
 
+MAX_VORBIS_RATE = 192_000  # libvorbis crashes (SIGSEGV) encoding above 200 kHz (python-soundfile#187)
+
+
+def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None) -> sf.SoundFile:
+    """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, refusing
+    with :class:`AudioError` what the codec would crash on rather than report: Ogg Vorbis above
+    192 kHz."""
+    vorbis = format.upper() == "OGG" and (subtype or "VORBIS").upper() == "VORBIS"
+    if vorbis and sr > MAX_VORBIS_RATE:
+        raise AudioError(f"Ogg Vorbis cannot hold {sr} Hz audio (at most {MAX_VORBIS_RATE} Hz; libvorbis "
+                         f"crashes above 200 kHz): write WAV or FLAC instead")
+    return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format)
+
+
 def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:
     """Write ``data [n, C]`` to an open sound file in slices of :data:`WRITE_FRAMES` frames."""
     for start in range(0, len(data), WRITE_FRAMES):
@@ -206,7 +220,7 @@ def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str 
     """Encode ``[C, T]`` float audio into file bytes (WAV/FLAC/OGG)."""
     buf = io.BytesIO()
     data = np.ascontiguousarray(wav.T)  # [T, C]
-    with sf.SoundFile(buf, "w", sr, data.shape[1], subtype=subtype, format=format) as f:
+    with open_for_writing(buf, sr, data.shape[1], subtype=subtype, format=format) as f:
         write_frames(f, data)
     return buf.getvalue()
 
@@ -283,7 +297,7 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     data = np.ascontiguousarray(wav.T)
     if subtype is not None and subtype.startswith("PCM"):
         data = np.clip(data, -1.0, 1.0)  # integer formats would wrap around otherwise
-    with atomic_open(path) as fh, sf.SoundFile(fh, "w", sr, data.shape[1], subtype=subtype, format=fmt) as f:
+    with atomic_open(path) as fh, open_for_writing(fh, sr, data.shape[1], subtype=subtype, format=fmt) as f:
         write_frames(f, data)
 
 

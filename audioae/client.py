@@ -41,6 +41,7 @@ from .audio import (
     encode_audio,
     fs_path,
     iter_blocks,
+    open_for_writing,
     read_audio,
     sound_error_reason,
     whole_hz,
@@ -490,7 +491,7 @@ class Client:
         n = 0
         with (
             atomic_open(dst) as fh,
-            sf.SoundFile(fh, "w", info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
+            open_for_writing(fh, info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
         ):
             for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength, timeout=timeout):
                 write_frames(out, np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)

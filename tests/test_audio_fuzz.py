@@ -5,11 +5,14 @@ instead of ending pytest:
 - corrupt bytes in every container the tools read: ``read_audio`` returns audio or raises
   ``AudioError``, nothing else (seeded mutations, so a failure reproduces);
 - long Ogg Vorbis written by every writer: one write of a minute at 48 kHz overflowed libvorbis'
-  stack (SIGSEGV).
+  stack (SIGSEGV);
+- Ogg Vorbis above 200 kHz, which libvorbis cannot encode (SIGSEGV): a file whose header claims
+  such a rate decodes, and its output would be Vorbis at that rate.
 """
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -99,3 +102,50 @@ def test_seventy_seconds_of_48k_ogg_vorbis_are_written_by_every_writer(tmp_path)
     run = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and run.stdout.strip() == "ok", \
         f"exit {run.returncode} (-11: SIGSEGV, libvorbis' stack)\n{run.stderr[-2000:]}"
+
+
+def _ogg_crc(page: bytes) -> int:
+    """The CRC-32 of an Ogg page (polynomial 0x04c11db7, no reflection), its CRC field zeroed."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def _vorbis_claiming(rate: int, path) -> None:
+    """A valid Ogg Vorbis file whose identification header says ``rate`` Hz."""
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 48000, format="OGG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\x01vorbis")
+    data[at + 12 : at + 16] = rate.to_bytes(4, "little")  # vorbis_version (4) then channels (1), rate (4)
+    end = data.index(b"OggS", 4)  # the first page holds the identification header
+    data[22:26] = b"\0\0\0\0"
+    data[22:26] = _ogg_crc(bytes(data[:end])).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_vorbis_above_200_khz_is_refused_per_file_not_a_crash(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _vorbis_claiming(250_000, src / "a.ogg")
+    assert sf.info(src / "a.ogg").samplerate == 250_000  # it decodes
+    sf.write(src / "b.wav", np.zeros(8000, np.float32), 16000)
+    run = subprocess.run([sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(tmp_path / "out"),
+                          "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, f"exit {run.returncode} (-11: SIGSEGV in libvorbis)\n{run.stderr[-2000:]}"
+    assert "1 denoised" in run.stdout and "a.ogg: cannot write the output: Ogg Vorbis cannot hold 250000 Hz" in run.stderr
+    writer = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from audioae.audio import AudioError, write_audio
+        try:
+            write_audio(sys.argv[1], np.zeros((1, 2000), np.float32), 250000)
+        except AudioError as exc:
+            print(exc)
+    """)
+    run = subprocess.run([sys.executable, "-c", writer, str(tmp_path / "x.ogg")], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "at most 192000 Hz" in run.stdout, f"exit {run.returncode}\n{run.stderr[-2000:]}"

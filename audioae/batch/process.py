@@ -33,6 +33,7 @@ from ..audio import (
     check_pcm,
     frames_to_read,
     fs_path,
+    open_for_writing,
     read_blocks,
     sound_error_reason,
     undecodable,
@@ -138,8 +139,9 @@ class _PartWriter:
         self.f = None
         try:
             self.part.parent.mkdir(parents=True, exist_ok=True)
-            self.f = sf.SoundFile(fs_path(self.part), "w", samplerate=sr, channels=channels, subtype=subtype,
-                                  format=fmt)
+            self.f = open_for_writing(fs_path(self.part), sr, channels, subtype=subtype, format=fmt)
+        except AudioError as exc:  # a format the codec cannot hold at this rate
+            raise WriteError(f"{task.output}: cannot write the output: {exc}") from exc
         except (sf.LibsndfileError, OSError) as exc:
             raise _cannot_write(task, exc) from exc
 
