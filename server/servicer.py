@@ -129,6 +129,17 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
         raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
 
 
+def _answer_size(fn: Callable, x: torch.Tensor) -> tuple[float, int]:
+    """``(bytes of fn(x) as float32, items x frames it scales with)``, estimated from a run on
+    one item and at most 8 frames: the output of a spectrogram model grows with its frames, an
+    image model's with its items."""
+    frames = x.shape[-1] if x.dim() == 3 else 1
+    n0 = min(frames, 8)
+    probe = x[:1, :, :n0] if x.dim() == 3 else x[:1]
+    per_unit = 4 * fn(probe).numel() / n0  # bytes per item-frame
+    return per_unit * x.shape[0] * frames, int(x.shape[0] * frames)
+
+
 def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why a call that is no longer active ended: its deadline, or the caller cancelled it.
     (gRPC core's clock and Python's differ by a little: a call within 0.25 s of its deadline
@@ -423,6 +434,23 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             return "the model's input shape"
         return str(["B", *shape[1:]]).replace("'", "")
 
+    def _bounded(self, fn: Callable[[torch.Tensor], torch.Tensor], doing: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn`` that first refuses an answer over this server's send limit. A 57 MB INT8 code
+        decodes to 2.8 GB of float32 (12x the channels, 4x the bytes): it took 9 GB of memory
+        and 39 s, then ended in protobuf's serialisation error (INTERNAL)."""
+
+        def call(x: torch.Tensor) -> torch.Tensor:
+            size, units = _answer_size(fn, x)
+            limit = 0.95 * self.config.max_send_bytes
+            if size > limit:
+                per = "frames (batch x frames)" if x.dim() == 3 else "items"
+                raise Abort(EXHAUSTED, f"{doing} would answer {size / 2**20:,.0f} MB of float32, over this "
+                                       f"server's {self.config.max_send_bytes / 2**20:.0f} MB answer limit: send at "
+                                       f"most {max(1, int(units * limit / size)):,} {per} per call")
+            return fn(x)
+
+        return call
+
     def _named(self, name: str, rpc: str) -> ServedModel:
         if not name:
             raise Abort(INVALID, f"{rpc} needs a model name; this server has: {', '.join(self.store.models)}")
@@ -457,8 +485,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if inp is None:  # audio: the model's own features, channels as the batch
                 z = resample(torch.from_numpy(wav), sr, model.config.sample_rate).to(device)  # [C, T']
                 inp = model.analyze(z)[1]  # [C, F', N]
+            inp = inp.to(device)
+            doing = f"encoding a tensor of shape {list(inp.shape)}"
             h = _call_model(
-                model.encode, inp.to(device), f"encoding a tensor of shape {list(inp.shape)}",
+                self._bounded(model.encode, doing), inp, doing,
                 lambda exc: f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "
                 f"it takes {self._input_hint(sm)} ({exc})",
             )
@@ -488,8 +518,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         @torch.inference_mode()
         def run() -> np.ndarray:
+            doing = f"decoding a code of shape {list(h.shape)}"
             y = _call_model(
-                model.decode, h.to(device), f"decoding a code of shape {list(h.shape)}",
+                self._bounded(model.decode, doing), h.to(device), doing,
                 lambda exc: f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
                 f"(code_dim {model.config.code_dim}): {exc}",
             )

@@ -621,6 +621,16 @@ BAD_TENSORS = {
         "NaN",
     ),
     "no model": ("Encode", "", _tensor([1, 257, 5]), CODE.INVALID_ARGUMENT, "needs a model name"),
+    # 0.8 MB of INT8 code decodes to 51 MB of float32 (257 bins per 16 units), over this server's
+    # 4 MB answers: refused before it runs (was: computed, then protobuf's serialisation error,
+    # INTERNAL; for the shipped model 57 MB of code took 9 GB and 39 s)
+    "answer over the send limit": (
+        "Decode",
+        "tiny",
+        _tensor([1, 16, 50_000], "INT8", data=np.ones(16 * 50_000, np.int8).tobytes()),
+        CODE.RESOURCE_EXHAUSTED,
+        "would answer 49 MB of float32, over this server's 4 MB answer limit: send at most 3,8",
+    ),
     "unknown model": ("Decode", "nope", _tensor([1, 16, 5]), CODE.NOT_FOUND, "unknown model"),
 }
 
