@@ -291,6 +291,37 @@ class DecomposeResult:
         }
 
 
+def decompose_result(resp) -> DecomposeResult:
+    """A ``DecomposeResponse`` as a :class:`DecomposeResult` (waveforms when it carries them)."""
+    comps, residual, rate = None, None, 0
+    if resp.components and resp.HasField("residual"):
+        waves = [audio_from_message(c.audio, f"component {c.label}") for c in resp.components]
+        comps = np.stack([w for w, _, _ in waves])  # [K, C, T]
+        residual, rate, _ = audio_from_message(resp.residual, "residual")
+    # A server older than the summary fields (2026-12-06) leaves them 0: the waveforms still say.
+    shape = residual.shape if residual is not None else (0, 0)
+    return DecomposeResult(
+        model=resp.model,
+        activations=array_from_tensor(resp.activations, "activations"),
+        frame_rate=resp.frame_rate,
+        labels=[c.label for c in resp.components],
+        units=[list(c.units) for c in resp.components],
+        energy_share=np.array([c.energy_share for c in resp.components], np.float64),
+        components=comps,
+        residual=residual,
+        sample_rate=resp.sample_rate or rate,
+        channels=resp.channels or shape[0],
+        samples=resp.samples or shape[-1],
+        group=resp.group,
+        fit_steps=resp.fit_steps,
+        residual_energy_share=resp.residual_energy_share,
+        error_db=resp.error_db if resp.HasField("error_db") else None,
+        dominant_hz=[c.dominant_hz for c in resp.components],
+        active_fraction=[c.active_fraction for c in resp.components],
+        active_seconds=[[[span.start, span.end] for span in c.active] for c in resp.components],
+    )
+
+
 # ---- the client ---------------------------------------------------------------------------------
 class Client:
     """A connection to an audioae server.
@@ -527,31 +558,7 @@ class Client:
             groups=groups,
         )
         resp = self.stub.Decompose(req, **self._kw(timeout))
-        comps, residual = None, None
-        if components and resp.components:
-            waves = [audio_from_message(c.audio, f"component {c.label}") for c in resp.components]
-            comps = np.stack([w for w, _, _ in waves])  # [K, C, T]
-            residual, _, _ = audio_from_message(resp.residual, "residual")
-        return DecomposeResult(
-            model=resp.model,
-            activations=array_from_tensor(resp.activations, "activations"),
-            frame_rate=resp.frame_rate,
-            labels=[c.label for c in resp.components],
-            units=[list(c.units) for c in resp.components],
-            energy_share=np.array([c.energy_share for c in resp.components], np.float64),
-            components=comps,
-            residual=residual,
-            sample_rate=resp.sample_rate,
-            channels=resp.channels,
-            samples=resp.samples,
-            group=resp.group,
-            fit_steps=resp.fit_steps,
-            residual_energy_share=resp.residual_energy_share,
-            error_db=resp.error_db if resp.HasField("error_db") else None,
-            dominant_hz=[c.dominant_hz for c in resp.components],
-            active_fraction=[c.active_fraction for c in resp.components],
-            active_seconds=[[[span.start, span.end] for span in c.active] for c in resp.components],
-        )
+        return decompose_result(resp)
 
     # -- encode / decode --------------------------------------------------------------------------
     def encode(self, x: np.ndarray, *, model: str, timeout: float | None = None) -> np.ndarray:

@@ -16,7 +16,14 @@ import torch
 from audioae.audio import read_audio, write_audio
 from audioae.checkpoint import load_checkpoint, save_checkpoint
 from audioae.cli import main as cli_main
-from audioae.client import DEFAULT_MESSAGE_MB, Client, read_tokens
+from audioae.client import (
+    DEFAULT_MESSAGE_MB,
+    Client,
+    decompose_result,
+    pcm_message,
+    read_tokens,
+    save_decomposition,
+)
 from audioae.data.synthetic import speech_like
 from audioae.enhance import denoise
 from audioae.models import build_model
@@ -290,6 +297,25 @@ def test_cli_client_decompose_writes_what_the_local_command_writes(mixed_server,
                                        read_audio(tmp_path / "remote" / name)[0], atol=1e-6)
     np.testing.assert_allclose(np.load(tmp_path / "local" / "activations.npy"),
                                np.load(tmp_path / "remote" / "activations.npy"), atol=1e-6)
+
+
+def test_a_decomposition_from_a_server_older_than_the_summary_fields_still_saves(mixed, tmp_path):
+    """A server from before 2026-12-06 sends no rate, channels or length: the waveforms give them."""
+    from audioae.v1 import audioae_pb2 as pb
+
+    x = _noisy(0.5, 22050, channels=2)
+    req = pb.DecomposeRequest(audio=pb.Audio(pcm=pcm_message(x, 22050, "float32")), top_k=2, group="band",
+                              return_components=True, fit_steps=0)
+    resp = mixed.stub.Decompose(req, timeout=60)
+    for name in ("group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples"):
+        resp.ClearField(name)
+    for comp in resp.components:
+        for name in ("dominant_hz", "active_fraction", "active"):
+            comp.ClearField(name)
+    summary, files = save_decomposition(decompose_result(resp), tmp_path / "old")
+    assert (summary["sample_rate"], summary["channels"], summary["samples"]) == (22050, 2, x.shape[-1])
+    total = sum(read_audio(f)[0].astype(np.float64) for f in files if f.suffix == ".wav")
+    assert read_audio(files[1])[1] == 22050 and np.abs(total - x).max() < 1e-5
 
 
 def test_cli_client_decompose_refuses_a_file_or_a_folder_holding_the_input(mixed_server, tmp_path, capsys):
