@@ -46,6 +46,7 @@ class LenientParsing(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or not handler_call_details.method.startswith(self.prefix):
+        ours = handler_call_details.method.startswith(self.prefix)
+        if handler is None or handler.request_deserializer is None or not ours:
             return handler
         return handler._replace(request_deserializer=_lenient(handler.request_deserializer))
