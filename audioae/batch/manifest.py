@@ -2,9 +2,10 @@
 
 One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
 ``seconds`` (wall time spent on it), ``duration`` (seconds of audio) and, for an output on disk,
-what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``. Lines are appended and
-flushed as files finish, so a killed run still leaves a record of what it completed; at the end
-of a run the file is compacted (last line per input wins) and replaced atomically.
+what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``. Lines are
+appended and flushed as files finish, so a killed run still leaves a record of what it
+completed; at the end of a run the file is compacted (last line per input wins) and replaced
+atomically.
 """
 
 from __future__ import annotations
