@@ -199,14 +199,27 @@ WRITE_FRAMES = 1 << 15
 MAX_VORBIS_RATE = 192_000  # libvorbis crashes (SIGSEGV) encoding above 200 kHz (python-soundfile#187)
 
 
-def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None) -> sf.SoundFile:
-    """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, refusing
-    with :class:`AudioError` what the codec would crash on rather than report: Ogg Vorbis above
-    192 kHz."""
-    vorbis = format.upper() == "OGG" and (subtype or "VORBIS").upper() == "VORBIS"
-    if vorbis and sr > MAX_VORBIS_RATE:
+# Channel limits libsndfile reports only as "Format not recognised."
+MAX_CONTAINER_CHANNELS = {"FLAC": 8, "MP3": 2}
+
+
+def check_writable(sr: int, channels: int, *, format: str, subtype: str | None = None) -> None:
+    """Refuse with :class:`AudioError` what the codec would crash on rather than report (Ogg
+    Vorbis above 192 kHz) and what libsndfile would only call "Format not recognised." (FLAC
+    above 8 channels, MP3 above 2)."""
+    fmt = format.upper()
+    if fmt == "OGG" and (subtype or "VORBIS").upper() == "VORBIS" and sr > MAX_VORBIS_RATE:
         raise AudioError(f"Ogg Vorbis cannot hold {sr} Hz audio (at most {MAX_VORBIS_RATE} Hz; libvorbis "
                          f"crashes above 200 kHz): write WAV or FLAC instead")
+    if channels > MAX_CONTAINER_CHANNELS.get(fmt, channels):
+        raise AudioError(f"{fmt} cannot hold {channels} channels (at most {MAX_CONTAINER_CHANNELS[fmt]}): "
+                         f"write WAV instead")
+
+
+def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None) -> sf.SoundFile:
+    """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, after
+    :func:`check_writable`."""
+    check_writable(sr, channels, format=format, subtype=subtype)
     return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format)
 
 
@@ -297,8 +310,13 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     data = np.ascontiguousarray(wav.T)
     if subtype is not None and subtype.startswith("PCM"):
         data = np.clip(data, -1.0, 1.0)  # integer formats would wrap around otherwise
-    with atomic_open(path) as fh, open_for_writing(fh, sr, data.shape[1], subtype=subtype, format=fmt) as f:
-        write_frames(f, data)
+    try:
+        with atomic_open(path) as fh, open_for_writing(fh, sr, data.shape[1], subtype=subtype, format=fmt) as f:
+            write_frames(f, data)
+    except AudioError as exc:
+        raise AudioError(f"{path}: {exc}") from exc
+    except sf.LibsndfileError as exc:  # its message names the temporary file object, not the output
+        raise AudioError(f"{path}: cannot write {fmt} audio at {sr} Hz ({sound_error_reason(exc)})") from exc
 
 
 def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:

@@ -37,6 +37,7 @@ from .audio import (
     AudioError,
     check_audio_array,
     check_pcm,
+    check_writable,
     container_for,
     encode_audio,
     fs_path,
@@ -426,8 +427,15 @@ class Client:
         existing folder ``dst`` gets the file under its own name. The input is never overwritten."""
         src, dst = Path(src), output_file(src, dst)
         same_container = dst.suffix.lower() == src.suffix.lower()  # the answer's bytes as they come
-        if not same_container:
-            container_for(dst)  # before the call: out.mp3 would get WAV bytes
+        if not same_container:  # before the call: out.mp3 would get WAV bytes, out.flac 12 channels
+            try:
+                info = sf.info(fs_path(src))
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise AudioError(f"{src}: cannot read audio ({sound_error_reason(exc)})") from exc
+            try:
+                check_writable(info.samplerate, info.channels, format=container_for(dst))
+            except AudioError as exc:
+                raise AudioError(f"{dst}: {exc}") from exc
         resp = self.denoise_bytes(src.read_bytes(), model=model, strength=strength, timeout=timeout)
         data = resp.audio.encoded
         if same_container:
@@ -520,13 +528,19 @@ class Client:
         chunks = iter_blocks(src, block)
         subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
         n = 0
-        with (
-            atomic_open(dst) as fh,
-            open_for_writing(fh, info.samplerate, info.channels, subtype=subtype, format=fmt) as out,
-        ):
-            for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength, timeout=timeout):
-                write_frames(out, np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
-                n += y.shape[-1]
+        with atomic_open(dst) as fh:
+            try:
+                out = open_for_writing(fh, info.samplerate, info.channels, subtype=subtype, format=fmt)
+            except AudioError as exc:
+                raise AudioError(f"{dst}: {exc}") from exc
+            except sf.LibsndfileError as exc:  # its message names the temporary file object
+                raise AudioError(f"{dst}: cannot write {fmt} audio at {info.samplerate} Hz "
+                                 f"({sound_error_reason(exc)})") from exc
+            with out:
+                for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength,
+                                     timeout=timeout):
+                    write_frames(out, np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
+                    n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}
 
     # -- decompose --------------------------------------------------------------------------------

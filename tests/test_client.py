@@ -249,6 +249,11 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     assert not (tmp_path / "out.mp3").exists()
     assert cli_main([*base, "-o", str(tmp_path / "out.flac")]) == 0  # another known container: transcoded
     assert sf.info(tmp_path / "out.flac").format == "FLAC"
+    wide = tmp_path / "wide.wav"  # FLAC holds 8 channels: was libsndfile's "Error opening
+    write_audio(wide, _noisy(0.2, 16000, channels=12), 16000)  # <_io.BufferedWriter name=8>: Format not recognised."
+    assert cli_main([*base[:2], str(wide), *base[3:], "-o", str(tmp_path / "wide.flac")]) == 2
+    assert "wide.flac: FLAC cannot hold 12 channels (at most 8): write WAV instead" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*wide.flac*"))
     aiff = tmp_path / "in.aiff"  # a container of the input's own kind is written as the server answers
     sf.write(aiff, _noisy(0.5, 16000)[0], 16000, subtype="PCM_16")
     argv = ["client", command, str(aiff), "--server", f"127.0.0.1:{mixed_server.port}", "--model", "tiny"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from audioae.audio import MAX_RESAMPLE_PRODUCT, AudioError, check_resample, resample
+from audioae.audio import MAX_RESAMPLE_PRODUCT, AudioError, check_resample, resample, write_audio
 from audioae.enhance import StreamingDenoiser, StreamingResampler, _denoise_offline, denoise
 from audioae.models import build_model
 
@@ -192,6 +192,19 @@ def test_integer_samples_and_time_first_arrays_are_refused():
             StreamingDenoiser(model, 16000, 1).push(bad)
     assert denoise(model, x.astype(np.float64), 16000).shape == x.shape  # any float, any layout it can read
     assert denoise(model, torch.from_numpy(np.stack([x, x])), 16000).shape == (2, len(x))
+
+
+def test_writing_what_a_container_cannot_hold_names_the_file_and_the_limit(tmp_path):
+    """libsndfile says "Error opening <_io.BufferedWriter name=8>: Format not recognised." for a
+    9-channel FLAC, naming the temporary file object rather than the output."""
+    x = np.zeros((9, 800), np.float32)
+    with pytest.raises(AudioError, match=re.escape(f"{tmp_path / 'a.flac'}: FLAC cannot hold 9 channels (at most 8)")):
+        write_audio(tmp_path / "a.flac", x, 16000)
+    with pytest.raises(AudioError, match=re.escape(f"{tmp_path / 'b.ogg'}: cannot write OGG audio at 44100 Hz (Opus only "
+                                                   "supports sample rates of 8000")):
+        write_audio(tmp_path / "b.ogg", x[:1], 44100, subtype="OPUS")
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    write_audio(tmp_path / "c.flac", x[:8], 16000)  # 8 is fine
 
 
 def test_device_names_are_checked_before_torch_sees_them():
