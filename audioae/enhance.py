@@ -296,8 +296,8 @@ class StreamingDenoiser:
         _check_strength(strength)
         check_sample_rate(sr, "stream")
         sr = int(sr)
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise ValueError(f"channels must be within 1..{MAX_CHANNELS}, got {channels}")
+        if not 1 <= channels <= MAX_CHANNELS:  # AudioError: the folder tool reports it like any bad file
+            raise AudioError(f"channels must be within 1..{MAX_CHANNELS}, got {channels}")
         c = model.config
         self.model, self.sr, self.strength, self.channels = model, sr, strength, channels
         self.finished = False

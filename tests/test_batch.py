@@ -335,6 +335,14 @@ def test_rerun_with_another_model_or_strength_is_refused_not_skipped(tmp_path, c
     assert f"{len(TREE)} skipped (already done), 1 failed; nothing denoised (engine local)" in capsys.readouterr().out
 
 
+def test_a_file_with_more_channels_than_taken_is_reported_like_any_bad_file(tmp_path, causal_ckpt):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "array.wav", np.zeros((1600, 65), np.float32), 16000)
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert s["errors"] == [{"input": str(src / "array.wav"), "error": "channels must be within 1..64, got 65"}]
+
+
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
     from audioae.batch.job import Progress
