@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -42,24 +43,34 @@ def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float =
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(log)}")
 
 
-def test_sigterm_drains_in_flight_calls(tmp_path):
+def _start_server(tmp_path) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
+    """``python -m server`` with a tiny causal model: the process, its stderr lines, the log of
+    those read, and the checkpoint."""
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1"],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
-    log: list[str] = []
+    return proc, lines, [], ckpt
+
+
+def _ready_port(lines: queue.Queue, log: list[str]) -> int:
+    port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+    _wait_for(lines, r"ready: serving tiny", log)
+    return port
+
+
+def test_sigterm_drains_in_flight_calls(tmp_path):
+    proc, lines, log, ckpt = _start_server(tmp_path)
     try:
-        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
-        _wait_for(lines, r"ready: serving tiny", log)
+        port = _ready_port(lines, log)
         c = Client(f"127.0.0.1:{port}", timeout=60)
         assert c.health() == "SERVING"
 
@@ -107,23 +118,14 @@ def test_a_long_ogg_vorbis_upload_is_answered_and_the_server_lives(tmp_path):
     libvorbis' stack and the whole server died with SIGSEGV."""
     import soundfile as sf
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.safetensors"
-    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
     src = tmp_path / "long.ogg"
     x = (0.1 * np.random.default_rng(0).standard_normal((70 * 48000, 2))).astype(np.float32)
     with sf.SoundFile(src, "w", 48000, 2, format="OGG", subtype="VORBIS") as f:
         for i in range(0, len(x), 48000):  # in slices: one write would crash this test too
             f.write(x[i : i + 48000])
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
-    log: list[str] = []
+    proc, lines, log, _ = _start_server(tmp_path)
     try:
-        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
-        _wait_for(lines, r"ready: serving tiny", log)
+        port = _ready_port(lines, log)
         with Client(f"127.0.0.1:{port}", timeout=120) as c:
             r = c.denoise_file(src, tmp_path / "clean.ogg")
             assert r["model"] == "tiny" and sf.info(tmp_path / "clean.ogg").frames == len(x)
