@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MB = 1024 * 1024
+MAX_GRPC_BYTES = 2**31 - 1  # gRPC's message limits are int32, and protobuf's messages stop at 2 GB
 
 
 def _named(field: str) -> str:
@@ -38,6 +39,9 @@ class ServerConfig:
         for name in ("max_request_mb", "max_audio_seconds", "drain_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_named(name)} must be positive, got {getattr(self, name)}")
+        if self.max_message_bytes > MAX_GRPC_BYTES:  # was: grpcio's OverflowError traceback at start
+            raise ValueError(f"{_named('max_request_mb')} must be below 2048 (a gRPC message is at most "
+                             f"2 GB), got {self.max_request_mb:g}")
         for name, zero in (("max_batch_seconds", "no batching"), ("max_delay_ms", "no wait"),
                            ("torch_threads", "torch's default")):
             if getattr(self, name) < 0:
@@ -56,5 +60,5 @@ class ServerConfig:
 
     @property
     def max_send_bytes(self) -> int:
-        # Answers can be larger than questions (int16 in, components out): allow 4x.
-        return 4 * self.max_message_bytes
+        # Answers can be larger than questions (int16 in, components out): allow 4x, up to 2 GB.
+        return min(4 * self.max_message_bytes, MAX_GRPC_BYTES)

@@ -966,12 +966,20 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
     (["--max-queue", "0"], "max_queue (--max-queue) must be >= 1, got 0"),
     (["--tls-cert", "cert.pem"], "TLS needs both"),
     (["--max-request-mb", "0"], "max_request_mb (--max-request-mb) must be positive"),
+    (["--max-request-mb", "3000"], "max_request_mb (--max-request-mb) must be below 2048 (a gRPC message is at most 2 GB)"),
     (["--max-batch-seconds", "-1"], "max_batch_seconds (--max-batch-seconds) must be >= 0 (0: no batching), got -1"),
     (["--max-delay-ms", "-5"], "max_delay_ms (--max-delay-ms) must be >= 0 (0: no wait), got -5"),
     (["--threads", "-1"], "torch_threads (--threads) must be >= 0 (0: torch's default)")])
 def test_bad_server_settings_are_refused_before_anything_loads(flags, text, capsys):
     assert cli_main(["serve", *flags]) == 2  # gRPC alone would bind port 70000 as 4464
     assert text in capsys.readouterr().err
+
+
+def test_a_large_request_limit_keeps_answers_within_what_grpc_can_carry():
+    from server.config import ServerConfig
+
+    c = ServerConfig(max_request_mb=1000)  # 4x would be 4000 MB: grpcio raised OverflowError at start
+    assert c.max_message_bytes == 1000 * 2**20 and c.max_send_bytes == 2**31 - 1
 
 
 @pytest.mark.parametrize(("taken", "text"), [("metrics_port", "cannot serve metrics on 127.0.0.1:{busy} (Address already in use"),
