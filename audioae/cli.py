@@ -52,6 +52,30 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0 (a deadline)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def _server_address(text: str) -> str:
+    """argparse type: HOST:PORT with a port gRPC can reach (it takes 99999 as 99999 mod 65536, and
+    a bare host as port 443), or a gRPC target with a scheme (``unix:/path``, ``dns:///h:p``)."""
+    if text.startswith("unix:") or "://" in text:
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:50051), got {text!r}")
+    if not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"the port must be within 1..65535, got {port}")
+    return text
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a spectrogram autoencoder from a TOML config",
                        description="Train from a TOML run config (see configs/) with section.key=value overrides.")
@@ -455,11 +479,11 @@ def _connection_options(defaults: bool) -> argparse.ArgumentParser:
     def option(*names, default=None, **kw):
         conn.add_argument(*names, default=default if defaults else argparse.SUPPRESS, **kw)
 
-    option("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
+    option("--server", type=_server_address, default="127.0.0.1:50051", metavar="HOST:PORT")
     option("--token-file", help="file holding the bearer token (its first; '#' lines and blanks skipped)")
     option("--tls-ca", help="PEM of the CA that signed the server's certificate (enables TLS)")
     option("--tls-server-name", help="expected name in the server's certificate")
-    option("--timeout", type=float, help="deadline per call, seconds")
+    option("--timeout", type=_positive_seconds, help="deadline per call, seconds")
     option("--max-message-mb", type=float, metavar="MB",
            help="largest message sent or received (default: what a server on its defaults may answer, 4x its "
                 "default --max-request-mb)")

@@ -722,6 +722,17 @@ def test_the_client_pointed_at_the_metrics_port_is_told_it_is_not_grpc(server, c
     assert "UNAVAILABLE" in err and "does not speak gRPC: an HTTP server, such as the metrics port?" in err, err
 
 
+@pytest.mark.parametrize(("flags", "text"), [
+    (["--server", "127.0.0.1:99999"], "the port must be within 1..65535, got 99999"),  # gRPC: 99999 mod 65536
+    (["--server", "localhost"], "expected HOST:PORT (e.g. 127.0.0.1:50051), got 'localhost'"),  # gRPC: port 443
+    (["--timeout", "0"], "must be more than 0 seconds, got 0"),  # was: ignored by health, instant DEADLINE_EXCEEDED
+    (["--timeout", "nan"], "must be more than 0 seconds, got nan")])
+def test_client_addresses_and_deadlines_are_checked_before_any_call(flags, text, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["client", *flags, "health"])
+    assert info.value.code == 2 and text in capsys.readouterr().err
+
+
 def test_the_client_pointed_at_a_closed_port_is_told_nothing_listens(capsys):
     with socket.socket() as s:  # a port that was free a moment ago, and nothing listens on it
         s.bind(("127.0.0.1", 0))
