@@ -15,6 +15,7 @@ import grpc
 
 from audioae.client import read_tokens
 
+from .handlers import rebuilt
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,7 @@ def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcM
     def deny(_request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kw)
-    return grpc.unary_unary_rpc_method_handler(deny, **kw)
+    return rebuilt(handler, behavior=deny)
 
 
 class TokenAuth(grpc.ServerInterceptor):

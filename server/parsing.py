@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import grpc
 
+from .handlers import rebuilt
+
 
 class Unparsed:
     """Stands in for a request message whose bytes protobuf could not parse."""
@@ -49,16 +51,4 @@ class LenientParsing(grpc.ServerInterceptor):
         ours = handler_call_details.method.startswith(self.prefix)
         if handler is None or handler.request_deserializer is None or not ours:
             return handler
-        return _with_deserializer(handler, _lenient(handler.request_deserializer))
-
-
-def _with_deserializer(handler: grpc.RpcMethodHandler, deserializer: Callable) -> grpc.RpcMethodHandler:
-    """``handler`` with another request deserializer, built with grpc's public constructors."""
-    kw = {"request_deserializer": deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, **kw)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(handler.stream_unary, **kw)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(handler.unary_stream, **kw)
-    return grpc.unary_unary_rpc_method_handler(handler.unary_unary, **kw)
+        return rebuilt(handler, request_deserializer=_lenient(handler.request_deserializer))
