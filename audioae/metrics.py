@@ -50,7 +50,9 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     try:
         return float(pesq(16000, _to_16k(reference, sr), _to_16k(estimate, sr), "wb"))
     except (PesqError, ValueError) as exc:
-        log.warning("PESQ could not score this pair: %s", exc)
+        reason = exc.args[0] if exc.args else exc  # the C library's reason arrives as bytes
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else reason
+        log.warning("PESQ could not score this pair: %s", reason)
         return float("nan")
 
 

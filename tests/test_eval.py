@@ -130,6 +130,8 @@ def test_a_pair_too_short_for_pesq_or_stoi_still_gets_its_si_sdr(folders):
         assert f["si_sdr"] == pytest.approx(15.0, abs=1.0) and f["pesq"] is None and f["stoi"] is None
         assert any(n.startswith("STOI could not score this pair") for n in f["notes"]), f["notes"]  # beside its file
     assert 0.5 < rep["mean"]["stoi"] <= 1.0  # the three that could be scored
+    tiny = next(f for f in rep["files"] if f["file"] == "tiny.wav")  # the C library's words, not b'...'
+    assert "PESQ could not score this pair: Buffer needs to be at least 1/4 of a second long" in tiny["notes"]
 
 
 def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(folders, capsys):
