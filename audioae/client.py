@@ -245,6 +245,24 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
     return tokens
 
 
+def _read_ca(tls_ca: str | os.PathLike | bytes) -> bytes:
+    """The CA certificates of ``tls_ca`` (PEM bytes or a file), checked: gRPC alone would fail
+    every call with "Failed to create security handshaker" and C-core log lines."""
+    import ssl
+
+    name = "tls_ca" if isinstance(tls_ca, bytes) else f"--tls-ca {tls_ca}"
+    try:
+        ca = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name}: {exc.strerror or exc}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=ca.decode("ascii", errors="replace"))
+    except ssl.SSLError as exc:
+        raise ValueError(f"{name}: no PEM certificate in it ({exc.reason or exc}); pass the CA certificate "
+                         f"that signed the server's (-----BEGIN CERTIFICATE-----)") from None
+    return ca
+
+
 # ---- results ------------------------------------------------------------------------------------
 @dataclass
 class DecomposeResult:
@@ -352,7 +370,7 @@ class Client:
         size = min(int(max_message_mb * 1024 * 1024), 2**31 - 1)  # gRPC's limits are int32
         options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
         if tls_ca is not None:
-            ca = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
+            ca = _read_ca(tls_ca)
             if tls_server_name:
                 options.append(("grpc.ssl_target_name_override", tls_server_name))
             self.channel = grpc.secure_channel(

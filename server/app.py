@@ -34,6 +34,20 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
+def _check_tls(cert: str, key: str) -> None:
+    """Refuse a certificate chain and key that TLS cannot use, naming them; gRPC alone says
+    only that it cannot add the port."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:  # an OSError too: caught first
+        raise RuntimeError(f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate chain and its "
+                           f"private key ({exc})") from None
+    except OSError as exc:
+        raise RuntimeError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
+
+
 class AudioServer:
     """One gRPC server. ``start()`` binds and answers health (NOT_SERVING) at once; ``load()``
     loads and warms the models, then reports SERVING; ``drain()`` shuts down gracefully."""
@@ -76,6 +90,8 @@ class AudioServer:
     def start(self) -> int:
         """Bind and start answering (health NOT_SERVING, other calls UNAVAILABLE); returns the port."""
         c = self.config
+        if c.tls_cert:
+            _check_tls(c.tls_cert, c.tls_key)  # before binding: gRPC would only fail to add the port
         for name in ("", SERVICE):
             self.health.set(name, NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -874,6 +874,23 @@ def test_tls_and_bearer_token(secure_server):
         assert code == CODE.UNAVAILABLE
 
 
+def test_tls_files_that_are_not_pem_are_named_on_both_sides(model_dir, tmp_path, capsys):
+    """gRPC alone: the server 'cannot listen' (as if the port were taken), the client fails every
+    call with 'Failed to create security handshaker'."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None,
+                              tls_cert=str(bad), tls_key=str(bad)))
+    with pytest.raises(RuntimeError, match=re.escape(f"--tls-cert {bad} and --tls-key {bad} are not a PEM "
+                                                     "certificate chain and its private key")):
+        srv.start()
+    assert not srv.port
+    assert cli_main(["client", "--tls-ca", str(bad), "--server", "127.0.0.1:1", "health"]) == 2
+    assert f"--tls-ca {bad}: no PEM certificate in it" in capsys.readouterr().err
+    assert cli_main(["client", "--tls-ca", str(tmp_path / "none.pem"), "--server", "127.0.0.1:1", "health"]) == 2
+    assert f"--tls-ca {tmp_path / 'none.pem'}: No such file or directory" in capsys.readouterr().err
+
+
 def test_cli_client_says_when_a_plaintext_call_meets_a_tls_server(secure_server, capsys):
     srv, _ = secure_server
     assert cli_main(["client", "health", "--server", f"127.0.0.1:{srv.port}", "--timeout", "5"]) == 2
