@@ -4,6 +4,7 @@ from deep inside torch."""
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 import typing
 
@@ -44,7 +45,12 @@ def typed_fields(cls: type, values: dict, where: str) -> dict:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ValueError(f"{where} has no key(s) {unknown}; valid: {sorted(hints)}")
+        close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, hints, n=1))}
+        if len(unknown) == 1 and close:
+            hint = f" (did you mean {close[unknown[0]]!r}?)"
+        else:
+            hint = f" (did you mean {', '.join(f'{m!r} for {k!r}' for k, m in close.items())}?)" if close else ""
+        raise ValueError(f"{where} has no key(s) {unknown}{hint}; valid: {sorted(hints)}")
     for k, v in values.items():
         if not _conforms(v, hints[k]):
             raise ValueError(f"{where} {k} = {v!r}: expected {_type_name(hints[k])}")

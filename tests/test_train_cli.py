@@ -185,7 +185,11 @@ def test_a_missing_or_empty_corpus_folder_leaves_no_run_folder(tmp_path, capsys,
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", CONFIG, "--out", str(tmp_path), "--set", "train.stepz=3"])
     assert rc == 2
-    assert "no key(s) ['stepz']" in capsys.readouterr().err
+    assert "no key(s) ['stepz'] (did you mean 'steps'?); valid: [" in capsys.readouterr().err
+    assert main(["train", CONFIG, "--out", str(tmp_path), "--set", "model.config.hiden=3", "--set",
+                 "model.config.qqq=1", "--set", "model.config.cod_dim=4"]) == 2
+    assert "no key(s) ['cod_dim', 'hiden', 'qqq'] (did you mean 'code_dim' for 'cod_dim', 'hidden' for 'hiden'?)" \
+        in capsys.readouterr().err
 
 
 def test_a_config_that_is_not_toml_or_an_output_that_is_a_file_is_a_clear_error(tmp_path, capsys):
