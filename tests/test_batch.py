@@ -343,6 +343,24 @@ def test_a_file_with_more_channels_than_taken_is_reported_like_any_bad_file(tmp_
     assert s["errors"] == [{"input": str(src / "array.wav"), "error": "channels must be within 1..64, got 65"}]
 
 
+def test_a_run_that_fails_before_any_file_leaves_no_output_folder(tmp_path, causal_ckpt):
+    """A checkpoint whose bytes no longer match its .sha256 is refused when the engine loads it,
+    after the folder was made: it used to stay, with a lock file and an empty manifest."""
+    src = make_tree(tmp_path / "in")
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(causal_ckpt.read_bytes())
+    data[-1] ^= 0xFF  # a weight's last byte
+    bad.write_bytes(bytes(data))
+    (tmp_path / "bad.safetensors.sha256").write_text(hashlib.sha256(causal_ckpt.read_bytes()).hexdigest())
+    with pytest.raises(CheckpointError, match="sha256"):
+        run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(bad), progress=False))
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is left as it was
+    with pytest.raises(CheckpointError):
+        run_denoise([src], tmp_path / "kept", DenoiseOptions(model=str(bad), progress=False))
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
     from audioae.batch.job import Progress

@@ -120,6 +120,24 @@ def test_unreachable_address_fails_in_seconds():
     _check_reachable("auto")  # left to Ray
 
 
+def test_a_job_that_cannot_reach_its_cluster_leaves_no_output_folder(tmp_path):
+    """It used to leave OUT with a lock file and an empty manifest. (A process of its own: this
+    one's Ray is already started, and a started Ray is joined, not an address.)"""
+    import socket
+    import subprocess
+    import sys
+
+    src = make_tree(tmp_path / "in")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "new" / "out"
+    run = subprocess.run([sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--engine", "ray",
+                          "--address", f"127.0.0.1:{port}", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "cannot reach the Ray cluster" in run.stderr, run.stderr[-2000:]
+    assert not out.exists() and (tmp_path / "new").is_dir()  # the parent it made stays; OUT does not
+
+
 @pytest.mark.filterwarnings("error::UserWarning")  # one file: the read stage asked for 2 tasks, Ray warned
 def test_a_file_name_that_is_not_utf8_goes_through_ray_as_bytes(job, tmp_path, capfd, caplog):
     """Arrow columns are UTF-8: a Latin-1 name made Ray Data pickle the path columns instead, with

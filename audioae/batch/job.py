@@ -160,9 +160,35 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     sha = hashlib.sha256(data).hexdigest()
     now = MadeWith(str(ckpt), sha, options.strength)
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: list[FileResult] = []
+    try:
+        manifest = _run_in(out, tasks, options, ckpt, data, now, results)
+    except BaseException:
+        if created and not results:  # e.g. a Ray cluster that cannot be reached: leave no folder
+            _remove_unused(out)
+        raise
+    summary = summarize(results, time.perf_counter() - t0)
+    summary["manifest"] = str(manifest.path)
+    summary["engine"] = options.engine
+    return summary
+
+
+def _remove_unused(out: Path) -> None:
+    """Remove the folder a run created and left empty but for its lock and an empty manifest."""
+    for name in (LOCK_NAME, MANIFEST_NAME):
+        with contextlib.suppress(OSError):
+            if (out / name).stat().st_size == 0:
+                (out / name).unlink()
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only if nothing else is in it
+
+
+def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt: Path, data: bytes,
+            now: MadeWith, results: list[FileResult]) -> ManifestWriter:
+    """The job inside its locked folder; appends to ``results`` as files finish."""
     with _exclusive(out):
         todo, done = split_done(tasks, options.overwrite)
         made = previous_settings(out / MANIFEST_NAME)
@@ -177,7 +203,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                 results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
                                           **(dataclasses.asdict(before) if before else {})))
                 manifest.write(results[-1])
-            for r in _engine_results(todo, options, ckpt, data, sha):
+            for r in _engine_results(todo, options, ckpt, data, now.sha256):
                 if r.status == "ok":
                     r = dataclasses.replace(r, **dataclasses.asdict(now))
                 results.append(r)
@@ -186,10 +212,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         finally:
             bar.close()
             manifest.compact()
-    summary = summarize(results, time.perf_counter() - t0)
-    summary["manifest"] = str(manifest.path)
-    summary["engine"] = options.engine
-    return summary
+    return manifest
 
 
 def header_seconds(tasks: Sequence[FileTask]) -> dict[str, float]:
