@@ -205,6 +205,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--noisy", help="folder of the noisy inputs (or one file), for the SI-SDR improvement")
     p.add_argument("--json", dest="json_out", metavar="OUT",
                    help="also write the report as JSON ('-': print only the JSON)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -225,7 +226,7 @@ def _cmd_eval(args) -> int:
     from .evaluate import evaluate_folders, format_table
 
     _check_json_out(args.json_out)
-    report = evaluate_folders(args.clean, args.enhanced, args.noisy)
+    report = evaluate_folders(args.clean, args.enhanced, args.noisy, progress=not args.no_progress)
     if report["paired"] == 0:
         raise ValueError(f"no files of {args.enhanced} pair with {args.clean} by relative path")
     text = json.dumps(report, indent=2)

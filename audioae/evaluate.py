@@ -147,12 +147,16 @@ def _mean(values: list[float]) -> float | None:
 
 
 def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
-                     noisy: str | os.PathLike | None = None) -> dict:
+                     noisy: str | os.PathLike | None = None, *, progress: bool = False) -> dict:
     """Score every pair; returns ``{"files", "mean", "errors", "missing_enhanced", "extra_enhanced",
-    "missing_noisy", "paired"}`` (JSON-ready; NaN becomes None)."""
+    "missing_noisy", "paired"}`` (JSON-ready; NaN becomes None). ``progress``: a bar on stderr
+    when it is a terminal (PESQ takes about 0.03 s per second of audio: a test set takes minutes)."""
+    from tqdm import tqdm
+
     pairing = pair_folders(clean, enhanced, noisy)
     files, errors = [], []
-    for rel, cpath, epath, npath in pairing.pairs:
+    bar = tqdm(pairing.pairs, desc="eval", unit="pair", dynamic_ncols=True, disable=not progress or None)
+    for rel, cpath, epath, npath in bar:
         try:
             res = score_pair(cpath, epath, npath)
         except AudioError as exc:

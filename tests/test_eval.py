@@ -96,6 +96,9 @@ def test_eval_cli_json_to_stdout_and_no_pairs_is_an_error(folders, tmp_path, cap
     rc = main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--json", "-"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--json", "-",
+                 "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == rep  # the bar (on a terminal only) changes nothing
     assert rep["scored"] == 3 and "si_sdr_i" not in rep["mean"]
     (tmp_path / "empty").mkdir()
     assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(tmp_path / "empty")]) == 2
