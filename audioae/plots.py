@@ -242,7 +242,7 @@ def denoising_stats(view: dict) -> dict:
         if rows.any():
             bands[f"{lo:.0f}-{min(hi, nyquist):.0f} Hz"] = _gain_db(e_out[rows].sum(), e_in[rows].sum())
     active = np.abs(code) > 1e-3 * max(float(np.abs(code).max()), 1e-12)  # [K, N]
-    return {"frames": int(e_in.shape[1]), "energy_removed_db": _gain_db(e_out.sum(), e_in.sum()),
+    return {"frames": int(e_in.shape[1]), "gain_db": _gain_db(e_out.sum(), e_in.sum()),
             "gain_db_per_band": bands, "code_units": int(code.shape[0]),
             "code_active_share": round(float(active.mean()), 4),
             "code_units_never_active": int((~active.any(1)).sum())}

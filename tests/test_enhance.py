@@ -125,7 +125,7 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert info["code_units"] == 12 and 0.0 <= info["code_active_share"] <= 1.0
     assert list(info["gain_db_per_band"]) == ["0-62 Hz", "62-125 Hz", "125-250 Hz", "250-500 Hz", "500-1000 Hz",
                                               "1000-2000 Hz", "2000-4000 Hz", "4000-8000 Hz"]  # octaves at 16 kHz
-    assert np.isfinite(info["energy_removed_db"])
+    assert np.isfinite(info["gain_db"])
     assert main(["inspect", str(tmp_path / "den.safetensors")]) == 2  # a denoiser needs --audio
     assert f"add --audio FILE to see what it does to a recording (its config and training record: audioae models " \
            f"{tmp_path / 'den.safetensors'})" in capsys.readouterr().err
@@ -171,10 +171,10 @@ def test_inspect_numbers_call_a_silent_band_undefined_not_removed():
                              "hop_s": 0.008, "bin_hz": 16000 / 512})
     assert stats["gain_db_per_band"]["0-62 Hz"] is None  # no input energy: no gain to report
     assert stats["gain_db_per_band"]["4000-8000 Hz"] == -6.02
-    assert stats["energy_removed_db"] == -6.02
+    assert stats["gain_db"] == -6.02
     silent = denoising_stats({"mag_in": 0 * mag_in, "mag_out": 0 * mag_in, "code": np.zeros((4, 10)),
                               "hop_s": 0.008, "bin_hz": 16000 / 512})
-    assert silent["energy_removed_db"] is None and set(silent["gain_db_per_band"].values()) == {None}
+    assert silent["gain_db"] is None and set(silent["gain_db_per_band"].values()) == {None}
 
 
 def test_integer_samples_and_time_first_arrays_are_refused():
