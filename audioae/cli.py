@@ -41,12 +41,16 @@ def _positive(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    """argparse type: a finite number of seconds, 0 or more."""
+def _float_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    value = _float_seconds(text)
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
     return value
@@ -54,10 +58,7 @@ def _seconds(text: str) -> float:
 
 def _positive_seconds(text: str) -> float:
     """argparse type: a finite number of seconds above 0 (a deadline)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    value = _float_seconds(text)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
     return value
