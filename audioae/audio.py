@@ -216,6 +216,14 @@ def check_writable(sr: int, channels: int, *, format: str, subtype: str | None =
                          f"write WAV instead")
 
 
+def write_refusal(name: str | os.PathLike, exc: Exception, format: str, sr: int) -> AudioError:
+    """A refusal to write ``name``, as an :class:`AudioError` naming it: ours says what the
+    container cannot hold; libsndfile's names the temporary file object instead of the output."""
+    if isinstance(exc, AudioError):
+        return AudioError(f"{name}: {exc}")
+    return AudioError(f"{name}: cannot write {format} audio at {sr} Hz ({sound_error_reason(exc)})")
+
+
 def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None) -> sf.SoundFile:
     """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, after
     :func:`check_writable`."""
@@ -313,10 +321,8 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     try:
         with atomic_open(path) as fh, open_for_writing(fh, sr, data.shape[1], subtype=subtype, format=fmt) as f:
             write_frames(f, data)
-    except AudioError as exc:
-        raise AudioError(f"{path}: {exc}") from exc
-    except sf.LibsndfileError as exc:  # its message names the temporary file object, not the output
-        raise AudioError(f"{path}: cannot write {fmt} audio at {sr} Hz ({sound_error_reason(exc)})") from exc
+    except (AudioError, sf.LibsndfileError) as exc:
+        raise write_refusal(path, exc, fmt, sr) from exc
 
 
 def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:

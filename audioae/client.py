@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import decomposition_folder as folder
 from .audio import (
     MAX_CHANNELS,
     MIN_SAMPLE_RATE,
@@ -47,6 +48,7 @@ from .audio import (
     sound_error_reason,
     whole_hz,
     write_frames,
+    write_refusal,
 )
 from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
 
@@ -245,6 +247,14 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
     return tokens
 
 
+def _source_info(src: Path):
+    """``soundfile.info`` of a file the client reads, or an :class:`AudioError` naming it."""
+    try:
+        return sf.info(fs_path(src))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{src}: cannot read audio ({sound_error_reason(exc)})") from exc
+
+
 def _read_ca(tls_ca: str | os.PathLike | bytes) -> bytes:
     """The CA certificates of ``tls_ca`` (PEM bytes or a file), checked: gRPC alone would fail
     every call with "Failed to create security handshaker" and C-core log lines."""
@@ -289,25 +299,12 @@ class DecomposeResult:
 
     def summary(self) -> dict:
         """The description ``audioae decompose`` writes into ``summary.json``, key by key."""
-        comps = [
-            {"index": k, "label": label, "units": units, "energy_share": round(float(share), 6),
-             "dominant_hz": hz, "active_fraction": frac, "active_seconds": spans}
-            for k, (label, units, share, hz, frac, spans) in enumerate(zip(
-                self.labels, self.units, self.energy_share, self.dominant_hz, self.active_fraction,
-                self.active_seconds, strict=True))
-        ]
-        return {
-            "sample_rate": self.sample_rate,
-            "channels": self.channels,
-            "samples": self.samples,
-            "seconds": round(self.samples / max(self.sample_rate, 1), 4),
-            "group": self.group,
-            "fit_steps": self.fit_steps,
-            "frame_rate": self.frame_rate,
-            "error_db": self.error_db,
-            "residual_energy_share": self.residual_energy_share,
-            "components": comps,
-        }
+        comps = [folder.component_entry(k, *entry) for k, entry in enumerate(zip(
+            self.labels, self.units, [round(float(e), 6) for e in self.energy_share], self.dominant_hz,
+            self.active_fraction, self.active_seconds, strict=True))]
+        return folder.summary(sample_rate=self.sample_rate, channels=self.channels, samples=self.samples,
+                              group=self.group, fit_steps=self.fit_steps, frame_rate=self.frame_rate,
+                              error_db=self.error_db, residual_share=self.residual_energy_share, components=comps)
 
 
 def decompose_result(resp) -> DecomposeResult:
@@ -446,14 +443,11 @@ class Client:
         src, dst = Path(src), output_file(src, dst)
         same_container = dst.suffix.lower() == src.suffix.lower()  # the answer's bytes as they come
         if not same_container:  # before the call: out.mp3 would get WAV bytes, out.flac 12 channels
+            info, fmt = _source_info(src), container_for(dst)
             try:
-                info = sf.info(fs_path(src))
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise AudioError(f"{src}: cannot read audio ({sound_error_reason(exc)})") from exc
-            try:
-                check_writable(info.samplerate, info.channels, format=container_for(dst))
+                check_writable(info.samplerate, info.channels, format=fmt)
             except AudioError as exc:
-                raise AudioError(f"{dst}: {exc}") from exc
+                raise write_refusal(dst, exc, fmt, info.samplerate) from exc
         resp = self.denoise_bytes(src.read_bytes(), model=model, strength=strength, timeout=timeout)
         data = resp.audio.encoded
         if same_container:
@@ -537,10 +531,7 @@ class Client:
         if not chunk_ms > 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
-        try:
-            info = sf.info(fs_path(src))
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"{src}: cannot read audio ({sound_error_reason(exc)})") from exc
+        info = _source_info(src)
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = iter_blocks(src, block)
@@ -549,11 +540,8 @@ class Client:
         with atomic_open(dst) as fh:
             try:
                 out = open_for_writing(fh, info.samplerate, info.channels, subtype=subtype, format=fmt)
-            except AudioError as exc:
-                raise AudioError(f"{dst}: {exc}") from exc
-            except sf.LibsndfileError as exc:  # its message names the temporary file object
-                raise AudioError(f"{dst}: cannot write {fmt} audio at {info.samplerate} Hz "
-                                 f"({sound_error_reason(exc)})") from exc
+            except (AudioError, sf.LibsndfileError) as exc:
+                raise write_refusal(dst, exc, fmt, info.samplerate) from exc
             with out:
                 for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength,
                                      timeout=timeout):
@@ -645,8 +633,6 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike, *, s
     ``summary.json`` (:mod:`audioae.decomposition_folder`). Files of an earlier decomposition in
     ``out_dir`` (those names only) are removed first; other files are left alone. ``source``
     (the input's name) and ``top`` are recorded in the summary. Returns the summary and the files written."""
-    from . import decomposition_folder as folder
-
     out = check_output_folder(out_dir, folder.writes)
     summary = {**result.summary(), "input": source, "model": result.model, "top": top}
     written = folder.write_components(out, summary, result.activations, result.components, result.residual,
