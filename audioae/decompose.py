@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .audio import as_channels_first, check_pcm, fit_length, resample
+from .decomposition_folder import component_entry, summary
 from .models.dictionary import SparseDictionary
 
 log = logging.getLogger(__name__)
@@ -351,24 +352,11 @@ def summarize(dec: Decomposition) -> dict:
     for k in range(len(dec.labels)):
         env = dec.envelopes[k]
         on = active_frames(env)
-        comps.append({
-            "index": k,
-            "label": dec.labels[k],
-            "units": dec.units[k],
-            "energy_share": round(float(dec.energy_share[k]), 6),
-            "dominant_hz": round(float(dec.dominant_hz[k]), 1),
-            "active_fraction": round(float(on.mean()) if on.size else 0.0, 4),
-            "active_seconds": active_intervals(env, dec.frame_rate),
-        })
-    return {
-        "sample_rate": dec.sample_rate,
-        "channels": int(dec.residual.shape[0]),
-        "samples": int(dec.residual.shape[-1]),
-        "seconds": round(dec.residual.shape[-1] / max(dec.sample_rate, 1), 4),
-        "group": dec.group,
-        "fit_steps": dec.fit_steps,
-        "frame_rate": dec.frame_rate,
-        "error_db": round(dec.error_db, 2) if math.isfinite(dec.error_db) else None,
-        "residual_energy_share": round(dec.residual_share, 6),
-        "components": comps,
-    }
+        comps.append(component_entry(
+            k, dec.labels[k], dec.units[k], round(float(dec.energy_share[k]), 6), round(float(dec.dominant_hz[k]), 1),
+            round(float(on.mean()) if on.size else 0.0, 4), active_intervals(env, dec.frame_rate)))
+    return summary(
+        sample_rate=dec.sample_rate, channels=int(dec.residual.shape[0]), samples=int(dec.residual.shape[-1]),
+        group=dec.group, fit_steps=dec.fit_steps, frame_rate=dec.frame_rate,
+        error_db=round(dec.error_db, 2) if math.isfinite(dec.error_db) else None,
+        residual_share=round(dec.residual_share, 6), components=comps)

@@ -37,6 +37,31 @@ def writes(name: str) -> bool:
             or bool(_OLD_CLIENT_COMPONENT.fullmatch(name)))
 
 
+def component_entry(index: int, label: str, units: list[int], energy_share: float, dominant_hz: float,
+                    active_fraction: float, active_seconds: list[list[float]]) -> dict:
+    """One component in ``summary.json``."""
+    return {"index": index, "label": label, "units": units, "energy_share": energy_share,
+            "dominant_hz": dominant_hz, "active_fraction": active_fraction, "active_seconds": active_seconds}
+
+
+def summary(*, sample_rate: int, channels: int, samples: int, group: str, fit_steps: int, frame_rate: float,
+            error_db: float | None, residual_share: float, components: list[dict]) -> dict:
+    """``summary.json`` before the file names: the same keys whether the decomposition was
+    computed here (:func:`audioae.decompose.summarize`) or by a server (the client's)."""
+    return {
+        "sample_rate": sample_rate,
+        "channels": channels,
+        "samples": samples,
+        "seconds": round(samples / max(sample_rate, 1), 4),
+        "group": group,
+        "fit_steps": fit_steps,
+        "frame_rate": frame_rate,
+        "error_db": error_db,
+        "residual_energy_share": residual_share,
+        "components": components,
+    }
+
+
 def component_file_name(index: int, label: str) -> str:
     """``01_cluster_1_219_Hz_1_unit.wav`` for component ``index`` 0: numbered as people count."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")[:80]  # labels are short; names stay < 255 bytes
