@@ -19,7 +19,15 @@ import soundfile as sf
 from ..audio import fs_path
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
-from .manifest import FileResult, MadeWith, ManifestWriter, previous_durations, previous_settings, summarize
+from .manifest import (
+    FileResult,
+    MadeWith,
+    ManifestWriter,
+    previous_durations,
+    previous_settings,
+    read_manifest,
+    summarize,
+)
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS
 
@@ -191,11 +199,12 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     with _exclusive(out):
         todo, done = split_done(tasks, options.overwrite)
-        made = previous_settings(out / MANIFEST_NAME)
+        earlier = read_manifest(out / MANIFEST_NAME)  # read once: a big job's manifest is long
+        made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
-        durations = previous_durations(manifest.path)
+        durations = previous_durations(earlier)
         bar = Progress(todo, len(done), options.progress)
         try:
             for t in done:

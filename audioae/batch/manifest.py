@@ -95,10 +95,11 @@ class ManifestWriter:
                         self.path, exc.strerror or exc)
 
 
-def previous_durations(path: str | os.PathLike) -> dict[str, float]:
-    """Audio durations recorded by earlier runs, so skipped files keep theirs in the manifest
-    (a file's line after compaction may itself be a "skipped" one carrying it forward)."""
-    return {r["input"]: r["duration"] for r in read_manifest(path)
+def previous_durations(records: Iterable[dict]) -> dict[str, float]:
+    """Audio durations earlier runs recorded (``records``: :func:`read_manifest`), so skipped files
+    keep theirs in the manifest (a file's line after compaction may itself be a "skipped" one
+    carrying it forward)."""
+    return {r["input"]: r["duration"] for r in records
             if r.get("status") in ("ok", "skipped") and isinstance(r.get("duration"), int | float)}
 
 
@@ -117,11 +118,12 @@ class MadeWith:
         return f"{Path(self.model).name} (sha256 {self.sha256[:12]}) at strength {self.strength:g}"
 
 
-def previous_settings(path: str | os.PathLike) -> dict[str, MadeWith]:
-    """Per input, what made its output according to earlier runs (a "skipped" line carries
-    forward what the line before it recorded). Manifests written before 2026-12-06 record none."""
+def previous_settings(records: Iterable[dict]) -> dict[str, MadeWith]:
+    """Per input, what made its output according to earlier runs (``records``:
+    :func:`read_manifest`; a "skipped" line carries forward what the line before it recorded).
+    Manifests written before 2026-12-06 record none."""
     made = {}
-    for r in read_manifest(path):
+    for r in records:
         if r.get("status") in ("ok", "skipped") and r.get("sha256") and isinstance(r.get("strength"), int | float):
             made[r["input"]] = MadeWith(str(r.get("model", "")), r["sha256"], float(r["strength"]))
     return made
