@@ -436,7 +436,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
     def _bounded(self, fn: Callable[[torch.Tensor], torch.Tensor], doing: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """``fn`` that first refuses an answer over this server's send limit. A 57 MB INT8 code
-        decodes to 2.8 GB of float32 (12x the channels, 4x the bytes): it took 9 GB of memory
+        decodes to 2.6 GB of float32 (12x the channels, 4x the bytes): it took 9.1 GB of memory
         and 39 s, then ended in protobuf's serialisation error (INTERNAL)."""
 
         def call(x: torch.Tensor) -> torch.Tensor:
