@@ -19,6 +19,7 @@ import soundfile as sf
 from ..audio import fs_path
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
+from .journal import JOURNAL_NAME, Journal
 from .manifest import (
     FileResult,
     MadeWith,
@@ -122,7 +123,7 @@ def _refuse_other_settings(done: Sequence[FileTask], made: dict[str, MadeWith], 
 
 
 def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, data: bytes,
-                    sha: str) -> Iterator[FileResult]:
+                    sha: str, journal: Journal) -> Iterator[FileResult]:
     # Checked against the .sha256 beside the checkpoint when there is one (as every load is);
     # workers then verify they load these same bytes.
     expected = sidecar_sha256(ckpt) or sha
@@ -142,8 +143,8 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
     # A pool's workers load their own copies: the parent only checks the file (on CPU, so it
     # holds no GPU memory of its own).
     model = load_checkpoint(ckpt, map_location="cpu" if pooled else device, expected_sha256=expected)
-    yield from run_local(todo, None if pooled else model, checkpoint=str(ckpt), sha256=sha, device=str(device),
-                         strength=opts.strength, workers=opts.workers, threads=opts.threads,
+    yield from run_local(todo, None if pooled else model, checkpoint=str(ckpt), sha256=sha, journal=journal,
+                         device=str(device), strength=opts.strength, workers=opts.workers, threads=opts.threads,
                          block_seconds=opts.block_seconds)
 
 
@@ -206,13 +207,14 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(earlier)
         bar = Progress(todo, len(done), options.progress)
+        journal = Journal(out / JOURNAL_NAME)
         try:
             for t in done:
                 before = made.get(t.input)
                 results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
                                           **(dataclasses.asdict(before) if before else {})))
                 manifest.write(results[-1])
-            for r in _engine_results(todo, options, ckpt, data, now.sha256):
+            for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
                 if r.status == "ok":
                     r = dataclasses.replace(r, **dataclasses.asdict(now))
                 results.append(r)
@@ -221,7 +223,14 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         finally:
             bar.close()
             manifest.compact()
+            _keep_unresolved(journal, results)
     return manifest
+
+
+def _keep_unresolved(journal: Journal, results: Sequence[FileResult]) -> None:
+    """Keep in the journal only the files a rerun must still isolate: not those now complete."""
+    complete = {r.input for r in results if r.status in ("ok", "skipped")}
+    journal.keep({path: why for path, why in journal.suspects().items() if path not in complete})
 
 
 def header_seconds(tasks: Sequence[FileTask]) -> dict[str, float]:

@@ -1,0 +1,154 @@
+"""A process that dies on a file (a codec library's SIGSEGV) costs that file only.
+
+The deaths here are real: the test sends SIGSEGV to the process that is on the file, read from
+the job's own journal or from /proc, the same signal a crashing decoder raises. Everything runs
+the real CLI in child processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audioae.batch import DenoiseOptions, read_manifest, run_denoise
+from audioae.batch.journal import JOURNAL_NAME
+from audioae.checkpoint import save_checkpoint
+from audioae.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-causal.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), path)
+    return path
+
+
+def _write_inputs(src: Path, seconds: dict[str, float]) -> None:
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name, sec in seconds.items():
+        sf.write(src / name, (0.1 * rng.standard_normal(int(16000 * sec))).astype(np.float32), 16000, subtype="PCM_16")
+
+
+def _cli(src: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(ckpt),
+           "--no-progress", *extra]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(found, proc: subprocess.Popen, what: str, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        hit = found()
+        if hit:
+            return hit
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError(f"never saw {what}; exit {proc.poll()}: {proc.communicate()[1][-2000:]}")
+
+
+def _started(out: Path, name: str):
+    """The pid the journal says started ``name``, once it has."""
+    def find():
+        try:
+            lines = (out / JOURNAL_NAME).read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if str(rec.get("start", "")).endswith(name):
+                return rec["pid"]
+        return None
+    return find
+
+
+def _spawned_child(pid: int):
+    """A multiprocessing 'spawn' child of ``pid`` (not its resource tracker), once one runs."""
+    def find():
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for kid in kids:
+                try:
+                    cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"spawn_main" in cmdline:
+                    return int(kid)
+        return None
+    return find
+
+
+def _statuses(out: Path) -> dict[str, dict]:
+    return {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+
+
+def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tmp_path, ckpt):
+    src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0})
+
+    # 1. The job process dies on b (as on a decoder's SIGSEGV): no record of b but the journal's.
+    proc = _cli(src, out, ckpt)
+    pid = _wait_for(_started(out, "b.wav"), proc, "b.wav start in the journal")
+    assert pid == proc.pid  # the in-process engine: the job itself is on the file
+    os.kill(pid, signal.SIGSEGV)
+    assert proc.wait(60) == -signal.SIGSEGV
+    assert (out / "a.wav").is_file() and not (out / "b.wav").exists()
+
+    # 2. The rerun denoises b alone in a child process; that child dies too: b is reported, c is done.
+    proc = _cli(src, out, ckpt)
+    os.kill(_wait_for(_spawned_child(proc.pid), proc, "the isolated child process"), signal.SIGSEGV)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]  # some file failed; the job itself finished
+    rows = _statuses(out)
+    assert rows["c.wav"]["status"] == "ok" and rows["a.wav"]["status"] == "skipped"
+    assert rows["b.wav"]["status"] == "error" and "killed by SIGSEGV" in rows["b.wav"]["error"], rows["b.wav"]
+    assert "a process died on this file before" in err
+    assert not (out / "b.wav").exists() and not list(out.glob(".*.part"))
+    assert (out / JOURNAL_NAME).is_file()  # b stays a suspect for the next run
+
+    # 3. The next run isolates b again; nothing kills it now, and its output is the in-process one.
+    s = run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))
+    assert (s["ok"], s["skipped"], s["error"]) == (1, 2, 0)
+    assert not (out / JOURNAL_NAME).exists()  # nothing left to isolate
+    run_denoise([src / "b.wav"], ref, DenoiseOptions(model=str(ckpt), progress=False))
+    np.testing.assert_array_equal(sf.read(out / "b.wav")[0], sf.read(ref / "b.wav")[0])
+
+
+def test_a_worker_that_dies_costs_no_other_file(tmp_path, ckpt):
+    """With --workers, a dead worker used to break the pool and fail every file still queued."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0, "d.wav": 1.0, "e.wav": 1.0}
+    _write_inputs(src, names)
+    proc = _cli(src, out, ckpt, "--workers", "2")
+    worker = _wait_for(_started(out, "b.wav"), proc, "b.wav start in the journal")
+    assert worker != proc.pid  # a pool worker is on it
+    os.kill(worker, signal.SIGSEGV)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]  # b was innocent: alone in a process of its own it completes
+    assert "a worker process died while on" in err
+    rows = _statuses(out)
+    assert {n: r["status"] for n, r in rows.items()} == dict.fromkeys(names, "ok")
+    for name, sec in names.items():
+        assert sf.info(out / name).frames == int(16000 * sec)
+    assert not (out / JOURNAL_NAME).exists()
