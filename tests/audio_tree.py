@@ -28,6 +28,7 @@ def write_tree(root: Path, tree, seed: int = 0) -> Path:
 
 
 def outputs(out: Path) -> set[str]:
-    """Relative paths of the finished outputs (no manifest, lock or .part files)."""
+    """Relative paths of the finished outputs (no manifest, lock, .part files or in-flight markers)."""
     return {p.relative_to(out).as_posix() for p in out.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.suffix != ".jsonl"}
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+            and p.suffix != ".jsonl"}

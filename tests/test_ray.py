@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +160,53 @@ def test_a_file_name_that_is_not_utf8_goes_through_ray_as_bytes(job, tmp_path, c
     recs = read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")
     assert [r["input"] for r in recs] == [os.path.join(str(src), os.fsdecode(name))]
     assert "ArrowConversionError" not in capfd.readouterr().err + caplog.text
+
+
+def _in_flight(out: Path, name: str, other_than: set[int]) -> int | None:
+    """The pid the job's in-flight marker names for ``name``, when it is not one of ``other_than``."""
+    from audioae.batch.journal import JOURNAL_NAME
+
+    for marker in (out / JOURNAL_NAME).glob("*.json"):
+        try:
+            rec = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):  # being written
+            continue
+        if rec.get("input", "").endswith(name) and rec.get("pid") not in other_than:
+            return rec.get("pid")
+    return None
+
+
+def test_a_file_that_kills_its_actor_is_isolated_not_retried_forever(ray_local, tmp_path):
+    """Ray restarts a dead actor and retries its batch with no limit, so a file that crashes its
+    decoder would kill actor after actor. Here the actor on b.wav and then the process b.wav is
+    isolated in both get a real SIGSEGV: b is reported, the job ends, the other files are done."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    names = {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0}
+    for name, sec in names.items():
+        sf.write(src / name, (0.1 * rng.standard_normal(int(16000 * sec))).astype(np.float32), 16000, subtype="PCM_16")
+    summary = {}
+    job = threading.Thread(target=lambda: summary.update(
+        run_denoise([src], out, DenoiseOptions(model=str(ckpt), engine="ray", progress=False))))
+    job.start()
+    killed = {os.getpid()}
+    deadline = time.monotonic() + 180
+    while len(killed) < 3 and job.is_alive() and time.monotonic() < deadline:  # the actor, then the isolated child
+        pid = _in_flight(out, "b.wav", killed)
+        if pid is not None:
+            os.kill(pid, signal.SIGSEGV)
+            killed.add(pid)
+        time.sleep(0.005)
+    job.join(300)
+    assert len(killed) == 3, f"killed {killed - {os.getpid()}}; the job {'runs' if job.is_alive() else 'ended'}"
+    assert not job.is_alive()
+    assert (summary["ok"], summary["error"]) == (2, 1), summary
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert "killed by SIGSEGV" in recs["b.wav"]["error"], recs["b.wav"]
+    for name in ("a.wav", "c.wav"):
+        assert sf.info(out / name).frames == int(16000 * names[name])
+    assert not (out / "b.wav").exists()

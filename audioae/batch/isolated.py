@@ -1,6 +1,7 @@
-"""One file denoised in a child process of its own, for a file a process has died on before
-(:mod:`.journal`): if the codec library crashes on it again, the child dies, not the job, and the
-file is reported with how its process ended."""
+"""Files denoised with in-flight markers (:mod:`.journal`), and a file a process has died on
+before denoised in a child process of its own: if the codec library crashes on it again, the
+child dies, not the job, and the file is reported with how its process ended. Both engines use
+these: the local one in its process or its workers, the Ray one in its actors."""
 
 from __future__ import annotations
 
@@ -9,24 +10,73 @@ import logging
 import multiprocessing as mp
 import signal
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask, part_path
 
 log = logging.getLogger(__name__)
 
 
-def _child(conn, task: FileTask, checkpoint: str, sha256: str, device: str, strength: float, threads: int,
-           block_seconds: float) -> None:
+@dataclass(frozen=True)
+class Settings:
+    """What a process needs to denoise files on its own: the checkpoint (a path, sha256-checked) and the knobs."""
+
+    checkpoint: str
+    sha256: str
+    device: str
+    strength: float
+    threads: int
+    block_seconds: float
+
+
+def run_marked(den, items: Sequence[tuple[FileTask, bytes | None]], settings: Settings,
+               journal: Journal) -> Iterator[FileResult]:
+    """Results for ``items`` from ``den`` (a :class:`~.process.FileDenoiser`), each file marked
+    in flight while it runs; a suspect among them goes to a process of its own instead."""
+    suspect = [bool(journal.why(t.input)) for t, _ in items]
+    fresh = [item for item, s in zip(items, suspect, strict=True) if not s]
+    # On CPU files run one at a time, each marked as it starts; a GPU batch is in flight as a whole.
+    groups = [[item] for item in fresh] if den.device.type == "cpu" else [fresh]
+    for group in groups:
+        yield from _marked_group(den, group, journal)
+    for (t, _), s in zip(items, suspect, strict=True):
+        if s:
+            yield isolate(t, settings, journal)
+
+
+def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: Journal) -> Iterator[FileResult]:
+    for t, _ in group:
+        journal.started(t.input)
+    try:
+        for r in den.run_many(group):
+            journal.ended(r.input)
+            yield r
+    except BaseException:  # an interruption (Ctrl-C), not the file's fault: a crash never gets here
+        for t, _ in group:
+            journal.ended(t.input)
+        raise
+
+
+def isolate(task: FileTask, settings: Settings, journal: Journal) -> FileResult:
+    log.warning("%s: a process died on this file before; denoising it in a process of its own", task.input)
+    result, crashed = run_isolated(task, settings, journal)
+    journal.ended(task.input, crashed=crashed)
+    return result
+
+
+def _child(conn, task: FileTask, settings: Settings) -> None:
     from ..checkpoint import load_checkpoint
     from .process import FileDenoiser
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, settings.threads))
     try:
-        model = load_checkpoint(checkpoint, map_location=device, expected_sha256=sha256)
-        result = FileDenoiser(model, strength, block_seconds=block_seconds).run(task)
+        model = load_checkpoint(settings.checkpoint, map_location=settings.device, expected_sha256=settings.sha256)
+        result = FileDenoiser(model, settings.strength, block_seconds=settings.block_seconds).run(task)
     except Exception as exc:  # noqa: BLE001 (the model would not load: an answer, not a crash)
         result = FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
     conn.send(result)
@@ -41,17 +91,17 @@ def how_it_ended(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-def run_isolated(task: FileTask, *, checkpoint: str, sha256: str, device: str = "cpu", strength: float = 1.0,
-                 threads: int = 1, block_seconds: float) -> tuple[FileResult, bool]:
+def run_isolated(task: FileTask, settings: Settings, journal: Journal) -> tuple[FileResult, bool]:
     """``(result, crashed)``: the file's result from a child process, or, when that process died
     before answering, an error saying how it ended (``crashed`` True). Costs a process start and
     a model load (seconds), which is why only suspects come here."""
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")  # never fork a process whose torch thread pools run
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, task, checkpoint, sha256, device, strength, threads, block_seconds),
+    proc = ctx.Process(target=_child, args=(send, task, settings),
                        name=f"audioae-isolated:{task.rel}", daemon=True)
     proc.start()
+    journal.started(task.input, pid=proc.pid)  # still a suspect if this process dies meanwhile
     send.close()  # the child holds the only sending end: its death ends recv() with EOFError
     try:
         result = receive.recv()

@@ -132,8 +132,8 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
 
         load_checkpoint(ckpt, expected_sha256=expected)  # fail here, clearly, not in every actor
         gpus = opts.gpus_per_worker or (1.0 if opts.device.startswith("cuda") else 0.0)
-        yield from run_ray(todo, model_bytes=data, sha256=sha, strength=opts.strength, workers=opts.workers,
-                           address=opts.address, gpus_per_worker=gpus, threads=opts.threads,
+        yield from run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
+                           workers=opts.workers, address=opts.address, gpus_per_worker=gpus, threads=opts.threads,
                            block_seconds=opts.block_seconds)
         return
     from .local import run_local
@@ -223,14 +223,18 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         finally:
             bar.close()
             manifest.compact()
-            _keep_unresolved(journal, results)
+            _clear_completed(journal, results)
     return manifest
 
 
-def _keep_unresolved(journal: Journal, results: Sequence[FileResult]) -> None:
-    """Keep in the journal only the files a rerun must still isolate: not those now complete."""
-    complete = {r.input for r in results if r.status in ("ok", "skipped")}
-    journal.keep({path: why for path, why in journal.suspects().items() if path not in complete})
+def _clear_completed(journal: Journal, results: Sequence[FileResult]) -> None:
+    """Forget the markers of files whose outputs exist (one written just before its process died
+    is skipped now; the engines clear the files they finish): the markers left name the files a
+    rerun must still isolate."""
+    for r in results:
+        if r.status == "skipped":
+            journal.ended(r.input)
+    journal.tidy()
 
 
 def header_seconds(tasks: Sequence[FileTask]) -> dict[str, float]:

@@ -2,79 +2,71 @@
 
 The decoders and encoders under libsndfile are C: a file one of them mishandles can kill the
 process (SIGSEGV) rather than raise. The job then cannot report that file, and a rerun in the
-same process would die on it again, every time. So the local engine appends each file's start
-and end to ``OUT/.audioae-journal.jsonl`` (one ``write`` each, which a crash cannot lose). A
-file that started and never ended, or whose isolated run crashed, is a *suspect*; the next run
-(or, with worker processes, the same run) denoises each suspect alone in a child process
-(:mod:`.isolated`), where a crash costs that file only and is reported as its error. A file
-that was innocent (the run was killed by hand while on it) just completes there.
+same process would die on it again, every time. So before a file is denoised a marker naming it
+is created in ``OUT/.audioae-inflight/``, and removed when the file is done: a marker left
+behind names a file a process died on, a *suspect*. Suspects are denoised alone in a child
+process (:mod:`.isolated`), where a crash costs that file only and is reported as its error; a
+file that was innocent (the run was killed by hand while on it) just completes there.
+
+One small file per file in flight, rather than one shared log: creating and removing files is
+safe from many processes and, for the Ray engine, from many machines on shared storage, where
+appends to one file are not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
 
 from ..fileio import atomic_write_text
 
-JOURNAL_NAME = ".audioae-journal.jsonl"  # hidden, and not an audio name: never taken as an input
+JOURNAL_NAME = ".audioae-inflight"  # hidden, holds no audio names: never taken as an input
 
-DIED = "died"  # a process died while on the file: no end was recorded
-CRASHED = "crashed"  # its isolated run died too
+DIED = "died"  # a process died while on the file
+CRASHED = "crashed"  # and so did the process it was then isolated in
 
 
 class Journal:
-    """Start and end events per input path. Picklable (a path), so worker processes append too."""
+    """The markers of files in flight. Picklable (a path): worker processes and Ray actors mark too."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
 
-    def started(self, input_path: str) -> None:
-        self._append({"start": input_path, "pid": os.getpid()})
+    def _marker(self, input_path: str) -> Path:
+        return self.folder / (hashlib.sha1(os.fsencode(input_path)).hexdigest() + ".json")
+
+    def started(self, input_path: str, pid: int | None = None) -> None:
+        """``pid``: the process on the file, when it is not this one (an isolated child)."""
+        self.folder.mkdir(exist_ok=True)
+        self._marker(input_path).write_text(json.dumps({"input": input_path, "pid": pid or os.getpid()}))
 
     def ended(self, input_path: str, crashed: bool = False) -> None:
-        self._append({"end": input_path, "crashed": crashed})
-
-    def _append(self, record: dict) -> None:
-        # O_APPEND and one write per line: lines from several processes never interleave.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (json.dumps(record) + "\n").encode())
-        finally:
-            os.close(fd)
-
-    def records(self) -> list[dict]:
-        """Every complete line (a line cut short by a dying process is ignored)."""
-        if not self.path.is_file():
-            return []
-        out = []
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
-        return out
-
-    def suspects(self) -> dict[str, str]:
-        """``{input: DIED | CRASHED}`` for every file whose last event is a start, or an end that crashed."""
-        state: dict[str, str | None] = {}
-        for rec in self.records():
-            if isinstance(rec.get("start"), str):
-                state[rec["start"]] = DIED
-            elif isinstance(rec.get("end"), str):
-                state[rec["end"]] = CRASHED if rec.get("crashed") else None
-        return {path: why for path, why in state.items() if why}
-
-    def keep(self, suspects: dict[str, str]) -> None:
-        """Rewrite the journal to hold only these suspects, or remove it when none remain: it
-        records what a rerun must know, and does not grow with every run."""
-        lines = [json.dumps({"start": path} if why == DIED else {"end": path, "crashed": True}) + "\n"
-                 for path, why in sorted(suspects.items())]
-        if lines:
-            atomic_write_text(self.path, "".join(lines))
+        if crashed:  # stays a suspect, for the next run
+            self.folder.mkdir(exist_ok=True)
+            atomic_write_text(self._marker(input_path), json.dumps({"input": input_path, "crashed": True}))
         else:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self._marker(input_path).unlink()
+
+    def why(self, input_path: str) -> str | None:
+        """DIED or CRASHED for a suspect, None for any other file."""
+        return self._read(self._marker(input_path))
+
+    @staticmethod
+    def _read(marker: Path) -> str | None:
+        try:
+            text = marker.read_text()
+        except OSError:
+            return None
+        try:
+            return CRASHED if json.loads(text).get("crashed") else DIED
+        except (ValueError, AttributeError):  # cut short as its process died: still a death
+            return DIED
+
+    def tidy(self) -> None:
+        """Remove the folder when no marker is left in it."""
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()

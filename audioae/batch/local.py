@@ -4,18 +4,16 @@ on is retried alone in a process of its own (:mod:`.journal`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 
 import torch
 
 from ..models import SpectralAutoencoder
-from .isolated import run_isolated
+from .isolated import Settings, isolate, run_marked
 from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask
@@ -27,30 +25,19 @@ _WORKER: FileDenoiser | None = None  # one per worker process, set by _init_work
 _JOURNAL: Journal | None = None
 
 
-def _init_worker(checkpoint: str, sha256: str, device: str, strength: float, threads: int,
-                 block_seconds: float, journal: Journal) -> None:
+def _init_worker(settings: Settings, journal: Journal) -> None:
     from ..checkpoint import load_checkpoint
 
     global _WORKER, _JOURNAL
-    torch.set_num_threads(max(1, threads))
-    model = load_checkpoint(checkpoint, map_location=device, expected_sha256=sha256)
-    _WORKER, _JOURNAL = FileDenoiser(model, strength, block_seconds=block_seconds), journal
+    torch.set_num_threads(max(1, settings.threads))
+    model = load_checkpoint(settings.checkpoint, map_location=settings.device, expected_sha256=settings.sha256)
+    _WORKER, _JOURNAL = FileDenoiser(model, settings.strength, block_seconds=settings.block_seconds), journal
 
 
 def _work(task: FileTask) -> FileResult:
     assert _WORKER is not None and _JOURNAL is not None, "worker used before its initializer ran"
     _JOURNAL.started(task.input)  # the worker, not the parent, knows when a file really starts
     return _WORKER.run(task)
-
-
-@dataclass(frozen=True)
-class _Settings:
-    checkpoint: str
-    sha256: str
-    device: str
-    strength: float
-    threads: int
-    block_seconds: float
 
 
 def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder | None, *, checkpoint: str, sha256: str,
@@ -60,53 +47,32 @@ def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder | None, *, ch
     in-process case (``workers`` 1 or a single file); worker processes load ``checkpoint``
     themselves onto ``device`` (sha256-checked), so ``model`` may then be None.
 
-    Every file's start and end go to ``journal``. Files a process died on (in an earlier run, or
-    in this run's pool) are denoised last, each in a process of its own (:mod:`.isolated`)."""
-    settings = _Settings(checkpoint, sha256, device, strength, threads, block_seconds)
-    suspects = journal.suspects()
-    fresh = [t for t in todo if t.input not in suspects]
-    if model is not None and (workers <= 1 or len(fresh) <= 1):
-        yield from _in_process(fresh, model, settings, journal)
-    else:
-        yield from _in_pool(fresh, settings, journal, workers)
-    for t in todo:
-        if t.input in suspects:
-            log.warning("%s: a process died on this file before; denoising it in a process of its own", t.input)
-            yield _isolated(t, settings, journal)
-
-
-def _isolated(task: FileTask, settings: _Settings, journal: Journal) -> FileResult:
-    result, crashed = run_isolated(task, **dataclasses.asdict(settings))
-    journal.ended(task.input, crashed=crashed)
-    return result
-
-
-def _in_process(todo: Sequence[FileTask], model: SpectralAutoencoder, settings: _Settings,
-                journal: Journal) -> Iterator[FileResult]:
-    if not todo:
+    Every file is marked in flight in ``journal`` while it runs. Files a process died on (in an
+    earlier run, or in this run's pool) are denoised each in a process of its own (:mod:`.isolated`)."""
+    settings = Settings(checkpoint, sha256, device, strength, threads, block_seconds)
+    if model is not None and (workers <= 1 or len(todo) <= 1):
+        yield from _in_process(todo, model, settings, journal)
         return
+    suspects = [t for t in todo if journal.why(t.input)]
+    yield from _in_pool([t for t in todo if t not in suspects], settings, journal, workers)
+    for t in suspects:
+        yield isolate(t, settings, journal)
+
+
+def _in_process(todo: Sequence[FileTask], model: SpectralAutoencoder, settings: Settings,
+                journal: Journal) -> Iterator[FileResult]:
     before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         den = FileDenoiser(model, settings.strength, block_seconds=settings.block_seconds)
         group = den.batch_files if den.device.type == "cuda" else 1
         for i in range(0, len(todo), group):
-            batch = todo[i : i + group]
-            for t in batch:
-                journal.started(t.input)
-            try:
-                for r in den.run_many([(t, None) for t in batch]):
-                    journal.ended(r.input)
-                    yield r
-            except BaseException:  # an interruption (Ctrl-C): not the file's fault. A crash never gets here.
-                for t in batch:
-                    journal.ended(t.input)
-                raise
+            yield from run_marked(den, [(t, None) for t in todo[i : i + group]], settings, journal)
     finally:
         torch.set_num_threads(before)
 
 
-def _in_pool(todo: Sequence[FileTask], settings: _Settings, journal: Journal, workers: int) -> Iterator[FileResult]:
+def _in_pool(todo: Sequence[FileTask], settings: Settings, journal: Journal, workers: int) -> Iterator[FileResult]:
     """A pool of worker processes. When one dies (a codec crash, the OOM killer), the pool is
     lost: the files its workers were on are retried one by one in processes of their own, the
     files not yet started go on in a new pool."""
@@ -116,9 +82,9 @@ def _in_pool(todo: Sequence[FileTask], settings: _Settings, journal: Journal, wo
         broken = yield from _pool_round(remaining, settings, journal, workers, finished)
         if not broken:
             return
-        suspects = journal.suspects()
-        died = [t for t in remaining if t.input not in finished and t.input in suspects]
-        remaining = [t for t in remaining if t.input not in finished and t.input not in suspects]
+        unfinished = [t for t in remaining if t.input not in finished]
+        died = [t for t in unfinished if journal.why(t.input)]
+        remaining = [t for t in unfinished if t not in died]
         if not died and not finished:  # nothing ever ran (a worker cannot start): do not loop
             for t in remaining:
                 yield FileResult(t.input, t.output, "error", f"worker process died: {broken}")
@@ -126,15 +92,15 @@ def _in_pool(todo: Sequence[FileTask], settings: _Settings, journal: Journal, wo
         log.warning("a worker process died while on %s: each is retried in a process of its own; %d file(s) "
                     "go on in a new pool", ", ".join(t.rel for t in died), len(remaining))
         for t in died:
-            yield _isolated(t, settings, journal)
+            yield isolate(t, settings, journal)
 
 
-def _pool_round(todo: Sequence[FileTask], settings: _Settings, journal: Journal, workers: int,
+def _pool_round(todo: Sequence[FileTask], settings: Settings, journal: Journal, workers: int,
                 finished: set[str]) -> Generator[FileResult, None, BrokenProcessPool | None]:
     """Runs ``todo`` in one pool; returns the pool's breakage, or None when it stayed whole."""
     # spawn, not fork: forking a process whose torch thread pools are running can deadlock.
     ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(*dataclasses.astuple(settings), journal))
+                             initargs=(settings, journal))
     broken = None
     try:
         futures = {ex.submit(_work, t): t for t in todo}

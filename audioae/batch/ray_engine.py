@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .isolated import Settings, run_marked
+from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask
 from .process import BATCH_FILES, BLOCK_SECONDS
@@ -68,21 +70,28 @@ def _read_file(row: dict, inline_max_bytes: int = INLINE_MAX_BYTES) -> dict:
 
 
 class RayDenoiser:
-    """The actor of the inference stage: loads the model once, then denoises batches of rows."""
+    """The actor of the inference stage: loads the model once, then denoises batches of rows.
+
+    Files are marked in flight (:mod:`.journal`, in OUT on the shared storage). Ray restarts an
+    actor that dies and retries its batch; a file the dead actor was on is then denoised in a
+    process of its own, so a file that crashes its decoder is reported instead of killing
+    actor after actor."""
 
     def __init__(self, model_bytes: bytes, sha256: str, strength: float, device: str, threads: int,
-                 block_seconds: float):
+                 block_seconds: float, journal: Journal):
         import torch
 
         from ..checkpoint import load_checkpoint
         from .process import FileDenoiser
 
         torch.set_num_threads(max(1, threads))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.safetensors"
-            path.write_bytes(model_bytes)
-            model = load_checkpoint(path, map_location=device, expected_sha256=sha256)
+        self._tmp = tempfile.TemporaryDirectory()  # the model file, for the isolated processes too
+        path = Path(self._tmp.name) / "model.safetensors"
+        path.write_bytes(model_bytes)
+        model = load_checkpoint(path, map_location=device, expected_sha256=sha256)
         self.den = FileDenoiser(model, strength, block_seconds=block_seconds)
+        self.settings = Settings(str(path), sha256, device, strength, threads, block_seconds)
+        self.journal = journal
 
     def __call__(self, batch: dict) -> dict:
         items, results = [], []
@@ -92,7 +101,7 @@ class RayDenoiser:
                 results.append(FileResult(task.input, task.output, "error", os.fsdecode(bytes(batch["read_error"][i]))))
             else:
                 items.append((task, bytes(batch["data"][i]) if batch["inline"][i] else None))
-        results.extend(self.den.run_many(items))
+        results.extend(run_marked(self.den, items, self.settings, self.journal))
         return {
             "input": [os.fsencode(r.input) for r in results],
             "output": [os.fsencode(r.output) for r in results],
@@ -141,7 +150,7 @@ def _check_actor_fits(ray, threads: int, gpus_per_worker: float, *, autoscaled: 
     log.warning("%s: the actors wait until an autoscaler adds a node that large", msg)
 
 
-def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, strength: float = 1.0,
+def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float = 1.0,
             workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
             block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
     """Results for ``todo`` as the pipeline yields them. Joins the running Ray (``address`` when
@@ -181,7 +190,8 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, streng
     ds = ds.map_batches(
         RayDenoiser,
         fn_constructor_kwargs={"model_bytes": model_bytes, "sha256": sha256, "strength": strength,
-                               "device": device, "threads": threads, "block_seconds": block_seconds},
+                               "device": device, "threads": threads, "block_seconds": block_seconds,
+                               "journal": journal},
         batch_size=BATCH_FILES if gpus_per_worker > 0 else CPU_ROWS_PER_BATCH,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
