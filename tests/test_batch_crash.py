@@ -131,3 +131,25 @@ def test_a_worker_that_dies_costs_no_other_file(tmp_path, ckpt):
     for name, sec in names.items():
         assert sf.info(out / name).frames == int(16000 * sec)
     assert not (out / JOURNAL_NAME).exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (every write: no space left)")
+def test_a_full_disk_stops_the_job_with_the_manifest_named_not_a_bare_errno(tmp_path):
+    from audioae.batch import FileResult
+    from audioae.batch.manifest import ManifestWriter
+
+    writer = ManifestWriter("/dev/full")  # what a full disk answers every write with
+    with pytest.raises(OSError, match=r"/dev/full: cannot record a\.wav's result \(No space left on device\)"):
+        writer.write(FileResult(str(tmp_path / "a.wav"), str(tmp_path / "out" / "a.wav"), "ok"))
+    writer.close()  # the unwritten line's error is the one reported, not a second one here
+
+
+def test_a_marker_that_cannot_be_written_costs_the_protection_not_the_job(tmp_path, caplog):
+    from audioae.batch.journal import Journal
+
+    (tmp_path / "taken").write_text("a file where the marker folder would go")
+    journal = Journal(tmp_path / "taken" / JOURNAL_NAME)
+    journal.started("/x/a.wav")
+    journal.started("/x/b.wav")
+    assert journal.why("/x/a.wav") is None
+    assert caplog.text.count("cannot mark files in flight") == 1  # once per job, not per file

@@ -222,8 +222,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                 bar.advance(r.input)
         finally:
             bar.close()
-            manifest.compact()
             _clear_completed(journal, results)
+            manifest.compact()
     return manifest
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".audioae-inflight"  # hidden, holds no audio names: never taken as an input
 
@@ -34,14 +37,26 @@ class Journal:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        self._warned = False
 
     def _marker(self, input_path: str) -> Path:
         return self.folder / (hashlib.sha1(os.fsencode(input_path)).hexdigest() + ".json")
 
     def started(self, input_path: str, pid: int | None = None) -> None:
-        """``pid``: the process on the file, when it is not this one (an isolated child)."""
-        self.folder.mkdir(exist_ok=True)
-        self._marker(input_path).write_text(json.dumps({"input": input_path, "pid": pid or os.getpid()}))
+        """``pid``: the process on the file, when it is not this one (an isolated child). A marker
+        that cannot be written (a full disk) costs the protection, not the job: the file's own
+        output then fails, and says why."""
+        marker = self._marker(input_path)
+        try:
+            self.folder.mkdir(exist_ok=True)
+            marker.write_text(json.dumps({"input": input_path, "pid": pid or os.getpid()}))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                marker.unlink(missing_ok=True)  # an empty marker would make an innocent file a suspect
+            if not self._warned:
+                self._warned = True
+                log.warning("%s: cannot mark files in flight (%s); a file that crashes its decoder would "
+                            "stop this job", self.folder, exc.strerror or exc)
 
     def ended(self, input_path: str, crashed: bool = False) -> None:
         if crashed:  # stays a suspect, for the next run

@@ -74,12 +74,19 @@ class ManifestWriter:
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, result: FileResult) -> None:
-        self._fh.write(result.to_json() + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(result.to_json() + "\n")
+            self._fh.flush()
+        except OSError as exc:  # a full disk: stop the job, naming what could not be written
+            raise OSError(exc.errno, f"{self.path}: cannot record {Path(result.input).name}'s result "
+                                     f"({exc.strerror or exc}); the job stops here") from exc
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # the line write() failed on: its error is the one reported
+                pass
 
     def compact(self) -> None:
         """Keep the last line of each input (earlier runs' lines included), written atomically."""
