@@ -6,6 +6,7 @@ Subcommands: train, models, denoise, eval, decompose, inspect, images, serve, cl
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import math
@@ -619,6 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A crash inside a C library (a codec on a malformed file) then leaves the Python stack of every
+    # thread on stderr, which names what was running (the RPC, the folder job's step), not a bare
+    # "Segmentation fault".
+    faulthandler.enable()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -90,7 +90,9 @@ def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tm
     pid = _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
     assert pid == proc.pid  # the in-process engine: the job itself is on the file
     os.kill(pid, signal.SIGSEGV)
-    assert proc.wait(60) == -signal.SIGSEGV
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in err and "batch" in err, err[-2000:]  # faulthandler's stack
     assert (out / "a.wav").is_file() and not (out / "b.wav").exists()
 
     # 2. The rerun denoises b alone in a child process; that child dies too: b is reported, c is done.
