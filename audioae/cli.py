@@ -6,6 +6,7 @@ Subcommands: train, models, denoise, eval, decompose, inspect, images, serve, cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import logging
@@ -623,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     # A crash inside a C library (a codec on a malformed file) then leaves the Python stack of every
     # thread on stderr, which names what was running (the RPC, the folder job's step), not a bare
     # "Segmentation fault".
-    faulthandler.enable()
+    if not faulthandler.is_enabled():  # (python -X faulthandler, pytest: already on)
+        with contextlib.suppress(ValueError, OSError):  # a stderr that is no file (embedded): no stack then
+            faulthandler.enable()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
