@@ -2,6 +2,10 @@
 
 Arrays are float32 ``[C, T]`` (channels first) inside the library; files keep their own
 sample rate, channel count and subtype when written back.
+
+Importing this module does not import torch (0.6 GB and seconds): the gRPC client and the
+server's codec processes read and write audio without it. The functions that compute on tensors
+import it when called.
 """
 
 from __future__ import annotations
@@ -10,16 +14,19 @@ import io
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
 from .fileio import atomic_open
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +155,20 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
 MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)
 
 
+def _is_tensor(x: object) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch: if torch is not imported yet,
+    nothing can be one."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _pcm_hint(x: np.ndarray | torch.Tensor) -> str:
     """How to scale integer PCM of ``x``'s type to floats in [-1, 1], for an error message."""
-    dtype = np.dtype(str(x.dtype).removeprefix("torch.")) if isinstance(x, torch.Tensor) else x.dtype
+    dtype = np.dtype(str(x.dtype).removeprefix("torch.")) if _is_tensor(x) else x.dtype
     if dtype.kind not in "iu":
         return ""
     bits = 8 * dtype.itemsize
-    cast = "x.float()" if isinstance(x, torch.Tensor) else "x.astype(np.float32)"
+    cast = "x.float()" if _is_tensor(x) else "x.astype(np.float32)"
     if dtype.kind == "u":  # unsigned PCM (8-bit WAV) is centred on half its range
         return f"; for {bits}-bit unsigned PCM pass ({cast} - {2 ** (bits - 1)}) / {2 ** (bits - 1)}"
     return f"; for {bits}-bit PCM pass {cast} / {2 ** (bits - 1)}"
@@ -164,8 +178,8 @@ def check_audio_array(wav: np.ndarray | torch.Tensor, name: str = "audio") -> No
     """Refuse the two usual slips with in-memory audio before they turn into nonsense output:
     integer samples (int16 PCM taken as floats is 32768 times too loud) and soundfile's
     ``[T, C]`` layout where ``[C, T]`` is meant (it would become thousands of 2-sample channels)."""
-    x = wav if isinstance(wav, torch.Tensor) else np.asarray(wav)  # a list has no dtype or shape
-    if not (x.is_floating_point() if isinstance(x, torch.Tensor) else x.dtype.kind == "f"):
+    x = wav if _is_tensor(wav) else np.asarray(wav)  # a list has no dtype or shape
+    if not (x.is_floating_point() if _is_tensor(x) else x.dtype.kind == "f"):
         raise AudioError(f"{name}: float samples in [-1, 1] expected, got {x.dtype}{_pcm_hint(x)}")
     shape = tuple(x.shape)
     if len(shape) not in (1, 2):
@@ -177,6 +191,8 @@ def check_audio_array(wav: np.ndarray | torch.Tensor, name: str = "audio") -> No
 
 def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``[T]`` or ``[C, T]`` float audio -> float32 ``[C, T]`` and whether the input was 1-D."""
+    import torch
+
     if not isinstance(wav, torch.Tensor):
         wav = np.asarray(wav)
     check_audio_array(wav)
@@ -346,6 +362,9 @@ def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, targe
 
     Raises :class:`AudioError` for rate pairs :func:`check_resample` refuses (``target`` names
     the new rate in its message)."""
+    import torch
+    import torchaudio.functional as AF
+
     x = torch.as_tensor(wav, dtype=torch.float32)
     if orig_sr == new_sr:
         return x
@@ -360,4 +379,6 @@ def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
         return x
     if n > length:
         return x[..., :length]
+    import torch
+
     return torch.nn.functional.pad(x, (0, length - n))

@@ -379,3 +379,26 @@ def test_streaming_a_file_cut_short_names_it_and_writes_nothing(mixed, tmp_path)
     with pytest.raises(AudioError, match=r"cut\.flac: cannot decode the audio after \d+ samples .* truncated or corrupt"):
         mixed.stream_file(src, tmp_path / "out.flac", model="tiny", chunk_ms=50)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.flac", "full.flac"]  # no output, no temporary
+
+
+def test_the_client_does_not_import_torch(mixed_server, tmp_path):
+    """An engineer's service that calls the server needs grpc, numpy and soundfile, not torch
+    (0.6 GB resident and seconds to import): the client commands and ``audioae.client`` run
+    without loading it, here a real denoise call against a real server in a fresh process."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.wav"
+    sf.write(src, (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    code = (
+        "import sys\n"
+        "from audioae.cli import main\n"
+        f"rc = main(['client', '--server', '127.0.0.1:{mixed_server.port}', 'denoise', sys.argv[1], "
+        "'-o', sys.argv[2], '--model', 'tiny'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, 'the client imported torch'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out.wav")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sf.info(tmp_path / "out.wav").frames == 16000
