@@ -152,6 +152,16 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     return wav, info.sample_rate, info
 
 
+def header_shape(data: bytes) -> tuple[int, int, int] | None:
+    """``(frames, channels, sample_rate)`` of encoded file bytes from the header alone; None when
+    libsndfile knows no header there (the full decode then says why)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # malformed: reported by the decode
+        return None
+    return info.frames, info.channels, info.samplerate
+
+
 MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)
 
 

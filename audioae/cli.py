@@ -457,6 +457,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this HTTP port")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="SIGTERM: wait this long for calls")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--codec-workers", type=int, default=2,
+                   help="processes that decode uploads and encode answers, so a codec crash ends one of "
+                        "them, not the server (0: in the server's process)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -470,7 +473,7 @@ def _cmd_serve(args) -> int:
         max_request_mb=args.max_request_mb, max_audio_seconds=args.max_audio_seconds,
         max_queue=args.max_queue, max_streams=args.max_streams, token_file=args.token_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
-        drain_seconds=args.drain_seconds, torch_threads=args.threads)
+        drain_seconds=args.drain_seconds, torch_threads=args.threads, codec_workers=args.codec_workers)
     return serve(config, announce=lambda msg: print(f"audioae serve: {msg}", file=sys.stderr, flush=True))
 
 

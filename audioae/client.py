@@ -20,11 +20,10 @@ RPC failures surface as ``grpc.RpcError`` (``.code()``, ``.details()``).
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from .audio import (
     container_for,
     encode_audio,
     fs_path,
+    header_shape,
     iter_blocks,
     open_for_writing,
     read_audio,
@@ -150,12 +150,13 @@ def pcm_message(wav: np.ndarray, sr: int, fmt: str | int = "float32"):
     return pb.Pcm(data=array_to_pcm_bytes(x, code), format=code, sample_rate=whole_hz(sr, "sample_rate"), channels=x.shape[0])
 
 
-def audio_from_message(audio, name: str = "audio") -> tuple[np.ndarray, int, AudioForm]:
-    """``Audio`` message -> ``(wav [C, T] float32, sample_rate, form)``; validates it all."""
+def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) -> tuple[np.ndarray, int, AudioForm]:
+    """``Audio`` message -> ``(wav [C, T] float32, sample_rate, form)``; validates it all.
+    ``read(data, name=)``: how encoded bytes are decoded (the server: in a codec process)."""
     which = audio.WhichOneof("data") if audio is not None else None
     if which == "encoded":
         try:
-            wav, sr, info = read_audio(bytes(audio.encoded), name=name)
+            wav, sr, info = read(bytes(audio.encoded), name=name)
         except AudioError as exc:  # soundfile names the BytesIO object; a person needs none of that
             raise AudioError(
                 re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", str(exc))
@@ -169,8 +170,9 @@ def audio_from_message(audio, name: str = "audio") -> tuple[np.ndarray, int, Aud
     raise AudioError(f"{name}: no audio given (set either encoded file bytes or pcm)")
 
 
-def audio_message(wav: np.ndarray, form: AudioForm):
-    """``[C, T]`` float audio -> ``Audio`` message in the same form the input came in."""
+def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_audio):
+    """``[C, T]`` float audio -> ``Audio`` message in the same form the input came in.
+    ``encode(wav, sr, format=, subtype=)``: how file bytes are made (the server: in a codec process)."""
     pb = _pb()
     if form.kind == "pcm":
         return pb.Audio(pcm=pcm_message(wav, form.sample_rate, form.pcm_format))
@@ -180,7 +182,7 @@ def audio_message(wav: np.ndarray, form: AudioForm):
     x = np.asarray(wav, dtype=np.float32)
     if subtype is None or subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
         x = np.clip(x, -1.0, 1.0)  # integer formats would wrap around otherwise
-    return pb.Audio(encoded=encode_audio(x, form.sample_rate, format=fmt, subtype=subtype))
+    return pb.Audio(encoded=encode(x, form.sample_rate, format=fmt, subtype=subtype))
 
 
 def pcm_seconds(audio) -> float | None:
@@ -193,11 +195,8 @@ def pcm_seconds(audio) -> float | None:
             return None
         return len(p.data) / (width * p.channels) / p.sample_rate
     if which == "encoded":
-        try:
-            info = sf.info(io.BytesIO(bytes(audio.encoded)))
-        except Exception:  # malformed containers are reported by the full decode
-            return None
-        return info.frames / info.samplerate if info.samplerate > 0 else None
+        shape = header_shape(bytes(audio.encoded))
+        return shape[0] / shape[2] if shape is not None and shape[2] > 0 else None
     return None
 
 

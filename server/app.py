@@ -21,6 +21,7 @@ from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 
 from .auth import TokenAuth, read_tokens
 from .batcher import Batcher
+from .codecs import Codecs
 from .config import ServerConfig
 from .lifecycle import Gate
 from .metrics import Metrics
@@ -66,7 +67,8 @@ class AudioServer:
         self.metrics_port: int | None = None
         # Registered before the models load so that the port answers at once; until load() gives
         # it a model store, the gate answers every call UNAVAILABLE.
-        self.servicer = AudioAEServicer(None, self.batcher, self.metrics, self.gate, config)
+        self.codecs = Codecs(config.codec_workers, on_death=lambda outcome: self.metrics.codec_deaths.labels(outcome).inc())
+        self.servicer = AudioAEServicer(None, self.batcher, self.metrics, self.gate, config, self.codecs)
         tokens = read_tokens(config.token_file) if config.token_file else None
         # Authentication first: a caller without a token learns nothing about its message.
         interceptors = [TokenAuth(tokens, self.metrics)] if tokens else []
@@ -126,6 +128,7 @@ class AudioServer:
         """Load and warm up the models, then report SERVING."""
         self.store = ModelStore(self.config.models, self.device)
         self.store.warm_up(batch_fn=denoise_batch)
+        self.codecs.start()
         self.servicer.store = self.store
         self.batcher.start()
         self.gate.set_serving()
@@ -147,6 +150,7 @@ class AudioServer:
         self.batcher.stop()
         self.server.stop(grace=1.0).wait()
         self.metrics.stop_http()
+        self.codecs.close()
         return idle
 
     def stop(self) -> None:
@@ -156,6 +160,7 @@ class AudioServer:
         self.batcher.stop(timeout=1.0)
         self.server.stop(grace=None).wait()
         self.metrics.stop_http()
+        self.codecs.close()
 
 
 def serve(config: ServerConfig, announce: Callable[[str], None] = log.warning) -> int:

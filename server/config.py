@@ -32,6 +32,7 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off, 0: any free port
     drain_seconds: float = 30.0  # how long SIGTERM waits for in-flight calls
     torch_threads: int = 0  # torch intra-op threads; 0: torch's default
+    codec_workers: int = 2  # processes that decode uploads and encode answers (server/codecs.py); 0: in-process
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -43,7 +44,7 @@ class ServerConfig:
             raise ValueError(f"{_named('max_request_mb')} must be below 2048 (a gRPC message is at most "
                              f"2 GB), got {self.max_request_mb:g}")
         for name, zero in (("max_batch_seconds", "no batching"), ("max_delay_ms", "no wait"),
-                           ("torch_threads", "torch's default")):
+                           ("torch_threads", "torch's default"), ("codec_workers", "in the server's process")):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_named(name)} must be >= 0 (0: {zero}), got {getattr(self, name)}")
         for name in ("max_queue", "max_streams"):

@@ -45,6 +45,13 @@ class Metrics:
             "Queued jobs skipped because their call was cancelled or timed out",
             registry=r,
         )
+        self.codec_deaths = Counter(
+            "audioae_codec_process_deaths",
+            "Codec processes (decoding uploads, encoding answers) found dead, by what followed: the call "
+            "retried alone and answered ('retried'), or crashed its own process too ('refused')",
+            ["outcome"],
+            registry=r,
+        )
         self._http = None
 
     def serve_http(self, host: str, port: int) -> int:

@@ -10,7 +10,6 @@ build lacks the decomposition module.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import math
 import time
@@ -20,7 +19,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
-import soundfile as sf
 import torch
 
 from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_resample, resample
@@ -39,6 +37,7 @@ from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
 
 from .batcher import Batcher, Job, batch_key
+from .codecs import Codecs
 from .config import ServerConfig
 from .errors import Abort, status_of
 from .lifecycle import Gate
@@ -92,15 +91,9 @@ def _parsed(requests: Iterator) -> Iterator:
         yield request
 
 
-def _declared_shape(audio) -> tuple[int, int, int] | None:
-    """``(frames, channels, sample_rate)`` of an ``Audio`` message without decoding it: the
-    encoded file's header, or the PCM byte count. None when malformed (the decode says why)."""
-    if audio.WhichOneof("data") == "encoded":
-        try:
-            info = sf.info(io.BytesIO(audio.encoded))
-        except Exception:  # malformed containers are reported by the full decode
-            return None
-        return info.frames, info.channels, info.samplerate
+def _pcm_shape(audio) -> tuple[int, int, int] | None:
+    """``(frames, channels, sample_rate)`` of an ``Audio`` message's PCM from its byte count; None
+    when malformed (the decode says why)."""
     seconds = pcm_seconds(audio)
     if seconds is None:
         return None
@@ -150,9 +143,11 @@ def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
 
 class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def __init__(
-        self, store: ModelStore | None, batcher: Batcher, metrics: Metrics, gate: Gate, config: ServerConfig
+        self, store: ModelStore | None, batcher: Batcher, metrics: Metrics, gate: Gate, config: ServerConfig,
+        codecs: Codecs,
     ):
         self.store, self.batcher, self.metrics, self.gate, self.config = store, batcher, metrics, gate, config
+        self.codecs = codecs  # file bytes in and out, in worker processes
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _wait(self, job: Job, context: grpc.ServicerContext):
@@ -214,16 +209,18 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         limit, applied to the header and again to the decoded audio."""
         if audio is None or audio.WhichOneof("data") is None:
             raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
-        self._check_seconds(pcm_seconds(audio))  # before decoding: refuse cheaply
-        declared = _declared_shape(audio)
+        encoded = audio.WhichOneof("data") == "encoded"
+        # Before decoding, from the header or the byte count alone: refuse cheaply.
+        declared = self.codecs.header(bytes(audio.encoded)) if encoded else _pcm_shape(audio)
         if declared is not None:
-            if audio.WhichOneof("data") == "encoded":  # PCM is no larger than its message
+            self._check_seconds(declared[0] / declared[2] if declared[2] > 0 else None)
+            if encoded:  # PCM is no larger than its message
                 self._check_decoded(*declared)
             if MIN_SAMPLE_RATE <= declared[2] <= MAX_SAMPLE_RATE:  # else the decode says it is out of range
                 check_resample(declared[2], model_sr, target="the model's ")
             if check is not None:
                 check(*declared)
-        wav, sr, form = audio_from_message(audio, name)
+        wav, sr, form = audio_from_message(audio, name, read=self.codecs.read)
         self._check_seconds(wav.shape[-1] / sr)
         if check is not None:
             check(wav.shape[-1], wav.shape[0], sr)
@@ -251,7 +248,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         y, info = self._wait(job, context)
         self.metrics.audio_seconds.labels("Denoise").inc(seconds)
         return pb.DenoiseResponse(
-            audio=audio_message(y, form),
+            audio=audio_message(y, form, encode=self.codecs.encode),
             model=sm.name,
             queue_ms=info.queue_ms,
             compute_ms=info.compute_ms,

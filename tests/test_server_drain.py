@@ -4,6 +4,7 @@ process (a long Ogg Vorbis upload, answered in Ogg Vorbis) is answered."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -129,6 +130,74 @@ def test_a_long_ogg_vorbis_upload_is_answered_and_the_server_lives(tmp_path):
         with Client(f"127.0.0.1:{port}", timeout=120) as c:
             r = c.denoise_file(src, tmp_path / "clean.ogg")
             assert r["model"] == "tiny" and sf.info(tmp_path / "clean.ogg").frames == len(x)
+            assert proc.poll() is None and c.health() == "SERVING"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _codec_processes(pid: int) -> list[int]:
+    """The server's codec processes: its multiprocessing 'spawn' children (the pool's workers and
+    a call's process of its own), from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    found.append(int(kid))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the codec processes in /proc")
+def test_a_dead_codec_process_costs_no_call_and_an_upload_that_kills_two_is_refused(tmp_path):
+    """Uploads are decoded and answers encoded in codec processes. Real SIGSEGVs (what a codec
+    crashing on a malformed file raises) sent to them: a call that finds its pool dead is retried
+    alone and answered; a call whose own process dies too gets INVALID_ARGUMENT; the server lives."""
+    from audioae.audio import encode_audio
+
+    proc, lines, log, ckpt = _start_server(tmp_path)
+    try:
+        port = _ready_port(lines, log)
+        workers = _codec_processes(proc.pid)
+        assert len(workers) == 2, f"the server should start its 2 codec processes with its models: {workers}"
+        x = (0.1 * np.random.default_rng(0).standard_normal((1, 32000))).astype(np.float32)
+        flac = encode_audio(x, 16000, format="FLAC", subtype="PCM_16")
+        with Client(f"127.0.0.1:{port}", timeout=120) as c:
+            expected = c.denoise_bytes(flac).audio.encoded
+
+            for w in workers:  # 1. the pool dies between calls
+                os.kill(w, signal.SIGSEGV)
+            assert c.denoise_bytes(flac).audio.encoded == expected
+            _wait_for(lines, r"reading the audio file's header: its process was killed by SIGSEGV; trying again", log)
+
+            stop = threading.Event()  # 2. every codec process dies as soon as it appears
+
+            def kill_codecs():
+                while not stop.is_set():
+                    for pid in _codec_processes(proc.pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGSEGV)
+                    time.sleep(0.002)
+
+            killer = threading.Thread(target=kill_codecs)
+            killer.start()
+            try:
+                with pytest.raises(grpc.RpcError) as info:
+                    c.denoise_bytes(flac)
+            finally:
+                stop.set()
+                killer.join()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert "crashed the codec (its process was killed by SIGSEGV) in a process of its own" in \
+                info.value.details()
+
+            assert c.denoise_bytes(flac).audio.encoded == expected  # 3. the next call: a fresh pool
             assert proc.poll() is None and c.health() == "SERVING"
     finally:
         proc.kill()

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..isolation import ProcessDied, call_in_child, how_it_ended
 from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask, part_path
@@ -69,26 +68,17 @@ def isolate(task: FileTask, settings: Settings, journal: Journal) -> FileResult:
     return result
 
 
-def _child(conn, task: FileTask, settings: Settings) -> None:
+def _denoise_alone(task: FileTask, settings: Settings) -> FileResult:
+    """The child's work: load the model, denoise the one file."""
     from ..checkpoint import load_checkpoint
     from .process import FileDenoiser
 
     torch.set_num_threads(max(1, settings.threads))
     try:
         model = load_checkpoint(settings.checkpoint, map_location=settings.device, expected_sha256=settings.sha256)
-        result = FileDenoiser(model, settings.strength, block_seconds=settings.block_seconds).run(task)
     except Exception as exc:  # noqa: BLE001 (the model would not load: an answer, not a crash)
-        result = FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
-    conn.send(result)
-    conn.close()
-
-
-def how_it_ended(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        return f"was killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
+        return FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
+    return FileDenoiser(model, settings.strength, block_seconds=settings.block_seconds).run(task)
 
 
 def run_isolated(task: FileTask, settings: Settings, journal: Journal) -> tuple[FileResult, bool]:
@@ -96,26 +86,14 @@ def run_isolated(task: FileTask, settings: Settings, journal: Journal) -> tuple[
     before answering, an error saying how it ended (``crashed`` True). Costs a process start and
     a model load (seconds), which is why only suspects come here."""
     t0 = time.perf_counter()
-    ctx = mp.get_context("spawn")  # never fork a process whose torch thread pools run
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, task, settings),
-                       name=f"audioae-isolated:{task.rel}", daemon=True)
-    proc.start()
-    journal.started(task.input, pid=proc.pid)  # still a suspect if this process dies meanwhile
-    send.close()  # the child holds the only sending end: its death ends recv() with EOFError
-    try:
-        result = receive.recv()
-    except EOFError:
-        result = None
-    finally:
-        receive.close()
-        proc.join()
-    if result is not None:
+    try:  # the child's pid goes in the marker: the file stays a suspect if this process dies meanwhile
+        result = call_in_child(_denoise_alone, task, settings, on_start=lambda pid: journal.started(task.input, pid))
         return result, False
-    with contextlib.suppress(OSError):
-        part_path(task.output).unlink(missing_ok=True)
-    msg = (f"the process denoising this file {how_it_ended(proc.exitcode)}, and so had an earlier one: a codec "
-           f"library probably crashes on this file (check it with ffprobe or sndfile-info); skipped, no output "
-           f"written")
-    log.warning("%s: %s", task.input, msg)
-    return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0), True
+    except ProcessDied as died:
+        with contextlib.suppress(OSError):
+            part_path(task.output).unlink(missing_ok=True)
+        msg = (f"the process denoising this file {how_it_ended(died.exitcode)}, and so had an earlier one: a "
+               f"codec library probably crashes on this file (check it with ffprobe or sndfile-info); skipped, "
+               f"no output written")
+        log.warning("%s: %s", task.input, msg)
+        return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0), True

@@ -1,0 +1,110 @@
+"""What decoding uploads and encoding answers in codec processes costs the server.
+
+    python benchmarks/codec_processes.py [--rounds 7] [--out benchmarks/results/codec-processes.json]
+
+A real server (``python -m server --port 0 --threads 1``, the shipped models) answers ``Denoise``
+calls with encoded uploads (answered in the same container), once with ``--codec-workers 2``
+(the default: server/codecs.py) and once with ``--codec-workers 0`` (in the server's process,
+as before). Per upload kind: the median wall time of a call over ``--rounds`` calls after one
+warm-up call; then the resident memory (VmRSS from /proc) of the server and of its codec
+processes (its multiprocessing children; Linux only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from audioae.audio import encode_audio
+from audioae.client import Client
+from audioae.data.synthetic import speech_like
+from audioae.fileio import atomic_write_json
+
+UPLOADS = (  # (name, seconds, rate, channels, container, subtype)
+    ("10 s 16 kHz mono FLAC", 10, 16000, 1, "FLAC", "PCM_16"),
+    ("10 s 48 kHz stereo Ogg Vorbis", 10, 48000, 2, "OGG", "VORBIS"),
+    ("120 s 48 kHz stereo FLAC", 120, 48000, 2, "FLAC", "PCM_16"),
+)
+
+
+def _upload(seconds: float, sr: int, channels: int, fmt: str, subtype: str, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    x = np.stack([speech_like(rng, seconds, sr) for _ in range(channels)])  # [C, T]
+    x = 0.5 * x / np.abs(x).max() + 0.01 * rng.standard_normal(x.shape)
+    return encode_audio(x.astype(np.float32), sr, format=fmt, subtype=subtype)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(k) for k in (task / "children").read_text().split()
+                     if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    return kids
+
+
+def measure(workers: int, uploads: dict[str, bytes], rounds: int) -> dict:
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--threads", "1",
+                             "--codec-workers", str(workers)], stderr=subprocess.PIPE, text=True)
+    out = {"codec_workers": workers, "calls": {}}
+    try:
+        port = None
+        for line in iter(proc.stderr.readline, ""):
+            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+            if "ready:" in line:
+                break
+        if port is None:
+            raise RuntimeError("the server did not start")
+        with Client(f"127.0.0.1:{port}", timeout=300) as c:
+            for name, data in uploads.items():
+                c.denoise_bytes(data)  # warm-up
+                walls = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    c.denoise_bytes(data)
+                    walls.append(time.perf_counter() - t0)
+                out["calls"][name] = {"upload_mb": round(len(data) / 2**20, 2),
+                                      "median_s": round(statistics.median(walls), 4),
+                                      "min_s": round(min(walls), 4)}
+        out["server_rss_mb"] = round(_rss_mb(proc.pid), 1)
+        out["codec_process_rss_mb"] = [round(_rss_mb(k), 1) for k in _children(proc.pid)]
+    finally:
+        proc.terminate()
+        proc.wait()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", default="benchmarks/results/codec-processes.json")
+    args = p.parse_args()
+    uploads = {name: _upload(*spec) for name, *spec in UPLOADS}
+    result = {"command": "python benchmarks/codec_processes.py", "rounds": args.rounds,
+              "runs": [measure(2, uploads, args.rounds), measure(0, uploads, args.rounds)]}
+    atomic_write_json(args.out, result)
+    for run in result["runs"]:
+        for name, r in run["calls"].items():
+            print(f"codec_workers={run['codec_workers']}  {name:32s} {r['upload_mb']:6.2f} MB  "
+                  f"median {r['median_s'] * 1000:8.1f} ms")
+        print(f"  server {run['server_rss_mb']} MB, codec processes {run['codec_process_rss_mb']} MB")
+
+
+if __name__ == "__main__":
+    main()

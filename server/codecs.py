@@ -1,0 +1,105 @@
+"""Encoded audio (uploads and answers in WAV, FLAC, Ogg, ...) read and written in worker processes.
+
+libsndfile and the codecs under it are C: a file one of them crashes on would end the server
+and every call in flight with it. Here it ends a worker. A call whose worker died, or that found
+the pool broken by another call's crash, is tried once more alone in a fresh process
+(:func:`audioae.isolation.call_in_child`): if that dies too, its upload is the cause and gets
+INVALID_ARGUMENT; the pool is replaced for the calls after it. The workers import numpy and
+soundfile only (tens of MB each), never torch. PCM never reaches a codec.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from audioae.audio import AudioError, AudioInfo, encode_audio, header_shape, read_audio
+from audioae.isolation import ProcessDied, Worker, call_in_child
+
+log = logging.getLogger(__name__)
+
+
+class Codecs:
+    """``header``, ``read`` and ``encode`` of file bytes, in ``workers`` processes (0: in this one).
+    A call takes an idle worker (waiting while all are busy) and gives it back."""
+
+    def __init__(self, workers: int, on_death: Callable[[str], None] = lambda outcome: None):
+        self.workers = workers
+        self.on_death = on_death  # "retried" | "refused": counted in the metrics
+        self._idle: queue.Queue[Worker] = queue.Queue()
+        self._all: set[Worker] = set()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        """Start the workers (each imports numpy and soundfile in the background: about 0.3 s)."""
+        with self._lock:
+            if not self._started:
+                for _ in range(self.workers):
+                    self._add(Worker())
+                self._started = True
+
+    def _add(self, worker: Worker) -> None:
+        self._all.add(worker)
+        self._idle.put(worker)
+
+    def header(self, data: bytes) -> tuple[int, int, int] | None:
+        """``(frames, channels, sample_rate)`` from the file's header; None when it has none."""
+        return self._run(header_shape, (data,), {}, "reading the audio file's header")
+
+    def read(self, data: bytes, name: str = "audio") -> tuple[np.ndarray, int, AudioInfo]:
+        return self._run(read_audio, (data,), {"name": name}, "decoding the audio file")
+
+    def encode(self, wav: np.ndarray, sr: int, *, format: str, subtype: str | None) -> bytes:
+        return self._run(encode_audio, (wav, sr), {"format": format, "subtype": subtype},
+                         f"encoding the answer as {format}", ours=True)
+
+    def _run(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool = False) -> Any:
+        if self.workers == 0:
+            return fn(*args, **kwargs)
+        self.start()
+        worker = self._idle.get()
+        try:
+            answer = worker.call(fn, *args, **kwargs)
+        except ProcessDied as died:
+            self._replace(worker)
+            log.warning("%s: %s; trying again in a process of its own", doing, died)
+            return self._alone(fn, args, kwargs, doing, ours)
+        except BaseException:
+            self._idle.put(worker)  # it answered (an AudioError): it lives
+            raise
+        self._idle.put(worker)
+        return answer
+
+    def _replace(self, dead: Worker) -> None:
+        with self._lock:
+            self._all.discard(dead)
+            dead.close()
+            self._add(Worker())
+
+    def _alone(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool) -> Any:
+        """The call once more in a fresh process: an innocent one (its worker was killed by
+        someone, or by the out-of-memory killer) is answered; one that kills this too is refused."""
+        outcome = "retried"
+        try:
+            return call_in_child(fn, *args, **kwargs)
+        except ProcessDied as died:
+            outcome = "refused"
+            if ours:  # the server's own output: a fault here, not the caller's
+                raise RuntimeError(f"{doing} crashed the codec ({died}); ask for PCM instead") from None
+            raise AudioError(f"{doing} crashed the codec ({died}) in a process of its own: the file is "
+                             f"malformed in a way the decoder does not catch; send PCM, or re-encode it "
+                             f"with a standard encoder") from None
+        finally:
+            self.on_death(outcome)
+
+    def close(self) -> None:
+        with self._lock:
+            for worker in self._all:
+                worker.close()
+            self._all.clear()
