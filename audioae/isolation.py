@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import pickle
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +42,18 @@ def _serve_calls(conn) -> None:
         try:
             answer = ("ok", fn(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 (an answer, sent back and raised there)
-            answer = ("raised", exc)
+            answer = ("raised", _portable(exc))
         conn.send(answer)
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc``, or a RuntimeError with its text when it would not survive the pipe (an exception
+    class whose constructor takes other arguments than its message does not unpickle)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 class Worker:

@@ -1,0 +1,65 @@
+"""audioae.isolation: calls in child processes, their answers, their errors and their deaths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from audioae.audio import AudioError
+from audioae.isolation import ProcessDied, Worker, call_in_child
+
+
+class _Picky(Exception):
+    def __init__(self, code: int, where: str):  # unpickling calls this with the message alone: fails
+        super().__init__(f"{where}: code {code}")
+
+
+def raise_audio_error(text: str) -> None:
+    raise AudioError(text)
+
+
+def raise_picky() -> None:
+    raise _Picky(7, "decoder")
+
+
+def pid_and_sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_worker_answers_calls_one_after_another_and_passes_their_errors_back():
+    w = Worker()
+    try:
+        assert w.call(sum, [1, 2, 3]) == 6
+        with pytest.raises(AudioError, match="^bad header$"):
+            w.call(raise_audio_error, "bad header")
+        with pytest.raises(RuntimeError, match=r"^_Picky: decoder: code 7$"):  # not a TypeError from unpickling
+            w.call(raise_picky)
+        assert w.call(pid_and_sleep, 0) == w.pid != os.getpid()  # the same process all along
+    finally:
+        w.close()
+    assert not w.proc.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSEGV") or os.name != "posix", reason="POSIX signals")
+def test_a_worker_killed_mid_call_raises_process_died_for_that_call():
+    w = Worker()
+    try:
+        w.call(len, b"")  # up and answering
+        threading.Timer(0.5, os.kill, (w.pid, signal.SIGSEGV)).start()
+        with pytest.raises(ProcessDied, match="killed by SIGSEGV") as info:
+            w.call(pid_and_sleep, 30)
+        assert info.value.exitcode == -signal.SIGSEGV
+        with pytest.raises(ProcessDied):  # and every call after it, at once
+            w.call(len, b"")
+    finally:
+        w.close()
+
+
+def test_call_in_child_runs_once_in_a_fresh_process_and_reports_it():
+    started = []
+    assert call_in_child(pid_and_sleep, 0, on_start=started.append) == started[0] != os.getpid()
