@@ -1,11 +1,12 @@
 """Encoded audio (uploads and answers in WAV, FLAC, Ogg, ...) read and written in worker processes.
 
 libsndfile and the codecs under it are C: a file one of them crashes on would end the server
-and every call in flight with it. Here it ends a worker. A call whose worker died, or that found
-the pool broken by another call's crash, is tried once more alone in a fresh process
-(:func:`audioae.isolation.call_in_child`): if that dies too, its upload is the cause and gets
-INVALID_ARGUMENT; the pool is replaced for the calls after it. The workers import numpy and
-soundfile only (tens of MB each), never torch. PCM never reaches a codec.
+and every call in flight with it. Here it ends a worker, which only the call on it notices: that
+call is tried once more alone in a fresh process (:func:`audioae.isolation.call_in_child`),
+answered if it was innocent (the worker was killed from outside, by hand or by the out-of-memory
+killer), refused with INVALID_ARGUMENT if its upload kills that process too. The dead worker is
+replaced. The workers import numpy and soundfile only (tens of MB each), never torch. PCM never
+reaches a codec.
 """
 
 from __future__ import annotations
