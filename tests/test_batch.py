@@ -49,14 +49,6 @@ def make_tree(root: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def causal_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-causal.safetensors"
-    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def bidir_ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("models") / "tiny-bidir.safetensors"

@@ -18,23 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from audioae.batch import DenoiseOptions, read_manifest, run_denoise
 from audioae.batch.journal import JOURNAL_NAME
-from audioae.checkpoint import save_checkpoint
-from audioae.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSEGV") or os.name != "posix", reason="POSIX signals")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-causal.safetensors"
-    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), path)
-    return path
 
 
 def _write_inputs(src: Path, seconds: dict[str, float]) -> None:
@@ -44,8 +33,8 @@ def _write_inputs(src: Path, seconds: dict[str, float]) -> None:
         sf.write(src / name, (0.1 * rng.standard_normal(int(16000 * sec))).astype(np.float32), 16000, subtype="PCM_16")
 
 
-def _cli(src: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(ckpt),
+def _cli(src: Path, out: Path, causal_ckpt: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(causal_ckpt),
            "--no-progress", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -81,12 +70,12 @@ def _statuses(out: Path) -> dict[str, dict]:
     return {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
 
 
-def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tmp_path, ckpt):
+def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tmp_path, causal_ckpt):
     src, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
     _write_inputs(src, {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0})
 
     # 1. The job process dies on b (as on a decoder's SIGSEGV): no record of b but its marker.
-    proc = _cli(src, out, ckpt)
+    proc = _cli(src, out, causal_ckpt)
     pid = _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
     assert pid == proc.pid  # the in-process engine: the job itself is on the file
     os.kill(pid, signal.SIGSEGV)
@@ -96,7 +85,7 @@ def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tm
     assert (out / "a.wav").is_file() and not (out / "b.wav").exists()
 
     # 2. The rerun denoises b alone in a child process; that child dies too: b is reported, c is done.
-    proc = _cli(src, out, ckpt)
+    proc = _cli(src, out, causal_ckpt)
     child = _wait_for(_started(out, "b.wav", other_than=(pid, proc.pid)), proc, "b.wav's isolated child process")
     os.kill(child, signal.SIGSEGV)
     _, err = proc.communicate(timeout=120)
@@ -109,19 +98,19 @@ def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tm
     assert len(list((out / JOURNAL_NAME).iterdir())) == 1  # b stays a suspect for the next run
 
     # 3. The next run isolates b again; nothing kills it now, and its output is the in-process one.
-    s = run_denoise([src], out, DenoiseOptions(model=str(ckpt), progress=False))
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["ok"], s["skipped"], s["error"]) == (1, 2, 0)
     assert not (out / JOURNAL_NAME).exists()  # nothing left to isolate
-    run_denoise([src / "b.wav"], ref, DenoiseOptions(model=str(ckpt), progress=False))
+    run_denoise([src / "b.wav"], ref, DenoiseOptions(model=str(causal_ckpt), progress=False))
     np.testing.assert_array_equal(sf.read(out / "b.wav")[0], sf.read(ref / "b.wav")[0])
 
 
-def test_a_worker_that_dies_costs_no_other_file(tmp_path, ckpt):
+def test_a_worker_that_dies_costs_no_other_file(tmp_path, causal_ckpt):
     """With --workers, a dead worker used to break the pool and fail every file still queued."""
     src, out = tmp_path / "in", tmp_path / "out"
     names = {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0, "d.wav": 1.0, "e.wav": 1.0}
     _write_inputs(src, names)
-    proc = _cli(src, out, ckpt, "--workers", "2")
+    proc = _cli(src, out, causal_ckpt, "--workers", "2")
     worker = _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
     assert worker != proc.pid  # a pool worker is on it
     os.kill(worker, signal.SIGSEGV)
