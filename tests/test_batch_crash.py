@@ -144,3 +144,20 @@ def test_a_marker_that_cannot_be_written_costs_the_protection_not_the_job(tmp_pa
     journal.started("/x/b.wav")
     assert journal.why("/x/a.wav") is None
     assert caplog.text.count("cannot mark files in flight") == 1  # once per job, not per file
+
+
+def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
+    """Ctrl-C reaches the job and its workers (one process group); the files they were on are
+    interrupted, not crashed on, and a rerun need not isolate them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0})
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(causal_ckpt),
+           "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    left = [p.read_text() for p in (out / JOURNAL_NAME).glob("*")]
+    assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"

@@ -36,8 +36,11 @@ def _init_worker(settings: Settings, journal: Journal) -> None:
 
 def _work(task: FileTask) -> FileResult:
     assert _WORKER is not None and _JOURNAL is not None, "worker used before its initializer ran"
-    _JOURNAL.started(task.input)  # the worker, not the parent, knows when a file really starts
-    return _WORKER.run(task)
+    _JOURNAL.started(task.input)  # the worker, not the parent, knows when a file starts and ends
+    try:
+        return _WORKER.run(task)
+    finally:  # done, or interrupted (Ctrl-C reaches the workers too); a crash never gets here
+        _JOURNAL.ended(task.input)
 
 
 def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder | None, *, checkpoint: str, sha256: str,
@@ -113,7 +116,6 @@ def _pool_round(todo: Sequence[FileTask], settings: Settings, journal: Journal, 
                 continue
             except Exception as exc:  # noqa: BLE001 (e.g. the model failed to load in a worker)
                 result = FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
-            journal.ended(task.input)
             finished.add(task.input)
             yield result
     finally:
