@@ -460,6 +460,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--codec-workers", type=int, default=2,
                    help="processes that decode uploads and encode answers, so a codec crash ends one of "
                         "them, not the server (0: in the server's process)")
+    p.add_argument("--codec-timeout", type=float, default=60.0,
+                   help="seconds one decode or encode may take before its process is stopped and the call "
+                        "refused (a decoder caught in a loop; the longest legitimate answer, 600 s of 48 kHz "
+                        "stereo Ogg Vorbis, encodes in about 7 s)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -473,7 +477,8 @@ def _cmd_serve(args) -> int:
         max_request_mb=args.max_request_mb, max_audio_seconds=args.max_audio_seconds,
         max_queue=args.max_queue, max_streams=args.max_streams, token_file=args.token_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
-        drain_seconds=args.drain_seconds, torch_threads=args.threads, codec_workers=args.codec_workers)
+        drain_seconds=args.drain_seconds, torch_threads=args.threads, codec_workers=args.codec_workers,
+        codec_timeout=args.codec_timeout)
     return serve(config, announce=lambda msg: print(f"audioae serve: {msg}", file=sys.stderr, flush=True))
 
 

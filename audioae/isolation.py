@@ -23,6 +23,14 @@ class ProcessDied(RuntimeError):
         super().__init__(f"its process {how_it_ended(exitcode)}")
 
 
+class CallTimedOut(RuntimeError):
+    """The child did not answer in time, and was killed."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        super().__init__(f"no answer within {seconds:g} s, so its process was stopped")
+
+
 def how_it_ended(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         with contextlib.suppress(ValueError):
@@ -73,10 +81,16 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` there: its result, or the exception it raised, or :class:`ProcessDied`."""
+    def call(self, fn: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` there: its result, or the exception it raised, or
+        :class:`ProcessDied`; after ``timeout`` seconds without an answer the process is killed
+        and :class:`CallTimedOut` raised (a decoder caught in a loop)."""
         try:
             self.conn.send((fn, args, kwargs))
+            if timeout is not None and not self.conn.poll(timeout):
+                self.proc.kill()
+                self.proc.join()
+                raise CallTimedOut(timeout)
             kind, value = self.conn.recv()
         except (EOFError, OSError):  # died before or while answering (a broken pipe is an OSError)
             self.proc.join(timeout=5)
@@ -94,15 +108,17 @@ class Worker:
             self.proc.join()
 
 
-def call_in_child(fn: Callable, *args: Any, on_start: Callable[[int], None] | None = None, **kwargs: Any) -> Any:
+def call_in_child(fn: Callable, *args: Any, on_start: Callable[[int], None] | None = None,
+                  timeout: float | None = None, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a child process of its own: its result, or the exception it
-    raised, or :class:`ProcessDied` when the child died before answering. ``fn`` must be
-    importable (module level); ``on_start(pid)`` runs once the child is up. Costs a process start
+    raised, or :class:`ProcessDied` when the child died before answering (:class:`CallTimedOut`
+    after ``timeout`` seconds). ``fn`` must be importable (module level); ``on_start(pid)`` runs
+    once the child is up. Costs a process start
     (about 0.3 s plus what ``fn``'s module imports)."""
     worker = Worker()
     try:
         if on_start is not None:
             on_start(worker.pid)
-        return worker.call(fn, *args, **kwargs)
+        return worker.call(fn, *args, timeout=timeout, **kwargs)
     finally:
         worker.close()

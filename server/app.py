@@ -67,7 +67,8 @@ class AudioServer:
         self.metrics_port: int | None = None
         # Registered before the models load so that the port answers at once; until load() gives
         # it a model store, the gate answers every call UNAVAILABLE.
-        self.codecs = Codecs(config.codec_workers, on_death=lambda outcome: self.metrics.codec_deaths.labels(outcome).inc())
+        self.codecs = Codecs(config.codec_workers, config.codec_timeout,
+                             on_death=lambda outcome: self.metrics.codec_deaths.labels(outcome).inc())
         self.servicer = AudioAEServicer(None, self.batcher, self.metrics, self.gate, config, self.codecs)
         tokens = read_tokens(config.token_file) if config.token_file else None
         # Authentication first: a caller without a token learns nothing about its message.

@@ -5,8 +5,9 @@ and every call in flight with it. Here it ends a worker, which only the call on 
 call is tried once more alone in a fresh process (:func:`audioae.isolation.call_in_child`),
 answered if it was innocent (the worker was killed from outside, by hand or by the out-of-memory
 killer), refused with INVALID_ARGUMENT if its upload kills that process too. The dead worker is
-replaced. The workers import numpy and soundfile only (tens of MB each), never torch. PCM never
-reaches a codec.
+replaced. A call that takes longer than the timeout (a decoder caught in a loop) has its process
+stopped and is refused, not tried again. The workers import numpy and soundfile only (tens of
+MB each), never torch. PCM never reaches a codec.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from audioae.audio import AudioError, AudioInfo, encode_audio, header_shape, read_audio
-from audioae.isolation import ProcessDied, Worker, call_in_child
+from audioae.isolation import CallTimedOut, ProcessDied, Worker, call_in_child
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,10 @@ class Codecs:
     """``header``, ``read`` and ``encode`` of file bytes, in ``workers`` processes (0: in this one).
     A call takes an idle worker (waiting while all are busy) and gives it back."""
 
-    def __init__(self, workers: int, on_death: Callable[[str], None] = lambda outcome: None):
+    def __init__(self, workers: int, timeout: float = 60.0, on_death: Callable[[str], None] = lambda outcome: None):
         self.workers = workers
-        self.on_death = on_death  # "retried" | "refused": counted in the metrics
+        self.timeout = timeout  # seconds a call may take before its process is stopped (a decoder in a loop)
+        self.on_death = on_death  # "retried" | "refused" | "timed_out": counted in the metrics
         self._idle: queue.Queue[Worker] = queue.Queue()
         self._all: set[Worker] = set()
         self._lock = threading.Lock()
@@ -66,7 +68,13 @@ class Codecs:
         self.start()
         worker = self._idle.get()
         try:
-            answer = worker.call(fn, *args, **kwargs)
+            answer = worker.call(fn, *args, timeout=self.timeout, **kwargs)
+        except CallTimedOut as late:  # not tried again: it would hold a process that long again
+            self._replace(worker)
+            self.on_death("timed_out")
+            raise (RuntimeError if ours else AudioError)(
+                f"{doing}: {late}; the file is malformed in a way the decoder does not catch, or too long for "
+                f"this server's --codec-timeout") from None
         except ProcessDied as died:
             self._replace(worker)
             log.warning("%s: %s; trying again in a process of its own", doing, died)
@@ -88,8 +96,8 @@ class Codecs:
         someone, or by the out-of-memory killer) is answered; one that kills this too is refused."""
         outcome = "retried"
         try:
-            return call_in_child(fn, *args, **kwargs)
-        except ProcessDied as died:
+            return call_in_child(fn, *args, timeout=self.timeout, **kwargs)
+        except (ProcessDied, CallTimedOut) as died:
             outcome = "refused"
             if ours:  # the server's own output: a fault here, not the caller's
                 raise RuntimeError(f"{doing} crashed the codec ({died}); ask for PCM instead") from None

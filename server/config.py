@@ -33,11 +33,12 @@ class ServerConfig:
     drain_seconds: float = 30.0  # how long SIGTERM waits for in-flight calls
     torch_threads: int = 0  # torch intra-op threads; 0: torch's default
     codec_workers: int = 2  # processes that decode uploads and encode answers (server/codecs.py); 0: in-process
+    codec_timeout: float = 60.0  # seconds one decode or encode may take before its process is stopped
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
-        for name in ("max_request_mb", "max_audio_seconds", "drain_seconds"):
+        for name in ("max_request_mb", "max_audio_seconds", "drain_seconds", "codec_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_named(name)} must be positive, got {getattr(self, name)}")
         if self.max_message_bytes > MAX_GRPC_BYTES:  # was: grpcio's OverflowError traceback at start

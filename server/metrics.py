@@ -47,8 +47,9 @@ class Metrics:
         )
         self.codec_deaths = Counter(
             "audioae_codec_process_deaths",
-            "Codec processes (decoding uploads, encoding answers) found dead, by what followed: the call "
-            "retried alone and answered ('retried'), or crashed its own process too ('refused')",
+            "Codec processes (decoding uploads, encoding answers) found dead or stopped, by what followed: "
+            "the call retried alone and answered ('retried'), crashed its own process too ('refused'), or "
+            "took longer than --codec-timeout ('timed_out')",
             ["outcome"],
             registry=r,
         )

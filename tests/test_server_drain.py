@@ -44,14 +44,14 @@ def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float =
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(log)}")
 
 
-def _start_server(tmp_path) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
+def _start_server(tmp_path, *flags: str) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
     """``python -m server`` with a tiny causal model: the process, its stderr lines, the log of
     those read, and the checkpoint."""
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1"],
+        [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1", *flags],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -198,6 +198,40 @@ def test_a_dead_codec_process_costs_no_call_and_an_upload_that_kills_two_is_refu
                 info.value.details()
 
             assert c.denoise_bytes(flac).audio.encoded == expected  # 3. the next call: a fresh pool
+            assert proc.poll() is None and c.health() == "SERVING"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the codec processes in /proc")
+def test_a_codec_process_that_stops_answering_is_stopped_and_the_call_refused(tmp_path):
+    """A decoder caught in a loop on a malformed file would hold its codec process for ever; here
+    the processes are frozen for real (SIGSTOP): the call is refused after --codec-timeout, the
+    frozen process replaced, and the server answers the next call."""
+    from audioae.audio import encode_audio
+
+    proc, lines, log, _ = _start_server(tmp_path, "--codec-timeout", "3")
+    try:
+        port = _ready_port(lines, log)
+        frozen = _codec_processes(proc.pid)
+        x = (0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32)
+        flac = encode_audio(x, 16000, format="FLAC", subtype="PCM_16")
+        with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            expected = c.denoise_bytes(flac).audio.encoded
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                c.denoise_bytes(flac)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+            assert "no answer within 3 s, so its process was stopped" in info.value.details()
+            assert 3 <= time.monotonic() - t0 < 30
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)  # the one still waiting its turn answers again
+            assert c.denoise_bytes(flac).audio.encoded == expected
+            assert len(set(_codec_processes(proc.pid)) - set(frozen)) == 1  # the stopped one was replaced
             assert proc.poll() is None and c.health() == "SERVING"
     finally:
         proc.kill()
