@@ -10,7 +10,7 @@ import time
 import pytest
 
 from audioae.audio import AudioError
-from audioae.isolation import ProcessDied, Worker, call_in_child
+from audioae.isolation import CallTimedOut, ProcessDied, Worker, call_in_child
 
 
 class _Picky(Exception):
@@ -63,3 +63,13 @@ def test_a_worker_killed_mid_call_raises_process_died_for_that_call():
 def test_call_in_child_runs_once_in_a_fresh_process_and_reports_it():
     started = []
     assert call_in_child(pid_and_sleep, 0, on_start=started.append) == started[0] != os.getpid()
+
+
+def test_a_call_without_an_answer_in_time_has_its_process_stopped():
+    w = Worker()
+    try:
+        with pytest.raises(CallTimedOut, match=r"no answer within 0\.5 s"):
+            w.call(pid_and_sleep, 30, timeout=0.5)
+        assert not w.proc.is_alive()
+    finally:
+        w.close()
