@@ -6,8 +6,10 @@ A real server (``python -m server --port 0 --threads 1``, the shipped models) an
 calls with encoded uploads (answered in the same container), once with ``--codec-workers 2``
 (the default: server/codecs.py) and once with ``--codec-workers 0`` (in the server's process,
 as before). Per upload kind: the median wall time of a call over ``--rounds`` calls after one
-warm-up call; then the resident memory (VmRSS from /proc) of the server and of its codec
-processes (its multiprocessing children; Linux only).
+warm-up call; the resident memory (VmRSS from /proc) of the codec processes (the server's
+multiprocessing children; Linux only) before and after the calls, and of the server after them.
+Then the three codec calls of the longest upload (header, decode, encode of the answer) timed
+alone, with two codec processes and in this process: where their cost lies.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def measure(workers: int, uploads: dict[str, bytes], rounds: int) -> dict:
                 break
         if port is None:
             raise RuntimeError("the server did not start")
+        time.sleep(2)  # the codec processes finish starting
+        out["codec_process_rss_mb_before_calls"] = [round(_rss_mb(k), 1) for k in _children(proc.pid)]
         with Client(f"127.0.0.1:{port}", timeout=300) as c:
             for name, data in uploads.items():
                 c.denoise_bytes(data)  # warm-up
@@ -83,10 +87,36 @@ def measure(workers: int, uploads: dict[str, bytes], rounds: int) -> dict:
                                       "median_s": round(statistics.median(walls), 4),
                                       "min_s": round(min(walls), 4)}
         out["server_rss_mb"] = round(_rss_mb(proc.pid), 1)
-        out["codec_process_rss_mb"] = [round(_rss_mb(k), 1) for k in _children(proc.pid)]
+        out["codec_process_rss_mb_after_calls"] = [round(_rss_mb(k), 1) for k in _children(proc.pid)]
     finally:
         proc.terminate()
         proc.wait()
+    return out
+
+
+def codec_calls(data: bytes, rounds: int) -> dict:
+    """The three codec calls of one encoded Denoise, timed alone (``server.codecs.Codecs`` with
+    2 processes and in this one): where the cost of the processes lies."""
+    from server.codecs import Codecs
+
+    out = {}
+    for workers in (2, 0):
+        codecs = Codecs(workers)
+        codecs.start()
+        codecs.header(b"")  # the processes are up
+        times: dict[str, list[float]] = {"header": [], "read": [], "encode": []}
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            codecs.header(data)
+            t1 = time.perf_counter()
+            wav, sr, info = codecs.read(data)
+            t2 = time.perf_counter()
+            codecs.encode(wav, sr, format=info.format, subtype=info.subtype)
+            t3 = time.perf_counter()
+            for key, dt in (("header", t1 - t0), ("read", t2 - t1), ("encode", t3 - t2)):
+                times[key].append(dt)
+        codecs.close()
+        out[f"codec_workers={workers}"] = {k: round(statistics.median(v), 4) for k, v in times.items()}
     return out
 
 
@@ -96,14 +126,20 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/codec-processes.json")
     args = p.parse_args()
     uploads = {name: _upload(*spec) for name, *spec in UPLOADS}
+    longest = list(uploads)[-1]
     result = {"command": "python benchmarks/codec_processes.py", "rounds": args.rounds,
-              "runs": [measure(2, uploads, args.rounds), measure(0, uploads, args.rounds)]}
+              "runs": [measure(2, uploads, args.rounds), measure(0, uploads, args.rounds)],
+              "codec_calls_s": {longest: codec_calls(uploads[longest], args.rounds)}}
     atomic_write_json(args.out, result)
     for run in result["runs"]:
         for name, r in run["calls"].items():
             print(f"codec_workers={run['codec_workers']}  {name:32s} {r['upload_mb']:6.2f} MB  "
                   f"median {r['median_s'] * 1000:8.1f} ms")
-        print(f"  server {run['server_rss_mb']} MB, codec processes {run['codec_process_rss_mb']} MB")
+        print(f"  server {run['server_rss_mb']} MB, codec processes {run['codec_process_rss_mb_before_calls']} MB "
+              f"before the calls, {run['codec_process_rss_mb_after_calls']} MB after")
+    for name, by in result["codec_calls_s"].items():
+        for how, t in by.items():
+            print(f"{name}, {how}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items()))
 
 
 if __name__ == "__main__":
