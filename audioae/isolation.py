@@ -67,8 +67,9 @@ def _portable(exc: Exception) -> Exception:
 class Worker:
     """A spawned child process that runs calls one at a time. When it dies, the call it was on
     (or the next one) raises :class:`ProcessDied`; nothing else is affected. A pipe per worker,
-    not a shared queue: a write to a dead worker fails at once instead of blocking a feeder
-    thread (ProcessPoolExecutor can hang when a worker dies mid-write)."""
+    not ProcessPoolExecutor's shared queues: a write to a dead worker fails at once, and the
+    caller knows whose process died (with the pool, one test run hung a call for its whole
+    deadline while its workers were being killed)."""
 
     def __init__(self):
         ctx = mp.get_context("spawn")  # never fork a process whose thread pools (torch, gRPC) run
@@ -113,8 +114,7 @@ def call_in_child(fn: Callable, *args: Any, on_start: Callable[[int], None] | No
     """``fn(*args, **kwargs)`` in a child process of its own: its result, or the exception it
     raised, or :class:`ProcessDied` when the child died before answering (:class:`CallTimedOut`
     after ``timeout`` seconds). ``fn`` must be importable (module level); ``on_start(pid)`` runs
-    once the child is up. Costs a process start
-    (about 0.3 s plus what ``fn``'s module imports)."""
+    once the child is up. Costs a process start (about 0.3 s plus what ``fn``'s module imports)."""
     worker = Worker()
     try:
         if on_start is not None:
