@@ -42,6 +42,9 @@ def how_it_ended(exitcode: int | None) -> str:
 def _serve_calls(conn) -> None:
     """A worker's loop: ``(fn, args, kwargs)`` in, ``("ok", result)`` or ``("raised", exception)``
     out, one call at a time, until the parent closes its end."""
+    # Ctrl-C reaches the whole process group; the parent decides when a worker stops (it closes
+    # the pipe, or kills a busy one), so a worker neither dies mid-call nor prints a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             fn, args, kwargs = conn.recv()
@@ -77,6 +80,7 @@ class Worker:
         self.proc = ctx.Process(target=_serve_calls, args=(child,), daemon=True)
         self.proc.start()
         child.close()  # the child holds the only other end: its death ends recv() with EOFError
+        self._busy = False  # a call is under way (close() then stops the process at once)
 
     @property
     def pid(self) -> int:
@@ -86,6 +90,7 @@ class Worker:
         """``fn(*args, **kwargs)`` there: its result, or the exception it raised, or
         :class:`ProcessDied`; after ``timeout`` seconds without an answer the process is killed
         and :class:`CallTimedOut` raised (a decoder caught in a loop)."""
+        self._busy = True
         try:
             self.conn.send((fn, args, kwargs))
             if timeout is not None and not self.conn.poll(timeout):
@@ -96,13 +101,17 @@ class Worker:
         except (EOFError, OSError):  # died before or while answering (a broken pipe is an OSError)
             self.proc.join(timeout=5)
             raise ProcessDied(self.proc.exitcode) from None
+        self._busy = False
         if kind == "raised":
             raise value
         return value
 
     def close(self) -> None:
-        """Let it exit (its loop ends when the pipe closes), or kill it when it does not."""
+        """Let an idle worker exit (its loop ends when the pipe closes); stop a busy one (its
+        caller was interrupted) at once, and any that does not exit."""
         self.conn.close()
+        if self._busy:
+            self.proc.kill()
         self.proc.join(timeout=5)
         if self.proc.is_alive():
             self.proc.kill()

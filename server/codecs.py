@@ -40,11 +40,15 @@ class Codecs:
         self._started = False
 
     def start(self) -> None:
-        """Start the workers (each imports numpy and soundfile in the background: about 0.3 s)."""
+        """Start the workers and wait until each answers (they boot in parallel, about 0.3 s): the
+        first upload then finds them ready, and a Ctrl-C after the server says it is ready finds
+        them ignoring it (:func:`audioae.isolation._serve_calls`)."""
         with self._lock:
             if not self._started:
-                for _ in range(self.workers):
-                    self._add(Worker())
+                workers = [Worker() for _ in range(self.workers)]
+                for worker in workers:
+                    worker.call(len, b"")
+                    self._add(worker)
                 self._started = True
 
     def _add(self, worker: Worker) -> None:

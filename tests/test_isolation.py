@@ -73,3 +73,21 @@ def test_a_call_without_an_answer_in_time_has_its_process_stopped():
         assert not w.proc.is_alive()
     finally:
         w.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+def test_ctrl_c_is_the_parents_to_handle():
+    """Ctrl-C reaches the whole process group: a worker ignores it (no traceback of its own, no
+    death mid-call) and its parent stops it with close(), at once when a call was under way."""
+    w = Worker()
+    try:
+        w.call(len, b"")
+        os.kill(w.pid, signal.SIGINT)
+        assert w.call(sum, [2, 3]) == 5
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            w.call(pid_and_sleep, 30)
+    finally:
+        w.close()
+    assert not w.proc.is_alive() and time.monotonic() - t0 < 5

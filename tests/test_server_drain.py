@@ -44,7 +44,7 @@ def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float =
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(log)}")
 
 
-def _start_server(tmp_path, *flags: str) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
+def _start_server(tmp_path, *flags: str, own_group: bool = False) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
     """``python -m server`` with a tiny causal model: the process, its stderr lines, the log of
     those read, and the checkpoint."""
     torch.manual_seed(0)
@@ -56,6 +56,7 @@ def _start_server(tmp_path, *flags: str) -> tuple[subprocess.Popen, queue.Queue,
         stdout=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=own_group,  # a process group of its own, as a terminal gives it
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
@@ -235,4 +236,25 @@ def test_a_codec_process_that_stops_answering_is_stopped_and_the_call_refused(tm
             assert proc.poll() is None and c.health() == "SERVING"
     finally:
         proc.kill()
+        proc.wait()
+
+
+def test_ctrl_c_drains_quietly(tmp_path):
+    """Ctrl-C reaches the server and its codec processes (one process group): the server drains
+    and exits 0, and no codec process prints a KeyboardInterrupt traceback of its own."""
+    proc, lines, log, _ = _start_server(tmp_path, own_group=True)
+    try:
+        port = _ready_port(lines, log)
+        with Client(f"127.0.0.1:{port}", timeout=60) as c:
+            assert c.health() == "SERVING"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+        assert proc.wait(timeout=60) == 0
+        time.sleep(0.5)  # the reader thread drains the rest of stderr
+        while not lines.empty():
+            log.append(lines.get())
+        text = "".join(log)
+        assert "stopped" in text and "Traceback" not in text, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
