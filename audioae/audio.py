@@ -152,12 +152,12 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     return wav, info.sample_rate, info
 
 
-def header_shape(data: bytes) -> tuple[int, int, int] | None:
-    """``(frames, channels, sample_rate)`` of encoded file bytes from the header alone; None when
-    libsndfile knows no header there (the full decode then says why)."""
+def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | None:
+    """``(frames, channels, sample_rate)`` of an audio file (a path or its bytes) from the header
+    alone; None when libsndfile knows no header there (the full decode then says why)."""
     try:
-        info = sf.info(io.BytesIO(data))
-    except Exception:  # malformed: reported by the decode
+        info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else fs_path(source))
+    except Exception:  # malformed or unreadable: reported by the decode
         return None
     return info.frames, info.channels, info.samplerate
 

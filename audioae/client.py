@@ -41,7 +41,6 @@ from .audio import (
     container_for,
     encode_audio,
     fs_path,
-    header_shape,
     iter_blocks,
     open_for_writing,
     read_audio,
@@ -186,7 +185,9 @@ def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_au
 
 
 def pcm_seconds(audio) -> float | None:
-    """Duration of an ``Audio`` message without decoding it (None when unknown or malformed)."""
+    """Duration of an ``Audio`` message's PCM from its byte count (None when malformed, or when
+    the message carries file bytes: their header is read by a codec, which the server does in
+    its codec processes, ``server.codecs``)."""
     which = audio.WhichOneof("data")
     if which == "pcm":
         p = audio.pcm
@@ -194,9 +195,6 @@ def pcm_seconds(audio) -> float | None:
         if not width or p.channels <= 0 or p.sample_rate < MIN_SAMPLE_RATE:  # the full decode says why
             return None
         return len(p.data) / (width * p.channels) / p.sample_rate
-    if which == "encoded":
-        shape = header_shape(bytes(audio.encoded))
-        return shape[0] / shape[2] if shape is not None and shape[2] > 0 else None
     return None
 
 

@@ -69,7 +69,8 @@ class Codecs:
     def _run(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool = False) -> Any:
         if self.workers == 0:
             return fn(*args, **kwargs)
-        self.start()
+        if not self._started:  # the server starts them in load(); a Codecs used on its own, here
+            self.start()
         worker = self._idle.get()
         try:
             answer = worker.call(fn, *args, timeout=self.timeout, **kwargs)

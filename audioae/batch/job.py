@@ -14,9 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import soundfile as sf
-
-from ..audio import fs_path
+from ..audio import header_shape
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
 from .journal import JOURNAL_NAME, Journal
@@ -241,11 +239,8 @@ def header_seconds(tasks: Sequence[FileTask]) -> dict[str, float]:
     """Each input's duration from its header; 0 for one whose header cannot be read (it fails fast)."""
     seconds = {}
     for t in tasks:
-        try:
-            info = sf.info(fs_path(t.input))
-            seconds[t.input] = info.frames / info.samplerate if info.samplerate > 0 else 0.0
-        except Exception:  # unreadable: the job reports it
-            seconds[t.input] = 0.0
+        shape = header_shape(t.input)  # None when unreadable: the job reports it
+        seconds[t.input] = shape[0] / shape[2] if shape is not None and shape[2] > 0 else 0.0
     return seconds
 
 
