@@ -463,7 +463,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--codec-timeout", type=float, default=60.0,
                    help="seconds one decode or encode may take before its process is stopped and the call "
                         "refused (a decoder caught in a loop; the longest legitimate answer, 600 s of 48 kHz "
-                        "stereo Ogg Vorbis, encodes in about 7 s)")
+                        "stereo Ogg Vorbis, encodes in about 6.5 s)")
     p.set_defaults(func=_cmd_serve)
 
 

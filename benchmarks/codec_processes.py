@@ -9,7 +9,9 @@ as before). Per upload kind: the median wall time of a call over ``--rounds`` ca
 warm-up call; the resident memory (VmRSS from /proc) of the codec processes (the server's
 multiprocessing children; Linux only) before and after the calls, and of the server after them.
 Then the three codec calls of the longest upload (header, decode, encode of the answer) timed
-alone, with two codec processes and in this process: where their cost lies.
+alone, with two codec processes and in this process: where their cost lies; and the longest
+legitimate codec work (600 s of 48 kHz stereo as Ogg Vorbis and FLAC), which sets
+``--codec-timeout``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audioae.audio import encode_audio
+from audioae.audio import encode_audio, read_audio
 from audioae.client import Client
 from audioae.data.synthetic import speech_like
 from audioae.fileio import atomic_write_json
@@ -120,6 +122,22 @@ def codec_calls(data: bytes, rounds: int) -> dict:
     return out
 
 
+def longest_codec_calls(seconds: float = 600.0, sr: int = 48000) -> dict:
+    """The longest legitimate codec work: the server's longest clip (``--max-audio-seconds``,
+    600 s) of 48 kHz stereo noise, encoded and decoded once in this process, per container: what
+    ``--codec-timeout`` must allow."""
+    x = (0.1 * np.random.default_rng(0).standard_normal((2, int(seconds * sr)))).astype(np.float32)  # [2, T]
+    out = {}
+    for fmt, subtype in (("OGG", "VORBIS"), ("FLAC", "PCM_16")):
+        t0 = time.perf_counter()
+        data = encode_audio(x, sr, format=fmt, subtype=subtype)
+        t1 = time.perf_counter()
+        read_audio(data)
+        t2 = time.perf_counter()
+        out[f"{fmt}/{subtype}"] = {"encode_s": round(t1 - t0, 2), "decode_s": round(t2 - t1, 2)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=7)
@@ -129,7 +147,8 @@ def main() -> None:
     longest = list(uploads)[-1]
     result = {"command": "python benchmarks/codec_processes.py", "rounds": args.rounds,
               "runs": [measure(2, uploads, args.rounds), measure(0, uploads, args.rounds)],
-              "codec_calls_s": {longest: codec_calls(uploads[longest], args.rounds)}}
+              "codec_calls_s": {longest: codec_calls(uploads[longest], args.rounds)},
+              "longest_clip_codec_s": {"600 s 48 kHz stereo": longest_codec_calls()}}
     atomic_write_json(args.out, result)
     for run in result["runs"]:
         for name, r in run["calls"].items():
@@ -140,6 +159,9 @@ def main() -> None:
     for name, by in result["codec_calls_s"].items():
         for how, t in by.items():
             print(f"{name}, {how}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items()))
+    for name, by in result["longest_clip_codec_s"].items():
+        for container, t in by.items():
+            print(f"{name} {container}: encode {t['encode_s']} s, decode {t['decode_s']} s")
 
 
 if __name__ == "__main__":
