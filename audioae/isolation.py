@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing as mp
 import pickle
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +82,8 @@ class Worker:
         self.proc.start()
         child.close()  # the child holds the only other end: its death ends recv() with EOFError
         self._busy = False  # a call is under way (close() then stops the process at once)
+        self._timed_out = False  # its last call ran out of time and the process was killed
+        self._lock = threading.Lock()  # between a call's end and its timeout's timer
 
     @property
     def pid(self) -> int:
@@ -89,22 +92,44 @@ class Worker:
     def call(self, fn: Callable, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` there: its result, or the exception it raised, or
         :class:`ProcessDied`; after ``timeout`` seconds without an answer the process is killed
-        and :class:`CallTimedOut` raised (a decoder caught in a loop)."""
+        and :class:`CallTimedOut` raised (a decoder caught in a loop). The clock starts before the
+        arguments are sent: a worker stopped from outside (SIGSTOP) never reads a large upload,
+        and the send would otherwise wait for it with no limit."""
         self._busy = True
+        timer = threading.Timer(timeout, self._stop_late) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             self.conn.send((fn, args, kwargs))
-            if timeout is not None and not self.conn.poll(timeout):
-                self.proc.kill()
-                self.proc.join()
-                raise CallTimedOut(timeout)
             kind, value = self.conn.recv()
         except (EOFError, OSError):  # died before or while answering (a broken pipe is an OSError)
+            self._end_call(timer)
             self.proc.join(timeout=5)
+            if self._timed_out:
+                raise CallTimedOut(timeout) from None
             raise ProcessDied(self.proc.exitcode) from None
-        self._busy = False
+        except BaseException:  # interrupted (Ctrl-C): still busy, so close() stops it mid-call
+            if timer is not None:
+                timer.cancel()
+            raise
+        self._end_call(timer)
         if kind == "raised":
             raise value
-        return value
+        return value  # answered just as its time ran out (killed after answering): the next call raises ProcessDied
+
+    def _end_call(self, timer: threading.Timer | None) -> None:
+        if timer is not None:
+            timer.cancel()
+        with self._lock:
+            self._busy = False
+
+    def _stop_late(self) -> None:
+        """The timeout's timer: kill the process when its call is still under way."""
+        with self._lock:
+            if self._busy:
+                self._timed_out = True
+                self.proc.kill()
 
     def close(self) -> None:
         """Let an idle worker exit (its loop ends when the pipe closes); stop a busy one (its

@@ -91,3 +91,31 @@ def test_ctrl_c_is_the_parents_to_handle():
     finally:
         w.close()
     assert not w.proc.is_alive() and time.monotonic() - t0 < 5
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP") or os.name != "posix", reason="POSIX signals")
+def test_the_timeout_also_covers_sending_to_a_stopped_worker():
+    """A worker stopped from outside (SIGSTOP) while idle reads nothing: an upload larger than
+    the pipe's buffer would block the send itself. The timeout counts from before the send."""
+    w = Worker()
+    outcome: list[BaseException] = []
+
+    def send_large():
+        try:
+            w.call(len, b"x" * (8 << 20), timeout=1.0)
+        except BaseException as exc:  # noqa: BLE001 (kept for the assertion)
+            outcome.append(exc)
+
+    try:
+        w.call(len, b"")
+        os.kill(w.pid, signal.SIGSTOP)
+        caller = threading.Thread(target=send_large, daemon=True)
+        caller.start()
+        caller.join(20)
+        assert not caller.is_alive(), "the send blocked past its timeout"
+        assert len(outcome) == 1 and isinstance(outcome[0], CallTimedOut)
+        assert not w.proc.is_alive()
+    finally:
+        if w.proc.is_alive():
+            os.kill(w.pid, signal.SIGCONT)
+        w.close()
