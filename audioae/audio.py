@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,6 +160,11 @@ def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | No
     except Exception:  # malformed or unreadable: reported by the decode
         return None
     return info.frames, info.channels, info.samplerate
+
+
+def header_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int, int] | None]:
+    """:func:`header_shape` of each file: a folder's headers in one call to a codec process."""
+    return [header_shape(p) for p in paths]
 
 
 MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)

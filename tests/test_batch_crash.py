@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audioae.batch import DenoiseOptions, read_manifest, run_denoise
-from audioae.batch.journal import JOURNAL_NAME
+from audioae.audio import header_shapes
+from audioae.batch import DenoiseOptions, plan_tasks, read_manifest, run_denoise
+from audioae.batch.job import header_seconds
+from audioae.batch.journal import DIED, JOURNAL_NAME, Journal
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSEGV") or os.name != "posix", reason="POSIX signals")
@@ -103,6 +105,36 @@ def test_a_file_the_job_died_on_is_isolated_then_reported_and_later_completed(tm
     assert not (out / JOURNAL_NAME).exists()  # nothing left to isolate
     run_denoise([src / "b.wav"], ref, DenoiseOptions(model=str(causal_ckpt), progress=False))
     np.testing.assert_array_equal(sf.read(out / "b.wav")[0], sf.read(ref / "b.wav")[0])
+
+
+def headers_crashing_on_crash_wav(paths: list[str]) -> list:
+    """``header_shapes``, but its process dies (a real SIGSEGV) on a file named crash.wav, as it
+    would in libsndfile on a header it mishandles. Module level: the header process imports it."""
+    if any(Path(p).name == "crash.wav" for p in paths):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return header_shapes(paths)
+
+
+def test_a_header_that_kills_its_reader_costs_the_bar_one_file_and_that_file_is_isolated(tmp_path, causal_ckpt,
+                                                                                           caplog):
+    """The bar reads every header before any file is marked in flight: a header that crashes
+    libsndfile would end the job, every run. Read in a process of its own, it costs the bar that
+    file's seconds, and the file becomes a suspect, denoised alone (here it is innocent there)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "crash.wav": 1.5, "c.wav": 2.0})
+    tasks = plan_tasks([src], out)
+    out.mkdir()  # as the job makes it before its bar
+    journal = Journal(out / JOURNAL_NAME)
+    seconds = header_seconds(tasks, journal, read=headers_crashing_on_crash_wav)
+    assert {Path(k).name: v for k, v in seconds.items()} == {"a.wav": 1.0, "crash.wav": 0.0, "c.wav": 2.0}
+    assert [Path(t.input).name for t in tasks if journal.why(t.input)] == ["crash.wav"]
+    assert journal.why(str(src / "crash.wav")) == DIED
+    assert "the process reading its header was killed by SIGSEGV" in caplog.text
+
+    summary = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert summary["ok"] == 3 and summary["errors"] == []
+    assert "crash.wav: a process died on this file before; denoising it in a process of its own" in caplog.text
+    assert not (out / JOURNAL_NAME).exists()  # innocent after all: no suspect left
 
 
 def test_a_worker_that_dies_costs_no_other_file(tmp_path, causal_ckpt):

@@ -10,13 +10,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import header_shape
+from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
+from ..isolation import ProcessDied, Worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
     FileResult,
@@ -204,8 +205,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(earlier)
-        bar = Progress(todo, len(done), options.progress)
         journal = Journal(out / JOURNAL_NAME)
+        bar = Progress(todo, len(done), options.progress, journal=journal)
         try:
             for t in done:
                 before = made.get(t.input)
@@ -235,13 +236,62 @@ def _clear_completed(journal: Journal, results: Sequence[FileResult]) -> None:
     journal.tidy()
 
 
-def header_seconds(tasks: Sequence[FileTask]) -> dict[str, float]:
-    """Each input's duration from its header; 0 for one whose header cannot be read (it fails fast)."""
-    seconds = {}
-    for t in tasks:
-        shape = header_shape(t.input)  # None when unreadable: the job reports it
-        seconds[t.input] = shape[0] / shape[2] if shape is not None and shape[2] > 0 else 0.0
-    return seconds
+HEADER_BATCH = 256  # files per round trip to the process that reads the headers
+
+
+def header_seconds(tasks: Sequence[FileTask], journal: Journal | None = None,
+                   read: Callable[[list[str]], list] = header_shapes) -> dict[str, float]:
+    """Each input's duration from its header; 0 for one whose header cannot be read (it fails fast).
+
+    Read in a child process: libsndfile is C, and a header it crashes on must end that process,
+    not the job. Such a file is marked in ``journal`` as one a process died on, so this job
+    denoises it in a process of its own (:mod:`.isolated`) instead of dying on it in its own.
+    ``read``: ``header_shapes`` (module level, so the child can import it; tests pass another)."""
+    paths = [t.input for t in tasks]
+    try:
+        worker = _started_worker()
+    except ProcessDied as died:  # no child process can start here: read them as before, in this one
+        log.warning("cannot start a process to read the inputs' headers in (%s); reading them in this one", died)
+        return _seconds(dict(zip(paths, read(paths), strict=True)))
+    shapes: dict[str, tuple[int, int, int] | None] = {}
+    try:
+        for i in range(0, len(paths), HEADER_BATCH):
+            batch = paths[i : i + HEADER_BATCH]
+            try:
+                shapes.update(zip(batch, worker.call(read, batch), strict=True))
+                continue
+            except ProcessDied:  # one of them killed it: find which, one file per call
+                worker.close()
+                worker = _started_worker()
+            for path in batch:
+                try:
+                    shapes[path] = worker.call(read, [path])[0]
+                except ProcessDied as died:
+                    log.warning("%s: the process reading its header %s; the file will be denoised in a process "
+                                "of its own", path, how_it_ended(died.exitcode))
+                    if journal is not None:
+                        journal.started(path, pid=worker.pid)  # left in place: a suspect for the engines
+                    worker.close()
+                    worker = _started_worker()
+                    shapes[path] = None
+    finally:
+        worker.close()
+    return _seconds(shapes)
+
+
+def _started_worker() -> Worker:
+    """A child process that has answered once: one that dies later died on a file, not on its start."""
+    worker = Worker()
+    try:
+        worker.call(len, b"")
+    except ProcessDied:
+        worker.close()
+        raise
+    return worker
+
+
+def _seconds(shapes: dict[str, tuple[int, int, int] | None]) -> dict[str, float]:
+    return {p: s[0] / s[2] if s is not None and s[2] > 0 else 0.0 for p, s in shapes.items()}
 
 
 class Progress:
@@ -252,11 +302,13 @@ class Progress:
 
     FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}{postfix}]"
 
-    def __init__(self, todo: Sequence[FileTask], skipped: int, enabled: bool, stream=None):
+    def __init__(self, todo: Sequence[FileTask], skipped: int, enabled: bool, stream=None,
+                 journal: Journal | None = None):
         from tqdm import tqdm
 
         shown = enabled and (stream is not None or sys.stderr.isatty())
-        self.seconds = header_seconds(todo) if shown else {}  # header reads only for a bar someone sees
+        # header reads only for a bar someone sees; a file whose header crashes is marked in ``journal``
+        self.seconds = header_seconds(todo, journal) if shown else {}
         self.files, self.total_files, self.t0 = 0, len(todo), time.perf_counter()
         desc = f"denoise ({skipped} done before)" if skipped else "denoise"
         self.bar = tqdm(total=round(sum(self.seconds.values()), 3), desc=desc, bar_format=self.FORMAT,
