@@ -449,6 +449,23 @@ def test_worker_processes_give_the_same_files(tmp_path, causal_ckpt):
         np.testing.assert_array_equal(a, b)
 
 
+
+def test_a_pool_whose_workers_cannot_load_the_model_reports_every_file_and_stops(tmp_path, causal_ckpt):
+    """Workers load the checkpoint themselves; if none can (here: it changed since the job
+    checked it), each file gets that reason instead of the job waiting on workers for ever."""
+    from audioae.batch.journal import Journal
+    from audioae.batch.local import run_local
+    from audioae.batch.plan import plan_tasks
+
+    src = make_tree(tmp_path / "in")
+    tasks = plan_tasks([src], tmp_path / "out")
+    results = list(run_local(tasks, None, checkpoint=str(causal_ckpt), sha256="0" * 64,
+                             journal=Journal(tmp_path / "out" / ".inflight"), workers=2))
+    assert sorted(r.input for r in results) == sorted(t.input for t in tasks)
+    assert {r.status for r in results} == {"error"}
+    assert all(r.error.startswith("no worker process could start (") and "sha256" in r.error for r in results)
+    assert not any((tmp_path / "out").rglob("*.wav"))
+
 QUANTUM = {"PCM_16": 2.0**-15, "PCM_24": 2.0**-23, "FLOAT": 0.0}  # rounding step of a subtype
 
 

@@ -4,19 +4,20 @@ on is retried alone in a process of its own (:mod:`.journal`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing as mp
-from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
+from ..isolation import ProcessDied, Worker
 from ..models import SpectralAutoencoder
 from .isolated import Settings, isolate, run_marked
 from .journal import Journal
 from .manifest import FileResult
-from .plan import FileTask
+from .plan import FileTask, part_path
 from .process import BLOCK_SECONDS, FileDenoiser
 
 log = logging.getLogger(__name__)
@@ -76,48 +77,129 @@ def _in_process(todo: Sequence[FileTask], model: SpectralAutoencoder, settings: 
 
 
 def _in_pool(todo: Sequence[FileTask], settings: Settings, journal: Journal, workers: int) -> Iterator[FileResult]:
-    """A pool of worker processes. When one dies (a codec crash, the OOM killer), the pool is
-    lost: the files its workers were on are retried one by one in processes of their own, the
-    files not yet started go on in a new pool."""
-    remaining = list(todo)
-    while remaining:
-        finished: set[str] = set()
-        broken = yield from _pool_round(remaining, settings, journal, workers, finished)
-        if not broken:
-            return
-        unfinished = [t for t in remaining if t.input not in finished]
-        died = [t for t in unfinished if journal.why(t.input)]
-        remaining = [t for t in unfinished if t not in died]
-        if not died and not finished:  # nothing ever ran (a worker cannot start): do not loop
-            for t in remaining:
-                yield FileResult(t.input, t.output, "error", f"worker process died: {broken}")
-            return
-        log.warning("a worker process died while on %s: each is retried in a process of its own; %d file(s) "
-                    "go on in a new pool", ", ".join(t.rel for t in died), len(remaining))
-        for t in died:
-            yield isolate(t, settings, journal)
-
-
-def _pool_round(todo: Sequence[FileTask], settings: Settings, journal: Journal, workers: int,
-                finished: set[str]) -> Generator[FileResult, None, BrokenProcessPool | None]:
-    """Runs ``todo`` in one pool; returns the pool's breakage, or None when it stayed whole."""
-    # spawn, not fork: forking a process whose torch thread pools are running can deadlock.
-    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(settings, journal))
-    broken = None
+    """``workers`` processes (:class:`audioae.isolation.Worker`, a pipe each), each loading the
+    model once and fed by a thread of this process from one queue. A worker that dies (a codec
+    crash, the out-of-memory killer) costs only the file it was on, which is denoised alone in a
+    process of its own after the others; a fresh worker takes its place. Ctrl-C stops the workers at once
+    and leaves no file marked: they were interrupted, not crashed on."""
+    pool = _Pool(todo, settings, journal)
+    feeders = [threading.Thread(target=pool.feed, name=f"audioae-worker-{i}", daemon=True)
+               for i in range(min(workers, len(todo)))]
+    for feeder in feeders:
+        feeder.start()
     try:
-        futures = {ex.submit(_work, t): t for t in todo}
-        for fut in as_completed(futures):
-            task = futures[fut]
-            try:
-                result = fut.result()
-            except BrokenProcessPool as exc:  # this file's worker, or another, died
-                broken = exc
-                continue
-            except Exception as exc:  # noqa: BLE001 (e.g. the model failed to load in a worker)
-                result = FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
-            finished.add(task.input)
-            yield result
+        for _ in feeders:  # each feeder ends with None after its last result
+            while (result := pool.results.get()) is not None:
+                yield result
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-    return broken
+        pool.stop()
+        for feeder in feeders:
+            feeder.join()
+        pool.forget_interrupted()
+    yield from pool.unstarted()
+    for task in pool.died:  # here, not in a feeder thread: Ctrl-C reaches this one, and stops its child
+        yield isolate(task, settings, journal)
+
+
+class _Pool:
+    """The shared state of one pool: the queue of files, the results, and who is on what."""
+
+    def __init__(self, todo: Sequence[FileTask], settings: Settings, journal: Journal):
+        self.settings, self.journal = settings, journal
+        self.tasks: queue.SimpleQueue[FileTask] = queue.SimpleQueue()
+        for t in todo:
+            self.tasks.put(t)
+        self.results: queue.SimpleQueue[FileResult | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.workers: set[Worker] = set()
+        self.in_flight: set[FileTask] = set()
+        self.died: list[FileTask] = []  # files a worker died on, denoised alone after the pool
+        self.stopping = False
+        self.start_error: str | None = None  # why no worker could start: the files left get it
+
+    def feed(self) -> None:
+        """One feeder thread: a worker of its own, files from the queue until none is left."""
+        worker = None
+        try:
+            worker = self._start_worker()
+            while worker is not None and (task := self._next()) is not None:
+                try:
+                    result = worker.call(_work, task)
+                except ProcessDied:
+                    if self.stopping:  # stopped by stop(): the file was interrupted
+                        return
+                    log.warning("a worker process died while on %s: it will be retried in a process of its own",
+                                task.rel)
+                    with self.lock:
+                        self.in_flight.discard(task)
+                        self.died.append(task)  # its marker stays until then: a suspect if the job dies too
+                    self._retire(worker)
+                    worker = self._start_worker()
+                    continue
+                except Exception as exc:  # noqa: BLE001 (an error the worker could not turn into a result)
+                    result = FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
+                with self.lock:
+                    self.in_flight.discard(task)
+                self.results.put(result)
+        finally:
+            if worker is not None:
+                self._retire(worker)
+            self.results.put(None)
+
+    def _next(self) -> FileTask | None:
+        with self.lock:
+            if self.stopping:
+                return None
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                return None
+            self.in_flight.add(task)
+            return task
+
+    def _start_worker(self) -> Worker | None:
+        """A worker with the model loaded, or None when none can start (the reason is kept)."""
+        worker = Worker()
+        with self.lock:
+            if self.stopping:
+                worker.close()
+                return None
+            self.workers.add(worker)
+        try:
+            worker.call(_init_worker, self.settings, self.journal)
+        except Exception as exc:  # noqa: BLE001 (ProcessDied, or the model would not load there)
+            self._retire(worker)
+            with self.lock:
+                self.start_error = self.start_error or f"no worker process could start ({type(exc).__name__}: {exc})"
+            return None
+        return worker
+
+    def _retire(self, worker: Worker) -> None:
+        with self.lock:
+            self.workers.discard(worker)
+        worker.close()
+
+    def stop(self) -> None:
+        """Stop taking files and stop every worker, a busy one at once (its caller was interrupted)."""
+        with self.lock:
+            self.stopping = True
+            workers = list(self.workers)
+        for worker in workers:
+            worker.close()
+
+    def forget_interrupted(self) -> None:
+        """The files workers were on when the pool was stopped: their markers and partial outputs
+        go (interrupted, not crashed on: a rerun need not isolate them)."""
+        for task in self.in_flight:
+            self.journal.ended(task.input)
+            with contextlib.suppress(OSError):
+                part_path(task.output).unlink(missing_ok=True)
+
+    def unstarted(self) -> Iterator[FileResult]:
+        """An error for each file no worker took, when none could start."""
+        while self.start_error is not None:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                return
+            yield FileResult(task.input, task.output, "error", self.start_error)
