@@ -3,7 +3,8 @@
 Per file and on average: SI-SDR, SI-SDR improvement over the noisy input (when a noisy folder is
 given), wide-band PESQ and STOI (:mod:`audioae.metrics`). Metrics are computed on the mono
 mixdown at the clean file's sample rate. Files present on one side only, and files that cannot
-be read, are reported rather than fatal.
+be read, are reported rather than fatal; files are decoded in a child process, so that one that
+crashes libsndfile (C) is reported too instead of ending the evaluation.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, read_audio, resample, walk_audio
+from .audio import AudioError, AudioInfo, read_audio, resample, walk_audio
+from .isolation import ProcessDied, Worker
 from .metrics import score
 
 log = logging.getLogger(__name__)
@@ -88,10 +90,42 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     return out
 
 
-def _mono_at(path: Path, sr: int, length: int | None, channels: int, notes: list[str], label: str) -> np.ndarray:
+Reader = Callable[[Path], tuple[np.ndarray, int, AudioInfo]]  # read_audio's signature
+
+
+class IsolatedReader:
+    """``read_audio`` in a child process (:class:`audioae.isolation.Worker`): a file that kills
+    the decoder costs its own row, not the evaluation. A file its process died on is read once
+    more in a fresh one (the death may not have been the file's doing) before it is reported.
+    ``read``: the function run there (module level, so the child can import it)."""
+
+    def __init__(self, read: Reader = read_audio):
+        self.read = read
+        self.worker: Worker | None = None
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, int, AudioInfo]:
+        for _ in range(2):
+            if self.worker is None:
+                self.worker = Worker()
+            try:
+                return self.worker.call(self.read, path)
+            except ProcessDied as exc:
+                died = exc
+                self.close()
+        raise AudioError(f"{path}: reading it killed the decoding process twice ({died}): the decoder crashes "
+                         f"on this file; check it with ffprobe or sndfile-info")
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def _mono_at(path: Path, sr: int, length: int | None, channels: int, notes: list[str], label: str,
+             read: Reader = read_audio) -> np.ndarray:
     """``path`` as mono float at ``sr``, cropped/padded to ``length`` (each change from the clean
     file's ``sr``, ``length`` and ``channels`` noted)."""
-    wav, file_sr, info = read_audio(path)  # [C, T]
+    wav, file_sr, info = read(path)  # [C, T]
     mono = wav.mean(0)
     if info.channels != channels:
         notes.append(f"{label} has {info.channels} channel(s), clean has {channels}"
@@ -123,17 +157,17 @@ def _metric_warnings_as(notes: list[str]) -> Iterator[None]:
         logger.propagate = propagate
 
 
-def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None) -> dict:
+def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Reader = read_audio) -> dict:
     """Metrics of one file: ``si_sdr``, ``pesq``, ``stoi`` (+ ``si_sdr_i`` with ``noisy``), ``notes``."""
     notes: list[str] = []
-    ref, sr, cinfo = read_audio(clean)
+    ref, sr, cinfo = read(clean)
     ref = ref.mean(0)
     if cinfo.channels > 1:
         notes.append(f"{cinfo.channels} channels: scored on the mono mixdown")
-    est = _mono_at(enhanced, sr, len(ref), cinfo.channels, notes, "enhanced")
+    est = _mono_at(enhanced, sr, len(ref), cinfo.channels, notes, "enhanced", read)
     arrays = [ref, est]
     if noisy is not None:
-        arrays.append(_mono_at(noisy, sr, len(ref), cinfo.channels, notes, "noisy"))
+        arrays.append(_mono_at(noisy, sr, len(ref), cinfo.channels, notes, "noisy", read))
     n = min(len(a) for a in arrays)
     arrays = [a[:n] for a in arrays]
     with _metric_warnings_as(notes):
@@ -147,18 +181,34 @@ def _mean(values: list[float]) -> float | None:
 
 
 def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
-                     noisy: str | os.PathLike | None = None, *, progress: bool = False) -> dict:
+                     noisy: str | os.PathLike | None = None, *, progress: bool = False,
+                     reader: IsolatedReader | None = None) -> dict:
     """Score every pair; returns ``{"files", "mean", "errors", "missing_enhanced", "extra_enhanced",
     "missing_noisy", "paired"}`` (JSON-ready; NaN becomes None). ``progress``: a bar on stderr
-    when it is a terminal (PESQ takes about 0.03 s per second of audio: a test set takes minutes)."""
+    when it is a terminal (PESQ takes about 0.03 s per second of audio: a test set takes minutes).
+    ``reader``: how files are decoded (default: an :class:`IsolatedReader` of ``read_audio``)."""
+    pairing = pair_folders(clean, enhanced, noisy)
+    reader = reader or IsolatedReader()
+    try:
+        files, errors = _score_pairs(pairing.pairs, reader, progress)
+    finally:
+        reader.close()
+    metrics = [m for m in METRICS if any(m in f for f in files)]
+    mean = {m: _mean([f.get(m) for f in files]) for m in metrics}
+    return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
+            "paired": len(pairing.pairs), "scored": len(files), "files": files, "mean": mean,
+            "errors": errors, "missing_enhanced": pairing.missing_enhanced,
+            "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy}
+
+
+def _score_pairs(pairs: list, read: Reader, progress: bool) -> tuple[list[dict], list[dict]]:
     from tqdm import tqdm
 
-    pairing = pair_folders(clean, enhanced, noisy)
     files, errors = [], []
-    bar = tqdm(pairing.pairs, desc="eval", unit="pair", dynamic_ncols=True, disable=not progress or None)
+    bar = tqdm(pairs, desc="eval", unit="pair", dynamic_ncols=True, disable=not progress or None)
     for rel, cpath, epath, npath in bar:
         try:
-            res = score_pair(cpath, epath, npath)
+            res = score_pair(cpath, epath, npath, read)
         except AudioError as exc:
             errors.append({"file": rel, "error": str(exc)})
             continue
@@ -167,12 +217,7 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
             continue
         files.append({"file": rel, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                       for k, v in res.items()}})
-    metrics = [m for m in METRICS if any(m in f for f in files)]
-    mean = {m: _mean([f.get(m) for f in files]) for m in metrics}
-    return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
-            "paired": len(pairing.pairs), "scored": len(files), "files": files, "mean": mean,
-            "errors": errors, "missing_enhanced": pairing.missing_enhanced,
-            "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy}
+    return files, errors
 
 
 def _fmt(v: float | None) -> str:

@@ -176,3 +176,28 @@ def test_eval_searches_folders_as_the_folder_tool_does(folders, tmp_path, caplog
     assert (rep["paired"], rep["scored"]) == (3, 3)
     assert not (rep["missing_enhanced"] or rep["extra_enhanced"])
     assert "passed over 1 .mp3 file(s)" in caplog.text
+
+
+def read_crashing_on_b(path):
+    """``read_audio``, but its process dies (a real SIGSEGV) on any file named b.wav, as it would in
+    libsndfile on a file it mishandles. Module level: the reading process imports it."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from audioae.audio import read_audio
+
+    if Path(path).name == "b.wav":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return read_audio(path)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGSEGV"), reason="POSIX signals")
+def test_a_file_that_kills_the_decoder_costs_its_row_not_the_evaluation(folders):
+    from audioae.evaluate import IsolatedReader
+
+    dirs, truth = folders
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"], reader=IsolatedReader(read_crashing_on_b))
+    assert sorted(f["file"] for f in rep["files"]) == ["a.wav", "spk1/deep/c.wav"]  # read after b's crash
+    assert [e["file"] for e in rep["errors"]] == ["spk1/b.wav"]
+    assert "reading it killed the decoding process twice (its process was killed by SIGSEGV)" in rep["errors"][0]["error"]
