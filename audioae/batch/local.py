@@ -40,7 +40,7 @@ def _work(task: FileTask) -> FileResult:
     _JOURNAL.started(task.input)  # the worker, not the parent, knows when a file starts and ends
     try:
         return _WORKER.run(task)
-    finally:  # done, or interrupted (Ctrl-C reaches the workers too); a crash never gets here
+    finally:  # done, or failed with an exception; a crash never gets here (nor Ctrl-C: the parent clears those)
         _JOURNAL.ended(task.input)
 
 
