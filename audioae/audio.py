@@ -72,8 +72,23 @@ def _check_samples(wav: np.ndarray, sr: int, name: str) -> None:
     if wav.size == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{name}: the audio is empty (0 samples)")
     check_sample_rate(sr, name)
-    if not np.isfinite(wav).all():
+    check_levels(wav, name)
+
+
+MAX_ABS_SAMPLE = 1e9  # 180 dB over full scale; 1e18 made the decomposer's float32 energies Inf
+
+
+def check_levels(wav: np.ndarray | torch.Tensor, name: str) -> None:
+    """Refuse samples no arithmetic here survives: NaN or Inf, and finite floats so large that a
+    float32 spectrogram's energies overflow (the answer was all NaN, even at strength 0)."""
+    a = np.asarray(wav)  # [C, T] or [T]; a CPU tensor shares its memory
+    if not np.isfinite(a).all():
         raise AudioError(f"{name}: the audio contains NaN or Inf samples")
+    peak = float(np.abs(a).max()) if a.size else 0.0
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(f"{name}: the audio peaks at {peak:.3g}; float samples are expected within [-1, 1] "
+                         f"(full scale) and at most {MAX_ABS_SAMPLE:g} is taken, beyond which float32 "
+                         f"arithmetic overflows: scale it down (integer PCM as floats: divide by 2**(bits - 1))")
 
 
 def fs_path(path: str | os.PathLike) -> bytes:

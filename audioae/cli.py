@@ -443,7 +443,7 @@ def _add_serve(sub) -> None:
                         "and decomposer)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
-                   help="audio seconds run together in one batch (0: no batching)")
+                   help="channel-seconds of audio run together in one batch (0: no batching)")
     p.add_argument("--max-delay-ms", type=float, default=10.0,
                    help="how long a request waits for others to batch with")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request message")

@@ -20,6 +20,7 @@ from .audio import (
     MAX_CHANNELS,
     AudioError,
     as_channels_first,
+    check_levels,
     check_pcm,
     check_resample,
     check_sample_rate,
@@ -29,9 +30,11 @@ from .audio import (
 from .models import SpectralAutoencoder, takes_audio
 from .spectral import StreamingSTFT
 
-# Inputs longer than this go through the chunked path so memory stays bounded.
+# Inputs longer than this (in channel-seconds: every channel is a row of the model's batch, and
+# memory grows with both) go through the chunked path so memory stays bounded.
 OFFLINE_MAX_SECONDS = 120.0
 STREAM_CHUNK_SECONDS = 4.0
+STREAM_CHUNK_CHANNEL_SECONDS = 32.0  # and at most this much per push: 64 channels go 0.5 s at a time
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -138,7 +141,8 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
-    Each channel is processed separately. Long inputs of a causal model stream through
+    Each channel is processed separately. Long inputs (over ``max_offline_seconds`` channel-
+    seconds: 64 channels of 20 s count 1,280) of a causal model stream through
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
     are cut into overlapping windows that are cross-faded.
     """
@@ -146,17 +150,23 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     _check_strength(strength)
     x, squeeze = as_channels_first(wav)
     check_pcm(x.numpy() if x.device.type == "cpu" else x.cpu().numpy(), sr)
-    if x.shape[-1] / sr > max_offline_seconds:
+    if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
-            step = int(STREAM_CHUNK_SECONDS * sr)
+            step = max(1, int(sr * min(STREAM_CHUNK_SECONDS, STREAM_CHUNK_CHANNEL_SECONDS / x.shape[0])))
             y = torch.cat([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
         else:
-            y = _denoise_windows(model, x, sr, strength, int(max_offline_seconds * sr))
+            y = _denoise_windows(model, x, sr, strength, max(1, int(max_offline_seconds * sr / x.shape[0])))
     else:
         y = _denoise_offline(model, x, sr, strength)
     out = y.cpu().numpy()
     return out[0] if squeeze else out
+
+
+def channel_seconds(wav: np.ndarray | torch.Tensor, sr: int) -> float:
+    """What a clip ``[C, T]`` (or ``[T]``) costs the model: seconds times channels."""
+    channels = wav.shape[0] if wav.ndim == 2 else 1
+    return channels * wav.shape[-1] / sr
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -371,8 +381,7 @@ class StreamingDenoiser:
         self._check_open()
         if x.shape[0] != self.channels:
             raise ValueError(f"this stream has {self.channels} channel(s), the chunk has {x.shape[0]}")
-        if not torch.isfinite(x).all():
-            raise AudioError(f"chunk after {self.n_in} samples: the audio contains NaN or Inf samples")
+        check_levels(x.cpu(), f"chunk after {self.n_in} samples")
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
         self.n_in += x.shape[-1]

@@ -44,7 +44,7 @@ class Job:
     strength). A denoise job with a ``key`` may share a batch with others of the same key."""
 
     kind: str  # metrics label: denoise | decompose | encode | decode
-    seconds: float  # audio seconds (0 for tensors): the batch cap counts these
+    seconds: float  # channel-seconds of audio (0 for tensors): the batch cap counts these, the work of a clip
     key: str | None = None
     args: tuple = ()
     fn: Callable[[], object] | None = None
@@ -60,9 +60,10 @@ class BatchInfo:
 
 
 @torch.inference_mode()
-def batch_key(model_name: str, model: SpectralAutoencoder, seconds: float) -> str | None:
-    """Requests with equal keys may share a batch: causal models, clips ``denoise()`` runs whole."""
-    return model_name if model.causal and seconds <= OFFLINE_MAX_SECONDS else None
+def batch_key(model_name: str, model: SpectralAutoencoder, channel_seconds: float) -> str | None:
+    """Requests with equal keys may share a batch: causal models, clips ``denoise()`` runs whole
+    (``channel_seconds``: seconds times channels, as ``denoise()`` decides)."""
+    return model_name if model.causal and channel_seconds <= OFFLINE_MAX_SECONDS else None
 
 
 class Batcher:

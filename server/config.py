@@ -20,7 +20,7 @@ class ServerConfig:
     port: int = 50051  # 0: any free port (tests)
     models: tuple[str, ...] = ()  # shipped names, checkpoint paths or NAME=PATH; empty: shipped defaults
     device: str = "auto"  # auto | cpu | cuda[:N]
-    max_batch_seconds: float = 60.0  # audio seconds run together in one batch; 0 disables batching
+    max_batch_seconds: float = 60.0  # channel-seconds of audio run together in one batch; 0 disables batching
     max_delay_ms: float = 10.0  # how long the first request of a batch waits for company
     max_request_mb: float = 64.0  # largest message accepted (gRPC answers RESOURCE_EXHAUSTED above)
     max_audio_seconds: float = 600.0  # longest clip or stream accepted

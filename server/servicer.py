@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 import torch
 
-from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError, check_resample, resample
+from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_levels, check_resample, resample
 from audioae.client import (
     MAX_CHANNELS,
     array_from_tensor,
@@ -32,7 +32,7 @@ from audioae.client import (
     pcm_seconds,
     tensor_message,
 )
-from audioae.enhance import StreamingDenoiser
+from audioae.enhance import StreamingDenoiser, channel_seconds
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
 
@@ -99,6 +99,12 @@ def _pcm_shape(audio) -> tuple[int, int, int] | None:
         return None
     p = audio.pcm
     return round(seconds * p.sample_rate), p.channels, p.sample_rate
+
+
+def _check_channels(channels: int, name: str) -> None:
+    """The wire contract's channel limit, for encoded files as for PCM (a WAV may declare 1,000)."""
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise Abort(INVALID, f"{name}: the audio has {channels} channels; this server takes 1..{MAX_CHANNELS}")
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -168,12 +174,24 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         except CancelledError:
             raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
 
-    def _check_seconds(self, seconds: float | None, what: str = "the audio") -> None:
-        if seconds is not None and seconds > self.config.max_audio_seconds:
+    def _check_seconds(self, seconds: float | None, channels: int = 1, what: str = "the audio") -> None:
+        """Refuse audio longer than ``--max-audio-seconds``, or with more channel-seconds than that
+        many seconds of stereo: the model's work and memory grow with every channel."""
+        if seconds is None:
+            return
+        limit = self.config.max_audio_seconds
+        if seconds > limit:
             raise Abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what} lasts {seconds:.1f} s; this server accepts at most "
-                f"{self.config.max_audio_seconds:g} s per request (--max-audio-seconds)",
+                f"{what} lasts {seconds:.1f} s; this server accepts at most {limit:g} s per request "
+                f"(--max-audio-seconds)",
+            )
+        if seconds * channels > limit * DECODE_BUDGET_CHANNELS:
+            raise Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{what} is {channels} channels x {seconds:.1f} s = {seconds * channels:,.0f} channel-seconds; "
+                f"this server accepts at most {limit * DECODE_BUDGET_CHANNELS:,.0f} per request ({limit:g} s of "
+                f"stereo, from --max-audio-seconds): send fewer channels or shorter audio",
             )
 
     @property
@@ -213,7 +231,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         # Before decoding, from the header or the byte count alone: refuse cheaply.
         declared = self.codecs.header(bytes(audio.encoded)) if encoded else _pcm_shape(audio)
         if declared is not None:
-            self._check_seconds(declared[0] / declared[2] if declared[2] > 0 else None)
+            _check_channels(declared[1], name)
+            self._check_seconds(declared[0] / declared[2] if declared[2] > 0 else None, declared[1])
             if encoded:  # PCM is no larger than its message
                 self._check_decoded(*declared)
             if MIN_SAMPLE_RATE <= declared[2] <= MAX_SAMPLE_RATE:  # else the decode says it is out of range
@@ -221,7 +240,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if check is not None:
                 check(*declared)
         wav, sr, form = audio_from_message(audio, name, read=self.codecs.read)
-        self._check_seconds(wav.shape[-1] / sr)
+        _check_channels(wav.shape[0], name)
+        self._check_seconds(wav.shape[-1] / sr, wav.shape[0])
         if check is not None:
             check(wav.shape[-1], wav.shape[0], sr)
         return wav, sr, form
@@ -241,10 +261,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         sm = self.store.denoiser(request.model)
         strength = self._strength(request)
         wav, sr, form = self._audio(request.audio, sm.model.config.sample_rate)
-        seconds = wav.shape[-1] / sr
-        job = Job(
-            "denoise", seconds, key=batch_key(sm.name, sm.model, seconds), args=(sm.model, wav, sr, strength)
-        )
+        seconds, work = wav.shape[-1] / sr, channel_seconds(wav, sr)
+        job = Job("denoise", work, key=batch_key(sm.name, sm.model, work), args=(sm.model, wav, sr, strength))
         y, info = self._wait(job, context)
         self.metrics.audio_seconds.labels("Denoise").inc(seconds)
         return pb.DenoiseResponse(
@@ -303,7 +321,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _stream(self, requests, context) -> Iterator[pb.StreamDenoiseResponse]:
         sm, cfg, strength = self._stream_config(next(requests, None))
         den = StreamingDenoiser(sm.model, cfg.sample_rate, cfg.channels, strength=strength)
-        limit = int(self.config.max_audio_seconds * cfg.sample_rate)
+        # the first sample count _check_seconds may refuse, at cfg.channels channels
+        limit = int(self.config.max_audio_seconds * min(1.0, DECODE_BUDGET_CHANNELS / cfg.channels) * cfg.sample_rate)
         n_in = n_out = 0
         for i, msg in enumerate(requests, start=1):
             if msg.WhichOneof("msg") != "audio":
@@ -312,11 +331,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     f"message {i}: only the first message may be a StreamConfig; the rest carry audio",
                 )
             x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, f"chunk {i}")  # [C, n]
-            if not np.isfinite(x).all():
-                raise AudioError(f"chunk {i}: the audio contains NaN or Inf samples")
+            check_levels(x, f"chunk {i}")
             n_in += x.shape[-1]
             if n_in > limit:
-                self._check_seconds(n_in / cfg.sample_rate, "the stream")
+                self._check_seconds(n_in / cfg.sample_rate, cfg.channels, "the stream")
             t0 = time.monotonic()
             y = den.push(x).numpy()  # [C, m]
             self.metrics.compute_seconds.labels("stream").observe(time.monotonic() - t0)

@@ -24,9 +24,9 @@ def _bidirectional():
 def test_long_input_of_a_non_causal_model_goes_through_crossfaded_windows():
     model, sr = _bidirectional(), 8000
     x = np.random.default_rng(0).standard_normal((2, 3 * sr + 123)).astype(np.float32) * 0.1  # [C, T]
-    win = sr  # max_offline_seconds=1: windows of 1 s, 1/8 overlap
+    win = sr  # max_offline_seconds=2 channel-seconds over 2 channels: windows of 1 s, 1/8 overlap
     overlap, hop = win // 8, win - win // 8
-    y = denoise(model, x, sr, max_offline_seconds=1.0)
+    y = denoise(model, x, sr, max_offline_seconds=2.0)
     assert y.shape == x.shape
     # Before the first overlap only the first window counts: its own offline output.
     first = _denoise_offline(model, torch.from_numpy(x[:, :win]), sr, 1.0).numpy()

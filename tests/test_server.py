@@ -272,6 +272,27 @@ BAD_DENOISE = {
         "at most 30 s",
     ),
     "message too large": (_pcm(np.zeros(300_000, "<f4").tobytes()), "tiny", CODE.RESOURCE_EXHAUSTED, ""),
+    # Finite but beyond float32's reach once squared: the answer was OK and all NaN.
+    "huge finite floats": (
+        _pcm(np.array([0.1, -3e38] * 100, "<f4").tobytes()),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "the audio peaks at 3e+38; float samples are expected within [-1, 1]",
+    ),
+    # 64 channels of 1 s at 1 kHz: 128 kB, but 64 s of the model's work (it runs at 16 kHz on
+    # every channel); this server takes 30 s of stereo, 60 channel-seconds.
+    "too many channel-seconds": (
+        _pcm(np.zeros(1000 * 64, "<i2").tobytes(), pb.INT16, sr=1000, ch=64),
+        "tiny",
+        CODE.RESOURCE_EXHAUSTED,
+        "64 channels x 1.0 s = 64 channel-seconds; this server accepts at most 60 per request (30 s of stereo",
+    ),
+    "encoded with 65 channels": (
+        pb.Audio(encoded=encode_audio(np.zeros((65, 100), np.float32), 16000)),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "audio: the audio has 65 channels; this server takes 1..64",
+    ),
 }
 
 
@@ -461,6 +482,21 @@ BAD_STREAM = {
         + [pb.StreamDenoiseRequest(audio=np.zeros(10_000, "<f4").tobytes())] * 4,
         CODE.RESOURCE_EXHAUSTED,
         "the stream lasts",
+    ),
+    "too many channel-seconds": (
+        [
+            pb.StreamDenoiseRequest(
+                config=pb.StreamConfig(model="tiny", sample_rate=1000, channels=8, format=pb.FLOAT32)
+            )
+        ]
+        + [pb.StreamDenoiseRequest(audio=np.zeros(8 * 1000, "<f4").tobytes())] * 8,
+        CODE.RESOURCE_EXHAUSTED,
+        "the stream is 8 channels x 8.0 s = 64 channel-seconds; this server accepts at most 60",
+    ),
+    "huge finite chunk": (
+        [pb.StreamDenoiseRequest(config=_CFG), pb.StreamDenoiseRequest(audio=np.array([1e30] * 10, "<f4").tobytes())],
+        CODE.INVALID_ARGUMENT,
+        "chunk 1: the audio peaks at 1e+30",
     ),
 }
 

@@ -30,6 +30,7 @@ from ..audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     AudioError,
+    check_levels,
     check_pcm,
     frames_to_read,
     fs_path,
@@ -217,8 +218,7 @@ class FileDenoiser:
         try:
             block = max(1, int(self.block_seconds * sr))
             for x in read_blocks(f, block, task.input):  # [C, n]
-                if not np.isfinite(x).all():
-                    raise AudioError(f"{task.input}: the audio contains NaN or Inf samples")
+                check_levels(x, task.input)
                 writer.write(s.push(x))  # [C, m], m may be 0
             writer.write(s.finish())  # [C, rest]
             writer.commit()

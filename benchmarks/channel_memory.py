@@ -1,0 +1,87 @@
+"""Peak server memory for multichannel, low-rate PCM: the requests that cost the most model work
+per byte (every channel is upsampled to the model's 16 kHz and run as one row of its batch).
+
+    python benchmarks/channel_memory.py [--out benchmarks/results/channel-memory.json]
+
+Starts `python -m server` on its defaults (`--threads 1`), sends each request once with the
+Python client and reads the server's peak resident memory (VmHWM, /proc) before and after it.
+Until 2026-12-06 a clip chose the in-memory path by its seconds alone: the five requests grew
+the server's peak by 2,469 MB, 1,575 MB of it on 8 channels x 115 s at 1 kHz
+(`benchmarks/results/channel-memory-before.json`); now clips over 120 channel-seconds stream in
+pushes of at most 32 channel-seconds, over 1,200 (600 s of stereo) they are refused, and the same
+requests grow it by 307 MB (`benchmarks/results/channel-memory.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from audioae.client import Client
+from audioae.fileio import atomic_write_json
+
+REQUESTS = {  # name: (channels, seconds, sample rate)
+    "1 ch x 20 s at 16 kHz": (1, 20.0, 16000),
+    "8 ch x 115 s at 1 kHz": (8, 115.0, 1000),
+    "64 ch x 5 s at 16 kHz": (64, 5.0, 16000),
+    "64 ch x 18 s at 1 kHz": (64, 18.0, 1000),
+    "64 ch x 20 s at 1 kHz": (64, 20.0, 1000),
+}
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--threads", "1"],
+                            stderr=subprocess.PIPE, text=True)
+    rows = []
+    try:
+        port = None
+        for line in iter(proc.stderr.readline, ""):
+            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+            if "ready:" in line:
+                break
+        if port is None:
+            raise RuntimeError("the server did not start")
+        rng = np.random.default_rng(0)
+        with Client(f"127.0.0.1:{port}", timeout=600) as c:
+            c.denoise(np.zeros(16000, np.float32), 16000)  # warm-up
+            for name, (channels, seconds, sr) in REQUESTS.items():
+                x = (0.1 * rng.standard_normal((channels, int(seconds * sr)))).astype(np.float32)
+                before = _status_kb(proc.pid, "VmHWM")
+                t0 = time.perf_counter()
+                try:
+                    c.denoise(x, sr)
+                    outcome = "OK"
+                except grpc.RpcError as exc:
+                    outcome = f"{exc.code().name}: {exc.details()[:120]}"
+                wall = time.perf_counter() - t0
+                grew = (_status_kb(proc.pid, "VmHWM") - before) / 1024
+                rows.append({"request": name, "float32_mb": round(x.nbytes / 2**20, 2), "outcome": outcome,
+                             "wall_s": round(wall, 2), "peak_growth_mb": round(grew, 1)})
+                print(rows[-1], flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+    if args.out:
+        atomic_write_json(args.out, {"server": "python -m server --threads 1 (defaults)", "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
