@@ -276,10 +276,9 @@ def _cmd_decompose(args) -> int:
     from . import decomposition_folder as folder
     from .audio import read_audio
     from .decompose import decompose, summarize
-    from .fileio import check_output_folder
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
-    out = check_output_folder(args.out, folder.writes, [args.file])
+    out = folder.check_folder(args.out, [args.file])
     wav, sr, _info = read_audio(args.file)
     model = load(args.model, default=DEFAULT_DECOMPOSER)
     dec = decompose(model, wav, sr, top_k=args.top or None, group=args.group, n_groups=args.groups,
@@ -573,7 +572,6 @@ def _cmd_client(args) -> int:
 def _client_call(args, client) -> int:
     from . import decomposition_folder as folder
     from .client import save_decomposition
-    from .fileio import check_output_folder
 
     cmd = args.client_command
     if cmd == "denoise":
@@ -588,7 +586,7 @@ def _client_call(args, client) -> int:
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
         out = args.out or str(Path(args.input).with_suffix(".components"))
-        check_output_folder(out, folder.writes, [args.input])  # before the call, not after
+        folder.check_folder(out, [args.input])  # before the call, not after
         res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
                                group=args.group, components=not args.no_audio, fit_steps=args.fit,
                                groups=args.groups)

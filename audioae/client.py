@@ -49,7 +49,7 @@ from .audio import (
     write_frames,
     write_refusal,
 )
-from .fileio import atomic_open, atomic_write_bytes, check_output_folder, output_file
+from .fileio import atomic_open, atomic_write_bytes, output_file
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Largest message the client sends or receives: the answer limit of a server on its defaults
@@ -630,7 +630,7 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike, *, s
     ``summary.json`` (:mod:`audioae.decomposition_folder`). Files of an earlier decomposition in
     ``out_dir`` (those names only) are removed first; other files are left alone. ``source``
     (the input's name) and ``top`` are recorded in the summary. Returns the summary and the files written."""
-    out = check_output_folder(out_dir, folder.writes)
+    out = folder.check_folder(out_dir)
     summary = {**result.summary(), "input": source, "model": result.model, "top": top}
     written = folder.write_components(out, summary, result.activations, result.components, result.residual,
                                       result.sample_rate)

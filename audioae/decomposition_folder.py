@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import write_audio
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, check_output_folder
 
 COMPONENT_FILE = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as component_file_name writes
 OTHER_FILES = ("residual.wav", "summary.json", "activations.npy", "decomposition.png")
@@ -35,6 +35,35 @@ def writes(name: str) -> bool:
     break the sum. Any other file in the folder is left alone."""
     return (name in OTHER_FILES or name in _OLD_CLIENT_FILES or bool(COMPONENT_FILE.fullmatch(name))
             or bool(_OLD_CLIENT_COMPONENT.fullmatch(name)))
+
+
+def check_folder(out: str | os.PathLike, inputs=()) -> Path:
+    """The folder a decomposition may be written into, checked before any work: besides
+    :func:`audioae.fileio.check_output_folder`'s checks, a folder holding files of the names a
+    decomposition writes (``01_intro.wav``, ``residual.wav``, ...) must be a decomposition's own
+    (its ``summary.json``), since a rerun clears those names; someone's ``03_take.wav`` in any other
+    folder is refused, not deleted."""
+    out = check_output_folder(out, writes, inputs)
+    if not out.is_dir() or _is_decomposition(out):
+        return out
+    theirs = sorted(f.name for f in out.iterdir() if writes(f.name) and f.is_file())
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        raise ValueError(f"refusing to write into {out}: it holds {shown}, names a decomposition writes and "
+                         f"replaces, but no summary.json of one, so they are not an earlier decomposition's; "
+                         f"choose an empty or new folder")
+    return out
+
+
+def _is_decomposition(out: Path) -> bool:
+    """Whether ``out`` holds a summary this module wrote (or the older client's decomposition.json)."""
+    if (out / "decomposition.json").is_file():
+        return True
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "components" in summary and "residual_file" in summary
 
 
 def component_entry(index: int, label: str, units: list[int], energy_share: float, dominant_hz: float,

@@ -93,12 +93,21 @@ def output_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def check_named(out: str | os.PathLike) -> str | os.PathLike:
+    """Refuse an empty output path: ``Path("")`` is the current folder, and ``-o "$OUT"`` with
+    ``OUT`` unset would write (and clear) there."""
+    if os.fspath(out) == "":
+        raise ValueError("the output path is empty (an unset shell variable?); name the output folder, "
+                         "or . for the current one")
+    return out
+
+
 def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
                         inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Check a folder a command writes several files into, before any work: it may not be an
     existing file, and no input may lie in it under a name the command writes or clears on a
     rerun (``owns(name)``). Raises ValueError with what to do instead."""
-    out = Path(out)
+    out = Path(check_named(out))
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is an existing file; -o names the folder the files are written into")
     for src in map(Path, inputs):

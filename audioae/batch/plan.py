@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS, is_audio_name, walk_audio
-from ..fileio import check_output_folder, temp_name
+from ..fileio import check_named, check_output_folder, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     """
     if not inputs:
         raise ValueError("no inputs given")
-    _check_output_folder(Path(out_dir))
+    _check_output_folder(Path(check_named(out_dir)))
     out = Path(out_dir).resolve()
     pairs: list[tuple[Path, str]] = []
     for item in inputs:

@@ -1,0 +1,49 @@
+"""Output paths that would have cost a user files: an empty -o, and a folder of someone else's
+files under the names a decomposition writes and clears."""
+
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+
+from audioae.cli import main
+
+
+def _wav(path, seconds: float = 0.5, sr: int = 16000) -> None:
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.1 * rng.standard_normal(int(seconds * sr))).astype(np.float32), sr)
+
+
+def test_an_empty_output_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys):
+    """`-o "$OUT"` with OUT unset: Path("") is ".", where denoise would write and decompose clear."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _wav(src / "a.wav")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "01_my_take.wav").write_bytes(b"mine")
+    monkeypatch.chdir(cwd)
+    for cmd in (["denoise", str(src), "-o", ""], ["decompose", str(src / "a.wav"), "-o", "", "--fit", "0"]):
+        assert main(cmd) == 2
+        assert "the output path is empty (an unset shell variable?)" in capsys.readouterr().err
+    assert sorted(p.name for p in cwd.iterdir()) == ["01_my_take.wav"]
+    assert (cwd / "01_my_take.wav").read_bytes() == b"mine"
+
+
+def test_decompose_refuses_a_folder_of_foreign_files_with_its_names_and_clears_its_own(tmp_path, capsys):
+    src = tmp_path / "in.wav"
+    _wav(src)
+    out = tmp_path / "recordings"
+    out.mkdir()
+    theirs = {"03_take.wav": b"take", "residual.wav": b"res", "summary.json": b'{"mine": 1}'}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    assert main(["decompose", str(src), "-o", str(out), "--fit", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to write into" in err and "03_take.wav, residual.wav" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == theirs
+
+    own = tmp_path / "parts"  # a decomposition's own folder: a rerun replaces its files
+    assert main(["decompose", str(src), "-o", str(own), "--fit", "0", "--top", "3"]) == 0
+    assert main(["decompose", str(src), "-o", str(own), "--fit", "0", "--top", "2"]) == 0
+    assert len(list(own.glob("[0-9][0-9]_*.wav"))) == 2
