@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -465,6 +466,28 @@ def test_a_pool_whose_workers_cannot_load_the_model_reports_every_file_and_stops
     assert {r.status for r in results} == {"error"}
     assert all(r.error.startswith("no worker process could start (") and "sha256" in r.error for r in results)
     assert not any((tmp_path / "out").rglob("*.wav"))
+
+
+def test_a_failed_overwrite_keeps_the_old_output_and_the_next_run_tries_again(tmp_path, causal_ckpt):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    sf.write(src / "x.wav", noisy_signal(np.random.default_rng(0), 1.0, 16000, 1), 16000)
+    good = (src / "x.wav").read_bytes()
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    assert run_denoise([src], out, opts)["ok"] == 1
+    before = (out / "x.wav").read_bytes()
+    (src / "x.wav").write_bytes(b"not audio any more")
+    s = run_denoise([src], out, dataclasses.replace(opts, overwrite=True))
+    assert s["error"] == 1 and "(the output an earlier run made is left as it was)" in s["errors"][0]["error"]
+    assert (out / "x.wav").read_bytes() == before
+    (line,) = read_manifest(out / "audioae-manifest.jsonl")
+    assert line["status"] == "error" and line["sha256"] and line["strength"] == 1.0  # what made the output
+    s = run_denoise([src], out, opts)  # tried again, not "skipped (already done)" with no settings
+    assert (s["error"], s["skipped"]) == (1, 0)
+    assert read_manifest(out / "audioae-manifest.jsonl")[0]["sha256"] == line["sha256"]
+    (src / "x.wav").write_bytes(good)
+    assert run_denoise([src], out, opts)["ok"] == 1
+    assert read_manifest(out / "audioae-manifest.jsonl")[0]["status"] == "ok"
 
 QUANTUM = {"PCM_16": 2.0**-15, "PCM_24": 2.0**-23, "FLOAT": 0.0}  # rounding step of a subtype
 

@@ -23,6 +23,7 @@ from .manifest import (
     FileResult,
     MadeWith,
     ManifestWriter,
+    failed_last,
     previous_durations,
     previous_settings,
     read_manifest,
@@ -198,8 +199,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             now: MadeWith, results: list[FileResult]) -> ManifestWriter:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     with _exclusive(out):
-        todo, done = split_done(tasks, options.overwrite)
         earlier = read_manifest(out / MANIFEST_NAME)  # read once: a big job's manifest is long
+        todo, done = split_done(tasks, options.overwrite, failed_last(earlier))
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
         remove_stale_parts(tasks)
@@ -216,6 +217,9 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
                 if r.status == "ok":
                     r = dataclasses.replace(r, **dataclasses.asdict(now))
+                elif r.input in made and Path(r.output).is_file():  # failed, over an earlier run's output
+                    r = dataclasses.replace(r, error=f"{r.error} (the output an earlier run made is left as it was)",
+                                            **dataclasses.asdict(made[r.input]))
                 results.append(r)
                 manifest.write(r)
                 bar.advance(r.input)

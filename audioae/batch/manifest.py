@@ -102,6 +102,12 @@ class ManifestWriter:
                         self.path, exc.strerror or exc)
 
 
+def failed_last(records: Iterable[dict]) -> set[str]:
+    """Inputs whose latest record is an error."""
+    latest = {r["input"]: r.get("status") for r in records}
+    return {k for k, status in latest.items() if status == "error"}
+
+
 def previous_durations(records: Iterable[dict]) -> dict[str, float]:
     """Audio durations earlier runs recorded (``records``: :func:`read_manifest`), so skipped files
     keep theirs in the manifest (a file's line after compaction may itself be a "skipped" one
@@ -127,11 +133,12 @@ class MadeWith:
 
 def previous_settings(records: Iterable[dict]) -> dict[str, MadeWith]:
     """Per input, what made its output according to earlier runs (``records``:
-    :func:`read_manifest`; a "skipped" line carries forward what the line before it recorded).
-    Manifests written before 2026-12-06 record none."""
+    :func:`read_manifest`; a "skipped" line carries forward what the line before it recorded, and
+    so does an "error" line of a file whose earlier output stayed in place). Manifests written
+    before 2026-12-06 record none."""
     made = {}
     for r in records:
-        if r.get("status") in ("ok", "skipped") and r.get("sha256") and isinstance(r.get("strength"), int | float):
+        if r.get("sha256") and isinstance(r.get("strength"), int | float):
             made[r["input"]] = MadeWith(str(r.get("model", "")), r["sha256"], float(r["strength"]))
     return made
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,14 +132,17 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     return tasks
 
 
-def split_done(tasks: Sequence[FileTask], overwrite: bool) -> tuple[list[FileTask], list[FileTask]]:
+def split_done(tasks: Sequence[FileTask], overwrite: bool,
+               failed: Collection[str] = ()) -> tuple[list[FileTask], list[FileTask]]:
     """``(todo, done)``: an output that exists is complete (outputs only appear by an atomic
-    rename), so a rerun skips it unless ``overwrite``."""
+    rename), so a rerun skips it unless ``overwrite``, or unless the input's latest run failed
+    (``failed``: an ``--overwrite`` whose input had gone bad left the earlier output in place, and
+    that file must be tried again, not reported done)."""
     if overwrite:
         return list(tasks), []
     todo, done = [], []
     for t in tasks:
-        (done if Path(t.output).is_file() else todo).append(t)
+        (done if Path(t.output).is_file() and t.input not in failed else todo).append(t)
     return todo, done
 
 
