@@ -47,3 +47,11 @@ def test_decompose_refuses_a_folder_of_foreign_files_with_its_names_and_clears_i
     assert main(["decompose", str(src), "-o", str(own), "--fit", "0", "--top", "3"]) == 0
     assert main(["decompose", str(src), "-o", str(own), "--fit", "0", "--top", "2"]) == 0
     assert len(list(own.glob("[0-9][0-9]_*.wav"))) == 2
+
+
+def test_inputs_without_audio_are_an_error_and_make_no_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    assert main(["denoise", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
+    assert "nothing to denoise: no .wav/.flac/.ogg files in" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # and no manifest path printed that does not exist

@@ -93,14 +93,15 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     """Map every input file (folders searched recursively) to its output under ``out_dir``.
 
     Raises FileNotFoundError for a missing input and ValueError when ``out_dir`` is a file or a
-    new name with an audio extension, when an output would overwrite an input or when two
-    inputs map to the same output.
+    new name with an audio extension, when an output would overwrite an input, when two
+    inputs map to the same output or when the inputs hold no audio file at all.
     """
     if not inputs:
         raise ValueError("no inputs given")
     _check_output_folder(Path(check_named(out_dir)))
     out = Path(out_dir).resolve()
     pairs: list[tuple[Path, str]] = []
+    empty: list[Path] = []  # input folders without audio files
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -109,7 +110,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
                                  f"outputs would overwrite inputs")
             found = _discover(p, out)
             if not found:
-                log.warning("%s: no %s files found", p, "/".join(AUDIO_EXTENSIONS))
+                empty.append(p)
             pairs.extend(found)
         elif p.is_file():
             pairs.append((p.resolve(), p.name))
@@ -129,6 +130,11 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
                              f"denoise them into separate output folders")
         by_output[dst] = src
         tasks.append(FileTask(str(src), str(dst), rel))
+    if not tasks:  # before the output folder is made: a typo'd or empty input folder is not a success
+        raise ValueError(f"nothing to denoise: no {'/'.join(AUDIO_EXTENSIONS)} files in "
+                         f"{', '.join(map(str, inputs))}")
+    for p in empty:
+        log.warning("%s: no %s files found", p, "/".join(AUDIO_EXTENSIONS))
     return tasks
 
 
