@@ -102,6 +102,16 @@ def check_named(out: str | os.PathLike) -> str | os.PathLike:
     return out
 
 
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The nearest existing ancestor of ``folder`` (itself included) when it is not a folder:
+    what stops ``mkdir`` with a bare "File exists" or "Not a directory"."""
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
 def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
                         inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Check a folder a command writes several files into, before any work: it may not be an
@@ -110,6 +120,9 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
     out = Path(check_named(out))
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is an existing file; -o names the folder the files are written into")
+    blocked = file_in_the_way(out)
+    if blocked is not None:
+        raise ValueError(f"cannot make the output folder {out}: {blocked} is a file")
     for src in map(Path, inputs):
         if owns(src.name) and src.resolve().parent == out.resolve():
             raise ValueError(f"refusing to write into {out}: the input {src} has a name this command "

@@ -609,7 +609,8 @@ def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp
     assert (s["ok"], s["error"]) == (len(TREE) - len(under_sub), len(under_sub) + 1)
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
     assert recs["top.wav"]["status"] == "ok" and recs["stereo.wav"]["status"] == "error"
-    assert recs["stereo.wav"]["error"] == f"{out / 'sub' / 'stereo.wav'}: cannot write the output (File exists)"
+    assert recs["stereo.wav"]["error"] == (f"{out / 'sub' / 'stereo.wav'}: cannot write the output: {out / 'sub'} "
+                                           f"is a file, where its folder would go")  # was "(File exists)"
     assert (out / "sub").read_text() == "a file where the outputs' folder belongs"
 
 

@@ -55,3 +55,22 @@ def test_inputs_without_audio_are_an_error_and_make_no_folder(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
     assert "nothing to denoise: no .wav/.flac/.ogg files in" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # and no manifest path printed that does not exist
+
+
+def test_an_output_folder_under_a_file_is_named_not_a_bare_errno(tmp_path, capsys):
+    """(A file where one output's folder would go: test_batch's
+    test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job.)"""
+    src = tmp_path / "in"
+    src.mkdir()
+    _wav(src / "a.wav")
+    (tmp_path / "afile").write_text("mine")
+    assert main(["denoise", str(src), "-o", str(tmp_path / "afile" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot make the output folder {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file" in err
+
+
+def test_ray_only_options_with_the_local_engine_are_refused(tmp_path, capsys):
+    _wav(tmp_path / "a.wav")
+    assert main(["denoise", str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "--gpus-per-worker", "1"]) == 2
+    assert "--gpus-per-worker is for --engine ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

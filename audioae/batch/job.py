@@ -61,6 +61,9 @@ class DenoiseOptions:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
         if self.gpus_per_worker < 0:
             raise ValueError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.engine == "local" and (self.gpus_per_worker or self.address):  # would do nothing, silently
+            flag = "--gpus-per-worker" if self.gpus_per_worker else "--address"
+            raise ValueError(f"{flag} is for --engine ray; the local engine takes --device and --workers")
         if self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.block_seconds <= 0:

@@ -41,6 +41,7 @@ from ..audio import (
     write_frames,
 )
 from ..enhance import StreamingDenoiser, denoise, denoise_batch
+from ..fileio import file_in_the_way
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
 from .plan import FileTask, part_path
@@ -113,6 +114,9 @@ FULL_DISK_BYTES = 1 << 20  # less free space than this beside an output that fai
 
 
 def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
+    blocked = file_in_the_way(Path(task.output).parent)
+    if blocked is not None:  # mkdir says only "File exists" / "Not a directory"
+        return WriteError(f"{task.output}: cannot write the output: {blocked} is a file, where its folder would go")
     # libsndfile says only "System error." (or names a codec) when the disk is full: look.
     try:
         free = shutil.disk_usage(Path(task.output).parent).free
