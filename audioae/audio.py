@@ -105,11 +105,24 @@ def frames_to_read(f: sf.SoundFile) -> int:
     return -1 if f.seekable() else f.frames
 
 
-def sound_error_reason(exc: BaseException) -> str:
+# libsndfile's words where they mislead: for bytes in memory it says "not a regular file" of data
+# it does not recognise, and for a header with a rate or channel count of 0, "Internal error".
+_PLAINER = {
+    "File does not exist or is not a regular file (possibly a pipe?).":
+        "not an audio format libsndfile recognises (WAV, FLAC, Ogg, MP3, AIFF, ...)",
+    "Internal error : SF_INFO struct incomplete.":
+        "the header is incomplete: a sample rate, channel count or format of 0",
+}
+
+
+def sound_error_reason(exc: BaseException, in_memory: bool = False) -> str:
     """What went wrong in libsndfile's or the system's own words, without the prefixes: soundfile's
-    "Error opening <path>:" (the caller names the file) and libsndfile's "Error : "."""
-    reason = getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)
-    return reason.strip().removeprefix("Error : ")
+    "Error opening <path>:" (the caller names the file) and libsndfile's "Error : ". ``in_memory``:
+    the audio was bytes, not a file, so "not a regular file" means an unknown format."""
+    reason = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)).strip()
+    if reason in _PLAINER and (in_memory or "SF_INFO" in reason):
+        return _PLAINER[reason]
+    return reason.removeprefix("Error : ")
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:
@@ -161,7 +174,7 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
             except sf.LibsndfileError as exc:  # the header opened, the samples do not decode
                 raise undecodable(name, exc) from exc
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        raise AudioError(f"{name}: cannot read audio ({sound_error_reason(exc)})") from exc
+        raise AudioError(f"{name}: cannot read audio ({sound_error_reason(exc, in_memory=isinstance(source, bytes | bytearray))})") from exc
     wav = np.ascontiguousarray(data.T)  # [C, T]
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info

@@ -324,9 +324,11 @@ def active_frames(envelope: np.ndarray, floor_db: float = ACTIVE_DB) -> np.ndarr
 
 
 def active_intervals(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTIVE_DB,
-                     min_gap: float = 0.05, max_intervals: int = 50) -> list[list[float]]:
+                     min_gap: float = 0.05, max_intervals: int = 50,
+                     duration: float = math.inf) -> list[list[float]]:
     """``[start, end]`` seconds where ``envelope [N]`` (energy per frame) is within ``floor_db`` of
-    its peak; gaps shorter than ``min_gap`` seconds are bridged."""
+    its peak; gaps shorter than ``min_gap`` seconds are bridged. Ends are clipped to ``duration``
+    (the signal's: the last frame, centred near the end, would reach half a hop past it)."""
     on = active_frames(envelope, floor_db)
     spans: list[list[float]] = []
     n = 0
@@ -337,7 +339,7 @@ def active_intervals(envelope: np.ndarray, frame_rate: float, floor_db: float = 
         start = n
         while n < len(on) and on[n]:
             n += 1
-        a, b = start / frame_rate, n / frame_rate
+        a, b = min(start / frame_rate, duration), min(n / frame_rate, duration)
         if spans and a - spans[-1][1] < min_gap:
             spans[-1][1] = round(b, 3)
         else:
@@ -354,7 +356,8 @@ def summarize(dec: Decomposition) -> dict:
         on = active_frames(env)
         comps.append(component_entry(
             k, dec.labels[k], dec.units[k], round(float(dec.energy_share[k]), 6), round(float(dec.dominant_hz[k]), 1),
-            round(float(on.mean()) if on.size else 0.0, 4), active_intervals(env, dec.frame_rate)))
+            round(float(on.mean()) if on.size else 0.0, 4),
+            active_intervals(env, dec.frame_rate, duration=dec.residual.shape[-1] / dec.sample_rate)))
     return summary(
         sample_rate=dec.sample_rate, channels=int(dec.residual.shape[0]), samples=int(dec.residual.shape[-1]),
         group=dec.group, fit_steps=dec.fit_steps, frame_rate=dec.frame_rate,

@@ -149,3 +149,25 @@ def test_vorbis_above_200_khz_is_refused_per_file_not_a_crash(tmp_path):
     run = subprocess.run([sys.executable, "-c", writer, str(tmp_path / "x.ogg")], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0 and "at most 192000 Hz" in run.stdout, f"exit {run.returncode}\n{run.stderr[-2000:]}"
+
+
+def test_libsndfile_words_that_mislead_are_said_plainly(tmp_path):
+    """For bytes in memory libsndfile can say "not a regular file (possibly a pipe?)", and for a
+    header whose rate is 0 "Internal error : SF_INFO struct incomplete."."""
+    import struct
+
+    import pytest
+
+    from audioae.audio import AudioError, read_audio
+
+    with pytest.raises(AudioError, match=r"not an audio format libsndfile recognises"):
+        read_audio(np.random.default_rng(1).bytes(50))  # bytes libsndfile answers with the pipe message
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(100, np.int16), 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    data[24:28] = struct.pack("<I", 0)  # the fmt chunk's sample rate
+    with pytest.raises(AudioError, match=r"the header is incomplete: a sample rate, channel count or format of 0"):
+        read_audio(bytes(data))
+    (tmp_path / "rate0.wav").write_bytes(bytes(data))
+    with pytest.raises(AudioError, match=r"rate0\.wav: cannot read audio \(the header is incomplete"):
+        read_audio(tmp_path / "rate0.wav")

@@ -210,6 +210,7 @@ def test_summary_says_when_each_component_is_active():
     assert first["active_seconds"], "the strongest component is active somewhere"
     start = first["active_seconds"][0][0]
     assert 0.4 < start < 0.55, f"the tone starts at 0.5 s, the summary says {start}"
+    assert first["active_seconds"][-1][1] == 1.0  # the tone lasts to the end, and no span past it (was 1.008)
     assert abs(first["dominant_hz"] - 700) < 100
 
 

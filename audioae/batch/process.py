@@ -62,7 +62,7 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
     try:
         return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        raise AudioError(f"{task.input}: cannot read audio ({sound_error_reason(exc)})") from exc
+        raise AudioError(f"{task.input}: cannot read audio ({sound_error_reason(exc, in_memory=data is not None)})") from exc
 
 
 def _check_header(task: FileTask, f: sf.SoundFile) -> None:
