@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,8 @@ class AudioInfo:
 
 def whole_hz(sr: float, name: str = "audio") -> int:
     """``sr`` as an int: 16000.0 is 16000; 44100.5 is a caller's mistake, not 44100."""
+    if not isinstance(sr, numbers.Real):  # "16000" would fail below and be printed as 16000
+        raise AudioError(f"{name}: a sample rate is a number of Hz, got {sr!r} (a {type(sr).__name__})")
     if int(sr) != sr:
         raise AudioError(f"{name}: a sample rate is a whole number of Hz, got {sr}")
     return int(sr)

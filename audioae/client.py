@@ -564,11 +564,12 @@ class Client:
         per-signal fit steps (None: the model's default; 0: fastest). ``groups``: bands or
         clusters for ``group`` band / cluster (None: the server's, 8)."""
         pb = _pb()
-        if isinstance(audio, bytes | bytearray):
+        if isinstance(audio, bytes | bytearray | memoryview):
             msg = pb.Audio(encoded=bytes(audio))
         else:
             if sr is None:
-                raise ValueError("decompose of an array needs its sample rate")
+                raise ValueError(f"decompose of an array needs its sample rate (got a {type(audio).__name__} "
+                                 f"and no sr; encoded file bytes need none)")
             msg = pb.Audio(pcm=pcm_message(float_audio(audio), sr, "float32"))
         req = pb.DecomposeRequest(
             model=model, audio=msg, top_k=top_k, group=group, return_components=components, fit_steps=fit_steps,
@@ -613,7 +614,8 @@ class Client:
         return info
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
-        """``grpc.health.v1`` status name: SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN."""
+        """``grpc.health.v1`` status name: SERVING, NOT_SERVING or UNKNOWN; a ``service`` the server
+        does not know raises ``grpc.RpcError`` with NOT_FOUND (the health protocol's answer)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self.channel)

@@ -3,6 +3,7 @@ gets, the client's message limit, token files, and decomposition folders written
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -364,7 +365,18 @@ def test_a_chunk_that_disagrees_with_the_stream_and_a_fractional_rate_are_refuse
         list(mixed.stream([x], 16000, pcm_format="pcm16"))
     with pytest.raises(ValueError, match="sample_rate: a sample rate is a whole number of Hz, got 44100.5"):
         mixed.denoise(x, 44100.5)  # was sent as 44100
+    with pytest.raises(ValueError, match=re.escape("a sample rate is a number of Hz, got '16000' (a str)")):
+        mixed.denoise(x, "16000")  # was "a whole number of Hz, got 16000"
     assert sum(y.shape[-1] for y in mixed.stream([x[:, :800], x[:, 800:]], 16000.0)) == x.shape[-1]  # mono default
+
+
+def test_encoded_bytes_may_come_as_a_memoryview(mixed):
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, _noisy(0.5, 16000)[0], 16000, format="WAV")
+    res = mixed.decompose(memoryview(buf.getvalue()), top_k=2, fit_steps=0)  # was "needs its sample rate"
+    assert res.sample_rate == 16000 and res.activations.size > 0
 
 
 def test_streaming_a_file_cut_short_names_it_and_writes_nothing(mixed, tmp_path):
