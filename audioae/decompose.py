@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .audio import as_channels_first, check_pcm, fit_length, resample
+from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
 from .decomposition_folder import component_entry, summary
 from .models.dictionary import SparseDictionary
 
@@ -76,6 +76,15 @@ class Decomposition:
     def error_text(self) -> str:
         """The sum-to-input error for people: ``-171 dB``, or ``exact`` (a silent input)."""
         return f"{self.error_db:.0f} dB" if math.isfinite(self.error_db) else "exact"
+
+
+def _check_long_enough(samples: int, sr: int, model: SparseDictionary) -> None:
+    """Refuse audio shorter than one analysis window: its "components" (a 31 Hz peak labelled
+    120-6800 Hz, for one sample) describe the zero padding, not the signal."""
+    window = model.config.n_fft / model.config.sample_rate
+    if samples / sr < window:
+        raise AudioError(f"the audio lasts {1000 * samples / sr:.1f} ms, shorter than the model's "
+                         f"{1000 * window:.0f} ms analysis window: too short to decompose")
 
 
 def _warn_if_long(channels: int, seconds: float, sr: int, kept: int) -> None:
@@ -190,6 +199,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         raise ValueError(f"fit_steps must be >= 0, got {fit_steps}")
     x = as_channels_first(wav)[0].cpu()  # [C, T]
     check_pcm(x.numpy(), sr)
+    _check_long_enough(x.shape[-1], sr, model)
     most = n_groups if group != "none" else model.config.code_dim  # components there can be
     _warn_if_long(x.shape[0], x.shape[-1] / sr, sr, min(top_k or most, most))
     model = model.cpu().eval()

@@ -199,6 +199,16 @@ def test_silence_and_bad_arguments():
         decompose(build_model("linear", {"n_fft": 128, "hop_length": 32}), np.ones(100, np.float32), SR)
 
 
+def test_audio_shorter_than_one_window_is_refused_not_decomposed_into_padding():
+    from audioae.audio import AudioError
+
+    model = tiny_model()
+    window = model.config.n_fft / model.config.sample_rate
+    with pytest.raises(AudioError, match="shorter than the model's .* analysis window: too short to decompose"):
+        decompose(model, tone(0.5 * window, SR), SR)
+    assert decompose(model, tone(window, SR), SR).residual.shape[-1] == int(window * SR)
+
+
 def test_summary_says_when_each_component_is_active():
     model = tiny_model()
     x = np.zeros(SR, np.float32)
