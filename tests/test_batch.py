@@ -204,10 +204,13 @@ def test_a_broken_link_or_a_file_gone_is_named_as_one(tmp_path, causal_ckpt):
     src.mkdir()
     sf.write(src / "real.wav", noisy_signal(np.random.default_rng(6), 0.3, 16000, 1), 16000)
     (src / "broken.wav").symlink_to("nowhere.wav")
+    (src / "self.wav").symlink_to("self.wav")
     s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
-    assert (s["ok"], s["error"]) == (1, 1)
+    assert (s["ok"], s["error"]) == (1, 2)
     recs = {Path(r["input"]).name: r for r in read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")}
     assert recs["broken.wav"]["error"] == f"{src / 'broken.wav'}: a link to nowhere.wav, which does not exist"
+    assert recs["self.wav"]["error"] == (f"{src / 'self.wav'}: a symbolic link loop (it leads back to itself "
+                                         f"through self.wav)")  # was "a link to self.wav, which does not exist"
     gone = FileDenoiser(load_checkpoint(causal_ckpt)).run(FileTask(str(src / "gone.wav"), str(tmp_path / "g.wav"),
                                                                    "gone.wav"))
     assert gone.error == f"{src / 'gone.wav'}: no such file (moved or deleted since the job was planned?)"

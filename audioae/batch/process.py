@@ -13,6 +13,7 @@ moment leaves either a complete output or a ``.part`` file, never a half-written
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -57,6 +58,12 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
     """Open the input from its path, or from bytes a read stage already fetched."""
     if data is None and not os.path.exists(task.input):  # libsndfile would say "System error."
         if os.path.islink(task.input):
+            try:
+                os.stat(task.input)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise AudioError(f"{task.input}: a symbolic link loop (it leads back to itself through "
+                                     f"{os.readlink(task.input)})") from None
             raise AudioError(f"{task.input}: a link to {os.readlink(task.input)}, which does not exist")
         raise AudioError(f"{task.input}: no such file (moved or deleted since the job was planned?)")
     try:
