@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 SERVICE = audioae_pb2.DESCRIPTOR.services_by_name["AudioAE"].full_name  # "audioae.v1.AudioAE"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# Threads beyond the admitted calls and streams: they answer health checks and refuse calls past
+# the gate's limit (a refusal holds one only while its request arrives and is parsed).
+SPARE_THREADS = 16
+# Calls gRPC lets wait for a thread beyond the pool before it refuses more itself (below).
+QUEUED_RPCS = 256
 
 
 def _check_tls(cert: str, key: str) -> None:
@@ -59,7 +64,11 @@ class AudioServer:
             torch.set_num_threads(config.torch_threads)
         self.device = pick_device(config.device)
         self.metrics = Metrics()
-        self.gate = Gate()
+        # Admission control (server/lifecycle.py): unary calls in progress, counted from entry to
+        # exit whatever they wait for: up to --max-queue waiting for the device, as many again
+        # being decoded, waiting for a codec process or having their answers encoded.
+        self.max_calls = 2 * config.max_queue
+        self.gate = Gate(max_calls=self.max_calls)
         self.batcher = Batcher(self.metrics, config.max_queue, config.max_delay_ms, config.max_batch_seconds)
         self.health = health.HealthServicer()
         self.store: ModelStore | None = None
@@ -74,9 +83,14 @@ class AudioServer:
         # Authentication first: a caller without a token learns nothing about its message.
         interceptors = [TokenAuth(tokens, self.metrics)] if tokens else []
         interceptors.append(LenientParsing(f"/{SERVICE}/"))
-        # Threads: every queued request and every stream holds one while it waits; the rest answer
-        # health and refusals. Calls beyond that get RESOURCE_EXHAUSTED from gRPC itself.
-        workers = 2 * config.max_queue + config.max_streams + 8
+        # Threads: every admitted call and every stream holds one until it ends; the spare ones answer
+        # health and the gate's refusals, so health still answers when the server is at its limits.
+        # Past the pool, calls wait for a thread in the executor's (unbounded) queue;
+        # maximum_concurrent_rpcs bounds that. It counts every RPC, health included, and refuses
+        # with gRPC's bare "Concurrent RPC limit exceeded!", so it sits well above what the gate
+        # admits: only a flood of more than QUEUED_RPCS calls at once beyond the pool meets it
+        # (until then each waits briefly for a spare thread to refuse it with the server's message).
+        workers = self.max_calls + config.max_streams + SPARE_THREADS
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audioae-rpc"),
             interceptors=interceptors,
@@ -85,7 +99,7 @@ class AudioServer:
                 ("grpc.max_send_message_length", config.max_send_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=workers,
+            maximum_concurrent_rpcs=workers + QUEUED_RPCS,
         )
         audioae_pb2_grpc.add_AudioAEServicer_to_server(self.servicer, self.server)
 

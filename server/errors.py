@@ -21,12 +21,52 @@ class Abort(Exception):
         self.message = message
 
 
+QUOTE_CHARS = 80  # of a caller's string, quoted in a message
+# Of a status message, as gRPC sends it: percent-encoded in the grpc-message trailer, where a
+# client refuses more than 16 kB ("received metadata size exceeds hard limit") and may refuse more
+# than its 8 kB soft limit, turning any status into RESOURCE_EXHAUSTED "Stream removed".
+MAX_STATUS_BYTES = 4096
+
+
+def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``repr(text)`` for a message, its first ``limit`` characters only when it is longer, then its
+    length: a request's string, echoed whole, could make the message larger than gRPC carries."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _wire_bytes(text: str) -> int:
+    """Bytes of ``text`` in the grpc-message trailer: printable ASCII but "%" as is, every other
+    byte of its UTF-8 as %XX."""
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in text.encode("utf-8", "replace"))
+
+
+def clip_status(message: str, limit: int = MAX_STATUS_BYTES) -> str:
+    """``message``, clipped to at most ``limit`` bytes as gRPC sends it."""
+    if len(message) * 12 <= limit or _wire_bytes(message) <= limit:  # 12: a 4-byte character, encoded
+        return message
+    tail = f" ... (clipped: the message had {len(message):,} characters)"
+    budget, used = limit - _wire_bytes(tail), 0
+    for cut, ch in enumerate(message):
+        used += _wire_bytes(ch)
+        if used > budget:
+            return message[:cut] + tail
+    return message  # not reached: the whole message is over the limit
+
+
 class QueueFull(Exception):
     """The device queue is at its bound."""
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message for an exception raised while serving a call."""
+    """The status code and message for an exception raised while serving a call, the message
+    clipped to what gRPC carries (:func:`clip_status`)."""
+    code, message = _status_of(exc)
+    return code, clip_status(message)
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, Abort):
         return exc.code, exc.message
     if isinstance(exc, QueueFull):

@@ -2,6 +2,12 @@
 
 Every RPC enters through :meth:`Gate.enter`, atomically with the in-flight count, so a drain
 either sees a call (and waits for it) or the call sees the drain (and gets UNAVAILABLE).
+
+The gate is also the server's admission control: at most ``max_calls`` unary calls and
+``max_streams`` streams are in progress at once, each counted from entry to exit whatever it
+waits for (a codec process, the device queue, the encoding of its answer), and one more is
+refused at once with RESOURCE_EXHAUSTED. Each admitted call holds a gRPC thread, so the thread
+pool is sized to leave threads over for health checks and for these refusals.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ STARTING, SERVING, DRAINING = "starting", "serving", "draining"
 
 
 class Gate:
-    def __init__(self):
+    def __init__(self, max_calls: int | None = None):
         self.state = STARTING
+        self.max_calls = max_calls  # unary calls in progress at once; None: no limit
         self._inflight = 0
+        self._calls = 0
         self._streams = 0
         self._cond = threading.Condition()
 
@@ -47,18 +55,32 @@ class Gate:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"too many open streams ({self._streams}, max {max_streams}); retry later",
                 )
+            if not stream and self.max_calls is not None and self._calls >= self.max_calls:
+                raise Abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the server is busy: {self._calls} calls in progress (max {self.max_calls}); "
+                    f"retry with backoff",
+                )
             self._inflight += 1
             self._streams += int(stream)
+            self._calls += int(not stream)
 
     def exit(self, stream: bool = False) -> None:
         with self._cond:
             self._inflight -= 1
             self._streams -= int(stream)
+            self._calls -= int(not stream)
             self._cond.notify_all()
 
     @property
     def inflight(self) -> int:
+        """Calls in progress, streams included."""
         return self._inflight
+
+    @property
+    def calls(self) -> int:
+        """Unary calls in progress."""
+        return self._calls
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is in flight; False if ``timeout`` passed first."""

@@ -2,9 +2,11 @@
 :class:`~server.batcher.Batcher`, and answers in the caller's own format.
 
 Status codes: INVALID_ARGUMENT for bad audio or parameters, NOT_FOUND for an unknown model,
-RESOURCE_EXHAUSTED for oversized input or a full queue, UNAVAILABLE while starting or draining,
+RESOURCE_EXHAUSTED for oversized input, a full queue or too many calls in progress (the gate's
+admission limit, :mod:`server.lifecycle`), UNAVAILABLE while starting or draining,
 DEADLINE_EXCEEDED when the caller's deadline passes while it waits, UNIMPLEMENTED when this
-build lacks the decomposition module.
+build lacks the decomposition module. A string of the request quoted in a message is clipped
+(:func:`server.errors.quoted`), and so is the message (:func:`server.errors.status_of`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_levels, check_resample, resample
 from audioae.client import (
+    DATATYPES,
     MAX_CHANNELS,
     array_from_tensor,
     audio_from_message,
@@ -39,7 +42,7 @@ from audioae.v1 import audioae_pb2_grpc
 from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
 from .config import ServerConfig
-from .errors import Abort, status_of
+from .errors import Abort, quoted, status_of
 from .lifecycle import Gate
 from .metrics import Metrics
 from .parsing import Unparsed
@@ -59,7 +62,8 @@ MAX_COMPONENT_BYTES = 1 << 30
 
 
 def _unary(method: Callable) -> Callable:
-    """Count the call, enter the gate, map exceptions to status codes."""
+    """Count the call, enter the gate (which refuses it when the server is busy), map exceptions
+    to status codes."""
 
     @functools.wraps(method)
     def wrapper(self: AudioAEServicer, request, context: grpc.ServicerContext):
@@ -366,7 +370,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
         group = request.group or "none"
         if group not in GROUPS:
-            raise Abort(INVALID, f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+            raise Abort(INVALID, f"unknown group {quoted(group)}; choose one of {', '.join(GROUPS)}")
         units = sm.model.config.code_dim
         n_groups = min(DEFAULT_GROUPS, units)
         if request.HasField("groups"):
@@ -432,6 +436,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
     # ---- Encode / Decode -------------------------------------------------------------------------
     def _tensor(self, t, name: str) -> torch.Tensor:
+        if t.datatype not in DATATYPES:  # before array_from_tensor, which quotes it whole
+            raise Abort(INVALID, f"{name}: datatype {quoted(t.datatype)} is not one of {', '.join(DATATYPES)}")
         x = array_from_tensor(t, name)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise Abort(INVALID, f"{name}: contains NaN or Inf")

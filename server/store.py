@@ -17,7 +17,7 @@ from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.models import Autoencoder, takes_audio
 
-from .errors import Abort
+from .errors import Abort, quoted
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class ModelStore:
         if name not in self.models:
             raise Abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown model {name!r}; this server has: {', '.join(self.models) or '(none)'}",
+                f"unknown model {quoted(name)}; this server has: {', '.join(self.models) or '(none)'}",
             )
         return self.models[name]
 

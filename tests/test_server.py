@@ -32,6 +32,7 @@ from audioae.enhance import denoise, denoise_batch
 from audioae.models import build_model
 from audioae.v1 import audioae_pb2 as pb
 from server import AudioServer, ServerConfig
+from server.errors import MAX_STATUS_BYTES, Abort, status_of
 from server.servicer import MAX_COMPONENT_BYTES, _out_of_memory
 
 CODE = grpc.StatusCode
@@ -222,6 +223,47 @@ def test_deadline_exceeded_drops_the_queued_job(server, client):
     assert _wait_until(
         lambda: (server.metrics.registry.get_sample_value("audioae_dropped_jobs_total") or 0.0) >= dropped + 1
     )
+
+
+def test_calls_past_the_admission_limit_get_the_servers_busy_message_and_health_answers(model_dir):
+    """Uploads waiting for a codec process, or queued for the device, each hold a gRPC thread. With
+    no limit of the server's own on them, a burst of encoded uploads took every thread, and gRPC
+    refused calls and health probes alike with its bare "Concurrent RPC limit exceeded!"."""
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None,
+                              max_queue=2, max_streams=1, codec_workers=1))  # 2 x max_queue = 4 calls
+    srv.start()
+    srv.load()
+    c = Client(f"127.0.0.1:{srv.port}", timeout=60)
+    x = _noisy(0.3, 16000)
+    wav = encode_audio(np.clip(x, -1, 1), 16000, subtype="PCM_16")
+    codec = srv.codecs._idle.get(timeout=10)  # the one codec process, taken: uploads wait for it
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            try:
+                with srv.batcher.hold():
+                    # Admitted calls count whatever they wait for: two for the device, two for a codec.
+                    held = [pool.submit(c.denoise, x, 16000, model="tiny") for _ in range(2)]
+                    assert _wait_until(lambda: srv.batcher.depth == 2)
+                    held += [pool.submit(c.denoise_bytes, wav, model="tiny") for _ in range(2)]
+                    assert _wait_until(lambda: srv.gate.calls == 4)
+                    busy = "the server is busy: 4 calls in progress (max 4); retry with backoff"
+                    assert _code(c.list_models) == (CODE.RESOURCE_EXHAUSTED, busy)
+                    # A burst past the whole thread pool (4 + 1 + 16 threads): every call is refused
+                    # by the server itself, at once, and health answers all the while.
+                    with ThreadPoolExecutor(32) as burst:
+                        refused = [burst.submit(_code, c.denoise_bytes, wav, model="tiny") for _ in range(64)]
+                        while not all(f.done() for f in refused):
+                            assert c.health() == "SERVING"
+                    assert [f.result() for f in refused] == [(CODE.RESOURCE_EXHAUSTED, busy)] * 64
+                    assert c.health() == "SERVING"
+            finally:
+                srv.codecs._idle.put(codec)
+            assert all(f.result(timeout=60).shape == x.shape for f in held[:2])
+            assert all(len(f.result(timeout=60).audio.encoded) == len(wav) for f in held[2:])
+        assert srv.gate.calls == 0
+    finally:
+        c.close()
+        srv.stop()
 
 
 # ---- bad input: precise status, clear message, server stays up ----------------------------------
@@ -681,6 +723,52 @@ def test_bad_encode_decode(client, case):
     code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
     assert code == want, msg
     assert text in msg, msg
+
+
+def _stream_config_only(stub, model: str):
+    cfg = pb.StreamConfig(model=model, sample_rate=16000, channels=1, format=pb.FLOAT32)
+    return list(stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=cfg), _AUDIO]), timeout=30))
+
+
+LONG_FIELDS = {  # rpc, request, status, the message's start, the length it names
+    "model name": ("Denoise", pb.DenoiseRequest(model="m" * 20_000, audio=_pcm(_ONE_SECOND)), CODE.NOT_FOUND,
+                   "unknown model 'mmm", "20,000"),
+    "stream model name": ("StreamDenoise", "m" * 20_000, CODE.NOT_FOUND, "unknown model 'mmm", "20,000"),
+    "decode model name": ("Decode", pb.DecodeRequest(model="m" * 20_000, code=_tensor([1, 16, 5])),
+                          CODE.NOT_FOUND, "unknown model 'mmm", "20,000"),
+    "group": ("Decompose", pb.DecomposeRequest(model="dict", audio=_pcm(_ONE_SECOND), group="g" * 100_000),
+              CODE.INVALID_ARGUMENT, "unknown group 'ggg", "100,000"),
+    "datatype": ("Encode", pb.EncodeRequest(model="tiny", tensor=_tensor([1, 257, 5], "T" * 100_000, data=b"")),
+                 CODE.INVALID_ARGUMENT, "tensor: datatype 'TTT", "100,000"),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_FIELDS))
+def test_a_long_string_in_a_request_is_clipped_where_the_message_quotes_it(client, case):
+    """Quoted whole, a 20,000-character model name made the status message too large for gRPC's
+    metadata limit: the caller got RESOURCE_EXHAUSTED "Stream removed (received metadata size
+    exceeds hard limit ...)" where the server meant NOT_FOUND."""
+    rpc, req, want, start, length = LONG_FIELDS[case]
+    if rpc == "StreamDenoise":
+        code, msg = _code(_stream_config_only, client.stub, req)
+    else:
+        code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
+    assert code == want, msg[:300]
+    assert start in msg and f"... ({length} characters)" in msg, msg[:300]
+    assert len(msg) < 400 and msg.count(start[-1]) <= 90, msg[:300]
+    assert client.health() == "SERVING"
+
+
+@pytest.mark.parametrize("text", ["x" * 100_000, "\u00e9" * 100_000, "%" * 5000 + "ok", "\U0001f600" * 2000])
+def test_a_status_message_is_clipped_to_what_grpc_carries(text):
+    """Whatever the message (an internal error's text, a library's), it reaches the caller: gRPC
+    percent-encodes it into a trailer a client refuses beyond 16 kB (8 kB at its soft limit)."""
+    code, msg = status_of(Abort(CODE.INVALID_ARGUMENT, text))
+    assert code == CODE.INVALID_ARGUMENT
+    assert msg.endswith(f" ... (clipped: the message had {len(text):,} characters)")
+    wire = sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in msg.encode())
+    assert MAX_STATUS_BYTES - 12 < wire <= MAX_STATUS_BYTES
+    assert status_of(ValueError("short")) == (CODE.INVALID_ARGUMENT, "short")
 
 
 @pytest.mark.parametrize("method", ["Denoise", "Decompose", "Encode", "Decode", "ListModels"])
