@@ -202,7 +202,11 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="score enhanced files against clean ones (SI-SDR, PESQ, STOI)",
                        description="Pair files by relative path; per-file and mean SI-SDR, SI-SDR "
                                    "improvement (with --noisy), PESQ (wb) and STOI. Files instead of "
-                                   "folders score one pair. Exits 1 if a file is missing or failed.")
+                                   "folders score one pair. A metric that cannot score a pair (too short, "
+                                   "a silent reference) leaves it out of the mean, with a note. Exits 1 if "
+                                   "a file on either side has no partner (a clean file without an enhanced "
+                                   "one, an enhanced file without a clean one, a missing noisy file) or "
+                                   "could not be read; 2 if nothing pairs.")
     p.add_argument("--clean", required=True, help="folder of clean references (or one file)")
     p.add_argument("--enhanced", required=True, help="folder of enhanced files, same relative paths (or one file)")
     p.add_argument("--noisy", help="folder of the noisy inputs (or one file), for the SI-SDR improvement")
@@ -242,7 +246,8 @@ def _cmd_eval(args) -> int:
 
             atomic_write_text(args.json_out, text + "\n")
             print(f"JSON: {args.json_out}")
-    problems = report["errors"] or report["missing_enhanced"] or report["missing_noisy"]
+    # An enhanced file without a clean one is a problem too: the folders were to match.
+    problems = report["errors"] or report["missing_enhanced"] or report["extra_enhanced"] or report["missing_noisy"]
     return 1 if problems else 0
 
 
@@ -312,23 +317,32 @@ def _add_inspect(sub) -> None:
     p.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same as the positional MODEL")
     p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG)")
     p.add_argument("--start", type=_seconds, default=0.0, help="with --audio: where the part shown begins (s)")
-    p.add_argument("--seconds", type=_seconds, default=INSPECT_SECONDS,
+    p.add_argument("--seconds", type=_positive_seconds, default=INSPECT_SECONDS,
                    help=f"with --audio: how much is shown (default {INSPECT_SECONDS:.0f} s: a figure cannot show "
                         f"more, and 10 minutes take about 1.6 GB)")
-    p.add_argument("-o", "--out", help="PNG to write (default: <model>-dictionary.png or <audio>.<model>.png here)")
+    p.add_argument("-o", "--out", help="figure to write, in the format its extension names: .png, .pdf, .svg, "
+                                       ".jpg, ... (default: <model>-dictionary.png or <audio>.<model>.png here, "
+                                       "or in OUT when it is a folder); an existing file there must be such a "
+                                       "figure")
     p.set_defaults(func=_cmd_inspect)
 
 
 def _figure_path(out: str | None, default: str) -> Path:
-    """Where inspect draws: ``-o FILE``, or ``default`` (inside ``-o`` when that is a folder). A
-    figure never takes an audio file's name: ``-o x.wav`` would replace a recording with a PNG."""
+    """Where inspect draws: ``-o FILE``, or ``default`` (inside ``-o`` when that is a folder), in
+    the format the extension names. A figure never takes an audio file's name (``-o x.wav`` would
+    replace a recording), nor replaces a file that is not a figure in that format (``-o mine.py``)."""
     from .audio import is_audio_name
+    from .plots import check_figure_path
 
     path = Path(out or default)
     if path.is_dir():
         path = path / default
     if is_audio_name(path):
-        raise ValueError(f"-o {path}: inspect draws a figure (PNG); name a .png file, not an audio file")
+        raise ValueError(f"-o {path}: inspect draws a figure, not audio; name a .png file (or .pdf, .svg, ...)")
+    try:
+        check_figure_path(path)
+    except ValueError as exc:
+        raise ValueError(f"-o {exc}") from None
     return path
 
 
@@ -342,8 +356,6 @@ def _cmd_inspect(args) -> int:
         raise ValueError(f"two models named: {args.model} and --model {args.model_flag}; name one")
     if not args.audio and (args.start or args.seconds != INSPECT_SECONDS):
         raise ValueError("--start and --seconds pick the part of a recording shown: they go with --audio FILE")
-    if args.seconds <= 0:
-        raise ValueError(f"--seconds must be more than 0, got {args.seconds:g}")
     path = resolve(args.model or args.model_flag, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
     model = load(str(path))
     name = path.name.removesuffix(".safetensors")
@@ -534,7 +546,8 @@ def _add_client(sub) -> None:
     c.add_argument("--no-audio", action="store_true", help="activations and summary only, no waveforms")
     m = csub.add_parser("models", parents=[conn], help="list the served models")
     m.add_argument("--json", action="store_true")
-    csub.add_parser("health", parents=[conn], help="print SERVING / NOT_SERVING (exit 1 unless SERVING)")
+    csub.add_parser("health", parents=[conn], help="print SERVING / NOT_SERVING (exit 0 when SERVING, 1 when not, "
+                    "2 when the server cannot be reached)")
     p.set_defaults(func=_cmd_client)
 
 

@@ -2,9 +2,11 @@
 
 Per file and on average: SI-SDR, SI-SDR improvement over the noisy input (when a noisy folder is
 given), wide-band PESQ and STOI (:mod:`audioae.metrics`). Metrics are computed on the mono
-mixdown at the clean file's sample rate. Files present on one side only, and files that cannot
-be read, are reported rather than fatal; files are decoded in a child process, so that one that
-crashes libsndfile (C) is reported too instead of ending the evaluation.
+mixdown at the clean file's sample rate. A metric that cannot score a pair (too short, a silent
+reference) gives None, left out of the mean, and its reason goes into the file's notes. Files
+present on one side only, and files that cannot be read, are reported rather than fatal; files
+are decoded in a child process, so that one that crashes libsndfile (C) is reported too instead
+of ending the evaluation.
 """
 
 from __future__ import annotations

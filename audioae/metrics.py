@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -33,19 +34,71 @@ def si_sdr(estimate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.nda
     return val
 
 
+SILENT_RMS = 1e-7  # -140 dBFS, under one step of 24-bit audio (2**-23): digital silence, not a recording
+SI_SDR_MIN_SECONDS = 0.032  # one 32 ms analysis frame (512 samples at 16 kHz)
+
+
+def _silence(x: np.ndarray) -> str | None:
+    """Why ``x`` counts as silent, or None: all zeros, or an RMS (after removing its mean: SI-SDR
+    removes it, and STOI's and PESQ's bands start above DC) below :data:`SILENT_RMS`. No metric is
+    defined against a silent reference: SI-SDR and STOI would divide nothing by nothing (0 dB or
+    -100 dB, and 0.0), and PESQ scores a reference of a constant or of -180 dBFS noise 1.7-2.0."""
+    x = np.asarray(x, np.float64)
+    if not np.any(x):
+        return "silent (all zeros)"
+    if len(x) < 2:  # one sample is its own mean: a length check says more
+        return None
+    rms = float(np.sqrt(np.mean((x - x.mean()) ** 2)))
+    if rms == 0:
+        return "silent (a constant offset, nothing else)"
+    if rms < SILENT_RMS:
+        return f"silent (RMS {20 * math.log10(rms):.0f} dBFS after removing its mean, below {20 * math.log10(SILENT_RMS):.0f} dBFS)"
+    return None
+
+
+def si_sdr_score(estimate: np.ndarray, reference: np.ndarray, sr: int, also: str = "") -> float:
+    """:func:`si_sdr` of one mono pair for ``audioae eval``; NaN (and a logged reason) where it is
+    undefined: a pair shorter than :data:`SI_SDR_MIN_SECONDS` (a handful of samples decides the
+    score, and one sample has none once its mean is removed), or a silent reference (the target is
+    nothing: the score would be ``eps / eps``, 0 dB, or about -100 dB). Its ``eps`` is scaled to the
+    reference's energy, so that a quiet reference scores as a loud one would. ``also``: a metric
+    that the missing score takes with it, named in the reason."""
+    what = f"SI-SDR (and so {also})" if also else "SI-SDR"
+    if len(reference) < SI_SDR_MIN_SECONDS * sr:
+        log.warning("%s could not score this pair: %d samples at %d Hz, shorter than one %.0f ms frame (%d samples)",
+                    what, len(reference), sr, 1000 * SI_SDR_MIN_SECONDS, math.ceil(SI_SDR_MIN_SECONDS * sr))
+        return float("nan")
+    silent = _silence(reference)
+    if silent:
+        log.warning("%s could not score this pair: the reference is %s", what, silent)
+        return float("nan")
+    return si_sdr(estimate, reference, eps=_eps_for(reference))
+
+
+def _eps_for(reference: np.ndarray) -> float:
+    """:func:`si_sdr`'s ``eps`` for this reference: its default, 1e-8, for one with an energy of 1 or
+    more, less for a quieter one, where 1e-8 would bias the score (a 1 s white-noise reference at
+    16 kHz, 15 dB above the noise added to it, scored 14.2 dB at -100 dBFS and 1.0 dB at -120
+    dBFS); it only keeps a silent estimate, or a perfect one, from dividing by zero."""
+    ref = np.asarray(reference, np.float64)
+    return 1e-8 * min(float(((ref - ref.mean()) ** 2).sum()), 1.0)
+
+
 def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
     return resample(np.asarray(x, dtype=np.float32), sr, 16000).numpy().astype(np.float64)
 
 
 def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     """Wide-band PESQ (ITU-T P.862.2) at 16 kHz; inputs at other rates are resampled. NaN when the
-    signal is too short or silent for PESQ to score."""
+    pair is too short for PESQ, the estimate is all zeros, or the reference is silent."""
     from pesq import pesq
     from pesq.cypesq import PesqError
 
-    for name, x in (("estimate", estimate), ("reference", reference)):
-        if not np.any(x):  # PESQ's own error for it is "cannot convert float NaN to integer"
-            log.warning("PESQ could not score this pair: the %s is silent (all zeros)", name)
+    # PESQ's own error for all zeros is "cannot convert float NaN to integer"
+    for name, silent in (("estimate", None if np.any(estimate) else "silent (all zeros)"),
+                         ("reference", _silence(reference))):
+        if silent:
+            log.warning("PESQ could not score this pair: the %s is %s", name, silent)
             return float("nan")
     try:
         return float(pesq(16000, _to_16k(reference, sr), _to_16k(estimate, sr), "wb"))
@@ -60,9 +113,10 @@ STOI_MIN_SECONDS = 0.0256  # one 256-sample analysis frame at STOI's 10 kHz; pys
 
 
 def stoi(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
-    """STOI (pystoi). NaN when the pair is too short to score: shorter than one STOI frame (pystoi
-    fails), or with fewer than its 30 non-silent frames (pystoi warns and returns 1e-5, a number
-    that would pass for a score)."""
+    """STOI (pystoi). NaN when the pair cannot be scored: shorter than one STOI frame (pystoi
+    fails), a silent reference (pystoi drops frames 40 dB below the loudest, so it keeps all of
+    one that is silent throughout and returns 0.0), or fewer than its 30 non-silent frames (pystoi
+    warns and returns 1e-5, a number that would pass for a score)."""
     import warnings
 
     from pystoi import stoi as _stoi
@@ -70,6 +124,10 @@ def stoi(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     if len(reference) < STOI_MIN_SECONDS * sr:
         log.warning("STOI could not score this pair: %d samples at %d Hz, shorter than STOI's %.1f ms frame",
                     len(reference), sr, 1000 * STOI_MIN_SECONDS)
+        return float("nan")
+    silent = _silence(reference)
+    if silent:  # pystoi keeps every frame of an all-silent reference and says 0.0
+        log.warning("STOI could not score this pair: the reference is %s", silent)
         return float("nan")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -82,12 +140,14 @@ def stoi(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
 
 
 def score(estimate: np.ndarray, reference: np.ndarray, sr: int, noisy: np.ndarray | None = None) -> dict[str, float]:
-    """Every metric for one mono pair; with ``noisy``, also the SI-SDR improvement over it."""
+    """Every metric for one mono pair; with ``noisy``, also the SI-SDR improvement over it. A
+    metric that cannot score the pair is NaN, and the reason is logged (a warning)."""
     out = {
-        "si_sdr": si_sdr(estimate, reference),
+        "si_sdr": si_sdr_score(estimate, reference, sr, also="SI-SDRi" if noisy is not None else ""),
         "pesq": pesq_wb(estimate, reference, sr),
         "stoi": stoi(estimate, reference, sr),
     }
-    if noisy is not None:
-        out["si_sdr_i"] = out["si_sdr"] - si_sdr(noisy, reference)
+    if noisy is not None:  # NaN with the SI-SDR (the reason is given once, for both)
+        noisy_sdr = si_sdr(noisy, reference, eps=_eps_for(reference)) if math.isfinite(out["si_sdr"]) else math.nan
+        out["si_sdr_i"] = out["si_sdr"] - noisy_sdr
     return out

@@ -1,4 +1,5 @@
-"""Figures for decompositions and dictionaries (matplotlib, Agg backend; written atomically).
+"""Figures for decompositions and dictionaries (matplotlib, Agg backend; written atomically, in
+the format the file's extension names, and never over a file that is not such a figure).
 
 - :func:`plot_decomposition`: input spectrogram, the atoms behind the strongest components,
   their activations over time, and their spectrograms -- one PNG to read at a glance;
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -33,10 +35,84 @@ from .spectral import STFT  # noqa: E402
 MAX_PANELS = 8  # component spectrograms shown (the strongest)
 
 
+def _is_svg(head: bytes) -> bool:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return start.startswith((b"<?xml", b"<svg", b"<!DOCTYPE svg", b"<!--")) and b"<svg" in head
+
+
+# What a figure can be written as, by extension (matplotlib picks the writer from it), and how a
+# file of that format begins: an existing file is replaced only by a figure of its own kind. Not
+# offered: pgf (LaTeX code; needs a TeX install), raw and rgba (bare pixels: no header to know
+# them by), and any Pillow cannot write here (see figure_formats).
+_SIGNATURES: dict[str, Callable[[bytes], bool]] = {
+    "png": lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"),
+    "pdf": lambda h: h.startswith(b"%PDF-"),
+    "svg": _is_svg,
+    "svgz": lambda h: h.startswith(b"\x1f\x8b"),  # gzip
+    "eps": lambda h: h.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")),  # text, or with a DOS binary header
+    "ps": lambda h: h.startswith(b"%!PS"),
+    "jpg": lambda h: h.startswith(b"\xff\xd8\xff"),
+    "jpeg": lambda h: h.startswith(b"\xff\xd8\xff"),
+    "tif": lambda h: h.startswith((b"II*\x00", b"MM\x00*")),
+    "tiff": lambda h: h.startswith((b"II*\x00", b"MM\x00*")),
+    "webp": lambda h: h.startswith(b"RIFF") and h[8:12] == b"WEBP",
+    "gif": lambda h: h.startswith((b"GIF87a", b"GIF89a")),
+    "avif": lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"avif", b"avis"),
+}
+_PILLOW_FEATURE = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "avif": "avif"}  # a library Pillow may lack
+
+
+def figure_formats() -> list[str]:
+    """Extensions a figure can be written under here (lower case, no dot), PNG first."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import features
+
+    listed = FigureCanvasAgg.get_supported_filetypes()
+    return [ext for ext in _SIGNATURES
+            if ext in listed and (ext not in _PILLOW_FEATURE or features.check(_PILLOW_FEATURE[ext]))]
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The format a figure at ``path`` is written in: its extension, if matplotlib can write it
+    here (a ValueError naming those it can, if not)."""
+    ext = Path(path).suffix.lower().removeprefix(".")
+    formats = figure_formats()
+    if ext in formats:
+        return ext
+    said = f".{ext} is not one of them" if ext else "the name has no extension"
+    raise ValueError(f"{path}: a figure is written in the format its extension names: "
+                     f"{', '.join('.' + f for f in formats)}; {said}")
+
+
+def check_figure_path(path: str | os.PathLike) -> str:
+    """:func:`figure_format` of ``path``, after making sure that writing there loses nothing: a
+    file already there must be a figure in that format (one this module could have written, say
+    by an earlier run), or empty. Anything else, a script named ``x.py`` or text named
+    ``notes.png``, is refused (a ValueError)."""
+    fmt = figure_format(path)
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{path}: is a folder; name the figure file to write")
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{path}: exists and is not a regular file; choose another path")
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+        if head and not _SIGNATURES[fmt](head):
+            raise ValueError(f"{path}: exists and is not a {fmt.upper()} file (not a figure this command could "
+                             f"have written); refusing to replace it: choose another path, or delete the file first")
+    return fmt
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    """``fig`` written atomically to ``path``, in the format its extension names (and only over a
+    figure of that format: :func:`check_figure_path`)."""
+    try:
+        fmt = check_figure_path(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -340,7 +340,7 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
     if "pesq" in metrics:
         res["pesq"] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
     if "stoi" in metrics:
-        res["stoi"] = float(np.mean([stoi(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
+        res["stoi"] = float(np.nanmean([stoi(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
     model.train()
     return res
 

@@ -141,7 +141,7 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert "two models named" in capsys.readouterr().err
     before = (tmp_path / "noisy.wav").read_bytes()  # -o naming the recording would replace it with a PNG
     assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "noisy.wav")]) == 2
-    assert "inspect draws a figure (PNG); name a .png file" in capsys.readouterr().err
+    assert "inspect draws a figure, not audio; name a .png file" in capsys.readouterr().err
     assert (tmp_path / "noisy.wav").read_bytes() == before
     (tmp_path / "figs").mkdir()  # a folder: the default name inside it
     assert main(["inspect", "--audio", str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "figs")]) == 0
@@ -154,9 +154,11 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert (part["start_s"], part["seconds"], part["audio_seconds"]) == (0.5, 0.5, 1.5)
     assert part["frames"] == 1 + 8000 // 128  # half a second at the model's 16 kHz
     assert "note: showing 0.50-1.00 s of 1.50 s" in out.err
-    for extra, said in ((["--start", "2"], "--start 2 s: "), (["--seconds", "0"], "--seconds must be more than 0")):
-        assert main(["inspect", *den, *extra]) == 2
-        assert said in capsys.readouterr().err
+    assert main(["inspect", *den, "--start", "2"]) == 2
+    assert "--start 2 s: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's refusal (tests/test_inspect.py)
+        main(["inspect", *den, "--seconds", "0"])
+    assert "argument --seconds: must be more than 0 seconds, got 0" in capsys.readouterr().err
     assert main(["inspect", "decomposer-small", "--seconds", "5"]) == 2
     assert "they go with --audio FILE" in capsys.readouterr().err
 

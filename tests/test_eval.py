@@ -91,6 +91,19 @@ def test_missing_extra_renamed_and_broken_files_are_reported(folders, tmp_path):
     assert "si_sdr_i" not in c  # no noisy file for it
 
 
+def test_an_enhanced_file_without_a_clean_one_makes_the_exit_code_1(folders, capsys):
+    # was: listed ("no clean file for: stray.flac") with exit code 0, while --help said
+    # "Exits 1 if a file is missing or failed"
+    dirs, _ = folders
+    x, _ = sf.read(dirs["enhanced"] / "a.wav")
+    sf.write(dirs["enhanced"] / "stray.flac", x, SR)
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"])]) == 1
+    out = capsys.readouterr().out
+    assert "3 of 3 pairs scored" in out and "no clean file for: stray.flac" in out
+    (dirs["enhanced"] / "stray.flac").unlink()
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"])]) == 0
+
+
 def test_eval_cli_json_to_stdout_and_no_pairs_is_an_error(folders, tmp_path, capsys):
     dirs, _ = folders
     rc = main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--json", "-"])
@@ -122,19 +135,97 @@ def test_three_files_are_one_pair_and_a_file_with_folders_is_an_error(folders, c
 def test_a_pair_too_short_for_pesq_or_stoi_still_gets_its_si_sdr(folders):
     dirs, _ = folders
     rng = np.random.default_rng(1)
-    for rel, seconds in (("tiny.wav", 100 / SR), ("short.wav", 0.3)):  # below one STOI frame; below 30 frames
+    # below one STOI frame (and one 32 ms SI-SDR frame); below STOI's 30 frames; one SI-SDR frame
+    for rel, seconds in (("tiny.wav", 100 / SR), ("short.wav", 0.3), ("frame.wav", 520 / SR)):
         clean = speech_like(rng, seconds, SR)
         sf.write(dirs["clean"] / rel, clean, SR, subtype="FLOAT")
         sf.write(dirs["enhanced"] / rel, at_snr(clean, noise(rng, seconds, SR, "white"), 15.0), SR, subtype="FLOAT")
     rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
-    assert (rep["scored"], rep["errors"]) == (5, [])  # pystoi raised on the first and said 1e-5 for the second
-    for rel in ("tiny.wav", "short.wav"):
+    assert (rep["scored"], rep["errors"]) == (6, [])  # pystoi raised on the first and said 1e-5 for the second
+    for rel in ("tiny.wav", "short.wav", "frame.wav"):
         f = next(f for f in rep["files"] if f["file"] == rel)
-        assert f["si_sdr"] == pytest.approx(15.0, abs=1.0) and f["pesq"] is None and f["stoi"] is None
+        assert f["pesq"] is None and f["stoi"] is None
         assert any(n.startswith("STOI could not score this pair") for n in f["notes"]), f["notes"]  # beside its file
+        if rel != "tiny.wav":  # 100 samples: too short for SI-SDR too (the next test)
+            assert f["si_sdr"] == pytest.approx(15.0, abs=1.0)
     assert 0.5 < rep["mean"]["stoi"] <= 1.0  # the three that could be scored
-    tiny = next(f for f in rep["files"] if f["file"] == "tiny.wav")  # the C library's words, not b'...'
-    assert "PESQ could not score this pair: Buffer needs to be at least 1/4 of a second long" in tiny["notes"]
+    for rel in ("tiny.wav", "frame.wav"):  # the C library's words, not b'...'
+        f = next(f for f in rep["files"] if f["file"] == rel)
+        assert "PESQ could not score this pair: Buffer needs to be at least 1/4 of a second long" in f["notes"]
+
+
+def test_a_pair_shorter_than_one_frame_has_no_si_sdr(folders):
+    # was: 100 samples scored 15 dB and one sample 0.000 dB, both averaged in
+    dirs, truth = folders
+    rng = np.random.default_rng(2)
+    clean = speech_like(rng, 100 / SR, SR)
+    pairs = {"tiny.wav": (clean, at_snr(clean, noise(rng, 100 / SR, SR, "white"), 15.0),
+                          at_snr(clean, noise(rng, 100 / SR, SR, "white"), 5.0)),
+             "one.wav": (np.array([0.3]), np.array([0.25]), np.array([0.1]))}
+    for rel, sigs in pairs.items():
+        for side, x in zip(("clean", "enhanced", "noisy"), sigs, strict=True):
+            sf.write(dirs[side] / rel, np.asarray(x, np.float32), SR, subtype="FLOAT")
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
+    assert (rep["scored"], rep["errors"]) == (5, [])
+    for rel, samples in (("tiny.wav", 100), ("one.wav", 1)):
+        f = next(f for f in rep["files"] if f["file"] == rel)
+        assert f["si_sdr"] is None and f["si_sdr_i"] is None, f
+        assert (f"SI-SDR (and so SI-SDRi) could not score this pair: {samples} samples at 16000 Hz, shorter than "
+                f"one 32 ms frame (512 samples)") in f["notes"]
+    # the mean is the three real pairs' alone
+    assert rep["mean"]["si_sdr"] == pytest.approx(np.mean([enh for enh, _ in truth.values()]), abs=1e-3)
+    assert rep["mean"]["si_sdr_i"] == pytest.approx(np.mean([e - n for e, n in truth.values()]), abs=1e-3)
+    one = next(f for f in rep["files"] if f["file"] == "one.wav")  # one sample is not called silent
+    assert not any("silent" in n for n in one["notes"]), one["notes"]
+    lines = format_table(rep).splitlines()
+    assert lines[lines.index(next(x for x in lines if x.startswith("tiny.wav")))].split()[1:3] == ["-", "-"]
+
+
+def test_a_silent_reference_has_no_scores_and_says_why(folders, tmp_path, capsys):
+    # was: SI-SDR 0.0 (-102.0 without --noisy), SI-SDRi 102.0 and STOI 0.0, all averaged in, no note
+    dirs, truth = folders
+    rng = np.random.default_rng(3)
+    x = 0.1 * rng.standard_normal(SR).astype(np.float32)
+    silences = {"zeros.wav": np.zeros(SR, np.float32), "dc.wav": np.full(SR, 0.25, np.float32),
+                "faint.wav": (1e-9 * rng.standard_normal(SR)).astype(np.float32)}  # -180 dBFS
+    for rel, ref in silences.items():
+        sf.write(dirs["clean"] / rel, ref, SR, subtype="FLOAT")
+        sf.write(dirs["enhanced"] / rel, x, SR, subtype="FLOAT")
+        sf.write(dirs["noisy"] / rel, 2 * x, SR, subtype="FLOAT")
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
+    assert (rep["scored"], rep["errors"]) == (6, [])
+    why = {"zeros.wav": "silent (all zeros)", "dc.wav": "silent (a constant offset, nothing else)",
+           "faint.wav": "silent (RMS -180 dBFS after removing its mean, below -140 dBFS)"}
+    for rel, said in why.items():
+        f = next(f for f in rep["files"] if f["file"] == rel)
+        assert all(f[m] is None for m in ("si_sdr", "si_sdr_i", "pesq", "stoi")), f
+        assert f["notes"] == [f"SI-SDR (and so SI-SDRi) could not score this pair: the reference is {said}",
+                              f"PESQ could not score this pair: the reference is {said}",
+                              f"STOI could not score this pair: the reference is {said}"]
+    assert rep["mean"]["si_sdr"] == pytest.approx(np.mean([enh for enh, _ in truth.values()]), abs=1e-3)
+    assert rep["mean"]["si_sdr_i"] == pytest.approx(np.mean([e - n for e, n in truth.values()]), abs=1e-3)
+    assert rep["mean"]["stoi"] > 0.5  # a 0.0 per silent pair would pull it down
+    # the explorer's reproduction: one silent reference against noise, the JSON on stdout
+    clean, enhanced = dirs["clean"] / "zeros.wav", dirs["enhanced"] / "zeros.wav"
+    assert main(["eval", "--clean", str(clean), "--enhanced", str(enhanced), "--json", "-"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    (f,) = rep["files"]
+    assert (f["si_sdr"], f["stoi"], rep["mean"]["si_sdr"], rep["mean"]["stoi"]) == (None, None, None, None)
+    assert "SI-SDR could not score this pair: the reference is silent (all zeros)" in f["notes"]
+
+
+def test_si_sdr_of_a_quiet_reference_is_the_same_as_of_a_loud_one():
+    # scale invariance: si_sdr's fixed eps of 1e-8 scored this pair 1.0 dB at -120 dBFS
+    from audioae.metrics import si_sdr_score
+
+    rng = np.random.default_rng(4)
+    clean = speech_like(rng, 1.0, SR).astype(np.float64)
+    est = at_snr(clean.astype(np.float32), noise(rng, 1.0, SR, "white"), 15.0).astype(np.float64)
+    loud = si_sdr_score(est, clean, SR)
+    assert loud == pytest.approx(si_sdr(est, clean), abs=1e-6) and loud == pytest.approx(15.0, abs=0.5)
+    for db in (-60, -100, -120):
+        gain = 10 ** (db / 20) / np.sqrt(np.mean(clean**2))
+        assert si_sdr_score(gain * est, gain * clean, SR) == pytest.approx(loud, abs=1e-3), db
 
 
 def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(folders, capsys):

@@ -1,0 +1,100 @@
+"""`audioae inspect -o`: the figure's format from its extension, never over a file that is not such
+a figure, written atomically; --seconds refused with the words of what it accepts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from audioae.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_figure():
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    return fig
+
+
+def test_inspect_refuses_to_replace_a_file_that_is_not_its_figure(tmp_path, capsys):
+    # was: `-o mine.py` replaced a script with PNG bytes
+    mine = tmp_path / "mine.py"
+    mine.write_text("print('my work')\n")
+    assert main(["inspect", "-o", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {mine}: a figure is written in the format its extension names: .png, .pdf, .svg" in err
+    assert ".py is not one of them" in err
+    assert mine.read_text() == "print('my work')\n"
+    assert main(["inspect", "-o", str(tmp_path / "fig")]) == 2  # no extension: which format?
+    assert "the name has no extension" in capsys.readouterr().err
+    # a figure's name, but not a figure of that format: text, or a JPEG under .png
+    for name, content in (("notes.png", b"my notes\n"), ("photo.png", b"\xff\xd8\xff\xe0\x00\x10JFIF"),
+                          ("fig.pdf", PNG + b"rest")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        assert main(["inspect", "-o", str(path)]) == 2
+        fmt = name.rsplit(".", 1)[1].upper()
+        assert (f"-o {path}: exists and is not a {fmt} file (not a figure this command could have written); "
+                f"refusing to replace it: choose another path, or delete the file first") in capsys.readouterr().err
+        assert path.read_bytes() == content
+    # -o a folder: the default name inside it is checked too
+    (tmp_path / "figs").mkdir()
+    taken = tmp_path / "figs" / "decomposer-small-dictionary.png"
+    taken.write_text("not a figure")
+    assert main(["inspect", "-o", str(tmp_path / "figs")]) == 2
+    assert "exists and is not a PNG file" in capsys.readouterr().err
+    assert taken.read_text() == "not a figure"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(  # nothing written beside them
+        ["mine.py", "notes.png", "photo.png", "fig.pdf", "figs", "decomposer-small-dictionary.png"])
+
+
+def test_inspect_writes_the_format_its_extension_names(tmp_path, capsys):
+    # was: `-o pic.jpg` wrote PNG bytes under .jpg
+    for name, magic in (("pic.jpg", b"\xff\xd8\xff"), ("FIG.PDF", b"%PDF-")):
+        out = tmp_path / name
+        assert main(["inspect", "-o", str(out)]) == 0
+        assert json.loads(capsys.readouterr().out)["figure"] == str(out)
+        assert out.read_bytes().startswith(magic)
+    empty = tmp_path / "empty.png"  # e.g. made by mktemp: nothing to lose
+    empty.touch()
+    assert main(["inspect", "-o", str(tmp_path / "pic.jpg")]) == 0  # its own figure: replaced
+    assert main(["inspect", "-o", str(empty)]) == 0
+    assert (tmp_path / "pic.jpg").read_bytes().startswith(b"\xff\xd8\xff")
+    assert empty.read_bytes().startswith(PNG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FIG.PDF", "empty.png", "pic.jpg"]  # no temp files left
+
+
+def test_every_offered_format_is_written_and_known_again(tmp_path):
+    from audioae.plots import _save, check_figure_path, figure_formats
+
+    formats = figure_formats()
+    assert formats[0] == "png" and {"pdf", "svg"} <= set(formats)
+    assert not {"pgf", "raw", "rgba"} & set(formats)  # LaTeX code and bare pixels are no figure files
+    written = {}
+    for fmt in formats:
+        path = tmp_path / f"fig.{fmt}"
+        _save(_tiny_figure(), path)
+        assert check_figure_path(path) == fmt  # a rerun may replace it
+        written[fmt] = path.read_bytes()
+    png = tmp_path / "fig.png"
+    for fmt in ("jpg", "pdf", "svg"):  # another format under .png is not replaced
+        png.write_bytes(written[fmt])
+        with pytest.raises(ValueError, match="exists and is not a PNG file"):
+            _save(_tiny_figure(), png)
+        assert png.read_bytes() == written[fmt]
+    with pytest.raises(ValueError, match=r"\.rgba is not one of them"):
+        _save(_tiny_figure(), tmp_path / "fig.rgba")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"fig.{f}" for f in formats)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf"])
+def test_inspect_seconds_says_what_it_accepts(value, capsys):
+    # was: "--seconds 0" said "must be more than 0", "--seconds -3" said "must be 0 or more seconds"
+    with pytest.raises(SystemExit) as stop:
+        main(["inspect", "--audio", "x.wav", "--seconds", value])
+    assert stop.value.code == 2
+    assert f"argument --seconds: must be more than 0 seconds, got {value}" in capsys.readouterr().err
