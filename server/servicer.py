@@ -255,8 +255,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if not msg.HasField("strength"):
             return 1.0
         s = msg.strength
-        if math.isnan(s) or not 0.0 <= s <= 1.0:
-            raise Abort(INVALID, f"strength must be within [0, 1], got {s}")
+        if math.isnan(s) or not 0.0 <= s <= 1.0:  # a float32 on the wire: -0.1 arrives as -0.10000000149...
+            raise Abort(INVALID, f"strength must be within [0, 1], got {s:.7g}")
         return float(s)
 
     # ---- Denoise ---------------------------------------------------------------------------------
@@ -329,11 +329,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         limit = int(self.config.max_audio_seconds * min(1.0, DECODE_BUDGET_CHANNELS / cfg.channels) * cfg.sample_rate)
         n_in = n_out = 0
         for i, msg in enumerate(requests, start=1):
-            if msg.WhichOneof("msg") != "audio":
+            if msg.WhichOneof("msg") == "config":
                 raise Abort(
                     INVALID,
                     f"message {i}: only the first message may be a StreamConfig; the rest carry audio",
                 )
+            if msg.WhichOneof("msg") is None:
+                raise Abort(INVALID, f"message {i}: empty (neither audio nor a StreamConfig); send audio bytes")
             x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, f"chunk {i}")  # [C, n]
             check_levels(x, f"chunk {i}")
             n_in += x.shape[-1]

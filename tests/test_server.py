@@ -351,6 +351,9 @@ def test_bad_denoise_input(client, case):
 def test_bad_strength(client):
     code, msg = _code(client.denoise, _noisy(0.2, 16000), 16000, model="tiny", strength=1.5)
     assert code == CODE.INVALID_ARGUMENT and "strength" in msg
+    req = pb.DenoiseRequest(model="tiny", audio=_pcm(_ONE_SECOND), strength=-0.1)  # a float32 on the wire
+    code, msg = _code(client.stub.Denoise, req, timeout=30)
+    assert code == CODE.INVALID_ARGUMENT and msg.endswith("got -0.1"), msg  # not -0.10000000149011612
 
 
 # ---- limits that keep a small request from allocating gigabytes -----------------------------------
@@ -474,6 +477,11 @@ BAD_STREAM = {
     "empty stream": ([], CODE.INVALID_ARGUMENT, "empty stream"),
     "audio first": ([_AUDIO], CODE.INVALID_ARGUMENT, "first message must be a StreamConfig"),
     "config twice": ([pb.StreamDenoiseRequest(config=_CFG)] * 2, CODE.INVALID_ARGUMENT, "only the first"),
+    "empty message": (  # was "only the first message may be a StreamConfig", though it carried none
+        [pb.StreamDenoiseRequest(config=_CFG), pb.StreamDenoiseRequest()],
+        CODE.INVALID_ARGUMENT,
+        "message 1: empty (neither audio nor a StreamConfig)",
+    ),
     "no audio at all": ([pb.StreamDenoiseRequest(config=_CFG)], CODE.INVALID_ARGUMENT, "no audio"),
     "not causal": (
         [
