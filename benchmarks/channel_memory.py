@@ -15,14 +15,12 @@ requests grow it by 307 MB (`benchmarks/results/channel-memory.json`).
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from server_process import running_server
 
 from audioae.client import Client
 from audioae.fileio import atomic_write_json
@@ -47,18 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--threads", "1"],
-                            stderr=subprocess.PIPE, text=True)
     rows = []
-    try:
-        port = None
-        for line in iter(proc.stderr.readline, ""):
-            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
-            if "ready:" in line:
-                break
-        if port is None:
-            raise RuntimeError("the server did not start")
+    with running_server("--threads", "1") as (proc, port):
         rng = np.random.default_rng(0)
         with Client(f"127.0.0.1:{port}", timeout=600) as c:
             c.denoise(np.zeros(16000, np.float32), 16000)  # warm-up
@@ -76,9 +64,6 @@ def main() -> None:
                 rows.append({"request": name, "float32_mb": round(x.nbytes / 2**20, 2), "outcome": outcome,
                              "wall_s": round(wall, 2), "peak_growth_mb": round(grew, 1)})
                 print(rows[-1], flush=True)
-    finally:
-        proc.terminate()
-        proc.wait()
     if args.out:
         atomic_write_json(args.out, {"server": "python -m server --threads 1 (defaults)", "rows": rows})
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from server_process import running_server
 
 from audioae.audio import encode_audio, read_audio
 from audioae.client import Client
@@ -63,18 +61,8 @@ def _children(pid: int) -> list[int]:
 
 
 def measure(workers: int, uploads: dict[str, bytes], rounds: int) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--threads", "1",
-                             "--codec-workers", str(workers)], stderr=subprocess.PIPE, text=True)
     out = {"codec_workers": workers, "calls": {}}
-    try:
-        port = None
-        for line in iter(proc.stderr.readline, ""):
-            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
-            if "ready:" in line:
-                break
-        if port is None:
-            raise RuntimeError("the server did not start")
+    with running_server("--threads", "1", "--codec-workers", str(workers)) as (proc, port):
         time.sleep(2)  # the codec processes finish starting
         out["codec_process_rss_mb_before_calls"] = [round(_rss_mb(k), 1) for k in _children(proc.pid)]
         with Client(f"127.0.0.1:{port}", timeout=300) as c:
@@ -90,9 +78,6 @@ def measure(workers: int, uploads: dict[str, bytes], rounds: int) -> dict:
                                       "min_s": round(min(walls), 4)}
         out["server_rss_mb"] = round(_rss_mb(proc.pid), 1)
         out["codec_process_rss_mb_after_calls"] = [round(_rss_mb(k), 1) for k in _children(proc.pid)]
-    finally:
-        proc.terminate()
-        proc.wait()
     return out
 
 
