@@ -86,6 +86,9 @@ class DataConfig:
             raise ValueError(f"data.snr_low {self.snr_low} is above data.snr_high {self.snr_high}")
 
 
+VAL_METRICS = ("si_sdr", "pesq", "stoi")  # what validation can score (si_sdr_in, the input's, always)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
@@ -166,6 +169,21 @@ class TrainConfig:
             raise ValueError(f"train.select_by={self.select_by!r} is not among train.metrics {list(self.metrics)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
+        unknown = [m for m in self.metrics if m not in VAL_METRICS]
+        if unknown:  # an unknown name was ignored, or (as select_by) ended the run after training
+            raise ValueError(f"train.metrics: unknown {unknown}; choose from {list(VAL_METRICS)}")
+        # Values a library would refuse later in its own words, or take the wrong way silently:
+        # clip_grad_norm_ scales gradients by max_norm / norm, so a negative grad_clip turned every
+        # step around and 0 zeroed it.
+        for name, ok, want in (("grad_clip", self.grad_clip > 0, "> 0"),
+                               ("max_minutes", self.max_minutes >= 0, ">= 0 (0: no limit)"),
+                               ("checkpoint_seconds", self.checkpoint_seconds > 0, "> 0"),
+                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("seed", self.seed >= 0, ">= 0"),
+                               ("threads", self.threads >= 0, ">= 0 (0: torch's default)"),
+                               ("loader_threads", self.loader_threads >= 0, ">= 0 (0: mix on the training thread)")):
+            if not ok:  # (NaN fails every comparison)
+                raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -382,9 +400,14 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | No
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float, float]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    flat = st_load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        flat = st_load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
+        raise ValueError(f"{path}: not a readable optimizer state ({exc}); restore it, or start over with "
+                         f"--no-resume or another --out (the weights in last.safetensors can seed a new run "
+                         f"with train.init_from)") from None
     sd = opt.state_dict()
     state: dict = {}
     for key, v in flat.items():
@@ -475,6 +498,10 @@ MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
 LOG_EVERY = 50  # steps between log.jsonl records (and validation steps)
 
 
+# Model settings a resumed run keeps: they define the signal the weights were trained on.
+RESUME_FIXED = ("sample_rate", "n_fft", "hop_length", "compression", "compression_power", "input", "output")
+
+
 def _resume_weights(model: SpectralAutoencoder, last: Path) -> None:
     """Load the run's last weights; a model whose shapes changed since is refused with the
     config fields that differ, not torch's list of size mismatches."""
@@ -487,6 +514,13 @@ def _resume_weights(model: SpectralAutoencoder, last: Path) -> None:
         raise ValueError(f"{last.parent} holds a run of a differently shaped model ({saved.registry_name}; "
                          f"{changed or 'another family'}); resume with its settings, start over with "
                          f"--no-resume or another --out, or grow it with train.init_from") from None
+    # Same shapes, other signal: the weights would load, and best_val be compared across two
+    # validation sets (8 kHz and 16 kHz runs share every shape).
+    ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
+    moved = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} now" for k in RESUME_FIXED if theirs.get(k) != ours.get(k)]
+    if moved:
+        raise ValueError(f"{last.parent} holds a run of this model at another {', '.join(moved)}; resume with "
+                         f"its settings, or start over with --no-resume or another --out")
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -554,11 +588,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # The data before the folder too: a missing or empty corpus folder leaves no empty run behind.
     sources = _sources(run.data, sr, val=False)
     val_set = make_validation_set(model, run.data, _validation_sources(run.data, sr, sources)) if rank == 0 else None
-    out.mkdir(parents=True, exist_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, minutes_before = 0, -math.inf, 0.0
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
     resuming = resume and last.is_file() and last_opt.is_file()
+    if resume and last.is_file() != last_opt.is_file():  # half a resume point: never start over in silence
+        have, lack = (last, last_opt) if last.is_file() else (last_opt, last)
+        raise ValueError(f"{out} holds {have.name} but not {lack.name}, and a resume needs both; restore it, or "
+                         f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
         _resume_weights(model, last)
         step, best, minutes_before = _load_optimizer(opt, last_opt)
@@ -573,6 +610,11 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     elif tc.init_from:
         grown = grow_into(model, load_checkpoint(tc.init_from).state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
+    if not resume and rank == 0 and (out / "log.jsonl").is_file():  # --no-resume: one log per run
+        log.warning("%s: starting over (--no-resume): its checkpoints and log.jsonl are replaced", out)
+        (out / "log.jsonl").unlink(missing_ok=True)
+    # Only now, with the weights in place: a bad init_from or resume point leaves no empty run behind.
+    out.mkdir(parents=True, exist_ok=True)
     model.to(device).train()
     ema = _weight_average(model, tc.ema_decay, out / "last.ema.safetensors" if resuming else None)
     evaluated = model if ema is None else ema.module  # what validation scores and best keeps
@@ -605,11 +647,16 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # The share of the budget at which this invocation stops (1: the run's end).
     stop_share = min(1.0, (minutes_before + tc.session_minutes) / tc.max_minutes) if tc.session_minutes else 1.0
     start_step = step
+    # A split run whose budget is spent: each further call trained one more step and said nothing.
+    spent = tc.max_minutes > 0 and minutes_before >= tc.max_minutes
+    if spent:
+        log.warning("%s: the run's budget is spent (%.2f of train.max_minutes=%g trained): nothing to train; "
+                    "raise train.max_minutes to go on", out, minutes_before, tc.max_minutes)
     skipped = bad_in_a_row = 0
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
-        while step < tc.steps:
+        while step < tc.steps and not spent:
             if stop.received is not None:
                 _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
                 if bar is not None:

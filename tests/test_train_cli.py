@@ -60,7 +60,19 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("steps=5", "needs section.key=value"),
                                                 ("model.config=3", "[model.config] table"),
                                                 ("model.config.hidden=0", "hidden must be positive, got 0"),
-                                                ("model.config.sample_rate=0", "sample_rate must be positive")])
+                                                ("model.config.sample_rate=0", "sample_rate must be positive"),
+                                                # was accepted: a negative clip turned every step around
+                                                ("train.grad_clip=-1", "train.grad_clip must be > 0, got -1"),
+                                                ("train.grad_clip=0", "train.grad_clip must be > 0, got 0"),
+                                                ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
+                                                ("train.seed=-1", "train.seed must be >= 0, got -1"),
+                                                ("train.threads=-1", "train.threads must be >= 0"),
+                                                ("train.weight_decay=nan", "train.weight_decay must be >= 0, got nan"),
+                                                ("train.checkpoint_seconds=-5", "train.checkpoint_seconds must be > 0"),
+                                                # was ignored (or a KeyError after training, as select_by)
+                                                ('train.metrics=["si_sdr","pesqq"]',
+                                                 "train.metrics: unknown ['pesqq']"),
+                                                ("train.init_from=/nonexistent.safetensors", "nonexistent")])
 def test_impossible_settings_are_refused_before_a_run_starts(tmp_path, capsys, override, text):
     # was: a ZeroDivisionError traceback (val_every, sample_rate), numpy's "need at least one
     # array to stack" (batch_size), torch's "input_size must be greater than zero" (hidden), or a
@@ -108,6 +120,34 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys, caplog):
     assert main(["train", *common, "--steps", "5"]) == 0  # fewer steps than the run holds: nothing to do, said so
     assert json.loads(capsys.readouterr().out)["steps"] == 7
     assert "already holds 7 steps, train.steps is 5: nothing to train" in caplog.text
+
+
+def test_half_a_resume_point_or_another_signal_is_refused_not_started_over(tmp_path, capsys, caplog):
+    """Was: without last.optim.safetensors a rerun started at step 0 and replaced best.safetensors
+    in silence; a corrupt one was a traceback; a run at 8 kHz resumed at 16 kHz (same shapes)."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "4"]) == 0
+    capsys.readouterr()
+    best = (out / "best.safetensors").read_bytes()
+    optim = (out / "last.optim.safetensors").read_bytes()
+    (out / "last.optim.safetensors").unlink()
+    assert main(["train", *common, "--steps", "6"]) == 2
+    assert "holds last.safetensors but not last.optim.safetensors, and a resume needs both" in capsys.readouterr().err
+    assert (out / "best.safetensors").read_bytes() == best
+    (out / "last.optim.safetensors").write_bytes(optim[:1000])
+    assert main(["train", *common, "--steps", "6"]) == 2
+    assert "last.optim.safetensors: not a readable optimizer state" in capsys.readouterr().err
+    (out / "last.optim.safetensors").write_bytes(optim)
+    assert main(["train", *common, "--steps", "6", "--set", "model.config.sample_rate=16000"]) == 2
+    assert "at another sample_rate: 8000 there, 16000 now" in capsys.readouterr().err
+    assert main(["train", *common, "--steps", "6"]) == 0  # restored: it resumes
+    assert json.loads(capsys.readouterr().out)["steps"] == 6
+    assert main(["train", *common, "--steps", "3", "--no-resume"]) == 0  # starting over: one log per run
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3 and steps == sorted(steps), steps
+    assert "starting over (--no-resume)" in caplog.text
 
 
 def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tmp_path, capsys):
@@ -307,7 +347,7 @@ def test_decay_by_time_ends_at_the_final_rate(tmp_path, capsys):
     assert any(1.05e-4 < r < 0.95e-2 for r in rates)
 
 
-def test_a_split_run_resumes_its_clock_and_decays_over_the_whole_budget(tmp_path, capsys):
+def test_a_split_run_resumes_its_clock_and_decays_over_the_whole_budget(tmp_path, capsys, caplog):
     # train.session_minutes: each invocation trains a slice of max_minutes and stops with a
     # resume point; the next one continues the run's clock, so the rate decays across all of
     # them and the run ends once max_minutes are done, at lr_final.
@@ -326,8 +366,9 @@ def test_a_split_run_resumes_its_clock_and_decays_over_the_whole_budget(tmp_path
     assert second["steps"] > first["steps"] and second["minutes_done"] > first["minutes_done"]  # resumed
     assert second["final_lr"] < first["final_lr"]  # and the decay went on from there
     assert abs(final["final_lr"] - 1e-4) < 1e-4 * 0.05
-    assert main(args) == 0  # the budget is spent: one more invocation only validates and saves
-    assert json.loads(capsys.readouterr().out)["steps"] == final["steps"] + 1
+    assert main(args) == 0  # the budget is spent: one more invocation trains nothing and says so
+    assert json.loads(capsys.readouterr().out)["steps"] == final["steps"]  # was one more step per call
+    assert "the run's budget is spent" in caplog.text
 
 
 def test_session_minutes_needs_a_budget_to_split(tmp_path, capsys):
