@@ -95,6 +95,9 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     from .train import load_run_config, train
 
+    if args.config is None and not args.overrides:  # was: 1,000 steps of a plain autoencoder into ./runs/default
+        raise ValueError("name a run config, e.g. audioae train configs/tiny-synthetic.toml (configs/ holds the "
+                         "shipped ones), or describe the run with --set section.key=value")
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={json.dumps(args.out)}")
@@ -186,7 +189,8 @@ def _cmd_denoise(args) -> int:
                           workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
                           threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress)
     s = run_denoise(args.inputs, args.out, opts)
-    speed = (f"{s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.1f} s ({s['realtime_factor']}x real time, "
+    wall = f"{s['wall_seconds']:.1f}" if s["wall_seconds"] >= 1 else f"{s['wall_seconds']:.2f}"  # not "in 0.0 s"
+    speed = (f"{s['audio_seconds']:.1f} s of audio in {wall} s ({s['realtime_factor']}x real time, "
              f"engine {s['engine']})" if s["ok"] else f"nothing denoised (engine {s['engine']})")
     print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped']} skipped (already done), "
           f"{s['error']} failed; {speed}")
@@ -335,7 +339,7 @@ def _figure_path(out: str | None, default: str) -> Path:
     from .plots import check_figure_path
 
     path = Path(out or default)
-    if path.is_dir():
+    if path.is_dir() or (out or "").endswith(("/", os.sep)):  # "-o figs/" names a folder, made if new
         path = path / default
     if is_audio_name(path):
         raise ValueError(f"-o {path}: inspect draws a figure, not audio; name a .png file (or .pdf, .svg, ...)")

@@ -608,7 +608,13 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
                         "go on, or start over with --no-resume or another --out", out, step, tc.steps)
     elif tc.init_from:
-        grown = grow_into(model, load_checkpoint(tc.init_from).state_dict())
+        from .pretrained import resolve  # a shipped name, as --model takes, or a path
+
+        source = load_checkpoint(resolve(tc.init_from))
+        if source.registry_name != run.model:  # grow_into would only say that parameter names differ
+            raise ValueError(f"train.init_from={tc.init_from!r} is a {source.registry_name} model and this run "
+                             f"trains a {run.model} one: init_from grows a model of the same family")
+        grown = grow_into(model, source.state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
     if not resume and rank == 0 and (out / "log.jsonl").is_file():  # --no-resume: one log per run
         log.warning("%s: starting over (--no-resume): its checkpoints and log.jsonl are replaced", out)

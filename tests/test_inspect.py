@@ -98,3 +98,9 @@ def test_inspect_seconds_says_what_it_accepts(value, capsys):
         main(["inspect", "--audio", "x.wav", "--seconds", value])
     assert stop.value.code == 2
     assert f"argument --seconds: must be more than 0 seconds, got {value}" in capsys.readouterr().err
+
+
+def test_a_trailing_slash_names_a_new_folder_for_the_figure(tmp_path, capsys):
+    out = tmp_path / "figs"  # not there yet: was "the name has no extension"
+    assert main(["inspect", "-o", f"{out}/"]) == 0
+    assert [p.name for p in out.iterdir()] == ["decomposer-small-dictionary.png"]

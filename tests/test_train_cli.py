@@ -72,7 +72,9 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 # was ignored (or a KeyError after training, as select_by)
                                                 ('train.metrics=["si_sdr","pesqq"]',
                                                  "train.metrics: unknown ['pesqq']"),
-                                                ("train.init_from=/nonexistent.safetensors", "nonexistent")])
+                                                ("train.init_from=/nonexistent.safetensors", "nonexistent"),
+                                                ("train.init_from=decomposer-small",  # a shipped name, as --model
+                                                 "is a sparse_dict model and this run trains a recurrent one")])
 def test_impossible_settings_are_refused_before_a_run_starts(tmp_path, capsys, override, text):
     # was: a ZeroDivisionError traceback (val_every, sample_rate), numpy's "need at least one
     # array to stack" (batch_size), torch's "input_size must be greater than zero" (hidden), or a
@@ -80,6 +82,13 @@ def test_impossible_settings_are_refused_before_a_run_starts(tmp_path, capsys, o
     assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", override]) == 2
     assert text in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_without_a_config_or_settings_says_what_to_give(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # was: 1,000 steps of a plain autoencoder into ./runs/default
+    assert main(["train"]) == 2
+    assert "name a run config, e.g. audioae train configs/tiny-synthetic.toml" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
