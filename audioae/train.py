@@ -84,6 +84,10 @@ class DataConfig:
             raise ValueError(f"data.val_examples must be at least 1, got {self.val_examples}")
         if self.snr_low > self.snr_high:
             raise ValueError(f"data.snr_low {self.snr_low} is above data.snr_high {self.snr_high}")
+        for weights, folder in (("noise_weights", "noise_dir"), ("speech_weights", "clean_dir")):
+            if getattr(self, weights) and not getattr(self, folder):  # weights of synthetic sources: ignored
+                raise ValueError(f"data.{weights} weighs the subfolders of data.{folder}, which is not set "
+                                 f"(the synthetic sources have none)")
 
 
 VAL_METRICS = ("si_sdr", "pesq", "stoi")  # what validation can score (si_sdr_in, the input's, always)

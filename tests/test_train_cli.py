@@ -73,6 +73,7 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ('train.metrics=["si_sdr","pesqq"]',
                                                  "train.metrics: unknown ['pesqq']"),
                                                 ("train.init_from=/nonexistent.safetensors", "nonexistent"),
+                                                ("data.noise_weights={nosuch=2.0}", "the subfolders of data.noise_dir"),
                                                 ("train.init_from=decomposer-small",  # a shipped name, as --model
                                                  "is a sparse_dict model and this run trains a recurrent one")])
 def test_impossible_settings_are_refused_before_a_run_starts(tmp_path, capsys, override, text):
