@@ -164,16 +164,118 @@ def test_linear_autoencoder_matches_pca(digits):
     assert float(cosines.min()) > 0.98, cosines
 
 
-@pytest.mark.parametrize(("override", "text"), [("digit_steps=abc", "digit_steps = 'abc': expected int"),
-                                                ("nope=1", "has no key(s) ['nope']"),
-                                                ("code_sizes", "expected KEY=VALUE"),
-                                                ("digit_steps=0", "digit_steps must be at least 1, got 0"),
-                                                ("code_sizes=[]", "code_sizes must be a non-empty list"),
-                                                ("code_sizes=[2,8,100]", "within 1..64 (the digits' pixels)")])
-def test_report_overrides_are_checked_before_anything_runs(tmp_path, capsys, override, text):
-    assert main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--set", override]) == 2
+@pytest.fixture
+def no_experiments(monkeypatch):
+    """The report must not start: a refused setting costs no training and makes no folder."""
+    import audioae.images
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("run_report started: the settings were not checked first")
+
+    monkeypatch.setattr(audioae.images, "run_report", refuse)
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (["--set", "digit_steps=abc"], "digit_steps = 'abc': expected int"),
+    (["--set", "nope=1"], "has no key(s) ['nope']"),
+    (["--set", "code_sizes"], "expected KEY=VALUE"),
+    (["--set", "digit_steps=0"], "digit_steps = 0: expected at least 1"),
+    (["--set", "code_sizes=[]"], "code_sizes = []: expected a non-empty list"),
+    (["--set", "code_sizes=[2,8,100]"], "within 1..64 (the digits' pixels)"),
+    # Each of these used to fail late (after minutes of training), or in a library whose message
+    # names its own parameter (train_test_split's test_size, random_state), not the option.
+    (["--set", "dpi=0"], "dpi = 0: expected an integer within 1..600"),
+    (["--set", "test_fraction=1.5"], "test_fraction = 1.5: expected a fraction strictly between 0 and 1"),
+    (["--seed", "-1"], "seed = -1: expected an integer within 0..4294967295"),
+    (["--set", "channels=[]"], "channels = []: expected a list of 1 to 3 positive channel counts"),
+    (["--set", "unpool=foo"], "unpool = 'foo': expected one of nearest, transposed"),
+    (["--set", 'sparse_runs=[["l3",0.1]]'], "sparse_runs = [['l3', 0.1]]: expected a non-empty list of "
+                                            "[penalty, weight] pairs, penalty one of none, l1, l2"),
+    (["--set", "image_scale=0"], "image_scale = 0: expected a factor in (0, 1]"),
+    (["--set", "noise_std=-1"], "noise_std = -1: expected a positive standard deviation"),
+    (["--set", "tsne_perplexity=500"], "tsne_perplexity = 500: expected at most (points - 1) / 3 = 39.66: the "
+                                       "2-D map has 120 points"),
+])
+def test_report_settings_are_checked_before_anything_runs(tmp_path, capsys, no_experiments, args, text):
+    assert main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--no-models", *args]) == 2
     assert text in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("changes", "text"), [
+    ({"test_fraction": 0.001}, "test_fraction = 0.001: expected within 0.0051..0.9643: it leaves 1795 train / 2 test"),
+    ({"test_fraction": 1}, "it leaves 0 train / 1797 test"),
+    ({"seed": 2**32}, "seed = 4294967296"),
+    ({"channels": (4, 8, 16, 32)}, "channels = [4, 8, 16, 32]: expected a list of 1 to 3"),
+    ({"channels": (4, 0)}, "channels = [4, 0]"),
+    ({"unpool": "maxunpool"}, "maxunpool cannot decode a bare code"),
+    ({"code_sizes": (2, 2, 8)}, "code_sizes = [2, 2, 8]: expected a list without repeats"),
+    ({"map_code_dim": 4}, "map_code_dim = 4: expected one of code_sizes [2, 8]"),
+    ({"map_points": 5}, "map_points = 5: expected 0 (every test digit) or at least 10"),
+    ({"map_points": 0, "tsne_perplexity": 200.0}, "at most (points - 1) / 3 = 199.33: the 2-D map has 599 points"),
+    ({"tsne_perplexity": 0.0}, "tsne_perplexity = 0.0: expected a positive perplexity"),
+    ({"lr": float("nan")}, "lr = nan: expected a positive learning rate"),
+    ({"linear_lr": 0.0}, "linear_lr = 0.0: expected a positive learning rate"),
+    ({"patches_per_image": 0}, "patches_per_image = 0: expected at least 1"),
+    ({"photo_code_dim": 0}, "photo_code_dim = 0"),
+    ({"sparse_code_dim": 0}, "sparse_code_dim = 0"),
+    ({"patch": 0}, "patch = 0: expected a positive multiple of 2**levels = 4"),
+    ({"patch": 18}, "patch = 18"),
+    ({"image_scale": 2.0}, "image_scale = 2.0: expected a factor in (0, 1]"),
+    ({"image_scale": 0.05}, "image_scale = 0.05: expected at least 0.094: the smallest photograph ('text', 172"),
+    ({"noise_std": 0.0}, "noise_std = 0.0"),
+    ({"dark_fraction": 0.0}, "dark_fraction = 0.0: expected a share of the pixels in (0, 1]"),
+    ({"dark_patch": (4, 40)}, "dark_patch = [4, 40]: expected two sizes [rows, cols] within 1..patch = 16"),
+    ({"sparse_runs": ()}, "sparse_runs = []"),
+    ({"sparse_runs": (("kl", 0.1),)}, "kl needs sigmoid codes"),
+    ({"sparse_runs": (("l1", -0.1),)}, "sparse_runs = [['l1', -0.1]]"),
+    ({"sparse_runs": (("l1", 0.1), ("l1", 0.1))}, "expected a list without repeats"),
+    ({"perturb_scales": ()}, "perturb_scales = []"),
+    ({"perturb_scales": (1.0, -1.0)}, "perturb_scales = [1.0, -1.0]"),
+    ({"interpolation_steps": 2}, "interpolation_steps = 2: expected an integer of at least 3"),
+    ({"gaussian_samples": 3}, "gaussian_samples = 3: expected at least 24 (the figure shows 24)"),
+    ({"dpi": 601}, "dpi = 601"),
+])
+def test_report_config_names_the_setting_its_value_and_what_it_accepts(changes, text):
+    from audioae.images import ReportConfig
+
+    with pytest.raises(ValueError) as err:
+        ReportConfig.quick(**changes)
+    assert text in str(err.value)
+
+
+def test_report_config_accepts_its_limits():
+    from audioae.images import ReportConfig
+
+    ReportConfig()
+    for changes in ({"test_fraction": 0.0051, "map_points": 0, "tsne_perplexity": 3.0},
+                    {"test_fraction": 0.9643}, {"image_scale": 0.094}, {"tsne_perplexity": 39.66},
+                    {"map_points": 0, "tsne_perplexity": 199.33}, {"seed": 2**32 - 1}, {"dpi": 600},
+                    {"channels": (4, 8, 16)}, {"patch": 8, "dark_patch": (8, 8)}, {"unpool": "nearest"},
+                    {"sparse_runs": (("l1", 0.01),)}, {"perturb_scales": (0.0,)}):
+        ReportConfig.quick(**changes)
+
+
+def test_report_config_limits_match_the_data():
+    """The checks use the data's sizes without loading it: they must be the real ones."""
+    from skimage import data
+    from sklearn.model_selection import train_test_split
+
+    from audioae.data.images import TRAIN_PHOTOGRAPHS
+    from audioae.images import ReportConfig
+    from audioae.images.experiments import DIGITS, SMALLEST_PHOTOGRAPH
+
+    y = load_digit_images(8)[1]
+    assert len(y) == DIGITS
+    for fraction in (0.0051, 1 / 3, 0.9643):
+        cfg = ReportConfig(test_fraction=fraction, tsne_perplexity=3.0)
+        tr, te = train_test_split(np.arange(len(y)), test_size=fraction, random_state=0, stratify=y)
+        assert cfg.digit_split() == (len(tr), len(te))
+        assert len(set(y[te])) == 10  # every class in the test set: generation shows one of each
+    sides = {name: min(np.asarray(getattr(data, name)()).shape[:2]) for name in (*TRAIN_PHOTOGRAPHS, TEST_PHOTOGRAPH)}
+    name = min(sides, key=sides.get)
+    assert SMALLEST_PHOTOGRAPH == (sides[name], name)
+    assert min(load_photograph(name, 0.094).shape) >= 16  # the smallest scale accepted for 16-pixel patches
 
 
 def test_report_into_an_existing_file_is_refused_before_training(tmp_path, capsys):
@@ -195,6 +297,8 @@ def test_report_command_writes_its_files(tmp_path, capsys):
     assert len(d["mse"]["pca"]) == len(d["mse"]["conv"]) == len(d["code_sizes"])
     assert 0.5 < d["accuracy"]["raw_pixels"] <= 1.0
     assert {r["method"] for r in numbers["unpooling"]["runs"]} == set(UNPOOLING)
+    # The perplexity asked for is the one used (it was once lowered silently).
+    assert numbers["dimensionality"]["map"]["tsne_perplexity"] == numbers["config"]["tsne_perplexity"]
     assert numbers["denoising"]["gaussian"]["psnr_in"] < 20
     assert "## Denoising" in (out / "summary.md").read_text()
     assert "## Denoising" in capsys.readouterr().out
@@ -203,3 +307,22 @@ def test_report_command_writes_its_files(tmp_path, capsys):
         model = load_checkpoint(out / rel)
         with torch.no_grad():
             model(model.example_input(2))
+
+
+def test_a_late_failure_keeps_the_numbers_and_the_models(tmp_path, capsys):
+    """Writing the figure fails after every experiment ran (here a folder sits where report.png
+    goes; a full disk would do the same): report.json, summary.md and the models are already written."""
+    out = tmp_path / "r"
+    (out / "report.png").mkdir(parents=True)
+    # Tiny budgets; no 'none' sparse run: the figure draws without it.
+    tiny = ["digit_steps=3", "photo_steps=3", "linear_steps=3", "code_sizes=[8]", "patches_per_image=4",
+            'sparse_runs=[["l1",0.01]]', "perturb_scales=[1.0]", "gaussian_samples=24"]
+    args = ["images", "report", "-o", str(out), "--quick", "--threads", "1"]
+    assert main(args + [a for t in tiny for a in ("--set", t)]) == 2
+    err = capsys.readouterr().err
+    assert f"drawing the figure failed; the numbers are in {out / 'report.json'}" in err
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["config"]["code_sizes"] == [8] and numbers["dimensionality"]["mse"]["conv"]
+    assert "## Denoising" in (out / "summary.md").read_text()
+    assert (out / "report.png").is_dir()  # untouched
+    assert numbers["models"] and all((out / rel).is_file() for rel in numbers["models"])

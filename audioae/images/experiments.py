@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,16 @@ from .inference import psnr, reconstruct_image, run_batches
 log = logging.getLogger(__name__)
 
 Result = tuple[dict, dict, dict[str, Autoencoder]]
+
+# What the settings are checked against before any work (tests compare them with the data).
+DIGITS = 1797  # scikit-learn's 8x8 digits
+DIGIT_PIXELS = 8 * 8  # PCA and the codes have at most this many dimensions
+SMALLEST_PHOTOGRAPH = (172, "text")  # the shortest side of the report's photographs (text: 172 x 448)
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state
+DECODING_UNPOOLING = ("nearest", "transposed")  # decode a bare code (generation needs it)
+SPARSE_PENALTIES = ("none", "l1", "l2")  # of a ReLU code (kl needs sigmoid codes, topk a unit count)
+FIGURE_INCHES = (17, 36)  # report.png, width x height
+MAX_DPI = 600  # 10200 x 21600 pixels; matplotlib refuses 2**16 pixels per side
 
 
 @dataclass(frozen=True)
@@ -88,22 +99,140 @@ class ReportConfig:
         return cls(**small)
 
     def __post_init__(self):
-        for name in ("digit_steps", "photo_steps", "linear_steps", "batch_size", "photo_batch_size"):
-            if getattr(self, name) < 1:  # zero steps would report untrained models as results
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        pixels = 8 * 8  # a digit: PCA and the codes have at most this many dimensions
-        if not self.code_sizes or not all(1 <= k <= pixels for k in self.code_sizes):
-            raise ValueError(f"code_sizes must be a non-empty list of sizes within 1..{pixels} (the digits' "
-                             f"pixels), got {list(self.code_sizes)}")
+        """Check every setting before any work: the report runs for minutes, and a setting that
+        fails in an experiment or in the figure would lose every number computed before it.
+        Messages name the field, the value and what it accepts."""
+
+        def bad(name: str, accepts: str) -> ValueError:
+            got = getattr(self, name)
+            got = [list(v) if isinstance(v, tuple) else v for v in got] if isinstance(got, (list, tuple)) else got
+            return ValueError(f"{name} = {got!r}: expected {accepts}")
+
+        def seq(v) -> bool:
+            return isinstance(v, (list, tuple))
+
+        def number(name: str, low: float, high: float = float("inf"), *, low_open: bool = True,
+                    whole: bool = False, accepts: str = "") -> None:
+            v = getattr(self, name)
+            ok = (isinstance(v, int) if whole else isinstance(v, (int, float))) and not isinstance(v, bool) \
+                and math.isfinite(v) and (v > low if low_open else v >= low) and v <= high
+            if not ok:
+                raise bad(name, accepts or (f"at least {low}" if whole else f"a number above {low}"))
+
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):
+            raise bad("seed", f"an integer within 0..{MAX_SEED} (scikit-learn's random_state)")
+        for name in ("digit_steps", "photo_steps", "linear_steps", "batch_size", "photo_batch_size",
+                     "patches_per_image", "photo_code_dim", "sparse_code_dim"):
+            number(name, 1, low_open=False, whole=True)  # zero steps would report untrained models as results
+        number("lr", 0, accepts="a positive learning rate")
+        number("linear_lr", 0, accepts="a positive learning rate")
+
+        # The digit split: sizes as scikit-learn's train_test_split makes them.
+        number("test_fraction", 0, 1, accepts="a fraction strictly between 0 and 1")
+        n_train, n_test = self.digit_split()
+        if n_test < 10 or n_train < DIGIT_PIXELS:
+            lo = math.ceil(1e4 * (10 - 1) / DIGITS + 1e-9) / 1e4  # both shown rounded inwards: accepted
+            hi = math.floor(1e4 * (DIGITS - DIGIT_PIXELS) / DIGITS) / 1e4
+            raise bad("test_fraction", f"within {lo:.4f}..{hi:.4f}: it leaves {n_train} train / "
+                                       f"{n_test} test digits of the {DIGITS}, and the report needs at least 10 "
+                                       f"test digits (one per class) and {DIGIT_PIXELS} training digits (PCA of "
+                                       f"up to {DIGIT_PIXELS} components)")
+
+        # Architecture: each level halves the image; the 8x8 digits allow three levels.
+        levels = len(self.channels) if seq(self.channels) else 0
+        if not (1 <= levels <= 3 and all(isinstance(c, int) and c >= 1 for c in self.channels)):
+            raise bad("channels", "a list of 1 to 3 positive channel counts, one per level (each level halves "
+                                  "the image; the digits are 8x8)")
+        if self.unpool not in DECODING_UNPOOLING:
+            raise bad("unpool", f"one of {', '.join(DECODING_UNPOOLING)}: the digit models decode perturbed codes "
+                                "and maxunpool cannot decode a bare code (all three are compared in their own "
+                                "experiment)")
+
+        if not (seq(self.code_sizes) and self.code_sizes
+                and all(isinstance(k, int) and 1 <= k <= DIGIT_PIXELS for k in self.code_sizes)):
+            raise bad("code_sizes", f"a non-empty list of sizes within 1..{DIGIT_PIXELS} (the digits' pixels)")
+        if len(set(self.code_sizes)) != len(self.code_sizes):
+            raise bad("code_sizes", "a list without repeats (one model per size)")
         if self.map_code_dim not in self.code_sizes:
-            raise ValueError(f"map_code_dim {self.map_code_dim} must be one of code_sizes {self.code_sizes}")
-        if self.unpool == "maxunpool":
-            raise ValueError("the digit models decode perturbed codes: unpool must be nearest or transposed "
-                             "(max-unpooling is compared in its own experiment)")
-        if self.gaussian_samples < 24:
-            raise ValueError("gaussian_samples must be at least 24 (the figure shows 24)")
-        if self.patch % 2 ** len(self.channels):
-            raise ValueError(f"patch {self.patch} must be a multiple of 2**levels")
+            raise bad("map_code_dim", f"one of code_sizes {list(self.code_sizes)} (the model whose codes are mapped)")
+        if not (isinstance(self.map_points, int) and (self.map_points == 0 or self.map_points >= 10)):
+            raise bad("map_points", "0 (every test digit) or at least 10")
+        number("tsne_perplexity", 0, accepts="a positive perplexity")
+        n_map = self.map_point_count()
+        limit = (n_map - 1) / 3  # scikit-learn's t-SNE uses the 3 x perplexity nearest neighbours of each point
+        if self.tsne_perplexity > limit:
+            raise bad("tsne_perplexity", f"at most (points - 1) / 3 = {math.floor(100 * limit) / 100:g}: the 2-D "
+                                         f"map has {n_map} points (map_points = {self.map_points}, {n_test} test "
+                                         "digits) and t-SNE uses the 3 x perplexity nearest neighbours of each "
+                                         "point, of which there are points - 1; lower it or raise map_points "
+                                         "(0: every test digit)")
+
+        # Photographs.
+        if not (isinstance(self.patch, int) and self.patch >= 1 and self.patch % 2 ** levels == 0):
+            raise bad("patch", f"a positive multiple of 2**levels = {2 ** levels} (channels {list(self.channels)})")
+        number("image_scale", 0, 1, accepts="a factor in (0, 1] the photographs are shrunk by")
+        side, photo = SMALLEST_PHOTOGRAPH
+        if round(side * self.image_scale) < self.patch:
+            raise bad("image_scale", f"at least {math.ceil(1e3 * self.patch / side) / 1e3:g}: the smallest photograph ('{photo}', {side} "
+                                     f"pixels high) must keep at least one {self.patch}-pixel patch")
+        number("noise_std", 0, accepts="a positive standard deviation (pixels are in [0, 1])")
+        number("dark_fraction", 0, 1, accepts="a share of the pixels in (0, 1]")
+        if not (seq(self.dark_patch) and len(self.dark_patch) == 2
+                and all(isinstance(d, int) and 1 <= d <= self.patch for d in self.dark_patch)):
+            raise bad("dark_patch", f"two sizes [rows, cols] within 1..patch = {self.patch}")
+
+        # Sparse codes.
+        runs = self.sparse_runs
+        if not (seq(runs) and runs and all(
+                seq(r) and len(r) == 2 and r[0] in SPARSE_PENALTIES and isinstance(r[1], (int, float))
+                and not isinstance(r[1], bool) and math.isfinite(r[1]) and r[1] >= 0 for r in runs)):
+            raise bad("sparse_runs", f"a non-empty list of [penalty, weight] pairs, penalty one of "
+                                     f"{', '.join(SPARSE_PENALTIES)} and weight a number >= 0 (the codes are "
+                                     "ReLU: kl needs sigmoid codes, topk a unit count)")
+        names = [f"{p}-{w:g}" for p, w in runs]
+        if len(set(names)) != len(names):
+            raise bad("sparse_runs", "a list without repeats (one model per pair)")
+
+        # Generation and the figure.
+        if not (seq(self.perturb_scales) and self.perturb_scales
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                        for v in self.perturb_scales)
+                and len(set(self.perturb_scales)) == len(self.perturb_scales)):
+            raise bad("perturb_scales", "a non-empty list of different numbers >= 0 (times each code unit's std)")
+        number("interpolation_steps", 3, low_open=False, whole=True,
+               accepts="an integer of at least 3 (two ends and a middle)")
+        if not (isinstance(self.gaussian_samples, int) and self.gaussian_samples >= 24):
+            raise bad("gaussian_samples", "at least 24 (the figure shows 24)")
+        inches_w, inches_h = FIGURE_INCHES
+        number("dpi", 1, MAX_DPI, low_open=False, whole=True,
+               accepts=f"an integer within 1..{MAX_DPI} (the figure is {inches_w} x {inches_h} inches: "
+                       f"{MAX_DPI} dpi makes {inches_w * MAX_DPI} x {inches_h * MAX_DPI} pixels)")
+
+        # Every model the experiments build, through the model's own checks: nothing can fail there later.
+        from ..models import make_config
+
+        configs = [("digit", _digit_model_config(self, k)) for k in self.code_sizes]
+        configs += [("sparse", _digit_model_config(self, self.sparse_code_dim, code_activation="relu",
+                                                    sparsity=p, sparsity_weight=w)) for p, w in runs]
+        configs += [("photograph", _photo_model_config(self, unpool=u)) for u in UNPOOLING]
+        configs += [("denoising", _photo_model_config(self, corruption=kind, noise_std=self.noise_std,
+                                                      patch_fraction=self.dark_fraction,
+                                                      patch_size=self.dark_patch)) for kind in ("gaussian", "patches")]
+        for what, config in configs:
+            try:
+                make_config("image", config)
+            except ValueError as exc:
+                raise ValueError(f"these settings make an invalid {what} model ({exc})") from exc
+
+    def digit_split(self) -> tuple[int, int]:
+        """``(train, test)`` digit counts of the split (scikit-learn rounds the test share up)."""
+        n_test = math.ceil(self.test_fraction * DIGITS)
+        return DIGITS - n_test, n_test
+
+    def map_point_count(self) -> int:
+        """Test digits in the 2-D maps."""
+        n_test = self.digit_split()[1]
+        return n_test if self.map_points <= 0 else min(self.map_points, n_test)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -275,7 +404,10 @@ def _maps(cfg: ReportConfig, codes: np.ndarray, labels: np.ndarray) -> dict:
     n = len(codes) if cfg.map_points <= 0 else min(cfg.map_points, len(codes))
     codes, labels = codes[:n], labels[:n]
     pca = PCA(2, random_state=cfg.seed).fit(codes)
-    perplexity = min(cfg.tsne_perplexity, (n - 1) / 3)
+    perplexity = cfg.tsne_perplexity  # ReportConfig refused values above (n - 1) / 3
+    if perplexity > (n - 1) / 3:  # cannot happen for a checked config; never silently
+        log.warning("tsne_perplexity %g lowered to %.4g: the map has only %d points", perplexity, (n - 1) / 3, n)
+        perplexity = (n - 1) / 3
     tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=cfg.seed).fit_transform(codes)
     return {"map_pca": pca.transform(codes), "map_tsne": tsne, "map_labels": labels,
             "map_pca_explained": float(pca.explained_variance_ratio_.sum()), "tsne_perplexity": float(perplexity)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from .experiments import FIGURE_INCHES
+
 CMAP_DIGITS = "tab10"
 
 
@@ -110,8 +112,9 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
     axes[0].set_title(f"{n['code_dim']}-unit ReLU code of 64 pixels", fontsize=10)
     axes[0].grid(alpha=0.3)
     codes = a["codes"]
-    pick = ["none"] + [max((k for k in codes if k.startswith(p)), key=lambda k: float(k.split()[1]), default=None)
-                       for p in ("l1", "l2")]
+    # The unpenalised code and the strongest L1 and L2 weights; a blank panel for any not run.
+    pick = ["none" if "none" in codes else None] + [
+        max((k for k in codes if k.startswith(p)), key=lambda k: float(k.split()[1]), default=None) for p in ("l1", "l2")]
     for ax, key in zip(axes[1:], pick, strict=True):
         if key is None:
             ax.set_axis_off()
@@ -173,7 +176,7 @@ def _band_generation(sf, n: dict, a: dict) -> None:
 
 def draw(numbers: dict, arrays: dict) -> Figure:
     """The whole report as one figure."""
-    fig = Figure(figsize=(17, 36), layout="constrained")
+    fig = Figure(figsize=FIGURE_INCHES, layout="constrained")
     bands = fig.subfigures(6, 1, height_ratios=[1, 1, 1.7, 1.1, 1, 1.6])
     titles = [
         "1. Dimensionality reduction: scikit-learn digits (8x8), test set",

@@ -84,23 +84,34 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     numbers["environment"] = {"audioae": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
                               "python": platform.python_version(), "machine": platform.machine()}
 
-    say("drawing the figure ...")
-    from .figure import draw
-
-    fig = draw(numbers, arrays)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=cfg.dpi)
-    atomic_write_bytes(out / "report.png", buf.getvalue())
-    if save_models:
+    if save_models:  # the trained models and the numbers first: a failure drawing the figure keeps them
         for name, model in models.items():
             save_checkpoint(model, out / "models" / f"{name}.safetensors", {"report": "audioae images report"})
         numbers["models"] = sorted(f"models/{name}.safetensors" for name in models)
-    numbers["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-    # CPU seconds of this process: what the run costs when other processes share the cores.
-    numbers["seconds"]["process_cpu"] = round(time.process_time() - cpu_start, 2)
-    numbers = _jsonable(numbers)
-    atomic_write_json(out / "report.json", numbers)
-    atomic_write_text(out / "summary.md", summary_markdown(numbers))
+
+    def write_numbers() -> dict:
+        numbers["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+        # CPU seconds of this process: what the run costs when other processes share the cores.
+        numbers["seconds"]["process_cpu"] = round(time.process_time() - cpu_start, 2)
+        plain = _jsonable(numbers)
+        atomic_write_json(out / "report.json", plain)
+        atomic_write_text(out / "summary.md", summary_markdown(plain))
+        return plain
+
+    write_numbers()
+    say("drawing the figure ...")
+    try:
+        from .figure import draw
+
+        fig = draw(numbers, arrays)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=cfg.dpi)
+        atomic_write_bytes(out / "report.png", buf.getvalue())
+    except Exception:
+        say(f"drawing the figure failed; the numbers are in {out / 'report.json'} and {out / 'summary.md'}"
+            + (f", the models in {out / 'models'}" if save_models else ""))
+        raise
+    numbers = write_numbers()  # again, with the figure's seconds
     return numbers
 
 
