@@ -141,6 +141,13 @@ def test_a_job_that_cannot_reach_its_cluster_leaves_no_output_folder(tmp_path):
                           "--address", f"127.0.0.1:{port}", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "cannot reach the Ray cluster" in run.stderr, run.stderr[-2000:]
     assert not out.exists() and (tmp_path / "new").is_dir()  # the parent it made stays; OUT does not
+    # The same address in RAY_ADDRESS (as `ray job submit` sets it), no --address: was minutes of
+    # Ray's own retries, since only --address was probed.
+    run = subprocess.run([sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--engine", "ray",
+                          "--no-progress"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert run.returncode == 2 and f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in run.stderr, \
+        run.stderr[-2000:]
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # one file: the read stage asked for 2 tasks, Ray warned

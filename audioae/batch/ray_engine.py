@@ -158,6 +158,10 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     ray = require_ray()
     if not todo:
         return
+    # ray.init(address=None) joins RAY_ADDRESS when it is set (as `ray job submit` sets it): take
+    # it as the address it is, so that an unreachable one fails in seconds, not after minutes of
+    # Ray's retries, and a cluster joined that way is treated as one (it may autoscale).
+    address = address or os.environ.get("RAY_ADDRESS") or None
     started = False
     if not ray.is_initialized():
         _check_reachable(address)
