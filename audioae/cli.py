@@ -581,7 +581,9 @@ def _cmd_client(args) -> int:
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "parsing http/2" in details.lower():
             hint = (" (what answers there does not speak gRPC: an HTTP server, such as the metrics port? "
                     "audioae serve prints the port it serves on)")
-        raise RuntimeError(f"server {args.server} answered {exc.code().name}: {details}{hint}") from None
+        # UNAVAILABLE is the client's own verdict when nothing answered: not the server's
+        said = "could not be reached" if exc.code() == grpc.StatusCode.UNAVAILABLE else "answered"
+        raise RuntimeError(f"server {args.server} {said} ({exc.code().name}): {details}{hint}") from None
     finally:
         client.close()
 
@@ -591,6 +593,9 @@ def _client_call(args, client) -> int:
     from .client import save_decomposition
 
     cmd = args.client_command
+    source = getattr(args, "input", None)
+    if source is not None and not Path(source).is_file():  # one message for every subcommand, before the call
+        raise ValueError(f"{source}: {'is a folder; name an audio file' if Path(source).is_dir() else 'no such file'}")
     if cmd == "denoise":
         out = args.out or _default_out(args.input, "denoised")
         r = client.denoise_file(args.input, out, model=args.model, strength=args.strength)

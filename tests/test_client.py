@@ -177,7 +177,17 @@ def test_cli_client_connection_options_may_come_before_the_subcommand(token_serv
     # after the subcommand wins, and the default address is not taken for a given one
     assert cli_main(["client", "--server", "127.0.0.1:1", "models", "--server", addr, "--token-file", str(ok)]) == 0
     assert cli_main(["client", "--server", "127.0.0.1:1", "--timeout", "5", "models"]) == 2
-    assert "server 127.0.0.1:1 answered UNAVAILABLE" in capsys.readouterr().err
+    assert "server 127.0.0.1:1 could not be reached (UNAVAILABLE)" in capsys.readouterr().err  # nothing answered
+
+
+def test_cli_client_names_a_missing_input_or_a_folder_the_same_way_for_every_command(mixed_server, tmp_path,
+                                                                                    capsys):
+    addr = f"127.0.0.1:{mixed_server.port}"
+    for command in ("denoise", "stream", "decompose"):  # was a raw Errno for some, libsndfile's words for others
+        assert cli_main(["client", "--server", addr, command, str(tmp_path / "nope.wav")]) == 2
+        assert f"{tmp_path / 'nope.wav'}: no such file" in capsys.readouterr().err
+        assert cli_main(["client", "--server", addr, command, str(tmp_path)]) == 2
+        assert f"{tmp_path}: is a folder; name an audio file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["", "# just a comment\n\n"])
