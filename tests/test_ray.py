@@ -123,6 +123,12 @@ def test_unreachable_address_fails_in_seconds():
         with pytest.raises(RuntimeError, match=f"cannot reach the Ray cluster at '{address}'"):
             _check_reachable(address)
     _check_reachable("auto")  # left to Ray
+    # ray://HOST means Ray Client's port 10001 (was: 33 s of Ray's retries before any message)
+    with socket.socket() as s:
+        busy = s.connect_ex(("127.0.0.1", 10001)) == 0
+    if not busy:
+        with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at 'ray://127.0.0.1'"):
+            _check_reachable("ray://127.0.0.1")
 
 
 def test_a_job_that_cannot_reach_its_cluster_leaves_no_output_folder(tmp_path):

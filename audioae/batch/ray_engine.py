@@ -38,6 +38,7 @@ INLINE_MAX_BYTES = 32 << 20  # larger files are not copied through the object st
 # one GPU batch holds (FileDenoiser batches them).
 CPU_ROWS_PER_BATCH = 4
 CONNECT_TIMEOUT_S = 5.0  # the TCP probe of --address before ray.init
+RAY_CLIENT_PORT = 10001  # where ray://HOST without a port connects
 
 
 def require_ray():
@@ -121,10 +122,13 @@ def _task_pool(ray, size: int) -> dict:
 
 def _check_reachable(address: str | None) -> None:
     """Fail in seconds on a HOST:PORT nobody answers on: ray.init retries such an address for
-    minutes. ``auto`` and anything not shaped HOST:PORT is left to Ray."""
+    minutes (``ray://HOST`` is probed at Ray Client's port, 10001). ``auto`` and anything else not
+    shaped HOST:PORT is left to Ray."""
     if not address or address == "auto":
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address.startswith("ray://") and not (sep and port.isdigit()):  # Ray Client's own default port
+        host, sep, port = address.removeprefix("ray://"), ":", str(RAY_CLIENT_PORT)
     if not sep or not port.isdigit():
         return
     try:
