@@ -66,6 +66,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_ms(text: str) -> float:
+    """argparse type: a finite number of milliseconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be more than 0 ms, got {text}")
+    return value
+
+
 def _server_address(text: str) -> str:
     """argparse type: HOST:PORT with a port gRPC can reach (it takes 99999 as 99999 mod 65536, and
     a bare host as port 443), or a gRPC target with a scheme (``unix:/path``, ``dns:///h:p``)."""
@@ -532,7 +543,7 @@ def _add_client(sub) -> None:
     s.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
     s.add_argument("--model", default="")
     s.add_argument("--strength", type=float)
-    s.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length sent per message")
+    s.add_argument("--chunk-ms", type=_positive_ms, default=100.0, help="chunk length sent per message")
     c = csub.add_parser("decompose", parents=[conn], help="latent activations and component waveforms")
     c.add_argument("input")
     c.add_argument("-o", "--out", help="output folder (default: INPUT.components/ beside it)")

@@ -188,6 +188,9 @@ def test_cli_client_names_a_missing_input_or_a_folder_the_same_way_for_every_com
         assert f"{tmp_path / 'nope.wav'}: no such file" in capsys.readouterr().err
         assert cli_main(["client", "--server", addr, command, str(tmp_path)]) == 2
         assert f"{tmp_path}: is a folder; name an audio file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse names the flag (was "chunk_ms must be positive")
+        cli_main(["client", "--server", addr, "stream", str(tmp_path / "nope.wav"), "--chunk-ms", "0"])
+    assert "argument --chunk-ms: must be more than 0 ms, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["", "# just a comment\n\n"])
