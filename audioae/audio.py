@@ -367,11 +367,18 @@ def walk_audio(folder: str | os.PathLike,
 
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: str | None = None,
                 format: str | None = None) -> None:
-    """Write ``[C, T]`` audio atomically: a temporary file in the same folder, then ``os.replace``.
+    """Write ``[C, T]`` (or mono ``[T]``) float audio atomically: a temporary file in the same
+    folder, then ``os.replace``. The samples get the checks a read gives them (layout, NaN, rate):
+    NaN was written as -32768 in PCM_16.
 
     A crash at any moment leaves either the old file or the new one, never half of one
     (rename is atomic on POSIX local filesystems; not guaranteed on NFS).
     """
+    check_audio_array(wav, str(path))
+    wav = np.asarray(wav)
+    wav = wav[None] if wav.ndim == 1 else wav  # [C, T]
+    _check_samples(wav, sr, str(path))
+    sr = whole_hz(sr, str(path))
     path = Path(path)
     fmt = format or container_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def sidecar_sha256(path: str | os.PathLike) -> str | None:
     """The hash in ``<path>.sha256`` beside a checkpoint, or None when there is none."""
     sidecar = Path(path).with_name(Path(path).name + ".sha256")
-    return sidecar.read_text().split()[0] if sidecar.is_file() else None
+    if not sidecar.is_file():
+        return None
+    words = sidecar.read_text().split()
+    if not words:  # was an IndexError
+        raise CheckpointError(f"{sidecar}: empty; it should hold the checkpoint's sha256 (sha256sum's output)")
+    return words[0]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -95,7 +100,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         expected_sha256 = sidecar_sha256(path)
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
-        if actual != expected_sha256:
+        if actual != expected_sha256.lower():  # hex digits in either case
             raise CheckpointError(f"{path}: sha256 mismatch (expected {expected_sha256[:12]}..., "
                                   f"got {actual[:12]}...): the file was changed or truncated")
     meta = read_metadata(path)

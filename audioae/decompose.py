@@ -19,6 +19,7 @@ them).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -76,6 +77,16 @@ class Decomposition:
     def error_text(self) -> str:
         """The sum-to-input error for people: ``-171 dB``, or ``exact`` (a silent input)."""
         return f"{self.error_db:.0f} dB" if math.isfinite(self.error_db) else "exact"
+
+
+def _on_cpu_for_inference(model: SparseDictionary) -> SparseDictionary:
+    """``model`` itself when it is on the CPU in eval mode, else a copy that is: ``.cpu().eval()``
+    works in place and moved, or switched out of training, the caller's own model."""
+    on_cpu = all(t.device.type == "cpu" for t in model.parameters())
+    if on_cpu and not model.training:
+        return model
+    with torch.inference_mode(False):  # a copy made inside decompose's inference mode would hold
+        return copy.deepcopy(model).cpu().eval()  # inference tensors, which the atom cache cannot version
 
 
 def _check_long_enough(samples: int, sr: int, model: SparseDictionary) -> None:
@@ -202,7 +213,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     _check_long_enough(x.shape[-1], sr, model)
     most = n_groups if group != "none" else model.config.code_dim  # components there can be
     _warn_if_long(x.shape[0], x.shape[-1] / sr, sr, min(top_k or most, most))
-    model = model.cpu().eval()
+    model = _on_cpu_for_inference(model)
     c = model.config
     msr = c.sample_rate
 

@@ -147,9 +147,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     are cut into overlapping windows that are cross-faded.
     """
     _check_audio_model(model)
-    _check_strength(strength)
-    x, squeeze = as_channels_first(wav)
-    check_pcm(x.numpy() if x.device.type == "cpu" else x.cpu().numpy(), sr)
+    x, squeeze = _checked_clip(wav, sr, strength)
     if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
@@ -161,6 +159,18 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
         y = _denoise_offline(model, x, sr, strength)
     out = y.cpu().numpy()
     return out[0] if squeeze else out
+
+
+def _checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tuple[torch.Tensor, bool]:
+    """``(x [C, T] float32 on the CPU, whether wav was 1-D)`` after every check a clip gets,
+    whichever path it then takes: layout and dtype, samples, rate, channel count, strength."""
+    _check_strength(strength)
+    x, squeeze = as_channels_first(wav)
+    x = x.cpu()
+    check_pcm(x.numpy(), sr)
+    if x.shape[0] > MAX_CHANNELS:  # the streamed path refused these; the offline one took them
+        raise AudioError(f"channels must be within 1..{MAX_CHANNELS}, got {x.shape[0]}")
+    return x, squeeze
 
 
 def channel_seconds(wav: np.ndarray | torch.Tensor, sr: int) -> float:
@@ -180,7 +190,7 @@ def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
 
 @torch.inference_mode()
 def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int, float]]) -> list[np.ndarray]:
-    """Denoise several clips ``(wav [C, T], sr, strength)`` with one forward pass of the model.
+    """Denoise several clips ``(wav [C, T] or [T], sr, strength)`` with one forward pass of the model.
 
     Per clip: resample to the model's rate, STFT, then the model runs once on the features of all
     channels of all clips, zero-padded at the end to the longest in frames; mask, iSTFT with the
@@ -188,13 +198,18 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     follows, so each result equals the clip denoised alone; a non-causal model takes one clip.
     """
     _check_audio_model(model)
+    if not items:
+        raise ValueError("denoise_batch needs at least one clip")
     if len(items) > 1 and not model.causal:
         raise ValueError("only a causal model can batch clips of different lengths (end padding)")
+    # The checks denoise() makes, clip by clip: unchecked, int16 came back as noise and [T, C] as
+    # T channels of C samples.
+    checked = [(*_checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items]
     msr = model.config.sample_rate
     dev = _device_of(model)
     specs, feats, lengths = [], [], []
-    for wav, sr, _ in items:
-        z = resample(np.ascontiguousarray(wav), sr, msr, target="the model's ").to(dev)  # [C, T']
+    for x, _, sr, _ in checked:
+        z = resample(x, sr, msr, target="the model's ").to(dev)  # [C, T']
         spec, feat = model_input(model, z)  # [C, F, N_i], [C, F', N_i]
         specs.append(spec)
         feats.append(feat)
@@ -203,13 +218,14 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     feats = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
     out, _ = model(feats)  # [R, F, N]
     results, row = [], 0
-    for (wav, sr, strength), spec, length in zip(items, specs, lengths, strict=True):
+    for (x, squeeze, sr, strength), spec, length in zip(checked, specs, lengths, strict=True):
         c, n = spec.shape[0], spec.shape[-1]
         est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
         row += c
         y = model.stft.inverse(est, length)  # [C, T'] at the model's rate
-        y = fit_length(resample(y.float().cpu(), msr, sr), wav.shape[-1])  # [C, T]
-        results.append(_blend(y, torch.as_tensor(wav, dtype=torch.float32), strength).numpy())
+        y = fit_length(resample(y.float().cpu(), msr, sr), x.shape[-1])  # [C, T]
+        y = _blend(y, x, strength).numpy()
+        results.append(y[0] if squeeze else y)
     return results
 
 

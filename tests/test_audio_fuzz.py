@@ -171,3 +171,19 @@ def test_libsndfile_words_that_mislead_are_said_plainly(tmp_path):
     (tmp_path / "rate0.wav").write_bytes(bytes(data))
     with pytest.raises(AudioError, match=r"rate0\.wav: cannot read audio \(the header is incomplete"):
         read_audio(tmp_path / "rate0.wav")
+
+
+def test_write_audio_takes_mono_1d_and_refuses_what_a_read_would(tmp_path):
+    import pytest
+
+    from audioae.audio import AudioError, read_audio, write_audio
+
+    x = (0.1 * np.random.default_rng(0).standard_normal(800)).astype(np.float32)
+    write_audio(tmp_path / "mono.wav", x, 8000)  # [T], as denoise() returns it: was an IndexError
+    assert read_audio(tmp_path / "mono.wav")[0].shape == (1, 800)
+    for bad, text in ((np.stack([x, x], 1), r"looks like \[T, C\]"),
+                      (np.where(np.arange(800) == 5, np.nan, x).astype(np.float32), "NaN"),  # was -32768 in PCM_16
+                      (x[:0], "empty")):
+        with pytest.raises(AudioError, match=text):
+            write_audio(tmp_path / "bad.wav", bad, 8000, subtype="PCM_16")
+    assert not (tmp_path / "bad.wav").exists()

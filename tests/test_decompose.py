@@ -431,3 +431,9 @@ def test_the_cli_default_group_count_is_the_librarys():
     from audioae import decompose as dec_module
 
     assert cli.DEFAULT_GROUPS == dec_module.DEFAULT_GROUPS
+
+
+def test_decompose_leaves_the_callers_model_as_it_was():
+    model = tiny_model().train()  # .cpu().eval() works in place: it switched the caller's model to eval
+    decompose(model, tone(0.5, SR), SR, fit_steps=0)
+    assert model.training

@@ -275,3 +275,35 @@ def test_every_denoising_path_runs_the_network_without_autograd():
     s.finish()
     assert seen and all(seen), seen
     assert torch.is_inference_mode_enabled() is False  # and nothing is left switched on
+
+
+def _causal():
+    return build_model("recurrent", {"sample_rate": 8000, "n_fft": 128, "hop_length": 32, "hidden": 16,
+                                     "code_dim": 8}).eval()
+
+
+def test_denoise_batch_checks_each_clip_as_denoise_does():
+    """Unchecked, int16 came back as noise 10,000 times too loud, [T, C] as T channels of C samples,
+    strength -1 extrapolated and NaN came back as NaN; each is refused as denoise() refuses it."""
+    from audioae.enhance import denoise_batch
+
+    model, sr = _causal(), 8000
+    x = (0.1 * np.random.default_rng(0).standard_normal(sr)).astype(np.float32)  # [T]
+    for clip, strength, text in (((x * 32767).astype(np.int16)[None], 1.0, "float samples in [-1, 1] expected"),
+                                 (np.stack([x, x], 1), 1.0, "looks like [T, C]"),
+                                 (x[None], -1.0, "strength must be within"),
+                                 (x[None], float("nan"), "strength must be within"),
+                                 (np.full((1, sr), np.nan, np.float32), 1.0, "NaN"),
+                                 (np.zeros((65, sr // 8), np.float32), 1.0, "channels must be within 1..64")):
+        with pytest.raises((AudioError, ValueError), match=re.escape(text)):
+            denoise_batch(model, [(x[None], sr, 1.0), (clip, sr, strength)])
+    with pytest.raises(ValueError, match="at least one clip"):
+        denoise_batch(model, [])
+    (y,) = denoise_batch(model, [(x, sr, 1.0)])  # [T] in, [T] out, as denoise()
+    np.testing.assert_allclose(y, denoise(model, x, sr), atol=1e-6)
+
+
+def test_the_channel_limit_holds_on_short_input_too():
+    # was: 65 channels of 1 s went through the offline path; 2 s (over 120 channel-seconds) was refused
+    with pytest.raises(AudioError, match=re.escape("channels must be within 1..64, got 65")):
+        denoise(_causal(), np.zeros((65, 8000), np.float32), 8000)

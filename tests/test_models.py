@@ -190,3 +190,15 @@ def test_interpolating_different_architectures_fails_clearly():
         interpolate_weights(tiny("recurrent"), tiny("conv1d"), 0.5)
     with pytest.raises(ValueError, match="alpha"):
         interpolate_weights(tiny("recurrent"), tiny("recurrent"), 1.5)
+
+
+def test_a_sha256_in_capitals_matches_and_a_blank_sidecar_is_named(tmp_path):
+    import hashlib
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny("recurrent"), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    load_checkpoint(path, expected_sha256=digest.upper())  # was "sha256 mismatch": hex has no case
+    path.with_name(path.name + ".sha256").write_text("\n")
+    with pytest.raises(CheckpointError, match=r"m\.safetensors\.sha256: empty"):  # was an IndexError
+        load_checkpoint(path)
