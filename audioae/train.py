@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import tomllib
@@ -644,7 +645,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
 
     bar = None
-    if rank == 0 and tc.progress:
+    if rank == 0 and tc.progress and sys.stderr.isatty():  # a redirected log got every update of the bar
         from tqdm import tqdm
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)

@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--no-speed", action="store_true")
     args = ap.parse_args(argv)
+    if not (args.testset / "meta.json").is_file():  # was a FileNotFoundError traceback
+        ap.error(f"--testset {args.testset}: no meta.json there; build the corpus first "
+                 f"(python recipes/build_corpus.py --ready, docs/corpus.md)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
 

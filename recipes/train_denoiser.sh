@@ -113,5 +113,7 @@ if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)
   python recipes/export_model.py runs/denoiser-small-audible/ema.safetensors audioae/pretrained/denoiser-small.safetensors \
     --set mask_power=0.7
 else
-  echo "stages 8-12 need a CUDA GPU (recipes/train_denoiser_gpu.sh): the exported model is stage 7's" >&2
+  echo "steps 8-12 need a CUDA GPU (recipes/train_denoiser_gpu.sh): audioae/pretrained/denoiser-small.safetensors" \
+       "now holds step 7's export (the model card's stage 5), not the shipped stage 10;" \
+       "'git checkout audioae/pretrained/' restores the shipped one" >&2
 fi
