@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError, AudioInfo, read_audio, resample, walk_audio
-from .isolation import ProcessDied, Worker
+from .isolation import ProcessDied, Worker, answering_worker
 from .metrics import score
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,19 @@ class IsolatedReader:
     def __init__(self, read: Reader = read_audio):
         self.read = read
         self.worker: Worker | None = None
+        self.in_process = False  # no child process can start here: read as before, in this one
 
     def __call__(self, path: Path) -> tuple[np.ndarray, int, AudioInfo]:
+        if self.in_process:
+            return self.read(path)
         for _ in range(2):
             if self.worker is None:
-                self.worker = Worker()
+                try:
+                    self.worker = answering_worker()
+                except ProcessDied as exc:  # not this file's doing: every file would be "crashed" on
+                    log.warning("cannot start a process to decode the files in (%s); reading them in this one", exc)
+                    self.in_process = True
+                    return self.read(path)
             try:
                 return self.worker.call(self.read, path)
             except ProcessDied as exc:

@@ -143,6 +143,19 @@ class Worker:
             self.proc.join()
 
 
+def answering_worker() -> Worker:
+    """A :class:`Worker` that has answered once, so that one dying later died on its call, not on
+    its start; :class:`ProcessDied` when none can start here (a script read from stdin, which a
+    spawned child cannot import again, is one such place)."""
+    worker = Worker()
+    try:
+        worker.call(len, b"")
+    except ProcessDied:
+        worker.close()
+        raise
+    return worker
+
+
 def call_in_child(fn: Callable, *args: Any, on_start: Callable[[int], None] | None = None,
                   timeout: float | None = None, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a child process of its own: its result, or the exception it

@@ -292,3 +292,19 @@ def test_a_file_that_kills_the_decoder_costs_its_row_not_the_evaluation(folders)
     assert sorted(f["file"] for f in rep["files"]) == ["a.wav", "spk1/deep/c.wav"]  # read after b's crash
     assert [e["file"] for e in rep["errors"]] == ["spk1/b.wav"]
     assert "reading it killed the decoding process twice (its process was killed by SIGSEGV)" in rep["errors"][0]["error"]
+
+
+def test_a_script_read_from_stdin_still_evaluates(folders):
+    """A spawned child cannot start under `python -` (spawn imports __main__ again, from '<stdin>'):
+    the reader says so once and reads in its own process, instead of calling every file a crash."""
+    import subprocess
+    import sys
+
+    dirs, _ = folders
+    script = (f"from audioae.evaluate import evaluate_folders\n"
+              f"r = evaluate_folders({str(dirs['clean'])!r}, {str(dirs['enhanced'])!r})\n"
+              f"print('scored', r['scored'], 'errors', len(r['errors']))\n")
+    run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "scored 3 errors 0" in run.stdout
+    assert run.stderr.count("cannot start a process to decode the files in") == 1

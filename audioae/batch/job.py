@@ -17,7 +17,7 @@ from pathlib import Path
 from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
-from ..isolation import ProcessDied, Worker, how_it_ended
+from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
     FileResult,
@@ -256,7 +256,7 @@ def header_seconds(tasks: Sequence[FileTask], journal: Journal | None = None,
     ``read``: ``header_shapes`` (module level, so the child can import it; tests pass another)."""
     paths = [t.input for t in tasks]
     try:
-        worker = _started_worker()
+        worker = answering_worker()
     except ProcessDied as died:  # no child process can start here: read them as before, in this one
         log.warning("cannot start a process to read the inputs' headers in (%s); reading them in this one", died)
         return _seconds(dict(zip(paths, read(paths), strict=True)))
@@ -269,7 +269,7 @@ def header_seconds(tasks: Sequence[FileTask], journal: Journal | None = None,
                 continue
             except ProcessDied:  # one of them killed it: find which, one file per call
                 worker.close()
-                worker = _started_worker()
+                worker = answering_worker()
             for path in batch:
                 try:
                     shapes[path] = worker.call(read, [path])[0]
@@ -279,22 +279,11 @@ def header_seconds(tasks: Sequence[FileTask], journal: Journal | None = None,
                     if journal is not None:
                         journal.started(path, pid=worker.pid)  # left in place: a suspect for the engines
                     worker.close()
-                    worker = _started_worker()
+                    worker = answering_worker()
                     shapes[path] = None
     finally:
         worker.close()
     return _seconds(shapes)
-
-
-def _started_worker() -> Worker:
-    """A child process that has answered once: one that dies later died on a file, not on its start."""
-    worker = Worker()
-    try:
-        worker.call(len, b"")
-    except ProcessDied:
-        worker.close()
-        raise
-    return worker
 
 
 def _seconds(shapes: dict[str, tuple[int, int, int] | None]) -> dict[str, float]:
