@@ -1,6 +1,7 @@
 """Build the shipped example recordings (audioae/pretrained/examples/) from the corpus's
 validation split: held-out voices mixed with held-out noise at fixed seeds. Never from the
-reserved evaluation packages.
+reserved evaluation packages. Beside them, in audioae/pretrained/examples-clean/, each one's clean
+speech at the same gain, rate and channels: the references `audioae eval` needs.
 
     python recipes/make_examples.py
 """
@@ -16,6 +17,7 @@ from audioae.data.mixing import list_audio, load_folder
 from audioae.models.corruption import mix_at_snr
 
 OUT = Path(__file__).resolve().parents[1] / "audioae" / "pretrained" / "examples"
+CLEAN_OUT = OUT.with_name("examples-clean")  # not inside OUT: `audioae denoise OUT` would take them too
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "val"
 EXAMPLES = [
     # (speech subfolder, noise subfolder, snr dB, output name, sample rate, channels)
@@ -48,9 +50,14 @@ def main() -> None:
                                torch.tensor([snr]))[0]
             chans.append(mixed)
         wav = torch.stack(chans)  # [C, T] at 16 kHz
-        wav = 0.5 * wav / wav.abs().max()
+        peak = wav.abs().max()
+        wav = 0.5 * wav / peak
         wav = resample(wav, 16000, sr).numpy()
         write_audio(OUT / name, wav, sr, subtype="PCM_16")
+        ref = 0.5 * torch.from_numpy(clean)[None].expand(channels, -1) / peak  # [C, T]: the same gain
+        ref = resample(ref, 16000, sr).numpy()
+        # FLAC of 24 bits: a fraction of float WAV's size, and eval pairs .wav with .flac by name
+        write_audio(CLEAN_OUT / Path(name).with_suffix(".flac"), ref, sr, subtype="PCM_24")
         print(OUT / name, wav.shape, sr)
 
 
