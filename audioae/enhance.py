@@ -184,8 +184,8 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float) -> torch.Tensor:
-    """``x [C, T]`` at ``sr`` -> ``[C, T]``: all channels through the model as one batch."""
-    return torch.from_numpy(denoise_batch(model, [(x.cpu().numpy(), sr, strength)])[0])
+    """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch."""
+    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)])[0])
 
 
 @torch.inference_mode()
@@ -204,7 +204,12 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
         raise ValueError("only a causal model can batch clips of different lengths (end padding)")
     # The checks denoise() makes, clip by clip: unchecked, int16 came back as noise and [T, C] as
     # T channels of C samples.
-    checked = [(*_checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items]
+    return _denoise_clips(model, [(*_checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items])
+
+
+@torch.inference_mode()
+def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor, bool, int, float]]) -> list[np.ndarray]:
+    """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``."""
     msr = model.config.sample_rate
     dev = _device_of(model)
     specs, feats, lengths = [], [], []
