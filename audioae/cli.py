@@ -43,11 +43,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def _float_seconds(text: str) -> float:
+def _float_seconds(text: str, unit: str = "seconds") -> float:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {unit}, got {text!r}") from None
 
 
 def _seconds(text: str) -> float:
@@ -58,23 +58,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_amount(text: str, unit: str = "seconds", short: str = "seconds") -> float:
+    value = _float_seconds(text, unit)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be more than 0 {short}, got {text}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     """argparse type: a finite number of seconds above 0 (a deadline)."""
-    value = _float_seconds(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
+    return _positive_amount(text)
 
 
 def _positive_ms(text: str) -> float:
     """argparse type: a finite number of milliseconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be more than 0 ms, got {text}")
-    return value
+    return _positive_amount(text, "milliseconds", "ms")
 
 
 def _server_address(text: str) -> str:
