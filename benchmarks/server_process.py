@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def running_server(*args: str) -> Iterator[tuple[subprocess.Popen, int]]:
-    """The server process and its port, once it has said "ready:" (its models loaded)."""
+def running_server(*args: str, cwd: str | None = None, env: dict | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
+    """The server process and its port, once it has said "ready:" (its models loaded). ``cwd`` and
+    ``env``: run it from another checkout."""
     proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", *args],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
     try:
         port = None
         for line in iter(proc.stderr.readline, ""):
