@@ -97,7 +97,7 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="output folder (train.out_dir)")
     p.add_argument("--steps", type=int, help="train.steps")
     p.add_argument("--device", help="auto | cpu | cuda (train.device)")
-    p.add_argument("--no-resume", action="store_true", help="start fresh even if the folder has a checkpoint")
+    p.add_argument("--no-resume", action="store_true", help="start over, removing the checkpoints and log of a run already in the folder")
     p.set_defaults(func=_cmd_train)
 
 

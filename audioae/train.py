@@ -390,6 +390,23 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     _save_optimizer(opt, step, best, out / "last.optim.safetensors", minutes_done)
 
 
+# What a run writes into its folder; --no-resume removes them first, so that nothing of an earlier
+# run (an ema.safetensors a run without an average never replaces, a best.safetensors from before
+# the new run's first validation) passes for the new run's.
+RUN_FILES = ("best.safetensors", "last.safetensors", "last.optim.safetensors", "last.ema.safetensors",
+             "ema.safetensors", "log.jsonl", "summary.json")
+
+
+def _forget_previous_run(out: Path) -> None:
+    found = [n for n in RUN_FILES if (out / n).is_file()]
+    if not found:
+        return
+    log.warning("%s: starting over (--no-resume): removing the earlier run's %s", out, ", ".join(found))
+    for name in found:
+        (out / name).unlink(missing_ok=True)
+        (out / (name + ".sha256")).unlink(missing_ok=True)
+
+
 def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | None) -> AveragedModel | None:
     """The EMA of ``model``'s weights (None when ``decay`` is 0), continued from ``resume_from``
     when that file exists; otherwise its first update copies the weights."""
@@ -621,9 +638,13 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                              f"trains a {run.model} one: init_from grows a model of the same family")
         grown = grow_into(model, source.state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
-    if not resume and rank == 0 and (out / "log.jsonl").is_file():  # --no-resume: one log per run
-        log.warning("%s: starting over (--no-resume): its checkpoints and log.jsonl are replaced", out)
-        (out / "log.jsonl").unlink(missing_ok=True)
+    if resuming and not tc.ema_decay and (out / "last.ema.safetensors").is_file():
+        raise ValueError(f"{out} was trained with a weight average (last.ema.safetensors), and this run sets "
+                         f"train.ema_decay=0: the average would stop, and ema.safetensors stay at step {step} as if it "
+                         f"were the run's; resume with the run's train.ema_decay (run.json), or start over with "
+                         f"--no-resume or another --out")
+    if not resume and rank == 0:
+        _forget_previous_run(out)
     # Only now, with the weights in place: a bad init_from or resume point leaves no empty run behind.
     out.mkdir(parents=True, exist_ok=True)
     model.to(device).train()
@@ -641,7 +662,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     use_amp = tc.amp and device.type == "cuda"
     amp_dtype = _amp_dtype(tc.amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    if rank == 0:
+    if rank == 0 and step < tc.steps:  # with nothing to train, run.json keeps what made the weights
         atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
 
     bar = None

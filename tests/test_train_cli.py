@@ -127,9 +127,11 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys, caplog):
     assert "hidden: 16 there, 24 now" in capsys.readouterr().err
     assert load_checkpoint(out / "last.safetensors").config.hidden == 16  # the run is untouched
 
+    recorded = (out / "run.json").read_text()
     assert main(["train", *common, "--steps", "5"]) == 0  # fewer steps than the run holds: nothing to do, said so
     assert json.loads(capsys.readouterr().out)["steps"] == 7
     assert "already holds 7 steps, train.steps is 5: nothing to train" in caplog.text
+    assert (out / "run.json").read_text() == recorded  # still the settings that made the weights
 
 
 def test_half_a_resume_point_or_another_signal_is_refused_not_started_over(tmp_path, capsys, caplog):
@@ -179,6 +181,16 @@ def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tm
     capsys.readouterr()
     assert main(["train", *common[:-1], "train.ema_decay=1.0", "--steps", "1"]) == 2
     assert "train.ema_decay must be in [0, 1)" in capsys.readouterr().err
+    # Was: a resume without the average left ema.safetensors at its old step, passing for the run's.
+    before = {n: (out / n).read_bytes() for n in ("last.safetensors", "ema.safetensors", "run.json")}
+    assert main(["train", *common[:-1], "train.ema_decay=0", "--steps", "3"]) == 2
+    assert "trained with a weight average (last.ema.safetensors)" in capsys.readouterr().err
+    assert all((out / n).read_bytes() == b for n, b in before.items())  # refused before anything was written
+    # Starting over without an average: nothing of the earlier run is left to pass for the new one's.
+    assert main(["train", *common[:-1], "train.ema_decay=0", "--steps", "1", "--no-resume"]) == 0
+    assert not (out / "ema.safetensors").exists() and not (out / "last.ema.safetensors").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "best.safetensors.sha256", "last.optim.safetensors",
+                                                      "last.safetensors", "log.jsonl", "run.json"]
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
