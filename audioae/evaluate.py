@@ -193,7 +193,7 @@ def _mean(values: list[float]) -> float | None:
 def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
                      noisy: str | os.PathLike | None = None, *, progress: bool = False,
                      reader: IsolatedReader | None = None) -> dict:
-    """Score every pair; returns ``{"files", "mean", "errors", "missing_enhanced", "extra_enhanced",
+    """Score every pair; returns ``{"files", "mean", "mean_of", "errors", "missing_enhanced", "extra_enhanced",
     "missing_noisy", "paired"}`` (JSON-ready; NaN becomes None). ``progress``: a bar on stderr
     when it is a terminal (PESQ takes about 0.03 s per second of audio: a test set takes minutes).
     ``reader``: how files are decoded (default: an :class:`IsolatedReader` of ``read_audio``)."""
@@ -205,8 +205,10 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
         reader.close()
     metrics = [m for m in METRICS if any(m in f for f in files)]
     mean = {m: _mean([f.get(m) for f in files]) for m in metrics}
+    # how many files each mean is over: a pair a metric could not score (notes say why) is left out
+    mean_of = {m: sum(f.get(m) is not None for f in files) for m in metrics}
     return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
-            "paired": len(pairing.pairs), "scored": len(files), "files": files, "mean": mean,
+            "paired": len(pairing.pairs), "scored": len(files), "files": files, "mean": mean, "mean_of": mean_of,
             "errors": errors, "missing_enhanced": pairing.missing_enhanced,
             "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy}
 
@@ -250,6 +252,10 @@ def format_table(report: dict) -> str:
     """The report as a plain-text table for people, then the problems."""
     lines = _score_table(report) if report["files"] else []  # nothing scored: no empty table
     lines.append(f"{report['scored']} of {report['paired']} pairs scored")
+    short = {HEADERS[m]: n for m, n in report.get("mean_of", {}).items() if n < report["scored"]}
+    if short:
+        lines.append("the means leave out the pairs a metric could not score (notes below say why): "
+                     + ", ".join(f"{name} is over {n} of {report['scored']}" for name, n in short.items()))
     for key, label in (("missing_enhanced", "no enhanced file for"), ("extra_enhanced", "no clean file for"),
                        ("missing_noisy", "no noisy file for")):
         for rel in report[key]:

@@ -72,16 +72,22 @@ def si_sdr_score(estimate: np.ndarray, reference: np.ndarray, sr: int, also: str
     if silent:
         log.warning("%s could not score this pair: the reference is %s", what, silent)
         return float("nan")
-    return si_sdr(estimate, reference, eps=_eps_for(reference))
+    silent = _silence(estimate)
+    if silent:  # no direction to compare: eps / eps would read 0 dB, above most noisy inputs
+        log.warning("%s could not score this pair: the estimate is %s, and SI-SDR is undefined for it (it "
+                    "would read 0 dB, more than a noisy input at 0 dB SNR or below scores)", what, silent)
+        return float("nan")
+    return si_sdr(estimate, reference, eps=_eps_for(reference, estimate))
 
 
-def _eps_for(reference: np.ndarray) -> float:
-    """:func:`si_sdr`'s ``eps`` for this reference: its default, 1e-8, for one with an energy of 1 or
-    more, less for a quieter one, where 1e-8 would bias the score (a 1 s white-noise reference at
-    16 kHz, 15 dB above the noise added to it, scored 14.2 dB at -100 dBFS and 1.0 dB at -120
-    dBFS); it only keeps a silent estimate, or a perfect one, from dividing by zero."""
-    ref = np.asarray(reference, np.float64)
-    return 1e-8 * min(float(((ref - ref.mean()) ** 2).sum()), 1.0)
+def _eps_for(*signals: np.ndarray) -> float:
+    """:func:`si_sdr`'s ``eps`` for this pair: its default, 1e-8, when both signals have an energy of
+    1 or more, less for a quieter one, where 1e-8 would bias the score (a 1 s white-noise reference
+    at 16 kHz, 15 dB above the noise added to it, scored 14.2 dB at -100 dBFS and 1.0 dB at -120
+    dBFS; a perfect estimate 120 dB below its reference scored 0.07 dB); it only keeps a perfect
+    estimate from dividing by zero."""
+    energies = [float(((x - x.mean()) ** 2).sum()) for x in (np.asarray(s, np.float64) for s in signals)]
+    return 1e-8 * min(*energies, 1.0)
 
 
 def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:
@@ -148,6 +154,9 @@ def score(estimate: np.ndarray, reference: np.ndarray, sr: int, noisy: np.ndarra
         "stoi": stoi(estimate, reference, sr),
     }
     if noisy is not None:  # NaN with the SI-SDR (the reason is given once, for both)
-        noisy_sdr = si_sdr(noisy, reference, eps=_eps_for(reference)) if math.isfinite(out["si_sdr"]) else math.nan
+        noisy_sdr = math.nan
+        if math.isfinite(out["si_sdr"]):
+            noisy_sdr = si_sdr_score(noisy, reference, sr, also="SI-SDRi") if _silence(noisy) else \
+                si_sdr(noisy, reference, eps=_eps_for(reference, noisy))
         out["si_sdr_i"] = out["si_sdr"] - noisy_sdr
     return out

@@ -226,6 +226,8 @@ def test_si_sdr_of_a_quiet_reference_is_the_same_as_of_a_loud_one():
     for db in (-60, -100, -120):
         gain = 10 ** (db / 20) / np.sqrt(np.mean(clean**2))
         assert si_sdr_score(gain * est, gain * clean, SR) == pytest.approx(loud, abs=1e-3), db
+        # and a quiet estimate of a loud reference (was: 0.07 dB for a perfect copy 120 dB down)
+        assert si_sdr_score(gain * est, clean, SR) == pytest.approx(loud, abs=1e-3), db
 
 
 def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(folders, capsys):
@@ -237,7 +239,15 @@ def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(fold
     out = capsys.readouterr()
     assert "note: a.wav: enhanced has 2 channel(s), clean has 1: scored on the mono mixdown" in out.out
     assert "note: spk1/b.wav: PESQ could not score this pair: the estimate is silent (all zeros)" in out.out
+    # was: SI-SDR 0 dB for silence, more than a noisy input at 0 dB SNR or below scores
+    assert "note: spk1/b.wav: SI-SDR could not score this pair: the estimate is silent (all zeros)" in out.out
+    assert "the means leave out the pairs a metric could not score (notes below say why): SI-SDR is over" in out.out
     assert "could not score" not in out.err  # not also as an anonymous warning above the table
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    silent = next(f for f in rep["files"] if f["file"] == "spk1/b.wav")
+    assert (silent["si_sdr"], silent["pesq"], silent["stoi"]) == (None, None, 0.0)
+    assert rep["mean_of"]["si_sdr"] == rep["mean_of"]["pesq"] == rep["scored"] - 1
+    assert rep["mean_of"]["stoi"] == rep["scored"]
 
 
 def test_json_out_may_not_be_a_folder_or_an_audio_file(folders, capsys):
