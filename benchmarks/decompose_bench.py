@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decompose.json"))
     args = ap.parse_args(argv)
+    try:  # before minutes of work, not after them
+        import pywt  # noqa: F401
+    except ImportError:
+        ap.error("the pywt-mra baseline needs PyWavelets: pip install -e '.[dev]'")
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     model = load(args.model, default=DEFAULT_DECOMPOSER)

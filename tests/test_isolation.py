@@ -90,7 +90,7 @@ def test_ctrl_c_is_the_parents_to_handle():
             w.call(pid_and_sleep, 30)
     finally:
         w.close()
-    assert not w.proc.is_alive() and time.monotonic() - t0 < 5
+    assert not w.proc.is_alive() and time.monotonic() - t0 < 25  # interrupted: not the 30 s sleep's end
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP") or os.name != "posix", reason="POSIX signals")

@@ -46,6 +46,17 @@ def test_scale_to_snr_is_exact(snr):
     clean = synthetic.speech_like(rng, 2.0, SR)
     noise = synthetic.colored_noise(rng, 2.0, SR, 1.0)
     assert bc.measured_snr(clean, bc.scale_to_snr(clean, noise, snr)) == pytest.approx(snr, abs=1e-6)
+    # and against a power ratio worked out here, not the recipe's own measure: 20 dB is 1/100 of the power
+    scaled = bc.scale_to_snr(clean, noise, snr).astype(np.float64)
+    assert np.mean(scaled**2) == pytest.approx(np.mean(clean.astype(np.float64) ** 2) / 10 ** (snr / 10), rel=1e-5)
+
+
+def test_a_unit_sine_over_noise_at_a_tenth_of_its_amplitude_is_20_db():
+    t = np.arange(SR) / SR
+    sine = np.sqrt(2) * np.sin(2 * np.pi * 440 * t)  # power 1
+    noise = np.sign(np.sin(2 * np.pi * 97 * t + 0.3))  # a square wave: power 1
+    assert bc.measured_snr(sine, 0.1 * noise) == pytest.approx(20.0, abs=0.01)
+    assert np.abs(bc.scale_to_snr(sine, noise, 20.0)).max() == pytest.approx(0.1, rel=1e-3)
 
 
 def test_make_mixture_length_snr_and_level():

@@ -400,10 +400,9 @@ def test_out_of_memory_is_told_apart_from_shape_errors():
     # (the shape-error cases of test_bad_encode_decode: "image wrong shape", "code wrong size").
     assert _out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert _out_of_memory(MemoryError())
-    try:  # a real allocator refusal: nothing is allocated
+    with pytest.raises(RuntimeError) as refusal:  # a real allocator refusal: nothing is allocated
         torch.empty(1 << 60, dtype=torch.uint8)
-    except RuntimeError as exc:
-        assert _out_of_memory(exc), exc
+    assert _out_of_memory(refusal.value), refusal.value
     assert _out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
     assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (5x7 and 16x64)"))
     assert not _out_of_memory(ValueError("out of memory"))
@@ -830,14 +829,29 @@ def test_reflection_lists_the_service(server):
     assert "audioae.v1.AudioAE" in services and "grpc.health.v1.Health" in services
 
 
+def _metric(text: str, sample: str) -> float:
+    """The value of one sample line (``name{labels}``) of a Prometheus text page; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_prometheus_metrics(server, client):
+    def page() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+
+    ok, refused = 'audioae_requests_total{code="OK",method="Denoise"}', \
+        'audioae_requests_total{code="INVALID_ARGUMENT",method="Denoise"}'
+    before = page()
     client.denoise(_noisy(0.3, 16000), 16000, model="tiny")
-    text = (
-        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    )
+    with pytest.raises(grpc.RpcError) as err:  # was: relied on earlier tests' refusals being counted
+        client.denoise(_noisy(0.3, 16000), 16000, model="tiny", strength=2.0)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    text = page()
+    assert _metric(text, ok) == _metric(before, ok) + 1
+    assert _metric(text, refused) == _metric(before, refused) + 1
     for needle in (
-        'audioae_requests_total{code="OK",method="Denoise"}',
-        'code="INVALID_ARGUMENT"',
         "audioae_queue_seconds_bucket",
         'audioae_compute_seconds_count{kind="denoise"}',
         "audioae_batch_size_bucket",
@@ -994,7 +1008,8 @@ def test_tls_and_bearer_token(secure_server):
     for token in ("old-secret", "new-secret"):
         with Client(target, token=token, tls_ca=cert, timeout=30) as c:
             assert c.denoise(x, 16000).shape == x.shape
-            assert len(list(c.stream([x], 16000, 1))) >= 1
+            streamed = list(c.stream([x], 16000, 1))
+            assert sum(chunk.shape[-1] for chunk in streamed) == x.shape[-1]  # the whole input came back
     for token, text in ((None, "missing bearer token"), ("wrong", "invalid bearer token")):
         with Client(target, token=token, tls_ca=cert, timeout=30) as c:
             assert c.health() == "SERVING"  # health stays open for probes
