@@ -102,13 +102,6 @@ def fs_path(path: str | os.PathLike) -> bytes:
     return os.fsencode(path)
 
 
-def frames_to_read(f: sf.SoundFile) -> int:
-    """The ``frames`` argument that reads an open file to its end: -1 where it can seek, the
-    header's count where it cannot. libsndfile will not read "to the end" of a file it cannot seek
-    in, and GSM 6.10 WAV (old telephony recordings) is one."""
-    return -1 if f.seekable() else f.frames
-
-
 # libsndfile's words where they mislead: for bytes in memory it says "not a regular file" of data
 # it does not recognise, and for a header with a rate or channel count of 0, "Internal error".
 _PLAINER = {
@@ -138,14 +131,35 @@ def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) ->
 
 def read_blocks(f: sf.SoundFile, block: int, name: str) -> Iterator[np.ndarray]:
     """An open file's samples as float32 blocks ``[C, n]`` of ``block`` frames (the last may be
-    shorter), one block in memory at a time; a decoding error names the file and the place."""
+    shorter), one block in memory at a time; a decoding error names the file and the place.
+
+    Read until the decoder has no more, block by block, never by the header's frame count: a
+    header may claim far more than the file holds (a damaged MP3 claimed 1.5e12 frames, and one
+    read of "the rest" asked for 10.8 TiB; soundfile's ``blocks`` would then go on yielding its
+    last block again), and GSM 6.10 WAV cannot seek, so "to the end" is not an option there."""
     done = 0
-    try:
-        for chunk in f.blocks(blocksize=block, frames=frames_to_read(f), dtype="float32", always_2d=True):  # [n, C]
-            done += chunk.shape[0]
-            yield np.ascontiguousarray(chunk.T)  # [C, n]
-    except sf.LibsndfileError as exc:
-        raise undecodable(name, exc, done) from exc
+    while True:
+        try:
+            chunk = f.read(block, dtype="float32", always_2d=True)  # [n, C], n <= block
+        except sf.LibsndfileError as exc:
+            raise undecodable(name, exc, done) from exc
+        if chunk.shape[0] == 0:
+            return
+        done += chunk.shape[0]
+        yield np.ascontiguousarray(chunk.T)  # [C, n]
+        if chunk.shape[0] < block:
+            return
+
+
+READ_BLOCK = 1 << 20  # frames per read of a whole-file read (4 MB a channel)
+
+
+def read_all(f: sf.SoundFile, name: str) -> np.ndarray:
+    """Every sample of an open file, ``[C, T]`` float32, as much as it really holds (:func:`read_blocks`)."""
+    blocks = list(read_blocks(f, READ_BLOCK, name))
+    if not blocks:
+        return np.zeros((f.channels, 0), np.float32)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
 def iter_blocks(path: str | os.PathLike, block: int) -> Iterator[np.ndarray]:
@@ -172,14 +186,10 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
             raise AudioError(f"{name}: no such file")
     try:
         with sf.SoundFile(handle) as f:
-            info = AudioInfo(f.samplerate, f.channels, f.frames, f.format, f.subtype)
-            try:
-                data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
-            except sf.LibsndfileError as exc:  # the header opened, the samples do not decode
-                raise undecodable(name, exc) from exc
+            wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
+            info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype)  # frames read, not claimed
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         raise AudioError(f"{name}: cannot read audio ({sound_error_reason(exc, in_memory=isinstance(source, bytes | bytearray))})") from exc
-    wav = np.ascontiguousarray(data.T)  # [C, T]
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info
 

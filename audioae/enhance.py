@@ -147,7 +147,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     are cut into overlapping windows that are cross-faded.
     """
     _check_audio_model(model)
-    x, squeeze = _checked_clip(wav, sr, strength)
+    x, squeeze = checked_clip(wav, sr, strength)
     if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
@@ -161,7 +161,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     return out[0] if squeeze else out
 
 
-def _checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tuple[torch.Tensor, bool]:
+def checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tuple[torch.Tensor, bool]:
     """``(x [C, T] float32 on the CPU, whether wav was 1-D)`` after every check a clip gets,
     whichever path it then takes: layout and dtype, samples, rate, channel count, strength."""
     _check_strength(strength)
@@ -171,6 +171,22 @@ def _checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> t
     if x.shape[0] > MAX_CHANNELS:  # the streamed path refused these; the offline one took them
         raise AudioError(f"channels must be within 1..{MAX_CHANNELS}, got {x.shape[0]}")
     return x, squeeze
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the host or the device running out of memory (torch raises a plain
+    RuntimeError for the CPU allocator and MPS, ``torch.cuda.OutOfMemoryError`` for CUDA)."""
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def release_device_memory() -> None:
+    """Hand the CUDA allocator's cached blocks back after running out of memory, so that the
+    retries (smaller batches, one clip each) can have them."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def channel_seconds(wav: np.ndarray | torch.Tensor, sr: int) -> float:
@@ -204,7 +220,7 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
         raise ValueError("only a causal model can batch clips of different lengths (end padding)")
     # The checks denoise() makes, clip by clip: unchecked, int16 came back as noise and [T, C] as
     # T channels of C samples.
-    return _denoise_clips(model, [(*_checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items])
+    return _denoise_clips(model, [(*checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items])
 
 
 @torch.inference_mode()

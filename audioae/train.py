@@ -610,6 +610,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # The data before the folder too: a missing or empty corpus folder leaves no empty run behind.
     sources = _sources(run.data, sr, val=False)
     val_set = make_validation_set(model, run.data, _validation_sources(run.data, sr, sources)) if rank == 0 else None
+    # On the device before the optimizer: a resumed optimizer state is cast to its parameters'
+    # device as it loads, and model.to() later would move the parameters and leave it on the CPU.
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, minutes_before = 0, -math.inf, 0.0
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
@@ -647,7 +650,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         _forget_previous_run(out)
     # Only now, with the weights in place: a bad init_from or resume point leaves no empty run behind.
     out.mkdir(parents=True, exist_ok=True)
-    model.to(device).train()
+    model.train()
     ema = _weight_average(model, tc.ema_decay, out / "last.ema.safetensors" if resuming else None)
     evaluated = model if ema is None else ema.module  # what validation scores and best keeps
     forward = model
@@ -837,7 +840,8 @@ def _time_used(t0: float, deadline: float, world: int, device: torch.device) -> 
 def replica_divergence(model: torch.nn.Module) -> float:
     """Largest absolute difference between any rank's weights and rank 0's (0.0 when DDP kept the
     replicas in sync, as it must)."""
-    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()]).cpu()  # [P]
+    # on the training device: NCCL only carries CUDA tensors
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])  # [P]
     ref = flat.clone()
     dist.broadcast(ref, src=0)
     diff = (flat - ref).abs().max().reshape(1)

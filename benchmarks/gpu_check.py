@@ -5,7 +5,8 @@
 Checks (each prints a line and lands in the JSON):
 1. ``pick_device("auto")`` picks CUDA; the shipped denoiser on CUDA gives the CPU's output
    (to 1e-3: cuDNN's GRU differs in the last bits).
-2. ``audioae train`` runs a few steps with mixed precision (bf16/fp16 autocast) on CUDA; then the
+2. ``audioae train`` runs a few steps with mixed precision (bf16/fp16 autocast) on CUDA, and
+   resumes from its checkpoint for a few more; then the
    shipped denoiser's own architecture, from the shipped weights on synthetic batches of 64,
    trains 40 steps with bf16 autocast, fp16 autocast (GradScaler) and fp32, each reporting whether
    its loss stayed finite; and where bf16 does not, anomaly detection names the first operation
@@ -18,9 +19,9 @@ Checks (each prints a line and lands in the JSON):
    eighth of the spectral-only phase's step rate.
 3. Throughput: ``denoise`` one clip at a time against ``denoise_batch`` of 16 clips (what the
    server's batcher and the batch engine's GPU path do), in seconds of audio per second.
-4. ``audioae denoise`` on a folder of 40 files (16/44.1/48 kHz, mono and stereo) with
-   ``--device cuda`` (GPU batches) against ``--device cpu``: every file ok, the largest sample
-   difference between the two, and the wall time of each.
+4. ``audioae denoise`` on a folder of 40 files (16/44.1/48 kHz, mono and stereo) and one at
+   44101 Hz with ``--device cuda`` (GPU batches) against ``--device cpu``: the 40 ok and the odd
+   one an error on both, the largest sample difference between the two, and the wall time of each.
 5. The gRPC server on CUDA (a real server on 127.0.0.1): 32 concurrent Denoise calls (its batcher
    on the GPU) against the CPU's ``denoise`` of each clip, and one Decompose against the CPU's
    ``decompose``.
@@ -46,6 +47,7 @@ training's CPU batch:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -116,7 +118,11 @@ def main() -> None:
         t = time.perf_counter()
         res["amp_train"] = train(run, resume=False)
         res["amp_train"]["wall_s"] = time.perf_counter() - t
-    print("AMP training", res["amp_train"])
+        # the same command with more steps resumes: the optimizer state must reach the device too
+        # (until 2026-12-06 it stayed on the CPU, and the first resumed step failed)
+        resumed = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=30))
+        res["amp_train_resumed"] = {"steps": train(resumed, resume=True)["steps"]}
+    print("AMP training", res["amp_train"], "resumed to step", res["amp_train_resumed"]["steps"])
     for check in training_checks.values():
         check()
     if "bfloat16" in res["finite_training"] and not res["finite_training"]["bfloat16"]["finite"]:
@@ -159,11 +165,15 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
             path = f"{src}/d{i % 4}/f{i:02d}.wav"
             os.makedirs(os.path.dirname(path), exist_ok=True)
             sf.write(path, x, sr, subtype="FLOAT")
+        # one file no batch can take (a rate that cannot be resampled): until 2026-12-06 it ended
+        # the --device cuda job; it must be that file's error on both devices
+        sf.write(f"{src}/odd-rate.wav", 0.1 * rng.standard_normal(44101).astype(np.float32), 44101)
         for device in ("cuda", "cpu"):
             t = time.perf_counter()
             s = run_denoise([src], f"{tmp}/{device}", DenoiseOptions(device=device, progress=False))
             out[f"{device}_wall_s"] = time.perf_counter() - t
             out[f"{device}_ok"] = s["ok"]
+            out[f"{device}_errors"] = [e["input"].rsplit("/", 1)[-1] for e in s["errors"]]
         diffs = []
         for i in range(n):
             rel = f"d{i % 4}/f{i:02d}.wav"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from audioae.enhance import OFFLINE_MAX_SECONDS, denoise, denoise_batch
+from audioae.enhance import OFFLINE_MAX_SECONDS, denoise, denoise_batch, is_out_of_memory, release_device_memory
 from audioae.models import SpectralAutoencoder
 
 from .errors import QueueFull
@@ -170,14 +170,22 @@ class Batcher:
         start = time.monotonic()
         for j in jobs:
             self.metrics.queue_seconds.observe(start - j.enqueued)
+        failed = None
         try:
             results: list = self._compute(jobs)
         except Exception as exc:
+            # Out of memory: drop the traceback, whose frames hold the failed batch's tensors on the
+            # device, before the retries below need that memory.
+            failed = exc.with_traceback(None) if is_out_of_memory(exc) else exc
+        if failed is not None:
+            if is_out_of_memory(failed):
+                release_device_memory()
             if len(jobs) == 1:
-                jobs[0].future.set_exception(exc)  # the caller's thread re-raises it with its status
+                jobs[0].future.set_exception(failed)  # the caller's thread re-raises it with its status
                 return
             # One bad clip must not fail its neighbours: run them one by one instead.
-            log.warning("batch of %d failed (%s); running its requests one by one", len(jobs), exc)
+            log.warning("batch of %d failed (%s); running its requests one by one", len(jobs), failed)
+            failed = None
             for j in jobs:
                 self._run_alone(j, start)
             return
@@ -192,7 +200,11 @@ class Batcher:
         try:
             (r,) = self._compute([job])
         except Exception as exc:
-            job.future.set_exception(exc)
+            if is_out_of_memory(exc):  # as in _run: let the next clip have the failed one's memory
+                job.future.set_exception(exc.with_traceback(None))
+                release_device_memory()
+            else:
+                job.future.set_exception(exc)
             return
         self.metrics.batch_size.observe(1)
         self.metrics.compute_seconds.labels(job.kind).observe(time.monotonic() - t0)

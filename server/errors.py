@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from audioae.audio import AudioError
+from audioae.enhance import is_out_of_memory
 from audioae.models import UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -75,5 +76,9 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, AudioError | ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if is_out_of_memory(exc):  # the device (or host) is full now; another moment, or less audio, may fit
+        log.warning("out of memory while serving a call: %s", exc)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, (f"the server ran out of memory for this request ({exc}); "
+                                                    f"retry later, or send shorter audio")
     log.exception("internal error while serving a call", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

@@ -35,7 +35,7 @@ from audioae.client import (
     pcm_seconds,
     tensor_message,
 )
-from audioae.enhance import StreamingDenoiser, channel_seconds
+from audioae.enhance import StreamingDenoiser, channel_seconds, is_out_of_memory
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
 
@@ -111,15 +111,6 @@ def _check_channels(channels: int, name: str) -> None:
         raise Abort(INVALID, f"{name}: the audio has {channels} channels; this server takes 1..{MAX_CHANNELS}")
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the host or the device running out of memory (torch raises a plain
-    RuntimeError for the CPU allocator and MPS, ``torch.cuda.OutOfMemoryError`` for CUDA)."""
-    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
 def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str]):
     """``fn(x)`` for Encode/Decode: running out of memory is RESOURCE_EXHAUSTED; any other error
     inside the network is a shape the model does not take (ValueError: INVALID_ARGUMENT), told
@@ -127,7 +118,7 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
     try:
         return fn(x)
     except (RuntimeError, MemoryError) as exc:
-        if _out_of_memory(exc):
+        if is_out_of_memory(exc):
             raise Abort(EXHAUSTED, f"out of memory {doing}: send a smaller batch") from exc
         raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
 

@@ -518,6 +518,68 @@ def test_gpu_batch_path_on_cpu(tmp_path, causal_ckpt):
             np.testing.assert_allclose(got.T, denoise(model, x.T, sr), atol=QUANTUM[subtype] + 1e-5)
 
 
+def _batch_inputs(tmp_path: Path, specs: dict[str, tuple[int, int, float]]) -> list[tuple[FileTask, None]]:
+    """Files named in ``specs`` (name: rate, channels, seconds) of noisy signal, as batch items."""
+    rng = np.random.default_rng(5)
+    (tmp_path / "in").mkdir()
+    items = []
+    for name, (sr, ch, seconds) in specs.items():
+        sf.write(tmp_path / "in" / name, noisy_signal(rng, seconds, sr, ch), sr, subtype="FLOAT")
+        items.append((FileTask(str(tmp_path / "in" / name), str(tmp_path / "out" / name), name), None))
+    return items
+
+
+def test_gpu_batch_path_reports_a_clip_its_batch_cannot_take_and_denoises_the_rest(tmp_path, causal_ckpt):
+    """Was: on a GPU, a 44101 Hz or a 65-channel file raised out of the batch and ended the whole
+    job (the CPU path reports each as that file's error)."""
+    items = _batch_inputs(tmp_path, {"a.wav": (16000, 1, 1.0), "odd-rate.wav": (44101, 1, 1.0),
+                                     "many.wav": (8000, 65, 0.5), "b.wav": (16000, 2, 1.5)})
+    results = {Path(r.input).name: r for r in FileDenoiser(load_checkpoint(causal_ckpt))._run_batched(items)}
+    assert results["odd-rate.wav"].status == "error" and "44101 Hz cannot be resampled" in results["odd-rate.wav"].error
+    assert results["many.wav"].status == "error" and "channels must be within 1..64, got 65" in results["many.wav"].error
+    assert results["a.wav"].status == results["b.wav"].status == "ok"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.wav", "b.wav"]
+
+
+def test_gpu_batch_out_of_memory_splits_the_batch_then_streams_a_file_alone(tmp_path, causal_ckpt, monkeypatch, caplog):
+    # The device running out of memory cannot be caused on a CPU: it is raised for batches of more
+    # than one file, and for one file ("big.wav") even alone, which must then stream.
+    import audioae.batch.process as process
+
+    real = process.denoise_batch
+
+    def tight_memory(model, clips):
+        if len(clips) > 1 or clips[0][0].shape[-1] > 16000 * 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, clips)
+
+    monkeypatch.setattr(process, "denoise_batch", tight_memory)
+    items = _batch_inputs(tmp_path, {"a.wav": (16000, 1, 1.0), "b.wav": (22050, 2, 1.0), "big.wav": (16000, 1, 3.0)})
+    model = load_checkpoint(causal_ckpt)
+    results = {Path(r.input).name: r for r in FileDenoiser(model)._run_batched(items)}
+    assert {n: r.status for n, r in results.items()} == {"a.wav": "ok", "b.wav": "ok", "big.wav": "ok"}
+    assert "a batch of 3 files failed (OutOfMemoryError" in caplog.text
+    assert "big.wav: out of memory in a batch of its own; streaming it instead" in caplog.text
+    for name, _ in [(Path(t.input).name, t) for t, _ in items]:
+        x, sr = sf.read(tmp_path / "in" / name, dtype="float32", always_2d=True)
+        got, _ = sf.read(tmp_path / "out" / name, dtype="float32", always_2d=True)
+        np.testing.assert_allclose(got.T, denoise(model, x.T, sr), atol=1e-5)
+
+
+def test_gpu_batches_are_capped_in_channel_seconds(tmp_path, causal_ckpt, monkeypatch):
+    import audioae.batch.process as process
+
+    monkeypatch.setattr(process, "BATCH_MAX_TOTAL", 10.0)  # 4-channel files of 1 s: two per batch, as 16 files would allow 6
+    items = _batch_inputs(tmp_path, {f"f{i}.wav": (16000, 4 if i < 4 else 1, 1.0) for i in range(6)})
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    decoded = []
+    for task, _ in items:
+        with sf.SoundFile(task.input) as f:
+            decoded.append(den._decode(task, None, f, time.perf_counter()))
+    sizes = [[round(d.channel_seconds) for d in g] for g in den._groups(decoded)]
+    assert sizes == [[4, 4], [4, 4, 1, 1]]  # a third 4 would pass 10; two 1s fit beside
+
+
 def test_killed_run_leaves_only_complete_outputs_and_rerun_finishes(tmp_path, causal_ckpt):
     rng = np.random.default_rng(3)
     src, out, n = tmp_path / "in", tmp_path / "out", 40

@@ -28,12 +28,12 @@ from audioae.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from audioae.cli import main as cli_main
 from audioae.client import Client, pcm_message
 from audioae.data.synthetic import speech_like
-from audioae.enhance import denoise, denoise_batch
+from audioae.enhance import denoise, denoise_batch, is_out_of_memory
 from audioae.models import build_model
 from audioae.v1 import audioae_pb2 as pb
 from server import AudioServer, ServerConfig
 from server.errors import MAX_STATUS_BYTES, Abort, status_of
-from server.servicer import MAX_COMPONENT_BYTES, _out_of_memory
+from server.servicer import MAX_COMPONENT_BYTES
 
 CODE = grpc.StatusCode
 TOL = 2e-5  # float32 rounding of batched vs single matrix products
@@ -398,14 +398,17 @@ def test_encoded_upload_that_would_decode_too_large_is_refused_before_decoding(s
 def test_out_of_memory_is_told_apart_from_shape_errors():
     # Encode/Decode map these to RESOURCE_EXHAUSTED; other RuntimeErrors stay INVALID_ARGUMENT
     # (the shape-error cases of test_bad_encode_decode: "image wrong shape", "code wrong size").
-    assert _out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert _out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(MemoryError())
     with pytest.raises(RuntimeError) as refusal:  # a real allocator refusal: nothing is allocated
         torch.empty(1 << 60, dtype=torch.uint8)
-    assert _out_of_memory(refusal.value), refusal.value
-    assert _out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
-    assert not _out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (5x7 and 16x64)"))
-    assert not _out_of_memory(ValueError("out of memory"))
+    assert is_out_of_memory(refusal.value), refusal.value
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (5x7 and 16x64)"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+    # Denoise, StreamDenoise and Decompose: was INTERNAL with a traceback in the log
+    code, msg = status_of(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later, or send shorter audio" in msg
 
 
 def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):

@@ -33,15 +33,23 @@ from ..audio import (
     AudioError,
     check_levels,
     check_pcm,
-    frames_to_read,
+    check_resample,
     fs_path,
     open_for_writing,
+    read_all,
     read_blocks,
     sound_error_reason,
-    undecodable,
     write_frames,
 )
-from ..enhance import StreamingDenoiser, denoise, denoise_batch
+from ..enhance import (
+    StreamingDenoiser,
+    channel_seconds,
+    checked_clip,
+    denoise,
+    denoise_batch,
+    is_out_of_memory,
+    release_device_memory,
+)
 from ..fileio import file_in_the_way
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
@@ -50,8 +58,12 @@ from .plan import FileTask, part_path
 log = logging.getLogger(__name__)
 
 BLOCK_SECONDS = 10.0  # read size of the streaming path: memory per channel ~ a few blocks
-BATCH_MAX_SECONDS = 30.0  # on a GPU, files up to this long are padded into shared batches
-BATCH_FILES = 16  # files per GPU batch (causal models; non-causal ones go one by one)
+# On a GPU, files up to BATCH_MAX_SECONDS long (in channel-seconds: every channel runs through
+# the model) are padded into shared batches of at most BATCH_FILES files and BATCH_MAX_TOTAL
+# channel-seconds (16 mono files of 30 s; 64-channel files of 30 s would have made a batch of 8.5 h).
+BATCH_MAX_SECONDS = 30.0
+BATCH_FILES = 16  # causal models; non-causal ones go one by one
+BATCH_MAX_TOTAL = BATCH_FILES * BATCH_MAX_SECONDS
 
 
 def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
@@ -95,20 +107,21 @@ class _Decoded:
     """A short file read whole, waiting for its GPU batch."""
 
     task: FileTask
+    data: bytes | None  # the file's bytes when a read stage fetched them (a retry streams from them)
     wav: np.ndarray  # [C, T]
     sr: int
     fmt: str
     subtype: str
     read_seconds: float
 
+    @property
+    def channel_seconds(self) -> float:
+        return channel_seconds(self.wav, self.sr)
+
 
 def _read_whole(task: FileTask, f: sf.SoundFile) -> np.ndarray:
     """All samples of an open file as ``[C, T]`` float32, validated like every other input."""
-    try:
-        data = f.read(frames_to_read(f), dtype="float32", always_2d=True)  # [T, C]
-    except sf.LibsndfileError as exc:
-        raise undecodable(task.input, exc) from exc
-    wav = np.ascontiguousarray(data.T)  # [C, T]
+    wav = read_all(f, task.input)  # [C, T]
     check_pcm(wav, f.samplerate, task.input)
     return wav
 
@@ -270,34 +283,55 @@ class FileDenoiser:
             try:
                 with _open(task, data) as f:
                     _check_header(task, f)
-                    if f.frames / f.samplerate > self.batch_max_seconds:
+                    if f.frames * f.channels / f.samplerate > self.batch_max_seconds:
                         decoded = None
                     else:
-                        fmt, subtype = output_format(f.format, f.subtype, task.input)
-                        decoded = _Decoded(task, _read_whole(task, f), f.samplerate, fmt, subtype,
-                                           time.perf_counter() - t0)
+                        decoded = self._decode(task, data, f, t0)
             except Exception as exc:
-                yield FileResult(task.input, task.output, "error", str(exc), time.perf_counter() - t0)
+                yield FileResult(task.input, task.output, "error", _error_text(exc), time.perf_counter() - t0)
                 continue
             if decoded is None:
                 yield self.run(task, data)  # long: streams, bounded memory
             else:
                 short.append(decoded)
         short.sort(key=lambda d: d.wav.shape[-1])  # similar lengths together: less padding
-        # Only a causal model's outputs are independent of the end padding a shared batch adds.
+        for group in self._groups(short):
+            yield from self._batch(group)
+
+    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float) -> _Decoded:
+        """A short file read whole, with every check its batch would make (a clip the batch
+        refused would fail its neighbours too): samples, channel count, resampling."""
+        fmt, subtype = output_format(f.format, f.subtype, task.input)
+        wav = _read_whole(task, f)  # [C, T]
+        checked_clip(wav, f.samplerate, self.strength)
+        check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
+        return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0)
+
+    def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
+        """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``
+        channel-seconds. Only a causal model's outputs are independent of the end padding a
+        shared batch adds: a non-causal one takes its files one by one."""
         size = self.batch_files if self.model.causal else 1
-        for i in range(0, len(short), size):
-            yield from self._batch(short[i : i + size])
+        group: list[_Decoded] = []
+        for d in short:
+            if group and (len(group) == size or sum(g.channel_seconds for g in group) + d.channel_seconds
+                          > BATCH_MAX_TOTAL):
+                yield group
+                group = []
+            group.append(d)
+        if group:
+            yield group
 
     def _batch(self, group: list[_Decoded]) -> Iterator[FileResult]:
         t0 = time.perf_counter()
+        failed = None
         try:
             outs = denoise_batch(self.model, [(d.wav, d.sr, self.strength) for d in group])  # [C_i, T_i] each
-        except torch.cuda.OutOfMemoryError:
-            log.warning("GPU out of memory on a batch of %d files; doing them one by one", len(group))
-            torch.cuda.empty_cache()
-            for d in group:
-                yield self.run(d.task)
+        except Exception as exc:  # noqa: BLE001 (any failure: the files are retried, and each reports its own)
+            # Only what the retries need: the traceback's frames hold the failed batch's tensors.
+            failed = (is_out_of_memory(exc), f"{type(exc).__name__}: {exc}")
+        if failed is not None:
+            yield from self._retry(group, *failed)
             return
         share = (time.perf_counter() - t0) / len(group)
         for d, y in zip(group, outs, strict=True):
@@ -312,3 +346,20 @@ class FileDenoiser:
             yield FileResult(d.task.input, d.task.output, "ok", "",
                              d.read_seconds + share + time.perf_counter() - t1, duration)
 
+    def _retry(self, group: list[_Decoded], out_of_memory: bool, why: str) -> Iterator[FileResult]:
+        """After a failed batch: a batch of several files splits into batches of one; one file alone
+        streams from its input when the device ran out of memory (bounded memory), and otherwise
+        reports the failure as its error."""
+        if out_of_memory:
+            release_device_memory()
+        if len(group) > 1:
+            log.warning("a batch of %d files failed (%s); doing them one by one", len(group), why)
+            for d in group:
+                yield from self._batch([d])
+            return
+        (d,) = group
+        if out_of_memory:
+            log.warning("%s: out of memory in a batch of its own; streaming it instead", d.task.input)
+            yield self.run(d.task, d.data)
+            return
+        yield FileResult(d.task.input, d.task.output, "error", why, d.read_seconds, d.wav.shape[-1] / d.sr)
