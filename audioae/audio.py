@@ -376,6 +376,16 @@ def walk_audio(folder: str | os.PathLike,
     return found
 
 
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE", "VORBIS", "OPUS")  # hold samples beyond full scale as they are
+
+
+def clips_at_full_scale(fmt: str, subtype: str | None) -> bool:
+    """Whether samples must be clipped to [-1, 1] before libsndfile writes them as ``subtype``
+    (None: ``fmt``'s default): beyond full scale, u-law, A-law, GSM 6.10 and ADPCM turn a
+    sample's sign over (1.5 came back as 0.17 in u-law), where float formats keep it."""
+    return (subtype or sf.default_subtype(fmt)) not in FLOAT_SUBTYPES
+
+
 def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: str | None = None,
                 format: str | None = None) -> None:
     """Write ``[C, T]`` (or mono ``[T]``) float audio atomically: a temporary file in the same
@@ -396,8 +406,8 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
     if subtype is not None and not sf.check_format(fmt, subtype):
         subtype = None  # e.g. a float subtype asked of FLAC: fall back to the container default
     data = np.ascontiguousarray(wav.T)
-    if subtype is not None and subtype.startswith("PCM"):
-        data = np.clip(data, -1.0, 1.0)  # integer formats would wrap around otherwise
+    if clips_at_full_scale(fmt, subtype):
+        data = np.clip(data, -1.0, 1.0)
     try:
         with atomic_open(path) as fh, open_for_writing(fh, sr, data.shape[1], subtype=subtype, format=fmt) as f:
             write_frames(f, data)

@@ -471,10 +471,15 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-delay-ms", type=float, default=10.0,
                    help="how long a request waits for others to batch with")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request message")
-    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest clip or stream")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest clip (streams: --max-stream-seconds)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for the device; beyond it: RESOURCE_EXHAUSTED at once")
     p.add_argument("--max-streams", type=int, default=32, help="concurrent StreamDenoise calls")
+    p.add_argument("--max-stream-seconds", type=float, default=0.0,
+                   help="longest stream, its audio up to there answered (0: no limit; a stream's memory does "
+                        "not grow with its length)")
+    p.add_argument("--stream-idle-seconds", type=float, default=60.0,
+                   help="end a stream that sends no message for this long, freeing its --max-streams slot (0: never)")
     p.add_argument("--token-file", help="require 'authorization: Bearer <token>' (tokens one per line)")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
     p.add_argument("--tls-key", help="PEM private key")
@@ -499,7 +504,8 @@ def _cmd_serve(args) -> int:
         host=args.host, port=args.port, models=tuple(args.models), device=args.device,
         max_batch_seconds=args.max_batch_seconds, max_delay_ms=args.max_delay_ms,
         max_request_mb=args.max_request_mb, max_audio_seconds=args.max_audio_seconds,
-        max_queue=args.max_queue, max_streams=args.max_streams, token_file=args.token_file,
+        max_queue=args.max_queue, max_streams=args.max_streams, max_stream_seconds=args.max_stream_seconds,
+        stream_idle_seconds=args.stream_idle_seconds, token_file=args.token_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, metrics_port=args.metrics_port,
         drain_seconds=args.drain_seconds, torch_threads=args.threads, codec_workers=args.codec_workers,
         codec_timeout=args.codec_timeout)

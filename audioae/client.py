@@ -38,6 +38,7 @@ from .audio import (
     check_audio_array,
     check_pcm,
     check_writable,
+    clips_at_full_scale,
     container_for,
     encode_audio,
     fs_path,
@@ -179,8 +180,8 @@ def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_au
     if subtype is not None and not sf.check_format(fmt, subtype):
         subtype = None
     x = np.asarray(wav, dtype=np.float32)
-    if subtype is None or subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
-        x = np.clip(x, -1.0, 1.0)  # integer formats would wrap around otherwise
+    if clips_at_full_scale(fmt, subtype):
+        x = np.clip(x, -1.0, 1.0)
     return pb.Audio(encoded=encode(x, form.sample_rate, format=fmt, subtype=subtype))
 
 
@@ -477,7 +478,9 @@ class Client:
         """Send ``[C, n]`` chunks (``[n]`` for mono), yield cleaned ``[C, m]`` chunks as the server
         returns them. Every chunk must have the ``channels`` the stream was opened with.
 
-        The concatenated output has exactly the input's length.
+        The concatenated output has exactly the input's length. ``timeout``: a deadline on the
+        whole stream, in seconds; the client's own ``timeout`` (one request's) does not apply, or
+        it would end a live stream after that long.
         """
         pb = _pb()
         code = _pcm_format_code(pb, pcm_format)
@@ -502,7 +505,7 @@ class Client:
                 failed.append(exc)  # end the stream here; raised to the caller below
 
         try:
-            for resp in self.stub.StreamDenoise(requests(), **self._kw(timeout)):
+            for resp in self.stub.StreamDenoise(requests(), metadata=self.metadata, timeout=timeout):
                 if resp.audio:
                     yield pcm_bytes_to_array(resp.audio, code, channels, "response")
         except grpc.RpcError:
@@ -542,7 +545,7 @@ class Client:
             with out:
                 for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength,
                                      timeout=timeout):
-                    write_frames(out, np.clip(y.T, -1, 1) if (subtype or "PCM").startswith("PCM") else y.T)
+                    write_frames(out, np.clip(y.T, -1, 1) if clips_at_full_scale(fmt, subtype) else y.T)
                     n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}
 

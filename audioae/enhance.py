@@ -151,8 +151,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
-            step = max(1, int(sr * min(STREAM_CHUNK_SECONDS, STREAM_CHUNK_CHANNEL_SECONDS / x.shape[0])))
-            y = torch.cat([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
+            y = torch.cat([s.push(x), s.finish()], -1)  # push goes through a long input in pieces
         else:
             y = _denoise_windows(model, x, sr, strength, max(1, int(max_offline_seconds * sr / x.shape[0])))
     else:
@@ -290,7 +289,11 @@ class StreamingResampler:
         g = math.gcd(orig_sr, new_sr)
         self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
         width = math.ceil(self.LOWPASS_WIDTH * self.bi / (min(self.bi, self.bo) * self.ROLLOFF))
-        self.ctx = math.ceil((width + self.bi) / self.bi)  # context, in blocks, on each side
+        # Context in blocks on each side: an output block reads its own input block and ``width``
+        # samples either side of it, so one block covers all but extreme rate pairs. (Until
+        # 2026-12-06 ceil((width + bi) / bi), always one block more: a 44.1 kHz stream waited
+        # 60-80 ms for its audio, 11.025 kHz 200-240 ms.)
+        self.ctx = max(1, math.ceil(width / self.bi))
         self.buf = torch.zeros(channels, self.ctx * self.bi)  # zeros before the start, as offline
         self.buf_block = -self.ctx  # block index of buf[..., 0]
         self.next_block = 0  # first output block not yet produced
@@ -421,6 +424,15 @@ class StreamingDenoiser:
         check_levels(x.cpu(), f"chunk after {self.n_in} samples")
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
+        # A long chunk goes through in pieces: the model's working memory grows with a push's
+        # length (8 channels of 115 s at 1 kHz in one push took 1.7 GB), the stream's does not.
+        step = max(1, int(self.sr * min(STREAM_CHUNK_SECONDS, STREAM_CHUNK_CHANNEL_SECONDS / self.channels)))
+        if x.shape[-1] > step:
+            return torch.cat([self._push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)], dim=-1)
+        return self._push(x)
+
+    def _push(self, x: torch.Tensor) -> torch.Tensor:
+        """One checked chunk ``[C, n]`` of at most a step's length -> the cleaned samples ready."""
         self.n_in += x.shape[-1]
         self.dry = torch.cat([self.dry, x], dim=-1)
         z = self.down.push(x).to(self.device)  # [C, n'] at the model's rate

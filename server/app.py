@@ -156,17 +156,20 @@ class AudioServer:
         default ``drain_seconds``); then stop. Returns False if calls were still running."""
         timeout = self.config.drain_seconds if timeout is None else timeout
         self.health.enter_graceful_shutdown()
-        self.gate.start_draining()
+        self.gate.start_draining(within=timeout)
         idle = self.gate.wait_idle(timeout)
         if not idle:
             log.warning(
                 "drain: %d calls still running after %.0f s; stopping anyway", self.gate.inflight, timeout
             )
+        elif self.gate.ended_streams:  # they answered what they had, but their clients had more to send
+            log.warning("drain: %d calls still running after %.0f s: streams, ended with the audio they had "
+                        "been sent answered", self.gate.ended_streams, timeout)
         self.batcher.stop()
         self.server.stop(grace=1.0).wait()
         self.metrics.stop_http()
         self.codecs.close()
-        return idle
+        return idle and not self.gate.ended_streams
 
     def stop(self) -> None:
         """Stop at once (tests): no drain."""

@@ -23,9 +23,11 @@ class ServerConfig:
     max_batch_seconds: float = 60.0  # channel-seconds of audio run together in one batch; 0 disables batching
     max_delay_ms: float = 10.0  # how long the first request of a batch waits for company
     max_request_mb: float = 64.0  # largest message accepted (gRPC answers RESOURCE_EXHAUSTED above)
-    max_audio_seconds: float = 600.0  # longest clip or stream accepted
+    max_audio_seconds: float = 600.0  # longest clip accepted (streams: max_stream_seconds)
     max_queue: int = 64  # requests waiting for the device; one more gets RESOURCE_EXHAUSTED
     max_streams: int = 32  # concurrent StreamDenoise calls
+    max_stream_seconds: float = 0.0  # longest stream (its memory does not grow with length); 0: no limit
+    stream_idle_seconds: float = 60.0  # a stream without a message this long is ended; 0: never
     token_file: str | None = None  # bearer tokens, one per line; None: no auth
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: TLS
     tls_key: str | None = None
@@ -45,6 +47,7 @@ class ServerConfig:
             raise ValueError(f"{_named('max_request_mb')} must be below 2048 (a gRPC message is at most "
                              f"2 GB), got {self.max_request_mb:g}")
         for name, zero in (("max_batch_seconds", "no batching"), ("max_delay_ms", "no wait"),
+                           ("max_stream_seconds", "no limit"), ("stream_idle_seconds", "never"),
                            ("torch_threads", "torch's default"), ("codec_workers", "in the server's process")):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_named(name)} must be >= 0 (0: {zero}), got {getattr(self, name)}")

@@ -20,6 +20,7 @@ import grpc
 from .errors import Abort
 
 STARTING, SERVING, DRAINING = "starting", "serving", "draining"
+STREAM_END_MARGIN = 1.0  # seconds before the drain's end at which streams end (half the drain if shorter)
 
 
 class Gate:
@@ -30,15 +31,29 @@ class Gate:
         self._calls = 0
         self._streams = 0
         self._cond = threading.Condition()
+        self._streams_end_at: float | None = None  # monotonic time at which a drain ends open streams
+        self.ended_streams = 0  # streams a drain ended before their clients did
 
     def set_serving(self) -> None:
         with self._cond:
             self.state = SERVING
 
-    def start_draining(self) -> None:
+    def start_draining(self, within: float | None = None) -> None:
+        """Refuse new calls; open streams end themselves a little before ``within`` seconds (a
+        live voice call never finishes on its own), answering the audio they were sent."""
         with self._cond:
             self.state = DRAINING
+            if within is not None:
+                self._streams_end_at = time.monotonic() + max(0.0, within - min(STREAM_END_MARGIN, within / 2))
             self._cond.notify_all()
+
+    def streams_must_end(self) -> bool:
+        """Whether a drain has reached the time for open streams to end."""
+        return self._streams_end_at is not None and time.monotonic() >= self._streams_end_at
+
+    def stream_ended_by_drain(self) -> None:
+        with self._cond:
+            self.ended_streams += 1
 
     def enter(self, stream: bool = False, max_streams: int = 0) -> None:
         with self._cond:

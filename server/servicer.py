@@ -12,6 +12,7 @@ build lacks the decomposition module. A string of the request quoted in a messag
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import time
@@ -43,6 +44,7 @@ from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
 from .config import ServerConfig
 from .errors import Abort, quoted, status_of
+from .feed import FeedTimeout, MessageFeed
 from .lifecycle import Gate
 from .metrics import Metrics
 from .parsing import Unparsed
@@ -93,6 +95,18 @@ def _parsed(requests: Iterator) -> Iterator:
         if isinstance(request, Unparsed):
             raise Abort(INVALID, f"message {i}: {request.refusal()}")
         yield request
+
+
+class _StreamCut(Exception):
+    """A stream the server ends before its client does (a drain, an idle client, the length limit):
+    its tail is answered first, then the call ends with ``code``."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, by_drain: bool = False):
+        super().__init__(message)
+        self.code, self.message, self.by_drain = code, message, by_drain
+
+
+DRAIN_POLL_SECONDS = 0.5  # how often a stream waiting for its client looks at the drain
 
 
 def _pcm_shape(audio) -> tuple[int, int, int] | None:
@@ -314,34 +328,96 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         return sm, cfg, strength
 
     def _stream(self, requests, context) -> Iterator[pb.StreamDenoiseResponse]:
-        sm, cfg, strength = self._stream_config(next(requests, None))
+        feed = MessageFeed(requests)
+        try:
+            yield from self._stream_from(feed)
+        finally:
+            feed.close()
+
+    def _stream_from(self, feed: MessageFeed) -> Iterator[pb.StreamDenoiseResponse]:
+        try:
+            first = self._next_message(feed)
+        except _StreamCut as cut:  # before any audio: nothing to answer
+            message = cut.message if cut.by_drain else \
+                f"no StreamConfig within {self.config.stream_idle_seconds:g} s (--stream-idle-seconds)"
+            raise Abort(cut.code, message) from None
+        sm, cfg, strength = self._stream_config(first)
         den = StreamingDenoiser(sm.model, cfg.sample_rate, cfg.channels, strength=strength)
-        # the first sample count _check_seconds may refuse, at cfg.channels channels
-        limit = int(self.config.max_audio_seconds * min(1.0, DECODE_BUDGET_CHANNELS / cfg.channels) * cfg.sample_rate)
+        limit = math.inf
+        if self.config.max_stream_seconds:
+            limit = int(self.config.max_stream_seconds * cfg.sample_rate)
         n_in = n_out = 0
-        for i, msg in enumerate(requests, start=1):
-            if msg.WhichOneof("msg") == "config":
-                raise Abort(
-                    INVALID,
-                    f"message {i}: only the first message may be a StreamConfig; the rest carry audio",
-                )
-            if msg.WhichOneof("msg") is None:
-                raise Abort(INVALID, f"message {i}: empty (neither audio nor a StreamConfig); send audio bytes")
-            x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, f"chunk {i}")  # [C, n]
-            check_levels(x, f"chunk {i}")
-            n_in += x.shape[-1]
-            if n_in > limit:
-                self._check_seconds(n_in / cfg.sample_rate, cfg.channels, "the stream")
-            t0 = time.monotonic()
-            y = den.push(x).numpy()  # [C, m]
-            self.metrics.compute_seconds.labels("stream").observe(time.monotonic() - t0)
-            if y.shape[-1]:
-                n_out += y.shape[-1]
-                yield self._chunk(y, cfg, n_in, n_out, sm.name)
-        y = den.finish().numpy()  # the tail; raises AudioError when no audio came at all
-        n_out += y.shape[-1]
+        try:
+            for i in itertools.count(1):
+                msg = self._next_message(feed)
+                if msg is None:  # the client half-closed: the tail below
+                    break
+                if msg.WhichOneof("msg") == "config":
+                    raise Abort(
+                        INVALID,
+                        f"message {i}: only the first message may be a StreamConfig; the rest carry audio",
+                    )
+                if msg.WhichOneof("msg") is None:
+                    raise Abort(INVALID, f"message {i}: empty (neither audio nor a StreamConfig); send audio bytes")
+                x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, f"chunk {i}")  # [C, n]
+                check_levels(x, f"chunk {i}")
+                over = n_in + x.shape[-1] > limit
+                x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
+                n_in += x.shape[-1]
+                y = self._push(den, x)  # [C, m]
+                if y.shape[-1]:
+                    n_out += y.shape[-1]
+                    yield self._chunk(y, cfg, n_in, n_out, sm.name)
+                if over:
+                    raise _StreamCut(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the stream reached {self.config.max_stream_seconds:g} s, this server's limit "
+                        f"(--max-stream-seconds); the audio up to there was answered",
+                    )
+        except _StreamCut as cut:
+            if n_in:  # answer what was sent before saying why the stream ends
+                yield self._tail(den, cfg, n_in, n_out, sm.name)
+            if cut.by_drain:
+                self.gate.stream_ended_by_drain()
+            raise Abort(cut.code, cut.message) from None
+        yield self._tail(den, cfg, n_in, n_out, sm.name)  # raises AudioError when no audio came at all
+
+    def _push(self, den: StreamingDenoiser, x: np.ndarray) -> np.ndarray:
+        t0 = time.monotonic()
+        y = den.push(x).numpy()  # [C, m]; a long chunk goes through in pieces (bounded memory)
+        self.metrics.compute_seconds.labels("stream").observe(time.monotonic() - t0)
+        return y
+
+    def _tail(self, den: StreamingDenoiser, cfg, n_in: int, n_out: int, name: str) -> pb.StreamDenoiseResponse:
+        y = den.finish().numpy()  # [C, rest]
         self.metrics.audio_seconds.labels("StreamDenoise").inc(n_in / cfg.sample_rate)
-        yield self._chunk(y, cfg, n_in, n_out, sm.name)
+        return self._chunk(y, cfg, n_in, n_out + y.shape[-1], name)
+
+    def _next_message(self, feed: MessageFeed):
+        """The stream's next message (None: the client half-closed), waited for in slices so that
+        a drain's deadline is noticed; raises :class:`_StreamCut` at that deadline, or after
+        ``--stream-idle-seconds`` without a message."""
+        idle = self.config.stream_idle_seconds
+        give_up = time.monotonic() + idle if idle else math.inf
+        while True:
+            if self.gate.streams_must_end():
+                raise _StreamCut(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down: the stream was ended at the end of its drain "
+                    "(--drain-seconds), with the audio sent so far answered; reconnect to another replica",
+                    by_drain=True,
+                )
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise _StreamCut(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no message for {idle:g} s: the stream was ended (--stream-idle-seconds), with the "
+                    f"audio sent so far answered",
+                )
+            try:
+                return feed.next(timeout=min(left, DRAIN_POLL_SECONDS))
+            except FeedTimeout:
+                continue
 
     @staticmethod
     def _chunk(y: np.ndarray, cfg, n_in: int, n_out: int, name: str) -> pb.StreamDenoiseResponse:

@@ -741,3 +741,83 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def _wavex_ms_adpcm(path: Path, x: np.ndarray, sr: int) -> None:
+    """``x [T]`` as MS ADPCM in a WAVE_FORMAT_EXTENSIBLE file: libsndfile reads this pairing (the
+    fmt chunk's subformat GUID is MS ADPCM's) but cannot write it. Made from the plain MS ADPCM WAV
+    libsndfile writes, with its fmt chunk rewritten as the extensible form."""
+    import struct
+
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format="WAV", subtype="MS_ADPCM")
+    data, pos, chunks = buf.getvalue(), 12, []
+    while pos < len(data):  # RIFF chunks after "RIFF <size> WAVE"
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        chunks.append((data[pos : pos + 4], data[pos + 8 : pos + 8 + size]))
+        pos += 8 + size + (size & 1)
+    fmt = dict(chunks)[b"fmt "]
+    _, channels, rate, per_second, align, bits, _, per_block = struct.unpack("<HHIIHHHH", fmt[:20])
+    ms_adpcm = struct.pack("<IHH8B", 2, 0, 0x10, 0x80, 0, 0, 0xAA, 0, 0x38, 0x9B, 0x71)  # the subformat GUID
+    # WAVE_FORMAT_EXTENSIBLE, cbSize 22, then samples per block where PCM has its valid bits, a channel mask
+    extensible = struct.pack("<HHIIHHHHI", 0xFFFE, channels, rate, per_second, align, bits, 22, per_block, 4) + ms_adpcm
+    body = b"".join(name + struct.pack("<I", len(c)) + c + b"\0" * (len(c) & 1)
+                    for name, c in ((n, extensible if n == b"fmt " else c) for n, c in chunks))
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+
+
+def test_a_subtype_libsndfile_cannot_write_falls_back_to_the_containers_default(tmp_path, causal_ckpt, bidir_ckpt,
+                                                                                 caplog):
+    """docs/batch.md: "A subtype libsndfile cannot write falls back to the container's default
+    (logged)": an MS ADPCM WAVE_FORMAT_EXTENSIBLE file comes back as the WAVEX default, PCM_16,
+    with its rate and length, on the streamed path, the whole-file path and the GPU batch path."""
+    from audioae.batch.process import output_format
+
+    src = tmp_path / "in" / "adpcm.wav"
+    src.parent.mkdir()
+    _wavex_ms_adpcm(src, noisy_signal(np.random.default_rng(4), 1.0, 16000, 1)[:, 0], 16000)
+    info = sf.info(src)
+    assert (info.format, info.subtype) == ("WAVEX", "MS_ADPCM")  # readable ...
+    assert not sf.check_format("WAVEX", "MS_ADPCM")  # ... and not writable: the case this test is about
+    fallback = sf.default_subtype("WAVEX")
+    assert fallback == "PCM_16"
+
+    assert output_format("WAVEX", "PCM_24", "a.wav") == ("WAVEX", "PCM_24")  # a writable subtype is kept
+    assert output_format("WAVEX", "MS_ADPCM", "a.wav") == ("WAVEX", fallback)
+    assert "a.wav: cannot write subtype MS_ADPCM in WAVEX; writing PCM_16" in caplog.text
+
+    x, _ = sf.read(src, dtype="float32", always_2d=True)
+    for ckpt, path in ((causal_ckpt, "streamed"), (bidir_ckpt, "whole"), (causal_ckpt, "batched")):
+        caplog.clear()
+        model = load_checkpoint(ckpt)
+        task = FileTask(str(src), str(tmp_path / path / "adpcm.wav"), "adpcm.wav")
+        den = FileDenoiser(model, block_seconds=0.3)
+        res = next(iter(den._run_batched([(task, None)]))) if path == "batched" else den.run(task)
+        assert res.status == "ok", (path, res.error)
+        o = sf.info(task.output)
+        assert (o.format, o.subtype, o.samplerate, o.channels, o.frames) == ("WAVEX", fallback, 16000, 1, info.frames), path
+        assert f"{src}: cannot write subtype MS_ADPCM in WAVEX; writing PCM_16" in caplog.text, path
+        got, _ = sf.read(task.output, dtype="float32", always_2d=True)  # the denoised audio, rounded to 16 bits
+        np.testing.assert_allclose(got.T, np.clip(denoise(model, x.T, 16000), -1, 1), atol=2.0**-15 + 1e-5)
+
+
+@pytest.mark.parametrize("subtype", ["ULAW", "ALAW", "GSM610", "IMA_ADPCM", "MS_ADPCM"])
+def test_samples_beyond_full_scale_are_clipped_in_every_non_float_subtype(tmp_path, subtype):
+    # was: only PCM was clipped; u-law, A-law, GSM 6.10 and ADPCM turned such samples over
+    # (1.5 came back as 0.17 in u-law), in the folder tool, write_audio and the server's answers
+    from audioae.audio import read_audio, write_audio
+    from audioae.batch.process import _PartWriter
+    from audioae.client import AudioForm, audio_message
+
+    sr = 8000
+    square = np.where(np.arange(sr) % 200 < 100, 1.5, -1.5).astype(np.float32)[None]  # [1, T], 50% over
+    task = FileTask("in.wav", str(tmp_path / "part.wav"), "part.wav")
+    writer = _PartWriter(task, sr, 1, "WAV", subtype)
+    writer.write(square)
+    writer.commit()
+    write_audio(tmp_path / "lib.wav", square, sr, subtype=subtype)
+    answer = audio_message(square, AudioForm("encoded", sr, 1, "WAV", subtype))
+    for name, y in (("folder", read_audio(tmp_path / "part.wav")[0]), ("write_audio", read_audio(tmp_path / "lib.wav")[0]),
+                    ("answer", read_audio(answer.encoded)[0])):
+        halves = y[0, : sr - sr % 200].reshape(-1, 2, 100)[:, :, 20:]  # [periods, +/-, steady part]
+        assert halves[:, 0].mean() > 0.8 and halves[:, 1].mean() < -0.8, (name, halves[:, 0].mean())

@@ -1,6 +1,7 @@
 """audioae.enhance: the windowed path that non-causal models take on long inputs, and the
 resampling guard against rates that share almost no factor with the model's."""
 
+import math
 import re
 
 import numpy as np
@@ -307,3 +308,23 @@ def test_the_channel_limit_holds_on_short_input_too():
     # was: 65 channels of 1 s went through the offline path; 2 s (over 120 channel-seconds) was refused
     with pytest.raises(AudioError, match=re.escape("channels must be within 1..64, got 65")):
         denoise(_causal(), np.zeros((65, 8000), np.float32), 8000)
+
+
+@pytest.mark.parametrize("orig, new", [(44100, 16000), (16000, 44100), (11025, 16000), (16000, 22050),
+                                       (48000, 16000), (16000, 8000), (1000, 16000), (16000, 7350)])
+def test_streaming_resampler_equals_torchaudio_in_any_chunk_and_answers_without_waiting_a_block_more(orig, new):
+    import torchaudio.functional as AF
+
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 4999)).astype(np.float32))  # [C, T]
+    ref = AF.resample(x, orig, new)
+    for chunk in (1, 7, 441, 1000):
+        r = StreamingResampler(orig, new, 2)
+        y = torch.cat([r.push(x[:, i : i + chunk]) for i in range(0, x.shape[-1], chunk)] + [r.finish()], -1)
+        assert y.shape == ref.shape and torch.allclose(y, ref, atol=1e-6), (chunk, (y - ref).abs().max())
+    # It holds back less than the kernel's reach plus one block; until 2026-12-06 it held one block
+    # more than that (44.1 kHz streams waited 60-80 ms, 11.025 kHz 200-240 ms).
+    r = StreamingResampler(orig, new, 1)
+    reach = math.ceil(6 * r.bi / (min(r.bi, r.bo) * 0.99))  # torchaudio's kernel half-width, in input samples
+    pushed = r.bi * 10 * math.ceil((reach + r.bi) / r.bi)  # whole blocks
+    held = pushed - r.push(torch.zeros(1, pushed)).shape[-1] * r.bi // r.bo  # input samples not yet answered
+    assert held < reach + r.bi, (held, reach, r.bi)

@@ -10,8 +10,9 @@ import torch
 
 from audioae.data import synthetic
 from audioae.data.mixing import MixConfig, Mixer, Source, folder_source, mixed_batches
+from audioae.models import build_model
 from audioae.train import _sources as train_sources
-from audioae.train import _validation_sources, load_run_config
+from audioae.train import _validation_sources, corrupt_batch, load_run_config
 
 
 def _sources() -> tuple[Source, Source]:
@@ -224,3 +225,65 @@ def test_colored_noise_is_audible_and_falls_by_its_exponent(exponent):
     octave = [power[(f >= lo) & (f < 2 * lo)].mean() for lo in (100.0, 200.0, 400.0, 800.0, 1600.0)]
     slope = np.polyfit(np.log2([100.0, 200.0, 400.0, 800.0, 1600.0]), 10 * np.log10(octave), 1)[0]
     assert slope == pytest.approx(-3.0103 * exponent, abs=0.3)  # dB per octave of the mean bin power
+
+
+def _impulse_at(at: int, height: float = 1.0) -> Source:
+    """A source whose every crop is silence but for one sample of ``height`` at ``at``."""
+
+    def generate(rng, seconds, sr):
+        x = np.zeros(round(seconds * sr), np.float32)
+        x[at] = height
+        return x
+
+    return Source(generator=generate)
+
+
+def _tail_energy(x: np.ndarray, start: int, stop: int) -> float:
+    return float(np.sum(x[start:stop].astype(np.float64) ** 2))
+
+
+def test_reverb_prob_puts_the_clean_target_and_so_the_noisy_input_in_a_room_and_leaves_the_noise_dry():
+    """MixConfig.reverb_prob (README's data.reverb_prob): the share of clean examples given a
+    synthetic room. With 1 every clean target is the dry signal convolved with a decaying room
+    response (same length, nothing before the sound, energy spread over the next tens of ms and
+    falling); the noise stays dry, so the noisy input (clean + scaled noise) carries the same
+    reverberant speech as the target. With 0 the target is the dry crop itself."""
+    sr, at, hit = 8000, 400, 3000  # the speech impulse at 50 ms, the noise's at 375 ms
+    cfg = dict(segment_seconds=0.5, gain_db_low=0.0, gain_db_high=0.0)  # peak 1: the impulse stays 1 when dry
+    ms = sr // 1000
+
+    dry = Mixer(_impulse_at(at), _impulse_at(hit, 0.5), sr, MixConfig(**cfg, reverb_prob=0.0), seed=2)
+    for _ in range(5):
+        clean, noise, _ = dry.example()
+        assert len(clean) == 4000 and np.flatnonzero(clean).tolist() == [at] and clean[at] == 1.0
+        assert np.flatnonzero(noise).tolist() == [hit]
+
+    room = Mixer(_impulse_at(at), _impulse_at(hit, 0.5), sr, MixConfig(**cfg, reverb_prob=1.0), seed=2)
+    targets = []
+    for _ in range(20):
+        clean, noise, _ = room.example()
+        total = _tail_energy(clean, 0, len(clean))
+        assert len(clean) == len(noise) == 4000  # the length is kept
+        assert np.abs(clean[:at]).max() < 1e-6  # a room adds nothing before the sound
+        assert np.count_nonzero(np.abs(clean) > 1e-3) > 50 * ms  # one sample smeared over tens of ms
+        assert _tail_energy(clean, at + 10 * ms, at + 100 * ms) > 0.15 * total  # 10-100 ms after: a real tail
+        first, second = _tail_energy(clean, at, at + 100 * ms), _tail_energy(clean, at + 100 * ms, at + 200 * ms)
+        assert first > 2 * second  # and it decays
+        assert np.flatnonzero(noise).tolist() == [hit]  # the noise is not put in the room
+        targets.append(clean)
+    assert not np.array_equal(targets[0], targets[1])  # a room of its own per example
+
+    clean, noise, snr = room.batch(4)
+    model = build_model("recurrent", {"hidden": 8, "code_dim": 4, "corruption": "mix"})
+    noisy, _ = corrupt_batch(model, clean, noise, snr)
+    residual = (noisy - clean).numpy()  # what the input holds beyond the target: the scaled dry noise alone
+    for row in residual:
+        assert np.flatnonzero(np.abs(row) > 1e-6).tolist() == [hit]
+
+
+def test_reverb_prob_is_the_share_of_examples_given_a_room():
+    sr, at = 8000, 100
+    mixer = Mixer(_impulse_at(at), _impulse_at(0), sr,
+                  MixConfig(segment_seconds=0.1, gain_db_low=0.0, gain_db_high=0.0, reverb_prob=0.5), seed=7)
+    rooms = sum(np.count_nonzero(mixer.example()[0]) > 1 for _ in range(300))
+    assert 110 < rooms < 190  # about half (150 +- 8.7 by chance)

@@ -1,6 +1,8 @@
 """A real `python -m server` process: SIGTERM gives NOT_SERVING, new calls UNAVAILABLE, the call
-in flight finishes with the right answer, then the process exits 0; and what once killed the
-process (a long Ogg Vorbis upload, answered in Ogg Vorbis) is answered."""
+in flight finishes with the right answer, then the process exits 0 (1 when a call outlasts
+--drain-seconds); what once killed the process (a long Ogg Vorbis upload, answered in Ogg Vorbis)
+is answered; its codec processes killed and frozen for real, counted on /metrics; and TLS checked
+against --tls-server-name."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -21,6 +25,7 @@ import pytest
 import torch
 
 from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.cli import main as cli_main
 from audioae.client import Client
 from audioae.enhance import denoise
 from audioae.models import build_model
@@ -64,9 +69,37 @@ def _start_server(tmp_path, *flags: str, own_group: bool = False) -> tuple[subpr
 
 
 def _ready_port(lines: queue.Queue, log: list[str]) -> int:
-    port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+    return _ready_ports(lines, log)[0]
+
+
+def _ready_ports(lines: queue.Queue, log: list[str]) -> tuple[int, int | None]:
+    """The gRPC port and, when the server was started with --metrics-port, the metrics port."""
+    m = _wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)(?:; metrics on :(\d+))?", log)
     _wait_for(lines, r"ready: serving tiny", log)
-    return port
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+
+
+def _metric(port: int, sample: str, absent: float | None = None) -> float:
+    """One sample (``name{labels}``) of the server's Prometheus page; ``absent`` when the page has
+    no such line (a labelled counter appears only once counted), else an error."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    if absent is None:
+        raise AssertionError(f"no {sample} on the metrics page:\n{text}")
+    return absent
+
+
+def _until(condition, timeout: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` passes (False): a bound on waiting,
+    not on speed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
 
 
 def test_sigterm_drains_in_flight_calls(tmp_path):
@@ -159,12 +192,17 @@ def _codec_processes(pid: int) -> list[int]:
 def test_a_dead_codec_process_costs_no_call_and_an_upload_that_kills_two_is_refused(tmp_path):
     """Uploads are decoded and answers encoded in codec processes. Real SIGSEGVs (what a codec
     crashing on a malformed file raises) sent to them: a call that finds its pool dead is retried
-    alone and answered; a call whose own process dies too gets INVALID_ARGUMENT; the server lives."""
+    alone and answered; a call whose own process dies too gets INVALID_ARGUMENT; the server lives.
+    ``audioae_codec_process_deaths_total`` counts each by its outcome."""
     from audioae.audio import encode_audio
 
-    proc, lines, log, ckpt = _start_server(tmp_path)
+    proc, lines, log, ckpt = _start_server(tmp_path, "--metrics-port", "0")
+
+    def deaths(outcome: str) -> float:
+        return _metric(metrics, f'audioae_codec_process_deaths_total{{outcome="{outcome}"}}', absent=0.0)
+
     try:
-        port = _ready_port(lines, log)
+        port, metrics = _ready_ports(lines, log)
         workers = _codec_processes(proc.pid)
         assert len(workers) == 2, f"the server should start its 2 codec processes with its models: {workers}"
         x = (0.1 * np.random.default_rng(0).standard_normal((1, 32000))).astype(np.float32)
@@ -174,8 +212,12 @@ def test_a_dead_codec_process_costs_no_call_and_an_upload_that_kills_two_is_refu
 
             for w in workers:  # 1. the pool dies between calls
                 os.kill(w, signal.SIGSEGV)
+            assert (deaths("retried"), deaths("refused")) == (0, 0)
             assert c.denoise_bytes(flac).audio.encoded == expected
             _wait_for(lines, r"reading the audio file's header: its process was killed by SIGSEGV; trying again", log)
+            # The call's header read meets one dead process and its decode the other (a fresh
+            # process joins the back of the queue): each step is retried alone, counted once.
+            assert (deaths("retried"), deaths("refused")) == (2, 0)
 
             stop = threading.Event()  # 2. every codec process dies as soon as it appears
 
@@ -197,6 +239,7 @@ def test_a_dead_codec_process_costs_no_call_and_an_upload_that_kills_two_is_refu
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
             assert "crashed the codec (its process was killed by SIGSEGV) in a process of its own" in \
                 info.value.details()
+            assert (deaths("retried"), deaths("refused")) == (2, 1)  # one call, its own process killed too
 
             assert c.denoise_bytes(flac).audio.encoded == expected  # 3. the next call: a fresh pool
             assert proc.poll() is None and c.health() == "SERVING"
@@ -212,9 +255,10 @@ def test_a_codec_process_that_stops_answering_is_stopped_and_the_call_refused(tm
     frozen process replaced, and the server answers the next call."""
     from audioae.audio import encode_audio
 
-    proc, lines, log, _ = _start_server(tmp_path, "--codec-timeout", "3")
+    proc, lines, log, _ = _start_server(tmp_path, "--codec-timeout", "3", "--metrics-port", "0")
+    timed_out = 'audioae_codec_process_deaths_total{outcome="timed_out"}'
     try:
-        port = _ready_port(lines, log)
+        port, metrics = _ready_ports(lines, log)
         frozen = _codec_processes(proc.pid)
         x = (0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32)
         flac = encode_audio(x, 16000, format="FLAC", subtype="PCM_16")
@@ -228,11 +272,13 @@ def test_a_codec_process_that_stops_answering_is_stopped_and_the_call_refused(tm
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
             assert "no answer within 3 s, so its process was stopped" in info.value.details()
             assert 3 <= time.monotonic() - t0 < 30
+            assert _metric(metrics, timed_out, absent=0.0) == 1
             for pid in frozen:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)  # the one still waiting its turn answers again
             assert c.denoise_bytes(flac).audio.encoded == expected
             assert len(set(_codec_processes(proc.pid)) - set(frozen)) == 1  # the stopped one was replaced
+            assert _metric(metrics, timed_out, absent=0.0) == 1  # the one that waited its turn was not counted
             assert proc.poll() is None and c.health() == "SERVING"
     finally:
         proc.kill()
@@ -257,4 +303,171 @@ def test_ctrl_c_drains_quietly(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.wait()
+
+
+class _SlowStream:
+    """A StreamDenoise on a thread of its own that sends 0.1 s of audio every 0.1 s until
+    ``finish()`` (at most a minute), as a live microphone does. ``error`` is the ``grpc.RpcError``
+    it ended with, None if it ended cleanly."""
+
+    def __init__(self, client: Client, timeout: float | None = None):
+        self.x = (0.1 * np.random.default_rng(1).standard_normal((1, 1600))).astype(np.float32)
+        self.sent = 0
+        self.outs: list[np.ndarray] = []
+        self.error: grpc.RpcError | None = None
+        self.answered, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(client, timeout))
+        self._thread.start()
+
+    def _chunks(self):
+        for _ in range(600):
+            self.sent += self.x.shape[-1]
+            yield self.x
+            if self._stop.wait(0.1):
+                return
+
+    def _read(self, client: Client, timeout: float | None) -> None:
+        try:
+            for y in client.stream(self._chunks(), 16000, 1, timeout=timeout):
+                self.outs.append(y)
+                self.answered.set()
+        except grpc.RpcError as exc:
+            self.error = exc
+
+    def finish(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self.join(timeout)
+
+    def join(self, timeout: float = 60.0) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream never ended"
+
+
+INFLIGHT = "audioae_inflight_calls"
+
+
+def test_sigterm_exits_1_when_a_stream_outlasts_drain_seconds(tmp_path):
+    """docs/serving.md: after SIGTERM the server waits --drain-seconds for calls in flight, then
+    stops anyway and exits 1, saying so; the stream it cut off ends with UNAVAILABLE."""
+    proc, lines, log, _ = _start_server(tmp_path, "--drain-seconds", "2", "--metrics-port", "0")
+    try:
+        port, metrics = _ready_ports(lines, log)
+        with Client(f"127.0.0.1:{port}", timeout=120) as c:
+            assert _metric(metrics, INFLIGHT) == 0
+            slow = _SlowStream(c)
+            try:
+                assert slow.answered.wait(30), "the stream never answered"
+                assert _metric(metrics, INFLIGHT) == 1  # the open stream, and nothing else
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 1
+            finally:
+                slow.finish()
+        assert slow.error is not None and slow.error.code() == grpc.StatusCode.UNAVAILABLE, slow.error
+        _wait_for(lines, r"drain: 1 calls still running after 2 s", log, timeout=10)
+        _wait_for(lines, r"stopped with calls still running", log, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_inflight_gauge_counts_open_streams_and_a_stream_ended_by_its_deadline_is_released(tmp_path):
+    """audioae_inflight_calls is 1 while a stream is open and 0 once it ends, cleanly or by its
+    deadline; with nothing in flight left, SIGTERM drains at once and the server exits 0 (a call
+    whose count leaked would hold the drain for --drain-seconds and make it exit 1)."""
+    proc, lines, log, _ = _start_server(tmp_path, "--drain-seconds", "2", "--metrics-port", "0")
+    try:
+        port, metrics = _ready_ports(lines, log)
+        with Client(f"127.0.0.1:{port}", timeout=120) as c:
+            assert _metric(metrics, INFLIGHT) == 0
+            slow = _SlowStream(c)  # 1. a stream that ends cleanly
+            try:
+                assert slow.answered.wait(30), "the stream never answered"
+                assert _metric(metrics, INFLIGHT) == 1
+            finally:
+                slow.finish()
+            assert slow.error is None, slow.error
+            assert sum(y.shape[-1] for y in slow.outs) == slow.sent  # the whole stream came back
+            assert _until(lambda: _metric(metrics, INFLIGHT) == 0), _metric(metrics, INFLIGHT)
+
+            late = _SlowStream(c, timeout=1.5)  # 2. a stream its deadline ends while it waits for audio
+            late.join()
+            assert late.error is not None and late.error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, late.error
+            assert _until(lambda: _metric(metrics, INFLIGHT) == 0), _metric(metrics, INFLIGHT)
+            assert c.health() == "SERVING"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _wait_for(lines, r"stopped$", log, timeout=10)
+        assert "still running" not in "".join(log), "".join(log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _certificate_for(name: str, tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate whose only name (CN and SAN) is the DNS name ``name``, and its key."""
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        if shutil.which("openssl") is None:
+            pytest.skip("neither the cryptography package nor the openssl command is available")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "1", "-subj", f"/CN={name}", "-keyout", str(key_path),
+                        "-out", str(cert_path), "-addext", f"subjectAltName=DNS:{name}"],
+                       check=True, capture_output=True)
+        return cert_path, key_path
+    import datetime
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_cli_client_tls_server_name_checks_the_certificate_against_that_name(tmp_path, capsys):
+    """A TLS server reached by address whose certificate names only "audioae.test": `audioae client`
+    refuses it (the certificate is not for 127.0.0.1), and `--tls-server-name audioae.test` makes the
+    same call, and a denoise, go through."""
+    import soundfile as sf
+
+    cert, key = _certificate_for("audioae.test", tmp_path)
+    proc, lines, log, _ = _start_server(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        port = _ready_port(lines, log)
+        conn = ["--server", f"127.0.0.1:{port}", "--tls-ca", str(cert), "--timeout", "30"]
+        assert cli_main(["client", "health", *conn]) == 2
+        err = capsys.readouterr().err
+        # grpcio's words for a certificate not made out to the name dialled, new and old
+        assert "UNAVAILABLE" in err and re.search(r"Hostname Verification|Peer name \S+ is not in peer certificate", err), err
+
+        assert cli_main(["client", "health", *conn, "--tls-server-name", "audioae.test"]) == 0
+        assert capsys.readouterr().out.strip() == "SERVING"
+        src, out = tmp_path / "noisy.wav", tmp_path / "clean.wav"
+        sf.write(src, 0.1 * np.random.default_rng(0).standard_normal(8000), 16000, subtype="PCM_16")
+        assert cli_main(["client", "denoise", str(src), "-o", str(out), *conn, "--tls-server-name", "audioae.test"]) == 0
+        assert (sf.info(out).frames, sf.info(out).subtype) == (8000, "PCM_16")
+
+        assert cli_main(["client", "health", *conn, "--tls-server-name", "other.test"]) == 2  # another name: refused
+        err = capsys.readouterr().err
+        assert "UNAVAILABLE" in err and re.search(r"Hostname Verification|Peer name \S+ is not in peer certificate", err), err
+        assert proc.poll() is None
+    finally:
+        proc.kill()
         proc.wait()

@@ -219,3 +219,30 @@ def test_perceptual_terms_train_a_denoiser_through_batch_loss():
     assert set(history[0]) == {"pesq", "stoi"}
     assert history[-1]["pesq"] < history[0]["pesq"] - 0.2, (history[0], history[-1])
     assert history[-1]["stoi"] < history[0]["stoi"] - 0.01, (history[0], history[-1])
+
+
+def test_data_reverb_prob_of_a_run_config_puts_the_validation_targets_in_a_room(tmp_path):
+    """README: a run's `data.reverb_prob` gives clean examples a synthetic room. The key, set as
+    `--set` sets it, reaches the validation set too: with 1 every target's clicks ring on between
+    them, with 0 the targets are the dry clicks."""
+    import soundfile as sf
+
+    from audioae.train import load_run_config, make_validation_set
+
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    clicks = np.zeros(16000, np.float32)
+    clicks[::1600] = 0.5  # a click every 100 ms: any 0.5 s crop holds five
+    sf.write(speech / "clicks.wav", clicks, 16000, subtype="FLOAT")
+    model = build_model("recurrent", {"hidden": 8, "code_dim": 4})  # 16 kHz: the file's rate, no resampling
+    for prob in (0, 1):
+        run = load_run_config(None, [f'data.clean_dir="{speech}"', f"data.reverb_prob={prob}",
+                                     "data.val_examples=4", "data.val_seconds=0.5"])
+        assert run.data.reverb_prob == prob
+        clean, _, _ = make_validation_set(model, run.data)
+        assert clean.shape == (4, 8000)
+        sounding = (clean.abs() > 1e-6).float().mean(-1)  # [4]: share of samples not silent
+        if prob:
+            assert (sounding > 0.5).all(), sounding  # the room's tail fills the gaps
+        else:
+            assert (sounding <= 5 / 8000).all(), sounding  # the clicks alone

@@ -34,6 +34,7 @@ from ..audio import (
     check_levels,
     check_pcm,
     check_resample,
+    clips_at_full_scale,
     fs_path,
     open_for_writing,
     read_all,
@@ -160,7 +161,7 @@ class _PartWriter:
 
     def __init__(self, task: FileTask, sr: int, channels: int, fmt: str, subtype: str):
         self.task, self.part = task, part_path(task.output)
-        self.clip = subtype.startswith("PCM")  # integer formats would wrap around otherwise
+        self.clip = clips_at_full_scale(fmt, subtype)
         self.f = None
         try:
             self.part.parent.mkdir(parents=True, exist_ok=True)

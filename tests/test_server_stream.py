@@ -1,0 +1,199 @@
+"""StreamDenoise when the server ends a stream before its client does: a length limit, an idle
+client, a drain. Each time the audio the server was sent is answered before the call ends, and
+the call's status says why. Real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.client import Client
+from audioae.data.synthetic import speech_like
+from audioae.enhance import denoise
+from audioae.models import build_model
+from audioae.v1 import audioae_pb2 as pb
+from audioae.v1 import audioae_pb2_grpc
+from server import AudioServer, ServerConfig
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), path)
+    return path
+
+
+def _server(tiny: Path, **kw) -> AudioServer:
+    srv = AudioServer(ServerConfig(port=0, models=(str(tiny),), torch_threads=1, codec_workers=0, **kw))
+    srv.start()
+    srv.load()
+    return srv
+
+
+def _speech(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (speech_like(rng, seconds, SR) + 0.05 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def _config() -> pb.StreamDenoiseRequest:
+    return pb.StreamDenoiseRequest(config=pb.StreamConfig(sample_rate=SR, channels=1, format=pb.FLOAT32))
+
+
+def _audio(x: np.ndarray) -> pb.StreamDenoiseRequest:
+    return pb.StreamDenoiseRequest(audio=x.astype("<f4").tobytes())
+
+
+def _collect(call) -> tuple[list[pb.StreamDenoiseResponse], grpc.RpcError | None]:
+    """The responses a stream gave, and the error it ended with (None: OK)."""
+    got = []
+    try:
+        for resp in call:
+            got.append(resp)
+    except grpc.RpcError as exc:
+        return got, exc
+    return got, None
+
+
+def _samples(responses) -> np.ndarray:
+    return np.concatenate([np.frombuffer(r.audio, "<f4") for r in responses])
+
+
+def test_a_stream_over_its_length_limit_answers_what_fits_then_ends(tiny):
+    # was: RESOURCE_EXHAUSTED on the chunk that passed --max-audio-seconds, with the audio before it
+    # still held back in the model unanswered; streams are now limited by --max-stream-seconds alone
+    srv = _server(tiny, max_stream_seconds=2.0)
+    try:
+        x = _speech(3.0)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:  # raw stubs: every response's counts
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            msgs = [_config()] + [_audio(x[i : i + 8000]) for i in range(0, len(x), 8000)]
+            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=60))
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the stream reached 2 s, this server's limit (--max-stream-seconds); the audio up to there was answered" \
+            in err.details()
+        y = _samples(got)
+        assert len(y) == 2 * SR and got[-1].samples_in == got[-1].samples_out == 2 * SR
+        np.testing.assert_allclose(y, denoise(load_checkpoint(tiny), x[: 2 * SR], SR), atol=1e-4)
+    finally:
+        srv.stop()
+
+
+def test_long_multichannel_streams_are_not_held_to_the_clip_limits(tiny):
+    # A stream's memory does not grow with its length or its channel-seconds: 8 channels of 8 s at
+    # 1 kHz were refused as 64 channel-seconds over a 60 s budget, with --max-audio-seconds 30
+    srv = _server(tiny, max_audio_seconds=30)
+    try:
+        x = np.stack([_speech(8.0, seed=c)[::16] for c in range(8)])  # [8, 8000] at 1 kHz
+        with Client(f"127.0.0.1:{srv.port}") as c:
+            y = np.concatenate(list(c.stream([x[:, i : i + 1000] for i in range(0, 8000, 1000)], 1000, 8)), -1)
+        assert y.shape == x.shape
+    finally:
+        srv.stop()
+
+
+def test_an_idle_stream_is_ended_with_its_audio_answered_and_frees_its_slot(tiny):
+    srv = _server(tiny, max_streams=1, stream_idle_seconds=1.0)
+    release = threading.Event()
+    try:
+        x = _speech(0.5)
+
+        def stalls():  # sends its config and one chunk, then nothing, without half-closing
+            yield _config()
+            yield _audio(x)
+            release.wait(30)
+
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            got, err = _collect(stub.StreamDenoise(stalls(), timeout=60))
+            assert err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+            assert "no message for 1 s: the stream was ended (--stream-idle-seconds)" in err.details()
+            assert len(_samples(got)) == len(x)  # the chunk it sent came back whole
+            release.set()
+            # a stream that never sends its config is ended too
+            silent = threading.Event()
+
+            def nothing():
+                silent.wait(30)
+                yield _config()
+
+            _, err = _collect(stub.StreamDenoise(nothing(), timeout=60))
+            silent.set()
+            assert err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # the one slot (--max-streams 1) is free again
+            got, err = _collect(stub.StreamDenoise(iter([_config(), _audio(x)]), timeout=60))
+            assert err is None and len(_samples(got)) == len(x)
+    finally:
+        release.set()
+        srv.stop()
+
+
+def test_a_drain_ends_an_open_stream_with_its_audio_answered(tiny, caplog):
+    # was: a live stream got gRPC's bare "Cancelling all calls" when --drain-seconds ran out, and
+    # the audio the model still held back was never returned
+    srv = _server(tiny)
+    x = _speech(0.1)
+    sent = threading.Event()
+    stop = threading.Event()
+
+    def live_call():  # a voice call: 100 ms chunks until the end of time
+        yield _config()
+        while not stop.is_set():
+            yield _audio(x)
+            sent.set()
+            time.sleep(0.05)
+
+    result: dict = {}
+
+    def drain():
+        sent.wait(30)
+        time.sleep(0.3)
+        result["clean"] = srv.drain(timeout=2.0)
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="server"), grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got, err = _collect(audioae_pb2_grpc.AudioAEStub(ch).StreamDenoise(live_call(), timeout=60))
+            stop.set()
+            drainer.join(30)
+    finally:
+        stop.set()
+    assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE, err
+    assert "the server is shutting down: the stream was ended at the end of its drain" in err.details()
+    y = _samples(got)
+    assert got[-1].samples_out == got[-1].samples_in == len(y) > 0  # all the server was sent, answered
+    assert result["clean"] is False  # the exit status says a drain cut calls short
+    assert "drain: 1 calls still running after 2 s: streams, ended with the audio they had been sent answered" \
+        in caplog.text
+
+
+def test_the_clients_default_timeout_is_per_request_not_a_streams_whole_length(tiny):
+    # was: Client(timeout=1).stream(...) ended every stream after 1 s with DEADLINE_EXCEEDED
+    srv = _server(tiny)
+    try:
+        x = _speech(0.1)
+
+        def paced():
+            for _ in range(15):
+                time.sleep(0.1)
+                yield x
+
+        with Client(f"127.0.0.1:{srv.port}", timeout=1) as c:
+            y = np.concatenate(list(c.stream(paced(), SR)), -1)
+            assert y.shape[-1] == 15 * len(x)
+            with pytest.raises(grpc.RpcError) as info:  # a stream's own timeout still applies
+                list(c.stream(paced(), SR, timeout=0.5))
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        srv.stop()
