@@ -272,11 +272,16 @@ def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
 
 
 class StreamingResampler:
-    """Resampling chunk by chunk that equals ``torchaudio.functional.resample`` on the whole input.
+    """Resampling chunk by chunk that equals ``torchaudio.functional.resample`` on the whole input
+    (to float rounding).
 
-    Works in blocks of ``orig/g`` input samples (``new/g`` output samples, ``g = gcd``): an output
-    block depends on the input within the sinc kernel's width of its block, so each call resamples
-    a short segment with that much context on both sides and keeps the middle. Raises
+    torchaudio works in blocks of ``orig/g`` input samples (``new/g`` output samples, ``g = gcd``),
+    and an output sample reads the input within the sinc kernel's ``width`` of its position. So
+    each call answers every output sample whose kernel the input has reached, computed from a
+    short segment with whole blocks of context on both sides (zeros past the input, where the
+    kernel's window is zero), and keeps the samples asked for. Until 2026-12-06 it answered whole
+    blocks with a block of context to spare: a 44.1 kHz stream, whose blocks are 441 samples,
+    waited 60-80 ms for its audio, an 11.025 kHz one 200-240 ms. Raises
     :class:`~audioae.audio.AudioError` for rate pairs :func:`~audioae.audio.check_resample` refuses.
     """
 
@@ -288,30 +293,30 @@ class StreamingResampler:
         self.orig_sr, self.new_sr = orig_sr, new_sr
         g = math.gcd(orig_sr, new_sr)
         self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
-        width = math.ceil(self.LOWPASS_WIDTH * self.bi / (min(self.bi, self.bo) * self.ROLLOFF))
-        # Context in blocks on each side: an output block reads its own input block and ``width``
-        # samples either side of it, so one block covers all but extreme rate pairs. (Until
-        # 2026-12-06 ceil((width + bi) / bi), always one block more: a 44.1 kHz stream waited
-        # 60-80 ms for its audio, 11.025 kHz 200-240 ms.)
-        self.ctx = max(1, math.ceil(width / self.bi))
+        # torchaudio's kernel half-width in input samples: an output sample reads no further
+        self.width = math.ceil(self.LOWPASS_WIDTH * self.bi / (min(self.bi, self.bo) * self.ROLLOFF))
+        self.ctx = max(1, math.ceil(self.width / self.bi))  # context in whole blocks on each side
         self.buf = torch.zeros(channels, self.ctx * self.bi)  # zeros before the start, as offline
         self.buf_block = -self.ctx  # block index of buf[..., 0]
-        self.next_block = 0  # first output block not yet produced
-        self.length = 0
+        self.next_sample = 0  # first output sample not yet produced
+        self.length = 0  # input samples pushed
 
-    def _run(self, upto_block: int) -> torch.Tensor:
-        if upto_block <= self.next_block:
+    def _run(self, upto: int) -> torch.Tensor:
+        """Output samples ``[next_sample, upto)``: each reads input already in ``buf`` (or past the
+        input's end, which offline pads with zeros too)."""
+        if upto <= self.next_sample:
             return self.buf.new_zeros(self.buf.shape[0], 0)
-        lo = (self.next_block - self.ctx - self.buf_block) * self.bi
-        hi = (upto_block + self.ctx - self.buf_block) * self.bi
+        b0, b1 = self.next_sample // self.bo, -(-upto // self.bo)  # the blocks holding them
+        lo = (b0 - self.ctx - self.buf_block) * self.bi
+        hi = (b1 + self.ctx - self.buf_block) * self.bi
         seg = self.buf[:, lo:hi]  # [C, n]
-        seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))
+        seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))  # zeros where no input is yet
         y = AF.resample(seg, self.orig_sr, self.new_sr)  # [C, n * bo / bi]
-        y = y[:, self.ctx * self.bo : (self.ctx + upto_block - self.next_block) * self.bo]
-        self.next_block = upto_block
-        keep_from = (self.next_block - self.ctx - self.buf_block) * self.bi
-        self.buf = self.buf[:, keep_from:]
-        self.buf_block = self.next_block - self.ctx
+        y = y[:, self.ctx * self.bo + self.next_sample - b0 * self.bo : self.ctx * self.bo + upto - b0 * self.bo]
+        self.next_sample = upto
+        keep = self.next_sample // self.bo - self.ctx  # the next call's first context block
+        self.buf = self.buf[:, (keep - self.buf_block) * self.bi :]
+        self.buf_block = keep
         return y
 
     def push(self, x: torch.Tensor) -> torch.Tensor:
@@ -319,16 +324,14 @@ class StreamingResampler:
             return x
         self.length += x.shape[-1]
         self.buf = torch.cat([self.buf, x], dim=-1)
-        have_blocks = self.buf_block + self.buf.shape[-1] // self.bi
-        return self._run(have_blocks - self.ctx)
+        # output sample n sits at input position n * bi / bo and reads input up to ``width`` past it
+        ready = (self.length - self.width) * self.bo // self.bi + 1 if self.length >= self.width else 0
+        return self._run(ready)
 
     def finish(self) -> torch.Tensor:
         if self.orig_sr == self.new_sr:
             return torch.zeros(self.buf.shape[0], 0)
-        total = math.ceil(self.new_sr * self.length / self.orig_sr)
-        produced = self.next_block * self.bo
-        y = self._run(math.ceil(self.length / self.bi) + 1)
-        return y[:, : max(0, total - produced)]
+        return self._run(math.ceil(self.new_sr * self.length / self.orig_sr))
 
 
 class StreamingDenoiser:
