@@ -9,7 +9,8 @@ Until 2026-12-06 a clip chose the in-memory path by its seconds alone: the five 
 the server's peak by 2,469 MB, 1,575 MB of it on 8 channels x 115 s at 1 kHz
 (`benchmarks/results/channel-memory-before.json`); now clips over 120 channel-seconds stream in
 pushes of at most 32 channel-seconds, over 1,200 (600 s of stereo) they are refused, and the same
-requests grow it by 307 MB (`benchmarks/results/channel-memory.json`).
+requests grow it by 264 MB (307 MB in the first run; `benchmarks/results/channel-memory.json`),
+and the same clips sent as one stream message each by 108 MB more.
 """
 
 from __future__ import annotations
