@@ -184,6 +184,8 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
             raise AudioError(f"{name}: is a folder; name an audio file")
         if not os.path.isfile(handle):
             raise AudioError(f"{name}: no such file")
+    if (len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(handle)) == 0:
+        raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode

@@ -281,11 +281,13 @@ def _add_decompose(sub) -> None:
     p.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
                    help="cluster (default): units that look and move alike; band: octave bands; "
                         "none: one component per latent unit")
-    p.add_argument("--groups", type=_positive, default=DEFAULT_GROUPS,
-                   help=f"number of bands or clusters (default {DEFAULT_GROUPS})")
+    p.add_argument("--groups", type=_positive, default=None,
+                   help=f"number of bands or clusters (default {DEFAULT_GROUPS}): about as many as the sources you "
+                        f"expect, since clustering always makes this many (a lone tone comes out as "
+                        f"{DEFAULT_GROUPS} near-identical pieces)")
     p.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="joint atom + code updates on this recording: purer components, ~8 ms per step "
-                        "per 4 s of audio (default: the model's, 10 for decomposer-small; 0: fastest)")
+                        "per 4 s of audio (0..100; default: the model's, 10 for decomposer-small; 0: fastest)")
     p.add_argument("--plot", action="store_true", help="also write decomposition.png")
     p.set_defaults(func=_cmd_decompose)
 
@@ -293,24 +295,26 @@ def _add_decompose(sub) -> None:
 def _cmd_decompose(args) -> int:
     from . import decomposition_folder as folder
     from .audio import read_audio
-    from .decompose import decompose, summarize
+    from .decompose import check_options, decompose, summarize
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
     out = folder.check_folder(args.out, [args.file])
-    wav, sr, _info = read_audio(args.file)
     model = load(args.model, default=DEFAULT_DECOMPOSER)
-    dec = decompose(model, wav, sr, top_k=args.top or None, group=args.group, n_groups=args.groups,
-                    fit_steps=args.fit)
+    # the server's limits and messages, before the audio is read
+    options = check_options(model, group=args.group, groups=args.groups, top_k=args.top, fit_steps=args.fit, flags=True)
+    wav, sr, _info = read_audio(args.file)
+    dec = decompose(model, wav, sr, **options.kwargs())
     summary = summarize(dec)
     summary.update({"input": str(args.file), "model": str(resolve(args.model, DEFAULT_DECOMPOSER)),
                     "top": args.top or None})
-    folder.write_components(out, summary, dec.activations, dec.components, dec.residual, sr)
+    figure = None
     if args.plot:
         from .plots import plot_decomposition
 
-        plot_decomposition(dec, wav, sr, model, out / "decomposition.png")
-        summary["figure"] = "decomposition.png"
-    folder.write_summary(out, summary)
+        def figure(path: Path) -> None:
+            plot_decomposition(dec, wav, sr, model, path)
+
+    folder.write_folder(out, summary, dec.activations, dec.components, dec.residual, sr, figure=figure)
     print("\n".join(folder.describe(summary, out)))
     return 0
 
@@ -403,12 +407,17 @@ def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds
     if shown < total:
         print(f"note: showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; --start and --seconds pick "
               f"another part", file=sys.stderr)
+    channels = wav.shape[0]
+    mixed = f", the mean of its {channels} channels" if channels > 1 else ""
+    if channels > 1:
+        print(f"note: {audio} has {channels} channels; the figure and the numbers show their mean (mono)",
+              file=sys.stderr)
     view = denoising_view(model.eval(), wav, sr)
-    plot_denoising(view, out, title=f"{audio} {start:.2f}-{start + shown:.2f} s ({sr} Hz, shown at the model's "
-                                    f"{model.config.sample_rate} Hz)")
+    plot_denoising(view, out, title=f"{audio} {start:.2f}-{start + shown:.2f} s ({sr} Hz{mixed}, shown at the "
+                                    f"model's {model.config.sample_rate} Hz)")
     print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), "start_s": round(start, 3),
-                      "seconds": round(shown, 3), "audio_seconds": round(total, 3), **denoising_stats(view)},
-                     indent=2))
+                      "seconds": round(shown, 3), "audio_seconds": round(total, 3), "audio_channels": channels,
+                      **denoising_stats(view)}, indent=2))
     return 0
 
 

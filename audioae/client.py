@@ -632,11 +632,11 @@ def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike, *, s
                        top: int | None = None) -> tuple[dict, list[Path]]:
     """Write what ``audioae decompose`` writes for the same recording: ``NN_<label>.wav`` per
     component and ``residual.wav`` (when the result has waveforms), ``activations.npy`` and
-    ``summary.json`` (:mod:`audioae.decomposition_folder`). Files of an earlier decomposition in
-    ``out_dir`` (those names only) are removed first; other files are left alone. ``source``
-    (the input's name) and ``top`` are recorded in the summary. Returns the summary and the files written."""
+    ``summary.json`` (:mod:`audioae.decomposition_folder`, whose writer replaces an earlier
+    decomposition in ``out_dir`` only once the new one is complete; other files are left alone).
+    ``source`` (the input's name) and ``top`` are recorded in the summary. Returns the summary and
+    the files written, ``summary.json`` last."""
     out = folder.check_folder(out_dir)
     summary = {**result.summary(), "input": source, "model": result.model, "top": top}
-    written = folder.write_components(out, summary, result.activations, result.components, result.residual,
-                                      result.sample_rate)
-    return summary, [*written, folder.write_summary(out, summary)]
+    return summary, folder.write_folder(out, summary, result.activations, result.components, result.residual,
+                                        result.sample_rate)

@@ -2,11 +2,13 @@
 
 A :class:`~audioae.models.dictionary.SparseDictionary` explains the input's magnitude spectrogram
 ``|X|`` as a sum of unit spectrograms ``V_u`` (atom * activation). A group ``g`` of units (one
-unit, a frequency band of units, or a cluster) gets the soft mask::
+unit, or a cluster) gets the soft mask::
 
     M_g = V_g / max(V, |X|)        V_g = sum of its units' V_u,  V = sum over all units
 
-applied to the input's complex STFT (the input's phase is kept), then inverted. The masks of all
+applied to the input's complex STFT (the input's phase is kept), then inverted; an octave band
+gets ``V_A / max(V, |X|)`` (``V_A``: every active unit) within its own bins and 0 elsewhere, so
+band components are band-limited. The masks of all
 groups add up to ``min(V, |X|) / |X| <= 1``: whatever the model does not explain stays in the
 residual. Components are computed at the model's rate and resampled to the caller's; the
 residual is *defined* as input minus the sum of the components, at the caller's rate and length,
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
-from .decomposition_folder import component_entry, summary
+from .decomposition_folder import MAX_SPANS, component_entry, summary
 from .models.dictionary import SparseDictionary
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its l
 # loaded model; docs/decomposition.md), and by the component waveforms kept. Longer inputs get a warning with the estimate.
 LONG_SECONDS = 600.0
 MB_PER_SECOND = 5.0
+# Per-signal fit steps a request may ask for, from the CLI or the server: each costs about one
+# encoder pass over the whole recording, so 1000 would hold a 3-minute call for minutes.
+MAX_FIT_STEPS = 100
 
 
 @dataclass
@@ -72,6 +77,10 @@ class Decomposition:
     # [U, F, L] the atoms behind the components: the model's, or adapted to this signal when fitted.
     atoms: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
     fit_steps: int = 0
+    # group "band": each component's STFT bins [lo, hi) at the model's rate, [K] pairs; else empty
+    band_bins: list[tuple[int, int]] = field(default_factory=list)
+    # frames at each end whose analysis window reaches into the STFT's zero padding
+    edge_frames: int = 0
 
     @property
     def error_text(self) -> str:
@@ -87,6 +96,61 @@ def _on_cpu_for_inference(model: SparseDictionary) -> SparseDictionary:
         return model
     with torch.inference_mode(False):  # a copy made inside decompose's inference mode would hold
         return copy.deepcopy(model).cpu().eval()  # inference tensors, which the atom cache cannot version
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, SparseDictionary):
+        family = getattr(model, "registry_name", type(model).__name__)
+        raise ValueError(f"decompose needs a sparse_dict model (the shipped one is decomposer-small); this is a "
+                         f"{family} model, which denoises or encodes but has no components")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What :func:`check_options` accepted, as :func:`decompose` takes it (``decompose(model,
+    wav, sr, **options.kwargs())``)."""
+
+    group: str
+    n_groups: int
+    top_k: int | None  # None: every component
+    fit_steps: int | None  # None: the model's default
+
+    def kwargs(self) -> dict:
+        return {"group": self.group, "n_groups": self.n_groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    """A caller's string in a message, clipped: the server echoes it back over gRPC."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def check_options(model, *, group: str = "none", groups: int | None = None, top_k: int = 0,
+                  fit_steps: int | None = None, flags: bool = False) -> Options:
+    """The one check of what a decomposition request asks for, with the limits and messages the
+    CLI (``audioae decompose``) and the server (``Decompose``) share; call it before reading the
+    audio. ``groups`` / ``fit_steps``: None when not given (8 groups, the model's fit);
+    ``top_k`` 0: every component. ``flags``: name the CLI's flags (``--fit``) in messages, not
+    the request's fields (``fit_steps``). Raises ValueError."""
+    _check_model(model)
+    name = {"group": "--group", "groups": "--groups", "top_k": "--top", "fit_steps": "--fit"} if flags else \
+        {"group": "group", "groups": "groups", "top_k": "top_k", "fit_steps": "fit_steps"}
+    if group not in GROUPS:
+        raise ValueError(f"unknown {name['group']} {_quoted(group)}; choose one of {', '.join(GROUPS)}")
+    if top_k < 0:
+        raise ValueError(f"{name['top_k']} must be >= 0 (0: all components), got {top_k}")
+    if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:
+        raise ValueError(f"{name['fit_steps']} must be 0..{MAX_FIT_STEPS} (unset: the model's default, "
+                         f"{model.config.fit_steps} for this one), got {fit_steps}")
+    units = model.config.code_dim
+    n_groups = min(DEFAULT_GROUPS, units)
+    if groups is not None:
+        if group == "none":
+            raise ValueError(f"{name['groups']} counts bands or clusters: set {name['group']} to band or cluster, "
+                             f"or leave {name['groups']} unset")
+        if not 1 <= groups <= units:
+            raise ValueError(f"{name['groups']} must be 1..{units} (this model's units), got {groups}")
+        n_groups = groups
+    return Options(group=group, n_groups=n_groups, top_k=top_k or None, fit_steps=fit_steps)
 
 
 def _check_long_enough(samples: int, sr: int, model: SparseDictionary) -> None:
@@ -113,7 +177,7 @@ def _unit_chunks(n_units: int, per_unit: int) -> int:
 
 
 # ---- grouping -------------------------------------------------------------------------------------
-def _band_groups(freqs: np.ndarray, active: list[int], nyquist: float, n_bands: int, n_fft: int):
+def _band_edges(nyquist: float, n_bands: int, n_fft: int) -> list[tuple[float, float]]:
     """Dyadic bands, like the levels of a wavelet multiresolution analysis: ``[0, ny/2^(n-1))``,
     then one octave each up to the model's Nyquist frequency. The lowest band is at least one
     STFT bin wide: more bands would split nothing but the 0 Hz bin off ("band 0-0 Hz")."""
@@ -123,14 +187,35 @@ def _band_groups(freqs: np.ndarray, active: list[int], nyquist: float, n_bands: 
                     "0-%.0f Hz): using %d", n_bands, most, n_fft, nyquist / 2 ** (most - 1), most)
         n_bands = most
     edges = [0.0] + [nyquist / 2**j for j in range(n_bands - 1, -1, -1)]
-    groups, labels = [], []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        last = hi == edges[-1]
-        members = [u for u in active if lo <= freqs[u] < hi or (last and freqs[u] >= hi)]
-        if members:
-            groups.append(members)
-            labels.append(f"band {lo:.0f}-{hi:.0f} Hz")
-    return groups, labels
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _band_split(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, explained: torch.Tensor,
+                weight: torch.Tensor, active: list[int], n_bands: int, floor: float):
+    """Octave bands of what the active units explain: band ``b`` keeps ``explained`` (``[C, F, N]``,
+    their summed mask numerators) in its own STFT bins and nothing elsewhere, so the band
+    components are band-limited and still add up to what the units explain (grouping units by
+    their atom's peak left as little as 11% of a band component's energy in its band: broadband
+    atoms peak anywhere). ``weight [C, F, N]``: ``(|X| / denominator)^2``. Returns per band with more
+    masked energy than ``floor``: the units holding at least 1% of its unit energy, the label,
+    the bins ``(lo, hi)`` and that energy."""
+    c = model.config
+    bin_hz = c.sample_rate / c.n_fft
+    h_act, w_act = h[:, active], atoms[active]  # [C, A, N], [A, F, L]
+    groups, labels, bins, energies = [], [], [], []
+    bands = _band_edges(c.sample_rate / 2, n_bands, c.n_fft)
+    for lo_hz, hi_hz in bands:
+        lo = math.ceil(lo_hz / bin_hz - 1e-9)
+        hi = c.n_fft // 2 + 1 if hi_hz == bands[-1][1] else math.ceil(hi_hz / bin_hz - 1e-9)  # Nyquist: the top band's
+        energy = float((explained[:, lo:hi].pow(2) * weight[:, lo:hi]).sum())
+        if hi <= lo or energy <= floor:
+            continue
+        per_unit = model.unit_energies(h_act, weight[:, lo:hi], w_act[:, lo:hi]).numpy()  # [A]
+        groups.append([u for u, e in zip(active, per_unit, strict=True) if e >= 0.01 * per_unit.sum()])
+        labels.append(f"band {lo_hz:.0f}-{hi_hz:.0f} Hz")
+        bins.append((lo, hi))
+        energies.append(energy)
+    return groups, labels, bins, energies
 
 
 def _log_pool(spectra: np.ndarray, n_out: int = 48) -> np.ndarray:
@@ -167,18 +252,16 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
 
 def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.ndarray, active: list[int],
                 group: str, n_groups: int = DEFAULT_GROUPS, atoms: torch.Tensor | None = None) -> tuple[list[list[int]], list[str]]:
-    """Partition the active units: ``none`` (one per unit), ``band`` (dyadic bands by the atom's
-    peak frequency) or ``cluster`` (k-means over atom shape and activity).
+    """Partition the active units: ``none`` (one per unit) or ``cluster`` (k-means over atom
+    shape and activity); ``band`` splits frequencies, not units (:func:`_band_split`).
     ``activations [U, N]``, ``energy [U]``."""
-    if group in ("none", "band"):
+    if group == "none":
         freqs = model.atom_frequencies(atoms).detach().numpy()
-        if group == "none":
-            return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
-        return _band_groups(freqs, active, model.config.sample_rate / 2, n_groups, model.config.n_fft)
+        return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
     if group == "cluster":
         spectra = model.atom_spectra(atoms).detach().numpy()
         return _cluster_groups(spectra, activations, energy, active, n_groups)
-    raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+    raise ValueError(f"group_units groups units by none or cluster, got {group!r}")
 
 
 # ---- the decomposition ------------------------------------------------------------------------------
@@ -187,18 +270,15 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
               group: str = "none", n_groups: int = DEFAULT_GROUPS, fit_steps: int | None = None) -> Decomposition:
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
-    ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` dyadic bands)
-    or ``cluster`` (``n_groups`` clusters). ``top_k``: keep only the ``top_k`` strongest
+    ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` band-limited
+    dyadic bands) or ``cluster`` (``n_groups`` clusters). ``top_k``: keep only the ``top_k`` strongest
     components; the others join the residual. Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     """
-    if not isinstance(model, SparseDictionary):
-        family = getattr(model, "registry_name", type(model).__name__)
-        raise ValueError(f"decompose needs a sparse_dict model (the shipped one is decomposer-small); this is a "
-                         f"{family} model, which denoises or encodes but has no components")
+    _check_model(model)
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
     if top_k is not None and top_k < 1:
@@ -228,22 +308,31 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         h, atoms = model.fit_signal(feats, h, fit_steps)
     # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
     denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
-    unit_energy = model.unit_energies(h, (mag / denom).pow(2), atoms)  # [U]: masked STFT energy
+    weight = (mag / denom).pow(2)  # [C, F, N]: turns a mask numerator squared into masked STFT energy
+    unit_energy = model.unit_energies(h, weight, atoms)  # [U]: masked STFT energy
     total = float(mag.pow(2).sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
     acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
-    groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
+    explained, bins = None, None
+    if group == "band":
+        explained = model.magnitudes(h[:, active], atoms[active]) if active else None  # [C, F, N]
+        groups, labels, bins, g_energy = (_band_split(model, h, atoms, explained, weight, active, n_groups,
+                                                      ACTIVE_SHARE * total) if active else ([], [], [], []))
+    else:
+        groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
+        # the sum of the units' masked STFT energies: cheap, no group spectrogram is formed twice
+        g_energy = [float(unit_energy[g].sum()) for g in groups]
 
-    # Pick the top-k by the sum of the units' masked STFT energies (cheap: no group spectrogram
-    # is formed twice); the final order is by the energy attributed to each waveform.
-    g_energy = [float(unit_energy[g].sum()) for g in groups]
+    # Pick the top-k by that energy; the final order is by the energy attributed to each waveform.
     order = np.argsort(g_energy, kind="stable")[::-1]
     if top_k is not None:
         order = order[:top_k]
     groups = [groups[i] for i in order]
     labels = [labels[i] for i in order]
+    bins = [bins[i] for i in order] if bins is not None else None
 
-    comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1], z.shape[-1])
+    comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
+                                                      z.shape[-1], explained, bins)
     x64 = x.double().numpy()
     comps_sum = comps.sum(0, dtype=np.float64)  # [C, T]
     residual = (x64 - comps_sum).astype(np.float32)  # [C, T]
@@ -256,6 +345,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     comps, energy, dom_hz, bands, envs = comps[rank], energy[rank], dom_hz[rank], bands[rank], envs[rank]
     groups = [groups[i] for i in rank]
     labels = [labels[i] for i in rank]
+    bins = [bins[i] for i in rank] if bins is not None else []
     if group == "cluster":  # name clusters by what they sound like, in rank order
         labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g))
                   for i, (hz, (lo, hi), g) in enumerate(zip(dom_hz, bands, groups, strict=True))]
@@ -273,14 +363,17 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
         residual_share=float((residual.astype(np.float64) * x64).sum() / x_energy),
         error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
+        band_bins=bins, edge_frames=math.ceil(c.n_fft / (2 * c.hop_length)),
     )
 
 
 def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
-                         groups: list[list[int]], sr: int, length: int, z_len: int):
+                         groups: list[list[int]], sr: int, length: int, z_len: int,
+                         explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None):
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
     frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz) and
-    their energy envelopes ``[K, N]`` (model frames, summed over channels)."""
+    their energy envelopes ``[K, N]`` (model frames, summed over channels). With ``bins``,
+    component ``k``'s mask numerator is ``explained [C, F, N]`` within ``bins[k]`` only."""
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
     mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
@@ -293,7 +386,11 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
         batch = groups[lo : lo + step]
-        if all(len(g) == 1 for g in batch):
+        if bins is not None:
+            v = explained.new_zeros((len(batch), *explained.shape))  # [k, C, F, N]
+            for j, (a, b) in enumerate(bins[lo : lo + step]):
+                v[j, :, a:b] = explained[:, a:b]
+        elif all(len(g) == 1 for g in batch):
             v = model.unit_magnitudes(h, [g[0] for g in batch], atoms).movedim(1, 0)  # [k, C, F, N]
         else:
             v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in batch])  # [k, C, F, N]: V_g per group
@@ -344,41 +441,65 @@ def active_frames(envelope: np.ndarray, floor_db: float = ACTIVE_DB) -> np.ndarr
     return envelope >= envelope.max() * 10 ** (floor_db / 10)
 
 
-def active_intervals(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTIVE_DB,
-                     min_gap: float = 0.05, max_intervals: int = 50,
-                     duration: float = math.inf) -> list[list[float]]:
-    """``[start, end]`` seconds where ``envelope [N]`` (energy per frame) is within ``floor_db`` of
-    its peak; gaps shorter than ``min_gap`` seconds are bridged. Ends are clipped to ``duration``
-    (the signal's: the last frame, centred near the end, would reach half a hop past it)."""
-    on = active_frames(envelope, floor_db)
+def active_spans(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTIVE_DB, min_gap: float = 0.05,
+                 max_spans: int = MAX_SPANS, duration: float = math.inf, edge_frames: int = 0) -> tuple[list[list[float]], int]:
+    """``([[start, end], ...] seconds, count)``: where ``envelope [N]`` (energy per frame) is within
+    ``floor_db`` of its peak, gaps shorter than ``min_gap`` seconds bridged, and how many such
+    spans there are. Past ``max_spans`` (summary.json stays small) longer gaps are bridged too, up
+    to the shortest length that leaves at most ``max_spans``: the spans still cover every active
+    frame and the first and last times stay true (cutting the list at 50 made 3 minutes of bursts
+    read "0.00-48.82 s").
+
+    Ends are clipped to ``duration`` (the signal's: the last frame, centred near the end, would
+    reach half a hop past it), and a span left empty by that (``[3.0, 3.0]``) is dropped. A span
+    within the first or last ``edge_frames`` frames, whose window reaches into the STFT's zero
+    padding, is dropped when the component is active elsewhere too: a signal cut off at full level
+    starts with a step that every broadband unit answers, and a component heard from 0.5 to 2.8 s
+    read "0.00-3.00 s"."""
+    on = active_frames(envelope, floor_db).astype(np.int8)
+    n = len(on)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], on, [0]])))  # run starts and ends, alternating
+    runs = list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))  # frames [a, b)
+    if edge_frames and len(runs) > 1:
+        inner = [(a, b) for a, b in runs if not ((a == 0 and b <= edge_frames) or (b == n and a >= n - edge_frames))]
+        runs = inner or runs  # active only at the ends: that is what it holds
     spans: list[list[float]] = []
-    n = 0
-    while n < len(on):
-        if not on[n]:
-            n += 1
+    for a, b in runs:
+        start, end = min(a / frame_rate, duration), min(b / frame_rate, duration)
+        if end <= start:
             continue
-        start = n
-        while n < len(on) and on[n]:
-            n += 1
-        a, b = min(start / frame_rate, duration), min(n / frame_rate, duration)
-        if spans and a - spans[-1][1] < min_gap:
-            spans[-1][1] = round(b, 3)
+        if spans and start - spans[-1][1] < min_gap:
+            spans[-1][1] = end
         else:
-            spans.append([round(a, 3), round(b, 3)])
-    return spans[:max_intervals]
+            spans.append([start, end])
+    count = len(spans)
+    if count > max_spans:
+        # One width for every span: bridge each gap up to the shortest that leaves at most max_spans
+        # (ties with it too), not some of equal gaps and others not.
+        gaps = [round(b[0] - a[1], 6) for a, b in zip(spans[:-1], spans[1:], strict=True)]  # equal in frames: equal
+        widest_bridged = sorted(gaps)[count - max_spans - 1]
+        merged = [spans[0]]
+        for gap, span in zip(gaps, spans[1:], strict=True):
+            if gap <= widest_bridged:
+                merged[-1] = [merged[-1][0], span[1]]
+            else:
+                merged.append(span)
+        spans = merged
+    return [[round(a, 3), round(b, 3)] for a, b in spans], count
 
 
 def summarize(dec: Decomposition) -> dict:
     """A JSON-ready description: per component its label, units, energy share, dominant
     frequency and when it is active."""
     comps = []
+    duration = dec.residual.shape[-1] / dec.sample_rate
     for k in range(len(dec.labels)):
         env = dec.envelopes[k]
         on = active_frames(env)
+        spans, count = active_spans(env, dec.frame_rate, duration=duration, edge_frames=dec.edge_frames)
         comps.append(component_entry(
             k, dec.labels[k], dec.units[k], round(float(dec.energy_share[k]), 6), round(float(dec.dominant_hz[k]), 1),
-            round(float(on.mean()) if on.size else 0.0, 4),
-            active_intervals(env, dec.frame_rate, duration=dec.residual.shape[-1] / dec.sample_rate)))
+            round(float(on.mean()) if on.size else 0.0, 4), spans, active_spans=count))
     return summary(
         sample_rate=dec.sample_rate, channels=int(dec.residual.shape[0]), samples=int(dec.residual.shape[-1]),
         group=dec.group, fit_steps=dec.fit_steps, frame_rate=dec.frame_rate,

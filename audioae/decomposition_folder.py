@@ -6,14 +6,21 @@ here) and ``audioae client decompose`` (computed by a server).
 - ``activations.npy``: ``[U, N]`` latent activations over frames;
 - ``summary.json``: what :func:`audioae.decompose.summarize` describes, plus the file names;
 - ``decomposition.png``: the local command's figure, with ``--plot``.
+
+A decomposition is written whole into ``.audioae-new/`` inside the folder first, then moved in
+(:func:`write_folder`): a run killed at any point leaves the earlier decomposition or the new one,
+and the next run finishes or undoes what a killed one left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +28,18 @@ import numpy as np
 from .audio import write_audio
 from .fileio import atomic_write_bytes, check_output_folder
 
+log = logging.getLogger(__name__)
+
 COMPONENT_FILE = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as component_file_name writes
 OTHER_FILES = ("residual.wav", "summary.json", "activations.npy", "decomposition.png")
 # What the client wrote until 2026-12-06 (component_00_<label>.wav, decomposition.json): cleared
 # too, so that a rerun into a folder an older client wrote still adds up to its input.
 _OLD_CLIENT_COMPONENT = re.compile(r"component_\d{2,}_[\w-]*\.wav")
 _OLD_CLIENT_FILES = ("decomposition.json",)
+MAX_SPANS = 50  # active_seconds spans per component (summary.json size; the wire's Component.active says so too)
+# Hidden folders inside the output folder while a decomposition is written (write_folder): the new
+# one as it is written, and the earlier one's files while they move aside (".partial" until all are).
+STAGE, ASIDE, ASIDE_PARTIAL = ".audioae-new", ".audioae-old", ".audioae-old.partial"
 
 
 def writes(name: str) -> bool:
@@ -41,16 +54,21 @@ def check_folder(out: str | os.PathLike, inputs=()) -> Path:
     """The folder a decomposition may be written into, checked before any work: besides
     :func:`audioae.fileio.check_output_folder`'s checks, a folder holding files of the names a
     decomposition writes (``01_intro.wav``, ``residual.wav``, ...) must be a decomposition's own
-    (its ``summary.json``), since a rerun clears those names; someone's ``03_take.wav`` in any other
-    folder is refused, not deleted."""
+    (its ``summary.json``), since a rerun replaces those names; someone's ``03_take.wav`` in any
+    other folder is refused, not deleted. What a killed run left half-moved is first finished or
+    undone (:func:`recover`)."""
     out = check_output_folder(out, writes, inputs)
-    if not out.is_dir() or _is_decomposition(out):
+    if not out.is_dir():
+        return out
+    recover(out)
+    if _is_decomposition(out):
         return out
     theirs = sorted(f.name for f in out.iterdir() if writes(f.name) and f.is_file())
     if theirs:
         shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
         raise ValueError(f"refusing to write into {out}: it holds {shown}, names a decomposition writes and "
-                         f"replaces, but no summary.json of one, so they are not an earlier decomposition's; "
+                         f"replaces, but no summary.json of one (someone else's files, or what a run from "
+                         f"before 2026-12-06 left when it was killed); move them away or delete them, or "
                          f"choose an empty or new folder")
     return out
 
@@ -67,10 +85,15 @@ def _is_decomposition(out: Path) -> bool:
 
 
 def component_entry(index: int, label: str, units: list[int], energy_share: float, dominant_hz: float,
-                    active_fraction: float, active_seconds: list[list[float]]) -> dict:
-    """One component in ``summary.json``."""
+                    active_fraction: float, active_seconds: list[list[float]], *, active_spans: int | None = None) -> dict:
+    """One component in ``summary.json``. ``active_spans``: how many spans it is active in, which
+    is more than ``len(active_seconds)`` where the shortest gaps were bridged to keep at most
+    MAX_SPANS; unknown (None) from a server that sent MAX_SPANS spans, whose answer has no count."""
+    if active_spans is None and len(active_seconds) < MAX_SPANS:
+        active_spans = len(active_seconds)
     return {"index": index, "label": label, "units": units, "energy_share": energy_share,
-            "dominant_hz": dominant_hz, "active_fraction": active_fraction, "active_seconds": active_seconds}
+            "dominant_hz": dominant_hz, "active_fraction": active_fraction, "active_seconds": active_seconds,
+            "active_spans": active_spans}
 
 
 def summary(*, sample_rate: int, channels: int, samples: int, group: str, fit_steps: int, frame_rate: float,
@@ -97,47 +120,133 @@ def component_file_name(index: int, label: str) -> str:
     return f"{index + 1:02d}_{slug}.wav"
 
 
-def write_components(out: str | os.PathLike, summary: dict, activations: np.ndarray,
-                     components: np.ndarray | None, residual: np.ndarray | None, sample_rate: int) -> list[Path]:
-    """Clear an earlier decomposition's files from ``out``, then write ``activations [U, N]``
-    and, when given, ``components [K, C, T]`` and ``residual [C, T]`` at ``sample_rate``. Sets
-    each summary entry's ``file`` and the summary's ``residual_file``. ``summary.json`` is
-    written last, by :func:`write_summary`, so that its presence means the rest is there."""
+def write_folder(out: str | os.PathLike, summary: dict, activations: np.ndarray, components: np.ndarray | None,
+                 residual: np.ndarray | None, sample_rate: int,
+                 figure: Callable[[Path], object] | None = None) -> list[Path]:
+    """Write a decomposition into ``out``: ``activations [U, N]``, and when given, ``components
+    [K, C, T]`` and ``residual [C, T]`` at ``sample_rate``, ``figure(path)`` (which draws
+    ``decomposition.png`` at ``path``) and ``summary`` (each entry's ``file``, the summary's
+    ``residual_file`` and ``figure`` are set here). Returns the files, ``summary.json`` last.
+
+    An earlier decomposition in ``out`` (those names only; other files stay) is replaced only once
+    the new one is complete: everything is written into ``out/.audioae-new`` first, then the
+    earlier files move into ``.audioae-old.partial`` (summary.json first), which is renamed
+    ``.audioae-old``, then the new files move in (summary.json last) and the old ones are deleted.
+    A run killed while writing leaves the earlier result untouched; one killed while moving
+    leaves a state :func:`recover` undoes (before ``.audioae-old`` exists) or finishes (after).
+    Both ways ``summary.json`` in ``out`` is a complete decomposition's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        if writes(f.name) and f.is_file():
-            f.unlink()
+    recover(out)
+    stage = out / STAGE
+    stage.mkdir()
+    try:
+        names = _write_files(stage, summary, activations, components, residual, sample_rate, figure)
+        _swap_in(out, stage)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
+            recover(out)
+        raise
+    return [out / name for name in names]
+
+
+def _write_files(folder: Path, summary: dict, activations: np.ndarray, components: np.ndarray | None,
+                 residual: np.ndarray | None, sample_rate: int, figure: Callable[[Path], object] | None) -> list[str]:
+    """The files of one decomposition into an empty ``folder``, ``summary.json`` last."""
     buf = io.BytesIO()
     np.save(buf, np.asarray(activations, np.float32))
-    written = [out / "activations.npy"]
-    atomic_write_bytes(written[0], buf.getvalue())
+    atomic_write_bytes(folder / "activations.npy", buf.getvalue())
+    names = ["activations.npy"]
     if components is None or residual is None:
         summary["residual_file"] = None
-        return written
-    for comp, entry in zip(components, summary["components"], strict=True):
-        entry["file"] = component_file_name(entry["index"], entry["label"])
-        write_audio(out / entry["file"], comp, sample_rate, subtype="FLOAT")  # float: the files sum to the input
-        written.append(out / entry["file"])
-    write_audio(out / "residual.wav", residual, sample_rate, subtype="FLOAT")
-    summary["residual_file"] = "residual.wav"
-    return [*written, out / "residual.wav"]
+    else:
+        for comp, entry in zip(components, summary["components"], strict=True):
+            entry["file"] = component_file_name(entry["index"], entry["label"])
+            write_audio(folder / entry["file"], comp, sample_rate, subtype="FLOAT")  # float: the files sum to the input
+            names.append(entry["file"])
+        write_audio(folder / "residual.wav", residual, sample_rate, subtype="FLOAT")
+        summary["residual_file"] = "residual.wav"
+        names.append("residual.wav")
+    if figure is not None:
+        figure(folder / "decomposition.png")
+        summary["figure"] = "decomposition.png"
+        names.append("decomposition.png")
+    atomic_write_bytes(folder / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return [*names, "summary.json"]
 
 
-def write_summary(out: str | os.PathLike, summary: dict) -> Path:
-    path = Path(out) / "summary.json"
-    atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
-    return path
+def _move(src: Path, dst: Path) -> None:
+    os.replace(src, dst)  # one place for every move, so that a test can stop a run between two
+
+
+def _ours(folder: Path) -> list[Path]:
+    """The files of a decomposition's names in ``folder``, ``summary.json`` first."""
+    return sorted((f for f in folder.iterdir() if writes(f.name) and f.is_file()), key=lambda f: f.name != "summary.json")
+
+
+def _swap_in(out: Path, stage: Path) -> None:
+    partial, aside = out / ASIDE_PARTIAL, out / ASIDE
+    partial.mkdir()
+    for f in _ours(out):  # summary.json first: the folder then no longer claims a complete result
+        _move(f, partial / f.name)
+    _move(partial, aside)  # from here a killed run is finished, not undone: the new result is complete
+    _move_in(stage, out)
+    _remove(aside)
+    _remove(stage)
+
+
+def _move_in(stage: Path, out: Path) -> None:
+    for f in reversed(_ours(stage)):  # summary.json last: its presence means the rest is there
+        _move(f, out / f.name)
+
+
+def _remove(folder: Path) -> None:
+    """Delete one of this module's hidden folders: the files of its names and the temporary files
+    of atomic writes; anything else (nothing this module writes) stops it, named."""
+    for f in folder.iterdir():
+        if f.is_file() and (writes(f.name) or (f.name.startswith(".") and f.name.endswith(".part"))):
+            f.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        raise ValueError(f"{folder} holds files a decomposition does not write ({', '.join(sorted(os.listdir(folder))[:5])}); "
+                         f"move them out of it, then run again") from None
+
+
+def recover(out: str | os.PathLike) -> None:
+    """Finish or undo what a run killed inside :func:`write_folder` left in ``out``: the earlier
+    decomposition's files half moved aside go back; a new one wholly written and partly moved in
+    is moved in; an unfinished new one is deleted."""
+    out = Path(out)
+    partial, aside, stage = out / ASIDE_PARTIAL, out / ASIDE, out / STAGE
+    if partial.is_dir():
+        log.warning("%s: putting back the earlier decomposition a killed run had begun to replace", out)
+        for f in reversed(_ours(partial)):  # summary.json last
+            _move(f, out / f.name)
+        _remove(partial)
+    if aside.is_dir():
+        log.warning("%s: finishing the decomposition a killed run had begun to move in", out)
+        if stage.is_dir():
+            _move_in(stage, out)
+        _remove(aside)
+    if stage.is_dir():
+        _remove(stage)
 
 
 def describe(summary: dict, out: str | os.PathLike) -> list[str]:
-    """The lines both commands print: a headline, then one line per component."""
+    """The lines both commands print: a headline, a header, then one line per component: its
+    energy share, dominant frequency, share of frames active, number of active spans, and the
+    first and last active time (gaps in between are in summary.json's ``active_seconds``)."""
     error = "exact" if summary["error_db"] is None else f"{summary['error_db']:.0f} dB"  # None: a silent input
     lines = [f"{len(summary['components'])} components + residual "
              f"({100 * summary['residual_energy_share']:.1f}% of the energy), sum-to-input error {error} -> {out}"]
+    if summary["components"]:
+        lines.append(f"  {'#':>3}  {'energy':>7}  {'dominant':>10}  {'active':>6}  {'spans':>5}  {'first-last':<15} label")
     for entry in summary["components"]:
         spans = entry["active_seconds"]
+        count = entry.get("active_spans", len(spans))  # absent from a summary.json before 2026-12-06
         when = f"{spans[0][0]:.2f}-{spans[-1][1]:.2f} s" if spans else "-"
         lines.append(f"  {entry['index'] + 1:>3}  {100 * entry['energy_share']:6.2f}%  {entry['dominant_hz']:7.0f} Hz  "
-                     f"{when:<14} {entry['label']}")
+                     f"{100 * entry['active_fraction']:5.0f}%  {len(spans) if count is None else count:>4}"
+                     f"{'+' if count is None else ' '}  {when:<15} {entry['label']}")
     return lines

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -144,24 +145,43 @@ def _show_spec(ax, db: np.ndarray, hop_s: float, bin_hz: float, vmax: float, tit
     ax.tick_params(labelsize=7)
 
 
+def _hz_ticks(ax, lo: float, hi: float) -> None:
+    """Readable ticks (50, 100, 200, 500 Hz, 1k, ...) on a log-frequency x axis from ``lo`` to ``hi``:
+    matplotlib's own gave 10^2 and 10^3 only."""
+    ticks = [m * 10**e for e in range(0, 6) for m in (1, 2, 5) if lo <= m * 10**e <= hi]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t / 1000:g}k" if t >= 1000 else f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: SparseDictionary,
                        path: str | os.PathLike, max_components: int = MAX_PANELS) -> Path:
     """One PNG: input spectrogram (top), the strongest components' atoms (left) and activations
-    over time (right), then their spectrograms. ``wav`` is the input, ``[T]`` or ``[C, T]``."""
+    over time (right), then their spectrograms. ``wav`` is the input, ``[T]`` or ``[C, T]``; several
+    channels are drawn as their mean (the titles say so). Component panels stop at the model's
+    Nyquist frequency, where components do; the input panel marks it."""
     x = np.asarray(wav, np.float32)
+    channels = x.shape[0] if x.ndim == 2 else 1
     mono = x.mean(0) if x.ndim == 2 else x
+    mixed = f"; every panel: the mean of its {channels} channels" if channels > 1 else ""
     k = min(max_components, len(dec.labels))
     rows = 2 + max(1, math.ceil(k / 4))
     fig = plt.figure(figsize=(15, 3.2 * rows))
     grid = fig.add_gridspec(rows, 4, hspace=0.55, wspace=0.25)
 
+    c = model.config
+    model_top = min(c.sample_rate, sr) / 2  # components hold nothing above the model's Nyquist frequency
     db, hop_s, bin_hz = _spec_db(mono, sr)
     vmax = _colour_top(db)
-    _show_spec(fig.add_subplot(grid[0, :]), db, hop_s, bin_hz, vmax,
-               f"input ({sr} Hz, {len(mono) / sr:.2f} s); {len(dec.labels)} components + residual "
+    ax_in = fig.add_subplot(grid[0, :])
+    _show_spec(ax_in, db, hop_s, bin_hz, vmax,
+               f"input ({sr} Hz, {len(mono) / sr:.2f} s{mixed}); {len(dec.labels)} components + residual "
                f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_text}")
+    if model_top < sr / 2:
+        ax_in.axhline(model_top, color="white", ls="--", lw=0.8)
+        ax_in.text(0.005, model_top, f" the model's band ends at {model_top:.0f} Hz: above, all is residual",
+                   transform=ax_in.get_yaxis_transform(), color="white", fontsize=7, va="bottom")
 
-    c = model.config
     spectra = dec.atoms.sum(-1)  # [U, F]: the atoms this decomposition used (adapted when fitted)
     freqs = np.arange(spectra.shape[1]) * c.sample_rate / c.n_fft
     colors = plt.cm.tab10(np.arange(max(k, 1)) % 10)
@@ -172,10 +192,14 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
         units = dec.units[i]
         weight = dec.activations[units].sum(1) + 1e-12  # [u]: how much each unit was used
         atom = (spectra[units] * weight[:, None]).sum(0) / weight.sum()  # [F]
+        if dec.band_bins:  # a band component holds its units' atoms within its own bins only
+            lo, hi = dec.band_bins[i]
+            atom = np.where((np.arange(len(atom)) >= lo) & (np.arange(len(atom)) < hi), atom, 0.0)
         ax_atoms.plot(freqs[1:], atom[1:] / (atom.max() + 1e-12) + i, color=colors[i], lw=1)
         act = dec.activations[units].sum(0)  # [N]
         ax_acts.plot(t_frames, act / (act.max() + 1e-12) + i, color=colors[i], lw=0.8)
-    for ax, xlabel, title in ((ax_atoms, "Hz", "atoms behind each component (normalised, stacked)"),
+    atoms_title = "atoms behind each component (normalised, stacked" + ("; within its band)" if dec.band_bins else ")")
+    for ax, xlabel, title in ((ax_atoms, "Hz", atoms_title),
                               (ax_acts, "s", "activations over time (normalised, stacked)")):
         ax.set_yticks(np.arange(k) + 0.5)
         ax.set_yticklabels([f"{i + 1}" for i in range(k)], fontsize=7)
@@ -184,6 +208,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
         ax.tick_params(labelsize=7)
     ax_atoms.set_xscale("log")
     ax_atoms.set_xlim(freqs[1], freqs[-1])
+    _hz_ticks(ax_atoms, freqs[1], freqs[-1])
 
     for i in range(k):
         ax = fig.add_subplot(grid[2 + i // 4, i % 4])
@@ -191,6 +216,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
         cdb, _, _ = _spec_db(comp, sr)
         _show_spec(ax, cdb, hop_s, bin_hz, vmax,
                    f"{i + 1}: {dec.labels[i]} -- {100 * dec.energy_share[i]:.1f}%")
+        ax.set_ylim(0, model_top)
         ax.set_xlabel("s", fontsize=8)
     return _save(fig, path)
 

@@ -53,7 +53,6 @@ from .store import ModelStore, ServedModel
 log = logging.getLogger(__name__)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-MAX_FIT_STEPS = 100  # per-signal fit steps a Decompose call may ask for (each costs about one encoder pass)
 # An encoded upload may decode to --max-audio-seconds of this (or to as many samples as the largest
 # int16 PCM message carries, if more): FLAC of silence compresses ~1000:1, so the message limit
 # alone does not bound the decoded size.
@@ -428,26 +427,17 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     @_unary
     def Decompose(self, request: pb.DecomposeRequest, context) -> pb.DecomposeResponse:
         sm = self.store.decomposer(request.model)
-        if request.top_k < 0:
-            raise Abort(INVALID, f"top_k must be >= 0 (0: all components), got {request.top_k}")
-        fit_steps = request.fit_steps if request.HasField("fit_steps") else None
-        if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:
-            raise Abort(INVALID, f"fit_steps must be 0..{MAX_FIT_STEPS} (unset: the model's default), got {fit_steps}")
         try:
-            from audioae.decompose import DEFAULT_GROUPS, GROUPS, decompose, summarize
+            from audioae.decompose import DEFAULT_GROUPS, check_options, decompose, summarize
         except ImportError:
             raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
-        group = request.group or "none"
-        if group not in GROUPS:
-            raise Abort(INVALID, f"unknown group {quoted(group)}; choose one of {', '.join(GROUPS)}")
+        # the limits and messages `audioae decompose` has too (ValueError: INVALID_ARGUMENT)
+        options = check_options(sm.model, group=request.group or "none",
+                                groups=request.groups if request.HasField("groups") else None,
+                                top_k=request.top_k,
+                                fit_steps=request.fit_steps if request.HasField("fit_steps") else None)
+        group, n_groups = options.group, options.n_groups
         units = sm.model.config.code_dim
-        n_groups = min(DEFAULT_GROUPS, units)
-        if request.HasField("groups"):
-            if group == "none":
-                raise Abort(INVALID, "groups counts bands or clusters: set group to band or cluster, or leave groups unset")
-            if not 1 <= request.groups <= units:
-                raise Abort(INVALID, f"groups must be 1..{units} (this model's units), got {request.groups}")
-            n_groups = request.groups
         k = min(request.top_k or units, units if group == "none" else n_groups)
 
         def check_components(frames: int, channels: int, sr: int) -> None:
@@ -465,8 +455,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         seconds = wav.shape[-1] / sr
 
         def run():
-            return decompose(sm.model, wav, sr, top_k=request.top_k or None, group=group,
-                             n_groups=n_groups, fit_steps=fit_steps)
+            return decompose(sm.model, wav, sr, **options.kwargs())
 
         d, _ = self._wait(Job("decompose", seconds, fn=run), context)
         self.metrics.audio_seconds.labels("Decompose").inc(seconds)

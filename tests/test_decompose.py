@@ -8,10 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from audioae import decomposition_folder as folder
 from audioae.audio import read_audio, write_audio
 from audioae.checkpoint import save_checkpoint
 from audioae.cli import main
-from audioae.decompose import GROUPS, _energy_band, cluster_label, decompose, summarize
+from audioae.decompose import (
+    GROUPS,
+    MAX_FIT_STEPS,
+    _energy_band,
+    active_spans,
+    check_options,
+    cluster_label,
+    decompose,
+    summarize,
+)
 from audioae.models import build_model
 from audioae.pretrained import DEFAULT_DECOMPOSER, HERE, load
 from audioae.train import fit_arrays
@@ -119,13 +129,30 @@ def test_components_are_ranked_by_energy_and_shares_add_up(rng):
 def test_groups_partition_the_units(rng):
     model = tiny_model()
     x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
-    for group in GROUPS:
+    for group in ("none", "cluster"):
         dec = decompose(model, x, SR, group=group, n_groups=4)
         flat = [u for g in dec.units for u in g]
         assert len(flat) == len(set(flat)), f"{group}: a unit in two components"
-    bands = decompose(model, x, SR, group="band", n_groups=4)
-    assert all(label.startswith("band ") and label.endswith(" Hz") for label in bands.labels)
-    assert len(bands.labels) <= 4
+
+
+@pytest.mark.parametrize("sr", [16000, 44100])
+def test_band_components_are_band_limited_and_partition_the_frequencies(sr, rng):
+    """Bands split what the units explain by frequency (was: units grouped by their atom's peak,
+    and a "band 0-62 Hz" held energy up to 4 kHz: 11-37% of it in its band)."""
+    model = tiny_model()
+    n = sr  # one second
+    x = (0.1 * rng.standard_normal(n)).astype(np.float32) + tone(1.0, sr, 700.0)
+    dec = decompose(model, x, sr, group="band", n_groups=4, fit_steps=0)
+    assert 2 <= len(dec.labels) <= 4 and all(re.fullmatch(r"band \d+-\d+ Hz", label) for label in dec.labels)
+    bins = sorted(dec.band_bins)
+    assert all(a[1] <= b[0] for a, b in zip(bins[:-1], bins[1:], strict=True)), bins  # disjoint bins
+    assert error_db(dec, x) < -90
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    for label, comp in zip(dec.labels, dec.components, strict=True):
+        lo, hi = map(float, re.search(r"(\d+)-(\d+) Hz", label).groups())
+        power = np.abs(np.fft.rfft(comp[0].astype(np.float64))) ** 2
+        inside = power[(freqs >= lo) & (freqs < hi)].sum() / power.sum()
+        assert inside > 0.9, f"{label}: {100 * inside:.0f}% of its energy in its band"
 
 
 def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog):
@@ -222,6 +249,53 @@ def test_summary_says_when_each_component_is_active():
     assert 0.4 < start < 0.55, f"the tone starts at 0.5 s, the summary says {start}"
     assert first["active_seconds"][-1][1] == 1.0  # the tone lasts to the end, and no span past it (was 1.008)
     assert abs(first["dominant_hz"] - 700) < 100
+
+
+def test_active_spans_count_every_span_and_keep_the_first_and_last():
+    """3 minutes of bursts read "0.00-48.82 s": the list was cut at its first 50 spans."""
+    rate = 100.0  # frames per second
+    env = np.zeros(18000)
+    for start in range(50, 18000, 100):  # 180 bursts of 0.3 s ...
+        env[start : start + 30] = 1.0
+    env[10000:11000] = 0.0  # ... but for a 10 s pause
+    spans, count = active_spans(env, rate)
+    assert count == 170 and len(spans) <= folder.MAX_SPANS
+    assert spans == [[0.5, 99.8], [110.5, 179.8]]  # equal gaps bridged alike; the wider pause kept
+    few, count = active_spans(env[:2000], rate)
+    assert count == len(few) == 20 and few[1] == [1.5, 1.8]  # under the cap: every span as it is
+
+
+def test_active_spans_leave_out_empty_spans_and_the_padding_at_the_ends():
+    """A component heard from 0.5 to 2.8 s read "0.00-3.00 s": one frame at 0 s (its window half
+    zero padding) and a [3.0, 3.0] span clipped to the signal's end."""
+    rate = 125.0
+    env = np.zeros(376)  # frames of a 3 s signal: the last is centred at 3.0 s
+    env[0], env[62:350], env[375] = 1.0, 1.0, 1.0
+    assert active_spans(env, rate, duration=3.0) == ([[0.0, 0.008], [0.496, 2.8]], 2)  # no [3.0, 3.0]
+    assert active_spans(env, rate, duration=3.0, edge_frames=2) == ([[0.496, 2.8]], 1)
+    ends_only = np.zeros(376)
+    ends_only[:2], ends_only[374:] = 1.0, 1.0
+    assert active_spans(ends_only, rate, duration=3.0, edge_frames=2)[0] == [[0.0, 0.016], [2.992, 3.0]]
+
+
+def test_summary_and_table_give_the_span_count_and_the_true_last_time(tmp_path):
+    model = tiny_model()
+    sr, seconds = 8000, 16.0
+    x = noise_bursts(seconds, sr, seed=3)  # 32 bursts of 120 ms, and 32 more between them
+    x = x + np.roll(noise_bursts(seconds, sr, seed=5), round(0.25 * sr))
+    dec = decompose(model, x, sr, group="cluster", n_groups=1, fit_steps=0)
+    entry = summarize(dec)["components"][0]
+    assert entry["active_spans"] == 64 and len(entry["active_seconds"]) <= folder.MAX_SPANS
+    first, last = entry["active_seconds"][0][0], entry["active_seconds"][-1][1]
+    assert first == 0.0 and 15.85 < last < 15.9  # the last burst ends at 15.87 s
+    summary = {"error_db": -150.0, "residual_energy_share": 0.1, "components": [entry]}
+    header, row = folder.describe(summary, tmp_path)[1:]
+    assert header.split() == ["#", "energy", "dominant", "active", "spans", "first-last", "label"]
+    assert row.split()[5:8] == ["64", f"0.00-{last:.2f}", "s"], row
+    # from a server, whose answer carries at most 50 spans and no count: "50+"
+    remote = folder.component_entry(0, "x", [1], 0.5, 100.0, 0.5, [[i, i + 0.5] for i in range(50)])
+    assert remote["active_spans"] is None
+    assert folder.describe({**summary, "components": [remote]}, tmp_path)[2].split()[5] == "50+"
 
 
 # ---- separation of known parts --------------------------------------------------------------------
@@ -394,7 +468,116 @@ def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path):
     err = ((total - x) ** 2).sum() / (x.astype(np.float64) ** 2).sum()
     assert 10 * np.log10(err) < -90, "the folder's WAVs do not add up to the input"
     assert all(f.read_bytes() == b"mine" for f in keep)
-    assert not list(out.glob(".*.part"))
+    assert not list(out.glob(".*.part")) and not list(out.glob(".audioae-*"))
+
+
+# A decomposition of x = rng(0) noise [1, 4000] into K pieces plus a residual, written by the
+# folder writer; argv: OUT K [FUNCTION N]: SIGKILL this process at the N-th call of
+# decomposition_folder.FUNCTION (write_audio: while writing; _move: while moving files in).
+WRITER = """
+import os, signal, sys
+import numpy as np
+from audioae import decomposition_folder as folder
+
+def write(out, k):
+    x = np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32) * 0.1
+    comps = np.stack([x * (i + 1) / (2 * k * k) for i in range(k)])  # [K, 1, T]
+    entries = [folder.component_entry(i, f"part {i}", [i], 0.1, 100.0, 1.0, [[0.0, 0.25]]) for i in range(k)]
+    summary = folder.summary(sample_rate=16000, channels=1, samples=4000, group="none", fit_steps=0,
+                             frame_rate=125.0, error_db=None, residual_share=0.5, components=entries)
+    folder.write_folder(out, summary, np.zeros((3, 5), np.float32), comps, x - comps.sum(0), 16000)
+
+if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        name, n = sys.argv[3], int(sys.argv[4])
+        real, calls = getattr(folder, name), [0]
+        def stop(*args, **kw):
+            calls[0] += 1
+            if calls[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kw)
+        setattr(folder, name, stop)
+    write(sys.argv[1], int(sys.argv[2]))
+"""
+
+
+def _write_killed(tmp_path, out, k: int, *kill) -> int:
+    import subprocess
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.run([sys.executable, str(script), str(out), str(k), *map(str, kill)], timeout=120).returncode
+
+
+def _complete(out) -> int:
+    """The number of components of the complete decomposition in ``out`` (its files add up)."""
+    summary = json.loads((out / "summary.json").read_text())
+    names = sorted(f.name for f in out.glob("*.wav"))
+    assert names == sorted([c["file"] for c in summary["components"]] + ["residual.wav"])
+    x = np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32) * 0.1
+    total = sum(read_audio(out / name)[0].astype(np.float64) for name in names)
+    assert np.abs(total - x).max() < 1e-6
+    return len(summary["components"])
+
+
+@pytest.mark.parametrize(("function", "call", "after"), [
+    ("write_audio", 2, 5),  # writing the new components: the old result is untouched
+    ("_move", 1, 5), ("_move", 4, 5),  # moving the old files aside: undone
+    ("_move", 9, 5),  # about to mark them all aside: undone
+    ("_move", 10, 2), ("_move", 12, 2),  # moving the new files in: finished
+])
+def test_a_killed_rerun_leaves_the_earlier_or_the_new_decomposition_never_neither(tmp_path, function, call, after):
+    """Was: a rerun deleted the earlier files first, so a run killed mid-way lost both, and its
+    component WAVs without summary.json were then refused as someone else's."""
+    out = tmp_path / "parts"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _write_killed(tmp_path, out, 5) == 0 and _complete(out) == 5
+    assert _write_killed(tmp_path, out, 2, function, call) == -9  # really killed, there
+    if function == "write_audio":
+        assert _complete(out) == 5  # as it was, before anything else runs
+    folder.check_folder(out)  # the next run's check finishes or undoes what the killed one left
+    assert _complete(out) == after
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith(".")) == []
+    assert _write_killed(tmp_path, out, 3) == 0 and _complete(out) == 3  # and the rerun works
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_rerun_after_a_killed_one_cleans_up_and_an_error_keeps_the_old_result(tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), ckpt)
+    x = (tone(0.5, SR) + noise_bursts(0.5, SR))[None]
+    src, out = tmp_path / "in.wav", tmp_path / "parts"
+    write_audio(src, x, SR, subtype="FLOAT")
+    assert _write_killed(tmp_path, out, 4, "write_audio", 3) == -9  # a first run killed while writing
+    assert (out / folder.STAGE).is_dir() and not (out / "summary.json").exists()
+    base = ["decompose", str(src), "-o", str(out), "--model", str(ckpt), "--fit", "0"]
+    assert main([*base, "--top", "3"]) == 0  # was refused: "no summary.json of one"
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith(".")) == []
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    calls = []
+
+    def failing(path, *args, **kw):  # the disk fills up on the second component
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(folder, "write_audio", failing)
+    assert main([*base, "--top", "5", "--plot"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the earlier result, whole
+
+
+def test_a_folder_with_files_of_its_names_but_no_summary_is_refused_and_kept(tmp_path, capsys):
+    out = tmp_path / "takes"
+    out.mkdir()
+    (out / "03_take.wav").write_bytes(b"mine")
+    src = tmp_path / "in.wav"
+    write_audio(src, tone(0.5, SR)[None], SR)
+    assert main(["decompose", str(src), "-o", str(out)]) == 2
+    assert "holds 03_take.wav, names a decomposition writes" in capsys.readouterr().err
+    assert (out / "03_take.wav").read_bytes() == b"mine" and len(list(out.iterdir())) == 1
 
 
 def test_cli_decompose_refuses_a_file_or_a_folder_holding_the_input(tmp_path, capsys):
@@ -408,6 +591,64 @@ def test_cli_decompose_refuses_a_file_or_a_folder_holding_the_input(tmp_path, ca
     assert main(["decompose", str(src), "-o", str(tmp_path / "taken")]) == 2
     assert "is an existing file" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_the_cli_and_the_server_share_one_check_of_the_options(tmp_path, capsys):
+    """The CLI took --fit 1000 and --groups 500, which the server refuses; --fit -1 was refused
+    only after the audio was read."""
+    model = tiny_model()  # 48 units
+    for kw, text in (({"fit_steps": MAX_FIT_STEPS + 1}, f"fit_steps must be 0..{MAX_FIT_STEPS} (unset: the model's default"),
+                     ({"fit_steps": -1}, f"fit_steps must be 0..{MAX_FIT_STEPS}"),
+                     ({"group": "cluster", "groups": 49}, "groups must be 1..48 (this model's units), got 49"),
+                     ({"group": "band", "groups": 0}, "groups must be 1..48"),
+                     ({"groups": 3}, "groups counts bands or clusters: set group to band or cluster"),
+                     ({"top_k": -1}, "top_k must be >= 0 (0: all components), got -1"),
+                     ({"group": "g" * 1000}, "unknown group 'ggg")):
+        with pytest.raises(ValueError, match=re.escape(text)):
+            check_options(model, **kw)
+    with pytest.raises(ValueError, match="sparse_dict model"):
+        check_options(build_model("linear", {"n_fft": 128, "hop_length": 32}))
+    assert check_options(model).kwargs() == {"group": "none", "n_groups": 8, "top_k": None, "fit_steps": None}
+    assert check_options(model, group="band", groups=3, top_k=2, fit_steps=0).kwargs() == \
+        {"group": "band", "n_groups": 3, "top_k": 2, "fit_steps": 0}
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(model, ckpt)
+    src = tmp_path / "in.wav"
+    src.write_bytes(b"not audio")  # a refusal of the options comes first: the audio is not read
+    base = ["decompose", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt)]
+    for flags, text in ((["--fit", "1000"], "--fit must be 0..100"), (["--fit", "-1"], "--fit must be 0..100"),
+                        (["--groups", "500"], "--groups must be 1..48 (this model's units), got 500"),
+                        (["--group", "none", "--groups", "4"], "--groups counts bands or clusters: set --group to band")):
+        assert main([*base, *flags]) == 2
+        assert text in capsys.readouterr().err
+    assert main(base) == 2
+    assert "cannot read audio" in capsys.readouterr().err
+    src.write_bytes(b"")  # was "cannot read audio (Format not recognised.)"
+    assert main(base) == 2
+    assert f"{src}: empty file (0 bytes)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_figure_stops_at_the_models_band_and_says_how_it_shows_channels(tmp_path, monkeypatch):
+    """At 44.1 kHz the component panels ran to 22 kHz, where components hold nothing; stereo was
+    drawn as the channels' mean unsaid; the log-frequency axis had only 10^2 and 10^3 ticks."""
+    from audioae import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    sr = 44100
+    x = np.stack([tone(0.5, sr, 440.0), noise_bursts(0.5, sr)])  # [2, T]
+    model = tiny_model()
+    plots.plot_decomposition(decompose(model, x, sr, group="band", n_groups=3, fit_steps=0), x, sr, model, "f.png")
+    axes = figures[0].axes
+    assert "every panel: the mean of its 2 channels" in axes[0].get_title()
+    assert axes[0].get_ylim()[1] > 20000 and any("8000 Hz" in t.get_text() for t in axes[0].texts)
+    assert [ax.get_ylim()[1] for ax in axes[3:]] == [8000.0] * (len(axes) - 3)
+    labels = [t.get_text() for t in axes[1].get_xticklabels()]
+    assert {"100", "200", "500", "1k", "2k", "5k"} <= set(labels), labels
+    plots.plot_decomposition(decompose(model, x[0], SR, fit_steps=0), x[0], SR, model, "f.png")  # mono, 16 kHz
+    assert "mean" not in figures[1].axes[0].get_title() and not figures[1].axes[0].texts
 
 
 def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):

@@ -104,3 +104,23 @@ def test_a_trailing_slash_names_a_new_folder_for_the_figure(tmp_path, capsys):
     out = tmp_path / "figs"  # not there yet: was "the name has no extension"
     assert main(["inspect", "-o", f"{out}/"]) == 0
     assert [p.name for p in out.iterdir()] == ["decomposer-small-dictionary.png"]
+
+
+def test_inspect_audio_says_it_shows_the_mean_of_the_channels(tmp_path, capsys):
+    # was: a stereo recording was mixed to mono unsaid
+    import numpy as np
+
+    from audioae.audio import write_audio
+
+    t = np.arange(8000) / 16000
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.05 * np.random.default_rng(0).standard_normal(8000)])
+    src = tmp_path / "two.wav"
+    write_audio(src, stereo.astype(np.float32), 16000)
+    assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "has 2 channels; the figure and the numbers show their mean (mono)" in err
+    assert json.loads(out)["audio_channels"] == 2
+    write_audio(src, stereo[:1].astype(np.float32), 16000)
+    assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "channels" not in err and json.loads(out)["audio_channels"] == 1
