@@ -294,12 +294,15 @@ class DecomposeResult:
     dominant_hz: list[float] = dataclasses.field(default_factory=list)  # [K]
     active_fraction: list[float] = dataclasses.field(default_factory=list)  # [K]
     active_seconds: list[list[list[float]]] = dataclasses.field(default_factory=list)  # [K][spans][start, end]
+    # [K] spans before the list was cut to 50 (None: a server before 2026-12-06 did not say)
+    active_spans: list[int | None] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict:
         """The description ``audioae decompose`` writes into ``summary.json``, key by key."""
-        comps = [folder.component_entry(k, *entry) for k, entry in enumerate(zip(
+        spans = self.active_spans or [None] * len(self.labels)
+        comps = [folder.component_entry(k, *entry, active_spans=n) for k, (*entry, n) in enumerate(zip(
             self.labels, self.units, [round(float(e), 6) for e in self.energy_share], self.dominant_hz,
-            self.active_fraction, self.active_seconds, strict=True))]
+            self.active_fraction, self.active_seconds, spans, strict=True))]
         return folder.summary(sample_rate=self.sample_rate, channels=self.channels, samples=self.samples,
                               group=self.group, fit_steps=self.fit_steps, frame_rate=self.frame_rate,
                               error_db=self.error_db, residual_share=self.residual_energy_share, components=comps)
@@ -333,6 +336,7 @@ def decompose_result(resp) -> DecomposeResult:
         dominant_hz=[c.dominant_hz for c in resp.components],
         active_fraction=[c.active_fraction for c in resp.components],
         active_seconds=[[[span.start, span.end] for span in c.active] for c in resp.components],
+        active_spans=[c.active_spans if c.HasField("active_spans") else None for c in resp.components],
     )
 
 

@@ -477,6 +477,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 label=entry["label"], units=entry["units"], energy_share=entry["energy_share"],
                 dominant_hz=entry["dominant_hz"], active_fraction=entry["active_fraction"],
                 active=[pb.Span(start=a, end=b) for a, b in entry["active_seconds"]],
+                active_spans=entry["active_spans"],
             )
         if request.return_components:
             size = 4 * (np.asarray(d.components).size + np.asarray(d.residual).size)

@@ -566,6 +566,9 @@ def test_decompose_components_sum_to_input(client, model_dir):
     np.testing.assert_allclose(r.components, ref.components, atol=1e-5)
     assert r.labels == ref.labels and r.units == ref.units and r.frame_rate == ref.frame_rate
     np.testing.assert_allclose(r.energy_share, ref.energy_share, rtol=1e-5)
+    from audioae.decompose import summarize
+
+    assert r.active_spans == [e["active_spans"] for e in summarize(ref)["components"]]  # the true counts cross the wire
 
 
 def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):

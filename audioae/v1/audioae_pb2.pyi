@@ -131,7 +131,7 @@ class Span(_message.Message):
     def __init__(self, start: _Optional[float] = ..., end: _Optional[float] = ...) -> None: ...
 
 class Component(_message.Message):
-    __slots__ = ("label", "units", "energy_share", "audio", "dominant_hz", "active_fraction", "active")
+    __slots__ = ("label", "units", "energy_share", "audio", "dominant_hz", "active_fraction", "active", "active_spans")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_SHARE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class Component(_message.Message):
     DOMINANT_HZ_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FRACTION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SPANS_FIELD_NUMBER: _ClassVar[int]
     label: str
     units: _containers.RepeatedScalarFieldContainer[int]
     energy_share: float
@@ -146,7 +147,8 @@ class Component(_message.Message):
     dominant_hz: float
     active_fraction: float
     active: _containers.RepeatedCompositeFieldContainer[Span]
-    def __init__(self, label: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ..., energy_share: _Optional[float] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., dominant_hz: _Optional[float] = ..., active_fraction: _Optional[float] = ..., active: _Optional[_Iterable[_Union[Span, _Mapping]]] = ...) -> None: ...
+    active_spans: int
+    def __init__(self, label: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ..., energy_share: _Optional[float] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., dominant_hz: _Optional[float] = ..., active_fraction: _Optional[float] = ..., active: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., active_spans: _Optional[int] = ...) -> None: ...
 
 class DecomposeResponse(_message.Message):
     __slots__ = ("model", "activations", "frame_rate", "components", "residual", "group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples")
