@@ -155,6 +155,15 @@ def test_every_model_reports_parameters_and_latency():
     assert tiny("conv1d").latency_seconds is None
 
 
+def test_a_vector_model_reports_no_audio_latency_or_rate():
+    """A 64-pixel linear model once reported 32 ms and 16000 Hz (its config's audio defaults)."""
+    vector = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 8})
+    assert vector.latency_seconds is None
+    assert (vector.describe()["latency_ms"], vector.describe()["sample_rate"]) == (None, None)
+    audio = tiny("linear").describe()
+    assert audio["sample_rate"] == 16000 and audio["latency_ms"] > 0
+
+
 def test_maxunpool_decode_needs_indices():
     model = tiny("conv1d", unpool="maxunpool")
     h = model.encode(model.example_input())

@@ -102,12 +102,18 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
     axes = sf.subplots(1, 4, gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
     runs = n["runs"]
     colors = {"none": "k", "l1": "tab:red", "l2": "tab:blue", "kl": "tab:green", "topk": "tab:purple"}
+    # Active share of the live units, not of all: dead units (silent for every digit) make a code
+    # smaller, not sparse, and the share of near-zero entries counts them as sparsity.
     for r in runs:
-        axes[0].scatter(r["fraction_near_zero"], r["mse"], color=colors.get(r["penalty"], "gray"), s=40)
+        x = r.get("active_share_of_live")
+        if x is None:  # every unit dead
+            continue
+        axes[0].scatter(x, r["mse"], color=colors.get(r["penalty"], "gray"), s=40)
         label = "none" if r["penalty"] == "none" else f"{r['penalty'].upper()} {r['weight']:g}"
-        axes[0].annotate(label, (r["fraction_near_zero"], r["mse"]), textcoords="offset points", xytext=(5, 4), fontsize=9)
-    axes[0].margins(x=0.2, y=0.1)  # room for the labels
-    axes[0].set_xlabel("share of code entries near zero")
+        axes[0].annotate(f"{label} ({r['live_units']} live)", (x, r["mse"]), textcoords="offset points",
+                         xytext=(5, 4), fontsize=9)
+    axes[0].margins(x=0.3, y=0.1)  # room for the labels
+    axes[0].set_xlabel("share of the live units active per digit")
     axes[0].set_ylabel("test MSE per pixel")
     axes[0].set_title(f"{n['code_dim']}-unit ReLU code of 64 pixels", fontsize=10)
     axes[0].grid(alpha=0.3)
@@ -123,7 +129,8 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
         ax.imshow(h / max(h.max(), 1e-12), aspect="auto", cmap="magma", interpolation="nearest")
         row = next(r for r in runs if (r["penalty"] == "none" if key == "none" else f"{r['penalty']} {r['weight']:g}" == key))
         hoyer = "-" if row["hoyer"] is None else f"{row['hoyer']:.2f}"
-        ax.set_title(f"{key.upper()}: {row['mean_active_units']:.0f} active units, Hoyer {hoyer}", fontsize=10)
+        ax.set_title(f"{key.upper()}: {row.get('live_units', '?')} of {n['code_dim']} units live,\n"
+                     f"{row['mean_active_units']:.0f} active per digit, Hoyer {hoyer}", fontsize=10)
         ax.set_xlabel("code unit")
         ax.set_ylabel("test digit")
 
@@ -134,18 +141,21 @@ def _band_unpooling(sf, n: dict, a: dict) -> None:
     crop = (slice(h // 4, h // 4 + h // 2), slice(w // 4, w // 4 + w // 2))
     _gray(axes[0], a["clean"][crop], "held-out photograph (crop)")
     for ax, r in zip(axes[1:4], n["runs"], strict=True):
-        _gray(ax, a["recon"][r["method"]][crop], f"{r['method']}: {r['psnr_whole_image_overlapping']:.1f} dB")
+        psnr_image = r["psnr_whole_image_overlapping"]
+        _gray(ax, a["recon"][r["method"]][crop], f"{r['method']}: whole image {psnr_image:.1f} dB")
     axes[4].set_axis_off()
-    cells = [[r["method"], f"{r['mse']:.4f}", f"{r['parameters']:,}", f"{r['train_seconds']:.1f}",
-              f"{r['inference_ms_per_1000']:.1f}"] for r in n["runs"]]
-    table = axes[4].table(cellText=cells, colLabels=["unpooling", "patch MSE", "params", "train s", "ms/1k"],
-                          loc="center", cellLoc="center")
+    cells = [[r["method"], f"{r['psnr']:.2f}", f"{r['psnr_whole_image_overlapping']:.2f}", f"{r['parameters']:,}",
+              f"{r['train_seconds']:.1f}", f"{r['inference_ms_per_1000']:.1f}"] for r in n["runs"]]
+    table = axes[4].table(cellText=cells, colLabels=["unpooling", "patch dB", "image dB", "params", "train s", "ms/1k"],
+                          colWidths=[0.22, 0.15, 0.15, 0.17, 0.14, 0.14], loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1, 1.6)
-    axes[4].set_title(f"{n['test_patches']} held-out {n['patch']}x{n['patch']} patches, {n['code_dim']}-unit code\n"
-                      "(max-unpooling also passes the pooling indices;\n"
-                      "images: overlapping patches averaged, PSNR of the whole image)", fontsize=10)
+    # Short lines: the panel is a fifth of the page wide and a long title is clipped at its edge.
+    axes[4].set_title(f"{n['test_patches']} held-out {n['patch']}x{n['patch']} patches, {n['code_dim']}-unit code.\n"
+                      "Patch: the non-overlapping grid. Image: overlapping\n"
+                      "patches averaged (the crops). Max-unpooling also\n"
+                      "passes the pooling indices to the decoder.", fontsize=10)
 
 
 def _band_generation(sf, n: dict, a: dict) -> None:

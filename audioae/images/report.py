@@ -55,8 +55,10 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     numbers: dict = {}
     arrays: dict = {}
     models: dict = {}
+    running = ["loading the data"]  # the step a failure is reported for
 
     def step(name: str, fn, *args):
+        running[0] = name
         say(f"{name} ...")
         t0 = time.perf_counter()
         n, a, m = fn(*args)
@@ -66,25 +68,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
         say(f"{name}: {seconds[name]:.1f} s")
         return n, a, m
 
-    digits = experiments.load_digits_split(cfg)
-    photos = experiments.load_photos(cfg)
-    _, dim_arrays, dim_models = step("dimensionality", experiments.dimensionality, cfg, digits)
-    _, _, unpool_models = step("unpooling", experiments.unpooling, cfg, photos)
-    step("denoising", experiments.denoising, cfg, photos, unpool_models.get(f"photo-{cfg.unpool}"))
-    step("sparsity", experiments.sparse_codes, cfg, digits)
-    step("generation", experiments.generation, cfg, digits, dim_models[f"digits-conv-k{cfg.map_code_dim}"],
-         dim_arrays["train_codes"], dim_arrays["raw_classifier"])
-
-    numbers["data"] = {"digits_train": len(digits.y_train), "digits_test": len(digits.y_test),
-                       "photo_train_patches": len(photos.train), "photo_test_patches": len(photos.test_patches),
-                       "train_photographs": list(experiments.TRAIN_PHOTOGRAPHS),
-                       "test_photograph": experiments.TEST_PHOTOGRAPH}
-    numbers["config"] = cfg.to_dict()
-    numbers["seconds"] = seconds
-    numbers["environment"] = {"audioae": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                              "python": platform.python_version(), "machine": platform.machine()}
-
-    if save_models:  # the trained models and the numbers first: a failure drawing the figure keeps them
+    def write_models() -> None:
         for name, model in models.items():
             save_checkpoint(model, out / "models" / f"{name}.safetensors", {"report": "audioae images report"})
         numbers["models"] = sorted(f"models/{name}.safetensors" for name in models)
@@ -98,6 +82,34 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
         atomic_write_text(out / "summary.md", summary_markdown(plain))
         return plain
 
+    numbers["config"] = cfg.to_dict()
+    numbers["seconds"] = seconds
+    numbers["environment"] = {"audioae": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                              "python": platform.python_version(), "machine": platform.machine()}
+    try:
+        digits = experiments.load_digits_split(cfg)
+        photos = experiments.load_photos(cfg)
+        numbers["data"] = {"digits_train": len(digits.y_train), "digits_test": len(digits.y_test),
+                           "photo_train_patches": len(photos.train), "photo_test_patches": len(photos.test_patches),
+                           "train_photographs": list(experiments.TRAIN_PHOTOGRAPHS),
+                           "test_photograph": experiments.TEST_PHOTOGRAPH}
+        _, dim_arrays, dim_models = step("dimensionality", experiments.dimensionality, cfg, digits)
+        _, _, unpool_models = step("unpooling", experiments.unpooling, cfg, photos)
+        step("denoising", experiments.denoising, cfg, photos, unpool_models.get(f"photo-{cfg.unpool}"))
+        step("sparsity", experiments.sparse_codes, cfg, digits)
+        step("generation", experiments.generation, cfg, digits, dim_models[f"digits-conv-k{cfg.map_code_dim}"],
+             dim_arrays["train_codes"], dim_arrays["raw_classifier"])
+    except Exception as exc:  # minutes of work may lie behind: keep what the earlier experiments made
+        numbers["failed"] = {"experiment": running[0], "error": f"{type(exc).__name__}: {exc}"}
+        if save_models:
+            write_models()
+        write_numbers()
+        say(f"{running[0]} failed; the numbers so far are in {out / 'report.json'} and {out / 'summary.md'}"
+            + (f", the models so far in {out / 'models'}" if save_models and models else ""))
+        raise
+
+    if save_models:  # the trained models and the numbers first: a failure drawing the figure keeps them
+        write_models()
     write_numbers()
     say("drawing the figure ...")
     try:
@@ -120,52 +132,95 @@ def _f(x, digits: int = 4) -> str:
 
 
 def summary_markdown(n: dict) -> str:
-    """The headline numbers of a report as Markdown tables."""
-    d, lines = n["dimensionality"], []
-    lines += ["# audioae images report", "",
-              f"Digits: {n['data']['digits_train']} train / {n['data']['digits_test']} test. Photographs: "
-              f"{n['data']['photo_train_patches']} training patches; every photograph number is on "
-              f"'{n['data']['test_photograph']}', never seen in training. Total {n['seconds']['total']:.0f} s "
-              f"wall clock, {n['seconds']['process_cpu']:.0f} s CPU.", "",
-              "## Dimensionality reduction and codes as features (digits, test set)", "",
-              "| code size | PCA MSE | linear AE MSE | conv AE MSE | PCA acc. | linear AE acc. | conv AE acc. |",
-              "|---|---|---|---|---|---|---|"]
+    """The headline numbers of a report as Markdown tables; a report cut short by a failed
+    experiment (``n["failed"]``) shows the sections it has."""
+    lines = ["# audioae images report", ""]
+    if "failed" in n:
+        lines += [f"**Incomplete**: {n['failed']['experiment']} failed ({n['failed']['error']}); the sections "
+                  "below are the experiments that ran before it.", ""]
+    data = n.get("data")
+    lines += [(f"Digits: {data['digits_train']} train / {data['digits_test']} test. Photographs: "
+               f"{data['photo_train_patches']} training patches; every photograph number is on "
+               f"'{data['test_photograph']}', never seen in training. " if data else "")
+              + f"Total {n['seconds']['total']:.0f} s wall clock, {n['seconds']['process_cpu']:.0f} s CPU."]
+    for name, section in (("dimensionality", _dimensionality_md), ("denoising", _denoising_md),
+                          ("sparsity", _sparsity_md), ("unpooling", _unpooling_md), ("generation", _generation_md)):
+        if name in n:
+            lines += ["", *section(n[name])]
+    return "\n".join([*lines, ""])
+
+
+def _dimensionality_md(d: dict) -> list[str]:
+    angles = d.get("linear_pca_max_angle_deg") or [None] * len(d["code_sizes"])
+    lines = ["## Dimensionality reduction and codes as features (digits, test set)", "",
+             "| code size | PCA MSE | linear AE MSE | linear AE over PCA | conv AE MSE "
+             "| largest angle, linear AE to PCA subspace (deg) | PCA acc. | linear AE acc. | conv AE acc. |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, k in enumerate(d["code_sizes"]):
-        lines.append(f"| {k} | {_f(d['mse']['pca'][i])} | {_f(d['mse']['linear'][i])} | {_f(d['mse']['conv'][i])} | "
+        pca, lin = d["mse"]["pca"][i], d["mse"]["linear"][i]
+        excess = "-" if not pca else f"{round(100 * (lin / pca - 1), 2) + 0.0:+.2f}%"  # + 0.0: no "-0.00%"
+        angle = "-" if angles[i] is None else f"{angles[i]:.2f}"
+        lines.append(f"| {k} | {_f(pca)} | {_f(lin)} | {excess} | {_f(d['mse']['conv'][i])} | {angle} | "
                      f"{_f(d['accuracy']['pca'][i], 3)} | {_f(d['accuracy']['linear'][i], 3)} | "
                      f"{_f(d['accuracy']['conv'][i], 3)} |")
-    lines += ["", f"Logistic regression on the 64 raw pixels: {_f(d['accuracy']['raw_pixels'], 3)}.", "",
-              "## Denoising (PSNR in dB on the held-out photograph)", "",
-              "| corruption | input | plain AE | denoising AE | gain |", "|---|---|---|---|---|"]
+    return [*lines, "", f"Logistic regression on the 64 raw pixels: {_f(d['accuracy']['raw_pixels'], 3)}."]
+
+
+def _denoising_md(n: dict) -> list[str]:
+    lines = ["## Denoising (PSNR in dB on the held-out photograph)", "",
+             "| corruption | input | plain AE | denoising AE | gain |", "|---|---|---|---|---|"]
     for kind in ("gaussian", "patches"):
-        r = n["denoising"][kind]
+        r = n[kind]
         lines.append(f"| {kind} | {_f(r['psnr_in'])} | {_f(r.get('psnr_plain_autoencoder'))} | {_f(r['psnr_out'])} | "
                      f"{_f(r['psnr_gain'], 3)} |")
-    g = n["denoising"]["gaussian"]
+    g, p = n["gaussian"], n["patches"]
     if "gaussian_filter_best_psnr" in g:
         lines += ["", f"Gaussian blur, best width chosen on the clean image: {_f(g['gaussian_filter_best_psnr'])} dB "
                       f"(sigma {g['gaussian_filter_best_sigma']})."]
-    lines += ["", f"## Sparse codes ({n['sparsity']['code_dim']} ReLU units, digits)", "",
-              "| penalty | weight | test MSE | near-zero share | active units | Hoyer |", "|---|---|---|---|---|---|"]
-    for r in n["sparsity"]["runs"]:
-        lines.append(f"| {r['penalty']} | {_f(r['weight'])} | {_f(r['mse'])} | {_f(r['fraction_near_zero'], 3)} | "
-                     f"{r['mean_active_units']:.1f} | {_f(r['hoyer'], 3)} |")
-    u = n["unpooling"]
-    lines += ["", f"## Unpooling ({u['patch']}x{u['patch']} photograph patches, {u['code_dim']}-unit code)", "",
-              "| method | test MSE | PSNR | parameters | train s | ms per 1,000 patches |", "|---|---|---|---|---|---|"]
+    if "dark_fraction_measured" in p:
+        lines += ["", f"Noise std {_f(g.get('noise_std'))}; darkened share of the test image "
+                      f"{_f(p['dark_fraction_measured'], 3)} ({'x'.join(map(str, p['dark_patch']))} patches)."]
+    return lines
+
+
+def _sparsity_md(n: dict) -> list[str]:
+    k = n["code_dim"]
+    lines = [f"## Sparse codes ({k} ReLU units, digits)", "",
+             "Live units: active on at least one test digit (the others are dead: silent for every input). "
+             "Active: at least 1e-3 of the largest activation.", "",
+             f"| penalty | weight | test MSE | live units (of {k}) at initialisation | live units after training | "
+             "active units per digit | active share of live units | live units active for under half the digits | "
+             "Hoyer |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in n["runs"]:
+        lines.append(f"| {r['penalty']} | {_f(r['weight'])} | {_f(r['mse'])} | {_f(r.get('live_units_at_init'))} | "
+                     f"{_f(r.get('live_units'))} | "
+                     f"{r['mean_active_units']:.1f} | {_f(r.get('active_share_of_live'), 3)} | "
+                     f"{_f(r.get('live_units_active_under_half'))} | {_f(r['hoyer'], 3)} |")
+    return lines
+
+
+def _unpooling_md(u: dict) -> list[str]:
+    lines = [f"## Unpooling ({u['patch']}x{u['patch']} photograph patches, {u['code_dim']}-unit code)", "",
+             "Patch PSNR: over the held-out photograph's non-overlapping patch grid (what the model is trained "
+             "on). Whole-image PSNR: overlapping patches averaged into the image (what the figure shows).", "",
+             "| method | patch MSE | patch PSNR | whole-image PSNR | parameters | train s | ms per 1,000 patches |",
+             "|---|---|---|---|---|---|---|"]
     for r in u["runs"]:
-        lines.append(f"| {r['method']} | {_f(r['mse'])} | {_f(r['psnr'])} | {r['parameters']:,} | "
-                     f"{r['train_seconds']:.1f} | {r['inference_ms_per_1000']:.1f} |")
-    lines += ["", "Max-unpooling passes the encoder's pooling indices to the decoder: information beside the code."]
-    gen = n["generation"]
-    lines += ["", f"## Generation ({gen['code_dim']}-unit conv AE code)", "",
-              "| code noise (x unit std) | label kept | MSE to the reconstruction |", "|---|---|---|"]
+        lines.append(f"| {r['method']} | {_f(r['mse'])} | {_f(r['psnr'])} | "
+                     f"{_f(r.get('psnr_whole_image_overlapping'))} | {r['parameters']:,} | {r['train_seconds']:.1f} | "
+                     f"{r['inference_ms_per_1000']:.1f} |")
+    return [*lines, "", "Max-unpooling passes the encoder's pooling indices to the decoder: information beside the "
+                        "code."]
+
+
+def _generation_md(gen: dict) -> list[str]:
+    lines = [f"## Generation ({gen['code_dim']}-unit conv AE code)", "",
+             "| code noise (x unit std) | label kept | MSE to the reconstruction |", "|---|---|---|"]
     for r in gen["perturbation"]:
         lines.append(f"| {r['scale']:g} | {_f(r['label_kept'], 3)} | {_f(r['mse_to_reconstruction'])} |")
     gs = gen["gaussian_samples"]
     mid = gen["interpolation_mid_confidence"]
-    lines += ["", f"Reconstructions keep their label {_f(gen['reconstruction_label_kept'], 3)} of the time. "
-                  f"Mid-path classifier confidence: code interpolation {_f(mid['code'], 3)}, pixel interpolation "
-                  f"{_f(mid['pixel'], 3)}. Samples of a Gaussian fitted to the codes: confidence "
-                  f"{_f(gs['mean_confidence'], 3)} (test digits {_f(gs['test_digits_mean_confidence'], 3)}).", ""]
-    return "\n".join(lines)
+    return [*lines, "", f"Reconstructions keep their label {_f(gen['reconstruction_label_kept'], 3)} of the time. "
+                        f"Mid-path classifier confidence: code interpolation {_f(mid['code'], 3)}, pixel interpolation "
+                        f"{_f(mid['pixel'], 3)}. Samples of a Gaussian fitted to the codes: confidence "
+                        f"{_f(gs['mean_confidence'], 3)} (test digits {_f(gs['test_digits_mean_confidence'], 3)})."]

@@ -41,19 +41,46 @@ def add_gaussian_std(x: torch.Tensor, std: float, generator=None) -> torch.Tenso
 
 
 def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], generator=None) -> torch.Tensor:
-    """Zero random rectangular patches of the last two axes until about ``fraction`` is dark.
+    """Zero random ``patch`` rectangles of the last two axes so that, on average, ``fraction`` of
+    them is dark, whatever the input and patch sizes (0: ``x`` unchanged, 1: all dark).
 
-    Works for spectrograms ``[B, F, N]`` (time-frequency patches) and images ``[B, C, H, W]``.
+    Works for spectrograms ``[B, F, N]`` (time-frequency patches) and images ``[B, C, H, W]``
+    (one mask for every channel). Per example, patches are added until the dark union reaches
+    ``fraction``; the patch that crosses it is kept with the probability that makes the expected
+    dark share exactly ``fraction`` (counting patches instead misses it once they overlap). Patch
+    corners are drawn over every placement that overlaps the input, clipped at its edges, so an
+    edge pixel is as likely to be dark as a central one.
     """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be within 0..1, got {fraction}")
+    if fraction == 0:
+        return x
+    if fraction == 1:
+        return torch.zeros_like(x)
     *lead, h, w = x.shape
     b = lead[0]
     ph, pw = min(patch[0], h), min(patch[1], w)
-    n_patches = max(1, round(fraction * h * w / (ph * pw)))
-    keep = torch.ones(b, h, w, device=x.device, dtype=x.real.dtype)
-    rows = torch.randint(0, h - ph + 1, (b, n_patches), generator=generator)
-    cols = torch.randint(0, w - pw + 1, (b, n_patches), generator=generator)
+    target = fraction * h * w  # dark pixels wanted per example
+    keep = torch.ones(b, h, w, dtype=x.real.dtype)
+    # Corners drawn a chunk at a time: most examples need no second draw.
+    chunk = max(8, 2 * round(target / (ph * pw)))
+
+    def corners():
+        while True:
+            rows = torch.randint(1 - ph, h, (chunk,), generator=generator).tolist()
+            cols = torch.randint(1 - pw, w, (chunk,), generator=generator).tolist()
+            yield from zip(rows, cols, strict=True)
+
     for i in range(b):
-        for r, c in zip(rows[i].tolist(), cols[i].tolist(), strict=True):
-            keep[i, r : r + ph, c : c + pw] = 0
+        dark = 0
+        for r, c in corners():
+            cell = keep[i, max(r, 0) : r + ph, max(c, 0) : c + pw]  # [<=ph, <=pw], a view into keep
+            new = int(cell.sum())
+            if dark + new >= target:  # the crossing patch: kept with probability (target - dark) / new
+                if float(torch.rand((), generator=generator)) * new < target - dark:
+                    cell.zero_()
+                break
+            cell.zero_()
+            dark += new
     shape = [b] + [1] * (len(lead) - 1) + [h, w]
-    return x * keep.reshape(shape)
+    return x * keep.to(x.device).reshape(shape)

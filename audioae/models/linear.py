@@ -46,6 +46,17 @@ class LinearAutoencoder(SpectralAutoencoder):
             return torch.rand(batch, self.config.input_dim, generator=torch.Generator().manual_seed(seed))
         return super().example_input(batch, seed)
 
+    @property
+    def latency_seconds(self) -> float | None:
+        """None for vectors: no audio frames, so no algorithmic latency to report."""
+        return None if self.config.input == "vector" else super().latency_seconds
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.config.input == "vector":
+            d["sample_rate"] = None  # the config's audio default means nothing for pixels
+        return d
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, D]`` or ``[B, D, N]`` -> ``h [B, K]`` or ``[B, K, N]``."""
         return self.finish_code(self.encoder(x.movedim(1, -1)).movedim(-1, 1))
