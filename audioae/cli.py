@@ -431,7 +431,7 @@ def _add_images(sub) -> None:
                         description="PCA against linear and convolutional autoencoders, codes as features, "
                                     "denoising, L1/L2 sparse codes, the three unpooling methods, generation.")
     r.add_argument("-o", "--out", required=True, help="output folder")
-    r.add_argument("--quick", action="store_true", help="tiny settings: a smoke test in seconds, numbers meaningless")
+    r.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of about 20 s with --threads 1, numbers meaningless")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReportConfig field, e.g. --set digit_steps=3000 --set code_sizes=[2,8,32]")
     r.add_argument("--seed", type=int, help="random seed (split, initialisation, batches, corruptions)")
@@ -448,7 +448,7 @@ def _cmd_images_report(args) -> int:
     from .images import ReportConfig, run_report
 
     check_output_folder(args.out, owns=lambda name: False)  # an existing file is refused before hours of work
-    changes = typed_fields(ReportConfig, parse_assignments(args.overrides), "--set: ReportConfig")
+    changes = typed_fields(ReportConfig, parse_assignments(args.overrides, example="digit_steps=3000"), "--set: ReportConfig")
     if args.seed is not None:
         changes["seed"] = args.seed
     cfg = ReportConfig.quick(**changes) if args.quick else ReportConfig(**changes)

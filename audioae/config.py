@@ -66,13 +66,13 @@ def coerce_value(value: str) -> object:
         return value
 
 
-def parse_assignments(items: list[str] | tuple[str, ...], where: str = "--set") -> dict:
+def parse_assignments(items: list[str] | tuple[str, ...], where: str = "--set", example: str = "mask_power=0.8") -> dict:
     """``KEY=VALUE`` strings -> ``{key: value}`` (values by :func:`coerce_value`); a string
-    without ``=`` or a key raises ValueError naming it."""
+    without ``=`` or a key raises ValueError naming it, with ``example``: a key of the caller's."""
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not (sep and key.strip()):
-            raise ValueError(f"{where} {item!r}: expected KEY=VALUE, e.g. mask_power=0.8")
+            raise ValueError(f"{where} {item!r}: expected KEY=VALUE, e.g. {example}")
         values[key.strip()] = coerce_value(value.strip())
     return values
