@@ -449,8 +449,6 @@ def test_sparsity_numbers_tell_dead_units_from_sparse_codes():
 
 
 def test_a_bare_set_key_is_answered_with_an_example_of_the_reports_own_keys(tmp_path, capsys):
-    from audioae.cli import main
-
     assert main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--set", "digit_steps"]) == 2
     assert "expected KEY=VALUE, e.g. digit_steps=3000" in capsys.readouterr().err  # was: mask_power=0.8
     assert not (tmp_path / "r").exists()
