@@ -18,6 +18,8 @@ from pathlib import Path
 
 from . import __version__
 
+log = logging.getLogger(__name__)
+
 
 # ---- train -------------------------------------------------------------------------------------
 def _whole_number(text: str) -> int:
@@ -612,6 +614,15 @@ def _cmd_client(args) -> int:
         client.close()
 
 
+def _warn_if_not_a_denoiser(client, name: str) -> None:
+    """As ``audioae denoise`` warns locally: a decomposition model gives back its reconstruction
+    of the input, noise included (one ListModels call, only when a model is named)."""
+    served = {m["name"]: m for m in client.list_models()["models"]}
+    if "Decompose" in served.get(name, {}).get("rpcs", []):
+        log.warning("%s is a decomposition model (a plain sparse autoencoder): its output is its "
+                    "reconstruction of the input, noise included, not a denoised copy", name)
+
+
 def _client_call(args, client) -> int:
     from . import decomposition_folder as folder
     from .client import save_decomposition
@@ -620,6 +631,8 @@ def _client_call(args, client) -> int:
     source = getattr(args, "input", None)
     if source is not None and not Path(source).is_file():  # one message for every subcommand, before the call
         raise ValueError(f"{source}: {'is a folder; name an audio file' if Path(source).is_dir() else 'no such file'}")
+    if cmd in ("denoise", "stream") and args.model:
+        _warn_if_not_a_denoiser(client, args.model)
     if cmd == "denoise":
         out = args.out or _default_out(args.input, "denoised")
         r = client.denoise_file(args.input, out, model=args.model, strength=args.strength)

@@ -865,6 +865,18 @@ def test_the_client_pointed_at_the_metrics_port_is_told_it_is_not_grpc(server, c
     assert "UNAVAILABLE" in err and "does not speak gRPC: an HTTP server, such as the metrics port?" in err, err
 
 
+def test_client_denoise_with_a_decomposition_model_warns_as_the_local_command_does(server, tmp_path, caplog):
+    # was: no word; `audioae denoise --model decomposer-small` warns that it reconstructs, noise and all
+    src = tmp_path / "in.wav"
+    sf.write(src, _noisy(0.5, 16000)[0], 16000)
+    base = ["client", "--server", f"127.0.0.1:{server.port}", "--timeout", "30"]
+    assert cli_main([*base, "denoise", str(src), "-o", str(tmp_path / "a.wav"), "--model", "dict"]) == 0
+    assert "dict is a decomposition model (a plain sparse autoencoder)" in caplog.text
+    caplog.clear()
+    assert cli_main([*base, "denoise", str(src), "-o", str(tmp_path / "b.wav"), "--model", "tiny"]) == 0
+    assert "decomposition model" not in caplog.text
+
+
 @pytest.mark.parametrize(("flags", "text"), [
     (["--server", "127.0.0.1:99999"], "the port must be within 1..65535, got 99999"),  # gRPC: 99999 mod 65536
     (["--server", "localhost"], "expected HOST:PORT (e.g. 127.0.0.1:50051), got 'localhost'"),  # gRPC: port 443
