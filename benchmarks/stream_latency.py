@@ -4,9 +4,10 @@ the first 0.3 s counted).
 
     python benchmarks/stream_latency.py [--out benchmarks/results/stream-latency.json]
 
-The model's own latency is one 24 ms window (a hop of it still to come when a frame completes);
-rates that share only a small factor with its 16 kHz (44.1, 22.05, 11.025 kHz) add the
-resampler's blocks of 441 input samples (``audioae.enhance.StreamingResampler``).
+The model's own latency is one 24 ms window (a hop of it still to come when a frame completes),
+plus the resampler's kernel (under 1 ms). Until 2026-12-06 the resampler answered whole blocks of
+441 input samples at 44.1, 22.05 and 11.025 kHz, with a block of context to spare: 60-80,
+100-120 and 200-240 ms (``audioae.enhance.StreamingResampler``).
 """
 
 from __future__ import annotations

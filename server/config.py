@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MB = 1024 * 1024
@@ -38,6 +39,9 @@ class ServerConfig:
     codec_timeout: float = 60.0  # seconds one decode or encode may take before its process is stopped
 
     def __post_init__(self):
+        for name, value in vars(self).items():  # inf or nan: an int() of it fails mid-call, or a limit never holds
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{_named(name)} must be a finite number, got {value}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
         for name in ("max_request_mb", "max_audio_seconds", "drain_seconds", "codec_timeout"):

@@ -27,6 +27,7 @@ class MessageFeed:
         self._q: queue.Queue = queue.Queue(maxsize=QUEUE_MESSAGES)
         self._closed = threading.Event()
         self._ended = False
+        self.taken_after_deadline = 0  # messages the call took after a drain's deadline (servicer)
         self._thread = threading.Thread(target=self._read, args=(requests,), name="stream-reader", daemon=True)
         self._thread.start()
 

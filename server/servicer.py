@@ -11,6 +11,7 @@ build lacks the decomposition module. A string of the request quoted in a messag
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -44,7 +45,7 @@ from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
 from .config import ServerConfig
 from .errors import Abort, quoted, status_of
-from .feed import FeedTimeout, MessageFeed
+from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
 from .lifecycle import Gate
 from .metrics import Metrics
 from .parsing import Unparsed
@@ -400,6 +401,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         give_up = time.monotonic() + idle if idle else math.inf
         while True:
             if self.gate.streams_must_end():
+                # What the client sent before the deadline is answered first, its half-close
+                # included (a stream that had ended ends OK); a bounded number, so a client that
+                # keeps sending is still cut.
+                if feed.taken_after_deadline < QUEUE_MESSAGES + 1:
+                    try:
+                        msg = feed.next(timeout=0)
+                        feed.taken_after_deadline += 1
+                        return msg
+                    except FeedTimeout:
+                        pass
                 raise _StreamCut(
                     grpc.StatusCode.UNAVAILABLE,
                     "the server is shutting down: the stream was ended at the end of its drain "
@@ -408,6 +419,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 )
             left = give_up - time.monotonic()
             if left <= 0:
+                with contextlib.suppress(FeedTimeout):  # one that arrived at the last moment
+                    return feed.next(timeout=0)
                 raise _StreamCut(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"no message for {idle:g} s: the stream was ended (--stream-idle-seconds), with the "
