@@ -116,9 +116,18 @@ def model_input(model: SpectralAutoencoder, wav: torch.Tensor) -> tuple[torch.Te
     return spec, lifted_features(model, spec, ahead, LevelTracker(model).gains(spec))
 
 
+class ModelOutputError(RuntimeError):
+    """The model gave NaN or Inf samples for finite input: its weights or settings are broken."""
+
+
 def _blend(clean: torch.Tensor, noisy: torch.Tensor, strength: float) -> torch.Tensor:
     """``strength`` 1: the model's output; 0: the input untouched; between: a mix, which caps
-    how much the model may remove (an attenuation limit users ask for)."""
+    how much the model may remove (an attenuation limit users ask for). Every path's output
+    passes here, so a broken model is refused here: NaN was written as -1.0 (full-scale DC) and
+    the file reported denoised."""
+    if not bool(torch.isfinite(clean).all()):
+        raise ModelOutputError("the model's output holds NaN or Inf samples for finite input: its weights or "
+                               "settings are broken (e.g. a checkpoint exported with a non-finite setting)")
     if strength >= 1.0:
         return clean
     return strength * clean + (1.0 - strength) * noisy

@@ -331,3 +331,24 @@ def test_streaming_resampler_equals_torchaudio_in_any_chunk_and_answers_without_
         answered = r.push(torch.zeros(1, pushed)).shape[-1]
         held = pushed - answered * r.bi / r.bo  # input samples whose output is still to come
         assert held <= reach + r.bi / r.bo, (pushed, held, reach)
+
+
+def test_a_model_that_outputs_nan_is_refused_not_written_as_full_scale_dc(tmp_path):
+    # was: export_model --set mask_power=nan (now refused by the config) gave NaN audio, which the
+    # folder tool wrote as -1.0 everywhere and reported "1 denoised, 0 failed"
+    from audioae.batch import FileDenoiser, FileTask
+    from audioae.enhance import ModelOutputError
+
+    torch.manual_seed(0)
+    model = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    with pytest.raises(ValueError, match="mask_power must be a finite number, got nan"):
+        build_model("recurrent", {"mask_power": float("nan")})
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # broken weights, as a bad export would leave
+    x = np.random.default_rng(0).standard_normal((1, 16000)).astype(np.float32) * 0.1
+    for call in (lambda: denoise(model, x, 16000), lambda: StreamingDenoiser(model, 16000, 1).push(x)):
+        with pytest.raises(ModelOutputError, match="NaN or Inf samples for finite input"):
+            call()
+    write_audio(tmp_path / "in.wav", x, 16000)
+    r = FileDenoiser(model).run(FileTask(str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "out.wav"))
+    assert r.status == "error" and "NaN or Inf samples" in r.error and not (tmp_path / "out.wav").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,10 @@ class AutoencoderConfig:
     patch_size: tuple[int, int] = (16, 8)  # (frequency bins, frames) or (rows, cols)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # nan passes every comparison below: mask_power=nan gave NaN audio
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         if self.sparsity not in PENALTIES:
             raise ValueError(f"sparsity must be one of {PENALTIES}, got {self.sparsity!r}")
         if self.corruption not in CORRUPTIONS:
