@@ -61,7 +61,7 @@ NOISE_CHUNK_SECONDS = 15.0  # long noise files (music, ambience) are cut into pi
 NOISE_CAP_SECONDS = 900.0  # at most this much audio from one noise source: keeps the mix balanced
 TEST_SNRS = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)
 TEST_PER_CELL = 4  # mixtures per (noise type, SNR)
-VAL_PER_CELL = 2  # the val split has 11 noise folders
+VAL_PER_CELL = 2  # the val split has 12 noise folders: 144 pairs
 
 
 # --------------------------------------------------------------------------------------------
