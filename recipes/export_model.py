@@ -11,7 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
-from audioae.checkpoint import checkpoint_extra, interpolate_weights, load_checkpoint, save_checkpoint
+from audioae.checkpoint import (
+    CheckpointError,
+    checkpoint_extra,
+    interpolate_weights,
+    load_checkpoint,
+    save_checkpoint,
+    sidecar_sha256,
+)
 from audioae.config import parse_assignments, typed_fields
 from audioae.train import grown_like
 
@@ -27,19 +34,32 @@ def main() -> None:
     args = p.parse_args()
     if (args.base is None) != (args.alpha is None):
         p.error("--base and --alpha go together")
-    if Path(args.dst).resolve() == Path(args.src).resolve():
-        p.error(f"DST is SRC ({args.src}): an export writes a new file and never replaces the checkpoint it reads")
-    model = load_checkpoint(args.src)
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:  # nan fails this too
+        p.error(f"--alpha must be within [0, 1], got {args.alpha}")
+    dst = Path(args.dst).resolve()
+    for name, path in (("SRC", args.src), ("--base", args.base)):
+        if path is not None and dst == Path(path).resolve():
+            p.error(f"DST is {name} ({path}): an export writes a new file and never replaces a checkpoint it reads")
+    if dst.is_dir():
+        p.error(f"DST {args.dst} is a folder; name the .safetensors file to write")
     try:
+        model = load_checkpoint(args.src)
         changes = typed_fields(type(model.config), parse_assignments(args.overrides),
                                f"--set: {type(model.config).__name__}")
-    except ValueError as exc:
+        extra = checkpoint_extra(args.src)
+        if args.base:
+            base = load_checkpoint(args.base)
+            if base.registry_name != model.registry_name:
+                p.error(f"--base {args.base} is a {base.registry_name} model and SRC a {model.registry_name} one")
+            model = interpolate_weights(model, grown_like(model, base), args.alpha)
+            extra = {**extra, "interpolated": {"base": args.base, "alpha": args.alpha,
+                                               "base_trained": checkpoint_extra(args.base)}}
+    except (CheckpointError, ValueError, OSError) as exc:  # a missing file, a base that does not fit
         p.error(str(exc))
-    extra = checkpoint_extra(args.src)
-    if args.base:
-        model = interpolate_weights(model, grown_like(model, load_checkpoint(args.base)), args.alpha)
-        extra = {**extra, "interpolated": {"base": args.base, "alpha": args.alpha,
-                                           "base_trained": checkpoint_extra(args.base)}}
+    before = load_checkpoint(args.dst).registry_name if dst.is_file() else None
+    if before is not None and before != model.registry_name:  # e.g. a decomposer over the shipped denoiser
+        p.error(f"DST {args.dst} holds a {before} model and this export a {model.registry_name} one; remove "
+                f"DST first if that is meant")
     if changes:
         try:
             model = model.with_config(**changes)
@@ -48,8 +68,11 @@ def main() -> None:
                     f"only (such as mask_power)")
         except (ValueError, TypeError) as exc:  # the config's own checks
             p.error(f"--set: {exc}")
-    digest = save_checkpoint(model, args.dst, {"trained": extra, **({"config_changes": changes} if changes else {})})
-    print(json.dumps({"dst": args.dst, "sha256": digest, "parameters": model.num_parameters(), **extra}, indent=2))
+    old_digest = sidecar_sha256(args.dst) if before is not None else None
+    meta = {"trained": extra, **({"config_changes": changes} if changes else {})}
+    digest = save_checkpoint(model, args.dst, meta)
+    print(json.dumps({"dst": args.dst, "sha256": digest, **({"replaced_sha256": old_digest} if before else {}),
+                      "parameters": model.num_parameters(), **meta}, indent=2))
 
 
 if __name__ == "__main__":

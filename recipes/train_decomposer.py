@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("round %d: steps %d loss %.5f lr %.2e active units/frame %.1f, units used %d, mag SNR %.2f dB "
                  "(%.0f s)", r + 1, progress["steps"], progress["losses"][-1], lr, stats["active_per_frame"],
                  stats["units_used"], stats["snr_db"], progress["seconds"])
+    if args.ship and not progress["steps"]:  # a budget of 0, or a resumed run already spent: random atoms
+        log.error("nothing was trained (0 steps): %s is left as it was; give --minutes or --max-rounds", SHIPPED)
+        return 1
     if args.ship:
         extra = {"steps": progress["steps"], "rounds": progress["round"], "train_seconds": round(progress["seconds"]),
                  "final_loss": progress["losses"][-1] if progress["losses"] else None,

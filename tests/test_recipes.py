@@ -306,6 +306,22 @@ def test_export_model_interpolates_towards_a_base_and_records_it(tmp_path):
     assert extra["config_changes"] == {"mask_power": 0.8}
     assert extra["trained"]["interpolated"]["alpha"] == 0.25 and extra["trained"]["step"] == 2
     assert extra["trained"]["interpolated"]["base_trained"]["step"] == 1
+    # was: a DST equal to --base replaced the base in silence, alpha 1.5 was a traceback after the
+    # loads, and another family's model went over DST without a word
+    before = (tmp_path / "base.safetensors").read_bytes()
+    tuned, base = str(tmp_path / "tuned.safetensors"), str(tmp_path / "base.safetensors")
+    for args, text in (([tuned, base, "--base", base, "--alpha", "0.5"], "DST is --base"),
+                       ([tuned, str(dst), "--base", base, "--alpha", "1.5"], "--alpha must be within [0, 1], got 1.5"),
+                       ([str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")],
+                        "no such checkpoint file")):
+        run = subprocess.run([sys.executable, str(ROOT / "recipes" / "export_model.py"), *args],
+                             capture_output=True, text=True)
+        assert run.returncode == 2 and text in run.stderr, run.stderr[-500:]
+    assert (tmp_path / "base.safetensors").read_bytes() == before
+    save_checkpoint(build_model("sparse_dict", {"code_dim": 8}), tmp_path / "dict.safetensors")
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "export_model.py"), str(tmp_path / "dict.safetensors"),
+                          str(dst)], capture_output=True, text=True)
+    assert run.returncode == 2 and "holds a recurrent model and this export a sparse_dict one" in run.stderr
 
 
 def test_export_model_grows_an_ungated_base_before_interpolating_a_gated_model(tmp_path):
