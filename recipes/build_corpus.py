@@ -834,7 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(STAGES) - set(EXTRA_STAGES))
     if unknown:
         ap.error(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES + EXTRA_STAGES)}")
-    summary = run(args.out, stages, args.workers, args.scale, tuple(s for s in args.only.split(",") if s))
+    only = tuple(s for s in args.only.split(",") if s)
+    names = [source.name for source in PACKAGE_SOURCES]
+    if set(only) - set(names):  # a typo built nothing and exited 0
+        ap.error(f"unknown --only source(s) {sorted(set(only) - set(names))}; valid: {', '.join(names)}")
+    summary = run(args.out, stages, args.workers, args.scale, only)
     if args.ready:
         lines = summary_lines(summary or summarize(args.out))
         (args.out / "READY").write_text("\n".join(lines) + "\n")

@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from audioae.checkpoint import interpolate_weights, load_checkpoint
+from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
 from audioae.train import grown_like, load_run_config, make_validation_set, validate
 
 
@@ -42,7 +42,24 @@ def main(argv: list[str] | None = None) -> int:
                          "whether a model does better on what it trained on (the test split is never used)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.examples < 1:
+        ap.error(f"--examples must be at least 1, got {args.examples}")
+    if any(not 0.0 <= a <= 1.0 for a in args.alpha):
+        ap.error(f"--alpha values must be within [0, 1], got {args.alpha}")
+    if args.base and not args.alpha:  # was: ignored in silence
+        ap.error("--base needs --alpha (the weights of each checkpoint to score)")
     torch.set_num_threads(args.threads)
+    try:
+        models = {path: load_checkpoint(path).eval() for path in args.checkpoints}
+        base = load_checkpoint(args.base) if args.base else None
+    except CheckpointError as exc:
+        ap.error(str(exc))
+    rates = {path: getattr(m.config, "sample_rate", None) for path, m in models.items()}
+    for path, m in models.items():  # a decomposer's input is the clean speech: it would score 90 dB in
+        if getattr(m.config, "corruption", "none") == "none":
+            ap.error(f"{path}: a {m.registry_name} model trained without corruption does not denoise; compare denoisers")
+    if len(set(rates.values())) > 1:  # the val set is made once, at the first checkpoint's rate
+        ap.error(f"the checkpoints differ in sample rate ({rates}); compare one rate at a time")
     run = load_run_config(args.config)
     data = dataclasses.replace(run.data, val_examples=args.examples)
     if args.split == "train":
@@ -50,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     val_set = None
     if args.alpha and not args.base:
         ap.error("--alpha needs --base")
-    base = load_checkpoint(args.base) if args.base else None
-    for path in args.checkpoints:
-        loaded = load_checkpoint(path).eval()
+    for path, loaded in models.items():
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
             val_set = make_validation_set(loaded, data, seed=args.seed)
-        start = grown_like(loaded, base) if base is not None else None  # once per checkpoint, for every alpha
+        try:
+            start = grown_like(loaded, base) if base is not None else None  # once per checkpoint, for every alpha
+        except ValueError as exc:  # a base of another family or a larger one
+            ap.error(f"--base {args.base} does not fit {path}: {exc}")
         for alpha in [None, *args.alpha]:
             model = loaded if alpha is None else interpolate_weights(loaded, start, alpha).eval()
             blend = {} if alpha is None else {"base": args.base, "alpha": alpha}

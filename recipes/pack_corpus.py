@@ -62,6 +62,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--measure", type=int, default=0, metavar="N", help="score the first N copies against their sources")
     args = p.parse_args()
+    if not 0.0 <= args.quality <= 1.0:  # libsndfile refused every file, and the run exited 0
+        p.error(f"--quality must be within [0, 1] (0 best, 1 smallest), got {args.quality}")
+    if not args.src.is_dir():
+        p.error(f"{args.src}: no such folder")
     files = list_audio(args.src)
     jobs = [(f, args.dst / f.relative_to(args.src).with_suffix(".ogg")) for f in files]
     with ThreadPoolExecutor(args.threads) as pool:
@@ -72,7 +76,11 @@ def main() -> None:
         per_folder[top] = per_folder.get(top, 0) + size
     for name, size in sorted(per_folder.items()):
         print(f"{name:28s} {size / 2**20:7.1f} MiB")
-    print(f"{'all':28s} {sum(sizes) / 2**20:7.1f} MiB in {len(files)} files")
+    skipped = sum(1 for size in sizes if size == 0)
+    print(f"{'all':28s} {sum(sizes) / 2**20:7.1f} MiB in {len(files) - skipped} files"
+          + (f" ({skipped} skipped, above)" if skipped else ""))
+    if files and skipped == len(files):
+        raise SystemExit("pack_corpus: every file was skipped; nothing was written")
     if args.measure:
         print(json.dumps(measure(jobs[: args.measure], args.quality)))
 
