@@ -20,7 +20,7 @@ from audioae.checkpoint import (
     sidecar_sha256,
 )
 from audioae.config import parse_assignments, typed_fields
-from audioae.train import grown_like
+from audioae.train import RESUME_FIXED, grown_like
 
 
 def main() -> None:
@@ -56,6 +56,10 @@ def main() -> None:
                                                "base_trained": checkpoint_extra(args.base)}}
     except (CheckpointError, ValueError, OSError) as exc:  # a missing file, a base that does not fit
         p.error(str(exc))
+    signal = sorted(set(changes) & set(RESUME_FIXED))  # the weights would load, and hear another signal
+    if signal:
+        p.error(f"--set {', '.join(signal)}: defines the signal the weights were trained on (a 16 kHz model "
+                f"set to 8000 lost 1.5 dB SI-SDR); --set takes inference knobs only (such as mask_power)")
     before = load_checkpoint(args.dst).registry_name if dst.is_file() else None
     if before is not None and before != model.registry_name:  # e.g. a decomposer over the shipped denoiser
         p.error(f"DST {args.dst} holds a {before} model and this export a {model.registry_name} one; remove "

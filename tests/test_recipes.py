@@ -313,7 +313,9 @@ def test_export_model_interpolates_towards_a_base_and_records_it(tmp_path):
     for args, text in (([tuned, base, "--base", base, "--alpha", "0.5"], "DST is --base"),
                        ([tuned, str(dst), "--base", base, "--alpha", "1.5"], "--alpha must be within [0, 1], got 1.5"),
                        ([str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors")],
-                        "no such checkpoint file")):
+                        "no such checkpoint file"),
+                       ([tuned, str(tmp_path / "y.safetensors"), "--set", "sample_rate=8000"],
+                        "--set sample_rate: defines the signal the weights were trained on")):
         run = subprocess.run([sys.executable, str(ROOT / "recipes" / "export_model.py"), *args],
                              capture_output=True, text=True)
         assert run.returncode == 2 and text in run.stderr, run.stderr[-500:]
