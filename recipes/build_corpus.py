@@ -281,13 +281,14 @@ def convert_one(src: PackageSource, infile: str, outfile: Path) -> int:
         return 0
     chunk = int(NOISE_CHUNK_SECONDS * SR)
     if src.kind == "noise" and len(x) > 1.5 * chunk:
-        n = 0
-        for i, start in enumerate(range(0, len(x) - chunk // 3, chunk)):
-            piece = clean_clip(x[start : start + chunk], "noise")
-            if piece is not None:
-                save(outfile.with_name(f"{outfile.stem}_c{i:03d}.wav"), piece)
-                n += 1
-        return n
+        pieces = [(i, clean_clip(x[start : start + chunk], "noise"))
+                  for i, start in enumerate(range(0, len(x) - chunk // 3, chunk))]
+        kept = [(i, piece) for i, piece in pieces if piece is not None]
+        # Last chunk first: _c000 (the first, trimmed to start on sound) is written last, so its
+        # presence above means the file is complete; a build killed mid-file redoes it.
+        for i, piece in reversed(kept):
+            save(outfile.with_name(f"{outfile.stem}_c{i:03d}.wav"), piece)
+        return len(kept)
     save(outfile, x)
     return 1
 
