@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def espeak_pool(cache: Path, n: int, seed: int) -> list[np.ndarray]:
             if i % 50 == 0:
                 log.info("espeak-ng: %d utterances", len(clips))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **{f"u{i:04d}": c for i, c in enumerate(clips)})
+    tmp = cache.with_name(cache.name + ".part.npz")  # np.savez adds .npz to a name without it
+    np.savez(tmp, **{f"u{i:04d}": c for i, c in enumerate(clips)})
+    os.replace(tmp, cache)  # a run killed while writing leaves no half cache
     return clips
 
 
@@ -241,10 +244,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     last, progress_path = out / "last.safetensors", out / "progress.json"
-    progress = {"round": 0, "steps": 0, "seconds": 0.0, "losses": []}
+    # What defines the run's data and model: a resume with others would mix two runs in silence.
+    settings = {"config": config, "seed": args.seed, "speech_utterances": args.speech_utterances,
+                "examples": args.examples, "seconds": args.seconds, "round_steps": args.round_steps,
+                "batch_size": args.batch_size, "lr": args.lr}
+    progress = {"round": 0, "steps": 0, "seconds": 0.0, "losses": [], "settings": settings}
     if last.is_file() and progress_path.is_file():
+        saved = json.loads(progress_path.read_text())
+        before = json.loads(json.dumps(saved.get("settings", settings)))  # a run before 2026-12-06 kept none
+        now = json.loads(json.dumps(settings))  # tuples as lists, as the file holds them
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        if changed:
+            ap.error(f"{out} holds a run with other settings ({', '.join(f'{k}: {before.get(k)!r} there, {now[k]!r} now' for k in changed)}); "
+                     f"resume with its settings (progress.json), or give another --out")
         model = load_checkpoint(last)
-        progress = json.loads(progress_path.read_text())
+        progress = {**saved, "settings": settings}
         log.info("resuming at round %d (%d steps, %.0f s)", progress["round"], progress["steps"], progress["seconds"])
     else:
         torch.manual_seed(args.seed)
