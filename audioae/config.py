@@ -8,6 +8,16 @@ import difflib
 import tomllib
 import typing
 
+QUOTE_CHARS = 80  # of a caller's string, quoted in a message
+
+
+def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``repr(text)`` for a message, its first ``limit`` characters only when it is longer, then its
+    length: a request's string, echoed whole, could make the message larger than gRPC carries."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
 
 def _conforms(value: object, t: object) -> bool:
     if t is float:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
+from .config import quoted
 from .decomposition_folder import MAX_SPANS, component_entry, summary
 from .models.dictionary import SparseDictionary
 
@@ -119,11 +120,6 @@ class Options:
         return {"group": self.group, "n_groups": self.n_groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
 
 
-def _quoted(text: str, limit: int = 80) -> str:
-    """A caller's string in a message, clipped: the server echoes it back over gRPC."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
-
-
 def check_options(model, *, group: str = "none", groups: int | None = None, top_k: int = 0,
                   fit_steps: int | None = None, flags: bool = False) -> Options:
     """The one check of what a decomposition request asks for, with the limits and messages the
@@ -135,7 +131,7 @@ def check_options(model, *, group: str = "none", groups: int | None = None, top_
     name = {"group": "--group", "groups": "--groups", "top_k": "--top", "fit_steps": "--fit"} if flags else \
         {"group": "group", "groups": "groups", "top_k": "top_k", "fit_steps": "fit_steps"}
     if group not in GROUPS:
-        raise ValueError(f"unknown {name['group']} {_quoted(group)}; choose one of {', '.join(GROUPS)}")
+        raise ValueError(f"unknown {name['group']} {quoted(group)}; choose one of {', '.join(GROUPS)}")
     if top_k < 0:
         raise ValueError(f"{name['top_k']} must be >= 0 (0: all components), got {top_k}")
     if fit_steps is not None and not 0 <= fit_steps <= MAX_FIT_STEPS:

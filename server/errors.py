@@ -22,19 +22,10 @@ class Abort(Exception):
         self.message = message
 
 
-QUOTE_CHARS = 80  # of a caller's string, quoted in a message
 # Of a status message, as gRPC sends it: percent-encoded in the grpc-message trailer, where a
 # client refuses more than 16 kB ("received metadata size exceeds hard limit") and may refuse more
 # than its 8 kB soft limit, turning any status into RESOURCE_EXHAUSTED "Stream removed".
 MAX_STATUS_BYTES = 4096
-
-
-def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
-    """``repr(text)`` for a message, its first ``limit`` characters only when it is longer, then its
-    length: a request's string, echoed whole, could make the message larger than gRPC carries."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 def _wire_bytes(text: str) -> int:

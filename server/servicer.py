@@ -6,7 +6,7 @@ RESOURCE_EXHAUSTED for oversized input, a full queue or too many calls in progre
 admission limit, :mod:`server.lifecycle`), UNAVAILABLE while starting or draining,
 DEADLINE_EXCEEDED when the caller's deadline passes while it waits, UNIMPLEMENTED when this
 build lacks the decomposition module. A string of the request quoted in a message is clipped
-(:func:`server.errors.quoted`), and so is the message (:func:`server.errors.status_of`).
+(:func:`audioae.config.quoted`), and so is the message (:func:`server.errors.status_of`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import grpc
 import numpy as np
 import torch
 
-from audioae.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_levels, check_resample, resample
+from audioae.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_levels, check_resample, resample
 from audioae.client import (
     DATATYPES,
-    MAX_CHANNELS,
     array_from_tensor,
     audio_from_message,
     audio_message,
@@ -37,6 +36,7 @@ from audioae.client import (
     pcm_seconds,
     tensor_message,
 )
+from audioae.config import quoted
 from audioae.enhance import StreamingDenoiser, channel_seconds, is_out_of_memory
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
@@ -44,7 +44,7 @@ from audioae.v1 import audioae_pb2_grpc
 from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
 from .config import ServerConfig
-from .errors import Abort, quoted, status_of
+from .errors import Abort, status_of
 from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
 from .lifecycle import Gate
 from .metrics import Metrics

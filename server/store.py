@@ -14,10 +14,11 @@ import torch
 import audioae.models
 from audioae import pretrained
 from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file
+from audioae.config import quoted
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.models import Autoencoder, takes_audio
 
-from .errors import Abort, quoted
+from .errors import Abort
 
 log = logging.getLogger(__name__)
 
