@@ -214,6 +214,12 @@ def header_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int, in
 MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)
 
 
+def check_channels(channels: int, name: str = "") -> None:
+    """The channel limit every path holds: 1..MAX_CHANNELS (``name``: the audio's, in the message)."""
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{name + ': ' if name else ''}channels must be within 1..{MAX_CHANNELS}, got {channels}")
+
+
 def _is_tensor(x: object) -> bool:
     """Whether ``x`` is a torch tensor, without importing torch: if torch is not imported yet,
     nothing can be one."""

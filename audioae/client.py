@@ -32,10 +32,10 @@ import soundfile as sf
 
 from . import decomposition_folder as folder
 from .audio import (
-    MAX_CHANNELS,
     MIN_SAMPLE_RATE,
     AudioError,
     check_audio_array,
+    check_channels,
     check_pcm,
     check_writable,
     clips_at_full_scale,
@@ -103,8 +103,7 @@ def _pcm_dtype(fmt: int) -> tuple[str, str]:
 
 def pcm_bytes_to_array(data: bytes, fmt: int, channels: int, name: str = "PCM audio") -> np.ndarray:
     """Interleaved little-endian bytes -> ``[C, T]`` float32; raises :class:`AudioError`."""
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise AudioError(f"{name}: channels must be within 1..{MAX_CHANNELS}, got {channels}")
+    check_channels(channels, name)
     dtype, label = _pcm_dtype(fmt)
     frame = np.dtype(dtype).itemsize * channels
     if len(data) % frame:

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from .audio import (
-    MAX_CHANNELS,
     AudioError,
     as_channels_first,
+    check_channels,
     check_levels,
     check_pcm,
     check_resample,
@@ -176,8 +176,7 @@ def checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tu
     x, squeeze = as_channels_first(wav)
     x = x.cpu()
     check_pcm(x.numpy(), sr)
-    if x.shape[0] > MAX_CHANNELS:  # the streamed path refused these; the offline one took them
-        raise AudioError(f"channels must be within 1..{MAX_CHANNELS}, got {x.shape[0]}")
+    check_channels(x.shape[0])  # the streamed path refused these; the offline one took them
     return x, squeeze
 
 
@@ -358,8 +357,7 @@ class StreamingDenoiser:
         _check_strength(strength)
         check_sample_rate(sr, "stream")
         sr = int(sr)
-        if not 1 <= channels <= MAX_CHANNELS:  # AudioError: the folder tool reports it like any bad file
-            raise AudioError(f"channels must be within 1..{MAX_CHANNELS}, got {channels}")
+        check_channels(channels)  # AudioError: the folder tool reports it like any bad file
         c = model.config
         self.model, self.sr, self.strength, self.channels = model, sr, strength, channels
         self.finished = False

@@ -31,6 +31,7 @@ from ..audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     AudioError,
+    check_channels,
     check_levels,
     check_pcm,
     check_resample,
@@ -45,7 +46,6 @@ from ..audio import (
 from ..enhance import (
     StreamingDenoiser,
     channel_seconds,
-    checked_clip,
     denoise,
     denoise_batch,
     is_out_of_memory,
@@ -301,10 +301,10 @@ class FileDenoiser:
 
     def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float) -> _Decoded:
         """A short file read whole, with every check its batch would make (a clip the batch
-        refused would fail its neighbours too): samples, channel count, resampling."""
+        refused would fail its neighbours too): samples (as it is read), channel count, resampling."""
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         wav = _read_whole(task, f)  # [C, T]
-        checked_clip(wav, f.samplerate, self.strength)
+        check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
         return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0)
 
@@ -314,12 +314,13 @@ class FileDenoiser:
         shared batch adds: a non-causal one takes its files one by one."""
         size = self.batch_files if self.model.causal else 1
         group: list[_Decoded] = []
+        total = 0.0  # the group's channel-seconds
         for d in short:
-            if group and (len(group) == size or sum(g.channel_seconds for g in group) + d.channel_seconds
-                          > BATCH_MAX_TOTAL):
+            if group and (len(group) == size or total + d.channel_seconds > BATCH_MAX_TOTAL):
                 yield group
-                group = []
+                group, total = [], 0.0
             group.append(d)
+            total += d.channel_seconds
         if group:
             yield group
 
