@@ -53,7 +53,8 @@ def main() -> None:
             c.denoise(np.zeros(16000, np.float32), 16000)  # warm-up
             # each clip as a Denoise call, then the same clips as one StreamDenoise message each
             # (until 2026-12-06 a stream pushed a whole message at once: 8 ch x 115 s at 1 kHz grew
-            # the peak by 1.7 GB)
+            # the peak by 1.5 GB, this script against the server of commit c361bf3:
+            # benchmarks/results/channel-memory-before-stream.json)
             calls = [(name, spec, False) for name, spec in REQUESTS.items()]
             calls += [(f"stream: {name}", spec, True) for name, spec in REQUESTS.items()]
             for name, (channels, seconds, sr), streamed in calls:

@@ -58,8 +58,7 @@ def main() -> None:
         p.error(str(exc))
     signal = sorted(set(changes) & set(RESUME_FIXED))  # the weights would load, and hear another signal
     if signal:
-        p.error(f"--set {', '.join(signal)}: defines the signal the weights were trained on (a 16 kHz model "
-                f"set to 8000 lost 1.5 dB SI-SDR); --set takes inference knobs only (such as mask_power)")
+        p.error(f"--set {', '.join(signal)}: defines the signal the weights were trained on; --set takes inference knobs only (such as mask_power)")
     before = load_checkpoint(args.dst).registry_name if dst.is_file() else None
     if before is not None and before != model.registry_name:  # e.g. a decomposer over the shipped denoiser
         p.error(f"DST {args.dst} holds a {before} model and this export a {model.registry_name} one; remove "
