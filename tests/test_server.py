@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from server_checks import sample_value, wait_until
 
 from audioae.audio import encode_audio
 from audioae.checkpoint import load_checkpoint, save_checkpoint, sha256_file
@@ -106,12 +106,7 @@ def _code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
 
 
 def _wait_until(cond, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
+    return wait_until(cond, timeout)
 
 
 # ---- Denoise --------------------------------------------------------------------------------------
@@ -827,11 +822,7 @@ def test_reflection_lists_the_service(server):
 
 
 def _metric(text: str, sample: str) -> float:
-    """The value of one sample line (``name{labels}``) of a Prometheus text page; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sample_value(text, sample, absent=0.0)
 
 
 def test_prometheus_metrics(server, client):

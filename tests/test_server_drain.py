@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from server_checks import sample_value, wait_until
 
 from audioae.checkpoint import load_checkpoint, save_checkpoint
 from audioae.cli import main as cli_main
@@ -80,26 +81,12 @@ def _ready_ports(lines: queue.Queue, log: list[str]) -> tuple[int, int | None]:
 
 
 def _metric(port: int, sample: str, absent: float | None = None) -> float:
-    """One sample (``name{labels}``) of the server's Prometheus page; ``absent`` when the page has
-    no such line (a labelled counter appears only once counted), else an error."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    if absent is None:
-        raise AssertionError(f"no {sample} on the metrics page:\n{text}")
-    return absent
+    return sample_value(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode(),
+                        sample, absent)
 
 
 def _until(condition, timeout: float = 30.0) -> bool:
-    """Poll ``condition`` until it holds (True) or ``timeout`` passes (False): a bound on waiting,
-    not on speed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
+    return wait_until(condition, timeout, poll=0.05)
 
 
 def test_sigterm_drains_in_flight_calls(tmp_path):
