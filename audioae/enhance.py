@@ -435,7 +435,8 @@ class StreamingDenoiser:
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
         # A long chunk goes through in pieces: the model's working memory grows with a push's
-        # length (8 channels of 115 s at 1 kHz in one push took 1.7 GB), the stream's does not.
+        # length, the stream's does not (8 channels of 115 s at 1 kHz in one push grew the server
+        # by 1.5 GB: benchmarks/channel_memory.py).
         step = max(1, int(self.sr * min(STREAM_CHUNK_SECONDS, STREAM_CHUNK_CHANNEL_SECONDS / self.channels)))
         if x.shape[-1] > step:
             return torch.cat([self._push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)], dim=-1)
