@@ -402,11 +402,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         while True:
             if self.gate.streams_must_end():
                 # What the client sent before the deadline is answered first, its half-close
-                # included (a stream that had ended ends OK); a bounded number, so a client that
-                # keeps sending is still cut.
+                # included (a stream that had ended ends OK), waiting briefly for what is still on
+                # its way; a bounded number, so a client that keeps sending is still cut.
                 if feed.taken_after_deadline < QUEUE_MESSAGES + 1:
                     try:
-                        msg = feed.next(timeout=0)
+                        msg = feed.next(timeout=DRAIN_POLL_SECONDS)
                         feed.taken_after_deadline += 1
                         return msg
                     except FeedTimeout:
