@@ -12,6 +12,7 @@ pool is sized to leave threads over for health checks and for these refusals.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -32,6 +33,7 @@ class Gate:
         self._streams = 0
         self._cond = threading.Condition()
         self._streams_end_at: float | None = None  # monotonic time at which a drain ends open streams
+        self._stream_grace = 0.0  # seconds after that in which streams still take queued messages
         self.ended_streams = 0  # streams a drain ended before their clients did
 
     def set_serving(self) -> None:
@@ -44,12 +46,22 @@ class Gate:
         with self._cond:
             self.state = DRAINING
             if within is not None:
-                self._streams_end_at = time.monotonic() + max(0.0, within - min(STREAM_END_MARGIN, within / 2))
+                margin = min(STREAM_END_MARGIN, within / 2)
+                self._streams_end_at = time.monotonic() + max(0.0, within - margin)
+                # Half the margin for what clients already sent; the other half answers it.
+                self._stream_grace = margin / 2
             self._cond.notify_all()
 
     def streams_must_end(self) -> bool:
         """Whether a drain has reached the time for open streams to end."""
         return self._streams_end_at is not None and time.monotonic() >= self._streams_end_at
+
+    def stream_grace_left(self) -> float:
+        """Seconds left, once streams must end, in which they may still wait for messages already
+        on their way (at most 0)."""
+        if self._streams_end_at is None:
+            return math.inf
+        return max(0.0, self._streams_end_at + self._stream_grace - time.monotonic())
 
     def stream_ended_by_drain(self) -> None:
         with self._cond:

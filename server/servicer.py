@@ -403,10 +403,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if self.gate.streams_must_end():
                 # What the client sent before the deadline is answered first, its half-close
                 # included (a stream that had ended ends OK), waiting briefly for what is still on
-                # its way; a bounded number, so a client that keeps sending is still cut.
+                # its way: a bounded number, within the drain's grace, so a client that keeps
+                # sending is still cut before the drain's own end.
                 if feed.taken_after_deadline < QUEUE_MESSAGES + 1:
                     try:
-                        msg = feed.next(timeout=DRAIN_POLL_SECONDS)
+                        msg = feed.next(timeout=min(DRAIN_POLL_SECONDS, self.gate.stream_grace_left()))
                         feed.taken_after_deadline += 1
                         return msg
                     except FeedTimeout:
