@@ -285,8 +285,8 @@ def _add_decompose(sub) -> None:
                         "none: one component per latent unit")
     p.add_argument("--groups", type=_positive, default=None,
                    help=f"number of bands or clusters (default {DEFAULT_GROUPS}): about as many as the sources you "
-                        f"expect, since clustering always makes this many (a lone tone comes out as "
-                        f"{DEFAULT_GROUPS} near-identical pieces)")
+                        f"expect; at most this many clusters come out, fewer where fewer are distinct (pieces of "
+                        f"one sound are merged: a lone tone is one cluster, plus slivers of its ends)")
     p.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="joint atom + code updates on this recording: purer components, ~8 ms per step "
                         "per 4 s of audio (0..100; default: the model's, 10 for decomposer-small; 0: fastest)")
@@ -300,24 +300,27 @@ def _cmd_decompose(args) -> int:
     from .decompose import check_options, decompose, summarize
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
-    out = folder.check_folder(args.out, [args.file])
-    model = load(args.model, default=DEFAULT_DECOMPOSER)
-    # the server's limits and messages, before the audio is read
-    options = check_options(model, group=args.group, groups=args.groups, top_k=args.top, fit_steps=args.fit, flags=True)
-    wav, sr, _info = read_audio(args.file)
-    dec = decompose(model, wav, sr, **options.kwargs())
-    summary = summarize(dec)
-    summary.update({"input": str(args.file), "model": str(resolve(args.model, DEFAULT_DECOMPOSER)),
-                    "top": args.top or None})
-    figure = None
-    if args.plot:
-        from .plots import plot_decomposition
+    # Held from the checks to the last move: a second run into the folder is refused at once,
+    # not after its work (and cannot delete this one's files half written).
+    with folder.claim(args.out, [args.file]) as out:
+        model = load(args.model, default=DEFAULT_DECOMPOSER)
+        # the server's limits and messages, before the audio is read
+        options = check_options(model, group=args.group, groups=args.groups, top_k=args.top, fit_steps=args.fit,
+                                flags=True)
+        wav, sr, _info = read_audio(args.file)
+        dec = decompose(model, wav, sr, **options.kwargs())
+        summary = summarize(dec)
+        summary.update({"input": str(args.file), "model": str(resolve(args.model, DEFAULT_DECOMPOSER)),
+                        "top": args.top or None})
+        figure = None
+        if args.plot:
+            from .plots import plot_decomposition
 
-        def figure(path: Path) -> None:
-            plot_decomposition(dec, wav, sr, model, path)
+            def figure(path: Path) -> None:
+                plot_decomposition(dec, wav, sr, model, path)
 
-    folder.write_folder(out, summary, dec.activations, dec.components, dec.residual, sr, figure=figure)
-    print("\n".join(folder.describe(summary, out)))
+        folder.write_folder(out, summary, dec.activations, dec.components, dec.residual, sr, figure=figure)
+    print("\n".join(folder.describe(summary, out.path)))
     return 0
 
 
@@ -645,11 +648,11 @@ def _client_call(args, client) -> int:
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
         out = args.out or str(Path(args.input).with_suffix(".components"))
-        folder.check_folder(out, [args.input])  # before the call, not after
-        res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
-                               group=args.group, components=not args.no_audio, fit_steps=args.fit,
-                               groups=args.groups)
-        summary, _ = save_decomposition(res, out, source=args.input, top=args.top_k or None)
+        with folder.claim(out, [args.input]) as held:  # checked and held before the call, not after
+            res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
+                                   group=args.group, components=not args.no_audio, fit_steps=args.fit,
+                                   groups=args.groups)
+            summary, _ = save_decomposition(res, held, source=args.input, top=args.top_k or None)
         print("\n".join(folder.describe(summary, out)))
     elif cmd == "models":
         info = client.list_models()

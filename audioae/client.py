@@ -295,6 +295,7 @@ class DecomposeResult:
     active_seconds: list[list[list[float]]] = dataclasses.field(default_factory=list)  # [K][spans][start, end]
     # [K] spans before the list was cut to 50 (None: a server before 2026-12-06 did not say)
     active_spans: list[int | None] = dataclasses.field(default_factory=list)
+    groups: int | None = None  # bands or clusters asked for (the request's; None: group none, or unknown)
 
     def summary(self) -> dict:
         """The description ``audioae decompose`` writes into ``summary.json``, key by key."""
@@ -304,7 +305,8 @@ class DecomposeResult:
             self.active_fraction, self.active_seconds, spans, strict=True))]
         return folder.summary(sample_rate=self.sample_rate, channels=self.channels, samples=self.samples,
                               group=self.group, fit_steps=self.fit_steps, frame_rate=self.frame_rate,
-                              error_db=self.error_db, residual_share=self.residual_energy_share, components=comps)
+                              error_db=self.error_db, residual_share=self.residual_energy_share, components=comps,
+                              groups=self.groups)
 
 
 def decompose_result(resp) -> DecomposeResult:
@@ -582,7 +584,10 @@ class Client:
             groups=groups,
         )
         resp = self.stub.Decompose(req, **self._kw(timeout))
-        return decompose_result(resp)
+        result = decompose_result(resp)
+        if result.group in ("band", "cluster"):  # what was asked: the answer has what came
+            result.groups = folder.DEFAULT_GROUPS if groups is None else groups
+        return result
 
     # -- encode / decode --------------------------------------------------------------------------
     def encode(self, x: np.ndarray, *, model: str, timeout: float | None = None) -> np.ndarray:
@@ -631,15 +636,16 @@ class Client:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
 
-def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike, *, source: str | None = None,
-                       top: int | None = None) -> tuple[dict, list[Path]]:
+def save_decomposition(result: DecomposeResult, out_dir: str | os.PathLike | folder.Claim, *,
+                       source: str | None = None, top: int | None = None) -> tuple[dict, list[Path]]:
     """Write what ``audioae decompose`` writes for the same recording: ``NN_<label>.wav`` per
     component and ``residual.wav`` (when the result has waveforms), ``activations.npy`` and
     ``summary.json`` (:mod:`audioae.decomposition_folder`, whose writer replaces an earlier
     decomposition in ``out_dir`` only once the new one is complete; other files are left alone).
     ``source`` (the input's name) and ``top`` are recorded in the summary. Returns the summary and
-    the files written, ``summary.json`` last."""
-    out = folder.check_folder(out_dir)
-    summary = {**result.summary(), "input": source, "model": result.model, "top": top}
-    return summary, folder.write_folder(out, summary, result.activations, result.components, result.residual,
-                                        result.sample_rate)
+    the files written, ``summary.json`` last. ``out_dir``: a folder, held for the write (one run at
+    a time: :func:`audioae.decomposition_folder.claim`), or a claim on one the caller holds."""
+    with folder.claim(out_dir) as held:
+        summary = {**result.summary(), "input": source, "model": result.model, "top": top}
+        return summary, folder.write_folder(held, summary, result.activations, result.components, result.residual,
+                                            result.sample_rate)

@@ -31,19 +31,24 @@ import torch
 
 from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
 from .config import quoted
-from .decomposition_folder import MAX_SPANS, component_entry, summary
+from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
 from .models.dictionary import SparseDictionary
 
 log = logging.getLogger(__name__)
 
 GROUPS = ("none", "band", "cluster")
-DEFAULT_GROUPS = 8  # bands or clusters when none are asked for (CLI, server, library alike)
 ACTIVE_SHARE = 1e-6  # units with less of the input's STFT energy than this are left in the residual
 EXACT_DB = -90.0  # the sum-to-input contract
 CHUNK_FLOATS = 1 << 20  # per-unit spectrograms in chunks of about this many floats: small chunks reuse freed memory instead of page-faulting in fresh 100 MB buffers (2x faster)
 MASK_FLOOR = 1.0  # a bin's masks add up to min(1, V / (floor * |X|)): the rest goes to the residual
 ACTIVITY_WEIGHT = 2.0  # clustering: when a unit is active counts this much more than its atom's shape
 ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its loudest frame
+# Clusters whose component waveforms have a cosine similarity above this are one sound cut in
+# pieces, and are merged. Measured with decomposer-small in 8 clusters (docs/decomposition.md): the
+# pieces of one steady tone 0.96-1.00; any other two clusters at most 0.78 (two at ~1 kHz in a 1 kHz
+# tone with noise bursts), the clusters of white noise at most 0.68, those of a voice in pink noise
+# at most 0.42.
+SAME_SOUND = 0.9
 # The whole recording is decomposed at once (the per-signal fit is global): memory grows with its
 # length, about 5 MB per second at 16 kHz with the defaults (measured: 3 min, 0.9 GB above the
 # loaded model; docs/decomposition.md), and by the component waveforms kept. Longer inputs get a warning with the estimate.
@@ -82,6 +87,8 @@ class Decomposition:
     band_bins: list[tuple[int, int]] = field(default_factory=list)
     # frames at each end whose analysis window reaches into the STFT's zero padding
     edge_frames: int = 0
+    # bands or clusters asked for (None: group "none"); fewer come back where fewer are distinct
+    groups_asked: int | None = None
 
     @property
     def error_text(self) -> str:
@@ -230,7 +237,9 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     """K-means over the active units, weighted by their energy. A unit is described by when it
     is active in this signal (its activation envelope, counted twice) and by its atom's shape on
     a log-frequency axis: units that rise and fall together -- the harmonics of one voice, the
-    bands of one noise -- land in one group, and shape splits sources that move alike."""
+    bands of one noise -- land in one group, and shape splits sources that move alike. Always
+    ``n_groups`` groups when there are more active units (one each when not): k-means splits one
+    sound too, which :func:`_same_sound` finds."""
     from sklearn.cluster import KMeans
 
     if len(active) <= n_groups:
@@ -244,6 +253,49 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     groups = [[u for u, lab in zip(active, labels_, strict=True) if lab == k] for k in range(n_groups)]
     groups = [g for g in groups if g]
     return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
+
+
+def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
+                 denom: torch.Tensor, groups: list[list[int]], z_len: int) -> torch.Tensor:
+    """The groups' component waveforms at the model's rate, ``[K, C, T']`` (``spec [C, F, N]``: the
+    input's STFT; ``denom``: the masks' denominator)."""
+    spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
+    waves = []
+    step = _unit_chunks(len(groups), spec.numel() * 2)
+    for lo in range(0, len(groups), step):
+        v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in groups[lo : lo + step]])  # [k, C, F, N]
+        s = torch.view_as_complex(spec_ri[None] * v.div_(denom[None])[..., None])  # [k, C, F, N] masked
+        waves.append(model.stft.inverse(s, z_len))  # [k, C, T']
+    return torch.cat(waves)
+
+
+def _same_sound(waves: torch.Tensor, threshold: float = SAME_SOUND) -> list[list[int]]:
+    """Which of the groups whose waveforms are ``waves [K, C, T']`` are pieces of one sound: lists
+    of their indices, one per sound. Pieces are groups whose waveforms are nearly proportional
+    (cosine above ``threshold``): k-means cuts one steady tone into several clusters at the same
+    frequency, which a listener cannot tell apart. Waveforms, not masked spectrograms, since the
+    inverse STFT spreads a mask over the window's main lobe: the two strongest pieces of a 440 Hz
+    tone took bins 13 and 14 of it, 0.43 alike as masked spectrograms, 1.00 as waveforms. The most
+    alike pair is merged first, then again with the merged group (its inner products are the
+    sums of its parts': exact, nothing recomputed), until no pair is that alike."""
+    flat = waves.flatten(1)  # [K, C * T']
+    gram = (flat @ flat.T).double().numpy()  # [K, K]
+    parts = [[k] for k in range(len(gram))]
+    alive = list(range(len(gram)))
+    while len(alive) > 1:
+        sub = gram[np.ix_(alive, alive)]
+        norm = np.sqrt(np.maximum(np.diag(sub), 1e-300))
+        cos = sub / np.outer(norm, norm)
+        np.fill_diagonal(cos, -np.inf)
+        i, j = np.unravel_index(np.argmax(cos), cos.shape)
+        if cos[i, j] <= threshold:
+            break
+        a, b = alive[i], alive[j]
+        gram[a, :] += gram[b, :]
+        gram[:, a] += gram[:, b]  # after the row's sum: <a+b, a+b> = <a,a> + 2<a,b> + <b,b>
+        parts[a] += parts[b]
+        alive.remove(b)
+    return [sorted(parts[k]) for k in alive]
 
 
 def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.ndarray, active: list[int],
@@ -267,7 +319,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
     ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` band-limited
-    dyadic bands) or ``cluster`` (``n_groups`` clusters). ``top_k``: keep only the ``top_k`` strongest
+    dyadic bands; fewer where some hold nothing) or ``cluster`` (at most ``n_groups`` clusters:
+    fewer when fewer units are active, and clusters that are pieces of one sound -- nearly
+    proportional waveforms, :data:`SAME_SOUND` -- are merged). ``top_k``: keep only the ``top_k`` strongest
     components; the others join the residual. Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
@@ -309,13 +363,24 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     total = float(mag.pow(2).sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
     acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
-    explained, bins = None, None
+    explained, bins, waves = None, None, None
     if group == "band":
         explained = model.magnitudes(h[:, active], atoms[active]) if active else None  # [C, F, N]
         groups, labels, bins, g_energy = (_band_split(model, h, atoms, explained, weight, active, n_groups,
                                                       ACTIVE_SHARE * total) if active else ([], [], [], []))
     else:
         groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
+        if group == "cluster" and len(groups) > 1:
+            # Clusters that are pieces of one sound are merged: masks, inverse STFT and resampling
+            # are linear, so a merged cluster's waveform is the sum of its pieces'.
+            waves = _group_waves(model, h, atoms, spec, denom, groups, z.shape[-1])  # [K, C, T']
+            sounds = _same_sound(waves)
+            if len(sounds) < len(groups):
+                log.info("%d clusters of %d asked: k-means cut %d sound(s) in pieces, merged", len(sounds),
+                         n_groups, sum(len(p) > 1 for p in sounds))
+                waves = torch.stack([waves[p].sum(0) for p in sounds])
+            groups = [[u for k in p for u in groups[k]] for p in sounds]
+            labels = ["cluster"] * len(groups)
         # the sum of the units' masked STFT energies: cheap, no group spectrogram is formed twice
         g_energy = [float(unit_energy[g].sum()) for g in groups]
 
@@ -326,9 +391,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     groups = [groups[i] for i in order]
     labels = [labels[i] for i in order]
     bins = [bins[i] for i in order] if bins is not None else None
+    waves = waves[torch.from_numpy(order.copy())] if waves is not None else None
 
     comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
-                                                      z.shape[-1], explained, bins)
+                                                      z.shape[-1], explained, bins, waves)
     x64 = x.double().numpy()
     comps_sum = comps.sum(0, dtype=np.float64)  # [C, T]
     residual = (x64 - comps_sum).astype(np.float32)  # [C, T]
@@ -360,16 +426,20 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         residual_share=float((residual.astype(np.float64) * x64).sum() / x_energy),
         error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
         band_bins=bins, edge_frames=math.ceil(c.n_fft / (2 * c.hop_length)),
+        groups_asked=None if group == "none" else n_groups,
     )
 
 
 def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
                          groups: list[list[int]], sr: int, length: int, z_len: int,
-                         explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None):
+                         explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None,
+                         waves: torch.Tensor | None = None):
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
     frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz) and
     their energy envelopes ``[K, N]`` (model frames, summed over channels). With ``bins``,
-    component ``k``'s mask numerator is ``explained [C, F, N]`` within ``bins[k]`` only."""
+    component ``k``'s mask numerator is ``explained [C, F, N]`` within ``bins[k]`` only. With
+    ``waves [K, C, T']``, the groups' waveforms at the model's rate already inverted
+    (:func:`_group_waves`), these are resampled instead."""
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
     mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
@@ -391,15 +461,18 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         else:
             v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in batch])  # [k, C, F, N]: V_g per group
         mask = v.div_(denom[None])  # [k, C, F, N], in place: these tensors are the big ones
-        # The input's phase: real and imaginary parts scaled in one broadcast op.
-        s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
+        if waves is None:
+            # The input's phase: real and imaginary parts scaled in one broadcast op.
+            s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
+            y = model.stft.inverse(s, z_len)  # [k, C, T']
+        else:
+            y = waves[lo : lo + len(batch)]
         power = mask.pow_(2).mul_(mag2[None])  # [k, C, F, N]
         per_bin = power.sum(dim=1)  # [k, F, N]
         spectrum = per_bin.sum(-1)  # [k, F]
         dom[lo : lo + len(batch)] = (spectrum.argmax(-1).float() * bin_hz).numpy()
         spans[lo : lo + len(batch)] = _energy_band(spectrum.double().numpy()) * bin_hz
         envs[lo : lo + len(batch)] = per_bin.sum(1).numpy()
-        y = model.stft.inverse(s, z_len)  # [k, C, T']
         y = fit_length(resample(y, c.sample_rate, sr), length)  # [k, C, T]
         out[lo : lo + len(batch)] = y.numpy()
     return out, dom, spans, envs
@@ -498,6 +571,6 @@ def summarize(dec: Decomposition) -> dict:
             round(float(on.mean()) if on.size else 0.0, 4), spans, active_spans=count))
     return summary(
         sample_rate=dec.sample_rate, channels=int(dec.residual.shape[0]), samples=int(dec.residual.shape[-1]),
-        group=dec.group, fit_steps=dec.fit_steps, frame_rate=dec.frame_rate,
+        group=dec.group, groups=dec.groups_asked, fit_steps=dec.fit_steps, frame_rate=dec.frame_rate,
         error_db=round(dec.error_db, 2) if math.isfinite(dec.error_db) else None,
         residual_share=round(dec.residual_share, 6), components=comps)

@@ -9,18 +9,21 @@ here) and ``audioae client decompose`` (computed by a server).
 
 A decomposition is written whole into ``.audioae-new/`` inside the folder first, then moved in
 (:func:`write_folder`): a run killed at any point leaves the earlier decomposition or the new one,
-and the next run finishes or undoes what a killed one left.
+and the next run finishes or undoes what a killed one left. One run at a time per folder: a run
+holds the folder (:func:`claim`, an exclusive ``flock`` on ``.audioae-lock`` inside it) from its
+checks to its last move, and a second one is refused at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +40,18 @@ OTHER_FILES = ("residual.wav", "summary.json", "activations.npy", "decomposition
 _OLD_CLIENT_COMPONENT = re.compile(r"component_\d{2,}_[\w-]*\.wav")
 _OLD_CLIENT_FILES = ("decomposition.json",)
 MAX_SPANS = 50  # active_seconds spans per component (summary.json size; the wire's Component.active says so too)
+# Bands or clusters when none are asked for, by the CLI, the server, the library and the client
+# alike (audioae.decompose.DEFAULT_GROUPS is this one: here the client, which loads no torch, has it too).
+DEFAULT_GROUPS = 8
 # Hidden folders inside the output folder while a decomposition is written (write_folder): the new
 # one as it is written, and the earlier one's files while they move aside (".partial" until all are).
 STAGE, ASIDE, ASIDE_PARTIAL = ".audioae-new", ".audioae-old", ".audioae-old.partial"
+# Inside the output folder while a run holds it (claim): flock'd, and it holds the run's pid.
+LOCK = ".audioae-lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another run holds the output folder (:func:`claim`)."""
 
 
 def writes(name: str) -> bool:
@@ -51,18 +63,123 @@ def writes(name: str) -> bool:
 
 
 def check_folder(out: str | os.PathLike, inputs=()) -> Path:
-    """The folder a decomposition may be written into, checked before any work: besides
+    """The folder a decomposition may be written into, checked before any work (:func:`claim`'s
+    checks, the folder held only while they run): besides
     :func:`audioae.fileio.check_output_folder`'s checks, a folder holding files of the names a
     decomposition writes (``01_intro.wav``, ``residual.wav``, ...) must be a decomposition's own
     (its ``summary.json``), since a rerun replaces those names; someone's ``03_take.wav`` in any
     other folder is refused, not deleted. What a killed run left half-moved is first finished or
-    undone (:func:`recover`)."""
+    undone (:func:`recover`). Raises :class:`FolderBusy` while another run holds the folder."""
+    with claim(out, inputs) as held:
+        return held.path
+
+
+class Claim:
+    """An output folder this process holds (:func:`claim`): pass it where a folder is asked for
+    (:func:`write_folder`, :func:`claim`) to write under the same hold."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Claim({str(self.path)!r})"
+
+
+@contextlib.contextmanager
+def claim(out: str | os.PathLike | Claim, inputs=()) -> Iterator[Claim]:
+    """Hold ``out`` for one decomposition, from its checks to its last move: the checks of
+    :func:`check_folder` (before the folder is made), then an exclusive lock on the folder, then
+    :func:`recover` and the check for someone else's files, all under the lock. A second hold on
+    the folder, by any process, raises :class:`FolderBusy` at once, naming the holder's pid: two
+    runs would otherwise delete each other's ``.audioae-new`` or interleave their moves.
+
+    The lock is ``flock`` on ``out/.audioae-lock``, which the system releases when the holder
+    exits or is killed, so no stale lock is ever left (the file of a killed run may stay, with a
+    dead pid in it, until the next run). On leaving, the file is removed, and so is ``out`` (and
+    any folder made for it) when it was made here and nothing was written into it. ``out`` a
+    :class:`Claim` already held: that hold, as it is. Without ``fcntl`` (not POSIX) there is no
+    lock."""
+    if isinstance(out, Claim):
+        yield out
+        return
     out = check_output_folder(out, writes, inputs)
-    if not out.is_dir():
-        return out
-    recover(out)
+    made = _make_folders(out)
+    try:
+        with _locked(out):
+            recover(out)
+            _refuse_theirs(out)
+            yield Claim(out)
+    finally:
+        for folder in made:  # deepest first; one someone has written into meanwhile stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _make_folders(out: Path) -> list[Path]:
+    """Make ``out`` and any missing parents; the folders made, deepest first."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (as the folder jobs do)
+        yield
+        return
+    path = out / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder's last holder made it and, leaving it empty, removed it
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise FolderBusy(f"{out} is being written by another decomposition{pid}: one run at a time per "
+                             f"folder; wait for it to finish, or choose another output folder") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # A file system without flock (some network mounts): no lock, as without fcntl.
+            log.warning("%s: this file system takes no lock (%s): another run into the folder would not be "
+                        "stopped", out, exc.strerror)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            yield
+            return
+        except BaseException:
+            os.close(fd)
+            raise
+        # The last holder removes the file as it leaves: a lock taken on the file it removed holds
+        # nothing (a third run would make a new file and lock that). Open the one there now.
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still held: no one can have locked this file meanwhile
+        os.close(fd)
+
+
+def _refuse_theirs(out: Path) -> None:
     if _is_decomposition(out):
-        return out
+        return
     theirs = sorted(f.name for f in out.iterdir() if writes(f.name) and f.is_file())
     if theirs:
         shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
@@ -70,7 +187,6 @@ def check_folder(out: str | os.PathLike, inputs=()) -> Path:
                          f"replaces, but no summary.json of one (someone else's files, or what a run from "
                          f"before 2026-12-06 left when it was killed); move them away or delete them, or "
                          f"choose an empty or new folder")
-    return out
 
 
 def _is_decomposition(out: Path) -> bool:
@@ -97,15 +213,18 @@ def component_entry(index: int, label: str, units: list[int], energy_share: floa
 
 
 def summary(*, sample_rate: int, channels: int, samples: int, group: str, fit_steps: int, frame_rate: float,
-            error_db: float | None, residual_share: float, components: list[dict]) -> dict:
+            error_db: float | None, residual_share: float, components: list[dict], groups: int | None = None) -> dict:
     """``summary.json`` before the file names: the same keys whether the decomposition was
-    computed here (:func:`audioae.decompose.summarize`) or by a server (the client's)."""
+    computed here (:func:`audioae.decompose.summarize`) or by a server (the client's).
+    ``groups``: the bands or clusters asked for (None: group ``none``, or not known); fewer come
+    where fewer are distinct, and :func:`describe` says so."""
     return {
         "sample_rate": sample_rate,
         "channels": channels,
         "samples": samples,
         "seconds": round(samples / max(sample_rate, 1), 4),
         "group": group,
+        "groups": groups,
         "fit_steps": fit_steps,
         "frame_rate": frame_rate,
         "error_db": error_db,
@@ -120,8 +239,8 @@ def component_file_name(index: int, label: str) -> str:
     return f"{index + 1:02d}_{slug}.wav"
 
 
-def write_folder(out: str | os.PathLike, summary: dict, activations: np.ndarray, components: np.ndarray | None,
-                 residual: np.ndarray | None, sample_rate: int,
+def write_folder(out: str | os.PathLike | Claim, summary: dict, activations: np.ndarray,
+                 components: np.ndarray | None, residual: np.ndarray | None, sample_rate: int,
                  figure: Callable[[Path], object] | None = None) -> list[Path]:
     """Write a decomposition into ``out``: ``activations [U, N]``, and when given, ``components
     [K, C, T]`` and ``residual [C, T]`` at ``sample_rate``, ``figure(path)`` (which draws
@@ -134,20 +253,22 @@ def write_folder(out: str | os.PathLike, summary: dict, activations: np.ndarray,
     ``.audioae-old``, then the new files move in (summary.json last) and the old ones are deleted.
     A run killed while writing leaves the earlier result untouched; one killed while moving
     leaves a state :func:`recover` undoes (before ``.audioae-old`` exists) or finishes (after).
-    Both ways ``summary.json`` in ``out`` is a complete decomposition's."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    recover(out)
-    stage = out / STAGE
-    stage.mkdir()
-    try:
-        names = _write_files(stage, summary, activations, components, residual, sample_rate, figure)
-        _swap_in(out, stage)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
-            recover(out)
-        raise
-    return [out / name for name in names]
+    Both ways ``summary.json`` in ``out`` is a complete decomposition's.
+
+    All of it under the folder's hold (:func:`claim`): ``out`` a :class:`Claim` this process
+    holds, or a folder, held here for the write (:class:`FolderBusy` if another run holds it)."""
+    with claim(out) as held:
+        out = held.path
+        stage = out / STAGE
+        stage.mkdir()
+        try:
+            names = _write_files(stage, summary, activations, components, residual, sample_rate, figure)
+            _swap_in(out, stage)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
+                recover(out)
+            raise
+        return [out / name for name in names]
 
 
 def _write_files(folder: Path, summary: dict, activations: np.ndarray, components: np.ndarray | None,
@@ -216,7 +337,8 @@ def _remove(folder: Path) -> None:
 def recover(out: str | os.PathLike) -> None:
     """Finish or undo what a run killed inside :func:`write_folder` left in ``out``: the earlier
     decomposition's files half moved aside go back; a new one wholly written and partly moved in
-    is moved in; an unfinished new one is deleted."""
+    is moved in; an unfinished new one is deleted. Only under the folder's hold (:func:`claim`
+    runs it): what another run is writing looks just like what a killed one left."""
     out = Path(out)
     partial, aside, stage = out / ASIDE_PARTIAL, out / ASIDE, out / STAGE
     if partial.is_dir():
@@ -233,6 +355,22 @@ def recover(out: str | os.PathLike) -> None:
         _remove(stage)
 
 
+def fewer_groups(summary: dict) -> str | None:
+    """Why a decomposition has fewer bands or clusters than were asked for (``summary["groups"]``),
+    or None when it has as many, or ``top`` kept fewer, or the summary does not say (one from
+    before 2026-12-06)."""
+    asked, made, top = summary.get("groups"), len(summary["components"]), summary.get("top")
+    if not asked or made >= asked or (top is not None and made >= top):
+        return None
+    if summary["group"] == "cluster":
+        why = "the others were pieces of the same sounds, merged, or had no active unit"
+    elif summary["group"] == "band":
+        why = "the others hold no energy, or would be narrower than one of the model's frequency bins"
+    else:
+        return None
+    return f"{made} of the {asked} {summary['group']}s asked (--groups): {why}"
+
+
 def describe(summary: dict, out: str | os.PathLike) -> list[str]:
     """The lines both commands print: a headline, a header, then one line per component: its
     energy share, dominant frequency, share of frames active, number of active spans, and the
@@ -240,6 +378,9 @@ def describe(summary: dict, out: str | os.PathLike) -> list[str]:
     error = "exact" if summary["error_db"] is None else f"{summary['error_db']:.0f} dB"  # None: a silent input
     lines = [f"{len(summary['components'])} components + residual "
              f"({100 * summary['residual_energy_share']:.1f}% of the energy), sum-to-input error {error} -> {out}"]
+    note = fewer_groups(summary)
+    if note:
+        lines.append(f"  ({note})")
     if summary["components"]:
         lines.append(f"  {'#':>3}  {'energy':>7}  {'dominant':>10}  {'active':>6}  {'spans':>5}  {'first-last':<15} label")
     for entry in summary["components"]:

@@ -2,6 +2,7 @@
 grouping, ranking, separation of known parts, the shipped model, and the CLI."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -360,6 +361,59 @@ def test_shipped_model_separates_a_tone_from_noise_bursts():
     assert hi > 4 * max(lo, 1), noise_label
 
 
+def test_clusters_that_are_pieces_of_one_sound_are_merged_shipped():
+    """Was: clustering always made --groups clusters: a steady 440 Hz tone came out as 8, four of
+    them at ~406-438 Hz holding 67%, 18%, 7% and 3% of the energy, the rest slivers of its ends."""
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    dec = decompose(model, tone(2.0, SR, 440.0), SR, group="cluster", n_groups=8)
+    assert len(dec.labels) < 8 and dec.energy_share[0] > 0.9, (dec.labels, dec.energy_share)
+    assert re.fullmatch(r"cluster 1 \(~4[0-4]\d Hz, \d+ units\)", dec.labels[0]) and dec.groups_asked == 8
+    assert (dec.energy_share[1:] < 0.01).all()  # the rest: slivers of its ends, each a sound of its own
+    from audioae.decompose import SAME_SOUND
+
+    c = dec.components.reshape(len(dec.labels), -1).astype(np.float64)
+    norm = np.linalg.norm(c, axis=1)
+    assert ((c @ c.T / np.outer(norm, norm))[~np.eye(len(c), dtype=bool)] <= SAME_SOUND).all()
+    assert error_db(dec, tone(2.0, SR, 440.0)) < -90
+    two = decompose(model, tone(2.0, SR, 440.0) + tone(2.0, SR, 1500.0), SR, group="cluster", n_groups=8)
+    strong = sorted(two.dominant_hz[two.energy_share > 0.01])
+    assert len(strong) == 2 and abs(strong[0] - 440) < 50 and abs(strong[1] - 1500) < 50, two.labels
+    # distinct sounds stay apart: the clusters of a voice in pink noise are as many as asked
+    wav, sr, _ = read_audio(HERE / "examples" / "voice-pink-0dB.wav")
+    assert len(decompose(model, wav, sr, group="cluster", n_groups=8).labels) == 8
+
+
+def test_pieces_of_one_sound_are_waveforms_nearly_proportional():
+    from audioae.decompose import _same_sound
+
+    t = np.arange(8000) / SR
+    a, b = np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 1000 * t)
+    noise = np.random.default_rng(0).standard_normal(len(t))
+    waves = np.stack([0.5 * a, b, 2 * a, 0.1 * b + 0.001 * noise, noise, 0.3 * a + 0.3 * noise])  # [K, T]
+    assert _same_sound(torch.from_numpy(waves[:, None].astype(np.float32))) == [[0, 2], [1, 3], [4], [5]]
+    # 5 is 0.82 alike with the noise, 0.58 with the tone
+    assert _same_sound(torch.from_numpy(waves[:, None].astype(np.float32)), threshold=0.7) == [[0, 2], [1, 3], [4, 5]]
+
+
+def test_the_summary_and_the_table_say_when_fewer_groups_than_asked_came(tmp_path, capsys):
+    src = tmp_path / "tone.wav"
+    write_audio(src, tone(2.0, SR, 440.0)[None], SR, subtype="FLOAT")
+    assert main(["decompose", str(src), "-o", str(tmp_path / "d")]) == 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    made = len(summary["components"])
+    assert summary["group"] == "cluster" and summary["groups"] == 8 and made < 8
+    assert (f"({made} of the 8 clusters asked (--groups): the others were pieces of the same sounds, merged"
+            in capsys.readouterr().out)
+    assert main(["decompose", str(src), "-o", str(tmp_path / "d"), "--top", "2"]) == 0  # --top kept fewer
+    assert "asked (--groups)" not in capsys.readouterr().out
+    assert main(["decompose", str(src), "-o", str(tmp_path / "b"), "--group", "band", "--groups", "20"]) == 0
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["groups"] == 20 and "of the 20 bands asked (--groups)" in capsys.readouterr().out
+    assert main(["decompose", str(src), "-o", str(tmp_path / "n"), "--group", "none"]) == 0
+    assert json.loads((tmp_path / "n" / "summary.json").read_text())["groups"] is None
+    assert "asked (--groups)" not in capsys.readouterr().out
+
+
 def test_cluster_labels_give_a_band_where_the_energy_spreads_over_more_than_an_octave():
     spectra = np.zeros((3, 257))
     spectra[0, 32] = 1.0  # one bin
@@ -567,6 +621,134 @@ def test_a_rerun_after_a_killed_one_cleans_up_and_an_error_keeps_the_old_result(
     assert main([*base, "--top", "5", "--plot"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the earlier result, whole
+
+
+# `audioae decompose ARGS...` that stops, holding its folder, at its first call of FUNCTION
+# (decompose: computing; write_audio: writing into .audioae-new), prints "paused" and goes on when
+# a line arrives on stdin; argv: FUNCTION ARGS...
+PAUSED_RUN = """
+import sys
+from audioae import decompose, decomposition_folder
+from audioae.cli import main
+
+name = sys.argv[1]
+module = decompose if name == "decompose" else decomposition_folder
+real = getattr(module, name)
+
+def pause(*args, **kw):
+    setattr(module, name, real)  # once
+    print("paused", flush=True)
+    sys.stdin.readline()
+    return real(*args, **kw)
+
+setattr(module, name, pause)
+sys.exit(main(sys.argv[2:]))
+"""
+CLI = "import sys; from audioae.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _two_runs(tmp_path):
+    """A tiny model, an input and the argv of a decomposition of it into tmp_path/parts."""
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), ckpt)
+    src = tmp_path / "in.wav"
+    write_audio(src, (tone(0.5, SR) + noise_bursts(0.5, SR))[None], SR, subtype="FLOAT")
+    out = tmp_path / "parts"
+    (tmp_path / "paused.py").write_text(PAUSED_RUN)
+    return out, ["decompose", str(src), "-o", str(out), "--model", str(ckpt), "--group", "none", "--fit", "0"]
+
+
+def _added_up(out, x) -> int:
+    """The number of components in ``out``, whose WAVs add up to ``x``; nothing hidden is left."""
+    summary = json.loads((out / "summary.json").read_text())
+    names = sorted(f.name for f in out.glob("*.wav"))
+    assert names == sorted([c["file"] for c in summary["components"]] + ["residual.wav"])
+    total = sum(read_audio(out / name)[0].astype(np.float64) for name in names)
+    assert ((total - x) ** 2).sum() < 1e-9 * (x.astype(np.float64) ** 2).sum()  # -90 dB
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith(".")) == []
+    return len(summary["components"])
+
+
+@pytest.mark.parametrize("where", ["decompose", "write_audio"])  # computing; writing into .audioae-new
+def test_a_second_run_into_a_folder_in_use_is_refused_at_once_and_the_first_completes(tmp_path, where):
+    """Was: no lock; the second run's start deleted the first one's .audioae-new (as a killed run's),
+    and their moves could interleave."""
+    import subprocess
+    import sys
+
+    out, base = _two_runs(tmp_path)
+    first = subprocess.Popen([sys.executable, str(tmp_path / "paused.py"), where, *base, "--top", "4"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "paused\n", first.stderr.read()
+        second = subprocess.run([sys.executable, "-c", CLI, *base, "--top", "2"], capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 2, second.stderr
+        assert f"{out} is being written by another decomposition (pid {first.pid})" in second.stderr
+        first.stdin.write("go\n")
+        first.stdin.flush()
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    x = (tone(0.5, SR) + noise_bursts(0.5, SR))[None]
+    assert _added_up(out, x) == 4  # the first run's, whole
+
+
+def test_a_run_killed_while_it_holds_the_folder_leaves_no_lock_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out, base = _two_runs(tmp_path)
+    first = subprocess.Popen([sys.executable, str(tmp_path / "paused.py"), "write_audio", *base, "--top", "4"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "paused\n", first.stderr.read()
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    # what it left: its half-written decomposition and its lock file, the lock itself gone with it
+    assert (out / folder.STAGE).is_dir() and (out / folder.LOCK).read_text() == f"{first.pid}\n"
+    second = subprocess.run([sys.executable, "-c", CLI, *base, "--top", "2"], capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr
+    x = (tone(0.5, SR) + noise_bursts(0.5, SR))[None]
+    assert _added_up(out, x) == 2
+
+
+def test_a_held_folder_is_neither_recovered_nor_written_by_another_hold(tmp_path):
+    """Recovery is for what a killed run left: under another run's hold, .audioae-new is that run's
+    work in progress (was: check_folder, which `audioae client decompose` runs before its call,
+    deleted it)."""
+    from audioae.client import DecomposeResult, save_decomposition
+
+    out = tmp_path / "parts"
+    x = np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32) * 0.1
+    result = DecomposeResult(model="m", activations=np.zeros((3, 5), np.float32), frame_rate=125.0, labels=["a"],
+                             units=[[0]], energy_share=np.array([0.5]), components=x[None] / 2, residual=x / 2,
+                             sample_rate=16000, channels=1, samples=4000, dominant_hz=[100.0],
+                             active_fraction=[1.0], active_seconds=[[[0.0, 0.25]]], active_spans=[1])
+    with folder.claim(out) as held:
+        (out / folder.STAGE).mkdir()
+        (out / folder.STAGE / "01_a.wav").write_bytes(b"being written")
+        for attempt in (lambda: folder.check_folder(out), lambda: save_decomposition(result, out),
+                        lambda: folder.write_folder(out, {}, np.zeros((1, 1)), None, None, 16000)):
+            with pytest.raises(folder.FolderBusy, match=re.escape(f"{out} is being written by another "
+                                                                  f"decomposition (pid {os.getpid()})")):
+                attempt()
+        assert (out / folder.STAGE / "01_a.wav").read_bytes() == b"being written"
+        (out / folder.STAGE / "01_a.wav").unlink()
+        (out / folder.STAGE).rmdir()
+        summary, files = save_decomposition(result, held)  # under the hold held here
+    assert files[-1] == out / "summary.json" and _added_up(out, x) == 1
+    assert folder.check_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # a check makes nothing
 
 
 def test_a_folder_with_files_of_its_names_but_no_summary_is_refused_and_kept(tmp_path, capsys):
