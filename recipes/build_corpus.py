@@ -742,6 +742,14 @@ def summarize(out: Path) -> dict:
     return summary
 
 
+def write_manifest(out: Path) -> dict:
+    """``corpus/manifest.json`` and ``manifest.md`` (each written whole or not at all, as every
+    file here: a build killed while writing one leaves the one before); returns the summary."""
+    summary = summarize(out)
+    atomic_write_text(out / "manifest.md", summary_markdown(summary))
+    return summary
+
+
 def summary_markdown(summary: dict) -> str:
     """One table row per split, kind and source: files and minutes (for docs/corpus.md)."""
     rows = ["| split | kind | source | files | minutes |", "|---|---|---|---:|---:|"]
@@ -813,8 +821,7 @@ def run(out: Path, stages: tuple[str, ...], workers: int, scale: float, only: tu
         build_mixtures(out, "val", per_cell=VAL_PER_CELL)
     if "summary" not in stages:
         return None
-    summary = summarize(out)
-    (out / "manifest.md").write_text(summary_markdown(summary))
+    summary = write_manifest(out)
     for line in summary_lines(summary):
         log.info("%s", line)
     return summary
@@ -827,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated package source names (default: all)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the number of generated clips")
-    ap.add_argument("--ready", action="store_true", help="write corpus/READY with the summary at the end")
+    ap.add_argument("--ready", action="store_true", help="write corpus/READY with the summary at the end (after "
+                    "the manifest; never half written)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)  # a shared machine: one thread per worker is plenty for short clips
@@ -841,8 +849,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown --only source(s) {sorted(set(only) - set(names))}; valid: {', '.join(names)}")
     summary = run(args.out, stages, args.workers, args.scale, only)
     if args.ready:
-        lines = summary_lines(summary or summarize(args.out))
-        (args.out / "READY").write_text("\n".join(lines) + "\n")
+        # Last, and whole or not at all: READY claims a complete corpus (recipes/train_denoiser.sh
+        # builds one unless it is there), so a build killed before it, or while writing it, leaves none.
+        lines = summary_lines(summary or write_manifest(args.out))
+        atomic_write_text(args.out / "READY", "\n".join(lines) + "\n")
     return 0
 
 

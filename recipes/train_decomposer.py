@@ -66,12 +66,47 @@ WORDS = ("the quick brown fox jumps over lazy dog seven bright windows open slow
 
 
 # ---- sources --------------------------------------------------------------------------------------
-def espeak_pool(cache: Path, n: int, seed: int) -> list[np.ndarray]:
-    """``n`` espeak-ng utterances at 16 kHz (cached in ``cache``); empty when espeak-ng is absent."""
-    if cache.is_file():
-        data = np.load(cache)
-        return [data[k] for k in sorted(data.files)]
+POOL_RECORD = "made_with"  # the key, in the utterance cache, of what it was made from
+
+
+def pool_settings(n: int, seed: int) -> dict:
+    """What an utterance pool is made from: a cache made from anything else is another pool."""
+    return {"utterances": n, "seed": seed, "sample_rate": SR, "voices": list(VOICES), "words": list(WORDS)}
+
+
+def _read_pool(cache: Path) -> tuple[dict | None, list[np.ndarray]]:
+    """The settings a cache records (None: one made before 2026-12-06 records none) and its clips."""
+    with np.load(cache) as data:
+        made = json.loads(str(data[POOL_RECORD])) if POOL_RECORD in data.files else None
+        return made, [data[k] for k in sorted(data.files) if k != POOL_RECORD]
+
+
+def _how_made(made: dict | None, want: dict) -> str:
+    if made is None:
+        return "before 2026-12-06, and records nothing of how"
+    changed = sorted(k for k in {*made, *want} if made.get(k) != want.get(k))
+    return "from " + ", ".join(f"{k}: {made.get(k)!r} there, {want.get(k)!r} now" if k not in ("voices", "words")
+                               else f"other {k}" for k in changed)
+
+
+def espeak_pool(cache: Path, n: int, seed: int, *, resume: bool = False) -> list[np.ndarray]:
+    """``n`` espeak-ng utterances at 16 kHz, drawn with ``seed``; empty when espeak-ng is absent.
+
+    Cached in ``cache`` with what they were made from (:func:`pool_settings`): a cache made from
+    anything else (another count, seed, voice or word list) is remade, or, without espeak-ng to
+    remake it, refused (ValueError), never used as this run's in silence. ``resume``: the run
+    resumes, and a cache from before 2026-12-06, which records nothing, is the one it began with."""
+    want = pool_settings(n, seed)
     exe = shutil.which("espeak-ng")
+    if cache.is_file():
+        made, clips = _read_pool(cache)
+        if made == want or (made is None and resume):
+            return clips
+        if exe is None:
+            raise ValueError(f"{cache} holds espeak-ng utterances made {_how_made(made, want)}, and espeak-ng is not "
+                             f"installed to make this run's: install it, delete the file (to train on synthetic "
+                             f"speech-like signals only), or give another --out")
+        log.warning("%s was made %s: making this run's utterances", cache, _how_made(made, want))
     if exe is None:
         log.warning("espeak-ng not found: training on synthetic speech-like signals only")
         return []
@@ -94,7 +129,7 @@ def espeak_pool(cache: Path, n: int, seed: int) -> list[np.ndarray]:
                 log.info("espeak-ng: %d utterances", len(clips))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".part.npz")  # np.savez adds .npz to a name without it
-    np.savez(tmp, **{f"u{i:04d}": c for i, c in enumerate(clips)})
+    np.savez(tmp, **{f"u{i:04d}": c for i, c in enumerate(clips)}, **{POOL_RECORD: np.array(json.dumps(want))})
     os.replace(tmp, cache)  # a run killed while writing leaves no half cache
     return clips
 
@@ -249,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 "examples": args.examples, "seconds": args.seconds, "round_steps": args.round_steps,
                 "batch_size": args.batch_size, "lr": args.lr}
     progress = {"round": 0, "steps": 0, "seconds": 0.0, "losses": [], "settings": settings}
-    if last.is_file() and progress_path.is_file():
+    resume = last.is_file() and progress_path.is_file()
+    if resume:
         saved = json.loads(progress_path.read_text())
         before = json.loads(json.dumps(saved.get("settings", settings)))  # a run before 2026-12-06 kept none
         now = json.loads(json.dumps(settings))  # tuples as lists, as the file holds them
@@ -264,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         model = build_model("sparse_dict", config)
     log.info("model: %s", model.describe())
-    speech = espeak_pool(out / "speech_pool.npz", args.speech_utterances, args.seed)
+    try:
+        speech = espeak_pool(out / "speech_pool.npz", args.speech_utterances, args.seed, resume=resume)
+    except ValueError as exc:
+        ap.error(str(exc))
     log.info("speech pool: %d espeak-ng utterances, %.0f s", len(speech), sum(map(len, speech)) / SR)
 
     budget = args.minutes * 60

@@ -164,6 +164,59 @@ def test_val_mixtures_come_from_the_val_split_with_their_own_seeds(tmp_path):
     assert [m["seconds"] for m in val["mixtures"]] != [m["seconds"] for m in test["mixtures"]]
 
 
+# Runs SCRIPT ARGS... and kills it while it writes a file whose name holds TARGET ("": never): from
+# its opening on, writes past one byte are over the file size limit, and SIGXFSZ (which Python
+# ignores, so restored here) kills the process: a real kill in the middle of a real write.
+# argv: TARGET SCRIPT ARGS...
+KILLED_WRITING = """
+import os, resource, runpy, signal, sys
+
+target, script, *args = sys.argv[1:]
+
+def hook(event, a):
+    if event != "open" or not target or not isinstance(a[0], (str, bytes, os.PathLike)):
+        return
+    if target in os.path.basename(os.fsdecode(a[0])) and a[2] & (os.O_WRONLY | os.O_RDWR):
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+sys.addaudithook(hook)
+sys.argv = [script, *args]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_build_killed_while_writing_its_manifest_or_ready_leaves_no_half_file(tmp_path):
+    """Was: manifest.md and READY were written in place: a kill mid-write left a truncated
+    manifest, or a READY that claims a complete corpus (train_denoiser.sh then trains on it)."""
+    import signal
+    import subprocess
+
+    corpus = tmp_path / "corpus"
+    _tiny_corpus(corpus)
+    script = tmp_path / "killed_writing.py"
+    script.write_text(KILLED_WRITING)
+
+    def build(target: str, *args: str) -> int:
+        return subprocess.run([sys.executable, str(script), target, str(ROOT / "recipes" / "build_corpus.py"),
+                               "--out", str(corpus), "--stages", "summary", *args], capture_output=True,
+                              timeout=300).returncode
+
+    assert build("") == 0
+    before = (corpus / "manifest.md").read_text()
+    _write(corpus / "test" / "speech" / "dave" / "0.wav", synthetic.speech_like(np.random.default_rng(4), 1.0, SR))
+    assert build("manifest.md", "--ready") == -signal.SIGXFSZ  # killed while writing manifest.md
+    assert (corpus / "manifest.md").read_text() == before and not (corpus / "READY").exists()
+    assert build("READY", "--ready") == -signal.SIGXFSZ  # killed while writing READY
+    summary = json.loads((corpus / "manifest.json").read_text())
+    assert "dave" in summary["test"]["speech"]
+    assert (corpus / "manifest.md").read_text() == bc.summary_markdown(summary) != before
+    assert not (corpus / "READY").exists()
+    assert build("", "--ready") == 0
+    assert (corpus / "READY").read_text() == "\n".join(bc.summary_lines(summary)) + "\n"
+
+
 def test_benchmark_peers_keep_length_and_score(tmp_path):
     _tiny_corpus(tmp_path)
     bc.build_mixtures(tmp_path, "test", snrs=(0.0,), per_cell=1)
@@ -388,3 +441,66 @@ def test_train_decomposer_refuses_a_bad_set_before_making_its_run_folder(tmp_pat
             recipe.main(["--out", str(tmp_path / "run"), "--set", item])
         assert stop.value.code == 2 and said in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+
+
+# Stands in for espeak-ng (not installed here): `espeak-ng ... -w OUT TEXT` writes a short tone
+# whose pitch follows TEXT into OUT, and appends TEXT to the file CALLS names.
+FAKE_ESPEAK = """#!{python}
+import sys, zlib
+import numpy as np, soundfile as sf
+args = sys.argv[1:]
+text, out = args[-1], args[args.index("-w") + 1]
+t = np.arange(4410) / 22050
+sf.write(out, 0.5 * np.sin(2 * np.pi * (100 + zlib.crc32(text.encode()) % 900) * t), 22050)
+with open({calls!r}, "a") as fh:
+    fh.write(text + "\\n")
+"""
+
+
+def _fake_espeak(tmp_path: Path, monkeypatch):
+    """espeak-ng on PATH (alone there); returns how many times it has run."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "espeak-calls.txt"
+    bin_dir.mkdir()
+    exe = bin_dir / "espeak-ng"
+    exe.write_text(FAKE_ESPEAK.format(python=sys.executable, calls=str(calls)))
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return lambda: len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_train_decomposer_remakes_a_speech_cache_made_with_other_settings(tmp_path, monkeypatch):
+    """Was: a fresh run took whatever speech_pool.npz its folder held, however many utterances,
+    from whatever seed."""
+    recipe = _load("train_decomposer", ROOT / "recipes" / "train_decomposer.py")
+    calls = _fake_espeak(tmp_path, monkeypatch)
+    cache = tmp_path / "run" / "speech_pool.npz"
+    two = recipe.espeak_pool(cache, 2, 0)
+    assert len(two) == 2 and calls() == 2
+    assert [c.tolist() for c in recipe.espeak_pool(cache, 2, 0)] == [c.tolist() for c in two] and calls() == 2
+    assert len(recipe.espeak_pool(cache, 3, 0)) == 3 and calls() == 5  # was: the 2 cached ones
+    other = recipe.espeak_pool(cache, 3, 1)
+    assert calls() == 8 and [c.tolist() for c in other] != [c.tolist() for c in recipe.espeak_pool(cache, 3, 0)]
+    assert calls() == 11
+
+
+def test_train_decomposer_refuses_a_speech_cache_it_cannot_remake(tmp_path, monkeypatch, capsys):
+    """Without espeak-ng a fresh run cannot remake a cache from other settings (or one from before
+    2026-12-06, which says nothing of them): it refuses it, where it used to train on it. A resumed
+    run keeps the one it began with."""
+    recipe = _load("train_decomposer", ROOT / "recipes" / "train_decomposer.py")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no espeak-ng
+    run = tmp_path / "run"
+    tiny = ["--out", str(run), "--set", "code_dim=16", "--set", "topk=4", "--round-steps", "1", "--examples", "2",
+            "--seconds", "0.1", "--batch-size", "2", "--speech-utterances", "3"]
+    assert recipe.main([*tiny, "--max-rounds", "1"]) == 0  # synthetic speech only: no cache
+    assert not (run / "speech_pool.npz").exists()
+    old = np.random.default_rng(0).standard_normal((2, 800)).astype(np.float32)
+    np.savez(run / "speech_pool.npz", u0000=old[0], u0001=old[1])  # what a run before 2026-12-06 left
+    assert recipe.main([*tiny, "--max-rounds", "2"]) == 0  # resumed: the cache it began with
+    assert json.loads((run / "progress.json").read_text())["round"] == 2
+    (run / "last.safetensors").unlink()  # a fresh run in the same folder
+    with pytest.raises(SystemExit) as stop:
+        recipe.main([*tiny, "--max-rounds", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{run / 'speech_pool.npz'} holds espeak-ng utterances made before 2026-12-06" in err
+    assert "espeak-ng is not installed to make this run's" in err
