@@ -7,6 +7,7 @@ processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -193,3 +194,95 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
     left = [p.read_text() for p in (out / JOURNAL_NAME).glob("*")]
     assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"
+
+
+# Runs the real CLI, but the job's process SIGKILLs itself at the moment it would append the
+# manifest line of NAME's finished output: after the output's rename, before its record, the
+# window a kill (or a crash) of the job can fall in. argv: NAME, then the CLI's arguments.
+KILL_BEFORE_RECORDING = """
+import os, signal, sys
+from audioae.batch.manifest import ManifestWriter
+
+write = ManifestWriter.write
+
+def write_or_die(self, result):
+    if result.status == "ok" and os.path.basename(result.input) == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, result)
+
+ManifestWriter.write = write_or_die
+from audioae.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "pool"])
+def test_a_job_killed_between_an_outputs_rename_and_its_manifest_line_records_what_made_it(tmp_path, causal_ckpt,
+                                                                                            workers):
+    """The rerun used to find a.wav's output, have no line for it, and record it "skipped" with
+    empty settings: the manifest no longer said what made it, and a rerun with another strength
+    kept it as it was instead of being refused. (In a pool the worker renames, the job records.)"""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 1.0, "c.wav": 1.0})
+    cmd = [sys.executable, "-c", KILL_BEFORE_RECORDING, "a.wav", "denoise", str(src), "-o", str(out),
+           "--model", str(causal_ckpt), "--strength", "0.5", "--no-progress", "--workers", str(workers)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+    assert sf.info(out / "a.wav").frames == 16000  # renamed into place, complete
+    assert "a.wav" not in _statuses(out)  # and not recorded
+
+    refused = r"\d output\(s\) made with other settings: .* at strength 0\.5 \(e\.g\. a\.wav\)"
+    with pytest.raises(ValueError, match=refused):
+        run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=1.0, progress=False))
+
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, progress=False))
+    assert s["error"] == 0 and s["skipped"] >= 1 and s["skipped"] + s["ok"] == 3  # a pool may have done b too
+    rows = _statuses(out)
+    sha = hashlib.sha256(causal_ckpt.read_bytes()).hexdigest()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        assert (rows[name]["model"], rows[name]["sha256"], rows[name]["strength"]) == (str(causal_ckpt), sha, 0.5), \
+            rows[name]
+    assert rows["a.wav"]["status"] == "skipped"
+    assert not (out / JOURNAL_NAME).exists()  # its marker has served, and is gone
+
+
+def test_a_job_killed_before_an_overwrites_rename_leaves_the_earlier_settings_recorded(tmp_path, causal_ckpt):
+    """A marker says which file held the output's name when its file started: an ``--overwrite``
+    killed before its rename left the earlier output, and the manifest must go on saying what
+    made that one, not what the killed run meant to make."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 300.0})
+    run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=1.0, progress=False))
+    proc = _cli(src, out, causal_ckpt, "--overwrite", "--strength", "0.5")
+    _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert _statuses(out)["a.wav"]["strength"] == 0.5  # redone and recorded before b started
+    with pytest.raises(ValueError, match=r"1 output\(s\) made with other settings: .* at strength 1 \(e\.g\. b\.wav\)"):
+        run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, progress=False))
+    assert _statuses(out)["b.wav"]["strength"] == 1.0
+
+
+def test_a_marker_whose_output_was_renamed_into_place_names_a_finished_file_not_a_suspect(tmp_path):
+    from audioae.batch.manifest import MadeWith
+
+    out = tmp_path / "out"
+    out.mkdir()
+    made = MadeWith("m.safetensors", "ab" * 32, 0.5)
+    journal = Journal(out / JOURNAL_NAME, made)
+    (out / "old.wav").write_bytes(b"an earlier run's output")
+    journal.started("/in/new.wav", output=str(out / "new.wav"))
+    journal.started("/in/old.wav", output=str(out / "old.wav"))
+    assert journal.why("/in/new.wav") == journal.why("/in/old.wav") == DIED  # in flight: suspects if left
+    assert list(journal.finished()) == []
+    for name in ("new.wav", "old.wav"):  # as _PartWriter.commit does
+        (out / f".{name}.part").write_bytes(b"this run's output")
+        os.replace(out / f".{name}.part", out / name)
+    assert journal.why("/in/new.wav") is None and journal.why("/in/old.wav") is None  # done: nothing to isolate
+    assert sorted(journal.finished()) == [("/in/new.wav", str(out / "new.wav"), made),
+                                          ("/in/old.wav", str(out / "old.wav"), made)]
+    journal.interrupted("/in/new.wav")  # Ctrl-C after the rename: the marker stays, to be recorded
+    assert [src for src, _, _ in journal.finished()] == ["/in/new.wav", "/in/old.wav"]
+    journal.ended("/in/new.wav")
+    assert [src for src, _, _ in journal.finished()] == ["/in/old.wav"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -223,3 +227,114 @@ def test_a_file_that_kills_its_actor_is_isolated_not_retried_forever(ray_local, 
     for name in ("a.wav", "c.wav"):
         assert sf.info(out / name).frames == int(16000 * names[name])
     assert not (out / "b.wav").exists()
+
+
+# The real CLI on the Ray engine, whose driver SIGKILLs itself when it would append the manifest
+# line of the first finished output (after an actor renamed it into place, before the driver
+# records it), having first written every process under it (the local Ray it started) to argv[1]
+# as {pid: [start time, command line]}. Then argv[2:]: the CLI's arguments.
+KILL_DRIVER_BEFORE_RECORDING = """
+import json, os, signal, sys
+from audioae.batch.manifest import ManifestWriter
+
+def processes_under(root):
+    stats = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stats[int(d)] = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            pass
+    found, todo = {}, [root]
+    while todo:
+        p = todo.pop()
+        for pid, fields in stats.items():
+            if int(fields[1]) == p and pid not in found:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmdline = f.read().replace(b"\\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    continue
+                found[pid] = [fields[19], cmdline]
+                todo.append(pid)
+    return found
+
+write = ManifestWriter.write
+
+def write_or_die(self, result):
+    if result.status == "ok":
+        with open(sys.argv[1], "w") as f:
+            json.dump(processes_under(os.getpid()), f)
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(self, result)
+
+ManifestWriter.write = write_or_die
+from audioae.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+# Ray 2.60's two agents outlive a SIGKILLed driver by about a minute: they see their raylet die at
+# once, then wait out a 60 s timeout reporting that to the GCS, which died with the driver
+# (ray._private.utils.publish_error_to_driver). Documented in docs/batch.md.
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` (/proc's clock ticks: not
+    a reused pid), and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and fields[19] == started
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists processes from /proc")
+def test_a_driver_killed_between_an_outputs_rename_and_its_line_leaves_it_recorded_and_no_ray_workers(
+        ray_local, tmp_path):
+    """The driver records what an actor finished. Killed in between (here with SIGKILL, with the
+    local Ray it started, as `--engine ray` without --address does), the rerun used to call those
+    outputs "skipped" with empty settings. And what of its Ray outlives it: the GCS, raylet,
+    actors and tasks do not; Ray's two agents do, for about a minute."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    src, out, listed = tmp_path / "in", tmp_path / "out", tmp_path / "ray-processes.json"
+    src.mkdir()
+    names = ("a.wav", "b.wav", "c.wav")
+    for i, name in enumerate(names):
+        sf.write(src / name, 0.1 * np.random.default_rng(i).standard_normal(16000).astype(np.float32), 16000,
+                 subtype="PCM_16")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    cmd = [sys.executable, "-c", KILL_DRIVER_BEFORE_RECORDING, str(listed), "denoise", str(src), "-o", str(out),
+           "--engine", "ray", "--model", str(ckpt), "--strength", "0.5", "--no-progress"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**env, "OMP_NUM_THREADS": "1"},
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+    ray_processes = {int(pid): (t, c) for pid, (t, c) in json.loads(listed.read_text()).items()}  # [start, cmdline]
+    try:
+        assert any("raylet" in c for _, c in ray_processes.values()), ray_processes
+        deadline = time.monotonic() + 180  # they go within seconds; the bound only ends a failing test
+        while time.monotonic() < deadline:
+            left = {pid: c for pid, (t, c) in ray_processes.items() if _alive(pid, t) and c not in RAY_AGENTS}
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, f"outlived the killed driver: {left}"
+
+        finished = [n for n in names if (out / n).is_file()]
+        assert finished and not read_manifest(out / "audioae-manifest.jsonl")  # written, none recorded
+        with pytest.raises(ValueError, match=r"made with other settings: .* at strength 0\.5"):
+            run_denoise([src], out, DenoiseOptions(model=str(ckpt), engine="ray", strength=1.0, progress=False))
+        s = run_denoise([src], out, DenoiseOptions(model=str(ckpt), engine="ray", strength=0.5, progress=False))
+        assert (s["skipped"], s["ok"] + s["skipped"], s["error"]) == (len(finished), 3, 0)
+        sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        rows = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+        for name in names:
+            assert (rows[name]["model"], rows[name]["sha256"], rows[name]["strength"]) == (str(ckpt), sha, 0.5), \
+                rows[name]
+    finally:  # leave nothing of that Ray behind (the agents would go by themselves, a minute later)
+        for pid, (started, _) in ray_processes.items():
+            if _alive(pid, started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

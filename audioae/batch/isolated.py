@@ -50,21 +50,25 @@ def run_marked(den, items: Sequence[tuple[FileTask, bytes | None]], settings: Se
 
 def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: Journal) -> Iterator[FileResult]:
     for t, _ in group:
-        journal.started(t.input)
+        journal.started(t.input, output=t.output)
+    running = {t.input for t, _ in group}
     try:
         for r in den.run_many(group):
-            journal.ended(r.input)
+            running.discard(r.input)
+            if r.status != "ok":  # a finished file's marker stays until the job has recorded it
+                journal.ended(r.input)
             yield r
     except BaseException:  # an interruption (Ctrl-C), not the file's fault: a crash never gets here
-        for t, _ in group:
-            journal.ended(t.input)
+        for name in running:
+            journal.interrupted(name)
         raise
 
 
 def isolate(task: FileTask, settings: Settings, journal: Journal) -> FileResult:
     log.warning("%s: a process died on this file before; denoising it in a process of its own", task.input)
     result, crashed = run_isolated(task, settings, journal)
-    journal.ended(task.input, crashed=crashed)
+    if result.status != "ok":  # a finished file's marker stays until the job has recorded it
+        journal.ended(task.input, crashed=crashed)
     return result
 
 
@@ -87,7 +91,8 @@ def run_isolated(task: FileTask, settings: Settings, journal: Journal) -> tuple[
     a model load (seconds), which is why only suspects come here."""
     t0 = time.perf_counter()
     try:  # the child's pid goes in the marker: the file stays a suspect if this process dies meanwhile
-        result = call_in_child(_denoise_alone, task, settings, on_start=lambda pid: journal.started(task.input, pid))
+        result = call_in_child(_denoise_alone, task, settings,
+                               on_start=lambda pid: journal.started(task.input, pid, output=task.output))
         return result, False
     except ProcessDied as died:
         with contextlib.suppress(OSError):

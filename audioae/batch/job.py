@@ -203,13 +203,16 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     with _exclusive(out):
         earlier = read_manifest(out / MANIFEST_NAME)  # read once: a big job's manifest is long
+        journal = Journal(out / JOURNAL_NAME, now)
+        # Outputs an earlier run renamed into place but died before recording: their lines first,
+        # so that they count as done, with what made them, in everything below.
+        earlier.extend(json.loads(r.to_json()) for r in _record_finished(journal, out / MANIFEST_NAME))
         todo, done = split_done(tasks, options.overwrite, failed_last(earlier))
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(earlier)
-        journal = Journal(out / JOURNAL_NAME)
         bar = Progress(todo, len(done), options.progress, journal=journal)
         try:
             for t in done:
@@ -225,18 +228,58 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                                             **dataclasses.asdict(made[r.input]))
                 results.append(r)
                 manifest.write(r)
+                if r.status == "ok":  # recorded: its marker, which said what made the output, can go
+                    journal.ended(r.input)
                 bar.advance(r.input)
         finally:
             bar.close()
+            manifest.close()
+            try:
+                _recorded_late(results, _record_finished(journal, manifest.path))
+            except OSError as exc:  # e.g. the full disk that stopped the job: their markers stay, for the next run
+                log.warning("%s: outputs finished late not recorded (%s); the next run records them",
+                            manifest.path, exc.strerror or exc)
             _clear_completed(journal, results)
             manifest.compact()
     return manifest
 
 
+def _record_finished(journal: Journal, path: Path) -> list[FileResult]:
+    """Append an ``ok`` line for each output renamed into place that the manifest does not
+    record yet (its marker is still there: the job died between the rename and the line, or
+    the result never reached it), with the settings the marker names; then remove the marker.
+    Without this a rerun found such an output, had no line for it, and recorded it "skipped"
+    with empty settings."""
+    found = [FileResult(src, dst, "ok", **dataclasses.asdict(made)) for src, dst, made in journal.finished()]
+    if not found:
+        return []
+    writer = ManifestWriter(path)
+    try:
+        for r in found:
+            writer.write(r)
+            journal.ended(r.input)
+    finally:
+        writer.close()
+    log.info("recorded %d output(s) finished by a run that was stopped before recording them", len(found))
+    return found
+
+
+def _recorded_late(results: list[FileResult], late: Sequence[FileResult]) -> None:
+    """Put the results of files found finished at the end of a run in ``results``: in place of
+    the error the driver recorded when it lost track of them (a Ray pipeline that failed after an
+    actor had written them), or added when the run was interrupted before their results came."""
+    by_input = {r.input: r for r in late}
+    for i, r in enumerate(results):
+        if r.input in by_input and r.status == "error":
+            results[i] = by_input.pop(r.input)
+    known = {r.input for r in results}
+    results.extend(r for r in by_input.values() if r.input not in known)
+
+
 def _clear_completed(journal: Journal, results: Sequence[FileResult]) -> None:
-    """Forget the markers of files whose outputs exist (one written just before its process died
-    is skipped now; the engines clear the files they finish): the markers left name the files a
-    rerun must still isolate."""
+    """Forget the markers of skipped files (their outputs exist; a suspect's may have been written
+    just before its process died). The engines clear the markers of files that fail, the job those
+    of the files it records: the markers left name the files a rerun must still isolate."""
     for r in results:
         if r.status == "skipped":
             journal.ended(r.input)

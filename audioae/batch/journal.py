@@ -11,6 +11,15 @@ file that was innocent (the run was killed by hand while on it) just completes t
 One small file per file in flight, rather than one shared log: creating and removing files is
 safe from many processes and, for the Ray engine, from many machines on shared storage, where
 appends to one file are not.
+
+A marker also says what the file's output is being made with (the job's model, its sha256 and
+the strength) and which file held the output's name when it started (device and inode, or none).
+An output renamed into place has the inode of its ``.part`` file, so a marker whose output now
+has another identity names a *finished* file: not a suspect, but one whose manifest line may be
+missing, when the job died between the rename and the line. So a marker of a finished file
+stays until the job has written that line (:meth:`Journal.ended` after it), and a rerun
+records, from the markers it finds, what made each such output (:meth:`Journal.finished`)
+instead of calling it "skipped" with no settings.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from .manifest import MadeWith
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +44,40 @@ DIED = "died"  # a process died while on the file
 CRASHED = "crashed"  # and so did the process it was then isolated in
 
 
-class Journal:
-    """The markers of files in flight. Picklable (a path): worker processes and Ray actors mark too."""
+def _identity(path: str) -> list[int] | None:
+    """The file at ``path`` as ``[st_dev, st_ino]`` (a list: it round-trips through JSON), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
 
-    def __init__(self, folder: str | os.PathLike):
+
+class Journal:
+    """The markers of files in flight. Picklable (a path and the job's settings): worker processes
+    and Ray actors mark too. ``made``: what this job makes outputs with, written into each marker
+    of a file it denoises (None: markers without it, as before 2026-12-06)."""
+
+    def __init__(self, folder: str | os.PathLike, made: MadeWith | None = None):
         self.folder = Path(folder)
+        self.made = made
         self._warned = False
 
     def _marker(self, input_path: str) -> Path:
         return self.folder / (hashlib.sha1(os.fsencode(input_path)).hexdigest() + ".json")
 
-    def started(self, input_path: str, pid: int | None = None) -> None:
-        """``pid``: the process on the file, when it is not this one (an isolated child). A marker
-        that cannot be written (a full disk) costs the protection, not the job: the file's own
-        output then fails, and says why."""
+    def started(self, input_path: str, pid: int | None = None, output: str | None = None) -> None:
+        """``pid``: the process on the file, when it is not this one (an isolated child).
+        ``output``: where the file is being denoised to (None when nothing is written, e.g. a
+        header read). A marker that cannot be written (a full disk) costs the protection, not the
+        job: the file's own output then fails, and says why."""
+        rec: dict = {"input": input_path, "pid": pid or os.getpid()}
+        if output is not None and self.made is not None:
+            rec.update(output=output, replaces=_identity(output), **asdict(self.made))
         marker = self._marker(input_path)
         try:
             self.folder.mkdir(exist_ok=True)
-            marker.write_text(json.dumps({"input": input_path, "pid": pid or os.getpid()}))
+            marker.write_text(json.dumps(rec))
         except OSError as exc:
             with contextlib.suppress(OSError):
                 marker.unlink(missing_ok=True)  # an empty marker would make an innocent file a suspect
@@ -59,27 +87,73 @@ class Journal:
                             "stop this job", self.folder, exc.strerror or exc)
 
     def ended(self, input_path: str, crashed: bool = False) -> None:
-        if crashed:  # stays a suspect, for the next run
+        """The file is done with: its marker goes. The engines call this for a file that failed
+        (its marker would otherwise make it a suspect); for a finished file the job calls it once
+        the file's manifest line is written. ``crashed``: it stays a suspect, for the next run."""
+        if crashed:
             self.folder.mkdir(exist_ok=True)
             atomic_write_text(self._marker(input_path), json.dumps({"input": input_path, "crashed": True}))
         else:
             with contextlib.suppress(FileNotFoundError):
                 self._marker(input_path).unlink()
 
-    def why(self, input_path: str) -> str | None:
-        """DIED or CRASHED for a suspect, None for any other file."""
-        return self._read(self._marker(input_path))
+    def interrupted(self, input_path: str) -> None:
+        """The file's process was interrupted (Ctrl-C), not crashed on: its marker goes, unless
+        its output was already renamed into place (then the job still has to record it)."""
+        if self._finished(self._load(self._marker(input_path))) is None:
+            self.ended(input_path)
 
-    @staticmethod
-    def _read(marker: Path) -> str | None:
+    def why(self, input_path: str) -> str | None:
+        """DIED or CRASHED for a suspect, None for any other file (a finished one included)."""
         try:
-            text = marker.read_text()
+            text = self._marker(input_path).read_text()
         except OSError:
             return None
         try:
-            return CRASHED if json.loads(text).get("crashed") else DIED
-        except (ValueError, AttributeError):  # cut short as its process died: still a death
+            rec = json.loads(text)
+        except ValueError:  # cut short as its process died: still a death
             return DIED
+        if not isinstance(rec, dict):
+            return DIED
+        if self._finished(rec) is not None:
+            return None
+        return CRASHED if rec.get("crashed") else DIED
+
+    def finished(self) -> Iterator[tuple[str, str, MadeWith]]:
+        """``(input, output, made)`` for every marker whose output was renamed into place after
+        the marker was written: files finished by a process or a job that may have died before
+        recording them."""
+        try:
+            markers = sorted(self.folder.glob("*.json"))
+        except OSError:
+            return
+        for marker in markers:
+            rec = self._load(marker)
+            made = self._finished(rec)
+            if made is not None:
+                yield rec["input"], rec["output"], made
+
+    @staticmethod
+    def _load(marker: Path) -> dict | None:
+        try:
+            rec = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    @staticmethod
+    def _finished(rec: dict | None) -> MadeWith | None:
+        """What made the marker's output, when that output was renamed into place after the
+        marker was written (it has another identity than the file its name held then)."""
+        if rec is None or not isinstance(rec.get("output"), str) or not rec.get("sha256"):
+            return None
+        now = _identity(rec["output"])
+        if now is None or now == rec.get("replaces"):
+            return None
+        try:
+            return MadeWith(str(rec.get("model", "")), str(rec["sha256"]), float(rec["strength"]))
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def tidy(self) -> None:
         """Remove the folder when no marker is left in it."""

@@ -37,11 +37,15 @@ def _init_worker(settings: Settings, journal: Journal) -> None:
 
 def _work(task: FileTask) -> FileResult:
     assert _WORKER is not None and _JOURNAL is not None, "worker used before its initializer ran"
-    _JOURNAL.started(task.input)  # the worker, not the parent, knows when a file starts and ends
+    _JOURNAL.started(task.input, output=task.output)  # the worker, not the parent, knows when a file starts
     try:
-        return _WORKER.run(task)
-    finally:  # done, or failed with an exception; a crash never gets here (nor Ctrl-C: the parent clears those)
+        result = _WORKER.run(task)
+    except BaseException:  # Ctrl-C (or a bug), not a crash: no suspect, though an output renamed into place is kept
+        _JOURNAL.interrupted(task.input)
+        raise
+    if result.status != "ok":  # a finished file's marker stays until the job has recorded it
         _JOURNAL.ended(task.input)
+    return result
 
 
 def run_local(todo: Sequence[FileTask], model: SpectralAutoencoder | None, *, checkpoint: str, sha256: str,
@@ -189,9 +193,10 @@ class _Pool:
 
     def forget_interrupted(self) -> None:
         """The files workers were on when the pool was stopped: their markers and partial outputs
-        go (interrupted, not crashed on: a rerun need not isolate them)."""
+        go (interrupted, not crashed on: a rerun need not isolate them), but for a file whose output
+        was renamed into place before its result came back, which the job still has to record."""
         for task in self.in_flight:
-            self.journal.ended(task.input)
+            self.journal.interrupted(task.input)
             with contextlib.suppress(OSError):
                 part_path(task.output).unlink(missing_ok=True)
 

@@ -73,10 +73,10 @@ def _read_file(row: dict, inline_max_bytes: int = INLINE_MAX_BYTES) -> dict:
 class RayDenoiser:
     """The actor of the inference stage: loads the model once, then denoises batches of rows.
 
-    Files are marked in flight (:mod:`.journal`, in OUT on the shared storage). Ray restarts an
-    actor that dies and retries its batch; a file the dead actor was on is then denoised in a
-    process of its own, so a file that crashes its decoder is reported instead of killing
-    actor after actor."""
+    Files are marked in flight (:mod:`.journal`, in OUT on the shared storage); the marker of a
+    file an actor finished stays until the driver has recorded it. Ray restarts an actor that
+    dies and retries its batch; a file the dead actor was on is then denoised in a process of
+    its own, so a file that crashes its decoder is reported instead of killing actor after actor."""
 
     def __init__(self, model_bytes: bytes, sha256: str, strength: float, device: str, threads: int,
                  block_seconds: float, journal: Journal):
