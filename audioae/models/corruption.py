@@ -2,6 +2,10 @@
 trained to reconstruct the clean one.
 
 All functions take an optional ``torch.Generator`` so that validation corruptions are fixed.
+Noise is drawn where the generator lives, in the input's dtype: without a generator, or with one
+on the input's device (``torch.Generator(device=x.device)``), on the input's device, so a GPU
+batch's noise never crosses the bus; a CPU generator with a GPU input still gives the values it
+gives on the CPU (a validation set corrupted the same on every machine), copied over.
 """
 
 from __future__ import annotations
@@ -11,9 +15,17 @@ import torch
 CORRUPTIONS = ("none", "gaussian", "patches", "mix")
 
 
+def _draw(sample, shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``sample`` (torch.rand or torch.randn) of ``shape`` in ``like``'s dtype on ``like``'s device,
+    drawn on the generator's device when one is given (a CPU one: drawn there, then copied)."""
+    if not like.is_floating_point():  # noise cast to integers would be mostly zeros: no corruption at all
+        raise TypeError(f"noise needs a floating-point input, got {like.dtype}")
+    device = like.device if generator is None else generator.device
+    return sample(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
 def _uniform(shape, low: float, high: float, like: torch.Tensor, generator=None) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device="cpu").to(like.device, like.dtype)
-    return low + (high - low) * u
+    return low + (high - low) * _draw(torch.rand, shape, like, generator)
 
 
 def mix_at_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
@@ -29,7 +41,7 @@ def mix_at_snr(clean: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -
 
 def add_gaussian(clean: torch.Tensor, snr_low: float, snr_high: float, generator=None) -> torch.Tensor:
     """White Gaussian noise at a random SNR per example; ``clean [B, ...]``."""
-    noise = torch.randn(clean.shape, generator=generator, device="cpu").to(clean.device, clean.dtype)
+    noise = _draw(torch.randn, clean.shape, clean, generator)  # [B, ...]
     snr = _uniform((clean.shape[0],), snr_low, snr_high, clean, generator)
     flat = mix_at_snr(clean.reshape(clean.shape[0], -1), noise.reshape(clean.shape[0], -1), snr)
     return flat.reshape(clean.shape)
@@ -37,7 +49,7 @@ def add_gaussian(clean: torch.Tensor, snr_low: float, snr_high: float, generator
 
 def add_gaussian_std(x: torch.Tensor, std: float, generator=None) -> torch.Tensor:
     """Gaussian noise of fixed standard deviation (the image course's corruption)."""
-    return x + std * torch.randn(x.shape, generator=generator, device="cpu").to(x.device, x.dtype)
+    return x + std * _draw(torch.randn, x.shape, x, generator)
 
 
 def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], generator=None) -> torch.Tensor:
