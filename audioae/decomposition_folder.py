@@ -17,7 +17,6 @@ checks to its last move, and a second one is refused at once.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import logging
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import write_audio
-from .fileio import atomic_write_bytes, check_output_folder
+from .fileio import FolderHeld, atomic_write_bytes, check_output_folder, hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ STAGE, ASIDE, ASIDE_PARTIAL = ".audioae-new", ".audioae-old", ".audioae-old.part
 LOCK = ".audioae-lock"
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(FolderHeld):
     """Another run holds the output folder (:func:`claim`)."""
 
 
@@ -105,7 +104,7 @@ def claim(out: str | os.PathLike | Claim, inputs=()) -> Iterator[Claim]:
     out = check_output_folder(out, writes, inputs)
     made = _make_folders(out)
     try:
-        with _locked(out):
+        with hold_folder(out, LOCK, "another decomposition", FolderBusy):
             recover(out)
             _refuse_theirs(out)
             yield Claim(out)
@@ -120,61 +119,6 @@ def _make_folders(out: Path) -> list[Path]:
     missing = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
     return missing
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock (as the folder jobs do)
-        yield
-        return
-    path = out / LOCK
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:  # the folder's last holder made it and, leaving it empty, removed it
-            out.mkdir(parents=True, exist_ok=True)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise FolderBusy(f"{out} is being written by another decomposition{pid}: one run at a time per "
-                             f"folder; wait for it to finish, or choose another output folder") from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise
-            # A file system without flock (some network mounts): no lock, as without fcntl.
-            log.warning("%s: this file system takes no lock (%s): another run into the folder would not be "
-                        "stopped", out, exc.strerror)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            yield
-            return
-        except BaseException:
-            os.close(fd)
-            raise
-        # The last holder removes the file as it leaves: a lock taken on the file it removed holds
-        # nothing (a third run would make a new file and lock that). Open the one there now.
-        try:
-            current = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            current = False
-        if current:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()  # while still held: no one can have locked this file meanwhile
-        os.close(fd)
 
 
 def _refuse_theirs(out: Path) -> None:

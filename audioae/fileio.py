@@ -4,14 +4,19 @@ then ``os.replace``. A crash at any moment leaves the old file or the new one, n
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -128,3 +133,68 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
             raise ValueError(f"refusing to write into {out}: the input {src} has a name this command "
                              f"writes there; choose another output folder")
     return out
+
+
+class FolderHeld(RuntimeError):
+    """Another process holds the folder (:func:`hold_folder`)."""
+
+
+@contextmanager
+def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHeld] = FolderHeld) -> Iterator[None]:
+    """Hold ``folder`` exclusively while the block runs: an ``flock`` on ``folder/lock_name``,
+    which holds this process's pid. Another hold, by any process, raises ``error`` at once,
+    naming ``holder`` (what holds it, e.g. "another decomposition") and its pid. The system
+    releases the lock when its holder exits or is killed, so no stale lock is ever left (a killed
+    holder's file may stay, with a dead pid in it, until the next hold); on leaving, the file is
+    removed. Without ``fcntl`` (not POSIX) or on a file system without ``flock`` (some network
+    mounts; a warning) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = folder / lock_name
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the folder's last holder made it and, leaving it empty, removed it
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {pid})" if pid.isdigit() else ""
+            raise error(f"{folder} is being written by {holder}{pid}: one run at a time per folder; wait for it "
+                        f"to finish, or choose another output folder") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            log.warning("%s: this file system takes no lock (%s): %s into the folder at the same time would "
+                        "not be stopped", folder, exc.strerror, holder)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            yield
+            return
+        except BaseException:
+            os.close(fd)
+            raise
+        # The last holder removes the file as it leaves: a lock taken on the file it removed holds
+        # nothing (a third process would make a new file and lock that). Lock the one there now.
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still held: no one can have locked this file meanwhile
+        os.close(fd)

@@ -357,6 +357,24 @@ def test_a_run_that_fails_before_any_file_leaves_no_output_folder(tmp_path, caus
     assert (tmp_path / "kept").is_dir()
 
 
+def test_a_second_job_into_a_folder_in_use_is_refused_at_once_naming_the_holder(tmp_path, causal_ckpt):
+    """One job at a time per output folder (a second one would delete the first one's .part
+    files): the folder's lock names the holder's pid, and goes with it."""
+    from audioae.batch.job import LOCK_NAME
+    from audioae.fileio import FolderHeld, hold_folder
+
+    src, out = make_tree(tmp_path / "in"), tmp_path / "out"
+    out.mkdir()
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    with hold_folder(out, LOCK_NAME, "another audioae denoise job"):  # as a running job holds it
+        with pytest.raises(FolderHeld, match=re.escape(f"{out} is being written by another audioae denoise "
+                                                       f"job (pid {os.getpid()})")):
+            run_denoise([src], out, opts)
+        assert not list(out.rglob("*.wav"))
+    s = run_denoise([src], out, opts)
+    assert s["ok"] > 0 and not (out / LOCK_NAME).exists()
+
+
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
     from audioae.batch.job import Progress

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
+from ..fileio import hold_folder
 from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
@@ -91,25 +92,6 @@ def _check_model_denoises(ckpt: Path) -> None:
     if config.get("corruption") == "none":
         log.warning("%s was trained without corruption (a plain autoencoder): its outputs are its "
                     "reconstructions of the inputs, noise included, not denoised copies", ckpt.name)
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One job at a time per output folder: a second one would delete the first one's .part files."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(out / LOCK_NAME, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"{out}: another audioae denoise job is writing into this folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _refuse_other_settings(done: Sequence[FileTask], made: dict[str, MadeWith], now: MadeWith, out: Path) -> None:
@@ -201,7 +183,8 @@ def _remove_unused(out: Path) -> None:
 def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt: Path, data: bytes,
             now: MadeWith, results: list[FileResult]) -> ManifestWriter:
     """The job inside its locked folder; appends to ``results`` as files finish."""
-    with _exclusive(out):
+    # One job at a time per output folder: a second one would delete the first one's .part files.
+    with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
         earlier = read_manifest(out / MANIFEST_NAME)  # read once: a big job's manifest is long
         journal = Journal(out / JOURNAL_NAME, now)
         # Outputs an earlier run renamed into place but died before recording: their lines first,
