@@ -99,7 +99,7 @@ def _band_denoising(sf, n: dict, a: dict) -> None:
 
 
 def _band_sparsity(sf, n: dict, a: dict) -> None:
-    axes = sf.subplots(1, 4, gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
+    axes = sf.subplots(1, 6, gridspec_kw={"width_ratios": [1.3, 1, 1, 1, 0.45, 0.45]})
     runs = n["runs"]
     colors = {"none": "k", "l1": "tab:red", "l2": "tab:blue", "kl": "tab:green", "topk": "tab:purple"}
     # Active share of the live units, not of all: dead units (silent for every digit) make a code
@@ -110,8 +110,9 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
             continue
         axes[0].scatter(x, r["mse"], color=colors.get(r["penalty"], "gray"), s=40)
         label = "none" if r["penalty"] == "none" else f"{r['penalty'].upper()} {r['weight']:g}"
+        left = r["penalty"] == "l1"  # L1 and L2 pairs sit at about the same error: labels on either side
         axes[0].annotate(f"{label} ({r['live_units']} live)", (x, r["mse"]), textcoords="offset points",
-                         xytext=(5, 4), fontsize=9)
+                         xytext=(-5 if left else 5, 4), ha="right" if left else "left", fontsize=9)
     axes[0].margins(x=0.3, y=0.1)  # room for the labels
     axes[0].set_xlabel("share of the live units active per digit")
     axes[0].set_ylabel("test MSE per pixel")
@@ -121,18 +122,34 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
     # The unpenalised code and the strongest L1 and L2 weights; a blank panel for any not run.
     pick = ["none" if "none" in codes else None] + [
         max((k for k in codes if k.startswith(p)), key=lambda k: float(k.split()[1]), default=None) for p in ("l1", "l2")]
-    for ax, key in zip(axes[1:], pick, strict=True):
+    for ax, key in zip(axes[1:4], pick, strict=True):
         if key is None:
             ax.set_axis_off()
             continue
         h = codes[key][:40]  # [40, K]
         ax.imshow(h / max(h.max(), 1e-12), aspect="auto", cmap="magma", interpolation="nearest")
         row = next(r for r in runs if (r["penalty"] == "none" if key == "none" else f"{r['penalty']} {r['weight']:g}" == key))
-        hoyer = "-" if row["hoyer"] is None else f"{row['hoyer']:.2f}"
-        ax.set_title(f"{key.upper()}: {row.get('live_units', '?')} of {n['code_dim']} units live,\n"
-                     f"{row['mean_active_units']:.0f} active per digit, Hoyer {hoyer}", fontsize=10)
+        top = "-" if row.get("top_energy_share") is None else f"{row['top_energy_share']:.2f}"
+        ax.set_title(f"{key.upper()}: {row['mean_active_units']:.0f} of {n['code_dim']} units active per digit,\n"
+                     f"{row.get('top_units', 8)} largest carry {top} of its energy", fontsize=10)
         ax.set_xlabel("code unit")
         ax.set_ylabel("test digit")
+    # Atoms (decoder columns) of the same L1 and L2 models, the 24 most used first; signed, so
+    # each on its own symmetric scale.
+    for ax, key in zip(axes[4:], pick[1:], strict=True):
+        atoms = a.get("atoms", {}).get(key)
+        if atoms is None:
+            ax.set_axis_off()
+            continue
+        use = (codes[key] ** 2).mean(0)  # [K]
+        tiles = atoms[np.argsort(-use)[:24]]  # [24, 8, 8]
+        tiles = tiles / np.abs(tiles).max(axis=(1, 2), keepdims=True).clip(1e-12)
+        tiles = np.concatenate([tiles, np.full((24 - len(tiles), *tiles.shape[1:]), np.nan)])  # fewer than 24 units
+        ax.imshow(mosaic(tiles.reshape(8, 3, *tiles.shape[1:])), cmap="RdBu_r", vmin=-1, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{key.upper()} atoms,\nmost used first", fontsize=10)
 
 
 def _band_unpooling(sf, n: dict, a: dict) -> None:

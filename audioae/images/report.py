@@ -185,17 +185,23 @@ def _denoising_md(n: dict) -> list[str]:
 
 def _sparsity_md(n: dict) -> list[str]:
     k = n["code_dim"]
-    lines = [f"## Sparse codes ({k} ReLU units, digits)", "",
-             "Live units: active on at least one test digit (the others are dead: silent for every input). "
-             "Active: at least 1e-3 of the largest activation.", "",
-             f"| penalty | weight | test MSE | live units (of {k}) at initialisation | live units after training | "
-             "active units per digit | active share of live units | live units active for under half the digits | "
-             "Hoyer |", "|---|---|---|---|---|---|---|---|---|"]
+    top = next((r["top_units"] for r in n["runs"] if "top_units" in r), 8)
+    lines = [f"## Sparse codes ({k} ReLU units, digits)", ""]
+    if "model" in n:
+        lines += [f"Model: {n['model']}; {n['steps']} steps each.", ""]
+    lines += ["Live units: active on at least one test digit (the others are dead: silent for every input). "
+              "Active: at least 1e-3 of the largest activation. Energy: the sum of a digit's squared code values.",
+              "",
+              f"| penalty | weight | test MSE | live units (of {k}) at initialisation | live units after training | "
+              "active units per digit | active share of live units | live units active for under half the digits | "
+              f"Hoyer | share of a digit's code energy in its {top} largest units |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in n["runs"]:
         lines.append(f"| {r['penalty']} | {_f(r['weight'])} | {_f(r['mse'])} | {_f(r.get('live_units_at_init'))} | "
                      f"{_f(r.get('live_units'))} | "
                      f"{r['mean_active_units']:.1f} | {_f(r.get('active_share_of_live'), 3)} | "
-                     f"{_f(r.get('live_units_active_under_half'))} | {_f(r['hoyer'], 3)} |")
+                     f"{_f(r.get('live_units_active_under_half'))} | {_f(r['hoyer'], 3)} | "
+                     f"{_f(r.get('top_energy_share'), 3)} |")
     return lines
 
 
