@@ -157,9 +157,11 @@ def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) 
         try:
             wav, sr, info = read(bytes(audio.encoded), name=name)
         except AudioError as exc:  # soundfile names the BytesIO object; a person needs none of that
-            raise AudioError(
-                re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", str(exc))
-            ) from None
+            message = re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", str(exc))
+            if "(Format not recognised.)" in message:  # most often raw samples sent as a file
+                message += ("; Audio.encoded takes a whole audio file (WAV, FLAC, Ogg, ...): raw samples go in "
+                            "Audio.pcm, with their sample format, rate and channels")
+            raise AudioError(message) from None
         return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype)
     if which == "pcm":
         p = audio.pcm
@@ -312,10 +314,10 @@ class DecomposeResult:
 def decompose_result(resp) -> DecomposeResult:
     """A ``DecomposeResponse`` as a :class:`DecomposeResult` (waveforms when it carries them)."""
     comps, residual, rate = None, None, 0
-    if resp.components and resp.HasField("residual"):
-        waves = [audio_from_message(c.audio, f"component {c.label}") for c in resp.components]
-        comps = np.stack([w for w, _, _ in waves])  # [K, C, T]
-        residual, rate, _ = audio_from_message(resp.residual, "residual")
+    if resp.HasField("residual"):  # asked for; a silent input has no component, only its residual
+        residual, rate, _ = audio_from_message(resp.residual, "residual")  # [C, T]
+        waves = [audio_from_message(c.audio, f"component {c.label}")[0] for c in resp.components]
+        comps = np.stack(waves) if waves else np.zeros((0, *residual.shape), np.float32)  # [K, C, T]
     # A server older than the summary fields (2026-12-06) leaves them 0: the waveforms still say.
     shape = residual.shape if residual is not None else (0, 0)
     return DecomposeResult(

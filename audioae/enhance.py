@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +35,16 @@ from .spectral import StreamingSTFT
 OFFLINE_MAX_SECONDS = 120.0
 STREAM_CHUNK_SECONDS = 4.0
 STREAM_CHUNK_CHANNEL_SECONDS = 32.0  # and at most this much per push: 64 channels go 0.5 s at a time
+
+
+class Stopped(Exception):
+    """A long :func:`denoise` ended early because its ``stop()`` said so (the server: its caller
+    went away, so nobody would read the answer)."""
+
+
+def _check_stop(stop: Callable[[], bool] | None, done: int, total: int) -> None:
+    if stop is not None and stop():
+        raise Stopped(f"stopped after {done} of {total} samples")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -147,22 +157,28 @@ def _check_audio_model(model) -> None:
 
 @torch.inference_mode()
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
-            max_offline_seconds: float = OFFLINE_MAX_SECONDS) -> np.ndarray:
+            max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
     Each channel is processed separately. Long inputs (over ``max_offline_seconds`` channel-
     seconds: 64 channels of 20 s count 1,280) of a causal model stream through
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
-    are cut into overlapping windows that are cross-faded.
+    are cut into overlapping windows that are cross-faded. ``stop()`` is asked before each piece
+    or window of a long input; when it says True, :class:`Stopped` is raised.
     """
     _check_audio_model(model)
     x, squeeze = checked_clip(wav, sr, strength)
     if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
-            y = torch.cat([s.push(x), s.finish()], -1)  # push goes through a long input in pieces
+            parts = []
+            for i in range(0, x.shape[-1], s.piece):  # the pieces push would cut: same output
+                _check_stop(stop, i, x.shape[-1])
+                parts.append(s.push(x[:, i : i + s.piece]))
+            y = torch.cat([*parts, s.finish()], -1)
         else:
-            y = _denoise_windows(model, x, sr, strength, max(1, int(max_offline_seconds * sr / x.shape[0])))
+            win = max(1, int(max_offline_seconds * sr / x.shape[0]))
+            y = _denoise_windows(model, x, sr, strength, win, stop)
     else:
         y = _denoise_offline(model, x, sr, strength)
     out = y.cpu().numpy()
@@ -257,7 +273,8 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     return results
 
 
-def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float, win: int) -> torch.Tensor:
+def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float, win: int,
+                     stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """Non-causal models on long input: windows with 1/8 overlap, linearly cross-faded."""
     overlap = max(1, win // 8)
     hop = win - overlap
@@ -265,6 +282,7 @@ def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
     weight = torch.zeros(x.shape[-1])
     ramp = torch.linspace(0, 1, overlap + 2)[1:-1]
     for start in range(0, x.shape[-1], hop):
+        _check_stop(stop, start, x.shape[-1])
         seg = x[:, start : start + win]
         y = _denoise_offline(model, seg, sr, strength)
         w = torch.ones(seg.shape[-1])
@@ -421,6 +439,11 @@ class StreamingDenoiser:
         self.n_out += n
         return _blend(y, fit_length(dry, n), self.strength)
 
+    @property
+    def piece(self) -> int:
+        """Samples per piece that :meth:`push` cuts a long chunk into."""
+        return max(1, int(self.sr * min(STREAM_CHUNK_SECONDS, STREAM_CHUNK_CHANNEL_SECONDS / self.channels)))
+
     def _check_open(self) -> None:
         if self.finished:
             raise RuntimeError("this stream has finished; start a new StreamingDenoiser for the next one")
@@ -437,7 +460,7 @@ class StreamingDenoiser:
         # A long chunk goes through in pieces: the model's working memory grows with a push's
         # length, the stream's does not (8 channels of 115 s at 1 kHz in one push grew the server
         # by 1.5 GB: benchmarks/channel_memory.py).
-        step = max(1, int(self.sr * min(STREAM_CHUNK_SECONDS, STREAM_CHUNK_CHANNEL_SECONDS / self.channels)))
+        step = self.piece
         if x.shape[-1] > step:
             return torch.cat([self._push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)], dim=-1)
         return self._push(x)

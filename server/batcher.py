@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from audioae.enhance import OFFLINE_MAX_SECONDS, denoise, denoise_batch, is_out_of_memory, release_device_memory
+from audioae.enhance import (
+    OFFLINE_MAX_SECONDS,
+    Stopped,
+    denoise,
+    denoise_batch,
+    is_out_of_memory,
+    release_device_memory,
+)
 from audioae.models import SpectralAutoencoder
 
 from .errors import QueueFull
@@ -50,6 +57,13 @@ class Job:
     fn: Callable[[], object] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
+    abandoned: threading.Event = field(default_factory=threading.Event)  # its call has ended
+
+    def abandon(self) -> None:
+        """The call ended (answered, cancelled or timed out): a queued job is dropped, and a long
+        denoise already running stops at its next piece (it held the device for seconds more)."""
+        self.abandoned.set()
+        self.future.cancel()
 
 
 @dataclass(frozen=True)
@@ -181,6 +195,8 @@ class Batcher:
             if is_out_of_memory(failed):
                 release_device_memory()
             if len(jobs) == 1:
+                if isinstance(failed, Stopped):  # its call had ended: nobody waits for it
+                    self.metrics.dropped.inc()
                 jobs[0].future.set_exception(failed)  # the caller's thread re-raises it with its status
                 return
             # One bad clip must not fail its neighbours: run them one by one instead.
@@ -216,6 +232,6 @@ class Batcher:
             return [jobs[0].fn()]
         if len(jobs) == 1:  # a denoise job alone: the library's own path
             model, wav, sr, strength = jobs[0].args
-            return [denoise(model, wav, sr, strength=strength)]
+            return [denoise(model, wav, sr, strength=strength, stop=jobs[0].abandoned.is_set)]
         items = [(wav, sr, strength) for _, wav, sr, strength in (j.args for j in jobs)]
         return denoise_batch(jobs[0].args[0], items)

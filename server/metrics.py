@@ -42,7 +42,8 @@ class Metrics:
         self.inflight = Gauge("audioae_inflight_calls", "Calls being served", registry=r)
         self.dropped = Counter(
             "audioae_dropped_jobs",
-            "Queued jobs skipped because their call was cancelled or timed out",
+            "Jobs skipped while queued, or long denoise jobs stopped while running, because their call was "
+            "cancelled or timed out",
             registry=r,
         )
         self.codec_deaths = Counter(

@@ -125,16 +125,22 @@ def _check_channels(channels: int, name: str) -> None:
         raise Abort(INVALID, f"{name}: the audio has {channels} channels; this server takes 1..{MAX_CHANNELS}")
 
 
-def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str]):
+def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str], scale: str):
     """``fn(x)`` for Encode/Decode: running out of memory is RESOURCE_EXHAUSTED; any other error
     inside the network is a shape the model does not take (ValueError: INVALID_ARGUMENT), told
-    by ``explain(first line of the error)``."""
+    by ``explain(first line of the error)``. An answer of NaN or Inf is refused (INVALID_ARGUMENT),
+    with ``scale`` saying what values the model expects: finite input that large overflowed the
+    model's float32 arithmetic (features of 1e12 made decomposer-small's code all NaN, answered OK)."""
     try:
-        return fn(x)
+        y = fn(x)
     except (RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
             raise Abort(EXHAUSTED, f"out of memory {doing}: send a smaller batch") from exc
         raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
+    if not torch.isfinite(y).all():
+        raise Abort(INVALID, f"{doing} gave NaN or Inf: the model's float32 arithmetic overflows on values this "
+                             f"large (largest magnitude {float(x.abs().max()):.3g}); {scale}")
+    return y
 
 
 def _answer_size(fn: Callable, x: torch.Tensor) -> tuple[float, int]:
@@ -167,14 +173,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     # ---- helpers ---------------------------------------------------------------------------------
     def _wait(self, job: Job, context: grpc.ServicerContext):
         """Queue ``job`` and wait for it within the caller's deadline; a call that ends early
-        (cancelled, timed out) cancels its queued job so the device never runs it."""
+        (cancelled, timed out) abandons its job: dropped if still queued, stopped at its next piece
+        if it is a long denoise already running (:meth:`~server.batcher.Job.abandon`)."""
         fut = self.batcher.submit(job)
-        context.add_callback(fut.cancel)
+        if not context.add_callback(job.abandon):  # the call had ended already
+            job.abandon()
         left = context.time_remaining()  # huge (not None) when the caller set no deadline
         try:
             return fut.result(timeout=left if left is not None and left < 1e6 else None)
         except FutureTimeout:
-            fut.cancel()
+            job.abandon()
             raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the deadline passed while the request waited for the device "
@@ -274,13 +282,22 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         job = Job("denoise", work, key=batch_key(sm.name, sm.model, work), args=(sm.model, wav, sr, strength))
         y, info = self._wait(job, context)
         self.metrics.audio_seconds.labels("Denoise").inc(seconds)
-        return pb.DenoiseResponse(
+        resp = pb.DenoiseResponse(
             audio=audio_message(y, form, encode=self.codecs.encode),
             model=sm.name,
             queue_ms=info.queue_ms,
             compute_ms=info.compute_ms,
             batch_size=info.batch_size,
         )
+        # A file that compresses far better than its denoised audio (FLAC of a square wave: 10x)
+        # can have an answer over the limit; gRPC's own refusal was counted OK here.
+        if resp.ByteSize() > self.config.max_send_bytes:
+            what = f"{form.format} {form.subtype}" if form.kind == "encoded" else "PCM"
+            raise Abort(EXHAUSTED, f"the answer would be {resp.ByteSize() / 2**20:.1f} MB of {what}, over "
+                                   f"this server's {self.config.max_send_bytes / 2**20:g} MB "
+                                   f"answer limit (4 x --max-request-mb): the upload compressed far better than "
+                                   f"its denoised audio does; send shorter audio")
+        return resp
 
     # ---- StreamDenoise ---------------------------------------------------------------------------
     def StreamDenoise(self, request_iterator, context) -> Iterator[pb.StreamDenoiseResponse]:
@@ -514,7 +531,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         x = array_from_tensor(t, name)
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise Abort(INVALID, f"{name}: contains NaN or Inf")
-        return torch.from_numpy(np.array(x, dtype=np.float32))
+        with np.errstate(over="ignore"):  # FP64 beyond float32's range turns Inf: refused below
+            x32 = np.array(x, dtype=np.float32)
+        if not np.isfinite(x32).all():  # FP64 1e300 became Inf here and the answer was all NaN, OK
+            raise Abort(INVALID, f"{name}: values up to {float(np.abs(x).max()):.3g} are beyond float32's range "
+                                 f"({np.finfo(np.float32).max:.3g}), in which the model computes")
+        return torch.from_numpy(x32)
 
     @staticmethod
     def _input_hint(sm: ServedModel) -> str:
@@ -585,6 +607,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 self._bounded(model.encode, doing), inp, doing,
                 lambda exc: f"model {sm.name!r} cannot encode a tensor of shape {list(inp.shape)}; "
                 f"it takes {self._input_hint(sm)} ({exc})",
+                "send the values the model was trained on" + (" (compressed magnitudes are of order 1; Encode "
+                                                              "computes them from audio)" if sm.is_audio else ""),
             )
             return h.float().cpu().numpy()
 
@@ -617,6 +641,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 self._bounded(model.decode, doing), h.to(device), doing,
                 lambda exc: f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
                 f"(code_dim {model.config.code_dim}): {exc}",
+                "send a code of the size its Encode returns",
             )
             return y.float().cpu().numpy()
 

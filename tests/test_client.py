@@ -315,6 +315,29 @@ def test_cli_client_decompose_writes_what_the_local_command_writes(mixed_server,
                                np.load(tmp_path / "remote" / "activations.npy"), atol=1e-6)
 
 
+def test_a_silent_recording_decomposes_into_its_residual_alone_locally_and_through_the_server(
+        mixed, mixed_server, tmp_path, capsys):
+    """Silence has no component: the server sends the residual alone, which the client dropped
+    (components and residual None), so `client decompose` wrote no residual.wav where `audioae
+    decompose` does."""
+    silence = np.zeros((2, 8000), np.float32)
+    d = mixed.decompose(silence, 16000, components=True)
+    assert d.labels == [] and d.components.shape == (0, 2, 8000)
+    np.testing.assert_array_equal(d.residual, silence)
+    src = tmp_path / "silence.wav"
+    write_audio(src, silence, 16000, subtype="PCM_16")
+    assert cli_main(["decompose", str(src), "-o", str(tmp_path / "local")]) == 0
+    assert cli_main(["client", "decompose", str(src), "-o", str(tmp_path / "remote"),
+                     "--server", f"127.0.0.1:{mixed_server.port}"]) == 0
+    capsys.readouterr()
+    names = sorted(f.name for f in (tmp_path / "local").iterdir())
+    assert names == ["activations.npy", "residual.wav", "summary.json"]
+    assert names == sorted(f.name for f in (tmp_path / "remote").iterdir())
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("local", "remote"))
+    a.pop("model"), b.pop("model")
+    assert a == b and b["residual_file"] == "residual.wav"
+
+
 def test_a_decomposition_from_a_server_older_than_the_summary_fields_still_saves(mixed, tmp_path):
     """A server from before 2026-12-06 sends no rate, channels or length: the waveforms give them."""
     from audioae.v1 import audioae_pb2 as pb

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from audioae.audio import MAX_RESAMPLE_PRODUCT, AudioError, check_resample, resample, write_audio
-from audioae.enhance import StreamingDenoiser, StreamingResampler, _denoise_offline, denoise
+from audioae.enhance import Stopped, StreamingDenoiser, StreamingResampler, _denoise_offline, denoise
 from audioae.models import build_model
 
 STANDARD_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400,
@@ -39,6 +39,28 @@ def test_long_input_of_a_non_causal_model_goes_through_crossfaded_windows():
     np.testing.assert_allclose(y[:, hop:win], mixed, atol=1e-5)
     # Strength 0 gives the input back exactly where windows overlap too.
     np.testing.assert_allclose(denoise(model, x, sr, strength=0.0, max_offline_seconds=1.0), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [True, False])  # streamed pieces; cross-faded windows
+def test_a_long_denoise_asks_stop_before_each_piece_and_ends_when_told(causal):
+    """The server's stop(): its caller went away, so the rest of a long clip need not run."""
+    torch.manual_seed(0)
+    model = build_model("recurrent", {"sample_rate": 8000, "n_fft": 128, "hop_length": 32, "hidden": 16,
+                                      "code_dim": 8, "bidirectional": not causal}).eval()
+    x = np.random.default_rng(0).standard_normal((2, 9 * 8000 + 123)).astype(np.float32) * 0.1  # [C, T]
+    asked = []  # 3 pieces of 4 s streamed, or 10 windows of 1 s
+
+    def stop_at(n: int) -> bool:  # the n-th question says stop
+        asked.append(1)
+        return len(asked) >= n
+
+    y = denoise(model, x, 8000, max_offline_seconds=2.0, stop=lambda: stop_at(math.inf))
+    assert len(asked) > 2
+    np.testing.assert_array_equal(y, denoise(model, x, 8000, max_offline_seconds=2.0))  # asking changes nothing
+    asked.clear()
+    with pytest.raises(Stopped, match="stopped after "):
+        denoise(model, x, 8000, max_offline_seconds=2.0, stop=lambda: stop_at(2))
+    assert len(asked) == 2
 
 
 @pytest.mark.parametrize("sr", STANDARD_RATES)

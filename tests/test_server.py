@@ -221,6 +221,32 @@ def test_deadline_exceeded_drops_the_queued_job(server, client):
     )
 
 
+def test_a_long_denoise_stops_when_its_call_is_cancelled(model_dir):
+    """A clip over 120 channel-seconds runs alone, piece by piece; cancelled (or timed out) once
+    running, it ran to its end anyway: a 600 s clip held the device 5 s more after a 1 s deadline."""
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None,
+                              max_audio_seconds=600, max_request_mb=8))
+    srv.start()
+    srv.load()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            x = _noisy(150, 1000, channels=8)  # 1,200 channel-seconds: the long path, 2.4 MB of int16
+            req = pb.DenoiseRequest(audio=pb.Audio(pcm=pcm_message(x, 1000, "int16")))
+            with srv.batcher.hold():
+                call = c.stub.Denoise.future(req, timeout=120)
+                assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
+                job = srv.batcher._queue[0]
+            assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
+            call.cancel()
+            exc = job.future.exception(timeout=120)  # stopped at a piece, not run to its end
+            assert exc is not None and str(exc).startswith("stopped after "), exc
+            assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
+            y = _noisy(0.3, 16000)
+            assert c.denoise(y, 16000).shape == y.shape
+    finally:
+        srv.stop()
+
+
 def test_calls_past_the_admission_limit_get_the_servers_busy_message_and_health_answers(model_dir):
     """Uploads waiting for a codec process, or queued for the device, each hold a gRPC thread. With
     no limit of the server's own on them, a burst of encoded uploads took every thread, and gRPC
@@ -292,6 +318,14 @@ BAD_DENOISE = {
         "empty",
     ),
     "no audio": (None, "tiny", CODE.INVALID_ARGUMENT, "no audio"),
+    # what a client of the .proto may well send: libsndfile's bare "Format not recognised." said no more
+    "raw samples as a file": (
+        pb.Audio(encoded=_ONE_SECOND),
+        "tiny",
+        CODE.INVALID_ARGUMENT,
+        "audio: cannot read audio (Format not recognised.); Audio.encoded takes a whole audio file (WAV, FLAC, "
+        "Ogg, ...): raw samples go in Audio.pcm, with their sample format, rate and channels",
+    ),
     "unknown model": (_pcm(_ONE_SECOND), "nope", CODE.NOT_FOUND, "unknown model 'nope'"),
     "image model": (_pcm(_ONE_SECOND), "img", CODE.INVALID_ARGUMENT, "cannot denoise"),
     "absurd rate": (_pcm(_ONE_SECOND, sr=7), "tiny", CODE.INVALID_ARGUMENT, "sample rate 7 Hz"),
@@ -389,6 +423,33 @@ def test_encoded_upload_that_would_decode_too_large_is_refused_before_decoding(s
         assert "at most 2,880,000" in msg and "--max-audio-seconds" in msg, msg
     x = _noisy(0.3, 16000)
     assert client.denoise(x, 16000, model="tiny").shape == x.shape
+
+
+def test_a_denoise_answer_over_the_answer_limit_is_refused_with_the_servers_own_message(model_dir):
+    """FLAC of a square wave compresses 10x better than its denoised audio: 190 kB in, 2.8 MB out,
+    over the 2 MB answers of a server taking 0.5 MB. gRPC refused the answer itself ("Sent
+    message larger than max") and the call was counted OK."""
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None,
+                              max_request_mb=0.5))
+    srv.start()
+    srv.load()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            t = np.arange(30 * 48000) / 48000
+            square = np.sign(np.sin(2 * np.pi * 100 * t)) * 0.5
+            data = encode_audio(np.stack([square, square]), 48000, format="FLAC", subtype="PCM_24")
+            assert len(data) < 0.5 * 2**20
+            code, msg = _code(c.denoise_bytes, data)
+            assert code == CODE.RESOURCE_EXHAUSTED, msg
+            assert "of FLAC PCM_24, over this server's 2 MB answer limit (4 x --max-request-mb)" in msg, msg
+            assert "send shorter audio" in msg, msg
+            count = srv.metrics.registry.get_sample_value
+            assert count("audioae_requests_total", {"method": "Denoise", "code": "RESOURCE_EXHAUSTED"}) == 1
+            assert count("audioae_requests_total", {"method": "Denoise", "code": "OK"}) is None
+            x = _noisy(0.3, 16000)
+            assert c.denoise(x, 16000).shape == x.shape
+    finally:
+        srv.stop()
 
 
 def test_out_of_memory_is_told_apart_from_shape_errors():
@@ -698,6 +759,30 @@ BAD_TENSORS = {
         "NaN",
     ),
     "no model": ("Encode", "", _tensor([1, 257, 5]), CODE.INVALID_ARGUMENT, "needs a model name"),
+    # Finite FP64 beyond float32 became Inf on conversion, and the answer was all NaN (OK).
+    "FP64 beyond float32": (
+        "Encode",
+        "tiny",
+        _tensor([1, 257, 1], "FP64", data=np.full(257, 1e300, "<f8").tobytes()),
+        CODE.INVALID_ARGUMENT,
+        "tensor: values up to 1e+300 are beyond float32's range (3.4e+38)",
+    ),
+    # Finite float32 the model's arithmetic overflows on: answered OK, all NaN.
+    "features overflowing the model": (
+        "Encode",
+        "dict",
+        _tensor([1, 257, 1], data=np.full(257, 1e20, "<f4").tobytes()),
+        CODE.INVALID_ARGUMENT,
+        "encoding a tensor of shape [1, 257, 1] gave NaN or Inf: the model's float32 arithmetic overflows "
+        "on values this large (largest magnitude 1e+20)",
+    ),
+    "code overflowing the model": (
+        "Decode",
+        "dict",
+        _tensor([1, 24, 1], data=np.full(24, 3e38, "<f4").tobytes()),
+        CODE.INVALID_ARGUMENT,
+        "decoding a code of shape [1, 24, 1] gave NaN or Inf",
+    ),
     # 0.8 MB of INT8 code decodes to 51 MB of float32 (257 bins per 16 units), over this server's
     # 4 MB answers: refused before it runs (was: computed, then protobuf's serialisation error,
     # INTERNAL; for the shipped model 57 MB of code took 9 GB and 39 s)
@@ -722,6 +807,7 @@ def test_bad_encode_decode(client, case):
     code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
     assert code == want, msg
     assert text in msg, msg
+    assert client.health() == "SERVING"
 
 
 def _stream_config_only(stub, model: str):
