@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
+from .enhance import Stopped
 from .models.dictionary import SparseDictionary
 
 log = logging.getLogger(__name__)
@@ -255,6 +257,12 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
 
 
+def check_stop(stop: Callable[[], bool] | None, where: str) -> None:
+    """Raise :class:`audioae.enhance.Stopped` when ``stop()`` says the work is no longer wanted."""
+    if stop is not None and stop():
+        raise Stopped(f"decomposition stopped {where}")
+
+
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
                  denom: torch.Tensor, groups: list[list[int]], z_len: int) -> torch.Tensor:
     """The groups' component waveforms at the model's rate, ``[K, C, T']`` (``spec [C, F, N]``: the
@@ -315,7 +323,8 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
 # ---- the decomposition ------------------------------------------------------------------------------
 @torch.inference_mode()
 def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
-              group: str = "none", n_groups: int = DEFAULT_GROUPS, fit_steps: int | None = None) -> Decomposition:
+              group: str = "none", n_groups: int = DEFAULT_GROUPS, fit_steps: int | None = None,
+              stop: Callable[[], bool] | None = None) -> Decomposition:
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
     ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` band-limited
@@ -327,6 +336,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
+    ``stop()`` is asked between the stages, each fit step and each batch of components; when it
+    says True, :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
     """
     _check_model(model)
     if group not in GROUPS:
@@ -354,8 +365,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     feats = model.features(spec)  # [C, F, N]
     h = model.encode(feats)  # [C, U, N], in units of the level
     atoms = model.dictionary()  # [U, F, L]
+    check_stop(stop, "before the fit")
     if fit_steps:
-        h, atoms = model.fit_signal(feats, h, fit_steps)
+        h, atoms = model.fit_signal(feats, h, fit_steps, stop=lambda: check_stop(stop, "during the fit"))
     # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
     denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
     weight = (mag / denom).pow(2)  # [C, F, N]: turns a mask numerator squared into masked STFT energy
@@ -393,8 +405,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     bins = [bins[i] for i in order] if bins is not None else None
     waves = waves[torch.from_numpy(order.copy())] if waves is not None else None
 
+    check_stop(stop, "before the components")
     comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
-                                                      z.shape[-1], explained, bins, waves)
+                                                      z.shape[-1], explained, bins, waves, stop)
     x64 = x.double().numpy()
     comps_sum = comps.sum(0, dtype=np.float64)  # [C, T]
     residual = (x64 - comps_sum).astype(np.float32)  # [C, T]
@@ -433,7 +446,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
 def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
                          groups: list[list[int]], sr: int, length: int, z_len: int,
                          explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None,
-                         waves: torch.Tensor | None = None):
+                         waves: torch.Tensor | None = None, stop: Callable[[], bool] | None = None):
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
     frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz) and
     their energy envelopes ``[K, N]`` (model frames, summed over channels). With ``bins``,
@@ -451,6 +464,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     envs = np.zeros((len(groups), n_frames), np.float32)
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
+        check_stop(stop, f"at component {lo + 1} of {len(groups)}")
         batch = groups[lo : lo + step]
         if bins is not None:
             v = explained.new_zeros((len(batch), *explained.shape))  # [k, C, F, N]

@@ -485,10 +485,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         wav, sr, _ = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)
         seconds = wav.shape[-1] / sr
 
-        def run():
-            return decompose(sm.model, wav, sr, **options.kwargs())
+        def run():  # stops between its stages once the call has ended (a minute's work held the device)
+            return decompose(sm.model, wav, sr, **options.kwargs(), stop=job.abandoned.is_set)
 
-        d, _ = self._wait(Job("decompose", seconds, fn=run), context)
+        job = Job("decompose", seconds, fn=run)
+        d, _ = self._wait(job, context)
         self.metrics.audio_seconds.labels("Decompose").inc(seconds)
         summary = summarize(d)  # what `audioae decompose` writes into summary.json, field by field
         resp = pb.DecomposeResponse(

@@ -247,6 +247,34 @@ def test_a_long_denoise_stops_when_its_call_is_cancelled(model_dir):
         srv.stop()
 
 
+def test_a_decompose_stops_when_its_call_is_cancelled(model_dir):
+    """Decompose runs whole on the device thread; cancelled once running, it ran to its end anyway
+    (a 60 s decomposition abandoned at a 1 s deadline held the device 3 s more). It now stops
+    between its stages and at each fit step."""
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / "dict.safetensors"),), metrics_port=None,
+                              max_request_mb=8))
+    srv.start()
+    srv.load()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            x = _noisy(30, 16000)  # 30 s, 100 fit steps: seconds of work
+            req = pb.DecomposeRequest(model="dict", audio=pb.Audio(pcm=pcm_message(x, 16000, "int16")),
+                                      fit_steps=100, group="cluster")
+            with srv.batcher.hold():
+                call = c.stub.Decompose.future(req, timeout=120)
+                assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
+                job = srv.batcher._queue[0]
+            assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
+            call.cancel()
+            exc = job.future.exception(timeout=120)  # stopped, not run to its end
+            assert exc is not None and str(exc).startswith("decomposition stopped "), exc
+            assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
+            y = _noisy(1.0, 16000)
+            assert c.decompose(y, 16000, model="dict").activations.shape[0] == 24
+    finally:
+        srv.stop()
+
+
 def test_calls_past_the_admission_limit_get_the_servers_busy_message_and_health_answers(model_dir):
     """Uploads waiting for a codec process, or queued for the device, each hold a gRPC thread. With
     no limit of the server's own on them, a burst of encoded uploads took every thread, and gRPC

@@ -34,6 +34,7 @@ compressed reconstruction and the compressed input through the unrolled updates 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -173,19 +174,23 @@ class SparseDictionary(SpectralAutoencoder):
             h = h * F.conv1d(n / v, w, padding=self._pad) / denom  # [B, U, N]
         return h
 
-    def fit_signal(self, x: torch.Tensor, h: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit_signal(self, x: torch.Tensor, h: torch.Tensor, steps: int,
+                   stop: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapt atoms and code to one signal: ``steps`` joint KL multiplicative updates from the
         learned atoms and the encoder's code ``h [B, U, N]`` (features ``x [B, F, N]``).
 
         Returns ``(h [B, U, N], atoms [U, F, L])``; atoms stay non-negative with unit norm (the
         scale moves into ``h``), zeros in ``h`` stay zero (the support is the encoder's), and
         atoms of units this signal does not use are left as learned. Pass the atoms to the
-        per-unit views (``atoms=``) to use them.
+        per-unit views (``atoms=``) to use them. ``stop()`` is called before each step: it may
+        raise to end the fit (the server's caller went away).
         """
         n = self._magnitudes_of(x)  # [B, F, N]
         w = self.dictionary()  # [U, F, L]
         lam = self.config.sparsity_weight
         for _ in range(steps):
+            if stop is not None:
+                stop()
             # Both factors from one ratio n / V (one decoder pass per step instead of two).
             ratio = n / (self.magnitudes(h, w) + DIV_EPS)  # [B, F, N]
             hs = self.shifted_code(h)  # [B, U, N, L]
