@@ -37,7 +37,7 @@ from safetensors.torch import save as st_save
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_extra, load_checkpoint, save_checkpoint
 from .config import coerce_value, typed_fields
 from .data.mixing import (
     MixConfig,
@@ -324,6 +324,31 @@ def _sources(data: DataConfig, sr: int, val: bool) -> tuple[Source, Source]:
     return speech, noise
 
 
+def check_corruption_inputs(run: RunConfig, model: SpectralAutoencoder) -> None:
+    """Refuse data settings that the model's corruption never reads. Only ``mix`` adds the noise
+    folders' recordings, at ``data.snr_low..snr_high``; the others (``none``, the default, is a
+    plain autoencoder) trained on clean speech alone while the noise folder was loaded and left
+    unused, and ``gaussian`` draws its SNR from ``model.config.snr_low..snr_high``."""
+    d, c = run.data, model.config
+    if c.corruption == "mix":
+        given = {k: run.model_config[k] for k in ("snr_low", "snr_high") if k in run.model_config}
+        if any(v != getattr(d, k) for k, v in given.items()):
+            raise ValueError(f"corruption \"mix\" draws its SNR from data.snr_low..snr_high ({d.snr_low:g}..{d.snr_high:g} "
+                             f"dB); model.config sets {given}: set the range in [data] instead")
+        return
+    plain = DataConfig()
+    mix_only = {"noise_dir": d.noise_dir, "val_noise_dir": d.val_noise_dir, "noise_weights": d.noise_weights,
+                "second_noise_prob": d.second_noise_prob, "snr_low": d.snr_low, "snr_high": d.snr_high}
+    unused = [f"data.{k}" for k, v in mix_only.items() if v != getattr(plain, k)]
+    if unused:
+        why = {"none": " (the default: a plain autoencoder, which never sees noise)",
+               "gaussian": " (white noise at model.config.snr_low..snr_high)"}.get(c.corruption, "")
+        it = "it" if len(unused) == 1 else "them"
+        raise ValueError(f"{', '.join(unused)}: only corruption = \"mix\" reads {it}, and this model's corruption is "
+                         f"{c.corruption!r}{why}; set model.config.corruption = \"mix\" to train a denoiser on that "
+                         f"noise, or remove {it}")
+
+
 def _validation_sources(data: DataConfig, sr: int, train_sources: tuple[Source, Source]) -> tuple[Source, Source]:
     """The val folders, or, where none is set, the training clips already loaded (an hour of Ogg
     is not decoded twice) at their natural shares: validation ignores the training weights."""
@@ -390,21 +415,45 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     _save_optimizer(opt, step, best, out / "last.optim.safetensors", minutes_done)
 
 
-# What a run writes into its folder; --no-resume removes them first, so that nothing of an earlier
-# run (an ema.safetensors a run without an average never replaces, a best.safetensors from before
-# the new run's first validation) passes for the new run's.
+# What a run writes into its folder; a run that starts over (--no-resume, or no resume point) removes
+# them first, so that nothing of an earlier run (an ema.safetensors a run without an average never
+# replaces, a best.safetensors from before the new run's first validation) passes for the new run's.
 RUN_FILES = ("best.safetensors", "last.safetensors", "last.optim.safetensors", "last.ema.safetensors",
              "ema.safetensors", "log.jsonl", "summary.json")
 
 
-def _forget_previous_run(out: Path) -> None:
+def _forget_previous_run(out: Path, why: str) -> None:
     found = [n for n in RUN_FILES if (out / n).is_file()]
     if not found:
         return
-    log.warning("%s: starting over (--no-resume): removing the earlier run's %s", out, ", ".join(found))
+    log.warning("%s: starting over (%s): removing the earlier run's %s", out, why, ", ".join(found))
     for name in found:
         (out / name).unlink(missing_ok=True)
         (out / (name + ".sha256")).unlink(missing_ok=True)
+
+
+def _forget_lost_steps(path: Path, step: int) -> None:
+    """Drop the records of ``path`` (log.jsonl) past ``step``, the resume point: a run killed
+    after logging them and before its next resume point lost those steps, which the resumed run
+    trains and logs again (each step twice, with other numbers). A line cut short by the kill
+    goes too."""
+    if not path.is_file():
+        return
+    kept, lost = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            ok = record["step"] <= step
+        except (json.JSONDecodeError, KeyError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            lost += 1
+    if lost:
+        log.warning("%s: dropping %d record(s) past the resume point at step %d (the steps after it were lost "
+                    "with the run that logged them)", path, lost, step)
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
 def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | None) -> AveragedModel | None:
@@ -455,12 +504,16 @@ def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]
     if missing:
         raise ValueError(f"cannot grow: parameter names differ ({', '.join(missing[:5])})")
     layout = model.growth_blocks() if hasattr(model, "growth_blocks") else {}
+    buffers = {name for name, _ in model.named_buffers()}
     grown = []
     for name, target in new.items():
         src = old[name]
         if src.shape == target.shape:
             target.copy_(src)
             continue
+        if name in buffers:  # not a weight: an STFT window "grown" with zeros was another transform
+            raise ValueError(f"cannot grow {name}: {tuple(src.shape)} -> {tuple(target.shape)} is a fixed buffer "
+                             f"of another shape (another n_fft), not a weight")
         if src.dim() != target.dim() or any(a > b for a, b in zip(src.shape, target.shape, strict=True)):
             raise ValueError(f"cannot grow {name}: {tuple(src.shape)} does not fit in {tuple(target.shape)}")
         if src.dim() <= 2:
@@ -520,29 +573,74 @@ MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
 LOG_EVERY = 50  # steps between log.jsonl records (and validation steps)
 
 
-# Model settings a resumed run keeps: they define the signal the weights were trained on.
-RESUME_FIXED = ("sample_rate", "n_fft", "hop_length", "compression", "compression_power", "input", "output")
+# Model settings that define the signal the weights were trained on: a run grown from other
+# weights (train.init_from) keeps them, and a resumed run keeps its input and output too.
+SIGNAL_FIXED = ("sample_rate", "n_fft", "hop_length", "compression", "compression_power")
+RESUME_FIXED = (*SIGNAL_FIXED, "input", "output")
 
 
-def _resume_weights(model: SpectralAutoencoder, last: Path) -> None:
+def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True) -> None:
     """Load the run's last weights; a model whose shapes changed since is refused with the
-    config fields that differ, not torch's list of size mismatches."""
+    config fields that differ, not torch's list of size mismatches. Other changed settings
+    (causal, unpool, sparsity, corruption, ...) are taken, and named in a warning when
+    ``report``: the same command with an edited config resumed without a word."""
     saved = load_checkpoint(last)
+    ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
+    changed = [f"{k}: {theirs.get(k)!r} there, {v!r} now" for k, v in ours.items() if theirs.get(k) != v]
     try:
         model.load_state_dict(saved.state_dict())
     except RuntimeError:
-        ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
-        changed = ", ".join(f"{k}: {theirs.get(k)!r} there, {v!r} now" for k, v in ours.items() if theirs.get(k) != v)
         raise ValueError(f"{last.parent} holds a run of a differently shaped model ({saved.registry_name}; "
-                         f"{changed or 'another family'}); resume with its settings, start over with "
+                         f"{', '.join(changed) or 'another family'}); resume with its settings, start over with "
                          f"--no-resume or another --out, or grow it with train.init_from") from None
     # Same shapes, other signal: the weights would load, and best_val be compared across two
     # validation sets (8 kHz and 16 kHz runs share every shape).
-    ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
     moved = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} now" for k in RESUME_FIXED if theirs.get(k) != ours.get(k)]
     if moved:
         raise ValueError(f"{last.parent} holds a run of this model at another {', '.join(moved)}; resume with "
                          f"its settings, or start over with --no-resume or another --out")
+    if changed and report:
+        log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out starts "
+                    "a new run instead", last.parent, "; ".join(changed))
+
+
+def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
+    """What a validation score depends on besides the weights and the audio, as JSON values:
+    best.safetensors records it, and a resumed run compares its scores with that file's only
+    under the same key. Not the folders' paths: a run split over machines (train.session_minutes)
+    may find the same corpus elsewhere on each."""
+    d, c = run.data, model.config
+    key = {"select_by": run.train.select_by, "examples": d.val_examples, "seconds": d.val_seconds,
+           "snr": [d.snr_low, d.snr_high], "reverb_prob": d.reverb_prob, "corruption": c.corruption}
+    if c.corruption == "gaussian":
+        key["gaussian_snr"] = [c.snr_low, c.snr_high]
+    if c.corruption == "patches":
+        key["patches"] = [c.patch_fraction, list(c.patch_size)]
+    return key
+
+
+def _resumed_best(path: Path, key: dict) -> float:
+    """The score a resumed run's validations must beat to replace ``path`` (best.safetensors):
+    the one recorded in it, or none when it was scored under another validation ``key``.
+
+    Not the optimizer state's: a run resumed with another select_by compared STOI with that
+    SI-SDR in dB and never replaced best.safetensors again, and a run killed after a validation
+    improved it (before the next resume point) could replace it with a worse model."""
+    if not path.is_file():
+        return -math.inf
+    try:
+        extra = checkpoint_extra(path)
+    except (CheckpointError, json.JSONDecodeError) as exc:
+        log.warning("%s: unreadable (%s); the first validation replaces it", path, exc)
+        return -math.inf
+    recorded = extra.get("validation")
+    if recorded is not None and recorded != key:
+        changed = [f"{k}: {recorded.get(k)!r} there, {v!r} now" for k, v in key.items() if recorded.get(k) != v]
+        log.warning("%s was scored under another validation (%s): the first validation of this run replaces it",
+                    path, "; ".join(changed))
+        return -math.inf
+    score = extra.get("val", {}).get(key["select_by"])  # (a file of an older run records no key)
+    return -math.inf if score is None else float(score)
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -603,6 +701,12 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if not takes_audio(model):
         raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
+    check_corruption_inputs(run, model)
+    for name in ("segment_seconds", "val_seconds"):  # 0 samples was numpy's "zero-size array to reduction ..."
+        samples = int(getattr(run.data, name) * model.config.sample_rate)
+        if samples < model.config.n_fft:
+            raise ValueError(f"data.{name}={getattr(run.data, name):g} is {samples} samples at the model's "
+                             f"{model.config.sample_rate} Hz, shorter than one STFT window (n_fft={model.config.n_fft})")
     out = Path(tc.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run's output folder {out} is a file; give a folder (--out or train.out_dir)")
@@ -610,6 +714,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # The data before the folder too: a missing or empty corpus folder leaves no empty run behind.
     sources = _sources(run.data, sr, val=False)
     val_set = make_validation_set(model, run.data, _validation_sources(run.data, sr, sources)) if rank == 0 else None
+    val_key = validation_key(run, model)  # recorded with best.safetensors' score
     # On the device before the optimizer: a resumed optimizer state is cast to its parameters'
     # device as it loads, and model.to() later would move the parameters and leave it on the CPU.
     model.to(device)
@@ -622,8 +727,10 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         raise ValueError(f"{out} holds {have.name} but not {lack.name}, and a resume needs both; restore it, or "
                          f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
-        _resume_weights(model, last)
+        _resume_weights(model, last, rank == 0)
         step, best, minutes_before = _load_optimizer(opt, last_opt)
+        if rank == 0:
+            best = _resumed_best(out / "best.safetensors", val_key)
         if not tc.session_minutes:  # a new budget: the clock starts again
             minutes_before = 0.0
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
@@ -639,6 +746,13 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         if source.registry_name != run.model:  # grow_into would only say that parameter names differ
             raise ValueError(f"train.init_from={tc.init_from!r} is a {source.registry_name} model and this run "
                              f"trains a {run.model} one: init_from grows a model of the same family")
+        # Same shapes at another rate or compression, or bins of another FFT size grown with zeros
+        # (and the STFT window with them): the weights would hear another signal.
+        moved = [f"{k}: {getattr(source.config, k)!r} there, {getattr(model.config, k)!r} now" for k in SIGNAL_FIXED
+                 if getattr(source.config, k) != getattr(model.config, k)]
+        if moved:
+            raise ValueError(f"train.init_from={tc.init_from!r} was trained on another signal ({', '.join(moved)}): "
+                             f"init_from grows a model at the same signal settings")
         grown = grow_into(model, source.state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
     if resuming and not tc.ema_decay and (out / "last.ema.safetensors").is_file():
@@ -646,8 +760,14 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                          f"train.ema_decay=0: the average would stop, and ema.safetensors stay at step {step} as if it "
                          f"were the run's; resume with the run's train.ema_decay (run.json), or start over with "
                          f"--no-resume or another --out")
-    if not resume and rank == 0:
-        _forget_previous_run(out)
+    # Only now, with every check passed: a refused run leaves the folder as it was.
+    if resuming and rank == 0:
+        _forget_lost_steps(out / "log.jsonl", step)
+    elif rank == 0:
+        # Also without a resume point: a run killed before its first one (3 minutes by default) left
+        # best.safetensors and log.jsonl, and the same command started over beside them, logging
+        # every step a second time.
+        _forget_previous_run(out, "--no-resume" if not resume else "no resume point (last.safetensors)")
     # Only now, with the weights in place: a bad init_from or resume point leaves no empty run behind.
     out.mkdir(parents=True, exist_ok=True)
     model.train()
@@ -751,7 +871,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 record["val"] = validate(evaluated, val_set, tc.metrics)
                 if record["val"][tc.select_by] > best:
                     best = record["val"][tc.select_by]
-                    save_checkpoint(evaluated, out / "best.safetensors", {"step": step, "val": record["val"]})
+                    save_checkpoint(evaluated, out / "best.safetensors",
+                                    {"step": step, "val": record["val"], "validation": val_key})
                 log.info("step %d val %s", step, record["val"])
                 if bar is not None:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
@@ -786,19 +907,27 @@ def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler:
                      grad_clip: float, loss: torch.Tensor) -> bool:
     """Clip and apply the gradients; False when the step was bad and nothing was applied.
 
-    Under DDP the gradients are already reduced, so every rank decides alike. fp16's GradScaler
-    skips steps whose scaled gradients overflow and lowers its scale: those are its calibration,
-    so with it only a non-finite loss counts as bad.
+    Bad: a non-finite loss or gradient norm. The loss counts too: log(x) of a negative x is NaN
+    and its gradient 1/x finite, so a KL sparsity penalty with a target outside (0, 1) trained
+    every step on a NaN loss and the run reported no skipped step. fp16's GradScaler skips steps
+    whose scaled gradients overflow and lowers its scale: those are its calibration, so with it
+    only a non-finite loss counts as bad. Under DDP the gradients are already reduced but each
+    rank has its own loss: the ranks agree on the verdict, so that all skip or step together.
     """
     scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    finite = torch.isfinite(loss.detach())
+    if not scaler.is_enabled():
+        finite = finite & torch.isfinite(norm)
+    if dist.is_available() and dist.is_initialized():
+        flag = finite.to(norm.dtype).reshape(1)  # on the training device: NCCL only carries CUDA tensors
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = flag[0] > 0
+    good = bool(finite)
     if scaler.is_enabled():
         scaler.step(opt)  # skips by itself on inf/NaN gradients
-        good = bool(torch.isfinite(loss.detach()))
-    else:
-        good = bool(torch.isfinite(norm))
-        if good:
-            opt.step()
+    elif good:
+        opt.step()
     scaler.update()
     return good
 

@@ -52,6 +52,10 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.batch_size=0", "train.batch_size must be at least 1"),
                                                 ("train.lr=-1", "train.lr must be >= 0"),
                                                 ("data.segment_seconds=0", "data.segment_seconds must be positive"),
+                                                # was numpy's "zero-size array to reduction operation maximum"
+                                                ("data.segment_seconds=0.0001", "data.segment_seconds=0.0001 is 0 samples at "
+                                                 "the model's 8000 Hz, shorter than one STFT window (n_fft=256)"),
+                                                ("data.val_seconds=0.01", "data.val_seconds=0.01 is 80 samples"),
                                                 ("data.snr_low=30", "data.snr_low 30 is above data.snr_high"),
                                                 ("model.family=conv1d", "[model] has no key(s) ['family']"),
                                                 ("modle.name=conv1d", "unknown section(s) ['modle']"),
@@ -422,3 +426,187 @@ def test_select_by_must_be_a_validated_metric(tmp_path, capsys):
     assert rc == 2
     assert "train.select_by='pesq' is not among train.metrics ['si_sdr']" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_noise_settings_that_the_corruption_never_reads_are_refused(tmp_path, capsys):
+    """Was: a config with a noise folder but the default corruption "none" trained a plain
+    autoencoder on clean speech (val si_sdr_in 83 dB), the noise loaded and left unused; the SNR
+    range of the other place (model.config for mix, data for gaussian) was ignored."""
+    import numpy as np
+    import soundfile as sf
+
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    sf.write(noise / "hiss.wav", 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32), 8000)
+    common = [CONFIG, "--out", str(tmp_path / "run"), "--steps", "1", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    for settings, said in (
+            ([f'data.noise_dir="{noise}"', 'model.config.corruption="none"'],
+             "data.noise_dir: only corruption = \"mix\" reads it, and this model's corruption is 'none' (the default"),
+            (["data.snr_low=10", "data.second_noise_prob=0.5", 'model.config.corruption="gaussian"'],
+             "data.second_noise_prob, data.snr_low: only corruption = \"mix\" reads them"),
+            (["model.config.snr_low=10"], "corruption \"mix\" draws its SNR from data.snr_low..snr_high (-5..20 dB); "
+                                          "model.config sets {'snr_low': 10}")):
+        assert main(["train", *common, *[a for s in settings for a in ("--set", s)]]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
+    # the same range in both places, and the shipped configs, are fine
+    from audioae.models import build_model
+    from audioae.train import check_corruption_inputs, load_run_config
+
+    run = load_run_config(CONFIG, ["model.config.snr_low=0", "data.snr_low=0"])
+    check_corruption_inputs(run, build_model(run.model, run.model_config))
+    for path in SHIPPED_CONFIGS:
+        run = _load(path)
+        check_corruption_inputs(run, build_model(run.model, run.model_config))
+
+
+def test_a_resume_under_another_validation_starts_best_over_and_keeps_it_after(tmp_path, capsys, caplog):
+    """Was: best.safetensors' score came from the optimizer state, so a run resumed with
+    train.select_by="stoi" compared STOI (about 0.7) with an SI-SDR in dB and never replaced
+    best.safetensors again (nor did a harder validation set), and summary.best_val was that dB."""
+    from audioae.checkpoint import checkpoint_extra
+
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=2", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["train", *common, "--steps", "4", "--set", 'train.select_by="stoi"']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    best = checkpoint_extra(out / "best.safetensors")
+    assert best["step"] == 4 and summary["best_val"] == best["val"]["stoi"] < 1
+    assert "was scored under another validation (select_by: 'si_sdr' there, 'stoi' now)" in caplog.text
+    # A harder validation (lower SNRs) scores below the recorded SI-SDR: it starts over too.
+    assert main(["train", *common, "--steps", "6", "--set", "data.snr_high=-4"]) == 0
+    best = checkpoint_extra(out / "best.safetensors")
+    assert best["step"] == 6 and best["validation"]["snr"] == [-5.0, -4]
+    # Under the same validation the recorded score stands: with lr 0 the weights of step 6 score
+    # exactly it again, which does not replace the file.
+    assert main(["train", *common, "--steps", "8", "--set", "data.snr_high=-4", "--set", "train.lr=0"]) == 0
+    assert checkpoint_extra(out / "best.safetensors")["step"] == 6
+
+
+def test_a_resume_with_other_model_settings_names_them(tmp_path, capsys, caplog):
+    """Was: the same command with an edited config (same shapes) resumed without a word."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "2"]) == 0
+    assert "resuming its run with other model settings" not in caplog.text
+    assert main(["train", *common, "--steps", "3", "--set", 'model.config.sparsity="topk"',
+                 "--set", "model.config.topk=2"]) == 0
+    assert (f"{out}: resuming its run with other model settings (sparsity: 'none' there, 'topk' now; "
+            "topk: 0 there, 2 now); --no-resume or another --out starts a new run instead") in caplog.text
+
+
+def test_init_from_weights_of_another_signal_is_refused(tmp_path, capsys):
+    """Was: an 8 kHz run's weights grew into a 16 kHz run (same shapes) in silence, and an n_fft
+    256 run's into n_fft 512 with the STFT window "grown" too: a 256-point Hann window then 256
+    zeros, which the new run's checkpoints carried (and the streaming STFT does not use)."""
+    from audioae.checkpoint import save_checkpoint
+    from audioae.models import build_model
+    from audioae.train import grow_into, load_run_config
+
+    run = load_run_config(CONFIG, ["model.config.hidden=16"])
+    source = build_model(run.model, run.model_config)  # this config's model: it grows, unchanged
+    save_checkpoint(source, tmp_path / "src.safetensors")
+    common = [CONFIG, "--out", str(tmp_path / "run"), "--steps", "1", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16", "--set", f'train.init_from="{tmp_path / "src.safetensors"}"']
+    for setting, said in (("model.config.sample_rate=16000", "sample_rate: 8000 there, 16000 now"),
+                          ("model.config.n_fft=512", "n_fft: 256 there, 512 now"),
+                          ('model.config.compression="log"', "compression: 'power' there, 'log' now")):
+        assert main(["train", *common, "--set", setting]) == 2
+        assert f"was trained on another signal ({said}): init_from grows a model at the same signal settings" \
+            in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
+    wider = build_model(run.model, {**run.model_config, "n_fft": 512})
+    with pytest.raises(ValueError, match=r"cannot grow stft.spec.window: \(256,\) -> \(512,\) is a fixed buffer"):
+        grow_into(wider, source.state_dict())
+    assert main(["train", *common, "--set", 'model.config.output="deepfilter"']) == 0  # growing still grows
+
+
+def test_a_run_killed_before_its_first_resume_point_starts_over_cleanly(tmp_path, caplog):
+    """Was: SIGKILL (an OOM kill) before the first periodic checkpoint left best.safetensors and
+    log.jsonl, and the same command started over beside them: log.jsonl held every step twice,
+    and the killed attempt's best.safetensors stood until the new run's first validation."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.progress=false", "--set", "train.threads=1",
+              "--set", "train.val_every=2", "--set", "model.config.hidden=16"]
+    proc = subprocess.Popen([sys.executable, "-m", "audioae.cli", "train", *common, "--steps", "100000",
+                             "--set", "train.checkpoint_seconds=100000"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "log.jsonl").is_file() or len((out / "log.jsonl").read_text().splitlines()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert (out / "best.safetensors").is_file() and not (out / "last.safetensors").exists()
+    assert main(["train", *common, "--steps", "2"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [2], steps
+    assert "starting over (no resume point (last.safetensors)): removing the earlier run's best.safetensors, " \
+           "log.jsonl" in caplog.text
+    from audioae.checkpoint import checkpoint_extra
+
+    assert checkpoint_extra(out / "best.safetensors")["step"] == 2
+
+
+def test_a_kl_target_outside_zero_one_is_refused_and_a_nan_loss_is_never_stepped_on(tmp_path, capsys):
+    """Was: sparsity_target=1.5 trained every step on a NaN loss (log of a negative number; its
+    gradient 1/x is finite), log.jsonl said "loss": NaN, and the run reported 0 skipped steps;
+    0 and 1 stopped after 20 steps with a non-finite error."""
+    from audioae.models import build_model
+    from audioae.train import _apply_gradients
+
+    kl = ["--set", 'model.config.sparsity="kl"', "--set", 'model.config.code_activation="sigmoid"',
+          "--set", "model.config.sparsity_weight=0.1", "--set", "train.progress=false"]
+    for target in ("1.5", "0", "1"):
+        assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--steps", "2", *kl,
+                     "--set", f"model.config.sparsity_target={target}"]) == 2
+        assert f"sparsity_target must be within (0, 1), got {target}\n" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
+    # A NaN loss whose gradient is finite is a bad step like a NaN gradient: nothing is applied.
+    model = build_model("linear", {"code_dim": 4, "n_fft": 64, "hop_length": 16})
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = torch.log(torch.tensor(-1.0)) + model.encoder.weight.sum()  # NaN, with gradient 1 everywhere
+    loss.backward()
+    assert torch.isfinite(model.encoder.weight.grad).all()
+    assert _apply_gradients(model, opt, scaler, 5.0, loss) is False
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    opt.zero_grad()
+    loss = model.encoder.weight.sum()
+    loss.backward()
+    assert _apply_gradients(model, opt, scaler, 5.0, loss) is True  # a finite one is applied
+    assert not torch.equal(before["encoder.weight"], model.encoder.weight)
+
+
+def test_a_resume_drops_the_log_records_of_steps_lost_with_a_killed_run(tmp_path, caplog):
+    """Was: a run SIGKILLed between its resume point and the next kept the records of the steps
+    after it in log.jsonl, and the resumed run logged those steps again: each one twice."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.progress=false", "--set", "train.threads=1",
+              "--set", "train.val_every=2", "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "2"]) == 0  # the resume point: step 2
+    proc = subprocess.Popen([sys.executable, "-m", "audioae.cli", "train", *common, "--steps", "100000",
+                             "--set", "train.checkpoint_seconds=100000"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len((out / "log.jsonl").read_text().splitlines()) < 4:  # steps 2 (the first run), 4, 6, 8
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert main(["train", *common, "--steps", "4"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4], steps
+    assert "past the resume point at step 2 (the steps after it were lost" in caplog.text

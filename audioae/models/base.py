@@ -33,7 +33,7 @@ class AutoencoderConfig:
     topk: int = 0  # units kept per code vector for topk
     # Corruption seen during training (denoising autoencoder); the target stays clean.
     corruption: str = "none"  # none | gaussian | patches | mix
-    snr_low: float = -5.0  # dB, for gaussian and mix
+    snr_low: float = -5.0  # dB, for gaussian (mix, in audioae train: data.snr_low and snr_high)
     snr_high: float = 20.0
     noise_std: float = 0.3  # for gaussian on vector/image inputs
     patch_fraction: float = 0.15  # share of the input darkened by patches
@@ -48,6 +48,8 @@ class AutoencoderConfig:
             raise ValueError(f"sparsity must be one of {PENALTIES}, got {self.sparsity!r}")
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {self.corruption!r}")
+        if not 0 < self.sparsity_target < 1:  # the KL penalty's log of it and of 1 - it: NaN outside
+            raise ValueError(f"sparsity_target must be within (0, 1), got {self.sparsity_target}")
         if self.sparsity == "kl" and self.code_activation != "sigmoid":
             raise ValueError("the kl sparsity penalty needs code_activation='sigmoid' (codes in (0, 1))")
         if self.sparsity == "topk" and self.topk <= 0:
