@@ -10,6 +10,7 @@ import it when called.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -112,14 +113,70 @@ _PLAINER = {
 }
 
 
-def sound_error_reason(exc: BaseException, in_memory: bool = False) -> str:
+def sound_error_reason(exc: BaseException, in_memory: bool = False, path: str | os.PathLike | None = None,
+                       writing: bool = False) -> str:
     """What went wrong in libsndfile's or the system's own words, without the prefixes: soundfile's
     "Error opening <path>:" (the caller names the file) and libsndfile's "Error : ". ``in_memory``:
-    the audio was bytes, not a file, so "not a regular file" means an unknown format."""
+    the audio was bytes, not a file, so "not a regular file" means an unknown format. ``path``
+    (``writing``: opened to write): the file libsndfile failed on, asked again where it says only
+    "System error."."""
     reason = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)).strip()
     if reason in _PLAINER and (in_memory or "SF_INFO" in reason):
         return _PLAINER[reason]
+    if reason == "System error." and path is not None:
+        reason = os_refusal(path, writing) or reason
     return reason.removeprefix("Error : ")
+
+
+def os_refusal(path: str | os.PathLike, writing: bool = False) -> str | None:
+    """Why the system will not open ``path`` (``writing``: to write, creating it), such as "Permission
+    denied", or None when it opens. libsndfile reports any such refusal as "System error." and keeps
+    the errno to itself: a file without read permission and an output folder without write permission
+    both read "System error."; a file this creates to find out is removed again."""
+    created = writing and not os.path.lexists(path)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT if writing else os.O_RDONLY | os.O_NONBLOCK, 0o666))
+    except OSError as exc:
+        return exc.strerror
+    if created:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return None
+
+
+def unfinished_wav_bytes(source: str | os.PathLike | bytes) -> int:
+    """The bytes after the "data" chunk of a WAV whose header says that chunk is empty, 0 for any
+    other file: a recording whose header was never finished (a recorder that lost power before
+    it rewrote the sizes it wrote as 0), which libsndfile reads as 0 samples."""
+    try:
+        with io.BytesIO(source) if isinstance(source, bytes) else open(fs_path(source), "rb") as fh:
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(0)
+            head = fh.read(12)
+            if head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return 0
+            pos = 12
+            while pos + 8 <= size:  # the chunks before "data": fmt, bext, iXML, LIST, JUNK, ...
+                fh.seek(pos)
+                chunk = fh.read(8)
+                n = int.from_bytes(chunk[4:], "little")
+                if chunk[:4] == b"data":
+                    return size - pos - 8 if n == 0 else 0
+                pos += 8 + n + (n & 1)
+    except OSError:
+        pass
+    return 0
+
+
+def empty_audio(name: str, source: str | os.PathLike | bytes) -> AudioError:
+    """The error for a file of 0 samples; one whose header is unfinished says so: "empty" led to
+    deleting a recording that holds all its audio."""
+    held = unfinished_wav_bytes(source)
+    if not held:
+        return AudioError(f"{name}: the audio is empty (0 samples)")
+    return AudioError(f"{name}: its header says the audio is empty, but {held:,} bytes of it follow: a recording "
+                      f"whose header was never finished (the recorder stopped before writing its length); "
+                      f"repair the header (e.g. sox --ignore-length IN.wav OUT.wav) and use the repaired copy")
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:
@@ -191,7 +248,11 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype)  # frames read, not claimed
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        raise AudioError(f"{name}: cannot read audio ({sound_error_reason(exc, in_memory=isinstance(source, bytes | bytearray))})") from exc
+        in_memory = isinstance(source, bytes | bytearray)
+        reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
+        raise AudioError(f"{name}: cannot read audio ({reason})") from exc
+    if wav.shape[-1] == 0:
+        raise empty_audio(name, source)
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info
 
@@ -358,7 +419,12 @@ def walk_audio(folder: str | os.PathLike,
     denoised from a linked folder would have no reference to be scored against."""
     folder = Path(folder)
     found, skipped, seen = [], {}, set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unlisted(exc: OSError) -> None:  # os.walk would pass over such a folder without a word
+        log.warning("%s: cannot list this folder (%s); the files in it are left out", exc.filename,
+                    exc.strerror or exc)
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unlisted):
         here = Path(dirpath)
         real = here.resolve()
         if real in seen:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,31 @@ def test_a_broken_link_or_a_file_gone_is_named_as_one(tmp_path, causal_ckpt):
     assert gone.error == f"{src / 'gone.wav'}: no such file (moved or deleted since the job was planned?)"
 
 
+def test_a_recording_whose_header_was_never_finished_is_not_called_empty(tmp_path, causal_ckpt):
+    """A recorder that lost power leaves its WAV's sizes as 0: libsndfile reads 0 samples of a file
+    that holds them all. Was: "the audio is empty (0 samples)", which invites deleting it."""
+    from audioae.audio import AudioError, read_audio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "take.wav", noisy_signal(np.random.default_rng(7), 0.5, 16000, 1), 16000, subtype="PCM_16")
+    raw = bytearray((src / "take.wav").read_bytes())
+    at = raw.find(b"data")
+    raw[4:8] = raw[at + 4 : at + 8] = bytes(4)  # the RIFF and data sizes as written before the first sample
+    (src / "take.wav").write_bytes(raw)
+    sf.write(src / "empty.wav", np.zeros(0, np.float32), 16000, subtype="PCM_16")  # really empty
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    recs = by_input(tmp_path / "out")
+    unfinished = (f"{src / 'take.wav'}: its header says the audio is empty, but 16,000 bytes of it follow: a "
+                  f"recording whose header was never finished")
+    assert s["error"] == 2 and recs["take.wav"]["error"].startswith(unfinished)
+    assert recs["empty.wav"]["error"] == f"{src / 'empty.wav'}: the audio is empty (0 samples)"
+    task = FileTask(str(src / "take.wav"), str(tmp_path / "o.wav"), "take.wav")  # bytes, as the Ray engine reads
+    assert FileDenoiser(load_checkpoint(causal_ckpt)).run(task, bytes(raw)).error.startswith(unfinished)
+    with pytest.raises(AudioError, match="header was never finished"):  # as audioae eval reads
+        read_audio(src / "take.wav")
+
+
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"
@@ -262,6 +288,26 @@ def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckp
     assert sf.info(out / "top.wav").frames == sf.info(src / "top.wav").frames
 
 
+def test_an_input_changed_since_its_output_was_made_is_named_in_a_warning(tmp_path, causal_ckpt, caplog):
+    """A recorder's numbering starts over and a new take replaces sub/stereo.wav. Was: the rerun
+    kept the old take's output as "skipped (already done)" without a word."""
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    run_denoise([src], out, opts)
+    caplog.clear()
+    run_denoise([src], out, opts)
+    assert "changed after their outputs were made" not in caplog.text
+    write_tree(src, [("sub/stereo.wav", 44100, 2, "WAV", "PCM_24", 0.7)], seed=9)  # another take, same name
+    made = (out / "sub" / "stereo.wav").stat().st_mtime
+    os.utime(src / "sub" / "stereo.wav", (made + 10, made + 10))  # after its output, whatever the clock's grain
+    s = run_denoise([src], out, opts)
+    assert s["skipped"] == len(TREE)  # still skipped: outputs that exist are done
+    assert "1 input(s) changed after their outputs were made (e.g. sub/stereo.wav)" in caplog.text
+    assert run_denoise([src], out, dataclasses.replace(opts, overwrite=True))["ok"] == len(TREE)
+    assert sf.info(out / "sub" / "stereo.wav").frames == sf.info(src / "sub" / "stereo.wav").frames
+
+
 def test_refuses_to_overwrite_inputs_or_merge_outputs(tmp_path, causal_ckpt, capsys):
     src = make_tree(tmp_path / "in")
     before = sorted(p.name for p in src.rglob("*"))
@@ -278,6 +324,23 @@ def test_refuses_to_overwrite_inputs_or_merge_outputs(tmp_path, causal_ckpt, cap
     assert main(["denoise", str(src), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "no.safetensors"),
                  "--no-progress"]) == 2
     assert sorted(p.name for p in src.rglob("*")) == before  # nothing written into the inputs
+
+
+def test_overlapping_inputs_that_would_give_one_file_two_outputs_are_refused(tmp_path, causal_ckpt, capsys):
+    """`in in/sub`: sub/stereo.wav became both OUT/sub/stereo.wav and OUT/stereo.wav. Was: both
+    written, one manifest line between them (lines are per input), the summary counting two."""
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    model = ["--model", str(causal_ckpt), "--no-progress"]
+    for inputs, name, nested_first in (([src, src / "sub"], "corrupt.wav", True),  # the first of sub/, sorted
+                                       ([src / "sub" / "stereo.wav", src], "stereo.wav", False)):
+        assert main(["denoise", *map(str, inputs), "-o", str(out), *model]) == 2
+        two = [out / "sub" / name, out / name][:: 1 if nested_first else -1]
+        assert (f"{src / 'sub' / name} is among the inputs twice, to become {two[0]} and {two[1]} (the inputs "
+                f"overlap") in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["denoise", str(src / "top.wav"), str(src), "-o", str(out), *model]) == 1  # one output: taken once
+    assert len(read_manifest(out / "audioae-manifest.jsonl")) == len(TREE) + 1
 
 
 def test_an_output_that_is_a_file_or_looks_like_one_is_refused(tmp_path, causal_ckpt, capsys):
@@ -427,6 +490,65 @@ def test_recordings_already_in_an_output_folder_inside_the_input_are_named_as_sk
     assert "it is the output folder" not in caplog.text
 
 
+def test_permissions_that_stop_a_file_or_a_folder_are_named(tmp_path, causal_ckpt, unprivileged):
+    """Was: "cannot read audio (System error.)", "cannot write the output (System error.)" (libsndfile
+    keeps the errno to itself), and a folder that cannot be listed left out without a word."""
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    (out / "sub" / "deeper").mkdir(parents=True)
+    (src / "sub" / "deeper" / "low.flac").chmod(0)  # unreadable
+    (out / "sub" / "deeper").chmod(0o555)  # v.ogg's output cannot be written there
+    (src / "sealed").mkdir()
+    sf.write(src / "sealed" / "x.wav", np.zeros(1600, np.float32), 16000)
+    (src / "sealed").chmod(0)  # cannot be listed
+    proc = subprocess.run([*unprivileged, sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out),
+                           "--model", str(causal_ckpt), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert f"{src / 'sealed'}: cannot list this folder (Permission denied); the files in it are left out" in proc.stderr
+    recs = by_input(out)
+    assert recs["low.flac"]["error"] == f"{src / 'sub/deeper/low.flac'}: cannot read audio (Permission denied)"
+    assert recs["v.ogg"]["error"] == f"{out / 'sub/deeper/v.ogg'}: cannot write the output (Permission denied)"
+    assert "x.wav" not in recs and not parts(out)
+
+
+def test_a_recording_in_an_output_folder_inside_the_input_is_never_taken_for_an_output(tmp_path, causal_ckpt,
+                                                                                     capsys):
+    """Was: in/clean/top.wav, a recording, was "skipped (already done)" as the output of in/top.wav,
+    and --overwrite replaced it with that output."""
+    src = make_tree(tmp_path / "in")
+    out = src / "clean"
+    out.mkdir()
+    theirs = (src / "float.wav").read_bytes()
+    (out / "top.wav").write_bytes(theirs)  # a recording, under the name in/top.wav's output would take
+    for extra in ([], ["--overwrite"]):
+        assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"the output {out / 'top.wav'} would overwrite a recording the output folder held before any run" in err
+    assert (out / "top.wav").read_bytes() == theirs
+    assert sorted(p.name for p in out.iterdir()) == ["top.wav"]
+
+
+def test_a_recording_reached_by_two_names_gets_a_manifest_line_for_each_output(tmp_path, causal_ckpt):
+    """A link beside the file and a linked folder: two outputs of one recording. Was: inputs were
+    keyed by the file a link leads to, so the manifest (one line per input) recorded one of the
+    three outputs, while the summary counted three files."""
+    src = make_tree(tmp_path / "in")
+    (src / "top-link.wav").symlink_to("top.wav")
+    (src / "again").symlink_to(src / "sub" / "deeper", target_is_directory=True)
+    (src / "sub" / "deeper" / "top.wav").symlink_to(src / "top.wav")
+    out = tmp_path / "out"
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    recs = read_manifest(out / "audioae-manifest.jsonl")
+    made = outputs(out)
+    assert {"top.wav", "top-link.wav", "again/top.wav"} <= made  # the real folder is searched once, as again/
+    assert len(recs) == s["files"] == len(made) + 1  # + the corrupt file
+    assert {Path(r["output"]).relative_to(out).as_posix() for r in recs if r["status"] == "ok"} == made
+    assert (src / "top-link.wav").as_posix() in {r["input"] for r in recs}
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))  # each one done, once
+    assert (s["skipped"], s["ok"]) == (len(made), 0)
+    assert len(read_manifest(out / "audioae-manifest.jsonl")) == s["files"]
+
+
 def test_default_model_or_clear_error(tmp_path, capsys, monkeypatch):
     import audioae.pretrained as pretrained
 
@@ -545,6 +667,33 @@ def _batch_inputs(tmp_path: Path, specs: dict[str, tuple[int, int, float]]) -> l
         sf.write(tmp_path / "in" / name, noisy_signal(rng, seconds, sr, ch), sr, subtype="FLOAT")
         items.append((FileTask(str(tmp_path / "in" / name), str(tmp_path / "out" / name), name), None))
     return items
+
+
+TAGS = {"title": "Scene 12, take 3 – ünï", "artist": "field team", "comment": "by the river", "date": "2026-11-30"}
+
+
+def test_a_recorders_text_tags_are_kept_by_every_writer(tmp_path, causal_ckpt, bidir_ckpt):
+    """Was: the outputs had none (title, artist, comment, date in a WAV's INFO list, a FLAC's or an
+    Ogg's comments), whatever the input had. MP3 keeps its ASCII ones (libsndfile garbles others)."""
+    rng = np.random.default_rng(8)
+    (tmp_path / "in").mkdir()
+    items = []
+    for name, fmt, subtype, sr in (("a.wav", "WAV", "PCM_24", 16000), ("b.flac", "FLAC", "PCM_16", 44100),
+                                   ("c.ogg", "OGG", "VORBIS", 48000), ("d.mp3", "MP3", "MPEG_LAYER_III", 16000)):
+        with sf.SoundFile(tmp_path / "in" / name, "w", sr, 2, subtype=subtype, format=fmt) as f:
+            for key, value in TAGS.items():
+                setattr(f, key, value)
+            f.write(noisy_signal(rng, 0.5, sr, 2))
+        items.append((FileTask(str(tmp_path / "in" / name), str(tmp_path / "out" / name), name), None))
+    streamed, whole = FileDenoiser(load_checkpoint(causal_ckpt)), FileDenoiser(load_checkpoint(bidir_ckpt))
+    for run in (lambda: [streamed.run(t) for t, _ in items], lambda: [whole.run(t) for t, _ in items],
+                lambda: list(streamed._run_batched(items))):  # the GPU path, on CPU
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        assert {r.status for r in run()} == {"ok"}
+        for name in ("a.wav", "b.flac", "c.ogg"):
+            assert sf.SoundFile(tmp_path / "out" / name).copy_metadata() == TAGS, name
+        mp3 = sf.SoundFile(tmp_path / "out" / "d.mp3").copy_metadata()
+        assert (mp3["artist"], mp3["comment"], mp3.get("title")) == (TAGS["artist"], TAGS["comment"], "")
 
 
 def test_gpu_batch_path_reports_a_clip_its_batch_cannot_take_and_denoises_the_rest(tmp_path, causal_ckpt):
@@ -702,8 +851,6 @@ def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 400 kB file system (tmpfs), where this machine lets the tests mount one."""
-    import shutil
-
     mount = tmp_path / "small"
     mount.mkdir()
     if shutil.which("mount") is None or subprocess.run(

@@ -30,7 +30,7 @@ from .manifest import (
     read_manifest,
     summarize,
 )
-from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
+from .plan import MANIFEST_NAME, FileTask, changed_since_done, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,11 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         todo, done = split_done(tasks, options.overwrite, failed_last(earlier))
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
+        changed = changed_since_done(done)
+        if changed:
+            log.warning("%d input(s) changed after their outputs were made (e.g. %s): skipped all the same, as every "
+                        "output that exists is; pass --overwrite to redo them, or delete those outputs",
+                        len(changed), changed[0].rel)
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(earlier)

@@ -52,22 +52,25 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def _holds_audio(folder: Path) -> bool:
-    """Whether ``folder`` or a folder under it holds an audio file."""
-    return any(is_audio_name(p) and p.is_file() for p in folder.rglob("*"))
+def _audio_in(folder: Path) -> list[Path]:
+    """The audio files in ``folder`` and the folders under it."""
+    return [p for p in folder.rglob("*") if is_audio_name(p) and p.is_file()]
 
 
-def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
+def _discover(folder: Path, out_dir: Path, recordings: set[Path]) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (audio.walk_audio: sorted, recursive, linked folders
     followed once) with their relative paths, skipping OUT when it lies inside ``folder`` (a
     rerun would otherwise take its own outputs as inputs), and skipping a subfolder that holds
-    another run's manifest: denoised copies, not recordings."""
+    another run's manifest: denoised copies, not recordings. The audio files an OUT inside
+    ``folder`` holds before any run (no manifest yet) are recordings: added to ``recordings``."""
 
     def prune(here: Path, filenames: list[str]) -> bool:
         if here.resolve() == out_dir:
-            if MANIFEST_NAME not in filenames and _holds_audio(here):  # recordings, not an earlier run's outputs
+            found = [] if MANIFEST_NAME in filenames else _audio_in(here)  # recordings, not earlier outputs
+            if found:
                 log.warning("%s: skipped, it is the output folder; the audio files already in it are not "
                             "denoised (denoise them into another folder)", here)
+                recordings.update(map(_real, found))
             return True
         if here != folder and MANIFEST_NAME in filenames:
             log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s); name it as an input "
@@ -75,8 +78,21 @@ def _discover(folder: Path, out_dir: Path) -> list[tuple[Path, str]]:
             return True
         return False
 
-    # A broken link stays itself: resolving would name a target that does not exist instead.
-    return [(path.resolve() if path.exists() else path.absolute(), rel) for path, rel in walk_audio(folder, prune)]
+    return [(found_at(path), rel) for path, rel in walk_audio(folder, prune)]
+
+
+def found_at(path: Path) -> Path:
+    """An input's identity in the job (its manifest line, its in-flight marker): its real folder
+    and its own name. A link to a file stays itself: resolved, a recording linked in beside
+    itself or reached again through a linked folder was one input with two outputs, and the
+    manifest, one line per input, recorded only one of them. For any other file this is its
+    real path, as before; a broken link is named as the link it is."""
+    return path.absolute().parent.resolve() / path.name
+
+
+def _real(path: Path) -> Path:
+    """The file ``path`` names, through every link (a link loop: itself; Path.resolve raises there)."""
+    return Path(os.path.realpath(path))
 
 
 def _check_output_folder(out: Path) -> None:
@@ -94,7 +110,8 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
 
     Raises FileNotFoundError for a missing input and ValueError when ``out_dir`` is a file or a
     new name with an audio extension, when an output would overwrite an input, when two
-    inputs map to the same output or when the inputs hold no audio file at all.
+    inputs map to the same output, when overlapping inputs map one file to two outputs, or when
+    the inputs hold no audio file at all.
     """
     if not inputs:
         raise ValueError("no inputs given")
@@ -102,33 +119,43 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     out = Path(out_dir).resolve()
     pairs: list[tuple[Path, str]] = []
     empty: list[Path] = []  # input folders without audio files
+    recordings: set[Path] = set()  # audio files in an OUT inside an input folder before any run
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             if p.resolve() == out:
                 raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
                                  f"outputs would overwrite inputs")
-            found = _discover(p, out)
+            found = _discover(p, out, recordings)
             if not found:
                 empty.append(p)
             pairs.extend(found)
         elif p.is_file():
-            pairs.append((p.resolve(), p.name))
+            pairs.append((found_at(p), p.name))
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
-    tasks, by_output = [], {}
-    input_set = {src for src, _ in pairs}
+    tasks, by_output, by_input = [], {}, {}
+    input_set = {src for src, _ in pairs} | {_real(src) for src, _ in pairs}  # names, and the files they are
     for src, rel in pairs:
         dst = out / rel
         if dst in input_set or (dst.exists() and dst.resolve() in input_set):
             raise ValueError(f"refusing to run: the output {dst} would overwrite an input; "
                              f"choose an output folder outside the inputs")
+        # A recording there would be skipped as this input's finished output, or replaced by --overwrite.
+        if recordings and _real(dst) in recordings:
+            raise ValueError(f"refusing to run: the output {dst} would overwrite a recording the output folder "
+                             f"held before any run (it is inside the input folder, and is not denoised); "
+                             f"choose another output folder")
         if dst in by_output:
-            if by_output[dst] == src:
+            if _real(by_output[dst]) == _real(src):
                 continue  # the same file named twice (e.g. a file and its folder)
             raise ValueError(f"two inputs map to the same output {dst}: {by_output[dst]} and {src}; "
                              f"denoise them into separate output folders")
-        by_output[dst] = src
+        if src in by_input:  # one manifest line per input: the second output would go unrecorded
+            raise ValueError(f"{src} is among the inputs twice, to become {by_input[src]} and {dst} (the inputs "
+                             f"overlap: a folder, and a folder or file inside it); name it once, or denoise the "
+                             f"overlapping inputs into separate output folders")
+        by_output[dst], by_input[src] = src, dst
         tasks.append(FileTask(str(src), str(dst), rel))
     if not tasks:  # before the output folder is made: a typo'd or empty input folder is not a success
         raise ValueError(f"nothing to denoise: no {'/'.join(AUDIO_EXTENSIONS)} files in "
@@ -150,6 +177,20 @@ def split_done(tasks: Sequence[FileTask], overwrite: bool,
     for t in tasks:
         (done if Path(t.output).is_file() and t.input not in failed else todo).append(t)
     return todo, done
+
+
+def changed_since_done(done: Sequence[FileTask]) -> list[FileTask]:
+    """The finished tasks whose input was modified after its output was written: a recorder's
+    numbering starts over, a new ZOOM0001.WAV replaces the old one, and the rerun keeps the old
+    one's output. They are still skipped (outputs that exist are done); the job warns."""
+    changed = []
+    for t in done:
+        try:
+            if os.stat(t.input).st_mtime > os.stat(t.output).st_mtime:
+                changed.append(t)
+        except OSError:  # gone or unreadable: the file's own run says so
+            continue
+    return changed
 
 
 def remove_stale_parts(tasks: Sequence[FileTask]) -> int:

@@ -36,6 +36,7 @@ from ..audio import (
     check_pcm,
     check_resample,
     clips_at_full_scale,
+    empty_audio,
     fs_path,
     open_for_writing,
     read_all,
@@ -82,15 +83,16 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
     try:
         return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        raise AudioError(f"{task.input}: cannot read audio ({sound_error_reason(exc, in_memory=data is not None)})") from exc
+        reason = sound_error_reason(exc, in_memory=data is not None, path=None if data is not None else task.input)
+        raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
 
 
-def _check_header(task: FileTask, f: sf.SoundFile) -> None:
+def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
     if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
         raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     if f.frames == 0:
-        raise AudioError(f"{task.input}: the audio is empty (0 samples)")
+        raise empty_audio(task.input, task.input if data is None else data)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
@@ -114,6 +116,7 @@ class _Decoded:
     fmt: str
     subtype: str
     read_seconds: float
+    tags: dict[str, str]
 
     @property
     def channel_seconds(self) -> float:
@@ -146,7 +149,8 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
     full = ""
     if free is not None and free < FULL_DISK_BYTES:
         full = f"; the disk holding it is full ({free // 1024} kB free)"
-    return WriteError(f"{task.output}: cannot write the output ({sound_error_reason(exc)}){full}")
+    reason = sound_error_reason(exc, path=part_path(task.output), writing=True)
+    return WriteError(f"{task.output}: cannot write the output ({reason}){full}")
 
 
 def _error_text(exc: Exception) -> str:
@@ -157,9 +161,11 @@ def _error_text(exc: Exception) -> str:
 
 class _PartWriter:
     """Writes ``[C, n]`` blocks to the output's ``.part`` file; :meth:`commit` renames it into place.
-    Any failure to write is a :class:`WriteError` naming the output."""
+    Any failure to write is a :class:`WriteError` naming the output. ``tags``: the input's text
+    tags (``SoundFile.copy_metadata``), given to the output."""
 
-    def __init__(self, task: FileTask, sr: int, channels: int, fmt: str, subtype: str):
+    def __init__(self, task: FileTask, sr: int, channels: int, fmt: str, subtype: str,
+                 tags: dict[str, str] | None = None):
         self.task, self.part = task, part_path(task.output)
         self.clip = clips_at_full_scale(fmt, subtype)
         self.f = None
@@ -170,6 +176,19 @@ class _PartWriter:
             raise WriteError(f"{task.output}: cannot write the output: {exc}") from exc
         except (sf.LibsndfileError, OSError) as exc:
             raise _cannot_write(task, exc) from exc
+        self._tag(tags or {})
+
+    def _tag(self, tags: dict[str, str]) -> None:
+        """A recorder's title, date, comment...: kept, as the rest of the file's format is (they were
+        dropped). Set before any audio: Ogg and FLAC write them in the header."""
+        for key, value in tags.items():
+            if self.f.format == "MP3" and not value.isascii():  # libsndfile writes UTF-8 into ID3's Latin-1 frames
+                log.info("%s: tag %s not kept (libsndfile would garble its non-ASCII text)", self.task.output, key)
+                continue
+            try:
+                setattr(self.f, key, value)
+            except (sf.LibsndfileError, RuntimeError) as exc:  # one this container cannot hold
+                log.info("%s: tag %s not kept (%s)", self.task.output, key, sound_error_reason(exc))
 
     def write(self, y: np.ndarray | torch.Tensor) -> None:
         y = np.asarray(y, dtype=np.float32)  # [C, n]
@@ -220,7 +239,7 @@ class FileDenoiser:
         duration = None
         try:
             with _open(task, data) as f:
-                _check_header(task, f)
+                _check_header(task, f, data)
                 duration = f.frames / f.samplerate
                 if self.model.causal:
                     self._stream(task, f)
@@ -239,7 +258,7 @@ class FileDenoiser:
         sr, channels = f.samplerate, f.channels
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         s = StreamingDenoiser(self.model, sr, channels, strength=self.strength)
-        writer = _PartWriter(task, sr, channels, fmt, subtype)
+        writer = _PartWriter(task, sr, channels, fmt, subtype, f.copy_metadata())
         try:
             block = max(1, int(self.block_seconds * sr))
             for x in read_blocks(f, block, task.input):  # [C, n]
@@ -254,11 +273,12 @@ class FileDenoiser:
     def _whole(self, task: FileTask, f: sf.SoundFile) -> None:
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         y = denoise(self.model, _read_whole(task, f), f.samplerate, strength=self.strength)  # [C, T]
-        self._write_whole(task, y, f.samplerate, fmt, subtype)
+        self._write_whole(task, y, f.samplerate, fmt, subtype, f.copy_metadata())
 
     @staticmethod
-    def _write_whole(task: FileTask, y: np.ndarray, sr: int, fmt: str, subtype: str) -> None:
-        writer = _PartWriter(task, sr, y.shape[0], fmt, subtype)
+    def _write_whole(task: FileTask, y: np.ndarray, sr: int, fmt: str, subtype: str,
+                     tags: dict[str, str] | None = None) -> None:
+        writer = _PartWriter(task, sr, y.shape[0], fmt, subtype, tags)
         try:
             writer.write(y)
             writer.commit()
@@ -283,7 +303,7 @@ class FileDenoiser:
             t0 = time.perf_counter()
             try:
                 with _open(task, data) as f:
-                    _check_header(task, f)
+                    _check_header(task, f, data)
                     if f.frames * f.channels / f.samplerate > self.batch_max_seconds:
                         decoded = None
                     else:
@@ -306,7 +326,7 @@ class FileDenoiser:
         wav = _read_whole(task, f)  # [C, T]
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
-        return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0)
+        return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata())
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``
@@ -340,7 +360,7 @@ class FileDenoiser:
             t1 = time.perf_counter()
             duration = d.wav.shape[-1] / d.sr
             try:
-                self._write_whole(d.task, y, d.sr, d.fmt, d.subtype)
+                self._write_whole(d.task, y, d.sr, d.fmt, d.subtype, d.tags)
             except Exception as exc:
                 yield FileResult(d.task.input, d.task.output, "error", _error_text(exc), d.read_seconds + share,
                                  duration)
