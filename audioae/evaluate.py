@@ -72,11 +72,14 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
         return Pairing(pairs=[(Path(clean).name, Path(clean), Path(enhanced), Path(noisy) if noisy else None)])
     c, e = audio_files(clean), audio_files(enhanced)
     n = audio_files(noisy) if noisy is not None else {}
-    e_stem, n_stem = {_stem(r): r for r in e}, {_stem(r): r for r in n}
+    # Another extension stands in only for a file no clean file names exactly: with x.wav and
+    # x.flac clean and only x.wav enhanced, x.flac was scored against x.wav, and its missing
+    # output went unreported.
+    e_stem, n_stem = ({_stem(r): r for r in files if r not in c} for files in (e, n))
     out, used = Pairing(), set()
     for rel, cpath in c.items():
         er = _match(rel, e, e_stem)
-        if er is None:
+        if er is None or er in used:
             out.missing_enhanced.append(rel)
             continue
         used.add(er)

@@ -100,9 +100,10 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
     from pesq import pesq
     from pesq.cypesq import PesqError
 
-    # PESQ's own error for all zeros is "cannot convert float NaN to integer"
-    for name, silent in (("estimate", None if np.any(estimate) else "silent (all zeros)"),
-                         ("reference", _silence(reference))):
+    # PESQ's own error for all zeros is "cannot convert float NaN to integer". The reference
+    # first, as the other metrics check it: a silent pair's notes then give one reason.
+    for name, silent in (("reference", _silence(reference)),
+                         ("estimate", None if np.any(estimate) else "silent (all zeros)")):
         if silent:
             log.warning("PESQ could not score this pair: the %s is %s", name, silent)
             return float("nan")

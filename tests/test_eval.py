@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -318,3 +320,37 @@ def test_a_script_read_from_stdin_still_evaluates(folders):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "scored 3 errors 0" in run.stdout
     assert run.stderr.count("cannot start a process to decode the files in") == 1
+
+
+def test_another_extension_stands_in_only_for_a_file_no_clean_file_names(folders, capsys):
+    """Was: with a.wav and a.flac clean and a.wav alone enhanced, a.flac was scored against a.wav
+    (one output scored twice), its own missing output unreported, and the exit code 0."""
+    dirs, _ = folders
+    x, _ = sf.read(dirs["clean"] / "a.wav", dtype="float32")
+    sf.write(dirs["clean"] / "a.flac", x, SR)
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    assert sorted(f["file"] for f in rep["files"]) == ["a.wav", "spk1/b.wav", "spk1/deep/c.wav"]
+    assert rep["missing_enhanced"] == ["a.flac"]
+    (dirs["enhanced"] / "a.wav").rename(dirs["enhanced"] / "a.ogg")  # now one stands in, once
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    assert (rep["paired"], len(rep["missing_enhanced"]), rep["extra_enhanced"]) == (3, 1, [])
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--no-progress"]) == 1
+
+
+def test_a_silent_pair_is_given_one_reason(tmp_path):
+    """Was: SI-SDR and STOI said the reference is silent, PESQ that the estimate is."""
+    for side in ("clean", "enhanced"):
+        (tmp_path / side).mkdir()
+        sf.write(tmp_path / side / "quiet.wav", np.zeros(SR, np.float32), SR)
+    (f,) = evaluate_folders(tmp_path / "clean", tmp_path / "enhanced")["files"]
+    assert all(note.endswith("the reference is silent (all zeros)") for note in f["notes"]), f["notes"]
+
+
+def test_an_unreadable_file_is_named_with_the_systems_reason(folders, unprivileged):
+    """Was: "cannot read audio (System error.)"."""
+    dirs, _ = folders
+    (dirs["enhanced"] / "a.wav").chmod(0)
+    proc = subprocess.run([*unprivileged, sys.executable, "-m", "audioae.cli", "eval", "--clean", str(dirs["clean"]),
+                           "--enhanced", str(dirs["enhanced"]), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert f"error: {dirs['enhanced'] / 'a.wav'}: cannot read audio (Permission denied)" in proc.stdout
