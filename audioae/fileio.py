@@ -160,6 +160,8 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
         except FileNotFoundError:  # the folder's last holder made it and, leaving it empty, removed it
             folder.mkdir(parents=True, exist_ok=True)
             continue
+        except PermissionError as exc:  # a read-only folder: say so, not "[Errno 13] ...: '.audioae.lock'"
+            raise PermissionError(exc.errno, f"{folder}: cannot write into this folder ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -511,6 +511,18 @@ def test_permissions_that_stop_a_file_or_a_folder_are_named(tmp_path, causal_ckp
     assert "x.wav" not in recs and not parts(out)
 
 
+def test_a_read_only_output_folder_is_named_as_one(tmp_path, causal_ckpt, unprivileged):
+    """Was: "[Errno 13] Permission denied: '.../out/.audioae.lock'", a file the user never made."""
+    src, out = make_tree(tmp_path / "in"), tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    proc = subprocess.run([*unprivileged, sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out),
+                           "--model", str(causal_ckpt), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{out}: cannot write into this folder (Permission denied)" in proc.stderr
+    assert ".audioae.lock" not in proc.stderr and not list(out.iterdir())
+
+
 def test_a_recording_in_an_output_folder_inside_the_input_is_never_taken_for_an_output(tmp_path, causal_ckpt,
                                                                                      capsys):
     """Was: in/clean/top.wav, a recording, was "skipped (already done)" as the output of in/top.wav,
