@@ -135,6 +135,19 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
     return out
 
 
+def _open_theirs(folder: Path, path: Path, refused: PermissionError) -> int:
+    """The lock file ``path``, which this user may not write, opened to read: another user's, held
+    now or left by a killed run. Without one, the folder is read-only: said so, not "[Errno 13]
+    ...: '.audioae.lock'", a file the user never made."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise PermissionError(refused.errno, f"{folder}: cannot write into this folder ({refused.strerror})") from None
+    except OSError as exc:
+        raise PermissionError(exc.errno, f"{path}: cannot open this lock file ({exc.strerror}); delete it if no "
+                                         f"audioae run is writing into the folder") from None
+
+
 class FolderHeld(RuntimeError):
     """Another process holds the folder (:func:`hold_folder`)."""
 
@@ -145,8 +158,8 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
     which holds this process's pid. Another hold, by any process, raises ``error`` at once,
     naming ``holder`` (what holds it, e.g. "another decomposition") and its pid. The system
     releases the lock when its holder exits or is killed, so no stale lock is ever left (a killed
-    holder's file may stay, with a dead pid in it, until the next hold); on leaving, the file is
-    removed. Without ``fcntl`` (not POSIX) or on a file system without ``flock`` (some network
+    holder's file may stay, with a dead pid in it, until the next hold, by any user who may write
+    into the folder); on leaving, the file is removed. Without ``fcntl`` (not POSIX) or on a file system without ``flock`` (some network
     mounts; a warning) there is no lock."""
     try:
         import fcntl
@@ -155,13 +168,14 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
         return
     path = folder / lock_name
     while True:
+        theirs = False
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except FileNotFoundError:  # the folder's last holder made it and, leaving it empty, removed it
             folder.mkdir(parents=True, exist_ok=True)
             continue
-        except PermissionError as exc:  # a read-only folder: say so, not "[Errno 13] ...: '.audioae.lock'"
-            raise PermissionError(exc.errno, f"{folder}: cannot write into this folder ({exc.strerror})") from None
+        except PermissionError as exc:
+            fd, theirs = _open_theirs(folder, path, exc), True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -188,6 +202,16 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
         try:
             current = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
+            current = False
+        if current and theirs:
+            # Another user's file, left by a killed run (flock needs no write access): held now, it
+            # goes as a leaving holder's does, and the next turn makes this process's own.
+            try:
+                path.unlink()
+            except OSError as exc:
+                os.close(fd)
+                raise PermissionError(exc.errno, f"{folder}: cannot replace {lock_name}, left by another user's run "
+                                                 f"that was killed ({exc.strerror}); delete it") from None
             current = False
         if current:
             break

@@ -58,7 +58,7 @@ class Gate:
 
     def stream_grace_left(self) -> float:
         """Seconds left, once streams must end, in which they may still wait for messages already
-        on their way (at most 0)."""
+        on their way (never below 0; infinite before a drain with a deadline)."""
         if self._streams_end_at is None:
             return math.inf
         return max(0.0, self._streams_end_at + self._stream_grace - time.monotonic())

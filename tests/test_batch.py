@@ -523,6 +523,28 @@ def test_a_read_only_output_folder_is_named_as_one(tmp_path, causal_ckpt, unpriv
     assert ".audioae.lock" not in proc.stderr and not list(out.iterdir())
 
 
+
+def test_a_lock_file_another_user_cannot_write_is_taken_over_unless_held(tmp_path, causal_ckpt, unprivileged):
+    """A killed run leaves its lock file, of its user's mode (644). Was: another user's run into the
+    folder, which anyone may write into, was refused with "cannot write into this folder"."""
+    from audioae.batch.job import LOCK_NAME
+    from audioae.fileio import hold_folder
+
+    src, out = make_tree(tmp_path / "in"), tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    cmd = [*unprivileged, sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out),
+           "--model", str(causal_ckpt), "--no-progress"]
+    with hold_folder(out, LOCK_NAME, "a test"):  # held: still refused, naming the holder
+        (out / LOCK_NAME).chmod(0o444)  # as another user's file looks to this one
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 2 and f"another audioae denoise job (pid {os.getpid()})" in proc.stderr, proc.stderr
+    (out / LOCK_NAME).write_text("12345\n")  # left by a killed run
+    (out / LOCK_NAME).chmod(0o444)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr  # the corrupt file fails, the others are denoised
+    assert not (out / LOCK_NAME).exists() and (out / "top.wav").is_file()
+
 def test_a_recording_in_an_output_folder_inside_the_input_is_never_taken_for_an_output(tmp_path, causal_ckpt,
                                                                                      capsys):
     """Was: in/clean/top.wav, a recording, was "skipped (already done)" as the output of in/top.wav,
@@ -560,6 +582,49 @@ def test_a_recording_reached_by_two_names_gets_a_manifest_line_for_each_output(t
     assert (s["skipped"], s["ok"]) == (len(made), 0)
     assert len(read_manifest(out / "audioae-manifest.jsonl")) == s["files"]
 
+
+
+def test_a_rerun_over_a_manifest_that_named_linked_inputs_by_their_targets_keeps_what_made_them(
+        tmp_path, causal_ckpt, bidir_ckpt):
+    """Until 2026-12-06 a linked input (git-annex, DVC) was named by the file its link leads to.
+    Was: a rerun over such a manifest found no line for the link's name, so it recorded its
+    output "skipped" with empty settings, a rerun with another model was not refused, and the
+    manifest kept two lines per file."""
+    store, src, out = tmp_path / "store", tmp_path / "in", tmp_path / "out"
+    write_tree(store, TREE[:2], seed=0)
+    src.mkdir()
+    (src / "top.wav").symlink_to(store / "top.wav")
+    (src / "stereo.wav").symlink_to(store / "sub" / "stereo.wav")
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    run_denoise([src], out, opts)
+    manifest = out / "audioae-manifest.jsonl"
+    made = read_manifest(manifest)
+    for r in made:  # as the run before 2026-12-06 wrote it
+        r["input"] = os.path.realpath(r["input"])
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in made))
+    with pytest.raises(ValueError, match=r"already holds 2 output\(s\) made with other settings"):
+        run_denoise([src], out, DenoiseOptions(model=str(bidir_ckpt), progress=False))
+    assert run_denoise([src], out, opts)["skipped"] == 2
+    recs = read_manifest(manifest)
+    assert sorted(r["input"] for r in recs) == [str(src / "stereo.wav"), str(src / "top.wav")]
+    assert all(r["sha256"] == made[0]["sha256"] and r["duration"] for r in recs)
+
+
+def test_planning_resolves_each_input_once(tmp_path, monkeypatch):
+    """A realpath costs an lstat per folder above the file, and a job plans thousands of files.
+    Was: two per input (its folder, then the whole path again to compare it with outputs)."""
+    from audioae.batch.plan import plan_tasks
+
+    src = tmp_path / "in" / "a" / "b"
+    src.mkdir(parents=True)
+    for i in range(20):
+        (src / f"{i}.wav").write_bytes(b"RIFF")
+    (src / "link.wav").symlink_to(src / "0.wav")
+    calls = []
+    realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: calls.append(p) or realpath(p, **kw))
+    assert len(plan_tasks([tmp_path / "in"], tmp_path / "out")) == 21
+    assert len(calls) < 2 * 21, calls  # one per input (its folder's), and a few for the folders and the link
 
 def test_default_model_or_clear_error(tmp_path, capsys, monkeypatch):
     import audioae.pretrained as pretrained

@@ -286,3 +286,26 @@ def test_a_marker_whose_output_was_renamed_into_place_names_a_finished_file_not_
     assert [src for src, _, _ in journal.finished()] == ["/in/new.wav", "/in/old.wav"]
     journal.ended("/in/new.wav")
     assert [src for src, _, _ in journal.finished()] == ["/in/old.wav"]
+
+
+def test_a_marker_read_on_another_machine_still_names_its_suspect(tmp_path):
+    """A Ray actor and the driver, or a run and its rerun after a reboot, see one NFS file under
+    different device numbers (each mount gets its own). Was: an ``--overwrite`` marker whose
+    earlier output was still in place read as a finished file there: its suspect went unisolated
+    and the earlier output was recorded "ok", as made by the new settings."""
+    from audioae.batch.manifest import MadeWith
+
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = Journal(out / JOURNAL_NAME, MadeWith("m.safetensors", "ab" * 32, 0.5))
+    (out / "a.wav").write_bytes(b"an earlier run's output")
+    journal.started("/in/a.wav", output=str(out / "a.wav"))
+    marker = next((out / JOURNAL_NAME).glob("*.json"))
+    rec = json.loads(marker.read_text())
+    rec["replaces"][0] += 1  # the same inode, seen through another mount
+    marker.write_text(json.dumps(rec))
+    assert journal.why("/in/a.wav") == DIED
+    assert list(journal.finished()) == []
+    (out / ".a.wav.part").write_bytes(b"this run's output")
+    os.replace(out / ".a.wav.part", out / "a.wav")
+    assert journal.why("/in/a.wav") is None and [src for src, _, _ in journal.finished()] == ["/in/a.wav"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
-from ..fileio import hold_folder
+from ..fileio import atomic_write_text, hold_folder
 from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
@@ -185,7 +185,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
-        earlier = read_manifest(out / MANIFEST_NAME)  # read once: a big job's manifest is long
+        # Read once: a big job's manifest is long.
+        earlier = _named_as_links(out / MANIFEST_NAME, read_manifest(out / MANIFEST_NAME), tasks)
         journal = Journal(out / JOURNAL_NAME, now)
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
@@ -230,6 +231,30 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             _clear_completed(journal, results)
             manifest.compact()
     return manifest
+
+
+def _named_as_links(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) -> list[dict]:
+    """``earlier`` (the manifest's lines) with the lines of a linked input renamed to the link,
+    and the manifest rewritten once when any was. Until 2026-12-06 an input was named by the file
+    its link leads to (now by the link: :func:`.plan.found_at`), and a rerun found no line under
+    the link's name: its output lost what made it, other settings were not refused, and the
+    manifest kept two lines for it. A line is renamed when its output is the one this run plans
+    for a link leading to its input."""
+    planned = {t.output: t.input for t in tasks}
+    inputs = set(planned.values())
+    renamed = 0
+    for r in earlier:
+        link = planned.get(r.get("output"))
+        if link is None or r["input"] in inputs or os.path.realpath(link) != r["input"]:
+            continue
+        r["input"] = link
+        renamed += 1
+    if renamed:
+        try:
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in earlier))
+        except OSError as exc:  # a full disk: this run reads them renamed all the same
+            log.warning("%s: lines of linked inputs not renamed (%s)", path, exc.strerror or exc)
+    return earlier
 
 
 def _record_finished(journal: Journal, path: Path) -> list[FileResult]:

@@ -15,7 +15,7 @@ appends to one file are not.
 A marker also says what the file's output is being made with (the job's model, its sha256 and
 the strength) and which file held the output's name when it started (device and inode, or none).
 An output renamed into place has the inode of its ``.part`` file, so a marker whose output now
-has another identity names a *finished* file: not a suspect, but one whose manifest line may be
+has another inode names a *finished* file: not a suspect, but one whose manifest line may be
 missing, when the job died between the rename and the line. So a marker of a finished file
 stays until the job has written that line (:meth:`Journal.ended` after it), and a rerun
 records, from the markers it finds, what made each such output (:meth:`Journal.finished`)
@@ -45,7 +45,8 @@ CRASHED = "crashed"  # and so did the process it was then isolated in
 
 
 def _identity(path: str) -> list[int] | None:
-    """The file at ``path`` as ``[st_dev, st_ino]`` (a list: it round-trips through JSON), or None."""
+    """The file at ``path`` as ``[st_dev, st_ino]`` (a list: it round-trips through JSON; compared by
+    its inode, :meth:`Journal._finished`), or None."""
     try:
         st = os.stat(path)
     except OSError:
@@ -147,8 +148,10 @@ class Journal:
         marker was written (it has another identity than the file its name held then)."""
         if rec is None or not isinstance(rec.get("output"), str) or not rec.get("sha256"):
             return None
-        now = _identity(rec["output"])
-        if now is None or now == rec.get("replaces"):
+        now, then = _identity(rec["output"]), rec.get("replaces")
+        # The inode alone (the path fixes the file system): a network mount's device number differs
+        # between the machines (a Ray actor, the driver) and the mounts (a reboot) reading a marker.
+        if now is None or (isinstance(then, list) and then[-1:] == now[-1:]):
             return None
         try:
             return MadeWith(str(rec.get("model", "")), str(rec["sha256"]), float(rec["strength"]))
