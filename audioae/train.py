@@ -924,11 +924,13 @@ def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         finite = flag[0] > 0
     good = bool(finite)
-    if scaler.is_enabled():
-        scaler.step(opt)  # skips by itself on inf/NaN gradients
+    if good and scaler.is_enabled():
+        # The scaler skips by itself on inf/NaN gradients only: a NaN loss with finite ones (the
+        # 1/x above) it stepped on, while the step was counted as skipped.
+        scaler.step(opt)
     elif good:
         opt.step()
-    scaler.update()
+    scaler.update()  # after unscale_ alone too: an overflow still lowers the scale
     return good
 
 

@@ -1,6 +1,7 @@
 """`audioae train` end to end, resume, and DDP with two gloo processes."""
 
 import json
+import math
 import os
 import re
 import socket
@@ -586,6 +587,32 @@ def test_a_kl_target_outside_zero_one_is_refused_and_a_nan_loss_is_never_stepped
     assert _apply_gradients(model, opt, scaler, 5.0, loss) is True  # a finite one is applied
     assert not torch.equal(before["encoder.weight"], model.encoder.weight)
 
+
+
+def test_a_nan_loss_is_not_stepped_on_with_a_grad_scaler_either():
+    """fp16 training's GradScaler skips a step only on non-finite gradients: a NaN loss whose
+    gradient is finite was applied, and counted as a skipped step. (A CPU scaler: the same class.)"""
+    from audioae.models import build_model
+    from audioae.train import _apply_gradients
+
+    model = build_model("linear", {"code_dim": 4, "n_fft": 64, "hop_length": 16})
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = torch.log(torch.tensor(-1.0)) + model.encoder.weight.sum()  # NaN, with gradient 1 everywhere
+    scaler.scale(loss).backward()
+    assert _apply_gradients(model, opt, scaler, 5.0, loss) is False
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    opt.zero_grad()
+    loss = model.encoder.weight.sum()
+    scaler.scale(loss).backward()
+    assert _apply_gradients(model, opt, scaler, 5.0, loss) is True  # a finite one is applied
+    assert not torch.equal(before["encoder.weight"], model.encoder.weight)
+    opt.zero_grad()
+    scale = scaler.get_scale()
+    scaler.scale(model.encoder.weight.sum() * math.inf).backward()  # an overflow: the scaler's calibration
+    _apply_gradients(model, opt, scaler, 5.0, torch.tensor(1.0))
+    assert scaler.get_scale() < scale
 
 def test_a_resume_drops_the_log_records_of_steps_lost_with_a_killed_run(tmp_path, caplog):
     """Was: a run SIGKILLed between its resume point and the next kept the records of the steps
