@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import string
 from pathlib import Path
 
 import safetensors
@@ -18,10 +20,19 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .config import quoted
 from .fileio import atomic_write_bytes
 from .models import Autoencoder, build_model, family
 
 FORMAT_VERSION = "1"
+# audioae writes a few hundred characters of config and extra; safetensors allows a 100 MB header,
+# whose JSON would parse into gigabytes of Python objects.
+MAX_METADATA_CHARS = 1 << 20
+SIDECAR_BYTES = 4096  # sha256sum's line: 64 hex digits, two spaces and the file's name
+HEADER_LIMIT = 100_000_000  # safetensors' own bound on its JSON header
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
+               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+               "I64": 8, "U64": 8, "F64": 8, "C64": 8}  # the dtypes safetensors.torch reads
 
 
 class CheckpointError(ValueError):
@@ -63,16 +74,57 @@ def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | N
     return digest
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata header alone (cheap: no weights are read)."""
+def _json_object(path: Path, key: str, text: str) -> dict:
+    """A metadata entry that holds a JSON object (``config``, ``extra``), parsed, or a CheckpointError."""
+    if len(text) > MAX_METADATA_CHARS:
+        raise CheckpointError(f"{path}: its {key!r} metadata is {len(text):,} characters long; audioae writes "
+                              f"a few hundred (at most {MAX_METADATA_CHARS:,} are read)")
     try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+        raise CheckpointError(f"{path}: its {key!r} metadata is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: its {key!r} metadata is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _read_header(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """The metadata and each tensor's shape, from the header alone. Read, not mapped: safetensors'
+    ``safe_open`` maps the whole file, which the kernel refused for a 64 GB one on a 23 GB machine."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise ValueError(f"{size} bytes, shorter than the length that starts a header")
+            n = int.from_bytes(f.read(8), "little")
+            if n > min(HEADER_LIMIT, size - 8):
+                raise ValueError(f"a header of {n:,} bytes in a file of {size:,}")
+            header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None) or {}
+        if not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("metadata values that are not strings")
+        shapes, data = {}, 0
+        for key, t in header.items():
+            if t["dtype"] not in DTYPE_BYTES or not all(isinstance(d, int) and d >= 0 for d in t["shape"]):
+                raise ValueError(f"{key}: dtype {t['dtype']!r}, shape {t['shape']!r}")
+            shapes[key] = tuple(t["shape"])
+            data += math.prod(shapes[key]) * DTYPE_BYTES[t["dtype"]]
+        if 8 + n + data != size:  # then the file is as large as the weights it declares, no larger
+            raise ValueError(f"its tensors take {data:,} bytes and {size - 8 - n:,} follow its header")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
     if "registry_name" not in meta or "config" not in meta:
         raise CheckpointError(f"{path}: safetensors file without audioae metadata (registry_name, config)")
-    return meta
+    for key in ("config", "extra"):  # checked here, so that every reader of them may json.loads them
+        if key in meta:
+            _json_object(Path(path), key, meta[key])
+    return meta, shapes
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata header alone (cheap: no weights are read). Its ``config`` and ``extra`` are
+    JSON objects (else CheckpointError)."""
+    return _read_header(path)[0]
 
 
 def sidecar_sha256(path: str | os.PathLike) -> str | None:
@@ -80,10 +132,17 @@ def sidecar_sha256(path: str | os.PathLike) -> str | None:
     sidecar = Path(path).with_name(Path(path).name + ".sha256")
     if not sidecar.is_file():
         return None
-    words = sidecar.read_text().split()
+    with open(sidecar, "rb") as f:
+        head = f.read(SIDECAR_BYTES)  # sha256sum's line; a sidecar of gigabytes is not read whole
+    words = head.split()
     if not words:  # was an IndexError
         raise CheckpointError(f"{sidecar}: empty; it should hold the checkpoint's sha256 (sha256sum's output)")
-    return words[0]
+    digest = words[0].decode("ascii", errors="replace").lower()  # hex digits in either case
+    if len(digest) != 64 or any(c not in string.hexdigits for c in digest):
+        # was "sha256 mismatch (expected <whatever it held>...)", as if the checkpoint were at fault
+        raise CheckpointError(f"{sidecar}: does not start with a sha256 (64 hex digits, sha256sum's output), "
+                              f"but {quoted(digest, 20)}")
+    return digest
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -91,11 +150,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the model from its registry name and config, then load every weight strictly.
 
     The sha256 is checked against ``expected_sha256`` or, when present, ``<path>.sha256``.
+    The config and the tensors' shapes are checked against each other from the header before
+    anything is allocated or the weights are read: a file of a few bytes whose config asks for
+    ``code_dim = 10**9`` (or a sparse file of a terabyte) is refused, not built or read into memory.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    data = path.read_bytes()
+    meta, shapes = _read_header(path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, "
+                              f"this audioae reads {FORMAT_VERSION!r}")
+    name = meta["registry_name"]
+    try:
+        config = family(name).config.from_dict(json.loads(meta["config"]))
+        with torch.device("meta"):  # shapes without memory: the model is built for real only once they match
+            wanted = {k: tuple(v.shape) for k, v in build_model(name, config).state_dict().items()}
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: lists in lists in ...
+        raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
+    if wanted != shapes:
+        raise CheckpointError(f"{path}: weights do not match the {name} config: {_shape_differences(wanted, shapes)}")
+    data = path.read_bytes()  # hashed and loaded from the same bytes
     if expected_sha256 is None:
         expected_sha256 = sidecar_sha256(path)
     if expected_sha256 is not None:
@@ -103,29 +178,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if actual != expected_sha256.lower():  # hex digits in either case
             raise CheckpointError(f"{path}: sha256 mismatch (expected {expected_sha256[:12]}..., "
                                   f"got {actual[:12]}...): the file was changed or truncated")
-    meta = read_metadata(path)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, "
-                              f"this audioae reads {FORMAT_VERSION!r}")
     try:
         state = st_load(data)
     except Exception as exc:
         raise CheckpointError(f"{path}: corrupt or truncated weights ({exc})") from exc
-    name = meta["registry_name"]
-    try:
-        config = family(name).config.from_dict(json.loads(meta["config"]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
     model = build_model(name, config)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # the file changed since its header was read
         raise CheckpointError(f"{path}: weights do not match the {name} config: {exc}") from exc
     return model.to(map_location).eval()
 
 
+def _shape_differences(wanted: dict[str, tuple], found: dict[str, tuple], most: int = 4) -> str:
+    """What a config wants and a file holds, differently: missing, unexpected and reshaped tensors."""
+    missing = [k for k in wanted if k not in found]
+    unexpected = [k for k in found if k not in wanted]
+    parts = [f"{what} {', '.join(keys[:most])}{f' and {len(keys) - most} more' if len(keys) > most else ''}"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    reshaped = [k for k in wanted if k in found and found[k] != wanted[k]]
+    parts += [f"{k} is {list(found[k])} in the file, {list(wanted[k])} in the config" for k in reshaped[:most]]
+    if len(reshaped) > most:
+        parts.append(f"{len(reshaped) - most} more of other shapes")
+    return "; ".join(parts)
+
+
 def checkpoint_extra(path: str | os.PathLike) -> dict:
-    return json.loads(read_metadata(path).get("extra", "{}"))
+    return json.loads(read_metadata(path).get("extra", "{}"))  # read_metadata checked it is an object
 
 
 def interpolate_weights(model: Autoencoder, base: Autoencoder, alpha: float) -> Autoencoder:

@@ -9,6 +9,9 @@ import tomllib
 import typing
 
 QUOTE_CHARS = 80  # of a caller's string, quoted in a message
+# torch takes sizes and numbers as 64-bit integers: a checkpoint's code_dim of 10**30 was torch's
+# "Overflow when unpacking long long" and a page of C++ stack frames.
+INT_LIMIT = 2**63
 
 
 def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
@@ -19,7 +22,22 @@ def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
     return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message, cut as :func:`quoted` cuts a string."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"
+
+
+def _huge(value: object) -> bool:
+    """An integer (or a list holding one) that no 64-bit integer holds."""
+    if isinstance(value, (list, tuple)):
+        return any(_huge(v) for v in value)
+    return isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT
+
+
 def _conforms(value: object, t: object) -> bool:
+    if _huge(value):
+        return False
     if t is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t is int:
@@ -63,7 +81,8 @@ def typed_fields(cls: type, values: dict, where: str) -> dict:
         raise ValueError(f"{where} has no key(s) {unknown}{hint}; valid: {sorted(hints)}")
     for k, v in values.items():
         if not _conforms(v, hints[k]):
-            raise ValueError(f"{where} {k} = {v!r}: expected {_type_name(hints[k])}")
+            bound = " (integers within ±2**63)" if _huge(v) else ""
+            raise ValueError(f"{where} {k} = {_shown(v)}: expected {_type_name(hints[k])}{bound}")
     return {k: _as_field(v, hints[k]) for k, v in values.items()}
 
 

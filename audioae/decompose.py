@@ -34,7 +34,7 @@ from .audio import AudioError, as_channels_first, check_pcm, fit_length, resampl
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
 from .enhance import Stopped
-from .models.dictionary import SparseDictionary
+from .models.dictionary import MAX_FIT_STEPS, SparseDictionary  # MAX_FIT_STEPS: also a request's
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,6 @@ SAME_SOUND = 0.9
 # loaded model; docs/decomposition.md), and by the component waveforms kept. Longer inputs get a warning with the estimate.
 LONG_SECONDS = 600.0
 MB_PER_SECOND = 5.0
-# Per-signal fit steps a request may ask for, from the CLI or the server: each costs about one
-# encoder pass over the whole recording, so 1000 would hold a 3-minute call for minutes.
-MAX_FIT_STEPS = 100
 
 
 @dataclass

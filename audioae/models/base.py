@@ -13,10 +13,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ..config import typed_fields
 from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
 from .corruption import CORRUPTIONS
 from .sparsity import PENALTIES, keep_topk, sparsity_penalty
+
+# Bounds on sizes that a checkpoint's config sets and its weights do not bound, while inference
+# allocates by them: with n_fft 65536 and hop 1 (under 1 MB of weights), each 4 s of 16 kHz audio
+# would be 17 GB of STFT frames; a model at 10**8 Hz took `audioae denoise` of a 1 s clip past 4.5 GB.
+MAX_N_FFT = 65536  # 4 s at 16 kHz: no frame-by-frame model needs a longer window
+MAX_OVERLAP = 16  # n_fft / hop_length: frames hold this many times the audio's samples (shipped: 4)
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,15 @@ class SpectralConfig(AutoencoderConfig):
     def __post_init__(self):
         super().__post_init__()
         self.require_positive("sample_rate", "compression_power")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:  # the rates audio may have
+            raise ValueError(f"sample_rate must be within {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {self.sample_rate}")
+        if self.n_fft % 2 or not 2 <= self.n_fft <= MAX_N_FFT:  # was "lookahead must be within [0, -32]" for -64
+            raise ValueError(f"n_fft must be even and within 2..{MAX_N_FFT}, got {self.n_fft}")
+        if not 0 < self.hop_length <= self.n_fft // 2:
+            raise ValueError(f"need 0 < hop <= n_fft/2 = {self.n_fft // 2}, got hop_length={self.hop_length}")
+        if self.n_fft > MAX_OVERLAP * self.hop_length:
+            raise ValueError(f"hop_length must be at least n_fft/{MAX_OVERLAP} = {math.ceil(self.n_fft / MAX_OVERLAP)}, "
+                             f"got {self.hop_length}")
         if self.compression not in ("log", "power", "none"):
             raise ValueError(f"compression must be log, power or none, got {self.compression!r}")
         if not 0 <= self.lookahead <= self.n_fft // 2:

@@ -15,6 +15,9 @@ from torch import nn
 from .base import SpectralAutoencoder, SpectralConfig
 
 UNPOOLING = ("nearest", "maxunpool", "transposed")
+# Each level halves the frame rate, and the input is padded to a multiple of 2**levels frames:
+# 40 levels padded any input to 2**40 frames. 10 is 1024 frames, 8 s at a hop of 8 ms.
+MAX_LEVELS = 10
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,8 @@ class Conv1dConfig(SpectralConfig):
         super().__post_init__()
         if self.unpool not in UNPOOLING:
             raise ValueError(f"unpool must be one of {UNPOOLING}, got {self.unpool!r}")
-        if not self.channels:
-            raise ValueError("channels needs at least one level")
+        if not 1 <= len(self.channels) <= MAX_LEVELS:
+            raise ValueError(f"channels needs 1..{MAX_LEVELS} levels, got {len(self.channels)}")
         self.require_positive("channels", "kernel_size")
 
 

@@ -47,6 +47,12 @@ from .base import SpectralAutoencoder, SpectralConfig
 MAG_FLOOR = 1e-3  # added to level-normalised magnitudes before compression: -60 dB under the level
 LEVEL_FLOOR = 1e-6  # keeps the level of digital silence above zero
 DIV_EPS = 1e-6  # keeps the multiplicative updates' ratios finite
+# Steps of the unrolled updates (every encode) and of the per-signal fit. A checkpoint's config
+# sets both, and its refine_steps of 10**9 held decompose forever.
+MAX_REFINE_STEPS = 100
+# Each fit step costs about one encoder pass over the whole recording: 1000 would hold a 3-minute
+# call for minutes. Also the most a request (CLI or server) may ask for (decompose.check_options).
+MAX_FIT_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,10 @@ class SparseDictConfig(SpectralConfig):
             raise ValueError("sparse_dict outputs magnitudes (output='magnitude')")
         if self.input != "spectrogram":
             raise ValueError("sparse_dict works on spectrograms (input='spectrogram')")
-        if self.refine_steps < 1:
-            raise ValueError("refine_steps must be at least 1")
-        if self.fit_steps < 0:
-            raise ValueError("fit_steps must be >= 0")
+        if not 1 <= self.refine_steps <= MAX_REFINE_STEPS:
+            raise ValueError(f"refine_steps must be within 1..{MAX_REFINE_STEPS}, got {self.refine_steps}")
+        if not 0 <= self.fit_steps <= MAX_FIT_STEPS:
+            raise ValueError(f"fit_steps must be within 0..{MAX_FIT_STEPS}, got {self.fit_steps}")
         for name in ("atom_frames", "level_frames"):
             v = getattr(self, name)
             if v < 1 or v % 2 == 0:

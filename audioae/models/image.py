@@ -45,6 +45,9 @@ from .conv1d import UNPOOLING  # the same three choices as the 1D model
 from .corruption import add_gaussian_std, darken_patches
 
 IMAGE_CORRUPTIONS = ("none", "gaussian", "patches")
+# Small images and patches. The weights do not bound it (conv levels shrink the image before the
+# dense layer), and the server's warm-up allocates it: 32768 x 32768 would be 4 GB per channel.
+MAX_IMAGE_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class ImageConfig(AutoencoderConfig):
                              "bias must be in pixels)")
         if self.kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd (same-size convolutions)")
+        if max(self.image_size) > MAX_IMAGE_SIDE:
+            raise ValueError(f"image_size {self.image_size}: each side must be at most {MAX_IMAGE_SIDE}")
         block = 2 ** len(self.channels)
         if any(s <= 0 or s % block for s in self.image_size):
             raise ValueError(f"image_size {self.image_size} must be positive multiples of 2**levels = {block}")

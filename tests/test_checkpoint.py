@@ -1,0 +1,169 @@
+"""Checkpoints from someone else: whatever a file's header and its sidecar say, loading it fails
+with a CheckpointError naming the file before it allocates more than its own weights or reads
+more than its header; configs refuse the sizes inference would allocate by."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors.torch import save_file
+
+from audioae.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    checkpoint_extra,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from audioae.cli import main as cli_main
+from audioae.models import build_model
+
+TB = 2**40
+SMALL = {"n_fft": 64, "hop_length": 16, "code_dim": 4}  # linear: 33 bins, 4 units
+
+
+def _crafted(path, config, extra="{}", registry_name="linear"):
+    """A file with the small linear model's own tensors under a metadata ``config`` of our choosing."""
+    state = {k: v.contiguous() for k, v in build_model("linear", SMALL).state_dict().items()}
+    meta = {"format_version": FORMAT_VERSION, "registry_name": registry_name, "extra": extra,
+            "config": config if isinstance(config, str) else json.dumps(config)}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def _sparse(path, size: int) -> None:
+    """Extend ``path`` to ``size`` bytes without writing them (a hole: no disk is used)."""
+    try:
+        os.truncate(path, size)
+    except OSError as exc:  # a file system without files this large
+        pytest.skip(f"cannot make a sparse file of {size} bytes here: {exc}")
+
+
+@pytest.mark.parametrize(("config", "text"), [
+    # was the allocator's RuntimeError: the model was built (132 TB) before its weights were compared
+    ({**SMALL, "code_dim": 10**12}, r"weights do not match the linear config: encoder\.weight is \[4, 33\] in the "
+                                    r"file, \[1000000000000, 33\] in the config"),
+    ({**SMALL, "n_fft": 2**40}, "n_fft must be even and within 2..65536, got 1099511627776"),
+    ({**SMALL, "n_fft": -64}, "n_fft must be even"),  # was "lookahead must be within [0, n_fft/2 = -32]"
+    ({**SMALL, "hop_length": 0}, "0 < hop <= n_fft/2"),  # was STFT's message, without the file's name
+])
+def test_a_config_its_weights_do_not_fit_is_refused_before_the_model_is_built(tmp_path, config, text):
+    path = _crafted(tmp_path / "m.safetensors", config)
+    with pytest.raises(CheckpointError, match=text) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_a_header_that_declares_a_terabyte_of_weights_is_refused_before_they_are_read(tmp_path):
+    """A sparse file costs no disk and compresses to nothing; its header was believed and the whole
+    file read into memory (a MemoryError, or on a large machine a terabyte of RAM)."""
+    header = json.dumps({
+        "__metadata__": {"format_version": FORMAT_VERSION, "registry_name": "linear", "config": json.dumps(SMALL)},
+        "encoder.weight": {"dtype": "F32", "shape": [TB // 4], "data_offsets": [0, TB]},
+    }).encode()
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    _sparse(path, 8 + len(header) + TB)
+    with pytest.raises(CheckpointError, match=r"missing .*decoder\.weight.*encoder\.weight is \[274877906944\] "
+                                              r"in the file, \[4, 33\] in the config"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("config", "extra", "text"), [
+    ("[1, 2]", "{}", "its 'config' metadata is a JSON list, not an object"),
+    ("[" * 100_000 + "]" * 100_000, "{}", "its 'config' metadata is not valid JSON .*recursion"),
+    (json.dumps(SMALL), "{not json", "its 'extra' metadata is not valid JSON"),
+    (json.dumps(SMALL), "[" * 100_000 + "]" * 100_000, "its 'extra' metadata is not valid JSON .*recursion"),
+    (json.dumps({**SMALL, "pad": "x" * (1 << 20)}), "{}", "its 'config' metadata is 1,048,[0-9]+ characters long"),
+])
+def test_metadata_that_is_no_json_object_is_refused_by_every_reader(tmp_path, config, extra, text):
+    """``read_metadata`` is where every reader starts (the folder tool reads the config's input
+    before loading): it was a RecursionError, a JSONDecodeError without the file's name, or an
+    AttributeError traceback from ``audioae denoise``."""
+    path = _crafted(tmp_path / "m.safetensors", config, extra=extra)
+    for read in (read_metadata, checkpoint_extra, load_checkpoint):
+        with pytest.raises(CheckpointError, match=text):
+            read(path)
+
+
+def test_denoise_with_a_checkpoint_whose_config_is_a_list_is_an_error_not_a_traceback(tmp_path, capsys):
+    path = _crafted(tmp_path / "m.safetensors", "[1, 2]")
+    sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    assert cli_main(["denoise", str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "--model", str(path),
+                     "--no-progress"]) == 2  # was an AttributeError
+    assert "its 'config' metadata is a JSON list, not an object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("config", "text"), [
+    ({"__class__": "x"}, r"has no key\(s\) \['__class__'\]"),
+    ({"code_dim": "4"}, "code_dim = '4': expected int"),
+    ('{"mask_power": NaN}', "mask_power must be a finite number"),
+    ({**SMALL, "sample_rate": 10**8}, "sample_rate must be within 1000..384000 Hz"),
+    # was torch's "Overflow when unpacking long long" and a page of C++ stack frames
+    ({**SMALL, "code_dim": 10**30}, r"code_dim = 10{30}: expected int \(integers within ±2\*\*63\)$"),
+    ({**SMALL, "mask_power": 10**400}, r"mask_power = 10{79}\.\.\. \(401 characters\): expected float"),
+    ({**SMALL, "patch_size": [1, 10**20]}, "patch_size = .*: expected tuple"),
+    ({**SMALL, "patch_size": json.loads("[" * 900 + "]" * 900)}, "invalid config for 'linear'"),  # not a RecursionError
+])
+def test_a_config_of_the_wrong_keys_types_or_values_names_them(tmp_path, config, text):
+    with pytest.raises(CheckpointError, match=text):
+        load_checkpoint(_crafted(tmp_path / "m.safetensors", config))
+
+
+def test_an_unknown_family_is_named_and_nothing_is_looked_up_by_it(tmp_path):
+    with pytest.raises(CheckpointError, match="unknown model family 'os.system'; registered: conv1d"):
+        load_checkpoint(_crafted(tmp_path / "m.safetensors", SMALL, registry_name="os.system"))
+
+
+def test_a_sidecar_is_read_no_further_than_its_hash(tmp_path):
+    """A sidecar of a terabyte (sparse) after a right hash was read whole, as text."""
+    path = tmp_path / "m.safetensors"
+    digest = save_checkpoint(build_model("linear", SMALL), path)
+    sidecar = tmp_path / "m.safetensors.sha256"
+    assert sidecar.read_text().startswith(digest)
+    _sparse(sidecar, TB)
+    assert load_checkpoint(path).config.code_dim == 4
+
+
+@pytest.mark.parametrize("content", [b"not-a-hash  m.safetensors\n", b"\xff\xfe" * 40, b"abc123  m.safetensors\n"])
+def test_a_sidecar_without_a_sha256_is_named_as_the_fault(tmp_path, content):
+    """It was "sha256 mismatch (expected not-a-hash...)": the checkpoint blamed for its sidecar
+    (or a UnicodeDecodeError, without a name, for one that is not text)."""
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model("linear", SMALL), path)
+    (tmp_path / "m.safetensors.sha256").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"m\.safetensors\.sha256: does not start with a sha256"):
+        load_checkpoint(path)
+
+
+def test_a_sidecar_that_lies_is_still_a_mismatch(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model("linear", SMALL), path)
+    (tmp_path / "m.safetensors.sha256").write_text(hashlib.sha256(b"other").hexdigest() + "  m.safetensors\n")
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("name", "config", "text"), [
+    ("linear", {"sample_rate": 10**8}, "sample_rate must be within 1000..384000 Hz, got 100000000"),
+    ("linear", {"sample_rate": 999}, "sample_rate must be within"),
+    ("linear", {"n_fft": 64, "hop_length": 2}, "hop_length must be at least n_fft/16 = 4, got 2"),
+    ("conv1d", {"channels": (4,) * 11, "code_dim": 4}, "channels needs 1..10 levels, got 11"),
+    ("recurrent", {"layers": 33, "hidden": 4, "code_dim": 4}, "layers must be at most 32, got 33"),
+    ("image", {"image_size": (2048, 2048), "channels": (), "code_dim": 1}, "each side must be at most 1024"),
+    ("sparse_dict", {"refine_steps": 10**9}, "refine_steps must be within 1..100"),
+    ("sparse_dict", {"fit_steps": 101}, "fit_steps must be within 0..100"),
+])
+def test_sizes_that_no_weight_bounds_are_bounded_in_the_config(name, config, text):
+    """Inference allocates or loops by these and the weights do not bound them: a checkpoint's
+    config of sample_rate 10**8 took `audioae denoise` of a 1 s clip past 4.5 GB, and one of
+    refine_steps 10**9 held decompose forever."""
+    with pytest.raises(ValueError, match=text):
+        build_model(name, config)
