@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from audioae.enhance import denoise_batch, pick_device
 from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 
-from .auth import TokenAuth, read_tokens
+from .auth import TokenAuth, exposure_warnings, read_tokens
 from .batcher import Batcher
 from .codecs import Codecs
 from .config import ServerConfig
@@ -80,6 +80,8 @@ class AudioServer:
                              on_death=lambda outcome: self.metrics.codec_deaths.labels(outcome).inc())
         self.servicer = AudioAEServicer(None, self.batcher, self.metrics, self.gate, config, self.codecs)
         tokens = read_tokens(config.token_file) if config.token_file else None
+        for warning in exposure_warnings(config.host, config.token_file, tls=config.tls_cert is not None):
+            log.warning("%s", warning)
         # Authentication first: a caller without a token learns nothing about its message.
         interceptors = [TokenAuth(tokens, self.metrics)] if tokens else []
         interceptors.append(LenientParsing(f"/{SERVICE}/"))

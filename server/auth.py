@@ -3,13 +3,16 @@
 With tokens configured, every call but the health check must carry ``authorization: Bearer
 <token>`` metadata matching one of them (several lines in the token file allow rotation);
 otherwise it ends with UNAUTHENTICATED before reaching the servicer. Health stays open so that
-load balancers and orchestrators can probe without a secret.
+load balancers and orchestrators can probe without a secret; reflection needs the token.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import os
+import stat
 
 import grpc
 
@@ -20,7 +23,35 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-__all__ = ["TokenAuth", "read_tokens"]  # read_tokens: shared with the client
+__all__ = ["TokenAuth", "exposure_warnings", "read_tokens"]  # read_tokens: shared with the client
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_warnings(host: str, token_file: str | None, tls: bool) -> list[str]:
+    """What an operator should hear before serving on ``host``: a service open to the network
+    without a token, tokens that cross it in plaintext, a token file other users can read."""
+    out = []
+    if token_file is None:
+        if not _loopback(host):
+            out.append(f"serving on {host} without --token-file: anyone who reaches the port can use the models")
+        return out
+    if not tls and not _loopback(host):  # gRPC sends the metadata as it is: anyone on the path can reuse it
+        out.append(f"serving on {host} with bearer tokens but without TLS: each call carries its token in "
+                   "plaintext; add --tls-cert and --tls-key")
+    mode = stat.S_IMODE(os.stat(token_file).st_mode)
+    can = " and ".join(verb for bits, verb in ((0o044, "read"), (0o022, "change")) if mode & bits)
+    if can:  # as ssh says of a private key; one who can change it can let anyone in
+        out.append(f"--token-file {token_file}: other users of this machine can {can} it (mode {mode:o}); "
+                   f"chmod 600 it")
+    return out
 
 
 def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -13,7 +13,7 @@ import torch
 
 import audioae.models
 from audioae import pretrained
-from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file
+from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from audioae.config import quoted
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.models import Autoencoder, takes_audio
@@ -140,8 +140,7 @@ class ModelStore:
         # dictionaries on the CPU so no call moves a shared model between devices.
         device = "cpu" if meta.get("registry_name") == "sparse_dict" else self.device
         model = load_checkpoint(path, map_location=device)
-        sidecar = path.with_name(path.name + ".sha256")
-        digest = sidecar.read_text().split()[0] if sidecar.is_file() else sha256_file(path)
+        digest = sidecar_sha256(path) or sha256_file(path)  # a sidecar was checked by the load
         self.models[name] = ServedModel(name, model, path, digest, meta.get("audioae_version", ""))
         log.info("loaded %s from %s (%s)", name, path, model.describe())
 
