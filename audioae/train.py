@@ -426,6 +426,9 @@ def _forget_previous_run(out: Path, why: str) -> None:
     found = [n for n in RUN_FILES if (out / n).is_file()]
     if not found:
         return
+    if not (out / "run.json").is_file():  # every run writes it first: these files are someone else's
+        raise ValueError(f"{out} holds {', '.join(found)} but no run.json: not a training run's folder, and "
+                         f"starting over would delete them; choose another train.out_dir")
     log.warning("%s: starting over (%s): removing the earlier run's %s", out, why, ", ".join(found))
     for name in found:
         (out / name).unlink(missing_ok=True)

@@ -637,3 +637,16 @@ def test_a_resume_drops_the_log_records_of_steps_lost_with_a_killed_run(tmp_path
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4], steps
     assert "past the resume point at step 2 (the steps after it were lost" in caplog.text
+
+
+def test_starting_over_never_deletes_files_of_a_folder_that_is_no_run(tmp_path):
+    """Was: a run into a folder holding someone's summary.json and log.jsonl, with no resume point
+    there, removed them as "the earlier run's" (train.out_dir = "/" would have reached /log.jsonl)."""
+    out = tmp_path / "papers"
+    out.mkdir()
+    (out / "summary.json").write_text('{"mine": true}')
+    (out / "log.jsonl").write_text("my notes\n")
+    for extra in ([], ["--no-resume"]):
+        assert main(["train", CONFIG, "--out", str(out), "--steps", "1", *extra]) == 2
+        assert (out / "summary.json").read_text() == '{"mine": true}' and (out / "log.jsonl").read_text() == "my notes\n"
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "summary.json"]
