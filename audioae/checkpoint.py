@@ -128,8 +128,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def sidecar_sha256(path: str | os.PathLike) -> str | None:
-    """The hash in ``<path>.sha256`` beside a checkpoint, or None when there is none."""
+    """The hash in ``<path>.sha256`` beside a checkpoint, or None when there is none; for a link,
+    beside the link or else beside the file it leads to (where the checkpoint's own sidecar is)."""
     sidecar = Path(path).with_name(Path(path).name + ".sha256")
+    if not sidecar.is_file() and Path(path).is_symlink():
+        target = Path(os.path.realpath(path))
+        sidecar = target.with_name(target.name + ".sha256")
     if not sidecar.is_file():
         return None
     with open(sidecar, "rb") as f:

@@ -151,6 +151,25 @@ def test_a_sidecar_that_lies_is_still_a_mismatch(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_link_to_a_checkpoint_is_checked_against_the_sidecar_beside_its_target(tmp_path):
+    """Was: the sidecar was looked for beside the link only, so a load through a link skipped it."""
+    (tmp_path / "models").mkdir()
+    path = tmp_path / "models" / "m.safetensors"
+    save_checkpoint(build_model("linear", SMALL), path)
+    (tmp_path / "models" / "m.safetensors.sha256").write_text(hashlib.sha256(b"other").hexdigest() + "  m\n")
+    link = tmp_path / "current.safetensors"
+    link.symlink_to(path)
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(link)
+
+
+def test_a_sparsity_target_only_kl_reads_is_not_checked_for_other_penalties():
+    """Was: a config whose unused sparsity_target lay outside (0, 1) no longer loaded, whatever its penalty."""
+    assert build_model("linear", {**SMALL, "sparsity": "l1", "sparsity_target": 0.0}).config.sparsity_target == 0.0
+    with pytest.raises(ValueError, match="sparsity_target must be within"):
+        build_model("linear", {**SMALL, "sparsity": "kl", "code_activation": "sigmoid", "sparsity_target": 0.0})
+
+
 @pytest.mark.parametrize(("name", "config", "text"), [
     ("linear", {"sample_rate": 10**8}, "sample_rate must be within 1000..384000 Hz, got 100000000"),
     ("linear", {"sample_rate": 999}, "sample_rate must be within"),

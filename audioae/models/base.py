@@ -55,7 +55,8 @@ class AutoencoderConfig:
             raise ValueError(f"sparsity must be one of {PENALTIES}, got {self.sparsity!r}")
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {self.corruption!r}")
-        if not 0 < self.sparsity_target < 1:  # the KL penalty's log of it and of 1 - it: NaN outside
+        # the KL penalty's log of it and of 1 - it: NaN outside (only KL reads it: another model's unused value loads)
+        if self.sparsity == "kl" and not 0 < self.sparsity_target < 1:
             raise ValueError(f"sparsity_target must be within (0, 1), got {self.sparsity_target}")
         if self.sparsity == "kl" and self.code_activation != "sigmoid":
             raise ValueError("the kl sparsity penalty needs code_activation='sigmoid' (codes in (0, 1))")
