@@ -33,7 +33,7 @@ import torch
 from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
-from .enhance import Stopped
+from .enhance import check_stop
 from .models.dictionary import MAX_FIT_STEPS, SparseDictionary  # MAX_FIT_STEPS: also a request's
 
 log = logging.getLogger(__name__)
@@ -254,12 +254,6 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
 
 
-def check_stop(stop: Callable[[], bool] | None, where: str) -> None:
-    """Raise :class:`audioae.enhance.Stopped` when ``stop()`` says the work is no longer wanted."""
-    if stop is not None and stop():
-        raise Stopped(f"decomposition stopped {where}")
-
-
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
                  denom: torch.Tensor, groups: list[list[int]], z_len: int) -> torch.Tensor:
     """The groups' component waveforms at the model's rate, ``[K, C, T']`` (``spec [C, F, N]``: the
@@ -362,9 +356,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     feats = model.features(spec)  # [C, F, N]
     h = model.encode(feats)  # [C, U, N], in units of the level
     atoms = model.dictionary()  # [U, F, L]
-    check_stop(stop, "before the fit")
+    check_stop(stop, "decomposition stopped before the fit")
     if fit_steps:
-        h, atoms = model.fit_signal(feats, h, fit_steps, stop=lambda: check_stop(stop, "during the fit"))
+        h, atoms = model.fit_signal(feats, h, fit_steps, stop=lambda: check_stop(stop, "decomposition stopped during the fit"))
     # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
     denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
     weight = (mag / denom).pow(2)  # [C, F, N]: turns a mask numerator squared into masked STFT energy
@@ -402,7 +396,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     bins = [bins[i] for i in order] if bins is not None else None
     waves = waves[torch.from_numpy(order.copy())] if waves is not None else None
 
-    check_stop(stop, "before the components")
+    check_stop(stop, "decomposition stopped before the components")
     comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
                                                       z.shape[-1], explained, bins, waves, stop)
     x64 = x.double().numpy()
@@ -461,7 +455,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     envs = np.zeros((len(groups), n_frames), np.float32)
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
-        check_stop(stop, f"at component {lo + 1} of {len(groups)}")
+        check_stop(stop, f"decomposition stopped at component {lo + 1} of {len(groups)}")
         batch = groups[lo : lo + step]
         if bins is not None:
             v = explained.new_zeros((len(batch), *explained.shape))  # [k, C, F, N]

@@ -42,9 +42,11 @@ class Stopped(Exception):
     went away, so nobody would read the answer)."""
 
 
-def _check_stop(stop: Callable[[], bool] | None, done: int, total: int) -> None:
+def check_stop(stop: Callable[[], bool] | None, where: str) -> None:
+    """Raise :class:`Stopped` (``where`` says how far the work came) when ``stop()`` says the work
+    is no longer wanted: between the pieces of a long denoise, and the stages of a decomposition."""
     if stop is not None and stop():
-        raise Stopped(f"stopped after {done} of {total} samples")
+        raise Stopped(where)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -173,7 +175,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
             parts = []
             for i in range(0, x.shape[-1], s.piece):  # the pieces push would cut: same output
-                _check_stop(stop, i, x.shape[-1])
+                check_stop(stop, f"stopped after {i} of {x.shape[-1]} samples")
                 parts.append(s.push(x[:, i : i + s.piece]))
             y = torch.cat([*parts, s.finish()], -1)
         else:
@@ -282,7 +284,7 @@ def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
     weight = torch.zeros(x.shape[-1])
     ramp = torch.linspace(0, 1, overlap + 2)[1:-1]
     for start in range(0, x.shape[-1], hop):
-        _check_stop(stop, start, x.shape[-1])
+        check_stop(stop, f"stopped after {start} of {x.shape[-1]} samples")
         seg = x[:, start : start + win]
         y = _denoise_offline(model, seg, sr, strength)
         w = torch.ones(seg.shape[-1])
