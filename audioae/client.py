@@ -20,6 +20,8 @@ RPC failures surface as ``grpc.RpcError`` (``.code()``, ``.details()``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import logging
 import math
 import os
 import re
@@ -51,6 +53,8 @@ from .audio import (
     write_refusal,
 )
 from .fileio import atomic_open, atomic_write_bytes, output_file
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Largest message the client sends or receives: the answer limit of a server on its defaults
@@ -239,11 +243,33 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--token-file {path}: no such file")
-    lines = (ln.strip() for ln in path.read_text().splitlines())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # was a bare UnicodeDecodeError, naming no file
+        raise ValueError(f"--token-file {path}: not text (UTF-8); it should hold one token per line") from None
+    lines = (ln.strip() for ln in text.splitlines())
     tokens = [ln for ln in lines if ln and not ln.startswith("#")]
     if not tokens:
         raise ValueError(f"--token-file {path}: no token in it (one per line; '#' starts a comment)")
     return tokens
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 in brackets or not) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _target_host(target: str) -> str:
+    """The host of a gRPC target: ``host:port``, ``[v6]:port``, ``dns:///host:port``, ``ipv4:...``."""
+    rest = target.split(":///", 1)[-1] if ":///" in target else target.removeprefix("ipv4:").removeprefix("ipv6:")
+    if rest.startswith("["):
+        return rest[: rest.find("]") + 1]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
 
 
 def _source_info(src: Path):
@@ -384,6 +410,10 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        if token and tls_ca is None and not target.startswith("unix:") and not is_loopback(_target_host(target)):
+            # gRPC sends metadata as it is: anyone on the path could reuse the token
+            log.warning("%s: the token goes in plaintext (no TLS: pass the server's CA with tls_ca / --tls-ca)",
+                        target)
 
     def close(self) -> None:
         self.channel.close()

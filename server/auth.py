@@ -9,14 +9,13 @@ load balancers and orchestrators can probe without a secret; reflection needs th
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import stat
 
 import grpc
 
-from audioae.client import read_tokens
+from audioae.client import is_loopback, read_tokens
 
 from .handlers import rebuilt
 from .metrics import Metrics
@@ -26,24 +25,15 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 __all__ = ["TokenAuth", "exposure_warnings", "read_tokens"]  # read_tokens: shared with the client
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
 def exposure_warnings(host: str, token_file: str | None, tls: bool) -> list[str]:
     """What an operator should hear before serving on ``host``: a service open to the network
     without a token, tokens that cross it in plaintext, a token file other users can read."""
     out = []
     if token_file is None:
-        if not _loopback(host):
+        if not is_loopback(host):
             out.append(f"serving on {host} without --token-file: anyone who reaches the port can use the models")
         return out
-    if not tls and not _loopback(host):  # gRPC sends the metadata as it is: anyone on the path can reuse it
+    if not tls and not is_loopback(host):  # gRPC sends the metadata as it is: anyone on the path can reuse it
         out.append(f"serving on {host} with bearer tokens but without TLS: each call carries its token in "
                    "plaintext; add --tls-cert and --tls-key")
     mode = stat.S_IMODE(os.stat(token_file).st_mode)

@@ -447,3 +447,25 @@ def test_the_client_does_not_import_torch(mixed_server, tmp_path):
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert sf.info(tmp_path / "out.wav").frames == 16000
+
+
+def test_a_token_sent_beyond_loopback_without_tls_is_warned_about(caplog, tmp_path):
+    """Was: no word, although gRPC sends the token as it is to anyone on the path (the server warns
+    its operator; the client's user had no warning)."""
+    import logging
+
+    from audioae.client import Client, read_tokens
+
+    with caplog.at_level(logging.WARNING, logger="audioae.client"):
+        for target in ("127.0.0.1:50051", "localhost:1", "[::1]:5", "unix:/tmp/audioae.sock"):
+            Client(target, token="t").close()
+        assert not caplog.records
+        Client("dns:///audio.example.com:443", token="t").close()  # channels connect lazily: nothing is sent
+        Client("10.0.0.7:50051").close()  # no token, nothing to leak
+    assert [r.getMessage() for r in caplog.records] == [
+        "dns:///audio.example.com:443: the token goes in plaintext (no TLS: pass the server's CA with tls_ca / "
+        "--tls-ca)"]
+    bad = tmp_path / "token"
+    bad.write_bytes(b"\xff\xfe secret")
+    with pytest.raises(ValueError, match=f"--token-file {bad}: not text"):  # was a bare UnicodeDecodeError
+        read_tokens(bad)
