@@ -221,56 +221,45 @@ def test_deadline_exceeded_drops_the_queued_job(server, client):
     )
 
 
-def test_a_long_denoise_stops_when_its_call_is_cancelled(model_dir):
-    """A clip over 120 channel-seconds runs alone, piece by piece; cancelled (or timed out) once
-    running, it ran to its end anyway: a 600 s clip held the device 5 s more after a 1 s deadline."""
-    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None,
+def _long_denoise():
+    x = _noisy(150, 1000, channels=8)  # 1,200 channel-seconds: the long path, 2.4 MB of int16
+    return "tiny", "Denoise", pb.DenoiseRequest(audio=pb.Audio(pcm=pcm_message(x, 1000, "int16"))), "stopped after "
+
+
+def _long_decompose():
+    x = _noisy(30, 16000)  # 30 s, 100 fit steps: seconds of work
+    req = pb.DecomposeRequest(model="dict", audio=pb.Audio(pcm=pcm_message(x, 16000, "int16")), fit_steps=100,
+                              group="cluster")
+    return "dict", "Decompose", req, "decomposition stopped "
+
+
+@pytest.mark.parametrize("work", [_long_denoise, _long_decompose], ids=["denoise", "decompose"])
+def test_long_work_stops_when_its_call_is_cancelled(model_dir, work):
+    """Work on the device thread, cancelled (or timed out) once running, ran to its end anyway: a
+    600 s clip held the device 5 s more after a 1 s deadline, a 60 s decomposition 3 s. A long
+    Denoise (over 120 channel-seconds, run alone piece by piece) now stops at its next piece, a
+    Decompose between its stages and at each fit step."""
+    name, method, req, said = work()
+    srv = AudioServer(_config(model_dir, models=(str(model_dir / f"{name}.safetensors"),), metrics_port=None,
                               max_audio_seconds=600, max_request_mb=8))
     srv.start()
     srv.load()
     try:
         with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
-            x = _noisy(150, 1000, channels=8)  # 1,200 channel-seconds: the long path, 2.4 MB of int16
-            req = pb.DenoiseRequest(audio=pb.Audio(pcm=pcm_message(x, 1000, "int16")))
             with srv.batcher.hold():
-                call = c.stub.Denoise.future(req, timeout=120)
-                assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
-                job = srv.batcher._queue[0]
-            assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
-            call.cancel()
-            exc = job.future.exception(timeout=120)  # stopped at a piece, not run to its end
-            assert exc is not None and str(exc).startswith("stopped after "), exc
-            assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
-            y = _noisy(0.3, 16000)
-            assert c.denoise(y, 16000).shape == y.shape
-    finally:
-        srv.stop()
-
-
-def test_a_decompose_stops_when_its_call_is_cancelled(model_dir):
-    """Decompose runs whole on the device thread; cancelled once running, it ran to its end anyway
-    (a 60 s decomposition abandoned at a 1 s deadline held the device 3 s more). It now stops
-    between its stages and at each fit step."""
-    srv = AudioServer(_config(model_dir, models=(str(model_dir / "dict.safetensors"),), metrics_port=None,
-                              max_request_mb=8))
-    srv.start()
-    srv.load()
-    try:
-        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
-            x = _noisy(30, 16000)  # 30 s, 100 fit steps: seconds of work
-            req = pb.DecomposeRequest(model="dict", audio=pb.Audio(pcm=pcm_message(x, 16000, "int16")),
-                                      fit_steps=100, group="cluster")
-            with srv.batcher.hold():
-                call = c.stub.Decompose.future(req, timeout=120)
+                call = getattr(c.stub, method).future(req, timeout=120)
                 assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
                 job = srv.batcher._queue[0]
             assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
             call.cancel()
             exc = job.future.exception(timeout=120)  # stopped, not run to its end
-            assert exc is not None and str(exc).startswith("decomposition stopped "), exc
+            assert exc is not None and str(exc).startswith(said), exc
             assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
-            y = _noisy(1.0, 16000)
-            assert c.decompose(y, 16000, model="dict").activations.shape[0] == 24
+            y = _noisy(1.0, 16000)  # the device is free again
+            if name == "tiny":
+                assert c.denoise(y, 16000).shape == y.shape
+            else:
+                assert c.decompose(y, 16000, model="dict").activations.shape[0] == 24
     finally:
         srv.stop()
 
