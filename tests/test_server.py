@@ -4,6 +4,7 @@ deadlines, auth, TLS, health, reflection, metrics and the ``audioae client`` com
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import ipaddress
@@ -103,6 +104,20 @@ def _code(fn, *args, **kw) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, **kw)
     return info.value.code(), info.value.details()
+
+
+@contextlib.contextmanager
+def _serving(model_dir: Path, model: str | Path, **kw):
+    """A server of one model (a name in ``model_dir``, or a path), loaded, and a client of it."""
+    path = model if isinstance(model, Path) else model_dir / f"{model}.safetensors"
+    srv = AudioServer(_config(model_dir, models=(str(path),), metrics_port=None, **kw))
+    srv.start()
+    srv.load()
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            yield srv, c
+    finally:
+        srv.stop()
 
 
 def _wait_until(cond, timeout: float = 10.0) -> bool:
@@ -240,28 +255,21 @@ def test_long_work_stops_when_its_call_is_cancelled(model_dir, work):
     Denoise (over 120 channel-seconds, run alone piece by piece) now stops at its next piece, a
     Decompose between its stages and at each fit step."""
     name, method, req, said = work()
-    srv = AudioServer(_config(model_dir, models=(str(model_dir / f"{name}.safetensors"),), metrics_port=None,
-                              max_audio_seconds=600, max_request_mb=8))
-    srv.start()
-    srv.load()
-    try:
-        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
-            with srv.batcher.hold():
-                call = getattr(c.stub, method).future(req, timeout=120)
-                assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
-                job = srv.batcher._queue[0]
-            assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
-            call.cancel()
-            exc = job.future.exception(timeout=120)  # stopped, not run to its end
-            assert exc is not None and str(exc).startswith(said), exc
-            assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
-            y = _noisy(1.0, 16000)  # the device is free again
-            if name == "tiny":
-                assert c.denoise(y, 16000).shape == y.shape
-            else:
-                assert c.decompose(y, 16000, model="dict").activations.shape[0] == 24
-    finally:
-        srv.stop()
+    with _serving(model_dir, name, max_audio_seconds=600, max_request_mb=8) as (srv, c):
+        with srv.batcher.hold():
+            call = getattr(c.stub, method).future(req, timeout=120)
+            assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
+            job = srv.batcher._queue[0]
+        assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
+        call.cancel()
+        exc = job.future.exception(timeout=120)  # stopped, not run to its end
+        assert exc is not None and str(exc).startswith(said), exc
+        assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
+        y = _noisy(1.0, 16000)  # the device is free again
+        if name == "tiny":
+            assert c.denoise(y, 16000).shape == y.shape
+        else:
+            assert c.decompose(y, 16000, model="dict").activations.shape[0] == 24
 
 
 def test_calls_past_the_admission_limit_get_the_servers_busy_message_and_health_answers(model_dir):
@@ -446,27 +454,20 @@ def test_a_denoise_answer_over_the_answer_limit_is_refused_with_the_servers_own_
     """FLAC of a square wave compresses 10x better than its denoised audio: 190 kB in, 2.8 MB out,
     over the 2 MB answers of a server taking 0.5 MB. gRPC refused the answer itself ("Sent
     message larger than max") and the call was counted OK."""
-    srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None,
-                              max_request_mb=0.5))
-    srv.start()
-    srv.load()
-    try:
-        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
-            t = np.arange(30 * 48000) / 48000
-            square = np.sign(np.sin(2 * np.pi * 100 * t)) * 0.5
-            data = encode_audio(np.stack([square, square]), 48000, format="FLAC", subtype="PCM_24")
-            assert len(data) < 0.5 * 2**20
-            code, msg = _code(c.denoise_bytes, data)
-            assert code == CODE.RESOURCE_EXHAUSTED, msg
-            assert "of FLAC PCM_24, over this server's 2 MB answer limit (4 x --max-request-mb)" in msg, msg
-            assert "send shorter audio" in msg, msg
-            count = srv.metrics.registry.get_sample_value
-            assert count("audioae_requests_total", {"method": "Denoise", "code": "RESOURCE_EXHAUSTED"}) == 1
-            assert count("audioae_requests_total", {"method": "Denoise", "code": "OK"}) is None
-            x = _noisy(0.3, 16000)
-            assert c.denoise(x, 16000).shape == x.shape
-    finally:
-        srv.stop()
+    with _serving(model_dir, "tiny", max_request_mb=0.5) as (srv, c):
+        t = np.arange(30 * 48000) / 48000
+        square = np.sign(np.sin(2 * np.pi * 100 * t)) * 0.5
+        data = encode_audio(np.stack([square, square]), 48000, format="FLAC", subtype="PCM_24")
+        assert len(data) < 0.5 * 2**20
+        code, msg = _code(c.denoise_bytes, data)
+        assert code == CODE.RESOURCE_EXHAUSTED, msg
+        assert "of FLAC PCM_24, over this server's 2 MB answer limit (4 x --max-request-mb)" in msg, msg
+        assert "send shorter audio" in msg, msg
+        count = srv.metrics.registry.get_sample_value
+        assert count("audioae_requests_total", {"method": "Denoise", "code": "RESOURCE_EXHAUSTED"}) == 1
+        assert count("audioae_requests_total", {"method": "Denoise", "code": "OK"}) is None
+        x = _noisy(0.3, 16000)
+        assert c.denoise(x, 16000).shape == x.shape
 
 
 def test_out_of_memory_is_told_apart_from_shape_errors():
@@ -488,31 +489,24 @@ def test_out_of_memory_is_told_apart_from_shape_errors():
 def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):
     # 750 s of 16 kHz silence (a few tens of kB of FLAC) into the 24 units of "dict": 24 x 12 M
     # float32 samples = 1.07 GiB of component waveforms, refused from the header, before decoding.
-    srv = AudioServer(_config(model_dir, models=(str(model_dir / "dict.safetensors"),), metrics_port=None,
-                              max_audio_seconds=3600))
-    srv.start()
-    srv.load()
-    try:
-        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
-            frames = 750 * 16000
-            assert 24 * frames * 4 > MAX_COMPONENT_BYTES > 8 * frames * 4
-            buf = io.BytesIO()
-            sf.write(buf, np.zeros(frames, np.int16), 16000, format="FLAC", subtype="PCM_16")
-            big = pb.Audio(encoded=buf.getvalue())
-            for kw in ({}, {"return_components": True}, {"top_k": 23}):
-                code, msg = _code(c.stub.Decompose, pb.DecomposeRequest(audio=big, **kw), timeout=30)
-                assert code == CODE.RESOURCE_EXHAUSTED, msg
-                assert "750.0 s of 1-channel audio at 16000 Hz into up to" in msg, msg
-                assert "send shorter audio, ask for a smaller top_k, or group the units" in msg, msg
-            assert "into up to 23 components" in msg
-            # The server keeps serving: the next request (short audio) is answered.
-            x = _noisy(0.5, 16000)
-            r = c.decompose(x, 16000, top_k=2, components=True, fit_steps=0)
-            assert r.components.shape == (2, 1, x.shape[-1])
-            np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
-            assert c.health() == "SERVING"
-    finally:
-        srv.stop()
+    with _serving(model_dir, "dict", max_audio_seconds=3600) as (srv, c):
+        frames = 750 * 16000
+        assert 24 * frames * 4 > MAX_COMPONENT_BYTES > 8 * frames * 4
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(frames, np.int16), 16000, format="FLAC", subtype="PCM_16")
+        big = pb.Audio(encoded=buf.getvalue())
+        for kw in ({}, {"return_components": True}, {"top_k": 23}):
+            code, msg = _code(c.stub.Decompose, pb.DecomposeRequest(audio=big, **kw), timeout=30)
+            assert code == CODE.RESOURCE_EXHAUSTED, msg
+            assert "750.0 s of 1-channel audio at 16000 Hz into up to" in msg, msg
+            assert "send shorter audio, ask for a smaller top_k, or group the units" in msg, msg
+        assert "into up to 23 components" in msg
+        # The server keeps serving: the next request (short audio) is answered.
+        x = _noisy(0.5, 16000)
+        r = c.decompose(x, 16000, top_k=2, components=True, fit_steps=0)
+        assert r.components.shape == (2, 1, x.shape[-1])
+        np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
+        assert c.health() == "SERVING"
 
 
 # ---- StreamDenoise --------------------------------------------------------------------------------
@@ -661,18 +655,12 @@ def test_a_decomposer_of_fewer_units_than_the_default_groups_still_decomposes(mo
     # checked against them (a first version refused every call to a 4-unit model)
     small = build_model("sparse_dict", {"n_fft": 256, "hop_length": 64, "code_dim": 4, "topk": 2, "refine_steps": 2})
     save_checkpoint(small, tmp_path / "dict4.safetensors")
-    srv = AudioServer(_config(model_dir, models=(str(tmp_path / "dict4.safetensors"),), metrics_port=None))
-    srv.start()
-    srv.load()
-    try:
-        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
-            x = _noisy(0.5, 16000)
-            for group in ("none", "cluster", "band"):
-                assert 1 <= len(c.decompose(x, 16000, group=group, fit_steps=0).labels) <= 4
-            code, msg = _code(c.decompose, x, 16000, group="band", groups=5)
-            assert code == CODE.INVALID_ARGUMENT and "groups must be 1..4" in msg, msg
-    finally:
-        srv.stop()
+    with _serving(model_dir, tmp_path / "dict4.safetensors") as (srv, c):
+        x = _noisy(0.5, 16000)
+        for group in ("none", "cluster", "band"):
+            assert 1 <= len(c.decompose(x, 16000, group=group, fit_steps=0).labels) <= 4
+        code, msg = _code(c.decompose, x, 16000, group="band", groups=5)
+        assert code == CODE.INVALID_ARGUMENT and "groups must be 1..4" in msg, msg
 
 
 def test_decompose_default_model_file_bytes_no_audio(client):
