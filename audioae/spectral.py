@@ -19,6 +19,13 @@ from torch import nn
 LOG_EPS = 1e-4  # floor of the log compression: about -80 dB below a full-scale bin
 
 
+def _hann(n: int, **kw) -> torch.Tensor:
+    """The Hann window, always made on the CPU (``Module.to`` moves it): under
+    ``torch.device("meta")``, where checkpoint loading builds a model to learn its shapes, a meta
+    Hann window goes through torch's Python decompositions, whose first use imports for 1-2 s."""
+    return torch.hann_window(n, device="cpu", **kw)
+
+
 class STFT(nn.Module):
     """Complex STFT and its length-exact inverse. The Hann window is a buffer of the transforms."""
 
@@ -29,9 +36,10 @@ class STFT(nn.Module):
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.spec = torchaudio.transforms.Spectrogram(
-            n_fft=n_fft, hop_length=hop_length, power=None, center=True, pad_mode="constant"
+            n_fft=n_fft, hop_length=hop_length, power=None, center=True, pad_mode="constant", window_fn=_hann
         )
-        self.ispec = torchaudio.transforms.InverseSpectrogram(n_fft=n_fft, hop_length=hop_length, center=True)
+        self.ispec = torchaudio.transforms.InverseSpectrogram(n_fft=n_fft, hop_length=hop_length, center=True,
+                                                              window_fn=_hann)
 
     @property
     def n_bins(self) -> int:

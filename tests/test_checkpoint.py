@@ -186,3 +186,32 @@ def test_sizes_that_no_weight_bounds_are_bounded_in_the_config(name, config, tex
     refine_steps 10**9 held decompose forever."""
     with pytest.raises(ValueError, match=text):
         build_model(name, config)
+
+
+def test_loading_builds_shapes_on_meta_without_torchs_python_decompositions(tmp_path):
+    """The shape check builds the model on the meta device; an op there without a C++ meta kernel
+    (a Hann window, the dictionary's initial atoms, a dense image model's tied start) imported
+    torch._dynamo, 1-2 s in every process that loads a checkpoint (`audioae denoise` of the
+    examples went from 0.22 s to 1.5 s). Run in a fresh interpreter: tests before may import it."""
+    import subprocess
+    import sys
+
+    configs = {
+        "recurrent": [{}, {"cell": "lstm", "output": "deepfilter", "input_gate": True, "lookahead": 64}],
+        "conv1d": [{"unpool": u} for u in ("nearest", "maxunpool", "transposed")],
+        "linear": [{}],
+        "sparse_dict": [{}],
+        "image": [{}, {"channels": (), "code_dim": 16, "image_size": (8, 8), "unit_norm_atoms": True,
+                       "output_activation": "none", "subtract_decoder_bias": True}],
+    }
+    paths = []
+    for name, cfgs in configs.items():
+        for i, cfg in enumerate(cfgs):
+            paths.append(str(tmp_path / f"{name}-{i}.safetensors"))
+            save_checkpoint(build_model(name, cfg), paths[-1])
+    code = ("import sys\nfrom audioae.checkpoint import load_checkpoint\nfrom audioae.pretrained import resolve\n"
+            "for p in sys.argv[1:]:\n    load_checkpoint(resolve(p))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')))")
+    out = subprocess.run([sys.executable, "-c", code, *paths, "denoiser-small", "decomposer-small"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

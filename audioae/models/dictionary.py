@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spectral import compress, decompress, with_magnitude
-from .base import SpectralAutoencoder, SpectralConfig
+from .base import SpectralAutoencoder, SpectralConfig, building_on_meta
 
 MAG_FLOOR = 1e-3  # added to level-normalised magnitudes before compression: -60 dB under the level
 LEVEL_FLOOR = 1e-6  # keeps the level of digital silence above zero
@@ -113,7 +113,8 @@ class SparseDictionary(SpectralAutoencoder):
 
     def __init__(self, config: SparseDictConfig):
         super().__init__(config)
-        self.atoms_raw = nn.Parameter(_initial_atoms(config))  # [U, F, L]
+        shape = (config.code_dim, config.n_bins, config.atom_frames)
+        self.atoms_raw = nn.Parameter(torch.empty(shape) if building_on_meta() else _initial_atoms(config))  # [U, F, L]
         self._atoms_cache: tuple | None = None
 
     # ---- features ------------------------------------------------------------------------------

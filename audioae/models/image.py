@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Autoencoder, AutoencoderConfig
+from .base import Autoencoder, AutoencoderConfig, building_on_meta
 from .conv1d import UNPOOLING  # the same three choices as the 1D model
 from .corruption import add_gaussian_std, darken_patches
 
@@ -144,7 +144,7 @@ class ImageAutoencoder(Autoencoder):
         self.dec = nn.ModuleList(
             nn.Conv2d(widths[i + 1], widths[i], c.kernel_size, padding=pad) for i in range(len(c.channels))
         )
-        if c.unit_norm_atoms:
+        if c.unit_norm_atoms and not building_on_meta():
             with torch.no_grad():  # tied start: each unit a matched filter for its own (unit-norm) atom
                 self.from_code.weight.copy_(F.normalize(torch.randn_like(self.from_code.weight), dim=0))
                 self.to_code.weight.copy_(self.from_code.weight.T)
