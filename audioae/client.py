@@ -256,17 +256,23 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address, IPv6 in brackets or not) is this machine's loopback."""
-    if host == "localhost":
+    if host.lower().rstrip(".") == "localhost":  # names are caseless; "localhost." is the same name
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:  # a host name: it may resolve to anything
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, which is_loopback does not see
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _target_host(target: str) -> str:
-    """The host of a gRPC target: ``host:port``, ``[v6]:port``, ``dns:///host:port``, ``ipv4:...``."""
-    rest = target.split(":///", 1)[-1] if ":///" in target else target.removeprefix("ipv4:").removeprefix("ipv6:")
+    """The host of a gRPC target: ``host:port``, ``[v6]:port``, ``dns:[//authority/]host:port``, ``ipv4:...``."""
+    if target.startswith("dns:"):  # gRPC's dns:host:port, dns:///host:port, dns://resolver/host:port
+        rest = target.removeprefix("dns:")
+        rest = rest[2:].split("/", 1)[-1] if rest.startswith("//") else rest
+    else:
+        rest = target.split(":///", 1)[-1] if ":///" in target else target.removeprefix("ipv4:").removeprefix("ipv6:")
     if rest.startswith("["):
         return rest[: rest.find("]") + 1]
     return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
@@ -410,7 +416,7 @@ class Client:
         self.target = target
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        if token and tls_ca is None and not target.startswith("unix:") and not is_loopback(_target_host(target)):
+        if token and tls_ca is None and not target.startswith(("unix:", "unix-abstract:")) and not is_loopback(_target_host(target)):
             # gRPC sends metadata as it is: anyone on the path could reuse the token
             log.warning("%s: the token goes in plaintext (no TLS: pass the server's CA with tls_ca / --tls-ca)",
                         target)

@@ -19,11 +19,21 @@ from torch import nn
 LOG_EPS = 1e-4  # floor of the log compression: about -80 dB below a full-scale bin
 
 
+def building_on_meta() -> bool:
+    """Whether tensors made now land on the meta device: checkpoint loading builds a model there
+    to learn its shapes before anything is allocated. Initialisation that computes from data is
+    then skipped: on meta it computes nothing, and the first op torch runs there in Python
+    imports torch._dynamo (1-2 s, in every process that loads a checkpoint)."""
+    return torch.empty(0).device.type == "meta"
+
+
 def _hann(n: int, **kw) -> torch.Tensor:
-    """The Hann window, always made on the CPU (``Module.to`` moves it): under
-    ``torch.device("meta")``, where checkpoint loading builds a model to learn its shapes, a meta
-    Hann window goes through torch's Python decompositions, whose first use imports for 1-2 s."""
-    return torch.hann_window(n, device="cpu", **kw)
+    """The Hann window, on the default device, but on the CPU instead of meta (``Module.to`` moves
+    it): under ``torch.device("meta")``, where checkpoint loading builds a model to learn its
+    shapes, a meta Hann window goes through torch's Python decompositions, whose first use imports
+    for 1-2 s. Always on the CPU, a model built under ``torch.device("cuda")`` had its window
+    there and its weights on the GPU, and its STFT refused every input."""
+    return torch.hann_window(n, device="cpu" if building_on_meta() else None, **kw)
 
 
 class STFT(nn.Module):

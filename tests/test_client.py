@@ -469,3 +469,18 @@ def test_a_token_sent_beyond_loopback_without_tls_is_warned_about(caplog, tmp_pa
     bad.write_bytes(b"\xff\xfe secret")
     with pytest.raises(ValueError, match=f"--token-file {bad}: not text"):  # was a bare UnicodeDecodeError
         read_tokens(bad)
+
+
+@pytest.mark.parametrize("target", ["LOCALHOST:50051", "localhost.:50051", "dns:localhost:50051",
+                                    "dns://8.8.8.8/127.0.0.1:50051", "[::ffff:127.0.0.1]:50051",
+                                    "unix-abstract:audioae"])
+def test_a_token_sent_to_this_machine_in_other_spellings_is_not_warned_about(caplog, target):
+    """Was "the token goes in plaintext" for each: gRPC's dns:host:port and dns://resolver/host
+    forms, a name in capitals, an IPv4-mapped loopback address and an abstract unix socket."""
+    import logging
+
+    from audioae.client import Client
+
+    with caplog.at_level(logging.WARNING, logger="audioae.client"):
+        Client(target, token="t").close()  # channels connect lazily: nothing is sent
+    assert not caplog.records

@@ -211,3 +211,21 @@ def test_a_sha256_in_capitals_matches_and_a_blank_sidecar_is_named(tmp_path):
     path.with_name(path.name + ".sha256").write_text("\n")
     with pytest.raises(CheckpointError, match=r"m\.safetensors\.sha256: empty"):  # was an IndexError
         load_checkpoint(path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_model_built_under_a_cuda_device_context_runs_there():
+    """Was "input and window must be on the same device": the STFT window was made on the CPU
+    whatever the default device, so that checkpoint loading's meta build stayed quick."""
+    cfg = dict(n_fft=64, hop_length=16, sample_rate=8000, channels=(8,), code_dim=8)
+    with torch.device("cuda"):
+        model = build_model("conv1d", cfg)
+    assert {b.device.type for b in model.buffers()} == {"cuda"}
+    assert model.enhance(torch.zeros(1, 800, device="cuda"))[0].shape == (1, 800)
+
+
+def test_the_stft_window_is_made_on_the_cpu_under_the_meta_device():
+    with torch.device("meta"):
+        model = build_model("conv1d", dict(n_fft=64, hop_length=16, sample_rate=8000, channels=(8,), code_dim=8))
+    assert {b.device.type for b in model.buffers()} == {"cpu"}
+    assert {p.device.type for p in model.parameters()} == {"meta"}

@@ -170,14 +170,6 @@ class SpectralConfig(AutoencoderConfig):
 GATE_GAIN, GATE_OFFSET = 16.0, 8.0
 
 
-def building_on_meta() -> bool:
-    """Whether tensors made now land on the meta device: checkpoint loading builds a model there
-    to learn its shapes before anything is allocated. Initialisation that computes from data is
-    then skipped: on meta it computes nothing, and the first op torch runs there in Python
-    imports torch._dynamo (1-2 s, in every process that loads a checkpoint)."""
-    return torch.empty(0).device.type == "meta"
-
-
 def activate_code(h: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "relu":
         return torch.relu(h)

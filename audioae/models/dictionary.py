@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spectral import compress, decompress, with_magnitude
-from .base import SpectralAutoencoder, SpectralConfig, building_on_meta
+from ..spectral import building_on_meta, compress, decompress, with_magnitude
+from .base import SpectralAutoencoder, SpectralConfig
 
 MAG_FLOOR = 1e-3  # added to level-normalised magnitudes before compression: -60 dB under the level
 LEVEL_FLOOR = 1e-6  # keeps the level of digital silence above zero

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Autoencoder, AutoencoderConfig, building_on_meta
+from ..spectral import building_on_meta
+from .base import Autoencoder, AutoencoderConfig
 from .conv1d import UNPOOLING  # the same three choices as the 1D model
 from .corruption import add_gaussian_std, darken_patches
 
