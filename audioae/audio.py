@@ -231,7 +231,8 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     Returns ``(wav [C, T] float32, sample_rate, info)``. Raises :class:`AudioError` naming the
     file for anything unreadable, empty or non-finite.
     """
-    if isinstance(source, bytes | bytearray):
+    in_memory = isinstance(source, bytes | bytearray)
+    if in_memory:
         name = name or "<bytes>"
         handle = io.BytesIO(source)
     else:
@@ -241,14 +242,13 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
             raise AudioError(f"{name}: is a folder; name an audio file")
         if not os.path.isfile(handle):
             raise AudioError(f"{name}: no such file")
-    if (len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(handle)) == 0:
+    if (len(source) if in_memory else os.path.getsize(handle)) == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype)  # frames read, not claimed
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        in_memory = isinstance(source, bytes | bytearray)
         reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
         raise AudioError(f"{name}: cannot read audio ({reason})") from exc
     if wav.shape[-1] == 0:

@@ -22,6 +22,13 @@ def quoted(text: str, limit: int = QUOTE_CHARS) -> str:
     return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
+def differences(before: dict, now: dict, keys: typing.Iterable[str] | None = None) -> list[str]:
+    """``"k: <before> there, <now> now"`` for each of ``keys`` (default: ``now``'s) whose values
+    differ: what changed since a run, a checkpoint or a cache was made, for a message."""
+    return [f"{k}: {before.get(k)!r} there, {now.get(k)!r} now" for k in (now if keys is None else keys)
+            if before.get(k) != now.get(k)]
+
+
 def _shown(value: object) -> str:
     """``repr(value)`` for a message, cut as :func:`quoted` cuts a string."""
     text = repr(value)

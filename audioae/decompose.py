@@ -254,6 +254,13 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
 
 
+def _masked_inverse(model: SparseDictionary, spec_ri: torch.Tensor, mask: torch.Tensor, z_len: int) -> torch.Tensor:
+    """The input's STFT (``spec_ri [C, F, N, 2]``, its phase kept: real and imaginary parts scaled
+    in one broadcast op) under ``mask [k, C, F, N]``, inverted: ``[k, C, T']``."""
+    s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
+    return model.stft.inverse(s, z_len)
+
+
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
                  denom: torch.Tensor, groups: list[list[int]], z_len: int) -> torch.Tensor:
     """The groups' component waveforms at the model's rate, ``[K, C, T']`` (``spec [C, F, N]``: the
@@ -263,8 +270,7 @@ def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, 
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
         v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in groups[lo : lo + step]])  # [k, C, F, N]
-        s = torch.view_as_complex(spec_ri[None] * v.div_(denom[None])[..., None])  # [k, C, F, N] masked
-        waves.append(model.stft.inverse(s, z_len))  # [k, C, T']
+        waves.append(_masked_inverse(model, spec_ri, v.div_(denom[None]), z_len))  # [k, C, T']
     return torch.cat(waves)
 
 
@@ -466,12 +472,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         else:
             v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in batch])  # [k, C, F, N]: V_g per group
         mask = v.div_(denom[None])  # [k, C, F, N], in place: these tensors are the big ones
-        if waves is None:
-            # The input's phase: real and imaginary parts scaled in one broadcast op.
-            s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
-            y = model.stft.inverse(s, z_len)  # [k, C, T']
-        else:
-            y = waves[lo : lo + len(batch)]
+        y = _masked_inverse(model, spec_ri, mask, z_len) if waves is None else waves[lo : lo + len(batch)]  # [k, C, T']
         power = mask.pow_(2).mul_(mag2[None])  # [k, C, F, N]
         per_bin = power.sum(dim=1)  # [k, F, N]
         spectrum = per_bin.sum(-1)  # [k, F]

@@ -260,8 +260,9 @@ def _swap_in(out: Path, stage: Path) -> None:
     _remove(stage)
 
 
-def _move_in(stage: Path, out: Path) -> None:
-    for f in reversed(_ours(stage)):  # summary.json last: its presence means the rest is there
+def _move_in(folder: Path, out: Path) -> None:
+    """Move a decomposition's files from ``folder`` (the new one, or the earlier one put back) into ``out``."""
+    for f in reversed(_ours(folder)):  # summary.json last: its presence means the rest is there
         _move(f, out / f.name)
 
 
@@ -287,8 +288,7 @@ def recover(out: str | os.PathLike) -> None:
     partial, aside, stage = out / ASIDE_PARTIAL, out / ASIDE, out / STAGE
     if partial.is_dir():
         log.warning("%s: putting back the earlier decomposition a killed run had begun to replace", out)
-        for f in reversed(_ours(partial)):  # summary.json last
-            _move(f, out / f.name)
+        _move_in(partial, out)
         _remove(partial)
     if aside.is_dir():
         log.warning("%s: finishing the decomposition a killed run had begun to move in", out)

@@ -194,7 +194,8 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
         atom = (spectra[units] * weight[:, None]).sum(0) / weight.sum()  # [F]
         if dec.band_bins:  # a band component holds its units' atoms within its own bins only
             lo, hi = dec.band_bins[i]
-            atom = np.where((np.arange(len(atom)) >= lo) & (np.arange(len(atom)) < hi), atom, 0.0)
+            atom, within = np.zeros_like(atom), atom
+            atom[lo:hi] = within[lo:hi]
         ax_atoms.plot(freqs[1:], atom[1:] / (atom.max() + 1e-12) + i, color=colors[i], lw=1)
         act = dec.activations[units].sum(0)  # [N]
         ax_acts.plot(t_frames, act / (act.max() + 1e-12) + i, color=colors[i], lw=0.8)

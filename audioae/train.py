@@ -38,7 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
 from .checkpoint import CheckpointError, checkpoint_extra, load_checkpoint, save_checkpoint
-from .config import coerce_value, typed_fields
+from .config import coerce_value, differences, typed_fields
 from .data.mixing import (
     MixConfig,
     Mixer,
@@ -589,7 +589,7 @@ def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True)
     ``report``: the same command with an edited config resumed without a word."""
     saved = load_checkpoint(last)
     ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
-    changed = [f"{k}: {theirs.get(k)!r} there, {v!r} now" for k, v in ours.items() if theirs.get(k) != v]
+    changed = differences(theirs, ours)
     try:
         model.load_state_dict(saved.state_dict())
     except RuntimeError:
@@ -598,7 +598,7 @@ def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True)
                          f"--no-resume or another --out, or grow it with train.init_from") from None
     # Same shapes, other signal: the weights would load, and best_val be compared across two
     # validation sets (8 kHz and 16 kHz runs share every shape).
-    moved = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} now" for k in RESUME_FIXED if theirs.get(k) != ours.get(k)]
+    moved = differences(theirs, ours, RESUME_FIXED)
     if moved:
         raise ValueError(f"{last.parent} holds a run of this model at another {', '.join(moved)}; resume with "
                          f"its settings, or start over with --no-resume or another --out")
@@ -633,14 +633,13 @@ def _resumed_best(path: Path, key: dict) -> float:
         return -math.inf
     try:
         extra = checkpoint_extra(path)
-    except (CheckpointError, json.JSONDecodeError) as exc:
+    except CheckpointError as exc:  # (an extra that is no JSON object is one: read_metadata checks it)
         log.warning("%s: unreadable (%s); the first validation replaces it", path, exc)
         return -math.inf
     recorded = extra.get("validation")
     if recorded is not None and recorded != key:
-        changed = [f"{k}: {recorded.get(k)!r} there, {v!r} now" for k, v in key.items() if recorded.get(k) != v]
         log.warning("%s was scored under another validation (%s): the first validation of this run replaces it",
-                    path, "; ".join(changed))
+                    path, "; ".join(differences(recorded, key)))
         return -math.inf
     score = extra.get("val", {}).get(key["select_by"])  # (a file of an older run records no key)
     return -math.inf if score is None else float(score)
@@ -751,8 +750,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                              f"trains a {run.model} one: init_from grows a model of the same family")
         # Same shapes at another rate or compression, or bins of another FFT size grown with zeros
         # (and the STFT window with them): the weights would hear another signal.
-        moved = [f"{k}: {getattr(source.config, k)!r} there, {getattr(model.config, k)!r} now" for k in SIGNAL_FIXED
-                 if getattr(source.config, k) != getattr(model.config, k)]
+        moved = differences(dataclasses.asdict(source.config), dataclasses.asdict(model.config), SIGNAL_FIXED)
         if moved:
             raise ValueError(f"train.init_from={tc.init_from!r} was trained on another signal ({', '.join(moved)}): "
                              f"init_from grows a model at the same signal settings")

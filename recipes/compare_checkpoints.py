@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--alpha values must be within [0, 1], got {args.alpha}")
     if args.base and not args.alpha:  # was: ignored in silence
         ap.error("--base needs --alpha (the weights of each checkpoint to score)")
+    if args.alpha and not args.base:
+        ap.error("--alpha needs --base")
     torch.set_num_threads(args.threads)
     try:
         models = {path: load_checkpoint(path).eval() for path in args.checkpoints}
@@ -65,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.split == "train":
         data = dataclasses.replace(data, val_clean_dir=data.clean_dir, val_noise_dir=data.noise_dir)
     val_set = None
-    if args.alpha and not args.base:
-        ap.error("--alpha needs --base")
     for path, loaded in models.items():
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
             val_set = make_validation_set(loaded, data, seed=args.seed)

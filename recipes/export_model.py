@@ -16,6 +16,7 @@ from audioae.checkpoint import (
     checkpoint_extra,
     interpolate_weights,
     load_checkpoint,
+    read_metadata,
     save_checkpoint,
     sidecar_sha256,
 )
@@ -59,7 +60,7 @@ def main() -> None:
     signal = sorted(set(changes) & set(RESUME_FIXED))  # the weights would load, and hear another signal
     if signal:
         p.error(f"--set {', '.join(signal)}: defines the signal the weights were trained on; --set takes inference knobs only (such as mask_power)")
-    before = load_checkpoint(args.dst).registry_name if dst.is_file() else None
+    before = read_metadata(args.dst)["registry_name"] if dst.is_file() else None  # its header: no weights read
     if before is not None and before != model.registry_name:  # e.g. a decomposer over the shipped denoiser
         p.error(f"DST {args.dst} holds a {before} model and this export a {model.registry_name} one; remove "
                 f"DST first if that is meant")

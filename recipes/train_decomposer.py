@@ -44,7 +44,7 @@ import torch
 
 from audioae.audio import resample
 from audioae.checkpoint import load_checkpoint, save_checkpoint
-from audioae.config import parse_assignments
+from audioae.config import differences, parse_assignments
 from audioae.data import synthetic
 from audioae.fileio import atomic_write_bytes
 from audioae.models import build_model
@@ -84,9 +84,10 @@ def _read_pool(cache: Path) -> tuple[dict | None, list[np.ndarray]]:
 def _how_made(made: dict | None, want: dict) -> str:
     if made is None:
         return "before 2026-12-06, and records nothing of how"
-    changed = sorted(k for k in {*made, *want} if made.get(k) != want.get(k))
-    return "from " + ", ".join(f"{k}: {made.get(k)!r} there, {want.get(k)!r} now" if k not in ("voices", "words")
-                               else f"other {k}" for k in changed)
+    lists = ("voices", "words")  # too long to show: named only
+    shown = sorted(k for k in {*made, *want} if k not in lists)
+    return "from " + ", ".join([*differences(made, want, shown),
+                                *(f"other {k}" for k in lists if made.get(k) != want.get(k))])
 
 
 def espeak_pool(cache: Path, n: int, seed: int, *, resume: bool = False) -> list[np.ndarray]:
@@ -287,11 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     resume = last.is_file() and progress_path.is_file()
     if resume:
         saved = json.loads(progress_path.read_text())
-        before = json.loads(json.dumps(saved.get("settings", settings)))  # a run before 2026-12-06 kept none
         now = json.loads(json.dumps(settings))  # tuples as lists, as the file holds them
-        changed = sorted(k for k in now if before.get(k) != now[k])
+        changed = differences(saved.get("settings", now), now, sorted(now))  # a run before 2026-12-06 kept none
         if changed:
-            ap.error(f"{out} holds a run with other settings ({', '.join(f'{k}: {before.get(k)!r} there, {now[k]!r} now' for k in changed)}); "
+            ap.error(f"{out} holds a run with other settings ({', '.join(changed)}); "
                      f"resume with its settings (progress.json), or give another --out")
         model = load_checkpoint(last)
         progress = {**saved, "settings": settings}

@@ -191,7 +191,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         except CancelledError:
             raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
 
-    def _check_seconds(self, seconds: float | None, channels: int = 1, what: str = "the audio") -> None:
+    def _check_seconds(self, seconds: float | None, channels: int = 1) -> None:
         """Refuse audio longer than ``--max-audio-seconds``, or with more channel-seconds than that
         many seconds of stereo: the model's work and memory grow with every channel."""
         if seconds is None:
@@ -200,13 +200,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if seconds > limit:
             raise Abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what} lasts {seconds:.1f} s; this server accepts at most {limit:g} s per request "
+                f"the audio lasts {seconds:.1f} s; this server accepts at most {limit:g} s per request "
                 f"(--max-audio-seconds)",
             )
         if seconds * channels > limit * DECODE_BUDGET_CHANNELS:
             raise Abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what} is {channels} channels x {seconds:.1f} s = {seconds * channels:,.0f} channel-seconds; "
+                f"the audio is {channels} channels x {seconds:.1f} s = {seconds * channels:,.0f} channel-seconds; "
                 f"this server accepts at most {limit * DECODE_BUDGET_CHANNELS:,.0f} per request ({limit:g} s of "
                 f"stereo, from --max-audio-seconds): send fewer channels or shorter audio",
             )
@@ -291,9 +291,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         )
         # A file that compresses far better than its denoised audio (FLAC of a square wave: 10x)
         # can have an answer over the limit; gRPC's own refusal was counted OK here.
-        if resp.ByteSize() > self.config.max_send_bytes:
+        size = resp.ByteSize()  # upb serialises the whole answer to count it: once, not again for the message
+        if size > self.config.max_send_bytes:
             what = f"{form.format} {form.subtype}" if form.kind == "encoded" else "PCM"
-            raise Abort(EXHAUSTED, f"the answer would be {resp.ByteSize() / 2**20:.1f} MB of {what}, over "
+            raise Abort(EXHAUSTED, f"the answer would be {size / 2**20:.1f} MB of {what}, over "
                                    f"this server's {self.config.max_send_bytes / 2**20:g} MB "
                                    f"answer limit (4 x --max-request-mb): the upload compressed far better than "
                                    f"its denoised audio does; send shorter audio")
@@ -530,11 +531,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if t.datatype not in DATATYPES:  # before array_from_tensor, which quotes it whole
             raise Abort(INVALID, f"{name}: datatype {quoted(t.datatype)} is not one of {', '.join(DATATYPES)}")
         x = array_from_tensor(t, name)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise Abort(INVALID, f"{name}: contains NaN or Inf")
-        with np.errstate(over="ignore"):  # FP64 beyond float32's range turns Inf: refused below
+        with np.errstate(over="ignore", invalid="ignore"):  # FP64 beyond float32's range turns Inf: refused below
             x32 = np.array(x, dtype=np.float32)
-        if not np.isfinite(x32).all():  # FP64 1e300 became Inf here and the answer was all NaN, OK
+        if not np.isfinite(x32).all():  # one pass over a good tensor; the input itself only to say why
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                raise Abort(INVALID, f"{name}: contains NaN or Inf")
+            # FP64 1e300 became Inf here and the answer was all NaN, OK
             raise Abort(INVALID, f"{name}: values up to {float(np.abs(x).max()):.3g} are beyond float32's range "
                                  f"({np.finfo(np.float32).max:.3g}), in which the model computes")
         return torch.from_numpy(x32)

@@ -190,7 +190,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         journal = Journal(out / JOURNAL_NAME, now)
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
-        earlier.extend(json.loads(r.to_json()) for r in _record_finished(journal, out / MANIFEST_NAME))
+        earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
         todo, done = split_done(tasks, options.overwrite, failed_last(earlier))
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
