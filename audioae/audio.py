@@ -149,7 +149,7 @@ def unfinished_wav_bytes(source: str | os.PathLike | bytes) -> int:
     other file: a recording whose header was never finished (a recorder that lost power before
     it rewrote the sizes it wrote as 0), which libsndfile reads as 0 samples."""
     try:
-        with io.BytesIO(source) if isinstance(source, bytes) else open(fs_path(source), "rb") as fh:
+        with io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(fs_path(source), "rb") as fh:
             size = fh.seek(0, io.SEEK_END)
             fh.seek(0)
             head = fh.read(12)

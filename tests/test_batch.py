@@ -240,6 +240,8 @@ def test_a_recording_whose_header_was_never_finished_is_not_called_empty(tmp_pat
     assert FileDenoiser(load_checkpoint(causal_ckpt)).run(task, bytes(raw)).error.startswith(unfinished)
     with pytest.raises(AudioError, match="header was never finished"):  # as audioae eval reads
         read_audio(src / "take.wav")
+    with pytest.raises(AudioError, match="header was never finished"):  # bytes in a bytearray (was a TypeError)
+        read_audio(raw, name="take.wav")
 
 
 def test_strength_zero_returns_the_input(tmp_path, causal_ckpt):
