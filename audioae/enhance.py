@@ -128,6 +128,76 @@ def model_input(model: SpectralAutoencoder, wav: torch.Tensor) -> tuple[torch.Te
     return spec, lifted_features(model, spec, ahead, LevelTracker(model).gains(spec))
 
 
+# ---- above the model's band ----------------------------------------------------------------------
+# A file at a higher rate than the model's holds a band the network never sees (above 8 kHz for the
+# 16 kHz denoiser). Resampling down and up again left it out: every 44.1/48 kHz output was
+# band-limited to 8 kHz, clean recordings included. Now that band is taken from the input and
+# scaled, frame by frame, by the gain the model gave the top of its own band (the top quarter: 6-8
+# kHz), where the same noises and the same fricatives usually reach. Frames the model silenced lose
+# their high band too; speech frames keep theirs.
+HIGH_BAND_GAIN_FROM = 0.75  # the gain is read from the model's bins above this fraction of its band
+KEEP_HIGH_BAND = True  # False: the behaviour before 2026-12-07, nothing above the model's band (benchmarks)
+
+
+def top_band_gains(spec: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+    """Per-frame amplitude gain the model gave the top of its band: ``sqrt(sum |est|^2 / sum
+    |spec|^2)`` over the bins above :data:`HIGH_BAND_GAIN_FROM`, within [0, 1] (0 where that band
+    is silent). ``spec``, ``est``: complex ``[B, F, N]`` -> ``[B, 1, N]``."""
+    lo = int(spec.shape[-2] * HIGH_BAND_GAIN_FROM)
+    kept = est[..., lo:, :].abs().square().sum(-2, keepdim=True)  # [B, 1, N]
+    had = spec[..., lo:, :].abs().square().sum(-2, keepdim=True)  # [B, 1, N]
+    return torch.where(had > 0, (kept / had.clamp_min(1e-30)).sqrt(), 0.0).clamp(0.0, 1.0)
+
+
+def gain_frames(gains: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Frames whose inverse STFT is the gains as a signal: ``gains [B, 1, N]`` -> complex
+    ``[B, F, N]``. Frame ``k`` is ``g_k * rfft(window)``: the iSTFT windows it again and divides by
+    the summed squared windows, so sample ``t`` gets ``sum_k g_k w^2(t - k hop) / sum_k w^2(t - k
+    hop)``, a smooth gain on exactly the samples (and with the same latency) the estimate's frames
+    cover, offline and streamed alike."""
+    return gains * torch.fft.rfft(window.float())[:, None]  # [B, F, N]
+
+
+def gain_at_rate(gain: torch.Tensor, start: int, first: int, n: int, model_sr: int, sr: int) -> torch.Tensor:
+    """The model-rate gain ``gain [C, L]`` (its column 0 is model sample ``start``) at the file's
+    samples ``first .. first + n`` -> ``[C, n]``, linearly interpolated: file sample ``i`` sits at
+    model sample ``i * model_sr / sr``; past the gain's last sample it stays at its last value.
+    Not through the sinc resampler: that one pads with zeros, and a gain of 1 came out 0.5 at the
+    file's first and last samples and rang 13% above 1 next to them.
+
+    Worked in blocks of the rates' ratio (``bo`` file samples span ``bi`` model samples, ``g =
+    gcd``), whose left neighbours and weights are the same in every block; ``gain`` must start at
+    or before model sample ``(first // bo) * bi``."""
+    if n == 0:
+        return gain.new_zeros(gain.shape[0], 0)
+    g = math.gcd(model_sr, sr)
+    bi, bo = model_sr // g, sr // g
+    b0, b1 = first // bo, -(-(first + n) // bo)  # the blocks holding the samples asked for
+    j = torch.arange(bo)
+    left, weight = j * bi // bo, ((j * bi) % bo).float() / bo  # [bo] each: neighbour within a block, its share
+    lo, need = b0 * bi - start, (b1 - b0) * bi + 1
+    seg = gain[:, lo : lo + need]  # [C, <= need]
+    if seg.shape[-1] < need:  # past the end: the last value
+        seg = F.pad(seg[:, None], (0, need - seg.shape[-1]), mode="replicate")[:, 0]
+    blocks = seg.unfold(-1, bi + 1, bi)  # [C, b1 - b0, bi + 1], each with the next block's first sample
+    g0 = blocks[..., left]  # [C, b1 - b0, bo]
+    out = (g0 + (blocks[..., left + 1] - g0) * weight).reshape(gain.shape[0], -1)  # [C, (b1 - b0) * bo]
+    return out[:, first - b0 * bo : first - b0 * bo + n]
+
+
+def has_high_band(sr: int, model: SpectralAutoencoder) -> bool:
+    """Whether a file at ``sr`` holds a band above the model's (the part resampling drops)."""
+    return KEEP_HIGH_BAND and sr > model.config.sample_rate
+
+
+def with_high_band(x: torch.Tensor, y: torch.Tensor, below: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The model's output ``y`` plus the input's band above the model's, scaled by ``gain``: all
+    ``[C, T]`` at the file's rate; ``below`` is the input as the model saw it, resampled back (the
+    part of ``x`` within the model's band), so ``x - below`` is what the model never saw. A model
+    that changes nothing (gain 1) gives ``x`` back whole."""
+    return y + gain * (x - below)
+
+
 class ModelOutputError(RuntimeError):
     """The model gave NaN or Inf samples for finite input: its weights or settings are broken."""
 
@@ -162,7 +232,9 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
-    Each channel is processed separately. Long inputs (over ``max_offline_seconds`` channel-
+    Each channel is processed separately. At a rate above the model's, the band the model never
+    sees is kept at the gain the model gave the top of its own band (:func:`with_high_band`).
+    Long inputs (over ``max_offline_seconds`` channel-
     seconds: 64 channels of 20 s count 1,280) of a causal model stream through
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
     are cut into overlapping windows that are cross-faded. ``stop()`` is asked before each piece
@@ -253,23 +325,30 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``."""
     msr = model.config.sample_rate
     dev = _device_of(model)
-    specs, feats, lengths = [], [], []
+    zs, specs, feats = [], [], []
     for x, _, sr, _ in checked:
         z = resample(x, sr, msr, target="the model's ").to(dev)  # [C, T']
         spec, feat = model_input(model, z)  # [C, F, N_i], [C, F', N_i]
+        zs.append(z)
         specs.append(spec)
         feats.append(feat)
-        lengths.append(z.shape[-1])
     n_max = max(s.shape[-1] for s in specs)
     feats = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
     out, _ = model(feats)  # [R, F, N]
     results, row = [], 0
-    for (x, squeeze, sr, strength), spec, length in zip(checked, specs, lengths, strict=True):
-        c, n = spec.shape[0], spec.shape[-1]
+    for (x, squeeze, sr, strength), z, spec in zip(checked, zs, specs, strict=True):
+        c, n, length = spec.shape[0], spec.shape[-1], z.shape[-1]
         est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
         row += c
-        y = model.stft.inverse(est, length)  # [C, T'] at the model's rate
-        y = fit_length(resample(y.float().cpu(), msr, sr), x.shape[-1])  # [C, T]
+        if has_high_band(sr, model):  # one inverse for output and gain, one resampling for output and input
+            gains = gain_frames(top_band_gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
+            y_gain = model.stft.inverse(torch.cat([est, gains]), length).float().cpu()  # [2C, T'] at the model's rate
+            up = fit_length(resample(torch.cat([y_gain[:c], z.cpu()]), msr, sr), x.shape[-1])  # [2C, T]
+            gain = gain_at_rate(y_gain[c:], 0, 0, x.shape[-1], msr, sr)  # [C, T]
+            y = with_high_band(x, up[:c], up[c:], gain)  # [C, T]
+        else:
+            y = model.stft.inverse(est, length)  # [C, T'] at the model's rate
+            y = fit_length(resample(y.float().cpu(), msr, sr), x.shape[-1])  # [C, T]
         y = _blend(y, x, strength).numpy()
         results.append(y[0] if squeeze else y)
     return results
@@ -383,7 +462,13 @@ class StreamingDenoiser:
         self.finished = False
         self.device = _device_of(model)
         self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ")
-        self.up = StreamingResampler(c.sample_rate, sr, channels)
+        # With a band above the model's, the output and the input as the model saw it go up
+        # together, and the top-band gain is interpolated (see with_high_band, gain_at_rate).
+        self.high_band = has_high_band(sr, model)
+        self.up = StreamingResampler(c.sample_rate, sr, channels * (2 if self.high_band else 1))
+        self.seen = torch.zeros(channels, 0)  # model-rate input awaiting its output (high band only)
+        self.gain = torch.zeros(channels, 0)  # model-rate gain from model sample gain_start on
+        self.gain_start = 0
         self.stft = StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device)
         # Look-ahead frames arrive ``lookahead`` samples after the frame of the same index.
         self.ahead = (StreamingSTFT(c.n_fft, c.hop_length, (channels,), device=self.device, offset=c.lookahead)
@@ -418,8 +503,8 @@ class StreamingDenoiser:
         frames, feats = self._features(frames, ahead)  # [C, F, m'], [C, F', m']
         self.pending_spec.append(frames)
         spec = torch.cat(self.pending_spec, dim=-1)  # [C, F, n]
-        if frames.shape[-1] == 0 and not final:
-            return self.stft.add_frames(frames)
+        if frames.shape[-1] == 0 and not final:  # no output yet: the output's rows, no samples
+            return torch.zeros(self.channels * (2 if self.high_band else 1), 0, device=self.device)
         out, self.state = self.model.stream_step(feats, self.state, final)  # [C, F', m]
         m = out.shape[-1]
         done, self.pending_spec = spec[..., :m], [spec[..., m:]]
@@ -427,19 +512,48 @@ class StreamingDenoiser:
         # max(0, ...): while fewer frames than the context have passed, keep them all (a negative
         # start would keep only the last few, and the filter would lose taps for good).
         self.spec_past = with_past[..., max(0, with_past.shape[-1] - self.model.spec_context_frames) :]
-        return self.stft.add_frames(self.model.estimate_spec(with_past, out))  # [C, k] at the model rate
+        est = self.model.estimate_spec(with_past, out)  # [C, F, m]
+        if self.high_band:
+            est = torch.cat([est, gain_frames(top_band_gains(done, est), self.stft.window)])  # [2C, F, m]
+        return self.stft.add_frames(est)  # [C, k] at the model rate ([2C, k]: and the gains)
 
     def _output(self, y_model: torch.Tensor, final: bool) -> torch.Tensor:
-        y = self.up.push(y_model.float().cpu())
+        """``y_model [C, k]`` (``[2C, k]`` with the gains) at the model's rate -> ``[C, n]`` final output."""
+        y_model = y_model.float().cpu()
+        if self.high_band:
+            c, k = self.channels, y_model.shape[-1]
+            seen, self.seen = self.seen[:, :k], self.seen[:, k:]  # the input samples of this output
+            self.gain = torch.cat([self.gain, y_model[c:]], dim=-1)
+            y_model = torch.cat([y_model[:c], seen])  # [2C, k]
+        y = self.up.push(y_model)
         if final:
             y = torch.cat([y, self.up.finish()], dim=-1)
         n = y.shape[-1]
         if final:
             n = self.n_in - self.n_out  # the resamplers' rounding: crop or pad to the input length
             y = fit_length(y, n)
-        dry, self.dry = self.dry[:, :n], self.dry[:, n:]
+        dry, self.dry = fit_length(self.dry[:, :n], n), self.dry[:, n:]
+        if self.high_band:
+            y = with_high_band(dry, y[: self.channels], y[self.channels :], self._gain_for(n))  # [C, n]
         self.n_out += n
-        return _blend(y, fit_length(dry, n), self.strength)
+        return _blend(y, dry, self.strength)
+
+    def _gain_for(self, n: int) -> torch.Tensor:
+        """The gain at the next ``n`` output samples ``[C, n]``; forgets what no later sample reads.
+        The up-resampler answers a sample only once the model-rate samples ``width`` past it have
+        come, so the two the interpolation reads are here (except past the end, clamped as offline)."""
+        msr = self.model.config.sample_rate
+        gain = gain_at_rate(self.gain, self.gain_start, self.n_out, n, msr, self.sr)  # [C, n]
+        g = math.gcd(msr, self.sr)
+        keep = (self.n_out + n) // (self.sr // g) * (msr // g)  # the start of the next sample's block
+        drop = max(0, min(keep - self.gain_start, self.gain.shape[-1] - 1))
+        self.gain, self.gain_start = self.gain[:, drop:], self.gain_start + drop
+        return gain
+
+    def _remember(self, z: torch.Tensor) -> None:
+        """Keep the model-rate input ``z [C, n']`` until its output comes (for the high band)."""
+        if self.high_band:
+            self.seen = torch.cat([self.seen, z], dim=-1)
 
     @property
     def piece(self) -> int:
@@ -471,7 +585,9 @@ class StreamingDenoiser:
         """One checked chunk ``[C, n]`` of at most a step's length -> the cleaned samples ready."""
         self.n_in += x.shape[-1]
         self.dry = torch.cat([self.dry, x], dim=-1)
-        z = self.down.push(x).to(self.device)  # [C, n'] at the model's rate
+        z = self.down.push(x)  # [C, n'] at the model's rate
+        self._remember(z)
+        z = z.to(self.device)
         frames = self.stft.push(z)  # [C, F, m]
         ahead = self.ahead.push(z) if self.ahead else None  # [C, F, m'], m' <= pending + m
         return self._output(self._process(frames, ahead, final=False), final=False)
@@ -482,7 +598,9 @@ class StreamingDenoiser:
         if self.n_in == 0:
             raise AudioError("the stream carried no audio")
         self.finished = True
-        z = self.down.finish().to(self.device)  # [C, n']
+        z = self.down.finish()  # [C, n']
+        self._remember(z)
+        z = z.to(self.device)
         frames = torch.cat([self.stft.push(z), self.stft.finish()], dim=-1)  # [C, F, m]
         ahead = torch.cat([self.ahead.push(z), self.ahead.finish()], dim=-1) if self.ahead else None
         y = self._process(frames, ahead, final=True)

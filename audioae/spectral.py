@@ -126,7 +126,8 @@ class StreamingSTFT:
     """Chunk-by-chunk STFT and overlap-add iSTFT equal to :class:`STFT` on the whole signal.
 
     ``push(samples)`` returns the new complex frames; ``add_frames(frames)`` overlap-adds processed
-    frames (in order) and returns the output samples no later frame can change. ``finish()`` pads
+    frames (in order; their leading shape may differ from the samples', the same in every call)
+    and returns the output samples no later frame can change. ``finish()`` pads
     the tail exactly as the offline transform does and returns the remaining frames; after the
     caller has added them, ``drain()`` returns the rest of the output, cropped to the input length.
     Vectorised over frames (unfold/fold), so large chunks cost what the offline transform costs.
@@ -147,7 +148,9 @@ class StreamingSTFT:
         self.batch_shape = tuple(batch_shape)
         self._in = self._zeros(self.pad)  # left zero padding of center=True
         self._frames_out = 0
-        self._ola = self._zeros(n_fft - hop_length)  # overlap carried into the next frames
+        # Overlap carried into the next frames; shaped by the first frames added, whose leading
+        # shape may differ from the analysis side's (the denoiser adds its gains as more rows).
+        self._ola: torch.Tensor | None = None
         self._env = torch.zeros(n_fft - hop_length, device=device)
         self._emitted = -self.pad  # input coordinate of the first sample not yet emitted
         self._length = 0
@@ -186,7 +189,9 @@ class StreamingSTFT:
         """Overlap-add processed complex frames ``[..., F, m]``; return the samples now final."""
         m = frames.shape[-1]
         if m == 0:
-            return self._zeros(0)
+            return torch.zeros(*frames.shape[:-2], 0, device=self.device)
+        if self._ola is None:
+            self._ola = torch.zeros(*frames.shape[:-2], self.n_fft - self.hop, device=self.device)
         segs = torch.fft.irfft(frames.transpose(-1, -2), n=self.n_fft, dim=-1) * self.window  # [..., m, n_fft]
         span = (m - 1) * self.hop + self.n_fft
         lead = segs.shape[:-2]
@@ -215,6 +220,8 @@ class StreamingSTFT:
         """After ``finish`` and the last ``add_frames``: the remaining output samples."""
         if not self._finished:
             raise RuntimeError("drain before finish")
+        if self._ola is None:  # no frame was ever added
+            return self._zeros(0)
         n = min(max(0, self._length - self._emitted), self._ola.shape[-1])
         y = self._ola[..., :n] / self._env[:n].clamp_min(1e-11)
         self._ola, self._env = self._ola[..., n:], self._env[n:]

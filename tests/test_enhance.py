@@ -374,3 +374,129 @@ def test_a_model_that_outputs_nan_is_refused_not_written_as_full_scale_dc(tmp_pa
     write_audio(tmp_path / "in.wav", x, 16000)
     r = FileDenoiser(model).run(FileTask(str(tmp_path / "in.wav"), str(tmp_path / "out.wav"), "out.wav"))
     assert r.status == "error" and "NaN or Inf samples" in r.error and not (tmp_path / "out.wav").exists()
+
+
+# ---- the band above the model's -------------------------------------------------------------------
+
+def _causal_8k():
+    torch.manual_seed(0)
+    return build_model("recurrent", {"sample_rate": 8000, "n_fft": 128, "hop_length": 32, "hidden": 16,
+                                     "code_dim": 8}).eval()
+
+
+def _above(x: np.ndarray, sr: int, hz: float) -> float:
+    """Energy of ``x [..., T]`` above ``hz``."""
+    spec = np.abs(np.fft.rfft(x, axis=-1)) ** 2
+    return float(spec[..., np.fft.rfftfreq(x.shape[-1], 1 / sr) > hz].sum())
+
+
+def _with_estimate(model, estimate):
+    """``model`` whose estimate of each frame is ``estimate(noisy frames)``: what a model that keeps
+    everything (or removes everything) would give, to test what happens around the network."""
+    def estimate_spec(spec, out):
+        return estimate(spec[..., spec.shape[-1] - out.shape[-1] :])
+    model.estimate_spec = estimate_spec
+    return model
+
+
+def test_top_band_gain_is_what_the_model_kept_of_the_top_quarter_of_its_band():
+    from audioae.enhance import top_band_gains
+
+    spec = torch.randn(2, 65, 7, dtype=torch.complex64)  # [B, F, N]
+    np.testing.assert_allclose(top_band_gains(spec, spec).numpy(), 1.0, rtol=1e-6)
+    assert (top_band_gains(spec, 0 * spec) == 0).all()
+    est = spec.clone()
+    est[:, 48:] *= 0.5  # the top quarter (bins 48-64) at half amplitude; the rest does not count
+    est[:, :48] = 0
+    np.testing.assert_allclose(top_band_gains(spec, est).numpy(), 0.5, rtol=1e-5)
+    silent = spec.clone()
+    silent[:, 48:] = 0
+    assert (top_band_gains(silent, silent) == 0).all()  # nothing there: no gain to give it, not NaN
+    louder = spec * 2
+    assert (top_band_gains(spec, louder) == 1).all()  # a gain, never a boost
+
+
+def test_gain_frames_turn_into_the_gains_as_a_smooth_signal_on_every_sample():
+    from audioae.enhance import gain_frames
+    from audioae.spectral import STFT
+
+    stft = STFT(128, 32)
+    n = 1 + 1000 // 32
+    np.testing.assert_allclose(stft.inverse(gain_frames(torch.full((1, 1, n), 0.3), stft.spec.window), 1000).numpy(),
+                               0.3, atol=1e-6)  # a constant gain is that constant, edges included
+    steps = torch.where(torch.arange(n) < n // 2, 1.0, 0.0)[None, None]  # [1, 1, N]: 1, then 0
+    g = stft.inverse(gain_frames(steps, stft.spec.window), 1000)[0].numpy()
+    assert g.min() >= -1e-6 and g.max() <= 1 + 1e-6
+    assert np.all(np.diff(g) <= 1e-6)  # a fade from one to zero, no overshoot
+
+
+@pytest.mark.parametrize("sr", [11025, 44100, 48000])
+def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr):
+    """Before 2026-12-07 everything above the model's Nyquist frequency (4 kHz here, 8 kHz for the
+    shipped model) was lost on the way down and up: a clean 44.1 kHz recording came back band-limited."""
+    from audioae import enhance
+
+    model = _with_estimate(_causal_8k(), lambda spec: spec)
+    t = np.arange(sr // 2) / sr
+    x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 5000 * t),
+                  0.2 * np.random.default_rng(0).standard_normal(len(t))]).astype(np.float32)  # [C, T]
+    y = denoise(model, x, sr)
+    np.testing.assert_allclose(y, x, atol=2e-5)
+    streamed = StreamingDenoiser(model, sr, 2)
+    parts = [streamed.push(x[:, i : i + 997]) for i in range(0, x.shape[-1], 997)]
+    np.testing.assert_allclose(torch.cat([*parts, streamed.finish()], -1).numpy(), y, atol=1e-5)
+    saved = enhance.KEEP_HIGH_BAND
+    enhance.KEEP_HIGH_BAND = False  # the earlier behaviour: the band above 4 kHz is gone
+    try:
+        narrow = denoise(model, x, sr)
+    finally:
+        enhance.KEEP_HIGH_BAND = saved
+    assert _above(narrow, sr, 4400) < 0.01 * _above(x, sr, 4400)  # the resampler's skirt is all that is left
+    np.testing.assert_allclose(_above(y, sr, 4400), _above(x, sr, 4400), rtol=1e-3)
+
+
+def test_frames_the_model_silences_lose_their_high_band_and_kept_frames_keep_it():
+    """The high band follows the model's top-band gain frame by frame: a model that keeps the
+    first half second and silences the second gives back the input's high band in the first
+    half and nothing in the second (past the gain's fade of one window)."""
+    sr, model = 48000, _causal_8k()
+    cut = 8000 // 2 // 32  # the frame at 0.5 s (model rate 8 kHz, hop 32)
+
+    def first_half(spec):  # frames are absolute in offline use; streamed, the test feeds one piece
+        keep = (torch.arange(spec.shape[-1]) < cut).to(spec.real.dtype)
+        return spec * keep
+    _with_estimate(model, first_half)
+    x = 0.1 * np.random.default_rng(1).standard_normal(sr).astype(np.float32)  # [T]: 1 s, full band
+    y = denoise(model, x, sr)
+    fade = 128 * sr // 8000  # one window at the file's rate
+    head, tail = slice(0, sr // 2 - fade), slice(sr // 2 + fade, sr)
+    np.testing.assert_allclose(_above(y[head], sr, 4200), _above(x[head], sr, 4200), rtol=0.02)
+    assert _above(y[tail], sr, 4200) < 1e-6 * _above(x[tail], sr, 4200)
+
+
+def test_inputs_at_or_below_the_models_rate_have_no_band_above_it_and_take_the_plain_path():
+    from audioae.enhance import has_high_band
+
+    model = _causal_8k()
+    assert not has_high_band(8000, model) and not has_high_band(4000, model) and has_high_band(8001, model)
+
+
+@pytest.mark.parametrize(("model_sr", "sr"), [(16000, 44100), (16000, 48000), (8000, 11025), (16000, 22050)])
+def test_the_gain_is_interpolated_at_the_file_rate_alike_whole_and_in_pieces(model_sr, sr):
+    from audioae.enhance import gain_at_rate
+
+    gain = torch.rand(2, 999, generator=torch.Generator().manual_seed(0))  # [C, L] at the model's rate
+    n = 999 * sr // model_sr + 7  # a few samples past the gain's end: held at its last value
+    whole = gain_at_rate(gain, 0, 0, n, model_sr, sr)
+    pos = np.arange(n) * model_sr / sr
+    expected = np.stack([np.interp(pos, np.arange(999), row) for row in gain.numpy()])
+    np.testing.assert_allclose(whole.numpy(), expected, atol=1e-6)
+    # In pieces, given only the gain from the start of each piece's first block on (as a stream keeps it).
+    g = math.gcd(model_sr, sr)
+    parts, first = [], 0
+    for size in [1, 0, 5, sr // g - 1, 3 * sr // g + 2, 10**6]:
+        size = min(size, n - first)
+        start = first // (sr // g) * (model_sr // g)
+        parts.append(gain_at_rate(gain[:, start:], start, first, size, model_sr, sr))
+        first += size
+    np.testing.assert_array_equal(torch.cat(parts, -1).numpy(), whole.numpy())
