@@ -307,9 +307,11 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
     """What a spectrogram denoiser does to one recording, at the model's rate and STFT: the input
     and output magnitudes ``[F, N]`` (their ratio is the effective gain; for a deep filter it
     includes what the filter adds) and the latent code ``[K, N]``. ``wav`` is ``[T]`` or
-    ``[C, T]`` (mixed to mono) at ``sr``."""
+    ``[C, T]`` (mixed to mono) at ``sr``. Above the model's band (``sr`` higher than its rate),
+    ``above``: that band's edges and its energy in the input and in the denoised output (the band
+    is kept at the gain the model gave the top of its own, :func:`audioae.enhance.with_high_band`)."""
     from .audio import resample
-    from .enhance import model_input
+    from .enhance import denoise, has_high_band, model_input
 
     x = np.asarray(wav, np.float32)
     mono = torch.from_numpy(x.mean(0) if x.ndim == 2 else x)[None]  # [1, T]
@@ -319,8 +321,14 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
         spec, feat = model_input(model, z)  # [1, F, N], [1, F', N]: as denoise feeds it
         out, code = model(feat)  # [1, F', N], [1, K, N]
         est = model.estimate_spec(spec, out)  # [1, F, N]
-    return {"mag_in": spec[0].abs().numpy(), "mag_out": est[0].abs().numpy(), "code": code[0].numpy(),  # [F, N] x2, [K, N]
+    view = {"mag_in": spec[0].abs().numpy(), "mag_out": est[0].abs().numpy(), "code": code[0].numpy(),  # [F, N] x2, [K, N]
             "hop_s": model.config.hop_length / msr, "bin_hz": msr / model.config.n_fft}
+    if has_high_band(sr, model):
+        def above(w: torch.Tensor) -> float:  # energy of what resampling to the model's rate drops
+            return float((w - resample(resample(w, sr, msr), msr, sr)[..., : w.shape[-1]]).double().square().sum())
+        y = torch.from_numpy(denoise(model, mono[0].numpy(), sr))[None]  # [1, T] as the user gets it
+        view["above"] = {"from_hz": msr / 2, "to_hz": sr / 2, "energy_in": above(mono), "energy_out": above(y)}
+    return view
 
 
 def _gain_db(energy_out: float, energy_in: float) -> float | None:
@@ -344,6 +352,9 @@ def denoising_stats(view: dict) -> dict:
         rows = (freqs >= lo) & (freqs < hi)
         if rows.any():
             bands[f"{lo:.0f}-{min(hi, nyquist):.0f} Hz"] = _gain_db(e_out[rows].sum(), e_in[rows].sum())
+    if "above" in view:  # the file's band above the model's, as the output has it
+        a = view["above"]
+        bands[f"{a['from_hz']:.0f}-{a['to_hz']:.0f} Hz"] = _gain_db(a["energy_out"], a["energy_in"])
     active = np.abs(code) > 1e-3 * max(float(np.abs(code).max()), 1e-12)  # [K, N]
     return {"frames": int(e_in.shape[1]), "gain_db": _gain_db(e_out.sum(), e_in.sum()),
             "gain_db_per_band": bands, "code_units": int(code.shape[0]),

@@ -147,7 +147,9 @@ def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
     assert info["frames"] == 1 + int(1.5 * 16000) // 128  # the model's frames (n_fft 512, hop 128, centred)
     assert info["code_units"] == 12 and 0.0 <= info["code_active_share"] <= 1.0
     assert list(info["gain_db_per_band"]) == ["0-62 Hz", "62-125 Hz", "125-250 Hz", "250-500 Hz", "500-1000 Hz",
-                                              "1000-2000 Hz", "2000-4000 Hz", "4000-8000 Hz"]  # octaves at 16 kHz
+                                              "1000-2000 Hz", "2000-4000 Hz", "4000-8000 Hz",  # octaves at 16 kHz
+                                              "8000-11025 Hz"]  # and the file's band above the model's
+    assert info["gain_db_per_band"]["8000-11025 Hz"] <= 0.0  # kept at a gain, never raised
     assert np.isfinite(info["gain_db"])
     assert main(["inspect", str(tmp_path / "den.safetensors")]) == 2  # a denoiser needs --audio
     assert f"add --audio FILE to see what it does to a recording (its config and training record: audioae models " \
