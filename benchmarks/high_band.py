@@ -4,14 +4,17 @@ default since 2026-12-07) and without it (``KEEP_HIGH_BAND = False``: the earlie
 nothing above the model's Nyquist frequency).
 
     python benchmarks/high_band.py [--model denoiser-small] [--speech DIR ...] [--clips 24] \
-        [--seconds 4] [--snrs 0 5 10 20] [--speed-seconds 60] [--speed-rounds 3] \
+        [--seconds 4] [--snrs 0 5 10 20] [--noise-dirs DIR ...] [--speed-seconds 60] [--speed-rounds 3] \
         [--out benchmarks/results/high-band.json]
 
 Speech: 44.1 kHz recordings with energy above 8 kHz, from the Debian packages ``klettres-data``
 and ``ktuberling-data`` (spoken letters and words, many voices and languages; training packages
 of the corpus, never the reserved evaluation ones), concatenated into clips of ``--seconds``.
 Noise: the synthetic families of :mod:`audioae.data.synthetic` drawn at 44.1 kHz (white, pink
-and brown noise, mains hum, clicks, tones), mixed at each SNR (full band), and no noise at all.
+and brown noise, mains hum, clicks, tones), and recorded game sounds and music at 44.1 kHz, one
+family per ``--noise-dirs`` folder (default: the Debian training-noise packages
+``neverball-common`` and ``frozen-bubble-data``, where installed; a 4 s stretch of a random file
+per clip), each mixed at each SNR (full band); and no noise at all.
 
 Per condition, over the clips: SI-SDR of the whole band against the clean clip, and the band
 above 8 kHz alone (both signals high-passed at 8 kHz): its SNR against the clean high band, and
@@ -53,6 +56,34 @@ NOISES = {
     "clicks": lambda rng, s: clicks(rng, s, SR),
     "tones": lambda rng, s: tones(rng, s, SR),
 }
+
+
+DEFAULT_NOISE_DIRS = ("/usr/share/games/neverball", "/usr/share/games/frozen-bubble")
+
+
+def recorded_noise(folder: str) -> list[np.ndarray] | None:
+    """Every 44.1 kHz recording under ``folder`` of at least 0.5 s, mono; None when none is there."""
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() not in (".ogg", ".wav", ".flac"):
+            continue
+        try:
+            x, sr, _ = read_audio(path)
+        except Exception:  # noqa: BLE001 - a file the reader refuses is left out
+            continue
+        x = x if x.ndim == 1 else x.mean(0)
+        if sr == SR and len(x) >= SR // 2 and np.abs(x).max() > 0:
+            found.append(x.astype(np.float32))
+    return found or None
+
+
+def stretch(recordings: list[np.ndarray], rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """``seconds`` from a random place of a random recording (looped when shorter)."""
+    x = recordings[rng.integers(len(recordings))]
+    n = int(seconds * SR)
+    x = np.tile(x, -(-n // len(x)) + 1)
+    start = int(rng.integers(len(x) - n))
+    return x[start : start + n]
 
 
 def high_part(x: np.ndarray) -> np.ndarray:
@@ -152,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise-dirs", nargs="*", default=list(DEFAULT_NOISE_DIRS))
     ap.add_argument("--speed-seconds", type=float, default=60.0)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/high-band.json")
@@ -165,13 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     clean = clips(files, args.clips, args.seconds, rng)
     model = load(resolve(args.model))
-    conditions = [("clean", None, None)] + [(f"{name} {snr:g} dB", name, snr) for name in NOISES for snr in args.snrs]
+    noises = dict(NOISES)
+    for folder in args.noise_dirs:
+        recordings = recorded_noise(folder)
+        if recordings is None:
+            print(f"note: no 44.1 kHz recordings under {folder}: left out", file=sys.stderr)
+            continue
+        noises[Path(folder).name] = lambda rng, s, r=recordings: stretch(r, rng, s)
+    conditions = [("clean", None, None)] + [(f"{name} {snr:g} dB", name, snr) for name in noises for snr in args.snrs]
     table: dict[str, dict] = {}
     started = time.time()
     for label, name, snr in conditions:
         rows = {"noisy": [], "model band only": [], "high band kept": []}
         for i, c in enumerate(clean):
-            x = c if name is None else mix(c, NOISES[name](np.random.default_rng([args.seed, i, len(label)]), args.seconds)[: len(c)], snr)
+            x = c if name is None else mix(c, noises[name](np.random.default_rng([args.seed, i, len(label)]), args.seconds)[: len(c)], snr)
             rows["noisy"].append(scores(x, c))
             rows["model band only"].append(scores(denoised(model, x, False), c))
             rows["high band kept"].append(scores(denoised(model, x, True), c))
@@ -186,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     overall = {k: {m: round(float(np.mean([t[k][m] for lbl, t in table.items() if lbl != "clean" and t[k][m] is not None])), 3)
                    for m in ("si_sdr", "high_snr", "high_kept")} for k in ("noisy", "model band only", "high band kept")}
     result = {"model": args.model, "sample_rate": SR, "clips": args.clips, "seconds": args.seconds,
-              "speech_files": len(files), "speech": args.speech, "snrs": args.snrs, "seed": args.seed,
+              "speech_files": len(files), "speech": args.speech, "noise_families": list(noises), "snrs": args.snrs, "seed": args.seed,
               "mean_over_noisy_conditions": overall, "conditions": table,
               "x_realtime_44k_one_thread": speeds, "speed_seconds": args.speed_seconds, "speed_rounds": args.speed_rounds,
               "wall_seconds": round(time.time() - started, 1)}
