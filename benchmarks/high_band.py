@@ -5,7 +5,7 @@ nothing above the model's Nyquist frequency).
 
     python benchmarks/high_band.py [--model denoiser-small] [--speech DIR ...] [--clips 24] \
         [--seconds 4] [--snrs 0 5 10 20] [--noise-dirs DIR ...] [--speed-seconds 60] [--speed-rounds 3] \
-        [--out benchmarks/results/high-band.json]
+        [--gain-power 1] [--gain-scale 1.3] [--out benchmarks/results/high-band.json]
 
 Speech: 44.1 kHz recordings with energy above 8 kHz, from the Debian packages ``klettres-data``
 and ``ktuberling-data`` (spoken letters and words, many voices and languages; training packages
@@ -21,6 +21,11 @@ above 8 kHz alone (both signals high-passed at 8 kHz): its SNR against the clean
 the share of the clean high band's energy the output keeps there (the projection of the output's
 high band on the clean one, over the clean one's energy). The high band is scored only where
 the clean clip has some (its energy above -50 dB relative to the whole clip).
+
+``--gain-power P --gain-scale S``: the "kept" column with the gain ``min(1, S * r**P)``, ``r`` the
+root of the model's output over input energy in its top band (:func:`audioae.enhance.top_band_gains`
+without its scale), to compare rules; the shipped rule is P = 1, S =
+:data:`audioae.enhance.HIGH_BAND_GAIN_SCALE` (1.3; 1 until it was chosen with this option).
 
 Speed: seconds of a ``--speed-seconds`` 44.1 kHz noise file denoised per second of wall time on one
 thread, with and without the high band, the two timed in turn in each of ``--speed-rounds`` rounds
@@ -149,13 +154,18 @@ def scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float]:
     return row
 
 
-def denoised(model, x: np.ndarray, keep: bool) -> np.ndarray:
-    saved = enhance.KEEP_HIGH_BAND
+def denoised(model, x: np.ndarray, keep: bool, power: float = 1.0, scale: float | None = None) -> np.ndarray:
+    """The module's switch and gain rule are set for the call, then restored."""
+    saved = enhance.KEEP_HIGH_BAND, enhance.top_band_gains, enhance.HIGH_BAND_GAIN_SCALE
     enhance.KEEP_HIGH_BAND = keep
+    if (power, scale) not in ((1.0, None), (1.0, saved[2])):
+        enhance.HIGH_BAND_GAIN_SCALE = 1.0  # the bare ratio, within [0, 1]
+        s = saved[2] if scale is None else scale
+        enhance.top_band_gains = lambda spec, est: (s * saved[1](spec, est) ** power).clamp(max=1.0)
     try:
         return enhance.denoise(model, x, SR)
     finally:
-        enhance.KEEP_HIGH_BAND = saved
+        enhance.KEEP_HIGH_BAND, enhance.top_band_gains, enhance.HIGH_BAND_GAIN_SCALE = saved
 
 
 def speed(model, seconds: float, rounds: int) -> dict[str, float]:
@@ -184,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snrs", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-dirs", nargs="*", default=list(DEFAULT_NOISE_DIRS))
+    ap.add_argument("--gain-power", type=float, default=1.0)
+    ap.add_argument("--gain-scale", type=float, default=enhance.HIGH_BAND_GAIN_SCALE)
     ap.add_argument("--speed-seconds", type=float, default=60.0)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/high-band.json")
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             x = c if name is None else mix(c, noises[name](np.random.default_rng([args.seed, i, len(label)]), args.seconds)[: len(c)], snr)
             rows["noisy"].append(scores(x, c))
             rows["model band only"].append(scores(denoised(model, x, False), c))
-            rows["high band kept"].append(scores(denoised(model, x, True), c))
+            rows["high band kept"].append(scores(denoised(model, x, True, args.gain_power, args.gain_scale), c))
         table[label] = {k: {m: mean(v, m) for m in ("si_sdr", "high_snr", "high_kept")} for k, v in rows.items()}
         t = table[label]
         print(f"{label:16s} SI-SDR noisy {t['noisy']['si_sdr']:6.2f}  model band {t['model band only']['si_sdr']:6.2f}  "
@@ -222,10 +234,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{t['high band kept']['high_kept']:.2f}", flush=True)
     speeds = speed(model, args.speed_seconds, args.speed_rounds) if args.speed_rounds else {}
     print(f"x real time at 44.1 kHz, one thread: {speeds}")
-    overall = {k: {m: round(float(np.mean([t[k][m] for lbl, t in table.items() if lbl != "clean" and t[k][m] is not None])), 3)
+    noisy_rows = [t for lbl, t in table.items() if lbl != "clean"]
+    overall = {k: {m: round(float(np.mean([t[k][m] for t in noisy_rows if t[k][m] is not None])), 3)
                    for m in ("si_sdr", "high_snr", "high_kept")} for k in ("noisy", "model band only", "high band kept")}
+    overall["high band kept"]["worst_high_snr"] = round(min(t["high band kept"]["high_snr"] for t in noisy_rows
+                                                            if t["high band kept"]["high_snr"] is not None), 3)
     result = {"model": args.model, "sample_rate": SR, "clips": args.clips, "seconds": args.seconds,
-              "speech_files": len(files), "speech": args.speech, "noise_families": list(noises), "snrs": args.snrs, "seed": args.seed,
+              "speech_files": len(files), "speech": args.speech, "gain_power": args.gain_power,
+              "gain_scale": args.gain_scale, "noise_families": list(noises), "snrs": args.snrs, "seed": args.seed,
               "mean_over_noisy_conditions": overall, "conditions": table,
               "x_realtime_44k_one_thread": speeds, "speed_seconds": args.speed_seconds, "speed_rounds": args.speed_rounds,
               "wall_seconds": round(time.time() - started, 1)}
