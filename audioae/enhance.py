@@ -136,11 +136,12 @@ def model_input(model: SpectralAutoencoder, wav: torch.Tensor) -> tuple[torch.Te
 # kHz), where the same noises and the same fricatives usually reach. Frames the model silenced lose
 # their high band too; speech frames keep theirs.
 HIGH_BAND_GAIN_FROM = 0.75  # the gain is read from the model's bins above this fraction of its band
-# The shipped model keeps about 84% of clean speech's 6-8 kHz (projection); the rule passes the
-# band above at 1.3 times the top band's gain (at most 1), chosen on 6 clips of 44.1 kHz training
-# speech with synthetic noise (benchmarks/high_band.py --seed 1, results/high-band-rules/): against
-# 1, the high band's mean SNR 12.8 dB instead of 9.6, full-band SI-SDR +0.04 dB, worst case (white
-# noise at 0 dB) -0.55 dB instead of -0.27.
+# At the shipped model's plain top-band gain, clean 44.1 kHz speech kept 84% of its band above 8 kHz
+# (projection): the model's mask takes some of clean speech's 6-8 kHz. The rule passes the band
+# above at 1.3 times that gain (at most 1), chosen on 6 clips of training speech with synthetic
+# noise (benchmarks/high_band.py --clips 6 --seed 1 --gain-scale S ..., model card "Above 8 kHz",
+# results/high-band-rules/): against 1, the high band's mean SNR 12.2 dB instead of 9.2,
+# full-band SI-SDR +0.04 dB, worst case (white noise at 0 dB) -0.49 dB instead of -0.23.
 HIGH_BAND_GAIN_SCALE = 1.3
 KEEP_HIGH_BAND = True  # False: the behaviour before 2026-12-07, nothing above the model's band (benchmarks)
 
@@ -170,8 +171,8 @@ def gain_at_rate(gain: torch.Tensor, start: int, first: int, n: int, model_sr: i
     """The model-rate gain ``gain [C, L]`` (its column 0 is model sample ``start``) at the file's
     samples ``first .. first + n`` -> ``[C, n]``, linearly interpolated: file sample ``i`` sits at
     model sample ``i * model_sr / sr``; past the gain's last sample it stays at its last value.
-    Not through the sinc resampler: that one pads with zeros, and a gain of 1 came out 0.5 at the
-    file's first and last samples and rang 13% above 1 next to them.
+    Not through the sinc resampler: that one pads with zeros, and a gain of 1 came out 13% above 1
+    next to the file's first sample and fell to 0.3 at its last.
 
     Worked in blocks of the rates' ratio (``bo`` file samples span ``bi`` model samples, ``g =
     gcd``), whose left neighbours and weights are the same in every block; ``gain`` must start at
@@ -181,9 +182,12 @@ def gain_at_rate(gain: torch.Tensor, start: int, first: int, n: int, model_sr: i
     g = math.gcd(model_sr, sr)
     bi, bo = model_sr // g, sr // g
     b0, b1 = first // bo, -(-(first + n) // bo)  # the blocks holding the samples asked for
-    j = torch.arange(bo)
+    j = torch.arange(bo)  # [bo]
     left, weight = j * bi // bo, ((j * bi) % bo).float() / bo  # [bo] each: neighbour within a block, its share
     lo, need = b0 * bi - start, (b1 - b0) * bi + 1
+    if lo < 0 or lo >= gain.shape[-1]:
+        raise ValueError(f"gain_at_rate: file samples from {first} need the gain from model sample {b0 * bi}, "
+                         f"and it holds {start}..{start + gain.shape[-1] - 1}")
     seg = gain[:, lo : lo + need]  # [C, <= need]
     if seg.shape[-1] < need:  # past the end: the last value
         seg = F.pad(seg[:, None], (0, need - seg.shape[-1]), mode="replicate")[:, 0]
@@ -333,11 +337,11 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``."""
     msr = model.config.sample_rate
     dev = _device_of(model)
-    zs, specs, feats = [], [], []
+    zs, specs, feats = [], [], []  # zs: the model-rate input [C, T'] on the CPU where a high band needs it
     for x, _, sr, _ in checked:
-        z = resample(x, sr, msr, target="the model's ").to(dev)  # [C, T']
-        spec, feat = model_input(model, z)  # [C, F, N_i], [C, F', N_i]
-        zs.append(z)
+        z = resample(x, sr, msr, target="the model's ")  # [C, T']
+        spec, feat = model_input(model, z.to(dev))  # [C, F, N_i], [C, F', N_i]
+        zs.append(z if has_high_band(sr, model) else z.shape[-1])
         specs.append(spec)
         feats.append(feat)
     n_max = max(s.shape[-1] for s in specs)
@@ -345,13 +349,13 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     out, _ = model(feats)  # [R, F, N]
     results, row = [], 0
     for (x, squeeze, sr, strength), z, spec in zip(checked, zs, specs, strict=True):
-        c, n, length = spec.shape[0], spec.shape[-1], z.shape[-1]
+        c, n, length = spec.shape[0], spec.shape[-1], (z if isinstance(z, int) else z.shape[-1])
         est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
         row += c
         if has_high_band(sr, model):  # one inverse for output and gain, one resampling for output and input
             gains = gain_frames(top_band_gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
             y_gain = model.stft.inverse(torch.cat([est, gains]), length).float().cpu()  # [2C, T'] at the model's rate
-            up = fit_length(resample(torch.cat([y_gain[:c], z.cpu()]), msr, sr), x.shape[-1])  # [2C, T]
+            up = fit_length(resample(torch.cat([y_gain[:c], z]), msr, sr), x.shape[-1])  # [2C, T]
             gain = gain_at_rate(y_gain[c:], 0, 0, x.shape[-1], msr, sr)  # [C, T]
             y = with_high_band(x, up[:c], up[c:], gain)  # [C, T]
         else:
@@ -530,8 +534,8 @@ class StreamingDenoiser:
         y_model = y_model.float().cpu()
         if self.high_band:
             c, k = self.channels, y_model.shape[-1]
-            seen, self.seen = self.seen[:, :k], self.seen[:, k:]  # the input samples of this output
-            self.gain = torch.cat([self.gain, y_model[c:]], dim=-1)
+            seen, self.seen = self.seen[:, :k], self.seen[:, k:]  # [C, k] the input samples of this output, [C, rest]
+            self.gain = torch.cat([self.gain, y_model[c:]], dim=-1)  # [C, L + k]
             y_model = torch.cat([y_model[:c], seen])  # [2C, k]
         y = self.up.push(y_model)
         if final:
@@ -561,7 +565,7 @@ class StreamingDenoiser:
     def _remember(self, z: torch.Tensor) -> None:
         """Keep the model-rate input ``z [C, n']`` until its output comes (for the high band)."""
         if self.high_band:
-            self.seen = torch.cat([self.seen, z], dim=-1)
+            self.seen = torch.cat([self.seen, z], dim=-1)  # [C, S + n']
 
     @property
     def piece(self) -> int:

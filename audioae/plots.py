@@ -326,7 +326,7 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
     if has_high_band(sr, model):
         def above(w: torch.Tensor) -> float:  # energy of what resampling to the model's rate drops
             return float((w - resample(resample(w, sr, msr), msr, sr)[..., : w.shape[-1]]).double().square().sum())
-        y = torch.from_numpy(denoise(model, mono[0].numpy(), sr))[None]  # [1, T] as the user gets it
+        y = torch.from_numpy(denoise(model, mono[0].numpy(), sr))[None]  # [1, T]: the mono mix, denoised
         view["above"] = {"from_hz": msr / 2, "to_hz": sr / 2, "energy_in": above(mono), "energy_out": above(y)}
     return view
 

@@ -220,8 +220,8 @@ class StreamingSTFT:
         """After ``finish`` and the last ``add_frames``: the remaining output samples."""
         if not self._finished:
             raise RuntimeError("drain before finish")
-        if self._ola is None:  # no frame was ever added
-            return self._zeros(0)
+        if self._ola is None:  # no frame was ever added: the tail is silence, as it always was
+            self._ola = self._zeros(self.n_fft - self.hop)
         n = min(max(0, self._length - self._emitted), self._ola.shape[-1])
         y = self._ola[..., :n] / self._env[:n].clamp_min(1e-11)
         self._ola, self._env = self._ola[..., n:], self._env[n:]

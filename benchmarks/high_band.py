@@ -14,7 +14,8 @@ Noise: the synthetic families of :mod:`audioae.data.synthetic` drawn at 44.1 kHz
 and brown noise, mains hum, clicks, tones), and recorded game sounds and music at 44.1 kHz, one
 family per ``--noise-dirs`` folder (default: the Debian training-noise packages
 ``neverball-common`` and ``frozen-bubble-data``, where installed; a 4 s stretch of a random file
-per clip), each mixed at each SNR (full band); and no noise at all.
+per clip), each mixed at each SNR (full band; one draw of the family's noise per clip, scaled to
+each SNR); and no noise at all.
 
 Per condition, over the clips: SI-SDR of the whole band against the clean clip, and the band
 above 8 kHz alone (both signals high-passed at 8 kHz): its SNR against the clean high band, and
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, name, snr in conditions:
         rows = {"noisy": [], "model band only": [], "high band kept": []}
         for i, c in enumerate(clean):
-            x = c if name is None else mix(c, noises[name](np.random.default_rng([args.seed, i, len(label)]), args.seconds)[: len(c)], snr)
+            # the same noise draw for a clip at every SNR of a family, another for each family
+            rng = np.random.default_rng([args.seed, i, list(noises).index(name)]) if name else None
+            x = c if name is None else mix(c, noises[name](rng, args.seconds)[: len(c)], snr)
             rows["noisy"].append(scores(x, c))
             rows["model band only"].append(scores(denoised(model, x, False), c))
             rows["high band kept"].append(scores(denoised(model, x, True, args.gain_power, args.gain_scale), c))

@@ -392,12 +392,12 @@ def _above(x: np.ndarray, sr: int, hz: float) -> float:
     return float(spec[..., np.fft.rfftfreq(x.shape[-1], 1 / sr) > hz].sum())
 
 
-def _with_estimate(model, estimate):
-    """``model`` whose estimate of each frame is ``estimate(noisy frames)``: what a model that keeps
-    everything (or removes everything) would give, to test what happens around the network."""
-    def estimate_spec(spec, out):
-        return estimate(spec[..., spec.shape[-1] - out.shape[-1] :])
-    model.estimate_spec = estimate_spec
+def _fixed_mask(model, logit: float):
+    """``model`` with its mask fixed at ``sigmoid(logit)`` for every bin and frame (its output layer's
+    weights zeroed, its bias set): +40 keeps everything, -40 removes everything."""
+    with torch.no_grad():
+        model.to_out.weight.zero_()
+        model.to_out.bias.fill_(logit)
     return model
 
 
@@ -438,7 +438,7 @@ def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr):
     shipped model) was lost on the way down and up: a clean 44.1 kHz recording came back band-limited."""
     from audioae import enhance
 
-    model = _with_estimate(_causal_8k(), lambda spec: spec)
+    model = _fixed_mask(_causal_8k(), 40.0)
     t = np.arange(sr // 2) / sr
     x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 5000 * t),
                   0.2 * np.random.default_rng(0).standard_normal(len(t))]).astype(np.float32)  # [C, T]
@@ -457,30 +457,33 @@ def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr):
     np.testing.assert_allclose(_above(y, sr, 4400), _above(x, sr, 4400), rtol=1e-3)
 
 
-def test_frames_the_model_silences_lose_their_high_band_and_kept_frames_keep_it():
-    """The high band follows the model's top-band gain frame by frame: a model that keeps the
-    first half second and silences the second gives back the input's high band in the first
-    half and nothing in the second (past the gain's fade of one window)."""
-    sr, model = 48000, _causal_8k()
-    cut = 8000 // 2 // 32  # the frame at 0.5 s (model rate 8 kHz, hop 32)
-
-    def first_half(spec):  # frames are absolute in offline use; streamed, the test feeds one piece
-        keep = (torch.arange(spec.shape[-1]) < cut).to(spec.real.dtype)
-        return spec * keep
-    _with_estimate(model, first_half)
-    x = 0.1 * np.random.default_rng(1).standard_normal(sr).astype(np.float32)  # [T]: 1 s, full band
+@pytest.mark.parametrize("sr", [11025, 48000])
+def test_a_model_that_removes_everything_leaves_no_high_band_either(sr):
+    """The band above the model's follows the model's top-band gain: all-stop there, all-stop above
+    (frame by frame in between: test_gain_frames_turn_into_the_gains_as_a_smooth_signal_on_every_sample)."""
+    model = _fixed_mask(_causal_8k(), -40.0)
+    x = 0.1 * np.random.default_rng(1).standard_normal((2, sr // 2)).astype(np.float32)  # [C, T]: full band
     y = denoise(model, x, sr)
-    fade = 128 * sr // 8000  # one window at the file's rate
-    head, tail = slice(0, sr // 2 - fade), slice(sr // 2 + fade, sr)
-    np.testing.assert_allclose(_above(y[head], sr, 4200), _above(x[head], sr, 4200), rtol=0.02)
-    assert _above(y[tail], sr, 4200) < 1e-6 * _above(x[tail], sr, 4200)
+    assert np.abs(y).max() < 1e-6
+    streamed = StreamingDenoiser(model, sr, 2)
+    parts = [streamed.push(x[:, i : i + 441]) for i in range(0, x.shape[-1], 441)]
+    np.testing.assert_allclose(torch.cat([*parts, streamed.finish()], -1).numpy(), y, atol=1e-6)
 
 
 def test_inputs_at_or_below_the_models_rate_have_no_band_above_it_and_take_the_plain_path():
+    from audioae import enhance
     from audioae.enhance import has_high_band
 
     model = _causal_8k()
     assert not has_high_band(8000, model) and not has_high_band(4000, model) and has_high_band(8001, model)
+    x = 0.1 * np.random.default_rng(2).standard_normal((1, 4000)).astype(np.float32)  # [C, T]
+    for sr in (4000, 8000):
+        y = denoise(model, x, sr)
+        enhance.KEEP_HIGH_BAND = False
+        try:
+            np.testing.assert_array_equal(y, denoise(model, x, sr))  # the same path, to the bit
+        finally:
+            enhance.KEEP_HIGH_BAND = True
 
 
 @pytest.mark.parametrize(("model_sr", "sr"), [(16000, 44100), (16000, 48000), (8000, 11025), (16000, 22050)])
@@ -502,3 +505,14 @@ def test_the_gain_is_interpolated_at_the_file_rate_alike_whole_and_in_pieces(mod
         parts.append(gain_at_rate(gain[:, start:], start, first, size, model_sr, sr))
         first += size
     np.testing.assert_array_equal(torch.cat(parts, -1).numpy(), whole.numpy())
+
+
+def test_the_gain_interpolation_refuses_to_read_before_what_it_holds():
+    from audioae.enhance import gain_at_rate
+
+    gain = torch.arange(3000.0)[None, 1000:]  # [1, 2000]: model samples 1000..2999
+    # Blocks of 441 file samples span 160 model samples: file sample 3087 (block 7) sits at 1120.
+    np.testing.assert_allclose(gain_at_rate(gain, 1000, 3087, 2, 16000, 44100).numpy(),
+                               [[1120.0, 1120 + 160 / 441]], rtol=1e-6)
+    with pytest.raises(ValueError, match="need the gain from model sample 800, and it holds 1000..2999"):
+        gain_at_rate(gain, 1000, 2205, 3, 16000, 44100)  # block 5 starts at model sample 800: not held

@@ -44,3 +44,20 @@ def test_compression_inverts(kind):
 def test_bad_stft_parameters_are_rejected():
     with pytest.raises(ValueError, match="even n_fft"):
         STFT(511, 128)
+
+
+def test_streaming_stft_takes_synthesis_rows_of_their_own_and_drains_silence_when_given_none():
+    """The denoiser overlap-adds more rows than it analyses (its output and its gains); a stream
+    given no frames at all still drains its input's length of silence."""
+    stft, x = STFT(256, 64), torch.randn(2, 3001)
+    s = StreamingSTFT(256, 64, (2,))
+    frames = torch.cat([s.push(x), s.finish()], -1)  # [2, F, N]
+    doubled = torch.cat([frames, 2 * frames])  # [4, F, N]
+    y = torch.cat([s.add_frames(doubled), s.drain()], -1)  # [4, T]
+    expected = stft.inverse(stft(x), 3001)  # [2, T]
+    torch.testing.assert_close(y, torch.cat([expected, 2 * expected]), atol=1e-5, rtol=1e-5)
+    idle = StreamingSTFT(256, 64, (2,))
+    idle.push(torch.randn(2, 10))
+    idle.finish()
+    tail = idle.drain()
+    assert tail.shape == (2, 10) and not tail.any()
