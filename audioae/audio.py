@@ -520,6 +520,15 @@ def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, targe
     return AF.resample(x, orig_sr, new_sr)
 
 
+def band_above(wav: torch.Tensor | np.ndarray, sr: int, band_sr: int) -> torch.Tensor:
+    """The part of ``wav`` (last axis at ``sr``) that resampling to ``band_sr`` drops: the input
+    minus its round trip through ``band_sr``, same length (what a model at ``band_sr`` never sees)."""
+    import torch
+
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    return x - fit_length(resample(resample(x, sr, band_sr), band_sr, sr), x.shape[-1])
+
+
 def fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
     """Crop or zero-pad the last axis to ``length`` samples (resampling can be off by one)."""
     n = x.shape[-1]

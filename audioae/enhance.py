@@ -337,22 +337,23 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``."""
     msr = model.config.sample_rate
     dev = _device_of(model)
-    zs, specs, feats = [], [], []  # zs: the model-rate input [C, T'] on the CPU where a high band needs it
+    lengths, seen, specs, feats = [], [], [], []  # seen: the model-rate input where a high band needs it
     for x, _, sr, _ in checked:
-        z = resample(x, sr, msr, target="the model's ")  # [C, T']
+        z = resample(x, sr, msr, target="the model's ")  # [C, T'] on the CPU
         spec, feat = model_input(model, z.to(dev))  # [C, F, N_i], [C, F', N_i]
-        zs.append(z if has_high_band(sr, model) else z.shape[-1])
+        lengths.append(z.shape[-1])
+        seen.append(z if has_high_band(sr, model) else None)
         specs.append(spec)
         feats.append(feat)
     n_max = max(s.shape[-1] for s in specs)
     feats = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
     out, _ = model(feats)  # [R, F, N]
     results, row = [], 0
-    for (x, squeeze, sr, strength), z, spec in zip(checked, zs, specs, strict=True):
-        c, n, length = spec.shape[0], spec.shape[-1], (z if isinstance(z, int) else z.shape[-1])
+    for (x, squeeze, sr, strength), length, z, spec in zip(checked, lengths, seen, specs, strict=True):
+        c, n = spec.shape[0], spec.shape[-1]
         est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
         row += c
-        if has_high_band(sr, model):  # one inverse for output and gain, one resampling for output and input
+        if z is not None:  # a high band: one inverse for output and gain, one resampling for output and input
             gains = gain_frames(top_band_gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
             y_gain = model.stft.inverse(torch.cat([est, gains]), length).float().cpu()  # [2C, T'] at the model's rate
             up = fit_length(resample(torch.cat([y_gain[:c], z]), msr, sr), x.shape[-1])  # [2C, T]

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from audioae import enhance
-from audioae.audio import read_audio, resample
+from audioae.audio import band_above, read_audio
 from audioae.data.synthetic import clicks, colored_noise, hum, tones
 from audioae.fileio import atomic_write_json
 from audioae.metrics import si_sdr
@@ -94,9 +94,7 @@ def stretch(recordings: list[np.ndarray], rng: np.random.Generator, seconds: flo
 
 def high_part(x: np.ndarray) -> np.ndarray:
     """``x [T]`` high-passed at ``SPLIT_HZ`` (x minus its lowpassed copy, a 44.1 kHz sinc round trip)."""
-    t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    low = resample(resample(t, SR, 16000), 16000, SR)[: len(x)]
-    return (t - torch.nn.functional.pad(low, (0, len(x) - len(low)))).numpy()
+    return band_above(np.ascontiguousarray(x, np.float32), SR, 16000).numpy()
 
 
 def speech_files(folders: list[str], min_high_db: float = -30.0) -> list[Path]:
