@@ -78,16 +78,23 @@ def _discover(folder: Path, out_dir: Path, recordings: set[Path]) -> list[tuple[
             return True
         return False
 
-    return [(found_at(path), rel) for path, rel in walk_audio(folder, prune)]
+    resolved: dict[Path, Path] = {}  # each folder resolved once, not once per file in it
+    return [(found_at(path, resolved), rel) for path, rel in walk_audio(folder, prune)]
 
 
-def found_at(path: Path) -> Path:
+def found_at(path: Path, resolved: dict[Path, Path] | None = None) -> Path:
     """An input's identity in the job (its manifest line, its in-flight marker): its real folder
     and its own name. A link to a file stays itself: resolved, a recording linked in beside
     itself or reached again through a linked folder was one input with two outputs, and the
     manifest, one line per input, recorded only one of them. For any other file this is its
-    real path, as before; a broken link is named as the link it is."""
-    return path.absolute().parent.resolve() / path.name
+    real path, as before; a broken link is named as the link it is. ``resolved``: folders already
+    resolved (a folder walk's files share a few)."""
+    parent = path.absolute().parent
+    if resolved is None:
+        return parent.resolve() / path.name
+    if parent not in resolved:
+        resolved[parent] = parent.resolve()
+    return resolved[parent] / path.name
 
 
 def _real(path: Path) -> Path:
