@@ -23,7 +23,7 @@ from .sparsity import PENALTIES, keep_topk, sparsity_penalty
 # allocates by them: with n_fft 65536 and hop 1 (under 1 MB of weights), each 4 s of 16 kHz audio
 # would be 17 GB of STFT frames; a model at 10**8 Hz took `audioae denoise` of a 1 s clip past 4.5 GB.
 MAX_N_FFT = 65536  # 4 s at 16 kHz: no frame-by-frame model needs a longer window
-MAX_OVERLAP = 16  # n_fft / hop_length: frames hold this many times the audio's samples (shipped: 4)
+MAX_OVERLAP = 16  # n_fft / hop_length: frames hold this many times the audio's samples (shipped: at most 4)
 
 
 @dataclass(frozen=True)
