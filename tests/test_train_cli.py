@@ -297,11 +297,25 @@ def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert load_checkpoint(out / "last.safetensors").num_parameters() > 0
 
 
+def _signal_once_logged(cmd: list[str], log, records: int, sig) -> tuple[int, str]:
+    """Run ``cmd`` (one torch thread), send it ``sig`` once ``log`` holds ``records`` lines, and
+    return its exit status and stderr; fails if it ends first or takes over two minutes."""
+    import time
+
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not log.is_file() or len(log.read_text().splitlines()) < records:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[1]
+    return proc.returncode, err
+
+
 def test_ctrl_c_or_sigterm_saves_whole_steps_and_the_same_command_resumes(tmp_path):
     """Training stops at a step boundary on SIGINT/SIGTERM and saves its resume point there,
     instead of losing everything since the last periodic checkpoint (here: never)."""
     import signal
-    import time
 
     from audioae.checkpoint import checkpoint_extra
 
@@ -313,15 +327,9 @@ def test_ctrl_c_or_sigterm_saves_whole_steps_and_the_same_command_resumes(tmp_pa
     # the second run mixes in a forked worker process, which inherits the handlers
     for sig, extra in ((signal.SIGINT, []), (signal.SIGTERM, ["--set", "train.loader_threads=1",
                                                               "--set", "train.loader_processes=true"])):
-        proc = subprocess.Popen([*cmd, *extra], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not (out / "log.jsonl").is_file() or len((out / "log.jsonl").read_text().splitlines()) < len(steps):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.2)  # until this run has logged a step (one record every 50)
-        proc.send_signal(sig)
-        err = proc.communicate(timeout=120)[1]
-        assert proc.returncode == 128 + sig, err[-2000:]
+        # until this run has logged a step (one record every 50)
+        returncode, err = _signal_once_logged([*cmd, *extra], out / "log.jsonl", len(steps), sig)
+        assert returncode == 128 + sig, err[-2000:]
         said = re.search(rf"interrupted: {sig.name} at step (\d+); .*last.safetensors holds it", err)
         assert said, err[-2000:]
         steps.append(int(said.group(1)))
@@ -532,20 +540,12 @@ def test_a_run_killed_before_its_first_resume_point_starts_over_cleanly(tmp_path
     log.jsonl, and the same command started over beside them: log.jsonl held every step twice,
     and the killed attempt's best.safetensors stood until the new run's first validation."""
     import signal
-    import time
 
     out = tmp_path / "run"
     common = [CONFIG, "--out", str(out), "--set", "train.progress=false", "--set", "train.threads=1",
               "--set", "train.val_every=2", "--set", "model.config.hidden=16"]
-    proc = subprocess.Popen([sys.executable, "-m", "audioae.cli", "train", *common, "--steps", "100000",
-                             "--set", "train.checkpoint_seconds=100000"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "log.jsonl").is_file() or len((out / "log.jsonl").read_text().splitlines()) < 2:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    _signal_once_logged([sys.executable, "-m", "audioae.cli", "train", *common, "--steps", "100000",
+                         "--set", "train.checkpoint_seconds=100000"], out / "log.jsonl", 2, signal.SIGKILL)
     assert (out / "best.safetensors").is_file() and not (out / "last.safetensors").exists()
     assert main(["train", *common, "--steps", "2"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
@@ -618,21 +618,14 @@ def test_a_resume_drops_the_log_records_of_steps_lost_with_a_killed_run(tmp_path
     """Was: a run SIGKILLed between its resume point and the next kept the records of the steps
     after it in log.jsonl, and the resumed run logged those steps again: each one twice."""
     import signal
-    import time
 
     out = tmp_path / "run"
     common = [CONFIG, "--out", str(out), "--set", "train.progress=false", "--set", "train.threads=1",
               "--set", "train.val_every=2", "--set", "model.config.hidden=16"]
     assert main(["train", *common, "--steps", "2"]) == 0  # the resume point: step 2
-    proc = subprocess.Popen([sys.executable, "-m", "audioae.cli", "train", *common, "--steps", "100000",
-                             "--set", "train.checkpoint_seconds=100000"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len((out / "log.jsonl").read_text().splitlines()) < 4:  # steps 2 (the first run), 4, 6, 8
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    _signal_once_logged([sys.executable, "-m", "audioae.cli", "train", *common, "--steps", "100000",
+                         "--set", "train.checkpoint_seconds=100000"],
+                        out / "log.jsonl", 4, signal.SIGKILL)  # steps 2 (the first run), 4, 6, 8
     assert main(["train", *common, "--steps", "4"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4], steps
