@@ -24,7 +24,7 @@ def building_on_meta() -> bool:
     to learn its shapes before anything is allocated. Initialisation that computes from data is
     then skipped: on meta it computes nothing, and the first op torch runs there in Python
     imports torch._dynamo (1-2 s, in every process that loads a checkpoint)."""
-    return torch.empty(0).device.type == "meta"
+    return torch.get_default_device().type == "meta"
 
 
 def _hann(n: int, **kw) -> torch.Tensor:
