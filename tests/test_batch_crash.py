@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -309,3 +310,43 @@ def test_a_marker_read_on_another_machine_still_names_its_suspect(tmp_path):
     (out / ".a.wav.part").write_bytes(b"this run's output")
     os.replace(out / ".a.wav.part", out / "a.wav")
     assert journal.why("/in/a.wav") is None and [src for src, _, _ in journal.finished()] == ["/in/a.wav"]
+
+
+def test_the_markers_of_a_copied_output_folder_name_the_copys_files_and_still_know_a_suspect(tmp_path):
+    """Markers stored absolute output paths and told a finished output by its inode alone: in a
+    copy of the folder (``cp -a``, ``rsync -a``: new inodes, same sizes and times) an interrupted
+    ``--overwrite``'s earlier output read as finished, recorded as made by the new settings."""
+    from audioae.batch.manifest import MadeWith
+
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    out.mkdir()
+    made = MadeWith("m.safetensors", "ab" * 32, 0.5)
+    (out / "a.wav").write_bytes(b"an earlier run's output")
+    Journal(out / JOURNAL_NAME, made).started("/in/a.wav", output=str(out / "a.wav"))
+    shutil.copytree(out, copy)  # copy2: times kept, inodes new
+    assert os.stat(copy / "a.wav").st_ino != os.stat(out / "a.wav").st_ino
+    journal = Journal(copy / JOURNAL_NAME, made)
+    assert journal.why("/in/a.wav") == DIED and list(journal.finished()) == []
+    (copy / ".a.wav.part").write_bytes(b"this run's output")
+    os.replace(copy / ".a.wav.part", copy / "a.wav")
+    assert journal.why("/in/a.wav") is None
+    assert list(journal.finished()) == [("/in/a.wav", str(copy / "a.wav"), made)]  # the copy's file, not out's
+    assert Journal(out / JOURNAL_NAME, made).why("/in/a.wav") == DIED  # the original is untouched
+
+
+def test_a_marker_written_before_sizes_and_times_were_kept_is_read_by_its_inode(tmp_path):
+    from audioae.batch.manifest import MadeWith
+
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = Journal(out / JOURNAL_NAME, MadeWith("m.safetensors", "ab" * 32, 0.5))
+    (out / "a.wav").write_bytes(b"an earlier run's output")
+    journal.started("/in/a.wav", output=str(out / "a.wav"))
+    marker = next((out / JOURNAL_NAME).glob("*.json"))
+    rec = json.loads(marker.read_text())
+    rec.update(output=str(out / "a.wav"), replaces=rec["replaces"][:2])  # as written until 2026-12-07
+    marker.write_text(json.dumps(rec))
+    assert journal.why("/in/a.wav") == DIED
+    (out / ".a.wav.part").write_bytes(b"this run's output")
+    os.replace(out / ".a.wav.part", out / "a.wav")
+    assert [dst for _, dst, _ in journal.finished()] == [str(out / "a.wav")]

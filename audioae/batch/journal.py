@@ -13,10 +13,11 @@ safe from many processes and, for the Ray engine, from many machines on shared s
 appends to one file are not.
 
 A marker also says what the file's output is being made with (the job's model, its sha256 and
-the strength) and which file held the output's name when it started (device and inode, or none).
-An output renamed into place has the inode of its ``.part`` file, so a marker whose output now
-has another inode names a *finished* file: not a suspect, but one whose manifest line may be
-missing, when the job died between the rename and the line. So a marker of a finished file
+the strength) and which file held the output's name when it started (its inode, size and
+modification time, or none; the output's path is kept relative to the output folder).
+An output renamed into place is its ``.part`` file, so a marker whose output is now another file
+names a *finished* file: not a suspect, but one whose manifest line may be missing, when the job
+died between the rename and the line. So a marker of a finished file
 stays until the job has written that line (:meth:`Journal.ended` after it), and a rerun
 records, from the markers it finds, what made each such output (:meth:`Journal.finished`)
 instead of calling it "skipped" with no settings.
@@ -44,14 +45,25 @@ DIED = "died"  # a process died while on the file
 CRASHED = "crashed"  # and so did the process it was then isolated in
 
 
-def _identity(path: str) -> list[int] | None:
-    """The file at ``path`` as ``[st_dev, st_ino]`` (a list: it round-trips through JSON; compared by
-    its inode, :meth:`Journal._finished`), or None."""
+def _identity(path: str | os.PathLike) -> list[int] | None:
+    """The file at ``path`` as ``[st_dev, st_ino, st_size, st_mtime_ns]`` (a list: it round-trips
+    through JSON; compared by :func:`_same_file`), or None."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_dev, st.st_ino]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _same_file(then: list, now: list[int]) -> bool:
+    """Whether ``now`` is still the file a marker recorded as ``then``. The inode, not the device: a
+    network mount's device number differs between the machines (a Ray actor, the driver) and the
+    mounts (a reboot) reading a marker. Or the same size and modification time under another
+    inode: a copy of the output folder (``cp -a``, ``rsync -a``) gives every file a new inode,
+    and read by inode alone an interrupted ``--overwrite``'s earlier outputs passed for finished
+    ones, recorded as made by the new settings. A marker from before 2026-12-07 holds
+    ``[st_dev, st_ino]``: the inode alone."""
+    return then[1:2] == now[1:2] or (len(then) == 4 and then[2:] == now[2:])
 
 
 class Journal:
@@ -67,6 +79,20 @@ class Journal:
     def _marker(self, input_path: str) -> Path:
         return self.folder / (hashlib.sha1(os.fsencode(input_path)).hexdigest() + ".json")
 
+    def _relative(self, output: str) -> str:
+        """``output`` as a marker stores it: relative to the output folder (the journal's parent)
+        when within it, so that the markers of a moved or copied output folder name its own
+        files, not the ones they were written beside."""
+        try:
+            rel = os.path.relpath(output, self.folder.parent)
+        except ValueError:  # another drive (Windows)
+            return output
+        return output if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+    def _output(self, rec: dict) -> Path:
+        """A marker's output path as this journal reads it (absolute in markers before 2026-12-07)."""
+        return self.folder.parent / rec["output"]
+
     def started(self, input_path: str, pid: int | None = None, output: str | None = None) -> None:
         """``pid``: the process on the file, when it is not this one (an isolated child).
         ``output``: where the file is being denoised to (None when nothing is written, e.g. a
@@ -74,7 +100,7 @@ class Journal:
         job: the file's own output then fails, and says why."""
         rec: dict = {"input": input_path, "pid": pid or os.getpid()}
         if output is not None and self.made is not None:
-            rec.update(output=output, replaces=_identity(output), **asdict(self.made))
+            rec.update(output=self._relative(output), replaces=_identity(output), **asdict(self.made))
         marker = self._marker(input_path)
         try:
             self.folder.mkdir(exist_ok=True)
@@ -132,7 +158,7 @@ class Journal:
             rec = self._load(marker)
             made = self._finished(rec)
             if made is not None:
-                yield rec["input"], rec["output"], made
+                yield rec["input"], str(self._output(rec)), made
 
     @staticmethod
     def _load(marker: Path) -> dict | None:
@@ -142,16 +168,13 @@ class Journal:
             return None
         return rec if isinstance(rec, dict) else None
 
-    @staticmethod
-    def _finished(rec: dict | None) -> MadeWith | None:
+    def _finished(self, rec: dict | None) -> MadeWith | None:
         """What made the marker's output, when that output was renamed into place after the
-        marker was written (it has another identity than the file its name held then)."""
+        marker was written (it is not the file its name held then)."""
         if rec is None or not isinstance(rec.get("output"), str) or not rec.get("sha256"):
             return None
-        now, then = _identity(rec["output"]), rec.get("replaces")
-        # The inode alone (the path fixes the file system): a network mount's device number differs
-        # between the machines (a Ray actor, the driver) and the mounts (a reboot) reading a marker.
-        if now is None or (isinstance(then, list) and then[-1:] == now[-1:]):
+        now, then = _identity(self._output(rec)), rec.get("replaces")
+        if now is None or (isinstance(then, list) and _same_file(then, now)):
             return None
         try:
             return MadeWith(str(rec.get("model", "")), str(rec["sha256"]), float(rec["strength"]))
