@@ -154,6 +154,17 @@ def _answer_size(fn: Callable, x: torch.Tensor) -> tuple[float, int]:
     return per_unit * x.shape[0] * frames, int(x.shape[0] * frames)
 
 
+def _field_bytes(n: int) -> int:
+    """Bytes a length-delimited protobuf field numbered below 16 takes on the wire with ``n`` bytes
+    of payload: its key, its length as a varint, the payload."""
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
+def _mb(size: float) -> str:
+    mb = size / 2**20
+    return f"{mb:,.0f}" if mb >= 10 else f"{mb:.1f}"
+
+
 def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why a call that is no longer active ended: its deadline, or the caller cancelled it.
     (gRPC core's clock and Python's differ by a little: a call within 0.25 s of its deadline
@@ -210,6 +221,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"this server accepts at most {limit * DECODE_BUDGET_CHANNELS:,.0f} per request ({limit:g} s of "
                 f"stereo, from --max-audio-seconds): send fewer channels or shorter audio",
             )
+
+    def _too_large(self, answer: str, size: float, of: str, remedy: str, name_flag: bool = True) -> Abort:
+        """The refusal of an answer over this server's send limit, which gRPC would refuse itself
+        after the call counted OK: "``answer`` N MB of ``of``, over this server's L MB answer limit
+        (where L comes from): ``remedy``". ``name_flag=False`` leaves out where L comes from."""
+        limit = self.config.max_send_bytes
+        source = "4 x --max-request-mb" if limit == 4 * self.config.max_message_bytes else "gRPC's 2 GB maximum"
+        note = f" ({source})" if name_flag else ""
+        return Abort(EXHAUSTED, f"{answer} {_mb(size)} MB of {of}, over this server's {limit / 2**20:g} MB "
+                                f"answer limit{note}: {remedy}")
 
     @property
     def max_decoded_samples(self) -> int:
@@ -283,21 +304,28 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         y, info = self._wait(job, context)
         self.metrics.audio_seconds.labels("Denoise").inc(seconds)
         resp = pb.DenoiseResponse(
-            audio=audio_message(y, form, encode=self.codecs.encode),
             model=sm.name,
             queue_ms=info.queue_ms,
             compute_ms=info.compute_ms,
             batch_size=info.batch_size,
         )
-        # A file that compresses far better than its denoised audio (FLAC of a square wave: 10x)
-        # can have an answer over the limit; gRPC's own refusal was counted OK here.
-        size = resp.ByteSize()  # upb serialises the whole answer to count it: once, not again for the message
-        if size > self.config.max_send_bytes:
-            what = f"{form.format} {form.subtype}" if form.kind == "encoded" else "PCM"
-            raise Abort(EXHAUSTED, f"the answer would be {size / 2**20:.1f} MB of {what}, over "
-                                   f"this server's {self.config.max_send_bytes / 2**20:g} MB "
-                                   f"answer limit (4 x --max-request-mb): the upload compressed far better than "
-                                   f"its denoised audio does; send shorter audio")
+        others = resp.ByteSize()  # every field but the audio: a few bytes to count
+
+        def encode(wav: np.ndarray, sr: int, **kwargs) -> bytes:
+            # A file that compresses far better than its denoised audio (FLAC of a square wave: 10x)
+            # can have an answer over the limit; gRPC's own refusal was counted OK here. The size
+            # from the bytes in hand: resp.ByteSize() serialised the whole answer to count it.
+            data = self.codecs.encode(wav, sr, **kwargs)
+            size = others + _field_bytes(_field_bytes(len(data)))  # + audio {encoded: data}, exactly
+            if size > self.config.max_send_bytes:
+                raise self._too_large("the answer would be", size, f"{form.format} {form.subtype}",
+                                      "the upload compressed far better than its denoised audio does; "
+                                      "send shorter audio")
+            return data
+
+        # A PCM answer is not checked: its samples take as many bytes as the question's, which came
+        # within --max-request-mb, a quarter of the answer limit (for --max-request-mb below 512).
+        resp.audio.CopyFrom(audio_message(y, form, encode=encode))
         return resp
 
     # ---- StreamDenoise ---------------------------------------------------------------------------
@@ -514,12 +542,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             )
         if request.return_components:
             size = 4 * (np.asarray(d.components).size + np.asarray(d.residual).size)
-            if size > self.config.max_send_bytes * 0.95:
-                raise Abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{len(d.labels)} component waveforms would be {size / 2**20:.0f} MB, over the "
-                    f"{self.config.max_send_bytes / 2**20:.0f} MB answer limit: ask for a smaller top_k",
-                )
+            if size > self.config.max_send_bytes * 0.95:  # 5% left for the rest of the answer
+                raise self._too_large(f"{len(d.labels)} component waveforms and the residual would be", size,
+                                      "float32", "ask for a smaller top_k, or send shorter audio")
             # Float32 PCM whatever the input's format: components + residual == input exactly.
             for comp, wave in zip(resp.components, d.components, strict=True):
                 comp.audio.pcm.CopyFrom(pcm_message(wave, sr, pb.FLOAT32))
@@ -563,9 +588,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             limit = 0.95 * self.config.max_send_bytes
             if size > limit:
                 per = "frames (batch x frames)" if x.dim() == 3 else "items"
-                raise Abort(EXHAUSTED, f"{doing} would answer {size / 2**20:,.0f} MB of float32, over this "
-                                       f"server's {self.config.max_send_bytes / 2**20:.0f} MB answer limit: send at "
-                                       f"most {max(1, int(units * limit / size)):,} {per} per call")
+                raise self._too_large(f"{doing} would answer", size, "float32",
+                                      f"send at most {max(1, int(units * limit / size)):,} {per} per call",
+                                      name_flag=False)  # the count that fits says it all
             return fn(x)
 
         return call

@@ -9,22 +9,17 @@ import os
 
 import grpc
 import pytest
-import torch
 
-from audioae.checkpoint import save_checkpoint
 from audioae.client import Client
-from audioae.models import build_model
 from server import AudioServer, ServerConfig
 
 SECRET = "s3cret-token-of-the-test"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    torch.manual_seed(0)
-    save_checkpoint(build_model("recurrent", {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 32}), path)
-    return path
+@pytest.fixture
+def tiny(causal_ckpt) -> str:
+    """conftest's tiny denoiser as a --models spec, served under the name "tiny"."""
+    return f"tiny={causal_ckpt}"
 
 
 def _tokens(tmp_path, mode: int):
@@ -44,7 +39,7 @@ def test_serving_beyond_loopback_warns_of_no_token_of_plaintext_tokens_and_of_a_
     or a service open to the network without any token. (The servers are built, not started:
     the warnings come before anything binds.)"""
     caplog.set_level(logging.WARNING)
-    AudioServer(ServerConfig(host="0.0.0.0", port=0, models=(str(tiny),), token_file=str(_tokens(tmp_path, 0o644)),
+    AudioServer(ServerConfig(host="0.0.0.0", port=0, models=(tiny,), token_file=str(_tokens(tmp_path, 0o644)),
                              codec_workers=0))
     said = _warnings(caplog)
     assert any("serving on 0.0.0.0 with bearer tokens but without TLS: each call carries its token in plaintext"
@@ -52,14 +47,14 @@ def test_serving_beyond_loopback_warns_of_no_token_of_plaintext_tokens_and_of_a_
     assert any(f"--token-file {tmp_path / 'tokens'}: other users of this machine can read it (mode 644); "
                "chmod 600 it" in w for w in said), said
     caplog.clear()
-    AudioServer(ServerConfig(host="0.0.0.0", port=0, models=(str(tiny),), codec_workers=0))
+    AudioServer(ServerConfig(host="0.0.0.0", port=0, models=(tiny,), codec_workers=0))
     assert any("serving on 0.0.0.0 without --token-file: anyone who reaches the port can use the models" in w
                for w in _warnings(caplog)), _warnings(caplog)
 
 
 def test_a_loopback_server_with_a_private_token_file_refuses_without_a_word_of_the_token(tiny, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    srv = AudioServer(ServerConfig(port=0, models=(str(tiny),), token_file=str(_tokens(tmp_path, 0o600)),
+    srv = AudioServer(ServerConfig(port=0, models=(tiny,), token_file=str(_tokens(tmp_path, 0o600)),
                                    codec_workers=0, torch_threads=1))
     srv.start()
     try:
