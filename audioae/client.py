@@ -329,7 +329,7 @@ class DecomposeResult:
     active_seconds: list[list[list[float]]] = dataclasses.field(default_factory=list)  # [K][spans][start, end]
     # [K] spans before the list was cut to 50 (None: a server before 2026-12-06 did not say)
     active_spans: list[int | None] = dataclasses.field(default_factory=list)
-    groups: int | None = None  # bands or clusters asked for (the request's; None: group none, or unknown)
+    groups: int | None = None  # bands or clusters asked for, the server's default filled in (None: group none)
 
     def summary(self) -> dict:
         """The description ``audioae decompose`` writes into ``summary.json``, key by key."""
@@ -372,6 +372,7 @@ def decompose_result(resp) -> DecomposeResult:
         active_fraction=[c.active_fraction for c in resp.components],
         active_seconds=[[[span.start, span.end] for span in c.active] for c in resp.components],
         active_spans=[c.active_spans if c.HasField("active_spans") else None for c in resp.components],
+        groups=resp.groups if resp.HasField("groups") else None,
     )
 
 
@@ -623,8 +624,8 @@ class Client:
         )
         resp = self.stub.Decompose(req, **self._kw(timeout))
         result = decompose_result(resp)
-        if result.group in ("band", "cluster"):  # what was asked: the answer has what came
-            result.groups = folder.DEFAULT_GROUPS if groups is None else groups
+        if result.groups is None and result.group in ("band", "cluster"):  # a server before 2026-12-07: the
+            result.groups = folder.DEFAULT_GROUPS if groups is None else groups  # request's (wrong for < 8 units)
         return result
 
     # -- encode / decode --------------------------------------------------------------------------

@@ -532,6 +532,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             sample_rate=summary["sample_rate"],
             channels=summary["channels"],
             samples=summary["samples"],
+            groups=summary["groups"],  # None (group none) leaves it unset
         )
         for entry in summary["components"]:
             resp.components.add(

@@ -648,6 +648,7 @@ def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):
         r = client.decompose(x, 16000, model="dict", group=group, groups=n, fit_steps=0)
         ref = decompose(model, x, 16000, group=group, n_groups=n, fit_steps=0)
         assert 1 <= len(r.labels) <= n and r.labels == ref.labels and r.units == ref.units
+        assert r.groups == n == r.summary()["groups"]
 
 
 def test_a_decomposer_of_fewer_units_than_the_default_groups_still_decomposes(model_dir, tmp_path):
@@ -658,7 +659,10 @@ def test_a_decomposer_of_fewer_units_than_the_default_groups_still_decomposes(mo
     with _serving(model_dir, tmp_path / "dict4.safetensors") as (srv, c):
         x = _noisy(0.5, 16000)
         for group in ("none", "cluster", "band"):
-            assert 1 <= len(c.decompose(x, 16000, group=group, fit_steps=0).labels) <= 4
+            r = c.decompose(x, 16000, group=group, fit_steps=0)
+            assert 1 <= len(r.labels) <= 4
+            # the server's count, as `audioae decompose` writes it (the client wrote 8, the request's default)
+            assert r.summary()["groups"] == (None if group == "none" else 4)
         code, msg = _code(c.decompose, x, 16000, group="band", groups=5)
         assert code == CODE.INVALID_ARGUMENT and "groups must be 1..4" in msg, msg
 

@@ -151,7 +151,7 @@ class Component(_message.Message):
     def __init__(self, label: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ..., energy_share: _Optional[float] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., dominant_hz: _Optional[float] = ..., active_fraction: _Optional[float] = ..., active: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., active_spans: _Optional[int] = ...) -> None: ...
 
 class DecomposeResponse(_message.Message):
-    __slots__ = ("model", "activations", "frame_rate", "components", "residual", "group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples")
+    __slots__ = ("model", "activations", "frame_rate", "components", "residual", "group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples", "groups")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class DecomposeResponse(_message.Message):
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     activations: Tensor
     frame_rate: float
@@ -176,7 +177,8 @@ class DecomposeResponse(_message.Message):
     sample_rate: int
     channels: int
     samples: int
-    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., frame_rate: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., residual: _Optional[_Union[Audio, _Mapping]] = ..., group: _Optional[str] = ..., fit_steps: _Optional[int] = ..., residual_energy_share: _Optional[float] = ..., error_db: _Optional[float] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., samples: _Optional[int] = ...) -> None: ...
+    groups: int
+    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., frame_rate: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., residual: _Optional[_Union[Audio, _Mapping]] = ..., group: _Optional[str] = ..., fit_steps: _Optional[int] = ..., residual_energy_share: _Optional[float] = ..., error_db: _Optional[float] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., samples: _Optional[int] = ..., groups: _Optional[int] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("model", "tensor", "audio")
