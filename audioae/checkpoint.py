@@ -90,7 +90,8 @@ def _json_object(path: Path, key: str, text: str) -> dict:
 
 def _read_header(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """The metadata and each tensor's shape, from the header alone. Read, not mapped: safetensors'
-    ``safe_open`` maps the whole file, which the kernel refused for a 64 GB one on a 23 GB machine."""
+    ``safe_open`` maps the whole file, and Linux's default overcommit heuristic refuses a mapping larger
+    than the machine's RAM and swap (ENOMEM): the terabyte test of tests/test_checkpoint.py."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
