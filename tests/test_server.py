@@ -248,6 +248,23 @@ def _long_decompose():
     return "dict", "Decompose", req, "decomposition stopped "
 
 
+class _AskedMidWork(threading.Event):
+    """A job's ``abandoned`` event whose second ``is_set()`` (the work's stop check after its first
+    piece, stage or fit step) waits, at most 60 s, for the event itself: the cancel then lands
+    while the work is under way on a machine of any speed. (The test assumed the work, 2.8 s here,
+    outlasted the time a cancel takes to land.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        if self.asked == 2:
+            self.wait(60)
+        return super().is_set()
+
+
 @pytest.mark.parametrize("work", [_long_denoise, _long_decompose], ids=["denoise", "decompose"])
 def test_long_work_stops_when_its_call_is_cancelled(model_dir, work):
     """Work on the device thread, cancelled (or timed out) once running, ran to its end anyway: a
@@ -260,10 +277,12 @@ def test_long_work_stops_when_its_call_is_cancelled(model_dir, work):
             call = getattr(c.stub, method).future(req, timeout=120)
             assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
             job = srv.batcher._queue[0]
-        assert _wait_until(job.future.running, timeout=60)  # the worker took it: no longer droppable
+            job.abandoned = _AskedMidWork()  # read by the work when it starts, after the hold
+        assert _wait_until(lambda: job.abandoned.asked >= 2, timeout=60)  # under way, held at its stop check
         call.cancel()
         exc = job.future.exception(timeout=120)  # stopped, not run to its end
         assert exc is not None and str(exc).startswith(said), exc
+        assert job.abandoned.asked == 2  # at the check the cancel landed on
         assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
         y = _noisy(1.0, 16000)  # the device is free again
         if name == "tiny":
