@@ -30,7 +30,7 @@ from .manifest import (
     read_manifest,
     summarize,
 )
-from .plan import MANIFEST_NAME, FileTask, changed_since_done, plan_tasks, remove_stale_parts, split_done
+from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS
 
 log = logging.getLogger(__name__)
@@ -191,10 +191,9 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
-        todo, done = split_done(tasks, options.overwrite, failed_last(earlier))
+        todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier))
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
-        changed = changed_since_done(done)
         if changed:
             log.warning("%d input(s) changed after their outputs were made (e.g. %s): skipped all the same, as every "
                         "output that exists is; pass --overwrite to redo them, or delete those outputs",

@@ -9,8 +9,10 @@ input or to write two inputs to one output.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,31 +177,45 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
 
 
 def split_done(tasks: Sequence[FileTask], overwrite: bool,
-               failed: Collection[str] = ()) -> tuple[list[FileTask], list[FileTask]]:
-    """``(todo, done)``: an output that exists is complete (outputs only appear by an atomic
-    rename), so a rerun skips it unless ``overwrite``, or unless the input's latest run failed
-    (``failed``: an ``--overwrite`` whose input had gone bad left the earlier output in place, and
-    that file must be tried again, not reported done)."""
+               failed: Collection[str] = ()) -> tuple[list[FileTask], list[FileTask], list[FileTask]]:
+    """``(todo, done, changed)``: an output that exists is complete (outputs only appear by an
+    atomic rename), so a rerun skips it unless ``overwrite``, or unless the input's latest run
+    failed (``failed``: an ``--overwrite`` whose input had gone bad left the earlier output in
+    place, and that file must be tried again, not reported done).
+
+    ``changed``: the done tasks whose input was modified after its output was written: a
+    recorder's numbering starts over, a new ZOOM0001.WAV replaces the old one, and the rerun keeps
+    the old one's output. They are still skipped (outputs that exist are done); the job warns.
+    One stat per output answers both (a rerun of a big job has thousands of them)."""
     if overwrite:
-        return list(tasks), []
-    todo, done = [], []
+        return list(tasks), [], []
+    todo, done, changed = [], [], []
     for t in tasks:
-        (done if Path(t.output).is_file() and t.input not in failed else todo).append(t)
-    return todo, done
-
-
-def changed_since_done(done: Sequence[FileTask]) -> list[FileTask]:
-    """The finished tasks whose input was modified after its output was written: a recorder's
-    numbering starts over, a new ZOOM0001.WAV replaces the old one, and the rerun keeps the old
-    one's output. They are still skipped (outputs that exist are done); the job warns."""
-    changed = []
-    for t in done:
+        out = None if t.input in failed else _stat_file(t.output)
+        if out is None:
+            todo.append(t)
+            continue
+        done.append(t)
         try:
-            if os.stat(t.input).st_mtime > os.stat(t.output).st_mtime:
+            if os.stat(t.input).st_mtime > out.st_mtime:
                 changed.append(t)
         except OSError:  # gone or unreadable: the file's own run says so
             continue
-    return changed
+    return todo, done, changed
+
+
+def _stat_file(path: str) -> os.stat_result | None:
+    """``path``'s stat if it is a regular file (through links), else None; as Path.is_file, a
+    missing name, dangling link or link loop is None and any other error (permission) is raised."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    except ValueError:  # e.g. a NUL in the name
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def remove_stale_parts(tasks: Sequence[FileTask]) -> int:
