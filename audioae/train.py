@@ -397,22 +397,23 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
 # Checkpoint and optimizer state (safetensors, never pickle)
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, step: int, best: float, path: Path, minutes_done: float) -> None:
-    tensors, meta = {}, {"step": str(step), "best": repr(best), "minutes_done": repr(minutes_done)}
+def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_done: float) -> None:
+    # No best score: best.safetensors records the one a resumed run must beat (_resumed_best).
+    tensors, meta = {}, {"step": str(step), "minutes_done": repr(minutes_done)}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
-def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, best: float,
-                       out: Path, ema: AveragedModel | None = None, minutes_done: float = 0.0) -> None:
+def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, out: Path,
+                       ema: AveragedModel | None = None, minutes_done: float = 0.0) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
     train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock."""
     save_checkpoint(model, out / "last.safetensors", {"step": step}, write_sha256=False)
     if ema is not None:
         save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step}, write_sha256=False)
-    _save_optimizer(opt, step, best, out / "last.optim.safetensors", minutes_done)
+    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done)
 
 
 # What a run writes into its folder; a run that starts over (--no-resume, or no resume point) removes
@@ -471,7 +472,9 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | No
     return ema
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float, float]:
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
+    """Load ``path`` into ``opt``; returns the step and the run's minutes done. A "best" that
+    files written before 2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
     from safetensors import safe_open
 
     try:
@@ -489,7 +492,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float,
         state.setdefault(int(i), {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
-    return int(meta["step"]), float(meta["best"]), float(meta.get("minutes_done", "0.0"))
+    return int(meta["step"]), float(meta.get("minutes_done", "0.0"))
 
 
 def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:
@@ -626,9 +629,10 @@ def _resumed_best(path: Path, key: dict) -> float:
     """The score a resumed run's validations must beat to replace ``path`` (best.safetensors):
     the one recorded in it, or none when it was scored under another validation ``key``.
 
-    Not the optimizer state's: a run resumed with another select_by compared STOI with that
-    SI-SDR in dB and never replaced best.safetensors again, and a run killed after a validation
-    improved it (before the next resume point) could replace it with a worse model."""
+    Not a score saved with the optimizer state (files before 2026-12-07 hold one, unread): a run
+    resumed with another select_by compared STOI with that SI-SDR in dB and never replaced
+    best.safetensors again, and a run killed after a validation improved it (before the next
+    resume point) could replace it with a worse model."""
     if not path.is_file():
         return -math.inf
     try:
@@ -730,8 +734,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                          f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
         _resume_weights(model, last, rank == 0)
-        step, best, minutes_before = _load_optimizer(opt, last_opt)
-        if rank == 0:
+        step, minutes_before = _load_optimizer(opt, last_opt)
+        if rank == 0:  # the rank that validates and keeps best.safetensors
             best = _resumed_best(out / "best.safetensors", val_key)
         if not tc.session_minutes:  # a new budget: the clock starts again
             minutes_before = 0.0
@@ -814,7 +818,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
         while step < tc.steps and not spent:
             if stop.received is not None:
-                _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
+                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
                 if bar is not None:
                     bar.close()
                 raise TrainingStopped(f"{signal.Signals(stop.received).name} at step {step}; "
@@ -844,7 +848,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_NONFINITE_STEPS:
                     if rank == 0:  # the weights are still the last finite ones: keep them
-                        _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
+                        _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(
@@ -882,7 +886,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                _save_resume_point(model, opt, step, best, out, ema, _minutes_done(clock0))
+                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
                 t_last_ckpt = time.monotonic()
             if last_step:
                 break
