@@ -32,8 +32,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONTAINERS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}  # extension -> soundfile format
-AUDIO_EXTENSIONS = tuple(CONTAINERS)
+# Extension -> soundfile container: the audio a folder search takes and an output name may ask
+# for, where this machine's libsndfile has the container (MP3 from libsndfile 1.1; the soundfile
+# wheels bring 1.2). libsndfile keeps an MP3's length through a round trip (its LAME header).
+_NAMED = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF",
+          ".au": "AU", ".caf": "CAF", ".w64": "W64"}
+CONTAINERS = {ext: fmt for ext, fmt in _NAMED.items() if fmt in sf.available_formats()}
+# Ogg Opus (voice messages) is read by its contents; never written by name: Ogg's default is Vorbis.
+READ_ONLY = (".opus",) if sf.check_format("OGG", "OPUS") else ()
+AUDIO_EXTENSIONS = (*CONTAINERS, *READ_ONLY)  # what a folder search takes
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
 # torchaudio's resampler builds a filter bank of (new/g) x (orig/g + 2 * width) floats, g = gcd:
@@ -226,7 +233,7 @@ def iter_blocks(path: str | os.PathLike, block: int) -> Iterator[np.ndarray]:
 
 
 def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[np.ndarray, int, AudioInfo]:
-    """Read WAV/FLAC/OGG from a path or from encoded bytes.
+    """Read audio (any container libsndfile reads: WAV, FLAC, OGG, MP3, ...) from a path or from encoded bytes.
 
     Returns ``(wav [C, T] float32, sample_rate, info)``. Raises :class:`AudioError` naming the
     file for anything unreadable, empty or non-finite.
@@ -380,7 +387,7 @@ def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:
 
 
 def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str | None = None) -> bytes:
-    """Encode ``[C, T]`` float audio into file bytes (WAV/FLAC/OGG)."""
+    """Encode ``[C, T]`` float audio into file bytes (``format``: a soundfile container)."""
     buf = io.BytesIO()
     data = np.ascontiguousarray(wav.T)  # [T, C]
     with open_for_writing(buf, sr, data.shape[1], subtype=subtype, format=format) as f:
@@ -389,28 +396,31 @@ def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str 
 
 
 def container_for(path: str | os.PathLike) -> str:
-    """The soundfile container a path's extension names: WAV, FLAC or OGG. Any other name is
-    refused: a WAV written as ``out.mp3`` would be mislabelled."""
+    """The soundfile container a path's extension names (:data:`CONTAINERS`: WAV, FLAC, OGG, MP3,
+    AIFF, ...). Any other name is refused: a WAV written as ``out.m4a`` would be mislabelled."""
     suffix = Path(path).suffix.lower()
     if suffix not in CONTAINERS:
-        raise AudioError(f"{path}: audio is written as {', '.join(AUDIO_EXTENSIONS)}; "
+        raise AudioError(f"{path}: audio is written as {', '.join(CONTAINERS)}; "
                          f"got {suffix or 'no extension'}")
     return CONTAINERS[suffix]
 
 
-def is_audio_name(path: str | os.PathLike) -> bool:
-    """Whether ``path``'s extension is one of the audio containers this package reads and writes."""
-    return Path(path).suffix.lower() in CONTAINERS
-
-
-# Audio a folder search passes over (it takes AUDIO_EXTENSIONS): counted, so a folder of MP3s
+# Audio a folder search passes over (libsndfile reads none of it): counted, so a folder of M4As
 # does not come back as "0 files" without a word on why.
-OTHER_AUDIO = (".mp3", ".opus", ".aif", ".aiff", ".au", ".caf", ".w64", ".m4a", ".aac", ".wma")
+OTHER_AUDIO = (*(ext for ext in (*_NAMED, ".opus") if ext not in AUDIO_EXTENSIONS),
+               ".m4a", ".aac", ".wma", ".mp4", ".amr", ".3gp", ".webm")
+
+
+def is_audio_name(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s extension names audio (one this package reads, or one it passes over):
+    a name a report, a figure or an output folder must not take."""
+    return Path(path).suffix.lower() in (*AUDIO_EXTENSIONS, *OTHER_AUDIO)
 
 
 def walk_audio(folder: str | os.PathLike,
                prune: Callable[[Path, list[str]], bool] = lambda here, filenames: False) -> list[tuple[Path, str]]:
-    """Every WAV/FLAC/OGG under ``folder`` (recursive, sorted; hidden names skipped) with its path
+    """Every audio file under ``folder`` (:data:`AUDIO_EXTENSIONS`: WAV, FLAC, OGG, MP3, ...;
+    recursive, sorted; hidden names skipped) with its path
     relative to ``folder`` (posix). Linked folders are followed (shared storage is often linked
     in), each real folder once, so a link loop ends. ``prune(here, filenames)`` returning True
     skips a folder and everything under it. Other audio kinds are counted in one warning.
@@ -440,13 +450,12 @@ def walk_audio(folder: str | os.PathLike,
             suffix = Path(name).suffix.lower()
             if suffix in OTHER_AUDIO:
                 skipped[suffix] = skipped.get(suffix, 0) + 1
-            elif suffix in CONTAINERS:  # a broken link too: reading it reports it
+            elif suffix in AUDIO_EXTENSIONS:  # a broken link too: reading it reports it
                 found.append((here / name, (here / name).relative_to(folder).as_posix()))
     if skipped:
         kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
-        log.warning("%s: passed over %s file(s): the folder search takes %s only; name such files directly "
-                    "(read when libsndfile can: MP3, Opus, AIFF, ...) or convert them", folder, kinds,
-                    "/".join(AUDIO_EXTENSIONS))
+        log.warning("%s: passed over %s file(s): libsndfile reads none of these; convert them (e.g. ffmpeg "
+                    "-i in.m4a out.flac). The folder search takes %s", folder, kinds, "/".join(AUDIO_EXTENSIONS))
     return found
 
 

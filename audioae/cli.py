@@ -171,7 +171,7 @@ def _cmd_models(args) -> int:
 def _add_denoise(sub) -> None:
     p = sub.add_parser(
         "denoise", help="denoise audio files and folders into an output folder",
-        description="Denoise WAV/FLAC/OGG files and folders (recursive) into OUT, keeping each file's "
+        description="Denoise audio files (WAV/FLAC/OGG/MP3/AIFF/...) and folders (recursive) into OUT, keeping each file's "
                     "relative path, sample rate, channels and subtype. Resumable: existing outputs are "
                     "skipped. Writes OUT/audioae-manifest.jsonl; exits 1 if any file failed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files and/or folders")
@@ -275,7 +275,7 @@ def _add_decompose(sub) -> None:
                        description="Write one WAV per component plus residual.wav (float WAVs: they add up to the "
                                    "input), activations.npy, summary.json and, with --plot, "
                                    "decomposition.png.")
-    p.add_argument("file", help="input audio (WAV/FLAC/OGG, any rate, mono or multichannel)")
+    p.add_argument("file", help="input audio (WAV/FLAC/OGG/MP3/..., any rate, mono or multichannel)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--model", help="shipped model name or .safetensors path (default: decomposer-small)")
     p.add_argument("--top", type=_count, default=16,
@@ -337,7 +337,7 @@ def _add_inspect(sub) -> None:
                                             "or denoiser-small with --audio)")
     # --model too, as every other command spells it
     p.add_argument("--model", dest="model_flag", metavar="MODEL", help="the same as the positional MODEL")
-    p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG)")
+    p.add_argument("--audio", help="a recording to show a denoiser's effect on (WAV/FLAC/OGG/MP3/...)")
     p.add_argument("--start", type=_seconds, default=0.0, help="with --audio: where the part shown begins (s)")
     p.add_argument("--seconds", type=_positive_seconds, default=INSPECT_SECONDS,
                    help=f"with --audio: how much is shown (default {INSPECT_SECONDS:.0f} s: a figure cannot show "

@@ -32,7 +32,7 @@ HEADERS = {"si_sdr": "SI-SDR", "si_sdr_i": "SI-SDRi", "pesq": "PESQ", "stoi": "S
 
 
 def audio_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """Relative path (posix) -> file, for every WAV/FLAC/OGG under ``folder``: the folder tool's
+    """Relative path (posix) -> file, for every audio file under ``folder``: the folder tool's
     own search (audio.walk_audio), so eval pairs exactly the files a denoise run wrote."""
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")

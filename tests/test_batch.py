@@ -956,14 +956,24 @@ def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, 
     assert not list(out.glob(".*.part"))  # and the job ended with its summary (exit 1), not a traceback
 
 
-def test_audio_the_folder_search_passes_over_is_counted_in_a_warning(tmp_path, causal_ckpt, caplog):
+def test_a_folder_search_takes_every_container_libsndfile_reads_and_counts_the_rest(tmp_path, causal_ckpt, caplog):
+    """Until 2026-12-07 a folder search took WAV, FLAC and Ogg only: a folder of MP3s (or voice
+    messages in Ogg Opus) came back as "nothing to denoise", though each file named alone was
+    denoised. Outputs keep their container, subtype and length."""
     src = make_tree(tmp_path / "in")
-    (src / "sub" / "talk.mp3").write_bytes(b"ID3 not really")
-    (src / "sub" / "deeper" / "take.MP3").write_bytes(b"ID3")
-    (src / "memo.aiff").write_bytes(b"FORM")
+    x = (0.1 * np.random.default_rng(0).standard_normal((24000, 2))).astype(np.float32)  # [T, 2], 0.5 s at 48 kHz
+    kinds = {"sub/talk.mp3": ("MP3", "MPEG_LAYER_III"), "sub/deeper/take.MP3": ("MP3", "MPEG_LAYER_III"),
+             "memo.aiff": ("AIFF", "PCM_24"), "note.opus": ("OGG", "OPUS"), "field.caf": ("CAF", "PCM_16")}
+    for name, (fmt, subtype) in kinds.items():
+        sf.write(src / name, x, 48000, format=fmt, subtype=subtype)
+    (src / "sub" / "call.m4a").write_bytes(b"ftyp")  # no libsndfile reads these
+    (src / "voice.WMA").write_bytes(b"0&")
     s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
-    assert s["files"] == len(TREE) + 1  # the same inputs as before (+ the corrupt WAV): none of those
-    assert "passed over 1 .aiff, 2 .mp3 file(s): the folder search takes .wav/.flac/.ogg only" in caplog.text
+    assert s["files"] == len(TREE) + 1 + len(kinds)  # the tree (+ its corrupt WAV) and each of those
+    for name, (fmt, subtype) in kinds.items():
+        info = sf.info(tmp_path / "out" / name)
+        assert (info.format, info.subtype, info.frames, info.channels) == (fmt, subtype, len(x), 2), name
+    assert "passed over 1 .m4a, 1 .wma file(s): libsndfile reads none of these" in caplog.text
 
 
 def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path, causal_ckpt, caplog):

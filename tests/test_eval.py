@@ -274,11 +274,11 @@ def test_eval_searches_folders_as_the_folder_tool_does(folders, tmp_path, caplog
     (dirs["clean"] / "spk1").symlink_to(shared, target_is_directory=True)
     (dirs["enhanced"] / ".trash").mkdir()
     sf.write(dirs["enhanced"] / ".trash" / "old.wav", np.zeros(SR, np.float32), SR)
-    (dirs["enhanced"] / "take.mp3").write_bytes(b"ID3")
+    (dirs["enhanced"] / "take.m4a").write_bytes(b"ftyp")
     rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
     assert (rep["paired"], rep["scored"]) == (3, 3)
     assert not (rep["missing_enhanced"] or rep["extra_enhanced"])
-    assert "passed over 1 .mp3 file(s)" in caplog.text
+    assert "passed over 1 .m4a file(s)" in caplog.text
 
 
 def read_crashing_on_b(path):

@@ -53,7 +53,7 @@ def test_inputs_without_audio_are_an_error_and_make_no_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no audio here")
     assert main(["denoise", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
-    assert "nothing to denoise: no .wav/.flac/.ogg files in" in capsys.readouterr().err
+    assert "nothing to denoise: no .wav/.flac/.ogg/.mp3/" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # and no manifest path printed that does not exist
 
 
