@@ -310,6 +310,50 @@ def test_an_input_changed_since_its_output_was_made_is_named_in_a_warning(tmp_pa
     assert sf.info(out / "sub" / "stereo.wav").frames == sf.info(src / "sub" / "stereo.wav").frames
 
 
+def test_an_input_whose_clock_runs_ahead_is_not_called_changed_and_one_rewritten_is(tmp_path, causal_ckpt, caplog):
+    """A recorder's FAT card keeps local time, read here as UTC: its files can look modified hours
+    after their outputs were written. Was: every rerun warned they had changed. The manifest now
+    records each input's size and mtime as its output was made, and a rerun compares those."""
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    ahead = time.time() + 2 * 3600
+    for rel, *_ in TREE:
+        os.utime(src / rel, (ahead, ahead))  # two hours ahead of this machine's clock
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    run_denoise([src], out, opts)
+    row = by_input(out)["top.wav"]
+    st = (src / "top.wav").stat()
+    assert (row["input_size"], row["input_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    caplog.clear()
+    assert run_denoise([src], out, opts)["skipped"] == len(TREE)
+    assert "changed after their outputs were made" not in caplog.text
+    assert by_input(out)["top.wav"]["input_mtime_ns"] == st.st_mtime_ns  # carried by the "skipped" line
+    write_tree(src, [("top.wav", 16000, 1, "WAV", "PCM_16", 0.9)], seed=9)  # another take, same name
+    os.utime(src / "top.wav", ns=(st.st_mtime_ns, st.st_mtime_ns))  # even with the same time
+    run_denoise([src], out, opts)
+    assert "1 input(s) changed after their outputs were made (e.g. top.wav)" in caplog.text
+
+
+def test_a_manifest_without_input_records_falls_back_to_the_clocks_then_records_them(tmp_path, causal_ckpt, caplog):
+    src = make_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    run_denoise([src], out, opts)
+    path = out / "audioae-manifest.jsonl"
+    rows = read_manifest(path)
+    for r in rows:  # as written before 2026-12-07
+        r.pop("input_size", None)
+        r.pop("input_mtime_ns", None)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    made = (out / "top.wav").stat().st_mtime
+    os.utime(src / "top.wav", (made + 10, made + 10))  # after its output: looks changed by the clocks
+    run_denoise([src], out, opts)
+    assert "1 input(s) changed after their outputs were made (e.g. top.wav)" in caplog.text
+    rows = by_input(out)
+    assert "input_size" not in rows["top.wav"] or rows["top.wav"]["input_size"] is None  # left unrecorded
+    assert rows["stereo.wav"]["input_size"] == (src / "sub" / "stereo.wav").stat().st_size  # the others adopted
+
+
 def test_refuses_to_overwrite_inputs_or_merge_outputs(tmp_path, causal_ckpt, capsys):
     src = make_tree(tmp_path / "in")
     before = sorted(p.name for p in src.rglob("*"))

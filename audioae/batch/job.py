@@ -26,11 +26,12 @@ from .manifest import (
     ManifestWriter,
     failed_last,
     previous_durations,
+    previous_inputs,
     previous_settings,
     read_manifest,
     summarize,
 )
-from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
+from .plan import MANIFEST_NAME, FileTask, input_identity, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS
 
 log = logging.getLogger(__name__)
@@ -191,26 +192,31 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
-        todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier))
+        inputs_then = previous_inputs(earlier)
+        todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier), inputs_then)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
         if changed:
             log.warning("%d input(s) changed after their outputs were made (e.g. %s): skipped all the same, as every "
                         "output that exists is; pass --overwrite to redo them, or delete those outputs",
                         len(changed), changed[0].rel)
+        changed_inputs = {t.input for t in changed}
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations = previous_durations(earlier)
+        # Before any work: the input an output is made from is the one found now.
+        inputs_now = {t.input: input_identity(t.input) for t in todo}
         bar = Progress(todo, len(done), options.progress, journal=journal)
         try:
             for t in done:
                 before = made.get(t.input)
                 results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
-                                          **(dataclasses.asdict(before) if before else {})))
+                                          **(dataclasses.asdict(before) if before else {}),
+                                          **_source_of(t, inputs_then, changed_inputs)))
                 manifest.write(results[-1])
             for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
                 if r.status == "ok":
-                    r = dataclasses.replace(r, **dataclasses.asdict(now))
+                    r = dataclasses.replace(r, **dataclasses.asdict(now), **inputs_now.get(r.input, {}))
                 elif r.input in made and Path(r.output).is_file():  # failed, over an earlier run's output
                     r = dataclasses.replace(r, error=f"{r.error} (the output an earlier run made is left as it was)",
                                             **dataclasses.asdict(made[r.input]))
@@ -230,6 +236,16 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             _clear_completed(journal, results)
             manifest.compact()
     return manifest
+
+
+def _source_of(task: FileTask, recorded: dict[str, tuple[int, int]], changed: set[str]) -> dict[str, int]:
+    """The input identity a skipped file's line carries: the one recorded with its output, or for
+    an output recorded without one (before 2026-12-07) the input as it is now, unless it looks
+    changed since (then it stays unrecorded, and is named again on the next rerun)."""
+    then = recorded.get(task.input)
+    if then is not None:
+        return dict(zip(("input_size", "input_mtime_ns"), then, strict=True))
+    return {} if task.input in changed else input_identity(task.input)
 
 
 def _named_as_links(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) -> list[dict]:

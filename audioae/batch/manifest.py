@@ -2,7 +2,8 @@
 
 One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
 ``seconds`` (wall time spent on it), ``duration`` (seconds of audio) and, for an output on disk,
-what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``. Lines are
+what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``, and the input
+it was made from: ``input_size`` and ``input_mtime_ns`` as the job found them before its work. Lines are
 appended and flushed as files finish, so a killed run still leaves a record of what it
 completed; at the end of a run the file is compacted (last line per input wins) and replaced
 atomically.
@@ -39,6 +40,10 @@ class FileResult:
     model: str = ""
     sha256: str = ""
     strength: float | None = None
+    # The input the output on disk was made from, as the job found it (size in bytes, mtime in ns):
+    # a rerun tells a changed input by these, not by comparing its clock with the output's.
+    input_size: int | None = None
+    input_mtime_ns: int | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -114,6 +119,14 @@ def previous_durations(records: Iterable[dict]) -> dict[str, float]:
     carrying it forward)."""
     return {r["input"]: r["duration"] for r in records
             if r.get("status") in ("ok", "skipped") and isinstance(r.get("duration"), int | float)}
+
+
+def previous_inputs(records: Iterable[dict]) -> dict[str, tuple[int, int]]:
+    """Per input, ``(size, mtime_ns)`` of the file its output was made from, as earlier runs
+    recorded it (a "skipped" line carries it forward). Manifests before 2026-12-07 record none."""
+    return {r["input"]: (r["input_size"], r["input_mtime_ns"]) for r in records
+            if r.get("status") in ("ok", "skipped") and isinstance(r.get("input_size"), int)
+            and isinstance(r.get("input_mtime_ns"), int)}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,19 +176,25 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     return tasks
 
 
-def split_done(tasks: Sequence[FileTask], overwrite: bool,
-               failed: Collection[str] = ()) -> tuple[list[FileTask], list[FileTask], list[FileTask]]:
+def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[str] = (),
+               recorded: Mapping[str, tuple[int, int]] | None = None,
+               ) -> tuple[list[FileTask], list[FileTask], list[FileTask]]:
     """``(todo, done, changed)``: an output that exists is complete (outputs only appear by an
     atomic rename), so a rerun skips it unless ``overwrite``, or unless the input's latest run
     failed (``failed``: an ``--overwrite`` whose input had gone bad left the earlier output in
     place, and that file must be tried again, not reported done).
 
-    ``changed``: the done tasks whose input was modified after its output was written: a
+    ``changed``: the done tasks whose input is no longer the file its output was made from: a
     recorder's numbering starts over, a new ZOOM0001.WAV replaces the old one, and the rerun keeps
     the old one's output. They are still skipped (outputs that exist are done); the job warns.
-    One stat per output answers both (a rerun of a big job has thousands of them)."""
+    An input is changed when its size or mtime differs from what ``recorded`` holds for it
+    (:func:`~.manifest.previous_inputs`); without a record (a manifest before 2026-12-07), when it
+    was modified after its output was written, which a recorder whose FAT clock runs ahead of
+    this machine's (local time taken as UTC) tripped on every rerun. One stat per output and per
+    input of a done task."""
     if overwrite:
         return list(tasks), [], []
+    recorded = recorded or {}
     todo, done, changed = [], [], []
     for t in tasks:
         out = None if t.input in failed else _stat_file(t.output)
@@ -197,11 +203,24 @@ def split_done(tasks: Sequence[FileTask], overwrite: bool,
             continue
         done.append(t)
         try:
-            if os.stat(t.input).st_mtime > out.st_mtime:
-                changed.append(t)
+            st = os.stat(t.input)
         except OSError:  # gone or unreadable: the file's own run says so
             continue
+        then = recorded.get(t.input)
+        if (then is not None and (st.st_size, st.st_mtime_ns) != tuple(then)) or \
+                (then is None and st.st_mtime > out.st_mtime):
+            changed.append(t)
     return todo, done, changed
+
+
+def input_identity(path: str) -> dict[str, int]:
+    """``{"input_size", "input_mtime_ns"}`` of the file at ``path`` for its manifest line (empty
+    when it cannot be stat'ed: its own run says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns}
 
 
 def _stat_file(path: str) -> os.stat_result | None:
