@@ -37,11 +37,43 @@ def _write_inputs(src: Path, seconds: dict[str, float]) -> None:
         sf.write(src / name, (0.1 * rng.standard_normal(int(16000 * sec))).astype(np.float32), 16000, subtype="PCM_16")
 
 
+# Loaded by every Python process of a job the tests start (the job, its workers, an isolated
+# child): each read of a file named SLOW_FILE waits 0.2 s, so that b.wav (300 s, 30 blocks) is
+# still in flight whenever a test signals the job on seeing its marker. The tests assumed the
+# work outlasted the signal; under load (2 cores shared) a job finished b.wav first.
+SLOW_READS = """
+import os
+import soundfile
+
+_read = soundfile.SoundFile.read
+
+
+def read(self, *args, **kwargs):
+    if os.path.basename(str(self.name)) == os.environ["AUDIOAE_TEST_SLOW_FILE"]:
+        import time
+
+        time.sleep(0.2)
+    return _read(self, *args, **kwargs)
+
+
+soundfile.SoundFile.read = read
+"""
+
+
+def _job_env(src: Path, slow: str = "b.wav") -> dict[str, str]:
+    """The environment of a job a test starts on ``src``: one thread, and reads of ``slow`` slowed."""
+    site = src.parent / "slow-reads"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SLOW_READS)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "AUDIOAE_TEST_SLOW_FILE": slow}
+
+
 def _cli(src: Path, out: Path, causal_ckpt: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(causal_ckpt),
            "--no-progress", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env=_job_env(src))
 
 
 def _wait_for(found, proc: subprocess.Popen, what: str, seconds: float = 120):
@@ -188,7 +220,7 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
     cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(causal_ckpt),
            "--no-progress", "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            start_new_session=True, env=_job_env(src))
     _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
     _, err = proc.communicate(timeout=120)
