@@ -1,9 +1,15 @@
-"""Output paths that would have cost a user files: an empty -o, and a folder of someone else's
-files under the names a decomposition writes and clears."""
+"""Output paths that would have cost a user files: an empty -o, a folder of someone else's
+files under the names a decomposition writes and clears, and names that differ only in case on a
+disk that ignores case."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import numpy as np
+import pytest
 import soundfile as sf
 
 from audioae.cli import main
@@ -74,3 +80,63 @@ def test_ray_only_options_with_the_local_engine_are_refused(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "--gpus-per-worker", "1"]) == 2
     assert "--gpus-per-worker is for --engine ray" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def case_blind_disk(tmp_path):
+    """A FAT file system, as on an SD card (names ignore case), mounted with FUSE: a real disk of
+    that kind, which this kernel cannot mount itself. Skipped without fusefat and dosfstools
+    (``apt-get install fusefat dosfstools``) or where FUSE mounts are not allowed."""
+    if not all(shutil.which(tool) for tool in ("fusefat", "mkfs.vfat", "fusermount")):
+        pytest.skip("a case-insensitive disk needs fusefat and dosfstools (apt-get install fusefat dosfstools)")
+    image, mount = tmp_path / "card.img", tmp_path / "card"
+    with open(image, "wb") as f:
+        f.truncate(40 << 20)
+    subprocess.run(["mkfs.vfat", str(image)], check=True, capture_output=True)
+    mount.mkdir()
+    run = subprocess.run(["fusefat", "-o", "rw+", str(image), str(mount)], capture_output=True, text=True)
+    if run.returncode != 0 or not os.path.ismount(mount):
+        pytest.skip(f"cannot mount a FAT image with FUSE here: {run.stderr.strip()[-300:]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["fusermount", "-u", str(mount)], capture_output=True)
+
+
+def test_names_on_a_fat_card_ignore_case_and_elsewhere_do_not(case_blind_disk, tmp_path):
+    from audioae.batch.plan import ignores_case
+
+    assert ignores_case(case_blind_disk) and ignores_case(case_blind_disk / "not" / "made" / "yet")
+    (case_blind_disk / "Take.wav").write_bytes(b"x")  # asked of a name already there, too
+    assert ignores_case(case_blind_disk)
+    assert not ignores_case(tmp_path) and not ignores_case(tmp_path / "new")
+    assert sorted(p.name for p in case_blind_disk.iterdir()) == ["Take.wav"]  # no probe left behind
+
+
+def test_inputs_whose_names_differ_only_in_case_are_refused_for_a_card_and_kept_apart_elsewhere(
+        case_blind_disk, tmp_path, capsys):
+    """Until 2026-12-07 Take.wav and take.wav were both reported denoised into a card, where they
+    are one file: one output replaced the other."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _wav(src / "Take.wav", 0.5)
+    _wav(src / "take.wav", 0.25)
+    assert main(["denoise", str(src), "-o", str(case_blind_disk / "clean"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "two inputs map to outputs whose names differ only in case" in err and "ignores case" in err, err
+    assert not (case_blind_disk / "clean").exists()
+    assert main(["denoise", str(src), "-o", str(tmp_path / "clean"), "--no-progress"]) == 0  # a disk that tells them apart
+    assert {p.name: sf.info(p).frames for p in (tmp_path / "clean").glob("*.wav")} == {"Take.wav": 8000, "take.wav": 4000}
+
+
+def test_an_output_folder_that_is_the_input_folder_in_another_case_is_refused_on_a_card(case_blind_disk, capsys):
+    """``-o IN`` for the card's folder ``in``: until 2026-12-07 its recordings counted as their own
+    finished outputs, and with --overwrite each was replaced by its denoised copy."""
+    src = case_blind_disk / "in"
+    src.mkdir()
+    _wav(src / "Take.wav")
+    before = (src / "Take.wav").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["denoise", str(src), "-o", str(case_blind_disk / "IN"), "--no-progress", *extra]) == 2
+        assert "is the input folder" in capsys.readouterr().err
+    assert (src / "Take.wav").read_bytes() == before and sorted(p.name for p in src.iterdir()) == ["Take.wav"]

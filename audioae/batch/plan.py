@@ -9,11 +9,13 @@ input or to write two inputs to one output.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
-from collections.abc import Collection, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,20 +61,54 @@ def _audio_in(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if is_audio_name(p) and p.is_file()]
 
 
-def _discover(folder: Path, out_dir: Path, recordings: set[Path]) -> list[tuple[Path, str]]:
+def ignores_case(folder: Path) -> bool:
+    """Whether names in ``folder`` (or, while it does not exist, its nearest existing parent) ignore
+    case, as on the FAT and exFAT of SD cards and on macOS and Windows disks: ``Take.wav`` and
+    ``take.wav`` are one file there. Asked of a name already there that changes with its case (its
+    other case found, and not listed as a file of its own), else of a hidden probe file made and
+    removed at once; False where neither can be asked."""
+    here = folder
+    while not here.is_dir():
+        if here.parent == here:
+            return False
+        here = here.parent
+    try:
+        names = os.listdir(here)
+    except OSError:
+        names = []
+    listed = set(names)
+    for name in names:
+        other = name.swapcase()
+        if other != name and other not in listed:
+            return os.path.lexists(here / other)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".audioae-case-probe-", dir=here)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        return os.path.lexists(os.path.join(here, os.path.basename(probe).swapcase()))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[[Path], str] = str,
+              ) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (audio.walk_audio: sorted, recursive, linked folders
     followed once) with their relative paths, skipping OUT when it lies inside ``folder`` (a
     rerun would otherwise take its own outputs as inputs), and skipping a subfolder that holds
     another run's manifest: denoised copies, not recordings. The audio files an OUT inside
-    ``folder`` holds before any run (no manifest yet) are recordings: added to ``recordings``."""
+    ``folder`` holds before any run (no manifest yet) are recordings: added to ``recordings``
+    (as ``fold`` keys their real paths: :func:`plan_tasks`)."""
 
     def prune(here: Path, filenames: list[str]) -> bool:
-        if here.resolve() == out_dir:
+        if fold(here.resolve()) == fold(out_dir):
             found = [] if MANIFEST_NAME in filenames else _audio_in(here)  # recordings, not earlier outputs
             if found:
                 log.warning("%s: skipped, it is the output folder; the audio files already in it are not "
                             "denoised (denoise them into another folder)", here)
-                recordings.update(map(_real, found))
+                recordings.update(fold(_real(f)) for f in found)
             return True
         if here != folder and MANIFEST_NAME in filenames:
             log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s); name it as an input "
@@ -126,16 +162,21 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
         raise ValueError("no inputs given")
     _check_output_folder(Path(check_named(out_dir)))
     out = Path(out_dir).resolve()
+    # How paths compare where the outputs go: a disk that ignores case (an SD card's exFAT) makes
+    # Take.wav and take.wav one file. Until 2026-12-07 two such inputs were both "denoised" into
+    # one output, and -o IN beside an input folder "in" wrote the outputs over the inputs.
+    case_blind = ignores_case(out)
+    fold: Callable[[Path], str] = (lambda p: str(p).casefold()) if case_blind else str
     pairs: list[tuple[Path, str]] = []
     empty: list[Path] = []  # input folders without audio files
-    recordings: set[Path] = set()  # audio files in an OUT inside an input folder before any run
+    recordings: set[str] = set()  # audio files in an OUT inside an input folder before any run (fold keys)
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            if p.resolve() == out:
+            if fold(p.resolve()) == fold(out):
                 raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
                                  f"outputs would overwrite inputs")
-            found = _discover(p, out, recordings)
+            found = _discover(p, out, recordings, fold)
             if not found:
                 empty.append(p)
             pairs.extend(found)
@@ -146,27 +187,34 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     tasks, by_output, by_input = [], {}, {}
     # Names, and the files they are: found_at resolved each one's folder, so only a link differs
     # (an lstat per input, not a realpath's one per folder above it: thousands of inputs).
-    input_set = {src for src, _ in pairs} | {_real(src) for src, _ in pairs if src.is_symlink()}
+    input_set = {fold(src) for src, _ in pairs} | {fold(_real(src)) for src, _ in pairs if src.is_symlink()}
     for src, rel in pairs:
         dst = out / rel
-        if dst in input_set or (dst.exists() and dst.resolve() in input_set):
+        if fold(dst) in input_set or (dst.exists() and fold(dst.resolve()) in input_set):
             raise ValueError(f"refusing to run: the output {dst} would overwrite an input; "
                              f"choose an output folder outside the inputs")
         # A recording there would be skipped as this input's finished output, or replaced by --overwrite.
-        if recordings and _real(dst) in recordings:
+        if recordings and fold(_real(dst)) in recordings:
             raise ValueError(f"refusing to run: the output {dst} would overwrite a recording the output folder "
                              f"held before any run (it is inside the input folder, and is not denoised); "
                              f"choose another output folder")
-        if dst in by_output:
-            if _real(by_output[dst]) == _real(src):
+        key = fold(dst)
+        if key in by_output:
+            first, first_dst = by_output[key]
+            if _real(first) == _real(src):
                 continue  # the same file named twice (e.g. a file and its folder)
-            raise ValueError(f"two inputs map to the same output {dst}: {by_output[dst]} and {src}; "
+            if first_dst != dst:
+                raise ValueError(f"two inputs map to outputs whose names differ only in case, {first_dst} and {dst} "
+                                 f"(from {first} and {src}), and the disk of {out} ignores case (FAT, exFAT, macOS, "
+                                 f"Windows): one output would replace the other. Denoise them into separate output "
+                                 f"folders, or rename one")
+            raise ValueError(f"two inputs map to the same output {dst}: {first} and {src}; "
                              f"denoise them into separate output folders")
         if src in by_input:  # one manifest line per input: the second output would go unrecorded
             raise ValueError(f"{src} is among the inputs twice, to become {by_input[src]} and {dst} (the inputs "
                              f"overlap: a folder, and a folder or file inside it); name it once, or denoise the "
                              f"overlapping inputs into separate output folders")
-        by_output[dst], by_input[src] = src, dst
+        by_output[key], by_input[src] = (src, dst), dst
         tasks.append(FileTask(str(src), str(dst), rel))
     if not tasks:  # before the output folder is made: a typo'd or empty input folder is not a success
         raise ValueError(f"nothing to denoise: no {'/'.join(AUDIO_EXTENSIONS)} files in "
