@@ -54,6 +54,26 @@ def _check_tls(cert: str, key: str) -> None:
         raise RuntimeError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
 
 
+
+class HealthService(health.HealthServicer):
+    """grpcio-health-checking's service, with ``List`` (grpc.health.v1's snapshot of every
+    service) answered from what ``set`` was told: the library's servicer leaves it unimplemented,
+    and each call, which newer health clients make, logged a traceback."""
+
+    def __init__(self):
+        super().__init__()
+        self._names: list[str] = []
+
+    def set(self, service: str, status) -> None:
+        if service not in self._names:
+            self._names.append(service)
+        super().set(service, status)
+
+    def List(self, request, context):
+        return health_pb2.HealthListResponse(statuses={
+            name: super(HealthService, self).Check(health_pb2.HealthCheckRequest(service=name), context)
+            for name in list(self._names)})
+
 class AudioServer:
     """One gRPC server. ``start()`` binds and answers health (NOT_SERVING) at once; ``load()``
     loads and warms the models, then reports SERVING; ``drain()`` shuts down gracefully."""
@@ -70,7 +90,7 @@ class AudioServer:
         self.max_calls = 2 * config.max_queue
         self.gate = Gate(max_calls=self.max_calls)
         self.batcher = Batcher(self.metrics, config.max_queue, config.max_delay_ms, config.max_batch_seconds)
-        self.health = health.HealthServicer()
+        self.health = HealthService()
         self.store: ModelStore | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None

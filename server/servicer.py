@@ -37,7 +37,7 @@ from audioae.client import (
     tensor_message,
 )
 from audioae.config import quoted
-from audioae.enhance import StreamingDenoiser, channel_seconds, is_out_of_memory
+from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, is_out_of_memory
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
 
@@ -193,7 +193,14 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         try:
             return fut.result(timeout=left if left is not None and left < 1e6 else None)
         except FutureTimeout:
+            running = fut.running()  # before abandon: a queued job's future is cancelled there
             job.abandon()
+            if running:  # was: "while the request waited for the device (0 requests queued)"
+                raise Abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the deadline passed while the device worked on the request "
+                    f"({time.monotonic() - job.enqueued:.1f} s after it came): allow more time for this much audio",
+                ) from None
             raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the deadline passed while the request waited for the device "
@@ -201,6 +208,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             ) from None
         except CancelledError:
             raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+        except Stopped as exc:  # stopped at its next piece or step, its call having ended: not INTERNAL
+            code = _ended(context)
+            what = "deadline passed" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "call was cancelled"
+            raise Abort(code, f"the {what} while the device worked on the request: {exc}") from None
 
     def _check_seconds(self, seconds: float | None, channels: int = 1) -> None:
         """Refuse audio longer than ``--max-audio-seconds``, or with more channel-seconds than that

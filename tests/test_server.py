@@ -284,6 +284,12 @@ def test_long_work_stops_when_its_call_is_cancelled(model_dir, work):
         assert exc is not None and str(exc).startswith(said), exc
         assert job.abandoned.asked == 2  # at the check the cancel landed on
         assert srv.metrics.registry.get_sample_value("audioae_dropped_jobs_total") == 1
+
+        def count(code: str) -> float | None:
+            return srv.metrics.registry.get_sample_value("audioae_requests_total", {"method": method, "code": code})
+
+        assert _wait_until(lambda: count("CANCELLED") == 1, timeout=30)  # was INTERNAL, logged with a traceback
+        assert count("INTERNAL") is None
         y = _noisy(1.0, 16000)  # the device is free again
         if name == "tiny":
             assert c.denoise(y, 16000).shape == y.shape
@@ -1011,6 +1017,14 @@ def test_the_client_pointed_at_a_closed_port_is_told_nothing_listens(capsys):
 
 
 # ---- health transitions and drain (in process) ---------------------------------------------------
+def _health_list(c: Client) -> dict[str, str]:
+    """grpc.health.v1's List: service name -> status name."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    resp = health_pb2_grpc.HealthStub(c.channel).List(health_pb2.HealthListRequest(), timeout=5)
+    return {k: health_pb2.HealthCheckResponse.ServingStatus.Name(v.status) for k, v in resp.statuses.items()}
+
+
 def test_health_transitions_and_drain(model_dir):
     srv = AudioServer(_config(model_dir, models=(str(model_dir / "tiny.safetensors"),), metrics_port=None))
     srv.start()
@@ -1021,6 +1035,7 @@ def test_health_transitions_and_drain(model_dir):
         assert code == CODE.UNAVAILABLE and "loading" in msg
         srv.load()
         assert c.health() == "SERVING" and c.health("audioae.v1.AudioAE") == "SERVING"
+        assert _health_list(c) == {"": "SERVING", "audioae.v1.AudioAE": "SERVING"}  # was UNIMPLEMENTED, a traceback
         # A stream in flight when the drain starts finishes normally; new calls are refused.
         go_on, outs = threading.Event(), []
         x = _noisy(1.0, 16000)
@@ -1037,6 +1052,7 @@ def test_health_transitions_and_drain(model_dir):
         drainer = threading.Thread(target=lambda: drained.append(srv.drain(timeout=30)))
         drainer.start()
         assert _wait_until(lambda: c.health() == "NOT_SERVING")
+        assert set(_health_list(c).values()) == {"NOT_SERVING"}
         code, msg = _code(c.denoise, x, 16000)
         assert code == CODE.UNAVAILABLE and "shutting down" in msg
         go_on.set()
