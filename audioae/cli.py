@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -610,6 +611,12 @@ def _cmd_client(args) -> int:
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "parsing http/2" in details.lower():
             hint = (" (what answers there does not speak gRPC: an HTTP server, such as the metrics port? "
                     "audioae serve prints the port it serves on)")
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("CLIENT: Sent message larger"):
+            # gRPC's own refusal, in this process: nothing was sent (was reported as the server's answer)
+            size = re.search(r"\((\d+) vs\. (\d+)\)", details)
+            what = f"{int(size[1]) / 2**20:.1f} MB" if size else "larger than that"
+            raise RuntimeError(f"the request is {what}, over this client's --max-message-mb {mb:g}: raise it "
+                               f"(the server's --max-request-mb must allow it too); nothing was sent") from None
         # UNAVAILABLE is the client's own verdict when nothing answered: not the server's
         said = "could not be reached" if exc.code() == grpc.StatusCode.UNAVAILABLE else "answered"
         raise RuntimeError(f"server {args.server} {said} ({exc.code().name}): {details}{hint}") from None

@@ -153,14 +153,19 @@ class ModelStore:
             )
         return self.models[name]
 
+    # what a call naming no model needs the server to hold, per purpose
+    NEEDS = {"denoise": "a spectrogram denoiser", "stream": "a causal spectrogram denoiser",
+             "decompose": "a sparse dictionary model (sparse_dict)"}
+
     def audio_model(self, name: str, default: str, purpose: str) -> ServedModel:
         if not name and not default:
             # As Encode/Decode without a model name: the request lacks an argument this server needs.
-            raise Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"no model named, and this server has no default model to {purpose} with; name one: "
-                f"{', '.join(self.defaultable.get(purpose, [])) or '(none here can)'}",
-            )
+            can = self.defaultable.get(purpose, [])
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, (
+                f"no model named, and this server has no default model to {purpose} with; name one: {', '.join(can)}"
+                if can else  # was "...; name one: (none here can)"
+                f"no model named, and this server holds no model that can {purpose}: that needs "
+                f"{self.NEEDS.get(purpose, 'another model')}; it serves {', '.join(self.models) or 'none'}"))
         name = name or default
         m = self.get(name)
         if not m.is_audio:

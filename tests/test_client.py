@@ -28,7 +28,7 @@ from audioae.client import (
 from audioae.data.synthetic import speech_like
 from audioae.enhance import denoise
 from audioae.models import build_model
-from audioae.pretrained import DEFAULT_DECOMPOSER
+from audioae.pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER
 from server import AudioServer, ServerConfig
 from server.auth import read_tokens as server_read_tokens
 
@@ -102,9 +102,23 @@ def test_a_server_with_only_a_decomposer_has_no_default_denoiser():
             x = _noisy(0.3, 16000)
             for call in (lambda: c.denoise(x, 16000), lambda: list(c.stream([x], 16000, 1))):
                 code, msg = _code(call)
-                assert code == CODE.INVALID_ARGUMENT and "no default model to" in msg, msg
+                assert code == CODE.INVALID_ARGUMENT and "this server holds no model that can" in msg, msg
+                assert "that needs a" in msg and f"it serves {DEFAULT_DECOMPOSER}" in msg, msg
             assert c.decompose(x, 16000, fit_steps=0).model == DEFAULT_DECOMPOSER  # still its job
             assert c.health() == "SERVING"
+    finally:
+        srv.stop()
+
+
+def test_a_server_with_only_a_denoiser_says_what_decomposing_needs():
+    srv = _start(models=(DEFAULT_DENOISER,))
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as c:
+            code, msg = _code(lambda: c.decompose(_noisy(0.3, 16000), 16000))
+            # was: "...; name one: (none here can)"
+            assert code == CODE.INVALID_ARGUMENT, msg
+            assert msg == (f"no model named, and this server holds no model that can decompose: that needs a sparse "
+                           f"dictionary model (sparse_dict); it serves {DEFAULT_DENOISER}"), msg
     finally:
         srv.stop()
 
@@ -273,6 +287,19 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     argv = ["client", command, str(aiff), "--server", f"127.0.0.1:{mixed_server.port}", "--model", "tiny"]
     assert cli_main(argv) == 0
     assert sf.info(tmp_path / "in.denoised.aiff").format == "AIFF"
+
+
+def test_cli_client_names_its_own_message_limit_not_the_server(mixed_server, tmp_path, capsys):
+    """gRPC refuses a request over the client's --max-message-mb in the client; the CLI said
+    "server ... answered (RESOURCE_EXHAUSTED): CLIENT: Sent message larger than max"."""
+    src = tmp_path / "in.wav"
+    write_audio(src, _noisy(2.0, 16000), 16000, subtype="FLOAT")  # 128 kB
+    argv = ["client", "--server", f"127.0.0.1:{mixed_server.port}", "--max-message-mb", "0.05", "denoise", str(src),
+            "-o", str(tmp_path / "out.wav"), "--model", "tiny"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the request is 0.1 MB, over this client's --max-message-mb 0.05: raise it" in err, err
+    assert "answered" not in err and not (tmp_path / "out.wav").exists()
 
 
 def test_cli_client_decompose_defaults_to_the_local_commands_grouping(mixed_server, tmp_path, capsys):
