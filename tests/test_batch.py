@@ -1119,3 +1119,23 @@ def test_samples_beyond_full_scale_are_clipped_in_every_non_float_subtype(tmp_pa
                     ("answer", read_audio(answer.encoded)[0])):
         halves = y[0, : sr - sr % 200].reshape(-1, 2, 100)[:, :, 20:]  # [periods, +/-, steady part]
         assert halves[:, 0].mean() > 0.8 and halves[:, 1].mean() < -0.8, (name, halves[:, 0].mean())
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_workers_stop(tmp_path, causal_ckpt):
+    """Spawned workers import the script that started them: an unguarded run_denoise(workers=2)
+    ran again in each, met the job's own folder lock there, and every file failed with a bare
+    "no worker process could start (ProcessDied: its process exited with status 1)"."""
+    src = tmp_path / "in"
+    write_tree(src, TREE[:3])  # more files than one: a pool of workers
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json\n"
+        "from audioae.batch import DenoiseOptions, run_denoise\n"
+        f"s = run_denoise([{str(src)!r}], {str(tmp_path / 'out')!r}, "
+        f"DenoiseOptions(model={str(causal_ckpt)!r}, workers=2, progress=False))\n"
+        "print(json.dumps(s['errors']))\n")
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "RuntimeError: run_denoise was called while a worker process was starting" in run.stderr, run.stderr[-2000:]
+    errors = json.loads(run.stdout.strip().splitlines()[-1])
+    assert errors and all('needs its call under if __name__ == "__main__":' in e["error"] for e in errors), errors

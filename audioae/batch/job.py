@@ -134,6 +134,19 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
                          block_seconds=opts.block_seconds)
 
 
+def _refuse_in_a_starting_worker() -> None:
+    """A script that calls run_denoise with workers > 1 at its top level, without an ``if __name__
+    == "__main__":`` guard, runs again in each spawned worker as it starts. There it met the
+    folder lock the script's own job held, and every file failed with "no worker process could
+    start (ProcessDied: its process exited with status 1)"."""
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # what multiprocessing itself checks
+        raise RuntimeError("run_denoise was called while a worker process was starting: the script that "
+                           "calls it with workers > 1 runs again in each worker, so its call must sit under "
+                           "if __name__ == \"__main__\":")
+
+
 def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                 options: DenoiseOptions = DenoiseOptions()) -> dict:
     """Denoise every input file (folders recursively) into ``out_dir``; returns the summary.
@@ -142,6 +155,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     a bad file, and records one manifest line per file in ``out_dir/audioae-manifest.jsonl``.
     """
     options.check()
+    _refuse_in_a_starting_worker()
     if options.engine == "ray":
         from .ray_engine import require_ray
 
