@@ -266,7 +266,7 @@ def test_non_causal_model_goes_whole_file(tmp_path, bidir_ckpt):
     assert sf.info(out / "stereo.wav").channels == 2  # a file given directly goes to OUT/<name>
 
 
-def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckpt):
+def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckpt, caplog):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
@@ -274,7 +274,12 @@ def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckp
     sf.write(out / "top.wav", sentinel, 16000, subtype="PCM_16")  # "already done" by an earlier run
     (out / "sub" / ".stereo.wav.part").write_bytes(b"half of a file from a killed run")
     opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    with pytest.raises(ValueError, match=r"holds 1 file\(s\) under the names this job would write \(e\.g\. top\.wav\), "
+                                         r"and no manifest of an earlier denoise run: --overwrite would replace"):
+        run_denoise([src], out, dataclasses.replace(opts, overwrite=True))  # was: replaced without a word
+    assert sf.info(out / "top.wav").frames == 100
     s = run_denoise([src], out, opts)
+    assert "skipped as finished outputs; if they are not denoised copies of the inputs, move them" in caplog.text
     assert (s["skipped"], s["ok"], s["error"]) == (1, len(TREE) - 1, 1)
     assert sf.info(out / "top.wav").frames == 100  # untouched
     assert by_input(out)["top.wav"]["status"] == "skipped"

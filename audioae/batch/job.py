@@ -200,6 +200,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
+        _check_files_of_others(out, tasks, options.overwrite)
         # Read once: a big job's manifest is long.
         earlier = _named_as_links(out / MANIFEST_NAME, read_manifest(out / MANIFEST_NAME), tasks)
         journal = Journal(out / JOURNAL_NAME, now)
@@ -250,6 +251,24 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             _clear_completed(journal, results)
             manifest.compact()
     return manifest
+
+
+def _check_files_of_others(out: Path, tasks: Sequence[FileTask], overwrite: bool) -> None:
+    """Files under outputs' names in a folder no job has written to (no manifest, no in-flight
+    markers) may be someone's own: ``--overwrite`` is refused there (it replaced them without a
+    word), and a run that skips them as done says so."""
+    if (out / MANIFEST_NAME).exists() or (out / JOURNAL_NAME).exists():
+        return
+    taken = [t for t in tasks if os.path.lexists(t.output)]
+    if not taken:
+        return
+    said = (f"{out} already holds {len(taken)} file(s) under the names this job would write (e.g. {taken[0].rel}), "
+            f"and no manifest of an earlier denoise run")
+    if overwrite:
+        raise ValueError(f"{said}: --overwrite would replace files no run is known to have made. Move or delete "
+                         f"them, or choose another output folder")
+    log.warning("%s: skipped as finished outputs; if they are not denoised copies of the inputs, move them and "
+                "run again", said)
 
 
 def _source_of(task: FileTask, recorded: dict[str, tuple[int, int]], changed: set[str]) -> dict[str, int]:
