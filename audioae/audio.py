@@ -11,6 +11,7 @@ import it when called.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -44,10 +45,13 @@ AUDIO_EXTENSIONS = (*CONTAINERS, *READ_ONLY)  # what a folder search takes
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
 # torchaudio's resampler builds a filter bank of (new/g) x (orig/g + 2 * width) floats, g = gcd:
-# 44101 -> 16000 Hz would be ~700 M floats (2.8 GB). The product of the reduced rates bounds it
-# (the bank stays under ~15x the product: 60 MB here). The standard rates against 16000 Hz need
-# at most 282,240 (11025 Hz: 441 x 640); tested.
-MAX_RESAMPLE_PRODUCT = 1_000_000
+# 44101 -> 16000 Hz would be ~700 M floats (2.8 GB). Banks up to this size are built (once per
+# rate pair, kept: :func:`resampler`): every standard rate against 16000 Hz needs at most 1.2 MB
+# (11025 Hz), 5512 Hz 5.6 MB, the NTSC pull-down of 48 kHz (47952 Hz) 12 MB; that of 44.1 kHz
+# (44056 Hz) would need 44 MB, and its 10 ms stream calls would not keep up with real time
+# (benchmarks/odd_rates.py). Until 2026-12-07 the bound was the reduced rates' product
+# (1,000,000), which refused 47952 and 5512 Hz too.
+MAX_RESAMPLE_FILTER_BYTES = 16_000_000
 
 
 class AudioError(ValueError):
@@ -502,16 +506,25 @@ def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:
     """Raise :class:`AudioError` when resampling ``orig_sr`` -> ``new_sr`` would need a huge
     filter bank: rates that share almost no factor (44101 and 16000 share only 1).
     ``target`` names the new rate for people, e.g. ``"the model's "``."""
-    g = math.gcd(orig_sr, new_sr)
-    a, b = orig_sr // g, new_sr // g
-    if a * b > MAX_RESAMPLE_PRODUCT:
-        width = math.ceil(6 * a / (min(a, b) * 0.99))  # torchaudio's defaults: 6 zero crossings, rolloff 0.99
+    size = resample_filter_bytes(orig_sr, new_sr)
+    if size > MAX_RESAMPLE_FILTER_BYTES:
+        g = math.gcd(orig_sr, new_sr)
         raise AudioError(
             f"a sample rate of {orig_sr} Hz cannot be resampled to {target}{new_sr} Hz efficiently: "
-            f"the two rates reduce to {a}:{b}, which needs a {4 * b * (a + 2 * width) / 1e6:,.0f} MB "
-            f"resampling filter; resample the audio to a standard rate such as 16000, 44100 or "
-            f"48000 Hz first"
+            f"the two rates reduce to {orig_sr // g}:{new_sr // g}, which needs a {size / 1e6:,.0f} MB "
+            f"resampling filter (at most {MAX_RESAMPLE_FILTER_BYTES / 1e6:.0f} MB here); resample the audio "
+            f"to a standard rate such as 16000, 44100 or 48000 Hz first"
         )
+
+
+def resample_filter_bytes(orig_sr: int, new_sr: int) -> int:
+    """The size of torchaudio's float32 filter bank for ``orig_sr`` -> ``new_sr``:
+    ``(new/g) x (orig/g + 2 * width)`` coefficients, ``g = gcd``, ``width`` its kernel's half-width
+    (its defaults: 6 zero crossings, rolloff 0.99)."""
+    g = math.gcd(orig_sr, new_sr)
+    a, b = orig_sr // g, new_sr // g
+    width = math.ceil(6 * a / (min(a, b) * 0.99))
+    return 4 * b * (a + 2 * width)
 
 
 def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, target: str = "") -> torch.Tensor:
@@ -520,13 +533,24 @@ def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, targe
     Raises :class:`AudioError` for rate pairs :func:`check_resample` refuses (``target`` names
     the new rate in its message)."""
     import torch
-    import torchaudio.functional as AF
 
     x = torch.as_tensor(wav, dtype=torch.float32)
     if orig_sr == new_sr:
         return x
     check_resample(orig_sr, new_sr, target=target)
-    return AF.resample(x, orig_sr, new_sr)
+    return resampler(orig_sr, new_sr)(x)
+
+
+@functools.lru_cache(maxsize=8)
+def resampler(orig_sr: int, new_sr: int):
+    """torchaudio's ``Resample`` for a rate pair (checked: :func:`check_resample`), shared and kept:
+    it builds its windowed-sinc kernel once, where ``torchaudio.functional.resample`` builds it on
+    every call (0.9 ms of each 10 ms stream chunk at 44.1 kHz). Its defaults are the functional
+    form's, and so are its samples. Read-only in use: threads may share it."""
+    import torch
+    import torchaudio.transforms as T
+
+    return T.Resample(orig_sr, new_sr, dtype=torch.float32).eval()  # its kernel computed as the functional form's
 
 
 def band_above(wav: torch.Tensor | np.ndarray, sr: int, band_sr: int) -> torch.Tensor:

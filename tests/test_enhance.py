@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from audioae.audio import MAX_RESAMPLE_PRODUCT, AudioError, check_resample, resample, write_audio
+from audioae.audio import (
+    MAX_RESAMPLE_FILTER_BYTES,
+    AudioError,
+    check_resample,
+    resample,
+    resample_filter_bytes,
+    write_audio,
+)
 from audioae.enhance import Stopped, StreamingDenoiser, StreamingResampler, _denoise_offline, denoise
 from audioae.models import build_model
 
@@ -76,12 +83,29 @@ def test_a_rate_sharing_no_factor_with_the_model_is_refused_before_any_filter_is
     assert "44101 Hz cannot be resampled to the model's 16000 Hz efficiently" in msg
     assert "44101:16000" in msg and "2,825 MB" in msg  # torchaudio's bank: 16000 x (44101 + 2 x 17) floats
     assert "standard rate such as 16000, 44100 or 48000 Hz" in msg
-    assert 44101 * 16000 > MAX_RESAMPLE_PRODUCT
+    assert resample_filter_bytes(44101, 16000) > MAX_RESAMPLE_FILTER_BYTES
     x = np.zeros((1, 4410), np.float32)
     for call in (lambda: resample(x, 44101, 16000), lambda: resample(x, 16000, 44101),
                  lambda: StreamingResampler(44101, 16000, 1)):
         with pytest.raises(AudioError, match="cannot be resampled"):
             call()
+
+
+@pytest.mark.parametrize("sr", [5512, 47952])
+def test_odd_rates_whose_filter_is_small_enough_are_denoised_offline_and_streamed_alike(sr):
+    """5512 Hz and 47952 Hz (the NTSC pull-down of 48 kHz) need 5.6 and 12 MB filters; until
+    2026-12-07 the reduced rates' product (over 1,000,000) refused them."""
+    torch.manual_seed(0)
+    causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, sr // 2))).astype(np.float32)
+    y = denoise(causal, x, sr)
+    assert y.shape == x.shape and np.isfinite(y).all()
+    s = StreamingDenoiser(causal, sr, 1)
+    step = sr // 100
+    streamed = torch.cat([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
+    np.testing.assert_allclose(streamed.numpy(), y, atol=1e-5)
+    with pytest.raises(AudioError, match="5507:2000, which needs a 44 MB resampling filter \\(at most 16 MB here\\)"):
+        check_resample(44056, 16000)  # the pull-down of 44.1 kHz: still too big
 
 
 def test_denoise_and_streaming_refuse_a_rate_the_model_cannot_resample_to():

@@ -1,0 +1,65 @@
+"""What a sample rate that shares few factors with the model's 16 kHz costs: the size of
+torchaudio's resampling filter for it, the speed of `denoise` on a file at that rate (one thread),
+and the wall time of a 10 ms streaming call (median), against a standard rate.
+
+    python benchmarks/odd_rates.py [--model denoiser-small] [--rates 44100 48000 5512 47952 44056] \
+        [--seconds 20] [--out benchmarks/results/odd-rates.json]
+
+Rates over :data:`audioae.audio.MAX_RESAMPLE_FILTER_BYTES` are measured too (the bound is lifted
+for the run), to show why they are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from audioae import audio
+from audioae.enhance import StreamingDenoiser, denoise
+from audioae.fileio import atomic_write_json
+from audioae.pretrained import load, resolve
+
+
+def measure(model, sr: int, seconds: float, limit: int) -> dict:
+    x = (0.1 * np.random.default_rng(0).standard_normal(int(sr * seconds))).astype(np.float32)  # [T]
+    denoise(model, x[: sr // 10], sr)  # the filter bank built and kept (audio.resampler)
+    t0 = time.perf_counter()
+    denoise(model, x, sr)
+    offline = seconds / (time.perf_counter() - t0)
+    s, step, calls = StreamingDenoiser(model, sr, 1), sr // 100, []
+    for i in range(0, min(len(x), 3 * sr), step):
+        t0 = time.perf_counter()
+        s.push(x[i : i + step])
+        calls.append(time.perf_counter() - t0)
+    return {"sample_rate": sr, "filter_mb": round(audio.resample_filter_bytes(sr, model.config.sample_rate) / 1e6, 2),
+            "accepted": audio.resample_filter_bytes(sr, model.config.sample_rate) <= limit,
+            "offline_x_realtime": round(offline, 1), "stream_10ms_call_ms_p50": round(1000 * statistics.median(calls), 2)}
+
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="denoiser-small")
+    p.add_argument("--rates", type=int, nargs="+", default=[44100, 48000, 5512, 47952, 44056])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--out", default="benchmarks/results/odd-rates.json")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model = load(resolve(args.model))
+    limit = audio.MAX_RESAMPLE_FILTER_BYTES
+    audio.MAX_RESAMPLE_FILTER_BYTES = 10**12  # measure the refused ones too
+    rows = []
+    for sr in args.rates:
+        rows.append(measure(model, sr, args.seconds, limit))
+        print(rows[-1], flush=True)
+    atomic_write_json(args.out, {"model": args.model, "limit_mb": limit / 1e6, "seconds": args.seconds, "rows": rows,
+                                 "command": "python benchmarks/odd_rates.py" + (f" --rates {' '.join(map(str, args.rates))}"
+                                                                               if args.rates != p.get_default("rates") else "")})
+
+
+if __name__ == "__main__":
+    main()
