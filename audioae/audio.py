@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # for, where this machine's libsndfile has the container (MP3 from libsndfile 1.1; the soundfile
 # wheels bring 1.2). libsndfile keeps an MP3's length through a round trip (its LAME header).
 _NAMED = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF",
-          ".au": "AU", ".caf": "CAF", ".w64": "W64"}
+          ".au": "AU", ".caf": "CAF", ".w64": "W64", ".rf64": "RF64"}
 CONTAINERS = {ext: fmt for ext, fmt in _NAMED.items() if fmt in sf.available_formats()}
 # Ogg Opus (voice messages) is read by its contents; never written by name: Ogg's default is Vorbis.
 READ_ONLY = (".opus",) if sf.check_format("OGG", "OPUS") else ()
@@ -136,7 +136,21 @@ def sound_error_reason(exc: BaseException, in_memory: bool = False, path: str | 
         return _PLAINER[reason]
     if reason == "System error." and path is not None:
         reason = os_refusal(path, writing) or reason
+    if reason == "Format not recognised." and path is not None and not writing:
+        reason = _unrecognised(path) or reason
     return reason.removeprefix("Error : ")
+
+
+def _unrecognised(path: str | os.PathLike) -> str | None:
+    """A plainer reason than libsndfile's "Format not recognised." for a file it cannot open:
+    an empty one, or a kind it does not read (M4A, AAC, ...)."""
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    suffix = os.path.splitext(os.fsdecode(path))[1].lower()
+    if suffix in OTHER_AUDIO:
+        return f"libsndfile does not read {suffix} files: convert it, e.g. ffmpeg -i in{suffix} out.flac"
+    return None
 
 
 def os_refusal(path: str | os.PathLike, writing: bool = False) -> str | None:

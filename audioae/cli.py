@@ -243,6 +243,14 @@ def _check_json_out(path: str | None) -> None:
         raise ValueError(f"--json {path}: is a folder; name the JSON file to write, e.g. {os.path.join(path, 'scores.json')}")
     if is_audio_name(path):
         raise ValueError(f"--json {path}: refusing to write the report over an audio file name; name a .json file")
+    # Before minutes of scoring, not after: the report is renamed into place in its folder,
+    # which is made if new, so the nearest folder that exists must take new files.
+    here = Path(path).absolute().parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not os.access(here, os.W_OK):
+        raise ValueError(f"--json {path}: cannot write the report there ({here} takes no new files: "
+                         f"read-only, or no permission)")
 
 
 def _cmd_eval(args) -> int:

@@ -254,7 +254,10 @@ def _score_table(report: dict) -> list[str]:
 def format_table(report: dict) -> str:
     """The report as a plain-text table for people, then the problems."""
     lines = _score_table(report) if report["files"] else []  # nothing scored: no empty table
-    lines.append(f"{report['scored']} of {report['paired']} pairs scored")
+    # a pair read whose every metric was undefined (too short, silent) is not "scored"
+    blank = sum(all(f.get(m) is None for m in METRICS) for f in report["files"])
+    lines.append(f"{report['scored'] - blank} of {report['paired']} pairs scored"
+                 + (f"; {blank} more read, but no metric could score them (notes below say why)" if blank else ""))
     short = {HEADERS[m]: n for m, n in report.get("mean_of", {}).items() if n < report["scored"]}
     if short:
         lines.append("the means leave out the pairs a metric could not score (notes below say why): "

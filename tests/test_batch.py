@@ -1126,6 +1126,20 @@ def test_samples_beyond_full_scale_are_clipped_in_every_non_float_subtype(tmp_pa
         assert halves[:, 0].mean() > 0.8 and halves[:, 1].mean() < -0.8, (name, halves[:, 0].mean())
 
 
+def test_an_empty_file_and_one_libsndfile_cannot_read_are_told_apart(tmp_path, causal_ckpt):
+    """Both were "cannot read audio (Format not recognised.)" in the folder tool."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "empty.wav").write_bytes(b"")
+    (src / "call.m4a").write_bytes(b"\0\0\0\x20ftypM4A ")  # named directly: the folder search passes it over
+    s = run_denoise([src / "empty.wav", src / "call.m4a"], tmp_path / "out",
+                    DenoiseOptions(model=str(causal_ckpt), progress=False))
+    why = {Path(e["input"]).name: e["error"] for e in s["errors"]}
+    assert why["empty.wav"] == f"{src / 'empty.wav'}: cannot read audio (empty file (0 bytes))"
+    assert why["call.m4a"] == (f"{src / 'call.m4a'}: cannot read audio (libsndfile does not read .m4a files: "
+                               f"convert it, e.g. ffmpeg -i in.m4a out.flac)")
+
+
 def test_a_script_without_a_main_guard_is_told_why_its_workers_stop(tmp_path, causal_ckpt):
     """Spawned workers import the script that started them: an unguarded run_denoise(workers=2)
     ran again in each, met the job's own folder lock there, and every file failed with a bare

@@ -342,9 +342,26 @@ def test_a_silent_pair_is_given_one_reason(tmp_path):
     for side in ("clean", "enhanced"):
         (tmp_path / side).mkdir()
         sf.write(tmp_path / side / "quiet.wav", np.zeros(SR, np.float32), SR)
-    (f,) = evaluate_folders(tmp_path / "clean", tmp_path / "enhanced")["files"]
+    report = evaluate_folders(tmp_path / "clean", tmp_path / "enhanced")
+    (f,) = report["files"]
     # Non-empty: all() over no notes is true, and a silent pair scored without a word would pass.
     assert f["notes"] and all(note.endswith("the reference is silent (all zeros)") for note in f["notes"]), f["notes"]
+    # was "1 of 1 pairs scored" above a row of dashes
+    assert "0 of 1 pairs scored; 1 more read, but no metric could score them" in format_table(report)
+
+
+def test_a_report_that_could_not_be_written_is_refused_before_the_scoring(folders, unprivileged, tmp_path):
+    """Was: every pair scored (minutes on a test set), then the report's write failed."""
+    dirs, _ = folders
+    shut = tmp_path / "shut"
+    shut.mkdir()
+    shut.chmod(0o555)
+    proc = subprocess.run([*unprivileged, sys.executable, "-m", "audioae.cli", "eval", "--clean", str(dirs["clean"]),
+                           "--enhanced", str(dirs["enhanced"]), "--no-progress", "--json", str(shut / "new" / "s.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--json {shut / 'new' / 's.json'}: cannot write the report there ({shut} takes no new files" in proc.stderr
+    assert "pairs scored" not in proc.stdout
 
 
 def test_an_unreadable_file_is_named_with_the_systems_reason(folders, unprivileged):
