@@ -18,6 +18,7 @@ import math
 import numbers
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,15 +520,18 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
 def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:
     """Raise :class:`AudioError` when resampling ``orig_sr`` -> ``new_sr`` would need a huge
     filter bank: rates that share almost no factor (44101 and 16000 share only 1).
-    ``target`` names the new rate for people, e.g. ``"the model's "``."""
-    size = resample_filter_bytes(orig_sr, new_sr)
+    ``target`` names the new rate for people, e.g. ``"the model's "``. Both directions count: every
+    caller goes there and back, and the way back's bank can be the larger (16000 -> 24790 Hz)."""
+    size = max(resample_filter_bytes(orig_sr, new_sr), resample_filter_bytes(new_sr, orig_sr))
     if size > MAX_RESAMPLE_FILTER_BYTES:
         g = math.gcd(orig_sr, new_sr)
+        need, most = f"{size / 1e6:,.1f} MB", f"{MAX_RESAMPLE_FILTER_BYTES / 1e6:.0f} MB"
+        if round(size / 1e6, 1) <= MAX_RESAMPLE_FILTER_BYTES / 1e6:  # just over: "16.0 MB (at most 16 MB)" said nothing
+            need, most = f"{size:,}-byte", f"{MAX_RESAMPLE_FILTER_BYTES:,} bytes"
         raise AudioError(
             f"a sample rate of {orig_sr} Hz cannot be resampled to {target}{new_sr} Hz efficiently: "
-            f"the two rates reduce to {orig_sr // g}:{new_sr // g}, which needs a {size / 1e6:,.0f} MB "
-            f"resampling filter (at most {MAX_RESAMPLE_FILTER_BYTES / 1e6:.0f} MB here); resample the audio "
-            f"to a standard rate such as 16000, 44100 or 48000 Hz first"
+            f"the two rates reduce to {orig_sr // g}:{new_sr // g}, which needs a {need} resampling filter "
+            f"(at most {most} here); resample the audio to a standard rate such as 16000, 44100 or 48000 Hz first"
         )
 
 
@@ -552,19 +556,40 @@ def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, targe
     if orig_sr == new_sr:
         return x
     check_resample(orig_sr, new_sr, target=target)
-    return resampler(orig_sr, new_sr)(x)
+    return resampled(x, orig_sr, new_sr)
+
+
+def resampled(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """``x`` (last axis) resampled with the kept kernel of :func:`resampler`: float32 on the CPU,
+    what every path here resamples; any other tensor with torchaudio's functional form."""
+    import torch
+    import torchaudio.functional as AF
+
+    if x.dtype == torch.float32 and x.device.type == "cpu":
+        return resampler(orig_sr, new_sr)(x)
+    return AF.resample(x, orig_sr, new_sr)
+
+
+_RESAMPLERS_LOCK = threading.Lock()  # one build per pair: threads asking at once waited for none
+
+
+def resampler(orig_sr: int, new_sr: int):
+    """torchaudio's ``Resample`` for a rate pair (checked: :func:`check_resample`), shared and kept
+    for the last 8 pairs asked: it builds its windowed-sinc kernel once, where
+    ``torchaudio.functional.resample`` builds it on every call (a 10 ms stream call at 44.1 kHz took
+    1.3 ms longer: ``benchmarks/results/stream-chunks-cost-kernel-{rebuilt,kept}.json``). Its
+    defaults are the functional form's, and so are its samples. Read-only: share it, never move it."""
+    with _RESAMPLERS_LOCK:
+        return _built_resampler(orig_sr, new_sr)
 
 
 @functools.lru_cache(maxsize=8)
-def resampler(orig_sr: int, new_sr: int):
-    """torchaudio's ``Resample`` for a rate pair (checked: :func:`check_resample`), shared and kept:
-    it builds its windowed-sinc kernel once, where ``torchaudio.functional.resample`` builds it on
-    every call (0.9 ms of each 10 ms stream chunk at 44.1 kHz). Its defaults are the functional
-    form's, and so are its samples. Read-only in use: threads may share it."""
+def _built_resampler(orig_sr: int, new_sr: int):
     import torch
     import torchaudio.transforms as T
 
-    return T.Resample(orig_sr, new_sr, dtype=torch.float32).eval()  # its kernel computed as the functional form's
+    with torch.inference_mode(False):  # an ordinary kernel: one built under inference mode refused autograd later
+        return T.Resample(orig_sr, new_sr, dtype=torch.float32).eval()  # its kernel computed as the functional form's
 
 
 def band_above(wav: torch.Tensor | np.ndarray, sr: int, band_sr: int) -> torch.Tensor:

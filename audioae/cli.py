@@ -619,12 +619,15 @@ def _cmd_client(args) -> int:
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "parsing http/2" in details.lower():
             hint = (" (what answers there does not speak gRPC: an HTTP server, such as the metrics port? "
                     "audioae serve prints the port it serves on)")
-        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith("CLIENT: Sent message larger"):
-            # gRPC's own refusal, in this process: nothing was sent (was reported as the server's answer)
-            size = re.search(r"\((\d+) vs\. (\d+)\)", details)
-            what = f"{int(size[1]) / 2**20:.1f} MB" if size else "larger than that"
-            raise RuntimeError(f"the request is {what}, over this client's --max-message-mb {mb:g}: raise it "
-                               f"(the server's --max-request-mb must allow it too); nothing was sent") from None
+        own = re.search(r"CLIENT: (Sent|Received) message larger than max \((\d+) vs\. \d+\)", details)
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and own:
+            # gRPC's own refusal, in this process (was reported as the server's answer)
+            size = f"{int(own[2]) / 2**20:.1f} MB"
+            if own[1] == "Sent":
+                raise RuntimeError(f"the request is {size}, over this client's --max-message-mb {mb:g}: raise it "
+                                   f"(the server's --max-request-mb must allow it too); nothing was sent") from None
+            raise RuntimeError(f"the server's answer is {size}, over this client's --max-message-mb {mb:g}: "
+                               f"raise it") from None
         # UNAVAILABLE is the client's own verdict when nothing answered: not the server's
         said = "could not be reached" if exc.code() == grpc.StatusCode.UNAVAILABLE else "answered"
         raise RuntimeError(f"server {args.server} {said} ({exc.code().name}): {details}{hint}") from None

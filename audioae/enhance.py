@@ -25,7 +25,7 @@ from .audio import (
     check_sample_rate,
     fit_length,
     resample,
-    resampler,
+    resampled,
 )
 from .models import SpectralAutoencoder, takes_audio
 from .spectral import StreamingSTFT
@@ -411,7 +411,6 @@ class StreamingResampler:
     def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = ""):
         check_resample(orig_sr, new_sr, target=target)  # the blocks below are orig/g samples long
         self.orig_sr, self.new_sr = orig_sr, new_sr
-        self.resample = resampler(orig_sr, new_sr) if orig_sr != new_sr else None  # its kernel built once
         g = math.gcd(orig_sr, new_sr)
         self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
         # torchaudio's kernel half-width in input samples: an output sample reads no further
@@ -432,7 +431,7 @@ class StreamingResampler:
         hi = (b1 + self.ctx - self.buf_block) * self.bi
         seg = self.buf[:, lo:hi]  # [C, n]
         seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))  # zeros where no input is yet
-        y = self.resample(seg)  # [C, n * bo / bi]
+        y = resampled(seg, self.orig_sr, self.new_sr)  # [C, n * bo / bi]; the kept kernel, asked each call
         y = y[:, self.ctx * self.bo + self.next_sample - b0 * self.bo : self.ctx * self.bo + upto - b0 * self.bo]
         self.next_sample = upto
         keep = self.next_sample // self.bo - self.ctx  # the next call's first context block

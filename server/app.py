@@ -54,7 +54,6 @@ def _check_tls(cert: str, key: str) -> None:
         raise RuntimeError(f"--tls-cert {cert} / --tls-key {key}: {exc.strerror or exc}") from None
 
 
-
 class HealthService(health.HealthServicer):
     """grpcio-health-checking's service, with ``List`` (grpc.health.v1's snapshot of every
     service) answered from what ``set`` was told: the library's servicer leaves it unimplemented,
@@ -70,9 +69,12 @@ class HealthService(health.HealthServicer):
         super().set(service, status)
 
     def List(self, request, context):
+        # Each service's status as Check gives it, one at a time: not one snapshot under one lock,
+        # which the protocol does not promise either ("a non-atomic snapshot").
         return health_pb2.HealthListResponse(statuses={
             name: super(HealthService, self).Check(health_pb2.HealthCheckRequest(service=name), context)
             for name in list(self._names)})
+
 
 class AudioServer:
     """One gRPC server. ``start()`` binds and answers health (NOT_SERVING) at once; ``load()``

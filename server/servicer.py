@@ -196,11 +196,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             running = fut.running()  # before abandon: a queued job's future is cancelled there
             job.abandon()
             if running:  # was: "while the request waited for the device (0 requests queued)"
-                raise Abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"the deadline passed while the device worked on the request "
-                    f"({time.monotonic() - job.enqueued:.1f} s after it came): allow more time for this much audio",
-                ) from None
+                raise self._ended_while_working(grpc.StatusCode.DEADLINE_EXCEEDED, job) from None
             raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the deadline passed while the request waited for the device "
@@ -209,9 +205,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         except CancelledError:
             raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
         except Stopped as exc:  # stopped at its next piece or step, its call having ended: not INTERNAL
-            code = _ended(context)
-            what = "deadline passed" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "call was cancelled"
-            raise Abort(code, f"the {what} while the device worked on the request: {exc}") from None
+            raise self._ended_while_working(_ended(context), job, str(exc)) from None
+
+    @staticmethod
+    def _ended_while_working(code: grpc.StatusCode, job: Job, stopped: str = "") -> Abort:
+        """The call ended (``code``: its deadline, or the caller) while the device worked on its
+        job; ``stopped``: where the work stopped, when it had (:class:`~audioae.enhance.Stopped`)."""
+        what = "deadline passed" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "call was cancelled"
+        hint = ": allow more time for this much audio" if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
+        return Abort(code, f"the {what} while the device worked on the request "
+                           f"({time.monotonic() - job.enqueued:.1f} s after it came{'; ' + stopped if stopped else ''}){hint}")
 
     def _check_seconds(self, seconds: float | None, channels: int = 1) -> None:
         """Refuse audio longer than ``--max-audio-seconds``, or with more channel-seconds than that
@@ -233,14 +236,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"stereo, from --max-audio-seconds): send fewer channels or shorter audio",
             )
 
-    def _too_large(self, answer: str, size: float, of: str, remedy: str, name_flag: bool = True) -> Abort:
+    def _too_large(self, answer: str, size: float, of: str, remedy: str, say_source: bool = True) -> Abort:
         """The refusal of an answer over this server's send limit, which gRPC would refuse itself
         after the call counted OK: "``answer`` N MB of ``of``, over this server's L MB answer limit
-        (where L comes from): ``remedy``". ``name_flag=False`` leaves out where L comes from."""
+        (where L comes from): ``remedy``"; "within 5% of" where the caller kept that much for the
+        rest of the answer and N is under L. ``say_source=False`` leaves out where L comes from."""
         limit = self.config.max_send_bytes
         source = "4 x --max-request-mb" if limit == 4 * self.config.max_message_bytes else "gRPC's 2 GB maximum"
-        note = f" ({source})" if name_flag else ""
-        return Abort(EXHAUSTED, f"{answer} {_mb(size)} MB of {of}, over this server's {limit / 2**20:g} MB "
+        note = f" ({source})" if say_source else ""
+        where = "over" if size > limit else "within 5% of"
+        return Abort(EXHAUSTED, f"{answer} {_mb(size)} MB of {of}, {where} this server's {limit / 2**20:g} MB "
                                 f"answer limit{note}: {remedy}")
 
     @property
@@ -602,7 +607,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 per = "frames (batch x frames)" if x.dim() == 3 else "items"
                 raise self._too_large(f"{doing} would answer", size, "float32",
                                       f"send at most {max(1, int(units * limit / size)):,} {per} per call",
-                                      name_flag=False)  # the count that fits says it all
+                                      say_source=False)  # the count that fits says it all
             return fn(x)
 
         return call

@@ -160,12 +160,10 @@ class ModelStore:
     def audio_model(self, name: str, default: str, purpose: str) -> ServedModel:
         if not name and not default:
             # As Encode/Decode without a model name: the request lacks an argument this server needs.
-            can = self.defaultable.get(purpose, [])
-            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, (
-                f"no model named, and this server has no default model to {purpose} with; name one: {', '.join(can)}"
-                if can else  # was "...; name one: (none here can)"
-                f"no model named, and this server holds no model that can {purpose}: that needs "
-                f"{self.NEEDS.get(purpose, 'another model')}; it serves {', '.join(self.models) or 'none'}"))
+            # A default is empty only where no model can serve the purpose (was "...; name one: (none here can)").
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"no model named, and this server holds no model that can {purpose}: that needs "
+                        f"{self.NEEDS.get(purpose, 'another model')}; it serves {', '.join(self.models) or 'none'}")
         name = name or default
         m = self.get(name)
         if not m.is_audio:

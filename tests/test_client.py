@@ -142,7 +142,7 @@ def test_ungrouped_decomposition_over_64_mb_arrives(mixed, mixed_server, tmp_pat
     argv += ["--max-message-mb", "64", "--group", "none", "--top", "0"]  # the RPC's defaults: everything
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
-    assert "RESOURCE_EXHAUSTED" in err, err
+    assert re.search(r"the server's answer is 8\d\.\d MB, over this client's --max-message-mb 64: raise it", err), err
     assert not list((tmp_path / "parts").glob("component_*.wav"))
 
 
@@ -300,6 +300,12 @@ def test_cli_client_names_its_own_message_limit_not_the_server(mixed_server, tmp
     err = capsys.readouterr().err
     assert "the request is 0.1 MB, over this client's --max-message-mb 0.05: raise it" in err, err
     assert "answered" not in err and not (tmp_path / "out.wav").exists()
+    # and an answer over it: a request within the limit whose components are not
+    argv = ["client", "--server", f"127.0.0.1:{mixed_server.port}", "--max-message-mb", "0.2", "decompose", str(src),
+            "-o", str(tmp_path / "parts"), "--fit", "0"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the server's answer is \d+\.\d MB, over this client's --max-message-mb 0\.2: raise it", err), err
 
 
 def test_cli_client_decompose_defaults_to_the_local_commands_grouping(mixed_server, tmp_path, capsys):

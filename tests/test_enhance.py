@@ -81,7 +81,7 @@ def test_a_rate_sharing_no_factor_with_the_model_is_refused_before_any_filter_is
         check_resample(44101, 16000, target="the model's ")
     msg = str(info.value)
     assert "44101 Hz cannot be resampled to the model's 16000 Hz efficiently" in msg
-    assert "44101:16000" in msg and "2,825 MB" in msg  # torchaudio's bank: 16000 x (44101 + 2 x 17) floats
+    assert "44101:16000" in msg and "2,824.9 MB" in msg  # torchaudio's bank back: 44101 x (16000 + 2 x 6) floats
     assert "standard rate such as 16000, 44100 or 48000 Hz" in msg
     assert resample_filter_bytes(44101, 16000) > MAX_RESAMPLE_FILTER_BYTES
     x = np.zeros((1, 4410), np.float32)
@@ -104,8 +104,36 @@ def test_odd_rates_whose_filter_is_small_enough_are_denoised_offline_and_streame
     step = sr // 100
     streamed = torch.cat([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
     np.testing.assert_allclose(streamed.numpy(), y, atol=1e-5)
-    with pytest.raises(AudioError, match="5507:2000, which needs a 44 MB resampling filter \\(at most 16 MB here\\)"):
-        check_resample(44056, 16000)  # the pull-down of 44.1 kHz: still too big
+
+
+def test_a_rate_whose_way_back_needs_the_larger_filter_is_refused_before_the_model_runs():
+    """24790 Hz down to 16 kHz needs 15.99 MB, back up 16.004 MB: checked one way only, the
+    model ran and then the way back was refused, in a message of "16 MB (at most 16 MB)"."""
+    assert resample_filter_bytes(24790, 16000) <= MAX_RESAMPLE_FILTER_BYTES < resample_filter_bytes(16000, 24790)
+    torch.manual_seed(0)
+    causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    calls = []
+    causal.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(AudioError, match="2479:1600, which needs a 16,004,424-byte resampling filter "
+                                         "\\(at most 16,000,000 bytes here\\)"):
+        denoise(causal, np.zeros((1, 24790), np.float32), 24790)
+    assert not calls  # refused before the network ran
+    with pytest.raises(AudioError, match="44.4 MB resampling filter \\(at most 16 MB here\\)"):
+        check_resample(44056, 16000)  # the pull-down of 44.1 kHz: too big both ways
+
+
+def test_the_kept_kernel_resamples_as_torchaudio_does_and_leaves_autograd_alone():
+    import torchaudio.functional as AF
+
+    x = torch.randn(2, 4410)
+    for orig, new in ((44100, 16000), (16000, 48000), (11025, 16000), (47952, 16000)):
+        with torch.inference_mode():  # as the server first asks for a pair
+            got = resample(x, orig, new)
+        assert torch.equal(got, AF.resample(x, orig, new)), (orig, new)
+    y = x.clone().requires_grad_()
+    resample(y, 44100, 16000).square().sum().backward()  # was: "Inference tensors cannot be saved for backward"
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+    assert resample(x.double(), 44100, 16000).dtype == torch.float32  # resample's contract: float32 out
 
 
 def test_denoise_and_streaming_refuse_a_rate_the_model_cannot_resample_to():
