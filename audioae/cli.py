@@ -248,7 +248,7 @@ def _check_json_out(path: str | None) -> None:
     here = Path(path).absolute().parent
     while not here.exists() and here != here.parent:
         here = here.parent
-    if not os.access(here, os.W_OK):
+    if not (here.is_dir() and os.access(here, os.W_OK | os.X_OK)):  # a file there takes no folder either
         raise ValueError(f"--json {path}: cannot write the report there ({here} takes no new files: "
                          f"read-only, or no permission)")
 

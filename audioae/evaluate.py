@@ -210,8 +210,12 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     mean = {m: _mean([f.get(m) for f in files]) for m in metrics}
     # how many files each mean is over: a pair a metric could not score (notes say why) is left out
     mean_of = {m: sum(f.get(m) is not None for f in files) for m in metrics}
+    # "scored": pairs with at least one score; a pair read whose every metric was undefined (too
+    # short, silent) is "read" only (was counted as scored: "10 of 10 pairs scored" over 8 blank rows)
+    scored = sum(any(f.get(m) is not None for m in METRICS) for f in files)
     return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
-            "paired": len(pairing.pairs), "scored": len(files), "files": files, "mean": mean, "mean_of": mean_of,
+            "paired": len(pairing.pairs), "read": len(files), "scored": scored, "files": files, "mean": mean,
+            "mean_of": mean_of,
             "errors": errors, "missing_enhanced": pairing.missing_enhanced,
             "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy}
 
@@ -254,9 +258,8 @@ def _score_table(report: dict) -> list[str]:
 def format_table(report: dict) -> str:
     """The report as a plain-text table for people, then the problems."""
     lines = _score_table(report) if report["files"] else []  # nothing scored: no empty table
-    # a pair read whose every metric was undefined (too short, silent) is not "scored"
-    blank = sum(all(f.get(m) is None for m in METRICS) for f in report["files"])
-    lines.append(f"{report['scored'] - blank} of {report['paired']} pairs scored"
+    blank = report.get("read", report["scored"]) - report["scored"]
+    lines.append(f"{report['scored']} of {report['paired']} pairs scored"
                  + (f"; {blank} more read, but no metric could score them (notes below say why)" if blank else ""))
     short = {HEADERS[m]: n for m, n in report.get("mean_of", {}).items() if n < report["scored"]}
     if short:

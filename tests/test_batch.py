@@ -271,18 +271,25 @@ def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckp
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     sentinel = np.zeros(100, np.float32)
-    sf.write(out / "top.wav", sentinel, 16000, subtype="PCM_16")  # "already done" by an earlier run
+    sf.write(out / "top.wav", sentinel, 16000, subtype="PCM_16")  # a file of the user's under an output's name
     (out / "sub" / ".stereo.wav.part").write_bytes(b"half of a file from a killed run")
     opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
-    with pytest.raises(ValueError, match=r"holds 1 file\(s\) under the names this job would write \(e\.g\. top\.wav\), "
-                                         r"and no manifest of an earlier denoise run: --overwrite would replace"):
+    refused = (r"holds 1 file\(s\) under the names this job would write \(e\.g\. top\.wav\) that no denoise run "
+               r"made: --overwrite would replace them")
+    with pytest.raises(ValueError, match=refused):
         run_denoise([src], out, dataclasses.replace(opts, overwrite=True))  # was: replaced without a word
     assert sf.info(out / "top.wav").frames == 100
     s = run_denoise([src], out, opts)
-    assert "skipped as finished outputs; if they are not denoised copies of the inputs, move them" in caplog.text
+    assert "skipped, not denoised; if they are not denoised copies of the inputs, move them" in caplog.text
     assert (s["skipped"], s["ok"], s["error"]) == (1, len(TREE) - 1, 1)
-    assert sf.info(out / "top.wav").frames == 100  # untouched
-    assert by_input(out)["top.wav"]["status"] == "skipped"
+    assert by_input(out)["top.wav"]["error"] == "found under its output's name before any run: not made by one"
+    with pytest.raises(ValueError, match=refused):  # and on the run after: a manifest is there now
+        run_denoise([src], out, dataclasses.replace(opts, overwrite=True))
+    assert sf.info(out / "top.wav").frames == 100
+    (out / "top.wav").unlink()  # the user moves it away: the next run denoises it
+    assert run_denoise([src], out, opts)["ok"] == 1
+    assert sf.info(out / "top.wav").frames == sf.info(src / "top.wav").frames
+    assert by_input(out)["top.wav"]["status"] == "ok"
     assert not parts(out)  # the stale .part was replaced by a complete output
     # A rerun: everything done is skipped; the corrupt file is tried (and fails) again.
     s = run_denoise([src], out, opts)
@@ -1155,6 +1162,8 @@ def test_a_script_without_a_main_guard_is_told_why_its_workers_stop(tmp_path, ca
         "print(json.dumps(s['errors']))\n")
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert "RuntimeError: run_denoise was called while a worker process was starting" in run.stderr, run.stderr[-2000:]
+    assert "RuntimeError: run_denoise was called while a process it spawned was starting" in run.stderr, \
+        run.stderr[-2000:]
     errors = json.loads(run.stdout.strip().splitlines()[-1])
-    assert errors and all('needs its call under if __name__ == "__main__":' in e["error"] for e in errors), errors
+    assert errors and all('from a script, call run_denoise under if __name__ == "__main__":' in e["error"]
+                          for e in errors), errors

@@ -143,7 +143,8 @@ def test_a_pair_too_short_for_pesq_or_stoi_still_gets_its_si_sdr(folders):
         sf.write(dirs["clean"] / rel, clean, SR, subtype="FLOAT")
         sf.write(dirs["enhanced"] / rel, at_snr(clean, noise(rng, seconds, SR, "white"), 15.0), SR, subtype="FLOAT")
     rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
-    assert (rep["scored"], rep["errors"]) == (6, [])  # pystoi raised on the first and said 1e-5 for the second
+    # pystoi raised on the first and said 1e-5 for the second; tiny.wav is read, but nothing scores it
+    assert (rep["read"], rep["scored"], rep["errors"]) == (6, 5, [])
     for rel in ("tiny.wav", "short.wav", "frame.wav"):
         f = next(f for f in rep["files"] if f["file"] == rel)
         assert f["pesq"] is None and f["stoi"] is None
@@ -168,7 +169,8 @@ def test_a_pair_shorter_than_one_frame_has_no_si_sdr(folders):
         for side, x in zip(("clean", "enhanced", "noisy"), sigs, strict=True):
             sf.write(dirs[side] / rel, np.asarray(x, np.float32), SR, subtype="FLOAT")
     rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
-    assert (rep["scored"], rep["errors"]) == (5, [])
+    assert (rep["read"], rep["errors"]) == (5, [])
+    assert rep["scored"] == 3  # nothing scores the two: read, not scored
     for rel, samples in (("tiny.wav", 100), ("one.wav", 1)):
         f = next(f for f in rep["files"] if f["file"] == rel)
         assert f["si_sdr"] is None and f["si_sdr_i"] is None, f
@@ -195,7 +197,7 @@ def test_a_silent_reference_has_no_scores_and_says_why(folders, tmp_path, capsys
         sf.write(dirs["enhanced"] / rel, x, SR, subtype="FLOAT")
         sf.write(dirs["noisy"] / rel, 2 * x, SR, subtype="FLOAT")
     rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
-    assert (rep["scored"], rep["errors"]) == (6, [])
+    assert (rep["read"], rep["scored"], rep["errors"]) == (6, 3, [])  # the three silent references: read only
     why = {"zeros.wav": "silent (all zeros)", "dc.wav": "silent (a constant offset, nothing else)",
            "faint.wav": "silent (RMS -180 dBFS after removing its mean, below -140 dBFS)"}
     for rel, said in why.items():

@@ -140,3 +140,23 @@ def test_an_output_folder_that_is_the_input_folder_in_another_case_is_refused_on
         assert main(["denoise", str(src), "-o", str(case_blind_disk / "IN"), "--no-progress", *extra]) == 2
         assert "is the input folder" in capsys.readouterr().err
     assert (src / "Take.wav").read_bytes() == before and sorted(p.name for p in src.iterdir()) == ["Take.wav"]
+
+
+def test_the_plan_folds_case_where_the_output_disk_ignores_it(tmp_path, monkeypatch):
+    """The plan's side of the case-insensitive disk, on every machine (the FUSE tests above need
+    fusefat): told that the output's disk ignores case, it compares paths as that disk would."""
+    from audioae.batch import plan
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _wav(src / "Take.wav")
+    _wav(src / "take.wav")
+    assert len(plan.plan_tasks([src], tmp_path / "out")) == 2  # a disk that tells them apart
+    monkeypatch.setattr(plan, "ignores_case", lambda folder: True)
+    with pytest.raises(ValueError, match="two inputs map to outputs whose names differ only in case"):
+        plan.plan_tasks([src], tmp_path / "out")
+    (src / "take.wav").unlink()
+    with pytest.raises(ValueError, match="is the input folder"):
+        plan.plan_tasks([src], tmp_path / "IN")
+    with pytest.raises(ValueError, match="would overwrite an input"):
+        plan.plan_tasks([src / "Take.wav"], tmp_path / "IN")  # OUT/Take.wav is in/Take.wav there

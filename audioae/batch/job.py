@@ -135,15 +135,16 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
 
 
 def _refuse_in_a_starting_worker() -> None:
-    """A script that calls run_denoise with workers > 1 at its top level, without an ``if __name__
-    == "__main__":`` guard, runs again in each spawned worker as it starts. There it met the
-    folder lock the script's own job held, and every file failed with "no worker process could
-    start (ProcessDied: its process exited with status 1)"."""
+    """A script that calls run_denoise at its top level, without an ``if __name__ == "__main__":``
+    guard, runs again in every process the job spawns as it starts (workers, the header reads of
+    the progress bar, a file isolated after a crash). There it met the folder lock the script's own
+    job held: with workers, every file failed with "no worker process could start (ProcessDied:
+    its process exited with status 1)"."""
     import multiprocessing
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # what multiprocessing itself checks
-        raise RuntimeError("run_denoise was called while a worker process was starting: the script that "
-                           "calls it with workers > 1 runs again in each worker, so its call must sit under "
+        raise RuntimeError("run_denoise was called while a process it spawned was starting: a script that "
+                           "calls it runs again in each such process, so its call must sit under "
                            "if __name__ == \"__main__\":")
 
 
@@ -200,13 +201,14 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
-        _check_files_of_others(out, tasks, options.overwrite)
+        fresh = not (out / MANIFEST_NAME).exists() and not (out / JOURNAL_NAME).exists()  # no job wrote here
         # Read once: a big job's manifest is long.
         earlier = _named_as_links(out / MANIFEST_NAME, read_manifest(out / MANIFEST_NAME), tasks)
         journal = Journal(out / JOURNAL_NAME, now)
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
+        others = _files_of_others(out, tasks, earlier, fresh, options.overwrite)
         inputs_then = previous_inputs(earlier)
         todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier), inputs_then)
         made = previous_settings(earlier)
@@ -225,9 +227,12 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         try:
             for t in done:
                 before = made.get(t.input)
-                results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
-                                          **(dataclasses.asdict(before) if before else {}),
-                                          **_source_of(t, inputs_then, changed_inputs)))
+                if t.input in others:  # recorded as what it is, so that a later --overwrite is refused too
+                    results.append(FileResult(t.input, t.output, "skipped", FOUND_BEFORE_ANY_RUN))
+                else:
+                    results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
+                                              **(dataclasses.asdict(before) if before else {}),
+                                              **_source_of(t, inputs_then, changed_inputs)))
                 manifest.write(results[-1])
             for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
                 if r.status == "ok":
@@ -253,22 +258,33 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     return manifest
 
 
-def _check_files_of_others(out: Path, tasks: Sequence[FileTask], overwrite: bool) -> None:
-    """Files under outputs' names in a folder no job has written to (no manifest, no in-flight
-    markers) may be someone's own: ``--overwrite`` is refused there (it replaced them without a
-    word), and a run that skips them as done says so."""
-    if (out / MANIFEST_NAME).exists() or (out / JOURNAL_NAME).exists():
-        return
-    taken = [t for t in tasks if os.path.lexists(t.output)]
+# What the "skipped" line of a file found under an output's name says, run after run.
+FOUND_BEFORE_ANY_RUN = "found under its output's name before any run: not made by one"
+
+
+def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], fresh: bool,
+                     overwrite: bool) -> set[str]:
+    """The inputs whose output's name holds a file no run made, which may be someone's own: in a
+    folder no job had written to (``fresh``: no manifest, no in-flight markers), every file there;
+    later, those an earlier line says so of (:data:`FOUND_BEFORE_ANY_RUN`) while they are still
+    there. ``--overwrite`` is refused over them (it replaced them without a word, and on the run
+    after a first one skipped them), and a run that skips them says so."""
+    if fresh:
+        taken = [t for t in tasks if os.path.lexists(t.output)]
+    else:
+        latest = {r["input"]: r for r in earlier}
+        taken = [t for t in tasks if latest.get(t.input, {}).get("error") == FOUND_BEFORE_ANY_RUN
+                 and os.path.lexists(t.output)]
     if not taken:
-        return
-    said = (f"{out} already holds {len(taken)} file(s) under the names this job would write (e.g. {taken[0].rel}), "
-            f"and no manifest of an earlier denoise run")
+        return set()
+    said = (f"{out} holds {len(taken)} file(s) under the names this job would write (e.g. {taken[0].rel}) "
+            f"that no denoise run made")
     if overwrite:
-        raise ValueError(f"{said}: --overwrite would replace files no run is known to have made. Move or delete "
-                         f"them, or choose another output folder")
-    log.warning("%s: skipped as finished outputs; if they are not denoised copies of the inputs, move them and "
-                "run again", said)
+        raise ValueError(f"{said}: --overwrite would replace them. Move or delete them, or choose another output "
+                         f"folder")
+    log.warning("%s: skipped, not denoised; if they are not denoised copies of the inputs, move them and run again",
+                said)
+    return {t.input for t in taken}
 
 
 def _source_of(task: FileTask, recorded: dict[str, tuple[int, int]], changed: set[str]) -> dict[str, int]:

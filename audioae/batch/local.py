@@ -174,8 +174,8 @@ class _Pool:
         except Exception as exc:  # noqa: BLE001 (ProcessDied, or the model would not load there)
             self._retire(worker)
             # exit status 1 before a word: as a script without a __main__ guard ends in each worker
-            hint = ("; a script calling run_denoise with workers > 1 needs its call under "
-                    "if __name__ == \"__main__\":" if isinstance(exc, ProcessDied) and exc.exitcode == 1 else "")
+            hint = ("; from a script, call run_denoise under if __name__ == \"__main__\":"
+                    if isinstance(exc, ProcessDied) and exc.exitcode == 1 else "")
             with self.lock:
                 self.start_error = self.start_error or f"no worker process could start ({type(exc).__name__}: {exc}{hint})"
             return None

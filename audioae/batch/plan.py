@@ -1,6 +1,7 @@
 """Which files a folder job reads and where each one's output goes.
 
-Folders are searched recursively for WAV/FLAC/OGG (not into another run's output folder, which
+Folders are searched recursively for audio (WAV, FLAC, OGG, MP3, ...: what libsndfile here reads
+and writes; not into another run's output folder, which
 its manifest marks); a file named on the command line is taken as is. Each output keeps its
 input's path relative to the folder it was found in (a file given directly goes to
 ``OUT/<name>``). The plan refuses, before any work starts, to overwrite an
@@ -79,7 +80,8 @@ def ignores_case(folder: Path) -> bool:
     listed = set(names)
     for name in names:
         other = name.swapcase()
-        if other != name and other not in listed:
+        # ASCII only: "straße".swapcase() is "STRASSE", another name, and vfat folds ASCII case alone
+        if name.isascii() and other != name and other not in listed:
             return os.path.lexists(here / other)
     try:
         fd, probe = tempfile.mkstemp(prefix=".audioae-case-probe-", dir=here)
