@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 # Extension -> soundfile container: the audio a folder search takes and an output name may ask
 # for, where this machine's libsndfile has the container (MP3 from libsndfile 1.1; the soundfile
-# wheels bring 1.2). libsndfile keeps an MP3's length through a round trip (its LAME header).
+# wheels bring 1.2). libsndfile keeps the length of an MP3 it wrote through a round trip (its LAME
+# header); one it would cut short is refused (check_mpeg_length).
 _NAMED = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF",
           ".au": "AU", ".caf": "CAF", ".w64": "W64", ".rf64": "RF64"}
 CONTAINERS = {ext: fmt for ext, fmt in _NAMED.items() if fmt in sf.available_formats()}
@@ -272,6 +273,8 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
+            if f.format == "MP3":  # MPEG layers I-III: libsndfile stops at its first header's length
+                check_mpeg_length(source, f.frames, f.samplerate, name)
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype)  # frames read, not claimed
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
@@ -281,6 +284,70 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         raise empty_audio(name, source)
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info
+
+
+# MPEG audio frame headers (ISO 11172-3 / 13818-3): kbit/s by (MPEG-1?, layer) and bitrate index,
+# sample rates by version, samples per frame by (MPEG-1?, layer).
+_MPEG_KBPS = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version bits
+_MPEG_SAMPLES = {(True, 1): 384, (True, 2): 1152, (True, 3): 1152, (False, 1): 384, (False, 2): 1152, (False, 3): 576}
+
+
+def mpeg_frames_samples(data: bytes) -> int:
+    """Samples per channel that an MPEG audio file's frames hold, by walking its frame headers
+    (an ID3v2 tag first is skipped, and so is a Xing/Info frame, which holds no audio; bytes
+    between frames are passed over a byte at a time). libsndfile decodes only the length its
+    first header gives: a VBR file without a Xing header, or MP3s joined end to end, come out
+    short (3.25 s of 1.12; two 3 s files, one of them)."""
+    pos, total, first = 0, 0, True
+    if data[:3] == b"ID3" and len(data) >= 10:
+        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)
+        pos = 10 + size + (10 if data[5] & 0x10 else 0)
+    while pos + 4 <= len(data):
+        h = int.from_bytes(data[pos : pos + 4], "big")
+        version, layer_bits = (h >> 19) & 3, (h >> 17) & 3
+        kbps_index, rate_index = (h >> 12) & 0xF, (h >> 10) & 3
+        if (h >> 21) != 0x7FF or version == 1 or layer_bits == 0 or kbps_index in (0, 15) or rate_index == 3:
+            pos += 1
+            continue
+        mpeg1, layer = version == 3, 4 - layer_bits
+        rate = _MPEG_RATES[version][rate_index]
+        bits_per_s, padding = 1000 * _MPEG_KBPS[mpeg1, layer][kbps_index], (h >> 9) & 1
+        if layer == 1:
+            length = (12 * bits_per_s // rate + padding) * 4
+        else:
+            length = (144 if mpeg1 or layer == 2 else 72) * bits_per_s // rate + padding
+        if not (first and (b"Xing" in data[pos : pos + length] or b"Info" in data[pos : pos + length])):
+            total += _MPEG_SAMPLES[mpeg1, layer]
+        first = False
+        pos += length
+    return total
+
+
+def check_mpeg_length(source: str | os.PathLike | bytes, frames: int, sr: int, name: str) -> None:
+    """Raise :class:`AudioError` when libsndfile would decode ``frames`` samples of an MPEG file
+    whose frames hold more (:func:`mpeg_frames_samples`; beyond 3 frames of encoder delay and
+    padding): its output would be cut short, and reported done."""
+    try:
+        if isinstance(source, bytes | bytearray):
+            data = bytes(source)
+        else:
+            with open(fs_path(source), "rb") as fh:
+                data = fh.read()
+    except OSError:
+        return  # the decode that follows says why
+    held = mpeg_frames_samples(data)
+    if held > frames + 3 * 1152:
+        raise AudioError(f"{name}: libsndfile decodes {frames / sr:.2f} s of this MPEG file, but its frames hold "
+                         f"{held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
+                         f"convert it first, e.g. ffmpeg -i in.mp3 out.flac")
 
 
 def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | None:

@@ -1133,6 +1133,27 @@ def test_samples_beyond_full_scale_are_clipped_in_every_non_float_subtype(tmp_pa
         assert halves[:, 0].mean() > 0.8 and halves[:, 1].mean() < -0.8, (name, halves[:, 0].mean())
 
 
+def test_mp3s_joined_end_to_end_are_refused_not_cut_short(tmp_path, causal_ckpt):
+    """libsndfile decodes the length its first header gives: two MP3s joined with cat came out as
+    the first one alone, reported denoised (a VBR file without its Xing header too: 3.25 s of 1.12)."""
+    from audioae.audio import AudioError, read_audio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = (0.1 * np.random.default_rng(0).standard_normal((44100, 1))).astype(np.float32)  # 1 s
+    sf.write(src / "one.mp3", x, 44100, format="MP3")
+    (src / "two.mp3").write_bytes((src / "one.mp3").read_bytes() * 2)
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (s["ok"], s["error"]) == (1, 1)
+    said = re.escape(f"{src / 'two.mp3'}: libsndfile decodes 1.00 s of this MPEG file, but its frames hold ") + \
+        r"2\.\d\d s \(a VBR file without its Xing header, or files joined end to end\): convert it first"
+    assert re.fullmatch(said + ".*", s["errors"][0]["error"]), s["errors"]
+    assert not (tmp_path / "out" / "two.mp3").exists()
+    with pytest.raises(AudioError, match=r"but its frames hold 2\.\d\d s"):
+        read_audio(src / "two.mp3")  # the server's and eval's reader too
+    assert read_audio(src / "one.mp3")[0].shape[-1] == 44100
+
+
 def test_an_empty_file_and_one_libsndfile_cannot_read_are_told_apart(tmp_path, causal_ckpt):
     """Both were "cannot read audio (Format not recognised.)" in the folder tool."""
     src = tmp_path / "in"

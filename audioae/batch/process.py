@@ -33,6 +33,7 @@ from ..audio import (
     AudioError,
     check_channels,
     check_levels,
+    check_mpeg_length,
     check_pcm,
     check_resample,
     clips_at_full_scale,
@@ -93,6 +94,8 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     if f.frames == 0:
         raise empty_audio(task.input, task.input if data is None else data)
+    if f.format == "MP3":  # MPEG layers I-III: libsndfile stops at its first header's length
+        check_mpeg_length(task.input if data is None else data, f.frames, f.samplerate, task.input)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
