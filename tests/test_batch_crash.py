@@ -321,11 +321,9 @@ def test_a_marker_whose_output_was_renamed_into_place_names_a_finished_file_not_
     assert [src for src, _, _ in journal.finished()] == ["/in/old.wav"]
 
 
-def test_a_marker_read_on_another_machine_still_names_its_suspect(tmp_path):
-    """A Ray actor and the driver, or a run and its rerun after a reboot, see one NFS file under
-    different device numbers (each mount gets its own). Was: an ``--overwrite`` marker whose
-    earlier output was still in place read as a finished file there: its suspect went unisolated
-    and the earlier output was recorded "ok", as made by the new settings."""
+def _an_overwrites_marker_edited(tmp_path: Path, edit) -> tuple[Path, Journal]:
+    """``(out, journal)``: the marker of an ``--overwrite`` of /in/a.wav over an earlier run's
+    output, its record changed by ``edit(rec)`` as another reader or an older version would see it."""
     from audioae.batch.manifest import MadeWith
 
     out = tmp_path / "out"
@@ -335,8 +333,21 @@ def test_a_marker_read_on_another_machine_still_names_its_suspect(tmp_path):
     journal.started("/in/a.wav", output=str(out / "a.wav"))
     marker = next((out / JOURNAL_NAME).glob("*.json"))
     rec = json.loads(marker.read_text())
-    rec["replaces"][0] += 1  # the same inode, seen through another mount
+    edit(rec)
     marker.write_text(json.dumps(rec))
+    return out, journal
+
+
+def test_a_marker_read_on_another_machine_still_names_its_suspect(tmp_path):
+    """A Ray actor and the driver, or a run and its rerun after a reboot, see one NFS file under
+    different device numbers (each mount gets its own). Was: an ``--overwrite`` marker whose
+    earlier output was still in place read as a finished file there: its suspect went unisolated
+    and the earlier output was recorded "ok", as made by the new settings."""
+
+    def through_another_mount(rec: dict) -> None:
+        rec["replaces"][0] += 1  # the same inode, another device number
+
+    out, journal = _an_overwrites_marker_edited(tmp_path, through_another_mount)
     assert journal.why("/in/a.wav") == DIED
     assert list(journal.finished()) == []
     (out / ".a.wav.part").write_bytes(b"this run's output")
@@ -367,17 +378,10 @@ def test_the_markers_of_a_copied_output_folder_name_the_copys_files_and_still_kn
 
 
 def test_a_marker_written_before_sizes_and_times_were_kept_is_read_by_its_inode(tmp_path):
-    from audioae.batch.manifest import MadeWith
+    def as_written_until_2026_12_07(rec: dict) -> None:  # an absolute path, [st_dev, st_ino]
+        rec.update(output=str(tmp_path / "out" / "a.wav"), replaces=rec["replaces"][:2])
 
-    out = tmp_path / "out"
-    out.mkdir()
-    journal = Journal(out / JOURNAL_NAME, MadeWith("m.safetensors", "ab" * 32, 0.5))
-    (out / "a.wav").write_bytes(b"an earlier run's output")
-    journal.started("/in/a.wav", output=str(out / "a.wav"))
-    marker = next((out / JOURNAL_NAME).glob("*.json"))
-    rec = json.loads(marker.read_text())
-    rec.update(output=str(out / "a.wav"), replaces=rec["replaces"][:2])  # as written until 2026-12-07
-    marker.write_text(json.dumps(rec))
+    out, journal = _an_overwrites_marker_edited(tmp_path, as_written_until_2026_12_07)
     assert journal.why("/in/a.wav") == DIED
     (out / ".a.wav.part").write_bytes(b"this run's output")
     os.replace(out / ".a.wav.part", out / "a.wav")
