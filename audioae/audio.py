@@ -459,11 +459,34 @@ def write_refusal(name: str | os.PathLike, exc: Exception, format: str, sr: int)
     return AudioError(f"{name}: cannot write {format} audio at {sr} Hz ({sound_error_reason(exc)})")
 
 
-def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None) -> sf.SoundFile:
+def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None,
+                     kbps: float | None = None) -> sf.SoundFile:
     """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, after
-    :func:`check_writable`."""
+    :func:`check_writable`. ``kbps``: for MP3, the constant bitrate to come near (the input's:
+    :func:`mp3_compression`), where libsndfile's default gave a 320 kbps input under half its size."""
     check_writable(sr, channels, format=format, subtype=subtype)
+    if format == "MP3" and kbps:
+        return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format,
+                            compression_level=mp3_compression(kbps, sr), bitrate_mode="CONSTANT")
     return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format)
+
+
+def mp3_compression(kbps: float, sr: int) -> float:
+    """libsndfile's MP3 compression level for a constant bitrate near ``kbps`` at ``sr``: it maps
+    level 0..1 linearly onto its bitrates, 320..32 kbps from 32 kHz up (MPEG-1) and 160..8 below
+    (MPEG-2), and takes the nearest in the standard's table (tests/test_batch.py checks outputs
+    against their inputs' bitrates). Its level 1 is refused: at most 0.99."""
+    top, bottom = (320.0, 32.0) if sr >= 32000 else (160.0, 8.0)
+    return min(0.99, max(0.0, (top - kbps) / (top - bottom)))
+
+
+def input_kbps(source: str | os.PathLike | bytes, frames: int, sr: int) -> float | None:
+    """An input's mean bitrate in kbit/s: its bytes over its length (tags included: a few kB)."""
+    try:
+        size = len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(fs_path(source))
+    except OSError:
+        return None
+    return 8 * size / (frames / sr) / 1000 if frames else None
 
 
 def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:

@@ -1133,6 +1133,26 @@ def test_samples_beyond_full_scale_are_clipped_in_every_non_float_subtype(tmp_pa
         assert halves[:, 0].mean() > 0.8 and halves[:, 1].mean() < -0.8, (name, halves[:, 0].mean())
 
 
+def test_an_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
+    """libsndfile's default settings wrote a 320 kbps MP3 back at under half its size: a lossier
+    copy. The output is now encoded at about the input's bitrate."""
+    src = tmp_path / "in"
+    src.mkdir()
+    x = (0.1 * np.random.default_rng(0).standard_normal((3 * 44100, 2))).astype(np.float32)
+    for kbps, level in ((320, 0.0), (128, 0.66), (64, 0.9)):  # libsndfile's CBR levels for those rates
+        with sf.SoundFile(src / f"k{kbps}.mp3", "w", 44100, 2, format="MP3", compression_level=level,
+                          bitrate_mode="CONSTANT") as f:
+            f.write(x)
+    mono = x[: 3 * 16000, :1]
+    with sf.SoundFile(src / "k32-16k.mp3", "w", 16000, 1, format="MP3", compression_level=0.83,
+                      bitrate_mode="CONSTANT") as f:
+        f.write(mono)
+    assert run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))["ok"] == 4
+    for name in ("k320.mp3", "k128.mp3", "k64.mp3", "k32-16k.mp3"):
+        size_in, size_out = (src / name).stat().st_size, (tmp_path / "out" / name).stat().st_size
+        assert 0.8 < size_out / size_in < 1.25, (name, size_in, size_out)
+
+
 def test_mp3s_joined_end_to_end_are_refused_not_cut_short(tmp_path, causal_ckpt):
     """libsndfile decodes the length its first header gives: two MP3s joined with cat came out as
     the first one alone, reported denoised (a VBR file without its Xing header too: 3.25 s of 1.12)."""

@@ -39,6 +39,7 @@ from ..audio import (
     clips_at_full_scale,
     empty_audio,
     fs_path,
+    input_kbps,
     open_for_writing,
     read_all,
     read_blocks,
@@ -88,6 +89,11 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
         raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
 
 
+def _kbps(task: FileTask, f: sf.SoundFile, data: bytes | None) -> float | None:
+    """An MP3 input's bitrate, which its output keeps (None for any other container)."""
+    return input_kbps(task.input if data is None else data, f.frames, f.samplerate) if f.format == "MP3" else None
+
+
 def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
     if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
         raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
@@ -120,6 +126,7 @@ class _Decoded:
     subtype: str
     read_seconds: float
     tags: dict[str, str]
+    kbps: float | None = None  # an MP3's bitrate, for its output's (open_for_writing)
 
     @property
     def channel_seconds(self) -> float:
@@ -168,13 +175,13 @@ class _PartWriter:
     tags (``SoundFile.copy_metadata``), given to the output."""
 
     def __init__(self, task: FileTask, sr: int, channels: int, fmt: str, subtype: str,
-                 tags: dict[str, str] | None = None):
+                 tags: dict[str, str] | None = None, kbps: float | None = None):
         self.task, self.part = task, part_path(task.output)
         self.clip = clips_at_full_scale(fmt, subtype)
         self.f = None
         try:
             self.part.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open_for_writing(fs_path(self.part), sr, channels, subtype=subtype, format=fmt)
+            self.f = open_for_writing(fs_path(self.part), sr, channels, subtype=subtype, format=fmt, kbps=kbps)
         except AudioError as exc:  # a format the codec cannot hold at this rate
             raise WriteError(f"{task.output}: cannot write the output: {exc}") from exc
         except (sf.LibsndfileError, OSError) as exc:
@@ -245,9 +252,9 @@ class FileDenoiser:
                 _check_header(task, f, data)
                 duration = f.frames / f.samplerate
                 if self.model.causal:
-                    self._stream(task, f)
+                    self._stream(task, f, data)
                 else:
-                    self._whole(task, f)
+                    self._whole(task, f, data)
         except Exception as exc:  # one bad file must never stop the job
             with contextlib.suppress(OSError):  # e.g. its output folder's name is taken by a file
                 part_path(task.output).unlink(missing_ok=True)
@@ -257,11 +264,11 @@ class FileDenoiser:
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration)
 
     @torch.inference_mode()
-    def _stream(self, task: FileTask, f: sf.SoundFile) -> None:
+    def _stream(self, task: FileTask, f: sf.SoundFile, data: bytes | None = None) -> None:
         sr, channels = f.samplerate, f.channels
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         s = StreamingDenoiser(self.model, sr, channels, strength=self.strength)
-        writer = _PartWriter(task, sr, channels, fmt, subtype, f.copy_metadata())
+        writer = _PartWriter(task, sr, channels, fmt, subtype, f.copy_metadata(), _kbps(task, f, data))
         try:
             block = max(1, int(self.block_seconds * sr))
             for x in read_blocks(f, block, task.input):  # [C, n]
@@ -273,15 +280,15 @@ class FileDenoiser:
             writer.abort()
             raise
 
-    def _whole(self, task: FileTask, f: sf.SoundFile) -> None:
+    def _whole(self, task: FileTask, f: sf.SoundFile, data: bytes | None = None) -> None:
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         y = denoise(self.model, _read_whole(task, f), f.samplerate, strength=self.strength)  # [C, T]
-        self._write_whole(task, y, f.samplerate, fmt, subtype, f.copy_metadata())
+        self._write_whole(task, y, f.samplerate, fmt, subtype, f.copy_metadata(), _kbps(task, f, data))
 
     @staticmethod
     def _write_whole(task: FileTask, y: np.ndarray, sr: int, fmt: str, subtype: str,
-                     tags: dict[str, str] | None = None) -> None:
-        writer = _PartWriter(task, sr, y.shape[0], fmt, subtype, tags)
+                     tags: dict[str, str] | None = None, kbps: float | None = None) -> None:
+        writer = _PartWriter(task, sr, y.shape[0], fmt, subtype, tags, kbps)
         try:
             writer.write(y)
             writer.commit()
@@ -329,7 +336,8 @@ class FileDenoiser:
         wav = _read_whole(task, f)  # [C, T]
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
-        return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata())
+        return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata(),
+                        _kbps(task, f, data))
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``
@@ -363,7 +371,7 @@ class FileDenoiser:
             t1 = time.perf_counter()
             duration = d.wav.shape[-1] / d.sr
             try:
-                self._write_whole(d.task, y, d.sr, d.fmt, d.subtype, d.tags)
+                self._write_whole(d.task, y, d.sr, d.fmt, d.subtype, d.tags, d.kbps)
             except Exception as exc:
                 yield FileResult(d.task.input, d.task.output, "error", _error_text(exc), d.read_seconds + share,
                                  duration)
