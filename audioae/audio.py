@@ -495,11 +495,13 @@ def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:
         f.write(data[start : start + WRITE_FRAMES])
 
 
-def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str | None = None) -> bytes:
-    """Encode ``[C, T]`` float audio into file bytes (``format``: a soundfile container)."""
+def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str | None = None,
+                 kbps: float | None = None) -> bytes:
+    """Encode ``[C, T]`` float audio into file bytes (``format``: a soundfile container; ``kbps``:
+    an MP3's bitrate to come near, :func:`open_for_writing`)."""
     buf = io.BytesIO()
     data = np.ascontiguousarray(wav.T)  # [T, C]
-    with open_for_writing(buf, sr, data.shape[1], subtype=subtype, format=format) as f:
+    with open_for_writing(buf, sr, data.shape[1], subtype=subtype, format=format, kbps=kbps) as f:
         write_frames(f, data)
     return buf.getvalue()
 

@@ -44,6 +44,7 @@ from .audio import (
     container_for,
     encode_audio,
     fs_path,
+    input_kbps,
     iter_blocks,
     open_for_writing,
     read_audio,
@@ -93,6 +94,7 @@ class AudioForm:
     format: str = ""  # encoded: soundfile container, e.g. "WAV"
     subtype: str = ""  # encoded: soundfile subtype, e.g. "PCM_16"
     pcm_format: int = 0  # pcm: SampleFormat value
+    kbps: float | None = None  # encoded MP3: its mean bitrate, which the answer keeps
 
 
 def _pcm_dtype(fmt: int) -> tuple[str, str]:
@@ -166,7 +168,8 @@ def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) 
                 message += ("; Audio.encoded takes a whole audio file (WAV, FLAC, Ogg, ...): raw samples go in "
                             "Audio.pcm, with their sample format, rate and channels")
             raise AudioError(message) from None
-        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype)
+        kbps = input_kbps(audio.encoded, wav.shape[-1], sr) if info.format == "MP3" else None
+        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=kbps)
     if which == "pcm":
         p = audio.pcm
         wav = pcm_bytes_to_array(p.data, p.format, p.channels, name)
@@ -187,7 +190,8 @@ def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_au
     x = np.asarray(wav, dtype=np.float32)
     if clips_at_full_scale(fmt, subtype):
         x = np.clip(x, -1.0, 1.0)
-    return pb.Audio(encoded=encode(x, form.sample_rate, format=fmt, subtype=subtype))
+    kbps = {"kbps": form.kbps} if form.kbps else {}  # an MP3 answer at the question's bitrate
+    return pb.Audio(encoded=encode(x, form.sample_rate, format=fmt, subtype=subtype, **kbps))
 
 
 def pcm_seconds(audio) -> float | None:

@@ -62,8 +62,8 @@ class Codecs:
     def read(self, data: bytes, name: str = "audio") -> tuple[np.ndarray, int, AudioInfo]:
         return self._run(read_audio, (data,), {"name": name}, "decoding the audio file")
 
-    def encode(self, wav: np.ndarray, sr: int, *, format: str, subtype: str | None) -> bytes:
-        return self._run(encode_audio, (wav, sr), {"format": format, "subtype": subtype},
+    def encode(self, wav: np.ndarray, sr: int, *, format: str, subtype: str | None, kbps: float | None = None) -> bytes:
+        return self._run(encode_audio, (wav, sr), {"format": format, "subtype": subtype, "kbps": kbps},
                          f"encoding the answer as {format}", ours=True)
 
     def _run(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool = False) -> Any:

@@ -289,6 +289,18 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     assert sf.info(tmp_path / "in.denoised.aiff").format == "AIFF"
 
 
+@pytest.mark.parametrize(("kbps", "level"), [(320, 0.0), (64, 0.9)])  # libsndfile's CBR levels for those
+def test_an_mp3_is_answered_at_its_own_bitrate(mixed, kbps, level):
+    """The answer was encoded at libsndfile's default: a 320 kbps question came back at under half its size."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", 44100, 2, format="MP3", compression_level=level, bitrate_mode="CONSTANT") as f:
+        f.write(np.ascontiguousarray(_noisy(2.0, 44100, channels=2).T))
+    question = buf.getvalue()
+    answer = mixed.denoise_bytes(question, model="tiny").audio.encoded
+    assert sf.info(io.BytesIO(answer)).format == "MP3"
+    assert 0.8 < len(answer) / len(question) < 1.25, (len(question), len(answer))
+
+
 def test_cli_client_names_its_own_message_limit_not_the_server(mixed_server, tmp_path, capsys):
     """gRPC refuses a request over the client's --max-message-mb in the client; the CLI said
     "server ... answered (RESOURCE_EXHAUSTED): CLIENT: Sent message larger than max"."""
