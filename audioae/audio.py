@@ -15,6 +15,7 @@ import functools
 import io
 import logging
 import math
+import mmap
 import numbers
 import os
 import sys
@@ -273,8 +274,7 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
-            if f.format == "MP3":  # MPEG layers I-III: libsndfile stops at its first header's length
-                check_mpeg_length(source, f.frames, f.samplerate, name)
+            check_mpeg_length(source, f.format, f.frames, f.samplerate, name)  # libsndfile stops at its first header's length
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype)  # frames read, not claimed
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
@@ -331,19 +331,21 @@ def mpeg_frames_samples(data: bytes) -> int:
     return total
 
 
-def check_mpeg_length(source: str | os.PathLike | bytes, frames: int, sr: int, name: str) -> None:
+def check_mpeg_length(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int, name: str) -> None:
     """Raise :class:`AudioError` when libsndfile would decode ``frames`` samples of an MPEG file
-    whose frames hold more (:func:`mpeg_frames_samples`; beyond 3 frames of encoder delay and
-    padding): its output would be cut short, and reported done."""
+    (``fmt`` "MP3": layers I-III; any other container passes) whose frames hold more
+    (:func:`mpeg_frames_samples`; beyond 3 frames of encoder delay and padding): its output would
+    be cut short, and reported done. A file is mapped, not read into memory."""
+    if fmt != "MP3":
+        return
     try:
         if isinstance(source, bytes | bytearray):
-            data = bytes(source)
+            held = mpeg_frames_samples(bytes(source))
         else:
-            with open(fs_path(source), "rb") as fh:
-                data = fh.read()
-    except OSError:
-        return  # the decode that follows says why
-    held = mpeg_frames_samples(data)
+            with open(fs_path(source), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                held = mpeg_frames_samples(data)
+    except (OSError, ValueError):  # unreadable, or empty: the decode that follows says why
+        return
     if held > frames + 3 * 1152:
         raise AudioError(f"{name}: libsndfile decodes {frames / sr:.2f} s of this MPEG file, but its frames hold "
                          f"{held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
@@ -463,7 +465,7 @@ def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: st
                      kbps: float | None = None) -> sf.SoundFile:
     """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, after
     :func:`check_writable`. ``kbps``: for MP3, the constant bitrate to come near (the input's:
-    :func:`mp3_compression`), where libsndfile's default gave a 320 kbps input under half its size."""
+    :func:`mp3_compression`), where libsndfile's default ignored the input's."""
     check_writable(sr, channels, format=format, subtype=subtype)
     if format == "MP3" and kbps:
         return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format,
@@ -480,8 +482,11 @@ def mp3_compression(kbps: float, sr: int) -> float:
     return min(0.99, max(0.0, (top - kbps) / (top - bottom)))
 
 
-def input_kbps(source: str | os.PathLike | bytes, frames: int, sr: int) -> float | None:
-    """An input's mean bitrate in kbit/s: its bytes over its length (tags included: a few kB)."""
+def mp3_kbps(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int) -> float | None:
+    """An MP3's mean bitrate in kbit/s, which its output keeps: its bytes over its length (tags
+    included: a few kB); None for any other container (``fmt``)."""
+    if fmt != "MP3":
+        return None
     try:
         size = len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(fs_path(source))
     except OSError:
@@ -651,14 +656,15 @@ def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, targe
     return resampled(x, orig_sr, new_sr)
 
 
-def resampled(x: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """``x`` (last axis) resampled with the kept kernel of :func:`resampler`: float32 on the CPU,
-    what every path here resamples; any other tensor with torchaudio's functional form."""
+def resampled(x: torch.Tensor, orig_sr: int, new_sr: int, kept=None) -> torch.Tensor:
+    """``x`` (last axis) resampled with the kept kernel of :func:`resampler` (``kept``: one a
+    caller holds for this pair): float32 on the CPU, what every path here resamples; any other
+    tensor with torchaudio's functional form."""
     import torch
     import torchaudio.functional as AF
 
     if x.dtype == torch.float32 and x.device.type == "cpu":
-        return resampler(orig_sr, new_sr)(x)
+        return (kept or resampler(orig_sr, new_sr))(x)
     return AF.resample(x, orig_sr, new_sr)
 
 

@@ -44,8 +44,8 @@ from .audio import (
     container_for,
     encode_audio,
     fs_path,
-    input_kbps,
     iter_blocks,
+    mp3_kbps,
     open_for_writing,
     read_audio,
     sound_error_reason,
@@ -168,7 +168,7 @@ def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) 
                 message += ("; Audio.encoded takes a whole audio file (WAV, FLAC, Ogg, ...): raw samples go in "
                             "Audio.pcm, with their sample format, rate and channels")
             raise AudioError(message) from None
-        kbps = input_kbps(audio.encoded, wav.shape[-1], sr) if info.format == "MP3" else None
+        kbps = mp3_kbps(audio.encoded, info.format, wav.shape[-1], sr)
         return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=kbps)
     if which == "pcm":
         p = audio.pcm

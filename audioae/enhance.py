@@ -26,6 +26,7 @@ from .audio import (
     fit_length,
     resample,
     resampled,
+    resampler,
 )
 from .models import SpectralAutoencoder, takes_audio
 from .spectral import StreamingSTFT
@@ -411,6 +412,9 @@ class StreamingResampler:
     def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = ""):
         check_resample(orig_sr, new_sr, target=target)  # the blocks below are orig/g samples long
         self.orig_sr, self.new_sr = orig_sr, new_sr
+        # Held for the stream's life: asked of the 8-pair cache on each chunk, a server with streams
+        # at more pairs than that rebuilt a kernel per chunk. A stream holds its own 1-2 pairs.
+        self.kernel = resampler(orig_sr, new_sr) if orig_sr != new_sr else None
         g = math.gcd(orig_sr, new_sr)
         self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
         # torchaudio's kernel half-width in input samples: an output sample reads no further
@@ -431,7 +435,7 @@ class StreamingResampler:
         hi = (b1 + self.ctx - self.buf_block) * self.bi
         seg = self.buf[:, lo:hi]  # [C, n]
         seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))  # zeros where no input is yet
-        y = resampled(seg, self.orig_sr, self.new_sr)  # [C, n * bo / bi]; the kept kernel, asked each call
+        y = resampled(seg, self.orig_sr, self.new_sr, self.kernel)  # [C, n * bo / bi]
         y = y[:, self.ctx * self.bo + self.next_sample - b0 * self.bo : self.ctx * self.bo + upto - b0 * self.bo]
         self.next_sample = upto
         keep = self.next_sample // self.bo - self.ctx  # the next call's first context block
@@ -478,7 +482,8 @@ class StreamingDenoiser:
         # With a band above the model's, the output and the input as the model saw it go up
         # together, and the top-band gain is interpolated (see with_high_band, gain_at_rate).
         self.high_band = has_high_band(sr, model)
-        self.up = StreamingResampler(c.sample_rate, sr, channels * (2 if self.high_band else 1))
+        self.rows = channels * (2 if self.high_band else 1)  # the output, and the input as seen with a high band
+        self.up = StreamingResampler(c.sample_rate, sr, self.rows)
         self.seen = torch.zeros(channels, 0)  # model-rate input awaiting its output (high band only)
         self.gain = torch.zeros(channels, 0)  # model-rate gain from model sample gain_start on
         self.gain_start = 0
@@ -517,7 +522,7 @@ class StreamingDenoiser:
         self.pending_spec.append(frames)
         spec = torch.cat(self.pending_spec, dim=-1)  # [C, F, n]
         if frames.shape[-1] == 0 and not final:  # no output yet: the output's rows, no samples
-            return torch.zeros(self.channels * (2 if self.high_band else 1), 0, device=self.device)
+            return torch.zeros(self.rows, 0, device=self.device)
         out, self.state = self.model.stream_step(feats, self.state, final)  # [C, F', m]
         m = out.shape[-1]
         done, self.pending_spec = spec[..., :m], [spec[..., m:]]

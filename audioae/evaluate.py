@@ -258,7 +258,7 @@ def _score_table(report: dict) -> list[str]:
 def format_table(report: dict) -> str:
     """The report as a plain-text table for people, then the problems."""
     lines = _score_table(report) if report["files"] else []  # nothing scored: no empty table
-    blank = report.get("read", report["scored"]) - report["scored"]
+    blank = report["read"] - report["scored"]
     lines.append(f"{report['scored']} of {report['paired']} pairs scored"
                  + (f"; {blank} more read, but no metric could score them (notes below say why)" if blank else ""))
     short = {HEADERS[m]: n for m, n in report.get("mean_of", {}).items() if n < report["scored"]}

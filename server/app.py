@@ -72,7 +72,7 @@ class HealthService(health.HealthServicer):
         # Each service's status as Check gives it, one at a time: not one snapshot under one lock,
         # which the protocol does not promise either ("a non-atomic snapshot").
         return health_pb2.HealthListResponse(statuses={
-            name: super(HealthService, self).Check(health_pb2.HealthCheckRequest(service=name), context)
+            name: self.Check(health_pb2.HealthCheckRequest(service=name), context)
             for name in list(self._names)})
 
 

@@ -110,13 +110,9 @@ class ModelStore:
         # that a call naming no model can both Denoise and StreamDenoise.
         served = list(self.models.values())
         denoisers = sorted((m for m in served if m.is_audio and not m.decomposes), key=lambda m: not m.streams)
-        self.defaultable = {  # purpose -> the models a call naming none may get, best first
-            "denoise": [m.name for m in denoisers],
-            "stream": [m.name for m in denoisers if m.streams],
-            "decompose": [m.name for m in served if m.decomposes],
-        }
-        self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, self.defaultable["denoise"])
-        self.default_decomposer = self._default(pretrained.DEFAULT_DECOMPOSER, self.defaultable["decompose"])
+        # the models a call naming none may get, best first
+        self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, [m.name for m in denoisers])
+        self.default_decomposer = self._default(pretrained.DEFAULT_DECOMPOSER, [m.name for m in served if m.decomposes])
 
     @staticmethod
     def shipped_defaults() -> list[str]:

@@ -39,7 +39,7 @@ from ..audio import (
     clips_at_full_scale,
     empty_audio,
     fs_path,
-    input_kbps,
+    mp3_kbps,
     open_for_writing,
     read_all,
     read_blocks,
@@ -91,7 +91,7 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
 
 def _kbps(task: FileTask, f: sf.SoundFile, data: bytes | None) -> float | None:
     """An MP3 input's bitrate, which its output keeps (None for any other container)."""
-    return input_kbps(task.input if data is None else data, f.frames, f.samplerate) if f.format == "MP3" else None
+    return mp3_kbps(task.input if data is None else data, f.format, f.frames, f.samplerate)
 
 
 def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
@@ -100,8 +100,7 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     if f.frames == 0:
         raise empty_audio(task.input, task.input if data is None else data)
-    if f.format == "MP3":  # MPEG layers I-III: libsndfile stops at its first header's length
-        check_mpeg_length(task.input if data is None else data, f.frames, f.samplerate, task.input)
+    check_mpeg_length(task.input if data is None else data, f.format, f.frames, f.samplerate, task.input)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
