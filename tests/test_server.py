@@ -251,7 +251,7 @@ def _long_decompose():
 class _AskedMidWork(threading.Event):
     """A job's ``abandoned`` event whose second ``is_set()`` (the work's stop check after its first
     piece, stage or fit step) waits, at most 60 s, for the event itself: the cancel then lands
-    while the work is under way on a machine of any speed. (The test assumed the work, 2.8 s here,
+    while the work is under way on a machine of any speed. (The test assumed the work
     outlasted the time a cancel takes to land.)"""
 
     def __init__(self):
@@ -674,6 +674,10 @@ def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):
         ref = decompose(model, x, 16000, group=group, n_groups=n, fit_steps=0)
         assert 1 <= len(r.labels) <= n and r.labels == ref.labels and r.units == ref.units
         assert r.groups == n == r.summary()["groups"]
+        # from the server, not the client's fallback to the request's count
+        raw = client.stub.Decompose(pb.DecomposeRequest(model="dict", audio=pb.Audio(pcm=pcm_message(x, 16000, "float32")),
+                                                        group=group, groups=n, fit_steps=0), timeout=60)
+        assert raw.HasField("groups") and raw.groups == n
 
 
 def test_a_decomposer_of_fewer_units_than_the_default_groups_still_decomposes(model_dir, tmp_path):
