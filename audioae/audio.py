@@ -464,13 +464,23 @@ def write_refusal(name: str | os.PathLike, exc: Exception, format: str, sr: int)
 def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None,
                      kbps: float | None = None) -> sf.SoundFile:
     """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, after
-    :func:`check_writable`. ``kbps``: for MP3, the constant bitrate to come near (the input's:
-    :func:`mp3_compression`), where libsndfile's default ignored the input's."""
+    :func:`check_writable`. ``kbps``: for MP3 and Ogg Opus, the bitrate to come near (the input's,
+    :func:`coded_kbps`), where libsndfile's default ignored the input's."""
     check_writable(sr, channels, format=format, subtype=subtype)
-    if format == "MP3" and kbps:
-        return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format,
-                            compression_level=mp3_compression(kbps, sr), bitrate_mode="CONSTANT")
-    return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format)
+    return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format,
+                        **_bitrate_settings(format, subtype, kbps, sr, channels))
+
+
+def _bitrate_settings(format: str, subtype: str | None, kbps: float | None, sr: int, channels: int) -> dict:
+    """soundfile's settings for a bitrate near ``kbps``: MP3 at a constant bitrate (an MP3's own
+    bitrate is mostly constant), Opus variable as libopus chooses by default."""
+    if not kbps:
+        return {}
+    if format == "MP3":
+        return {"compression_level": mp3_compression(kbps, sr), "bitrate_mode": "CONSTANT"}
+    if format == "OGG" and subtype == "OPUS":
+        return {"compression_level": opus_compression(kbps, channels)}
+    return {}
 
 
 def mp3_compression(kbps: float, sr: int) -> float:
@@ -482,10 +492,18 @@ def mp3_compression(kbps: float, sr: int) -> float:
     return min(0.99, max(0.0, (top - kbps) / (top - bottom)))
 
 
-def mp3_kbps(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int) -> float | None:
-    """An MP3's mean bitrate in kbit/s, which its output keeps: its bytes over its length (tags
-    included: a few kB); None for any other container (``fmt``)."""
-    if fmt != "MP3":
+def opus_compression(kbps: float, channels: int) -> float:
+    """libsndfile's Opus compression level for a mean bitrate near ``kbps``: it maps level 0..1
+    linearly onto 256..6 kbps per channel, at every rate (tests/test_batch.py checks outputs
+    against their inputs' bitrates)."""
+    return min(1.0, max(0.0, (256.0 - kbps / channels) / 250.0))
+
+
+def coded_kbps(source: str | os.PathLike | bytes, fmt: str, subtype: str, frames: int, sr: int) -> float | None:
+    """A lossy input's mean bitrate in kbit/s, which its output keeps: its bytes over its length
+    (tags included: a few kB); None where libsndfile's bitrate cannot be chosen (Vorbis: a quality
+    whose bitrate depends on the rate and the signal) or is not lossy."""
+    if fmt != "MP3" and (fmt, subtype) != ("OGG", "OPUS"):
         return None
     try:
         size = len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(fs_path(source))

@@ -41,11 +41,11 @@ from .audio import (
     check_pcm,
     check_writable,
     clips_at_full_scale,
+    coded_kbps,
     container_for,
     encode_audio,
     fs_path,
     iter_blocks,
-    mp3_kbps,
     open_for_writing,
     read_audio,
     sound_error_reason,
@@ -94,7 +94,7 @@ class AudioForm:
     format: str = ""  # encoded: soundfile container, e.g. "WAV"
     subtype: str = ""  # encoded: soundfile subtype, e.g. "PCM_16"
     pcm_format: int = 0  # pcm: SampleFormat value
-    kbps: float | None = None  # encoded MP3: its mean bitrate, which the answer keeps
+    kbps: float | None = None  # encoded MP3 or Opus: its mean bitrate, which the answer keeps
 
 
 def _pcm_dtype(fmt: int) -> tuple[str, str]:
@@ -168,7 +168,7 @@ def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) 
                 message += ("; Audio.encoded takes a whole audio file (WAV, FLAC, Ogg, ...): raw samples go in "
                             "Audio.pcm, with their sample format, rate and channels")
             raise AudioError(message) from None
-        kbps = mp3_kbps(audio.encoded, info.format, wav.shape[-1], sr)
+        kbps = coded_kbps(audio.encoded, info.format, info.subtype, wav.shape[-1], sr)
         return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=kbps)
     if which == "pcm":
         p = audio.pcm
@@ -190,7 +190,7 @@ def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_au
     x = np.asarray(wav, dtype=np.float32)
     if clips_at_full_scale(fmt, subtype):
         x = np.clip(x, -1.0, 1.0)
-    kbps = {"kbps": form.kbps} if form.kbps else {}  # an MP3 answer at the question's bitrate
+    kbps = {"kbps": form.kbps} if form.kbps else {}  # an MP3 or Opus answer at the question's bitrate
     return pb.Audio(encoded=encode(x, form.sample_rate, format=fmt, subtype=subtype, **kbps))
 
 

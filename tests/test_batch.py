@@ -1153,6 +1153,31 @@ def test_an_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
         assert 0.8 < size_out / size_in < 1.25, (name, size_in, size_out)
 
 
+def _speechlike(seconds: float, sr: int) -> np.ndarray:
+    """A voiced, syllable-modulated tone in light noise: ``[T]`` float32."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(1)
+    voice = np.sin(2 * np.pi * 150 * t) + 0.5 * np.sin(2 * np.pi * 450 * t) + 0.25 * np.sin(2 * np.pi * 1350 * t)
+    return (0.2 * voice * np.sin(2 * np.pi * 2 * t) ** 2 + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_an_opus_output_keeps_its_bitrate(tmp_path, causal_ckpt):
+    """Ogg Opus outputs were encoded at libopus's default (62 kbps for 48 kHz mono whatever the
+    input: a 24 kbps voice note came back 2.5 times its size, a 128 kbps file as a lossier copy)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    x = _speechlike(4.0, 48000)
+    for kbps, level in ((24, 0.928), (128, 0.512)):  # libsndfile's Opus levels for those rates
+        with sf.SoundFile(src / f"k{kbps}.opus", "w", 48000, 1, format="OGG", subtype="OPUS",
+                          compression_level=level) as f:
+            f.write(x)
+    assert run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))["ok"] == 2
+    for name in ("k24.opus", "k128.opus"):
+        size_in, size_out = (src / name).stat().st_size, (tmp_path / "out" / name).stat().st_size
+        assert sf.info(tmp_path / "out" / name).subtype == "OPUS"
+        assert 0.6 < size_out / size_in < 1.4, (name, size_in, size_out)
+
+
 def test_mp3s_joined_end_to_end_are_refused_not_cut_short(tmp_path, causal_ckpt):
     """libsndfile decodes the length its first header gives: two MP3s joined with cat came out as
     the first one alone, reported denoised (a VBR file without its Xing header was cut short too)."""

@@ -301,6 +301,17 @@ def test_an_mp3_is_answered_at_its_own_bitrate(mixed, kbps, level):
     assert 0.8 < len(answer) / len(question) < 1.25, (len(question), len(answer))
 
 
+def test_an_opus_question_is_answered_at_its_own_bitrate(mixed):
+    """An Opus answer was encoded at libopus's default (62 kbps here) whatever the question's."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", 48000, 1, format="OGG", subtype="OPUS", compression_level=0.928) as f:  # 24 kbps
+        f.write(np.ascontiguousarray(_noisy(2.0, 48000).T))
+    question = buf.getvalue()
+    answer = mixed.denoise_bytes(question, model="tiny").audio.encoded
+    assert sf.info(io.BytesIO(answer)).subtype == "OPUS"
+    assert 0.6 < len(answer) / len(question) < 1.4, (len(question), len(answer))
+
+
 def test_cli_client_names_its_own_message_limit_not_the_server(mixed_server, tmp_path, capsys):
     """gRPC refuses a request over the client's --max-message-mb in the client; the CLI said
     "server ... answered (RESOURCE_EXHAUSTED): CLIENT: Sent message larger than max"."""

@@ -37,9 +37,9 @@ from ..audio import (
     check_pcm,
     check_resample,
     clips_at_full_scale,
+    coded_kbps,
     empty_audio,
     fs_path,
-    mp3_kbps,
     open_for_writing,
     read_all,
     read_blocks,
@@ -90,8 +90,8 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
 
 
 def _kbps(task: FileTask, f: sf.SoundFile, data: bytes | None) -> float | None:
-    """An MP3 input's bitrate, which its output keeps (None for any other container)."""
-    return mp3_kbps(task.input if data is None else data, f.format, f.frames, f.samplerate)
+    """An MP3 or Opus input's bitrate, which its output keeps (None for any other kind)."""
+    return coded_kbps(task.input if data is None else data, f.format, f.subtype, f.frames, f.samplerate)
 
 
 def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
@@ -125,7 +125,7 @@ class _Decoded:
     subtype: str
     read_seconds: float
     tags: dict[str, str]
-    kbps: float | None = None  # an MP3's bitrate, for its output's (open_for_writing)
+    kbps: float | None = None  # an MP3's or Opus's bitrate, for its output's (open_for_writing)
 
     @property
     def channel_seconds(self) -> float:
