@@ -238,6 +238,7 @@ def _check_json_out(path: str | None) -> None:
     if path in (None, "-"):
         return
     from .audio import is_audio_name
+    from .fileio import nearest_existing
 
     if os.path.isdir(path):
         raise ValueError(f"--json {path}: is a folder; name the JSON file to write, e.g. {os.path.join(path, 'scores.json')}")
@@ -245,9 +246,7 @@ def _check_json_out(path: str | None) -> None:
         raise ValueError(f"--json {path}: refusing to write the report over an audio file name; name a .json file")
     # Before minutes of scoring, not after: the report is renamed into place in its folder,
     # which is made if new, so the nearest folder that exists must take new files.
-    here = Path(path).absolute().parent
-    while not here.exists() and here != here.parent:
-        here = here.parent
+    here = nearest_existing(Path(path).absolute().parent)
     if not (here.is_dir() and os.access(here, os.W_OK | os.X_OK)):  # a file there takes no folder either
         raise ValueError(f"--json {path}: cannot write the report there ({here} takes no new files: "
                          f"read-only, or no permission)")

@@ -107,14 +107,18 @@ def check_named(out: str | os.PathLike) -> str | os.PathLike:
     return out
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` or its nearest ancestor that exists (a dangling link counts: it stops ``mkdir``
+    too); a relative path that does not exist ends at the current folder."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("."))
+
+
 def file_in_the_way(folder: str | os.PathLike) -> Path | None:
     """The nearest existing ancestor of ``folder`` (itself included) when it is not a folder:
     what stops ``mkdir`` with a bare "File exists" or "Not a directory"."""
-    folder = Path(folder)
-    for p in (folder, *folder.parents):
-        if p.exists() or p.is_symlink():
-            return None if p.is_dir() else p
-    return None
+    here = nearest_existing(folder)
+    return None if here.is_dir() else here
 
 
 def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..audio import AUDIO_EXTENSIONS, is_audio_name, walk_audio
-from ..fileio import check_named, check_output_folder, temp_name
+from ..fileio import check_named, check_output_folder, nearest_existing, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,9 @@ def ignores_case(folder: Path) -> bool:
     ``take.wav`` are one file there. Asked of a name already there that changes with its case (its
     other case found, and not listed as a file of its own), else of a hidden probe file made and
     removed at once; False where neither can be asked."""
-    here = folder
-    while not here.is_dir():
-        if here.parent == here:
-            return False
-        here = here.parent
+    here = nearest_existing(folder)
+    if not here.is_dir():  # a file in the way: the plan refuses that folder anyway
+        return False
     try:
         names = os.listdir(here)
     except OSError:
