@@ -18,6 +18,7 @@ import math
 import mmap
 import numbers
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -205,6 +206,26 @@ def empty_audio(name: str, source: str | os.PathLike | bytes) -> AudioError:
     return AudioError(f"{name}: its header says the audio is empty, but {held:,} bytes of it follow: a recording "
                       f"whose header was never finished (the recorder stopped before writing its length); "
                       f"repair the header (e.g. sox --ignore-length IN.wav OUT.wav) and use the repaired copy")
+
+
+# libsndfile's log of a data chunk whose size claims more than the file holds: WAV "data", AIFF
+# "SSND", AU "Data Size" (W64, RF64 and CAF log their totals only; Ogg, FLAC and MP3 claim no size).
+_DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)\)$", re.MULTILINE)
+PLACEHOLDER_SIZE = 0x7FFF0000  # and up: a size written before the length was known (live recorders)
+
+
+def cut_short(f: sf.SoundFile, name: str) -> str:
+    """A note for a file whose header claims more audio than it holds, "" for any other: a copy
+    cut short (an interrupted download or card copy), whose complete original may still exist.
+    libsndfile reads the samples that are there and logs the claim."""
+    claim = _DATA_CLAIM.search(f.extra_info)
+    if claim is None:
+        return ""
+    claimed, held = int(claim[1]), int(claim[2])
+    if claimed >= PLACEHOLDER_SIZE or claimed - held < 64:  # a placeholder, or a pad byte's worth
+        return ""
+    return (f"{name}: its header claims {claimed:,} bytes of audio but the file holds {held:,} (a copy cut "
+            f"short?): denoised the {f.frames / f.samplerate:.2f} s it holds")
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:

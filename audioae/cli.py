@@ -210,6 +210,8 @@ def _cmd_denoise(args) -> int:
         # Read errors name their file already; others (a rate that cannot be resampled) do not.
         named = err["error"].startswith(err["input"])
         print(f"  failed: {'' if named else err['input'] + ': '}{err['error']}", file=sys.stderr)
+    for w in s["warnings"]:
+        print(f"  warning: {w['warning']}", file=sys.stderr)
     print(f"manifest: {s['manifest']}")
     return 1 if s["error"] else 0
 

@@ -1153,6 +1153,53 @@ def test_an_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
         assert 0.8 < size_out / size_in < 1.25, (name, size_in, size_out)
 
 
+def _cut_short_copies(src: Path) -> None:
+    """In ``src``: WAV, AIFF and AU copies cut to half their bytes (headers claiming all of it), a
+    complete WAV, and a complete WAV whose data size is a live recorder's placeholder."""
+    x = noisy_signal(np.random.default_rng(3), 2.0, 16000, 1)  # [T, 1]
+    for name, fmt in (("cut.wav", "WAV"), ("cut.aiff", "AIFF"), ("cut.au", "AU"), ("whole.wav", "WAV"),
+                      ("live.wav", "WAV")):
+        sf.write(src / name, x, 16000, format=fmt, subtype="PCM_16")
+    for name in ("cut.wav", "cut.aiff", "cut.au"):
+        data = (src / name).read_bytes()
+        (src / name).write_bytes(data[: len(data) // 2])
+    live = bytearray((src / "live.wav").read_bytes())
+    at = live.find(b"data")
+    live[at + 4 : at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    (src / "live.wav").write_bytes(bytes(live))
+
+
+def test_a_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, capsys):
+    """A WAV, AIFF or AU cut short (an interrupted copy) was denoised for the half it holds without a
+    word, though its complete original may be elsewhere: its result, the manifest (a rerun's
+    skipped line too) and the command's output now say so. A live recorder's placeholder size
+    (0xFFFFFFFF) and a complete file say nothing."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _cut_short_copies(src)
+    out = tmp_path / "out"
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert {n for n, r in recs.items() if r["status"] == "ok"} == {"cut.wav", "cut.aiff", "cut.au", "whole.wav",
+                                                                   "live.wav"}
+    for name in ("cut.wav", "cut.aiff", "cut.au"):
+        warning = recs[name]["warning"]
+        assert re.fullmatch(rf"{re.escape(str(src / name))}: its header claims 64,0\d\d bytes of audio but the file "
+                            r"holds 3\d,\d{3} \(a copy cut short\?\): denoised the 1.00 s it holds", warning), warning
+        assert f"  warning: {warning}" in err
+        assert sf.info(out / name).frames == sf.info(src / name).frames
+    assert recs["whole.wav"]["warning"] == recs["live.wav"]["warning"] == ""
+    assert sf.info(out / "live.wav").frames == 32000
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert s["skipped"] == 5 and s["warnings"] == []  # said when denoised, kept in the manifest
+    again = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert again["cut.wav"]["status"] == "skipped" and again["cut.wav"]["warning"] == recs["cut.wav"]["warning"]
+    batched = FileDenoiser(load_checkpoint(causal_ckpt))._run_batched(  # the GPU path, on CPU
+        [(FileTask(str(src / "cut.wav"), str(tmp_path / "gpu" / "cut.wav"), "cut.wav"), None)])
+    assert next(iter(batched)).warning == recs["cut.wav"]["warning"]
+
+
 def _speechlike(seconds: float, sr: int) -> np.ndarray:
     """A voiced, syllable-modulated tone in light noise: ``[T]`` float32."""
     t = np.arange(int(seconds * sr)) / sr

@@ -179,6 +179,21 @@ def test_a_file_name_that_is_not_utf8_goes_through_ray_as_bytes(job, tmp_path, c
     assert "ArrowConversionError" not in capfd.readouterr().err + caplog.text
 
 
+def test_a_copy_cut_short_keeps_its_warning_through_ray(job, tmp_path):
+    """The warning crosses Ray's columns as the local engine records it."""
+    from test_batch import _cut_short_copies
+
+    _, ckpt, _, _, _ = job
+    src = tmp_path / "in"
+    src.mkdir()
+    _cut_short_copies(src)
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(ckpt), engine="ray", progress=False))
+    assert (s["ok"], s["error"]) == (5, 0)
+    assert sorted(Path(w["input"]).name for w in s["warnings"]) == ["cut.aiff", "cut.au", "cut.wav"]
+    recs = {Path(r["input"]).name: r["warning"] for r in read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")}
+    assert "(a copy cut short?)" in recs["cut.wav"] and recs["whole.wav"] == ""
+
+
 def _in_flight(out: Path, name: str, other_than: set[int]) -> int | None:
     """The pid the job's in-flight marker names for ``name``, when it is not one of ``other_than``."""
     from audioae.batch.journal import JOURNAL_NAME

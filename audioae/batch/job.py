@@ -28,6 +28,7 @@ from .manifest import (
     previous_durations,
     previous_inputs,
     previous_settings,
+    previous_warnings,
     read_manifest,
     summarize,
 )
@@ -220,7 +221,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         changed_inputs = {t.input for t in changed}
         remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
-        durations = previous_durations(earlier)
+        durations, warnings = previous_durations(earlier), previous_warnings(earlier)
         # Before any work: the input an output is made from is the one found now.
         inputs_now = {t.input: input_identity(t.input) for t in todo}
         bar = Progress(todo, len(done), options.progress, journal=journal)
@@ -231,6 +232,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                     results.append(FileResult(t.input, t.output, "skipped", FOUND_BEFORE_ANY_RUN))
                 else:
                     results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
+                                              warning=warnings.get(t.input, ""),
                                               **(dataclasses.asdict(before) if before else {}),
                                               **_source_of(t, inputs_then, changed_inputs)))
                 manifest.write(results[-1])

@@ -44,6 +44,8 @@ class FileResult:
     # a rerun tells a changed input by these, not by comparing its clock with the output's.
     input_size: int | None = None
     input_mtime_ns: int | None = None
+    # Said of an output made all the same (ok, and carried forward on skipped lines): an input cut short.
+    warning: str = ""
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -121,6 +123,12 @@ def previous_durations(records: Iterable[dict]) -> dict[str, float]:
             if r.get("status") in ("ok", "skipped") and isinstance(r.get("duration"), int | float)}
 
 
+def previous_warnings(records: Iterable[dict]) -> dict[str, str]:
+    """Per input, the warning its output was made with (a "skipped" line carries it forward)."""
+    return {r["input"]: r["warning"] for r in records
+            if r.get("status") in ("ok", "skipped") and isinstance(r.get("warning"), str) and r["warning"]}
+
+
 def previous_inputs(records: Iterable[dict]) -> dict[str, tuple[int, int]]:
     """Per input, ``(size, mtime_ns)`` of the file its output was made from, as earlier runs
     recorded it (a "skipped" line carries it forward). Manifests before 2026-12-07 record none."""
@@ -157,7 +165,8 @@ def previous_settings(records: Iterable[dict]) -> dict[str, MadeWith]:
 
 
 def summarize(results: Iterable[FileResult], wall_seconds: float) -> dict:
-    """Counts, audio processed and speed of one run, plus the failed files with their errors."""
+    """Counts, audio processed and speed of one run, plus the failed files with their errors and
+    the files denoised with a warning (an input cut short)."""
     results = list(results)
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     processed = sum(r.duration or 0.0 for r in results if r.status == "ok")
@@ -169,4 +178,5 @@ def summarize(results: Iterable[FileResult], wall_seconds: float) -> dict:
         "files_per_second": round(counts["ok"] / wall_seconds, 3) if wall_seconds > 0 else math.nan,
         "realtime_factor": round(processed / wall_seconds, 2) if wall_seconds > 0 else math.nan,
         "errors": [{"input": r.input, "error": r.error} for r in results if r.status == "error"],
+        "warnings": [{"input": r.input, "warning": r.warning} for r in results if r.status == "ok" and r.warning],
     }

@@ -38,6 +38,7 @@ from ..audio import (
     check_resample,
     clips_at_full_scale,
     coded_kbps,
+    cut_short,
     empty_audio,
     fs_path,
     open_for_writing,
@@ -94,13 +95,16 @@ def _kbps(task: FileTask, f: sf.SoundFile, data: bytes | None) -> float | None:
     return coded_kbps(task.input if data is None else data, f.format, f.subtype, f.frames, f.samplerate)
 
 
-def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> None:
+def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> str:
+    """Refuse a header no output can be made from; return a warning for one whose output is made
+    all the same ("" when none)."""
     if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
         raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     if f.frames == 0:
         raise empty_audio(task.input, task.input if data is None else data)
     check_mpeg_length(task.input if data is None else data, f.format, f.frames, f.samplerate, task.input)
+    return cut_short(f, task.input)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
@@ -126,6 +130,7 @@ class _Decoded:
     read_seconds: float
     tags: dict[str, str]
     kbps: float | None = None  # an MP3's or Opus's bitrate, for its output's (open_for_writing)
+    warning: str = ""  # _check_header's
 
     @property
     def channel_seconds(self) -> float:
@@ -248,7 +253,7 @@ class FileDenoiser:
         duration = None
         try:
             with _open(task, data) as f:
-                _check_header(task, f, data)
+                warning = _check_header(task, f, data)
                 duration = f.frames / f.samplerate
                 if self.model.causal:
                     self._stream(task, f, data)
@@ -260,7 +265,7 @@ class FileDenoiser:
             msg = _error_text(exc)
             log.info("failed: %s", msg)
             return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
-        return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration)
+        return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration, warning=warning)
 
     @torch.inference_mode()
     def _stream(self, task: FileTask, f: sf.SoundFile, data: bytes | None = None) -> None:
@@ -312,11 +317,11 @@ class FileDenoiser:
             t0 = time.perf_counter()
             try:
                 with _open(task, data) as f:
-                    _check_header(task, f, data)
+                    warning = _check_header(task, f, data)
                     if f.frames * f.channels / f.samplerate > self.batch_max_seconds:
                         decoded = None
                     else:
-                        decoded = self._decode(task, data, f, t0)
+                        decoded = self._decode(task, data, f, t0, warning)
             except Exception as exc:
                 yield FileResult(task.input, task.output, "error", _error_text(exc), time.perf_counter() - t0)
                 continue
@@ -328,7 +333,7 @@ class FileDenoiser:
         for group in self._groups(short):
             yield from self._batch(group)
 
-    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float) -> _Decoded:
+    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, warning: str = "") -> _Decoded:
         """A short file read whole, with every check its batch would make (a clip the batch
         refused would fail its neighbours too): samples (as it is read), channel count, resampling."""
         fmt, subtype = output_format(f.format, f.subtype, task.input)
@@ -336,7 +341,7 @@ class FileDenoiser:
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
         return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata(),
-                        _kbps(task, f, data))
+                        _kbps(task, f, data), warning)
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``
@@ -376,7 +381,7 @@ class FileDenoiser:
                                  duration)
                 continue
             yield FileResult(d.task.input, d.task.output, "ok", "",
-                             d.read_seconds + share + time.perf_counter() - t1, duration)
+                             d.read_seconds + share + time.perf_counter() - t1, duration, warning=d.warning)
 
     def _retry(self, group: list[_Decoded], out_of_memory: bool, why: str) -> Iterator[FileResult]:
         """After a failed batch: a batch of several files splits into batches of one; one file alone

@@ -110,6 +110,7 @@ class RayDenoiser:
             "error": [os.fsencode(r.error) for r in results],
             "seconds": [float(r.seconds) for r in results],
             "duration": [math.nan if r.duration is None else float(r.duration) for r in results],
+            "warning": [os.fsencode(r.warning) for r in results],
         }
 
 
@@ -212,7 +213,8 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
             duration = float(row["duration"])
             result = FileResult(os.fsdecode(bytes(row["input"])), os.fsdecode(bytes(row["output"])), str(row["status"]),
                                 os.fsdecode(bytes(row["error"])), float(row["seconds"]),
-                                None if math.isnan(duration) else duration)
+                                None if math.isnan(duration) else duration,
+                                warning=os.fsdecode(bytes(row["warning"])))
             reported.add(result.input)
             yield result
     except Exception as exc:  # noqa: BLE001 (the pipeline itself failed: an actor died, the cluster went)
