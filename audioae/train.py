@@ -57,6 +57,15 @@ from .models.corruption import add_gaussian, darken_patches, mix_at_snr
 log = logging.getLogger(__name__)
 
 
+def _refuse_non_finite(section: str, config) -> None:
+    """Refuse inf and NaN in a config's numbers: an infinite train.lr was taken, and the run wrote
+    weights that give NaN and exited 0; NaN fails the other checks' comparisons unseen."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{section}.{f.name} must be a finite number, got {value}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     clean_dir: str = ""  # empty: synthetic speech-like signals
@@ -78,6 +87,7 @@ class DataConfig:
     speech_weights: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        _refuse_non_finite("data", self)
         for name in ("segment_seconds", "val_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
@@ -157,6 +167,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        _refuse_non_finite("train", self)
         # Counts that would otherwise fail deep inside (a modulo by zero, an empty batch) or
         # "train" nothing and still write a run.
         for name in ("steps", "batch_size", "val_every"):
@@ -874,6 +885,11 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                           "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {})}
             if validating:
                 record["val"] = validate(evaluated, val_set, tc.metrics)
+                if not math.isfinite(record["val"]["si_sdr"]):  # NaN only from a non-finite output (eps: silence)
+                    raise FloatingPointError(
+                        f"{out}: at step {step} the model's output on the validation set is not finite (SI-SDR "
+                        f"{record['val']['si_sdr']}): its weights no longer work (train.lr {tc.lr} too high?). "
+                        f"best.safetensors, if written, holds the best weights before that")
                 if record["val"][tc.select_by] > best:
                     best = record["val"][tc.select_by]
                     save_checkpoint(evaluated, out / "best.safetensors",

@@ -72,7 +72,10 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
                                                 ("train.seed=-1", "train.seed must be >= 0, got -1"),
                                                 ("train.threads=-1", "train.threads must be >= 0"),
-                                                ("train.weight_decay=nan", "train.weight_decay must be >= 0, got nan"),
+                                                ("train.weight_decay=nan", "train.weight_decay must be a finite number, got nan"),
+                                                # was taken: the run wrote weights that give NaN and exited 0
+                                                ("train.lr=inf", "train.lr must be a finite number, got inf"),
+                                                ("data.snr_high=inf", "data.snr_high must be a finite number, got inf"),
                                                 ("train.checkpoint_seconds=-5", "train.checkpoint_seconds must be > 0"),
                                                 # was ignored (or a KeyError after training, as select_by)
                                                 ('train.metrics=["si_sdr","pesqq"]',
@@ -230,6 +233,19 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, capsys):
     assert f"up to step {MAX_NONFINITE_STEPS + 1}," in err
     weights = load_checkpoint(out / "last.safetensors").state_dict()
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_run_whose_validation_output_is_not_finite_stops_with_a_clear_error(tmp_path, capsys):
+    """lr 1e10, 10 steps validated at the end: fewer bad steps than MAX_NONFINITE_STEPS, so the run
+    exited 0 with "best_val": null and weights that give NaN. Validation now stops it."""
+    out = tmp_path / "run"
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "10", "--set", "train.lr=1e10",
+               "--set", "train.val_every=10", "--set", "train.progress=false", "--set", "model.config.hidden=16"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "at step 10 the model's output on the validation set is not finite" in err, err
+    assert "train.lr 10000000000.0 too high?" in err
+    assert not (out / "best.safetensors").exists()
 
 
 def test_decay_by_time_needs_a_time_budget(tmp_path, capsys):
