@@ -51,7 +51,7 @@ from .data.mixing import (
 from .enhance import pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
-from .models import Autoencoder, SpectralAutoencoder, build_model, takes_audio
+from .models import Autoencoder, SpectralAutoencoder, build_model, family, takes_audio
 from .models.corruption import add_gaussian, darken_patches, mix_at_snr
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,13 @@ class RunConfig:
                 "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
 
 
-def _section(cls, values: dict):
-    return cls(**typed_fields(cls, values, f"[{cls.__name__}]"))
+def _section(cls, values: dict, name: str):
+    """``[name]`` of a run config as ``cls``; its errors name the section as --set spells it."""
+    try:
+        return cls(**typed_fields(cls, values, f"[{name}]"))
+    except ValueError as exc:
+        text = str(exc)
+        raise ValueError(text if text.startswith((f"[{name}]", f"{name}.")) else f"[{name}] {text}") from None
 
 
 def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -254,8 +259,8 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     return RunConfig(
         model=model.get("name", "recurrent"),
         model_config=dict(model.get("config", {})),
-        data=_section(DataConfig, raw.get("data", {})),
-        train=_section(TrainConfig, raw.get("train", {})),
+        data=_section(DataConfig, raw.get("data", {}), "data"),
+        train=_section(TrainConfig, raw.get("train", {}), "train"),
     )
 
 
@@ -714,7 +719,13 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    model = build_model(run.model, run.model_config)  # before the folder: a bad config leaves none
+    fam = family(run.model)  # before the folder: a bad config leaves none
+    try:
+        config = fam.config(**typed_fields(fam.config, run.model_config, "[model.config]"))
+    except ValueError as exc:  # the config's own checks ("hidden must be positive") name the key alone
+        text = str(exc)
+        raise ValueError(text if text.startswith("[model.config]") else f"[model.config] {text}") from None
+    model = build_model(run.model, config)
     if not takes_audio(model):
         raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
@@ -910,7 +921,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         bar.close()
     if ema is not None and rank == 0:
         save_checkpoint(ema.module, out / "ema.safetensors", {"step": step})
-    summary = {"steps": step, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
+    summary = {"steps": step, "resumed_at_step": start_step if resuming else None, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
                "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
                "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped, "minutes_done": _minutes_done(clock0)}

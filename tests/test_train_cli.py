@@ -121,10 +121,12 @@ def test_train_resumes_from_last_checkpoint(tmp_path, capsys, caplog):
               "--set", "model.config.hidden=16"]
     assert main(["train", *common, "--steps", "4"]) == 0
     first = load_checkpoint(out / "last.safetensors").state_dict()
-    per_step = json.loads(capsys.readouterr().out)["audio_seconds"] / 4
+    fresh = json.loads(capsys.readouterr().out)
+    per_step = fresh["audio_seconds"] / 4
     assert main(["train", *common, "--steps", "7"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 7
+    assert (fresh["resumed_at_step"], summary["resumed_at_step"]) == (None, 4)  # the summary said nothing of it
     assert summary["audio_seconds"] == pytest.approx(per_step * 3)  # only steps 5..7 ran: it resumed, not restarted
     resumed = load_checkpoint(out / "last.safetensors").state_dict()
     assert any(not torch.equal(first[k], resumed[k]) for k in first)
@@ -253,6 +255,15 @@ def test_decay_by_time_needs_a_time_budget(tmp_path, capsys):
     assert rc == 2
     assert "decay_by_time needs train.max_minutes" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_missing_relative_corpus_folder_says_where_it_was_looked_for(tmp_path, capsys, monkeypatch):
+    """A config's relative paths are the current folder's: "corpus/train/speech: no such folder"
+    alone did not say where it was looked for (a config run from another folder)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", 'data.clean_dir="corpus/speech"']) == 2
+    err = capsys.readouterr().err
+    assert f"corpus/speech: no such folder (a relative path: read from the current folder, {tmp_path})" in err, err
 
 
 @pytest.mark.parametrize("key", ["clean_dir", "noise_dir", "val_clean_dir"])

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 def list_audio(folder: str | Path) -> list[Path]:
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():  # a config's relative paths are the current folder's, not the config file's
+        where = "" if folder.is_absolute() else f" (a relative path: read from the current folder, {Path.cwd()})"
+        raise FileNotFoundError(f"{folder}: no such folder{where}")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
