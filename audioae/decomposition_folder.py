@@ -54,9 +54,10 @@ class FolderBusy(FolderHeld):
 
 
 def writes(name: str) -> bool:
-    """Whether a decomposition writes or clears a file of this name in its folder; a rerun
-    removes these first, so that no component of an earlier, larger decomposition is left to
-    break the sum. Any other file in the folder is left alone."""
+    """Whether a decomposition may write or clear a file of this name in its folder; a rerun
+    removes the earlier decomposition's files of these names (those its summary.json lists)
+    first, so that no component of an earlier, larger decomposition is left to break the sum.
+    Any other file in the folder is left alone."""
     return (name in OTHER_FILES or name in _OLD_CLIENT_FILES or bool(COMPONENT_FILE.fullmatch(name))
             or bool(_OLD_CLIENT_COMPONENT.fullmatch(name)))
 
@@ -244,15 +245,35 @@ def _move(src: Path, dst: Path) -> None:
     os.replace(src, dst)  # one place for every move, so that a test can stop a run between two
 
 
-def _ours(folder: Path) -> list[Path]:
-    """The files of a decomposition's names in ``folder``, ``summary.json`` first."""
-    return sorted((f for f in folder.iterdir() if writes(f.name) and f.is_file()), key=lambda f: f.name != "summary.json")
+def _ours(folder: Path, listed: set[str] | None = None) -> list[Path]:
+    """The files of a decomposition's names in ``folder`` (``listed``: only those), ``summary.json`` first."""
+    return sorted((f for f in folder.iterdir() if writes(f.name) and f.is_file() and (listed is None or f.name in listed)),
+                  key=lambda f: f.name != "summary.json")
+
+
+def _listed(out: Path) -> set[str] | None:
+    """The files the decomposition in ``out`` wrote, as its ``summary.json`` lists them; None where
+    it lists none (an older client's folder): every file of a decomposition's names then."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        files = {entry["file"] for entry in summary["components"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")} - {None}
 
 
 def _swap_in(out: Path, stage: Path) -> None:
+    # Only what the earlier decomposition wrote is replaced: someone's 2024_take.wav or
+    # decomposition.png beside it has a decomposition's name but is not one of its files.
+    earlier = _ours(out, _listed(out))
+    theirs = sorted({f.name for f in _ours(stage)} & set(os.listdir(out)) - {f.name for f in earlier})
+    if theirs:
+        raise ValueError(f"refusing to replace {', '.join(theirs)} in {out}: the earlier decomposition there did not "
+                         f"write {'them' if len(theirs) > 1 else 'it'}; move {'them' if len(theirs) > 1 else 'it'} "
+                         f"away, or choose another folder")
     partial, aside = out / ASIDE_PARTIAL, out / ASIDE
     partial.mkdir()
-    for f in _ours(out):  # summary.json first: the folder then no longer claims a complete result
+    for f in earlier:  # summary.json first: the folder then no longer claims a complete result
         _move(f, partial / f.name)
     _move(partial, aside)  # from here a killed run is finished, not undone: the new result is complete
     _move_in(stage, out)

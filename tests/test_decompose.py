@@ -498,7 +498,7 @@ def test_cli_decompose_with_groups_and_a_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path):
+def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path, capsys):
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model(), ckpt)
     x = (tone(0.5, SR) + noise_bursts(0.5, SR))[None]
@@ -523,6 +523,18 @@ def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path):
     assert 10 * np.log10(err) < -90, "the folder's WAVs do not add up to the input"
     assert all(f.read_bytes() == b"mine" for f in keep)
     assert not list(out.glob(".*.part")) and not list(out.glob(".audioae-*"))
+    # Files of its names that the decomposition there did not write: a rerun deleted them (or
+    # replaced a figure). They are left alone, and one the new run would write over is refused.
+    theirs = [out / "2024_interview.wav", out / "decomposition.png"]
+    for f in theirs:
+        f.write_bytes(b"mine")
+    assert main([*base, "--top", "3"]) == 0
+    assert all(f.read_bytes() == b"mine" for f in theirs)
+    capsys.readouterr()
+    assert main([*base, "--top", "3", "--plot"]) == 2
+    assert "refusing to replace decomposition.png in" in capsys.readouterr().err
+    assert (out / "decomposition.png").read_bytes() == b"mine" and not list(out.glob(".audioae-*"))
+    assert len(json.loads((out / "summary.json").read_text())["components"]) == 3  # the earlier result stays
 
 
 # A decomposition of x = rng(0) noise [1, 4000] into K pieces plus a residual, written by the
