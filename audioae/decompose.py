@@ -179,33 +179,36 @@ def _unit_chunks(n_units: int, per_unit: int) -> int:
 
 
 # ---- grouping -------------------------------------------------------------------------------------
-def _band_edges(nyquist: float, n_bands: int, n_fft: int) -> list[tuple[float, float]]:
+def _band_edges(nyquist: float, n_bands: int, bin_hz: float) -> list[tuple[float, float]]:
     """Dyadic bands, like the levels of a wavelet multiresolution analysis: ``[0, ny/2^(n-1))``,
-    then one octave each up to the model's Nyquist frequency. The lowest band is at least one
-    STFT bin wide: more bands would split nothing but the 0 Hz bin off ("band 0-0 Hz")."""
-    most = 1 + int(math.log2(n_fft // 2))
+    then one octave each up to ``nyquist``. The lowest band is at least one STFT bin (``bin_hz``)
+    wide: more bands would split nothing but the 0 Hz bin off ("band 0-0 Hz")."""
+    most = 1 + int(math.log2(nyquist / bin_hz) + 1e-9)
     if n_bands > most:
-        log.warning("%d octave bands asked; %d fit the model's %d-point frames (the lowest band is one bin, "
-                    "0-%.0f Hz): using %d", n_bands, most, n_fft, nyquist / 2 ** (most - 1), most)
+        log.warning("%d octave bands asked; %d fit the model's %.1f Hz frequency bins (the lowest band is one bin, "
+                    "0-%.0f Hz): using %d", n_bands, most, bin_hz, nyquist / 2 ** (most - 1), most)
         n_bands = most
     edges = [0.0] + [nyquist / 2**j for j in range(n_bands - 1, -1, -1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def _band_split(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, explained: torch.Tensor,
-                weight: torch.Tensor, active: list[int], n_bands: int, floor: float):
+                weight: torch.Tensor, share_weight: torch.Tensor, active: list[int], n_bands: int, floor: float,
+                sr: int):
     """Octave bands of what the active units explain: band ``b`` keeps ``explained`` (``[C, F, N]``,
     their summed mask numerators) in its own STFT bins and nothing elsewhere, so the band
     components are band-limited and still add up to what the units explain (grouping units by
     their atom's peak left as little as 11% of a band component's energy in its band: broadband
-    atoms peak anywhere). ``weight [C, F, N]``: ``(|X| / denominator)^2``. Returns per band with more
-    masked energy than ``floor``: the units holding at least 1% of its unit energy, the label,
-    the bins ``(lo, hi)`` and that energy."""
+    atoms peak anywhere). Bands end at the input's Nyquist frequency (``sr``; an 8 kHz file had a
+    "4000-8000 Hz" band), the top one taking the bins above it. ``weight [C, F, N]``:
+    ``(|X| / denominator)^2``; ``share_weight``: ``|X|^2 / denominator``. Returns per band with
+    more masked energy than ``floor``: the units holding at least 1% of its unit energy, the
+    label, the bins ``(lo, hi)`` and its share of the input (for ranking)."""
     c = model.config
     bin_hz = c.sample_rate / c.n_fft
     h_act, w_act = h[:, active], atoms[active]  # [C, A, N], [A, F, L]
-    groups, labels, bins, energies = [], [], [], []
-    bands = _band_edges(c.sample_rate / 2, n_bands, c.n_fft)
+    groups, labels, bins, shares = [], [], [], []
+    bands = _band_edges(min(c.sample_rate, sr) / 2, n_bands, bin_hz)
     for lo_hz, hi_hz in bands:
         lo = math.ceil(lo_hz / bin_hz - 1e-9)
         hi = c.n_fft // 2 + 1 if hi_hz == bands[-1][1] else math.ceil(hi_hz / bin_hz - 1e-9)  # Nyquist: the top band's
@@ -216,8 +219,8 @@ def _band_split(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, e
         groups.append([u for u, e in zip(active, per_unit, strict=True) if e >= 0.01 * per_unit.sum()])
         labels.append(f"band {lo_hz:.0f}-{hi_hz:.0f} Hz")
         bins.append((lo, hi))
-        energies.append(energy)
-    return groups, labels, bins, energies
+        shares.append(float((explained[:, lo:hi] * share_weight[:, lo:hi]).sum()))
+    return groups, labels, bins, shares
 
 
 def _log_pool(spectra: np.ndarray, n_out: int = 48) -> np.ndarray:
@@ -369,14 +372,17 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
     weight = (mag / denom).pow(2)  # [C, F, N]: turns a mask numerator squared into masked STFT energy
     unit_energy = model.unit_energies(h, weight, atoms)  # [U]: masked STFT energy
+    # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the mask,
+    # so the cross terms between a group's units count, as they do in the ranking of the waveforms.
+    share_weight = mag.pow(2) / denom  # [C, F, N]: turns a mask numerator into that share
     total = float(mag.pow(2).sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
     acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
     explained, bins, waves = None, None, None
     if group == "band":
         explained = model.magnitudes(h[:, active], atoms[active]) if active else None  # [C, F, N]
-        groups, labels, bins, g_energy = (_band_split(model, h, atoms, explained, weight, active, n_groups,
-                                                      ACTIVE_SHARE * total) if active else ([], [], [], []))
+        groups, labels, bins, g_energy = (_band_split(model, h, atoms, explained, weight, share_weight, active,
+                                                      n_groups, ACTIVE_SHARE * total, sr) if active else ([], [], [], []))
     else:
         groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
         if group == "cluster" and len(groups) > 1:
@@ -390,10 +396,12 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
                 waves = torch.stack([waves[p].sum(0) for p in sounds])
             groups = [[u for k in p for u in groups[k]] for p in sounds]
             labels = ["cluster"] * len(groups)
-        # the sum of the units' masked STFT energies: cheap, no group spectrogram is formed twice
-        g_energy = [float(unit_energy[g].sum()) for g in groups]
+        # the sum of the units' shares: cheap, no group spectrogram is formed twice
+        unit_share = model.unit_projections(h, share_weight, atoms)  # [U]
+        g_energy = [float(unit_share[g].sum()) for g in groups]
 
-    # Pick the top-k by that energy; the final order is by the energy attributed to each waveform.
+    # Pick the top-k by that share; the final order is by the energy attributed to each waveform.
+    # (By the units' masked energies alone, --top 3 kept the 1st, 2nd and 4th components.)
     order = np.argsort(g_energy, kind="stable")[::-1]
     if top_k is not None:
         order = order[:top_k]

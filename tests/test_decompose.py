@@ -160,10 +160,44 @@ def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog):
     # was: --groups 50 split the 0 Hz bin off as "band 0-0 Hz" and left 41 bands empty unsaid
     x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
     dec = decompose(tiny_model(), x, SR, group="band", n_groups=50)  # 256-point frames: 8 octaves
-    assert "50 octave bands asked; 8 fit the model's 256-point frames" in caplog.text
+    assert f"50 octave bands asked; 8 fit the model's {SR / 256:.1f} Hz frequency bins" in caplog.text
     assert len(dec.labels) <= 8 and "band 0-0 Hz" not in dec.labels
     lows = [int(label.split()[1].split("-")[1]) for label in dec.labels if label.startswith("band 0-")]
     assert all(hi >= SR / 256 - 1 for hi in lows)  # the lowest band is at least one bin wide
+
+
+def test_bands_end_at_the_inputs_nyquist_frequency(rng):
+    """An 8 kHz file decomposed by a 16 kHz model had a "band 4000-8000 Hz" above its own band."""
+    model = tiny_model()
+    msr = model.config.sample_rate
+    x = (0.1 * rng.standard_normal(msr // 2)).astype(np.float32)
+    dec = decompose(model, x, msr // 2, group="band", n_groups=4)
+    tops = [float(label.split()[1].split("-")[1]) for label in dec.labels]
+    assert max(tops) == msr / 4, dec.labels
+    sum_err = np.abs(dec.components.sum(0) + dec.residual - x).max()
+    assert sum_err < 1e-5
+
+
+def _voiced(seconds: float, sr: int) -> np.ndarray:
+    """A voice-like signal: 19 harmonics of a gliding 120 Hz, on 3 times a second, and noise
+    bursts; its clusters' shares are close enough for the units' cross terms to reorder them."""
+    t = np.arange(int(sr * seconds)) / sr
+    phase = 2 * np.pi * np.cumsum(120 + 40 * np.sin(2 * np.pi * 0.7 * t)) / sr
+    voice = sum(np.sin(k * phase) / k for k in range(1, 20)) * (np.sin(2 * np.pi * 3 * t) > 0)
+    bursts = np.random.default_rng(0).standard_normal(t.size) * 0.05 * ((t % 1) < 0.2)
+    return (0.2 * voice + bursts).astype(np.float32)
+
+
+@pytest.mark.parametrize(("group", "k"), [("cluster", 3), ("none", 16), ("band", 3)])
+def test_top_k_keeps_the_strongest_components_by_their_share(group, k):
+    """--top K picked by the units' masked energies, which leave out the cross terms between a
+    group's units, and kept weaker components than it dropped (clusters 1, 3 and 5 for --top 3;
+    the 18th unit for the 16th). The K kept are now the K largest shares of the whole."""
+    model, x = load(DEFAULT_DECOMPOSER), _voiced(3.0, 16000)
+    everything = decompose(model, x, 16000, group=group, fit_steps=0)
+    top = decompose(model, x, 16000, group=group, fit_steps=0, top_k=k)
+    assert sorted(top.units) == sorted(everything.units[:k])
+    np.testing.assert_allclose(top.energy_share, everything.energy_share[:k], rtol=1e-4)
 
 
 def _kl(n: torch.Tensor, v: torch.Tensor) -> float:
