@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -194,13 +195,40 @@ def _add_denoise(sub) -> None:
     p.set_defaults(func=_cmd_denoise)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C is (:func:`_terminate_as_interrupt`)."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (kill, a scheduler's or systemd's stop) ends a folder job as Ctrl-C does: the
+    workers stopped, the files under way marked, the manifest kept. Its default ended the process
+    at once, and --workers' processes went on writing into the output folder."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM acts at once
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_denoise(args) -> int:
     from .batch import DenoiseOptions, run_denoise
 
     opts = DenoiseOptions(model=args.model, strength=args.strength, device=args.device, engine=args.engine,
                           workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
                           threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress)
-    s = run_denoise(args.inputs, args.out, opts)
+    with _terminate_as_interrupt():
+        s = run_denoise(args.inputs, args.out, opts)
     wall = f"{s['wall_seconds']:.1f}" if s["wall_seconds"] >= 1 else f"{s['wall_seconds']:.2f}"  # not "in 0.0 s"
     speed = (f"{s['audio_seconds']:.1f} s of audio in {wall} s ({s['realtime_factor']}x real time, "
              f"engine {s['engine']})" if s["ok"] else f"nothing denoised (engine {s['engine']})")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,12 +42,25 @@ def how_it_ended(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-def _serve_calls(conn) -> None:
+ORPHAN_CHECK_SECONDS = 0.2
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """A worker's watch: end it at once when ``parent`` (its creator's pid) is gone. A parent
+    killed outright (SIGKILL, or a signal it does not handle) closes no pipe and kills no child,
+    and a folder job's workers went on writing into its output folder, unlocked, under a rerun."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
+
+
+def _serve_calls(conn, parent: int) -> None:
     """A worker's loop: ``(fn, args, kwargs)`` in, ``("ok", result)`` or ``("raised", exception)``
-    out, one call at a time, until the parent closes its end."""
+    out, one call at a time, until the parent closes its end (or dies: :func:`_exit_when_orphaned`)."""
     # Ctrl-C reaches the whole process group; the parent decides when a worker stops (it closes
     # the pipe, or kills a busy one), so a worker neither dies mid-call nor prints a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
     while True:
         try:
             fn, args, kwargs = conn.recv()
@@ -78,7 +93,7 @@ class Worker:
     def __init__(self):
         ctx = mp.get_context("spawn")  # never fork a process whose thread pools (torch, gRPC) run
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve_calls, args=(child,), daemon=True)
+        self.proc = ctx.Process(target=_serve_calls, args=(child, os.getpid()), daemon=True)
         self.proc.start()
         child.close()  # the child holds the only other end: its death ends recv() with EOFError
         self._busy = False  # a call is under way (close() then stops the process at once)

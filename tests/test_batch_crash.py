@@ -7,6 +7,7 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -227,6 +228,38 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
     left = [p.read_text() for p in (out / JOURNAL_NAME).glob("*")]
     assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie child of this process: gone all the same
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_job_stopped_by_a_signal_to_it_alone_leaves_no_worker_writing(tmp_path, causal_ckpt, sig):
+    """kill PID (SIGTERM) or kill -9 reach the job alone, not its workers: its default SIGTERM
+    ended it at once, and its workers went on, unlocked, and renamed b.wav's output into place
+    seconds later (under a rerun too). SIGTERM now ends a job as Ctrl-C does (exit 143, the files
+    under way marked interrupted); a worker whose job is gone exits at once."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0})
+    proc = _cli(src, out, causal_ckpt, "--workers", "2")
+    worker = _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (128 + sig if sig == signal.SIGTERM else -sig), err[-2000:]
+    deadline = time.monotonic() + 120  # b.wav alone takes longer than this: its worker must not finish it
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(worker), "b.wav's worker outlived its job"
+    assert not (out / "b.wav").exists(), "a worker of the stopped job finished b.wav"
+    if sig == signal.SIGTERM:
+        assert "interrupted" in err and not list((out / JOURNAL_NAME).glob("*")), err[-2000:]
 
 
 # Runs the real CLI, but the job's process SIGKILLs itself at the moment it would append the
