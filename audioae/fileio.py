@@ -156,6 +156,28 @@ class FolderHeld(RuntimeError):
     """Another process holds the folder (:func:`hold_folder`)."""
 
 
+def holder_of(folder: Path, lock_name: str) -> str | None:
+    """The pid (as text, "" when unreadable) of the process holding ``folder`` by
+    :func:`hold_folder`, None when no process holds it (or no lock can be asked here)."""
+    try:
+        import fcntl
+
+        fd = os.open(folder / lock_name, os.O_RDONLY)
+    except (ImportError, OSError):  # no lock file: nobody holds the folder
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while an exclusive hold lasts
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return pid if pid.isdigit() else ""
+    except OSError:  # a file system without flock
+        return None
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHeld] = FolderHeld) -> Iterator[None]:
     """Hold ``folder`` exclusively while the block runs: an ``flock`` on ``folder/lock_name``,

@@ -496,6 +496,31 @@ def test_a_second_job_into_a_folder_in_use_is_refused_at_once_naming_the_holder(
     assert s["ok"] > 0 and not (out / LOCK_NAME).exists()
 
 
+def test_a_job_whose_outputs_another_running_job_may_write_is_refused(tmp_path, causal_ckpt):
+    """Each job held its own output folder only: a job into rec/ beside another into rec/sub/
+    wrote the same .part files, and both failed files with "cannot write the output (No such
+    file or directory)". A folder above the output, or one among its outputs, held by a running
+    job now refuses the job; a lock file a finished or killed job left holds nothing."""
+    from audioae.batch.job import LOCK_NAME
+    from audioae.fileio import FolderHeld, hold_folder
+
+    src, out = make_tree(tmp_path / "in"), tmp_path / "out"
+    sub = out / "sub"  # make_tree's nested folder, so outputs of a job into out/ land there too
+    sub.mkdir(parents=True)
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    with hold_folder(sub, LOCK_NAME, "another audioae denoise job"):  # a job into out/sub/ is running
+        with pytest.raises(FolderHeld, match=re.escape(f"{sub} is being written by another audioae denoise job "
+                                                       f"(pid {os.getpid()}), and it lies inside {out}")):
+            run_denoise([src], out, opts)
+    with hold_folder(out, LOCK_NAME, "another audioae denoise job"):  # a job into out/ is running
+        with pytest.raises(FolderHeld, match=re.escape(f"{out} is being written by another audioae denoise job "
+                                                       f"(pid {os.getpid()}), and it lies above {sub / 'deeper'}")):
+            run_denoise([src / "sub"], sub / "deeper", opts)
+    assert not list(out.rglob("*.wav"))
+    (sub / LOCK_NAME).write_text("12345\n")  # left by a killed job: nobody holds it
+    assert run_denoise([src], out, opts)["ok"] > 0
+
+
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
     from audioae.batch.job import Progress

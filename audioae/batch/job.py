@@ -17,7 +17,7 @@ from pathlib import Path
 from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
 from ..enhance import pick_device
-from ..fileio import atomic_write_text, hold_folder
+from ..fileio import FolderHeld, atomic_write_text, hold_folder, holder_of
 from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
@@ -197,11 +197,27 @@ def _remove_unused(out: Path) -> None:
         out.rmdir()  # only if nothing else is in it
 
 
+def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
+    """Refuse a job whose outputs another running job may write too: one into a folder above
+    ``out`` (``-o rec`` while another runs ``-o rec/day1``), or into a folder among ``out``'s
+    outputs. Each held its own folder, and the two wrote the same .part files and failed each
+    other's files ("cannot write the output (No such file or directory)")."""
+    folders = {p for t in tasks for p in Path(t.output).parents if p != out and out in p.parents}
+    for folder in (*out.parents, *sorted(folders)):
+        pid = holder_of(folder, LOCK_NAME)
+        if pid is not None:
+            where = "above" if folder in out.parents else "inside"
+            raise FolderHeld(f"{folder} is being written by another audioae denoise job{f' (pid {pid})' if pid else ''}, "
+                             f"and it lies {where} {out}, so the two would write the same files; wait for it to "
+                             f"finish, or choose another output folder")
+
+
 def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt: Path, data: bytes,
             now: MadeWith, results: list[FileResult]) -> ManifestWriter:
     """The job inside its locked folder; appends to ``results`` as files finish."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
+        _refuse_nested_jobs(out, tasks)
         fresh = not (out / MANIFEST_NAME).exists() and not (out / JOURNAL_NAME).exists()  # no job wrote here
         # Read once: a big job's manifest is long.
         earlier = _named_as_links(out / MANIFEST_NAME, read_manifest(out / MANIFEST_NAME), tasks)
