@@ -19,6 +19,7 @@ import mmap
 import numbers
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -572,6 +573,22 @@ def is_audio_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in (*AUDIO_EXTENSIONS, *OTHER_AUDIO)
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """What ``path`` is when it exists (through links) but is neither a regular file nor a folder:
+    "a named pipe", "a device", "a socket"; "" otherwise (a broken link too: reading it says so)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return ""
+
+
 def walk_audio(folder: str | os.PathLike,
                prune: Callable[[Path, list[str]], bool] = lambda here, filenames: False) -> list[tuple[Path, str]]:
     """Every audio file under ``folder`` (:data:`AUDIO_EXTENSIONS`: WAV, FLAC, OGG, MP3, ...;
@@ -583,7 +600,7 @@ def walk_audio(folder: str | os.PathLike,
     The one folder search: the folder tool and ``eval`` must see the same files, or a file
     denoised from a linked folder would have no reference to be scored against."""
     folder = Path(folder)
-    found, skipped, seen = [], {}, set()
+    found, skipped, seen, special = [], {}, set(), []
 
     def unlisted(exc: OSError) -> None:  # os.walk would pass over such a folder without a word
         log.warning("%s: cannot list this folder (%s); the files in it are left out", exc.filename,
@@ -606,7 +623,13 @@ def walk_audio(folder: str | os.PathLike,
             if suffix in OTHER_AUDIO:
                 skipped[suffix] = skipped.get(suffix, 0) + 1
             elif suffix in AUDIO_EXTENSIONS:  # a broken link too: reading it reports it
+                if not_a_file(here / name):
+                    special.append(here / name)
+                    continue
                 found.append((here / name, (here / name).relative_to(folder).as_posix()))
+    if special:  # a named pipe's read waits for a writer: one hung the whole job
+        log.warning("%s: passed over %d name(s) that are no regular file (e.g. %s: %s)", folder, len(special),
+                    special[0], not_a_file(special[0]))
     if skipped:
         kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
         log.warning("%s: passed over %s file(s): libsndfile reads none of these; convert them (e.g. ffmpeg "

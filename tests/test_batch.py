@@ -521,6 +521,23 @@ def test_a_job_whose_outputs_another_running_job_may_write_is_refused(tmp_path, 
     assert run_denoise([src], out, opts)["ok"] > 0
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_or_a_device_under_an_audio_name_is_passed_over_not_waited_on(tmp_path, causal_ckpt, caplog):
+    """A named pipe called take.wav in a folder hung the job for ever (its read waits for a
+    writer); a link to /dev/zero failed as "empty file (0 bytes)"; a pipe named directly was "no
+    such file or folder"."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
+    os.mkfifo(src / "pipe.wav")
+    (src / "zero.wav").symlink_to("/dev/zero")
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (s["files"], s["ok"]) == (1, 1)
+    assert "passed over 2 name(s) that are no regular file (e.g." in caplog.text
+    with pytest.raises(ValueError, match="pipe.wav: is a named pipe, not a file"):
+        run_denoise([src / "pipe.wav"], tmp_path / "out2", DenoiseOptions(model=str(causal_ckpt), progress=False))
+
+
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
     from audioae.batch.job import Progress

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import AUDIO_EXTENSIONS, is_audio_name, walk_audio
+from ..audio import AUDIO_EXTENSIONS, is_audio_name, not_a_file, walk_audio
 from ..fileio import check_named, check_output_folder, nearest_existing, temp_name
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
             pairs.extend(found)
         elif p.is_file():
             pairs.append((found_at(p), p.name))
+        elif what := not_a_file(p):  # reading a named pipe waits for a writer, a device's never ends
+            raise ValueError(f"{p}: is {what}, not a file; denoise a recording saved to a file")
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     tasks, by_output, by_input = [], {}, {}
