@@ -137,7 +137,8 @@ def sound_error_reason(exc: BaseException, in_memory: bool = False, path: str | 
     (``writing``: opened to write): the file libsndfile failed on, asked again where it says only
     "System error."."""
     reason = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)).strip()
-    if reason in _PLAINER and (in_memory or "SF_INFO" in reason):
+    # Of a regular file too (a cut MP3): "does not exist or is not a regular file" was false there.
+    if reason in _PLAINER and (in_memory or "SF_INFO" in reason or (path is not None and os.path.isfile(path))):
         return _PLAINER[reason]
     if reason == "System error." and path is not None:
         reason = os_refusal(path, writing) or reason

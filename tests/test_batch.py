@@ -538,6 +538,23 @@ def test_a_named_pipe_or_a_device_under_an_audio_name_is_passed_over_not_waited_
         run_denoise([src / "pipe.wav"], tmp_path / "out2", DenoiseOptions(model=str(causal_ckpt), progress=False))
 
 
+def test_an_empty_file_and_a_cut_mp3_are_named_alike_read_from_a_path_or_from_bytes(tmp_path, causal_ckpt):
+    """Read as bytes (the Ray engine's reads), an empty file was "Format not recognised."; read
+    from its path, an MP3 cut to its first 500 bytes was "File does not exist or is not a regular
+    file (possibly a pipe?).", of a file that exists."""
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(tmp_path / "whole.mp3", noisy_signal(np.random.default_rng(0), 1.0, 44100, 1), 44100)
+    (src / "cut.mp3").write_bytes((tmp_path / "whole.mp3").read_bytes()[:500])
+    (src / "empty.wav").write_bytes(b"")
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    for name, said in (("cut.mp3", "not an audio format libsndfile recognises"), ("empty.wav", "empty file (0 bytes)")):
+        task = FileTask(str(src / name), str(tmp_path / "out" / name), name)
+        for data in (None, (src / name).read_bytes()):
+            result = den.run(task, data)
+            assert result.status == "error" and f"cannot read audio ({said}" in result.error, (name, data is None, result)
+
+
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     """A folder's files differ in length: a bar by files would sit at 4 of 5 through the long one."""
     from audioae.batch.job import Progress

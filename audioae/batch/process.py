@@ -83,10 +83,13 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
                                      f"{os.readlink(task.input)})") from None
             raise AudioError(f"{task.input}: a link to {os.readlink(task.input)}, which does not exist")
         raise AudioError(f"{task.input}: no such file (moved or deleted since the job was planned?)")
+    if data is not None and not data:  # libsndfile: "Format not recognised.", where a path says empty
+        raise AudioError(f"{task.input}: cannot read audio (empty file (0 bytes))")
     try:
         return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        reason = sound_error_reason(exc, in_memory=data is not None, path=None if data is not None else task.input)
+        # The path even for bytes read from it (the Ray engine's): its name says what kind it is.
+        reason = sound_error_reason(exc, in_memory=data is not None, path=task.input)
         raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
 
 
