@@ -89,11 +89,20 @@ def _unary(method: Callable) -> Callable:
     return wrapper
 
 
+def _nth(n: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 12 -> "12th", 23 -> "23rd"."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+# A stream's messages are named "the 2nd message" (the StreamConfig is the 1st) and its audio
+# "audio chunk 1 (the 2nd message)", as the Python client counts its chunks: a bare "message 1"
+# read as the first message to some and as the second (zero-based) to others.
 def _parsed(requests: Iterator) -> Iterator:
     """The stream's messages; one protobuf could not parse ends the call with INVALID_ARGUMENT."""
-    for i, request in enumerate(requests):
+    for n, request in enumerate(requests, 1):
         if isinstance(request, Unparsed):
-            raise Abort(INVALID, f"message {i}: {request.refusal()}")
+            raise Abort(INVALID, f"the {_nth(n)} message: {request.refusal()}")
         yield request
 
 
@@ -410,19 +419,21 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             limit = int(self.config.max_stream_seconds * cfg.sample_rate)
         n_in = n_out = 0
         try:
-            for i in itertools.count(1):
+            for i in itertools.count(1):  # audio chunk i is the (i + 1)th message: the rest were refused
                 msg = self._next_message(feed)
                 if msg is None:  # the client half-closed: the tail below
                     break
+                nth = f"the {_nth(i + 1)} message"
                 if msg.WhichOneof("msg") == "config":
                     raise Abort(
                         INVALID,
-                        f"message {i}: only the first message may be a StreamConfig; the rest carry audio",
+                        f"{nth} is a StreamConfig: only the first message may be one; the rest carry audio",
                     )
                 if msg.WhichOneof("msg") is None:
-                    raise Abort(INVALID, f"message {i}: empty (neither audio nor a StreamConfig); send audio bytes")
-                x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, f"chunk {i}")  # [C, n]
-                check_levels(x, f"chunk {i}")
+                    raise Abort(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes")
+                chunk = f"audio chunk {i} ({nth})"
+                x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
+                check_levels(x, chunk)
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]

@@ -126,11 +126,18 @@ class ModelStore:
         return candidates[0] if candidates else ""
 
     def _load(self, spec: str) -> None:
-        name, target = _split_spec(spec)
+        given, target = _split_spec(spec)
         path = pretrained.resolve(target)
-        name = name or (target if target in pretrained.shipped() else path.name.removesuffix(".safetensors"))
+        shipped = pretrained.shipped()
+        name = given or (target if target in shipped else path.name.removesuffix(".safetensors"))
         if name in self.models:
+            if given:  # NAME=PATH twice with one NAME: naming them explicitly is what was done
+                raise ValueError(f"two models named {name!r} ({self.models[name].path} and {path}); "
+                                 f"each --models NAME=PATH needs a NAME of its own")
             raise ValueError(f"two models named {name!r}; name them explicitly with NAME=PATH")
+        if name in shipped and path.resolve() != shipped[name].resolve():
+            # Callers asking for the shipped model by name would get this file, with nothing to tell them.
+            log.warning("model name %r now means %s, not the shipped model of that name", name, path)
         meta = read_metadata(path)
         # Decomposition runs on the CPU (audioae.decompose moves its model there): keep sparse
         # dictionaries on the CPU so no call moves a shared model between devices.
@@ -202,20 +209,31 @@ class ModelStore:
         request does not pay for allocation and kernel selection."""
         rng = np.random.default_rng(0)
         for m in self.models.values():
-            if m.is_audio:
-                sr = m.sample_rate
-                x = (0.1 * rng.standard_normal((1, sr // 2))).astype(np.float32)  # [1, T]
-                denoise(m.model, x, sr)
-                if batch_fn is not None and m.streams:
-                    batch_fn(m.model, [(x, sr, 1.0), (x[:, : sr // 4], sr, 1.0)])
-                if m.streams:
-                    s = StreamingDenoiser(m.model, sr, 1)
-                    s.push(x[:, : sr // 10])
-                    s.finish()
-            else:
-                try:
-                    x = m.model.example_input(1).to(m.device)
-                except NotImplementedError:
-                    continue
-                m.model.encode(x)
-            log.info("warmed up %s", m.name)
+            try:
+                warmed = self._warm_up_one(m, rng, batch_fn)
+            except (RuntimeError, ValueError) as exc:
+                # The library's error (a NaN output, say) cannot know which of several --models it was.
+                raise RuntimeError(f"model {m.name!r} ({m.path}) failed its warm-up on noise: {exc}") from exc
+            if warmed:
+                log.info("warmed up %s", m.name)
+
+    @staticmethod
+    def _warm_up_one(m: ServedModel, rng: np.random.Generator, batch_fn) -> bool:
+        """Run ``m`` once on noise; False for a model with no example input to run."""
+        if m.is_audio:
+            sr = m.sample_rate
+            x = (0.1 * rng.standard_normal((1, sr // 2))).astype(np.float32)  # [1, T]
+            denoise(m.model, x, sr)
+            if batch_fn is not None and m.streams:
+                batch_fn(m.model, [(x, sr, 1.0), (x[:, : sr // 4], sr, 1.0)])
+            if m.streams:
+                s = StreamingDenoiser(m.model, sr, 1)
+                s.push(x[:, : sr // 10])
+                s.finish()
+        else:
+            try:
+                x = m.model.example_input(1).to(m.device)
+            except NotImplementedError:
+                return False
+            m.model.encode(x)
+        return True

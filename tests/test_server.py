@@ -571,11 +571,16 @@ _AUDIO = pb.StreamDenoiseRequest(audio=np.zeros(160, "<f4").tobytes())
 BAD_STREAM = {
     "empty stream": ([], CODE.INVALID_ARGUMENT, "empty stream"),
     "audio first": ([_AUDIO], CODE.INVALID_ARGUMENT, "first message must be a StreamConfig"),
-    "config twice": ([pb.StreamDenoiseRequest(config=_CFG)] * 2, CODE.INVALID_ARGUMENT, "only the first"),
+    # Messages are counted from 1, the StreamConfig being the 1st, and audio chunks from 1 as the
+    # client counts them: a second config was "message 1" (zero-based), its first audio "chunk 1".
+    "config twice": ([pb.StreamDenoiseRequest(config=_CFG)] * 2, CODE.INVALID_ARGUMENT,
+                     "the 2nd message is a StreamConfig: only the first message may be one"),
+    "config after audio": ([pb.StreamDenoiseRequest(config=_CFG), _AUDIO, pb.StreamDenoiseRequest(config=_CFG)],
+                           CODE.INVALID_ARGUMENT, "the 3rd message is a StreamConfig"),
     "empty message": (  # was "only the first message may be a StreamConfig", though it carried none
         [pb.StreamDenoiseRequest(config=_CFG), pb.StreamDenoiseRequest()],
         CODE.INVALID_ARGUMENT,
-        "message 1: empty (neither audio nor a StreamConfig)",
+        "the 2nd message is empty (neither audio nor a StreamConfig)",
     ),
     "no audio at all": ([pb.StreamDenoiseRequest(config=_CFG)], CODE.INVALID_ARGUMENT, "no audio"),
     "not causal": (
@@ -608,7 +613,7 @@ BAD_STREAM = {
     "odd bytes": (
         [pb.StreamDenoiseRequest(config=_CFG), _AUDIO, pb.StreamDenoiseRequest(audio=b"\x00" * 7)],
         CODE.INVALID_ARGUMENT,
-        "chunk 2: 7 bytes",
+        "audio chunk 2 (the 3rd message): 7 bytes",
     ),
     "nan chunk": (
         [
@@ -631,7 +636,7 @@ BAD_STREAM = {
     "huge finite chunk": (
         [pb.StreamDenoiseRequest(config=_CFG), pb.StreamDenoiseRequest(audio=np.array([1e30] * 10, "<f4").tobytes())],
         CODE.INVALID_ARGUMENT,
-        "chunk 1: the audio peaks at 1e+30",
+        "audio chunk 1 (the 2nd message): the audio peaks at 1e+30",
     ),
 }
 
@@ -661,6 +666,17 @@ def test_decompose_components_sum_to_input(client, model_dir):
     from audioae.decompose import summarize
 
     assert r.active_spans == [e["active_spans"] for e in summarize(ref)["components"]]  # the true counts cross the wire
+
+
+def test_decompose_activations_of_multichannel_input_are_the_mean_over_channels(client):
+    """As docs/serving.md and the proto say: one [U, N] row per unit, the channels averaged. No
+    fit: it adapts one set of atoms to all the channels together, so channels alone fit otherwise."""
+    x = _noisy(0.6, 16000, channels=2)
+    x[1] *= 0.3  # channels of different levels: the mean is over level-scaled codes
+    both = client.decompose(x, 16000, model="dict", top_k=2, fit_steps=0).activations
+    each = [client.decompose(x[c], 16000, model="dict", top_k=2, fit_steps=0).activations for c in (0, 1)]
+    assert both.shape == each[0].shape == (24, each[0].shape[1])
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, rtol=1e-4, atol=1e-6)
 
 
 def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):
@@ -919,8 +935,18 @@ def test_a_stream_message_protobuf_cannot_parse_is_invalid_argument(client):
     config = pb.StreamDenoiseRequest(config=pb.StreamConfig(model="tiny", sample_rate=16000, channels=1,
                                                             format=pb.FLOAT32)).SerializeToString()
     code, msg = _code(lambda: list(raw(iter([config, b"\xff\xff\xff"]), timeout=30)))
-    assert code == CODE.INVALID_ARGUMENT and "message 1: the request is not a valid audioae.v1.StreamDenoiseRequest" in msg
+    assert code == CODE.INVALID_ARGUMENT, msg
+    assert "the 2nd message: the request is not a valid audioae.v1.StreamDenoiseRequest" in msg, msg
+    code, msg = _code(lambda: list(raw(iter([b"\xff\xff\xff"]), timeout=30)))  # was "message 0"
+    assert code == CODE.INVALID_ARGUMENT and "the 1st message: the request is not a valid" in msg, msg
     assert client.health() == "SERVING"
+
+
+def test_stream_messages_are_named_by_ordinals():
+    from server.servicer import _nth
+
+    assert [_nth(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th", "112th"]
 
 
 def test_encode_conv_maxunpool_works(client):
@@ -1336,3 +1362,74 @@ def test_a_checkpoint_path_holding_an_equals_sign_is_a_path(model_dir, tmp_path)
             assert [m["name"] for m in c.list_models()["models"]] == ["best"]
     finally:
         srv.stop()
+
+
+def _refused_at_load(model_dir: Path, models: tuple[str, ...]) -> str:
+    """What a real server (bound on 127.0.0.1) says when loading ``models`` fails: what
+    `audioae serve` prints after "error:"."""
+    srv = AudioServer(_config(model_dir, models=models, metrics_port=None, codec_workers=0))
+    srv.start()
+    try:
+        with pytest.raises((RuntimeError, ValueError)) as info:
+            srv.load()
+    finally:
+        srv.stop()
+    return str(info.value)
+
+
+def test_a_model_that_fails_its_warm_up_is_named(model_dir, tmp_path):
+    """Was only "the model's output holds NaN or Inf samples ...": with several --models, which?"""
+    torch.manual_seed(0)
+    broken = build_model("recurrent", {"hidden": 16, "code_dim": 8})
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))  # as a diverged training run leaves it
+    (tmp_path / "lrinf").mkdir()
+    save_checkpoint(broken, tmp_path / "lrinf" / "last.safetensors")
+    path = tmp_path / "lrinf" / "last.safetensors"
+    said = _refused_at_load(model_dir, (str(model_dir / "tiny.safetensors"), str(path)))
+    assert said.startswith(f"model 'last' ({path}) failed its warm-up on noise: the model's output holds NaN"), said
+    said = _refused_at_load(model_dir, (f"fast={path}",))
+    assert said.startswith(f"model 'fast' ({path}) failed its warm-up"), said
+
+
+def test_two_models_given_one_name_are_told_apart_from_two_files_of_one_stem(model_dir, tmp_path):
+    tiny = model_dir / "tiny.safetensors"
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+        shutil.copy(tiny, tmp_path / run / "best.safetensors")
+    best, other = tmp_path / "run1" / "best.safetensors", tmp_path / "run2" / "best.safetensors"
+    # named explicitly already: was told to "name them explicitly with NAME=PATH"
+    said = _refused_at_load(model_dir, (f"a={best}", f"a={other}"))
+    assert said == f"two models named 'a' ({best} and {other}); each --models NAME=PATH needs a NAME of its own"
+    said = _refused_at_load(model_dir, (str(best), str(other)))  # named after their stems: naming them helps
+    assert said == "two models named 'best'; name them explicitly with NAME=PATH"
+
+
+def test_a_file_served_under_a_shipped_models_name_is_warned_of(model_dir, tmp_path, caplog):
+    """Was silent: callers asking for denoiser-small got another model under its name."""
+    import logging
+
+    from audioae import pretrained
+
+    if "denoiser-small" not in pretrained.shipped():
+        pytest.skip("no shipped denoiser-small")
+    tiny = model_dir / "tiny.safetensors"
+    caplog.set_level(logging.WARNING, logger="server")
+
+    def served(spec: str) -> tuple[list[tuple[str, str]], list[str]]:
+        """(name, sha256) of each model a real server of ``spec`` lists, and its warnings."""
+        caplog.clear()
+        srv = AudioServer(_config(model_dir, models=(spec,), metrics_port=None, codec_workers=0))
+        srv.start()
+        try:
+            srv.load()
+            with Client(f"127.0.0.1:{srv.port}", timeout=30) as c:
+                listed = [(m["name"], m["sha256"]) for m in c.list_models()["models"]]
+        finally:
+            srv.stop()
+        return listed, [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    assert served(f"denoiser-small={tiny}") == (
+        [("denoiser-small", sha256_file(tiny))],
+        [f"model name 'denoiser-small' now means {tiny}, not the shipped model of that name"])
+    assert served(f"mine={tiny}") == ([("mine", sha256_file(tiny))], [])  # a name of its own: nothing to say
