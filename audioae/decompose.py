@@ -358,12 +358,14 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     c = model.config
     msr = c.sample_rate
 
+    # Stops are checked between stages and inside the long ones: a long recording's first stages
+    # took seconds (12 s for 550 s) that a caller past its deadline no longer waited for.
     z = resample(x, sr, msr)  # [C, T']
     spec = model.stft(z)  # [C, F, N] complex
     mag = spec.abs()  # [C, F, N]
     level = model.level(mag)  # [C, 1, N]
     feats = model.features(spec)  # [C, F, N]
-    h = model.encode(feats)  # [C, U, N], in units of the level
+    h = model.encode(feats, stop=lambda: check_stop(stop, "decomposition stopped while encoding"))  # [C, U, N], in units of the level
     atoms = model.dictionary()  # [U, F, L]
     check_stop(stop, "decomposition stopped before the fit")
     if fit_steps:
@@ -371,7 +373,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
     denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
     weight = (mag / denom).pow(2)  # [C, F, N]: turns a mask numerator squared into masked STFT energy
+    check_stop(stop, "decomposition stopped before the units' energies")
     unit_energy = model.unit_energies(h, weight, atoms)  # [U]: masked STFT energy
+    check_stop(stop, "decomposition stopped before the grouping")
     # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the mask,
     # so the cross terms between a group's units count, as they do in the ranking of the waveforms.
     share_weight = mag.pow(2) / denom  # [C, F, N]: turns a mask numerator into that share

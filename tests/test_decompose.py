@@ -2,6 +2,7 @@
 grouping, ranking, separation of known parts, the shipped model, and the CLI."""
 
 import json
+import math
 import os
 import re
 
@@ -198,6 +199,30 @@ def test_top_k_keeps_the_strongest_components_by_their_share(group, k):
     top = decompose(model, x, 16000, group=group, fit_steps=0, top_k=k)
     assert sorted(top.units) == sorted(everything.units[:k])
     np.testing.assert_allclose(top.energy_share, everything.energy_share[:k], rtol=1e-4)
+
+
+def test_a_decomposition_asks_stop_inside_its_first_stages_too(rng):
+    """The server's stop() was first asked after the whole signal was encoded: a 550 s clip's
+    Decompose past its deadline held the device worker 12 s more. Now the encoder's refinements
+    ask it, and so do the stages after them; asking changes nothing."""
+    from audioae.enhance import Stopped
+
+    model = tiny_model()
+    x = (tone(1.0, SR) + noise_bursts(1.0, SR))[None]
+    asked = []
+
+    def stop_at(n: float) -> bool:  # the n-th question says stop
+        asked.append(1)
+        return len(asked) >= n
+
+    with pytest.raises(Stopped, match="decomposition stopped while encoding"):
+        decompose(model, x, SR, fit_steps=0, stop=lambda: stop_at(1))
+    asked.clear()
+    with pytest.raises(Stopped, match="decomposition stopped before the units' energies"):
+        decompose(model, x, SR, fit_steps=0, stop=lambda: stop_at(model.config.refine_steps + 2))
+    asked.clear()
+    dec = decompose(model, x, SR, fit_steps=0, stop=lambda: stop_at(math.inf))
+    np.testing.assert_array_equal(dec.components, decompose(model, x, SR, fit_steps=0).components)
 
 
 def _kl(n: torch.Tensor, v: torch.Tensor) -> float:

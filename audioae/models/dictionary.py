@@ -162,9 +162,10 @@ class SparseDictionary(SpectralAutoencoder):
     def _pad(self) -> int:
         return (self.config.atom_frames - 1) // 2
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, stop: Callable[[], None] | None = None) -> torch.Tensor:
         """Features ``x [B, F, N]`` -> non-negative sparse code ``h [B, U, N]`` (units of the
-        local level: multiply by :meth:`level` for absolute magnitudes)."""
+        local level: multiply by :meth:`level` for absolute magnitudes). ``stop()`` is called
+        before each refinement, as in :meth:`fit_signal`: a long signal's encoding takes seconds."""
         c = self.config
         n = self._magnitudes_of(x)  # [B, F, N]
         w = self.dictionary()  # [U, F, L]
@@ -177,6 +178,8 @@ class SparseDictionary(SpectralAutoencoder):
         # every atom frame, so W^T 1 is the atom's sum (edges are off by at most L-1 frames).
         denom = w.sum(dim=(1, 2))[None, :, None] + c.sparsity_weight  # [1, U, 1]
         for _ in range(c.refine_steps):
+            if stop is not None:
+                stop()
             v = self.magnitudes(h) + DIV_EPS  # [B, F, N]
             h = h * F.conv1d(n / v, w, padding=self._pad) / denom  # [B, U, N]
         return h
