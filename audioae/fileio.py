@@ -243,8 +243,12 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: a bare "[Errno 28] No space left on device" named nothing
+            raise OSError(exc.errno, f"{folder}: cannot write {lock_name}, which holds the folder for this run "
+                                     f"({exc.strerror})") from None
         yield
     finally:
         with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -1054,9 +1055,10 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, causal_ckpt, small_disk):
+def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, causal_ckpt, small_disk, capsys):
     """Was: libsndfile's "Error opening b'.../.x.wav.part': System error." per file, then a traceback
-    from the manifest's final rewrite."""
+    from the manifest's final rewrite; then "(System error.); the disk holding it is full"; and a
+    rerun on the disk filled to its last byte said only "[Errno 28] No space left on device"."""
     src = tmp_path / "in"
     rows = [(f"f{i}.wav", 16000, 1, "WAV", "PCM_16", 3.0) for i in range(6)]  # 96 kB each: four do not fit
     write_tree(src, rows)
@@ -1066,9 +1068,15 @@ def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, 
     failed = [r for r in recs if r["status"] == "error"]
     assert 1 <= len(failed) < len(rows) and len(recs) == len(rows)
     for r in failed:
-        assert r["error"].startswith(f"{r['output']}: cannot write the output (")
-        assert "the disk holding it is full" in r["error"], r["error"]
+        assert r["error"].startswith(f"{r['output']}: cannot write the output: the disk holding it is full ("), r["error"]
     assert not list(out.glob(".*.part"))  # and the job ended with its summary (exit 1), not a traceback
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as filler:  # to the last byte
+        while True:
+            filler.write(b"\0" * 512)
+    capsys.readouterr()
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: cannot write .audioae.lock, which holds the folder for this run (No space left on device)" in err, err
 
 
 def test_a_folder_search_takes_every_container_libsndfile_reads_and_counts_the_rest(tmp_path, causal_ckpt, caplog):

@@ -163,11 +163,10 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
         free = shutil.disk_usage(Path(task.output).parent).free
     except OSError:
         free = None
-    full = ""
-    if free is not None and free < FULL_DISK_BYTES:
-        full = f"; the disk holding it is full ({free // 1024} kB free)"
+    if free is not None and free < FULL_DISK_BYTES:  # libsndfile's "System error." says nothing more
+        return WriteError(f"{task.output}: cannot write the output: the disk holding it is full ({free // 1024} kB free)")
     reason = sound_error_reason(exc, path=part_path(task.output), writing=True)
-    return WriteError(f"{task.output}: cannot write the output ({reason}){full}")
+    return WriteError(f"{task.output}: cannot write the output ({reason})")
 
 
 def _error_text(exc: Exception) -> str:
