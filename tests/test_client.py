@@ -289,16 +289,20 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     assert sf.info(tmp_path / "in.denoised.aiff").format == "AIFF"
 
 
-@pytest.mark.parametrize(("kbps", "level"), [(320, 0.0), (64, 0.9)])  # libsndfile's CBR levels for those
-def test_an_mp3_is_answered_at_its_own_bitrate(mixed, kbps, level):
-    """The answer was encoded at libsndfile's default, whatever the question's bitrate."""
+@pytest.mark.parametrize(("kbps", "level", "sr", "channels"), [(320, 0.0, 44100, 2), (64, 0.9, 44100, 2),
+                                                              (32, 0.84, 16000, 1)])  # libsndfile's CBR levels
+def test_an_mp3_is_answered_at_its_own_bitrate(mixed, kbps, level, sr, channels):
+    """The answer was encoded at libsndfile's default, whatever the question's bitrate; then, at
+    16 kHz 32 kbps, 1,344 samples longer than the question (no header to trim the encoder's delay)."""
     buf = io.BytesIO()
-    with sf.SoundFile(buf, "w", 44100, 2, format="MP3", compression_level=level, bitrate_mode="CONSTANT") as f:
-        f.write(np.ascontiguousarray(_noisy(2.0, 44100, channels=2).T))
+    with sf.SoundFile(buf, "w", sr, channels, format="MP3", compression_level=level, bitrate_mode="CONSTANT") as f:
+        f.write(np.ascontiguousarray(_noisy(2.0, sr, channels=channels).T))
     question = buf.getvalue()
     answer = mixed.denoise_bytes(question, model="tiny").audio.encoded
     assert sf.info(io.BytesIO(answer)).format == "MP3"
     assert 0.8 < len(answer) / len(question) < 1.25, (len(question), len(answer))
+    decoded = [len(sf.read(io.BytesIO(b), dtype="float32")[0]) for b in (question, answer)]
+    assert decoded[0] == decoded[1], decoded  # (a header without the tag only estimates the frames)
 
 
 def test_an_opus_question_is_answered_at_its_own_bitrate(mixed):
