@@ -154,10 +154,22 @@ def score(estimate: np.ndarray, reference: np.ndarray, sr: int, noisy: np.ndarra
         "pesq": pesq_wb(estimate, reference, sr),
         "stoi": stoi(estimate, reference, sr),
     }
-    if noisy is not None:  # NaN with the SI-SDR (the reason is given once, for both)
-        noisy_sdr = math.nan
-        if math.isfinite(out["si_sdr"]):
-            noisy_sdr = si_sdr_score(noisy, reference, sr, also="SI-SDRi") if _silence(noisy) else \
-                si_sdr(noisy, reference, eps=_eps_for(reference, noisy))
-        out["si_sdr_i"] = out["si_sdr"] - noisy_sdr
+    if noisy is not None:
+        out["si_sdr_i"] = si_sdr_improvement(estimate, reference, noisy, sr, out["si_sdr"])
     return out
+
+
+def si_sdr_improvement(estimate: np.ndarray, reference: np.ndarray, noisy: np.ndarray, sr: int,
+                       estimate_sdr: float | None = None) -> float:
+    """SI-SDR of ``estimate`` minus that of ``noisy``, both against ``reference`` (``estimate_sdr``:
+    the first, when already scored over these samples); NaN where either is undefined, the reason
+    logged once (the estimate's by :func:`si_sdr_score`)."""
+    if estimate_sdr is None:
+        estimate_sdr = si_sdr_score(estimate, reference, sr, also="SI-SDRi")
+    if not math.isfinite(estimate_sdr):  # said already, for both
+        return math.nan
+    silent = _silence(noisy)
+    if silent:  # was said of "the estimate" as "SI-SDR (and so SI-SDRi)", beside the SI-SDR it showed
+        log.warning("SI-SDRi could not score this pair: the noisy file is %s, and its SI-SDR is undefined", silent)
+        return math.nan
+    return estimate_sdr - si_sdr(noisy, reference, eps=_eps_for(reference, noisy))

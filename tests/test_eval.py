@@ -90,7 +90,7 @@ def test_missing_extra_renamed_and_broken_files_are_reported(folders, tmp_path):
     a = next(f for f in rep["files"] if f["file"] == "a.wav")
     assert any("compared over the shorter" in n for n in a["notes"])
     c = next(f for f in rep["files"] if f["file"] == "spk1/deep/c.wav")
-    assert "si_sdr_i" not in c  # no noisy file for it
+    assert c["si_sdr_i"] is None  # no noisy file for it (null: every row has the same keys)
 
 
 def test_an_enhanced_file_without_a_clean_one_makes_the_exit_code_1(folders, capsys):
@@ -252,6 +252,32 @@ def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(fold
     assert (silent["si_sdr"], silent["pesq"], silent["stoi"]) == (None, None, 0.0)
     assert rep["mean_of"]["si_sdr"] == rep["mean_of"]["pesq"] == rep["scored"] - 1
     assert rep["mean_of"]["stoi"] == rep["scored"]
+
+
+def test_a_shorter_or_silent_or_missing_noisy_file_touches_only_the_si_sdr_improvement(folders, capsys):
+    """--noisy cropped every metric to the noisy file's length (a.wav's SI-SDR 16.1 dB read 19.1
+    dB with a 1 s noisy file of a 4 s pair, and a 400-sample one blanked every score); a silent
+    noisy file was said of "the estimate", beside the SI-SDR shown; a missing one left the key
+    out of the JSON row (null, the docs say)."""
+    dirs, truth = folders
+    plain = {f["file"]: f for f in evaluate_folders(dirs["clean"], dirs["enhanced"])["files"]}
+    x, _ = sf.read(dirs["noisy"] / "a.wav", dtype="float32")
+    sf.write(dirs["noisy"] / "a.wav", x[: SR // 2], SR, subtype="FLOAT")  # 0.5 s of the 2 s pair
+    sf.write(dirs["noisy"] / "spk1" / "b.wav", np.zeros_like(x), SR, subtype="FLOAT")
+    (dirs["noisy"] / "spk1" / "deep" / "c.wav").unlink()
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
+    rows = {f["file"]: f for f in rep["files"]}
+    for rel in rows:  # the enhanced file's own scores are those without --noisy
+        assert all(rows[rel][m] == plain[rel][m] for m in ("si_sdr", "pesq", "stoi")), rel
+    short = rows["a.wav"]
+    expected = si_sdr(sf.read(dirs["enhanced"] / "a.wav")[0][: SR // 2], sf.read(dirs["clean"] / "a.wav")[0][: SR // 2]) \
+        - si_sdr(x[: SR // 2], sf.read(dirs["clean"] / "a.wav")[0][: SR // 2])
+    assert short["si_sdr_i"] == pytest.approx(expected, abs=1e-3)
+    assert "SI-SDRi over the first 0.50 s, as long as the noisy file; the other scores over 2.00 s" in short["notes"]
+    assert rows["spk1/b.wav"]["si_sdr_i"] is None
+    assert any("SI-SDRi could not score this pair: the noisy file is silent" in n for n in rows["spk1/b.wav"]["notes"])
+    assert not any("the estimate" in n for n in rows["spk1/b.wav"]["notes"])
+    assert "si_sdr_i" in rows["spk1/deep/c.wav"] and rows["spk1/deep/c.wav"]["si_sdr_i"] is None
 
 
 def test_json_out_may_not_be_a_folder_or_an_audio_file(folders, capsys):
