@@ -92,6 +92,25 @@ def _server_address(text: str) -> str:
     return text
 
 
+def _model_given(spec: str | None, option: str = "--model") -> str | None:
+    """``spec`` as given on the command line, None when it was not. An empty one is refused, not
+    read as "not given": ``--model "$MODEL"`` with ``MODEL`` unset loaded the default model unsaid."""
+    if spec == "":
+        from .pretrained import empty_name_error
+
+        raise ValueError(f"{option}: {empty_name_error()}")
+    return spec
+
+
+def _out_given(out: str | None, option: str, instead: str) -> str | None:
+    """``out`` as given on the command line, None when it was not. An empty one is refused, not
+    read as "not given": ``-o "$OUT"`` with ``OUT`` unset wrote to the default place unsaid, where
+    ``-o ""`` of decompose and images report is refused (:func:`audioae.fileio.check_named`)."""
+    if out == "":
+        raise ValueError(f"{option}: the output path is empty (an unset shell variable?); {instead}")
+    return out
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a spectrogram autoencoder from a TOML config",
                        description="Train from a TOML run config (see configs/) with section.key=value overrides.")
@@ -112,7 +131,7 @@ def _cmd_train(args) -> int:
         raise ValueError("name a run config, e.g. audioae train configs/tiny-synthetic.toml (configs/ holds the "
                          "shipped ones), or describe the run with --set section.key=value")
     overrides = list(args.overrides)
-    if args.out:
+    if _out_given(args.out, "--out", "name the run's folder, or omit --out for the config's train.out_dir"):
         overrides.append(f"train.out_dir={json.dumps(args.out)}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
@@ -141,7 +160,7 @@ def _cmd_models(args) -> int:
     from .pretrained import describe_checkpoint, describe_shipped
 
     if args.model:
-        described = [describe_checkpoint(spec) for spec in args.model]
+        described = [describe_checkpoint(_model_given(spec, "MODEL")) for spec in args.model]
         print(json.dumps(described[0] if len(described) == 1 else described, indent=2))
         return 0
     families = []
@@ -224,16 +243,19 @@ def _terminate_as_interrupt():
 def _cmd_denoise(args) -> int:
     from .batch import DenoiseOptions, run_denoise
 
-    opts = DenoiseOptions(model=args.model, strength=args.strength, device=args.device, engine=args.engine,
-                          workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
-                          threads=args.threads, overwrite=args.overwrite, progress=not args.no_progress)
+    opts = DenoiseOptions(model=_model_given(args.model), strength=args.strength, device=args.device,
+                          engine=args.engine, workers=args.workers, address=args.address,
+                          gpus_per_worker=args.gpus_per_worker, threads=args.threads, overwrite=args.overwrite,
+                          progress=not args.no_progress)
     with _terminate_as_interrupt():
         s = run_denoise(args.inputs, args.out, opts)
     wall = f"{s['wall_seconds']:.1f}" if s["wall_seconds"] >= 1 else f"{s['wall_seconds']:.2f}"  # not "in 0.0 s"
     speed = (f"{s['audio_seconds']:.1f} s of audio in {wall} s ({s['realtime_factor']}x real time, "
              f"engine {s['engine']})" if s["ok"] else f"nothing denoised (engine {s['engine']})")
-    print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped']} skipped (already done), "
-          f"{s['error']} failed; {speed}")
+    found = s.get("skipped_found", 0)
+    theirs = f", {found} skipped (a file no run made under its output's name)" if found else ""
+    print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped'] - found} skipped (already "
+          f"done){theirs}, {s['error']} failed; {speed}")
     for err in s["errors"]:
         # Read errors name their file already; others (a rate that cannot be resampled) do not.
         named = err["error"].startswith(err["input"])
@@ -285,6 +307,7 @@ def _check_json_out(path: str | None) -> None:
 def _cmd_eval(args) -> int:
     from .evaluate import evaluate_folders, format_table
 
+    _out_given(args.json_out, "--json", "name the JSON file to write ('-': print the JSON), or omit --json")
     _check_json_out(args.json_out)
     report = evaluate_folders(args.clean, args.enhanced, args.noisy, progress=not args.no_progress)
     if report["paired"] == 0:
@@ -300,7 +323,7 @@ def _cmd_eval(args) -> int:
             atomic_write_text(args.json_out, text + "\n")
             print(f"JSON: {args.json_out}")
     # An enhanced file without a clean one is a problem too: the folders were to match.
-    problems = report["errors"] or report["missing_enhanced"] or report["extra_enhanced"] or report["missing_noisy"]
+    problems = any(report[k] for k in ("errors", "missing_enhanced", "extra_enhanced", "missing_noisy", "ambiguous"))
     return 1 if problems else 0
 
 
@@ -338,6 +361,7 @@ def _cmd_decompose(args) -> int:
     from .decompose import check_options, decompose, summarize
     from .pretrained import DEFAULT_DECOMPOSER, load, resolve
 
+    _model_given(args.model)  # before the folder is claimed
     # Held from the checks to the last move: a second run into the folder is refused at once,
     # not after its work (and cannot delete this one's files half written).
     with folder.claim(args.out, [args.file]) as out:
@@ -412,11 +436,16 @@ def _cmd_inspect(args) -> int:
     from .plots import dictionary_stats, plot_dictionary
     from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
 
+    _model_given(args.model, "MODEL")
+    _model_given(args.model_flag)
+    _out_given(args.out, "-o", "name the figure file (or a folder for it), or omit -o for the default name "
+                               "here")
     if args.model and args.model_flag and args.model != args.model_flag:
         raise ValueError(f"two models named: {args.model} and --model {args.model_flag}; name one")
+    spec = args.model or args.model_flag  # neither is "" (refused above)
     if not args.audio and (args.start or args.seconds != INSPECT_SECONDS):
         raise ValueError("--start and --seconds pick the part of a recording shown: they go with --audio FILE")
-    path = resolve(args.model or args.model_flag, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
+    path = resolve(spec, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
     model = load(str(path))
     name = path.name.removesuffix(".safetensors")
     if args.audio:
@@ -430,11 +459,29 @@ def _cmd_inspect(args) -> int:
     if not isinstance(model, SparseDictionary):
         raise ValueError(f"{path}: without --audio, inspect draws sparse_dict dictionaries; this is a "
                          f"{model.registry_name} model: add --audio FILE to see what it does to a recording "
-                         f"(its config and training record: audioae models {args.model or args.model_flag})")
+                         f"(its config and training record: audioae models {spec})")
     out = _figure_path(args.out, f"{name}-dictionary.png")
     plot_dictionary(model, out)
     print(json.dumps({"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}, indent=2))
     return 0
+
+
+def _check_long_enough_to_inspect(model, audio: str, samples: int, frames: int, sr: int, start: float,
+                                  seconds: float) -> None:
+    """Refuse a part shorter than one analysis window, as decompose does: its spectrograms, gains
+    and code describe the STFT's zero padding, not the recording (a part under one sample once
+    failed inside torch, "cannot reshape tensor of 0 elements")."""
+    n_fft, msr = model.config.n_fft, model.config.sample_rate
+    if samples * msr >= n_fft * sr:  # samples / sr >= n_fft / msr, in whole numbers
+        return
+    least = -(-n_fft * sr // msr)  # the window in samples at the file's rate, rounded up
+    window = f"the model's {1000 * n_fft / msr:.0f} ms analysis window ({least} samples at {sr} Hz)"
+    lasts = f"{1000 * samples / sr:.1f} ms ({samples} sample{'s' * (samples != 1)})"
+    if samples == frames:  # the whole recording
+        raise ValueError(f"{audio} lasts {lasts}, shorter than {window}: too short to inspect")
+    end = min(start + seconds, frames / sr)
+    raise ValueError(f"the part of {audio} shown ({start:g}-{end:g} s of its {frames / sr:.2f} s) lasts {lasts}, "
+                     f"shorter than {window}: choose an earlier --start or a longer --seconds")
 
 
 def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds: float = INSPECT_SECONDS) -> int:
@@ -442,10 +489,12 @@ def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds
     from .plots import denoising_stats, denoising_view, plot_denoising
 
     wav, sr, _info = read_audio(audio)
-    total = wav.shape[-1] / sr
+    frames = wav.shape[-1]
+    total = frames / sr
     if start >= total:
         raise ValueError(f"--start {start:g} s: {audio} lasts {total:.2f} s")
     wav = wav[:, round(start * sr) : round((start + seconds) * sr)]  # [C, T'] the part shown
+    _check_long_enough_to_inspect(model, audio, wav.shape[-1], frames, sr, start, seconds)
     shown = wav.shape[-1] / sr
     if shown < total:
         print(f"note: showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; --start and --seconds pick "
@@ -551,6 +600,8 @@ def _add_serve(sub) -> None:
 def _cmd_serve(args) -> int:
     from server import ServerConfig, serve
 
+    for spec in args.models:
+        _model_given(spec, "--models")
     logging.getLogger("server").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     config = ServerConfig(
         host=args.host, port=args.port, models=tuple(args.models), device=args.device,
@@ -592,18 +643,18 @@ def _add_client(sub) -> None:
     d = csub.add_parser("denoise", parents=[conn], help="denoise a file (same rate, channels, length)")
     d.add_argument("input")
     d.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
-    d.add_argument("--model", default="", help="served model name (default: the server's denoiser)")
+    d.add_argument("--model", help="served model name (default: the server's denoiser)")
     d.add_argument("--strength", type=float, help="0..1 (default 1)")
     s = csub.add_parser("stream", parents=[conn], help="stream a file through StreamDenoise in chunks")
     s.add_argument("input")
     s.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
-    s.add_argument("--model", default="")
+    s.add_argument("--model", help="served model name (default: the server's denoiser)")
     s.add_argument("--strength", type=float)
     s.add_argument("--chunk-ms", type=_positive_ms, default=100.0, help="chunk length sent per message")
     c = csub.add_parser("decompose", parents=[conn], help="latent activations and component waveforms")
     c.add_argument("input")
     c.add_argument("-o", "--out", help="output folder (default: INPUT.components/ beside it)")
-    c.add_argument("--model", default="")
+    c.add_argument("--model", help="served model name (default: the server's decomposer)")
     # The local command's defaults: the RPC's own (every unit, ungrouped) can run to hundreds of
     # component waveforms, over the answer limit for a few seconds of stereo.
     c.add_argument("--top-k", "--top", type=_count, default=16,
@@ -632,6 +683,11 @@ def _cmd_client(args) -> int:
 
     from .client import DEFAULT_MESSAGE_MB, Client, read_tokens
 
+    # Before anything is read or sent. Not given is None; given empty is refused.
+    if getattr(args, "model", None) == "":
+        raise ValueError("--model: the model name is empty (an unset shell variable?); name a served model "
+                         "(audioae client models lists them), or omit --model for the server's default")
+    _out_given(getattr(args, "out", None), "-o", "name the output, or omit -o for the default beside the input")
     token = read_tokens(args.token_file)[0] if args.token_file else None  # the server's own parser
     mb = DEFAULT_MESSAGE_MB if args.max_message_mb is None else args.max_message_mb
     client = Client(args.server, token=token, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name,
@@ -679,24 +735,25 @@ def _client_call(args, client) -> int:
 
     cmd = args.client_command
     source = getattr(args, "input", None)
+    model = getattr(args, "model", None) or ""  # the request's "" asks for the server's default
     if source is not None and not Path(source).is_file():  # one message for every subcommand, before the call
         raise ValueError(f"{source}: {'is a folder; name an audio file' if Path(source).is_dir() else 'no such file'}")
-    if cmd in ("denoise", "stream") and args.model:
-        _warn_if_not_a_denoiser(client, args.model)
+    if cmd in ("denoise", "stream") and model:
+        _warn_if_not_a_denoiser(client, model)
     if cmd == "denoise":
         out = args.out or _default_out(args.input, "denoised")
-        r = client.denoise_file(args.input, out, model=args.model, strength=args.strength)
+        r = client.denoise_file(args.input, out, model=model, strength=args.strength)
         print(f"{args.input} -> {r['output']} (model {r['model']}, queue {r['queue_ms']} ms, "
               f"compute {r['compute_ms']} ms, batch of {r['batch_size']})")
     elif cmd == "stream":
         out = args.out or _default_out(args.input, "denoised")
-        r = client.stream_file(args.input, out, chunk_ms=args.chunk_ms, model=args.model,
+        r = client.stream_file(args.input, out, chunk_ms=args.chunk_ms, model=model,
                                strength=args.strength)
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
         out = args.out or str(Path(args.input).with_suffix(".components"))
         with folder.claim(out, [args.input]) as held:  # checked and held before the call, not after
-            res = client.decompose(Path(args.input).read_bytes(), model=args.model, top_k=args.top_k,
+            res = client.decompose(Path(args.input).read_bytes(), model=model, top_k=args.top_k,
                                    group=args.group, components=not args.no_audio, fit_steps=args.fit,
                                    groups=args.groups)
             summary, _ = save_decomposition(res, held, source=args.input, top=args.top_k or None)

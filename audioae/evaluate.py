@@ -43,11 +43,13 @@ def _stem(rel: str) -> str:
     return rel.rsplit(".", 1)[0]
 
 
-def _match(rel: str, files: dict[str, Path], by_stem: dict[str, str]) -> str | None:
-    """The same relative path, else the same path with another audio extension."""
+def _match(rel: str, files: dict[str, Path], by_stem: dict[str, list[str]]) -> str | list[str] | None:
+    """The same relative path, else the same path with another audio extension; several such
+    (``y.flac`` and ``y.ogg`` for ``y.wav``) come back as the list, for the caller to report."""
     if rel in files:
         return rel
-    return by_stem.get(_stem(rel))
+    found = by_stem.get(_stem(rel), [])
+    return found[0] if len(found) == 1 else (found or None)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Pairing:
     missing_enhanced: list[str] = field(default_factory=list)  # clean files without an enhanced one
     extra_enhanced: list[str] = field(default_factory=list)  # enhanced files without a clean one
     missing_noisy: list[str] = field(default_factory=list)
+    # clean files that several enhanced or noisy files could stand for: "y.wav (enhanced: y.flac, y.ogg)"
+    ambiguous: list[str] = field(default_factory=list)
 
 
 def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
@@ -75,10 +79,19 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     # Another extension stands in only for a file no clean file names exactly: with x.wav and
     # x.flac clean and only x.wav enhanced, x.flac was scored against x.wav, and its missing
     # output went unreported.
-    e_stem, n_stem = ({_stem(r): r for r in files if r not in c} for files in (e, n))
+    # Two such (y.flac and y.ogg for y.wav) are reported, not one picked by the order of the walk.
+    e_stem, n_stem = {}, {}
+    for files, by_stem in ((e, e_stem), (n, n_stem)):
+        for r in files:
+            if r not in c:
+                by_stem.setdefault(_stem(r), []).append(r)
     out, used = Pairing(), set()
     for rel, cpath in c.items():
         er = _match(rel, e, e_stem)
+        if isinstance(er, list):
+            out.ambiguous.append(f"{rel} (enhanced: {', '.join(er)}): keep one")
+            used.update(er)
+            continue
         if er is None or er in used:
             out.missing_enhanced.append(rel)
             continue
@@ -86,7 +99,9 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
         npath = None
         if noisy is not None:
             nr = _match(rel, n, n_stem)
-            if nr is None:
+            if isinstance(nr, list):
+                out.ambiguous.append(f"{rel} (noisy: {', '.join(nr)}): keep one; scored without SI-SDRi")
+            elif nr is None:
                 out.missing_noisy.append(rel)
             else:
                 npath = n[nr]
@@ -229,7 +244,8 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
             "paired": len(pairing.pairs), "read": len(files), "scored": scored, "files": files, "mean": mean,
             "mean_of": mean_of,
             "errors": errors, "missing_enhanced": pairing.missing_enhanced,
-            "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy}
+            "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy,
+            "ambiguous": pairing.ambiguous}
 
 
 def _score_pairs(pairs: list, read: Reader, progress: bool) -> tuple[list[dict], list[dict]]:
@@ -278,8 +294,8 @@ def format_table(report: dict) -> str:
         lines.append("the means leave out the pairs a metric could not score (notes below say why): "
                      + ", ".join(f"{name} is over {n} of {report['scored']}" for name, n in short.items()))
     for key, label in (("missing_enhanced", "no enhanced file for"), ("extra_enhanced", "no clean file for"),
-                       ("missing_noisy", "no noisy file for")):
-        for rel in report[key]:
+                       ("missing_noisy", "no noisy file for"), ("ambiguous", "several files stand for")):
+        for rel in report.get(key, []):
             lines.append(f"{label}: {rel}")
     for err in report["errors"]:
         # A message that starts with the file's own path ("<clean>/sub/x.wav: cannot read ...")

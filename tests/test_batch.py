@@ -282,7 +282,7 @@ def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckp
     assert sf.info(out / "top.wav").frames == 100
     s = run_denoise([src], out, opts)
     assert "skipped, not denoised; if they are not denoised copies of the inputs, move them" in caplog.text
-    assert (s["skipped"], s["ok"], s["error"]) == (1, len(TREE) - 1, 1)
+    assert (s["skipped"], s["skipped_found"], s["ok"], s["error"]) == (1, 1, len(TREE) - 1, 1)
     assert by_input(out)["top.wav"]["error"] == "found under its output's name before any run: not made by one"
     with pytest.raises(ValueError, match=refused):  # and on the run after: a manifest is there now
         run_denoise([src], out, dataclasses.replace(opts, overwrite=True))
@@ -554,6 +554,25 @@ def test_an_empty_file_and_a_cut_mp3_are_named_alike_read_from_a_path_or_from_by
         for data in (None, (src / name).read_bytes()):
             result = den.run(task, data)
             assert result.status == "error" and f"cannot read audio ({said}" in result.error, (name, data is None, result)
+
+
+def test_a_folder_under_an_outputs_name_fails_that_file_saying_so(tmp_path, causal_ckpt, capsys, caplog):
+    """A folder called a.wav in a fresh output folder was counted among "files no run made" (to be
+    skipped), then tried, failing with the rename's bare "(Is a directory)"; and a file of someone's
+    under an output's name was summed into "skipped (already done)"."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(src / name, noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
+    out = tmp_path / "out"
+    (out / "a.wav").mkdir(parents=True)
+    (out / "b.wav").write_bytes(b"someone's")
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "3 files: 1 denoised, 0 skipped (already done), 1 skipped (a file no run made under its output's " \
+           "name), 1 failed" in captured.out, captured.out
+    assert f"{out / 'a.wav'}: cannot write the output: a folder of that name is in the way" in captured.err
+    assert "holds 1 file(s) under the names this job would write (e.g. b.wav)" in caplog.text
 
 
 def test_progress_counts_seconds_of_audio_not_files(tmp_path):

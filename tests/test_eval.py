@@ -365,6 +365,21 @@ def test_another_extension_stands_in_only_for_a_file_no_clean_file_names(folders
     assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--no-progress"]) == 1
 
 
+def test_two_files_that_could_stand_for_one_clean_file_are_reported_not_one_picked(folders, capsys):
+    """Clean a.wav with enhanced a.flac and a.ogg (no a.wav) paired with whichever the folder walk
+    gave last, and called the other "no clean file for", without a word of the choice."""
+    dirs, _ = folders
+    x, _ = sf.read(dirs["enhanced"] / "a.wav", dtype="float32")
+    (dirs["enhanced"] / "a.wav").unlink()
+    sf.write(dirs["enhanced"] / "a.flac", x, SR)
+    sf.write(dirs["enhanced"] / "a.ogg", x, SR)
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    assert sorted(f["file"] for f in rep["files"]) == ["spk1/b.wav", "spk1/deep/c.wav"]
+    assert rep["ambiguous"] == ["a.wav (enhanced: a.flac, a.ogg): keep one"] and rep["extra_enhanced"] == []
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--no-progress"]) == 1
+    assert "several files stand for: a.wav (enhanced: a.flac, a.ogg): keep one" in capsys.readouterr().out
+
+
 def test_a_silent_pair_is_given_one_reason(tmp_path):
     """Was: SI-SDR and STOI said the reference is silent, PESQ that the estimate is."""
     for side in ("clean", "enhanced"):

@@ -537,3 +537,49 @@ def test_a_bare_set_key_is_answered_with_an_example_of_the_reports_own_keys(tmp_
     assert main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--set", "digit_steps"]) == 2
     assert "expected KEY=VALUE, e.g. digit_steps=3000" in capsys.readouterr().err  # was: mask_power=0.8
     assert not (tmp_path / "r").exists()
+
+
+def test_a_rerun_removes_the_models_the_earlier_report_wrote_and_no_one_elses(tmp_path, capsys):
+    """Was: a rerun with other code sizes (or --no-models) left the earlier run's models in models/,
+    beside a report.json that described the new run."""
+    import shutil
+
+    out = tmp_path / "r"
+    tiny = ["digit_steps=3", "photo_steps=3", "linear_steps=3", "linear_fine_steps=0", "patches_per_image=4",
+            'sparse_runs=[["l1",0.01]]', "perturb_scales=[1.0]", "gaussian_samples=24"]
+    args = ["images", "report", "-o", str(out), "--quick", "--threads", "1", *[a for t in tiny for a in ("--set", t)]]
+    assert main([*args, "--set", "code_sizes=[2,8]"]) == 0
+    first = json.loads((out / "report.json").read_text())["models"]
+    assert {"models/digits-conv-k2.safetensors", "models/digits-conv-k8.safetensors"} <= set(first)
+    models = out / "models"
+    # Beside them: a file of the user's, a report's checkpoint outside models/ and edited entries
+    # that lead to it.
+    (models / "mine.safetensors").write_bytes(b"my weights")
+    shutil.copy(models / "digits-conv-k8.safetensors", tmp_path / "victim.safetensors")
+    report = json.loads((out / "report.json").read_text())
+    report["models"] += ["models/../../victim.safetensors", str(tmp_path / "victim.safetensors")]
+    (out / "report.json").write_text(json.dumps(report))
+    capsys.readouterr()
+
+    assert main([*args, "--set", "code_sizes=[8]"]) == 0
+    err = capsys.readouterr().err
+    assert (f"removed 2 models of the earlier report in {out} that this run did not write: "
+            f"digits-conv-k2.safetensors, digits-linear-k2.safetensors") in err
+    second = json.loads((out / "report.json").read_text())["models"]
+    assert set(second) == set(first) - {"models/digits-conv-k2.safetensors", "models/digits-linear-k2.safetensors"}
+    assert sorted(p.name for p in models.glob("*.safetensors")) == sorted(
+        [rel.removeprefix("models/") for rel in second] + ["mine.safetensors"])
+    assert not list(models.glob("*k2*"))  # the sha256 files too
+    assert f"note: {models} also holds mine.safetensors, not written by this run (left as it is)" in err
+    assert (tmp_path / "victim.safetensors").is_file()
+
+    (models / "photo-nearest.safetensors").write_bytes(b"my own now")  # listed, but no report's checkpoint now
+    assert main([*args, "--set", "code_sizes=[8]", "--no-models"]) == 0
+    err = capsys.readouterr().err
+    assert f"removed {len(second) - 1} models of the earlier report" in err
+    assert "models" not in json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in models.glob("*.safetensors")) == ["mine.safetensors", "photo-nearest.safetensors"]
+    assert len(list(models.iterdir())) == 3  # and the sha256 file of photo-nearest, not a report's model now
+    assert "also holds mine.safetensors, photo-nearest.safetensors, not written by this run" in err
+    assert (models / "photo-nearest.safetensors").read_bytes() == b"my own now"
+    assert (tmp_path / "victim.safetensors").is_file()

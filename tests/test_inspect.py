@@ -124,3 +124,62 @@ def test_inspect_audio_says_it_shows_the_mean_of_the_channels(tmp_path, capsys):
     assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
     out, err = capsys.readouterr()
     assert "channels" not in err and json.loads(out)["audio_channels"] == 1
+
+
+def _tone(path, frames: int, sr: int = 16000) -> None:
+    import numpy as np
+
+    from audioae.audio import write_audio
+
+    write_audio(path, (0.3 * np.sin(2 * np.pi * 440 * np.arange(frames) / sr)).astype(np.float32)[None], sr)
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--start", "2.99999"], "(2.99999-3 s of its 3.00 s) lasts 0.0 ms (0 samples)"),  # was torch's "cannot reshape"
+    (["--start", "1.0", "--seconds", "0.00001"], "(1-1.00001 s of its 3.00 s) lasts 0.0 ms (0 samples)"),
+    (["--start", "2.99"], "(2.99-3 s of its 3.00 s) lasts 10.0 ms (160 samples)"),  # was numbers of zero padding
+])
+def test_inspect_refuses_a_part_shorter_than_the_analysis_window(tmp_path, capsys, args, shown):
+    src, fig = tmp_path / "three.wav", tmp_path / "v.png"
+    _tone(src, 48000)
+    assert main(["inspect", "--audio", str(src), "-o", str(fig), *args]) == 2
+    err = capsys.readouterr().err
+    assert (f"audioae inspect: error: the part of {src} shown {shown}, shorter than the model's 24 ms analysis "
+            f"window (384 samples at 16000 Hz): choose an earlier --start or a longer --seconds") in err
+    assert not fig.exists()
+
+
+def test_inspect_refuses_a_recording_shorter_than_the_analysis_window_and_takes_one_as_long(tmp_path, capsys):
+    fig = tmp_path / "v.png"
+    for frames, sr, least in ((1, 16000, 384), (383, 16000, 384), (1058, 44100, 1059)):
+        src = tmp_path / f"short{frames}.wav"  # 1 sample: was "seconds": 0.0, with per-band gains
+        _tone(src, frames, sr)
+        assert main(["inspect", "--audio", str(src), "-o", str(fig)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {src} lasts {1000 * frames / sr:.1f} ms ({frames} sample" in err
+        assert (f"shorter than the model's 24 ms analysis window ({least} samples at {sr} Hz): too short to "
+                "inspect") in err
+        assert not fig.exists()
+    for frames, sr in ((384, 16000), (1059, 44100)):  # exactly one window: shown
+        src = tmp_path / f"window{sr}.wav"
+        _tone(src, frames, sr)
+        assert main(["inspect", "--audio", str(src), "-o", str(fig)]) == 0
+        assert json.loads(capsys.readouterr().out)["seconds"] == round(frames / sr, 3)
+        assert fig.read_bytes().startswith(PNG)
+
+
+@pytest.mark.parametrize("args, text", [
+    (["", "--audio", "a.wav"], "MODEL: the model name is empty (an unset shell variable?); name a shipped model "
+                               "(decomposer-small, denoiser-small) or a .safetensors path"),
+    ([""], "MODEL: the model name is empty (an unset shell variable?)"),  # was: decomposer-small's dictionary
+    (["--model", ""], "--model: the model name is empty (an unset shell variable?)"),
+    (["--audio", "a.wav", "-o", ""], "-o: the output path is empty (an unset shell variable?); name the figure "
+                                     "file (or a folder for it), or omit -o for the default name here"),
+    (["-o", ""], "-o: the output path is empty"),  # was: decomposer-small-dictionary.png here, unsaid
+])
+def test_inspect_refuses_an_empty_model_or_output(tmp_path, monkeypatch, capsys, args, text):
+    monkeypatch.chdir(tmp_path)
+    _tone(tmp_path / "a.wav", 16000)
+    assert main(["inspect", *args]) == 2
+    assert f"audioae inspect: error: {text}" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]  # no figure drawn with the defaults

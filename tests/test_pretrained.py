@@ -153,3 +153,49 @@ def test_models_lists_what_ships_and_describes_any_checkpoint(tmp_path, capsys):
     assert both[0]["extra"] == {"step": 7, "val": {"pesq": 1.5}} and both[0]["config"]["channels"] == [16]
     assert main(["models", str(mine.parent)]) == 2
     assert "is a folder: name one of its checkpoints (best.safetensors)" in capsys.readouterr().err
+
+
+def test_an_empty_model_name_is_refused_not_taken_for_the_default():
+    from audioae.checkpoint import CheckpointError
+
+    assert pretrained.resolve(None) == pretrained.shipped()[pretrained.DEFAULT_DENOISER]  # not given: the default
+    assert pretrained.resolve(None, pretrained.DEFAULT_DECOMPOSER).name == "decomposer-small.safetensors"
+    for call in (pretrained.resolve, pretrained.load, pretrained.describe_checkpoint):
+        with pytest.raises(CheckpointError, match=r"^the model name is empty \(an unset shell variable\?\); name a "
+                                                  r"shipped model \(decomposer-small, denoiser-small\) or a "
+                                                  r"\.safetensors path$"):
+            call("")  # was: the default model, unsaid
+
+
+EMPTY_MODEL = "the model name is empty (an unset shell variable?); name a shipped model"
+EMPTY_OUT = "the output path is empty (an unset shell variable?); "
+
+
+@pytest.mark.parametrize("args, text", [
+    (["models", ""], f"MODEL: {EMPTY_MODEL}"),  # was: denoiser-small's description
+    (["models", "decomposer-small", ""], f"MODEL: {EMPTY_MODEL}"),
+    (["denoise", "{wav}", "-o", "{dir}/out", "--model", ""], f"--model: {EMPTY_MODEL}"),  # was: denoiser-small
+    (["decompose", "{wav}", "-o", "{dir}/out", "--model", ""], f"--model: {EMPTY_MODEL}"),  # was: decomposer-small
+    (["serve", "--port", "0", "--models", ""], f"--models: {EMPTY_MODEL}"),  # was: denoiser-small
+    (["client", "--server", "127.0.0.1:1", "denoise", "{wav}", "--model", ""],
+     "--model: the model name is empty (an unset shell variable?); name a served model (audioae client models "
+     "lists them), or omit --model for the server's default"),  # was: the request's "", the server's default
+    (["client", "--server", "127.0.0.1:1", "stream", "{wav}", "-o", ""],
+     f"-o: {EMPTY_OUT}name the output, or omit -o for the default beside the input"),  # was: a.denoised.wav
+    (["client", "--server", "127.0.0.1:1", "decompose", "{wav}", "-o", ""], f"-o: {EMPTY_OUT}"),
+    (["eval", "--clean", "{wav}", "--enhanced", "{wav}", "--json", ""],
+     f"--json: {EMPTY_OUT}name the JSON file to write ('-': print the JSON), or omit --json"),  # was: no JSON
+    (["train", "--set", "train.steps=1", "--out", ""],
+     f"--out: {EMPTY_OUT}name the run's folder, or omit --out for the config's train.out_dir"),  # was: runs/default
+])
+@pytest.mark.timeout(120)  # before the fix `serve --models ""` served the default until stopped
+def test_every_command_refuses_an_empty_model_or_output(tmp_path, monkeypatch, capsys, args, text):
+    """``--model "$MODEL"`` or ``-o "$OUT"`` with the variable unset: refused, as ``decompose -o ""``
+    always was, where the default model or output was used unsaid."""
+    monkeypatch.chdir(tmp_path)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    argv = [a.format(wav=wav, dir=tmp_path) for a in args]
+    assert main(argv) == 2
+    assert f"audioae {args[0]}: error: {text}" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]  # nothing written, no folder made

@@ -182,6 +182,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             _remove_unused(out)
         raise
     summary = summarize(results, time.perf_counter() - t0)
+    # Of the skipped, files no run made (someone's, under outputs' names): not "already done".
+    summary["skipped_found"] = sum(r.status == "skipped" and r.error == FOUND_BEFORE_ANY_RUN for r in results)
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -287,12 +289,14 @@ def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], 
     later, those an earlier line says so of (:data:`FOUND_BEFORE_ANY_RUN`) while they are still
     there. ``--overwrite`` is refused over them (it replaced them without a word, and on the run
     after a first one skipped them), and a run that skips them says so."""
+    # Files only, as the rerun's split counts them: a folder under an output's name is no one's
+    # output; its file fails, saying so (it was counted here as skipped, then tried).
     if fresh:
-        taken = [t for t in tasks if os.path.lexists(t.output)]
+        taken = [t for t in tasks if os.path.isfile(t.output)]
     else:
         latest = {r["input"]: r for r in earlier}
         taken = [t for t in tasks if latest.get(t.input, {}).get("error") == FOUND_BEFORE_ANY_RUN
-                 and os.path.lexists(t.output)]
+                 and os.path.isfile(t.output)]
     if not taken:
         return set()
     said = (f"{out} holds {len(taken)} file(s) under the names this job would write (e.g. {taken[0].rel}) "

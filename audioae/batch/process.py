@@ -158,6 +158,8 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
     blocked = file_in_the_way(Path(task.output).parent)
     if blocked is not None:  # mkdir says only "File exists" / "Not a directory"
         return WriteError(f"{task.output}: cannot write the output: {blocked} is a file, where its folder would go")
+    if os.path.isdir(task.output):  # the rename says only "Is a directory"
+        return WriteError(f"{task.output}: cannot write the output: a folder of that name is in the way")
     # libsndfile says only "System error." (or names a codec) when the disk is full: look.
     try:
         free = shutil.disk_usage(Path(task.output).parent).free

@@ -4,15 +4,22 @@
 - ``report.json``  every number, with the settings and library versions;
 - ``summary.md``   the headline numbers as short tables;
 - ``models/*.safetensors`` every trained model, in the registry's checkpoint format.
+
+A rerun into the same folder replaces the earlier report: the models the earlier ``report.json``
+lists and this run does not write again are removed (all of them with ``save_models=False``);
+other files in ``models/`` are left where they are, and named.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..checkpoint import save_checkpoint
+from ..checkpoint import CheckpointError, read_metadata, save_checkpoint
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import experiments
 from .experiments import ReportConfig
@@ -28,6 +35,52 @@ from .experiments import ReportConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["ReportConfig", "run_report", "summary_markdown"]
+
+MODEL_EXTRA = {"report": "audioae images report"}  # in every model's metadata: how a rerun knows its own
+MODEL_ENTRY = re.compile(r"models/[\w.+-]+\.safetensors")  # report.json's "models" entries: files in models/
+
+
+def _earlier_models(out: Path) -> list[str]:
+    """The models an earlier report in ``out`` wrote, as its ``report.json`` lists them (relative
+    paths). Entries of any other form (an edited file: ``../x``, ``/home/...``) are passed over."""
+    try:
+        listed = json.loads((out / "report.json").read_text()).get("models", [])
+    except (OSError, ValueError, AttributeError):  # no earlier report, or not one this code wrote
+        return []
+    if not isinstance(listed, list):
+        return []
+    return [rel for rel in listed if isinstance(rel, str) and MODEL_ENTRY.fullmatch(rel)]
+
+
+def _written_by_a_report(path: Path) -> bool:
+    try:
+        return json.loads(read_metadata(path).get("extra", "{}")).get("report") == MODEL_EXTRA["report"]
+    except CheckpointError:
+        return False
+
+
+def _clear_earlier_models(out: Path, earlier: list[str], written: list[str], say: Callable[[str], None]) -> None:
+    """Remove the models of ``earlier`` that this run did not write again (with their sha256
+    sidecars): the new report.json would not list them, and they would pass for this run's. Only
+    files that still are a report's checkpoints go; anything else in ``models/`` is named, not touched."""
+    removed = []
+    for rel in sorted(set(earlier) - set(written)):
+        path = out / rel
+        if path.is_file() and _written_by_a_report(path):  # else someone's since: named below, if a .safetensors
+            path.unlink()
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+            removed.append(path.name)
+    if removed:
+        say(f"removed {len(removed)} model{'s' * (len(removed) != 1)} of the earlier report in {out} that this run "
+            f"did not write: {', '.join(removed)}")
+    listed = {Path(rel).name for rel in written}
+    others = sorted({p.name for p in (out / "models").glob("*.safetensors")} - listed - set(removed))
+    if others:
+        say(f"note: {out / 'models'} also holds {', '.join(others)}, not written by this run (left as "
+            f"{'they are' if len(others) > 1 else 'it is'})")
+    if removed:
+        with contextlib.suppress(OSError):  # only when nothing else is left in it
+            (out / "models").rmdir()
 
 
 def _jsonable(x):
@@ -49,6 +102,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     cfg = config or ReportConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_models(out)  # cleared when this run's report.json replaces that one, not before
     say = progress or log.info
     t_start, cpu_start = time.perf_counter(), time.process_time()
     seconds: dict[str, float] = {}
@@ -56,6 +110,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     arrays: dict = {}
     models: dict = {}
     running = ["loading the data"]  # the step a failure is reported for
+    cleared: list[bool] = []  # whether the earlier report's models were cleared
 
     def step(name: str, fn, *args):
         running[0] = name
@@ -70,10 +125,13 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
 
     def write_models() -> None:
         for name, model in models.items():
-            save_checkpoint(model, out / "models" / f"{name}.safetensors", {"report": "audioae images report"})
+            save_checkpoint(model, out / "models" / f"{name}.safetensors", MODEL_EXTRA)
         numbers["models"] = sorted(f"models/{name}.safetensors" for name in models)
 
     def write_numbers() -> dict:
+        if not cleared:  # the first time: this run's models are written, its numbers not yet
+            _clear_earlier_models(out, earlier, numbers.get("models", []), say)
+            cleared.append(True)
         numbers["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
         # CPU seconds of this process: what the run costs when other processes share the cores.
         numbers["seconds"]["process_cpu"] = round(time.process_time() - cpu_start, 2)

@@ -21,9 +21,19 @@ def shipped() -> dict[str, Path]:
     return {p.name.removesuffix(".safetensors"): p for p in sorted(HERE.glob("*.safetensors"))}
 
 
+def empty_name_error() -> str:
+    """What an empty model name is told: ``--model "$MODEL"`` with ``MODEL`` unset, most likely."""
+    names = ", ".join(shipped()) or "none shipped"
+    return f"the model name is empty (an unset shell variable?); name a shipped model ({names}) or a .safetensors path"
+
+
 def resolve(spec: str | None, default: str = DEFAULT_DENOISER) -> Path:
-    """A shipped model name or a path to a ``.safetensors`` checkpoint -> its path."""
-    spec = spec or default
+    """A shipped model name or a path to a ``.safetensors`` checkpoint -> its path; None: ``default``.
+    An empty name is refused, not taken for the default (it once loaded ``default`` unsaid)."""
+    if spec is None:
+        spec = default
+    if not spec:
+        raise CheckpointError(empty_name_error())
     models = shipped()
     if spec in models:
         return models[spec]
@@ -44,7 +54,7 @@ def resolve(spec: str | None, default: str = DEFAULT_DENOISER) -> Path:
 
 
 def load(spec: str | None, default: str = DEFAULT_DENOISER, map_location="cpu") -> Autoencoder:
-    """Load a shipped model by name, or any checkpoint by path."""
+    """Load a shipped model by name, or any checkpoint by path (None: ``default``; "" is refused)."""
     return load_checkpoint(resolve(spec, default), map_location=map_location)
 
 
