@@ -79,6 +79,11 @@ def _positive_ms(text: str) -> float:
     return _positive_amount(text, "milliseconds", "ms")
 
 
+def _positive_mb(text: str) -> float:
+    """argparse type: a finite number of MB above 0 (was "max_message_mb must be positive" from the client)."""
+    return _positive_amount(text, "MB", "MB")
+
+
 def _server_address(text: str) -> str:
     """argparse type: HOST:PORT with a port gRPC can reach (it takes 99999 as 99999 mod 65536, and
     a bare host as port 443), or a gRPC target with a scheme (``unix:/path``, ``dns:///h:p``)."""
@@ -629,7 +634,7 @@ def _connection_options(defaults: bool) -> argparse.ArgumentParser:
     option("--tls-ca", help="PEM of the CA that signed the server's certificate (enables TLS)")
     option("--tls-server-name", help="expected name in the server's certificate")
     option("--timeout", type=_positive_seconds, help="deadline per call, seconds")
-    option("--max-message-mb", type=float, metavar="MB",
+    option("--max-message-mb", type=_positive_mb, metavar="MB",
            help="largest message sent or received (default: what a server on its defaults may answer, 4x its "
                 "default --max-request-mb)")
     return conn
@@ -697,8 +702,11 @@ def _cmd_client(args) -> int:
     except grpc.RpcError as exc:
         details, hint = exc.details() or "", ""
         closed = any(t in details.lower() for t in ("socket closed", "connection reset", "end of file"))
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and not args.tls_ca and closed:
-            hint = " (something answered and closed the connection: if the server uses TLS, pass --tls-ca)"
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and closed:
+            # A server that stopped mid-call (killed, restarted) says the same as a TLS server to a
+            # plain client: name both (it was "could not be reached ... pass --tls-ca" alone).
+            tls = "" if args.tls_ca else "; or, if it uses TLS, pass --tls-ca"
+            hint = f" (the connection closed: the server stopped or restarted during the call, try again{tls})"
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "connection refused" in details.lower():
             hint = " (nothing listens there: start audioae serve, or pass the --server HOST:PORT it printed)"
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "parsing http/2" in details.lower():
@@ -713,8 +721,13 @@ def _cmd_client(args) -> int:
                                    f"(the server's --max-request-mb must allow it too); nothing was sent") from None
             raise RuntimeError(f"the server's answer is {size}, over this client's --max-message-mb {mb:g}: "
                                f"raise it") from None
-        # UNAVAILABLE is the client's own verdict when nothing answered: not the server's
-        said = "could not be reached" if exc.code() == grpc.StatusCode.UNAVAILABLE else "answered"
+        # UNAVAILABLE and a deadline are the client's own verdicts when nothing answered: not the server's
+        said = "answered"
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            said = "closed the connection" if closed else "could not be reached"
+        elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":  # not a server's message
+            said = "gave no answer in time"
+            hint = f" (--timeout {args.timeout:g} s)" if args.timeout else ""
         raise RuntimeError(f"server {args.server} {said} ({exc.code().name}): {details}{hint}") from None
     finally:
         client.close()
@@ -738,6 +751,10 @@ def _client_call(args, client) -> int:
     model = getattr(args, "model", None) or ""  # the request's "" asks for the server's default
     if source is not None and not Path(source).is_file():  # one message for every subcommand, before the call
         raise ValueError(f"{source}: {'is a folder; name an audio file' if Path(source).is_dir() else 'no such file'}")
+    if cmd in ("denoise", "stream") and args.out and args.out.endswith(("/", os.sep)) and not os.path.isdir(args.out):
+        # a folder that is not there (cp refuses it too); was "audio is written as .wav, ...; got no extension"
+        raise ValueError(f"-o {args.out}: no such folder; make it first (the output goes into it under the input's "
+                         f"name), or name the output file")
     if cmd in ("denoise", "stream") and model:
         _warn_if_not_a_denoiser(client, model)
     if cmd == "denoise":

@@ -316,6 +316,54 @@ def test_an_opus_question_is_answered_at_its_own_bitrate(mixed):
     assert 0.6 < len(answer) / len(question) < 1.4, (len(question), len(answer))
 
 
+def test_cli_client_tells_a_closed_connection_and_its_own_deadline_from_a_server_that_answered(capsys):
+    """A server killed mid-call was "could not be reached ... (something answered and closed the
+    connection: if the server uses TLS, pass --tls-ca)"; a listener that never speaks gRPC was
+    "answered (DEADLINE_EXCEEDED)". Both verdicts are the client's own."""
+    import socket
+    import threading
+
+    def listener(close: bool) -> tuple[socket.socket, int]:
+        sock = socket.create_server(("127.0.0.1", 0))
+        held = []
+
+        def serve():
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:  # closed by the test
+                    return
+                conn.close() if close else held.append(conn)  # a dead server, or a silent one
+
+        threading.Thread(target=serve, daemon=True).start()
+        return sock, sock.getsockname()[1]
+
+    dead, port = listener(close=True)
+    try:
+        assert cli_main(["client", "--server", f"127.0.0.1:{port}", "--timeout", "5", "health"]) == 2
+        err = capsys.readouterr().err
+        assert f"server 127.0.0.1:{port} closed the connection (UNAVAILABLE)" in err, err
+        assert "the server stopped or restarted during the call, try again; or, if it uses TLS, pass --tls-ca" in err
+    finally:
+        dead.close()
+    silent, port = listener(close=False)
+    try:
+        assert cli_main(["client", "--server", f"127.0.0.1:{port}", "--timeout", "1", "health"]) == 2
+        err = capsys.readouterr().err
+        assert f"server 127.0.0.1:{port} gave no answer in time (DEADLINE_EXCEEDED): Deadline Exceeded (--timeout 1 s)" \
+            in err, err
+    finally:
+        silent.close()
+    src = Path(__file__)  # any existing file: -o is refused before it is read
+    # was: "newdir/: audio is written as .wav, ...; got no extension"
+    assert cli_main(["client", "--server", "127.0.0.1:1", "denoise", str(src), "-o", "no-such-dir/"]) == 2
+    assert "-o no-such-dir/: no such folder; make it first" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan"):  # was the client library's "max_message_mb must be positive, got 0.0"
+        with pytest.raises(SystemExit):
+            cli_main(["client", "--max-message-mb", bad, "health"])
+        assert f"--max-message-mb: must be more than 0 MB, got {bad}" in capsys.readouterr().err
+
+
 def test_cli_client_names_its_own_message_limit_not_the_server(mixed_server, tmp_path, capsys):
     """gRPC refuses a request over the client's --max-message-mb in the client; the CLI said
     "server ... answered (RESOURCE_EXHAUSTED): CLIENT: Sent message larger than max"."""
