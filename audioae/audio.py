@@ -138,7 +138,8 @@ def sound_error_reason(exc: BaseException, in_memory: bool = False, path: str | 
     "System error."."""
     reason = (getattr(exc, "error_string", None) or getattr(exc, "strerror", None) or str(exc)).strip()
     # Of a regular file too (a cut MP3): "does not exist or is not a regular file" was false there.
-    if reason in _PLAINER and (in_memory or "SF_INFO" in reason or (path is not None and os.path.isfile(path))):
+    if reason in _PLAINER and (in_memory or "SF_INFO" in reason
+                               or (path is not None and not writing and os.path.isfile(path))):
         return _PLAINER[reason]
     if reason == "System error." and path is not None:
         reason = os_refusal(path, writing) or reason
@@ -213,7 +214,9 @@ def empty_audio(name: str, source: str | os.PathLike | bytes) -> AudioError:
 # libsndfile's log of a data chunk whose size claims more than the file holds: WAV "data", AIFF
 # "SSND", AU "Data Size" (W64, RF64 and CAF log their totals only; Ogg, FLAC and MP3 claim no size).
 _DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)\)$", re.MULTILINE)
-PLACEHOLDER_SIZE = 0x7FFF0000  # and up: a size written before the length was known (live recorders)
+# Sizes written before the length was known (live recorders, pipes): 0x7FFFFFFF or 0xFFFFFFFF,
+# some less the header's bytes. A claim just under either is no claim.
+PLACEHOLDER_SIZES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
 
 
 def cut_short(f: sf.SoundFile, name: str) -> str:
@@ -224,7 +227,9 @@ def cut_short(f: sf.SoundFile, name: str) -> str:
     if claim is None:
         return ""
     claimed, held = int(claim[1]), int(claim[2])
-    if claimed >= PLACEHOLDER_SIZE or claimed - held < 64:  # a placeholder, or a pad byte's worth
+    if any(lo <= claimed <= hi for lo, hi in PLACEHOLDER_SIZES):
+        return ""
+    if claimed - held < 64:  # a missing pad byte, or a frame's few bytes: nothing a person lost
         return ""
     return (f"{name}: its header claims {claimed:,} bytes of audio but the file holds {held:,} (a copy cut "
             f"short?): denoised the {f.frames / f.samplerate:.2f} s it holds")
@@ -512,7 +517,7 @@ def _bitrate_settings(format: str, subtype: str | None, kbps: float | None, sr: 
 def _cbr_keeps_length(sr: int, channels: int, level: float) -> bool:
     """Whether a constant-bitrate MP3 at these settings decodes to the length written. A frame at
     a low bitrate is too small for the header that tells a decoder to trim the encoder's delay
-    (LAME's Info tag): a 16 kHz 32 kbps MP3 came back 1,344 samples longer, its audio 1,105 late.
+    (LAME's Info tag): a 16 kHz 32 kbps MP3 came back longer than it went in, its audio late.
     Asked of a few silent frames, once per setting; where it fails, an average bitrate (which
     keeps the header) comes near the input's instead."""
     probe = np.zeros((4608, channels), np.float32)

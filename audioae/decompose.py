@@ -359,13 +359,15 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     msr = c.sample_rate
 
     # Stops are checked between stages and inside the long ones: a long recording's first stages
-    # took seconds (12 s for 550 s) that a caller past its deadline no longer waited for.
+    # took seconds that a caller past its deadline no longer waited for (benchmarks/decompose_deadline.py).
+    check_stop(stop, "decomposition stopped before it began")
     z = resample(x, sr, msr)  # [C, T']
     spec = model.stft(z)  # [C, F, N] complex
     mag = spec.abs()  # [C, F, N]
     level = model.level(mag)  # [C, 1, N]
     feats = model.features(spec)  # [C, F, N]
-    h = model.encode(feats, stop=lambda: check_stop(stop, "decomposition stopped while encoding"))  # [C, U, N], in units of the level
+    check_stop(stop, "decomposition stopped before encoding")
+    h = model.encode(feats, stop=lambda: check_stop(stop, "decomposition stopped while encoding"))  # [C, U, N], level units
     atoms = model.dictionary()  # [U, F, L]
     check_stop(stop, "decomposition stopped before the fit")
     if fit_steps:
@@ -385,7 +387,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     explained, bins, waves = None, None, None
     if group == "band":
         explained = model.magnitudes(h[:, active], atoms[active]) if active else None  # [C, F, N]
-        groups, labels, bins, g_energy = (_band_split(model, h, atoms, explained, weight, share_weight, active,
+        groups, labels, bins, g_share = (_band_split(model, h, atoms, explained, weight, share_weight, active,
                                                       n_groups, ACTIVE_SHARE * total, sr) if active else ([], [], [], []))
     else:
         groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
@@ -402,11 +404,11 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
             labels = ["cluster"] * len(groups)
         # the sum of the units' shares: cheap, no group spectrogram is formed twice
         unit_share = model.unit_projections(h, share_weight, atoms)  # [U]
-        g_energy = [float(unit_share[g].sum()) for g in groups]
+        g_share = [float(unit_share[g].sum()) for g in groups]
 
     # Pick the top-k by that share; the final order is by the energy attributed to each waveform.
-    # (By the units' masked energies alone, --top 3 kept the 1st, 2nd and 4th components.)
-    order = np.argsort(g_energy, kind="stable")[::-1]
+    # (By the units' masked energies alone, --top 3 kept clusters 1, 3 and 5: test_top_k_keeps_...)
+    order = np.argsort(g_share, kind="stable")[::-1]
     if top_k is not None:
         order = order[:top_k]
     groups = [groups[i] for i in order]

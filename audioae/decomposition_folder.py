@@ -256,10 +256,11 @@ def _listed(out: Path) -> set[str] | None:
     it lists none (an older client's folder): every file of a decomposition's names then."""
     try:
         summary = json.loads((out / "summary.json").read_text())
-        files = {entry["file"] for entry in summary["components"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        # a decomposition saved without audio (client --no-audio) lists components but no files
+        files = {entry.get("file") for entry in summary["components"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")} - {None}
+    return (files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")}) - {None}
 
 
 def _swap_in(out: Path, stage: Path) -> None:

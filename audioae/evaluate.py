@@ -194,11 +194,13 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
         notes.append(f"{cinfo.channels} channels: scored on the mono mixdown")
     est = _mono_at(enhanced, sr, len(ref), cinfo.channels, notes, "enhanced", read)
     n = min(len(ref), len(est))  # the enhanced file's own scores: the noisy one never crops them
-    mix = None if noisy is None else _mono_at(noisy, sr, len(ref), cinfo.channels, notes, "noisy", read)
+    mix = None if noisy is None else _mono_at(noisy, sr, None, cinfo.channels, notes, "noisy", read)
+    if mix is not None and len(mix) > n:
+        notes.append(f"noisy has {len(mix)} samples, clean and enhanced {n}: compared over the shorter")
     with _metric_warnings_as(notes):
         if mix is None or len(mix) >= n:
             res = score(est[:n], ref[:n], sr, None if mix is None else mix[:n])
-        else:  # was: every metric over the noisy file's length (16.1 dB read 19.1 dB)
+        else:  # was: every metric over the noisy file's length
             res = score(est[:n], ref[:n], sr)
             m = len(mix)
             if m < SI_SDR_MIN_SECONDS * sr:
@@ -208,7 +210,8 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
             else:
                 notes.append(f"SI-SDRi over the first {m / sr:.2f} s, as long as the noisy file; the other "
                              f"scores over {n / sr:.2f} s")
-                res["si_sdr_i"] = si_sdr_improvement(est[:m], ref[:m], mix, sr)
+                res["si_sdr_i"] = si_sdr_improvement(est[:m], ref[:m], mix, sr,
+                                                     label=f"SI-SDRi (over the noisy file's first {m / sr:.2f} s)")
     return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes}
 
 

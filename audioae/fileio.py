@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,6 +179,19 @@ def holder_of(folder: Path, lock_name: str) -> str | None:
         os.close(fd)
 
 
+def _flock_exclusive(fcntl, fd: int, tries: int = 3) -> None:
+    """``LOCK_EX | LOCK_NB`` on ``fd``, tried a few times 10 ms apart: :func:`holder_of`'s shared
+    probe of a free folder holds the lock for an instant, and a job starting then was refused."""
+    for left in range(tries - 1, -1, -1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not left:
+                raise
+            time.sleep(0.01)
+
+
 @contextmanager
 def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHeld] = FolderHeld) -> Iterator[None]:
     """Hold ``folder`` exclusively while the block runs: an ``flock`` on ``folder/lock_name``,
@@ -203,7 +217,7 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
         except PermissionError as exc:
             fd, theirs = _open_theirs(folder, path, exc), True
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_exclusive(fcntl, fd)
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)

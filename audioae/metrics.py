@@ -56,14 +56,15 @@ def _silence(x: np.ndarray) -> str | None:
     return None
 
 
-def si_sdr_score(estimate: np.ndarray, reference: np.ndarray, sr: int, also: str = "") -> float:
+def si_sdr_score(estimate: np.ndarray, reference: np.ndarray, sr: int, also: str = "", label: str = "") -> float:
     """:func:`si_sdr` of one mono pair for ``audioae eval``; NaN (and a logged reason) where it is
     undefined: a pair shorter than :data:`SI_SDR_MIN_SECONDS` (a handful of samples decides the
     score, and one sample has none once its mean is removed), or a silent reference (the target is
     nothing: the score would be ``eps / eps``, 0 dB, or about -100 dB). Its ``eps`` is scaled to the
     reference's energy, so that a quiet reference scores as a loud one would. ``also``: a metric
-    that the missing score takes with it, named in the reason."""
-    what = f"SI-SDR (and so {also})" if also else "SI-SDR"
+    that the missing score takes with it, named in the reason; ``label``: what the reason names
+    instead (a score of another span than the pair's)."""
+    what = label or (f"SI-SDR (and so {also})" if also else "SI-SDR")
     if len(reference) < SI_SDR_MIN_SECONDS * sr:
         log.warning("%s could not score this pair: %d samples at %d Hz, shorter than one %.0f ms frame (%d samples)",
                     what, len(reference), sr, 1000 * SI_SDR_MIN_SECONDS, math.ceil(SI_SDR_MIN_SECONDS * sr))
@@ -160,12 +161,12 @@ def score(estimate: np.ndarray, reference: np.ndarray, sr: int, noisy: np.ndarra
 
 
 def si_sdr_improvement(estimate: np.ndarray, reference: np.ndarray, noisy: np.ndarray, sr: int,
-                       estimate_sdr: float | None = None) -> float:
+                       estimate_sdr: float | None = None, label: str = "") -> float:
     """SI-SDR of ``estimate`` minus that of ``noisy``, both against ``reference`` (``estimate_sdr``:
     the first, when already scored over these samples); NaN where either is undefined, the reason
-    logged once (the estimate's by :func:`si_sdr_score`)."""
+    logged once (the estimate's by :func:`si_sdr_score`, named ``label`` when given)."""
     if estimate_sdr is None:
-        estimate_sdr = si_sdr_score(estimate, reference, sr, also="SI-SDRi")
+        estimate_sdr = si_sdr_score(estimate, reference, sr, also="SI-SDRi", label=label)
     if not math.isfinite(estimate_sdr):  # said already, for both
         return math.nan
     silent = _silence(noisy)

@@ -719,13 +719,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    fam = family(run.model)  # before the folder: a bad config leaves none
-    try:
-        config = fam.config(**typed_fields(fam.config, run.model_config, "[model.config]"))
-    except ValueError as exc:  # the config's own checks ("hidden must be positive") name the key alone
-        text = str(exc)
-        raise ValueError(text if text.startswith("[model.config]") else f"[model.config] {text}") from None
-    model = build_model(run.model, config)
+    # before the folder: a bad config leaves none
+    model = build_model(run.model, _section(family(run.model).config, run.model_config, "model.config"))
     if not takes_audio(model):
         raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
@@ -896,11 +891,15 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                           "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {})}
             if validating:
                 record["val"] = validate(evaluated, val_set, tc.metrics)
-                if not math.isfinite(record["val"]["si_sdr"]):  # NaN only from a non-finite output (eps: silence)
+                # NaN only from a non-finite output (eps keeps silence finite). Rank 0 alone validates:
+                # under DDP the other ranks wait in their next all-reduce until torchrun ends them.
+                if not math.isfinite(record["val"]["si_sdr"]):
                     raise FloatingPointError(
                         f"{out}: at step {step} the model's output on the validation set is not finite (SI-SDR "
                         f"{record['val']['si_sdr']}): its weights no longer work (train.lr {tc.lr} too high?). "
-                        f"best.safetensors, if written, holds the best weights before that")
+                        f"best.safetensors, if written, holds the best weights before that; last.safetensors may "
+                        f"hold broken ones, so start again with --no-resume, or from best.safetensors with "
+                        f"--set train.init_from=... and another --out")
                 if record["val"][tc.select_by] > best:
                     best = record["val"][tc.select_by]
                     save_checkpoint(evaluated, out / "best.safetensors",

@@ -231,12 +231,13 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
 
 
 def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited: no such process, or a zombie (where nothing reaps orphans)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    with contextlib.suppress(OSError):  # a zombie child of this process: gone all the same
-        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     return False
 
 
@@ -253,7 +254,7 @@ def test_a_job_stopped_by_a_signal_to_it_alone_leaves_no_worker_writing(tmp_path
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (128 + sig if sig == signal.SIGTERM else -sig), err[-2000:]
-    deadline = time.monotonic() + 120  # b.wav alone takes longer than this: its worker must not finish it
+    deadline = time.monotonic() + 120  # to wait for its exit; an orphan went on and finished b.wav in seconds
     while not _gone(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(worker), "b.wav's worker outlived its job"

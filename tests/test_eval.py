@@ -255,10 +255,9 @@ def test_a_channel_mismatch_and_a_silent_output_are_noted_beside_their_file(fold
 
 
 def test_a_shorter_or_silent_or_missing_noisy_file_touches_only_the_si_sdr_improvement(folders, capsys):
-    """--noisy cropped every metric to the noisy file's length (a.wav's SI-SDR 16.1 dB read 19.1
-    dB with a 1 s noisy file of a 4 s pair, and a 400-sample one blanked every score); a silent
-    noisy file was said of "the estimate", beside the SI-SDR shown; a missing one left the key
-    out of the JSON row (null, the docs say)."""
+    """--noisy cropped every metric to the noisy file's length (and a noisy file shorter than a
+    frame blanked every score); a silent noisy file was said of "the estimate", beside the SI-SDR
+    shown; a missing one left the key out of the JSON row (null, the docs say)."""
     dirs, truth = folders
     plain = {f["file"]: f for f in evaluate_folders(dirs["clean"], dirs["enhanced"])["files"]}
     x, _ = sf.read(dirs["noisy"] / "a.wav", dtype="float32")

@@ -583,3 +583,22 @@ def test_a_rerun_removes_the_models_the_earlier_report_wrote_and_no_one_elses(tm
     assert "also holds mine.safetensors, photo-nearest.safetensors, not written by this run" in err
     assert (models / "photo-nearest.safetensors").read_bytes() == b"my own now"
     assert (tmp_path / "victim.safetensors").is_file()
+
+
+def test_a_failed_rerun_removes_none_of_the_earlier_reports_models(tmp_path, monkeypatch, capsys):
+    """A rerun that failed at any step removed the earlier report's models it had not written yet."""
+    from audioae.images import experiments
+
+    out = tmp_path / "r"
+    tiny = ["digit_steps=3", "photo_steps=3", "linear_steps=3", "linear_fine_steps=0", "patches_per_image=4",
+            'sparse_runs=[["l1",0.01]]', "perturb_scales=[1.0]", "gaussian_samples=24", "code_sizes=[2]", "map_code_dim=2"]
+    args = ["images", "report", "-o", str(out), "--quick", "--threads", "1", *[a for t in tiny for a in ("--set", t)]]
+    assert main(args) == 0
+    before = sorted(p.name for p in (out / "models").glob("*.safetensors"))
+
+    def broken(*a, **k):
+        raise OSError("the photographs went away")
+
+    monkeypatch.setattr(experiments, "load_photos", broken)
+    assert main(args) == 2
+    assert sorted(p.name for p in (out / "models").glob("*.safetensors")) == before and before

@@ -147,8 +147,9 @@ def test_family_weights_name_an_existing_subfolder_and_are_not_negative(tmp_path
     root = _noise_tree(tmp_path / "noise")
     with pytest.raises(ValueError, match=r"no family \(subfolder\) \['babel'\]; there are \['babble', 'hum'\]"):
         folder_source(root, 8000, {"babel": 2.0})
-    with pytest.raises(ValueError, match="numbers >= 0"):
-        folder_source(root, 8000, {"hum": -1.0})
+    for bad in (-1.0, float("inf"), float("nan")):  # inf was taken: NaN draw probabilities
+        with pytest.raises(ValueError, match="finite numbers >= 0"):
+            folder_source(root, 8000, {"hum": bad})
     with pytest.raises(ValueError, match="every clip has weight 0"):
         folder_source(root, 8000, {"hum": 0, "babble": 0})
 

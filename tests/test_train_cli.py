@@ -64,7 +64,9 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.steps.x=1", "train.steps is a value, not a section"),
                                                 ("steps=5", "needs section.key=value"),
                                                 ("model.config=3", "[model.config] table"),
-                                                ("model.config.hidden=0", "hidden must be positive, got 0"),
+                                                ("model.config.hidden=0", "[model.config] hidden must be positive, got 0"),
+                                                ("train.stepz=3", "[train] has no key(s) ['stepz'] (did you mean 'steps'?)"),
+                                                ("model.config.hidden=\"x\"", "[model.config] hidden = 'x': expected int"),
                                                 ("model.config.sample_rate=0", "sample_rate must be positive"),
                                                 # was accepted: a negative clip turned every step around
                                                 ("train.grad_clip=-1", "train.grad_clip must be > 0, got -1"),

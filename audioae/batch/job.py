@@ -204,6 +204,7 @@ def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
     ``out`` (``-o rec`` while another runs ``-o rec/day1``), or into a folder among ``out``'s
     outputs. Each held its own folder, and the two wrote the same .part files and failed each
     other's files ("cannot write the output (No such file or directory)")."""
+    out = out.resolve()  # the tasks' outputs are resolved paths: a relative -o matched none of them
     folders = {p for t in tasks for p in Path(t.output).parents if p != out and out in p.parents}
     for folder in (*out.parents, *sorted(folders)):
         pid = holder_of(folder, LOCK_NAME)

@@ -165,10 +165,12 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
         free = shutil.disk_usage(Path(task.output).parent).free
     except OSError:
         free = None
-    if free is not None and free < FULL_DISK_BYTES:  # libsndfile's "System error." says nothing more
-        return WriteError(f"{task.output}: cannot write the output: the disk holding it is full ({free // 1024} kB free)")
+    full = free is not None and free < FULL_DISK_BYTES
     reason = sound_error_reason(exc, path=part_path(task.output), writing=True)
-    return WriteError(f"{task.output}: cannot write the output ({reason})")
+    if full and (reason == "System error." or getattr(exc, "errno", None) == errno.ENOSPC):  # says nothing more
+        return WriteError(f"{task.output}: cannot write the output: the disk holding it is full ({free // 1024} kB free)")
+    note = f"; the disk holding it is full ({free // 1024} kB free)" if full else ""
+    return WriteError(f"{task.output}: cannot write the output ({reason}){note}")
 
 
 def _error_text(exc: Exception) -> str:

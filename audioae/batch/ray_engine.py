@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -170,10 +172,16 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     started = False
     if not ray.is_initialized():
         _check_reachable(address)
+        # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
+        # job as Ctrl-C does (audioae.cli): put the caller's back.
+        caller = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError) as exc:
             raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+        finally:
+            if caller is not None:
+                signal.signal(signal.SIGTERM, caller)
         started = True
     try:
         _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address is not None)

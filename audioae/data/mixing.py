@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import multiprocessing
 import queue
 import shutil
@@ -87,9 +88,9 @@ def folder_source(folder: str | Path, sr: int, family_weights: Mapping[str, floa
     unknown = sorted(set(weights) - families)
     if unknown:
         raise ValueError(f"{folder}: no family (subfolder) {unknown}; there are {sorted(families)}")
-    bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and v >= 0)}
+    bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and 0 <= v < math.inf)}
     if bad:
-        raise ValueError(f"family weights must be numbers >= 0, got {bad}")
+        raise ValueError(f"family weights must be finite numbers >= 0, got {bad}")
     per_clip = [float(weights.get(f, 1.0)) for f in family_of]
     return Source([c for _, c in pairs], name=str(folder), weights=per_clip)
 

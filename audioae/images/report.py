@@ -5,9 +5,10 @@
 - ``summary.md``   the headline numbers as short tables;
 - ``models/*.safetensors`` every trained model, in the registry's checkpoint format.
 
-A rerun into the same folder replaces the earlier report: the models the earlier ``report.json``
-lists and this run does not write again are removed (all of them with ``save_models=False``);
-other files in ``models/`` are left where they are, and named.
+A rerun into the same folder replaces the earlier report: once every experiment has run, the
+models the earlier ``report.json`` lists and this run does not write again are removed (all of
+them with ``save_models=False``); other files in ``models/`` are left where they are, and named.
+A run that fails removes none.
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
             save_checkpoint(model, out / "models" / f"{name}.safetensors", MODEL_EXTRA)
         numbers["models"] = sorted(f"models/{name}.safetensors" for name in models)
 
-    def write_numbers() -> dict:
-        if not cleared:  # the first time: this run's models are written, its numbers not yet
+    def write_numbers(finished: bool = True) -> dict:
+        # Once, when every experiment ran: a failed run leaves the earlier report's models (its
+        # report.json no longer lists them; the next run names them as others' files).
+        if finished and not cleared:
             _clear_earlier_models(out, earlier, numbers.get("models", []), say)
             cleared.append(True)
         numbers["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
@@ -161,7 +164,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
         numbers["failed"] = {"experiment": running[0], "error": f"{type(exc).__name__}: {exc}"}
         if save_models:
             write_models()
-        write_numbers()
+        write_numbers(finished=False)
         say(f"{running[0]} failed; the numbers so far are in {out / 'report.json'} and {out / 'summary.md'}"
             + (f", the models so far in {out / 'models'}" if save_models and models else ""))
         raise
