@@ -353,3 +353,27 @@ def test_a_driver_killed_between_an_outputs_rename_and_its_line_leaves_it_record
             if _alive(pid, started):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_ends_a_ray_job_as_ctrl_c_does(tmp_path):
+    """ray.init put its own SIGTERM handler (sys.exit) in place of the CLI's: `kill` of a Ray job
+    exited 15 without a word, where the local engine's job ends as Ctrl-C does (exit 143)."""
+    from test_batch_crash import _job_env, _started, _wait_for
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    sf.write(src / "b.wav", 0.1 * np.random.default_rng(0).standard_normal(16000 * 300).astype(np.float32), 16000,
+             subtype="PCM_16")  # its reads slowed (_job_env): still under way when the signal comes
+    env = {k: v for k, v in _job_env(src).items() if k != "RAY_ADDRESS"}  # its own local Ray
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--engine", "ray",
+           "--model", str(ckpt), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker", seconds=240)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "interrupted" in err
