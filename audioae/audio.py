@@ -219,20 +219,19 @@ _DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)
 PLACEHOLDER_SIZES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
 
 
-def cut_short(f: sf.SoundFile, name: str) -> str:
-    """A note for a file whose header claims more audio than it holds, "" for any other: a copy
-    cut short (an interrupted download or card copy), whose complete original may still exist.
-    libsndfile reads the samples that are there and logs the claim."""
+def cut_short(f: sf.SoundFile) -> tuple[int, int] | None:
+    """``(claimed, held)`` bytes of audio for a file whose header claims more than it holds, None
+    for any other: a copy cut short (an interrupted download or card copy), whose complete
+    original may still exist. libsndfile reads the samples that are there and logs the claim."""
     claim = _DATA_CLAIM.search(f.extra_info)
     if claim is None:
-        return ""
+        return None
     claimed, held = int(claim[1]), int(claim[2])
     if any(lo <= claimed <= hi for lo, hi in PLACEHOLDER_SIZES):
-        return ""
+        return None
     if claimed - held < 64:  # a missing pad byte, or a frame's few bytes: nothing a person lost
-        return ""
-    return (f"{name}: its header claims {claimed:,} bytes of audio but the file holds {held:,} (a copy cut "
-            f"short?): denoised the {f.frames / f.samplerate:.2f} s it holds")
+        return None
+    return claimed, held
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:

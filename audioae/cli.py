@@ -97,10 +97,14 @@ def _server_address(text: str) -> str:
     return text
 
 
-def _model_given(spec: str | None, option: str = "--model") -> str | None:
+def _model_given(spec: str | None, option: str = "--model", served: bool = False) -> str | None:
     """``spec`` as given on the command line, None when it was not. An empty one is refused, not
-    read as "not given": ``--model "$MODEL"`` with ``MODEL`` unset loaded the default model unsaid."""
+    read as "not given": ``--model "$MODEL"`` with ``MODEL`` unset loaded the default model unsaid.
+    ``served``: a name on a server (the client's), not a shipped model or a file here."""
     if spec == "":
+        if served:
+            raise ValueError(f"{option}: the model name is empty (an unset shell variable?); name a served model "
+                             f"(audioae client models lists them), or omit {option} for the server's default")
         from .pretrained import empty_name_error
 
         raise ValueError(f"{option}: {empty_name_error()}")
@@ -304,6 +308,8 @@ def _check_json_out(path: str | None) -> None:
     # Before minutes of scoring, not after: the report is renamed into place in its folder,
     # which is made if new, so the nearest folder that exists must take new files.
     here = nearest_existing(Path(path).absolute().parent)
+    if here.is_symlink() and not here.exists():
+        raise ValueError(f"--json {path}: cannot write the report there ({here} is a link to nothing)")
     if not (here.is_dir() and os.access(here, os.W_OK | os.X_OK)):  # a file there takes no folder either
         raise ValueError(f"--json {path}: cannot write the report there ({here} takes no new files: "
                          f"read-only, or no permission)")
@@ -689,9 +695,7 @@ def _cmd_client(args) -> int:
     from .client import DEFAULT_MESSAGE_MB, Client, read_tokens
 
     # Before anything is read or sent. Not given is None; given empty is refused.
-    if getattr(args, "model", None) == "":
-        raise ValueError("--model: the model name is empty (an unset shell variable?); name a served model "
-                         "(audioae client models lists them), or omit --model for the server's default")
+    _model_given(getattr(args, "model", None), served=True)
     _out_given(getattr(args, "out", None), "-o", "name the output, or omit -o for the default beside the input")
     token = read_tokens(args.token_file)[0] if args.token_file else None  # the server's own parser
     mb = DEFAULT_MESSAGE_MB if args.max_message_mb is None else args.max_message_mb

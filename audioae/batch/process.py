@@ -107,7 +107,10 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> str:
     if f.frames == 0:
         raise empty_audio(task.input, task.input if data is None else data)
     check_mpeg_length(task.input if data is None else data, f.format, f.frames, f.samplerate, task.input)
-    return cut_short(f, task.input)
+    if (sizes := cut_short(f)) is None:
+        return ""
+    return (f"{task.input}: its header claims {sizes[0]:,} bytes of audio but the file holds {sizes[1]:,} (a copy "
+            f"cut short?): denoised the {f.frames / f.samplerate:.2f} s it holds")
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
