@@ -263,6 +263,22 @@ def _listed(out: Path) -> set[str] | None:
     return (files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")}) - {None}
 
 
+def refuse_theirs_early(held: Claim, residual: bool, figure: bool) -> None:
+    """Before the work: refuse a folder where the fixed names this decomposition will write
+    (``residual.wav`` with waveforms, ``decomposition.png`` with a figure) hold files the earlier
+    decomposition did not write, instead of after minutes of computing (:func:`_swap_in` refuses
+    the component names, known only then)."""
+    names = [n for n, wanted in (("residual.wav", residual), ("decomposition.png", figure)) if wanted]
+    listed = _listed(held.path)
+    if listed is None:  # no decomposition here: claim's _refuse_theirs has checked every such name
+        return
+    theirs = [n for n in names if os.path.lexists(held.path / n) and n not in listed]
+    if theirs:
+        raise ValueError(f"refusing to replace {', '.join(theirs)} in {held.path}: the earlier decomposition there "
+                         f"did not write {'them' if len(theirs) > 1 else 'it'}; move "
+                         f"{'them' if len(theirs) > 1 else 'it'} away, or choose another folder")
+
+
 def _swap_in(out: Path, stage: Path) -> None:
     # Only what the earlier decomposition wrote is replaced: someone's 2024_take.wav or
     # decomposition.png beside it has a decomposition's name but is not one of its files.

@@ -593,8 +593,13 @@ def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path, capsys):
     assert main([*base, "--top", "3"]) == 0
     assert all(f.read_bytes() == b"mine" for f in theirs)
     capsys.readouterr()
-    assert main([*base, "--top", "3", "--plot"]) == 2
-    assert "refusing to replace decomposition.png in" in capsys.readouterr().err
+    import audioae.decompose as decompose_module
+
+    computed = []
+    with pytest.MonkeyPatch.context() as mp:  # refused before the work (a fixed name), not after it
+        mp.setattr(decompose_module, "decompose", lambda *a, **k: computed.append(1))
+        assert main([*base, "--top", "3", "--plot"]) == 2
+    assert "refusing to replace decomposition.png in" in capsys.readouterr().err and not computed
     assert (out / "decomposition.png").read_bytes() == b"mine" and not list(out.glob(".audioae-*"))
     assert len(json.loads((out / "summary.json").read_text())["components"]) == 3  # the earlier result stays
 
