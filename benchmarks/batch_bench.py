@@ -111,8 +111,9 @@ def peak_rss_mb(args: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/audioae-batch-bench", help="scratch folder (deleted first)")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--work", default="/tmp", help="where the scratch folder audioae-batch-bench/ goes (it is "
+                                                   "deleted before and after; nothing else there is touched)")
     ap.add_argument("--files", type=int, default=48, help="medium files")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each medium file")
     ap.add_argument("--small-files", type=int, default=200, help="1-second files (per-file overhead)")
@@ -123,7 +124,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "batch.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    work = Path(args.work)
+    # A folder of its own under --work: `--work victim` deleted victim and everything in it.
+    work = Path(args.work) / "audioae-batch-bench"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model, model_desc = make_model(work)

@@ -149,9 +149,14 @@ def build_methods(model_spec: str | None, names: list[str] | None) -> tuple[dict
 # Quality
 
 
+FULL_RUN = Path("benchmarks/results/denoise.json")
+
+
 def load_testset(folder: Path, limit: int | None = None) -> tuple[list[dict], int]:
     meta = json.loads((folder / "meta.json").read_text())
-    items = meta["mixtures"][:limit] if limit else meta["mixtures"]
+    items = meta["mixtures"]
+    if limit is not None and limit < len(items):  # spread over the set: its rows are sorted by noise and SNR
+        items = [items[i] for i in np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))]
     return items, int(meta["sample_rate"])
 
 
@@ -300,14 +305,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="shipped model name or .safetensors path (omit: peers only)")
     ap.add_argument("--testset", type=Path, default=Path("corpus/test/mixtures"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/denoise.json"))
+    ap.add_argument("--out", type=Path, help=f"JSON (and .md beside it) to write (default: {FULL_RUN}, the card's "
+                                              f"full run; with --limit, give one)")
     ap.add_argument("--methods", help="comma-separated subset of audioae,rnnoise,noisereduce_stationary,"
                                       "noisereduce_nonstationary,unprocessed")
-    ap.add_argument("--limit", type=int, help="score only the first N mixtures (quick checks)")
+    ap.add_argument("--limit", type=int, help="score only N mixtures, spread over the set (quick checks)")
     ap.add_argument("--speed-seconds", type=float, default=60.0)
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--no-speed", action="store_true")
     args = ap.parse_args(argv)
+    for name in ("limit", "speed_repeats"):  # --limit 0 scored everything, --speed-repeats 0 failed after it
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.out is None:
+        if args.limit:  # a quick check replaced the full run the model card quotes
+            ap.error(f"--limit scores part of the test set: give --out (the default, {FULL_RUN}, holds the full run)")
+        args.out = FULL_RUN
     if not (args.testset / "meta.json").is_file():  # was a FileNotFoundError traceback
         ap.error(f"--testset {args.testset}: no meta.json there; build the corpus first "
                  f"(python recipes/build_corpus.py --ready, docs/corpus.md)")

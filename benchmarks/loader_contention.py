@@ -25,6 +25,7 @@ import platform
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ import torch
 from audioae.data.mixing import MixConfig, Mixer, mixed_batches
 from audioae.fileio import atomic_write_json
 from audioae.train import _sources, load_run_config
+
+REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
 
 
 def microseconds_per_op(ops: int) -> float:
@@ -42,7 +45,7 @@ def microseconds_per_op(ops: int) -> float:
     return (time.perf_counter() - t) / ops * 1e6
 
 
-def python_ops_per_step(config: str = "configs/denoiser-small-gpu.toml", batch: int = 4) -> int:
+def python_ops_per_step(config: str = str(REPO / "configs" / "denoiser-small-gpu.toml"), batch: int = 4) -> int:
     """Top-level operations of one forward-and-losses pass of the shipped model under the GPU
     phase's loss (the same count at any batch size)."""
     from torch.profiler import ProfilerActivity, profile
@@ -84,8 +87,8 @@ def run_mode(mode: str, mixers: list[Mixer], batch: int, batches: int, ops: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/denoiser-small-s8.toml", help="run config whose [data] is mixed")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small-s8.toml"), help="run config whose [data] is mixed")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--batches", type=int, default=40)

@@ -20,18 +20,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
+from pathlib import Path
 
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
+from audioae.pretrained import resolve
 from audioae.train import grown_like, load_run_config, make_validation_set, validate
+
+REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--config", default="configs/denoiser-small.toml", help="run config whose [data] gives the val split")
+    ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small.toml"), help="run config whose [data] gives the val split")
     ap.add_argument("--examples", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--mask-power", type=float, nargs="*", default=[], help="also score these mask powers")
@@ -44,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.examples < 1:
         ap.error(f"--examples must be at least 1, got {args.examples}")
+    if not all(0 < p < math.inf for p in args.mask_power):  # was the model config's traceback, after a scoring
+        ap.error(f"--mask-power values must be finite numbers above 0, got {args.mask_power}")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha):
         ap.error(f"--alpha values must be within [0, 1], got {args.alpha}")
     if args.base and not args.alpha:  # was: ignored in silence
@@ -52,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--alpha needs --base")
     torch.set_num_threads(args.threads)
     try:
-        models = {path: load_checkpoint(path).eval() for path in args.checkpoints}
-        base = load_checkpoint(args.base) if args.base else None
+        # a shipped name too, as every audioae command takes one
+        models = {path: load_checkpoint(resolve(path)).eval() for path in args.checkpoints}
+        base = load_checkpoint(resolve(args.base)) if args.base else None
     except CheckpointError as exc:
         ap.error(str(exc))
     rates = {path: getattr(m.config, "sample_rate", None) for path, m in models.items()}

@@ -54,6 +54,8 @@ from audioae.metrics import pesq_wb
 from audioae.spectral import apply_mask
 from audioae.train import load_run_config, make_validation_set, validate
 
+REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
+
 SR = 16000
 
 
@@ -246,12 +248,12 @@ def oracle(model, root: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("what", choices=("split", "postproc", "gate", "swap", "lookahead", "oracle"))
     ap.add_argument("--model", default=None, help="shipped name or .safetensors (default: the shipped denoiser)")
     ap.add_argument("--other", help="swap: the fine-tuned checkpoint whose parts are swapped in")
-    ap.add_argument("--mixtures", type=Path, default=Path("corpus/val/mixtures"))
-    ap.add_argument("--config", default="configs/denoiser-small.toml", help="run config whose [data] gives the val split")
+    ap.add_argument("--mixtures", type=Path, default=REPO / "corpus" / "val" / "mixtures")
+    ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small.toml"), help="run config whose [data] gives the val split")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model = pretrained.load(args.model).eval()

@@ -5,6 +5,7 @@
 # SEED picks the random start and the batches (a replicate: another SEED).
 #   bash recipes/lookahead_probe.sh [OUT] [SEED]
 set -euo pipefail
+case "${1:-}" in -*) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2;; esac  # --help: the usage above
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/la-small}
 SEED=${2:-0}

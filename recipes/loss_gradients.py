@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -21,14 +22,16 @@ from audioae.checkpoint import load_checkpoint
 from audioae.data.mixing import MixConfig, Mixer
 from audioae.train import TrainConfig, _sources, batch_loss, corrupt_batch, load_run_config
 
+REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
+
 TERMS = {"spec": {"spectral_weight": 1.0}, "sisdr_0.002": {"sisdr_weight": 0.002},
          "pesq": {"pesq_weight": 1.0}, "stoi": {"stoi_weight": 1.0}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("checkpoint")
-    ap.add_argument("--config", default="configs/denoiser-small-perceptual.toml")
+    ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small-perceptual.toml"))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

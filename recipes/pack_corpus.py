@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,13 +60,15 @@ def main() -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--quality", type=float, default=0.85)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)  # checked below
     p.add_argument("--measure", type=int, default=0, metavar="N", help="score the first N copies against their sources")
     args = p.parse_args()
     if not 0.0 <= args.quality <= 1.0:  # libsndfile refused every file, and the run exited 0
         p.error(f"--quality must be within [0, 1] (0 best, 1 smallest), got {args.quality}")
     if not args.src.is_dir():
         p.error(f"{args.src}: no such folder")
+    if args.threads < 1 or args.measure < 0:  # was ThreadPoolExecutor's traceback
+        p.error(f"--threads must be at least 1 and --measure at least 0, got {args.threads} and {args.measure}")
     files = list_audio(args.src)
     jobs = [(f, args.dst / f.relative_to(args.src).with_suffix(".ogg")) for f in files]
     with ThreadPoolExecutor(args.threads) as pool:
@@ -81,8 +84,9 @@ def main() -> None:
           + (f" ({skipped} skipped, above)" if skipped else ""))
     if files and skipped == len(files):
         raise SystemExit("pack_corpus: every file was skipped; nothing was written")
-    if args.measure:
-        print(json.dumps(measure(jobs[: args.measure], args.quality)))
+    if args.measure:  # the copies that were written (a skipped file has none)
+        written = [job for job, size in zip(jobs, sizes, strict=True) if size]
+        print(json.dumps(measure(written[: args.measure], args.quality)))
 
 
 def measure(jobs: list[tuple[Path, Path]], quality: float) -> dict:
@@ -101,8 +105,10 @@ def measure(jobs: list[tuple[Path, Path]], quality: float) -> dict:
         if n >= sr:  # PESQ wants a second or more
             pesq.append(pesq_wb(coded[:n], ref[:n], sr))
             sdr.append(si_sdr(coded[:n], ref[:n]))
-    return {"quality": quality, "files": len(jobs), "kbit_per_s": 8 * size / seconds / 1000,
-            "pesq_wb": float(np.mean(pesq)), "si_sdr_db": float(np.mean(sdr)), "scored": len(pesq)}
+    scored = [v for v in pesq if math.isfinite(v)]  # PESQ finds no speech in some noise: NaN, not a score
+    return {"quality": quality, "files": len(jobs), "kbit_per_s": 8 * size / seconds / 1000 if seconds else None,
+            "pesq_wb": float(np.mean(scored)) if scored else None, "pesq_scored": len(scored),
+            "si_sdr_db": float(np.mean(sdr)) if sdr else None, "scored": len(sdr)}
 
 
 if __name__ == "__main__":

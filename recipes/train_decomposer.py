@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -254,7 +255,7 @@ SHIP_INFERENCE = {"topk": 64, "fit_steps": 10}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--out", default="runs/decomposer", help="run folder (checkpoints, progress, log)")
     ap.add_argument("--minutes", type=float, default=22.0, help="training time budget (rounds stop after it)")
     ap.add_argument("--max-rounds", type=int, default=1000)
@@ -270,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ship", action="store_true", help=f"write the result to {SHIPPED}")
     args = ap.parse_args(argv)
+    # Sizes of 0 trained nothing while the log counted steps (--batch-size 0: loss nan, atoms as drawn)
+    # or failed deep inside numpy (--examples 0, --seconds 0).
+    for name in ("round_steps", "examples", "batch_size", "speech_utterances", "max_rounds", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("seconds", "lr", "minutes"):
+        if not 0 < getattr(args, name) < math.inf:
+            ap.error(f"--{name} must be a finite number above 0, got {getattr(args, name)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -329,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                  stats["units_used"], stats["snr_db"], progress["seconds"])
     if args.ship and not progress["steps"]:  # a budget of 0, or a resumed run already spent: random atoms
         log.error("nothing was trained (0 steps): %s is left as it was; give --minutes or --max-rounds", SHIPPED)
+        return 1
+    if args.ship and not (progress["losses"] and math.isfinite(progress["losses"][-1])):
+        log.error("the last round's loss is %s: %s is left as it was", progress["losses"][-1:], SHIPPED)
         return 1
     if args.ship:
         extra = {"steps": progress["steps"], "rounds": progress["round"], "train_seconds": round(progress["seconds"]),
