@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from audioae.audio import read_audio
+from audioae.audio import AudioError, read_audio
 from audioae.decompose import decompose
 from audioae.pretrained import DEFAULT_DECOMPOSER, HERE, load
 
@@ -33,10 +33,15 @@ def in_band_shares(labels: list[str], components: np.ndarray, sr: int) -> dict[s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", nargs="?", default=str(HERE / "examples" / "voice-pink-0dB.wav"))
+    p.add_argument("file", nargs="?", default=str(HERE / "examples" / "voice-pink-0dB.wav"),
+                   help="an audio file (default: the shipped voice-pink-0dB example)")
     args = p.parse_args()
-    wav, sr, _ = read_audio(args.file)
-    dec = decompose(load(DEFAULT_DECOMPOSER), wav, sr, group="band")
+    try:
+        wav, sr, _ = read_audio(args.file)  # missing, a folder, unreadable, empty: said before any work
+        model = load(DEFAULT_DECOMPOSER)
+        dec = decompose(model, wav, sr, group="band")  # its checks of the audio (a rate it cannot take) come first
+    except AudioError as exc:
+        p.error(str(exc))
     for label, share in in_band_shares(dec.labels, dec.components, sr).items():
         print(f"{label:<24} {100 * share:5.1f}% in band")
 

@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_args import count  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from stream_chunks import mixture_names  # the same evenly spaced choice of mixtures
 
 from audioae import enhance
 from audioae.audio import read_audio
+from audioae.checkpoint import CheckpointError
 from audioae.enhance import denoise
 from audioae.fileio import atomic_write_json
 from audioae.metrics import score
@@ -49,14 +51,18 @@ def run(model, pairs: list[tuple[np.ndarray, np.ndarray, int]], gains_db: list[f
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="denoiser-small")
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("--model", default="denoiser-small", help="a shipped model name or a .safetensors path")
     p.add_argument("--mixtures", default="corpus/val/mixtures", help="a folder with noisy/ and clean/")
-    p.add_argument("--count", type=int, default=48, help="mixtures, evenly spaced (0: all)")
+    p.add_argument("--count", type=count, default=48, help="mixtures, evenly spaced (0: all)")
     p.add_argument("--gains-db", type=float, nargs="+", default=[0, -10, -20, -30, -40, -50, -60])
     p.add_argument("--target-db", type=float, default=enhance.LEVEL_TARGET_DB, help="the tracker's target level")
     p.add_argument("--out", default="benchmarks/results/val/input-level.json")
     args = p.parse_args(argv)
+    try:
+        resolve(args.model)
+    except CheckpointError as exc:
+        p.error(f"--model: {exc}")
     folder = Path(args.mixtures)
     names = mixture_names(folder, args.count or 10**9)
     if not names:

@@ -1,4 +1,4 @@
-"""What dynamic int8 quantization of the GRUs would buy on CPU: speed of the network alone and
+r"""What dynamic int8 quantization of the GRUs would buy on CPU: speed of the network alone and
 val quality, against float32, for each checkpoint given.
 
     python benchmarks/int8_gru.py runs/denoiser-small-stage9.safetensors [MORE.safetensors...] \
@@ -22,9 +22,11 @@ import time
 import warnings
 
 import torch
+from bench_args import positive  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
-from audioae.checkpoint import load_checkpoint
+from audioae.checkpoint import CheckpointError, load_checkpoint
 from audioae.fileio import atomic_write_json
+from audioae.pretrained import resolve
 from audioae.train import load_run_config, make_validation_set, validate
 
 
@@ -52,15 +54,19 @@ def forward_speed(variants: dict[str, torch.nn.Module], rounds: int, seconds: fl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("checkpoints", nargs="+", help="shipped model names or checkpoint paths")
+    p.add_argument("--rounds", type=positive, default=5)
     p.add_argument("--quality", action="store_true", help="also score both variants on the 48 val mixtures")
     p.add_argument("--out", default="benchmarks/results/int8-gru.json")
     args = p.parse_args()
+    try:
+        paths = {spec: resolve(spec) for spec in args.checkpoints}  # every one found before any is timed
+    except CheckpointError as exc:
+        p.error(str(exc))
     torch.set_num_threads(1)
     rows = []
     for path in args.checkpoints:
-        model = load_checkpoint(path).eval()
+        model = load_checkpoint(paths[path]).eval()
         variants = {"float32": model, "gru_int8": int8(model, {torch.nn.GRU})}
         row = {"checkpoint": path, "parameters": model.num_parameters(), "hidden": model.config.hidden,
                "forward_x_realtime": forward_speed(variants, args.rounds)}

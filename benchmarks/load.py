@@ -225,7 +225,7 @@ def one_run(label: str, args, model_path: Path, clips: list[bytes], extra: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
     p.add_argument(
         "--model",

@@ -1,4 +1,4 @@
-"""Seconds of audio per second of wall time for several denoisers, timed in turn on one file.
+r"""Seconds of audio per second of wall time for several denoisers, timed in turn on one file.
 
     python benchmarks/model_speed.py MODEL... [--seconds 60] [--rounds 3] \
         [--out benchmarks/results/model-speed.json]
@@ -15,9 +15,12 @@ import argparse
 import statistics
 
 import numpy as np
+from bench_args import positive, positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from denoise_bench import audioae_method, measure_speed  # a sibling script: run as benchmarks/model_speed.py
 
+from audioae.checkpoint import CheckpointError
 from audioae.fileio import atomic_write_json
+from audioae.pretrained import resolve
 
 
 def time_models(names: list[str], seconds: float, rounds: int, sr: int = 16000) -> dict[str, list[float]]:
@@ -34,10 +37,17 @@ def time_models(names: list[str], seconds: float, rounds: int, sr: int = 16000) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="shipped model names or checkpoint paths")
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=positive_seconds, default=60.0)
+    p.add_argument("--rounds", type=positive, default=3)
     p.add_argument("--out", default="benchmarks/results/model-speed.json")
     args = p.parse_args()
+    if int(args.seconds * 16000) < 1:  # time_models' rate: the file would have no sample
+        p.error(f"--seconds {args.seconds:g} is less than one sample at 16000 Hz")
+    for spec in args.models:  # every one found before any is timed
+        try:
+            resolve(spec)
+        except CheckpointError as exc:
+            p.error(str(exc))
     speeds = time_models(args.models, args.seconds, args.rounds)
     res = {"seconds_audio": args.seconds, "rounds": args.rounds, "threads": 1,
            "x_realtime": {n: [round(v, 1) for v in vs] for n, vs in speeds.items()},

@@ -1,4 +1,4 @@
-"""What a sample rate that shares few factors with the model's 16 kHz costs: the size of
+r"""What a sample rate that shares few factors with the model's 16 kHz costs: the size of
 torchaudio's resampling filter for it, the speed of `denoise` on a file at that rate (one thread),
 and the wall time of a 10 ms streaming call (median), against a standard rate.
 
@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 import torch
+from bench_args import positive_seconds, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae import audio
+from audioae.checkpoint import CheckpointError
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.fileio import atomic_write_json
 from audioae.pretrained import load, resolve
@@ -43,13 +45,19 @@ def measure(model, sr: int, seconds: float, limit: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="denoiser-small")
-    p.add_argument("--rates", type=int, nargs="+", default=[44100, 48000, 5512, 47952, 44056])
-    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--model", default="denoiser-small", help="a shipped model name or a .safetensors path")
+    p.add_argument("--rates", type=sample_rate, nargs="+", default=[44100, 48000, 5512, 47952, 44056])
+    p.add_argument("--seconds", type=positive_seconds, default=20.0)
     p.add_argument("--out", default="benchmarks/results/odd-rates.json")
     args = p.parse_args()
+    if int(min(args.rates) * args.seconds) < 1:
+        p.error(f"--seconds {args.seconds:g} is less than one sample at {min(args.rates)} Hz")
+    try:
+        model_path = resolve(args.model)
+    except CheckpointError as exc:
+        p.error(f"--model: {exc}")
     torch.set_num_threads(1)
-    model = load(resolve(args.model))
+    model = load(model_path)
     limit = audio.MAX_RESAMPLE_FILTER_BYTES
     audio.MAX_RESAMPLE_FILTER_BYTES = 10**12  # measure the refused ones too
     rows = []

@@ -1,4 +1,4 @@
-"""Streaming at real-time chunk sizes: the same output as offline, and what each call costs.
+r"""Streaming at real-time chunk sizes: the same output as offline, and what each call costs.
 
     python benchmarks/stream_chunks.py [--model denoiser-small] [--mixtures corpus/val/mixtures] \
         [--count 24] [--chunk-ms 10 20 100] [--rates 16000 48000] \
@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_args import amount, count, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
-from audioae.audio import read_audio
+from audioae.audio import header_shapes, read_audio
+from audioae.checkpoint import CheckpointError
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.fileio import atomic_write_json
 from audioae.metrics import score
@@ -92,17 +94,38 @@ def cost(model, rates: list[int], chunk_ms: list[float], seconds: float) -> list
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="denoiser-small")
+    p.add_argument("--model", default="denoiser-small", help="a shipped model name or a .safetensors path")
     p.add_argument("--mixtures", default="corpus/val/mixtures", help="a folder with noisy/ and clean/ WAVs")
-    p.add_argument("--count", type=int, default=24, help="mixtures scored (0: skip the quality part)")
-    p.add_argument("--chunk-ms", type=float, nargs="+", default=[10.0, 20.0, 100.0])
-    p.add_argument("--rates", type=int, nargs="+", default=[16000, 48000])
-    p.add_argument("--seconds", type=float, default=20.0, help="audio pushed per rate and chunk size for the cost (0: skip the cost part)")
+    p.add_argument("--count", type=count, default=24, help="mixtures scored (0: skip the quality part)")
+    p.add_argument("--chunk-ms", type=lambda t: amount(t, "ms"), nargs="+", default=[10.0, 20.0, 100.0])
+    p.add_argument("--rates", type=sample_rate, nargs="+", default=[16000, 48000])
+    p.add_argument("--seconds", type=lambda t: amount(t, "seconds", zero_ok=True), default=20.0, help="audio pushed per rate and chunk size for the cost (0: skip the cost part)")
     p.add_argument("--out", default="benchmarks/results/stream-chunks.json")
     args = p.parse_args()
+    try:
+        model_path = resolve(args.model)
+    except CheckpointError as exc:
+        p.error(f"--model: {exc}")
+    used_rates = []  # every rate a chunk size is cut at: the mixtures' (from their headers) and --rates
+    if args.count:
+        folder = Path(args.mixtures)
+        names = mixture_names(folder, args.count)
+        if not names:
+            p.error(f"--mixtures: no WAV in {folder / 'noisy'} (build the corpus: recipes/build_corpus.py)")
+        missing = [n for n in names if not (folder / "clean" / n).is_file()]
+        if missing:
+            p.error(f"--mixtures: {len(missing)} of the chosen mixtures have no clean file, e.g. {folder / 'clean' / missing[0]}")
+        used_rates += [shape[2] for shape in header_shapes([folder / "noisy" / n for n in names]) if shape]
+    if args.seconds:
+        used_rates += args.rates
+        if int(args.seconds * min(args.rates)) < 1:
+            p.error(f"--seconds {args.seconds:g} is less than one sample at {min(args.rates)} Hz")
+    for ms in args.chunk_ms:
+        if used_rates and int(min(used_rates) * ms / 1000) < 1:
+            p.error(f"--chunk-ms {ms:g} is less than one sample at {min(used_rates)} Hz")
     torch.set_num_threads(1)  # the cost is per thread; a second thread beside other work only spins
-    model = load(args.model).eval()
-    report = {"model": str(resolve(args.model)), "command": " ".join(["python", *sys.argv])}
+    model = load(model_path).eval()
+    report = {"model": str(model_path), "command": " ".join(["python", *sys.argv])}
     if args.count:
         report["quality"] = quality(model, Path(args.mixtures), args.count, args.chunk_ms)
         print(report["quality"], flush=True)

@@ -21,40 +21,47 @@ from audioae.checkpoint import (
     sidecar_sha256,
 )
 from audioae.config import parse_assignments, typed_fields
+from audioae.pretrained import resolve
 from audioae.train import RESUME_FIXED, grown_like
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("src")
-    p.add_argument("dst")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="the checkpoint to export: a .safetensors path or a shipped model name")
+    p.add_argument("dst", help="the .safetensors file to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config field to change (inference knobs only: the weights must still fit)")
-    p.add_argument("--base", help="interpolate SRC's weights towards this checkpoint's (with --alpha)")
+    p.add_argument("--base", help="interpolate SRC's weights towards this checkpoint's (with --alpha; a path or a "
+                   "shipped model name)")
     p.add_argument("--alpha", type=float, help="weight of SRC in alpha * SRC + (1 - alpha) * BASE")
     args = p.parse_args()
     if (args.base is None) != (args.alpha is None):
         p.error("--base and --alpha go together")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:  # nan fails this too
         p.error(f"--alpha must be within [0, 1], got {args.alpha}")
+    try:  # a shipped name or a path, as elsewhere; a bad one said before anything is read
+        src = resolve(args.src)
+        base = resolve(args.base) if args.base is not None else None
+    except CheckpointError as exc:
+        p.error(str(exc))
     dst = Path(args.dst).resolve()
-    for name, path in (("SRC", args.src), ("--base", args.base)):
-        if path is not None and dst == Path(path).resolve():
-            p.error(f"DST is {name} ({path}): an export writes a new file and never replaces a checkpoint it reads")
+    for name, given, path in (("SRC", args.src, src), ("--base", args.base, base)):
+        if path is not None and dst == path.resolve():
+            p.error(f"DST is {name} ({given}): an export writes a new file and never replaces a checkpoint it reads")
     if dst.is_dir():
         p.error(f"DST {args.dst} is a folder; name the .safetensors file to write")
     try:
-        model = load_checkpoint(args.src)
+        model = load_checkpoint(src)
         changes = typed_fields(type(model.config), parse_assignments(args.overrides),
                                f"--set: {type(model.config).__name__}")
-        extra = checkpoint_extra(args.src)
-        if args.base:
-            base = load_checkpoint(args.base)
-            if base.registry_name != model.registry_name:
-                p.error(f"--base {args.base} is a {base.registry_name} model and SRC a {model.registry_name} one")
-            model = interpolate_weights(model, grown_like(model, base), args.alpha)
+        extra = checkpoint_extra(src)
+        if base is not None:
+            base_model = load_checkpoint(base)
+            if base_model.registry_name != model.registry_name:
+                p.error(f"--base {args.base} is a {base_model.registry_name} model and SRC a {model.registry_name} one")
+            model = interpolate_weights(model, grown_like(model, base_model), args.alpha)
             extra = {**extra, "interpolated": {"base": args.base, "alpha": args.alpha,
-                                               "base_trained": checkpoint_extra(args.base)}}
+                                               "base_trained": checkpoint_extra(base)}}
     except (CheckpointError, ValueError, OSError) as exc:  # a missing file, a base that does not fit
         p.error(str(exc))
     signal = sorted(set(changes) & set(RESUME_FIXED))  # the weights would load, and hear another signal
