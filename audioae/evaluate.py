@@ -196,7 +196,7 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
     n = min(len(ref), len(est))  # the enhanced file's own scores: the noisy one never crops them
     mix = None if noisy is None else _mono_at(noisy, sr, None, cinfo.channels, notes, "noisy", read)
     if mix is not None and len(mix) > n:
-        notes.append(f"noisy has {len(mix)} samples, clean and enhanced {n}: compared over the shorter")
+        notes.append(f"noisy has {len(mix)} samples, the scored pair {n}: compared over the shorter")
     with _metric_warnings_as(notes):
         if mix is None or len(mix) >= n:
             res = score(est[:n], ref[:n], sr, None if mix is None else mix[:n])

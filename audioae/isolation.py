@@ -57,11 +57,10 @@ def _exit_when_orphaned(parent: int) -> None:
 def _serve_calls(conn, parent: int) -> None:
     """A worker's loop: ``(fn, args, kwargs)`` in, ``("ok", result)`` or ``("raised", exception)``
     out, one call at a time, until the parent closes its end (or dies: :func:`_exit_when_orphaned`)."""
-    # Ctrl-C reaches the whole process group, and so does a service manager's SIGTERM; the parent
-    # decides when a worker stops (it closes the pipe, or kills a busy one), so a worker neither
-    # dies mid-call (its file taken for one it crashed on) nor prints a traceback.
+    # Ctrl-C reaches the whole process group; the parent decides when a worker stops (it closes
+    # the pipe, or kills a busy one), so a worker neither dies mid-call nor prints a traceback.
+    # (SIGTERM stays: multiprocessing ends daemon children with it at exit, and waits for them.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="orphan-watch").start()
     while True:
         try:

@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     val_set = None
     for path, loaded in models.items():
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate
-            val_set = make_validation_set(loaded, data, seed=args.seed)
+            try:  # the config's corpus folders are read from the current folder (the repo root, as a rule)
+                val_set = make_validation_set(loaded, data, seed=args.seed)
+            except (FileNotFoundError, ValueError) as exc:
+                ap.error(f"--config {args.config}: {exc}")
         try:
             start = grown_like(loaded, base) if base is not None else None  # once per checkpoint, for every alpha
         except ValueError as exc:  # a base of another family or a larger one

@@ -5,6 +5,8 @@
 # feeds which split is listed in recipes/build_corpus.py (PACKAGE_SOURCES) and docs/corpus.md.
 # Reserved for evaluation only (test split): asterisk-core-sounds-{fr,it,ru}-g722, openttd-opensfx.
 set -eu
+usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
+case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac
 
 TOOLS="ffmpeg espeak-ng flite festival"
 

@@ -5,7 +5,8 @@
 # SEED picks the random start and the batches (a replicate: another SEED).
 #   bash recipes/lookahead_probe.sh [OUT] [SEED]
 set -euo pipefail
-case "${1:-}" in -*) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2;; esac  # --help: the usage above
+usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
+case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/la-small}
 SEED=${2:-0}

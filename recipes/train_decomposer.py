@@ -336,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("round %d: steps %d loss %.5f lr %.2e active units/frame %.1f, units used %d, mag SNR %.2f dB "
                  "(%.0f s)", r + 1, progress["steps"], progress["losses"][-1], lr, stats["active_per_frame"],
                  stats["units_used"], stats["snr_db"], progress["seconds"])
-    if args.ship and not progress["steps"]:  # a budget of 0, or a resumed run already spent: random atoms
+        if not math.isfinite(progress["losses"][-1]):  # every later round would train on NaN weights
+            log.error("round %d's loss is not finite: stopping (lower --lr, or start again in another --out)", r + 1)
+            break
+    if args.ship and not progress["steps"]:  # a resumed run already spent: nothing trained here
         log.error("nothing was trained (0 steps): %s is left as it was; give --minutes or --max-rounds", SHIPPED)
         return 1
     if args.ship and not (progress["losses"] and math.isfinite(progress["losses"][-1])):

@@ -46,7 +46,8 @@
 # (The model card numbers its stages from the first export: recipe steps 8-12 are its stages 6-10.)
 # Every phase resumes from its run folder's last.safetensors when rerun.
 set -euo pipefail
-case "${1:-}" in -*) sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2;; esac  # --help: the usage above
+usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
+case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 MINUTES=${1:-80}
 FINETUNE_MINUTES=${2:-12}

@@ -17,6 +17,8 @@
 # recipes/train_denoiser.sh) or a packed copy of it (recipes/pack_corpus.py), for a GPU machine
 # that cannot install the Debian packages or take 1.5 GB.
 set -euo pipefail
+usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
+case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 MINUTES=${1:-7}
 DATA=${2:-corpus}

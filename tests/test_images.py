@@ -602,3 +602,6 @@ def test_a_failed_rerun_removes_none_of_the_earlier_reports_models(tmp_path, mon
     monkeypatch.setattr(experiments, "load_photos", broken)
     assert main(args) == 2
     assert sorted(p.name for p in (out / "models").glob("*.safetensors")) == before and before
+    monkeypatch.undo()  # and the next run that finishes clears them, as the failed one left them listed
+    assert main([*args, "--no-models"]) == 0
+    assert not list((out / "models").glob("*.safetensors"))

@@ -43,12 +43,12 @@ MODEL_ENTRY = re.compile(r"models/[\w.+-]+\.safetensors")  # report.json's "mode
 
 def _earlier_models(out: Path) -> list[str]:
     """The models an earlier report in ``out`` wrote, as its ``report.json`` lists them (relative
-    paths). Entries of any other form (an edited file: ``../x``, ``/home/...``) are passed over."""
+    paths; a failed report also lists, as ``earlier_models``, those of the report before it that
+    it left). Entries of any other form (an edited file: ``../x``, ``/home/...``) are passed over."""
     try:
-        listed = json.loads((out / "report.json").read_text()).get("models", [])
-    except (OSError, ValueError, AttributeError):  # no earlier report, or not one this code wrote
-        return []
-    if not isinstance(listed, list):
+        report = json.loads((out / "report.json").read_text())
+        listed = [*report.get("models", []), *report.get("earlier_models", [])]
+    except (OSError, ValueError, AttributeError, TypeError):  # no earlier report, or not one this code wrote
         return []
     return [rel for rel in listed if isinstance(rel, str) and MODEL_ENTRY.fullmatch(rel)]
 
@@ -131,7 +131,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
 
     def write_numbers(finished: bool = True) -> dict:
         # Once, when every experiment ran: a failed run leaves the earlier report's models (its
-        # report.json no longer lists them; the next run names them as others' files).
+        # report.json lists them as earlier_models, for the next finished run to clear).
         if finished and not cleared:
             _clear_earlier_models(out, earlier, numbers.get("models", []), say)
             cleared.append(True)
@@ -164,6 +164,8 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
         numbers["failed"] = {"experiment": running[0], "error": f"{type(exc).__name__}: {exc}"}
         if save_models:
             write_models()
+        # the earlier report's models it leaves, still its to clear: the next finished run does
+        numbers["earlier_models"] = sorted(set(earlier) - set(numbers.get("models", [])))
         write_numbers(finished=False)
         say(f"{running[0]} failed; the numbers so far are in {out / 'report.json'} and {out / 'summary.md'}"
             + (f", the models so far in {out / 'models'}" if save_models and models else ""))
