@@ -504,3 +504,38 @@ def test_train_decomposer_refuses_a_speech_cache_it_cannot_remake(tmp_path, monk
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"{run / 'speech_pool.npz'} holds espeak-ng utterances made before 2026-12-06" in err
     assert "espeak-ng is not installed to make this run's" in err
+
+
+@pytest.mark.parametrize(("script", "args", "said"), [
+    # bad arguments were tracebacks from deep inside, or (the first two) ran and did harm
+    ("recipes/train_decomposer.py", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),  # trained nothing
+    ("benchmarks/denoise_bench.py", ["--limit", "2"], "--limit scores part of the test set: give --out"),
+    ("benchmarks/denoise_bench.py", ["--limit", "0", "--out", "x.json"], "--limit must be at least 1, got 0"),
+    ("benchmarks/metric_speed.py", ["--seconds", "0"], "argument --seconds: must be more than 0 seconds, got 0"),
+    ("benchmarks/odd_rates.py", ["--rates", "0"], "argument --rates: must be within 1000..384000 Hz, got 0"),
+    ("benchmarks/stream_chunks.py", ["--chunk-ms", "0"], "argument --chunk-ms: must be more than 0 ms, got 0"),
+    ("benchmarks/model_speed.py", ["--rounds", "0", "denoiser-small"], "argument --rounds: must be 1 or more, got 0"),
+    ("benchmarks/int8_gru.py", ["nosuch"], "unknown model 'nosuch'"),
+    ("recipes/compare_checkpoints.py", ["denoiser-small", "--mask-power", "-1"],
+     "--mask-power values must be finite numbers above 0"),
+])
+def test_a_script_given_a_bad_argument_says_so_and_does_nothing(tmp_path, script, args, said):
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and said in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and not list(tmp_path.iterdir())  # nothing written where it ran
+
+
+@pytest.mark.parametrize("script", ["recipes/lookahead_probe.sh", "recipes/train_denoiser.sh",
+                                    "recipes/train_denoiser_gpu.sh", "recipes/install_corpus_packages.sh"])
+def test_a_shell_recipe_asked_for_help_prints_its_usage_and_runs_nothing(tmp_path, script):
+    """`lookahead_probe.sh --help` made a folder called --help and started two trainings."""
+    import subprocess
+
+    run = subprocess.run(["bash", str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr[-2000:]
+    assert not list(tmp_path.iterdir())
+    assert subprocess.run(["bash", str(ROOT / script), "--nosuch"], capture_output=True, timeout=60).returncode == 2
