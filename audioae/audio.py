@@ -332,7 +332,7 @@ def mpeg_frames_samples(data: bytes) -> int:
     (an ID3v2 tag first is skipped, and so is a Xing/Info frame, which holds no audio; bytes
     between frames are passed over a byte at a time). libsndfile decodes only the length its
     first header gives: a VBR file without a Xing header, or MP3s joined end to end, come out
-    short (3.25 s of 1.12; two 3 s files, one of them)."""
+    short (tests/test_batch.py: two joined files come out as one)."""
     pos, total, first = 0, 0, True
     if data[:3] == b"ID3" and len(data) >= 10:
         size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)

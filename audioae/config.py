@@ -4,7 +4,9 @@ from deep inside torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 import tomllib
 import typing
 
@@ -72,6 +74,15 @@ def _as_field(value: object, t: object) -> object:
 
 def _type_name(t: object) -> str:
     return t.__name__ if isinstance(t, type) else str(t)
+
+
+def refuse_non_finite(config, prefix: str = "") -> None:
+    """Refuse inf and NaN in a config dataclass's float fields (``prefix``: how the message names
+    them, e.g. ``train.``): NaN passes every comparison a check would make."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
 def typed_fields(cls: type, values: dict, where: str) -> dict:

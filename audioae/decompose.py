@@ -374,14 +374,15 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         h, atoms = model.fit_signal(feats, h, fit_steps, stop=lambda: check_stop(stop, "decomposition stopped during the fit"))
     # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
     denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
-    weight = (mag / denom).pow(2)  # [C, F, N]: turns a mask numerator squared into masked STFT energy
+    power = mag.pow(2)  # [C, F, N]
+    # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the mask,
+    # so the cross terms between a group's units count, as they do in the ranking of the waveforms.
+    share_weight = power / denom  # [C, F, N]: turns a mask numerator into that share
+    weight = share_weight / denom  # [C, F, N]: turns a mask numerator squared into masked STFT energy
     check_stop(stop, "decomposition stopped before the units' energies")
     unit_energy = model.unit_energies(h, weight, atoms)  # [U]: masked STFT energy
     check_stop(stop, "decomposition stopped before the grouping")
-    # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the mask,
-    # so the cross terms between a group's units count, as they do in the ranking of the waveforms.
-    share_weight = mag.pow(2) / denom  # [C, F, N]: turns a mask numerator into that share
-    total = float(mag.pow(2).sum())
+    total = float(power.sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
     acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
     explained, bins, waves = None, None, None

@@ -263,6 +263,13 @@ def _listed(out: Path) -> set[str] | None:
     return (files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")}) - {None}
 
 
+def _not_ours(names: list[str], out: Path) -> ValueError:
+    """The refusal to replace ``names`` in ``out``, files the earlier decomposition did not write."""
+    them = "them" if len(names) > 1 else "it"
+    return ValueError(f"refusing to replace {', '.join(names)} in {out}: the earlier decomposition there did not "
+                      f"write {them}; move {them} away, or choose another folder")
+
+
 def refuse_theirs_early(held: Claim, residual: bool, figure: bool) -> None:
     """Before the work: refuse a folder where the fixed names this decomposition will write
     (``residual.wav`` with waveforms, ``decomposition.png`` with a figure) hold files the earlier
@@ -274,9 +281,7 @@ def refuse_theirs_early(held: Claim, residual: bool, figure: bool) -> None:
         return
     theirs = [n for n in names if os.path.lexists(held.path / n) and n not in listed]
     if theirs:
-        raise ValueError(f"refusing to replace {', '.join(theirs)} in {held.path}: the earlier decomposition there "
-                         f"did not write {'them' if len(theirs) > 1 else 'it'}; move "
-                         f"{'them' if len(theirs) > 1 else 'it'} away, or choose another folder")
+        raise _not_ours(theirs, held.path)
 
 
 def _swap_in(out: Path, stage: Path) -> None:
@@ -285,9 +290,7 @@ def _swap_in(out: Path, stage: Path) -> None:
     earlier = _ours(out, _listed(out))
     theirs = sorted({f.name for f in _ours(stage)} & set(os.listdir(out)) - {f.name for f in earlier})
     if theirs:
-        raise ValueError(f"refusing to replace {', '.join(theirs)} in {out}: the earlier decomposition there did not "
-                         f"write {'them' if len(theirs) > 1 else 'it'}; move {'them' if len(theirs) > 1 else 'it'} "
-                         f"away, or choose another folder")
+        raise _not_ours(theirs, out)
     partial, aside = out / ASIDE_PARTIAL, out / ASIDE
     partial.mkdir()
     for f in earlier:  # summary.json first: the folder then no longer claims a complete result

@@ -157,6 +157,12 @@ class FolderHeld(RuntimeError):
     """Another process holds the folder (:func:`hold_folder`)."""
 
 
+def _lock_pid(fd: int) -> str:
+    """The pid a held lock file holds (:func:`hold_folder` writes it), "" when it is unreadable."""
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return pid if pid.isdigit() else ""
+
+
 def holder_of(folder: Path, lock_name: str) -> str | None:
     """The pid (as text, "" when unreadable) of the process holding ``folder`` by
     :func:`hold_folder`, None when no process holds it (or no lock can be asked here)."""
@@ -171,8 +177,7 @@ def holder_of(folder: Path, lock_name: str) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return pid if pid.isdigit() else ""
+        return _lock_pid(fd)
     except OSError:  # a file system without flock
         return None
     finally:
@@ -219,9 +224,9 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
         try:
             _flock_exclusive(fcntl, fd)
         except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            pid = _lock_pid(fd)
             os.close(fd)
-            pid = f" (pid {pid})" if pid.isdigit() else ""
+            pid = f" (pid {pid})" if pid else ""
             raise error(f"{folder} is being written by {holder}{pid}: one run at a time per folder; wait for it "
                         f"to finish, or choose another output folder") from None
         except OSError as exc:

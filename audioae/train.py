@@ -38,7 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
 from .checkpoint import CheckpointError, checkpoint_extra, load_checkpoint, save_checkpoint
-from .config import coerce_value, differences, typed_fields
+from .config import coerce_value, differences, refuse_non_finite, typed_fields
 from .data.mixing import (
     MixConfig,
     Mixer,
@@ -55,15 +55,6 @@ from .models import Autoencoder, SpectralAutoencoder, build_model, family, takes
 from .models.corruption import add_gaussian, darken_patches, mix_at_snr
 
 log = logging.getLogger(__name__)
-
-
-def _refuse_non_finite(section: str, config) -> None:
-    """Refuse inf and NaN in a config's numbers: an infinite train.lr was taken, and the run wrote
-    weights that give NaN and exited 0; NaN fails the other checks' comparisons unseen."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ class DataConfig:
     speech_weights: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        _refuse_non_finite("data", self)
+        refuse_non_finite(self, "data.")
         for name in ("segment_seconds", "val_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
@@ -167,7 +158,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _refuse_non_finite("train", self)
+        refuse_non_finite(self, "train.")
         # Counts that would otherwise fail deep inside (a modulo by zero, an empty batch) or
         # "train" nothing and still write a run.
         for name in ("steps", "batch_size", "val_every"):

@@ -205,7 +205,8 @@ def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
     outputs. Each held its own folder, and the two wrote the same .part files and failed each
     other's files ("cannot write the output (No such file or directory)")."""
     out = out.resolve()  # the tasks' outputs are resolved paths: a relative -o matched none of them
-    folders = {p for t in tasks for p in Path(t.output).parents if p != out and out in p.parents}
+    # the folders between out and each output (one relative_to per file, not a scan of its parents)
+    folders = {out / q for t in tasks for q in Path(t.output).relative_to(out).parents[:-1]}
     for folder in (*out.parents, *sorted(folders)):
         pid = holder_of(folder, LOCK_NAME)
         if pid is not None:

@@ -111,7 +111,6 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     arrays: dict = {}
     models: dict = {}
     running = ["loading the data"]  # the step a failure is reported for
-    cleared: list[bool] = []  # whether the earlier report's models were cleared
 
     def step(name: str, fn, *args):
         running[0] = name
@@ -129,12 +128,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
             save_checkpoint(model, out / "models" / f"{name}.safetensors", MODEL_EXTRA)
         numbers["models"] = sorted(f"models/{name}.safetensors" for name in models)
 
-    def write_numbers(finished: bool = True) -> dict:
-        # Once, when every experiment ran: a failed run leaves the earlier report's models (its
-        # report.json lists them as earlier_models, for the next finished run to clear).
-        if finished and not cleared:
-            _clear_earlier_models(out, earlier, numbers.get("models", []), say)
-            cleared.append(True)
+    def write_numbers() -> dict:
         numbers["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
         # CPU seconds of this process: what the run costs when other processes share the cores.
         numbers["seconds"]["process_cpu"] = round(time.process_time() - cpu_start, 2)
@@ -166,13 +160,16 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
             write_models()
         # the earlier report's models it leaves, still its to clear: the next finished run does
         numbers["earlier_models"] = sorted(set(earlier) - set(numbers.get("models", [])))
-        write_numbers(finished=False)
+        write_numbers()
         say(f"{running[0]} failed; the numbers so far are in {out / 'report.json'} and {out / 'summary.md'}"
             + (f", the models so far in {out / 'models'}" if save_models and models else ""))
         raise
 
     if save_models:  # the trained models and the numbers first: a failure drawing the figure keeps them
         write_models()
+    # When every experiment ran (a failed run lists the earlier models it left as earlier_models,
+    # for the next finished run to clear), as this run's numbers replace the earlier report's.
+    _clear_earlier_models(out, earlier, numbers.get("models", []), say)
     write_numbers()
     say("drawing the figure ...")
     try:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from ..config import typed_fields
+from ..config import refuse_non_finite, typed_fields
 from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
 from .corruption import CORRUPTIONS
 from .sparsity import PENALTIES, keep_topk, sparsity_penalty
@@ -48,10 +48,7 @@ class AutoencoderConfig:
     patch_size: tuple[int, int] = (16, 8)  # (frequency bins, frames) or (rows, cols)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):  # nan passes every comparison below: mask_power=nan gave NaN audio
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number, got {value}")
+        refuse_non_finite(self)  # nan passes every comparison below: mask_power=nan gave NaN audio
         if self.sparsity not in PENALTIES:
             raise ValueError(f"sparsity must be one of {PENALTIES}, got {self.sparsity!r}")
         if self.corruption not in CORRUPTIONS:

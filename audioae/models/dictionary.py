@@ -271,14 +271,10 @@ class SparseDictionary(SpectralAutoencoder):
 
     def unit_projections(self, h: torch.Tensor, weight: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """``sum_{b,f,n} weight * V_u`` for every unit ``[U]``, without forming ``V_u``: linear in
-        ``V_u``, so a group's is the sum of its units' (``L`` GEMMs)."""
+        ``V_u``, so a group's is the sum of its units'. The decoder's adjoint (the encoder's
+        matched filter) of ``weight``, against the code."""
         w = self.dictionary() if atoms is None else atoms  # [U, F, L]
-        hs = self.shifted_code(h)  # [B, U, N, L]
-        total = h.new_zeros(h.shape[1])
-        for a in range(self.config.atom_frames):
-            proj = torch.matmul(w[:, :, a][None], weight)  # [B, U, N]
-            total = total + (proj * hs[..., a]).sum(dim=(0, 2))  # [U]
-        return total
+        return (h * F.conv1d(weight, w, padding=self._pad)).sum(dim=(0, 2))  # [U]
 
     # ---- what the dictionary looks like ----------------------------------------------------
     def atom_spectra(self, atoms: torch.Tensor | None = None) -> torch.Tensor:
