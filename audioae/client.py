@@ -14,7 +14,9 @@ Typical use::
         c.denoise_file("noisy.wav", "clean.wav")
         print(c.list_models())
 
-RPC failures surface as ``grpc.RpcError`` (``.code()``, ``.details()``).
+RPC failures surface as ``grpc.RpcError`` (``.code()``, ``.details()``). An answer the server
+gives with a warning (an encoded file cut short, answered for the audio it holds) is logged at
+WARNING by this module, and its warnings are kept: ``warnings`` in what the calls return.
 """
 
 from __future__ import annotations
@@ -334,6 +336,7 @@ class DecomposeResult:
     # [K] spans before the list was cut to 50 (None: a server before 2026-12-06 did not say)
     active_spans: list[int | None] = dataclasses.field(default_factory=list)
     groups: int | None = None  # bands or clusters asked for, the server's default filled in (None: group none)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the server's, about this answer
 
     def summary(self) -> dict:
         """The description ``audioae decompose`` writes into ``summary.json``, key by key."""
@@ -377,6 +380,7 @@ def decompose_result(resp) -> DecomposeResult:
         active_seconds=[[[span.start, span.end] for span in c.active] for c in resp.components],
         active_spans=[c.active_spans if c.HasField("active_spans") else None for c in resp.components],
         groups=resp.groups if resp.HasField("groups") else None,
+        warnings=list(resp.warnings),
     )
 
 
@@ -439,6 +443,13 @@ class Client:
         t = self.timeout if timeout is None else timeout
         return {"metadata": self.metadata, "timeout": t}
 
+    def _warned(self, rpc: str, resp):
+        """``resp``, its warnings logged: the server answered all the same, and says what the
+        caller should know (``audioae client`` prints them on stderr)."""
+        for warning in resp.warnings:
+            log.warning("%s answered %s with a warning: %s", self.target, rpc, warning)
+        return resp
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel connects (raises ``grpc.FutureTimeoutError``)."""
         import grpc
@@ -461,19 +472,20 @@ class Client:
         req = pb.DenoiseRequest(model=model, audio=pb.Audio(pcm=pcm_message(float_audio(wav), sr, pcm_format)))
         if strength is not None:
             req.strength = strength
-        resp = self.stub.Denoise(req, **self._kw(timeout))
+        resp = self._warned("Denoise", self.stub.Denoise(req, **self._kw(timeout)))
         y, _, _ = audio_from_message(resp.audio, "response")
         return y[0] if np.ndim(wav) == 1 else y
 
     def denoise_bytes(
         self, data: bytes, *, model: str = "", strength: float | None = None, timeout: float | None = None
     ):
-        """Encoded file bytes -> the ``DenoiseResponse`` (its audio in the same container)."""
+        """Encoded file bytes -> the ``DenoiseResponse`` (its audio in the same container; its
+        ``warnings``, logged too: a file cut short is answered for the audio it holds)."""
         pb = _pb()
         req = pb.DenoiseRequest(model=model, audio=pb.Audio(encoded=data))
         if strength is not None:
             req.strength = strength
-        return self.stub.Denoise(req, **self._kw(timeout))
+        return self._warned("Denoise", self.stub.Denoise(req, **self._kw(timeout)))
 
     def denoise_file(
         self,
@@ -485,7 +497,8 @@ class Client:
         timeout: float | None = None,
     ) -> dict:
         """Denoise a file into ``dst`` (atomic write) at its own rate, channels and length; an
-        existing folder ``dst`` gets the file under its own name. The input is never overwritten."""
+        existing folder ``dst`` gets the file under its own name. The input is never overwritten.
+        ``warnings`` in the result: the server's (a file cut short is answered for what it holds)."""
         src, dst = Path(src), output_file(src, dst)
         same_container = dst.suffix.lower() == src.suffix.lower()  # the answer's bytes as they come
         if not same_container:  # before the call: out.mp3 would get WAV bytes, out.flac 12 channels
@@ -509,6 +522,7 @@ class Client:
             "compute_ms": round(resp.compute_ms, 2),
             "batch_size": resp.batch_size,
             "output": str(dst),
+            "warnings": list(resp.warnings),
         }
 
     # -- streaming --------------------------------------------------------------------------------
@@ -626,7 +640,7 @@ class Client:
             model=model, audio=msg, top_k=top_k, group=group, return_components=components, fit_steps=fit_steps,
             groups=groups,
         )
-        resp = self.stub.Decompose(req, **self._kw(timeout))
+        resp = self._warned("Decompose", self.stub.Decompose(req, **self._kw(timeout)))
         result = decompose_result(resp)
         if result.groups is None and result.group in ("band", "cluster"):  # a server before 2026-12-07: the
             result.groups = folder.DEFAULT_GROUPS if groups is None else groups  # request's (wrong for < 8 units)
@@ -646,7 +660,7 @@ class Client:
         """``[C, T]`` audio -> code ``[C, K, N]`` of a spectrogram model (channels as the batch)."""
         pb = _pb()
         msg = pb.Audio(pcm=pcm_message(float_audio(wav), sr, "float32"))
-        resp = self.stub.Encode(pb.EncodeRequest(model=model, audio=msg), **self._kw(timeout))
+        resp = self._warned("Encode", self.stub.Encode(pb.EncodeRequest(model=model, audio=msg), **self._kw(timeout)))
         return array_from_tensor(resp.code, "code")
 
     def decode(self, h: np.ndarray, *, model: str, timeout: float | None = None) -> np.ndarray:

@@ -106,7 +106,7 @@ class AudioServer:
             log.warning("%s", warning)
         # Authentication first: a caller without a token learns nothing about its message.
         interceptors = [TokenAuth(tokens, self.metrics)] if tokens else []
-        interceptors.append(LenientParsing(f"/{SERVICE}/"))
+        interceptors.append(LenientParsing(f"/{SERVICE}/", config.max_message_bytes))
         # Threads: every admitted call and every stream holds one until it ends; the spare ones answer
         # health and the gate's refusals, so health still answers when the server is at its limits.
         # Past the pool, calls wait for a thread in the executor's (unbounded) queue;
@@ -119,7 +119,16 @@ class AudioServer:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audioae-rpc"),
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
+                # Above --max-request-mb: gRPC's own refusal of a larger message ends the call before
+                # the servicer sees it, so a stream lost the answers to its audio before that message
+                # and every caller read only "Received message larger than max (N vs. M)". Up to this
+                # limit the message is read and refused in words (server/parsing.py). The cost is
+                # memory, a refused message's only: it is held whole until refused, unparsed, which
+                # raised the server's peak by about 3x its size (177 MB for 57 MB of float32 PCM
+                # against --max-request-mb 16), so at 2x the limit less than an accepted int16
+                # message of --max-request-mb takes while decoded and run (16 MB: 212 MB). Past 2x
+                # gRPC refuses it as before, with its own message: the flag still bounds memory.
+                ("grpc.max_receive_message_length", config.max_read_bytes),
                 ("grpc.max_send_message_length", config.max_send_bytes),
                 ("grpc.so_reuseport", 0),
             ],

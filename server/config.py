@@ -23,7 +23,7 @@ class ServerConfig:
     device: str = "auto"  # auto | cpu | cuda[:N]
     max_batch_seconds: float = 60.0  # channel-seconds of audio run together in one batch; 0 disables batching
     max_delay_ms: float = 10.0  # how long the first request of a batch waits for company
-    max_request_mb: float = 64.0  # largest message accepted (gRPC answers RESOURCE_EXHAUSTED above)
+    max_request_mb: float = 64.0  # largest message accepted (RESOURCE_EXHAUSTED above)
     max_audio_seconds: float = 600.0  # longest clip accepted (streams: max_stream_seconds)
     max_queue: int = 64  # requests waiting for the device; one more gets RESOURCE_EXHAUSTED
     max_streams: int = 32  # concurrent StreamDenoise calls
@@ -66,6 +66,12 @@ class ServerConfig:
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_request_mb * MB)
+
+    @property
+    def max_read_bytes(self) -> int:
+        # gRPC's own receive limit, above --max-request-mb: a message between the two is read and
+        # refused by the servicer in words (server/parsing.py); one above it, by gRPC (server/app.py).
+        return min(2 * self.max_message_bytes, MAX_GRPC_BYTES)
 
     @property
     def max_send_bytes(self) -> int:

@@ -1,9 +1,14 @@
-"""Request bytes protobuf cannot parse are the caller's error.
+"""Request bytes protobuf cannot parse, or more of them than ``--max-request-mb``, are the caller's error.
 
-grpcio answers them itself with INTERNAL ("Exception deserializing request!"), which reads as a
-server fault and never reaches the servicer's metrics. This interceptor swaps the service's
-deserializers for ones that hand the servicer an :class:`Unparsed` in place of the message; the
-servicer then refuses the call with INVALID_ARGUMENT, counted like any other refusal.
+grpcio answers unparsable bytes itself with INTERNAL ("Exception deserializing request!"), which
+reads as a server fault and never reaches the servicer's metrics. This interceptor swaps the
+service's deserializers for ones that hand the servicer an :class:`Unparsed` in place of the
+message; the servicer then refuses the call with INVALID_ARGUMENT, counted like any other refusal.
+
+A message over the limit becomes an :class:`Oversized`, refused by the servicer with
+RESOURCE_EXHAUSTED. gRPC's own check would end the call before the servicer saw anything: a stream
+lost the answers to the audio before that message, and every caller read only "Received message
+larger than max (N vs. M)". So gRPC's limit sits above this one (server/app.py says how far).
 """
 
 from __future__ import annotations
@@ -26,11 +31,30 @@ class Unparsed:
                 f"{self.size} bytes ({self.error}); build the client from proto/audioae/v1/audioae.proto")
 
 
-def _lenient(deserialize: Callable[[bytes], object]) -> Callable[[bytes], object]:
+class Oversized:
+    """Stands in for a request message of more than ``limit`` bytes (``--max-request-mb``), unparsed."""
+
+    def __init__(self, message_type: str, size: int, limit: int):
+        self.message_type, self.size, self.limit = message_type, size, limit
+
+    def sizes(self) -> str:
+        """"1,792,004 bytes (1.7 MB), over this server's message limit of 1,048,576 bytes (1 MB,
+        --max-request-mb)"."""
+        return (f"{self.size:,} bytes ({self.size / 2**20:.1f} MB), over this server's message limit of "
+                f"{self.limit:,} bytes ({self.limit / 2**20:g} MB, --max-request-mb)")
+
+    def refusal(self) -> str:
+        return (f"the {self.message_type} message is {self.sizes()}: send less in one call (shorter audio; "
+                f"an encoded file or int16 PCM rather than float32 PCM; fewer tensor items)")
+
+
+def _lenient(deserialize: Callable[[bytes], object], limit: int) -> Callable[[bytes], object]:
     owner = getattr(deserialize, "__self__", None)  # FromString is bound to its message class
     name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
 
     def parse(data: bytes) -> object:
+        if len(data) > limit:  # not parsed: its bytes go as soon as this returns
+            return Oversized(name, len(data), limit)
         try:
             return deserialize(data)
         except Exception as exc:  # protobuf's DecodeError, whichever implementation raises it
@@ -41,14 +65,16 @@ def _lenient(deserialize: Callable[[bytes], object]) -> Callable[[bytes], object
 
 class LenientParsing(grpc.ServerInterceptor):
     """For the methods under ``prefix`` ("/audioae.v1.AudioAE/"): unparsable requests reach the
-    servicer as :class:`Unparsed`. Other services (health, reflection) keep grpcio's handling."""
+    servicer as :class:`Unparsed`, those over ``limit`` bytes as :class:`Oversized`. Other services
+    (health, reflection) keep grpcio's handling."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, limit: int):
         self.prefix = prefix
+        self.limit = limit
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         ours = handler_call_details.method.startswith(self.prefix)
         if handler is None or handler.request_deserializer is None or not ours:
             return handler
-        return rebuilt(handler, request_deserializer=_lenient(handler.request_deserializer))
+        return rebuilt(handler, request_deserializer=_lenient(handler.request_deserializer, self.limit))

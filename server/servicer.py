@@ -2,8 +2,9 @@
 :class:`~server.batcher.Batcher`, and answers in the caller's own format.
 
 Status codes: INVALID_ARGUMENT for bad audio or parameters, NOT_FOUND for an unknown model,
-RESOURCE_EXHAUSTED for oversized input, a full queue or too many calls in progress (the gate's
-admission limit, :mod:`server.lifecycle`), UNAVAILABLE while starting or draining,
+RESOURCE_EXHAUSTED for oversized input (a message over ``--max-request-mb``: :mod:`server.parsing`),
+a full queue or too many calls in progress (the gate's admission limit, :mod:`server.lifecycle`),
+UNAVAILABLE while starting or draining,
 DEADLINE_EXCEEDED when the caller's deadline passes while it waits, UNIMPLEMENTED when this
 build lacks the decomposition module. A string of the request quoted in a message is clipped
 (:func:`audioae.config.quoted`), and so is the message (:func:`server.errors.status_of`).
@@ -48,7 +49,7 @@ from .errors import Abort, status_of
 from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
 from .lifecycle import Gate
 from .metrics import Metrics
-from .parsing import Unparsed
+from .parsing import Oversized, Unparsed
 from .store import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ DECODE_BUDGET_RATE, DECODE_BUDGET_CHANNELS = 48_000, 2
 # Decompose builds every component waveform [K, C, T] float32 at the caller's rate, returned or
 # not; its worst case (K = top_k, or every unit / group) must fit in this.
 MAX_COMPONENT_BYTES = 1 << 30
+# An encoded file that decodes to fewer frames than its header claims is answered with a warning
+# when it falls short by at least this many: one MPEG audio frame, by which decoders may differ in
+# the delay and padding they trim from a complete file.
+SHORT_FRAMES = 1152
 
 
 def _unary(method: Callable) -> Callable:
@@ -74,6 +79,8 @@ def _unary(method: Callable) -> Callable:
         try:
             if isinstance(request, Unparsed):
                 raise Abort(INVALID, request.refusal())
+            if isinstance(request, Oversized):
+                raise Abort(EXHAUSTED, request.refusal())
             self.gate.enter()
             try:
                 return method(self, request, context)
@@ -126,6 +133,21 @@ def _pcm_shape(audio) -> tuple[int, int, int] | None:
         return None
     p = audio.pcm
     return round(seconds * p.sample_rate), p.channels, p.sample_rate
+
+
+def _cut_short(name: str, declared: tuple[int, int, int] | None, cut: tuple[int, int] | None, frames: int,
+               sr: int) -> list[str]:
+    """The warning for an encoded file that holds less audio than its header claims (``cut``: the
+    bytes claimed and held, :func:`audioae.audio.cut_short`; else ``declared``'s frames against
+    the ``frames`` decoded), answered for what it holds; [] for any other."""
+    held = f"answered for the {frames / sr:.2f} s it holds"
+    if cut is not None:
+        return [f"{name}: its header claims {cut[0]:,} bytes of audio but the file holds {cut[1]:,} (a copy cut "
+                f"short, or a recording that stopped mid-write?): {held}"]
+    if declared is not None and declared[0] - frames >= SHORT_FRAMES:
+        return [f"{name}: its header claims {declared[0]:,} frames ({declared[0] / sr:.2f} s) but {frames:,} "
+                f"decode (a copy cut short, or a recording that stopped mid-write?): {held}"]
+    return []
 
 
 def _check_channels(channels: int, name: str) -> None:
@@ -284,15 +306,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
     def _audio(
         self, audio, model_sr: int, name: str = "audio", check: Callable[[int, int, int], None] | None = None
-    ) -> tuple[np.ndarray, int, object]:
+    ) -> tuple[np.ndarray, int, object, list[str]]:
         """Decode ``audio`` for a model of rate ``model_sr``, refusing what the limits forbid from
         its header first, before decoding. ``check(frames, channels, sample_rate)``: the RPC's own
-        limit, applied to the header and again to the decoded audio."""
+        limit, applied to the header and again to the decoded audio. Returns the audio ``[C, T]``,
+        its rate, its form and the warnings for the caller (a file cut short: :func:`_cut_short`)."""
         if audio is None or audio.WhichOneof("data") is None:
             raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
         encoded = audio.WhichOneof("data") == "encoded"
         # Before decoding, from the header or the byte count alone: refuse cheaply.
-        declared = self.codecs.header(bytes(audio.encoded)) if encoded else _pcm_shape(audio)
+        declared, cut = self.codecs.inspect(bytes(audio.encoded)) if encoded else (_pcm_shape(audio), None)
         if declared is not None:
             _check_channels(declared[1], name)
             self._check_seconds(declared[0] / declared[2] if declared[2] > 0 else None, declared[1])
@@ -307,7 +330,15 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         self._check_seconds(wav.shape[-1] / sr, wav.shape[0])
         if check is not None:
             check(wav.shape[-1], wav.shape[0], sr)
-        return wav, sr, form
+        warnings = _cut_short(name, declared, cut, wav.shape[-1], sr) if encoded else []
+        return wav, sr, form, warnings
+
+    @staticmethod
+    def _log_warnings(rpc: str, warnings: list[str], context: grpc.ServicerContext) -> list[str]:
+        """``warnings``, logged for the operator with the caller's address."""
+        for warning in warnings:
+            log.warning("%s from %s: %s", rpc, context.peer(), warning)
+        return warnings
 
     @staticmethod
     def _strength(msg) -> float:
@@ -323,7 +354,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def Denoise(self, request: pb.DenoiseRequest, context) -> pb.DenoiseResponse:
         sm = self.store.denoiser(request.model)
         strength = self._strength(request)
-        wav, sr, form = self._audio(request.audio, sm.model.config.sample_rate)
+        wav, sr, form, warnings = self._audio(request.audio, sm.model.config.sample_rate)
         seconds, work = wav.shape[-1] / sr, channel_seconds(wav, sr)
         job = Job("denoise", work, key=batch_key(sm.name, sm.model, work), args=(sm.model, wav, sr, strength))
         y, info = self._wait(job, context)
@@ -333,6 +364,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             queue_ms=info.queue_ms,
             compute_ms=info.compute_ms,
             batch_size=info.batch_size,
+            warnings=self._log_warnings("Denoise", warnings, context),
         )
         others = resp.ByteSize()  # every field but the audio: a few bytes to count
 
@@ -378,6 +410,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _stream_config(self, first) -> tuple[ServedModel, pb.StreamConfig, float]:
         if first is None:
             raise Abort(INVALID, "empty stream: the first message must be a StreamConfig")
+        if isinstance(first, Oversized):
+            raise Abort(EXHAUSTED, f"the 1st message (the StreamConfig) is {first.sizes()}")
         if first.WhichOneof("msg") != "config":
             raise Abort(
                 INVALID,
@@ -424,6 +458,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 if msg is None:  # the client half-closed: the tail below
                     break
                 nth = f"the {_nth(i + 1)} message"
+                if isinstance(msg, Oversized):  # what came before it is answered first (_StreamCut)
+                    before = "; the audio before it was answered" if n_in else ""
+                    raise _StreamCut(EXHAUSTED, f"audio chunk {i} ({nth}) is {msg.sizes()}: split the stream's "
+                                                f"audio into smaller chunks (any whole number of frames; 100 ms "
+                                                f"is typical){before}")
                 if msg.WhichOneof("msg") == "config":
                     raise Abort(
                         INVALID,
@@ -538,7 +577,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     f"or group the units (group=band or cluster: {DEFAULT_GROUPS} components unless groups says)",
                 )
 
-        wav, sr, _ = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)
+        wav, sr, _, warnings = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)
         seconds = wav.shape[-1] / sr
 
         def run():  # stops between its stages once the call has ended (a minute's work held the device)
@@ -560,6 +599,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             channels=summary["channels"],
             samples=summary["samples"],
             groups=summary["groups"],  # None (group none) leaves it unset
+            warnings=self._log_warnings("Decompose", warnings, context),
         )
         for entry in summary["components"]:
             resp.components.add(
@@ -639,13 +679,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 raise Abort(
                     INVALID, f"model {sm.name!r} encodes {self._input_hint(sm)}, got shape {list(x.shape)}"
                 )
-            seconds = 0.0
+            seconds, warnings = 0.0, []
         elif which == "audio":
             if not sm.is_audio:
                 raise Abort(
                     INVALID, f"model {sm.name!r} takes {self._input_hint(sm)}, not audio: send a tensor"
                 )
-            wav, sr, _ = self._audio(request.audio, model.config.sample_rate)
+            wav, sr, _, warnings = self._audio(request.audio, model.config.sample_rate)
             seconds = wav.shape[-1] / sr
             x = None
         else:
@@ -669,7 +709,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             return h.float().cpu().numpy()
 
         h, _ = self._wait(Job("encode", seconds, fn=run), context)
-        return pb.EncodeResponse(model=sm.name, code=tensor_message(h))
+        return pb.EncodeResponse(model=sm.name, code=tensor_message(h),
+                                 warnings=self._log_warnings("Encode", warnings, context))
 
     @_unary
     def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:

@@ -560,6 +560,37 @@ def test_the_client_does_not_import_torch(mixed_server, tmp_path):
     assert sf.info(tmp_path / "out.wav").frames == 16000
 
 
+def test_cli_client_prints_the_servers_warning_about_a_file_cut_short(mixed_server, mixed, tmp_path):
+    """A WAV cut short (an interrupted copy) was denoised for the half it holds without a word, as
+    the folder tool warns of it: `audioae client` now prints the server's warning on stderr, and
+    the calls return it (``warnings``). A fresh process: the command's own logging, not pytest's."""
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, _noisy(2.0, 16000)[0], 16000, subtype="PCM_16")
+    src = tmp_path / "cut.wav"
+    src.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    held = sf.info(src).frames
+    code = (
+        "import sys\n"
+        "from audioae.cli import main\n"
+        f"sys.exit(main(['client', '--server', '127.0.0.1:{mixed_server.port}', 'denoise', sys.argv[1], "
+        "'-o', sys.argv[2], '--model', 'tiny']))\n"
+    )
+    out = tmp_path / "out.wav"
+    run = subprocess.run([sys.executable, "-c", code, str(src), str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    warning = (f"audio: its header claims 64,000 bytes of audio but the file holds {2 * held:,} (a copy cut short, "
+               f"or a recording that stopped mid-write?): answered for the {held / 16000:.2f} s it holds")
+    assert f"127.0.0.1:{mixed_server.port} answered Denoise with a warning: {warning}" in run.stderr, run.stderr
+    assert sf.info(out).frames == held and f"-> {out}" in run.stdout
+    assert mixed.denoise_file(src, tmp_path / "again.wav", model="tiny")["warnings"] == [warning]
+    assert mixed.decompose(src.read_bytes(), top_k=2, fit_steps=0).warnings == [warning]
+    assert mixed.denoise_file(whole, tmp_path / "whole_out.wav", model="tiny")["warnings"] == []
+
+
 def test_a_token_sent_beyond_loopback_without_tls_is_warned_about(caplog, tmp_path):
     """Was: no word, although gRPC sends the token as it is to anyone on the path (the server warns
     its operator; the client's user had no warning)."""

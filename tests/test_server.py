@@ -495,6 +495,83 @@ def test_a_denoise_answer_over_the_answer_limit_is_refused_with_the_servers_own_
         assert c.denoise(x, 16000).shape == x.shape
 
 
+def _cut_short(fmt: str, subtype: str, seconds: float = 2.0) -> tuple[bytes, int]:
+    """A 16 kHz mono file of ``fmt`` cut to half its bytes, its header claiming all of it, and the
+    frames the whole file holds."""
+    x = _noisy(seconds, 16000)  # [1, T]
+    data = encode_audio(x, 16000, format=fmt, subtype=subtype)
+    return data[: len(data) // 2], x.shape[-1]
+
+
+def test_a_file_cut_short_is_answered_with_a_warning_for_the_audio_it_holds(server, client, caplog):
+    """A WAV or an MP3 cut short (an interrupted copy, a recorder that stopped) was answered for
+    the audio libsndfile reads without a word, though the caller may still have its whole original
+    somewhere: Denoise, Decompose and Encode now answer it with a warning, logged by the server too.
+    A complete file, PCM and a live recorder's placeholder size (0xFFFFFFFF) warn of nothing."""
+    wav, whole = _cut_short("WAV", "PCM_16")
+    held = sf.info(io.BytesIO(wav)).frames
+    assert held < whole
+    with caplog.at_level("WARNING", logger="server.servicer"):
+        resp = client.denoise_bytes(wav, model="tiny")
+    assert sf.info(io.BytesIO(resp.audio.encoded)).frames == held  # answered for what it holds
+    assert len(resp.warnings) == 1, resp.warnings
+    assert re.fullmatch(r"audio: its header claims 64,000 bytes of audio but the file holds 3\d,\d{3} \(a copy cut "
+                        rf"short, or a recording that stopped mid-write\?\): answered for the {held / 16000:.2f} s "
+                        r"it holds", resp.warnings[0]), resp.warnings[0]
+    logged = [r.getMessage() for r in caplog.records if r.name == "server.servicer"]  # the operator hears of it
+    assert len(logged) == 1 and re.fullmatch(r"Denoise from \S+: " + re.escape(resp.warnings[0]), logged[0]), logged
+
+    d = client.decompose(wav, model="dict", top_k=2, fit_steps=0)
+    assert d.warnings == list(resp.warnings) and d.samples == held
+    e = client.stub.Encode(pb.EncodeRequest(model="tiny", audio=pb.Audio(encoded=wav)), timeout=60)
+    assert list(e.warnings) == list(resp.warnings)
+
+    mp3, whole = _cut_short("MP3", "MPEG_LAYER_III")  # its Xing header counts the frames: libsndfile reads fewer
+    resp = client.denoise_bytes(mp3, model="tiny")
+    got = sf.info(io.BytesIO(resp.audio.encoded)).frames
+    assert resp.warnings == [f"audio: its header claims {whole:,} frames (2.00 s) but {got:,} decode (a copy cut "
+                             f"short, or a recording that stopped mid-write?): answered for the {got / 16000:.2f} s "
+                             f"it holds"], resp.warnings
+
+    complete = encode_audio(_noisy(1.0, 16000), 16000, format="WAV", subtype="PCM_16")
+    live = bytearray(complete)
+    at = live.find(b"data")
+    live[at + 4 : at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    for data in (complete, bytes(live), encode_audio(_noisy(1.0, 16000), 16000, format="MP3")):
+        assert list(client.denoise_bytes(data, model="tiny").warnings) == []
+    assert list(client.stub.Denoise(pb.DenoiseRequest(model="tiny", audio=pb.Audio(pcm=pcm_message(
+        _noisy(0.3, 16000), 16000, "int16"))), timeout=60).warnings) == []
+
+
+def test_a_codec_process_runs_the_servers_header_reader_without_torch():
+    """The codec workers are spawned and import what they run: the header reader lives in
+    server.codecs, and importing the server package must not load torch (0.6 GB per worker)."""
+    import sys
+
+    code = "import sys, server.codecs\nassert 'torch' not in sys.modules, 'server.codecs imported torch'\n"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_a_request_over_the_message_limit_is_refused_in_words_and_counted(model_dir):
+    """Was gRPC's own "Received message larger than max (N vs. M)", never counted. A message up to
+    4 x --max-request-mb is now read and refused by the server, naming the flag; one past that is
+    still refused by gRPC."""
+    with _serving(model_dir, "tiny", max_request_mb=1) as (srv, c):
+        x = 0.1 * np.ones((1, 300_000), np.float32)  # 1.2 MB of float32 PCM, 18.8 s: within the 30 s limit
+        code, msg = _code(c.denoise, x, 16000)
+        assert code == CODE.RESOURCE_EXHAUSTED, msg
+        assert re.fullmatch(r"the audioae.v1.DenoiseRequest message is 1,200,\d{3} bytes \(1.1 MB\), over this "
+                            r"server's message limit of 1,048,576 bytes \(1 MB, --max-request-mb\): send less in one "
+                            r"call \(shorter audio; an encoded file or int16 PCM rather than float32 PCM; fewer "
+                            r"tensor items\)", msg), msg
+        count = srv.metrics.registry.get_sample_value
+        assert count("audioae_requests_total", {"method": "Denoise", "code": "RESOURCE_EXHAUSTED"}) == 1
+        code, msg = _code(c.denoise, 0.1 * np.ones((1, 1_100_000), np.float32), 16000)  # 4.4 MB: past 2x
+        assert code == CODE.RESOURCE_EXHAUSTED and "Received message larger than max" in msg, msg
+        assert c.denoise(x[:, :16000], 16000).shape == (1, 16000)
+
+
 def test_out_of_memory_is_told_apart_from_shape_errors():
     # Encode/Decode map these to RESOURCE_EXHAUSTED; other RuntimeErrors stay INVALID_ARGUMENT
     # (the shape-error cases of test_bad_encode_decode: "image wrong shape", "code wrong size").

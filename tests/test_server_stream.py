@@ -248,3 +248,34 @@ def test_a_limit_of_inf_or_nan_is_refused_at_start(field):
     for value in (float("inf"), float("nan")):
         with pytest.raises(ValueError, match=f"--{field.replace('_', '-')}\\) must be a finite number"):
             ServerConfig(**{field: value})
+
+
+def test_a_stream_message_over_the_request_limit_ends_it_with_the_audio_before_it_answered(tiny):
+    """Was gRPC's own "Received message larger than max (1792004 vs. 1048576)", the call ended by gRPC
+    before the servicer saw that message: the audio sent before it went unanswered (0 samples back).
+    Now the chunks before it are answered, the model's tail included, and the status says what to do."""
+    srv = _server(tiny, max_request_mb=1)
+    try:
+        x = _speech(1.0)
+        big = _speech(28.0, seed=1)  # 1,792,000 bytes of float32
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            msgs = [_config(), _audio(x[:8000]), _audio(x[8000:]), _audio(big), _audio(x)]
+            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=60))
+            assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            assert err.details() == (
+                "audio chunk 3 (the 4th message) is 1,792,004 bytes (1.7 MB), over this server's message limit of "
+                "1,048,576 bytes (1 MB, --max-request-mb): split the stream's audio into smaller chunks (any whole "
+                "number of frames; 100 ms is typical); the audio before it was answered"), err.details()
+            y = _samples(got)
+            assert len(y) == SR and got[-1].samples_in == got[-1].samples_out == SR
+            np.testing.assert_allclose(y, denoise(load_checkpoint(tiny), x, SR), atol=1e-4)
+
+            config = pb.StreamConfig(model="m" * 1_100_000, sample_rate=SR, channels=1, format=pb.FLOAT32)
+            got, err = _collect(stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=config)]), timeout=60))
+            assert got == [] and err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            assert err.details().startswith("the 1st message (the StreamConfig) is 1,100,0"), err.details()
+        with Client(f"127.0.0.1:{srv.port}") as c:  # the server goes on
+            assert np.concatenate(list(c.stream([x], SR, 1)), -1).shape == (1, SR)
+    finally:
+        srv.stop()

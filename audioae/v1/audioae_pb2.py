@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61udioae/v1/audioae.proto\x12\naudioae.v1\"d\n\x03Pcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\"B\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1e\n\x03pcm\x18\x02 \x01(\x0b\x32\x0f.audioae.v1.PcmH\x00\x42\x06\n\x04\x64\x61ta\"7\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"e\n\x0e\x44\x65noiseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\x15\n\x08strength\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"|\n\x0f\x44\x65noiseResponse\x12 \n\x05\x61udio\x18\x01 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"\x92\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x15\n\x08strength\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"Z\n\x14StreamDenoiseRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.audioae.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"^\n\x15StreamDenoiseResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nsamples_in\x18\x02 \x01(\x03\x12\x13\n\x0bsamples_out\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\"\xc2\x01\n\x10\x44\x65\x63omposeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05group\x18\x04 \x01(\t\x12\x19\n\x11return_components\x18\x05 \x01(\x08\x12\x16\n\tfit_steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06groups\x18\x07 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_fit_stepsB\t\n\x07_groups\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x01\"\xdd\x01\n\tComponent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x03(\x05\x12\x14\n\x0c\x65nergy_share\x18\x03 \x01(\x01\x12 \n\x05\x61udio\x18\x04 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\x13\n\x0b\x64ominant_hz\x18\x05 \x01(\x01\x12\x17\n\x0f\x61\x63tive_fraction\x18\x06 \x01(\x01\x12 \n\x06\x61\x63tive\x18\x07 \x03(\x0b\x32\x10.audioae.v1.Span\x12\x19\n\x0c\x61\x63tive_spans\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_active_spans\"\xec\x02\n\x11\x44\x65\x63omposeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\x12\x12\n\nframe_rate\x18\x03 \x01(\x01\x12)\n\ncomponents\x18\x04 \x03(\x0b\x32\x15.audioae.v1.Component\x12#\n\x08residual\x18\x05 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05group\x18\x06 \x01(\t\x12\x11\n\tfit_steps\x18\x07 \x01(\x05\x12\x1d\n\x15residual_energy_share\x18\x08 \x01(\x01\x12\x15\n\x08\x65rror_db\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bsample_rate\x18\n \x01(\x05\x12\x10\n\x08\x63hannels\x18\x0b \x01(\x05\x12\x0f\n\x07samples\x18\x0c \x01(\x03\x12\x13\n\x06groups\x18\r \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_error_dbB\t\n\x07_groups\"q\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.audioae.v1.TensorH\x00\x12\"\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x11.audioae.v1.AudioH\x00\x42\x07\n\x05input\"A\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"@\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"C\n\x0e\x44\x65\x63odeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06output\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"\x13\n\x11ListModelsRequest\"\xc6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x10\n\x08\x63ode_dim\x18\x05 \x01(\x05\x12\x12\n\nparameters\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61usal\x18\t \x01(\x08\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x0c\n\x04rpcs\x18\x0b \x03(\t\"q\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.audioae.v1.ModelInfo\x12\x18\n\x10\x64\x65\x66\x61ult_denoiser\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_decomposer\x18\x03 \x01(\t*E\n\x0cSampleFormat\x12\x1d\n\x19SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\t\n\x05INT16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xc0\x03\n\x07\x41udioAE\x12\x42\n\x07\x44\x65noise\x12\x1a.audioae.v1.DenoiseRequest\x1a\x1b.audioae.v1.DenoiseResponse\x12X\n\rStreamDenoise\x12 .audioae.v1.StreamDenoiseRequest\x1a!.audioae.v1.StreamDenoiseResponse(\x01\x30\x01\x12H\n\tDecompose\x12\x1c.audioae.v1.DecomposeRequest\x1a\x1d.audioae.v1.DecomposeResponse\x12?\n\x06\x45ncode\x12\x19.audioae.v1.EncodeRequest\x1a\x1a.audioae.v1.EncodeResponse\x12?\n\x06\x44\x65\x63ode\x12\x19.audioae.v1.DecodeRequest\x1a\x1a.audioae.v1.DecodeResponse\x12K\n\nListModels\x12\x1d.audioae.v1.ListModelsRequest\x1a\x1e.audioae.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61udioae/v1/audioae.proto\x12\naudioae.v1\"d\n\x03Pcm\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12(\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\"B\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1e\n\x03pcm\x18\x02 \x01(\x0b\x32\x0f.audioae.v1.PcmH\x00\x42\x06\n\x04\x64\x61ta\"7\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"e\n\x0e\x44\x65noiseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\x15\n\x08strength\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"\x8e\x01\n\x0f\x44\x65noiseResponse\x12 \n\x05\x61udio\x18\x01 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x12\n\ncompute_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x10\n\x08warnings\x18\x06 \x03(\t\"\x92\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.audioae.v1.SampleFormat\x12\x15\n\x08strength\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0b\n\t_strength\"Z\n\x14StreamDenoiseRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.audioae.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"^\n\x15StreamDenoiseResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nsamples_in\x18\x02 \x01(\x03\x12\x13\n\x0bsamples_out\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\"\xc2\x01\n\x10\x44\x65\x63omposeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x05\x61udio\x18\x02 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05group\x18\x04 \x01(\t\x12\x19\n\x11return_components\x18\x05 \x01(\x08\x12\x16\n\tfit_steps\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06groups\x18\x07 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_fit_stepsB\t\n\x07_groups\"\"\n\x04Span\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x01\"\xdd\x01\n\tComponent\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x03(\x05\x12\x14\n\x0c\x65nergy_share\x18\x03 \x01(\x01\x12 \n\x05\x61udio\x18\x04 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\x13\n\x0b\x64ominant_hz\x18\x05 \x01(\x01\x12\x17\n\x0f\x61\x63tive_fraction\x18\x06 \x01(\x01\x12 \n\x06\x61\x63tive\x18\x07 \x03(\x0b\x32\x10.audioae.v1.Span\x12\x19\n\x0c\x61\x63tive_spans\x18\x08 \x01(\x05H\x00\x88\x01\x01\x42\x0f\n\r_active_spans\"\xfe\x02\n\x11\x44\x65\x63omposeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\x12\x12\n\nframe_rate\x18\x03 \x01(\x01\x12)\n\ncomponents\x18\x04 \x03(\x0b\x32\x15.audioae.v1.Component\x12#\n\x08residual\x18\x05 \x01(\x0b\x32\x11.audioae.v1.Audio\x12\r\n\x05group\x18\x06 \x01(\t\x12\x11\n\tfit_steps\x18\x07 \x01(\x05\x12\x1d\n\x15residual_energy_share\x18\x08 \x01(\x01\x12\x15\n\x08\x65rror_db\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x0bsample_rate\x18\n \x01(\x05\x12\x10\n\x08\x63hannels\x18\x0b \x01(\x05\x12\x0f\n\x07samples\x18\x0c \x01(\x03\x12\x13\n\x06groups\x18\r \x01(\x05H\x01\x88\x01\x01\x12\x10\n\x08warnings\x18\x0e \x03(\tB\x0b\n\t_error_dbB\t\n\x07_groups\"q\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x06tensor\x18\x02 \x01(\x0b\x32\x12.audioae.v1.TensorH\x00\x12\"\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x11.audioae.v1.AudioH\x00\x42\x07\n\x05input\"S\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\x12\x10\n\x08warnings\x18\x03 \x03(\t\"@\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12 \n\x04\x63ode\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"C\n\x0e\x44\x65\x63odeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06output\x18\x02 \x01(\x0b\x32\x12.audioae.v1.Tensor\"\x13\n\x11ListModelsRequest\"\xc6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x10\n\x08\x63ode_dim\x18\x05 \x01(\x05\x12\x12\n\nparameters\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61usal\x18\t \x01(\x08\x12\x12\n\nlatency_ms\x18\n \x01(\x01\x12\x0c\n\x04rpcs\x18\x0b \x03(\t\"q\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.audioae.v1.ModelInfo\x12\x18\n\x10\x64\x65\x66\x61ult_denoiser\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_decomposer\x18\x03 \x01(\t*E\n\x0cSampleFormat\x12\x1d\n\x19SAMPLE_FORMAT_UNSPECIFIED\x10\x00\x12\t\n\x05INT16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xc0\x03\n\x07\x41udioAE\x12\x42\n\x07\x44\x65noise\x12\x1a.audioae.v1.DenoiseRequest\x1a\x1b.audioae.v1.DenoiseResponse\x12X\n\rStreamDenoise\x12 .audioae.v1.StreamDenoiseRequest\x1a!.audioae.v1.StreamDenoiseResponse(\x01\x30\x01\x12H\n\tDecompose\x12\x1c.audioae.v1.DecomposeRequest\x1a\x1d.audioae.v1.DecomposeResponse\x12?\n\x06\x45ncode\x12\x19.audioae.v1.EncodeRequest\x1a\x1a.audioae.v1.EncodeResponse\x12?\n\x06\x44\x65\x63ode\x12\x19.audioae.v1.DecodeRequest\x1a\x1a.audioae.v1.DecodeResponse\x12K\n\nListModels\x12\x1d.audioae.v1.ListModelsRequest\x1a\x1e.audioae.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'audioae.v1.audioae_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLEFORMAT']._serialized_start=2311
-  _globals['_SAMPLEFORMAT']._serialized_end=2380
+  _globals['_SAMPLEFORMAT']._serialized_start=2366
+  _globals['_SAMPLEFORMAT']._serialized_end=2435
   _globals['_PCM']._serialized_start=40
   _globals['_PCM']._serialized_end=140
   _globals['_AUDIO']._serialized_start=142
@@ -41,36 +41,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_end=265
   _globals['_DENOISEREQUEST']._serialized_start=267
   _globals['_DENOISEREQUEST']._serialized_end=368
-  _globals['_DENOISERESPONSE']._serialized_start=370
-  _globals['_DENOISERESPONSE']._serialized_end=494
-  _globals['_STREAMCONFIG']._serialized_start=497
-  _globals['_STREAMCONFIG']._serialized_end=643
-  _globals['_STREAMDENOISEREQUEST']._serialized_start=645
-  _globals['_STREAMDENOISEREQUEST']._serialized_end=735
-  _globals['_STREAMDENOISERESPONSE']._serialized_start=737
-  _globals['_STREAMDENOISERESPONSE']._serialized_end=831
-  _globals['_DECOMPOSEREQUEST']._serialized_start=834
-  _globals['_DECOMPOSEREQUEST']._serialized_end=1028
-  _globals['_SPAN']._serialized_start=1030
-  _globals['_SPAN']._serialized_end=1064
-  _globals['_COMPONENT']._serialized_start=1067
-  _globals['_COMPONENT']._serialized_end=1288
-  _globals['_DECOMPOSERESPONSE']._serialized_start=1291
-  _globals['_DECOMPOSERESPONSE']._serialized_end=1655
-  _globals['_ENCODEREQUEST']._serialized_start=1657
-  _globals['_ENCODEREQUEST']._serialized_end=1770
-  _globals['_ENCODERESPONSE']._serialized_start=1772
-  _globals['_ENCODERESPONSE']._serialized_end=1837
-  _globals['_DECODEREQUEST']._serialized_start=1839
-  _globals['_DECODEREQUEST']._serialized_end=1903
-  _globals['_DECODERESPONSE']._serialized_start=1905
-  _globals['_DECODERESPONSE']._serialized_end=1972
-  _globals['_LISTMODELSREQUEST']._serialized_start=1974
-  _globals['_LISTMODELSREQUEST']._serialized_end=1993
-  _globals['_MODELINFO']._serialized_start=1996
-  _globals['_MODELINFO']._serialized_end=2194
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2196
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2309
-  _globals['_AUDIOAE']._serialized_start=2383
-  _globals['_AUDIOAE']._serialized_end=2831
+  _globals['_DENOISERESPONSE']._serialized_start=371
+  _globals['_DENOISERESPONSE']._serialized_end=513
+  _globals['_STREAMCONFIG']._serialized_start=516
+  _globals['_STREAMCONFIG']._serialized_end=662
+  _globals['_STREAMDENOISEREQUEST']._serialized_start=664
+  _globals['_STREAMDENOISEREQUEST']._serialized_end=754
+  _globals['_STREAMDENOISERESPONSE']._serialized_start=756
+  _globals['_STREAMDENOISERESPONSE']._serialized_end=850
+  _globals['_DECOMPOSEREQUEST']._serialized_start=853
+  _globals['_DECOMPOSEREQUEST']._serialized_end=1047
+  _globals['_SPAN']._serialized_start=1049
+  _globals['_SPAN']._serialized_end=1083
+  _globals['_COMPONENT']._serialized_start=1086
+  _globals['_COMPONENT']._serialized_end=1307
+  _globals['_DECOMPOSERESPONSE']._serialized_start=1310
+  _globals['_DECOMPOSERESPONSE']._serialized_end=1692
+  _globals['_ENCODEREQUEST']._serialized_start=1694
+  _globals['_ENCODEREQUEST']._serialized_end=1807
+  _globals['_ENCODERESPONSE']._serialized_start=1809
+  _globals['_ENCODERESPONSE']._serialized_end=1892
+  _globals['_DECODEREQUEST']._serialized_start=1894
+  _globals['_DECODEREQUEST']._serialized_end=1958
+  _globals['_DECODERESPONSE']._serialized_start=1960
+  _globals['_DECODERESPONSE']._serialized_end=2027
+  _globals['_LISTMODELSREQUEST']._serialized_start=2029
+  _globals['_LISTMODELSREQUEST']._serialized_end=2048
+  _globals['_MODELINFO']._serialized_start=2051
+  _globals['_MODELINFO']._serialized_end=2249
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2251
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2364
+  _globals['_AUDIOAE']._serialized_start=2438
+  _globals['_AUDIOAE']._serialized_end=2886
 # @@protoc_insertion_point(module_scope)

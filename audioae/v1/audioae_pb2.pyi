@@ -57,18 +57,20 @@ class DenoiseRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., strength: _Optional[float] = ...) -> None: ...
 
 class DenoiseResponse(_message.Message):
-    __slots__ = ("audio", "model", "queue_ms", "compute_ms", "batch_size")
+    __slots__ = ("audio", "model", "queue_ms", "compute_ms", "batch_size", "warnings")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     audio: Audio
     model: str
     queue_ms: float
     compute_ms: float
     batch_size: int
-    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., model: _Optional[str] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., model: _Optional[str] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
     __slots__ = ("model", "sample_rate", "channels", "format", "strength")
@@ -151,7 +153,7 @@ class Component(_message.Message):
     def __init__(self, label: _Optional[str] = ..., units: _Optional[_Iterable[int]] = ..., energy_share: _Optional[float] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ..., dominant_hz: _Optional[float] = ..., active_fraction: _Optional[float] = ..., active: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., active_spans: _Optional[int] = ...) -> None: ...
 
 class DecomposeResponse(_message.Message):
-    __slots__ = ("model", "activations", "frame_rate", "components", "residual", "group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples", "groups")
+    __slots__ = ("model", "activations", "frame_rate", "components", "residual", "group", "fit_steps", "residual_energy_share", "error_db", "sample_rate", "channels", "samples", "groups", "warnings")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +167,7 @@ class DecomposeResponse(_message.Message):
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     model: str
     activations: Tensor
     frame_rate: float
@@ -178,7 +181,8 @@ class DecomposeResponse(_message.Message):
     channels: int
     samples: int
     groups: int
-    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., frame_rate: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., residual: _Optional[_Union[Audio, _Mapping]] = ..., group: _Optional[str] = ..., fit_steps: _Optional[int] = ..., residual_energy_share: _Optional[float] = ..., error_db: _Optional[float] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., samples: _Optional[int] = ..., groups: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., activations: _Optional[_Union[Tensor, _Mapping]] = ..., frame_rate: _Optional[float] = ..., components: _Optional[_Iterable[_Union[Component, _Mapping]]] = ..., residual: _Optional[_Union[Audio, _Mapping]] = ..., group: _Optional[str] = ..., fit_steps: _Optional[int] = ..., residual_energy_share: _Optional[float] = ..., error_db: _Optional[float] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., samples: _Optional[int] = ..., groups: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("model", "tensor", "audio")
@@ -191,12 +195,14 @@ class EncodeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "code")
+    __slots__ = ("model", "code", "warnings")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     model: str
     code: Tensor
-    def __init__(self, model: _Optional[str] = ..., code: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., code: _Optional[_Union[Tensor, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("model", "code")
