@@ -128,6 +128,17 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read_header(path)[0]
 
 
+def config_of(path: str | os.PathLike, meta: dict | None = None):
+    """``(registry name, config)`` from a checkpoint's header (``meta``: already read), or
+    CheckpointError: what the file is, without reading its weights."""
+    meta = read_metadata(path) if meta is None else meta
+    name = meta["registry_name"]
+    try:
+        return name, family(name).config.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: lists in lists in ...
+        raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
+
+
 def sidecar_sha256(path: str | os.PathLike) -> str | None:
     """The hash in ``<path>.sha256`` beside a checkpoint, or None when there is none; for a link,
     beside the link or else beside the file it leads to (where the checkpoint's own sidecar is)."""
@@ -166,9 +177,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, "
                               f"this audioae reads {FORMAT_VERSION!r}")
-    name = meta["registry_name"]
+    name, config = config_of(path, meta)
     try:
-        config = family(name).config.from_dict(json.loads(meta["config"]))
         with torch.device("meta"):  # shapes without memory: the model is built for real only once they match
             wanted = {k: tuple(v.shape) for k, v in build_model(name, config).state_dict().items()}
     except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: lists in lists in ...

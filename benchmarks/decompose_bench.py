@@ -56,6 +56,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
+from bench_args import resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from audioae.audio import resample  # noqa: E402
@@ -238,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         import pywt  # noqa: F401
     except ImportError:
         ap.error("the pywt-mra baseline needs PyWavelets: pip install -e '.[dev]'")
+    model_path = resolved(ap, args.model, "--model", family="decomposer", default=DEFAULT_DECOMPOSER)
     torch.set_num_threads(1)
     load_before = os.getloadavg()
-    model = load(args.model, default=DEFAULT_DECOMPOSER)
+    model = load(model_path)
     rows: dict[str, list[dict]] = {}
     sources = []
     for i in range(args.first_seed, args.first_seed + args.mixtures):

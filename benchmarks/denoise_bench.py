@@ -33,6 +33,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script (the tests, model_speed)
+    sys.path.append(str(Path(__file__).resolve().parent))
+from bench_args import resolved  # noqa: E402
+
 from audioae.audio import fit_length, read_audio, resample  # noqa: E402
 from audioae.fileio import atomic_write_text  # noqa: E402
 from audioae.metrics import score  # noqa: E402
@@ -114,13 +118,16 @@ def rnnoise_method() -> Method:
     return run
 
 
-def audioae_method(spec: str) -> tuple[Method, dict]:
-    """Our model by shipped name or checkpoint path, through :func:`audioae.enhance.denoise`."""
+def audioae_method(spec: str, path: Path | None = None) -> tuple[Method, dict]:
+    """Our model by shipped name or checkpoint path (``path``: the file ``spec`` was resolved to),
+    through :func:`audioae.enhance.denoise`."""
+    from audioae.checkpoint import load_checkpoint
     from audioae.enhance import denoise
-    from audioae.pretrained import load, resolve
+    from audioae.pretrained import resolve
 
-    model = load(spec).eval()
-    info = {"spec": spec, "path": str(resolve(spec)), **model.describe()}
+    path = resolve(spec) if path is None else path
+    model = load_checkpoint(path).eval()
+    info = {"spec": spec, "path": str(path), **model.describe()}
 
     def run(x: np.ndarray, sr: int) -> np.ndarray:
         return np.asarray(denoise(model, x, sr), np.float32)
@@ -128,11 +135,12 @@ def audioae_method(spec: str) -> tuple[Method, dict]:
     return run, info
 
 
-def build_methods(model_spec: str | None, names: list[str] | None) -> tuple[dict[str, Method], dict]:
+def build_methods(model_spec: str | None, names: list[str] | None,
+                  model_path: Path | None = None) -> tuple[dict[str, Method], dict]:
     methods: dict[str, Method] = {}
     info: dict = {}
     if model_spec:
-        methods["audioae"], info = audioae_method(model_spec)
+        methods["audioae"], info = audioae_method(model_spec, model_path)
     methods["rnnoise"] = rnnoise_method()
     methods["noisereduce_stationary"] = noisereduce_method(True)
     methods["noisereduce_nonstationary"] = noisereduce_method(False)
@@ -150,6 +158,8 @@ def build_methods(model_spec: str | None, names: list[str] | None) -> tuple[dict
 
 
 FULL_RUN = Path("benchmarks/results/denoise.json")
+TESTSET = Path("corpus/test/mixtures")
+METHODS = ("audioae", "rnnoise", "noisereduce_stationary", "noisereduce_nonstationary", "unprocessed")
 
 
 def load_testset(folder: Path, limit: int | None = None) -> tuple[list[dict], int]:
@@ -304,11 +314,10 @@ def environment() -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="shipped model name or .safetensors path (omit: peers only)")
-    ap.add_argument("--testset", type=Path, default=Path("corpus/test/mixtures"))
+    ap.add_argument("--testset", type=Path, default=TESTSET)
     ap.add_argument("--out", type=Path, help=f"JSON (and .md beside it) to write (default: {FULL_RUN}, the card's "
-                                              f"full run; with --limit, give one)")
-    ap.add_argument("--methods", help="comma-separated subset of audioae,rnnoise,noisereduce_stationary,"
-                                      "noisereduce_nonstationary,unprocessed")
+                                              f"full run, for that run only: any other needs --out)")
+    ap.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--limit", type=int, help="score only N mixtures, spread over the set (quick checks)")
     ap.add_argument("--speed-seconds", type=float, default=60.0)
     ap.add_argument("--speed-repeats", type=int, default=3)
@@ -317,17 +326,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("limit", "speed_repeats"):  # --limit 0 scored everything, --speed-repeats 0 failed after it
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.out is None:
-        if args.limit:  # a quick check replaced the full run the model card quotes
-            ap.error(f"--limit scores part of the test set: give --out (the default, {FULL_RUN}, holds the full run)")
+    if args.out is None:  # any other run replaced the full run the model card quotes (a quick check, val scores)
+        partial = [why for why, bad in (
+            ("--limit scores part of the test set", args.limit),
+            (f"--testset {args.testset} is not the card's test set ({TESTSET})", args.testset.resolve() != TESTSET.resolve()),
+            (f"--methods {args.methods} leaves some out", args.methods and not set(METHODS) <= set(args.methods.split(","))),
+            ("--no-speed measures no speed", args.no_speed),
+            ("without --model no model of ours is scored", args.model is None)) if bad]
+        if partial:
+            ap.error(f"{'; '.join(partial)}: give --out (the default, {FULL_RUN}, holds the card's full run: "
+                     f"--model on {TESTSET}, every method, speed measured)")
         args.out = FULL_RUN
+    model_path = resolved(ap, args.model, "--model", family="denoiser") if args.model is not None else None
     if not (args.testset / "meta.json").is_file():  # was a FileNotFoundError traceback
         ap.error(f"--testset {args.testset}: no meta.json there; build the corpus first "
                  f"(python recipes/build_corpus.py --ready, docs/corpus.md)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
 
-    methods, model_info = build_methods(args.model, args.methods.split(",") if args.methods else None)
+    methods, model_info = build_methods(args.model, args.methods.split(",") if args.methods else None, model_path)
     items, _ = load_testset(args.testset, args.limit)
     t0 = time.time()
     rows = evaluate(methods, args.testset, items)

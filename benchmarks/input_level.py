@@ -20,16 +20,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_args import count  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import count, resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from stream_chunks import mixture_names  # the same evenly spaced choice of mixtures
 
 from audioae import enhance
 from audioae.audio import read_audio
-from audioae.checkpoint import CheckpointError
 from audioae.enhance import denoise
 from audioae.fileio import atomic_write_json
 from audioae.metrics import score
-from audioae.pretrained import load, resolve
+from audioae.pretrained import load
 
 
 def run(model, pairs: list[tuple[np.ndarray, np.ndarray, int]], gains_db: list[float], target_db: float,
@@ -59,16 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-db", type=float, default=enhance.LEVEL_TARGET_DB, help="the tracker's target level")
     p.add_argument("--out", default="benchmarks/results/val/input-level.json")
     args = p.parse_args(argv)
-    try:
-        resolve(args.model)
-    except CheckpointError as exc:
-        p.error(f"--model: {exc}")
+    model_path = resolved(p, args.model, "--model", family="denoiser")
     folder = Path(args.mixtures)
     names = mixture_names(folder, args.count or 10**9)
     if not names:
         print(f"no mixtures in {folder}/noisy (build the corpus: recipes/build_corpus.py)", file=sys.stderr)
         return 2
-    model = load(args.model)
+    model = load(model_path)
     pairs = []
     for name in names:  # read once: both runs and every gain use them
         noisy, sr, _ = read_audio(folder / "noisy" / name)
@@ -77,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report = {
         "command": "python benchmarks/input_level.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": str(resolve(args.model)), "mixtures": str(folder), "files": len(names),
+        "model": str(model_path), "mixtures": str(folder), "files": len(names),
         "mixture_level_dbfs": {"mean": float(np.mean(levels)), "min": float(np.min(levels)),
                                "max": float(np.max(levels))},
         "tracker": {"target_db": args.target_db, "max_gain_db": enhance.LEVEL_MAX_GAIN_DB,

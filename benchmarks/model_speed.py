@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import numpy as np
-from bench_args import positive, positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import positive, positive_seconds, resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from denoise_bench import audioae_method, measure_speed  # a sibling script: run as benchmarks/model_speed.py
 
-from audioae.checkpoint import CheckpointError
 from audioae.fileio import atomic_write_json
-from audioae.pretrained import resolve
 
 
-def time_models(names: list[str], seconds: float, rounds: int, sr: int = 16000) -> dict[str, list[float]]:
-    """× real time of each model in each round, the models taking turns within a round."""
+def time_models(paths: dict[str, Path], seconds: float, rounds: int, sr: int = 16000) -> dict[str, list[float]]:
+    """× real time of each model (name -> its checkpoint file) in each round, the models taking
+    turns within a round."""
     x = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)  # [T]
-    methods = {n: audioae_method(n)[0] for n in names}
-    speeds: dict[str, list[float]] = {n: [] for n in names}
+    methods = {n: audioae_method(n, path)[0] for n, path in paths.items()}
+    speeds: dict[str, list[float]] = {n: [] for n in paths}
     for _ in range(rounds):
         for n, fn in methods.items():
             speeds[n].append(measure_speed({n: fn}, x, sr, repeats=1)[n]["x_realtime"])
@@ -43,12 +43,8 @@ def main() -> None:
     args = p.parse_args()
     if int(args.seconds * 16000) < 1:  # time_models' rate: the file would have no sample
         p.error(f"--seconds {args.seconds:g} is less than one sample at 16000 Hz")
-    for spec in args.models:  # every one found before any is timed
-        try:
-            resolve(spec)
-        except CheckpointError as exc:
-            p.error(str(exc))
-    speeds = time_models(args.models, args.seconds, args.rounds)
+    paths = {spec: resolved(p, spec, family="denoiser") for spec in args.models}  # every one before any is timed
+    speeds = time_models(paths, args.seconds, args.rounds)
     res = {"seconds_audio": args.seconds, "rounds": args.rounds, "threads": 1,
            "x_realtime": {n: [round(v, 1) for v in vs] for n, vs in speeds.items()},
            "median": {n: round(statistics.median(vs), 1) for n, vs in speeds.items()}}

@@ -27,10 +27,12 @@ from pathlib import Path
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
-from audioae.pretrained import resolve
 from audioae.train import grown_like, load_run_config, make_validation_set, validate
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
+if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
+    sys.path.append(str(REPO / "benchmarks"))
+from bench_args import resolved  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--base needs --alpha (the weights of each checkpoint to score)")
     if args.alpha and not args.base:
         ap.error("--alpha needs --base")
+    # a shipped name too, as every audioae command takes one; a decomposer (no corruption: its input
+    # is the clean speech) would score 90 dB in
+    files = {path: resolved(ap, path, family="denoiser") for path in args.checkpoints}
+    base_file = resolved(ap, args.base) if args.base else None
     torch.set_num_threads(args.threads)
-    try:
-        # a shipped name too, as every audioae command takes one
-        models = {path: load_checkpoint(resolve(path)).eval() for path in args.checkpoints}
-        base = load_checkpoint(resolve(args.base)) if args.base else None
+    try:  # found, but does not load (its sha256, its weights)
+        models = {path: load_checkpoint(file).eval() for path, file in files.items()}
+        base = load_checkpoint(base_file) if base_file else None
     except CheckpointError as exc:
         ap.error(str(exc))
     rates = {path: getattr(m.config, "sample_rate", None) for path, m in models.items()}
-    for path, m in models.items():  # a decomposer's input is the clean speech: it would score 90 dB in
-        if getattr(m.config, "corruption", "none") == "none":
-            ap.error(f"{path}: a {m.registry_name} model trained without corruption does not denoise; compare denoisers")
     if len(set(rates.values())) > 1:  # the val set is made once, at the first checkpoint's rate
         ap.error(f"the checkpoints differ in sample rate ({rates}); compare one rate at a time")
     run = load_run_config(args.config)

@@ -55,6 +55,9 @@ from audioae.spectral import apply_mask
 from audioae.train import load_run_config, make_validation_set, validate
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
+if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
+    sys.path.append(str(REPO / "benchmarks"))
+from bench_args import resolved  # noqa: E402
 
 SR = 16000
 
@@ -255,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mixtures", type=Path, default=REPO / "corpus" / "val" / "mixtures")
     ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small.toml"), help="run config whose [data] gives the val split")
     args = ap.parse_args(argv)
+    if args.what == "swap" and not args.other:
+        ap.error("swap needs --other")
+    model_path = resolved(ap, args.model, "--model", family="denoiser")
+    other_path = resolved(ap, args.other, "--other", family="denoiser") if args.what == "swap" else None
     torch.set_num_threads(1)
-    model = pretrained.load(args.model).eval()
+    model = pretrained.load(model_path).eval()
     if args.what == "split":
         print(json.dumps(split(model, args.mixtures), indent=1))
     elif args.what == "gate":
@@ -266,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "lookahead":
         print(json.dumps({"model": args.model, **lookahead(model)}))
     elif args.what == "swap":
-        if not args.other:
-            ap.error("swap needs --other")
-        for row in swap(model, pretrained.load(args.other).eval(), args.config):
+        for row in swap(model, pretrained.load(other_path).eval(), args.config):
             print(json.dumps(row), flush=True)
     else:
         for row in postproc(model, args.config):

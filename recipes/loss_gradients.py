@@ -23,6 +23,9 @@ from audioae.data.mixing import MixConfig, Mixer
 from audioae.train import TrainConfig, _sources, batch_loss, corrupt_batch, load_run_config
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
+if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
+    sys.path.append(str(REPO / "benchmarks"))
+from bench_args import resolved  # noqa: E402
 
 TERMS = {"spec": {"spectral_weight": 1.0}, "sisdr_0.002": {"sisdr_weight": 0.002},
          "pesq": {"pesq_weight": 1.0}, "stoi": {"stoi_weight": 1.0}}
@@ -30,13 +33,14 @@ TERMS = {"spec": {"spectral_weight": 1.0}, "sisdr_0.002": {"sisdr_weight": 0.002
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("checkpoint")
+    ap.add_argument("checkpoint", help="a .safetensors path or a shipped model name")
     ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small-perceptual.toml"))
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    path = resolved(ap, args.checkpoint, family="denoiser")  # a decomposer has no noisy input to take gradients on
     run = load_run_config(args.config)
-    model = load_checkpoint(args.checkpoint).train()
+    model = load_checkpoint(path).train()
     sr = model.config.sample_rate
     mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high)
     clean, noise, snr = Mixer(*_sources(run.data, sr, val=False), sr, mix, seed=args.seed).batch(args.batch)

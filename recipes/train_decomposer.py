@@ -342,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ship and not progress["steps"]:  # a resumed run already spent: nothing trained here
         log.error("nothing was trained (0 steps): %s is left as it was; give --minutes or --max-rounds", SHIPPED)
         return 1
-    if args.ship and not (progress["losses"] and math.isfinite(progress["losses"][-1])):
-        log.error("the last round's loss is %s: %s is left as it was", progress["losses"][-1:], SHIPPED)
+    if progress["losses"] and not math.isfinite(progress["losses"][-1]):  # a failed run, shipped or not: exit 1
+        if args.ship:
+            log.error("the last round's loss is %s: %s is left as it was", progress["losses"][-1], SHIPPED)
         return 1
     if args.ship:
         extra = {"steps": progress["steps"], "rounds": progress["round"], "train_seconds": round(progress["seconds"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import math
 import os
 import struct
 import sys
@@ -443,6 +444,45 @@ def test_train_decomposer_refuses_a_bad_set_before_making_its_run_folder(tmp_pat
         assert not (tmp_path / "run").exists()
 
 
+def test_train_decomposer_stops_at_a_non_finite_loss_ships_nothing_and_fails(tmp_path, monkeypatch):
+    """A learning rate of 1e30 makes round 1's loss NaN (finite arguments: the recipe refuses inf and
+    nan): the run stops there, with --ship leaves the shipped file unwritten, and exits 1 either way
+    (it exited 0 without --ship)."""
+    recipe = _load("train_decomposer", ROOT / "recipes" / "train_decomposer.py")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no espeak-ng: synthetic speech only
+    shipped = tmp_path / "shipped" / "decomposer-small.safetensors"
+    monkeypatch.setattr(recipe, "SHIPPED", shipped)  # never the package's own file, whatever happens
+    tiny = ["--set", "code_dim=16", "--set", "topk=4", "--round-steps", "2", "--examples", "2", "--seconds", "0.1",
+            "--batch-size", "2", "--speech-utterances", "3", "--max-rounds", "3", "--lr", "1e30"]
+    for run, extra in ((tmp_path / "shipping", ["--ship"]), (tmp_path / "plain", [])):
+        assert recipe.main(["--out", str(run), *tiny, *extra]) == 1
+        progress = json.loads((run / "progress.json").read_text())
+        assert progress["round"] == 1 and not math.isfinite(progress["losses"][-1])  # stopped at the first
+        assert not shipped.exists() and not shipped.parent.exists()
+
+
+def test_pack_corpus_measure_prints_strict_json_with_every_key(tmp_path, monkeypatch, capsys):
+    """--measure's last line: valid JSON (no NaN where PESQ cannot score a silent file), and what
+    benchmarks/results/opus-coding.json records: files measured, bit rate, PESQ and SI-SDR means and
+    how many files each one scored (under a second: neither)."""
+    rng = np.random.default_rng(5)
+    _write(tmp_path / "src" / "a" / "speech.wav", synthetic.speech_like(rng, 2.0, SR).astype(np.float32))
+    _write(tmp_path / "src" / "b" / "silent.wav", np.zeros(int(1.5 * SR), np.float32))  # PESQ: NaN
+    _write(tmp_path / "src" / "b" / "short.wav", synthetic.speech_like(rng, 0.5, SR).astype(np.float32))
+    monkeypatch.setattr(sys, "argv", ["pack_corpus.py", str(tmp_path / "src"), str(tmp_path / "dst"),
+                                      "--measure", "5", "--threads", "1"])
+    pack.main()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} in the JSON")
+
+    res = json.loads(last, parse_constant=refuse)
+    assert set(res) == {"quality", "files", "kbit_per_s", "pesq_wb", "pesq_scored", "si_sdr_db", "scored"}
+    assert res["quality"] == 0.85 and res["files"] == 3 and res["scored"] == 2 and res["pesq_scored"] == 1
+    assert res["kbit_per_s"] > 0 and 1.0 < res["pesq_wb"] <= 4.65 and math.isfinite(res["si_sdr_db"])
+
+
 # Stands in for espeak-ng (not installed here): `espeak-ng ... -w OUT TEXT` writes a short tone
 # whose pitch follows TEXT into OUT, and appends TEXT to the file CALLS names.
 FAKE_ESPEAK = """#!{python}
@@ -509,7 +549,8 @@ def test_train_decomposer_refuses_a_speech_cache_it_cannot_remake(tmp_path, monk
 @pytest.mark.parametrize(("script", "args", "said"), [
     # bad arguments were tracebacks from deep inside, or (the first two) ran and did harm
     ("recipes/train_decomposer.py", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),  # trained nothing
-    ("benchmarks/denoise_bench.py", ["--limit", "2"], "--limit scores part of the test set: give --out"),
+    ("benchmarks/denoise_bench.py", ["--model", "denoiser-small", "--limit", "2"],
+     "--limit scores part of the test set: give --out"),
     ("benchmarks/denoise_bench.py", ["--limit", "0", "--out", "x.json"], "--limit must be at least 1, got 0"),
     ("benchmarks/metric_speed.py", ["--seconds", "0"], "argument --seconds: must be more than 0 seconds, got 0"),
     ("benchmarks/odd_rates.py", ["--rates", "0"], "argument --rates: must be within 1000..384000 Hz, got 0"),
@@ -518,6 +559,25 @@ def test_train_decomposer_refuses_a_speech_cache_it_cannot_remake(tmp_path, monk
     ("benchmarks/int8_gru.py", ["nosuch"], "unknown model 'nosuch'"),
     ("recipes/compare_checkpoints.py", ["denoiser-small", "--mask-power", "-1"],
      "--mask-power values must be finite numbers above 0"),
+    # any run but the card's full one replaced benchmarks/results/denoise.json (only --limit was refused)
+    ("benchmarks/denoise_bench.py", ["--model", "denoiser-small", "--testset", "val", "--methods", "audioae", "--no-speed"],
+     "--testset val is not the card's test set (corpus/test/mixtures); --methods audioae leaves some out; "
+     "--no-speed measures no speed: give --out"),
+    ("benchmarks/denoise_bench.py", [], "without --model no model of ours is scored: give --out"),
+    # a model of the other kind: an AttributeError (int8_gru), numbers written (dc_offset), or taken
+    ("benchmarks/int8_gru.py", ["decomposer-small"], "decomposer-small is a sparse_dict model trained without "
+     "corruption (a decomposer), not a recurrent denoiser"),
+    ("benchmarks/dc_offset.py", ["--model", "decomposer-small"], "--model: decomposer-small is a sparse_dict model "
+     "trained without corruption (a decomposer), not a denoiser"),
+    ("benchmarks/denoise_bench.py", ["--model", "decomposer-small"], "--model: decomposer-small is a sparse_dict"),
+    ("benchmarks/model_speed.py", ["denoiser-small", "decomposer-small"], "decomposer-small is a sparse_dict"),
+    ("benchmarks/decompose_bench.py", ["--model", "denoiser-small"], "--model: denoiser-small is a recurrent model "
+     "(a denoiser), not a decomposer"),
+    ("recipes/loss_gradients.py", ["decomposer-small"], "decomposer-small is a sparse_dict model trained without "
+     "corruption (a decomposer), not a denoiser"),
+    ("recipes/denoiser_diagnostics.py", ["swap", "--other", "decomposer-small"], "--other: decomposer-small is a "
+     "sparse_dict model"),
+    ("recipes/compare_checkpoints.py", ["denoiser-small", "decomposer-small"], "decomposer-small is a sparse_dict"),
 ])
 def test_a_script_given_a_bad_argument_says_so_and_does_nothing(tmp_path, script, args, said):
     import subprocess
