@@ -676,7 +676,7 @@ def build_mixtures(out: Path, split: str = "test", snrs: tuple[float, ...] = TES
 
     ``test`` is the benchmark's set: held-out speakers, and babble never contains the target's
     own speaker. ``val`` is the same kind of set from the validation split, so checkpoints can be
-    compared per noise type and SNR (``benchmarks/denoise_bench.py --testset corpus/val/mixtures``)
+    compared per noise type and SNR (``benchmarks/denoise_bench.py --model M --testset corpus/val/mixtures --out F``)
     without looking at the test set; its babble is the split's own."""
     mix_dir = out / split / "mixtures"
     if (mix_dir / "meta.json").exists():
