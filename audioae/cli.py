@@ -375,8 +375,7 @@ def _cmd_decompose(args) -> int:
     _model_given(args.model)  # before the folder is claimed
     # Held from the checks to the last move: a second run into the folder is refused at once,
     # not after its work (and cannot delete this one's files half written).
-    with folder.claim(args.out, [args.file]) as out:
-        folder.refuse_theirs_early(out, residual=True, figure=args.plot)
+    with folder.claim(args.out, [args.file], residual=True, figure=args.plot) as out:
         model = load(args.model, default=DEFAULT_DECOMPOSER)
         # the server's limits and messages, before the audio is read
         options = check_options(model, group=args.group, groups=args.groups, top_k=args.top, fit_steps=args.fit,
@@ -774,8 +773,8 @@ def _client_call(args, client) -> int:
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
         out = args.out or str(Path(args.input).with_suffix(".components"))
-        with folder.claim(out, [args.input]) as held:  # checked and held before the call, not after
-            folder.refuse_theirs_early(held, residual=not args.no_audio, figure=False)
+        # checked and held before the call, not after
+        with folder.claim(out, [args.input], residual=not args.no_audio) as held:
             res = client.decompose(Path(args.input).read_bytes(), model=model, top_k=args.top_k,
                                    group=args.group, components=not args.no_audio, fit_steps=args.fit,
                                    groups=args.groups)

@@ -34,7 +34,7 @@ from .audio import AudioError, as_channels_first, check_pcm, fit_length, resampl
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
 from .enhance import check_stop
-from .models.dictionary import MAX_FIT_STEPS, SparseDictionary  # MAX_FIT_STEPS: also a request's
+from .models.dictionary import MAX_FIT_STEPS, SparseDictionary, frame_blocks  # MAX_FIT_STEPS: also a request's
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,29 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
 
 
 # ---- the decomposition ------------------------------------------------------------------------------
+def _spectrum_and_features(model: SparseDictionary, z: torch.Tensor,
+                           stop: Callable[[], bool] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.stft(z)`` and ``model.features`` of it (``z [C, T']`` at the model's rate -> complex
+    ``[C, F, N]``, ``[C, F, N]``), in blocks of frames (:func:`frame_blocks`), ``stop`` asked
+    before each after the first (the caller asks before the first): a frame reads the samples
+    within ``n_fft/2`` of its centre, and its features the frames within ``level_frames // 2`` of
+    it (the level)."""
+    c = model.config
+    hop, length = c.hop_length, z.shape[-1]
+    n = model.stft.num_frames(length)
+    halo = -(-c.n_fft // 2 // hop) + c.level_frames // 2
+    specs, feats = [], []
+    for lo, a, b, hi in frame_blocks(n, halo):
+        if a:
+            check_stop(stop, f"decomposition stopped at frame {a} of {n} of its spectrogram")
+        # Frame lo + t of the whole is frame t of z[lo * hop:]. The slice's last frames read zeros
+        # past its end (they are in the halo), except at the signal's end, as the whole's do.
+        spec = model.stft(z[..., lo * hop : length if hi == n else (hi - 1) * hop])  # [C, F, hi - lo]
+        specs.append(spec[..., a - lo : b - lo])  # [C, F, b - a]
+        feats.append(model.features(spec)[..., a - lo : b - lo])  # [C, F, b - a]
+    return (specs[0], feats[0]) if len(specs) == 1 else (torch.cat(specs, -1), torch.cat(feats, -1))
+
+
 @torch.inference_mode()
 def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
               group: str = "none", n_groups: int = DEFAULT_GROUPS, fit_steps: int | None = None,
@@ -362,11 +385,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     # took seconds that a caller past its deadline no longer waited for (benchmarks/decompose_deadline.py).
     check_stop(stop, "decomposition stopped before it began")
     z = resample(x, sr, msr)  # [C, T']
-    spec = model.stft(z)  # [C, F, N] complex
+    spec, feats = _spectrum_and_features(model, z, stop)  # [C, F, N] complex, [C, F, N]
+    check_stop(stop, "decomposition stopped before encoding")
     mag = spec.abs()  # [C, F, N]
     level = model.level(mag)  # [C, 1, N]
-    feats = model.features(spec)  # [C, F, N]
-    check_stop(stop, "decomposition stopped before encoding")
     h = model.encode(feats, stop=lambda: check_stop(stop, "decomposition stopped while encoding"))  # [C, U, N], level units
     atoms = model.dictionary()  # [U, F, L]
     check_stop(stop, "decomposition stopped before the fit")

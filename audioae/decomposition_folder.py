@@ -76,20 +76,28 @@ def check_folder(out: str | os.PathLike, inputs=()) -> Path:
 
 class Claim:
     """An output folder this process holds (:func:`claim`): pass it where a folder is asked for
-    (:func:`write_folder`, :func:`claim`) to write under the same hold."""
+    (:func:`write_folder`, :func:`claim`) to write under the same hold. ``earlier``: the folder's
+    ``summary.json`` as read once the hold began (None: none, or unreadable), reused until this
+    process writes the folder: nobody else may change it meanwhile."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, earlier: object = None):
         self.path = path
+        self.earlier = earlier
 
     def __repr__(self) -> str:
         return f"Claim({str(self.path)!r})"
 
 
 @contextlib.contextmanager
-def claim(out: str | os.PathLike | Claim, inputs=()) -> Iterator[Claim]:
+def claim(out: str | os.PathLike | Claim, inputs=(), *, residual: bool = False,
+          figure: bool = False) -> Iterator[Claim]:
     """Hold ``out`` for one decomposition, from its checks to its last move: the checks of
     :func:`check_folder` (before the folder is made), then an exclusive lock on the folder, then
-    :func:`recover` and the check for someone else's files, all under the lock. A second hold on
+    :func:`recover` and the checks for someone else's files, all under the lock: every file of a
+    decomposition's names where no decomposition is, and the fixed names this one will write
+    (``residual``: ``residual.wav``; ``figure``: ``decomposition.png``) where the earlier
+    decomposition did not write them, before the work instead of after minutes of computing
+    (:func:`_swap_in` refuses the component names, known only then). A second hold on
     the folder, by any process, raises :class:`FolderBusy` at once, naming the holder's pid: two
     runs would otherwise delete each other's ``.audioae-new`` or interleave their moves.
 
@@ -107,8 +115,10 @@ def claim(out: str | os.PathLike | Claim, inputs=()) -> Iterator[Claim]:
     try:
         with hold_folder(out, LOCK, "another decomposition", FolderBusy):
             recover(out)
-            _refuse_theirs(out)
-            yield Claim(out)
+            earlier = _read_summary(out)  # once per hold: the checks here and write_folder's use it
+            _refuse_theirs(out, earlier)
+            _refuse_theirs_early(out, _listed(earlier), residual, figure)
+            yield Claim(out, earlier)
     finally:
         for folder in made:  # deepest first; one someone has written into meanwhile stays
             with contextlib.suppress(OSError):
@@ -122,8 +132,8 @@ def _make_folders(out: Path) -> list[Path]:
     return missing
 
 
-def _refuse_theirs(out: Path) -> None:
-    if _is_decomposition(out):
+def _refuse_theirs(out: Path, earlier: object) -> None:
+    if _is_decomposition(out, earlier):
         return
     theirs = sorted(f.name for f in out.iterdir() if writes(f.name) and f.is_file())
     if theirs:
@@ -134,14 +144,19 @@ def _refuse_theirs(out: Path) -> None:
                          f"choose an empty or new folder")
 
 
-def _is_decomposition(out: Path) -> bool:
-    """Whether ``out`` holds a summary this module wrote (or the older client's decomposition.json)."""
+def _read_summary(out: Path) -> object:
+    """``out/summary.json`` parsed (any JSON value), or None where there is none or it is not JSON."""
+    try:
+        return json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_decomposition(out: Path, summary: object) -> bool:
+    """Whether ``out`` holds a summary this module wrote (``summary``: its summary.json, as
+    :func:`_read_summary` read it), or the older client's decomposition.json."""
     if (out / "decomposition.json").is_file():
         return True
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
     return isinstance(summary, dict) and "components" in summary and "residual_file" in summary
 
 
@@ -208,11 +223,13 @@ def write_folder(out: str | os.PathLike | Claim, summary: dict, activations: np.
         stage.mkdir()
         try:
             names = _write_files(stage, summary, activations, components, residual, sample_rate, figure)
-            _swap_in(out, stage)
+            _swap_in(out, stage, _listed(held.earlier))
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
                 recover(out)
+            held.earlier = _read_summary(out)  # the earlier one put back, or this one finished
             raise
+        held.earlier = summary  # what summary.json now holds, for a next write under this hold
         return [out / name for name in names]
 
 
@@ -251,14 +268,14 @@ def _ours(folder: Path, listed: set[str] | None = None) -> list[Path]:
                   key=lambda f: f.name != "summary.json")
 
 
-def _listed(out: Path) -> set[str] | None:
-    """The files the decomposition in ``out`` wrote, as its ``summary.json`` lists them; None where
-    it lists none (an older client's folder): every file of a decomposition's names then."""
+def _listed(summary: object) -> set[str] | None:
+    """The files a decomposition wrote, as its ``summary.json`` (``summary``, as :func:`_read_summary`
+    read it) lists them; None where it lists none (an older client's folder): every file of a
+    decomposition's names then."""
     try:
-        summary = json.loads((out / "summary.json").read_text())
         # a decomposition saved without audio (client --no-audio) lists components but no files
         files = {entry.get("file") for entry in summary["components"]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return None
     return (files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")}) - {None}
 
@@ -270,24 +287,22 @@ def _not_ours(names: list[str], out: Path) -> ValueError:
                       f"write {them}; move {them} away, or choose another folder")
 
 
-def refuse_theirs_early(held: Claim, residual: bool, figure: bool) -> None:
-    """Before the work: refuse a folder where the fixed names this decomposition will write
-    (``residual.wav`` with waveforms, ``decomposition.png`` with a figure) hold files the earlier
-    decomposition did not write, instead of after minutes of computing (:func:`_swap_in` refuses
-    the component names, known only then)."""
-    names = [n for n, wanted in (("residual.wav", residual), ("decomposition.png", figure)) if wanted]
-    listed = _listed(held.path)
-    if listed is None:  # no decomposition here: claim's _refuse_theirs has checked every such name
+def _refuse_theirs_early(out: Path, listed: set[str] | None, residual: bool, figure: bool) -> None:
+    """:func:`claim`'s refusal of the fixed names this decomposition will write (``residual.wav``,
+    ``decomposition.png``) where they hold files the earlier decomposition (its files: ``listed``)
+    did not write."""
+    if listed is None:  # no decomposition here: _refuse_theirs has checked every such name
         return
-    theirs = [n for n in names if os.path.lexists(held.path / n) and n not in listed]
+    names = [n for n, wanted in (("residual.wav", residual), ("decomposition.png", figure)) if wanted]
+    theirs = [n for n in names if os.path.lexists(out / n) and n not in listed]
     if theirs:
-        raise _not_ours(theirs, held.path)
+        raise _not_ours(theirs, out)
 
 
-def _swap_in(out: Path, stage: Path) -> None:
-    # Only what the earlier decomposition wrote is replaced: someone's 2024_take.wav or
-    # decomposition.png beside it has a decomposition's name but is not one of its files.
-    earlier = _ours(out, _listed(out))
+def _swap_in(out: Path, stage: Path, listed: set[str] | None) -> None:
+    # Only what the earlier decomposition wrote (``listed``) is replaced: someone's 2024_take.wav
+    # or decomposition.png beside it has a decomposition's name but is not one of its files.
+    earlier = _ours(out, listed)
     theirs = sorted({f.name for f in _ours(stage)} & set(os.listdir(out)) - {f.name for f in earlier})
     if theirs:
         raise _not_ours(theirs, out)

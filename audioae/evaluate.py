@@ -43,13 +43,11 @@ def _stem(rel: str) -> str:
     return rel.rsplit(".", 1)[0]
 
 
-def _match(rel: str, files: dict[str, Path], by_stem: dict[str, list[str]]) -> str | list[str] | None:
-    """The same relative path, else the same path with another audio extension; several such
-    (``y.flac`` and ``y.ogg`` for ``y.wav``) come back as the list, for the caller to report."""
-    if rel in files:
-        return rel
-    found = by_stem.get(_stem(rel), [])
-    return found[0] if len(found) == 1 else (found or None)
+def _match(rel: str, files: dict[str, Path], by_stem: dict[str, list[str]]) -> list[str]:
+    """``[rel]`` where ``files`` has the same relative path, else the paths with the same stem and
+    another audio extension: none, one, or several (``y.flac`` and ``y.ogg`` for ``y.wav``), which
+    the caller reports."""
+    return [rel] if rel in files else list(by_stem.get(_stem(rel), []))
 
 
 @dataclass
@@ -87,24 +85,25 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
                 by_stem.setdefault(_stem(r), []).append(r)
     out, used = Pairing(), set()
     for rel, cpath in c.items():
-        er = _match(rel, e, e_stem)
-        if isinstance(er, list):
-            out.ambiguous.append(f"{rel} (enhanced: {', '.join(er)}): keep one")
-            used.update(er)
+        found = _match(rel, e, e_stem)
+        if len(found) > 1:
+            out.ambiguous.append(f"{rel} (enhanced: {', '.join(found)}): keep one")
+            used.update(found)
             continue
-        if er is None or er in used:
+        if not found or found[0] in used:
             out.missing_enhanced.append(rel)
             continue
+        er = found[0]
         used.add(er)
         npath = None
         if noisy is not None:
-            nr = _match(rel, n, n_stem)
-            if isinstance(nr, list):
-                out.ambiguous.append(f"{rel} (noisy: {', '.join(nr)}): keep one; scored without SI-SDRi")
-            elif nr is None:
+            found = _match(rel, n, n_stem)
+            if len(found) > 1:
+                out.ambiguous.append(f"{rel} (noisy: {', '.join(found)}): keep one; scored without SI-SDRi")
+            elif not found:
                 out.missing_noisy.append(rel)
             else:
-                npath = n[nr]
+                npath = n[found[0]]
         out.pairs.append((rel, cpath, e[er], npath))
     out.extra_enhanced = [r for r in e if r not in used]
     return out

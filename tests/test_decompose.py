@@ -18,6 +18,7 @@ from audioae.decompose import (
     GROUPS,
     MAX_FIT_STEPS,
     _energy_band,
+    _spectrum_and_features,
     active_spans,
     check_options,
     cluster_label,
@@ -226,6 +227,46 @@ def test_a_decomposition_asks_stop_inside_its_first_stages_too(rng):
     asked.clear()
     dec = decompose(model, x, SR, fit_steps=0, stop=lambda: stop_at(math.inf))
     np.testing.assert_array_equal(dec.components, decompose(model, x, SR, fit_steps=0).components)
+
+
+def test_a_long_decomposition_asks_stop_in_every_block_of_its_spectrogram_and_code():
+    """The STFT, the features and the encoder's matched filter of a long signal ran uncut before
+    the first stop question (2.2 s at 550 s from the encoder's start alone): now they run in blocks
+    of frames, stop asked before each block after the first, and the blocks give what the whole
+    did."""
+    from audioae.enhance import Stopped
+    from audioae.models.dictionary import BLOCK_FRAMES
+
+    model = tiny_model()
+    x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]  # [1, T]
+    frames = model.stft.num_frames(x.shape[-1])
+    assert 2 * BLOCK_FRAMES < frames <= 3 * BLOCK_FRAMES  # three blocks
+    asked = []
+
+    def stop_at(n: float) -> bool:
+        asked.append(1)
+        return len(asked) >= n
+
+    # 1: before it began; 2, 3: the spectrogram's blocks 2 and 3; 4: before encoding; then the
+    # encoder's 3 blocks: each one's refinements, and before blocks 2 and 3; then before the fit
+    last = 4 + 3 * model.config.refine_steps + 2
+    for n, where in ((2, f"at frame {BLOCK_FRAMES} of {frames} of its spectrogram"),
+                     (3, f"at frame {2 * BLOCK_FRAMES} of {frames}"), (4, "before encoding"),
+                     (last, "while encoding"), (last + 1, "before the fit")):
+        asked.clear()
+        with pytest.raises(Stopped, match=f"decomposition stopped {where}"):
+            decompose(model, x, SR, fit_steps=0, stop=lambda n=n: stop_at(n))
+
+    z = torch.from_numpy(x)
+    with torch.inference_mode():
+        spec, feats = _spectrum_and_features(model, z, None)
+        whole = model.stft(z)
+        torch.testing.assert_close(spec, whole, rtol=0, atol=0)
+        torch.testing.assert_close(feats, model.features(whole), rtol=1e-6, atol=1e-6)
+        code = model.encode(feats)
+        whole_code = model._encode_block(feats, None)
+    assert code.shape == whole_code.shape
+    torch.testing.assert_close(code, whole_code, rtol=1e-5, atol=1e-6)
 
 
 def _kl(n: torch.Tensor, v: torch.Tensor) -> float:

@@ -34,7 +34,7 @@ compressed reconstruction and the compressed input through the unrolled updates 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,12 @@ MAX_REFINE_STEPS = 100
 # Each fit step costs about one encoder pass over the whole recording: 1000 would hold a 3-minute
 # call for minutes. Also the most a request (CLI or server) may ask for (decompose.check_options).
 MAX_FIT_STEPS = 100
+# Frame-local work on a long signal (the encoder; decompose's STFT and features) runs in blocks of
+# this many frames (16 s at 16 kHz, hop 128), with a stop check before each: on 550 s of audio the
+# STFT and features ran 1 s, and the encoder 2.2 s from its start to its first check, uncut past a
+# caller's deadline; now a stop comes within 0.06 s of it (one torch thread; the Denoise queued
+# behind an abandoned Decompose: benchmarks/decompose_deadline.py).
+BLOCK_FRAMES = 2048
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,17 @@ class SparseDictConfig(SpectralConfig):
             v = getattr(self, name)
             if v < 1 or v % 2 == 0:
                 raise ValueError(f"{name} must be a positive odd number, got {v}")
+
+
+def frame_blocks(n: int, halo: int, block: int = BLOCK_FRAMES) -> Iterator[tuple[int, int, int, int]]:
+    """``(lo, a, b, hi)`` covering frames ``0 .. n`` in blocks ``a .. b`` of ``block`` frames, each
+    with the ``halo`` frames either side that it reads (``lo .. hi``, within ``0 .. n``): a
+    computation whose output frame ``t`` reads input frames ``t - halo .. t + halo`` only gives,
+    run on ``lo .. hi`` and cut to ``a - lo .. b - lo``, what it gives on the whole (to float
+    rounding). One block, ``(0, 0, n, n)``, where ``n <= block``."""
+    for a in range(0, max(n, 1), block):
+        b = min(a + block, n)
+        yield max(0, a - halo), a, b, min(n, b + halo)
 
 
 def _initial_atoms(config: SparseDictConfig) -> torch.Tensor:
@@ -164,8 +181,20 @@ class SparseDictionary(SpectralAutoencoder):
 
     def encode(self, x: torch.Tensor, stop: Callable[[], None] | None = None) -> torch.Tensor:
         """Features ``x [B, F, N]`` -> non-negative sparse code ``h [B, U, N]`` (units of the
-        local level: multiply by :meth:`level` for absolute magnitudes). ``stop()`` is called
-        before each refinement, as in :meth:`fit_signal`: a long signal's encoding takes seconds."""
+        local level: multiply by :meth:`level` for absolute magnitudes). A long signal's encoding
+        takes seconds: it runs in blocks of frames (:func:`frame_blocks`; the code of a frame reads
+        the frames within ``p (2 refine_steps + 1)`` of it), and ``stop()`` is called before each
+        refinement, as in :meth:`fit_signal`, and before each block after the first."""
+        halo = self._pad * (2 * self.config.refine_steps + 1)  # the matched filter's p, then 2p a step
+        parts = []
+        for lo, a, b, hi in frame_blocks(x.shape[-1], halo):
+            if a and stop is not None:
+                stop()
+            parts.append(self._encode_block(x[..., lo:hi], stop)[..., a - lo : b - lo])  # [B, U, b - a]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def _encode_block(self, x: torch.Tensor, stop: Callable[[], None] | None) -> torch.Tensor:
+        """:meth:`encode` of features ``x [B, F, N]`` at once."""
         c = self.config
         n = self._magnitudes_of(x)  # [B, F, N]
         w = self.dictionary()  # [U, F, L]
