@@ -358,25 +358,27 @@ def mpeg_frames_samples(data: bytes) -> int:
     return total
 
 
-def check_mpeg_length(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int, name: str) -> None:
+def check_mpeg_length(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int, name: str) -> int | None:
     """Raise :class:`AudioError` when libsndfile would decode ``frames`` samples of an MPEG file
     (``fmt`` "MP3": layers I-III; any other container passes) whose frames hold more
     (:func:`mpeg_frames_samples`; beyond 3 frames of encoder delay and padding): its output would
-    be cut short, and reported done. A file is mapped, not read into memory."""
+    be cut short, and reported done. A file is mapped, not read into memory. Returns the bytes
+    it looked at (the file's size, for :func:`coded_kbps`), None where it looked at none."""
     if fmt != "MP3":
-        return
+        return None
     try:
         if isinstance(source, bytes | bytearray):
-            held = mpeg_frames_samples(bytes(source))
+            size, held = len(source), mpeg_frames_samples(bytes(source))
         else:
             with open(fs_path(source), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                held = mpeg_frames_samples(data)
+                size, held = len(data), mpeg_frames_samples(data)
     except (OSError, ValueError):  # unreadable, or empty: the decode that follows says why
-        return
+        return None
     if held > frames + 3 * 1152:
         raise AudioError(f"{name}: libsndfile decodes {frames / sr:.2f} s of this MPEG file, but its frames hold "
                          f"{held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
                          f"convert it first, e.g. ffmpeg -i in.mp3 out.flac")
+    return size
 
 
 def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | None:
@@ -491,8 +493,8 @@ def write_refusal(name: str | os.PathLike, exc: Exception, format: str, sr: int)
 def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: str | None = None,
                      kbps: float | None = None) -> sf.SoundFile:
     """Open ``target`` (a path as bytes or str, or a binary file object) to write audio, after
-    :func:`check_writable`. ``kbps``: for MP3 and Ogg Opus, the bitrate to come near (the input's,
-    :func:`coded_kbps`), where libsndfile's default ignored the input's."""
+    :func:`check_writable`. ``kbps``: for MP3, Ogg Opus and Ogg Vorbis, the bitrate to come near
+    (the input's, :func:`coded_kbps`), where libsndfile's default ignored the input's."""
     check_writable(sr, channels, format=format, subtype=subtype)
     return sf.SoundFile(target, "w", sr, channels, subtype=subtype, format=format,
                         **_bitrate_settings(format, subtype, kbps, sr, channels))
@@ -501,7 +503,7 @@ def open_for_writing(target, sr: int, channels: int, *, format: str, subtype: st
 def _bitrate_settings(format: str, subtype: str | None, kbps: float | None, sr: int, channels: int) -> dict:
     """soundfile's settings for a bitrate near ``kbps``: MP3 at a constant bitrate (an MP3's own
     bitrate is mostly constant) where that keeps the length, else an average one; Opus variable,
-    as libopus chooses by default."""
+    as libopus chooses by default; Vorbis at the quality whose bitrate comes nearest."""
     if not kbps:
         return {}
     if format == "MP3":
@@ -509,6 +511,8 @@ def _bitrate_settings(format: str, subtype: str | None, kbps: float | None, sr: 
         return {"compression_level": level, "bitrate_mode": "CONSTANT" if _cbr_keeps_length(sr, channels, level) else "AVERAGE"}
     if format == "OGG" and subtype == "OPUS":
         return {"compression_level": opus_compression(kbps, channels)}
+    if format == "OGG" and (subtype or "VORBIS").upper() == "VORBIS":
+        return {"compression_level": vorbis_compression(kbps, sr, channels)}
     return {}
 
 
@@ -542,16 +546,73 @@ def opus_compression(kbps: float, channels: int) -> float:
     return min(1.0, max(0.0, (256.0 - kbps / channels) / 250.0))
 
 
-def coded_kbps(source: str | os.PathLike | bytes, fmt: str, subtype: str, frames: int, sr: int) -> float | None:
+# Ogg Vorbis kbit/s at compression levels 0, 0.1, ..., 1 (vorbis_compression says how measured)
+_VORBIS_KBPS = {  # sample rate: (1 channel, 2 channels)
+    8000: ((37, 36, 33, 32, 30, 28, 26, 24, 22, 20, 19), (72, 67, 62, 57, 52, 47, 43, 39, 34, 31, 26)),
+    11025: ((50, 47, 44, 42, 39, 37, 34, 32, 31, 29, 26), (94, 87, 80, 73, 66, 60, 54, 49, 44, 40, 37)),
+    16000: ((67, 61, 55, 50, 44, 38, 37, 35, 32, 28, 29), (143, 129, 111, 96, 80, 64, 57, 52, 46, 39, 39)),
+    22050: ((87, 79, 72, 65, 58, 51, 48, 44, 39, 34, 34), (185, 164, 141, 120, 100, 82, 68, 60, 52, 44, 44)),
+    32000: ((187, 121, 97, 87, 80, 72, 66, 62, 59, 55, 45), (384, 264, 208, 183, 168, 145, 114, 103, 92, 75, 59)),
+    44100: ((251, 155, 120, 106, 98, 87, 75, 69, 66, 61, 51), (514, 336, 255, 221, 206, 168, 122, 110, 99, 82, 67)),
+    48000: ((272, 166, 128, 112, 104, 85, 75, 68, 65, 61, 51), (557, 359, 271, 234, 218, 167, 122, 109, 99, 82, 66)),
+    96000: ((526, 300, 222, 188, 180, 94, 82, 75, 72, 68, 55),
+            (1077, 653, 465, 392, 376, 178, 133, 119, 108, 91, 76)),
+    192000: ((1038, 572, 429, 358, 204, 104, 95, 84, 80, 78, 66),
+             (1999, 1245, 892, 739, 420, 196, 147, 132, 118, 103, 88)),
+}
+
+
+def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
+    """libsndfile's Ogg Vorbis compression level for a mean bitrate near ``kbps``. libsndfile codes
+    Vorbis at quality 1 - level (default level 0.6), whose bitrate depends on the sample rate and
+    the channels far more than on the signal: :data:`_VORBIS_KBPS` holds it, measured, for one
+    channel and for two (coupled stereo) at the levels 0, 0.1, ..., 1; between the rates measured
+    it is interpolated, and above two channels (each coded alone: four came within 5% of four
+    times one) it is one channel's times the count. Within 0..1: a bitrate beyond the quality
+    range's gets its end (tests/test_batch.py checks outputs against their inputs' sizes).
+
+    Measured (libsndfile 1.2.2, the soundfile 0.14 wheel's libvorbis) on white noise at -20 dBFS,
+    the audio's own kbit/s (8 s less 4 s: the few kB of codec headers cancel), one rate and
+    channel count a run::
+
+        python - 48000 2 <<'EOF'
+        import io, sys
+        import numpy as np, soundfile as sf
+        sr, ch = map(int, sys.argv[1:])
+        x = np.random.default_rng(0).normal(0, 0.1, (8 * sr, ch)).astype("f4")
+        def size(y, level):
+            b = io.BytesIO()
+            sf.write(b, y, sr, format="OGG", compression_level=level)
+            return len(b.getvalue())
+        print([round((size(x, q / 10) - size(x[: 4 * sr], q / 10)) / 500) for q in range(11)])
+        EOF
+
+    With the headers counted (10 s of each), pink noise came within 11% of white, the speech-like
+    tone of tests/test_batch.py up to 13% lower from 32 kHz up and up to 29% lower below (stereo;
+    mono 19%); that tone 40 dB quieter (4 s) came up to 18% lower than at full level."""
+    rates = sorted(_VORBIS_KBPS)
+    column = 0 if channels != 2 else 1
+    per_level = np.array([np.interp(sr, rates, [_VORBIS_KBPS[r][column][i] for r in rates]) for i in range(11)])
+    if channels > 2:
+        per_level *= channels
+    # falling with the level but for a kbit/s at its end: made monotonic, np.interp wants rising x
+    falling = np.minimum.accumulate(per_level)
+    return float(np.clip(np.interp(kbps, falling[::-1], np.linspace(1.0, 0.0, 11)), 0.0, 1.0))
+
+
+def coded_kbps(source: str | os.PathLike | bytes, fmt: str, subtype: str, frames: int, sr: int,
+               size: int | None = None) -> float | None:
     """A lossy input's mean bitrate in kbit/s, which its output keeps: its bytes over its length
-    (tags included: a few kB); None where libsndfile's bitrate cannot be chosen (Vorbis: a quality
-    whose bitrate depends on the rate and the signal) or is not lossy."""
-    if fmt != "MP3" and (fmt, subtype) != ("OGG", "OPUS"):
+    (tags and codec headers included: a few kB); None where it is not lossy (or is a kind
+    libsndfile writes at no chosen bitrate). ``size``: the file's bytes where already known
+    (:func:`check_mpeg_length` mapped them), else it is stat'ed."""
+    if fmt != "MP3" and (fmt, subtype) not in (("OGG", "OPUS"), ("OGG", "VORBIS")):
         return None
-    try:
-        size = len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(fs_path(source))
-    except OSError:
-        return None
+    if size is None:
+        try:
+            size = len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(fs_path(source))
+        except OSError:
+            return None
     return 8 * size / (frames / sr) / 1000 if frames else None
 
 
@@ -564,7 +625,7 @@ def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:
 def encode_audio(wav: np.ndarray, sr: int, *, format: str = "WAV", subtype: str | None = None,
                  kbps: float | None = None) -> bytes:
     """Encode ``[C, T]`` float audio into file bytes (``format``: a soundfile container; ``kbps``:
-    an MP3's bitrate to come near, :func:`open_for_writing`)."""
+    an MP3's, Opus's or Vorbis's bitrate to come near, :func:`open_for_writing`)."""
     buf = io.BytesIO()
     data = np.ascontiguousarray(wav.T)  # [T, C]
     with open_for_writing(buf, sr, data.shape[1], subtype=subtype, format=format, kbps=kbps) as f:
@@ -598,9 +659,13 @@ def not_a_file(path: str | os.PathLike) -> str:
     """What ``path`` is when it exists (through links) but is neither a regular file nor a folder:
     "a named pipe", "a device", "a socket"; "" otherwise (a broken link too: reading it says so)."""
     try:
-        mode = os.stat(path).st_mode
+        return _special_kind(os.stat(path).st_mode)
     except OSError:
         return ""
+
+
+def _special_kind(mode: int) -> str:
+    """:func:`not_a_file` of a file of this ``st_mode``."""
     if stat.S_ISFIFO(mode):
         return "a named pipe"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -608,6 +673,39 @@ def not_a_file(path: str | os.PathLike) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return ""
+
+
+def _entry_not_a_file(entry: os.DirEntry) -> str:
+    """:func:`not_a_file` of a folder listing's entry, from what the listing told: no stat for a
+    regular file that is no link (its type came with the listing), and a link's target was stat'ed
+    (and kept) by the entry's is_dir."""
+    try:
+        if entry.is_file():
+            return ""
+        return _special_kind(entry.stat().st_mode)
+    except OSError:  # a broken link, a link loop: reading it says so
+        return ""
+
+
+def _listed(top: str, unlisted: Callable[[OSError], None]) -> tuple[list[str], list[os.DirEntry]] | None:
+    """``(folders, other entries)`` in ``top``, split as os.walk splits them (an entry whose kind
+    cannot be told is no folder); None, after ``unlisted(exc)``, where ``top`` cannot be listed."""
+    dirs, others = [], []
+    try:
+        with os.scandir(top) as entries:
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    dirs.append(entry.name)
+                else:
+                    others.append(entry)
+    except OSError as exc:
+        unlisted(exc)
+        return None
+    return dirs, others
 
 
 def walk_audio(folder: str | os.PathLike,
@@ -627,30 +725,37 @@ def walk_audio(folder: str | os.PathLike,
         log.warning("%s: cannot list this folder (%s); the files in it are left out", exc.filename,
                     exc.strerror or exc)
 
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unlisted):
+    # os.walk(folder, followlinks=True) by hand, top down: its listing's entries tell a regular
+    # file from a named pipe without a stat per file (os.walk keeps only their names).
+    pending = [os.fspath(folder)]
+    while pending:
+        dirpath = pending.pop()
+        listed = _listed(dirpath, unlisted)
+        if listed is None:
+            continue
+        dirnames, entries = listed
         here = Path(dirpath)
         real = here.resolve()
         if real in seen:
             log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
-            dirnames[:] = []
             continue
         seen.add(real)
-        if prune(here, filenames):
-            dirnames[:] = []
+        if prune(here, [e.name for e in entries]):
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(n for n in filenames if not n.startswith(".")):
-            suffix = Path(name).suffix.lower()
+        pending.extend(os.path.join(dirpath, d) for d in sorted((d for d in dirnames if not d.startswith(".")),
+                                                                 reverse=True))
+        for entry in sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name):
+            suffix = Path(entry.name).suffix.lower()
             if suffix in OTHER_AUDIO:
                 skipped[suffix] = skipped.get(suffix, 0) + 1
             elif suffix in AUDIO_EXTENSIONS:  # a broken link too: reading it reports it
-                if not_a_file(here / name):
-                    special.append(here / name)
+                if what := _entry_not_a_file(entry):
+                    special.append((here / entry.name, what))
                     continue
-                found.append((here / name, (here / name).relative_to(folder).as_posix()))
+                found.append((here / entry.name, (here / entry.name).relative_to(folder).as_posix()))
     if special:  # a named pipe's read waits for a writer: one hung the whole job
         log.warning("%s: passed over %d name(s) that are no regular file (e.g. %s: %s)", folder, len(special),
-                    special[0], not_a_file(special[0]))
+                    *special[0])
     if skipped:
         kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items()))
         log.warning("%s: passed over %s file(s): libsndfile reads none of these; convert them (e.g. ffmpeg "

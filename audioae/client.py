@@ -96,7 +96,7 @@ class AudioForm:
     format: str = ""  # encoded: soundfile container, e.g. "WAV"
     subtype: str = ""  # encoded: soundfile subtype, e.g. "PCM_16"
     pcm_format: int = 0  # pcm: SampleFormat value
-    kbps: float | None = None  # encoded MP3 or Opus: its mean bitrate, which the answer keeps
+    kbps: float | None = None  # encoded MP3, Opus or Vorbis: its mean bitrate, which the answer keeps
 
 
 def _pcm_dtype(fmt: int) -> tuple[str, str]:
@@ -192,7 +192,7 @@ def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_au
     x = np.asarray(wav, dtype=np.float32)
     if clips_at_full_scale(fmt, subtype):
         x = np.clip(x, -1.0, 1.0)
-    kbps = {"kbps": form.kbps} if form.kbps else {}  # an MP3 or Opus answer at the question's bitrate
+    kbps = {"kbps": form.kbps} if form.kbps else {}  # an MP3, Opus or Vorbis answer at the question's bitrate
     return pb.Audio(encoded=encode(x, form.sample_rate, format=fmt, subtype=subtype, **kbps))
 
 

@@ -229,9 +229,10 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
-        others = _files_of_others(out, tasks, earlier, fresh, options.overwrite)
         inputs_then = previous_inputs(earlier)
         todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier), inputs_then)
+        # done: the outputs split_done found to be files (none asked under --overwrite), stat'ed once
+        others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, None if options.overwrite else done)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
         if changed:
@@ -285,20 +286,25 @@ FOUND_BEFORE_ANY_RUN = "found under its output's name before any run: not made b
 
 
 def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], fresh: bool,
-                     overwrite: bool) -> set[str]:
+                     overwrite: bool, present: Sequence[FileTask] | None = None) -> set[str]:
     """The inputs whose output's name holds a file no run made, which may be someone's own: in a
     folder no job had written to (``fresh``: no manifest, no in-flight markers), every file there;
     later, those an earlier line says so of (:data:`FOUND_BEFORE_ANY_RUN`) while they are still
     there. ``--overwrite`` is refused over them (it replaced them without a word, and on the run
-    after a first one skipped them), and a run that skips them says so."""
+    after a first one skipped them), and a run that skips them says so. ``present``: the tasks
+    whose output is a file, where known (:func:`.plan.split_done`'s done: a file under such a
+    name counts as done, for its latest line is no error), so that no output is stat'ed twice;
+    else each output asked about is stat'ed here."""
     # Files only, as the rerun's split counts them: a folder under an output's name is no one's
     # output; its file fails, saying so (it was counted here as skipped, then tried).
-    if fresh:
-        taken = [t for t in tasks if os.path.isfile(t.output)]
-    else:
-        latest = {r["input"]: r for r in earlier}
-        taken = [t for t in tasks if latest.get(t.input, {}).get("error") == FOUND_BEFORE_ANY_RUN
-                 and os.path.isfile(t.output)]
+    latest = {} if fresh else {r["input"]: r for r in earlier}
+
+    def said_so(t: FileTask) -> bool:
+        return fresh or latest.get(t.input, {}).get("error") == FOUND_BEFORE_ANY_RUN
+
+    if present is None:
+        present = [t for t in tasks if said_so(t) and os.path.isfile(t.output)]
+    taken = [t for t in present if said_so(t)]
     if not taken:
         return set()
     said = (f"{out} holds {len(taken)} file(s) under the names this job would write (e.g. {taken[0].rel}) "

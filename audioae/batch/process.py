@@ -93,24 +93,29 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
         raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
 
 
-def _kbps(task: FileTask, f: sf.SoundFile, data: bytes | None) -> float | None:
-    """An MP3 or Opus input's bitrate, which its output keeps (None for any other kind)."""
-    return coded_kbps(task.input if data is None else data, f.format, f.subtype, f.frames, f.samplerate)
+@dataclass(frozen=True)
+class _Header:
+    """What an input's header check found: a warning for an output made all the same ("" when
+    none), and an MP3's, Opus's or Vorbis's bitrate, which its output keeps (None for any other kind)."""
+
+    warning: str
+    kbps: float | None
 
 
-def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> str:
-    """Refuse a header no output can be made from; return a warning for one whose output is made
-    all the same ("" when none)."""
+def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> _Header:
+    """Refuse a header no output can be made from; else what its output needs to know."""
     if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
         raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
-        raise empty_audio(task.input, task.input if data is None else data)
-    check_mpeg_length(task.input if data is None else data, f.format, f.frames, f.samplerate, task.input)
+        raise empty_audio(task.input, source)
+    size = check_mpeg_length(source, f.format, f.frames, f.samplerate, task.input)  # an MP3's bytes, mapped
+    kbps = coded_kbps(source, f.format, f.subtype, f.frames, f.samplerate, size)
     if (sizes := cut_short(f)) is None:
-        return ""
-    return (f"{task.input}: its header claims {sizes[0]:,} bytes of audio but the file holds {sizes[1]:,} (a copy "
-            f"cut short?): denoised the {f.frames / f.samplerate:.2f} s it holds")
+        return _Header("", kbps)
+    return _Header(f"{task.input}: its header claims {sizes[0]:,} bytes of audio but the file holds {sizes[1]:,} "
+                   f"(a copy cut short?): denoised the {f.frames / f.samplerate:.2f} s it holds", kbps)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
@@ -135,7 +140,7 @@ class _Decoded:
     subtype: str
     read_seconds: float
     tags: dict[str, str]
-    kbps: float | None = None  # an MP3's or Opus's bitrate, for its output's (open_for_writing)
+    kbps: float | None = None  # an MP3's, Opus's or Vorbis's bitrate, for its output's (open_for_writing)
     warning: str = ""  # _check_header's
 
     @property
@@ -262,26 +267,27 @@ class FileDenoiser:
         duration = None
         try:
             with _open(task, data) as f:
-                warning = _check_header(task, f, data)
+                header = _check_header(task, f, data)
                 duration = f.frames / f.samplerate
                 if self.model.causal:
-                    self._stream(task, f, data)
+                    self._stream(task, f, header.kbps)
                 else:
-                    self._whole(task, f, data)
+                    self._whole(task, f, header.kbps)
         except Exception as exc:  # one bad file must never stop the job
             with contextlib.suppress(OSError):  # e.g. its output folder's name is taken by a file
                 part_path(task.output).unlink(missing_ok=True)
             msg = _error_text(exc)
             log.info("failed: %s", msg)
             return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
-        return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration, warning=warning)
+        return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
+                          warning=header.warning)
 
     @torch.inference_mode()
-    def _stream(self, task: FileTask, f: sf.SoundFile, data: bytes | None = None) -> None:
+    def _stream(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None) -> None:
         sr, channels = f.samplerate, f.channels
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         s = StreamingDenoiser(self.model, sr, channels, strength=self.strength)
-        writer = _PartWriter(task, sr, channels, fmt, subtype, f.copy_metadata(), _kbps(task, f, data))
+        writer = _PartWriter(task, sr, channels, fmt, subtype, f.copy_metadata(), kbps)
         try:
             block = max(1, int(self.block_seconds * sr))
             for x in read_blocks(f, block, task.input):  # [C, n]
@@ -293,10 +299,10 @@ class FileDenoiser:
             writer.abort()
             raise
 
-    def _whole(self, task: FileTask, f: sf.SoundFile, data: bytes | None = None) -> None:
+    def _whole(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None) -> None:
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         y = denoise(self.model, _read_whole(task, f), f.samplerate, strength=self.strength)  # [C, T]
-        self._write_whole(task, y, f.samplerate, fmt, subtype, f.copy_metadata(), _kbps(task, f, data))
+        self._write_whole(task, y, f.samplerate, fmt, subtype, f.copy_metadata(), kbps)
 
     @staticmethod
     def _write_whole(task: FileTask, y: np.ndarray, sr: int, fmt: str, subtype: str,
@@ -326,11 +332,11 @@ class FileDenoiser:
             t0 = time.perf_counter()
             try:
                 with _open(task, data) as f:
-                    warning = _check_header(task, f, data)
+                    header = _check_header(task, f, data)
                     if f.frames * f.channels / f.samplerate > self.batch_max_seconds:
                         decoded = None
                     else:
-                        decoded = self._decode(task, data, f, t0, warning)
+                        decoded = self._decode(task, data, f, t0, header)
             except Exception as exc:
                 yield FileResult(task.input, task.output, "error", _error_text(exc), time.perf_counter() - t0)
                 continue
@@ -342,7 +348,7 @@ class FileDenoiser:
         for group in self._groups(short):
             yield from self._batch(group)
 
-    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, warning: str = "") -> _Decoded:
+    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, header: _Header) -> _Decoded:
         """A short file read whole, with every check its batch would make (a clip the batch
         refused would fail its neighbours too): samples (as it is read), channel count, resampling."""
         fmt, subtype = output_format(f.format, f.subtype, task.input)
@@ -350,7 +356,7 @@ class FileDenoiser:
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
         return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata(),
-                        _kbps(task, f, data), warning)
+                        header.kbps, header.warning)
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``

@@ -1,0 +1,85 @@
+"""How often the folder tool asks the file system about each file: a folder of 100,000 recordings
+on network storage pays for every stat. os.stat is watched as it runs (each call goes through)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_tree import noisy_signal
+
+from audioae.audio import walk_audio
+from audioae.batch import DenoiseOptions, FileDenoiser, FileTask, run_denoise
+from audioae.checkpoint import load_checkpoint
+
+
+@pytest.fixture
+def stats(monkeypatch) -> Counter:
+    """The paths os.stat is asked about from now on (os.path.isfile, getsize, exists and Path.stat
+    go through it; a folder listing's entries do not), counted."""
+    asked: Counter = Counter()
+    real = os.stat
+
+    def stat(path, *args, **kwargs):
+        asked[os.fsdecode(path) if isinstance(path, str | bytes | os.PathLike) else path] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    return asked
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_the_folder_search_stats_no_regular_file_and_still_passes_over_pipes_and_devices(tmp_path, stats, caplog):
+    """walk_audio stat'ed every audio file it found, on top of listing its folder, to pass over
+    named pipes and devices: the listing tells a regular file without one."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for rel in ("a.wav", "b.flac", "sub/c.mp3", ".hidden.wav", "x.m4a", "notes.txt"):
+        (src / rel).write_bytes(b"not decoded by the search")
+    (src / "link.wav").symlink_to(src / "a.wav")
+    (src / "broken.wav").symlink_to(src / "nowhere.wav")
+    (src / "sub" / "up").symlink_to(src, target_is_directory=True)  # a loop
+    os.mkfifo(src / "pipe.wav")
+    (src / "zero.ogg").symlink_to("/dev/zero")
+    caplog.set_level(logging.WARNING)
+    found = walk_audio(src)
+    assert [rel for _, rel in found] == ["a.wav", "b.flac", "broken.wav", "link.wav", "sub/c.mp3"]
+    assert [p for p, _ in found] == [src / rel for _, rel in found]
+    assert f"{src}: passed over 2 name(s) that are no regular file (e.g. {src / 'pipe.wav'}: a named pipe)" \
+        in caplog.text
+    assert "passed over 1 .m4a file(s)" in caplog.text
+    assert "sub/up: skipped, its files were searched already under another name (a link loop?)" in caplog.text
+    assert not [p for p in stats if Path(p).suffix in (".wav", ".flac", ".mp3", ".ogg")], stats
+
+
+def test_a_fresh_output_folder_s_outputs_are_stat_ed_once_when_the_job_is_planned(tmp_path, causal_ckpt, stats):
+    """In a folder no job had written to, each output was stat'ed to find files someone else put
+    there, then again to find the outputs done: once now (plan_tasks asks twice before, in
+    refusing an output that is an input: Path.exists, then Path.resolve's own stat)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for name in ("a.wav", "b.wav"):
+        sf.write(src / name, noisy_signal(np.random.default_rng(0), 0.3, 16000, 1), 16000)
+    sf.write(out / "a.wav", np.zeros(1600, np.float32), 16000)  # someone's own, not a denoise run's
+    stats.clear()  # (soundfile asks too, writing)
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (s["skipped"], s["ok"]) == (1, 1)
+    assert stats[str(out / "a.wav")] == 2 + 1, stats
+
+
+def test_an_mp3_input_is_stat_ed_once_for_its_bitrate_and_length(tmp_path, causal_ckpt, stats):
+    """An MP3 was mapped to count its frames, then stat'ed again for its size (its bitrate):
+    the mapping gives both."""
+    sf.write(tmp_path / "in.mp3", noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000, format="MP3")
+    task = FileTask(str(tmp_path / "in.mp3"), str(tmp_path / "out" / "in.mp3"), "in.mp3")
+    stats.clear()  # (soundfile asks too, writing)
+    assert FileDenoiser(load_checkpoint(causal_ckpt)).run(task).status == "ok"
+    # _open's check that it still exists (libsndfile would say "System error."), and soundfile's
+    # own os.path.isfile as it opens a path
+    assert stats[task.input] == 2, stats
