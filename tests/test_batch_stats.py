@@ -70,7 +70,7 @@ def test_a_fresh_output_folder_s_outputs_are_stat_ed_once_when_the_job_is_planne
     stats.clear()  # (soundfile asks too, writing)
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["skipped"], s["ok"]) == (1, 1)
-    assert stats[str(out / "a.wav")] == 2 + 1, stats
+    assert stats[str(out / "a.wav")] <= 2 + 1, stats  # 4 before
 
 
 def test_an_mp3_input_is_stat_ed_once_for_its_bitrate_and_length(tmp_path, causal_ckpt, stats):
@@ -82,4 +82,4 @@ def test_an_mp3_input_is_stat_ed_once_for_its_bitrate_and_length(tmp_path, causa
     assert FileDenoiser(load_checkpoint(causal_ckpt)).run(task).status == "ok"
     # _open's check that it still exists (libsndfile would say "System error."), and soundfile's
     # own os.path.isfile as it opens a path
-    assert stats[task.input] == 2, stats
+    assert stats[task.input] <= 2, stats  # 3 before
