@@ -70,6 +70,7 @@ class AudioInfo:
     frames: int
     format: str  # soundfile container, e.g. "WAV"
     subtype: str  # soundfile subtype, e.g. "PCM_16"
+    cut: CutShort | None = None  # a file holding less audio than its header claims (cut_short)
 
 
 def whole_hz(sr: float, name: str = "audio") -> int:
@@ -200,10 +201,25 @@ def unfinished_wav_bytes(source: str | os.PathLike | bytes) -> int:
     return 0
 
 
+def _head(source: str | os.PathLike | bytes, n: int) -> bytes:
+    """The first ``n`` bytes of a file or of its bytes (b"" where it cannot be read)."""
+    if isinstance(source, bytes | bytearray):
+        return bytes(source[:n])
+    try:
+        with open(fs_path(source), "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
 def empty_audio(name: str, source: str | os.PathLike | bytes) -> AudioError:
     """The error for a file of 0 samples; one whose header is unfinished says so: "empty" led to
     deleting a recording that holds all its audio."""
     held = unfinished_wav_bytes(source)
+    if not held and _head(source, 4) == b"OggS":  # libsndfile finds an Ogg's length at its end
+        return AudioError(f"{name}: libsndfile decodes no audio from this Ogg file; if it should hold some, it "
+                          f"may be cut short (an Ogg cut short decodes to less than it holds, or to nothing): "
+                          f"use the complete file")
     if not held:
         return AudioError(f"{name}: the audio is empty (0 samples)")
     return AudioError(f"{name}: its header says the audio is empty, but {held:,} bytes of it follow: a recording "
@@ -219,10 +235,41 @@ _DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)
 PLACEHOLDER_SIZES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
 
 
-def cut_short(f: sf.SoundFile) -> tuple[int, int] | None:
-    """``(claimed, held)`` bytes of audio for a file whose header claims more than it holds, None
-    for any other: a copy cut short (an interrupted download or card copy), whose complete
-    original may still exist. libsndfile reads the samples that are there and logs the claim."""
+@dataclass(frozen=True)
+class CutShort:
+    """A file that holds less audio than its header claims (:func:`cut_short`)."""
+
+    claim: str  # "its header claims 64,000 bytes of audio but the file holds 32,000"
+    frames: int | None  # the frames that decode, where the header tells (an MP3's: once decoded)
+    sample_rate: int
+
+    def warning(self, name: str, done: str, frames: int | None = None) -> str:
+        """The sentence a person reads: ``done`` ("denoised", "answered for") what it holds
+        (``frames``: what decoded, where known)."""
+        frames = self.frames if frames is None else frames
+        if frames is None:
+            held = "what decodes of it"
+        else:  # "0.00 s" said nothing
+            held = f"the {frames / self.sample_rate:.2f} s" if frames >= self.sample_rate // 100 else f"the {frames:,} sample(s)"
+            held += " it holds"
+        return f"{name}: {self.claim} (a copy cut short, or a recording that stopped mid-write?): {done} {held}"
+
+
+def cut_short(f: sf.SoundFile, scan: MpegScan | None = None) -> CutShort | None:
+    """A file whose header claims more audio than it holds (None for any other): a copy cut short
+    (an interrupted download or card copy), whose complete original may still exist, or a
+    recording that stopped mid-write. libsndfile reads the samples that are there and logs a
+    WAV's, AIFF's or AU's claim; an MP3's (``scan``: :func:`check_mpeg_length`'s) is its Xing/Info
+    frame count, libsndfile's ``frames``, against the frames walked (without that frame, the
+    length is a guess from the file's size: no claim). ``f``: an open file, or ``soundfile.info``.
+    Ogg and FLAC claim no length (a FLAC cut short does not decode; an Ogg decodes what it holds)."""
+    if scan is not None:
+        if scan.counted and f.frames - scan.held >= 1152:  # one MPEG frame: decoders trim delay and padding
+            sr = f.samplerate
+            # frames hold more than decodes: the encoder's delay, a last frame that needs the next
+            return CutShort(f"its header claims {f.frames / sr:.2f} s of audio but its frames hold {scan.held / sr:.2f} s",
+                            None, sr)
+        return None
     claim = _DATA_CLAIM.search(f.extra_info)
     if claim is None:
         return None
@@ -231,7 +278,9 @@ def cut_short(f: sf.SoundFile) -> tuple[int, int] | None:
         return None
     if claimed - held < 64:  # a missing pad byte, or a frame's few bytes: nothing a person lost
         return None
-    return claimed, held
+    if claim[0].lstrip().startswith("SSND"):  # its size counts the chunk's offset and block size fields
+        claimed, held = claimed - 8, held - 8
+    return CutShort(f"its header claims {claimed:,} bytes of audio but the file holds {held:,}", f.frames, f.samplerate)
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:
@@ -301,9 +350,10 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
-            check_mpeg_length(source, f.format, f.frames, f.samplerate, name)  # libsndfile stops at its first header's length
+            scan = check_mpeg_length(source, f.format, f.frames, f.samplerate, name)  # libsndfile stops at its first header's length
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
-            info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype)  # frames read, not claimed
+            info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype,  # frames read, not claimed
+                             cut_short(f, scan))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
         raise AudioError(f"{name}: cannot read audio ({reason})") from exc
@@ -327,13 +377,24 @@ _MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12
 _MPEG_SAMPLES = {(True, 1): 384, (True, 2): 1152, (True, 3): 1152, (False, 1): 384, (False, 2): 1152, (False, 3): 576}
 
 
-def mpeg_frames_samples(data: bytes) -> int:
+@dataclass(frozen=True)
+class MpegScan:
+    """What :func:`check_mpeg_length` found walking an MPEG file's frame headers."""
+
+    size: int  # the bytes walked: the file's
+    held: int  # samples per channel its frames hold
+    counted: bool  # a Xing/Info frame first: libsndfile's length is the encoder's count, not a guess
+
+
+def mpeg_frames_samples(data: bytes) -> tuple[int, bool]:
     """Samples per channel that an MPEG audio file's frames hold, by walking its frame headers
     (an ID3v2 tag first is skipped, and so is a Xing/Info frame, which holds no audio; bytes
-    between frames are passed over a byte at a time). libsndfile decodes only the length its
-    first header gives: a VBR file without a Xing header, or MP3s joined end to end, come out
-    short (tests/test_batch.py: two joined files come out as one)."""
-    pos, total, first = 0, 0, True
+    between frames are passed over a byte at a time), and whether a Xing/Info frame was there.
+    libsndfile decodes only the length its first header gives: a VBR file without a Xing
+    header, or MP3s joined end to end, come out short (tests/test_batch.py: two joined files
+    come out as one). Without one, that length is guessed from the file's size and first
+    bitrate (cover art or tags make it seconds too long); with one, it is the encoder's count."""
+    pos, total, first, counted = 0, 0, True, False
     if data[:3] == b"ID3" and len(data) >= 10:
         size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)
         pos = 10 + size + (10 if data[5] & 0x10 else 0)
@@ -351,34 +412,38 @@ def mpeg_frames_samples(data: bytes) -> int:
             length = (12 * bits_per_s // rate + padding) * 4
         else:
             length = (144 if mpeg1 or layer == 2 else 72) * bits_per_s // rate + padding
-        if not (first and (b"Xing" in data[pos : pos + length] or b"Info" in data[pos : pos + length])):
+        if first and (b"Xing" in data[pos : pos + length] or b"Info" in data[pos : pos + length]):
+            counted = True
+        else:
             total += _MPEG_SAMPLES[mpeg1, layer]
         first = False
         pos += length
-    return total
+    return total, counted
 
 
-def check_mpeg_length(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int, name: str) -> int | None:
+def check_mpeg_length(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int,
+                      name: str) -> MpegScan | None:
     """Raise :class:`AudioError` when libsndfile would decode ``frames`` samples of an MPEG file
     (``fmt`` "MP3": layers I-III; any other container passes) whose frames hold more
     (:func:`mpeg_frames_samples`; beyond 3 frames of encoder delay and padding): its output would
-    be cut short, and reported done. A file is mapped, not read into memory. Returns the bytes
-    it looked at (the file's size, for :func:`coded_kbps`), None where it looked at none."""
+    be cut short, and reported done. A file is mapped, not read into memory. Returns what the
+    walk found (the file's size, for :func:`coded_kbps`; its frames, for :func:`cut_short`),
+    None where it walked nothing."""
     if fmt != "MP3":
         return None
     try:
         if isinstance(source, bytes | bytearray):
-            size, held = len(source), mpeg_frames_samples(bytes(source))
+            scan = MpegScan(len(source), *mpeg_frames_samples(bytes(source)))
         else:
             with open(fs_path(source), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                size, held = len(data), mpeg_frames_samples(data)
+                scan = MpegScan(len(data), *mpeg_frames_samples(data))
     except (OSError, ValueError):  # unreadable, or empty: the decode that follows says why
         return None
-    if held > frames + 3 * 1152:
+    if scan.held > frames + 3 * 1152:
         raise AudioError(f"{name}: libsndfile decodes {frames / sr:.2f} s of this MPEG file, but its frames hold "
-                         f"{held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
+                         f"{scan.held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
                          f"convert it first, e.g. ffmpeg -i in.mp3 out.flac")
-    return size
+    return scan
 
 
 def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | None:

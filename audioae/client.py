@@ -38,6 +38,7 @@ from . import decomposition_folder as folder
 from .audio import (
     MIN_SAMPLE_RATE,
     AudioError,
+    CutShort,
     check_audio_array,
     check_channels,
     check_pcm,
@@ -45,6 +46,7 @@ from .audio import (
     clips_at_full_scale,
     coded_kbps,
     container_for,
+    cut_short,
     encode_audio,
     fs_path,
     iter_blocks,
@@ -97,6 +99,7 @@ class AudioForm:
     subtype: str = ""  # encoded: soundfile subtype, e.g. "PCM_16"
     pcm_format: int = 0  # pcm: SampleFormat value
     kbps: float | None = None  # encoded MP3, Opus or Vorbis: its mean bitrate, which the answer keeps
+    cut: CutShort | None = None  # encoded: a file holding less audio than its header claims
 
 
 def _pcm_dtype(fmt: int) -> tuple[str, str]:
@@ -171,7 +174,7 @@ def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) 
                             "Audio.pcm, with their sample format, rate and channels")
             raise AudioError(message) from None
         kbps = coded_kbps(audio.encoded, info.format, info.subtype, wav.shape[-1], sr)
-        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=kbps)
+        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=kbps, cut=info.cut)
     if which == "pcm":
         p = audio.pcm
         wav = pcm_bytes_to_array(p.data, p.format, p.channels, name)
@@ -594,6 +597,8 @@ class Client:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
         info = _source_info(src)
+        if (cut := cut_short(info)) is not None:  # a WAV, AIFF or AU's claim (an MP3's needs its frames walked)
+            log.warning("%s", cut.warning(str(src), "streaming"))
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = iter_blocks(src, block)

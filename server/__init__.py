@@ -11,23 +11,7 @@ Start it with ``audioae serve`` (or ``python -m server``); in code::
     srv.drain()             # NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish, stop
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
+from .app import AudioServer, serve
 from .config import ServerConfig
 
-if TYPE_CHECKING:
-    from .app import AudioServer, serve
-
 __all__ = ["AudioServer", "ServerConfig", "serve"]
-
-
-def __getattr__(name: str):
-    # server.app (and torch under it) only when asked for: a codec process imports server.codecs,
-    # and with it this package, to run a function of it, and must stay numpy and soundfile only.
-    if name in ("AudioServer", "serve"):
-        from . import app
-
-        return getattr(app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ MB each), never torch. PCM never reaches a codec.
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import threading
@@ -20,25 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 
-from audioae.audio import AudioError, AudioInfo, cut_short, encode_audio, read_audio
+from audioae.audio import AudioError, AudioInfo, encode_audio, header_shape, read_audio
 from audioae.isolation import CallTimedOut, ProcessDied, Worker, call_in_child
 
 log = logging.getLogger(__name__)
-
-
-def read_header(data: bytes) -> tuple[tuple[int, int, int] | None, tuple[int, int] | None]:
-    """Run in a codec process: ``(frames, channels, sample_rate)`` from the file's header (None
-    when libsndfile knows no header there: the decode then says why), and ``(claimed, held)``
-    bytes of audio when the header claims more than the file holds (a copy cut short:
-    :func:`audioae.audio.cut_short`), else None. Module level, and in a package whose import
-    loads no torch, so that a spawned worker can import it."""
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            return (f.frames, f.channels, f.samplerate), cut_short(f)
-    except Exception:  # malformed or unreadable: reported by the decode
-        return None, None
 
 
 class Codecs:
@@ -72,11 +57,7 @@ class Codecs:
 
     def header(self, data: bytes) -> tuple[int, int, int] | None:
         """``(frames, channels, sample_rate)`` from the file's header; None when it has none."""
-        return self.inspect(data)[0]
-
-    def inspect(self, data: bytes) -> tuple[tuple[int, int, int] | None, tuple[int, int] | None]:
-        """:func:`read_header`: the header's shape, and the bytes claimed and held by a file cut short."""
-        return self._run(read_header, (data,), {}, "reading the audio file's header")
+        return self._run(header_shape, (data,), {}, "reading the audio file's header")
 
     def read(self, data: bytes, name: str = "audio") -> tuple[np.ndarray, int, AudioInfo]:
         return self._run(read_audio, (data,), {"name": name}, "decoding the audio file")

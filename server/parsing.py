@@ -44,8 +44,11 @@ class Oversized:
                 f"{self.limit:,} bytes ({self.limit / 2**20:g} MB, --max-request-mb)")
 
     def refusal(self) -> str:
-        return (f"the {self.message_type} message is {self.sizes()}: send less in one call (shorter audio; "
-                f"an encoded file or int16 PCM rather than float32 PCM; fewer tensor items)")
+        if self.message_type.endswith("DecodeRequest"):
+            less = "a code of fewer frames, in several calls"
+        else:  # audio, as an encoded file or PCM: which, the unparsed bytes do not say
+            less = "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM"
+        return f"the {self.message_type} message is {self.sizes()}: send {less}"
 
 
 def _lenient(deserialize: Callable[[bytes], object], limit: int) -> Callable[[bytes], object]:

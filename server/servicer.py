@@ -62,10 +62,6 @@ DECODE_BUDGET_RATE, DECODE_BUDGET_CHANNELS = 48_000, 2
 # Decompose builds every component waveform [K, C, T] float32 at the caller's rate, returned or
 # not; its worst case (K = top_k, or every unit / group) must fit in this.
 MAX_COMPONENT_BYTES = 1 << 30
-# An encoded file that decodes to fewer frames than its header claims is answered with a warning
-# when it falls short by at least this many: one MPEG audio frame, by which decoders may differ in
-# the delay and padding they trim from a complete file.
-SHORT_FRAMES = 1152
 
 
 def _unary(method: Callable) -> Callable:
@@ -133,21 +129,6 @@ def _pcm_shape(audio) -> tuple[int, int, int] | None:
         return None
     p = audio.pcm
     return round(seconds * p.sample_rate), p.channels, p.sample_rate
-
-
-def _cut_short(name: str, declared: tuple[int, int, int] | None, cut: tuple[int, int] | None, frames: int,
-               sr: int) -> list[str]:
-    """The warning for an encoded file that holds less audio than its header claims (``cut``: the
-    bytes claimed and held, :func:`audioae.audio.cut_short`; else ``declared``'s frames against
-    the ``frames`` decoded), answered for what it holds; [] for any other."""
-    held = f"answered for the {frames / sr:.2f} s it holds"
-    if cut is not None:
-        return [f"{name}: its header claims {cut[0]:,} bytes of audio but the file holds {cut[1]:,} (a copy cut "
-                f"short, or a recording that stopped mid-write?): {held}"]
-    if declared is not None and declared[0] - frames >= SHORT_FRAMES:
-        return [f"{name}: its header claims {declared[0]:,} frames ({declared[0] / sr:.2f} s) but {frames:,} "
-                f"decode (a copy cut short, or a recording that stopped mid-write?): {held}"]
-    return []
 
 
 def _check_channels(channels: int, name: str) -> None:
@@ -310,12 +291,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         """Decode ``audio`` for a model of rate ``model_sr``, refusing what the limits forbid from
         its header first, before decoding. ``check(frames, channels, sample_rate)``: the RPC's own
         limit, applied to the header and again to the decoded audio. Returns the audio ``[C, T]``,
-        its rate, its form and the warnings for the caller (a file cut short: :func:`_cut_short`)."""
+        its rate, its form and the warnings for the caller (a file cut short:
+        :func:`audioae.audio.cut_short`)."""
         if audio is None or audio.WhichOneof("data") is None:
             raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
         encoded = audio.WhichOneof("data") == "encoded"
         # Before decoding, from the header or the byte count alone: refuse cheaply.
-        declared, cut = self.codecs.inspect(bytes(audio.encoded)) if encoded else (_pcm_shape(audio), None)
+        declared = self.codecs.header(bytes(audio.encoded)) if encoded else _pcm_shape(audio)
         if declared is not None:
             _check_channels(declared[1], name)
             self._check_seconds(declared[0] / declared[2] if declared[2] > 0 else None, declared[1])
@@ -330,7 +312,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         self._check_seconds(wav.shape[-1] / sr, wav.shape[0])
         if check is not None:
             check(wav.shape[-1], wav.shape[0], sr)
-        warnings = _cut_short(name, declared, cut, wav.shape[-1], sr) if encoded else []
+        warnings = [] if form.cut is None else [form.cut.warning(name, "answered for", wav.shape[-1])]
         return wav, sr, form, warnings
 
     @staticmethod

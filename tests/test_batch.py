@@ -1253,13 +1253,15 @@ def test_an_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
 
 
 def _cut_short_copies(src: Path) -> None:
-    """In ``src``: WAV, AIFF and AU copies cut to half their bytes (headers claiming all of it), a
-    complete WAV, and a complete WAV whose data size is a live recorder's placeholder."""
+    """In ``src``: WAV, AIFF, AU and MP3 copies cut to half their bytes (headers claiming all of it:
+    the MP3's Xing frame counts its frames), a complete WAV, and a complete WAV whose data size is a
+    live recorder's placeholder."""
     x = noisy_signal(np.random.default_rng(3), 2.0, 16000, 1)  # [T, 1]
     for name, fmt in (("cut.wav", "WAV"), ("cut.aiff", "AIFF"), ("cut.au", "AU"), ("whole.wav", "WAV"),
                       ("live.wav", "WAV")):
         sf.write(src / name, x, 16000, format=fmt, subtype="PCM_16")
-    for name in ("cut.wav", "cut.aiff", "cut.au"):
+    sf.write(src / "cut.mp3", x, 16000, format="MP3")
+    for name in ("cut.wav", "cut.aiff", "cut.au", "cut.mp3"):
         data = (src / name).read_bytes()
         (src / name).write_bytes(data[: len(data) // 2])
     live = bytearray((src / "live.wav").read_bytes())
@@ -1268,11 +1270,29 @@ def _cut_short_copies(src: Path) -> None:
     (src / "live.wav").write_bytes(bytes(live))
 
 
+def test_an_ogg_that_decodes_to_nothing_may_be_cut_short_and_says_so(tmp_path):
+    """An Ogg holds its length at its end: one cut short decodes to less than it holds, or to
+    nothing, which was reported as "the audio is empty (0 samples)" of a file of kilobytes."""
+    from audioae.audio import AudioError, read_audio
+
+    whole = tmp_path / "whole.ogg"
+    sf.write(whole, noisy_signal(np.random.default_rng(3), 2.0, 16000, 1), 16000, format="OGG")
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"cut\.ogg: libsndfile decodes no audio from this Ogg file; if it should "
+                                         r"hold some, it may be cut short"):
+        read_audio(cut)
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros((0, 1), np.float32), 16000)
+    with pytest.raises(AudioError, match=r"silent\.wav: the audio is empty \(0 samples\)"):
+        read_audio(silent)
+
+
 def test_a_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, capsys):
-    """A WAV, AIFF or AU cut short (an interrupted copy) was denoised for the half it holds without a
-    word, though its complete original may be elsewhere: its result, the manifest (a rerun's
-    skipped line too) and the command's output now say so. A live recorder's placeholder size
-    (0xFFFFFFFF) and a complete file say nothing."""
+    """A WAV, AIFF, AU or MP3 cut short (an interrupted copy) was denoised for the half it holds
+    without a word, though its complete original may be elsewhere: its result, the manifest (a
+    rerun's skipped line too) and the command's output now say so. A live recorder's placeholder
+    size (0xFFFFFFFF) and a complete file say nothing."""
     src = tmp_path / "in"
     src.mkdir()
     _cut_short_copies(src)
@@ -1280,18 +1300,24 @@ def test_a_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, caps
     assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 0
     err = capsys.readouterr().err
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
-    assert {n for n, r in recs.items() if r["status"] == "ok"} == {"cut.wav", "cut.aiff", "cut.au", "whole.wav",
-                                                                   "live.wav"}
+    assert {n for n, r in recs.items() if r["status"] == "ok"} == {"cut.wav", "cut.aiff", "cut.au", "cut.mp3",
+                                                                   "whole.wav", "live.wav"}
+    why = r"\(a copy cut short, or a recording that stopped mid-write\?\)"
     for name in ("cut.wav", "cut.aiff", "cut.au"):
         warning = recs[name]["warning"]
-        assert re.fullmatch(rf"{re.escape(str(src / name))}: its header claims 64,0\d\d bytes of audio but the file "
-                            r"holds 3\d,\d{3} \(a copy cut short\?\): denoised the 1.00 s it holds", warning), warning
+        # 64,000: the audio's own bytes (an AIFF's SSND size counts 8 more: its offset and block size)
+        assert re.fullmatch(rf"{re.escape(str(src / name))}: its header claims 64,000 bytes of audio but the file "
+                            rf"holds 3\d,\d{{3}} {why}: denoised the 1.00 s it holds", warning), warning
         assert f"  warning: {warning}" in err
         assert sf.info(out / name).frames == sf.info(src / name).frames
+    warning = recs["cut.mp3"]["warning"]  # libsndfile's frames are the Xing frame's count: 2 s
+    assert re.fullmatch(rf"{re.escape(str(src / 'cut.mp3'))}: its header claims 2.00 s of audio but its frames hold "
+                        rf"1.0\d s {why}: denoised what decodes of it", warning), warning
+    assert len(sf.read(src / "cut.mp3")[0]) < 20000 <= sf.info(src / "cut.mp3").frames
     assert recs["whole.wav"]["warning"] == recs["live.wav"]["warning"] == ""
     assert sf.info(out / "live.wav").frames == 32000
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
-    assert s["skipped"] == 5 and s["warnings"] == []  # said when denoised, kept in the manifest
+    assert s["skipped"] == 6 and s["warnings"] == []  # said when denoised, kept in the manifest
     again = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
     assert again["cut.wav"]["status"] == "skipped" and again["cut.wav"]["warning"] == recs["cut.wav"]["warning"]
     batched = FileDenoiser(load_checkpoint(causal_ckpt))._run_batched(  # the GPU path, on CPU

@@ -591,6 +591,23 @@ def test_cli_client_prints_the_servers_warning_about_a_file_cut_short(mixed_serv
     assert mixed.denoise_file(whole, tmp_path / "whole_out.wav", model="tiny")["warnings"] == []
 
 
+def test_streaming_a_wav_cut_short_warns_before_it_streams(mixed, tmp_path, caplog):
+    """client stream decodes the file itself and sends PCM: the server cannot tell it was cut short,
+    and nothing said so (the same file through Denoise, or the folder tool, warned)."""
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, _noisy(2.0, 16000)[0], 16000, subtype="PCM_16")
+    src = tmp_path / "cut.wav"
+    src.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    held = sf.info(src).frames
+    with caplog.at_level("WARNING", logger="audioae.client"):
+        r = mixed.stream_file(src, tmp_path / "out.wav", model="tiny", chunk_ms=50)
+        mixed.stream_file(whole, tmp_path / "whole_out.wav", model="tiny", chunk_ms=50)
+    assert r["frames"] == held
+    assert [rec.getMessage() for rec in caplog.records if rec.name == "audioae.client"] == [
+        f"{src}: its header claims 64,000 bytes of audio but the file holds {2 * held:,} (a copy cut short, or a "
+        f"recording that stopped mid-write?): streaming the {held / 16000:.2f} s it holds"]
+
+
 def test_a_token_sent_beyond_loopback_without_tls_is_warned_about(caplog, tmp_path):
     """Was: no word, although gRPC sends the token as it is to anyone on the path (the server warns
     its operator; the client's user had no warning)."""

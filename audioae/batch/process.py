@@ -110,12 +110,12 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> _Heade
     source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
         raise empty_audio(task.input, source)
-    size = check_mpeg_length(source, f.format, f.frames, f.samplerate, task.input)  # an MP3's bytes, mapped
-    kbps = coded_kbps(source, f.format, f.subtype, f.frames, f.samplerate, size)
-    if (sizes := cut_short(f)) is None:
-        return _Header("", kbps)
-    return _Header(f"{task.input}: its header claims {sizes[0]:,} bytes of audio but the file holds {sizes[1]:,} "
-                   f"(a copy cut short?): denoised the {f.frames / f.samplerate:.2f} s it holds", kbps)
+    scan = check_mpeg_length(source, f.format, f.frames, f.samplerate, task.input)  # an MP3's frames, mapped
+    # an MP3's frames as walked: libsndfile's may be a guess from the size (tags, cover art)
+    frames, size = (f.frames, None) if scan is None else (scan.held, scan.size)
+    kbps = coded_kbps(source, f.format, f.subtype, frames, f.samplerate, size)
+    cut = cut_short(f, scan)
+    return _Header("" if cut is None else cut.warning(task.input, "denoised"), kbps)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
