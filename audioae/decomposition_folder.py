@@ -274,10 +274,12 @@ def _listed(summary: object) -> set[str] | None:
     decomposition's names then."""
     try:
         # a decomposition saved without audio (client --no-audio) lists components but no files
-        files = {entry.get("file") for entry in summary["components"]}
+        named = [entry.get("file") for entry in summary["components"]]
+        named += [summary.get(k) for k in ("residual_file", "figure")]
     except (KeyError, TypeError, AttributeError):
         return None
-    return (files | {"summary.json", "activations.npy"} | {summary.get(k) for k in ("residual_file", "figure")}) - {None}
+    # names only: a hand-edited summary's list or number there names no file (was a TypeError)
+    return {n for n in named if isinstance(n, str)} | {"summary.json", "activations.npy"}
 
 
 def _not_ours(names: list[str], out: Path) -> ValueError:

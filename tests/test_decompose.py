@@ -901,6 +901,22 @@ def test_a_folder_with_files_of_its_names_but_no_summary_is_refused_and_kept(tmp
     assert (out / "03_take.wav").read_bytes() == b"mine" and len(list(out.iterdir())) == 1
 
 
+def test_a_rerun_over_a_hand_edited_summary_does_not_crash_and_keeps_what_it_does_not_list(tmp_path, capsys):
+    """A summary.json whose residual_file is a list ended the rerun in a bare "TypeError: unhashable
+    type: 'list'"; a name that is no string names no file of the decomposition."""
+    import json
+
+    out = tmp_path / "takes"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"components": [{"file": ["x"]}], "residual_file": ["x"]}))
+    (out / "03_take.wav").write_bytes(b"mine")
+    src = tmp_path / "in.wav"
+    write_audio(src, tone(0.5, SR)[None], SR)
+    assert main(["decompose", str(src), "-o", str(out), "--top", "1"]) == 0, capsys.readouterr().err
+    assert (out / "03_take.wav").read_bytes() == b"mine"
+    assert json.loads((out / "summary.json").read_text())["residual_file"] == "residual.wav"
+
+
 def test_cli_decompose_refuses_a_file_or_a_folder_holding_the_input(tmp_path, capsys):
     src = tmp_path / "residual.wav"  # a name the decomposition writes into its folder
     write_audio(src, (tone(0.5, SR) + noise_bursts(0.5, SR))[None], SR, subtype="FLOAT")
