@@ -6,6 +6,7 @@ Decompose still did (nobody reads its answer). Each length runs twice, the first
 
     python benchmarks/decompose_deadline.py --seconds 100 300 550 --out benchmarks/results/decompose-deadline.json
     git worktree add /tmp/before a825310~1 && python benchmarks/decompose_deadline.py --checkout /tmp/before ...
+    (decompose-deadline-before.json; the blocks' before: 009dee6~1, decompose-deadline-blocks-before.json)
 """
 
 from __future__ import annotations

@@ -54,10 +54,9 @@ MAX_REFINE_STEPS = 100
 # call for minutes. Also the most a request (CLI or server) may ask for (decompose.check_options).
 MAX_FIT_STEPS = 100
 # Frame-local work on a long signal (the encoder; decompose's STFT and features) runs in blocks of
-# this many frames (16 s at 16 kHz, hop 128), with a stop check before each: on 550 s of audio the
-# STFT and features ran 1 s, and the encoder 2.2 s from its start to its first check, uncut past a
-# caller's deadline; now a stop comes within 0.06 s of it (one torch thread; the Denoise queued
-# behind an abandoned Decompose: benchmarks/decompose_deadline.py).
+# this many frames (16 s at 16 kHz, hop 128), with a stop check before each: run whole, they held
+# the device past a caller's deadline (a 1 s Denoise queued behind an abandoned 550 s Decompose
+# waited 1.1 s; in blocks 0.03 s: benchmarks/decompose_deadline.py).
 BLOCK_FRAMES = 2048
 
 
