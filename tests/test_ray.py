@@ -188,8 +188,8 @@ def test_a_copy_cut_short_keeps_its_warning_through_ray(job, tmp_path):
     src.mkdir()
     _cut_short_copies(src)
     s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(ckpt), engine="ray", progress=False))
-    assert (s["ok"], s["error"]) == (5, 0)
-    assert sorted(Path(w["input"]).name for w in s["warnings"]) == ["cut.aiff", "cut.au", "cut.wav"]
+    assert (s["ok"], s["error"]) == (6, 0)
+    assert sorted(Path(w["input"]).name for w in s["warnings"]) == ["cut.aiff", "cut.au", "cut.mp3", "cut.wav"]
     recs = {Path(r["input"]).name: r["warning"] for r in read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")}
     assert "(a copy cut short, or a recording that stopped mid-write?)" in recs["cut.wav"] and recs["whole.wav"] == ""
 
