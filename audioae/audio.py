@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Extension -> soundfile container: the audio a folder search takes and an output name may ask
 # for, where this machine's libsndfile has the container (MP3 from libsndfile 1.1; the soundfile
 # wheels bring 1.2). libsndfile keeps the length of an MP3 it wrote through a round trip (its LAME
-# header); one it would cut short is refused (check_mpeg_length).
+# header); one it would cut short is refused (scan_coded).
 _NAMED = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF",
           ".au": "AU", ".caf": "CAF", ".w64": "W64", ".rf64": "RF64"}
 CONTAINERS = {ext: fmt for ext, fmt in _NAMED.items() if fmt in sf.available_formats()}
@@ -71,6 +71,7 @@ class AudioInfo:
     format: str  # soundfile container, e.g. "WAV"
     subtype: str  # soundfile subtype, e.g. "PCM_16"
     cut: CutShort | None = None  # a file holding less audio than its header claims (cut_short)
+    kbps: float | None = None  # an MP3's, Opus's or Vorbis's mean bitrate, which its answer keeps (coded_kbps)
 
 
 def whole_hz(sr: float, name: str = "audio") -> int:
@@ -255,15 +256,15 @@ class CutShort:
         return f"{name}: {self.claim} (a copy cut short, or a recording that stopped mid-write?): {done} {held}"
 
 
-def cut_short(f: sf.SoundFile, scan: MpegScan | None = None) -> CutShort | None:
+def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None:
     """A file whose header claims more audio than it holds (None for any other): a copy cut short
     (an interrupted download or card copy), whose complete original may still exist, or a
     recording that stopped mid-write. libsndfile reads the samples that are there and logs a
-    WAV's, AIFF's or AU's claim; an MP3's (``scan``: :func:`check_mpeg_length`'s) is its Xing/Info
+    WAV's, AIFF's or AU's claim; an MP3's (``scan``: :func:`scan_coded`'s) is its Xing/Info
     frame count, libsndfile's ``frames``, against the frames walked (without that frame, the
     length is a guess from the file's size: no claim). ``f``: an open file, or ``soundfile.info``.
     Ogg and FLAC claim no length (a FLAC cut short does not decode; an Ogg decodes what it holds)."""
-    if scan is not None:
+    if scan is not None and scan.held is not None:  # an MP3
         if scan.counted and f.frames - scan.held >= 1152:  # one MPEG frame: decoders trim delay and padding
             sr = f.samplerate
             # frames hold more than decodes: the encoder's delay, a last frame that needs the next
@@ -350,10 +351,10 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
-            scan = check_mpeg_length(source, f.format, f.frames, f.samplerate, name)  # libsndfile stops at its first header's length
+            scan = scan_coded(source, f, name)  # libsndfile stops at an MP3's first header's length, an Ogg's first chain
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype,  # frames read, not claimed
-                             cut_short(f, scan))
+                             cut_short(f, scan), coded_kbps(f, scan, wav.shape[-1]))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
         raise AudioError(f"{name}: cannot read audio ({reason})") from exc
@@ -378,26 +379,32 @@ _MPEG_SAMPLES = {(True, 1): 384, (True, 2): 1152, (True, 3): 1152, (False, 1): 3
 
 
 @dataclass(frozen=True)
-class MpegScan:
-    """What :func:`check_mpeg_length` found walking an MPEG file's frame headers."""
+class CodedScan:
+    """What :func:`scan_coded` found walking an MP3's frames or an Ogg's pages."""
 
-    size: int  # the bytes walked: the file's
-    held: int  # samples per channel its frames hold
-    counted: bool  # a Xing/Info frame first: libsndfile's length is the encoder's count, not a guess
+    audio_bytes: int  # the coded audio's bytes: tags, cover art and codec headers left out
+    held: int | None = None  # MP3: samples per channel its frames hold
+    counted: bool = False  # MP3: a Xing/Info frame first: libsndfile's length is its count, not a guess
 
 
-def mpeg_frames_samples(data: bytes) -> tuple[int, bool]:
-    """Samples per channel that an MPEG audio file's frames hold, by walking its frame headers
-    (an ID3v2 tag first is skipped, and so is a Xing/Info frame, which holds no audio; bytes
-    between frames are passed over a byte at a time), and whether a Xing/Info frame was there.
-    libsndfile decodes only the length its first header gives: a VBR file without a Xing
-    header, or MP3s joined end to end, come out short (tests/test_batch.py: two joined files
-    come out as one). Without one, that length is guessed from the file's size and first
-    bitrate (cover art or tags make it seconds too long); with one, it is the encoder's count."""
-    pos, total, first, counted = 0, 0, True, False
-    if data[:3] == b"ID3" and len(data) >= 10:
-        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F)
-        pos = 10 + size + (10 if data[5] & 0x10 else 0)
+def _id3v2_end(data: bytes, pos: int) -> int:
+    """``pos``, or past the ID3v2 tags that start there (a second one holding the cover art was
+    read as MPEG frames: a complete file refused as "files joined end to end")."""
+    while data[pos : pos + 3] == b"ID3" and pos + 10 <= len(data):
+        size = (data[pos + 6] & 0x7F) << 21 | (data[pos + 7] & 0x7F) << 14 | (data[pos + 8] & 0x7F) << 7 | (data[pos + 9] & 0x7F)
+        pos += 10 + size + (10 if data[pos + 5] & 0x10 else 0)  # a footer too
+    return pos
+
+
+def mpeg_frames_samples(data: bytes) -> CodedScan:
+    """Samples per channel that an MPEG audio file's frames hold, and their bytes, by walking its
+    frame headers (ID3v2 tags first are skipped, and so is a Xing/Info frame, which holds no
+    audio; bytes between frames are passed over a byte at a time), and whether a Xing/Info frame
+    was there. libsndfile decodes only the length its first header gives: a VBR file without a
+    Xing header, or MP3s joined end to end, come out short (tests/test_batch.py: two joined files
+    come out as one). Without one, that length is guessed from the file's size and first bitrate
+    (cover art or tags make it seconds too long); with one, it is the encoder's count."""
+    pos, total, audio_bytes, first, counted = _id3v2_end(data, 0), 0, 0, True, False
     while pos + 4 <= len(data):
         h = int.from_bytes(data[pos : pos + 4], "big")
         version, layer_bits = (h >> 19) & 3, (h >> 17) & 3
@@ -416,34 +423,73 @@ def mpeg_frames_samples(data: bytes) -> tuple[int, bool]:
             counted = True
         else:
             total += _MPEG_SAMPLES[mpeg1, layer]
+            audio_bytes += length
         first = False
         pos += length
-    return total, counted
+    return CodedScan(audio_bytes, total, counted)
 
 
-def check_mpeg_length(source: str | os.PathLike | bytes, fmt: str, frames: int, sr: int,
-                      name: str) -> MpegScan | None:
-    """Raise :class:`AudioError` when libsndfile would decode ``frames`` samples of an MPEG file
-    (``fmt`` "MP3": layers I-III; any other container passes) whose frames hold more
-    (:func:`mpeg_frames_samples`; beyond 3 frames of encoder delay and padding): its output would
-    be cut short, and reported done. A file is mapped, not read into memory. Returns what the
-    walk found (the file's size, for :func:`coded_kbps`; its frames, for :func:`cut_short`),
-    None where it walked nothing."""
-    if fmt != "MP3":
+_NO_GRANULE = (1 << 64) - 1  # a page on which no packet ends (a header split over pages: cover art)
+
+
+def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
+    """An Ogg file's coded audio bytes (the pages before the first that ends audio, the codec's
+    headers with any cover art in their comments, left out), and whether it is chained: a stream
+    begins after another's pages (files joined end to end, of which libsndfile decodes only the
+    first). Walks the page headers; past damage, on to the next page's capture pattern."""
+    pos, header_bytes, in_headers, seen_data, chained = 0, 0, True, False, False
+    while pos + 27 <= len(data):
+        if data[pos : pos + 4] != b"OggS":
+            found = data.find(b"OggS", pos + 1)
+            if found < 0:
+                break
+            pos = found
+            continue
+        flags, granule = data[pos + 5], int.from_bytes(data[pos + 6 : pos + 14], "little")
+        segments = data[pos + 26]
+        length = 27 + segments + sum(data[pos + 27 : pos + 27 + segments])
+        if flags & 0x02 and seen_data:  # a beginning of stream after another's pages
+            chained = True
+        seen_data = seen_data or not flags & 0x02
+        if in_headers and granule not in (0, _NO_GRANULE):
+            in_headers = False
+        if in_headers:
+            header_bytes += length
+        pos += length
+    return CodedScan(max(0, min(pos, len(data)) - header_bytes)), chained
+
+
+def scan_coded(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) -> CodedScan | None:
+    """Walk an MP3's frames or an Ogg's pages (any other container: None) and raise
+    :class:`AudioError` for a file of which libsndfile would decode only part, reported done: an
+    MPEG file whose frames hold more than ``f.frames`` (beyond 3 frames of encoder delay and
+    padding; :func:`mpeg_frames_samples`), a chained Ogg (:func:`ogg_pages`). Returns what the walk
+    found (the coded audio's bytes, for :func:`coded_kbps`; an MP3's frames, for
+    :func:`cut_short`). A file is mapped, not read into memory; None where it cannot be read
+    (the decode that follows says why). ``f``: the open file, or ``soundfile.info``."""
+    if f.format not in ("MP3", "OGG"):
         return None
+    walk = mpeg_frames_samples if f.format == "MP3" else ogg_pages
     try:
         if isinstance(source, bytes | bytearray):
-            scan = MpegScan(len(source), *mpeg_frames_samples(bytes(source)))
+            found = walk(bytes(source))
         else:
             with open(fs_path(source), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                scan = MpegScan(len(data), *mpeg_frames_samples(data))
+                found = walk(data)
     except (OSError, ValueError):  # unreadable, or empty: the decode that follows says why
         return None
-    if scan.held > frames + 3 * 1152:
-        raise AudioError(f"{name}: libsndfile decodes {frames / sr:.2f} s of this MPEG file, but its frames hold "
-                         f"{scan.held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
+    sr = f.samplerate
+    if f.format == "OGG":
+        scan, chained = found
+        if chained:
+            raise AudioError(f"{name}: Ogg streams joined end to end (a chained Ogg), of which libsndfile decodes "
+                             f"only the first ({f.frames / sr:.2f} s): convert it first, e.g. ffmpeg -i in.ogg out.flac")
+        return scan
+    if found.held > f.frames + 3 * 1152:
+        raise AudioError(f"{name}: libsndfile decodes {f.frames / sr:.2f} s of this MPEG file, but its frames hold "
+                         f"{found.held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
                          f"convert it first, e.g. ffmpeg -i in.mp3 out.flac")
-    return scan
+    return found
 
 
 def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | None:
@@ -612,18 +658,34 @@ def opus_compression(kbps: float, channels: int) -> float:
 
 
 # Ogg Vorbis kbit/s at compression levels 0, 0.1, ..., 1 (vorbis_compression says how measured)
-_VORBIS_KBPS = {  # sample rate: (1 channel, 2 channels)
-    8000: ((37, 36, 33, 32, 30, 28, 26, 24, 22, 20, 19), (72, 67, 62, 57, 52, 47, 43, 39, 34, 31, 26)),
-    11025: ((50, 47, 44, 42, 39, 37, 34, 32, 31, 29, 26), (94, 87, 80, 73, 66, 60, 54, 49, 44, 40, 37)),
-    16000: ((67, 61, 55, 50, 44, 38, 37, 35, 32, 28, 29), (143, 129, 111, 96, 80, 64, 57, 52, 46, 39, 39)),
-    22050: ((87, 79, 72, 65, 58, 51, 48, 44, 39, 34, 34), (185, 164, 141, 120, 100, 82, 68, 60, 52, 44, 44)),
-    32000: ((187, 121, 97, 87, 80, 72, 66, 62, 59, 55, 45), (384, 264, 208, 183, 168, 145, 114, 103, 92, 75, 59)),
-    44100: ((251, 155, 120, 106, 98, 87, 75, 69, 66, 61, 51), (514, 336, 255, 221, 206, 168, 122, 110, 99, 82, 67)),
-    48000: ((272, 166, 128, 112, 104, 85, 75, 68, 65, 61, 51), (557, 359, 271, 234, 218, 167, 122, 109, 99, 82, 66)),
+_VORBIS_KBPS = {  # sample rate: (1 channel, 2 channels, 6 channels)
+    8000: ((37, 36, 33, 32, 30, 28, 26, 24, 22, 20, 19),
+           (72, 67, 62, 57, 52, 47, 43, 39, 34, 31, 26),
+           (223, 212, 200, 189, 176, 164, 153, 142, 132, 122, 112)),
+    11025: ((50, 47, 44, 42, 39, 37, 34, 32, 31, 29, 26),
+            (94, 87, 80, 73, 66, 60, 54, 49, 44, 40, 37),
+            (298, 282, 265, 248, 232, 218, 205, 193, 181, 168, 156)),
+    16000: ((67, 61, 55, 50, 44, 38, 37, 35, 32, 28, 29),
+            (143, 129, 111, 96, 80, 64, 57, 52, 46, 39, 39),
+            (399, 366, 328, 295, 262, 229, 220, 206, 190, 168, 171)),
+    22050: ((87, 79, 72, 65, 58, 51, 48, 44, 39, 34, 34),
+            (185, 164, 141, 120, 100, 82, 68, 60, 52, 44, 44),
+            (520, 477, 429, 387, 345, 307, 286, 257, 231, 200, 203)),
+    32000: ((187, 121, 97, 87, 80, 72, 66, 62, 59, 55, 45),
+            (384, 264, 208, 183, 168, 145, 114, 103, 92, 75, 59),
+            (1123, 728, 584, 527, 478, 432, 395, 372, 351, 327, 271)),
+    44100: ((251, 155, 120, 106, 98, 87, 75, 69, 66, 61, 51),
+            (514, 336, 255, 221, 206, 168, 122, 110, 99, 82, 67),
+            (1235, 814, 617, 537, 495, 426, 287, 246, 215, 163, 123)),
+    48000: ((272, 166, 128, 112, 104, 85, 75, 68, 65, 61, 51),
+            (557, 359, 271, 234, 218, 167, 122, 109, 99, 82, 66),
+            (1332, 871, 653, 564, 523, 422, 285, 245, 215, 162, 122)),
     96000: ((526, 300, 222, 188, 180, 94, 82, 75, 72, 68, 55),
-            (1077, 653, 465, 392, 376, 178, 133, 119, 108, 91, 76)),
+            (1077, 653, 465, 392, 376, 178, 133, 119, 108, 91, 76),
+            (2926, 1796, 1318, 1119, 1070, 555, 481, 442, 422, 403, 323)),
     192000: ((1038, 572, 429, 358, 204, 104, 95, 84, 80, 78, 66),
-             (1999, 1245, 892, 739, 420, 196, 147, 132, 118, 103, 88)),
+             (1999, 1245, 892, 739, 420, 196, 147, 132, 118, 103, 88),
+             (5401, 3427, 2564, 2139, 1212, 609, 556, 488, 469, 454, 379)),
 }
 
 
@@ -631,9 +693,10 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     """libsndfile's Ogg Vorbis compression level for a mean bitrate near ``kbps``. libsndfile codes
     Vorbis at quality 1 - level (default level 0.6), whose bitrate depends on the sample rate and
     the channels far more than on the signal: :data:`_VORBIS_KBPS` holds it, measured, for one
-    channel and for two (coupled stereo) at the levels 0, 0.1, ..., 1; between the rates measured
-    it is interpolated, and above two channels (each coded alone: four came within 5% of four
-    times one) it is one channel's times the count. Within 0..1: a bitrate beyond the quality
+    channel, two (coupled stereo) and six (5.1, coupled: from 44.1 kHz up, half of six times one)
+    at the levels 0, 0.1, ..., 1; between the rates measured it is interpolated, and for other
+    counts (each channel coded alone: 3, 4, 5, 7 and 8 came within 5% of that many times one) it
+    is one channel's times the count. Within 0..1: a bitrate beyond the quality
     range's gets its end (tests/test_batch.py checks outputs against their inputs' sizes).
 
     Measured (libsndfile 1.2.2, the soundfile 0.14 wheel's libvorbis) on white noise at -20 dBFS,
@@ -656,29 +719,23 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     tone of tests/test_batch.py up to 13% lower from 32 kHz up and up to 29% lower below (stereo;
     mono 19%); that tone 40 dB quieter (4 s) came up to 18% lower than at full level."""
     rates = sorted(_VORBIS_KBPS)
-    column = 0 if channels != 2 else 1
+    column = {2: 1, 6: 2}.get(channels, 0)
     per_level = np.array([np.interp(sr, rates, [_VORBIS_KBPS[r][column][i] for r in rates]) for i in range(11)])
-    if channels > 2:
+    if column == 0:
         per_level *= channels
     # falling with the level but for a kbit/s at its end: made monotonic, np.interp wants rising x
     falling = np.minimum.accumulate(per_level)
     return float(np.clip(np.interp(kbps, falling[::-1], np.linspace(1.0, 0.0, 11)), 0.0, 1.0))
 
 
-def coded_kbps(source: str | os.PathLike | bytes, fmt: str, subtype: str, frames: int, sr: int,
-               size: int | None = None) -> float | None:
-    """A lossy input's mean bitrate in kbit/s, which its output keeps: its bytes over its length
-    (tags and codec headers included: a few kB); None where it is not lossy (or is a kind
-    libsndfile writes at no chosen bitrate). ``size``: the file's bytes where already known
-    (:func:`check_mpeg_length` mapped them), else it is stat'ed."""
-    if fmt != "MP3" and (fmt, subtype) not in (("OGG", "OPUS"), ("OGG", "VORBIS")):
+def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int) -> float | None:
+    """A lossy input's mean bitrate in kbit/s, which its output keeps: its coded audio's bytes
+    (``scan``: :func:`scan_coded`'s, without tags, cover art or codec headers) over the ``frames``
+    it holds at ``f``'s rate; None where it is not lossy (or is a kind libsndfile writes at no
+    chosen bitrate). Counted with the cover art, a 128 kbit/s MP3 came out at 322."""
+    if scan is None or not frames or (f.format != "MP3" and f.subtype not in ("OPUS", "VORBIS")):
         return None
-    if size is None:
-        try:
-            size = len(source) if isinstance(source, bytes | bytearray) else os.path.getsize(fs_path(source))
-        except OSError:
-            return None
-    return 8 * size / (frames / sr) / 1000 if frames else None
+    return 8 * scan.audio_bytes / (frames / f.samplerate) / 1000
 
 
 def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:
@@ -770,6 +827,14 @@ def _listed(top: str, unlisted: Callable[[OSError], None]) -> tuple[list[str], l
     except OSError as exc:
         unlisted(exc)
         return None
+    if dirs or others:  # listed, but searchable? (read without execute permission: every open fails)
+        try:
+            os.lstat(os.path.join(top, (dirs or [e.name for e in others])[0]))
+        except PermissionError as exc:
+            unlisted(PermissionError(exc.errno, f"{exc.strerror}: its entries cannot be opened", top))
+            return None
+        except OSError:  # gone meanwhile: the rest is looked at as it comes
+            pass
     return dirs, others
 
 

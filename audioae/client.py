@@ -44,7 +44,6 @@ from .audio import (
     check_pcm,
     check_writable,
     clips_at_full_scale,
-    coded_kbps,
     container_for,
     cut_short,
     encode_audio,
@@ -173,8 +172,7 @@ def audio_from_message(audio, name: str = "audio", read: Callable = read_audio) 
                 message += ("; Audio.encoded takes a whole audio file (WAV, FLAC, Ogg, ...): raw samples go in "
                             "Audio.pcm, with their sample format, rate and channels")
             raise AudioError(message) from None
-        kbps = coded_kbps(audio.encoded, info.format, info.subtype, wav.shape[-1], sr)
-        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=kbps, cut=info.cut)
+        return wav, sr, AudioForm("encoded", sr, info.channels, info.format, info.subtype, kbps=info.kbps, cut=info.cut)
     if which == "pcm":
         p = audio.pcm
         wav = pcm_bytes_to_array(p.data, p.format, p.channels, name)

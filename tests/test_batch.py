@@ -647,14 +647,19 @@ def test_permissions_that_stop_a_file_or_a_folder_are_named(tmp_path, causal_ckp
     (src / "sealed").mkdir()
     sf.write(src / "sealed" / "x.wav", np.zeros(1600, np.float32), 16000)
     (src / "sealed").chmod(0)  # cannot be listed
+    (src / "glass").mkdir()  # can be listed, but nothing in it opened: the job stopped at its first file
+    sf.write(src / "glass" / "y.wav", np.zeros(1600, np.float32), 16000)
+    (src / "glass").chmod(0o644)
     proc = subprocess.run([*unprivileged, sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out),
                            "--model", str(causal_ckpt), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     assert f"{src / 'sealed'}: cannot list this folder (Permission denied); the files in it are left out" in proc.stderr
+    assert (f"{src / 'glass'}: cannot list this folder (Permission denied: its entries cannot be opened); the files "
+            f"in it are left out") in proc.stderr
     recs = by_input(out)
     assert recs["low.flac"]["error"] == f"{src / 'sub/deeper/low.flac'}: cannot read audio (Permission denied)"
     assert recs["v.ogg"]["error"] == f"{out / 'sub/deeper/v.ogg'}: cannot write the output (Permission denied)"
-    assert "x.wav" not in recs and not parts(out)
+    assert "x.wav" not in recs and "y.wav" not in recs and not parts(out)
 
 
 def test_a_read_only_output_folder_is_named_as_one(tmp_path, causal_ckpt, unprivileged):
@@ -1369,22 +1374,65 @@ def test_a_vorbis_output_keeps_its_bitrate(tmp_path, causal_ckpt):
         assert 0.7 < size_out / size_in < 1.4, (name, size_in, size_out)
 
 
-@pytest.mark.parametrize(("sr", "channels"), [(8000, 1), (22050, 2), (24000, 1), (44100, 2), (96000, 1), (48000, 4)])
+@pytest.mark.parametrize(("sr", "channels"), [(8000, 1), (22050, 2), (24000, 1), (44100, 2), (96000, 1), (48000, 4),
+                                              (48000, 6)])
 @pytest.mark.parametrize("level", [0.0, 1.0])  # the ends; libsndfile's default is 0.6
 def test_vorbis_is_encoded_near_the_bitrate_asked(sr, channels, level):
     """encode_audio (the server's answers; the folder tool writes through the same settings) at a
     Vorbis file's own bitrate comes near its size, at rates and channel counts between and beside
     those audio.vorbis_compression was measured at. It was libsndfile's default quality: 270 kbps
     at 96 kHz came back at a third of it."""
-    from audioae.audio import coded_kbps, encode_audio
+    from audioae.audio import encode_audio, read_audio
 
     wav = np.stack([np.roll(_speechlike(3.0, sr), 37 * c) for c in range(channels)])  # [C, T]
     buf = io.BytesIO()
     sf.write(buf, wav.T, sr, format="OGG", subtype="VORBIS", compression_level=level)
     question = buf.getvalue()
-    kbps = coded_kbps(question, "OGG", "VORBIS", wav.shape[-1], sr)
+    kbps = read_audio(question)[2].kbps
     answer = encode_audio(wav, sr, format="OGG", subtype="VORBIS", kbps=kbps)
     assert 0.75 < len(answer) / len(question) < 1.33, (len(question), len(answer))
+
+
+def _id3v2(payload: bytes) -> bytes:
+    """An ID3v2.3 tag around ``payload`` (its size 7 bits a byte, "synchsafe")."""
+    n = len(payload)
+    return b"ID3\x03\x00\x00" + bytes((n >> s) & 0x7F for s in (21, 14, 7, 0)) + payload
+
+
+def test_tags_cover_art_and_chained_files_are_told_from_the_audio(tmp_path, causal_ckpt):
+    """Cover art counted as audio: a 128 kbit/s MP3 with an 860 kB cover came out at 322 kbit/s, a
+    Vorbis file with a picture comment at 4x its bitrate. A second ID3 tag (the cover) was walked as
+    MPEG frames, and the complete file refused as "files joined end to end". A cut MP3 was recorded
+    as its header's 2 s. Ogg files joined end to end were denoised as the first alone, unsaid."""
+    from audioae.audio import read_audio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = _speechlike(2.0, 16000)[:, None]  # [T, 1]
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="MP3")
+    mp3 = buf.getvalue()
+    cover = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()  # holds MPEG sync words
+    (src / "tagged.mp3").write_bytes(_id3v2(b"\x00" * 100) + _id3v2(cover) + mp3)
+    (src / "cut.mp3").write_bytes(mp3[: len(mp3) // 2])
+    with sf.SoundFile(src / "comment.ogg", "w", 16000, 1, format="OGG") as f:
+        f.comment = "picture " * 40_000  # a METADATA_BLOCK_PICTURE's size, in the comment header's pages
+        f.write(x)
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, format="OGG")
+    (src / "joined.ogg").write_bytes(buf.getvalue() * 2)
+    out = tmp_path / "out"
+    s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert {n for n, r in recs.items() if r["status"] == "ok"} == {"tagged.mp3", "cut.mp3", "comment.ogg"}, recs
+    assert re.search(r"joined\.ogg: Ogg streams joined end to end \(a chained Ogg\), of which libsndfile decodes only "
+                     r"the first \(2.00 s\)", recs["joined.ogg"]["error"]), recs["joined.ogg"]
+    assert 0.7 < (out / "tagged.mp3").stat().st_size / len(mp3) < 1.4  # the audio's bitrate, not the cover's
+    comment = read_audio(out / "comment.ogg")[2]  # (the comment is copied: its audio's bitrate, then)
+    assert comment.kbps is not None and 0.7 < comment.kbps / read_audio(buf.getvalue())[2].kbps < 1.4
+    held = len(sf.read(src / "cut.mp3")[0])
+    assert abs(recs["cut.mp3"]["duration"] - held / 16000) < 0.1 and held < 20000  # its frames', not the header's 2 s
+    assert s["error"] == 1
 
 
 def test_mp3s_joined_end_to_end_are_refused_not_cut_short(tmp_path, causal_ckpt):

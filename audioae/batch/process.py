@@ -33,7 +33,6 @@ from ..audio import (
     AudioError,
     check_channels,
     check_levels,
-    check_mpeg_length,
     check_pcm,
     check_resample,
     clips_at_full_scale,
@@ -44,6 +43,7 @@ from ..audio import (
     open_for_writing,
     read_all,
     read_blocks,
+    scan_coded,
     sound_error_reason,
     write_frames,
 )
@@ -96,10 +96,12 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
 @dataclass(frozen=True)
 class _Header:
     """What an input's header check found: a warning for an output made all the same ("" when
-    none), and an MP3's, Opus's or Vorbis's bitrate, which its output keeps (None for any other kind)."""
+    none), an MP3's, Opus's or Vorbis's bitrate, which its output keeps (None for any other kind),
+    and the frames it holds."""
 
     warning: str
     kbps: float | None
+    frames: int
 
 
 def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> _Header:
@@ -110,12 +112,13 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> _Heade
     source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
         raise empty_audio(task.input, source)
-    scan = check_mpeg_length(source, f.format, f.frames, f.samplerate, task.input)  # an MP3's frames, mapped
-    # an MP3's frames as walked: libsndfile's may be a guess from the size (tags, cover art)
-    frames, size = (f.frames, None) if scan is None else (scan.held, scan.size)
-    kbps = coded_kbps(source, f.format, f.subtype, frames, f.samplerate, size)
+    scan = scan_coded(source, f, task.input)  # an MP3's frames or an Ogg's pages, mapped
     cut = cut_short(f, scan)
-    return _Header("" if cut is None else cut.warning(task.input, "denoised"), kbps)
+    # An MP3's frames as walked where libsndfile's are a guess from the size (no Xing frame: tags
+    # and cover art count) or more than it holds (cut short: the summary said 8.0 s of a 4 s file).
+    guessed = scan is not None and scan.held is not None and (cut is not None or not scan.counted)
+    frames = scan.held if guessed else f.frames
+    return _Header("" if cut is None else cut.warning(task.input, "denoised"), coded_kbps(f, scan, frames), frames)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
@@ -268,7 +271,7 @@ class FileDenoiser:
         try:
             with _open(task, data) as f:
                 header = _check_header(task, f, data)
-                duration = f.frames / f.samplerate
+                duration = header.frames / f.samplerate
                 if self.model.causal:
                     self._stream(task, f, header.kbps)
                 else:
