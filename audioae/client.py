@@ -16,7 +16,8 @@ Typical use::
 
 RPC failures surface as ``grpc.RpcError`` (``.code()``, ``.details()``). An answer the server
 gives with a warning (an encoded file cut short, answered for the audio it holds) is logged at
-WARNING by this module, and its warnings are kept: ``warnings`` in what the calls return.
+WARNING by this module, and its warnings are kept: ``warnings`` in what ``denoise_file``,
+``denoise_bytes`` and ``decompose`` return.
 """
 
 from __future__ import annotations
@@ -473,7 +474,7 @@ class Client:
         req = pb.DenoiseRequest(model=model, audio=pb.Audio(pcm=pcm_message(float_audio(wav), sr, pcm_format)))
         if strength is not None:
             req.strength = strength
-        resp = self._warned("Denoise", self.stub.Denoise(req, **self._kw(timeout)))
+        resp = self.stub.Denoise(req, **self._kw(timeout))  # PCM: nothing to warn of
         y, _, _ = audio_from_message(resp.audio, "response")
         return y[0] if np.ndim(wav) == 1 else y
 
@@ -663,7 +664,7 @@ class Client:
         """``[C, T]`` audio -> code ``[C, K, N]`` of a spectrogram model (channels as the batch)."""
         pb = _pb()
         msg = pb.Audio(pcm=pcm_message(float_audio(wav), sr, "float32"))
-        resp = self._warned("Encode", self.stub.Encode(pb.EncodeRequest(model=model, audio=msg), **self._kw(timeout)))
+        resp = self.stub.Encode(pb.EncodeRequest(model=model, audio=msg), **self._kw(timeout))  # PCM
         return array_from_tensor(resp.code, "code")
 
     def decode(self, h: np.ndarray, *, model: str, timeout: float | None = None) -> np.ndarray:

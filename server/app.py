@@ -119,15 +119,8 @@ class AudioServer:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audioae-rpc"),
             interceptors=interceptors,
             options=[
-                # Above --max-request-mb: gRPC's own refusal of a larger message ends the call before
-                # the servicer sees it, so a stream lost the answers to its audio before that message
-                # and every caller read only "Received message larger than max (N vs. M)". Up to this
-                # limit the message is read and refused in words (server/parsing.py). The cost is
-                # memory, a refused message's only: it is held whole until refused, unparsed, which
-                # raised the server's peak by about 3x its size (177 MB for 57 MB of float32 PCM
-                # against --max-request-mb 16), so at 2x the limit less than an accepted int16
-                # message of --max-request-mb takes while decoded and run (16 MB: 212 MB). Past 2x
-                # gRPC refuses it as before, with its own message: the flag still bounds memory.
+                # 2x --max-request-mb: a message between the two is refused by the servicer in words,
+                # after a stream's earlier audio is answered (docs/serving.md#limits, server/parsing.py).
                 ("grpc.max_receive_message_length", config.max_read_bytes),
                 ("grpc.max_send_message_length", config.max_send_bytes),
                 ("grpc.so_reuseport", 0),

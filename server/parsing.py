@@ -31,24 +31,29 @@ class Unparsed:
                 f"{self.size} bytes ({self.error}); build the client from proto/audioae/v1/audioae.proto")
 
 
+# What a caller sends less of, by request type (the unparsed bytes do not say which form it took).
+_LESS = {
+    "DenoiseRequest": "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM",
+    "DecomposeRequest": "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM",
+    "EncodeRequest": "shorter audio, or a tensor of fewer items, in several calls",
+    "DecodeRequest": "a code of fewer frames, in several calls",
+    "StreamDenoiseRequest": "the stream's audio in smaller chunks (any whole number of frames; 100 ms is typical)",
+}
+
+
 class Oversized:
     """Stands in for a request message of more than ``limit`` bytes (``--max-request-mb``), unparsed."""
 
     def __init__(self, message_type: str, size: int, limit: int):
         self.message_type, self.size, self.limit = message_type, size, limit
 
-    def sizes(self) -> str:
-        """"1,792,004 bytes (1.7 MB), over this server's message limit of 1,048,576 bytes (1 MB,
-        --max-request-mb)"."""
-        return (f"{self.size:,} bytes ({self.size / 2**20:.1f} MB), over this server's message limit of "
-                f"{self.limit:,} bytes ({self.limit / 2**20:g} MB, --max-request-mb)")
-
-    def refusal(self) -> str:
-        if self.message_type.endswith("DecodeRequest"):
-            less = "a code of fewer frames, in several calls"
-        else:  # audio, as an encoded file or PCM: which, the unparsed bytes do not say
-            less = "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM"
-        return f"the {self.message_type} message is {self.sizes()}: send {less}"
+    def refusal(self, what: str = "") -> str:
+        """"the audioae.v1.DenoiseRequest message (``what``) is 1,792,004 bytes (1.7 MB), over this
+        server's message limit of 1,048,576 bytes (1 MB, --max-request-mb): send ..." """
+        less = _LESS.get(self.message_type.rsplit(".", 1)[-1])
+        return (f"{what or f'the {self.message_type} message'} is {self.size:,} bytes ({self.size / 2**20:.1f} MB), "
+                f"over this server's message limit of {self.limit:,} bytes ({self.limit / 2**20:g} MB, "
+                f"--max-request-mb)" + (f": send {less}" if less else ""))
 
 
 def _lenient(deserialize: Callable[[bytes], object], limit: int) -> Callable[[bytes], object]:

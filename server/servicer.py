@@ -393,7 +393,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if first is None:
             raise Abort(INVALID, "empty stream: the first message must be a StreamConfig")
         if isinstance(first, Oversized):
-            raise Abort(EXHAUSTED, f"the 1st message (the StreamConfig) is {first.sizes()}")
+            raise Abort(EXHAUSTED, first.refusal("the 1st message (the StreamConfig)"))
         if first.WhichOneof("msg") != "config":
             raise Abort(
                 INVALID,
@@ -442,9 +442,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 nth = f"the {_nth(i + 1)} message"
                 if isinstance(msg, Oversized):  # what came before it is answered first (_StreamCut)
                     before = "; the audio before it was answered" if n_in else ""
-                    raise _StreamCut(EXHAUSTED, f"audio chunk {i} ({nth}) is {msg.sizes()}: split the stream's "
-                                                f"audio into smaller chunks (any whole number of frames; 100 ms "
-                                                f"is typical){before}")
+                    raise _StreamCut(EXHAUSTED, msg.refusal(nth) + before)  # unparsed: audio or not, unknown
                 if msg.WhichOneof("msg") == "config":
                     raise Abort(
                         INVALID,

@@ -264,9 +264,9 @@ def test_a_stream_message_over_the_request_limit_ends_it_with_the_audio_before_i
             got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=60))
             assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
             assert err.details() == (
-                "audio chunk 3 (the 4th message) is 1,792,004 bytes (1.7 MB), over this server's message limit of "
-                "1,048,576 bytes (1 MB, --max-request-mb): split the stream's audio into smaller chunks (any whole "
-                "number of frames; 100 ms is typical); the audio before it was answered"), err.details()
+                "the 4th message is 1,792,004 bytes (1.7 MB), over this server's message limit of 1,048,576 bytes "
+                "(1 MB, --max-request-mb): send the stream's audio in smaller chunks (any whole number of frames; "
+                "100 ms is typical); the audio before it was answered"), err.details()
             y = _samples(got)
             assert len(y) == SR and got[-1].samples_in == got[-1].samples_out == SR
             np.testing.assert_allclose(y, denoise(load_checkpoint(tiny), x, SR), atol=1e-4)
@@ -275,6 +275,8 @@ def test_a_stream_message_over_the_request_limit_ends_it_with_the_audio_before_i
             got, err = _collect(stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=config)]), timeout=60))
             assert got == [] and err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
             assert err.details().startswith("the 1st message (the StreamConfig) is 1,100,0"), err.details()
+        count = srv.metrics.registry.get_sample_value
+        assert count("audioae_requests_total", {"method": "StreamDenoise", "code": "RESOURCE_EXHAUSTED"}) == 2
         with Client(f"127.0.0.1:{srv.port}") as c:  # the server goes on
             assert np.concatenate(list(c.stream([x], SR, 1)), -1).shape == (1, SR)
     finally:
