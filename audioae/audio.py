@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -263,7 +263,7 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None
     WAV's, AIFF's or AU's claim; an MP3's (``scan``: :func:`scan_coded`'s) is its Xing/Info
     frame count, libsndfile's ``frames``, against the frames walked (without that frame, the
     length is a guess from the file's size: no claim). ``f``: an open file, or ``soundfile.info``.
-    Ogg and FLAC claim no length (a FLAC cut short does not decode; an Ogg decodes what it holds)."""
+    Ogg and FLAC claim no length (a FLAC cut short does not decode; an Ogg its complete pages, or nothing)."""
     if scan is not None and scan.held is not None:  # an MP3
         if scan.counted and f.frames - scan.held >= 1152:  # one MPEG frame: decoders trim delay and padding
             sr = f.samplerate
@@ -351,10 +351,10 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         raise AudioError(f"{name}: empty file (0 bytes)")  # libsndfile says "Format not recognised."
     try:
         with sf.SoundFile(handle) as f:
-            scan = scan_coded(source, f, name)  # libsndfile stops at an MP3's first header's length, an Ogg's first chain
+            coded = held_audio(source, f, name)  # libsndfile stops at an MP3's first header's length, an Ogg's first chain
             wav = read_all(f, name)  # [C, T]; AudioError where the samples do not decode
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype,  # frames read, not claimed
-                             cut_short(f, scan), coded_kbps(f, scan, wav.shape[-1]))
+                             coded.cut, coded.kbps)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
         raise AudioError(f"{name}: cannot read audio ({reason})") from exc
@@ -396,33 +396,47 @@ def _id3v2_end(data: bytes, pos: int) -> int:
     return pos
 
 
+def _mpeg_frame(data: bytes, pos: int) -> tuple[int, int] | None:
+    """``(bytes, samples)`` of the MPEG audio frame whose header starts at ``pos``; None where none does."""
+    h = int.from_bytes(data[pos : pos + 4], "big")
+    version, layer_bits = (h >> 19) & 3, (h >> 17) & 3
+    kbps_index, rate_index = (h >> 12) & 0xF, (h >> 10) & 3
+    if (h >> 21) != 0x7FF or version == 1 or layer_bits == 0 or kbps_index in (0, 15) or rate_index == 3:
+        return None
+    mpeg1, layer = version == 3, 4 - layer_bits
+    rate = _MPEG_RATES[version][rate_index]
+    bits_per_s, padding = 1000 * _MPEG_KBPS[mpeg1, layer][kbps_index], (h >> 9) & 1
+    if layer == 1:
+        return (12 * bits_per_s // rate + padding) * 4, _MPEG_SAMPLES[mpeg1, layer]
+    return (144 if mpeg1 or layer == 2 else 72) * bits_per_s // rate + padding, _MPEG_SAMPLES[mpeg1, layer]
+
+
 def mpeg_frames_samples(data: bytes) -> CodedScan:
     """Samples per channel that an MPEG audio file's frames hold, and their bytes, by walking its
     frame headers (ID3v2 tags first are skipped, and so is a Xing/Info frame, which holds no
-    audio; bytes between frames are passed over a byte at a time), and whether a Xing/Info frame
-    was there. libsndfile decodes only the length its first header gives: a VBR file without a
-    Xing header, or MP3s joined end to end, come out short (tests/test_batch.py: two joined files
+    audio), and whether a Xing/Info frame was there. Past bytes that are no frame (a tag or cover
+    art at the end, damage), a sync word counts as a frame only where another frame, or the end of
+    the file, follows it: a cover's bytes were walked as frames, and a complete file refused as
+    joined. libsndfile decodes only the length its first header gives: a VBR file without a Xing
+    header, or MP3s joined end to end, come out short (tests/test_batch.py: two joined files
     come out as one). Without one, that length is guessed from the file's size and first bitrate
     (cover art or tags make it seconds too long); with one, it is the encoder's count."""
-    pos, total, audio_bytes, first, counted = _id3v2_end(data, 0), 0, 0, True, False
+    pos, total, audio_bytes, first, counted, synced = _id3v2_end(data, 0), 0, 0, True, False, True
     while pos + 4 <= len(data):
-        h = int.from_bytes(data[pos : pos + 4], "big")
-        version, layer_bits = (h >> 19) & 3, (h >> 17) & 3
-        kbps_index, rate_index = (h >> 12) & 0xF, (h >> 10) & 3
-        if (h >> 21) != 0x7FF or version == 1 or layer_bits == 0 or kbps_index in (0, 15) or rate_index == 3:
-            pos += 1
+        frame = _mpeg_frame(data, pos)
+        if frame is not None and not synced and pos + frame[0] + 4 <= len(data) \
+                and _mpeg_frame(data, pos + frame[0]) is None:
+            frame = None  # a sync word in other bytes
+        if frame is None:
+            synced = False
+            found = data.find(b"\xff", pos + 1)  # the next candidate, not a byte at a time
+            pos = found if found >= 0 else len(data)
             continue
-        mpeg1, layer = version == 3, 4 - layer_bits
-        rate = _MPEG_RATES[version][rate_index]
-        bits_per_s, padding = 1000 * _MPEG_KBPS[mpeg1, layer][kbps_index], (h >> 9) & 1
-        if layer == 1:
-            length = (12 * bits_per_s // rate + padding) * 4
-        else:
-            length = (144 if mpeg1 or layer == 2 else 72) * bits_per_s // rate + padding
+        synced, (length, samples) = True, frame
         if first and (b"Xing" in data[pos : pos + length] or b"Info" in data[pos : pos + length]):
             counted = True
         else:
-            total += _MPEG_SAMPLES[mpeg1, layer]
+            total += samples
             audio_bytes += length
         first = False
         pos += length
@@ -433,11 +447,12 @@ _NO_GRANULE = (1 << 64) - 1  # a page on which no packet ends (a header split ov
 
 
 def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
-    """An Ogg file's coded audio bytes (the pages before the first that ends audio, the codec's
-    headers with any cover art in their comments, left out), and whether it is chained: a stream
-    begins after another's pages (files joined end to end, of which libsndfile decodes only the
-    first). Walks the page headers; past damage, on to the next page's capture pattern."""
-    pos, header_bytes, in_headers, seen_data, chained = 0, 0, True, False, False
+    """An Ogg file's coded audio bytes: the complete pages of its first stream (the one libsndfile
+    decodes) from the first that ends audio on (the codec's headers, with any cover art in their
+    comments, left out; a page cut off at the end, which does not decode, too), and whether it is
+    chained: a stream begins after another's pages (files joined end to end, of which libsndfile
+    decodes only the first). Walks the page headers; past damage, on to the next capture pattern."""
+    pos, audio_bytes, serial, in_headers, seen_data, chained = 0, 0, None, True, False, False
     while pos + 27 <= len(data):
         if data[pos : pos + 4] != b"OggS":
             found = data.find(b"OggS", pos + 1)
@@ -448,15 +463,18 @@ def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
         flags, granule = data[pos + 5], int.from_bytes(data[pos + 6 : pos + 14], "little")
         segments = data[pos + 26]
         length = 27 + segments + sum(data[pos + 27 : pos + 27 + segments])
-        if flags & 0x02 and seen_data:  # a beginning of stream after another's pages
-            chained = True
-        seen_data = seen_data or not flags & 0x02
-        if in_headers and granule not in (0, _NO_GRANULE):
-            in_headers = False
-        if in_headers:
-            header_bytes += length
+        if pos + length > len(data):  # cut off
+            break
+        starts = bool(flags & 0x02)  # beginning of a stream
+        chained = chained or (starts and seen_data)
+        seen_data = seen_data or not starts
+        page_serial = data[pos + 14 : pos + 18]
+        serial = page_serial if serial is None else serial
+        if page_serial == serial:
+            in_headers = in_headers and granule in (0, _NO_GRANULE)
+            audio_bytes += 0 if in_headers else length
         pos += length
-    return CodedScan(max(0, min(pos, len(data)) - header_bytes)), chained
+    return CodedScan(audio_bytes), chained
 
 
 def scan_coded(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) -> CodedScan | None:
@@ -693,7 +711,7 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     """libsndfile's Ogg Vorbis compression level for a mean bitrate near ``kbps``. libsndfile codes
     Vorbis at quality 1 - level (default level 0.6), whose bitrate depends on the sample rate and
     the channels far more than on the signal: :data:`_VORBIS_KBPS` holds it, measured, for one
-    channel, two (coupled stereo) and six (5.1, coupled: from 44.1 kHz up, half of six times one)
+    channel, two (coupled stereo) and six (5.1, coupled: from 44.1 kHz up, 0.4-0.8x six times one by level)
     at the levels 0, 0.1, ..., 1; between the rates measured it is interpolated, and for other
     counts (each channel coded alone: 3, 4, 5, 7 and 8 came within 5% of that many times one) it
     is one channel's times the count. Within 0..1: a bitrate beyond the quality
@@ -726,6 +744,27 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     # falling with the level but for a kbit/s at its end: made monotonic, np.interp wants rising x
     falling = np.minimum.accumulate(per_level)
     return float(np.clip(np.interp(kbps, falling[::-1], np.linspace(1.0, 0.0, 11)), 0.0, 1.0))
+
+
+class HeldAudio(NamedTuple):
+    """What a file holds, beyond what its header says (:func:`held_audio`)."""
+
+    frames: int  # an MP3's as its frames hold them where libsndfile's is a guess or more than it holds
+    cut: CutShort | None  # a file holding less audio than its header claims
+    kbps: float | None  # an MP3's, Opus's or Vorbis's mean bitrate, which its output keeps
+
+
+def held_audio(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) -> HeldAudio:
+    """:func:`scan_coded` (refusing what libsndfile would decode only part of), :func:`cut_short`
+    and :func:`coded_kbps` of an open file, for the folder tool and :func:`read_audio` alike. An
+    MP3 without a Xing frame has a length libsndfile guessed from its size (tags and cover art
+    count), and one cut short a length it does not hold (a 4 s file recorded as 8 s): their frames
+    are the walked ones."""
+    scan = scan_coded(source, f, name)
+    cut = cut_short(f, scan)
+    guessed = scan is not None and scan.held is not None and (cut is not None or not scan.counted)
+    frames = scan.held if guessed else f.frames
+    return HeldAudio(frames, cut, coded_kbps(f, scan, frames))
 
 
 def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int) -> float | None:
@@ -827,14 +866,13 @@ def _listed(top: str, unlisted: Callable[[OSError], None]) -> tuple[list[str], l
     except OSError as exc:
         unlisted(exc)
         return None
-    if dirs or others:  # listed, but searchable? (read without execute permission: every open fails)
-        try:
-            os.lstat(os.path.join(top, (dirs or [e.name for e in others])[0]))
-        except PermissionError as exc:
-            unlisted(PermissionError(exc.errno, f"{exc.strerror}: its entries cannot be opened", top))
-            return None
-        except OSError:  # gone meanwhile: the rest is looked at as it comes
-            pass
+    try:  # listed, but searchable? (read without execute permission: every open in it fails)
+        os.lstat(os.path.join(top, os.curdir))
+    except PermissionError as exc:
+        unlisted(PermissionError(exc.errno, f"{exc.strerror}: its entries cannot be opened", top))
+        return None
+    except OSError:  # gone meanwhile: the rest is looked at as it comes
+        pass
     return dirs, others
 
 

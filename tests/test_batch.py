@@ -1402,7 +1402,8 @@ def _id3v2(payload: bytes) -> bytes:
 def test_tags_cover_art_and_chained_files_are_told_from_the_audio(tmp_path, causal_ckpt):
     """Cover art counted as audio: a 128 kbit/s MP3 with an 860 kB cover came out at 322 kbit/s, a
     Vorbis file with a picture comment at 4x its bitrate. A second ID3 tag (the cover) was walked as
-    MPEG frames, and the complete file refused as "files joined end to end". A cut MP3 was recorded
+    MPEG frames, and the complete file refused as "files joined end to end", as was one with a tag after
+    its audio (a sync word in the cover taken for a frame). A cut MP3 was recorded
     as its header's 2 s. Ogg files joined end to end were denoised as the first alone, unsaid."""
     from audioae.audio import read_audio
 
@@ -1414,6 +1415,7 @@ def test_tags_cover_art_and_chained_files_are_told_from_the_audio(tmp_path, caus
     mp3 = buf.getvalue()
     cover = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()  # holds MPEG sync words
     (src / "tagged.mp3").write_bytes(_id3v2(b"\x00" * 100) + _id3v2(cover) + mp3)
+    (src / "tail.mp3").write_bytes(mp3 + b"APETAGEX" + bytes(24) + cover + b"APETAGEX" + bytes(24))  # a tag after it
     (src / "cut.mp3").write_bytes(mp3[: len(mp3) // 2])
     with sf.SoundFile(src / "comment.ogg", "w", 16000, 1, format="OGG") as f:
         f.comment = "picture " * 40_000  # a METADATA_BLOCK_PICTURE's size, in the comment header's pages
@@ -1424,10 +1426,12 @@ def test_tags_cover_art_and_chained_files_are_told_from_the_audio(tmp_path, caus
     out = tmp_path / "out"
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
-    assert {n for n, r in recs.items() if r["status"] == "ok"} == {"tagged.mp3", "cut.mp3", "comment.ogg"}, recs
+    assert {n for n, r in recs.items() if r["status"] == "ok"} == {"tagged.mp3", "tail.mp3", "cut.mp3",
+                                                                   "comment.ogg"}, recs
     assert re.search(r"joined\.ogg: Ogg streams joined end to end \(a chained Ogg\), of which libsndfile decodes only "
                      r"the first \(2.00 s\)", recs["joined.ogg"]["error"]), recs["joined.ogg"]
-    assert 0.7 < (out / "tagged.mp3").stat().st_size / len(mp3) < 1.4  # the audio's bitrate, not the cover's
+    for name in ("tagged.mp3", "tail.mp3"):  # the audio's bitrate, not the cover's
+        assert 0.7 < (out / name).stat().st_size / len(mp3) < 1.4
     comment = read_audio(out / "comment.ogg")[2]  # (the comment is copied: its audio's bitrate, then)
     assert comment.kbps is not None and 0.7 < comment.kbps / read_audio(buf.getvalue())[2].kbps < 1.4
     held = len(sf.read(src / "cut.mp3")[0])

@@ -31,19 +31,18 @@ from ..audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     AudioError,
+    HeldAudio,
     check_channels,
     check_levels,
     check_pcm,
     check_resample,
     clips_at_full_scale,
-    coded_kbps,
-    cut_short,
     empty_audio,
     fs_path,
+    held_audio,
     open_for_writing,
     read_all,
     read_blocks,
-    scan_coded,
     sound_error_reason,
     write_frames,
 )
@@ -93,18 +92,7 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
         raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
 
 
-@dataclass(frozen=True)
-class _Header:
-    """What an input's header check found: a warning for an output made all the same ("" when
-    none), an MP3's, Opus's or Vorbis's bitrate, which its output keeps (None for any other kind),
-    and the frames it holds."""
-
-    warning: str
-    kbps: float | None
-    frames: int
-
-
-def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> _Header:
+def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAudio:
     """Refuse a header no output can be made from; else what its output needs to know."""
     if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
         raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
@@ -112,13 +100,19 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> _Heade
     source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
         raise empty_audio(task.input, source)
-    scan = scan_coded(source, f, task.input)  # an MP3's frames or an Ogg's pages, mapped
-    cut = cut_short(f, scan)
-    # An MP3's frames as walked where libsndfile's are a guess from the size (no Xing frame: tags
-    # and cover art count) or more than it holds (cut short: the summary said 8.0 s of a 4 s file).
-    guessed = scan is not None and scan.held is not None and (cut is not None or not scan.counted)
-    frames = scan.held if guessed else f.frames
-    return _Header("" if cut is None else cut.warning(task.input, "denoised"), coded_kbps(f, scan, frames), frames)
+    return held_audio(source, f, task.input)  # an MP3's frames or an Ogg's pages walked, mapped
+
+
+def _warning(task: FileTask, held: HeldAudio) -> str:
+    return "" if held.cut is None else held.cut.warning(task.input, "denoised")
+
+
+def _failed(task: FileTask, exc: Exception, t0: float, duration: float | None = None) -> FileResult:
+    with contextlib.suppress(OSError):  # e.g. its output folder's name is taken by a file
+        part_path(task.output).unlink(missing_ok=True)
+    msg = _error_text(exc)
+    log.info("failed: %s", msg)
+    return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
 
 
 def output_format(fmt: str, subtype: str, name: str = "") -> tuple[str, str]:
@@ -267,23 +261,24 @@ class FileDenoiser:
     def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
         t0 = time.perf_counter()
-        duration = None
         try:
             with _open(task, data) as f:
-                header = _check_header(task, f, data)
-                duration = header.frames / f.samplerate
-                if self.model.causal:
-                    self._stream(task, f, header.kbps)
-                else:
-                    self._whole(task, f, header.kbps)
+                return self._run_open(task, f, _check_header(task, f, data), t0)
         except Exception as exc:  # one bad file must never stop the job
-            with contextlib.suppress(OSError):  # e.g. its output folder's name is taken by a file
-                part_path(task.output).unlink(missing_ok=True)
-            msg = _error_text(exc)
-            log.info("failed: %s", msg)
-            return FileResult(task.input, task.output, "error", msg, time.perf_counter() - t0, duration)
+            return _failed(task, exc, t0)
+
+    def _run_open(self, task: FileTask, f: sf.SoundFile, held: HeldAudio, t0: float) -> FileResult:
+        """:meth:`run` of a file opened and checked."""
+        duration = held.frames / f.samplerate
+        try:
+            if self.model.causal:
+                self._stream(task, f, held.kbps)
+            else:
+                self._whole(task, f, held.kbps)
+        except Exception as exc:  # one bad file must never stop the job
+            return _failed(task, exc, t0, duration)
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
-                          warning=header.warning)
+                          warning=_warning(task, held))
 
     @torch.inference_mode()
     def _stream(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None) -> None:
@@ -335,23 +330,23 @@ class FileDenoiser:
             t0 = time.perf_counter()
             try:
                 with _open(task, data) as f:
-                    header = _check_header(task, f, data)
-                    if f.frames * f.channels / f.samplerate > self.batch_max_seconds:
-                        decoded = None
+                    held = _check_header(task, f, data)
+                    if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
+                        done = self._run_open(task, f, held, t0)  # long: streams, bounded memory
                     else:
-                        decoded = self._decode(task, data, f, t0, header)
+                        done = self._decode(task, data, f, t0, held)
             except Exception as exc:
                 yield FileResult(task.input, task.output, "error", _error_text(exc), time.perf_counter() - t0)
                 continue
-            if decoded is None:
-                yield self.run(task, data)  # long: streams, bounded memory
+            if isinstance(done, FileResult):
+                yield done
             else:
-                short.append(decoded)
+                short.append(done)
         short.sort(key=lambda d: d.wav.shape[-1])  # similar lengths together: less padding
         for group in self._groups(short):
             yield from self._batch(group)
 
-    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, header: _Header) -> _Decoded:
+    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, held: HeldAudio) -> _Decoded:
         """A short file read whole, with every check its batch would make (a clip the batch
         refused would fail its neighbours too): samples (as it is read), channel count, resampling."""
         fmt, subtype = output_format(f.format, f.subtype, task.input)
@@ -359,7 +354,7 @@ class FileDenoiser:
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
         return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata(),
-                        header.kbps, header.warning)
+                        held.kbps, _warning(task, held))
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``
