@@ -507,13 +507,14 @@ def _mp3_with_tags_and_no_xing(seconds: float) -> bytes:
     """A complete MP3 without the Xing frame that counts its frames, after 64 kB of ID3 tags (cover
     art): libsndfile guesses its length from the file's size, seconds too long, and the server
     warned of a file cut short that was not (a ffmpeg -write_xing 0 file with its cover)."""
+    from test_batch import _id3v2
+
     from audioae.audio import mpeg_frames_samples
 
     mp3 = encode_audio(_noisy(seconds, 16000), 16000, format="MP3")
     assert mp3[:2] == b"\xff\xf3" and b"Xing" in mp3[:64]  # libsndfile's first frame: the Xing frame
     audio = mp3[mp3.index(b"\xff\xf3", 4) :]  # from the next frame's sync word
-    size = 64 * 1024  # the tag's size, 7 bits a byte (ID3v2 "synchsafe")
-    tag = b"ID3\x03\x00\x00" + bytes((size >> s) & 0x7F for s in (21, 14, 7, 0)) + bytes(size)
+    tag = _id3v2(bytes(64 * 1024))
     walked, whole = mpeg_frames_samples(tag + audio), mpeg_frames_samples(mp3)
     assert (walked.held, walked.counted) == (whole.held, False)  # every frame, no count
     assert sf.info(io.BytesIO(tag + audio)).frames > 1.5 * seconds * 16000  # the guess the tag misleads
