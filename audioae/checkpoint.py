@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .config import quoted
 from .fileio import atomic_write_bytes
-from .models import Autoencoder, build_model, family
+from .models import Autoencoder, AutoencoderConfig, build_model, family
 
 FORMAT_VERSION = "1"
 # audioae writes a few hundred characters of config and extra; safetensors allows a 100 MB header,
@@ -128,7 +128,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read_header(path)[0]
 
 
-def config_of(path: str | os.PathLike, meta: dict | None = None):
+def config_of(path: str | os.PathLike, meta: dict | None = None) -> tuple[str, AutoencoderConfig]:
     """``(registry name, config)`` from a checkpoint's header (``meta``: already read), or
     CheckpointError: what the file is, without reading its weights."""
     meta = read_metadata(path) if meta is None else meta

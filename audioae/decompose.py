@@ -321,6 +321,11 @@ def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.nda
 
 
 # ---- the decomposition ------------------------------------------------------------------------------
+def _window_frames(c) -> int:
+    """Frames a window's half reaches across: those an STFT frame's samples are shared with."""
+    return math.ceil(c.n_fft / (2 * c.hop_length))
+
+
 def _spectrum_and_features(model: SparseDictionary, z: torch.Tensor,
                            stop: Callable[[], bool] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``model.stft(z)`` and ``model.features`` of it (``z [C, T']`` at the model's rate -> complex
@@ -331,7 +336,7 @@ def _spectrum_and_features(model: SparseDictionary, z: torch.Tensor,
     c = model.config
     hop, length = c.hop_length, z.shape[-1]
     n = model.stft.num_frames(length)
-    halo = -(-c.n_fft // 2 // hop) + c.level_frames // 2
+    halo = _window_frames(c) + c.level_frames // 2
     specs, feats = [], []
     for lo, a, b, hi in frame_blocks(n, halo):
         if a:
@@ -472,7 +477,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
         residual_share=float((residual.astype(np.float64) * x64).sum() / x_energy),
         error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
-        band_bins=bins, edge_frames=math.ceil(c.n_fft / (2 * c.hop_length)),
+        band_bins=bins, edge_frames=_window_frames(c),
         groups_asked=None if group == "none" else n_groups,
     )
 

@@ -76,13 +76,10 @@ def check_folder(out: str | os.PathLike, inputs=()) -> Path:
 
 class Claim:
     """An output folder this process holds (:func:`claim`): pass it where a folder is asked for
-    (:func:`write_folder`, :func:`claim`) to write under the same hold. ``earlier``: the folder's
-    ``summary.json`` as read once the hold began (None: none, or unreadable), reused until this
-    process writes the folder: nobody else may change it meanwhile."""
+    (:func:`write_folder`, :func:`claim`) to write under the same hold."""
 
-    def __init__(self, path: Path, earlier: object = None):
+    def __init__(self, path: Path):
         self.path = path
-        self.earlier = earlier
 
     def __repr__(self) -> str:
         return f"Claim({str(self.path)!r})"
@@ -115,10 +112,10 @@ def claim(out: str | os.PathLike | Claim, inputs=(), *, residual: bool = False,
     try:
         with hold_folder(out, LOCK, "another decomposition", FolderBusy):
             recover(out)
-            earlier = _read_summary(out)  # once per hold: the checks here and write_folder's use it
+            earlier = _read_summary(out)  # once for both checks
             _refuse_theirs(out, earlier)
             _refuse_theirs_early(out, _listed(earlier), residual, figure)
-            yield Claim(out, earlier)
+            yield Claim(out)
     finally:
         for folder in made:  # deepest first; one someone has written into meanwhile stays
             with contextlib.suppress(OSError):
@@ -223,13 +220,11 @@ def write_folder(out: str | os.PathLike | Claim, summary: dict, activations: np.
         stage.mkdir()
         try:
             names = _write_files(stage, summary, activations, components, residual, sample_rate, figure)
-            _swap_in(out, stage, _listed(held.earlier))
+            _swap_in(out, stage, _listed(_read_summary(out)))
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
                 recover(out)
-            held.earlier = _read_summary(out)  # the earlier one put back, or this one finished
             raise
-        held.earlier = summary  # what summary.json now holds, for a next write under this hold
         return [out / name for name in names]
 
 
@@ -270,15 +265,16 @@ def _ours(folder: Path, listed: set[str] | None = None) -> list[Path]:
 
 def _listed(summary: object) -> set[str] | None:
     """The files a decomposition wrote, as its ``summary.json`` (``summary``, as :func:`_read_summary`
-    read it) lists them; None where it lists none (an older client's folder): every file of a
-    decomposition's names then."""
-    try:
-        # a decomposition saved without audio (client --no-audio) lists components but no files
-        named = [entry.get("file") for entry in summary["components"]]
-        named += [summary.get(k) for k in ("residual_file", "figure")]
-    except (KeyError, TypeError, AttributeError):
+    read it) lists them; None where there is no such summary (an older client's folder): every
+    file of a decomposition's names then. Entries of a hand-edited summary that name no file (a
+    list, a string where an entry belongs) name none: taken for "every file", they deleted a
+    user's 03_take.wav."""
+    if not isinstance(summary, dict) or "components" not in summary:
         return None
-    # names only: a hand-edited summary's list or number there names no file (was a TypeError)
+    components = summary["components"] if isinstance(summary["components"], list) else []
+    # a decomposition saved without audio (client --no-audio) lists components but no files
+    named = [entry.get("file") for entry in components if isinstance(entry, dict)]
+    named += [summary.get(k) for k in ("residual_file", "figure")]
     return {n for n in named if isinstance(n, str)} | {"summary.json", "activations.npy"}
 
 

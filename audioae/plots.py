@@ -310,7 +310,7 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
     ``[C, T]`` (mixed to mono) at ``sr``. Above the model's band (``sr`` higher than its rate),
     ``above``: that band's edges and its energy in the input and in the denoised output (the band
     is kept at the gain the model gave the top of its own, :func:`audioae.enhance.with_high_band`)."""
-    from .audio import band_above, fit_length, resample
+    from .audio import band_above, resample
     from .enhance import denoise, has_high_band, model_input
 
     x = np.asarray(wav, np.float32)
@@ -324,14 +324,10 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int) -> dict
     view = {"mag_in": spec[0].abs().numpy(), "mag_out": est[0].abs().numpy(), "code": code[0].numpy(),  # [F, N] x2, [K, N]
             "hop_s": model.config.hop_length / msr, "bin_hz": msr / model.config.n_fft}
     if has_high_band(sr, model):
-        def energy(w: torch.Tensor) -> float:
-            return float(w.double().square().sum())
-        # What resampling to the model's rate drops (audio.band_above), the input's from z: its
-        # way down is the one already taken above.
-        dropped = mono - fit_length(resample(z, msr, sr), mono.shape[-1])  # [1, T]
+        def above(w: torch.Tensor) -> float:  # energy of what resampling to the model's rate drops
+            return float(band_above(w, sr, msr).double().square().sum())
         y = torch.from_numpy(denoise(model, mono[0].numpy(), sr))[None]  # [1, T]: the mono mix, denoised
-        view["above"] = {"from_hz": msr / 2, "to_hz": sr / 2, "energy_in": energy(dropped),
-                         "energy_out": energy(band_above(y, sr, msr))}
+        view["above"] = {"from_hz": msr / 2, "to_hz": sr / 2, "energy_in": above(mono), "energy_out": above(y)}
     return view
 
 

@@ -12,14 +12,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from bench_args import finite, resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import finite  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae import pretrained
 from audioae.audio import read_audio
 from audioae.enhance import denoise
 from audioae.fileio import atomic_write_json
 from audioae.metrics import si_sdr
-from audioae.pretrained import load
+from audioae.pretrained import load, resolve_arg
 
 
 def examples(root: Path) -> list[str]:
@@ -38,7 +38,7 @@ def main() -> None:
                    help="a shipped example with a clean file")
     p.add_argument("--out", default="benchmarks/results/dc-offset.json")
     args = p.parse_args()
-    model_path = resolved(p, args.model, "--model", family="denoiser")
+    model_path = resolve_arg(p, args.model, "--model", family="denoiser")
     noisy, sr, _ = read_audio(next((root / "examples").glob(f"{args.example}.*")))
     clean, _, _ = read_audio(next((root / "examples-clean").glob(f"{args.example}.*")))
     noisy, clean = (x.mean(0) if x.ndim == 2 else x for x in (noisy, clean))  # [T] each

@@ -56,7 +56,6 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
-from bench_args import resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from audioae.audio import resample  # noqa: E402
@@ -64,7 +63,7 @@ from audioae.data import synthetic  # noqa: E402
 from audioae.decompose import decompose  # noqa: E402
 from audioae.fileio import atomic_write_bytes  # noqa: E402
 from audioae.metrics import si_sdr  # noqa: E402
-from audioae.pretrained import DEFAULT_DECOMPOSER, load  # noqa: E402
+from audioae.pretrained import DEFAULT_DECOMPOSER, load, resolve_arg  # noqa: E402
 
 SR = 16000
 PARTS = ("speech", "tone", "bursts", "music")
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         import pywt  # noqa: F401
     except ImportError:
         ap.error("the pywt-mra baseline needs PyWavelets: pip install -e '.[dev]'")
-    model_path = resolved(ap, args.model, "--model", family="decomposer", default=DEFAULT_DECOMPOSER)
+    model_path = resolve_arg(ap, args.model, "--model", family="decomposer", default=DEFAULT_DECOMPOSER)
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     model = load(model_path)

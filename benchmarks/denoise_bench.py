@@ -33,13 +33,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run as a script (the tests, model_speed)
-    sys.path.append(str(Path(__file__).resolve().parent))
-from bench_args import resolved  # noqa: E402
-
 from audioae.audio import fit_length, read_audio, resample  # noqa: E402
 from audioae.fileio import atomic_write_text  # noqa: E402
 from audioae.metrics import score  # noqa: E402
+from audioae.pretrained import DEFAULT_DENOISER, resolve_arg  # noqa: E402
 
 log = logging.getLogger("denoise_bench")
 
@@ -326,9 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("limit", "speed_repeats"):  # --limit 0 scored everything, --speed-repeats 0 failed after it
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    model_path = resolve_arg(ap, args.model, "--model", family="denoiser") if args.model is not None else None
     if args.out is None:  # any other run replaced the full run the model card quotes (a quick check, val scores)
+        shipped = resolve_arg(ap, DEFAULT_DENOISER)
         partial = [why for why, bad in (
             ("--limit scores part of the test set", args.limit),
+            (f"--model {args.model} is not the shipped {DEFAULT_DENOISER}",
+             model_path is not None and model_path.resolve() != shipped.resolve()),
+            ("--speed-seconds/--speed-repeats are not the card's (60, 3)", (args.speed_seconds, args.speed_repeats) != (60.0, 3)),
             (f"--testset {args.testset} is not the card's test set ({TESTSET})", args.testset.resolve() != TESTSET.resolve()),
             (f"--methods {args.methods} leaves some out", args.methods and not set(METHODS) <= set(args.methods.split(","))),
             ("--no-speed measures no speed", args.no_speed),
@@ -337,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{'; '.join(partial)}: give --out (the default, {FULL_RUN}, holds the card's full run: "
                      f"--model on {TESTSET}, every method, speed measured)")
         args.out = FULL_RUN
-    model_path = resolved(ap, args.model, "--model", family="denoiser") if args.model is not None else None
     if not (args.testset / "meta.json").is_file():  # was a FileNotFoundError traceback
         ap.error(f"--testset {args.testset}: no meta.json there; build the corpus first "
                  f"(python recipes/build_corpus.py --ready, docs/corpus.md)")

@@ -43,14 +43,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_args import resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae import enhance
 from audioae.audio import band_above, read_audio, walk_audio
 from audioae.data.synthetic import clicks, colored_noise, hum, tones
 from audioae.fileio import atomic_write_json
 from audioae.metrics import si_sdr
-from audioae.pretrained import load
+from audioae.pretrained import load, resolve_arg
 
 SR = 44100
 SPLIT_HZ = 8000.0
@@ -71,8 +70,9 @@ SUFFIXES = (".ogg", ".wav", ".flac")  # the kinds the published numbers drew fro
 
 def audio_files(folder: str) -> list[Path]:
     """The OGG, WAV and FLAC files under ``folder`` (the project's folder walk), in path order: the
-    order the draws index into, as ``sorted(rglob)`` gave it before (the walk lists a folder's
-    files before its subfolders'). A folder that is not there has none, said by the caller."""
+    order the draws index into (the walk lists a folder's files before its subfolders'; it
+    passes over hidden names and searches a linked folder once, where ``rglob`` did not: the
+    corpus's package folders have neither). A folder that is not there has none, said by the caller."""
     if not Path(folder).is_dir():
         return []
     return sorted(path for path, _ in walk_audio(folder) if path.suffix.lower() in SUFFIXES)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/high-band.json")
     args = ap.parse_args(argv)
-    model_path = resolved(ap, args.model, "--model", family="denoiser")  # before minutes of reading
+    model_path = resolve_arg(ap, args.model, "--model", family="denoiser")  # before minutes of reading
     torch.set_num_threads(1)
     files = speech_files(args.speech)
     if not files:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_args import count, resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import count  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from stream_chunks import mixture_names  # the same evenly spaced choice of mixtures
 
 from audioae import enhance
@@ -28,7 +28,7 @@ from audioae.audio import read_audio
 from audioae.enhance import denoise
 from audioae.fileio import atomic_write_json
 from audioae.metrics import score
-from audioae.pretrained import load
+from audioae.pretrained import load, resolve_arg
 
 
 def run(model, pairs: list[tuple[np.ndarray, np.ndarray, int]], gains_db: list[float], target_db: float,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-db", type=float, default=enhance.LEVEL_TARGET_DB, help="the tracker's target level")
     p.add_argument("--out", default="benchmarks/results/val/input-level.json")
     args = p.parse_args(argv)
-    model_path = resolved(p, args.model, "--model", family="denoiser")
+    model_path = resolve_arg(p, args.model, "--model", family="denoiser")
     folder = Path(args.mixtures)
     names = mixture_names(folder, args.count or 10**9)
     if not names:

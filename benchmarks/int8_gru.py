@@ -22,10 +22,11 @@ import time
 import warnings
 
 import torch
-from bench_args import positive, resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import positive  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae.checkpoint import load_checkpoint
 from audioae.fileio import atomic_write_json
+from audioae.pretrained import resolve_arg
 from audioae.train import load_run_config, make_validation_set, validate
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     p.add_argument("--quality", action="store_true", help="also score both variants on the 48 val mixtures")
     p.add_argument("--out", default="benchmarks/results/int8-gru.json")
     args = p.parse_args()
-    paths = {spec: resolved(p, spec, family="recurrent denoiser") for spec in args.checkpoints}  # all before any is timed
+    paths = {spec: resolve_arg(p, spec, family="recurrent denoiser") for spec in args.checkpoints}  # all before any is timed
     torch.set_num_threads(1)
     rows = []
     for path in args.checkpoints:

@@ -16,10 +16,11 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from bench_args import positive, positive_seconds, resolved  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import positive, positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from denoise_bench import audioae_method, measure_speed  # a sibling script: run as benchmarks/model_speed.py
 
 from audioae.fileio import atomic_write_json
+from audioae.pretrained import resolve_arg
 
 
 def time_models(paths: dict[str, Path], seconds: float, rounds: int, sr: int = 16000) -> dict[str, list[float]]:
@@ -43,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     if int(args.seconds * 16000) < 1:  # time_models' rate: the file would have no sample
         p.error(f"--seconds {args.seconds:g} is less than one sample at 16000 Hz")
-    paths = {spec: resolved(p, spec, family="denoiser") for spec in args.models}  # every one before any is timed
+    paths = {spec: resolve_arg(p, spec, family="denoiser") for spec in args.models}  # every one before any is timed
     speeds = time_models(paths, args.seconds, args.rounds)
     res = {"seconds_audio": args.seconds, "rounds": args.rounds, "threads": 1,
            "x_realtime": {n: [round(v, 1) for v in vs] for n, vs in speeds.items()},

@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import torch
-from bench_args import positive_seconds, resolved, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import positive_seconds, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae import audio
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.fileio import atomic_write_json
-from audioae.pretrained import load
+from audioae.pretrained import load, resolve_arg
 
 
 def measure(model, sr: int, seconds: float, limit: int) -> dict:
@@ -51,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     if int(min(args.rates) * args.seconds) < 1:
         p.error(f"--seconds {args.seconds:g} is less than one sample at {min(args.rates)} Hz")
-    model_path = resolved(p, args.model, "--model", family="denoiser")
+    model_path = resolve_arg(p, args.model, "--model", family="denoiser")
     torch.set_num_threads(1)
     model = load(model_path)
     limit = audio.MAX_RESAMPLE_FILTER_BYTES

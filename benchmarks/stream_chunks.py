@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_args import amount, count, resolved, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import amount, count, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae.audio import header_shapes, read_audio
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.fileio import atomic_write_json
 from audioae.metrics import score
-from audioae.pretrained import load
+from audioae.pretrained import load, resolve_arg
 
 
 def stream(model, wav: np.ndarray, sr: int, chunk: int, times: list[float] | None = None) -> np.ndarray:
@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--seconds", type=lambda t: amount(t, "seconds", zero_ok=True), default=20.0, help="audio pushed per rate and chunk size for the cost (0: skip the cost part)")
     p.add_argument("--out", default="benchmarks/results/stream-chunks.json")
     args = p.parse_args()
-    model_path = resolved(p, args.model, "--model", family="denoiser")
+    model_path = resolve_arg(p, args.model, "--model", family="denoiser")
     used_rates = []  # every rate a chunk size is cut at: the mixtures' (from their headers) and --rates
     if args.count:
         folder = Path(args.mixtures)

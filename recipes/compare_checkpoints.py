@@ -27,12 +27,10 @@ from pathlib import Path
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
+from audioae.pretrained import resolve_arg
 from audioae.train import grown_like, load_run_config, make_validation_set, validate
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
-if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
-    sys.path.append(str(REPO / "benchmarks"))
-from bench_args import resolved  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--alpha needs --base")
     # a shipped name too, as every audioae command takes one; a decomposer (no corruption: its input
     # is the clean speech) would score 90 dB in
-    files = {path: resolved(ap, path, family="denoiser") for path in args.checkpoints}
-    base_file = resolved(ap, args.base) if args.base else None
+    files = {path: resolve_arg(ap, path, family="denoiser") for path in args.checkpoints}
+    base_file = resolve_arg(ap, args.base) if args.base else None
     torch.set_num_threads(args.threads)
     try:  # found, but does not load (its sha256, its weights)
         models = {path: load_checkpoint(file).eval() for path, file in files.items()}

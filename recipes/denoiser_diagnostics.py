@@ -51,13 +51,11 @@ import torch.nn.functional as F
 
 from audioae import pretrained
 from audioae.metrics import pesq_wb
+from audioae.pretrained import resolve_arg
 from audioae.spectral import apply_mask
 from audioae.train import load_run_config, make_validation_set, validate
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
-if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
-    sys.path.append(str(REPO / "benchmarks"))
-from bench_args import resolved  # noqa: E402
 
 SR = 16000
 
@@ -260,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.what == "swap" and not args.other:
         ap.error("swap needs --other")
-    model_path = resolved(ap, args.model, "--model", family="denoiser")
-    other_path = resolved(ap, args.other, "--other", family="denoiser") if args.what == "swap" else None
+    model_path = resolve_arg(ap, args.model, "--model", family="denoiser")
+    other_path = resolve_arg(ap, args.other, "--other", family="denoiser") if args.what == "swap" else None
     torch.set_num_threads(1)
     model = pretrained.load(model_path).eval()
     if args.what == "split":

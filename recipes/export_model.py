@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from audioae.checkpoint import (
@@ -22,12 +21,10 @@ from audioae.checkpoint import (
     sidecar_sha256,
 )
 from audioae.config import parse_assignments, typed_fields
+from audioae.pretrained import resolve_arg
 from audioae.train import RESUME_FIXED, grown_like
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
-    sys.path.append(str(REPO / "benchmarks"))
-from bench_args import resolved  # noqa: E402
 
 
 def main() -> None:
@@ -45,8 +42,8 @@ def main() -> None:
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:  # nan fails this too
         p.error(f"--alpha must be within [0, 1], got {args.alpha}")
     # a shipped name or a path, as elsewhere; a bad one said before anything is read
-    src = resolved(p, args.src)
-    base = resolved(p, args.base) if args.base is not None else None
+    src = resolve_arg(p, args.src)
+    base = resolve_arg(p, args.base) if args.base is not None else None
     dst = Path(args.dst).resolve()
     for name, given, path in (("SRC", args.src, src), ("--base", args.base, base)):
         if path is not None and dst == path.resolve():

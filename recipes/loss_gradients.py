@@ -20,12 +20,10 @@ import torch
 
 from audioae.checkpoint import load_checkpoint
 from audioae.data.mixing import MixConfig, Mixer
+from audioae.pretrained import resolve_arg
 from audioae.train import TrainConfig, _sources, batch_loss, corrupt_batch, load_run_config
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
-if str(REPO / "benchmarks") not in sys.path:  # bench_args: the argument checks the benchmarks use
-    sys.path.append(str(REPO / "benchmarks"))
-from bench_args import resolved  # noqa: E402
 
 TERMS = {"spec": {"spectral_weight": 1.0}, "sisdr_0.002": {"sisdr_weight": 0.002},
          "pesq": {"pesq_weight": 1.0}, "stoi": {"stoi_weight": 1.0}}
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    path = resolved(ap, args.checkpoint, family="denoiser")  # a decomposer has no noisy input to take gradients on
+    path = resolve_arg(ap, args.checkpoint, family="denoiser")  # a decomposer has no noisy input to take gradients on
     run = load_run_config(args.config)
     model = load_checkpoint(path).train()
     sr = model.config.sample_rate

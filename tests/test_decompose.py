@@ -231,9 +231,8 @@ def test_a_decomposition_asks_stop_inside_its_first_stages_too(rng):
 
 def test_a_long_decomposition_asks_stop_in_every_block_of_its_spectrogram_and_code():
     """The STFT, the features and the encoder's matched filter of a long signal ran uncut before
-    the first stop question (2.2 s at 550 s from the encoder's start alone): now they run in blocks
-    of frames, stop asked before each block after the first, and the blocks give what the whole
-    did."""
+    the first stop question (benchmarks/decompose_deadline.py): now they run in blocks of frames,
+    stop asked before each block after the first, and the blocks give what the whole did."""
     from audioae.enhance import Stopped
     from audioae.models.dictionary import BLOCK_FRAMES
 
@@ -267,6 +266,24 @@ def test_a_long_decomposition_asks_stop_in_every_block_of_its_spectrogram_and_co
         whole_code = model._encode_block(feats, None)
     assert code.shape == whole_code.shape
     torch.testing.assert_close(code, whole_code, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [{"atom_frames": 5}, {"refine_steps": 4}])
+def test_blocks_give_what_the_whole_gives_for_stereo_and_wider_receptive_fields(extra):
+    """The halos cover what a frame reads: wider atoms and more refinements widen it."""
+    from audioae.decompose import _spectrum_and_features
+    from audioae.models.dictionary import BLOCK_FRAMES
+
+    model = tiny_model(**extra)
+    x = np.stack([tone(17.0, SR), noise_bursts(17.0, SR)])  # [2, T]: stereo, two blocks
+    z = torch.from_numpy(x)
+    assert model.stft.num_frames(z.shape[-1]) > BLOCK_FRAMES
+    with torch.inference_mode():
+        spec, feats = _spectrum_and_features(model, z, None)
+        whole = model.stft(z)
+        torch.testing.assert_close(spec, whole, rtol=0, atol=0)
+        torch.testing.assert_close(feats, model.features(whole), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(model.encode(feats), model._encode_block(feats, None), rtol=1e-5, atol=1e-6)
 
 
 def _kl(n: torch.Tensor, v: torch.Tensor) -> float:
@@ -906,15 +923,18 @@ def test_a_rerun_over_a_hand_edited_summary_does_not_crash_and_keeps_what_it_doe
     type: 'list'"; a name that is no string names no file of the decomposition."""
     import json
 
-    out = tmp_path / "takes"
-    out.mkdir()
-    (out / "summary.json").write_text(json.dumps({"components": [{"file": ["x"]}], "residual_file": ["x"]}))
-    (out / "03_take.wav").write_bytes(b"mine")
     src = tmp_path / "in.wav"
     write_audio(src, tone(0.5, SR)[None], SR)
-    assert main(["decompose", str(src), "-o", str(out), "--top", "1"]) == 0, capsys.readouterr().err
-    assert (out / "03_take.wav").read_bytes() == b"mine"
-    assert json.loads((out / "summary.json").read_text())["residual_file"] == "residual.wav"
+    for edited in ({"components": [{"file": ["x"]}], "residual_file": ["x"]},
+                   {"components": ["x"], "residual_file": "residual.wav"},  # taken for "every file": 03_take.wav went
+                   {"components": {"x": 1}, "residual_file": 7}):
+        out = tmp_path / f"takes{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps(edited))
+        (out / "03_take.wav").write_bytes(b"mine")
+        assert main(["decompose", str(src), "-o", str(out), "--top", "1"]) == 0, capsys.readouterr().err
+        assert (out / "03_take.wav").read_bytes() == b"mine", edited
+        assert json.loads((out / "summary.json").read_text())["residual_file"] == "residual.wav"
 
 
 def test_cli_decompose_refuses_a_file_or_a_folder_holding_the_input(tmp_path, capsys):

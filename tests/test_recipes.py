@@ -564,6 +564,10 @@ def test_train_decomposer_refuses_a_speech_cache_it_cannot_remake(tmp_path, monk
      "--testset val is not the card's test set (corpus/test/mixtures); --methods audioae leaves some out; "
      "--no-speed measures no speed: give --out"),
     ("benchmarks/denoise_bench.py", [], "without --model no model of ours is scored: give --out"),
+    ("benchmarks/denoise_bench.py", ["--model", "denoiser-small", "--speed-seconds", "5"],
+     "--speed-seconds/--speed-repeats are not the card's (60, 3): give --out"),
+    ("benchmarks/denoise_bench.py", ["--model", str(ROOT / "tests" / "data" / "nosuch.safetensors")],
+     "nosuch.safetensors: no such checkpoint file"),
     # a model of the other kind: an AttributeError (int8_gru), numbers written (dc_offset), or taken
     ("benchmarks/int8_gru.py", ["decomposer-small"], "decomposer-small is a sparse_dict model trained without "
      "corruption (a decomposer), not a recurrent denoiser"),

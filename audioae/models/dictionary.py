@@ -186,7 +186,8 @@ class SparseDictionary(SpectralAutoencoder):
         refinement, as in :meth:`fit_signal`, and before each block after the first."""
         halo = self._pad * (2 * self.config.refine_steps + 1)  # the matched filter's p, then 2p a step
         parts = []
-        for lo, a, b, hi in frame_blocks(x.shape[-1], halo):
+        # blocks of at least 4 halos: wide atoms times many refinements would encode each frame ~4x
+        for lo, a, b, hi in frame_blocks(x.shape[-1], halo, max(BLOCK_FRAMES, 4 * halo)):
             if a and stop is not None:
                 stop()
             parts.append(self._encode_block(x[..., lo:hi], stop)[..., a - lo : b - lo])  # [B, U, b - a]
