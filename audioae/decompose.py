@@ -407,7 +407,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     share_weight = power / denom  # [C, F, N]: turns a mask numerator into that share
     weight = share_weight / denom  # [C, F, N]: turns a mask numerator squared into masked STFT energy
     check_stop(stop, "decomposition stopped before the units' energies")
-    unit_energy = model.unit_energies(h, weight, atoms)  # [U]: masked STFT energy
+    unit_energy = model.unit_energies(h, weight, atoms, lambda: check_stop(stop, "decomposition stopped "
+                                                                         "in the units' energies"))  # [U]: masked STFT energy
     check_stop(stop, "decomposition stopped before the grouping")
     total = float(power.sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
@@ -431,7 +432,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
             groups = [[u for k in p for u in groups[k]] for p in sounds]
             labels = ["cluster"] * len(groups)
         # the sum of the units' shares: cheap, no group spectrogram is formed twice
-        unit_share = model.unit_projections(h, share_weight, atoms)  # [U]
+        unit_share = model.unit_projections(h, share_weight, atoms, lambda: check_stop(stop, "decomposition "
+                                                                                     "stopped in the shares"))  # [U]
         g_share = [float(unit_share[g].sum()) for g in groups]
 
     # Pick the top-k by that share; the final order is by the energy attributed to each waveform.

@@ -284,6 +284,16 @@ def test_blocks_give_what_the_whole_gives_for_stereo_and_wider_receptive_fields(
         torch.testing.assert_close(spec, whole, rtol=0, atol=0)
         torch.testing.assert_close(feats, model.features(whole), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(model.encode(feats), model._encode_block(feats, None), rtol=1e-5, atol=1e-6)
+        h, atoms = model.encode(feats), model.dictionary()
+        weight = torch.rand_like(feats)  # [2, F, N]
+        asked = []
+        blocked = model.unit_energies(h, weight, atoms, stop=lambda: asked.append(1))
+        torch.testing.assert_close(blocked, model._unit_energies(h, weight, atoms), rtol=1e-5, atol=1e-6)
+        whole = (h * torch.nn.functional.conv1d(weight, atoms, padding=model._pad)).sum(dim=(0, 2))
+        torch.testing.assert_close(model.unit_projections(h, weight, atoms, stop=lambda: asked.append(1)), whole,
+                                   rtol=1e-5, atol=1e-5)
+        blocks = -(-h.shape[-1] // BLOCK_FRAMES)
+        assert blocks > 1 and len(asked) == 2 * (blocks - 1)  # a stop question before each block but the first
 
 
 def _kl(n: torch.Tensor, v: torch.Tensor) -> float:

@@ -281,13 +281,35 @@ class SparseDictionary(SpectralAutoencoder):
         # einsum batches over units with a GEMM each; a grouped conv_transpose1d is ~6x slower here.
         return torch.einsum("ufl,bunl->bufn", w, self.shifted_code(h))  # [B, U', F, N]
 
-    def unit_energies(self, h: torch.Tensor, weight: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
-        """``sum_{b,f,n} weight * V_u^2`` for every unit ``[U]``, without forming ``V_u``.
+    def _summed_in_blocks(self, per_unit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], h: torch.Tensor,
+                          weight: torch.Tensor, stop: Callable[[], None] | None) -> torch.Tensor:
+        """``per_unit(h, weight)``, a sum over frames ``[U]``, in blocks of frames (:func:`frame_blocks`),
+        ``stop()`` called before each after the first: a frame's ``V_u`` reads the code within ``p``
+        frames of it, so each block takes that halo of code and the weight of its own frames only."""
+        parts = []
+        for lo, a, b, hi in frame_blocks(h.shape[-1], self._pad):
+            if a and stop is not None:
+                stop()
+            w = weight[..., lo:hi]
+            if (lo, hi) != (a, b):  # the halo's frames are its neighbours' to count
+                w = w.clone()
+                w[..., : a - lo] = 0
+                w[..., b - lo :] = 0
+            parts.append(per_unit(h[..., lo:hi], w))  # [U]
+        return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+
+    def unit_energies(self, h: torch.Tensor, weight: torch.Tensor, atoms: torch.Tensor | None = None,
+                      stop: Callable[[], None] | None = None) -> torch.Tensor:
+        """``sum_{b,f,n} weight * V_u^2`` for every unit ``[U]``, without forming ``V_u``; in blocks
+        of frames, ``stop()`` asked between them (seconds for a long recording, uncut).
 
         ``V_u[f, n]^2 = sum_{l,m} W[u,f,l] W[u,f,m] hs[u,n,l] hs[u,n,m]``, so the sum over ``f``
         is a GEMM of the atom products with ``weight [B, F, N]``: ``L (L + 1) / 2`` GEMMs in all.
         """
         w = self.dictionary() if atoms is None else atoms  # [U, F, L]
+        return self._summed_in_blocks(lambda h, weight: self._unit_energies(h, weight, w), h, weight, stop)
+
+    def _unit_energies(self, h: torch.Tensor, weight: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         hs = self.shifted_code(h)  # [B, U, N, L]
         total = h.new_zeros(h.shape[1])
         length = self.config.atom_frames
@@ -298,12 +320,14 @@ class SparseDictionary(SpectralAutoencoder):
                 total = total + (term if a == b else 2 * term)
         return total
 
-    def unit_projections(self, h: torch.Tensor, weight: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
+    def unit_projections(self, h: torch.Tensor, weight: torch.Tensor, atoms: torch.Tensor | None = None,
+                         stop: Callable[[], None] | None = None) -> torch.Tensor:
         """``sum_{b,f,n} weight * V_u`` for every unit ``[U]``, without forming ``V_u``: linear in
         ``V_u``, so a group's is the sum of its units'. The decoder's adjoint (the encoder's
-        matched filter) of ``weight``, against the code."""
+        matched filter) of ``weight``, against the code; in blocks of frames, as :meth:`unit_energies`."""
         w = self.dictionary() if atoms is None else atoms  # [U, F, L]
-        return (h * F.conv1d(weight, w, padding=self._pad)).sum(dim=(0, 2))  # [U]
+        return self._summed_in_blocks(
+            lambda h, weight: (h * F.conv1d(weight, w, padding=self._pad)).sum(dim=(0, 2)), h, weight, stop)  # [U]
 
     # ---- what the dictionary looks like ----------------------------------------------------
     def atom_spectra(self, atoms: torch.Tensor | None = None) -> torch.Tensor:
