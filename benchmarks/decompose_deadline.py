@@ -7,6 +7,10 @@ Decompose still did (nobody reads its answer). Each length runs twice, the first
     python benchmarks/decompose_deadline.py --seconds 100 300 550 --out benchmarks/results/decompose-deadline.json
     git worktree add /tmp/before a825310~1 && python benchmarks/decompose_deadline.py --checkout /tmp/before ...
     (decompose-deadline-before.json; the blocks' before: 009dee6~1, decompose-deadline-blocks-before.json)
+
+A deadline past the encoder, in the units' energies (blocked in 402d261; before: 402d261~1)::
+
+    python benchmarks/decompose_deadline.py --seconds 550 --fit-steps 0 --deadline 8 --out ...  (--checkout: before)
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ def pcm(seconds: float, seed: int = 0) -> pb.Audio:
     return pb.Audio(pcm=pb.Pcm(data=x.astype("<f4").tobytes(), format=pb.FLOAT32, sample_rate=SR, channels=1))
 
 
-def abandoned_decompose(stub, seconds: float) -> dict:
+def abandoned_decompose(stub, seconds: float, deadline: float = 0.5, fit_steps: int | None = None) -> dict:
     """The Decompose's status and time, and how long the Denoise behind it took."""
     t0 = time.perf_counter()
+    request = pb.DecomposeRequest(audio=pcm(seconds), top_k=5)
+    if fit_steps is not None:  # 0: the deadline can fall past the encoder, in the units' sums
+        request.fit_steps = fit_steps
     try:
-        stub.Decompose(pb.DecomposeRequest(audio=pcm(seconds), top_k=5), timeout=0.5)
+        stub.Decompose(request, timeout=deadline)
         code = "OK"
     except grpc.RpcError as exc:
         code = exc.code().name
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, nargs="+", default=[100.0, 300.0, 550.0])
     p.add_argument("--out", type=Path)
     p.add_argument("--checkout", type=Path, help="run the server of another checkout (e.g. a worktree of an older commit)")
+    p.add_argument("--deadline", type=float, default=0.5, help="the Decompose's deadline, seconds")
+    p.add_argument("--fit-steps", type=int, help="the Decompose's fit steps (default: the model's)")
     args = p.parse_args(argv)
     where = {}
     if args.checkout:
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             stub = pbg.AudioAEStub(ch)
             for seconds in args.seconds:
                 for run in ("warm-up", "measured"):
-                    row = {"run": run, **abandoned_decompose(stub, seconds)}
+                    row = {"run": run, **abandoned_decompose(stub, seconds, args.deadline, args.fit_steps)}
                     print(json.dumps(row), flush=True)
                     if run == "measured":
                         rows.append(row)
