@@ -263,7 +263,11 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None
     WAV's, AIFF's or AU's claim; an MP3's (``scan``: :func:`scan_coded`'s) is its Xing/Info
     frame count, libsndfile's ``frames``, against the frames walked (without that frame, the
     length is a guess from the file's size: no claim). ``f``: an open file, or ``soundfile.info``.
-    Ogg and FLAC claim no length (a FLAC cut short does not decode; an Ogg its complete pages, or nothing)."""
+    An Ogg claims no length, but a writer that finished marks its last page as the stream's end:
+    without that mark it is cut short (it decodes its complete pages, or nothing). A FLAC cut short
+    does not decode."""
+    if scan is not None and not scan.ended:  # an Ogg
+        return CutShort("its Ogg stream stops before its end page", None, f.samplerate)
     if scan is not None and scan.held is not None:  # an MP3
         if scan.counted and f.frames - scan.held >= 1152:  # one MPEG frame: decoders trim delay and padding
             sr = f.samplerate
@@ -385,6 +389,7 @@ class CodedScan:
     audio_bytes: int  # the coded audio's bytes: tags, cover art and codec headers left out
     held: int | None = None  # MP3: samples per channel its frames hold
     counted: bool = False  # MP3: a Xing/Info frame first: libsndfile's length is its count, not a guess
+    ended: bool = True  # Ogg: its stream's last page says it ends (a file cut short, or a recorder stopped: no)
 
 
 def _id3v2_end(data: bytes, pos: int) -> int:
@@ -451,8 +456,9 @@ def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
     decodes) from the first that ends audio on (the codec's headers, with any cover art in their
     comments, left out; a page cut off at the end, which does not decode, too), and whether it is
     chained: a stream begins after another's pages (files joined end to end, of which libsndfile
-    decodes only the first). Walks the page headers; past damage, on to the next capture pattern."""
-    pos, audio_bytes, serial, in_headers, seen_data, chained = 0, 0, None, True, False, False
+    decodes only the first). ``ended``: its last complete page says the stream ends (a writer that
+    finished sets it). Walks the page headers; past damage, on to the next capture pattern."""
+    pos, audio_bytes, serial, in_headers, seen_data, chained, ended = 0, 0, None, True, False, False, False
     while pos + 27 <= len(data):
         if data[pos : pos + 4] != b"OggS":
             found = data.find(b"OggS", pos + 1)
@@ -473,8 +479,9 @@ def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
         if page_serial == serial:
             in_headers = in_headers and granule in (0, _NO_GRANULE)
             audio_bytes += 0 if in_headers else length
+            ended = bool(flags & 0x04)  # end of stream
         pos += length
-    return CodedScan(audio_bytes), chained
+    return CodedScan(audio_bytes, ended=ended), chained
 
 
 def scan_coded(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) -> CodedScan | None:

@@ -1277,7 +1277,8 @@ def _cut_short_copies(src: Path) -> None:
 
 def test_an_ogg_that_decodes_to_nothing_may_be_cut_short_and_says_so(tmp_path):
     """An Ogg holds its length at its end: one cut short decodes to less than it holds, or to
-    nothing, which was reported as "the audio is empty (0 samples)" of a file of kilobytes."""
+    nothing, which was reported as "the audio is empty (0 samples)" of a file of kilobytes; one
+    that decodes in part was denoised short without a word (its last page is no end page)."""
     from audioae.audio import AudioError, read_audio
 
     whole = tmp_path / "whole.ogg"
@@ -1287,6 +1288,13 @@ def test_an_ogg_that_decodes_to_nothing_may_be_cut_short_and_says_so(tmp_path):
     with pytest.raises(AudioError, match=r"cut\.ogg: libsndfile decodes no audio from this Ogg file; if it should "
                                          r"hold some, it may be cut short"):
         read_audio(cut)
+    most = tmp_path / "most.ogg"  # cut later: the pages before the cut decode, and it says it is cut
+    most.write_bytes(whole.read_bytes()[: whole.stat().st_size * 9 // 10])
+    wav, _, info = read_audio(most)
+    assert info.cut is not None and 0 < wav.shape[-1] < 32000 and read_audio(whole)[2].cut is None
+    assert info.cut.warning("most.ogg", "denoised") == ("most.ogg: its Ogg stream stops before its end page (a copy "
+                                                        "cut short, or a recording that stopped mid-write?): "
+                                                        "denoised what decodes of it")
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros((0, 1), np.float32), 16000)
     with pytest.raises(AudioError, match=r"silent\.wav: the audio is empty \(0 samples\)"):

@@ -551,12 +551,19 @@ def test_a_file_cut_short_is_answered_with_a_warning_for_the_audio_it_holds(serv
         rf"audio: its header claims {whole / 16000:.2f} s of audio but its frames hold 1.0\d s \(a copy cut short, or a "
         rf"recording that stopped mid-write\?\): answered for the {got / 16000:.2f} s it holds", resp.warnings[0]), resp.warnings
 
+    ogg = encode_audio(_noisy(2.0, 16000), 16000, format="OGG", subtype="VORBIS")
+    resp = client.denoise_bytes(ogg[: len(ogg) * 9 // 10], model="tiny")  # no end page: decodes in part
+    got = sf.info(io.BytesIO(resp.audio.encoded)).frames
+    assert list(resp.warnings) == [f"audio: its Ogg stream stops before its end page (a copy cut short, or a "
+                                   f"recording that stopped mid-write?): answered for the {got / 16000:.2f} s it "
+                                   f"holds"], resp.warnings
+
     complete = encode_audio(_noisy(1.0, 16000), 16000, format="WAV", subtype="PCM_16")
     live = bytearray(complete)
     at = live.find(b"data")
     live[at + 4 : at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
     for data in (complete, bytes(live), encode_audio(_noisy(1.0, 16000), 16000, format="MP3"),
-                 _mp3_with_tags_and_no_xing(2.0)):
+                 _mp3_with_tags_and_no_xing(2.0), ogg):
         assert list(client.denoise_bytes(data, model="tiny").warnings) == []
     assert list(client.stub.Denoise(pb.DenoiseRequest(model="tiny", audio=pb.Audio(pcm=pcm_message(
         _noisy(0.3, 16000), 16000, "int16"))), timeout=60).warnings) == []
