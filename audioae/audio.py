@@ -202,22 +202,11 @@ def unfinished_wav_bytes(source: str | os.PathLike | bytes) -> int:
     return 0
 
 
-def _head(source: str | os.PathLike | bytes, n: int) -> bytes:
-    """The first ``n`` bytes of a file or of its bytes (b"" where it cannot be read)."""
-    if isinstance(source, bytes | bytearray):
-        return bytes(source[:n])
-    try:
-        with open(fs_path(source), "rb") as fh:
-            return fh.read(n)
-    except OSError:
-        return b""
-
-
-def empty_audio(name: str, source: str | os.PathLike | bytes) -> AudioError:
-    """The error for a file of 0 samples; one whose header is unfinished says so: "empty" led to
-    deleting a recording that holds all its audio."""
+def empty_audio(name: str, source: str | os.PathLike | bytes, fmt: str) -> AudioError:
+    """The error for a file of 0 samples (``fmt``: its container); one whose header is unfinished
+    says so: "empty" led to deleting a recording that holds all its audio."""
     held = unfinished_wav_bytes(source)
-    if not held and _head(source, 4) == b"OggS":  # libsndfile finds an Ogg's length at its end
+    if not held and fmt == "OGG":  # libsndfile finds an Ogg's length at its end
         return AudioError(f"{name}: libsndfile decodes no audio from this Ogg file; if it should hold some, it "
                           f"may be cut short (an Ogg cut short decodes to less than it holds, or to nothing): "
                           f"use the complete file")
@@ -363,7 +352,7 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
         reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
         raise AudioError(f"{name}: cannot read audio ({reason})") from exc
     if wav.shape[-1] == 0:
-        raise empty_audio(name, source)
+        raise empty_audio(name, source, info.format)
     _check_samples(wav, info.sample_rate, name)
     return wav, info.sample_rate, info
 
@@ -390,6 +379,7 @@ class CodedScan:
     held: int | None = None  # MP3: samples per channel its frames hold
     counted: bool = False  # MP3: a Xing/Info frame first: libsndfile's length is its count, not a guess
     ended: bool = True  # Ogg: its stream's last page says it ends (a file cut short, or a recorder stopped: no)
+    chained: bool = False  # Ogg: a stream begins after another's (files joined end to end)
 
 
 def _id3v2_end(data: bytes, pos: int) -> int:
@@ -451,7 +441,7 @@ def mpeg_frames_samples(data: bytes) -> CodedScan:
 _NO_GRANULE = (1 << 64) - 1  # a page on which no packet ends (a header split over pages: cover art)
 
 
-def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
+def ogg_pages(data: bytes) -> CodedScan:
     """An Ogg file's coded audio bytes: the complete pages of its first stream (the one libsndfile
     decodes) from the first that ends audio on (the codec's headers, with any cover art in their
     comments, left out; a page cut off at the end, which does not decode, too), and whether it is
@@ -481,7 +471,7 @@ def ogg_pages(data: bytes) -> tuple[CodedScan, bool]:
             audio_bytes += 0 if in_headers else length
             ended = bool(flags & 0x04)  # end of stream
         pos += length
-    return CodedScan(audio_bytes, ended=ended), chained
+    return CodedScan(audio_bytes, ended=ended, chained=chained)
 
 
 def scan_coded(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) -> CodedScan | None:
@@ -497,24 +487,21 @@ def scan_coded(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) ->
     walk = mpeg_frames_samples if f.format == "MP3" else ogg_pages
     try:
         if isinstance(source, bytes | bytearray):
-            found = walk(bytes(source))
+            scan = walk(bytes(source))
         else:
             with open(fs_path(source), "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                found = walk(data)
+                scan = walk(data)
     except (OSError, ValueError):  # unreadable, or empty: the decode that follows says why
         return None
     sr = f.samplerate
-    if f.format == "OGG":
-        scan, chained = found
-        if chained:
-            raise AudioError(f"{name}: Ogg streams joined end to end (a chained Ogg), of which libsndfile decodes "
-                             f"only the first ({f.frames / sr:.2f} s): convert it first, e.g. ffmpeg -i in.ogg out.flac")
-        return scan
-    if found.held > f.frames + 3 * 1152:
+    if scan.chained:
+        raise AudioError(f"{name}: Ogg streams joined end to end (a chained Ogg), of which libsndfile decodes "
+                         f"only the first ({f.frames / sr:.2f} s): convert it first, e.g. ffmpeg -i in.ogg out.flac")
+    if scan.held is not None and scan.held > f.frames + 3 * 1152:
         raise AudioError(f"{name}: libsndfile decodes {f.frames / sr:.2f} s of this MPEG file, but its frames hold "
-                         f"{found.held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
+                         f"{scan.held / sr:.2f} s (a VBR file without its Xing header, or files joined end to end): "
                          f"convert it first, e.g. ffmpeg -i in.mp3 out.flac")
-    return found
+    return scan
 
 
 def header_shape(source: str | os.PathLike | bytes) -> tuple[int, int, int] | None:
@@ -740,9 +727,8 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
         print([round((size(x, q / 10) - size(x[: 4 * sr], q / 10)) / 500) for q in range(11)])
         EOF
 
-    With the headers counted (10 s of each), pink noise came within 11% of white, the speech-like
-    tone of tests/test_batch.py up to 13% lower from 32 kHz up and up to 29% lower below (stereo;
-    mono 19%); that tone 40 dB quieter (4 s) came up to 18% lower than at full level."""
+    Pink noise and speech-like signals come lower than white noise at the same level (tens of
+    percent below 32 kHz): tests/test_batch.py bounds the outputs' sizes for a speech-like tone."""
     rates = sorted(_VORBIS_KBPS)
     column = {2: 1, 6: 2}.get(channels, 0)
     per_level = np.array([np.interp(sr, rates, [_VORBIS_KBPS[r][column][i] for r in rates]) for i in range(11)])
@@ -778,7 +764,8 @@ def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int) -> float | 
     """A lossy input's mean bitrate in kbit/s, which its output keeps: its coded audio's bytes
     (``scan``: :func:`scan_coded`'s, without tags, cover art or codec headers) over the ``frames``
     it holds at ``f``'s rate; None where it is not lossy (or is a kind libsndfile writes at no
-    chosen bitrate). Counted with the cover art, a 128 kbit/s MP3 came out at 322."""
+    chosen bitrate). Counted with the cover art, an MP3's output came out at several times its
+    bitrate (tests/test_batch.py::test_tags_cover_art_and_chained_files_are_told_from_the_audio)."""
     if scan is None or not frames or (f.format != "MP3" and f.subtype not in ("OPUS", "VORBIS")):
         return None
     return 8 * scan.audio_bytes / (frames / f.samplerate) / 1000

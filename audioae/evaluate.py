@@ -47,7 +47,7 @@ def _match(rel: str, files: dict[str, Path], by_stem: dict[str, list[str]]) -> l
     """``[rel]`` where ``files`` has the same relative path, else the paths with the same stem and
     another audio extension: none, one, or several (``y.flac`` and ``y.ogg`` for ``y.wav``), which
     the caller reports."""
-    return [rel] if rel in files else list(by_stem.get(_stem(rel), []))
+    return [rel] if rel in files else by_stem.get(_stem(rel), [])
 
 
 @dataclass

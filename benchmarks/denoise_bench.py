@@ -115,14 +115,12 @@ def rnnoise_method() -> Method:
     return run
 
 
-def audioae_method(spec: str, path: Path | None = None) -> tuple[Method, dict]:
-    """Our model by shipped name or checkpoint path (``path``: the file ``spec`` was resolved to),
-    through :func:`audioae.enhance.denoise`."""
+def audioae_method(spec: str, path: Path) -> tuple[Method, dict]:
+    """Our model by shipped name or checkpoint path (``path``: the file ``spec`` was resolved to,
+    :func:`audioae.pretrained.resolve_arg`), through :func:`audioae.enhance.denoise`."""
     from audioae.checkpoint import load_checkpoint
     from audioae.enhance import denoise
-    from audioae.pretrained import resolve
 
-    path = resolve(spec) if path is None else path
     model = load_checkpoint(path).eval()
     info = {"spec": spec, "path": str(path), **model.describe()}
 

@@ -32,9 +32,10 @@ class Unparsed:
 
 
 # What a caller sends less of, by request type (the unparsed bytes do not say which form it took).
+_SHORTER_AUDIO = "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM"
 _LESS = {
-    "DenoiseRequest": "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM",
-    "DecomposeRequest": "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM",
+    "DenoiseRequest": _SHORTER_AUDIO,
+    "DecomposeRequest": _SHORTER_AUDIO,
     "EncodeRequest": "shorter audio, or a tensor of fewer items, in several calls",
     "DecodeRequest": "a code of fewer frames, in several calls",
     "StreamDenoiseRequest": "the stream's audio in smaller chunks (any whole number of frames; 100 ms is typical)",

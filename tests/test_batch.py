@@ -1365,8 +1365,7 @@ def test_an_opus_output_keeps_its_bitrate(tmp_path, causal_ckpt):
 
 def test_a_vorbis_output_keeps_its_bitrate(tmp_path, causal_ckpt):
     """Ogg Vorbis outputs were encoded at libsndfile's default quality whatever the input's bitrate:
-    a 48 kHz file of 270 kbps came back at a quarter of its size, a 16 kHz stereo one of 140 kbps
-    at under half (as this test finds on that default)."""
+    far smaller than a high-quality input, outside this test's bound on that default."""
     src = tmp_path / "in"
     src.mkdir()
     x = _speechlike(4.0, 48000)
@@ -1388,8 +1387,8 @@ def test_a_vorbis_output_keeps_its_bitrate(tmp_path, causal_ckpt):
 def test_vorbis_is_encoded_near_the_bitrate_asked(sr, channels, level):
     """encode_audio (the server's answers; the folder tool writes through the same settings) at a
     Vorbis file's own bitrate comes near its size, at rates and channel counts between and beside
-    those audio.vorbis_compression was measured at. It was libsndfile's default quality: 270 kbps
-    at 96 kHz came back at a third of it."""
+    those audio.vorbis_compression was measured at. It was libsndfile's default quality, outside
+    this test's bound."""
     from audioae.audio import encode_audio, read_audio
 
     wav = np.stack([np.roll(_speechlike(3.0, sr), 37 * c) for c in range(channels)])  # [C, T]
@@ -1408,8 +1407,8 @@ def _id3v2(payload: bytes) -> bytes:
 
 
 def test_tags_cover_art_and_chained_files_are_told_from_the_audio(tmp_path, causal_ckpt):
-    """Cover art counted as audio: a 128 kbit/s MP3 with an 860 kB cover came out at 322 kbit/s, a
-    Vorbis file with a picture comment at 4x its bitrate. A second ID3 tag (the cover) was walked as
+    """Cover art counted as audio: an MP3 with a cover, or a Vorbis file with a picture comment,
+    came out at several times its bitrate. A second ID3 tag (the cover) was walked as
     MPEG frames, and the complete file refused as "files joined end to end", as was one with a tag after
     its audio (a sync word in the cover taken for a frame). A cut MP3 was recorded
     as its header's 2 s. Ogg files joined end to end were denoised as the first alone, unsaid."""

@@ -99,7 +99,7 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAu
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
-        raise empty_audio(task.input, source)
+        raise empty_audio(task.input, source, f.format)
     return held_audio(source, f, task.input)  # an MP3's frames or an Ogg's pages walked, mapped
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..checkpoint import CheckpointError, read_metadata, save_checkpoint
+from ..checkpoint import CheckpointError, checkpoint_extra, save_checkpoint
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from . import experiments
 from .experiments import ReportConfig
@@ -55,7 +55,7 @@ def _earlier_models(out: Path) -> list[str]:
 
 def _written_by_a_report(path: Path) -> bool:
     try:
-        return json.loads(read_metadata(path).get("extra", "{}")).get("report") == MODEL_EXTRA["report"]
+        return checkpoint_extra(path).get("report") == MODEL_EXTRA["report"]
     except CheckpointError:
         return False
 
@@ -75,7 +75,7 @@ def _clear_earlier_models(out: Path, earlier: list[str], written: list[str], say
         say(f"removed {len(removed)} model{'s' * (len(removed) != 1)} of the earlier report in {out} that this run "
             f"did not write: {', '.join(removed)}")
     listed = {Path(rel).name for rel in written}
-    others = sorted({p.name for p in (out / "models").glob("*.safetensors")} - listed - set(removed))
+    others = sorted({p.name for p in (out / "models").glob("*.safetensors")} - listed)
     if others:
         say(f"note: {out / 'models'} also holds {', '.join(others)}, not written by this run (left as "
             f"{'they are' if len(others) > 1 else 'it is'})")
