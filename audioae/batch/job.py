@@ -231,8 +231,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
         inputs_then = previous_inputs(earlier)
         todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier), inputs_then)
-        # done: the outputs split_done found to be files (none asked under --overwrite), stat'ed once
-        others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, None if options.overwrite else done)
+        others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, done)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
         if changed:
@@ -286,15 +285,15 @@ FOUND_BEFORE_ANY_RUN = "found under its output's name before any run: not made b
 
 
 def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], fresh: bool,
-                     overwrite: bool, present: Sequence[FileTask] | None = None) -> set[str]:
+                     overwrite: bool, done: Sequence[FileTask]) -> set[str]:
     """The inputs whose output's name holds a file no run made, which may be someone's own: in a
     folder no job had written to (``fresh``: no manifest, no in-flight markers), every file there;
     later, those an earlier line says so of (:data:`FOUND_BEFORE_ANY_RUN`) while they are still
     there. ``--overwrite`` is refused over them (it replaced them without a word, and on the run
-    after a first one skipped them), and a run that skips them says so. ``present``: the tasks
-    whose output is a file, where known (:func:`.plan.split_done`'s done: a file under such a
-    name counts as done, for its latest line is no error), so that no output is stat'ed twice;
-    else each output asked about is stat'ed here."""
+    after a first one skipped them), and a run that skips them says so. ``done``:
+    :func:`.plan.split_done`'s, the tasks whose output is a file (a file under such a name counts
+    as done, for its latest line is no error), so that no output is stat'ed twice; under
+    ``--overwrite`` it asked none, and the outputs asked about are stat'ed here."""
     # Files only, as the rerun's split counts them: a folder under an output's name is no one's
     # output; its file fails, saying so (it was counted here as skipped, then tried).
     latest = {} if fresh else {r["input"]: r for r in earlier}
@@ -302,9 +301,8 @@ def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], 
     def said_so(t: FileTask) -> bool:
         return fresh or latest.get(t.input, {}).get("error") == FOUND_BEFORE_ANY_RUN
 
-    if present is None:
-        present = [t for t in tasks if said_so(t) and os.path.isfile(t.output)]
-    taken = [t for t in present if said_so(t)]
+    taken = ([t for t in tasks if said_so(t) and os.path.isfile(t.output)] if overwrite
+             else [t for t in done if said_so(t)])
     if not taken:
         return set()
     said = (f"{out} holds {len(taken)} file(s) under the names this job would write (e.g. {taken[0].rel}) "
