@@ -3,7 +3,8 @@
 grpcio answers unparsable bytes itself with INTERNAL ("Exception deserializing request!"), which
 reads as a server fault and never reaches the servicer's metrics. This interceptor swaps the
 service's deserializers for ones that hand the servicer an :class:`Unparsed` in place of the
-message; the servicer then refuses the call with INVALID_ARGUMENT, counted like any other refusal.
+message; the servicer then refuses the call with INVALID_ARGUMENT, counted like any other refusal
+(a stream after answering the audio sent before that message, as for an oversized one).
 
 A message over the limit becomes an :class:`Oversized`, refused by the servicer with
 RESOURCE_EXHAUSTED. gRPC's own check would end the call before the servicer saw anything: a stream
@@ -33,12 +34,15 @@ class Unparsed:
 
 # What a caller sends less of, by request type (the unparsed bytes do not say which form it took).
 _SHORTER_AUDIO = "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM"
+_STREAM_CHUNKS = "the stream's audio in smaller chunks (any whole number of frames; 100 ms is typical)"
+# For a stream's first message, which should have been a StreamConfig and may have been audio.
+CONFIG_FIRST = f"a StreamConfig first (model, sample_rate, channels, format: a few bytes), then {_STREAM_CHUNKS}"
 _LESS = {
     "DenoiseRequest": _SHORTER_AUDIO,
     "DecomposeRequest": _SHORTER_AUDIO,
     "EncodeRequest": "shorter audio, or a tensor of fewer items, in several calls",
     "DecodeRequest": "a code of fewer frames, in several calls",
-    "StreamDenoiseRequest": "the stream's audio in smaller chunks (any whole number of frames; 100 ms is typical)",
+    "StreamDenoiseRequest": _STREAM_CHUNKS,
 }
 
 
@@ -48,10 +52,11 @@ class Oversized:
     def __init__(self, message_type: str, size: int, limit: int):
         self.message_type, self.size, self.limit = message_type, size, limit
 
-    def refusal(self, what: str = "") -> str:
+    def refusal(self, what: str = "", less: str | None = None) -> str:
         """"the audioae.v1.DenoiseRequest message (``what``) is 1,792,004 bytes (1.7 MB), over this
-        server's message limit of 1,048,576 bytes (1 MB, --max-request-mb): send ..." """
-        less = _LESS.get(self.message_type.rsplit(".", 1)[-1])
+        server's message limit of 1,048,576 bytes (1 MB, --max-request-mb): send ``less``" (by
+        default what to send less of for its request type)."""
+        less = less or _LESS.get(self.message_type.rsplit(".", 1)[-1])
         return (f"{what or f'the {self.message_type} message'} is {self.size:,} bytes ({self.size / 2**20:.1f} MB), "
                 f"over this server's message limit of {self.limit:,} bytes ({self.limit / 2**20:g} MB, "
                 f"--max-request-mb)" + (f": send {less}" if less else ""))

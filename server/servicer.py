@@ -49,7 +49,7 @@ from .errors import Abort, status_of
 from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
 from .lifecycle import Gate
 from .metrics import Metrics
-from .parsing import Oversized, Unparsed
+from .parsing import CONFIG_FIRST, Oversized, Unparsed
 from .store import ModelStore, ServedModel
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ MAX_COMPONENT_BYTES = 1 << 30
 
 def _unary(method: Callable) -> Callable:
     """Count the call, enter the gate (which refuses it when the server is busy), map exceptions
-    to status codes."""
+    to status codes, and log the answer's ``warnings`` (where it has them) with the caller's address."""
 
     @functools.wraps(method)
     def wrapper(self: AudioAEServicer, request, context: grpc.ServicerContext):
@@ -79,9 +79,13 @@ def _unary(method: Callable) -> Callable:
                 raise Abort(EXHAUSTED, request.refusal())
             self.gate.enter()
             try:
-                return method(self, request, context)
+                response = method(self, request, context)
             finally:
                 self.gate.exit()
+            # The operator hears what the caller was warned of (a file cut short: AudioAEServicer._audio).
+            for warning in getattr(response, "warnings", ()):
+                log.warning("%s from %s: %s", method.__name__, context.peer(), warning)
+            return response
         except Exception as exc:
             code, message = status_of(exc)
             context.abort(code, message)
@@ -92,26 +96,19 @@ def _unary(method: Callable) -> Callable:
     return wrapper
 
 
+# A stream's messages are named "the 2nd message" (the StreamConfig is the 1st) and its audio
+# "audio chunk 1 (the 2nd message)", as the Python client counts its chunks: a bare "message 1"
+# read as the first message to some and as the second (zero-based) to others.
 def _nth(n: int) -> str:
     """1 -> "1st", 2 -> "2nd", 12 -> "12th", 23 -> "23rd"."""
     suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
 
-# A stream's messages are named "the 2nd message" (the StreamConfig is the 1st) and its audio
-# "audio chunk 1 (the 2nd message)", as the Python client counts its chunks: a bare "message 1"
-# read as the first message to some and as the second (zero-based) to others.
-def _parsed(requests: Iterator) -> Iterator:
-    """The stream's messages; one protobuf could not parse ends the call with INVALID_ARGUMENT."""
-    for n, request in enumerate(requests, 1):
-        if isinstance(request, Unparsed):
-            raise Abort(INVALID, f"the {_nth(n)} message: {request.refusal()}")
-        yield request
-
-
 class _StreamCut(Exception):
-    """A stream the server ends before its client does (a drain, an idle client, the length limit):
-    its tail is answered first, then the call ends with ``code``."""
+    """A stream the server ends before its client does (a drain, an idle client, the length limit,
+    a message over the size limit or one protobuf cannot parse): its tail is answered first, then
+    the call ends with ``code``."""
 
     def __init__(self, code: grpc.StatusCode, message: str, by_drain: bool = False):
         super().__init__(message)
@@ -236,13 +233,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         limit = self.config.max_audio_seconds
         if seconds > limit:
             raise Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                EXHAUSTED,
                 f"the audio lasts {seconds:.1f} s; this server accepts at most {limit:g} s per request "
                 f"(--max-audio-seconds)",
             )
         if seconds * channels > limit * DECODE_BUDGET_CHANNELS:
             raise Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                EXHAUSTED,
                 f"the audio is {channels} channels x {seconds:.1f} s = {seconds * channels:,.0f} channel-seconds; "
                 f"this server accepts at most {limit * DECODE_BUDGET_CHANNELS:,.0f} per request ({limit:g} s of "
                 f"stereo, from --max-audio-seconds): send fewer channels or shorter audio",
@@ -292,7 +289,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         its header first, before decoding. ``check(frames, channels, sample_rate)``: the RPC's own
         limit, applied to the header and again to the decoded audio. Returns the audio ``[C, T]``,
         its rate, its form and the warnings for the caller (a file cut short:
-        :func:`audioae.audio.cut_short`)."""
+        :func:`audioae.audio.cut_short`), which :func:`_unary` logs once they are answered."""
         if audio is None or audio.WhichOneof("data") is None:
             raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
         encoded = audio.WhichOneof("data") == "encoded"
@@ -314,13 +311,6 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             check(wav.shape[-1], wav.shape[0], sr)
         warnings = [] if form.cut is None else [form.cut.warning(name, "answered for", wav.shape[-1])]
         return wav, sr, form, warnings
-
-    @staticmethod
-    def _log_warnings(rpc: str, warnings: list[str], context: grpc.ServicerContext) -> list[str]:
-        """``warnings``, logged for the operator with the caller's address."""
-        for warning in warnings:
-            log.warning("%s from %s: %s", rpc, context.peer(), warning)
-        return warnings
 
     @staticmethod
     def _strength(msg) -> float:
@@ -346,7 +336,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             queue_ms=info.queue_ms,
             compute_ms=info.compute_ms,
             batch_size=info.batch_size,
-            warnings=self._log_warnings("Denoise", warnings, context),
+            warnings=warnings,
         )
         others = resp.ByteSize()  # every field but the audio: a few bytes to count
 
@@ -374,7 +364,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         try:
             self.gate.enter(stream=True, max_streams=self.config.max_streams)
             try:
-                yield from self._stream(_parsed(request_iterator), context)
+                yield from self._stream(request_iterator, context)
             finally:
                 self.gate.exit(stream=True)
         except Exception as exc:
@@ -392,8 +382,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _stream_config(self, first) -> tuple[ServedModel, pb.StreamConfig, float]:
         if first is None:
             raise Abort(INVALID, "empty stream: the first message must be a StreamConfig")
+        # Neither was parsed: what came may not be a StreamConfig at all (audio sent first).
         if isinstance(first, Oversized):
-            raise Abort(EXHAUSTED, first.refusal("the 1st message (the StreamConfig)"))
+            raise Abort(EXHAUSTED, first.refusal("the 1st message, which should be the StreamConfig,",
+                                                 less=CONFIG_FIRST))
+        if isinstance(first, Unparsed):
+            raise Abort(INVALID, f"the 1st message, which should be the StreamConfig: {first.refusal()}")
         if first.WhichOneof("msg") != "config":
             raise Abort(
                 INVALID,
@@ -440,9 +434,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 if msg is None:  # the client half-closed: the tail below
                     break
                 nth = f"the {_nth(i + 1)} message"
-                if isinstance(msg, Oversized):  # what came before it is answered first (_StreamCut)
-                    before = "; the audio before it was answered" if n_in else ""
-                    raise _StreamCut(EXHAUSTED, msg.refusal(nth) + before)  # unparsed: audio or not, unknown
+                # Not parsed, so audio or not is unknown; what came before it is answered first (_StreamCut).
+                before = "; the audio before it was answered" if n_in else ""
+                if isinstance(msg, Oversized):
+                    raise _StreamCut(EXHAUSTED, msg.refusal(nth) + before)
+                if isinstance(msg, Unparsed):
+                    raise _StreamCut(INVALID, f"{nth}: {msg.refusal()}" + before)
                 if msg.WhichOneof("msg") == "config":
                     raise Abort(
                         INVALID,
@@ -462,7 +459,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     yield self._chunk(y, cfg, n_in, n_out, sm.name)
                 if over:
                     raise _StreamCut(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        EXHAUSTED,
                         f"the stream reached {self.config.max_stream_seconds:g} s, this server's limit "
                         f"(--max-stream-seconds); the audio up to there was answered",
                     )
@@ -579,7 +576,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             channels=summary["channels"],
             samples=summary["samples"],
             groups=summary["groups"],  # None (group none) leaves it unset
-            warnings=self._log_warnings("Decompose", warnings, context),
+            warnings=warnings,
         )
         for entry in summary["components"]:
             resp.components.add(
@@ -690,7 +687,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         h, _ = self._wait(Job("encode", seconds, fn=run), context)
         return pb.EncodeResponse(model=sm.name, code=tensor_message(h),
-                                 warnings=self._log_warnings("Encode", warnings, context))
+                                 warnings=warnings)
 
     @_unary
     def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:

@@ -1,4 +1,5 @@
-"""Generated input trees for the folder-denoising tests (local engine and Ray)."""
+"""Generated input trees for the folder-denoising tests (local engine and Ray), and the damaged
+files the server, client and folder tests share (a copy cut short, a live recorder's WAV)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,26 @@ def outputs(out: Path) -> set[str]:
     return {p.relative_to(out).as_posix() for p in out.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
             and p.suffix != ".jsonl"}
+
+
+def cut_short(data: bytes) -> bytes:
+    """A file's bytes cut to half, its header still claiming all of it (an interrupted copy, a
+    recorder that stopped mid-write)."""
+    return data[: len(data) // 2]
+
+
+def live_wav(wav: bytes) -> bytes:
+    """A complete WAV whose data size is a live recorder's placeholder (0xFFFFFFFF: it claims none)."""
+    live = bytearray(wav)
+    at = live.find(b"data")
+    live[at + 4 : at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
+    return bytes(live)
+
+
+def whole_and_cut(folder: Path, x: np.ndarray, sr: int, ext: str = "wav", subtype: str = "PCM_16") -> tuple[Path, Path]:
+    """``folder/whole.<ext>`` holding ``x`` ``[T]`` or ``[T, C]``, and ``folder/cut.<ext>``, its
+    copy cut short (:func:`cut_short`)."""
+    whole, cut = folder / f"whole.{ext}", folder / f"cut.{ext}"
+    sf.write(whole, x, sr, subtype=subtype)
+    cut.write_bytes(cut_short(whole.read_bytes()))
+    return whole, cut

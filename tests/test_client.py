@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_tree import whole_and_cut
 
 from audioae.audio import read_audio, write_audio
 from audioae.checkpoint import load_checkpoint, save_checkpoint
@@ -528,13 +529,10 @@ def test_streaming_a_file_cut_short_names_it_and_writes_nothing(mixed, tmp_path)
     libsndfile's bare "Error : flac decoder lost sync."."""
     from audioae.audio import AudioError
 
-    full = tmp_path / "full.flac"
-    sf.write(full, _noisy(2.0, 16000)[0], 16000, subtype="PCM_16")
-    src = tmp_path / "cut.flac"
-    src.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    _, src = whole_and_cut(tmp_path, _noisy(2.0, 16000)[0], 16000, ext="flac")
     with pytest.raises(AudioError, match=r"cut\.flac: cannot decode the audio after \d+ samples .* truncated or corrupt"):
         mixed.stream_file(src, tmp_path / "out.flac", model="tiny", chunk_ms=50)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.flac", "full.flac"]  # no output, no temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.flac", "whole.flac"]  # no output, no temporary
 
 
 def test_the_client_does_not_import_torch(mixed_server, tmp_path):
@@ -567,10 +565,7 @@ def test_cli_client_prints_the_servers_warning_about_a_file_cut_short(mixed_serv
     import subprocess
     import sys
 
-    whole = tmp_path / "whole.wav"
-    sf.write(whole, _noisy(2.0, 16000)[0], 16000, subtype="PCM_16")
-    src = tmp_path / "cut.wav"
-    src.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole, src = whole_and_cut(tmp_path, _noisy(2.0, 16000)[0], 16000)
     held = sf.info(src).frames
     code = (
         "import sys\n"
@@ -594,10 +589,7 @@ def test_cli_client_prints_the_servers_warning_about_a_file_cut_short(mixed_serv
 def test_streaming_a_wav_cut_short_warns_before_it_streams(mixed, tmp_path, caplog):
     """client stream decodes the file itself and sends PCM: the server cannot tell it was cut short,
     and nothing said so (the same file through Denoise, or the folder tool, warned)."""
-    whole = tmp_path / "whole.wav"
-    sf.write(whole, _noisy(2.0, 16000)[0], 16000, subtype="PCM_16")
-    src = tmp_path / "cut.wav"
-    src.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole, src = whole_and_cut(tmp_path, _noisy(2.0, 16000)[0], 16000)
     held = sf.info(src).frames
     with caplog.at_level("WARNING", logger="audioae.client"):
         r = mixed.stream_file(src, tmp_path / "out.wav", model="tiny", chunk_ms=50)

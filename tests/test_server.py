@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from audio_tree import cut_short, live_wav
 from server_checks import sample_value, wait_until
 
 from audioae.audio import encode_audio
@@ -499,8 +500,7 @@ def _cut_short(fmt: str, subtype: str, seconds: float = 2.0) -> tuple[bytes, int
     """A 16 kHz mono file of ``fmt`` cut to half its bytes, its header claiming all of it, and the
     frames the whole file holds."""
     x = _noisy(seconds, 16000)  # [1, T]
-    data = encode_audio(x, 16000, format=fmt, subtype=subtype)
-    return data[: len(data) // 2], x.shape[-1]
+    return cut_short(encode_audio(x, 16000, format=fmt, subtype=subtype)), x.shape[-1]
 
 
 def _mp3_with_tags_and_no_xing(seconds: float) -> bytes:
@@ -559,10 +559,7 @@ def test_a_file_cut_short_is_answered_with_a_warning_for_the_audio_it_holds(serv
                                    f"holds"], resp.warnings
 
     complete = encode_audio(_noisy(1.0, 16000), 16000, format="WAV", subtype="PCM_16")
-    live = bytearray(complete)
-    at = live.find(b"data")
-    live[at + 4 : at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
-    for data in (complete, bytes(live), encode_audio(_noisy(1.0, 16000), 16000, format="MP3"),
+    for data in (complete, live_wav(complete), encode_audio(_noisy(1.0, 16000), 16000, format="MP3"),
                  _mp3_with_tags_and_no_xing(2.0), ogg):
         assert list(client.denoise_bytes(data, model="tiny").warnings) == []
     assert list(client.stub.Denoise(pb.DenoiseRequest(model="tiny", audio=pb.Audio(pcm=pcm_message(
@@ -1030,7 +1027,8 @@ def test_a_stream_message_protobuf_cannot_parse_is_invalid_argument(client):
     assert code == CODE.INVALID_ARGUMENT, msg
     assert "the 2nd message: the request is not a valid audioae.v1.StreamDenoiseRequest" in msg, msg
     code, msg = _code(lambda: list(raw(iter([b"\xff\xff\xff"]), timeout=30)))  # was "message 0"
-    assert code == CODE.INVALID_ARGUMENT and "the 1st message: the request is not a valid" in msg, msg
+    assert code == CODE.INVALID_ARGUMENT, msg
+    assert "the 1st message, which should be the StreamConfig: the request is not a valid" in msg, msg
     assert client.health() == "SERVING"
 
 

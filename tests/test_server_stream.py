@@ -5,6 +5,7 @@ the call's status says why. Real servers on 127.0.0.1."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -274,9 +275,51 @@ def test_a_stream_message_over_the_request_limit_ends_it_with_the_audio_before_i
             config = pb.StreamConfig(model="m" * 1_100_000, sample_rate=SR, channels=1, format=pb.FLOAT32)
             got, err = _collect(stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=config)]), timeout=60))
             assert got == [] and err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-            assert err.details().startswith("the 1st message (the StreamConfig) is 1,100,0"), err.details()
+            assert err.details().startswith("the 1st message, which should be the StreamConfig, is 1,100,0"), \
+                err.details()  # was "(the StreamConfig)", of a message never parsed: it may be audio
+            assert err.details().endswith(
+                "(1 MB, --max-request-mb): send a StreamConfig first (model, sample_rate, channels, format: a few "
+                "bytes), then the stream's audio in smaller chunks (any whole number of frames; 100 ms is typical)"), \
+                err.details()
         count = srv.metrics.registry.get_sample_value
         assert count("audioae_requests_total", {"method": "StreamDenoise", "code": "RESOURCE_EXHAUSTED"}) == 2
+        with Client(f"127.0.0.1:{srv.port}") as c:  # the server goes on
+            assert np.concatenate(list(c.stream([x], SR, 1)), -1).shape == (1, SR)
+    finally:
+        srv.stop()
+
+
+def test_a_stream_message_protobuf_cannot_parse_ends_it_with_the_audio_before_it_answered(tiny):
+    """Was INVALID_ARGUMENT at once, raised on the thread that reads the messages: the audio the
+    model still held back for the chunks before it (its tail) never came back, where a message
+    over the size limit had it answered first. Now both end the same way."""
+    srv = _server(tiny)
+    try:
+        x = _speech(1.0)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            raw = ch.stream_stream("/audioae.v1.AudioAE/StreamDenoise", request_serializer=lambda b: b,
+                                   response_deserializer=pb.StreamDenoiseResponse.FromString)
+            msgs = [m.SerializeToString() for m in (_config(), _audio(x[:8000]), _audio(x[8000:]))]
+            got, err = _collect(raw(iter([*msgs, b"\xff\xff\xff", _audio(x).SerializeToString()]), timeout=60))
+            assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert re.fullmatch(  # protobuf's own reason in the brackets differs by its implementation
+                r"the 4th message: the request is not a valid audioae\.v1\.StreamDenoiseRequest message: protobuf "
+                r"could not parse its 3 bytes \(.+\); build the client from proto/audioae/v1/audioae\.proto; the "
+                r"audio before it was answered", err.details()), err.details()
+            y = _samples(got)  # the two chunks before it, the model's tail included; nothing of the 5th
+            assert len(y) == SR and got[-1].samples_in == got[-1].samples_out == SR
+            np.testing.assert_allclose(y, denoise(load_checkpoint(tiny), x, SR), atol=1e-4)
+
+            got, err = _collect(raw(iter([msgs[0], b"\xff\xff\xff"]), timeout=60))  # no audio: nothing to answer
+            assert got == [] and err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert err.details().startswith("the 2nd message: the request is not a valid"), err.details()
+            assert not err.details().endswith("the audio before it was answered"), err.details()
+            got, err = _collect(raw(iter([b"\xff\xff\xff", msgs[1]]), timeout=60))
+            assert got == [] and err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert err.details().startswith("the 1st message, which should be the StreamConfig: the request is not "
+                                            "a valid audioae.v1.StreamDenoiseRequest message"), err.details()
+        count = srv.metrics.registry.get_sample_value
+        assert count("audioae_requests_total", {"method": "StreamDenoise", "code": "INVALID_ARGUMENT"}) == 3
         with Client(f"127.0.0.1:{srv.port}") as c:  # the server goes on
             assert np.concatenate(list(c.stream([x], SR, 1)), -1).shape == (1, SR)
     finally:
