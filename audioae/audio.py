@@ -53,10 +53,15 @@ MAX_SAMPLE_RATE = 384_000
 # 44101 -> 16000 Hz would be ~700 M floats (2.8 GB). Banks up to this size are built (once per
 # rate pair, kept: :func:`resampler`): every standard rate against 16000 Hz needs at most 1.2 MB
 # (11025 Hz), 5512 Hz 5.6 MB, the NTSC pull-down of 48 kHz (47952 Hz) 12 MB; that of 44.1 kHz
-# (44056 Hz) would need 44 MB, and its 10 ms stream calls would not keep up with real time
-# (benchmarks/odd_rates.py). Until 2026-12-07 the bound was the reduced rates' product
-# (1,000,000), which refused 47952 and 5512 Hz too.
-MAX_RESAMPLE_FILTER_BYTES = 16_000_000
+# (44056 Hz) needs 44 MB. Until 2026-12-07 the bound was the reduced rates' product (1,000,000),
+# which refused 47952 and 5512 Hz too. A bound per path: a filter's cost is paid per call, in
+# context blocks of orig/g samples, so small real-time calls pay it many times a second (44056 Hz:
+# 76 ms per 10 ms call) where a file's seconds-long calls do not (44056 Hz: 48x real time offline;
+# benchmarks/odd_rates.py, benchmarks/results/odd-rates.json).
+MAX_RESAMPLE_FILTER_BYTES = 16_000_000  # real-time streams (the server's, StreamingDenoiser's default)
+# Offline (files, denoise, the folder tool): twice a kept pair at this size is 128 MB of the 8
+# pairs' cache, and a bank of it costs at most a few times 44056 Hz's per sample.
+MAX_OFFLINE_RESAMPLE_FILTER_BYTES = 64_000_000
 
 
 class AudioError(ValueError):
@@ -217,8 +222,39 @@ def empty_audio(name: str, source: str | os.PathLike | bytes, fmt: str) -> Audio
                       f"repair the header (e.g. sox --ignore-length IN.wav OUT.wav) and use the repaired copy")
 
 
+def ogg_cut_off(source: str | os.PathLike | bytes) -> bool:
+    """Whether ``source`` (a path or its bytes) begins as an Ogg file does (its first page's
+    capture pattern) but its stream has no end page among its complete pages (:func:`ogg_pages`):
+    a copy cut short, or a recording that stopped. Cut inside its header pages, libsndfile cannot
+    open it and says only "malformed" (or "unimplemented format", cut inside the first page)."""
+    try:
+        if isinstance(source, bytes | bytearray):
+            return source[:4] == b"OggS" and not ogg_pages(bytes(source)).ended
+        with open(fs_path(source), "rb") as fh:
+            if fh.read(4) != b"OggS":
+                return False
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return not ogg_pages(data).ended
+    except (OSError, ValueError):  # unreadable: libsndfile's reason stands alone
+        return False
+
+
+def unopened(name: str, exc: BaseException, source: str | os.PathLike | bytes, *, in_memory: bool = False,
+             path: str | os.PathLike | None = None) -> AudioError:
+    """The error for audio libsndfile cannot open (``source``: its path or bytes; ``in_memory``,
+    ``path``: :func:`sound_error_reason`'s), with a word on an Ogg that may be cut short
+    (:func:`ogg_cut_off`): "malformed" alone sent people looking for a broken encoder."""
+    reason = sound_error_reason(exc, in_memory=in_memory, path=path)
+    if ogg_cut_off(source):
+        return AudioError(f"{name}: cannot read audio ({reason}); its Ogg stream stops before its end page: it may "
+                          f"be cut short (an interrupted copy or download, or a recording that stopped mid-write): "
+                          f"use the complete file")
+    return AudioError(f"{name}: cannot read audio ({reason})")
+
+
 # libsndfile's log of a data chunk whose size claims more than the file holds: WAV "data", AIFF
-# "SSND", AU "Data Size" (W64, RF64 and CAF log their totals only; Ogg, FLAC and MP3 claim no size).
+# "SSND", AU "Data Size" (W64 and RF64 log their totals only: wide_data_claim reads their headers;
+# CAF too; Ogg, FLAC and MP3 claim no size).
 _DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)\)$", re.MULTILINE)
 # Sizes written before the length was known (live recorders, pipes): 0x7FFFFFFF or 0xFFFFFFFF,
 # some less the header's bytes. A claim just under either is no claim.
@@ -245,7 +281,8 @@ class CutShort:
         return f"{name}: {self.claim} (a copy cut short, or a recording that stopped mid-write?): {done} {held}"
 
 
-def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None:
+def cut_short(f: sf.SoundFile, scan: CodedScan | None = None,
+              source: str | os.PathLike | bytes | None = None) -> CutShort | None:
     """A file whose header claims more audio than it holds (None for any other): a copy cut short
     (an interrupted download or card copy), whose complete original may still exist, or a
     recording that stopped mid-write. libsndfile reads the samples that are there and logs a
@@ -254,7 +291,8 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None
     length is a guess from the file's size: no claim). ``f``: an open file, or ``soundfile.info``.
     An Ogg claims no length, but a writer that finished marks its last page as the stream's end:
     without that mark it is cut short (it decodes its complete pages, or nothing). A FLAC cut short
-    does not decode."""
+    does not decode. A W64's or RF64's claim is read from its header (``source``: its path or
+    bytes; :func:`wide_data_claim`): libsndfile logs it without what the file holds."""
     if scan is not None and not scan.ended:  # an Ogg
         return CutShort("its Ogg stream stops before its end page", None, f.samplerate)
     if scan is not None and scan.held is not None:  # an MP3
@@ -265,16 +303,59 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None
                             None, sr)
         return None
     claim = _DATA_CLAIM.search(f.extra_info)
-    if claim is None:
+    if claim is not None:
+        claimed, held = int(claim[1]), int(claim[2])
+    elif source is not None and f.format in ("W64", "RF64") and (wide := wide_data_claim(source, f.format)):
+        claimed, held = wide
+    else:
         return None
-    claimed, held = int(claim[1]), int(claim[2])
-    if any(lo <= claimed <= hi for lo, hi in PLACEHOLDER_SIZES):
+    if any(lo <= claimed <= hi for lo, hi in PLACEHOLDER_SIZES) or claimed >= 1 << 62:  # 2**62: 64-bit ones
         return None
     if claimed - held < 64:  # a missing pad byte, or a frame's few bytes: nothing a person lost
         return None
-    if claim[0].lstrip().startswith("SSND"):  # its size counts the chunk's offset and block size fields
+    if claim is not None and claim[0].lstrip().startswith("SSND"):  # its size counts the offset and block size fields
         claimed, held = claimed - 8, held - 8
     return CutShort(f"its header claims {claimed:,} bytes of audio but the file holds {held:,}", f.frames, f.samplerate)
+
+
+_W64_DATA = b"data" + bytes.fromhex("f3acd3118cd100c04f8edb8a")  # the GUID of a W64's "data" chunk
+
+
+def wide_data_claim(source: str | os.PathLike | bytes, fmt: str) -> tuple[int, int] | None:
+    """``(bytes of audio the header claims, bytes of them the file holds)`` of a W64 (its "data"
+    chunk's 64-bit size, which counts the chunk's 24-byte header) or an RF64 (the ds64 chunk's
+    64-bit data size, where the "data" chunk's own says 0xFFFFFFFF); None for another ``fmt``
+    or where the header has no such chunk. The chunks before "data" are walked, not read."""
+    try:
+        with io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(fs_path(source), "rb") as fh:
+            size = fh.seek(0, io.SEEK_END)
+            fh.seek(0)
+            head = fh.read(40)
+            if fmt == "W64" and head[:4] == b"riff":
+                pos = 40  # past the riff GUID, its size and the wave GUID
+                while pos + 24 <= size:
+                    fh.seek(pos)
+                    chunk = fh.read(24)
+                    n = int.from_bytes(chunk[16:], "little")
+                    if chunk[:16] == _W64_DATA:
+                        return n - 24, min(n - 24, size - pos - 24)
+                    if n < 24:  # damaged: no walk past it
+                        return None
+                    pos += (n + 7) & ~7  # chunks start on 8-byte boundaries
+            elif fmt == "RF64" and head[:4] in (b"RF64", b"BW64") and head[12:16] == b"ds64":
+                data_size = int.from_bytes(head[28:36], "little")  # after ds64's size and the RIFF size
+                pos = 12
+                while pos + 8 <= size:
+                    fh.seek(pos)
+                    chunk = fh.read(8)
+                    n = int.from_bytes(chunk[4:], "little")
+                    if chunk[:4] == b"data":
+                        claimed = data_size if n == 0xFFFFFFFF else n
+                        return claimed, min(claimed, size - pos - 8)
+                    pos += 8 + n + (n & 1)
+    except OSError:
+        pass
+    return None
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:
@@ -349,8 +430,7 @@ def read_audio(source: str | os.PathLike | bytes, *, name: str | None = None) ->
             info = AudioInfo(f.samplerate, f.channels, wav.shape[-1], f.format, f.subtype,  # frames read, not claimed
                              coded.cut, coded.kbps)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        reason = sound_error_reason(exc, in_memory=in_memory, path=None if in_memory else handle)
-        raise AudioError(f"{name}: cannot read audio ({reason})") from exc
+        raise unopened(name, exc, source, in_memory=in_memory, path=None if in_memory else handle) from exc
     if wav.shape[-1] == 0:
         raise empty_audio(name, source, info.format)
     _check_samples(wav, info.sample_rate, name)
@@ -754,7 +834,7 @@ def held_audio(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) ->
     count), and one cut short a length it does not hold (a 4 s file recorded as 8 s): their frames
     are the walked ones."""
     scan = scan_coded(source, f, name)
-    cut = cut_short(f, scan)
+    cut = cut_short(f, scan, source)
     guessed = scan is not None and scan.held is not None and (cut is not None or not scan.counted)
     frames = scan.held if guessed else f.frames
     return HeldAudio(frames, cut, coded_kbps(f, scan, frames))
@@ -964,22 +1044,32 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
         raise write_refusal(path, exc, fmt, sr) from exc
 
 
-def check_resample(orig_sr: int, new_sr: int, *, target: str = "") -> None:
+def check_resample(orig_sr: int, new_sr: int, *, target: str = "", realtime: bool = False) -> None:
     """Raise :class:`AudioError` when resampling ``orig_sr`` -> ``new_sr`` would need a huge
     filter bank: rates that share almost no factor (44101 and 16000 share only 1).
     ``target`` names the new rate for people, e.g. ``"the model's "``. Both directions count: every
-    caller goes there and back, and the way back's bank can be the larger (16000 -> 24790 Hz)."""
+    caller goes there and back, and the way back's bank can be the larger (16000 -> 24790 Hz).
+    ``realtime``: for a stream of small calls that must keep up (:data:`MAX_RESAMPLE_FILTER_BYTES`);
+    else offline, a file or a clip (:data:`MAX_OFFLINE_RESAMPLE_FILTER_BYTES`)."""
     size = max(resample_filter_bytes(orig_sr, new_sr), resample_filter_bytes(new_sr, orig_sr))
-    if size > MAX_RESAMPLE_FILTER_BYTES:
-        g = math.gcd(orig_sr, new_sr)
-        need, most = f"{size / 1e6:,.1f} MB", f"{MAX_RESAMPLE_FILTER_BYTES / 1e6:.0f} MB"
-        if round(size / 1e6, 1) <= MAX_RESAMPLE_FILTER_BYTES / 1e6:  # just over: "16.0 MB (at most 16 MB)" said nothing
-            need, most = f"{size:,}-byte", f"{MAX_RESAMPLE_FILTER_BYTES:,} bytes"
+    limit = MAX_RESAMPLE_FILTER_BYTES if realtime else MAX_OFFLINE_RESAMPLE_FILTER_BYTES
+    if size <= limit:
+        return
+    g = math.gcd(orig_sr, new_sr)
+    need, most = f"{size / 1e6:,.1f} MB", f"{limit / 1e6:.0f} MB"
+    if round(size / 1e6, 1) <= limit / 1e6:  # just over: "16.0 MB (at most 16 MB)" said nothing
+        need, most = f"{size:,}-byte", f"{limit:,} bytes"
+    reduced = f"the two rates reduce to {orig_sr // g}:{new_sr // g}, which needs a {need} resampling filter"
+    if realtime and size <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES:
         raise AudioError(
-            f"a sample rate of {orig_sr} Hz cannot be resampled to {target}{new_sr} Hz efficiently: "
-            f"the two rates reduce to {orig_sr // g}:{new_sr // g}, which needs a {need} resampling filter "
-            f"(at most {most} here); resample the audio to a standard rate such as 16000, 44100 or 48000 Hz first"
-        )
+            f"a sample rate of {orig_sr} Hz cannot be streamed at {target}{new_sr} Hz: {reduced} (a stream takes "
+            f"at most {most}: its small calls would not keep up with real time); denoise it as a file instead "
+            f"(offline, e.g. audioae denoise, which takes it), or resample the audio to a standard rate such as "
+            f"16000, 44100 or 48000 Hz first")
+    raise AudioError(
+        f"a sample rate of {orig_sr} Hz cannot be resampled to {target}{new_sr} Hz efficiently: "
+        f"{reduced} (at most {most} here); resample the audio to a standard rate such as 16000, 44100 or 48000 Hz first"
+    )
 
 
 def resample_filter_bytes(orig_sr: int, new_sr: int) -> int:

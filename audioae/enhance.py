@@ -257,7 +257,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     x, squeeze = checked_clip(wav, sr, strength)
     if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
-            s = StreamingDenoiser(model, sr, x.shape[0], strength=strength)
+            s = StreamingDenoiser(model, sr, x.shape[0], strength=strength, realtime=False)  # pieces of seconds
             parts = []
             for i in range(0, x.shape[-1], s.piece):  # the pieces push would cut: same output
                 check_stop(stop, f"stopped after {i} of {x.shape[-1]} samples")
@@ -403,14 +403,16 @@ class StreamingResampler:
     kernel's window is zero), and keeps the samples asked for. Until 2026-12-06 it answered whole
     blocks with a block of context to spare: a 44.1 kHz stream, whose blocks are 441 samples,
     waited 60-80 ms for its audio, an 11.025 kHz one 200-240 ms. Raises
-    :class:`~audioae.audio.AudioError` for rate pairs :func:`~audioae.audio.check_resample` refuses.
+    :class:`~audioae.audio.AudioError` for rate pairs :func:`~audioae.audio.check_resample` refuses
+    (``realtime``: at the bound of a stream of small calls; False: a file read in long blocks).
     """
 
     LOWPASS_WIDTH = 6  # torchaudio's default lowpass_filter_width
     ROLLOFF = 0.99
 
-    def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = ""):
-        check_resample(orig_sr, new_sr, target=target)  # the blocks below are orig/g samples long
+    def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = "", realtime: bool = True):
+        # the blocks below are orig/g samples long, and every call computes its context blocks
+        check_resample(orig_sr, new_sr, target=target, realtime=realtime)
         self.orig_sr, self.new_sr = orig_sr, new_sr
         # Held for the stream's life: asked of the 8-pair cache on each chunk, a server with streams
         # at more pairs than that rebuilt a kernel per chunk. A stream holds its own 1-2 pairs.
@@ -464,9 +466,15 @@ class StreamingDenoiser:
     ``push(chunk [C, n])`` returns the cleaned samples that are ready (possibly none);
     ``finish()`` returns the rest. The concatenation has exactly the input's length and equals
     :func:`denoise` on the whole input to float tolerance. Needs a causal model.
+
+    ``realtime``: fed as it happens in small calls (a server's stream, a microphone), so a rate
+    whose resampling filter would not keep up is refused (:data:`~audioae.audio.MAX_RESAMPLE_FILTER_BYTES`:
+    44056 Hz); False for a file fed in long blocks (:func:`denoise`, the folder tool), which takes
+    what offline denoising takes.
     """
 
-    def __init__(self, model: SpectralAutoencoder, sr: int, channels: int = 1, *, strength: float = 1.0):
+    def __init__(self, model: SpectralAutoencoder, sr: int, channels: int = 1, *, strength: float = 1.0,
+                 realtime: bool = True):
         _check_audio_model(model)
         if not model.causal:
             raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
@@ -478,12 +486,12 @@ class StreamingDenoiser:
         self.model, self.sr, self.strength, self.channels = model, sr, strength, channels
         self.finished = False
         self.device = _device_of(model)
-        self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ")
+        self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ", realtime=realtime)
         # With a band above the model's, the output and the input as the model saw it go up
         # together, and the top-band gain is interpolated (see with_high_band, gain_at_rate).
         self.high_band = has_high_band(sr, model)
         self.rows = channels * (2 if self.high_band else 1)  # the output, and the input as seen with a high band
-        self.up = StreamingResampler(c.sample_rate, sr, self.rows)
+        self.up = StreamingResampler(c.sample_rate, sr, self.rows, realtime=realtime)  # checked both ways above
         self.seen = torch.zeros(channels, 0)  # model-rate input awaiting its output (high band only)
         self.gain = torch.zeros(channels, 0)  # model-rate gain from model sample gain_start on
         self.gain_start = 0

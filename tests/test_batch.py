@@ -662,6 +662,25 @@ def test_permissions_that_stop_a_file_or_a_folder_are_named(tmp_path, causal_ckp
     assert "x.wav" not in recs and "y.wav" not in recs and not parts(out)
 
 
+def test_a_file_named_in_a_folder_that_cannot_be_searched_is_a_usage_error(tmp_path, causal_ckpt, unprivileged):
+    """A file named on the command line inside a folder without search (x) permission cannot be
+    stat'ed: whether it exists cannot be told, as for a name that does not exist, which is refused
+    before any work. Was: "[Errno 13] Permission denied: '.../glass/y.wav'", naming neither the
+    folder nor what to do."""
+    src, out = make_tree(tmp_path / "in"), tmp_path / "out"
+    (src / "glass").mkdir()
+    sf.write(src / "glass" / "y.wav", np.zeros(1600, np.float32), 16000)
+    (src / "glass").chmod(0o644)  # listed, not searched
+    proc = subprocess.run([*unprivileged, sys.executable, "-m", "audioae.cli", "denoise", str(src / "top.wav"),
+                           str(src / "glass" / "y.wav"), "-o", str(out), "--model", str(causal_ckpt),
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"audioae denoise: error: {src / 'glass' / 'y.wav'}: cannot be reached (Permission "
+                                   f"denied: this user may not search the folder {src / 'glass'}); give this user "
+                                   f"search (x) permission on that folder, or leave the input out"), proc.stderr
+    assert not out.exists()  # refused before the output folder is made
+
+
 def test_a_read_only_output_folder_is_named_as_one(tmp_path, causal_ckpt, unprivileged):
     """Was: "[Errno 13] Permission denied: '.../out/.audioae.lock'", a file the user never made."""
     src, out = make_tree(tmp_path / "in"), tmp_path / "out"
@@ -1261,18 +1280,16 @@ def _cut_short_copies(src: Path) -> None:
     """In ``src``: WAV, AIFF, AU and MP3 copies cut to half their bytes (headers claiming all of it:
     the MP3's Xing frame counts its frames), a complete WAV, and a complete WAV whose data size is a
     live recorder's placeholder."""
+    from audio_tree import cut_short, live_wav
+
     x = noisy_signal(np.random.default_rng(3), 2.0, 16000, 1)  # [T, 1]
     for name, fmt in (("cut.wav", "WAV"), ("cut.aiff", "AIFF"), ("cut.au", "AU"), ("whole.wav", "WAV"),
                       ("live.wav", "WAV")):
         sf.write(src / name, x, 16000, format=fmt, subtype="PCM_16")
     sf.write(src / "cut.mp3", x, 16000, format="MP3")
     for name in ("cut.wav", "cut.aiff", "cut.au", "cut.mp3"):
-        data = (src / name).read_bytes()
-        (src / name).write_bytes(data[: len(data) // 2])
-    live = bytearray((src / "live.wav").read_bytes())
-    at = live.find(b"data")
-    live[at + 4 : at + 8] = (0xFFFFFFFF).to_bytes(4, "little")
-    (src / "live.wav").write_bytes(bytes(live))
+        (src / name).write_bytes(cut_short((src / name).read_bytes()))
+    (src / "live.wav").write_bytes(live_wav((src / "live.wav").read_bytes()))
 
 
 def test_an_ogg_that_decodes_to_nothing_may_be_cut_short_and_says_so(tmp_path):
@@ -1336,6 +1353,98 @@ def test_a_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, caps
     batched = FileDenoiser(load_checkpoint(causal_ckpt))._run_batched(  # the GPU path, on CPU
         [(FileTask(str(src / "cut.wav"), str(tmp_path / "gpu" / "cut.wav"), "cut.wav"), None)])
     assert next(iter(batched)).warning == recs["cut.wav"]["warning"]
+
+
+def test_a_w64_or_rf64_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, capsys):
+    """W64 and RF64 hold their sizes in 64 bits, and libsndfile logs no claim against what the file
+    holds for them: cut short, they were denoised for the half they hold without a word, where a
+    WAV, AIFF or AU said so. Their headers' claims (a W64's data chunk, an RF64's ds64 chunk) are
+    read now; complete ones, mono and stereo, say nothing."""
+    from audio_tree import cut_short
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = noisy_signal(np.random.default_rng(3), 2.0, 16000, 2)  # [T, 2]
+    for fmt in ("W64", "RF64"):
+        ext = fmt.lower()
+        sf.write(src / f"cut.{ext}", x[:, :1], 16000, format=fmt, subtype="PCM_16")
+        sf.write(src / f"whole.{ext}", x[:, :1], 16000, format=fmt, subtype="PCM_16")
+        sf.write(src / f"whole2.{ext}", x, 16000, format=fmt, subtype="FLOAT")
+        (src / f"cut.{ext}").write_bytes(cut_short((src / f"cut.{ext}").read_bytes()))
+    out = tmp_path / "out"
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert all(r["status"] == "ok" for r in recs.values()) and len(recs) == 6, recs
+    for name in ("cut.w64", "cut.rf64"):
+        warning = recs[name]["warning"]
+        assert re.fullmatch(rf"{re.escape(str(src / name))}: its header claims 64,000 bytes of audio but the file "
+                            rf"holds 3\d,\d{{3}} \(a copy cut short, or a recording that stopped mid-write\?\): "
+                            rf"denoised the 1.00 s it holds", warning), warning
+        assert f"  warning: {warning}" in err
+        assert sf.info(out / name).frames == sf.info(src / name).frames < 16000
+    assert [recs[n]["warning"] for n in ("whole.w64", "whole.rf64", "whole2.w64", "whole2.rf64")] == [""] * 4
+
+
+def test_an_ogg_cut_inside_its_header_pages_may_be_cut_short_and_says_so(tmp_path, causal_ckpt):
+    """An Ogg cut before its audio pages does not open: libsndfile says "malformed" (or, cut in
+    its first page, "unimplemented format"), which sent people looking for a broken encoder. Its
+    stream stops before its end page: the error says it may be cut short. A complete Ogg whose
+    header is damaged, and a FLAC cut short, say nothing of the kind."""
+    from audioae.audio import AudioError, read_audio
+
+    whole = tmp_path / "whole.ogg"
+    sf.write(whole, noisy_signal(np.random.default_rng(3), 2.0, 16000, 1), 16000, format="OGG")
+    data = whole.read_bytes()
+    second = data.find(b"OggS", 4)  # the second page: the Vorbis comment and setup headers
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "page.ogg").write_bytes(data[:20])  # inside the first page's header
+    (src / "headers.ogg").write_bytes(data[: second + 40])  # inside the header pages
+    damaged = bytearray(data)
+    damaged[second + 30 : second + 60] = bytes(30)  # complete, its end page there: damaged, not cut
+    (src / "damaged.ogg").write_bytes(damaged)
+    flac = io.BytesIO()
+    sf.write(flac, noisy_signal(np.random.default_rng(3), 2.0, 16000, 1), 16000, format="FLAC")
+    (src / "cut.flac").write_bytes(flac.getvalue()[:30])
+    hint = ("; its Ogg stream stops before its end page: it may be cut short (an interrupted copy or download, "
+            "or a recording that stopped mid-write): use the complete file")
+    with pytest.raises(AudioError) as info:
+        read_audio(src / "headers.ogg")
+    assert str(info.value) == f"{src / 'headers.ogg'}: cannot read audio (Supported file format but file is malformed.){hint}"
+    with pytest.raises(AudioError, match="malformed.\\); its Ogg stream stops"):
+        read_audio((src / "headers.ogg").read_bytes())  # bytes: the server's uploads
+    out = tmp_path / "out"
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 1
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert {n: r["status"] for n, r in recs.items()} == dict.fromkeys(("cut.flac", "damaged.ogg", "headers.ogg",
+                                                                        "page.ogg"), "error")
+    assert recs["headers.ogg"]["error"].endswith(f"(Supported file format but file is malformed.){hint}")
+    assert recs["page.ogg"]["error"].endswith(hint)
+    assert "cut short" not in recs["damaged.ogg"]["error"] and "cut short" not in recs["cut.flac"]["error"]
+    assert "cannot read audio" in recs["damaged.ogg"]["error"]
+
+
+def test_a_44056_hz_recording_is_denoised_at_its_own_rate_and_length(tmp_path, causal_ckpt):
+    """44.1 kHz pulled down for NTSC video: its 44 MB resampling filter was refused everywhere,
+    for a real-time stream's sake (its 10 ms calls took 76 ms). A file is offline: denoised now,
+    on the CPU's streamed blocks and the GPU path's batches (run here on the CPU) alike."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    sr = 44056
+    sf.write(src / "ntsc.wav", noisy_signal(np.random.default_rng(0), 1.3, sr, 2), sr, subtype="PCM_24")
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 0
+    info, before = sf.info(out / "ntsc.wav"), sf.info(src / "ntsc.wav")
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (sr, 2, before.frames, "PCM_24")
+    streamed = sf.read(out / "ntsc.wav", dtype="float32")[0]
+    assert np.abs(streamed).max() > 0
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    res = next(iter(den._run_batched([(FileTask(str(src / "ntsc.wav"), str(tmp_path / "gpu" / "ntsc.wav"),
+                                                "ntsc.wav"), None)])))
+    assert res.status == "ok", res.error
+    batched = sf.read(tmp_path / "gpu" / "ntsc.wav", dtype="float32")[0]
+    assert batched.shape == streamed.shape
+    np.testing.assert_allclose(batched, streamed, atol=2 ** -20)  # PCM_24: a step either way
 
 
 def _speechlike(seconds: float, sr: int) -> np.ndarray:

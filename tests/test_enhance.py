@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from audioae.audio import (
+    MAX_OFFLINE_RESAMPLE_FILTER_BYTES,
     MAX_RESAMPLE_FILTER_BYTES,
     AudioError,
     check_resample,
@@ -107,19 +108,51 @@ def test_odd_rates_whose_filter_is_small_enough_are_denoised_offline_and_streame
 
 
 def test_a_rate_whose_way_back_needs_the_larger_filter_is_refused_before_the_model_runs():
-    """24790 Hz down to 16 kHz needs 15.99 MB, back up 16.004 MB: checked one way only, the
-    model ran and then the way back was refused, in a message of "16 MB (at most 16 MB)"."""
+    """24895 Hz down to 16 kHz needs 63.99 MB, back up 64.01 MB (offline's bound), and 24790 Hz
+    15.99 and 16.004 MB (a stream's): checked one way only, the model ran and then the way back
+    was refused, in a message of "16 MB (at most 16 MB)"."""
+    assert resample_filter_bytes(24895, 16000) <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES < resample_filter_bytes(16000, 24895)
     assert resample_filter_bytes(24790, 16000) <= MAX_RESAMPLE_FILTER_BYTES < resample_filter_bytes(16000, 24790)
     torch.manual_seed(0)
     causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
     calls = []
     causal.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(AudioError, match="4979:3200, which needs a 64,010,024-byte resampling filter "
+                                         "\\(at most 64,000,000 bytes here\\)"):
+        denoise(causal, np.zeros((1, 24895), np.float32), 24895)
     with pytest.raises(AudioError, match="2479:1600, which needs a 16,004,424-byte resampling filter "
-                                         "\\(at most 16,000,000 bytes here\\)"):
-        denoise(causal, np.zeros((1, 24790), np.float32), 24790)
+                                         "\\(a stream takes at most 16,000,000 bytes"):
+        StreamingDenoiser(causal, 24790, 1)
     assert not calls  # refused before the network ran
-    with pytest.raises(AudioError, match="44.4 MB resampling filter \\(at most 16 MB here\\)"):
-        check_resample(44056, 16000)  # the pull-down of 44.1 kHz: too big both ways
+
+
+def test_44056_hz_is_denoised_offline_but_refused_as_a_real_time_stream(tmp_path):
+    """The NTSC pull-down of 44.1 kHz needs a 44 MB filter: offline 48x real time, but a stream's
+    10 ms calls took 76 ms each (benchmarks/results/odd-rates.json). Until 2026-12-07 one bound
+    refused it everywhere; now a file or a clip is denoised (its length and rate kept, through the
+    whole-clip path and the long-file stream in blocks alike) and a real-time stream is refused,
+    saying what takes it."""
+    sr = 44056
+    assert MAX_RESAMPLE_FILTER_BYTES < resample_filter_bytes(16000, sr) <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES
+    torch.manual_seed(0)
+    causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, sr // 2 + 7))).astype(np.float32)  # [C, T]
+    y = denoise(causal, x, sr)
+    assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0
+    long = denoise(causal, x, sr, max_offline_seconds=0.1)  # over it: streamed in pieces (realtime=False)
+    np.testing.assert_allclose(long, y, atol=1e-5)
+    check_resample(sr, 16000)  # offline: taken
+    with pytest.raises(AudioError) as info:
+        StreamingDenoiser(causal, sr, 1)  # the server's streams, a microphone's
+    assert str(info.value) == (
+        "a sample rate of 44056 Hz cannot be streamed at the model's 16000 Hz: the two rates reduce to 5507:2000, "
+        "which needs a 44.4 MB resampling filter (a stream takes at most 16 MB: its small calls would not keep up "
+        "with real time); denoise it as a file instead (offline, e.g. audioae denoise, which takes it), or resample "
+        "the audio to a standard rate such as 16000, 44100 or 48000 Hz first")
+    with pytest.raises(AudioError, match="cannot be streamed at 16000 Hz"):
+        check_resample(sr, 16000, realtime=True)
+    with pytest.raises(AudioError, match="cannot be streamed"):
+        StreamingResampler(16000, sr, 1)
 
 
 def test_the_kept_kernel_resamples_as_torchaudio_does_and_leaves_autograd_alone():

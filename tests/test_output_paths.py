@@ -160,3 +160,27 @@ def test_the_plan_folds_case_where_the_output_disk_ignores_it(tmp_path, monkeypa
         plan.plan_tasks([src], tmp_path / "IN")
     with pytest.raises(ValueError, match="would overwrite an input"):
         plan.plan_tasks([src / "Take.wav"], tmp_path / "IN")  # OUT/Take.wav is in/Take.wav there
+
+
+def test_an_output_that_leads_to_an_input_through_a_link_is_refused(tmp_path):
+    """An output name already there as a link to an input, or inside a linked folder that is an
+    input folder, would be written over that input: refused, as when the outputs are stat'ed
+    (plan_tasks asks each output once, and resolves each output folder once)."""
+    from audioae.batch import plan
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    _wav(src / "a.wav")
+    _wav(src / "sub" / "b.wav")
+    out.mkdir()
+    (out / "sub").symlink_to(src / "sub", target_is_directory=True)  # out/sub/b.wav is in/sub/b.wav
+    with pytest.raises(ValueError, match=f"the output {out / 'sub' / 'b.wav'} would overwrite an input"):
+        plan.plan_tasks([src], out)
+    (out / "sub").unlink()
+    (out / "a.wav").symlink_to(src / "a.wav")  # a link to the input, under its output's name
+    with pytest.raises(ValueError, match=f"the output {out / 'a.wav'} would overwrite an input"):
+        plan.plan_tasks([src], out)
+    (out / "a.wav").unlink()
+    (out / "sub").mkdir()
+    _wav(out / "sub" / "b.wav", seconds=0.1)  # an earlier output: no input
+    assert [t.rel for t in plan.plan_tasks([src], out)] == ["a.wav", "sub/b.wav"]

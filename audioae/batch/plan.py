@@ -140,6 +140,31 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def _existing_real(path: Path, folders: dict[Path, Path]) -> Path:
+    """The file ``path`` names if something is there (through links: one lstat, and a realpath
+    for a link or, once per folder in ``folders``, for the folder it is in), else ``path``.
+    Path.exists then Path.resolve stat'ed each output twice, and resolve walked every folder above it."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):  # nothing there (or a name no file can have): nothing to overwrite
+        return path
+    return _real(path) if stat.S_ISLNK(st.st_mode) else found_at(path, folders)
+
+
+def _unsearchable(path: Path) -> str:
+    """Why ``path`` cannot be stat'ed for permission: the folder on its way this user may not
+    search (enter), where one of them says so; else the system's words."""
+    whole = path.absolute()
+    for here in (*reversed(whole.parents), whole):
+        try:
+            os.stat(here)
+        except PermissionError:  # the folder it is in cannot be searched
+            return f"Permission denied: this user may not search the folder {here.parent}"
+        except OSError:
+            break
+    return "Permission denied"
+
+
 def _check_output_folder(out: Path) -> None:
     """OUT is a folder: refuse an existing file, and a new name that looks like an audio file
     (``-o clean.wav`` would otherwise become a folder called ``clean.wav``)."""
@@ -172,7 +197,14 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     recordings: set[str] = set()  # audio files in an OUT inside an input folder before any run (fold keys)
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        try:
+            mode = os.stat(p).st_mode  # one stat, where is_dir then is_file asked twice
+        except PermissionError:  # Path.is_dir raised it bare: "[Errno 13] Permission denied: 'in/a.wav'"
+            raise ValueError(f"{p}: cannot be reached ({_unsearchable(p)}); give this user search (x) "
+                             f"permission on that folder, or leave the input out") from None
+        except (OSError, ValueError):  # missing, a dangling link or a loop, a NUL in the name: said below
+            mode = 0
+        if stat.S_ISDIR(mode):
             if fold(p.resolve()) == fold(out):
                 raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
                                  f"outputs would overwrite inputs")
@@ -180,7 +212,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
             if not found:
                 empty.append(p)
             pairs.extend(found)
-        elif p.is_file():
+        elif stat.S_ISREG(mode):
             pairs.append((found_at(p), p.name))
         elif what := not_a_file(p):  # reading a named pipe waits for a writer, a device's never ends
             raise ValueError(f"{p}: is {what}, not a file; denoise a recording saved to a file")
@@ -190,9 +222,10 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     # Names, and the files they are: found_at resolved each one's folder, so only a link differs
     # (an lstat per input, not a realpath's one per folder above it: thousands of inputs).
     input_set = {fold(src) for src, _ in pairs} | {fold(_real(src)) for src, _ in pairs if src.is_symlink()}
+    out_folders: dict[Path, Path] = {}  # the output folders that exist, each resolved once
     for src, rel in pairs:
         dst = out / rel
-        if fold(dst) in input_set or (dst.exists() and fold(dst.resolve()) in input_set):
+        if fold(dst) in input_set or fold(_existing_real(dst, out_folders)) in input_set:
             raise ValueError(f"refusing to run: the output {dst} would overwrite an input; "
                              f"choose an output folder outside the inputs")
         # A recording there would be skipped as this input's finished output, or replaced by --overwrite.

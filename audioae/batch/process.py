@@ -44,6 +44,7 @@ from ..audio import (
     read_all,
     read_blocks,
     sound_error_reason,
+    unopened,
     write_frames,
 )
 from ..enhance import (
@@ -88,8 +89,8 @@ def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
         return sf.SoundFile(io.BytesIO(data) if data is not None else fs_path(task.input))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         # The path even for bytes read from it (the Ray engine's): its name says what kind it is.
-        reason = sound_error_reason(exc, in_memory=data is not None, path=task.input)
-        raise AudioError(f"{task.input}: cannot read audio ({reason})") from exc
+        raise unopened(task.input, exc, task.input if data is None else data, in_memory=data is not None,
+                       path=task.input) from exc
 
 
 def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAudio:
@@ -284,7 +285,7 @@ class FileDenoiser:
     def _stream(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None) -> None:
         sr, channels = f.samplerate, f.channels
         fmt, subtype = output_format(f.format, f.subtype, task.input)
-        s = StreamingDenoiser(self.model, sr, channels, strength=self.strength)
+        s = StreamingDenoiser(self.model, sr, channels, strength=self.strength, realtime=False)  # blocks of seconds
         writer = _PartWriter(task, sr, channels, fmt, subtype, f.copy_metadata(), kbps)
         try:
             block = max(1, int(self.block_seconds * sr))
