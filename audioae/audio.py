@@ -1044,15 +1044,19 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sr: int, *, subtype: s
         raise write_refusal(path, exc, fmt, sr) from exc
 
 
-def check_resample(orig_sr: int, new_sr: int, *, target: str = "", realtime: bool = False) -> None:
+def check_resample(orig_sr: int, new_sr: int, *, target: str = "", realtime: bool = False,
+                   served: bool = False) -> None:
     """Raise :class:`AudioError` when resampling ``orig_sr`` -> ``new_sr`` would need a huge
     filter bank: rates that share almost no factor (44101 and 16000 share only 1).
     ``target`` names the new rate for people, e.g. ``"the model's "``. Both directions count: every
     caller goes there and back, and the way back's bank can be the larger (16000 -> 24790 Hz).
     ``realtime``: for a stream of small calls that must keep up (:data:`MAX_RESAMPLE_FILTER_BYTES`);
-    else offline, a file or a clip (:data:`MAX_OFFLINE_RESAMPLE_FILTER_BYTES`)."""
+    else offline, a file or a clip (:data:`MAX_OFFLINE_RESAMPLE_FILTER_BYTES`). ``served``: any call
+    to a server, held to the stream's bound too: a bank of 44-64 MB costs a shared server 1.2-1.9 s
+    and its memory per new rate pair, which tiny requests at odd rates could make it pay at will
+    (docs/serving.md, "Resampling ratio")."""
     size = max(resample_filter_bytes(orig_sr, new_sr), resample_filter_bytes(new_sr, orig_sr))
-    limit = MAX_RESAMPLE_FILTER_BYTES if realtime else MAX_OFFLINE_RESAMPLE_FILTER_BYTES
+    limit = MAX_RESAMPLE_FILTER_BYTES if realtime or served else MAX_OFFLINE_RESAMPLE_FILTER_BYTES
     if size <= limit:
         return
     g = math.gcd(orig_sr, new_sr)
@@ -1060,6 +1064,12 @@ def check_resample(orig_sr: int, new_sr: int, *, target: str = "", realtime: boo
     if round(size / 1e6, 1) <= limit / 1e6:  # just over: "16.0 MB (at most 16 MB)" said nothing
         need, most = f"{size:,}-byte", f"{limit:,} bytes"
     reduced = f"the two rates reduce to {orig_sr // g}:{new_sr // g}, which needs a {need} resampling filter"
+    if served and size <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES:
+        raise AudioError(
+            f"a sample rate of {orig_sr} Hz is not resampled to {target}{new_sr} Hz by a server: {reduced} (a "
+            f"server takes at most {most}: each new rate's filter would cost it seconds and tens of MB); denoise the "
+            f"file offline instead (audioae denoise takes it), or resample the audio to a standard rate such as "
+            f"16000, 44100 or 48000 Hz first")
     if realtime and size <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES:
         raise AudioError(
             f"a sample rate of {orig_sr} Hz cannot be streamed at {target}{new_sr} Hz: {reduced} (a stream takes "

@@ -244,6 +244,19 @@ def array_from_tensor(t, name: str = "tensor") -> np.ndarray:
 
 
 # ---- bearer tokens ------------------------------------------------------------------------------
+def check_token(token: str, where: str) -> str:
+    """``token`` without surrounding whitespace (a file read whole ends in a newline, which the
+    server strips too). Raises ``ValueError`` naming ``where``, never the token, when a character
+    of it cannot travel as gRPC metadata, printable ASCII only: gRPC failed every call, health's
+    included, with INTERNAL "Invalid metadata", and a server could never match such a token."""
+    token = token.strip()
+    if any(not " " <= ch <= "~" for ch in token):
+        raise ValueError(f"{where}: the token holds a character gRPC metadata cannot carry (a tab, a control "
+                         f"character or a non-ASCII letter); tokens are printable ASCII (letters, digits, "
+                         f"punctuation)")
+    return token
+
+
 def read_tokens(path: str | os.PathLike) -> list[str]:
     """The tokens of a token file: one per line; blank lines and lines starting with ``#`` are
     skipped. The server accepts any of them (rotation); the client sends the first. Raises
@@ -255,8 +268,8 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:  # was a bare UnicodeDecodeError, naming no file
         raise ValueError(f"--token-file {path}: not text (UTF-8); it should hold one token per line") from None
-    lines = (ln.strip() for ln in text.splitlines())
-    tokens = [ln for ln in lines if ln and not ln.startswith("#")]
+    lines = ((n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1))
+    tokens = [check_token(ln, f"--token-file {path}, line {n}") for n, ln in lines if ln and not ln.startswith("#")]
     if not tokens:
         raise ValueError(f"--token-file {path}: no token in it (one per line; '#' starts a comment)")
     return tokens
@@ -390,7 +403,8 @@ def decompose_result(resp) -> DecomposeResult:
 class Client:
     """A connection to an audioae server.
 
-    ``token``: bearer token sent as ``authorization`` metadata. ``tls_ca``: PEM file (or bytes) of
+    ``token``: bearer token sent as ``authorization`` metadata, without its surrounding whitespace
+    (:func:`check_token`). ``tls_ca``: PEM file (or bytes) of
     the CA that signed the server's certificate; enables TLS. ``timeout``: per-call deadline in
     seconds (None: no deadline). ``max_message_mb``: largest message sent or received; raise it
     for a server whose ``--max-request-mb`` is above its default.
@@ -412,6 +426,7 @@ class Client:
 
         if not max_message_mb > 0:
             raise ValueError(f"max_message_mb must be positive, got {max_message_mb}")
+        token = check_token(token, "token") if token is not None else None  # before a channel opens
         size = min(int(max_message_mb * 1024 * 1024), 2**31 - 1)  # gRPC's limits are int32
         options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
         if tls_ca is not None:
@@ -591,7 +606,9 @@ class Client:
     ) -> dict:
         """Stream a file through ``StreamDenoise`` in ``chunk_ms`` chunks, writing ``dst``
         progressively (temp file in the same folder, renamed at the end); an existing folder
-        ``dst`` gets the file under its own name. The input is never overwritten."""
+        ``dst`` gets the file under its own name. The input is never overwritten. ``timeout``: a
+        deadline on the whole call, in seconds (None: the client's own; a file, unlike a live
+        :meth:`stream`, has an end, and ``audioae client stream --timeout`` went unheeded)."""
         if not chunk_ms > 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
@@ -610,7 +627,7 @@ class Client:
                 raise write_refusal(dst, exc, fmt, info.samplerate) from exc
             with out:
                 for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength,
-                                     timeout=timeout):
+                                     timeout=self.timeout if timeout is None else timeout):
                     write_frames(out, np.clip(y.T, -1, 1) if clips_at_full_scale(fmt, subtype) else y.T)
                     n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}

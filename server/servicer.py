@@ -301,10 +301,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if encoded:  # PCM is no larger than its message
                 self._check_decoded(*declared)
             if MIN_SAMPLE_RATE <= declared[2] <= MAX_SAMPLE_RATE:  # else the decode says it is out of range
-                check_resample(declared[2], model_sr, target="the model's ")
+                check_resample(declared[2], model_sr, target="the model's ", served=True)
             if check is not None:
                 check(*declared)
         wav, sr, form = audio_from_message(audio, name, read=self.codecs.read)
+        if declared is None or declared[2] != sr:  # a header the codecs could not read ahead
+            check_resample(sr, model_sr, target="the model's ", served=True)
         _check_channels(wav.shape[0], name)
         self._check_seconds(wav.shape[-1] / sr, wav.shape[0])
         if check is not None:

@@ -217,6 +217,27 @@ def test_cli_client_token_file_without_a_token_is_a_clear_error(token_server, tm
     assert "audioae client: error:" in err and "no token in it" in err and "Traceback" not in err
 
 
+def test_a_token_is_sent_as_the_server_reads_it_and_one_grpc_cannot_carry_is_refused_first(token_server, tmp_path):
+    """Client(token=Path(f).read_text()) sent "new-secret\n", which gRPC refused on every call,
+    health's included, with INTERNAL "Invalid metadata" (a C-core log line besides), though the
+    server strips its own tokens. A token with a tab or a non-ASCII letter failed the same way,
+    and a server given one in its token file could never match it."""
+    addr = f"127.0.0.1:{token_server.port}"
+    for token in ("new-secret\n", "  old-secret\r\n"):
+        with Client(addr, token=token, timeout=30) as c:
+            assert c.health() == "SERVING" and [m["name"] for m in c.list_models()["models"]] == ["tiny"]
+    for token in ("new\tsecret", "nëw-secret"):
+        with pytest.raises(ValueError, match="token: the token holds a character gRPC metadata cannot carry") as info:
+            Client(addr, token=token)
+        assert token not in str(info.value)
+    f = tmp_path / "tokens"
+    f.write_text("# staging\nfirst\nsécond\n")
+    with pytest.raises(ValueError, match=re.escape(f"--token-file {f}, line 3: the token holds a character")):
+        read_tokens(f)  # the server's reader too: `audioae serve` refuses the file at start
+    with pytest.raises(ValueError, match="line 3: the token holds"):
+        AudioServer(ServerConfig(port=0, models=(DEFAULT_DENOISER,), token_file=str(f)))
+
+
 # ---- decomposition folders written twice -------------------------------------------------------------
 def _folder_sum(folder: Path, pattern: str) -> np.ndarray:
     total = read_audio(folder / "residual.wav")[0].astype(np.float64)
@@ -497,6 +518,25 @@ def test_integer_samples_and_time_first_arrays_are_refused_before_the_call(mixed
     y = mixed.denoise(x.astype(np.float64), 16000)  # any float works, [T] in gives [T] out
     assert y.shape == x.shape and np.abs(y).max() < 1
     assert mixed.denoise(np.stack([x, x]), 16000).shape == (2, len(x))
+
+
+def test_client_stream_keeps_its_timeout_as_client_denoise_does(mixed_server, tmp_path, capsys):
+    """docs/serving.md: every client command takes --timeout, a per-call deadline. ``client stream``
+    ran without one (stream_file left the client's timeout out, as a live stream must), so a call
+    that should have ended at its deadline ran on. A deadline of a microsecond has passed before any
+    answer can come: the call ends with DEADLINE_EXCEEDED and writes nothing."""
+    src = tmp_path / "in.wav"
+    write_audio(src, _noisy(0.5, 16000), 16000)
+    addr = f"127.0.0.1:{mixed_server.port}"
+    for command in ("denoise", "stream"):
+        out = tmp_path / f"{command}.wav"
+        assert cli_main(["client", "--server", addr, "--timeout", "0.000001", command, str(src), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"server {addr} gave no answer in time (DEADLINE_EXCEEDED)" in err, (command, err)
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+    with Client(addr, timeout=0.000001) as c:  # the Python API: the client's timeout, unless the call names one
+        assert _code(c.stream_file, src, tmp_path / "py.wav")[0] == CODE.DEADLINE_EXCEEDED
+        assert c.stream_file(src, tmp_path / "py.wav", timeout=60)["frames"] == 8000
 
 
 def test_a_chunk_that_disagrees_with_the_stream_and_a_fractional_rate_are_refused(mixed):

@@ -456,6 +456,26 @@ def test_rate_sharing_no_factor_with_the_model_is_refused(client):
     assert client.denoise(x, 44100, model="tiny").shape == x.shape  # the standard neighbour is fine
 
 
+def test_a_rate_only_offline_work_takes_is_refused_by_the_server(client):
+    # 44056 Hz needs a 44 MB bank: `audioae denoise` takes it, a server does not (a new rate's
+    # bank costs it seconds and tens of MB: tiny calls at odd rates would make it pay at will).
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(4406, np.int16), 44056, format="WAV", subtype="PCM_16")
+    for rpc, req in (
+        ("Denoise", pb.DenoiseRequest(model="tiny", audio=_pcm(np.zeros(4406, "<f4").tobytes(), sr=44056))),
+        ("Denoise", pb.DenoiseRequest(model="tiny", audio=pb.Audio(encoded=wav.getvalue()))),
+        ("Encode", pb.EncodeRequest(model="tiny", audio=_pcm(np.zeros(4406, "<f4").tobytes(), sr=44056))),
+    ):
+        code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
+        assert code == CODE.INVALID_ARGUMENT, msg
+        assert "44056 Hz is not resampled to the model's 16000 Hz by a server" in msg, msg
+        assert "denoise the file offline instead (audioae denoise takes it)" in msg, msg
+    cfg = pb.StreamConfig(model="tiny", sample_rate=44056, channels=1, format=pb.FLOAT32)
+    code, msg = _code(lambda: list(client.stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=cfg), _AUDIO]),
+                                                              timeout=30)))
+    assert code == CODE.INVALID_ARGUMENT and "44056 Hz cannot be streamed at the model's 16000 Hz" in msg, msg
+
+
 def test_encoded_upload_that_would_decode_too_large_is_refused_before_decoding(server, client):
     # 1 s of 8-channel 384 kHz silence: a few kB of FLAC, 3.1 M samples decoded -- over this
     # server's budget of max(30 s x 48 kHz x 2, 1 MB / 2) = 2.88 M samples.
