@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from bench_args import description  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae.batch import DenoiseOptions, run_denoise
 from audioae.checkpoint import save_checkpoint
@@ -111,7 +112,7 @@ def peak_rss_mb(args: list[str]) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--work", default="/tmp", help="where the scratch folder audioae-batch-bench/ goes (it is "
                                                    "deleted before and after; nothing else there is touched)")
     ap.add_argument("--files", type=int, default=48, help="medium files")

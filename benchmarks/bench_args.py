@@ -11,6 +11,18 @@ import math
 from audioae import audio
 
 
+def description(doc: str) -> str:
+    """A script's ``--help`` description: its docstring's first paragraph, on one line."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def check_one_sample(parser: argparse.ArgumentParser, seconds: float, sr: int, flag: str = "--seconds") -> None:
+    """Refuse ``seconds`` of audio that hold no sample at ``sr`` (a usage error, exit 2): a
+    positive ``--seconds`` can still be under one sample, and the work then fails deep inside."""
+    if int(seconds * sr) < 1:
+        parser.error(f"{flag} {seconds:g} is less than one sample at {sr} Hz")
+
+
 def whole(text: str, low: int = 0) -> int:
     """A whole number, ``low`` or more."""
     try:

@@ -56,6 +56,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
+from bench_args import description  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from audioae.audio import resample  # noqa: E402
@@ -225,7 +226,7 @@ def run_methods(model, x: np.ndarray, repeats: int) -> dict:
 
 # ---- the run -------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--model", default=DEFAULT_DECOMPOSER, help="shipped name or .safetensors path")
     ap.add_argument("--mixtures", type=int, default=8)
     ap.add_argument("--first-seed", type=int, default=0,

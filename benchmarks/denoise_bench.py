@@ -33,6 +33,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_args, also where tests import this
+from bench_args import description, positive  # noqa: E402
+
 from audioae.audio import fit_length, read_audio, resample  # noqa: E402
 from audioae.fileio import atomic_write_text  # noqa: E402
 from audioae.metrics import score  # noqa: E402
@@ -307,20 +310,18 @@ def environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--model", help="shipped model name or .safetensors path (omit: peers only)")
     ap.add_argument("--testset", type=Path, default=TESTSET)
     ap.add_argument("--out", type=Path, help=f"JSON (and .md beside it) to write (default: {FULL_RUN}, the card's "
                                               f"full run, for that run only: any other needs --out)")
     ap.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
-    ap.add_argument("--limit", type=int, help="score only N mixtures, spread over the set (quick checks)")
+    # positive: --limit 0 scored everything, --speed-repeats 0 failed after it
+    ap.add_argument("--limit", type=positive, help="score only N mixtures, spread over the set (quick checks)")
     ap.add_argument("--speed-seconds", type=float, default=60.0)
-    ap.add_argument("--speed-repeats", type=int, default=3)
+    ap.add_argument("--speed-repeats", type=positive, default=3)
     ap.add_argument("--no-speed", action="store_true")
     args = ap.parse_args(argv)
-    for name in ("limit", "speed_repeats"):  # --limit 0 scored everything, --speed-repeats 0 failed after it
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     model_path = resolve_arg(ap, args.model, "--model", family="denoiser") if args.model is not None else None
     if args.out is None:  # any other run replaced the full run the model card quotes (a quick check, val scores)
         shipped = resolve_arg(ap, DEFAULT_DENOISER)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_args import count  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import count, description  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from stream_chunks import mixture_names  # the same evenly spaced choice of mixtures
 
 from audioae import enhance
@@ -50,7 +50,7 @@ def run(model, pairs: list[tuple[np.ndarray, np.ndarray, int]], gains_db: list[f
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("--model", default="denoiser-small", help="a shipped model name or a .safetensors path")
     p.add_argument("--mixtures", default="corpus/val/mixtures", help="a folder with noisy/ and clean/")
     p.add_argument("--count", type=count, default=48, help="mixtures, evenly spaced (0: all)")

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from bench_args import description  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"hidden": 192, "code_dim": 96, "n_fft": 512, "hop_length": 128}  # the shipped denoiser's size
@@ -225,7 +226,7 @@ def one_run(label: str, args, model_path: Path, clips: list[bytes], extra: list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
     p.add_argument(
         "--model",

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_args import description  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae.data.mixing import MixConfig, Mixer, mixed_batches
 from audioae.fileio import atomic_write_json
@@ -87,7 +88,7 @@ def run_mode(mode: str, mixers: list[Mixer], batch: int, batches: int, ops: int)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = argparse.ArgumentParser(description=description(__doc__))
     ap.add_argument("--config", default=str(REPO / "configs" / "denoiser-small-s8.toml"), help="run config whose [data] is mixed")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=256)

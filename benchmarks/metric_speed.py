@@ -13,7 +13,7 @@ import argparse
 import time
 
 import numpy as np
-from bench_args import positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import check_one_sample, positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae.data.synthetic import speech_like
 from audioae.fileio import atomic_write_json
@@ -40,8 +40,7 @@ def main() -> None:
     p.add_argument("--seconds", type=positive_seconds, default=600.0, help="length of the pair (default: 600)")
     p.add_argument("--out", default="benchmarks/results/metric-speed.json")
     args = p.parse_args()
-    if int(args.seconds * 16000) < 1:  # time_metrics' rate: the pair would have no sample
-        p.error(f"--seconds {args.seconds:g} is less than one sample at 16000 Hz")
+    check_one_sample(p, args.seconds, 16000)  # time_metrics' rate
     result = time_metrics(args.seconds)
     atomic_write_json(args.out, result)
     print(result)

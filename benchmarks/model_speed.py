@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from bench_args import positive, positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import check_one_sample, positive, positive_seconds  # noqa: E402 (run as a script: benchmarks/ is on the path)
 from denoise_bench import audioae_method, measure_speed  # a sibling script: run as benchmarks/model_speed.py
 
 from audioae.fileio import atomic_write_json
@@ -42,8 +42,7 @@ def main() -> None:
     p.add_argument("--rounds", type=positive, default=3)
     p.add_argument("--out", default="benchmarks/results/model-speed.json")
     args = p.parse_args()
-    if int(args.seconds * 16000) < 1:  # time_models' rate: the file would have no sample
-        p.error(f"--seconds {args.seconds:g} is less than one sample at 16000 Hz")
+    check_one_sample(p, args.seconds, 16000)  # time_models' rate
     paths = {spec: resolve_arg(p, spec, family="denoiser") for spec in args.models}  # every one before any is timed
     speeds = time_models(paths, args.seconds, args.rounds)
     res = {"seconds_audio": args.seconds, "rounds": args.rounds, "threads": 1,

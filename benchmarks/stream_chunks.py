@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_args import amount, count, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import amount, check_one_sample, count, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae.audio import header_shapes, read_audio
 from audioae.enhance import StreamingDenoiser, denoise
@@ -53,9 +53,8 @@ def mixture_names(folder: Path, count: int) -> list[str]:
     return every[:: max(1, len(every) // count)][:count]
 
 
-def quality(model, folder: Path, count: int, chunk_ms: list[float]) -> dict:
-    """Offline against streamed on ``count`` mixtures of ``folder`` (noisy/ and clean/), evenly spaced."""
-    names = mixture_names(folder, count)
+def quality(model, folder: Path, names: list[str], chunk_ms: list[float]) -> dict:
+    """Offline against streamed on the mixtures ``names`` of ``folder`` (noisy/ and clean/)."""
     rows: dict[str, list[dict]] = {"offline": [], **{f"{ms:g} ms": [] for ms in chunk_ms}}
     max_diff = {f"{ms:g} ms": 0.0 for ms in chunk_ms}
     for name in names:
@@ -114,8 +113,7 @@ def main() -> None:
         used_rates += [shape[2] for shape in header_shapes([folder / "noisy" / n for n in names]) if shape]
     if args.seconds:
         used_rates += args.rates
-        if int(args.seconds * min(args.rates)) < 1:
-            p.error(f"--seconds {args.seconds:g} is less than one sample at {min(args.rates)} Hz")
+        check_one_sample(p, args.seconds, min(args.rates))
     for ms in args.chunk_ms:
         if used_rates and int(min(used_rates) * ms / 1000) < 1:
             p.error(f"--chunk-ms {ms:g} is less than one sample at {min(used_rates)} Hz")
@@ -123,7 +121,7 @@ def main() -> None:
     model = load(model_path).eval()
     report = {"model": str(model_path), "command": " ".join(["python", *sys.argv])}
     if args.count:
-        report["quality"] = quality(model, Path(args.mixtures), args.count, args.chunk_ms)
+        report["quality"] = quality(model, folder, names, args.chunk_ms)
         print(report["quality"], flush=True)
     if args.seconds:
         report["cost_one_thread"] = cost(model, args.rates, args.chunk_ms, args.seconds)
