@@ -1106,6 +1106,46 @@ def resample(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *, targe
     return resampled(x, orig_sr, new_sr)
 
 
+def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int, *,
+                       stop: Callable[[], None] | None = None, block: int = 1 << 20) -> torch.Tensor:
+    """:func:`resample`, in blocks of about ``block`` input samples, ``stop()`` called before each
+    block after the first: it may raise to end the work (a 550 s recording's resample from 44.1 kHz,
+    0.3 s on one thread, ran uncut past its stop: docs/decomposition.md).
+
+    The result is :func:`resample`'s, length included, to float rounding: each block applies the
+    kept kernel of :func:`resampler` to the samples that the whole-signal convolution's strides read
+    (``width`` either side of its own, zeros only outside the signal), as torchaudio does."""
+    import torch
+
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    if orig_sr == new_sr:
+        return x
+    check_resample(orig_sr, new_sr)
+    kept = resampler(orig_sr, new_sr)
+    g = math.gcd(orig_sr, new_sr)
+    a, b = orig_sr // g, new_sr // g  # each stride of a input samples gives b output samples
+    n = x.shape[-1]
+    per = max(1, block // a)  # strides per block
+    if x.device.type != "cpu" or n <= per * a:
+        return resampled(x, orig_sr, new_sr, kept)
+    kernel, w = kept.kernel, kept.width  # [b, 1, a + 2w]
+    flat = x.reshape(-1, n)  # [B, T]
+    rows = n // a + 1  # strides of the whole: torchaudio pads w samples before and w + a after
+    parts = []
+    for j0 in range(0, rows, per):
+        if j0 and stop is not None:
+            stop()
+        j1 = min(rows, j0 + per)
+        lo, hi = j0 * a - w, j1 * a + w  # stride j reads samples j*a - w .. j*a + a + w
+        seg = torch.nn.functional.pad(flat[:, max(lo, 0) : min(hi, n)], (max(-lo, 0), max(hi - n, 0)))
+        y = torch.nn.functional.conv1d(seg[:, None], kernel, stride=a)  # [B, b, j1 - j0]
+        parts.append(y.transpose(1, 2).reshape(len(flat), -1))  # [B, b * (j1 - j0)]
+    # torchaudio's length, ceil(b n / a), is computed in float32: one sample short of the exact
+    # ceiling on some long inputs (16 kHz -> 44.1 kHz, 1600004 samples: 4410011). Its length is kept.
+    length = int(torch.ceil(torch.as_tensor(b * n / a)))
+    return torch.cat(parts, -1)[:, :length].reshape(*x.shape[:-1], length)
+
+
 def resampled(x: torch.Tensor, orig_sr: int, new_sr: int, kept=None) -> torch.Tensor:
     """``x`` (last axis) resampled with the kept kernel of :func:`resampler` (``kept``: one a
     caller holds for this pair): float32 on the CPU, what every path here resamples; any other

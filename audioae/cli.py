@@ -482,10 +482,12 @@ def _check_long_enough_to_inspect(model, audio: str, samples: int, frames: int, 
     """Refuse a part shorter than one analysis window, as decompose does: its spectrograms, gains
     and code describe the STFT's zero padding, not the recording (a part under one sample once
     failed inside torch, "cannot reshape tensor of 0 elements")."""
+    from .spectral import window_samples
+
     n_fft, msr = model.config.n_fft, model.config.sample_rate
-    if samples * msr >= n_fft * sr:  # samples / sr >= n_fft / msr, in whole numbers
+    least = window_samples(n_fft, msr, sr)
+    if samples >= least:
         return
-    least = -(-n_fft * sr // msr)  # the window in samples at the file's rate, rounded up
     window = f"the model's {1000 * n_fft / msr:.0f} ms analysis window ({least} samples at {sr} Hz)"
     lasts = f"{1000 * samples / sr:.1f} ms ({samples} sample{'s' * (samples != 1)})"
     if samples == frames:  # the whole recording

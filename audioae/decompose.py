@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample
+from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample, resample_in_blocks
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
 from .enhance import check_stop
 from .models.dictionary import MAX_FIT_STEPS, SparseDictionary, frame_blocks  # MAX_FIT_STEPS: also a request's
+from .spectral import window_samples
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ def check_options(model, *, group: str = "none", groups: int | None = None, top_
 def _check_long_enough(samples: int, sr: int, model: SparseDictionary) -> None:
     """Refuse audio shorter than one analysis window: its "components" (a 31 Hz peak labelled
     120-6800 Hz, for one sample) describe the zero padding, not the signal."""
-    window = model.config.n_fft / model.config.sample_rate
-    if samples / sr < window:
+    if samples < window_samples(model.config.n_fft, model.config.sample_rate, sr):
+        window = model.config.n_fft / model.config.sample_rate
         raise AudioError(f"the audio lasts {1000 * samples / sr:.1f} ms, shorter than the model's "
                          f"{1000 * window:.0f} ms analysis window: too short to decompose")
 
@@ -364,8 +365,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
-    ``stop()`` is asked between the stages, each fit step and each batch of components; when it
-    says True, :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
+    ``stop()`` is asked between the stages, between the blocks of the long ones (the resampling,
+    the spectrogram, the code, the units' sums), before each fit step and each batch of
+    components; when it says True, :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
     """
     _check_model(model)
     if group not in GROUPS:
@@ -389,7 +391,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     # Stops are checked between stages and inside the long ones: a long recording's first stages
     # took seconds that a caller past its deadline no longer waited for (benchmarks/decompose_deadline.py).
     check_stop(stop, "decomposition stopped before it began")
-    z = resample(x, sr, msr)  # [C, T']
+    z = resample_in_blocks(x, sr, msr, stop=lambda: check_stop(stop, "decomposition stopped while resampling"))  # [C, T']
     spec, feats = _spectrum_and_features(model, z, stop)  # [C, F, N] complex, [C, F, N]
     check_stop(stop, "decomposition stopped before encoding")
     mag = spec.abs()  # [C, F, N]

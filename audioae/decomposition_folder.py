@@ -78,8 +78,11 @@ class Claim:
     """An output folder this process holds (:func:`claim`): pass it where a folder is asked for
     (:func:`write_folder`, :func:`claim`) to write under the same hold."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, listed: set[str] | None):
         self.path = path
+        # The files of the decomposition in ``path`` (:func:`_listed`), read once under the hold:
+        # no other run writes the folder while it lasts. None: no summary.json lists them.
+        self.listed = listed
 
     def __repr__(self) -> str:
         return f"Claim({str(self.path)!r})"
@@ -112,10 +115,11 @@ def claim(out: str | os.PathLike | Claim, inputs=(), *, residual: bool = False,
     try:
         with hold_folder(out, LOCK, "another decomposition", FolderBusy):
             recover(out)
-            earlier = _read_summary(out)  # once for both checks
+            earlier = _read_summary(out)  # once for both checks and the swap (Claim.listed)
             _refuse_theirs(out, earlier)
-            _refuse_theirs_early(out, _listed(earlier), residual, figure)
-            yield Claim(out)
+            listed = _listed(earlier)
+            _refuse_theirs_early(out, listed, residual, figure)
+            yield Claim(out, listed)
     finally:
         for folder in made:  # deepest first; one someone has written into meanwhile stays
             with contextlib.suppress(OSError):
@@ -220,11 +224,12 @@ def write_folder(out: str | os.PathLike | Claim, summary: dict, activations: np.
         stage.mkdir()
         try:
             names = _write_files(stage, summary, activations, components, residual, sample_rate, figure)
-            _swap_in(out, stage, _listed(_read_summary(out)))
+            _swap_in(out, stage, held.listed)
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
                 recover(out)
             raise
+        held.listed = _listed(summary)  # the folder's decomposition is now this one
         return [out / name for name in names]
 
 

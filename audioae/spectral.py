@@ -234,5 +234,12 @@ def frames_latency_seconds(n_fft: int, hop_length: int, lookahead_frames: int, s
     return (n_fft + lookahead_frames * hop_length + lookahead_samples) / sample_rate
 
 
+def window_samples(n_fft: int, window_sr: int, sr: int) -> int:
+    """An analysis window of ``n_fft`` samples at ``window_sr`` (a model's rate) in samples at
+    ``sr``, rounded up, in whole numbers (no float boundary): audio of fewer samples is shorter
+    than one window, and its spectrogram describes the STFT's zero padding, not the signal."""
+    return -(-n_fft * sr // window_sr)
+
+
 def next_multiple(n: int, k: int) -> int:
     return int(math.ceil(n / k) * k)

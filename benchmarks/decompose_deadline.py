@@ -11,6 +11,14 @@ Decompose still did (nobody reads its answer). Each length runs twice, the first
 A deadline past the encoder, in the units' energies (blocked in 402d261; before: 402d261~1)::
 
     python benchmarks/decompose_deadline.py --seconds 550 --fit-steps 0 --deadline 8 --out ...  (--checkout: before)
+
+A 44.1 kHz input (resampled to the model's rate in blocks since the change after bd51a2c): --rate
+44100. Where a server's deadline falls in a 97 MB request's sending, parsing and work is not known
+to the client, so ``--in-process`` calls ``decompose`` itself (one torch thread) with a stop that
+turns true ``--stop-after`` seconds into the call, and reports how long it ran on after that
+(``overrun_s``; docs/decomposition.md); the before of that, from a worktree::
+
+    PYTHONPATH=/tmp/before python benchmarks/decompose_deadline.py --in-process --rate 44100 --seconds 550 ...
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_args import description, sample_rate  # noqa: E402
 from server_process import running_server  # noqa: E402
 
 from audioae.v1 import audioae_pb2 as pb  # noqa: E402
@@ -34,16 +43,17 @@ from audioae.v1 import audioae_pb2_grpc as pbg  # noqa: E402
 SR = 16000
 
 
-def pcm(seconds: float, seed: int = 0) -> pb.Audio:
-    t = np.arange(int(SR * seconds)) / SR
+def pcm(seconds: float, seed: int = 0, sr: int = SR) -> pb.Audio:
+    t = np.arange(int(sr * seconds)) / sr
     x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(seed).standard_normal(t.size)
-    return pb.Audio(pcm=pb.Pcm(data=x.astype("<f4").tobytes(), format=pb.FLOAT32, sample_rate=SR, channels=1))
+    return pb.Audio(pcm=pb.Pcm(data=x.astype("<f4").tobytes(), format=pb.FLOAT32, sample_rate=sr, channels=1))
 
 
-def abandoned_decompose(stub, seconds: float, deadline: float = 0.5, fit_steps: int | None = None) -> dict:
+def abandoned_decompose(stub, seconds: float, deadline: float = 0.5, fit_steps: int | None = None,
+                        sr: int = SR) -> dict:
     """The Decompose's status and time, and how long the Denoise behind it took."""
     t0 = time.perf_counter()
-    request = pb.DecomposeRequest(audio=pcm(seconds), top_k=5)
+    request = pb.DecomposeRequest(audio=pcm(seconds, sr=sr), top_k=5)
     if fit_steps is not None:  # 0: the deadline can fall past the encoder, in the units' sums
         request.fit_steps = fit_steps
     try:
@@ -57,14 +67,70 @@ def abandoned_decompose(stub, seconds: float, deadline: float = 0.5, fit_steps: 
             "next_denoise_s": round(time.perf_counter() - t1, 3)}
 
 
+def stopped_decompose(model, seconds: float, sr: int, after: float, fit_steps: int | None = None) -> dict:
+    """How long ``decompose`` runs on after its stop turns true ``after`` seconds into it."""
+    from audioae.decompose import decompose
+    from audioae.enhance import Stopped
+
+    x = np.frombuffer(pcm(seconds, sr=sr).pcm.data, "<f4")
+    t0 = time.perf_counter()
+    deadline = t0 + after
+    try:
+        decompose(model, x, sr, top_k=5, fit_steps=fit_steps, stop=lambda: time.perf_counter() >= deadline)
+        where = "OK"
+    except Stopped as exc:
+        where = str(exc)
+    end = time.perf_counter()
+    return {"seconds": seconds, "stop_after_s": after, "stopped": where, "overrun_s": round(end - deadline, 3)}
+
+
+def in_process(args) -> list[dict]:
+    import torch
+
+    from audioae.pretrained import DEFAULT_DECOMPOSER, load
+
+    torch.set_num_threads(1)  # the server's --threads 1
+    model = load(DEFAULT_DECOMPOSER)
+    rows = []
+    for seconds in args.seconds:
+        for after in args.stop_after:
+            for run in ("warm-up", "measured"):
+                row = {"run": run, **stopped_decompose(model, seconds, args.rate, after, args.fit_steps)}
+                print(json.dumps(row), flush=True)
+                if run == "measured":
+                    rows.append(row)
+    return rows
+
+
+def write(out: Path | None, rows: list[dict]) -> None:
+    """The rows, the command (PYTHONPATH too: an --in-process before) and the machine's load, which
+    moves these figures: two cores shared with other work."""
+    if out:
+        command = " ".join(["python", *sys.argv])
+        if os.environ.get("PYTHONPATH"):
+            command = f"PYTHONPATH={os.environ['PYTHONPATH']} {command}"
+        out.write_text(json.dumps({"command": command, "load_average_1_5_15": os.getloadavg(), "rows": rows},
+                                  indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=description(__doc__))
     p.add_argument("--seconds", type=float, nargs="+", default=[100.0, 300.0, 550.0])
     p.add_argument("--out", type=Path)
     p.add_argument("--checkout", type=Path, help="run the server of another checkout (e.g. a worktree of an older commit)")
     p.add_argument("--deadline", type=float, default=0.5, help="the Decompose's deadline, seconds")
     p.add_argument("--fit-steps", type=int, help="the Decompose's fit steps (default: the model's)")
+    p.add_argument("--rate", type=sample_rate, default=SR,
+                   help=f"the Decompose's sample rate, Hz (default {SR}, the model's: no resampling)")
+    p.add_argument("--in-process", action="store_true", help="call decompose in this process, no server: how long it runs on past its stop")
+    p.add_argument("--stop-after", type=float, nargs="+", default=[0.05, 0.15, 0.25],
+                   help="--in-process: seconds into the call at which its stop turns true")
     args = p.parse_args(argv)
+    if args.in_process:
+        if args.checkout:
+            p.error("--in-process runs the audioae it imports: set PYTHONPATH to the other checkout instead")
+        write(args.out, in_process(args))
+        return 0
     where = {}
     if args.checkout:
         where = {"cwd": str(args.checkout), "env": {**os.environ, "PYTHONPATH": str(args.checkout)}}
@@ -76,13 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             stub = pbg.AudioAEStub(ch)
             for seconds in args.seconds:
                 for run in ("warm-up", "measured"):
-                    row = {"run": run, **abandoned_decompose(stub, seconds, args.deadline, args.fit_steps)}
+                    row = {"run": run, **abandoned_decompose(stub, seconds, args.deadline, args.fit_steps, args.rate)}
                     print(json.dumps(row), flush=True)
                     if run == "measured":
                         rows.append(row)
                     time.sleep(1.0)
-    if args.out:
-        args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "rows": rows}, indent=2) + "\n")
+    write(args.out, rows)
     return 0
 
 

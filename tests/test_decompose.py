@@ -27,6 +27,7 @@ from audioae.decompose import (
 )
 from audioae.models import build_model
 from audioae.pretrained import DEFAULT_DECOMPOSER, HERE, load
+from audioae.spectral import window_samples
 from audioae.train import fit_arrays
 
 TINY = {"n_fft": 256, "hop_length": 64, "code_dim": 48, "topk": 6, "refine_steps": 3}
@@ -268,6 +269,71 @@ def test_a_long_decomposition_asks_stop_in_every_block_of_its_spectrogram_and_co
     torch.testing.assert_close(code, whole_code, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [0, 1, 2])  # 0: a [T] array
+@pytest.mark.parametrize(("orig", "new", "length", "block"), [
+    (44100, 16000, 100_003, 10_000), (16000, 44100, 36_293, 5_000), (44100, 16000, 4410, 441),
+    (16000, 44100, 1_600_004, 1 << 18),  # torchaudio's float32 length is one short of the exact here
+    (48000, 44100, 9_601, 100_000),  # one block: the whole's resample
+])
+def test_resampling_in_blocks_gives_the_whole_signal_resample(orig, new, length, block, channels):
+    """The halo of each block (the kernel's width) reads what the whole-signal convolution reads:
+    same samples to float rounding, same length, a stop question before each block but the first."""
+    from audioae.audio import resample, resample_in_blocks
+
+    shape = (length,) if channels == 0 else (channels, length)
+    x = torch.from_numpy(np.random.default_rng(length).standard_normal(shape).astype(np.float32))
+    asked = []
+    blocked = resample_in_blocks(x, orig, new, stop=lambda: asked.append(1), block=block)
+    whole = resample(x, orig, new)
+    assert blocked.shape == whole.shape
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-6)
+    a = orig // math.gcd(orig, new)
+    blocks = -(-(length // a + 1) // max(1, block // a)) if length > block // a * a else 1
+    assert len(asked) == blocks - 1
+    if blocks > 1:  # and back: the round trip of the blocked is the whole's
+        back = resample_in_blocks(blocked, new, orig, block=block)
+        torch.testing.assert_close(back, resample(whole, new, orig), rtol=0, atol=1e-5)
+
+
+def test_a_long_input_at_another_rate_asks_stop_while_it_is_resampled():
+    """A 550 s recording at 44.1 kHz was resampled whole (0.3 s) before the next stop question:
+    decompose ran on 0.1-0.7 s past its stop (benchmarks/decompose_deadline.py --in-process)."""
+    from audioae.enhance import Stopped
+
+    model = tiny_model()
+    sr = 44100
+    x = np.tile(tone(1.0, sr) + noise_bursts(1.0, sr), 30)[None]  # 30 s: more than one block of 2^20 samples
+    asked = []
+
+    def stop_at(n: float) -> bool:
+        asked.append(1)
+        return len(asked) >= n
+
+    with pytest.raises(Stopped, match="decomposition stopped while resampling"):
+        decompose(model, x, sr, fit_steps=0, stop=lambda: stop_at(2))  # 1: before it began; 2: after a block
+    assert len(asked) == 2
+
+
+def test_a_fit_asks_stop_before_each_step():
+    """A fit step updates the atoms from every frame, so it is not cut: stop is asked between steps."""
+    from audioae.enhance import Stopped
+
+    model = tiny_model()
+    x = (tone(1.0, SR) + noise_bursts(1.0, SR))[None]
+    asked = []
+
+    def stop_at(n: float) -> bool:
+        asked.append(1)
+        return len(asked) >= n
+
+    before_fit = model.config.refine_steps + 3  # before it began, before encoding, each refinement
+    for n, where in ((before_fit, "before the fit"), (before_fit + 1, "during the fit"),
+                     (before_fit + 3, "during the fit"), (before_fit + 4, "before the units' energies")):
+        asked.clear()
+        with pytest.raises(Stopped, match=f"decomposition stopped {where}"):
+            decompose(model, x, SR, fit_steps=3, stop=lambda n=n: stop_at(n))
+
+
 @pytest.mark.parametrize("extra", [{"atom_frames": 5}, {"refine_steps": 4}])
 def test_blocks_give_what_the_whole_gives_for_stereo_and_wider_receptive_fields(extra):
     """The halos cover what a frame reads: wider atoms and more refinements widen it."""
@@ -365,6 +431,12 @@ def test_audio_shorter_than_one_window_is_refused_not_decomposed_into_padding():
     with pytest.raises(AudioError, match="shorter than the model's .* analysis window: too short to decompose"):
         decompose(model, tone(0.5 * window, SR), SR)
     assert decompose(model, tone(window, SR), SR).residual.shape[-1] == int(window * SR)
+    # the comparison `audioae inspect` makes too, in whole samples: 256 at 16 kHz is 705.6 at 44.1 kHz
+    for sr, least in ((44100, 706), (22050, 353), (8000, 128)):
+        assert window_samples(model.config.n_fft, model.config.sample_rate, sr) == least
+        with pytest.raises(AudioError, match="too short to decompose"):
+            decompose(model, np.ones(least - 1, np.float32) * 0.1, sr)
+        assert decompose(model, np.ones(least, np.float32) * 0.1, sr).residual.shape[-1] == least
 
 
 def test_summary_says_when_each_component_is_active():
@@ -886,6 +958,34 @@ def test_a_run_killed_while_it_holds_the_folder_leaves_no_lock_behind(tmp_path):
     assert second.returncode == 0, second.stderr
     x = (tone(0.5, SR) + noise_bursts(0.5, SR))[None]
     assert _added_up(out, x) == 2
+
+
+def test_a_hold_reads_the_earlier_summary_once_and_knows_the_files_it_wrote_itself(tmp_path, monkeypatch):
+    """summary.json was read for claim()'s checks and again for the swap; no other run writes the
+    folder under the hold, so once is enough. A second write under the same hold replaces the
+    first's files (the claim knows them), and leaves someone's file of a decomposition's name alone."""
+    out = tmp_path / "parts"
+    x = np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32) * 0.1
+
+    def summary(k: int) -> dict:
+        entries = [folder.component_entry(i, f"part {i}", [i], 0.1, 100.0, 1.0, [[0.0, 0.25]]) for i in range(k)]
+        return folder.summary(sample_rate=16000, channels=1, samples=4000, group="none", fit_steps=0,
+                              frame_rate=125.0, error_db=None, residual_share=0.5, components=entries)
+
+    folder.write_folder(out, summary(1), np.zeros((3, 5), np.float32), (x / 2)[None], x / 2, 16000)
+    reads = []
+    read = folder._read_summary
+    monkeypatch.setattr(folder, "_read_summary", lambda path: reads.append(path) or read(path))
+    with folder.claim(out, residual=True) as held:
+        (out / "05_part_4.wav").write_bytes(b"mine")  # a name the earlier decomposition did not write
+        folder.write_folder(held, summary(3), np.zeros((3, 5), np.float32), np.stack([x / 4] * 3), x / 4, 16000)
+        assert (out / "03_part_2.wav").exists()
+        folder.write_folder(held, summary(1), np.zeros((3, 5), np.float32), (x / 2)[None], x / 2, 16000)
+    assert reads == [out]
+    assert sorted(f.name for f in out.iterdir()) == ["01_part_0.wav", "05_part_4.wav", "activations.npy",
+                                                      "residual.wav", "summary.json"]
+    assert (out / "05_part_4.wav").read_bytes() == b"mine"
+    np.testing.assert_array_equal(read_audio(out / "01_part_0.wav")[0] + read_audio(out / "residual.wav")[0], x)
 
 
 def test_a_held_folder_is_neither_recovered_nor_written_by_another_hold(tmp_path):
