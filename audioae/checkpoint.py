@@ -62,7 +62,13 @@ def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | N
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = st_save(state, metadata=meta)
+    return write_with_sha256(path, st_save(state, metadata=meta), write_sha256)
+
+
+def write_with_sha256(path: str | os.PathLike, data: bytes, write_sha256: bool = True) -> str:
+    """Write ``data`` to ``path`` atomically and its sha256 to ``<path>.sha256`` (sha256sum's
+    line; a stale one is removed either way); returns the sha256."""
+    path = Path(path)
     digest = hashlib.sha256(data).hexdigest()
     sidecar = path.with_name(path.name + ".sha256")
     # The old hash goes first: a kill (or a reader) between the two renames then finds a checkpoint
@@ -72,6 +78,18 @@ def save_checkpoint(model: Autoencoder, path: str | os.PathLike, extra: dict | N
     if write_sha256:
         atomic_write_bytes(sidecar, f"{digest}  {path.name}\n".encode())
     return digest
+
+
+def check_sha256(path: str | os.PathLike, data: bytes, expected: str | None = None) -> None:
+    """CheckpointError unless ``data`` (the bytes read from ``path``) has the sha256 ``expected``
+    or, without one, that of ``<path>.sha256`` when there is such a file."""
+    expected = sidecar_sha256(path) if expected is None else expected
+    if expected is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected.lower():  # hex digits in either case
+        raise CheckpointError(f"{path}: sha256 mismatch (expected {expected[:12]}..., "
+                              f"got {actual[:12]}...): the file was changed or truncated")
 
 
 def _json_object(path: Path, key: str, text: str) -> dict:
@@ -186,13 +204,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if wanted != shapes:
         raise CheckpointError(f"{path}: weights do not match the {name} config: {_shape_differences(wanted, shapes)}")
     data = path.read_bytes()  # hashed and loaded from the same bytes
-    if expected_sha256 is None:
-        expected_sha256 = sidecar_sha256(path)
-    if expected_sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected_sha256.lower():  # hex digits in either case
-            raise CheckpointError(f"{path}: sha256 mismatch (expected {expected_sha256[:12]}..., "
-                                  f"got {actual[:12]}...): the file was changed or truncated")
+    check_sha256(path, data, expected_sha256)
     try:
         state = st_load(data)
     except Exception as exc:

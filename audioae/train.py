@@ -32,12 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file as st_load_file
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import losses
-from .checkpoint import CheckpointError, checkpoint_extra, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_sha256,
+    checkpoint_extra,
+    load_checkpoint,
+    save_checkpoint,
+    write_with_sha256,
+)
 from .config import coerce_value, differences, refuse_non_finite, typed_fields
 from .data.mixing import (
     MixConfig,
@@ -219,10 +226,16 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     (``model.config.hidden=64``, ``train.steps=10``, ``model.name=conv1d``)."""
     raw: dict = {}
     if path:
+        # Each was the bare OSError or codec message, without the word config ("[Errno 2] No such file
+        # or directory: ...", "'utf-8' codec can't decode byte 0x83 ...").
+        if not Path(path).exists():
+            raise ValueError(f"{path}: no such run config (configs/ holds the shipped ones)")
+        if Path(path).is_dir():
+            raise ValueError(f"{path}: a folder, not a run config; name a .toml file in it")
         with open(path, "rb") as f:
             try:
                 raw = tomllib.load(f)
-            except tomllib.TOMLDecodeError as exc:
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path}: not a TOML run config ({exc})") from None
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -410,17 +423,35 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_d
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    write_with_sha256(path, st_save(tensors, metadata=meta))
 
 
 def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, out: Path,
                        ema: AveragedModel | None = None, minutes_done: float = 0.0) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
-    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock."""
-    save_checkpoint(model, out / "last.safetensors", {"step": step}, write_sha256=False)
+    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock.
+    Each with its ``.sha256``, checked on resume (a changed byte of weights or moments loads
+    without complaint otherwise), and each records ``step``: a run killed between these writes
+    leaves parts of two steps, which a resume refuses (:func:`_check_resume_steps`)."""
+    save_checkpoint(model, out / "last.safetensors", {"step": step})
     if ema is not None:
-        save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step}, write_sha256=False)
+        save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step})
     _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done)
+
+
+def _check_resume_steps(out: Path, step: int, ema: bool) -> None:
+    """ValueError unless last.safetensors (and last.ema.safetensors, whose sha256 is checked here
+    too: it loads only once the folder is changed) hold the optimizer state's ``step``."""
+    if ema:
+        check_sha256(out / "last.ema.safetensors", (out / "last.ema.safetensors").read_bytes())
+    weights = checkpoint_extra(out / "last.safetensors").get("step")
+    for name, at in (("last.optim.safetensors", step),
+                     ("last.ema.safetensors", checkpoint_extra(out / "last.ema.safetensors").get("step") if ema else None)):
+        if at is not None and weights is not None and at != weights:
+            raise ValueError(f"{out}: last.safetensors is at step {weights} and {name} at step {at}: a resume point "
+                             f"half written (a run killed while saving it?), whose parts do not belong together; "
+                             f"restore them, or start over with --no-resume or another --out (the weights in "
+                             f"last.safetensors can seed a new run with train.init_from)")
 
 
 # What a run writes into its folder; a run that starts over (--no-resume, or no resume point) removes
@@ -487,7 +518,11 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
-        flat = st_load_file(str(path))
+        data = path.read_bytes()  # hashed and loaded from the same bytes
+        check_sha256(path, data)  # state files written before 2026-12-07 have no .sha256
+        flat = st_load(data)
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
         raise ValueError(f"{path}: not a readable optimizer state ({exc}); restore it, or start over with "
                          f"--no-resume or another --out (the weights in last.safetensors can seed a new run "
@@ -743,6 +778,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if resuming:
         _resume_weights(model, last, rank == 0)
         step, minutes_before = _load_optimizer(opt, last_opt)
+        _check_resume_steps(out, step, tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file())
         if rank == 0:  # the rank that validates and keeps best.safetensors
             best = _resumed_best(out / "best.safetensors", val_key)
         if not tc.session_minutes:  # a new budget: the clock starts again
@@ -1006,13 +1042,34 @@ def replica_divergence(model: torch.nn.Module) -> float:
 # In-memory arrays: vectors and images
 
 
+class NonFiniteLoss(ValueError):
+    """:func:`fit_arrays` stopped at a non-finite loss; ``losses``: the finite ones before it."""
+
+    def __init__(self, message: str, losses: list[float]):
+        super().__init__(message)
+        self.losses = losses
+
+
 def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
                corrupt=None, seed: int = 0, weight_decay: float = 0.0, forward=None) -> list[float]:
     """Train ``model`` to reconstruct ``x [N, ...]`` with MSE plus its sparsity penalty.
 
     ``corrupt(batch, generator) -> batch`` makes it a denoising autoencoder: the model sees the
-    corrupted batch and is scored against the clean one. Returns the loss every step.
+    corrupted batch and is scored against the clean one. Returns the loss every step. A
+    non-finite loss stops it with :class:`NonFiniteLoss` (a ValueError) before that step is taken
+    (the weights are those of the step before).
     """
+    # Each of these trained on in silence: an empty set or batch gave a NaN loss every step and
+    # left the weights as they were; NaN in x made every weight NaN.
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"fit_arrays needs steps >= 0 and batch_size >= 1, got steps={steps}, batch_size={batch_size}")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"fit_arrays got no data to fit: x has shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"fit_arrays needs floating-point data, got {x.dtype}; for 8-bit images pass x / 255")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"fit_arrays got NaN or Inf in x (in {int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())} "
+                         f"of its {x.shape[0]} examples)")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     forward = forward or model
@@ -1026,6 +1083,11 @@ def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_
         inp = corrupt(target, gen) if corrupt is not None else target
         out, h = forward(inp)
         loss = torch.nn.functional.mse_loss(out, target) + model.sparsity_loss(h)
+        if not torch.isfinite(loss):
+            model.eval()
+            raise NonFiniteLoss(f"fit_arrays: the loss is {float(loss.detach())} at step {len(history) + 1} of {steps} "
+                                f"(the last finite one: {history[-1] if history else None}); a lower lr (now {lr:g}) "
+                                f"may train", history)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

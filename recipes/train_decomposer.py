@@ -51,7 +51,7 @@ from audioae.fileio import atomic_write_bytes
 from audioae.models import build_model
 from audioae.models.dictionary import SparseDictionary
 from audioae.spectral import decompress
-from audioae.train import fit_arrays
+from audioae.train import NonFiniteLoss, fit_arrays
 
 log = logging.getLogger("train_decomposer")
 
@@ -324,8 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         # Step the learning rate down over the budget: a coarse cosine by elapsed time.
         frac = min(1.0, progress["seconds"] / budget)
         lr = args.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
-        losses = fit_arrays(model, x, steps=args.round_steps, batch_size=args.batch_size, lr=float(lr),
-                            seed=args.seed * 100_003 + r)
+        try:
+            losses = fit_arrays(model, x, steps=args.round_steps, batch_size=args.batch_size, lr=float(lr),
+                                seed=args.seed * 100_003 + r)
+        except NonFiniteLoss as exc:  # the weights are the last finite step's: the round is logged as failed below
+            log.error("%s", exc)
+            losses = [*exc.losses, math.nan]
         progress["round"] = r + 1
         progress["steps"] += args.round_steps
         progress["seconds"] += time.monotonic() - t0

@@ -89,3 +89,55 @@ def test_a_generator_on_the_inputs_device_is_used_there():
 def test_integer_input_is_refused_rather_than_left_uncorrupted():
     with pytest.raises(TypeError, match="floating-point"):
         add_gaussian_std(torch.zeros(2, 8, dtype=torch.uint8), 0.1)
+
+
+# darken_patches: corners are drawn where the generator lives; the mask is built on the CPU.
+
+_PINNED_MASKS = [  # (shape, patch, fraction, seed, dark pixels per example, sha256 of the mask[:16])
+    ((6, 1, 8, 8), (3, 3), 0.25, 5, [16, 12, 15, 15, 15, 22], "0b4d0562a7fea29c"),
+    ((3, 65, 40), (16, 8), 0.3, 11, [774, 779, 765], "b906ee7d146d5891"),
+    ((4, 2, 16, 16), (4, 4), 0.6, 0, [316, 296, 326, 302], "de2ce52c651a620a"),
+]
+
+
+@pytest.mark.parametrize(("shape", "patch", "fraction", "seed", "dark", "digest"), _PINNED_MASKS)
+def test_darkened_masks_of_a_cpu_seed_are_those_of_the_code_before_2026_12(shape, patch, fraction, seed, dark, digest):
+    """Values from the code that drew corners on the CPU only: moving the draws to the generator's
+    device must leave CPU training and validation corruptions as they were."""
+    import hashlib
+
+    from audioae.models.corruption import darken_patches
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1)) + 0.1  # no zero of its own
+    for gen in (torch.Generator(), torch.Generator(device=x.device)):
+        mask = (darken_patches(x, fraction, patch, gen.manual_seed(seed)) == 0).flatten(1)  # [B, ...]
+        assert [int(v) for v in mask.sum(1)] == dark
+        assert hashlib.sha256(mask.numpy().tobytes()).hexdigest()[:16] == digest
+
+
+def test_darkened_patches_draw_from_the_generator_given_on_its_device():
+    from audioae.models.corruption import darken_patches
+
+    x = torch.rand(3, 1, 12, 12) + 0.1
+    gen = torch.Generator(device=x.device).manual_seed(4)
+    state = gen.get_state()
+    with _Made() as made:
+        first = darken_patches(x, 0.3, (4, 4), gen)
+    assert not torch.equal(gen.get_state(), state)  # the corners came from this generator
+    drawn = {device for op, device, _ in made.tensors if "rand" in op}
+    assert drawn == {gen.device.type}, drawn
+    gen.set_state(state)
+    assert torch.equal(darken_patches(x, 0.3, (4, 4), gen), first)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_darkened_patches_take_a_gpu_generator_with_a_gpu_batch():
+    """A CUDA generator was refused ("Expected a 'cpu' device type for generator")."""
+    from audioae.models.corruption import darken_patches
+
+    x = torch.rand(8, 1, 16, 16, device="cuda") + 0.1
+    gens = [torch.Generator(device="cuda").manual_seed(2) for _ in range(2)]
+    a, b = (darken_patches(x, 0.25, (4, 4), g) for g in gens)
+    assert a.device == x.device and torch.equal(a, b)
+    assert 0.1 < float((a == 0).double().mean()) < 0.4
+    assert torch.equal(a[a != 0], x[a != 0])

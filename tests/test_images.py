@@ -605,3 +605,37 @@ def test_a_failed_rerun_removes_none_of_the_earlier_reports_models(tmp_path, mon
     monkeypatch.undo()  # and the next run that finishes clears them, as the failed one left them listed
     assert main([*args, "--no-models"]) == 0
     assert not list((out / "models").glob("*.safetensors"))
+
+
+def test_reconstruct_image_refuses_a_model_that_is_no_grey_patch_model_and_an_empty_image():
+    """Were an AttributeError ('LinearConfig' object has no attribute 'image_size'), a conv's
+    channel error and numpy's IndexError."""
+    img = torch.rand(20, 20)
+    digits = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 8})
+    with pytest.raises(ValueError, match="needs an image model of grey-level patches; this model's family is linear"):
+        reconstruct_image(digits, img)
+    colour = build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8, "in_channels": 3})
+    with pytest.raises(ValueError, match="family is image, with 3 input channels"):
+        reconstruct_image(colour, img)
+    grey = build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8})
+    with pytest.raises(ValueError, match=re.escape("an empty image: shape (0, 0)")):
+        reconstruct_image(grey, torch.zeros(0, 0))
+    assert reconstruct_image(grey, img).shape == img.shape
+
+
+def test_a_stride_past_the_patch_and_sizes_of_nothing_are_refused():
+    """Were NaN pixels (a stride larger than the patch leaves gaps: 0 / 0 there), a 1x1
+    photograph for a scale of 0 or below, and torch's interpolate error for a digit size of 0."""
+    from audioae.data.images import load_digit_images, load_photograph
+
+    grey = build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8})
+    img = torch.rand(20, 20)
+    for stride in (9, 20, -1):
+        with pytest.raises(ValueError, match=re.escape(f"stride must be within 1..8 (the patch size), got {stride}")):
+            reconstruct_image(grey, img, stride=stride)
+    assert torch.isfinite(reconstruct_image(grey, img, stride=8)).all()
+    for scale in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="scale must be a positive number"):
+            load_photograph("text", scale)
+    with pytest.raises(ValueError, match="size must be at least 1 pixel, got 0"):
+        load_digit_images(0)

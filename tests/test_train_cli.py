@@ -174,6 +174,44 @@ def test_half_a_resume_point_or_another_signal_is_refused_not_started_over(tmp_p
     assert "starting over (--no-resume)" in caplog.text
 
 
+def test_a_corrupt_or_torn_resume_point_is_refused_not_trained_on(tmp_path, capsys):
+    """Was: a byte changed in last.safetensors' weights (or the optimizer state's) resumed in
+    silence, from NaN weights too (20 steps later: "last.safetensors holds the last finite
+    weights"), and weights of step 6 resumed beside an optimizer state of step 4 as step 4."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16", "--set", "train.ema_decay=0.5"]
+    names = ("last.safetensors", "last.optim.safetensors", "last.ema.safetensors")
+    assert main(["train", *common, "--steps", "4"]) == 0
+    at4 = {n: (out / n).read_bytes() for n in names}
+    assert main(["train", *common, "--steps", "6"]) == 0
+    capsys.readouterr()
+    at6 = {n: (out / n).read_bytes() for n in names}
+    keep = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def refused(text):
+        assert main(["train", *common, "--steps", "8"]) == 2
+        assert text in capsys.readouterr().err
+        others = {n: b for n, b in keep.items() if n.removesuffix(".sha256") not in names}
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in keep and p.name in others} == others
+        assert all((out / n).is_file() for n in others)  # best, log, run.json untouched
+
+    for name in names:
+        changed = bytearray(at6[name])
+        changed[-3] ^= 0xFF  # in the last tensor's data: the header still reads
+        (out / name).write_bytes(changed)
+        refused(f"{name}: sha256 mismatch")
+        (out / name).write_bytes(at6[name])
+    for name in names[1:]:  # killed between the writes of one resume point: step 6 weights, a step 4 part
+        (out / name).write_bytes(at4[name])
+        (out / (name + ".sha256")).unlink(missing_ok=True)
+        refused("last.safetensors is at step 6 and " + name + " at step 4")
+        (out / name).write_bytes(at6[name])
+        (out / (name + ".sha256")).write_bytes(keep[name + ".sha256"])
+    assert main(["train", *common, "--steps", "8"]) == 0  # restored: it resumes
+    assert json.loads(capsys.readouterr().out)["resumed_at_step"] == 6
+
+
 def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tmp_path, capsys):
     out = tmp_path / "run"
     common = [CONFIG, "--out", str(out), "--set", "train.val_every=1", "--set", "train.progress=false",
@@ -202,7 +240,8 @@ def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tm
     assert main(["train", *common[:-1], "train.ema_decay=0", "--steps", "1", "--no-resume"]) == 0
     assert not (out / "ema.safetensors").exists() and not (out / "last.ema.safetensors").exists()
     assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "best.safetensors.sha256", "last.optim.safetensors",
-                                                      "last.safetensors", "log.jsonl", "run.json"]
+                                                      "last.optim.safetensors.sha256", "last.safetensors",
+                                                      "last.safetensors.sha256", "log.jsonl", "run.json"]
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
@@ -296,6 +335,18 @@ def test_a_config_that_is_not_toml_or_an_output_that_is_a_file_is_a_clear_error(
     assert main(["train", CONFIG, "--out", str(tmp_path / "taken"), "--steps", "1"]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_missing_binary_or_folder_config_is_named_as_a_run_config(tmp_path, capsys):
+    """Were "[Errno 2] No such file or directory: ...", "[Errno 21] Is a directory: ..." and
+    "'utf-8' codec can't decode byte ...": nothing said it was the run config."""
+    (tmp_path / "bytes.toml").write_bytes(bytes(range(128, 256)))
+    for path, text in [(tmp_path / "nope.toml", "nope.toml: no such run config (configs/ holds the shipped ones)"),
+                       (tmp_path, "a folder, not a run config; name a .toml file in it"),
+                       (tmp_path / "bytes.toml", "bytes.toml: not a TOML run config ('utf-8' codec")]:
+        assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+        assert text in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("override", "text"), [("train.lr=fast", "lr = 'fast': expected float"),

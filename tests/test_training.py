@@ -246,3 +246,23 @@ def test_data_reverb_prob_of_a_run_config_puts_the_validation_targets_in_a_room(
             assert (sounding > 0.5).all(), sounding  # the room's tail fills the gaps
         else:
             assert (sounding <= 5 / 8000).all(), sounding  # the clicks alone
+
+
+def test_fit_arrays_refuses_data_it_cannot_fit_and_stops_at_a_non_finite_loss():
+    """Were silent: an empty set or batch_size=0 "trained" with a NaN loss every step, and a NaN
+    in the data (or a diverging rate) left every weight NaN."""
+    model = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 8})
+    x = torch.rand(50, 64)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad, kw, text in [(x[:0], {}, r"no data to fit: x has shape \(0, 64\)"),
+                          (x, {"batch_size": 0}, "batch_size >= 1"),
+                          (torch.where(x > 0.99, torch.nan, x), {}, "NaN or Inf in x"),
+                          ((x * 255).round().to(torch.uint8), {}, "floating-point data")]:
+        with pytest.raises(ValueError, match=text):
+            fit_arrays(model, bad, steps=3, **kw)
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    big = 1e19 * torch.ones(50, 64)  # squared error of 1e38 and more: inf in float32 at the first step
+    with pytest.raises(ValueError, match="the loss is inf at step 1 of 3"):
+        fit_arrays(model, big, steps=3)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert len(fit_arrays(model, x, steps=3)) == 3

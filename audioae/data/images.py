@@ -25,6 +25,8 @@ TEST_PHOTOGRAPH = "camera"  # held out: every photograph number in the report is
 def load_digit_images(size: int = 8) -> tuple[torch.Tensor, np.ndarray]:
     """``(x [1797, 1, size, size] float32 in [0, 1], labels [1797])``; bilinear upsampling when
     ``size`` is not 8 (for architectures with more pooling levels)."""
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}")
     x, labels = load_digits_tensors(scale=True)
     x = x.reshape(-1, 1, 8, 8)  # [N, 1, 8, 8]
     if size != 8:
@@ -37,6 +39,8 @@ def load_photograph(name: str, scale: float = 0.5) -> np.ndarray:
     ``scale`` (0.5 puts more structure into each small patch)."""
     if name not in BUNDLED_PHOTOGRAPHS:
         raise ValueError(f"unknown photograph {name!r}; bundled: {', '.join(BUNDLED_PHOTOGRAPHS)}")
+    if not 0 < scale < float("inf"):  # 0 and below gave a 1x1 image, NaN a ValueError from deep in skimage
+        raise ValueError(f"scale must be a positive number, got {scale}")
     from skimage import color, data, transform
 
     img = np.asarray(getattr(data, name)())

@@ -59,10 +59,17 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
     patch model (``config.image_size`` square patches) and average the overlapping outputs back
     into ``[H, W]``. ``stride`` defaults to a quarter patch: each pixel is then seen in up to 16
     positions, which hides the seams between patches."""
+    if not hasattr(model.config, "image_size") or getattr(model.config, "in_channels", 1) != 1:
+        # was an AttributeError ('LinearConfig' object has no attribute 'image_size') or a conv's shape error
+        raise ValueError(f"reconstruct_image needs an image model of grey-level patches; this model's family "
+                         f"is {model.registry_name}" + (f", with {model.config.in_channels} input channels"
+                                                        if hasattr(model.config, "in_channels") else ""))
     img = torch.as_tensor(img)
     if img.dim() != 2:
         raise ValueError(f"a grey-level image [H, W] expected, got shape {tuple(img.shape)}"
                          + ("; for colour, pass one channel or img.mean(-1)" if img.dim() == 3 else ""))
+    if img.numel() == 0:  # was numpy's IndexError from the percentiles of nothing
+        raise ValueError(f"an empty image: shape {tuple(img.shape)}")
     if not img.is_floating_point():
         raise ValueError(f"grey levels in [0, 1] expected, got {img.dtype}; for 8-bit images pass img / 255")
     if not torch.isfinite(img).all():
@@ -72,6 +79,8 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
     if model.config.image_size[1] != size:
         raise ValueError("reconstruct_image needs a model with square patches")
     stride = stride or max(1, size // 4)
+    if not 1 <= stride <= size:  # a stride past the patch left pixels no patch covers: NaN (0 / 0) there
+        raise ValueError(f"stride must be within 1..{size} (the patch size), got {stride}")
     patches, padded = image_to_patches(img.float(), size, stride)  # [P, 1, s, s]
     out, _ = run_batches(model, patches, batch_size)  # [P, 1, s, s]
     return patches_to_image(out, padded, tuple(img.shape), stride)  # [H, W]

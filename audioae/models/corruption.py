@@ -6,6 +6,7 @@ Noise is drawn where the generator lives, in the input's dtype: without a genera
 on the input's device (``torch.Generator(device=x.device)``), on the input's device, so a GPU
 batch's noise never crosses the bus; a CPU generator with a GPU input still gives the values it
 gives on the CPU (a validation set corrupted the same on every machine), copied over.
+``darken_patches`` builds its mask on the CPU (see there) and draws on the CPU without a generator.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], gen
     dark share exactly ``fraction`` (counting patches instead misses it once they overlap). Patch
     corners are drawn over every placement that overlaps the input, clipped at its edges, so an
     edge pixel is as likely to be dark as a central one.
+
+    Corners are drawn where the generator lives, so a GPU batch's
+    ``torch.Generator(device=x.device)`` works here as it does for the noises above; without a
+    generator, from the CPU's global one (``torch.manual_seed`` seeds it). The mask itself is
+    assembled on the CPU and copied over once: each patch's count of newly dark pixels decides
+    whether another is drawn, a host decision, so building it on the GPU would cost one
+    synchronisation per patch, and drawing there costs one per chunk of corners and one per
+    example, which is why only a GPU generator sends the draws there.
     """
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be within 0..1, got {fraction}")
@@ -73,15 +82,18 @@ def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], gen
     b = lead[0]
     ph, pw = min(patch[0], h), min(patch[1], w)
     target = fraction * h * w  # dark pixels wanted per example
-    keep = torch.ones(b, h, w, dtype=x.real.dtype)
+    keep = torch.ones(b, h, w, dtype=x.real.dtype)  # host-side mask, see the docstring
+    device = torch.device("cpu") if generator is None else generator.device
     # Corners drawn a chunk at a time: most examples need no second draw.
     chunk = max(8, 2 * round(target / (ph * pw)))
 
     def corners():
         while True:
-            rows = torch.randint(1 - ph, h, (chunk,), generator=generator).tolist()
-            cols = torch.randint(1 - pw, w, (chunk,), generator=generator).tolist()
-            yield from zip(rows, cols, strict=True)
+            # Rows, then columns, from the same generator: the CPU draws (and so the CPU masks of a
+            # seed) are those of the code before draws moved to the generator's device.
+            rows = torch.randint(1 - ph, h, (chunk,), generator=generator, device=device)
+            cols = torch.randint(1 - pw, w, (chunk,), generator=generator, device=device)
+            yield from zip(*torch.stack([rows, cols]).tolist(), strict=True)  # one copy to the host
 
     for i in range(b):
         dark = 0
@@ -89,7 +101,7 @@ def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], gen
             cell = keep[i, max(r, 0) : r + ph, max(c, 0) : c + pw]  # [<=ph, <=pw], a view into keep
             new = int(cell.sum())
             if dark + new >= target:  # the crossing patch: kept with probability (target - dark) / new
-                if float(torch.rand((), generator=generator)) * new < target - dark:
+                if float(torch.rand((), generator=generator, device=device)) * new < target - dark:
                     cell.zero_()
                 break
             cell.zero_()
