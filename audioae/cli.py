@@ -739,11 +739,20 @@ def _cmd_client(args) -> int:
         client.close()
 
 
-def _warn_if_not_a_denoiser(client, name: str) -> None:
-    """As ``audioae denoise`` warns locally: a decomposition model gives back its reconstruction
-    of the input, noise included (one ListModels call, only when a model is named)."""
-    served = {m["name"]: m for m in client.list_models()["models"]}
-    if "Decompose" in served.get(name, {}).get("rpcs", []):
+def _check_served_model(client, cmd: str, name: str) -> None:
+    """Before ``client denoise`` or ``client stream`` sends audio, from one ListModels call (made for
+    a named model, and for every stream): a model that cannot stream (``name`` "": the server's
+    default denoiser) is refused in the CLI's words, where the server's message names its RPC
+    ("use Denoise") for API users; a named decomposition model is warned of, as ``audioae denoise``
+    warns locally: its output is its reconstruction of the input, noise included."""
+    info = client.list_models()
+    served = {m["name"]: m for m in info["models"]}
+    target = name or info["default_denoiser"]
+    if cmd == "stream" and target in served and "StreamDenoise" not in served[target]["rpcs"]:
+        streams = ", ".join(n for n, m in served.items() if "StreamDenoise" in m["rpcs"]) or "none"
+        raise ValueError(f"model {target!r} cannot stream (it is not causal): `audioae client denoise` takes the "
+                         f"whole file at once; the models this server streams with (--model): {streams}")
+    if name and "Decompose" in served.get(name, {}).get("rpcs", []):
         log.warning("%s is a decomposition model (a plain sparse autoencoder): its output is its "
                     "reconstruction of the input, noise included, not a denoised copy", name)
 
@@ -761,8 +770,8 @@ def _client_call(args, client) -> int:
         # a folder that is not there (cp refuses it too); was "audio is written as .wav, ...; got no extension"
         raise ValueError(f"-o {args.out}: no such folder; make it first (the output goes into it under the input's "
                          f"name), or name the output file")
-    if cmd in ("denoise", "stream") and model:
-        _warn_if_not_a_denoiser(client, model)
+    if cmd == "stream" or (cmd == "denoise" and model):
+        _check_served_model(client, cmd, model)
     if cmd == "denoise":
         out = args.out or _default_out(args.input, "denoised")
         r = client.denoise_file(args.input, out, model=model, strength=args.strength)

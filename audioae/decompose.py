@@ -22,6 +22,7 @@ them).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample, resample_in_blocks
+from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample_in_blocks
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
 from .enhance import check_stop
@@ -266,13 +267,16 @@ def _masked_inverse(model: SparseDictionary, spec_ri: torch.Tensor, mask: torch.
 
 
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
-                 denom: torch.Tensor, groups: list[list[int]], z_len: int) -> torch.Tensor:
+                 denom: torch.Tensor, groups: list[list[int]], z_len: int,
+                 stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """The groups' component waveforms at the model's rate, ``[K, C, T']`` (``spec [C, F, N]``: the
-    input's STFT; ``denom``: the masks' denominator)."""
+    input's STFT; ``denom``: the masks' denominator), ``stop`` asked before each batch of groups."""
     spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
     waves = []
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
+        # a long input's clusters are inverted one at a time: 8 of 550 s took seconds, uncut
+        check_stop(stop, f"decomposition stopped at cluster {lo + 1} of {len(groups)}")
         v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in groups[lo : lo + step]])  # [k, C, F, N]
         waves.append(_masked_inverse(model, spec_ri, v.div_(denom[None]), z_len))  # [k, C, T']
     return torch.cat(waves)
@@ -366,8 +370,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     ``stop()`` is asked between the stages, between the blocks of the long ones (the resampling,
-    the spectrogram, the code, the units' sums), before each fit step and each batch of
-    components; when it says True, :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
+    the spectrogram, the code, the units' sums, each component's resampling back), before each fit
+    step, each batch of clusters inverted and each batch of components; when it says True, :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
     """
     _check_model(model)
     if group not in GROUPS:
@@ -425,7 +429,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         if group == "cluster" and len(groups) > 1:
             # Clusters that are pieces of one sound are merged: masks, inverse STFT and resampling
             # are linear, so a merged cluster's waveform is the sum of its pieces'.
-            waves = _group_waves(model, h, atoms, spec, denom, groups, z.shape[-1])  # [K, C, T']
+            waves = _group_waves(model, h, atoms, spec, denom, groups, z.shape[-1], stop)  # [K, C, T']
             sounds = _same_sound(waves)
             if len(sounds) < len(groups):
                 log.info("%d clusters of %d asked: k-means cut %d sound(s) in pieces, merged", len(sounds),
@@ -525,7 +529,12 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         dom[lo : lo + len(batch)] = (spectrum.argmax(-1).float() * bin_hz).numpy()
         spans[lo : lo + len(batch)] = _energy_band(spectrum.double().numpy()) * bin_hz
         envs[lo : lo + len(batch)] = per_bin.sum(1).numpy()
-        y = fit_length(resample(y, c.sample_rate, sr), length)  # [k, C, T]
+        # After the inverse STFT, and in blocks with a stop question before each: 550 s from 16 kHz to
+        # 44.1 kHz took 0.4 s a component, uncut (benchmarks/decompose_deadline.py --stop-from).
+        resampling = functools.partial(check_stop, stop, f"decomposition stopped while resampling component "
+                                                         f"{lo + 1} of {len(groups)}")
+        resampling()
+        y = fit_length(resample_in_blocks(y, c.sample_rate, sr, stop=resampling), length)  # [k, C, T]
         out[lo : lo + len(batch)] = y.numpy()
     return out, dom, spans, envs
 

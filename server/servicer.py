@@ -26,7 +26,15 @@ import grpc
 import numpy as np
 import torch
 
-from audioae.audio import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, check_levels, check_resample, resample
+from audioae.audio import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
+    MIN_SAMPLE_RATE,
+    AudioError,
+    check_levels,
+    check_resample,
+    resample,
+)
 from audioae.client import (
     DATATYPES,
     array_from_tensor,
@@ -107,8 +115,8 @@ def _nth(n: int) -> str:
 
 class _StreamCut(Exception):
     """A stream the server ends before its client does (a drain, an idle client, the length limit,
-    a message over the size limit or one protobuf cannot parse): its tail is answered first, then
-    the call ends with ``code``."""
+    any message refused after the StreamConfig: oversized, unparsable, a bad audio chunk, ...): its
+    tail is answered first, then the call ends with ``code``."""
 
     def __init__(self, code: grpc.StatusCode, message: str, by_drain: bool = False):
         super().__init__(message)
@@ -174,6 +182,16 @@ def _mb(size: float) -> str:
     return f"{mb:,.0f}" if mb >= 10 else f"{mb:.1f}"
 
 
+def _queued(n: int) -> str:
+    """1 -> "1 request queued", 3 -> "3 requests queued"."""
+    return f"{n} request{'' if n == 1 else 's'} queued"
+
+
+def _took(seconds: float) -> str:
+    """A time in a message: "40 ms" under a second (a short deadline read "0.0 s"), else "2.5 s"."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 0.9995 else f"{seconds:.1f} s"
+
+
 def _ended(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why a call that is no longer active ended: its deadline, or the caller cancelled it.
     (gRPC core's clock and Python's differ by a little: a call within 0.25 s of its deadline
@@ -208,8 +226,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 raise self._ended_while_working(grpc.StatusCode.DEADLINE_EXCEEDED, job) from None
             raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the deadline passed while the request waited for the device "
-                f"({self.batcher.depth} requests queued)",
+                f"the deadline passed while the request waited for the device ({_queued(self.batcher.depth)})",
             ) from None
         except CancelledError:
             raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
@@ -223,7 +240,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         what = "deadline passed" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "call was cancelled"
         hint = ": allow more time for this much audio" if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
         return Abort(code, f"the {what} while the device worked on the request "
-                           f"({time.monotonic() - job.enqueued:.1f} s after it came{'; ' + stopped if stopped else ''}){hint}")
+                           f"({_took(time.monotonic() - job.enqueued)} after it came{'; ' + stopped if stopped else ''}){hint}")
 
     def _check_seconds(self, seconds: float | None, channels: int = 1) -> None:
         """Refuse audio longer than ``--max-audio-seconds``, or with more channel-seconds than that
@@ -436,22 +453,28 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 if msg is None:  # the client half-closed: the tail below
                     break
                 nth = f"the {_nth(i + 1)} message"
-                # Not parsed, so audio or not is unknown; what came before it is answered first (_StreamCut).
+                # Any message refused here ends the stream with the audio before it answered first, the
+                # model's tail included (_StreamCut): a bad audio chunk, a second StreamConfig or an empty
+                # message lost that tail until 2026-12-07, where an oversized or unparsable one had it.
                 before = "; the audio before it was answered" if n_in else ""
                 if isinstance(msg, Oversized):
                     raise _StreamCut(EXHAUSTED, msg.refusal(nth) + before)
                 if isinstance(msg, Unparsed):
                     raise _StreamCut(INVALID, f"{nth}: {msg.refusal()}" + before)
                 if msg.WhichOneof("msg") == "config":
-                    raise Abort(
+                    raise _StreamCut(
                         INVALID,
-                        f"{nth} is a StreamConfig: only the first message may be one; the rest carry audio",
+                        f"{nth} is a StreamConfig: only the first message may be one; the rest carry audio" + before,
                     )
                 if msg.WhichOneof("msg") is None:
-                    raise Abort(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes")
+                    raise _StreamCut(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes"
+                                     + before)
                 chunk = f"audio chunk {i} ({nth})"
-                x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
-                check_levels(x, chunk)
+                try:
+                    x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
+                    check_levels(x, chunk)
+                except AudioError as exc:  # the chunks before it were good: answered first, as above
+                    raise _StreamCut(INVALID, str(exc) + before) from None
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]

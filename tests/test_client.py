@@ -276,6 +276,33 @@ def test_cli_client_decompose_rerun_leaves_only_the_new_components(mixed_server,
     assert not list(out.glob(".*.part"))
 
 
+def test_cli_client_stream_of_a_model_that_cannot_stream_names_the_command_to_use(mixed_server, model_dir, tmp_path,
+                                                                                    capsys, caplog):
+    """Was the "decomposition model" warning, then the server's "use Denoise, or one of: tiny": the
+    name of an RPC, where a CLI user needs `audioae client denoise`. Now the CLI says so, before any
+    audio is sent; a server whose default denoiser cannot stream is told of the same way."""
+    src = tmp_path / "in.wav"
+    write_audio(src, _noisy(0.3, 16000), 16000)
+    base = ["client", "stream", str(src), "--server", f"127.0.0.1:{mixed_server.port}", "--timeout", "30"]
+    for name in (DEFAULT_DECOMPOSER, "conv"):
+        assert cli_main([*base, "--model", name]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == (f"audioae client: error: model {name!r} cannot stream (it is not causal): `audioae "
+                               f"client denoise` takes the whole file at once; the models this server streams with "
+                               f"(--model): tiny"), err
+        assert "decomposition model" not in caplog.text and not (tmp_path / "in.denoised.wav").exists()
+    srv = _start(models=(str(model_dir / "conv.safetensors"),))  # its default denoiser is offline
+    try:
+        assert cli_main([*base[:4], f"127.0.0.1:{srv.port}"]) == 2
+        assert "error: model 'conv' cannot stream (it is not causal): `audioae client denoise` takes the whole " \
+               "file at once; the models this server streams with (--model): none" in capsys.readouterr().err
+    finally:
+        srv.stop()
+    assert cli_main([*base, "--model", "tiny"]) == 0  # one that streams, named or not
+    assert cli_main(base) == 0
+    assert (tmp_path / "in.denoised.wav").is_file()
+
+
 @pytest.mark.parametrize("command", ["denoise", "stream"])
 def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_server, tmp_path, capsys, command):
     src = tmp_path / "in.wav"

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -312,6 +313,42 @@ def test_a_long_input_at_another_rate_asks_stop_while_it_is_resampled():
     with pytest.raises(Stopped, match="decomposition stopped while resampling"):
         decompose(model, x, sr, fit_steps=0, stop=lambda: stop_at(2))  # 1: before it began; 2: after a block
     assert len(asked) == 2
+
+
+def test_a_long_decomposition_asks_stop_while_it_resamples_its_components_back():
+    """Each component was inverted and resampled back to the caller's rate whole, the next stop
+    question at the next component (550 s from 16 kHz to 44.1 kHz: 0.4 s a component, uncut). Now
+    stop is asked before each component's resampling and before each of its blocks but the first;
+    the blocks give the whole's samples (test_resampling_in_blocks_gives_the_whole_signal_resample)."""
+    from audioae.enhance import Stopped
+
+    model, sr = tiny_model(), 44100
+    x = np.tile(tone(1.0, sr) + noise_bursts(1.0, sr), 70)[None]  # 70 s: two blocks of 2^20 samples at 16 kHz
+    asked = []
+
+    def stop_at(n: float) -> bool:
+        asked.append(1)
+        return len(asked) >= n
+
+    dec = decompose(model, x, sr, fit_steps=0, top_k=2, stop=lambda: stop_at(math.inf))
+    assert error_db(dec, x) < -90 and len(dec.labels) == 2
+    last = len(asked)  # the last question: the 2nd block of the last component's resampling
+    for n in (last, last - 1):  # and the one before it, before that resampling began
+        asked.clear()
+        with pytest.raises(Stopped, match="decomposition stopped while resampling component 2 of 2"):
+            decompose(model, x, sr, fit_steps=0, top_k=2, stop=lambda n=n: stop_at(n))
+        assert len(asked) == n
+
+
+def test_clusters_ask_stop_before_each_is_inverted():
+    """A long input's clusters were inverted one after another with no stop question between them."""
+    from audioae.enhance import Stopped
+
+    model = tiny_model()
+    x = (tone(3.0, SR) + noise_bursts(3.0, SR))[None]
+    with pytest.raises(Stopped, match=r"decomposition stopped at cluster 1 of \d+"):
+        decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0,
+                  stop=lambda: sys._getframe(2).f_code.co_name == "_group_waves")  # check_stop's caller
 
 
 def test_a_fit_asks_stop_before_each_step():

@@ -34,8 +34,9 @@ from audioae.enhance import denoise, denoise_batch, is_out_of_memory
 from audioae.models import build_model
 from audioae.v1 import audioae_pb2 as pb
 from server import AudioServer, ServerConfig
+from server.batcher import Job
 from server.errors import MAX_STATUS_BYTES, Abort, status_of
-from server.servicer import MAX_COMPONENT_BYTES
+from server.servicer import MAX_COMPONENT_BYTES, AudioAEServicer, _queued, _took
 
 CODE = grpc.StatusCode
 TOL = 2e-5  # float32 rounding of batched vs single matrix products
@@ -236,6 +237,17 @@ def test_deadline_exceeded_drops_the_queued_job(server, client):
         lambda: (server.metrics.registry.get_sample_value("audioae_dropped_jobs_total") or 0.0) >= dropped + 1
     )
 
+
+
+def test_deadline_messages_count_and_time_in_words_that_say_something():
+    """Were "(1 requests queued)" and, for a short deadline, "(0.0 s after it came)". A client rarely
+    reads them (its own deadline fires first and it says "Deadline Exceeded"), so they are checked here."""
+    assert [_queued(n) for n in (0, 1, 2)] == ["0 requests queued", "1 request queued", "2 requests queued"]
+    assert [_took(s) for s in (0.0, 0.0404, 0.9994, 0.9996, 2.46)] == ["0 ms", "40 ms", "999 ms", "1.0 s", "2.5 s"]
+    job = Job("decompose", 1.0)  # enqueued now: well under a second before the message
+    said = AudioAEServicer._ended_while_working(CODE.DEADLINE_EXCEEDED, job, "stopped at component 2 of 5").message
+    assert re.fullmatch(r"the deadline passed while the device worked on the request \(\d+ ms after it came; "
+                        r"stopped at component 2 of 5\): allow more time for this much audio", said), said
 
 def _long_denoise():
     x = _noisy(150, 1000, channels=8)  # 1,200 channel-seconds: the long path, 2.4 MB of int16

@@ -324,3 +324,47 @@ def test_a_stream_message_protobuf_cannot_parse_ends_it_with_the_audio_before_it
             assert np.concatenate(list(c.stream([x], SR, 1)), -1).shape == (1, SR)
     finally:
         srv.stop()
+
+
+BAD_MESSAGES = {  # a bad message after two good chunks of audio, and what the server says of it
+    "bytes not whole frames": (pb.StreamDenoiseRequest(audio=b"\x00" * 7),
+                               "audio chunk 3 (the 4th message): 7 bytes is not a whole number of 1-channel "
+                               "float32 frames (4 bytes each)"),
+    "NaN samples": (_audio(np.array([0.1, np.nan, 0.2], np.float32)),
+                    "audio chunk 3 (the 4th message): the audio contains NaN or Inf samples"),
+    "a second StreamConfig": (_config(), "the 4th message is a StreamConfig: only the first message may be one; "
+                                         "the rest carry audio"),
+    "an empty message": (pb.StreamDenoiseRequest(), "the 4th message is empty (neither audio nor a StreamConfig); "
+                                                    "send audio bytes"),
+}
+
+
+def test_a_bad_message_mid_stream_ends_it_with_the_audio_before_it_answered(tiny):
+    """Was INVALID_ARGUMENT at once: the 12-25 ms the model still held for the chunks before a bad
+    one (its tail) never came back, where a message protobuf cannot parse had it answered first.
+    Now every message refused mid-stream ends it that way, with the same message as before + the
+    note. With no audio before it there is nothing to answer, and no note."""
+    srv = _server(tiny)
+    try:
+        x = _speech(1.0)
+        want = denoise(load_checkpoint(tiny), x, SR)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            for case, (bad, said) in BAD_MESSAGES.items():
+                msgs = [_config(), _audio(x[:8000]), _audio(x[8000:]), bad, _audio(x)]
+                got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=60))
+                assert err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err)
+                assert err.details() == said + "; the audio before it was answered", (case, err.details())
+                y = _samples(got)  # the two chunks before it, the model's tail included; nothing of the 5th
+                assert len(y) == SR and got[-1].samples_in == got[-1].samples_out == SR, case
+                np.testing.assert_allclose(y, want, atol=1e-4, err_msg=case)
+            nan_first = [_config(), BAD_MESSAGES["NaN samples"][0], _audio(x)]  # no audio before it
+            got, err = _collect(stub.StreamDenoise(iter(nan_first), timeout=60))
+            assert got == [] and err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            assert err.details() == "audio chunk 1 (the 2nd message): the audio contains NaN or Inf samples"
+        count = srv.metrics.registry.get_sample_value
+        assert count("audioae_requests_total", {"method": "StreamDenoise", "code": "INVALID_ARGUMENT"}) == 5
+        with Client(f"127.0.0.1:{srv.port}") as c:  # the server goes on
+            assert np.concatenate(list(c.stream([x], SR, 1)), -1).shape == (1, SR)
+    finally:
+        srv.stop()
