@@ -1067,8 +1067,8 @@ def check_resample(orig_sr: int, new_sr: int, *, target: str = "", realtime: boo
     if served and size <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES:
         raise AudioError(
             f"a sample rate of {orig_sr} Hz is not resampled to {target}{new_sr} Hz by a server: {reduced} (a "
-            f"server takes at most {most}: each new rate's filter would cost it seconds and tens of MB); denoise the "
-            f"file offline instead (audioae denoise takes it), or resample the audio to a standard rate such as "
+            f"server takes at most {most}: each new rate's filter would cost it seconds and tens of MB); work on the "
+            f"file offline instead (audioae denoise and audioae decompose take it), or resample the audio to a standard rate such as "
             f"16000, 44100 or 48000 Hz first")
     if realtime and size <= MAX_OFFLINE_RESAMPLE_FILTER_BYTES:
         raise AudioError(

@@ -750,8 +750,10 @@ def _check_served_model(client, cmd: str, name: str) -> None:
     target = name or info["default_denoiser"]
     if cmd == "stream" and target in served and "StreamDenoise" not in served[target]["rpcs"]:
         streams = ", ".join(n for n, m in served.items() if "StreamDenoise" in m["rpcs"]) or "none"
-        raise ValueError(f"model {target!r} cannot stream (it is not causal): `audioae client denoise` takes the "
-                         f"whole file at once; the models this server streams with (--model): {streams}")
+        why = ("cannot stream (it is not causal): `audioae client denoise` takes the whole file at once"
+               if "Denoise" in served[target]["rpcs"] else
+               f"does not denoise audio (it serves {', '.join(served[target]['rpcs'])})")
+        raise ValueError(f"model {target!r} {why}; the models this server streams with (--model): {streams}")
     if name and "Decompose" in served.get(name, {}).get("rpcs", []):
         log.warning("%s is a decomposition model (a plain sparse autoencoder): its output is its "
                     "reconstruction of the input, noise included, not a denoised copy", name)

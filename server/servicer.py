@@ -116,11 +116,12 @@ def _nth(n: int) -> str:
 class _StreamCut(Exception):
     """A stream the server ends before its client does (a drain, an idle client, the length limit,
     any message refused after the StreamConfig: oversized, unparsable, a bad audio chunk, ...): its
-    tail is answered first, then the call ends with ``code``."""
+    tail is answered first, then the call ends with ``code``. ``refused``: a message refused, whose
+    ``message`` then says that the audio before it was answered, where there was some."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, by_drain: bool = False):
+    def __init__(self, code: grpc.StatusCode, message: str, by_drain: bool = False, refused: bool = False):
         super().__init__(message)
-        self.code, self.message, self.by_drain = code, message, by_drain
+        self.code, self.message, self.by_drain, self.refused = code, message, by_drain, refused
 
 
 DRAIN_POLL_SECONDS = 0.5  # how often a stream waiting for its client looks at the drain
@@ -322,8 +323,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if check is not None:
                 check(*declared)
         wav, sr, form = audio_from_message(audio, name, read=self.codecs.read)
-        if declared is None or declared[2] != sr:  # a header the codecs could not read ahead
-            check_resample(sr, model_sr, target="the model's ", served=True)
+        check_resample(sr, model_sr, target="the model's ", served=True)  # a header the codecs could not read ahead
         _check_channels(wav.shape[0], name)
         self._check_seconds(wav.shape[-1] / sr, wav.shape[0])
         if check is not None:
@@ -453,28 +453,24 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 if msg is None:  # the client half-closed: the tail below
                     break
                 nth = f"the {_nth(i + 1)} message"
-                # Any message refused here ends the stream with the audio before it answered first, the
-                # model's tail included (_StreamCut): a bad audio chunk, a second StreamConfig or an empty
-                # message lost that tail until 2026-12-07, where an oversized or unparsable one had it.
-                before = "; the audio before it was answered" if n_in else ""
+                # Until 2026-12-07 a bad audio chunk, a second StreamConfig or an empty message lost
+                # the tail of the audio before it, where an oversized or unparsable one had it.
                 if isinstance(msg, Oversized):
-                    raise _StreamCut(EXHAUSTED, msg.refusal(nth) + before)
+                    raise _StreamCut(EXHAUSTED, msg.refusal(nth), refused=True)
                 if isinstance(msg, Unparsed):
-                    raise _StreamCut(INVALID, f"{nth}: {msg.refusal()}" + before)
+                    raise _StreamCut(INVALID, f"{nth}: {msg.refusal()}", refused=True)
                 if msg.WhichOneof("msg") == "config":
-                    raise _StreamCut(
-                        INVALID,
-                        f"{nth} is a StreamConfig: only the first message may be one; the rest carry audio" + before,
-                    )
+                    raise _StreamCut(INVALID, f"{nth} is a StreamConfig: only the first message may be one; the "
+                                              f"rest carry audio", refused=True)
                 if msg.WhichOneof("msg") is None:
-                    raise _StreamCut(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes"
-                                     + before)
+                    raise _StreamCut(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes",
+                                     refused=True)
                 chunk = f"audio chunk {i} ({nth})"
                 try:
                     x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
                     check_levels(x, chunk)
-                except AudioError as exc:  # the chunks before it were good: answered first, as above
-                    raise _StreamCut(INVALID, str(exc) + before) from None
+                except AudioError as exc:
+                    raise _StreamCut(INVALID, str(exc), refused=True) from None
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]
@@ -493,7 +489,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 yield self._tail(den, cfg, n_in, n_out, sm.name)
             if cut.by_drain:
                 self.gate.stream_ended_by_drain()
-            raise Abort(cut.code, cut.message) from None
+            answered = "; the audio before it was answered" if cut.refused and n_in else ""
+            raise Abort(cut.code, cut.message + answered) from None
         yield self._tail(den, cfg, n_in, n_out, sm.name)  # raises AudioError when no audio came at all
 
     def _push(self, den: StreamingDenoiser, x: np.ndarray) -> np.ndarray:

@@ -291,11 +291,15 @@ def test_cli_client_stream_of_a_model_that_cannot_stream_names_the_command_to_us
                                f"client denoise` takes the whole file at once; the models this server streams with "
                                f"(--model): tiny"), err
         assert "decomposition model" not in caplog.text and not (tmp_path / "in.denoised.wav").exists()
-    srv = _start(models=(str(model_dir / "conv.safetensors"),))  # its default denoiser is offline
+    save_checkpoint(build_model("image", {}), tmp_path / "img.safetensors")
+    srv = _start(models=(str(model_dir / "conv.safetensors"), str(tmp_path / "img.safetensors")))  # no causal denoiser
     try:
         assert cli_main([*base[:4], f"127.0.0.1:{srv.port}"]) == 2
         assert "error: model 'conv' cannot stream (it is not causal): `audioae client denoise` takes the whole " \
                "file at once; the models this server streams with (--model): none" in capsys.readouterr().err
+        assert cli_main([*base[:4], f"127.0.0.1:{srv.port}", "--model", "img"]) == 2  # neither denoises audio
+        assert "error: model 'img' does not denoise audio (it serves Encode, Decode); the models this server " \
+               "streams with (--model): none" in capsys.readouterr().err
     finally:
         srv.stop()
     assert cli_main([*base, "--model", "tiny"]) == 0  # one that streams, named or not

@@ -477,11 +477,12 @@ def test_a_rate_only_offline_work_takes_is_refused_by_the_server(client):
         ("Denoise", pb.DenoiseRequest(model="tiny", audio=_pcm(np.zeros(4406, "<f4").tobytes(), sr=44056))),
         ("Denoise", pb.DenoiseRequest(model="tiny", audio=pb.Audio(encoded=wav.getvalue()))),
         ("Encode", pb.EncodeRequest(model="tiny", audio=_pcm(np.zeros(4406, "<f4").tobytes(), sr=44056))),
+        ("Decompose", pb.DecomposeRequest(model="dict", audio=pb.Audio(encoded=wav.getvalue()))),
     ):
         code, msg = _code(getattr(client.stub, rpc), req, timeout=30)
         assert code == CODE.INVALID_ARGUMENT, msg
         assert "44056 Hz is not resampled to the model's 16000 Hz by a server" in msg, msg
-        assert "denoise the file offline instead (audioae denoise takes it)" in msg, msg
+        assert "work on the file offline instead (audioae denoise and audioae decompose take it)" in msg, msg
     cfg = pb.StreamConfig(model="tiny", sample_rate=44056, channels=1, format=pb.FLOAT32)
     code, msg = _code(lambda: list(client.stub.StreamDenoise(iter([pb.StreamDenoiseRequest(config=cfg), _AUDIO]),
                                                               timeout=30)))
