@@ -20,6 +20,7 @@ import numbers
 import os
 import re
 import stat
+import struct
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -76,7 +77,7 @@ class AudioInfo:
     format: str  # soundfile container, e.g. "WAV"
     subtype: str  # soundfile subtype, e.g. "PCM_16"
     cut: CutShort | None = None  # a file holding less audio than its header claims (cut_short)
-    kbps: float | None = None  # an MP3's, Opus's or Vorbis's mean bitrate, which its answer keeps (coded_kbps)
+    kbps: float | None = None  # an MP3's or Opus's mean bitrate, a Vorbis's nominal one: its answer keeps it (coded_kbps)
 
 
 def whole_hz(sr: float, name: str = "audio") -> int:
@@ -735,10 +736,11 @@ def _cbr_keeps_length(sr: int, channels: int, level: float) -> bool:
 
 def mp3_compression(kbps: float, sr: int) -> float:
     """libsndfile's MP3 compression level for a constant bitrate near ``kbps`` at ``sr``: it maps
-    level 0..1 linearly onto its bitrates, 320..32 kbps from 32 kHz up (MPEG-1) and 160..8 below
-    (MPEG-2), and takes the nearest in the standard's table (tests/test_batch.py checks outputs
-    against their inputs' bitrates). Its level 1 is refused: at most 0.99."""
-    top, bottom = (320.0, 32.0) if sr >= 32000 else (160.0, 8.0)
+    level 0..1 linearly onto its bitrates, 320..32 kbps from 32 kHz up (MPEG-1), 160..8 at 16 to
+    24 kHz (MPEG-2) and 64..8 below (MPEG-2.5: 8, 11.025 and 12 kHz; read as MPEG-2's, a 64 kbps
+    phone memo came back at 24), and takes the nearest in the standard's table (tests/test_batch.py
+    checks outputs against their inputs' bitrates). Its level 1 is refused: at most 0.99."""
+    top, bottom = (320.0, 32.0) if sr >= 32000 else (160.0, 8.0) if sr >= 16000 else (64.0, 8.0)
     return min(0.99, max(0.0, (top - kbps) / (top - bottom)))
 
 
@@ -781,8 +783,10 @@ _VORBIS_KBPS = {  # sample rate: (1 channel, 2 channels, 6 channels)
 }
 
 
-def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
-    """libsndfile's Ogg Vorbis compression level for a mean bitrate near ``kbps``. libsndfile codes
+def vorbis_mean_compression(kbps: float, sr: int, channels: int) -> float:
+    """libsndfile's Ogg Vorbis compression level for a mean bitrate near ``kbps``, for a file
+    whose header names no nominal bitrate (:func:`vorbis_compression`; libvorbis names none from
+    96 kHz up). libsndfile codes
     Vorbis at quality 1 - level (default level 0.6), whose bitrate depends on the sample rate and
     the channels far more than on the signal: :data:`_VORBIS_KBPS` holds it, measured, for one
     channel, two (coupled stereo) and six (5.1, coupled: from 44.1 kHz up, 0.4-0.8x six times one by level)
@@ -819,6 +823,79 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     return float(np.clip(np.interp(kbps, falling[::-1], np.linspace(1.0, 0.0, 11)), 0.0, 1.0))
 
 
+VORBIS_LEVELS = np.linspace(0.0, 1.0, 11)  # the compression levels whose nominal bitrates are asked
+
+
+@functools.lru_cache(maxsize=64)
+def _vorbis_nominal_by_level(sr: int, channels: int) -> tuple[float, ...]:
+    """The nominal kbit/s libvorbis writes in its header at each of :data:`VORBIS_LEVELS` for
+    ``sr`` and ``channels``, asked of a few silent frames (it depends on the quality, the rate and
+    the channels alone, not on the audio): falling with the level. All 0 where it cannot be asked:
+    above :data:`MAX_VORBIS_RATE` (libvorbis would crash), or where libsndfile refuses to encode."""
+    if sr > MAX_VORBIS_RATE:
+        return (0.0,) * len(VORBIS_LEVELS)
+    kbps = []
+    for level in VORBIS_LEVELS:
+        buf = io.BytesIO()
+        try:
+            with sf.SoundFile(buf, "w", sr, channels, format="OGG", subtype="VORBIS",
+                              compression_level=float(level)) as f:
+                f.write(np.zeros((64, channels), np.float32))
+        except (sf.LibsndfileError, RuntimeError, ValueError):
+            return (0.0,) * len(VORBIS_LEVELS)
+        kbps.append(vorbis_nominal_kbps(buf.getvalue()) or 0.0)
+    return tuple(kbps)
+
+
+def vorbis_nominal_kbps(source: str | os.PathLike | bytes) -> float | None:
+    """The nominal bitrate (kbit/s) in an Ogg Vorbis file's identification header, which names the
+    quality it was coded at (libvorbis writes the one of its quality, rate and channels, whatever
+    the audio); None where there is none."""
+    if isinstance(source, bytes | bytearray):
+        head = bytes(source[:4096])
+    else:
+        try:
+            with open(fs_path(source), "rb") as fh:
+                head = fh.read(4096)
+        except OSError:
+            return None
+    at = head.find(b"\x01vorbis")
+    if at < 0 or len(head) < at + 7 + 21:
+        return None
+    _version, _channels, _rate, _top, nominal, _bottom = struct.unpack_from("<IBIiii", head, at + 7)
+    return nominal / 1000 if nominal > 0 else None
+
+
+def vorbis_kbps(source: str | os.PathLike | bytes | None, mean: float, sr: int, channels: int) -> float:
+    """The kbit/s :func:`vorbis_compression` takes for a Vorbis input whose audio's mean bitrate is
+    ``mean``: the nominal bitrate its header names (the one libvorbis writes for its quality), or
+    for a header that names none the nominal one of the quality whose mean comes nearest (the
+    white-noise table); where libvorbis names no nominal bitrate at this rate (from 96 kHz up),
+    the mean."""
+    by_level = _vorbis_nominal_by_level(sr, channels)
+    if not all(by_level):
+        return mean
+    named = vorbis_nominal_kbps(source) if source is not None else None
+    return named or float(np.interp(vorbis_mean_compression(mean, sr, channels), VORBIS_LEVELS, by_level))
+
+
+def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
+    """libsndfile's Ogg Vorbis compression level whose nominal bitrate is ``kbps`` at ``sr`` and
+    ``channels`` (:func:`vorbis_kbps`, which :func:`coded_kbps` gives for a Vorbis input, so that
+    its output is coded at its quality); where libvorbis names no nominal bitrate (from 96 kHz
+    up), ``kbps`` is a mean bitrate (:func:`vorbis_mean_compression`). libsndfile codes Vorbis at
+    quality 1 - level; libvorbis's nominal bitrate names that quality for the rate and channels
+    whatever the audio, where the mean bitrate does not: the table of means measured on white noise,
+    used alone until 2026-12-07, sent speech (which codes lower) back at a lower quality, level 0.92
+    for a speech file coded at 0.6. Within 0..1: a bitrate beyond the quality range's gets its end
+    (tests/test_batch.py checks outputs against their inputs' nominal bitrates and sizes)."""
+    by_level = np.array(_vorbis_nominal_by_level(sr, channels))
+    if not by_level.all():
+        return vorbis_mean_compression(kbps, sr, channels)
+    falling = np.minimum.accumulate(by_level)  # np.interp wants it monotonic
+    return float(np.clip(np.interp(kbps, falling[::-1], VORBIS_LEVELS[::-1]), 0.0, 1.0))
+
+
 class HeldAudio(NamedTuple):
     """What a file holds, beyond what its header says (:func:`held_audio`)."""
 
@@ -837,18 +914,21 @@ def held_audio(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) ->
     cut = cut_short(f, scan, source)
     guessed = scan is not None and scan.held is not None and (cut is not None or not scan.counted)
     frames = scan.held if guessed else f.frames
-    return HeldAudio(frames, cut, coded_kbps(f, scan, frames))
+    return HeldAudio(frames, cut, coded_kbps(f, scan, frames, source))
 
 
-def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int) -> float | None:
-    """A lossy input's mean bitrate in kbit/s, which its output keeps: its coded audio's bytes
+def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int,
+               source: str | os.PathLike | bytes | None = None) -> float | None:
+    """A lossy input's bitrate in kbit/s, which its output keeps: its coded audio's bytes
     (``scan``: :func:`scan_coded`'s, without tags, cover art or codec headers) over the ``frames``
-    it holds at ``f``'s rate; None where it is not lossy (or is a kind libsndfile writes at no
-    chosen bitrate). Counted with the cover art, an MP3's output came out at several times its
+    it holds at ``f``'s rate, for Vorbis the nominal bitrate of its quality (:func:`vorbis_kbps`,
+    from its header in ``source``); None where it is not lossy (or is a kind libsndfile writes
+    at no chosen bitrate). Counted with the cover art, an MP3's output came out at several times its
     bitrate (tests/test_batch.py::test_tags_cover_art_and_chained_files_are_told_from_the_audio)."""
     if scan is None or not frames or (f.format != "MP3" and f.subtype not in ("OPUS", "VORBIS")):
         return None
-    return 8 * scan.audio_bytes / (frames / f.samplerate) / 1000
+    mean = 8 * scan.audio_bytes / (frames / f.samplerate) / 1000
+    return vorbis_kbps(source, mean, f.samplerate, f.channels) if f.subtype == "VORBIS" else mean
 
 
 def write_frames(f: sf.SoundFile, data: np.ndarray) -> None:

@@ -1276,6 +1276,28 @@ def test_an_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
         assert decoded[0] == decoded[1], (name, decoded)  # (a header without the tag only estimates the frames)
 
 
+
+def test_an_8_khz_phone_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
+    """MPEG-2.5 (8, 11.025 and 12 kHz: phone and dictaphone MP3s) spans 8..64 kbps in libsndfile's
+    levels, not MPEG-2's 8..160: a 64 kbps 8 kHz voice memo came back at 24 kbps, a 32 kbps one at
+    16 (0.35-0.75x the input's bytes)."""
+    from audioae.data.synthetic import speech_like
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for sr, level in ((8000, 0.0), (8000, 0.43), (11025, 0.0), (12000, 0.71)):  # 64, 40, 64, 24 kbps
+        x = (0.3 * speech_like(rng, 6.0, sr) + 0.03 * noise(rng, 6.0, sr)).astype(np.float32)
+        with sf.SoundFile(src / f"memo-{sr}-{level}.mp3", "w", sr, 1, format="MP3", compression_level=level,
+                          bitrate_mode="CONSTANT") as f:
+            f.write(x)
+    assert run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))["ok"] == 4
+    for path in sorted(src.iterdir()):
+        size_in, size_out = path.stat().st_size, (tmp_path / "out" / path.name).stat().st_size
+        assert 0.8 < size_out / size_in < 1.25, (path.name, size_in, size_out)
+        decoded = [len(sf.read(p, dtype="float32")[0]) for p in (path, tmp_path / "out" / path.name)]
+        assert decoded[0] == decoded[1], (path.name, decoded)
+
 def _cut_short_copies(src: Path) -> None:
     """In ``src``: WAV, AIFF, AU and MP3 copies cut to half their bytes (headers claiming all of it:
     the MP3's Xing frame counts its frames), a complete WAV, and a complete WAV whose data size is a
@@ -1509,6 +1531,31 @@ def test_vorbis_is_encoded_near_the_bitrate_asked(sr, channels, level):
     assert 0.75 < len(answer) / len(question) < 1.33, (len(question), len(answer))
 
 
+
+def _vorbis_nominal(path: Path) -> int:
+    """The nominal bit/s in an Ogg Vorbis file's identification header (the quality it was coded at)."""
+    import struct
+
+    head = path.read_bytes()[:4096]
+    at = head.index(b"\x01vorbis")
+    return struct.unpack_from("<IBIiii", head, at + 7)[4]
+
+
+def test_a_vorbis_speech_recording_comes_back_at_its_quality(tmp_path, causal_ckpt):
+    """The level was chosen from a table of mean bitrates measured on white noise; speech codes
+    lower than noise at one quality, so real speech (the shipped example) coded at libsndfile's
+    default level 0.6 came back at 0.92 (mono) or 0.8 (stereo): a lossier copy. The nominal
+    bitrate in the header names the quality whatever the audio: the output's equals the input's."""
+    x, sr = sf.read(REPO / "audioae/pretrained/examples/voice-effects-5dB-stereo-44k.wav", dtype="float32")
+    src = tmp_path / "in"
+    src.mkdir()
+    for ch, level in ((1, 0.6), (2, 0.6), (2, 0.25)):
+        sf.write(src / f"speech-{ch}ch-{level}.ogg", x[:, :ch], sr, format="OGG", subtype="VORBIS",
+                 compression_level=level)
+    assert run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))["ok"] == 3
+    for path in sorted(src.iterdir()):
+        assert _vorbis_nominal(tmp_path / "out" / path.name) == _vorbis_nominal(path), path.name
+
 def _id3v2(payload: bytes) -> bytes:
     """An ID3v2.3 tag around ``payload`` (its size 7 bits a byte, "synchsafe")."""
     n = len(payload)
@@ -1610,3 +1657,48 @@ def test_a_script_without_a_main_guard_is_told_why_its_workers_stop(tmp_path, ca
     errors = json.loads(run.stdout.strip().splitlines()[-1])
     assert errors and all('from a script, call run_denoise under if __name__ == "__main__":' in e["error"]
                           for e in errors), errors
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_an_input_cut_short_while_it_is_denoised_fails_and_leaves_no_output(tmp_path, causal_ckpt, bidir_ckpt, kind):
+    """A file cut short (a copy started over it, a recorder still writing) while it was read gave an
+    output of the part read, reported "ok" with the full duration its header gave when opened (a
+    5-minute WAV truncated mid-job came back 90 s long, "1 denoised"). It fails now, says why, and
+    leaves nothing under its output's name; the next run tries it again."""
+    from audioae.batch import process
+
+    src = tmp_path / "in" / "take.wav"
+    src.parent.mkdir()
+    sf.write(src, noisy_signal(np.random.default_rng(0), 2.0, 16000, 1), 16000, subtype="PCM_16")
+    task = FileTask(str(src), str(tmp_path / "out" / "take.wav"), "take.wav")
+    model = load_checkpoint(causal_ckpt if kind == "causal" else bidir_ckpt)
+    den = FileDenoiser(model, block_seconds=0.25)
+    before = process.source_state(task.input)
+    with process._open(task, None) as f:  # opened, header read: then the file is cut to half
+        held = process._check_header(task, f, None)
+        os.truncate(src, src.stat().st_size // 2)
+        r = den._run_open(task, f, held, time.perf_counter(), before)
+    assert r.status == "error", r
+    assert "went from 64,044 to 32,022 bytes while it was being denoised" in r.error
+    assert not Path(task.output).exists() and not parts(tmp_path / "out")
+    # as it is now, it is denoised whole, and its result says which input it was made from
+    r = den.run(task)
+    assert r.status == "ok" and sf.info(task.output).frames == sf.info(src).frames == 16000 - 11
+    assert (r.input_size, r.input_mtime_ns) == (src.stat().st_size, src.stat().st_mtime_ns)
+
+
+def test_an_input_rewritten_in_place_while_it_is_denoised_fails(tmp_path, causal_ckpt):
+    """Same size, other samples (a take saved again over the file): the output would mix the two."""
+    from audioae.batch import process
+
+    src = tmp_path / "take.wav"
+    sf.write(src, noisy_signal(np.random.default_rng(0), 1.0, 16000, 1), 16000)
+    task = FileTask(str(src), str(tmp_path / "out" / "take.wav"), "take.wav")
+    den = FileDenoiser(load_checkpoint(causal_ckpt), block_seconds=0.25)
+    before = process.source_state(task.input)
+    with process._open(task, None) as f:
+        held = process._check_header(task, f, None)
+        os.utime(src, ns=(before.mtime_ns + 10**9, before.mtime_ns + 10**9))
+        r = den._run_open(task, f, held, time.perf_counter(), before)
+    assert r.status == "error" and "was modified while it was being denoised" in r.error
+    assert not Path(task.output).exists()

@@ -257,8 +257,9 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                                               **_source_of(t, inputs_then, changed_inputs)))
                 manifest.write(results[-1])
             for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
-                if r.status == "ok":
-                    r = dataclasses.replace(r, **dataclasses.asdict(now), **inputs_now.get(r.input, {}))
+                if r.status == "ok":  # the input as the engine opened it (checked unchanged), else as found before
+                    made_from = {} if r.input_size is not None else inputs_now.get(r.input, {})
+                    r = dataclasses.replace(r, **dataclasses.asdict(now), **made_from)
                 elif r.input in made and Path(r.output).is_file():  # failed, over an earlier run's output
                     r = dataclasses.replace(r, error=f"{r.error} (the output an earlier run made is left as it was)",
                                             **dataclasses.asdict(made[r.input]))

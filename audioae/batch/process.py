@@ -13,6 +13,7 @@ moment leaves either a complete output or a ``.part`` file, never a half-written
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import logging
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -71,9 +73,42 @@ BATCH_FILES = 16  # causal models; non-causal ones go one by one
 BATCH_MAX_TOTAL = BATCH_FILES * BATCH_MAX_SECONDS
 
 
-def _open(task: FileTask, data: bytes | None) -> sf.SoundFile:
-    """Open the input from its path, or from bytes a read stage already fetched."""
-    if data is None and not os.path.exists(task.input):  # libsndfile would say "System error."
+class SourceState(NamedTuple):
+    """What says an input is still the file that was opened: its size and modification time (not
+    its inode, which some network and FUSE mounts do not keep stable between two stats)."""
+
+    size: int
+    mtime_ns: int
+
+
+def source_state(path: str) -> SourceState | None:
+    """The input at ``path`` as :class:`SourceState`, None when it cannot be stat'ed (its open says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return SourceState(st.st_size, st.st_mtime_ns)
+
+
+def check_unchanged(path: str, before: SourceState | None) -> None:
+    """Raise :class:`AudioError` when the input at ``path`` is no longer the file it was before it
+    was opened: a file cut short, rewritten or still being recorded while it was read gave an
+    output of part of it, recorded as denoised in full."""
+    if before is None:
+        return
+    now = source_state(path)
+    if now == before:
+        return
+    what = ("is gone" if now is None else f"went from {before.size:,} to {now.size:,} bytes"
+            if now.size != before.size else "was modified")
+    raise AudioError(f"{path}: the file {what} while it was being denoised (still being recorded or copied?): "
+                     f"its output was not kept; run again once it is complete to denoise it as it is then")
+
+
+def _open(task: FileTask, data: bytes | None, before: SourceState | None = None) -> sf.SoundFile:
+    """Open the input from its path, or from bytes a read stage already fetched; ``before``: its
+    :func:`source_state`, when the caller asked (one stat of the file, not two)."""
+    if data is None and before is None and not os.path.exists(task.input):  # libsndfile would say "System error."
         if os.path.islink(task.input):
             try:
                 os.stat(task.input)
@@ -140,6 +175,7 @@ class _Decoded:
     tags: dict[str, str]
     kbps: float | None = None  # an MP3's, Opus's or Vorbis's bitrate, for its output's (open_for_writing)
     warning: str = ""  # _check_header's
+    made_from: dict[str, int] = dataclasses.field(default_factory=dict)  # FileResult's input_size, input_mtime_ns
 
     @property
     def channel_seconds(self) -> float:
@@ -263,26 +299,31 @@ class FileDenoiser:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
         t0 = time.perf_counter()
         try:
-            with _open(task, data) as f:
-                return self._run_open(task, f, _check_header(task, f, data), t0)
+            before = source_state(task.input) if data is None else None  # bytes a read stage fetched cannot change
+            with _open(task, data, before) as f:
+                return self._run_open(task, f, _check_header(task, f, data), t0, before)
         except Exception as exc:  # one bad file must never stop the job
             return _failed(task, exc, t0)
 
-    def _run_open(self, task: FileTask, f: sf.SoundFile, held: HeldAudio, t0: float) -> FileResult:
-        """:meth:`run` of a file opened and checked."""
+    def _run_open(self, task: FileTask, f: sf.SoundFile, held: HeldAudio, t0: float,
+                  before: SourceState | None = None) -> FileResult:
+        """:meth:`run` of a file opened and checked; ``before``: its :func:`source_state` from
+        before it was opened (None: read from bytes, which do not change)."""
         duration = held.frames / f.samplerate
         try:
             if self.model.causal:
-                self._stream(task, f, held.kbps)
+                self._stream(task, f, held.kbps, before)
             else:
-                self._whole(task, f, held.kbps)
+                self._whole(task, f, held.kbps, before)
         except Exception as exc:  # one bad file must never stop the job
             return _failed(task, exc, t0, duration)
+        made_from = {} if before is None else {"input_size": before.size, "input_mtime_ns": before.mtime_ns}
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
-                          warning=_warning(task, held))
+                          warning=_warning(task, held), **made_from)
 
     @torch.inference_mode()
-    def _stream(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None) -> None:
+    def _stream(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None,
+                before: SourceState | None = None) -> None:
         sr, channels = f.samplerate, f.channels
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         s = StreamingDenoiser(self.model, sr, channels, strength=self.strength, realtime=False)  # blocks of seconds
@@ -293,14 +334,18 @@ class FileDenoiser:
                 check_levels(x, task.input)
                 writer.write(s.push(x))  # [C, m], m may be 0
             writer.write(s.finish())  # [C, rest]
+            check_unchanged(task.input, before)  # before the output takes its name
             writer.commit()
         except BaseException:
             writer.abort()
             raise
 
-    def _whole(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None) -> None:
+    def _whole(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None,
+               before: SourceState | None = None) -> None:
         fmt, subtype = output_format(f.format, f.subtype, task.input)
-        y = denoise(self.model, _read_whole(task, f), f.samplerate, strength=self.strength)  # [C, T]
+        wav = _read_whole(task, f)  # [C, T]
+        check_unchanged(task.input, before)
+        y = denoise(self.model, wav, f.samplerate, strength=self.strength)  # [C, T]
         self._write_whole(task, y, f.samplerate, fmt, subtype, f.copy_metadata(), kbps)
 
     @staticmethod
@@ -330,12 +375,13 @@ class FileDenoiser:
         for task, data in items:
             t0 = time.perf_counter()
             try:
-                with _open(task, data) as f:
+                before = source_state(task.input) if data is None else None
+                with _open(task, data, before) as f:
                     held = _check_header(task, f, data)
                     if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
-                        done = self._run_open(task, f, held, t0)  # long: streams, bounded memory
+                        done = self._run_open(task, f, held, t0, before)  # long: streams, bounded memory
                     else:
-                        done = self._decode(task, data, f, t0, held)
+                        done = self._decode(task, data, f, t0, held, before)
             except Exception as exc:
                 yield FileResult(task.input, task.output, "error", _error_text(exc), time.perf_counter() - t0)
                 continue
@@ -347,15 +393,18 @@ class FileDenoiser:
         for group in self._groups(short):
             yield from self._batch(group)
 
-    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, held: HeldAudio) -> _Decoded:
+    def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, held: HeldAudio,
+                before: SourceState | None = None) -> _Decoded:
         """A short file read whole, with every check its batch would make (a clip the batch
         refused would fail its neighbours too): samples (as it is read), channel count, resampling."""
         fmt, subtype = output_format(f.format, f.subtype, task.input)
         wav = _read_whole(task, f)  # [C, T]
+        check_unchanged(task.input, before)
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
+        made_from = {} if before is None else {"input_size": before.size, "input_mtime_ns": before.mtime_ns}
         return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata(),
-                        held.kbps, _warning(task, held))
+                        held.kbps, _warning(task, held), made_from)
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``
@@ -395,7 +444,8 @@ class FileDenoiser:
                                  duration)
                 continue
             yield FileResult(d.task.input, d.task.output, "ok", "",
-                             d.read_seconds + share + time.perf_counter() - t1, duration, warning=d.warning)
+                             d.read_seconds + share + time.perf_counter() - t1, duration, warning=d.warning,
+                             **d.made_from)
 
     def _retry(self, group: list[_Decoded], out_of_memory: bool, why: str) -> Iterator[FileResult]:
         """After a failed batch: a batch of several files splits into batches of one; one file alone
