@@ -57,7 +57,7 @@ MAX_SAMPLE_RATE = 384_000
 # (44056 Hz) needs 44 MB. Until 2026-12-07 the bound was the reduced rates' product (1,000,000),
 # which refused 47952 and 5512 Hz too. A bound per path: a filter's cost is paid per call, in
 # context blocks of orig/g samples, so small real-time calls pay it many times a second (44056 Hz:
-# 76 ms per 10 ms call) where a file's seconds-long calls do not (44056 Hz: 48x real time offline;
+# 82 ms per 10 ms call) where a file's seconds-long calls do not (44056 Hz: 50x real time offline;
 # benchmarks/odd_rates.py, benchmarks/results/odd-rates.json).
 MAX_RESAMPLE_FILTER_BYTES = 16_000_000  # real-time streams (the server's, StreamingDenoiser's default)
 # Offline (files, denoise, the folder tool): twice a kept pair at this size is 128 MB of the 8
@@ -1132,8 +1132,8 @@ def check_resample(orig_sr: int, new_sr: int, *, target: str = "", realtime: boo
     caller goes there and back, and the way back's bank can be the larger (16000 -> 24790 Hz).
     ``realtime``: for a stream of small calls that must keep up (:data:`MAX_RESAMPLE_FILTER_BYTES`);
     else offline, a file or a clip (:data:`MAX_OFFLINE_RESAMPLE_FILTER_BYTES`). ``served``: any call
-    to a server, held to the stream's bound too: a bank of 44-64 MB costs a shared server 1.2-1.9 s
-    and its memory per new rate pair, which tiny requests at odd rates could make it pay at will
+    to a server, held to the stream's bound too: a bank of 44-64 MB costs a shared server 0.8-1.2 s
+    and its memory per new rate pair (benchmarks/odd_rates.py), which tiny requests at odd rates could make it pay at will
     (docs/serving.md, "Resampling ratio")."""
     size = max(resample_filter_bytes(orig_sr, new_sr), resample_filter_bytes(new_sr, orig_sr))
     limit = MAX_RESAMPLE_FILTER_BYTES if realtime or served else MAX_OFFLINE_RESAMPLE_FILTER_BYTES
@@ -1190,7 +1190,8 @@ def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int
                        stop: Callable[[], None] | None = None, block: int = 1 << 20) -> torch.Tensor:
     """:func:`resample`, in blocks of about ``block`` input samples, ``stop()`` called before each
     block after the first: it may raise to end the work (a 550 s recording's resample from 44.1 kHz,
-    0.3 s on one thread, ran uncut past its stop: docs/decomposition.md).
+    0.3 s on one thread, ran uncut past its stop: docs/decomposition.md). A tensor off the CPU, or
+    one of a block or less, is resampled whole, without asking ``stop``.
 
     The result is :func:`resample`'s, length included, to float rounding: each block applies the
     kept kernel of :func:`resampler` to the samples that the whole-signal convolution's strides read
@@ -1222,8 +1223,11 @@ def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int
         parts.append(y.transpose(1, 2).reshape(len(flat), -1))  # [B, b * (j1 - j0)]
     # torchaudio's length, ceil(b n / a), is computed in float32: one sample short of the exact
     # ceiling on some long inputs (16 kHz -> 44.1 kHz, 1600004 samples: 4410011). Its length is kept.
+    # It can also be one more than the strides make (48 kHz -> 16 kHz, 100,672,892 samples), where
+    # torchaudio's slice gives what there is: so does this one.
     length = int(torch.ceil(torch.as_tensor(b * n / a)))
-    return torch.cat(parts, -1)[:, :length].reshape(*x.shape[:-1], length)
+    y = torch.cat(parts, -1)[:, :length]  # [B, length or one fewer]
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def resampled(x: torch.Tensor, orig_sr: int, new_sr: int, kept=None) -> torch.Tensor:

@@ -275,7 +275,7 @@ def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, 
     waves = []
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
-        # a long input's clusters are inverted one at a time: 8 of 550 s took seconds, uncut
+        # a long input's clusters are inverted in batches: each a full-length inverse STFT, uncut
         check_stop(stop, f"decomposition stopped at cluster {lo + 1} of {len(groups)}")
         v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in groups[lo : lo + step]])  # [k, C, F, N]
         waves.append(_masked_inverse(model, spec_ri, v.div_(denom[None]), z_len))  # [k, C, T']

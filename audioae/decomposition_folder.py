@@ -228,6 +228,7 @@ def write_folder(out: str | os.PathLike | Claim, summary: dict, activations: np.
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped us matters more than this one
                 recover(out)
+                held.listed = _listed(_read_summary(out))  # recover may have finished the swap
             raise
         held.listed = _listed(summary)  # the folder's decomposition is now this one
         return [out / name for name in names]

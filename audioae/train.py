@@ -432,7 +432,7 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock.
     Each with its ``.sha256``, checked on resume (a changed byte of weights or moments loads
     without complaint otherwise), and each records ``step``: a run killed between these writes
-    leaves parts of two steps, which a resume refuses (:func:`_check_resume_steps`)."""
+    leaves parts of two steps, which a resume warns of (:func:`_check_resume_steps`)."""
     save_checkpoint(model, out / "last.safetensors", {"step": step})
     if ema is not None:
         save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step})
@@ -440,18 +440,20 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
 
 
 def _check_resume_steps(out: Path, step: int, ema: bool) -> None:
-    """ValueError unless last.safetensors (and last.ema.safetensors, whose sha256 is checked here
-    too: it loads only once the folder is changed) hold the optimizer state's ``step``."""
+    """Warn when last.safetensors (and last.ema.safetensors, whose sha256 is checked here too: it
+    loads only once the folder is changed) hold another step than the optimizer state's ``step``:
+    a run killed between the writes of one resume point (a preemption after SIGTERM's save). It
+    resumes as it always did, with a few steps' stale moments: refusing would cost the run its
+    step count, its best score and its log for what Adam forgets within a few hundred steps."""
     if ema:
         check_sha256(out / "last.ema.safetensors", (out / "last.ema.safetensors").read_bytes())
     weights = checkpoint_extra(out / "last.safetensors").get("step")
     for name, at in (("last.optim.safetensors", step),
                      ("last.ema.safetensors", checkpoint_extra(out / "last.ema.safetensors").get("step") if ema else None)):
         if at is not None and weights is not None and at != weights:
-            raise ValueError(f"{out}: last.safetensors is at step {weights} and {name} at step {at}: a resume point "
-                             f"half written (a run killed while saving it?), whose parts do not belong together; "
-                             f"restore them, or start over with --no-resume or another --out (the weights in "
-                             f"last.safetensors can seed a new run with train.init_from)")
+            log.warning("%s: last.safetensors is at step %s and %s at step %s: a resume point half written (a run "
+                        "killed while saving it?); resuming at step %s with them as they are", out, weights, name,
+                        at, step)
 
 
 # What a run writes into its folder; a run that starts over (--no-resume, or no resume point) removes

@@ -327,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             losses = fit_arrays(model, x, steps=args.round_steps, batch_size=args.batch_size, lr=float(lr),
                                 seed=args.seed * 100_003 + r)
-        except NonFiniteLoss as exc:  # the weights are the last finite step's: the round is logged as failed below
+        except NonFiniteLoss as exc:  # the weights gave that loss: the round is logged as failed below
             log.error("%s", exc)
             losses = [*exc.losses, math.nan]
         progress["round"] = r + 1
-        progress["steps"] += args.round_steps
+        progress["steps"] += len(losses) if math.isfinite(losses[-1]) else len(losses) - 1  # the steps taken
         progress["seconds"] += time.monotonic() - t0
         progress["losses"].append(float(np.mean(losses[-50:])))
         save_checkpoint(model, last, {"round": r + 1, "steps": progress["steps"]}, write_sha256=False)

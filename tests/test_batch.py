@@ -1449,7 +1449,7 @@ def test_an_ogg_cut_inside_its_header_pages_may_be_cut_short_and_says_so(tmp_pat
 
 def test_a_44056_hz_recording_is_denoised_at_its_own_rate_and_length(tmp_path, causal_ckpt):
     """44.1 kHz pulled down for NTSC video: its 44 MB resampling filter was refused everywhere,
-    for a real-time stream's sake (its 10 ms calls took 76 ms). A file is offline: denoised now,
+    for a real-time stream's sake (its 10 ms calls took 82 ms). A file is offline: denoised now,
     on the CPU's streamed blocks and the GPU path's batches (run here on the CPU) alike."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

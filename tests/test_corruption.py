@@ -109,25 +109,9 @@ def test_darkened_masks_of_a_cpu_seed_are_those_of_the_code_before_2026_12(shape
     from audioae.models.corruption import darken_patches
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1)) + 0.1  # no zero of its own
-    for gen in (torch.Generator(), torch.Generator(device=x.device)):
-        mask = (darken_patches(x, fraction, patch, gen.manual_seed(seed)) == 0).flatten(1)  # [B, ...]
-        assert [int(v) for v in mask.sum(1)] == dark
-        assert hashlib.sha256(mask.numpy().tobytes()).hexdigest()[:16] == digest
-
-
-def test_darkened_patches_draw_from_the_generator_given_on_its_device():
-    from audioae.models.corruption import darken_patches
-
-    x = torch.rand(3, 1, 12, 12) + 0.1
-    gen = torch.Generator(device=x.device).manual_seed(4)
-    state = gen.get_state()
-    with _Made() as made:
-        first = darken_patches(x, 0.3, (4, 4), gen)
-    assert not torch.equal(gen.get_state(), state)  # the corners came from this generator
-    drawn = {device for op, device, _ in made.tensors if "rand" in op}
-    assert drawn == {gen.device.type}, drawn
-    gen.set_state(state)
-    assert torch.equal(darken_patches(x, 0.3, (4, 4), gen), first)
+    mask = (darken_patches(x, fraction, patch, torch.Generator().manual_seed(seed)) == 0).flatten(1)  # [B, ...]
+    assert [int(v) for v in mask.sum(1)] == dark
+    assert hashlib.sha256(mask.numpy().tobytes()).hexdigest()[:16] == digest
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
