@@ -251,13 +251,23 @@ def _terminate_as_interrupt():
 
 def _cmd_denoise(args) -> int:
     from .batch import DenoiseOptions, run_denoise
+    from .batch.plan import MANIFEST_NAME
 
     opts = DenoiseOptions(model=_model_given(args.model), strength=args.strength, device=args.device,
                           engine=args.engine, workers=args.workers, address=args.address,
                           gpus_per_worker=args.gpus_per_worker, threads=args.threads, overwrite=args.overwrite,
                           progress=not args.no_progress)
-    with _terminate_as_interrupt():
-        s = run_denoise(args.inputs, args.out, opts)
+    try:
+        with _terminate_as_interrupt():
+            s = run_denoise(args.inputs, args.out, opts)
+    except KeyboardInterrupt as exc:  # "interrupted" alone left people unsure what a rerun would do
+        manifest = Path(args.out) / MANIFEST_NAME
+        if manifest.is_file():
+            again = ("run the same command again to go on: the files finished are skipped" if not args.overwrite
+                     else "--overwrite redoes every file when run again")
+            exc.args = (f"{str(exc) or 'Ctrl-C'}; the outputs finished so far are complete and recorded in {manifest}; "
+                        f"{again}",)
+        raise
     wall = f"{s['wall_seconds']:.1f}" if s["wall_seconds"] >= 1 else f"{s['wall_seconds']:.2f}"  # not "in 0.0 s"
     speed = (f"{s['audio_seconds']:.1f} s of audio in {wall} s ({s['realtime_factor']}x real time, "
              f"engine {s['engine']})" if s["ok"] else f"nothing denoised (engine {s['engine']})")

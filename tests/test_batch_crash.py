@@ -226,6 +226,9 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert (f"interrupted: Ctrl-C; the outputs finished so far are complete and recorded in "
+            f"{out / 'audioae-manifest.jsonl'}; run the same command again to go on: the files finished are "
+            f"skipped") in err, err[-2000:]
     left = [p.read_text() for p in (out / JOURNAL_NAME).glob("*")]
     assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"
 
