@@ -57,11 +57,11 @@ MAX_SAMPLE_RATE = 384_000
 # (44056 Hz) needs 44 MB. Until 2026-12-07 the bound was the reduced rates' product (1,000,000),
 # which refused 47952 and 5512 Hz too. A bound per path: a filter's cost is paid per call, in
 # context blocks of orig/g samples, so small real-time calls pay it many times a second (44056 Hz:
-# 82 ms per 10 ms call) where a file's seconds-long calls do not (44056 Hz: 50x real time offline;
-# benchmarks/odd_rates.py, benchmarks/results/odd-rates.json).
+# 82 ms per 10 ms call) where a file's seconds-long calls do not (44056 Hz: a whole 20 s clip's
+# denoise() ran at 50x real time; benchmarks/odd_rates.py, benchmarks/results/odd-rates.json).
 MAX_RESAMPLE_FILTER_BYTES = 16_000_000  # real-time streams (the server's, StreamingDenoiser's default)
-# Offline (files, denoise, the folder tool): twice a kept pair at this size is 128 MB of the 8
-# pairs' cache, and a bank of it costs at most a few times 44056 Hz's per sample.
+# Offline (files, denoise, the folder tool): the cache keeps 8 pairs (resampler) of up to this
+# size each, up to 512 MB a process; a bank of it costs at most a few times 44056 Hz's per sample.
 MAX_OFFLINE_RESAMPLE_FILTER_BYTES = 64_000_000
 
 
@@ -254,9 +254,15 @@ def unopened(name: str, exc: BaseException, source: str | os.PathLike | bytes, *
 
 
 # libsndfile's log of a data chunk whose size claims more than the file holds: WAV "data", AIFF
-# "SSND", AU "Data Size" (W64 and RF64 log their totals only: wide_data_claim reads their headers;
-# CAF too; Ogg, FLAC and MP3 claim no size).
+# "SSND", AU "Data Size" (CAF too; Ogg, FLAC and MP3 claim no size). W64 and RF64 say it otherwise
+# (libsndfile 1.2.2): "riff : 64104 (should be 32052)" before a W64's "data" chunk size (which
+# counts its 24-byte header); "Calculated frame count 7987 does not match value from 'ds64' chunk
+# of 16000" for an RF64, whose own "data" size says 0xFFFFFFFF.
 _DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)\)$", re.MULTILINE)
+_W64_CLAIM = re.compile(r"^riff : \d+ \(should be \d+\)$.*?^data : (\d+)$", re.MULTILINE | re.DOTALL)
+_RF64_CLAIM = re.compile(r"^\*\*\* Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)\.$",
+                         re.MULTILINE)
+_BLOCK_ALIGN = re.compile(r"^ *Block Align *: (\d+)$", re.MULTILINE)
 # Sizes written before the length was known (live recorders, pipes): 0x7FFFFFFF or 0xFFFFFFFF,
 # some less the header's bytes. A claim just under either is no claim.
 PLACEHOLDER_SIZES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
@@ -282,8 +288,7 @@ class CutShort:
         return f"{name}: {self.claim} (a copy cut short, or a recording that stopped mid-write?): {done} {held}"
 
 
-def cut_short(f: sf.SoundFile, scan: CodedScan | None = None,
-              source: str | os.PathLike | bytes | None = None) -> CutShort | None:
+def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None:
     """A file whose header claims more audio than it holds (None for any other): a copy cut short
     (an interrupted download or card copy), whose complete original may still exist, or a
     recording that stopped mid-write. libsndfile reads the samples that are there and logs a
@@ -292,8 +297,7 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None,
     length is a guess from the file's size: no claim). ``f``: an open file, or ``soundfile.info``.
     An Ogg claims no length, but a writer that finished marks its last page as the stream's end:
     without that mark it is cut short (it decodes its complete pages, or nothing). A FLAC cut short
-    does not decode. A W64's or RF64's claim is read from its header (``source``: its path or
-    bytes; :func:`wide_data_claim`): libsndfile logs it without what the file holds."""
+    does not decode. libsndfile logs a W64's or RF64's claim in other words (:func:`wide_data_claim`)."""
     if scan is not None and not scan.ended:  # an Ogg
         return CutShort("its Ogg stream stops before its end page", None, f.samplerate)
     if scan is not None and scan.held is not None:  # an MP3
@@ -306,11 +310,11 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None,
     claim = _DATA_CLAIM.search(f.extra_info)
     if claim is not None:
         claimed, held = int(claim[1]), int(claim[2])
-    elif source is not None and f.format in ("W64", "RF64") and (wide := wide_data_claim(source, f.format)):
+    elif (wide := wide_data_claim(f)) is not None:
         claimed, held = wide
     else:
         return None
-    if any(lo <= claimed <= hi for lo, hi in PLACEHOLDER_SIZES) or claimed >= 1 << 62:  # 2**62: 64-bit ones
+    if any(lo <= claimed <= hi for lo, hi in PLACEHOLDER_SIZES) or claimed >= 1 << 62:  # no file is: a placeholder
         return None
     if claimed - held < 64:  # a missing pad byte, or a frame's few bytes: nothing a person lost
         return None
@@ -319,43 +323,21 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None,
     return CutShort(f"its header claims {claimed:,} bytes of audio but the file holds {held:,}", f.frames, f.samplerate)
 
 
-_W64_DATA = b"data" + bytes.fromhex("f3acd3118cd100c04f8edb8a")  # the GUID of a W64's "data" chunk
-
-
-def wide_data_claim(source: str | os.PathLike | bytes, fmt: str) -> tuple[int, int] | None:
-    """``(bytes of audio the header claims, bytes of them the file holds)`` of a W64 (its "data"
-    chunk's 64-bit size, which counts the chunk's 24-byte header) or an RF64 (the ds64 chunk's
-    64-bit data size, where the "data" chunk's own says 0xFFFFFFFF); None for another ``fmt``
-    or where the header has no such chunk. The chunks before "data" are walked, not read."""
-    try:
-        with io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(fs_path(source), "rb") as fh:
-            size = fh.seek(0, io.SEEK_END)
-            fh.seek(0)
-            head = fh.read(40)
-            if fmt == "W64" and head[:4] == b"riff":
-                pos = 40  # past the riff GUID, its size and the wave GUID
-                while pos + 24 <= size:
-                    fh.seek(pos)
-                    chunk = fh.read(24)
-                    n = int.from_bytes(chunk[16:], "little")
-                    if chunk[:16] == _W64_DATA:
-                        return n - 24, min(n - 24, size - pos - 24)
-                    if n < 24:  # damaged: no walk past it
-                        return None
-                    pos += (n + 7) & ~7  # chunks start on 8-byte boundaries
-            elif fmt == "RF64" and head[:4] in (b"RF64", b"BW64") and head[12:16] == b"ds64":
-                data_size = int.from_bytes(head[28:36], "little")  # after ds64's size and the RIFF size
-                pos = 12
-                while pos + 8 <= size:
-                    fh.seek(pos)
-                    chunk = fh.read(8)
-                    n = int.from_bytes(chunk[4:], "little")
-                    if chunk[:4] == b"data":
-                        claimed = data_size if n == 0xFFFFFFFF else n
-                        return claimed, min(claimed, size - pos - 8)
-                    pos += 8 + n + (n & 1)
-    except OSError:
-        pass
+def wide_data_claim(f: sf.SoundFile) -> tuple[int, int] | None:
+    """``(bytes of audio the header claims, bytes of them the file holds)`` of a W64 or RF64 cut
+    short, from libsndfile's log of its header (``f``: an open file or ``soundfile.info``); None
+    for another file. What it holds is the frames libsndfile counted in what is there: a chunk
+    after the audio, cut, loses no audio. Until 2026-12-07 the header's chunks were walked, which
+    missed an RF64 whose odd-sized chunk has no pad byte (libsndfile reads it so)."""
+    align = _BLOCK_ALIGN.search(f.extra_info)
+    if f.format not in ("W64", "RF64") or align is None:
+        return None
+    align = int(align[1])
+    if f.format == "W64" and (claim := _W64_CLAIM.search(f.extra_info)):
+        claimed = int(claim[1]) - 24
+        return claimed, min(claimed, f.frames * align)
+    if f.format == "RF64" and (claim := _RF64_CLAIM.search(f.extra_info)):
+        return int(claim[2]) * align, int(claim[1]) * align
     return None
 
 
@@ -785,10 +767,10 @@ _VORBIS_KBPS = {  # sample rate: (1 channel, 2 channels, 6 channels)
 
 def vorbis_mean_compression(kbps: float, sr: int, channels: int) -> float:
     """libsndfile's Ogg Vorbis compression level for a mean bitrate near ``kbps``, for a file
-    whose header names no nominal bitrate (:func:`vorbis_compression`; libvorbis names none from
-    96 kHz up). libsndfile codes
-    Vorbis at quality 1 - level (default level 0.6), whose bitrate depends on the sample rate and
-    the channels far more than on the signal: :data:`_VORBIS_KBPS` holds it, measured, for one
+    whose header names no nominal bitrate (:func:`vorbis_compression`; with libsndfile 1.2.2,
+    libvorbis names one only from 8,000 to 50,000 Hz). libsndfile codes Vorbis at quality
+    1 - level (default level 0.6), whose bitrate depends on the sample rate and the channels far
+    more than on the signal: :data:`_VORBIS_KBPS` holds it, measured, for one
     channel, two (coupled stereo) and six (5.1, coupled: from 44.1 kHz up, 0.4-0.8x six times one by level)
     at the levels 0, 0.1, ..., 1; between the rates measured it is interpolated, and for other
     counts (each channel coded alone: 3, 4, 5, 7 and 8 came within 5% of that many times one) it
@@ -830,8 +812,10 @@ VORBIS_LEVELS = np.linspace(0.0, 1.0, 11)  # the compression levels whose nomina
 def _vorbis_nominal_by_level(sr: int, channels: int) -> tuple[float, ...]:
     """The nominal kbit/s libvorbis writes in its header at each of :data:`VORBIS_LEVELS` for
     ``sr`` and ``channels``, asked of a few silent frames (it depends on the quality, the rate and
-    the channels alone, not on the audio): falling with the level. All 0 where it cannot be asked:
-    above :data:`MAX_VORBIS_RATE` (libvorbis would crash), or where libsndfile refuses to encode."""
+    the channels alone, not on the audio): falling with the level. All 0 where there is none: most
+    often libvorbis encodes but names none (with libsndfile 1.2.2, at every rate outside 8,000 to
+    50,000 Hz); also above :data:`MAX_VORBIS_RATE` (libvorbis would crash) and where libsndfile
+    refuses to encode."""
     if sr > MAX_VORBIS_RATE:
         return (0.0,) * len(VORBIS_LEVELS)
     kbps = []
@@ -870,8 +854,8 @@ def vorbis_kbps(source: str | os.PathLike | bytes | None, mean: float, sr: int, 
     """The kbit/s :func:`vorbis_compression` takes for a Vorbis input whose audio's mean bitrate is
     ``mean``: the nominal bitrate its header names (the one libvorbis writes for its quality), or
     for a header that names none the nominal one of the quality whose mean comes nearest (the
-    white-noise table); where libvorbis names no nominal bitrate at this rate (from 96 kHz up),
-    the mean."""
+    white-noise table); where libvorbis names no nominal bitrate at this rate (with libsndfile
+    1.2.2, outside 8,000 to 50,000 Hz), the mean."""
     by_level = _vorbis_nominal_by_level(sr, channels)
     if not all(by_level):
         return mean
@@ -882,9 +866,9 @@ def vorbis_kbps(source: str | os.PathLike | bytes | None, mean: float, sr: int, 
 def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     """libsndfile's Ogg Vorbis compression level whose nominal bitrate is ``kbps`` at ``sr`` and
     ``channels`` (:func:`vorbis_kbps`, which :func:`coded_kbps` gives for a Vorbis input, so that
-    its output is coded at its quality); where libvorbis names no nominal bitrate (from 96 kHz
-    up), ``kbps`` is a mean bitrate (:func:`vorbis_mean_compression`). libsndfile codes Vorbis at
-    quality 1 - level; libvorbis's nominal bitrate names that quality for the rate and channels
+    its output is coded at its quality); where libvorbis names no nominal bitrate (with libsndfile
+    1.2.2, outside 8,000 to 50,000 Hz), ``kbps`` is a mean bitrate (:func:`vorbis_mean_compression`).
+    libsndfile codes Vorbis at quality 1 - level; libvorbis's nominal bitrate names that quality for the rate and channels
     whatever the audio, where the mean bitrate does not: the table of means measured on white noise,
     used alone until 2026-12-07, sent speech (which codes lower) back at a lower quality, level 0.92
     for a speech file coded at 0.6. Within 0..1: a bitrate beyond the quality range's gets its end
@@ -901,7 +885,7 @@ class HeldAudio(NamedTuple):
 
     frames: int  # an MP3's as its frames hold them where libsndfile's is a guess or more than it holds
     cut: CutShort | None  # a file holding less audio than its header claims
-    kbps: float | None  # an MP3's, Opus's or Vorbis's mean bitrate, which its output keeps
+    kbps: float | None  # an MP3's or Opus's mean bitrate, a Vorbis's nominal one (coded_kbps): its output keeps it
 
 
 def held_audio(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) -> HeldAudio:
@@ -911,7 +895,7 @@ def held_audio(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) ->
     count), and one cut short a length it does not hold (a 4 s file recorded as 8 s): their frames
     are the walked ones."""
     scan = scan_coded(source, f, name)
-    cut = cut_short(f, scan, source)
+    cut = cut_short(f, scan)
     guessed = scan is not None and scan.held is not None and (cut is not None or not scan.counted)
     frames = scan.held if guessed else f.frames
     return HeldAudio(frames, cut, coded_kbps(f, scan, frames, source))

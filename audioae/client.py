@@ -98,7 +98,7 @@ class AudioForm:
     format: str = ""  # encoded: soundfile container, e.g. "WAV"
     subtype: str = ""  # encoded: soundfile subtype, e.g. "PCM_16"
     pcm_format: int = 0  # pcm: SampleFormat value
-    kbps: float | None = None  # encoded MP3, Opus or Vorbis: its mean bitrate, which the answer keeps
+    kbps: float | None = None  # encoded MP3 or Opus: its mean bitrate, Vorbis its nominal one; the answer keeps it
     cut: CutShort | None = None  # encoded: a file holding less audio than its header claims
 
 
@@ -613,7 +613,7 @@ class Client:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
         info = _source_info(src)
-        if (cut := cut_short(info)) is not None:  # a WAV, AIFF or AU's claim (an MP3's needs its frames walked)
+        if (cut := cut_short(info)) is not None:  # a WAV, AIFF, AU, W64 or RF64's claim (an MP3's needs its frames walked)
             log.warning("%s", cut.warning(str(src), "streaming"))
         fmt = info.format if dst.suffix.lower() == src.suffix.lower() else container_for(dst)
         block = max(1, int(info.samplerate * chunk_ms / 1000))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -633,13 +633,3 @@ class StreamingDenoiser:
         y = torch.cat([y, self.stft.drain()], dim=-1)
         return self._output(y, final=True)
 
-
-def denoise_stream(model: SpectralAutoencoder, chunks: Iterable[np.ndarray], sr: int, channels: int,
-                   strength: float = 1.0) -> Iterator[np.ndarray]:
-    """Generator form of :class:`StreamingDenoiser` for file readers and RPC streams."""
-    s = StreamingDenoiser(model, sr, channels, strength=strength)
-    for chunk in chunks:
-        y = s.push(chunk)
-        if y.shape[-1]:
-            yield y.numpy()
-    yield s.finish().numpy()

@@ -120,10 +120,10 @@ def test_a_rate_whose_way_back_needs_the_larger_filter_is_refused_before_the_mod
     with pytest.raises(AudioError, match="4979:3200, which needs a 64,010,024-byte resampling filter "
                                          "\\(at most 64,000,000 bytes here\\)"):
         denoise(causal, np.zeros((1, 24895), np.float32), 24895)
+    assert not calls  # refused before the network ran
     with pytest.raises(AudioError, match="2479:1600, which needs a 16,004,424-byte resampling filter "
                                          "\\(a stream takes at most 16,000,000 bytes"):
-        StreamingDenoiser(causal, 24790, 1)
-    assert not calls  # refused before the network ran
+        StreamingDenoiser(causal, 24790, 1)  # as it is made, before any audio
 
 
 def test_44056_hz_is_denoised_offline_but_refused_as_a_real_time_stream(tmp_path):

@@ -87,6 +87,57 @@ def test_ray_outputs_identical_to_local_and_corrupt_file_reported(job):
     assert len(recs) == len(TREE) + 1
     assert recs["corrupt.flac"]["status"] == "error" and "corrupt.flac" in recs["corrupt.flac"]["error"]
     assert not list((root / "ray").rglob("*.part"))
+    for rec in recs.values():  # the input each output was made from, as the job read it
+        if rec["status"] == "ok":
+            st = os.stat(rec["input"])
+            assert (rec["input_size"], rec["input_mtime_ns"]) == (st.st_size, st.st_mtime_ns), rec
+
+
+def test_ray_results_name_the_input_as_it_was_read(job, tmp_path):
+    """The read stage's size and mtime of each file it read as bytes reach run_ray's results: they
+    came back without, and the job recorded the input as it found it before any work began."""
+    from audioae.batch.journal import JOURNAL_NAME, Journal
+    from audioae.batch.manifest import MadeWith
+    from audioae.batch.plan import plan_tasks
+    from audioae.batch.ray_engine import run_ray
+
+    _, ckpt, src, _, _ = job
+    data = ckpt.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    out = tmp_path / "out"
+    out.mkdir()
+    todo = [t for t in plan_tasks([src], out) if not t.input.endswith("corrupt.flac")]
+    journal = Journal(out / JOURNAL_NAME, MadeWith(str(ckpt), sha, 1.0))
+    results = list(run_ray(todo, model_bytes=data, sha256=sha, journal=journal))
+    assert sorted(r.input for r in results) == sorted(t.input for t in todo)
+    for r in results:
+        st = os.stat(r.input)
+        assert r.status == "ok" and (r.input_size, r.input_mtime_ns) == (st.st_size, st.st_mtime_ns), r
+
+
+def test_a_file_changed_between_the_read_stages_stat_and_its_read_is_an_error(tmp_path):
+    """The read stage stats a file, then reads its bytes, which the actor denoises: a file still
+    being copied or recorded would be denoised for the part read and recorded as the whole. Its
+    size and mtime after the read are checked against the stat's, and a change is that file's
+    error in the words the engines use where they read from the path."""
+    from audioae.audio import AudioError
+    from audioae.batch.process import source_state
+    from audioae.batch.ray_engine import _read_file, _read_unchanged
+
+    src = tmp_path / "take.wav"
+    sf.write(src, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    row = _read_file({"input": os.fsencode(src)})
+    st = src.stat()
+    assert row["inline"] and row["data"] == src.read_bytes() and row["read_error"] == b""
+    assert (row["input_size"], row["input_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    before = source_state(str(src))  # stat'ed, then the copy goes on
+    with open(src, "ab") as fh:
+        fh.write(bytes(32000))
+    with pytest.raises(AudioError, match=f"{src}: the file went from 32,044 to 64,044 bytes while it was being "
+                                         f"denoised"):
+        _read_unchanged(str(src), before)
+    big = _read_file({"input": os.fsencode(src)}, inline_max_bytes=1000)  # streamed by the actor, which checks it
+    assert not big["inline"] and big["data"] == b"" and big["input_size"] == -1
 
 
 def test_ray_resumed_run_skips_finished_files(job, monkeypatch):

@@ -32,8 +32,8 @@ from .manifest import (
     read_manifest,
     summarize,
 )
-from .plan import MANIFEST_NAME, FileTask, input_identity, plan_tasks, remove_stale_parts, split_done
-from .process import BLOCK_SECONDS
+from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
+from .process import BLOCK_SECONDS, made_from, source_state
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations, warnings = previous_durations(earlier), previous_warnings(earlier)
         # Before any work: the input an output is made from is the one found now.
-        inputs_now = {t.input: input_identity(t.input) for t in todo}
+        inputs_now = {t.input: made_from(source_state(t.input)) for t in todo}
         bar = Progress(todo, len(done), options.progress, journal=journal)
         try:
             for t in done:
@@ -258,8 +258,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                 manifest.write(results[-1])
             for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
                 if r.status == "ok":  # the input as the engine opened it (checked unchanged), else as found before
-                    made_from = {} if r.input_size is not None else inputs_now.get(r.input, {})
-                    r = dataclasses.replace(r, **dataclasses.asdict(now), **made_from)
+                    opened = {} if r.input_size is not None else inputs_now.get(r.input, {})
+                    r = dataclasses.replace(r, **dataclasses.asdict(now), **opened)
                 elif r.input in made and Path(r.output).is_file():  # failed, over an earlier run's output
                     r = dataclasses.replace(r, error=f"{r.error} (the output an earlier run made is left as it was)",
                                             **dataclasses.asdict(made[r.input]))
@@ -323,7 +323,7 @@ def _source_of(task: FileTask, recorded: dict[str, tuple[int, int]], changed: se
     then = recorded.get(task.input)
     if then is not None:
         return dict(zip(("input_size", "input_mtime_ns"), then, strict=True))
-    return {} if task.input in changed else input_identity(task.input)
+    return {} if task.input in changed else made_from(source_state(task.input))
 
 
 def _named_as_links(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) -> list[dict]:

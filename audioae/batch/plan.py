@@ -153,8 +153,9 @@ def _existing_real(path: Path, folders: dict[Path, Path]) -> Path:
 
 def _unsearchable(path: Path) -> str:
     """Why ``path`` cannot be stat'ed for permission: the folder on its way this user may not
-    search (enter), where one of them says so; else the system's words."""
-    whole = path.absolute()
+    search (enter), where one of them says so; else the system's words. The way through its
+    links: a link into such a folder named the link's own folder, which this user may search."""
+    whole = _real(path)  # through its links, as far as this user can follow them
     for here in (*reversed(whole.parents), whole):
         try:
             os.stat(here)
@@ -294,16 +295,6 @@ def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[st
                 (then is None and st.st_mtime > out.st_mtime):
             changed.append(t)
     return todo, done, changed
-
-
-def input_identity(path: str) -> dict[str, int]:
-    """``{"input_size", "input_mtime_ns"}`` of the file at ``path`` for its manifest line (empty
-    when it cannot be stat'ed: its own run says why)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {}
-    return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns}
 
 
 def _stat_file(path: str) -> os.stat_result | None:

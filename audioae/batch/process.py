@@ -90,19 +90,43 @@ def source_state(path: str) -> SourceState | None:
     return SourceState(st.st_size, st.st_mtime_ns)
 
 
+def made_from(state: SourceState | None) -> dict[str, int]:
+    """:class:`~.manifest.FileResult`'s ``input_size`` and ``input_mtime_ns`` for ``state`` (none for None)."""
+    return {} if state is None else {"input_size": state.size, "input_mtime_ns": state.mtime_ns}
+
+
+COARSE_MTIME_NS = 2 * 10**9  # FAT keeps 2 s
+
+
+def _same_file(before: SourceState, now: SourceState) -> bool:
+    """Whether ``now`` is still the file that was ``before``. A network mount may answer one stat
+    from its cache, with the finer time the client set, and the next from the server, which keeps
+    whole seconds (SFTP, and so sshfs; some cifs and NFS servers; FAT's 2 s): the same size with
+    times within 2 s of each other, one of them whole seconds, is the same file. A rewrite of the
+    same size within those 2 s goes unseen on such a mount, as one within its resolution always did."""
+    if now == before:
+        return True
+    return (now.size == before.size and abs(now.mtime_ns - before.mtime_ns) < COARSE_MTIME_NS
+            and 0 in (now.mtime_ns % 10**9, before.mtime_ns % 10**9))
+
+
+def changed_error(path: str, before: SourceState, now: SourceState | None) -> AudioError | None:
+    """The error of the input at ``path``, ``before`` when it was opened and ``now`` after it was
+    read (None: gone), where it is no longer that file; None where it is."""
+    if now is not None and _same_file(before, now):
+        return None
+    what = ("is gone" if now is None else f"went from {before.size:,} to {now.size:,} bytes"
+            if now.size != before.size else "was modified")
+    return AudioError(f"{path}: the file {what} while it was being denoised (still being recorded or copied?): "
+                      f"its output was not kept; run again once it is complete to denoise it as it is then")
+
+
 def check_unchanged(path: str, before: SourceState | None) -> None:
     """Raise :class:`AudioError` when the input at ``path`` is no longer the file it was before it
     was opened: a file cut short, rewritten or still being recorded while it was read gave an
     output of part of it, recorded as denoised in full."""
-    if before is None:
-        return
-    now = source_state(path)
-    if now == before:
-        return
-    what = ("is gone" if now is None else f"went from {before.size:,} to {now.size:,} bytes"
-            if now.size != before.size else "was modified")
-    raise AudioError(f"{path}: the file {what} while it was being denoised (still being recorded or copied?): "
-                     f"its output was not kept; run again once it is complete to denoise it as it is then")
+    if before is not None and (exc := changed_error(path, before, source_state(path))) is not None:
+        raise exc
 
 
 def _open(task: FileTask, data: bytes | None, before: SourceState | None = None) -> sf.SoundFile:
@@ -317,9 +341,8 @@ class FileDenoiser:
                 self._whole(task, f, held.kbps, before)
         except Exception as exc:  # one bad file must never stop the job
             return _failed(task, exc, t0, duration)
-        made_from = {} if before is None else {"input_size": before.size, "input_mtime_ns": before.mtime_ns}
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
-                          warning=_warning(task, held), **made_from)
+                          warning=_warning(task, held), **made_from(before))
 
     @torch.inference_mode()
     def _stream(self, task: FileTask, f: sf.SoundFile, kbps: float | None = None,
@@ -402,9 +425,8 @@ class FileDenoiser:
         check_unchanged(task.input, before)
         check_channels(wav.shape[0], task.input)
         check_resample(f.samplerate, self.model.config.sample_rate, target="the model's ")
-        made_from = {} if before is None else {"input_size": before.size, "input_mtime_ns": before.mtime_ns}
         return _Decoded(task, data, wav, f.samplerate, fmt, subtype, time.perf_counter() - t0, f.copy_metadata(),
-                        held.kbps, _warning(task, held), made_from)
+                        held.kbps, _warning(task, held), made_from(before))
 
     def _groups(self, short: list[_Decoded]) -> Iterator[list[_Decoded]]:
         """Consecutive runs of ``short`` of at most ``batch_files`` files and ``BATCH_MAX_TOTAL``

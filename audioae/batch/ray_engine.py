@@ -15,6 +15,7 @@ absolute paths); the model travels with the pipeline as bytes, so it needs no sh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -25,11 +26,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..audio import AudioError
 from .isolated import Settings, run_marked
 from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask
-from .process import BATCH_FILES, BLOCK_SECONDS
+from .process import BATCH_FILES, BLOCK_SECONDS, SourceState, changed_error, made_from, source_state
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +59,37 @@ def require_ray():
 # columns are UTF-8, and a name that is not (a Latin-1 "caf\xe9.wav") made Ray Data fall back to
 # pickling the column, with a warning from every stage.
 def _read_file(row: dict, inline_max_bytes: int = INLINE_MAX_BYTES) -> dict:
-    """The read stage: the file's bytes (when small enough), or the error that prevented it."""
+    """The read stage: the file's bytes (when small enough) and its size and mtime as they were
+    read (-1: none), or the error that prevented it."""
     row = dict(row)
     row["data"], row["inline"], row["read_error"] = b"", False, b""
+    row["input_size"] = row["input_mtime_ns"] = -1  # an actor streaming the file records its own
     path = os.fsdecode(row["input"])
-    if not os.path.exists(path):  # a broken link, a file gone: the actor's FileDenoiser says which
+    before = source_state(path)
+    if before is None:  # a broken link, a file gone: the actor's FileDenoiser says which
         return row
-    try:
-        if os.path.getsize(path) <= inline_max_bytes:
-            with open(path, "rb") as f:
-                row["data"], row["inline"] = f.read(), True
-    except OSError as exc:
-        row["read_error"] = os.fsencode(f"{path}: cannot read ({exc})")
+    if before.size <= inline_max_bytes:
+        try:
+            row["data"] = _read_unchanged(path, before)
+        except (OSError, AudioError) as exc:
+            row["read_error"] = os.fsencode(str(exc) if isinstance(exc, AudioError) else f"{path}: cannot read ({exc})")
+            return row
+        row["inline"] = True
+        row["input_size"], row["input_mtime_ns"] = before
     return row
+
+
+def _read_unchanged(path: str, before: SourceState) -> bytes:
+    """The bytes of the file at ``path``, which was ``before`` when stat'ed; :class:`AudioError`
+    (:func:`~.process.check_unchanged`'s words) where it was changed by the end of the read: a
+    file still being copied or recorded was denoised for the part read, recorded as the whole."""
+    with open(path, "rb") as f:
+        data = f.read()
+        st = os.fstat(f.fileno())
+    changed = changed_error(path, before, SourceState(st.st_size, st.st_mtime_ns))
+    if changed is not None:
+        raise changed
+    return data
 
 
 class RayDenoiser:
@@ -98,13 +118,19 @@ class RayDenoiser:
 
     def __call__(self, batch: dict) -> dict:
         items, results = [], []
+        read: dict[str, SourceState] = {}  # the files read as bytes: as they were read
         for i in range(len(batch["input"])):
             task = FileTask(*(os.fsdecode(bytes(batch[k][i])) for k in ("input", "output", "rel")))
             if batch["read_error"][i]:
                 results.append(FileResult(task.input, task.output, "error", os.fsdecode(bytes(batch["read_error"][i]))))
             else:
                 items.append((task, bytes(batch["data"][i]) if batch["inline"][i] else None))
-        results.extend(run_marked(self.den, items, self.settings, self.journal))
+                if batch["inline"][i]:
+                    read[task.input] = SourceState(int(batch["input_size"][i]), int(batch["input_mtime_ns"][i]))
+        for r in run_marked(self.den, items, self.settings, self.journal):
+            if r.status == "ok" and r.input_size is None and r.input in read:  # denoised from the bytes read
+                r = dataclasses.replace(r, **made_from(read[r.input]))
+            results.append(r)
         return {
             "input": [os.fsencode(r.input) for r in results],
             "output": [os.fsencode(r.output) for r in results],
@@ -113,6 +139,8 @@ class RayDenoiser:
             "seconds": [float(r.seconds) for r in results],
             "duration": [math.nan if r.duration is None else float(r.duration) for r in results],
             "warning": [os.fsencode(r.warning) for r in results],
+            "input_size": [-1 if r.input_size is None else r.input_size for r in results],
+            "input_mtime_ns": [-1 if r.input_mtime_ns is None else r.input_mtime_ns for r in results],
         }
 
 
@@ -218,11 +246,13 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     reported: set[str] = set()
     try:
         for row in ds.iter_rows():
-            duration = float(row["duration"])
+            duration, size = float(row["duration"]), int(row["input_size"])
+            # the input as the actor opened it (read as bytes, or streamed): checked unchanged
+            opened = made_from(None if size < 0 else SourceState(size, int(row["input_mtime_ns"])))
             result = FileResult(os.fsdecode(bytes(row["input"])), os.fsdecode(bytes(row["output"])), str(row["status"]),
                                 os.fsdecode(bytes(row["error"])), float(row["seconds"]),
                                 None if math.isnan(duration) else duration,
-                                warning=os.fsdecode(bytes(row["warning"])))
+                                warning=os.fsdecode(bytes(row["warning"])), **opened)
             reported.add(result.input)
             yield result
     except Exception as exc:  # noqa: BLE001 (the pipeline itself failed: an actor died, the cluster went)
