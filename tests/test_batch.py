@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,7 +23,15 @@ import soundfile as sf
 import torch
 from audio_tree import noisy_signal, outputs, write_tree
 
-from audioae.batch import DenoiseOptions, FileDenoiser, FileTask, read_manifest, run_denoise
+from audioae.batch import (
+    DenoiseOptions,
+    FileDenoiser,
+    FileResult,
+    FileTask,
+    plan_tasks,
+    read_manifest,
+    run_denoise,
+)
 from audioae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from audioae.cli import main
 from audioae.data.synthetic import noise
@@ -207,7 +216,7 @@ def test_a_broken_link_or_a_file_gone_is_named_as_one(tmp_path, causal_ckpt):
     sf.write(src / "real.wav", noisy_signal(np.random.default_rng(6), 0.3, 16000, 1), 16000)
     (src / "broken.wav").symlink_to("nowhere.wav")
     (src / "self.wav").symlink_to("self.wav")
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["ok"], s["error"]) == (1, 2)
     recs = {Path(r["input"]).name: r for r in read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")}
     assert recs["broken.wav"]["error"] == f"{src / 'broken.wav'}: a link to nowhere.wav, which does not exist"
@@ -231,7 +240,7 @@ def test_a_recording_whose_header_was_never_finished_is_not_called_empty(tmp_pat
     raw[4:8] = raw[at + 4 : at + 8] = bytes(4)  # the RIFF and data sizes as written before the first sample
     (src / "take.wav").write_bytes(raw)
     sf.write(src / "empty.wav", np.zeros(0, np.float32), 16000, subtype="PCM_16")  # really empty
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     recs = by_input(tmp_path / "out")
     unfinished = (f"{src / 'take.wav'}: its header says the audio is empty, but 16,000 bytes of it follow: a "
                   f"recording whose header was never finished")
@@ -301,6 +310,25 @@ def test_existing_output_is_skipped_and_overwrite_redoes_it(tmp_path, causal_ckp
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), overwrite=True, progress=False))
     assert (s["skipped"], s["ok"]) == (0, len(TREE))
     assert sf.info(out / "top.wav").frames == sf.info(src / "top.wav").frames
+
+
+def test_overwrite_keeps_the_permission_bits_of_the_output_it_replaces(tmp_path, causal_ckpt):
+    """``--overwrite`` replaced a read-only (0444) output with a 0644 one: its owner's protection
+    gone without a word. It replaces it, as ``cp -f`` and ``rsync`` do, and keeps its bits as
+    rsync does."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5), ("b.wav", 16000, 1, "WAV", "PCM_16", 0.5),
+                     ("c.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    assert run_denoise([src], out, opts)["ok"] == 3
+    fresh = stat.S_IMODE((out / "c.wav").stat().st_mode)
+    (out / "a.wav").chmod(0o444)
+    (out / "b.wav").chmod(0o640)
+    inodes = {n: (out / n).stat().st_ino for n in ("a.wav", "b.wav", "c.wav")}
+    s = run_denoise([src], out, dataclasses.replace(opts, overwrite=True))
+    assert s["ok"] == 3 and all((out / n).stat().st_ino != ino for n, ino in inodes.items())  # replaced
+    assert {n: stat.S_IMODE((out / n).stat().st_mode) for n in inodes} == {"a.wav": 0o444, "b.wav": 0o640,
+                                                                          "c.wav": fresh}
 
 
 def test_an_input_changed_since_its_output_was_made_is_named_in_a_warning(tmp_path, causal_ckpt, caplog):
@@ -457,7 +485,7 @@ def test_a_file_with_more_channels_than_taken_is_reported_like_any_bad_file(tmp_
     src = tmp_path / "in"
     src.mkdir()
     sf.write(src / "array.wav", np.zeros((1600, 65), np.float32), 16000)
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert s["errors"] == [{"input": str(src / "array.wav"), "error": "channels must be within 1..64, got 65"}]
 
 
@@ -541,7 +569,7 @@ def test_a_named_pipe_or_a_device_under_an_audio_name_is_passed_over_not_waited_
     sf.write(src / "a.wav", noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
     os.mkfifo(src / "pipe.wav")
     (src / "zero.wav").symlink_to("/dev/zero")
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["files"], s["ok"]) == (1, 1)
     assert "passed over 2 name(s) that are no regular file (e.g." in caplog.text
     with pytest.raises(ValueError, match="pipe.wav: is a named pipe, not a file"):
@@ -598,17 +626,46 @@ def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     stream = io.StringIO()
     bar = Progress(tasks, 3, enabled=True, stream=stream)
     assert bar.seconds == {t.input: s for t, s in zip(tasks, [*lengths, 0.0], strict=True)}
-    bar.advance(tasks[0].input)
-    bar.advance(tasks[1].input)
+    bar.advance(FileResult(tasks[0].input, tasks[0].output, "ok", duration=1.0))
+    bar.advance(FileResult(tasks[1].input, tasks[1].output, "ok", duration=0.5))
     bar.bar.refresh()
     assert " 4%|" in stream.getvalue().splitlines()[-1].split("\r")[-1]  # 1.5 of 33.5 s, not 2 of 5 files
     for t in tasks[2:]:
-        bar.advance(t.input)
+        bar.advance(FileResult(t.input, t.output, "error", "failed"))
     bar.close()
     last = stream.getvalue().split("\r")[-1]
     assert last.startswith("denoise (3 done before): 100%|") and "34/34 s of audio" in last and "5/5 files" in last
     quiet = Progress(tasks, 0, enabled=False, stream=io.StringIO())
     assert quiet.seconds == {}  # --no-progress reads no headers
+
+
+def test_the_real_time_factor_counts_only_the_audio_denoised(tmp_path, causal_ckpt):
+    """The bar's real-time factor divided the seconds of every file passed, failed ones included:
+    a tree of corrupt recordings whose headers read (a FLAC cut short, a WAV with NaN samples)
+    ran "faster" the more of it failed."""
+    from audioae.batch.job import Progress
+
+    src = make_tree(tmp_path / "in")
+    full = tmp_path / "full.flac"
+    sf.write(full, noisy_signal(np.random.default_rng(5), 4.0, 16000, 1), 16000, subtype="PCM_16")
+    (src / "cut.flac").write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # header: 4 s; decodes: not
+    bad = noisy_signal(np.random.default_rng(6), 3.0, 16000, 1)
+    bad[100] = np.nan
+    sf.write(src / "nan.wav", bad, 16000, subtype="FLOAT")
+    tasks = sorted(plan_tasks([src], tmp_path / "out"), key=lambda t: t.rel)
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    bar = Progress(tasks, 0, enabled=True, stream=io.StringIO())
+    results = [den.run(t) for t in tasks]
+    for r in results:
+        bar.advance(r)
+    bar.close()
+    ok = [r for r in results if r.status == "ok"]
+    assert len(ok) == len(TREE) and {Path(r.input).name for r in results if r.status == "error"} == {
+        "corrupt.wav", "cut.flac", "nan.wav"}
+    assert bar.bar.n == pytest.approx(sum(s for _, _, _, _, _, s in TREE) + 7.0, abs=0.01)  # the bar passes them all
+    assert bar.denoised == pytest.approx(sum(s for _, _, _, _, _, s in TREE), abs=0.01)  # was 7 s more
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert s["error"] == 3 and s["audio_seconds"] == pytest.approx(bar.denoised, abs=0.01)  # the summary's, alike
 
 
 def test_output_folder_inside_input_folder_is_not_read_back(tmp_path, causal_ckpt):
@@ -1128,8 +1185,10 @@ def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, 
     recs = read_manifest(out / "audioae-manifest.jsonl")
     failed = [r for r in recs if r["status"] == "error"]
     assert 1 <= len(failed) < len(rows) and len(recs) == len(rows)
-    for r in failed:
-        assert r["error"].startswith(f"{r['output']}: cannot write the output: the disk holding it is full ("), r["error"]
+    assert failed[0]["error"].startswith(f"{failed[0]['output']}: cannot write the output: the disk holding it is "
+                                         f"full ("), failed[0]["error"]
+    for r in failed[1:]:  # the files after it are passed over (test_files_that_cannot_fit_on_a_full_disk_...)
+        assert r["error"].startswith(f"not attempted: the disk holding {out} is full ("), r["error"]
     assert not list(out.glob(".*.part"))  # and the job ended with its summary (exit 1), not a traceback
     with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as filler:  # to the last byte
         while True:
@@ -1138,6 +1197,52 @@ def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, 
     assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{out}: cannot write .audioae.lock, which holds the folder for this run (No space left on device)" in err, err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does_them(tmp_path, causal_ckpt,
+                                                                                       small_disk, capsys, workers):
+    """Once a write had found the disk full, every file left was still denoised, to fail the same
+    way, each with its own line ("20 repeats"). Now the files whose outputs cannot fit are passed
+    over, said once, and stay to do on the next run. With workers, the files the others are on
+    when one finds the disk full fail too."""
+    src = tmp_path / "in"
+    rows = [(f"f{i}.wav", 16000, 1, "WAV", "PCM_16", 1.0) for i in range(8)]  # 32 kB each
+    write_tree(src, rows)
+    (small_disk / "filler").write_bytes(b"\0" * 250_000)  # room for about four outputs of eight
+    out = small_disk / "out"
+    cmd = ["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress", "--workers", str(workers)]
+    assert main(cmd) == 1
+    captured = capsys.readouterr()
+    recs = read_manifest(out / "audioae-manifest.jsonl")
+    assert sorted(r["input"] for r in recs) == [str(src / name) for name, *_ in rows]
+    ok = [r for r in recs if r["status"] == "ok"]
+    full = [r for r in recs if "cannot write the output" in r["error"]]  # was one per file after the first
+    assert 1 <= len(full) <= workers and all("the disk holding it is full" in r["error"] for r in full)
+    passed = [r for r in recs if r["error"].startswith("not attempted: ")]
+    assert ok and passed and len(ok) + len(full) + len(passed) == len(rows)
+    for r in passed:
+        assert re.fullmatch(rf"not attempted: the disk holding {re.escape(str(out))} is full \(\d+\.\d MB free, its "
+                            rf"output needs about 0\.0 MB\)", r["error"]), r["error"]
+    assert outputs(out) == {Path(r["output"]).name for r in ok} and not parts(out)
+    assert f"{len(rows) - len(ok)} failed ({len(passed)} not attempted: the disk is full)" in captured.out
+    assert captured.err.count("failed: ") == len(full) and captured.err.count("not attempted: ") == 1, captured.err
+    assert f"  not attempted: {len(passed)} files, once a write had found the disk full (e.g. {passed[-1]['input']}: " \
+           f"the disk holding {out} is full (" in captured.err
+    (small_disk / "filler").unlink()  # room again: the rerun does every file left
+    assert main(cmd) == 0
+    assert outputs(out) == {name for name, *_ in rows}
+    assert all(r["status"] in ("ok", "skipped") for r in read_manifest(out / "audioae-manifest.jsonl"))
+
+
+def test_after_a_full_disk_a_file_that_fits_is_still_denoised(tmp_path, causal_ckpt):
+    """The check for room passes over only what cannot fit: space freed since, or a small file, is used."""
+    src = tmp_path / "in"
+    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    den.disk_full = True  # as after a write that found the disk full
+    task = FileTask(str(src / "a.wav"), str(tmp_path / "out" / "sub" / "a.wav"), "sub/a.wav")  # its folder is new
+    assert den.run(task).status == "ok" and (tmp_path / "out" / "sub" / "a.wav").is_file()
 
 
 def test_a_folder_search_takes_every_container_libsndfile_reads_and_counts_the_rest(tmp_path, causal_ckpt, caplog):
@@ -1152,7 +1257,7 @@ def test_a_folder_search_takes_every_container_libsndfile_reads_and_counts_the_r
         sf.write(src / name, x, 48000, format=fmt, subtype=subtype)
     (src / "sub" / "call.m4a").write_bytes(b"ftyp")  # no libsndfile reads these
     (src / "voice.WMA").write_bytes(b"0&")
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert s["files"] == len(TREE) + 1 + len(kinds)  # the tree (+ its corrupt WAV) and each of those
     for name, (fmt, subtype) in kinds.items():
         info = sf.info(tmp_path / "out" / name)
@@ -1165,7 +1270,7 @@ def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path, causal_
     elsewhere = make_tree(tmp_path / "shared")  # e.g. storage linked into the tree
     (src / "linked").symlink_to(elsewhere, target_is_directory=True)
     (src / "sub" / "up").symlink_to(src, target_is_directory=True)  # a loop back to the top
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["files"], s["ok"]) == (2 * (len(TREE) + 1), 2 * len(TREE))  # was: the linked folder left out silently
     assert outputs(tmp_path / "out") == {rel for rel, *_ in TREE} | {f"linked/{rel}" for rel, *_ in TREE}
     assert "sub/up: skipped, its files were searched already under another name (a link loop?)" in caplog.text
@@ -1624,7 +1729,7 @@ def test_mp3s_joined_end_to_end_are_refused_not_cut_short(tmp_path, causal_ckpt)
     x = (0.1 * np.random.default_rng(0).standard_normal((44100, 1))).astype(np.float32)  # 1 s
     sf.write(src / "one.mp3", x, 44100, format="MP3")
     (src / "two.mp3").write_bytes((src / "one.mp3").read_bytes() * 2)
-    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["ok"], s["error"]) == (1, 1)
     said = re.escape(f"{src / 'two.mp3'}: libsndfile decodes 1.00 s of this MPEG file, but its frames hold ") + \
         r"2\.\d\d s \(a VBR file without its Xing header, or files joined end to end\): convert it first"

@@ -33,7 +33,7 @@ from .manifest import (
     summarize,
 )
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
-from .process import BLOCK_SECONDS, made_from, source_state
+from .process import BLOCK_SECONDS, NOT_ATTEMPTED, made_from, source_state
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     summary = summarize(results, time.perf_counter() - t0)
     # Of the skipped, files no run made (someone's, under outputs' names): not "already done".
     summary["skipped_found"] = sum(r.status == "skipped" and r.error == FOUND_BEFORE_ANY_RUN for r in results)
+    # Of the failed, files passed over once a write had found the disk full (:func:`.process.no_room`).
+    summary["not_attempted"] = sum(r.status == "error" and r.error.startswith(NOT_ATTEMPTED) for r in results)
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -267,7 +269,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                 manifest.write(r)
                 if r.status == "ok":  # recorded: its marker, which said what made the output, can go
                     journal.ended(r.input)
-                bar.advance(r.input)
+                bar.advance(r)
         finally:
             bar.close()
             manifest.close()
@@ -443,7 +445,8 @@ class Progress:
     """The job's bar on stderr (on a terminal only), in seconds of audio rather than files: a
     folder's recordings differ in length, and a bar counting files stalls on the one long one.
     Beside it, files done and the real-time factor. ``stream``: draw there even when it is not
-    a terminal (tests)."""
+    a terminal (tests). The real-time factor counts the audio denoised (:attr:`denoised`), not that
+    of files that failed, which the bar passes all the same."""
 
     FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}{postfix}]"
 
@@ -455,14 +458,18 @@ class Progress:
         # header reads only for a bar someone sees; a file whose header crashes is marked in ``journal``
         self.seconds = header_seconds(todo, journal) if shown else {}
         self.files, self.total_files, self.t0 = 0, len(todo), time.perf_counter()
+        self.denoised = 0.0  # seconds of audio denoised: the real-time factor's
         desc = f"denoise ({skipped} done before)" if skipped else "denoise"
         self.bar = tqdm(total=round(sum(self.seconds.values()), 3), desc=desc, bar_format=self.FORMAT,
                         dynamic_ncols=True, disable=not shown, file=stream)
 
-    def advance(self, input_path: str) -> None:
+    def advance(self, result: FileResult) -> None:
         self.files += 1
-        self.bar.update(self.seconds.get(input_path, 0.0))
-        speed = self.bar.n / max(time.perf_counter() - self.t0, 1e-9)
+        seconds = self.seconds.get(result.input, 0.0)
+        self.bar.update(seconds)
+        if result.status == "ok":  # a file that failed took its time, but nothing came of it
+            self.denoised += result.duration if result.duration is not None else seconds
+        speed = self.denoised / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.set_postfix_str(f"{self.files}/{self.total_files} files, {speed:.0f}x real time")
 
     def close(self) -> None:

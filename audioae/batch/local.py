@@ -18,7 +18,7 @@ from .isolated import Settings, isolate, run_marked
 from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask, part_path
-from .process import BLOCK_SECONDS, FileDenoiser
+from .process import BLOCK_SECONDS, FileDenoiser, no_room, says_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,13 @@ def _init_worker(settings: Settings, journal: Journal) -> None:
     _WORKER, _JOURNAL = FileDenoiser(model, settings.strength, block_seconds=settings.block_seconds), journal
 
 
-def _work(task: FileTask) -> FileResult:
+def _work(task: FileTask, disk_full: bool = False) -> FileResult:
+    """``disk_full``: a write of this job has found the disk full (in any worker): see
+    :attr:`.process.FileDenoiser.disk_full`."""
     assert _WORKER is not None and _JOURNAL is not None, "worker used before its initializer ran"
+    _WORKER.disk_full = _WORKER.disk_full or disk_full
+    if (passed := no_room(task) if _WORKER.disk_full else None) is not None:  # not started: no marker
+        return passed
     _JOURNAL.started(task.input, output=task.output)  # the worker, not the parent, knows when a file starts
     try:
         result = _WORKER.run(task)
@@ -120,6 +125,7 @@ class _Pool:
         self.died: list[FileTask] = []  # files a worker died on, denoised alone after the pool
         self.stopping = False
         self.start_error: str | None = None  # why no worker could start: the files left get it
+        self.disk_full = False  # a worker's write found the disk full: every worker checks for room from then on
 
     def feed(self) -> None:
         """One feeder thread: a worker of its own, files from the queue until none is left."""
@@ -128,7 +134,7 @@ class _Pool:
             worker = self._start_worker()
             while worker is not None and (task := self._next()) is not None:
                 try:
-                    result = worker.call(_work, task)
+                    result = worker.call(_work, task, self.disk_full)
                 except ProcessDied:
                     if self.stopping:  # stopped by stop(): the file was interrupted
                         return
@@ -144,6 +150,7 @@ class _Pool:
                     result = FileResult(task.input, task.output, "error", f"{type(exc).__name__}: {exc}")
                 with self.lock:
                     self.in_flight.discard(task)
+                    self.disk_full = self.disk_full or says_disk_full(result.error)
                 self.results.put(result)
         finally:
             if worker is not None:

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from ..enhance import (
     is_out_of_memory,
     release_device_memory,
 )
-from ..fileio import file_in_the_way
+from ..fileio import file_in_the_way, nearest_existing
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
 from .plan import FileTask, part_path
@@ -218,6 +219,37 @@ class WriteError(OSError):
 
 
 FULL_DISK_BYTES = 1 << 20  # less free space than this beside an output that failed: say the disk is full
+DISK_FULL = "the disk holding it is full"  # in the error of a file whose write found the disk full
+NOT_ATTEMPTED = "not attempted: "  # how the error of a file passed over for want of space begins
+
+
+def says_disk_full(error: str) -> bool:
+    """Whether a per-file error says its write found the disk full (:func:`_cannot_write`'s words)."""
+    return DISK_FULL in error and not error.startswith(NOT_ATTEMPTED)
+
+
+def out_folder(task: FileTask) -> Path:
+    """OUT, the folder the job writes ``task``'s output into (``task.rel`` is the output's path in it)."""
+    return Path(task.output).parents[len(Path(task.rel).parts) - 1]
+
+
+def no_room(task: FileTask, data: bytes | None = None) -> FileResult | None:
+    """The error of a file whose output cannot fit on the disk holding OUT, without denoising it;
+    None when it may fit (or its size cannot be told: its run says why it fails). Its output is
+    taken to need at least its input's size: exact for PCM WAV, near it for the same codec at the
+    same bitrate. Asked only after a write found the disk full, where every further file was
+    denoised to fail the same way."""
+    try:
+        need = len(data) if data is not None else os.stat(task.input).st_size
+        st = os.statvfs(nearest_existing(Path(task.output).parent))
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= need:
+        return None
+    return FileResult(task.input, task.output, "error",
+                      f"{NOT_ATTEMPTED}the disk holding {out_folder(task)} is full ({free / 1e6:.1f} MB free, "
+                      f"its output needs about {need / 1e6:.1f} MB)")
 
 
 def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
@@ -234,8 +266,8 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
     full = free is not None and free < FULL_DISK_BYTES
     reason = sound_error_reason(exc, path=part_path(task.output), writing=True)
     if full and (reason == "System error." or getattr(exc, "errno", None) == errno.ENOSPC):  # says nothing more
-        return WriteError(f"{task.output}: cannot write the output: the disk holding it is full ({free // 1024} kB free)")
-    note = f"; the disk holding it is full ({free // 1024} kB free)" if full else ""
+        return WriteError(f"{task.output}: cannot write the output: {DISK_FULL} ({free // 1024} kB free)")
+    note = f"; {DISK_FULL} ({free // 1024} kB free)" if full else ""
     return WriteError(f"{task.output}: cannot write the output ({reason}){note}")
 
 
@@ -290,6 +322,7 @@ class _PartWriter:
     def commit(self) -> None:
         try:
             self.f.close()
+            _keep_mode(self.part, self.task.output)
             os.replace(self.part, self.task.output)  # atomic on a local POSIX filesystem (not quite on NFS)
         except (sf.LibsndfileError, OSError) as exc:
             raise _cannot_write(self.task, exc) from exc
@@ -299,6 +332,25 @@ class _PartWriter:
             if self.f is not None and not self.f.closed:
                 self.f.close()
         self.part.unlink(missing_ok=True)
+
+
+def _keep_mode(part: Path, output: str) -> None:
+    """Give ``part`` the permission bits of the file it replaces under ``output``, as ``rsync``
+    does (and ``cp`` over a file it may write): an output its owner made read-only (0444) was
+    replaced by ``--overwrite`` with a 0644 one, writable again without a word."""
+    try:
+        st = os.lstat(output)
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(st.st_mode) & 0o777  # not its set-id bits
+    # A link under the name is replaced by the file, as ever; on a disk whose modes are fixed (FAT)
+    # the two files' are already the same.
+    if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(os.stat(part).st_mode) == mode:
+        return
+    try:
+        os.chmod(part, mode)
+    except OSError as exc:
+        log.warning("%s: replaced without keeping its permission bits %o (%s)", output, mode, exc.strerror or exc)
 
 
 class FileDenoiser:
@@ -317,10 +369,25 @@ class FileDenoiser:
         self.block_seconds = block_seconds
         self.batch_max_seconds, self.batch_files = batch_max_seconds, batch_files
         self.device = next(model.parameters()).device
+        # Set once a write found the disk full: from then on a file whose output cannot fit is
+        # passed over (:func:`no_room`) rather than denoised to fail the same way. The pool's
+        # parent sets it in each worker too.
+        self.disk_full = False
+
+    def _noted(self, result: FileResult) -> FileResult:
+        if result.status == "error" and says_disk_full(result.error):
+            self.disk_full = True
+        return result
+
+    def _no_room(self, task: FileTask, data: bytes | None) -> FileResult | None:
+        return no_room(task, data) if self.disk_full else None
 
     # ---- one file -------------------------------------------------------------------------------
     def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
+        return self._no_room(task, data) or self._noted(self._run(task, data))
+
+    def _run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         t0 = time.perf_counter()
         try:
             before = source_state(task.input) if data is None else None  # bytes a read stage fetched cannot change
@@ -396,13 +463,16 @@ class FileDenoiser:
     def _run_batched(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
         short: list[_Decoded] = []
         for task, data in items:
+            if (passed := self._no_room(task, data)) is not None:
+                yield passed
+                continue
             t0 = time.perf_counter()
             try:
                 before = source_state(task.input) if data is None else None
                 with _open(task, data, before) as f:
                     held = _check_header(task, f, data)
                     if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
-                        done = self._run_open(task, f, held, t0, before)  # long: streams, bounded memory
+                        done = self._noted(self._run_open(task, f, held, t0, before))  # long: streams, bounded memory
                     else:
                         done = self._decode(task, data, f, t0, held, before)
             except Exception as exc:
@@ -459,11 +529,14 @@ class FileDenoiser:
         for d, y in zip(group, outs, strict=True):
             t1 = time.perf_counter()
             duration = d.wav.shape[-1] / d.sr
+            if (passed := self._no_room(d.task, d.data)) is not None:  # denoised already, but cannot be written
+                yield passed
+                continue
             try:
                 self._write_whole(d.task, y, d.sr, d.fmt, d.subtype, d.tags, d.kbps)
             except Exception as exc:
-                yield FileResult(d.task.input, d.task.output, "error", _error_text(exc), d.read_seconds + share,
-                                 duration)
+                yield self._noted(FileResult(d.task.input, d.task.output, "error", _error_text(exc),
+                                             d.read_seconds + share, duration))
                 continue
             yield FileResult(d.task.input, d.task.output, "ok", "",
                              d.read_seconds + share + time.perf_counter() - t1, duration, warning=d.warning,
