@@ -370,8 +370,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     ``stop()`` is asked between the stages, between the blocks of the long ones (the resampling,
-    the spectrogram, the code, the units' sums, each component's resampling back), before each fit
-    step, each batch of clusters inverted and each batch of components; when it says True, :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
+    the spectrogram, the code, each fit step, the masks, the units' sums, each component's
+    resampling back, the residual and energies, the ranking), before each fit step, each batch of
+    clusters inverted and each batch of components; when it says True,
+    :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
     """
     _check_model(model)
     if group not in GROUPS:
@@ -405,13 +407,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     check_stop(stop, "decomposition stopped before the fit")
     if fit_steps:
         h, atoms = model.fit_signal(feats, h, fit_steps, stop=lambda: check_stop(stop, "decomposition stopped during the fit"))
-    # Masks live in the model's level-normalised domain: V_g / max(V, floor * |X| / level).
-    denom = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)  # [C, F, N]
     power = mag.pow(2)  # [C, F, N]
-    # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the mask,
-    # so the cross terms between a group's units count, as they do in the ranking of the waveforms.
-    share_weight = power / denom  # [C, F, N]: turns a mask numerator into that share
-    weight = share_weight / denom  # [C, F, N]: turns a mask numerator squared into masked STFT energy
+    denom, share_weight, weight = _mask_weights(model, h, atoms, mag, level, power, stop)  # [C, F, N] each
     check_stop(stop, "decomposition stopped before the units' energies")
     unit_energy = model.unit_energies(h, weight, atoms, lambda: check_stop(stop, "decomposition stopped "
                                                                          "in the units' energies"))  # [U]: masked STFT energy
@@ -455,16 +452,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     check_stop(stop, "decomposition stopped before the components")
     comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
                                                       z.shape[-1], explained, bins, waves, stop)
-    x64 = x.double().numpy()
-    comps_sum = comps.sum(0, dtype=np.float64)  # [C, T]
-    residual = (x64 - comps_sum).astype(np.float32)  # [C, T]
-    # Energy attributed to each component, <c_k, x>: with the residual's it sums to |x|^2 exactly
-    # (soft-masked components share the input's phase, so |c_k|^2 alone would leave out the cross
-    # terms and the shares would not add up). One component at a time in float64: no [K, C, T]
-    # float64 copy.
-    energy = np.array([float((comp.astype(np.float64) * x64).sum()) for comp in comps])  # [K]
+    residual, energy, x_energy, err_energy, residual_energy = _residual_and_energies(x.numpy(), comps, stop)
     rank = np.argsort(-energy, kind="stable")
-    comps, energy, dom_hz, bands, envs = comps[rank], energy[rank], dom_hz[rank], bands[rank], envs[rank]
+    _rank_in_place(comps, rank, stop)
+    energy, dom_hz, bands, envs = energy[rank], dom_hz[rank], bands[rank], envs[rank]
     groups = [groups[i] for i in rank]
     labels = [labels[i] for i in rank]
     bins = [bins[i] for i in rank] if bins is not None else []
@@ -472,9 +463,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g))
                   for i, (hz, (lo, hi), g) in enumerate(zip(dom_hz, bands, groups, strict=True))]
 
-    x_energy = max(float((x64**2).sum()), 1e-30)
-    err = comps_sum + residual.astype(np.float64) - x64
-    err_energy = float((err**2).sum())
+    x_energy = max(x_energy, 1e-30)
     # An exact sum (a silent input, say) is -inf dB, not whatever ratio two epsilons make.
     error_db = 10 * math.log10(err_energy / x_energy) if err_energy > 0 else -math.inf
     if error_db > EXACT_DB:
@@ -483,11 +472,83 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         components=comps, residual=residual, labels=labels, units=[sorted(g) for g in groups],
         activations=acts.astype(np.float32), energy_share=(energy / x_energy).astype(np.float32),
         frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
-        residual_share=float((residual.astype(np.float64) * x64).sum() / x_energy),
+        residual_share=residual_energy / x_energy,
         error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
         band_bins=bins, edge_frames=_window_frames(c),
         groups_asked=None if group == "none" else n_groups,
     )
+
+
+def _mask_weights(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, mag: torch.Tensor,
+                  level: torch.Tensor, power: torch.Tensor, stop: Callable[[], bool] | None):
+    """The masks' denominator ``max(V, floor |X| / level)`` (the model's level-normalised domain:
+    a group's mask is ``V_g / denom``) and the weights ``|X|^2 / denom`` and ``|X|^2 / denom^2``,
+    each ``[C, F, N]`` (``mag = |X|``, ``power = |X|^2 [C, F, N]``, ``level [C, 1, N]``). In
+    blocks of frames (:func:`frame_blocks`: a frame's ``V`` reads the code within ``p`` frames of
+    it), ``stop`` asked before each after the first: uncut, 550 s ran on 0.79 s past a stop
+    (docs/decomposition.md)."""
+    n = h.shape[-1]
+    denom, share_weight, weight = torch.empty_like(mag), torch.empty_like(mag), torch.empty_like(mag)
+    for lo, a, b, hi in frame_blocks(n, model._pad):
+        if a:
+            check_stop(stop, f"decomposition stopped at frame {a} of {n} of its masks")
+        v = model.magnitudes(h[..., lo:hi], atoms)[..., a - lo : b - lo]  # [C, F, b - a]
+        d = torch.maximum(v, MASK_FLOOR * mag[..., a:b] / level[..., a:b]).clamp_min(1e-12)
+        denom[..., a:b] = d
+        # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the
+        # mask, so the cross terms between a group's units count, as in the ranking of the waveforms.
+        share = power[..., a:b] / d  # turns a mask numerator into that share
+        share_weight[..., a:b] = share
+        weight[..., a:b] = share / d  # turns a mask numerator squared into masked STFT energy
+    return denom, share_weight, weight
+
+
+def _sample_blocks(comps: np.ndarray) -> int:
+    """Samples per block of the work on every component at once: about ``2 * CHUNK_FLOATS`` floats."""
+    return max(1 << 12, 2 * CHUNK_FLOATS // max(1, comps.shape[0] * comps.shape[1]))
+
+
+def _residual_and_energies(x: np.ndarray, comps: np.ndarray, stop: Callable[[], bool] | None):
+    """The residual ``x - comps.sum(0)`` ``[C, T]`` float32 (summed in float64), and in float64
+    the energy attributed to each component ``<c_k, x>`` ``[K]``, ``|x|^2``, the sum-to-input
+    error's energy ``|sum + residual - x|^2`` and ``<residual, x>``; ``x [C, T]``, ``comps
+    [K, C, T]``. In blocks of samples, ``stop`` asked before each: uncut, with the ranking, a
+    550 s call at 44.1 kHz ran on 5-7 s past a stop (docs/decomposition.md). Blocks change the
+    sums only by float rounding.
+
+    ``<c_k, x>``: with the residual's it sums to ``|x|^2`` exactly (soft-masked components share
+    the input's phase, so ``|c_k|^2`` alone would leave out the cross terms and the shares would
+    not add up); one component at a time, no ``[K, C, T]`` float64 copy."""
+    length = x.shape[-1]
+    residual = np.empty(x.shape, np.float32)
+    energy = np.zeros(len(comps))
+    x_energy = err_energy = residual_energy = 0.0
+    step = _sample_blocks(comps)
+    for a in range(0, length, step):
+        check_stop(stop, f"decomposition stopped summing the components, at sample {a} of {length}")
+        b = min(a + step, length)
+        x64 = x[:, a:b].astype(np.float64)  # [C, b - a]
+        comps_sum = comps[:, :, a:b].sum(0, dtype=np.float64)  # [C, b - a]
+        res = (x64 - comps_sum).astype(np.float32)
+        residual[:, a:b] = res
+        energy += [float((comp[:, a:b].astype(np.float64) * x64).sum()) for comp in comps]
+        res64 = res.astype(np.float64)
+        x_energy += float((x64**2).sum())
+        err_energy += float(((comps_sum + res64 - x64) ** 2).sum())
+        residual_energy += float((res64 * x64).sum())
+    return residual, energy, x_energy, err_energy, residual_energy
+
+
+def _rank_in_place(comps: np.ndarray, rank: np.ndarray, stop: Callable[[], bool] | None) -> None:
+    """``comps [K, C, T] = comps[rank]``, in place and in blocks of samples, ``stop`` asked before
+    each: ``comps[rank]`` made a fresh copy of every waveform, uncut."""
+    if (rank == np.arange(len(rank))).all():
+        return
+    length = comps.shape[-1]
+    step = _sample_blocks(comps)
+    for a in range(0, length, step):
+        check_stop(stop, f"decomposition stopped ranking the components, at sample {a} of {length}")
+        comps[:, :, a : a + step] = comps[rank, :, a : a + step]
 
 
 def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
@@ -534,8 +595,13 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         resampling = functools.partial(check_stop, stop, f"decomposition stopped while resampling component "
                                                          f"{lo + 1} of {len(groups)}")
         resampling()
-        y = fit_length(resample_in_blocks(y, c.sample_rate, sr, stop=resampling), length)  # [k, C, T]
-        out[lo : lo + len(batch)] = y.numpy()
+        y = fit_length(resample_in_blocks(y, c.sample_rate, sr, stop=resampling), length).numpy()  # [k, C, T]
+        # Copied in blocks, a stop question before each: the copy touches fresh pages of `out`,
+        # which ran on past a stop, uncut (docs/decomposition.md).
+        block = _sample_blocks(y)
+        for a in range(0, length, block):
+            check_stop(stop, f"decomposition stopped copying component {lo + 1} of {len(groups)}, at sample {a} of {length}")
+            out[lo : lo + len(batch), :, a : a + block] = y[..., a : a + block]
     return out, dom, spans, envs
 
 

@@ -22,7 +22,11 @@ turns true ``--stop-after`` seconds into the call, and reports how long it ran o
 
 The final stage, each component's inverse STFT and resampling back (resampled in blocks after
 a270a4a): ``--stop-from 'at component 1 of'`` counts ``--stop-after`` from that stage's first
-stop question, wherever the load put it (decompose-deadline-tail{-before,}.json).
+stop question, wherever the load put it (decompose-deadline-tail{-before,}.json). The same way,
+each stage cut in blocks on 2026-12-07 (before: a worktree of c82a8b5): the fit steps (``--stop-from
+'during the fit'``), the masks (``--fit-steps 0 --stop-from 'before the fit'``) and the residual,
+energies and ranking after the last component (``--stop-from 'while resampling component 5 of 5'``):
+decompose-deadline-{fit,masks,end}{-before,}.json, commands in docs/decomposition.md.
 """
 
 from __future__ import annotations

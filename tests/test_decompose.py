@@ -19,6 +19,7 @@ from audioae.decompose import (
     GROUPS,
     MAX_FIT_STEPS,
     _energy_band,
+    _sample_blocks,
     _spectrum_and_features,
     active_spans,
     check_options,
@@ -56,6 +57,14 @@ def noise_bursts(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
     noise = np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 0.2
     on = (np.arange(n) / sr) % 0.5 < 0.12
     return noise * on
+
+
+def where_asked() -> str:
+    """In a stop predicate: what the stop would say (``check_stop``'s ``where``), or ""."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "check_stop":
+        frame = frame.f_back
+    return frame.f_locals["where"] if frame is not None else ""
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -330,14 +339,24 @@ def test_a_long_decomposition_asks_stop_while_it_resamples_its_components_back()
         asked.append(1)
         return len(asked) >= n
 
-    dec = decompose(model, x, sr, fit_steps=0, top_k=2, stop=lambda: stop_at(math.inf))
+    said = []
+    dec = decompose(model, x, sr, fit_steps=0, top_k=2, stop=lambda: said.append(where_asked()) or False)
     assert error_db(dec, x) < -90 and len(dec.labels) == 2
-    last = len(asked)  # the last question: the 2nd block of the last component's resampling
+    # the last question there: the 2nd block of the last component's resampling
+    last = max(i for i, where in enumerate(said, 1) if "while resampling component" in where)
     for n in (last, last - 1):  # and the one before it, before that resampling began
         asked.clear()
         with pytest.raises(Stopped, match="decomposition stopped while resampling component 2 of 2"):
             decompose(model, x, sr, fit_steps=0, top_k=2, stop=lambda n=n: stop_at(n))
         assert len(asked) == n
+    # then each resampled component is copied out in blocks, a stop question before each
+    step = _sample_blocks(dec.components[:1])
+    assert x.shape[-1] > step  # two blocks a component
+    copies = [w for w in said if "copying component" in w]
+    assert len(copies) == 2 * -(-x.shape[-1] // step)
+    with pytest.raises(Stopped, match=f"decomposition stopped copying component 2 of 2, at sample {step} of"):
+        decompose(model, x, sr, fit_steps=0, top_k=2,
+                  stop=lambda: f"copying component 2 of 2, at sample {step} " in where_asked())
 
 
 def test_clusters_ask_stop_before_each_is_inverted():
@@ -352,7 +371,7 @@ def test_clusters_ask_stop_before_each_is_inverted():
 
 
 def test_a_fit_asks_stop_before_each_step():
-    """A fit step updates the atoms from every frame, so it is not cut: stop is asked between steps."""
+    """Stop is asked before each fit step (and inside each on a long signal: the next test)."""
     from audioae.enhance import Stopped
 
     model = tiny_model()
@@ -369,6 +388,105 @@ def test_a_fit_asks_stop_before_each_step():
         asked.clear()
         with pytest.raises(Stopped, match=f"decomposition stopped {where}"):
             decompose(model, x, SR, fit_steps=3, stop=lambda n=n: stop_at(n))
+
+
+def _whole_fit_step(model, n: torch.Tensor, h: torch.Tensor, w: torch.Tensor):
+    """A fit step over every frame at once, as fit_signal took it before its blocks."""
+    p, lam = model._pad, model.config.sparsity_weight
+    ratio = n / (model.magnitudes(h, w) + 1e-6)
+    hs = model.shifted_code(h)
+    used = hs.sum(dim=(0, 2))[:, None, :]
+    h_new = h * torch.nn.functional.conv1d(ratio, w, padding=p) / (w.sum(dim=(1, 2))[None, :, None] + lam).clamp_min(1e-6)
+    w = torch.where(used > 0, w * torch.einsum("bfn,bunl->ufl", ratio, hs) / (used + 1e-6), w)
+    scale = w.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return h_new * scale[None, :, None], w / scale[:, None, None]
+
+
+@pytest.mark.parametrize("extra", [{}, {"atom_frames": 5}])
+def test_a_fit_step_asks_stop_in_every_block_and_the_blocks_give_the_whole_step(extra):
+    """A fit step had no stop question in it (550 s: 2.15 s past a stop, docs/decomposition.md): now
+    each step runs in blocks of frames, stop asked before each block but the first, and the
+    blocks give the whole step's code and atoms to float rounding (stereo: one set of atoms)."""
+    from audioae.enhance import Stopped
+    from audioae.models.dictionary import BLOCK_FRAMES
+
+    model = tiny_model(**extra)
+    x = np.stack([tone(20.0, SR) + noise_bursts(20.0, SR), noise_bursts(20.0, SR, seed=1)])  # [2, T]
+    with torch.inference_mode():
+        feats = model.features(model.stft(torch.from_numpy(x)))  # [2, F, N]
+        blocks = -(-feats.shape[-1] // BLOCK_FRAMES)
+        assert blocks == 3
+        h0 = model.encode(feats)
+        asked = []
+        h, atoms = model.fit_signal(feats, h0, 2, stop=lambda: asked.append(1))
+        assert len(asked) == 2 * blocks  # before each step, and before its blocks 2 and 3
+        n = model._magnitudes_of(feats)
+        wh, ww = _whole_fit_step(model, n, *_whole_fit_step(model, n, h0, model.dictionary()))
+    torch.testing.assert_close(h, wh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(atoms, ww, rtol=1e-4, atol=1e-6)
+
+    said = []
+
+    def stop_in_fit(nth: int) -> bool:  # says stop at the nth question asked during the fit
+        said.append(where_asked())
+        return sum("during the fit" in w for w in said) >= nth
+
+    for nth in (2, blocks, blocks + 2):  # inside step 1, at its last block, inside step 2
+        said.clear()
+        with pytest.raises(Stopped, match="decomposition stopped during the fit"):
+            decompose(model, x, SR, fit_steps=2, stop=lambda nth=nth: stop_in_fit(nth))
+        assert said[-1].endswith("during the fit") and sum("during the fit" in w for w in said) == nth
+
+
+def test_the_masks_ask_stop_in_every_block_and_the_blocks_give_the_whole():
+    """The masks' denominator and weights had no stop question (550 s: 0.79 s past a stop,
+    docs/decomposition.md): now in blocks of frames, stop asked before each but the first."""
+    from audioae.decompose import MASK_FLOOR, _mask_weights
+    from audioae.enhance import Stopped
+    from audioae.models.dictionary import BLOCK_FRAMES
+
+    model = tiny_model()
+    x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]
+    frames = model.stft.num_frames(x.shape[-1])
+    with pytest.raises(Stopped, match=f"decomposition stopped at frame {2 * BLOCK_FRAMES} of {frames} of its masks"):
+        decompose(model, x, SR, fit_steps=1, stop=lambda: "of its masks" in where_asked()
+                  and str(2 * BLOCK_FRAMES) in where_asked())
+    with torch.inference_mode():
+        spec, feats = _spectrum_and_features(model, torch.from_numpy(x), None)
+        mag = spec.abs()
+        level = model.level(mag)
+        h, atoms = model.fit_signal(feats, model.encode(feats), 1)
+        denom, share_weight, weight = _mask_weights(model, h, atoms, mag, level, mag.pow(2), None)
+        whole = torch.maximum(model.magnitudes(h, atoms), MASK_FLOOR * mag / level).clamp_min(1e-12)
+    torch.testing.assert_close(denom, whole, rtol=1e-6, atol=0)
+    torch.testing.assert_close(share_weight, mag.pow(2) / whole, rtol=1e-6, atol=0)
+    torch.testing.assert_close(weight, mag.pow(2) / whole / whole, rtol=1e-6, atol=0)
+
+
+def test_the_residual_energies_and_ranking_ask_stop_in_every_block_of_samples():
+    """After the last component, the residual, the energies and the ranking (a copy of every
+    waveform) had no stop question (550 s at 44.1 kHz: 5-7 s past a stop, docs/decomposition.md): now
+    in blocks of samples, a stop question before each; the sums are the whole's to rounding."""
+    from audioae.enhance import Stopped
+
+    model = tiny_model()
+    x = (tone(40.0, SR) + noise_bursts(40.0, SR))[None]  # [1, T]: its bands' shares do not give the final order
+    said = []
+    dec = decompose(model, x, SR, group="band", fit_steps=0, stop=lambda: said.append(where_asked()) or False)
+    step = _sample_blocks(dec.components)
+    blocks = -(-x.shape[-1] // step)
+    assert blocks >= 2
+    assert sum("summing the components" in w for w in said) == blocks
+    assert sum("ranking the components" in w for w in said) == blocks  # this input's ranking moves some
+    x64 = x.astype(np.float64)
+    np.testing.assert_array_equal(dec.residual, (x64 - dec.components.sum(0, dtype=np.float64)).astype(np.float32))
+    shares = (dec.components.astype(np.float64) * x64).sum(axis=(1, 2)) / (x64**2).sum()
+    np.testing.assert_allclose(dec.energy_share, shares, rtol=1e-5, atol=1e-9)
+    assert (np.diff(dec.energy_share) <= 0).all()
+    for where in ("summing the components", "ranking the components"):
+        with pytest.raises(Stopped, match=f"decomposition stopped {where}, at sample {step} of {x.shape[-1]}"):
+            decompose(model, x, SR, group="band", fit_steps=0,
+                      stop=lambda where=where: f"{where}, at sample {step} " in where_asked())
 
 
 @pytest.mark.parametrize("extra", [{"atom_frames": 5}, {"refine_steps": 4}])

@@ -221,25 +221,44 @@ class SparseDictionary(SpectralAutoencoder):
         Returns ``(h [B, U, N], atoms [U, F, L])``; atoms stay non-negative with unit norm (the
         scale moves into ``h``), zeros in ``h`` stay zero (the support is the encoder's), and
         atoms of units this signal does not use are left as learned. Pass the atoms to the
-        per-unit views (``atoms=``) to use them. ``stop()`` is called before each step: it may
-        raise to end the fit (the server's caller went away).
+        per-unit views (``atoms=``) to use them. Each step runs in blocks of frames
+        (:meth:`_fit_step`); ``stop()`` is called before each step and before each block after
+        the first: it may raise to end the fit (the server's caller went away).
         """
         n = self._magnitudes_of(x)  # [B, F, N]
         w = self.dictionary()  # [U, F, L]
-        lam = self.config.sparsity_weight
         for _ in range(steps):
             if stop is not None:
                 stop()
-            # Both factors from one ratio n / V (one decoder pass per step instead of two).
-            ratio = n / (self.magnitudes(h, w) + DIV_EPS)  # [B, F, N]
-            hs = self.shifted_code(h)  # [B, U, N, L]
-            used = hs.sum(dim=(0, 2))[:, None, :]  # [U, 1, L]: W's update denominator
-            # An atom this signal drives to zero stays zero (clamped: no 0/0), and so does its code.
-            h_new = h * F.conv1d(ratio, w, padding=self._pad) / (w.sum(dim=(1, 2))[None, :, None] + lam).clamp_min(DIV_EPS)
-            w = torch.where(used > 0, w * torch.einsum("bfn,bunl->ufl", ratio, hs) / (used + DIV_EPS), w)
-            scale = w.flatten(1).norm(dim=1).clamp_min(1e-12)  # [U]
-            w, h = w / scale[:, None, None], h_new * scale[None, :, None]
+            h, w = self._fit_step(n, h, w, stop)
         return h, w
+
+    def _fit_step(self, n: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                  stop: Callable[[], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One joint update of :meth:`fit_signal` (magnitudes ``n [B, F, N]``), in blocks of frames
+        (:func:`frame_blocks`), ``stop()`` before each after the first: uncut, one step over 550 s ran
+        on 2.15 s past a stop (docs/decomposition.md). The code's update is frame-local (a frame's reads the
+        ratio ``n / V`` within ``p`` frames of it, and ``V`` there the code within ``2p``); the
+        atoms' is a sum over frames, added up block by block, and applied after the last."""
+        p, lam = self._pad, self.config.sparsity_weight
+        h_denom = (w.sum(dim=(1, 2))[None, :, None] + lam).clamp_min(DIV_EPS)  # [1, U, 1]
+        h_new = torch.empty_like(h)  # [B, U, N]
+        w_num = torch.zeros_like(w)  # [U, F, L]
+        used = w.new_zeros(w.shape[0], 1, w.shape[2])  # [U, 1, L]: W's update denominator
+        for lo, a, b, hi in frame_blocks(h.shape[-1], 2 * p, max(BLOCK_FRAMES, 8 * p)):
+            if a and stop is not None:
+                stop()
+            hb = h[..., lo:hi]  # [B, U, hi - lo]
+            # Both factors from one ratio n / V (one decoder pass per step instead of two).
+            ratio = n[..., lo:hi] / (self.magnitudes(hb, w) + DIV_EPS)  # [B, F, hi - lo]
+            h_new[..., a:b] = (hb * F.conv1d(ratio, w, padding=p) / h_denom)[..., a - lo : b - lo]
+            hs = self.shifted_code(hb)[:, :, a - lo : b - lo]  # [B, U, b - a, L]
+            w_num += torch.einsum("bfn,bunl->ufl", ratio[..., a - lo : b - lo], hs)
+            used += hs.sum(dim=(0, 2))[:, None, :]
+        # An atom this signal drives to zero stays zero (clamped: no 0/0), and so does its code.
+        w = torch.where(used > 0, w * w_num / (used + DIV_EPS), w)
+        scale = w.flatten(1).norm(dim=1).clamp_min(1e-12)  # [U]
+        return h_new * scale[None, :, None], w / scale[:, None, None]
 
     def magnitudes(self, h: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Code ``h [B, U, N]`` -> magnitude reconstruction ``V [B, F, N]`` (level-normalised)."""
