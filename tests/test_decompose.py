@@ -899,21 +899,23 @@ def test_cli_decompose_rerun_leaves_only_the_new_files(tmp_path, capsys):
     assert len(json.loads((out / "summary.json").read_text())["components"]) == 3  # the earlier result stays
 
 
+def _summary_of(k: int) -> dict:
+    """A summary of ``k`` components of 4,000 samples at 16 kHz, as decompose writes one."""
+    entries = [folder.component_entry(i, f"part {i}", [i], 0.1, 100.0, 1.0, [[0.0, 0.25]]) for i in range(k)]
+    return folder.summary(sample_rate=16000, channels=1, samples=4000, group="none", fit_steps=0,
+                          frame_rate=125.0, error_db=None, residual_share=0.5, components=entries)
+
+
 def test_a_rerun_after_a_decomposition_saved_without_audio_leaves_others_files_alone(tmp_path):
     """A summary.json of components without files (client decompose --no-audio) made the rerun
     clear every file of a decomposition's names, someone's 2024_interview.wav among them."""
     out = tmp_path / "parts"
     x = np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32) * 0.1
 
-    def summary(k: int) -> dict:
-        entries = [folder.component_entry(i, f"part {i}", [i], 0.1, 100.0, 1.0, [[0.0, 0.25]]) for i in range(k)]
-        return folder.summary(sample_rate=16000, channels=1, samples=4000, group="none", fit_steps=0,
-                              frame_rate=125.0, error_db=None, residual_share=0.5, components=entries)
-
-    folder.write_folder(out, summary(2), np.zeros((3, 5), np.float32), None, None, 16000)  # no audio
+    folder.write_folder(out, _summary_of(2), np.zeros((3, 5), np.float32), None, None, 16000)  # no audio
     (out / "2024_interview.wav").write_bytes(b"mine")
     comps = np.stack([x / 4, x / 4])  # [K, 1, T]
-    folder.write_folder(out, summary(2), np.zeros((3, 5), np.float32), comps, x - comps.sum(0), 16000)
+    folder.write_folder(out, _summary_of(2), np.zeros((3, 5), np.float32), comps, x - comps.sum(0), 16000)
     assert (out / "2024_interview.wav").read_bytes() == b"mine"
     assert (out / "residual.wav").is_file() and len(list(out.glob("0[12]_part_*.wav"))) == 2
 
@@ -1122,20 +1124,15 @@ def test_a_hold_reads_the_earlier_summary_once_and_knows_the_files_it_wrote_itse
     out = tmp_path / "parts"
     x = np.random.default_rng(0).standard_normal((1, 4000)).astype(np.float32) * 0.1
 
-    def summary(k: int) -> dict:
-        entries = [folder.component_entry(i, f"part {i}", [i], 0.1, 100.0, 1.0, [[0.0, 0.25]]) for i in range(k)]
-        return folder.summary(sample_rate=16000, channels=1, samples=4000, group="none", fit_steps=0,
-                              frame_rate=125.0, error_db=None, residual_share=0.5, components=entries)
-
-    folder.write_folder(out, summary(1), np.zeros((3, 5), np.float32), (x / 2)[None], x / 2, 16000)
+    folder.write_folder(out, _summary_of(1), np.zeros((3, 5), np.float32), (x / 2)[None], x / 2, 16000)
     reads = []
     read = folder._read_summary
     monkeypatch.setattr(folder, "_read_summary", lambda path: reads.append(path) or read(path))
     with folder.claim(out, residual=True) as held:
         (out / "05_part_4.wav").write_bytes(b"mine")  # a name the earlier decomposition did not write
-        folder.write_folder(held, summary(3), np.zeros((3, 5), np.float32), np.stack([x / 4] * 3), x / 4, 16000)
+        folder.write_folder(held, _summary_of(3), np.zeros((3, 5), np.float32), np.stack([x / 4] * 3), x / 4, 16000)
         assert (out / "03_part_2.wav").exists()
-        folder.write_folder(held, summary(1), np.zeros((3, 5), np.float32), (x / 2)[None], x / 2, 16000)
+        folder.write_folder(held, _summary_of(1), np.zeros((3, 5), np.float32), (x / 2)[None], x / 2, 16000)
     assert reads == [out]
     assert sorted(f.name for f in out.iterdir()) == ["01_part_0.wav", "05_part_4.wav", "activations.npy",
                                                       "residual.wav", "summary.json"]
