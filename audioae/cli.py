@@ -265,7 +265,8 @@ def _cmd_denoise(args) -> int:
         manifest = Path(args.out) / MANIFEST_NAME
         if manifest.is_file():
             again = ("run the same command again to go on: the files finished are skipped" if not args.overwrite
-                     else "--overwrite redoes every file when run again")
+                     else "--overwrite redoes every file when run again (without it, what is done is kept, and "
+                          "the older outputs not yet redone stay as they were)")
             exc.args = (f"{str(exc) or 'Ctrl-C'}; the outputs finished so far are complete and recorded in {manifest}; "
                         f"{again}",)
         raise
@@ -279,7 +280,7 @@ def _cmd_denoise(args) -> int:
     print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped'] - found} skipped (already "
           f"done){theirs}, {s['error']} failed{unfit}; {speed}")
     for err in s["errors"]:
-        if err in passed:  # said once, below: one line per file would repeat it for every file left
+        if err["error"].startswith(NOT_ATTEMPTED):  # said once, below: a line per file would repeat it for each
             continue
         # Read errors name their file already; others (a rate that cannot be resampled) do not.
         named = err["error"].startswith(err["input"])

@@ -216,7 +216,7 @@ def test_a_broken_link_or_a_file_gone_is_named_as_one(tmp_path, causal_ckpt):
     sf.write(src / "real.wav", noisy_signal(np.random.default_rng(6), 0.3, 16000, 1), 16000)
     (src / "broken.wav").symlink_to("nowhere.wav")
     (src / "self.wav").symlink_to("self.wav")
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["ok"], s["error"]) == (1, 2)
     recs = {Path(r["input"]).name: r for r in read_manifest(tmp_path / "out" / "audioae-manifest.jsonl")}
     assert recs["broken.wav"]["error"] == f"{src / 'broken.wav'}: a link to nowhere.wav, which does not exist"
@@ -240,7 +240,7 @@ def test_a_recording_whose_header_was_never_finished_is_not_called_empty(tmp_pat
     raw[4:8] = raw[at + 4 : at + 8] = bytes(4)  # the RIFF and data sizes as written before the first sample
     (src / "take.wav").write_bytes(raw)
     sf.write(src / "empty.wav", np.zeros(0, np.float32), 16000, subtype="PCM_16")  # really empty
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     recs = by_input(tmp_path / "out")
     unfinished = (f"{src / 'take.wav'}: its header says the audio is empty, but 16,000 bytes of it follow: a "
                   f"recording whose header was never finished")
@@ -485,7 +485,7 @@ def test_a_file_with_more_channels_than_taken_is_reported_like_any_bad_file(tmp_
     src = tmp_path / "in"
     src.mkdir()
     sf.write(src / "array.wav", np.zeros((1600, 65), np.float32), 16000)
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert s["errors"] == [{"input": str(src / "array.wav"), "error": "channels must be within 1..64, got 65"}]
 
 
@@ -569,7 +569,7 @@ def test_a_named_pipe_or_a_device_under_an_audio_name_is_passed_over_not_waited_
     sf.write(src / "a.wav", noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
     os.mkfifo(src / "pipe.wav")
     (src / "zero.wav").symlink_to("/dev/zero")
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["files"], s["ok"]) == (1, 1)
     assert "passed over 2 name(s) that are no regular file (e.g." in caplog.text
     with pytest.raises(ValueError, match="pipe.wav: is a named pipe, not a file"):
@@ -1257,7 +1257,7 @@ def test_a_folder_search_takes_every_container_libsndfile_reads_and_counts_the_r
         sf.write(src / name, x, 48000, format=fmt, subtype=subtype)
     (src / "sub" / "call.m4a").write_bytes(b"ftyp")  # no libsndfile reads these
     (src / "voice.WMA").write_bytes(b"0&")
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert s["files"] == len(TREE) + 1 + len(kinds)  # the tree (+ its corrupt WAV) and each of those
     for name, (fmt, subtype) in kinds.items():
         info = sf.info(tmp_path / "out" / name)
@@ -1270,7 +1270,7 @@ def test_linked_folders_are_followed_once_and_a_link_loop_ends(tmp_path, causal_
     elsewhere = make_tree(tmp_path / "shared")  # e.g. storage linked into the tree
     (src / "linked").symlink_to(elsewhere, target_is_directory=True)
     (src / "sub" / "up").symlink_to(src, target_is_directory=True)  # a loop back to the top
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["files"], s["ok"]) == (2 * (len(TREE) + 1), 2 * len(TREE))  # was: the linked folder left out silently
     assert outputs(tmp_path / "out") == {rel for rel, *_ in TREE} | {f"linked/{rel}" for rel, *_ in TREE}
     assert "sub/up: skipped, its files were searched already under another name (a link loop?)" in caplog.text
@@ -1729,7 +1729,7 @@ def test_mp3s_joined_end_to_end_are_refused_not_cut_short(tmp_path, causal_ckpt)
     x = (0.1 * np.random.default_rng(0).standard_normal((44100, 1))).astype(np.float32)  # 1 s
     sf.write(src / "one.mp3", x, 44100, format="MP3")
     (src / "two.mp3").write_bytes((src / "one.mp3").read_bytes() * 2)
-    s = run_denoise([src], tmp_path / "job", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
     assert (s["ok"], s["error"]) == (1, 1)
     said = re.escape(f"{src / 'two.mp3'}: libsndfile decodes 1.00 s of this MPEG file, but its frames hold ") + \
         r"2\.\d\d s \(a VBR file without its Xing header, or files joined end to end\): convert it first"
