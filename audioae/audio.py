@@ -255,14 +255,16 @@ def unopened(name: str, exc: BaseException, source: str | os.PathLike | bytes, *
 
 # libsndfile's log of a data chunk whose size claims more than the file holds: WAV "data", AIFF
 # "SSND", AU "Data Size" (CAF too; Ogg, FLAC and MP3 claim no size). W64 and RF64 say it otherwise
-# (libsndfile 1.2.2): "riff : 64104 (should be 32052)" before a W64's "data" chunk size (which
-# counts its 24-byte header); "Calculated frame count 7987 does not match value from 'ds64' chunk
-# of 16000" for an RF64, whose own "data" size says 0xFFFFFFFF.
+# (libsndfile 1.2.2): "riff : 64104 (should be 32052)" (an RF64's ds64: "Riff size : ...") for the
+# whole file; a W64's "data : N" chunk size (which counts its 24-byte header); an RF64's ds64
+# "Data size : N", where its own "data" size says 0xFFFFFFFF.
 _DATA_CLAIM = re.compile(r"^ *(?:data|SSND|Data Size) *: (\d+) \(should be (\d+)\)$", re.MULTILINE)
-_W64_CLAIM = re.compile(r"^riff : \d+ \(should be \d+\)$.*?^data : (\d+)$", re.MULTILINE | re.DOTALL)
-_RF64_CLAIM = re.compile(r"^\*\*\* Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)\.$",
-                         re.MULTILINE)
+_RIFF_SHORT = re.compile(r"^ *(?:riff|Riff size) : (\d+) \(should be (\d+)\)$", re.MULTILINE)
+_W64_DATA = re.compile(r"^data : (\d+)$", re.MULTILINE)
+_DS64_DATA = re.compile(r"^ *Data size : (\d+)$", re.MULTILINE)
 _BLOCK_ALIGN = re.compile(r"^ *Block Align *: (\d+)$", re.MULTILINE)
+# Subtypes whose Block Align is the bytes of one frame (a coded one's is those of a block of frames).
+_FRAME_ALIGNED = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
 # Sizes written before the length was known (live recorders, pipes): 0x7FFFFFFF or 0xFFFFFFFF,
 # some less the header's bytes. A claim just under either is no claim.
 PLACEHOLDER_SIZES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
@@ -324,21 +326,27 @@ def cut_short(f: sf.SoundFile, scan: CodedScan | None = None) -> CutShort | None
 
 
 def wide_data_claim(f: sf.SoundFile) -> tuple[int, int] | None:
-    """``(bytes of audio the header claims, bytes of them the file holds)`` of a W64 or RF64 cut
-    short, from libsndfile's log of its header (``f``: an open file or ``soundfile.info``); None
-    for another file. What it holds is the frames libsndfile counted in what is there: a chunk
-    after the audio, cut, loses no audio. Until 2026-12-07 the header's chunks were walked, which
-    missed an RF64 whose odd-sized chunk has no pad byte (libsndfile reads it so)."""
-    align = _BLOCK_ALIGN.search(f.extra_info)
-    if f.format not in ("W64", "RF64") or align is None:
-        return None
-    align = int(align[1])
-    if f.format == "W64" and (claim := _W64_CLAIM.search(f.extra_info)):
+    """``(bytes of audio the header claims, bytes of them the file holds)`` of a W64 or RF64, from
+    libsndfile's log of its header (``f``: an open file or ``soundfile.info``); None for another
+    file, or one whose claim is not logged. The claim: a W64's "data" chunk size, an RF64's ds64
+    data size (not its sample count, which a writer may leave 0). What it holds: for PCM, float
+    and G.711 the frames libsndfile counted in what is there (a chunk after the audio, cut, loses
+    no audio); for a coded one (IMA/MS ADPCM, GSM 6.10), whose Block Align counts a block of many
+    frames, the claim less the bytes the whole file lacks ("riff : A (should be B)"). Until
+    2026-12-07 the header's chunks were walked, which missed an RF64 whose odd-sized chunk has no
+    pad byte (libsndfile reads it so)."""
+    info = f.extra_info
+    if f.format == "W64" and (claim := _W64_DATA.search(info)):
         claimed = int(claim[1]) - 24
-        return claimed, min(claimed, f.frames * align)
-    if f.format == "RF64" and (claim := _RF64_CLAIM.search(f.extra_info)):
-        return int(claim[2]) * align, int(claim[1]) * align
-    return None
+    elif f.format == "RF64" and (claim := _DS64_DATA.search(info)):
+        claimed = int(claim[1])
+    else:
+        return None
+    if f.subtype in _FRAME_ALIGNED and (align := _BLOCK_ALIGN.search(info)):
+        return claimed, min(claimed, f.frames * int(align[1]))
+    if (short := _RIFF_SHORT.search(info)) is None:  # the file holds what its header says
+        return claimed, claimed
+    return claimed, min(claimed, max(0, claimed - (int(short[1]) - int(short[2]))))
 
 
 def undecodable(name: str, exc: sf.LibsndfileError, after: int | None = None) -> AudioError:

@@ -1203,7 +1203,7 @@ def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, 
 def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does_them(tmp_path, causal_ckpt,
                                                                                        small_disk, capsys, workers):
     """Once a write had found the disk full, every file left was still denoised, to fail the same
-    way, each with its own line ("20 repeats"). Now the files whose outputs cannot fit are passed
+    way, each with its own line. Now the files whose outputs cannot fit are passed
     over, said once, and stay to do on the next run. With workers, the files the others are on
     when one finds the disk full fail too."""
     src = tmp_path / "in"
@@ -1222,9 +1222,10 @@ def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does
     passed = [r for r in recs if r["error"].startswith("not attempted: ")]
     assert ok and passed and len(ok) + len(full) + len(passed) == len(rows)
     for r in passed:
-        assert re.fullmatch(rf"not attempted: the disk holding {re.escape(str(out))} is full \(\d+\.\d MB free, its "
-                            rf"output needs about 0\.0 MB\)", r["error"]), r["error"]
+        assert re.fullmatch(rf"not attempted: the disk holding {re.escape(str(out))} is full \(\d+ kB free, its "
+                            rf"output needs 32 kB\)", r["error"]), r["error"]
     assert outputs(out) == {Path(r["output"]).name for r in ok} and not parts(out)
+    assert not list(out.glob(".audioae-inflight/*.json"))  # a file passed over leaves no marker: no crash suspect
     assert f"{len(rows) - len(ok)} failed ({len(passed)} not attempted: the disk is full)" in captured.out
     assert captured.err.count("failed: ") == len(full) and captured.err.count("not attempted: ") == 1, captured.err
     assert f"  not attempted: {len(passed)} files, once a write had found the disk full (e.g. {passed[-1]['input']}: " \
@@ -1235,14 +1236,60 @@ def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does
     assert all(r["status"] in ("ok", "skipped") for r in read_manifest(out / "audioae-manifest.jsonl"))
 
 
-def test_after_a_full_disk_a_file_that_fits_is_still_denoised(tmp_path, causal_ckpt):
-    """The check for room passes over only what cannot fit: space freed since, or a small file, is used."""
-    src = tmp_path / "in"
-    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+def _free_space(monkeypatch, free) -> None:
+    """Make every disk report ``free()`` bytes free (``shutil.disk_usage`` asks ``os.statvfs``)."""
+    real = os.statvfs
+
+    def statvfs(path):
+        st = real(path)
+        return os.statvfs_result((*st[:4], free() // st.f_frsize, *st[5:]))
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_after_a_full_disk_only_a_file_that_cannot_fit_is_passed_over(tmp_path, causal_ckpt, monkeypatch):
+    """Once a write had found the disk full, an output was taken to need its input's size: a WAV
+    whose input held a 100 kB JUNK chunk (an output has none), or a FLAC (denoised audio codes
+    differently), that would fit was "not attempted", and a small file's message said "0.0 MB"."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, [("long.wav", 16000, 1, "WAV", "PCM_16", 2.0), ("small.wav", 16000, 1, "WAV", "PCM_16", 0.5),
+                     ("big.flac", 16000, 1, "FLAC", "PCM_16", 50.0)])
+    raw = (src / "small.wav").read_bytes()  # 16 kB of samples, and a 100 kB JUNK chunk before them
+    junk = b"JUNK" + (100_000).to_bytes(4, "little") + bytes(100_000)
+    (src / "junk.wav").write_bytes(raw[:4] + (len(raw) - 8 + len(junk)).to_bytes(4, "little") + raw[8:12] + junk
+                                   + raw[12:])
+    assert (src / "big.flac").stat().st_size > 1_100_000
     den = FileDenoiser(load_checkpoint(causal_ckpt))
     den.disk_full = True  # as after a write that found the disk full
-    task = FileTask(str(src / "a.wav"), str(tmp_path / "out" / "sub" / "a.wav"), "sub/a.wav")  # its folder is new
-    assert den.run(task).status == "ok" and (tmp_path / "out" / "sub" / "a.wav").is_file()
+    free = 12 * 4096  # whole blocks
+    _free_space(monkeypatch, lambda: free)
+
+    def task(name):
+        return FileTask(str(src / name), str(out / "sub" / name), f"sub/{name}")  # its folder is new
+
+    r = den.run(task("long.wav"))
+    assert r.error == f"not attempted: the disk holding {out} is full (49 kB free, its output needs 64 kB)"
+    r = den.run(task("big.flac"))  # a compressed output: only under FULL_DISK_BYTES free
+    assert r.error == f"not attempted: the disk holding {out} is full (49 kB free)"
+    assert den.run(task("junk.wav")).status == "ok"  # its 16 kB fit
+    free = 1_100_000  # space freed during the run
+    assert den.run(task("big.flac")).status == "ok" and den.run(task("long.wav")).status == "ok"
+    assert outputs(out) == {"sub/junk.wav", "sub/big.flac", "sub/long.wav"}
+
+
+def test_the_gpu_path_writes_a_file_it_has_denoised_without_asking_for_room_again(tmp_path, causal_ckpt,
+                                                                                   monkeypatch):
+    """The batched (GPU) path, on CPU: a file that passed the check for room was checked again after
+    its batch had run and passed over as "not attempted" when space had gone meanwhile, its work
+    thrown away; its write says whether it fits."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    den.disk_full = True
+    asked = []
+    _free_space(monkeypatch, lambda: 10**9 if not asked.append(1) and len(asked) == 1 else 0)  # then none
+    [r] = den._run_batched([(FileTask(str(src / "a.wav"), str(out / "a.wav"), "a.wav"), None)])
+    assert r.status == "ok" and (out / "a.wav").is_file()
 
 
 def test_a_folder_search_takes_every_container_libsndfile_reads_and_counts_the_rest(tmp_path, causal_ckpt, caplog):
@@ -1529,6 +1576,39 @@ def test_a_w64_or_rf64_copy_cut_short_is_denoised_with_a_warning(tmp_path, causa
         assert f"  warning: {warning}" in err
         assert sf.info(out / name).frames == sf.info(src / name).frames < 16000
     assert [recs[n]["warning"] for n in ("whole.w64", "whole.rf64", "whole2.w64", "whole2.rf64", "odd.rf64")] == [""] * 5
+
+
+def test_a_coded_w64_or_an_rf64_without_its_sample_count_cut_short_is_warned(tmp_path, causal_ckpt):
+    """Read from libsndfile's log, a W64's audio held was taken as its frames times its Block
+    Align, which for IMA ADPCM and GSM 6.10 counts a block of hundreds of frames: cut in half it
+    "held" all it claimed. An RF64's claim was its ds64 sample count times Block Align, which a
+    writer may leave 0: a claim of nothing. Both were denoised for the half they hold without a
+    word; their complete copies say nothing."""
+    from audio_tree import cut_short
+
+    src = tmp_path / "in"
+    src.mkdir()
+    x = noisy_signal(np.random.default_rng(3), 2.0, 16000, 1)
+    for name, fmt, subtype in (("ima.w64", "W64", "IMA_ADPCM"), ("gsm.w64", "W64", "GSM610"),
+                               ("nocount.rf64", "RF64", "PCM_16")):
+        buf = io.BytesIO()
+        sf.write(buf, x, 16000, format=fmt, subtype=subtype)
+        raw = bytearray(buf.getvalue())
+        if fmt == "RF64":
+            assert raw[12:16] == b"ds64" and int.from_bytes(raw[36:44], "little") == 32000
+            raw[36:44] = bytes(8)  # ds64's sample count, left 0
+        (src / f"whole-{name}").write_bytes(raw)
+        (src / f"cut-{name}").write_bytes(cut_short(bytes(raw)))
+    s = run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert s["ok"] == 6, s
+    recs = by_input(tmp_path / "out")
+    for name in ("ima.w64", "gsm.w64", "nocount.rf64"):
+        assert recs[f"whole-{name}"]["warning"] == ""
+        warning = recs[f"cut-{name}"]["warning"]
+        claim = re.search(r": its header claims ([\d,]+) bytes of audio but the file holds ([\d,]+) \(", warning)
+        assert claim is not None, (name, warning)
+        claimed, held = (int(n.replace(",", "")) for n in claim.groups())
+        assert 0.4 < held / claimed < 0.55, warning
 
 
 def test_an_ogg_cut_inside_its_header_pages_may_be_cut_short_and_says_so(tmp_path, causal_ckpt):
@@ -1850,6 +1930,24 @@ def test_a_network_mounts_whole_second_time_of_the_same_file_is_no_change(tmp_pa
     os.utime(src, ns=(at, at))
     with pytest.raises(AudioError, match="went from 3,244 to 3,246 bytes while it was being denoised"):
         process.check_unchanged(str(src), before)
+
+
+def test_a_rerun_takes_a_network_mounts_whole_second_time_of_the_same_input_for_no_change(tmp_path):
+    """A rerun compared the manifest's size and mtime with the input's exactly, where a file's own
+    run allows a mount's whole-second time (sshfs, cifs, NFS): the same file read through the
+    server's stat was warned about as changed since its output was made."""
+    from audioae.batch.plan import split_done
+
+    src, out = tmp_path / "take.wav", tmp_path / "out.wav"
+    sf.write(src, np.zeros(1600, np.float32), 16000)
+    sf.write(out, np.zeros(1600, np.float32), 16000)
+    at = 1_700_000_000 * 10**9
+    os.utime(src, ns=(at, at))  # as the server keeps it: whole seconds
+    task = FileTask(str(src), str(out), "take.wav")
+    size = src.stat().st_size
+    for recorded, changed in (((size, at + 700_000_000), []), ((size, at + 3 * 10**9), [task]),
+                              ((size + 2, at), [task])):
+        assert split_done([task], False, recorded={str(src): recorded}) == ([], [task], changed)
 
 
 def test_an_input_changed_while_the_gpu_path_reads_it_fails_and_one_read_whole_names_its_input(tmp_path, causal_ckpt):

@@ -87,10 +87,6 @@ def test_ray_outputs_identical_to_local_and_corrupt_file_reported(job):
     assert len(recs) == len(TREE) + 1
     assert recs["corrupt.flac"]["status"] == "error" and "corrupt.flac" in recs["corrupt.flac"]["error"]
     assert not list((root / "ray").rglob("*.part"))
-    for rec in recs.values():  # the input each output was made from, as the job read it
-        if rec["status"] == "ok":
-            st = os.stat(rec["input"])
-            assert (rec["input_size"], rec["input_mtime_ns"]) == (st.st_size, st.st_mtime_ns), rec
 
 
 def test_ray_results_name_the_input_as_it_was_read(job, tmp_path):

@@ -18,7 +18,7 @@ from .isolated import Settings, isolate, run_marked
 from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask, part_path
-from .process import BLOCK_SECONDS, FileDenoiser, no_room, says_disk_full
+from .process import BLOCK_SECONDS, FileDenoiser, says_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,7 @@ def _work(task: FileTask, disk_full: bool = False) -> FileResult:
     """``disk_full``: a write of this job has found the disk full (in any worker): see
     :attr:`.process.FileDenoiser.disk_full`."""
     assert _WORKER is not None and _JOURNAL is not None, "worker used before its initializer ran"
-    _WORKER.disk_full = _WORKER.disk_full or disk_full
-    if (passed := no_room(task) if _WORKER.disk_full else None) is not None:  # not started: no marker
-        return passed
+    _WORKER.disk_full = _WORKER.disk_full or disk_full  # run() passes over a file that cannot fit: its marker goes below
     _JOURNAL.started(task.input, output=task.output)  # the worker, not the parent, knows when a file starts
     try:
         result = _WORKER.run(task)

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..audio import AUDIO_EXTENSIONS, is_audio_name, not_a_file, walk_audio
 from ..fileio import check_named, check_output_folder, nearest_existing, temp_name
@@ -260,6 +261,38 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     return tasks
 
 
+class SourceState(NamedTuple):
+    """What says an input is still the file that was opened: its size and modification time (not
+    its inode, which some network and FUSE mounts do not keep stable between two stats)."""
+
+    size: int
+    mtime_ns: int
+
+
+def source_state(path: str) -> SourceState | None:
+    """The input at ``path`` as :class:`SourceState`, None when it cannot be stat'ed (its open says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return SourceState(st.st_size, st.st_mtime_ns)
+
+
+COARSE_MTIME_NS = 2 * 10**9  # FAT keeps 2 s
+
+
+def same_file(before: SourceState, now: SourceState) -> bool:
+    """Whether ``now`` is still the file that was ``before``. A network mount may answer one stat
+    from its cache, with the finer time the client set, and the next from the server, which keeps
+    whole seconds (SFTP, and so sshfs; some cifs and NFS servers; FAT's 2 s): the same size with
+    times within 2 s of each other, one of them whole seconds, is the same file. A rewrite of the
+    same size within those 2 s goes unseen on such a mount, as one within its resolution always did."""
+    if now == before:
+        return True
+    return (now.size == before.size and abs(now.mtime_ns - before.mtime_ns) < COARSE_MTIME_NS
+            and 0 in (now.mtime_ns % 10**9, before.mtime_ns % 10**9))
+
+
 def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[str] = (),
                recorded: Mapping[str, tuple[int, int]] | None = None,
                ) -> tuple[list[FileTask], list[FileTask], list[FileTask]]:
@@ -271,8 +304,9 @@ def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[st
     ``changed``: the done tasks whose input is no longer the file its output was made from: a
     recorder's numbering starts over, a new ZOOM0001.WAV replaces the old one, and the rerun keeps
     the old one's output. They are still skipped (outputs that exist are done); the job warns.
-    An input is changed when its size or mtime differs from what ``recorded`` holds for it
-    (:func:`~.manifest.previous_inputs`); without a record (a manifest before 2026-12-07), when it
+    An input is changed when it is not the file ``recorded`` holds for it by size and mtime
+    (:func:`~.manifest.previous_inputs`; :func:`same_file`, as a file's own run checks it: a
+    network mount's whole-second time of the same file is no change); without a record (a manifest before 2026-12-07), when it
     was modified after its output was written, which a recorder whose FAT clock runs ahead of
     this machine's (local time taken as UTC) tripped on every rerun. One stat per output and per
     input of a done task."""
@@ -291,7 +325,7 @@ def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[st
         except OSError:  # gone or unreadable: the file's own run says so
             continue
         then = recorded.get(t.input)
-        if (then is not None and (st.st_size, st.st_mtime_ns) != tuple(then)) or \
+        if (then is not None and not same_file(SourceState(*then), SourceState(st.st_size, st.st_mtime_ns))) or \
                 (then is None and st.st_mtime > out.st_mtime):
             changed.append(t)
     return todo, done, changed

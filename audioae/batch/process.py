@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -61,7 +60,7 @@ from ..enhance import (
 from ..fileio import file_in_the_way, nearest_existing
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
-from .plan import FileTask, part_path
+from .plan import FileTask, SourceState, part_path, same_file, source_state
 
 log = logging.getLogger(__name__)
 
@@ -74,47 +73,15 @@ BATCH_FILES = 16  # causal models; non-causal ones go one by one
 BATCH_MAX_TOTAL = BATCH_FILES * BATCH_MAX_SECONDS
 
 
-class SourceState(NamedTuple):
-    """What says an input is still the file that was opened: its size and modification time (not
-    its inode, which some network and FUSE mounts do not keep stable between two stats)."""
-
-    size: int
-    mtime_ns: int
-
-
-def source_state(path: str) -> SourceState | None:
-    """The input at ``path`` as :class:`SourceState`, None when it cannot be stat'ed (its open says why)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return SourceState(st.st_size, st.st_mtime_ns)
-
-
 def made_from(state: SourceState | None) -> dict[str, int]:
     """:class:`~.manifest.FileResult`'s ``input_size`` and ``input_mtime_ns`` for ``state`` (none for None)."""
     return {} if state is None else {"input_size": state.size, "input_mtime_ns": state.mtime_ns}
 
 
-COARSE_MTIME_NS = 2 * 10**9  # FAT keeps 2 s
-
-
-def _same_file(before: SourceState, now: SourceState) -> bool:
-    """Whether ``now`` is still the file that was ``before``. A network mount may answer one stat
-    from its cache, with the finer time the client set, and the next from the server, which keeps
-    whole seconds (SFTP, and so sshfs; some cifs and NFS servers; FAT's 2 s): the same size with
-    times within 2 s of each other, one of them whole seconds, is the same file. A rewrite of the
-    same size within those 2 s goes unseen on such a mount, as one within its resolution always did."""
-    if now == before:
-        return True
-    return (now.size == before.size and abs(now.mtime_ns - before.mtime_ns) < COARSE_MTIME_NS
-            and 0 in (now.mtime_ns % 10**9, before.mtime_ns % 10**9))
-
-
 def changed_error(path: str, before: SourceState, now: SourceState | None) -> AudioError | None:
     """The error of the input at ``path``, ``before`` when it was opened and ``now`` after it was
     read (None: gone), where it is no longer that file; None where it is."""
-    if now is not None and _same_file(before, now):
+    if now is not None and same_file(before, now):
         return None
     what = ("is gone" if now is None else f"went from {before.size:,} to {now.size:,} bytes"
             if now.size != before.size else "was modified")
@@ -233,23 +200,40 @@ def out_folder(task: FileTask) -> Path:
     return Path(task.output).parents[len(Path(task.rel).parts) - 1]
 
 
+# Bytes per sample of the uncompressed subtypes, whose output's size is known before it is written.
+_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+                 "FLOAT": 4, "DOUBLE": 8}
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for a person: kB under 1 MB (a small file's "0.0 MB" said nothing), else MB."""
+    return f"{n // 1000} kB" if n < 1_000_000 else f"{n / 1e6:.1f} MB"
+
+
 def no_room(task: FileTask, data: bytes | None = None) -> FileResult | None:
     """The error of a file whose output cannot fit on the disk holding OUT, without denoising it;
-    None when it may fit (or its size cannot be told: its run says why it fails). Its output is
-    taken to need at least its input's size: exact for PCM WAV, near it for the same codec at the
-    same bitrate. Asked only after a write found the disk full, where every further file was
-    denoised to fail the same way."""
+    None when it may fit (or its size cannot be told: its run says why it fails). Asked only after
+    a write found the disk full, where every further file was denoised to fail the same way. An
+    uncompressed output (PCM WAV, AIFF, ...) needs its samples' bytes, known from the header: it is
+    passed over when fewer are free. A compressed one's size is not known before it is coded (a
+    FLAC of denoised audio may be far smaller or larger than its input; an MP3's cover art is not
+    copied), so it is passed over only while the disk is full (under :data:`FULL_DISK_BYTES` free,
+    as a failed write calls it): a small one that would fit there is passed over too. Free space
+    as this user may use it (``shutil.disk_usage``: not root's reserved blocks)."""
     try:
-        need = len(data) if data is not None else os.stat(task.input).st_size
-        st = os.statvfs(nearest_existing(Path(task.output).parent))
-    except OSError:
+        free = shutil.disk_usage(nearest_existing(Path(task.output).parent)).free
+        with _open(task, data) as f:
+            fmt, subtype = f.format, f.subtype if sf.check_format(f.format, f.subtype) else sf.default_subtype(f.format)
+            frames, channels = f.frames, f.channels
+    except (OSError, sf.LibsndfileError, AudioError):
         return None
-    free = st.f_bavail * st.f_frsize
-    if free >= need:
+    size = _SAMPLE_BYTES.get(subtype) if fmt != "FLAC" else None  # FLAC's subtypes name PCM widths
+    need = None if size is None else frames * channels * size
+    if free >= (FULL_DISK_BYTES if need is None else need):
         return None
+    needs = "" if need is None else f", its output needs {size_text(need)}"
     return FileResult(task.input, task.output, "error",
-                      f"{NOT_ATTEMPTED}the disk holding {out_folder(task)} is full ({free / 1e6:.1f} MB free, "
-                      f"its output needs about {need / 1e6:.1f} MB)")
+                      f"{NOT_ATTEMPTED}the disk holding {out_folder(task)} is full ({size_text(free)} free{needs})")
 
 
 def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
@@ -266,8 +250,8 @@ def _cannot_write(task: FileTask, exc: Exception) -> WriteError:
     full = free is not None and free < FULL_DISK_BYTES
     reason = sound_error_reason(exc, path=part_path(task.output), writing=True)
     if full and (reason == "System error." or getattr(exc, "errno", None) == errno.ENOSPC):  # says nothing more
-        return WriteError(f"{task.output}: cannot write the output: {DISK_FULL} ({free // 1024} kB free)")
-    note = f"; {DISK_FULL} ({free // 1024} kB free)" if full else ""
+        return WriteError(f"{task.output}: cannot write the output: {DISK_FULL} ({size_text(free)} free)")
+    note = f"; {DISK_FULL} ({size_text(free)} free)" if full else ""
     return WriteError(f"{task.output}: cannot write the output ({reason}){note}")
 
 
@@ -529,9 +513,6 @@ class FileDenoiser:
         for d, y in zip(group, outs, strict=True):
             t1 = time.perf_counter()
             duration = d.wav.shape[-1] / d.sr
-            if (passed := self._no_room(d.task, d.data)) is not None:  # denoised already, but cannot be written
-                yield passed
-                continue
             try:
                 self._write_whole(d.task, y, d.sr, d.fmt, d.subtype, d.tags, d.kbps)
             except Exception as exc:
