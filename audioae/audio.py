@@ -263,8 +263,10 @@ _RIFF_SHORT = re.compile(r"^ *(?:riff|Riff size) : (\d+) \(should be (\d+)\)$", 
 _W64_DATA = re.compile(r"^data : (\d+)$", re.MULTILINE)
 _DS64_DATA = re.compile(r"^ *Data size : (\d+)$", re.MULTILINE)
 _BLOCK_ALIGN = re.compile(r"^ *Block Align *: (\d+)$", re.MULTILINE)
-# Subtypes whose Block Align is the bytes of one frame (a coded one's is those of a block of frames).
-_FRAME_ALIGNED = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"})
+# Bytes per sample of the uncompressed subtypes: their Block Align is the bytes of one frame (a
+# coded one's is those of a block of frames), and an output's size is known before it is written.
+SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+                "FLOAT": 4, "DOUBLE": 8}
 # Sizes written before the length was known (live recorders, pipes): 0x7FFFFFFF or 0xFFFFFFFF,
 # some less the header's bytes. A claim just under either is no claim.
 PLACEHOLDER_SIZES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
@@ -342,7 +344,7 @@ def wide_data_claim(f: sf.SoundFile) -> tuple[int, int] | None:
         claimed = int(claim[1])
     else:
         return None
-    if f.subtype in _FRAME_ALIGNED and (align := _BLOCK_ALIGN.search(info)):
+    if f.subtype in SAMPLE_BYTES and (align := _BLOCK_ALIGN.search(info)):
         return claimed, min(claimed, f.frames * int(align[1]))
     if (short := _RIFF_SHORT.search(info)) is None:  # the file holds what its header says
         return claimed, claimed
@@ -839,18 +841,22 @@ def _vorbis_nominal_by_level(sr: int, channels: int) -> tuple[float, ...]:
     return tuple(kbps)
 
 
+def _head(source: str | os.PathLike | bytes, n: int) -> bytes:
+    """The first ``n`` bytes of a file or of its bytes (b"" where it cannot be read)."""
+    if isinstance(source, bytes | bytearray):
+        return bytes(source[:n])
+    try:
+        with open(fs_path(source), "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
 def vorbis_nominal_kbps(source: str | os.PathLike | bytes) -> float | None:
     """The nominal bitrate (kbit/s) in an Ogg Vorbis file's identification header, which names the
     quality it was coded at (libvorbis writes the one of its quality, rate and channels, whatever
     the audio); None where there is none."""
-    if isinstance(source, bytes | bytearray):
-        head = bytes(source[:4096])
-    else:
-        try:
-            with open(fs_path(source), "rb") as fh:
-                head = fh.read(4096)
-        except OSError:
-            return None
+    head = _head(source, 4096)
     at = head.find(b"\x01vorbis")
     if at < 0 or len(head) < at + 7 + 21:
         return None
@@ -858,7 +864,7 @@ def vorbis_nominal_kbps(source: str | os.PathLike | bytes) -> float | None:
     return nominal / 1000 if nominal > 0 else None
 
 
-def vorbis_kbps(source: str | os.PathLike | bytes | None, mean: float, sr: int, channels: int) -> float:
+def vorbis_kbps(source: str | os.PathLike | bytes, mean: float, sr: int, channels: int) -> float:
     """The kbit/s :func:`vorbis_compression` takes for a Vorbis input whose audio's mean bitrate is
     ``mean``: the nominal bitrate its header names (the one libvorbis writes for its quality), or
     for a header that names none the nominal one of the quality whose mean comes nearest (the
@@ -867,7 +873,7 @@ def vorbis_kbps(source: str | os.PathLike | bytes | None, mean: float, sr: int, 
     by_level = _vorbis_nominal_by_level(sr, channels)
     if not all(by_level):
         return mean
-    named = vorbis_nominal_kbps(source) if source is not None else None
+    named = vorbis_nominal_kbps(source)
     return named or float(np.interp(vorbis_mean_compression(mean, sr, channels), VORBIS_LEVELS, by_level))
 
 
@@ -910,7 +916,7 @@ def held_audio(source: str | os.PathLike | bytes, f: sf.SoundFile, name: str) ->
 
 
 def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int,
-               source: str | os.PathLike | bytes | None = None) -> float | None:
+               source: str | os.PathLike | bytes) -> float | None:
     """A lossy input's bitrate in kbit/s, which its output keeps: its coded audio's bytes
     (``scan``: :func:`scan_coded`'s, without tags, cover art or codec headers) over the ``frames``
     it holds at ``f``'s rate, for Vorbis the nominal bitrate of its quality (:func:`vorbis_kbps`,
@@ -1191,16 +1197,14 @@ def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int
     import torch
 
     x = torch.as_tensor(wav, dtype=torch.float32)
-    if orig_sr == new_sr:
-        return x
-    check_resample(orig_sr, new_sr)
-    kept = resampler(orig_sr, new_sr)
     g = math.gcd(orig_sr, new_sr)
     a, b = orig_sr // g, new_sr // g  # each stride of a input samples gives b output samples
     n = x.shape[-1]
     per = max(1, block // a)  # strides per block
-    if x.device.type != "cpu" or n <= per * a:
-        return resampled(x, orig_sr, new_sr, kept)
+    if orig_sr == new_sr or x.device.type != "cpu" or n <= per * a:
+        return resample(x, orig_sr, new_sr)
+    check_resample(orig_sr, new_sr)
+    kept = resampler(orig_sr, new_sr)
     kernel, w = kept.kernel, kept.width  # [b, 1, a + 2w]
     flat = x.reshape(-1, n)  # [B, T]
     rows = n // a + 1  # strides of the whole: torchaudio pads w samples before and w + a after

@@ -275,19 +275,20 @@ def _cmd_denoise(args) -> int:
              f"engine {s['engine']})" if s["ok"] else f"nothing denoised (engine {s['engine']})")
     found = s.get("skipped_found", 0)
     theirs = f", {found} skipped (a file no run made under its output's name)" if found else ""
-    passed = [e for e in s["errors"] if e["error"].startswith(NOT_ATTEMPTED)]
-    unfit = f" ({len(passed)} not attempted: the disk is full)" if passed else ""
+    passed = s["not_attempted"]
+    unfit = f" ({passed} not attempted: the disk is full)" if passed else ""
     print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped'] - found} skipped (already "
           f"done){theirs}, {s['error']} failed{unfit}; {speed}")
+    last = None
     for err in s["errors"]:
         if err["error"].startswith(NOT_ATTEMPTED):  # said once, below: a line per file would repeat it for each
+            last = err
             continue
         # Read errors name their file already; others (a rate that cannot be resampled) do not.
         named = err["error"].startswith(err["input"])
         print(f"  failed: {'' if named else err['input'] + ': '}{err['error']}", file=sys.stderr)
-    if passed:
-        last = passed[-1]
-        print(f"  not attempted: {len(passed)} file{'s' * (len(passed) != 1)}, once a write had found the disk full "
+    if last is not None:
+        print(f"  not attempted: {passed} file{'s' * (passed != 1)}, once a write had found the disk full "
               f"(e.g. {last['input']}: {last['error'].removeprefix(NOT_ATTEMPTED)}); each is in the manifest. Free "
               f"some space and run the same command again to denoise them", file=sys.stderr)
     for w in s["warnings"]:

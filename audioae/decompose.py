@@ -22,10 +22,9 @@ them).
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -508,12 +507,20 @@ def _sample_blocks(comps: np.ndarray) -> int:
     return max(1 << 12, 2 * CHUNK_FLOATS // max(1, comps.shape[0] * comps.shape[1]))
 
 
+def _sample_spans(length: int, step: int, stop: Callable[[], bool] | None, doing: str) -> Iterator[tuple[int, int]]:
+    """``(a, b)`` blocks of ``step`` samples of ``length``, ``stop`` asked before each: "decomposition
+    stopped {doing}, at sample {a} of {length}"."""
+    for a in range(0, length, step):
+        check_stop(stop, f"decomposition stopped {doing}, at sample {a} of {length}")
+        yield a, min(a + step, length)
+
+
 def _residual_and_energies(x: np.ndarray, comps: np.ndarray, stop: Callable[[], bool] | None):
     """The residual ``x - comps.sum(0)`` ``[C, T]`` float32 (summed in float64), and in float64
     the energy attributed to each component ``<c_k, x>`` ``[K]``, ``|x|^2``, the sum-to-input
     error's energy ``|sum + residual - x|^2`` and ``<residual, x>``; ``x [C, T]``, ``comps
     [K, C, T]``. In blocks of samples, ``stop`` asked before each: uncut, with the ranking, a
-    550 s call at 44.1 kHz ran on 5-7 s past a stop (docs/decomposition.md). Blocks change the
+    550 s call at 44.1 kHz ran on 5-8 s past a stop (docs/decomposition.md). Blocks change the
     sums only by float rounding.
 
     ``<c_k, x>``: with the residual's it sums to ``|x|^2`` exactly (soft-masked components share
@@ -523,10 +530,7 @@ def _residual_and_energies(x: np.ndarray, comps: np.ndarray, stop: Callable[[], 
     residual = np.empty(x.shape, np.float32)
     energy = np.zeros(len(comps))
     x_energy = err_energy = residual_energy = 0.0
-    step = _sample_blocks(comps)
-    for a in range(0, length, step):
-        check_stop(stop, f"decomposition stopped summing the components, at sample {a} of {length}")
-        b = min(a + step, length)
+    for a, b in _sample_spans(length, _sample_blocks(comps), stop, "summing the components"):
         x64 = x[:, a:b].astype(np.float64)  # [C, b - a]
         comps_sum = comps[:, :, a:b].sum(0, dtype=np.float64)  # [C, b - a]
         res = (x64 - comps_sum).astype(np.float32)
@@ -544,11 +548,8 @@ def _rank_in_place(comps: np.ndarray, rank: np.ndarray, stop: Callable[[], bool]
     each: ``comps[rank]`` made a fresh copy of every waveform, uncut."""
     if (rank == np.arange(len(rank))).all():
         return
-    length = comps.shape[-1]
-    step = _sample_blocks(comps)
-    for a in range(0, length, step):
-        check_stop(stop, f"decomposition stopped ranking the components, at sample {a} of {length}")
-        comps[:, :, a : a + step] = comps[rank, :, a : a + step]
+    for a, b in _sample_spans(comps.shape[-1], _sample_blocks(comps), stop, "ranking the components"):
+        comps[:, :, a:b] = comps[rank, :, a:b]
 
 
 def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor, denom: torch.Tensor,
@@ -590,18 +591,17 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         dom[lo : lo + len(batch)] = (spectrum.argmax(-1).float() * bin_hz).numpy()
         spans[lo : lo + len(batch)] = _energy_band(spectrum.double().numpy()) * bin_hz
         envs[lo : lo + len(batch)] = per_bin.sum(1).numpy()
-        # After the inverse STFT, and in blocks with a stop question before each: 550 s from 16 kHz to
-        # 44.1 kHz took 0.4 s a component, uncut (benchmarks/decompose_deadline.py --stop-from).
-        resampling = functools.partial(check_stop, stop, f"decomposition stopped while resampling component "
-                                                         f"{lo + 1} of {len(groups)}")
+        # After the inverse STFT, and in blocks with a stop question before each: uncut, a stop ran on
+        # to the next component (benchmarks/results/decompose-deadline-tail-before.json).
+        def resampling(where: str = f"decomposition stopped while resampling component {lo + 1} of {len(groups)}"):
+            check_stop(stop, where)
+
         resampling()
         y = fit_length(resample_in_blocks(y, c.sample_rate, sr, stop=resampling), length).numpy()  # [k, C, T]
         # Copied in blocks, a stop question before each: the copy touches fresh pages of `out`,
         # which ran on past a stop, uncut (docs/decomposition.md).
-        block = _sample_blocks(y)
-        for a in range(0, length, block):
-            check_stop(stop, f"decomposition stopped copying component {lo + 1} of {len(groups)}, at sample {a} of {length}")
-            out[lo : lo + len(batch), :, a : a + block] = y[..., a : a + block]
+        for a, b in _sample_spans(length, _sample_blocks(y), stop, f"copying component {lo + 1} of {len(groups)}"):
+            out[lo : lo + len(batch), :, a:b] = y[..., a:b]
     return out, dom, spans, envs
 
 

@@ -1065,7 +1065,7 @@ def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_
     # left the weights as they were; NaN in x made every weight NaN.
     if steps < 0 or batch_size < 1:
         raise ValueError(f"fit_arrays needs steps >= 0 and batch_size >= 1, got steps={steps}, batch_size={batch_size}")
-    if x.shape[0] == 0 or x.numel() == 0:
+    if x.numel() == 0:
         raise ValueError(f"fit_arrays got no data to fit: x has shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"fit_arrays needs floating-point data, got {x.dtype}; for 8-bit images pass x / 255")

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from bench_args import positive_seconds, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
+from bench_args import check_one_sample, positive_seconds, sample_rate  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
 from audioae import audio
 from audioae.enhance import StreamingDenoiser, denoise
@@ -60,8 +60,7 @@ def main() -> None:
     p.add_argument("--seconds", type=positive_seconds, default=20.0)
     p.add_argument("--out", default="benchmarks/results/odd-rates.json")
     args = p.parse_args()
-    if int(min(args.rates) * args.seconds) < 1:
-        p.error(f"--seconds {args.seconds:g} is less than one sample at {min(args.rates)} Hz")
+    check_one_sample(p, args.seconds, min(args.rates))
     model_path = resolve_arg(p, args.model, "--model", family="denoiser")
     torch.set_num_threads(1)
     model = load(model_path)

@@ -402,11 +402,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if first is None:
             raise Abort(INVALID, "empty stream: the first message must be a StreamConfig")
         # Neither was parsed: what came may not be a StreamConfig at all (audio sent first).
+        first_message = "the 1st message, which should be the StreamConfig"
         if isinstance(first, Oversized):
-            raise Abort(EXHAUSTED, first.refusal("the 1st message, which should be the StreamConfig,",
-                                                 less=CONFIG_FIRST))
+            raise Abort(EXHAUSTED, first.refusal(f"{first_message},", less=CONFIG_FIRST))
         if isinstance(first, Unparsed):
-            raise Abort(INVALID, f"the 1st message, which should be the StreamConfig: {first.refusal()}")
+            raise Abort(INVALID, f"{first_message}: {first.refusal()}")
         if first.WhichOneof("msg") != "config":
             raise Abort(
                 INVALID,

@@ -555,7 +555,8 @@ def test_client_stream_keeps_its_timeout_as_client_denoise_does(mixed_server, tm
     """docs/serving.md: every client command takes --timeout, a per-call deadline. ``client stream``
     ran without one (stream_file left the client's timeout out, as a live stream must), so a call
     that should have ended at its deadline ran on. A deadline of a microsecond has passed before any
-    answer can come: the call ends with DEADLINE_EXCEEDED and writes nothing."""
+    answer can come: the call ends with DEADLINE_EXCEEDED and writes nothing. The CLI's stream is
+    stopped at its ListModels question already; the Client.stream_file lines test the fix."""
     src = tmp_path / "in.wav"
     write_audio(src, _noisy(0.5, 16000), 16000)
     addr = f"127.0.0.1:{mixed_server.port}"

@@ -128,7 +128,7 @@ def test_a_rate_whose_way_back_needs_the_larger_filter_is_refused_before_the_mod
 
 def test_44056_hz_is_denoised_offline_but_refused_as_a_real_time_stream(tmp_path):
     """The NTSC pull-down of 44.1 kHz needs a 44 MB filter: offline 50x real time, but a stream's
-    10 ms calls took 76 ms each (benchmarks/results/odd-rates.json). Until 2026-12-07 one bound
+    10 ms calls took 82 ms each (benchmarks/results/odd-rates.json). Until 2026-12-07 one bound
     refused it everywhere; now a file or a clip is denoised (its length and rate kept, through the
     whole-clip path and the long-file stream in blocks alike) and a real-time stream is refused,
     saying what takes it."""

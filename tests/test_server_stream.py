@@ -342,7 +342,7 @@ BAD_MESSAGES = {  # a bad message after two good chunks of audio, and what the s
 
 
 def test_a_bad_message_mid_stream_ends_it_with_the_audio_before_it_answered(tiny):
-    """Was INVALID_ARGUMENT at once: the 12-25 ms the model still held for the chunks before a bad
+    """Was INVALID_ARGUMENT at once: the audio the model still held for the chunks before a bad
     one (its tail) never came back, where a message protobuf cannot parse had it answered first.
     Now every message refused mid-stream ends it that way, with the same message as before + the
     note. With no audio before it there is nothing to answer, and no note."""

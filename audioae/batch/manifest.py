@@ -3,7 +3,8 @@
 One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
 ``seconds`` (wall time spent on it), ``duration`` (seconds of audio) and, for an output on disk,
 what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``, and the input
-it was made from: ``input_size`` and ``input_mtime_ns`` as the job found them before its work. Lines are
+it was made from: ``input_size`` and ``input_mtime_ns`` as the engine opened it (else as the job
+found them before its work). Lines are
 appended and flushed as files finish, so a killed run still leaves a record of what it
 completed; at the end of a run the file is compacted (last line per input wins) and replaced
 atomically.

@@ -32,6 +32,7 @@ import torch
 from ..audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
+    SAMPLE_BYTES,
     AudioError,
     HeldAudio,
     check_channels,
@@ -200,11 +201,6 @@ def out_folder(task: FileTask) -> Path:
     return Path(task.output).parents[len(Path(task.rel).parts) - 1]
 
 
-# Bytes per sample of the uncompressed subtypes, whose output's size is known before it is written.
-_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
-                 "FLOAT": 4, "DOUBLE": 8}
-
-
 def size_text(n: int) -> str:
     """``n`` bytes for a person: kB under 1 MB (a small file's "0.0 MB" said nothing), else MB."""
     return f"{n // 1000} kB" if n < 1_000_000 else f"{n / 1e6:.1f} MB"
@@ -227,7 +223,7 @@ def no_room(task: FileTask, data: bytes | None = None) -> FileResult | None:
             frames, channels = f.frames, f.channels
     except (OSError, sf.LibsndfileError, AudioError):
         return None
-    size = _SAMPLE_BYTES.get(subtype) if fmt != "FLAC" else None  # FLAC's subtypes name PCM widths
+    size = SAMPLE_BYTES.get(subtype) if fmt != "FLAC" else None  # FLAC's subtypes name PCM widths
     need = None if size is None else frames * channels * size
     if free >= (FULL_DISK_BYTES if need is None else need):
         return None
