@@ -66,6 +66,16 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 # (``audioae serve``: 4 x --max-request-mb 64; tests/test_client.py checks they agree). Less
 # would fail answers the server has already computed, e.g. every component of a decomposition.
 DEFAULT_MESSAGE_MB = 256
+# gRPC keeps a deadline as int64 nanoseconds since 1970, which end in 2262: a timeout reaching past
+# that (1e10 s, or inf, meant as "no deadline") failed every call at once with DEADLINE_EXCEEDED.
+# Longer than a century is sent as no deadline.
+MAX_TIMEOUT_SECONDS = 100 * 365 * 86400
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """``timeout`` as gRPC can carry it: None (no deadline) beyond :data:`MAX_TIMEOUT_SECONDS`."""
+    return None if timeout is not None and timeout > MAX_TIMEOUT_SECONDS else timeout
+
 
 # KServe v2 datatypes <-> little-endian numpy dtypes.
 DATATYPES: dict[str, str] = {
@@ -102,20 +112,24 @@ class AudioForm:
     cut: CutShort | None = None  # encoded: a file holding less audio than its header claims
 
 
-def _pcm_dtype(fmt: int) -> tuple[str, str]:
+def _pcm_dtype(fmt: int, name: str = "PCM audio") -> tuple[str, str]:
     pb = _pb()
     if fmt == pb.INT16:
         return "<i2", "int16"
     if fmt == pb.FLOAT32:
         return "<f4", "float32"
-    name = pb.SampleFormat.Name(fmt) if fmt in pb.SampleFormat.values() else str(fmt)
-    raise AudioError(f"PCM sample format must be INT16 or FLOAT32, got {name}")
+    # Pcm.format is the field a client of the .proto most easily leaves out: say so, and where
+    if fmt == pb.SAMPLE_FORMAT_UNSPECIFIED:
+        raise AudioError(f"{name}: the PCM's sample format is unset (SAMPLE_FORMAT_UNSPECIFIED); set Pcm.format "
+                         f"to INT16 or FLOAT32")
+    given = pb.SampleFormat.Name(fmt) if fmt in pb.SampleFormat.values() else str(fmt)
+    raise AudioError(f"{name}: PCM sample format must be INT16 or FLOAT32, got {given}")
 
 
 def pcm_bytes_to_array(data: bytes, fmt: int, channels: int, name: str = "PCM audio") -> np.ndarray:
     """Interleaved little-endian bytes -> ``[C, T]`` float32; raises :class:`AudioError`."""
     check_channels(channels, name)
-    dtype, label = _pcm_dtype(fmt)
+    dtype, label = _pcm_dtype(fmt, name)
     frame = np.dtype(dtype).itemsize * channels
     if len(data) % frame:
         raise AudioError(
@@ -458,7 +472,7 @@ class Client:
 
     def _kw(self, timeout: float | None) -> dict:
         t = self.timeout if timeout is None else timeout
-        return {"metadata": self.metadata, "timeout": t}
+        return {"metadata": self.metadata, "timeout": _deadline(t)}
 
     def _warned(self, rpc: str, resp):
         """``resp``, its warnings logged: the server answered all the same, and says what the
@@ -584,7 +598,7 @@ class Client:
                 failed.append(exc)  # end the stream here; raised to the caller below
 
         try:
-            for resp in self.stub.StreamDenoise(requests(), metadata=self.metadata, timeout=timeout):
+            for resp in self.stub.StreamDenoise(requests(), metadata=self.metadata, timeout=_deadline(timeout)):
                 if resp.audio:
                     yield pcm_bytes_to_array(resp.audio, code, channels, "response")
         except grpc.RpcError:
@@ -709,7 +723,7 @@ class Client:
 
         stub = health_pb2_grpc.HealthStub(self.channel)
         resp = stub.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=self.metadata
+            health_pb2.HealthCheckRequest(service=service), timeout=_deadline(timeout), metadata=self.metadata
         )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 

@@ -16,6 +16,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from audioae.config import quoted
 from audioae.enhance import denoise_batch, pick_device
 from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 
@@ -67,6 +68,16 @@ class HealthService(health.HealthServicer):
         if service not in self._names:
             self._names.append(service)
         super().set(service, status)
+
+    def Check(self, request, context):
+        # The library answers an unknown service with a bare NOT_FOUND (the protocol's code): a
+        # probe of a misspelt name ("audioae.v1.Audioae") read as if the server were missing.
+        if request.service not in self._names:
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details(f"no health status for service {quoted(request.service)}; this server reports "
+                                f"{' and '.join(repr(n) for n in self._names) or 'none yet'}")
+            return health_pb2.HealthCheckResponse()
+        return super().Check(request, context)
 
     def List(self, request, context):
         # Each service's status as Check gives it, one at a time: not one snapshot under one lock,

@@ -116,6 +116,12 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
+    def queued_besides(self, job: Job) -> int:
+        """Jobs waiting for the device other than ``job``, which stays queued, abandoned, until the
+        worker reaches it: a lone request whose deadline passed read "(1 request queued)"."""
+        with self._cond:
+            return sum(1 for j in self._queue if j is not job)
+
     def submit(self, job: Job) -> Future:
         """Queue ``job``; raises :class:`QueueFull` when ``max_queue`` jobs are already waiting."""
         with self._cond:

@@ -124,6 +124,32 @@ class _StreamCut(Exception):
         self.code, self.message, self.by_drain, self.refused = code, message, by_drain, refused
 
 
+def _stream_audio(msg, i: int, cfg: pb.StreamConfig) -> np.ndarray:
+    """Audio chunk ``i`` (the stream's ``i + 1``-th message) as ``[C, n]`` float32 samples, or a
+    :class:`_StreamCut` (``refused``) saying why the message is not one. Every refusal ends the stream
+    the same way, the tail of the audio before it answered first (until 2026-12-07 a bad audio chunk,
+    a second StreamConfig or an empty message lost that tail, where an oversized or unparsable one had it)."""
+    nth = f"the {_nth(i + 1)} message"
+    if isinstance(msg, Oversized):
+        refusal = EXHAUSTED, msg.refusal(nth)
+    elif isinstance(msg, Unparsed):
+        refusal = INVALID, f"{nth}: {msg.refusal()}"
+    elif msg.WhichOneof("msg") == "config":
+        refusal = INVALID, f"{nth} is a StreamConfig: only the first message may be one; the rest carry audio"
+    elif msg.WhichOneof("msg") is None:
+        refusal = INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes"
+    else:
+        chunk = f"audio chunk {i} ({nth})"
+        try:
+            x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
+            check_levels(x, chunk)
+            return x
+        except AudioError as exc:
+            refusal = INVALID, str(exc)
+    code, message = refusal
+    raise _StreamCut(code, message, refused=True)
+
+
 DRAIN_POLL_SECONDS = 0.5  # how often a stream waiting for its client looks at the drain
 
 
@@ -151,7 +177,7 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
     model's float32 arithmetic (features of 1e12 made decomposer-small's code all NaN, answered OK)."""
     try:
         y = fn(x)
-    except (RuntimeError, MemoryError) as exc:
+    except (RuntimeError, MemoryError, IndexError) as exc:  # IndexError: a dimension the network lacks
         if is_out_of_memory(exc):
             raise Abort(EXHAUSTED, f"out of memory {doing}: send a smaller batch") from exc
         raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
@@ -159,6 +185,10 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
         raise Abort(INVALID, f"{doing} gave NaN or Inf: the model's float32 arithmetic overflows on values this "
                              f"large (largest magnitude {float(x.abs().max()):.3g}); {scale}")
     return y
+
+
+def _is_image(sm: ServedModel) -> bool:
+    return getattr(sm.model.config, "input", "") == "image"
 
 
 def _answer_size(fn: Callable, x: torch.Tensor) -> tuple[float, int]:
@@ -227,7 +257,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 raise self._ended_while_working(grpc.StatusCode.DEADLINE_EXCEEDED, job) from None
             raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"the deadline passed while the request waited for the device ({_queued(self.batcher.depth)})",
+                f"the deadline passed while the request waited for the device "
+                f"({_queued(self.batcher.queued_besides(job))} besides it)",
             ) from None
         except CancelledError:
             raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
@@ -452,25 +483,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 msg = self._next_message(feed)
                 if msg is None:  # the client half-closed: the tail below
                     break
-                nth = f"the {_nth(i + 1)} message"
-                # Until 2026-12-07 a bad audio chunk, a second StreamConfig or an empty message lost
-                # the tail of the audio before it, where an oversized or unparsable one had it.
-                if isinstance(msg, Oversized):
-                    raise _StreamCut(EXHAUSTED, msg.refusal(nth), refused=True)
-                if isinstance(msg, Unparsed):
-                    raise _StreamCut(INVALID, f"{nth}: {msg.refusal()}", refused=True)
-                if msg.WhichOneof("msg") == "config":
-                    raise _StreamCut(INVALID, f"{nth} is a StreamConfig: only the first message may be one; the "
-                                              f"rest carry audio", refused=True)
-                if msg.WhichOneof("msg") is None:
-                    raise _StreamCut(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes",
-                                     refused=True)
-                chunk = f"audio chunk {i} ({nth})"
-                try:
-                    x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
-                    check_levels(x, chunk)
-                except AudioError as exc:
-                    raise _StreamCut(INVALID, str(exc), refused=True) from None
+                x = _stream_audio(msg, i, cfg)  # [C, n]
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]
@@ -645,6 +658,22 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             return "the model's input shape"
         return str(["B", *shape[1:]]).replace("'", "")
 
+    @staticmethod
+    def _encodes_shape(sm: ServedModel, x: torch.Tensor) -> bool:
+        """Whether ``x`` has a shape ``sm`` encodes, checked on the whole tensor before anything runs:
+        the model's own check saw only the one-item probe of :func:`_answer_size`, and named its
+        shape ("got [1]" for a tensor of [7]; a 1-D tensor for a vector model was INTERNAL)."""
+        if sm.is_audio:
+            return x.dim() == 3 and x.shape[1] == sm.model.config.n_features and x.shape[2] >= 1
+        if x.dim() < 2:  # a batch of items, even of one
+            return False
+        if not _is_image(sm):  # a vector model: the network names a wrong width
+            return True
+        try:
+            return list(x.shape[1:]) == list(sm.model.example_input(1).shape[1:])
+        except NotImplementedError:  # no example to compare with: the network's own check decides
+            return True
+
     def _bounded(self, fn: Callable[[torch.Tensor], torch.Tensor], doing: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """``fn`` that first refuses an answer over this server's send limit. A 57 MB INT8 code
         decodes to 2.6 GB of float32 (12x the channels, 4x the bytes): it took 9.1 GB of memory
@@ -674,7 +703,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         which = request.WhichOneof("input")
         if which == "tensor":
             x = self._tensor(request.tensor, "tensor")
-            if sm.is_audio and (x.dim() != 3 or x.shape[1] != model.config.n_features or x.shape[2] < 1):
+            if not self._encodes_shape(sm, x):
                 raise Abort(
                     INVALID, f"model {sm.name!r} encodes {self._input_hint(sm)}, got shape {list(x.shape)}"
                 )
@@ -717,7 +746,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         model, device = sm.model, sm.device
         if not request.HasField("code"):
             raise Abort(INVALID, "Decode needs a code tensor")
-        if getattr(model.config, "unpool", None) == "maxunpool":
+        if not sm.decodes_codes:
             raise Abort(
                 INVALID,
                 f"model {sm.name!r} unpools with the encoder's max-pooling indices, which are "
@@ -729,6 +758,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if sm.is_audio and (h.dim() != 3 or h.shape[1] != code_dim or h.shape[2] < 1):  # as Encode returns
             raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}, N] (N >= 1 frames), "
                         f"as its Encode returns them, got shape {list(h.shape)}")
+        if not sm.is_audio and (h.dim() < 2 or (_is_image(sm) and list(h.shape[1:]) != [code_dim])):
+            raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}], as its Encode returns "
+                        f"them, got shape {list(h.shape)}")
 
         @torch.inference_mode()
         def run() -> np.ndarray:

@@ -54,11 +54,18 @@ class ServedModel:
     def sample_rate(self) -> int:
         return int(getattr(self.model.config, "sample_rate", 0) or 0) if self.is_audio else 0
 
+    @property
+    def decodes_codes(self) -> bool:
+        """Whether ``Decode`` can serve it: a model that unpools with the encoder's max-pooling
+        indices needs them besides the code, and they do not travel over the wire."""
+        return getattr(self.model.config, "unpool", None) != "maxunpool"
+
     def rpcs(self) -> list[str]:
         out = ["Denoise"] if self.is_audio else []
         out += ["StreamDenoise"] if self.streams else []
         out += ["Decompose"] if self.decomposes else []
-        return [*out, "Encode", "Decode"]
+        # Until 2026-12-07 a max-unpooling model listed Decode, which refused its every call.
+        return [*out, "Encode"] + (["Decode"] if self.decodes_codes else [])
 
     def info(self) -> dict:
         d = self.model.describe()

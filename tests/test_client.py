@@ -131,6 +131,18 @@ def test_client_receives_what_a_default_server_may_answer():
         Client(max_message_mb=0)
 
 
+def test_a_timeout_past_what_grpc_can_carry_is_no_deadline(mixed_server):
+    # gRPC's deadline is int64 nanoseconds since 1970: 1e10 s or inf ("no deadline" to whoever
+    # wrote it) failed every call at once with DEADLINE_EXCEEDED, health's included
+    with Client(f"127.0.0.1:{mixed_server.port}", timeout=1e10) as c:
+        assert c.list_models()["default_decomposer"] == DEFAULT_DECOMPOSER
+        assert c.health(timeout=float("inf")) == "SERVING"
+        x = _noisy(0.2, 16000)
+        assert c.encode_audio(x, 16000, model="tiny", timeout=float("inf")).shape[:2] == (1, 16)
+        out = np.concatenate(list(c.stream([x], 16000, model="tiny", timeout=1e10)), -1)
+        assert out.shape == x.shape
+
+
 def test_ungrouped_decomposition_over_64_mb_arrives(mixed, mixed_server, tmp_path, capsys):
     x = _noisy(1.0, 48000, channels=2)  # every active unit of 320, stereo at 48 kHz: ~85 MB of components
     r = mixed.decompose(x, 48000, components=True, fit_steps=0)

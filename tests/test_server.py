@@ -34,8 +34,9 @@ from audioae.enhance import denoise, denoise_batch, is_out_of_memory
 from audioae.models import build_model
 from audioae.v1 import audioae_pb2 as pb
 from server import AudioServer, ServerConfig
-from server.batcher import Job
+from server.batcher import Batcher, Job
 from server.errors import MAX_STATUS_BYTES, Abort, status_of
+from server.metrics import Metrics
 from server.servicer import MAX_COMPONENT_BYTES, AudioAEServicer, _queued, _took
 
 CODE = grpc.StatusCode
@@ -244,6 +245,14 @@ def test_deadline_messages_count_and_time_in_words_that_say_something():
     reads them (its own deadline fires first and it says "Deadline Exceeded"), so they are checked here."""
     assert [_queued(n) for n in (0, 1, 2)] == ["0 requests queued", "1 request queued", "2 requests queued"]
     assert [_took(s) for s in (0.0, 0.0404, 0.9994, 0.9996, 2.46)] == ["0 ms", "40 ms", "999 ms", "1.0 s", "2.5 s"]
+    # The count is of the others: the request's own job stays queued, abandoned, until the worker
+    # reaches it, and a lone request read "(1 request queued)".
+    batcher = Batcher(Metrics())  # not started: what is submitted stays queued
+    mine, other = Job("encode", 0.0), Job("encode", 0.0)
+    batcher.submit(mine)
+    assert batcher.queued_besides(mine) == 0
+    batcher.submit(other)
+    assert batcher.queued_besides(mine) == 1 and batcher.queued_besides(Job("encode", 0.0)) == 2
     job = Job("decompose", 1.0)  # enqueued now: well under a second before the message
     said = AudioAEServicer._ended_while_working(CODE.DEADLINE_EXCEEDED, job, "stopped at component 2 of 5").message
     assert re.fullmatch(r"the deadline passed while the device worked on the request \(\d+ ms after it came; "
@@ -394,12 +403,16 @@ BAD_DENOISE = {
     "absurd rate": (_pcm(_ONE_SECOND, sr=7), "tiny", CODE.INVALID_ARGUMENT, "sample rate 7 Hz"),
     "absurd rate high": (_pcm(_ONE_SECOND, sr=50_000_000), "tiny", CODE.INVALID_ARGUMENT, "sample rate"),
     "zero channels": (_pcm(_ONE_SECOND, ch=0), "tiny", CODE.INVALID_ARGUMENT, "channels"),
+    # the field a client of the .proto most easily leaves out (was: "PCM sample format must be INT16 or
+    # FLOAT32, got SAMPLE_FORMAT_UNSPECIFIED", naming neither the field nor the request's part)
     "no sample format": (
         _pcm(_ONE_SECOND, fmt=pb.SAMPLE_FORMAT_UNSPECIFIED),
         "tiny",
         CODE.INVALID_ARGUMENT,
-        "INT16 or FLOAT32",
+        "audio: the PCM's sample format is unset (SAMPLE_FORMAT_UNSPECIFIED); set Pcm.format to INT16 or FLOAT32",
     ),
+    "unknown sample format": (_pcm(_ONE_SECOND, fmt=7), "tiny", CODE.INVALID_ARGUMENT,
+                              "audio: PCM sample format must be INT16 or FLOAT32, got 7"),
     "too long": (
         _pcm(np.zeros(8000 * 31, "<i2").tobytes(), pb.INT16, sr=8000),
         "tiny",
@@ -894,6 +907,12 @@ BAD_TENSORS = {
     "wrong bins": ("Encode", "tiny", _tensor([1, 100, 5]), CODE.INVALID_ARGUMENT, "[B, 257, N]"),
     "image wrong shape": ("Encode", "img", _tensor([1, 1, 8, 8]), CODE.INVALID_ARGUMENT, "[B, 1, 16, 16]"),
     "code wrong size": ("Decode", "tiny", _tensor([1, 5, 7]), CODE.INVALID_ARGUMENT, "codes of shape [B, 16, N]"),
+    # The image model's own check saw only the one-item probe of the answer's size, and named its
+    # shape: "image model expects [B, 1, 16, 16], got [1, 1, 8, 8]", "... decodes codes [B, 32], got [1]".
+    "image batch of the wrong shape": ("Encode", "img", _tensor([2, 1, 8, 8]), CODE.INVALID_ARGUMENT,
+                                       "model 'img' encodes [B, 1, 16, 16], got shape [2, 1, 8, 8]"),
+    "image code without batch": ("Decode", "img", _tensor([32]), CODE.INVALID_ARGUMENT,
+                                 "model 'img' decodes codes of shape [B, 32], as its Encode returns them, got shape [32]"),
     "code without batch": ("Decode", "tiny", _tensor([16, 7]), CODE.INVALID_ARGUMENT, "got shape [16, 7]"),
     "code of no frames": ("Decode", "tiny", _tensor([1, 16, 0]), CODE.INVALID_ARGUMENT, "(N >= 1 frames)"),
     "no frames": ("Encode", "tiny", _tensor([1, 257, 0]), CODE.INVALID_ARGUMENT, "(N >= 1 frames)"),
@@ -985,6 +1004,25 @@ def test_bad_encode_decode(client, tiny, case):
         else:
             got, ref = client.decode(h.numpy(), model="tiny"), tiny.decode(h)
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-5)
+
+
+def test_a_vector_model_takes_a_batch_of_vectors(model_dir, tmp_path):
+    torch.manual_seed(0)
+    vec = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 16})
+    save_checkpoint(vec, tmp_path / "vec.safetensors")
+    with _serving(model_dir, tmp_path / "vec.safetensors") as (_, c):
+        x = vec.example_input(3)  # [3, 64]
+        with torch.no_grad():
+            h = vec.encode(x)  # [3, 16]
+            np.testing.assert_allclose(c.encode(x.numpy(), model="vec"), h.numpy(), atol=1e-6)
+            np.testing.assert_allclose(c.decode(h.numpy(), model="vec"), vec.decode(h).numpy(), atol=1e-6)
+        # one vector without its batch dimension: was INTERNAL "IndexError: Dimension out of range"
+        code, msg = _code(c.stub.Encode, pb.EncodeRequest(model="vec", tensor=_tensor([64])), timeout=30)
+        assert (code, msg) == (CODE.INVALID_ARGUMENT, "model 'vec' encodes [B, 64], got shape [64]")
+        code, msg = _code(c.stub.Decode, pb.DecodeRequest(model="vec", code=_tensor([16])), timeout=30)
+        assert code == CODE.INVALID_ARGUMENT and "got shape [16]" in msg, msg
+        code, msg = _code(c.stub.Encode, pb.EncodeRequest(model="vec", tensor=_tensor([2, 63])), timeout=30)
+        assert code == CODE.INVALID_ARGUMENT and "model 'vec' cannot encode a tensor of shape [2, 63]" in msg, msg
 
 
 def _stream_config_only(stub, model: str):
@@ -1079,6 +1117,8 @@ def test_list_models(client, model_dir):
     assert by["tiny"]["rpcs"] == ["Denoise", "StreamDenoise", "Encode", "Decode"] and by["tiny"]["causal"]
     assert by["dict"]["rpcs"] == ["Denoise", "Decompose", "Encode", "Decode"]
     assert by["img"]["rpcs"] == ["Encode", "Decode"] and by["img"]["sample_rate"] == 0
+    # max-unpooling needs the encoder's indices, which Decode cannot be sent: it refuses every call
+    assert by["conv"]["rpcs"] == ["Denoise", "Encode"]
     assert (
         by["tiny"]["sample_rate"] == 16000 and by["tiny"]["code_dim"] == 16 and by["tiny"]["latency_ms"] > 0
     )
@@ -1182,6 +1222,10 @@ def test_health_transitions_and_drain(model_dir):
         srv.load()
         assert c.health() == "SERVING" and c.health("audioae.v1.AudioAE") == "SERVING"
         assert _health_list(c) == {"": "SERVING", "audioae.v1.AudioAE": "SERVING"}  # was UNIMPLEMENTED, a traceback
+        # A misspelt service: the protocol's NOT_FOUND, with the names it could have been (was: no words)
+        code, msg = _code(c.health, "audioae.v1.Audioae")
+        assert code == CODE.NOT_FOUND
+        assert msg == "no health status for service 'audioae.v1.Audioae'; this server reports '' and 'audioae.v1.AudioAE'"
         # A stream in flight when the drain starts finishes normally; new calls are refused.
         go_on, outs = threading.Event(), []
         x = _noisy(1.0, 16000)
