@@ -1208,7 +1208,9 @@ def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int
     kernel, w = kept.kernel, kept.width  # [b, 1, a + 2w]
     flat = x.reshape(-1, n)  # [B, T]
     rows = n // a + 1  # strides of the whole: torchaudio pads w samples before and w + a after
-    parts = []
+    # Each block is written into its place: joining the blocks at the end (torch.cat) ran 0.1-0.3 s
+    # past the last stop question at 550 s (benchmarks/results/decompose-deadline-join-before.json).
+    out = torch.empty(len(flat), rows * b)  # [B, b * rows]
     for j0 in range(0, rows, per):
         if j0 and stop is not None:
             stop()
@@ -1216,13 +1218,13 @@ def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int
         lo, hi = j0 * a - w, j1 * a + w  # stride j reads samples j*a - w .. j*a + a + w
         seg = torch.nn.functional.pad(flat[:, max(lo, 0) : min(hi, n)], (max(-lo, 0), max(hi - n, 0)))
         y = torch.nn.functional.conv1d(seg[:, None], kernel, stride=a)  # [B, b, j1 - j0]
-        parts.append(y.transpose(1, 2).reshape(len(flat), -1))  # [B, b * (j1 - j0)]
+        out[:, j0 * b : j1 * b].unflatten(-1, (j1 - j0, b)).copy_(y.transpose(1, 2))  # [B, j1 - j0, b]
     # torchaudio's length, ceil(b n / a), is computed in float32: one sample short of the exact
     # ceiling on some long inputs (16 kHz -> 44.1 kHz, 1600004 samples: 4410011). Its length is kept.
     # It can also be one more than the strides make (48 kHz -> 16 kHz, 100,672,892 samples), where
     # torchaudio's slice gives what there is: so does this one.
     length = int(torch.ceil(torch.as_tensor(b * n / a)))
-    y = torch.cat(parts, -1)[:, :length]  # [B, length or one fewer]
+    y = out[:, :length]  # [B, length or one fewer]
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

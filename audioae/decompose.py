@@ -258,27 +258,83 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
 
 
-def _masked_inverse(model: SparseDictionary, spec_ri: torch.Tensor, mask: torch.Tensor, z_len: int) -> torch.Tensor:
-    """The input's STFT (``spec_ri [C, F, N, 2]``, its phase kept: real and imaginary parts scaled
-    in one broadcast op) under ``mask [k, C, F, N]``, inverted: ``[k, C, T']``."""
-    s = torch.view_as_complex(spec_ri[None] * mask[..., None])  # [k, C, F, N] complex
-    return model.stft.inverse(s, z_len)
+def _group_masks(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, denom: torch.Tensor,
+                 batch: list[list[int]], lo: int, hi: int, explained: torch.Tensor | None = None,
+                 bins: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """The soft masks ``V_g / denom`` of frames ``lo .. hi`` of the groups in ``batch``: ``[k, C, F,
+    hi - lo]``. With ``bins``, group ``j``'s numerator is ``explained [C, F, N]`` within ``bins[j]``
+    only. A frame's ``V`` reads the code within ``model._pad`` frames of it: that halo is read
+    and cut off, so the masks are the whole's (to float rounding)."""
+    if bins is not None:
+        v = explained.new_zeros((len(batch), *explained.shape[:-1], hi - lo))  # [k, C, F, hi - lo]
+        for j, (a, b) in enumerate(bins):
+            v[j, :, a:b] = explained[:, a:b, lo:hi]
+        return v.div_(denom[None, ..., lo:hi])
+    n, p = h.shape[-1], model._pad
+    c0, c1 = max(0, lo - p), min(n, hi + p)
+    code = h[..., c0:c1]  # [C, U, c1 - c0]
+    if all(len(g) == 1 for g in batch):
+        v = model.unit_magnitudes(code, [g[0] for g in batch], atoms).movedim(1, 0)  # [k, C, F, c1 - c0]
+    else:
+        v = torch.stack([model.magnitudes(code[:, g], atoms[g]) for g in batch])  # [k, C, F, c1 - c0]: V_g per group
+    return v[..., lo - c0 : hi - c0].div_(denom[None, ..., lo:hi])  # [k, C, F, hi - lo]
+
+
+def _inverse_frames(model: SparseDictionary, spec_ri: torch.Tensor, mask: torch.Tensor, lo: int, a: int, b: int,
+                    z_len: int) -> torch.Tensor:
+    """Samples ``a*hop .. b*hop`` (to ``z_len`` in the last block) of the inverse STFT of the
+    input's STFT (``spec_ri [C, F, N, 2]``, its phase kept) under ``mask [k, C, F, hi - lo]``, the
+    masks of frames ``lo .. hi``: ``[k, C, samples]``. A sample is overlap-added from the frames
+    whose window reaches it, within ``_window_frames`` of its own: with that halo in ``lo .. hi``,
+    these samples are the whole inverse's (to float rounding)."""
+    hop, n, hi = model.config.hop_length, spec_ri.shape[-2], lo + mask.shape[-1]
+    s = torch.view_as_complex(spec_ri[None, :, :, lo:hi] * mask[..., None])  # [k, C, F, hi - lo] complex
+    # sample 0 of a block's inverse is frame lo's centre; the last block's runs to the signal's end
+    length = z_len - lo * hop if hi == n else (hi - lo - 1) * hop
+    y = model.stft.inverse(s, length)  # [k, C, length]
+    end = z_len if b == n else b * hop
+    return y[..., a * hop - lo * hop : end - lo * hop]  # [k, C, end - a*hop]
+
+
+def _masked_blocks(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec_ri: torch.Tensor,
+                   denom: torch.Tensor, batch: list[list[int]], z_len: int, invert: bool, ask: Callable[[int], None],
+                   explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None):
+    """The groups' masks and, with ``invert``, their masked inverse STFT, in blocks of frames
+    (:func:`frame_blocks`): per block ``(a, b, masks [k, C, F, b - a], samples (s0, s1), waves
+    [k, C, s1 - s0] or None)`` at the model's rate. ``ask(a)`` before each block but the first:
+    uncut, one component's masks and inverse STFT of a 550 s input ran 4.9-6.6 s past a stop on a
+    loaded machine (benchmarks/results/decompose-deadline-components-before.json)."""
+    n, hop = spec_ri.shape[-2], model.config.hop_length
+    halo = _window_frames(model.config) if invert else 0
+    for lo, a, b, hi in frame_blocks(n, halo):
+        if a:
+            ask(a)
+        mask = _group_masks(model, h, atoms, denom, batch, lo, hi, explained, bins)  # [k, C, F, hi - lo]
+        waves = _inverse_frames(model, spec_ri, mask, lo, a, b, z_len) if invert else None  # [k, C, s1 - s0]
+        yield a, b, mask[..., a - lo : b - lo], (a * hop, z_len if b == n else b * hop), waves
 
 
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
                  denom: torch.Tensor, groups: list[list[int]], z_len: int,
                  stop: Callable[[], bool] | None = None) -> torch.Tensor:
     """The groups' component waveforms at the model's rate, ``[K, C, T']`` (``spec [C, F, N]``: the
-    input's STFT; ``denom``: the masks' denominator), ``stop`` asked before each batch of groups."""
+    input's STFT; ``denom``: the masks' denominator), ``stop`` asked before each batch of groups
+    and each of its blocks of frames but the first."""
     spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
-    waves = []
+    n = spec.shape[-1]
+    waves = torch.empty((len(groups), spec.shape[0], z_len))  # [K, C, T']
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
-        # a long input's clusters are inverted in batches: each a full-length inverse STFT, uncut
+        # a long input's clusters are inverted in batches, each in blocks of frames
         check_stop(stop, f"decomposition stopped at cluster {lo + 1} of {len(groups)}")
-        v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in groups[lo : lo + step]])  # [k, C, F, N]
-        waves.append(_masked_inverse(model, spec_ri, v.div_(denom[None]), z_len))  # [k, C, T']
-    return torch.cat(waves)
+        batch = groups[lo : lo + step]
+
+        def ask(a: int, where: str = f"inverting cluster {lo + 1} of {len(groups)}") -> None:
+            check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n}")
+
+        for _, _, _, (s0, s1), y in _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, True, ask):
+            waves[lo : lo + len(batch), :, s0:s1] = y
+    return waves
 
 
 def _same_sound(waves: torch.Tensor, threshold: float = SAME_SOUND) -> list[list[int]]:
@@ -369,9 +425,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     ``stop()`` is asked between the stages, between the blocks of the long ones (the resampling,
-    the spectrogram, the code, each fit step, the masks, the units' sums, each component's
-    resampling back, the residual and energies, the ranking), before each fit step, each batch of
-    clusters inverted and each batch of components; when it says True,
+    the spectrogram, the code, each fit step, the masks, the units' sums, each component's (or
+    cluster's) masks and inverse STFT, each component's resampling back, the residual and
+    energies, the ranking), before each fit step, each batch of clusters inverted and each batch
+    of components; when it says True,
     :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
     """
     _check_model(model)
@@ -561,7 +618,9 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     their energy envelopes ``[K, N]`` (model frames, summed over channels). With ``bins``,
     component ``k``'s mask numerator is ``explained [C, F, N]`` within ``bins[k]`` only. With
     ``waves [K, C, T']``, the groups' waveforms at the model's rate already inverted
-    (:func:`_group_waves`), these are resampled instead."""
+    (:func:`_group_waves`), these are resampled instead. Masks and inverse STFT in blocks of
+    frames (:func:`_masked_blocks`), then the resampling and the copy in blocks of samples,
+    ``stop`` asked before each block but the first and before each batch of components."""
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
     mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
@@ -575,22 +634,23 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     for lo in range(0, len(groups), step):
         check_stop(stop, f"decomposition stopped at component {lo + 1} of {len(groups)}")
         batch = groups[lo : lo + step]
-        if bins is not None:
-            v = explained.new_zeros((len(batch), *explained.shape))  # [k, C, F, N]
-            for j, (a, b) in enumerate(bins[lo : lo + step]):
-                v[j, :, a:b] = explained[:, a:b]
-        elif all(len(g) == 1 for g in batch):
-            v = model.unit_magnitudes(h, [g[0] for g in batch], atoms).movedim(1, 0)  # [k, C, F, N]
-        else:
-            v = torch.stack([model.magnitudes(h[:, g], atoms[g]) for g in batch])  # [k, C, F, N]: V_g per group
-        mask = v.div_(denom[None])  # [k, C, F, N], in place: these tensors are the big ones
-        y = _masked_inverse(model, spec_ri, mask, z_len) if waves is None else waves[lo : lo + len(batch)]  # [k, C, T']
-        power = mask.pow_(2).mul_(mag2[None])  # [k, C, F, N]
-        per_bin = power.sum(dim=1)  # [k, F, N]
-        spectrum = per_bin.sum(-1)  # [k, F]
-        dom[lo : lo + len(batch)] = (spectrum.argmax(-1).float() * bin_hz).numpy()
-        spans[lo : lo + len(batch)] = _energy_band(spectrum.double().numpy()) * bin_hz
-        envs[lo : lo + len(batch)] = per_bin.sum(1).numpy()
+        k = len(batch)
+
+        def ask(a: int, where: str = f"masking and inverting component {lo + 1} of {len(groups)}") -> None:
+            check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n_frames}")
+
+        y = torch.empty((k, n_ch, z_len)) if waves is None else waves[lo : lo + k]  # [k, C, T']
+        spectrum = torch.zeros((k, n_bins), dtype=torch.float64)  # [k, F]
+        blocks = _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, waves is None, ask, explained,
+                                None if bins is None else bins[lo : lo + k])
+        for a, b, mask, (s0, s1), wave in blocks:
+            if wave is not None:
+                y[..., s0:s1] = wave
+            per_bin = mask.pow_(2).mul_(mag2[None, ..., a:b]).sum(dim=1)  # [k, F, b - a]: masked power
+            spectrum += per_bin.sum(-1, dtype=torch.float64)
+            envs[lo : lo + k, a:b] = per_bin.sum(1).numpy()
+        dom[lo : lo + k] = (spectrum.argmax(-1).float() * bin_hz).numpy()
+        spans[lo : lo + k] = _energy_band(spectrum.numpy()) * bin_hz
         # After the inverse STFT, and in blocks with a stop question before each: uncut, a stop ran on
         # to the next component (benchmarks/results/decompose-deadline-tail-before.json).
         def resampling(where: str = f"decomposition stopped while resampling component {lo + 1} of {len(groups)}"):

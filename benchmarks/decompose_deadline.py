@@ -26,7 +26,11 @@ stop question, wherever the load put it (decompose-deadline-tail{-before,}.json)
 each stage cut in blocks on 2026-12-07 (before: a worktree of c82a8b5): the fit steps (``--stop-from
 'during the fit'``), the masks (``--fit-steps 0 --stop-from 'before the fit'``) and the residual,
 energies and ranking after the last component (``--stop-from 'while resampling component 5 of 5'``):
-decompose-deadline-{fit,masks,end}{-before,}.json, commands in docs/decomposition.md.
+decompose-deadline-{fit,masks,end}{-before,}.json, commands in docs/decomposition.md. Each
+component's masks and inverse STFT, cut in blocks of frames later that day (before: a worktree of
+df5c707), the same ``--stop-from 'at component 1 of'``: decompose-deadline-components{-before,}.json;
+and the join of ``resample_in_blocks``' blocks, now written in place (``--resample-tail --rate 44100``,
+one torch thread): decompose-deadline-join{-before,}.json.
 """
 
 from __future__ import annotations
@@ -104,6 +108,38 @@ def stopped_decompose(model, seconds: float, sr: int, after: float, fit_steps: i
     return {**row, "counted_from": start} if start else row
 
 
+def resample_tail(seconds: float, orig: int, new: int) -> dict:
+    """How long ``resample_in_blocks`` of a mono ``seconds`` clip works on after its last stop
+    question (the join of its blocks, before they were written in place), and the whole call."""
+    import torch
+
+    from audioae.audio import resample_in_blocks
+
+    x = torch.from_numpy(np.frombuffer(pcm(seconds, sr=orig).pcm.data, "<f4").copy())[None]  # [1, T]
+    asked = [0.0]
+    start = time.perf_counter()
+    resample_in_blocks(x, orig, new, stop=lambda: asked.__setitem__(0, time.perf_counter()))
+    end = time.perf_counter()
+    return {"seconds": seconds, "from_hz": orig, "to_hz": new, "after_last_question_s": round(end - asked[0], 3),
+            "call_s": round(end - start, 3)}
+
+
+def resample_tails(args) -> list[dict]:
+    """:func:`resample_tail` both ways between ``--rate`` and the model's, as decompose resamples."""
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    for seconds in args.seconds:
+        for orig, new in ((args.rate, SR), (SR, args.rate)):
+            for run in ("warm-up", "measured", "measured", "measured"):
+                row = {"run": run, **resample_tail(seconds, orig, new)}
+                print(json.dumps(row), flush=True)
+                if run == "measured":
+                    rows.append(row)
+    return rows
+
+
 def in_process(args) -> list[dict]:
     import torch
 
@@ -148,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-from", metavar="TEXT",
                    help="--in-process: count --stop-after from the first stop question asked where a stop would say "
                         "TEXT (e.g. 'at component 1 of': the final stage, whatever the load made the stages before take)")
+    p.add_argument("--resample-tail", action="store_true",
+                   help="time only resample_in_blocks, --rate to the model's and back: how long it works after its last "
+                        "stop question")
     args = p.parse_args(argv)
+    if args.resample_tail:
+        write(args.out, resample_tails(args))
+        return 0
     if args.in_process:
         if args.checkout:
             p.error("--in-process runs the audioae it imports: set PYTHONPATH to the other checkout instead")

@@ -356,15 +356,89 @@ def test_a_long_decomposition_asks_stop_while_it_resamples_its_components_back()
                   stop=lambda: f"copying component 2 of 2, at sample {step} " in where_asked())
 
 
-def test_clusters_ask_stop_before_each_is_inverted():
-    """A long input's clusters were inverted one after another with no stop question between them."""
+def test_clusters_ask_stop_before_each_is_inverted_and_in_every_block_of_frames():
+    """A long input's clusters were inverted one after another with no stop question between them,
+    and each inverse STFT uncut. 20 s: one cluster per batch, each inverse in three blocks."""
     from audioae.enhance import Stopped
+    from audioae.models.dictionary import BLOCK_FRAMES
 
     model = tiny_model()
-    x = (tone(3.0, SR) + noise_bursts(3.0, SR))[None]
-    with pytest.raises(Stopped, match=r"decomposition stopped at cluster 1 of \d+"):
+    x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]
+    frames = model.stft.num_frames(x.shape[-1])
+    assert 2 * BLOCK_FRAMES < frames <= 3 * BLOCK_FRAMES
+    said = []
+    decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0, stop=lambda: said.append(where_asked()) or False)
+    batches = [w for w in said if "at cluster" in w]
+    assert batches == [f"decomposition stopped at cluster {k} of 3" for k in (1, 2, 3)]
+    assert sum("inverting cluster" in w for w in said) == 3 * 2  # before each block but the first
+    with pytest.raises(Stopped, match="decomposition stopped at cluster 2 of 3"):
         decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0,
-                  stop=lambda: "at cluster" in where_asked())
+                  stop=lambda: "at cluster 2 of" in where_asked())
+    with pytest.raises(Stopped, match=f"decomposition stopped inverting cluster 2 of 3, at frame {2 * BLOCK_FRAMES} of {frames}"):
+        decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0,
+                  stop=lambda: f"cluster 2 of 3, at frame {2 * BLOCK_FRAMES} " in where_asked())
+
+
+def test_each_components_masks_and_inverse_stft_ask_stop_in_every_block_of_frames():
+    """One component's masks and inverse STFT ran uncut (550 s at 44.1 kHz: 0.8-1.0 s past a
+    stop, docs/decomposition.md): now in blocks of frames, stop asked before each but the first."""
+    from audioae.enhance import Stopped
+    from audioae.models.dictionary import BLOCK_FRAMES
+
+    model = tiny_model()
+    x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]
+    frames = model.stft.num_frames(x.shape[-1])
+    assert 2 * BLOCK_FRAMES < frames <= 3 * BLOCK_FRAMES
+    said = []
+    decompose(model, x, SR, fit_steps=0, top_k=2, stop=lambda: said.append(where_asked()) or False)
+    assert [w for w in said if "masking and inverting" in w] == [
+        f"decomposition stopped masking and inverting component {k} of 2, at frame {a} of {frames}"
+        for k in (1, 2) for a in (BLOCK_FRAMES, 2 * BLOCK_FRAMES)]
+    with pytest.raises(Stopped, match=f"masking and inverting component 2 of 2, at frame {2 * BLOCK_FRAMES} of {frames}"):
+        decompose(model, x, SR, fit_steps=0, top_k=2,
+                  stop=lambda: f"component 2 of 2, at frame {2 * BLOCK_FRAMES} " in where_asked())
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_masked_inverse_stft_in_blocks_gives_the_whole_signal_inverse(channels):
+    """Each block overlap-adds the frames whose windows reach its samples: the components, their
+    envelopes and dominant frequencies are the whole computation's, one unit, a group of units,
+    a band, and the clusters' waveforms alike, length for length."""
+    from audioae.decompose import _component_waveforms, _group_waves, _mask_weights
+    from audioae.models.dictionary import BLOCK_FRAMES
+
+    model = tiny_model()
+    x = np.stack([tone(17.0, SR) + noise_bursts(17.0, SR), noise_bursts(17.0, SR, seed=1)])[:channels]
+    x = x[:, :-37]  # a length that is no whole number of hops
+    length = x.shape[-1]
+    with torch.inference_mode():
+        spec, feats = _spectrum_and_features(model, torch.from_numpy(x), None)  # [C, F, N]
+        assert spec.shape[-1] > BLOCK_FRAMES  # two blocks
+        mag = spec.abs()
+        h, atoms = model.encode(feats), model.dictionary()
+        denom, _, _ = _mask_weights(model, h, atoms, mag, model.level(mag), mag.pow(2), None)
+        energy = h.sum(dim=(0, 2))  # [U]
+        units = [int(u) for u in torch.argsort(energy, descending=True)[:3]]
+        groups = [[units[0]], [units[1]], units]
+        numerators = [model.magnitudes(h[:, g], atoms[g]) for g in groups]  # [C, F, N] each
+        explained = model.magnitudes(h[:, units], atoms[units])
+        bins = [(0, 20), (20, model.config.n_fft // 2 + 1)]
+        band_numerators = [torch.zeros_like(explained).index_copy_(1, torch.arange(a, b), explained[:, a:b])
+                           for a, b in bins]
+        for args, nums in (((groups,), numerators), (([units, units], explained, bins), band_numerators)):
+            comps, dom, _, envs = _component_waveforms(model, h, atoms, spec, denom, args[0], SR, length, length,
+                                                       *args[1:])
+            for k, v in enumerate(nums):
+                mask = v / denom  # [C, F, N]: the whole's mask
+                whole = model.stft.inverse(spec * mask, length)  # [C, T]
+                assert comps[k].shape == (channels, length)
+                torch.testing.assert_close(torch.from_numpy(comps[k]), whole, rtol=0, atol=1e-6)
+                power = (mask.pow(2) * mag.pow(2)).sum(0)  # [F, N]
+                torch.testing.assert_close(torch.from_numpy(envs[k]), power.sum(0), rtol=1e-5, atol=1e-9)
+                assert dom[k] == float(power.sum(-1).argmax()) * SR / model.config.n_fft
+        waves = _group_waves(model, h, atoms, spec, denom, groups, length)  # [K, C, T]
+        for k, v in enumerate(numerators):
+            torch.testing.assert_close(waves[k], model.stft.inverse(spec * (v / denom), length), rtol=0, atol=1e-6)
 
 
 def test_a_fit_asks_stop_before_each_step():
