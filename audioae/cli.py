@@ -265,8 +265,8 @@ def _cmd_denoise(args) -> int:
         manifest = Path(args.out) / MANIFEST_NAME
         if manifest.is_file():
             again = ("run the same command again to go on: the files finished are skipped" if not args.overwrite
-                     else "--overwrite redoes every file when run again (without it, what is done is kept, and "
-                          "the older outputs not yet redone stay as they were)")
+                     else "run the same command again to go on: the outputs this --overwrite remade are kept, the "
+                          "rest redone (without --overwrite, the older outputs not yet redone stay as they were)")
             exc.args = (f"{str(exc) or 'Ctrl-C'}; the outputs finished so far are complete and recorded in {manifest}; "
                         f"{again}",)
         raise

@@ -1,5 +1,5 @@
 """Generated input trees for the folder-denoising tests (local engine and Ray), and the damaged
-files the server, client and folder tests share (a copy cut short, a live recorder's WAV)."""
+files the server, client and folder tests share (a copy cut short, a live recorder's WAV, an ID3 tag)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,9 @@ def whole_and_cut(folder: Path, x: np.ndarray, sr: int, ext: str = "wav", subtyp
     sf.write(whole, x, sr, subtype=subtype)
     cut.write_bytes(cut_short(whole.read_bytes()))
     return whole, cut
+
+
+def _id3v2(payload: bytes) -> bytes:
+    """An ID3v2.3 tag around ``payload`` (its size 7 bits a byte, "synchsafe")."""
+    n = len(payload)
+    return b"ID3\x03\x00\x00" + bytes((n >> s) & 0x7F for s in (21, 14, 7, 0)) + payload

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from audio_tree import noisy_signal, outputs, write_tree
+from audio_tree import _id3v2, noisy_signal, outputs, whole_and_cut, write_tree
 
 from audioae.batch import (
     DenoiseOptions,
@@ -172,11 +172,8 @@ def test_a_file_name_that_is_not_utf8_is_read_and_written(tmp_path, causal_ckpt,
 def test_a_copy_cut_short_is_reported_as_one_and_leaves_nothing(tmp_path, causal_ckpt, bidir_ckpt):
     """A FLAC whose header opens but whose frames stop mid-way (an interrupted copy): the error
     was libsndfile's "LibsndfileError: Error : flac decoder lost sync." alone."""
-    full = tmp_path / "full.flac"
-    sf.write(full, noisy_signal(np.random.default_rng(5), 2.0, 16000, 1), 16000, subtype="PCM_16")
-    src = tmp_path / "in" / "cut.flac"
-    src.parent.mkdir()
-    src.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    (tmp_path / "in").mkdir()
+    _, src = whole_and_cut(tmp_path / "in", noisy_signal(np.random.default_rng(5), 2.0, 16000, 1), 16000, ext="flac")
     for ckpt, block, said in ((causal_ckpt, 0.25, r"cannot decode the audio after \d+ samples \("),  # streamed
                               (bidir_ckpt, 30.0, r"cannot decode the audio \(")):  # read whole
         out = tmp_path / ckpt.stem / "cut.flac"
@@ -1277,6 +1274,22 @@ def test_after_a_full_disk_only_a_file_that_cannot_fit_is_passed_over(tmp_path, 
     assert outputs(out) == {"sub/junk.wav", "sub/big.flac", "sub/long.wav"}
 
 
+def test_after_a_full_disk_each_file_left_is_opened_once(tmp_path, causal_ckpt, monkeypatch):
+    """The check for room opened each file left for its header, and its run opened it again."""
+    from audioae.batch import process
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5), ("b.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+    opened = []
+    real_open = process._open
+    monkeypatch.setattr(process, "_open", lambda task, *a: opened.append(task.rel) or real_open(task, *a))
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    den.disk_full = True  # as after a write that found the disk full; this disk has room for these
+    assert den.run(FileTask(str(src / "a.wav"), str(out / "a.wav"), "a.wav")).status == "ok"
+    [r] = den._run_batched([(FileTask(str(src / "b.wav"), str(out / "b.wav"), "b.wav"), None)])  # the GPU path
+    assert r.status == "ok" and opened == ["a.wav", "b.wav"]
+
+
 def test_the_gpu_path_writes_a_file_it_has_denoised_without_asking_for_room_again(tmp_path, causal_ckpt,
                                                                                    monkeypatch):
     """The batched (GPU) path, on CPU: a file that passed the check for room was checked again after
@@ -1481,10 +1494,8 @@ def test_an_ogg_that_decodes_to_nothing_may_be_cut_short_and_says_so(tmp_path):
     that decodes in part was denoised short without a word (its last page is no end page)."""
     from audioae.audio import AudioError, read_audio
 
-    whole = tmp_path / "whole.ogg"
-    sf.write(whole, noisy_signal(np.random.default_rng(3), 2.0, 16000, 1), 16000, format="OGG")
-    cut = tmp_path / "cut.ogg"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole, cut = whole_and_cut(tmp_path, noisy_signal(np.random.default_rng(3), 2.0, 16000, 1), 16000, ext="ogg",
+                               subtype="VORBIS")
     with pytest.raises(AudioError, match=r"cut\.ogg: libsndfile decodes no audio from this Ogg file; if it should "
                                          r"hold some, it may be cut short"):
         read_audio(cut)
@@ -1751,12 +1762,6 @@ def test_a_vorbis_speech_recording_comes_back_at_its_quality(tmp_path, causal_ck
     for path in sorted(src.iterdir()):
         nominal = vorbis_nominal_kbps(path)
         assert nominal and vorbis_nominal_kbps(tmp_path / "out" / path.name) == nominal, path.name
-
-
-def _id3v2(payload: bytes) -> bytes:
-    """An ID3v2.3 tag around ``payload`` (its size 7 bits a byte, "synchsafe")."""
-    n = len(payload)
-    return b"ID3\x03\x00\x00" + bytes((n >> s) & 0x7F for s in (21, 14, 7, 0)) + payload
 
 
 def test_tags_cover_art_and_chained_files_are_told_from_the_audio(tmp_path, causal_ckpt):

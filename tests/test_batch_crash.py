@@ -8,6 +8,7 @@ processes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from audioae.audio import header_shapes
 from audioae.batch import DenoiseOptions, plan_tasks, read_manifest, run_denoise
 from audioae.batch.job import header_seconds
 from audioae.batch.journal import DIED, JOURNAL_NAME, Journal
+from audioae.batch.overwrite import OVERWRITE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSEGV") or os.name != "posix", reason="POSIX signals")
@@ -188,6 +190,8 @@ def test_a_worker_that_dies_costs_no_other_file(tmp_path, causal_ckpt):
     assert {n: r["status"] for n, r in rows.items()} == dict.fromkeys(names, "ok")
     for name, sec in names.items():
         assert sf.info(out / name).frames == int(16000 * sec)
+        st = (src / name).stat()  # each engine path records the input it opened (b's: its isolated child)
+        assert (rows[name]["input_size"], rows[name]["input_mtime_ns"]) == (st.st_size, st.st_mtime_ns), rows[name]
     assert not (out / JOURNAL_NAME).exists()
 
 
@@ -332,6 +336,65 @@ def test_a_job_killed_before_an_overwrites_rename_leaves_the_earlier_settings_re
     with pytest.raises(ValueError, match=r"1 output\(s\) made with other settings: .* at strength 1 \(e\.g\. b\.wav\)"):
         run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), strength=0.5, progress=False))
     assert _statuses(out)["b.wav"]["strength"] == 1.0
+
+
+def test_a_stopped_overwrite_goes_on_where_it_stopped_and_a_new_one_redoes_everything(tmp_path, causal_ckpt,
+                                                                                        caplog):
+    """A rerun of an interrupted --overwrite redid every file (hours, for a big folder), and a run
+    without it kept the older outputs it had not reached. The same --overwrite again now keeps
+    what the stopped one remade, from inputs unchanged since, and redoes the rest; one with other
+    settings, or one after a run that finished, redoes everything."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "a2.wav": 1.0, "b.wav": 300.0, "c.wav": 1.0})  # done in that order
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    assert run_denoise([src], out, opts)["ok"] == 4  # the older outputs, at strength 1
+
+    def stopped_on_b(strength: str) -> str:
+        proc = _cli(src, out, causal_ckpt, "--overwrite", "--strength", strength)
+        _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+        return err
+
+    err = stopped_on_b("0.5")
+    assert ("run the same command again to go on: the outputs this --overwrite remade are kept, the rest redone "
+            "(without --overwrite, the older outputs not yet redone stay as they were)") in err, err[-2000:]
+    rows = _statuses(out)
+    assert [rows[n]["strength"] for n in ("a.wav", "a2.wav", "b.wav", "c.wav")] == [0.5, 0.5, 1.0, 1.0]
+    first = rows["a.wav"]["overwrite_run"]
+    assert first and (out / OVERWRITE_NAME).is_file()
+
+    stopped_on_b("0.7")  # other settings: a new --overwrite, which redoes a and a2 again
+    rows = _statuses(out)
+    assert [rows[n]["strength"] for n in ("a.wav", "a2.wav", "b.wav", "c.wav")] == [0.7, 0.7, 1.0, 1.0]
+    assert rows["a.wav"]["status"] == "ok" and rows["a.wav"]["overwrite_run"] not in ("", first)
+    made_a = _stamp(out / "a.wav")
+    sf.write(src / "a2.wav", np.zeros(24000, np.float32), 16000, subtype="PCM_16")  # a new take: its output is redone
+
+    again = dataclasses.replace(opts, strength=0.7, overwrite=True)  # the same command, to its end
+    s = run_denoise([src], out, again)
+    assert (s["skipped"], s["ok"], s["error"]) == (1, 3, 0), s
+    assert _stamp(out / "a.wav") == made_a  # kept as the stopped run made it
+    assert ("which was stopped before it finished: the 1 output(s) it made (e.g. a.wav) are kept, the other files "
+            f"redone; to redo every file, delete {out / OVERWRITE_NAME} and run again") in caplog.text
+    assert sf.info(out / "a2.wav").frames == 24000
+    rows = _statuses(out)
+    assert rows["a.wav"]["status"] == "skipped" and {r["strength"] for r in rows.values()} == {0.7}
+    assert len({r["overwrite_run"] for r in rows.values()}) == 1  # one run, in two jobs
+    assert not (out / OVERWRITE_NAME).exists()  # it finished
+
+    caplog.clear()
+    s = run_denoise([src], out, again)  # after a run that finished: everything again
+    assert (s["skipped"], s["ok"]) == (0, 4), s
+    assert "going on with" not in caplog.text
+    assert _stamp(out / "a.wav") != made_a
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """A file's inode and modification time: another when an output is rewritten (a rename into place)."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
 
 
 def test_a_marker_whose_output_was_renamed_into_place_names_a_finished_file_not_a_suspect(tmp_path):

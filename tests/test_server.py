@@ -546,7 +546,7 @@ def _mp3_with_tags_and_no_xing(seconds: float) -> bytes:
     """A complete MP3 without the Xing frame that counts its frames, after 64 kB of ID3 tags (cover
     art): libsndfile guesses its length from the file's size, seconds too long, and the server
     warned of a file cut short that was not (a ffmpeg -write_xing 0 file with its cover)."""
-    from test_batch import _id3v2
+    from audio_tree import _id3v2
 
     from audioae.audio import mpeg_frames_samples
 

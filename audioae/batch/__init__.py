@@ -2,7 +2,8 @@
 
 :func:`run_denoise` is the entry point (``audioae denoise`` calls it). The parts: :mod:`.plan`
 (discovery, output paths, resume), :mod:`.process` (one file, atomically), :mod:`.manifest`
-(the JSON-lines record and the summary), :mod:`.local` and :mod:`.ray_engine` (the engines).
+(the JSON-lines record and the summary), :mod:`.overwrite` (a stopped ``--overwrite`` that a rerun
+goes on with), :mod:`.local` and :mod:`.ray_engine` (the engines).
 """
 
 from .job import ENGINES, DenoiseOptions, run_denoise

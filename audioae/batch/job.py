@@ -32,6 +32,7 @@ from .manifest import (
     read_manifest,
     summarize,
 )
+from .overwrite import OVERWRITE_NAME, OverwriteRun, begin, finished, overwrite_run, previous_runs, remade
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS, NOT_ATTEMPTED, made_from, source_state
 
@@ -197,6 +198,8 @@ def _remove_unused(out: Path) -> None:
         with contextlib.suppress(OSError):
             if (out / name).stat().st_size == 0:
                 (out / name).unlink()
+    with contextlib.suppress(OSError):  # the record of this job's --overwrite run, which made nothing
+        (out / OVERWRITE_NAME).unlink()
     with contextlib.suppress(OSError):
         out.rmdir()  # only if nothing else is in it
 
@@ -233,6 +236,9 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
         inputs_then = previous_inputs(earlier)
         todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier), inputs_then)
+        run = None  # the --overwrite run this job makes outputs for
+        if options.overwrite:
+            run, todo, done = _overwrite_todo(out, tasks, earlier, now)
         others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, done)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
@@ -242,10 +248,11 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                         len(changed), changed[0].rel)
         changed_inputs = {t.input for t in changed}
         remove_stale_parts(tasks)
+        if run is not None:  # before any output is replaced: a rerun after a stop goes on with this run
+            begin(out, run)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations, warnings = previous_durations(earlier), previous_warnings(earlier)
-        # Before any work: the input an output is made from is the one found now.
-        inputs_now = {t.input: made_from(source_state(t.input)) for t in todo}
+        runs = previous_runs(earlier)
         bar = Progress(todo, len(done), options.progress, journal=journal)
         try:
             for t in done:
@@ -254,14 +261,13 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                     results.append(FileResult(t.input, t.output, "skipped", FOUND_BEFORE_ANY_RUN))
                 else:
                     results.append(FileResult(t.input, t.output, "skipped", duration=durations.get(t.input),
-                                              warning=warnings.get(t.input, ""),
+                                              warning=warnings.get(t.input, ""), overwrite_run=runs.get(t.input, ""),
                                               **(dataclasses.asdict(before) if before else {}),
                                               **_source_of(t, inputs_then, changed_inputs)))
                 manifest.write(results[-1])
             for r in _engine_results(todo, options, ckpt, data, now.sha256, journal):
-                if r.status == "ok":  # the input as the engine opened it (checked unchanged), else as found before
-                    opened = {} if r.input_size is not None else inputs_now.get(r.input, {})
-                    r = dataclasses.replace(r, **dataclasses.asdict(now), **opened)
+                if r.status == "ok":  # its input_size and input_mtime_ns: as the engine opened it (checked unchanged)
+                    r = dataclasses.replace(r, **dataclasses.asdict(now), overwrite_run=run.id if run else "")
                 elif r.input in made and Path(r.output).is_file():  # failed, over an earlier run's output
                     r = dataclasses.replace(r, error=f"{r.error} (the output an earlier run made is left as it was)",
                                             **dataclasses.asdict(made[r.input]))
@@ -280,7 +286,22 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                             manifest.path, exc.strerror or exc)
             _clear_completed(journal, results)
             manifest.compact()
+        finished(out)  # not reached when the job is stopped: a rerun of its --overwrite goes on from here
     return manifest
+
+
+def _overwrite_todo(out: Path, tasks: Sequence[FileTask], earlier: list[dict], now: MadeWith,
+                    ) -> tuple[OverwriteRun, list[FileTask], list[FileTask]]:
+    """``(run, todo, done)`` of an ``--overwrite`` job: every task to do, unless it goes on with a
+    stopped run of the same settings (:mod:`.overwrite`), whose finished outputs are then done."""
+    run, resumed = overwrite_run(out, now)
+    kept = remade(run, tasks, earlier) if resumed else []
+    if kept:
+        log.warning("going on with the --overwrite run started %s UTC, which was stopped before it finished: the "
+                    "%d output(s) it made (e.g. %s) are kept, the other files redone; to redo every file, delete %s "
+                    "and run again", run.started, len(kept), kept[0].rel, out / OVERWRITE_NAME)
+    keep = set(kept)
+    return run, [t for t in tasks if t not in keep], kept
 
 
 # What the "skipped" line of a file found under an output's name says, run after run.

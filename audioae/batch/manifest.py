@@ -2,9 +2,9 @@
 
 One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
 ``seconds`` (wall time spent on it), ``duration`` (seconds of audio) and, for an output on disk,
-what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``, and the input
-it was made from: ``input_size`` and ``input_mtime_ns`` as the engine opened it (else as the job
-found them before its work). Lines are
+what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``, the input
+it was made from: ``input_size`` and ``input_mtime_ns`` as the engine opened it, and the
+``--overwrite`` run that made it, if one did (``overwrite_run``). Lines are
 appended and flushed as files finish, so a killed run still leaves a record of what it
 completed; at the end of a run the file is compacted (last line per input wins) and replaced
 atomically.
@@ -41,12 +41,15 @@ class FileResult:
     model: str = ""
     sha256: str = ""
     strength: float | None = None
-    # The input the output on disk was made from, as the job found it (size in bytes, mtime in ns):
+    # The input the output on disk was made from, as the engine opened it (size in bytes, mtime in ns):
     # a rerun tells a changed input by these, not by comparing its clock with the output's.
     input_size: int | None = None
     input_mtime_ns: int | None = None
     # Said of an output made all the same (ok, and carried forward on skipped lines): an input cut short.
     warning: str = ""
+    # The --overwrite run that made the output on disk (its id; carried forward on skipped lines), so
+    # that a rerun of a stopped one keeps what it had done (:mod:`.overwrite`); empty for any other run.
+    overwrite_run: str = ""
 
     def to_json(self) -> str:
         d = asdict(self)

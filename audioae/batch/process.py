@@ -206,25 +206,25 @@ def size_text(n: int) -> str:
     return f"{n // 1000} kB" if n < 1_000_000 else f"{n / 1e6:.1f} MB"
 
 
-def no_room(task: FileTask, data: bytes | None = None) -> FileResult | None:
+def no_room(task: FileTask, f: sf.SoundFile) -> FileResult | None:
     """The error of a file whose output cannot fit on the disk holding OUT, without denoising it;
-    None when it may fit (or its size cannot be told: its run says why it fails). Asked only after
-    a write found the disk full, where every further file was denoised to fail the same way. An
-    uncompressed output (PCM WAV, AIFF, ...) needs its samples' bytes, known from the header: it is
-    passed over when fewer are free. A compressed one's size is not known before it is coded (a
-    FLAC of denoised audio may be far smaller or larger than its input; an MP3's cover art is not
-    copied), so it is passed over only while the disk is full (under :data:`FULL_DISK_BYTES` free,
-    as a failed write calls it): a small one that would fit there is passed over too. Free space
-    as this user may use it (``shutil.disk_usage``: not root's reserved blocks)."""
+    None when it may fit (or the free space cannot be told: its run says why it fails). Asked only
+    after a write found the disk full, where every further file was denoised to fail the same way;
+    ``f``: the input as the run that would denoise it opened it (opened here as well, each file
+    left was opened twice). An uncompressed output (PCM WAV, AIFF, ...) needs its samples' bytes,
+    known from the header: it is passed over when fewer are free. A compressed one's size is not
+    known before it is coded (a FLAC of denoised audio may be far smaller or larger than its input;
+    an MP3's cover art is not copied), so it is passed over only while the disk is full (under
+    :data:`FULL_DISK_BYTES` free, as a failed write calls it): a small one that would fit there is
+    passed over too. Free space as this user may use it (``shutil.disk_usage``: not root's
+    reserved blocks)."""
     try:
         free = shutil.disk_usage(nearest_existing(Path(task.output).parent)).free
-        with _open(task, data) as f:
-            fmt, subtype = f.format, f.subtype if sf.check_format(f.format, f.subtype) else sf.default_subtype(f.format)
-            frames, channels = f.frames, f.channels
-    except (OSError, sf.LibsndfileError, AudioError):
+    except OSError:
         return None
+    fmt, subtype = f.format, f.subtype if sf.check_format(f.format, f.subtype) else sf.default_subtype(f.format)
     size = SAMPLE_BYTES.get(subtype) if fmt != "FLAC" else None  # FLAC's subtypes name PCM widths
-    need = None if size is None else frames * channels * size
+    need = None if size is None else f.frames * f.channels * size
     if free >= (FULL_DISK_BYTES if need is None else need):
         return None
     needs = "" if need is None else f", its output needs {size_text(need)}"
@@ -359,20 +359,20 @@ class FileDenoiser:
             self.disk_full = True
         return result
 
-    def _no_room(self, task: FileTask, data: bytes | None) -> FileResult | None:
-        return no_room(task, data) if self.disk_full else None
+    def _no_room(self, task: FileTask, f: sf.SoundFile) -> FileResult | None:
+        return no_room(task, f) if self.disk_full else None
 
     # ---- one file -------------------------------------------------------------------------------
     def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
-        return self._no_room(task, data) or self._noted(self._run(task, data))
+        return self._noted(self._run(task, data))
 
     def _run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         t0 = time.perf_counter()
         try:
             before = source_state(task.input) if data is None else None  # bytes a read stage fetched cannot change
             with _open(task, data, before) as f:
-                return self._run_open(task, f, _check_header(task, f, data), t0, before)
+                return self._no_room(task, f) or self._run_open(task, f, _check_header(task, f, data), t0, before)
         except Exception as exc:  # one bad file must never stop the job
             return _failed(task, exc, t0)
 
@@ -443,18 +443,11 @@ class FileDenoiser:
     def _run_batched(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
         short: list[_Decoded] = []
         for task, data in items:
-            if (passed := self._no_room(task, data)) is not None:
-                yield passed
-                continue
             t0 = time.perf_counter()
             try:
                 before = source_state(task.input) if data is None else None
                 with _open(task, data, before) as f:
-                    held = _check_header(task, f, data)
-                    if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
-                        done = self._noted(self._run_open(task, f, held, t0, before))  # long: streams, bounded memory
-                    else:
-                        done = self._decode(task, data, f, t0, held, before)
+                    done = self._no_room(task, f) or self._decode_or_stream(task, data, f, t0, before)
             except Exception as exc:
                 yield FileResult(task.input, task.output, "error", _error_text(exc), time.perf_counter() - t0)
                 continue
@@ -465,6 +458,14 @@ class FileDenoiser:
         short.sort(key=lambda d: d.wav.shape[-1])  # similar lengths together: less padding
         for group in self._groups(short):
             yield from self._batch(group)
+
+    def _decode_or_stream(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float,
+                          before: SourceState | None) -> _Decoded | FileResult:
+        """A short file read whole for its batch; a long one denoised now, streamed (bounded memory)."""
+        held = _check_header(task, f, data)
+        if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
+            return self._noted(self._run_open(task, f, held, t0, before))
+        return self._decode(task, data, f, t0, held, before)
 
     def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, held: HeldAudio,
                 before: SourceState | None = None) -> _Decoded:
