@@ -8,6 +8,7 @@ published beside it (``<file>.sha256``) and is then checked on load.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -106,13 +107,15 @@ def _json_object(path: Path, key: str, text: str) -> dict:
     return value
 
 
-def _read_header(path: str | os.PathLike) -> tuple[dict, dict[str, tuple[int, ...]]]:
-    """The metadata and each tensor's shape, from the header alone. Read, not mapped: safetensors'
-    ``safe_open`` maps the whole file, and Linux's default overcommit heuristic refuses a mapping larger
-    than the machine's RAM and swap (ENOMEM): the terabyte test of tests/test_checkpoint.py."""
+def _read_header(path: str | os.PathLike, data: bytes | None = None) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """The metadata and each tensor's shape, from the header alone (of ``data``, the file's bytes,
+    when the caller has read them already). Read, not mapped: safetensors' ``safe_open`` maps the
+    whole file, and Linux's default overcommit heuristic refuses a mapping larger than the
+    machine's RAM and swap (ENOMEM): the terabyte test of tests/test_checkpoint.py."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with open(path, "rb") if data is None else io.BytesIO(data) as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
             if size < 8:
                 raise ValueError(f"{size} bytes, shorter than the length that starts a header")
             n = int.from_bytes(f.read(8), "little")
@@ -188,10 +191,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     anything is allocated or the weights are read: a file of a few bytes whose config asks for
     ``code_dim = 10**9`` (or a sparse file of a terabyte) is refused, not built or read into memory.
     """
+    return read_checkpoint(path, map_location, expected_sha256)[0]
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    expected_sha256: str | None = None, data: bytes | None = None) -> tuple[Autoencoder, dict]:
+    """:func:`load_checkpoint`'s model and the metadata it was read with (its ``extra`` a JSON
+    object), from one reading of the file: ``data``, its bytes, when the caller has them already
+    (then hashed first: with the bytes in memory, the header's checks no longer spare a read)."""
     path = Path(path)
-    if not path.is_file():
+    if data is not None:
+        check_sha256(path, data, expected_sha256)
+    elif not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    meta, shapes = _read_header(path)
+    meta, shapes = _read_header(path, data)
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, "
                               f"this audioae reads {FORMAT_VERSION!r}")
@@ -203,8 +216,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
     if wanted != shapes:
         raise CheckpointError(f"{path}: weights do not match the {name} config: {_shape_differences(wanted, shapes)}")
-    data = path.read_bytes()  # hashed and loaded from the same bytes
-    check_sha256(path, data, expected_sha256)
+    if data is None:
+        data = path.read_bytes()  # hashed and loaded from the same bytes
+        check_sha256(path, data, expected_sha256)
     try:
         state = st_load(data)
     except Exception as exc:
@@ -214,7 +228,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # the file changed since its header was read
         raise CheckpointError(f"{path}: weights do not match the {name} config: {exc}") from exc
-    return model.to(map_location).eval()
+    return model.to(map_location).eval(), meta
 
 
 def _shape_differences(wanted: dict[str, tuple], found: dict[str, tuple], most: int = 4) -> str:

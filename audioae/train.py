@@ -42,6 +42,7 @@ from .checkpoint import (
     check_sha256,
     checkpoint_extra,
     load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
     write_with_sha256,
 )
@@ -93,6 +94,9 @@ class DataConfig:
             raise ValueError(f"data.val_examples must be at least 1, got {self.val_examples}")
         if self.snr_low > self.snr_high:
             raise ValueError(f"data.snr_low {self.snr_low} is above data.snr_high {self.snr_high}")
+        for name in ("reverb_prob", "second_noise_prob"):  # the mixer took 5 as 1 and -1 as 0, in silence
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} is a share of the examples, within [0, 1]; got {getattr(self, name)}")
         for weights, folder in (("noise_weights", "noise_dir"), ("speech_weights", "clean_dir")):
             if getattr(self, weights) and not getattr(self, folder):  # weights of synthetic sources: ignored
                 raise ValueError(f"data.{weights} weighs the subfolders of data.{folder}, which is not set "
@@ -100,6 +104,7 @@ class DataConfig:
 
 
 VAL_METRICS = ("si_sdr", "pesq", "stoi")  # what validation can score (si_sdr_in, the input's, always)
+AMP_DTYPES = ("auto", "bfloat16", "float16")  # train.amp_dtype
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,10 @@ class TrainConfig:
             raise ValueError("train.decay_by_time and train.decay_steps both set: choose one (decay_steps=0)")
         if self.select_by not in self.metrics:
             raise ValueError(f"train.select_by={self.select_by!r} is not among train.metrics {list(self.metrics)}")
+        # Checked here, not where the loop starts: that was after --no-resume had removed the
+        # earlier run's checkpoints (and after a new run's folder was made).
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"train.amp_dtype must be auto, bfloat16 or float16, got {self.amp_dtype!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         unknown = [m for m in self.metrics if m not in VAL_METRICS]
@@ -439,17 +448,23 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done)
 
 
-def _check_resume_steps(out: Path, step: int, ema: bool) -> None:
-    """Warn when last.safetensors (and last.ema.safetensors, whose sha256 is checked here too: it
-    loads only once the folder is changed) hold another step than the optimizer state's ``step``:
-    a run killed between the writes of one resume point (a preemption after SIGTERM's save). It
-    resumes as it always did, with a few steps' stale moments: refusing would cost the run its
-    step count, its best score and its log for what Adam forgets within a few hundred steps."""
-    if ema:
-        check_sha256(out / "last.ema.safetensors", (out / "last.ema.safetensors").read_bytes())
+def _read_resume_average(path: Path) -> tuple[Autoencoder, int | None]:
+    """last.ema.safetensors, read and hashed once, before the folder is changed: the average's
+    weights and the step it records. Its sha256 is checked first, so that a changed or truncated
+    file is named as such."""
+    data = path.read_bytes()
+    saved, meta = read_checkpoint(path, data=data)
+    return saved, json.loads(meta.get("extra", "{}")).get("step")  # (read_checkpoint checked it is an object)
+
+
+def _check_resume_steps(out: Path, step: int, ema_step: int | None = None) -> None:
+    """Warn when last.safetensors (and last.ema.safetensors, which recorded ``ema_step``) hold
+    another step than the optimizer state's ``step``: a run killed between the writes of one
+    resume point (a preemption after SIGTERM's save). It resumes as it always did, with a few
+    steps' stale moments: refusing would cost the run its step count, its best score and its log
+    for what Adam forgets within a few hundred steps."""
     weights = checkpoint_extra(out / "last.safetensors").get("step")
-    for name, at in (("last.optim.safetensors", step),
-                     ("last.ema.safetensors", checkpoint_extra(out / "last.ema.safetensors").get("step") if ema else None)):
+    for name, at in (("last.optim.safetensors", step), ("last.ema.safetensors", ema_step)):
         if at is not None and weights is not None and at != weights:
             log.warning("%s: last.safetensors is at step %s and %s at step %s: a resume point half written (a run "
                         "killed while saving it?); resuming at step %s with them as they are", out, weights, name,
@@ -500,14 +515,14 @@ def _forget_lost_steps(path: Path, step: int) -> None:
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
-def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | None) -> AveragedModel | None:
+def _weight_average(model: torch.nn.Module, decay: float, resume_from: Autoencoder | None) -> AveragedModel | None:
     """The EMA of ``model``'s weights (None when ``decay`` is 0), continued from ``resume_from``
-    when that file exists; otherwise its first update copies the weights."""
+    (the average a resumed run saved) when given; otherwise its first update copies the weights."""
     if not decay:
         return None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-    if resume_from is not None and resume_from.is_file():
-        ema.module.load_state_dict(load_checkpoint(resume_from).state_dict())
+    if resume_from is not None:
+        ema.module.load_state_dict(resume_from.state_dict())
         ema.n_averaged.fill_(1)  # not 0: the next update averages instead of copying
     return ema
 
@@ -515,14 +530,14 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Path | No
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
     """Load ``path`` into ``opt``; returns the step and the run's minutes done. A "best" that
     files written before 2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-        data = path.read_bytes()  # hashed and loaded from the same bytes
+        data = path.read_bytes()  # read once: parsed, hashed and loaded from the same bytes
+        flat = st_load(data)  # first: a file that is no safetensors is named so, not as a mismatch
+        meta = _safetensors_metadata(data)
         check_sha256(path, data)  # state files written before 2026-12-07 have no .sha256
-        flat = st_load(data)
+        if "step" not in meta:  # (a checkpoint of weights copied over it: a KeyError traceback)
+            raise ValueError("it records no step")
+        step, minutes_done = int(meta["step"]), float(meta.get("minutes_done", "0.0"))
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
@@ -534,9 +549,34 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]
     for key, v in flat.items():
         i, k = key.split(".", 1)
         state.setdefault(int(i), {})[k] = v
+    _check_optimizer_fits(opt, state, path)
     sd["state"] = state
     opt.load_state_dict(sd)
-    return int(meta["step"]), float(meta.get("minutes_done", "0.0"))
+    return step, minutes_done
+
+
+def _check_optimizer_fits(opt: torch.optim.Optimizer, state: dict[int, dict], path: Path) -> None:
+    """ValueError unless each parameter's saved moments have its shape: an optimizer state of
+    another model (copied in from another run's folder) loaded without a word and failed at the
+    first step with torch's "The size of tensor a (24) must match the size of tensor b (16)"."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, moments in sorted(state.items()):
+        shapes = {tuple(v.shape) for v in moments.values() if v.dim()}  # (its step count is a scalar)
+        if i < len(params) and not shapes - {tuple(params[i].shape)}:
+            continue
+        if i >= len(params):
+            found = f"parameter {i}, and this model has {len(params)}"
+        else:
+            found = f"parameter {i} of shape {list(min(shapes - {tuple(params[i].shape)}))}, and this model's is {list(params[i].shape)}"
+        raise ValueError(f"{path}: the optimizer state of another model (moments for {found}); restore the run's "
+                         f"own, or start over with --no-resume or another --out (the weights in last.safetensors "
+                         f"can seed a new run with train.init_from)")
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes that loaded (so their header is sound)."""
+    n = int.from_bytes(data[:8], "little")  # the header's length, then the header's JSON
+    return json.loads(data[8:8 + n]).get("__metadata__") or {}
 
 
 def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:
@@ -652,6 +692,24 @@ def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True)
     if changed and report:
         log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out starts "
                     "a new run instead", last.parent, "; ".join(changed))
+
+
+def _warn_init_from_unused(out: Path, init_from: str) -> None:
+    """A resume continues the run's own weights and ignores train.init_from, which seeds a new run
+    only. Said when the run did not start from it (its run.json): ``--set train.init_from=X`` on a
+    folder that held a run resumed that run in silence, and run.json then named X as its start.
+    A phase resumed with the init_from it started from (recipes/train_denoiser.sh) hears nothing."""
+    try:
+        started_from = json.loads((out / "run.json").read_text())["train"]["init_from"]
+    except (OSError, ValueError, KeyError, TypeError):  # no run.json, or one of another shape: not known
+        started_from = None
+    if init_from == started_from:
+        return
+    how = ("run.json does not say what it started from" if started_from is None else
+           "it started from random weights" if not started_from else f"it started from {started_from!r}")
+    log.warning("%s: resuming its run, which did not start from train.init_from=%r (%s): a resume continues the "
+                "run's own weights and ignores init_from; --no-resume or another --out starts a new run from it",
+                out, init_from, how)
 
 
 def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
@@ -771,6 +829,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, minutes_before = 0, -math.inf, 0.0
+    saved_average = None  # the weight average a resumed run continues (last.ema.safetensors)
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
     resuming = resume and last.is_file() and last_opt.is_file()
     if resume and last.is_file() != last_opt.is_file():  # half a resume point: never start over in silence
@@ -780,7 +839,10 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if resuming:
         _resume_weights(model, last, rank == 0)
         step, minutes_before = _load_optimizer(opt, last_opt)
-        _check_resume_steps(out, step, tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file())
+        ema_step = None
+        if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
+            saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors")
+        _check_resume_steps(out, step, ema_step)
         if rank == 0:  # the rank that validates and keeps best.safetensors
             best = _resumed_best(out / "best.safetensors", val_key)
         if not tc.session_minutes:  # a new budget: the clock starts again
@@ -788,6 +850,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
             group["lr"] = tc.lr
         log.info("resumed from %s at step %d", last, step)
+        if tc.init_from and rank == 0:
+            _warn_init_from_unused(out, tc.init_from)
         if step >= tc.steps:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
                         "go on, or start over with --no-resume or another --out", out, step, tc.steps)
@@ -822,7 +886,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # Only now, with the weights in place: a bad init_from or resume point leaves no empty run behind.
     out.mkdir(parents=True, exist_ok=True)
     model.train()
-    ema = _weight_average(model, tc.ema_decay, out / "last.ema.safetensors" if resuming else None)
+    ema = _weight_average(model, tc.ema_decay, saved_average)
     evaluated = model if ema is None else ema.module  # what validation scores and best keeps
     forward = model
     if world > 1:
@@ -997,9 +1061,7 @@ def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler:
 def _amp_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
-    if name not in ("bfloat16", "float16"):
-        raise ValueError(f"train.amp_dtype must be auto, bfloat16 or float16, got {name!r}")
-    return getattr(torch, name)
+    return getattr(torch, name)  # one of AMP_DTYPES: TrainConfig checked it
 
 
 def decayed_lr(tc: TrainConfig, done: float) -> float:

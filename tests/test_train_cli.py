@@ -79,6 +79,12 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.lr=inf", "train.lr must be a finite number, got inf"),
                                                 ("data.snr_high=inf", "data.snr_high must be a finite number, got inf"),
                                                 ("train.checkpoint_seconds=-5", "train.checkpoint_seconds must be > 0"),
+                                                # was refused where the loop starts: after the folder was
+                                                # made, and after --no-resume had cleared the earlier run
+                                                ("train.amp_dtype=fp16", "train.amp_dtype must be auto, bfloat16 or float16"),
+                                                # was taken as 1 (or 0) in silence
+                                                ("data.reverb_prob=5", "data.reverb_prob is a share of the examples"),
+                                                ("data.second_noise_prob=-0.5", "data.second_noise_prob is a share"),
                                                 # was ignored (or a KeyError after training, as select_by)
                                                 ('train.metrics=["si_sdr","pesqq"]',
                                                  "train.metrics: unknown ['pesqq']"),
@@ -172,6 +178,30 @@ def test_half_a_resume_point_or_another_signal_is_refused_not_started_over(tmp_p
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == 3 and steps == sorted(steps), steps
     assert "starting over (--no-resume)" in caplog.text
+
+
+def test_an_optimizer_state_of_another_model_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Was: another run's last.optim.safetensors (copied in with its .sha256) loaded, and the
+    first step failed with torch's "The size of tensor a (24) must match the size of tensor b
+    (16) at non-singleton dimension 0", after run.json had been rewritten."""
+    common = [CONFIG, "--set", "train.val_every=100", "--set", "train.progress=false", "--steps", "1"]
+    for name, hidden in (("run", 16), ("wider", 24)):
+        assert main(["train", *common, "--out", str(tmp_path / name), "--set", f"model.config.hidden={hidden}"]) == 0
+    out = tmp_path / "run"
+    for name in ("last.optim.safetensors", "last.optim.safetensors.sha256"):
+        (out / name).write_bytes((tmp_path / "wider" / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", *common[:-1], "3", "--out", str(out), "--set", "model.config.hidden=16"]) == 2
+    err = capsys.readouterr().err
+    assert ("last.optim.safetensors: the optimizer state of another model (moments for parameter 0 of shape "
+            "[24, 129], and this model's is [16, 129])") in err  # hidden units x 129 bins
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # Weights copied over the optimizer state (with their .sha256): was a KeyError traceback.
+    for name in ("last.optim.safetensors", "last.optim.safetensors.sha256"):
+        (out / name).write_bytes((out / name.replace(".optim", "")).read_bytes())
+    assert main(["train", *common[:-1], "3", "--out", str(out), "--set", "model.config.hidden=16"]) == 2
+    assert "last.optim.safetensors: not a readable optimizer state (it records no step)" in capsys.readouterr().err
 
 
 def test_a_corrupt_resume_point_is_refused_and_a_torn_one_warned_of(tmp_path, capsys, caplog):
@@ -593,6 +623,26 @@ def test_a_resume_with_other_model_settings_names_them(tmp_path, capsys, caplog)
                  "--set", "model.config.topk=2"]) == 0
     assert (f"{out}: resuming its run with other model settings (sparsity: 'none' there, 'topk' now; "
             "topk: 0 there, 2 now); --no-resume or another --out starts a new run instead") in caplog.text
+
+
+def test_a_resume_given_an_init_from_its_run_did_not_start_from_says_it_is_unused(tmp_path, capsys, caplog):
+    """Was: --set train.init_from=X on a folder holding a run resumed that run in silence (init_from
+    seeds new runs only), and its run.json then named X as the run's start."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    common = [CONFIG, "--set", "train.val_every=100", "--set", "train.progress=false", "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--out", str(other), "--steps", "1"]) == 0
+    start = str(other / "last.safetensors")
+    assert main(["train", *common, "--out", str(out), "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", *common, "--out", str(out), "--steps", "2", "--set", f"train.init_from={json.dumps(start)}"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed_at_step"] == 1  # resumed, as before
+    assert f"{out}: resuming its run, which did not start from train.init_from={start!r} (it started from random weights)" in caplog.text
+    caplog.clear()
+    # A phase resumed with the init_from it started from (the recipe's second call) hears nothing.
+    grown = [*common, "--out", str(tmp_path / "grown"), "--set", f"train.init_from={json.dumps(start)}"]
+    assert main(["train", *grown, "--steps", "1"]) == 0
+    assert main(["train", *grown, "--steps", "2"]) == 0
+    assert "did not start from train.init_from" not in caplog.text
 
 
 def test_init_from_weights_of_another_signal_is_refused(tmp_path, capsys):
