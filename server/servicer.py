@@ -47,6 +47,7 @@ from audioae.client import (
 )
 from audioae.config import quoted
 from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, is_out_of_memory
+from audioae.models.image import check_grey_levels
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
 
@@ -674,6 +675,17 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         except NotImplementedError:  # no example to compare with: the network's own check decides
             return True
 
+    @staticmethod
+    def _check_pixels(sm: ServedModel, x: torch.Tensor) -> None:
+        """An image model's pixels are [0, 1] grey levels, as reconstruct_image requires: 0..255
+        levels gave a code of nonsense, OK (its largest unit 976 for a default model)."""
+        if not _is_image(sm) or x.numel() == 0:
+            return
+        try:
+            check_grey_levels(x, "the tensor", "send the levels divided by 255")
+        except ValueError as exc:
+            raise Abort(INVALID, f"model {sm.name!r} encodes images: {exc}") from None
+
     def _bounded(self, fn: Callable[[torch.Tensor], torch.Tensor], doing: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """``fn`` that first refuses an answer over this server's send limit. A 57 MB INT8 code
         decodes to 2.6 GB of float32 (12x the channels, 4x the bytes): it took 9.1 GB of memory
@@ -707,6 +719,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 raise Abort(
                     INVALID, f"model {sm.name!r} encodes {self._input_hint(sm)}, got shape {list(x.shape)}"
                 )
+            self._check_pixels(sm, x)
             seconds, warnings = 0.0, []
         elif which == "audio":
             if not sm.is_audio:

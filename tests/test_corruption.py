@@ -125,3 +125,12 @@ def test_darkened_patches_take_a_gpu_generator_with_a_gpu_batch():
     assert a.device == x.device and torch.equal(a, b)
     assert 0.1 < float((a == 0).double().mean()) < 0.4
     assert torch.equal(a[a != 0], x[a != 0])
+
+
+@pytest.mark.parametrize("patch", [(-2, 4), (0, 4), (4, 0), (2.5, 4), (4,)])
+def test_a_patch_side_below_one_is_refused_in_words(patch):
+    """(-2, 4) drew corners forever and (0, 4) ended in a ZeroDivisionError."""
+    from audioae.models.corruption import darken_patches
+
+    with pytest.raises(ValueError, match=r"patch must be \(rows, cols\).*at least 1"):
+        darken_patches(torch.ones(3, 1, 16, 16), 0.15, patch, torch.Generator().manual_seed(0))

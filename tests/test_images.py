@@ -639,3 +639,121 @@ def test_a_stride_past_the_patch_and_sizes_of_nothing_are_refused():
             load_photograph("text", scale)
     with pytest.raises(ValueError, match="size must be at least 1 pixel, got 0"):
         load_digit_images(0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("noise_std", -0.2), ("sparsity_weight", -1.0), ("topk", -3)])
+def test_a_negative_setting_is_named_with_its_value(field, value):
+    """Was "topk, sparsity_weight and noise_std cannot be negative", whichever one it was."""
+    with pytest.raises(ValueError, match=re.escape(f"{field} cannot be negative, got {value}")):
+        build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8, field: value})
+
+
+def test_a_topk_above_the_code_size_is_refused():
+    """topk 50 of 16 units was accepted and kept every unit: no sparsity at all."""
+    with pytest.raises(ValueError, match=r"topk \(50\) is above code_dim \(16\).*within 1\.\.16"):
+        build_model("image", {"sparsity": "topk", "topk": 50, "code_dim": 16})
+    model = build_model("image", {"sparsity": "topk", "topk": 4, "code_dim": 16})
+    with torch.no_grad():
+        h = model.encode(model.example_input(3))  # [3, 16]
+    assert ((h != 0).sum(1) <= 4).all()
+    build_model("image", {"topk": 50, "code_dim": 16})  # topk unused without sparsity='topk': a loaded config's value
+
+
+@pytest.mark.parametrize(("shape", "hint"), [((1, 32, 32), "img[0]"), ((3, 32, 32), "img.mean(0)"),
+                                             ((32, 32, 3), "img.mean(-1)"), ((32, 32, 1), "img[..., 0]")])
+def test_a_3d_image_is_told_which_axis_to_drop(shape, hint):
+    """A channel-first [1, H, W] image was told to pass img.mean(-1), which averages its columns."""
+    grey = build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8})
+    with pytest.raises(ValueError, match=re.escape(hint)) as info:
+        reconstruct_image(grey, torch.rand(shape))
+    assert ("mean(-1)" in str(info.value)) == (hint == "img.mean(-1)")
+
+
+def test_a_failed_rerun_leaves_no_figure_of_the_earlier_numbers(tmp_path, monkeypatch, capsys):
+    """A rerun that failed, in an experiment or in drawing, left the earlier run's report.png
+    beside its own report.json: a figure of other numbers."""
+    from audioae.images import figure
+
+    out = tmp_path / "r"
+    tiny = ["digit_steps=3", "photo_steps=3", "linear_steps=3", "linear_fine_steps=0", "patches_per_image=4",
+            'sparse_runs=[["l1",0.01]]', "perturb_scales=[1.0]", "gaussian_samples=24", "code_sizes=[2]", "map_code_dim=2"]
+    args = ["images", "report", "-o", str(out), "--quick", "--threads", "1", *[a for t in tiny for a in ("--set", t)]]
+    assert main(args) == 0 and (out / "report.png").is_file()
+    assert main([*args, "--set", "lr=1e6"]) == 2  # the loss turns NaN in the first experiment
+    assert not (out / "report.png").exists()
+    assert "the earlier report's figure was removed" in capsys.readouterr().err
+    assert "No figure is drawn for an incomplete report" in (out / "summary.md").read_text()
+
+    assert main(args) == 0 and (out / "report.png").is_file()
+
+    def broken(*a, **k):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(figure, "draw", broken)
+    assert main(args) == 2
+    assert not (out / "report.png").exists() and "failed" not in json.loads((out / "report.json").read_text())
+    assert "the earlier report's figure was removed" in capsys.readouterr().err
+
+
+def _doc_examples() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "images.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("number", range(len(_doc_examples())))
+def test_the_docs_python_examples_run_as_written(number):
+    """Each example of docs/images.md runs on its own (one used an undefined x, one torch and
+    x_train, and corrupt_images was never imported)."""
+    code = _doc_examples()[number]
+    exec(compile(code, f"docs/images.md example {number + 1}", "exec"), {"__name__": "__doc_example__"})
+
+
+def test_a_or_an_reads_the_number_aloud():
+    from audioae.images.figure import a_or_an
+
+    assert [a_or_an(n) for n in (2, 8, 11, 16, 18, 80, 110, 800, 1100, 11000)] == \
+        ["a", "an", "an", "a", "an", "an", "a", "an", "a", "an"]
+
+
+def test_the_figure_labels_its_maps_scales_and_groups(tmp_path, monkeypatch):
+    """What report.png lacked: axis labels on the 2-D maps, a colour bar per code heat map (each on
+    its own scale), a label on the perturbed strip's first column and lines between its noise
+    scales, the linear AE's angle to PCA's subspace; "a 8-unit code"; and the sparsity labels ran
+    over the tick labels at --quick's 40 dpi."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from audioae.images import ReportConfig, figure, run_report
+
+    drawn, draw = [], figure.draw
+
+    def keep(numbers, arrays):  # the real figure, kept to look at
+        drawn.append(draw(numbers, arrays))
+        return drawn[-1]
+
+    monkeypatch.setattr(figure, "draw", keep)
+    cfg = ReportConfig.quick(digit_steps=3, photo_steps=3, linear_steps=3, linear_fine_steps=0, code_sizes=(2, 8),
+                             patches_per_image=4, sparse_runs=(("none", 0.0), ("l1", 0.3), ("l2", 2.0)),
+                             perturb_scales=(0.5, 1.0), gaussian_samples=24, map_code_dim=8)
+    run_report(tmp_path / "r", cfg, save_models=False)
+    fig = drawn[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    axes = fig.get_axes()
+    labels = {(ax.get_xlabel(), ax.get_ylabel()) for ax in axes}
+    for pair in (("code unit 1", "code unit 2"), ("principal component 1", "principal component 2"),
+                 ("t-SNE axis 1", "t-SNE axis 2")):
+        assert pair in labels
+    assert sum(ax.get_ylabel() == "activation" for ax in axes) == 3  # a colour bar per heat map
+    strip = next(ax for ax in axes if ax.get_title().startswith("perturbed codes"))
+    assert [t.get_text() for t in strip.get_xticklabels()] == ["recon-\nstruction", "noise 0.5σ", "noise 1σ"]
+    assert len(strip.get_lines()) == 2  # a line before each scale's columns
+    error = next(ax for ax in axes if ax.get_title() == "reconstruction error against code size")
+    assert sum(t.get_text().endswith("°") for t in error.texts) == 2  # one angle per code size
+    assert any(s.get_text().endswith("from an 8-unit code") for s in (sf._suptitle for sf in fig.subfigs))
+    codes = next(ax for ax in axes if ax.get_xlabel() == "share of the live units active per digit")
+    inside = codes.get_window_extent(renderer)
+    for label in codes.texts:
+        box = label.get_window_extent(renderer)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1, label.get_text()

@@ -888,6 +888,8 @@ def test_encode_decode_image_model(client, model_dir):
     img = load_checkpoint(model_dir / "img.safetensors")
     x = img.example_input(3)
     h = client.encode(x.numpy().astype(np.float64), model="img")  # FP64 in: converted
+    noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).numpy()  # [3, 1, 16, 16]
+    assert client.encode(noisy, model="img").shape == h.shape  # noise spreads [0, 1] levels: still encoded
     with torch.no_grad():
         np.testing.assert_allclose(h, img.encode(x).numpy(), atol=1e-5)
         np.testing.assert_allclose(
@@ -982,6 +984,17 @@ BAD_TENSORS = {
         "would answer 49 MB of float32, over this server's 4 MB answer limit: send at most 3,8",
     ),
     "unknown model": ("Decode", "nope", _tensor([1, 16, 5]), CODE.NOT_FOUND, "unknown model"),
+    # An image model's pixels are [0, 1] levels, as reconstruct_image requires: 0..255 levels were
+    # encoded, OK, to a code of nonsense (largest unit 976).
+    "image of 0..255 levels": (
+        "Encode",
+        "img",
+        _tensor([2, 1, 16, 16], data=np.linspace(0, 255, 512, dtype="<f4").tobytes()),
+        CODE.INVALID_ARGUMENT,
+        "model 'img' encodes images: grey levels in [0, 1] expected (noise may spread them), but 98% of the "
+        "tensor spans 2.55..252.5 and all of it 0..255; accepted: 98% within -3..4 and all within +-64; "
+        "for 0..255 levels send the levels divided by 255",
+    ),
 }
 
 

@@ -46,7 +46,7 @@ DECODING_UNPOOLING = ("nearest", "transposed")  # decode a bare code (generation
 SPARSE_PENALTIES = ("none", "l1", "l2")  # of a ReLU code (kl needs sigmoid codes, topk a unit count)
 FIGURE_INCHES = (17, 36)  # report.png, width x height
 MAX_DPI = 600  # 10200 x 21600 pixels; matplotlib refuses 2**16 pixels per side
-MAX_NOISE_STD = 1.0  # as large as the whole [0, 1] range; inference.LEVEL_SPREAD is sized for it
+MAX_NOISE_STD = 1.0  # as large as the whole [0, 1] range; models.image.LEVEL_SPREAD is sized for it
 
 
 @dataclass(frozen=True)

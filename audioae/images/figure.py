@@ -32,11 +32,21 @@ def _gray(ax, img: np.ndarray, title: str = "", fontsize: int = 10) -> None:
         ax.set_title(title, fontsize=fontsize)
 
 
-def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str) -> None:
+def a_or_an(n: int) -> str:
+    """The article before ``n`` read aloud: "an 8-unit code", "an 11-unit", "a 16-unit"."""
+    s = str(n)
+    return "an" if s.startswith("8") or (len(s) % 3 == 2 and s[:2] in ("11", "18")) else "a"
+
+
+def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str, axis: str):
+    """A 2-D map coloured by digit; ``axis`` names its two axes ("t-SNE 1", "t-SNE 2"). No
+    ticks: the map's units mean nothing on their own (t-SNE's) or little (PCA's)."""
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap=CMAP_DIGITS, vmin=-0.5, vmax=9.5, s=6, alpha=0.8)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set_xlabel(f"{axis} 1")
+    ax.set_ylabel(f"{axis} 2")
     return sc
 
 
@@ -45,6 +55,7 @@ def _band_dimensionality(sf, n: dict, a: dict) -> None:
     ks = n["code_sizes"]
     for key, label, style in (("pca", "PCA", "o-"), ("linear", "linear autoencoder", "s--"), ("conv", "conv autoencoder", "^-")):
         axes[0].plot(ks, n["mse"][key], style, label=label)
+    _label_angles(axes[0], ks, n["mse"]["linear"], n.get("linear_pca_max_angle_deg"))
     axes[0].set_xscale("log", base=2)
     axes[0].set_yscale("log")
     axes[0].set_xticks(ks, [str(k) for k in ks])
@@ -54,14 +65,26 @@ def _band_dimensionality(sf, n: dict, a: dict) -> None:
     axes[0].legend(fontsize=9)
     axes[0].grid(alpha=0.3)
     if "code2" in a:
-        _scatter(axes[1], a["code2"], a["y_test"], "conv autoencoder with a 2-unit code")
+        _scatter(axes[1], a["code2"], a["y_test"], "conv autoencoder with a 2-unit code", "code unit")
     else:
         axes[1].set_axis_off()
     k = n["map"]["code_dim"]
-    _scatter(axes[2], a["map_pca"], a["map_labels"], f"PCA of the {k}-unit codes")
-    sc = _scatter(axes[3], a["map_tsne"], a["map_labels"], f"t-SNE of the {k}-unit codes")
+    _scatter(axes[2], a["map_pca"], a["map_labels"], f"PCA of the {k}-unit codes", "principal component")
+    sc = _scatter(axes[3], a["map_tsne"], a["map_labels"], f"t-SNE of the {k}-unit codes", "t-SNE axis")
     cb = sf.colorbar(sc, ax=axes[3], ticks=range(10), fraction=0.05)
     cb.set_label("digit")
+
+
+def _label_angles(ax, ks: list[int], mse: list[float], angles: list[float | None] | None) -> None:
+    """Beside each linear AE point, the largest principal angle between its decoder's subspace
+    and PCA's: equal error alone does not show it found PCA's subspace."""
+    if not angles:
+        return
+    for k, err, angle in zip(ks, mse, angles, strict=True):
+        if angle is not None and err is not None:
+            ax.annotate(f"{angle:.2g}°", (k, err), textcoords="offset points", xytext=(4, 5), fontsize=8,
+                        color="tab:orange")
+    ax.plot([], [], " ", label="°: largest angle, linear AE\nto PCA's subspace")  # a legend line, no marker
 
 
 def _band_features(sf, n: dict, dim_arrays: dict) -> None:
@@ -99,21 +122,26 @@ def _band_denoising(sf, n: dict, a: dict) -> None:
 
 
 def _band_sparsity(sf, n: dict, a: dict) -> None:
-    axes = sf.subplots(1, 6, gridspec_kw={"width_ratios": [1.3, 1, 1, 1, 0.45, 0.45]})
+    axes = sf.subplots(1, 6, gridspec_kw={"width_ratios": [1.3, 1, 1, 1, 0.5, 0.5]})
     runs = n["runs"]
     colors = {"none": "k", "l1": "tab:red", "l2": "tab:blue", "kl": "tab:green", "topk": "tab:purple"}
     # Active share of the live units, not of all: dead units (silent for every digit) make a code
     # smaller, not sparse, and the share of near-zero entries counts them as sparsity.
+    shares = [r["active_share_of_live"] for r in runs if r.get("active_share_of_live") is not None]
+    middle = (min(shares) + max(shares)) / 2 if shares else 0.5
     for r in runs:
         x = r.get("active_share_of_live")
         if x is None:  # every unit dead
             continue
         axes[0].scatter(x, r["mse"], color=colors.get(r["penalty"], "gray"), s=40)
         label = "none" if r["penalty"] == "none" else f"{r['penalty'].upper()} {r['weight']:g}"
-        left = r["penalty"] == "l1"  # L1 and L2 pairs sit at about the same error: labels on either side
+        # Labels point into the plot, never over the tick labels; L1 and L2 pairs sit at about the
+        # same error, so L1's go below its point and the others' above.
+        left = x > middle
+        below = r["penalty"] == "l1"
         axes[0].annotate(f"{label} ({r['live_units']} live)", (x, r["mse"]), textcoords="offset points",
-                         xytext=(-5 if left else 5, 4), ha="right" if left else "left", fontsize=9)
-    axes[0].margins(x=0.3, y=0.1)  # room for the labels
+                         xytext=(-5 if left else 5, -11 if below else 4), ha="right" if left else "left", fontsize=9)
+    axes[0].margins(x=0.3, y=0.15)  # room for the labels
     axes[0].set_xlabel("share of the live units active per digit")
     axes[0].set_ylabel("test MSE per pixel")
     axes[0].set_title(f"{n['code_dim']}-unit ReLU code of 64 pixels", fontsize=10)
@@ -127,7 +155,9 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
             ax.set_axis_off()
             continue
         h = codes[key][:40]  # [40, K]
-        ax.imshow(h / max(h.max(), 1e-12), aspect="auto", cmap="magma", interpolation="nearest")
+        # Each on its own scale (a penalty shrinks the whole code), so each has its own colour bar.
+        im = ax.imshow(h, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=max(float(h.max()), 1e-12))
+        sf.colorbar(im, ax=ax, fraction=0.08, pad=0.02).set_label("activation", fontsize=9)
         row = next(r for r in runs if (r["penalty"] == "none" if key == "none" else f"{r['penalty']} {r['weight']:g}" == key))
         top = "-" if row.get("top_energy_share") is None else f"{row['top_energy_share']:.2f}"
         ax.set_title(f"{key.upper()}: {row['mean_active_units']:.0f} of {n['code_dim']} units active per digit,\n"
@@ -149,7 +179,7 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
                   interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{key.upper()} atoms,\nmost used first", fontsize=10)
+        ax.set_title(f"{key.upper()} atoms,\nmost used\nfirst", fontsize=10)  # short lines: a narrow panel
 
 
 def _band_unpooling(sf, n: dict, a: dict) -> None:
@@ -187,8 +217,10 @@ def _band_generation(sf, n: dict, a: dict) -> None:
     _gray(axes[0], mosaic(tiles), f"perturbed codes: each digit's reconstruction, then {per} decodes of its code "
           "plus Gaussian noise per scale (σ: each unit's spread over the training codes)")
     # Tile column j is centred at 9j + 3.5 (8 pixels and a 1-pixel gap); column 0 is the reconstruction.
-    axes[0].set_xticks([9 * (1 + per * i + (per - 1) / 2) + 3.5 for i in range(len(scales))],
-                       [f"noise {s:g}σ" for s in scales])
+    axes[0].set_xticks([3.5] + [9 * (1 + per * i + (per - 1) / 2) + 3.5 for i in range(len(scales))],
+                       ["recon-\nstruction"] + [f"noise {s:g}σ" for s in scales])
+    for i in range(len(scales)):  # a line in the gap before each scale's first column
+        axes[0].axvline(9 * (1 + per * i) - 1, color="tab:red", lw=1.5)
     axes[0].set_yticks([3.5 + 9 * i for i in range(e)], [str(d) for d in a["example_labels"]])
     interp, pix = a["interp"], a["pixel_interp"]  # [P, S, 1, 8, 8]
     rows = np.stack([x for pair in zip(interp, pix, strict=True) for x in pair])  # [2P, S, 1, 8, 8]
@@ -211,7 +243,8 @@ def draw(numbers: dict, arrays: dict) -> Figure:
         f"3. Denoising: trained on photograph patches, tested on the held-out '{numbers['denoising']['test_image']}'",
         "4. Sparse codes: L1 against L2",
         "5. The three unpooling methods",
-        f"6. Generating similar digits from a {numbers['generation']['code_dim']}-unit code",
+        f"6. Generating similar digits from {a_or_an(numbers['generation']['code_dim'])} "
+        f"{numbers['generation']['code_dim']}-unit code",
     ]
     _band_dimensionality(bands[0], numbers["dimensionality"], arrays["dimensionality"])
     _band_features(bands[1], numbers["dimensionality"], arrays["dimensionality"])

@@ -10,6 +10,7 @@ import torch
 
 from ..data.images import image_to_patches, patches_to_image
 from ..models import Autoencoder
+from ..models.image import check_grey_levels
 
 
 def psnr(estimate: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
@@ -30,26 +31,14 @@ def run_batches(model: Autoencoder, x: torch.Tensor, batch_size: int = 512) -> t
     return torch.cat(outs), torch.cat(codes)
 
 
-# A [0, 1] image under Gaussian noise of std up to 1 (the most ReportConfig accepts) keeps its 1st
-# and 99th percentiles within -2.33..3.33 and never gets near +-64; 8-bit levels held as floats are
-# outside both unless the image is almost black.
-LEVEL_SPREAD = (-3.0, 4.0)  # of the 1st and 99th percentiles
-LEVEL_LIMIT = 64.0
-
-
-def check_levels(img: torch.Tensor) -> None:
-    """Refuse ``img`` unless it holds [0, 1] grey levels, with or without noise on them. Noise
-    pushes the extremes past [0, 1], so the check is on percentiles, with a far limit for the
-    extremes: a noisy image passes, an image of 0..255 levels does not."""
-    flat = img.detach().flatten().double().cpu().numpy()
-    low, high = np.quantile(flat, [0.01, 0.99])
-    least, most = float(flat.min()), float(flat.max())
-    if low < LEVEL_SPREAD[0] or high > LEVEL_SPREAD[1] or least < -LEVEL_LIMIT or most > LEVEL_LIMIT:
-        raise ValueError(f"grey levels in [0, 1] expected (noise may spread them), but 98% of the image spans "
-                         f"{low:.4g}..{high:.4g} and all of it {least:g}..{most:g}; accepted: 98% within "
-                         f"{LEVEL_SPREAD[0]:g}..{LEVEL_SPREAD[1]:g} and all within +-{LEVEL_LIMIT:g}"
-                         + ("; for 0..255 levels pass img / 255" if high > LEVEL_SPREAD[1] or most > LEVEL_LIMIT
-                            else ""))
+def _channel_hint(shape: tuple[int, ...]) -> str:
+    """How to make ``[H, W]`` of a 3-D image: a short first axis is channels first ([C, H, W],
+    as torch keeps them), otherwise channels last ([H, W, C], as image files load)."""
+    if len(shape) != 3:
+        return ""
+    if shape[0] <= 4 < min(shape[1:]):
+        return "; for channels first, pass img[0]" + (" or img.mean(0)" if shape[0] > 1 else "")
+    return "; for channels last, pass img[..., 0]" + (" or img.mean(-1)" if shape[-1] > 1 else "")
 
 
 @torch.inference_mode()
@@ -66,15 +55,14 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
                                                         if hasattr(model.config, "in_channels") else ""))
     img = torch.as_tensor(img)
     if img.dim() != 2:
-        raise ValueError(f"a grey-level image [H, W] expected, got shape {tuple(img.shape)}"
-                         + ("; for colour, pass one channel or img.mean(-1)" if img.dim() == 3 else ""))
+        raise ValueError(f"a grey-level image [H, W] expected, got shape {tuple(img.shape)}" + _channel_hint(img.shape))
     if img.numel() == 0:  # was numpy's IndexError from the percentiles of nothing
         raise ValueError(f"an empty image: shape {tuple(img.shape)}")
     if not img.is_floating_point():
         raise ValueError(f"grey levels in [0, 1] expected, got {img.dtype}; for 8-bit images pass img / 255")
     if not torch.isfinite(img).all():
         raise ValueError("the image contains NaN or Inf")
-    check_levels(img)
+    check_grey_levels(img)
     size = model.config.image_size[0]
     if model.config.image_size[1] != size:
         raise ValueError("reconstruct_image needs a model with square patches")

@@ -8,7 +8,9 @@
 A rerun into the same folder replaces the earlier report: once every experiment has run, the
 models the earlier ``report.json`` lists and this run does not write again are removed (all of
 them with ``save_models=False``); other files in ``models/`` are left where they are, and named.
-A run that fails removes none.
+A run that fails removes none. The earlier ``report.png`` goes as soon as the new ``report.json``
+replaces the earlier one (it drew the earlier numbers): a run that fails, in an experiment or
+in drawing, leaves no figure.
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ def _clear_earlier_models(out: Path, earlier: list[str], written: list[str], say
     if removed:
         with contextlib.suppress(OSError):  # only when nothing else is left in it
             (out / "models").rmdir()
+
+
+def _remove_earlier_figure(out: Path) -> bool:
+    """Remove ``report.png`` of an earlier run, whose numbers this run's report.json replaces.
+    Only a file (or link) goes: anything else there is someone's, and the atomic write of the new
+    figure fails on it, saying so."""
+    figure = out / "report.png"
+    if figure.is_file() or figure.is_symlink():
+        figure.unlink()
+        return True
+    return False
 
 
 def _jsonable(x):
@@ -160,9 +173,12 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
             write_models()
         # the earlier report's models it leaves, still its to clear: the next finished run does
         numbers["earlier_models"] = sorted(set(earlier) - set(numbers.get("models", [])))
+        figure_removed = _remove_earlier_figure(out)
         write_numbers()
         say(f"{running[0]} failed; the numbers so far are in {out / 'report.json'} and {out / 'summary.md'}"
-            + (f", the models so far in {out / 'models'}" if save_models and models else ""))
+            + (f", the models so far in {out / 'models'}" if save_models and models else "")
+            + ("; the earlier report's figure was removed (it drew the earlier numbers), and no figure is drawn "
+               "for an incomplete report" if figure_removed else ""))
         raise
 
     if save_models:  # the trained models and the numbers first: a failure drawing the figure keeps them
@@ -170,6 +186,7 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
     # When every experiment ran (a failed run lists the earlier models it left as earlier_models,
     # for the next finished run to clear), as this run's numbers replace the earlier report's.
     _clear_earlier_models(out, earlier, numbers.get("models", []), say)
+    figure_removed = _remove_earlier_figure(out)  # until the new one is drawn, no figure is the right one
     write_numbers()
     say("drawing the figure ...")
     try:
@@ -181,7 +198,8 @@ def run_report(out_dir: str | os.PathLike, config: ReportConfig | None = None, *
         atomic_write_bytes(out / "report.png", buf.getvalue())
     except Exception:
         say(f"drawing the figure failed; the numbers are in {out / 'report.json'} and {out / 'summary.md'}"
-            + (f", the models in {out / 'models'}" if save_models else ""))
+            + (f", the models in {out / 'models'}" if save_models else "")
+            + ("; the earlier report's figure was removed (it drew the earlier numbers)" if figure_removed else ""))
         raise
     numbers = write_numbers()  # again, with the figure's seconds
     return numbers
@@ -197,7 +215,7 @@ def summary_markdown(n: dict) -> str:
     lines = ["# audioae images report", ""]
     if "failed" in n:
         lines += [f"**Incomplete**: {n['failed']['experiment']} failed ({n['failed']['error']}); the sections "
-                  "below are the experiments that ran before it.", ""]
+                  "below are the experiments that ran before it. No figure is drawn for an incomplete report.", ""]
     data = n.get("data")
     lines += [(f"Digits: {data['digits_train']} train / {data['digits_test']} test. Photographs: "
                f"{data['photo_train_patches']} training patches; every photograph number is on "

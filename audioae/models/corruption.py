@@ -74,6 +74,9 @@ def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], gen
     """
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be within 0..1, got {fraction}")
+    # a side of 0 drew no pixels: a division by zero, and a negative one drew forever
+    if len(patch) != 2 or any(int(side) != side or side < 1 for side in patch):
+        raise ValueError(f"patch must be (rows, cols), each a whole number of at least 1, got {tuple(patch)}")
     if fraction == 0:
         return x
     if fraction == 1:

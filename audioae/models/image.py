@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,11 +45,34 @@ from ..spectral import building_on_meta
 from .base import Autoencoder, AutoencoderConfig
 from .conv1d import UNPOOLING  # the same three choices as the 1D model
 from .corruption import add_gaussian_std, darken_patches
+from .sparsity import check_topk
 
 IMAGE_CORRUPTIONS = ("none", "gaussian", "patches")
 # Small images and patches. The weights do not bound it (conv levels shrink the image before the
 # dense layer), and the server's warm-up allocates it: 32768 x 32768 would be 4 GB per channel.
 MAX_IMAGE_SIDE = 1024
+
+# Pixels are grey levels in [0, 1]. A [0, 1] image under Gaussian noise of std up to 1 (the most the
+# images report accepts) keeps its 1st and 99th percentiles within -2.33..3.33 and never gets near
+# +-64; 8-bit levels held as floats are outside both unless the image is almost black.
+LEVEL_SPREAD = (-3.0, 4.0)  # of the 1st and 99th percentiles
+LEVEL_LIMIT = 64.0
+
+
+def check_grey_levels(img: torch.Tensor, what: str = "the image", fix: str = "pass img / 255") -> None:
+    """Refuse ``img`` unless it holds [0, 1] grey levels, with or without noise on them. Noise
+    pushes the extremes past [0, 1], so the check is on percentiles, with a far limit for the
+    extremes: a noisy image passes, an image of 0..255 levels does not (a model trained on [0, 1]
+    gives codes of nonsense for them, silently). ``what`` names the input in the message and
+    ``fix`` says how to scale 0..255 levels."""
+    flat = img.detach().flatten().double().cpu().numpy()
+    low, high = np.quantile(flat, [0.01, 0.99])
+    least, most = float(flat.min()), float(flat.max())
+    if low < LEVEL_SPREAD[0] or high > LEVEL_SPREAD[1] or least < -LEVEL_LIMIT or most > LEVEL_LIMIT:
+        raise ValueError(f"grey levels in [0, 1] expected (noise may spread them), but 98% of {what} spans "
+                         f"{low:.4g}..{high:.4g} and all of it {least:g}..{most:g}; accepted: 98% within "
+                         f"{LEVEL_SPREAD[0]:g}..{LEVEL_SPREAD[1]:g} and all within +-{LEVEL_LIMIT:g}"
+                         + (f"; for 0..255 levels {fix}" if high > LEVEL_SPREAD[1] or most > LEVEL_LIMIT else ""))
 
 
 @dataclass(frozen=True)
@@ -68,7 +92,13 @@ class ImageConfig(AutoencoderConfig):
     subtract_decoder_bias: bool = False  # encode x - b_d (b_d: the decoder's output bias, in pixels)
 
     def __post_init__(self):
+        # before the shared checks, whose message names three fields at once and no value
+        for name in ("topk", "sparsity_weight", "noise_std"):
+            value = getattr(self, name)
+            if isinstance(value, int | float) and value < 0:  # NaN passes: the shared checks refuse it
+                raise ValueError(f"{name} cannot be negative, got {value}")
         super().__post_init__()
+        check_topk(self.sparsity, self.topk, self.code_dim)
         if self.input != "image":
             raise ValueError(f"image models take input='image', got {self.input!r}")
         if self.unpool not in UNPOOLING:

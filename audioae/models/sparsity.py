@@ -30,6 +30,14 @@ def sparsity_penalty(h: torch.Tensor, kind: str, target: float = 0.05) -> torch.
     raise ValueError(f"unknown sparsity {kind!r}; choose one of {', '.join(PENALTIES)}")
 
 
+def check_topk(sparsity: str, topk: int, code_dim: int) -> None:
+    """Refuse a top-k code that keeps more units than the code has: :func:`keep_topk` then keeps
+    them all, and the model trains with no sparsity at all, silently."""
+    if sparsity == "topk" and topk > code_dim:
+        raise ValueError(f"topk ({topk}) is above code_dim ({code_dim}): every unit would be kept, so the code "
+                         f"would not be sparse; choose topk within 1..{code_dim}")
+
+
 def keep_topk(h: torch.Tensor, k: int) -> torch.Tensor:
     """Zero all but the ``k`` largest units of ``h [B, K, ...]`` at every other position."""
     if k <= 0 or k >= h.shape[1]:
