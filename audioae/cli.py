@@ -213,8 +213,11 @@ def _add_denoise(sub) -> None:
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local processes, or a Ray Data pipeline (pip install 'audioae[ray]')")
     p.add_argument("--workers", type=int, default=1, help="local: worker processes; ray: actors")
-    p.add_argument("--address", help="ray: the cluster to join, auto or ray://HOST:PORT "
-                                     "(default: start a local Ray)")
+    p.add_argument("--address", help="ray: the cluster to join: HOST:PORT (its GCS, as `ray start --head` "
+                                     "prints it), ray://HOST[:PORT] (Ray Client), or auto (the one running here). "
+                                     "Default: RAY_ADDRESS when set, else a new local Ray of this job's own. A "
+                                     "cluster with token authentication needs RAY_AUTH_MODE=token and "
+                                     "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (default 1: scale with --workers)")
@@ -861,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        print(f"interrupted: {str(exc) or 'Ctrl-C'}", file=sys.stderr)  # SIGTERM's says "SIGTERM"
         return 128 + getattr(exc, "signum", signal.SIGINT)  # as a shell reports a command killed by it
     except BrokenPipeError:  # `audioae models --json | head`: the reader left; say nothing more
         # Python flushes stdout again at exit and would report the broken pipe there; point it at

@@ -421,6 +421,56 @@ def test_a_marker_whose_output_was_renamed_into_place_names_a_finished_file_not_
     assert [src for src, _, _ in journal.finished()] == ["/in/old.wav"]
 
 
+def test_a_finished_files_marker_keeps_what_its_manifest_line_must_say(tmp_path):
+    """A line recorded from a marker (the job was stopped before the file's result reached it: a
+    Ray batch's results travel together) was "ok" with no warning, no length and no --overwrite
+    run: the "copy cut short" warning was never seen again, and a resumed --overwrite redid the
+    file. The marker now carries the run, and what the engine said once the file was done."""
+    from audioae.batch.manifest import FileResult, MadeWith
+
+    out = tmp_path / "out"
+    out.mkdir()
+    made = MadeWith("m.safetensors", "ab" * 32, 0.5)
+    journal = Journal(out / JOURNAL_NAME, made, overwrite_run="run-1")
+    for name in ("cut.wav", "plain.wav"):
+        journal.started(f"/in/{name}", output=str(out / name))
+        (out / f".{name}.part").write_bytes(b"this run's output")
+        os.replace(out / f".{name}.part", out / name)
+    journal.done(FileResult("/in/cut.wav", str(out / "cut.wav"), "ok", seconds=1.5, duration=2.0,
+                            warning="cut.wav: a copy cut short", input_size=100, input_mtime_ns=7))
+    assert journal.why("/in/cut.wav") is None  # still a finished file, not a suspect
+    got = {Path(r.input).name: r for r in journal.finished_results()}
+    assert got["cut.wav"] == FileResult("/in/cut.wav", str(out / "cut.wav"), "ok", "", 1.5, 2.0, "m.safetensors",
+                                        "ab" * 32, 0.5, 100, 7, "cut.wav: a copy cut short", "run-1")
+    assert (got["plain.wav"].overwrite_run, got["plain.wav"].warning) == ("run-1", "")  # done() not reached
+
+
+# The real CLI, which gets a real SIGINT as it plans the job: before its output folder or manifest exists.
+CTRL_C_WHILE_PLANNING = """
+import os, signal, sys
+import audioae.batch.job as job
+
+def plan_then_ctrl_c(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return []
+
+job.plan_tasks = plan_then_ctrl_c
+from audioae.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_before_the_manifest_exists_says_so_in_words(tmp_path):
+    """It printed a bare "interrupted" where the docs promise "interrupted: Ctrl-C"."""
+    src = tmp_path / "in"
+    _write_inputs(src, {"a.wav": 1.0})
+    run = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_PLANNING, "denoise", str(src), "-o",
+                          str(tmp_path / "out"), "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 128 + signal.SIGINT, run.stderr[-2000:]
+    assert run.stderr.rstrip().splitlines()[-1] == "interrupted: Ctrl-C", run.stderr[-2000:]
+
+
 def _an_overwrites_marker_edited(tmp_path: Path, edit) -> tuple[Path, Journal]:
     """``(out, journal)``: the marker of an ``--overwrite`` of /in/a.wav over an earlier run's
     output, its record changed by ``edit(rec)`` as another reader or an older version would see it."""

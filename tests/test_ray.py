@@ -41,7 +41,9 @@ TREE = [
 @pytest.fixture(scope="session")
 def ray_local():
     """ONE local Ray for the whole test session (starting one is slow)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # "local": a Ray of its own even when a `ray start --head` cluster runs on this machine (which
+    # ray.init would join, and then refuse num_cpus)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -404,23 +406,141 @@ def test_a_driver_killed_between_an_outputs_rename_and_its_line_leaves_it_record
 
 def test_sigterm_ends_a_ray_job_as_ctrl_c_does(tmp_path):
     """ray.init put its own SIGTERM handler (sys.exit) in place of the CLI's: `kill` of a Ray job
-    exited 15 without a word, where the local engine's job ends as Ctrl-C does (exit 143)."""
-    from test_batch_crash import _job_env, _started, _wait_for
+    exited 15 without a word, where the local engine's job ends as Ctrl-C does (exit 143). And
+    what the stop left: a file finished in the actor's batch before the one under way was recorded
+    from its marker without its "copy cut short" warning or its length, and the marker of the one
+    under way (Ray ends its actors without unwinding them) made it a suspect, "a process died on
+    this file before". Two files cut short, the same length: whichever the actor takes first."""
+    from audio_tree import cut_short
+    from test_batch_crash import _job_env, _wait_for
+
+    from audioae.batch.journal import JOURNAL_NAME, Journal
 
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
-    sf.write(src / "b.wav", 0.1 * np.random.default_rng(0).standard_normal(16000 * 300).astype(np.float32), 16000,
-             subtype="PCM_16")  # its reads slowed (_job_env): still under way when the signal comes
+    names = ("a.wav", "b.wav")
+    for i, name in enumerate(names):  # long enough that the second is still under way when the signal comes
+        sf.write(src / name, 0.1 * np.random.default_rng(i).standard_normal(16000 * 300).astype(np.float32), 16000,
+                 subtype="PCM_16")
+        (src / name).write_bytes(cut_short((src / name).read_bytes()))  # its header claims 300 s
     env = {k: v for k, v in _job_env(src).items() if k != "RAY_ADDRESS"}  # its own local Ray
     cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--engine", "ray",
            "--model", str(ckpt), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker", seconds=240)
+    journal = Journal(out / JOURNAL_NAME)
+
+    def one_done_one_under_way() -> tuple[str, str] | None:
+        done = [n for n in names if (out / n).is_file()]
+        going = [n for n in names if n not in done and journal.why(str(src / n))]  # marked, not finished
+        return (done[0], going[0]) if len(done) == 1 and going else None
+
+    done, going = _wait_for(one_done_one_under_way, proc, "one output and the other file's marker", seconds=240)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "interrupted" in err
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert recs.get(done, {}).get("status") == "ok", (recs, err[-3000:])
+    assert "a copy cut short" in recs[done]["warning"] and recs[done]["duration"] is not None, recs[done]
+    assert going not in recs and journal.why(str(src / going)) is None
+
+
+def test_the_bars_clock_starts_with_the_first_file_not_with_rays_start_up(tmp_path):
+    """The bar's elapsed time and ETA counted Ray's start-up (20 s and more here) as work: its
+    first ETA was minutes too long (00:23<16:08). Until the first result it says "starting"."""
+    import io
+
+    from audioae.batch.job import Progress
+    from audioae.batch.manifest import FileResult
+    from audioae.batch.plan import FileTask
+
+    tasks = []
+    for name in ("a.wav", "b.wav"):
+        sf.write(tmp_path / name, np.zeros(16000, np.float32), 16000)
+        tasks.append(FileTask(str(tmp_path / name), str(tmp_path / "out" / name), name))
+    stream = io.StringIO()
+    bar = Progress(tasks, 0, enabled=True, stream=stream)
+    created = bar.bar.start_t
+    bar.bar.refresh()
+    assert stream.getvalue().split("\r")[-1].startswith("denoise (starting):")
+    time.sleep(0.5)  # the engine starting
+    bar.advance(FileResult(tasks[0].input, tasks[0].output, "ok", seconds=0.1, duration=1.0))
+    assert bar.bar.start_t >= created + 0.4  # from when the first file started: 0.1 s before its result
+    bar.bar.refresh()
+    assert stream.getvalue().split("\r")[-1].startswith("denoise:")
+    bar.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A `ray start --head` cluster with token authentication, found as ray.init finds one (its
+    address in RAY_TMPDIR/ray/ray_current_cluster): ``(env, address, token)``. RAY_TMPDIR is a
+    short folder of this test's (Unix socket paths are short), so no other Ray sees it."""
+    import secrets
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    token, port = secrets.token_hex(32), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env.update(RAY_TMPDIR=tmp, HOME=str(tmp_path))  # no ~/.ray/auth_token of this machine's
+    head = subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                           f"--ray-client-server-port={_free_port()}"], env={**env, "RAY_AUTH_MODE": "token",
+                          "RAY_AUTH_TOKEN": token}, capture_output=True, text=True, timeout=180,
+                          start_new_session=True)  # its processes keep this session's id: stopped below by it
+    try:
+        assert head.returncode == 0, head.stderr[-2000:]
+        yield env, f"127.0.0.1:{port}", token
+    finally:
+        _stop_session(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop_session(tmp: str) -> None:
+    """Kill the processes of the head started with RAY_TMPDIR=``tmp`` (not `ray stop`: it stops
+    every Ray on the machine)."""
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{d}/cmdline").read_bytes()
+            if tmp.encode() in cmdline:
+                os.killpg(os.getpgid(int(d)), signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the head's processes in /proc")
+def test_without_an_address_a_job_starts_its_own_ray_and_a_refused_token_says_so(token_cluster, tmp_path):
+    """Without --address a job joined any `ray start --head` cluster on the machine (ray.init's
+    address=None finds it), took it for its own local Ray, and warned that actors "wait until an
+    autoscaler adds nodes". And a cluster that wants a token said only "cannot reach"."""
+    env, address, token = token_cluster
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", np.zeros(8000, np.float32) + 0.01, 16000, subtype="PCM_16")
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "--engine", "ray", "--model", str(ckpt),
+           "--no-progress", "--workers", "2", "-o"]
+    sessions = Path(env["RAY_TMPDIR"], "ray")
+    before = set(sessions.glob("session_2*"))
+    run = subprocess.run([*cmd, str(tmp_path / "own")], env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(set(sessions.glob("session_2*")) - before) == 1, "the job joined the head instead of its own Ray"
+    assert "autoscaler" not in run.stderr, run.stderr[-3000:]
+
+    run = subprocess.run([*cmd, str(tmp_path / "joined"), "--address", address], env=env, capture_output=True,
+                         text=True, timeout=400)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert f"the Ray cluster at '{address}' refused this job: authentication failed" in run.stderr, \
+        run.stderr[-3000:]
+    assert "RAY_AUTH_TOKEN" in run.stderr and not (tmp_path / "joined").exists()

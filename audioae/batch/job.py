@@ -239,6 +239,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         run = None  # the --overwrite run this job makes outputs for
         if options.overwrite:
             run, todo, done = _overwrite_todo(out, tasks, earlier, now)
+            journal = Journal(out / JOURNAL_NAME, now, overwrite_run=run.id)  # its markers say which run
         others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, done)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
@@ -376,10 +377,11 @@ def _named_as_links(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) 
 def _record_finished(journal: Journal, path: Path) -> list[FileResult]:
     """Append an ``ok`` line for each output renamed into place that the manifest does not
     record yet (its marker is still there: the job died between the rename and the line, or
-    the result never reached it), with the settings the marker names; then remove the marker.
+    the result never reached it), with what the marker kept (:meth:`.Journal.finished_results`);
+    then remove the marker.
     Without this a rerun found such an output, had no line for it, and recorded it "skipped"
     with empty settings."""
-    found = [FileResult(src, dst, "ok", **dataclasses.asdict(made)) for src, dst, made in journal.finished()]
+    found = list(journal.finished_results())
     if not found:
         return []
     writer = ManifestWriter(path)
@@ -480,11 +482,22 @@ class Progress:
         self.seconds = header_seconds(todo, journal) if shown else {}
         self.files, self.total_files, self.t0 = 0, len(todo), time.perf_counter()
         self.denoised = 0.0  # seconds of audio denoised: the real-time factor's
-        desc = f"denoise ({skipped} done before)" if skipped else "denoise"
-        self.bar = tqdm(total=round(sum(self.seconds.values()), 3), desc=desc, bar_format=self.FORMAT,
-                        dynamic_ncols=True, disable=not shown, file=stream)
+        self.desc = f"denoise ({skipped} done before)" if skipped else "denoise"
+        self.bar = tqdm(total=round(sum(self.seconds.values()), 3), desc=f"{self.desc} (starting)",
+                        bar_format=self.FORMAT, dynamic_ncols=True, disable=not shown, file=stream)
+
+    def _start_clock(self, spent: float) -> None:
+        """The bar's clock (its elapsed time, rate and ETA) from when the first file started, ``spent``
+        seconds before its result came: the engine's start-up (a Ray's, 20 s or more; workers')
+        counted as work, and Ray's first ETA was minutes too long (00:23<16:08). The real-time
+        factor, like the summary's, still counts from the job's start."""
+        start = time.time() - max(spent, 0.0)  # tqdm's clock is time.time
+        self.bar.start_t = self.bar.last_print_t = start
+        self.bar.set_description_str(self.desc, refresh=False)
 
     def advance(self, result: FileResult) -> None:
+        if self.files == 0:
+            self._start_clock(result.seconds)
         self.files += 1
         seconds = self.seconds.get(result.input, 0.0)
         self.bar.update(seconds)

@@ -21,6 +21,12 @@ died between the rename and the line. So a marker of a finished file
 stays until the job has written that line (:meth:`Journal.ended` after it), and a rerun
 records, from the markers it finds, what made each such output (:meth:`Journal.finished`)
 instead of calling it "skipped" with no settings.
+
+Such a line must say all that the job's own would have: a marker also carries the ``--overwrite``
+run the job makes outputs for, and once its file is done, what the engine said of it
+(:meth:`Journal.done`: the time spent, the audio's length, a warning such as "a copy cut short",
+the input as it was read). Without these a stopped Ray job, whose finished results wait in the
+pipeline, recorded its finished files with no warning, and a resumed ``--overwrite`` redid them.
 """
 
 from __future__ import annotations
@@ -35,11 +41,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..fileio import atomic_write_text
-from .manifest import MadeWith
+from .manifest import FileResult, MadeWith
 
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".audioae-inflight"  # hidden, holds no audio names: never taken as an input
+
+# What a finished file's marker keeps of its result (:meth:`Journal.done`), for its manifest line.
+RESULT_FIELDS = ("seconds", "duration", "warning", "input_size", "input_mtime_ns")
 
 DIED = "died"  # a process died while on the file
 CRASHED = "crashed"  # and so did the process it was then isolated in
@@ -69,11 +78,13 @@ def _same_file(then: list, now: list[int]) -> bool:
 class Journal:
     """The markers of files in flight. Picklable (a path and the job's settings): worker processes
     and Ray actors mark too. ``made``: what this job makes outputs with, written into each marker
-    of a file it denoises (None: markers without it, as before 2026-12-06)."""
+    of a file it denoises (None: markers without it, as before 2026-12-06); ``overwrite_run``: the
+    id of the ``--overwrite`` run it makes them for (:mod:`.overwrite`), if any."""
 
-    def __init__(self, folder: str | os.PathLike, made: MadeWith | None = None):
+    def __init__(self, folder: str | os.PathLike, made: MadeWith | None = None, overwrite_run: str = ""):
         self.folder = Path(folder)
         self.made = made
+        self.overwrite_run = overwrite_run
         self._warned = False
 
     def _marker(self, input_path: str) -> Path:
@@ -99,8 +110,11 @@ class Journal:
         header read). A marker that cannot be written (a full disk) costs the protection, not the
         job: the file's own output then fails, and says why."""
         rec: dict = {"input": input_path, "pid": pid or os.getpid()}
+        if pid is not None:  # a child on a file a process died on (or on its header): a suspect still
+            rec["alone"] = True
         if output is not None and self.made is not None:
-            rec.update(output=self._relative(output), replaces=_identity(output), **asdict(self.made))
+            rec.update(output=self._relative(output), replaces=_identity(output), **asdict(self.made),
+                       overwrite_run=self.overwrite_run)
         marker = self._marker(input_path)
         try:
             self.folder.mkdir(exist_ok=True)
@@ -112,6 +126,21 @@ class Journal:
                 self._warned = True
                 log.warning("%s: cannot mark files in flight (%s); a file that crashes its decoder would "
                             "stop this job", self.folder, exc.strerror or exc)
+
+    def done(self, result: FileResult) -> None:
+        """``result``'s output is in place: its marker, which stays until the job records the file,
+        now also keeps what the engine said of it, so that a line recorded from the marker (the
+        result never reached the job) says it too. Written whole (atomically): a marker read
+        half-written would make a finished file a suspect."""
+        marker = self._marker(result.input)
+        rec = self._load(marker)
+        if rec is None or result.status != "ok":
+            return
+        rec["result"] = {k: getattr(result, k) for k in RESULT_FIELDS}
+        try:
+            atomic_write_text(marker, json.dumps(rec))
+        except OSError as exc:  # the line recorded from the marker lacks these; the output is fine
+            log.warning("%s: cannot note its result in its in-flight marker (%s)", result.input, exc.strerror or exc)
 
     def ended(self, input_path: str, crashed: bool = False) -> None:
         """The file is done with: its marker goes. The engines call this for a file that failed
@@ -130,6 +159,20 @@ class Journal:
         if self._finished(self._load(self._marker(input_path))) is None:
             self.ended(input_path)
 
+    def stopped(self, input_path: str) -> None:
+        """The job was stopped on purpose (Ctrl-C, SIGTERM) while the file was under way in a
+        process it could not tell (a Ray actor, ended with the job's Ray): its marker no longer
+        names a suspect. Flagged, not removed: the actor may yet rename the file's output into place
+        as it ends, and the marker then says what made it. A file already denoised alone, because a
+        process had died on it, stays a suspect."""
+        marker = self._marker(input_path)
+        rec = self._load(marker)
+        if rec is None or rec.get("alone") or rec.get("crashed") or self._finished(rec) is not None:
+            return
+        rec["stopped"] = True
+        with contextlib.suppress(OSError):  # left as it was: the file is denoised alone, which costs seconds
+            atomic_write_text(marker, json.dumps(rec))
+
     def why(self, input_path: str) -> str | None:
         """DIED or CRASHED for a suspect, None for any other file (a finished one included)."""
         try:
@@ -142,7 +185,7 @@ class Journal:
             return DIED
         if not isinstance(rec, dict):
             return DIED
-        if self._finished(rec) is not None:
+        if self._finished(rec) is not None or rec.get("stopped"):
             return None
         return CRASHED if rec.get("crashed") else DIED
 
@@ -159,6 +202,16 @@ class Journal:
             made = self._finished(rec)
             if made is not None:
                 yield rec["input"], str(self._output(rec)), made
+
+    def finished_results(self) -> Iterator[FileResult]:
+        """The ``ok`` result of each file :meth:`finished` names, with what its marker kept: the
+        settings, the ``--overwrite`` run and, when :meth:`done` noted it, the engine's result."""
+        for src, dst, made in self.finished():
+            rec = self._load(self._marker(src)) or {}
+            said = rec.get("result") if isinstance(rec.get("result"), dict) else {}
+            kept = {k: said[k] for k in RESULT_FIELDS if said.get(k) is not None}
+            run = rec.get("overwrite_run") if isinstance(rec.get("overwrite_run"), str) else ""
+            yield FileResult(src, dst, "ok", **asdict(made), overwrite_run=run, **kept)
 
     @staticmethod
     def _load(marker: Path) -> dict | None:

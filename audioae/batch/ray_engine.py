@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,10 @@ INLINE_MAX_BYTES = 32 << 20  # larger files are not copied through the object st
 CPU_ROWS_PER_BATCH = 4
 CONNECT_TIMEOUT_S = 5.0  # the TCP probe of --address before ray.init
 RAY_CLIENT_PORT = 10001  # where ray://HOST without a port connects
+# Loggers of Ray's whose warnings say nothing to a user of this engine (Ray 2.60's module names).
+RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
+RAY_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+LOCAL = "local"  # ray.init's word for "start a new local Ray, even where a cluster is running here"
 
 
 def require_ray():
@@ -130,6 +135,9 @@ class RayDenoiser:
         for r in run_marked(self.den, items, self.settings, self.journal):
             if r.status == "ok" and r.input_size is None and r.input in read:  # denoised from the bytes read
                 r = dataclasses.replace(r, **made_from(read[r.input]))
+            # the batch's results reach the driver together, and a stop before then loses them: the
+            # marker keeps what the line recorded from it must say (a warning, the audio's length)
+            self.journal.done(r)
             results.append(r)
         return {
             "input": [os.fsencode(r.input) for r in results],
@@ -155,7 +163,7 @@ def _check_reachable(address: str | None) -> None:
     """Fail in seconds on a HOST:PORT nobody answers on: ray.init retries such an address for
     minutes (``ray://HOST`` is probed at Ray Client's port, 10001). ``auto`` and anything else not
     shaped HOST:PORT is left to Ray."""
-    if not address or address == "auto":
+    if not address or address in ("auto", LOCAL):
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if address.startswith("ray://") and not (sep and port.isdigit()):  # Ray Client's own default port
@@ -185,45 +193,106 @@ def _check_actor_fits(ray, threads: int, gpus_per_worker: float, *, autoscaled: 
     log.warning("%s: the actors wait until an autoscaler adds a node that large", msg)
 
 
+AUTH_HINT = ("authentication failed (the cluster uses token authentication, and this job sent no token or "
+             "another one). Give the job the cluster's token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> (or "
+             "RAY_AUTH_TOKEN_PATH=<file holding it>) in its environment")
+
+
+def _refused_token(exc: BaseException) -> bool:
+    """Whether ray.init failed because the cluster wants a token this process did not send: Ray
+    says so only in a cause of its "Failed to connect" (Ray 2.60: an AuthenticationError,
+    InvalidAuthToken, as text in a RuntimeError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _start_or_join(ray, address: str) -> None:
+    """ray.init: a new local Ray for :data:`LOCAL`, else the cluster at ``address``, failing in
+    words when it cannot be reached."""
+    _check_reachable(address)
+    # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
+    # job as Ctrl-C does (audioae.cli): put the caller's back.
+    caller = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    # A local Ray of the job's own turns on token authentication, and says so in a warning that
+    # asks nothing of the user; Ray's other warnings stay.
+    token_note = logging.getLogger(RAY_TOKEN_SETUP_LOGGER)
+    level = token_note.level
+    if address == LOCAL:
+        token_note.setLevel(logging.ERROR)
+    # Ray colours its actors' log prefixes; in a log file or a pipe that is raw escape codes.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError) as exc:
+        if _refused_token(exc):
+            raise RuntimeError(f"the Ray cluster at {address!r} refused this job: {AUTH_HINT}") from exc
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+    finally:
+        token_note.setLevel(level)
+        if caller is not None:
+            signal.signal(signal.SIGTERM, caller)
+
+
+def _forget_stopped(journal: Journal, todo: Sequence[FileTask], reported: set[str]) -> None:
+    """The markers of the files the actors were on when the job was stopped on purpose: Ray ends
+    its actors without unwinding them (the local engine's workers clear their own), and each such
+    marker made its file a suspect, denoised alone by the next run for "a process died on it"."""
+    for t in todo:
+        if t.input not in reported:
+            journal.stopped(t.input)
+
+
+def _warn_too_many_actors(ray, workers: int, threads: int, *, autoscaled: bool) -> None:
+    """More actors than the CPUs hold: on a joined cluster the rest wait for an autoscaler; a
+    local Ray cannot grow, so they never start (the job runs on those that fit)."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers * threads <= cpus:
+        return
+    if autoscaled:
+        log.warning("%d actors x %d CPUs asked of a cluster with %g CPUs: actors wait until an autoscaler "
+                    "adds nodes", workers, threads, cpus)
+    else:
+        log.warning("%d actors x %d CPUs asked of this machine's local Ray, which has %g CPUs: only %d actor(s) "
+                    "run; lower --workers or --threads", workers, threads, cpus, int(cpus // threads))
+
+
 def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float = 1.0,
             workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
             block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
-    """Results for ``todo`` as the pipeline yields them. Joins the running Ray (``address`` when
-    given, else the one this process already started, else a new local one)."""
+    """Results for ``todo`` as the pipeline yields them. Joins the running Ray (the one this
+    process already started, else ``address``, else ``RAY_ADDRESS``), or starts a local Ray of
+    its own."""
     ray = require_ray()
     if not todo:
         return
     # ray.init(address=None) joins RAY_ADDRESS when it is set (as `ray job submit` sets it): take
     # it as the address it is, so that an unreachable one fails in seconds, not after minutes of
-    # Ray's retries, and a cluster joined that way is treated as one (it may autoscale).
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray's retries, and a cluster joined that way is treated as one (it may autoscale). Without
+    # either, "local": ray.init(address=None) would join any `ray start --head` cluster on this
+    # machine (found in /tmp/ray/ray_current_cluster), not start the local Ray the docs promise.
+    address = address or os.environ.get("RAY_ADDRESS") or LOCAL
     started = False
     if not ray.is_initialized():
-        _check_reachable(address)
-        # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
-        # job as Ctrl-C does (audioae.cli): put the caller's back.
-        caller = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        except (ConnectionError, ValueError) as exc:
-            raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
-        finally:
-            if caller is not None:
-                signal.signal(signal.SIGTERM, caller)
+        _start_or_join(ray, address)
         started = True
     try:
-        _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address is not None)
+        _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL)
     except RuntimeError:
         if started:
             ray.shutdown()
         raise
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if workers * threads > cpus:
-        log.warning("%d actors x %d CPUs asked of a cluster with %g CPUs: actors wait until an autoscaler "
-                    "adds nodes", workers, threads, cpus)
+    _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows one bar for the whole job
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO chatter
+    # Ray Data's word that its bars are off ("Progress bars disabled. To enable, ..."): they are off
+    # on purpose. Only that module's warnings go; Ray Data's errors and other warnings still show.
+    logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     ds = ray.data.from_items([{"input": os.fsencode(t.input), "output": os.fsencode(t.output),
                                "rel": os.fsencode(t.rel)} for t in todo])
@@ -244,6 +313,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
         num_gpus=gpus_per_worker or None,
     )
     reported: set[str] = set()
+    stopped = False
     try:
         for row in ds.iter_rows():
             duration, size = float(row["duration"]), int(row["input_size"])
@@ -261,6 +331,11 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
         for t in todo:
             if t.input not in reported:
                 yield FileResult(t.input, t.output, "error", msg)
+    except BaseException:  # stopped on purpose: Ctrl-C, SIGTERM, or the job stopped reading the results
+        stopped = True
+        raise
     finally:
         if started:
             ray.shutdown()
+        if stopped:
+            _forget_stopped(journal, todo, reported)
