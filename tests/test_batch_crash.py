@@ -536,3 +536,35 @@ def test_a_marker_written_before_sizes_and_times_were_kept_is_read_by_its_inode(
     (out / ".a.wav.part").write_bytes(b"this run's output")
     os.replace(out / ".a.wav.part", out / "a.wav")
     assert [dst for _, dst, _ in journal.finished()] == [str(out / "a.wav")]
+
+
+@pytest.mark.parametrize("engine", ["in-process", "pool"])
+def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, engine):
+    """The local engines, as Ray's actors do: a file finished but not yet recorded (the job killed
+    in between) is recorded from its marker with the engine's warning and length, not "ok" alone."""
+    from audio_tree import whole_and_cut
+
+    from audioae.batch.isolated import Settings, run_marked
+    from audioae.batch.local import _in_pool
+    from audioae.batch.manifest import MadeWith
+    from audioae.batch.process import BLOCK_SECONDS, FileDenoiser
+    from audioae.checkpoint import load_checkpoint
+    from audioae.pretrained import resolve
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    whole_and_cut(src, 0.1 * np.sin(np.arange(16000) / 7.0).astype(np.float32), 16000)
+    (task,) = [t for t in plan_tasks([src], out) if Path(t.input).name == "cut.wav"]
+    out.mkdir()
+    model = resolve(None)  # the shipped denoiser
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    journal = Journal(out / JOURNAL_NAME, MadeWith(str(model), sha, 1.0), overwrite_run="run-1")
+    settings = Settings(str(model), sha, "cpu", 1.0, 1, BLOCK_SECONDS)
+    if engine == "in-process":
+        den = FileDenoiser(load_checkpoint(model))
+        (result,) = run_marked(den, [(task, None)], settings, journal)
+    else:
+        (result,) = _in_pool([task], settings, journal, workers=1)
+    assert result.status == "ok" and "cut short" in result.warning, result
+    (kept,) = journal.finished_results()  # the job "died" before recording it: what a rerun reads
+    assert (kept.warning, kept.duration, kept.overwrite_run) == (result.warning, result.duration, "run-1")

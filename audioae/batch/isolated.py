@@ -57,6 +57,8 @@ def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: 
             running.discard(r.input)
             if r.status != "ok":  # a finished file's marker stays until the job has recorded it
                 journal.ended(r.input)
+            else:  # and says what the manifest line must, should the job die before recording it
+                journal.done(r)
             yield r
     except BaseException:  # an interruption (Ctrl-C), not the file's fault: a crash never gets here
         for name in running:
@@ -69,6 +71,8 @@ def isolate(task: FileTask, settings: Settings, journal: Journal) -> FileResult:
     result, crashed = run_isolated(task, settings, journal)
     if result.status != "ok":  # a finished file's marker stays until the job has recorded it
         journal.ended(task.input, crashed=crashed)
+    else:
+        journal.done(result)
     return result
 
 

@@ -48,6 +48,8 @@ def _work(task: FileTask, disk_full: bool = False) -> FileResult:
         raise
     if result.status != "ok":  # a finished file's marker stays until the job has recorded it
         _JOURNAL.ended(task.input)
+    else:  # and says what the manifest line must, should the job die before recording it
+        _JOURNAL.done(result)
     return result
 
 
