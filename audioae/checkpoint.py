@@ -22,7 +22,7 @@ from safetensors.torch import save as st_save
 
 from . import __version__
 from .config import quoted
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, file_in_the_way
 from .models import Autoencoder, AutoencoderConfig, build_model, family
 
 FORMAT_VERSION = "1"
@@ -70,6 +70,7 @@ def write_with_sha256(path: str | os.PathLike, data: bytes, write_sha256: bool =
     """Write ``data`` to ``path`` atomically and its sha256 to ``<path>.sha256`` (sha256sum's
     line; a stale one is removed either way); returns the sha256."""
     path = Path(path)
+    refuse_file_in_the_way(path)
     digest = hashlib.sha256(data).hexdigest()
     sidecar = path.with_name(path.name + ".sha256")
     # The old hash goes first: a kill (or a reader) between the two renames then finds a checkpoint
@@ -79,6 +80,16 @@ def write_with_sha256(path: str | os.PathLike, data: bytes, write_sha256: bool =
     if write_sha256:
         atomic_write_bytes(sidecar, f"{digest}  {path.name}\n".encode())
     return digest
+
+
+def refuse_file_in_the_way(path: Path) -> None:
+    """NotADirectoryError naming ``path`` and the file among its folders that stops the write:
+    left alone, the first thing to fail is the hash file's unlink, whose bare error names
+    ``<path>.sha256``, a path the caller never gave."""
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise NotADirectoryError(f"cannot write {path}: {blocker} is a file, not a folder; "
+                                 f"move it away or choose another path")
 
 
 def check_sha256(path: str | os.PathLike, data: bytes, expected: str | None = None) -> None:

@@ -72,8 +72,75 @@ def _as_field(value: object, t: object) -> object:
     return value
 
 
-def _type_name(t: object) -> str:
-    return t.__name__ if isinstance(t, type) else str(t)
+# Each type a config field can have, in words, with examples written as --set and TOML take them
+# (two, for a list of them).
+_PLAIN_WORDS = {int: ("an integer", "integers", ("2", "4")), float: ("a number", "numbers", ("0.25", "0.5")),
+                bool: ("true or false", "true or false values", ("true", "false")),
+                str: ("a text", "texts", ('"gru"', '"l1"')), dict: ("a table", "tables", ("{ a = 1 }", "{ b = 2 }"))}
+
+
+def _examples(t: object) -> tuple[str, str]:
+    """Two values of type ``t`` as TOML writes them, for a message."""
+    if t in _PLAIN_WORDS:
+        return _PLAIN_WORDS[t][2]
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (tuple, list) or t in (tuple, list):
+        if origin is list or not args or (len(args) == 2 and args[1] is Ellipsis):
+            one = _examples(args[0]) if args else ("2", "4")
+            return f"[{', '.join(one)}]", f"[{one[1]}]"
+        fixed = f"[{', '.join(_examples(a)[i % 2] for i, a in enumerate(args))}]"
+        return fixed, fixed
+    members = [a for a in args if a is not type(None)]
+    return _examples(members[0]) if members else ("...", "...")
+
+
+def _plural(t: object) -> str:
+    if t in _PLAIN_WORDS:
+        return _PLAIN_WORDS[t][1]
+    return "lists" if typing.get_origin(t) in (tuple, list) else "items"
+
+
+def _in_words(t: object) -> str | None:
+    """``t`` in a person's words with an example; None for an annotation not known here."""
+    if t in _PLAIN_WORDS:
+        words, _, (example, _) = _PLAIN_WORDS[t]
+        return words if t is bool else f"{words} such as {example}"
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (tuple, list) or t in (tuple, list):
+        if origin is list or not args or (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {_plural(args[0]) if args else 'values'} such as {_examples(t)[0]}"
+        what = _plural(args[0]) if len(set(args)) == 1 else "values"
+        return f"a list of {len(args)} {what} such as {_examples(t)[0]}"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if args and type(None) in args:  # Optional[X] and X | None; TOML has no null: leaving the key out keeps the default
+        rest = [a for a in args if a is not type(None)]
+        return f"{' or '.join(describe_type(a) for a in rest)}, or the key left out for none"
+    if args:  # another union
+        return " or ".join(describe_type(a) for a in args)
+    return None
+
+
+def describe_type(t: object) -> str:
+    """A field's type for a message: its annotation, then in words with an example:
+    ``tuple[int, ...]`` alone meant nothing to someone who had typed ``code_sizes=2,4``."""
+    name = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
+    words = _in_words(t)
+    if words is None or typing.get_origin(t) is typing.Union or type(t).__name__ == "UnionType":
+        return words or name  # a union's words already name each member
+    return f"{name} ({words})"
+
+
+def _list_hint(value: object, t: object) -> str:
+    """How to write a list, for a bare ``2,4`` (a text to TOML) given where a list was expected;
+    texts in it need quotes, or the brackets are a text again."""
+    if not (typing.get_origin(t) in (tuple, list) and isinstance(value, str) and "," in value):
+        return ""
+    args = typing.get_args(t)
+    items = [v.strip() for v in value.split(",")]
+    if args and args[0] is str:
+        items = [f'"{v}"' for v in items]
+    return f"; write a list in brackets: [{', '.join(items)}]"
 
 
 def refuse_non_finite(config, prefix: str = "") -> None:
@@ -100,7 +167,8 @@ def typed_fields(cls: type, values: dict, where: str) -> dict:
     for k, v in values.items():
         if not _conforms(v, hints[k]):
             bound = " (integers within ±2**63)" if _huge(v) else ""
-            raise ValueError(f"{where} {k} = {_shown(v)}: expected {_type_name(hints[k])}{bound}")
+            raise ValueError(f"{where} {k} = {_shown(v)}: expected {describe_type(hints[k])}{bound}"
+                             f"{_list_hint(v, hints[k])}")
     return {k: _as_field(v, hints[k]) for k, v in values.items()}
 
 

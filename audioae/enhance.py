@@ -59,10 +59,12 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name} asked for, but torch sees no CUDA device")
+            # Neutral about where the name came from: --device, --set train.device or a config file.
+            raise RuntimeError(f"device {name!r} was asked for, but torch sees no CUDA device")
         index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
         if index >= count:
-            raise RuntimeError(f"--device {name} asked for, but torch sees {count} CUDA device(s) (cuda:0..{count - 1})")
+            raise RuntimeError(f"device {name!r} was asked for, but torch sees {count} CUDA device(s) "
+                               f"(cuda:0..{count - 1})")
     return torch.device(name)
 
 

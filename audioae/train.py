@@ -426,9 +426,10 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
 # Checkpoint and optimizer state (safetensors, never pickle)
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_done: float) -> None:
+def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_done: float,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
     # No best score: best.safetensors records the one a resumed run must beat (_resumed_best).
-    tensors, meta = {}, {"step": str(step), "minutes_done": repr(minutes_done)}
+    tensors, meta = {}, {"step": str(step), "minutes_done": repr(minutes_done), **_scaler_metadata(scaler)}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
@@ -436,16 +437,51 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_d
 
 
 def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, out: Path,
-                       ema: AveragedModel | None = None, minutes_done: float = 0.0) -> None:
+                       ema: AveragedModel | None = None, minutes_done: float = 0.0,
+                       scaler: torch.amp.GradScaler | None = None) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
-    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock.
+    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock; the
+    optimizer state also keeps ``scaler``'s loss scale when float16 AMP uses one.
     Each with its ``.sha256``, checked on resume (a changed byte of weights or moments loads
     without complaint otherwise), and each records ``step``: a run killed between these writes
     leaves parts of two steps, which a resume warns of (:func:`_check_resume_steps`)."""
     save_checkpoint(model, out / "last.safetensors", {"step": step})
     if ema is not None:
         save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step})
-    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done)
+    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done, scaler)
+
+
+# float16 AMP's loss scale, in the optimizer state's metadata. Without it a resumed run started again
+# at GradScaler's 65536 and skipped a few steps to overflows, or lost small gradients to underflow
+# for up to growth_interval (2000) steps after a run had backed off.
+SCALER_KEYS = ("loss_scale", "loss_scale_growth_tracker")
+
+
+def _scaler_metadata(scaler: torch.amp.GradScaler | None) -> dict[str, str]:
+    if scaler is None or not scaler.is_enabled():
+        return {}
+    state = scaler.state_dict()
+    return {"loss_scale": repr(float(state["scale"])), "loss_scale_growth_tracker": str(int(state["_growth_tracker"]))}
+
+
+def _restore_scaler(scaler: torch.amp.GradScaler | None, meta: dict, path: Path) -> None:
+    """Load the loss scale a resume point kept into ``scaler`` (float16 AMP); a resume point of a
+    run without one (float32, bfloat16, or written before 2026-12-07) leaves its initial scale."""
+    if scaler is None or not scaler.is_enabled():
+        return
+    if not all(k in meta for k in SCALER_KEYS):
+        log.info("%s keeps no float16 loss scale: it starts again at %g", path, scaler.get_scale())
+        return
+    try:
+        scale, tracker = float(meta["loss_scale"]), int(meta["loss_scale_growth_tracker"])
+    except ValueError:
+        raise ValueError(f"{path}: its loss_scale metadata ({meta['loss_scale']!r}, "
+                         f"{meta['loss_scale_growth_tracker']!r}) is not a number; restore the file, or start "
+                         f"over with --no-resume or another --out") from None
+    if not (math.isfinite(scale) and scale > 0 and tracker >= 0):
+        raise ValueError(f"{path}: its loss scale {scale} (growth tracker {tracker}) is not a positive finite "
+                         f"number; restore the file, or start over with --no-resume or another --out")
+    scaler.load_state_dict({**scaler.state_dict(), "scale": scale, "_growth_tracker": tracker})
 
 
 def _read_resume_average(path: Path) -> tuple[Autoencoder, int | None]:
@@ -527,9 +563,11 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Autoencod
     return ema
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]:
-    """Load ``path`` into ``opt``; returns the step and the run's minutes done. A "best" that
-    files written before 2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[int, float]:
+    """Load ``path`` into ``opt`` (and its float16 loss scale into ``scaler``, when given and
+    enabled); returns the step and the run's minutes done. A "best" that files written before
+    2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
     try:
         data = path.read_bytes()  # read once: parsed, hashed and loaded from the same bytes
         flat = st_load(data)  # first: a file that is no safetensors is named so, not as a mismatch
@@ -550,6 +588,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> tuple[int, float]
         i, k = key.split(".", 1)
         state.setdefault(int(i), {})[k] = v
     _check_optimizer_fits(opt, state, path)
+    _restore_scaler(scaler, meta, path)
     sd["state"] = state
     opt.load_state_dict(sd)
     return step, minutes_done
@@ -712,6 +751,60 @@ def _warn_init_from_unused(out: Path, init_from: str) -> None:
                 out, init_from, how)
 
 
+def _record_settings(out: Path, run: RunConfig, resumed_at: int | None) -> None:
+    """Write run.json: the settings the run started with (``model``, ``data``, ``train``, as
+    :meth:`RunConfig.to_dict` gives them) and, for each resume, ``{"step": <resumed at>,
+    "changed": {"train.lr": {"was": ..., "now": ...}, ...}}`` under ``resumes``. A resume used to
+    rewrite it with its own settings, and the folder then no longer said what the earlier steps were
+    trained with; readers of the settings (``run["train"]["init_from"]``) still read the start's."""
+    settings = run.to_dict()
+    record = _read_run_record(out) if resumed_at is not None else None
+    if resumed_at is not None and record is None:
+        # No readable record of the start: these settings hold from here on, and run.json says from where.
+        log.warning("%s: no readable run.json to add this resume to; recording this run's settings as "
+                    "holding from step %d", out, resumed_at)
+        settings["settings_from_step"] = resumed_at
+    elif record is not None:
+        changed = _changed_settings(_settings_in_effect(record), _flat_settings(settings))
+        settings = {**record, "resumes": [*record.get("resumes", []), {"step": resumed_at, "changed": changed}]}
+    atomic_write_bytes(out / "run.json", json.dumps(settings, indent=2).encode())
+
+
+def _read_run_record(out: Path) -> dict | None:
+    """run.json as written by :func:`_record_settings`, or None when it is missing or of another shape."""
+    try:
+        record = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    shaped = (isinstance(record, dict) and all(isinstance(record.get(k), dict) for k in ("model", "data", "train"))
+              and isinstance(record.get("resumes", []), list))
+    return record if shaped else None
+
+
+def _flat_settings(settings: dict) -> dict:
+    """``{"train.lr": 0.001, "model.config.hidden": 16, ...}`` as JSON values (tuples as lists), so
+    that settings from run.json and from this run compare equal when they are."""
+    model = settings["model"]
+    flat = {"model.name": model.get("name"),
+            **{f"model.config.{k}": v for k, v in (model.get("config") or {}).items()},
+            **{f"{section}.{k}": v for section in ("data", "train") for k, v in settings[section].items()}}
+    return json.loads(json.dumps(flat))
+
+
+def _settings_in_effect(record: dict) -> dict:
+    """The flat settings of the latest invocation run.json records: the start's, then each resume's changes."""
+    flat = _flat_settings(record)
+    for resume in record.get("resumes", []):
+        changed = resume.get("changed") if isinstance(resume, dict) else None
+        for key, change in (changed or {}).items():
+            flat[key] = change.get("now") if isinstance(change, dict) else None
+    return flat
+
+
+def _changed_settings(was: dict, now: dict) -> dict:
+    return {k: {"was": was.get(k), "now": now.get(k)} for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
+
+
 def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
     """What a validation score depends on besides the weights and the audio, as JSON values:
     best.safetensors records it, and a resumed run compares its scores with that file's only
@@ -828,6 +921,10 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # device as it loads, and model.to() later would move the parameters and leave it on the CPU.
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    use_amp = tc.amp and device.type == "cuda"
+    amp_dtype = _amp_dtype(tc.amp_dtype)
+    # Before the resume: a resume point keeps float16's loss scale.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     step, best, minutes_before = 0, -math.inf, 0.0
     saved_average = None  # the weight average a resumed run continues (last.ema.safetensors)
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
@@ -838,7 +935,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                          f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
         _resume_weights(model, last, rank == 0)
-        step, minutes_before = _load_optimizer(opt, last_opt)
+        step, minutes_before = _load_optimizer(opt, last_opt, scaler)
         ema_step = None
         if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
             saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors")
@@ -897,11 +994,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # Each rank and each resume draws different examples.
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
-    use_amp = tc.amp and device.type == "cuda"
-    amp_dtype = _amp_dtype(tc.amp_dtype)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if rank == 0 and step < tc.steps:  # with nothing to train, run.json keeps what made the weights
-        atomic_write_bytes(out / "run.json", json.dumps(run.to_dict(), indent=2).encode())
+        _record_settings(out, run, step if resuming else None)
 
     bar = None
     if rank == 0 and tc.progress and sys.stderr.isatty():  # a redirected log got every update of the bar
@@ -928,7 +1022,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
         while step < tc.steps and not spent:
             if stop.received is not None:
-                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
+                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0), scaler)
                 if bar is not None:
                     bar.close()
                 raise TrainingStopped(f"{signal.Signals(stop.received).name} at step {step}; "
@@ -958,7 +1052,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_NONFINITE_STEPS:
                     if rank == 0:  # the weights are still the last finite ones: keep them
-                        _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
+                        _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0), scaler)
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(
@@ -1005,7 +1099,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
+                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0), scaler)
                 t_last_ckpt = time.monotonic()
             if last_step:
                 break

@@ -1138,7 +1138,7 @@ def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_pat
     sf.write(src, noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
     assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(causal_ckpt), "--device", "cuda",
                  "--no-progress"]) == 2
-    assert "--device cuda asked for, but torch sees no CUDA device" in capsys.readouterr().err
+    assert "device 'cuda' was asked for, but torch sees no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # was: an empty manifest and a lock file
 
 

@@ -107,9 +107,9 @@ def test_denoise_with_a_checkpoint_whose_config_is_a_list_is_an_error_not_a_trac
     ('{"mask_power": NaN}', "mask_power must be a finite number"),
     ({**SMALL, "sample_rate": 10**8}, "sample_rate must be within 1000..384000 Hz"),
     # was torch's "Overflow when unpacking long long" and a page of C++ stack frames
-    ({**SMALL, "code_dim": 10**30}, r"code_dim = 10{30}: expected int \(integers within ±2\*\*63\)$"),
+    ({**SMALL, "code_dim": 10**30}, r"code_dim = 10{30}: expected int \(an integer such as 2\) \(integers within ±2\*\*63\)$"),
     ({**SMALL, "mask_power": 10**400}, r"mask_power = 10{79}\.\.\. \(401 characters\): expected float"),
-    ({**SMALL, "patch_size": [1, 10**20]}, "patch_size = .*: expected tuple"),
+    ({**SMALL, "patch_size": [1, 10**20]}, r"patch_size = .*: expected tuple\[int, int\] \(a list of 2 integers such as \[2, 4\]\)"),
     ({**SMALL, "patch_size": json.loads("[" * 900 + "]" * 900)}, "invalid config for 'linear'"),  # not a RecursionError
 ])
 def test_a_config_of_the_wrong_keys_types_or_values_names_them(tmp_path, config, text):
@@ -219,3 +219,15 @@ def test_loading_builds_shapes_on_meta_without_torchs_python_decompositions(tmp_
     out = subprocess.run([sys.executable, "-c", code, *paths, "denoiser-small", "decomposer-small"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+@pytest.mark.parametrize("below", ["", "sub/"])
+def test_saving_under_a_file_names_the_requested_path_and_the_file_in_the_way(tmp_path, below):
+    """Was a bare NotADirectoryError naming ``m.safetensors.sha256``, a path the caller never gave."""
+    (tmp_path / "afile").write_text("not a folder")
+    path = tmp_path / "afile" / f"{below}m.safetensors"
+    with pytest.raises(NotADirectoryError) as err:
+        save_checkpoint(build_model("linear", SMALL), path)
+    text = str(err.value)
+    assert f"cannot write {path}" in text and f"{tmp_path / 'afile'} is a file, not a folder" in text
+    assert ".sha256" not in text

@@ -197,15 +197,17 @@ def test_a_stream_refuses_bad_chunks_and_settings_and_stays_usable_after_a_refus
     for call in (lambda: s.push(x[:160]), s.finish):
         with pytest.raises(RuntimeError, match="this stream has finished"):
             call()
-    with pytest.raises(AudioError, match="sample rate 0 Hz is outside"):
-        StreamingDenoiser(causal, 0)
+    with pytest.raises(AudioError, match=re.escape("stream: the sample rate is unset (0); set it to the audio's rate")):
+        StreamingDenoiser(causal, 0)  # was "sample rate 0 Hz is outside 1000..384000 Hz"
     with pytest.raises(AudioError, match="a sample rate is a whole number of Hz, got 44100.5"):
         StreamingDenoiser(causal, 44100.5)  # math.gcd's TypeError before
     with pytest.raises(AudioError, match="a sample rate is a whole number of Hz, got 22050.5"):
         denoise(causal, x, 22050.5)
     assert denoise(causal, x, 16000.0).shape == x.shape
-    with pytest.raises(ValueError, match=re.escape("channels must be within 1..64, got 0")):
-        StreamingDenoiser(causal, 16000, 0)
+    with pytest.raises(ValueError, match=re.escape("the channel count is unset (0); set it to the audio's channels")):
+        StreamingDenoiser(causal, 16000, 0)  # was "channels must be within 1..64, got 0"
+    with pytest.raises(ValueError, match=re.escape("channels must be within 1..64, got -1")):
+        StreamingDenoiser(causal, 16000, -1)
 
 
 def test_inspect_shows_what_a_denoiser_does_to_a_recording(tmp_path, capsys):
@@ -328,8 +330,10 @@ def test_device_names_are_checked_before_torch_sees_them():
         with pytest.raises(ValueError, match=re.escape(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")):
             pick_device(name)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    with pytest.raises(RuntimeError, match="torch sees"):
-        pick_device(f"cuda:{count}")  # one past the last device (any CUDA device, when there is none)
+    # one past the last device (any CUDA device, when there is none); the message was "--device cuda
+    # asked for" also when the name came from --set train.device
+    with pytest.raises(RuntimeError, match=re.escape(f"device 'cuda:{count}' was asked for, but torch sees")):
+        pick_device(f"cuda:{count}")
 
 
 def test_level_tracker_gives_the_same_gains_in_any_chunks_and_leaves_loud_frames_alone():

@@ -288,3 +288,22 @@ def test_reverb_prob_is_the_share_of_examples_given_a_room():
                   MixConfig(segment_seconds=0.1, gain_db_low=0.0, gain_db_high=0.0, reverb_prob=0.5), seed=7)
     rooms = sum(np.count_nonzero(mixer.example()[0]) > 1 for _ in range(300))
     assert 110 < rooms < 190  # about half (150 +- 8.7 by chance)
+
+
+def test_a_file_given_as_a_corpus_folder_is_called_a_file(tmp_path):
+    """Was "no such folder" for a path that exists (a file named where a folder belongs)."""
+    clip = tmp_path / "one.wav"
+    sf.write(clip, np.full(8000, 0.5, np.float32), 8000)
+    with pytest.raises(NotADirectoryError, match=r"one\.wav: a file, not a folder; name the folder that holds"):
+        folder_source(clip, 8000)
+
+
+def test_links_whose_target_is_gone_are_skipped_and_counted_once(tmp_path, caplog):
+    """Were skipped without a word: a corpus moved elsewhere trained on what was left."""
+    root = _noise_tree(tmp_path / "noise")
+    for k in range(3):
+        (root / "hum" / f"gone{k}.wav").symlink_to(tmp_path / f"moved{k}.wav")
+    src = folder_source(root, 8000)
+    assert len(src.clips) == 3
+    said = [r.getMessage() for r in caplog.records if "target is gone" in r.getMessage()]
+    assert said == [f"{root}: skipping 3 link(s) whose target is gone, e.g. hum/gone0.wav -> {tmp_path / 'moved0.wav'}"]

@@ -1606,3 +1606,16 @@ def test_a_file_served_under_a_shipped_models_name_is_warned_of(model_dir, tmp_p
         [("denoiser-small", sha256_file(tiny))],
         [f"model name 'denoiser-small' now means {tiny}, not the shipped model of that name"])
     assert served(f"mine={tiny}") == ([("mine", sha256_file(tiny))], [])  # a name of its own: nothing to say
+
+
+@pytest.mark.parametrize(("pcm", "text"), [
+    # was "audio: sample rate 0 Hz is outside 1000..384000 Hz": a field left out, read as 0
+    (_pcm(_ONE_SECOND, sr=0), "audio: the sample rate is unset (0); set it to the audio's rate in Hz, 1000..384000 "
+                              "(in a request: Pcm.sample_rate)"),
+    # was "audio: channels must be within 1..64, got 0"
+    (_pcm(_ONE_SECOND, ch=0), "audio: the channel count is unset (0); set it to the audio's channels, 1..64 "
+                              "(in a request: Pcm.channels)"),
+])
+def test_pcm_without_a_sample_rate_or_channels_names_the_unset_field(client, pcm, text):
+    code, msg = _code(client.stub.Denoise, pb.DenoiseRequest(model="tiny", audio=pcm), timeout=30)
+    assert code == CODE.INVALID_ARGUMENT and text in msg, msg

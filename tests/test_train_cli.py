@@ -345,7 +345,9 @@ def test_a_missing_relative_corpus_folder_says_where_it_was_looked_for(tmp_path,
 @pytest.mark.parametrize("key", ["clean_dir", "noise_dir", "val_clean_dir"])
 def test_a_missing_or_empty_corpus_folder_leaves_no_run_folder(tmp_path, capsys, key):
     (tmp_path / "empty").mkdir()
-    for folder, said in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no usable audio files")):
+    (tmp_path / "afile.wav").write_bytes(b"")
+    for folder, said in ((tmp_path / "missing", "no such folder"), (tmp_path / "empty", "no usable audio files"),
+                         (tmp_path / "afile.wav", "a file, not a folder")):  # was "no such folder"
         rc = main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", f'data.{key}="{folder}"'])
         assert rc == 2
         assert f"{folder}: {said}" in capsys.readouterr().err
@@ -384,10 +386,15 @@ def test_a_missing_binary_or_folder_config_is_named_as_a_run_config(tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize(("override", "text"), [("train.lr=fast", "lr = 'fast': expected float"),
-                                                ("train.steps=1.5", "steps = 1.5: expected int"),
-                                                ("model.config.hidden=abc", "hidden = 'abc': expected int"),
-                                                ("data.snr_low=true", "snr_low = True: expected float")])
+@pytest.mark.parametrize(("override", "text"), [
+    ("train.lr=fast", "lr = 'fast': expected float (a number such as 0.25)"),
+    ("train.steps=1.5", "steps = 1.5: expected int (an integer such as 2)"),
+    ("model.config.hidden=abc", "hidden = 'abc': expected int (an integer such as 2)"),
+    ("data.snr_low=true", "snr_low = True: expected float (a number such as 0.25)"),
+    # was "expected tuple[str, ...]": Python's annotation, and no word on how to write a list
+    ("train.metrics=si_sdr,stoi", "metrics = 'si_sdr,stoi': expected tuple[str, ...] (a list of texts such as "
+                                  "[\"gru\", \"l1\"]); write a list in brackets: [\"si_sdr\", \"stoi\"]"),
+    ("train.metrics=3", "metrics = 3: expected tuple[str, ...] (a list of texts such as")])
 def test_a_value_of_the_wrong_type_is_a_clear_error(tmp_path, capsys, override, text):
     assert main(["train", CONFIG, "--out", str(tmp_path), "--set", override]) == 2
     assert text in capsys.readouterr().err
@@ -737,6 +744,40 @@ def test_a_nan_loss_is_never_stepped_on(scaled):
         assert scaler.get_scale() < scale
 
 
+def test_the_float16_loss_scale_goes_with_the_resume_point(tmp_path, caplog):
+    """Was: last.optim.safetensors kept Adam's moments but not the GradScaler's scale, so a resumed
+    float16 run started again at 65536 (overflow-skipped steps, or underflowing gradients for up to
+    2000 steps after a run had backed off). A CPU scaler: the same class CUDA training uses."""
+    from safetensors import safe_open
+
+    from audioae.models import build_model
+    from audioae.train import _load_optimizer, _save_resume_point
+
+    model = build_model("linear", {"code_dim": 4, "n_fft": 64, "hop_length": 16})
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    for factor in (math.inf, 1.0):  # an overflow halves the scale; a good step counts towards growth
+        opt.zero_grad()
+        scaler.scale(model.encoder.weight.sum() * factor).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert (scaler.get_scale(), scaler.state_dict()["_growth_tracker"]) == (512.0, 1)
+    _save_resume_point(model, opt, 2, tmp_path, scaler=scaler)
+
+    resumed = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    assert _load_optimizer(torch.optim.AdamW(model.parameters(), lr=0.1), tmp_path / "last.optim.safetensors",
+                           resumed)[0] == 2
+    assert resumed.state_dict() == scaler.state_dict()
+    # float32 and bfloat16 runs keep none, and a float16 run resumed from one starts at its initial scale
+    _save_resume_point(model, opt, 3, tmp_path, scaler=torch.amp.GradScaler("cuda", enabled=False))
+    with safe_open(tmp_path / "last.optim.safetensors", "pt") as f:
+        assert "loss_scale" not in f.metadata()
+    fresh = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    with caplog.at_level("INFO", logger="audioae.train"):
+        _load_optimizer(torch.optim.AdamW(model.parameters(), lr=0.1), tmp_path / "last.optim.safetensors", fresh)
+    assert fresh.get_scale() == 1024.0 and "keeps no float16 loss scale: it starts again at 1024" in caplog.text
+
+
 def test_a_resume_drops_the_log_records_of_steps_lost_with_a_killed_run(tmp_path, caplog):
     """Was: a run SIGKILLed between its resume point and the next kept the records of the steps
     after it in log.jsonl, and the resumed run logged those steps again: each one twice."""
@@ -766,3 +807,27 @@ def test_starting_over_never_deletes_files_of_a_folder_that_is_no_run(tmp_path):
         assert main(["train", CONFIG, "--out", str(out), "--steps", "1", *extra]) == 2
         assert (out / "summary.json").read_text() == '{"mine": true}' and (out / "log.jsonl").read_text() == "my notes\n"
     assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "summary.json"]
+
+
+def test_run_json_keeps_the_starting_settings_and_lists_each_resume_with_what_it_changed(tmp_path, capsys):
+    """Was: each resume rewrote run.json with its own settings, so the folder no longer said what
+    the earlier steps were trained with (here: lr 0.003 for steps 1..2)."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "2", "--set", "train.lr=0.003"]) == 0
+    started = json.loads((out / "run.json").read_text())
+    assert started["train"]["lr"] == 0.003 and "resumes" not in started
+    assert main(["train", *common, "--steps", "3", "--set", "train.lr=0.001"]) == 0
+    assert main(["train", *common, "--steps", "4", "--set", "train.lr=0.001"]) == 0
+    capsys.readouterr()
+    record = json.loads((out / "run.json").read_text())
+    assert {k: record[k] for k in ("model", "data", "train")} == started  # still what the run started with
+    assert record["resumes"] == [
+        {"step": 2, "changed": {"train.lr": {"was": 0.003, "now": 0.001}, "train.steps": {"was": 2, "now": 3}}},
+        {"step": 3, "changed": {"train.steps": {"was": 3, "now": 4}}},  # lr as the resume before set it
+    ]
+    (out / "run.json").unlink()  # lost: the resume's settings are recorded as holding from its step
+    assert main(["train", *common, "--steps", "5"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings_from_step"] == 4 and record["train"]["steps"] == 5 and "resumes" not in record

@@ -34,11 +34,25 @@ log = logging.getLogger(__name__)
 
 
 def list_audio(folder: str | Path) -> list[Path]:
+    """The audio files under ``folder`` (recursive, sorted); links whose target is gone are left
+    out and logged once."""
     folder = Path(folder)
-    if not folder.is_dir():  # a config's relative paths are the current folder's, not the config file's
-        where = "" if folder.is_absolute() else f" (a relative path: read from the current folder, {Path.cwd()})"
+    _refuse_not_a_folder(folder)
+    named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    dangling = [p for p in named if p.is_symlink() and not p.exists()]
+    if dangling:  # a corpus moved or half deleted: without a word the run silently trains on less
+        log.warning("%s: skipping %d link(s) whose target is gone, e.g. %s -> %s", folder, len(dangling),
+                    dangling[0].relative_to(folder), dangling[0].readlink())
+    return [p for p in named if p.is_file()]
+
+
+def _refuse_not_a_folder(folder: Path) -> None:
+    # A config's relative paths are the current folder's, not the config file's: say which it was.
+    where = "" if folder.is_absolute() else f" (a relative path: read from the current folder, {Path.cwd()})"
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: a file, not a folder{where}; name the folder that holds the audio")
+    if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder{where}")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
 SILENT_PEAK = 1e-4  # -80 dBFS: below it a clip counts as silent
