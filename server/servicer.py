@@ -448,13 +448,21 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         cfg = first.config
         sm = self.store.streamer(cfg.model)
         strength = self._strength(cfg)
+        # A field left out reads as 0: "sample rate 0 Hz is outside ..." did not say it was never set.
+        if cfg.sample_rate == 0:
+            raise Abort(INVALID, f"StreamConfig.sample_rate is unset (0); set it to the audio's rate in Hz, "
+                                 f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
         if not MIN_SAMPLE_RATE <= cfg.sample_rate <= MAX_SAMPLE_RATE:
             raise Abort(
                 INVALID,
                 f"sample rate {cfg.sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz",
             )
+        if cfg.channels == 0:
+            raise Abort(INVALID, f"StreamConfig.channels is unset (0); set it to the audio's channels, 1..{MAX_CHANNELS}")
         if not 1 <= cfg.channels <= MAX_CHANNELS:
             raise Abort(INVALID, f"channels must be within 1..{MAX_CHANNELS}, got {cfg.channels}")
+        if cfg.format == pb.SAMPLE_FORMAT_UNSPECIFIED:
+            raise Abort(INVALID, "StreamConfig.format is unset (SAMPLE_FORMAT_UNSPECIFIED); set it to INT16 or FLOAT32")
         if cfg.format not in (pb.INT16, pb.FLOAT32):
             raise Abort(INVALID, "StreamConfig.format must be INT16 or FLOAT32")
         return sm, cfg, strength

@@ -367,3 +367,22 @@ def test_a_bad_message_mid_stream_ends_it_with_the_audio_before_it_answered(tiny
         _counted_and_goes_on(srv, "INVALID_ARGUMENT", 5)
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(("config", "text"), [
+    # each was "sample rate 0 Hz is outside ...", "channels must be within 1..64, got 0", "must be INT16 or FLOAT32":
+    # a field left out reads as 0, and the message did not say it was never set
+    ({"channels": 1, "format": pb.FLOAT32}, "StreamConfig.sample_rate is unset (0); set it to the audio's rate in Hz"),
+    ({"sample_rate": SR, "format": pb.FLOAT32}, "StreamConfig.channels is unset (0); set it to the audio's channels"),
+    ({"sample_rate": SR, "channels": 1}, "StreamConfig.format is unset (SAMPLE_FORMAT_UNSPECIFIED); set it to INT16"),
+])
+def test_a_stream_config_field_left_out_is_named_as_unset(tiny, config, text):
+    srv = _server(tiny)
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as c:
+            first = pb.StreamDenoiseRequest(config=pb.StreamConfig(**config))
+            got, err = _collect(c.stub.StreamDenoise(iter([first, _audio(_speech(0.1))]), timeout=30))
+        assert not got and err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+        assert text in err.details(), err.details()
+    finally:
+        srv.stop()

@@ -831,3 +831,15 @@ def test_run_json_keeps_the_starting_settings_and_lists_each_resume_with_what_it
     assert main(["train", *common, "--steps", "5"]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["settings_from_step"] == 4 and record["train"]["steps"] == 5 and "resumes" not in record
+
+
+@pytest.mark.parametrize(("argv", "text"), [
+    ([], "the following arguments are required: {train,models,denoise,"),
+    (["images"], "the following arguments are required: {report}"),
+    (["client"], "the following arguments are required: {denoise,stream,decompose,models,health}"),
+])
+def test_a_missing_subcommand_is_named_by_its_choices(argv, text, capsys):
+    """It was named by the parser's internal slot: "required: images_command"."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and text in capsys.readouterr().err
