@@ -689,9 +689,11 @@ def _add_client(sub) -> None:
     s.add_argument("--model", help="served model name (default: the server's denoiser)")
     s.add_argument("--strength", type=float)
     s.add_argument("--chunk-ms", type=_positive_ms, default=100.0, help="chunk length sent per message")
-    c = csub.add_parser("decompose", parents=[conn], help="latent activations and component waveforms")
-    c.add_argument("input")
-    c.add_argument("-o", "--out", help="output folder (default: INPUT.components/ beside it)")
+    c = csub.add_parser("decompose", parents=[conn], help="latent activations and component waveforms "
+                        "(the files audioae decompose writes, but no figure: the answer has no atoms to draw)")
+    c.add_argument("input", help="the recording to send (any format the server reads: WAV, FLAC, OGG, ...)")
+    c.add_argument("-o", "--out", help="output folder (default: the input's name with .components in place of "
+                   "its extension, beside it: song.wav -> song.components/)")
     c.add_argument("--model", help="served model name (default: the server's decomposer)")
     # The local command's defaults: the RPC's own (every unit, ungrouped) can run to hundreds of
     # component waveforms, over the answer limit for a few seconds of stereo.

@@ -357,7 +357,7 @@ class DecomposeResult:
     samples: int = 0  # frames per channel
     group: str = "none"
     fit_steps: int = 0
-    residual_energy_share: float = 0.0
+    residual_energy_share: float | None = 0.0  # None: a silent input, which has no energy to share
     error_db: float | None = None  # None: exact (a silent input)
     dominant_hz: list[float] = dataclasses.field(default_factory=list)  # [K]
     active_fraction: list[float] = dataclasses.field(default_factory=list)  # [K]
@@ -402,7 +402,10 @@ def decompose_result(resp) -> DecomposeResult:
         samples=resp.samples or shape[-1],
         group=resp.group,
         fit_steps=resp.fit_steps,
-        residual_energy_share=resp.residual_energy_share,
+        # The wire has no null for a share: a silent input's comes as 0.0, with no component and an
+        # exact sum (error_db unset); an input with energy has a residual share or a float error.
+        residual_energy_share=None if (resp.residual_energy_share == 0 and not resp.HasField("error_db")
+                                       and not resp.components) else resp.residual_energy_share,
         error_db=resp.error_db if resp.HasField("error_db") else None,
         dominant_hz=[c.dominant_hz for c in resp.components],
         active_fraction=[c.active_fraction for c in resp.components],

@@ -75,9 +75,11 @@ class Decomposition:
     energy_share: np.ndarray  # [K] <component, input> / |input|^2; with residual_share they sum to 1
     frame_rate: float  # frames per second of `activations`
     sample_rate: int = 0  # the caller's rate
+    # [K] each waveform's spectral peak (interpolated between bins) and [K, N] its energy per frame:
+    # measured on the component waveforms at the model's rate, what the files hold
     dominant_hz: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [K]
     envelopes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [K, N] energy/frame
-    residual_share: float = 0.0  # <residual, input> / |input|^2
+    residual_share: float = 0.0  # <residual, input> / |input|^2; NaN for a silent input (no energy to share)
     error_db: float = -math.inf  # 10 log10(|sum + residual - input|^2 / |input|^2)
     group: str = "none"
     # [U, F, L] the atoms behind the components: the model's, or adapted to this signal when fitted.
@@ -182,12 +184,15 @@ def _unit_chunks(n_units: int, per_unit: int) -> int:
 # ---- grouping -------------------------------------------------------------------------------------
 def _band_edges(nyquist: float, n_bands: int, bin_hz: float) -> list[tuple[float, float]]:
     """Dyadic bands, like the levels of a wavelet multiresolution analysis: ``[0, ny/2^(n-1))``,
-    then one octave each up to ``nyquist``. The lowest band is at least one STFT bin (``bin_hz``)
-    wide: more bands would split nothing but the 0 Hz bin off ("band 0-0 Hz")."""
-    most = 1 + int(math.log2(nyquist / bin_hz) + 1e-9)
+    then one octave each up to ``nyquist``. The lowest band reaches past the first STFT bin
+    above 0 Hz (``bin_hz``), so it holds a frequency, not the 0 Hz bin alone: a "band 0-31 Hz" of
+    an 8 kHz file held that bin only ("band 0-0 Hz" before that). With the model's 31.25 Hz bins
+    the lowest band is ``[0, 62.5)`` at any rate of 8 kHz and up (8 bands at 16 kHz, 7 at 8 kHz)."""
+    most = math.ceil(math.log2(nyquist / bin_hz) - 1e-9)
     if n_bands > most:
-        log.warning("%d octave bands asked; %d fit the model's %.1f Hz frequency bins (the lowest band is one bin, "
-                    "0-%.0f Hz): using %d", n_bands, most, bin_hz, nyquist / 2 ** (most - 1), most)
+        log.warning("%d octave bands asked; %d fit the model's %.1f Hz frequency bins below %.0f Hz (the lowest, "
+                    "0-%.0f Hz, holds the 0 Hz bin and the next): using %d", n_bands, most, bin_hz, nyquist,
+                    nyquist / 2 ** (most - 1), most)
         n_bands = most
     edges = [0.0] + [nyquist / 2**j for j in range(n_bands - 1, -1, -1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
@@ -426,7 +431,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     config's ``fit_steps``): purer components, at about 8 ms per step per 4 s of audio.
     ``stop()`` is asked between the stages, between the blocks of the long ones (the resampling,
     the spectrogram, the code, each fit step, the masks, the units' sums, each component's (or
-    cluster's) masks and inverse STFT, each component's resampling back, the residual and
+    cluster's) masks and inverse STFT, the STFT measuring each component, each component's resampling back, the residual and
     energies, the ranking), before each fit step, each batch of clusters inverted and each batch
     of components; when it says True,
     :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
@@ -518,7 +523,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     if group == "cluster":  # name clusters by what they sound like, in rank order
         labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g))
                   for i, (hz, (lo, hi), g) in enumerate(zip(dom_hz, bands, groups, strict=True))]
+    elif group == "none":  # by what the waveform holds: its atom's peak was off by up to a bin, or far off
+        labels = [f"unit {g[0]} (~{hz:.0f} Hz)" for g, hz in zip(groups, dom_hz, strict=True)]
 
+    silent = x_energy == 0
     x_energy = max(x_energy, 1e-30)
     # An exact sum (a silent input, say) is -inf dB, not whatever ratio two epsilons make.
     error_db = 10 * math.log10(err_energy / x_energy) if err_energy > 0 else -math.inf
@@ -528,7 +536,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         components=comps, residual=residual, labels=labels, units=[sorted(g) for g in groups],
         activations=acts.astype(np.float32), energy_share=(energy / x_energy).astype(np.float32),
         frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
-        residual_share=residual_energy / x_energy,
+        residual_share=math.nan if silent else residual_energy / x_energy,
         error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
         band_bins=bins, edge_frames=_window_frames(c),
         groups_asked=None if group == "none" else n_groups,
@@ -620,10 +628,14 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     ``waves [K, C, T']``, the groups' waveforms at the model's rate already inverted
     (:func:`_group_waves`), these are resampled instead. Masks and inverse STFT in blocks of
     frames (:func:`_masked_blocks`), then the resampling and the copy in blocks of samples,
-    ``stop`` asked before each block but the first and before each batch of components."""
+    ``stop`` asked before each block but the first and before each batch of components.
+
+    Frequencies, bands and envelopes are measured on the inverted waveforms
+    (:func:`_waveform_spectra`), what the component files hold: the masked power ``M^2 |X|^2``
+    they were once taken from differs from it where masks swing fast from frame to frame (in a
+    C-E-G chord, a cluster labelled ~250 Hz held 62% of its energy at 392 Hz)."""
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
-    mag2 = spec.real.pow(2) + spec.imag.pow(2)  # [C, F, N]
     spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
     out = np.zeros((len(groups), n_ch, length), np.float32)
     dom = np.zeros(len(groups), np.float32)
@@ -640,16 +652,16 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
             check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n_frames}")
 
         y = torch.empty((k, n_ch, z_len)) if waves is None else waves[lo : lo + k]  # [k, C, T']
-        spectrum = torch.zeros((k, n_bins), dtype=torch.float64)  # [k, F]
-        blocks = _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, waves is None, ask, explained,
-                                None if bins is None else bins[lo : lo + k])
-        for a, b, mask, (s0, s1), wave in blocks:
-            if wave is not None:
+        if waves is None:
+            blocks = _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, True, ask, explained,
+                                    None if bins is None else bins[lo : lo + k])
+            for _, _, _, (s0, s1), wave in blocks:
                 y[..., s0:s1] = wave
-            per_bin = mask.pow_(2).mul_(mag2[None, ..., a:b]).sum(dim=1)  # [k, F, b - a]: masked power
-            spectrum += per_bin.sum(-1, dtype=torch.float64)
-            envs[lo : lo + k, a:b] = per_bin.sum(1).numpy()
-        dom[lo : lo + k] = (spectrum.argmax(-1).float() * bin_hz).numpy()
+        def measuring(a: int, where: str = f"measuring the spectrum of component {lo + 1} of {len(groups)}") -> None:
+            ask(a, where)
+
+        spectrum, envs[lo : lo + k] = _waveform_spectra(model, y, measuring)  # [k, F], [k, N]
+        dom[lo : lo + k] = _peak_bins(spectrum.numpy()) * bin_hz
         spans[lo : lo + k] = _energy_band(spectrum.numpy()) * bin_hz
         # After the inverse STFT, and in blocks with a stop question before each: uncut, a stop ran on
         # to the next component (benchmarks/results/decompose-deadline-tail-before.json).
@@ -663,6 +675,43 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         for a, b in _sample_spans(length, _sample_blocks(y), stop, f"copying component {lo + 1} of {len(groups)}"):
             out[lo : lo + len(batch), :, a:b] = y[..., a:b]
     return out, dom, spans, envs
+
+
+def _waveform_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[int], None]) -> tuple[torch.Tensor, np.ndarray]:
+    """The power spectra ``[k, F]`` (float64, summed over frames and channels) and energy
+    envelopes ``[k, N]`` (per model frame) of waveforms ``y [k, C, T']`` at the model's rate,
+    through the model's STFT in blocks of frames (:func:`frame_blocks`: a frame reads the samples
+    within ``n_fft/2`` of its centre), ``ask(a)`` before each block but the first."""
+    c = model.config
+    hop, length = c.hop_length, y.shape[-1]
+    n = model.stft.num_frames(length)
+    spectrum = torch.zeros((y.shape[0], c.n_fft // 2 + 1), dtype=torch.float64)  # [k, F]
+    envs = np.zeros((y.shape[0], n), np.float32)  # [k, N]
+    for lo, a, b, hi in frame_blocks(n, _window_frames(c)):
+        if a:
+            ask(a)
+        # As in _spectrum_and_features: the slice's frames past its end read zeros, in the halo only.
+        spec = model.stft(y[..., lo * hop : length if hi == n else (hi - 1) * hop])[..., a - lo : b - lo]  # [k, C, F, b - a]
+        power = (spec.real.pow(2) + spec.imag.pow(2)).sum(1)  # [k, F, b - a]
+        spectrum += power.sum(-1, dtype=torch.float64)
+        envs[:, a:b] = power.sum(1).numpy()
+    return spectrum, envs
+
+
+def _peak_bins(spectrum: np.ndarray) -> np.ndarray:
+    """``[k]`` the fractional bin of each ``spectrum [k, F]``'s peak: the vertex of a parabola
+    through the log power of the top bin and its neighbours (a Hann window's main lobe is close
+    to one), so that a 392 Hz tone reads ~392 Hz, not the 406 Hz of its top 31.25 Hz bin."""
+    top = spectrum.argmax(-1)  # [k]
+    rows = np.arange(len(spectrum))
+    inner = (top > 0) & (top < spectrum.shape[-1] - 1) & (spectrum[rows, top] > 0)
+    peak = top.astype(np.float64)
+    if inner.any():
+        r, t = rows[inner], top[inner]
+        left, mid, right = (np.log(np.maximum(spectrum[r, t + d], 1e-300)) for d in (-1, 0, 1))
+        curve = left - 2 * mid + right  # < 0 at a strict maximum
+        peak[inner] += np.where(curve < 0, 0.5 * (left - right) / np.where(curve < 0, curve, -1.0), 0.0)
+    return peak.astype(np.float32)
 
 
 def _energy_band(spectrum: np.ndarray, share: float = 0.8) -> np.ndarray:
@@ -760,4 +809,5 @@ def summarize(dec: Decomposition) -> dict:
         sample_rate=dec.sample_rate, channels=int(dec.residual.shape[0]), samples=int(dec.residual.shape[-1]),
         group=dec.group, groups=dec.groups_asked, fit_steps=dec.fit_steps, frame_rate=dec.frame_rate,
         error_db=round(dec.error_db, 2) if math.isfinite(dec.error_db) else None,
-        residual_share=round(dec.residual_share, 6), components=comps)
+        residual_share=round(dec.residual_share, 6) if math.isfinite(dec.residual_share) else None,  # None: silent
+        components=comps)

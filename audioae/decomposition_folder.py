@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -174,11 +175,12 @@ def component_entry(index: int, label: str, units: list[int], energy_share: floa
 
 
 def summary(*, sample_rate: int, channels: int, samples: int, group: str, fit_steps: int, frame_rate: float,
-            error_db: float | None, residual_share: float, components: list[dict], groups: int | None = None) -> dict:
+            error_db: float | None, residual_share: float | None, components: list[dict], groups: int | None = None) -> dict:
     """``summary.json`` before the file names: the same keys whether the decomposition was
     computed here (:func:`audioae.decompose.summarize`) or by a server (the client's).
     ``groups``: the bands or clusters asked for (None: group ``none``, or not known); fewer come
-    where fewer are distinct, and :func:`describe` says so."""
+    where fewer are distinct, and :func:`describe` says so. ``residual_share``: None for a silent
+    input, which has no energy to share (``error_db`` None: the sum is exact)."""
     return {
         "sample_rate": sample_rate,
         "channels": channels,
@@ -366,6 +368,8 @@ def fewer_groups(summary: dict) -> str | None:
     asked, made, top = summary.get("groups"), len(summary["components"]), summary.get("top")
     if not asked or made >= asked or (top is not None and made >= top):
         return None
+    if "residual_energy_share" in summary and summary["residual_energy_share"] is None:
+        return f"none of the {asked} {summary['group']}s asked (--groups): a silent input has nothing to decompose"
     if summary["group"] == "cluster":
         why = "the others were pieces of the same sounds, merged, or had no active unit"
     elif summary["group"] == "band":
@@ -375,13 +379,19 @@ def fewer_groups(summary: dict) -> str | None:
     return f"{made} of the {asked} {summary['group']}s asked (--groups): {why}"
 
 
+def residual_text(share: float | None) -> str:
+    """The residual's share for people: ``12.3% of the energy``, or ``silent input`` (``None``:
+    an input without energy has no shares; 0.0% read as if the components held it all)."""
+    return "silent input" if share is None or not math.isfinite(share) else f"{100 * share:.1f}% of the energy"
+
+
 def describe(summary: dict, out: str | os.PathLike) -> list[str]:
     """The lines both commands print: a headline, a header, then one line per component: its
     energy share, dominant frequency, share of frames active, number of active spans, and the
     first and last active time (gaps in between are in summary.json's ``active_seconds``)."""
     error = "exact" if summary["error_db"] is None else f"{summary['error_db']:.0f} dB"  # None: a silent input
-    lines = [f"{len(summary['components'])} components + residual "
-             f"({100 * summary['residual_energy_share']:.1f}% of the energy), sum-to-input error {error} -> {out}"]
+    lines = [f"{len(summary['components'])} components + residual ({residual_text(summary['residual_energy_share'])}), "
+             f"sum-to-input error {error} -> {out}"]
     note = fewer_groups(summary)
     if note:
         lines.append(f"  ({note})")

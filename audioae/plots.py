@@ -129,12 +129,13 @@ def _colour_top(db: np.ndarray) -> float:
     return max(float(db.max()), -40.0)
 
 
-def _spec_db(wav: np.ndarray, sr: int) -> tuple[np.ndarray, float, float]:
-    """Mono ``wav [T]`` -> ``(dB [F, N], hop seconds, bin Hz)`` with a ~32 ms window."""
+def _spec_mag(wav: np.ndarray, sr: int) -> tuple[np.ndarray, float, float]:
+    """Mono ``wav [T]`` -> ``(|STFT| [F, N], hop seconds, bin Hz)`` with a ~32 ms window."""
     n_fft = 2 ** max(6, round(math.log2(0.032 * sr)))
     stft = STFT(n_fft, n_fft // 4)
     mag = stft(torch.as_tensor(wav, dtype=torch.float32)).abs().numpy()  # [F, N]
-    return _db(mag), (n_fft // 4) / sr, sr / n_fft
+    return mag, (n_fft // 4) / sr, sr / n_fft
+
 
 
 def _show_spec(ax, db: np.ndarray, hop_s: float, bin_hz: float, vmax: float, title: str) -> None:
@@ -145,48 +146,137 @@ def _show_spec(ax, db: np.ndarray, hop_s: float, bin_hz: float, vmax: float, tit
     ax.tick_params(labelsize=7)
 
 
-def _hz_ticks(ax, lo: float, hi: float) -> None:
-    """Readable ticks (50, 100, 200, 500 Hz, 1k, ...) on a log-frequency x axis from ``lo`` to ``hi``:
-    matplotlib's own gave 10^2 and 10^3 only."""
+def _hz_ticks(axis, lo: float, hi: float) -> None:
+    """Readable ticks (50, 100, 200, 500 Hz, 1k, ...) on a log-frequency ``axis`` (``ax.xaxis`` or
+    ``ax.yaxis``) from ``lo`` to ``hi``: matplotlib's own gave 10^2 and 10^3 only."""
     ticks = [m * 10**e for e in range(0, 6) for m in (1, 2, 5) if lo <= m * 10**e <= hi]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t / 1000:g}k" if t >= 1000 else f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_ticks(ticks)
+    axis.set_ticklabels([f"{t / 1000:g}k" if t >= 1000 else f"{t:g}" for t in ticks])
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+MAX_COLUMNS = 1500  # frames drawn per spectrogram: a long input's are pooled (loudest kept) to this many
+FLOOR_DB = -80.0  # the colour scale's bottom, re the input's loudest bin
+
+
+def _pool_frames(db: np.ndarray, most: int = MAX_COLUMNS) -> np.ndarray:
+    """``db [F, N]`` with its frames pooled to at most ``most`` columns, each the loudest of its
+    frames (a click stays visible)."""
+    n = db.shape[1]
+    if n <= most:
+        return db
+    edges = np.linspace(0, n, most + 1).astype(int)
+    return np.maximum.reduceat(db, edges[:-1], axis=1)
+
+
+LOG_ROWS = 240  # rows of a log-frequency spectrogram: about a pixel each in a panel
+
+
+def _log_rows(db: np.ndarray, bin_hz: float, top_hz: float, rows: int = LOG_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """``db [F, N]`` on ``rows`` log-spaced rows from half a bin to ``top_hz``: ``(edges [rows + 1]
+    Hz, [rows, N])``. A row takes the loudest of the bins whose centres it holds, or the nearest
+    bin where it holds none (low rows are narrower than a bin): drawn bin by bin, a 12 kHz tone's
+    one bin was a twentieth of a pixel high, and vanished."""
+    edges = np.geomspace(bin_hz / 2, top_hz, rows + 1)
+    nearest = np.clip(np.round(np.sqrt(edges[:-1] * edges[1:]) / bin_hz).astype(int), 1, db.shape[0] - 1)
+    out = db[nearest]  # [rows, N]
+    bins = np.arange(1, db.shape[0])
+    bins = bins[bins * bin_hz < top_hz]  # the 0 Hz bin has no place on a log axis; above top_hz, none shown
+    np.maximum.at(out, np.searchsorted(edges, bins * bin_hz) - 1, db[bins])
+    return edges, out
+
+
+def _show_log_spec(ax, db: np.ndarray, seconds: float, bin_hz: float, top_hz: float, title: str):
+    """``db [F, N]`` (dB re the input's loudest bin) on a log-frequency axis from half a bin to
+    ``top_hz``, as librosa.display draws one: a chord at 250-400 Hz fills the panel instead of its
+    bottom twentieth. The 0 Hz bin has no place on it and is left out. Returns the mesh (for a
+    colour bar)."""
+    f_edges, shown = _log_rows(_pool_frames(db), bin_hz, top_hz)  # [rows + 1], [rows, N']
+    t_edges = np.linspace(0, seconds, shown.shape[1] + 1)
+    mesh = ax.pcolormesh(t_edges, f_edges, shown, cmap="magma", vmin=FLOOR_DB, vmax=0, shading="flat", rasterized=True)
+    ax.set_yscale("log")
+    ax.set_ylim(bin_hz / 2, top_hz)
+    _hz_ticks(ax.yaxis, bin_hz, top_hz)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("Hz", fontsize=8)
+    ax.set_xlabel("time, s", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return mesh
+
+
+def _input_title(dec: Decomposition, sr: int, seconds: float, channels: int, shown: int) -> str:
+    """The figure's headline: the input, how many components there are and how many are drawn."""
+    from .decomposition_folder import residual_text
+
+    mixed = f"; every panel: the mean of its {channels} channels" if channels > 1 else ""
+    total = len(dec.labels)
+    drawn = f"the {shown} strongest drawn below" if shown < total else "all drawn below"
+    comps = f"{total} components ({drawn})" if total else "no components"
+    return (f"input ({sr} Hz, {seconds:.2f} s{mixed}): {comps} + residual ({residual_text(dec.residual_share)}); "
+            f"sum-to-input error {dec.error_text}")
+
+
+def _empty_note(ax, dec: Decomposition) -> None:
+    """Say why a panel without components is empty, instead of leaving a bare frame."""
+    why = "silent input: no components" if not math.isfinite(dec.residual_share) else \
+        "no components: nothing the model explains here"
+    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3")
 
 
 def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: SparseDictionary,
                        path: str | os.PathLike, max_components: int = MAX_PANELS) -> Path:
     """One PNG: input spectrogram (top), the strongest components' atoms (left) and activations
     over time (right), then their spectrograms. ``wav`` is the input, ``[T]`` or ``[C, T]``; several
-    channels are drawn as their mean (the titles say so). Component panels stop at the model's
-    Nyquist frequency, where components do; the input panel marks it."""
+    channels are drawn as their mean (the titles say so). Spectrograms are in dB re the input's
+    loudest bin, one colour scale for all (colour bars), on a log-frequency axis. Frequency axes
+    stop at the file's Nyquist frequency; component panels and atoms at the model's where that is
+    lower, as components do, and the input panel marks it."""
     x = np.asarray(wav, np.float32)
     channels = x.shape[0] if x.ndim == 2 else 1
     mono = x.mean(0) if x.ndim == 2 else x
-    mixed = f"; every panel: the mean of its {channels} channels" if channels > 1 else ""
+    seconds = len(mono) / sr
     k = min(max_components, len(dec.labels))
     rows = 2 + max(1, math.ceil(k / 4))
     fig = plt.figure(figsize=(15, 3.2 * rows))
-    grid = fig.add_gridspec(rows, 4, hspace=0.55, wspace=0.25)
+    grid = fig.add_gridspec(rows, 4, hspace=0.6, wspace=0.3)
 
     c = model.config
-    model_top = min(c.sample_rate, sr) / 2  # components hold nothing above the model's Nyquist frequency
-    db, hop_s, bin_hz = _spec_db(mono, sr)
-    vmax = _colour_top(db)
+    model_top = min(c.sample_rate, sr) / 2  # components hold nothing above the model's (or the file's) Nyquist
+    mag, _, bin_hz = _spec_mag(mono, sr)
+    ref = float(mag.max()) or 1.0  # a silent input has no loudest bin: drawn at the floor, dark
     ax_in = fig.add_subplot(grid[0, :])
-    _show_spec(ax_in, db, hop_s, bin_hz, vmax,
-               f"input ({sr} Hz, {len(mono) / sr:.2f} s{mixed}); {len(dec.labels)} components + residual "
-               f"({100 * dec.residual_share:.1f}% of the energy); sum-to-input error {dec.error_text}")
+    mesh = _show_log_spec(ax_in, _db(mag / ref), seconds, bin_hz, sr / 2, _input_title(dec, sr, seconds, channels, k))
+    fig.colorbar(mesh, ax=ax_in, pad=0.01, label="dB re the input's loudest bin")
     if model_top < sr / 2:
         ax_in.axhline(model_top, color="white", ls="--", lw=0.8)
         ax_in.text(0.005, model_top, f" the model's band ends at {model_top:.0f} Hz: above, all is residual",
                    transform=ax_in.get_yaxis_transform(), color="white", fontsize=7, va="bottom")
 
-    spectra = dec.atoms.sum(-1)  # [U, F]: the atoms this decomposition used (adapted when fitted)
-    freqs = np.arange(spectra.shape[1]) * c.sample_rate / c.n_fft
-    colors = plt.cm.tab10(np.arange(max(k, 1)) % 10)
     ax_atoms = fig.add_subplot(grid[1, :2])
     ax_acts = fig.add_subplot(grid[1, 2:])
+    _draw_atoms_and_activations(ax_atoms, ax_acts, dec, model, k, model_top, seconds)
+
+    comp_axes = []
+    for i in range(k):
+        ax = fig.add_subplot(grid[2 + i // 4, i % 4])
+        cmag, _, _ = _spec_mag(dec.components[i].mean(0), sr)  # [F, N]
+        mesh = _show_log_spec(ax, _db(cmag / ref), seconds, bin_hz, model_top,
+                              f"{i + 1}: {dec.labels[i]} -- {100 * dec.energy_share[i]:.1f}%")
+        comp_axes.append(ax)
+    if comp_axes:
+        fig.colorbar(mesh, ax=comp_axes, pad=0.01, fraction=0.02, label="dB re the input's loudest bin")
+    return _save(fig, path)
+
+
+def _draw_atoms_and_activations(ax_atoms, ax_acts, dec: Decomposition, model: SparseDictionary, k: int,
+                                top_hz: float, seconds: float) -> None:
+    """The atoms behind components 1..k (log frequency, up to ``top_hz``) and their activations
+    over the input's ``seconds``, each normalised and stacked at its component's number."""
+    c = model.config
+    spectra = dec.atoms.sum(-1)  # [U, F]: the atoms this decomposition used (adapted when fitted)
+    freqs = np.arange(c.n_fft // 2 + 1) * c.sample_rate / c.n_fft
+    within = (freqs > 0) & (freqs <= top_hz)  # 0 Hz has no place on a log axis; above top_hz the file holds nothing
+    colors = plt.cm.tab10(np.arange(max(k, 1)) % 10)
     t_frames = np.arange(dec.activations.shape[1]) / dec.frame_rate
     for i in range(k):
         units = dec.units[i]
@@ -194,32 +284,28 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
         atom = (spectra[units] * weight[:, None]).sum(0) / weight.sum()  # [F]
         if dec.band_bins:  # a band component holds its units' atoms within its own bins only
             lo, hi = dec.band_bins[i]
-            atom, within = np.zeros_like(atom), atom
-            atom[lo:hi] = within[lo:hi]
-        ax_atoms.plot(freqs[1:], atom[1:] / (atom.max() + 1e-12) + i, color=colors[i], lw=1)
+            atom, inside = np.zeros_like(atom), atom
+            atom[lo:hi] = inside[lo:hi]
+        atom = atom[within]
+        ax_atoms.plot(freqs[within], atom / (atom.max() + 1e-12) + i, color=colors[i], lw=1)
         act = dec.activations[units].sum(0)  # [N]
         ax_acts.plot(t_frames, act / (act.max() + 1e-12) + i, color=colors[i], lw=0.8)
-    atoms_title = "atoms behind each component (normalised, stacked" + ("; within its band)" if dec.band_bins else ")")
+    shown = f"the {k} strongest of {len(dec.labels)} components" if k < len(dec.labels) else "each component"
+    atoms_title = f"atoms behind {shown} (normalised, stacked" + ("; within its band)" if dec.band_bins else ")")
     for ax, xlabel, title in ((ax_atoms, "Hz", atoms_title),
-                              (ax_acts, "s", "activations over time (normalised, stacked)")):
+                              (ax_acts, "time, s", f"activations of {shown} over time (normalised, stacked)")):
         ax.set_yticks(np.arange(k) + 0.5)
         ax.set_yticklabels([f"{i + 1}" for i in range(k)], fontsize=7)
+        ax.set_ylabel("component", fontsize=8)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
+        if not k:
+            _empty_note(ax, dec)
     ax_atoms.set_xscale("log")
-    ax_atoms.set_xlim(freqs[1], freqs[-1])
-    _hz_ticks(ax_atoms, freqs[1], freqs[-1])
-
-    for i in range(k):
-        ax = fig.add_subplot(grid[2 + i // 4, i % 4])
-        comp = dec.components[i].mean(0)  # [T]
-        cdb, _, _ = _spec_db(comp, sr)
-        _show_spec(ax, cdb, hop_s, bin_hz, vmax,
-                   f"{i + 1}: {dec.labels[i]} -- {100 * dec.energy_share[i]:.1f}%")
-        ax.set_ylim(0, model_top)
-        ax.set_xlabel("s", fontsize=8)
-    return _save(fig, path)
+    ax_atoms.set_xlim(freqs[1], top_hz)
+    _hz_ticks(ax_atoms.xaxis, freqs[1], top_hz)
+    ax_acts.set_xlim(0, seconds)  # the input's length, also with nothing drawn (was 0-1 s for a silent 2 s file)
 
 
 def atom_bandwidths(model: SparseDictionary) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from audioae.decompose import (
     GROUPS,
     MAX_FIT_STEPS,
     _energy_band,
+    _peak_bins,
     _sample_blocks,
     _spectrum_and_features,
     active_spans,
@@ -184,14 +185,16 @@ def test_band_components_are_band_limited_and_partition_the_frequencies(sr, rng)
         assert inside > 0.9, f"{label}: {100 * inside:.0f}% of its energy in its band"
 
 
-def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog):
-    # was: --groups 50 split the 0 Hz bin off as "band 0-0 Hz" and left 41 bands empty unsaid
-    x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
-    dec = decompose(tiny_model(), x, SR, group="band", n_groups=50)  # 256-point frames: 8 octaves
-    assert f"50 octave bands asked; 8 fit the model's {SR / 256:.1f} Hz frequency bins" in caplog.text
-    assert len(dec.labels) <= 8 and "band 0-0 Hz" not in dec.labels
-    lows = [int(label.split()[1].split("-")[1]) for label in dec.labels if label.startswith("band 0-")]
-    assert all(hi >= SR / 256 - 1 for hi in lows)  # the lowest band is at least one bin wide
+@pytest.mark.parametrize(("sr", "most"), [(SR, 7), (SR // 2, 6)])
+def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog, sr, most):
+    # was: --groups 50 split the 0 Hz bin off as "band 0-0 Hz" and left 41 bands empty unsaid; then
+    # the lowest band was the 0 Hz bin alone ("band 0-31 Hz" of an 8 kHz file with the shipped model)
+    x = (0.1 * rng.standard_normal(sr)).astype(np.float32)
+    dec = decompose(tiny_model(), x, sr, group="band", n_groups=50)  # 256-point frames: 62.5 Hz bins
+    assert f"50 octave bands asked; {most} fit the model's {SR / 256:.1f} Hz frequency bins" in caplog.text
+    assert len(dec.labels) <= most and "band 0-0 Hz" not in dec.labels
+    assert min(lo for lo, _ in dec.band_bins) == 0
+    assert all(hi >= 2 for lo, hi in dec.band_bins if lo == 0)  # the lowest band holds a bin above 0 Hz
 
 
 def test_bands_end_at_the_inputs_nyquist_frequency(rng):
@@ -433,9 +436,10 @@ def test_masked_inverse_stft_in_blocks_gives_the_whole_signal_inverse(channels):
                 whole = model.stft.inverse(spec * mask, length)  # [C, T]
                 assert comps[k].shape == (channels, length)
                 torch.testing.assert_close(torch.from_numpy(comps[k]), whole, rtol=0, atol=1e-6)
-                power = (mask.pow(2) * mag.pow(2)).sum(0)  # [F, N]
-                torch.testing.assert_close(torch.from_numpy(envs[k]), power.sum(0), rtol=1e-5, atol=1e-9)
-                assert dom[k] == float(power.sum(-1).argmax()) * SR / model.config.n_fft
+                power = model.stft(whole).abs().pow(2).sum(0)  # [F, N]: the waveform's, as a file holds it
+                torch.testing.assert_close(torch.from_numpy(envs[k]), power.sum(0), rtol=1e-4, atol=1e-9)
+                assert dom[k] == pytest.approx(_peak_bins(power.sum(-1, dtype=torch.float64)[None].numpy())[0]
+                                               * SR / model.config.n_fft, abs=1e-3)
         waves = _group_waves(model, h, atoms, spec, denom, groups, length)  # [K, C, T]
         for k, v in enumerate(numerators):
             torch.testing.assert_close(waves[k], model.stft.inverse(spec * (v / denom), length), rtol=0, atol=1e-6)
@@ -537,9 +541,9 @@ def test_the_residual_energies_and_ranking_ask_stop_in_every_block_of_samples():
     from audioae.enhance import Stopped
 
     model = tiny_model()
-    x = (tone(40.0, SR) + noise_bursts(40.0, SR))[None]  # [1, T]: its bands' shares do not give the final order
+    x = _voiced(40.0, SR)[None]  # [1, T]: its units' shares do not give the final order
     said = []
-    dec = decompose(model, x, SR, group="band", fit_steps=0, stop=lambda: said.append(where_asked()) or False)
+    dec = decompose(model, x, SR, group="none", fit_steps=0, stop=lambda: said.append(where_asked()) or False)
     step = _sample_blocks(dec.components)
     blocks = -(-x.shape[-1] // step)
     assert blocks >= 2
@@ -552,7 +556,7 @@ def test_the_residual_energies_and_ranking_ask_stop_in_every_block_of_samples():
     assert (np.diff(dec.energy_share) <= 0).all()
     for where in ("summing the components", "ranking the components"):
         with pytest.raises(Stopped, match=f"decomposition stopped {where}, at sample {step} of {x.shape[-1]}"):
-            decompose(model, x, SR, group="band", fit_steps=0,
+            decompose(model, x, SR, group="none", fit_steps=0,
                       stop=lambda where=where: f"{where}, at sample {step} " in where_asked())
 
 
@@ -807,6 +811,24 @@ def test_clusters_that_are_pieces_of_one_sound_are_merged_shipped():
     assert len(decompose(model, wav, sr, group="cluster", n_groups=8).labels) == 8
 
 
+def test_a_components_dominant_frequency_is_what_its_waveform_holds_shipped():
+    """In a C-E-G chord, "cluster 6 (~250 Hz)" held 62% of its energy at 392 Hz and "cluster 4
+    (~281 Hz)" lay between two notes: both were read off the masked STFT power, not the waveform
+    the component file holds. Each component's dominant frequency now names a note of the chord
+    (within 10 Hz: its peak is interpolated between bins) holding a large share of its file's energy."""
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    notes = np.array([261.63, 329.63, 392.0])
+    t = np.arange(3 * SR) / SR
+    chord = sum(0.15 * np.sin(2 * np.pi * f * t) for f in notes).astype(np.float32)
+    dec = decompose(model, chord, SR, group="cluster")
+    freqs = np.fft.rfftfreq(chord.size, 1 / SR)
+    for k, hz in enumerate(dec.dominant_hz):
+        power = np.abs(np.fft.rfft(dec.components[k, 0].astype(np.float64))) ** 2  # [F] of the waveform
+        near = int(np.argmin(np.abs(notes - hz)))
+        share = power[np.abs(freqs - notes[near]) < 8].sum() / power.sum()
+        assert abs(hz - notes[near]) < 10 and share > 0.4, (dec.labels[k], hz, share)
+
+
 def test_pieces_of_one_sound_are_waveforms_nearly_proportional():
     from audioae.decompose import _same_sound
 
@@ -872,10 +894,31 @@ def test_a_silent_input_is_drawn_dark_and_its_sum_is_exact(tmp_path, capsys):
     src = tmp_path / "silence.wav"
     write_audio(src, np.zeros((1, SR), np.float32), SR, subtype="PCM_16")
     assert main(["decompose", str(src), "-o", str(tmp_path / "o"), "--model", str(ckpt), "--plot"]) == 0
-    assert "sum-to-input error exact" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the residual's share was "0.0% of the energy", as if the components held it all
+    assert "residual (silent input), sum-to-input error exact" in out and "a silent input has nothing" in out
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["residual_energy_share"] is None
     rgb = matplotlib.image.imread(tmp_path / "o" / "decomposition.png")[..., :3]
     top_of_magma = (rgb[..., 0] > 0.9) & (rgb[..., 1] > 0.9) & (rgb[..., 2] < 0.8)  # magma's brightest yellow
-    assert top_of_magma.mean() < 0.01  # it filled the whole input panel: silence drawn as the loudest level
+    # it filled the whole input panel: silence drawn as the loudest level (the colour bar's top is that yellow)
+    assert top_of_magma.mean() < 0.01
+
+
+def test_a_silent_inputs_figure_says_so_and_spans_the_input(monkeypatch):
+    """A silent 2 s input: empty panels said nothing, and the activations' axis ran 0-1 s."""
+    from audioae import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    model, x = tiny_model(), np.zeros(2 * SR, np.float32)
+    dec = decompose(model, x, SR, group="cluster")
+    assert not dec.labels and math.isnan(dec.residual_share) and summarize(dec)["residual_energy_share"] is None
+    plots.plot_decomposition(dec, x, SR, model, "f.png")
+    ax_in, ax_atoms, ax_acts = (ax for ax in figures[0].axes if ax.get_label() != "<colorbar>")
+    assert "no components + residual (silent input)" in ax_in.get_title()
+    assert ax_acts.get_xlim() == (0.0, 2.0)
+    for ax in (ax_atoms, ax_acts):
+        assert [t.get_text() for t in ax.texts] == ["silent input: no components"]
 
 
 def test_cli_decompose_writes_every_file(tmp_path, capsys):
@@ -1325,14 +1368,65 @@ def test_the_figure_stops_at_the_models_band_and_says_how_it_shows_channels(tmp_
     x = np.stack([tone(0.5, sr, 440.0), noise_bursts(0.5, sr)])  # [2, T]
     model = tiny_model()
     plots.plot_decomposition(decompose(model, x, sr, group="band", n_groups=3, fit_steps=0), x, sr, model, "f.png")
-    axes = figures[0].axes
+    axes = panels(figures[0])
     assert "every panel: the mean of its 2 channels" in axes[0].get_title()
     assert axes[0].get_ylim()[1] > 20000 and any("8000 Hz" in t.get_text() for t in axes[0].texts)
     assert [ax.get_ylim()[1] for ax in axes[3:]] == [8000.0] * (len(axes) - 3)
     labels = [t.get_text() for t in axes[1].get_xticklabels()]
     assert {"100", "200", "500", "1k", "2k", "5k"} <= set(labels), labels
     plots.plot_decomposition(decompose(model, x[0], SR, fit_steps=0), x[0], SR, model, "f.png")  # mono, 16 kHz
-    assert "mean" not in figures[1].axes[0].get_title() and not figures[1].axes[0].texts
+    assert "mean" not in panels(figures[1])[0].get_title() and not panels(figures[1])[0].texts
+    # An 8 kHz file holds nothing above 4 kHz: its atoms and spectrograms ran to 8 kHz
+    plots.plot_decomposition(decompose(model, x[0, : sr // 4], 8000, group="band", n_groups=3, fit_steps=0),
+                             x[0, : sr // 4], 8000, model, "f.png")
+    axes = panels(figures[2])
+    assert axes[1].get_xlim()[1] == 4000.0 and [ax.get_ylim()[1] for ax in axes[:1] + axes[3:]] == [4000.0] * (len(axes) - 2)
+
+
+def test_a_log_frequency_spectrogram_keeps_a_one_bin_line_at_high_frequencies():
+    """Drawn bin by bin on a log axis, a 12 kHz tone's bin was a twentieth of a pixel: it vanished."""
+    from audioae.plots import LOG_ROWS, _log_rows
+
+    bin_hz = 48000 / 2048
+    db = np.full((1025, 3), -120.0)
+    db[512] = 0.0  # 12 kHz
+    db[5] = -10.0  # 117 Hz: low rows are narrower than a bin
+    edges, rows = _log_rows(db, bin_hz, 24000.0)
+    assert rows.shape == (LOG_ROWS, 3) and edges[0] == bin_hz / 2 and edges[-1] == pytest.approx(24000.0)
+    line = np.flatnonzero(rows[:, 0] == 0.0)
+    assert len(line) == 1 and edges[line[0]] <= 12000 < edges[line[0] + 1]
+    low = np.flatnonzero(rows[:, 0] == -10.0)
+    assert len(low) >= 1 and edges[low[0]] <= 5.5 * bin_hz and edges[low[-1] + 1] >= 4.5 * bin_hz
+
+
+def panels(fig) -> list:
+    """A figure's axes but its colour bars."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_the_figure_says_how_many_components_it_draws_and_on_what_scale(monkeypatch):
+    """A chord's 44 units were drawn as 8 panels titled "44 components + residual", on a linear
+    0-8000 Hz axis where a chord at 250-400 Hz fills the bottom twentieth, with no colour bar,
+    and the stacked atoms and activations numbered 1..8 without saying what the numbers are."""
+    from audioae import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    model = tiny_model()
+    t = np.arange(SR) / SR
+    x = sum(0.15 * np.sin(2 * np.pi * f * t) for f in (261.63, 329.63, 392.0)).astype(np.float32)
+    dec = decompose(model, x, SR, group="none", top_k=None, fit_steps=0)
+    assert len(dec.labels) > 8
+    plots.plot_decomposition(dec, x, SR, model, "f.png")
+    fig = figures[0]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2 and all("dB" in ax.get_ylabel() for ax in bars)  # the input's, and the components'
+    axes = panels(fig)
+    assert f"{len(dec.labels)} components (the 8 strongest drawn below)" in axes[0].get_title()
+    assert f"the 8 strongest of {len(dec.labels)} components" in axes[1].get_title()
+    assert all(ax.get_ylabel() == "component" for ax in axes[1:3])
+    spectrograms = [axes[0], *axes[3:]]
+    assert len(spectrograms) == 9 and all(ax.get_yscale() == "log" and ax.get_xlabel() for ax in spectrograms)
 
 
 def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
@@ -1348,6 +1442,19 @@ def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
     ckpt = tmp_path / "lin.safetensors"
     save_checkpoint(build_model("linear", {"n_fft": 128, "hop_length": 32}), ckpt)
     assert main(["inspect", str(ckpt), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_client_decompose_help_names_its_input_its_folder_and_says_it_draws_no_figure(capsys):
+    """The help said "INPUT.components/" where it writes song.components/ for song.wav, the input
+    had no help, and nothing said that, unlike audioae decompose, it draws no figure."""
+    with pytest.raises(SystemExit):
+        main(["client", "decompose", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "song.wav -> song.components/" in text and "INPUT.components" not in text
+    assert "input the recording to send" in text
+    with pytest.raises(SystemExit):
+        main(["client", "-h"])
+    assert "no figure" in " ".join(capsys.readouterr().out.split())
 
 
 def test_the_cli_default_group_count_is_the_librarys():
