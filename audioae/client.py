@@ -402,10 +402,8 @@ def decompose_result(resp) -> DecomposeResult:
         samples=resp.samples or shape[-1],
         group=resp.group,
         fit_steps=resp.fit_steps,
-        # The wire has no null for a share: a silent input's comes as 0.0, with no component and an
-        # exact sum (error_db unset); an input with energy has a residual share or a float error.
-        residual_energy_share=None if (resp.residual_energy_share == 0 and not resp.HasField("error_db")
-                                       and not resp.components) else resp.residual_energy_share,
+        # unset: a silent input, which has no energy to share (a server before 2026-12-07 sent 0.0)
+        residual_energy_share=resp.residual_energy_share if resp.HasField("residual_energy_share") else None,
         error_db=resp.error_db if resp.HasField("error_db") else None,
         dominant_hz=[c.dominant_hz for c in resp.components],
         active_fraction=[c.active_fraction for c in resp.components],

@@ -614,7 +614,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             activations=tensor_message(np.asarray(d.activations, np.float32)),
             group=summary["group"],
             fit_steps=summary["fit_steps"],
-            residual_energy_share=summary["residual_energy_share"],
+            residual_energy_share=summary["residual_energy_share"],  # None (a silent input) leaves it unset
             error_db=summary["error_db"],  # None (exact) leaves it unset
             sample_rate=summary["sample_rate"],
             channels=summary["channels"],

@@ -512,6 +512,7 @@ def test_a_silent_recording_decomposes_into_its_residual_alone_locally_and_throu
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("local", "remote"))
     a.pop("model"), b.pop("model")
     assert a == b and b["residual_file"] == "residual.wav"
+    assert b["residual_energy_share"] is None  # no energy to share (the wire said 0.0 until 2026-12-07)
 
 
 def test_a_decomposition_from_a_server_older_than_the_summary_fields_still_saves(mixed, tmp_path):
