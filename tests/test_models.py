@@ -1,11 +1,16 @@
 """Shape, length and round-trip tests over the whole registry."""
 
+import json
+import re
+
 import pytest
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint, save_checkpoint
 from audioae.models import REGISTRY, SpectralAutoencoder, UnknownModelError, build_model
 from audioae.models.conv1d import UNPOOLING
+from audioae.models.dictionary import default_topk
+from audioae.pretrained import HERE
 
 TINY = {
     "conv1d": {"channels": (24, 16), "code_dim": 8, "n_fft": 128, "hop_length": 32},
@@ -229,3 +234,64 @@ def test_the_stft_window_is_made_on_the_cpu_under_the_meta_device():
         model = build_model("conv1d", dict(n_fft=64, hop_length=16, sample_rate=8000, channels=(8,), code_dim=8))
     assert {b.device.type for b in model.buffers()} == {"cpu"}
     assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+# ---- top-k and the settings that cannot be negative, in every spectrogram family --------------
+AUDIO_FAMILIES = ("conv1d", "recurrent", "linear", "sparse_dict")
+
+
+@pytest.mark.parametrize("name", AUDIO_FAMILIES)
+def test_a_topk_above_code_dim_is_refused_naming_both(name):
+    """Was accepted: keep_topk then keeps every unit, and the model trained with a dense code
+    (the image family refused it already)."""
+    with pytest.raises(ValueError, match=re.escape("topk (50) is above code_dim (16): every unit would be kept, "
+                                                   "so the code would not be sparse; choose topk within 1..16")):
+        tiny(name, sparsity="topk", topk=50, code_dim=16)
+    assert tiny(name, sparsity="topk", topk=16, code_dim=16).config.topk == 16  # the bound itself is allowed
+
+
+@pytest.mark.parametrize("name", AUDIO_FAMILIES)
+@pytest.mark.parametrize("sparsity", ["none", "l1"])
+def test_an_unused_topk_above_code_dim_still_builds_saves_and_loads(name, sparsity, tmp_path):
+    """A saved config may carry a topk it never used (sparsity other than topk): it must load."""
+    model = tiny(name, sparsity=sparsity, topk=50, code_dim=16)
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    assert load_checkpoint(tmp_path / "m.safetensors").config.topk == 50
+
+
+@pytest.mark.parametrize("name", AUDIO_FAMILIES)
+@pytest.mark.parametrize(("field", "value"), [("topk", -3), ("sparsity_weight", -0.5), ("noise_std", -0.2)])
+def test_a_negative_setting_is_refused_naming_the_field_and_value(name, field, value):
+    """Was "topk, sparsity_weight and noise_std cannot be negative", whichever one it was."""
+    with pytest.raises(ValueError, match=re.escape(f"{field} cannot be negative, got {value}")):
+        tiny(name, **{field: value})
+
+
+def test_sparse_dict_default_topk_is_a_tenth_of_its_code_dim():
+    """The default topk was a fixed 32: with code_dim 16 the 'sparse' code kept all 16 units per
+    frame, silently. Left at its default, topk is code_dim // 10 (at least 1): 32 of the default 320."""
+    assert build_model("sparse_dict").config.topk == 32
+    model = tiny("sparse_dict", code_dim=16)
+    assert model.config.topk == default_topk(16) == 1
+    assert tiny("sparse_dict", code_dim=5).config.topk == 1
+    with torch.no_grad():
+        h = model.encode(model.example_input())  # [B, U, N]
+    assert int((h > 0).sum(dim=1).max()) <= 1
+    assert int((h > 0).sum(dim=1).min()) == 1  # sparse, not silent
+    set_by_user = tiny("sparse_dict", code_dim=16, topk=4)
+    with torch.no_grad():
+        assert int((set_by_user.encode(set_by_user.example_input()) > 0).sum(dim=1).max()) == 4
+
+
+def test_a_saved_sparse_dict_holds_the_topk_it_ran_with(tmp_path):
+    """The default is resolved in the config, so the checkpoint says the number, not 'default'."""
+    model = tiny("sparse_dict", code_dim=24)
+    assert json.loads(model.config.to_json())["topk"] == 2
+    save_checkpoint(model, tmp_path / "d.safetensors")
+    assert load_checkpoint(tmp_path / "d.safetensors").config == model.config
+
+
+def test_the_shipped_models_still_load_under_the_topk_checks():
+    dec = load_checkpoint(HERE / "decomposer-small.safetensors")
+    assert (dec.config.sparsity, dec.config.topk, dec.config.code_dim) == ("topk", 64, 320)
+    assert load_checkpoint(HERE / "denoiser-small.safetensors").config.topk == 0

@@ -17,7 +17,7 @@ from ..audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ..config import refuse_non_finite, typed_fields
 from ..spectral import STFT, apply_mask, compress, decompress, frames_latency_seconds, with_magnitude
 from .corruption import CORRUPTIONS
-from .sparsity import PENALTIES, keep_topk, sparsity_penalty
+from .sparsity import PENALTIES, check_topk, keep_topk, sparsity_penalty
 
 # Bounds on sizes that a checkpoint's config sets and its weights do not bound, while inference
 # allocates by them: with n_fft 65536 and hop 1 (under 1 MB of weights), each 4 s of 16 kHz audio
@@ -58,12 +58,15 @@ class AutoencoderConfig:
             raise ValueError(f"sparsity_target must be within (0, 1), got {self.sparsity_target}")
         if self.sparsity == "kl" and self.code_activation != "sigmoid":
             raise ValueError("the kl sparsity penalty needs code_activation='sigmoid' (codes in (0, 1))")
+        for name in ("topk", "sparsity_weight", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative, got {getattr(self, name)}")
         if self.sparsity == "topk" and self.topk <= 0:
-            raise ValueError("sparsity='topk' needs topk > 0")
+            raise ValueError(f"sparsity='topk' needs topk > 0, got {self.topk}")
         if self.code_dim <= 0:
-            raise ValueError("code_dim must be positive")
-        if self.topk < 0 or self.sparsity_weight < 0 or self.noise_std < 0:
-            raise ValueError("topk, sparsity_weight and noise_std cannot be negative")
+            raise ValueError(f"code_dim must be positive, got {self.code_dim}")
+        # Only where top-k is on: a saved config's unused topk (sparsity l1 or none) still loads.
+        check_topk(self.sparsity, self.topk, self.code_dim)
         if self.snr_low > self.snr_high:
             raise ValueError(f"snr_low ({self.snr_low}) is above snr_high ({self.snr_high})")
         if not 0 <= self.patch_fraction <= 1 or min(self.patch_size) < 1:

@@ -65,7 +65,10 @@ class SparseDictConfig(SpectralConfig):
     code_dim: int = 320  # units; more than the 257 bins of a 512-point frame: overcomplete
     code_activation: str = "relu"  # the code is non-negative (multiplicative updates keep it so)
     sparsity: str = "topk"  # topk: at most `topk` units per frame; l1/none: every unit may be active
-    topk: int = 32  # units per frame (10% of the code)
+    # Units per frame. 0 (the default): a tenth of code_dim, at least 1 -- 32 of the default 320.
+    # A fixed default of 32 kept every unit of a code_dim under 32, silently dense; a topk the
+    # user sets above code_dim is refused instead (models.sparsity.check_topk).
+    topk: int = 0
     sparsity_weight: float = 0.0  # L1 shrinkage inside the multiplicative updates
     output: str = "magnitude"
     atom_frames: int = 3  # frames one atom spans (convolutive); 1 gives NMF's per-frame dictionary
@@ -75,6 +78,9 @@ class SparseDictConfig(SpectralConfig):
     init_seed: int = 0  # seed of the atoms' initial shapes (bumps spread over log-frequency)
 
     def __post_init__(self):
+        if self.topk == 0 and isinstance(self.code_dim, int):  # a non-int code_dim: the shared checks say so
+            # resolved here, so a saved config holds the number its model ran with
+            object.__setattr__(self, "topk", default_topk(self.code_dim))
         super().__post_init__()
         if self.sparsity not in ("topk", "l1", "none"):
             raise ValueError(f"sparse_dict sparsity must be topk, l1 or none, got {self.sparsity!r}")
@@ -90,6 +96,12 @@ class SparseDictConfig(SpectralConfig):
             v = getattr(self, name)
             if v < 1 or v % 2 == 0:
                 raise ValueError(f"{name} must be a positive odd number, got {v}")
+
+
+def default_topk(code_dim: int) -> int:
+    """The units per frame a sparse_dict keeps when its config leaves ``topk`` at 0: a tenth of
+    ``code_dim``, at least 1 (32 of the default 320)."""
+    return max(1, code_dim // 10)
 
 
 def frame_blocks(n: int, halo: int, block: int = BLOCK_FRAMES) -> Iterator[tuple[int, int, int, int]]:

@@ -45,7 +45,6 @@ from ..spectral import building_on_meta
 from .base import Autoencoder, AutoencoderConfig
 from .conv1d import UNPOOLING  # the same three choices as the 1D model
 from .corruption import add_gaussian_std, darken_patches
-from .sparsity import check_topk
 
 IMAGE_CORRUPTIONS = ("none", "gaussian", "patches")
 # Small images and patches. The weights do not bound it (conv levels shrink the image before the
@@ -92,13 +91,7 @@ class ImageConfig(AutoencoderConfig):
     subtract_decoder_bias: bool = False  # encode x - b_d (b_d: the decoder's output bias, in pixels)
 
     def __post_init__(self):
-        # before the shared checks, whose message names three fields at once and no value
-        for name in ("topk", "sparsity_weight", "noise_std"):
-            value = getattr(self, name)
-            if isinstance(value, int | float) and value < 0:  # NaN passes: the shared checks refuse it
-                raise ValueError(f"{name} cannot be negative, got {value}")
-        super().__post_init__()
-        check_topk(self.sparsity, self.topk, self.code_dim)
+        super().__post_init__()  # (negative settings and a topk above code_dim, named there)
         if self.input != "image":
             raise ValueError(f"image models take input='image', got {self.input!r}")
         if self.unpool not in UNPOOLING:
