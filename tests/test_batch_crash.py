@@ -90,6 +90,14 @@ def _wait_for(found, proc: subprocess.Popen, what: str, seconds: float = 120):
     raise AssertionError(f"never saw {what}; exit {proc.poll()}: {proc.communicate()[1][-2000:]}")
 
 
+def _text(path: Path) -> str:
+    """``path``'s text, or "" while it is not there."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def _started(out: Path, name: str, other_than: tuple[int, ...] = ()):
     """The pid of the process the job's in-flight marker says is on ``name`` (not one of
     ``other_than``), once there is one."""
@@ -227,6 +235,8 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env=_job_env(src))
     _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
+    # and a.wav recorded: a job stopped before any line has no manifest to name (it is removed, empty)
+    _wait_for(lambda: "a.wav" in _text(out / "audioae-manifest.jsonl"), proc, "a.wav's manifest line")
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
