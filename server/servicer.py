@@ -758,8 +758,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             return h.float().cpu().numpy()
 
         h, _ = self._wait(Job("encode", seconds, fn=run), context)
-        return pb.EncodeResponse(model=sm.name, code=tensor_message(h),
-                                 warnings=warnings)
+        return pb.EncodeResponse(model=sm.name, code=tensor_message(h), warnings=warnings,
+                                 frame_rate=float(model.code_frame_rate or 0.0) if sm.is_audio else 0.0)
 
     @_unary
     def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:

@@ -81,6 +81,7 @@ class ServedModel:
             "causal": self.streams,
             "latency_ms": float(d["latency_ms"] or 0.0),
             "rpcs": self.rpcs(),
+            "code_frame_rate": float(d["code_frame_rate"] or 0.0),
         }
 
 

@@ -28,7 +28,7 @@ from server_checks import sample_value, wait_until
 from audioae.audio import encode_audio
 from audioae.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from audioae.cli import main as cli_main
-from audioae.client import Client, pcm_message
+from audioae.client import Client, array_from_tensor, pcm_message, tensor_message
 from audioae.data.synthetic import speech_like
 from audioae.enhance import denoise, denoise_batch, is_out_of_memory
 from audioae.models import build_model
@@ -1138,6 +1138,21 @@ def test_list_models(client, model_dir):
     assert by["tiny"]["sha256"] == sha256_file(model_dir / "tiny.safetensors")
     tiny = load_checkpoint(model_dir / "tiny.safetensors")  # a count, not protobuf JSON's int64 string
     assert by["tiny"]["parameters"] == sum(p.numel() for p in tiny.parameters())
+    # code frames per second of audio: 16 kHz / hop 128, and the conv model's one level pools time by 2
+    assert [by[n]["code_frame_rate"] for n in ("tiny", "conv", "img", "dict")] == [125.0, 62.5, 0.0, 125.0]
+
+
+def test_encode_says_how_many_code_frames_a_second_of_audio_makes(client):
+    """A caller of Encode had no hop length to put the code's frames on a time axis."""
+    x = _noisy(2.0, 16000)
+    for name, rate in (("tiny", 125.0), ("conv", 62.5)):
+        resp = client.stub.Encode(pb.EncodeRequest(model=name, audio=pb.Audio(pcm=pcm_message(x, 16000, "float32"))),
+                                  timeout=60)
+        frames = array_from_tensor(resp.code, "code").shape[-1]
+        assert resp.frame_rate == rate and abs(frames / resp.frame_rate - 2.0) <= 1.0 / rate + 1e-9, (name, frames)
+    img = client.stub.Encode(pb.EncodeRequest(model="img", tensor=tensor_message(np.zeros((1, 1, 16, 16), "<f4"))),
+                             timeout=60)
+    assert img.frame_rate == 0.0
 
 
 def test_reflection_lists_the_service(server):

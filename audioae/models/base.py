@@ -231,6 +231,12 @@ class Autoencoder(nn.Module):
         """Algorithmic latency, or None when the model sees the whole input (non-causal)."""
         return None
 
+    @property
+    def code_frame_rate(self) -> float | None:
+        """Code frames per second of audio (None: not an audio model), to put a code's frames on a
+        time axis: a gRPC client had no hop length to compute it from."""
+        return None
+
     def describe(self) -> dict:
         return {
             "family": self.registry_name,
@@ -241,6 +247,7 @@ class Autoencoder(nn.Module):
             "corruption": self.config.corruption,
             "latency_ms": None if self.latency_seconds is None else round(1000 * self.latency_seconds, 2),
             "sample_rate": getattr(self.config, "sample_rate", None),
+            "code_frame_rate": self.code_frame_rate,
         }
 
 
@@ -370,6 +377,14 @@ class SpectralAutoencoder(Autoencoder):
         return self.stft.inverse(self.estimate_spec(spec, out), wav.shape[-1]), h
 
     # ---- latency and streaming --------------------------------------------------------------
+    code_stride = 1  # STFT frames per code frame (conv1d: its pooling)
+
+    @property
+    def code_frame_rate(self) -> float:
+        """Code frame ``j`` stands for STFT frames ``j * code_stride ..``, frame ``i`` centred at
+        sample ``i * hop_length``."""
+        return self.config.sample_rate / self.config.hop_length / self.code_stride
+
     @property
     def lookahead_frames(self) -> int:
         return 0

@@ -76,6 +76,7 @@ class Conv1dAutoencoder(SpectralAutoencoder):
     def __init__(self, config: Conv1dConfig):
         super().__init__(config)
         c = config
+        self.code_stride = 2 ** len(c.channels)  # each level max-pools time by 2
         self.causal = c.causal
         widths = [c.n_bins, *c.channels]
         self.enc = nn.ModuleList(_Conv(widths[i], widths[i + 1], c.kernel_size, c.causal) for i in range(len(c.channels)))

@@ -195,14 +195,16 @@ class EncodeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., audio: _Optional[_Union[Audio, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("model", "code", "warnings")
+    __slots__ = ("model", "code", "warnings", "frame_rate")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
     model: str
     code: Tensor
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., code: _Optional[_Union[Tensor, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    frame_rate: float
+    def __init__(self, model: _Optional[str] = ..., code: _Optional[_Union[Tensor, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., frame_rate: _Optional[float] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("model", "code")
@@ -225,7 +227,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "family", "input", "sample_rate", "code_dim", "parameters", "version", "sha256", "causal", "latency_ms", "rpcs")
+    __slots__ = ("name", "family", "input", "sample_rate", "code_dim", "parameters", "version", "sha256", "causal", "latency_ms", "rpcs", "code_frame_rate")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +239,7 @@ class ModelInfo(_message.Message):
     CAUSAL_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     RPCS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FRAME_RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     input: str
@@ -248,7 +251,8 @@ class ModelInfo(_message.Message):
     causal: bool
     latency_ms: float
     rpcs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., input: _Optional[str] = ..., sample_rate: _Optional[int] = ..., code_dim: _Optional[int] = ..., parameters: _Optional[int] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., causal: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., rpcs: _Optional[_Iterable[str]] = ...) -> None: ...
+    code_frame_rate: float
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., input: _Optional[str] = ..., sample_rate: _Optional[int] = ..., code_dim: _Optional[int] = ..., parameters: _Optional[int] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., causal: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., rpcs: _Optional[_Iterable[str]] = ..., code_frame_rate: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_denoiser", "default_decomposer")
