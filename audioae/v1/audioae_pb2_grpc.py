@@ -92,7 +92,8 @@ class AudioAEServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Encode(self, request, context):
-        """model.encode(x): for spectrogram models x is the compressed-magnitude features [B, F, N].
+        """model.encode(x): for spectrogram models x is the model's features [B, F, N] (compressed
+        magnitudes; a deep-filter or look-ahead model adds rows: send audio to have them computed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
