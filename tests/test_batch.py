@@ -636,6 +636,35 @@ def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     assert quiet.seconds == {}  # --no-progress reads no headers
 
 
+def test_the_bars_clock_starts_with_the_first_file_not_with_rays_start_up(tmp_path):
+    """The bar's elapsed time and ETA counted Ray's start-up (20 s and more here) as work: its
+    first ETA was minutes too long (00:23<16:08). Until the first result it says "starting", and
+    a job that ends before one does not leave "starting" on its last line."""
+    import io
+
+    from audioae.batch.job import Progress
+
+    tasks = []
+    for name in ("a.wav", "b.wav"):
+        sf.write(tmp_path / name, np.zeros(16000, np.float32), 16000)
+        tasks.append(FileTask(str(tmp_path / name), str(tmp_path / "out" / name), name))
+    stream = io.StringIO()
+    bar = Progress(tasks, 0, enabled=True, stream=stream)
+    created = bar.bar.start_t
+    bar.bar.refresh()
+    assert stream.getvalue().split("\r")[-1].startswith("denoise (starting):")
+    time.sleep(0.5)  # the engine starting
+    bar.advance(FileResult(tasks[0].input, tasks[0].output, "ok", seconds=0.1, duration=1.0))
+    assert bar.bar.start_t >= created + 0.4  # from when the first file started: 0.1 s before its result
+    bar.bar.refresh()
+    assert stream.getvalue().split("\r")[-1].startswith("denoise:")
+    bar.close()
+    stream = io.StringIO()
+    unstarted = Progress(tasks, 0, enabled=True, stream=stream)
+    unstarted.close()  # e.g. the Ray cluster could not be reached
+    assert stream.getvalue().split("\r")[-1].startswith("denoise:"), stream.getvalue()
+
+
 def test_the_real_time_factor_counts_only_the_audio_denoised(tmp_path, causal_ckpt):
     """The bar's real-time factor divided the seconds of every file passed, failed ones included:
     a tree of corrupt recordings whose headers read (a FLAC cut short, a WAV with NaN samples)
@@ -1231,6 +1260,59 @@ def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does
     assert main(cmd) == 0
     assert outputs(out) == {name for name, *_ in rows}
     assert all(r["status"] in ("ok", "skipped") for r in read_manifest(out / "audioae-manifest.jsonl"))
+
+
+def test_an_overwrite_that_a_full_disk_stopped_keeps_its_record_and_a_rerun_goes_on(tmp_path, causal_ckpt,
+                                                                                      monkeypatch):
+    """A job that ended with files passed over for want of space called its --overwrite run
+    finished: "free some space and run the same command again" redid every file."""
+    from audioae.batch import job
+    from audioae.batch.overwrite import OVERWRITE_NAME, stopped_overwrite
+    from audioae.batch.process import NOT_ATTEMPTED
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5), ("b.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    assert run_denoise([src], out, opts)["ok"] == 2
+    real = job._engine_results
+
+    def full_after_a(todo, *args, **kwargs):  # a.wav done, then the disk is full
+        yield from real(todo[:1], *args, **kwargs)
+        for t in todo[1:]:
+            yield FileResult(t.input, t.output, "error", f"{NOT_ATTEMPTED}the disk holding {out} is full")
+
+    monkeypatch.setattr(job, "_engine_results", full_after_a)
+    again = dataclasses.replace(opts, overwrite=True)
+    s = run_denoise([src], out, again)
+    assert (s["ok"], s["not_attempted"]) == (1, 1), s
+    run = stopped_overwrite(out)
+    assert run is not None
+    made_a = (out / "a.wav").stat().st_mtime_ns
+    monkeypatch.setattr(job, "_engine_results", real)
+    s = run_denoise([src], out, again)  # space freed: the same command goes on
+    assert (s["skipped"], s["ok"], s["error"]) == (1, 1, 0), s
+    assert (out / "a.wav").stat().st_mtime_ns == made_a
+    assert {r["overwrite_run"] for r in read_manifest(out / "audioae-manifest.jsonl")} == {run.id}
+    assert not (out / OVERWRITE_NAME).exists()  # it finished
+
+
+def test_an_overwrite_that_fails_before_any_file_leaves_no_folder(tmp_path, causal_ckpt, monkeypatch):
+    """A job that made its folder and failed before any result (a Ray cluster not reached) removes
+    the folder, its --overwrite record included: removed while the job still holds the folder, as
+    a job started after it may have written its own."""
+    from audioae.batch import job
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_tree(src, [("a.wav", 16000, 1, "WAV", "PCM_16", 0.5)])
+
+    def unreachable(*args, **kwargs):
+        raise RuntimeError("cannot reach the Ray cluster")
+        yield
+
+    monkeypatch.setattr(job, "_engine_results", unreachable)
+    with pytest.raises(RuntimeError, match="cannot reach"):
+        run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False, overwrite=True))
+    assert not out.exists()
 
 
 def _free_space(monkeypatch, free) -> None:

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 from audioae.audio import header_shapes
-from audioae.batch import DenoiseOptions, plan_tasks, read_manifest, run_denoise
+from audioae.batch import DenoiseOptions, FileTask, plan_tasks, read_manifest, run_denoise
 from audioae.batch.job import header_seconds
 from audioae.batch.journal import DIED, JOURNAL_NAME, Journal
 from audioae.batch.overwrite import OVERWRITE_NAME
@@ -401,6 +401,43 @@ def test_a_stopped_overwrite_goes_on_where_it_stopped_and_a_new_one_redoes_every
     assert _stamp(out / "a.wav") != made_a
 
 
+def test_a_stopped_overwrite_into_a_relative_folder_keeps_an_output_recorded_from_its_marker(
+        tmp_path, causal_ckpt, monkeypatch):
+    """With a relative ``-o``, the line recorded from a finished file's marker named its output as
+    typed ("out/a.wav"), the tasks their resolved paths: the resumed --overwrite found no line of
+    its run for a.wav and redid it."""
+    from audioae.batch.manifest import FileResult, MadeWith
+    from audioae.batch.overwrite import begin, overwrite_run
+
+    monkeypatch.chdir(tmp_path)
+    src, out = Path("in"), Path("out")
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 1.0})
+    opts = DenoiseOptions(model=str(causal_ckpt), progress=False)
+    assert run_denoise([src], out, opts)["ok"] == 2
+    line = _statuses(out)["a.wav"]
+    now = MadeWith(line["model"], line["sha256"], line["strength"])
+    # The stopped --overwrite, as it was killed: its record, and a.wav remade (renamed into place
+    # after its marker was written) with no manifest line.
+    run, _ = overwrite_run(out, now)
+    begin(out, run)
+    journal = Journal(out / JOURNAL_NAME, now, overwrite_run=run.id)
+    a_in, a_out = line["input"], line["output"]
+    journal.started(a_in, output=a_out)
+    shutil.copy(a_out, a_out + ".part")
+    os.replace(a_out + ".part", a_out)
+    st = os.stat(a_in)
+    journal.done(FileResult(a_in, a_out, "ok", seconds=0.1, duration=1.0, input_size=st.st_size,
+                            input_mtime_ns=st.st_mtime_ns))
+    made_a = _stamp(out / "a.wav")
+
+    s = run_denoise([src], out, dataclasses.replace(opts, overwrite=True))
+    assert (s["skipped"], s["ok"], s["error"]) == (1, 1, 0), s
+    assert _stamp(out / "a.wav") == made_a
+    rows = _statuses(out)
+    assert rows["a.wav"]["output"] == a_out == str((tmp_path / "out" / "a.wav").resolve())
+    assert {r["overwrite_run"] for r in rows.values()} == {run.id}
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     """A file's inode and modification time: another when an output is rewritten (a rename into place)."""
     st = path.stat()
@@ -537,6 +574,25 @@ def test_the_markers_of_a_copied_output_folder_name_the_copys_files_and_still_kn
     assert Journal(out / JOURNAL_NAME, made).why("/in/a.wav") == DIED  # the original is untouched
 
 
+def test_a_stopped_ray_job_keeps_an_earlier_jobs_suspect_it_never_reached(tmp_path):
+    """A Ray job stopped on purpose flagged every unreported file's marker as stopped, the marker
+    an earlier job left on dying too: the next local run denoised that file in its own process
+    and could die on it again."""
+    from audioae.batch.manifest import MadeWith
+    from audioae.batch.ray_engine import _forget_stopped
+
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = Journal(out / JOURNAL_NAME, MadeWith("m.safetensors", "ab" * 32, 1.0))
+    tasks = [FileTask(f"/in/{n}", str(out / n), n) for n in ("died.wav", "running.wav")]
+    journal.started(tasks[0].input, output=tasks[0].output)  # an earlier job died on it
+    suspects = {t.input for t in tasks if journal.why(t.input)}  # as run_ray takes them, before its actors
+    journal.started(tasks[1].input, output=tasks[1].output)  # an actor was on it when the job was stopped
+    _forget_stopped(journal, tasks, reported=set(), suspects=suspects)
+    assert journal.why(tasks[0].input) == DIED
+    assert journal.why(tasks[1].input) is None
+
+
 def test_a_marker_written_before_sizes_and_times_were_kept_is_read_by_its_inode(tmp_path):
     def as_written_until_2026_12_07(rec: dict) -> None:  # an absolute path, [st_dev, st_ino]
         rec.update(output=str(tmp_path / "out" / "a.wav"), replaces=rec["replaces"][:2])
@@ -549,7 +605,7 @@ def test_a_marker_written_before_sizes_and_times_were_kept_is_read_by_its_inode(
 
 
 @pytest.mark.parametrize("engine", ["in-process", "pool"])
-def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, engine):
+def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, engine, causal_ckpt):
     """The local engines, as Ray's actors do: a file finished but not yet recorded (the job killed
     in between) is recorded from its marker with the engine's warning and length, not "ok" alone."""
     from audio_tree import whole_and_cut
@@ -559,14 +615,13 @@ def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, 
     from audioae.batch.manifest import MadeWith
     from audioae.batch.process import BLOCK_SECONDS, FileDenoiser
     from audioae.checkpoint import load_checkpoint
-    from audioae.pretrained import resolve
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     whole_and_cut(src, 0.1 * np.sin(np.arange(16000) / 7.0).astype(np.float32), 16000)
     (task,) = [t for t in plan_tasks([src], out) if Path(t.input).name == "cut.wav"]
     out.mkdir()
-    model = resolve(None)  # the shipped denoiser
+    model = causal_ckpt
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     journal = Journal(out / JOURNAL_NAME, MadeWith(str(model), sha, 1.0), overwrite_run="run-1")
     settings = Settings(str(model), sha, "cpu", 1.0, 1, BLOCK_SECONDS)
@@ -578,3 +633,33 @@ def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, 
     assert result.status == "ok" and "cut short" in result.warning, result
     (kept,) = journal.finished_results()  # the job "died" before recording it: what a rerun reads
     assert (kept.warning, kept.duration, kept.overwrite_run) == (result.warning, result.duration, "run-1")
+
+
+def test_a_file_denoised_from_bytes_is_noted_once_with_the_input_as_read(tmp_path, causal_ckpt, monkeypatch):
+    """A Ray actor noted each finished file in its marker twice: first without the input's size and
+    time (a file read as bytes), then again with them. Now once, complete."""
+    from audioae.batch.isolated import Settings, run_marked
+    from audioae.batch.manifest import MadeWith
+    from audioae.batch.process import BLOCK_SECONDS, FileDenoiser, made_from, source_state
+    from audioae.checkpoint import load_checkpoint
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 0.5})
+    (task,) = plan_tasks([src], out)
+    out.mkdir()
+    sha = hashlib.sha256(causal_ckpt.read_bytes()).hexdigest()
+    journal = Journal(out / JOURNAL_NAME, MadeWith(str(causal_ckpt), sha, 1.0))
+    notes = []
+    real_done = Journal.done
+    monkeypatch.setattr(Journal, "done", lambda self, r: (notes.append(r), real_done(self, r)))
+    read = made_from(source_state(task.input))
+
+    def complete(r):
+        return dataclasses.replace(r, **read) if r.input_size is None else r
+
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    settings = Settings(str(causal_ckpt), sha, "cpu", 1.0, 1, BLOCK_SECONDS)
+    (result,) = run_marked(den, [(task, Path(task.input).read_bytes())], settings, journal, complete)
+    assert result.status == "ok" and len(notes) == 1
+    (kept,) = journal.finished_results()
+    assert (kept.input_size, kept.input_mtime_ns) == (read["input_size"], read["input_mtime_ns"])

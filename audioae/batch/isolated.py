@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,32 +33,34 @@ class Settings:
     block_seconds: float
 
 
-def run_marked(den, items: Sequence[tuple[FileTask, bytes | None]], settings: Settings,
-               journal: Journal) -> Iterator[FileResult]:
+def run_marked(den, items: Sequence[tuple[FileTask, bytes | None]], settings: Settings, journal: Journal,
+               complete: Callable[[FileResult], FileResult] | None = None) -> Iterator[FileResult]:
     """Results for ``items`` from ``den`` (a :class:`~.process.FileDenoiser`), each file marked
-    in flight while it runs; a suspect among them goes to a process of its own instead."""
+    in flight while it runs; a suspect among them goes to a process of its own instead.
+    ``complete``: what the caller adds to a result (a Ray actor: the input as read, for a file
+    denoised from bytes), before its marker notes it."""
+    complete = complete or (lambda r: r)
     suspect = [bool(journal.why(t.input)) for t, _ in items]
     fresh = [item for item, s in zip(items, suspect, strict=True) if not s]
     # On CPU files run one at a time, each marked as it starts; a GPU batch is in flight as a whole.
     groups = [[item] for item in fresh] if den.device.type == "cpu" else [fresh]
     for group in groups:
-        yield from _marked_group(den, group, journal)
+        yield from _marked_group(den, group, journal, complete)
     for (t, _), s in zip(items, suspect, strict=True):
         if s:
-            yield isolate(t, settings, journal)
+            yield isolate(t, settings, journal, complete)
 
 
-def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: Journal) -> Iterator[FileResult]:
+def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: Journal,
+                  complete: Callable[[FileResult], FileResult]) -> Iterator[FileResult]:
     for t, _ in group:
         journal.started(t.input, output=t.output)
     running = {t.input for t, _ in group}
     try:
         for r in den.run_many(group):
             running.discard(r.input)
-            if r.status != "ok":  # a finished file's marker stays until the job has recorded it
-                journal.ended(r.input)
-            else:  # and says what the manifest line must, should the job die before recording it
-                journal.done(r)
+            r = complete(r)
+            journal.result(r)
             yield r
     except BaseException:  # an interruption (Ctrl-C), not the file's fault: a crash never gets here
         for name in running:
@@ -66,13 +68,13 @@ def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: 
         raise
 
 
-def isolate(task: FileTask, settings: Settings, journal: Journal) -> FileResult:
+def isolate(task: FileTask, settings: Settings, journal: Journal,
+            complete: Callable[[FileResult], FileResult] | None = None) -> FileResult:
     log.warning("%s: a process died on this file before; denoising it in a process of its own", task.input)
     result, crashed = run_isolated(task, settings, journal)
-    if result.status != "ok":  # a finished file's marker stays until the job has recorded it
-        journal.ended(task.input, crashed=crashed)
-    else:
-        journal.done(result)
+    if complete is not None:
+        result = complete(result)
+    journal.result(result, crashed=crashed)
     return result
 
 

@@ -49,7 +49,7 @@ class DenoiseOptions:
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "local"  # local | ray
     workers: int = 1  # local: processes; ray: actors
-    address: str | None = None  # ray: auto | ray://HOST:PORT; None starts a local Ray
+    address: str | None = None  # ray: HOST:PORT | auto | ray://HOST[:PORT]; None: RAY_ADDRESS when set, else a local Ray
     gpus_per_worker: float = 0.0  # ray: GPUs per actor
     overwrite: bool = False  # redo outputs that already exist
     threads: int = 1  # torch threads per worker; the same count on both engines gives identical outputs
@@ -177,7 +177,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     t0 = time.perf_counter()
     results: list[FileResult] = []
     try:
-        manifest = _run_in(out, tasks, options, ckpt, data, now, results)
+        manifest = _run_in(out, tasks, options, ckpt, data, now, results, created)
     except BaseException:
         if created and not results:  # e.g. a Ray cluster that cannot be reached: leave no folder
             _remove_unused(out)
@@ -198,8 +198,6 @@ def _remove_unused(out: Path) -> None:
         with contextlib.suppress(OSError):
             if (out / name).stat().st_size == 0:
                 (out / name).unlink()
-    with contextlib.suppress(OSError):  # the record of this job's --overwrite run, which made nothing
-        (out / OVERWRITE_NAME).unlink()
     with contextlib.suppress(OSError):
         out.rmdir()  # only if nothing else is in it
 
@@ -222,8 +220,9 @@ def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
 
 
 def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt: Path, data: bytes,
-            now: MadeWith, results: list[FileResult]) -> ManifestWriter:
-    """The job inside its locked folder; appends to ``results`` as files finish."""
+            now: MadeWith, results: list[FileResult], created: bool = False) -> ManifestWriter:
+    """The job inside its locked folder; appends to ``results`` as files finish. ``created``: the
+    job made ``out``, which it removes if it fails before any result (:func:`_remove_unused`)."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
         _refuse_nested_jobs(out, tasks)
@@ -235,11 +234,13 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
         inputs_then = previous_inputs(earlier)
-        todo, done, changed = split_done(tasks, options.overwrite, failed_last(earlier), inputs_then)
         run = None  # the --overwrite run this job makes outputs for
         if options.overwrite:
             run, todo, done = _overwrite_todo(out, tasks, earlier, now)
+            changed: list[FileTask] = []
             journal = Journal(out / JOURNAL_NAME, now, overwrite_run=run.id)  # its markers say which run
+        else:
+            todo, done, changed = split_done(tasks, False, failed_last(earlier), inputs_then)
         others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, done)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
@@ -249,13 +250,13 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                         len(changed), changed[0].rel)
         changed_inputs = {t.input for t in changed}
         remove_stale_parts(tasks)
-        if run is not None:  # before any output is replaced: a rerun after a stop goes on with this run
-            begin(out, run)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations, warnings = previous_durations(earlier), previous_warnings(earlier)
         runs = previous_runs(earlier)
         bar = Progress(todo, len(done), options.progress, journal=journal)
         try:
+            if run is not None:  # before any output is replaced: a rerun after a stop goes on with this run
+                begin(out, run)
             for t in done:
                 before = made.get(t.input)
                 if t.input in others:  # recorded as what it is, so that a later --overwrite is refused too
@@ -277,6 +278,11 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                 if r.status == "ok":  # recorded: its marker, which said what made the output, can go
                     journal.ended(r.input)
                 bar.advance(r)
+        except BaseException:
+            if created and not results and run is not None:  # its record goes with the folder, under the lock
+                with contextlib.suppress(OSError):
+                    (out / OVERWRITE_NAME).unlink()
+            raise
         finally:
             bar.close()
             manifest.close()
@@ -287,7 +293,10 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                             manifest.path, exc.strerror or exc)
             _clear_completed(journal, results)
             manifest.compact()
-        finished(out)  # not reached when the job is stopped: a rerun of its --overwrite goes on from here
+        # Not reached when the job is stopped, nor called when a full disk passed files over: a
+        # rerun of its --overwrite goes on from here. Files that failed were tried: that run finished.
+        if not any(r.status == "error" and r.error.startswith(NOT_ATTEMPTED) for r in results):
+            finished(out)
     return manifest
 
 
@@ -487,10 +496,13 @@ class Progress:
                         bar_format=self.FORMAT, dynamic_ncols=True, disable=not shown, file=stream)
 
     def _start_clock(self, spent: float) -> None:
-        """The bar's clock (its elapsed time, rate and ETA) from when the first file started, ``spent``
+        """The bar's clock (its elapsed time, rate and ETA) from about when the first file started, ``spent``
         seconds before its result came: the engine's start-up (a Ray's, 20 s or more; workers')
         counted as work, and Ray's first ETA was minutes too long (00:23<16:08). The real-time
-        factor, like the summary's, still counts from the job's start."""
+        factor, like the summary's, still counts from the job's start. About: a Ray actor's results
+        come a batch at a time, and on CPU the rest of the first result's batch (up to
+        :data:`.ray_engine.CPU_ROWS_PER_BATCH` - 1 files) ran after it, before its result came: the
+        clock starts that much late."""
         start = time.time() - max(spent, 0.0)  # tqdm's clock is time.time
         self.bar.start_t = self.bar.last_print_t = start
         self.bar.set_description_str(self.desc, refresh=False)
@@ -507,4 +519,6 @@ class Progress:
         self.bar.set_postfix_str(f"{self.files}/{self.total_files} files, {speed:.0f}x real time")
 
     def close(self) -> None:
+        if self.files == 0:  # the job ended before its first result: not "starting" on the last line left
+            self.bar.set_description_str(self.desc, refresh=False)
         self.bar.close()

@@ -82,7 +82,10 @@ class Journal:
     id of the ``--overwrite`` run it makes them for (:mod:`.overwrite`), if any."""
 
     def __init__(self, folder: str | os.PathLike, made: MadeWith | None = None, overwrite_run: str = ""):
-        self.folder = Path(folder)
+        # Resolved as the tasks' outputs are (:func:`.plan.plan_tasks`): with a relative ``-o`` a line
+        # recorded from a marker named its output "out/a.wav", no task's, and a resumed --overwrite
+        # redid it.
+        self.folder = Path(folder).resolve()
         self.made = made
         self.overwrite_run = overwrite_run
         self._warned = False
@@ -132,15 +135,27 @@ class Journal:
         now also keeps what the engine said of it, so that a line recorded from the marker (the
         result never reached the job) says it too. Written whole (atomically): a marker read
         half-written would make a finished file a suspect."""
+        if result.status != "ok":
+            return
         marker = self._marker(result.input)
         rec = self._load(marker)
-        if rec is None or result.status != "ok":
+        if rec is None:
             return
         rec["result"] = {k: getattr(result, k) for k in RESULT_FIELDS}
         try:
             atomic_write_text(marker, json.dumps(rec))
         except OSError as exc:  # the line recorded from the marker lacks these; the output is fine
             log.warning("%s: cannot note its result in its in-flight marker (%s)", result.input, exc.strerror or exc)
+
+    def result(self, result: FileResult, crashed: bool = False) -> None:
+        """What an engine does with a file's result: the marker of a file that failed goes
+        (:meth:`ended`; ``crashed``: it stays a suspect); that of a finished file stays until the job
+        has recorded it, and says what the manifest line must, should the job die before then
+        (:meth:`done`)."""
+        if result.status != "ok":
+            self.ended(result.input, crashed=crashed)
+        else:
+            self.done(result)
 
     def ended(self, input_path: str, crashed: bool = False) -> None:
         """The file is done with: its marker goes. The engines call this for a file that failed

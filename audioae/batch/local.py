@@ -46,10 +46,7 @@ def _work(task: FileTask, disk_full: bool = False) -> FileResult:
     except BaseException:  # Ctrl-C (or a bug), not a crash: no suspect, though an output renamed into place is kept
         _JOURNAL.interrupted(task.input)
         raise
-    if result.status != "ok":  # a finished file's marker stays until the job has recorded it
-        _JOURNAL.ended(task.input)
-    else:  # and says what the manifest line must, should the job die before recording it
-        _JOURNAL.done(result)
+    _JOURNAL.result(result)
     return result
 
 

@@ -132,13 +132,15 @@ class RayDenoiser:
                 items.append((task, bytes(batch["data"][i]) if batch["inline"][i] else None))
                 if batch["inline"][i]:
                     read[task.input] = SourceState(int(batch["input_size"][i]), int(batch["input_mtime_ns"][i]))
-        for r in run_marked(self.den, items, self.settings, self.journal):
+
+        def complete(r: FileResult) -> FileResult:
             if r.status == "ok" and r.input_size is None and r.input in read:  # denoised from the bytes read
-                r = dataclasses.replace(r, **made_from(read[r.input]))
-            # the batch's results reach the driver together, and a stop before then loses them: the
-            # marker keeps what the line recorded from it must say (a warning, the audio's length)
-            self.journal.done(r)
-            results.append(r)
+                return dataclasses.replace(r, **made_from(read[r.input]))
+            return r
+
+        # The batch's results reach the driver together, and a stop before then loses them: each
+        # file's marker keeps, once, what the line recorded from it must say (run_marked notes it).
+        results.extend(run_marked(self.den, items, self.settings, self.journal, complete))
         return {
             "input": [os.fsencode(r.input) for r in results],
             "output": [os.fsencode(r.output) for r in results],
@@ -224,6 +226,7 @@ def _start_or_join(ray, address: str) -> None:
     if address == LOCAL:
         token_note.setLevel(logging.ERROR)
     # Ray colours its actors' log prefixes; in a log file or a pipe that is raw escape codes.
+    # (run_ray puts the variable back as it was once its Ray is shut down.)
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
@@ -238,12 +241,14 @@ def _start_or_join(ray, address: str) -> None:
             signal.signal(signal.SIGTERM, caller)
 
 
-def _forget_stopped(journal: Journal, todo: Sequence[FileTask], reported: set[str]) -> None:
+def _forget_stopped(journal: Journal, todo: Sequence[FileTask], reported: set[str], suspects: set[str]) -> None:
     """The markers of the files the actors were on when the job was stopped on purpose: Ray ends
     its actors without unwinding them (the local engine's workers clear their own), and each such
-    marker made its file a suspect, denoised alone by the next run for "a process died on it"."""
+    marker made its file a suspect, denoised alone by the next run for "a process died on it".
+    ``suspects``: the files that were suspects before the job (an earlier job died on them): a
+    marker of one the actors never reached is that death's, and stays."""
     for t in todo:
-        if t.input not in reported:
+        if t.input not in reported and t.input not in suspects:
             journal.stopped(t.input)
 
 
@@ -276,15 +281,20 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     # either, "local": ray.init(address=None) would join any `ray start --head` cluster on this
     # machine (found in /tmp/ray/ray_current_cluster), not start the local Ray the docs promise.
     address = address or os.environ.get("RAY_ADDRESS") or LOCAL
+    # What this job changes for its own run (Ray's log levels, the colour of its log prefixes),
+    # put back as it was at its end: a script or a server may run other Ray work afterwards.
+    quieted = {name: logging.getLogger(name).level for name in ("ray.data", RAY_DATA_PROGRESS_LOGGER)}
+    color = os.environ.get("RAY_COLOR_PREFIX")
     started = False
-    if not ray.is_initialized():
-        _start_or_join(ray, address)
-        started = True
     try:
+        if not ray.is_initialized():
+            _start_or_join(ray, address)
+            started = True
         _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL)
-    except RuntimeError:
+    except BaseException:
         if started:
             ray.shutdown()
+        _restore({}, color)
         raise
     _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)
     ctx = ray.data.DataContext.get_current()
@@ -294,6 +304,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     # on purpose. Only that module's warnings go; Ray Data's errors and other warnings still show.
     logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
     device = "cuda" if gpus_per_worker > 0 else "cpu"
+    suspects = {t.input for t in todo if journal.why(t.input)}  # before any actor marks a file
     ds = ray.data.from_items([{"input": os.fsencode(t.input), "output": os.fsencode(t.output),
                                "rel": os.fsencode(t.rel)} for t in todo])
     # Reading is I/O: zero CPUs, so it never waits behind actors holding every CPU (with
@@ -337,5 +348,16 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     finally:
         if started:
             ray.shutdown()
+        _restore(quieted, color)
         if stopped:
-            _forget_stopped(journal, todo, reported)
+            _forget_stopped(journal, todo, reported, suspects)
+
+
+def _restore(levels: dict[str, int], color: str | None) -> None:
+    """Put back the loggers' levels and RAY_COLOR_PREFIX as :func:`run_ray` found them."""
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    if color is None:
+        os.environ.pop("RAY_COLOR_PREFIX", None)
+    else:
+        os.environ["RAY_COLOR_PREFIX"] = color
