@@ -89,12 +89,13 @@ def whole_hz(sr: float, name: str = "audio") -> int:
     return int(sr)
 
 
-def check_sample_rate(sr: float, name: str = "audio") -> None:
-    """A whole number of Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] (16000.0 passes; 44100.5 does not)."""
+def check_sample_rate(sr: float, name: str = "audio", field: str = "Pcm.sample_rate") -> None:
+    """A whole number of Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] (16000.0 passes; 44100.5 does
+    not). ``field``: the request field the rate came from, named when it is unset."""
     whole_hz(sr, name)
     if sr == 0:  # a message's field left out reads as 0: "0 Hz is outside ..." did not say it was never set
         raise AudioError(f"{name}: the sample rate is unset (0); set it to the audio's rate in Hz, "
-                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (in a request: Pcm.sample_rate)")
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (in a request: {field})")
     if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
         raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
 
@@ -598,11 +599,12 @@ def header_shapes(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int, in
 MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire contract's limit too)
 
 
-def check_channels(channels: int, name: str = "") -> None:
-    """The channel limit every path holds: 1..MAX_CHANNELS (``name``: the audio's, in the message)."""
+def check_channels(channels: int, name: str = "", field: str = "Pcm.channels") -> None:
+    """The channel limit every path holds: 1..MAX_CHANNELS (``name``: the audio's, in the message;
+    ``field``: the request field the count came from, named when it is unset)."""
     if channels == 0:  # a message's field left out reads as 0
         raise AudioError(f"{name + ': ' if name else ''}the channel count is unset (0); set it to the audio's "
-                         f"channels, 1..{MAX_CHANNELS} (in a request: Pcm.channels)")
+                         f"channels, 1..{MAX_CHANNELS} (in a request: {field})")
     if not 1 <= channels <= MAX_CHANNELS:
         raise AudioError(f"{name + ': ' if name else ''}channels must be within 1..{MAX_CHANNELS}, got {channels}")
 

@@ -112,7 +112,9 @@ class AudioForm:
     cut: CutShort | None = None  # encoded: a file holding less audio than its header claims
 
 
-def _pcm_dtype(fmt: int, name: str = "PCM audio") -> tuple[str, str]:
+def pcm_dtype(fmt: int, name: str = "PCM audio", field: str = "Pcm.format") -> tuple[str, str]:
+    """``(numpy dtype, label)`` of a ``SampleFormat``, or an AudioError naming ``field`` (the
+    request field it came from) when it is unset."""
     pb = _pb()
     if fmt == pb.INT16:
         return "<i2", "int16"
@@ -120,7 +122,7 @@ def _pcm_dtype(fmt: int, name: str = "PCM audio") -> tuple[str, str]:
         return "<f4", "float32"
     # Pcm.format is the field a client of the .proto most easily leaves out: say so, and where
     if fmt == pb.SAMPLE_FORMAT_UNSPECIFIED:
-        raise AudioError(f"{name}: the PCM's sample format is unset (SAMPLE_FORMAT_UNSPECIFIED); set Pcm.format "
+        raise AudioError(f"{name}: the PCM's sample format is unset (SAMPLE_FORMAT_UNSPECIFIED); set {field} "
                          f"to INT16 or FLOAT32")
     given = pb.SampleFormat.Name(fmt) if fmt in pb.SampleFormat.values() else str(fmt)
     raise AudioError(f"{name}: PCM sample format must be INT16 or FLOAT32, got {given}")
@@ -129,7 +131,7 @@ def _pcm_dtype(fmt: int, name: str = "PCM audio") -> tuple[str, str]:
 def pcm_bytes_to_array(data: bytes, fmt: int, channels: int, name: str = "PCM audio") -> np.ndarray:
     """Interleaved little-endian bytes -> ``[C, T]`` float32; raises :class:`AudioError`."""
     check_channels(channels, name)
-    dtype, label = _pcm_dtype(fmt, name)
+    dtype, label = pcm_dtype(fmt, name)
     frame = np.dtype(dtype).itemsize * channels
     if len(data) % frame:
         raise AudioError(
@@ -144,7 +146,7 @@ def pcm_bytes_to_array(data: bytes, fmt: int, channels: int, name: str = "PCM au
 
 def array_to_pcm_bytes(wav: np.ndarray, fmt: int) -> bytes:
     """``[C, T]`` float -> interleaved little-endian bytes (int16 is clipped, not wrapped)."""
-    dtype, label = _pcm_dtype(fmt)
+    dtype, label = pcm_dtype(fmt)
     x = np.asarray(wav, dtype=np.float32).T  # [T, C]
     if label == "int16":
         x = np.clip(np.round(x * 32768.0), -32768, 32767)
@@ -357,7 +359,7 @@ class DecomposeResult:
     samples: int = 0  # frames per channel
     group: str = "none"
     fit_steps: int = 0
-    residual_energy_share: float | None = 0.0  # None: a silent input, which has no energy to share
+    residual_energy_share: float | None = None  # None: a silent input, which has no energy to share
     error_db: float | None = None  # None: exact (a silent input)
     dominant_hz: list[float] = dataclasses.field(default_factory=list)  # [K]
     active_fraction: list[float] = dataclasses.field(default_factory=list)  # [K]
@@ -706,7 +708,8 @@ class Client:
     # -- models and health ------------------------------------------------------------------------
     def list_models(self, timeout: float | None = None) -> dict:
         """The served models as plain Python values (``parameters`` an int: protobuf's JSON
-        mapping would make the int64 a string)."""
+        mapping would make the int64 a string). Each model's ``code_frame_rate`` is the code
+        frames per second of audio that its ``encode`` gives (None: not a spectrogram model)."""
         from google.protobuf.json_format import MessageToDict
 
         resp = self.stub.ListModels(_pb().ListModelsRequest(), **self._kw(timeout))
@@ -715,6 +718,7 @@ class Client:
         )
         for m in info["models"]:
             m["parameters"] = int(m["parameters"])
+            m.setdefault("code_frame_rate", None)  # unset: not a spectrogram model
         return info
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:

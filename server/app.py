@@ -75,7 +75,7 @@ class HealthService(health.HealthServicer):
         if request.service not in self._names:
             context.set_code(grpc.StatusCode.NOT_FOUND)
             context.set_details(f"no health status for service {quoted(request.service)}; this server reports "
-                                f"{' and '.join(repr(n) for n in self._names) or 'none yet'}")
+                                f"{', '.join(quoted(n) for n in self._names) or 'none yet'}")
             return health_pb2.HealthCheckResponse()
         return super().Check(request, context)
 

@@ -31,8 +31,10 @@ from audioae.audio import (
     MAX_SAMPLE_RATE,
     MIN_SAMPLE_RATE,
     AudioError,
+    check_channels,
     check_levels,
     check_resample,
+    check_sample_rate,
     resample,
 )
 from audioae.client import (
@@ -41,6 +43,7 @@ from audioae.client import (
     audio_from_message,
     audio_message,
     pcm_bytes_to_array,
+    pcm_dtype,
     pcm_message,
     pcm_seconds,
     tensor_message,
@@ -126,7 +129,7 @@ class _StreamCut(Exception):
 
 
 def _stream_audio(msg, i: int, cfg: pb.StreamConfig) -> np.ndarray:
-    """Audio chunk ``i`` (the stream's ``i + 1``-th message) as ``[C, n]`` float32 samples, or a
+    """Audio chunk ``i`` (the stream's ``i + 1``-th message) as ``[C, n]`` float32 samples; raises a
     :class:`_StreamCut` (``refused``) saying why the message is not one. Every refusal ends the stream
     the same way, the tail of the audio before it answered first (until 2026-12-07 a bad audio chunk,
     a second StreamConfig or an empty message lost that tail, where an oversized or unparsable one had it)."""
@@ -178,7 +181,7 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
     model's float32 arithmetic (features of 1e12 made decomposer-small's code all NaN, answered OK)."""
     try:
         y = fn(x)
-    except (RuntimeError, MemoryError, IndexError) as exc:  # IndexError: a dimension the network lacks
+    except (RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
             raise Abort(EXHAUSTED, f"out of memory {doing}: send a smaller batch") from exc
         raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
@@ -190,6 +193,13 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
 
 def _is_image(sm: ServedModel) -> bool:
     return getattr(sm.model.config, "input", "") == "image"
+
+
+def _item_shape(sm: ServedModel) -> list[int]:
+    """The shape of one input item of a model that takes no audio, from its config: an image
+    model's ``[in_channels, H, W]``, a vector model's (``linear`` of ``input = "vector"``) ``[input_dim]``."""
+    c = sm.model.config
+    return [c.in_channels, *c.image_size] if _is_image(sm) else [c.input_dim]
 
 
 def _answer_size(fn: Callable, x: torch.Tensor) -> tuple[float, int]:
@@ -448,23 +458,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         cfg = first.config
         sm = self.store.streamer(cfg.model)
         strength = self._strength(cfg)
-        # A field left out reads as 0: "sample rate 0 Hz is outside ..." did not say it was never set.
-        if cfg.sample_rate == 0:
-            raise Abort(INVALID, f"StreamConfig.sample_rate is unset (0); set it to the audio's rate in Hz, "
-                                 f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
-        if not MIN_SAMPLE_RATE <= cfg.sample_rate <= MAX_SAMPLE_RATE:
-            raise Abort(
-                INVALID,
-                f"sample rate {cfg.sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz",
-            )
-        if cfg.channels == 0:
-            raise Abort(INVALID, f"StreamConfig.channels is unset (0); set it to the audio's channels, 1..{MAX_CHANNELS}")
-        if not 1 <= cfg.channels <= MAX_CHANNELS:
-            raise Abort(INVALID, f"channels must be within 1..{MAX_CHANNELS}, got {cfg.channels}")
-        if cfg.format == pb.SAMPLE_FORMAT_UNSPECIFIED:
-            raise Abort(INVALID, "StreamConfig.format is unset (SAMPLE_FORMAT_UNSPECIFIED); set it to INT16 or FLOAT32")
-        if cfg.format not in (pb.INT16, pb.FLOAT32):
-            raise Abort(INVALID, "StreamConfig.format must be INT16 or FLOAT32")
+        try:  # the checks of a Pcm message's fields, whose messages name these fields when left out
+            check_sample_rate(cfg.sample_rate, "stream", "StreamConfig.sample_rate")
+            check_channels(cfg.channels, "stream", "StreamConfig.channels")
+            pcm_dtype(cfg.format, "stream", "StreamConfig.format")
+        except AudioError as exc:
+            raise Abort(INVALID, str(exc)) from None
         return sm, cfg, strength
 
     def _stream(self, requests, context) -> Iterator[pb.StreamDenoiseResponse]:
@@ -661,27 +660,17 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             c = sm.model.config
             what = "compressed STFT magnitudes" + (" + low-bin real/imag" if c.n_features != c.n_bins else "")
             return f"[B, {c.n_features}, N] {what} (N >= 1 frames)"
-        try:
-            shape = list(sm.model.example_input(1).shape)
-        except NotImplementedError:
-            return "the model's input shape"
-        return str(["B", *shape[1:]]).replace("'", "")
+        return str(["B", *_item_shape(sm)]).replace("'", "")
 
     @staticmethod
     def _encodes_shape(sm: ServedModel, x: torch.Tensor) -> bool:
         """Whether ``x`` has a shape ``sm`` encodes, checked on the whole tensor before anything runs:
         the model's own check saw only the one-item probe of :func:`_answer_size`, and named its
-        shape ("got [1]" for a tensor of [7]; a 1-D tensor for a vector model was INTERNAL)."""
+        shape ("got [1]" for a tensor of [7]; a 1-D tensor for a vector model was INTERNAL, and
+        [2, 64, 5] for a vector model of 64 was encoded, OK, as 10 vectors)."""
         if sm.is_audio:
             return x.dim() == 3 and x.shape[1] == sm.model.config.n_features and x.shape[2] >= 1
-        if x.dim() < 2:  # a batch of items, even of one
-            return False
-        if not _is_image(sm):  # a vector model: the network names a wrong width
-            return True
-        try:
-            return list(x.shape[1:]) == list(sm.model.example_input(1).shape[1:])
-        except NotImplementedError:  # no example to compare with: the network's own check decides
-            return True
+        return list(x.shape[1:]) == _item_shape(sm)
 
     @staticmethod
     def _check_pixels(sm: ServedModel, x: torch.Tensor) -> None:
@@ -690,7 +679,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if not _is_image(sm) or x.numel() == 0:
             return
         try:
-            check_grey_levels(x, "the tensor", "send the levels divided by 255")
+            check_grey_levels(x, "the tensor", "send the levels divided by 255", sm.model.config.noise_std)
         except ValueError as exc:
             raise Abort(INVALID, f"model {sm.name!r} encodes images: {exc}") from None
 
@@ -759,7 +748,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         h, _ = self._wait(Job("encode", seconds, fn=run), context)
         return pb.EncodeResponse(model=sm.name, code=tensor_message(h), warnings=warnings,
-                                 frame_rate=float(model.code_frame_rate or 0.0) if sm.is_audio else 0.0)
+                                 frame_rate=sm.code_frame_rate)  # None leaves it unset
 
     @_unary
     def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
@@ -779,7 +768,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if sm.is_audio and (h.dim() != 3 or h.shape[1] != code_dim or h.shape[2] < 1):  # as Encode returns
             raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}, N] (N >= 1 frames), "
                         f"as its Encode returns them, got shape {list(h.shape)}")
-        if not sm.is_audio and (h.dim() < 2 or (_is_image(sm) and list(h.shape[1:]) != [code_dim])):
+        if not sm.is_audio and list(h.shape[1:]) != [code_dim]:
             raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}], as its Encode returns "
                         f"them, got shape {list(h.shape)}")
 

@@ -55,6 +55,13 @@ class ServedModel:
         return int(getattr(self.model.config, "sample_rate", 0) or 0) if self.is_audio else 0
 
     @property
+    def code_frame_rate(self) -> float | None:
+        """Code frames per second of audio (None: not a spectrogram model), as ``ListModels`` and
+        ``Encode`` answer it."""
+        rate = self.model.code_frame_rate if self.is_audio else None
+        return None if rate is None else float(rate)
+
+    @property
     def decodes_codes(self) -> bool:
         """Whether ``Decode`` can serve it: a model that unpools with the encoder's max-pooling
         indices needs them besides the code, and they do not travel over the wire."""
@@ -81,7 +88,7 @@ class ServedModel:
             "causal": self.streams,
             "latency_ms": float(d["latency_ms"] or 0.0),
             "rpcs": self.rpcs(),
-            "code_frame_rate": float(d["code_frame_rate"] or 0.0),
+            "code_frame_rate": self.code_frame_rate,  # None leaves it unset
         }
 
 

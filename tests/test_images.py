@@ -21,7 +21,7 @@ from audioae.data.images import (
 )
 from audioae.images import psnr, reconstruct_image
 from audioae.models import build_model
-from audioae.models.image import UNPOOLING, corrupt_images
+from audioae.models.image import UNPOOLING, check_grey_levels, corrupt_images
 from audioae.train import fit_arrays
 
 
@@ -273,6 +273,39 @@ def test_noisy_images_are_reconstructed_and_0_255_levels_are_refused(noise_std):
     for levels in (clean * 255, clean * 60, torch.zeros(64, 64).index_fill_(0, torch.arange(8), 255)):
         with pytest.raises(ValueError, match="for 0..255 levels pass img / 255"):
             reconstruct_image(model, levels)
+
+
+def test_the_grey_level_check_takes_single_noisy_digits_and_widens_with_the_noise_std():
+    """At std 1 the old band (98% within -3..4) refused ~0.35% of single noisy 8x8 digits; a model
+    trained with noise_std 2 had its own training inputs refused. 0..255 digits stay refused."""
+    from sklearn.datasets import load_digits
+
+    digits = torch.tensor(load_digits().images[:, None] / 16)  # [1797, 1, 8, 8] in [0, 1]
+    for std in (1.0, 2.0):
+        cfg = build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8,
+                                    "corruption": "gaussian", "noise_std": std}).config
+        for rep in range(2):
+            noisy = corrupt_images(digits, cfg, torch.Generator().manual_seed(rep))
+            for one in noisy:
+                check_grey_levels(one, noise_std=cfg.noise_std)
+        for one in digits * 255:
+            with pytest.raises(ValueError, match="for 0..255 levels pass img / 255"):
+                check_grey_levels(one, noise_std=cfg.noise_std)
+    with pytest.raises(ValueError, match=r"98% within -4\.\.5 and all within \+-64"):
+        check_grey_levels(corrupt_images(digits, cfg, torch.Generator().manual_seed(0)).flatten()[None] * 3)
+
+
+def test_reconstruct_image_takes_an_image_as_noisy_as_its_model_was_trained_on():
+    """A noise_std 2 model's reconstruct_image refused images noised as it was trained (std-1 band)."""
+    from audioae.images import reconstruct_image
+
+    model = build_model("image", {"image_size": (8, 8), "channels": (4,), "code_dim": 8, "corruption": "gaussian",
+                                  "noise_std": 2.0})
+    img = torch.rand(32, 32, generator=torch.Generator().manual_seed(0))  # [H, W] in [0, 1]
+    noisy = img + 2.0 * torch.randn(32, 32, generator=torch.Generator().manual_seed(1))  # [H, W]
+    assert reconstruct_image(model, noisy).shape == (32, 32)
+    with pytest.raises(ValueError, match="for 0..255 levels pass img / 255"):
+        reconstruct_image(model, img * 255)
 
 
 def test_the_report_denoises_with_strong_noise():

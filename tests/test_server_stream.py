@@ -372,9 +372,12 @@ def test_a_bad_message_mid_stream_ends_it_with_the_audio_before_it_answered(tiny
 @pytest.mark.parametrize(("config", "text"), [
     # each was "sample rate 0 Hz is outside ...", "channels must be within 1..64, got 0", "must be INT16 or FLOAT32":
     # a field left out reads as 0, and the message did not say it was never set
-    ({"channels": 1, "format": pb.FLOAT32}, "StreamConfig.sample_rate is unset (0); set it to the audio's rate in Hz"),
-    ({"sample_rate": SR, "format": pb.FLOAT32}, "StreamConfig.channels is unset (0); set it to the audio's channels"),
-    ({"sample_rate": SR, "channels": 1}, "StreamConfig.format is unset (SAMPLE_FORMAT_UNSPECIFIED); set it to INT16"),
+    ({"channels": 1, "format": pb.FLOAT32}, "stream: the sample rate is unset (0); set it to the audio's rate in Hz, "
+                                            "1000..384000 (in a request: StreamConfig.sample_rate)"),
+    ({"sample_rate": SR, "format": pb.FLOAT32}, "stream: the channel count is unset (0); set it to the audio's "
+                                                "channels, 1..64 (in a request: StreamConfig.channels)"),
+    ({"sample_rate": SR, "channels": 1}, "stream: the PCM's sample format is unset (SAMPLE_FORMAT_UNSPECIFIED); "
+                                         "set StreamConfig.format to INT16 or FLOAT32"),
 ])
 def test_a_stream_config_field_left_out_is_named_as_unset(tiny, config, text):
     srv = _server(tiny)

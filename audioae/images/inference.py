@@ -62,7 +62,7 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
         raise ValueError(f"grey levels in [0, 1] expected, got {img.dtype}; for 8-bit images pass img / 255")
     if not torch.isfinite(img).all():
         raise ValueError("the image contains NaN or Inf")
-    check_grey_levels(img)
+    check_grey_levels(img, noise_std=model.config.noise_std)  # as noisy as the model was trained on
     size = model.config.image_size[0]
     if model.config.image_size[1] != size:
         raise ValueError("reconstruct_image needs a model with square patches")

@@ -376,15 +376,22 @@ class SpectralAutoencoder(Autoencoder):
         out, h = self(feats)  # [B, F, N], [B, K, N']
         return self.stft.inverse(self.estimate_spec(spec, out), wav.shape[-1]), h
 
-    # ---- latency and streaming --------------------------------------------------------------
-    code_stride = 1  # STFT frames per code frame (conv1d: its pooling)
+    # ---- code frames ------------------------------------------------------------------------
+    @property
+    def code_stride(self) -> int:
+        """STFT frames per code frame (conv1d: its pooling)."""
+        return 1
 
     @property
-    def code_frame_rate(self) -> float:
+    def code_frame_rate(self) -> float | None:
         """Code frame ``j`` stands for STFT frames ``j * code_stride ..``, frame ``i`` centred at
-        sample ``i * hop_length``."""
+        sample ``i * hop_length``; None for a model that takes no spectrogram (``linear`` of
+        vectors: the config's sample rate and hop mean nothing there)."""
+        if self.config.input != "spectrogram":
+            return None
         return self.config.sample_rate / self.config.hop_length / self.code_stride
 
+    # ---- latency and streaming --------------------------------------------------------------
     @property
     def lookahead_frames(self) -> int:
         return 0

@@ -76,7 +76,6 @@ class Conv1dAutoencoder(SpectralAutoencoder):
     def __init__(self, config: Conv1dConfig):
         super().__init__(config)
         c = config
-        self.code_stride = 2 ** len(c.channels)  # each level max-pools time by 2
         self.causal = c.causal
         widths = [c.n_bins, *c.channels]
         self.enc = nn.ModuleList(_Conv(widths[i], widths[i + 1], c.kernel_size, c.causal) for i in range(len(c.channels)))
@@ -93,7 +92,11 @@ class Conv1dAutoencoder(SpectralAutoencoder):
 
     @property
     def stream_block(self) -> int:
-        return 2**self.levels
+        return 2**self.levels  # each level max-pools time by 2
+
+    @property
+    def code_stride(self) -> int:
+        return self.stream_block
 
     @property
     def lookahead_frames(self) -> int:

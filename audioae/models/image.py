@@ -51,27 +51,39 @@ IMAGE_CORRUPTIONS = ("none", "gaussian", "patches")
 # dense layer), and the server's warm-up allocates it: 32768 x 32768 would be 4 GB per channel.
 MAX_IMAGE_SIDE = 1024
 
-# Pixels are grey levels in [0, 1]. A [0, 1] image under Gaussian noise of std up to 1 (the most the
-# images report accepts) keeps its 1st and 99th percentiles within -2.33..3.33 and never gets near
-# +-64; 8-bit levels held as floats are outside both unless the image is almost black.
-LEVEL_SPREAD = (-3.0, 4.0)  # of the 1st and 99th percentiles
-LEVEL_LIMIT = 64.0
+# Pixels are grey levels in [0, 1]. Noise pushes them out, so the band on the 1st and 99th
+# percentiles is wide and grows with the model's own noise_std s (above 1): -4s..1+4s. At s = 1 a
+# single 8x8 digit under its training noise falls outside -4..5 0.005% of the time (the old -3..4
+# refused 0.35% of them); 8-bit levels held as floats stay outside unless the image is almost black
+# (the smallest 99th percentile of the 8x8 digits at 0..255 is 213).
+LEVEL_SPREAD = (-4.0, 5.0)  # of the 1st and 99th percentiles, at noise std up to 1
+LEVEL_LIMIT = 64.0  # on every level, at noise std up to 1
 
 
-def check_grey_levels(img: torch.Tensor, what: str = "the image", fix: str = "pass img / 255") -> None:
-    """Refuse ``img`` unless it holds [0, 1] grey levels, with or without noise on them. Noise
-    pushes the extremes past [0, 1], so the check is on percentiles, with a far limit for the
-    extremes: a noisy image passes, an image of 0..255 levels does not (a model trained on [0, 1]
-    gives codes of nonsense for them, silently). ``what`` names the input in the message and
-    ``fix`` says how to scale 0..255 levels."""
+def grey_level_band(noise_std: float = 1.0) -> tuple[float, float, float]:
+    """``(low, high, limit)``: the 1st and 99th percentiles of [0, 1] grey levels under Gaussian
+    noise of ``noise_std`` lie within ``low..high`` and every level within ``+-limit``."""
+    s = max(1.0, float(noise_std))
+    return LEVEL_SPREAD[0] * s, 1 + (LEVEL_SPREAD[1] - 1) * s, LEVEL_LIMIT * s
+
+
+def check_grey_levels(img: torch.Tensor, what: str = "the image", fix: str = "pass img / 255",
+                      noise_std: float = 1.0) -> None:
+    """Refuse ``img`` unless it holds [0, 1] grey levels, with or without noise on them (Gaussian
+    noise of std up to ``noise_std``, the model's: pass ``model.config.noise_std``). Noise pushes
+    the extremes past [0, 1], so the check is on percentiles, with a far limit for the extremes: a
+    noisy image passes, an image of 0..255 levels does not (a model trained on [0, 1] gives codes of
+    nonsense for them, silently). ``what`` names the input in the message and ``fix`` says how to
+    scale 0..255 levels."""
+    lo, hi, limit = grey_level_band(noise_std)
     flat = img.detach().flatten().double().cpu().numpy()
     low, high = np.quantile(flat, [0.01, 0.99])
     least, most = float(flat.min()), float(flat.max())
-    if low < LEVEL_SPREAD[0] or high > LEVEL_SPREAD[1] or least < -LEVEL_LIMIT or most > LEVEL_LIMIT:
+    if low < lo or high > hi or least < -limit or most > limit:
         raise ValueError(f"grey levels in [0, 1] expected (noise may spread them), but 98% of {what} spans "
                          f"{low:.4g}..{high:.4g} and all of it {least:g}..{most:g}; accepted: 98% within "
-                         f"{LEVEL_SPREAD[0]:g}..{LEVEL_SPREAD[1]:g} and all within +-{LEVEL_LIMIT:g}"
-                         + (f"; for 0..255 levels {fix}" if high > LEVEL_SPREAD[1] or most > LEVEL_LIMIT else ""))
+                         f"{lo:g}..{hi:g} and all within +-{limit:g}"
+                         + (f"; for 0..255 levels {fix}" if high > hi or most > limit else ""))
 
 
 @dataclass(frozen=True)
