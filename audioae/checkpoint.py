@@ -7,9 +7,11 @@ published beside it (``<file>.sha256``) and is then checked on load.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import string
@@ -31,9 +33,14 @@ FORMAT_VERSION = "1"
 MAX_METADATA_CHARS = 1 << 20
 SIDECAR_BYTES = 4096  # sha256sum's line: 64 hex digits, two spaces and the file's name
 HEADER_LIMIT = 100_000_000  # safetensors' own bound on its JSON header
+# A file with a sha256 to check, up to this size, is hashed before its header is read, so that a
+# truncated one is named as such; a larger one (a sparse terabyte) is refused from its header first.
+HASH_FIRST_BYTES = 1 << 30
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}  # the dtypes safetensors.torch reads
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -120,9 +127,27 @@ def _json_object(path: Path, key: str, text: str) -> dict:
 
 def _read_header(path: str | os.PathLike, data: bytes | None = None) -> tuple[dict, dict[str, tuple[int, ...]]]:
     """The metadata and each tensor's shape, from the header alone (of ``data``, the file's bytes,
-    when the caller has read them already). Read, not mapped: safetensors' ``safe_open`` maps the
-    whole file, and Linux's default overcommit heuristic refuses a mapping larger than the
-    machine's RAM and swap (ENOMEM): the terabyte test of tests/test_checkpoint.py."""
+    when the caller has read them already), of an audioae checkpoint: else CheckpointError."""
+    meta, shapes = _safetensors_header(path, data)
+    if "registry_name" not in meta or "config" not in meta:
+        raise CheckpointError(f"{path}: safetensors file without audioae metadata (registry_name, config)")
+    for key in ("config", "extra"):  # checked here, so that every reader of them may json.loads them
+        if key in meta:
+            _json_object(Path(path), key, meta[key])
+    return meta, shapes
+
+
+def safetensors_metadata(path: str | os.PathLike, data: bytes) -> dict:
+    """The ``__metadata__`` of any safetensors file (an optimizer state too) whose bytes are
+    ``data``; CheckpointError when its header does not read."""
+    return _safetensors_header(path, data)[0]
+
+
+def _safetensors_header(path: str | os.PathLike, data: bytes | None = None) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """The metadata and each tensor's shape of a safetensors file, from its header alone. Read, not
+    mapped: safetensors' ``safe_open`` maps the whole file, and Linux's default overcommit heuristic
+    refuses a mapping larger than the machine's RAM and swap (ENOMEM): the terabyte test of
+    tests/test_checkpoint.py."""
     try:
         with open(path, "rb") if data is None else io.BytesIO(data) as f:
             size = f.seek(0, os.SEEK_END)
@@ -146,11 +171,6 @@ def _read_header(path: str | os.PathLike, data: bytes | None = None) -> tuple[di
             raise ValueError(f"its tensors take {data:,} bytes and {size - 8 - n:,} follow its header")
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
-    if "registry_name" not in meta or "config" not in meta:
-        raise CheckpointError(f"{path}: safetensors file without audioae metadata (registry_name, config)")
-    for key in ("config", "extra"):  # checked here, so that every reader of them may json.loads them
-        if key in meta:
-            _json_object(Path(path), key, meta[key])
     return meta, shapes
 
 
@@ -166,9 +186,26 @@ def config_of(path: str | os.PathLike, meta: dict | None = None) -> tuple[str, A
     meta = read_metadata(path) if meta is None else meta
     name = meta["registry_name"]
     try:
-        return name, family(name).config.from_dict(json.loads(meta["config"]))
+        cls = family(name).config
+        return name, cls.from_dict(_saved_topk_within_code_dim(path, cls, json.loads(meta["config"])))
     except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: lists in lists in ...
         raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
+
+
+def _saved_topk_within_code_dim(path: str | os.PathLike, cls: type[AutoencoderConfig], saved: dict) -> dict:
+    """``saved`` with a top-k above code_dim lowered to code_dim (a logged warning names the file).
+
+    Checkpoints written before configs refused such a topk hold one: sparse_dict's old fixed
+    default of 32 with a code_dim under 32. Top-k then kept every unit, exactly as topk = code_dim
+    does, so the model loads with identical outputs; a config built from user settings still refuses it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    sparsity, topk, code_dim = (saved.get(k, defaults.get(k)) for k in ("sparsity", "topk", "code_dim"))
+    if (sparsity == "topk" and all(isinstance(v, int) and not isinstance(v, bool) for v in (topk, code_dim))
+            and 0 < code_dim < topk):
+        log.warning("%s: its config keeps topk %d units of a code_dim of %d (every unit, as topk %d does); "
+                    "loaded with topk = %d", path, topk, code_dim, code_dim, code_dim)
+        return {**saved, "topk": code_dim}
+    return saved
 
 
 def sidecar_sha256(path: str | os.PathLike) -> str | None:
@@ -209,8 +246,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                     expected_sha256: str | None = None, data: bytes | None = None) -> tuple[Autoencoder, dict]:
     """:func:`load_checkpoint`'s model and the metadata it was read with (its ``extra`` a JSON
     object), from one reading of the file: ``data``, its bytes, when the caller has them already
-    (then hashed first: with the bytes in memory, the header's checks no longer spare a read)."""
+    (then hashed first: with the bytes in memory, the header's checks no longer spare a read).
+    A file of at most HASH_FIRST_BYTES with a sha256 to check is read and hashed first too."""
     path = Path(path)
+    if data is None and path.is_file() and path.stat().st_size <= HASH_FIRST_BYTES:
+        expected_sha256 = sidecar_sha256(path) if expected_sha256 is None else expected_sha256
+        if expected_sha256 is not None:
+            data = path.read_bytes()  # read whole anyway once its header passes
     if data is not None:
         check_sha256(path, data, expected_sha256)
     elif not path.is_file():

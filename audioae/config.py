@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import math
 import tomllib
+import types
 import typing
 
 QUOTE_CHARS = 80  # of a caller's string, quoted in a message
@@ -79,24 +80,39 @@ _PLAIN_WORDS = {int: ("an integer", "integers", ("2", "4")), float: ("a number",
                 str: ("a text", "texts", ('"gru"', '"l1"')), dict: ("a table", "tables", ("{ a = 1 }", "{ b = 2 }"))}
 
 
+def _any_length(t: object) -> bool:
+    """A list annotation of any length (``list[X]``, a bare list or tuple, ``tuple[X, ...]``), not
+    one of fixed length (``tuple[int, int]``)."""
+    args = typing.get_args(t)
+    return typing.get_origin(t) is list or not args or (len(args) == 2 and args[1] is Ellipsis)
+
+
+def _union(t: object) -> bool:
+    """``X | Y``, ``Optional[X]`` or ``Union[X, Y]``."""
+    return typing.get_origin(t) is typing.Union or isinstance(t, types.UnionType)
+
+
 def _examples(t: object) -> tuple[str, str]:
     """Two values of type ``t`` as TOML writes them, for a message."""
     if t in _PLAIN_WORDS:
         return _PLAIN_WORDS[t][2]
     origin, args = typing.get_origin(t), typing.get_args(t)
     if origin in (tuple, list) or t in (tuple, list):
-        if origin is list or not args or (len(args) == 2 and args[1] is Ellipsis):
+        if _any_length(t):
             one = _examples(args[0]) if args else ("2", "4")
             return f"[{', '.join(one)}]", f"[{one[1]}]"
         fixed = f"[{', '.join(_examples(a)[i % 2] for i, a in enumerate(args))}]"
         return fixed, fixed
+    if origin in _PLAIN_WORDS:  # dict[str, float]: a table, whatever its values
+        return _PLAIN_WORDS[origin][2]
     members = [a for a in args if a is not type(None)]
     return _examples(members[0]) if members else ("...", "...")
 
 
 def _plural(t: object) -> str:
-    if t in _PLAIN_WORDS:
-        return _PLAIN_WORDS[t][1]
+    plain = _PLAIN_WORDS.get(t) or _PLAIN_WORDS.get(typing.get_origin(t))  # dict[str, float]: tables
+    if plain:
+        return plain[1]
     return "lists" if typing.get_origin(t) in (tuple, list) else "items"
 
 
@@ -107,18 +123,18 @@ def _in_words(t: object) -> str | None:
         return words if t is bool else f"{words} such as {example}"
     origin, args = typing.get_origin(t), typing.get_args(t)
     if origin in (tuple, list) or t in (tuple, list):
-        if origin is list or not args or (len(args) == 2 and args[1] is Ellipsis):
+        if _any_length(t):
             return f"a list of {_plural(args[0]) if args else 'values'} such as {_examples(t)[0]}"
         what = _plural(args[0]) if len(set(args)) == 1 else "values"
         return f"a list of {len(args)} {what} such as {_examples(t)[0]}"
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    if args and type(None) in args:  # Optional[X] and X | None; TOML has no null: leaving the key out keeps the default
+    if not _union(t):  # dict[str, float] was "str or float", as if a union
+        return _in_words(origin) if origin in _PLAIN_WORDS else None
+    if type(None) in args:  # Optional[X] and X | None; TOML has no null: leaving the key out keeps the default
         rest = [a for a in args if a is not type(None)]
         return f"{' or '.join(describe_type(a) for a in rest)}, or the key left out for none"
-    if args:  # another union
-        return " or ".join(describe_type(a) for a in args)
-    return None
+    return " or ".join(describe_type(a) for a in args)  # another union
 
 
 def describe_type(t: object) -> str:
@@ -126,7 +142,7 @@ def describe_type(t: object) -> str:
     ``tuple[int, ...]`` alone meant nothing to someone who had typed ``code_sizes=2,4``."""
     name = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
     words = _in_words(t)
-    if words is None or typing.get_origin(t) is typing.Union or type(t).__name__ == "UnionType":
+    if words is None or _union(t):
         return words or name  # a union's words already name each member
     return f"{name} ({words})"
 

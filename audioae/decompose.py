@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -187,7 +188,9 @@ def _band_edges(nyquist: float, n_bands: int, bin_hz: float) -> list[tuple[float
     then one octave each up to ``nyquist``. The lowest band reaches past the first STFT bin
     above 0 Hz (``bin_hz``), so it holds a frequency, not the 0 Hz bin alone: a "band 0-31 Hz" of
     an 8 kHz file held that bin only ("band 0-0 Hz" before that). With the model's 31.25 Hz bins
-    the lowest band is ``[0, 62.5)`` at any rate of 8 kHz and up (8 bands at 16 kHz, 7 at 8 kHz)."""
+    and as many bands as fit, the lowest band is ``[0, 62.5)`` where ``nyquist`` is 62.5 Hz times
+    a power of two (8 bands at 16 kHz, 7 at 8 kHz) and narrower elsewhere, down to 31.25 Hz:
+    ``[0, 43.1)`` at 11025 Hz, ``[0, 46.9)`` at 12000 Hz."""
     most = math.ceil(math.log2(nyquist / bin_hz) - 1e-9)
     if n_bands > most:
         log.warning("%d octave bands asked; %d fit the model's %.1f Hz frequency bins below %.0f Hz (the lowest, "
@@ -241,7 +244,8 @@ def _unit_norm(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
-def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, active: list[int], n_groups: int):
+def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, active: list[int],
+                    n_groups: int) -> list[list[int]]:
     """K-means over the active units, weighted by their energy. A unit is described by when it
     is active in this signal (its activation envelope, counted twice) and by its atom's shape on
     a log-frequency axis: units that rise and fall together -- the harmonics of one voice, the
@@ -251,7 +255,7 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     from sklearn.cluster import KMeans
 
     if len(active) <= n_groups:
-        return [[u] for u in active], ["cluster"] * len(active)
+        return [[u] for u in active]
     atom = _unit_norm(np.sqrt(_log_pool(spectra[active])))  # [A, 48]
     env = np.sqrt(acts[active])  # [A, N] compressed, so quiet units count
     env = _unit_norm(env - env.mean(1, keepdims=True))
@@ -259,8 +263,7 @@ def _cluster_groups(spectra: np.ndarray, acts: np.ndarray, energy: np.ndarray, a
     labels_ = KMeans(n_clusters=n_groups, n_init=4, random_state=0).fit_predict(
         feats, sample_weight=np.maximum(energy[active], 1e-12))
     groups = [[u for u, lab in zip(active, labels_, strict=True) if lab == k] for k in range(n_groups)]
-    groups = [g for g in groups if g]
-    return groups, ["cluster"] * len(groups)  # named after ranking, by their dominant frequency
+    return [g for g in groups if g]
 
 
 def _group_masks(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, denom: torch.Tensor,
@@ -302,21 +305,20 @@ def _inverse_frames(model: SparseDictionary, spec_ri: torch.Tensor, mask: torch.
 
 
 def _masked_blocks(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec_ri: torch.Tensor,
-                   denom: torch.Tensor, batch: list[list[int]], z_len: int, invert: bool, ask: Callable[[int], None],
+                   denom: torch.Tensor, batch: list[list[int]], z_len: int, ask: Callable[[int], None],
                    explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None):
-    """The groups' masks and, with ``invert``, their masked inverse STFT, in blocks of frames
-    (:func:`frame_blocks`): per block ``(a, b, masks [k, C, F, b - a], samples (s0, s1), waves
-    [k, C, s1 - s0] or None)`` at the model's rate. ``ask(a)`` before each block but the first:
-    uncut, one component's masks and inverse STFT of a 550 s input ran 4.9-6.6 s past a stop on a
-    loaded machine (benchmarks/results/decompose-deadline-components-before.json)."""
+    """The groups' masked inverse STFT, in blocks of frames (:func:`frame_blocks`): per block
+    ``(samples (s0, s1), waves [k, C, s1 - s0])`` at the model's rate. ``ask(a)`` before each
+    block but the first: uncut, one component's masks and inverse STFT of a 550 s input ran
+    4.9-6.6 s past a stop on a loaded machine
+    (benchmarks/results/decompose-deadline-components-before.json)."""
     n, hop = spec_ri.shape[-2], model.config.hop_length
-    halo = _window_frames(model.config) if invert else 0
-    for lo, a, b, hi in frame_blocks(n, halo):
+    for lo, a, b, hi in frame_blocks(n, _window_frames(model.config)):
         if a:
             ask(a)
         mask = _group_masks(model, h, atoms, denom, batch, lo, hi, explained, bins)  # [k, C, F, hi - lo]
-        waves = _inverse_frames(model, spec_ri, mask, lo, a, b, z_len) if invert else None  # [k, C, s1 - s0]
-        yield a, b, mask[..., a - lo : b - lo], (a * hop, z_len if b == n else b * hop), waves
+        waves = _inverse_frames(model, spec_ri, mask, lo, a, b, z_len)  # [k, C, s1 - s0]
+        yield (a * hop, z_len if b == n else b * hop), waves
 
 
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
@@ -337,7 +339,7 @@ def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, 
         def ask(a: int, where: str = f"inverting cluster {lo + 1} of {len(groups)}") -> None:
             check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n}")
 
-        for _, _, _, (s0, s1), y in _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, True, ask):
+        for (s0, s1), y in _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, ask):
             waves[lo : lo + len(batch), :, s0:s1] = y
     return waves
 
@@ -372,13 +374,13 @@ def _same_sound(waves: torch.Tensor, threshold: float = SAME_SOUND) -> list[list
 
 
 def group_units(model: SparseDictionary, activations: np.ndarray, energy: np.ndarray, active: list[int],
-                group: str, n_groups: int = DEFAULT_GROUPS, atoms: torch.Tensor | None = None) -> tuple[list[list[int]], list[str]]:
+                group: str, n_groups: int = DEFAULT_GROUPS, atoms: torch.Tensor | None = None) -> list[list[int]]:
     """Partition the active units: ``none`` (one per unit) or ``cluster`` (k-means over atom
     shape and activity); ``band`` splits frequencies, not units (:func:`_band_split`).
-    ``activations [U, N]``, ``energy [U]``."""
+    ``activations [U, N]``, ``energy [U]``. Unlabelled: :func:`decompose` names the groups by
+    their waveforms, once ranked."""
     if group == "none":
-        freqs = model.atom_frequencies(atoms).detach().numpy()
-        return [[u] for u in active], [f"unit {u} (~{freqs[u]:.0f} Hz)" for u in active]
+        return [[u] for u in active]
     if group == "cluster":
         spectra = model.atom_spectra(atoms).detach().numpy()
         return _cluster_groups(spectra, activations, energy, active, n_groups)
@@ -483,7 +485,8 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         groups, labels, bins, g_share = (_band_split(model, h, atoms, explained, weight, share_weight, active,
                                                       n_groups, ACTIVE_SHARE * total, sr) if active else ([], [], [], []))
     else:
-        groups, labels = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
+        labels = None  # named after ranking, by what their waveforms hold
+        groups = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
         if group == "cluster" and len(groups) > 1:
             # Clusters that are pieces of one sound are merged: masks, inverse STFT and resampling
             # are linear, so a merged cluster's waveform is the sum of its pieces'.
@@ -494,7 +497,6 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
                          n_groups, sum(len(p) > 1 for p in sounds))
                 waves = torch.stack([waves[p].sum(0) for p in sounds])
             groups = [[u for k in p for u in groups[k]] for p in sounds]
-            labels = ["cluster"] * len(groups)
         # the sum of the units' shares: cheap, no group spectrogram is formed twice
         unit_share = model.unit_projections(h, share_weight, atoms, lambda: check_stop(stop, "decomposition "
                                                                                      "stopped in the shares"))  # [U]
@@ -506,7 +508,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     if top_k is not None:
         order = order[:top_k]
     groups = [groups[i] for i in order]
-    labels = [labels[i] for i in order]
+    labels = [labels[i] for i in order] if labels is not None else None
     bins = [bins[i] for i in order] if bins is not None else None
     waves = waves[torch.from_numpy(order.copy())] if waves is not None else None
 
@@ -518,13 +520,14 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     _rank_in_place(comps, rank, stop)
     energy, dom_hz, bands, envs = energy[rank], dom_hz[rank], bands[rank], envs[rank]
     groups = [groups[i] for i in rank]
-    labels = [labels[i] for i in rank]
     bins = [bins[i] for i in rank] if bins is not None else []
     if group == "cluster":  # name clusters by what they sound like, in rank order
         labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g))
                   for i, (hz, (lo, hi), g) in enumerate(zip(dom_hz, bands, groups, strict=True))]
     elif group == "none":  # by what the waveform holds: its atom's peak was off by up to a bin, or far off
         labels = [f"unit {g[0]} (~{hz:.0f} Hz)" for g, hz in zip(groups, dom_hz, strict=True)]
+    else:  # bands keep the labels of their edges
+        labels = [labels[i] for i in rank]
 
     silent = x_energy == 0
     x_energy = max(x_energy, 1e-30)
@@ -653,13 +656,11 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
 
         y = torch.empty((k, n_ch, z_len)) if waves is None else waves[lo : lo + k]  # [k, C, T']
         if waves is None:
-            blocks = _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, True, ask, explained,
+            blocks = _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, ask, explained,
                                     None if bins is None else bins[lo : lo + k])
-            for _, _, _, (s0, s1), wave in blocks:
+            for (s0, s1), wave in blocks:
                 y[..., s0:s1] = wave
-        def measuring(a: int, where: str = f"measuring the spectrum of component {lo + 1} of {len(groups)}") -> None:
-            ask(a, where)
-
+        measuring = partial(ask, where=f"measuring the spectrum of component {lo + 1} of {len(groups)}")
         spectrum, envs[lo : lo + k] = _waveform_spectra(model, y, measuring)  # [k, F], [k, N]
         dom[lo : lo + k] = _peak_bins(spectrum.numpy()) * bin_hz
         spans[lo : lo + k] = _energy_band(spectrum.numpy()) * bin_hz

@@ -43,6 +43,7 @@ from .checkpoint import (
     checkpoint_extra,
     load_checkpoint,
     read_checkpoint,
+    safetensors_metadata,
     save_checkpoint,
     write_with_sha256,
 )
@@ -189,7 +190,8 @@ class TrainConfig:
         # Checked here, not where the loop starts: that was after --no-resume had removed the
         # earlier run's checkpoints (and after a new run's folder was made).
         if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"train.amp_dtype must be auto, bfloat16 or float16, got {self.amp_dtype!r}")
+            raise ValueError(f"train.amp_dtype must be {', '.join(AMP_DTYPES[:-1])} or {AMP_DTYPES[-1]}, "
+                             f"got {self.amp_dtype!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         unknown = [m for m in self.metrics if m not in VAL_METRICS]
@@ -484,22 +486,33 @@ def _restore_scaler(scaler: torch.amp.GradScaler | None, meta: dict, path: Path)
     scaler.load_state_dict({**scaler.state_dict(), "scale": scale, "_growth_tracker": tracker})
 
 
-def _read_resume_average(path: Path) -> tuple[Autoencoder, int | None]:
+def _read_resume_average(path: Path, model: torch.nn.Module) -> tuple[Autoencoder, int | None]:
     """last.ema.safetensors, read and hashed once, before the folder is changed: the average's
     weights and the step it records. Its sha256 is checked first, so that a changed or truncated
-    file is named as such."""
+    file is named as such; an average of another model (another run's, copied in) is refused here,
+    not with torch's list of size mismatches once the folder was changed."""
     data = path.read_bytes()
     saved, meta = read_checkpoint(path, data=data)
-    return saved, json.loads(meta.get("extra", "{}")).get("step")  # (read_checkpoint checked it is an object)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in saved.state_dict().items()} != ours:
+        changed = differences(dataclasses.asdict(saved.config), dataclasses.asdict(model.config))
+        raise ValueError(f"{path}: the weight average of a differently shaped model ({saved.registry_name}; "
+                         f"{', '.join(changed) or 'another family'}); restore the run's own, or start over with "
+                         f"--no-resume or another --out")
+    return saved, _recorded_step(meta)
 
 
-def _check_resume_steps(out: Path, step: int, ema_step: int | None = None) -> None:
-    """Warn when last.safetensors (and last.ema.safetensors, which recorded ``ema_step``) hold
-    another step than the optimizer state's ``step``: a run killed between the writes of one
-    resume point (a preemption after SIGTERM's save). It resumes as it always did, with a few
+def _recorded_step(meta: dict) -> int | None:
+    """The step a resume point's checkpoint records (its metadata, as read_checkpoint read it)."""
+    return json.loads(meta.get("extra", "{}")).get("step")  # (read_checkpoint checked it is an object)
+
+
+def _check_resume_steps(out: Path, step: int, weights: int | None, ema_step: int | None = None) -> None:
+    """Warn when last.safetensors (which recorded the step ``weights``) and last.ema.safetensors
+    (``ema_step``) hold another step than the optimizer state's ``step``: a run killed between the
+    writes of one resume point (a preemption after SIGTERM's save). It resumes as it always did, with a few
     steps' stale moments: refusing would cost the run its step count, its best score and its log
     for what Adam forgets within a few hundred steps."""
-    weights = checkpoint_extra(out / "last.safetensors").get("step")
     for name, at in (("last.optim.safetensors", step), ("last.ema.safetensors", ema_step)):
         if at is not None and weights is not None and at != weights:
             log.warning("%s: last.safetensors is at step %s and %s at step %s: a resume point half written (a run "
@@ -569,10 +582,12 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
     enabled); returns the step and the run's minutes done. A "best" that files written before
     2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
     try:
-        data = path.read_bytes()  # read once: parsed, hashed and loaded from the same bytes
-        flat = st_load(data)  # first: a file that is no safetensors is named so, not as a mismatch
-        meta = _safetensors_metadata(data)
-        check_sha256(path, data)  # state files written before 2026-12-07 have no .sha256
+        data = path.read_bytes()  # read once: hashed, parsed and loaded from the same bytes
+        # First, as for the weights: a truncated file is named as such. (State files written before
+        # 2026-12-07 have no .sha256: then a file that is no safetensors is named so by st_load.)
+        check_sha256(path, data)
+        flat = st_load(data)
+        meta = safetensors_metadata(path, data)
         if "step" not in meta:  # (a checkpoint of weights copied over it: a KeyError traceback)
             raise ValueError("it records no step")
         step, minutes_done = int(meta["step"]), float(meta.get("minutes_done", "0.0"))
@@ -610,12 +625,6 @@ def _check_optimizer_fits(opt: torch.optim.Optimizer, state: dict[int, dict], pa
         raise ValueError(f"{path}: the optimizer state of another model (moments for {found}); restore the run's "
                          f"own, or start over with --no-resume or another --out (the weights in last.safetensors "
                          f"can seed a new run with train.init_from)")
-
-
-def _safetensors_metadata(data: bytes) -> dict:
-    """The ``__metadata__`` of safetensors bytes that loaded (so their header is sound)."""
-    n = int.from_bytes(data[:8], "little")  # the header's length, then the header's JSON
-    return json.loads(data[8:8 + n]).get("__metadata__") or {}
 
 
 def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:
@@ -708,12 +717,12 @@ SIGNAL_FIXED = ("sample_rate", "n_fft", "hop_length", "compression", "compressio
 RESUME_FIXED = (*SIGNAL_FIXED, "input", "output")
 
 
-def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True) -> None:
-    """Load the run's last weights; a model whose shapes changed since is refused with the
-    config fields that differ, not torch's list of size mismatches. Other changed settings
-    (causal, unpool, sparsity, corruption, ...) are taken, and named in a warning when
-    ``report``: the same command with an edited config resumed without a word."""
-    saved = load_checkpoint(last)
+def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True) -> int | None:
+    """Load the run's last weights; returns the step they record. A model whose shapes changed
+    since is refused with the config fields that differ, not torch's list of size mismatches.
+    Other changed settings (causal, unpool, sparsity, corruption, ...) are taken, and named in a
+    warning when ``report``: the same command with an edited config resumed without a word."""
+    saved, meta = read_checkpoint(last)
     ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
     changed = differences(theirs, ours)
     try:
@@ -731,6 +740,7 @@ def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True)
     if changed and report:
         log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out starts "
                     "a new run instead", last.parent, "; ".join(changed))
+    return _recorded_step(meta)
 
 
 def _warn_init_from_unused(out: Path, init_from: str) -> None:
@@ -738,10 +748,10 @@ def _warn_init_from_unused(out: Path, init_from: str) -> None:
     only. Said when the run did not start from it (its run.json): ``--set train.init_from=X`` on a
     folder that held a run resumed that run in silence, and run.json then named X as its start.
     A phase resumed with the init_from it started from (recipes/train_denoiser.sh) hears nothing."""
-    try:
-        started_from = json.loads((out / "run.json").read_text())["train"]["init_from"]
-    except (OSError, ValueError, KeyError, TypeError):  # no run.json, or one of another shape: not known
-        started_from = None
+    record = _read_run_record(out)
+    # Not known without run.json, or from one written on a resume that found none (settings_from_step):
+    # its train.init_from is that resume's, and would pass for the start's from then on.
+    started_from = None if record is None or "settings_from_step" in record else record["train"].get("init_from")
     if init_from == started_from:
         return
     how = ("run.json does not say what it started from" if started_from is None else
@@ -934,12 +944,12 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         raise ValueError(f"{out} holds {have.name} but not {lack.name}, and a resume needs both; restore it, or "
                          f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
-        _resume_weights(model, last, rank == 0)
+        weights_step = _resume_weights(model, last, rank == 0)
         step, minutes_before = _load_optimizer(opt, last_opt, scaler)
         ema_step = None
         if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
-            saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors")
-        _check_resume_steps(out, step, ema_step)
+            saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors", model)
+        _check_resume_steps(out, step, weights_step, ema_step)
         if rank == 0:  # the rank that validates and keeps best.safetensors
             best = _resumed_best(out / "best.safetensors", val_key)
         if not tc.session_minutes:  # a new budget: the clock starts again
@@ -1052,7 +1062,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_NONFINITE_STEPS:
                     if rank == 0:  # the weights are still the last finite ones: keep them
-                        _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0), scaler)
+                        # Not the loss scale: the streak halved it every step (1/16 after 20), and a
+                        # resume that kept it would grow it back by doubling once per 2000 steps.
+                        _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(

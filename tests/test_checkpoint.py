@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from safetensors.torch import save_file
 
 from audioae.checkpoint import (
@@ -231,3 +232,34 @@ def test_saving_under_a_file_names_the_requested_path_and_the_file_in_the_way(tm
     text = str(err.value)
     assert f"cannot write {path}" in text and f"{tmp_path / 'afile'} is a file, not a folder" in text
     assert ".sha256" not in text
+
+
+@pytest.mark.parametrize(("name", "config"), [
+    ("sparse_dict", {"n_fft": 64, "hop_length": 16, "code_dim": 16, "sparsity": "topk", "topk": 16}),
+    ("linear", {**SMALL, "sparsity": "topk", "topk": 4}),
+])
+def test_a_saved_topk_above_code_dim_loads_as_code_dim_with_identical_outputs(tmp_path, caplog, name, config):
+    """sparse_dict's old default topk was 32 whatever the code_dim: checkpoints of a code_dim under 32
+    hold topk 32, which kept every unit (as topk = code_dim does). They were refused on load once
+    configs refused a topk above code_dim; they load again, with a warning naming the file."""
+    model = build_model(name, config).eval()
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(model, path)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "topk": 32})
+    save_file(load_file(str(path)), str(path), metadata=meta)  # as an older audioae wrote it
+    (tmp_path / "old.safetensors.sha256").write_text(
+        f"{hashlib.sha256(path.read_bytes()).hexdigest()}  old.safetensors\n")
+    with caplog.at_level("WARNING", logger="audioae.checkpoint"):
+        loaded = load_checkpoint(path)
+    assert loaded.config.topk == config["code_dim"]
+    assert str(path) in caplog.text and "topk 32" in caplog.text
+    x = model.example_input()
+    with torch.no_grad():
+        for got, want in zip(loaded(x), model(x), strict=True):  # (reconstruction, code)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"topk \(32\) is above code_dim"):  # a user's setting still refuses
+        build_model(name, {**config, "topk": 32})

@@ -163,6 +163,12 @@ def test_groups_partition_the_units(rng):
         dec = decompose(model, x, SR, group=group, n_groups=4)
         flat = [u for g in dec.units for u in g]
         assert len(flat) == len(set(flat)), f"{group}: a unit in two components"
+        assert len(dec.labels) == len(dec.units) > 0
+        # labelled once, in rank order, by what each component's waveform holds
+        if group == "none":
+            assert dec.labels == [f"unit {g[0]} (~{hz:.0f} Hz)" for g, hz in zip(dec.units, dec.dominant_hz, strict=True)]
+        else:
+            assert all(label.startswith(f"cluster {i + 1} (") for i, label in enumerate(dec.labels)), dec.labels
 
 
 @pytest.mark.parametrize("sr", [16000, 44100])

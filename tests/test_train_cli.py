@@ -168,6 +168,9 @@ def test_half_a_resume_point_or_another_signal_is_refused_not_started_over(tmp_p
     assert (out / "best.safetensors").read_bytes() == best
     (out / "last.optim.safetensors").write_bytes(optim[:1000])
     assert main(["train", *common, "--steps", "6"]) == 2
+    assert "last.optim.safetensors: sha256 mismatch" in capsys.readouterr().err  # its .sha256 is still there
+    (out / "last.optim.safetensors.sha256").unlink()  # as files written before 2026-12-07
+    assert main(["train", *common, "--steps", "6"]) == 2
     assert "last.optim.safetensors: not a readable optimizer state" in capsys.readouterr().err
     (out / "last.optim.safetensors").write_bytes(optim)
     assert main(["train", *common, "--steps", "6", "--set", "model.config.sample_rate=16000"]) == 2
@@ -247,6 +250,43 @@ def test_a_corrupt_resume_point_is_refused_and_a_torn_one_warned_of(tmp_path, ca
         assert json.loads(capsys.readouterr().out)["resumed_at_step"] == step
 
 
+def test_each_truncated_part_of_a_resume_point_is_named_as_truncated(tmp_path, capsys):
+    """Was: three messages for one fault. A truncated last.safetensors was "not a readable
+    safetensors checkpoint" (its header read before its hash), last.optim.safetensors "not a
+    readable optimizer state" (loaded before its hash), and only last.ema.safetensors a mismatch."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16", "--set", "train.ema_decay=0.5"]
+    assert main(["train", *common, "--steps", "2"]) == 0
+    capsys.readouterr()
+    for name in ("last.safetensors", "last.optim.safetensors", "last.ema.safetensors"):
+        whole = (out / name).read_bytes()
+        (out / name).write_bytes(whole[:len(whole) // 2])
+        assert main(["train", *common, "--steps", "3"]) == 2
+        assert re.search(rf"{re.escape(name)}: sha256 mismatch \(.*\): the file was changed or truncated",
+                         capsys.readouterr().err), name
+        (out / name).write_bytes(whole)
+    assert main(["train", *common, "--steps", "3"]) == 0  # restored: it resumes
+
+
+def test_a_weight_average_of_another_model_is_refused_before_the_folder_changes(tmp_path, capsys):
+    """Was: another run's last.ema.safetensors (copied in with its .sha256) was refused with torch's
+    page of "size mismatch ..." lines, after log.jsonl was trimmed and the folder created."""
+    common = [CONFIG, "--set", "train.val_every=1", "--set", "train.progress=false", "--set", "train.ema_decay=0.5"]
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert main(["train", *common, "--out", str(out), "--set", "model.config.hidden=16", "--steps", "2"]) == 0
+    assert main(["train", *common, "--out", str(other), "--set", "model.config.hidden=24", "--steps", "1"]) == 0
+    for name in ("last.ema.safetensors", "last.ema.safetensors.sha256"):
+        (out / name).write_bytes((other / name).read_bytes())
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["train", *common, "--out", str(out), "--set", "model.config.hidden=16", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "last.ema.safetensors: the weight average of a differently shaped model" in err
+    assert "hidden: 24 there, 16 now" in err and "size mismatch" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_weight_average_starts_as_a_copy_resumes_and_is_what_validation_keeps(tmp_path, capsys):
     out = tmp_path / "run"
     common = [CONFIG, "--out", str(out), "--set", "train.val_every=1", "--set", "train.progress=false",
@@ -311,6 +351,32 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, capsys):
     assert f"up to step {MAX_NONFINITE_STEPS + 1}," in err
     weights = load_checkpoint(out / "last.safetensors").state_dict()
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_diverged_float16_run_saves_no_collapsed_loss_scale(tmp_path, capsys, monkeypatch):
+    """Was: the non-finite stop saved the resume point with the GradScaler's scale halved on every
+    NaN step of the streak (65536 / 2**20), and a resume restored it, doubling only once per 2000
+    steps. A CPU scaler, enabled, stands in for float16 AMP's CUDA one (the same class)."""
+    from safetensors import safe_open
+
+    from audioae.train import MAX_NONFINITE_STEPS
+
+    real = torch.amp.GradScaler
+    scalers = []
+
+    def cpu_scaler(device, enabled=True):
+        scalers.append(real("cpu", enabled=True))
+        return scalers[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", cpu_scaler)
+    out = tmp_path / "run"
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "200", "--set", "train.lr=1e20",
+               "--set", "train.val_every=1000", "--set", "train.progress=false", "--set", "model.config.hidden=16"])
+    assert rc == 2
+    assert f"non-finite for {MAX_NONFINITE_STEPS} steps in a row" in capsys.readouterr().err
+    assert scalers and scalers[0].get_scale() < 65536.0 / 2 ** 10  # the streak did collapse it
+    with safe_open(out / "last.optim.safetensors", "pt") as f:
+        assert "loss_scale" not in f.metadata()  # so a resume starts again at the initial scale
 
 
 def test_a_run_whose_validation_output_is_not_finite_stops_with_a_clear_error(tmp_path, capsys):
@@ -399,6 +465,21 @@ def test_a_value_of_the_wrong_type_is_a_clear_error(tmp_path, capsys, override, 
     assert main(["train", CONFIG, "--out", str(tmp_path), "--set", override]) == 2
     assert text in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize(("annotation", "text"), [
+    # was "str (a text such as \"gru\") or float (a number such as 0.25)": taken for a union
+    (dict[str, float], "dict[str, float] (a table such as { a = 1 })"),
+    (tuple[dict[str, int], ...], "tuple[dict[str, int], ...] (a list of tables such as [{ a = 1 }, { b = 2 }])"),
+    (set[int], "set[int]"),  # not known here: the annotation alone
+    (int | str, "int (an integer such as 2) or str (a text such as \"gru\")"),
+    (float | None, "float (a number such as 0.25), or the key left out for none"),
+    (tuple[int, ...], "tuple[int, ...] (a list of integers such as [2, 4])"),
+    (tuple[int, int], "tuple[int, int] (a list of 2 integers such as [2, 4])")])
+def test_each_kind_of_annotation_is_described_in_words(annotation, text):
+    from audioae.config import describe_type
+
+    assert describe_type(annotation) == text
 
 
 def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path):
@@ -650,6 +731,14 @@ def test_a_resume_given_an_init_from_its_run_did_not_start_from_says_it_is_unuse
     assert main(["train", *grown, "--steps", "1"]) == 0
     assert main(["train", *grown, "--steps", "2"]) == 0
     assert "did not start from train.init_from" not in caplog.text
+    # Was: with run.json lost, the resume's record (settings_from_step) held its own init_from, and
+    # every later resume with it took that for the run's start and said nothing.
+    (tmp_path / "grown" / "run.json").unlink()
+    for steps in ("3", "4"):
+        caplog.clear()
+        assert main(["train", *grown, "--steps", steps]) == 0
+        assert (f"did not start from train.init_from={start!r} (run.json does not say what it started from)"
+                in caplog.text), steps
 
 
 def test_init_from_weights_of_another_signal_is_refused(tmp_path, capsys):
