@@ -1218,7 +1218,7 @@ def resample_in_blocks(wav: torch.Tensor | np.ndarray, orig_sr: int, new_sr: int
     rows = n // a + 1  # strides of the whole: torchaudio pads w samples before and w + a after
     # Each block is written into its place: joining the blocks at the end (torch.cat) ran 0.1-0.3 s
     # past the last stop question at 550 s (benchmarks/results/decompose-deadline-join-before.json).
-    out = torch.empty(len(flat), rows * b)  # [B, b * rows]
+    out = torch.empty(len(flat), rows * b, dtype=flat.dtype)  # [B, b * rows]
     for j0 in range(0, rows, per):
         if j0 and stop is not None:
             stop()
