@@ -307,8 +307,9 @@ def _add_eval(sub) -> None:
                                    "folders score one pair. A metric that cannot score a pair (too short, "
                                    "a silent reference) leaves it out of the mean, with a note. Exits 1 if "
                                    "a file on either side has no partner (a clean file without an enhanced "
-                                   "one, an enhanced file without a clean one, a missing noisy file) or "
-                                   "could not be read; 2 if nothing pairs.")
+                                   "one, an enhanced file without a clean one, a missing noisy file), "
+                                   "could not be read, or no pair could be scored at all; 2 if nothing "
+                                   "pairs.")
     p.add_argument("--clean", required=True, help="folder of clean references (or one file)")
     p.add_argument("--enhanced", required=True, help="folder of enhanced files, same relative paths (or one file)")
     p.add_argument("--noisy", help="folder of the noisy inputs (or one file), for the SI-SDR improvement")
@@ -347,7 +348,9 @@ def _cmd_eval(args) -> int:
     _check_json_out(args.json_out)
     report = evaluate_folders(args.clean, args.enhanced, args.noisy, progress=not args.no_progress)
     if report["paired"] == 0:
-        raise ValueError(f"no files of {args.enhanced} pair with {args.clean} by relative path")
+        # the ambiguity is why, when there is one (was: "no files ... pair", the reason unsaid)
+        why = "".join(f"; several files stand for {rel}" for rel in report["ambiguous"])
+        raise ValueError(f"no files of {args.enhanced} pair with {args.clean} by relative path{why}")
     text = json.dumps(report, indent=2)
     if args.json_out == "-":
         print(text)
@@ -360,6 +363,11 @@ def _cmd_eval(args) -> int:
             print(f"JSON: {args.json_out}")
     # An enhanced file without a clean one is a problem too: the folders were to match.
     problems = any(report[k] for k in ("errors", "missing_enhanced", "extra_enhanced", "missing_noisy", "ambiguous"))
+    if report["scored"] == 0:  # was exit 0 under an all-dash table: a script took it for a result
+        print(f"audioae eval: no pair could be scored (0 of {report['paired']}): "
+              + ("see the errors and notes above" if args.json_out != "-" else "see errors and notes in the JSON"),
+              file=sys.stderr)
+        return 1
     return 1 if problems else 0
 
 
@@ -522,6 +530,24 @@ def _check_long_enough_to_inspect(model, audio: str, samples: int, frames: int, 
                      f"shorter than {window}: choose an earlier --start or a longer --seconds")
 
 
+def _inspect_context(model, begin: int, end: int, frames: int, sr: int) -> tuple[int, int]:
+    """Samples before and after the part shown that the model runs over too, so that the part's
+    numbers are what ``audioae denoise`` did to it: all of those before (a causal model's state
+    depends on all it heard: started a few seconds early, its gain in a band still differed by
+    several dB); after it, one analysis window (what a causal model's last frames see), or as much
+    as fits for a model that sees the whole input. Within the :data:`INSPECT_SECONDS` the model may
+    run over (memory); past that, said on stderr."""
+    budget = max(0, round(INSPECT_SECONDS * sr) - (end - begin))
+    window = round(model.config.n_fft * sr / model.config.sample_rate)
+    after = min(frames - end, window if model.causal else budget, budget)
+    before = min(begin, budget - after)
+    if before < begin or (not model.causal and end + after < frames):
+        print(f"note: the model runs over {(begin - before) / sr:.2f}-{(end + after) / sr:.2f} s, not the whole "
+              f"file (inspect runs it over at most {INSPECT_SECONDS:.0f} s): its numbers for this part may differ "
+              f"from what audioae denoise does to the whole file", file=sys.stderr)
+    return before, after
+
+
 def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds: float = INSPECT_SECONDS) -> int:
     from .audio import read_audio
     from .plots import denoising_stats, denoising_view, plot_denoising
@@ -531,9 +557,11 @@ def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds
     total = frames / sr
     if start >= total:
         raise ValueError(f"--start {start:g} s: {audio} lasts {total:.2f} s")
-    wav = wav[:, round(start * sr) : round((start + seconds) * sr)]  # [C, T'] the part shown
-    _check_long_enough_to_inspect(model, audio, wav.shape[-1], frames, sr, start, seconds)
-    shown = wav.shape[-1] / sr
+    begin, end = round(start * sr), min(round((start + seconds) * sr), frames)
+    _check_long_enough_to_inspect(model, audio, end - begin, frames, sr, start, seconds)
+    shown = (end - begin) / sr
+    before, after = _inspect_context(model, begin, end, frames, sr)
+    wav = wav[:, begin - before : end + after]  # [C, T'] the part shown, in what the model runs over
     if shown < total:
         print(f"note: showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; --start and --seconds pick "
               f"another part", file=sys.stderr)
@@ -542,7 +570,8 @@ def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds
     if channels > 1:
         print(f"note: {audio} has {channels} channels; the figure and the numbers show their mean (mono)",
               file=sys.stderr)
-    view = denoising_view(model.eval(), wav, sr)
+    view = denoising_view(model.eval(), wav, sr, shown_from=before, shown_to=before + end - begin,
+                          file_start_s=(begin - before) / sr)
     plot_denoising(view, out, title=f"{audio} {start:.2f}-{start + shown:.2f} s ({sr} Hz{mixed}, shown at the "
                                     f"model's {model.config.sample_rate} Hz)")
     print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), "start_s": round(start, 3),

@@ -2,7 +2,9 @@
 
 Per file and on average: SI-SDR, SI-SDR improvement over the noisy input (when a noisy folder is
 given), wide-band PESQ and STOI (:mod:`audioae.metrics`). Metrics are computed on the mono
-mixdown at the clean file's sample rate. A metric that cannot score a pair (too short, a silent
+mixdown, the other files resampled to the clean file's rate; SI-SDR at that rate, PESQ at 16 kHz
+(wide-band PESQ's rate: other rates are resampled, and the file's notes say so), STOI at its own
+10 kHz (pystoi resamples). A metric that cannot score a pair (too short, a silent
 reference) gives None, left out of the mean, and its reason goes into the file's notes. Files
 present on one side only, and files that cannot be read, are reported rather than fatal; files
 are decoded in a child process, so that one that crashes libsndfile (C) is reported too instead
@@ -23,12 +25,14 @@ import numpy as np
 
 from .audio import AudioError, AudioInfo, read_audio, resample, walk_audio
 from .isolation import ProcessDied, Worker, answering_worker
-from .metrics import SI_SDR_MIN_SECONDS, score, si_sdr_improvement
+from .metrics import SI_SDR_MIN_SECONDS, pesq_rate_note, score, si_sdr_improvement
 
 log = logging.getLogger(__name__)
 
 METRICS = ("si_sdr", "si_sdr_i", "pesq", "stoi")
 HEADERS = {"si_sdr": "SI-SDR", "si_sdr_i": "SI-SDRi", "pesq": "PESQ", "stoi": "STOI"}
+# the table's column heads: the unit, and which PESQ (wide-band, P.862.2); STOI is 0..1
+COLUMNS = {"si_sdr": "SI-SDR dB", "si_sdr_i": "SI-SDRi dB", "pesq": "PESQ wb", "stoi": "STOI"}
 
 
 def audio_files(folder: str | os.PathLike) -> dict[str, Path]:
@@ -67,6 +71,9 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     files instead of folders (``noisy`` optional) are one pair, named after the clean file."""
     given = [Path(p) for p in (clean, enhanced, noisy) if p is not None]
     if any(p.is_file() for p in given):
+        absent = [str(p) for p in given if not p.exists()]
+        if absent:  # a typo, not a folder among files: say so (was "not a file: enh/nope.wav")
+            raise ValueError(f"{', '.join(absent)}: no such file")
         if not all(p.is_file() for p in given):
             missing = [str(p) for p in given if not p.is_file()]
             raise ValueError(f"give --clean, --enhanced and --noisy all as files or all as folders; "
@@ -153,6 +160,7 @@ def _mono_at(path: Path, sr: int, length: int | None, channels: int, notes: list
     """``path`` as mono float at ``sr``, cropped/padded to ``length`` (each change from the clean
     file's ``sr``, ``length`` and ``channels`` noted)."""
     wav, file_sr, info = read(path)  # [C, T]
+    _note_levels(wav, label, notes)
     mono = wav.mean(0)
     if info.channels != channels:
         notes.append(f"{label} has {info.channels} channel(s), clean has {channels}"
@@ -163,6 +171,36 @@ def _mono_at(path: Path, sr: int, length: int | None, channels: int, notes: list
     if length is not None and len(mono) != length:
         notes.append(f"{label} has {len(mono)} samples, clean has {length}: compared over the shorter")
     return mono.astype(np.float32)
+
+
+FULL_SCALE = 1 - 2**-14  # a 16-bit PCM file's +1 is 32767/32768: count it as full scale too
+CLIPPED_RUN = 3  # samples in a row at full scale: speech seldom touches it twice running; clipping does
+
+
+def _note_levels(wav: np.ndarray, label: str, notes: list[str]) -> None:
+    """Note audio beyond full scale (a float file: saved as PCM or played it would clip) and audio
+    clipped at it (runs of :data:`CLIPPED_RUN` samples at +-1): both scored silently before, though
+    clipping is distortion every metric counts against the file."""
+    peak = float(np.abs(wav).max()) if wav.size else 0.0  # [C, T]
+    if peak > 1.0:
+        over = int((np.abs(wav) > 1.0).sum())
+        notes.append(f"{label} peaks at {peak:.2f} ({20 * math.log10(peak):+.1f} dBFS), beyond full scale: "
+                     f"{over} sample(s) over 1.0 would clip as PCM or when played")
+        return
+    at_full = np.abs(wav) >= FULL_SCALE  # [C, T]
+    if at_full.sum() >= CLIPPED_RUN and _longest_run(at_full) >= CLIPPED_RUN:
+        notes.append(f"{label} looks clipped: {int(at_full.sum())} sample(s) at full scale, up to "
+                     f"{_longest_run(at_full)} in a row")
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """The most ``True`` in a row along the last axis of ``flags [C, T]``."""
+    best = 0
+    for row in flags:
+        edges = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))  # +1 where a run starts, -1 after it
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        best = max(best, int((ends - starts).max()) if len(starts) else 0)
+    return best
 
 
 @contextlib.contextmanager
@@ -185,15 +223,27 @@ def _metric_warnings_as(notes: list[str]) -> Iterator[None]:
 
 
 def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Reader = read_audio) -> dict:
-    """Metrics of one file: ``si_sdr``, ``pesq``, ``stoi`` (+ ``si_sdr_i`` with ``noisy``), ``notes``."""
+    """Metrics of one file: ``si_sdr``, ``pesq``, ``stoi`` (+ ``si_sdr_i`` with ``noisy``), ``notes``;
+    ``noisy_error`` when the noisy file could not be read (its SI-SDRi is then NaN, the rest scored)."""
     notes: list[str] = []
     ref, sr, cinfo = read(clean)
+    _note_levels(ref, "clean", notes)
     ref = ref.mean(0)
     if cinfo.channels > 1:
         notes.append(f"{cinfo.channels} channels: scored on the mono mixdown")
     est = _mono_at(enhanced, sr, len(ref), cinfo.channels, notes, "enhanced", read)
     n = min(len(ref), len(est))  # the enhanced file's own scores: the noisy one never crops them
-    mix = None if noisy is None else _mono_at(noisy, sr, None, cinfo.channels, notes, "noisy", read)
+    mix, noisy_error = None, None
+    if noisy is not None:
+        try:
+            mix = _mono_at(noisy, sr, None, cinfo.channels, notes, "noisy", read)
+        except AudioError as exc:  # the noisy file is for SI-SDRi alone: was the whole pair dropped
+            noisy_error = str(exc)
+            notes.append("SI-SDRi could not score this pair: its noisy file could not be read (see the error for it)")
+    if noisy_error is not None:
+        res = _score_without_noisy(est[:n], ref[:n], sr, notes)
+        _note_pesq_rate(res, sr, notes)
+        return {**res, "seconds": n / sr, "notes": notes, "noisy_error": noisy_error}
     if mix is not None and len(mix) > n:
         notes.append(f"noisy has {len(mix)} samples, the scored pair {n}: compared over the shorter")
     with _metric_warnings_as(notes):
@@ -211,7 +261,22 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
                              f"scores over {n / sr:.2f} s")
                 res["si_sdr_i"] = si_sdr_improvement(est[:m], ref[:m], mix, sr,
                                                      label=f"SI-SDRi (over the noisy file's first {m / sr:.2f} s)")
+    _note_pesq_rate(res, sr, notes)
     return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes}
+
+
+def _note_pesq_rate(res: dict, sr: int, notes: list[str]) -> None:
+    """Say when PESQ ran on resampled audio (it was silent: 8 kHz pairs got wide-band PESQ of an
+    upsampled signal, 44.1/48 kHz ones were scored at 16 kHz unsaid)."""
+    note = pesq_rate_note(sr)
+    if note and math.isfinite(res["pesq"]):
+        notes.append(note)
+
+
+def _score_without_noisy(est: np.ndarray, ref: np.ndarray, sr: int, notes: list[str]) -> dict:
+    with _metric_warnings_as(notes):
+        res = score(est, ref, sr)
+    return {**{k: float(v) for k, v in res.items()}, "si_sdr_i": math.nan}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -264,6 +329,8 @@ def _score_pairs(pairs: list, read: Reader, progress: bool) -> tuple[list[dict],
         except ValueError as exc:  # e.g. a metric refusing a too-short signal
             errors.append({"file": rel, "error": f"{cpath}: cannot score ({exc})"})
             continue
+        if "noisy_error" in res:  # listed with the errors (exit 1), the pair's other scores kept
+            errors.append({"file": rel, "error": res.pop("noisy_error")})
         files.append({"file": rel, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                       for k, v in res.items()}})
     return files, errors
@@ -276,12 +343,13 @@ def _fmt(v: float | None) -> str:
 def _score_table(report: dict) -> list[str]:
     metrics = [m for m in METRICS if m in report["mean"]]
     width = max([len("mean"), *(len(f["file"]) for f in report["files"])])
-    head = f"{'file':<{width}}  " + "  ".join(f"{HEADERS[m]:>8}" for m in metrics)
+    cols = {m: max(8, len(COLUMNS[m])) for m in metrics}
+    head = f"{'file':<{width}}  " + "  ".join(f"{COLUMNS[m]:>{cols[m]}}" for m in metrics)
     lines = [head, "-" * len(head)]
     for f in report["files"]:
-        lines.append(f"{f['file']:<{width}}  " + "  ".join(f"{_fmt(f.get(m)):>8}" for m in metrics))
+        lines.append(f"{f['file']:<{width}}  " + "  ".join(f"{_fmt(f.get(m)):>{cols[m]}}" for m in metrics))
     lines.append("-" * len(head))
-    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{_fmt(report['mean'].get(m)):>8}" for m in metrics))
+    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{_fmt(report['mean'].get(m)):>{cols[m]}}" for m in metrics))
     return lines
 
 

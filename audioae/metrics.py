@@ -117,6 +117,19 @@ def pesq_wb(estimate: np.ndarray, reference: np.ndarray, sr: int) -> float:
         return float("nan")
 
 
+def pesq_rate_note(sr: int) -> str | None:
+    """What a reader of a PESQ score at ``sr`` should know: it was computed at 16 kHz, wide-band,
+    on the pair resampled from ``sr`` (None at 16 kHz). Below 16 kHz the pair holds nothing in the
+    top of the band wide-band PESQ judges, so its scores compare only with scores at that rate."""
+    if sr == 16000:
+        return None
+    if sr < 16000:
+        return (f"PESQ is wide-band (P.862.2, 16 kHz) on {sr} Hz audio upsampled to 16 kHz: nothing above "
+                f"{sr / 2000:g} kHz, where wide-band PESQ still judges speech; compare it only with scores of "
+                f"{sr} Hz audio (narrow-band PESQ, P.862, is the measure made for it)")
+    return f"PESQ on the pair resampled from {sr} Hz to 16 kHz (wide-band PESQ's rate): nothing above 8 kHz counts"
+
+
 STOI_MIN_SECONDS = 0.0256  # one 256-sample analysis frame at STOI's 10 kHz; pystoi fails below it
 
 

@@ -60,7 +60,9 @@ def test_scores_pairs_by_relative_path(folders):
     for m in ("si_sdr", "pesq", "stoi"):
         assert rep["mean"][m] > worse["mean"][m]
     table = format_table(rep)
-    assert "spk1/deep/c.wav" in table and "mean" in table and "SI-SDRi" in table
+    assert "spk1/deep/c.wav" in table and "mean" in table
+    # the units and which PESQ (was "SI-SDR  SI-SDRi  PESQ  STOI")
+    assert table.splitlines()[0].split()[1:] == ["SI-SDR", "dB", "SI-SDRi", "dB", "PESQ", "wb", "STOI"]
 
 
 def test_missing_extra_renamed_and_broken_files_are_reported(folders, tmp_path):
@@ -211,8 +213,10 @@ def test_a_silent_reference_has_no_scores_and_says_why(folders, tmp_path, capsys
     assert rep["mean"]["stoi"] > 0.5  # a 0.0 per silent pair would pull it down
     # the explorer's reproduction: one silent reference against noise, the JSON on stdout
     clean, enhanced = dirs["clean"] / "zeros.wav", dirs["enhanced"] / "zeros.wav"
-    assert main(["eval", "--clean", str(clean), "--enhanced", str(enhanced), "--json", "-"]) == 0
-    rep = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--clean", str(clean), "--enhanced", str(enhanced), "--json", "-"]) == 1  # nothing scored
+    out, err = capsys.readouterr()
+    rep = json.loads(out)
+    assert "audioae eval: no pair could be scored (0 of 1): see errors and notes in the JSON" in err
     (f,) = rep["files"]
     assert (f["si_sdr"], f["stoi"], rep["mean"]["si_sdr"], rep["mean"]["stoi"]) == (None, None, None, None)
     assert "SI-SDR could not score this pair: the reference is silent (all zeros)" in f["notes"]
@@ -414,3 +418,98 @@ def test_an_unreadable_file_is_named_with_the_systems_reason(folders, unprivileg
                            "--enhanced", str(dirs["enhanced"]), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     assert f"error: {dirs['enhanced'] / 'a.wav'}: cannot read audio (Permission denied)" in proc.stdout
+
+
+def test_an_unreadable_noisy_file_costs_only_the_si_sdr_improvement(folders, capsys):
+    # was: "1 of 3 pairs scored", though the noisy file is for SI-SDRi alone
+    dirs, truth = folders
+    x, _ = sf.read(dirs["noisy"] / "a.wav")
+    x[100] = np.nan
+    sf.write(dirs["noisy"] / "a.wav", x, SR, subtype="FLOAT")
+    (dirs["noisy"] / "spk1" / "b.wav").write_bytes(b"not audio")
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]),
+                 "--noisy", str(dirs["noisy"]), "--json", "-"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["paired"], rep["scored"]) == (3, 3)
+    assert sorted(e["file"] for e in rep["errors"]) == ["a.wav", "spk1/b.wav"]
+    assert "NaN or Inf" in next(e["error"] for e in rep["errors"] if e["file"] == "a.wav")
+    for f in rep["files"]:
+        assert f["si_sdr"] == pytest.approx(truth[f["file"]][0], abs=1e-3)
+        assert f["pesq"] is not None and f["stoi"] is not None
+        broken = f["file"] != "spk1/deep/c.wav"
+        assert (f["si_sdr_i"] is None) == broken
+        assert any("its noisy file could not be read" in n for n in f["notes"]) == broken
+    assert rep["mean_of"]["si_sdr_i"] == 1 and rep["mean_of"]["si_sdr"] == 3
+
+
+def test_a_missing_file_among_three_is_named_as_missing(folders, capsys):
+    # was: "give --clean, --enhanced and --noisy all as files or all as folders; not a file: enh/nope.wav"
+    dirs, _ = folders
+    nope = dirs["enhanced"] / "nope.wav"
+    assert main(["eval", "--clean", str(dirs["clean"] / "a.wav"), "--enhanced", str(nope),
+                 "--noisy", str(dirs["noisy"] / "a.wav")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {nope}: no such file" in err and "as folders" not in err
+
+
+def test_eval_exits_1_when_no_pair_could_be_scored(folders, capsys):
+    # was: exit 0 under an all-dash table, "0 of 1 pairs scored"
+    dirs, _ = folders
+    sf.write(dirs["clean"] / "a.wav", np.zeros(SR, np.float32), SR)  # silent: no metric is defined
+    args = ["eval", "--clean", str(dirs["clean"] / "a.wav"), "--enhanced", str(dirs["enhanced"] / "a.wav")]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "0 of 1 pairs scored" in out
+    assert "audioae eval: no pair could be scored (0 of 1): see the errors and notes above" in err
+    args[2] = str(dirs["clean"] / "spk1" / "b.wav")  # a pair that scores: 0 as before
+    args[4] = str(dirs["enhanced"] / "spk1" / "b.wav")
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize("sr, said", [
+    (8000, "PESQ is wide-band (P.862.2, 16 kHz) on 8000 Hz audio upsampled to 16 kHz: nothing above 4 kHz"),
+    (48000, "PESQ on the pair resampled from 48000 Hz to 16 kHz (wide-band PESQ's rate)"),
+    (16000, None),
+])
+def test_pesq_on_resampled_audio_is_noted(tmp_path, sr, said):
+    # was: 8 kHz pairs got wide-band PESQ of an upsampled signal, 48 kHz ones PESQ at 16 kHz, unsaid
+    rng = np.random.default_rng(0)
+    clean = speech_like(rng, 2.0, sr)
+    enhanced = at_snr(clean, noise(rng, 2.0, sr, "white"), 15.0)
+    for name, x in (("c.wav", clean), ("e.wav", enhanced)):
+        sf.write(tmp_path / name, x, sr, subtype="FLOAT")
+    (f,) = evaluate_folders(tmp_path / "c.wav", tmp_path / "e.wav")["files"]
+    assert f["pesq"] is not None
+    pesq_notes = [n for n in f["notes"] if "PESQ" in n]
+    if said is None:
+        assert pesq_notes == []
+    else:
+        assert len(pesq_notes) == 1 and pesq_notes[0].startswith(said)
+
+
+def test_an_ambiguous_only_clean_file_is_named_as_ambiguous(tmp_path, capsys):
+    # was: "no files of A/enh pair with A/clean by relative path", the ambiguity it gives beside a pair unsaid
+    x = speech_like(np.random.default_rng(0), 1.0, SR)
+    for path in ("clean/y.wav", "enh/y.flac", "enh/y.ogg"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / path, x, SR)
+    assert main(["eval", "--clean", str(tmp_path / "clean"), "--enhanced", str(tmp_path / "enh")]) == 2
+    assert ("by relative path; several files stand for y.wav (enhanced: y.flac, y.ogg): keep one"
+            in capsys.readouterr().err)
+
+
+def test_audio_beyond_or_clipped_at_full_scale_is_noted(folders):
+    # was: an enhanced float file peaking at 4.03 and one hard-clipped at +-1 scored without a word
+    dirs, _ = folders
+    a, _ = sf.read(dirs["enhanced"] / "a.wav", dtype="float32")
+    a = 4.0 * a / np.abs(a).max()
+    sf.write(dirs["enhanced"] / "a.wav", a, SR, subtype="FLOAT")
+    b, _ = sf.read(dirs["enhanced"] / "spk1" / "b.wav", dtype="float32")
+    sf.write(dirs["enhanced"] / "spk1" / "b.wav", np.clip(8 * b, -1, 1), SR, subtype="PCM_16")
+    notes = {f["file"]: f["notes"] for f in evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])["files"]}
+    over = int((np.abs(a) > 1).sum())
+    assert notes["a.wav"] == [f"enhanced peaks at 4.00 (+12.0 dBFS), beyond full scale: {over} sample(s) over 1.0 "
+                              f"would clip as PCM or when played"]
+    (said,) = notes["spk1/b.wav"]
+    assert said.startswith("enhanced looks clipped: ") and " sample(s) at full scale, up to " in said
+    assert notes["spk1/deep/c.wav"] == []  # speech below full scale: nothing to say

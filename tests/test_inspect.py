@@ -183,3 +183,156 @@ def test_inspect_refuses_an_empty_model_or_output(tmp_path, monkeypatch, capsys,
     assert main(["inspect", *args]) == 2
     assert f"audioae inspect: error: {text}" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]  # no figure drawn with the defaults
+
+
+def _noisy_speech(path, seconds: float, sr: int = 16000, seed: int = 0):
+    import numpy as np
+
+    from audioae.audio import write_audio
+    from audioae.data.synthetic import noise, speech_like
+
+    rng = np.random.default_rng(seed)
+    clean = speech_like(rng, seconds, sr)
+    x = (0.1 * (clean + noise(rng, seconds, sr, "pink"))).astype(np.float32)  # about 0 dB SNR
+    write_audio(path, x[None], sr)
+    return x
+
+
+def _drawn_figures(monkeypatch) -> list:
+    """The figures inspect draws, kept open after they are written (to read their axes)."""
+    import audioae.plots as plots
+
+    drawn, save = [], plots._save
+
+    def keep(fig, path):
+        drawn.append(fig)
+        monkeypatch.setattr(plots.plt, "close", lambda fig: None)  # _save closes it
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return drawn
+
+
+def _panels(fig) -> tuple[list, list]:
+    """(the figure's panels, its colour bars)."""
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    return [ax for ax in fig.axes if ax not in bars], bars
+
+
+def test_inspect_start_labels_the_files_time(tmp_path, monkeypatch, capsys):
+    # was: the title said 1.00-2.50 s while every panel's time axis ran 0.0-1.5
+    src = tmp_path / "n.wav"
+    _noisy_speech(src, 3.0)
+    drawn = _drawn_figures(monkeypatch)
+    assert main(["inspect", "--audio", str(src), "--start", "1.0", "--seconds", "1.5", "-o",
+                 str(tmp_path / "v.png")]) == 0
+    capsys.readouterr()
+    (fig,) = drawn
+    panels, _ = _panels(fig)
+    assert len(panels) == 4
+    for ax in panels:
+        lo, hi = ax.get_xlim()
+        assert lo == pytest.approx(1.0, abs=0.02) and hi == pytest.approx(2.5, abs=0.02)
+
+
+def test_every_panel_of_the_denoiser_figure_has_a_labelled_colour_bar(tmp_path, monkeypatch, capsys):
+    # was: no colour bar for the spectrograms, an unlabelled one for the code, "dB" only in a title
+    src = tmp_path / "n.wav"
+    _noisy_speech(src, 2.0)
+    drawn = _drawn_figures(monkeypatch)
+    assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
+    capsys.readouterr()
+    panels, bars = _panels(drawn[0])
+    assert [bar.get_ylabel() for bar in bars] == ["dB (|STFT| magnitude)"] * 2 + ["dB", "unit value"]
+
+
+def test_bands_above_the_files_nyquist_are_null_and_covered_in_the_figure(tmp_path, monkeypatch, capsys):
+    # was: an 8 kHz file read "4000-8000 Hz": -14.39, and the figure painted the upsampler's images there
+    src = tmp_path / "n.wav"
+    _noisy_speech(src, 2.0, sr=8000)
+    drawn = _drawn_figures(monkeypatch)
+    assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
+    bands = json.loads(capsys.readouterr().out)["gain_db_per_band"]
+    assert bands["4000-8000 Hz"] is None and bands["2000-4000 Hz"] is not None
+    panels, _ = _panels(drawn[0])
+    for ax in panels[:3]:  # the spectrograms and the gain; the code has no frequency axis
+        assert [t.get_text() for t in ax.texts] == ["above the file's 4 kHz Nyquist: not recorded"]
+    src16 = tmp_path / "n16.wav"
+    _noisy_speech(src16, 2.0)
+    assert main(["inspect", "--audio", str(src16), "-o", str(tmp_path / "v.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["gain_db_per_band"]["4000-8000 Hz"] is not None
+    assert not any(ax.texts for ax in _panels(drawn[1])[0])
+
+
+def _band_gain_db(x, y, sr: int, lo: float, hi: float) -> float:
+    import numpy as np
+
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    band = (f >= lo) & (f < hi)
+    return float(10 * np.log10((np.abs(np.fft.rfft(y)[band]) ** 2).sum() / (np.abs(np.fft.rfft(x)[band]) ** 2).sum()))
+
+
+def test_inspect_start_gives_the_numbers_a_whole_file_denoise_gives_that_part(tmp_path, capsys):
+    # was: the part was denoised on its own, the causal model starting cold at --start: on a babble
+    # file, -0.66 dB where denoise gave that part -0.94, and -6.05 dB in 4-8 kHz where it gave -9.49
+    from audioae.enhance import denoise
+    from audioae.pretrained import load
+
+    sr, src = 16000, tmp_path / "n.wav"
+    x = _noisy_speech(src, 6.0)
+    y = denoise(load("denoiser-small").eval(), x, sr)
+    assert main(["inspect", "--audio", str(src), "--start", "3.0", "--seconds", "2.0", "-o",
+                 str(tmp_path / "v.png")]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    part = slice(3 * sr, 5 * sr)
+    # started cold at 3 s: -11.51, -10.85 and -33.9 dB where the denoised file's FFT says -11.08,
+    # -10.23 and -36.14 (the STFT's numbers and the FFT's differ a little, more at -36 dB)
+    assert rep["gain_db"] == pytest.approx(_band_gain_db(x[part], y[part], sr, 0, 8000), abs=0.15)
+    for lo, hi, within in ((1000, 2000, 0.3), (4000, 8000, 0.5)):
+        assert rep["gain_db_per_band"][f"{lo}-{hi} Hz"] == pytest.approx(
+            _band_gain_db(x[part], y[part], sr, lo, hi), abs=within)
+
+
+def test_the_band_above_the_model_is_null_at_the_resamplers_floor_and_measured_above_it(tmp_path, capsys):
+    # was: a 48 kHz file with next to nothing above 8 kHz read "8000-24000 Hz": -4.45 (the input
+    # minus its round trip through 16 kHz: the resampler's error) where its output was 14.5 dB up
+    import numpy as np
+
+    from audioae.audio import write_audio
+    from audioae.enhance import denoise
+    from audioae.pretrained import load
+
+    sr = 48000
+    rng = np.random.default_rng(0)
+    spectrum = np.fft.rfft(rng.standard_normal(3 * sr))
+    spectrum[np.fft.rfftfreq(3 * sr, 1 / sr) > 7000] = 0
+    low = np.fft.irfft(spectrum, 3 * sr)
+    low = 0.1 * low / np.abs(low).max()  # noise below 7 kHz only
+    for name, x, expect_null in (("low.wav", low, True), ("full.wav", low + 0.01 * rng.standard_normal(3 * sr), False)):
+        x = x.astype(np.float32)
+        write_audio(tmp_path / name, x[None], sr)
+        assert main(["inspect", "--audio", str(tmp_path / name), "-o", str(tmp_path / "v.png")]) == 0
+        gain = json.loads(capsys.readouterr().out)["gain_db_per_band"]["8000-24000 Hz"]
+        if expect_null:
+            assert gain is None
+        else:
+            y = denoise(load("denoiser-small").eval(), x, sr)
+            assert gain == pytest.approx(_band_gain_db(x, y, sr, 8000, 24001), abs=0.1)
+
+
+def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes(capsys):
+    from audioae.cli import INSPECT_SECONDS, _inspect_context
+    from audioae.models import build_model
+    from audioae.pretrained import load
+
+    causal, whole = load("denoiser-small"), build_model("conv1d", {})  # whole: sees the whole input
+    assert causal.causal and not whole.causal
+    sr, minute = 16000, 60 * 16000
+    window = causal.config.n_fft  # at the model's own rate
+    assert _inspect_context(causal, 5 * sr, 8 * sr, 20 * sr, sr) == (5 * sr, window)  # all before, a window after
+    assert _inspect_context(whole, 5 * sr, 8 * sr, 20 * sr, sr) == (5 * sr, 12 * sr)  # and all after
+    assert capsys.readouterr().err == ""
+    # 5 minutes shown at 8-13 minutes of 20: 10 in all, so the model starts 3 minutes in
+    assert INSPECT_SECONDS == 600
+    assert _inspect_context(causal, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - window, window)
+    assert "note: the model runs over 180.02-780.02 s, not the whole file" in capsys.readouterr().err
