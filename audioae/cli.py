@@ -537,14 +537,23 @@ def _inspect_context(model, begin: int, end: int, frames: int, sr: int) -> tuple
     several dB); after it, one analysis window (what a causal model's last frames see), or as much
     as fits for a model that sees the whole input. Within the :data:`INSPECT_SECONDS` the model may
     run over (memory); past that, said on stderr."""
+    from .enhance import OFFLINE_MAX_SECONDS
+    from .spectral import window_samples
+
     budget = max(0, round(INSPECT_SECONDS * sr) - (end - begin))
-    window = round(model.config.n_fft * sr / model.config.sample_rate)
-    after = min(frames - end, window if model.causal else budget, budget)
-    before = min(begin, budget - after)
+    window = window_samples(model.config.n_fft, model.config.sample_rate, sr)
+    # Before the part first, for every model (a non-causal one's level tracker is causal too), then
+    # what is left after it: all of it took the budget from a non-causal model's left context.
+    before = min(begin, budget - min(frames - end, window))
+    after = min(frames - end, window if model.causal else budget, budget - before)
     if before < begin or (not model.causal and end + after < frames):
         print(f"note: the model runs over {(begin - before) / sr:.2f}-{(end + after) / sr:.2f} s, not the whole "
               f"file (inspect runs it over at most {INSPECT_SECONDS:.0f} s): its numbers for this part may differ "
               f"from what audioae denoise does to the whole file", file=sys.stderr)
+    elif not model.causal and frames / sr > OFFLINE_MAX_SECONDS:
+        print(f"note: audioae denoise runs this model over {OFFLINE_MAX_SECONDS:.0f} s windows of a longer "
+              f"file, cross-faded; inspect runs it over the file at once: its numbers for this part may differ "
+              f"a little", file=sys.stderr)
     return before, after
 
 

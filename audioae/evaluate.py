@@ -173,24 +173,30 @@ def _mono_at(path: Path, sr: int, length: int | None, channels: int, notes: list
     return mono.astype(np.float32)
 
 
-FULL_SCALE = 1 - 2**-14  # a 16-bit PCM file's +1 is 32767/32768: count it as full scale too
-CLIPPED_RUN = 3  # samples in a row at full scale: speech seldom touches it twice running; clipping does
+FULL_SCALE = 1 - 2**-14  # within two 16-bit steps of 1 (a PCM file's +1 reads 32767/32768): full scale
+# Samples in a row held at the file's own extreme: clipping holds it for runs; a peak-normalised
+# tone or speech reaches it for a sample or two (a 50 Hz sine at 48 kHz, as 16-bit PCM: up to 2).
+CLIPPED_RUN = 5
 
 
 def _note_levels(wav: np.ndarray, label: str, notes: list[str]) -> None:
     """Note audio beyond full scale (a float file: saved as PCM or played it would clip) and audio
-    clipped at it (runs of :data:`CLIPPED_RUN` samples at +-1): both scored silently before, though
-    clipping is distortion every metric counts against the file."""
+    clipped at it (runs of :data:`CLIPPED_RUN` samples held at the file's own extreme of one sign,
+    at full scale): both scored silently before, though clipping is distortion every metric counts
+    against the file."""
     peak = float(np.abs(wav).max()) if wav.size else 0.0  # [C, T]
     if peak > 1.0:
         over = int((np.abs(wav) > 1.0).sum())
         notes.append(f"{label} peaks at {peak:.2f} ({20 * math.log10(peak):+.1f} dBFS), beyond full scale: "
                      f"{over} sample(s) over 1.0 would clip as PCM or when played")
         return
-    at_full = np.abs(wav) >= FULL_SCALE  # [C, T]
-    if at_full.sum() >= CLIPPED_RUN and _longest_run(at_full) >= CLIPPED_RUN:
-        notes.append(f"{label} looks clipped: {int(at_full.sum())} sample(s) at full scale, up to "
-                     f"{_longest_run(at_full)} in a row")
+    if peak < FULL_SCALE:
+        return
+    held = [wav == level for level in (wav.max(), wav.min()) if abs(level) >= FULL_SCALE]  # each [C, T]
+    run = max(_longest_run(at) for at in held)  # per sign: +1, -1, +1 ... is no clipping
+    if run >= CLIPPED_RUN:
+        notes.append(f"{label} looks clipped: {sum(int(at.sum()) for at in held)} sample(s) at full scale, up to "
+                     f"{run} in a row")
 
 
 def _longest_run(flags: np.ndarray) -> int:
@@ -240,10 +246,6 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
         except AudioError as exc:  # the noisy file is for SI-SDRi alone: was the whole pair dropped
             noisy_error = str(exc)
             notes.append("SI-SDRi could not score this pair: its noisy file could not be read (see the error for it)")
-    if noisy_error is not None:
-        res = _score_without_noisy(est[:n], ref[:n], sr, notes)
-        _note_pesq_rate(res, sr, notes)
-        return {**res, "seconds": n / sr, "notes": notes, "noisy_error": noisy_error}
     if mix is not None and len(mix) > n:
         notes.append(f"noisy has {len(mix)} samples, the scored pair {n}: compared over the shorter")
     with _metric_warnings_as(notes):
@@ -262,6 +264,9 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
                 res["si_sdr_i"] = si_sdr_improvement(est[:m], ref[:m], mix, sr,
                                                      label=f"SI-SDRi (over the noisy file's first {m / sr:.2f} s)")
     _note_pesq_rate(res, sr, notes)
+    if noisy_error is not None:  # scored as without a noisy file; its SI-SDRi null, its error listed
+        return {**{k: float(v) for k, v in res.items()}, "si_sdr_i": math.nan, "seconds": n / sr, "notes": notes,
+                "noisy_error": noisy_error}
     return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes}
 
 
@@ -271,12 +276,6 @@ def _note_pesq_rate(res: dict, sr: int, notes: list[str]) -> None:
     note = pesq_rate_note(sr)
     if note and math.isfinite(res["pesq"]):
         notes.append(note)
-
-
-def _score_without_noisy(est: np.ndarray, ref: np.ndarray, sr: int, notes: list[str]) -> dict:
-    with _metric_warnings_as(notes):
-        res = score(est, ref, sr)
-    return {**{k: float(v) for k, v in res.items()}, "si_sdr_i": math.nan}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -372,7 +371,16 @@ def format_table(report: dict) -> str:
         # says which side failed; the relative name before it would only repeat it.
         named = err["error"].split(": ", 1)[0].endswith(err["file"])
         lines.append(f"error: {err['error']}" if named else f"error: {err['file']}: {err['error']}")
-    for f in report["files"]:
-        for note in f.get("notes", []):
-            lines.append(f"note: {f['file']}: {note}")
+    lines += _note_lines(report["files"])
     return "\n".join(lines)
+
+
+def _note_lines(files: list[dict]) -> list[str]:
+    """One line per note, a note that several files share once with their count: a 48 kHz set had
+    its PESQ-rate note on every pair, a thousand lines burying the notes that matter."""
+    by_note: dict[str, list[str]] = {}
+    for f in files:
+        for note in f.get("notes", []):
+            by_note.setdefault(note, []).append(f["file"])
+    return [f"note: {names[0]}: {note}" if len(names) == 1 else
+            f"note: {len(names)} files ({names[0]}, ...): {note}" for note, names in by_note.items()]

@@ -420,7 +420,7 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int, shown_f
         est = model.estimate_spec(spec, out)  # [1, F, N]
     shown_to = x.shape[-1] if shown_to is None else shown_to
     first = -(-shown_from * msr // (sr * hop))  # the frames centred in the part shown, both ends included
-    kept = slice(first, max(first, shown_to * msr // (sr * hop)) + 1)  # as many as the part alone has
+    kept = slice(first, max(first, shown_to * msr // (sr * hop)) + 1)  # the part's own STFT's count, or one fewer
     view = {"mag_in": spec[0, :, kept].abs().numpy(), "mag_out": est[0, :, kept].abs().numpy(),  # [F, N]
             "code": code[0, :, kept].numpy(),  # [K, N]
             "hop_s": hop / msr, "bin_hz": msr / model.config.n_fft, "t0_s": file_start_s + first * hop / msr}
@@ -473,11 +473,13 @@ def denoising_stats(view: dict) -> dict:
         rows = (freqs >= lo) & (freqs < hi)
         if rows.any():
             rows &= recorded  # a band above the file's Nyquist: null, as for one the recording leaves silent
-            bands[f"{lo:.0f}-{min(hi, nyquist):.0f} Hz"] = (
+            file_nyquist = view.get("file_nyquist_hz", np.inf)
+            top = min(hi, nyquist, file_nyquist if lo < file_nyquist else np.inf)  # what a band cut by it spans
+            bands[f"{lo:.0f}-{top:.0f} Hz"] = (
                 _gain_db(e_out[rows].sum(), e_in[rows].sum()) if rows.any() else None)
     if "above" in view:  # the file's band above the model's, as the output has it
         a = view["above"]
-        floor = a.get("energy_total_in", 0.0) * 10 ** (ABOVE_FLOOR_DB / 10)
+        floor = a["energy_total_in"] * 10 ** (ABOVE_FLOOR_DB / 10)
         bands[f"{a['from_hz']:.0f}-{a['to_hz']:.0f} Hz"] = (
             _gain_db(a["energy_out"], a["energy_in"]) if a["energy_in"] > floor else None)
     active = np.abs(code) > 1e-3 * max(float(np.abs(code).max()), 1e-12)  # [K, N]

@@ -513,3 +513,33 @@ def test_audio_beyond_or_clipped_at_full_scale_is_noted(folders):
     (said,) = notes["spk1/b.wav"]
     assert said.startswith("enhanced looks clipped: ") and " sample(s) at full scale, up to " in said
     assert notes["spk1/deep/c.wav"] == []  # speech below full scale: nothing to say
+
+
+def test_loud_audio_that_is_not_clipped_gets_no_clipping_note():
+    """A note for every peak-normalised tone buried the notes that matter: a 50 Hz sine at 0 dBFS
+    touched full scale 3 samples running, and +1, -1, +1 counted as a run."""
+    from audioae.evaluate import _note_levels
+
+    t = np.arange(48000) / 48000
+    sine = np.sin(2 * np.pi * 50 * t).astype(np.float32)[None]  # [1, T]
+    sine /= np.abs(sine).max()
+    pcm = np.round(sine * 32767) / 32768  # as a 16-bit file reads back
+    alternating = np.tile(np.float32([1, -1]), 50)[None]  # [1, 100]
+    clipped = np.clip(3 * sine, -1, 1)  # [1, T]
+    for wav in (sine, pcm, alternating):
+        notes = []
+        _note_levels(wav, "enhanced", notes)
+        assert notes == [], notes
+    notes = []
+    _note_levels(clipped, "enhanced", notes)
+    assert len(notes) == 1 and notes[0].startswith("enhanced looks clipped: "), notes
+
+
+def test_a_note_many_files_share_is_one_line_of_the_table():
+    """A 48 kHz set printed its PESQ-rate note once per pair: a thousand lines."""
+    from audioae.evaluate import _note_lines
+
+    files = [{"file": f"{i}.wav", "notes": ["PESQ on the pair resampled"]} for i in range(3)]
+    files[1]["notes"].append("enhanced looks clipped")
+    assert _note_lines(files) == ["note: 3 files (0.wav, ...): PESQ on the pair resampled",
+                                  "note: 1.wav: enhanced looks clipped"]

@@ -336,3 +336,10 @@ def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes(capsys)
     assert INSPECT_SECONDS == 600
     assert _inspect_context(causal, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - window, window)
     assert "note: the model runs over 180.02-780.02 s, not the whole file" in capsys.readouterr().err
+    # a non-causal model keeps its context before the part too (the part after took it all: a cold start)
+    win = whole.config.n_fft
+    assert _inspect_context(whole, 500 * sr, 510 * sr, 20 * minute, sr) == (500 * sr, 90 * sr)
+    assert _inspect_context(whole, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - win, win)
+    capsys.readouterr()
+    assert _inspect_context(whole, 5 * sr, 8 * sr, 200 * sr, sr) == (5 * sr, 192 * sr)  # over denoise's windows
+    assert "audioae denoise runs this model over 120 s windows" in capsys.readouterr().err
