@@ -544,7 +544,7 @@ def _inspect_context(model, begin: int, end: int, frames: int, sr: int) -> tuple
     window = window_samples(model.config.n_fft, model.config.sample_rate, sr)
     # Before the part first, for every model (a non-causal one's level tracker is causal too), then
     # what is left after it: all of it took the budget from a non-causal model's left context.
-    before = min(begin, budget - min(frames - end, window))
+    before = max(0, min(begin, budget - min(frames - end, window)))  # (no budget left: none)
     after = min(frames - end, window if model.causal else budget, budget - before)
     if before < begin or (not model.causal and end + after < frames):
         print(f"note: the model runs over {(begin - before) / sr:.2f}-{(end + after) / sr:.2f} s, not the whole "

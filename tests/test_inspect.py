@@ -343,3 +343,6 @@ def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes(capsys)
     capsys.readouterr()
     assert _inspect_context(whole, 5 * sr, 8 * sr, 200 * sr, sr) == (5 * sr, 192 * sr)  # over denoise's windows
     assert "audioae denoise runs this model over 120 s windows" in capsys.readouterr().err
+    # the part takes the whole budget (the default --start 0 of a recording over 10 minutes): no context
+    assert _inspect_context(causal, 0, 10 * minute, 12 * minute, sr) == (0, 0)  # was (-window, window)
+    assert _inspect_context(causal, 1 * minute, 11 * minute, 12 * minute, sr) == (0, 0)
