@@ -644,7 +644,7 @@ class Client:
                 raise write_refusal(dst, exc, fmt, info.samplerate) from exc
             with out:
                 for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength,
-                                     timeout=self._kw(timeout)["timeout"]):
+                                     timeout=self.timeout if timeout is None else timeout):
                     write_frames(out, np.clip(y.T, -1, 1) if clips_at_full_scale(fmt, subtype) else y.T)
                     n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}

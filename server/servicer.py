@@ -135,23 +135,21 @@ def _stream_audio(msg, i: int, cfg: pb.StreamConfig) -> np.ndarray:
     a second StreamConfig or an empty message lost that tail, where an oversized or unparsable one had it)."""
     nth = f"the {_nth(i + 1)} message"
     if isinstance(msg, Oversized):
-        refusal = EXHAUSTED, msg.refusal(nth)
-    elif isinstance(msg, Unparsed):
-        refusal = INVALID, f"{nth}: {msg.refusal()}"
-    elif msg.WhichOneof("msg") == "config":
-        refusal = INVALID, f"{nth} is a StreamConfig: only the first message may be one; the rest carry audio"
-    elif msg.WhichOneof("msg") is None:
-        refusal = INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes"
-    else:
-        chunk = f"audio chunk {i} ({nth})"
-        try:
-            x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
-            check_levels(x, chunk)
-            return x
-        except AudioError as exc:
-            refusal = INVALID, str(exc)
-    code, message = refusal
-    raise _StreamCut(code, message, refused=True)
+        raise _StreamCut(EXHAUSTED, msg.refusal(nth), refused=True)
+    if isinstance(msg, Unparsed):
+        raise _StreamCut(INVALID, f"{nth}: {msg.refusal()}", refused=True)
+    if msg.WhichOneof("msg") == "config":
+        raise _StreamCut(INVALID, f"{nth} is a StreamConfig: only the first message may be one; the rest carry "
+                                  f"audio", refused=True)
+    if msg.WhichOneof("msg") is None:
+        raise _StreamCut(INVALID, f"{nth} is empty (neither audio nor a StreamConfig); send audio bytes", refused=True)
+    chunk = f"audio chunk {i} ({nth})"
+    try:
+        x = pcm_bytes_to_array(msg.audio, cfg.format, cfg.channels, chunk)  # [C, n]
+        check_levels(x, chunk)
+    except AudioError as exc:
+        raise _StreamCut(INVALID, str(exc), refused=True) from None
+    return x
 
 
 DRAIN_POLL_SECONDS = 0.5  # how often a stream waiting for its client looks at the drain
@@ -675,7 +673,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     @staticmethod
     def _check_pixels(sm: ServedModel, x: torch.Tensor) -> None:
         """An image model's pixels are [0, 1] grey levels, as reconstruct_image requires: 0..255
-        levels gave a code of nonsense, OK (its largest unit 976 for a default model)."""
+        levels gave a code of nonsense, OK."""
         if not _is_image(sm) or x.numel() == 0:
             return
         try:
@@ -765,12 +763,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             )
         h = self._tensor(request.code, "code")
         code_dim = model.config.code_dim
-        if sm.is_audio and (h.dim() != 3 or h.shape[1] != code_dim or h.shape[2] < 1):  # as Encode returns
-            raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}, N] (N >= 1 frames), "
-                        f"as its Encode returns them, got shape {list(h.shape)}")
-        if not sm.is_audio and list(h.shape[1:]) != [code_dim]:
-            raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape [B, {code_dim}], as its Encode returns "
-                        f"them, got shape {list(h.shape)}")
+        fits = ((h.dim() == 3 and h.shape[1] == code_dim and h.shape[2] >= 1) if sm.is_audio  # as Encode returns
+                else list(h.shape[1:]) == [code_dim])
+        if not fits:
+            want = f"[B, {code_dim}, N] (N >= 1 frames)" if sm.is_audio else f"[B, {code_dim}]"
+            raise Abort(INVALID, f"model {sm.name!r} decodes codes of shape {want}, as its Encode returns them, "
+                        f"got shape {list(h.shape)}")
 
         @torch.inference_mode()
         def run() -> np.ndarray:

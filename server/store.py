@@ -58,8 +58,7 @@ class ServedModel:
     def code_frame_rate(self) -> float | None:
         """Code frames per second of audio (None: not a spectrogram model), as ``ListModels`` and
         ``Encode`` answer it."""
-        rate = self.model.code_frame_rate if self.is_audio else None
-        return None if rate is None else float(rate)
+        return self.model.code_frame_rate  # (None for any model not over spectrograms)
 
     @property
     def decodes_codes(self) -> bool:

@@ -276,7 +276,7 @@ def test_noisy_images_are_reconstructed_and_0_255_levels_are_refused(noise_std):
 
 
 def test_the_grey_level_check_takes_single_noisy_digits_and_widens_with_the_noise_std():
-    """At std 1 the old band (98% within -3..4) refused ~0.35% of single noisy 8x8 digits; a model
+    """At std 1 the old band (98% within -3..4) refused a few in a thousand single noisy 8x8 digits; a model
     trained with noise_std 2 had its own training inputs refused. 0..255 digits stay refused."""
     from sklearn.datasets import load_digits
 

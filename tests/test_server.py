@@ -990,7 +990,7 @@ BAD_TENSORS = {
     ),
     "unknown model": ("Decode", "nope", _tensor([1, 16, 5]), CODE.NOT_FOUND, "unknown model"),
     # An image model's pixels are [0, 1] levels, as reconstruct_image requires: 0..255 levels were
-    # encoded, OK, to a code of nonsense (largest unit 976).
+    # encoded, OK, to a code of nonsense.
     "image of 0..255 levels": (
         "Encode",
         "img",

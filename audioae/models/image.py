@@ -53,8 +53,8 @@ MAX_IMAGE_SIDE = 1024
 
 # Pixels are grey levels in [0, 1]. Noise pushes them out, so the band on the 1st and 99th
 # percentiles is wide and grows with the model's own noise_std s (above 1): -4s..1+4s. At s = 1 a
-# single 8x8 digit under its training noise falls outside -4..5 0.005% of the time (the old -3..4
-# refused 0.35% of them); 8-bit levels held as floats stay outside unless the image is almost black
+# single 8x8 digit under its training noise stays inside -4..5 (the old -3..4 refused a few in a
+# thousand); 8-bit levels held as floats stay outside unless the image is almost black
 # (the smallest 99th percentile of the 8x8 digits at 0..255 is 213).
 LEVEL_SPREAD = (-4.0, 5.0)  # of the 1st and 99th percentiles, at noise std up to 1
 LEVEL_LIMIT = 64.0  # on every level, at noise std up to 1
