@@ -2034,7 +2034,7 @@ def test_a_rerun_takes_a_network_mounts_whole_second_time_of_the_same_input_for_
     size = src.stat().st_size
     for recorded, changed in (((size, at + 700_000_000), []), ((size, at + 3 * 10**9), [task]),
                               ((size + 2, at), [task])):
-        assert split_done([task], False, recorded={str(src): recorded}) == ([], [task], changed)
+        assert split_done([task], recorded={str(src): recorded}) == ([], [task], changed)
 
 
 def test_an_input_changed_while_the_gpu_path_reads_it_fails_and_one_read_whole_names_its_input(tmp_path, causal_ckpt):

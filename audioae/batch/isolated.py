@@ -33,13 +33,17 @@ class Settings:
     block_seconds: float
 
 
+def _as_is(result: FileResult) -> FileResult:
+    """A result with nothing added (``complete``'s default)."""
+    return result
+
+
 def run_marked(den, items: Sequence[tuple[FileTask, bytes | None]], settings: Settings, journal: Journal,
-               complete: Callable[[FileResult], FileResult] | None = None) -> Iterator[FileResult]:
+               complete: Callable[[FileResult], FileResult] = _as_is) -> Iterator[FileResult]:
     """Results for ``items`` from ``den`` (a :class:`~.process.FileDenoiser`), each file marked
     in flight while it runs; a suspect among them goes to a process of its own instead.
     ``complete``: what the caller adds to a result (a Ray actor: the input as read, for a file
     denoised from bytes), before its marker notes it."""
-    complete = complete or (lambda r: r)
     suspect = [bool(journal.why(t.input)) for t, _ in items]
     fresh = [item for item, s in zip(items, suspect, strict=True) if not s]
     # On CPU files run one at a time, each marked as it starts; a GPU batch is in flight as a whole.
@@ -69,11 +73,10 @@ def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: 
 
 
 def isolate(task: FileTask, settings: Settings, journal: Journal,
-            complete: Callable[[FileResult], FileResult] | None = None) -> FileResult:
+            complete: Callable[[FileResult], FileResult] = _as_is) -> FileResult:
     log.warning("%s: a process died on this file before; denoising it in a process of its own", task.input)
     result, crashed = run_isolated(task, settings, journal)
-    if complete is not None:
-        result = complete(result)
+    result = complete(result)
     journal.result(result, crashed=crashed)
     return result
 

@@ -34,7 +34,7 @@ from .manifest import (
 )
 from .overwrite import OVERWRITE_NAME, OverwriteRun, begin, finished, overwrite_run, previous_runs, remade
 from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
-from .process import BLOCK_SECONDS, NOT_ATTEMPTED, made_from, source_state
+from .process import BLOCK_SECONDS, made_from, not_attempted, source_state
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # Of the skipped, files no run made (someone's, under outputs' names): not "already done".
     summary["skipped_found"] = sum(r.status == "skipped" and r.error == FOUND_BEFORE_ANY_RUN for r in results)
     # Of the failed, files passed over once a write had found the disk full (:func:`.process.no_room`).
-    summary["not_attempted"] = sum(r.status == "error" and r.error.startswith(NOT_ATTEMPTED) for r in results)
+    summary["not_attempted"] = sum(not_attempted(r) for r in results)
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -238,9 +238,9 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         if options.overwrite:
             run, todo, done = _overwrite_todo(out, tasks, earlier, now)
             changed: list[FileTask] = []
-            journal = Journal(out / JOURNAL_NAME, now, overwrite_run=run.id)  # its markers say which run
+            journal.overwrite_run = run.id  # its markers say which run
         else:
-            todo, done, changed = split_done(tasks, False, failed_last(earlier), inputs_then)
+            todo, done, changed = split_done(tasks, failed_last(earlier), inputs_then)
         others = _files_of_others(out, tasks, earlier, fresh, options.overwrite, done)
         made = previous_settings(earlier)
         _refuse_other_settings(done, made, now, out)
@@ -295,7 +295,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             manifest.compact()
         # Not reached when the job is stopped, nor called when a full disk passed files over: a
         # rerun of its --overwrite goes on from here. Files that failed were tried: that run finished.
-        if not any(r.status == "error" and r.error.startswith(NOT_ATTEMPTED) for r in results):
+        if not any(not_attempted(r) for r in results):
             finished(out)
     return manifest
 

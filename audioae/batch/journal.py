@@ -208,6 +208,11 @@ class Journal:
         """``(input, output, made)`` for every marker whose output was renamed into place after
         the marker was written: files finished by a process or a job that may have died before
         recording them."""
+        for rec, made in self._finished_markers():
+            yield rec["input"], str(self._output(rec)), made
+
+    def _finished_markers(self) -> Iterator[tuple[dict, MadeWith]]:
+        """``(marker, made)`` for each marker :meth:`finished` names, each read once."""
         try:
             markers = sorted(self.folder.glob("*.json"))
         except OSError:
@@ -216,13 +221,13 @@ class Journal:
             rec = self._load(marker)
             made = self._finished(rec)
             if made is not None:
-                yield rec["input"], str(self._output(rec)), made
+                yield rec, made
 
     def finished_results(self) -> Iterator[FileResult]:
         """The ``ok`` result of each file :meth:`finished` names, with what its marker kept: the
         settings, the ``--overwrite`` run and, when :meth:`done` noted it, the engine's result."""
-        for src, dst, made in self.finished():
-            rec = self._load(self._marker(src)) or {}
+        for rec, made in self._finished_markers():
+            src, dst = rec["input"], str(self._output(rec))
             said = rec.get("result") if isinstance(rec.get("result"), dict) else {}
             kept = {k: said[k] for k in RESULT_FIELDS if said.get(k) is not None}
             run = rec.get("overwrite_run") if isinstance(rec.get("overwrite_run"), str) else ""

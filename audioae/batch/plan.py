@@ -293,11 +293,11 @@ def same_file(before: SourceState, now: SourceState) -> bool:
             and 0 in (now.mtime_ns % 10**9, before.mtime_ns % 10**9))
 
 
-def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[str] = (),
+def split_done(tasks: Sequence[FileTask], failed: Collection[str] = (),
                recorded: Mapping[str, tuple[int, int]] | None = None,
                ) -> tuple[list[FileTask], list[FileTask], list[FileTask]]:
     """``(todo, done, changed)``: an output that exists is complete (outputs only appear by an
-    atomic rename), so a rerun skips it unless ``overwrite``, or unless the input's latest run
+    atomic rename), so a rerun skips it (``--overwrite`` has its own: :mod:`.overwrite`), unless the input's latest run
     failed (``failed``: an ``--overwrite`` whose input had gone bad left the earlier output in
     place, and that file must be tried again, not reported done).
 
@@ -310,8 +310,6 @@ def split_done(tasks: Sequence[FileTask], overwrite: bool, failed: Collection[st
     was modified after its output was written, which a recorder whose FAT clock runs ahead of
     this machine's (local time taken as UTC) tripped on every rerun. One stat per output and per
     input of a done task."""
-    if overwrite:
-        return list(tasks), [], []
     recorded = recorded or {}
     todo, done, changed = [], [], []
     for t in tasks:

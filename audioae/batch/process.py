@@ -191,6 +191,11 @@ DISK_FULL = "the disk holding it is full"  # in the error of a file whose write 
 NOT_ATTEMPTED = "not attempted: "  # how the error of a file passed over for want of space begins
 
 
+def not_attempted(result: FileResult) -> bool:
+    """Whether ``result`` is a file passed over once the disk was full (:data:`NOT_ATTEMPTED`)."""
+    return result.status == "error" and result.error.startswith(NOT_ATTEMPTED)
+
+
 def says_disk_full(error: str) -> bool:
     """Whether a per-file error says its write found the disk full (:func:`_cannot_write`'s words)."""
     return DISK_FULL in error and not error.startswith(NOT_ATTEMPTED)
