@@ -321,6 +321,22 @@ def _masked_blocks(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor
         yield (a * hop, z_len if b == n else b * hop), waves
 
 
+def _masked_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec_ri: torch.Tensor,
+                  denom: torch.Tensor, batch: list[list[int]], z_len: int, ask: Callable[[int], None],
+                  explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """The groups' masked inverse STFT at the model's rate, ``[k, C, T']`` (written into ``out``
+    when given), from :func:`_masked_blocks`' blocks (``ask`` before each but the first)."""
+    y = torch.empty((len(batch), spec_ri.shape[0], z_len)) if out is None else out  # [k, C, T']
+    for (s0, s1), wave in _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, ask, explained, bins):
+        y[..., s0:s1] = wave
+    return y
+
+
+def _ask_at_frame(stop: Callable[[], bool] | None, n: int, a: int, where: str) -> None:
+    check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n}")
+
+
 def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, spec: torch.Tensor,
                  denom: torch.Tensor, groups: list[list[int]], z_len: int,
                  stop: Callable[[], bool] | None = None) -> torch.Tensor:
@@ -335,12 +351,8 @@ def _group_waves(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, 
         # a long input's clusters are inverted in batches, each in blocks of frames
         check_stop(stop, f"decomposition stopped at cluster {lo + 1} of {len(groups)}")
         batch = groups[lo : lo + step]
-
-        def ask(a: int, where: str = f"inverting cluster {lo + 1} of {len(groups)}") -> None:
-            check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n}")
-
-        for (s0, s1), y in _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, ask):
-            waves[lo : lo + len(batch), :, s0:s1] = y
+        ask = partial(_ask_at_frame, stop, n, where=f"inverting cluster {lo + 1} of {len(groups)}")
+        _masked_waves(model, h, atoms, spec_ri, denom, batch, z_len, ask, out=waves[lo : lo + len(batch)])
     return waves
 
 
@@ -650,25 +662,18 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         check_stop(stop, f"decomposition stopped at component {lo + 1} of {len(groups)}")
         batch = groups[lo : lo + step]
         k = len(batch)
-
-        def ask(a: int, where: str = f"masking and inverting component {lo + 1} of {len(groups)}") -> None:
-            check_stop(stop, f"decomposition stopped {where}, at frame {a} of {n_frames}")
-
-        y = torch.empty((k, n_ch, z_len)) if waves is None else waves[lo : lo + k]  # [k, C, T']
-        if waves is None:
-            blocks = _masked_blocks(model, h, atoms, spec_ri, denom, batch, z_len, ask, explained,
-                                    None if bins is None else bins[lo : lo + k])
-            for (s0, s1), wave in blocks:
-                y[..., s0:s1] = wave
+        ask = partial(_ask_at_frame, stop, n_frames, where=f"masking and inverting component {lo + 1} of {len(groups)}")
+        y = (_masked_waves(model, h, atoms, spec_ri, denom, batch, z_len, ask, explained,
+                           None if bins is None else bins[lo : lo + k])
+             if waves is None else waves[lo : lo + k])  # [k, C, T']
         measuring = partial(ask, where=f"measuring the spectrum of component {lo + 1} of {len(groups)}")
         spectrum, envs[lo : lo + k] = _waveform_spectra(model, y, measuring)  # [k, F], [k, N]
         dom[lo : lo + k] = _peak_bins(spectrum.numpy()) * bin_hz
         spans[lo : lo + k] = _energy_band(spectrum.numpy()) * bin_hz
         # After the inverse STFT, and in blocks with a stop question before each: uncut, a stop ran on
         # to the next component (benchmarks/results/decompose-deadline-tail-before.json).
-        def resampling(where: str = f"decomposition stopped while resampling component {lo + 1} of {len(groups)}"):
-            check_stop(stop, where)
-
+        resampling = partial(check_stop, stop, f"decomposition stopped while resampling component {lo + 1} of "
+                                               f"{len(groups)}")
         resampling()
         y = fit_length(resample_in_blocks(y, c.sample_rate, sr, stop=resampling), length).numpy()  # [k, C, T]
         # Copied in blocks, a stop question before each: the copy touches fresh pages of `out`,

@@ -265,9 +265,9 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
                                                      label=f"SI-SDRi (over the noisy file's first {m / sr:.2f} s)")
     _note_pesq_rate(res, sr, notes)
     if noisy_error is not None:  # scored as without a noisy file; its SI-SDRi null, its error listed
-        return {**{k: float(v) for k, v in res.items()}, "si_sdr_i": math.nan, "seconds": n / sr, "notes": notes,
-                "noisy_error": noisy_error}
-    return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes}
+        res["si_sdr_i"] = math.nan
+    return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes,
+            **({"noisy_error": noisy_error} if noisy_error is not None else {})}
 
 
 def _note_pesq_rate(res: dict, sr: int, notes: list[str]) -> None:

@@ -743,12 +743,12 @@ def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True)
     return _recorded_step(meta)
 
 
-def _warn_init_from_unused(out: Path, init_from: str) -> None:
+def _warn_init_from_unused(out: Path, init_from: str, record: dict | None) -> None:
     """A resume continues the run's own weights and ignores train.init_from, which seeds a new run
     only. Said when the run did not start from it (its run.json): ``--set train.init_from=X`` on a
     folder that held a run resumed that run in silence, and run.json then named X as its start.
-    A phase resumed with the init_from it started from (recipes/train_denoiser.sh) hears nothing."""
-    record = _read_run_record(out)
+    A phase resumed with the init_from it started from (recipes/train_denoiser.sh) hears nothing.
+    ``record``: run.json as :func:`_read_run_record` read it."""
     # Not known without run.json, or from one written on a resume that found none (settings_from_step):
     # its train.init_from is that resume's, and would pass for the start's from then on.
     started_from = None if record is None or "settings_from_step" in record else record["train"].get("init_from")
@@ -761,14 +761,14 @@ def _warn_init_from_unused(out: Path, init_from: str) -> None:
                 out, init_from, how)
 
 
-def _record_settings(out: Path, run: RunConfig, resumed_at: int | None) -> None:
+def _record_settings(out: Path, run: RunConfig, resumed_at: int | None, record: dict | None) -> None:
     """Write run.json: the settings the run started with (``model``, ``data``, ``train``, as
     :meth:`RunConfig.to_dict` gives them) and, for each resume, ``{"step": <resumed at>,
     "changed": {"train.lr": {"was": ..., "now": ...}, ...}}`` under ``resumes``. A resume used to
     rewrite it with its own settings, and the folder then no longer said what the earlier steps were
-    trained with; readers of the settings (``run["train"]["init_from"]``) still read the start's."""
+    trained with; readers of the settings (``run["train"]["init_from"]``) still read the start's.
+    ``record``: run.json as the resume read it (None: a new run, or none readable)."""
     settings = run.to_dict()
-    record = _read_run_record(out) if resumed_at is not None else None
     if resumed_at is not None and record is None:
         # No readable record of the start: these settings hold from here on, and run.json says from where.
         log.warning("%s: no readable run.json to add this resume to; recording this run's settings as "
@@ -937,6 +937,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     step, best, minutes_before = 0, -math.inf, 0.0
     saved_average = None  # the weight average a resumed run continues (last.ema.safetensors)
+    record = None  # a resumed run's run.json, read once: what it started with and its resumes
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
     resuming = resume and last.is_file() and last_opt.is_file()
     if resume and last.is_file() != last_opt.is_file():  # half a resume point: never start over in silence
@@ -944,6 +945,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
         raise ValueError(f"{out} holds {have.name} but not {lack.name}, and a resume needs both; restore it, or "
                          f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
+        record = _read_run_record(out)
         weights_step = _resume_weights(model, last, rank == 0)
         step, minutes_before = _load_optimizer(opt, last_opt, scaler)
         ema_step = None
@@ -958,7 +960,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             group["lr"] = tc.lr
         log.info("resumed from %s at step %d", last, step)
         if tc.init_from and rank == 0:
-            _warn_init_from_unused(out, tc.init_from)
+            _warn_init_from_unused(out, tc.init_from, record)
         if step >= tc.steps:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
                         "go on, or start over with --no-resume or another --out", out, step, tc.steps)
@@ -1005,7 +1007,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
     if rank == 0 and step < tc.steps:  # with nothing to train, run.json keeps what made the weights
-        _record_settings(out, run, step if resuming else None)
+        _record_settings(out, run, step if resuming else None, record)
 
     bar = None
     if rank == 0 and tc.progress and sys.stderr.isatty():  # a redirected log got every update of the bar

@@ -39,11 +39,13 @@ def list_audio(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     _refuse_not_a_folder(folder)
     named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    dangling = [p for p in named if p.is_symlink() and not p.exists()]
+    files = [p for p in named if p.is_file()]
+    kept = set(files)
+    dangling = [p for p in named if p not in kept and p.is_symlink() and not p.exists()]  # one stat per file
     if dangling:  # a corpus moved or half deleted: without a word the run silently trains on less
         log.warning("%s: skipping %d link(s) whose target is gone, e.g. %s -> %s", folder, len(dangling),
                     dangling[0].relative_to(folder), dangling[0].readlink())
-    return [p for p in named if p.is_file()]
+    return files
 
 
 def _refuse_not_a_folder(folder: Path) -> None:
