@@ -569,7 +569,9 @@ def test_client_stream_keeps_its_timeout_as_client_denoise_does(mixed_server, tm
     ran without one (stream_file left the client's timeout out, as a live stream must), so a call
     that should have ended at its deadline ran on. A deadline of a microsecond has passed before any
     answer can come: the call ends with DEADLINE_EXCEEDED and writes nothing. The CLI's stream is
-    stopped at its ListModels question already; the Client.stream_file lines test the fix."""
+    stopped at its ListModels question already; the Client.stream_file lines test the fix. Which
+    side says DEADLINE_EXCEEDED first is a race (the server checks the deadline too), so both
+    wordings pass; the exit code 2 and nothing written are the point."""
     src = tmp_path / "in.wav"
     write_audio(src, _noisy(0.5, 16000), 16000)
     addr = f"127.0.0.1:{mixed_server.port}"
@@ -577,7 +579,9 @@ def test_client_stream_keeps_its_timeout_as_client_denoise_does(mixed_server, tm
         out = tmp_path / f"{command}.wav"
         assert cli_main(["client", "--server", addr, "--timeout", "0.000001", command, str(src), "-o", str(out)]) == 2
         err = capsys.readouterr().err
-        assert f"server {addr} gave no answer in time (DEADLINE_EXCEEDED)" in err, (command, err)
+        # the client's own deadline usually fires first; the server may answer DEADLINE_EXCEEDED
+        # itself when the call reached it ("waited for the device"): either way the timeout held
+        assert re.search(rf"server {re.escape(addr)} (gave no answer in time|answered) \(DEADLINE_EXCEEDED\)", err), (command, err)
         assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
     with Client(addr, timeout=0.000001) as c:  # the Python API: the client's timeout, unless the call names one
         assert _code(c.stream_file, src, tmp_path / "py.wav")[0] == CODE.DEADLINE_EXCEEDED
