@@ -1225,6 +1225,19 @@ def test_a_full_disk_fails_each_file_by_name_and_the_job_ends_cleanly(tmp_path, 
     assert f"{out}: cannot write .audioae.lock, which holds the folder for this run (No space left on device)" in err, err
 
 
+@pytest.mark.parametrize("path", ["run", "batched", "streamed"])
+def test_every_path_notes_a_write_that_found_the_disk_full(tmp_path, causal_ckpt, small_disk, path):
+    """``disk_full`` (the files left are then passed over when they cannot fit) is set by the write
+    that finds the disk full: one file's (CPU), a GPU batch's, and a long file's the GPU path streams."""
+    from audioae.batch.process import says_disk_full
+
+    write_tree(tmp_path / "in", [("big.wav", 16000, 1, "WAV", "PCM_16", 16.0)])  # 512 kB of output: over the disk
+    task = FileTask(str(tmp_path / "in" / "big.wav"), str(small_disk / "big.wav"), "big.wav")
+    den = FileDenoiser(load_checkpoint(causal_ckpt), batch_max_seconds=1.0 if path == "streamed" else 30.0)
+    [r] = [den.run(task)] if path == "run" else den._run_batched([(task, None)])  # the GPU path, on CPU
+    assert says_disk_full(r.error) and den.disk_full, r.error
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does_them(tmp_path, causal_ckpt,
                                                                                        small_disk, capsys, workers):

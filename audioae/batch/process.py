@@ -360,6 +360,7 @@ class FileDenoiser:
         self.disk_full = False
 
     def _noted(self, result: FileResult) -> FileResult:
+        """``result``, having set :attr:`disk_full` where its write found the disk full."""
         if result.status == "error" and says_disk_full(result.error):
             self.disk_full = True
         return result
@@ -370,9 +371,6 @@ class FileDenoiser:
     # ---- one file -------------------------------------------------------------------------------
     def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
-        return self._noted(self._run(task, data))
-
-    def _run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         t0 = time.perf_counter()
         try:
             before = source_state(task.input) if data is None else None  # bytes a read stage fetched cannot change
@@ -392,7 +390,7 @@ class FileDenoiser:
             else:
                 self._whole(task, f, held.kbps, before)
         except Exception as exc:  # one bad file must never stop the job
-            return _failed(task, exc, t0, duration)
+            return self._noted(_failed(task, exc, t0, duration))  # only a write here can find the disk full
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
                           warning=_warning(task, held), **made_from(before))
 
@@ -469,7 +467,7 @@ class FileDenoiser:
         """A short file read whole for its batch; a long one denoised now, streamed (bounded memory)."""
         held = _check_header(task, f, data)
         if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
-            return self._noted(self._run_open(task, f, held, t0, before))
+            return self._run_open(task, f, held, t0, before)
         return self._decode(task, data, f, t0, held, before)
 
     def _decode(self, task: FileTask, data: bytes | None, f: sf.SoundFile, t0: float, held: HeldAudio,
