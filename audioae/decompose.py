@@ -405,24 +405,38 @@ def _window_frames(c) -> int:
     return math.ceil(c.n_fft / (2 * c.hop_length))
 
 
+def _stft_blocks(model: SparseDictionary, x: torch.Tensor, halo: int,
+                 ask: Callable[[int], None]) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+    """``model.stft(x)`` (``x [..., T']`` at the model's rate) in blocks of frames
+    (:func:`frame_blocks`): per block ``(lo, a, b, spec)``, ``spec [..., F, hi - lo]`` its frames
+    ``a .. b`` with ``halo`` frames either side (cut ``a - lo .. b - lo`` for the block's own, the
+    whole's to float rounding when ``halo`` covers a window's half). ``ask(a)`` before each block
+    but the first."""
+    hop, length = model.config.hop_length, x.shape[-1]
+    n = model.stft.num_frames(length)
+    for lo, a, b, hi in frame_blocks(n, halo):
+        if a:
+            ask(a)
+        # Frame lo + t of the whole is frame t of x[lo * hop:]. The slice's last frames read zeros
+        # past its end (they are in the halo), except at the signal's end, as the whole's do.
+        yield lo, a, b, model.stft(x[..., lo * hop : length if hi == n else (hi - 1) * hop])  # [..., F, hi - lo]
+
+
 def _spectrum_and_features(model: SparseDictionary, z: torch.Tensor,
                            stop: Callable[[], bool] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``model.stft(z)`` and ``model.features`` of it (``z [C, T']`` at the model's rate -> complex
-    ``[C, F, N]``, ``[C, F, N]``), in blocks of frames (:func:`frame_blocks`), ``stop`` asked
+    ``[C, F, N]``, ``[C, F, N]``), in blocks of frames (:func:`_stft_blocks`), ``stop`` asked
     before each after the first (the caller asks before the first): a frame reads the samples
     within ``n_fft/2`` of its centre, and its features the frames within ``level_frames // 2`` of
     it (the level)."""
     c = model.config
-    hop, length = c.hop_length, z.shape[-1]
-    n = model.stft.num_frames(length)
-    halo = _window_frames(c) + c.level_frames // 2
+    n = model.stft.num_frames(z.shape[-1])
+
+    def ask(a: int) -> None:
+        check_stop(stop, f"decomposition stopped at frame {a} of {n} of its spectrogram")
+
     specs, feats = [], []
-    for lo, a, b, hi in frame_blocks(n, halo):
-        if a:
-            check_stop(stop, f"decomposition stopped at frame {a} of {n} of its spectrogram")
-        # Frame lo + t of the whole is frame t of z[lo * hop:]. The slice's last frames read zeros
-        # past its end (they are in the halo), except at the signal's end, as the whole's do.
-        spec = model.stft(z[..., lo * hop : length if hi == n else (hi - 1) * hop])  # [C, F, hi - lo]
+    for lo, a, b, spec in _stft_blocks(model, z, _window_frames(c) + c.level_frames // 2, ask):  # [C, F, hi - lo]
         specs.append(spec[..., a - lo : b - lo])  # [C, F, b - a]
         feats.append(model.features(spec)[..., a - lo : b - lo])  # [C, F, b - a]
     return (specs[0], feats[0]) if len(specs) == 1 else (torch.cat(specs, -1), torch.cat(feats, -1))
@@ -686,18 +700,13 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
 def _waveform_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[int], None]) -> tuple[torch.Tensor, np.ndarray]:
     """The power spectra ``[k, F]`` (float64, summed over frames and channels) and energy
     envelopes ``[k, N]`` (per model frame) of waveforms ``y [k, C, T']`` at the model's rate,
-    through the model's STFT in blocks of frames (:func:`frame_blocks`: a frame reads the samples
+    through the model's STFT in blocks of frames (:func:`_stft_blocks`: a frame reads the samples
     within ``n_fft/2`` of its centre), ``ask(a)`` before each block but the first."""
     c = model.config
-    hop, length = c.hop_length, y.shape[-1]
-    n = model.stft.num_frames(length)
     spectrum = torch.zeros((y.shape[0], c.n_fft // 2 + 1), dtype=torch.float64)  # [k, F]
-    envs = np.zeros((y.shape[0], n), np.float32)  # [k, N]
-    for lo, a, b, hi in frame_blocks(n, _window_frames(c)):
-        if a:
-            ask(a)
-        # As in _spectrum_and_features: the slice's frames past its end read zeros, in the halo only.
-        spec = model.stft(y[..., lo * hop : length if hi == n else (hi - 1) * hop])[..., a - lo : b - lo]  # [k, C, F, b - a]
+    envs = np.zeros((y.shape[0], model.stft.num_frames(y.shape[-1])), np.float32)  # [k, N]
+    for lo, a, b, spec in _stft_blocks(model, y, _window_frames(c), ask):  # [k, C, F, hi - lo]
+        spec = spec[..., a - lo : b - lo]  # [k, C, F, b - a]
         power = (spec.real.pow(2) + spec.imag.pow(2)).sum(1)  # [k, F, b - a]
         spectrum += power.sum(-1, dtype=torch.float64)
         envs[:, a:b] = power.sum(1).numpy()

@@ -249,7 +249,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
     ref = float(mag.max()) or 1.0  # a silent input has no loudest bin: drawn at the floor, dark
     ax_in = fig.add_subplot(grid[0, :])
     mesh = _show_log_spec(ax_in, _db(mag / ref), seconds, bin_hz, sr / 2, _input_title(dec, sr, seconds, channels, k))
-    fig.colorbar(mesh, ax=ax_in, pad=0.01, label="dB re the input's loudest bin")
+    _colour_bar(fig, mesh, ax_in, "dB re the input's loudest bin")  # as narrow as the components': time axes align
     if model_top < sr / 2:
         ax_in.axhline(model_top, color="white", ls="--", lw=0.8)
         ax_in.text(0.005, model_top, f" the model's band ends at {model_top:.0f} Hz: above, all is residual",
@@ -267,7 +267,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
                               f"{i + 1}: {dec.labels[i]} -- {100 * dec.energy_share[i]:.1f}%")
         comp_axes.append(ax)
     if comp_axes:
-        fig.colorbar(mesh, ax=comp_axes, pad=0.01, fraction=0.02, label="dB re the input's loudest bin")
+        _colour_bar(fig, mesh, comp_axes, "dB re the input's loudest bin")
     return _save(fig, path)
 
 
