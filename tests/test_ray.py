@@ -213,6 +213,33 @@ def test_a_job_that_cannot_reach_its_cluster_leaves_no_output_folder(tmp_path):
         run.stderr[-2000:]
 
 
+STARTS_AND_FAILS = """
+import logging, sys, ray, ray.data  # ray.data sets its loggers up as it is imported
+from audioae.batch.journal import Journal
+from audioae.batch.plan import FileTask
+from audioae.batch.ray_engine import run_ray
+out, level = sys.argv[1], logging.getLogger("ray.data").level
+try:
+    next(run_ray([FileTask(out + "/a.wav", out + "/b.wav", "b.wav")], model_bytes=b"", sha256="",
+                 journal=Journal(out + "/j"), workers=0))
+except ValueError as exc:
+    print("refused:", exc)
+print("ray left running:", ray.is_initialized(), "ray.data level kept:", logging.getLogger("ray.data").level == level)
+"""
+
+
+def test_a_job_whose_pipeline_cannot_be_built_shuts_down_its_own_ray(tmp_path):
+    """A failure after ray.init and before the run (here Ray Data refusing an actor pool of none)
+    left the job's own local Ray running, and Ray Data's loggers quieted, in the process that
+    called it. (A process of its own: this one's Ray is the session's, joined, not started.)"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    run = subprocess.run([sys.executable, "-c", STARTS_AND_FAILS, str(tmp_path)], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "refused:" in run.stdout and "ray left running: False ray.data level kept: True" in run.stdout, \
+        (run.stdout, run.stderr[-3000:])
+
+
 @pytest.mark.filterwarnings("error::UserWarning")  # one file: the read stage asked for 2 tasks, Ray warned
 def test_a_file_name_that_is_not_utf8_goes_through_ray_as_bytes(job, tmp_path, capfd, caplog):
     """Arrow columns are UTF-8: a Latin-1 name made Ray Data pickle the path columns instead, with

@@ -266,6 +266,30 @@ def _warn_too_many_actors(ray, workers: int, threads: int, *, autoscaled: bool) 
                     "run; lower --workers or --threads", workers, threads, cpus, int(cpus // threads))
 
 
+def _pipeline(ray, todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float,
+              workers: int, gpus_per_worker: float, threads: int, block_seconds: float):
+    """The Ray Data pipeline of ``todo`` (read stage, then :class:`RayDenoiser` actors), not yet run."""
+    device = "cuda" if gpus_per_worker > 0 else "cpu"
+    ds = ray.data.from_items([{"input": os.fsencode(t.input), "output": os.fsencode(t.output),
+                               "rel": os.fsencode(t.rel)} for t in todo])
+    # Reading is I/O: zero CPUs, so it never waits behind actors holding every CPU (with
+    # num_cpus > 0 and workers x threads == the cluster's CPUs the pipeline would deadlock), and a
+    # bounded number of concurrent reads, so it never floods the object store.
+    ds = ds.map(_read_file, fn_kwargs={"inline_max_bytes": INLINE_MAX_BYTES}, num_cpus=0,
+                **_task_pool(ray, min(len(todo), max(2, workers))))  # more than the files: Ray warns
+    return ds.map_batches(
+        RayDenoiser,
+        fn_constructor_kwargs={"model_bytes": model_bytes, "sha256": sha256, "strength": strength,
+                               "device": device, "threads": threads, "block_seconds": block_seconds,
+                               "journal": journal},
+        batch_size=BATCH_FILES if gpus_per_worker > 0 else CPU_ROWS_PER_BATCH,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=threads,
+        num_gpus=gpus_per_worker or None,
+    )
+
+
 def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float = 1.0,
             workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
             block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
@@ -291,38 +315,21 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
             _start_or_join(ray, address)
             started = True
         _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL)
-    except BaseException:
+        _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the driver shows one bar for the whole job
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO chatter
+        # Ray Data's word that its bars are off ("Progress bars disabled. To enable, ..."): they are off
+        # on purpose. Only that module's warnings go; Ray Data's errors and other warnings still show.
+        logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
+        suspects = {t.input for t in todo if journal.why(t.input)}  # before any actor marks a file
+        ds = _pipeline(ray, todo, model_bytes=model_bytes, sha256=sha256, journal=journal, strength=strength,
+                       workers=workers, gpus_per_worker=gpus_per_worker, threads=threads, block_seconds=block_seconds)
+    except BaseException:  # before the run loop (whose finally does the same): the job's own Ray is not left running
         if started:
             ray.shutdown()
-        _restore({}, color)
+        _restore(quieted, color)
         raise
-    _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the driver shows one bar for the whole job
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO chatter
-    # Ray Data's word that its bars are off ("Progress bars disabled. To enable, ..."): they are off
-    # on purpose. Only that module's warnings go; Ray Data's errors and other warnings still show.
-    logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
-    device = "cuda" if gpus_per_worker > 0 else "cpu"
-    suspects = {t.input for t in todo if journal.why(t.input)}  # before any actor marks a file
-    ds = ray.data.from_items([{"input": os.fsencode(t.input), "output": os.fsencode(t.output),
-                               "rel": os.fsencode(t.rel)} for t in todo])
-    # Reading is I/O: zero CPUs, so it never waits behind actors holding every CPU (with
-    # num_cpus > 0 and workers x threads == the cluster's CPUs the pipeline would deadlock), and a
-    # bounded number of concurrent reads, so it never floods the object store.
-    ds = ds.map(_read_file, fn_kwargs={"inline_max_bytes": INLINE_MAX_BYTES}, num_cpus=0,
-                **_task_pool(ray, min(len(todo), max(2, workers))))  # more than the files: Ray warns
-    ds = ds.map_batches(
-        RayDenoiser,
-        fn_constructor_kwargs={"model_bytes": model_bytes, "sha256": sha256, "strength": strength,
-                               "device": device, "threads": threads, "block_seconds": block_seconds,
-                               "journal": journal},
-        batch_size=BATCH_FILES if gpus_per_worker > 0 else CPU_ROWS_PER_BATCH,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=threads,
-        num_gpus=gpus_per_worker or None,
-    )
     reported: set[str] = set()
     stopped = False
     try:
