@@ -593,6 +593,31 @@ def test_a_stopped_ray_job_keeps_an_earlier_jobs_suspect_it_never_reached(tmp_pa
     assert journal.why(tasks[1].input) is None
 
 
+def test_a_rerun_removes_the_stopped_markers_of_inputs_gone_since_and_keeps_the_rest(tmp_path, causal_ckpt):
+    """A stopped Ray job flags the markers of the files its actors were on; a rerun marks anew only
+    the files it plans, so the flagged marker of an input deleted in between stayed forever. Gone
+    now; kept: the flagged marker of a file still there (a job on other inputs may plan it) and a
+    suspect's."""
+    from audioae.batch.manifest import MadeWith
+
+    src, other, out = tmp_path / "in", tmp_path / "other", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 0.5, "gone.wav": 0.5})
+    _write_inputs(other, {"elsewhere.wav": 0.5, "suspect.wav": 0.5})
+    made = MadeWith(str(causal_ckpt), hashlib.sha256(causal_ckpt.read_bytes()).hexdigest(), 1.0)
+    out.mkdir()
+    journal = Journal(out / JOURNAL_NAME, made)
+    for path in (src / "gone.wav", other / "elsewhere.wav", other / "suspect.wav"):
+        journal.started(str(path), output=str(out / path.name))
+    for path in (src / "gone.wav", other / "elsewhere.wav"):  # as a stopped Ray job leaves them
+        journal.stopped(str(path))
+    (src / "gone.wav").unlink()
+    summary = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
+    assert (summary["ok"], summary["error"]) == (1, 0), summary
+    left = {json.loads(m.read_text())["input"] for m in (out / JOURNAL_NAME).glob("*.json")}
+    assert left == {str(other / "elsewhere.wav"), str(other / "suspect.wav")}
+    assert journal.why(str(other / "suspect.wav")) == DIED and journal.why(str(other / "elsewhere.wav")) is None
+
+
 def test_a_marker_written_before_sizes_and_times_were_kept_is_read_by_its_inode(tmp_path):
     def as_written_until_2026_12_07(rec: dict) -> None:  # an absolute path, [st_dev, st_ino]
         rec.update(output=str(tmp_path / "out" / "a.wav"), replaces=rec["replaces"][:2])

@@ -291,7 +291,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             except OSError as exc:  # e.g. the full disk that stopped the job: their markers stay, for the next run
                 log.warning("%s: outputs finished late not recorded (%s); the next run records them",
                             manifest.path, exc.strerror or exc)
-            _clear_completed(journal, results)
+            _clear_completed(journal, results, tasks)
             manifest.compact()
         # Not reached when the job is stopped, nor called when a full disk passed files over: a
         # rerun of its --overwrite goes on from here. Files that failed were tried: that run finished.
@@ -416,13 +416,15 @@ def _recorded_late(results: list[FileResult], late: Sequence[FileResult]) -> Non
     results.extend(r for r in by_input.values() if r.input not in known)
 
 
-def _clear_completed(journal: Journal, results: Sequence[FileResult]) -> None:
+def _clear_completed(journal: Journal, results: Sequence[FileResult], tasks: Sequence[FileTask]) -> None:
     """Forget the markers of skipped files (their outputs exist; a suspect's may have been written
-    just before its process died). The engines clear the markers of files that fail, the job those
+    just before its process died), and those a stopped job flagged of inputs gone since
+    (:meth:`.Journal.forget_gone`). The engines clear the markers of files that fail, the job those
     of the files it records: the markers left name the files a rerun must still isolate."""
     for r in results:
         if r.status == "skipped":
             journal.ended(r.input)
+    journal.forget_gone({t.input for t in tasks})
     journal.tidy()
 
 

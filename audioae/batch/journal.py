@@ -213,15 +213,31 @@ class Journal:
 
     def _finished_markers(self) -> Iterator[tuple[dict, MadeWith]]:
         """``(marker, made)`` for each marker :meth:`finished` names, each read once."""
+        for _, rec in self._markers():
+            made = self._finished(rec)
+            if made is not None:
+                yield rec, made
+
+    def _markers(self) -> Iterator[tuple[Path, dict | None]]:
+        """``(path, record)`` of every marker (None: unreadable), in name order."""
         try:
             markers = sorted(self.folder.glob("*.json"))
         except OSError:
             return
         for marker in markers:
-            rec = self._load(marker)
-            made = self._finished(rec)
-            if made is not None:
-                yield rec, made
+            yield marker, self._load(marker)
+
+    def forget_gone(self, planned: set[str]) -> None:
+        """Remove the :meth:`stopped` markers of inputs that are gone: in neither ``planned`` (the
+        job's inputs) nor the file system. A rerun marks anew only the files it plans, so such a
+        marker stayed forever (and with it the folder). A suspect's marker stays, as does a stopped
+        one whose file is still there (a job on other inputs into this folder may plan it)."""
+        for marker, rec in self._markers():
+            if (rec is None or not rec.get("stopped") or not isinstance(rec.get("input"), str)
+                    or rec["input"] in planned or os.path.lexists(rec["input"]) or self._finished(rec) is not None):
+                continue
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
     def finished_results(self) -> Iterator[FileResult]:
         """The ``ok`` result of each file :meth:`finished` names, with what its marker kept: the
