@@ -383,11 +383,13 @@ def _add_decompose(sub) -> None:
     p.add_argument("file", help="input audio (WAV/FLAC/OGG/MP3/..., any rate, mono or multichannel)")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--model", help="shipped model name or .safetensors path (default: decomposer-small)")
-    p.add_argument("--top", type=_count, default=16,
-                   help="keep the K strongest components, the rest join the residual (0: all; default 16)")
-    p.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
-                   help="cluster (default): units that look and move alike; band: octave bands; "
-                        "none: one component per latent unit")
+    from .decomposition_folder import DEFAULT_GROUP, DEFAULT_TOP_K  # no torch: the client's defaults too
+
+    p.add_argument("--top", type=_count, default=DEFAULT_TOP_K,
+                   help=f"keep the K strongest components, the rest join the residual (0: all; default {DEFAULT_TOP_K})")
+    p.add_argument("--group", choices=("none", "band", "cluster"), default=DEFAULT_GROUP,
+                   help=f"cluster: units that look and move alike; band: octave bands; none: one component per "
+                        f"latent unit (default: {DEFAULT_GROUP})")
     p.add_argument("--groups", type=_positive, default=None,
                    help=f"number of bands or clusters (default {DEFAULT_GROUPS}): about as many as the sources you "
                         f"expect; at most this many clusters come out, fewer where fewer are distinct (pieces of "
@@ -733,12 +735,14 @@ def _add_client(sub) -> None:
     c.add_argument("-o", "--out", help="output folder (default: the input's name with .components in place of "
                    "its extension, beside it: song.wav -> song.components/)")
     c.add_argument("--model", help="served model name (default: the server's decomposer)")
-    # The local command's defaults: the RPC's own (every unit, ungrouped) can run to hundreds of
-    # component waveforms, over the answer limit for a few seconds of stereo.
-    c.add_argument("--top-k", "--top", type=_count, default=16,
-                   help="components to return, the rest join the residual (0: all; default 16)")
-    c.add_argument("--group", choices=("none", "band", "cluster"), default="cluster",
-                   help="grouping of latent units, as for audioae decompose (default: cluster)")
+    # The local command's defaults, and Client.decompose's: the RPC's own (every unit, ungrouped)
+    # can run to hundreds of component waveforms, over the answer limit for a few seconds of stereo.
+    from .decomposition_folder import DEFAULT_GROUP, DEFAULT_TOP_K
+
+    c.add_argument("--top-k", "--top", type=_count, default=DEFAULT_TOP_K,
+                   help=f"components to return, the rest join the residual (0: all; default {DEFAULT_TOP_K})")
+    c.add_argument("--group", choices=("none", "band", "cluster"), default=DEFAULT_GROUP,
+                   help=f"grouping of latent units, as for audioae decompose (default: {DEFAULT_GROUP})")
     c.add_argument("--groups", type=_positive, default=None,
                    help="number of bands or clusters, as for audioae decompose (default 8)")
     c.add_argument("--fit", type=int, default=None, metavar="STEPS",
@@ -759,7 +763,7 @@ def _default_out(path: str, tag: str) -> str:
 def _cmd_client(args) -> int:
     import grpc
 
-    from .client import DEFAULT_MESSAGE_MB, Client, read_tokens
+    from .client import DEFAULT_MESSAGE_MB, Client, read_tokens, unavailable_source
 
     # Before anything is read or sent. Not given is None; given empty is refused.
     _model_given(getattr(args, "model", None), served=True)
@@ -772,8 +776,11 @@ def _cmd_client(args) -> int:
         return _client_call(args, client)
     except grpc.RpcError as exc:
         details, hint = exc.details() or "", ""
-        closed = any(t in details.lower() for t in ("socket closed", "connection reset", "end of file"))
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and closed:
+        # gRPC's own words, or the server's: a drain's UNAVAILABLE is an answer (was "could not be reached")
+        source = unavailable_source(details) if exc.code() == grpc.StatusCode.UNAVAILABLE else "server"
+        # docs/serving.md: a stream that fails keeps none of what was answered before it failed
+        unwritten = f"; nothing was written to {_stream_output(args)}" if args.client_command == "stream" else ""
+        if source == "closed":
             # A server that stopped mid-call (killed, restarted) says the same as a TLS server to a
             # plain client: name both (it was "could not be reached ... pass --tls-ca" alone).
             tls = "" if args.tls_ca else "; or, if it uses TLS, pass --tls-ca"
@@ -791,17 +798,26 @@ def _cmd_client(args) -> int:
                 raise RuntimeError(f"the request is {size}, over this client's --max-message-mb {mb:g}: raise it "
                                    f"(the server's --max-request-mb must allow it too); nothing was sent") from None
             raise RuntimeError(f"the server's answer is {size}, over this client's --max-message-mb {mb:g}: "
-                               f"raise it") from None
-        # UNAVAILABLE and a deadline are the client's own verdicts when nothing answered: not the server's
-        said = "answered"
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            said = "closed the connection" if closed else "could not be reached"
-        elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":  # not a server's message
+                               f"raise it{unwritten}") from None
+        # gRPC's UNAVAILABLE and deadline when nothing answered are the client's own verdicts: not the server's
+        said = {"closed": "closed the connection", "unreached": "could not be reached"}.get(source, "answered")
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":  # not a server's message
             said = "gave no answer in time"
             hint = f" (--timeout {args.timeout:g} s)" if args.timeout else ""
-        raise RuntimeError(f"server {args.server} {said} ({exc.code().name}): {details}{hint}") from None
+        raise RuntimeError(f"server {args.server} {said} ({exc.code().name}): {details}{hint}{unwritten}") from None
     finally:
         client.close()
+
+
+def _stream_output(args) -> str:
+    """The file ``client stream`` writes (the input's name inside an existing folder ``-o``)."""
+    from .fileio import output_file
+
+    out = args.out or _default_out(args.input, "denoised")
+    try:
+        return str(output_file(args.input, out))
+    except ValueError:  # -o is the input: refused before anything is written
+        return out
 
 
 def _check_served_model(client, cmd: str, name: str) -> None:

@@ -72,6 +72,30 @@ DEFAULT_MESSAGE_MB = 256
 MAX_TIMEOUT_SECONDS = 100 * 365 * 86400
 
 
+# gRPC's own words for an UNAVAILABLE call whose connection closed under it (a server stopped or
+# restarted mid-call: "Socket closed", a GOAWAY's "Cancelling all calls"; a TLS server to a plain
+# client) or that never reached a server ("failed to connect to all addresses; ... Connection
+# refused"). An UNAVAILABLE saying none of them came from the server itself: a drain's "the server
+# is shutting down; retry on another replica", a start's "still loading its models".
+GRPC_CLOSED_WORDS = ("socket closed", "connection reset", "end of file", "cancelling all calls", "goaway",
+                     "broken pipe", "stream removed", "too many pings", "endpoint")
+GRPC_UNREACHED_WORDS = ("failed to connect", "connection refused", "dns resolution failed", "name resolution",
+                        "empty address list", "handshake", "parsing http/2", "http1.x", "timed out",
+                        "network is unreachable", "no route to host")
+
+
+def unavailable_source(details: str) -> str:
+    """Who said an UNAVAILABLE with these ``details``: ``"closed"`` (gRPC: the connection closed
+    during the call), ``"unreached"`` (gRPC: no server answered) or ``"server"`` (its own answer,
+    such as a drain's; a retry on another replica may succeed)."""
+    text = details.lower()
+    if any(w in text for w in GRPC_CLOSED_WORDS):
+        return "closed"
+    if any(w in text for w in GRPC_UNREACHED_WORDS):
+        return "unreached"
+    return "server"
+
+
 def _deadline(timeout: float | None) -> float | None:
     """``timeout`` as gRPC can carry it: None (no deadline) beyond :data:`MAX_TIMEOUT_SECONDS`."""
     return None if timeout is not None and timeout > MAX_TIMEOUT_SECONDS else timeout
@@ -620,12 +644,17 @@ class Client:
         model: str = "",
         strength: float | None = None,
         timeout: float | None = None,
+        pcm_format: str | None = None,
     ) -> dict:
         """Stream a file through ``StreamDenoise`` in ``chunk_ms`` chunks, writing ``dst``
         progressively (temp file in the same folder, renamed at the end); an existing folder
-        ``dst`` gets the file under its own name. The input is never overwritten. ``timeout``: a
+        ``dst`` gets the file under its own name. The input is never overwritten; a stream that
+        fails leaves no ``dst``, not even the audio answered before the failure. ``timeout``: a
         deadline on the whole call, in seconds (None: the client's own; a file, unlike a live
-        :meth:`stream`, has an end, and ``audioae client stream --timeout`` went unheeded)."""
+        :meth:`stream`, has an end, and ``audioae client stream --timeout`` went unheeded).
+        ``pcm_format``: the stream's sample format, "int16" or "float32"; None: int16 for a
+        16-bit PCM file written as 16-bit PCM (half the bytes, nothing lost: the file holds int16
+        samples, and the answer is written as such), float32 for any other."""
         if not chunk_ms > 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
@@ -636,6 +665,8 @@ class Client:
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = iter_blocks(src, block)
         subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
+        if pcm_format is None:  # float32 sent PCM_16's int16 samples in twice their bytes
+            pcm_format = "int16" if subtype == "PCM_16" else "float32"
         n = 0
         with atomic_open(dst) as fh:
             try:
@@ -644,7 +675,7 @@ class Client:
                 raise write_refusal(dst, exc, fmt, info.samplerate) from exc
             with out:
                 for y in self.stream(chunks, info.samplerate, info.channels, model=model, strength=strength,
-                                     timeout=self.timeout if timeout is None else timeout):
+                                     pcm_format=pcm_format, timeout=self.timeout if timeout is None else timeout):
                     write_frames(out, np.clip(y.T, -1, 1) if clips_at_full_scale(fmt, subtype) else y.T)
                     n += y.shape[-1]
         return {"frames": n, "sample_rate": info.samplerate, "channels": info.channels, "output": str(dst)}
@@ -656,16 +687,19 @@ class Client:
         sr: int | None = None,
         *,
         model: str = "",
-        top_k: int = 0,
-        group: str = "",
+        top_k: int = folder.DEFAULT_TOP_K,
+        group: str = folder.DEFAULT_GROUP,
         components: bool = False,
         fit_steps: int | None = None,
         groups: int | None = None,
         timeout: float | None = None,
     ) -> DecomposeResult:
-        """Decompose ``[C, T]`` float audio at ``sr`` (or encoded file bytes). ``fit_steps``:
-        per-signal fit steps (None: the model's default; 0: fastest). ``groups``: bands or
-        clusters for ``group`` band / cluster (None: the server's, 8)."""
+        """Decompose ``[C, T]`` float audio at ``sr`` (or encoded file bytes). ``top_k`` and
+        ``group``: the strongest 16 components, units clustered, as ``audioae decompose`` and
+        ``audioae client decompose`` do (``top_k=0, group="none"``: the RPC's own, every unit
+        ungrouped, which for a minute of audio is over the server's 1 GiB of waveforms).
+        ``fit_steps``: per-signal fit steps (None: the model's default; 0: fastest). ``groups``:
+        bands or clusters for ``group`` band / cluster (None: the server's, 8)."""
         pb = _pb()
         if isinstance(audio, bytes | bytearray | memoryview):
             msg = pb.Audio(encoded=bytes(audio))

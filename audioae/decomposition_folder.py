@@ -43,6 +43,12 @@ MAX_SPANS = 50  # active_seconds spans per component (summary.json size; the wir
 # Bands or clusters when none are asked for, by the CLI, the server, the library and the client
 # alike (audioae.decompose.DEFAULT_GROUPS is this one: here the client, which loads no torch, has it too).
 DEFAULT_GROUPS = 8
+# What a decomposition keeps when none is asked for, by `audioae decompose`, `audioae client
+# decompose` and Client.decompose alike: the 16 strongest components, units clustered. The RPC's
+# own (every unit, ungrouped) runs to hundreds of waveforms: over the server's 1 GiB for a minute
+# of 16 kHz mono on the shipped decomposer (320 units).
+DEFAULT_TOP_K = 16
+DEFAULT_GROUP = "cluster"
 # Hidden folders inside the output folder while a decomposition is written (write_folder): the new
 # one as it is written, and the earlier one's files while they move aside (".partial" until all are).
 STAGE, ASIDE, ASIDE_PARTIAL = ".audioae-new", ".audioae-old", ".audioae-old.partial"

@@ -355,7 +355,7 @@ def _grpc_on_cuda(cpu_model, n: int = 32, device: str = "cuda") -> dict:
                 float(np.abs(y - denoise(cpu_model, x, 16000)).max()) for x, y in zip(clips, ys, strict=True))
             dec_cpu = pretrained.load("decomposer-small")
             wav = clips[0][None]  # [1, T]
-            got = c.decompose(wav, 16000, components=True, fit_steps=0)
+            got = c.decompose(wav, 16000, top_k=0, group="none", components=True, fit_steps=0)  # the library's
             want = decompose(dec_cpu, wav, 16000, fit_steps=0)
             out["decompose_components"] = int(len(got.components))
             out["decompose_sum_err"] = float(np.abs(got.components.sum(0) + got.residual - wav).max())

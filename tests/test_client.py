@@ -145,7 +145,7 @@ def test_a_timeout_past_what_grpc_can_carry_is_no_deadline(mixed_server):
 
 def test_ungrouped_decomposition_over_64_mb_arrives(mixed, mixed_server, tmp_path, capsys):
     x = _noisy(1.0, 48000, channels=2)  # every active unit of 320, stereo at 48 kHz: ~85 MB of components
-    r = mixed.decompose(x, 48000, components=True, fit_steps=0)
+    r = mixed.decompose(x, 48000, top_k=0, group="none", components=True, fit_steps=0)
     assert r.components.nbytes > 64 * MB
     np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-4)
     # The old limit, asked for with the flag: the server computes, the client refuses the answer.
@@ -724,3 +724,135 @@ def test_a_token_sent_to_this_machine_in_other_spellings_is_not_warned_about(cap
     with caplog.at_level(logging.WARNING, logger="audioae.client"):
         Client(target, token="t").close()  # channels connect lazily: nothing is sent
     assert not caplog.records
+
+
+# ---- who said UNAVAILABLE; what a failed stream leaves ---------------------------------------------------
+def test_cli_client_tells_a_servers_unavailable_from_grpcs(model_dir, tmp_path, capsys):
+    """A draining server's UNAVAILABLE ("the server is shutting down; retry on another replica")
+    was printed as "could not be reached", as if nothing had answered; gRPC's own UNAVAILABLE (a
+    stopped server: "failed to connect ... Connection refused") still is. The drain is made
+    deterministic by a stream held open: drain() waits for it, refusing new calls meanwhile."""
+    import threading
+    import time
+
+    from audioae.client import unavailable_source
+
+    src = tmp_path / "in.wav"
+    write_audio(src, _noisy(0.5, 16000), 16000)
+    stopped = _start(models=(str(model_dir / "tiny.safetensors"),))
+    addr = f"127.0.0.1:{stopped.port}"
+    stopped.stop()
+    assert cli_main(["client", "--server", addr, "--timeout", "5", "denoise", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert f"server {addr} could not be reached (UNAVAILABLE): failed to connect" in err, err
+
+    srv = _start(models=(str(model_dir / "tiny.safetensors"),))
+    addr = f"127.0.0.1:{srv.port}"
+    release, outs, drained = threading.Event(), [], []
+    x = _noisy(0.5, 16000)
+
+    def chunks():
+        yield x
+        release.wait(60)
+
+    with Client(addr, timeout=60) as c:
+        reader = threading.Thread(target=lambda: outs.extend(c.stream(chunks(), 16000)))
+        reader.start()
+        drainer = None
+        try:
+            end = time.monotonic() + 30
+            while not outs and time.monotonic() < end:  # the stream is in: the drain waits for it
+                time.sleep(0.05)
+            drainer = threading.Thread(target=lambda: drained.append(srv.drain(timeout=60)))
+            drainer.start()
+            while c.health() != "NOT_SERVING" and time.monotonic() < end:
+                time.sleep(0.05)
+            answer = f"server {addr} answered (UNAVAILABLE): the server is shutting down; retry on another replica"
+            assert cli_main(["client", "--server", addr, "--timeout", "30", "denoise", str(src)]) == 2
+            err = capsys.readouterr().err
+            assert answer in err and "could not be reached" not in err, err
+            out = tmp_path / "out.wav"
+            assert cli_main(["client", "--server", addr, "--timeout", "30", "stream", str(src), "-o", str(out)]) == 2
+            assert f"{answer}; nothing was written to {out}" in capsys.readouterr().err
+        finally:
+            release.set()
+            reader.join(60)
+            if drainer is not None:
+                drainer.join(90)
+            else:
+                srv.stop()
+    assert drained == [True] and sum(y.shape[-1] for y in outs) == x.shape[-1]  # the held stream was answered
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+    # gRPC's words as grpcio 1.85 gives them, and a server's own
+    assert unavailable_source("Cancelling all calls") == unavailable_source("Socket closed") == "closed"
+    assert unavailable_source("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+                              "Failed to connect to remote host: Connection refused") == "unreached"
+    assert unavailable_source("the server is still loading its models; retry shortly") == "server"
+
+
+def test_cli_client_stream_that_fails_midway_says_nothing_was_written(model_dir, tmp_path, capsys):
+    """docs/serving.md: a refused call writes no output file. A stream ended at --max-stream-seconds
+    says "the audio up to there was answered", and the message did not say that none of it was
+    kept: it now names the file that was not written."""
+    srv = _start(models=(str(model_dir / "tiny.safetensors"),), max_stream_seconds=1)
+    try:
+        src = tmp_path / "in.wav"
+        write_audio(src, _noisy(3.0, 16000), 16000)
+        (tmp_path / "cleaned").mkdir()
+        for out, written in ((tmp_path / "out.wav", tmp_path / "out.wav"),
+                             (tmp_path / "cleaned", tmp_path / "cleaned" / "in.wav")):  # a folder: its file named
+            argv = ["client", "--server", f"127.0.0.1:{srv.port}", "stream", str(src), "-o", str(out)]
+            assert cli_main(argv) == 2
+            err = capsys.readouterr().err
+            assert re.search(r"answered \(RESOURCE_EXHAUSTED\): the stream reached 1 s, .*; the audio up to there was "
+                             rf"answered; nothing was written to {re.escape(str(written))}$", err.strip()), err
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["cleaned", "in.wav"]
+    finally:
+        srv.stop()
+
+
+# ---- Client.decompose's defaults ---------------------------------------------------------------------
+def test_client_decompose_has_the_clis_defaults(mixed):
+    """Client.decompose sent the RPC's own (every unit, ungrouped), `client decompose` 16 clusters:
+    a minute of 16 kHz mono was refused ("...into up to 320 components needs 1.1 GiB")."""
+    import inspect
+
+    from audioae import decomposition_folder as folder
+    from audioae.cli import build_parser
+
+    sig = inspect.signature(Client.decompose).parameters
+    remote = build_parser().parse_args(["client", "decompose", "x.wav"])
+    local = build_parser().parse_args(["decompose", "x.wav", "-o", "out"])
+    assert (sig["top_k"].default, sig["group"].default) == (remote.top_k, remote.group) == (local.top, local.group) \
+        == (folder.DEFAULT_TOP_K, folder.DEFAULT_GROUP) == (16, "cluster")
+    x = _noisy(60.0, 16000)
+    r = mixed.decompose(x, 16000, fit_steps=0)
+    assert r.group == "cluster" and 1 <= len(r.labels) <= 16 and r.samples == x.shape[-1]
+    code, msg = _code(mixed.decompose, x, 16000, top_k=0, group="none", fit_steps=0)  # the RPC's own, asked for
+    assert code == CODE.RESOURCE_EXHAUSTED and "into up to 320 components needs 1.1 GiB" in msg, msg
+
+
+# ---- the format a file is streamed in ------------------------------------------------------------------
+def test_client_stream_of_a_16_bit_file_sends_int16(model_dir, tmp_path):
+    """A PCM_16 WAV was streamed as float32, twice its bytes: a 20 s chunk (1,280,004 bytes) over a
+    1 MB --max-request-mb server was refused, at half the audio a file of that size holds. It goes
+    as int16 now (640,004 bytes), answered as before within int16's quantisation; a float file
+    still goes as float32."""
+    srv = _start(models=(str(model_dir / "tiny.safetensors"),), max_request_mb=1)
+    try:
+        x = _noisy(20.0, 16000)
+        pcm16, flt = tmp_path / "pcm16.wav", tmp_path / "float.wav"
+        write_audio(pcm16, x, 16000, subtype="PCM_16")
+        write_audio(flt, x, 16000, subtype="FLOAT")
+        with Client(f"127.0.0.1:{srv.port}", timeout=120) as c:
+            assert c.stream_file(pcm16, tmp_path / "now.wav", chunk_ms=20000)["frames"] == x.shape[-1]
+            for src, kw in ((pcm16, {"pcm_format": "float32"}), (flt, {})):  # what was sent before, and float input
+                code, msg = _code(c.stream_file, src, tmp_path / "refused.wav", chunk_ms=20000, **kw)
+                assert code == CODE.RESOURCE_EXHAUSTED and "the 2nd message is 1,280,004 bytes" in msg, msg
+            c.stream_file(pcm16, tmp_path / "before.wav", chunk_ms=10000, pcm_format="float32")  # 640,004 bytes
+        assert not (tmp_path / "refused.wav").exists()
+        now, before = (sf.read(tmp_path / f"{n}.wav", dtype="int16")[0].astype(np.int32) for n in ("now", "before"))
+        assert sf.info(tmp_path / "now.wav").subtype == "PCM_16" and now.shape == before.shape == (x.shape[-1],)
+        assert np.abs(now - before).max() <= 1
+    finally:
+        srv.stop()

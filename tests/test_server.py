@@ -656,7 +656,7 @@ def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):
         assert "into up to 23 components" in msg
         # The server keeps serving: the next request (short audio) is answered.
         x = _noisy(0.5, 16000)
-        r = c.decompose(x, 16000, top_k=2, components=True, fit_steps=0)
+        r = c.decompose(x, 16000, top_k=2, group="none", components=True, fit_steps=0)
         assert r.components.shape == (2, 1, x.shape[-1])
         np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
         assert c.health() == "SERVING"
@@ -783,7 +783,7 @@ def test_decompose_components_sum_to_input(client, model_dir):
     from audioae.decompose import decompose
 
     x = _noisy(0.8, 22050)
-    r = client.decompose(x, 22050, model="dict", top_k=3, components=True, fit_steps=3)
+    r = client.decompose(x, 22050, model="dict", top_k=3, group="none", components=True, fit_steps=3)
     ref = decompose(load_checkpoint(model_dir / "dict.safetensors"), x, 22050, top_k=3, fit_steps=3)
     assert r.components.shape == (3, 1, x.shape[-1]) and r.residual.shape == x.shape
     np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
@@ -857,7 +857,7 @@ def test_decompose_default_model_file_bytes_no_audio(client):
         ("dict", {"fit_steps": 10_000}, CODE.INVALID_ARGUMENT, "fit_steps must be 0..100"),
         ("dict", {"group": "cluster", "groups": 0}, CODE.INVALID_ARGUMENT, "groups must be 1..24"),
         ("dict", {"group": "band", "groups": 25}, CODE.INVALID_ARGUMENT, "groups must be 1..24"),
-        ("dict", {"groups": 3}, CODE.INVALID_ARGUMENT, "set group to band or cluster"),
+        ("dict", {"group": "none", "groups": 3}, CODE.INVALID_ARGUMENT, "set group to band or cluster"),
         ("nope", {}, CODE.NOT_FOUND, "unknown model"),
     ],
 )
