@@ -33,7 +33,8 @@ class Unparsed:
 
 
 # What a caller sends less of, by request type (the unparsed bytes do not say which form it took).
-_SHORTER_AUDIO = "shorter audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM"
+# The refusal comes before the message is parsed: it cannot know the input's format, so it names both savings.
+_SHORTER_AUDIO = "shorter audio, in several calls; a WAV is smaller as FLAC, float32 PCM as int16 PCM"
 _STREAM_CHUNKS = "the stream's audio in smaller chunks (any whole number of frames; 100 ms is typical)"
 # For a stream's first message, which should have been a StreamConfig and may have been audio.
 CONFIG_FIRST = f"a StreamConfig first (model, sample_rate, channels, format: a few bytes), then {_STREAM_CHUNKS}"

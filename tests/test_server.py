@@ -615,7 +615,7 @@ def test_a_request_over_the_message_limit_is_refused_in_words_and_counted(model_
         assert code == CODE.RESOURCE_EXHAUSTED, msg
         assert re.fullmatch(r"the audioae.v1.DenoiseRequest message is 1,200,\d{3} bytes \(1.1 MB\), over this "
                             r"server's message limit of 1,048,576 bytes \(1 MB, --max-request-mb\): send shorter "
-                            r"audio, in several calls; FLAC, or int16 PCM, is smaller than WAV or float32 PCM", msg), msg
+                            r"audio, in several calls; a WAV is smaller as FLAC, float32 PCM as int16 PCM", msg), msg
         count = srv.metrics.registry.get_sample_value
         assert count("audioae_requests_total", {"method": "Denoise", "code": "RESOURCE_EXHAUSTED"}) == 1
         code, msg = _code(c.denoise, 0.1 * np.ones((1, 1_100_000), np.float32), 16000)  # 4.4 MB: past 2x
