@@ -638,40 +638,47 @@ def _add_serve(sub) -> None:
         "serve", help="run the gRPC service (denoise, stream, decompose, encode/decode)",
         description="Serve models over gRPC (audioae.v1.AudioAE) with health, reflection, dynamic "
                     "batching, limits, optional bearer-token auth and TLS, and Prometheus metrics. "
-                    "SIGTERM drains: NOT_SERVING, in-flight calls finish, then exit. See docs/serving.md.")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=50051, help="0: any free port (printed)")
+                    "SIGTERM drains: NOT_SERVING, in-flight calls finish, then exit; a second signal stops at "
+                    "once. See docs/serving.md.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 or :: every interface; IPv6 with or without brackets; "
+                        "default: %(default)s)")
+    p.add_argument("--port", type=int, default=50051, help="0: any free port (printed); default: %(default)s")
     p.add_argument("--models", nargs="+", default=[], metavar="MODEL",
                    help="shipped names, .safetensors paths or NAME=PATH (default: the shipped denoiser "
                         "and decomposer)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
-                   help="channel-seconds of audio run together in one batch (0: no batching)")
+                   help="channel-seconds of audio run together in one batch (0: no batching; default: %(default)g)")
     p.add_argument("--max-delay-ms", type=float, default=10.0,
-                   help="how long a request waits for others to batch with")
-    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request message")
-    p.add_argument("--max-audio-seconds", type=float, default=600.0, help="longest clip (streams: --max-stream-seconds)")
+                   help="how long a request waits for others to batch with (default: %(default)g)")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request message, in MB (default: %(default)g)")
+    p.add_argument("--max-audio-seconds", type=float, default=600.0,
+                   help="longest clip (streams: --max-stream-seconds; default: %(default)g)")
     p.add_argument("--max-queue", type=int, default=64,
-                   help="requests waiting for the device; beyond it: RESOURCE_EXHAUSTED at once")
-    p.add_argument("--max-streams", type=int, default=32, help="concurrent StreamDenoise calls")
+                   help="requests waiting for the device; beyond it: RESOURCE_EXHAUSTED at once (default: %(default)s)")
+    p.add_argument("--max-streams", type=int, default=32, help="concurrent StreamDenoise calls (default: %(default)s)")
     p.add_argument("--max-stream-seconds", type=float, default=0.0,
-                   help="longest stream, its audio up to there answered (0: no limit; a stream's memory does "
-                        "not grow with its length)")
+                   help="longest stream, its audio up to there answered (0, the default: no limit; a stream's "
+                        "memory does not grow with its length)")
     p.add_argument("--stream-idle-seconds", type=float, default=60.0,
-                   help="end a stream that sends no message for this long, freeing its --max-streams slot (0: never)")
+                   help="end a stream that sends no message for this long, freeing its --max-streams slot "
+                        "(0: never; default: %(default)g)")
     p.add_argument("--token-file", help="require 'authorization: Bearer <token>' (tokens one per line)")
     p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
     p.add_argument("--tls-key", help="PEM private key")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this HTTP port")
-    p.add_argument("--drain-seconds", type=float, default=30.0, help="SIGTERM: wait this long for calls")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus /metrics on this HTTP port, not --port's (0: any free port; default: off)")
+    p.add_argument("--drain-seconds", type=float, default=30.0,
+                   help="SIGTERM or Ctrl-C: wait at most this long for calls in flight, then end them; a second "
+                        "signal ends them at once (default: %(default)g)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0, the default: torch's own)")
     p.add_argument("--codec-workers", type=int, default=2,
                    help="processes that decode uploads and encode answers, so a codec crash ends one of "
-                        "them, not the server (0: in the server's process)")
+                        "them, not the server (0: in the server's process; default: %(default)s)")
     p.add_argument("--codec-timeout", type=float, default=60.0,
                    help="seconds one decode or encode may take before its process is stopped and the call "
                         "refused (a decoder caught in a loop; the longest legitimate answer, 600 s of 48 kHz "
-                        "stereo Ogg Vorbis, encodes in about 6.5 s)")
+                        "stereo Ogg Vorbis, encodes in about 6.5 s; default: %(default)g)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -681,6 +688,8 @@ def _cmd_serve(args) -> int:
     for spec in args.models:
         _model_given(spec, "--models")
     logging.getLogger("server").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for handler in logging.getLogger().handlers:  # a server's log is read later: each line says when
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     config = ServerConfig(
         host=args.host, port=args.port, models=tuple(args.models), device=args.device,
         max_batch_seconds=args.max_batch_seconds, max_delay_ms=args.max_delay_ms,

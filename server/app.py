@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -17,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audioae.config import quoted
-from audioae.enhance import denoise_batch, pick_device
+from audioae.enhance import Stopped, denoise_batch, pick_device
 from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 
 from .auth import TokenAuth, exposure_warnings, read_tokens
@@ -39,6 +40,21 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 SPARE_THREADS = 16
 # Calls gRPC lets wait for a thread beyond the pool before it refuses more itself (below).
 QUEUED_RPCS = 256
+# After a drain's end (or a second signal), how long calls still running get to stop at their next
+# piece and send UNAVAILABLE with the server's reason before gRPC cancels them.
+CUT_OFF_SECONDS = 1.0
+SIGNAL_POLL_SECONDS = 0.1  # how often a drain or a start-up looks for a stop signal
+
+
+def grpc_host(host: str) -> str:
+    """``host`` as it goes before ":port" in a gRPC address, and in what the server prints: an
+    IPv6 address in brackets (``::1`` -> ``[::1]``; a bare one read as "cannot listen on ::1:0")."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def bare_host(host: str) -> str:
+    """``host`` without the brackets of ``[::1]``, as socket APIs (the metrics listener) take it."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _check_tls(cert: str, key: str) -> None:
@@ -105,6 +121,9 @@ class AudioServer:
         self.batcher = Batcher(self.metrics, config.max_queue, config.max_delay_ms, config.max_batch_seconds)
         self.health = HealthService()
         self.store: ModelStore | None = None
+        self.serving = False  # load() reported SERVING
+        self._stopped = False  # stop() came: load() must not report SERVING
+        self._state = threading.Lock()
         self.port: int | None = None
         self.metrics_port: int | None = None
         # Registered before the models load so that the port answers at once; until load() gives
@@ -153,11 +172,11 @@ class AudioServer:
         reflection.enable_server_reflection(names, self.server)
         if c.metrics_port is not None:  # first: a gRPC port, once bound, is not released before start()
             try:
-                self.metrics_port = self.metrics.serve_http(c.host, c.metrics_port)
+                self.metrics_port = self.metrics.serve_http(bare_host(c.host), c.metrics_port)
             except OSError as exc:
-                raise RuntimeError(f"cannot serve metrics on {c.host}:{c.metrics_port} "
+                raise RuntimeError(f"cannot serve metrics on {grpc_host(c.host)}:{c.metrics_port} "
                                    f"({exc.strerror or exc})") from exc
-        address = f"{c.host}:{c.port}"
+        address = f"{grpc_host(c.host)}:{c.port}"
         try:
             self.port = self._bind(address)
         except RuntimeError:  # grpcio raises "Failed to bind ... set GRPC_VERBOSITY=debug" (older: returns 0)
@@ -166,7 +185,7 @@ class AudioServer:
             self.metrics.stop_http()
             raise RuntimeError(f"cannot listen on {address} (in use, or not an address of this machine)")
         self.server.start()
-        log.debug("listening on %s:%d (%s)", c.host, self.port, "TLS" if c.tls_cert else "plaintext")
+        log.debug("listening on %s:%d (%s)", grpc_host(c.host), self.port, "TLS" if c.tls_cert else "plaintext")
         return self.port
 
     def _bind(self, address: str) -> int:
@@ -176,40 +195,88 @@ class AudioServer:
             return self.server.add_secure_port(address, creds)
         return self.server.add_insecure_port(address)
 
-    def load(self) -> None:
-        """Load and warm up the models, then report SERVING."""
-        self.store = ModelStore(self.config.models, self.device)
-        self.store.warm_up(batch_fn=denoise_batch)
-        self.codecs.start()
-        self.servicer.store = self.store
-        self.batcher.start()
-        self.gate.set_serving()
-        for name in ("", SERVICE):
-            self.health.set(name, SERVING)
-        log.debug("serving %s on %s", ", ".join(self.store.models), self.device)
+    def load(self) -> bool:
+        """Load and warm up the models, then report SERVING; False (and not SERVING) when
+        :meth:`stop` came first (a stop signal while the models loaded)."""
+        try:
+            store = ModelStore(self.config.models, self.device, stop=lambda: self._stopped)
+            store.warm_up(batch_fn=denoise_batch)
+        except Stopped:
+            return False
+        self.codecs.start()  # none after stop() closed them
+        with self._state:  # SERVING after a stop would be a lie: stop() and this one at a time
+            if self._stopped:
+                return False
+            self.store = store
+            self.servicer.store = store
+            self.batcher.start()
+            self.gate.set_serving()
+            for name in ("", SERVICE):
+                self.health.set(name, SERVING)
+            self.serving = True
+        log.debug("serving %s on %s", ", ".join(store.models), self.device)
+        return True
 
-    def drain(self, timeout: float | None = None) -> bool:
+    def drain(self, timeout: float | None = None, now: threading.Event | None = None) -> bool:
         """NOT_SERVING; new calls UNAVAILABLE; wait for in-flight calls (up to ``timeout``,
-        default ``drain_seconds``); then stop. Returns False if calls were still running."""
+        default ``drain_seconds``, or until ``now`` is set: a second stop signal); then end those
+        still running with UNAVAILABLE and the server's reason, and stop. Returns False if calls
+        were still running."""
         timeout = self.config.drain_seconds if timeout is None else timeout
         self.health.enter_graceful_shutdown()
         self.gate.start_draining(within=timeout)
-        idle = self.gate.wait_idle(timeout)
+        end = time.monotonic() + timeout
+        idle = False
+        while not idle and not (now is not None and now.is_set()):
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            idle = self.gate.wait_idle(min(left, SIGNAL_POLL_SECONDS))
         if not idle:
-            log.warning(
-                "drain: %d calls still running after %.0f s; stopping anyway", self.gate.inflight, timeout
-            )
+            if now is not None and now.is_set():
+                log.warning("drain: a second stop signal: ending %d calls still running now", self.gate.inflight)
+                reason = ("the server is shutting down at once (a second stop signal came during its drain); "
+                          "retry on another replica")
+            else:
+                log.warning("drain: %d calls still running after %g s; ending them", self.gate.inflight, timeout)
+                reason = (f"the server is shutting down and its drain time ({timeout:g} s) ran out; "
+                          f"retry on another replica")
+            self._cut_off(reason)
         elif self.gate.ended_streams:  # they answered what they had, but their clients had more to send
-            log.warning("drain: %d calls still running after %.0f s: streams, ended with the audio they had "
+            log.warning("drain: %d calls still running after %g s: streams, ended with the audio they had "
                         "been sent answered", self.gate.ended_streams, timeout)
-        self.batcher.stop()
-        self.server.stop(grace=1.0).wait()
+        # The device worker is a daemon: after a cut-off it need not hold the exit.
+        self.batcher.stop(timeout=CUT_OFF_SECONDS if idle else 0.1)
+        self.server.stop(grace=1.0 if idle else 0.2).wait()
         self.metrics.stop_http()
         self.codecs.close()
         return idle and not self.gate.ended_streams
 
+    def _cut_off(self, reason: str) -> None:
+        """End every call still in flight with UNAVAILABLE and ``reason``: queued device work is
+        dropped, running work asked to stop at its next piece, codec processes stopped (not retried,
+        not counted as crashes), streams ended; then wait up to CUT_OFF_SECONDS for the calls to
+        send that status (gRPC's own stop would end them with a bare "Cancelling all calls")."""
+        self.gate.cut_off(reason)
+        self.batcher.cut_off(reason)
+        self.codecs.close(reason)
+        if not self.gate.wait_idle(CUT_OFF_SECONDS):
+            log.warning("drain: %d calls did not end within %g s of being told to; cancelling them",
+                        self.gate.inflight, CUT_OFF_SECONDS)
+
+    def stop_starting(self) -> bool:
+        """Stop at once unless :meth:`load` has reported SERVING already (then False: drain)."""
+        with self._state:
+            if self.serving:
+                return False
+            self._stopped = True
+        self.stop()
+        return True
+
     def stop(self) -> None:
-        """Stop at once (tests): no drain."""
+        """Stop at once (tests, a stop signal during start-up): no drain, never SERVING after it."""
+        with self._state:
+            self._stopped = True
         self.health.enter_graceful_shutdown()
         self.gate.start_draining()
         self.batcher.stop(timeout=1.0)
@@ -219,28 +286,58 @@ class AudioServer:
 
 
 def serve(config: ServerConfig, announce: Callable[[str], None] = log.warning) -> int:
-    """Run a server until SIGTERM or SIGINT, then drain. Returns the exit status (0: clean)."""
+    """Run a server until SIGTERM or SIGINT, then drain; a second signal ends the drain at once.
+    A signal while the models load stops at once, never SERVING. Returns the exit status
+    (0: clean)."""
+    ModelStore.check_specs(config.models)  # a bad path said before the port is bound, not after
     srv = AudioServer(config)
     port = srv.start()
     announce(
-        f"listening on {config.host}:{port}"
+        f"listening on {grpc_host(config.host)}:{port}"
         + (f"; metrics on :{srv.metrics_port}" if srv.metrics_port else "")
     )
-    stop = threading.Event()
+    stop, now = threading.Event(), threading.Event()
+
+    def on_signal(signum, _frame) -> None:  # only events here: the main thread says what happens
+        if stop.is_set():
+            now.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        srv.load()
-    except BaseException:
+        signal.signal(sig, on_signal)
+    # The models load on a thread of their own, so that a signal meanwhile is acted on at once
+    # (was: after they loaded, with SERVING reported and then a drain).
+    failed: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            srv.load()
+        except BaseException as exc:  # re-raised on the main thread
+            failed.append(exc)
+
+    loader = threading.Thread(target=load, name="audioae-load", daemon=True)
+    loader.start()
+    while loader.is_alive() and not stop.wait(SIGNAL_POLL_SECONDS):
+        pass
+    if failed:
         srv.stop()
-        raise
+        raise failed[0]
+    if stop.is_set() and srv.stop_starting():
+        # The loading thread stops at its next model; a daemon, it ends with the process if one
+        # model takes longer than this.
+        loader.join(CUT_OFF_SECONDS)
+        announce("stopped while loading the models: never served")
+        return 0
     announce(
         f"ready: serving {', '.join(srv.store.models)} on {srv.device} "
         f"(default denoiser {srv.store.default_denoiser or '-'})"
     )
     while not stop.wait(0.5):
         pass
-    announce("draining: finishing in-flight calls")
-    clean = srv.drain()
-    announce("stopped" if clean else "stopped with calls still running")
+    announce("draining: finishing in-flight calls (a second signal stops at once)")
+    clean = srv.drain(now=now)
+    if now.is_set() and not clean:
+        announce("stopped at once by a second signal, with calls still running")
+    else:
+        announce("stopped" if clean else "stopped with calls still running")
     return 0 if clean else 1

@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import stat
+import urllib.parse
 
 import grpc
 
@@ -44,10 +45,12 @@ def exposure_warnings(host: str, token_file: str | None, tls: bool) -> list[str]
     return out
 
 
-def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
+def _aborting_handler(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED, and
+    logs who was refused (the peer is known only here, in the call's context)."""
 
     def deny(_request, context):
+        log.info("refused %s from %s: %s", method, urllib.parse.unquote(context.peer()), message)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     return rebuilt(handler, behavior=deny)
@@ -80,5 +83,4 @@ class TokenAuth(grpc.ServerInterceptor):
         if ok or handler is None:
             return handler
         self._metrics.requests.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()
-        log.info("refused %s: %s", method, why)
-        return _aborting_handler(handler, why)
+        return _aborting_handler(handler, method, why)

@@ -39,7 +39,7 @@ from audioae.enhance import (
 )
 from audioae.models import SpectralAutoencoder
 
-from .errors import QueueFull
+from .errors import QueueFull, ShuttingDown
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._held = False
         self._stopping = False
+        self._running: list[Job] = []  # the jobs on the device now
+        self._cut: str | None = None  # cut_off()'s reason: every job ends with it
         self._thread = threading.Thread(target=self._loop, name="audioae-device", daemon=True)
 
     def start(self) -> None:
@@ -112,6 +114,25 @@ class Batcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def cut_off(self, reason: str) -> None:
+        """End every job now, as the server stops: a queued one fails with :class:`ShuttingDown`
+        (``reason``), a running one is asked to stop at its next piece (the ``stop`` its function
+        checks, :func:`audioae.enhance.check_stop`) and fails so too. A batch of short clips,
+        which has no such check, finishes. Then the worker ends."""
+        with self._cond:
+            self._cut = reason
+            self._stopping = True
+            self._held = False
+            queued, running = list(self._queue), list(self._running)
+            self._queue.clear()
+            self.metrics.queue_depth.set(0)
+            self._cond.notify_all()
+        for job in queued:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ShuttingDown(reason))
+        for job in running:
+            job.abandoned.set()
+
     @property
     def depth(self) -> int:
         return len(self._queue)
@@ -125,8 +146,10 @@ class Batcher:
     def submit(self, job: Job) -> Future:
         """Queue ``job``; raises :class:`QueueFull` when ``max_queue`` jobs are already waiting."""
         with self._cond:
+            if self._cut is not None:
+                raise ShuttingDown(self._cut)
             if self._stopping:
-                raise QueueFull("the server is shutting down")
+                raise ShuttingDown("the server is shutting down; retry on another replica")
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(
                     f"the server is busy: {len(self._queue)} requests are already waiting "
@@ -184,7 +207,13 @@ class Batcher:
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
             self.metrics.dropped.inc(len(batch) - len(live))
             if live:
-                self._run(live)
+                with self._cond:
+                    self._running = live
+                try:
+                    self._run(live)
+                finally:
+                    with self._cond:
+                        self._running = []
 
     def _run(self, jobs: list[Job]) -> None:
         start = time.monotonic()
@@ -200,6 +229,10 @@ class Batcher:
         if failed is not None:
             if is_out_of_memory(failed):
                 release_device_memory()
+            if self._cut is not None:  # stopped by cut_off(), or failed as the server stops: no retries
+                for j in jobs:
+                    j.future.set_exception(ShuttingDown(self._cut))
+                return
             if len(jobs) == 1:
                 if isinstance(failed, Stopped):  # its call had ended: nobody waits for it
                     self.metrics.dropped.inc()
@@ -222,6 +255,9 @@ class Batcher:
         try:
             (r,) = self._compute([job])
         except Exception as exc:
+            if self._cut is not None:
+                job.future.set_exception(ShuttingDown(self._cut))
+                return
             if is_out_of_memory(exc):  # as in _run: let the next clip have the failed one's memory
                 job.future.set_exception(exc.with_traceback(None))
                 release_device_memory()

@@ -23,6 +23,8 @@ import numpy as np
 from audioae.audio import AudioError, AudioInfo, encode_audio, header_shape, read_audio
 from audioae.isolation import CallTimedOut, ProcessDied, Worker, call_in_child
 
+from .errors import ShuttingDown
+
 log = logging.getLogger(__name__)
 
 
@@ -38,13 +40,15 @@ class Codecs:
         self._all: set[Worker] = set()
         self._lock = threading.Lock()
         self._started = False
+        # Set by close(): a worker dead from then on was stopped by the shutdown, not by its input.
+        self._closing: str | None = None
 
     def start(self) -> None:
         """Start the workers and wait until each answers (they boot in parallel, about 0.3 s): the
         first upload then finds them ready, and a Ctrl-C after the server says it is ready finds
         them ignoring it (:func:`audioae.isolation._serve_calls`)."""
         with self._lock:
-            if not self._started:
+            if not self._started and self._closing is None:  # a stop during start-up: start none
                 workers = [Worker() for _ in range(self.workers)]
                 for worker in workers:
                     worker.call(len, b"")
@@ -71,17 +75,25 @@ class Codecs:
             return fn(*args, **kwargs)
         if not self._started:  # the server starts them in load(); a Codecs used on its own, here
             self.start()
-        worker = self._idle.get()
+        worker = None
+        while worker is None:  # close() returns no worker to the queue: look at it while waiting
+            if self._closing is not None:
+                raise ShuttingDown(self._closing)
+            try:
+                worker = self._idle.get(timeout=0.2)
+            except queue.Empty:
+                pass
         try:
             answer = worker.call(fn, *args, timeout=self.timeout, **kwargs)
-        except CallTimedOut as late:  # not tried again: it would hold a process that long again
+        except (CallTimedOut, ProcessDied) as died:
+            if self._closing is not None:  # close() stopped it: no fault of the input, no crash to retry
+                raise ShuttingDown(self._closing) from None
             self._replace(worker)
-            self.on_death("timed_out")
-            raise (RuntimeError if ours else AudioError)(
-                f"{doing}: {late}; the file is malformed in a way the decoder does not catch, or too long for "
-                f"this server's --codec-timeout") from None
-        except ProcessDied as died:
-            self._replace(worker)
+            if isinstance(died, CallTimedOut):  # not tried again: it would hold a process that long again
+                self.on_death("timed_out")
+                raise (RuntimeError if ours else AudioError)(
+                    f"{doing}: {died}; the file is malformed in a way the decoder does not catch, or too long "
+                    f"for this server's --codec-timeout") from None
             log.warning("%s: %s; trying again in a process of its own", doing, died)
             return self._alone(fn, args, kwargs, doing, ours)
         except BaseException:
@@ -94,7 +106,8 @@ class Codecs:
         with self._lock:
             self._all.discard(dead)
             dead.close()
-            self._add(Worker())
+            if self._closing is None:
+                self._add(Worker())
 
     def _alone(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool) -> Any:
         """The call once more in a fresh process: an innocent one (its worker was killed by
@@ -104,15 +117,23 @@ class Codecs:
             return call_in_child(fn, *args, timeout=self.timeout, **kwargs)
         except (ProcessDied, CallTimedOut) as died:
             outcome = "refused"
+            if self._closing is not None:  # the shutdown (its process group's signal) ended it
+                outcome = None
+                raise ShuttingDown(self._closing) from None
             if ours:  # the server's own output: a fault here, not the caller's
                 raise RuntimeError(f"{doing} crashed the codec ({died}); ask for PCM instead") from None
             raise AudioError(f"{doing} crashed the codec ({died}) in a process of its own: the file is "
                              f"malformed in a way the decoder does not catch; send PCM, or re-encode it "
                              f"with a standard encoder") from None
         finally:
-            self.on_death(outcome)
+            if outcome is not None:
+                self.on_death(outcome)
 
-    def close(self) -> None:
+    def close(self, reason: str = "the server is shutting down") -> None:
+        """Stop every worker, a busy one at once; its call (and any after) raises
+        :class:`ShuttingDown` with ``reason``: not retried, not counted as a death."""
+        if self._closing is None:
+            self._closing = reason
         with self._lock:
             for worker in self._all:
                 worker.close()

@@ -63,6 +63,10 @@ class ServerConfig:
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{_named(name)} must be within [0, 65535] (0: any free port), got {value}")
 
+        if self.port and self.port == self.metrics_port:  # the metrics listener, first, took it
+            raise ValueError(f"port (--port) and metrics_port (--metrics-port) are both {self.port}: gRPC and "
+                             f"the metrics need a port each")
+
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_request_mb * MB)

@@ -47,6 +47,11 @@ def clip_status(message: str, limit: int = MAX_STATUS_BYTES) -> str:
     return message  # not reached: the whole message is over the limit
 
 
+class ShuttingDown(Exception):
+    """The server is stopping and ended this call (its drain time ran out, or a second signal
+    came); the message says so. UNAVAILABLE: another replica can answer it."""
+
+
 class QueueFull(Exception):
     """The device queue is at its bound."""
 
@@ -61,6 +66,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, Abort):
         return exc.code, exc.message
+    if isinstance(exc, ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, UnknownModelError):

@@ -35,6 +35,7 @@ class Gate:
         self._streams_end_at: float | None = None  # monotonic time at which a drain ends open streams
         self._stream_grace = 0.0  # seconds after that in which streams still take queued messages
         self.ended_streams = 0  # streams a drain ended before their clients did
+        self.cut_reason: str | None = None  # cut_off()'s: why calls still in flight are being ended
 
     def set_serving(self) -> None:
         with self._cond:
@@ -50,6 +51,16 @@ class Gate:
                 self._streams_end_at = time.monotonic() + max(0.0, within - margin)
                 # Half the margin for what clients already sent; the other half answers it.
                 self._stream_grace = margin / 2
+            self._cond.notify_all()
+
+    def cut_off(self, reason: str) -> None:
+        """The drain is over (its time ran out, or a second signal came): open streams end now,
+        without waiting for messages on their way, and say ``reason``."""
+        with self._cond:
+            self.state = DRAINING
+            self.cut_reason = reason
+            self._streams_end_at = time.monotonic()
+            self._stream_grace = 0.0
             self._cond.notify_all()
 
     def streams_must_end(self) -> bool:

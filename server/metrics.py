@@ -60,7 +60,7 @@ class Metrics:
         """Start ``/metrics`` on ``host:port`` (0: any free port); returns the bound port."""
         self._http, _ = start_http_server(port, addr=host, registry=self.registry)
         bound = self._http.server_port
-        log.info("metrics on http://%s:%d/metrics", host, bound)
+        log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
         return bound
 
     def stop_http(self) -> None:

@@ -17,7 +17,9 @@ import functools
 import itertools
 import logging
 import math
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -76,13 +78,42 @@ DECODE_BUDGET_RATE, DECODE_BUDGET_CHANNELS = 48_000, 2
 MAX_COMPONENT_BYTES = 1 << 30
 
 
+# What the call this thread serves has come to (its model, its seconds of audio), for its log
+# line: one gRPC thread serves one call from its start to its end, streams included.
+_calls = threading.local()
+
+
+def _note(**fields) -> None:
+    """Add ``fields`` (``model``, ``seconds``) to the log line of the call this thread serves."""
+    note = getattr(_calls, "note", None)
+    if note is not None:
+        note.update(fields)
+
+
+def peer_of(context: grpc.ServicerContext) -> str:
+    """The caller's address as gRPC names it, its brackets unescaped (``ipv6:%5B::1%5D:5``)."""
+    return urllib.parse.unquote(context.peer())
+
+
+def _log_call(rpc: str, code: grpc.StatusCode, started: float, context: grpc.ServicerContext) -> None:
+    """One INFO line per finished call: RPC, status, milliseconds, model, seconds of audio, peer."""
+    note = getattr(_calls, "note", None) or {}
+    _calls.note = None
+    what = "".join((f" model {note['model']}" if note.get("model") else "",
+                    f" {note['seconds']:.2f} s of audio" if note.get("seconds") is not None else ""))
+    log.info("%s %s %.0f ms%s from %s", rpc, code.name, 1000 * (time.monotonic() - started), what, peer_of(context))
+
+
 def _unary(method: Callable) -> Callable:
     """Count the call, enter the gate (which refuses it when the server is busy), map exceptions
-    to status codes, and log the answer's ``warnings`` (where it has them) with the caller's address."""
+    to status codes, log the call once it ends, and log the answer's ``warnings`` (where it has
+    them) with the caller's address."""
 
     @functools.wraps(method)
     def wrapper(self: AudioAEServicer, request, context: grpc.ServicerContext):
         code = grpc.StatusCode.OK
+        started = time.monotonic()
+        _calls.note = {"model": getattr(request, "model", "")}  # the name asked for; the one served, below
         self.metrics.inflight.inc()
         try:
             if isinstance(request, Unparsed):
@@ -104,6 +135,7 @@ def _unary(method: Callable) -> Callable:
         finally:
             self.metrics.requests.labels(method.__name__, code.name).inc()
             self.metrics.inflight.dec()
+            _log_call(method.__name__, code, started, context)
 
     return wrapper
 
@@ -363,6 +395,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             if check is not None:
                 check(*declared)
         wav, sr, form = audio_from_message(audio, name, read=self.codecs.read)
+        _note(seconds=wav.shape[-1] / sr)
         check_resample(sr, model_sr, target="the model's ", served=True)  # a header the codecs could not read ahead
         _check_channels(wav.shape[0], name)
         self._check_seconds(wav.shape[-1] / sr, wav.shape[0])
@@ -384,6 +417,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     @_unary
     def Denoise(self, request: pb.DenoiseRequest, context) -> pb.DenoiseResponse:
         sm = self.store.denoiser(request.model)
+        _note(model=sm.name)
         strength = self._strength(request)
         wav, sr, form, warnings = self._audio(request.audio, sm.model.config.sample_rate)
         seconds, work = wav.shape[-1] / sr, channel_seconds(wav, sr)
@@ -419,6 +453,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     # ---- StreamDenoise ---------------------------------------------------------------------------
     def StreamDenoise(self, request_iterator, context) -> Iterator[pb.StreamDenoiseResponse]:
         code = grpc.StatusCode.OK
+        started = time.monotonic()
+        _calls.note = {}
         self.metrics.inflight.inc()
         try:
             self.gate.enter(stream=True, max_streams=self.config.max_streams)
@@ -437,6 +473,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 code = _ended(context)
             self.metrics.requests.labels("StreamDenoise", code.name).inc()
             self.metrics.inflight.dec()
+            _log_call("StreamDenoise", code, started, context)  # one line per stream, at its end
 
     def _stream_config(self, first) -> tuple[ServedModel, pb.StreamConfig, float]:
         if first is None:
@@ -479,6 +516,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"no StreamConfig within {self.config.stream_idle_seconds:g} s (--stream-idle-seconds)"
             raise Abort(cut.code, message) from None
         sm, cfg, strength = self._stream_config(first)
+        _note(model=sm.name)
         den = StreamingDenoiser(sm.model, cfg.sample_rate, cfg.channels, strength=strength)
         limit = math.inf
         if self.config.max_stream_seconds:
@@ -493,6 +531,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]
+                _note(seconds=n_in / cfg.sample_rate)
                 y = self._push(den, x)  # [C, m]
                 if y.shape[-1]:
                     n_out += y.shape[-1]
@@ -544,8 +583,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                         pass
                 raise _StreamCut(
                     grpc.StatusCode.UNAVAILABLE,
-                    "the server is shutting down: the stream was ended at the end of its drain "
-                    "(--drain-seconds), with the audio sent so far answered; reconnect to another replica",
+                    (f"{self.gate.cut_reason}; the audio sent so far was answered" if self.gate.cut_reason else
+                     "the server is shutting down: the stream was ended at the end of its drain "
+                     "(--drain-seconds), with the audio sent so far answered; reconnect to another replica"),
                     by_drain=True,
                 )
             left = give_up - time.monotonic()
@@ -571,6 +611,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     @_unary
     def Decompose(self, request: pb.DecomposeRequest, context) -> pb.DecomposeResponse:
         sm = self.store.decomposer(request.model)
+        _note(model=sm.name)
         try:
             from audioae.decompose import DEFAULT_GROUPS, check_options, decompose, summarize
         except ImportError:
@@ -701,7 +742,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _named(self, name: str, rpc: str) -> ServedModel:
         if not name:
             raise Abort(INVALID, f"{rpc} needs a model name; this server has: {', '.join(self.store.models)}")
-        return self.store.get(name)
+        sm = self.store.get(name)
+        _note(model=sm.name)
+        return sm
 
     @_unary
     def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:

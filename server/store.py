@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import audioae.models
 from audioae import pretrained
 from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from audioae.config import quoted
-from audioae.enhance import StreamingDenoiser, denoise
+from audioae.enhance import StreamingDenoiser, check_stop, denoise
 from audioae.models import Autoencoder, takes_audio
 
 from .errors import Abort
@@ -108,8 +109,12 @@ def _split_spec(spec: str) -> tuple[str | None, str]:
 class ModelStore:
     """Name -> :class:`ServedModel`. Names are shipped names, ``NAME=PATH`` names, or file stems."""
 
-    def __init__(self, specs: tuple[str, ...] | list[str], device: torch.device):
+    def __init__(self, specs: tuple[str, ...] | list[str], device: torch.device,
+                 stop: Callable[[], bool] | None = None):
+        """``stop()``: checked between models here and in :meth:`warm_up` (a stop signal while
+        the server starts); :class:`~audioae.enhance.Stopped` when it says so."""
         self.device = device
+        self.stop = stop
         self.models: dict[str, ServedModel] = {}
         specs = list(specs) or self.shipped_defaults()
         if not specs:
@@ -118,6 +123,7 @@ class ModelStore:
                 "(a checkpoint written by `audioae train`)"
             )
         for spec in specs:
+            check_stop(stop, "stopped while loading the models")
             self._load(spec)
         # A sparse dictionary is a spectrogram model too, but its "denoising" is only its
         # reconstruction and it cannot stream: never a default denoiser. Causal models first, so
@@ -127,6 +133,16 @@ class ModelStore:
         # the models a call naming none may get, best first
         self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, [m.name for m in denoisers])
         self.default_decomposer = self._default(pretrained.DEFAULT_DECOMPOSER, [m.name for m in served if m.decomposes])
+
+    @staticmethod
+    def check_specs(specs: tuple[str, ...] | list[str]) -> None:
+        """Refuse a spec naming no shipped model nor checkpoint file, and an empty default, without
+        loading anything: the server checks them before it binds its port."""
+        if not specs and not ModelStore.shipped_defaults():
+            raise ValueError("no models to serve: none are shipped yet; pass --models PATH.safetensors "
+                             "(a checkpoint written by `audioae train`)")
+        for spec in specs:
+            pretrained.resolve(_split_spec(spec)[1])
 
     @staticmethod
     def shipped_defaults() -> list[str]:
@@ -223,6 +239,7 @@ class ModelStore:
         request does not pay for allocation and kernel selection."""
         rng = np.random.default_rng(0)
         for m in self.models.values():
+            check_stop(self.stop, "stopped while warming up the models")
             try:
                 warmed = self._warm_up_one(m, rng, batch_fn)
             except (RuntimeError, ValueError) as exc:

@@ -50,14 +50,17 @@ def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float =
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(log)}")
 
 
-def _start_server(tmp_path, *flags: str, own_group: bool = False) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
-    """``python -m server`` with a tiny causal model: the process, its stderr lines, the log of
-    those read, and the checkpoint."""
+def _start_server(tmp_path, *flags: str, own_group: bool = False, hidden: int = 32,
+                  copies: int = 1) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
+    """``python -m server`` with a tiny causal model (``hidden`` wide; ``copies`` of it, the first
+    named "tiny", to make loading take longer): the process, its stderr lines, the log of those
+    read, and the checkpoint."""
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
-    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    save_checkpoint(build_model("recurrent", {"hidden": hidden, "code_dim": 16}), ckpt)
+    models = [str(ckpt)] + [f"copy{i}={ckpt}" for i in range(1, copies)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1", *flags],
+        [sys.executable, "-m", "server", "--port", "0", "--models", *models, "--threads", "1", *flags],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -458,3 +461,179 @@ def test_cli_client_tls_server_name_checks_the_certificate_against_that_name(tmp
     finally:
         proc.kill()
         proc.wait()
+
+
+def _health_watch(port: int, seen: list[str]) -> threading.Thread:
+    """grpc.health.v1 Watch on the server's overall status, each status it sends appended to ``seen``
+    until the stream ends."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def watch():
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with contextlib.suppress(grpc.RpcError):
+                for r in health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="")):
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(r.status))
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_signal_while_the_models_load_stops_at_once_and_health_never_says_serving(tmp_path):
+    """SIGTERM after "listening on", while 20 models load: the server stopped only once they had
+    loaded, said "ready: serving", reported SERVING, then drained. Now it stops at once, exit 0."""
+    proc, lines, log, _ = _start_server(tmp_path, hidden=384, copies=20)
+    try:
+        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        seen: list[str] = []
+        watcher = _health_watch(port, seen)
+        assert _until(lambda: seen == ["NOT_SERVING"], timeout=10), seen
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert proc.wait(timeout=60) == 0
+        took = time.monotonic() - t0
+        watcher.join(10)
+        time.sleep(0.3)  # the reader thread takes the rest of stderr
+        while not lines.empty():
+            log.append(lines.get())
+        text = "".join(log)
+        assert "stopped while loading the models: never served" in text, text
+        assert "ready: serving" not in text and "Traceback" not in text, text
+        assert "SERVING" not in seen, seen
+        assert took < 5, f"{took:.1f} s from SIGTERM to exit:\n{text}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_drain_seconds_bounds_the_drain_and_the_call_cut_off_hears_why(tmp_path):
+    """--drain-seconds 2 and a 600 s denoise in flight (about half a minute of work here): the
+    process waited for the device worker (exit 15 s after SIGTERM) and the call got gRPC's bare
+    "Cancelling all calls". Now the work is asked to stop at the drain's end: the call ends
+    UNAVAILABLE in the server's words and the process exits within a second or two of the 2 s."""
+    proc, lines, log, _ = _start_server(tmp_path, "--drain-seconds", "2", "--metrics-port", "0", hidden=384)
+    try:
+        port, metrics = _ready_ports(lines, log)
+        x = (0.1 * np.random.default_rng(0).standard_normal((1, 600 * 16000))).astype(np.float32)
+        errors: list[grpc.RpcError] = []
+        with Client(f"127.0.0.1:{port}", timeout=300) as c:
+            def call():
+                try:
+                    c.denoise(x, 16000)
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            assert _until(lambda: _metric(metrics, INFLIGHT) == 1 and
+                          _metric(metrics, "audioae_queue_depth") == 0), "the call never reached the device"
+            time.sleep(0.5)  # well into its work
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            assert proc.wait(timeout=60) == 1
+            took = time.monotonic() - t0
+            caller.join(30)
+        assert 2 <= took < 4.5, f"{took:.1f} s from SIGTERM to exit"
+        assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.UNAVAILABLE, errors
+        assert errors[0].details() == ("the server is shutting down and its drain time (2 s) ran out; retry on "
+                                       "another replica"), errors[0].details()
+        _wait_for(lines, r"drain: 1 calls still running after 2 s; ending them", log, timeout=10)
+        _wait_for(lines, r"stopped with calls still running", log, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the codec processes in /proc")
+def test_a_codec_process_stopped_by_the_shutdown_is_not_retried_nor_called_a_crash(tmp_path):
+    """A call waiting on its codec process (frozen for real, SIGSTOP) when the drain runs out: the
+    shutdown kills that process. It was warned of as a crash ("killed by SIGKILL; trying again in a
+    process of its own"), retried in a fresh process and counted; now the call ends UNAVAILABLE
+    with the drain's reason, and nothing is retried."""
+    from audioae.audio import encode_audio
+
+    proc, lines, log, _ = _start_server(tmp_path, "--drain-seconds", "2", "--codec-workers", "1",
+                                        "--metrics-port", "0")
+    try:
+        port, metrics = _ready_ports(lines, log)
+        x = (0.1 * np.random.default_rng(0).standard_normal((1, 16000))).astype(np.float32)
+        flac = encode_audio(x, 16000, format="FLAC", subtype="PCM_16")
+        errors: list[grpc.RpcError] = []
+        with Client(f"127.0.0.1:{port}", timeout=120) as c:
+            c.denoise_bytes(flac)
+            (worker,) = _codec_processes(proc.pid)
+            os.kill(worker, signal.SIGSTOP)
+
+            def call():
+                try:
+                    c.denoise_bytes(flac)
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            assert _until(lambda: _metric(metrics, INFLIGHT) == 1)
+            time.sleep(0.3)  # it is waiting on the frozen process
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            assert proc.wait(timeout=60) == 1
+            took = time.monotonic() - t0
+            caller.join(30)
+        assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.UNAVAILABLE, errors
+        assert "its drain time (2 s) ran out" in errors[0].details(), errors[0].details()
+        assert took < 4.5, f"{took:.1f} s from SIGTERM to exit"
+        time.sleep(0.3)
+        while not lines.empty():
+            log.append(lines.get())
+        text = "".join(log)
+        assert "trying again" not in text and "Traceback" not in text, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_a_second_signal_during_a_drain_stops_at_once_saying_so(tmp_path):
+    """--drain-seconds 20 and a live stream open: a second Ctrl-C was ignored (only SIGKILL got
+    out). Now it says so, ends the stream with the server's reason (its audio so far answered),
+    and the process exits 1 at once."""
+    proc, lines, log, _ = _start_server(tmp_path, "--drain-seconds", "20")
+    try:
+        port = _ready_port(lines, log)
+        with Client(f"127.0.0.1:{port}", timeout=120) as c:
+            slow = _SlowStream(c)
+            try:
+                assert slow.answered.wait(30), "the stream never answered"
+                proc.send_signal(signal.SIGINT)
+                _wait_for(lines, r"draining: finishing in-flight calls", log, timeout=10)
+                time.sleep(0.5)
+                assert proc.poll() is None  # the first signal drains: the stream goes on
+                proc.send_signal(signal.SIGINT)
+                t0 = time.monotonic()
+                assert proc.wait(timeout=60) == 1
+                took = time.monotonic() - t0
+            finally:
+                slow.finish()
+        assert took < 4, f"{took:.1f} s from the second signal to exit"
+        assert slow.error is not None and slow.error.code() == grpc.StatusCode.UNAVAILABLE, slow.error
+        assert "a second stop signal" in slow.error.details(), slow.error.details()
+        _wait_for(lines, r"drain: a second stop signal: ending 1 calls still running now", log, timeout=10)
+        _wait_for(lines, r"stopped at once by a second signal", log, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_serve_refuses_equal_ports_and_a_missing_model_before_binding(tmp_path):
+    """--port P --metrics-port P was "cannot listen ... (in use, or not an address of this machine)",
+    the metrics having taken P; a missing --models file was said after "listening on"."""
+    for flags, said in ((["--port", "50987", "--metrics-port", "50987"],
+                         "port (--port) and metrics_port (--metrics-port) are both 50987"),
+                        (["--port", "0", "--models", str(tmp_path / "missing.safetensors")],
+                         "no such checkpoint file")):
+        run = subprocess.run([sys.executable, "-m", "server", *flags], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and said in run.stderr, run.stderr
+        assert "listening on" not in run.stderr, run.stderr
