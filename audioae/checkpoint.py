@@ -130,6 +130,10 @@ def _read_header(path: str | os.PathLike, data: bytes | None = None) -> tuple[di
     when the caller has read them already), of an audioae checkpoint: else CheckpointError."""
     meta, shapes = _safetensors_header(path, data)
     if "registry_name" not in meta or "config" not in meta:
+        if Path(path).name.endswith(".optim.safetensors") or {"step", "minutes_done"} <= set(meta):
+            # audioae.train's resume point: the optimizer's moments, which name no model
+            raise CheckpointError(f"{path}: this is a training run's optimizer state (last.optim.safetensors), "
+                                  f"not a model; use best.safetensors or last.safetensors in that folder")
         raise CheckpointError(f"{path}: safetensors file without audioae metadata (registry_name, config)")
     for key in ("config", "extra"):  # checked here, so that every reader of them may json.loads them
         if key in meta:

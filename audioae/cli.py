@@ -122,7 +122,11 @@ def _out_given(out: str | None, option: str, instead: str) -> str | None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a spectrogram autoencoder from a TOML config",
-                       description="Train from a TOML run config (see configs/) with section.key=value overrides.")
+                       description="Train from a TOML run config (see configs/) with section.key=value overrides. "
+                                   "stderr gets a line for the resume and one per validation (step, scores "
+                                   "beside the unprocessed input's, minutes), and a progress bar on a "
+                                   "terminal; stdout the summary as JSON. For debug logging put the global -v "
+                                   "before train: audioae -v train ...")
     p.add_argument("config", nargs="?", help="TOML file with [model], [data], [train] sections")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. --set train.steps=100 --set model.config.hidden=64")
@@ -147,7 +151,8 @@ def _cmd_train(args) -> int:
     if args.device:
         overrides.append(f"train.device={json.dumps(args.device)}")
     run = load_run_config(args.config, overrides)
-    summary = train(run, resume=not args.no_resume)
+    # Progress for a person, on stderr also when it goes to a file (logging shows WARNING only).
+    summary = train(run, resume=not args.no_resume, report=lambda line: print(line, file=sys.stderr, flush=True))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, from rank 0
         print(json.dumps(summary, indent=2))
     return 0
@@ -452,6 +457,8 @@ def _add_inspect(sub) -> None:
                         f"more, and 10 minutes take about 1.6 GB)")
     p.add_argument("-o", "--out", help="figure to write, in the format its extension names: .png, .pdf, .svg, "
                                        ".jpg, ... (default: <model>-dictionary.png or <audio>.<model>.png here, "
+                                       "<model> a run's folder and file for its best, last or ema "
+                                       "checkpoint (X.run1-best.png), "
                                        "or in OUT when it is a folder); an existing file there must be such a "
                                        "figure")
     p.set_defaults(func=_cmd_inspect)
@@ -494,6 +501,10 @@ def _cmd_inspect(args) -> int:
     path = resolve(spec, DEFAULT_DENOISER if args.audio else DEFAULT_DECOMPOSER)
     model = load(str(path))
     name = path.name.removesuffix(".safetensors")
+    if name in ("best", "last", "ema", "last.ema") and path.parent.name:
+        # Every training run's files have these names: the run's folder tells two runs' figures apart
+        # (each replaced the other's X.best.png).
+        name = f"{path.parent.name}-{name}"
     if args.audio:
         if isinstance(model, SparseDictionary):  # its output is a reconstruction: components say more
             raise ValueError(f"{path}: --audio shows what a denoiser does; for a decomposition model's "
@@ -584,7 +595,7 @@ def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds
     view = denoising_view(model.eval(), wav, sr, shown_from=before, shown_to=before + end - begin,
                           file_start_s=(begin - before) / sr)
     plot_denoising(view, out, title=f"{audio} {start:.2f}-{start + shown:.2f} s ({sr} Hz{mixed}, shown at the "
-                                    f"model's {model.config.sample_rate} Hz)")
+                                    f"model's {model.config.sample_rate} Hz)", model=str(path))
     print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), "start_s": round(start, 3),
                       "seconds": round(shown, 3), "audio_seconds": round(total, 3), "audio_channels": channels,
                       **denoising_stats(view)}, indent=2))

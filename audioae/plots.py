@@ -503,14 +503,16 @@ def _blank_above(ax, nyquist_hz: float, top_hz: float) -> None:
             transform=ax.get_yaxis_transform(), ha="center", va="center", fontsize=8, zorder=4)
 
 
-def plot_denoising(view: dict, path: str | os.PathLike, title: str = "") -> Path:
-    """One PNG: input and output spectrograms, the effective gain, and the latent code over time."""
+def plot_denoising(view: dict, path: str | os.PathLike, title: str = "", model: str = "") -> Path:
+    """One PNG: input and output spectrograms, the effective gain, and the latent code over time;
+    ``model`` (the checkpoint's path) names what made the output, so two runs' figures differ."""
     fig, axes = plt.subplots(4, 1, figsize=(14, 13), gridspec_kw={"hspace": 0.45})
     hop_s, bin_hz = view["hop_s"], view["bin_hz"]
     t0 = view.get("t0_s", 0.0)  # the file's time: --start 1 shows 1.0-2.5 s, not 0-1.5
     db_in, db_out = _db(view["mag_in"]), _db(view["mag_out"])  # [F, N]
     vmax = _colour_top(db_in)
-    for ax, db, name in ((axes[0], db_in, f"input {title}".strip()), (axes[1], db_out, "output")):
+    output = f"output of {model}" if model else "output"
+    for ax, db, name in ((axes[0], db_in, f"input {title}".strip()), (axes[1], db_out, output)):
         im = _show_spec(ax, db, hop_s, bin_hz, vmax, name, t0)
         # one scale for both (the input's), so that what the model removed reads as darker
         _colour_bar(fig, im, ax, "dB (|STFT| magnitude)")

@@ -114,19 +114,26 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop (with a final checkpoint) after this much wall time; 0: no limit
     batch_size: int = 16
     lr: float = 1e-3
-    # Cosine decay from lr to lr_final over decay_steps steps counted from where this invocation
-    # starts (a fine-tuning phase); afterwards lr_final. decay_steps 0: constant lr. Step-based,
-    # so every DDP rank uses the same rate.
+    # Cosine decay from lr to lr_final over decay_steps steps counted from where this phase
+    # started; afterwards lr_final. decay_steps 0: constant lr. Step-based, so every DDP rank uses
+    # the same rate. A phase: the steps trained under one schedule (lr, lr_final, decay_steps,
+    # decay_by_time, max_minutes, PHASE_SETTINGS). A resume with the same schedule continues its
+    # phase (the same command after Ctrl-C, SIGTERM or a crash: the decay and the max_minutes
+    # budget go on where they were); one that changes any of them starts a new phase at its
+    # first step with a budget of its own (a fine-tuning stage, as in recipes/train_denoiser.sh),
+    # and says so. Resume points written before 2026-12-07 record no phase: a new one.
     lr_final: float = 0.0
     decay_steps: int = 0
     # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
     # step rate unknown beforehand); every DDP rank follows rank 0's clock. Like decay_steps it
-    # counts from where this invocation starts: a resumed run is a warm restart with a new budget.
+    # counts from the phase's start: a resume with another schedule is a warm restart with a new
+    # budget.
     decay_by_time: bool = False
     # Split one max_minutes run over several invocations (a GPU lent in calls shorter than the
     # training): each stops after this much wall time with a resume point, and the next resumes
     # the run's clock where it stopped, so the time-based decay spans all of them and the run
-    # ends after max_minutes of training in all. 0: one invocation is one budget (above).
+    # ends after max_minutes of training in all; the clock goes on even where a resume changes
+    # the schedule. 0: each invocation stops at the end of its phase's budget (above).
     session_minutes: float = 0.0
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
@@ -403,8 +410,12 @@ def make_validation_set(model: SpectralAutoencoder, data: DataConfig, sources=No
 
 
 @torch.inference_mode()
-def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi")) -> dict[str, float]:
-    """Mean metrics of the model's output on the fixed validation set (and of the input)."""
+def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi"),
+             inputs: bool | dict[str, float] = False) -> dict[str, float]:
+    """Mean metrics of the model's output on the fixed validation set, and of its unprocessed
+    input: ``si_sdr_in`` always, and with ``inputs`` True ``pesq_in`` and ``stoi_in`` too (a
+    model's score means little without the input's). The input is the same at every validation,
+    so ``inputs`` may be an earlier call's ``*_in`` entries, which are then not scored again."""
     model.eval()
     clean, noise, snr = val_set
     dev = next(model.parameters()).device
@@ -416,12 +427,26 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
     sr = model.config.sample_rate
     res = {"si_sdr": float(si_sdr(est.double(), clean.double()).mean()),
            "si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean())}
-    if "pesq" in metrics:
-        res["pesq"] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
-    if "stoi" in metrics:
-        res["stoi"] = float(np.nanmean([stoi(e, c, sr) for e, c in zip(est.numpy(), clean.numpy(), strict=True)]))
+    scored = {"": est, "_in": noisy} if inputs is True else {"": est}
+    for tag, wave in scored.items():
+        pairs = list(zip(wave.numpy(), clean.numpy(), strict=True))
+        if "pesq" in metrics:
+            res["pesq" + tag] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in pairs]))
+        if "stoi" in metrics:
+            res["stoi" + tag] = float(np.nanmean([stoi(e, c, sr) for e, c in pairs]))
     model.train()
-    return res
+    return {**res, **(inputs if isinstance(inputs, dict) else {})}
+
+
+def validation_line(step: int, val: dict[str, float], minutes: float) -> str:
+    """One validation for a person: ``step 100: si_sdr 4.49 (input 8.20), stoi 0.812 (input
+    0.845); 0.6 min``, each score beside the unprocessed input's."""
+    parts = []
+    for name in VAL_METRICS:
+        if name in val:
+            given = f" (input {val[name + '_in']:.{3 if name == 'stoi' else 2}f})" if name + "_in" in val else ""
+            parts.append(f"{name} {val[name]:.{3 if name == 'stoi' else 2}f}{given}")
+    return f"step {step}: {', '.join(parts)}; {minutes:.1f} min"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,9 +454,11 @@ def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "st
 
 
 def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_done: float,
-                    scaler: torch.amp.GradScaler | None = None) -> None:
+                    scaler: torch.amp.GradScaler | None = None, phase: dict | None = None) -> None:
     # No best score: best.safetensors records the one a resumed run must beat (_resumed_best).
     tensors, meta = {}, {"step": str(step), "minutes_done": repr(minutes_done), **_scaler_metadata(scaler)}
+    if phase is not None:
+        meta["phase"] = json.dumps(phase)
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
@@ -440,9 +467,10 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_d
 
 def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, out: Path,
                        ema: AveragedModel | None = None, minutes_done: float = 0.0,
-                       scaler: torch.amp.GradScaler | None = None) -> None:
+                       scaler: torch.amp.GradScaler | None = None, phase: dict | None = None) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
-    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's training clock; the
+    train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's minutes of training in
+    all its invocations; ``phase``: the schedule it trains under (:func:`_phase_of`); the
     optimizer state also keeps ``scaler``'s loss scale when float16 AMP uses one.
     Each with its ``.sha256``, checked on resume (a changed byte of weights or moments loads
     without complaint otherwise), and each records ``step``: a run killed between these writes
@@ -450,7 +478,31 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     save_checkpoint(model, out / "last.safetensors", {"step": step})
     if ema is not None:
         save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step})
-    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done, scaler)
+    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done, scaler, phase)
+
+
+# The settings of a phase's schedule: a resume with the same ones continues the phase (its cosine
+# decay and max_minutes budget go on from where it was interrupted); one that changes any of them
+# starts a new phase from its own first step, as the stages of recipes/train_denoiser.sh do.
+PHASE_SETTINGS = ("lr", "lr_final", "decay_steps", "decay_by_time", "max_minutes")
+
+
+def _phase_of(tc: TrainConfig, start_step: int, minutes: float) -> dict:
+    """What a resume point records of its phase: the schedule's settings, the step it started at,
+    and the minutes on its clock (the max_minutes budget and decay_by_time count those)."""
+    return {"settings": {k: getattr(tc, k) for k in PHASE_SETTINGS}, "start_step": start_step, "minutes": minutes}
+
+
+def _saved_phase(meta: dict) -> dict | None:
+    """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable)."""
+    try:
+        phase = json.loads(meta.get("phase", "null"))
+        if not (isinstance(phase, dict) and isinstance(phase.get("settings"), dict)):
+            return None
+        return {"settings": phase["settings"], "start_step": int(phase["start_step"]),
+                "minutes": float(phase["minutes"])}
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 # float16 AMP's loss scale, in the optimizer state's metadata. Without it a resumed run started again
@@ -577,10 +629,11 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Autoencod
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
-                    scaler: torch.amp.GradScaler | None = None) -> tuple[int, float]:
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[int, float, dict | None]:
     """Load ``path`` into ``opt`` (and its float16 loss scale into ``scaler``, when given and
-    enabled); returns the step and the run's minutes done. A "best" that files written before
-    2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
+    enabled); returns the step, the run's minutes done and the phase it recorded (None in files
+    written before 2026-12-07). A "best" that files written before 2026-12-07 also hold is
+    ignored (:func:`_resumed_best`)."""
     try:
         data = path.read_bytes()  # read once: hashed, parsed and loaded from the same bytes
         # First, as for the weights: a truncated file is named as such. (State files written before
@@ -606,7 +659,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
     _restore_scaler(scaler, meta, path)
     sd["state"] = state
     opt.load_state_dict(sd)
-    return step, minutes_done
+    return step, minutes_done, _saved_phase(meta)
 
 
 def _check_optimizer_fits(opt: torch.optim.Optimizer, state: dict[int, dict], path: Path) -> None:
@@ -815,6 +868,18 @@ def _changed_settings(was: dict, now: dict) -> dict:
     return {k: {"was": was.get(k), "now": now.get(k)} for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
 
 
+def _provenance(run: RunConfig, out: Path, minutes_done: float) -> dict:
+    """The run's main settings, which best.safetensors and ema.safetensors carry (``audioae models
+    FILE`` shows them): a copy away from its folder still says where it came from and how it was
+    trained. Those of the invocation that wrote it; run.json has every resume's changes."""
+    d, t = run.data, run.train
+    return {"out_dir": str(out), "data": {k: getattr(d, k) for k in ("clean_dir", "noise_dir", "val_clean_dir",
+                                                                    "val_noise_dir") if getattr(d, k)},
+            "train": {k: getattr(t, k) for k in ("steps", "batch_size", "lr", "lr_final", "decay_steps",
+                                                 "decay_by_time", "max_minutes", "init_from", "ema_decay")},
+            "minutes_done": round(minutes_done, 3)}
+
+
 def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
     """What a validation score depends on besides the weights and the audio, as JSON values:
     best.safetensors records it, and a resumed run compares its scores with that file's only
@@ -830,28 +895,53 @@ def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
     return key
 
 
-def _resumed_best(path: Path, key: dict) -> float:
+def _resumed_best(path: Path, key: dict) -> tuple[float, float | None]:
     """The score a resumed run's validations must beat to replace ``path`` (best.safetensors):
-    the one recorded in it, or none when it was scored under another validation ``key``.
+    the one recorded in it, or none when it was scored under another validation ``key``; and the
+    unprocessed input's score beside it (None where not recorded).
 
     Not a score saved with the optimizer state (files before 2026-12-07 hold one, unread): a run
     resumed with another select_by compared STOI with that SI-SDR in dB and never replaced
     best.safetensors again, and a run killed after a validation improved it (before the next
     resume point) could replace it with a worse model."""
     if not path.is_file():
-        return -math.inf
+        return -math.inf, None
     try:
         extra = checkpoint_extra(path)
     except CheckpointError as exc:  # (an extra that is no JSON object is one: read_metadata checks it)
         log.warning("%s: unreadable (%s); the first validation replaces it", path, exc)
-        return -math.inf
+        return -math.inf, None
     recorded = extra.get("validation")
     if recorded is not None and recorded != key:
         log.warning("%s was scored under another validation (%s): the first validation of this run replaces it",
                     path, "; ".join(differences(recorded, key)))
-        return -math.inf
-    score = extra.get("val", {}).get(key["select_by"])  # (a file of an older run records no key)
-    return -math.inf if score is None else float(score)
+        return -math.inf, None
+    val = extra.get("val", {})
+    score = val.get(key["select_by"])  # (a file of an older run records no key)
+    return (-math.inf, None) if score is None else (float(score), val.get(key["select_by"] + "_in"))
+
+
+def _resumed_phase(tc: TrainConfig, step: int, minutes_total: float, saved: dict | None) -> tuple[int, float, str]:
+    """Where a resume at ``step`` continues the schedule: the step its decay counts from, the
+    minutes already on its clock (the max_minutes budget and decay_by_time), and a few words that
+    say so. The same schedule settings as the resume point's phase continue that phase (a run
+    interrupted, then resumed with the same command); other ones start a new phase here (a
+    fine-tuning stage), whose clock starts at 0 unless train.session_minutes carries the run's."""
+    now = _phase_of(tc, step, 0.0)["settings"]
+    if saved is not None and saved["settings"] == now:
+        return (saved["start_step"], saved["minutes"],
+                f"continuing its phase from step {saved['start_step']} ({saved['minutes']:.2f} min on its clock)")
+    if saved is None:
+        why = "its resume point records no schedule (written before 2026-12-07)"
+        carried = minutes_total  # what such files recorded was that clock
+    else:
+        why = "; ".join(f"train.{k} {saved['settings'].get(k)} -> {v}" for k, v in now.items()
+                        if saved["settings"].get(k) != v)
+        carried = saved["minutes"]
+    if tc.session_minutes:
+        return step, carried, (f"a new phase ({why}): decay_steps count from here, and the run's clock goes on at "
+                               f"{carried:.2f} min (train.session_minutes)")
+    return step, 0.0, f"a new phase ({why}): the learning-rate decay and the max_minutes budget start again here"
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -893,11 +983,14 @@ class _StopSignals:
         self._restore()
 
 
-def train(run: RunConfig, resume: bool = True) -> dict:
+def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation score of
     ``train.select_by``, SI-SDR by default),
     ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``;
-    with ``train.ema_decay`` also ``ema.safetensors`` and ``last.ema.safetensors``."""
+    with ``train.ema_decay`` also ``ema.safetensors`` and ``last.ema.safetensors``.
+    ``report(line)`` gets the lines meant for a person (the resume, each validation); without it
+    they are logged at INFO. A progress bar on a terminal writes the validations itself."""
+    say = report or (lambda line: log.info("%s", line))
     tc = run.train
     device = pick_device(tc.device)
     started_dist = _maybe_init_distributed(device)
@@ -936,6 +1029,9 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # Before the resume: a resume point keeps float16's loss scale.
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     step, best, minutes_before = 0, -math.inf, 0.0
+    best_input = None  # the unprocessed input's score of select_by, beside best
+    minutes_total = 0.0  # the run's minutes of training in all its invocations (never reset)
+    phase_start = 0  # the step this phase's schedule counts from
     saved_average = None  # the weight average a resumed run continues (last.ema.safetensors)
     record = None  # a resumed run's run.json, read once: what it started with and its resumes
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
@@ -947,18 +1043,18 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     if resuming:
         record = _read_run_record(out)
         weights_step = _resume_weights(model, last, rank == 0)
-        step, minutes_before = _load_optimizer(opt, last_opt, scaler)
+        step, minutes_total, saved_phase = _load_optimizer(opt, last_opt, scaler)
         ema_step = None
         if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
             saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors", model)
         _check_resume_steps(out, step, weights_step, ema_step)
         if rank == 0:  # the rank that validates and keeps best.safetensors
-            best = _resumed_best(out / "best.safetensors", val_key)
-        if not tc.session_minutes:  # a new budget: the clock starts again
-            minutes_before = 0.0
+            best, best_input = _resumed_best(out / "best.safetensors", val_key)
+        phase_start, minutes_before, how = _resumed_phase(tc, step, minutes_total, saved_phase)
         for group in opt.param_groups:  # the run config, not the saved state, sets the rate
             group["lr"] = tc.lr
-        log.info("resumed from %s at step %d", last, step)
+        if rank == 0:
+            say(f"resumed from {last} at step {step}: {how}")
         if tc.init_from and rank == 0:
             _warn_init_from_unused(out, tc.init_from, record)
         if step >= tc.steps:
@@ -1006,7 +1102,15 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     # Each rank and each resume draws different examples.
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
-    if rank == 0 and step < tc.steps:  # with nothing to train, run.json keeps what made the weights
+    # A split run whose budget is spent: each further call trained one more step and said nothing.
+    spent = tc.max_minutes > 0 and minutes_before >= tc.max_minutes
+    if spent:
+        log.warning("%s: the %s budget is spent (%.2f of train.max_minutes=%g trained): nothing to train; %s", out,
+                    "run's" if tc.session_minutes else "phase's", minutes_before, tc.max_minutes,
+                    "raise train.max_minutes to go on" if tc.session_minutes else
+                    "another train.max_minutes starts a new phase with that budget")
+    # With nothing to train, run.json keeps what made the weights (and lists no resume that trained nothing).
+    if rank == 0 and step < tc.steps and not spent:
         _record_settings(out, run, step if resuming else None, record)
 
     bar = None
@@ -1017,24 +1121,32 @@ def train(run: RunConfig, resume: bool = True) -> dict:
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
-    # The run's clock: it started minutes_before earlier when this invocation resumes a split run.
+    # The phase's clock: it started minutes_before earlier when this invocation continues a phase (or
+    # carries a split run's clock, train.session_minutes).
     clock0 = t0 - 60 * minutes_before
     deadline = clock0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
     # The share of the budget at which this invocation stops (1: the run's end).
     stop_share = min(1.0, (minutes_before + tc.session_minutes) / tc.max_minutes) if tc.session_minutes else 1.0
     start_step = step
-    # A split run whose budget is spent: each further call trained one more step and said nothing.
-    spent = tc.max_minutes > 0 and minutes_before >= tc.max_minutes
-    if spent:
-        log.warning("%s: the run's budget is spent (%.2f of train.max_minutes=%g trained): nothing to train; "
-                    "raise train.max_minutes to go on", out, minutes_before, tc.max_minutes)
+    minutes_before_run, phase_minutes = minutes_total, minutes_before
+
+    def resume_point(scaler_=scaler) -> None:
+        nonlocal minutes_total, phase_minutes
+        now = time.monotonic()
+        # The summary reports what the resume point holds: computed later, it was a little more,
+        # and the next call's minutes_done (from the file) came out lower than this one's.
+        minutes_total, phase_minutes = minutes_before_run + (now - t0) / 60, (now - clock0) / 60
+        _save_resume_point(model, opt, step, out, ema, minutes_total, scaler_,
+                           _phase_of(tc, phase_start, phase_minutes))
+
     skipped = bad_in_a_row = 0
+    val_inputs = True  # score the input at the first validation; its scores, the same at every one, after
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
         while step < tc.steps and not spent:
             if stop.received is not None:
-                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0), scaler)
+                resume_point()
                 if bar is not None:
                     bar.close()
                 raise TrainingStopped(f"{signal.Signals(stop.received).name} at step {step}; "
@@ -1050,7 +1162,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, parts = batch_loss(model, clean, spec, tc, forward=forward, noisy=noisy)
             if tc.decay_steps or tc.decay_by_time:
-                done = time_used if tc.decay_by_time else (step - start_step) / tc.decay_steps
+                done = time_used if tc.decay_by_time else (step - phase_start) / tc.decay_steps
                 for group in opt.param_groups:
                     group["lr"] = decayed_lr(tc, done)
             opt.zero_grad(set_to_none=True)
@@ -1066,7 +1178,7 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                     if rank == 0:  # the weights are still the last finite ones: keep them
                         # Not the loss scale: the streak halved it every step (1/16 after 20), and a
                         # resume that kept it would grow it back by doubling once per 2000 steps.
-                        _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0))
+                        resume_point(None)
                     if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
                         dist.barrier()
                     raise FloatingPointError(
@@ -1091,7 +1203,8 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                 record = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()},
                           "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {})}
             if validating:
-                record["val"] = validate(evaluated, val_set, tc.metrics)
+                record["val"] = validate(evaluated, val_set, tc.metrics, val_inputs)
+                val_inputs = {k: v for k, v in record["val"].items() if k.endswith("_in")}
                 # NaN only from a non-finite output (eps keeps silence finite). Rank 0 alone validates:
                 # under DDP the other ranks wait in their next all-reduce until torchrun ends them.
                 if not math.isfinite(record["val"]["si_sdr"]):
@@ -1102,29 +1215,34 @@ def train(run: RunConfig, resume: bool = True) -> dict:
                         f"hold broken ones, so start again with --no-resume, or from best.safetensors with "
                         f"--set train.init_from=... and another --out")
                 if record["val"][tc.select_by] > best:
-                    best = record["val"][tc.select_by]
+                    best, best_input = record["val"][tc.select_by], record["val"].get(tc.select_by + "_in")
                     save_checkpoint(evaluated, out / "best.safetensors",
-                                    {"step": step, "val": record["val"], "validation": val_key})
-                log.info("step %d val %s", step, record["val"])
+                                    {"step": step, "val": record["val"], "validation": val_key,
+                                     "run": _provenance(run, out, minutes_before_run + (time.monotonic() - t0) / 60)})
+                line = validation_line(step, record["val"], (time.monotonic() - t0) / 60)
                 if bar is not None:
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in record["val"].items()))
+                    bar.write(line)
+                else:
+                    say(line)
             if record is not None:
                 history.append(record)
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                _save_resume_point(model, opt, step, out, ema, _minutes_done(clock0), scaler)
+                resume_point()
                 t_last_ckpt = time.monotonic()
             if last_step:
                 break
     if bar is not None:
         bar.close()
     if ema is not None and rank == 0:
-        save_checkpoint(ema.module, out / "ema.safetensors", {"step": step})
+        save_checkpoint(ema.module, out / "ema.safetensors", {"step": step, "run": _provenance(run, out, minutes_total)})
     summary = {"steps": step, "resumed_at_step": start_step if resuming else None, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
+               "best_val_input": best_input if math.isfinite(best) else None,
                "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
-               "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped, "minutes_done": _minutes_done(clock0)}
+               "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped,
+               "minutes_done": minutes_total, "phase_minutes": phase_minutes}
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)
         if rank == 0:
@@ -1177,11 +1295,6 @@ def decayed_lr(tc: TrainConfig, done: float) -> float:
     cosine from ``lr`` to ``lr_final``, then ``lr_final``)."""
     frac = min(1.0, max(0.0, done))
     return tc.lr_final + (tc.lr - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
-
-
-def _minutes_done(clock0: float) -> float:
-    """Minutes on the run's clock: this invocation's plus, in a split run, those before it."""
-    return (time.monotonic() - clock0) / 60
 
 
 def _time_used(t0: float, deadline: float, world: int, device: torch.device) -> float:

@@ -15,6 +15,7 @@ import torch
 
 from audioae.checkpoint import load_checkpoint
 from audioae.cli import main
+from audioae.enhance import denoise
 
 REPO = Path(__file__).parent.parent
 CONFIG = str(REPO / "configs" / "tiny-synthetic.toml")
@@ -118,7 +119,7 @@ def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
     model = load_checkpoint(out / "best.safetensors")
     assert model.config.hidden == 16 and model.config.sample_rate == 8000
     wav = torch.randn(1, 4001)
-    assert model.enhance(wav)[0].shape == wav.shape
+    assert denoise(model, wav, 8000).shape == wav.shape
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any("val" in r and "stoi" in r["val"] for r in records)
 
@@ -552,8 +553,7 @@ def test_init_from_grows_a_mask_model_into_a_deep_filter_one(tmp_path, capsys):
     mask, grown = load_checkpoint(mask_ckpt), load_checkpoint(tmp_path / "df" / "last.safetensors")
     assert grown.config.deep_filter and not mask.config.deep_filter
     wav = torch.randn(1, 4001) * 0.1
-    with torch.no_grad():
-        torch.testing.assert_close(grown.enhance(wav)[0], mask.enhance(wav)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(denoise(grown, wav, 8000), denoise(mask, wav, 8000), atol=1e-6, rtol=0)
 
 
 def test_cosine_decay_reaches_the_final_rate():
@@ -932,3 +932,137 @@ def test_a_missing_subcommand_is_named_by_its_choices(argv, text, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and text in capsys.readouterr().err
+
+
+def _train_lines(err: str) -> list[str]:
+    """What `audioae train` said on stderr for a person (the resume and the validations)."""
+    return [line for line in err.splitlines() if line.startswith(("resumed from", "step "))]
+
+
+def test_a_resume_with_the_same_schedule_continues_its_phase_and_new_settings_start_a_new_one(tmp_path, capsys):
+    """Was: every resume restarted the cosine decay (decay_steps counted from the invocation), so
+    the same command after an interruption took the rate back up. Settings that change the
+    schedule still start a new phase (the fine-tuning stages of recipes/train_denoiser.sh)."""
+    from audioae.train import TrainConfig, decayed_lr
+
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=4", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16", "--set", "train.decay_steps=20", "--set", "train.lr=1e-2",
+              "--set", "train.lr_final=1e-4", "--set", 'train.metrics=["si_sdr"]']
+    assert main(["train", *common, "--steps", "8"]) == 0  # stopped part-way (as an interruption would)
+    first = capsys.readouterr()
+    lines = _train_lines(first.err)
+    # one line per validation, shown by default, each score beside the unprocessed input's
+    assert [line.split(":")[0] for line in lines] == ["step 4", "step 8"], first.err
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    si_in = records[-1]["val"]["si_sdr_in"]
+    assert f"(input {si_in:.2f})" in lines[-1] and lines[-1].endswith(" min")
+    assert json.loads(first.out)["best_val_input"] == pytest.approx(si_in)
+
+    assert main(["train", *common, "--steps", "20"]) == 0  # the same schedule: the phase goes on
+    second = capsys.readouterr()
+    assert _train_lines(second.err)[0].startswith(f"resumed from {out / 'last.safetensors'} at step 8: continuing "
+                                                  f"its phase from step 0 (")
+    tc = TrainConfig(lr=1e-2, lr_final=1e-4, decay_steps=20)
+    assert json.loads(second.out)["final_lr"] == pytest.approx(decayed_lr(tc, 19 / 20))  # was (19 - 8) / 20
+
+    assert main(["train", *common, "--steps", "24", "--set", "train.lr=5e-3"]) == 0  # another lr: a new phase
+    third = capsys.readouterr()
+    assert "a new phase (train.lr 0.01 -> 0.005): the learning-rate decay and the max_minutes budget start " \
+           "again here" in _train_lines(third.err)[0]
+    tc = TrainConfig(lr=5e-3, lr_final=1e-4, decay_steps=20)
+    assert json.loads(third.out)["final_lr"] == pytest.approx(decayed_lr(tc, 3 / 20))
+
+
+def _phase_minutes(out: Path) -> float:
+    from safetensors import safe_open
+
+    with safe_open(out / "last.optim.safetensors", "pt") as f:
+        return json.loads(f.metadata()["phase"])["minutes"]
+
+
+def test_an_interrupted_time_budget_goes_on_and_a_spent_one_records_no_resume(tmp_path, capsys, caplog):
+    """Was: after SIGTERM the same command started max_minutes and the time decay again, a call
+    with the budget spent still added a resume record to run.json, and minutes_done went down."""
+    import signal
+
+    out = tmp_path / "run"
+    args = [CONFIG, "--out", str(out), "--steps", "1000000", "--set", "train.max_minutes=0.6",
+            "--set", "train.decay_by_time=true", "--set", "train.lr=1e-2", "--set", "train.lr_final=1e-4",
+            "--set", "train.val_every=100000", "--set", 'train.metrics=["si_sdr"]', "--set", "train.progress=false",
+            "--set", "model.config.hidden=16", "--set", "train.threads=1", "--set", "train.checkpoint_seconds=100000"]
+    returncode, err = _signal_once_logged([sys.executable, "-m", "audioae.cli", "train", *args],
+                                          out / "log.jsonl", 1, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, err[-2000:]
+    before = _phase_minutes(out)
+    assert 0 < before < 0.6
+    assert main(["train", *args]) == 0  # the same command: the rest of the budget, not another one
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["seconds"] < 60 * (0.6 - before) + 5
+    assert resumed["phase_minutes"] >= 0.6 and resumed["final_lr"] == pytest.approx(1e-4, rel=0.05)
+    recorded = (out / "run.json").read_text()
+    assert main(["train", *args]) == 0  # spent: nothing trained, nothing recorded, no fewer minutes
+    spent = json.loads(capsys.readouterr().out)
+    assert "the phase's budget is spent" in caplog.text
+    assert spent["steps"] == resumed["steps"] and (out / "run.json").read_text() == recorded
+    assert spent["minutes_done"] == resumed["minutes_done"]
+
+
+def test_run_files_that_are_no_model_say_what_to_load_and_best_says_where_it_came_from(tmp_path, capsys):
+    import soundfile as sf
+
+    out = tmp_path / "run"
+    assert main(["train", CONFIG, "--out", str(out), "--steps", "2", "--set", "train.val_every=2",
+                 "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", "train.ema_decay=0.5",
+                 "--set", 'train.metrics=["si_sdr"]']) == 0
+    capsys.readouterr()
+    wav = tmp_path / "x.wav"
+    sf.write(wav, 0.1 * torch.randn(8000).numpy(), 8000)
+    assert main(["denoise", str(wav), "-o", str(tmp_path / "d"), "--model", str(out / "last.optim.safetensors")]) == 2
+    assert "this is a training run's optimizer state (last.optim.safetensors), not a model; use best.safetensors " \
+           "or last.safetensors" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.ema.safetensors").num_parameters() > 0  # the average is a model
+    assert main(["models", str(out / "best.safetensors")]) == 0
+    run = json.loads(capsys.readouterr().out)["extra"]["run"]
+    assert run["out_dir"] == str(out) and run["train"]["steps"] == 2 and run["train"]["lr"] == 3e-3
+
+
+def test_inspect_names_the_checkpoint_and_keeps_two_runs_figures_apart(tmp_path, capsys, monkeypatch):
+    """Was: run1/best.safetensors and run2/best.safetensors both drew X.best.png, the second over
+    the first, and the figure did not say which model it showed."""
+    import soundfile as sf
+
+    import audioae.plots as plots
+
+    titles, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (titles.append([ax.get_title() for ax in fig.axes]),
+                                                           save(fig, path))[1])
+    for run in ("run1", "run2"):
+        assert main(["train", CONFIG, "--out", str(tmp_path / run), "--steps", "1", "--set", "train.val_every=1",
+                     "--set", "train.progress=false", "--set", "model.config.hidden=16",
+                     "--set", 'train.metrics=["si_sdr"]']) == 0
+    wav = tmp_path / "x.wav"
+    sf.write(wav, 0.1 * torch.randn(8000).numpy(), 8000)
+    monkeypatch.chdir(tmp_path)
+    for run in ("run1", "run2"):
+        assert main(["inspect", f"{run}/best.safetensors", "--audio", "x.wav"]) == 0
+        assert f"output of {run}/best.safetensors" in titles[-1]
+    capsys.readouterr()
+    assert (tmp_path / "x.run1-best.png").is_file() and (tmp_path / "x.run2-best.png").is_file()
+
+
+def test_stages_with_new_settings_each_get_their_own_time_budget(tmp_path, capsys, caplog):
+    """recipes/train_denoiser.sh's stages rerun one folder with another lr and max_minutes each:
+    every stage trains its own budget, as before phases were kept; the same command again does not."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--steps", "1000000", "--set", "train.val_every=100000",
+              "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", 'train.metrics=["si_sdr"]']
+    assert main(["train", *common, "--set", "train.max_minutes=0.01"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["train", *common, "--set", "train.max_minutes=0.01", "--set", "train.lr=1e-3"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["steps"] > first["steps"] and second["phase_minutes"] >= 0.01
+    assert second["minutes_done"] >= first["minutes_done"] + 0.01  # the run's minutes add up over its phases
+    assert main(["train", *common, "--set", "train.max_minutes=0.01", "--set", "train.lr=1e-3"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == second["steps"]
+    assert "the phase's budget is spent" in caplog.text
