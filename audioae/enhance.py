@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from .audio import (
     resampler,
 )
 from .models import SpectralAutoencoder, takes_audio
-from .spectral import StreamingSTFT
+from .spectral import StreamingSTFT, gain_frames, hann_energy
 
 # Inputs longer than this (in channel-seconds: every channel is a row of the model's batch, and
 # memory grows with both) go through the chunked path so memory stays bounded.
@@ -93,7 +94,7 @@ class LevelTracker:
 
     def __init__(self, model: SpectralAutoencoder):
         c = model.config
-        self.norm = float((torch.hann_window(c.n_fft, dtype=torch.float64) ** 2).sum())  # |X|^2 per unit mean square
+        self.norm = hann_energy(c.n_fft)  # |X|^2 per unit mean square
         self.decay = -10 / math.log(10) * (c.hop_length / c.sample_rate) / LEVEL_RELEASE_S  # dB per frame
         self.level: np.ndarray | None = None  # [B] dB after the last frame seen
 
@@ -146,28 +147,48 @@ HIGH_BAND_GAIN_FROM = 0.75  # the gain is read from the model's bins above this 
 # results/high-band-rules/): against 1, the high band's mean SNR 12.2 dB instead of 9.2,
 # full-band SI-SDR +0.04 dB, worst case (white noise at 0 dB) -0.49 dB instead of -0.23.
 HIGH_BAND_GAIN_SCALE = 1.3
-KEEP_HIGH_BAND = True  # False: the behaviour before 2026-12-07, nothing above the model's band (benchmarks)
 
 
-def top_band_gains(spec: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class HighBand:
+    """How the band above the model's is treated, passed explicitly to :func:`denoise`,
+    :func:`denoise_batch` and :class:`StreamingDenoiser` (it was module globals that
+    benchmarks/high_band.py patched around each call). The default is the shipped rule.
+
+    ``keep``: False gives the behaviour before 2026-12-07, nothing above the model's band.
+    ``scale``, ``power``: the gain is ``min(1, scale * r**power)``, ``r`` the top-band amplitude
+    ratio within [0, 1] (:func:`top_band_gains`); other values only to compare rules."""
+
+    keep: bool = True
+    scale: float = HIGH_BAND_GAIN_SCALE
+    power: float = 1.0
+
+    def applies(self, sr: int, model: SpectralAutoencoder) -> bool:
+        """Whether a file at ``sr`` gets this treatment (:func:`has_high_band`)."""
+        return has_high_band(sr, model, keep=self.keep)
+
+    def gains(self, spec: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+        return top_band_gains(spec, est, scale=self.scale, power=self.power)
+
+
+SHIPPED_HIGH_BAND = HighBand()
+
+
+def top_band_gains(spec: torch.Tensor, est: torch.Tensor, *, scale: float = HIGH_BAND_GAIN_SCALE,
+                   power: float = 1.0) -> torch.Tensor:
     """Per-frame gain for the band above the model's, from the amplitude the model gave the top of
-    its own: :data:`HIGH_BAND_GAIN_SCALE` times ``sqrt(sum |est|^2 / sum |spec|^2)`` over the bins
-    above :data:`HIGH_BAND_GAIN_FROM`, within [0, 1] (0 where that band is silent). ``spec``,
-    ``est``: complex ``[B, F, N]`` -> ``[B, 1, N]``."""
+    its own: ``scale`` times ``r**power``, ``r = sqrt(sum |est|^2 / sum |spec|^2)`` over the bins
+    above :data:`HIGH_BAND_GAIN_FROM` within [0, 1] (0 where that band is silent), at most 1.
+    ``spec``, ``est``: complex ``[B, F, N]`` -> ``[B, 1, N]``."""
     lo = int(spec.shape[-2] * HIGH_BAND_GAIN_FROM)
     kept = est[..., lo:, :].abs().square().sum(-2, keepdim=True)  # [B, 1, N]
     had = spec[..., lo:, :].abs().square().sum(-2, keepdim=True)  # [B, 1, N]
     ratio = torch.where(had > 0, (kept / had.clamp_min(1e-30)).sqrt(), 0.0)  # [B, 1, N]
-    return (HIGH_BAND_GAIN_SCALE * ratio).clamp(0.0, 1.0)
-
-
-def gain_frames(gains: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Frames whose inverse STFT is the gains as a signal: ``gains [B, 1, N]`` -> complex
-    ``[B, F, N]``. Frame ``k`` is ``g_k * rfft(window)``: the iSTFT windows it again and divides by
-    the summed squared windows, so sample ``t`` gets ``sum_k g_k w^2(t - k hop) / sum_k w^2(t - k
-    hop)``, a smooth gain on exactly the samples (and with the same latency) the estimate's frames
-    cover, offline and streamed alike."""
-    return gains * torch.fft.rfft(window.float())[:, None]  # [B, F, N]
+    if power != 1.0:  # skipped at 1, so the shipped rule's output stays bit for bit what it was
+        ratio = ratio.clamp(0.0, 1.0) ** power
+    elif scale < 1.0:  # a ratio above 1 (a boost) would get through a scale below 1
+        ratio = ratio.clamp(0.0, 1.0)
+    return (scale * ratio).clamp(0.0, 1.0)
 
 
 def gain_at_rate(gain: torch.Tensor, start: int, first: int, n: int, model_sr: int, sr: int) -> torch.Tensor:
@@ -200,9 +221,10 @@ def gain_at_rate(gain: torch.Tensor, start: int, first: int, n: int, model_sr: i
     return out[:, first - b0 * bo : first - b0 * bo + n]
 
 
-def has_high_band(sr: int, model: SpectralAutoencoder) -> bool:
-    """Whether a file at ``sr`` holds a band above the model's (the part resampling drops)."""
-    return KEEP_HIGH_BAND and sr > model.config.sample_rate
+def has_high_band(sr: int, model: SpectralAutoencoder, *, keep: bool = True) -> bool:
+    """Whether a file at ``sr`` holds a band above the model's (the part resampling drops) that
+    is kept (``keep``: :attr:`HighBand.keep`)."""
+    return keep and sr > model.config.sample_rate
 
 
 def with_high_band(x: torch.Tensor, y: torch.Tensor, below: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -244,11 +266,13 @@ def _check_audio_model(model) -> None:
 
 @torch.inference_mode()
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
-            max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None) -> np.ndarray:
+            max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None,
+            high_band: HighBand = SHIPPED_HIGH_BAND) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
     Each channel is processed separately. At a rate above the model's, the band the model never
-    sees is kept at the gain the model gave the top of its own band (:func:`with_high_band`).
+    sees is kept at the gain the model gave the top of its own band (:func:`with_high_band`;
+    ``high_band`` says how, :class:`HighBand`).
     Long inputs (over ``max_offline_seconds`` channel-
     seconds: 64 channels of 20 s count 1,280) of a causal model stream through
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
@@ -259,7 +283,8 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     x, squeeze = checked_clip(wav, sr, strength)
     if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
-            s = StreamingDenoiser(model, sr, x.shape[0], strength=strength, realtime=False)  # pieces of seconds
+            s = StreamingDenoiser(model, sr, x.shape[0], strength=strength, realtime=False,  # pieces of seconds
+                                  high_band=high_band)
             parts = []
             for i in range(0, x.shape[-1], s.piece):  # the pieces push would cut: same output
                 check_stop(stop, f"stopped after {i} of {x.shape[-1]} samples")
@@ -267,9 +292,9 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             y = torch.cat([*parts, s.finish()], -1)
         else:
             win = max(1, int(max_offline_seconds * sr / x.shape[0]))
-            y = _denoise_windows(model, x, sr, strength, win, stop)
+            y = _denoise_windows(model, x, sr, strength, win, stop, high_band)
     else:
-        y = _denoise_offline(model, x, sr, strength)
+        y = _denoise_offline(model, x, sr, strength, high_band)
     out = y.cpu().numpy()
     return out[0] if squeeze else out
 
@@ -311,13 +336,15 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float) -> torch.Tensor:
+def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float,
+                     high_band: HighBand = SHIPPED_HIGH_BAND) -> torch.Tensor:
     """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch."""
-    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)])[0])
+    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band)[0])
 
 
 @torch.inference_mode()
-def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int, float]]) -> list[np.ndarray]:
+def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int, float]], *,
+                  high_band: HighBand = SHIPPED_HIGH_BAND) -> list[np.ndarray]:
     """Denoise several clips ``(wav [C, T] or [T], sr, strength)`` with one forward pass of the model.
 
     Per clip: resample to the model's rate, STFT, then the model runs once on the features of all
@@ -332,12 +359,16 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
         raise ValueError("only a causal model can batch clips of different lengths (end padding)")
     # The checks denoise() makes, clip by clip: unchecked, int16 came back as noise and [T, C] as
     # T channels of C samples.
-    return _denoise_clips(model, [(*checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items])
+    return _denoise_clips(model, [(*checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items],
+                          high_band)
 
 
 @torch.inference_mode()
-def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor, bool, int, float]]) -> list[np.ndarray]:
-    """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``."""
+def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor, bool, int, float]],
+                   high_band: HighBand = SHIPPED_HIGH_BAND, traces: list[DenoiseTrace] | None = None) -> list[np.ndarray]:
+    """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``.
+    ``traces``: a list to which each clip's :class:`DenoiseTrace` is appended (the quantities are
+    computed either way; only kept when asked)."""
     msr = model.config.sample_rate
     dev = _device_of(model)
     lengths, seen, specs, feats = [], [], [], []  # seen: the model-rate input where a high band needs it
@@ -345,19 +376,22 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
         z = resample(x, sr, msr, target="the model's ")  # [C, T'] on the CPU
         spec, feat = model_input(model, z.to(dev))  # [C, F, N_i], [C, F', N_i]
         lengths.append(z.shape[-1])
-        seen.append(z if has_high_band(sr, model) else None)
+        seen.append(z if high_band.applies(sr, model) else None)
         specs.append(spec)
         feats.append(feat)
     n_max = max(s.shape[-1] for s in specs)
     feats = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
-    out, _ = model(feats)  # [R, F, N]
+    out, code = model(feats)  # [R, F, N], [R, K, N']
     results, row = [], 0
     for (x, squeeze, sr, strength), length, z, spec in zip(checked, lengths, seen, specs, strict=True):
         c, n = spec.shape[0], spec.shape[-1]
         est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
+        if traces is not None:
+            traces.append(DenoiseTrace(spec, feats[row : row + c, :, :n], out[row : row + c, :, :n],
+                                       code[row : row + c], est))
         row += c
         if z is not None:  # a high band: one inverse for output and gain, one resampling for output and input
-            gains = gain_frames(top_band_gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
+            gains = gain_frames(high_band.gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
             y_gain = model.stft.inverse(torch.cat([est, gains]), length).float().cpu()  # [2C, T'] at the model's rate
             up = fit_length(resample(torch.cat([y_gain[:c], z]), msr, sr), x.shape[-1])  # [2C, T]
             gain = gain_at_rate(y_gain[c:], 0, 0, x.shape[-1], msr, sr)  # [C, T]
@@ -370,8 +404,37 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     return results
 
 
+@dataclass(frozen=True)
+class DenoiseTrace:
+    """What the offline path computed for one clip on the way to its output, at the model's rate
+    and STFT (``inspect --audio`` draws these, so it draws what :func:`denoise` computed):
+    ``spec [C, F, N]`` the input's STFT, ``features [C, F', N]`` what the network was fed (quiet
+    input lifted, :func:`model_input`), ``out [C, F_out, N]`` its output (mask, filter taps, gate),
+    ``code [C, K, N']`` its latent code, ``est [C, F, N]`` the estimate whose iSTFT is the output
+    below the model's Nyquist frequency."""
+
+    spec: torch.Tensor
+    features: torch.Tensor
+    out: torch.Tensor
+    code: torch.Tensor
+    est: torch.Tensor
+
+
+@torch.inference_mode()
+def denoise_traced(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
+                   high_band: HighBand = SHIPPED_HIGH_BAND) -> tuple[np.ndarray, DenoiseTrace]:
+    """:func:`denoise` on its offline path (the whole clip as one batch, at any length: no chunking)
+    and the :class:`DenoiseTrace` of what it computed; the output is :func:`denoise`'s to the bit
+    (for an input :func:`denoise` takes whole: up to ``max_offline_seconds`` channel-seconds)."""
+    _check_audio_model(model)
+    x, squeeze = checked_clip(wav, sr, strength)
+    traces: list[DenoiseTrace] = []
+    y = _denoise_clips(model, [(x, squeeze, int(sr), strength)], high_band, traces)[0]
+    return y, traces[0]
+
+
 def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float, win: int,
-                     stop: Callable[[], bool] | None = None) -> torch.Tensor:
+                     stop: Callable[[], bool] | None = None, high_band: HighBand = SHIPPED_HIGH_BAND) -> torch.Tensor:
     """Non-causal models on long input: windows with 1/8 overlap, linearly cross-faded."""
     overlap = max(1, win // 8)
     hop = win - overlap
@@ -381,7 +444,7 @@ def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
     for start in range(0, x.shape[-1], hop):
         check_stop(stop, f"stopped after {start} of {x.shape[-1]} samples")
         seg = x[:, start : start + win]
-        y = _denoise_offline(model, seg, sr, strength)
+        y = _denoise_offline(model, seg, sr, strength, high_band)
         w = torch.ones(seg.shape[-1])
         if start > 0:
             w[: min(overlap, len(w))] = ramp[: min(overlap, len(w))]
@@ -472,11 +535,11 @@ class StreamingDenoiser:
     ``realtime``: fed as it happens in small calls (a server's stream, a microphone), so a rate
     whose resampling filter would not keep up is refused (:data:`~audioae.audio.MAX_RESAMPLE_FILTER_BYTES`:
     44056 Hz); False for a file fed in long blocks (:func:`denoise`, the folder tool), which takes
-    what offline denoising takes.
+    what offline denoising takes. ``high_band``: the band above the model's, as :func:`denoise` takes it.
     """
 
     def __init__(self, model: SpectralAutoencoder, sr: int, channels: int = 1, *, strength: float = 1.0,
-                 realtime: bool = True):
+                 realtime: bool = True, high_band: HighBand = SHIPPED_HIGH_BAND):
         _check_audio_model(model)
         if not model.causal:
             raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
@@ -491,7 +554,8 @@ class StreamingDenoiser:
         self.down = StreamingResampler(sr, c.sample_rate, channels, target="the model's ", realtime=realtime)
         # With a band above the model's, the output and the input as the model saw it go up
         # together, and the top-band gain is interpolated (see with_high_band, gain_at_rate).
-        self.high_band = has_high_band(sr, model)
+        self.high_band_rule = high_band
+        self.high_band = high_band.applies(sr, model)
         self.rows = channels * (2 if self.high_band else 1)  # the output, and the input as seen with a high band
         self.up = StreamingResampler(c.sample_rate, sr, self.rows, realtime=realtime)  # checked both ways above
         self.seen = torch.zeros(channels, 0)  # model-rate input awaiting its output (high band only)
@@ -542,7 +606,7 @@ class StreamingDenoiser:
         self.spec_past = with_past[..., max(0, with_past.shape[-1] - self.model.spec_context_frames) :]
         est = self.model.estimate_spec(with_past, out)  # [C, F, m]
         if self.high_band:
-            est = torch.cat([est, gain_frames(top_band_gains(done, est), self.stft.window)])  # [2C, F, m]
+            est = torch.cat([est, gain_frames(self.high_band_rule.gains(done, est), self.stft.window)])  # [2C, F, m]
         return self.stft.add_frames(est)  # [C, k] at the model rate ([2C, k]: and the gains)
 
     def _output(self, y_model: torch.Tensor, final: bool) -> torch.Tensor:

@@ -14,7 +14,7 @@ import scipy.signal
 import torch
 
 from .metrics import si_sdr
-from .spectral import compress, magnitude
+from .spectral import compress, framed_rfft, frames, magnitude, reflect_stft
 
 
 def spectral_loss(est_spec: torch.Tensor, clean_spec: torch.Tensor, kind: str = "power", power: float = 0.3) -> torch.Tensor:
@@ -35,9 +35,8 @@ def multires_stft_loss(est: torch.Tensor, ref: torch.Tensor,
     """Spectral convergence + log-magnitude L1, averaged over resolutions (Yamamoto et al.)."""
     total = est.new_zeros(())
     for n_fft, hop in resolutions:
-        w = torch.hann_window(n_fft, device=est.device)
-        e = magnitude(torch.stft(est, n_fft, hop, window=w, return_complex=True))  # [B, F, N]
-        r = magnitude(torch.stft(ref, n_fft, hop, window=w, return_complex=True))
+        e = magnitude(reflect_stft(est, n_fft, hop))  # [B, F, N]
+        r = magnitude(reflect_stft(ref, n_fft, hop))
         sc = torch.linalg.norm(r - e, dim=(-2, -1)) / torch.linalg.norm(r, dim=(-2, -1)).clamp_min(1e-7)
         logmag = (torch.log(e + 1e-7) - torch.log(r + 1e-7)).abs().mean(dim=(-2, -1))
         total = total + (sc + logmag).mean()
@@ -109,11 +108,6 @@ def _fast_stoi_class():
         live = torch.arange(frames.shape[1], device=frames.device) < count  # [B, N]
         return moved * live.unsqueeze(-1)
 
-    def frames(x: torch.Tensor, length: int, hop: int) -> torch.Tensor:
-        """[B, T] -> [B, length, N]: a strided view, where torch-stoi's ``F.unfold`` runs an
-        im2col kernel per row (on an H200, a third of a training step's GPU time)."""
-        return x.unfold(-1, length, hop).transpose(1, 2)
-
     class FastNegSTOILoss(NegSTOILoss):
         """torch-stoi's loss with its voice-activity step vectorised (the original drops each
         row's silent frames in a Python loop with boolean indexing, two host syncs per row per
@@ -133,7 +127,7 @@ def _fast_stoi_class():
         def stft(x, win, fft_size, overlap=4):
             hop = int(win.shape[0] / overlap)
             framed = frames(x, win.shape[0], hop)[..., :-1]  # [B, L, N - 1]: torch-stoi drops the last
-            return torch.fft.rfft(framed * win[:, None], n=fft_size, dim=1)  # [B, F, N - 1]
+            return framed_rfft(framed, win, fft_size)  # [B, F, N - 1]
 
     return FastNegSTOILoss
 

@@ -27,7 +27,6 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .audio import resample  # noqa: E402
 from .decompose import Decomposition  # noqa: E402
 from .fileio import atomic_write_bytes  # noqa: E402
 from .models.base import SpectralAutoencoder  # noqa: E402
@@ -408,16 +407,14 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int, shown_f
     up to 9 dB, and a few seconds of context did not settle it), and the frames at its end see the
     samples after it, as they do in the whole file. ``t0_s``: the file time of the first frame
     kept (``file_start_s``: where ``wav`` begins)."""
-    from .enhance import denoise, has_high_band, model_input
+    from .enhance import denoise_traced, has_high_band
 
     x = np.asarray(wav, np.float32)
     mono = torch.from_numpy(x.mean(0) if x.ndim == 2 else x)[None]  # [1, T]
     msr, hop = model.config.sample_rate, model.config.hop_length
-    z = resample(mono, sr, msr)  # [1, T'] at the model's rate
-    with torch.inference_mode():
-        spec, feat = model_input(model, z)  # [1, F, N], [1, F', N]: as denoise feeds it
-        out, code = model(feat)  # [1, F', N], [1, K, N]
-        est = model.estimate_spec(spec, out)  # [1, F, N]
+    # One run of denoise's own path: what is drawn is what it computed, output included.
+    y, trace = denoise_traced(model, mono, sr)  # [1, T] at sr; quantities at the model's rate
+    spec, code, est = trace.spec, trace.code, trace.est  # [1, F, N], [1, K, N'], [1, F, N]
     shown_to = x.shape[-1] if shown_to is None else shown_to
     first = -(-shown_from * msr // (sr * hop))  # the frames centred in the part shown, both ends included
     kept = slice(first, max(first, shown_to * msr // (sr * hop)) + 1)  # the part's own STFT's count, or one fewer
@@ -427,7 +424,7 @@ def denoising_view(model: SpectralAutoencoder, wav: np.ndarray, sr: int, shown_f
     if sr < msr:  # above the file's Nyquist the model's input holds only the upsampler's images
         view["file_nyquist_hz"] = sr / 2
     if has_high_band(sr, model):
-        y = torch.from_numpy(denoise(model, mono[0].numpy(), sr))[None]  # [1, T]: the mono mix, denoised
+        y = torch.from_numpy(y)  # [1, T]: the mono mix, denoised
         e_in, total_in = _energy_above(mono[0, shown_from:shown_to], sr, msr / 2)
         view["above"] = {"from_hz": msr / 2, "to_hz": sr / 2, "energy_in": e_in, "energy_total_in": total_in,
                          "energy_out": _energy_above(y[0, shown_from:shown_to], sr, msr / 2)[0]}

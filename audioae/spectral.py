@@ -9,8 +9,6 @@ length out.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -76,6 +74,46 @@ class STFT(nn.Module):
         window = self.spec.window.to(x.dtype)
         spec = torch.stft(x, n, self.hop_length, window=window, center=False, return_complex=True)  # [B', F, N]
         return spec.reshape(*lead, *spec.shape[-2:])  # [..., F, N]
+
+
+def hann_energy(n_fft: int) -> float:
+    """``sum w^2`` of the Hann window, in float64: a frame's ``sum |X|^2`` per unit mean square of
+    its samples (Parseval over ``n_fft`` bins, of which the rfft keeps about half)."""
+    return float((torch.hann_window(n_fft, dtype=torch.float64) ** 2).sum())
+
+
+def gain_frames(gains: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Frames whose inverse STFT is the gains as a signal: ``gains [B, 1, N]`` -> complex
+    ``[B, F, N]``. Frame ``k`` is ``g_k * rfft(window)``: the iSTFT windows it again and divides by
+    the summed squared windows, so sample ``t`` gets ``sum_k g_k w^2(t - k hop) / sum_k w^2(t - k
+    hop)``, a smooth gain on exactly the samples (and with the same latency) the estimate's frames
+    cover, offline and streamed alike."""
+    return gains * torch.fft.rfft(window.float())[:, None]  # [B, F, N]
+
+
+# ---- the training losses' transforms --------------------------------------------------------------
+# Not the model's framing: the multi-resolution loss pads by reflection (torch.stft's default), and
+# the STOI proxy frames as torch-stoi does (no padding, its last frame dropped by the caller). The
+# trained models were trained with these numerics; they live here so that every transform is in
+# one module, and are kept as they were.
+def reflect_stft(x: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
+    """``x [B, T]`` -> complex ``[B, n_fft/2+1, 1 + T//hop]``: Hann window, ``center=True`` with
+    *reflect* padding (the multi-resolution STFT loss; see :class:`STFT` for the model's own)."""
+    window = torch.hann_window(n_fft, device=x.device)
+    return torch.stft(x, n_fft, hop_length, window=window, return_complex=True)
+
+
+def frames(x: torch.Tensor, length: int, hop: int) -> torch.Tensor:
+    """``x [B, T]`` -> ``[B, length, N]``, ``N = 1 + (T - length) // hop``, no padding: a strided
+    view (torch-stoi's ``F.unfold`` ran an im2col kernel per row: on an H200, a third of a
+    training step's GPU time)."""
+    return x.unfold(-1, length, hop).transpose(1, 2)
+
+
+def framed_rfft(framed: torch.Tensor, window: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """``framed [B, L, N]`` (from :func:`frames`) windowed by ``window [L]`` -> complex
+    ``[B, n_fft/2+1, N]`` (zero-padded to ``n_fft``)."""
+    return torch.fft.rfft(framed * window[:, None], n=n_fft, dim=1)
 
 
 def magnitude(spec: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -239,7 +277,3 @@ def window_samples(n_fft: int, window_sr: int, sr: int) -> int:
     ``sr``, rounded up, in whole numbers (no float boundary): audio of fewer samples is shorter
     than one window, and its spectrogram describes the STFT's zero padding, not the signal."""
     return -(-n_fft * sr // window_sr)
-
-
-def next_multiple(n: int, k: int) -> int:
-    return int(math.ceil(n / k) * k)

@@ -1,6 +1,6 @@
 """The band above the model's: what a 44.1 kHz recording keeps above 8 kHz once denoised, with
 the high band passed at the model's top-band gain (:func:`audioae.enhance.with_high_band`, the
-default since 2026-12-07) and without it (``KEEP_HIGH_BAND = False``: the earlier behaviour,
+default since 2026-12-07) and without it (``HighBand(keep=False)``: the earlier behaviour,
 nothing above the model's Nyquist frequency).
 
     python benchmarks/high_band.py [--model denoiser-small] [--speech DIR ...] [--clips 24] \
@@ -127,7 +127,7 @@ def speech_files(folders: list[str], min_high_db: float = -30.0) -> list[Path]:
 
 def clips(files: list[Path], count: int, seconds: float, rng: np.random.Generator) -> list[np.ndarray]:
     """``count`` clips of ``seconds``, each recordings drawn at random and joined with 0.1 s gaps,
-    trimmed of leading and trailing silence by librosa."""
+    trimmed of leading and trailing silence by librosa (the `recipes` extra: pip install -e ".[recipes]")."""
     import librosa
 
     out = []
@@ -161,17 +161,9 @@ def scores(out: np.ndarray, clean: np.ndarray) -> dict[str, float]:
 
 
 def denoised(model, x: np.ndarray, keep: bool, power: float = 1.0, scale: float | None = None) -> np.ndarray:
-    """The module's switch and gain rule are set for the call, then restored."""
-    saved = enhance.KEEP_HIGH_BAND, enhance.top_band_gains, enhance.HIGH_BAND_GAIN_SCALE
-    enhance.KEEP_HIGH_BAND = keep
-    if (power, scale) not in ((1.0, None), (1.0, saved[2])):
-        enhance.HIGH_BAND_GAIN_SCALE = 1.0  # the bare ratio, within [0, 1]
-        s = saved[2] if scale is None else scale
-        enhance.top_band_gains = lambda spec, est: (s * saved[1](spec, est) ** power).clamp(max=1.0)
-    try:
-        return enhance.denoise(model, x, SR)
-    finally:
-        enhance.KEEP_HIGH_BAND, enhance.top_band_gains, enhance.HIGH_BAND_GAIN_SCALE = saved
+    """The high-band rule is passed to the call (:class:`audioae.enhance.HighBand`), nothing patched."""
+    rule = enhance.HighBand(keep=keep, scale=enhance.HIGH_BAND_GAIN_SCALE if scale is None else scale, power=power)
+    return enhance.denoise(model, x, SR, high_band=rule)
 
 
 def speed(model, seconds: float, rounds: int) -> dict[str, float]:

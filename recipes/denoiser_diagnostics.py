@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from audioae import pretrained
+from audioae.enhance import denoise, model_input
 from audioae.metrics import pesq_wb
 from audioae.pretrained import resolve_arg
 from audioae.spectral import apply_mask
@@ -67,7 +68,7 @@ def filtered_parts(model, noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndar
     x = torch.from_numpy(np.stack([noisy, clean, noisy - clean]))  # [3, T]: mixture, speech, noise
     with torch.no_grad():
         spec = model.stft(x)  # [3, F, N]
-        out, _ = model(model.features_of(spec[:1], x[:1]))  # mask and taps from the mixture only
+        out, _ = model(model_input(model, x[:1])[1])  # mask and taps from the mixture only, as denoise computes them
         y, speech, noise = (model.stft.inverse(model.estimate_spec(spec[i : i + 1], out), x.shape[-1])[0].numpy()
                             for i in range(3))
     return y, speech, noise
@@ -196,7 +197,7 @@ def gate(model, root: Path) -> dict:
     for m in json.loads((root / "meta.json").read_text())["mixtures"]:
         noisy = torch.from_numpy(sf.read(root / "noisy" / m["file"], dtype="float32")[0])[None]  # [1, T]
         with torch.no_grad():
-            out, _ = model(model.analyze(noisy)[1])  # [1, F', N]
+            out, _ = model(model_input(model, noisy)[1])  # [1, F', N]: the features denoise feeds it
         g = out[0, -1]  # [N]: the gate row
         rows.append({"noise_type": m["noise_type"], "snr_db": m["snr_db"], "mean": float(g.mean()), "max": float(g.max())})
     keys = ("mean", "max")
@@ -236,8 +237,7 @@ def oracle(model, root: Path) -> dict:
     for m in json.loads((root / "meta.json").read_text())["mixtures"]:
         noisy = sf.read(root / "noisy" / m["file"], dtype="float32")[0]
         clean = sf.read(root / "clean" / m["file"], dtype="float32")[0]
-        with torch.no_grad():
-            y = model.enhance(torch.from_numpy(noisy)[None])[0][0].numpy()  # [T]
+        y = denoise(model, noisy, SR)  # [T]: the one inference path, level lift included
         row = {"noise_type": m["noise_type"], "snr_db": m["snr_db"]}
         for name, sig in {"input": noisy, "model": y, **oracle_outputs(model, noisy, clean)}.items():
             row |= {f"pesq_{name}": pesq_wb(sig, clean, SR), f"stoi_{name}": stoi(sig, clean, SR),

@@ -64,8 +64,9 @@ EMA_MINUTES=${12:-35}
 GPU2_MINUTES=${13:-7.5}
 AUDIBLE_MINUTES=${14:-70}
 MASK_POWER=${MASK_POWER:-0.8}  # chosen on the val split: recipes/compare_checkpoints.py --mask-power 0.8 0.9
-# Stages 6 and 7's loss terms come with the `train` extra (torch-pesq, torch-stoi).
-python -c "import torch_pesq, torch_stoi" 2>/dev/null || pip install -e '.[train]'
+# Stages 6 and 7's loss terms come with the `train` extra (torch-pesq, torch-stoi); the corpus
+# build's silence trimming with the `recipes` extra (librosa).
+python -c "import torch_pesq, torch_stoi, librosa" 2>/dev/null || pip install -e '.[train,recipes]'
 if [ ! -f corpus/READY ]; then
   # apt-get needs root: sudo when this shell is not root already.
   if [ "$(id -u)" -eq 0 ]; then bash recipes/install_corpus_packages.sh; else sudo bash recipes/install_corpus_packages.sh; fi

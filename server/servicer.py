@@ -773,9 +773,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         @torch.inference_mode()
         def run() -> np.ndarray:
             inp = x
-            if inp is None:  # audio: the model's own features, channels as the batch
+            if inp is None:  # audio: the features denoising feeds the network (quiet input lifted), channels as the batch
+                from audioae.enhance import model_input
+
                 z = resample(torch.from_numpy(wav), sr, model.config.sample_rate).to(device)  # [C, T']
-                inp = model.analyze(z)[1]  # [C, F', N]
+                inp = model_input(model, z)[1]  # [C, F', N]
             inp = inp.to(device)
             doing = f"encoding a tensor of shape {list(inp.shape)}"
             h = _call_model(

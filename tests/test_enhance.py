@@ -370,8 +370,9 @@ def test_at_trained_levels_denoise_feeds_the_model_its_own_features():
     torch.manual_seed(0)
     model = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
     x = (0.1 * np.random.default_rng(1).standard_normal(16000)).astype(np.float32)  # -20 dBFS from the start
-    with torch.inference_mode():
-        plain = model.enhance(torch.from_numpy(x)[None])[0][0].numpy()
+    with torch.inference_mode():  # features -> network -> iSTFT with no lift at all
+        spec, feats = model.analyze(torch.from_numpy(x)[None])  # [1, F, N], [1, F', N]
+        plain = model.stft.inverse(model.estimate_spec(spec, model(feats)[0]), len(x))[0].numpy()
     np.testing.assert_allclose(denoise(model, x, 16000), plain, atol=1e-6)
 
 
@@ -507,6 +508,19 @@ def test_top_band_gain_follows_what_the_model_kept_of_the_top_quarter_of_its_ban
     assert (top_band_gains(spec, louder) == 1).all()  # a gain, never a boost
 
 
+def test_other_high_band_rules_are_parameters_of_the_call():
+    """benchmarks/high_band.py compares rules by passing them (was: patching module globals)."""
+    from audioae.enhance import HighBand, top_band_gains
+
+    spec = torch.randn(2, 65, 7, dtype=torch.complex64)  # [B, F, N]
+    est = spec.clone()
+    est[:, 48:] *= 0.5
+    np.testing.assert_allclose(HighBand(scale=0.8, power=2.0).gains(spec, est).numpy(), 0.8 * 0.25, rtol=1e-5)
+    assert (HighBand(scale=0.5).gains(spec, spec * 2) == 0.5).all()  # the ratio within [0, 1], then scaled
+    assert torch.equal(HighBand().gains(spec, est), top_band_gains(spec, est))
+    assert not HighBand(keep=False).applies(48000, _causal_8k()) and HighBand().applies(48000, _causal_8k())
+
+
 def test_gain_frames_turn_into_the_gains_as_a_smooth_signal_on_every_sample():
     from audioae.enhance import gain_frames
     from audioae.spectral import STFT
@@ -522,7 +536,7 @@ def test_gain_frames_turn_into_the_gains_as_a_smooth_signal_on_every_sample():
 
 
 @pytest.mark.parametrize("sr", [11025, 44100, 48000])
-def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr, monkeypatch):
+def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr):
     """Before 2026-12-07 everything above the model's Nyquist frequency (4 kHz here, 8 kHz for the
     shipped model) was lost on the way down and up: a clean 44.1 kHz recording came back band-limited."""
     from audioae import enhance
@@ -536,8 +550,7 @@ def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr, 
     streamed = StreamingDenoiser(model, sr, 2)
     parts = [streamed.push(x[:, i : i + 997]) for i in range(0, x.shape[-1], 997)]
     np.testing.assert_allclose(torch.cat([*parts, streamed.finish()], -1).numpy(), y, atol=1e-5)
-    monkeypatch.setattr(enhance, "KEEP_HIGH_BAND", False)  # the earlier behaviour: the band above 4 kHz is gone
-    narrow = denoise(model, x, sr)
+    narrow = denoise(model, x, sr, high_band=enhance.HighBand(keep=False))  # the earlier behaviour: above 4 kHz gone
     assert _above(narrow, sr, 4400) < 0.01 * _above(x, sr, 4400)  # the resampler's skirt is all that is left
     np.testing.assert_allclose(_above(y, sr, 4400), _above(x, sr, 4400), rtol=1e-3)
 
@@ -607,3 +620,23 @@ def test_the_gain_interpolation_refuses_to_read_before_what_it_holds():
                                [[1120.0, 1120 + 160 / 441]], rtol=1e-6)
     with pytest.raises(ValueError, match="need the gain from model sample 800, and it holds 1000..2999"):
         gain_at_rate(gain, 1000, 2205, 3, 16000, 44100)  # block 5 starts at model sample 800: not held
+
+
+@pytest.mark.parametrize("sr", [16000, 44100])
+def test_the_traced_path_is_denoise_and_holds_what_it_computed(sr):
+    """inspect --audio draws a DenoiseTrace: the quantities of denoise's own run, not a second path."""
+    from audioae.audio import resample
+    from audioae.enhance import denoise_traced, model_input
+
+    torch.manual_seed(0)
+    model = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    x = (1e-3 * np.random.default_rng(3).standard_normal((2, sr // 2))).astype(np.float32)  # -60 dBFS: lifted
+    y, trace = denoise_traced(model, x, sr)
+    np.testing.assert_array_equal(y, denoise(model, x, sr))
+    with torch.inference_mode():
+        spec, feats = model_input(model, resample(torch.from_numpy(x), sr, 16000))
+        assert torch.equal(trace.spec, spec) and torch.equal(trace.features, feats)
+        out, code = model(feats)  # a second run: equal to float rounding (the GRU's kernels)
+        torch.testing.assert_close(trace.out, out, atol=1e-5, rtol=0)
+        torch.testing.assert_close(trace.code, code, atol=1e-5, rtol=0)
+        assert torch.equal(trace.est, model.estimate_spec(spec, trace.out))

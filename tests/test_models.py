@@ -3,10 +3,12 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint, save_checkpoint
+from audioae.enhance import denoise
 from audioae.models import REGISTRY, SpectralAutoencoder, UnknownModelError, build_model
 from audioae.models.conv1d import UNPOOLING
 from audioae.models.dictionary import default_topk
@@ -49,10 +51,9 @@ def test_output_length_equals_input_length(name, extra, length):
     model = tiny(name, **extra)
     assert isinstance(model, SpectralAutoencoder)
     wav = 0.1 * torch.randn(2, length)
-    with torch.no_grad():
-        y, h = model.enhance(wav)
+    y = denoise(model, wav, model.config.sample_rate)
     assert y.shape == wav.shape
-    assert torch.isfinite(y).all()
+    assert np.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -226,7 +227,7 @@ def test_a_model_built_under_a_cuda_device_context_runs_there():
     with torch.device("cuda"):
         model = build_model("conv1d", cfg)
     assert {b.device.type for b in model.buffers()} == {"cuda"}
-    assert model.enhance(torch.zeros(1, 800, device="cuda"))[0].shape == (1, 800)
+    assert denoise(model, torch.zeros(1, 800), 8000).shape == (1, 800)
 
 
 def test_the_stft_window_is_made_on_the_cpu_under_the_meta_device():

@@ -370,12 +370,6 @@ class SpectralAutoencoder(Autoencoder):
         filtered = sum(taps[:, j] * hist[..., k - 1 - j : k - 1 - j + n] for j in range(k))  # [B, D, N]
         return torch.cat([est[:, :d] + filtered, est[:, d:]], dim=1)  # [B, F, N]
 
-    def enhance(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``wav [B, T]`` at the model's rate -> ``(wav_hat [B, T], code [B, K, N'])``."""
-        spec, feats = self.analyze(wav)  # [B, F, N], [B, F', N]
-        out, h = self(feats)  # [B, F, N], [B, K, N']
-        return self.stft.inverse(self.estimate_spec(spec, out), wav.shape[-1]), h
-
     # ---- code frames ------------------------------------------------------------------------
     @property
     def code_stride(self) -> int:
