@@ -23,7 +23,7 @@ import stat
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -1037,12 +1037,22 @@ def _listed(top: str, unlisted: Callable[[OSError], None]) -> tuple[list[str], l
 
 
 def walk_audio(folder: str | os.PathLike,
-               prune: Callable[[Path, list[str]], bool] = lambda here, filenames: False) -> list[tuple[Path, str]]:
+               prune: Callable[[Path, list[str]], bool] = lambda here, filenames: False,
+               searched_elsewhere: Collection[Path] = (),
+               left_out: list[tuple[str, str]] | None = None) -> list[tuple[Path, str]]:
     """Every audio file under ``folder`` (:data:`AUDIO_EXTENSIONS`: WAV, FLAC, OGG, MP3, ...;
     recursive, sorted; hidden names skipped) with its path
     relative to ``folder`` (posix). Linked folders are followed (shared storage is often linked
-    in), each real folder once, so a link loop ends. ``prune(here, filenames)`` returning True
+    in), each real folder once, so a link loop ends: the real folders first, under their own
+    names, then the links whose targets were not searched (nor lie in ``searched_elsewhere``:
+    the real paths of the job's other input folders). Until 2026-12-07 the walk went in name
+    order, and ``a_latest -> z_2024`` took z_2024's place: its outputs went under the link's
+    name, and once the link moved on to z_2025, that folder was skipped as searched already.
+    ``prune(here, filenames)`` returning True
     skips a folder and everything under it. Other audio kinds are counted in one warning.
+    ``left_out``: where each folder that cannot be listed and each audio name that is no regular
+    file (a named pipe) is appended, as ``(path, why)``, for the caller to count (the folder tool
+    fails a job that left any out).
 
     The one folder search: the folder tool and ``eval`` must see the same files, or a file
     denoised from a linked folder would have no reference to be scored against."""
@@ -1052,12 +1062,32 @@ def walk_audio(folder: str | os.PathLike,
     def unlisted(exc: OSError) -> None:  # os.walk would pass over such a folder without a word
         log.warning("%s: cannot list this folder (%s); the files in it are left out", exc.filename,
                     exc.strerror or exc)
+        if left_out is not None:
+            left_out.append((os.fsdecode(exc.filename), f"cannot list this folder ({exc.strerror or exc})"))
+
+    def searched(here: str, real: Path) -> bool:
+        """Whether the folder the link ``here`` leads to (``real``) is searched under another name."""
+        if real in seen:
+            if Path(os.path.realpath(os.path.dirname(here))).is_relative_to(real):
+                log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
+            else:
+                log.info("%s: not followed, it links to %s, searched under its own name", here, real)
+            return True
+        if any(real.is_relative_to(other) for other in searched_elsewhere):
+            log.info("%s: not followed, it links to %s, searched as part of another input", here, real)
+            return True
+        return False
 
     # os.walk(folder, followlinks=True) by hand, top down: its listing's entries tell a regular
     # file from a named pipe without a stat per file (os.walk keeps only their names).
-    pending = [os.fspath(folder)]
-    while pending:
-        dirpath = pending.pop()
+    pending, links = [os.fspath(folder)], []  # links to folders: once every real folder is searched
+    while pending or links:
+        if pending:
+            dirpath = pending.pop()
+        else:
+            dirpath = links.pop()
+            if searched(dirpath, Path(os.path.realpath(dirpath))):
+                continue
         listed = _listed(dirpath, unlisted)
         if listed is None:
             continue
@@ -1070,8 +1100,10 @@ def walk_audio(folder: str | os.PathLike,
         seen.add(real)
         if prune(here, [e.name for e in entries]):
             continue
-        pending.extend(os.path.join(dirpath, d) for d in sorted((d for d in dirnames if not d.startswith(".")),
-                                                                 reverse=True))
+        subfolders = [os.path.join(dirpath, d) for d in sorted((d for d in dirnames if not d.startswith(".")),
+                                                               reverse=True)]
+        pending.extend(d for d in subfolders if not os.path.islink(d))
+        links[:0] = [d for d in subfolders if os.path.islink(d)]  # popped from the end: the first found first
         for entry in sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name):
             suffix = Path(entry.name).suffix.lower()
             if suffix in OTHER_AUDIO:
@@ -1079,6 +1111,8 @@ def walk_audio(folder: str | os.PathLike,
             elif suffix in AUDIO_EXTENSIONS:  # a broken link too: reading it reports it
                 if what := _entry_not_a_file(entry):
                     special.append((here / entry.name, what))
+                    if left_out is not None:
+                        left_out.append((str(here / entry.name), f"{what}, not a file"))
                     continue
                 found.append((here / entry.name, (here / entry.name).relative_to(folder).as_posix()))
     if special:  # a named pipe's read waits for a writer: one hung the whole job

@@ -208,7 +208,7 @@ def _add_denoise(sub) -> None:
         "denoise", help="denoise audio files and folders into an output folder",
         description="Denoise audio files (WAV/FLAC/OGG/MP3/AIFF/...) and folders (recursive) into OUT, keeping each file's "
                     "relative path, sample rate, channels and subtype. Resumable: existing outputs are "
-                    "skipped. Writes OUT/audioae-manifest.jsonl; exits 1 if any file failed.")
+                    "skipped. Writes OUT/audioae-manifest.jsonl; exits 1 if any file failed or was left out.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files and/or folders")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--model", help="shipped model name or .safetensors path (default: denoiser-small)")
@@ -285,8 +285,10 @@ def _cmd_denoise(args) -> int:
     theirs = f", {found} skipped (a file no run made under its output's name)" if found else ""
     passed = s["not_attempted"]
     unfit = f" ({passed} not attempted: the disk is full)" if passed else ""
+    left = s.get("left_out", [])
+    missed = f", {len(left)} left out" if left else ""
     print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped'] - found} skipped (already "
-          f"done){theirs}, {s['error']} failed{unfit}; {speed}")
+          f"done){theirs}, {s['error']} failed{unfit}{missed}; {speed}")
     last = None
     for err in s["errors"]:
         if err["error"].startswith(NOT_ATTEMPTED):  # said once, below: a line per file would repeat it for each
@@ -301,8 +303,10 @@ def _cmd_denoise(args) -> int:
               f"some space and run the same command again to denoise them", file=sys.stderr)
     for w in s["warnings"]:
         print(f"  warning: {w['warning']}", file=sys.stderr)
+    for item in left:
+        print(f"  left out: {item['path']}: {item['why']}", file=sys.stderr)
     print(f"manifest: {s['manifest']}")
-    return 1 if s["error"] else 0
+    return 1 if s["error"] or left else 0  # left out: not denoised, as a failed file is not
 
 
 def _add_eval(sub) -> None:
@@ -346,12 +350,26 @@ def _check_json_out(path: str | None) -> None:
                          f"read-only, or no permission)")
 
 
+def _escaped(value):
+    """``value`` (a report: dicts, lists, strings) with every name that is no UTF-8 on disk (Python
+    holds its bytes as surrogates, "caf\\udce9.wav") written as stderr writes it (backslashreplace):
+    printing one raised "'utf-8' codec can't encode character '\\udce9'" (exit 2, no table), and a
+    JSON report with a lone surrogate is invalid Unicode to strict readers."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def _cmd_eval(args) -> int:
     from .evaluate import evaluate_folders, format_table
 
     _out_given(args.json_out, "--json", "name the JSON file to write ('-': print the JSON), or omit --json")
     _check_json_out(args.json_out)
-    report = evaluate_folders(args.clean, args.enhanced, args.noisy, progress=not args.no_progress)
+    report = _escaped(evaluate_folders(args.clean, args.enhanced, args.noisy, progress=not args.no_progress))
     if report["paired"] == 0:
         # the ambiguity is why, when there is one (was: "no files ... pair", the reason unsaid)
         why = "".join(f"; several files stand for {rel}" for rel in report["ambiguous"])

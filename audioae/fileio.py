@@ -131,6 +131,9 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is an existing file; -o names the folder the files are written into")
     blocked = file_in_the_way(out)
+    if blocked is not None and blocked.is_symlink() and not blocked.exists():  # was "... is a file"
+        raise ValueError(f"cannot make the output folder {out}: {blocked} is a link to {os.readlink(blocked)}, "
+                         f"which does not exist")
     if blocked is not None:
         raise ValueError(f"cannot make the output folder {out}: {blocked} is a file")
     for src in map(Path, inputs):

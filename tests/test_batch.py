@@ -241,8 +241,8 @@ def test_a_recording_whose_header_was_never_finished_is_not_called_empty(tmp_pat
     recs = by_input(tmp_path / "out")
     unfinished = (f"{src / 'take.wav'}: its header says the audio is empty, but 16,000 bytes of it follow: a "
                   f"recording whose header was never finished")
-    assert s["error"] == 2 and recs["take.wav"]["error"].startswith(unfinished)
-    assert recs["empty.wav"]["error"] == f"{src / 'empty.wav'}: the audio is empty (0 samples)"
+    assert s["error"] == 1 and recs["take.wav"]["error"].startswith(unfinished)
+    assert recs["empty.wav"]["status"] == "ok"  # really empty: an empty output (test_batch_messy.py)
     task = FileTask(str(src / "take.wav"), str(tmp_path / "o.wav"), "take.wav")  # bytes, as the Ray engine reads
     assert FileDenoiser(load_checkpoint(causal_ckpt)).run(task, bytes(raw)).error.startswith(unfinished)
     with pytest.raises(AudioError, match="header was never finished"):  # as audioae eval reads
@@ -836,7 +836,9 @@ def test_a_recording_reached_by_two_names_gets_a_manifest_line_for_each_output(t
     s = run_denoise([src], out, DenoiseOptions(model=str(causal_ckpt), progress=False))
     recs = read_manifest(out / "audioae-manifest.jsonl")
     made = outputs(out)
-    assert {"top.wav", "top-link.wav", "again/top.wav"} <= made  # the real folder is searched once, as again/
+    # the real folder is searched once, under its own name; the link to it is not followed (until 2026-12-07:
+    # as again/, the name that came first)
+    assert {"top.wav", "top-link.wav", "sub/deeper/top.wav"} <= made and "again/top.wav" not in made
     assert len(recs) == s["files"] == len(made) + 1  # + the corrupt file
     assert {Path(r["output"]).relative_to(out).as_posix() for r in recs if r["status"] == "ok"} == made
     assert (src / "top-link.wav").as_posix() in {r["input"] for r in recs}

@@ -21,6 +21,7 @@ from ..fileio import FolderHeld, atomic_write_text, hold_folder, holder_of
 from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
+    FOUND_BEFORE_ANY_RUN,
     FileResult,
     MadeWith,
     ManifestWriter,
@@ -33,7 +34,7 @@ from .manifest import (
     summarize,
 )
 from .overwrite import OVERWRITE_NAME, OverwriteRun, begin, finished, overwrite_run, previous_runs, remade
-from .plan import MANIFEST_NAME, FileTask, plan_tasks, remove_stale_parts, split_done
+from .plan import MANIFEST_NAME, PART_SUFFIX, FileTask, plan_tasks, remove_stale_parts, split_done
 from .process import BLOCK_SECONDS, made_from, not_attempted, source_state
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,10 @@ def _refuse_other_settings(done: Sequence[FileTask], made: dict[str, MadeWith], 
     if not stale:
         return
     before = made[stale[0].input]
+    precise = before.describe() == now.describe()  # they differ: say how, where the short form hides it
     raise ValueError(
-        f"{out} already holds {len(stale)} output(s) made with other settings: {before.describe()} "
-        f"(e.g. {stale[0].rel}); this run asks for {now.describe()}. A rerun skips finished outputs, so "
+        f"{out} already holds {len(stale)} output(s) made with other settings: {before.describe(precise)} "
+        f"(e.g. {stale[0].rel}); this run asks for {now.describe(precise)}. A rerun skips finished outputs, so "
         f"they would stay as they were made: pass --overwrite to redo them, or choose another output folder")
 
 
@@ -165,7 +167,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         require_ray()  # before anything is written: without Ray, say how to install it
     else:
         pick_device(options.device)  # --device cuda without a GPU: refused before the folder is made
-    tasks = plan_tasks(inputs, out_dir)
+    left_out: list[tuple[str, str]] = []  # (path, why): what the job did not denoise, and no file's result says
+    tasks = plan_tasks(inputs, out_dir, left_out)
     ckpt = _resolve_model(options.model)
     _check_model_denoises(ckpt)
     data = ckpt.read_bytes()
@@ -173,11 +176,15 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     now = MadeWith(str(ckpt), sha, options.strength)
     out = Path(out_dir)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:  # was a bare "[Errno 13] Permission denied: 'ro/new'"
+        raise PermissionError(f"cannot create the output folder {out}: permission denied (this user may not write "
+                              f"into {Path(exc.filename or out).parent}); choose another output folder") from None
     t0 = time.perf_counter()
     results: list[FileResult] = []
     try:
-        manifest = _run_in(out, tasks, options, ckpt, data, now, results, created)
+        manifest = _run_in(out, tasks, options, ckpt, data, now, results, created, left_out)
     except BaseException:
         if created and not results:  # e.g. a Ray cluster that cannot be reached: leave no folder
             _remove_unused(out)
@@ -187,6 +194,9 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     summary["skipped_found"] = sum(r.status == "skipped" and r.error == FOUND_BEFORE_ANY_RUN for r in results)
     # Of the failed, files passed over once a write had found the disk full (:func:`.process.no_room`).
     summary["not_attempted"] = sum(not_attempted(r) for r in results)
+    # Left out (a folder that cannot be listed, a named pipe, an input changed since its output was
+    # made): until 2026-12-07 warnings alone, and the job exited 0 as if it had done every file.
+    summary["left_out"] = [{"path": path, "why": why} for path, why in left_out]
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -200,6 +210,45 @@ def _remove_unused(out: Path) -> None:
                 (out / name).unlink()
     with contextlib.suppress(OSError):
         out.rmdir()  # only if nothing else is in it
+
+
+CASE_PROBE_PREFIX = ".audioae-case-probe-"  # :func:`.plan.ignores_case`'s
+
+
+def own_name_clash(rel: str) -> str:
+    """What of the tool's own an output at ``rel`` (relative to OUT) would take the name of, or "".
+    The job keeps these in OUT (a nested job's lock in a folder under it: :func:`_refuse_nested_jobs`);
+    ``.NAME.part``: an output's temporary name (:func:`.plan.part_path`; :func:`.fileio.atomic_open`'s
+    ``.NAME.XXXXXXXX.part``), which a rerun deletes as what a killed run left. Until 2026-12-07 such
+    an input (named on the command line: a folder search skips hidden names) was denoised over the
+    tool's file: an output named ``audioae-manifest.jsonl`` broke the folder for every later run."""
+    owned = {MANIFEST_NAME: "the manifest", LOCK_NAME: "the job's lock", OVERWRITE_NAME: "the --overwrite record",
+             JOURNAL_NAME: "the folder of in-flight markers"}
+    for part in Path(rel).parts:
+        what = owned.get(part) or owned.get(part.casefold())  # casefold: a disk that ignores case
+        if what:
+            return f"{what} ({part})"
+        if part.startswith(CASE_PROBE_PREFIX):
+            return f"the probe that tells whether the disk ignores case ({part})"
+    name = Path(rel).name
+    if name.startswith(".") and name.lower().endswith(PART_SUFFIX):
+        return f"{name}, the name of an output's temporary file, which a rerun deletes as a killed run's leftover"
+    return ""
+
+
+def _refuse_own_names(tasks: Sequence[FileTask]) -> tuple[list[FileTask], list[FileResult]]:
+    """``(tasks, refused)``: the tasks whose output takes a name of the tool's own
+    (:func:`own_name_clash`) fail, each with its error, and nothing is written for them."""
+    kept, refused = [], []
+    for t in tasks:
+        clash = own_name_clash(t.rel)
+        if clash:
+            refused.append(FileResult(t.input, t.output, "error", f"{t.input}: not denoised, its output {t.rel} would "
+                                      f"clash with a file the tool keeps in the output folder: {clash}; rename the "
+                                      f"input (e.g. to a name ending in .wav) and run again"))
+        else:
+            kept.append(t)
+    return kept, refused
 
 
 def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
@@ -220,9 +269,11 @@ def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
 
 
 def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt: Path, data: bytes,
-            now: MadeWith, results: list[FileResult], created: bool = False) -> ManifestWriter:
+            now: MadeWith, results: list[FileResult], created: bool = False,
+            left_out: list[tuple[str, str]] | None = None) -> ManifestWriter:
     """The job inside its locked folder; appends to ``results`` as files finish. ``created``: the
-    job made ``out``, which it removes if it fails before any result (:func:`_remove_unused`)."""
+    job made ``out``, which it removes if it fails before any result (:func:`_remove_unused`).
+    ``left_out``: where the inputs changed since their outputs were made are appended."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
         _refuse_nested_jobs(out, tasks)
@@ -233,6 +284,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
+        tasks, refused = _refuse_own_names(tasks)
+        remove_stale_parts(tasks)  # before outputs are asked for: a .part is never a finished output
         inputs_then = previous_inputs(earlier)
         run = None  # the --overwrite run this job makes outputs for
         if options.overwrite:
@@ -248,8 +301,10 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             log.warning("%d input(s) changed after their outputs were made (e.g. %s): skipped all the same, as every "
                         "output that exists is; pass --overwrite to redo them, or delete those outputs",
                         len(changed), changed[0].rel)
+            if left_out is not None:
+                left_out.extend((t.input, f"changed after its output {t.rel} was made; that output is kept as it "
+                                          f"was (--overwrite redoes it)") for t in changed)
         changed_inputs = {t.input for t in changed}
-        remove_stale_parts(tasks)
         manifest = ManifestWriter(out / MANIFEST_NAME)
         durations, warnings = previous_durations(earlier), previous_warnings(earlier)
         runs = previous_runs(earlier)
@@ -257,6 +312,9 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         try:
             if run is not None:  # before any output is replaced: a rerun after a stop goes on with this run
                 begin(out, run)
+            for r in refused:
+                results.append(r)
+                manifest.write(r)
             for t in done:
                 before = made.get(t.input)
                 if t.input in others:  # recorded as what it is, so that a later --overwrite is refused too
@@ -312,10 +370,6 @@ def _overwrite_todo(out: Path, tasks: Sequence[FileTask], earlier: list[dict], n
                     "and run again", run.started, len(kept), kept[0].rel, out / OVERWRITE_NAME)
     keep = set(kept)
     return run, [t for t in tasks if t not in keep], kept
-
-
-# What the "skipped" line of a file found under an output's name says, run after run.
-FOUND_BEFORE_ANY_RUN = "found under its output's name before any run: not made by one"
 
 
 def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], fresh: bool,

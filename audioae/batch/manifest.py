@@ -25,6 +25,8 @@ from ..fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "skipped", "error")
+# What the "skipped" line of a file found under an output's name says, run after run.
+FOUND_BEFORE_ANY_RUN = "found under its output's name before any run: not made by one"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ class FileResult:
         if d["duration"] is not None:
             d["duration"] = round(d["duration"], 4)
         return json.dumps(d)
+
+
+def made_by_runs(records: Iterable[dict]) -> set[str]:
+    """The outputs a manifest's lines say a run made: every line's output but those of files found
+    under an output's name before any run (:data:`FOUND_BEFORE_ANY_RUN`), which are someone's own."""
+    return {r["output"] for r in records if isinstance(r.get("output"), str)
+            and r.get("error") != FOUND_BEFORE_ANY_RUN}
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
@@ -152,7 +161,11 @@ class MadeWith:
     def differs(self, other: MadeWith) -> bool:
         return (self.sha256, self.strength) != (other.sha256, other.strength)  # the path may move
 
-    def describe(self) -> str:
+    def describe(self, precise: bool = False) -> str:
+        """For people; ``precise``: the whole sha256 and the strength as Python reads it back (repr),
+        for two settings that differ but read alike (0.3 and 0.30000000000000004 both print "0.3")."""
+        if precise:
+            return f"{Path(self.model).name} (sha256 {self.sha256}) at strength {self.strength!r}"
         return f"{Path(self.model).name} (sha256 {self.sha256[:12]}) at strength {self.strength:g}"
 
 

@@ -1,8 +1,8 @@
 """Which files a folder job reads and where each one's output goes.
 
 Folders are searched recursively for audio (WAV, FLAC, OGG, MP3, ...: what libsndfile here reads
-and writes; not into another run's output folder, which
-its manifest marks); a file named on the command line is taken as is. Each output keeps its
+and writes; not the outputs another run's manifest lists in the folder it wrote into); a file
+named on the command line is taken as is. Each output keeps its
 input's path relative to the folder it was found in (a file given directly goes to
 ``OUT/<name>``). The plan refuses, before any work starts, to overwrite an
 input or to write two inputs to one output.
@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from ..audio import AUDIO_EXTENSIONS, is_audio_name, not_a_file, walk_audio
 from ..fileio import check_named, check_output_folder, nearest_existing, temp_name
+from .manifest import made_by_runs, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,19 @@ def ignores_case(folder: Path) -> bool:
 
 
 def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[[Path], str] = str,
+              elsewhere: Collection[Path] = (), left_out: list[tuple[str, str]] | None = None,
               ) -> list[tuple[Path, str]]:
     """Audio files under ``folder`` (audio.walk_audio: sorted, recursive, linked folders
-    followed once) with their relative paths, skipping OUT when it lies inside ``folder`` (a
-    rerun would otherwise take its own outputs as inputs), and skipping a subfolder that holds
-    another run's manifest: denoised copies, not recordings. The audio files an OUT inside
+    followed once, not into ``elsewhere``: the other input folders) with their relative paths,
+    skipping OUT when it lies inside ``folder`` (a
+    rerun would otherwise take its own outputs as inputs), and in a subfolder that holds
+    another run's manifest, the outputs it lists (denoised copies, not recordings; the whole
+    subfolder where its manifest cannot be read or lists none there, as for a folder moved
+    since). Until 2026-12-07 every such subfolder was skipped: a recording that sat in a folder
+    once used as ``-o`` was never denoised again. The audio files an OUT inside
     ``folder`` holds before any run (no manifest yet) are recordings: added to ``recordings``
     (as ``fold`` keys their real paths: :func:`plan_tasks`)."""
+    made: set[str] = set()  # the outputs earlier runs' manifests list (real paths)
 
     def prune(here: Path, filenames: list[str]) -> bool:
         if fold(here.resolve()) == fold(out_dir):
@@ -112,13 +119,23 @@ def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[
                 recordings.update(fold(_real(f)) for f in found)
             return True
         if here != folder and MANIFEST_NAME in filenames:
-            log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s); name it as an input "
-                        "to denoise it anyway", here, MANIFEST_NAME)
-            return True
+            real = here.resolve()
+            try:
+                listed = {o for o in made_by_runs(read_manifest(here / MANIFEST_NAME)) if Path(o).is_relative_to(real)}
+            except (OSError, UnicodeDecodeError):
+                listed = set()
+            if not listed:
+                log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s) and its manifest names none "
+                            "of them there; name it as an input to denoise it anyway", here, MANIFEST_NAME)
+                return True
+            log.info("%s: the %d output(s) its %s lists are left out, the other files in it searched", here,
+                     len(listed), MANIFEST_NAME)
+            made.update(listed)
         return False
 
     resolved: dict[Path, Path] = {}  # each folder resolved once, not once per file in it
-    return [(found_at(path, resolved), rel) for path, rel in walk_audio(folder, prune)]
+    found = [(found_at(path, resolved), rel) for path, rel in walk_audio(folder, prune, elsewhere, left_out)]
+    return [(src, rel) for src, rel in found if str(src) not in made] if made else found
 
 
 def found_at(path: Path, resolved: dict[Path, Path] | None = None) -> Path:
@@ -167,6 +184,20 @@ def _unsearchable(path: Path) -> str:
     return "Permission denied"
 
 
+def _missing(path: Path) -> str:
+    """Why an input named on the command line is not there, in the words a file found in a folder
+    gets (:func:`.process._open`): a link loop, a link to nothing, or no such name. Until
+    2026-12-07 each was "no such file or folder"."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{path}: a symbolic link loop (it leads back to itself through {os.readlink(path)})"
+        return f"{path}: a link to {os.readlink(path)}, which does not exist"
+    return f"{path}: no such file or folder"
+
+
 def _check_output_folder(out: Path) -> None:
     """OUT is a folder: refuse an existing file, and a new name that looks like an audio file
     (``-o clean.wav`` would otherwise become a folder called ``clean.wav``)."""
@@ -177,8 +208,11 @@ def _check_output_folder(out: Path) -> None:
                          f"its own name)")
 
 
-def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> list[FileTask]:
-    """Map every input file (folders searched recursively) to its output under ``out_dir``.
+def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+               left_out: list[tuple[str, str]] | None = None) -> list[FileTask]:
+    """Map every input file (folders searched recursively) to its output under ``out_dir``;
+    ``left_out``: where the folder search appends what it could not take (``(path, why)``:
+    :func:`~audioae.audio.walk_audio`).
 
     Raises FileNotFoundError for a missing input and ValueError when ``out_dir`` is a file or a
     new name with an audio extension, when an output would overwrite an input, when two
@@ -197,6 +231,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
     pairs: list[tuple[Path, str]] = []
     empty: list[Path] = []  # input folders without audio files
     recordings: set[str] = set()  # audio files in an OUT inside an input folder before any run (fold keys)
+    folders = [Path(item).resolve() for item in inputs if os.path.isdir(item)]  # a link into one is not followed
     for item in inputs:
         p = Path(item)
         try:
@@ -210,7 +245,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
             if fold(p.resolve()) == fold(out):
                 raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
                                  f"outputs would overwrite inputs")
-            found = _discover(p, out, recordings, fold)
+            found = _discover(p, out, recordings, fold, [f for f in folders if f != p.resolve()], left_out)
             if not found:
                 empty.append(p)
             pairs.extend(found)
@@ -219,7 +254,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) 
         elif what := not_a_file(p):  # reading a named pipe waits for a writer, a device's never ends
             raise ValueError(f"{p}: is {what}, not a file; denoise a recording saved to a file")
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise FileNotFoundError(_missing(p))
     tasks, by_output, by_input = [], {}, {}
     # Names, and the files they are: found_at resolved each one's folder, so only a link differs
     # (an lstat per input, not a realpath's one per folder above it: thousands of inputs).

@@ -121,15 +121,35 @@ def _open(task: FileTask, data: bytes | None, before: SourceState | None = None)
                        path=task.input) from exc
 
 
-def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAudio:
-    """Refuse a header no output can be made from; else what its output needs to know."""
+def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAudio | None:
+    """Refuse a header no output can be made from; else what its output needs to know. None: a
+    file whose audio is empty (0 samples, and no sign of more: :func:`~audioae.audio.empty_audio`),
+    whose output is empty too (:func:`_write_empty`)."""
     if not (MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE):
         raise AudioError(f"{task.input}: sample rate {f.samplerate} Hz is outside "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
     source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
-        raise empty_audio(task.input, source, f.format)
+        error = empty_audio(task.input, source, f.format)
+        if str(error) == f"{task.input}: the audio is empty (0 samples)":
+            return None
+        raise error  # an unfinished header, an Ogg cut short: the audio is not all there
     return held_audio(source, f, task.input)  # an MP3's frames or an Ogg's pages walked, mapped
+
+
+def _write_empty(task: FileTask, f: sf.SoundFile, t0: float, before: SourceState | None) -> FileResult:
+    """An input of 0 samples becomes an output of 0 samples, of its format, rate and channels:
+    until 2026-12-07 it failed on every run ("the audio is empty"), and a folder holding one could
+    never finish clean."""
+    fmt, subtype = output_format(f.format, f.subtype, task.input)
+    writer = _PartWriter(task, f.samplerate, f.channels, fmt, subtype, f.copy_metadata())
+    try:
+        check_unchanged(task.input, before)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, 0.0, **made_from(before))
 
 
 def _warning(task: FileTask, held: HeldAudio) -> str:
@@ -375,7 +395,13 @@ class FileDenoiser:
         try:
             before = source_state(task.input) if data is None else None  # bytes a read stage fetched cannot change
             with _open(task, data, before) as f:
-                return self._no_room(task, f) or self._run_open(task, f, _check_header(task, f, data), t0, before)
+                passed = self._no_room(task, f)
+                if passed is not None:
+                    return passed
+                held = _check_header(task, f, data)
+                if held is None:
+                    return _write_empty(task, f, t0, before)
+                return self._run_open(task, f, held, t0, before)
         except Exception as exc:  # one bad file must never stop the job
             return _failed(task, exc, t0)
 
@@ -466,6 +492,8 @@ class FileDenoiser:
                           before: SourceState | None) -> _Decoded | FileResult:
         """A short file read whole for its batch; a long one denoised now, streamed (bounded memory)."""
         held = _check_header(task, f, data)
+        if held is None:
+            return _write_empty(task, f, t0, before)
         if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
             return self._run_open(task, f, held, t0, before)
         return self._decode(task, data, f, t0, held, before)
