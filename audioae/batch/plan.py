@@ -51,14 +51,6 @@ def part_path(output: str | os.PathLike) -> Path:
     return out.with_name(temp_name(out.name, PART_SUFFIX))
 
 
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
-
-
 def _audio_in(folder: Path) -> list[Path]:
     """The audio files in ``folder`` and the folders under it."""
     return [p for p in folder.rglob("*") if is_audio_name(p) and p.is_file()]
