@@ -485,11 +485,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if isinstance(first, Unparsed):
             raise Abort(INVALID, f"{first_message}: {first.refusal()}")
         if first.WhichOneof("msg") != "config":
-            raise Abort(
-                INVALID,
-                "the first message must be a StreamConfig (model, sample_rate, channels, "
-                "format); audio came first",
-            )
+            # was "...; audio came first" for a message with neither field set too
+            came = "audio came first" if first.WhichOneof("msg") == "audio" else \
+                "the 1st message is empty (neither a StreamConfig nor audio)"
+            raise Abort(INVALID, f"the first message must be a StreamConfig (model, sample_rate, channels, format); {came}")
         cfg = first.config
         sm = self.store.streamer(cfg.model)
         strength = self._strength(cfg)

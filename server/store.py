@@ -214,10 +214,13 @@ class ModelStore:
     def streamer(self, name: str) -> ServedModel:
         m = self.audio_model(name, self.default_denoiser, "stream")
         if not m.streams:
+            streamers = ", ".join(n for n, s in self.models.items() if s.streams) or "(none)"
+            # A sparse dictionary's Denoise is only its reconstruction, noise included: never advised
+            # (was "use Denoise, or one of: ..." for decomposer-small too).
+            instead = "" if m.decomposes else "use Denoise, or "
             raise Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"model {m.name!r} is not causal and cannot stream; use Denoise, or one of: "
-                f"{', '.join(n for n, s in self.models.items() if s.streams) or '(none)'}",
+                f"model {m.name!r} is not causal and cannot stream; {instead}models that stream: {streamers}",
             )
         return m
 

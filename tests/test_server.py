@@ -698,7 +698,13 @@ _CFG = pb.StreamConfig(model="tiny", sample_rate=16000, channels=1, format=pb.FL
 _AUDIO = pb.StreamDenoiseRequest(audio=np.zeros(160, "<f4").tobytes())
 BAD_STREAM = {
     "empty stream": ([], CODE.INVALID_ARGUMENT, "empty stream"),
-    "audio first": ([_AUDIO], CODE.INVALID_ARGUMENT, "first message must be a StreamConfig"),
+    "audio first": ([_AUDIO], CODE.INVALID_ARGUMENT, "first message must be a StreamConfig (model, sample_rate, "
+                                                      "channels, format); audio came first"),
+    "empty first message": (  # was "...; audio came first", though none came
+        [pb.StreamDenoiseRequest(), _AUDIO], CODE.INVALID_ARGUMENT,
+        "the first message must be a StreamConfig (model, sample_rate, channels, format); the 1st message is empty "
+        "(neither a StreamConfig nor audio)",
+    ),
     # Messages are counted from 1, the StreamConfig being the 1st, and audio chunks from 1 as the
     # client counts them: a second config was "message 1" (zero-based), its first audio "chunk 1".
     "config twice": ([pb.StreamDenoiseRequest(config=_CFG)] * 2, CODE.INVALID_ARGUMENT,
@@ -718,7 +724,16 @@ BAD_STREAM = {
             )
         ],
         CODE.INVALID_ARGUMENT,
-        "not causal",
+        "model 'conv' is not causal and cannot stream; use Denoise, or models that stream: tiny",
+    ),
+    "a decomposer": (  # was "...; use Denoise, or one of: tiny", where its Denoise is only its reconstruction
+        [
+            pb.StreamDenoiseRequest(
+                config=pb.StreamConfig(model="dict", sample_rate=16000, channels=1, format=pb.FLOAT32)
+            )
+        ],
+        CODE.INVALID_ARGUMENT,
+        "model 'dict' is not causal and cannot stream; models that stream: tiny",
     ),
     "unknown model": (
         [

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 import urllib.request
 
 import grpc
@@ -102,3 +104,10 @@ def test_serve_help_shows_the_defaults(capsys):
     for default in ("default: 127.0.0.1", "default: 50051", "in MB (default: 64)", "default: 30)", "default: 60)",
                     "default: 32)", "default: off"):
         assert default in text, (default, text)
+
+
+def test_python_m_audioae_runs_the_cli():
+    # was: "No module named audioae.__main__"; now `python -m audioae` is the `audioae` console script
+    proc = subprocess.run([sys.executable, "-m", "audioae", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: audioae") and "serve" in proc.stdout, proc.stdout

@@ -147,6 +147,31 @@ def test_an_idle_stream_is_ended_with_its_audio_answered_and_frees_its_slot(tiny
         srv.stop()
 
 
+def test_empty_audio_chunks_keep_an_idle_stream_open_unanswered(tiny):
+    # A client with nothing to send (a muted microphone) sends audio=b"" to keep its stream: each is
+    # taken as no frames, answered with nothing, and restarts the --stream-idle-seconds wait.
+    srv = _server(tiny, stream_idle_seconds=1.0)
+    try:
+        x = _speech(0.5)
+
+        def muted_for_a_while():  # 2 s without audio, over the 1 s idle limit
+            yield _config()
+            yield _audio(x[:4000])
+            for _ in range(5):
+                time.sleep(0.4)
+                yield pb.StreamDenoiseRequest(audio=b"")
+            yield _audio(x[4000:])
+
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            got, err = _collect(audioae_pb2_grpc.AudioAEStub(ch).StreamDenoise(muted_for_a_while(), timeout=60))
+        assert err is None, err
+        assert len(got) <= 3 and all(r.audio for r in got)  # two chunks of audio and the tail; never an empty answer
+        assert got[-1].samples_in == got[-1].samples_out == len(x)
+        np.testing.assert_allclose(_samples(got), denoise(load_checkpoint(tiny), x, SR), atol=1e-4)
+    finally:
+        srv.stop()
+
+
 def test_a_drain_ends_an_open_stream_with_its_audio_answered(tiny, caplog):
     # was: a live stream got gRPC's bare "Cancelling all calls" when --drain-seconds ran out, and
     # the audio the model still held back was never returned

@@ -78,7 +78,8 @@ class AudioAEServicer:
 
     def StreamDenoise(self, request_iterator, context):
         """First message: a StreamConfig; then PCM chunks of any whole number of frames. Cleaned PCM
-        comes back as soon as it is ready; closing the sending side flushes the tail.
+        comes back as soon as it is ready; closing the sending side flushes the tail. See
+        StreamDenoiseResponse for how answers follow messages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
