@@ -31,6 +31,14 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _device(text: str) -> str:
+    """argparse type of every --device: auto, cpu, cuda or cuda:N (whether torch sees that device
+    is the command's to say: pick_device, once the command runs)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def _count(text: str) -> int:
     """argparse type: a whole number, 0 or more (0 meaning "all" where the help says so)."""
     value = _whole_number(text)
@@ -132,7 +140,7 @@ def _add_train(sub) -> None:
                    help="override, e.g. --set train.steps=100 --set model.config.hidden=64")
     p.add_argument("--out", help="output folder (train.out_dir)")
     p.add_argument("--steps", type=int, help="train.steps")
-    p.add_argument("--device", help="auto | cpu | cuda (train.device)")
+    p.add_argument("--device", type=_device, help="auto | cpu | cuda[:N] (train.device)")
     p.add_argument("--no-resume", action="store_true", help="start over, removing the checkpoints and log of a run already in the folder")
     p.set_defaults(func=_cmd_train)
 
@@ -214,7 +222,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("--model", help="shipped model name or .safetensors path (default: denoiser-small)")
     p.add_argument("--strength", type=float, default=1.0,
                    help="1: full denoising; lower blends the input back in (an attenuation limit)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local processes, or a Ray Data pipeline (pip install 'audioae[ray]')")
     p.add_argument("--workers", type=int, default=1, help="local: worker processes; ray: actors")
@@ -675,7 +683,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--models", nargs="+", default=[], metavar="MODEL",
                    help="shipped names, .safetensors paths or NAME=PATH (default: the shipped denoiser "
                         "and decomposer)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N] (default: %(default)s)")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
                    help="channel-seconds of audio run together in one batch (0: no batching; default: %(default)g)")
     p.add_argument("--max-delay-ms", type=float, default=10.0,

@@ -310,13 +310,22 @@ def checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tu
     return x, squeeze
 
 
+# What CUDA's libraries say when their own allocation fails (a workspace, a handle) on a full GPU:
+# torch raises a plain RuntimeError with it, not OutOfMemoryError, e.g. "CUDA error:
+# CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+LIBRARY_ALLOC_FAILURES = ("cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cufft_alloc_failed",
+                          "cusolver_status_alloc_failed", "cusparse_status_alloc_failed")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is the host or the device running out of memory (torch raises a plain
-    RuntimeError for the CPU allocator and MPS, ``torch.cuda.OutOfMemoryError`` for CUDA)."""
+    RuntimeError for the CPU allocator, MPS and cuBLAS/cuDNN/cuFFT allocation failures,
+    ``torch.cuda.OutOfMemoryError`` for its CUDA allocator)."""
     if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or any(name in text for name in LIBRARY_ALLOC_FAILURES))
 
 
 def release_device_memory() -> None:

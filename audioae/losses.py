@@ -6,6 +6,7 @@ with the same values."""
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
 import numpy as np
@@ -60,6 +61,29 @@ def _impulse_response(b, a, taps: int) -> torch.Tensor:
     impulse = np.zeros(taps)
     impulse[0] = 1.0
     return torch.as_tensor(scipy.signal.lfilter(np.asarray(b, np.float64), np.asarray(a, np.float64), impulse), dtype=torch.float32)
+
+
+# weight name -> (the modules its proxy imports, the distribution that brings them)
+PROXY_MODULES = {"pesq_weight": (("torch_pesq",), "torch-pesq"),
+                 "stoi_weight": (("torch_stoi", "torch_stoi.stoi"), "torch-stoi")}
+
+
+def check_proxy_imports(weights: dict[str, float]) -> None:
+    """Raise RuntimeError naming the install when a perceptual term is weighted (``weights``:
+    e.g. ``{"pesq_weight": 0.1}``) and its package does not import: run as a config check, not at
+    the first step, after the corpus was loaded and run.json written."""
+    missing = []
+    for key, weight in weights.items():
+        if weight and key in PROXY_MODULES:
+            modules, dist_name = PROXY_MODULES[key]
+            try:
+                for module in modules:
+                    importlib.import_module(module)
+            except ImportError as exc:
+                missing.append(f"train.{key}={weight:g} needs {dist_name} ({exc})")
+    if missing:
+        raise RuntimeError("; ".join(missing) + ": install the train extra, pip install -e '.[train]' "
+                           "(or pip install 'audioae[train]'), or set the weight to 0")
 
 
 def _fast_pesq_class():

@@ -621,7 +621,10 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Autoencod
     (the average a resumed run saved) when given; otherwise its first update copies the weights."""
     if not decay:
         return None
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    # device=: the copy is moved (.to) where the model is, which also re-packs a GRU's weights into
+    # cuDNN's one buffer; a bare deepcopy leaves them unpacked ("not part of single contiguous chunk")
+    device = next(model.parameters()).device
+    ema = AveragedModel(model, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay))
     if resume_from is not None:
         ema.module.load_state_dict(resume_from.state_dict())
         ema.n_averaged.fill_(1)  # not 0: the next update averages instead of copying
@@ -761,6 +764,10 @@ def _maybe_init_distributed(device: torch.device) -> bool:
 
 
 MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops
+# float16 steps in a row the GradScaler skipped for overflow before training stops: a few at the start
+# are its calibration (65536 halves until the gradients fit); 40 halve it to 2**-24, where no
+# overflow is left to calibrate and the gradients themselves are inf/NaN
+MAX_SCALER_SKIPS = 40
 LOG_EVERY = 50  # steps between log.jsonl records (and validation steps)
 
 
@@ -998,6 +1005,10 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    elif device.type == "cuda" and device.index is not None:
+        # one process on cuda:N: the current device too, or cuDNN handles, AMP's scaler and any
+        # bare "cuda" tensor (torch.cuda.* calls without a device) land on cuda:0
+        torch.cuda.set_device(device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -1007,6 +1018,7 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     check_corruption_inputs(run, model)
+    losses.check_proxy_imports({"pesq_weight": tc.pesq_weight, "stoi_weight": tc.stoi_weight})
     for name in ("segment_seconds", "val_seconds"):  # 0 samples was numpy's "zero-size array to reduction ..."
         samples = int(getattr(run.data, name) * model.config.sample_rate)
         if samples < model.config.n_fft:
@@ -1140,6 +1152,7 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
                            _phase_of(tc, phase_start, phase_minutes))
 
     skipped = bad_in_a_row = 0
+    scaler_skipped = overflow_in_a_row = 0  # float16 steps its GradScaler skipped (overflow)
     val_inputs = True  # score the input at the first validation; its scores, the same at every one, after
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
@@ -1167,10 +1180,23 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
                     group["lr"] = decayed_lr(tc, done)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if _apply_gradients(model, opt, scaler, tc.grad_clip, loss):
-                bad_in_a_row = 0
+            outcome = _apply_gradients(model, opt, scaler, tc.grad_clip, loss)
+            if outcome == "applied":
+                bad_in_a_row = overflow_in_a_row = 0
                 if ema is not None:
                     ema.update_parameters(model)
+            elif outcome == "overflow":  # fp16's scaler skipped it: not counted as bad, but no update to average
+                scaler_skipped += 1
+                overflow_in_a_row += 1
+                if overflow_in_a_row >= MAX_SCALER_SKIPS:
+                    if rank == 0:
+                        resume_point(None)
+                    if world > 1:
+                        dist.barrier()
+                    raise FloatingPointError(
+                        f"{out}: float16's GradScaler skipped {overflow_in_a_row} steps in a row on inf/NaN gradients "
+                        f"(up to step {step + 1}, loss scale now {scaler.get_scale():g}); last.safetensors holds the "
+                        f"last applied weights. train.amp_dtype=\"bfloat16\" or train.amp=false runs without it.")
             else:
                 skipped += 1
                 bad_in_a_row += 1
@@ -1201,7 +1227,9 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
             record = None
             if validating or step % LOG_EVERY == 0:
                 record = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()},
-                          "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {})}
+                          "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {}),
+                          **({"scaler_skipped": scaler_skipped, "loss_scale": scaler.get_scale()}
+                             if scaler.is_enabled() else {})}
             if validating:
                 record["val"] = validate(evaluated, val_set, tc.metrics, val_inputs)
                 val_inputs = {k: v for k, v in record["val"].items() if k.endswith("_in")}
@@ -1242,6 +1270,9 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
                "seconds": time.monotonic() - t0,
                "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
                "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped,
+               # float16 only (else 0 and None): overflow skips are its calibration, not bad steps
+               "scaler_skipped_steps": scaler_skipped,
+               "final_loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
                "minutes_done": minutes_total, "phase_minutes": phase_minutes}
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)
@@ -1254,8 +1285,10 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
 
 
 def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                     grad_clip: float, loss: torch.Tensor) -> bool:
-    """Clip and apply the gradients; False when the step was bad and nothing was applied.
+                     grad_clip: float, loss: torch.Tensor) -> str:
+    """Clip and apply the gradients. Returns "applied"; "bad" when the step was bad and nothing
+    was applied; "overflow" when float16's GradScaler skipped it (inf/NaN gradients at its scale,
+    which it has now lowered): nothing was applied either.
 
     Bad: a non-finite loss or gradient norm. The loss counts too: log(x) of a negative x is NaN
     and its gradient 1/x finite, so a KL sparsity penalty with a target outside (0, 1) trained
@@ -1281,7 +1314,14 @@ def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler:
     elif good:
         opt.step()
     scaler.update()  # after unscale_ alone too: an overflow still lowers the scale
-    return good
+    if not good:
+        return "bad"
+    # The scaler's own test (found_inf) is for inf/NaN in the unscaled gradients, which make their
+    # norm inf/NaN: the same verdict, without its private state. Under DDP the gradients, and so
+    # the norm, are the same on every rank. (bool(finite) above already waited for the device.)
+    if scaler.is_enabled() and not bool(torch.isfinite(norm)):
+        return "overflow"
+    return "applied"
 
 
 def _amp_dtype(name: str) -> torch.dtype:

@@ -37,6 +37,13 @@ A few device minutes can go to chosen checks only (CUDA):
 itself, 40 s each with its mixers on threads, in worker processes, and in processes with bf16
 autocast: which of ``train.loader_processes`` and ``train.amp`` buys more steps per minute.
 
+Before any check the JSON gets a ``preflight`` (torch, CUDA and cuDNN versions, the device, the
+TF32 settings, which optional packages import); each check then writes its figures as it finishes,
+with its seconds and peak of allocated device memory (``check_seconds``, ``max_memory_allocated_mb``).
+A check that fails leaves ``{"error": ...}`` in its place (or beside what it had kept) and the next
+one runs. ``--dry-run`` writes the preflight and the checks a run would make, on any machine: the
+first command on a fresh GPU box. Paths are the repository's, from any folder.
+
 The proxy timing alone also runs on a CPU (``--proxy-speed-only``), e.g. on one thread at
 training's CPU batch:
 
@@ -49,10 +56,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import math
 import os
+import platform
 import tempfile
 import time
+import traceback
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,84 +74,165 @@ from audioae.fileio import atomic_write_json
 from audioae.models import build_model
 from audioae.train import batch_loss, corrupt_batch, load_run_config, train
 
+REPO = Path(__file__).resolve().parent.parent  # configs and weights are found from any folder
+# What the checks import beyond the core package: a fresh box without the [train] extra lost every
+# figure to proxy_speed's ModuleNotFoundError before this was recorded first.
+EXTRAS = {"torch_pesq": "train", "torch_stoi": "train", "pesq": "metrics", "pystoi": "metrics",
+          "grpc": "server", "soundfile": "core"}
+
 
 def _clips(n: int, seconds: float, sr: int = 16000) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [(0.1 * rng.standard_normal((1, int(seconds * sr)))).astype(np.float32) for _ in range(n)]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="benchmarks/results/gpu.json")
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(REPO / "benchmarks/results/gpu.json"))
     p.add_argument("--proxy-speed-only", action="store_true", help="time the perceptual proxies on any device, then stop")
     p.add_argument("--batch", type=int, default=256, help="rows per proxy call (--proxy-speed-only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--only", nargs="+", choices=TRAINING_CHECKS,
+    p.add_argument("--only", nargs="+", choices=ALL_CHECKS,
                    help="run just these checks (CUDA), e.g. to spend a few device minutes on one open question")
-    p.add_argument("--data", default="corpus", help="loader_speed's corpus (train/ and val/), e.g. a packed copy")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write the preflight (versions, device, extras) and the checks a run would make, run none "
+                        "(any machine): what to look at before spending device minutes")
+    p.add_argument("--data", default=str(REPO / "corpus"), help="loader_speed's corpus (train/ and val/), e.g. a packed copy")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                    help="finite_training's precisions (each takes about a minute on an H200)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
     dev = pick_device("auto")
-    res["device"] = str(dev)
+    res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "device": str(dev)}
+    _keep(res, args.out, "preflight", _preflight())
     if args.proxy_speed_only:
         res["threads"] = torch.get_num_threads()
-        _keep(res, args.out, "proxy_speed", _proxy_speed(dev, batch=args.batch))
+        _run_check(res, args.out, "proxy_speed", lambda: _keep(res, args.out, "proxy_speed", _proxy_speed(dev, batch=args.batch)))
+        return
+    if dev.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(0)
+
+    def throughput() -> None:
+        gpu_model = _model(None, str(dev))
+        clips = _clips(64, 3.0)
+        for label, warm, fn in (
+                ("unbatched", 4, lambda cs: [denoise(gpu_model, c, 16000) for c in cs]),
+                # warmed with batches of 16, the size it times: cuDNN picks its kernels per shape
+                ("batched16", 16, lambda cs: [y for i in range(0, len(cs), 16)
+                                              for y in denoise_batch(gpu_model, [(c, 16000, 1.0) for c in cs[i:i + 16]])])):
+            fn(clips[:warm])
+            _sync(dev)
+            t = time.perf_counter()
+            fn(clips)
+            _sync(dev)
+            _keep(res, args.out, f"{label}_audio_s_per_s", 64 * 3.0 / (time.perf_counter() - t))
+
+    def first_nan_op() -> None:
+        bf16 = res.get("finite_training", {}).get("bfloat16")
+        if isinstance(bf16, dict) and not bf16.get("finite", True):
+            _keep(res, args.out, "first_nan_op", _first_nan_op(dev))
+
+    # every check, in the order a full run takes them; each records its own keys with _keep
+    checks = {
+        "max_abs_diff_cpu_vs_cuda": lambda: _keep(res, args.out, "max_abs_diff_cpu_vs_cuda", _cpu_vs(dev)),
+        "amp_train": lambda: _amp_train(res, args.out),
+        "proxy_speed": lambda: _keep(res, args.out, "proxy_speed", _proxy_speed(dev)),
+        "loss_term_speed": lambda: _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev)),
+        "finite_training": lambda: _finite_training(res, args.out, precisions=args.precisions),
+        "first_nan_op": first_nan_op,  # only where bf16 did not stay finite
+        "throughput": throughput,
+        "folder": lambda: _keep(res, args.out, "folder", _folder_cuda_vs_cpu()),
+        "grpc": lambda: _keep(res, args.out, "grpc", _grpc_on_cuda(_model(None, "cpu"))),
+        "train_speed": lambda: _keep(res, args.out, "train_speed", _train_speed(dev)),
+        "loader_speed": lambda: _loader_speed(res, args.out, args.data),
+    }
+    assert tuple(checks) == ALL_CHECKS
+    # loader_speed needs the corpus: only with --only loader_speed --data DIR
+    chosen = [n for n in checks if n in args.only] if args.only else [n for n in checks if n != "loader_speed"]
+    if args.dry_run:
+        _keep(res, args.out, "planned", chosen)
         return
     if dev.type != "cuda":
-        raise SystemExit("no CUDA device: nothing to check")
-    res["gpu"] = torch.cuda.get_device_name(0)
-    # the training checks, each also runnable alone (--only), in the order the full run takes them
-    training_checks = {"proxy_speed": lambda: _keep(res, args.out, "proxy_speed", _proxy_speed(dev)),
-                       "loss_term_speed": lambda: _keep(res, args.out, "loss_term_speed", _loss_term_speed(dev)),
-                       "finite_training": lambda: _finite_training(res, args.out, precisions=args.precisions),
-                       "loader_speed": lambda: _loader_speed(res, args.out, args.data)}
-    if args.only:
-        for name in (n for n in training_checks if n in args.only):
-            training_checks[name]()
-        return
-    del training_checks["loader_speed"]  # needs the corpus: --only loader_speed --data DIR
+        raise SystemExit(f"no CUDA device: nothing to check (the preflight is in {args.out})")
+    for name in chosen:
+        _run_check(res, args.out, name, checks[name])
 
-    cpu_model = pretrained.load(None)
-    gpu_model = pretrained.load(None, map_location=dev)
+
+def _run_check(res: dict, path: str, name: str, check) -> None:
+    """Run one check; its error, if any, is recorded in its place ({"error": repr}, or beside the
+    partial results it kept) and the next check runs. With its wall seconds and, on CUDA, its peak
+    of allocated device memory."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # a GPU box's one run: every other check must still be made
+        traceback.print_exc()
+        if isinstance(res.get(name), dict):
+            res[name]["error"] = repr(exc)
+        else:
+            res[name] = {"error": repr(exc)}
+        print(name, "failed:", repr(exc), flush=True)
+        if cuda:  # an out-of-memory check must not leave its cached blocks to the next one
+            torch.cuda.empty_cache()
+    res.setdefault("check_seconds", {})[name] = round(time.perf_counter() - t, 2)
+    if cuda:
+        res.setdefault("max_memory_allocated_mb", {})[name] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    atomic_write_json(path, res)
+
+
+def _preflight() -> dict:
+    """What the machine is, before any check: versions, the device, the TF32 settings (they change
+    fp32 figures), and which optional packages import."""
+    out: dict = {"python": platform.python_version(), "torch": torch.__version__, "cuda_build": torch.version.cuda,
+                 "cuda_available": torch.cuda.is_available(), "cwd": os.getcwd(), "repo": str(REPO),
+                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+                 "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                 "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        out.update(device_count=torch.cuda.device_count(), device_name=props.name,
+                   capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
+                   bf16_supported=torch.cuda.is_bf16_supported())
+    imports = {}
+    for module, extra in EXTRAS.items():
+        try:
+            importlib.import_module(module)
+            imports[module] = True
+        except Exception as exc:  # a broken install is as useful to see as a missing one
+            imports[module] = f"{extra}: {exc!r}"
+    out["imports"] = imports
+    return out
+
+
+def _cpu_vs(dev: torch.device) -> float:
+    """The largest sample difference between the shipped denoiser on the CPU and on ``dev``."""
     clip = _clips(1, 10.0)[0]
-    res["max_abs_diff_cpu_vs_cuda"] = float(np.abs(denoise(cpu_model, clip, 16000) - denoise(gpu_model, clip, 16000)).max())
-    print("cuda vs cpu max abs diff", res["max_abs_diff_cpu_vs_cuda"])
+    return float(np.abs(denoise(_model(None, "cpu"), clip, 16000) - denoise(_model(None, str(dev)), clip, 16000)).max())
 
+
+@functools.cache
+def _model(name: str | None, device: str):
+    """A shipped model on ``device``, loaded once for the checks that share it."""
+    return pretrained.load(name, map_location=torch.device(device))
+
+
+def _amp_train(res: dict, path: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        run = load_run_config("configs/tiny-synthetic.toml", [f"train.out_dir=\"{tmp}\"", "train.steps=20",
-                                                               "train.device=\"cuda\"", "train.progress=false",
-                                                               # pesq builds from source: a bare GPU image may lack it
-                                                               'train.metrics=["si_sdr", "stoi"]'])
+        run = load_run_config(str(REPO / "configs/tiny-synthetic.toml"), [
+            f"train.out_dir=\"{tmp}\"", "train.steps=20", "train.device=\"cuda\"", "train.progress=false",
+            # pesq builds from source: a bare GPU image may lack it
+            'train.metrics=["si_sdr", "stoi"]'])
         t = time.perf_counter()
-        res["amp_train"] = train(run, resume=False)
-        res["amp_train"]["wall_s"] = time.perf_counter() - t
+        summary = train(run, resume=False)
+        _keep(res, path, "amp_train", {**summary, "wall_s": time.perf_counter() - t})
         # the same command with more steps resumes: the optimizer state must reach the device too
         # (until 2026-12-06 it stayed on the CPU, and the first resumed step failed)
         resumed = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=30))
-        res["amp_train_resumed"] = {"steps": train(resumed, resume=True)["steps"]}
-    print("AMP training", res["amp_train"], "resumed to step", res["amp_train_resumed"]["steps"])
-    for check in training_checks.values():
-        check()
-    if "bfloat16" in res["finite_training"] and not res["finite_training"]["bfloat16"]["finite"]:
-        _keep(res, args.out, "first_nan_op", _first_nan_op(dev))
-
-    clips = _clips(64, 3.0)
-    for label, fn in (("unbatched", lambda cs: [denoise(gpu_model, c, 16000) for c in cs]),
-                      ("batched16", lambda cs: [y for i in range(0, len(cs), 16)
-                                                for y in denoise_batch(gpu_model, [(c, 16000, 1.0) for c in cs[i:i + 16]])])):
-        fn(clips[:4])
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn(clips)
-        torch.cuda.synchronize()
-        _keep(res, args.out, f"{label}_audio_s_per_s", 64 * 3.0 / (time.perf_counter() - t))
-    _keep(res, args.out, "folder", _folder_cuda_vs_cpu())
-    _keep(res, args.out, "grpc", _grpc_on_cuda(cpu_model))
-    _keep(res, args.out, "train_speed", _train_speed(dev))
+        _keep(res, path, "amp_train_resumed", {"steps": train(resumed, resume=True)["steps"]})
 
 
 def _keep(res: dict, path: str, key: str, value) -> None:
@@ -184,7 +276,9 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
     return out
 
 
-TRAINING_CHECKS = ("proxy_speed", "loss_term_speed", "finite_training", "loader_speed")  # --only's choices
+# --only's choices, in the order a full run takes them (loader_speed: only with --only)
+ALL_CHECKS = ("max_abs_diff_cpu_vs_cuda", "amp_train", "proxy_speed", "loss_term_speed", "finite_training",
+              "first_nan_op", "throughput", "folder", "grpc", "train_speed", "loader_speed")
 # loader_speed's variants of the GPU phase (configs/denoiser-small-gpu.toml: fp32, 12 mixers)
 LOADER_VARIANTS = {"threads": ["train.loader_processes=false"],
                    "processes": ["train.loader_processes=true"],
@@ -199,10 +293,10 @@ def _loader_speed(res: dict, path: str, data: str, seconds: float = 40.0, device
     out: dict = {}
     for label, over in LOADER_VARIANTS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            run = load_run_config("configs/denoiser-small-gpu.toml", [
+            run = load_run_config(str(REPO / "configs/denoiser-small-gpu.toml"), [
                 f'train.out_dir="{tmp}"', f"train.max_minutes={seconds / 60}", "train.progress=false", f'train.device="{device}"',
                 "train.val_every=100000", 'train.metrics=["si_sdr"]', 'train.select_by="si_sdr"',
-                'train.init_from="audioae/pretrained/denoiser-small.safetensors"',
+                f'train.init_from="{REPO / "audioae/pretrained/denoiser-small.safetensors"}"',
                 f'data.clean_dir="{data}/train/speech"', f'data.noise_dir="{data}/train/noise"',
                 f'data.val_clean_dir="{data}/val/speech"', f'data.val_noise_dir="{data}/val/noise"',
                 "data.val_examples=8", *over])
@@ -225,16 +319,19 @@ def _finite_training(res: dict, path: str, steps: int = 40, device: str = "cuda"
     for label in precisions:
         over = PRECISIONS[label]
         with tempfile.TemporaryDirectory() as tmp:
-            run = load_run_config("configs/denoiser-small-w224.toml", [  # the shipped architecture
+            run = load_run_config(str(REPO / "configs/denoiser-small-w224.toml"), [  # the shipped architecture
                 f'train.out_dir="{tmp}"', f"train.steps={steps}", f'train.device="{device}"', "train.progress=false",
                 'train.metrics=["si_sdr"]', 'train.select_by="si_sdr"', "train.batch_size=64", "train.val_every=1000", "train.decay_steps=0",
-                'train.init_from="audioae/pretrained/denoiser-small.safetensors"', 'data.clean_dir=""',
+                f'train.init_from="{REPO / "audioae/pretrained/denoiser-small.safetensors"}"', 'data.clean_dir=""',
                 'data.noise_dir=""', 'data.val_clean_dir=""', 'data.val_noise_dir=""', *over])
             try:
                 summary = train(run, resume=False)
                 val = summary["best_val"]  # SI-SDR; None: validation was NaN (no best checkpoint)
                 finite = summary["skipped_steps"] == 0 and val is not None and math.isfinite(val)
                 out[label] = {"finite": finite, "skipped_steps": summary["skipped_steps"],
+                              # float16: the steps its GradScaler skipped (its calibration) and its last scale
+                              "scaler_skipped_steps": summary["scaler_skipped_steps"],
+                              "final_loss_scale": summary["final_loss_scale"],
                               "val_si_sdr": val, "seconds": summary["seconds"]}
             except FloatingPointError as exc:
                 out[label] = {"finite": False, "error": str(exc)}
@@ -283,7 +380,7 @@ def _loss_term_speed(dev: torch.device, batch: int = 256, steps: int = 5) -> dic
 
     from torch.profiler import ProfilerActivity, profile
 
-    tc = load_run_config("configs/denoiser-small-gpu.toml", ["train.max_minutes=1"]).train
+    tc = load_run_config(str(REPO / "configs/denoiser-small-gpu.toml"), ["train.max_minutes=1"]).train
     variants = {"spectral_sisdr": replace(tc, pesq_weight=0.0, stoi_weight=0.0),
                 "plus_pesq": replace(tc, stoi_weight=0.0), "plus_stoi": replace(tc, pesq_weight=0.0), "all": tc}
     model = pretrained.load(None, map_location=dev).train()
@@ -314,7 +411,7 @@ def _first_nan_op(dev: torch.device, steps: int = 40) -> str:
     backward function that first returned NaN."""
     from audioae.data.mixing import MixConfig, Mixer, synthetic_noise, synthetic_speech
 
-    run = load_run_config("configs/denoiser-small-df5.toml")
+    run = load_run_config(str(REPO / "configs/denoiser-small-df5.toml"))
     model = pretrained.load(None, map_location=dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=run.train.lr)
     mixer = Mixer(synthetic_speech(), synthetic_noise(), 16000, MixConfig(), seed=0)
@@ -366,7 +463,7 @@ def _grpc_on_cuda(cpu_model, n: int = 32, device: str = "cuda") -> dict:
 
 
 def _train_speed(dev: torch.device, steps: int = 30, sizes=((192, 256, 384), (16, 64, 256))) -> dict:
-    run = load_run_config("configs/denoiser-small-df5.toml")
+    run = load_run_config(str(REPO / "configs/denoiser-small-df5.toml"))
     out: dict = {}
     for hidden in sizes[0]:
         for batch in sizes[1]:

@@ -18,7 +18,14 @@
 # that cannot install the Debian packages or take 1.5 GB.
 set -euo pipefail
 usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
-case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac
+case "${1:-}" in -h|--help) usage; exit 0;; esac
+# An option where MINUTES, DATA or OUT belongs: `12 --set ...` made DATA "--set" (and its value OUT)
+for i in 1 2 3; do
+  if [[ "${!i:-}" == -* ]]; then
+    echo "train_denoiser_gpu.sh: ${!i} where $(echo MINUTES DATA OUT | cut -d' ' -f"$i") belongs; give MINUTES, DATA and OUT before any --set" >&2
+    usage >&2; exit 2
+  fi
+done
 cd "$(dirname "$0")/.."
 MINUTES=${1:-7}
 DATA=${2:-corpus}

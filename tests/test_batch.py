@@ -1173,6 +1173,23 @@ def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_pat
     assert not (tmp_path / "out").exists()  # was: an empty manifest and a lock file
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_denoise_takes_cuda_n_as_serve_and_train_do(tmp_path, causal_ckpt, capsys):
+    """Was: argparse refused `denoise --device cuda:0` (choices auto/cpu/cuda) where serve and train
+    took it. Without a GPU it reaches pick_device's refusal, as cuda does."""
+    src = tmp_path / "a.wav"
+    sf.write(src, noisy_signal(np.random.default_rng(0), 0.5, 16000, 1), 16000)
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(causal_ckpt), "--device", "cuda:0",
+                 "--no-progress"]) == 2
+    assert "device 'cuda:0' was asked for, but torch sees no CUDA device" in capsys.readouterr().err
+    for command in (["denoise", str(src), "-o", str(tmp_path / "out")], ["train"], ["serve"]):
+        with pytest.raises(SystemExit) as refused:  # one parser type: the same words on every command
+            main([*command, "--device", "gpu"])
+        assert refused.value.code == 2
+        assert "expected auto, cpu, cuda or cuda:N, got 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_folder_name_taken_by_a_file_fails_those_files_not_the_job(tmp_path, causal_ckpt):
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"

@@ -610,3 +610,18 @@ def test_a_shell_recipe_asked_for_help_prints_its_usage_and_runs_nothing(tmp_pat
     assert run.returncode == 0 and run.stdout.strip(), run.stderr[-2000:]
     assert not list(tmp_path.iterdir())
     assert subprocess.run(["bash", str(ROOT / script), "--nosuch"], capture_output=True, timeout=60).returncode == 2
+
+
+@pytest.mark.parametrize("args, where", [(["12", "--set", "train.session_minutes=8.5"], "DATA"),
+                                         (["12", "corpus", "--set", "train.session_minutes=8.5"], "OUT"),
+                                         (["--set", "train.session_minutes=8.5"], "MINUTES")])
+def test_the_gpu_recipe_refuses_an_option_where_a_folder_belongs(tmp_path, args, where):
+    """Was: `train_denoiser_gpu.sh 12 --set train.session_minutes=8.5` trained with DATA "--set"
+    and OUT "train.session_minutes=8.5" (only $1 was checked for an option)."""
+    import subprocess
+
+    run = subprocess.run(["bash", str(ROOT / "recipes/train_denoiser_gpu.sh"), *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"where {where} belongs" in run.stderr and "[MINUTES] [DATA] [OUT]" in run.stderr, run.stderr
+    assert not list(tmp_path.iterdir())

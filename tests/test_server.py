@@ -639,6 +639,35 @@ def test_out_of_memory_is_told_apart_from_shape_errors():
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later, or send shorter audio" in msg
 
 
+@pytest.mark.parametrize("text", [
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "cuFFT error: CUFFT_ALLOC_FAILED"])
+def test_a_cuda_library_allocation_failure_is_out_of_memory(text, monkeypatch):
+    """Was INTERNAL, and the batcher retried clip by clip without handing the cache back: cuBLAS,
+    cuDNN and cuFFT failing to allocate on a full GPU raise a plain RuntimeError with these words."""
+    import server.batcher as batcher_module
+
+    assert is_out_of_memory(RuntimeError(text))
+    code, msg = status_of(RuntimeError(text))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later, or send shorter audio" in msg, msg
+    released = []
+    monkeypatch.setattr(batcher_module, "release_device_memory", lambda: released.append(True))
+    batcher = Batcher(Metrics())  # not started: _run is driven here
+
+    def compute(jobs):
+        if len(jobs) > 1:
+            raise RuntimeError(text)
+        return [len(released)]  # how many times the cache was emptied before this clip ran
+
+    batcher._compute = compute
+    jobs = [Job("denoise", 1.0, key="m") for _ in range(2)]
+    for j in jobs:
+        assert j.future.set_running_or_notify_cancel()
+    batcher._run(jobs)
+    assert [j.future.result()[0] for j in jobs] == [1, 1]  # emptied once, before the clip-by-clip retry
+
+
 def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):
     # 750 s of 16 kHz silence (a few tens of kB of FLAC) into the 24 units of "dict": 24 x 12 M
     # float32 samples = 1.07 GiB of component waveforms, refused from the header, before decoding.

@@ -393,6 +393,87 @@ def test_a_run_whose_validation_output_is_not_finite_stops_with_a_clear_error(tm
     assert not (out / "best.safetensors").exists()
 
 
+def test_a_float16_run_whose_gradients_overflow_at_every_scale_stops(tmp_path, capsys, monkeypatch):
+    """Overflow skips are not bad steps, but a run where every scaled gradient is inf would halve
+    the scale for ever and train nothing: MAX_SCALER_SKIPS in a row stop it, with the last applied
+    weights kept and no collapsed scale saved."""
+    from safetensors import safe_open
+
+    from audioae.train import MAX_SCALER_SKIPS
+
+    real = torch.amp.GradScaler
+
+    class AlwaysOverflowing(real):
+        def scale(self, outputs):
+            return super().scale(outputs) * math.inf
+
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: AlwaysOverflowing("cpu"))
+    out = tmp_path / "run"
+    rc = main(["train", CONFIG, "--out", str(out), "--steps", "200", "--set", "train.val_every=1000",
+               "--set", "train.progress=false", "--set", "model.config.hidden=16"])
+    assert rc == 2
+    assert f"GradScaler skipped {MAX_SCALER_SKIPS} steps in a row on inf/NaN gradients" in capsys.readouterr().err
+    with safe_open(out / "last.optim.safetensors", "pt") as f:
+        assert "loss_scale" not in f.metadata()
+
+
+@pytest.mark.parametrize("key, module", [("pesq_weight", "torch_pesq"), ("stoi_weight", "torch_stoi")])
+def test_a_perceptual_loss_without_its_package_is_refused_before_anything_is_written(tmp_path, key, module):
+    """Was: the corpus loaded and run.json written, then a bare ModuleNotFoundError at step 1. The
+    package is made unimportable for real in a fresh interpreter (a None in sys.modules is what
+    Python's import treats as absent)."""
+    out = tmp_path / "run"
+    script = (f"import sys; sys.modules[{module!r}] = None\n"
+              "from audioae.cli import main\n"
+              f"sys.exit(main(['train', {CONFIG!r}, '--out', {str(out)!r}, '--set', 'train.{key}=0.1']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    assert f"train.{key}=0.1 needs torch-" in proc.stderr and "pip install -e '.[train]'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_one_process_on_cuda_n_makes_it_the_current_device(tmp_path, monkeypatch):
+    """Was: only DDP ranks called torch.cuda.set_device, so one process on cuda:1 left cuda:0 the
+    current device (cuDNN handles, bare "cuda" tensors). No GPU needed: the call is recorded, and
+    stops the run before anything else."""
+    import audioae.train as train_module
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def set_device(device):
+        calls.append(device)
+        raise Stop
+
+    monkeypatch.setattr(train_module, "pick_device", lambda name: torch.device(name))
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    run = train_module.load_run_config(CONFIG, [f'train.out_dir="{tmp_path / "run"}"', 'train.device="cuda:1"'])
+    with pytest.raises(Stop):
+        train_module.train(run, resume=False)
+    assert calls == [torch.device("cuda", 1)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_weight_average_lives_on_the_models_device_with_packed_recurrent_weights():
+    """AveragedModel without device= deep-copied a CUDA GRU, whose copy's weights were no longer
+    cuDNN's one packed buffer ("not part of single contiguous chunk of memory" on every call)."""
+    import warnings
+
+    from audioae.models import build_model
+    from audioae.train import _weight_average
+
+    model = build_model("recurrent", {"n_fft": 64, "hop_length": 16, "hidden": 16, "code_dim": 8}).cuda()
+    ema = _weight_average(model, 0.9, None)
+    assert {p.device for p in ema.module.parameters()} == {next(model.parameters()).device}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = denoise(ema.module.eval(), 0.1 * torch.randn(1, 1600), ema.module.config.sample_rate)
+    assert y.shape == (1, 1600)
+
+
 def test_decay_by_time_needs_a_time_budget(tmp_path, capsys):
     rc = main(["train", CONFIG, "--out", str(tmp_path / "run"), "--set", "train.decay_by_time=true"])
     assert rc == 2
@@ -818,19 +899,83 @@ def test_a_nan_loss_is_never_stepped_on(scaled):
     loss = torch.log(torch.tensor(-1.0)) + model.encoder.weight.sum()  # NaN, with gradient 1 everywhere
     scaler.scale(loss).backward()  # (a disabled scaler's scale is the loss itself)
     assert torch.isfinite(model.encoder.weight.grad).all()
-    assert _apply_gradients(model, opt, scaler, 5.0, loss) is False
+    assert _apply_gradients(model, opt, scaler, 5.0, loss) == "bad"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     opt.zero_grad()
     loss = model.encoder.weight.sum()
     scaler.scale(loss).backward()
-    assert _apply_gradients(model, opt, scaler, 5.0, loss) is True  # a finite one is applied
+    assert _apply_gradients(model, opt, scaler, 5.0, loss) == "applied"  # a finite one is applied
     assert not torch.equal(before["encoder.weight"], model.encoder.weight)
     if scaled:
         opt.zero_grad()
         scale = scaler.get_scale()
+        applied = model.encoder.weight.detach().clone()
         scaler.scale(model.encoder.weight.sum() * math.inf).backward()  # an overflow: the scaler's calibration
-        _apply_gradients(model, opt, scaler, 5.0, torch.tensor(1.0))
-        assert scaler.get_scale() < scale
+        # Was True ("applied"): the skip was invisible, and the EMA averaged in the same weights again
+        assert _apply_gradients(model, opt, scaler, 5.0, torch.tensor(1.0)) == "overflow"
+        assert scaler.get_scale() == scale / 2
+        assert torch.equal(applied, model.encoder.weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_scaler_overflow_on_cpu_autocast_is_told(dtype):
+    """The same verdict under autocast on the CPU (float16 where this torch has it), an inf
+    gradient injected into the backward pass."""
+    from audioae.train import _apply_gradients
+
+    lin = torch.nn.Linear(8, 8)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randn(4, 8)
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            y = lin(x)
+    except RuntimeError as exc:  # an older torch without this autocast dtype on the CPU
+        pytest.skip(f"CPU autocast with {dtype}: {exc}")
+    y.register_hook(lambda g: g * math.inf)  # the overflow an fp16 backward gives at too high a scale
+    loss = y.float().square().mean()
+    scaler.scale(loss).backward()
+    before = lin.weight.detach().clone()
+    assert _apply_gradients(lin, opt, scaler, 5.0, loss) == "overflow"
+    assert torch.equal(before, lin.weight) and scaler.get_scale() == 512.0
+    opt.zero_grad()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = lin(x).float().square().mean()
+    scaler.scale(loss).backward()
+    assert _apply_gradients(lin, opt, scaler, 5.0, loss) == "applied"
+    assert not torch.equal(before, lin.weight)
+
+
+def test_float16_scaler_skips_are_counted_apart_and_leave_the_average_alone(tmp_path, capsys, monkeypatch):
+    """Was: a step fp16's GradScaler skipped counted as applied: skipped_steps stayed 0, the EMA
+    averaged the unchanged weights in, and nothing said it happened. Its first few skips are its
+    calibration and must not stop the run. A CPU scaler, enabled, stands in for CUDA's (the same
+    class); its first 3 scaled losses overflow (inf), as 65536 does for a float16 backward."""
+    from torch.optim.swa_utils import AveragedModel
+
+    real = torch.amp.GradScaler
+
+    class Overflowing(real):
+        calls = 0
+
+        def scale(self, outputs):
+            Overflowing.calls += 1
+            return super().scale(outputs) * (math.inf if Overflowing.calls <= 3 else 1.0)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: Overflowing("cpu", init_scale=1024.0))
+    updates = []
+    update = AveragedModel.update_parameters
+    monkeypatch.setattr(AveragedModel, "update_parameters", lambda self, m: (updates.append(1), update(self, m)))
+    out = tmp_path / "run"
+    assert main(["train", CONFIG, "--out", str(out), "--steps", "6", "--set", "train.val_every=1000",
+                 "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", "train.ema_decay=0.9"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 0  # not bad steps: the run went on
+    assert summary["scaler_skipped_steps"] == 3
+    assert summary["final_loss_scale"] == 1024.0 / 8
+    assert len(updates) == 3  # the average took the 3 applied steps only
+    last = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert last["scaler_skipped"] == 3 and last["loss_scale"] == 128.0
 
 
 def test_the_float16_loss_scale_goes_with_the_resume_point(tmp_path, caplog):
