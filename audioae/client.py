@@ -72,28 +72,43 @@ DEFAULT_MESSAGE_MB = 256
 MAX_TIMEOUT_SECONDS = 100 * 365 * 86400
 
 
-# gRPC's own words for an UNAVAILABLE call whose connection closed under it (a server stopped or
-# restarted mid-call: "Socket closed", a GOAWAY's "Cancelling all calls"; a TLS server to a plain
-# client) or that never reached a server ("failed to connect to all addresses; ... Connection
-# refused"). An UNAVAILABLE saying none of them came from the server itself: a drain's "the server
-# is shutting down; retry on another replica", a start's "still loading its models".
+# Every UNAVAILABLE this project's server sends starts so (a drain's "the server is shutting down;
+# retry on another replica", a start's "the server is still loading its models; retry shortly", a
+# cut-off's "the server is shutting down and its drain time (2 s) ran out; ..."): an UNAVAILABLE
+# that does not is gRPC's own, or a proxy's, whatever its words.
+SERVER_UNAVAILABLE = "the server is "
+# gRPC's words for a call that never reached a server (a name that does not resolve, "Connection
+# refused"), checked first; then "failed to connect ..." is unreached too unless something took the
+# connection and closed it at once ("... Socket closed" or, for the same listener a moment later,
+# "... Connection reset by peer": a TLS server to a plain client, a server stopping), which is
+# "closed" like a connection that closed under the call (a server stopped or restarted mid-call:
+# "Socket closed", a GOAWAY's "Cancelling all calls").
+GRPC_UNREACHED_WORDS = ("errors resolving", "domain name not found", "dns resolution failed", "name resolution",
+                        "empty address list", "connection refused", "network is unreachable", "no route to host",
+                        "handshake", "parsing http/2", "http1.x")
+GRPC_ACCEPTED_THEN_CLOSED_WORDS = ("socket closed", "connection reset", "end of file")
 GRPC_CLOSED_WORDS = ("socket closed", "connection reset", "end of file", "cancelling all calls", "goaway",
-                     "broken pipe", "stream removed", "too many pings", "endpoint")
-GRPC_UNREACHED_WORDS = ("failed to connect", "connection refused", "dns resolution failed", "name resolution",
-                        "empty address list", "handshake", "parsing http/2", "http1.x", "timed out",
-                        "network is unreachable", "no route to host")
+                     "broken pipe", "stream removed", "too many pings", "endpoint", "transport closed",
+                     "keepalive")
 
 
 def unavailable_source(details: str) -> str:
-    """Who said an UNAVAILABLE with these ``details``: ``"closed"`` (gRPC: the connection closed
-    during the call), ``"unreached"`` (gRPC: no server answered) or ``"server"`` (its own answer,
-    such as a drain's; a retry on another replica may succeed)."""
+    """Who said an UNAVAILABLE with these ``details``: ``"server"`` (its own answer, which starts
+    :data:`SERVER_UNAVAILABLE`, such as a drain's; a retry on another replica may succeed),
+    ``"closed"`` (gRPC: the connection closed during the call, or as soon as it was made) or
+    ``"unreached"`` (gRPC or a proxy: no server answered; also any words not listed here, such as
+    a proxy's "upstream connect error"). Until 2026-12-07 any words not on gRPC's lists read
+    "server" ("answered")."""
+    if details.startswith(SERVER_UNAVAILABLE):
+        return "server"
     text = details.lower()
-    if any(w in text for w in GRPC_CLOSED_WORDS):
-        return "closed"
     if any(w in text for w in GRPC_UNREACHED_WORDS):
         return "unreached"
-    return "server"
+    if "failed to connect" in text:
+        return "closed" if any(w in text for w in GRPC_ACCEPTED_THEN_CLOSED_WORDS) else "unreached"
+    if any(w in text for w in GRPC_CLOSED_WORDS):
+        return "closed"
+    return "unreached"
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -699,7 +714,12 @@ class Client:
         ``audioae client decompose`` do (``top_k=0, group="none"``: the RPC's own, every unit
         ungrouped, which for a minute of audio is over the server's 1 GiB of waveforms).
         ``fit_steps``: per-signal fit steps (None: the model's default; 0: fastest). ``groups``:
-        bands or clusters for ``group`` band / cluster (None: the server's, 8)."""
+        bands or clusters for ``group`` band / cluster (None: the server's, 8).
+
+        Changed 2026-12-07: the defaults were ``top_k=0, group="none"`` (every unit, ungrouped). A
+        caller that passes only ``top_k`` now gets the strongest ``top_k`` of the clusters of units
+        (``groups`` of them, the server's 8 by default), not single units: pass ``group="none"``
+        as well for the old result."""
         pb = _pb()
         if isinstance(audio, bytes | bytearray | memoryview):
             msg = pb.Audio(encoded=bytes(audio))

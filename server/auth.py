@@ -12,13 +12,12 @@ import hmac
 import logging
 import os
 import stat
-import urllib.parse
 
 import grpc
 
 from audioae.client import is_loopback, read_tokens
 
-from .handlers import rebuilt
+from .handlers import logged, peer_of, rebuilt
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def _aborting_handler(handler: grpc.RpcMethodHandler, method: str, message: str)
     logs who was refused (the peer is known only here, in the call's context)."""
 
     def deny(_request, context):
-        log.info("refused %s from %s: %s", method, urllib.parse.unquote(context.peer()), message)
+        log.info("refused %s from %s: %s", logged(method), peer_of(context), message)
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     return rebuilt(handler, behavior=deny)

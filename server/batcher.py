@@ -98,7 +98,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._held = False
         self._stopping = False
-        self._running: list[Job] = []  # the jobs on the device now
+        self._running: list[Job] = []  # taken from the queue: being gathered into a batch, or on the device
         self._cut: str | None = None  # cut_off()'s reason: every job ends with it
         self._thread = threading.Thread(target=self._loop, name="audioae-device", daemon=True)
 
@@ -182,7 +182,10 @@ class Batcher:
             if not self._queue:
                 return None  # stopping and empty
             head = self._queue.popleft()
+            # On the running list from the moment it leaves the queue (the wait below lets go of
+            # the lock), so that cut_off() always finds it in one or the other.
             batch, total = [head], head.seconds
+            self._running = batch
             if head.key is not None and self.max_batch_seconds > 0:
                 window_end = head.enqueued + self.max_delay
                 while total < self.max_batch_seconds:
@@ -203,12 +206,17 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            # A job whose call was cancelled (or timed out) while queued has a cancelled future.
-            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            with self._cond:
+                # A job whose call was cancelled (or timed out) while queued has a cancelled future.
+                live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+                cut = self._cut
+                self._running = [] if cut is not None else live
             self.metrics.dropped.inc(len(batch) - len(live))
+            if cut is not None:  # cut off after leaving the queue, before running: never runs
+                for j in live:
+                    j.future.set_exception(ShuttingDown(cut))
+                continue
             if live:
-                with self._cond:
-                    self._running = live
                 try:
                     self._run(live)
                 finally:

@@ -19,7 +19,6 @@ import logging
 import math
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -61,6 +60,7 @@ from .codecs import Codecs
 from .config import ServerConfig
 from .errors import Abort, status_of
 from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
+from .handlers import logged, peer_of
 from .lifecycle import Gate
 from .metrics import Metrics
 from .parsing import CONFIG_FIRST, Oversized, Unparsed
@@ -90,16 +90,11 @@ def _note(**fields) -> None:
         note.update(fields)
 
 
-def peer_of(context: grpc.ServicerContext) -> str:
-    """The caller's address as gRPC names it, its brackets unescaped (``ipv6:%5B::1%5D:5``)."""
-    return urllib.parse.unquote(context.peer())
-
-
 def _log_call(rpc: str, code: grpc.StatusCode, started: float, context: grpc.ServicerContext) -> None:
     """One INFO line per finished call: RPC, status, milliseconds, model, seconds of audio, peer."""
     note = getattr(_calls, "note", None) or {}
     _calls.note = None
-    what = "".join((f" model {note['model']}" if note.get("model") else "",
+    what = "".join((f" model {logged(note['model'])}" if note.get("model") else "",
                     f" {note['seconds']:.2f} s of audio" if note.get("seconds") is not None else ""))
     log.info("%s %s %.0f ms%s from %s", rpc, code.name, 1000 * (time.monotonic() - started), what, peer_of(context))
 
@@ -127,7 +122,7 @@ def _unary(method: Callable) -> Callable:
                 self.gate.exit()
             # The operator hears what the caller was warned of (a file cut short: AudioAEServicer._audio).
             for warning in getattr(response, "warnings", ()):
-                log.warning("%s from %s: %s", method.__name__, context.peer(), warning)
+                log.warning("%s from %s: %s", method.__name__, peer_of(context), warning)
             return response
         except Exception as exc:
             code, message = status_of(exc)
@@ -490,6 +485,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 "the 1st message is empty (neither a StreamConfig nor audio)"
             raise Abort(INVALID, f"the first message must be a StreamConfig (model, sample_rate, channels, format); {came}")
         cfg = first.config
+        _note(model=cfg.model)  # the name asked for, logged (clipped) if streamer() refuses it; the one served, below
         sm = self.store.streamer(cfg.model)
         strength = self._strength(cfg)
         try:  # the checks of a Pcm message's fields, whose messages name these fields when left out
@@ -526,6 +522,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 msg = self._next_message(feed)
                 if msg is None:  # the client half-closed: the tail below
                     break
+                if self.gate.cut_reason:  # cut off while this message was taken: not through the model
+                    raise self._drain_cut()
                 x = _stream_audio(msg, i, cfg)  # [C, n]
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
@@ -572,21 +570,16 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 # What the client sent before the deadline is answered first, its half-close
                 # included (a stream that had ended ends OK), waiting briefly for what is still on
                 # its way: a bounded number, within the drain's grace, so a client that keeps
-                # sending is still cut before the drain's own end.
-                if feed.taken_after_deadline < QUEUE_MESSAGES + 1:
+                # sending is still cut before the drain's own end. Once cut off (the drain is
+                # over), none: each would still go through the model.
+                if feed.taken_after_deadline < QUEUE_MESSAGES + 1 and not self.gate.cut_reason:
                     try:
                         msg = feed.next(timeout=min(DRAIN_POLL_SECONDS, self.gate.stream_grace_left()))
                         feed.taken_after_deadline += 1
                         return msg
                     except FeedTimeout:
                         pass
-                raise _StreamCut(
-                    grpc.StatusCode.UNAVAILABLE,
-                    (f"{self.gate.cut_reason}; the audio sent so far was answered" if self.gate.cut_reason else
-                     "the server is shutting down: the stream was ended at the end of its drain "
-                     "(--drain-seconds), with the audio sent so far answered; reconnect to another replica"),
-                    by_drain=True,
-                )
+                raise self._drain_cut()
             left = give_up - time.monotonic()
             if left <= 0:
                 with contextlib.suppress(FeedTimeout):  # one that arrived at the last moment
@@ -600,6 +593,15 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 return feed.next(timeout=min(left, DRAIN_POLL_SECONDS))
             except FeedTimeout:
                 continue
+
+    def _drain_cut(self) -> _StreamCut:
+        return _StreamCut(
+            grpc.StatusCode.UNAVAILABLE,
+            (f"{self.gate.cut_reason}; the audio sent so far was answered" if self.gate.cut_reason else
+             "the server is shutting down: the stream was ended at the end of its drain "
+             "(--drain-seconds), with the audio sent so far answered; reconnect to another replica"),
+            by_drain=True,
+        )
 
     @staticmethod
     def _chunk(y: np.ndarray, cfg, n_in: int, n_out: int, name: str) -> pb.StreamDenoiseResponse:

@@ -790,6 +790,47 @@ def test_cli_client_tells_a_servers_unavailable_from_grpcs(model_dir, tmp_path, 
     assert unavailable_source("the server is still loading its models; retry shortly") == "server"
 
 
+def test_an_unavailable_is_the_servers_only_in_its_own_words(tmp_path, capsys):
+    """Words on neither of gRPC's lists read "server" ("answered"): a name that does not resolve,
+    a keepalive timeout, a proxy's reply. Only the server's own UNAVAILABLE (it starts "the server
+    is ") is its answer now."""
+    from audioae.client import SERVER_UNAVAILABLE, unavailable_source
+    from server.errors import Abort
+    from server.lifecycle import Gate
+
+    src = tmp_path / "in.wav"
+    write_audio(src, _noisy(0.5, 16000), 16000)
+    addr = "nonexistent.invalid:1"  # .invalid never resolves (RFC 6761): no network needed
+    with Client(addr, timeout=10) as c:
+        code, msg = _code(c.list_models)
+    assert code == CODE.UNAVAILABLE and unavailable_source(msg) == "unreached", msg
+    assert cli_main(["client", "--server", addr, "--timeout", "10", "denoise", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert f"server {addr} could not be reached (UNAVAILABLE): " in err and "answered" not in err, err
+    for words, source in (
+        ("DNS resolution failed for nonexistent.invalid:1: C-ares status is not ARES_SUCCESS qtype=A "
+         "name=nonexistent.invalid is_balancer=0: Domain name not found", "unreached"),
+        # a listener that takes the connection and closes it says either (a TLS server to a plain client)
+        ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: "
+         "recvmsg:Connection reset by peer (104)", "closed"),
+        ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed", "closed"),
+        ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Some new words", "unreached"),
+        ("keepalive watchdog timeout", "closed"),
+        ("Transport closed", "closed"),
+        ("upstream connect error or disconnect/reset before headers. reset reason: connection failure", "unreached"),
+        ("Received http2 header with status: 503", "unreached"),
+        ("the server is shutting down and its drain time (2 s) ran out; retry on another replica", "server"),
+    ):
+        assert unavailable_source(words) == source, words
+    # the server's own UNAVAILABLE messages, as the gate sends them
+    gate = Gate()
+    for state in ("starting", "draining"):
+        gate.state = state
+        with pytest.raises(Abort) as info:
+            gate.enter()
+        assert info.value.message.startswith(SERVER_UNAVAILABLE), info.value.message
+
+
 def test_cli_client_stream_that_fails_midway_says_nothing_was_written(model_dir, tmp_path, capsys):
     """docs/serving.md: a refused call writes no output file. A stream ended at --max-stream-seconds
     says "the audio up to there was answered", and the message did not say that none of it was

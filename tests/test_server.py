@@ -668,6 +668,26 @@ def test_a_cuda_library_allocation_failure_is_out_of_memory(text, monkeypatch):
     assert [j.future.result()[0] for j in jobs] == [1, 1]  # emptied once, before the clip-by-clip retry
 
 
+def test_a_job_being_gathered_into_a_batch_is_cut_off_too():
+    """A job the worker had taken from the queue, waiting for others to batch with it, was in
+    neither the queue nor the running list: cut_off() missed it, and it ran after the cut-off."""
+    from server.errors import ShuttingDown
+
+    batcher = Batcher(Metrics(), max_delay_ms=600_000)  # it gathers a batch for 10 minutes
+    ran = threading.Event()
+    job = Job("denoise", 1.0, key="m", fn=lambda: ran.set() or "answered")
+    batcher.start()
+    try:
+        batcher.submit(job)
+        assert wait_until(lambda: batcher.depth == 0, 30)  # taken from the queue: gathering its batch
+        batcher.cut_off("the server is shutting down (test)")
+        with pytest.raises(ShuttingDown, match=r"the server is shutting down \(test\)"):
+            job.future.result(timeout=30)
+        assert not ran.is_set()
+    finally:
+        batcher.stop(timeout=5)
+
+
 def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):
     # 750 s of 16 kHz silence (a few tens of kB of FLAC) into the 24 units of "dict": 24 x 12 M
     # float32 samples = 1.07 GiB of component waveforms, refused from the header, before decoding.

@@ -7,6 +7,7 @@ against --tls-server-name."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
@@ -90,6 +91,23 @@ def _metric(port: int, sample: str, absent: float | None = None) -> float:
 
 def _until(condition, timeout: float = 30.0) -> bool:
     return wait_until(condition, timeout, poll=0.05)
+
+
+def _rest_of(lines: queue.Queue, log: list[str]) -> str:
+    """The whole stderr of an exited server: ``log`` and what is left in ``lines``."""
+    time.sleep(0.3)  # the reader thread takes the rest of stderr
+    while not lines.empty():
+        log.append(lines.get())
+    return "".join(log)
+
+
+def _in_order(text: str, *said: str) -> None:
+    """Each of ``said`` is in ``text``, each after the one before it."""
+    at = 0
+    for words in said:
+        found = text.find(words, at)
+        assert found >= 0, f"{words!r} not said (after {at}):\n{text}"
+        at = found + len(words)
 
 
 def test_sigterm_drains_in_flight_calls(tmp_path):
@@ -479,32 +497,49 @@ def _health_watch(port: int, seen: list[str]) -> threading.Thread:
     return t
 
 
-def test_a_signal_while_the_models_load_stops_at_once_and_health_never_says_serving(tmp_path):
-    """SIGTERM after "listening on", while 20 models load: the server stopped only once they had
-    loaded, said "ready: serving", reported SERVING, then drained. Now it stops at once, exit 0."""
-    proc, lines, log, _ = _start_server(tmp_path, hidden=384, copies=20)
+class _StopAfterFirstModel(logging.Handler):
+    """Calls ``srv.stop_starting()`` (what a stop signal during start-up does) when the first model
+    has loaded: on the loading thread, between two models, every time."""
+
+    def __init__(self, srv):
+        super().__init__(logging.INFO)
+        self.srv, self.stopped = srv, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("loaded tiny from") and not self.stopped:
+            self.stopped.append(self.srv.stop_starting())
+
+
+def test_a_stop_while_the_models_load_stops_at_once_and_health_never_says_serving(tmp_path):
+    """A stop signal after "listening on", while the models load: the server stopped only once they
+    had loaded, reported SERVING, then drained. Now loading stops at the next model and health
+    never says SERVING. (Was a SIGTERM to a process loading 20 models, which raced the loading.)"""
+    from server import AudioServer, ServerConfig
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    srv = AudioServer(ServerConfig(port=0, models=(f"tiny={ckpt}", f"copy1={ckpt}", f"copy2={ckpt}"),
+                                   codec_workers=0, torch_threads=1))
+    port = srv.start()
+    stopper = _StopAfterFirstModel(srv)
+    store_log = logging.getLogger("server.store")
+    level = store_log.level
     try:
-        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
         seen: list[str] = []
         watcher = _health_watch(port, seen)
-        assert _until(lambda: seen == ["NOT_SERVING"], timeout=10), seen
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        assert proc.wait(timeout=60) == 0
-        took = time.monotonic() - t0
-        watcher.join(10)
-        time.sleep(0.3)  # the reader thread takes the rest of stderr
-        while not lines.empty():
-            log.append(lines.get())
-        text = "".join(log)
-        assert "stopped while loading the models: never served" in text, text
-        assert "ready: serving" not in text and "Traceback" not in text, text
-        assert "SERVING" not in seen, seen
-        assert took < 5, f"{took:.1f} s from SIGTERM to exit:\n{text}"
+        assert _until(lambda: seen == ["NOT_SERVING"], timeout=30), seen
+        store_log.addHandler(stopper)
+        store_log.setLevel(logging.INFO)
+        assert srv.load() is False
+        assert stopper.stopped == [True]  # stop_starting() stopped it: not yet serving
+        assert srv.store is None and not srv.serving
+        watcher.join(30)
+        assert not watcher.is_alive() and "SERVING" not in seen, seen  # stop() says NOT_SERVING again
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        store_log.removeHandler(stopper)
+        store_log.setLevel(level)
+        srv.stop()
 
 
 def test_drain_seconds_bounds_the_drain_and_the_call_cut_off_hears_why(tmp_path):
@@ -530,16 +565,17 @@ def test_drain_seconds_bounds_the_drain_and_the_call_cut_off_hears_why(tmp_path)
                           _metric(metrics, "audioae_queue_depth") == 0), "the call never reached the device"
             time.sleep(0.5)  # well into its work
             proc.send_signal(signal.SIGTERM)
-            t0 = time.monotonic()
-            assert proc.wait(timeout=60) == 1
-            took = time.monotonic() - t0
+            # A hang guard only (the 600 s of work take far longer): no timing is asserted.
+            assert proc.wait(timeout=120) == 1
             caller.join(30)
-        assert 2 <= took < 4.5, f"{took:.1f} s from SIGTERM to exit"
+        # The call heard the drain's reason, not gRPC's bare "Cancelling all calls": the work was
+        # stopped at its next piece, within CUT_OFF_SECONDS, not left to the device worker.
         assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.UNAVAILABLE, errors
         assert errors[0].details() == ("the server is shutting down and its drain time (2 s) ran out; retry on "
                                        "another replica"), errors[0].details()
-        _wait_for(lines, r"drain: 1 calls still running after 2 s; ending them", log, timeout=10)
-        _wait_for(lines, r"stopped with calls still running", log, timeout=10)
+        text = _rest_of(lines, log)
+        _in_order(text, "drain: 1 calls still running after 2 s; ending them", "stopped with calls still running")
+        assert "did not end within" not in text and "Traceback" not in text, text
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -577,17 +613,15 @@ def test_a_codec_process_stopped_by_the_shutdown_is_not_retried_nor_called_a_cra
             assert _until(lambda: _metric(metrics, INFLIGHT) == 1)
             time.sleep(0.3)  # it is waiting on the frozen process
             proc.send_signal(signal.SIGTERM)
-            t0 = time.monotonic()
-            assert proc.wait(timeout=60) == 1
-            took = time.monotonic() - t0
+            assert proc.wait(timeout=120) == 1  # a hang guard only: no timing is asserted
             caller.join(30)
         assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.UNAVAILABLE, errors
         assert "its drain time (2 s) ran out" in errors[0].details(), errors[0].details()
-        assert took < 4.5, f"{took:.1f} s from SIGTERM to exit"
-        time.sleep(0.3)
-        while not lines.empty():
-            log.append(lines.get())
-        text = "".join(log)
+        text = _rest_of(lines, log)
+        # The frozen process was killed by the cut-off, which the call heard at once (not after
+        # --codec-timeout, nor from gRPC's own stop), and nothing was retried.
+        _in_order(text, "drain: 1 calls still running after 2 s; ending them", "stopped with calls still running")
+        assert "did not end within" not in text, text
         assert "trying again" not in text and "Traceback" not in text, text
     finally:
         if proc.poll() is None:
@@ -611,16 +645,17 @@ def test_a_second_signal_during_a_drain_stops_at_once_saying_so(tmp_path):
                 time.sleep(0.5)
                 assert proc.poll() is None  # the first signal drains: the stream goes on
                 proc.send_signal(signal.SIGINT)
-                t0 = time.monotonic()
+                # A hang guard only: the log below says it ended at the second signal, not after
+                # the 20 s drain the first one began.
                 assert proc.wait(timeout=60) == 1
-                took = time.monotonic() - t0
             finally:
                 slow.finish()
-        assert took < 4, f"{took:.1f} s from the second signal to exit"
         assert slow.error is not None and slow.error.code() == grpc.StatusCode.UNAVAILABLE, slow.error
         assert "a second stop signal" in slow.error.details(), slow.error.details()
-        _wait_for(lines, r"drain: a second stop signal: ending 1 calls still running now", log, timeout=10)
-        _wait_for(lines, r"stopped at once by a second signal", log, timeout=10)
+        text = _rest_of(lines, log)
+        _in_order(text, "drain: a second stop signal: ending 1 calls still running now",
+                  "stopped at once by a second signal")
+        assert "still running after 20 s" not in text and "did not end within" not in text, text
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -637,3 +672,51 @@ def test_serve_refuses_equal_ports_and_a_missing_model_before_binding(tmp_path):
         run = subprocess.run([sys.executable, "-m", "server", *flags], capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and said in run.stderr, run.stderr
         assert "listening on" not in run.stderr, run.stderr
+
+
+def test_a_stream_cut_off_takes_no_more_of_its_queued_messages(tmp_path):
+    """After a cut-off (the drain over) a stream still took up to 3 messages already queued and put
+    each through the model. Now it answers the audio it had taken and ends with the reason."""
+    from audioae.v1 import audioae_pb2 as pb
+    from server import AudioServer, ServerConfig
+    from server.errors import Abort
+    from server.feed import MessageFeed
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    srv = AudioServer(ServerConfig(port=0, models=(f"tiny={ckpt}",), codec_workers=0, torch_threads=1))
+    srv.start()
+    more = threading.Event()
+    chunk = pb.StreamDenoiseRequest(audio=np.zeros(8000, "<f4").tobytes())
+
+    def requests():
+        yield pb.StreamDenoiseRequest(config=pb.StreamConfig(sample_rate=16000, channels=1, format=pb.FLOAT32))
+        yield chunk
+        more.wait(60)
+        yield chunk  # these two wait in the feed's queue when the cut-off comes
+        yield chunk
+        more.wait(60)
+
+    try:
+        assert srv.load()
+        feed = MessageFeed(requests())
+        try:
+            answers = srv.servicer._stream_from(feed)
+            first = next(answers)  # the first chunk went through
+            assert first.samples_in == 8000
+            more.set()
+            assert _until(feed._q.full, timeout=30)
+            srv.gate.cut_off("the server is shutting down (test)")
+            rest = []
+            with pytest.raises(Abort) as info:
+                rest.extend(answers)
+        finally:
+            feed.close()
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.message == "the server is shutting down (test); the audio sent so far was answered"
+        assert [r.samples_in for r in rest] == [8000]  # the tail of the first chunk; the queued two not taken
+        assert rest[0].samples_out == 8000  # counts are cumulative: all of it answered
+    finally:
+        more.set()
+        srv.stop()

@@ -56,6 +56,33 @@ def test_each_finished_call_is_logged_once_with_its_status_model_audio_time_and_
     assert re.fullmatch(r"ListModels OK \d+ ms " + peer, lines[4]), lines[4]
 
 
+def test_a_callers_model_name_is_logged_quoted_and_clipped(served, caplog):
+    """The log line printed the model name asked for as it came: a name holding a newline and a
+    made-up log line forged a second line, and an 8 MB name wrote an 8 MB line. A plain name is
+    logged as it is; any other quoted (repr) and clipped to 64 characters. A stream refused at its
+    StreamConfig logged no model at all: it names the one asked for now."""
+    caplog.set_level(logging.INFO, logger="server")
+    x = (0.1 * np.random.default_rng(0).standard_normal((1, 8000))).astype(np.float32)
+    forged = "nope\n2026-12-07 18:02:28,782 INFO server.servicer: Denoise OK 97 ms model tiny from ipv4:1.2.3.4:5"
+    huge = "x" * (8 << 20)
+    with Client(f"127.0.0.1:{served.port}", timeout=60) as c:
+        for name in (forged, huge):
+            with pytest.raises(grpc.RpcError) as info:
+                c.denoise(x, 16000, model=name)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:
+            list(c.stream(iter([x]), 16000, 1, model=forged))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    lines = _calls(caplog)
+    assert len(lines) == 3 and all("\n" not in line and len(line) < 300 for line in lines), lines
+    peer = r" from ipv(4:127\.0\.0\.1|6:\[::1\]):\d+$"
+    shown = re.escape(repr(forged[:64]) + f"... ({len(forged)} characters)")
+    assert re.fullmatch(r"Denoise NOT_FOUND \d+ ms model " + shown + peer, lines[0]), lines[0]
+    assert re.fullmatch(r"Denoise NOT_FOUND \d+ ms model 'x{64}'\.\.\. \(8,388,608 characters\)" + peer,
+                        lines[1]), lines[1]
+    assert re.fullmatch(r"StreamDenoise NOT_FOUND \d+ ms model " + shown + peer, lines[2]), lines[2]
+
+
 def test_an_auth_refusal_names_the_caller(causal_ckpt, tmp_path, caplog):
     tokens = tmp_path / "tokens"
     tokens.write_text("the-token\n")
