@@ -68,6 +68,8 @@ MAX_OFFLINE_RESAMPLE_FILTER_BYTES = 64_000_000
 class AudioError(ValueError):
     """An audio input could not be used: unreadable, empty, or with absurd parameters."""
 
+    empty = False  # a file of 0 samples and no sign of more (:func:`empty_audio`)
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -213,18 +215,23 @@ def unfinished_wav_bytes(source: str | os.PathLike | bytes) -> int:
 
 
 def empty_audio(name: str, source: str | os.PathLike | bytes, fmt: str) -> AudioError:
-    """The error for a file of 0 samples (``fmt``: its container); one whose header is unfinished
-    says so: "empty" led to deleting a recording that holds all its audio."""
+    """The error for a file of 0 samples (``fmt``: its container); one whose header is unfinished,
+    or an Ogg cut off before its end page, says so: "empty" led to deleting a recording that holds
+    all its audio. The error's ``empty`` is True where the file is just empty (nothing says there
+    is more): the folder tool writes an empty output for it. Until 2026-12-07 every 0-sample Ogg was
+    "may be cut short", and an empty Ogg (libsndfile writes one) failed on every run."""
     held = unfinished_wav_bytes(source)
-    if not held and fmt == "OGG":  # libsndfile finds an Ogg's length at its end
+    if held:
+        return AudioError(f"{name}: its header says the audio is empty, but {held:,} bytes of it follow: a recording "
+                          f"whose header was never finished (the recorder stopped before writing its length); "
+                          f"repair the header (e.g. sox --ignore-length IN.wav OUT.wav) and use the repaired copy")
+    if fmt == "OGG" and ogg_cut_off(source):  # libsndfile finds an Ogg's length at its end
         return AudioError(f"{name}: libsndfile decodes no audio from this Ogg file; if it should hold some, it "
                           f"may be cut short (an Ogg cut short decodes to less than it holds, or to nothing): "
                           f"use the complete file")
-    if not held:
-        return AudioError(f"{name}: the audio is empty (0 samples)")
-    return AudioError(f"{name}: its header says the audio is empty, but {held:,} bytes of it follow: a recording "
-                      f"whose header was never finished (the recorder stopped before writing its length); "
-                      f"repair the header (e.g. sox --ignore-length IN.wav OUT.wav) and use the repaired copy")
+    error = AudioError(f"{name}: the audio is empty (0 samples)")
+    error.empty = True
+    return error
 
 
 def ogg_cut_off(source: str | os.PathLike | bytes) -> bool:
@@ -1041,11 +1048,12 @@ def walk_audio(folder: str | os.PathLike,
                searched_elsewhere: Collection[Path] = (),
                left_out: list[tuple[str, str]] | None = None) -> list[tuple[Path, str]]:
     """Every audio file under ``folder`` (:data:`AUDIO_EXTENSIONS`: WAV, FLAC, OGG, MP3, ...;
-    recursive, sorted; hidden names skipped) with its path
+    recursive; hidden names skipped) with its path
     relative to ``folder`` (posix). Linked folders are followed (shared storage is often linked
     in), each real folder once, so a link loop ends: the real folders first, under their own
-    names, then the links whose targets were not searched (nor lie in ``searched_elsewhere``:
-    the real paths of the job's other input folders). Until 2026-12-07 the walk went in name
+    names, each folder's files in name order, then the links whose targets were not searched;
+    no folder reached through a link is searched where it lies in ``searched_elsewhere`` (the
+    real paths of the job's other input folders), nor twice. Until 2026-12-07 the walk went in name
     order, and ``a_latest -> z_2024`` took z_2024's place: its outputs went under the link's
     name, and once the link moved on to z_2025, that folder was skipped as searched already.
     ``prune(here, filenames)`` returning True
@@ -1065,44 +1073,43 @@ def walk_audio(folder: str | os.PathLike,
         if left_out is not None:
             left_out.append((os.fsdecode(exc.filename), f"cannot list this folder ({exc.strerror or exc})"))
 
-    def searched(here: str, real: Path) -> bool:
-        """Whether the folder the link ``here`` leads to (``real``) is searched under another name."""
+    def searched(here: str, real: Path, via_link: bool) -> bool:
+        """Whether the folder ``here`` (real path ``real``) is searched already, or, reached through
+        a link, is searched as (part of) another input: one check for every folder, where until
+        2026-12-07 a folder reached through two links was warned of as "a link loop?", and a
+        link to a folder that holds another input searched that input twice (the job refused)."""
         if real in seen:
             if Path(os.path.realpath(os.path.dirname(here))).is_relative_to(real):
                 log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
             else:
-                log.info("%s: not followed, it links to %s, searched under its own name", here, real)
+                log.info("%s: not followed, it leads to %s, searched under another name", here, real)
             return True
-        if any(real.is_relative_to(other) for other in searched_elsewhere):
-            log.info("%s: not followed, it links to %s, searched as part of another input", here, real)
+        if via_link and any(real.is_relative_to(other) for other in searched_elsewhere):
+            log.info("%s: not followed, it leads to %s, searched as part of another input", here, real)
             return True
         return False
 
     # os.walk(folder, followlinks=True) by hand, top down: its listing's entries tell a regular
     # file from a named pipe without a stat per file (os.walk keeps only their names).
-    pending, links = [os.fspath(folder)], []  # links to folders: once every real folder is searched
+    # (path, reached through a link); links to folders: once every real folder is searched
+    pending: list[tuple[str, bool]] = [(os.fspath(folder), False)]
+    links: list[str] = []
     while pending or links:
-        if pending:
-            dirpath = pending.pop()
-        else:
-            dirpath = links.pop()
-            if searched(dirpath, Path(os.path.realpath(dirpath))):
-                continue
+        dirpath, via_link = pending.pop() if pending else (links.pop(), True)
+        real = Path(os.path.realpath(dirpath))
+        if searched(dirpath, real, via_link):
+            continue
+        seen.add(real)  # before listing: a link to a folder that cannot be listed is not counted again
         listed = _listed(dirpath, unlisted)
         if listed is None:
             continue
         dirnames, entries = listed
         here = Path(dirpath)
-        real = here.resolve()
-        if real in seen:
-            log.warning("%s: skipped, its files were searched already under another name (a link loop?)", here)
-            continue
-        seen.add(real)
         if prune(here, [e.name for e in entries]):
             continue
         subfolders = [os.path.join(dirpath, d) for d in sorted((d for d in dirnames if not d.startswith(".")),
                                                                reverse=True)]
-        pending.extend(d for d in subfolders if not os.path.islink(d))
+        pending.extend((d, via_link) for d in subfolders if not os.path.islink(d))
         links[:0] = [d for d in subfolders if os.path.islink(d)]  # popped from the end: the first found first
         for entry in sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name):
             suffix = Path(entry.name).suffix.lower()

@@ -295,7 +295,8 @@ def _cmd_denoise(args) -> int:
     unfit = f" ({passed} not attempted: the disk is full)" if passed else ""
     left = s.get("left_out", [])
     missed = f", {len(left)} left out" if left else ""
-    print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {s['skipped'] - found} skipped (already "
+    done = s["skipped"] - found - s.get("skipped_changed", 0)  # a changed input is counted as left out alone
+    print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {done} skipped (already "
           f"done){theirs}, {s['error']} failed{unfit}{missed}; {speed}")
     last = None
     for err in s["errors"]:
@@ -394,7 +395,8 @@ def _cmd_eval(args) -> int:
             print(f"JSON: {args.json_out}")
     # An enhanced file without a clean one is a problem too: the folders were to match.
     problems = any(report[k] for k in ("errors", "missing_enhanced", "extra_enhanced", "missing_noisy", "ambiguous"))
-    if report["scored"] == 0:  # was exit 0 under an all-dash table: a script took it for a result
+    # was exit 0 under an all-dash table: a script took it for a result; pairs of empty files alone are no failure
+    if report["scored"] == 0 and report["read"] > report.get("empty", 0):
         print(f"audioae eval: no pair could be scored (0 of {report['paired']}): "
               + ("see the errors and notes above" if args.json_out != "-" else "see errors and notes in the JSON"),
               file=sys.stderr)

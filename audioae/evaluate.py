@@ -6,7 +6,10 @@ mixdown, the other files resampled to the clean file's rate; SI-SDR at that rate
 (wide-band PESQ's rate: other rates are resampled, and the file's notes say so), STOI at its own
 10 kHz (pystoi resamples). A metric that cannot score a pair (too short, a silent
 reference) gives None, left out of the mean, and its reason goes into the file's notes. Files
-present on one side only, and files that cannot be read, are reported rather than fatal; files
+present on one side only, and files that cannot be read, are reported rather than fatal. A pair
+whose clean and enhanced files are both empty (0 samples: ``audioae denoise`` makes an empty output
+of an empty recording) is not scored, and is a note, not an error (until 2026-12-07 "the audio is
+empty", exit 1); files
 are decoded in a child process, so that one that crashes libsndfile (C) is reported too instead
 of ending the evaluation.
 """
@@ -232,7 +235,14 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
     """Metrics of one file: ``si_sdr``, ``pesq``, ``stoi`` (+ ``si_sdr_i`` with ``noisy``), ``notes``;
     ``noisy_error`` when the noisy file could not be read (its SI-SDRi is then NaN, the rest scored)."""
     notes: list[str] = []
-    ref, sr, cinfo = read(clean)
+    try:
+        ref, sr, cinfo = read(clean)
+    except AudioError as exc:
+        if exc.empty and _is_empty(enhanced, read):  # denoise makes an empty output of an empty recording
+            return {**{m: math.nan for m in ("si_sdr", "pesq", "stoi")},
+                    **({"si_sdr_i": math.nan} if noisy is not None else {}), "seconds": 0.0, "empty": True,
+                    "notes": ["clean and enhanced are both empty (0 samples): nothing to score"]}
+        raise
     _note_levels(ref, "clean", notes)
     ref = ref.mean(0)
     if cinfo.channels > 1:
@@ -268,6 +278,15 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
         res["si_sdr_i"] = math.nan
     return {**{k: float(v) for k, v in res.items()}, "seconds": n / sr, "notes": notes,
             **({"noisy_error": noisy_error} if noisy_error is not None else {})}
+
+
+def _is_empty(path: Path, read: Reader) -> bool:
+    """Whether ``path`` is a file of 0 samples (and no sign of more: :func:`~audioae.audio.empty_audio`)."""
+    try:
+        read(path)
+    except AudioError as exc:
+        return exc.empty
+    return False
 
 
 def _note_pesq_rate(res: dict, sr: int, notes: list[str]) -> None:
@@ -307,7 +326,8 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     # short, silent) is "read" only (was counted as scored: "10 of 10 pairs scored" over 8 blank rows)
     scored = sum(any(f.get(m) is not None for m in METRICS) for f in files)
     return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
-            "paired": len(pairing.pairs), "read": len(files), "scored": scored, "files": files, "mean": mean,
+            "paired": len(pairing.pairs), "read": len(files), "scored": scored,
+            "empty": sum(bool(f.get("empty")) for f in files), "files": files, "mean": mean,
             "mean_of": mean_of,
             "errors": errors, "missing_enhanced": pairing.missing_enhanced,
             "extra_enhanced": pairing.extra_enhanced, "missing_noisy": pairing.missing_noisy,

@@ -122,6 +122,21 @@ def file_in_the_way(folder: str | os.PathLike) -> Path | None:
     return None if here.is_dir() else here
 
 
+def missing(path: str | os.PathLike) -> str:
+    """Why nothing is at ``path``, in the words every tool uses: "a symbolic link loop (it leads
+    back to itself through X)", "a link to X, which does not exist", or "no such file or folder".
+    Until 2026-12-07 ``-o loop`` with ``loop -> loop`` said "loop is a link to loop, which does not
+    exist"."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"a symbolic link loop (it leads back to itself through {os.readlink(path)})"
+        return f"a link to {os.readlink(path)}, which does not exist"
+    return "no such file or folder"
+
+
 def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
                         inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Check a folder a command writes several files into, before any work: it may not be an
@@ -132,8 +147,7 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
         raise ValueError(f"the output {out} is an existing file; -o names the folder the files are written into")
     blocked = file_in_the_way(out)
     if blocked is not None and blocked.is_symlink() and not blocked.exists():  # was "... is a file"
-        raise ValueError(f"cannot make the output folder {out}: {blocked} is a link to {os.readlink(blocked)}, "
-                         f"which does not exist")
+        raise ValueError(f"cannot make the output folder {out}: {blocked} is {missing(blocked)}")
     if blocked is not None:
         raise ValueError(f"cannot make the output folder {out}: {blocked} is a file")
     for src in map(Path, inputs):

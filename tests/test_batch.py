@@ -1257,6 +1257,24 @@ def test_every_path_notes_a_write_that_found_the_disk_full(tmp_path, causal_ckpt
     assert says_disk_full(r.error) and den.disk_full, r.error
 
 
+@pytest.mark.parametrize("path", ["run", "batched"])
+def test_an_empty_output_that_finds_the_disk_full_is_noted(tmp_path, causal_ckpt, small_disk, path):
+    """Was: the write of an empty recording's empty output failed unnoted: the files after it were
+    denoised to fail the same way rather than passed over."""
+    from audioae.batch.process import says_disk_full
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "e.wav", np.zeros((0, 1), np.float32), 16000, subtype="PCM_16")
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as filler:  # to the last byte
+        while True:
+            filler.write(b"\0" * 512)
+    task = FileTask(str(src / "e.wav"), str(small_disk / "e.wav"), "e.wav")
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    [r] = [den.run(task)] if path == "run" else den._run_batched([(task, None)])
+    assert says_disk_full(r.error) and den.disk_full, r.error
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_files_that_cannot_fit_on_a_full_disk_are_not_attempted_and_a_rerun_does_them(tmp_path, causal_ckpt,
                                                                                        small_disk, capsys, workers):

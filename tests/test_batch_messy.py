@@ -67,6 +67,48 @@ def test_a_real_folder_keeps_its_name_and_a_link_to_it_is_not_followed(tmp_path,
     assert "linked/y.wav" in outputs(tmp_path / "c3")
 
 
+def test_a_link_to_a_folder_holding_another_input_skips_that_input(tmp_path, causal_ckpt):
+    """Was: inputs ``A`` and ``P/B`` with ``A/l_parent -> P`` were refused: "P/B/b.wav is among the
+    inputs twice ... the inputs overlap". Inputs that really overlap are still refused."""
+    a, p = tmp_path / "A", tmp_path / "P"
+    _wav(a / "a.wav")
+    _wav(p / "p.wav", seed=1)
+    _wav(p / "B" / "b.wav", seed=2)
+    (a / "l_parent").symlink_to(p, target_is_directory=True)
+    s = run_denoise([a, p / "B"], tmp_path / "out", _opts(causal_ckpt))
+    assert (s["files"], s["ok"], s["error"]) == (3, 3, 0)
+    assert outputs(tmp_path / "out") == {"a.wav", "l_parent/p.wav", "b.wav"}
+    with pytest.raises(ValueError, match="the inputs overlap"):
+        run_denoise([p, p / "B"], tmp_path / "out2", _opts(causal_ckpt))
+
+
+def test_a_folder_reached_through_two_links_is_no_loop_and_an_unlisted_one_counts_once(tmp_path, causal_ckpt,
+                                                                                       caplog, monkeypatch):
+    """Was: ``X/deep`` reached through two links was warned of as "a link loop?", and a folder that
+    cannot be listed, with a link to it, was left out twice."""
+    r, x = tmp_path / "r", tmp_path / "x"
+    _wav(r / "a.wav")
+    _wav(x / "deep" / "d.wav")
+    (r / "l1").symlink_to(x, target_is_directory=True)
+    (r / "l2").symlink_to(x / "deep", target_is_directory=True)
+    s = run_denoise([r], tmp_path / "out", _opts(causal_ckpt))
+    assert outputs(tmp_path / "out") == {"a.wav", "l1/deep/d.wav"}
+    assert "link loop" not in caplog.text
+    locked = r / "locked"
+    _wav(locked / "c.wav")
+    (r / "to_locked").symlink_to(locked, target_is_directory=True)
+    scandir = os.scandir
+
+    def refusing(path):  # as a folder this user may not read (root reads any)
+        if os.path.realpath(path) == str(locked.resolve()):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr("audioae.audio.os.scandir", refusing)
+    s = run_denoise([r], tmp_path / "out3", _opts(causal_ckpt))
+    assert [e["path"] for e in s["left_out"]] == [str(locked)]
+
+
 def test_a_folder_once_used_as_output_keeps_its_recordings(tmp_path, causal_ckpt):
     """Was: after ``-o r/day1``, every later run skipped all of day1 ("holds an earlier run's
     outputs"), so the recording b.wav there was never denoised (exit 0)."""
@@ -83,6 +125,36 @@ def test_a_folder_once_used_as_output_keeps_its_recordings(tmp_path, causal_ckpt
     shutil.move(r / "day1", moved)
     s = run_denoise([r], tmp_path / "clean2", _opts(causal_ckpt))
     assert outputs(tmp_path / "clean2") == {"a.wav"}
+
+
+def test_a_folder_once_used_as_output_leaves_out_a_marked_output_and_is_skipped_while_written(tmp_path, causal_ckpt):
+    """Was: an output renamed into place just before a kill (its in-flight marker there, no
+    manifest line yet) was denoised again as a recording, and so were the outputs a running job
+    was writing into the folder."""
+    from audioae.batch.job import LOCK_NAME
+    from audioae.batch.journal import JOURNAL_NAME, Journal
+    from audioae.batch.manifest import MadeWith
+    from audioae.fileio import hold_folder
+
+    r, day1 = tmp_path / "r", tmp_path / "r" / "day1"
+    _wav(r / "a.wav")
+    _wav(r / "c.wav", seed=2)
+    s = run_denoise([r], day1, _opts(causal_ckpt))
+    assert (s["files"], s["ok"]) == (2, 2)
+    # as a kill left it: day1/a.wav renamed into place, its marker there, its manifest line not written
+    made = day1 / "a.wav"
+    made.unlink()
+    Journal(day1 / JOURNAL_NAME, MadeWith(str(causal_ckpt), "0" * 64, 1.0)).started(
+        str((r / "a.wav").resolve()), output=str(made.resolve()))
+    _wav(made, seed=5)
+    manifest = day1 / "audioae-manifest.jsonl"  # c.wav's line kept, a.wav's not yet written
+    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines() if "c.wav" in line))
+    _wav(day1 / "b.wav", seed=1)  # a recording put there since
+    s = run_denoise([r], tmp_path / "clean", _opts(causal_ckpt))
+    assert outputs(tmp_path / "clean") == {"a.wav", "c.wav", "day1/b.wav"}  # not day1/a.wav: a finished output
+    with hold_folder(day1, LOCK_NAME, "another audioae denoise job"):  # a job writing into day1 now
+        s = run_denoise([r], tmp_path / "clean2", _opts(causal_ckpt))
+    assert outputs(tmp_path / "clean2") == {"a.wav", "c.wav"}
 
 
 @pytest.mark.parametrize("name", ["audioae-manifest.jsonl", ".audioae.lock", ".audioae-overwrite.json",
@@ -117,6 +189,19 @@ def test_inputs_named_as_the_tools_own_files_fail_and_leave_those_files_alone(tm
         assert sorted(p.name for p in out.iterdir()) == ["a.wav", "audioae-manifest.jsonl"]
 
 
+def test_a_folder_named_as_the_tools_own_file_is_the_one_to_rename(tmp_path, causal_ckpt):
+    """Was: in/audioae-manifest.jsonl/x.wav (a folder search) said "rename the input (e.g. to a name
+    ending in .wav)", of a file already so named."""
+    src = tmp_path / "in"
+    _wav(src / "a.wav")
+    _wav(src / "audioae-manifest.jsonl" / "x.wav", seed=1)
+    s = run_denoise([src], tmp_path / "o", _opts(causal_ckpt))
+    assert (s["files"], s["ok"], s["error"]) == (2, 1, 1)
+    error = s["errors"][0]["error"]
+    assert "clash with a file the tool keeps in the output folder: the manifest (audioae-manifest.jsonl)" in error
+    assert error.endswith(f"; rename the folder {(src / 'audioae-manifest.jsonl').resolve()} and run again")
+
+
 def test_an_empty_recording_becomes_an_empty_output(tmp_path, causal_ckpt):
     """Was: a valid WAV of 0 samples failed on every run ("the audio is empty"): the job never finished clean."""
     src, out = tmp_path / "in", tmp_path / "out"
@@ -129,6 +214,25 @@ def test_an_empty_recording_becomes_an_empty_output(tmp_path, causal_ckpt):
     assert (info.frames, info.samplerate, info.channels, info.subtype) == (0, 22050, 2, "PCM_24")
     s = run_denoise([src], out, _opts(causal_ckpt))
     assert (s["files"], s["skipped"], s["error"]) == (2, 2, 0)
+
+
+def test_an_empty_ogg_becomes_an_empty_output_and_an_empty_opus_is_refused_clearly(tmp_path, causal_ckpt):
+    """Was: every Ogg of 0 samples failed on every run ("... may be cut short"), libsndfile's own
+    empty Vorbis file too. libsndfile writes an empty Opus file it cannot open again ("malformed"):
+    that one fails, saying it cannot be read."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _wav(src / "a.wav")
+    sf.write(src / "empty.ogg", np.zeros((0, 2), np.float32), 44100, format="OGG", subtype="VORBIS")
+    s = run_denoise([src], out, _opts(causal_ckpt))
+    assert (s["files"], s["ok"], s["error"]) == (2, 2, 0)
+    info = sf.info(out / "empty.ogg")
+    assert (info.frames, info.samplerate, info.channels, info.subtype) == (0, 44100, 2, "VORBIS")
+    sf.write(src / "empty.opus", np.zeros((0, 1), np.float32), 48000, format="OGG", subtype="OPUS")
+    s = run_denoise([src], tmp_path / "out2", _opts(causal_ckpt))
+    assert (s["files"], s["ok"], s["error"]) == (3, 2, 1)
+    recs = {Path(r["input"]).name: r for r in read_manifest(tmp_path / "out2" / "audioae-manifest.jsonl")}
+    assert recs["empty.opus"]["error"].startswith(f"{src / 'empty.opus'}: ")
+    assert "malformed" in recs["empty.opus"]["error"]
 
 
 def test_settings_that_print_alike_are_told_apart(tmp_path, causal_ckpt, capsys):
@@ -173,6 +277,10 @@ def test_errors_name_what_is_wrong(tmp_path, causal_ckpt, capsys):
     assert main(["denoise", str(src), "-o", str(tmp_path / "dl"), "--model", str(causal_ckpt)]) == 2
     assert (f"cannot make the output folder {tmp_path / 'dl'}: {tmp_path / 'dl'} is a link to {tmp_path / 'nowhere'}, "
             f"which does not exist") in capsys.readouterr().err
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # was "loop is a link to loop, which does not exist"
+    assert main(["denoise", str(src), "-o", str(tmp_path / "loop"), "--model", str(causal_ckpt)]) == 2
+    assert (f"cannot make the output folder {tmp_path / 'loop'}: {tmp_path / 'loop'} is a symbolic link loop (it "
+            f"leads back to itself through {tmp_path / 'loop'})") in capsys.readouterr().err
     (tmp_path / "self.wav").symlink_to(tmp_path / "self.wav")
     assert main(["denoise", str(tmp_path / "self.wav"), "-o", str(tmp_path / "o"), "--model", str(causal_ckpt)]) == 2
     assert f"{tmp_path / 'self.wav'}: a symbolic link loop" in capsys.readouterr().err
@@ -218,7 +326,8 @@ def test_files_left_out_are_counted_and_fail_the_job(tmp_path, causal_ckpt, unpr
     _wav(src / "a.wav", seconds=0.7, seed=5)  # a new recording under the old name
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
-    assert "0 failed, 1 left out;" in proc.stdout
+    # counted once: left out, not also skipped as done (was "2 skipped (already done), 0 failed, 1 left out")
+    assert "2 files: 0 denoised, 1 skipped (already done), 0 failed, 1 left out;" in proc.stdout
     assert f"left out: {src / 'a.wav'}: changed after its output a.wav was made" in proc.stderr
     os.mkfifo(src / "pipe.wav")
     s = run_denoise([src], out, _opts(causal_ckpt, overwrite=True))

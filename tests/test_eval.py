@@ -543,3 +543,26 @@ def test_a_note_many_files_share_is_one_line_of_the_table():
     files[1]["notes"].append("enhanced looks clipped")
     assert _note_lines(files) == ["note: 3 files (0.wav, ...): PESQ on the pair resampled",
                                   "note: 1.wav: enhanced looks clipped"]
+
+
+def test_a_pair_of_empty_files_is_a_note_not_an_error(folders, capsys):
+    """Was: denoise makes an empty output of an empty recording and exits 0, and eval of the two
+    said "error: e.wav: the audio is empty (0 samples)", exit 1. One empty side is still an error."""
+    dirs, _ = folders
+    for k in ("clean", "noisy", "enhanced"):
+        sf.write(dirs[k] / "e.wav", np.zeros((0, 1), np.float32), SR, subtype="PCM_16")
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"], dirs["noisy"])
+    assert (rep["paired"], rep["read"], rep["scored"], rep["empty"], rep["errors"]) == (4, 4, 3, 1, [])
+    e = next(f for f in rep["files"] if f["file"] == "e.wav")
+    assert e["empty"] and all(e[m] is None for m in ("si_sdr", "si_sdr_i", "pesq", "stoi"))
+    assert main(["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--no-progress"]) == 0
+    assert "note: e.wav: clean and enhanced are both empty (0 samples): nothing to score" in capsys.readouterr().out
+    # an empty pair alone: nothing scored, and nothing wrong
+    only = {k: dirs[k].parent / f"only_{k}" for k in ("clean", "enhanced")}
+    for d in only.values():
+        d.mkdir()
+        sf.write(d / "e.wav", np.zeros((0, 1), np.float32), SR, subtype="PCM_16")
+    assert main(["eval", "--clean", str(only["clean"]), "--enhanced", str(only["enhanced"]), "--no-progress"]) == 0
+    sf.write(dirs["enhanced"] / "e.wav", np.zeros(SR, np.float32) + 0.1, SR)  # one side empty: an error still
+    rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
+    assert [err["error"] for err in rep["errors"]] == [f"{dirs['clean'] / 'e.wav'}: the audio is empty (0 samples)"]

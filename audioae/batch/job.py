@@ -34,13 +34,21 @@ from .manifest import (
     summarize,
 )
 from .overwrite import OVERWRITE_NAME, OverwriteRun, begin, finished, overwrite_run, previous_runs, remade
-from .plan import MANIFEST_NAME, PART_SUFFIX, FileTask, plan_tasks, remove_stale_parts, split_done
+from .plan import (
+    CASE_PROBE_PREFIX,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PART_SUFFIX,
+    FileTask,
+    plan_tasks,
+    remove_stale_parts,
+    split_done,
+)
 from .process import BLOCK_SECONDS, made_from, not_attempted, source_state
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-LOCK_NAME = ".audioae.lock"
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,10 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # Left out (a folder that cannot be listed, a named pipe, an input changed since its output was
     # made): until 2026-12-07 warnings alone, and the job exited 0 as if it had done every file.
     summary["left_out"] = [{"path": path, "why": why} for path, why in left_out]
+    # Of the skipped, inputs changed since their outputs were made: counted once, as left out, not
+    # also as "already done" (until 2026-12-07 "1 file: ... 1 skipped (already done), ... 1 left out").
+    named = {path for path, _ in left_out}  # a folder or a named pipe left out is no result: only these match
+    summary["skipped_changed"] = sum(r.status == "skipped" and r.input in named for r in results)
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -212,42 +224,56 @@ def _remove_unused(out: Path) -> None:
         out.rmdir()  # only if nothing else is in it
 
 
-CASE_PROBE_PREFIX = ".audioae-case-probe-"  # :func:`.plan.ignores_case`'s
-
-
 def own_name_clash(rel: str) -> str:
     """What of the tool's own an output at ``rel`` (relative to OUT) would take the name of, or "".
     The job keeps these in OUT (a nested job's lock in a folder under it: :func:`_refuse_nested_jobs`);
     ``.NAME.part``: an output's temporary name (:func:`.plan.part_path`; :func:`.fileio.atomic_open`'s
     ``.NAME.XXXXXXXX.part``), which a rerun deletes as what a killed run left. Until 2026-12-07 such
-    an input (named on the command line: a folder search skips hidden names) was denoised over the
-    tool's file: an output named ``audioae-manifest.jsonl`` broke the folder for every later run."""
+    an input was denoised over the tool's file: an output named ``audioae-manifest.jsonl`` broke
+    the folder for every later run."""
+    return _clash(rel)[1]
+
+
+def _clash(rel: str) -> tuple[int, str]:
+    """``(index of the clashing part of rel, what it clashes with)``, ``(-1, "")`` for none."""
     owned = {MANIFEST_NAME: "the manifest", LOCK_NAME: "the job's lock", OVERWRITE_NAME: "the --overwrite record",
              JOURNAL_NAME: "the folder of in-flight markers"}
-    for part in Path(rel).parts:
+    parts = Path(rel).parts
+    for i, part in enumerate(parts):
         what = owned.get(part) or owned.get(part.casefold())  # casefold: a disk that ignores case
         if what:
-            return f"{what} ({part})"
+            return i, f"{what} ({part})"
         if part.startswith(CASE_PROBE_PREFIX):
-            return f"the probe that tells whether the disk ignores case ({part})"
+            return i, f"the probe that tells whether the disk ignores case ({part})"
     name = Path(rel).name
     if name.startswith(".") and name.lower().endswith(PART_SUFFIX):
-        return f"{name}, the name of an output's temporary file, which a rerun deletes as a killed run's leftover"
-    return ""
+        return len(parts) - 1, (f"{name}, the name of an output's temporary file, which a rerun deletes as a killed "
+                                f"run's leftover")
+    return -1, ""
 
 
 def _refuse_own_names(tasks: Sequence[FileTask]) -> tuple[list[FileTask], list[FileResult]]:
     """``(tasks, refused)``: the tasks whose output takes a name of the tool's own
-    (:func:`own_name_clash`) fail, each with its error, and nothing is written for them."""
+    (:func:`own_name_clash`) fail, each with its error, and nothing is written for them. The way
+    out names what to rename: the input, or, where the clash is a folder a search went through
+    (``in/audioae-manifest.jsonl/x.wav``), that folder (until 2026-12-07 "rename the input (e.g.
+    to a name ending in .wav)" there too)."""
     kept, refused = [], []
     for t in tasks:
-        clash = own_name_clash(t.rel)
-        if clash:
-            refused.append(FileResult(t.input, t.output, "error", f"{t.input}: not denoised, its output {t.rel} would "
-                                      f"clash with a file the tool keeps in the output folder: {clash}; rename the "
-                                      f"input (e.g. to a name ending in .wav) and run again"))
-        else:
+        i, clash = _clash(t.rel)
+        if not clash:
             kept.append(t)
+            continue
+        parts = Path(t.rel).parts
+        if i < len(parts) - 1:  # a folder on the output's way: the input's folder of that name
+            up = Path(t.input).parents[len(parts) - 2 - i]
+            folder = up if up.name == parts[i] else Path(*parts[: i + 1])  # reached through a link: as found
+            fix = f"rename the folder {folder}"
+        else:
+            fix = "rename the input (e.g. to a name ending in .wav)"
+        refused.append(FileResult(t.input, t.output, "error", f"{t.input}: not denoised, its output {t.rel} would "
+                                  f"clash with a file the tool keeps in the output folder: {clash}; {fix} and "
+                                  f"run again"))
     return kept, refused
 
 

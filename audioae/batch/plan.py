@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..audio import AUDIO_EXTENSIONS, is_audio_name, not_a_file, walk_audio
-from ..fileio import check_named, check_output_folder, nearest_existing, temp_name
+from ..fileio import check_named, check_output_folder, holder_of, missing, nearest_existing, temp_name
+from .journal import JOURNAL_NAME, Journal
 from .manifest import made_by_runs, read_manifest
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "audioae-manifest.jsonl"
 PART_SUFFIX = ".part"
+LOCK_NAME = ".audioae.lock"  # held by a running job in its output folder (:func:`.job._run_in`)
+CASE_PROBE_PREFIX = ".audioae-case-probe-"  # :func:`ignores_case`'s probe file
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def ignores_case(folder: Path) -> bool:
         if name.isascii() and other != name and other not in listed:
             return os.path.lexists(here / other)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".audioae-case-probe-", dir=here)
+        fd, probe = tempfile.mkstemp(prefix=CASE_PROBE_PREFIX, dir=here)
     except OSError:
         return False
     os.close(fd)
@@ -90,8 +93,9 @@ def ignores_case(folder: Path) -> bool:
 def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[[Path], str] = str,
               elsewhere: Collection[Path] = (), left_out: list[tuple[str, str]] | None = None,
               ) -> list[tuple[Path, str]]:
-    """Audio files under ``folder`` (audio.walk_audio: sorted, recursive, linked folders
-    followed once, not into ``elsewhere``: the other input folders) with their relative paths,
+    """Audio files under ``folder`` (audio.walk_audio: recursive, the real folders first and then
+    the linked ones, each real folder once, none through a link into ``elsewhere``: the other
+    input folders) with their relative paths,
     skipping OUT when it lies inside ``folder`` (a
     rerun would otherwise take its own outputs as inputs), and in a subfolder that holds
     another run's manifest, the outputs it lists (denoised copies, not recordings; the whole
@@ -110,12 +114,22 @@ def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[
                             "denoised (denoise them into another folder)", here)
                 recordings.update(fold(_real(f)) for f in found)
             return True
-        if here != folder and MANIFEST_NAME in filenames:
+        if here != folder and (MANIFEST_NAME in filenames or LOCK_NAME in filenames
+                               or os.path.isdir(here / JOURNAL_NAME)):
+            if LOCK_NAME in filenames and holder_of(here, LOCK_NAME) is not None:
+                # its outputs are being written now, before their manifest lines and markers say so
+                log.warning("%s: skipped, an audioae denoise job is writing into it now; run again once it "
+                            "has finished to denoise the recordings in it", here)
+                return True
+            if MANIFEST_NAME not in filenames and not os.path.isdir(here / JOURNAL_NAME):
+                return False  # a lock file a killed job left, and nothing else: no outputs to leave out
             real = here.resolve()
             try:
                 listed = {o for o in made_by_runs(read_manifest(here / MANIFEST_NAME)) if Path(o).is_relative_to(real)}
             except (OSError, UnicodeDecodeError):
                 listed = set()
+            # Outputs renamed into place by a job killed before their manifest lines: their markers say so.
+            listed |= {str(found_at(Path(o))) for _, o, _ in Journal(here / JOURNAL_NAME).finished()}
             if not listed:
                 log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s) and its manifest names none "
                             "of them there; name it as an input to denoise it anyway", here, MANIFEST_NAME)
@@ -176,20 +190,6 @@ def _unsearchable(path: Path) -> str:
     return "Permission denied"
 
 
-def _missing(path: Path) -> str:
-    """Why an input named on the command line is not there, in the words a file found in a folder
-    gets (:func:`.process._open`): a link loop, a link to nothing, or no such name. Until
-    2026-12-07 each was "no such file or folder"."""
-    if os.path.islink(path):
-        try:
-            os.stat(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return f"{path}: a symbolic link loop (it leads back to itself through {os.readlink(path)})"
-        return f"{path}: a link to {os.readlink(path)}, which does not exist"
-    return f"{path}: no such file or folder"
-
-
 def _check_output_folder(out: Path) -> None:
     """OUT is a folder: refuse an existing file, and a new name that looks like an audio file
     (``-o clean.wav`` would otherwise become a folder called ``clean.wav``)."""
@@ -246,7 +246,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         elif what := not_a_file(p):  # reading a named pipe waits for a writer, a device's never ends
             raise ValueError(f"{p}: is {what}, not a file; denoise a recording saved to a file")
         else:
-            raise FileNotFoundError(_missing(p))
+            raise FileNotFoundError(f"{p}: {missing(p)}")  # as a file found in a folder is told
     tasks, by_output, by_input = [], {}, {}
     # Names, and the files they are: found_at resolved each one's folder, so only a link differs
     # (an lstat per input, not a realpath's one per folder above it: thousands of inputs).

@@ -58,7 +58,7 @@ from ..enhance import (
     is_out_of_memory,
     release_device_memory,
 )
-from ..fileio import file_in_the_way, nearest_existing
+from ..fileio import file_in_the_way, missing, nearest_existing
 from ..models import SpectralAutoencoder
 from .manifest import FileResult
 from .plan import FileTask, SourceState, part_path, same_file, source_state
@@ -103,13 +103,7 @@ def _open(task: FileTask, data: bytes | None, before: SourceState | None = None)
     :func:`source_state`, when the caller asked (one stat of the file, not two)."""
     if data is None and before is None and not os.path.exists(task.input):  # libsndfile would say "System error."
         if os.path.islink(task.input):
-            try:
-                os.stat(task.input)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise AudioError(f"{task.input}: a symbolic link loop (it leads back to itself through "
-                                     f"{os.readlink(task.input)})") from None
-            raise AudioError(f"{task.input}: a link to {os.readlink(task.input)}, which does not exist")
+            raise AudioError(f"{task.input}: {missing(task.input)}")
         raise AudioError(f"{task.input}: no such file (moved or deleted since the job was planned?)")
     if data is not None and not data:  # libsndfile: "Format not recognised.", where a path says empty
         raise AudioError(f"{task.input}: cannot read audio (empty file (0 bytes))")
@@ -131,7 +125,7 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAu
     source = task.input if data is None else data  # the bytes a read stage fetched, else the file
     if f.frames == 0:
         error = empty_audio(task.input, source, f.format)
-        if str(error) == f"{task.input}: the audio is empty (0 samples)":
+        if error.empty:
             return None
         raise error  # an unfinished header, an Ogg cut short: the audio is not all there
     return held_audio(source, f, task.input)  # an MP3's frames or an Ogg's pages walked, mapped
@@ -388,6 +382,14 @@ class FileDenoiser:
     def _no_room(self, task: FileTask, f: sf.SoundFile) -> FileResult | None:
         return no_room(task, f) if self.disk_full else None
 
+    def _write_empty(self, task: FileTask, f: sf.SoundFile, t0: float, before: SourceState | None) -> FileResult:
+        """:func:`_write_empty`, its failure :meth:`_noted`: an empty output's header is a write too,
+        and until 2026-12-07 one that found the disk full went unnoted."""
+        try:
+            return _write_empty(task, f, t0, before)
+        except Exception as exc:  # one bad file must never stop the job
+            return self._noted(_failed(task, exc, t0, 0.0))
+
     # ---- one file -------------------------------------------------------------------------------
     def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
@@ -400,7 +402,7 @@ class FileDenoiser:
                     return passed
                 held = _check_header(task, f, data)
                 if held is None:
-                    return _write_empty(task, f, t0, before)
+                    return self._write_empty(task, f, t0, before)
                 return self._run_open(task, f, held, t0, before)
         except Exception as exc:  # one bad file must never stop the job
             return _failed(task, exc, t0)
@@ -416,7 +418,7 @@ class FileDenoiser:
             else:
                 self._whole(task, f, held.kbps, before)
         except Exception as exc:  # one bad file must never stop the job
-            return self._noted(_failed(task, exc, t0, duration))  # only a write here can find the disk full
+            return self._noted(_failed(task, exc, t0, duration))  # a write here (or an empty output's) can find the disk full
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
                           warning=_warning(task, held), **made_from(before))
 
@@ -493,7 +495,7 @@ class FileDenoiser:
         """A short file read whole for its batch; a long one denoised now, streamed (bounded memory)."""
         held = _check_header(task, f, data)
         if held is None:
-            return _write_empty(task, f, t0, before)
+            return self._write_empty(task, f, t0, before)
         if held.frames * f.channels / f.samplerate > self.batch_max_seconds:
             return self._run_open(task, f, held, t0, before)
         return self._decode(task, data, f, t0, held, before)
