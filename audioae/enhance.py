@@ -267,7 +267,7 @@ def _check_audio_model(model) -> None:
 @torch.inference_mode()
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None,
-            high_band: HighBand = SHIPPED_HIGH_BAND) -> np.ndarray:
+            high_band: HighBand = SHIPPED_HIGH_BAND, traces: list[DenoiseTrace] | None = None) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
     Each channel is processed separately. At a rate above the model's, the band the model never
@@ -278,10 +278,12 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
     are cut into overlapping windows that are cross-faded. ``stop()`` is asked before each piece
     or window of a long input; when it says True, :class:`Stopped` is raised.
+    ``traces``: a list to which the clip's :class:`DenoiseTrace` is appended; with one, the whole
+    clip takes the offline path at any length (:func:`denoise_traced`).
     """
     _check_audio_model(model)
     x, squeeze = checked_clip(wav, sr, strength)
-    if channel_seconds(x, sr) > max_offline_seconds:
+    if traces is None and channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength, realtime=False,  # pieces of seconds
                                   high_band=high_band)
@@ -294,7 +296,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             win = max(1, int(max_offline_seconds * sr / x.shape[0]))
             y = _denoise_windows(model, x, sr, strength, win, stop, high_band)
     else:
-        y = _denoise_offline(model, x, sr, strength, high_band)
+        y = _denoise_offline(model, x, sr, strength, high_band, traces)
     out = y.cpu().numpy()
     return out[0] if squeeze else out
 
@@ -346,9 +348,10 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float,
-                     high_band: HighBand = SHIPPED_HIGH_BAND) -> torch.Tensor:
-    """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch."""
-    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band)[0])
+                     high_band: HighBand = SHIPPED_HIGH_BAND, traces: list[DenoiseTrace] | None = None) -> torch.Tensor:
+    """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch
+    (``traces``: as :func:`_denoise_clips`)."""
+    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band, traces)[0])
 
 
 @torch.inference_mode()
@@ -396,8 +399,9 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
         c, n = spec.shape[0], spec.shape[-1]
         est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
         if traces is not None:
+            n_code = -(-n // model.code_stride)  # the clip's own code frames, as it alone would have
             traces.append(DenoiseTrace(spec, feats[row : row + c, :, :n], out[row : row + c, :, :n],
-                                       code[row : row + c], est))
+                                       code[row : row + c, ..., :n_code], est))
         row += c
         if z is not None:  # a high band: one inverse for output and gain, one resampling for output and input
             gains = gain_frames(high_band.gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
@@ -435,10 +439,8 @@ def denoise_traced(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, s
     """:func:`denoise` on its offline path (the whole clip as one batch, at any length: no chunking)
     and the :class:`DenoiseTrace` of what it computed; the output is :func:`denoise`'s to the bit
     (for an input :func:`denoise` takes whole: up to ``max_offline_seconds`` channel-seconds)."""
-    _check_audio_model(model)
-    x, squeeze = checked_clip(wav, sr, strength)
     traces: list[DenoiseTrace] = []
-    y = _denoise_clips(model, [(x, squeeze, int(sr), strength)], high_band, traces)[0]
+    y = denoise(model, wav, sr, strength=strength, high_band=high_band, traces=traces)
     return y, traces[0]
 
 

@@ -15,7 +15,7 @@ import scipy.signal
 import torch
 
 from .metrics import si_sdr
-from .spectral import compress, framed_rfft, frames, magnitude, reflect_stft
+from .spectral import compress, framed_rfft, magnitude, reflect_stft, unfold_frames
 
 
 def spectral_loss(est_spec: torch.Tensor, clean_spec: torch.Tensor, kind: str = "power", power: float = 0.3) -> torch.Tensor:
@@ -139,8 +139,8 @@ def _fast_stoi_class():
 
         @staticmethod
         def remove_silent_frames(x, y, dyn_range, window, framelen, hop):
-            x_frames = frames(x, framelen, hop) * window[:, None]  # [B, L, N]
-            y_frames = frames(y, framelen, hop) * window[:, None]  # [B, L, N]
+            x_frames = unfold_frames(x, framelen, hop) * window[:, None]  # [B, L, N]
+            y_frames = unfold_frames(y, framelen, hop) * window[:, None]  # [B, L, N]
             x_energies = 20 * torch.log10(torch.norm(x_frames, dim=1, keepdim=True) + EPS)  # [B, 1, N]
             mask = ((x_energies.amax(2, keepdim=True) - dyn_range - x_energies) < 0).squeeze(1)  # [B, N]
             x_frames = move_speech_frames_first(x_frames.permute(0, 2, 1), mask)  # [B, N, L]
@@ -150,7 +150,7 @@ def _fast_stoi_class():
         @staticmethod
         def stft(x, win, fft_size, overlap=4):
             hop = int(win.shape[0] / overlap)
-            framed = frames(x, win.shape[0], hop)[..., :-1]  # [B, L, N - 1]: torch-stoi drops the last
+            framed = unfold_frames(x, win.shape[0], hop)[..., :-1]  # [B, L, N - 1]: torch-stoi drops the last
             return framed_rfft(framed, win, fft_size)  # [B, F, N - 1]
 
     return FastNegSTOILoss

@@ -77,8 +77,9 @@ class STFT(nn.Module):
 
 
 def hann_energy(n_fft: int) -> float:
-    """``sum w^2`` of the Hann window, in float64: a frame's ``sum |X|^2`` per unit mean square of
-    its samples (Parseval over ``n_fft`` bins, of which the rfft keeps about half)."""
+    """``sum w^2`` of the Hann window, in float64: a frame's ``|X|^2`` per bin (the mean over its
+    ``n_fft`` bins) per unit mean square of its samples (Parseval: the ``n_fft`` bins' ``|X|^2``
+    sum to ``n_fft * sum (w x)^2``; exactly the per-bin expectation for white noise)."""
     return float((torch.hann_window(n_fft, dtype=torch.float64) ** 2).sum())
 
 
@@ -103,7 +104,7 @@ def reflect_stft(x: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     return torch.stft(x, n_fft, hop_length, window=window, return_complex=True)
 
 
-def frames(x: torch.Tensor, length: int, hop: int) -> torch.Tensor:
+def unfold_frames(x: torch.Tensor, length: int, hop: int) -> torch.Tensor:
     """``x [B, T]`` -> ``[B, length, N]``, ``N = 1 + (T - length) // hop``, no padding: a strided
     view (torch-stoi's ``F.unfold`` ran an im2col kernel per row: on an H200, a third of a
     training step's GPU time)."""
@@ -111,7 +112,7 @@ def frames(x: torch.Tensor, length: int, hop: int) -> torch.Tensor:
 
 
 def framed_rfft(framed: torch.Tensor, window: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """``framed [B, L, N]`` (from :func:`frames`) windowed by ``window [L]`` -> complex
+    """``framed [B, L, N]`` (from :func:`unfold_frames`) windowed by ``window [L]`` -> complex
     ``[B, n_fft/2+1, N]`` (zero-padded to ``n_fft``)."""
     return torch.fft.rfft(framed * window[:, None], n=n_fft, dim=1)
 

@@ -119,9 +119,11 @@ class TrainConfig:
     # the same rate. A phase: the steps trained under one schedule (lr, lr_final, decay_steps,
     # decay_by_time, max_minutes, PHASE_SETTINGS). A resume with the same schedule continues its
     # phase (the same command after Ctrl-C, SIGTERM or a crash: the decay and the max_minutes
-    # budget go on where they were); one that changes any of them starts a new phase at its
-    # first step with a budget of its own (a fine-tuning stage, as in recipes/train_denoiser.sh),
-    # and says so. Resume points written before 2026-12-07 record no phase: a new one.
+    # budget go on where they were), and so does one that changes max_minutes alone (a larger
+    # budget: the phase's clock goes on); one that changes any other starts a new phase at its
+    # first step, at 0 minutes with a budget of its own (a fine-tuning stage, as in
+    # recipes/train_denoiser.sh), and says so. Resume points written before 2026-12-07 record no
+    # phase: a new one.
     lr_final: float = 0.0
     decay_steps: int = 0
     # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
@@ -129,11 +131,12 @@ class TrainConfig:
     # counts from the phase's start: a resume with another schedule is a warm restart with a new
     # budget.
     decay_by_time: bool = False
-    # Split one max_minutes run over several invocations (a GPU lent in calls shorter than the
-    # training): each stops after this much wall time with a resume point, and the next resumes
-    # the run's clock where it stopped, so the time-based decay spans all of them and the run
-    # ends after max_minutes of training in all; the clock goes on even where a resume changes
-    # the schedule. 0: each invocation stops at the end of its phase's budget (above).
+    # Split one phase's max_minutes over several invocations (a GPU lent in calls shorter than
+    # the training): each stops after this much wall time with a resume point, and the same
+    # command again continues the phase's clock where it stopped, so the time-based decay spans
+    # all of them and the phase ends after max_minutes of training in all. A resume that changes
+    # the schedule starts a new phase at 0 minutes as above. 0: each invocation stops at the end
+    # of its phase's budget.
     session_minutes: float = 0.0
     weight_decay: float = 1e-5
     grad_clip: float = 5.0
@@ -409,31 +412,57 @@ def make_validation_set(model: SpectralAutoencoder, data: DataConfig, sources=No
     return clean, noise_b, snr
 
 
+def _val_mix(model: SpectralAutoencoder, val_set) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The validation set's clean [B, T] (CPU), noisy [B, T] and noisy spectrum, mixed the same
+    way at every call (a fixed generator)."""
+    clean, noise, snr = val_set
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(99)
+    noisy, spec = corrupt_batch(model, clean.to(dev), noise.to(dev), snr.to(dev), gen)
+    return clean, noisy, spec
+
+
+def _wave_scores(wave: torch.Tensor, clean: torch.Tensor, sr: int, metrics, tag: str) -> dict[str, float]:
+    """Mean PESQ and STOI (those in ``metrics``) of ``wave`` [B, T] against ``clean``, keyed name + tag."""
+    pairs = list(zip(wave.numpy(), clean.numpy(), strict=True))
+    res = {}
+    if "pesq" in metrics:
+        res["pesq" + tag] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in pairs]))
+    if "stoi" in metrics:
+        res["stoi" + tag] = float(np.nanmean([stoi(e, c, sr) for e, c in pairs]))
+    return res
+
+
+@torch.inference_mode()
+def input_scores(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi")) -> dict[str, float]:
+    """The unprocessed input's scores on the validation set (``si_sdr_in``, and ``pesq_in`` and
+    ``stoi_in`` where ``metrics`` ask): the same at every validation, so train() scores them once,
+    before its clock starts, and passes them to validate()."""
+    clean, noisy, _ = _val_mix(model, val_set)
+    noisy = noisy.float().cpu()
+    return {"si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean()),
+            **_wave_scores(noisy, clean, model.config.sample_rate, metrics, "_in")}
+
+
 @torch.inference_mode()
 def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi"),
              inputs: bool | dict[str, float] = False) -> dict[str, float]:
     """Mean metrics of the model's output on the fixed validation set, and of its unprocessed
     input: ``si_sdr_in`` always, and with ``inputs`` True ``pesq_in`` and ``stoi_in`` too (a
     model's score means little without the input's). The input is the same at every validation,
-    so ``inputs`` may be an earlier call's ``*_in`` entries, which are then not scored again."""
+    so ``inputs`` may be the ``*_in`` entries of an earlier call or of input_scores(), which are
+    then not scored again."""
     model.eval()
-    clean, noise, snr = val_set
-    dev = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(99)
-    noisy, spec = corrupt_batch(model, clean.to(dev), noise.to(dev), snr.to(dev), gen)
+    clean, noisy, spec = _val_mix(model, val_set)
     out, _ = model(model.features_of(spec, noisy))
     est = model.stft.inverse(model.estimate_spec(spec, out), clean.shape[-1]).float().cpu()  # [B, T]
     noisy = noisy.float().cpu()
     sr = model.config.sample_rate
     res = {"si_sdr": float(si_sdr(est.double(), clean.double()).mean()),
-           "si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean())}
-    scored = {"": est, "_in": noisy} if inputs is True else {"": est}
-    for tag, wave in scored.items():
-        pairs = list(zip(wave.numpy(), clean.numpy(), strict=True))
-        if "pesq" in metrics:
-            res["pesq" + tag] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in pairs]))
-        if "stoi" in metrics:
-            res["stoi" + tag] = float(np.nanmean([stoi(e, c, sr) for e, c in pairs]))
+           "si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean()),
+           **_wave_scores(est, clean, sr, metrics, "")}
+    if inputs is True:
+        res.update(_wave_scores(noisy, clean, sr, metrics, "_in"))
     model.train()
     return {**res, **(inputs if isinstance(inputs, dict) else {})}
 
@@ -928,26 +957,24 @@ def _resumed_best(path: Path, key: dict) -> tuple[float, float | None]:
     return (-math.inf, None) if score is None else (float(score), val.get(key["select_by"] + "_in"))
 
 
-def _resumed_phase(tc: TrainConfig, step: int, minutes_total: float, saved: dict | None) -> tuple[int, float, str]:
+def _resumed_phase(tc: TrainConfig, step: int, saved: dict | None) -> tuple[int, float, str]:
     """Where a resume at ``step`` continues the schedule: the step its decay counts from, the
     minutes already on its clock (the max_minutes budget and decay_by_time), and a few words that
     say so. The same schedule settings as the resume point's phase continue that phase (a run
-    interrupted, then resumed with the same command); other ones start a new phase here (a
-    fine-tuning stage), whose clock starts at 0 unless train.session_minutes carries the run's."""
+    interrupted, then resumed with the same command, as recipes/train_denoiser_gpu.sh's split
+    calls are), and so does a change of train.max_minutes alone (a larger budget for the same
+    phase: its clock goes on). Any other change starts a new phase here at 0 minutes with its own
+    budget (a fine-tuning stage), with or without train.session_minutes."""
     now = _phase_of(tc, step, 0.0)["settings"]
-    if saved is not None and saved["settings"] == now:
+    changed = None if saved is None else {k: v for k, v in now.items() if saved["settings"].get(k) != v}
+    if changed is not None and set(changed) <= {"max_minutes"}:
+        budget = (f" with train.max_minutes {saved['settings'].get('max_minutes')} -> {changed['max_minutes']}"
+                  if changed else "")
         return (saved["start_step"], saved["minutes"],
-                f"continuing its phase from step {saved['start_step']} ({saved['minutes']:.2f} min on its clock)")
-    if saved is None:
-        why = "its resume point records no schedule (written before 2026-12-07)"
-        carried = minutes_total  # what such files recorded was that clock
-    else:
-        why = "; ".join(f"train.{k} {saved['settings'].get(k)} -> {v}" for k, v in now.items()
-                        if saved["settings"].get(k) != v)
-        carried = saved["minutes"]
-    if tc.session_minutes:
-        return step, carried, (f"a new phase ({why}): decay_steps count from here, and the run's clock goes on at "
-                               f"{carried:.2f} min (train.session_minutes)")
+                f"continuing its phase from step {saved['start_step']}{budget} ({saved['minutes']:.2f} min on "
+                f"its clock)")
+    why = ("its resume point records no schedule (written before 2026-12-07)" if changed is None else
+           "; ".join(f"train.{k} {saved['settings'].get(k)} -> {v}" for k, v in changed.items()))
     return step, 0.0, f"a new phase ({why}): the learning-rate decay and the max_minutes budget start again here"
 
 
@@ -1062,9 +1089,16 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         _check_resume_steps(out, step, weights_step, ema_step)
         if rank == 0:  # the rank that validates and keeps best.safetensors
             best, best_input = _resumed_best(out / "best.safetensors", val_key)
-        phase_start, minutes_before, how = _resumed_phase(tc, step, minutes_total, saved_phase)
-        for group in opt.param_groups:  # the run config, not the saved state, sets the rate
-            group["lr"] = tc.lr
+        phase_start, minutes_before, how = _resumed_phase(tc, step, saved_phase)
+        # The run config, not the saved state, sets the rate: the schedule's at this step (what the
+        # summary's final_lr reports when nothing more is trained: the rate the run ended at).
+        resumed_lr = tc.lr
+        if tc.decay_by_time:
+            resumed_lr = decayed_lr(tc, minutes_before / tc.max_minutes)
+        elif tc.decay_steps:
+            resumed_lr = decayed_lr(tc, (step - phase_start) / tc.decay_steps)
+        for group in opt.param_groups:
+            group["lr"] = resumed_lr
         if rank == 0:
             say(f"resumed from {last} at step {step}: {how}")
         if tc.init_from and rank == 0:
@@ -1114,13 +1148,12 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     # Each rank and each resume draws different examples.
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
-    # A split run whose budget is spent: each further call trained one more step and said nothing.
+    # A phase whose budget is spent: each further call of a split run trained one more step and said nothing.
     spent = tc.max_minutes > 0 and minutes_before >= tc.max_minutes
-    if spent:
-        log.warning("%s: the %s budget is spent (%.2f of train.max_minutes=%g trained): nothing to train; %s", out,
-                    "run's" if tc.session_minutes else "phase's", minutes_before, tc.max_minutes,
-                    "raise train.max_minutes to go on" if tc.session_minutes else
-                    "another train.max_minutes starts a new phase with that budget")
+    if spent and rank == 0:
+        log.warning("%s: the phase's budget is spent (%.2f min on its clock, train.max_minutes=%g): nothing to "
+                    "train; a larger train.max_minutes continues the phase, another schedule starts a new one",
+                    out, minutes_before, tc.max_minutes)
     # With nothing to train, run.json keeps what made the weights (and lists no resume that trained nothing).
     if rank == 0 and step < tc.steps and not spent:
         _record_settings(out, run, step if resuming else None, record)
@@ -1130,6 +1163,9 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    # The input's scores, the same at every validation: scored here, before the clock starts (PESQ
+    # and STOI of the input took ~19 s of each 8.5-minute session on the GPU config).
+    val_inputs = input_scores(evaluated, val_set, tc.metrics) if rank == 0 and step < tc.steps and not spent else True
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
@@ -1153,7 +1189,6 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
 
     skipped = bad_in_a_row = 0
     scaler_skipped = overflow_in_a_row = 0  # float16 steps its GradScaler skipped (overflow)
-    val_inputs = True  # score the input at the first validation; its scores, the same at every one, after
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -843,6 +844,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(stages) - set(STAGES) - set(EXTRA_STAGES))
     if unknown:
         ap.error(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES + EXTRA_STAGES)}")
+    if set(stages) - {"summary"} and importlib.util.find_spec("librosa") is None:
+        # Before the packages stage's apt work and any clip: trim() needs it, and the build
+        # failed on it only once the first clip was cut.
+        print("build_corpus.py: librosa is missing (it trims the clips' silence); install the recipes extra "
+              "first: pip install -e '.[recipes]'", file=sys.stderr)
+        return 2
     only = tuple(s for s in args.only.split(",") if s)
     names = [source.name for source in PACKAGE_SOURCES]
     if set(only) - set(names):  # a typo built nothing and exited 0

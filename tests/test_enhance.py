@@ -640,3 +640,23 @@ def test_the_traced_path_is_denoise_and_holds_what_it_computed(sr):
         torch.testing.assert_close(trace.out, out, atol=1e-5, rtol=0)
         torch.testing.assert_close(trace.code, code, atol=1e-5, rtol=0)
         assert torch.equal(trace.est, model.estimate_spec(spec, trace.out))
+
+
+def test_denoise_traced_is_denoise_with_a_trace_and_the_code_covers_the_clip_s_own_frames():
+    """denoise_traced runs denoise's own entry (its checks, its offline path); the trace's code has
+    the clip's own code frames, ceil(N / code_stride), as the model run on the clip alone gives."""
+    from audioae.enhance import denoise_traced
+
+    torch.manual_seed(0)
+    model = build_model("conv1d", {"channels": [8, 8], "causal": True}).eval()
+    sr = model.config.sample_rate
+    x = (0.1 * np.random.default_rng(5).standard_normal(sr // 2 + 37)).astype(np.float32)
+    y, trace = denoise_traced(model, x, sr)
+    np.testing.assert_array_equal(y, denoise(model, x, sr))
+    n = trace.spec.shape[-1]
+    assert model.code_stride > 1 and n % model.code_stride
+    assert trace.code.shape[-1] == -(-n // model.code_stride)
+    with torch.inference_mode():
+        assert torch.equal(trace.code, model(trace.features)[1])
+    with pytest.raises(ValueError):  # denoise's checks: a strength out of range
+        denoise_traced(model, x, sr, strength=2.0)

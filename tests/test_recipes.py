@@ -625,3 +625,13 @@ def test_the_gpu_recipe_refuses_an_option_where_a_folder_belongs(tmp_path, args,
     assert run.returncode == 2, run.stderr[-2000:]
     assert f"where {where} belongs" in run.stderr and "[MINUTES] [DATA] [OUT]" in run.stderr, run.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_build_corpus_says_to_install_the_recipes_extra_before_any_work(tmp_path, monkeypatch, capsys):
+    """Was: docs/corpus.md's quick start never installed librosa, and the build failed on it only
+    at the first clip, after the apt work."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "librosa" else find_spec(name, *a))
+    monkeypatch.setattr(bc, "run", lambda *a, **k: pytest.fail("built without librosa"))
+    assert bc.main(["--out", str(tmp_path / "corpus")]) == 2
+    assert "pip install -e '.[recipes]'" in capsys.readouterr().err

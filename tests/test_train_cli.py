@@ -687,7 +687,72 @@ def test_a_split_run_resumes_its_clock_and_decays_over_the_whole_budget(tmp_path
     assert abs(final["final_lr"] - 1e-4) < 1e-4 * 0.05
     assert main(args) == 0  # the budget is spent: one more invocation trains nothing and says so
     assert json.loads(capsys.readouterr().out)["steps"] == final["steps"]  # was one more step per call
-    assert "the run's budget is spent" in caplog.text
+    assert "the phase's budget is spent" in caplog.text
+
+
+def test_a_new_schedule_under_session_minutes_gets_a_budget_of_its_own(tmp_path, capsys, caplog):
+    """Was: a new phase under train.session_minutes carried the last phase's clock, so a stage
+    after a spent one trained nothing and said "the run's budget is spent". Only a change of
+    max_minutes alone continues a phase (its clock goes on); a resume that trains nothing reports
+    the rate the run ended at, not train.lr."""
+    out = tmp_path / "run"
+    common = ["train", CONFIG, "--out", str(out), "--steps", "1000000", "--set", "train.val_every=100000",
+              "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", 'train.metrics=["si_sdr"]',
+              "--set", "train.decay_by_time=true", "--set", "train.lr_final=1e-4"]
+    assert main([*common, "--set", "train.max_minutes=0.02"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*common, "--set", "train.max_minutes=0.02"]) == 0  # spent: nothing trained, at lr_final
+    again = json.loads(capsys.readouterr().out)
+    assert again["steps"] == first["steps"] and again["final_lr"] == pytest.approx(1e-4)
+    stage = [*common, "--set", "train.lr=1e-3", "--set", "train.max_minutes=0.05", "--set",
+             "train.session_minutes=0.03"]
+    assert main(stage) == 0
+    second = capsys.readouterr()
+    assert "a new phase (train.lr" in second.err and "start again here" in second.err
+    second = json.loads(second.out)
+    assert second["steps"] > first["steps"] and 0.03 <= second["phase_minutes"] < 0.05
+    assert main(stage) == 0  # the same command: the phase goes on to its budget
+    third = json.loads(capsys.readouterr().out)
+    assert third["steps"] > second["steps"] and third["phase_minutes"] >= 0.05
+    caplog.clear()
+    assert main(stage) == 0
+    assert "the phase's budget is spent (" in caplog.text
+    assert json.loads(capsys.readouterr().out)["steps"] == third["steps"]
+    raised = [*stage[:-4], "--set", "train.max_minutes=0.08", "--set", "train.session_minutes=0.03"]
+    assert main(raised) == 0  # a larger budget alone: the phase's clock goes on
+    fourth = capsys.readouterr()
+    assert "continuing its phase from step" in fourth.err and "train.max_minutes 0.05 -> 0.08" in fourth.err
+    fourth = json.loads(fourth.out)
+    assert fourth["steps"] > third["steps"] and fourth["phase_minutes"] >= 0.08 > third["phase_minutes"]
+
+
+def test_the_input_is_scored_before_the_clock_starts(tmp_path, capsys, monkeypatch):
+    """Was: the input's PESQ and STOI were scored at each invocation's first validation, inside the
+    timed loop (~19 s of each 8.5-minute session on the GPU config's budget)."""
+    import time
+
+    import audioae.train as train_module
+
+    scored, inputs_given = [], []
+    input_scores, validate = train_module.input_scores, train_module.validate
+
+    def slow_input_scores(*args):
+        time.sleep(2.0)
+        scored.append(input_scores(*args))
+        return scored[-1]
+
+    def recording_validate(model, val_set, metrics, inputs=False):
+        inputs_given.append(inputs)
+        return validate(model, val_set, metrics, inputs)
+
+    monkeypatch.setattr(train_module, "input_scores", slow_input_scores)
+    monkeypatch.setattr(train_module, "validate", recording_validate)
+    assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--steps", "2", "--set", "train.val_every=1",
+                 "--set", "train.progress=false", "--set", "model.config.hidden=16",
+                 "--set", 'train.metrics=["si_sdr", "stoi"]']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(scored) == 1 and "stoi_in" in scored[0] and summary["seconds"] < 2.0
+    assert inputs_given and all(isinstance(given, dict) and "stoi_in" in given for given in inputs_given)
 
 
 def test_session_minutes_needs_a_budget_to_split(tmp_path, capsys):
