@@ -5,31 +5,20 @@ it encoded the unlifted features, so below about -45 dBFS its code was not the c
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from audioae.checkpoint import load_checkpoint, save_checkpoint
+from audioae.checkpoint import load_checkpoint
 from audioae.client import Client
 from audioae.data.synthetic import speech_like
 from audioae.enhance import model_input
-from audioae.models import build_model
 from server import AudioServer, ServerConfig
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
-    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def client(tiny_path):
-    srv = AudioServer(ServerConfig(port=0, models=(str(tiny_path),), metrics_port=0, torch_threads=1,
+def client(causal_ckpt):  # the tiny causal recurrent model of conftest
+    srv = AudioServer(ServerConfig(port=0, models=(str(causal_ckpt),), metrics_port=0, torch_threads=1,
                                    max_delay_ms=5, drain_seconds=5))
     srv.start()
     srv.load()
@@ -40,12 +29,12 @@ def client(tiny_path):
         srv.stop()
 
 
-def test_encode_of_quiet_audio_is_the_code_of_what_denoising_feeds_the_network(client, tiny_path):
-    tiny = load_checkpoint(tiny_path).eval()
+def test_encode_of_quiet_audio_is_the_code_of_what_denoising_feeds_the_network(client, causal_ckpt):
+    tiny = load_checkpoint(causal_ckpt).eval()
     rng = np.random.default_rng(0)
     loud = np.stack([speech_like(rng, 0.5, 16000) for _ in range(2)])  # [C, T]
     x = (loud / np.abs(loud).max() * 10 ** (-65 / 20)).astype(np.float32)  # peaks at -65 dBFS: lifted
-    h = client.encode_audio(x, 16000, model="tiny")
+    h = client.encode_audio(x, 16000, model="tiny-causal")
     with torch.inference_mode():
         lifted = tiny.encode(model_input(tiny, torch.from_numpy(x))[1]).numpy()
         unlifted = tiny.encode(tiny.analyze(torch.from_numpy(x))[1]).numpy()
