@@ -86,14 +86,30 @@ LEVEL_MAX_GAIN_DB = 40.0  # at most this much
 LEVEL_RELEASE_S = 3.0  # the tracked level rises at once with a louder frame and falls with this time constant
 
 
+@dataclass(frozen=True)
+class LevelLift:
+    """How quiet input's features are lifted, passed explicitly to :func:`denoise`,
+    :func:`denoise_batch`, :class:`StreamingDenoiser` and :func:`model_input` (it was module
+    globals that benchmarks/input_level.py patched around each call). The default is the shipped
+    lift. ``target_db``: the tracked frame level (dB re full-scale mean square) below which frames
+    are lifted; ``max_gain_db``: at most this much (0: no lift, the behaviour before the tracker)."""
+
+    target_db: float = LEVEL_TARGET_DB
+    max_gain_db: float = LEVEL_MAX_GAIN_DB
+
+
+SHIPPED_LEVEL_LIFT = LevelLift()
+
+
 class LevelTracker:
     """Causal level of STFT frames, one per row: the loudest recent frame power, rising at once
     and falling with a time constant of ``LEVEL_RELEASE_S``. :meth:`gains` takes frames in order
     (all at once or in chunks: the same gains, to float rounding) and returns the feature gain
-    per frame, ``10^((LEVEL_TARGET_DB - level) / 20)`` clamped to [1, LEVEL_MAX_GAIN_DB]."""
+    per frame, ``10^((lift.target_db - level) / 20)`` clamped to [1, lift.max_gain_db]."""
 
-    def __init__(self, model: SpectralAutoencoder):
+    def __init__(self, model: SpectralAutoencoder, lift: LevelLift = SHIPPED_LEVEL_LIFT):
         c = model.config
+        self.lift = lift
         self.norm = hann_energy(c.n_fft)  # |X|^2 per unit mean square
         self.decay = -10 / math.log(10) * (c.hop_length / c.sample_rate) / LEVEL_RELEASE_S  # dB per frame
         self.level: np.ndarray | None = None  # [B] dB after the last frame seen
@@ -111,7 +127,7 @@ class LevelTracker:
             level = np.maximum(level, self.level[:, None] + n * self.decay)
         if db.shape[-1]:
             self.level = level[:, -1]
-        gain_db = np.clip(LEVEL_TARGET_DB - level, 0.0, LEVEL_MAX_GAIN_DB)  # [B, n]
+        gain_db = np.clip(self.lift.target_db - level, 0.0, self.lift.max_gain_db)  # [B, n]
         return torch.from_numpy(10 ** (gain_db[:, None, :] / 20)).float().to(spec.device)  # [B, 1, n]
 
 
@@ -124,12 +140,14 @@ def lifted_features(model: SpectralAutoencoder, spec: torch.Tensor, ahead: torch
     return model.features(lifted) if ahead is None else model.features(lifted, ahead * gains)
 
 
-def model_input(model: SpectralAutoencoder, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def model_input(model: SpectralAutoencoder, wav: torch.Tensor, *,
+                level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> tuple[torch.Tensor, torch.Tensor]:
     """What denoising feeds the network for ``wav [B, T]`` at the model's rate: ``(spec [B, F, N],
-    features [B, F', N])``, the features lifted by a :class:`LevelTracker` (offline, whole)."""
+    features [B, F', N])``, the features lifted by a :class:`LevelTracker` (offline, whole) as
+    ``level_lift`` says."""
     spec = model.stft(wav)  # [B, F, N]
     ahead = model.stft.ahead(wav, model.config.lookahead) if model.config.lookahead else None  # [B, F, N]
-    return spec, lifted_features(model, spec, ahead, LevelTracker(model).gains(spec))
+    return spec, lifted_features(model, spec, ahead, LevelTracker(model, level_lift).gains(spec))
 
 
 # ---- above the model's band ----------------------------------------------------------------------
@@ -267,12 +285,14 @@ def _check_audio_model(model) -> None:
 @torch.inference_mode()
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None,
-            high_band: HighBand = SHIPPED_HIGH_BAND, traces: list[DenoiseTrace] | None = None) -> np.ndarray:
+            high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT,
+            traces: list[DenoiseTrace] | None = None) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
     Each channel is processed separately. At a rate above the model's, the band the model never
     sees is kept at the gain the model gave the top of its own band (:func:`with_high_band`;
-    ``high_band`` says how, :class:`HighBand`).
+    ``high_band`` says how, :class:`HighBand`). Quiet input's features are lifted as
+    ``level_lift`` says (:class:`LevelLift`, :func:`model_input`).
     Long inputs (over ``max_offline_seconds`` channel-
     seconds: 64 channels of 20 s count 1,280) of a causal model stream through
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
@@ -286,7 +306,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     if traces is None and channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength, realtime=False,  # pieces of seconds
-                                  high_band=high_band)
+                                  high_band=high_band, level_lift=level_lift)
             parts = []
             for i in range(0, x.shape[-1], s.piece):  # the pieces push would cut: same output
                 check_stop(stop, f"stopped after {i} of {x.shape[-1]} samples")
@@ -294,9 +314,9 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             y = torch.cat([*parts, s.finish()], -1)
         else:
             win = max(1, int(max_offline_seconds * sr / x.shape[0]))
-            y = _denoise_windows(model, x, sr, strength, win, stop, high_band)
+            y = _denoise_windows(model, x, sr, strength, win, stop, high_band, level_lift)
     else:
-        y = _denoise_offline(model, x, sr, strength, high_band, traces)
+        y = _denoise_offline(model, x, sr, strength, high_band, level_lift, traces)
     out = y.cpu().numpy()
     return out[0] if squeeze else out
 
@@ -348,15 +368,16 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float,
-                     high_band: HighBand = SHIPPED_HIGH_BAND, traces: list[DenoiseTrace] | None = None) -> torch.Tensor:
+                     high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT,
+                     traces: list[DenoiseTrace] | None = None) -> torch.Tensor:
     """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch
     (``traces``: as :func:`_denoise_clips`)."""
-    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band, traces)[0])
+    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band, level_lift, traces)[0])
 
 
 @torch.inference_mode()
 def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int, float]], *,
-                  high_band: HighBand = SHIPPED_HIGH_BAND) -> list[np.ndarray]:
+                  high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> list[np.ndarray]:
     """Denoise several clips ``(wav [C, T] or [T], sr, strength)`` with one forward pass of the model.
 
     Per clip: resample to the model's rate, STFT, then the model runs once on the features of all
@@ -372,12 +393,13 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     # The checks denoise() makes, clip by clip: unchecked, int16 came back as noise and [T, C] as
     # T channels of C samples.
     return _denoise_clips(model, [(*checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items],
-                          high_band)
+                          high_band, level_lift)
 
 
 @torch.inference_mode()
 def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor, bool, int, float]],
-                   high_band: HighBand = SHIPPED_HIGH_BAND, traces: list[DenoiseTrace] | None = None) -> list[np.ndarray]:
+                   high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT,
+                   traces: list[DenoiseTrace] | None = None) -> list[np.ndarray]:
     """:func:`denoise_batch` of clips already checked: ``(x [C, T] on the CPU, was 1-D, sr, strength)``.
     ``traces``: a list to which each clip's :class:`DenoiseTrace` is appended (the quantities are
     computed either way; only kept when asked)."""
@@ -386,7 +408,7 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     lengths, seen, specs, feats = [], [], [], []  # seen: the model-rate input where a high band needs it
     for x, _, sr, _ in checked:
         z = resample(x, sr, msr, target="the model's ")  # [C, T'] on the CPU
-        spec, feat = model_input(model, z.to(dev))  # [C, F, N_i], [C, F', N_i]
+        spec, feat = model_input(model, z.to(dev), level_lift=level_lift)  # [C, F, N_i], [C, F', N_i]
         lengths.append(z.shape[-1])
         seen.append(z if high_band.applies(sr, model) else None)
         specs.append(spec)
@@ -435,17 +457,19 @@ class DenoiseTrace:
 
 @torch.inference_mode()
 def denoise_traced(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
-                   high_band: HighBand = SHIPPED_HIGH_BAND) -> tuple[np.ndarray, DenoiseTrace]:
+                   high_band: HighBand = SHIPPED_HIGH_BAND,
+                   level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> tuple[np.ndarray, DenoiseTrace]:
     """:func:`denoise` on its offline path (the whole clip as one batch, at any length: no chunking)
     and the :class:`DenoiseTrace` of what it computed; the output is :func:`denoise`'s to the bit
     (for an input :func:`denoise` takes whole: up to ``max_offline_seconds`` channel-seconds)."""
     traces: list[DenoiseTrace] = []
-    y = denoise(model, wav, sr, strength=strength, high_band=high_band, traces=traces)
+    y = denoise(model, wav, sr, strength=strength, high_band=high_band, level_lift=level_lift, traces=traces)
     return y, traces[0]
 
 
 def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float, win: int,
-                     stop: Callable[[], bool] | None = None, high_band: HighBand = SHIPPED_HIGH_BAND) -> torch.Tensor:
+                     stop: Callable[[], bool] | None = None, high_band: HighBand = SHIPPED_HIGH_BAND,
+                     level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> torch.Tensor:
     """Non-causal models on long input: windows with 1/8 overlap, linearly cross-faded."""
     overlap = max(1, win // 8)
     hop = win - overlap
@@ -455,7 +479,7 @@ def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
     for start in range(0, x.shape[-1], hop):
         check_stop(stop, f"stopped after {start} of {x.shape[-1]} samples")
         seg = x[:, start : start + win]
-        y = _denoise_offline(model, seg, sr, strength, high_band)
+        y = _denoise_offline(model, seg, sr, strength, high_band, level_lift)
         w = torch.ones(seg.shape[-1])
         if start > 0:
             w[: min(overlap, len(w))] = ramp[: min(overlap, len(w))]
@@ -546,11 +570,13 @@ class StreamingDenoiser:
     ``realtime``: fed as it happens in small calls (a server's stream, a microphone), so a rate
     whose resampling filter would not keep up is refused (:data:`~audioae.audio.MAX_RESAMPLE_FILTER_BYTES`:
     44056 Hz); False for a file fed in long blocks (:func:`denoise`, the folder tool), which takes
-    what offline denoising takes. ``high_band``: the band above the model's, as :func:`denoise` takes it.
+    what offline denoising takes. ``high_band``: the band above the model's, and ``level_lift``: quiet
+    input's lift, as :func:`denoise` takes them.
     """
 
     def __init__(self, model: SpectralAutoencoder, sr: int, channels: int = 1, *, strength: float = 1.0,
-                 realtime: bool = True, high_band: HighBand = SHIPPED_HIGH_BAND):
+                 realtime: bool = True, high_band: HighBand = SHIPPED_HIGH_BAND,
+                 level_lift: LevelLift = SHIPPED_LEVEL_LIFT):
         _check_audio_model(model)
         if not model.causal:
             raise ValueError(f"model {model.registry_name} is not causal and cannot stream")
@@ -579,7 +605,7 @@ class StreamingDenoiser:
         empty = torch.zeros(channels, c.n_bins, 0, dtype=torch.complex64, device=self.device)
         self.unpaired, self.ahead_frames = empty, empty  # frames still waiting for their look-ahead
         self.unpaired_gains = torch.ones(channels, 1, 0, device=self.device)  # and their level gains
-        self.level = LevelTracker(model)
+        self.level = LevelTracker(model, level_lift)
         self.state = model.stream_init(channels)
         self.pending_spec: list[torch.Tensor] = []  # frames awaiting the model's output
         # Frames already estimated that a deep filter still reads (its past taps).

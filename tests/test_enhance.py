@@ -337,7 +337,9 @@ def test_device_names_are_checked_before_torch_sees_them():
 
 
 def test_level_tracker_gives_the_same_gains_in_any_chunks_and_leaves_loud_frames_alone():
-    from audioae.enhance import LEVEL_MAX_GAIN_DB, LEVEL_TARGET_DB, LevelTracker
+    from audioae.enhance import LevelLift, LevelTracker
+
+    shipped = LevelLift()
 
     torch.manual_seed(0)
     model = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
@@ -356,9 +358,9 @@ def test_level_tracker_gives_the_same_gains_in_any_chunks_and_leaves_loud_frames
     torch.testing.assert_close(torch.cat(chunked), whole, rtol=1e-6, atol=0)
     hop_s = model.config.hop_length / sr
     frame = lambda seconds: int(seconds / hop_s)  # noqa: E731
-    assert whole[: frame(0.4)].eq(10 ** (LEVEL_MAX_GAIN_DB / 20)).all()  # silence: the most, harmless on zeros
+    assert whole[: frame(0.4)].eq(10 ** (shipped.max_gain_db / 20)).all()  # silence: the most, harmless on zeros
     quiet = whole[frame(1.0) : frame(2.4)]  # -70 dBFS: lifted by about 25 dB
-    assert quiet.min() > 10 ** ((LEVEL_TARGET_DB + 70 - 4) / 20) and quiet.max() < 10 ** ((LEVEL_TARGET_DB + 70 + 4) / 20)
+    assert quiet.min() > 10 ** ((shipped.target_db + 70 - 4) / 20) and quiet.max() < 10 ** ((shipped.target_db + 70 + 4) / 20)
     assert whole[frame(2.6) : frame(3.4)].eq(1.0).all()  # loud: exactly 1, the model's own features
     # After a loud moment the level falls by 1.45 dB a second (3 s in power): from -20 dBFS, the
     # quiet passage is lifted only from about 18 s on (-45 dB), and then more and more.
@@ -374,6 +376,37 @@ def test_at_trained_levels_denoise_feeds_the_model_its_own_features():
         spec, feats = model.analyze(torch.from_numpy(x)[None])  # [1, F, N], [1, F', N]
         plain = model.stft.inverse(model.estimate_spec(spec, model(feats)[0]), len(x))[0].numpy()
     np.testing.assert_allclose(denoise(model, x, 16000), plain, atol=1e-6)
+
+
+def test_a_level_lift_of_0_db_is_no_lift_and_the_default_is_the_shipped_lift():
+    """The lift is an argument (:class:`LevelLift`), not module state a caller patches. On the
+    shipped model and a speech-like signal at -60 dBFS: ``max_gain_db=0`` feeds the network its
+    own features (as a hand-built run with no tracker), offline and streamed; the default is the
+    shipped lift (-45 dB, at most 40), what ``denoise`` gives without the argument, and differs."""
+    from audioae import pretrained
+    from audioae.data import synthetic
+    from audioae.enhance import SHIPPED_LEVEL_LIFT, LevelLift, denoise_batch
+
+    model = pretrained.load(pretrained.DEFAULT_DENOISER)
+    sr = 16000
+    rng = np.random.default_rng(7)
+    speech = synthetic.speech_like(rng, 2.0, sr) + 0.3 * synthetic.colored_noise(rng, 2.0, sr, 1.0)
+    x = (speech * 10 ** (-60 / 20) / np.sqrt(np.mean(speech**2))).astype(np.float32)  # [T] at -60 dBFS
+    assert LevelLift() == SHIPPED_LEVEL_LIFT == LevelLift(target_db=-45.0, max_gain_db=40.0)
+    off = LevelLift(max_gain_db=0.0)
+    with torch.inference_mode():  # features -> network -> iSTFT, no tracker at all
+        spec, feats = model.analyze(torch.from_numpy(x)[None])  # [1, F, N], [1, F', N]
+        plain = model.stft.inverse(model.estimate_spec(spec, model(feats)[0]), len(x))[0].numpy()  # [T]
+    unlifted = denoise(model, x, sr, level_lift=off)
+    np.testing.assert_array_equal(unlifted, denoise_batch(model, [(x, sr, 1.0)], level_lift=off)[0])
+    np.testing.assert_allclose(unlifted, plain, atol=1e-6)
+    streamed = denoise(model, x, sr, level_lift=off, max_offline_seconds=0.5)  # through StreamingDenoiser
+    np.testing.assert_allclose(streamed, plain, atol=1e-5)
+    lifted = denoise(model, x, sr)
+    np.testing.assert_array_equal(denoise(model, x, sr, level_lift=LevelLift()), lifted)
+    np.testing.assert_array_equal(denoise(model, x, sr, level_lift=LevelLift(), max_offline_seconds=0.5),
+                                  denoise(model, x, sr, max_offline_seconds=0.5))
+    assert np.abs(lifted - unlifted).max() > 1e-2 * np.abs(x).max()  # at -60 dBFS the lift matters
 
 
 def test_every_denoising_path_runs_the_network_without_autograd():
