@@ -396,7 +396,7 @@ def _cmd_eval(args) -> int:
     # An enhanced file without a clean one is a problem too: the folders were to match.
     problems = any(report[k] for k in ("errors", "missing_enhanced", "extra_enhanced", "missing_noisy", "ambiguous"))
     # was exit 0 under an all-dash table: a script took it for a result; pairs of empty files alone are no failure
-    if report["scored"] == 0 and report["read"] > report.get("empty", 0):
+    if report["scored"] == 0 and report["paired"] > report.get("empty", 0):
         print(f"audioae eval: no pair could be scored (0 of {report['paired']}): "
               + ("see the errors and notes above" if args.json_out != "-" else "see errors and notes in the JSON"),
               file=sys.stderr)

@@ -97,6 +97,11 @@ class LevelLift:
     target_db: float = LEVEL_TARGET_DB
     max_gain_db: float = LEVEL_MAX_GAIN_DB
 
+    def __post_init__(self) -> None:  # a negative gain would turn every frame down, NaN make NaN audio
+        if not (math.isfinite(self.target_db) and math.isfinite(self.max_gain_db) and self.max_gain_db >= 0):
+            raise ValueError(f"LevelLift needs a finite target_db and a finite max_gain_db >= 0, "
+                             f"got target_db={self.target_db}, max_gain_db={self.max_gain_db}")
+
 
 SHIPPED_LEVEL_LIFT = LevelLift()
 

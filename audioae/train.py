@@ -1092,11 +1092,7 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         phase_start, minutes_before, how = _resumed_phase(tc, step, saved_phase)
         # The run config, not the saved state, sets the rate: the schedule's at this step (what the
         # summary's final_lr reports when nothing more is trained: the rate the run ended at).
-        resumed_lr = tc.lr
-        if tc.decay_by_time:
-            resumed_lr = decayed_lr(tc, minutes_before / tc.max_minutes)
-        elif tc.decay_steps:
-            resumed_lr = decayed_lr(tc, (step - phase_start) / tc.decay_steps)
+        resumed_lr = scheduled_lr(tc, minutes_before / tc.max_minutes if tc.decay_by_time else 0.0, step, phase_start)
         for group in opt.param_groups:
             group["lr"] = resumed_lr
         if rank == 0:
@@ -1210,9 +1206,8 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, parts = batch_loss(model, clean, spec, tc, forward=forward, noisy=noisy)
             if tc.decay_steps or tc.decay_by_time:
-                done = time_used if tc.decay_by_time else (step - phase_start) / tc.decay_steps
                 for group in opt.param_groups:
-                    group["lr"] = decayed_lr(tc, done)
+                    group["lr"] = scheduled_lr(tc, time_used, step, phase_start)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             outcome = _apply_gradients(model, opt, scaler, tc.grad_clip, loss)
@@ -1370,6 +1365,17 @@ def decayed_lr(tc: TrainConfig, done: float) -> float:
     cosine from ``lr`` to ``lr_final``, then ``lr_final``)."""
     frac = min(1.0, max(0.0, done))
     return tc.lr_final + (tc.lr - tc.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def scheduled_lr(tc: TrainConfig, time_share: float, step: int, phase_start: int) -> float:
+    """The rate at ``step`` of a phase that began at ``phase_start``: decayed over the share of the
+    wall-time budget spent (``decay_by_time``) or over ``decay_steps``, else constant. One rule for
+    the training loop and a resume (whose rate a run that trains nothing more reports)."""
+    if tc.decay_by_time:
+        return decayed_lr(tc, time_share)
+    if tc.decay_steps:
+        return decayed_lr(tc, (step - phase_start) / tc.decay_steps)
+    return tc.lr
 
 
 def _time_used(t0: float, deadline: float, world: int, device: torch.device) -> float:

@@ -597,7 +597,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _drain_cut(self) -> _StreamCut:
         return _StreamCut(
             grpc.StatusCode.UNAVAILABLE,
-            (f"{self.gate.cut_reason}; the audio sent so far was answered" if self.gate.cut_reason else
+            (f"{self.gate.cut_reason}; the audio it took before the cut-off was answered, none after" if self.gate.cut_reason else
              "the server is shutting down: the stream was ended at the end of its drain "
              "(--drain-seconds), with the audio sent so far answered; reconnect to another replica"),
             by_drain=True,

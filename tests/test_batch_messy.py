@@ -89,10 +89,12 @@ def test_a_folder_reached_through_two_links_is_no_loop_and_an_unlisted_one_count
     r, x = tmp_path / "r", tmp_path / "x"
     _wav(r / "a.wav")
     _wav(x / "deep" / "d.wav")
-    (r / "l1").symlink_to(x, target_is_directory=True)
-    (r / "l2").symlink_to(x / "deep", target_is_directory=True)
+    # the link to x/deep is followed first: x's own deep/ is then reached a second time (the old
+    # walk warned "a link loop?" there)
+    (r / "l1").symlink_to(x / "deep", target_is_directory=True)
+    (r / "l2").symlink_to(x, target_is_directory=True)
     s = run_denoise([r], tmp_path / "out", _opts(causal_ckpt))
-    assert outputs(tmp_path / "out") == {"a.wav", "l1/deep/d.wav"}
+    assert outputs(tmp_path / "out") == {"a.wav", "l1/d.wav"}
     assert "link loop" not in caplog.text
     locked = r / "locked"
     _wav(locked / "c.wav")
@@ -155,6 +157,19 @@ def test_a_folder_once_used_as_output_leaves_out_a_marked_output_and_is_skipped_
     with hold_folder(day1, LOCK_NAME, "another audioae denoise job"):  # a job writing into day1 now
         s = run_denoise([r], tmp_path / "clean2", _opts(causal_ckpt))
     assert outputs(tmp_path / "clean2") == {"a.wav", "c.wav"}
+
+
+def test_a_folder_whose_job_was_killed_on_its_first_file_is_searched(tmp_path, causal_ckpt):
+    """A folder holding only an in-flight folder (a job writing into it killed before any output
+    was finished: no manifest, no finished marker) holds recordings, not outputs: it was skipped
+    whole, "its manifest names none of them", with no manifest there."""
+    from audioae.batch.journal import JOURNAL_NAME
+
+    r = tmp_path / "r"
+    _wav(r / "sub" / "a.wav")
+    (r / "sub" / JOURNAL_NAME).mkdir()
+    run_denoise([r], tmp_path / "clean", _opts(causal_ckpt))
+    assert outputs(tmp_path / "clean") == {"sub/a.wav"}
 
 
 @pytest.mark.parametrize("name", ["audioae-manifest.jsonl", ".audioae.lock", ".audioae-overwrite.json",

@@ -693,3 +693,12 @@ def test_denoise_traced_is_denoise_with_a_trace_and_the_code_covers_the_clip_s_o
         assert torch.equal(trace.code, model(trace.features)[1])
     with pytest.raises(ValueError):  # denoise's checks: a strength out of range
         denoise_traced(model, x, sr, strength=2.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_gain_db": -6.0}, {"target_db": float("nan")}, {"max_gain_db": float("inf")}])
+def test_a_level_lift_that_would_turn_frames_down_or_make_nan_is_refused(kwargs):
+    """np.clip(gain, 0, -6) is -6: a negative max_gain_db turned every frame down, loud ones too."""
+    from audioae.enhance import LevelLift
+
+    with pytest.raises(ValueError, match="LevelLift needs a finite target_db and a finite max_gain_db >= 0"):
+        LevelLift(**kwargs)

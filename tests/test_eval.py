@@ -566,3 +566,15 @@ def test_a_pair_of_empty_files_is_a_note_not_an_error(folders, capsys):
     sf.write(dirs["enhanced"] / "e.wav", np.zeros(SR, np.float32) + 0.1, SR)  # one side empty: an error still
     rep = evaluate_folders(dirs["clean"], dirs["enhanced"])
     assert [err["error"] for err in rep["errors"]] == [f"{dirs['clean'] / 'e.wav'}: the audio is empty (0 samples)"]
+
+
+def test_a_run_where_no_pair_could_be_read_says_nothing_was_scored(tmp_path, capsys):
+    """The empty-pair mend counted on files read: with none read (an unreadable enhanced file) the
+    "no pair could be scored" line was lost; the exit code was 1 either way."""
+    clean, enhanced = tmp_path / "clean", tmp_path / "enhanced"
+    clean.mkdir()
+    enhanced.mkdir()
+    sf.write(clean / "a.wav", speech_like(np.random.default_rng(0), 1.0, 16000), 16000)
+    (enhanced / "a.wav").write_text("not audio")
+    assert main(["eval", "--clean", str(clean), "--enhanced", str(enhanced)]) == 1
+    assert "audioae eval: no pair could be scored (0 of 1)" in capsys.readouterr().err

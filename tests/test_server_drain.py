@@ -714,7 +714,7 @@ def test_a_stream_cut_off_takes_no_more_of_its_queued_messages(tmp_path):
         finally:
             feed.close()
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        assert info.value.message == "the server is shutting down (test); the audio sent so far was answered"
+        assert info.value.message == "the server is shutting down (test); the audio it took before the cut-off was answered, none after"
         assert [r.samples_in for r in rest] == [8000]  # the tail of the first chunk; the queued two not taken
         assert rest[0].samples_out == 8000  # counts are cumulative: all of it answered
     finally:

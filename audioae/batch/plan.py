@@ -130,6 +130,8 @@ def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[
                 listed = set()
             # Outputs renamed into place by a job killed before their manifest lines: their markers say so.
             listed |= {str(found_at(Path(o))) for _, o, _ in Journal(here / JOURNAL_NAME).finished()}
+            if not listed and MANIFEST_NAME not in filenames:
+                return False  # a job killed on its first file: its markers name no finished output
             if not listed:
                 log.warning("%s: skipped, it holds an earlier denoise run's outputs (%s) and its manifest names none "
                             "of them there; name it as an input to denoise it anyway", here, MANIFEST_NAME)
