@@ -1109,8 +1109,10 @@ def walk_audio(folder: str | os.PathLike,
             continue
         subfolders = [os.path.join(dirpath, d) for d in sorted((d for d in dirnames if not d.startswith(".")),
                                                                reverse=True)]
-        pending.extend((d, via_link) for d in subfolders if not os.path.islink(d))
-        links[:0] = [d for d in subfolders if os.path.islink(d)]  # popped from the end: the first found first
+        linked = [os.path.islink(d) for d in subfolders]  # one lstat each
+        pending.extend((d, via_link) for d, is_link in zip(subfolders, linked, strict=True) if not is_link)
+        # popped from the end: the first found first
+        links[:0] = [d for d, is_link in zip(subfolders, linked, strict=True) if is_link]
         for entry in sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name):
             suffix = Path(entry.name).suffix.lower()
             if suffix in OTHER_AUDIO:

@@ -34,7 +34,9 @@ def _whole_number(text: str) -> int:
 def _device(text: str) -> str:
     """argparse type of every --device: auto, cpu, cuda or cuda:N (whether torch sees that device
     is the command's to say: pick_device, once the command runs)."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+    from .config import DEVICE_NAMES
+
+    if not re.fullmatch(DEVICE_NAMES, text):
         raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
     return text
 
@@ -857,11 +859,16 @@ def _cmd_client(args) -> int:
         client.close()
 
 
+def _denoised_out(args) -> str:
+    """Where ``client denoise``/``stream`` write: ``-o``, else the input's name with ``.denoised``."""
+    return args.out or _default_out(args.input, "denoised")
+
+
 def _stream_output(args) -> str:
     """The file ``client stream`` writes (the input's name inside an existing folder ``-o``)."""
     from .fileio import output_file
 
-    out = args.out or _default_out(args.input, "denoised")
+    out = _denoised_out(args)
     try:
         return str(output_file(args.input, out))
     except ValueError:  # -o is the input: refused before anything is written
@@ -904,12 +911,12 @@ def _client_call(args, client) -> int:
     if cmd == "stream" or (cmd == "denoise" and model):
         _check_served_model(client, cmd, model)
     if cmd == "denoise":
-        out = args.out or _default_out(args.input, "denoised")
+        out = _denoised_out(args)
         r = client.denoise_file(args.input, out, model=model, strength=args.strength)
         print(f"{args.input} -> {r['output']} (model {r['model']}, queue {r['queue_ms']} ms, "
               f"compute {r['compute_ms']} ms, batch of {r['batch_size']})")
     elif cmd == "stream":
-        out = args.out or _default_out(args.input, "denoised")
+        out = _denoised_out(args)
         r = client.stream_file(args.input, out, chunk_ms=args.chunk_ms, model=model,
                                strength=args.strength)
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")

@@ -87,9 +87,8 @@ GRPC_UNREACHED_WORDS = ("errors resolving", "domain name not found", "dns resolu
                         "empty address list", "connection refused", "network is unreachable", "no route to host",
                         "handshake", "parsing http/2", "http1.x")
 GRPC_ACCEPTED_THEN_CLOSED_WORDS = ("socket closed", "connection reset", "end of file")
-GRPC_CLOSED_WORDS = ("socket closed", "connection reset", "end of file", "cancelling all calls", "goaway",
-                     "broken pipe", "stream removed", "too many pings", "endpoint", "transport closed",
-                     "keepalive")
+GRPC_CLOSED_WORDS = (*GRPC_ACCEPTED_THEN_CLOSED_WORDS, "cancelling all calls", "goaway", "broken pipe",
+                     "stream removed", "too many pings", "endpoint", "transport closed", "keepalive")
 
 
 def unavailable_source(details: str) -> str:

@@ -15,6 +15,8 @@ QUOTE_CHARS = 80  # of a caller's string, quoted in a message
 # torch takes sizes and numbers as 64-bit integers: a checkpoint's code_dim of 10**30 was torch's
 # "Overflow when unpacking long long" and a page of C++ stack frames.
 INT_LIMIT = 2**63
+# The devices a --device or train.device names (pick_device says whether torch sees it).
+DEVICE_NAMES = r"auto|cpu|cuda(:\d+)?"
 
 
 def quoted(text: str, limit: int = QUOTE_CHARS) -> str:

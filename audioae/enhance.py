@@ -29,6 +29,7 @@ from .audio import (
     resampled,
     resampler,
 )
+from .config import DEVICE_NAMES
 from .models import SpectralAutoencoder, takes_audio
 from .spectral import StreamingSTFT, gain_frames, hann_energy
 
@@ -56,7 +57,7 @@ def pick_device(name: str = "auto") -> torch.device:
     CUDA device torch does not see is an error, and so is any other name."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+    if not re.fullmatch(DEVICE_NAMES, name):  # "auto" returned above
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -188,7 +189,7 @@ class HighBand:
 
     def applies(self, sr: int, model: SpectralAutoencoder) -> bool:
         """Whether a file at ``sr`` gets this treatment (:func:`has_high_band`)."""
-        return has_high_band(sr, model, keep=self.keep)
+        return self.keep and has_high_band(sr, model)
 
     def gains(self, spec: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
         return top_band_gains(spec, est, scale=self.scale, power=self.power)
@@ -244,10 +245,9 @@ def gain_at_rate(gain: torch.Tensor, start: int, first: int, n: int, model_sr: i
     return out[:, first - b0 * bo : first - b0 * bo + n]
 
 
-def has_high_band(sr: int, model: SpectralAutoencoder, *, keep: bool = True) -> bool:
-    """Whether a file at ``sr`` holds a band above the model's (the part resampling drops) that
-    is kept (``keep``: :attr:`HighBand.keep`)."""
-    return keep and sr > model.config.sample_rate
+def has_high_band(sr: int, model: SpectralAutoencoder) -> bool:
+    """Whether a file at ``sr`` holds a band above the model's (the part resampling drops)."""
+    return sr > model.config.sample_rate
 
 
 def with_high_band(x: torch.Tensor, y: torch.Tensor, below: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
@@ -290,8 +290,7 @@ def _check_audio_model(model) -> None:
 @torch.inference_mode()
 def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *, strength: float = 1.0,
             max_offline_seconds: float = OFFLINE_MAX_SECONDS, stop: Callable[[], bool] | None = None,
-            high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT,
-            traces: list[DenoiseTrace] | None = None) -> np.ndarray:
+            high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> np.ndarray:
     """Denoise ``wav`` (``[T]`` or ``[C, T]``, any rate) with ``model``; same shape and rate out.
 
     Each channel is processed separately. At a rate above the model's, the band the model never
@@ -303,12 +302,10 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
     :class:`StreamingDenoiser` (bounded memory, same output); long inputs of a non-causal model
     are cut into overlapping windows that are cross-faded. ``stop()`` is asked before each piece
     or window of a long input; when it says True, :class:`Stopped` is raised.
-    ``traces``: a list to which the clip's :class:`DenoiseTrace` is appended; with one, the whole
-    clip takes the offline path at any length (:func:`denoise_traced`).
     """
     _check_audio_model(model)
     x, squeeze = checked_clip(wav, sr, strength)
-    if traces is None and channel_seconds(x, sr) > max_offline_seconds:
+    if channel_seconds(x, sr) > max_offline_seconds:
         if model.causal:
             s = StreamingDenoiser(model, sr, x.shape[0], strength=strength, realtime=False,  # pieces of seconds
                                   high_band=high_band, level_lift=level_lift)
@@ -321,7 +318,7 @@ def denoise(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int,
             win = max(1, int(max_offline_seconds * sr / x.shape[0]))
             y = _denoise_windows(model, x, sr, strength, win, stop, high_band, level_lift)
     else:
-        y = _denoise_offline(model, x, sr, strength, high_band, level_lift, traces)
+        y = _denoise_offline(model, x, sr, strength, high_band, level_lift)
     out = y.cpu().numpy()
     return out[0] if squeeze else out
 
@@ -373,11 +370,9 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _denoise_offline(model: SpectralAutoencoder, x: torch.Tensor, sr: int, strength: float,
-                     high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT,
-                     traces: list[DenoiseTrace] | None = None) -> torch.Tensor:
-    """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch
-    (``traces``: as :func:`_denoise_clips`)."""
-    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band, level_lift, traces)[0])
+                     high_band: HighBand = SHIPPED_HIGH_BAND, level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> torch.Tensor:
+    """``x [C, T]`` (checked) at ``sr`` -> ``[C, T]``: all channels through the model as one batch."""
+    return torch.from_numpy(_denoise_clips(model, [(x.cpu(), False, int(sr), strength)], high_band, level_lift)[0])
 
 
 @torch.inference_mode()
@@ -467,8 +462,10 @@ def denoise_traced(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, s
     """:func:`denoise` on its offline path (the whole clip as one batch, at any length: no chunking)
     and the :class:`DenoiseTrace` of what it computed; the output is :func:`denoise`'s to the bit
     (for an input :func:`denoise` takes whole: up to ``max_offline_seconds`` channel-seconds)."""
+    _check_audio_model(model)
+    x, squeeze = checked_clip(wav, sr, strength)
     traces: list[DenoiseTrace] = []
-    y = denoise(model, wav, sr, strength=strength, high_band=high_band, level_lift=level_lift, traces=traces)
+    y = _denoise_clips(model, [(x, squeeze, int(sr), strength)], high_band, level_lift, traces)[0]
     return y, traces[0]
 
 

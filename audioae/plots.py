@@ -463,14 +463,14 @@ def denoising_stats(view: dict) -> dict:
     freqs = np.arange(e_in.shape[0]) * view["bin_hz"]
     bands = {}
     nyquist = float(freqs[-1])
-    recorded = freqs < view.get("file_nyquist_hz", np.inf)  # [F]: an 8 kHz file has nothing from 4 kHz up
+    file_nyquist = view.get("file_nyquist_hz", np.inf)
+    recorded = freqs < file_nyquist  # [F]: an 8 kHz file has nothing from 4 kHz up
     edges = octave_edges(round(2 * nyquist))
     edges[-1] += 1.0  # the Nyquist bin belongs to the top band
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         rows = (freqs >= lo) & (freqs < hi)
         if rows.any():
             rows &= recorded  # a band above the file's Nyquist: null, as for one the recording leaves silent
-            file_nyquist = view.get("file_nyquist_hz", np.inf)
             top = min(hi, nyquist, file_nyquist if lo < file_nyquist else np.inf)  # what a band cut by it spans
             bands[f"{lo:.0f}-{top:.0f} Hz"] = (
                 _gain_db(e_out[rows].sum(), e_in[rows].sum()) if rows.any() else None)

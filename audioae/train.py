@@ -439,32 +439,33 @@ def input_scores(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq",
     ``stoi_in`` where ``metrics`` ask): the same at every validation, so train() scores them once,
     before its clock starts, and passes them to validate()."""
     clean, noisy, _ = _val_mix(model, val_set)
-    noisy = noisy.float().cpu()
+    return _scores_of_input(noisy.float().cpu(), clean, model.config.sample_rate, metrics)
+
+
+def _scores_of_input(noisy: torch.Tensor, clean: torch.Tensor, sr: int, metrics) -> dict[str, float]:
     return {"si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean()),
-            **_wave_scores(noisy, clean, model.config.sample_rate, metrics, "_in")}
+            **_wave_scores(noisy, clean, sr, metrics, "_in")}
 
 
 @torch.inference_mode()
 def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi"),
-             inputs: bool | dict[str, float] = False) -> dict[str, float]:
+             inputs: dict[str, float] | None = None) -> dict[str, float]:
     """Mean metrics of the model's output on the fixed validation set, and of its unprocessed
-    input: ``si_sdr_in`` always, and with ``inputs`` True ``pesq_in`` and ``stoi_in`` too (a
-    model's score means little without the input's). The input is the same at every validation,
-    so ``inputs`` may be the ``*_in`` entries of an earlier call or of input_scores(), which are
-    then not scored again."""
+    input (``si_sdr_in``, ``pesq_in``, ``stoi_in``: a model's score means little without the
+    input's). The input is the same at every validation, so ``inputs`` may be the ``*_in``
+    entries of an earlier call or of input_scores(), which are then not scored again."""
     model.eval()
     clean, noisy, spec = _val_mix(model, val_set)
     out, _ = model(model.features_of(spec, noisy))
     est = model.stft.inverse(model.estimate_spec(spec, out), clean.shape[-1]).float().cpu()  # [B, T]
     noisy = noisy.float().cpu()
     sr = model.config.sample_rate
-    res = {"si_sdr": float(si_sdr(est.double(), clean.double()).mean()),
-           "si_sdr_in": float(si_sdr(noisy.double(), clean.double()).mean()),
+    if inputs is None:
+        inputs = _scores_of_input(noisy, clean, sr, metrics)
+    res = {"si_sdr": float(si_sdr(est.double(), clean.double()).mean()), "si_sdr_in": inputs["si_sdr_in"],
            **_wave_scores(est, clean, sr, metrics, "")}
-    if inputs is True:
-        res.update(_wave_scores(noisy, clean, sr, metrics, "_in"))
     model.train()
-    return {**res, **(inputs if isinstance(inputs, dict) else {})}
+    return {**res, **inputs}
 
 
 def validation_line(step: int, val: dict[str, float], minutes: float) -> str:
@@ -473,8 +474,9 @@ def validation_line(step: int, val: dict[str, float], minutes: float) -> str:
     parts = []
     for name in VAL_METRICS:
         if name in val:
-            given = f" (input {val[name + '_in']:.{3 if name == 'stoi' else 2}f})" if name + "_in" in val else ""
-            parts.append(f"{name} {val[name]:.{3 if name == 'stoi' else 2}f}{given}")
+            digits = 3 if name == "stoi" else 2
+            given = f" (input {val[name + '_in']:.{digits}f})" if name + "_in" in val else ""
+            parts.append(f"{name} {val[name]:.{digits}f}{given}")
     return f"step {step}: {', '.join(parts)}; {minutes:.1f} min"
 
 
@@ -1160,8 +1162,8 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
 
         bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     # The input's scores, the same at every validation: scored here, before the clock starts (PESQ
-    # and STOI of the input took ~19 s of each 8.5-minute session on the GPU config).
-    val_inputs = input_scores(evaluated, val_set, tc.metrics) if rank == 0 and step < tc.steps and not spent else True
+    # and STOI of the input, scored at every first validation, came out of every session's budget).
+    val_inputs = input_scores(evaluated, val_set, tc.metrics) if rank == 0 and step < tc.steps and not spent else None
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
@@ -1262,7 +1264,6 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
                              if scaler.is_enabled() else {})}
             if validating:
                 record["val"] = validate(evaluated, val_set, tc.metrics, val_inputs)
-                val_inputs = {k: v for k, v in record["val"].items() if k.endswith("_in")}
                 # NaN only from a non-finite output (eps keeps silence finite). Rank 0 alone validates:
                 # under DDP the other ranks wait in their next all-reduce until torchrun ends them.
                 if not math.isfinite(record["val"]["si_sdr"]):

@@ -24,7 +24,7 @@ from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 from .auth import TokenAuth, exposure_warnings, read_tokens
 from .batcher import Batcher
 from .codecs import Codecs
-from .config import ServerConfig
+from .config import ServerConfig, bare_host, grpc_host
 from .lifecycle import Gate
 from .metrics import Metrics
 from .parsing import LenientParsing
@@ -44,17 +44,6 @@ QUEUED_RPCS = 256
 # piece and send UNAVAILABLE with the server's reason before gRPC cancels them.
 CUT_OFF_SECONDS = 1.0
 SIGNAL_POLL_SECONDS = 0.1  # how often a drain or a start-up looks for a stop signal
-
-
-def grpc_host(host: str) -> str:
-    """``host`` as it goes before ":port" in a gRPC address, and in what the server prints: an
-    IPv6 address in brackets (``::1`` -> ``[::1]``; a bare one read as "cannot listen on ::1:0")."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def bare_host(host: str) -> str:
-    """``host`` without the brackets of ``[::1]``, as socket APIs (the metrics listener) take it."""
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def _check_tls(cert: str, key: str) -> None:
@@ -121,7 +110,6 @@ class AudioServer:
         self.batcher = Batcher(self.metrics, config.max_queue, config.max_delay_ms, config.max_batch_seconds)
         self.health = HealthService()
         self.store: ModelStore | None = None
-        self.serving = False  # load() reported SERVING
         self._stopped = False  # stop() came: load() must not report SERVING
         self._state = threading.Lock()
         self.port: int | None = None
@@ -213,7 +201,6 @@ class AudioServer:
             self.gate.set_serving()
             for name in ("", SERVICE):
                 self.health.set(name, SERVING)
-            self.serving = True
         log.debug("serving %s on %s", ", ".join(store.models), self.device)
         return True
 
@@ -263,6 +250,11 @@ class AudioServer:
         if not self.gate.wait_idle(CUT_OFF_SECONDS):
             log.warning("drain: %d calls did not end within %g s of being told to; cancelling them",
                         self.gate.inflight, CUT_OFF_SECONDS)
+
+    @property
+    def serving(self) -> bool:
+        """:meth:`load` reported SERVING (it sets the store in the same step, and nothing unsets it)."""
+        return self.store is not None
 
     def stop_starting(self) -> bool:
         """Stop at once unless :meth:`load` has reported SERVING already (then False: drain)."""

@@ -15,6 +15,18 @@ def _named(field: str) -> str:
     return f"{field} (--{flag})"
 
 
+
+def grpc_host(host: str) -> str:
+    """``host`` as it goes before ":port" in a gRPC address, and in what the server prints: an
+    IPv6 address in brackets (``::1`` -> ``[::1]``; a bare one read as "cannot listen on ::1:0")."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def bare_host(host: str) -> str:
+    """``host`` without the brackets of ``[::1]``, as socket APIs (the metrics listener) take it."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # loopback by default: exposing the service is a deliberate choice

@@ -8,6 +8,8 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.exposition import generate_latest
 
+from .config import grpc_host
+
 log = logging.getLogger(__name__)
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -60,7 +62,7 @@ class Metrics:
         """Start ``/metrics`` on ``host:port`` (0: any free port); returns the bound port."""
         self._http, _ = start_http_server(port, addr=host, registry=self.registry)
         bound = self._http.server_port
-        log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
+        log.info("metrics on http://%s:%d/metrics", grpc_host(host), bound)
         return bound
 
     def stop_http(self) -> None:

@@ -22,6 +22,8 @@ from audioae.models import Autoencoder, takes_audio
 from .errors import Abort
 
 log = logging.getLogger(__name__)
+NO_MODELS = ("no models to serve: none are shipped yet; pass --models PATH.safetensors "
+             "(a checkpoint written by `audioae train`)")
 
 
 @dataclass
@@ -118,10 +120,7 @@ class ModelStore:
         self.models: dict[str, ServedModel] = {}
         specs = list(specs) or self.shipped_defaults()
         if not specs:
-            raise ValueError(
-                "no models to serve: none are shipped yet; pass --models PATH.safetensors "
-                "(a checkpoint written by `audioae train`)"
-            )
+            raise ValueError(NO_MODELS)
         for spec in specs:
             check_stop(stop, "stopped while loading the models")
             self._load(spec)
@@ -139,8 +138,7 @@ class ModelStore:
         """Refuse a spec naming no shipped model nor checkpoint file, and an empty default, without
         loading anything: the server checks them before it binds its port."""
         if not specs and not ModelStore.shipped_defaults():
-            raise ValueError("no models to serve: none are shipped yet; pass --models PATH.safetensors "
-                             "(a checkpoint written by `audioae train`)")
+            raise ValueError(NO_MODELS)
         for spec in specs:
             pretrained.resolve(_split_spec(spec)[1])
 

@@ -51,17 +51,15 @@ def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float =
     raise AssertionError(f"no line matching {pattern!r} within {timeout} s; got:\n{''.join(log)}")
 
 
-def _start_server(tmp_path, *flags: str, own_group: bool = False, hidden: int = 32,
-                  copies: int = 1) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
-    """``python -m server`` with a tiny causal model (``hidden`` wide; ``copies`` of it, the first
-    named "tiny", to make loading take longer): the process, its stderr lines, the log of those
-    read, and the checkpoint."""
+def _start_server(tmp_path, *flags: str, own_group: bool = False,
+                  hidden: int = 32) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
+    """``python -m server`` with a tiny causal model ("tiny", ``hidden`` wide): the process, its
+    stderr lines, the log of those read, and the checkpoint."""
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(build_model("recurrent", {"hidden": hidden, "code_dim": 16}), ckpt)
-    models = [str(ckpt)] + [f"copy{i}={ckpt}" for i in range(1, copies)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--models", *models, "--threads", "1", *flags],
+        [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1", *flags],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

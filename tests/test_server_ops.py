@@ -16,7 +16,7 @@ import pytest
 from audioae.cli import main as cli_main
 from audioae.client import Client
 from server import AudioServer, ServerConfig
-from server.app import grpc_host
+from server.config import grpc_host
 
 
 @pytest.fixture

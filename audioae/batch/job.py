@@ -177,6 +177,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         pick_device(options.device)  # --device cuda without a GPU: refused before the folder is made
     left_out: list[tuple[str, str]] = []  # (path, why): what the job did not denoise, and no file's result says
     tasks = plan_tasks(inputs, out_dir, left_out)
+    walked = len(left_out)  # the search's; what _run_in adds are inputs changed since their outputs
     ckpt = _resolve_model(options.model)
     _check_model_denoises(ckpt)
     data = ckpt.read_bytes()
@@ -207,8 +208,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     summary["left_out"] = [{"path": path, "why": why} for path, why in left_out]
     # Of the skipped, inputs changed since their outputs were made: counted once, as left out, not
     # also as "already done" (until 2026-12-07 "1 file: ... 1 skipped (already done), ... 1 left out").
-    named = {path for path, _ in left_out}  # a folder or a named pipe left out is no result: only these match
-    summary["skipped_changed"] = sum(r.status == "skipped" and r.input in named for r in results)
+    summary["skipped_changed"] = len(left_out) - walked
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary

@@ -374,7 +374,8 @@ class FileDenoiser:
         self.disk_full = False
 
     def _noted(self, result: FileResult) -> FileResult:
-        """``result``, having set :attr:`disk_full` where its write found the disk full."""
+        """``result``, having set :attr:`disk_full` where its write found the disk full: every
+        result passes here (:meth:`run`, :meth:`_run_batched`), whichever write failed."""
         if result.status == "error" and says_disk_full(result.error):
             self.disk_full = True
         return result
@@ -383,16 +384,18 @@ class FileDenoiser:
         return no_room(task, f) if self.disk_full else None
 
     def _write_empty(self, task: FileTask, f: sf.SoundFile, t0: float, before: SourceState | None) -> FileResult:
-        """:func:`_write_empty`, its failure :meth:`_noted`: an empty output's header is a write too,
-        and until 2026-12-07 one that found the disk full went unnoted."""
+        """:func:`_write_empty`, a failure with its duration (0 s)."""
         try:
             return _write_empty(task, f, t0, before)
         except Exception as exc:  # one bad file must never stop the job
-            return self._noted(_failed(task, exc, t0, 0.0))
+            return _failed(task, exc, t0, 0.0)
 
     # ---- one file -------------------------------------------------------------------------------
     def run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         """Denoise one file into ``task.output``; ``data``: the file's bytes when already read."""
+        return self._noted(self._run(task, data))
+
+    def _run(self, task: FileTask, data: bytes | None = None) -> FileResult:
         t0 = time.perf_counter()
         try:
             before = source_state(task.input) if data is None else None  # bytes a read stage fetched cannot change
@@ -418,7 +421,7 @@ class FileDenoiser:
             else:
                 self._whole(task, f, held.kbps, before)
         except Exception as exc:  # one bad file must never stop the job
-            return self._noted(_failed(task, exc, t0, duration))  # a write here (or an empty output's) can find the disk full
+            return _failed(task, exc, t0, duration)
         return FileResult(task.input, task.output, "ok", "", time.perf_counter() - t0, duration,
                           warning=_warning(task, held), **made_from(before))
 
@@ -472,6 +475,10 @@ class FileDenoiser:
         yield from self._run_batched(items)
 
     def _run_batched(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
+        for result in self._batched(items):
+            yield self._noted(result)
+
+    def _batched(self, items: Sequence[tuple[FileTask, bytes | None]]) -> Iterator[FileResult]:
         short: list[_Decoded] = []
         for task, data in items:
             t0 = time.perf_counter()
@@ -546,8 +553,8 @@ class FileDenoiser:
             try:
                 self._write_whole(d.task, y, d.sr, d.fmt, d.subtype, d.tags, d.kbps)
             except Exception as exc:
-                yield self._noted(FileResult(d.task.input, d.task.output, "error", _error_text(exc),
-                                             d.read_seconds + share, duration))
+                yield FileResult(d.task.input, d.task.output, "error", _error_text(exc),
+                                 d.read_seconds + share, duration)
                 continue
             yield FileResult(d.task.input, d.task.output, "ok", "",
                              d.read_seconds + share + time.perf_counter() - t1, duration, warning=d.warning,
