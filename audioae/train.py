@@ -16,11 +16,13 @@ A run is described by a :class:`RunConfig` read from TOML with ``section.key=val
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import random
 import signal
 import sys
 import threading
@@ -122,8 +124,11 @@ class TrainConfig:
     # budget go on where they were), and so does one that changes max_minutes alone (a larger
     # budget: the phase's clock goes on); one that changes any other starts a new phase at its
     # first step, at 0 minutes with a budget of its own (a fine-tuning stage, as in
-    # recipes/train_denoiser.sh), and says so. Resume points written before 2026-12-07 record no
-    # phase: a new one.
+    # recipes/train_denoiser.sh), and says so. The resume point also lists the run's earlier
+    # phases that ran to their end (budget spent, or train.steps reached): a rerun with one of
+    # their schedules, as when the recipe stopped in a later stage and is run again from the top,
+    # trains nothing, says so in one line and leaves the weights alone. Resume points written
+    # before 2026-12-07 record no phase: a new one.
     lr_final: float = 0.0
     decay_steps: int = 0
     # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
@@ -154,6 +159,12 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: str = "auto"  # bfloat16 | float16 (with a GradScaler) | auto: bfloat16 where supported
     seed: int = 0
+    # Bit-identical runs on the same machine and software: seeds Python's, numpy's and torch's
+    # generators, turns on torch.use_deterministic_algorithms (an op without a deterministic
+    # kernel then raises instead of varying), turns cuDNN's autotuner off and TF32 off for matmul
+    # and cuDNN, and sets CUBLAS_WORKSPACE_CONFIG=:4096:8, which cuBLAS reads when CUDA starts
+    # (one set to another value is refused on a CUDA run). Slower on a GPU; all restored after the run.
+    deterministic: bool = False
     threads: int = 0  # torch intra-op threads on CPU; 0: leave torch's default
     # Mix batches on this many background threads, each with its own seeded mixer, taken in
     # turn (the same sequence whatever the timing). A GPU at batch 256 outruns one mixer;
@@ -485,11 +496,14 @@ def validation_line(step: int, val: dict[str, float], minutes: float) -> str:
 
 
 def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_done: float,
-                    scaler: torch.amp.GradScaler | None = None, phase: dict | None = None) -> None:
+                    scaler: torch.amp.GradScaler | None = None, phase: dict | None = None,
+                    phases_done: list[dict] | None = None) -> None:
     # No best score: best.safetensors records the one a resumed run must beat (_resumed_best).
     tensors, meta = {}, {"step": str(step), "minutes_done": repr(minutes_done), **_scaler_metadata(scaler)}
     if phase is not None:
         meta["phase"] = json.dumps(phase)
+    if phases_done:
+        meta["phases_done"] = json.dumps(phases_done)
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             tensors[f"{i}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
@@ -498,10 +512,12 @@ def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_d
 
 def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, out: Path,
                        ema: AveragedModel | None = None, minutes_done: float = 0.0,
-                       scaler: torch.amp.GradScaler | None = None, phase: dict | None = None) -> None:
+                       scaler: torch.amp.GradScaler | None = None, phase: dict | None = None,
+                       phases_done: list[dict] | None = None) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
     train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's minutes of training in
-    all its invocations; ``phase``: the schedule it trains under (:func:`_phase_of`); the
+    all its invocations; ``phase``: the schedule it trains under (:func:`_phase_of`);
+    ``phases_done``: the earlier phases that ran to their end (:func:`_finished_phase`); the
     optimizer state also keeps ``scaler``'s loss scale when float16 AMP uses one.
     Each with its ``.sha256``, checked on resume (a changed byte of weights or moments loads
     without complaint otherwise), and each records ``step``: a run killed between these writes
@@ -509,7 +525,7 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     save_checkpoint(model, out / "last.safetensors", {"step": step})
     if ema is not None:
         save_checkpoint(ema.module, out / "last.ema.safetensors", {"step": step})
-    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done, scaler, phase)
+    _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done, scaler, phase, phases_done)
 
 
 # The settings of a phase's schedule: a resume with the same ones continues the phase (its cosine
@@ -520,20 +536,76 @@ PHASE_SETTINGS = ("lr", "lr_final", "decay_steps", "decay_by_time", "max_minutes
 
 def _phase_of(tc: TrainConfig, start_step: int, minutes: float) -> dict:
     """What a resume point records of its phase: the schedule's settings, the step it started at,
-    and the minutes on its clock (the max_minutes budget and decay_by_time count those)."""
-    return {"settings": {k: getattr(tc, k) for k in PHASE_SETTINGS}, "start_step": start_step, "minutes": minutes}
+    the minutes on its clock (the max_minutes budget and decay_by_time count those) and the
+    train.steps it trains to (with the budget, what says whether it ran to its end)."""
+    return {"settings": {k: getattr(tc, k) for k in PHASE_SETTINGS}, "start_step": start_step, "minutes": minutes,
+            "steps": tc.steps}
 
 
 def _saved_phase(meta: dict) -> dict | None:
-    """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable)."""
+    """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable);
+    ``steps`` None where it records none (written before 2026-12-08)."""
     try:
         phase = json.loads(meta.get("phase", "null"))
         if not (isinstance(phase, dict) and isinstance(phase.get("settings"), dict)):
             return None
+        steps = phase.get("steps")
         return {"settings": phase["settings"], "start_step": int(phase["start_step"]),
-                "minutes": float(phase["minutes"])}
+                "minutes": float(phase["minutes"]), "steps": None if steps is None else int(steps)}
     except (ValueError, TypeError, KeyError):
         return None
+
+
+def _saved_phases_done(meta: dict, path: Path) -> list[dict]:
+    """The finished phases a resume point recorded before its own (:func:`_phase_done`); none in
+    files written before 2026-12-08. An unreadable list is named in a warning and taken as none:
+    its phases, rerun, train again as new ones (as before the list was kept)."""
+    try:
+        done = json.loads(meta.get("phases_done", "[]"))
+        return [{"settings": dict(d["settings"]), "start_step": int(d["start_step"]), "end_step": int(d["end_step"]),
+                 "minutes": float(d["minutes"]), "ended": str(d["ended"])} for d in done]
+    except (ValueError, TypeError, KeyError):
+        log.warning("%s: its list of finished phases is unreadable; a rerun of one trains it again as a new phase",
+                    path)
+        return []
+
+
+def _phase_done(phase: dict, step: int) -> dict | None:
+    """``phase``, which a resume point at ``step`` recorded as its own, as a finished phase, or None
+    when it did not run to its end (stopped by a signal, an error or train.session_minutes): ended
+    by ``"time"`` (its max_minutes spent) or by ``"steps"`` (it reached its train.steps)."""
+    budget = phase["settings"].get("max_minutes")
+    if isinstance(budget, (int, float)) and budget > 0 and phase["minutes"] >= budget:
+        ended = "time"
+    elif phase.get("steps") is not None and step >= phase["steps"]:
+        ended = "steps"
+    else:
+        return None
+    return {"settings": phase["settings"], "start_step": phase["start_step"], "end_step": step,
+            "minutes": phase["minutes"], "ended": ended}
+
+
+def _finished_phase(tc: TrainConfig, done: list[dict]) -> dict | None:
+    """The finished phase of ``done`` that this invocation's schedule would train again, or None.
+    The same schedule settings, and either its budget was spent (``ended`` "time") or train.steps
+    is within the steps it ended at; a phase that ended at its train.steps, asked for more steps,
+    is a new phase (a later stage may reuse a schedule)."""
+    now = _phase_of(tc, 0, 0.0)["settings"]
+    for phase in reversed(done):
+        same = all(phase["settings"].get(k, object()) == v for k, v in now.items())
+        if same and (phase["ended"] == "time" or tc.steps <= phase["end_step"]):
+            return phase
+    return None
+
+
+def _phase_lr(phase: dict, step: int, fallback: float) -> float:
+    """The rate ``phase`` (as a resume point records it) trains at at ``step``: what a run that
+    trains nothing more ended at; ``fallback`` where its settings are not those of a TrainConfig."""
+    try:
+        tc = dataclasses.replace(TrainConfig(), **{k: phase["settings"][k] for k in PHASE_SETTINGS})
+    except (KeyError, TypeError, ValueError):
+        return fallback
+    return scheduled_lr(tc, phase["minutes"] / tc.max_minutes if tc.decay_by_time else 0.0, step, phase["start_step"])
 
 
 # float16 AMP's loss scale, in the optimizer state's metadata. Without it a resumed run started again
@@ -663,11 +735,11 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Autoencod
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
-                    scaler: torch.amp.GradScaler | None = None) -> tuple[int, float, dict | None]:
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[int, float, dict | None, list[dict]]:
     """Load ``path`` into ``opt`` (and its float16 loss scale into ``scaler``, when given and
-    enabled); returns the step, the run's minutes done and the phase it recorded (None in files
-    written before 2026-12-07). A "best" that files written before 2026-12-07 also hold is
-    ignored (:func:`_resumed_best`)."""
+    enabled); returns the step, the run's minutes done, the phase it recorded (None in files
+    written before 2026-12-07) and the finished phases before that one (:func:`_phase_done`). A
+    "best" that files written before 2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
     try:
         data = path.read_bytes()  # read once: hashed, parsed and loaded from the same bytes
         # First, as for the weights: a truncated file is named as such. (State files written before
@@ -693,7 +765,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
     _restore_scaler(scaler, meta, path)
     sd["state"] = state
     opt.load_state_dict(sd)
-    return step, minutes_done, _saved_phase(meta)
+    return step, minutes_done, _saved_phase(meta), _saved_phases_done(meta, path)
 
 
 def _check_optimizer_fits(opt: torch.optim.Optimizer, state: dict[int, dict], path: Path) -> None:
@@ -914,7 +986,8 @@ def _provenance(run: RunConfig, out: Path, minutes_done: float) -> dict:
     return {"out_dir": str(out), "data": {k: getattr(d, k) for k in ("clean_dir", "noise_dir", "val_clean_dir",
                                                                     "val_noise_dir") if getattr(d, k)},
             "train": {k: getattr(t, k) for k in ("steps", "batch_size", "lr", "lr_final", "decay_steps",
-                                                 "decay_by_time", "max_minutes", "init_from", "ema_decay")},
+                                                 "decay_by_time", "max_minutes", "init_from", "ema_decay",
+                                                 "seed", "deterministic")},
             "minutes_done": round(minutes_done, 3)}
 
 
@@ -959,10 +1032,10 @@ def _resumed_best(path: Path, key: dict) -> tuple[float, float | None]:
     return (-math.inf, None) if score is None else (float(score), val.get(key["select_by"] + "_in"))
 
 
-def _resumed_phase(tc: TrainConfig, step: int, saved: dict | None) -> tuple[int, float, str]:
+def _resumed_phase(tc: TrainConfig, step: int, saved: dict | None) -> tuple[int, float, str, bool]:
     """Where a resume at ``step`` continues the schedule: the step its decay counts from, the
-    minutes already on its clock (the max_minutes budget and decay_by_time), and a few words that
-    say so. The same schedule settings as the resume point's phase continue that phase (a run
+    minutes already on its clock (the max_minutes budget and decay_by_time), a few words that
+    say so, and whether it continues the saved phase. The same schedule settings as the resume point's phase continue that phase (a run
     interrupted, then resumed with the same command, as recipes/train_denoiser_gpu.sh's split
     calls are), and so does a change of train.max_minutes alone (a larger budget for the same
     phase: its clock goes on). Any other change starts a new phase here at 0 minutes with its own
@@ -974,10 +1047,10 @@ def _resumed_phase(tc: TrainConfig, step: int, saved: dict | None) -> tuple[int,
                   if changed else "")
         return (saved["start_step"], saved["minutes"],
                 f"continuing its phase from step {saved['start_step']}{budget} ({saved['minutes']:.2f} min on "
-                f"its clock)")
+                f"its clock)", True)
     why = ("its resume point records no schedule (written before 2026-12-07)" if changed is None else
            "; ".join(f"train.{k} {saved['settings'].get(k)} -> {v}" for k, v in changed.items()))
-    return step, 0.0, f"a new phase ({why}): the learning-rate decay and the max_minutes budget start again here"
+    return step, 0.0, f"a new phase ({why}): the learning-rate decay and the max_minutes budget start again here", False
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -1019,13 +1092,59 @@ class _StopSignals:
         self._restore()
 
 
+# cuBLAS's deterministic workspace settings (torch's "Reproducibility" notes): without one of them a
+# CUDA matmul under torch.use_deterministic_algorithms raises.
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+@contextlib.contextmanager
+def _reproducible(tc: TrainConfig):
+    """With ``train.deterministic``: the seeds and torch's deterministic settings for the run, and
+    the caller's settings back afterwards (a library call leaves no global switch behind: a later
+    training or inference in the same process runs as it would have)."""
+    if not tc.deterministic:
+        yield
+        return
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if cublas not in (None, *CUBLAS_DETERMINISTIC) and tc.device != "cpu" and torch.cuda.is_available():
+        raise ValueError(f"train.deterministic needs CUBLAS_WORKSPACE_CONFIG={' or '.join(CUBLAS_DETERMINISTIC)} "
+                         f"for cuBLAS, and it is {cublas!r}; unset it or set one of those")
+    if cublas is None:
+        if torch.cuda.is_initialized():  # cuBLAS may have read its workspace setting already
+            log.warning("train.deterministic: CUDA started in this process before CUBLAS_WORKSPACE_CONFIG was set; "
+                        "set CUBLAS_WORKSPACE_CONFIG=%s in the environment to be sure of deterministic matmuls",
+                        CUBLAS_DETERMINISTIC[0])
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    random.seed(tc.seed)
+    np.random.seed(tc.seed)
+    torch.manual_seed(tc.seed)  # (every device's generator)
+    torch.use_deterministic_algorithms(True)
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, True, False, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before[2:]
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
 def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     """Train ``run``; returns a summary. Writes ``best.safetensors`` (best validation score of
     ``train.select_by``, SI-SDR by default),
     ``last.safetensors`` + ``last.optim.safetensors`` (resume), ``run.json`` and ``log.jsonl``;
     with ``train.ema_decay`` also ``ema.safetensors`` and ``last.ema.safetensors``.
     ``report(line)`` gets the lines meant for a person (the resume, each validation); without it
-    they are logged at INFO. A progress bar on a terminal writes the validations itself."""
+    they are logged at INFO. A progress bar on a terminal writes the validations itself.
+    ``train.deterministic`` holds for the whole call (:func:`_reproducible`)."""
+    with _reproducible(run.train):
+        return _train(run, resume, report)
+
+
+def _train(run: RunConfig, resume: bool, report) -> dict:
     say = report or (lambda line: log.info("%s", line))
     tc = run.train
     device = pick_device(tc.device)
@@ -1073,6 +1192,8 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     best_input = None  # the unprocessed input's score of select_by, beside best
     minutes_total = 0.0  # the run's minutes of training in all its invocations (never reset)
     phase_start = 0  # the step this phase's schedule counts from
+    phases_done: list[dict] = []  # the run's earlier phases that ran to their end (_phase_done)
+    done_before = None  # the finished phase this invocation's schedule would train again
     saved_average = None  # the weight average a resumed run continues (last.ema.safetensors)
     record = None  # a resumed run's run.json, read once: what it started with and its resumes
     last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
@@ -1084,24 +1205,41 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     if resuming:
         record = _read_run_record(out)
         weights_step = _resume_weights(model, last, rank == 0)
-        step, minutes_total, saved_phase = _load_optimizer(opt, last_opt, scaler)
+        step, minutes_total, saved_phase, phases_done = _load_optimizer(opt, last_opt, scaler)
         ema_step = None
         if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
             saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors", model)
         _check_resume_steps(out, step, weights_step, ema_step)
         if rank == 0:  # the rank that validates and keeps best.safetensors
             best, best_input = _resumed_best(out / "best.safetensors", val_key)
-        phase_start, minutes_before, how = _resumed_phase(tc, step, saved_phase)
+        phase_start, minutes_before, how, continuing = _resumed_phase(tc, step, saved_phase)
+        ended = None if continuing or saved_phase is None else _phase_done(saved_phase, step)
+        # Another schedule than the resume point's: a phase the run finished earlier (a recipe rerun
+        # from its top after it stopped in a later stage) is done, not trained again over the later
+        # stages' weights; otherwise a new phase, and the one it follows joins the finished ones.
+        done_before = None if continuing else _finished_phase(tc, phases_done)
+        if done_before is None and ended is not None:
+            phases_done = [*phases_done, ended]
         # The run config, not the saved state, sets the rate: the schedule's at this step (what the
         # summary's final_lr reports when nothing more is trained: the rate the run ended at).
         resumed_lr = scheduled_lr(tc, minutes_before / tc.max_minutes if tc.decay_by_time else 0.0, step, phase_start)
+        if done_before is not None and saved_phase is not None:  # the run stays in the phase it was in
+            phase_start, minutes_before = saved_phase["start_step"], saved_phase["minutes"]
+            resumed_lr = _phase_lr(saved_phase, step, resumed_lr)
         for group in opt.param_groups:
             group["lr"] = resumed_lr
-        if rank == 0:
+        if done_before is not None:
+            if rank == 0:
+                d = done_before
+                schedule = ", ".join(f"train.{k} {d['settings'][k]}" for k in PHASE_SETTINGS)
+                say(f"{out}: this phase ({schedule}) already ran to its end (steps {d['start_step']}..{d['end_step']}, "
+                    f"{d['minutes']:.2f} min) and the run went on to step {step}: nothing to train, the weights stay "
+                    f"as they are (--no-resume or another --out trains it anew)")
+        elif rank == 0:
             say(f"resumed from {last} at step {step}: {how}")
         if tc.init_from and rank == 0:
             _warn_init_from_unused(out, tc.init_from, record)
-        if step >= tc.steps:
+        if step >= tc.steps and done_before is None:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
                         "go on, or start over with --no-resume or another --out", out, step, tc.steps)
     elif tc.init_from:
@@ -1119,7 +1257,7 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
                              f"init_from grows a model at the same signal settings")
         grown = grow_into(model, source.state_dict())
         log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
-    if resuming and not tc.ema_decay and (out / "last.ema.safetensors").is_file():
+    if resuming and not tc.ema_decay and (out / "last.ema.safetensors").is_file() and done_before is None:
         raise ValueError(f"{out} was trained with a weight average (last.ema.safetensors), and this run sets "
                          f"train.ema_decay=0: the average would stop, and ema.safetensors stay at step {step} as if it "
                          f"were the run's; resume with the run's train.ema_decay (run.json), or start over with "
@@ -1147,13 +1285,14 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
     seed = tc.seed * 1000 + rank + 7919 * step
     mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
     # A phase whose budget is spent: each further call of a split run trained one more step and said nothing.
-    spent = tc.max_minutes > 0 and minutes_before >= tc.max_minutes
+    spent = done_before is None and tc.max_minutes > 0 and minutes_before >= tc.max_minutes
+    idle = spent or done_before is not None  # nothing to train beyond train.steps either
     if spent and rank == 0:
         log.warning("%s: the phase's budget is spent (%.2f min on its clock, train.max_minutes=%g): nothing to "
                     "train; a larger train.max_minutes continues the phase, another schedule starts a new one",
                     out, minutes_before, tc.max_minutes)
     # With nothing to train, run.json keeps what made the weights (and lists no resume that trained nothing).
-    if rank == 0 and step < tc.steps and not spent:
+    if rank == 0 and step < tc.steps and not idle:
         _record_settings(out, run, step if resuming else None, record)
 
     bar = None
@@ -1163,7 +1302,7 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     # The input's scores, the same at every validation: scored here, before the clock starts (PESQ
     # and STOI of the input, scored at every first validation, came out of every session's budget).
-    val_inputs = input_scores(evaluated, val_set, tc.metrics) if rank == 0 and step < tc.steps and not spent else None
+    val_inputs = input_scores(evaluated, val_set, tc.metrics) if rank == 0 and step < tc.steps and not idle else None
     t_last_ckpt = time.monotonic()
     t0, audio_seconds = time.monotonic(), 0.0
     history = []
@@ -1183,14 +1322,14 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         # and the next call's minutes_done (from the file) came out lower than this one's.
         minutes_total, phase_minutes = minutes_before_run + (now - t0) / 60, (now - clock0) / 60
         _save_resume_point(model, opt, step, out, ema, minutes_total, scaler_,
-                           _phase_of(tc, phase_start, phase_minutes))
+                           _phase_of(tc, phase_start, phase_minutes), phases_done)
 
     skipped = bad_in_a_row = 0
     scaler_skipped = overflow_in_a_row = 0  # float16 steps its GradScaler skipped (overflow)
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
-        while step < tc.steps and not spent:
+        while step < tc.steps and not idle:
             if stop.received is not None:
                 resume_point()
                 if bar is not None:
@@ -1294,7 +1433,7 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
                 break
     if bar is not None:
         bar.close()
-    if ema is not None and rank == 0:
+    if ema is not None and rank == 0 and done_before is None:  # (it would name the finished phase's settings)
         save_checkpoint(ema.module, out / "ema.safetensors", {"step": step, "run": _provenance(run, out, minutes_total)})
     summary = {"steps": step, "resumed_at_step": start_step if resuming else None, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
                "best_val_input": best_input if math.isfinite(best) else None,

@@ -44,7 +44,8 @@
 #    The shipped stages 1-9 trained on coloured noise from before synthetic.AUDIBLE_HZ, which this
 #    recipe no longer makes (model card).
 # (The model card numbers its stages from the first export: recipe steps 8-12 are its stages 6-10.)
-# Every phase resumes from its run folder's last.safetensors when rerun.
+# Every phase resumes from its run folder's last.safetensors when rerun, and a phase that already
+# ran to its end trains nothing again: rerun from the top after a stop, it goes on in the stage it stopped in.
 set -euo pipefail
 usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
 case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac

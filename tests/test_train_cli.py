@@ -1276,3 +1276,107 @@ def test_stages_with_new_settings_each_get_their_own_time_budget(tmp_path, capsy
     assert main(["train", *common, "--set", "train.max_minutes=0.01", "--set", "train.lr=1e-3"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == second["steps"]
     assert "the phase's budget is spent" in caplog.text
+
+
+def _run_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_a_recipe_rerun_from_the_top_skips_the_phases_it_finished_and_goes_on_with_the_one_it_stopped_in(
+        tmp_path, capsys, caplog):
+    """Was: only the resume point's own phase was recorded, so after a recipe stopped in stage 3 a
+    rerun from the top trained stages 1 and 2 again, as new phases over stage 3's weights."""
+    out = tmp_path / "run"
+    common = ["train", CONFIG, "--out", str(out), "--steps", "1000000", "--set", "train.val_every=100000",
+              "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", 'train.metrics=["si_sdr"]']
+    stages = [[*common, "--set", "train.max_minutes=0.01"],
+              [*common, "--set", "train.max_minutes=0.01", "--set", "train.lr=1e-3"],
+              # a budget split over calls: the first call stops part-way, as a recipe stopped in stage 3
+              [*common, "--set", "train.max_minutes=0.06", "--set", "train.lr=5e-4", "--set",
+               "train.session_minutes=0.01"]]
+    summaries = []
+    for stage in stages:
+        assert main(stage) == 0
+        summaries.append(json.loads(capsys.readouterr().out))
+    assert summaries[0]["steps"] < summaries[1]["steps"] < summaries[2]["steps"]
+    assert summaries[2]["phase_minutes"] < 0.06  # stage 3 stopped before its end
+    stopped = _run_files(out)
+
+    for stage in stages[:2]:  # the recipe again from its top: stages 1 and 2 are done
+        assert main(stage) == 0
+        said = capsys.readouterr()
+        lines = [line for line in said.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "already ran to its end" in lines[0] and "nothing to train" in lines[0], said.err
+        summary = json.loads(said.out)
+        assert summary["steps"] == summaries[2]["steps"]
+        assert summary["final_lr"] == 5e-4  # the rate the run is at (stage 3's), not the skipped stage's
+        assert _run_files(out) == stopped  # weights, optimizer state, run.json and log untouched
+    assert main(stages[2]) == 0  # stage 3 goes on where it stopped
+    said = capsys.readouterr()
+    assert f"at step {summaries[2]['steps']}: continuing its phase from step {summaries[1]['steps']}" in said.err
+    third = json.loads(said.out)
+    assert third["steps"] > summaries[2]["steps"]
+
+    # Stage 3 kept the list of finished phases in its own resume points: stage 2, rerun now, is done too.
+    for _ in range(8):  # (each call trains 0.01 of its 0.06 minutes)
+        if third["phase_minutes"] >= 0.06:
+            break
+        assert main(stages[2]) == 0
+        third = json.loads(capsys.readouterr().out)
+    assert third["phase_minutes"] >= 0.06
+    finished = _run_files(out)
+    assert main(stages[1]) == 0
+    assert "already ran to its end" in capsys.readouterr().err and _run_files(out) == finished
+    # A schedule the run never finished is a new phase, as before.
+    assert main([*common, "--set", "train.max_minutes=0.01", "--set", "train.lr=2e-4"]) == 0
+    said = capsys.readouterr()
+    assert "a new phase (train.lr 0.0005 -> 0.0002" in said.err
+    assert json.loads(said.out)["steps"] > third["steps"]
+    assert load_checkpoint(out / "last.safetensors").num_parameters() > 0
+
+
+def test_a_phase_that_ended_at_its_steps_is_done_only_within_them():
+    """A step-bounded phase (no max_minutes) is done for a rerun within the steps it reached; the
+    same schedule asked for more steps later is a new phase (a later stage may reuse a rate)."""
+    from audioae.train import TrainConfig, _finished_phase, _phase_done, _phase_of
+
+    first = TrainConfig(steps=100, lr=1e-3)
+    saved = _phase_of(first, 0, 0.2)
+    assert _phase_done(saved, 60) is None  # stopped at step 60 of 100: not done
+    done = _phase_done(saved, 100)
+    assert done["ended"] == "steps" and done["end_step"] == 100
+    assert _finished_phase(TrainConfig(steps=100, lr=1e-3), [done]) == done
+    assert _finished_phase(TrainConfig(steps=300, lr=1e-3), [done]) is None
+    assert _finished_phase(TrainConfig(steps=100, lr=2e-3), [done]) is None
+    timed = _phase_done(_phase_of(TrainConfig(steps=10**6, lr=1e-3, max_minutes=5), 100, 5.01), 900)
+    assert timed["ended"] == "time" and timed["start_step"] == 100
+    assert _finished_phase(TrainConfig(steps=10**7, lr=1e-3, max_minutes=5), [done, timed]) == timed
+    assert _finished_phase(TrainConfig(steps=10**7, lr=1e-3, max_minutes=6), [done, timed]) is None
+
+
+def _deterministic_state() -> tuple:
+    cudnn = torch.backends.cudnn
+    return (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+
+def test_deterministic_runs_give_bit_identical_weights_and_leave_torch_as_it_was(tmp_path, monkeypatch):
+    from audioae.checkpoint import checkpoint_extra
+    from audioae.train import load_run_config, train
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = _deterministic_state()
+    assert before[0] is False  # (else the test could not tell the run's settings from the caller's)
+    weights, during = [], []
+    for name in ("a", "b"):
+        run = load_run_config(CONFIG, [f"train.out_dir={json.dumps(str(tmp_path / name))}", "train.steps=6",
+                                       "train.val_every=3", "train.progress=false", "model.config.hidden=16",
+                                       'train.metrics=["si_sdr"]', "train.deterministic=true", "train.seed=3"])
+        train(run, report=lambda line: during.append(_deterministic_state()))
+        weights.append(load_checkpoint(tmp_path / name / "last.safetensors").state_dict())
+        assert _deterministic_state() == before  # the caller's settings are back
+    assert during and set(during) == {(True, False, True, False, False, ":4096:8")}
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["train"]["deterministic"] is True
+    assert checkpoint_extra(tmp_path / "a" / "best.safetensors")["run"]["train"]["deterministic"] is True
