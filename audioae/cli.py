@@ -879,20 +879,25 @@ def _check_served_model(client, cmd: str, name: str) -> None:
     """Before ``client denoise`` or ``client stream`` sends audio, from one ListModels call (made for
     a named model, and for every stream): a model that cannot stream (``name`` "": the server's
     default denoiser) is refused in the CLI's words, where the server's message names its RPC
-    ("use Denoise") for API users; a named decomposition model is warned of, as ``audioae denoise``
-    warns locally: its output is its reconstruction of the input, noise included."""
+    ("use Denoise") for API users; so is ``client denoise`` of a model the server does not denoise with
+    (a decomposition model, whose output would be its reconstruction of the input, noise included:
+    ``audioae denoise`` warns of it locally, the server refuses it)."""
     info = client.list_models()
     served = {m["name"]: m for m in info["models"]}
     target = name or info["default_denoiser"]
-    if cmd == "stream" and target in served and "StreamDenoise" not in served[target]["rpcs"]:
-        streams = ", ".join(n for n, m in served.items() if "StreamDenoise" in m["rpcs"]) or "none"
-        why = ("cannot stream (it is not causal): `audioae client denoise` takes the whole file at once"
-               if "Denoise" in served[target]["rpcs"] else
-               f"does not denoise audio (it serves {', '.join(served[target]['rpcs'])})")
-        raise ValueError(f"model {target!r} {why}; the models this server streams with (--model): {streams}")
-    if name and "Decompose" in served.get(name, {}).get("rpcs", []):
-        log.warning("%s is a decomposition model (a plain sparse autoencoder): its output is its "
-                    "reconstruction of the input, noise included, not a denoised copy", name)
+    rpc = "StreamDenoise" if cmd == "stream" else "Denoise"
+    if target in served and rpc not in served[target]["rpcs"]:
+        rpcs = served[target]["rpcs"]
+        able = ", ".join(n for n, m in served.items() if rpc in m["rpcs"]) or "none"
+        if "Denoise" in rpcs:
+            why = "cannot stream (it is not causal): `audioae client denoise` takes the whole file at once"
+        elif "Decompose" in rpcs:  # the server refuses it: `audioae denoise` only warns, locally
+            why = ("is a decomposition model: its output would be its reconstruction of the input, noise included, "
+                   "not a denoised copy (`audioae client decompose` splits a file with it)")
+        else:
+            why = f"does not denoise audio (it serves {', '.join(rpcs)})"
+        raise ValueError(f"model {target!r} {why}; the models this server {'streams' if cmd == 'stream' else 'denoises'} "
+                         f"with (--model): {able}")
 
 
 def _client_call(args, client) -> int:

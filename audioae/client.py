@@ -70,6 +70,9 @@ DEFAULT_MESSAGE_MB = 256
 # that (1e10 s, or inf, meant as "no deadline") failed every call at once with DEADLINE_EXCEEDED.
 # Longer than a century is sent as no deadline.
 MAX_TIMEOUT_SECONDS = 100 * 365 * 86400
+# Subtypes whose samples int16 PCM carries exactly (an 8-bit step is 256 of int16's), in half the
+# bytes of float32: `client stream` sends a file written in one of them as int16 (Client.stream_file).
+INT16_EXACT_SUBTYPES = ("PCM_16", "PCM_S8", "PCM_U8")
 
 
 # Every UNAVAILABLE this project's server sends starts so (a drain's "the server is shutting down;
@@ -667,8 +670,8 @@ class Client:
         deadline on the whole call, in seconds (None: the client's own; a file, unlike a live
         :meth:`stream`, has an end, and ``audioae client stream --timeout`` went unheeded).
         ``pcm_format``: the stream's sample format, "int16" or "float32"; None: int16 for a
-        16-bit PCM file written as 16-bit PCM (half the bytes, nothing lost: the file holds int16
-        samples, and the answer is written as such), float32 for any other."""
+        16- or 8-bit PCM file written as such (half the bytes of float32, nothing lost: int16 holds
+        its samples exactly, and the answer is written in the file's own subtype), float32 for any other."""
         if not chunk_ms > 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         src, dst = Path(src), output_file(src, dst)
@@ -679,8 +682,8 @@ class Client:
         block = max(1, int(info.samplerate * chunk_ms / 1000))
         chunks = iter_blocks(src, block)
         subtype = info.subtype if sf.check_format(fmt, info.subtype) else None
-        if pcm_format is None:  # float32 sent PCM_16's int16 samples in twice their bytes
-            pcm_format = "int16" if subtype == "PCM_16" else "float32"
+        if pcm_format is None:  # float32 sent these int16 (or 8-bit) samples in twice the bytes int16 takes
+            pcm_format = "int16" if subtype in INT16_EXACT_SUBTYPES else "float32"
         n = 0
         with atomic_open(dst) as fh:
             try:

@@ -50,7 +50,7 @@ from audioae.client import (
     tensor_message,
 )
 from audioae.config import quoted
-from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, is_out_of_memory
+from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, is_out_of_memory, release_device_memory
 from audioae.models.image import check_grey_levels
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
@@ -512,6 +512,32 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             raise Abort(cut.code, message) from None
         sm, cfg, strength = self._stream_config(first)
         _note(model=sm.name)
+        # Where the stream is: samples in and answered, and what it was doing (for an out-of-memory message).
+        done = {"in": 0, "out": 0, "at": "as the stream started"}
+        failed = None
+        try:
+            yield from self._denoised(feed, sm, cfg, strength, done)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if failed is None:
+            return
+        # Out of the except block: its traceback, whose frames held the stream's state and the failed
+        # step's tensors on the device, is gone, so the cache can hand their memory back. The stream
+        # ran on this gRPC thread, outside the batcher, whose own out-of-memory path does the same.
+        release_device_memory()
+        log.warning("out of memory in a stream on %s %s: %s", sm.device, done["at"], failed)
+        sr = cfg.sample_rate
+        raise Abort(EXHAUSTED, f"the server ran out of memory ({sm.device}) {done['at']}, "
+                               f"{done['in'] / sr:.2f} s into the stream: the stream was ended, its audio answered "
+                               f"up to {done['out'] / sr:.2f} s; other calls share that memory: retry later, or "
+                               f"stream fewer channels")
+
+    def _denoised(self, feed: MessageFeed, sm: ServedModel, cfg: pb.StreamConfig, strength: float,
+                  done: dict) -> Iterator[pb.StreamDenoiseResponse]:
+        """The stream's answers, from its audio chunks on (its StreamConfig taken); ``done``: kept
+        up to date, samples in (``in``) and answered (``out``), and ``at``, what it is doing."""
         den = StreamingDenoiser(sm.model, cfg.sample_rate, cfg.channels, strength=strength)
         limit = math.inf
         if self.config.max_stream_seconds:
@@ -529,9 +555,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]
                 _note(seconds=n_in / cfg.sample_rate)
+                done["in"], done["at"] = n_in, f"on audio chunk {i} (the {_nth(i + 1)} message)"
                 y = self._push(den, x)  # [C, m]
                 if y.shape[-1]:
                     n_out += y.shape[-1]
+                    done["out"] = n_out
                     yield self._chunk(y, cfg, n_in, n_out, sm.name)
                 if over:
                     raise _StreamCut(
@@ -541,11 +569,13 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     )
         except _StreamCut as cut:
             if n_in:  # answer what was sent before saying why the stream ends
+                done["at"] = "answering the audio before the stream's end"
                 yield self._tail(den, cfg, n_in, n_out, sm.name)
             if cut.by_drain:
                 self.gate.stream_ended_by_drain()
             answered = "; the audio before it was answered" if cut.refused and n_in else ""
             raise Abort(cut.code, cut.message + answered) from None
+        done["at"] = "answering the audio before the stream's end"
         yield self._tail(den, cfg, n_in, n_out, sm.name)  # raises AudioError when no audio came at all
 
     def _push(self, den: StreamingDenoiser, x: np.ndarray) -> np.ndarray:
@@ -745,6 +775,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             raise Abort(INVALID, f"{rpc} needs a model name; this server has: {', '.join(self.store.models)}")
         sm = self.store.get(name)
         _note(model=sm.name)
+        refusal = sm.refusal(rpc)  # what ListModels's rpcs leave out (Decode of a max-unpooling model)
+        if refusal is not None:
+            raise Abort(INVALID, refusal)
         return sm
 
     @_unary
@@ -800,13 +833,6 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         model, device = sm.model, sm.device
         if not request.HasField("code"):
             raise Abort(INVALID, "Decode needs a code tensor")
-        if not sm.decodes_codes:
-            raise Abort(
-                INVALID,
-                f"model {sm.name!r} unpools with the encoder's max-pooling indices, which are "
-                "not part of the code and do not travel over the wire; Decode needs a model "
-                "with unpool=nearest or transposed",
-            )
         h = self._tensor(request.code, "code")
         code_dim = model.config.code_dim
         fits = ((h.dim() == 3 and h.shape[1] == code_dim and h.shape[2] >= 1) if sm.is_audio  # as Encode returns

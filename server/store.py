@@ -22,6 +22,9 @@ from audioae.models import Autoencoder, takes_audio
 from .errors import Abort
 
 log = logging.getLogger(__name__)
+# Every RPC that takes a model, in the order ListModels lists them; those of audio, with what each does.
+RPCS = ("Denoise", "StreamDenoise", "Decompose", "Encode", "Decode")
+AUDIO_RPCS = {"Denoise": "denoise", "StreamDenoise": "stream", "Decompose": "decompose"}
 NO_MODELS = ("no models to serve: none are shipped yet; pass --models PATH.safetensors "
              "(a checkpoint written by `audioae train`)")
 
@@ -69,12 +72,35 @@ class ServedModel:
         indices needs them besides the code, and they do not travel over the wire."""
         return getattr(self.model.config, "unpool", None) != "maxunpool"
 
+    def refusal(self, rpc: str) -> str | None:
+        """Why this model does not serve ``rpc`` (a clause naming it: "model 'x' ..."), None where it
+        does: the one test that both ``ListModels``'s ``rpcs`` (:meth:`rpcs`) and the servicer's
+        refusals read, so that neither lists nor answers what the other does not."""
+        c = self.model.config
+        if rpc in AUDIO_RPCS and not self.is_audio:
+            return (f"model {self.name!r} ({self.model.registry_name}, input {c.input}) cannot "
+                    f"{AUDIO_RPCS[rpc]} audio")
+        if rpc == "Denoise" and self.decomposes:
+            # Until 2026-12-07 served and listed: its answer was its reconstruction of the input, noise
+            # included (never a default denoiser; StreamDenoise refused it already).
+            return (f"model {self.name!r} is a decomposition model ({self.model.registry_name}): its output would "
+                    f"be its reconstruction of the input, noise included, not a denoised copy; use Decompose "
+                    f"with it")
+        if rpc == "StreamDenoise" and not self.streams:
+            return f"model {self.name!r} is not causal and cannot stream"
+        if rpc == "Decompose" and not self.decomposes:
+            return (f"model {self.name!r} ({self.model.registry_name}) cannot decompose: that needs a sparse "
+                    f"dictionary model (sparse_dict)")
+        if rpc == "Decode" and not self.decodes_codes:
+            # Until 2026-12-07 a max-unpooling model listed Decode, which refused its every call.
+            return (f"model {self.name!r} unpools with the encoder's max-pooling indices, which are not part "
+                    f"of the code and do not travel over the wire; Decode needs a model with unpool=nearest "
+                    f"or transposed")
+        return None
+
     def rpcs(self) -> list[str]:
-        out = ["Denoise"] if self.is_audio else []
-        out += ["StreamDenoise"] if self.streams else []
-        out += ["Decompose"] if self.decomposes else []
-        # Until 2026-12-07 a max-unpooling model listed Decode, which refused its every call.
-        return [*out, "Encode"] + (["Decode"] if self.decodes_codes else [])
+        """The RPCs this model serves, as ``ListModels`` lists them (:meth:`refusal`)."""
+        return [rpc for rpc in RPCS if self.refusal(rpc) is None]
 
     def info(self) -> dict:
         d = self.model.describe()
@@ -124,14 +150,13 @@ class ModelStore:
         for spec in specs:
             check_stop(stop, "stopped while loading the models")
             self._load(spec)
-        # A sparse dictionary is a spectrogram model too, but its "denoising" is only its
-        # reconstruction and it cannot stream: never a default denoiser. Causal models first, so
-        # that a call naming no model can both Denoise and StreamDenoise.
+        # The models that Denoise (a sparse dictionary does not: ServedModel.refusal), causal ones
+        # first, so that a call naming no model can both Denoise and StreamDenoise.
         served = list(self.models.values())
-        denoisers = sorted((m for m in served if m.is_audio and not m.decomposes), key=lambda m: not m.streams)
+        denoisers = sorted((m for m in served if m.refusal("Denoise") is None), key=lambda m: not m.streams)
         # the models a call naming none may get, best first
         self.default_denoiser = self._default(pretrained.DEFAULT_DENOISER, [m.name for m in denoisers])
-        self.default_decomposer = self._default(pretrained.DEFAULT_DECOMPOSER, [m.name for m in served if m.decomposes])
+        self.default_decomposer = self._default(pretrained.DEFAULT_DECOMPOSER, self.serving("Decompose"))
 
     @staticmethod
     def check_specs(specs: tuple[str, ...] | list[str]) -> None:
@@ -184,54 +209,41 @@ class ModelStore:
             )
         return self.models[name]
 
-    # what a call naming no model needs the server to hold, per purpose
-    NEEDS = {"denoise": "a spectrogram denoiser", "stream": "a causal spectrogram denoiser",
-             "decompose": "a sparse dictionary model (sparse_dict)"}
+    # what a call naming no model needs the server to hold, per RPC
+    NEEDS = {"Denoise": "a spectrogram denoiser", "StreamDenoise": "a causal spectrogram denoiser",
+             "Decompose": "a sparse dictionary model (sparse_dict)"}
 
-    def audio_model(self, name: str, default: str, purpose: str) -> ServedModel:
+    def serving(self, rpc: str) -> list[str]:
+        """The names of the models that serve ``rpc``."""
+        return [n for n, m in self.models.items() if m.refusal(rpc) is None]
+
+    def for_rpc(self, rpc: str, name: str, default: str = "") -> ServedModel:
+        """The model ``name`` (``default`` when "") if it serves ``rpc``; else INVALID_ARGUMENT saying
+        why (:meth:`ServedModel.refusal`) and which models here do, NOT_FOUND for an unknown name."""
         if not name and not default:
             # As Encode/Decode without a model name: the request lacks an argument this server needs.
             # A default is empty only where no model can serve the purpose (was "...; name one: (none here can)").
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"no model named, and this server holds no model that can {purpose}: that needs "
-                        f"{self.NEEDS.get(purpose, 'another model')}; it serves {', '.join(self.models) or 'none'}")
-        name = name or default
-        m = self.get(name)
-        if not m.is_audio:
-            raise Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"model {name!r} ({m.model.registry_name}, input {m.model.config.input}) "
-                f"cannot {purpose} audio; audio models here: "
-                f"{', '.join(n for n, s in self.models.items() if s.is_audio) or '(none)'}",
-            )
+                        f"no model named, and this server holds no model that can {AUDIO_RPCS[rpc]}: that needs "
+                        f"{self.NEEDS[rpc]}; it serves {', '.join(self.models) or 'none'}")
+        m = self.get(name or default)
+        why = m.refusal(rpc)
+        if why is not None:
+            # A model that only cannot stream may still Denoise; a decomposer's Denoise is never advised.
+            instead = "use Denoise, or " if rpc == "StreamDenoise" and m.refusal("Denoise") is None else ""
+            them = "models that stream" if rpc == "StreamDenoise" else f"models here that {AUDIO_RPCS[rpc]}"
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{why}; {instead}{them}: {', '.join(self.serving(rpc)) or '(none)'}")
         return m
 
     def denoiser(self, name: str) -> ServedModel:
-        return self.audio_model(name, self.default_denoiser, "denoise")
+        return self.for_rpc("Denoise", name, self.default_denoiser)
 
     def streamer(self, name: str) -> ServedModel:
-        m = self.audio_model(name, self.default_denoiser, "stream")
-        if not m.streams:
-            streamers = ", ".join(n for n, s in self.models.items() if s.streams) or "(none)"
-            # A sparse dictionary's Denoise is only its reconstruction, noise included: never advised
-            # (was "use Denoise, or one of: ..." for decomposer-small too).
-            instead = "" if m.decomposes else "use Denoise, or "
-            raise Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"model {m.name!r} is not causal and cannot stream; {instead}models that stream: {streamers}",
-            )
-        return m
+        return self.for_rpc("StreamDenoise", name, self.default_denoiser)
 
     def decomposer(self, name: str) -> ServedModel:
-        m = self.audio_model(name, self.default_decomposer, "decompose")
-        if not m.decomposes:
-            raise Abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"model {m.name!r} ({m.model.registry_name}) cannot decompose: that needs a sparse "
-                f"dictionary model (sparse_dict); here: "
-                f"{', '.join(n for n, s in self.models.items() if s.decomposes) or '(none)'}",
-            )
-        return m
+        return self.for_rpc("Decompose", name, self.default_decomposer)
 
     # ---- warm-up ---------------------------------------------------------------------------------
     @torch.inference_mode()

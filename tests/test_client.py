@@ -296,12 +296,15 @@ def test_cli_client_stream_of_a_model_that_cannot_stream_names_the_command_to_us
     src = tmp_path / "in.wav"
     write_audio(src, _noisy(0.3, 16000), 16000)
     base = ["client", "stream", str(src), "--server", f"127.0.0.1:{mixed_server.port}", "--timeout", "30"]
+    why = {"conv": "cannot stream (it is not causal): `audioae client denoise` takes the whole file at once",
+           # the server denoises with no decomposer (until 2026-12-07 this pointed to `client denoise`)
+           DEFAULT_DECOMPOSER: "is a decomposition model: its output would be its reconstruction of the input, noise "
+                               "included, not a denoised copy (`audioae client decompose` splits a file with it)"}
     for name in (DEFAULT_DECOMPOSER, "conv"):
         assert cli_main([*base, "--model", name]) == 2
         err = capsys.readouterr().err
-        assert err.strip() == (f"audioae client: error: model {name!r} cannot stream (it is not causal): `audioae "
-                               f"client denoise` takes the whole file at once; the models this server streams with "
-                               f"(--model): tiny"), err
+        assert err.strip() == (f"audioae client: error: model {name!r} {why[name]}; the models this server streams "
+                               f"with (--model): tiny"), err
         assert "decomposition model" not in caplog.text and not (tmp_path / "in.denoised.wav").exists()
     save_checkpoint(build_model("image", {}), tmp_path / "img.safetensors")
     srv = _start(models=(str(model_dir / "conv.safetensors"), str(tmp_path / "img.safetensors")))  # no causal denoiser
@@ -895,5 +898,29 @@ def test_client_stream_of_a_16_bit_file_sends_int16(model_dir, tmp_path):
         now, before = (sf.read(tmp_path / f"{n}.wav", dtype="int16")[0].astype(np.int32) for n in ("now", "before"))
         assert sf.info(tmp_path / "now.wav").subtype == "PCM_16" and now.shape == before.shape == (x.shape[-1],)
         assert np.abs(now - before).max() <= 1
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(("name", "subtype"), [("u8.wav", "PCM_U8"), ("s8.aiff", "PCM_S8")])
+def test_client_stream_of_an_8_bit_file_sends_int16_and_writes_its_subtype(model_dir, tmp_path, name, subtype):
+    """8-bit files went as float32, four times their bytes (a 20 s chunk: 1,280,004 bytes, over a 1 MB
+    server); int16 holds their samples exactly (one 8-bit step is 256 of int16's) at half float32's
+    bytes, as for PCM_16. The answer is written in the file's own subtype, as float32 would have it."""
+    srv = _start(models=(str(model_dir / "tiny.safetensors"),), max_request_mb=1)
+    try:
+        x = _noisy(20.0, 16000)
+        src = tmp_path / name
+        write_audio(src, x, 16000, subtype=subtype)
+        now, before = tmp_path / f"now{src.suffix}", tmp_path / f"before{src.suffix}"
+        with Client(f"127.0.0.1:{srv.port}", timeout=120) as c:
+            assert c.stream_file(src, now, chunk_ms=20000)["frames"] == x.shape[-1]
+            code, msg = _code(c.stream_file, src, tmp_path / f"refused{src.suffix}", chunk_ms=20000,
+                              pcm_format="float32")  # what was sent before
+            assert code == CODE.RESOURCE_EXHAUSTED and "the 2nd message is 1,280,004 bytes" in msg, msg
+            c.stream_file(src, before, chunk_ms=10000, pcm_format="float32")
+        assert sf.info(now).subtype == sf.info(before).subtype == subtype
+        a, b = (sf.read(f, dtype="int16")[0].astype(np.int32) // 256 for f in (now, before))  # 8-bit steps
+        assert a.shape == b.shape == (x.shape[-1],) and np.abs(a - b).max() <= 1
     finally:
         srv.stop()

@@ -1229,7 +1229,8 @@ def test_list_models(client, model_dir):
     assert list(by) == ["tiny", "conv", "img", "dict"]
     assert info["default_denoiser"] == "tiny" and info["default_decomposer"] == "dict"
     assert by["tiny"]["rpcs"] == ["Denoise", "StreamDenoise", "Encode", "Decode"] and by["tiny"]["causal"]
-    assert by["dict"]["rpcs"] == ["Denoise", "Decompose", "Encode", "Decode"]
+    # a decomposer's Denoise was its reconstruction, noise included: listed and answered until 2026-12-07
+    assert by["dict"]["rpcs"] == ["Decompose", "Encode", "Decode"]
     assert by["img"]["rpcs"] == ["Encode", "Decode"] and by["img"]["sample_rate"] == 0
     # max-unpooling needs the encoder's indices, which Decode cannot be sent: it refuses every call
     assert by["conv"]["rpcs"] == ["Denoise", "Encode"]
@@ -1299,16 +1300,47 @@ def test_the_client_pointed_at_the_metrics_port_is_told_it_is_not_grpc(server, c
     assert "UNAVAILABLE" in err and "does not speak gRPC: an HTTP server, such as the metrics port?" in err, err
 
 
-def test_client_denoise_with_a_decomposition_model_warns_as_the_local_command_does(server, tmp_path, caplog):
-    # was: no word; `audioae denoise --model decomposer-small` warns that it reconstructs, noise and all
+def test_what_list_models_lists_is_what_each_model_answers(client):
+    """ListModels' rpcs and the servicer read one test (ServedModel.refusal): every RPC a model
+    lists is answered, every other refused with INVALID_ARGUMENT. A decomposer listed Denoise and
+    answered its reconstruction of the input, noise included, until 2026-12-07."""
+    x = _noisy(0.3, 16000)
+    image = np.zeros((1, 1, 16, 16), np.float32)
+    code = {m: client.encode(image, model=m) if m == "img" else client.encode_audio(x, 16000, model=m)
+            for m in ("tiny", "conv", "img", "dict")}
+    calls = {
+        "Denoise": lambda m: client.denoise(x, 16000, model=m),
+        "StreamDenoise": lambda m: list(client.stream([x], 16000, 1, model=m)),
+        "Decompose": lambda m: client.decompose(x, 16000, model=m, top_k=2, fit_steps=0),
+        "Encode": lambda m: code[m],  # above: every model encodes
+        "Decode": lambda m: client.decode(code[m], model=m),
+    }
+    for m in client.list_models()["models"]:
+        for rpc, call in calls.items():
+            if rpc in m["rpcs"]:
+                call(m["name"])
+            else:
+                status, msg = _code(lambda: call(m["name"]))  # noqa: B023 (called at once)
+                assert status == CODE.INVALID_ARGUMENT and f"model {m['name']!r}" in msg, (m["name"], rpc, msg)
+    status, msg = _code(lambda: client.denoise(x, 16000, model="dict"))
+    assert msg == ("model 'dict' is a decomposition model (sparse_dict): its output would be its reconstruction of "
+                   "the input, noise included, not a denoised copy; use Decompose with it; models here that denoise: "
+                   "tiny, conv"), msg
+
+
+def test_client_denoise_with_a_decomposition_model_is_refused_before_any_audio_is_sent(server, tmp_path, capsys):
+    # was a warning, then the decomposer's reconstruction, noise and all (the server now refuses it)
     src = tmp_path / "in.wav"
     sf.write(src, _noisy(0.5, 16000)[0], 16000)
     base = ["client", "--server", f"127.0.0.1:{server.port}", "--timeout", "30"]
-    assert cli_main([*base, "denoise", str(src), "-o", str(tmp_path / "a.wav"), "--model", "dict"]) == 0
-    assert "dict is a decomposition model (a plain sparse autoencoder)" in caplog.text
-    caplog.clear()
+    assert cli_main([*base, "denoise", str(src), "-o", str(tmp_path / "a.wav"), "--model", "dict"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("audioae client: error: model 'dict' is a decomposition model: its output would be its "
+                           "reconstruction of the input, noise included, not a denoised copy (`audioae client "
+                           "decompose` splits a file with it); the models this server denoises with (--model): "
+                           "tiny, conv"), err
+    assert not (tmp_path / "a.wav").exists()
     assert cli_main([*base, "denoise", str(src), "-o", str(tmp_path / "b.wav"), "--model", "tiny"]) == 0
-    assert "decomposition model" not in caplog.text
 
 
 @pytest.mark.parametrize(("flags", "text"), [

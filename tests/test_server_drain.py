@@ -540,6 +540,63 @@ def test_a_stop_while_the_models_load_stops_at_once_and_health_never_says_servin
         srv.stop()
 
 
+# `audioae serve` whose loading of each checkpoint waits, after saying so, until a line can be read
+# from the FIFO named by $AUDIOAE_TEST_GATE: a load that is observably in progress for as long as
+# the test needs, with no clock involved. The rest is the real entry point (python -m server).
+_GATED_SERVE = """
+import os, sys
+import server.store
+from audioae.cli import main
+
+real = server.store.read_metadata
+
+def gated(path):
+    print(f"test gate: loading {path}", file=sys.stderr, flush=True)
+    with open(os.environ["AUDIOAE_TEST_GATE"]) as gate:  # blocks until a writer opens it
+        gate.readline()
+    return real(path)
+
+server.store.read_metadata = gated
+sys.exit(main(["serve", *sys.argv[1:]]))
+"""
+
+
+def test_a_stop_signal_while_the_models_load_ends_the_process_never_serving(tmp_path):
+    """serve()'s branch for a SIGTERM that comes while the models load, in a real process: it exits
+    0 at once, saying it never served, and health said NOT_SERVING throughout. The load waits on a
+    FIFO the test never writes, so the signal comes while it is in progress, every time."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GATED_SERVE, "--port", "0", "--models", str(ckpt), "--threads", "1"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "AUDIOAE_TEST_GATE": str(gate)},
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
+    log: list[str] = []
+    try:
+        port = int(_wait_for(lines, r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        _wait_for(lines, rf"test gate: loading {re.escape(str(ckpt))}", log)  # loading, and held there
+        seen: list[str] = []
+        watcher = _health_watch(port, seen)
+        assert _until(lambda: seen == ["NOT_SERVING"]), seen
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        text = _rest_of(lines, log)
+        assert "stopped while loading the models: never served" in text, text
+        assert "ready: serving" not in text and "draining" not in text and "Traceback" not in text, text
+        watcher.join(30)
+        assert not watcher.is_alive() and "SERVING" not in seen, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def test_drain_seconds_bounds_the_drain_and_the_call_cut_off_hears_why(tmp_path):
     """--drain-seconds 2 and a 600 s denoise in flight (about half a minute of work here): the
     process waited for the device worker (exit 15 s after SIGTERM) and the call got gRPC's bare

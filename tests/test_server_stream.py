@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import grpc
@@ -412,5 +413,95 @@ def test_a_stream_config_field_left_out_is_named_as_unset(tiny, config, text):
             got, err = _collect(c.stub.StreamDenoise(iter([first, _audio(_speech(0.1))]), timeout=30))
         assert not got and err is not None and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
         assert text in err.details(), err.details()
+    finally:
+        srv.stop()
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    """The tensors of a model's stream state (nested tuples of tensors and None)."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for part in (state if isinstance(state, tuple | list) else ()) for t in _tensors(part)]
+
+
+def test_running_out_of_memory_mid_stream_ends_it_in_words_and_frees_its_state(tiny, monkeypatch, caplog):
+    """A stream runs on its gRPC thread, outside the batcher: out of memory there went out as the
+    unary calls' "send shorter audio" (which a stream cannot), and the cache was not emptied. Now the
+    stream ends RESOURCE_EXHAUSTED saying where and what was answered, its state on the device let go
+    before the cache is emptied, and the server goes on. The failure is the allocator's own refusal
+    (CUDA's cannot be had on a CPU), made in the model's 3rd stream step."""
+    import server.servicer as servicer_module
+
+    srv = _server(tiny)
+    model = srv.store.models["tiny"].model
+    steps, state_refs, freed = [], [], []
+    real_step = model.stream_step
+
+    def stream_step(feats, state, final=False):
+        steps.append(final)
+        if len(steps) == 3:
+            state_refs.extend(weakref.ref(t) for t in _tensors(state))
+            torch.empty(1 << 60, dtype=torch.uint8, device=feats.device)  # RuntimeError: can't allocate memory
+        return real_step(feats, state, final)
+
+    def release() -> None:  # the real one empties CUDA's cache, where there is one: nothing to see on a CPU
+        freed.append([ref() is None for ref in state_refs])
+
+    monkeypatch.setattr(model, "stream_step", stream_step)
+    monkeypatch.setattr(servicer_module, "release_device_memory", release)
+    try:
+        x = _speech(2.0)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
+            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=60))
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        answered = got[-1].samples_out if got else 0
+        assert err.details() == (
+            f"the server ran out of memory (cpu) on audio chunk 3 (the 4th message), 0.75 s into the stream: the "
+            f"stream was ended, its audio answered up to {answered / SR:.2f} s; other calls share that memory: "
+            f"retry later, or stream fewer channels"), err.details()
+        assert len(_samples(got)) == answered
+        assert state_refs and freed == [[True] * len(state_refs)]  # emptied once, the stream's state let go first
+        assert "out of memory in a stream on cpu on audio chunk 3 (the 4th message)" in caplog.text
+        monkeypatch.setattr(model, "stream_step", real_step)
+        _counted_and_goes_on(srv, "RESOURCE_EXHAUSTED", 1)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_running_out_of_memory_mid_stream_empties_the_cache(tiny, monkeypatch):
+    """On a GPU, the real thing: CUDA's allocator refuses the model's 3rd stream step, after that
+    step took 256 MiB of its own. The stream ends RESOURCE_EXHAUSTED in words, and the cache holds
+    no more than before the stream (the 256 MiB and the stream's state handed back), so that the
+    next call can have that memory; the server goes on."""
+    srv = _server(tiny, device="cuda")
+    model = srv.store.models["tiny"].model
+    steps = []
+    real_step = model.stream_step
+
+    def stream_step(feats, state, final=False):
+        steps.append(final)
+        if len(steps) == 3:
+            scratch = torch.ones(64 << 20, device=feats.device)  # 256 MiB, held by the failing step
+            torch.empty(1 << 50, dtype=torch.uint8, device=feats.device) + scratch.sum()  # torch.cuda.OutOfMemoryError
+        return real_step(feats, state, final)
+
+    try:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_reserved()
+        monkeypatch.setattr(model, "stream_step", stream_step)
+        x = _speech(2.0)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
+            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=120))
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert err.details().startswith("the server ran out of memory (cuda:0) on audio chunk 3 (the 4th message)"), \
+            err.details()
+        assert torch.cuda.memory_reserved() < before + (128 << 20), (before, torch.cuda.memory_reserved())
+        monkeypatch.setattr(model, "stream_step", real_step)
+        _counted_and_goes_on(srv, "RESOURCE_EXHAUSTED", 1)
     finally:
         srv.stop()
