@@ -937,10 +937,15 @@ def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int,
     it holds at ``f``'s rate, for Vorbis the nominal bitrate of its quality (:func:`vorbis_kbps`,
     from its header in ``source``); None where it is not lossy (or is a kind libsndfile writes
     at no chosen bitrate). Counted with the cover art, an MP3's output came out at several times its
-    bitrate (tests/test_batch.py::test_tags_cover_art_and_chained_files_are_told_from_the_audio)."""
+    bitrate (tests/test_batch.py::test_tags_cover_art_and_chained_files_are_told_from_the_audio).
+    An MP3's bytes are over the samples its frames hold (``scan.held``), not the ``frames`` it
+    decodes to: with an Info frame a decoder trims the encoder's delay and padding (over 1,500
+    samples), which the frames' bytes still code, and a half-second 56 kbps file read as 61 kbps
+    came back at 64 (until 2026-12-07)."""
     if scan is None or not frames or (f.format != "MP3" and f.subtype not in ("OPUS", "VORBIS")):
         return None
-    mean = 8 * scan.audio_bytes / (frames / f.samplerate) / 1000
+    coded = scan.held if f.format == "MP3" and scan.held else frames  # samples the counted bytes code
+    mean = 8 * scan.audio_bytes / (coded / f.samplerate) / 1000
     return vorbis_kbps(source, mean, f.samplerate, f.channels) if f.subtype == "VORBIS" else mean
 
 
@@ -1044,7 +1049,7 @@ def _listed(top: str, unlisted: Callable[[OSError], None]) -> tuple[list[str], l
 
 
 def walk_audio(folder: str | os.PathLike,
-               prune: Callable[[Path, list[str]], bool] = lambda here, filenames: False,
+               prune: Callable[[Path, Path, list[str], list[str]], bool] = lambda here, real, files, folders: False,
                searched_elsewhere: Collection[Path] = (),
                left_out: list[tuple[str, str]] | None = None) -> list[tuple[Path, str]]:
     """Every audio file under ``folder`` (:data:`AUDIO_EXTENSIONS`: WAV, FLAC, OGG, MP3, ...;
@@ -1056,8 +1061,9 @@ def walk_audio(folder: str | os.PathLike,
     real paths of the job's other input folders), nor twice. Until 2026-12-07 the walk went in name
     order, and ``a_latest -> z_2024`` took z_2024's place: its outputs went under the link's
     name, and once the link moved on to z_2025, that folder was skipped as searched already.
-    ``prune(here, filenames)`` returning True
-    skips a folder and everything under it. Other audio kinds are counted in one warning.
+    ``prune(here, real, filenames, folders)`` returning True skips a folder and everything under
+    it: ``real`` is ``here``'s real path, ``filenames`` and ``folders`` its listing's names (hidden
+    ones too), so that the caller asks the file system nothing the walk knows. Other audio kinds are counted in one warning.
     ``left_out``: where each folder that cannot be listed and each audio name that is no regular
     file (a named pipe) is appended, as ``(path, why)``, for the caller to count (the folder tool
     fails a job that left any out).
@@ -1105,7 +1111,7 @@ def walk_audio(folder: str | os.PathLike,
             continue
         dirnames, entries = listed
         here = Path(dirpath)
-        if prune(here, [e.name for e in entries]):
+        if prune(here, real, [e.name for e in entries], dirnames):
             continue
         subfolders = [os.path.join(dirpath, d) for d in sorted((d for d in dirnames if not d.startswith(".")),
                                                                reverse=True)]

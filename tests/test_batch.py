@@ -1582,6 +1582,30 @@ def test_an_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
         assert decoded[0] == decoded[1], (name, decoded)  # (a header without the tag only estimates the frames)
 
 
+def test_a_short_mp3_comes_back_at_its_bitrate(tmp_path, causal_ckpt):
+    """An MP3's bitrate was its frames' bytes over the length it decodes to, which its Info frame
+    trims of the encoder's delay and padding (over 1,500 samples) that those bytes code too: a
+    half-second 56 kbps file was read as 61 kbps and came back at 64. Now over the samples coded."""
+    from audioae.audio import read_audio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for sr, level, seconds in ((44100, 0.9, 0.5), (44100, 0.9, 0.2), (32000, 0.9, 0.5)):  # 56 kbps, constant
+        t = np.arange(int(sr * seconds)) / sr
+        x = (0.2 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+        with sf.SoundFile(src / f"short-{sr}-{seconds}.mp3", "w", sr, 1, format="MP3", compression_level=level,
+                          bitrate_mode="CONSTANT") as f:
+            f.write(x)
+        assert read_audio(src / f"short-{sr}-{seconds}.mp3")[2].kbps == pytest.approx(56, rel=0.01)
+    assert run_denoise([src], tmp_path / "out", DenoiseOptions(model=str(causal_ckpt), progress=False))["ok"] == 3
+    for path in sorted(src.iterdir()):
+        out = tmp_path / "out" / path.name
+        assert read_audio(out)[2].kbps == pytest.approx(56, rel=0.01), path.name
+        assert out.stat().st_size == path.stat().st_size, path.name  # constant 56 kbps, as many frames
+        assert len(sf.read(out)[0]) == len(sf.read(path)[0]), path.name
+
+
 
 def test_an_8_khz_phone_mp3s_output_keeps_its_bitrate(tmp_path, causal_ckpt):
     """MPEG-2.5 (8, 11.025 and 12 kHz: phone and dictaphone MP3s) spans 8..64 kbps in libsndfile's

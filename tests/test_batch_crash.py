@@ -658,33 +658,3 @@ def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, 
     assert result.status == "ok" and "cut short" in result.warning, result
     (kept,) = journal.finished_results()  # the job "died" before recording it: what a rerun reads
     assert (kept.warning, kept.duration, kept.overwrite_run) == (result.warning, result.duration, "run-1")
-
-
-def test_a_file_denoised_from_bytes_is_noted_once_with_the_input_as_read(tmp_path, causal_ckpt, monkeypatch):
-    """A Ray actor noted each finished file in its marker twice: first without the input's size and
-    time (a file read as bytes), then again with them. Now once, complete."""
-    from audioae.batch.isolated import Settings, run_marked
-    from audioae.batch.manifest import MadeWith
-    from audioae.batch.process import BLOCK_SECONDS, FileDenoiser, made_from, source_state
-    from audioae.checkpoint import load_checkpoint
-
-    src, out = tmp_path / "in", tmp_path / "out"
-    _write_inputs(src, {"a.wav": 0.5})
-    (task,) = plan_tasks([src], out)
-    out.mkdir()
-    sha = hashlib.sha256(causal_ckpt.read_bytes()).hexdigest()
-    journal = Journal(out / JOURNAL_NAME, MadeWith(str(causal_ckpt), sha, 1.0))
-    notes = []
-    real_done = Journal.done
-    monkeypatch.setattr(Journal, "done", lambda self, r: (notes.append(r), real_done(self, r)))
-    read = made_from(source_state(task.input))
-
-    def complete(r):
-        return dataclasses.replace(r, **read) if r.input_size is None else r
-
-    den = FileDenoiser(load_checkpoint(causal_ckpt))
-    settings = Settings(str(causal_ckpt), sha, "cpu", 1.0, 1, BLOCK_SECONDS)
-    (result,) = run_marked(den, [(task, Path(task.input).read_bytes())], settings, journal, complete)
-    assert result.status == "ok" and len(notes) == 1
-    (kept,) = journal.finished_results()
-    assert (kept.input_size, kept.input_mtime_ns) == (read["input_size"], read["input_mtime_ns"])

@@ -217,6 +217,59 @@ def test_a_folder_named_as_the_tools_own_file_is_the_one_to_rename(tmp_path, cau
     assert error.endswith(f"; rename the folder {(src / 'audioae-manifest.jsonl').resolve()} and run again")
 
 
+def test_a_link_named_as_the_tools_own_file_is_named_as_found_to_be_renamed(tmp_path, causal_ckpt, monkeypatch):
+    """Was: a link in/audioae-manifest.jsonl -> ../takes made the error say "rename the folder
+    audioae-manifest.jsonl" (relative to the input folder, a name the user's shell does not
+    have), and a link to a folder of that name named its target, whose renaming left the link
+    dangling and its files out of the next run without a word."""
+    src = tmp_path / "in"
+    _wav(src / "a.wav")
+    _wav(tmp_path / "takes" / "x.wav", seed=1)
+    _wav(tmp_path / "elsewhere" / "audioae-manifest.jsonl" / "deep" / "y.wav", seed=2)
+    (src / "audioae-manifest.jsonl").symlink_to(tmp_path / "takes", target_is_directory=True)
+    (src / "sub").mkdir()
+    (src / "sub" / "audioae-manifest.jsonl").symlink_to(tmp_path / "elsewhere" / "audioae-manifest.jsonl",
+                                                        target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for given in ("in", str(src)):  # relative to the current folder, or not: named as found, from there
+        s = run_denoise([given], tmp_path / f"o-{len(given)}", _opts(causal_ckpt))
+        assert (s["files"], s["ok"], s["error"]) == (3, 1, 2)
+        fixes = sorted(e["error"].rpartition("; ")[2] for e in s["errors"])
+        assert fixes == [f"rename the folder {src / 'audioae-manifest.jsonl'} and run again",
+                         f"rename the folder {src / 'sub' / 'audioae-manifest.jsonl'} and run again"], fixes
+
+
+def test_a_second_name_of_a_file_is_denoised_once_and_reported_as_such(tmp_path, causal_ckpt):
+    """Was: two names of one file with one output (a link to it, a hard link; named, or one named
+    and one found) gave one output, and the second name was neither counted nor named: "1 file:
+    1 denoised" for two names given, or, for a hard link, the job refused "two inputs map to the
+    same output"."""
+    src, out = tmp_path / "in", tmp_path / "o"
+    first = _wav(src / "x.wav")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "x.wav").symlink_to(first)
+    (tmp_path / "hard").mkdir()
+    os.link(first, tmp_path / "hard" / "x.wav")
+    args = ["denoise", str(src), str(tmp_path / "linked" / "x.wav"), str(tmp_path / "hard" / "x.wav"), "-o", str(out)]
+    for run, done in enumerate(("1 denoised, 0 skipped", "0 denoised, 1 skipped")):
+        proc = _cli(causal_ckpt, *args)
+        assert proc.returncode == 0, proc.stderr
+        assert f"3 files: {done} (already done), 0 failed, 2 second names of a file (denoised once)" in proc.stdout
+        for name in ("linked", "hard"):
+            assert (f"  second name: {tmp_path / name / 'x.wav'}: the same file as {first}, denoised once to "
+                    f"{out / 'x.wav'}") in proc.stderr
+        recs = {r["input"]: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+        assert recs[str(first)]["status"] == ("ok", "skipped")[run]
+        for name in ("linked", "hard"):
+            assert recs[str(tmp_path / name / "x.wav")]["status"] == "duplicate"
+            assert recs[str(tmp_path / name / "x.wav")]["output"] == str(out / "x.wav")
+        assert sorted(p.name for p in out.iterdir()) == ["audioae-manifest.jsonl", "x.wav"]
+    s = run_denoise([tmp_path / "hard" / "x.wav", src], tmp_path / "o2", _opts(causal_ckpt))  # the link first
+    assert (s["files"], s["ok"], s["duplicate"]) == (2, 1, 1)
+    assert s["duplicates"] == [{"input": str(first), "of": str(tmp_path / "hard" / "x.wav"),
+                                "output": str(tmp_path / "o2" / "x.wav")}]
+
+
 def test_an_empty_recording_becomes_an_empty_output(tmp_path, causal_ckpt):
     """Was: a valid WAV of 0 samples failed on every run ("the audio is empty"): the job never finished clean."""
     src, out = tmp_path / "in", tmp_path / "out"

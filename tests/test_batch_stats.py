@@ -139,3 +139,27 @@ def test_an_mp3_input_is_stat_ed_once_for_its_bitrate_and_length(tmp_path, causa
     # to tell whether the file changed while it was read), soundfile's own os.path.isfile as it
     # opens a path, and that check, once the file is read
     assert stats[task.input] <= 3, stats  # 3, then 2, before that check
+
+
+def test_the_plan_stats_each_input_once_and_asks_no_folder_what_its_listing_told(tmp_path, stats):
+    """plan_tasks asked each input isdir, then stat'ed it, then resolved a folder once per other
+    input folder; the folder search resolved each folder it pruned again (the walk had) and asked
+    each whether it held a journal folder (isdir), which its listing had told."""
+    from audioae.batch import plan_tasks
+    from audioae.batch.journal import JOURNAL_NAME
+
+    src, other = tmp_path / "in", tmp_path / "other"
+    for sub in ("a", "b", "c"):
+        (src / sub).mkdir(parents=True)
+        sf.write(src / sub / "x.wav", np.zeros(160, np.float32), 16000)
+    other.mkdir()
+    sf.write(other / "y.wav", np.zeros(160, np.float32), 16000)
+    sf.write(tmp_path / "solo.wav", np.zeros(160, np.float32), 16000)
+    stats.clear()
+    tasks = plan_tasks([src, other, tmp_path / "solo.wav"], tmp_path / "out")
+    assert sorted(t.rel for t in tasks) == ["a/x.wav", "b/x.wav", "c/x.wav", "solo.wav", "y.wav"]
+    assert not any(Path(p).name == JOURNAL_NAME for p in stats), stats  # 1 each before
+    # (Python 3.11: a resolve is a realpath, whose lstat of each folder on the way counts, and a stat)
+    assert all(stats[str(src / sub)] <= 2 for sub in ("a", "b", "c")), stats  # the walk's realpath, its islink (6)
+    assert stats[str(other)] <= 4, stats  # its stat, its resolve, the walk's realpath (15: one input folder more)
+    assert stats[str(src)] <= 7, stats  # and every realpath below it (22)

@@ -114,6 +114,61 @@ def test_ray_results_name_the_input_as_it_was_read(job, tmp_path):
         assert r.status == "ok" and (r.input_size, r.input_mtime_ns) == (st.st_size, st.st_mtime_ns), r
 
 
+def _noting_journal(folder: Path, made, notes: Path):
+    """A job's :class:`~audioae.batch.journal.Journal` that also appends each note of a finished
+    file (``done``) to ``notes``, as ``[input, input_size]``, as it is made: Ray's actors note in
+    their own processes, where no monkeypatch of the driver's reaches. The class is made here, so
+    cloudpickle sends it by value and the actors need not import this test file."""
+    from audioae.batch.journal import Journal
+
+    class NotingJournal(Journal):
+        def __init__(self, folder, made, notes):
+            super().__init__(folder, made)
+            self.notes = str(notes)
+
+        def done(self, result):
+            with open(self.notes, "a") as fh:
+                fh.write(json.dumps([result.input, result.input_size]) + "\n")
+            super().done(result)
+
+    return NotingJournal(folder, made, notes)
+
+
+def test_ray_notes_each_finished_file_in_its_marker_once_with_the_input_as_read(ray_local, tmp_path, monkeypatch):
+    """A Ray actor noted each finished file in its marker twice: first without the input's size
+    and time (a file read as bytes), then again with them. Now once, complete, whether the read
+    stage passed the file's bytes or the actor streamed it from its path: driven through run_ray
+    (read stage, RayDenoiser actors, results), each note counted as the actor makes it."""
+    from audioae.batch.journal import JOURNAL_NAME
+    from audioae.batch.manifest import MadeWith
+    from audioae.batch.plan import plan_tasks
+    from audioae.batch.ray_engine import run_ray
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), ckpt)
+    src = make_tree(tmp_path / "in")
+    # Files above this size are streamed by the actor from their path: the 44.1 kHz stereo one (~265 kB)
+    monkeypatch.setattr("audioae.batch.ray_engine.INLINE_MAX_BYTES", 64 * 1024)
+    assert (src / "sub" / "stereo.wav").stat().st_size > 64 * 1024 > (src / "top.wav").stat().st_size
+    data = ckpt.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    out = tmp_path / "out"
+    out.mkdir()
+    todo = [t for t in plan_tasks([src], out) if not t.input.endswith("corrupt.flac")]
+    notes = tmp_path / "notes.jsonl"
+    journal = _noting_journal(out / JOURNAL_NAME, MadeWith(str(ckpt), sha, 1.0), notes)
+    results = list(run_ray(todo, model_bytes=data, sha256=sha, journal=journal))
+    assert sorted(r.input for r in results if r.status == "ok") == sorted(t.input for t in todo)
+    noted = [json.loads(line) for line in notes.read_text().splitlines()]
+    assert sorted(name for name, _ in noted) == sorted(t.input for t in todo), noted  # each file once
+    assert all(size == os.stat(name).st_size for name, size in noted), noted  # with the input as read
+    kept = {r.input: r for r in journal.finished_results()}  # the job "died" before recording them
+    for r in results:
+        assert (kept[r.input].input_size, kept[r.input].input_mtime_ns) == (r.input_size, r.input_mtime_ns), r
+        assert (kept[r.input].duration, kept[r.input].warning) == (r.duration, r.warning), r
+
+
 def test_a_file_changed_between_the_read_stages_stat_and_its_read_is_an_error(tmp_path):
     """The read stage stats a file, then reads its bytes, which the actor denoises: a file still
     being copied or recorded would be denoised for the part read and recorded as the whole. Its

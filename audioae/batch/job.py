@@ -21,6 +21,7 @@ from ..fileio import FolderHeld, atomic_write_text, hold_folder, holder_of
 from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
+    DUPLICATE,
     FOUND_BEFORE_ANY_RUN,
     FileResult,
     MadeWith,
@@ -176,7 +177,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     else:
         pick_device(options.device)  # --device cuda without a GPU: refused before the folder is made
     left_out: list[tuple[str, str]] = []  # (path, why): what the job did not denoise, and no file's result says
-    tasks = plan_tasks(inputs, out_dir, left_out)
+    duplicates: list[tuple[str, str, str]] = []  # (a second name, the first, their output): denoised once
+    tasks = plan_tasks(inputs, out_dir, left_out, duplicates)
     walked = len(left_out)  # the search's; what _run_in adds are inputs changed since their outputs
     ckpt = _resolve_model(options.model)
     _check_model_denoises(ckpt)
@@ -193,7 +195,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     t0 = time.perf_counter()
     results: list[FileResult] = []
     try:
-        manifest = _run_in(out, tasks, options, ckpt, data, now, results, created, left_out)
+        manifest = _run_in(out, tasks, options, ckpt, data, now, results, created, left_out, duplicates)
     except BaseException:
         if created and not results:  # e.g. a Ray cluster that cannot be reached: leave no folder
             _remove_unused(out)
@@ -209,6 +211,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # Of the skipped, inputs changed since their outputs were made: counted once, as left out, not
     # also as "already done" (until 2026-12-07 "1 file: ... 1 skipped (already done), ... 1 left out").
     summary["skipped_changed"] = len(left_out) - walked
+    # Second names of files denoised once (until 2026-12-07 neither counted nor named).
+    summary["duplicates"] = [{"input": name, "of": first, "output": output} for name, first, output in duplicates]
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -257,7 +261,10 @@ def _refuse_own_names(tasks: Sequence[FileTask]) -> tuple[list[FileTask], list[F
     (:func:`own_name_clash`) fail, each with its error, and nothing is written for them. The way
     out names what to rename: the input, or, where the clash is a folder a search went through
     (``in/audioae-manifest.jsonl/x.wav``), that folder (until 2026-12-07 "rename the input (e.g.
-    to a name ending in .wav)" there too)."""
+    to a name ending in .wav)" there too), as the search found it: a link of that name is the one
+    to rename (until 2026-12-07 it was named relative to the input folder, "rename the folder
+    audioae-manifest.jsonl", or where its target had the name too, as the target, whose renaming
+    left the link dangling and its files out of the job without a word)."""
     kept, refused = [], []
     for t in tasks:
         i, clash = _clash(t.rel)
@@ -265,10 +272,8 @@ def _refuse_own_names(tasks: Sequence[FileTask]) -> tuple[list[FileTask], list[F
             kept.append(t)
             continue
         parts = Path(t.rel).parts
-        if i < len(parts) - 1:  # a folder on the output's way: the input's folder of that name
-            up = Path(t.input).parents[len(parts) - 2 - i]
-            folder = up if up.name == parts[i] else Path(*parts[: i + 1])  # reached through a link: as found
-            fix = f"rename the folder {folder}"
+        if i < len(parts) - 1:  # a folder on the output's way, under the input folder it was found in
+            fix = f"rename the folder {Path(t.folder, *parts[: i + 1])}"
         else:
             fix = "rename the input (e.g. to a name ending in .wav)"
         refused.append(FileResult(t.input, t.output, "error", f"{t.input}: not denoised, its output {t.rel} would "
@@ -296,10 +301,12 @@ def _refuse_nested_jobs(out: Path, tasks: Sequence[FileTask]) -> None:
 
 def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt: Path, data: bytes,
             now: MadeWith, results: list[FileResult], created: bool = False,
-            left_out: list[tuple[str, str]] | None = None) -> ManifestWriter:
+            left_out: list[tuple[str, str]] | None = None,
+            duplicates: Sequence[tuple[str, str, str]] = ()) -> ManifestWriter:
     """The job inside its locked folder; appends to ``results`` as files finish. ``created``: the
     job made ``out``, which it removes if it fails before any result (:func:`_remove_unused`).
-    ``left_out``: where the inputs changed since their outputs were made are appended."""
+    ``left_out``: where the inputs changed since their outputs were made are appended.
+    ``duplicates``: :func:`.plan.plan_tasks`'s second names of files, each recorded as such."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
         _refuse_nested_jobs(out, tasks)
@@ -341,6 +348,10 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             for r in refused:
                 results.append(r)
                 manifest.write(r)
+            for name, first, output in duplicates:
+                results.append(FileResult(name, output, DUPLICATE, f"the same file as {first} (a link or a hard "
+                                                                    f"link): denoised once, under that name"))
+                manifest.write(results[-1])
             for t in done:
                 before = made.get(t.input)
                 if t.input in others:  # recorded as what it is, so that a later --overwrite is refused too
@@ -451,7 +462,7 @@ def _named_as_links(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) 
     renamed = 0
     for r in earlier:
         link = planned.get(r.get("output"))
-        if link is None or r["input"] in inputs or os.path.realpath(link) != r["input"]:
+        if link is None or r["input"] in inputs or r.get("status") == DUPLICATE or os.path.realpath(link) != r["input"]:
             continue
         r["input"] = link
         renamed += 1

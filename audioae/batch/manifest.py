@@ -1,6 +1,7 @@
 """The JSON-lines manifest of a folder job (``OUT/audioae-manifest.jsonl``) and its summary.
 
-One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error), ``error``,
+One line per input file: ``input``, ``output``, ``status`` (ok | skipped | error | duplicate: a
+second name of a file the job denoises once, under its first name's line), ``error``,
 ``seconds`` (wall time spent on it), ``duration`` (seconds of audio) and, for an output on disk,
 what made it: ``model`` (the checkpoint), ``sha256`` (its bytes) and ``strength``, the input
 it was made from: ``input_size`` and ``input_mtime_ns`` as the engine opened it, and the
@@ -24,7 +25,8 @@ from ..fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "skipped", "error")
+DUPLICATE = "duplicate"  # a second name of an input (a link, a hard link) with the same output: done once
+STATUSES = ("ok", "skipped", "error", DUPLICATE)
 # What the "skipped" line of a file found under an output's name says, run after run.
 FOUND_BEFORE_ANY_RUN = "found under its output's name before any run: not made by one"
 
@@ -35,7 +37,7 @@ class FileResult:
 
     input: str
     output: str
-    status: str  # ok | skipped | error
+    status: str  # ok | skipped | error | duplicate
     error: str = ""
     seconds: float = 0.0  # wall time spent on this file
     duration: float | None = None  # seconds of audio, when known

@@ -41,6 +41,9 @@ class FileTask:
     input: str
     output: str
     rel: str  # the output's path relative to OUT, as shown to people
+    # The input folder the file was found in, as given (absolute, links kept), "" for a file named
+    # directly: with ``rel``, the path as the search found it, which a message may ask to rename.
+    folder: str = ""
 
 
 def part_path(output: str | os.PathLike) -> Path:
@@ -106,24 +109,26 @@ def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[
     (as ``fold`` keys their real paths: :func:`plan_tasks`)."""
     made: set[str] = set()  # the outputs earlier runs' manifests list (real paths)
 
-    def prune(here: Path, filenames: list[str]) -> bool:
-        if fold(here.resolve()) == fold(out_dir):
+    resolved: dict[Path, Path] = {}  # each folder resolved once, not once per file in it (found_at)
+
+    def prune(here: Path, real: Path, filenames: list[str], folders: list[str]) -> bool:
+        resolved[here.absolute()] = real  # found_at's key, from the walk's own realpath
+        if fold(real) == fold(out_dir):
             found = [] if MANIFEST_NAME in filenames else _audio_in(here)  # recordings, not earlier outputs
             if found:
                 log.warning("%s: skipped, it is the output folder; the audio files already in it are not "
                             "denoised (denoise them into another folder)", here)
                 recordings.update(fold(_real(f)) for f in found)
             return True
-        if here != folder and (MANIFEST_NAME in filenames or LOCK_NAME in filenames
-                               or os.path.isdir(here / JOURNAL_NAME)):
+        journal = JOURNAL_NAME in folders  # the listing's word: no stat per folder
+        if here != folder and (MANIFEST_NAME in filenames or LOCK_NAME in filenames or journal):
             if LOCK_NAME in filenames and holder_of(here, LOCK_NAME) is not None:
                 # its outputs are being written now, before their manifest lines and markers say so
                 log.warning("%s: skipped, an audioae denoise job is writing into it now; run again once it "
                             "has finished to denoise the recordings in it", here)
                 return True
-            if MANIFEST_NAME not in filenames and not os.path.isdir(here / JOURNAL_NAME):
+            if MANIFEST_NAME not in filenames and not journal:
                 return False  # a lock file a killed job left, and nothing else: no outputs to leave out
-            real = here.resolve()
             try:
                 listed = {o for o in made_by_runs(read_manifest(here / MANIFEST_NAME)) if Path(o).is_relative_to(real)}
             except (OSError, UnicodeDecodeError):
@@ -141,7 +146,6 @@ def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[
             made.update(listed)
         return False
 
-    resolved: dict[Path, Path] = {}  # each folder resolved once, not once per file in it
     found = [(found_at(path, resolved), rel) for path, rel in walk_audio(folder, prune, elsewhere, left_out)]
     return [(src, rel) for src, rel in found if str(src) not in made] if made else found
 
@@ -159,6 +163,15 @@ def found_at(path: Path, resolved: dict[Path, Path] | None = None) -> Path:
     if parent not in resolved:
         resolved[parent] = parent.resolve()
     return resolved[parent] / path.name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two names are one file: a link to the other, or a hard link (one inode); two
+    dangling links, where they lead to one name."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return _real(a) == _real(b)
 
 
 def _real(path: Path) -> Path:
@@ -192,6 +205,21 @@ def _unsearchable(path: Path) -> str:
     return "Permission denied"
 
 
+_UNREACHABLE = -1  # :func:`_mode` of an input in a folder this user may not search
+
+
+def _mode(item: str | os.PathLike) -> int:
+    """An input's ``st_mode`` (through links), one stat: 0 where nothing is there (missing, a
+    dangling link or a loop, a NUL in the name: :func:`plan_tasks` says which), :data:`_UNREACHABLE`
+    where this user may not search a folder on its way."""
+    try:
+        return os.stat(item).st_mode
+    except PermissionError:
+        return _UNREACHABLE
+    except (OSError, ValueError):
+        return 0
+
+
 def _check_output_folder(out: Path) -> None:
     """OUT is a folder: refuse an existing file, and a new name that looks like an audio file
     (``-o clean.wav`` would otherwise become a folder called ``clean.wav``)."""
@@ -203,10 +231,13 @@ def _check_output_folder(out: Path) -> None:
 
 
 def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-               left_out: list[tuple[str, str]] | None = None) -> list[FileTask]:
+               left_out: list[tuple[str, str]] | None = None,
+               duplicates: list[tuple[str, str, str]] | None = None) -> list[FileTask]:
     """Map every input file (folders searched recursively) to its output under ``out_dir``;
     ``left_out``: where the folder search appends what it could not take (``(path, why)``:
-    :func:`~audioae.audio.walk_audio`).
+    :func:`~audioae.audio.walk_audio`); ``duplicates``: where a second name of a file planned
+    already, which would have the same output (a link to it, a hard link: both named, or both
+    found), is appended as ``(name, the first name, output)``: the file is denoised once.
 
     Raises FileNotFoundError for a missing input and ValueError when ``out_dir`` is a file or a
     new name with an audio extension, when an output would overwrite an input, when two
@@ -222,29 +253,28 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # one output, and -o IN beside an input folder "in" wrote the outputs over the inputs.
     case_blind = ignores_case(out)
     fold: Callable[[Path], str] = (lambda p: str(p).casefold()) if case_blind else str
-    pairs: list[tuple[Path, str]] = []
+    pairs: list[tuple[Path, str, str]] = []  # (input, rel, the folder it was found in)
     empty: list[Path] = []  # input folders without audio files
     recordings: set[str] = set()  # audio files in an OUT inside an input folder before any run (fold keys)
-    folders = [Path(item).resolve() for item in inputs if os.path.isdir(item)]  # a link into one is not followed
-    for item in inputs:
-        p = Path(item)
-        try:
-            mode = os.stat(p).st_mode  # one stat, where is_dir then is_file asked twice
-        except PermissionError:  # Path.is_dir raised it bare: "[Errno 13] Permission denied: 'in/a.wav'"
+    # Each input stat'ed once, and each folder among them resolved once (until 2026-12-07 an isdir,
+    # then a stat, then a resolve or two: a folder's resolve once per other input folder).
+    given = [(Path(item), _mode(item)) for item in inputs]
+    real = {p: p.resolve() for p, mode in given if stat.S_ISDIR(mode)}  # a link into one is not followed
+    folders = list(real.values())
+    for p, mode in given:
+        if mode == _UNREACHABLE:  # Path.is_dir raised it bare: "[Errno 13] Permission denied: 'in/a.wav'"
             raise ValueError(f"{p}: cannot be reached ({_unsearchable(p)}); give this user search (x) "
-                             f"permission on that folder, or leave the input out") from None
-        except (OSError, ValueError):  # missing, a dangling link or a loop, a NUL in the name: said below
-            mode = 0
+                             f"permission on that folder, or leave the input out")
         if stat.S_ISDIR(mode):
-            if fold(p.resolve()) == fold(out):
+            if fold(real[p]) == fold(out):
                 raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
                                  f"outputs would overwrite inputs")
-            found = _discover(p, out, recordings, fold, [f for f in folders if f != p.resolve()], left_out)
+            found = _discover(p, out, recordings, fold, [f for f in folders if f != real[p]], left_out)
             if not found:
                 empty.append(p)
-            pairs.extend(found)
+            pairs.extend((src, rel, str(p.absolute())) for src, rel in found)
         elif stat.S_ISREG(mode):
-            pairs.append((found_at(p), p.name))
+            pairs.append((found_at(p), p.name, ""))
         elif what := not_a_file(p):  # reading a named pipe waits for a writer, a device's never ends
             raise ValueError(f"{p}: is {what}, not a file; denoise a recording saved to a file")
         else:
@@ -252,9 +282,9 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     tasks, by_output, by_input = [], {}, {}
     # Names, and the files they are: found_at resolved each one's folder, so only a link differs
     # (an lstat per input, not a realpath's one per folder above it: thousands of inputs).
-    input_set = {fold(src) for src, _ in pairs} | {fold(_real(src)) for src, _ in pairs if src.is_symlink()}
+    input_set = {fold(src) for src, *_ in pairs} | {fold(_real(src)) for src, *_ in pairs if src.is_symlink()}
     out_folders: dict[Path, Path] = {}  # the output folders that exist, each resolved once
-    for src, rel in pairs:
+    for src, rel, folder in pairs:
         dst = out / rel
         if fold(dst) in input_set or fold(_existing_real(dst, out_folders)) in input_set:
             raise ValueError(f"refusing to run: the output {dst} would overwrite an input; "
@@ -267,8 +297,12 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         key = fold(dst)
         if key in by_output:
             first, first_dst = by_output[key]
-            if _real(first) == _real(src):
-                continue  # the same file named twice (e.g. a file and its folder)
+            if src == first:
+                continue  # the same name twice (e.g. a file and its folder)
+            if _same_file(first, src):  # another name of it: denoised once, the name reported (was: said nothing)
+                if duplicates is not None:
+                    duplicates.append((str(src), str(first), str(dst)))
+                continue
             if first_dst != dst:
                 raise ValueError(f"two inputs map to outputs whose names differ only in case, {first_dst} and {dst} "
                                  f"(from {first} and {src}), and the disk of {out} ignores case (FAT, exFAT, macOS, "
@@ -281,7 +315,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                              f"overlap: a folder, and a folder or file inside it); name it once, or denoise the "
                              f"overlapping inputs into separate output folders")
         by_output[key], by_input[src] = (src, dst), dst
-        tasks.append(FileTask(str(src), str(dst), rel))
+        tasks.append(FileTask(str(src), str(dst), rel, folder))
     if not tasks:  # before the output folder is made: a typo'd or empty input folder is not a success
         raise ValueError(f"nothing to denoise: no {'/'.join(AUDIO_EXTENSIONS)} files in "
                          f"{', '.join(map(str, inputs))}")
