@@ -259,12 +259,13 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # Each input stat'ed once, and each folder among them resolved once (until 2026-12-07 an isdir,
     # then a stat, then a resolve or two: a folder's resolve once per other input folder).
     given = [(Path(item), _mode(item)) for item in inputs]
-    real = {p: p.resolve() for p, mode in given if stat.S_ISDIR(mode)}  # a link into one is not followed
-    folders = list(real.values())
     for p, mode in given:
         if mode == _UNREACHABLE:  # Path.is_dir raised it bare: "[Errno 13] Permission denied: 'in/a.wav'"
             raise ValueError(f"{p}: cannot be reached ({_unsearchable(p)}); give this user search (x) "
                              f"permission on that folder, or leave the input out")
+    real = {p: p.resolve() for p, mode in given if stat.S_ISDIR(mode)}  # a link into one is not followed
+    folders = list(real.values())
+    for p, mode in given:
         if stat.S_ISDIR(mode):
             if fold(real[p]) == fold(out):
                 raise ValueError(f"refusing to run: the output folder {out} is the input folder {p}; "
