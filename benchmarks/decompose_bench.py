@@ -235,11 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "decompose.json"))
     args = ap.parse_args(argv)
-    try:  # before minutes of work, not after them
+    model_path = resolve_arg(ap, args.model, "--model", family="decomposer", default=DEFAULT_DECOMPOSER)
+    try:  # before minutes of work, not after them (and after the arguments, which need no PyWavelets)
         import pywt  # noqa: F401
     except ImportError:
         ap.error("the pywt-mra baseline needs PyWavelets: pip install -e '.[dev]'")
-    model_path = resolve_arg(ap, args.model, "--model", family="decomposer", default=DEFAULT_DECOMPOSER)
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     model = load(model_path)
