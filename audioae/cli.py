@@ -494,7 +494,8 @@ def _add_inspect(sub) -> None:
                                        ".jpg, ... (default: <model>-dictionary.png or <audio>.<model>.png here, "
                                        "<model> a run's folder and file for its best, last or ema "
                                        "checkpoint (X.run1-best.png), "
-                                       "or in OUT when it is a folder); an existing file there must be such a "
+                                       "or in OUT when it is a folder: a new name without an extension is one, made "
+                                       "here); an existing file there must be such a "
                                        "figure")
     p.set_defaults(func=_cmd_inspect)
 
@@ -507,7 +508,9 @@ def _figure_path(out: str | None, default: str) -> Path:
     from .plots import check_figure_path
 
     path = Path(out or default)
-    if path.is_dir() or (out or "").endswith(("/", os.sep)):  # "-o figs/" names a folder, made if new
+    # "-o figs/" names a folder, made if new; so does a new "-o figs": a figure's name has an
+    # extension (was "the name has no extension", though OUT may be a folder)
+    if path.is_dir() or (out or "").endswith(("/", os.sep)) or (out and not path.suffix and not path.exists()):
         path = path / default
     if is_audio_name(path):
         raise ValueError(f"-o {path}: inspect draws a figure, not audio; name a .png file (or .pdf, .svg, ...)")

@@ -152,13 +152,20 @@ def describe_type(t: object) -> str:
 def _list_hint(value: object, t: object) -> str:
     """How to write a list, for a bare ``2,4`` (a text to TOML) given where a list was expected;
     texts in it need quotes, or the brackets are a text again."""
-    if not (typing.get_origin(t) in (tuple, list) and isinstance(value, str) and "," in value):
+    if not (typing.get_origin(t) in (tuple, list) and isinstance(value, str)):
         return ""
     args = typing.get_args(t)
-    items = [v.strip() for v in value.split(",")]
-    if args and args[0] is str:
+    texts = bool(args) and args[0] is str
+    text = value.strip()
+    # "[si_sdr]": brackets, but a text unquoted is no TOML value, so the whole came as one text
+    bracketed = text.startswith("[") and text.endswith("]")
+    if not (bracketed or "," in text or (texts and text)):
+        return ""
+    items = [v.strip().strip("'\"") for v in (text[1:-1] if bracketed else text).split(",") if v.strip()]
+    if texts:
         items = [f'"{v}"' for v in items]
-    return f"; write a list in brackets: [{', '.join(items)}]"
+    how = "each text in the list needs quotes" if bracketed and texts else "write a list in brackets"
+    return f"; {how}: [{', '.join(items)}]"
 
 
 def refuse_non_finite(config, prefix: str = "") -> None:

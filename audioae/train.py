@@ -100,6 +100,12 @@ class DataConfig:
         for name in ("reverb_prob", "second_noise_prob"):  # the mixer took 5 as 1 and -1 as 0, in silence
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} is a share of the examples, within [0, 1]; got {getattr(self, name)}")
+        for weights in ("noise_weights", "speech_weights"):  # was the mixer's message, naming neither, after loading
+            bad = {k: v for k, v in getattr(self, weights).items()
+                   if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf}
+            if bad:
+                raise ValueError(f"data.{weights}: each weight must be a number >= 0, as in {{ babble = 2.0 }}; "
+                                 f"got {bad}")
         for weights, folder in (("noise_weights", "noise_dir"), ("speech_weights", "clean_dir")):
             if getattr(self, weights) and not getattr(self, folder):  # weights of synthetic sources: ignored
                 raise ValueError(f"data.{weights} weighs the subfolders of data.{folder}, which is not set "
@@ -399,6 +405,40 @@ def check_corruption_inputs(run: RunConfig, model: SpectralAutoencoder) -> None:
         raise ValueError(f"{', '.join(unused)}: only corruption = \"mix\" reads {it}, and this model's corruption is "
                          f"{c.corruption!r}{why}; set model.config.corruption = \"mix\" to train a denoiser on that "
                          f"noise, or remove {it}")
+
+
+def check_model_settings_read(model: Autoencoder) -> None:
+    """Refuse model settings that nothing reads under the others
+    (:meth:`~audioae.models.AutoencoderConfig.unread_settings`): ``sparsity = "l1"`` with the default
+    ``sparsity_weight = 0`` trained with no sparsity at all, and a weight under ``sparsity = "none"``
+    was ignored, both in silence. Checked here, for a run, not in the config: a checkpoint saved
+    with such a value (it changes nothing the model computes) still loads."""
+    unread = model.config.unread_settings()
+    if unread:
+        raise ValueError("; ".join(f"model.config.{why}" for why in unread)
+                         + (": nothing would read it" if len(unread) == 1 else ": nothing would read them"))
+
+
+def step_seed(key: tuple[int, ...], step: int) -> int:
+    """A 64-bit seed for ``step``'s draws from ``key`` (the run's seed, the rank) and the step alone."""
+    return int(np.random.SeedSequence([*key, step]).generate_state(1, np.uint64)[0])
+
+
+class StepMixer(Mixer):
+    """A :class:`Mixer` whose n-th batch is drawn from a generator seeded by ``key`` and
+    ``first_step + n * stride`` alone: the batch of a training step, however many batches came
+    before it in this process. Each mixer of a loader (inline, thread or worker process) mixes its
+    own steps in order, and the loader takes them in turn, so step s always gets the same batch."""
+
+    def __init__(self, speech: Source, noise: Source, sr: int, cfg: MixConfig, key: tuple[int, ...],
+                 first_step: int, stride: int = 1):
+        super().__init__(speech, noise, sr, cfg)
+        self.key, self.next_step, self.stride = key, first_step, stride
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.rng = np.random.default_rng([*self.key, self.next_step])
+        self.next_step += self.stride
+        return super().batch(batch_size)
 
 
 def _validation_sources(data: DataConfig, sr: int, train_sources: tuple[Source, Source]) -> tuple[Source, Source]:
@@ -959,9 +999,20 @@ def _flat_settings(settings: dict) -> dict:
     that settings from run.json and from this run compare equal when they are."""
     model = settings["model"]
     flat = {"model.name": model.get("name"),
-            **{f"model.config.{k}": v for k, v in (model.get("config") or {}).items()},
+            **{f"model.config.{k}": v for k, v in _model_settings_in_effect(model).items()},
             **{f"{section}.{k}": v for section in ("data", "train") for k, v in settings[section].items()}}
     return json.loads(json.dumps(flat))
+
+
+def _model_settings_in_effect(model: dict) -> dict:
+    """``[model.config]`` as the model ran with it: the given keys and every default (a setting
+    left out was recorded as ``"was": None`` when a resume set it, while the resume's warning
+    named its value); the keys as given when they make no config (a run.json of another version)."""
+    given = model.get("config") or {}
+    try:
+        return dataclasses.asdict(family(model.get("name")).config.from_dict(dict(given)))
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return given
 
 
 def _settings_in_effect(record: dict) -> dict:
@@ -1166,6 +1217,7 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
         raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     check_corruption_inputs(run, model)
+    check_model_settings_read(model)
     losses.check_proxy_imports({"pesq_weight": tc.pesq_weight, "stoi_weight": tc.stoi_weight})
     for name in ("segment_seconds", "val_seconds"):  # 0 samples was numpy's "zero-size array to reduction ..."
         samples = int(getattr(run.data, name) * model.config.sample_rate)
@@ -1281,9 +1333,12 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
 
     mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob,
                     second_noise_prob=run.data.second_noise_prob)
-    # Each rank and each resume draws different examples.
-    seed = tc.seed * 1000 + rank + 7919 * step
-    mixers = [Mixer(*sources, sr, mix, seed=seed + 104729 * k) for k in range(max(1, tc.loader_threads))]
+    # Each step's batch from (seed, rank, step) alone: each rank draws its own, and a resumed run
+    # draws the batches the uninterrupted run would have (it was seeded from the resume step, and
+    # drew others), whatever the number of mixers: mixer k mixes steps step + k, step + k + K, ...
+    n_mixers = max(1, tc.loader_threads)
+    mixers = [StepMixer(*sources, sr, mix, key=(tc.seed, rank), first_step=step + k, stride=n_mixers)
+              for k in range(n_mixers)]
     # A phase whose budget is spent: each further call of a split run trained one more step and said nothing.
     spent = done_before is None and tc.max_minutes > 0 and minutes_before >= tc.max_minutes
     idle = spent or done_before is not None  # nothing to train beyond train.steps either
@@ -1342,8 +1397,11 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
             clean, noise, snr = next(batches)
             # non_blocking: a pinned batch (process loader) copies while the GPU still computes.
             clean, noise, snr = (t.to(device, non_blocking=True) for t in (clean, noise, snr))
+            # gaussian and patches draw too: from the step's own generator, as the mixer does
+            draws = None if model.config.corruption not in ("gaussian", "patches") else \
+                torch.Generator(device=clean.device).manual_seed(step_seed((tc.seed, rank), step))
             with torch.no_grad():
-                noisy, spec = corrupt_batch(model, clean, noise, snr)
+                noisy, spec = corrupt_batch(model, clean, noise, snr, draws)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, parts = batch_loss(model, clean, spec, tc, forward=forward, noisy=noisy)
             if tc.decay_steps or tc.decay_by_time:

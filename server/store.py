@@ -164,8 +164,24 @@ class ModelStore:
         loading anything: the server checks them before it binds its port."""
         if not specs and not ModelStore.shipped_defaults():
             raise ValueError(NO_MODELS)
-        for spec in specs:
-            pretrained.resolve(_split_spec(spec)[1])
+        named: dict[str, Path] = {}
+        for spec in specs:  # two files named alike loaded the first model, then bound, then failed
+            ModelStore._check_unique(spec, named)
+
+    @staticmethod
+    def _check_unique(spec: str, named: dict[str, Path]) -> tuple[str, Path]:
+        """``spec``'s (served name, path); ValueError when ``named`` (name -> path, which this adds
+        to) already serves that name."""
+        given, target = _split_spec(spec)
+        path = pretrained.resolve(target)
+        name = given or (target if target in pretrained.shipped() else path.name.removesuffix(".safetensors"))
+        if name in named:
+            if given:  # NAME=PATH twice with one NAME: naming them explicitly is what was done
+                raise ValueError(f"two models named {name!r} ({named[name]} and {path}); "
+                                 f"each --models NAME=PATH needs a NAME of its own")
+            raise ValueError(f"two models named {name!r}; name them explicitly with NAME=PATH")
+        named[name] = path
+        return name, path
 
     @staticmethod
     def shipped_defaults() -> list[str]:
@@ -179,15 +195,8 @@ class ModelStore:
         return candidates[0] if candidates else ""
 
     def _load(self, spec: str) -> None:
-        given, target = _split_spec(spec)
-        path = pretrained.resolve(target)
+        name, path = self._check_unique(spec, {n: m.path for n, m in self.models.items()})
         shipped = pretrained.shipped()
-        name = given or (target if target in shipped else path.name.removesuffix(".safetensors"))
-        if name in self.models:
-            if given:  # NAME=PATH twice with one NAME: naming them explicitly is what was done
-                raise ValueError(f"two models named {name!r} ({self.models[name].path} and {path}); "
-                                 f"each --models NAME=PATH needs a NAME of its own")
-            raise ValueError(f"two models named {name!r}; name them explicitly with NAME=PATH")
         if name in shipped and path.resolve() != shipped[name].resolve():
             # Callers asking for the shipped model by name would get this file, with nothing to tell them.
             log.warning("model name %r now means %s, not the shipped model of that name", name, path)

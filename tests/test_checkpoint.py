@@ -263,3 +263,20 @@ def test_a_saved_topk_above_code_dim_loads_as_code_dim_with_identical_outputs(tm
             torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"topk \(32\) is above code_dim"):  # a user's setting still refuses
         build_model(name, {**config, "topk": 32})
+
+
+def test_serve_refuses_two_checkpoints_of_one_name_before_binding_or_loading(tmp_path):
+    """Was: `audioae serve --models runs/den/best.safetensors runs/dec/best.safetensors` bound its
+    port ("listening on"), loaded the first model, and only then failed "two models named 'best'"."""
+    import subprocess
+    import sys
+
+    paths = []
+    for run in ("den", "dec"):
+        (tmp_path / run).mkdir()
+        paths.append(tmp_path / run / "best.safetensors")
+        save_checkpoint(build_model("linear", {"code_dim": 4, "n_fft": 64, "hop_length": 16}), paths[-1])
+    run = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--models", *map(str, paths)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "two models named 'best'; name them explicitly with NAME=PATH" in run.stderr, run.stderr
+    assert "listening on" not in run.stderr and "loaded" not in run.stderr, run.stderr

@@ -29,8 +29,10 @@ def test_inspect_refuses_to_replace_a_file_that_is_not_its_figure(tmp_path, caps
     assert f"-o {mine}: a figure is written in the format its extension names: .png, .pdf, .svg" in err
     assert ".py is not one of them" in err
     assert mine.read_text() == "print('my work')\n"
-    assert main(["inspect", "-o", str(tmp_path / "fig")]) == 2  # no extension: which format?
-    assert "the name has no extension" in capsys.readouterr().err
+    # a new name without an extension is a folder, made (until 2026-12-07: "the name has no extension")
+    assert main(["inspect", "-o", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "decomposer-small-dictionary.png").read_bytes().startswith(PNG)
+    capsys.readouterr()
     # a figure's name, but not a figure of that format: text, or a JPEG under .png
     for name, content in (("notes.png", b"my notes\n"), ("photo.png", b"\xff\xd8\xff\xe0\x00\x10JFIF"),
                           ("fig.pdf", PNG + b"rest")):
@@ -49,7 +51,8 @@ def test_inspect_refuses_to_replace_a_file_that_is_not_its_figure(tmp_path, caps
     assert "exists and is not a PNG file" in capsys.readouterr().err
     assert taken.read_text() == "not a figure"
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(  # nothing written beside them
-        ["mine.py", "notes.png", "photo.png", "fig.pdf", "figs", "decomposer-small-dictionary.png"])
+        ["mine.py", "notes.png", "photo.png", "fig.pdf", "figs", "decomposer-small-dictionary.png",
+         "fig", "decomposer-small-dictionary.png"])  # fig/: the folder -o fig made, and its figure
 
 
 def test_inspect_writes_the_format_its_extension_names(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint, save_checkpoint
-from audioae.enhance import denoise
+from audioae.enhance import StreamingDenoiser, denoise
 from audioae.models import REGISTRY, SpectralAutoencoder, UnknownModelError, build_model
 from audioae.models.conv1d import UNPOOLING
 from audioae.models.dictionary import default_topk
@@ -296,3 +296,113 @@ def test_the_shipped_models_still_load_under_the_topk_checks():
     dec = load_checkpoint(HERE / "decomposer-small.safetensors")
     assert (dec.config.sparsity, dec.config.topk, dec.config.code_dim) == ("topk", 64, 320)
     assert load_checkpoint(HERE / "denoiser-small.safetensors").config.topk == 0
+
+
+# ---- the registry's contracts, for every family (a new one is tested here too) -----------------
+SPECTRAL_BASE = {"code_dim": 8, "n_fft": 128, "hop_length": 32}  # a new spectrogram family's tiny sizes
+
+
+def _causal_variants():
+    """A tiny causal instance of every family that can be one: its ``causal`` field set where it
+    has one (conv1d with each unpooling), as built otherwise (recurrent, linear)."""
+    for name, fam in REGISTRY.items():
+        fields = {f.name for f in fam.config.__dataclass_fields__.values()}
+        if "n_fft" not in fields:
+            continue  # no spectrogram, no stream (image)
+        base = {**SPECTRAL_BASE, **TINY.get(name, {}), **({"causal": True} if "causal" in fields else {})}
+        if "unpool" in fields:
+            for unpool in UNPOOLING:
+                yield name, {**base, "unpool": unpool}
+        else:
+            yield name, base
+
+
+CAUSAL_VARIANTS = list(_causal_variants())
+
+
+def _streamed_and_offline(model, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's output on 300 frames at once, and fed ``chunk_frames`` at a time through
+    ``stream_init``/``stream_step`` (the contract :class:`~audioae.enhance.StreamingDenoiser` uses)."""
+    g = torch.Generator().manual_seed(3)
+    wav = 0.1 * torch.randn(1, 299 * model.config.hop_length, generator=g)  # [1, T]
+    feats = model.analyze(wav)[1]  # [1, F', 300]
+    with torch.no_grad():
+        offline = model(feats)[0]  # [1, F'', 300]
+        state, parts = model.stream_init(1), []
+        n = feats.shape[-1]
+        for i in range(0, n, chunk_frames):
+            out, state = model.stream_step(feats[..., i : i + chunk_frames], state, final=i + chunk_frames >= n)
+            parts.append(out)
+    return torch.cat(parts, dim=-1), offline
+
+
+@pytest.mark.parametrize(("name", "config"), CAUSAL_VARIANTS, ids=[f"{n}-{c.get('unpool', '')}" for n, c in CAUSAL_VARIANTS])
+@pytest.mark.parametrize("chunk_frames", [1, 5, 64])
+def test_every_causal_family_streams_like_offline(name, config, chunk_frames):
+    """A causal model's streamed output equals its offline output (the ARCHITECTURE's streaming
+    contract): the default ``stream_step`` keeps ``receptive_field`` past frames, aligned to
+    ``stream_block``, so a family that declares too small a receptive field fails here."""
+    model = build_model(name, config).eval()
+    if not model.causal:
+        pytest.skip(f"{name} built this way is not causal")
+    streamed, offline = _streamed_and_offline(model, chunk_frames)
+    assert streamed.shape == offline.shape
+    torch.testing.assert_close(streamed, offline, atol=1e-5, rtol=1e-5)
+    wav = 0.1 * torch.randn(1, 4000)  # and end to end, through the STFT, as the CLI and the server stream
+    sd = StreamingDenoiser(model, model.config.sample_rate)
+    whole = torch.cat([sd.push(wav[:, i : i + 300]) for i in range(0, wav.shape[-1], 300)] + [sd.finish()], -1)
+    np.testing.assert_allclose(whole.numpy(), denoise(model, wav, model.config.sample_rate), atol=2e-5)
+
+
+def test_a_family_with_too_small_a_receptive_field_fails_the_streaming_check():
+    """The check above can fail: a conv1d that claims to see 2 past frames streams wrongly."""
+    from audioae.models.conv1d import Conv1dAutoencoder
+
+    class Shortsighted(Conv1dAutoencoder):
+        receptive_field = 2
+
+    model = Shortsighted(REGISTRY["conv1d"].config(**TINY["conv1d"], causal=True)).eval()
+    streamed, offline = _streamed_and_offline(model, 1)
+    assert not torch.allclose(streamed, offline, atol=1e-5, rtol=1e-5)
+
+
+def test_every_registry_key_is_its_class_registry_name():
+    """A checkpoint saves ``model.registry_name`` and loads by registry key: a subclass that forgot
+    to set it saved under its parent's name and loaded as the parent, silently."""
+    for name, fam in REGISTRY.items():
+        assert fam.model.registry_name == name, f"{name}: {fam.model.__name__}.registry_name is {fam.model.registry_name!r}"
+        assert build_model(name).registry_name == name
+
+
+def test_a_family_registered_under_another_name_than_its_registry_name_is_refused(monkeypatch):
+    from audioae.models import Family
+    from audioae.models.linear import LinearAutoencoder, LinearConfig
+
+    class Forgetful(LinearAutoencoder):  # registry_name inherited: "linear"
+        pass
+
+    monkeypatch.setitem(REGISTRY, "forgetful", Family(LinearConfig, Forgetful, "a subclass"))
+    with pytest.raises(ValueError, match=re.escape("registry entry 'forgetful' builds Forgetful, whose registry_name "
+                                                   "is 'linear'")):
+        build_model("forgetful", TINY["linear"])
+
+
+def test_a_family_whose_init_computes_from_weights_fails_to_load_naming_building_on_meta(monkeypatch, tmp_path):
+    """Checkpoint loading builds the model on the meta device first: an ``__init__`` that reads a
+    weight's value failed with torch's bare "Tensor.item() cannot be called on meta tensors"."""
+    from audioae.models import Family
+    from audioae.models.linear import LinearAutoencoder, LinearConfig
+
+    class Computing(LinearAutoencoder):
+        registry_name = "computing"
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.scale = float(self.encoder.weight.abs().max().item())  # reads a value: nothing on meta
+
+    monkeypatch.setitem(REGISTRY, "computing", Family(LinearConfig, Computing, "reads its weights in __init__"))
+    save_checkpoint(build_model("computing", TINY["linear"]), tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'c.safetensors'}: the computing model could not "
+                                                        "be built on the meta device")) as caught:
+        load_checkpoint(tmp_path / "c.safetensors")
+    assert "building_on_meta()" in str(caught.value) and "docs/models.md" in str(caught.value)

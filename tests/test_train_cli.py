@@ -542,7 +542,14 @@ def test_a_missing_binary_or_folder_config_is_named_as_a_run_config(tmp_path, ca
     # was "expected tuple[str, ...]": Python's annotation, and no word on how to write a list
     ("train.metrics=si_sdr,stoi", "metrics = 'si_sdr,stoi': expected tuple[str, ...] (a list of texts such as "
                                   "[\"gru\", \"l1\"]); write a list in brackets: [\"si_sdr\", \"stoi\"]"),
-    ("train.metrics=3", "metrics = 3: expected tuple[str, ...] (a list of texts such as")])
+    ("train.metrics=3", "metrics = 3: expected tuple[str, ...] (a list of texts such as"),
+    # was the same words without a hint: the brackets were there, the quotes were not
+    ("train.metrics=[si_sdr]", "metrics = '[si_sdr]': expected tuple[str, ...] (a list of texts such as "
+                               "[\"gru\", \"l1\"]); each text in the list needs quotes: [\"si_sdr\"]"),
+    ("train.metrics=si_sdr", "; write a list in brackets: [\"si_sdr\"]"),
+    # was "family weights must be finite numbers >= 0, got {'white': 'x'}", naming no setting
+    ('data.noise_weights={white="x"}', "data.noise_weights: each weight must be a number >= 0, as in "
+                                       "{ babble = 2.0 }; got {'white': 'x'}")])
 def test_a_value_of_the_wrong_type_is_a_clear_error(tmp_path, capsys, override, text):
     assert main(["train", CONFIG, "--out", str(tmp_path), "--set", override]) == 2
     assert text in capsys.readouterr().err
@@ -1380,3 +1387,139 @@ def test_deterministic_runs_give_bit_identical_weights_and_leave_torch_as_it_was
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert json.loads((tmp_path / "a" / "run.json").read_text())["train"]["deterministic"] is True
     assert checkpoint_extra(tmp_path / "a" / "best.safetensors")["run"]["train"]["deterministic"] is True
+
+
+@pytest.mark.parametrize(("settings", "said"), [
+    (['model.config.sparsity="l1"'], 'model.config.sparsity = "l1" adds no penalty while sparsity_weight is 0'),
+    (["model.config.sparsity_weight=0.5"],
+     'model.config.sparsity_weight = 0.5 is read only by sparsity "l1", "l2" or "kl", and sparsity is "none"'),
+    (["model.config.topk=3"], 'model.config.topk = 3 is read only with sparsity = "topk", and this model has '
+                              'sparsity = "none": nothing would read it'),
+    (["model.config.df_order=5", "model.config.df_bins=20"],
+     'model.config.df_order = 5 is read only with output = "deepfilter", and this model has output = "mask"; '
+     'model.config.df_bins = 20 is read only'),
+    (['model.config.sparsity="l1"', "model.config.sparsity_weight=0.1", "model.config.sparsity_target=0.2"],
+     'model.config.sparsity_target = 0.2 is read only with sparsity = "kl"'),
+    (["model.config.patch_fraction=0.3"], 'model.config.patch_fraction = 0.3 is read only with corruption = "patches", '
+                                          'and this model has corruption = "mix"'),
+])
+def test_model_settings_that_nothing_reads_are_refused(tmp_path, capsys, settings, said):
+    """Was: sparsity = "l1" with the default sparsity_weight = 0 trained with no sparsity term at
+    all, and a weight under sparsity = "none" was ignored, as were the others here, in silence."""
+    common = [CONFIG, "--out", str(tmp_path / "run"), "--steps", "1", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, *[a for s in settings for a in ("--set", s)]]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unread_model_settings_are_refused_for_a_run_but_a_checkpoint_holding_one_loads(tmp_path):
+    """The config itself still builds: a checkpoint saved before the refusal, with sparsity "l1"
+    and no weight, loads (the value changes nothing the model computes)."""
+    from audioae.checkpoint import save_checkpoint
+    from audioae.models import REGISTRY, build_model
+    from audioae.pretrained import HERE
+    from audioae.train import check_model_settings_read
+
+    model = build_model("recurrent", {"hidden": 16, "code_dim": 8, "n_fft": 128, "hop_length": 32, "sparsity": "l1"})
+    with pytest.raises(ValueError, match="sparsity_weight is 0"):
+        check_model_settings_read(model)
+    save_checkpoint(model, tmp_path / "old.safetensors")
+    assert load_checkpoint(tmp_path / "old.safetensors").config.sparsity == "l1"
+    for path in SHIPPED_CONFIGS:  # every shipped config and model passes
+        run = _load(path)
+        check_model_settings_read(build_model(run.model, run.model_config))
+    for path in sorted(HERE.glob("*.safetensors")):
+        assert load_checkpoint(path).config.unread_settings() == []
+    for name in REGISTRY:  # and every family's defaults
+        assert build_model(name).config.unread_settings() == [], name
+
+
+def test_a_resumed_run_draws_the_batches_of_the_uninterrupted_one(tmp_path, capsys):
+    """Was: the mixer was seeded from the resume step, so a run stopped at step 3 and resumed drew
+    other batches than the same run trained in one go, and its losses differed from step 4 on."""
+    common = ["--set", "train.val_every=2", "--set", "train.progress=false", "--set", "model.config.hidden=16",
+              "--set", 'train.metrics=["si_sdr"]', "--set", "train.threads=1", "--set", "train.loader_threads=2"]
+    assert main(["train", CONFIG, "--out", str(tmp_path / "once"), "--steps", "6", *common]) == 0
+    assert main(["train", CONFIG, "--out", str(tmp_path / "split"), "--steps", "3", *common]) == 0
+    assert main(["train", CONFIG, "--out", str(tmp_path / "split"), "--steps", "6", *common]) == 0
+    capsys.readouterr()
+
+    def losses(run: str) -> dict[int, float]:
+        records = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in records}
+
+    once, split = losses("once"), losses("split")
+    assert sorted(once) == [2, 4, 6] and sorted(split) == [2, 3, 4, 6]
+    assert {k: split[k] for k in once} == once
+    a, b = (load_checkpoint(tmp_path / run / "last.safetensors").state_dict() for run in ("once", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_json_records_the_value_in_effect_of_a_setting_left_at_its_default(tmp_path, capsys, caplog):
+    """Was: {"was": None, "now": 0.8} for a mask_power the run had left at its default (1.0),
+    while the resume's warning said "mask_power: 1.0 there, 0.8 now"."""
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=100", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "1"]) == 0
+    assert main(["train", *common, "--steps", "2", "--set", "model.config.mask_power=0.8"]) == 0
+    capsys.readouterr()
+    assert "mask_power: 1.0 there, 0.8 now" in caplog.text
+    assert json.loads((out / "run.json").read_text())["resumes"] == [
+        {"step": 1, "changed": {"model.config.mask_power": {"was": 1.0, "now": 0.8}, "train.steps": {"was": 1, "now": 2}}}]
+
+
+def test_inspect_into_a_folder_that_does_not_exist_makes_it(tmp_path, capsys):
+    """Was: "-o figs" (a new folder, as the help allows OUT to be) failed "the name has no extension"."""
+    import soundfile as sf
+
+    assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--steps", "1", "--set", "train.val_every=1",
+                 "--set", "train.progress=false", "--set", "model.config.hidden=16",
+                 "--set", 'train.metrics=["si_sdr"]']) == 0
+    sf.write(tmp_path / "x.wav", 0.1 * torch.randn(8000).numpy(), 8000)
+    assert main(["inspect", str(tmp_path / "run" / "best.safetensors"), "--audio", str(tmp_path / "x.wav"),
+                 "-o", str(tmp_path / "figs")]) == 0
+    capsys.readouterr()
+    assert [p.name for p in (tmp_path / "figs").iterdir() if p.suffix == ".png"] == ["x.run-best.png"]
+
+
+def test_the_models_doc_lists_every_option():
+    """docs/models.md has a row for every field of every family's config, [data] and [train],
+    under that section's heading, with the field's default: a new option, or a changed default,
+    must be documented."""
+    import dataclasses
+
+    from audioae.models import REGISTRY
+    from audioae.models.base import AutoencoderConfig, SpectralConfig
+    from audioae.train import DataConfig, TrainConfig
+
+    doc = (REPO / "docs" / "models.md").read_text()
+    sections = {m.group(1): m.group(0) for m in re.finditer(r"^#+ (.+)$\n(?:(?!^#).*\n?)*", doc, re.M)}
+
+    def rows(heading: str) -> dict[str, str]:
+        found = [text for title, text in sections.items() if title.startswith(heading)]
+        assert len(found) == 1, f"docs/models.md needs one section {heading!r}"
+        return {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| `[^`]+` \| `([^`]*)` \|", found[0], re.M)}
+
+    def default(f):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+    def check(heading: str, cls, inherited=()):
+        documented = rows(heading)
+        for f in dataclasses.fields(cls):
+            if f.name in inherited and f.default == inherited[f.name]:
+                continue  # listed with the shared options
+            assert documented.get(f.name) == default(f), f"{heading}: {f.name} = {default(f)}"
+
+    shared = {f.name: f.default for f in dataclasses.fields(AutoencoderConfig)}
+    spectral = {f.name: f.default for f in dataclasses.fields(SpectralConfig)}
+    check("Every family", AutoencoderConfig)
+    check("Every spectrogram family", SpectralConfig, shared)
+    for name, fam in REGISTRY.items():
+        check(f"`{name}`", fam.config, spectral if issubclass(fam.config, SpectralConfig) else shared)
+    check("`[data]`", DataConfig)
+    check("`[train]`", TrainConfig)
+    assert "relative to the current folder" in doc
+    assert "docs/models.md" in (REPO / "README.md").read_text()

@@ -50,6 +50,10 @@ def make_config(name: str, overrides: dict | None = None) -> AutoencoderConfig:
 def build_model(name: str, config: AutoencoderConfig | dict | None = None) -> Autoencoder:
     """Instantiate a registered family from its config (or a dict of overrides)."""
     fam = family(name)
+    if fam.model.registry_name != name:  # checkpoints save registry_name and load by the registry key
+        raise ValueError(f"registry entry {name!r} builds {fam.model.__name__}, whose registry_name is "
+                         f"{fam.model.registry_name!r}: its checkpoints would load as that family; set "
+                         f"registry_name = {name!r} on the class")
     if config is None or isinstance(config, dict):
         config = fam.config.from_dict(config or {})
     if not isinstance(config, fam.config):

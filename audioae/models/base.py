@@ -73,6 +73,44 @@ class AutoencoderConfig:
             raise ValueError(f"need 0 <= patch_fraction <= 1 and a patch_size of at least 1, "
                              f"got {self.patch_fraction} and {self.patch_size}")
 
+    def unread_settings(self) -> list[str]:
+        """Settings given a value other than their default that nothing reads under the others,
+        each as a sentence naming the field and what would read it. ``audioae train`` refuses
+        them (a penalty without a weight trained with no sparsity, in silence); the config itself
+        still builds, so a checkpoint saved with one loads."""
+        c, why = self, []
+        default = {f.name: f.default for f in dataclasses.fields(c)}
+        if c.sparsity in ("l1", "l2", "kl") and c.sparsity_weight == 0:
+            why.append(f"sparsity = {json.dumps(c.sparsity)} adds no penalty while sparsity_weight is 0 (its default): "
+                       f"set sparsity_weight above 0 (e.g. 0.01), or sparsity = \"none\"")
+        if c.sparsity_weight != 0 and self._weight_unread():
+            why.append(f"sparsity_weight = {c.sparsity_weight:g} is read only by sparsity \"l1\", \"l2\" or \"kl\", "
+                       f"and sparsity is {json.dumps(c.sparsity)}")
+        read_by = {"topk": (c.sparsity == "topk", 'sparsity = "topk"'),
+                   "sparsity_target": (c.sparsity == "kl", 'sparsity = "kl"'),
+                   "patch_fraction": (c.corruption == "patches", 'corruption = "patches"'),
+                   "patch_size": (c.corruption == "patches", 'corruption = "patches"')}
+        read_by |= self._read_by()
+        for name, (read, what) in read_by.items():
+            if not read and getattr(c, name) != default[name] and not self._is_default(name):
+                switch = what.split(" = ")[0]  # the setting that would read it
+                why.append(f"{name} = {json.dumps(getattr(c, name))} is read only with {what}, and this model "
+                           f"has {switch} = {json.dumps(getattr(c, switch))}")
+        return why
+
+    def _weight_unread(self) -> bool:
+        """Whether ``sparsity_weight`` goes unread: the penalties l1, l2 and kl read it."""
+        return self.sparsity not in ("l1", "l2", "kl")
+
+    def _read_by(self) -> dict[str, tuple[bool, str]]:
+        """A subclass's own ``field -> (read under this config, the setting that reads it)``."""
+        return {}
+
+    def _is_default(self, name: str) -> bool:
+        """Whether ``name`` holds the value its default resolves to (a default computed in
+        ``__post_init__``, as sparse_dict's topk)."""
+        return False
+
     def require_positive(self, *names: str) -> None:
         """Sizes a layer is built from: torch's own message for 0 or -3 names no config field."""
         for name in names:
@@ -143,6 +181,10 @@ class SpectralConfig(AutoencoderConfig):
             raise ValueError(f"mask_power must be positive, got {self.mask_power}")
         if self.output == "deepfilter" and not (1 <= self.df_bins <= self.n_bins and self.df_order >= 1):
             raise ValueError(f"deepfilter needs 1 <= df_bins <= {self.n_bins} and df_order >= 1")
+
+    def _read_by(self) -> dict[str, tuple[bool, str]]:
+        read = (self.output == "deepfilter", 'output = "deepfilter"')
+        return {**super()._read_by(), "df_order": read, "df_bins": read}
 
     @property
     def n_bins(self) -> int:

@@ -98,6 +98,13 @@ class SparseDictConfig(SpectralConfig):
                 raise ValueError(f"{name} must be a positive odd number, got {v}")
 
 
+    def _weight_unread(self) -> bool:
+        return False  # the L1 shrinkage of the multiplicative updates reads it under every sparsity
+
+    def _is_default(self, name: str) -> bool:
+        return name == "topk" and self.topk == default_topk(self.code_dim)  # resolved from 0 above
+
+
 def default_topk(code_dim: int) -> int:
     """The units per frame a sparse_dict keeps when its config leaves ``topk`` at 0: a tenth of
     ``code_dim``, at least 1 (32 of the default 320)."""
