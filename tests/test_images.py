@@ -4,6 +4,7 @@ autoencoder finds PCA's subspace, patches round-trip, and ``audioae images repor
 import dataclasses
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -214,6 +215,35 @@ def test_denoising_raises_psnr():
         reconstruct_image(model, torch.where(clean > 0.5, clean, torch.nan))
 
 
+def test_patches_need_batched_images_and_say_which_shape():
+    """Was a bare IndexError (from ``b = lead[0]``) for an unbatched image and for flat [B, D] images."""
+    from audioae.models.corruption import darken_patches
+
+    with pytest.raises(ValueError, match=re.escape("needs a batch [B, ..., H, W]") + ".*got shape \\[16, 16\\]"):
+        darken_patches(torch.ones(16, 16), 0.15, (4, 4))
+    cfg = build_model("image", {"corruption": "patches", "patch_fraction": 0.15}).config
+    with pytest.raises(ValueError, match=re.escape("images [B, 1, 16, 16], got shape [8, 256]")):
+        corrupt_images(torch.ones(8, 256), cfg)
+    assert corrupt_images(torch.ones(8, 1, 16, 16), cfg).shape == (8, 1, 16, 16)  # the shape it asks for works
+
+
+def test_an_l1_penalty_on_a_linear_image_code_warns_that_it_gives_no_zeros():
+    """Was silent: sparsity "l1" with the image family's default linear code trained a code with no
+    exact zero at all. The warning is not a refusal: the config builds (and a checkpoint loads)."""
+    with pytest.warns(UserWarning, match="leaves no unit exactly zero.*code_activation='relu'"):
+        model = build_model("image", {"image_size": (8, 8), "channels": (), "code_dim": 128, "sparsity": "l1",
+                                      "sparsity_weight": 0.1})
+    with torch.no_grad():
+        assert not (model.encode(model.example_input(16)) == 0).any()  # what the warning says: no zeros
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relu = build_model("image", {"image_size": (8, 8), "channels": (), "code_dim": 128, "sparsity": "l1",
+                                     "sparsity_weight": 0.1, "code_activation": "relu"})
+        build_model("image", {"sparsity": "l2", "sparsity_weight": 0.1})  # L2 promises no zeros
+    with torch.no_grad():
+        assert (relu.encode(relu.example_input(16)) == 0).any()
+
+
 def test_darkened_patches_corruption_darkens_about_the_fraction():
     x = torch.rand(8, 1, 16, 16) + 0.1
     cfg = build_model("image", {"corruption": "patches", "patch_fraction": 0.25, "patch_size": (4, 4)}).config
@@ -390,6 +420,10 @@ def test_report_settings_are_checked_before_anything_runs(tmp_path, capsys, no_e
     ({"unpool": "maxunpool"}, "maxunpool cannot decode a bare code"),
     ({"code_sizes": (2, 2, 8)}, "code_sizes = [2, 2, 8]: expected a list without repeats"),
     ({"map_code_dim": 4}, "map_code_dim = 4: expected one of code_sizes [2, 8]"),
+    # Was reached with code_sizes alone and did not say how to fix it.
+    ({"code_sizes": (2, 4)}, "map_code_dim = 8: expected one of code_sizes [2, 4] (the conv AE whose codes are "
+                             "mapped in 2-D and perturbed; 8 unless set): set it with the code sizes, e.g. "
+                             "--set map_code_dim=4"),
     ({"map_points": 5}, "map_points = 5: expected 0 (every test digit) or at least 10"),
     ({"map_points": 0, "tsne_perplexity": 200.0}, "at most (points - 1) / 3 = 199.33: the 2-D map has 599 points"),
     ({"tsne_perplexity": 0.0}, "tsne_perplexity = 0.0: expected a positive perplexity"),
@@ -495,7 +529,13 @@ def test_report_command_writes_its_files(tmp_path, capsys):
         assert r["mean_active_units"] <= r["live_units"] + 1e-3
         assert 0 < r["top_energy_share"] <= 1
     summary = (out / "summary.md").read_text()
-    for text in ("## Denoising", "largest angle, linear AE to PCA", "live units (of 32)", "active share of live",
+    # The encoder's rows, off PCA's subspace only along the 4 pixels that are 0 in every training digit.
+    assert d["data_span_dim"] == 60
+    for full, in_span in zip(d["linear_encoder_pca_max_angle_deg"], d["linear_encoder_pca_max_angle_in_span_deg"],
+                             strict=True):
+        assert 0 <= in_span <= full <= 90
+    for text in ("## Denoising", "largest angle, linear AE decoder to PCA", "The encoder's rows are",
+                 "live units (of 32)", "active share of live",
                  "code energy in its 8 largest units", "whole-image PSNR"):
         assert text in summary, text
     assert "## Denoising" in capsys.readouterr().out
@@ -784,6 +824,9 @@ def test_the_figure_labels_its_maps_scales_and_groups(tmp_path, monkeypatch):
     assert len(strip.get_lines()) == 2  # a line before each scale's columns
     error = next(ax for ax in axes if ax.get_title() == "reconstruction error against code size")
     assert sum(t.get_text().endswith("°") for t in error.texts) == 2  # one angle per code size
+    # Whose codes the maps show: "PCA of the 8-unit codes" did not say they were the conv AE's.
+    titles = {ax.get_title() for ax in axes}
+    assert {"conv AE's 8-unit codes: PCA", "conv AE's 8-unit codes: t-SNE"} <= titles, titles
     assert any(s.get_text().endswith("from an 8-unit code") for s in (sf._suptitle for sf in fig.subfigs))
     codes = next(ax for ax in axes if ax.get_xlabel() == "share of the live units active per digit")
     inside = codes.get_window_extent(renderer)

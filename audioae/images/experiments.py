@@ -164,7 +164,11 @@ class ReportConfig:
         if len(set(self.code_sizes)) != len(self.code_sizes):
             raise bad("code_sizes", "a list without repeats (one model per size)")
         if self.map_code_dim not in self.code_sizes:
-            raise bad("map_code_dim", f"one of code_sizes {list(self.code_sizes)} (the model whose codes are mapped)")
+            # Named even when left at its default: changing code_sizes alone (8 not among them) lands here.
+            near = min(self.code_sizes, key=lambda k: (abs(k - 8), k))
+            raise bad("map_code_dim", f"one of code_sizes {list(self.code_sizes)} (the conv AE whose codes are mapped "
+                                      f"in 2-D and perturbed; 8 unless set): set it with the code sizes, e.g. "
+                                      f"--set map_code_dim={near}")
         if not (isinstance(self.map_points, int) and (self.map_points == 0 or self.map_points >= 10)):
             raise bad("map_points", "0 (every test digit) or at least 10")
         number("tsne_perplexity", 0, accepts="a positive perplexity")
@@ -384,10 +388,15 @@ def dimensionality(cfg: ReportConfig, digits: Digits) -> Result:
                      "train_mse": {m: [] for m in methods},
                      "accuracy": {"raw_pixels": float(raw_clf.score(xte, yte)), **{m: [] for m in methods}},
                      "pca_explained_variance": [], "linear_pca_max_angle_deg": [],
+                     "linear_encoder_pca_max_angle_deg": [], "linear_encoder_pca_max_angle_in_span_deg": [],
                      "train_seconds": {"linear": [], "conv": []},
                      "parameters": {"linear": [], "conv": []}, "test_pixel_variance": float(xte.var(0).mean())}
     arrays: dict = {"examples": _one_per_class(yte), "y_test": yte}
     models: dict[str, Autoencoder] = {}
+    # The span of the centred training digits: 60 of the 64 pixel directions (4 pixels never vary).
+    _, sv, vt = np.linalg.svd(xtr - xtr.mean(0), full_matrices=False)
+    span = vt[sv > 1e-8 * sv[0]].T  # [64, r]
+    numbers["data_span_dim"] = int(span.shape[1])
 
     def record(method: str, rec_tr, rec_te, code_tr, code_te) -> None:
         """Errors of the reconstructions and accuracy of a classifier on the codes."""
@@ -410,8 +419,17 @@ def dimensionality(cfg: ReportConfig, digits: Digits) -> Result:
         record("linear", l_rec_tr, l_rec_te, l_tr.numpy(), l_te.numpy())
         # Same error is not the same subspace: the largest principal angle between the decoder's
         # columns and PCA's components says how far training got (0 degrees: PCA's subspace).
+        def angle(basis: np.ndarray, pca=pca) -> float:
+            return float(np.degrees(subspace_angles(basis, pca.components_.T).max()))
+
         decoder = lin.decoder.weight.detach().double().numpy()  # [64, k]
-        numbers["linear_pca_max_angle_deg"].append(float(np.degrees(subspace_angles(decoder, pca.components_.T).max())))
+        numbers["linear_pca_max_angle_deg"].append(angle(decoder))
+        # The encoder's rows are off PCA's subspace only along pixels that never vary (4 digit
+        # pixels are 0 in every training digit): their weights get no gradient and keep their
+        # random start. Within the data's span the rows agree with PCA as the decoder's columns do.
+        encoder = lin.encoder.weight.detach().double().numpy().T  # [64, k]
+        numbers["linear_encoder_pca_max_angle_deg"].append(angle(encoder))
+        numbers["linear_encoder_pca_max_angle_in_span_deg"].append(angle(span @ (span.T @ encoder)))
         models[f"digits-linear-k{k}"] = lin
         for key in ("train_seconds", "parameters"):
             numbers[key]["linear"].append(info[key])

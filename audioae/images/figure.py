@@ -69,22 +69,23 @@ def _band_dimensionality(sf, n: dict, a: dict) -> None:
     else:
         axes[1].set_axis_off()
     k = n["map"]["code_dim"]
-    _scatter(axes[2], a["map_pca"], a["map_labels"], f"PCA of the {k}-unit codes", "principal component")
-    sc = _scatter(axes[3], a["map_tsne"], a["map_labels"], f"t-SNE of the {k}-unit codes", "t-SNE axis")
+    _scatter(axes[2], a["map_pca"], a["map_labels"], f"conv AE's {k}-unit codes: PCA", "principal component")
+    sc = _scatter(axes[3], a["map_tsne"], a["map_labels"], f"conv AE's {k}-unit codes: t-SNE", "t-SNE axis")
     cb = sf.colorbar(sc, ax=axes[3], ticks=range(10), fraction=0.05)
     cb.set_label("digit")
 
 
 def _label_angles(ax, ks: list[int], mse: list[float], angles: list[float | None] | None) -> None:
     """Beside each linear AE point, the largest principal angle between its decoder's subspace
-    and PCA's: equal error alone does not show it found PCA's subspace."""
+    (its columns; the encoder's rows are off it along pixels that never vary) and PCA's: equal
+    error alone does not show it found PCA's subspace."""
     if not angles:
         return
     for k, err, angle in zip(ks, mse, angles, strict=True):
         if angle is not None and err is not None:
             ax.annotate(f"{angle:.2g}°", (k, err), textcoords="offset points", xytext=(4, 5), fontsize=8,
                         color="tab:orange")
-    ax.plot([], [], " ", label="°: largest angle, linear AE\nto PCA's subspace")  # a legend line, no marker
+    ax.plot([], [], " ", label="°: largest angle, linear AE's\ndecoder to PCA's subspace")  # a legend line, no marker
 
 
 def _band_features(sf, n: dict, dim_arrays: dict) -> None:

@@ -232,7 +232,7 @@ def _dimensionality_md(d: dict) -> list[str]:
     angles = d.get("linear_pca_max_angle_deg") or [None] * len(d["code_sizes"])
     lines = ["## Dimensionality reduction and codes as features (digits, test set)", "",
              "| code size | PCA MSE | linear AE MSE | linear AE over PCA | conv AE MSE "
-             "| largest angle, linear AE to PCA subspace (deg) | PCA acc. | linear AE acc. | conv AE acc. |",
+             "| largest angle, linear AE decoder to PCA subspace (deg) | PCA acc. | linear AE acc. | conv AE acc. |",
              "|---|---|---|---|---|---|---|---|---|"]
     for i, k in enumerate(d["code_sizes"]):
         pca, lin = d["mse"]["pca"][i], d["mse"]["linear"][i]
@@ -241,7 +241,14 @@ def _dimensionality_md(d: dict) -> list[str]:
         lines.append(f"| {k} | {_f(pca)} | {_f(lin)} | {excess} | {_f(d['mse']['conv'][i])} | {angle} | "
                      f"{_f(d['accuracy']['pca'][i], 3)} | {_f(d['accuracy']['linear'][i], 3)} | "
                      f"{_f(d['accuracy']['conv'][i], 3)} |")
-    return [*lines, "", f"Logistic regression on the 64 raw pixels: {_f(d['accuracy']['raw_pixels'], 3)}."]
+    lines += ["", f"Logistic regression on the 64 raw pixels: {_f(d['accuracy']['raw_pixels'], 3)}."]
+    enc, span = d.get("linear_encoder_pca_max_angle_deg"), d.get("linear_encoder_pca_max_angle_in_span_deg")
+    if enc and span:  # reports written before these were measured lack them
+        lines += ["", f"Angles are of the decoder's columns. The encoder's rows are {min(enc):.3g} to {max(enc):.3g} "
+                      f"degrees off PCA's subspace; within the span of the training digits "
+                      f"({d.get('data_span_dim', '?')} of 64 dimensions: the weights of pixels that never vary "
+                      f"keep their random start), at most {max(span):.2g} degrees."]
+    return lines
 
 
 def _denoising_md(n: dict) -> list[str]:

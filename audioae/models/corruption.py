@@ -61,8 +61,12 @@ def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], gen
     (one mask for every channel). Per example, patches are added until the dark union reaches
     ``fraction``; the patch that crosses it is kept with the probability that makes the expected
     dark share exactly ``fraction`` (counting patches instead misses it once they overlap). Patch
-    corners are drawn over every placement that overlaps the input, clipped at its edges, so an
-    edge pixel is as likely to be dark as a central one.
+    corners are drawn over every placement that overlaps the input, clipped at its edges, so every
+    pixel is equally likely to be under each drawn patch. Dark is then only nearly uniform: a
+    clipped patch darkens fewer pixels, so it uses less of the share (and is likelier to be kept
+    when it crosses it), and edge pixels are dark a little more often (16x16 inputs, 4x4 patches,
+    fraction 0.15, 100,000 inputs: dark 0.158 to 0.162 of the time at the corners, 0.155 along the
+    edges on average, 0.145 to 0.146 at the centre, 0.150 overall).
 
     Corners are drawn where the generator lives, so a GPU batch's
     ``torch.Generator(device=x.device)`` works here as it does for the noises above; without a
@@ -72,6 +76,9 @@ def darken_patches(x: torch.Tensor, fraction: float, patch: tuple[int, int], gen
     synchronisation per patch, and drawing there costs one per chunk of corners and one per
     example, which is why only a GPU generator sends the draws there.
     """
+    if x.dim() < 3:  # [H, W] alone has no batch axis: each example needs its own mask
+        raise ValueError(f"darken_patches needs a batch [B, ..., H, W] (spectrograms [B, F, N], images "
+                         f"[B, C, H, W]), got shape {list(x.shape)}; for one image pass x[None]")
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be within 0..1, got {fraction}")
     # a side of 0 drew no pixels: a division by zero, and a negative one drew forever

@@ -34,6 +34,7 @@ sparse-coding form, ``h = act(W_e (x - b_d) + b_e)``, ``x̂ = W_d h + b_d`` with
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,10 @@ class ImageConfig(AutoencoderConfig):
     kernel_size: int = 3
     unpool: str = "nearest"  # nearest | maxunpool | transposed
     code_dim: int = 32
-    code_activation: str = "none"  # a linear code, like PCA's; use relu for sparse codes
+    # A linear code, like PCA's. Use relu for sparse codes: the exact zeros come from the ReLU, and an
+    # l1 penalty on a linear code only shrinks it (docs/images.md: 128 units on the digits, l1 0.1, no
+    # entry zero), so that combination warns (not a refusal: L1 without ReLU is a fair contrast).
+    code_activation: str = "none"
     output_activation: str = "sigmoid"  # sigmoid (pixels in [0, 1]) | none
     patch_size: tuple[int, int] = (4, 4)  # darkened (rows, cols) for corruption='patches'
     # Sparse-coding form of a dense model (channels=()); see the module docstring.
@@ -121,6 +125,10 @@ class ImageConfig(AutoencoderConfig):
                              "bias must be in pixels)")
         if self.kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd (same-size convolutions)")
+        if self.sparsity == "l1" and self.sparsity_weight > 0 and self.code_activation != "relu":
+            warnings.warn(f"sparsity 'l1' on a code_activation={self.code_activation!r} code shrinks it but leaves "
+                          f"no unit exactly zero (the zeros of a sparse code come from a ReLU): set "
+                          f"code_activation='relu' for a sparse code", UserWarning, stacklevel=2)
         if max(self.image_size) > MAX_IMAGE_SIDE:
             raise ValueError(f"image_size {self.image_size}: each side must be at most {MAX_IMAGE_SIDE}")
         block = 2 ** len(self.channels)
@@ -258,5 +266,11 @@ def corrupt_images(x: torch.Tensor, config: AutoencoderConfig, generator: torch.
     if config.corruption == "gaussian":
         return add_gaussian_std(x, config.noise_std, generator)
     if config.corruption == "patches":
+        if x.dim() != 4:  # [B, D] has no rows and columns, and [C, H, W] would take C as the batch
+            want = "C, H, W"
+            if isinstance(config, ImageConfig):
+                want = f"{config.in_channels}, {config.image_size[0]}, {config.image_size[1]}"
+            raise ValueError(f"corruption 'patches' darkens rectangles of images [B, {want}], got shape "
+                             f"{list(x.shape)}; reshape flat images first (x.view(-1, {want}))")
         return darken_patches(x, config.patch_fraction, config.patch_size, generator)
     raise ValueError(f"no image corruption {config.corruption!r}; choose one of {IMAGE_CORRUPTIONS}")
