@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,6 +48,13 @@ CHUNK_FLOATS = 1 << 20  # per-unit spectrograms in chunks of about this many flo
 MASK_FLOOR = 1.0  # a bin's masks add up to min(1, V / (floor * |X|)): the rest goes to the residual
 ACTIVITY_WEIGHT = 2.0  # clustering: when a unit is active counts this much more than its atom's shape
 ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its loudest frame
+# A label names a tone where a local maximum of a component's power spectrum (31.25 Hz bins for
+# decomposer-small) is this many times its neighbours' geometric mean, and its 3 bins hold this
+# share of the energy. Measured with decomposer-small: the clusters of a C-E-G chord 1.5-4.8 (1.5:
+# E, its lobe overlapping G's 2 bins away), those of a 100-4000 Hz chirp 1.0-1.3 (a flat top), a
+# voice's in pink noise 1.4 (the broadband one) and 2.0-2.4.
+TONE_SHARPNESS = 1.5
+TONE_SHARE = 0.2
 # Clusters whose component waveforms have a cosine similarity above this are one sound cut in
 # pieces, and are merged. Measured with decomposer-small in 8 clusters (docs/decomposition.md): the
 # pieces of one steady tone 0.96-1.00; any other two clusters at most 0.78 (two at ~1 kHz in a 1 kHz
@@ -54,11 +62,14 @@ ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its l
 # at most 0.42.
 SAME_SOUND = 0.9
 # The whole recording is decomposed at once (the per-signal fit is global): memory grows with its
-# length, about 5 MB per second at 16 kHz with the defaults (measured: 3 min, 0.9 GB above the
-# loaded model; docs/decomposition.md), and by the component waveforms kept. Longer inputs get a warning with the estimate.
-LONG_SECONDS = 600.0
-MB_PER_SECOND = 5.0
-
+# samples times channels, at the model's rate (the spectrogram, code and masks) and at the
+# caller's (the input, the residual and the component waveforms kept, float32). Measured peak RSS
+# above a 1 s run's (0.71 GB: Python, torch, the model), defaults (8 clusters, fit 10): 60 s
+# mono 16 kHz, 184 and 193 MB (a tone with noise bursts; the pink-noise example repeated); 30 s
+# stereo 44.1 kHz, 236 and 272 MB; docs/decomposition.md. Estimates above LONG_BYTES get a warning.
+MODEL_BYTES_PER_SAMPLE = 170  # per channel and sample at the model's rate
+CALLER_BYTES_PER_SAMPLE = 12  # per channel and sample at the caller's rate, besides 4 per kept component
+LONG_BYTES = 1.5 * 2**30  # about 8 minutes of 16 kHz mono in 8 clusters, 2.9 of 44.1 kHz stereo
 
 @dataclass
 class Decomposition:
@@ -88,7 +99,7 @@ class Decomposition:
     fit_steps: int = 0
     # group "band": each component's STFT bins [lo, hi) at the model's rate, [K] pairs; else empty
     band_bins: list[tuple[int, int]] = field(default_factory=list)
-    # frames at each end whose analysis window reaches into the STFT's zero padding
+    # frames at each end of the envelopes that the STFT's zero padding can reach (decompose.edge_frames)
     edge_frames: int = 0
     # bands or clusters asked for (None: group "none"); fewer come back where fewer are distinct
     groups_asked: int | None = None
@@ -127,7 +138,7 @@ class Options:
     fit_steps: int | None  # None: the model's default
 
     def kwargs(self) -> dict:
-        return {"group": self.group, "n_groups": self.n_groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
+        return {"group": self.group, "groups": self.n_groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
 
 
 def check_options(model, *, group: str = "none", groups: int | None = None, top_k: int = 0,
@@ -168,14 +179,23 @@ def _check_long_enough(samples: int, sr: int, model: SparseDictionary) -> None:
                          f"{1000 * window:.0f} ms analysis window: too short to decompose")
 
 
-def _warn_if_long(channels: int, seconds: float, sr: int, kept: int) -> None:
-    """Say what a long input will cost before the work starts: it is held whole."""
-    if seconds <= LONG_SECONDS:
+def memory_estimate(channels: int, samples: int, sr: int, model_sr: int, kept: int) -> float:
+    """Roughly the bytes a decomposition of ``channels x samples`` at ``sr`` holds at its peak
+    above the loaded model, ``kept`` components kept (its waveforms at ``sr``)."""
+    model_samples = samples * model_sr / sr
+    return channels * (model_samples * MODEL_BYTES_PER_SAMPLE + samples * (CALLER_BYTES_PER_SAMPLE + 4 * kept))
+
+
+def _warn_if_long(channels: int, samples: int, sr: int, model_sr: int, kept: int) -> None:
+    """Say what a long input will cost before the work starts: it is held whole. Until 2026-12-08
+    the warning came above 10 minutes, whatever the rate and channels: 10 minutes of 44.1 kHz
+    stereo peaked at 5.1 GB unwarned."""
+    need = memory_estimate(channels, samples, sr, model_sr, kept)
+    if need <= LONG_BYTES:
         return
-    waveforms = kept * channels * seconds * sr * 4 / 2**20  # MB: the component waveforms, float32
-    gb = (channels * seconds * MB_PER_SECOND + waveforms) / 1024
-    log.warning("decomposing %.0f minutes at once needs roughly %.0f GB of memory or more; for a long recording, "
-                "decompose a section of it (the gRPC service, on its defaults, takes at most 10 minutes)", seconds / 60, max(gb, 1))
+    log.warning("decomposing %.1f minutes of %d channel%s at %d Hz at once needs roughly %.1f GB of memory; for a "
+                "long recording, decompose a section of it (the gRPC service, on its defaults, takes at most 10 "
+                "minutes)", samples / sr / 60, channels, "s" if channels > 1 else "", sr, need / 2**30)
 
 
 def _unit_chunks(n_units: int, per_unit: int) -> int:
@@ -405,6 +425,16 @@ def _window_frames(c) -> int:
     return math.ceil(c.n_fft / (2 * c.hop_length))
 
 
+def edge_frames(c) -> int:
+    """Frames at each end of a component's envelope that the STFT's zero padding can reach: the
+    input's frames centred within ``n_fft/2`` of an end read padding, their masked inverse
+    spreads ``n_fft/2`` further, and the envelope's own STFT frames read ``n_fft/2`` more. 5 for
+    ``decomposer-small`` (40 ms): a step at the start of a tone cut off at full level was active
+    in its first 3 frames, in its last 3 or 4 (the window's half alone, 2 frames, let them
+    through)."""
+    return _window_frames(c) - 1 + math.ceil(c.n_fft / c.hop_length)
+
+
 def _stft_blocks(model: SparseDictionary, x: torch.Tensor, halo: int,
                  ask: Callable[[int], None]) -> Iterator[tuple[int, int, int, torch.Tensor]]:
     """``model.stft(x)`` (``x [..., T']`` at the model's rate) in blocks of frames
@@ -444,15 +474,17 @@ def _spectrum_and_features(model: SparseDictionary, z: torch.Tensor,
 
 @torch.inference_mode()
 def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
-              group: str = "none", n_groups: int = DEFAULT_GROUPS, fit_steps: int | None = None,
-              stop: Callable[[], bool] | None = None) -> Decomposition:
+              group: str = "none", groups: int = DEFAULT_GROUPS, fit_steps: int | None = None,
+              stop: Callable[[], bool] | None = None, n_groups: int | None = None) -> Decomposition:
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
-    ``group``: ``none`` (one component per active unit), ``band`` (``n_groups`` band-limited
-    dyadic bands; fewer where some hold nothing) or ``cluster`` (at most ``n_groups`` clusters:
+    ``group``: ``none`` (one component per active unit), ``band`` (``groups`` band-limited
+    dyadic bands; fewer where some hold nothing) or ``cluster`` (at most ``groups`` clusters:
     fewer when fewer units are active, and clusters that are pieces of one sound -- nearly
     proportional waveforms, :data:`SAME_SOUND` -- are merged). ``top_k``: keep only the ``top_k`` strongest
-    components; the others join the residual. Components come back as ``[K, C, T]`` at the
+    components, the others join the residual; 0 or None: every component (as ``--top 0`` and the
+    server's ``top_k``; until 2026-12-08 0 raised). ``n_groups``: the old name of ``groups``
+    (deprecated; a DeprecationWarning). Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
@@ -467,10 +499,16 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     _check_model(model)
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if n_groups < 1:
-        raise ValueError(f"n_groups must be at least 1, got {n_groups}")
+    if n_groups is not None:
+        warnings.warn("decompose(n_groups=...) is now decompose(groups=...), as in check_options and the CLI's "
+                      "--groups", DeprecationWarning, stacklevel=3)  # 3: past inference_mode's wrapper
+        groups = n_groups
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: all components), got {top_k}")
+    top_k = top_k or None
+    if groups < 1:
+        raise ValueError(f"groups must be at least 1, got {groups}")
+    n_groups = groups
     fit_steps = model.config.fit_steps if fit_steps is None else fit_steps
     if fit_steps < 0:
         raise ValueError(f"fit_steps must be >= 0, got {fit_steps}")
@@ -478,7 +516,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     check_pcm(x.numpy(), sr)
     _check_long_enough(x.shape[-1], sr, model)
     most = n_groups if group != "none" else model.config.code_dim  # components there can be
-    _warn_if_long(x.shape[0], x.shape[-1] / sr, sr, min(top_k or most, most))
+    _warn_if_long(x.shape[0], x.shape[-1], sr, model.config.sample_rate, min(top_k or most, most))
     model = _on_cpu_for_inference(model)
     c = model.config
     msr = c.sample_rate
@@ -539,17 +577,18 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     waves = waves[torch.from_numpy(order.copy())] if waves is not None else None
 
     check_stop(stop, "decomposition stopped before the components")
-    comps, dom_hz, bands, envs = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
+    comps, dom_hz, bands, envs, tones = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
                                                       z.shape[-1], explained, bins, waves, stop)
     residual, energy, x_energy, err_energy, residual_energy = _residual_and_energies(x.numpy(), comps, stop)
     rank = np.argsort(-energy, kind="stable")
     _rank_in_place(comps, rank, stop)
     energy, dom_hz, bands, envs = energy[rank], dom_hz[rank], bands[rank], envs[rank]
     groups = [groups[i] for i in rank]
+    tones = [tones[i] for i in rank]
     bins = [bins[i] for i in rank] if bins is not None else []
     if group == "cluster":  # name clusters by what they sound like, in rank order
-        labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g))
-                  for i, (hz, (lo, hi), g) in enumerate(zip(dom_hz, bands, groups, strict=True))]
+        labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g), t)
+                  for i, (hz, (lo, hi), g, t) in enumerate(zip(dom_hz, bands, groups, tones, strict=True))]
     elif group == "none":  # by what the waveform holds: its atom's peak was off by up to a bin, or far off
         labels = [f"unit {g[0]} (~{hz:.0f} Hz)" for g, hz in zip(groups, dom_hz, strict=True)]
     else:  # bands keep the labels of their edges
@@ -567,7 +606,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
         frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
         residual_share=math.nan if silent else residual_energy / x_energy,
         error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
-        band_bins=bins, edge_frames=_window_frames(c),
+        band_bins=bins, edge_frames=edge_frames(c),
         groups_asked=None if group == "none" else n_groups,
     )
 
@@ -651,8 +690,9 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
                          explained: torch.Tensor | None = None, bins: list[tuple[int, int]] | None = None,
                          waves: torch.Tensor | None = None, stop: Callable[[], bool] | None = None):
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
-    frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz) and
-    their energy envelopes ``[K, N]`` (model frames, summed over channels). With ``bins``,
+    frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz), their
+    energy envelopes ``[K, N]`` (model frames, summed over channels) and the tones each is mostly
+    made of (Hz, :func:`_tone_peaks`; ``[]`` for none), one list per component. With ``bins``,
     component ``k``'s mask numerator is ``explained [C, F, N]`` within ``bins[k]`` only. With
     ``waves [K, C, T']``, the groups' waveforms at the model's rate already inverted
     (:func:`_group_waves`), these are resampled instead. Masks and inverse STFT in blocks of
@@ -671,6 +711,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     spans = np.zeros((len(groups), 2), np.float32)
     bin_hz = c.sample_rate / c.n_fft
     envs = np.zeros((len(groups), n_frames), np.float32)
+    tones: list[list[float]] = []
     step = _unit_chunks(len(groups), spec.numel() * 2)
     for lo in range(0, len(groups), step):
         check_stop(stop, f"decomposition stopped at component {lo + 1} of {len(groups)}")
@@ -684,6 +725,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         spectrum, envs[lo : lo + k] = _waveform_spectra(model, y, measuring)  # [k, F], [k, N]
         dom[lo : lo + k] = _peak_bins(spectrum.numpy()) * bin_hz
         spans[lo : lo + k] = _energy_band(spectrum.numpy()) * bin_hz
+        tones += [[b * bin_hz for b in _tone_peaks(row)] for row in spectrum.numpy()]
         # After the inverse STFT, and in blocks with a stop question before each: uncut, a stop ran on
         # to the next component (benchmarks/results/decompose-deadline-tail-before.json).
         resampling = partial(check_stop, stop, f"decomposition stopped while resampling component {lo + 1} of "
@@ -694,7 +736,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
         # which ran on past a stop, uncut (docs/decomposition.md).
         for a, b in _sample_spans(length, _sample_blocks(y), stop, f"copying component {lo + 1} of {len(groups)}"):
             out[lo : lo + len(batch), :, a:b] = y[..., a:b]
-    return out, dom, spans, envs
+    return out, dom, spans, envs, tones
 
 
 def _waveform_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[int], None]) -> tuple[torch.Tensor, np.ndarray]:
@@ -743,12 +785,51 @@ def _round_hz(hz: float) -> str:
     return f"{hz:.0f}" if hz < 100 else f"{float(f'{hz:.2g}'):.0f}"
 
 
-def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], units: int) -> str:
-    """``cluster 1 (~219 Hz, 3 units)`` for a component whose energy lies within an octave,
-    ``cluster 4 (780-7200 Hz, 60 units)`` (the middle 80% of its energy) for a wider one: a
-    broadband noise or a voice's harmonics have no one frequency."""
-    lo, hi = band_hz
-    where = f"~{dominant_hz:.0f} Hz" if hi <= 2 * lo else f"{_round_hz(lo)}-{_round_hz(hi)} Hz"
+def _tone_peaks(spectrum: np.ndarray, named: float = TONE_SHARE, tonal: float = 0.5, most: int = 3) -> list[float]:
+    """The fractional bins of the tones that ``spectrum [F]`` (a power spectrum through the
+    model's Hann STFT) is mostly made of, strongest bin first, or ``[]``. A tone is a local
+    maximum at least :data:`TONE_SHARPNESS` times the geometric mean of its neighbours (a tone's
+    main lobe; a sweep's or a noise's flat top is not) whose bin and neighbours hold at least
+    ``named`` of the energy; at most ``most`` of them. ``[]`` unless the strongest bin is one
+    and together they hold ``tonal`` of the energy: the spectrum's peak (the dominant
+    frequency, :func:`_peak_bins`) is then always the first."""
+    p = np.asarray(spectrum, np.float64)
+    total = p.sum()
+    if total <= 0 or len(p) < 3:
+        return []
+    peaks, lobes = [], 0.0
+    for i in np.argsort(-p[2:-1], kind="stable") + 2:  # beside the 0 Hz bin, pink noise's rise read as a tone
+        if len(peaks) == most or p[i] < p[i - 1] or p[i] < p[i + 1] or any(abs(i - j) < 2 for j in peaks):
+            continue
+        lobe = p[i - 1 : i + 2].sum() / total
+        sharp = p[i] >= TONE_SHARPNESS * math.sqrt(max(p[i - 1] * p[i + 1], 0.0))
+        if sharp and lobe >= named:
+            peaks.append(int(i))
+            lobes += lobe
+    if not peaks or peaks[0] != int(p.argmax()) or lobes < tonal:
+        return []
+    frac = _peak_bins(np.stack([np.where(np.abs(np.arange(len(p)) - i) <= 1, p, 0.0) for i in peaks]))
+    return frac.tolist()
+
+
+def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], units: int,
+                  tones_hz: list[float] | tuple[float, ...] = ()) -> str:
+    """``cluster 1 (~219 Hz, 3 units)`` for a component mostly made of one tone,
+    ``cluster 2 (~262+330 Hz, 2 units)`` of two or three (``tones_hz``, strongest first: the
+    first is its dominant frequency; :func:`_tone_peaks`), else ``cluster 4 (780-7200 Hz, 60
+    units)``: the middle 80% of its energy (a noise, a sweep, a voice's harmonics have no one
+    frequency), and ``peak 168 Hz`` beside it when the dominant frequency lies outside that
+    band (a flat spectrum's highest bin may lie anywhere). Until 2026-12-08 a component whose
+    energy lay within an octave was named by its dominant frequency alone: a cluster holding C
+    and E alike read "~262 Hz", a chirp's "~901 Hz"; and a wider one's band left out its
+    dominant frequency (a chirp's "190-1600 Hz", dominant 168 Hz)."""
+    if tones_hz:
+        where = f"~{'+'.join(f'{hz:.0f}' for hz in tones_hz)} Hz"
+    else:
+        lo, hi = band_hz
+        where = f"{_round_hz(lo)}-{_round_hz(hi)} Hz"
+        if not lo <= dominant_hz <= hi:
+            where += f", peak {dominant_hz:.0f} Hz"
     return f"cluster {rank} ({where}, {units} unit{'s' if units > 1 else ''})"
 
 
@@ -765,17 +846,18 @@ def active_spans(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTI
                  max_spans: int = MAX_SPANS, duration: float = math.inf, edge_frames: int = 0) -> tuple[list[list[float]], int]:
     """``([[start, end], ...] seconds, count)``: where ``envelope [N]`` (energy per frame) is within
     ``floor_db`` of its peak, gaps shorter than ``min_gap`` seconds bridged, and how many such
-    spans there are. Past ``max_spans`` (summary.json stays small) longer gaps are bridged too, up
-    to the shortest length that leaves at most ``max_spans``: the spans still cover every active
-    frame and the first and last times stay true (cutting the list at 50 made 3 minutes of bursts
-    read "0.00-48.82 s").
+    spans there are. Past ``max_spans`` (summary.json stays small) only the ``max_spans - 1``
+    longest gaps are kept (of equal ones, the earliest) and the others bridged: the spans still
+    cover every active frame and the first and last times stay true (cutting the list at 50 made
+    3 minutes of bursts read "0.00-48.82 s"; bridging every gap up to a length, 180 bursts a
+    second apart read as one span).
 
     Ends are clipped to ``duration`` (the signal's: the last frame, centred near the end, would
     reach half a hop past it), and a span left empty by that (``[3.0, 3.0]``) is dropped. A span
-    within the first or last ``edge_frames`` frames, whose window reaches into the STFT's zero
-    padding, is dropped when the component is active elsewhere too: a signal cut off at full level
-    starts with a step that every broadband unit answers, and a component heard from 0.5 to 2.8 s
-    read "0.00-3.00 s"."""
+    within the first or last ``edge_frames`` frames (:func:`edge_frames`: those the STFT's zero
+    padding can reach) is dropped when the component is active elsewhere too: a signal cut off at
+    full level starts with a step that every broadband unit answers, and a component heard from
+    0.5 to 2.8 s read "0.00-3.00 s"."""
     on = active_frames(envelope, floor_db).astype(np.int8)
     n = len(on)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], on, [0]])))  # run starts and ends, alternating
@@ -794,16 +876,17 @@ def active_spans(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTI
             spans.append([start, end])
     count = len(spans)
     if count > max_spans:
-        # One width for every span: bridge each gap up to the shortest that leaves at most max_spans
-        # (ties with it too), not some of equal gaps and others not.
+        # Keep the max_spans - 1 longest gaps (equal ones: the earliest) and bridge the rest. A
+        # length threshold bridged every gap of its length at once: 180 bursts a second apart
+        # read as one span, 0.49-179.82 s.
         gaps = [round(b[0] - a[1], 6) for a, b in zip(spans[:-1], spans[1:], strict=True)]  # equal in frames: equal
-        widest_bridged = sorted(gaps)[count - max_spans - 1]
+        kept = set(sorted(range(len(gaps)), key=lambda i: (-gaps[i], i))[: max_spans - 1])
         merged = [spans[0]]
-        for gap, span in zip(gaps, spans[1:], strict=True):
-            if gap <= widest_bridged:
-                merged[-1] = [merged[-1][0], span[1]]
-            else:
+        for i, span in enumerate(spans[1:]):
+            if i in kept:
                 merged.append(span)
+            else:
+                merged[-1] = [merged[-1][0], span[1]]
         spans = merged
     return [[round(a, 3), round(b, 3)] for a, b in spans], count
 

@@ -370,6 +370,8 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
     ax_oct.set_xticklabels([f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
                            rotation=45, fontsize=7)
     ax_oct.set_title("atoms per octave band (by peak)", fontsize=9)
+    ax_oct.set_xlabel("octave band, Hz", fontsize=8)
+    ax_oct.set_ylabel("atoms", fontsize=8)
 
     centre, spread = atom_bandwidths(model)
     ax_bw = fig.add_subplot(grid[1, 1])
@@ -387,7 +389,10 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
     ax_ex.imshow(20 * np.log10(tiles / w.max() + 1e-6), origin="lower", aspect="auto", cmap="magma",
                  vmin=-60, vmax=0, extent=(0, tiles.shape[1], 0, c.sample_rate / 2))
     ax_ex.set_title("16 atoms in time-frequency (frames across)", fontsize=9)
-    ax_ex.set_xticks([])
+    span = w.shape[-1] + 1  # an atom's frames and the blank column after it
+    ax_ex.set_xticks(np.arange(len(picks)) * span + w.shape[-1] / 2, [str(u) for u in picks], fontsize=6, rotation=90)
+    ax_ex.set_xlabel(f"unit; {w.shape[-1]} frames of {1000 * c.hop_length / c.sample_rate:.0f} ms each", fontsize=8)
+    ax_ex.set_ylabel("Hz", fontsize=8)
     return _save(fig, path)
 
 

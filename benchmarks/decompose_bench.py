@@ -129,7 +129,7 @@ def stft(x: np.ndarray, model) -> torch.Tensor:
 
 
 def run_ours(model, x: np.ndarray, group: str, n_groups: int = 8, fit_steps: int = 0):
-    dec = decompose(model, x, SR, group=group, n_groups=n_groups, fit_steps=fit_steps)
+    dec = decompose(model, x, SR, group=group, groups=n_groups, fit_steps=fit_steps)
     return dec.components[:, 0], dec.residual[0], dec
 
 

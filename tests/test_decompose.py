@@ -120,7 +120,7 @@ def test_components_sum_to_the_input_at_any_rate_and_length(sr, length, channels
     shape = (length,) if channels == 0 else (channels, length)
     x = (0.1 * rng.standard_normal(shape)).astype(np.float32)
     x += tone(length / sr, sr, 440.0)[:length]
-    dec = decompose(model, x, sr, group=group, n_groups=4, fit_steps=fit)
+    dec = decompose(model, x, sr, group=group, groups=4, fit_steps=fit)
     assert dec.fit_steps == fit
     c = 1 if channels == 0 else channels
     k = len(dec.labels)
@@ -148,7 +148,7 @@ def test_components_are_ranked_by_energy_and_shares_add_up(rng):
     model = tiny_model()
     x = (0.1 * rng.standard_normal((2, 9000))).astype(np.float32) + tone(9000 / SR, SR)
     for group in GROUPS:
-        dec = decompose(model, x, SR, group=group, n_groups=4)
+        dec = decompose(model, x, SR, group=group, groups=4)
         share = dec.energy_share
         assert np.all(np.diff(share) <= 1e-7), f"{group}: not ranked by energy: {share}"
         recomputed = (dec.components.astype(np.float64) * x[None]).sum(axis=(1, 2)) / (x.astype(np.float64) ** 2).sum()
@@ -160,7 +160,7 @@ def test_groups_partition_the_units(rng):
     model = tiny_model()
     x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
     for group in ("none", "cluster"):
-        dec = decompose(model, x, SR, group=group, n_groups=4)
+        dec = decompose(model, x, SR, group=group, groups=4)
         flat = [u for g in dec.units for u in g]
         assert len(flat) == len(set(flat)), f"{group}: a unit in two components"
         assert len(dec.labels) == len(dec.units) > 0
@@ -178,7 +178,7 @@ def test_band_components_are_band_limited_and_partition_the_frequencies(sr, rng)
     model = tiny_model()
     n = sr  # one second
     x = (0.1 * rng.standard_normal(n)).astype(np.float32) + tone(1.0, sr, 700.0)
-    dec = decompose(model, x, sr, group="band", n_groups=4, fit_steps=0)
+    dec = decompose(model, x, sr, group="band", groups=4, fit_steps=0)
     assert 2 <= len(dec.labels) <= 4 and all(re.fullmatch(r"band \d+-\d+ Hz", label) for label in dec.labels)
     bins = sorted(dec.band_bins)
     assert all(a[1] <= b[0] for a, b in zip(bins[:-1], bins[1:], strict=True)), bins  # disjoint bins
@@ -196,7 +196,7 @@ def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog, sr, m
     # was: --groups 50 split the 0 Hz bin off as "band 0-0 Hz" and left 41 bands empty unsaid; then
     # the lowest band was the 0 Hz bin alone ("band 0-31 Hz" of an 8 kHz file with the shipped model)
     x = (0.1 * rng.standard_normal(sr)).astype(np.float32)
-    dec = decompose(tiny_model(), x, sr, group="band", n_groups=50)  # 256-point frames: 62.5 Hz bins
+    dec = decompose(tiny_model(), x, sr, group="band", groups=50)  # 256-point frames: 62.5 Hz bins
     assert f"50 octave bands asked; {most} fit the model's {SR / 256:.1f} Hz frequency bins" in caplog.text
     assert len(dec.labels) <= most and "band 0-0 Hz" not in dec.labels
     assert min(lo for lo, _ in dec.band_bins) == 0
@@ -208,7 +208,7 @@ def test_bands_end_at_the_inputs_nyquist_frequency(rng):
     model = tiny_model()
     msr = model.config.sample_rate
     x = (0.1 * rng.standard_normal(msr // 2)).astype(np.float32)
-    dec = decompose(model, x, msr // 2, group="band", n_groups=4)
+    dec = decompose(model, x, msr // 2, group="band", groups=4)
     tops = [float(label.split()[1].split("-")[1]) for label in dec.labels]
     assert max(tops) == msr / 4, dec.labels
     sum_err = np.abs(dec.components.sum(0) + dec.residual - x).max()
@@ -376,15 +376,15 @@ def test_clusters_ask_stop_before_each_is_inverted_and_in_every_block_of_frames(
     frames = model.stft.num_frames(x.shape[-1])
     assert 2 * BLOCK_FRAMES < frames <= 3 * BLOCK_FRAMES
     said = []
-    decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0, stop=lambda: said.append(where_asked()) or False)
+    decompose(model, x, SR, group="cluster", groups=3, fit_steps=0, stop=lambda: said.append(where_asked()) or False)
     batches = [w for w in said if "at cluster" in w]
     assert batches == [f"decomposition stopped at cluster {k} of 3" for k in (1, 2, 3)]
     assert sum("inverting cluster" in w for w in said) == 3 * 2  # before each block but the first
     with pytest.raises(Stopped, match="decomposition stopped at cluster 2 of 3"):
-        decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0,
+        decompose(model, x, SR, group="cluster", groups=3, fit_steps=0,
                   stop=lambda: "at cluster 2 of" in where_asked())
     with pytest.raises(Stopped, match=f"decomposition stopped inverting cluster 2 of 3, at frame {2 * BLOCK_FRAMES} of {frames}"):
-        decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0,
+        decompose(model, x, SR, group="cluster", groups=3, fit_steps=0,
                   stop=lambda: f"cluster 2 of 3, at frame {2 * BLOCK_FRAMES} " in where_asked())
 
 
@@ -435,7 +435,7 @@ def test_masked_inverse_stft_in_blocks_gives_the_whole_signal_inverse(channels):
         band_numerators = [torch.zeros_like(explained).index_copy_(1, torch.arange(a, b), explained[:, a:b])
                            for a, b in bins]
         for args, nums in (((groups,), numerators), (([units, units], explained, bins), band_numerators)):
-            comps, dom, _, envs = _component_waveforms(model, h, atoms, spec, denom, args[0], SR, length, length,
+            comps, dom, _, envs, _ = _component_waveforms(model, h, atoms, spec, denom, args[0], SR, length, length,
                                                        *args[1:])
             for k, v in enumerate(nums):
                 mask = v / denom  # [C, F, N]: the whole's mask
@@ -631,12 +631,27 @@ def test_scaling_the_input_scales_the_components(rng):
 
 
 def test_a_long_input_gets_a_memory_estimate_before_the_work(monkeypatch, caplog):
-    monkeypatch.setattr("audioae.decompose.LONG_SECONDS", 0.5)  # a 10-minute signal would need GBs here
-    decompose(tiny_model(), np.zeros((2, SR), np.float32), SR, top_k=3, group="cluster", n_groups=4)
-    assert "decomposing 0 minutes at once needs roughly 1 GB of memory or more" in caplog.text
+    """The estimate grows with samples x channels (was: with the duration alone, so 10 minutes of
+    44.1 kHz stereo, 5.1 GB, went unwarned and 10.5 of 16 kHz mono got "roughly 3 GB" for 2.35)."""
+    from audioae.decompose import memory_estimate
+
+    minute = 60 * 16000
+    mono = memory_estimate(1, 10 * minute, 16000, 16000, 8)
+    assert memory_estimate(2, 10 * minute, 16000, 16000, 8) == pytest.approx(2 * mono)
+    assert memory_estimate(1, 20 * minute, 16000, 16000, 8) == pytest.approx(2 * mono)
+    # at 44.1 kHz the model still works at 16 kHz: more than 16 kHz's, less than 44.1/16 times it
+    wide = memory_estimate(1, 10 * 60 * 44100, 44100, 16000, 8)
+    assert 1.3 * mono < wide < 2.0 * mono
+    assert memory_estimate(1, 10 * minute, 16000, 16000, 320) > 5 * mono  # every unit kept: its waveforms
+    # the researcher's two runs (peak RSS 5.1 and 2.35 GB, of them ~0.7 GB the loaded model)
+    assert 4.0e9 < memory_estimate(2, 10 * 60 * 44100, 44100, 16000, 8) < 6.0e9
+    assert 1.4e9 < memory_estimate(1, 630 * 16000, 16000, 16000, 8) < 2.4e9
+    monkeypatch.setattr("audioae.decompose.LONG_BYTES", memory_estimate(1, SR, SR, SR, 3) * 1.5)
+    decompose(tiny_model(), np.zeros((2, SR), np.float32), SR, top_k=3, group="cluster", groups=4)
+    assert "decomposing 0.0 minutes of 2 channels at 16000 Hz at once needs roughly 0.0 GB" in caplog.text
     caplog.clear()
-    decompose(tiny_model(), np.zeros((1, SR // 4), np.float32), SR)
-    assert "needs roughly" not in caplog.text
+    decompose(tiny_model(), np.zeros((1, SR), np.float32), SR, top_k=3, group="cluster", groups=4)
+    assert "needs roughly" not in caplog.text  # the same length, one channel
 
 
 def test_silence_and_bad_arguments():
@@ -647,12 +662,29 @@ def test_silence_and_bad_arguments():
     assert dec.error_db == -np.inf and dec.error_text == "exact"  # not the ratio of two epsilons
     with pytest.raises(ValueError, match="group"):
         decompose(model, np.ones(100, np.float32), SR, group="wavelet")
-    with pytest.raises(ValueError, match="top_k"):
-        decompose(model, np.ones(100, np.float32), SR, top_k=0)
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        decompose(model, np.ones(100, np.float32), SR, top_k=-1)
     with pytest.raises(ValueError, match="fit_steps"):
         decompose(model, np.ones(100, np.float32), SR, fit_steps=-1)
     with pytest.raises(ValueError, match="sparse_dict model .*decomposer-small.*a linear model"):
         decompose(build_model("linear", {"n_fft": 128, "hop_length": 32}), np.ones(100, np.float32), SR)
+
+
+def test_the_api_takes_what_the_cli_and_check_options_take():
+    """top_k=0 raised "top_k must be at least 1" where --top 0, the server and check_options mean
+    every component; decompose's n_groups was check_options' groups."""
+    model = tiny_model()
+    x = (0.05 * np.random.default_rng(0).standard_normal(SR // 2)).astype(np.float32) + tone(0.5, SR)
+    every = decompose(model, x, SR, group="none", top_k=None, fit_steps=0)
+    assert len(decompose(model, x, SR, group="none", top_k=0, fit_steps=0).labels) == len(every.labels) > 1
+    assert len(decompose(model, x, SR, group="none", top_k=1, fit_steps=0).labels) == 1
+    options = check_options(model, group="cluster", groups=3, top_k=0, fit_steps=0)
+    assert options.kwargs() == {"group": "cluster", "groups": 3, "top_k": None, "fit_steps": 0}
+    new = decompose(model, x, SR, **options.kwargs())
+    with pytest.warns(DeprecationWarning, match="now decompose\\(groups=") as said:
+        old = decompose(model, x, SR, group="cluster", n_groups=3, fit_steps=0)
+    assert said[0].filename == __file__  # points at the caller
+    assert old.labels == new.labels and old.groups_asked == 3
 
 
 def test_audio_shorter_than_one_window_is_refused_not_decomposed_into_padding():
@@ -694,10 +726,20 @@ def test_active_spans_count_every_span_and_keep_the_first_and_last():
         env[start : start + 30] = 1.0
     env[10000:11000] = 0.0  # ... but for a 10 s pause
     spans, count = active_spans(env, rate)
-    assert count == 170 and len(spans) <= folder.MAX_SPANS
-    assert spans == [[0.5, 99.8], [110.5, 179.8]]  # equal gaps bridged alike; the wider pause kept
+    assert count == 170 and len(spans) == folder.MAX_SPANS
+    # the 49 longest gaps kept: the pause, then the earliest 48 of the equal ones
+    assert spans[:48] == [[i + 0.5, i + 0.8] for i in range(48)]
+    assert spans[48:] == [[48.5, 99.8], [110.5, 179.8]]
     few, count = active_spans(env[:2000], rate)
     assert count == len(few) == 20 and few[1] == [1.5, 1.8]  # under the cap: every span as it is
+    # Equal gaps only (3 minutes of a burst a second): was one span, 0.5-179.8 s, as every gap was
+    # bridged at once
+    regular = np.zeros(18000)
+    for start in range(50, 18000, 100):
+        regular[start : start + 30] = 1.0
+    spans, count = active_spans(regular, rate)
+    assert count == 180 and len(spans) == folder.MAX_SPANS
+    assert spans[:49] == [[i + 0.5, i + 0.8] for i in range(49)] and spans[49] == [49.5, 179.8]
 
 
 def test_active_spans_leave_out_empty_spans_and_the_padding_at_the_ends():
@@ -711,6 +753,38 @@ def test_active_spans_leave_out_empty_spans_and_the_padding_at_the_ends():
     ends_only = np.zeros(376)
     ends_only[:2], ends_only[374:] = 1.0, 1.0
     assert active_spans(ends_only, rate, duration=3.0, edge_frames=2)[0] == [[0.0, 0.016], [2.992, 3.0]]
+    env[1:3], env[372:375] = 1.0, 1.0  # what a step spreads over: 3 frames at the start, 4 at the end
+    assert active_spans(env, rate, duration=3.0, edge_frames=5) == ([[0.496, 2.8]], 1)
+
+
+def test_spans_from_the_files_ends_are_left_out_shipped():
+    """A tone cut off at full level with noise bursts from 0.5 to 0.8 s in every second: the
+    bursts' cluster read [[0.0, 0.024], [0.488, 0.816], ..., [2.984, 3.0]], "0.00-3.00 s", as the
+    edge rule counted only the 2 frames whose window reads the zero padding, not the 3 or 4 that
+    the inverse STFT and the envelope's STFT spread the step over."""
+    from audioae.decompose import edge_frames
+
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    assert edge_frames(model.config) == 5  # 40 ms at 125 frames per second
+    t = np.arange(3 * SR) / SR
+    noise = np.random.default_rng(0).standard_normal(t.size) * 0.3 * ((t % 1.0 >= 0.5) & (t % 1.0 < 0.8))
+    x = (tone(3.0, SR, 440.0) + noise).astype(np.float32)
+    entries = summarize(decompose(model, x, SR, group="cluster"))["components"]
+    bursts = [e for e in entries if e["active_spans"] == 3]
+    assert bursts, [(e["label"], e["active_seconds"]) for e in entries]
+    for e in bursts:
+        assert 0.45 < e["active_seconds"][0][0] < 0.5 and 2.8 < e["active_seconds"][-1][1] < 2.85, e
+    # clicks every 0.25 s on two tones: the last click is at 2.75 s, no span at [2.976, 3.0]
+    clicks = np.zeros_like(t)
+    clicks[:: SR // 4] = 0.8
+    x = (0.2 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 1500 * t) + clicks).astype(np.float32)
+    entries = summarize(decompose(model, x, SR, group="cluster"))["components"]
+    clicked = [e for e in entries if e["active_spans"] > 3]
+    assert clicked, [(e["label"], e["active_seconds"]) for e in entries]
+    for e in clicked:
+        # 11: the click at 0 s lies within the edge frames, where it cannot be told from the step
+        # of a signal cut off at full level
+        assert e["active_spans"] == 11 and 2.75 < e["active_seconds"][-1][1] < 2.8, e
 
 
 def test_summary_and_table_give_the_span_count_and_the_true_last_time(tmp_path):
@@ -718,7 +792,7 @@ def test_summary_and_table_give_the_span_count_and_the_true_last_time(tmp_path):
     sr, seconds = 8000, 16.0
     x = noise_bursts(seconds, sr, seed=3)  # 32 bursts of 120 ms, and 32 more between them
     x = x + np.roll(noise_bursts(seconds, sr, seed=5), round(0.25 * sr))
-    dec = decompose(model, x, sr, group="cluster", n_groups=1, fit_steps=0)
+    dec = decompose(model, x, sr, group="cluster", groups=1, fit_steps=0)
     entry = summarize(dec)["components"][0]
     assert entry["active_spans"] == 64 and len(entry["active_seconds"]) <= folder.MAX_SPANS
     first, last = entry["active_seconds"][0][0], entry["active_seconds"][-1][1]
@@ -766,7 +840,7 @@ def trained_tiny():
 
 def test_tone_and_noise_bursts_go_to_different_components_tiny_trained(trained_tiny):
     x_tone, x_noise = tone(1.5, SR, 1000.0), noise_bursts(1.5, SR, seed=99)
-    dec = decompose(trained_tiny, x_tone + x_noise, SR, group="cluster", n_groups=2)
+    dec = decompose(trained_tiny, x_tone + x_noise, SR, group="cluster", groups=2)
     sep = _separation(dec, {"tone": x_tone, "noise": x_noise})
     assert sep["tone"][0] != sep["noise"][0], sep
     assert sep["tone"][1] > 0.8 and sep["noise"][1] > 0.6, sep
@@ -783,7 +857,7 @@ def test_shipped_model_separates_a_tone_from_noise_bursts():
     best_tone = units.components[sep["tone"][0], 0]
     assert cosine(best_tone, x_tone) > 0.8
     assert abs(cosine(best_tone, x_noise)) < 0.2
-    clusters = decompose(model, mix, SR, group="cluster", n_groups=2)
+    clusters = decompose(model, mix, SR, group="cluster", groups=2)
     sep = _separation(clusters, {"tone": x_tone, "noise": x_noise})
     assert sep["tone"][0] != sep["noise"][0], sep
     assert sep["tone"][1] > 0.9 and sep["noise"][1] > 0.8, sep
@@ -799,7 +873,7 @@ def test_clusters_that_are_pieces_of_one_sound_are_merged_shipped():
     """Was: clustering always made --groups clusters: a steady 440 Hz tone came out as 8, four of
     them at ~406-438 Hz holding 67%, 18%, 7% and 3% of the energy, the rest slivers of its ends."""
     model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
-    dec = decompose(model, tone(2.0, SR, 440.0), SR, group="cluster", n_groups=8)
+    dec = decompose(model, tone(2.0, SR, 440.0), SR, group="cluster", groups=8)
     assert len(dec.labels) < 8 and dec.energy_share[0] > 0.9, (dec.labels, dec.energy_share)
     assert re.fullmatch(r"cluster 1 \(~4[0-4]\d Hz, \d+ units\)", dec.labels[0]) and dec.groups_asked == 8
     assert (dec.energy_share[1:] < 0.01).all()  # the rest: slivers of its ends, each a sound of its own
@@ -809,12 +883,12 @@ def test_clusters_that_are_pieces_of_one_sound_are_merged_shipped():
     norm = np.linalg.norm(c, axis=1)
     assert ((c @ c.T / np.outer(norm, norm))[~np.eye(len(c), dtype=bool)] <= SAME_SOUND).all()
     assert error_db(dec, tone(2.0, SR, 440.0)) < -90
-    two = decompose(model, tone(2.0, SR, 440.0) + tone(2.0, SR, 1500.0), SR, group="cluster", n_groups=8)
+    two = decompose(model, tone(2.0, SR, 440.0) + tone(2.0, SR, 1500.0), SR, group="cluster", groups=8)
     strong = sorted(two.dominant_hz[two.energy_share > 0.01])
     assert len(strong) == 2 and abs(strong[0] - 440) < 50 and abs(strong[1] - 1500) < 50, two.labels
     # distinct sounds stay apart: the clusters of a voice in pink noise are as many as asked
     wav, sr, _ = read_audio(HERE / "examples" / "voice-pink-0dB.wav")
-    assert len(decompose(model, wav, sr, group="cluster", n_groups=8).labels) == 8
+    assert len(decompose(model, wav, sr, group="cluster", groups=8).labels) == 8
 
 
 def test_a_components_dominant_frequency_is_what_its_waveform_holds_shipped():
@@ -873,11 +947,64 @@ def test_cluster_labels_give_a_band_where_the_energy_spreads_over_more_than_an_o
     spectra[2, 0] = 1.0  # all at 0 Hz
     bands = _energy_band(spectra)
     assert bands.tolist() == [[32, 32], [28, 180], [0, 0]]
-    assert cluster_label(1, 500.0, (500.0, 500.0), 3) == "cluster 1 (~500 Hz, 3 units)"
-    assert cluster_label(2, 1000.0, (900.0, 1700.0), 1) == "cluster 2 (~1000 Hz, 1 unit)"  # within an octave
-    assert cluster_label(3, 0.0, (781.25, 7218.75), 60) == "cluster 3 (780-7200 Hz, 60 units)"
+    assert cluster_label(1, 500.0, (500.0, 500.0), 3, [500.0]) == "cluster 1 (~500 Hz, 3 units)"
+    assert cluster_label(2, 262.0, (250.0, 340.0), 2, [262.0, 329.6]) == "cluster 2 (~262+330 Hz, 2 units)"
+    # no tone: the band, and the dominant frequency beside it when it lies outside
+    assert cluster_label(2, 1000.0, (900.0, 1700.0), 1) == "cluster 2 (900-1700 Hz, 1 unit)"
+    assert cluster_label(3, 1000.0, (781.25, 7218.75), 60) == "cluster 3 (780-7200 Hz, 60 units)"
+    assert cluster_label(3, 168.0, (190.0, 1600.0), 76) == "cluster 3 (190-1600 Hz, peak 168 Hz, 76 units)"
     assert cluster_label(4, 0.0, (0.0, 31.25), 27) == "cluster 4 (0-31 Hz, 27 units)"
-    assert cluster_label(5, 0.0, (0.0, 0.0), 2) == "cluster 5 (~0 Hz, 2 units)"
+
+
+def test_labels_name_the_tones_a_component_holds_and_no_tone_in_a_sweep():
+    """Through the shipped model's STFT: C and E alike read "~262 Hz" (named by the stronger);
+    a chirp's stretch within an octave read "~901 Hz", its flat top's highest bin."""
+    from audioae.decompose import _tone_peaks, _waveform_spectra
+
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    bin_hz = SR / model.config.n_fft
+    t = np.arange(2 * SR) / SR
+    waves = np.stack([
+        np.sin(2 * np.pi * 261.63 * t) + np.sin(2 * np.pi * 329.63 * t),  # two notes alike
+        np.sin(2 * np.pi * 392.0 * t) + 0.8 * np.sin(2 * np.pi * 261.63 * t) + 0.3 * np.sin(2 * np.pi * 329.63 * t),
+        np.sin(2 * np.pi * (650 * t + 175 * t**2)),  # a sweep, 650-1350 Hz
+        np.random.default_rng(0).standard_normal(t.size),  # white noise
+    ])[:, None].astype(np.float32)
+    spectra, _ = _waveform_spectra(model, torch.from_numpy(waves), lambda a: None)
+    tones = [[round(b * bin_hz) for b in _tone_peaks(row)] for row in spectra.numpy()]
+    assert len(tones[0]) == 2 and abs(tones[0][0] - 262) <= 3 and abs(tones[0][1] - 330) <= 3, tones
+    assert len(tones[1]) == 2 and abs(tones[1][0] - 392) <= 3 and abs(tones[1][1] - 262) <= 3, tones  # E: 5%
+    assert tones[2] == [] and tones[3] == [], tones
+
+
+def test_cluster_labels_agree_with_what_the_components_hold_shipped():
+    """A chord's clusters are named by every note holding at least a third of their energy, and a
+    chirp's band holds its dominant frequency or says where it lies ("190-1600 Hz" was dominant
+    at 168 Hz, "1100-7200 Hz" at 441 Hz)."""
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    notes = np.array([261.63, 329.63, 392.0])
+    t = np.arange(3 * SR) / SR
+    chord = sum(0.1 * np.sin(2 * np.pi * f * t) for f in notes).astype(np.float32)
+    dec = decompose(model, chord, SR, group="cluster")
+    freqs = np.fft.rfftfreq(chord.size, 1 / SR)
+    for k, label in enumerate(dec.labels):
+        power = np.abs(np.fft.rfft(dec.components[k, 0].astype(np.float64))) ** 2
+        held = {round(f) for f in notes if power[np.abs(freqs - f) < 8].sum() > power.sum() / 3}
+        named = re.fullmatch(r"cluster \d \(~([\d+]+) Hz, \d+ units?\)", label)
+        assert named, label
+        named = [int(hz) for hz in named.group(1).split("+")]
+        assert all(any(abs(n - h) <= 4 for n in named) for h in held), (label, held)
+        assert abs(named[0] - dec.dominant_hz[k]) < 1, (label, dec.dominant_hz[k])
+    chirp = (0.3 * np.sin(2 * np.pi * (100 * t + 650 * t**2))).astype(np.float32)
+    dec = decompose(model, chirp, SR, group="cluster")
+    for label, hz in zip(dec.labels, dec.dominant_hz, strict=True):
+        band = re.fullmatch(r"cluster \d \((\d+)-(\d+) Hz(, peak (\d+) Hz)?, \d+ units?\)", label)
+        assert band, label
+        lo, hi = float(band.group(1)), float(band.group(2))
+        if band.group(3):
+            assert int(band.group(4)) == round(hz) and not 0.95 * lo <= hz <= 1.05 * hi, (label, hz)
+        else:
+            assert 0.95 * lo <= hz <= 1.05 * hi, (label, hz)  # the edges are rounded to 2 figures
 
 
 def test_shipped_decomposer_is_small_checked_and_documented():
@@ -1341,9 +1468,9 @@ def test_the_cli_and_the_server_share_one_check_of_the_options(tmp_path, capsys)
             check_options(model, **kw)
     with pytest.raises(ValueError, match="sparse_dict model"):
         check_options(build_model("linear", {"n_fft": 128, "hop_length": 32}))
-    assert check_options(model).kwargs() == {"group": "none", "n_groups": 8, "top_k": None, "fit_steps": None}
+    assert check_options(model).kwargs() == {"group": "none", "groups": 8, "top_k": None, "fit_steps": None}
     assert check_options(model, group="band", groups=3, top_k=2, fit_steps=0).kwargs() == \
-        {"group": "band", "n_groups": 3, "top_k": 2, "fit_steps": 0}
+        {"group": "band", "groups": 3, "top_k": 2, "fit_steps": 0}
 
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(model, ckpt)
@@ -1373,7 +1500,7 @@ def test_the_figure_stops_at_the_models_band_and_says_how_it_shows_channels(tmp_
     sr = 44100
     x = np.stack([tone(0.5, sr, 440.0), noise_bursts(0.5, sr)])  # [2, T]
     model = tiny_model()
-    plots.plot_decomposition(decompose(model, x, sr, group="band", n_groups=3, fit_steps=0), x, sr, model, "f.png")
+    plots.plot_decomposition(decompose(model, x, sr, group="band", groups=3, fit_steps=0), x, sr, model, "f.png")
     axes = panels(figures[0])
     assert "every panel: the mean of its 2 channels" in axes[0].get_title()
     assert axes[0].get_ylim()[1] > 20000 and any("8000 Hz" in t.get_text() for t in axes[0].texts)
@@ -1383,7 +1510,7 @@ def test_the_figure_stops_at_the_models_band_and_says_how_it_shows_channels(tmp_
     plots.plot_decomposition(decompose(model, x[0], SR, fit_steps=0), x[0], SR, model, "f.png")  # mono, 16 kHz
     assert "mean" not in panels(figures[1])[0].get_title() and not panels(figures[1])[0].texts
     # An 8 kHz file holds nothing above 4 kHz: its atoms and spectrograms ran to 8 kHz
-    plots.plot_decomposition(decompose(model, x[0, : sr // 4], 8000, group="band", n_groups=3, fit_steps=0),
+    plots.plot_decomposition(decompose(model, x[0, : sr // 4], 8000, group="band", groups=3, fit_steps=0),
                              x[0, : sr // 4], 8000, model, "f.png")
     axes = panels(figures[2])
     assert axes[1].get_xlim()[1] == 4000.0 and [ax.get_ylim()[1] for ax in axes[:1] + axes[3:]] == [4000.0] * (len(axes) - 2)
@@ -1448,6 +1575,21 @@ def test_cli_inspect_draws_the_dictionary(tmp_path, capsys):
     ckpt = tmp_path / "lin.safetensors"
     save_checkpoint(build_model("linear", {"n_fft": 128, "hop_length": 32}), ckpt)
     assert main(["inspect", str(ckpt), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_every_panel_of_the_dictionary_figure_says_what_its_axes_are(monkeypatch):
+    """The "16 atoms in time-frequency" panel had neither axis labelled."""
+    from audioae import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    plots.plot_dictionary(load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER), "d.png")
+    axes = [ax for ax in figures[0].axes if ax.get_label() != "<colorbar>"]
+    assert axes and all(ax.get_xlabel() and ax.get_ylabel() for ax in axes), \
+        [(ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in axes]
+    atoms = next(ax for ax in axes if "16 atoms" in ax.get_title())
+    assert atoms.get_ylabel() == "Hz" and "3 frames of 8 ms" in atoms.get_xlabel()
+    assert len(atoms.get_xticklabels()) == 16  # the units drawn
 
 
 def test_client_decompose_help_names_its_input_its_folder_and_says_it_draws_no_figure(capsys):

@@ -879,7 +879,7 @@ def test_decompose_asks_for_a_number_of_clusters_or_bands(client, model_dir):
     model = load_checkpoint(model_dir / "dict.safetensors")
     for group, n in (("cluster", 3), ("band", 2)):
         r = client.decompose(x, 16000, model="dict", group=group, groups=n, fit_steps=0)
-        ref = decompose(model, x, 16000, group=group, n_groups=n, fit_steps=0)
+        ref = decompose(model, x, 16000, group=group, groups=n, fit_steps=0)
         assert 1 <= len(r.labels) <= n and r.labels == ref.labels and r.units == ref.units
         assert r.groups == n == r.summary()["groups"]
         # from the server, not the client's fallback to the request's count
