@@ -63,10 +63,11 @@ TONE_SHARE = 0.2
 SAME_SOUND = 0.9
 # The whole recording is decomposed at once (the per-signal fit is global): memory grows with its
 # samples times channels, at the model's rate (the spectrogram, code and masks) and at the
-# caller's (the input, the residual and the component waveforms kept, float32). Measured peak RSS
-# above a 1 s run's (0.71 GB: Python, torch, the model), defaults (8 clusters, fit 10): 60 s
-# mono 16 kHz, 184 and 193 MB (a tone with noise bursts; the pink-noise example repeated); 30 s
-# stereo 44.1 kHz, 236 and 272 MB; docs/decomposition.md. Estimates above LONG_BYTES get a warning.
+# caller's (the input, the residual and the component waveforms kept, float32). Set from peak RSS
+# above a 1 s run of group "none" (0.71 GB; in clusters 0.85 GB), so they err high: between two
+# long runs in clusters (defaults, a tone with noise bursts) peak RSS grew 2.4 MB/s at 16 kHz mono
+# (estimate 3.4) and 6.9 MB/s at 44.1 kHz stereo (estimate 9.3); docs/decomposition.md. Kept:
+# a warning that comes early is safe. Estimates above LONG_BYTES get a warning.
 MODEL_BYTES_PER_SAMPLE = 170  # per channel and sample at the model's rate
 CALLER_BYTES_PER_SAMPLE = 12  # per channel and sample at the caller's rate, besides 4 per kept component
 LONG_BYTES = 1.5 * 2**30  # about 8 minutes of 16 kHz mono in 8 clusters, 2.9 of 44.1 kHz stereo
@@ -133,12 +134,12 @@ class Options:
     wav, sr, **options.kwargs())``)."""
 
     group: str
-    n_groups: int
+    groups: int  # bands or clusters (8 unless asked; ignored by group "none"), as decompose's groups=
     top_k: int | None  # None: every component
     fit_steps: int | None  # None: the model's default
 
     def kwargs(self) -> dict:
-        return {"group": self.group, "groups": self.n_groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
+        return {"group": self.group, "groups": self.groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
 
 
 def check_options(model, *, group: str = "none", groups: int | None = None, top_k: int = 0,
@@ -167,7 +168,7 @@ def check_options(model, *, group: str = "none", groups: int | None = None, top_
         if not 1 <= groups <= units:
             raise ValueError(f"{name['groups']} must be 1..{units} (this model's units), got {groups}")
         n_groups = groups
-    return Options(group=group, n_groups=n_groups, top_k=top_k or None, fit_steps=fit_steps)
+    return Options(group=group, groups=n_groups, top_k=top_k or None, fit_steps=fit_steps)
 
 
 def _check_long_enough(samples: int, sr: int, model: SparseDictionary) -> None:
@@ -427,12 +428,14 @@ def _window_frames(c) -> int:
 
 def edge_frames(c) -> int:
     """Frames at each end of a component's envelope that the STFT's zero padding can reach: the
-    input's frames centred within ``n_fft/2`` of an end read padding, their masked inverse
-    spreads ``n_fft/2`` further, and the envelope's own STFT frames read ``n_fft/2`` more. 5 for
-    ``decomposer-small`` (40 ms): a step at the start of a tone cut off at full level was active
-    in its first 3 frames, in its last 3 or 4 (the window's half alone, 2 frames, let them
-    through)."""
-    return _window_frames(c) - 1 + math.ceil(c.n_fft / c.hop_length)
+    input's frames centred within ``n_fft/2`` of an end read padding, the code reads them, a
+    frame's mask ``V`` reads the code within ``(atom_frames - 1) / 2`` frames of it
+    (``SparseDictionary._pad``), its masked inverse spreads ``n_fft/2`` further, and the
+    envelope's own STFT frames read ``n_fft/2`` more. 6 for ``decomposer-small`` (48 ms; 8 with
+    ``atom_frames=7``): a step at the start of a tone cut off at full level was active in its first
+    3 frames, in its last 3 or 4 (the window's half alone, 2 frames, let them through). Until
+    2026-12-08 the masks' reach through the code was left out (5, 40 ms)."""
+    return _window_frames(c) - 1 + (c.atom_frames - 1) // 2 + math.ceil(c.n_fft / c.hop_length)
 
 
 def _stft_blocks(model: SparseDictionary, x: torch.Tensor, halo: int,
@@ -474,17 +477,17 @@ def _spectrum_and_features(model: SparseDictionary, z: torch.Tensor,
 
 @torch.inference_mode()
 def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, *, top_k: int | None = None,
-              group: str = "none", groups: int = DEFAULT_GROUPS, fit_steps: int | None = None,
+              group: str = "none", groups: int | None = None, fit_steps: int | None = None,
               stop: Callable[[], bool] | None = None, n_groups: int | None = None) -> Decomposition:
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
     ``group``: ``none`` (one component per active unit), ``band`` (``groups`` band-limited
-    dyadic bands; fewer where some hold nothing) or ``cluster`` (at most ``groups`` clusters:
+    dyadic bands; fewer where some hold nothing; unset: 8) or ``cluster`` (at most ``groups`` clusters:
     fewer when fewer units are active, and clusters that are pieces of one sound -- nearly
     proportional waveforms, :data:`SAME_SOUND` -- are merged). ``top_k``: keep only the ``top_k`` strongest
     components, the others join the residual; 0 or None: every component (as ``--top 0`` and the
     server's ``top_k``; until 2026-12-08 0 raised). ``n_groups``: the old name of ``groups``
-    (deprecated; a DeprecationWarning). Components come back as ``[K, C, T]`` at the
+    (deprecated; a DeprecationWarning; a TypeError beside ``groups``). Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
@@ -500,12 +503,16 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
     if n_groups is not None:
+        if groups is not None:  # which one was meant? The old name silently won.
+            raise TypeError(f"decompose got both groups={groups} and its deprecated old name n_groups={n_groups}: "
+                            f"give groups only")
         warnings.warn("decompose(n_groups=...) is now decompose(groups=...), as in check_options and the CLI's "
                       "--groups", DeprecationWarning, stacklevel=3)  # 3: past inference_mode's wrapper
         groups = n_groups
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0: all components), got {top_k}")
     top_k = top_k or None
+    groups = DEFAULT_GROUPS if groups is None else groups
     if groups < 1:
         raise ValueError(f"groups must be at least 1, got {groups}")
     n_groups = groups
@@ -587,7 +594,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     tones = [tones[i] for i in rank]
     bins = [bins[i] for i in rank] if bins is not None else []
     if group == "cluster":  # name clusters by what they sound like, in rank order
-        labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g), t)
+        labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g), t, c.sample_rate / c.n_fft)
                   for i, (hz, (lo, hi), g, t) in enumerate(zip(dom_hz, bands, groups, tones, strict=True))]
     elif group == "none":  # by what the waveform holds: its atom's peak was off by up to a bin, or far off
         labels = [f"unit {g[0]} (~{hz:.0f} Hz)" for g, hz in zip(groups, dom_hz, strict=True)]
@@ -791,21 +798,26 @@ def _tone_peaks(spectrum: np.ndarray, named: float = TONE_SHARE, tonal: float = 
     maximum at least :data:`TONE_SHARPNESS` times the geometric mean of its neighbours (a tone's
     main lobe; a sweep's or a noise's flat top is not) whose bin and neighbours hold at least
     ``named`` of the energy; at most ``most`` of them. ``[]`` unless the strongest bin is one
-    and together they hold ``tonal`` of the energy: the spectrum's peak (the dominant
+    and together they hold ``tonal`` of the energy (a bin two lobes share counted once; until
+    2026-12-08 twice): the spectrum's peak (the dominant
     frequency, :func:`_peak_bins`) is then always the first."""
     p = np.asarray(spectrum, np.float64)
     total = p.sum()
     if total <= 0 or len(p) < 3:
         return []
-    peaks, lobes = [], 0.0
+    peaks: list[int] = []
+    held: set[int] = set()  # the bins of the peaks' lobes, each counted once
     for i in np.argsort(-p[2:-1], kind="stable") + 2:  # beside the 0 Hz bin, pink noise's rise read as a tone
-        if len(peaks) == most or p[i] < p[i - 1] or p[i] < p[i + 1] or any(abs(i - j) < 2 for j in peaks):
+        if len(peaks) == most:
+            break
+        if p[i] < p[i - 1] or p[i] < p[i + 1] or any(abs(i - j) < 2 for j in peaks):
             continue
         lobe = p[i - 1 : i + 2].sum() / total
         sharp = p[i] >= TONE_SHARPNESS * math.sqrt(max(p[i - 1] * p[i + 1], 0.0))
         if sharp and lobe >= named:
             peaks.append(int(i))
-            lobes += lobe
+            held |= {int(i) - 1, int(i), int(i) + 1}  # two peaks 2 bins apart share the bin between them
+    lobes = p[sorted(held)].sum() / total
     if not peaks or peaks[0] != int(p.argmax()) or lobes < tonal:
         return []
     frac = _peak_bins(np.stack([np.where(np.abs(np.arange(len(p)) - i) <= 1, p, 0.0) for i in peaks]))
@@ -813,22 +825,25 @@ def _tone_peaks(spectrum: np.ndarray, named: float = TONE_SHARE, tonal: float = 
 
 
 def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], units: int,
-                  tones_hz: list[float] | tuple[float, ...] = ()) -> str:
-    """``cluster 1 (~219 Hz, 3 units)`` for a component mostly made of one tone,
+                  tones_hz: list[float] | tuple[float, ...] = (), bin_hz: float = 0.0) -> str:
+    """``cluster 1 (~219 Hz, 3 units)`` for a component mostly made of one tone (its energy within an octave),
     ``cluster 2 (~262+330 Hz, 2 units)`` of two or three (``tones_hz``, strongest first: the
     first is its dominant frequency; :func:`_tone_peaks`), else ``cluster 4 (780-7200 Hz, 60
     units)``: the middle 80% of its energy (a noise, a sweep, a voice's harmonics have no one
     frequency), and ``peak 168 Hz`` beside it when the dominant frequency lies outside that
-    band (a flat spectrum's highest bin may lie anywhere). Until 2026-12-08 a component whose
+    band (a flat spectrum's highest bin may lie anywhere). ``band_hz``'s edges are the centres
+    of its first and last bins (:func:`_energy_band`), ``bin_hz`` apart, so the band reaches half
+    a bin past them: an interpolated peak of 1010 Hz in a top bin centred at 1000 Hz lies in
+    "1000-2000 Hz" (it read ", peak 1010 Hz"). Until 2026-12-08 a component whose
     energy lay within an octave was named by its dominant frequency alone: a cluster holding C
     and E alike read "~262 Hz", a chirp's "~901 Hz"; and a wider one's band left out its
     dominant frequency (a chirp's "190-1600 Hz", dominant 168 Hz)."""
-    if tones_hz:
+    lo, hi = band_hz
+    if tones_hz and hi <= 2 * lo:  # a wider band is no tone's: pink noise through one-bin atoms has sharp peaks
         where = f"~{'+'.join(f'{hz:.0f}' for hz in tones_hz)} Hz"
     else:
-        lo, hi = band_hz
         where = f"{_round_hz(lo)}-{_round_hz(hi)} Hz"
-        if not lo <= dominant_hz <= hi:
+        if not lo - bin_hz / 2 <= dominant_hz <= hi + bin_hz / 2:
             where += f", peak {dominant_hz:.0f} Hz"
     return f"cluster {rank} ({where}, {units} unit{'s' if units > 1 else ''})"
 
@@ -858,6 +873,8 @@ def active_spans(envelope: np.ndarray, frame_rate: float, floor_db: float = ACTI
     padding can reach) is dropped when the component is active elsewhere too: a signal cut off at
     full level starts with a step that every broadband unit answers, and a component heard from
     0.5 to 2.8 s read "0.00-3.00 s"."""
+    if max_spans < 1:  # 0 kept every gap but one (max_spans - 1 = -1 of them), not none
+        raise ValueError(f"max_spans must be at least 1, got {max_spans}")
     on = active_frames(envelope, floor_db).astype(np.int8)
     n = len(on)
     edges = np.flatnonzero(np.diff(np.concatenate([[0], on, [0]])))  # run starts and ends, alternating

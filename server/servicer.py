@@ -182,6 +182,16 @@ def _stream_audio(msg, i: int, cfg: pb.StreamConfig) -> np.ndarray:
 DRAIN_POLL_SECONDS = 0.5  # how often a stream waiting for its client looks at the drain
 
 
+def _memory_that_ran_out(exc: BaseException, device: torch.device | None) -> str:
+    """Whose memory ``exc`` says ran out, as "host memory" or "memory (cuda:0)": the model's
+    ``device`` when it was the model's work (None: the server's own, on the host), and then the
+    host still where the failure is the CPU allocator's or Python's (a CUDA model copies its
+    answer to the host)."""
+    text = str(exc).lower()
+    host = device is None or device.type == "cpu" or isinstance(exc, MemoryError) or "can't allocate memory" in text
+    return "host memory" if host else f"memory ({device})"
+
+
 def _pcm_shape(audio) -> tuple[int, int, int] | None:
     """``(frames, channels, sample_rate)`` of an ``Audio`` message's PCM from its byte count; None
     when malformed (the decode says why)."""
@@ -512,37 +522,46 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             raise Abort(cut.code, message) from None
         sm, cfg, strength = self._stream_config(first)
         _note(model=sm.name)
-        # Where the stream is: samples in and answered, and what it was doing (for an out-of-memory message).
-        done = {"in": 0, "out": 0, "at": "as the stream started"}
+        # Where the stream is: samples in and answered, what it was doing, and whether that was the
+        # model's work (on its device) or the server's own on the host (for an out-of-memory message).
+        done = {"in": 0, "out": 0, "at": "as the stream started", "model": True}  # its state, on the device
         failed = None
         try:
             yield from self._denoised(feed, sm, cfg, strength, done)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            # Words only: the exception's traceback holds the frames this must let go of (below).
+            failed = (_memory_that_ran_out(exc, sm.device if done["model"] else None),
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if failed is None:
             return
         # Out of the except block: its traceback, whose frames held the stream's state and the failed
         # step's tensors on the device, is gone, so the cache can hand their memory back. The stream
         # ran on this gRPC thread, outside the batcher, whose own out-of-memory path does the same.
         release_device_memory()
-        log.warning("out of memory in a stream on %s %s: %s", sm.device, done["at"], failed)
+        memory, why = failed
+        log.warning("out of %s in a stream %s: %s", memory, done["at"], why)
         sr = cfg.sample_rate
-        raise Abort(EXHAUSTED, f"the server ran out of memory ({sm.device}) {done['at']}, "
-                               f"{done['in'] / sr:.2f} s into the stream: the stream was ended, its audio answered "
-                               f"up to {done['out'] / sr:.2f} s; other calls share that memory: retry later, or "
-                               f"stream fewer channels")
+        remedy = "stream fewer channels" if done["model"] else "send smaller audio chunks"
+        raise Abort(EXHAUSTED, f"the server ran out of {memory} {done['at']}, {done['in'] / sr:.2f} s into the "
+                               f"stream: the stream was ended, its audio answered up to {done['out'] / sr:.2f} s; "
+                               f"other calls share that memory: retry later, or {remedy}")
 
     def _denoised(self, feed: MessageFeed, sm: ServedModel, cfg: pb.StreamConfig, strength: float,
                   done: dict) -> Iterator[pb.StreamDenoiseResponse]:
         """The stream's answers, from its audio chunks on (its StreamConfig taken); ``done``: kept
-        up to date, samples in (``in``) and answered (``out``), and ``at``, what it is doing."""
+        up to date, samples in (``in``) and answered (``out``), ``at``, what it is doing, and
+        ``model``, whether that is the model's work."""
         den = StreamingDenoiser(sm.model, cfg.sample_rate, cfg.channels, strength=strength)
         limit = math.inf
         if self.config.max_stream_seconds:
             limit = int(self.config.max_stream_seconds * cfg.sample_rate)
         n_in = n_out = 0
+
+        def doing(what: str, model: bool = False) -> None:
+            done["at"], done["model"] = what, model
+
         try:
             for i in itertools.count(1):  # audio chunk i is the (i + 1)th message: the rest were refused
                 msg = self._next_message(feed)
@@ -550,17 +569,22 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     break
                 if self.gate.cut_reason:  # cut off while this message was taken: not through the model
                     raise self._drain_cut()
+                chunk = f"audio chunk {i} (the {_nth(i + 1)} message)"
+                doing(f"decoding {chunk}")  # was said as the chunk before, on the model's device
                 x = _stream_audio(msg, i, cfg)  # [C, n]
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit
                 n_in += x.shape[-1]
                 _note(seconds=n_in / cfg.sample_rate)
-                done["in"], done["at"] = n_in, f"on audio chunk {i} (the {_nth(i + 1)} message)"
+                done["in"] = n_in
+                doing(f"running the model on {chunk}", model=True)
                 y = self._push(den, x)  # [C, m]
                 if y.shape[-1]:
+                    doing(f"encoding the answer to {chunk}")
+                    resp = self._chunk(y, cfg, n_in, n_out + y.shape[-1], sm.name)
                     n_out += y.shape[-1]
                     done["out"] = n_out
-                    yield self._chunk(y, cfg, n_in, n_out, sm.name)
+                    yield resp
                 if over:
                     raise _StreamCut(
                         EXHAUSTED,
@@ -569,14 +593,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     )
         except _StreamCut as cut:
             if n_in:  # answer what was sent before saying why the stream ends
-                done["at"] = "answering the audio before the stream's end"
-                yield self._tail(den, cfg, n_in, n_out, sm.name)
+                yield self._tail(den, cfg, n_in, n_out, sm.name, doing)
             if cut.by_drain:
                 self.gate.stream_ended_by_drain()
             answered = "; the audio before it was answered" if cut.refused and n_in else ""
             raise Abort(cut.code, cut.message + answered) from None
-        done["at"] = "answering the audio before the stream's end"
-        yield self._tail(den, cfg, n_in, n_out, sm.name)  # raises AudioError when no audio came at all
+        yield self._tail(den, cfg, n_in, n_out, sm.name, doing)  # raises AudioError when no audio came at all
 
     def _push(self, den: StreamingDenoiser, x: np.ndarray) -> np.ndarray:
         t0 = time.monotonic()
@@ -584,9 +606,12 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         self.metrics.compute_seconds.labels("stream").observe(time.monotonic() - t0)
         return y
 
-    def _tail(self, den: StreamingDenoiser, cfg, n_in: int, n_out: int, name: str) -> pb.StreamDenoiseResponse:
+    def _tail(self, den: StreamingDenoiser, cfg, n_in: int, n_out: int, name: str,
+              doing: Callable[..., None]) -> pb.StreamDenoiseResponse:
+        doing("running the model on the audio before the stream's end", model=True)
         y = den.finish().numpy()  # [C, rest]
         self.metrics.audio_seconds.labels("StreamDenoise").inc(n_in / cfg.sample_rate)
+        doing("encoding the answer to the audio before the stream's end")
         return self._chunk(y, cfg, n_in, n_out + y.shape[-1], name)
 
     def _next_message(self, feed: MessageFeed):
@@ -652,7 +677,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                                 groups=request.groups if request.HasField("groups") else None,
                                 top_k=request.top_k,
                                 fit_steps=request.fit_steps if request.HasField("fit_steps") else None)
-        group, n_groups = options.group, options.n_groups
+        group, n_groups = options.group, options.groups
         units = sm.model.config.code_dim
         k = min(request.top_k or units, units if group == "none" else n_groups)
 

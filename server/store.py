@@ -16,7 +16,7 @@ import audioae.models
 from audioae import pretrained
 from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from audioae.config import quoted
-from audioae.enhance import StreamingDenoiser, check_stop, denoise
+from audioae.enhance import StreamingDenoiser, check_stop, denoise, model_input
 from audioae.models import Autoencoder, takes_audio
 
 from .errors import Abort
@@ -147,9 +147,10 @@ class ModelStore:
         specs = list(specs) or self.shipped_defaults()
         if not specs:
             raise ValueError(NO_MODELS)
+        named: dict[str, tuple[Path, str]] = {}
         for spec in specs:
             check_stop(stop, "stopped while loading the models")
-            self._load(spec)
+            self._load(spec, named)
         # The models that Denoise (a sparse dictionary does not: ServedModel.refusal), causal ones
         # first, so that a call naming no model can both Denoise and StreamDenoise.
         served = list(self.models.values())
@@ -164,23 +165,34 @@ class ModelStore:
         loading anything: the server checks them before it binds its port."""
         if not specs and not ModelStore.shipped_defaults():
             raise ValueError(NO_MODELS)
-        named: dict[str, Path] = {}
+        named: dict[str, tuple[Path, str]] = {}
         for spec in specs:  # two files named alike loaded the first model, then bound, then failed
             ModelStore._check_unique(spec, named)
 
     @staticmethod
-    def _check_unique(spec: str, named: dict[str, Path]) -> tuple[str, Path]:
-        """``spec``'s (served name, path); ValueError when ``named`` (name -> path, which this adds
-        to) already serves that name."""
+    def _check_unique(spec: str, named: dict[str, tuple[Path, str]]) -> tuple[str, Path]:
+        """``spec``'s (served name, path); ValueError naming both paths, and how each got the name,
+        when ``named`` (name -> (path, how it was named), which this adds to) already serves that name."""
         given, target = _split_spec(spec)
         path = pretrained.resolve(target)
-        name = given or (target if target in pretrained.shipped() else path.name.removesuffix(".safetensors"))
+        shipped = target in pretrained.shipped()
+        name = given or (target if shipped else path.name.removesuffix(".safetensors"))
+        how = "by NAME=PATH" if given else "the shipped model's name" if shipped else "after its file name"
         if name in named:
-            if given:  # NAME=PATH twice with one NAME: naming them explicitly is what was done
-                raise ValueError(f"two models named {name!r} ({named[name]} and {path}); "
-                                 f"each --models NAME=PATH needs a NAME of its own")
-            raise ValueError(f"two models named {name!r}; name them explicitly with NAME=PATH")
-        named[name] = path
+            # Worded by how both got the name (was by the second spec's alone, and said no path where
+            # that one was bare: a NAME=PATH beside a bare path was told "each NAME=PATH needs a NAME
+            # of its own" or "name them explicitly", by their order).
+            first, first_how = named[name]
+            explicit = [p for p, h in ((first, first_how), (path, how)) if h == "by NAME=PATH"]
+            if len(explicit) == 2:
+                advice = "each --models NAME=PATH needs a NAME of its own"
+            elif explicit:
+                bare = path if first_how == "by NAME=PATH" else first
+                advice = f"give {bare} a NAME of its own with NAME=PATH, or the other another NAME"
+            else:
+                advice = "name them explicitly with NAME=PATH"
+            raise ValueError(f"two models named {name!r}; {advice} ({first}: {first_how}; {path}: {how})")
+        named[name] = (path, how)
         return name, path
 
     @staticmethod
@@ -194,8 +206,9 @@ class ModelStore:
             return preferred
         return candidates[0] if candidates else ""
 
-    def _load(self, spec: str) -> None:
-        name, path = self._check_unique(spec, {n: m.path for n, m in self.models.items()})
+    def _load(self, spec: str, named: dict[str, tuple[Path, str]]) -> None:
+        """Load ``spec``; ``named``: as :meth:`_check_unique` keeps it, over the specs loaded so far."""
+        name, path = self._check_unique(spec, named)
         shipped = pretrained.shipped()
         if name in shipped and path.resolve() != shipped[name].resolve():
             # Callers asking for the shipped model by name would get this file, with nothing to tell them.
@@ -257,8 +270,9 @@ class ModelStore:
     # ---- warm-up ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def warm_up(self, batch_fn=None) -> None:
-        """Run every model once on noise (and its batch and stream paths) so that the first
-        request does not pay for allocation and kernel selection."""
+        """Run every model once on noise through each RPC it serves (:meth:`ServedModel.rpcs`), its
+        batch path included, so that the first request does not pay for allocation and kernel
+        selection."""
         rng = np.random.default_rng(0)
         for m in self.models.values():
             check_stop(self.stop, "stopped while warming up the models")
@@ -268,25 +282,42 @@ class ModelStore:
                 # The library's error (a NaN output, say) cannot know which of several --models it was.
                 raise RuntimeError(f"model {m.name!r} ({m.path}) failed its warm-up on noise: {exc}") from exc
             if warmed:
-                log.info("warmed up %s", m.name)
+                log.info("warmed up %s: %s", m.name, ", ".join(warmed))
 
     @staticmethod
-    def _warm_up_one(m: ServedModel, rng: np.random.Generator, batch_fn) -> bool:
-        """Run ``m`` once on noise; False for a model with no example input to run."""
+    def _warm_up_one(m: ServedModel, rng: np.random.Generator, batch_fn) -> list[str]:
+        """Run ``m`` once on noise, half a second of it for audio, as each RPC it serves would (until
+        2026-12-08 a sparse dictionary was warmed through ``denoise()``, which it no longer serves, and
+        not through ``decompose()``, which it does); the RPCs warmed, none for a model with no example
+        input to run."""
+        rpcs = m.rpcs()
         if m.is_audio:
             sr = m.sample_rate
             x = (0.1 * rng.standard_normal((1, sr // 2))).astype(np.float32)  # [1, T]
-            denoise(m.model, x, sr)
-            if batch_fn is not None and m.streams:
-                batch_fn(m.model, [(x, sr, 1.0), (x[:, : sr // 4], sr, 1.0)])
-            if m.streams:
+            if "Denoise" in rpcs:
+                denoise(m.model, x, sr)
+                if batch_fn is not None and m.streams:  # only causal models share batches (batch_key)
+                    batch_fn(m.model, [(x, sr, 1.0), (x[:, : sr // 4], sr, 1.0)])
+            if "StreamDenoise" in rpcs:
                 s = StreamingDenoiser(m.model, sr, 1)
                 s.push(x[:, : sr // 10])
                 s.finish()
+            if "Decompose" in rpcs:
+                try:
+                    from audioae.decompose import decompose
+                except ImportError:  # the server answers UNIMPLEMENTED
+                    rpcs.remove("Decompose")
+                else:
+                    # One fit step (a call may ask for some whatever the model's default) and one
+                    # component: each stage runs, at a fraction of a full call's cost.
+                    decompose(m.model, x, sr, top_k=1, fit_steps=1)
+            inp = model_input(m.model, torch.from_numpy(x).to(m.device))[1]  # [1, F', N], as Encode feeds it
         else:
             try:
-                x = m.model.example_input(1).to(m.device)
+                inp = m.model.example_input(1).to(m.device)
             except NotImplementedError:
-                return False
-            m.model.encode(x)
-        return True
+                return []
+        h = m.model.encode(inp)  # [1, code_dim, N] or [1, code_dim]
+        if "Decode" in rpcs:
+            m.model.decode(h)
+        return rpcs

@@ -227,19 +227,32 @@ def test_patches_need_batched_images_and_say_which_shape():
     assert corrupt_images(torch.ones(8, 1, 16, 16), cfg).shape == (8, 1, 16, 16)  # the shape it asks for works
 
 
-def test_an_l1_penalty_on_a_linear_image_code_warns_that_it_gives_no_zeros():
+def test_an_l1_penalty_on_a_linear_image_code_warns_that_it_gives_no_zeros(tmp_path):
     """Was silent: sparsity "l1" with the image family's default linear code trained a code with no
-    exact zero at all. The warning is not a refusal: the config builds (and a checkpoint loads)."""
-    with pytest.warns(UserWarning, match="leaves no unit exactly zero.*code_activation='relu'"):
-        model = build_model("image", {"image_size": (8, 8), "channels": (), "code_dim": 128, "sparsity": "l1",
-                                      "sparsity_weight": 0.1})
+    exact zero at all. The warning is not a refusal, and comes where the model is trained, once,
+    pointing at the caller: from the config it pointed into the dataclass' ``__init__`` and fired
+    on every load of such a checkpoint."""
+    settings = {"image_size": (8, 8), "channels": (), "code_dim": 128, "sparsity": "l1", "sparsity_weight": 0.1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model("image", settings)  # building and loading stay quiet
+        save_checkpoint(model, tmp_path / "l1.safetensors")
+        load_checkpoint(tmp_path / "l1.safetensors")
+    with pytest.warns(UserWarning, match="leaves no unit exactly zero.*code_activation='relu'") as said:
+        model.train()
+    assert len(said) == 1 and said[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.train()  # once per model
+    with pytest.warns(UserWarning, match="leaves no unit exactly zero"):
+        fit_arrays(build_model("image", settings), torch.rand(8, 1, 8, 8), steps=1)
     with torch.no_grad():
         assert not (model.encode(model.example_input(16)) == 0).any()  # what the warning says: no zeros
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        relu = build_model("image", {"image_size": (8, 8), "channels": (), "code_dim": 128, "sparsity": "l1",
-                                     "sparsity_weight": 0.1, "code_activation": "relu"})
-        build_model("image", {"sparsity": "l2", "sparsity_weight": 0.1})  # L2 promises no zeros
+        relu = build_model("image", {**settings, "code_activation": "relu"})
+        relu.train()
+        build_model("image", {"sparsity": "l2", "sparsity_weight": 0.1}).train()  # L2 promises no zeros
     with torch.no_grad():
         assert (relu.encode(relu.example_input(16)) == 0).any()
 

@@ -1713,6 +1713,44 @@ def test_a_model_that_fails_its_warm_up_is_named(model_dir, tmp_path):
     assert said.startswith(f"model 'fast' ({path}) failed its warm-up"), said
 
 
+def test_each_model_is_warmed_up_through_the_rpcs_it_serves(model_dir, monkeypatch, caplog):
+    """A sparse dictionary was warmed through denoise(), which the server refuses it, and never
+    through decompose(), which its first Decompose then paid for; nor was any model's Decode path
+    warmed. The real functions run, counted; the log says which RPCs each was warmed for."""
+    import logging
+
+    import audioae.decompose
+    import server.store as store_module
+
+    ran: dict[str, list] = {"denoise": [], "decompose": []}
+
+    def counted(what: str, fn):
+        def call(model, *args, **kwargs):
+            ran[what].append(model)
+            return fn(model, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(store_module, "denoise", counted("denoise", store_module.denoise))
+    monkeypatch.setattr(audioae.decompose, "decompose", counted("decompose", audioae.decompose.decompose))
+    caplog.set_level(logging.INFO, logger="server.store")
+    srv = AudioServer(_config(model_dir, metrics_port=None, codec_workers=0))
+    srv.start()
+    try:
+        assert srv.load()
+        models = {n: m.model for n, m in srv.store.models.items()}
+
+        def names(what: str) -> list[str]:
+            return sorted(n for n, model in models.items() if any(model is r for r in ran[what]))
+
+        assert names("denoise") == ["conv", "tiny"]
+        assert names("decompose") == ["dict"]
+        for name, rpcs in (("tiny", "Denoise, StreamDenoise, Encode, Decode"), ("conv", "Denoise, Encode"),
+                           ("img", "Encode, Decode"), ("dict", "Decompose, Encode, Decode")):
+            assert f"warmed up {name}: {rpcs}" in caplog.text, caplog.text
+    finally:
+        srv.stop()
+
+
 def test_two_models_given_one_name_are_told_apart_from_two_files_of_one_stem(model_dir, tmp_path):
     tiny = model_dir / "tiny.safetensors"
     for run in ("run1", "run2"):
@@ -1721,9 +1759,18 @@ def test_two_models_given_one_name_are_told_apart_from_two_files_of_one_stem(mod
     best, other = tmp_path / "run1" / "best.safetensors", tmp_path / "run2" / "best.safetensors"
     # named explicitly already: was told to "name them explicitly with NAME=PATH"
     said = _refused_at_load(model_dir, (f"a={best}", f"a={other}"))
-    assert said == f"two models named 'a' ({best} and {other}); each --models NAME=PATH needs a NAME of its own"
+    assert said == (f"two models named 'a'; each --models NAME=PATH needs a NAME of its own ({best}: by "
+                    f"NAME=PATH; {other}: by NAME=PATH)")
     said = _refused_at_load(model_dir, (str(best), str(other)))  # named after their stems: naming them helps
-    assert said == "two models named 'best'; name them explicitly with NAME=PATH"
+    assert said == (f"two models named 'best'; name them explicitly with NAME=PATH ({best}: after its file name; "
+                    f"{other}: after its file name)")
+    # One NAME=PATH beside a bare path: was worded by the second spec alone, "each --models NAME=PATH needs
+    # a NAME of its own" (one was given) or "name them explicitly" (one was), and named no path.
+    for specs, bare in (((str(best), f"best={other}"), best), ((f"best={best}", str(other)), other)):
+        said = _refused_at_load(model_dir, specs)
+        first, second = ("after its file name", "by NAME=PATH") if bare == best else ("by NAME=PATH", "after its file name")
+        assert said == (f"two models named 'best'; give {bare} a NAME of its own with NAME=PATH, or the other "
+                        f"another NAME ({best}: {first}; {other}: {second})"), said
 
 
 def test_a_file_served_under_a_shipped_models_name_is_warned_of(model_dir, tmp_path, caplog):

@@ -729,6 +729,22 @@ def test_serve_refuses_equal_ports_and_a_missing_model_before_binding(tmp_path):
         assert "listening on" not in run.stderr, run.stderr
 
 
+def test_serve_refuses_two_models_named_alike_before_binding(tmp_path):
+    """Two checkpoints served under one name were refused only once the first had loaded and the
+    port was bound; the refusal names both files, however each got the name."""
+    torch.manual_seed(0)
+    for run in ("r1", "r2"):
+        (tmp_path / run).mkdir()
+        save_checkpoint(build_model("recurrent", {"hidden": 16, "code_dim": 8}), tmp_path / run / "best.safetensors")
+    best, other = tmp_path / "r1" / "best.safetensors", tmp_path / "r2" / "best.safetensors"
+    for specs in ((str(best), f"best={other}"), (f"best={best}", str(other)), (str(best), str(other))):
+        run = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--models", *specs],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "two models named 'best'" in run.stderr, run.stderr
+        assert f"{best}: " in run.stderr and f"{other}: " in run.stderr, run.stderr
+        assert "listening on" not in run.stderr and "loaded best" not in run.stderr, run.stderr
+
+
 def test_a_stream_cut_off_takes_no_more_of_its_queued_messages(tmp_path):
     """After a cut-off (the drain over) a stream still took up to 3 messages already queued and put
     each through the model. Now it answers the audio it had taken and ends with the reason."""

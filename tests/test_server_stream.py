@@ -458,13 +458,51 @@ def test_running_out_of_memory_mid_stream_ends_it_in_words_and_frees_its_state(t
         assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
         answered = got[-1].samples_out if got else 0
         assert err.details() == (
-            f"the server ran out of memory (cpu) on audio chunk 3 (the 4th message), 0.75 s into the stream: the "
-            f"stream was ended, its audio answered up to {answered / SR:.2f} s; other calls share that memory: "
-            f"retry later, or stream fewer channels"), err.details()
+            f"the server ran out of host memory running the model on audio chunk 3 (the 4th message), 0.75 s into "
+            f"the stream: the stream was ended, its audio answered up to {answered / SR:.2f} s; other calls share "
+            f"that memory: retry later, or stream fewer channels"), err.details()
         assert len(_samples(got)) == answered
         assert state_refs and freed == [[True] * len(state_refs)]  # emptied once, the stream's state let go first
-        assert "out of memory in a stream on cpu on audio chunk 3 (the 4th message)" in caplog.text
+        assert "out of host memory in a stream running the model on audio chunk 3 (the 4th message)" in caplog.text
         monkeypatch.setattr(model, "stream_step", real_step)
+        _counted_and_goes_on(srv, "RESOURCE_EXHAUSTED", 1)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_running_out_of_host_memory_decoding_a_chunk_names_that_chunk_and_the_host(tiny, device, monkeypatch):
+    """A host MemoryError while audio chunk 3 was decoded (before the stream's place was moved on) was
+    said as chunk 2's, and as the memory of the model's device ("cuda:0"). The failure is numpy's own
+    refusal of an allocation, made in the 3rd chunk's decode."""
+    import server.servicer as servicer_module
+
+    srv = _server(tiny, device=device)
+    calls = []
+    real_decode = servicer_module.pcm_bytes_to_array
+
+    def decode(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            np.empty(1 << 62, dtype=np.uint8)  # MemoryError: Unable to allocate 4.00 EiB
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(servicer_module, "pcm_bytes_to_array", decode)
+    try:
+        x = _speech(2.0)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = audioae_pb2_grpc.AudioAEStub(ch)
+            msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
+            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=120))
+        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        answered = got[-1].samples_out if got else 0
+        assert err.details() == (
+            f"the server ran out of host memory decoding audio chunk 3 (the 4th message), 0.50 s into the stream: "
+            f"the stream was ended, its audio answered up to {answered / SR:.2f} s; other calls share that "
+            f"memory: retry later, or send smaller audio chunks"), err.details()
+        assert len(_samples(got)) == answered
+        monkeypatch.setattr(servicer_module, "pcm_bytes_to_array", real_decode)
         _counted_and_goes_on(srv, "RESOURCE_EXHAUSTED", 1)
     finally:
         srv.stop()
@@ -498,8 +536,8 @@ def test_cuda_running_out_of_memory_mid_stream_empties_the_cache(tiny, monkeypat
             msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
             got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=120))
         assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-        assert err.details().startswith("the server ran out of memory (cuda:0) on audio chunk 3 (the 4th message)"), \
-            err.details()
+        assert err.details().startswith(
+            "the server ran out of memory (cuda:0) running the model on audio chunk 3 (the 4th message)"), err.details()
         assert torch.cuda.memory_reserved() < before + (128 << 20), (before, torch.cuda.memory_reserved())
         monkeypatch.setattr(model, "stream_step", real_step)
         _counted_and_goes_on(srv, "RESOURCE_EXHAUSTED", 1)

@@ -98,7 +98,8 @@ class ImageConfig(AutoencoderConfig):
     code_dim: int = 32
     # A linear code, like PCA's. Use relu for sparse codes: the exact zeros come from the ReLU, and an
     # l1 penalty on a linear code only shrinks it (docs/images.md: 128 units on the digits, l1 0.1, no
-    # entry zero), so that combination warns (not a refusal: L1 without ReLU is a fair contrast).
+    # entry zero), so training that combination warns (not a refusal: L1 without ReLU is a fair
+    # contrast; ImageAutoencoder.train).
     code_activation: str = "none"
     output_activation: str = "sigmoid"  # sigmoid (pixels in [0, 1]) | none
     patch_size: tuple[int, int] = (4, 4)  # darkened (rows, cols) for corruption='patches'
@@ -125,10 +126,6 @@ class ImageConfig(AutoencoderConfig):
                              "bias must be in pixels)")
         if self.kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd (same-size convolutions)")
-        if self.sparsity == "l1" and self.sparsity_weight > 0 and self.code_activation != "relu":
-            warnings.warn(f"sparsity 'l1' on a code_activation={self.code_activation!r} code shrinks it but leaves "
-                          f"no unit exactly zero (the zeros of a sparse code come from a ReLU): set "
-                          f"code_activation='relu' for a sparse code", UserWarning, stacklevel=2)
         if max(self.image_size) > MAX_IMAGE_SIDE:
             raise ValueError(f"image_size {self.image_size}: each side must be at most {MAX_IMAGE_SIDE}")
         block = 2 ** len(self.channels)
@@ -193,6 +190,19 @@ class ImageAutoencoder(Autoencoder):
                 self.from_code.weight.copy_(F.normalize(torch.randn_like(self.from_code.weight), dim=0))
                 self.to_code.weight.copy_(self.from_code.weight.T)
                 self.to_code.bias.zero_()
+
+    def train(self, mode: bool = True) -> ImageAutoencoder:
+        """``nn.Module.train``; the first switch into training of an L1 penalty on a code without a
+        ReLU warns that the penalty leaves no unit exactly zero. Here, not in the config: there it
+        fired on every load of such a checkpoint, pointing into the dataclass' ``__init__``."""
+        c = self.config
+        if mode and not getattr(self, "_warned_linear_l1", False) and c.sparsity == "l1" and c.sparsity_weight > 0 \
+                and c.code_activation != "relu":
+            self._warned_linear_l1 = True
+            warnings.warn(f"sparsity 'l1' on a code_activation={c.code_activation!r} code shrinks it but leaves "
+                          f"no unit exactly zero (the zeros of a sparse code come from a ReLU): set "
+                          f"code_activation='relu' for a sparse code", UserWarning, stacklevel=2)
+        return super().train(mode)
 
     @property
     def levels(self) -> int:

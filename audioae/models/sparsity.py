@@ -20,7 +20,7 @@ def sparsity_penalty(h: torch.Tensor, kind: str, target: float = 0.05) -> torch.
     activation. Under a ReLU code, L1 leaves each input a few active units (the image report's
     digits: 18 of 128 at weight 0.3) where L2 leaves many (59 at 2); on a linear code
     (``code_activation="none"``, the image family's default) L1 only shrinks the code and no entry
-    is exactly zero (the image config warns of that combination).
+    is exactly zero (an image model warns of that combination when it is trained).
     """
     if kind in ("none", "topk"):
         return h.new_zeros(())
