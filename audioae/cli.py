@@ -299,7 +299,7 @@ def _cmd_denoise(args) -> int:
     missed = f", {len(left)} left out" if left else ""
     done = s["skipped"] - found - s.get("skipped_changed", 0)  # a changed input is counted as left out alone
     twice = s.get("duplicates", [])
-    again = f", {len(twice)} second name{'s' * (len(twice) != 1)} of a file (denoised once)" if twice else ""
+    again = f", {len(twice)} second name{'s' * (len(twice) != 1)} of a file (done once, under its first)" if twice else ""
     print(f"{s['files']} file{'s' * (s['files'] != 1)}: {s['ok']} denoised, {done} skipped (already "
           f"done){theirs}, {s['error']} failed{unfit}{missed}{again}; {speed}")
     last = None
@@ -318,9 +318,11 @@ def _cmd_denoise(args) -> int:
         print(f"  warning: {w['warning']}", file=sys.stderr)
     for item in left:
         print(f"  left out: {item['path']}: {item['why']}", file=sys.stderr)
+    came = {"ok": "denoised once to {}", "skipped": "skipped once, its output {} was there already",
+            "error": "not denoised, it failed (above)"}  # what came of the file under its first name
     for item in twice:
-        print(f"  second name: {item['input']}: the same file as {item['of']}, denoised once to {item['output']}",
-              file=sys.stderr)
+        what = came.get(item["status"], item["status"]).format(item["output"])
+        print(f"  second name: {item['input']}: the same file as {item['of']}, {what}", file=sys.stderr)
     print(f"manifest: {s['manifest']}")
     return 1 if s["error"] or left else 0  # left out: not denoised, as a failed file is not
 

@@ -658,3 +658,41 @@ def test_the_local_engines_note_a_finished_files_result_in_its_marker(tmp_path, 
     assert result.status == "ok" and "cut short" in result.warning, result
     (kept,) = journal.finished_results()  # the job "died" before recording it: what a rerun reads
     assert (kept.warning, kept.duration, kept.overwrite_run) == (result.warning, result.duration, "run-1")
+
+
+def test_a_file_denoised_from_bytes_is_noted_once_with_the_input_as_read(tmp_path, causal_ckpt):
+    """A Ray actor noted each finished file in its marker twice: first without the input's size and
+    time (a file read as bytes), then again with them. Now once, complete. run_marked itself, in
+    this process, without Ray (``tests/test_ray.py`` drives the actors)."""
+    from audioae.batch.isolated import Settings, run_marked
+    from audioae.batch.manifest import MadeWith
+    from audioae.batch.process import BLOCK_SECONDS, FileDenoiser, made_from, source_state
+    from audioae.checkpoint import load_checkpoint
+
+    class NotingJournal(Journal):  # the job's journal, keeping each note of a finished file as made
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.notes: list[tuple] = []
+
+        def done(self, result):
+            self.notes.append((result.input, result.input_size, result.input_mtime_ns))
+            super().done(result)
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 0.5})
+    (task,) = plan_tasks([src], out)
+    out.mkdir()
+    sha = hashlib.sha256(causal_ckpt.read_bytes()).hexdigest()
+    journal = NotingJournal(out / JOURNAL_NAME, MadeWith(str(causal_ckpt), sha, 1.0))
+    read = made_from(source_state(task.input))  # what a Ray actor adds to a file it was given as bytes
+
+    def complete(r):
+        return dataclasses.replace(r, **read) if r.input_size is None else r
+
+    den = FileDenoiser(load_checkpoint(causal_ckpt))
+    settings = Settings(str(causal_ckpt), sha, "cpu", 1.0, 1, BLOCK_SECONDS)
+    (result,) = run_marked(den, [(task, Path(task.input).read_bytes())], settings, journal, complete)
+    assert result.status == "ok"
+    assert journal.notes == [(task.input, read["input_size"], read["input_mtime_ns"])]  # once, complete
+    (kept,) = journal.finished_results()
+    assert (kept.input_size, kept.input_mtime_ns) == (read["input_size"], read["input_mtime_ns"])

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import test_output_paths
 from audio_tree import outputs
 
 from audioae.batch import DenoiseOptions, read_manifest, run_denoise
 from audioae.batch.job import own_name_clash
 from audioae.cli import main
+
+case_blind_disk = test_output_paths.case_blind_disk  # a fixture: a FAT card, whose names ignore case, mounted with FUSE
 
 
 def _wav(path: Path, seconds: float = 0.5, sr: int = 16000, seed: int = 0) -> Path:
@@ -254,20 +257,109 @@ def test_a_second_name_of_a_file_is_denoised_once_and_reported_as_such(tmp_path,
     for run, done in enumerate(("1 denoised, 0 skipped", "0 denoised, 1 skipped")):
         proc = _cli(causal_ckpt, *args)
         assert proc.returncode == 0, proc.stderr
-        assert f"3 files: {done} (already done), 0 failed, 2 second names of a file (denoised once)" in proc.stdout
+        assert (f"3 files: {done} (already done), 0 failed, 2 second names of a file (done once, under its "
+                f"first)") in proc.stdout
+        came = (f"denoised once to {out / 'x.wav'}", f"skipped once, its output {out / 'x.wav'} was there already")
         for name in ("linked", "hard"):
-            assert (f"  second name: {tmp_path / name / 'x.wav'}: the same file as {first}, denoised once to "
-                    f"{out / 'x.wav'}") in proc.stderr
+            assert f"  second name: {tmp_path / name / 'x.wav'}: the same file as {first}, {came[run]}" in proc.stderr
         recs = {r["input"]: r for r in read_manifest(out / "audioae-manifest.jsonl")}
         assert recs[str(first)]["status"] == ("ok", "skipped")[run]
         for name in ("linked", "hard"):
             assert recs[str(tmp_path / name / "x.wav")]["status"] == "duplicate"
             assert recs[str(tmp_path / name / "x.wav")]["output"] == str(out / "x.wav")
         assert sorted(p.name for p in out.iterdir()) == ["audioae-manifest.jsonl", "x.wav"]
-    s = run_denoise([tmp_path / "hard" / "x.wav", src], tmp_path / "o2", _opts(causal_ckpt))  # the link first
+    s = run_denoise([tmp_path / "hard" / "x.wav", src], tmp_path / "o2", _opts(causal_ckpt))  # the hard link first
     assert (s["files"], s["ok"], s["duplicate"]) == (2, 1, 1)
     assert s["duplicates"] == [{"input": str(first), "of": str(tmp_path / "hard" / "x.wav"),
-                                "output": str(tmp_path / "o2" / "x.wav")}]
+                                "output": str(tmp_path / "o2" / "x.wav"), "status": "ok"}]
+
+
+def _second_name(kind: str, first: Path, name: Path) -> Path:
+    name.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "hard":
+        os.link(first, name)
+    else:
+        name.symlink_to(first)
+    return name
+
+
+@pytest.mark.parametrize("kind", ["hard", "symlink"])
+def test_the_record_of_an_output_follows_its_file_whichever_name_comes_first(tmp_path, causal_ckpt, kind):
+    """Which of two names of a file is denoised is the one planned first, so it follows the order
+    of the inputs. Was: a rerun with the names swapped found no record under the new first name
+    (a symlink's was carried over one way only), recorded it "skipped" without what made its
+    output, and recorded the old first name's "ok" line over as a second name: the run after, with
+    another model, skipped the output as "already done" and exited 0, the first model's output kept."""
+    import torch
+
+    from audioae.checkpoint import save_checkpoint
+    from audioae.models import build_model
+
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), other)
+    a, out = tmp_path / "a", tmp_path / "o"
+    first = _wav(a / "x.wav")
+    b = _second_name(kind, first, tmp_path / "b" / "x.wav").parent
+    s = run_denoise([a, b], out, _opts(causal_ckpt))
+    assert (s["ok"], s["duplicate"]) == (1, 1)
+    (line,) = [r for r in read_manifest(out / "audioae-manifest.jsonl") if r["input"] == str(first)]
+    made = {k: line[k] for k in ("sha256", "input_size", "duration")}
+    assert all(made.values()), made
+    for inputs in ([b, a], [a, b], [b, a]):
+        s = run_denoise(inputs, out, _opts(causal_ckpt))
+        assert (s["skipped"], s["duplicate"], s["left_out"]) == (1, 1, []), s
+        recs = {r["input"]: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+        assert {k: recs[str(inputs[0] / "x.wav")][k] for k in made} == made, recs  # under the name done
+        assert recs[str(inputs[1] / "x.wav")]["status"] == "duplicate"
+    for inputs in ([a, b], [b, a]):
+        with pytest.raises(ValueError, match="made with other settings"):
+            run_denoise(inputs, out, _opts(other))
+
+
+def test_a_second_name_says_what_came_of_its_first(tmp_path, causal_ckpt):
+    """Was: a second name's line was written before any file was denoised, and it and stderr said
+    "denoised once to OUTPUT" of a file that failed under its first name, into an output that
+    was never written."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "o"
+    a.mkdir()
+    (a / "x.wav").write_bytes(b"RIFF not audio" * 10)
+    _second_name("hard", a / "x.wav", b / "x.wav")
+    proc = _cli(causal_ckpt, "denoise", str(a), str(b), "-o", str(out))
+    assert proc.returncode == 1
+    assert "2 files: 0 denoised, 0 skipped (already done), 1 failed, 1 second name of a file" in proc.stdout
+    assert (f"  second name: {b / 'x.wav'}: the same file as {a / 'x.wav'}, not denoised, it failed "
+            f"(above)") in proc.stderr
+    assert "denoised once" not in proc.stderr
+    recs = {r["input"]: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert recs[str(b / "x.wav")]["status"] == "duplicate"
+    assert recs[str(b / "x.wav")]["error"].endswith("not denoised, it failed under that name")
+    assert not (out / "x.wav").exists()
+
+
+def test_a_second_name_reached_twice_is_reported_once(tmp_path):
+    """Was: a second name found in its folder and named too (``a/y.wav b b/y.wav``) was reported
+    twice, "2 second names", its line twice."""
+    from audioae.batch import plan_tasks
+
+    first = _wav(tmp_path / "a" / "y.wav")
+    b = _second_name("hard", first, tmp_path / "b" / "y.wav").parent
+    twice: list[tuple[str, str, str]] = []
+    tasks = plan_tasks([first, b, b / "y.wav"], tmp_path / "o", duplicates=twice)
+    assert [t.input for t in tasks] == [str(first)]
+    assert twice == [(str(b / "y.wav"), str(first), str(tmp_path / "o" / "y.wav"))]
+
+
+def test_a_second_name_on_a_card_is_reported_under_the_output_written(case_blind_disk, tmp_path):
+    """Where OUT ignores case, a/Take.wav and its hard link b/take.wav make one output, Take.wav
+    (the first name's). Was: the second name was reported denoised to take.wav."""
+    from audioae.batch import plan_tasks
+
+    first = _wav(tmp_path / "a" / "Take.wav")
+    name = _second_name("hard", first, tmp_path / "b" / "take.wav")
+    twice: list[tuple[str, str, str]] = []
+    plan_tasks([first.parent, name.parent], case_blind_disk / "o", duplicates=twice)
+    assert twice == [(str(name), str(first), str(case_blind_disk / "o" / "Take.wav"))]
 
 
 def test_an_empty_recording_becomes_an_empty_output(tmp_path, causal_ckpt):

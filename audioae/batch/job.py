@@ -41,6 +41,7 @@ from .plan import (
     MANIFEST_NAME,
     PART_SUFFIX,
     FileTask,
+    names_one_file,
     plan_tasks,
     remove_stale_parts,
     split_done,
@@ -211,8 +212,12 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # Of the skipped, inputs changed since their outputs were made: counted once, as left out, not
     # also as "already done" (until 2026-12-07 "1 file: ... 1 skipped (already done), ... 1 left out").
     summary["skipped_changed"] = len(left_out) - walked
-    # Second names of files denoised once (until 2026-12-07 neither counted nor named).
-    summary["duplicates"] = [{"input": name, "of": first, "output": output} for name, first, output in duplicates]
+    # Second names of files done once (until 2026-12-07 neither counted nor named): from their
+    # results, as the "duplicate" count is, with what came of the first name ("status").
+    of = {name: first for name, first, _ in duplicates}
+    status = {r.input: r.status for r in results}
+    summary["duplicates"] = [{"input": r.input, "of": of[r.input], "output": r.output,
+                              "status": status.get(of[r.input], "")} for r in results if r.status == DUPLICATE]
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
@@ -306,17 +311,19 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
     """The job inside its locked folder; appends to ``results`` as files finish. ``created``: the
     job made ``out``, which it removes if it fails before any result (:func:`_remove_unused`).
     ``left_out``: where the inputs changed since their outputs were made are appended.
-    ``duplicates``: :func:`.plan.plan_tasks`'s second names of files, each recorded as such."""
+    ``duplicates``: :func:`.plan.plan_tasks`'s second names of files, each recorded as such once
+    the job has its first name's result (:func:`_record_second_names`)."""
     # One job at a time per output folder: a second one would delete the first one's .part files.
     with hold_folder(out, LOCK_NAME, "another audioae denoise job"):
         _refuse_nested_jobs(out, tasks)
         fresh = not (out / MANIFEST_NAME).exists() and not (out / JOURNAL_NAME).exists()  # no job wrote here
         # Read once: a big job's manifest is long.
-        earlier = _named_as_links(out / MANIFEST_NAME, read_manifest(out / MANIFEST_NAME), tasks)
+        earlier = read_manifest(out / MANIFEST_NAME)
         journal = Journal(out / JOURNAL_NAME, now)
         # Outputs an earlier run renamed into place but died before recording: their lines first,
         # so that they count as done, with what made them, in everything below.
         earlier.extend(dataclasses.asdict(r) for r in _record_finished(journal, out / MANIFEST_NAME))
+        earlier = _records_follow_files(out / MANIFEST_NAME, earlier, tasks)
         tasks, refused = _refuse_own_names(tasks)
         remove_stale_parts(tasks)  # before outputs are asked for: a .part is never a finished output
         inputs_then = previous_inputs(earlier)
@@ -342,16 +349,13 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
         durations, warnings = previous_durations(earlier), previous_warnings(earlier)
         runs = previous_runs(earlier)
         bar = Progress(todo, len(done), options.progress, journal=journal)
+        completed = False  # every file has its result: the second names' lines can say what came of them
         try:
             if run is not None:  # before any output is replaced: a rerun after a stop goes on with this run
                 begin(out, run)
             for r in refused:
                 results.append(r)
                 manifest.write(r)
-            for name, first, output in duplicates:
-                results.append(FileResult(name, output, DUPLICATE, f"the same file as {first} (a link or a hard "
-                                                                    f"link): denoised once, under that name"))
-                manifest.write(results[-1])
             for t in done:
                 before = made.get(t.input)
                 if t.input in others:  # recorded as what it is, so that a later --overwrite is refused too
@@ -373,6 +377,7 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                 if r.status == "ok":  # recorded: its marker, which said what made the output, can go
                     journal.ended(r.input)
                 bar.advance(r)
+            completed = True
         except BaseException:
             if created and not results and run is not None:  # its record goes with the folder, under the lock
                 with contextlib.suppress(OSError):
@@ -386,6 +391,8 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
             except OSError as exc:  # e.g. the full disk that stopped the job: their markers stay, for the next run
                 log.warning("%s: outputs finished late not recorded (%s); the next run records them",
                             manifest.path, exc.strerror or exc)
+            if completed:
+                _record_second_names(manifest.path, duplicates, results)
             _clear_completed(journal, results, tasks)
             manifest.compact()
         # Not reached when the job is stopped, nor called when a full disk passed files over: a
@@ -450,28 +457,72 @@ def _source_of(task: FileTask, recorded: dict[str, tuple[int, int]], changed: se
     return {} if task.input in changed else made_from(source_state(task.input))
 
 
-def _named_as_links(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) -> list[dict]:
-    """``earlier`` (the manifest's lines) with the lines of a linked input renamed to the link,
-    and the manifest rewritten once when any was. Until 2026-12-06 an input was named by the file
-    its link leads to (now by the link: :func:`.plan.found_at`), and a rerun found no line under
-    the link's name: its output lost what made it, other settings were not refused, and the
-    manifest kept two lines for it. A line is renamed when its output is the one this run plans
-    for a link leading to its input."""
+def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileTask]) -> list[dict]:
+    """``earlier`` (the manifest's lines) with each planned output's record under the name this
+    run plans it for, and the manifest rewritten once when any line changed. The record of an
+    output follows the file it was made from: a line whose output is planned for another name of
+    its input's file (a link to it, a hard link: :func:`.plan.names_one_file`) is renamed to that
+    name, and that name's own ``duplicate`` lines, which say nothing of what made the output, go.
+
+    Which of two names of a file is denoised is the one planned first (:func:`.plan.plan_tasks`),
+    so it follows the order of the inputs. Until 2026-12-08 a rerun with the names swapped found
+    no record under the new first name, and its line replaced the record with a "skipped" one
+    that said nothing of what made the output: on the run after, another model was not refused
+    (the output kept, "already done"), a changed input went unseen, and what a stopped
+    --overwrite had made was made again. Until 2026-12-06 an input was named by the file its link
+    leads to (now by the link: :func:`.plan.found_at`): those lines are renamed to the link too.
+    One stat of two names per line whose output is planned under another name."""
     planned = {t.output: t.input for t in tasks}
     inputs = set(planned.values())
-    renamed = 0
+    kept, changed = [], False
     for r in earlier:
-        link = planned.get(r.get("output"))
-        if link is None or r["input"] in inputs or r.get("status") == DUPLICATE or os.path.realpath(link) != r["input"]:
+        if r.get("status") == DUPLICATE:
+            if r["input"] in inputs:  # a first name now: the record carried to it is its latest line
+                changed = True
+            else:
+                kept.append(r)
             continue
-        r["input"] = link
-        renamed += 1
-    if renamed:
+        name = planned.get(r.get("output"))
+        if name is not None and r["input"] not in inputs and names_one_file(Path(name), Path(r["input"])):
+            r["input"] = name
+            changed = True
+        kept.append(r)
+    if changed:
         try:
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in earlier))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         except OSError as exc:  # a full disk: this run reads them renamed all the same
-            log.warning("%s: lines of linked inputs not renamed (%s)", path, exc.strerror or exc)
-    return earlier
+            log.warning("%s: lines of files under other names not renamed (%s)", path, exc.strerror or exc)
+    return kept
+
+
+def _record_second_names(path: Path, duplicates: Sequence[tuple[str, str, str]], results: list[FileResult]) -> None:
+    """Append to ``results`` and to the manifest at ``path`` a line for each second name of a file
+    (``duplicates``: ``(name, first name, output)``), saying what came of the file under its first
+    name, whose result ``results`` holds. Until 2026-12-08 these lines were written before any
+    file was denoised, and said "denoised once" of a file that failed or was refused."""
+    latest = {r.input: r for r in results}
+    found = [FileResult(name, output, DUPLICATE, f"the same file as {first} (a link or a hard link): "
+                                                 f"{_what_came_of(latest.get(first))} under that name")
+             for name, first, output in duplicates]
+    results.extend(found)
+    if not found:
+        return
+    writer = ManifestWriter(path)
+    try:
+        for r in found:
+            writer.write(r)
+    except OSError as exc:  # a full disk: the summary names them all the same; the next run records them
+        log.warning("%s", exc.strerror or exc)
+    finally:
+        writer.close()
+
+
+def _what_came_of(first: FileResult | None) -> str:
+    """A second name's line: what its first name's result was, in words."""
+    if first is None:  # not expected: every planned file has a result once the job completes
+        return "not denoised, no result"
+    return {"ok": "denoised once", "skipped": "skipped once, its output was there already",
+            "error": "not denoised, it failed"}.get(first.status, first.status)
 
 
 def _record_finished(journal: Journal, path: Path) -> list[FileResult]:

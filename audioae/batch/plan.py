@@ -165,7 +165,7 @@ def found_at(path: Path, resolved: dict[Path, Path] | None = None) -> Path:
     return resolved[parent] / path.name
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def names_one_file(a: Path, b: Path) -> bool:
     """Whether two names are one file: a link to the other, or a hard link (one inode); two
     dangling links, where they lead to one name."""
     try:
@@ -281,6 +281,7 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         else:
             raise FileNotFoundError(f"{p}: {missing(p)}")  # as a file found in a folder is told
     tasks, by_output, by_input = [], {}, {}
+    second_names: set[Path] = set()
     # Names, and the files they are: found_at resolved each one's folder, so only a link differs
     # (an lstat per input, not a realpath's one per folder above it: thousands of inputs).
     input_set = {fold(src) for src, *_ in pairs} | {fold(_real(src)) for src, *_ in pairs if src.is_symlink()}
@@ -300,9 +301,12 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             first, first_dst = by_output[key]
             if src == first:
                 continue  # the same name twice (e.g. a file and its folder)
-            if _same_file(first, src):  # another name of it: denoised once, the name reported (was: said nothing)
-                if duplicates is not None:
-                    duplicates.append((str(src), str(first), str(dst)))
+            if names_one_file(first, src):  # another name of it: denoised once, the name reported (was: said nothing)
+                # once per name (a second name found in its folder and named too was reported twice), with
+                # the output as written (first_dst: on a disk that ignores case, not this name's casing)
+                if duplicates is not None and src not in second_names:
+                    second_names.add(src)
+                    duplicates.append((str(src), str(first), str(first_dst)))
                 continue
             if first_dst != dst:
                 raise ValueError(f"two inputs map to outputs whose names differ only in case, {first_dst} and {dst} "
