@@ -271,11 +271,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             wanted = {k: tuple(v.shape) for k, v in build_model(name, config).state_dict().items()}
     except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: lists in lists in ...
         raise CheckpointError(f"{path}: invalid config for {name!r}: {exc}") from exc
-    except (RuntimeError, NotImplementedError) as exc:  # torch's bare "Tensor.item() cannot be called on meta tensors"
+    except (RuntimeError, NotImplementedError) as exc:
+        # torch's bare "Tensor.item() cannot be called on meta tensors" (or "... 'Meta' backend"): an
+        # __init__ that computes from tensor values. Any other error of the build is passed on as it is.
+        why = ("; its __init__ likely computes from tensor values, which meta tensors lack: skip that work when "
+               "audioae.spectral.building_on_meta() is true (docs/models.md)" if "meta" in str(exc).lower() else "")
         raise CheckpointError(f"{path}: the {name} model could not be built on the meta device, where loading "
-                              f"learns its shapes before reading any weight ({exc}): its __init__ computes from "
-                              f"tensor values; skip that work when audioae.spectral.building_on_meta() is true "
-                              f"(docs/models.md)") from exc
+                              f"learns its shapes before reading any weight ({type(exc).__name__}: {exc}){why}") from exc
     if wanted != shapes:
         raise CheckpointError(f"{path}: weights do not match the {name} config: {_shape_differences(wanted, shapes)}")
     if data is None:

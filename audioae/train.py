@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -54,6 +53,8 @@ from .data.mixing import (
     MixConfig,
     Mixer,
     Source,
+    StepMixer,
+    bad_family_weights,
     folder_source,
     mixed_batches,
     synthetic_noise,
@@ -101,8 +102,7 @@ class DataConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} is a share of the examples, within [0, 1]; got {getattr(self, name)}")
         for weights in ("noise_weights", "speech_weights"):  # was the mixer's message, naming neither, after loading
-            bad = {k: v for k, v in getattr(self, weights).items()
-                   if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf}
+            bad = bad_family_weights(getattr(self, weights))
             if bad:
                 raise ValueError(f"data.{weights}: each weight must be a number >= 0, as in {{ babble = 2.0 }}; "
                                  f"got {bad}")
@@ -124,17 +124,18 @@ class TrainConfig:
     lr: float = 1e-3
     # Cosine decay from lr to lr_final over decay_steps steps counted from where this phase
     # started; afterwards lr_final. decay_steps 0: constant lr. Step-based, so every DDP rank uses
-    # the same rate. A phase: the steps trained under one schedule (lr, lr_final, decay_steps,
-    # decay_by_time, max_minutes, PHASE_SETTINGS). A resume with the same schedule continues its
-    # phase (the same command after Ctrl-C, SIGTERM or a crash: the decay and the max_minutes
-    # budget go on where they were), and so does one that changes max_minutes alone (a larger
-    # budget: the phase's clock goes on); one that changes any other starts a new phase at its
-    # first step, at 0 minutes with a budget of its own (a fine-tuning stage, as in
-    # recipes/train_denoiser.sh), and says so. The resume point also lists the run's earlier
-    # phases that ran to their end (budget spent, or train.steps reached): a rerun with one of
-    # their schedules, as when the recipe stopped in a later stage and is run again from the top,
-    # trains nothing, says so in one line and leaves the weights alone. Resume points written
-    # before 2026-12-07 record no phase: a new one.
+    # the same rate. A phase: the steps trained under one set of the settings that shape training
+    # (the schedule, losses, data, model, batch size, seed, ...: NOT_IN_PHASE_IDENTITY lists the
+    # settings left out, among them max_minutes and steps). A resume with the same ones continues
+    # its phase (the same command after Ctrl-C, SIGTERM or a crash: the decay and the max_minutes
+    # budget go on where they were), also with another max_minutes (a larger budget: the phase's
+    # clock goes on); one that changes any of them starts a new phase at its first step, at 0
+    # minutes with a budget of its own (a fine-tuning stage, as in recipes/train_denoiser.sh), and
+    # says so. The resume point also lists the run's earlier phases that ran to their end (budget
+    # spent, or train.steps reached): a rerun of one with all those settings alike and no more
+    # steps or minutes than it ran, as when the recipe stopped in a later stage and is run again
+    # from the top, trains nothing, says so in one line and leaves the weights alone. Resume points
+    # written before 2026-12-07 record no phase: a new one.
     lr_final: float = 0.0
     decay_steps: int = 0
     # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
@@ -165,11 +166,13 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: str = "auto"  # bfloat16 | float16 (with a GradScaler) | auto: bfloat16 where supported
     seed: int = 0
-    # Bit-identical runs on the same machine and software: seeds Python's, numpy's and torch's
-    # generators, turns on torch.use_deterministic_algorithms (an op without a deterministic
-    # kernel then raises instead of varying), turns cuDNN's autotuner off and TF32 off for matmul
-    # and cuDNN, and sets CUBLAS_WORKSPACE_CONFIG=:4096:8, which cuBLAS reads when CUDA starts
-    # (one set to another value is refused on a CUDA run). Slower on a GPU; all restored after the run.
+    # Every run draws from generators seeded by seed alone (weights, batches, corruptions), so a
+    # CPU run repeats bit for bit without this. For a GPU's kernels: turns on
+    # torch.use_deterministic_algorithms (an op without a deterministic kernel then raises instead
+    # of varying; model.config.unpool = "maxunpool" is refused before the run for that), cuDNN's
+    # autotuner off, float32 matmuls and cuDNN at full precision (no TF32), and sets
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8, which cuBLAS reads when CUDA starts (one set to another
+    # value is refused on a CUDA run). Slower on a GPU; all restored after the run (_reproducible).
     deterministic: bool = False
     threads: int = 0  # torch intra-op threads on CPU; 0: leave torch's default
     # Mix batches on this many background threads, each with its own seeded mixer, taken in
@@ -231,7 +234,8 @@ class TrainConfig:
                                ("max_minutes", self.max_minutes >= 0, ">= 0 (0: no limit)"),
                                ("checkpoint_seconds", self.checkpoint_seconds > 0, "> 0"),
                                ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("seed", self.seed >= 0, ">= 0"),
+                               # torch's generators take 64 bits ("Overflow when unpacking long long")
+                               ("seed", 0 <= self.seed < 2**64, ">= 0 and below 2**64"),
                                ("threads", self.threads >= 0, ">= 0 (0: torch's default)"),
                                ("loader_threads", self.loader_threads >= 0, ">= 0 (0: mix on the training thread)")):
             if not ok:  # (NaN fails every comparison)
@@ -419,26 +423,20 @@ def check_model_settings_read(model: Autoencoder) -> None:
                          + (": nothing would read it" if len(unread) == 1 else ": nothing would read them"))
 
 
+def check_deterministic_support(run: RunConfig, model: Autoencoder) -> None:
+    """Refuse a model that train.deterministic cannot train: under
+    torch.use_deterministic_algorithms an operation without a deterministic implementation
+    raises at its first call, which was after run.json was written (max_unpool1d has none, on the
+    CPU as on CUDA)."""
+    if run.train.deterministic and getattr(model.config, "unpool", None) == "maxunpool":
+        raise ValueError('train.deterministic: model.config.unpool = "maxunpool" has no deterministic '
+                         'implementation in torch (max_unpool1d); set model.config.unpool = "nearest" or '
+                         '"transposed", or train.deterministic = false')
+
+
 def step_seed(key: tuple[int, ...], step: int) -> int:
     """A 64-bit seed for ``step``'s draws from ``key`` (the run's seed, the rank) and the step alone."""
     return int(np.random.SeedSequence([*key, step]).generate_state(1, np.uint64)[0])
-
-
-class StepMixer(Mixer):
-    """A :class:`Mixer` whose n-th batch is drawn from a generator seeded by ``key`` and
-    ``first_step + n * stride`` alone: the batch of a training step, however many batches came
-    before it in this process. Each mixer of a loader (inline, thread or worker process) mixes its
-    own steps in order, and the loader takes them in turn, so step s always gets the same batch."""
-
-    def __init__(self, speech: Source, noise: Source, sr: int, cfg: MixConfig, key: tuple[int, ...],
-                 first_step: int, stride: int = 1):
-        super().__init__(speech, noise, sr, cfg)
-        self.key, self.next_step, self.stride = key, first_step, stride
-
-    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.rng = np.random.default_rng([*self.key, self.next_step])
-        self.next_step += self.stride
-        return super().batch(batch_size)
 
 
 def _validation_sources(data: DataConfig, sr: int, train_sources: tuple[Source, Source]) -> tuple[Source, Source]:
@@ -556,8 +554,9 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
                        phases_done: list[dict] | None = None) -> None:
     """``last.safetensors`` and ``last.optim.safetensors`` (and ``last.ema.safetensors`` with
     train.ema_decay): what a rerun resumes from; ``minutes_done``: the run's minutes of training in
-    all its invocations; ``phase``: the schedule it trains under (:func:`_phase_of`);
-    ``phases_done``: the earlier phases that ran to their end (:func:`_finished_phase`); the
+    all its invocations; ``phase``: the phase it trains in (:func:`_phase_of`);
+    ``phases_done``: the earlier phases that ran to their end (:func:`_phase_done`), which a rerun
+    of one of them finds (:func:`_finished_phase`); the
     optimizer state also keeps ``scaler``'s loss scale when float16 AMP uses one.
     Each with its ``.sha256``, checked on resume (a changed byte of weights or moments loads
     without complaint otherwise), and each records ``step``: a run killed between these writes
@@ -568,29 +567,83 @@ def _save_resume_point(model: torch.nn.Module, opt: torch.optim.Optimizer, step:
     _save_optimizer(opt, step, out / "last.optim.safetensors", minutes_done, scaler, phase, phases_done)
 
 
-# The settings of a phase's schedule: a resume with the same ones continues the phase (its cosine
-# decay and max_minutes budget go on from where it was interrupted); one that changes any of them
-# starts a new phase from its own first step, as the stages of recipes/train_denoiser.sh do.
+# The settings of a phase's schedule: its learning rate at each step (_phase_lr) and what the
+# resume lines name. Which phase a run is in is decided by all the settings that shape training
+# (_phase_identity), of which these are some.
 PHASE_SETTINGS = ("lr", "lr_final", "decay_steps", "decay_by_time", "max_minutes")
 
+# The flat settings (_flat_settings) that do not make a phase another one; every other setting (the
+# model's config, the data mixed and its SNRs, each loss weight, the schedule, batch size, seed,
+# weight decay, gradient clipping, the weight average) shapes the weights trained, so a rerun that
+# changes one is a new phase, and a finished phase is done only for a rerun with all of them alike.
+# A setting added later is in the identity unless listed here.
+NOT_IN_PHASE_IDENTITY = frozenset({
+    # When it stops: a rerun that asks for no more than a finished phase ran is that phase
+    # (_finished_phase), and a larger budget or more steps continue the current one.
+    "train.steps", "train.max_minutes", "train.session_minutes",
+    # Where and how fast it computes, not what: a phase split over calls may move to another
+    # machine, and a run stopped by float16 overflows is resumed with train.amp=false (its message).
+    "train.out_dir", "train.device", "train.amp", "train.amp_dtype", "train.deterministic", "train.threads",
+    "train.loader_threads", "train.loader_processes", "train.progress", "train.checkpoint_seconds",
+    # What it validates and reports: the weights trained are the same (best.safetensors' score is
+    # kept under its own key, validation_key).
+    "train.val_every", "train.metrics", "train.select_by",
+    "data.val_clean_dir", "data.val_noise_dir", "data.val_examples", "data.val_seconds",
+    # Read by a new run only: a resume continues the run's own weights (_warn_init_from_unused).
+    "train.init_from",
+})
 
-def _phase_of(tc: TrainConfig, start_step: int, minutes: float) -> dict:
-    """What a resume point records of its phase: the schedule's settings, the step it started at,
-    the minutes on its clock (the max_minutes budget and decay_by_time count those) and the
-    train.steps it trains to (with the budget, what says whether it ran to its end)."""
-    return {"settings": {k: getattr(tc, k) for k in PHASE_SETTINGS}, "start_step": start_step, "minutes": minutes,
-            "steps": tc.steps}
+
+def _phase_identity(run: RunConfig) -> dict:
+    """The settings that make a phase the one it is (NOT_IN_PHASE_IDENTITY lists those left out),
+    flat and as JSON values, the model's config with its defaults filled in."""
+    return {k: v for k, v in _flat_settings(run.to_dict()).items() if k not in NOT_IN_PHASE_IDENTITY}
+
+
+def _identity_changes(saved: dict, run: RunConfig) -> dict[str, tuple]:
+    """``{setting: (was, now)}`` for each setting of ``run``'s phase identity that differs from
+    ``saved`` (a phase record's). A setting ``saved`` lacks (added to audioae since) counts as
+    its default, which the saved run trained with."""
+    now = _phase_identity(run)
+    default = _phase_identity(RunConfig(model=run.model))
+    missing = object()
+    changed = {}
+    for k, v in now.items():
+        was = saved.get(k, missing)
+        if was is missing:
+            was = default.get(k, missing)
+        if was != v:
+            changed[k] = (None if was is missing else was, v)
+    return changed
+
+
+def _phase_of(run: RunConfig, start_step: int, minutes: float) -> dict:
+    """What a resume point records of its phase: the schedule's settings, the settings that make
+    it the phase it is (:func:`_phase_identity`), the step it started at, the minutes on its clock
+    (the max_minutes budget and decay_by_time count those) and the train.steps it trains to (with
+    the budget, what says whether it ran to its end)."""
+    return {"settings": {k: getattr(run.train, k) for k in PHASE_SETTINGS}, "identity": _phase_identity(run),
+            "start_step": start_step, "minutes": minutes, "steps": run.train.steps}
+
+
+def _identity_of(record: dict) -> dict | None:
+    """A phase record's identity; None in one written before 2026-12-09 (its schedule alone)."""
+    identity = record.get("identity")
+    if identity is not None and not isinstance(identity, dict):
+        raise TypeError("identity")
+    return identity
 
 
 def _saved_phase(meta: dict) -> dict | None:
     """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable);
-    ``steps`` None where it records none (written before 2026-12-08)."""
+    ``steps`` None where it records none (written before 2026-12-08), ``identity`` None where it
+    records none (before 2026-12-09)."""
     try:
         phase = json.loads(meta.get("phase", "null"))
         if not (isinstance(phase, dict) and isinstance(phase.get("settings"), dict)):
             return None
         steps = phase.get("steps")
-        return {"settings": phase["settings"], "start_step": int(phase["start_step"]),
+        return {"settings": phase["settings"], "identity": _identity_of(phase), "start_step": int(phase["start_step"]),
                 "minutes": float(phase["minutes"]), "steps": None if steps is None else int(steps)}
     except (ValueError, TypeError, KeyError):
         return None
@@ -602,8 +655,9 @@ def _saved_phases_done(meta: dict, path: Path) -> list[dict]:
     its phases, rerun, train again as new ones (as before the list was kept)."""
     try:
         done = json.loads(meta.get("phases_done", "[]"))
-        return [{"settings": dict(d["settings"]), "start_step": int(d["start_step"]), "end_step": int(d["end_step"]),
-                 "minutes": float(d["minutes"]), "ended": str(d["ended"])} for d in done]
+        return [{"settings": dict(d["settings"]), "identity": _identity_of(d), "start_step": int(d["start_step"]),
+                 "end_step": int(d["end_step"]), "minutes": float(d["minutes"]), "ended": str(d["ended"])}
+                for d in done]
     except (ValueError, TypeError, KeyError):
         log.warning("%s: its list of finished phases is unreadable; a rerun of one trains it again as a new phase",
                     path)
@@ -621,19 +675,23 @@ def _phase_done(phase: dict, step: int) -> dict | None:
         ended = "steps"
     else:
         return None
-    return {"settings": phase["settings"], "start_step": phase["start_step"], "end_step": step,
-            "minutes": phase["minutes"], "ended": ended}
+    return {"settings": phase["settings"], "identity": phase.get("identity"), "start_step": phase["start_step"],
+            "end_step": step, "minutes": phase["minutes"], "ended": ended}
 
 
-def _finished_phase(tc: TrainConfig, done: list[dict]) -> dict | None:
-    """The finished phase of ``done`` that this invocation's schedule would train again, or None.
-    The same schedule settings, and either its budget was spent (``ended`` "time") or train.steps
-    is within the steps it ended at; a phase that ended at its train.steps, asked for more steps,
-    is a new phase (a later stage may reuse a schedule)."""
-    now = _phase_of(tc, 0, 0.0)["settings"]
+def _finished_phase(run: RunConfig, done: list[dict]) -> dict | None:
+    """The finished phase of ``done`` that this invocation would train again, or None: one with
+    the same identity (:func:`_phase_identity`: the schedule, the losses, the data, the model, ...)
+    that ran at least as far as this invocation asks, i.e. train.steps within the step it ended at,
+    or a train.max_minutes within the minutes it ran (max_minutes is no part of the identity: a
+    rerun of a recipe's stage with another MINUTES is still that stage). A phase asked for more
+    than it ran, or under another setting (a later stage that reuses a schedule with another
+    loss), is a new phase. Phases recorded before 2026-12-09 keep no identity and are never done."""
+    tc = run.train
     for phase in reversed(done):
-        same = all(phase["settings"].get(k, object()) == v for k, v in now.items())
-        if same and (phase["ended"] == "time" or tc.steps <= phase["end_step"]):
+        if phase.get("identity") is None or _identity_changes(phase["identity"], run):
+            continue
+        if tc.steps <= phase["end_step"] or 0 < tc.max_minutes <= phase["minutes"]:
             return phase
     return None
 
@@ -920,11 +978,12 @@ SIGNAL_FIXED = ("sample_rate", "n_fft", "hop_length", "compression", "compressio
 RESUME_FIXED = (*SIGNAL_FIXED, "input", "output")
 
 
-def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True) -> int | None:
-    """Load the run's last weights; returns the step they record. A model whose shapes changed
-    since is refused with the config fields that differ, not torch's list of size mismatches.
-    Other changed settings (causal, unpool, sparsity, corruption, ...) are taken, and named in a
-    warning when ``report``: the same command with an edited config resumed without a word."""
+def _resume_weights(model: SpectralAutoencoder, last: Path) -> tuple[int | None, list[str]]:
+    """Load the run's last weights; returns the step they record and the model settings that
+    changed since. A model whose shapes changed is refused with the config fields that differ, not
+    torch's list of size mismatches. Other changed settings (causal, unpool, sparsity, corruption,
+    ...) are taken, and the caller names them in a warning when the resume trains (the same
+    command with an edited config resumed without a word)."""
     saved, meta = read_checkpoint(last)
     ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(saved.config)
     changed = differences(theirs, ours)
@@ -940,10 +999,7 @@ def _resume_weights(model: SpectralAutoencoder, last: Path, report: bool = True)
     if moved:
         raise ValueError(f"{last.parent} holds a run of this model at another {', '.join(moved)}; resume with "
                          f"its settings, or start over with --no-resume or another --out")
-    if changed and report:
-        log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out starts "
-                    "a new run instead", last.parent, "; ".join(changed))
-    return _recorded_step(meta)
+    return _recorded_step(meta), changed
 
 
 def _warn_init_from_unused(out: Path, init_from: str, record: dict | None) -> None:
@@ -1057,10 +1113,11 @@ def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
     return key
 
 
-def _resumed_best(path: Path, key: dict) -> tuple[float, float | None]:
+def _resumed_best(path: Path, key: dict, warn: bool = True) -> tuple[float, float | None]:
     """The score a resumed run's validations must beat to replace ``path`` (best.safetensors):
     the one recorded in it, or none when it was scored under another validation ``key``; and the
-    unprocessed input's score beside it (None where not recorded).
+    unprocessed input's score beside it (None where not recorded). ``warn``: say why a file is
+    not taken (false for a call that validates nothing).
 
     Not a score saved with the optimizer state (files before 2026-12-07 hold one, unread): a run
     resumed with another select_by compared STOI with that SI-SDR in dB and never replaced
@@ -1071,36 +1128,46 @@ def _resumed_best(path: Path, key: dict) -> tuple[float, float | None]:
     try:
         extra = checkpoint_extra(path)
     except CheckpointError as exc:  # (an extra that is no JSON object is one: read_metadata checks it)
-        log.warning("%s: unreadable (%s); the first validation replaces it", path, exc)
+        if warn:
+            log.warning("%s: unreadable (%s); the first validation replaces it", path, exc)
         return -math.inf, None
     recorded = extra.get("validation")
     if recorded is not None and recorded != key:
-        log.warning("%s was scored under another validation (%s): the first validation of this run replaces it",
-                    path, "; ".join(differences(recorded, key)))
+        if warn:
+            log.warning("%s was scored under another validation (%s): the first validation of this run replaces it",
+                        path, "; ".join(differences(recorded, key)))
         return -math.inf, None
     val = extra.get("val", {})
     score = val.get(key["select_by"])  # (a file of an older run records no key)
     return (-math.inf, None) if score is None else (float(score), val.get(key["select_by"] + "_in"))
 
 
-def _resumed_phase(tc: TrainConfig, step: int, saved: dict | None) -> tuple[int, float, str, bool]:
+def _resumed_phase(run: RunConfig, step: int, saved: dict | None) -> tuple[int, float, str, bool]:
     """Where a resume at ``step`` continues the schedule: the step its decay counts from, the
-    minutes already on its clock (the max_minutes budget and decay_by_time), a few words that
-    say so, and whether it continues the saved phase. The same schedule settings as the resume point's phase continue that phase (a run
-    interrupted, then resumed with the same command, as recipes/train_denoiser_gpu.sh's split
-    calls are), and so does a change of train.max_minutes alone (a larger budget for the same
-    phase: its clock goes on). Any other change starts a new phase here at 0 minutes with its own
-    budget (a fine-tuning stage), with or without train.session_minutes."""
-    now = _phase_of(tc, step, 0.0)["settings"]
-    changed = None if saved is None else {k: v for k, v in now.items() if saved["settings"].get(k) != v}
-    if changed is not None and set(changed) <= {"max_minutes"}:
-        budget = (f" with train.max_minutes {saved['settings'].get('max_minutes')} -> {changed['max_minutes']}"
-                  if changed else "")
+    minutes already on its clock (the max_minutes budget and decay_by_time), a few words that say
+    so, and whether it continues the saved phase. The same phase identity as the resume point's
+    (:func:`_phase_identity`: every setting that shapes training, train.max_minutes and
+    train.steps not among them) continues that phase: a run interrupted, then resumed with the same
+    command, as recipes/train_denoiser_gpu.sh's split calls are, or with a larger budget or more
+    steps. Any other change (a fine-tuning stage's rate, loss or data) starts a new phase here at 0
+    minutes with its own budget, with or without train.session_minutes. A phase recorded before
+    2026-12-09 keeps its schedule alone, which then decides."""
+    tc = run.train
+    if saved is None:
+        changed = None
+    elif saved["identity"] is None:
+        changed = {f"train.{k}": (saved["settings"].get(k), getattr(tc, k)) for k in PHASE_SETTINGS
+                   if k != "max_minutes" and saved["settings"].get(k) != getattr(tc, k)}
+    else:
+        changed = _identity_changes(saved["identity"], run)
+    if changed == {}:
+        was = saved["settings"].get("max_minutes")
+        budget = f" with train.max_minutes {was} -> {tc.max_minutes}" if was != tc.max_minutes else ""
         return (saved["start_step"], saved["minutes"],
                 f"continuing its phase from step {saved['start_step']}{budget} ({saved['minutes']:.2f} min on "
                 f"its clock)", True)
     why = ("its resume point records no schedule (written before 2026-12-07)" if changed is None else
-           "; ".join(f"train.{k} {saved['settings'].get(k)} -> {v}" for k, v in changed.items()))
+           "; ".join(f"{k} {json.dumps(was)} -> {json.dumps(now)}" for k, (was, now) in changed.items()))
     return step, 0.0, f"a new phase ({why}): the learning-rate decay and the max_minutes budget start again here", False
 
 
@@ -1148,11 +1215,27 @@ class _StopSignals:
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
 
 
+# torch's float32 precision switches that deterministic mode sets, in the fp32_precision API (the
+# legacy allow_tf32 flags, mixed with it, make torch.get_float32_matmul_precision() raise): parents
+# before children, the order they are restored in (setting cudnn's sets conv's and rnn's).
+FP32_PRECISION = (("cuda.matmul", "ieee"), ("mkldnn.matmul", "ieee"), ("cudnn", "ieee"), ("cudnn.conv", "ieee"),
+                  ("cudnn.rnn", "ieee"))
+
+
+def _fp32_backend(name: str):
+    backend = torch.backends
+    for part in name.split("."):
+        backend = getattr(backend, part)
+    return backend
+
+
 @contextlib.contextmanager
 def _reproducible(tc: TrainConfig):
-    """With ``train.deterministic``: the seeds and torch's deterministic settings for the run, and
-    the caller's settings back afterwards (a library call leaves no global switch behind: a later
-    training or inference in the same process runs as it would have)."""
+    """With ``train.deterministic``: torch's deterministic settings for the run, and the caller's
+    settings back afterwards, also when the run fails (a library call leaves no global switch
+    behind: a later training or inference in the same process runs as it would have). No seed
+    here: the run seeds torch at its start and draws batches and corruptions from generators of
+    its own (StepMixer, step_seed), so Python's and numpy's global generators are left alone."""
     if not tc.deterministic:
         yield
         return
@@ -1160,25 +1243,31 @@ def _reproducible(tc: TrainConfig):
     if cublas not in (None, *CUBLAS_DETERMINISTIC) and tc.device != "cpu" and torch.cuda.is_available():
         raise ValueError(f"train.deterministic needs CUBLAS_WORKSPACE_CONFIG={' or '.join(CUBLAS_DETERMINISTIC)} "
                          f"for cuBLAS, and it is {cublas!r}; unset it or set one of those")
-    if cublas is None:
-        if torch.cuda.is_initialized():  # cuBLAS may have read its workspace setting already
-            log.warning("train.deterministic: CUDA started in this process before CUBLAS_WORKSPACE_CONFIG was set; "
-                        "set CUBLAS_WORKSPACE_CONFIG=%s in the environment to be sure of deterministic matmuls",
-                        CUBLAS_DETERMINISTIC[0])
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
-    random.seed(tc.seed)
-    np.random.seed(tc.seed)
-    torch.manual_seed(tc.seed)  # (every device's generator)
-    torch.use_deterministic_algorithms(True)
-    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, True, False, False
-    try:
+    cudnn = torch.backends.cudnn
+    before = {"algorithms": (torch.are_deterministic_algorithms_enabled(),
+                             torch.is_deterministic_algorithms_warn_only_enabled()),
+              "cudnn": (cudnn.benchmark, cudnn.deterministic), "matmul": torch.get_float32_matmul_precision(),
+              "fp32": [(name, _fp32_backend(name).fp32_precision) for name, _ in FP32_PRECISION]}
+    try:  # before the first change: whatever raises below, the finally puts back what was changed
+        if cublas is None:
+            if torch.cuda.is_initialized():  # cuBLAS may have read its workspace setting already
+                log.warning("train.deterministic: CUDA started in this process before CUBLAS_WORKSPACE_CONFIG was "
+                            "set; set CUBLAS_WORKSPACE_CONFIG=%s in the environment to be sure of deterministic "
+                            "matmuls", CUBLAS_DETERMINISTIC[0])
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+        torch.use_deterministic_algorithms(True)
+        cudnn.benchmark, cudnn.deterministic = False, True
+        torch.set_float32_matmul_precision("highest")
+        for name, value in FP32_PRECISION:
+            _fp32_backend(name).fp32_precision = value
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before[2:]
+        torch.use_deterministic_algorithms(before["algorithms"][0], warn_only=before["algorithms"][1])
+        cudnn.benchmark, cudnn.deterministic = before["cudnn"]
+        # The matmul precision first: it sets cuda.matmul's (and mkldnn's), which the saved ones then overwrite.
+        torch.set_float32_matmul_precision(before["matmul"])
+        for name, value in before["fp32"]:
+            _fp32_backend(name).fp32_precision = value
         if cublas is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
@@ -1218,6 +1307,7 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
                          f"{model.config.input!r} trains with fit_arrays (see audioae images)")
     check_corruption_inputs(run, model)
     check_model_settings_read(model)
+    check_deterministic_support(run, model)
     losses.check_proxy_imports({"pesq_weight": tc.pesq_weight, "stoi_weight": tc.stoi_weight})
     for name in ("segment_seconds", "val_seconds"):  # 0 samples was numpy's "zero-size array to reduction ..."
         samples = int(getattr(run.data, name) * model.config.sample_rate)
@@ -1256,20 +1346,18 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
                          f"start over with --no-resume (replacing this run's checkpoints) or another --out")
     if resuming:
         record = _read_run_record(out)
-        weights_step = _resume_weights(model, last, rank == 0)
+        weights_step, model_changes = _resume_weights(model, last)
         step, minutes_total, saved_phase, phases_done = _load_optimizer(opt, last_opt, scaler)
         ema_step = None
         if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
             saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors", model)
         _check_resume_steps(out, step, weights_step, ema_step)
-        if rank == 0:  # the rank that validates and keeps best.safetensors
-            best, best_input = _resumed_best(out / "best.safetensors", val_key)
-        phase_start, minutes_before, how, continuing = _resumed_phase(tc, step, saved_phase)
+        phase_start, minutes_before, how, continuing = _resumed_phase(run, step, saved_phase)
         ended = None if continuing or saved_phase is None else _phase_done(saved_phase, step)
-        # Another schedule than the resume point's: a phase the run finished earlier (a recipe rerun
-        # from its top after it stopped in a later stage) is done, not trained again over the later
-        # stages' weights; otherwise a new phase, and the one it follows joins the finished ones.
-        done_before = None if continuing else _finished_phase(tc, phases_done)
+        # Other settings than the resume point's phase: a phase the run finished earlier (a recipe
+        # rerun from its top after it stopped in a later stage) is done, not trained again over the
+        # later stages' weights; otherwise a new phase, and the one it follows joins the finished ones.
+        done_before = None if continuing else _finished_phase(run, phases_done)
         if done_before is None and ended is not None:
             phases_done = [*phases_done, ended]
         # The run config, not the saved state, sets the rate: the schedule's at this step (what the
@@ -1280,16 +1368,25 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
             resumed_lr = _phase_lr(saved_phase, step, resumed_lr)
         for group in opt.param_groups:
             group["lr"] = resumed_lr
+        # A finished phase skipped says so in one line: nothing of the resume's warnings (other model
+        # settings than the resume point's, a best.safetensors scored under another validation, an
+        # unused init_from) concerns a call that trains and validates nothing.
         if done_before is not None:
-            if rank == 0:
+            if rank == 0:  # (the summary's best_val: the folder's, if scored under this validation)
+                best, best_input = _resumed_best(out / "best.safetensors", val_key, warn=False)
                 d = done_before
                 schedule = ", ".join(f"train.{k} {d['settings'][k]}" for k in PHASE_SETTINGS)
-                say(f"{out}: this phase ({schedule}) already ran to its end (steps {d['start_step']}..{d['end_step']}, "
-                    f"{d['minutes']:.2f} min) and the run went on to step {step}: nothing to train, the weights stay "
-                    f"as they are (--no-resume or another --out trains it anew)")
-        elif rank == 0:
+                say(f"{out}: this phase ({schedule}, its other settings alike) already ran to its end (steps "
+                    f"{d['start_step']}..{d['end_step']}, {d['minutes']:.2f} min) and the run went on to step "
+                    f"{step}: nothing to train, the weights stay as they are (--no-resume or another --out trains "
+                    f"it anew)")
+        elif rank == 0:  # the rank that validates and keeps best.safetensors
+            if model_changes:
+                log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out "
+                            "starts a new run instead", out, "; ".join(model_changes))
+            best, best_input = _resumed_best(out / "best.safetensors", val_key)
             say(f"resumed from {last} at step {step}: {how}")
-        if tc.init_from and rank == 0:
+        if tc.init_from and rank == 0 and done_before is None:
             _warn_init_from_unused(out, tc.init_from, record)
         if step >= tc.steps and done_before is None:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
@@ -1377,7 +1474,7 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
         # and the next call's minutes_done (from the file) came out lower than this one's.
         minutes_total, phase_minutes = minutes_before_run + (now - t0) / 60, (now - clock0) / 60
         _save_resume_point(model, opt, step, out, ema, minutes_total, scaler_,
-                           _phase_of(tc, phase_start, phase_minutes), phases_done)
+                           _phase_of(run, phase_start, phase_minutes), phases_done)
 
     skipped = bad_in_a_row = 0
     scaler_skipped = overflow_in_a_row = 0  # float16 steps its GradScaler skipped (overflow)

@@ -45,7 +45,8 @@
 #    recipe no longer makes (model card).
 # (The model card numbers its stages from the first export: recipe steps 8-12 are its stages 6-10.)
 # Every phase resumes from its run folder's last.safetensors when rerun, and a phase that already
-# ran to its end trains nothing again: rerun from the top after a stop, it goes on in the stage it stopped in.
+# ran to its end trains nothing again (a rerun with the same settings, MINUTES aside, and no more
+# minutes than it ran): rerun from the top after a stop, it goes on in the stage it stopped in.
 set -euo pipefail
 usage() { sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'; }  # the comment above, as help
 case "${1:-}" in -h|--help) usage; exit 0;; -*) usage >&2; exit 2;; esac

@@ -406,3 +406,43 @@ def test_a_family_whose_init_computes_from_weights_fails_to_load_naming_building
                                                         "be built on the meta device")) as caught:
         load_checkpoint(tmp_path / "c.safetensors")
     assert "building_on_meta()" in str(caught.value) and "docs/models.md" in str(caught.value)
+
+
+def test_a_build_that_fails_on_meta_for_another_reason_keeps_its_own_error(monkeypatch, tmp_path):
+    """Was: every RuntimeError of the meta build was put down to an __init__ computing from tensor
+    values, with building_on_meta() as the fix, whatever torch had said."""
+    from audioae.models import Family
+    from audioae.models.linear import LinearAutoencoder, LinearConfig
+
+    class Failing(LinearAutoencoder):
+        registry_name = "failing"
+
+        def __init__(self, config):
+            super().__init__(config)
+            if torch.get_default_device().type == "meta":
+                raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_INITIALIZED")
+
+    monkeypatch.setitem(REGISTRY, "failing", Family(LinearConfig, Failing, "fails on meta"))
+    save_checkpoint(build_model("failing", TINY["linear"]), tmp_path / "f.safetensors")
+    with pytest.raises(CheckpointError, match=re.escape("could not be built on the meta device, where loading learns "
+                                                        "its shapes before reading any weight (RuntimeError: cuDNN "
+                                                        "error: CUDNN_STATUS_NOT_INITIALIZED)")) as caught:
+        load_checkpoint(tmp_path / "f.safetensors")
+    assert "building_on_meta" not in str(caught.value)
+
+
+def test_a_family_names_the_switch_that_reads_a_setting_as_data():
+    """``_read_by`` gives ``field -> (switch, value)``; the message is made from them (was: a
+    sentence, whose switch was parsed back out of its text)."""
+    import dataclasses
+
+    from audioae.models.recurrent import RecurrentConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class MaskOnly(RecurrentConfig):
+        def _read_by(self):
+            return {**super()._read_by(), "mask_power": ("output", "mask")}
+
+    assert MaskOnly(output="deepfilter", mask_power=2.0).unread_settings() == [
+        'mask_power = 2.0 is read only with output = "mask", and this model has output = "deepfilter"']
+    assert MaskOnly(output="mask", mask_power=2.0).unread_settings() == []

@@ -73,7 +73,7 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.grad_clip=-1", "train.grad_clip must be > 0, got -1"),
                                                 ("train.grad_clip=0", "train.grad_clip must be > 0, got 0"),
                                                 ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
-                                                ("train.seed=-1", "train.seed must be >= 0, got -1"),
+                                                ("train.seed=-1", "train.seed must be >= 0 and below 2**64, got -1"),
                                                 ("train.threads=-1", "train.threads must be >= 0"),
                                                 ("train.weight_decay=nan", "train.weight_decay must be a finite number, got nan"),
                                                 # was taken: the run wrote weights that give NaN and exited 0
@@ -1342,51 +1342,171 @@ def test_a_recipe_rerun_from_the_top_skips_the_phases_it_finished_and_goes_on_wi
     assert load_checkpoint(out / "last.safetensors").num_parameters() > 0
 
 
+def _staged_run(model_config: dict | None = None, data: dict | None = None, **train):
+    from audioae.train import DataConfig, RunConfig, TrainConfig
+
+    return RunConfig(model="recurrent", model_config=model_config or {"hidden": 16},
+                     data=DataConfig(**(data or {})), train=TrainConfig(**train))
+
+
 def test_a_phase_that_ended_at_its_steps_is_done_only_within_them():
     """A step-bounded phase (no max_minutes) is done for a rerun within the steps it reached; the
-    same schedule asked for more steps later is a new phase (a later stage may reuse a rate)."""
-    from audioae.train import TrainConfig, _finished_phase, _phase_done, _phase_of
+    same settings asked for more steps later are a new phase (a later stage may reuse a rate)."""
+    from audioae.train import _finished_phase, _phase_done, _phase_of
 
-    first = TrainConfig(steps=100, lr=1e-3)
-    saved = _phase_of(first, 0, 0.2)
+    saved = _phase_of(_staged_run(steps=100, lr=1e-3), 0, 0.2)
     assert _phase_done(saved, 60) is None  # stopped at step 60 of 100: not done
     done = _phase_done(saved, 100)
     assert done["ended"] == "steps" and done["end_step"] == 100
-    assert _finished_phase(TrainConfig(steps=100, lr=1e-3), [done]) == done
-    assert _finished_phase(TrainConfig(steps=300, lr=1e-3), [done]) is None
-    assert _finished_phase(TrainConfig(steps=100, lr=2e-3), [done]) is None
-    timed = _phase_done(_phase_of(TrainConfig(steps=10**6, lr=1e-3, max_minutes=5), 100, 5.01), 900)
+    assert _finished_phase(_staged_run(steps=100, lr=1e-3), [done]) == done
+    assert _finished_phase(_staged_run(steps=300, lr=1e-3), [done]) is None
+    assert _finished_phase(_staged_run(steps=100, lr=2e-3), [done]) is None
+    timed = _phase_done(_phase_of(_staged_run(steps=10**6, lr=1e-3, max_minutes=5), 100, 5.01), 900)
     assert timed["ended"] == "time" and timed["start_step"] == 100
-    assert _finished_phase(TrainConfig(steps=10**7, lr=1e-3, max_minutes=5), [done, timed]) == timed
-    assert _finished_phase(TrainConfig(steps=10**7, lr=1e-3, max_minutes=6), [done, timed]) is None
+    assert _finished_phase(_staged_run(steps=10**7, lr=1e-3, max_minutes=5), [done, timed]) == timed
+    assert _finished_phase(_staged_run(steps=10**7, lr=1e-3, max_minutes=6), [done, timed]) is None
+
+
+def test_a_finished_phase_is_done_only_for_a_rerun_with_every_setting_that_shapes_its_training():
+    """Was: a finished phase was recognised by its schedule alone (lr, lr_final, decay_steps,
+    decay_by_time, max_minutes), so a later stage that reused an earlier stage's schedule with
+    another loss, data or model setting trained nothing and exited 0; and max_minutes had to match
+    exactly, so an earlier stage rerun with another MINUTES trained again over the later stages'
+    weights, while the phase being continued took a changed max_minutes as the same phase."""
+    from audioae.train import _finished_phase, _phase_done, _phase_of, _resumed_phase
+
+    stage = {"steps": 10**6, "lr": 1e-3, "max_minutes": 0.02}
+    done = _phase_done(_phase_of(_staged_run(**stage), 0, 0.0203), 40)
+    assert done["ended"] == "time"
+    assert _finished_phase(_staged_run(**stage), [done]) == done
+    for other in (_staged_run(**stage, sisdr_weight=1.0), _staged_run(data={"snr_low": -10.0}, **stage),
+                  _staged_run({"hidden": 16, "mask_power": 2.0}, **stage), _staged_run(**stage, batch_size=4),
+                  _staged_run(**stage, seed=1)):
+        assert _finished_phase(other, [done]) is None
+    # Where and how it runs, what it reports, and when it stops are no part of it.
+    alike = _staged_run(**{**stage, "max_minutes": 0.01}, threads=1, loader_threads=2, progress=False,
+                        val_every=7, checkpoint_seconds=5, out_dir="elsewhere", metrics=("si_sdr",),
+                        session_minutes=0.005)
+    assert _finished_phase(alike, [done]) == done  # fewer minutes than it ran: done
+    assert _finished_phase(_staged_run(**{**stage, "max_minutes": 0.03}), [done]) is None  # more: a new phase
+    assert _finished_phase(_staged_run(**{**stage, "max_minutes": 0.0}), [done]) is None  # no budget, more steps
+    # A default given explicitly is the same setting; a record without an identity (2026-12-08) is never done.
+    assert _finished_phase(_staged_run({"hidden": 16, "n_fft": 512}, **stage), [done]) == done
+    assert _finished_phase(_staged_run(**stage), [{**done, "identity": None}]) is None
+
+    # The phase a resume point is in: the same rule, and its new-phase line names what changed.
+    saved = _phase_of(_staged_run(**stage), 0, 0.01)
+    start, minutes, how, continuing = _resumed_phase(_staged_run(**{**stage, "max_minutes": 0.05}), 40, saved)
+    assert continuing and (start, minutes) == (0, 0.01) and "train.max_minutes 0.02 -> 0.05" in how
+    start, minutes, how, continuing = _resumed_phase(_staged_run(data={"snr_low": -10.0}, **stage,
+                                                                 sisdr_weight=1.0), 40, saved)
+    assert not continuing and (start, minutes) == (40, 0.0)
+    assert "a new phase (data.snr_low -5.0 -> -10.0; train.sisdr_weight 0.0 -> 1.0)" in how
+
+
+def test_a_later_stage_that_reuses_a_finished_schedule_with_another_loss_trains(tmp_path, capsys):
+    """The CLI's side of the test above: stage 3 reuses stage 1's rate and budget with another loss
+    (was: "already ran to its end", nothing trained, exit 0); stage 1 rerun with fewer minutes and
+    another validation set is done, in one line (was: trained again over stage 3's weights, and
+    best.safetensors' validation key warned of, for a call that validates nothing)."""
+    out = tmp_path / "run"
+    common = ["train", CONFIG, "--out", str(out), "--steps", "1000000", "--set", "train.val_every=100000",
+              "--set", "train.progress=false", "--set", "model.config.hidden=16", "--set", 'train.metrics=["si_sdr"]',
+              "--set", "train.lr=1e-3"]
+    steps = []
+    for extra in ([], ["--set", "train.lr=5e-4"], ["--set", "train.sisdr_weight=1.0"]):
+        assert main([*common, "--set", "train.max_minutes=0.01", *extra]) == 0
+        said = capsys.readouterr()
+        steps.append(json.loads(said.out)["steps"])
+    assert steps[0] < steps[1] < steps[2]  # stage 3 trained
+    assert "a new phase (train.lr 0.0005 -> 0.001; train.sisdr_weight 0.0 -> 1.0)" in said.err
+    finished = _run_files(out)
+    assert main([*common, "--set", "train.max_minutes=0.005", "--set", "data.val_examples=2"]) == 0
+    said = capsys.readouterr()
+    lines = [line for line in said.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already ran to its end" in lines[0], said.err
+    assert json.loads(said.out)["steps"] == steps[2] and _run_files(out) == finished
 
 
 def _deterministic_state() -> tuple:
-    cudnn = torch.backends.cudnn
-    return (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32,
-            torch.backends.cuda.matmul.allow_tf32, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    """What train.deterministic sets, read with torch's fp32_precision API only (a legacy
+    allow_tf32 read after it raises)."""
+    b = torch.backends
+    return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            b.cudnn.benchmark, b.cudnn.deterministic, torch.get_float32_matmul_precision(),
+            b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision, b.cudnn.conv.fp32_precision,
+            b.cudnn.rnn.fp32_precision, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
 
 
-def test_deterministic_runs_give_bit_identical_weights_and_leave_torch_as_it_was(tmp_path, monkeypatch):
+@pytest.fixture
+def medium_matmuls():
+    """The caller's float32 matmul precision at "medium" for the test, and back afterwards."""
+    b = torch.backends
+    saved = (torch.get_float32_matmul_precision(), b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision)
+    torch.set_float32_matmul_precision("medium")
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision = saved[1:]
+
+
+def _deterministic_run(tmp_path: Path, name: str, *extra: str):
+    from audioae.train import load_run_config
+
+    return load_run_config(CONFIG, [f"train.out_dir={json.dumps(str(tmp_path / name))}", "train.steps=2",
+                                    "train.val_every=2", "train.progress=false", 'train.metrics=["si_sdr"]',
+                                    "train.deterministic=true", *extra])
+
+
+def test_deterministic_sets_torch_for_the_run_and_gives_the_callers_settings_back(tmp_path, monkeypatch,
+                                                                                   medium_matmuls):
+    """Was: the matmul precision saved and restored through the legacy allow_tf32 flags, after
+    which torch.get_float32_matmul_precision() raised ("mix of the legacy and new APIs"); and a
+    seed of 2**32 (which the config takes) raised numpy's "Seed must be between 0 and 2**32 - 1"
+    from the reseeding of numpy's global generator, leaving CUBLAS_WORKSPACE_CONFIG set."""
     from audioae.checkpoint import checkpoint_extra
-    from audioae.train import load_run_config, train
+    from audioae.train import train
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = _deterministic_state()
-    assert before[0] is False  # (else the test could not tell the run's settings from the caller's)
-    weights, during = [], []
-    for name in ("a", "b"):
-        run = load_run_config(CONFIG, [f"train.out_dir={json.dumps(str(tmp_path / name))}", "train.steps=6",
-                                       "train.val_every=3", "train.progress=false", "model.config.hidden=16",
-                                       'train.metrics=["si_sdr"]', "train.deterministic=true", "train.seed=3"])
-        train(run, report=lambda line: during.append(_deterministic_state()))
-        weights.append(load_checkpoint(tmp_path / name / "last.safetensors").state_dict())
-        assert _deterministic_state() == before  # the caller's settings are back
-    assert during and set(during) == {(True, False, True, False, False, ":4096:8")}
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert before[0] is False and before[4] == "medium"  # (else the run's settings pass for the caller's)
+    during = []
+    train(_deterministic_run(tmp_path, "a", "model.config.hidden=16", f"train.seed={2**32}"),
+          report=lambda line: during.append(_deterministic_state()))
+    assert _deterministic_state() == before  # the caller's settings are back
+    assert during and set(during) == {(True, False, False, True, "highest", "ieee", "ieee", "ieee", "ieee",
+                                       ":4096:8")}
     assert json.loads((tmp_path / "a" / "run.json").read_text())["train"]["deterministic"] is True
     assert checkpoint_extra(tmp_path / "a" / "best.safetensors")["run"]["train"]["deterministic"] is True
+
+
+def test_a_deterministic_run_that_fails_gives_the_callers_settings_back(tmp_path, monkeypatch, medium_matmuls):
+    from audioae.train import TrainConfig, train
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = _deterministic_state()
+    with pytest.raises(FileNotFoundError, match="no such folder"):  # raised in the run, with its settings on
+        train(_deterministic_run(tmp_path, "a", "model.config.hidden=16",
+                                 f"data.clean_dir={json.dumps(str(tmp_path / 'missing'))}"))
+    assert _deterministic_state() == before
+    with pytest.raises(ValueError, match=r"train.seed must be >= 0 and below 2\*\*64, got 18446744073709551616"):
+        TrainConfig(seed=2**64)  # was torch's "Overflow when unpacking long long" at the run's start
+
+
+def test_deterministic_refuses_maxunpool_before_the_run_starts(tmp_path, monkeypatch):
+    """Was: torch's "max_unpooling2d_forward_out does not have a deterministic implementation" at
+    the first step, after run.json was written."""
+    import dataclasses
+
+    from audioae.train import train
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    run = _deterministic_run(tmp_path, "a", 'model.name="conv1d"', 'model.config.unpool="maxunpool"',
+                             "model.config.channels=[8, 8]")
+    run = dataclasses.replace(run, model_config={k: v for k, v in run.model_config.items() if k != "hidden"})
+    with pytest.raises(ValueError, match='train.deterministic: model.config.unpool = "maxunpool" has no '
+                                         'deterministic implementation'):
+        train(run)
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize(("settings", "said"), [

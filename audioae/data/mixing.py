@@ -92,6 +92,14 @@ def _load_folder_with_paths(folder: str | Path, sr: int, min_seconds: float = 0.
     return pairs
 
 
+def bad_family_weights(weights: Mapping[str, object]) -> dict:
+    """The entries of ``weights`` (``{"babble": 2.0}``) that are no finite number >= 0 (true and
+    false among them): the one check of folder_source and of the run config's data.*_weights,
+    which names the setting before any audio is loaded."""
+    return {k: v for k, v in weights.items()
+            if isinstance(v, bool) or not (isinstance(v, int | float) and 0 <= v < math.inf)}
+
+
 def folder_source(folder: str | Path, sr: int, family_weights: Mapping[str, float] | None = None) -> Source:
     """A :class:`Source` over ``folder``'s files. ``family_weights`` (``{"babble": 2.0}``) makes
     the files under those first-level subfolders (families) that many times likelier to be drawn
@@ -104,7 +112,7 @@ def folder_source(folder: str | Path, sr: int, family_weights: Mapping[str, floa
     unknown = sorted(set(weights) - families)
     if unknown:
         raise ValueError(f"{folder}: no family (subfolder) {unknown}; there are {sorted(families)}")
-    bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and 0 <= v < math.inf)}
+    bad = bad_family_weights(weights)
     if bad:
         raise ValueError(f"family weights must be finite numbers >= 0, got {bad}")
     per_clip = [float(weights.get(f, 1.0)) for f in family_of]
@@ -175,11 +183,12 @@ class MixConfig:
 
 
 class Mixer:
-    """Batches of ``(clean [B, T], noise [B, T], snr_db [B])`` drawn with a seeded generator."""
+    """Batches of ``(clean [B, T], noise [B, T], snr_db [B])`` drawn with a seeded generator
+    (``seed`` None: none yet, for a subclass that sets one per batch, as :class:`StepMixer`)."""
 
-    def __init__(self, speech: Source, noise: Source, sr: int, cfg: MixConfig, seed: int = 0):
+    def __init__(self, speech: Source, noise: Source, sr: int, cfg: MixConfig, seed: int | None = 0):
         self.speech, self.noise, self.sr, self.cfg = speech, noise, sr, cfg
-        self.rng = np.random.default_rng(seed)
+        self.rng = None if seed is None else np.random.default_rng(seed)
 
     def example(self) -> tuple[np.ndarray, np.ndarray, float]:
         n = int(self.cfg.segment_seconds * self.sr)
@@ -208,6 +217,23 @@ class Mixer:
         noise = torch.from_numpy(np.stack([e[1] for e in ex]))  # [B, T]
         snr = torch.tensor([e[2] for e in ex], dtype=torch.float32)  # [B]
         return clean, noise, snr
+
+
+class StepMixer(Mixer):
+    """A :class:`Mixer` whose n-th batch is drawn from a generator seeded by ``key`` and
+    ``first_step + n * stride`` alone: the batch of a training step, however many batches came
+    before it in this process. Each mixer of a loader (inline, thread or worker process) mixes its
+    own steps in order, and the loader takes them in turn, so step s always gets the same batch."""
+
+    def __init__(self, speech: Source, noise: Source, sr: int, cfg: MixConfig, key: tuple[int, ...],
+                 first_step: int, stride: int = 1):
+        super().__init__(speech, noise, sr, cfg, seed=None)  # each batch seeds its own
+        self.key, self.next_step, self.stride = key, first_step, stride
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.rng = np.random.default_rng([*self.key, self.next_step])
+        self.next_step += self.stride
+        return super().batch(batch_size)
 
 
 LOADER_MODES = ("inline", "threads", "processes")

@@ -86,24 +86,22 @@ class AutoencoderConfig:
         if c.sparsity_weight != 0 and self._weight_unread():
             why.append(f"sparsity_weight = {c.sparsity_weight:g} is read only by sparsity \"l1\", \"l2\" or \"kl\", "
                        f"and sparsity is {json.dumps(c.sparsity)}")
-        read_by = {"topk": (c.sparsity == "topk", 'sparsity = "topk"'),
-                   "sparsity_target": (c.sparsity == "kl", 'sparsity = "kl"'),
-                   "patch_fraction": (c.corruption == "patches", 'corruption = "patches"'),
-                   "patch_size": (c.corruption == "patches", 'corruption = "patches"')}
+        read_by = {"topk": ("sparsity", "topk"), "sparsity_target": ("sparsity", "kl"),
+                   "patch_fraction": ("corruption", "patches"), "patch_size": ("corruption", "patches")}
         read_by |= self._read_by()
-        for name, (read, what) in read_by.items():
-            if not read and getattr(c, name) != default[name] and not self._is_default(name):
-                switch = what.split(" = ")[0]  # the setting that would read it
-                why.append(f"{name} = {json.dumps(getattr(c, name))} is read only with {what}, and this model "
-                           f"has {switch} = {json.dumps(getattr(c, switch))}")
+        for name, (switch, reading) in read_by.items():
+            if getattr(c, switch) != reading and getattr(c, name) != default[name] and not self._is_default(name):
+                why.append(f"{name} = {json.dumps(getattr(c, name))} is read only with {switch} = "
+                           f"{json.dumps(reading)}, and this model has {switch} = {json.dumps(getattr(c, switch))}")
         return why
 
     def _weight_unread(self) -> bool:
         """Whether ``sparsity_weight`` goes unread: the penalties l1, l2 and kl read it."""
         return self.sparsity not in ("l1", "l2", "kl")
 
-    def _read_by(self) -> dict[str, tuple[bool, str]]:
-        """A subclass's own ``field -> (read under this config, the setting that reads it)``."""
+    def _read_by(self) -> dict[str, tuple[str, object]]:
+        """A subclass's own ``field -> (switch, value)``: the field is read only while the config
+        field ``switch`` holds ``value`` (``"df_order": ("output", "deepfilter")``)."""
         return {}
 
     def _is_default(self, name: str) -> bool:
@@ -182,8 +180,8 @@ class SpectralConfig(AutoencoderConfig):
         if self.output == "deepfilter" and not (1 <= self.df_bins <= self.n_bins and self.df_order >= 1):
             raise ValueError(f"deepfilter needs 1 <= df_bins <= {self.n_bins} and df_order >= 1")
 
-    def _read_by(self) -> dict[str, tuple[bool, str]]:
-        read = (self.output == "deepfilter", 'output = "deepfilter"')
+    def _read_by(self) -> dict[str, tuple[str, object]]:
+        read = ("output", "deepfilter")
         return {**super()._read_by(), "df_order": read, "df_bins": read}
 
     @property

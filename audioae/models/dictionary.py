@@ -97,7 +97,6 @@ class SparseDictConfig(SpectralConfig):
             if v < 1 or v % 2 == 0:
                 raise ValueError(f"{name} must be a positive odd number, got {v}")
 
-
     def _weight_unread(self) -> bool:
         return False  # the L1 shrinkage of the multiplicative updates reads it under every sparsity
 
