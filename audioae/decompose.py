@@ -188,7 +188,7 @@ def memory_estimate(channels: int, samples: int, sr: int, model_sr: int, kept: i
 
 
 def _warn_if_long(channels: int, samples: int, sr: int, model_sr: int, kept: int) -> None:
-    """Say what a long input will cost before the work starts: it is held whole. Until 2026-12-08
+    """Say what a long input will cost before the work starts: it is held whole. Until 2026-12-07
     the warning came above 10 minutes, whatever the rate and channels: 10 minutes of 44.1 kHz
     stereo peaked at 5.1 GB unwarned."""
     need = memory_estimate(channels, samples, sr, model_sr, kept)
@@ -434,7 +434,7 @@ def edge_frames(c) -> int:
     envelope's own STFT frames read ``n_fft/2`` more. 6 for ``decomposer-small`` (48 ms; 8 with
     ``atom_frames=7``): a step at the start of a tone cut off at full level was active in its first
     3 frames, in its last 3 or 4 (the window's half alone, 2 frames, let them through). Until
-    2026-12-08 the masks' reach through the code was left out (5, 40 ms)."""
+    2026-12-07 the masks' reach through the code was left out (5, 40 ms)."""
     return _window_frames(c) - 1 + (c.atom_frames - 1) // 2 + math.ceil(c.n_fft / c.hop_length)
 
 
@@ -486,7 +486,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     fewer when fewer units are active, and clusters that are pieces of one sound -- nearly
     proportional waveforms, :data:`SAME_SOUND` -- are merged). ``top_k``: keep only the ``top_k`` strongest
     components, the others join the residual; 0 or None: every component (as ``--top 0`` and the
-    server's ``top_k``; until 2026-12-08 0 raised). ``n_groups``: the old name of ``groups``
+    server's ``top_k``; until 2026-12-07 0 raised). ``n_groups``: the old name of ``groups``
     (deprecated; a DeprecationWarning; a TypeError beside ``groups``). Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
@@ -799,7 +799,7 @@ def _tone_peaks(spectrum: np.ndarray, named: float = TONE_SHARE, tonal: float = 
     main lobe; a sweep's or a noise's flat top is not) whose bin and neighbours hold at least
     ``named`` of the energy; at most ``most`` of them. ``[]`` unless the strongest bin is one
     and together they hold ``tonal`` of the energy (a bin two lobes share counted once; until
-    2026-12-08 twice): the spectrum's peak (the dominant
+    2026-12-07 twice): the spectrum's peak (the dominant
     frequency, :func:`_peak_bins`) is then always the first."""
     p = np.asarray(spectrum, np.float64)
     total = p.sum()
@@ -834,7 +834,7 @@ def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], u
     band (a flat spectrum's highest bin may lie anywhere). ``band_hz``'s edges are the centres
     of its first and last bins (:func:`_energy_band`), ``bin_hz`` apart, so the band reaches half
     a bin past them: an interpolated peak of 1010 Hz in a top bin centred at 1000 Hz lies in
-    "1000-2000 Hz" (it read ", peak 1010 Hz"). Until 2026-12-08 a component whose
+    "1000-2000 Hz" (it read ", peak 1010 Hz"). Until 2026-12-07 a component whose
     energy lay within an octave was named by its dominant frequency alone: a cluster holding C
     and E alike read "~262 Hz", a chirp's "~901 Hz"; and a wider one's band left out its
     dominant frequency (a chirp's "190-1600 Hz", dominant 168 Hz)."""

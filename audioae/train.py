@@ -636,7 +636,7 @@ def _identity_of(record: dict) -> dict | None:
 
 def _saved_phase(meta: dict) -> dict | None:
     """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable);
-    ``steps`` None where it records none (written before 2026-12-08), ``identity`` None where it
+    ``steps`` None where it records none (written before 2026-12-07), ``identity`` None where it
     records none (before 2026-12-09)."""
     try:
         phase = json.loads(meta.get("phase", "null"))
@@ -651,7 +651,7 @@ def _saved_phase(meta: dict) -> dict | None:
 
 def _saved_phases_done(meta: dict, path: Path) -> list[dict]:
     """The finished phases a resume point recorded before its own (:func:`_phase_done`); none in
-    files written before 2026-12-08. An unreadable list is named in a warning and taken as none:
+    files written before 2026-12-07. An unreadable list is named in a warning and taken as none:
     its phases, rerun, train again as new ones (as before the list was kept)."""
     try:
         done = json.loads(meta.get("phases_done", "[]"))

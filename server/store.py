@@ -287,7 +287,7 @@ class ModelStore:
     @staticmethod
     def _warm_up_one(m: ServedModel, rng: np.random.Generator, batch_fn) -> list[str]:
         """Run ``m`` once on noise, half a second of it for audio, as each RPC it serves would (until
-        2026-12-08 a sparse dictionary was warmed through ``denoise()``, which it no longer serves, and
+        2026-12-07 a sparse dictionary was warmed through ``denoise()``, which it no longer serves, and
         not through ``decompose()``, which it does); the RPCs warmed, none for a model with no example
         input to run."""
         rpcs = m.rpcs()

@@ -1390,7 +1390,7 @@ def test_a_finished_phase_is_done_only_for_a_rerun_with_every_setting_that_shape
     assert _finished_phase(alike, [done]) == done  # fewer minutes than it ran: done
     assert _finished_phase(_staged_run(**{**stage, "max_minutes": 0.03}), [done]) is None  # more: a new phase
     assert _finished_phase(_staged_run(**{**stage, "max_minutes": 0.0}), [done]) is None  # no budget, more steps
-    # A default given explicitly is the same setting; a record without an identity (2026-12-08) is never done.
+    # A default given explicitly is the same setting; a record without an identity (2026-12-07) is never done.
     assert _finished_phase(_staged_run({"hidden": 16, "n_fft": 512}, **stage), [done]) == done
     assert _finished_phase(_staged_run(**stage), [{**done, "identity": None}]) is None
 
