@@ -627,7 +627,7 @@ def _phase_of(run: RunConfig, start_step: int, minutes: float) -> dict:
 
 
 def _identity_of(record: dict) -> dict | None:
-    """A phase record's identity; None in one written before 2026-12-09 (its schedule alone)."""
+    """A phase record's identity; None in one written before 2026-12-07 (its schedule alone)."""
     identity = record.get("identity")
     if identity is not None and not isinstance(identity, dict):
         raise TypeError("identity")
@@ -637,7 +637,7 @@ def _identity_of(record: dict) -> dict | None:
 def _saved_phase(meta: dict) -> dict | None:
     """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable);
     ``steps`` None where it records none (written before 2026-12-07), ``identity`` None where it
-    records none (before 2026-12-09)."""
+    records none (before 2026-12-07)."""
     try:
         phase = json.loads(meta.get("phase", "null"))
         if not (isinstance(phase, dict) and isinstance(phase.get("settings"), dict)):
@@ -686,7 +686,7 @@ def _finished_phase(run: RunConfig, done: list[dict]) -> dict | None:
     or a train.max_minutes within the minutes it ran (max_minutes is no part of the identity: a
     rerun of a recipe's stage with another MINUTES is still that stage). A phase asked for more
     than it ran, or under another setting (a later stage that reuses a schedule with another
-    loss), is a new phase. Phases recorded before 2026-12-09 keep no identity and are never done."""
+    loss), is a new phase. Phases recorded before 2026-12-07 keep no identity and are never done."""
     tc = run.train
     for phase in reversed(done):
         if phase.get("identity") is None or _identity_changes(phase["identity"], run):
@@ -1151,7 +1151,7 @@ def _resumed_phase(run: RunConfig, step: int, saved: dict | None) -> tuple[int, 
     command, as recipes/train_denoiser_gpu.sh's split calls are, or with a larger budget or more
     steps. Any other change (a fine-tuning stage's rate, loss or data) starts a new phase here at 0
     minutes with its own budget, with or without train.session_minutes. A phase recorded before
-    2026-12-09 keeps its schedule alone, which then decides."""
+    2026-12-07 keeps its schedule alone, which then decides."""
     tc = run.train
     if saved is None:
         changed = None
