@@ -229,11 +229,13 @@ def _add_denoise(sub) -> None:
                    help="local processes, or a Ray Data pipeline (pip install 'audioae[ray]')")
     p.add_argument("--workers", type=int, default=1, help="local: worker processes; ray: actors")
     p.add_argument("--address", help="ray: the cluster to join: HOST:PORT (its GCS, as `ray start --head` "
-                                     "prints it), ray://HOST[:PORT] (Ray Client), or auto (the one running here). "
+                                     "prints it), or auto (the one this machine last started with `ray start`). "
+                                     "Not Ray Client's ray://: run on a cluster node or use `ray job submit`. "
                                      "Default: RAY_ADDRESS when set, else a new local Ray of this job's own. A "
                                      "cluster with token authentication needs RAY_AUTH_MODE=token and "
                                      "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="ray: GPUs per actor (default: 1 with --device cuda, else 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (default 1: scale with --workers)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")

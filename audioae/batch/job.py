@@ -60,7 +60,7 @@ class DenoiseOptions:
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "local"  # local | ray
     workers: int = 1  # local: processes; ray: actors
-    address: str | None = None  # ray: HOST:PORT | auto | ray://HOST[:PORT]; None: RAY_ADDRESS when set, else a local Ray
+    address: str | None = None  # ray: HOST:PORT | auto; None: RAY_ADDRESS when set, else a local Ray
     gpus_per_worker: float = 0.0  # ray: GPUs per actor
     overwrite: bool = False  # redo outputs that already exist
     threads: int = 1  # torch threads per worker; the same count on both engines gives identical outputs
@@ -131,10 +131,9 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
         from .ray_engine import run_ray
 
         load_checkpoint(ckpt, expected_sha256=expected)  # fail here, clearly, not in every actor
-        gpus = opts.gpus_per_worker or (1.0 if opts.device.startswith("cuda") else 0.0)
         yield from run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
-                           workers=opts.workers, address=opts.address, gpus_per_worker=gpus, threads=opts.threads,
-                           block_seconds=opts.block_seconds)
+                           workers=opts.workers, address=opts.address, gpus_per_worker=opts.gpus_per_worker,
+                           device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds)
         return
     from .local import run_local
 
@@ -172,9 +171,10 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     options.check()
     _refuse_in_a_starting_worker()
     if options.engine == "ray":
-        from .ray_engine import require_ray
+        from .ray_engine import check_request, require_ray
 
         require_ray()  # before anything is written: without Ray, say how to install it
+        check_request(options.address, options.device, options.gpus_per_worker)
     else:
         pick_device(options.device)  # --device cuda without a GPU: refused before the folder is made
     left_out: list[tuple[str, str]] = []  # (path, why): what the job did not denoise, and no file's result says
@@ -465,7 +465,7 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     name, and that name's own ``duplicate`` lines, which say nothing of what made the output, go.
 
     Which of two names of a file is denoised is the one planned first (:func:`.plan.plan_tasks`),
-    so it follows the order of the inputs. Until 2026-12-08 a rerun with the names swapped found
+    so it follows the order of the inputs. Until 2026-12-07 a rerun with the names swapped found
     no record under the new first name, and its line replaced the record with a "skipped" one
     that said nothing of what made the output: on the run after, another model was not refused
     (the output kept, "already done"), a changed input went unseen, and what a stopped
@@ -498,7 +498,7 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
 def _record_second_names(path: Path, duplicates: Sequence[tuple[str, str, str]], results: list[FileResult]) -> None:
     """Append to ``results`` and to the manifest at ``path`` a line for each second name of a file
     (``duplicates``: ``(name, first name, output)``), saying what came of the file under its first
-    name, whose result ``results`` holds. Until 2026-12-08 these lines were written before any
+    name, whose result ``results`` holds. Until 2026-12-07 these lines were written before any
     file was denoised, and said "denoised once" of a file that failed or was refused."""
     latest = {r.input: r for r in results}
     found = [FileResult(name, output, DUPLICATE, f"the same file as {first} (a link or a hard link): "

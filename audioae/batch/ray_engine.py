@@ -43,7 +43,6 @@ INLINE_MAX_BYTES = 32 << 20  # larger files are not copied through the object st
 # one GPU batch holds (FileDenoiser batches them).
 CPU_ROWS_PER_BATCH = 4
 CONNECT_TIMEOUT_S = 5.0  # the TCP probe of --address before ray.init
-RAY_CLIENT_PORT = 10001  # where ray://HOST without a port connects
 # Loggers of Ray's whose warnings say nothing to a user of this engine (Ray 2.60's module names).
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 RAY_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -161,38 +160,104 @@ def _task_pool(ray, size: int) -> dict:
     return {"concurrency": size}  # Ray < 2.4x
 
 
+def check_address(address: str | None) -> None:
+    """Refuse, before anything is written, an address this engine cannot use (``None``: the
+    environment's RAY_ADDRESS, if any). Ray Client (``ray://``): Ray Data's executor does not run
+    under it (Ray 2.60: every file failed with "'Worker' object has no attribute 'core_worker'").
+    A URL (the dashboard's http://HOST:8265): --address wants the GCS's HOST:PORT."""
+    where = "--address" if address else "RAY_ADDRESS"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or "://" not in address:
+        return
+    if address.startswith("ray://"):
+        raise ValueError(f"{where} {address}: Ray Client (ray://) cannot run this job (Ray Data's pipeline needs a "
+                         f"driver on the cluster). Run the command on a node of the cluster with --address HOST:PORT "
+                         f"(the GCS address `ray start --head` prints, e.g. HEAD_IP:6379) or --address auto, or "
+                         f"submit it from anywhere: ray job submit --address http://HEAD_IP:8265 -- audioae denoise ...")
+    raise ValueError(f"{where} {address}: the cluster's GCS address is HOST:PORT (as `ray start --head` prints it, "
+                     f"e.g. HEAD_IP:6379), not a URL; the dashboard's http://HOST:8265 is for `ray job submit`")
+
+
+def check_request(address: str | None, device: str, gpus_per_worker: float) -> None:
+    """Refuse, before anything is written, what the Ray engine cannot do as asked (run_denoise
+    calls it; run_ray checks the address again)."""
+    check_address(address)
+    if device.startswith("cuda:"):  # the actor's cuda is the GPU Ray gave it (CUDA_VISIBLE_DEVICES)
+        raise ValueError(f"--device {device}: on the Ray engine Ray assigns each actor its GPU(s); pass --device cuda")
+    if device == "cpu" and gpus_per_worker > 0:  # the actors would have run on cuda, silently
+        raise ValueError(f"--device cpu and --gpus-per-worker {gpus_per_worker:g} contradict each other: actors given "
+                         f"GPUs run on them; drop one")
+
+
+def _resolve_auto() -> tuple[str, str] | None:
+    """``(HOST:PORT, where it was found)`` for ``auto``, as ray.init would resolve it: RAY_ADDRESS,
+    else the cluster this machine last started with `ray start` (ray/ray_current_cluster under
+    RAY_TMPDIR or /tmp). None where this Ray's private API differs (left to Ray). Without either,
+    ray.init would join any Ray process it finds running here, another job's own local Ray
+    included (gone when that job ends): refused."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        recorded = find_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 (a private API: where it changed, ray.init resolves auto itself)
+        return None
+    if not recorded:
+        raise RuntimeError("--address auto: no `ray start` cluster is recorded on this machine (ray_current_cluster); "
+                           "name the cluster with --address HOST:PORT, or leave --address out for a local Ray of "
+                           "the job's own")
+    return recorded, "ray_current_cluster, the cluster this machine last started with `ray start`"
+
+
 def _check_reachable(address: str | None) -> None:
     """Fail in seconds on a HOST:PORT nobody answers on: ray.init retries such an address for
-    minutes (``ray://HOST`` is probed at Ray Client's port, 10001). ``auto`` and anything else not
-    shaped HOST:PORT is left to Ray."""
-    if not address or address in ("auto", LOCAL):
+    minutes. ``auto`` is resolved first (a head that was killed leaves its address in
+    ray_current_cluster, and ray.init waited on it for minutes too); anything else not shaped
+    HOST:PORT is left to Ray."""
+    if not address or address == LOCAL:
         return
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if address.startswith("ray://") and not (sep and port.isdigit()):  # Ray Client's own default port
-        host, sep, port = address.removeprefix("ray://"), ":", str(RAY_CLIENT_PORT)
+    found = ""
+    if address == "auto":
+        resolved = _resolve_auto()
+        if resolved is None:
+            return
+        target, where = resolved
+        found = f" (auto: {target}, from {where})"
+        log.info("--address auto is %s, from %s", target, where)
+    else:
+        target = address
+    host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
         return
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}") from exc
+        raise RuntimeError(f"cannot reach the Ray cluster at {address!r}{found}: {exc.strerror or exc}") from exc
 
 
-def _check_actor_fits(ray, threads: int, gpus_per_worker: float, *, autoscaled: bool) -> None:
+def _check_actor_fits(ray, threads: int, gpus_per_worker: float, *, autoscaled: bool,
+                      gpu_flag: str = "--gpus-per-worker") -> None:
     """An actor asking for more CPUs or GPUs than any node has is never placed, and Ray Data
     waits for it forever. A local Ray cannot grow: refuse. A joined cluster may have an
-    autoscaler that adds such a node: warn."""
+    autoscaler that adds such a node: warn (whether it has one, Ray does not say reliably: a
+    cluster started by hand with `ray start` has none, and the job then waits until stopped).
+    ``gpu_flag``: what asked for the GPUs (``--device cuda`` asks for one per actor)."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     largest = {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
     if threads <= largest["CPU"] and gpus_per_worker <= largest["GPU"]:
         return
     msg = (f"each actor asks for {threads} CPU(s) (--threads) and {gpus_per_worker:g} GPU(s) "
-           f"(--gpus-per-worker), but the largest node has {largest['CPU']:g} CPU(s) and "
+           f"({gpu_flag}), but the largest node has {largest['CPU']:g} CPU(s) and "
            f"{largest['GPU']:g} GPU(s)")
     if not autoscaled:
-        raise RuntimeError(f"{msg}: no actor could ever start; lower --threads or --gpus-per-worker")
-    log.warning("%s: the actors wait until an autoscaler adds a node that large", msg)
+        fixes = ["lower --threads"] if threads > largest["CPU"] else []
+        if gpus_per_worker > largest["GPU"]:
+            fixes.append("lower --gpus-per-worker" if gpu_flag == "--gpus-per-worker" else f"drop {gpu_flag}")
+        raise RuntimeError(f"{msg}: no actor could ever start; {' or '.join(fixes)}")
+    log.warning("%s: the actors wait until an autoscaler adds a node that large (a cluster without one, such as "
+                "one started by hand with `ray start`, waits until the job is stopped)", msg)
 
 
 AUTH_HINT = ("authentication failed (the cluster uses token authentication, and this job sent no token or "
@@ -215,9 +280,11 @@ def _refused_token(exc: BaseException) -> bool:
 def _start_or_join(ray, address: str) -> None:
     """ray.init: a new local Ray for :data:`LOCAL`, else the cluster at ``address``, failing in
     words when it cannot be reached."""
+    check_address(address)
     _check_reachable(address)
     # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
-    # job as Ctrl-C does (audioae.cli): put the caller's back.
+    # job as Ctrl-C does (audioae.cli): put the caller's back. A SIGTERM during ray.init met Ray's
+    # (exit 15, not a word): it is handed to the caller's.
     caller = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     # A local Ray of the job's own turns on token authentication, and says so in a warning that
     # asks nothing of the user; Ray's other warnings stay.
@@ -231,6 +298,15 @@ def _start_or_join(ray, address: str) -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM or not callable(caller):
+            raise
+        if ray.is_initialized():
+            ray.shutdown()
+        handler, caller = caller, None  # in place now: it decides what a second SIGTERM does
+        signal.signal(signal.SIGTERM, handler)
+        handler(signal.SIGTERM, None)  # raises (the CLI's: as Ctrl-C); one that returns: as Ray's did
+        raise
     except (ConnectionError, ValueError) as exc:
         if _refused_token(exc):
             raise RuntimeError(f"the Ray cluster at {address!r} refused this job: {AUTH_HINT}") from exc
@@ -292,13 +368,15 @@ def _pipeline(ray, todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str,
 
 def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float = 1.0,
             workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0, threads: int = 1,
-            block_seconds: float = BLOCK_SECONDS) -> Iterator[FileResult]:
+            block_seconds: float = BLOCK_SECONDS, device: str = "auto") -> Iterator[FileResult]:
     """Results for ``todo`` as the pipeline yields them. Joins the running Ray (the one this
     process already started, else ``address``, else ``RAY_ADDRESS``), or starts a local Ray of
-    its own."""
+    its own. Actors get ``gpus_per_worker`` GPUs each, or one with ``device`` cuda."""
     ray = require_ray()
     if not todo:
         return
+    gpu_flag = "--gpus-per-worker" if gpus_per_worker else "--device cuda"
+    gpus_per_worker = gpus_per_worker or (1.0 if device.startswith("cuda") else 0.0)
     # ray.init(address=None) joins RAY_ADDRESS when it is set (as `ray job submit` sets it): take
     # it as the address it is, so that an unreachable one fails in seconds, not after minutes of
     # Ray's retries, and a cluster joined that way is treated as one (it may autoscale). Without
@@ -314,7 +392,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
         if not ray.is_initialized():
             _start_or_join(ray, address)
             started = True
-        _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL)
+        _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL, gpu_flag=gpu_flag)
         _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the driver shows one bar for the whole job
@@ -333,31 +411,55 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     reported: set[str] = set()
     stopped = False
     try:
-        for row in ds.iter_rows():
-            duration, size = float(row["duration"]), int(row["input_size"])
-            # the input as the actor opened it (read as bytes, or streamed): checked unchanged
-            opened = made_from(None if size < 0 else SourceState(size, int(row["input_mtime_ns"])))
-            result = FileResult(os.fsdecode(bytes(row["input"])), os.fsdecode(bytes(row["output"])), str(row["status"]),
-                                os.fsdecode(bytes(row["error"])), float(row["seconds"]),
-                                None if math.isnan(duration) else duration,
-                                warning=os.fsdecode(bytes(row["warning"])), **opened)
-            reported.add(result.input)
-            yield result
-    except Exception as exc:  # noqa: BLE001 (the pipeline itself failed: an actor died, the cluster went)
-        log.error("the Ray pipeline failed: %s", exc)
-        msg = f"Ray pipeline failed before this file finished: {type(exc).__name__}: {str(exc)[:500]}"
-        for t in todo:
-            if t.input not in reported:
-                yield FileResult(t.input, t.output, "error", msg)
-    except BaseException:  # stopped on purpose: Ctrl-C, SIGTERM, or the job stopped reading the results
+        try:
+            for row in ds.iter_rows():
+                duration, size = float(row["duration"]), int(row["input_size"])
+                # the input as the actor opened it (read as bytes, or streamed): checked unchanged
+                opened = made_from(None if size < 0 else SourceState(size, int(row["input_mtime_ns"])))
+                result = FileResult(os.fsdecode(bytes(row["input"])), os.fsdecode(bytes(row["output"])),
+                                    str(row["status"]), os.fsdecode(bytes(row["error"])), float(row["seconds"]),
+                                    None if math.isnan(duration) else duration,
+                                    warning=os.fsdecode(bytes(row["warning"])), **opened)
+                reported.add(result.input)
+                yield result
+        except Exception as exc:  # noqa: BLE001 (the pipeline itself failed: an actor died, the cluster went)
+            log.error("the Ray pipeline failed: %s", exc)
+            msg = f"Ray pipeline failed before this file finished: {type(exc).__name__}: {str(exc)[:500]}"
+            for t in todo:
+                if t.input not in reported:
+                    yield FileResult(t.input, t.output, "error", msg)
+    # Stopped on purpose: Ctrl-C, SIGTERM, or the job stopped reading the results; also when the
+    # signal lands in the handler above (a signal to the whole process group ends Ray's processes
+    # with the driver, so the pipeline may fail first).
+    except BaseException:
         stopped = True
         raise
     finally:
-        if started:
-            ray.shutdown()
-        _restore(quieted, color)
+        # The markers first, then Ray: a signal to the whole process group takes Ray's own processes
+        # too, and Ctrl-C pressed again landed in ray.shutdown, which then never marked them.
         if stopped:
             _forget_stopped(journal, todo, reported, suspects)
+        if started:
+            _shutdown(ray, stopped=stopped)
+        _restore(quieted, color)
+
+
+def _shutdown(ray, *, stopped: bool) -> None:
+    """ray.shutdown; after a stop, deaf to further Ctrl-C (a repeated one broke off the shutdown,
+    and Ray's atexit shutdown then printed a KeyboardInterrupt traceback and the job exited 1), and
+    quiet about a Ray whose processes died with the signal: the job is already ending."""
+    if not stopped:
+        ray.shutdown()
+        return
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        ray.shutdown()
+    except Exception as exc:  # noqa: BLE001 (the stop that is under way is what the caller hears of)
+        log.debug("ray.shutdown after a stop: %s", exc)
+    finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
 
 
 def _restore(levels: dict[str, int], color: str | None) -> None:
