@@ -970,7 +970,10 @@ COMMANDS = [_add_train, _add_models, _add_denoise, _add_eval, _add_serve, _add_c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audioae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="audioae", description="Denoise speech, split recordings into learned components and serve both over "
+        "gRPC with small spectrogram autoencoders; train your own. `audioae COMMAND --help` for each command.",
+        epilog="Start with: audioae denoise audioae/pretrained/examples -o cleaned")
     parser.add_argument("--version", action="version", version=f"audioae {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -765,7 +765,9 @@ class Client:
     def list_models(self, timeout: float | None = None) -> dict:
         """The served models as plain Python values (``parameters`` an int: protobuf's JSON
         mapping would make the int64 a string). Each model's ``code_frame_rate`` is the code
-        frames per second of audio that its ``encode`` gives (None: not a spectrogram model)."""
+        frames per second of audio that its ``encode`` gives (None: not a spectrogram model), and
+        ``latency_ms`` its algorithmic latency, None for a model that does not stream (not
+        ``causal``: the wire's 0.0), as ``audioae models`` says "offline" and ``inspect`` null."""
         from google.protobuf.json_format import MessageToDict
 
         resp = self.stub.ListModels(_pb().ListModelsRequest(), **self._kw(timeout))
@@ -775,6 +777,8 @@ class Client:
         for m in info["models"]:
             m["parameters"] = int(m["parameters"])
             m.setdefault("code_frame_rate", None)  # unset: not a spectrogram model
+            if not m["causal"]:  # proto3 has no null double: 0.0 on the wire means "does not stream"
+                m["latency_ms"] = None
         return info
 
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:

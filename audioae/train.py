@@ -476,10 +476,17 @@ def _wave_scores(wave: torch.Tensor, clean: torch.Tensor, sr: int, metrics, tag:
     pairs = list(zip(wave.numpy(), clean.numpy(), strict=True))
     res = {}
     if "pesq" in metrics:
-        res["pesq" + tag] = float(np.nanmean([pesq_wb(e, c, sr) for e, c in pairs]))
+        res["pesq" + tag] = _mean_of_scored([pesq_wb(e, c, sr) for e, c in pairs])
     if "stoi" in metrics:
-        res["stoi" + tag] = float(np.nanmean([stoi(e, c, sr) for e, c in pairs]))
+        res["stoi" + tag] = _mean_of_scored([stoi(e, c, sr) for e, c in pairs])
     return res
+
+
+def _mean_of_scored(scores: list[float]) -> float:
+    """The mean of the scores that are numbers; NaN when none is (a non-finite output, which the
+    caller then reports), without numpy's "Mean of empty slice" warning that nanmean gave."""
+    scored = [x for x in scores if not math.isnan(x)]
+    return float(np.mean(scored)) if scored else math.nan
 
 
 @torch.inference_mode()
@@ -1164,7 +1171,7 @@ def _resumed_phase(run: RunConfig, step: int, saved: dict | None) -> tuple[int, 
         was = saved["settings"].get("max_minutes")
         budget = f" with train.max_minutes {was} -> {tc.max_minutes}" if was != tc.max_minutes else ""
         return (saved["start_step"], saved["minutes"],
-                f"continuing its phase from step {saved['start_step']}{budget} ({saved['minutes']:.2f} min on "
+                f"continuing its phase, begun at step {saved['start_step']}{budget} ({saved['minutes']:.2f} min on "
                 f"its clock)", True)
     why = ("its resume point records no schedule (written before 2026-12-07)" if changed is None else
            "; ".join(f"{k} {json.dumps(was)} -> {json.dumps(now)}" for k, (was, now) in changed.items()))
@@ -1318,9 +1325,6 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run's output folder {out} is a file; give a folder (--out or train.out_dir)")
     sr = model.config.sample_rate
-    # The data before the folder too: a missing or empty corpus folder leaves no empty run behind.
-    sources = _sources(run.data, sr, val=False)
-    val_set = make_validation_set(model, run.data, _validation_sources(run.data, sr, sources)) if rank == 0 else None
     val_key = validation_key(run, model)  # recorded with best.safetensors' score
     # On the device before the optimizer: a resumed optimizer state is cast to its parameters'
     # device as it loads, and model.to() later would move the parameters and leave it on the CPU.
@@ -1380,13 +1384,15 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
                     f"{d['start_step']}..{d['end_step']}, {d['minutes']:.2f} min) and the run went on to step "
                     f"{step}: nothing to train, the weights stay as they are (--no-resume or another --out trains "
                     f"it anew)")
+        elif rank == 0 and step >= tc.steps:  # said below, in one line: not "resumed" and then "nothing"
+            best, best_input = _resumed_best(out / "best.safetensors", val_key, warn=False)
         elif rank == 0:  # the rank that validates and keeps best.safetensors
             if model_changes:
                 log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out "
                             "starts a new run instead", out, "; ".join(model_changes))
             best, best_input = _resumed_best(out / "best.safetensors", val_key)
             say(f"resumed from {last} at step {step}: {how}")
-        if tc.init_from and rank == 0 and done_before is None:
+        if tc.init_from and rank == 0 and done_before is None and step < tc.steps:
             _warn_init_from_unused(out, tc.init_from, record)
         if step >= tc.steps and done_before is None:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
@@ -1411,6 +1417,18 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
                          f"train.ema_decay=0: the average would stop, and ema.safetensors stay at step {step} as if it "
                          f"were the run's; resume with the run's train.ema_decay (run.json), or start over with "
                          f"--no-resume or another --out")
+    # A phase whose budget is spent: each further call of a split run trained one more step and said nothing.
+    spent = done_before is None and step < tc.steps and tc.max_minutes > 0 and minutes_before >= tc.max_minutes
+    idle = spent or done_before is not None or step >= tc.steps  # nothing to train
+    if spent and rank == 0:
+        log.warning("%s: the phase's budget is spent (%.2f min on its clock, train.max_minutes=%g): nothing to "
+                    "train; a larger train.max_minutes continues the phase, another schedule starts a new one",
+                    out, minutes_before, tc.max_minutes)
+    # The data before the folder too: a missing or empty corpus folder leaves no empty run behind. Not
+    # read when there is nothing to train (a finished run rerun spent most of its time loading it).
+    sources = None if idle else _sources(run.data, sr, val=False)
+    val_set = (make_validation_set(model, run.data, _validation_sources(run.data, sr, sources))
+               if rank == 0 and not idle else None)
     # Only now, with every check passed: a refused run leaves the folder as it was.
     if resuming and rank == 0:
         _forget_lost_steps(out / "log.jsonl", step)
@@ -1434,15 +1452,8 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
     # draws the batches the uninterrupted run would have (it was seeded from the resume step, and
     # drew others), whatever the number of mixers: mixer k mixes steps step + k, step + k + K, ...
     n_mixers = max(1, tc.loader_threads)
-    mixers = [StepMixer(*sources, sr, mix, key=(tc.seed, rank), first_step=step + k, stride=n_mixers)
-              for k in range(n_mixers)]
-    # A phase whose budget is spent: each further call of a split run trained one more step and said nothing.
-    spent = done_before is None and tc.max_minutes > 0 and minutes_before >= tc.max_minutes
-    idle = spent or done_before is not None  # nothing to train beyond train.steps either
-    if spent and rank == 0:
-        log.warning("%s: the phase's budget is spent (%.2f min on its clock, train.max_minutes=%g): nothing to "
-                    "train; a larger train.max_minutes continues the phase, another schedule starts a new one",
-                    out, minutes_before, tc.max_minutes)
+    mixers = [] if idle else [StepMixer(*sources, sr, mix, key=(tc.seed, rank), first_step=step + k,
+                                        stride=n_mixers) for k in range(n_mixers)]
     # With nothing to train, run.json keeps what made the weights (and lists no resume that trained nothing).
     if rank == 0 and step < tc.steps and not idle:
         _record_settings(out, run, step if resuming else None, record)
@@ -1480,6 +1491,7 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
     scaler_skipped = overflow_in_a_row = 0  # float16 steps its GradScaler skipped (overflow)
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
+          contextlib.nullcontext() if idle else
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
         while step < tc.steps and not idle:
             if stop.received is not None:
@@ -1601,8 +1613,10 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
                "minutes_done": minutes_total, "phase_minutes": phase_minutes}
     if world > 1:
         summary["replica_max_abs_diff"] = replica_divergence(model)
-        if rank == 0:
-            atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    # One process or torchrun's: the folder says how its last training call went (fields: docs/training.md).
+    # A call that trained nothing leaves the one before, as it leaves the weights and run.json.
+    if rank == 0 and not idle:
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if started_dist:
         dist.barrier()
         dist.destroy_process_group()

@@ -96,6 +96,19 @@ def speech_part(rng: np.random.Generator, i: int, n: int) -> tuple[np.ndarray, s
     return synthetic.speech_like(rng, n / SR, SR)[:n], "synthetic"
 
 
+def espeak_version() -> str | None:
+    """espeak-ng's version line, recorded: the speech part is its output, so numbers compare only
+    between runs with the same espeak-ng and voice data. The run stored by commit 611ec09 differed
+    from later ones in mixture 0 alone (voice en-us+f3), for every method, NMF included, and that
+    commit's code gives the later numbers: its speech input was another (8-cluster purity 2.30 dB
+    against 2.23 on the average, with espeak-ng 1.51+dfsg-10+deb12u2)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    return run.stdout.strip() or None
+
+
 def tone_part(rng: np.random.Generator, n: int) -> np.ndarray:
     t = np.arange(n) / SR
     f = rng.uniform(150, 1500)
@@ -271,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "python benchmarks/decompose_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": str(args.model), "mixtures": args.mixtures, "seconds": args.seconds, "sample_rate": SR,
-        "speech_source": sorted(set(sources)), "threads": 1, "machine": platform.platform(),
+        "speech_source": sorted(set(sources)), "espeak_ng": espeak_version() if "espeak-ng" in sources else None,
+        "threads": 1, "machine": platform.platform(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         # Other jobs share this machine: the load average says how contended the timings were.
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],

@@ -88,7 +88,8 @@ def _clips(n: int, seconds: float, sr: int = 16000) -> list[np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(REPO / "benchmarks/results/gpu.json"))
+    p.add_argument("--out", help="the JSON to write (default benchmarks/results/gpu.json, the stored results: "
+                   "written there only on a CUDA machine)")
     p.add_argument("--proxy-speed-only", action="store_true", help="time the perceptual proxies on any device, then stop")
     p.add_argument("--batch", type=int, default=256, help="rows per proxy call (--proxy-speed-only)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -104,6 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = pick_device("auto")
+    if args.out is None:
+        if dev.type != "cuda" and not (args.proxy_speed_only or args.dry_run):
+            # was: the stored GPU results replaced by this machine's preflight
+            raise SystemExit("no CUDA device: nothing to check, and benchmarks/results/gpu.json (the stored GPU "
+                             "results) left as it is; --dry-run --out FILE writes this machine's preflight")
+        args.out = str(REPO / "benchmarks/results/gpu.json")
     res: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "device": str(dev)}
     _keep(res, args.out, "preflight", _preflight())
     if args.proxy_speed_only:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from bench_args import description  # noqa: E402 (run as a script: benchmarks/ is on the path)
 
-from audioae.data.mixing import MixConfig, Mixer, mixed_batches
+from audioae.data.mixing import MixConfig, Mixer, corpus_missing, mixed_batches
 from audioae.fileio import atomic_write_json
 from audioae.train import _sources, load_run_config
 
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     run = load_run_config(args.config)
     d = run.data
+    missing = corpus_missing(d.clean_dir, d.noise_dir)  # was a FileNotFoundError traceback after the op timing
+    if missing:
+        ap.error(missing)
     sr = run.model_config.get("sample_rate", 16000)
     sources = _sources(d, sr, val=False)
     mix = MixConfig(d.segment_seconds, d.snr_low, d.snr_high, reverb_prob=d.reverb_prob,

@@ -8,6 +8,9 @@ peak memory after it (the banks kept add up).
         [--rates 44100 48000 5512 47952 44056 15932 24885 63512] \
         [--seconds 20] [--out benchmarks/results/odd-rates.json]
 
+It takes minutes, not seconds: 5.6 minutes with ``--seconds 3`` on a shared 2-core machine
+(2026-12-07), so ``--seconds`` shortens little of it; fewer ``--rates`` do.
+
 Rates over the bounds are measured too (both are lifted for the run), to show why they are refused:
 :data:`audioae.audio.MAX_RESAMPLE_FILTER_BYTES` for real-time streams (``stream_accepted``),
 :data:`audioae.audio.MAX_OFFLINE_RESAMPLE_FILTER_BYTES` for files and clips (``offline_accepted``).

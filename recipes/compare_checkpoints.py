@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
+from audioae.data.mixing import corpus_missing
 from audioae.pretrained import resolve_arg
 from audioae.train import grown_like, load_run_config, make_validation_set, validate
 
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     data = dataclasses.replace(run.data, val_examples=args.examples)
     if args.split == "train":
         data = dataclasses.replace(data, val_clean_dir=data.clean_dir, val_noise_dir=data.noise_dir)
+    missing = corpus_missing(data.val_clean_dir, data.val_noise_dir)
+    if missing:
+        ap.error(f"--config {args.config}: {missing}")
     val_set = None
     for path, loaded in models.items():
         if val_set is None:  # the mixtures depend only on the data config, the seed and the rate

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from audioae import pretrained
+from audioae.data.mixing import corpus_missing
 from audioae.enhance import denoise, model_input
 from audioae.metrics import pesq_wb
 from audioae.pretrained import resolve_arg
@@ -260,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("swap needs --other")
     model_path = resolve_arg(ap, args.model, "--model", family="denoiser")
     other_path = resolve_arg(ap, args.other, "--other", family="denoiser") if args.what == "swap" else None
+    if args.what in ("split", "gate", "oracle") and not (args.mixtures / "meta.json").is_file():
+        # was a FileNotFoundError traceback on meta.json
+        ap.error(f"--mixtures {args.mixtures}: no meta.json there; "
+                 f"{corpus_missing(args.mixtures) or 'build the mixtures: python recipes/build_corpus.py --stages val_mixtures'}")
+    if args.what in ("swap", "postproc"):
+        data = load_run_config(args.config).data
+        missing = corpus_missing(data.val_clean_dir, data.val_noise_dir)
+        if missing:
+            ap.error(f"--config {args.config}: {missing}")
     torch.set_num_threads(1)
     model = pretrained.load(model_path).eval()
     if args.what == "split":

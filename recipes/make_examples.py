@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from audioae.audio import resample, write_audio
-from audioae.data.mixing import list_audio, load_folder
+from audioae.data.mixing import corpus_missing, list_audio, load_folder
 from audioae.models.corruption import mix_at_snr
 
 OUT = Path(__file__).resolve().parents[1] / "audioae" / "pretrained" / "examples"
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT, help=f"where the examples go (default {OUT}, replaced)")
     args = p.parse_args(argv)  # before anything is written: --help wrote the package's examples
+    missing = corpus_missing(*(CORPUS / kind / sub for speech, noise, *_ in EXAMPLES
+                               for kind, sub in (("speech", speech), ("noise", noise))))
+    if missing:  # was a FileNotFoundError traceback, after the examples folder was made
+        p.error(missing)
     out, clean_out = args.out, CLEAN_OUT if args.out == OUT else args.out.with_name(args.out.name + "-clean")
     rng = np.random.default_rng(2026)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,49 +1,52 @@
 #!/usr/bin/env bash
-# Train the shipped speech denoiser from scratch and export it into audioae/pretrained/.
+# Train the shipped speech denoiser from scratch, stage by stage as its model card tells
+# (audioae/pretrained/denoiser-small.md; the numbers below are the card's stages).
 #   bash recipes/train_denoiser.sh [MINUTES] [FINETUNE_MINUTES] [MORE_MINUTES] [DF_MINUTES] [DF_DECAY_MINUTES] \
 #       [DF_MORE_MINUTES] [DF5_MINUTES] [PERCEPTUAL_MINUTES] [WIDEN_MINUTES] [GPU_MINUTES] [BABBLE_MINUTES] \
 #       [EMA_MINUTES] [GPU2_MINUTES] [AUDIBLE_MINUTES]
-# 1. installs the Debian packages and builds corpus/ (docs/corpus.md);
-# 2. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
+# Each stage's export is written to runs/denoiser-small-stageN.safetensors (N = 3..10), never into
+# the package. Only a run that completed stage 10 installs its export over the shipped
+# audioae/pretrained/denoiser-small.safetensors; a shorter run (no CUDA GPU: it ends after stage 5)
+# leaves the shipped model alone, and the recipe's last line says which happened.
+# 0. installs the Debian packages and builds corpus/ (docs/corpus.md);
+# 1. the GRU mask model (configs/denoiser-small.toml): MINUTES of wall time at lr 2e-3 on one
 #    CPU thread, FINETUNE_MINUTES at lr 5e-4 and MORE_MINUTES at lr 4e-4 on two threads;
-# 3. grows it into the deep-filter model (configs/denoiser-small-df.toml, train.init_from:
+# 2. grows it into the deep-filter model (configs/denoiser-small-df.toml, train.init_from:
 #    function-preserving) and trains DF_MINUTES at lr 1e-3 on one thread, then
 #    DF_DECAY_MINUTES on two threads with the rate decaying (cosine) from 1e-3 to 5e-5, then
 #    DF_MORE_MINUTES on one thread decaying from 5e-4 to 3e-5;
-# 4. grows its 3-tap filter into a 5-tap one (configs/denoiser-small-df5.toml, function-preserving)
-#    and trains DF5_MINUTES on one thread decaying from 5e-4 to 3e-5 over 9,000 steps;
-# 5. exports that run's best checkpoint (by validation SI-SDR) with the mask power chosen on the
+# 3. grows its 3-tap filter into a 5-tap one (configs/denoiser-small-df5.toml, function-preserving)
+#    and trains DF5_MINUTES on one thread decaying from 5e-4 to 3e-5 over 9,000 steps, then
+#    exports that run's best checkpoint (by validation SI-SDR) with the mask power chosen on the
 #    validation split (recipes/compare_checkpoints.py --mask-power ...);
-# 6. doubles the training babble (build_corpus.py --stages babble_extra) and fine-tunes the
-#    exported model for PERCEPTUAL_MINUTES on one thread with differentiable PESQ and STOI terms
-#    and the mask power in the loop (configs/denoiser-small-perceptual.toml; needs the `train`
-#    extra), then exports that run's last checkpoint, chosen on the validation split.
-# 7. widens that network's GRUs from 192 to 224 units (configs/denoiser-small-w224.toml,
-#    function-preserving) and trains WIDEN_MINUTES more with stage 6's loss on one thread, then
+# 4. doubles the training babble (build_corpus.py --stages babble_extra) and fine-tunes stage 3
+#    for PERCEPTUAL_MINUTES on one thread with differentiable PESQ and STOI terms and the mask
+#    power in the loop (configs/denoiser-small-perceptual.toml; needs the `train` extra), then
+#    exports that run's last checkpoint, chosen on the validation split;
+# 5. widens that network's GRUs from 192 to 224 units (configs/denoiser-small-w224.toml,
+#    function-preserving) and trains WIDEN_MINUTES more with stage 4's loss on one thread, then
 #    exports that run's last checkpoint, chosen on the validation split.
-# 8. on a CUDA GPU only: adds the impacts noise family (build_corpus.py --stages synthetic) and
-#    trains the exported stage-7 model GPU_MINUTES at batch 256 with stages 6-7's loss and 30%
-#    two-noise examples (recipes/train_denoiser_gpu.sh, configs/denoiser-small-gpu.toml), then
-#    exports that run's last weights 0.7 of the way from stage 7's (chosen on the validation
-#    split). Without a GPU the recipe ends at stage 7 and says so. (The shipped stage ran on an
-#    H200 from a packed copy of the corpus: docs/corpus.md.)
-# 9. after stage 8 (so also only with a GPU): trains it BABBLE_MINUTES more on one CPU thread with
+# 6. on a CUDA GPU only: adds the impacts noise family (build_corpus.py --stages synthetic) and
+#    trains stage 5 GPU_MINUTES at batch 256 with stage 4's loss and 30% two-noise examples
+#    (recipes/train_denoiser_gpu.sh, configs/denoiser-small-gpu.toml), then exports that run's
+#    last weights 0.7 of the way from stage 5's (chosen on the validation split). Without a GPU
+#    the recipe ends after stage 5 and says so. (The shipped stage ran on an H200 from a packed
+#    copy of the corpus: docs/corpus.md.)
+# 7. after stage 6 (so also only with a GPU): trains it BABBLE_MINUTES more on one CPU thread with
 #    babble drawn twice as often and SNRs of -10..15 dB (configs/denoiser-small-babble.toml),
-#    then exports that run's best checkpoint halfway from stage 8's weights (chosen on the
-#    validation split).
-# 10. also only with a GPU: trains that model EMA_MINUTES more on one CPU thread at lr 3e-4 with
-#    larger PESQ and STOI weights and a moving average of the weights (configs/denoiser-small-s8.toml),
-#    exports the average and keeps a copy as runs/denoiser-small-stage8.safetensors;
-# 11. trains it GPU2_MINUTES on the GPU with the same loss weights and average, then exports that
-#    run's last weights 0.7 of the way from step 10's export (runs/denoiser-small-stage8.safetensors)
-#    with mask power 0.7 (chosen on the validation split: benchmarks/results/denoiser-selection-s9.jsonl).
-# 12. keeps a copy of step 11's export as runs/denoiser-small-stage9.safetensors and trains it
-#    AUDIBLE_MINUTES more on two CPU threads with the audible pink, brown and modulated noise drawn
-#    twice as often (configs/denoiser-small-audible.toml), then exports that run's moving average
-#    with mask power 0.7 (chosen on the validation split: benchmarks/results/denoiser-selection-audible.jsonl).
-#    The shipped stages 1-9 trained on coloured noise from before synthetic.AUDIBLE_HZ, which this
-#    recipe no longer makes (model card).
-# (The model card numbers its stages from the first export: recipe steps 8-12 are its stages 6-10.)
+#    then exports that run's best checkpoint halfway from stage 6's weights (chosen on the
+#    validation split);
+# 8. trains stage 7 EMA_MINUTES more on one CPU thread at lr 3e-4 with larger PESQ and STOI
+#    weights and a moving average of the weights (configs/denoiser-small-s8.toml), and exports
+#    the average;
+# 9. trains stage 8 GPU2_MINUTES on the GPU with the same loss weights and average, then exports
+#    that run's last weights 0.7 of the way from stage 8's with mask power 0.7 (chosen on the
+#    validation split: benchmarks/results/denoiser-selection-s9.jsonl);
+# 10. trains stage 9 AUDIBLE_MINUTES more on two CPU threads with the audible pink, brown and
+#    modulated noise drawn twice as often (configs/denoiser-small-audible.toml), then exports that
+#    run's moving average with mask power 0.7 (chosen on the validation split:
+#    benchmarks/results/denoiser-selection-audible.jsonl). The shipped stages 1-9 trained on
+#    coloured noise from before synthetic.AUDIBLE_HZ, which this recipe no longer makes (model card).
 # Every phase resumes from its run folder's last.safetensors when rerun, and a phase that already
 # ran to its end trains nothing again (a rerun with the same settings, MINUTES aside, and no more
 # minutes than it ran): rerun from the top after a stop, it goes on in the stage it stopped in.
@@ -85,40 +88,40 @@ audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_DECAY_
 audioae train configs/denoiser-small-df.toml --set train.max_minutes="$DF_MORE_MINUTES" \
   --set train.lr=5e-4 --set train.lr_final=3e-5 --set train.decay_steps=7000
 audioae train configs/denoiser-small-df5.toml --set train.max_minutes="$DF5_MINUTES"
-python recipes/export_model.py runs/denoiser-small-df5/best.safetensors \
-  audioae/pretrained/denoiser-small.safetensors --set mask_power="$MASK_POWER"
+python recipes/export_model.py runs/denoiser-small-df5/best.safetensors runs/denoiser-small-stage3.safetensors \
+  --set mask_power="$MASK_POWER"
 python recipes/build_corpus.py --stages babble_extra
 audioae train configs/denoiser-small-perceptual.toml --set train.max_minutes="$PERCEPTUAL_MINUTES"
-python recipes/export_model.py runs/denoiser-small-perceptual/last.safetensors \
-  audioae/pretrained/denoiser-small.safetensors
+python recipes/export_model.py runs/denoiser-small-perceptual/last.safetensors runs/denoiser-small-stage4.safetensors
 audioae train configs/denoiser-small-w224.toml --set train.max_minutes="$WIDEN_MINUTES"
-python recipes/export_model.py runs/denoiser-small-w224/last.safetensors \
-  audioae/pretrained/denoiser-small.safetensors
-python recipes/build_corpus.py --stages synthetic
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  bash recipes/train_denoiser_gpu.sh "$GPU_MINUTES" corpus runs/denoiser-small-gpu
-  python recipes/export_model.py runs/denoiser-small-gpu/last.safetensors \
-    audioae/pretrained/denoiser-small.safetensors --base runs/denoiser-small-w224/last.safetensors --alpha 0.7
-  cp audioae/pretrained/denoiser-small.safetensors runs/denoiser-small-stage6.safetensors
-  cp audioae/pretrained/denoiser-small.safetensors.sha256 runs/denoiser-small-stage6.safetensors.sha256
-  audioae train configs/denoiser-small-babble.toml --set train.max_minutes="$BABBLE_MINUTES"
-  python recipes/export_model.py runs/denoiser-small-babble/best.safetensors \
-    audioae/pretrained/denoiser-small.safetensors --base runs/denoiser-small-stage6.safetensors --alpha 0.5
-  audioae train configs/denoiser-small-s8.toml --set train.max_minutes="$EMA_MINUTES"
-  python recipes/export_model.py runs/denoiser-small-s8/ema.safetensors audioae/pretrained/denoiser-small.safetensors
-  cp audioae/pretrained/denoiser-small.safetensors runs/denoiser-small-stage8.safetensors
-  cp audioae/pretrained/denoiser-small.safetensors.sha256 runs/denoiser-small-stage8.safetensors.sha256
-  bash recipes/train_denoiser_gpu.sh "$GPU2_MINUTES" corpus runs/denoiser-small-gpu2 --set train.pesq_weight=0.05 \
-    --set train.stoi_weight=0.6 --set train.ema_decay=0.999 --set train.val_every=500
-  python recipes/export_model.py runs/denoiser-small-gpu2/last.safetensors audioae/pretrained/denoiser-small.safetensors \
-    --base runs/denoiser-small-stage8.safetensors --alpha 0.7 --set mask_power=0.7
-  cp audioae/pretrained/denoiser-small.safetensors runs/denoiser-small-stage9.safetensors
-  cp audioae/pretrained/denoiser-small.safetensors.sha256 runs/denoiser-small-stage9.safetensors.sha256
-  audioae train configs/denoiser-small-audible.toml --set train.max_minutes="$AUDIBLE_MINUTES"
-  python recipes/export_model.py runs/denoiser-small-audible/ema.safetensors audioae/pretrained/denoiser-small.safetensors \
-    --set mask_power=0.7
-else
-  echo "steps 8-12 need a CUDA GPU (recipes/train_denoiser_gpu.sh): audioae/pretrained/denoiser-small.safetensors" \
-       "now holds step 7's export (the model card's stage 5), not the shipped stage 10;" \
-       "'git checkout audioae/pretrained/' restores the shipped one" >&2
+python recipes/export_model.py runs/denoiser-small-w224/last.safetensors runs/denoiser-small-stage5.safetensors
+SHIPPED=audioae/pretrained/denoiser-small.safetensors
+if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "train_denoiser.sh: stopped after stage 5, its export in runs/denoiser-small-stage5.safetensors: stages 6-10" \
+       "need a CUDA GPU (recipes/train_denoiser_gpu.sh). $SHIPPED (the shipped stage 10) is unchanged; to use" \
+       "stage 5 instead: audioae denoise --model runs/denoiser-small-stage5.safetensors ..." >&2
+  exit 0
 fi
+python recipes/build_corpus.py --stages synthetic
+# train_denoiser_gpu.sh starts from the package file unless told otherwise: here, the stage before
+bash recipes/train_denoiser_gpu.sh "$GPU_MINUTES" corpus runs/denoiser-small-gpu \
+  --set train.init_from='"runs/denoiser-small-stage5.safetensors"'
+python recipes/export_model.py runs/denoiser-small-gpu/last.safetensors runs/denoiser-small-stage6.safetensors \
+  --base runs/denoiser-small-stage5.safetensors --alpha 0.7
+audioae train configs/denoiser-small-babble.toml --set train.max_minutes="$BABBLE_MINUTES"
+python recipes/export_model.py runs/denoiser-small-babble/best.safetensors runs/denoiser-small-stage7.safetensors \
+  --base runs/denoiser-small-stage6.safetensors --alpha 0.5
+audioae train configs/denoiser-small-s8.toml --set train.max_minutes="$EMA_MINUTES"
+python recipes/export_model.py runs/denoiser-small-s8/ema.safetensors runs/denoiser-small-stage8.safetensors
+bash recipes/train_denoiser_gpu.sh "$GPU2_MINUTES" corpus runs/denoiser-small-gpu2 \
+  --set train.init_from='"runs/denoiser-small-stage8.safetensors"' --set train.pesq_weight=0.05 \
+  --set train.stoi_weight=0.6 --set train.ema_decay=0.999 --set train.val_every=500
+python recipes/export_model.py runs/denoiser-small-gpu2/last.safetensors runs/denoiser-small-stage9.safetensors \
+  --base runs/denoiser-small-stage8.safetensors --alpha 0.7 --set mask_power=0.7
+audioae train configs/denoiser-small-audible.toml --set train.max_minutes="$AUDIBLE_MINUTES"
+python recipes/export_model.py runs/denoiser-small-audible/ema.safetensors runs/denoiser-small-stage10.safetensors \
+  --set mask_power=0.7
+# every stage ran: this is the shipped model retrained, so it takes the shipped one's place
+python recipes/export_model.py runs/denoiser-small-stage10.safetensors "$SHIPPED"
+echo "train_denoiser.sh: all 10 stages ran; $SHIPPED now holds this run's stage 10" \
+     "(runs/denoiser-small-stage10.safetensors); 'git checkout $SHIPPED*' restores the shipped one" >&2

@@ -86,6 +86,10 @@ def test_default_denoiser_is_never_the_decomposer_and_prefers_causal(mixed, mode
     info = mixed.list_models()
     assert [m["name"] for m in info["models"]] == [DEFAULT_DECOMPOSER, "conv", "tiny"]
     assert info["default_denoiser"] == "tiny" and info["default_decomposer"] == DEFAULT_DECOMPOSER
+    # a model that does not stream has no latency: None, as `audioae models` says "offline" (was 0.0, the wire's)
+    by = {m["name"]: m for m in info["models"]}
+    assert by[DEFAULT_DECOMPOSER]["causal"] is False and by[DEFAULT_DECOMPOSER]["latency_ms"] is None
+    assert by["tiny"]["causal"] is True and by["tiny"]["latency_ms"] > 0
     tiny = load_checkpoint(model_dir / "tiny.safetensors")
     x = _noisy(0.6, 16000)
     np.testing.assert_allclose(mixed.denoise(x, 16000), denoise(tiny, x, 16000), atol=TOL)  # no model named

@@ -63,3 +63,14 @@ def test_without_cuda_the_preflight_is_written_before_the_refusal(gpu_check, tmp
     with pytest.raises(SystemExit, match="no CUDA device"):
         gpu_check.main(["--only", "grpc", "--out", str(out)])
     assert "preflight" in json.loads(out.read_text())
+
+
+def test_without_cuda_and_without_out_the_stored_results_are_left_alone(gpu_check, monkeypatch, tmp_path):
+    """Was: `python benchmarks/gpu_check.py` on a machine without CUDA replaced the stored
+    benchmarks/results/gpu.json with that machine's preflight before saying there was nothing to check."""
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)  # where the default --out would be
+    monkeypatch.setattr(gpu_check, "pick_device", lambda name: torch.device("cpu"))
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(["--only", "grpc"])
+    assert "no CUDA device: nothing to check" in str(stop.value.code)
+    assert not list(tmp_path.iterdir())

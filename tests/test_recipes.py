@@ -612,6 +612,28 @@ def test_a_shell_recipe_asked_for_help_prints_its_usage_and_runs_nothing(tmp_pat
     assert subprocess.run(["bash", str(ROOT / script), "--nosuch"], capture_output=True, timeout=60).returncode == 2
 
 
+def test_the_denoiser_recipe_exports_to_its_runs_and_installs_only_after_the_last_stage():
+    """Was: each stage exported over audioae/pretrained/denoiser-small.safetensors, so a run without
+    a CUDA GPU, which stops after stage 5, left that stage in place of the shipped stage 10. Now the
+    stages export to runs/ and one command, the recipe's last, installs stage 10 in the package;
+    the stop without a GPU exits before it and says the shipped model is unchanged."""
+    text = (ROOT / "recipes" / "train_denoiser.sh").read_text()
+    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(code).replace("\\\n", " ")  # one line per command
+    commands = [c.strip() for c in joined.splitlines() if c.strip()]
+    exports = [c for c in commands if c.startswith("python recipes/export_model.py")]
+    dsts = [c.split()[3] for c in exports]
+    assert dsts == [f"runs/denoiser-small-stage{n}.safetensors" for n in range(3, 11)] + ['"$SHIPPED"']
+    assert exports[-1].split()[2] == "runs/denoiser-small-stage10.safetensors"
+    assert not any("audioae/pretrained" in c for c in commands if not c.startswith("SHIPPED=")), \
+        "only the install (through $SHIPPED) writes into the package"
+    assert all(not c.startswith("cp ") for c in commands)
+    gpu = joined.index("torch.cuda.is_available()")
+    no_gpu = joined[gpu:joined.index("\nfi\n", gpu)]
+    assert "exit 0" in no_gpu and "is unchanged" in no_gpu  # stops before stage 6, says the package is untouched
+    assert joined.index("exit 0") < joined.index("stage6.safetensors")
+
+
 @pytest.mark.parametrize("args, where", [(["12", "--set", "train.session_minutes=8.5"], "DATA"),
                                          (["12", "corpus", "--set", "train.session_minutes=8.5"], "OUT"),
                                          (["--set", "train.session_minutes=8.5"], "MINUTES")])

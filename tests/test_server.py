@@ -1113,7 +1113,7 @@ def test_a_vector_model_takes_a_batch_of_vectors(model_dir, tmp_path):
                                                           f"Encode returns them, got shape {shape}")
         # no audio frames: no code frame rate (ListModels said 125.0, the config's unused audio defaults)
         info = c.list_models()["models"][0]
-        assert (info["code_frame_rate"], info["sample_rate"], info["latency_ms"]) == (None, 0, 0.0)
+        assert (info["code_frame_rate"], info["sample_rate"], info["latency_ms"]) == (None, 0, None)
         resp = c.stub.Encode(pb.EncodeRequest(model="vec", tensor=tensor_message(x.numpy())), timeout=30)
         assert not resp.HasField("frame_rate")
 

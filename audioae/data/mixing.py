@@ -57,6 +57,20 @@ def _refuse_not_a_folder(folder: Path) -> None:
         raise FileNotFoundError(f"{folder}: no such folder{where}")
 
 
+def corpus_missing(*folders: str | Path) -> str | None:
+    """What to tell a user whose training corpus is not there: the first of ``folders`` missing and
+    how to build the corpus (it is not in the repository), or None when all are folders. For the
+    scripts that read the corpus, to say so before any work rather than fail deep inside."""
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            where = "" if folder.is_absolute() else f" (read from the current folder, {Path.cwd()})"
+            return (f"{folder}: no such folder{where}. This reads the speech-denoiser corpus, which is built, "
+                    f"not shipped: from the repository root, pip install -e '.[recipes]' && sudo sh "
+                    f"recipes/install_corpus_packages.sh && python recipes/build_corpus.py --out corpus "
+                    f"(Debian packages, about 2 GB; docs/corpus.md)")
+    return None
+
+
 SILENT_PEAK = 1e-4  # -80 dBFS: below it a clip counts as silent
 
 
