@@ -596,6 +596,9 @@ NOT_IN_PHASE_IDENTITY = frozenset({
     # kept under its own key, validation_key).
     "train.val_every", "train.metrics", "train.select_by",
     "data.val_clean_dir", "data.val_noise_dir", "data.val_examples", "data.val_seconds",
+    # Where the training data is, not what: a phase split over machines (train.session_minutes)
+    # may find the same corpus at another path on each (recipes/train_denoiser_gpu.sh DATA).
+    "data.clean_dir", "data.noise_dir",
     # Read by a new run only: a resume continues the run's own weights (_warn_init_from_unused).
     "train.init_from",
 })

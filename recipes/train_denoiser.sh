@@ -26,12 +26,14 @@
 # 5. widens that network's GRUs from 192 to 224 units (configs/denoiser-small-w224.toml,
 #    function-preserving) and trains WIDEN_MINUTES more with stage 4's loss on one thread, then
 #    exports that run's last checkpoint, chosen on the validation split.
-# 6. on a CUDA GPU only: adds the impacts noise family (build_corpus.py --stages synthetic) and
-#    trains stage 5 GPU_MINUTES at batch 256 with stage 4's loss and 30% two-noise examples
-#    (recipes/train_denoiser_gpu.sh, configs/denoiser-small-gpu.toml), then exports that run's
-#    last weights 0.7 of the way from stage 5's (chosen on the validation split). Without a GPU
-#    the recipe ends after stage 5 and says so. (The shipped stage ran on an H200 from a packed
-#    copy of the corpus: docs/corpus.md.)
+# 6. adds the impacts noise family (build_corpus.py --stages synthetic, with or without a GPU);
+#    on a CUDA GPU only: trains stage 5 GPU_MINUTES at batch 256 with stage 4's loss and 30%
+#    two-noise examples (recipes/train_denoiser_gpu.sh, configs/denoiser-small-gpu.toml), then
+#    exports that run's last weights 0.7 of the way from stage 5's (chosen on the validation
+#    split). Without a GPU the recipe ends after stage 5 and says so; on a GPU machine of its own,
+#    copy runs/denoiser-small-stage5.safetensors there with a packed copy of the corpus and run
+#    recipes/train_denoiser_gpu.sh, which starts from that file. (The shipped stage ran on an H200
+#    from a packed copy of the corpus: docs/corpus.md.)
 # 7. after stage 6 (so also only with a GPU): trains it BABBLE_MINUTES more on one CPU thread with
 #    babble drawn twice as often and SNRs of -10..15 dB (configs/denoiser-small-babble.toml),
 #    then exports that run's best checkpoint halfway from stage 6's weights (chosen on the
@@ -95,15 +97,18 @@ audioae train configs/denoiser-small-perceptual.toml --set train.max_minutes="$P
 python recipes/export_model.py runs/denoiser-small-perceptual/last.safetensors runs/denoiser-small-stage4.safetensors
 audioae train configs/denoiser-small-w224.toml --set train.max_minutes="$WIDEN_MINUTES"
 python recipes/export_model.py runs/denoiser-small-w224/last.safetensors runs/denoiser-small-stage5.safetensors
+# stage 6's noise (impacts): built here, with or without a GPU, as a packed copy of corpus/ needs it
+python recipes/build_corpus.py --stages synthetic
 SHIPPED=audioae/pretrained/denoiser-small.safetensors
 if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "train_denoiser.sh: stopped after stage 5, its export in runs/denoiser-small-stage5.safetensors: stages 6-10" \
-       "need a CUDA GPU (recipes/train_denoiser_gpu.sh). $SHIPPED (the shipped stage 10) is unchanged; to use" \
-       "stage 5 instead: audioae denoise --model runs/denoiser-small-stage5.safetensors ..." >&2
+       "need a CUDA GPU. $SHIPPED (the shipped stage 10) is unchanged; to use stage 5 instead: audioae denoise" \
+       "--model runs/denoiser-small-stage5.safetensors ... To train stage 6 on a GPU machine, copy" \
+       "runs/denoiser-small-stage5.safetensors there with a packed copy of corpus/ (docs/corpus.md) and run" \
+       "recipes/train_denoiser_gpu.sh, which starts from that file" >&2
   exit 0
 fi
-python recipes/build_corpus.py --stages synthetic
-# train_denoiser_gpu.sh starts from the package file unless told otherwise: here, the stage before
+# train_denoiser_gpu.sh starts from stage 5's export (configs/denoiser-small-gpu.toml); said here too
 bash recipes/train_denoiser_gpu.sh "$GPU_MINUTES" corpus runs/denoiser-small-gpu \
   --set train.init_from='"runs/denoiser-small-stage5.safetensors"'
 python recipes/export_model.py runs/denoiser-small-gpu/last.safetensors runs/denoiser-small-stage6.safetensors \
@@ -121,7 +126,8 @@ python recipes/export_model.py runs/denoiser-small-gpu2/last.safetensors runs/de
 audioae train configs/denoiser-small-audible.toml --set train.max_minutes="$AUDIBLE_MINUTES"
 python recipes/export_model.py runs/denoiser-small-audible/ema.safetensors runs/denoiser-small-stage10.safetensors \
   --set mask_power=0.7
-# every stage ran: this is the shipped model retrained, so it takes the shipped one's place
-python recipes/export_model.py runs/denoiser-small-stage10.safetensors "$SHIPPED"
+# every stage ran: this is the shipped model retrained, so it takes the shipped one's place, exported
+# as stage 10 was (an export of the export would nest its metadata one level deeper)
+python recipes/export_model.py runs/denoiser-small-audible/ema.safetensors "$SHIPPED" --set mask_power=0.7
 echo "train_denoiser.sh: all 10 stages ran; $SHIPPED now holds this run's stage 10" \
      "(runs/denoiser-small-stage10.safetensors); 'git checkout $SHIPPED*' restores the shipped one" >&2

@@ -616,7 +616,14 @@ def test_the_denoiser_recipe_exports_to_its_runs_and_installs_only_after_the_las
     """Was: each stage exported over audioae/pretrained/denoiser-small.safetensors, so a run without
     a CUDA GPU, which stops after stage 5, left that stage in place of the shipped stage 10. Now the
     stages export to runs/ and one command, the recipe's last, installs stage 10 in the package;
-    the stop without a GPU exits before it and says the shipped model is unchanged."""
+    the stop without a GPU exits before it and says the shipped model is unchanged. Each stage
+    starts from the weights the one before it left (was, after that change: the GPU config still
+    read the package file, so the GPU stages run on their own started from the shipped stage 10);
+    the install exports stage 10's run as stage 10's export was (was: an export of that export,
+    its metadata one level deeper: extra.trained.config_changes)."""
+    import shlex
+    import tomllib
+
     text = (ROOT / "recipes" / "train_denoiser.sh").read_text()
     code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     joined = "\n".join(code).replace("\\\n", " ")  # one line per command
@@ -624,14 +631,81 @@ def test_the_denoiser_recipe_exports_to_its_runs_and_installs_only_after_the_las
     exports = [c for c in commands if c.startswith("python recipes/export_model.py")]
     dsts = [c.split()[3] for c in exports]
     assert dsts == [f"runs/denoiser-small-stage{n}.safetensors" for n in range(3, 11)] + ['"$SHIPPED"']
-    assert exports[-1].split()[2] == "runs/denoiser-small-stage10.safetensors"
+    stage10, install = exports[-2].split(), exports[-1].split()
+    assert install[:3] == stage10[:3] and install[4:] == stage10[4:]  # the same source and settings
+    assert commands.index(exports[-1]) == commands.index(exports[-2]) + 1  # right after stage 10
     assert not any("audioae/pretrained" in c for c in commands if not c.startswith("SHIPPED=")), \
         "only the install (through $SHIPPED) writes into the package"
     assert all(not c.startswith("cp ") for c in commands)
     gpu = joined.index("torch.cuda.is_available()")
     no_gpu = joined[gpu:joined.index("\nfi\n", gpu)]
     assert "exit 0" in no_gpu and "is unchanged" in no_gpu  # stops before stage 6, says the package is untouched
+    assert "runs/denoiser-small-stage5.safetensors there" in no_gpu  # and what a GPU machine needs
     assert joined.index("exit 0") < joined.index("stage6.safetensors")
+    assert joined.index("--stages synthetic") < gpu  # the packed corpus needs it: built without a GPU too
+
+    # Each stage after the first reads what the one before it left: its export, or (an export
+    # without --base, the same weights) the checkpoint exported; stages 2-3, which export nothing,
+    # the run folder of the stage before.
+    def config(name):
+        return tomllib.loads((ROOT / name).read_text())["train"]
+
+    previous_out, last_export, checked = None, None, []
+    for c in commands:
+        words = shlex.split(c)
+        if c.startswith("python recipes/export_model.py"):
+            last_export = words[2:]
+            continue
+        if c.startswith("audioae train "):
+            train = config(words[2])
+            out = train["out_dir"]
+        elif c.startswith("bash recipes/train_denoiser_gpu.sh "):
+            train = config("configs/denoiser-small-gpu.toml")
+            out = words[4]
+        else:
+            continue
+        init = train.get("init_from", "")
+        for flag, value in zip(words, words[1:], strict=False):
+            if flag == "--set" and value.startswith("train.init_from="):
+                init = tomllib.loads(f"v = {value.split('=', 1)[1]}")["v"]
+        if out != previous_out and previous_out is not None:  # a new stage: it must start from the last one
+            assert init, f"{c}: starts from no weights"
+            if last_export is not None:
+                allowed = {last_export[1]} | ({last_export[0]} if "--base" not in last_export else set())
+            else:
+                allowed = {f"{previous_out}/last.safetensors"}
+            assert init in allowed, f"{c}: starts from {init}, not {allowed}"
+            checked.append(init)
+        previous_out, last_export = out, None
+    assert len(checked) == 9  # stages 2-10
+    assert checked[4:] == [f"runs/denoiser-small-stage{n}.safetensors" for n in range(5, 10)]  # 6-10: exports
+
+
+def test_the_gpu_recipe_refuses_to_start_without_the_stage_it_starts_from(tmp_path):
+    """Was: configs/denoiser-small-gpu.toml started from the package file, the shipped stage 10,
+    so docs/corpus.md's GPU machine, given the packed corpus after a CPU run stopped at stage 5,
+    trained stage 6 from stage 10 in silence. Now it starts from stage 5's export and says where
+    to get it when it is missing (stage 9's --set init_from alike)."""
+    import subprocess
+    import tomllib
+
+    gpu = tomllib.loads((ROOT / "configs/denoiser-small-gpu.toml").read_text())["train"]
+    assert gpu["init_from"] == "runs/denoiser-small-stage5.safetensors"
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    script = (ROOT / "recipes/train_denoiser_gpu.sh").read_text()
+    assert f"INIT={gpu['init_from']}\n" in script  # the file it checks is the config's
+    (repo / "recipes/train_denoiser_gpu.sh").write_text(script)
+    for extra, missing in (([], gpu["init_from"]),
+                           (["--set", 'train.init_from="runs/denoiser-small-stage8.safetensors"',
+                             "--set", "train.pesq_weight=0.05"], "runs/denoiser-small-stage8.safetensors")):
+        run = subprocess.run(["bash", str(repo / "recipes/train_denoiser_gpu.sh"), "12", ".gpucorpus",
+                              "runs/denoiser-small-gpu", *extra], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert f"{missing}, the weights this phase starts from, is missing" in run.stderr
+        assert "copy" in run.stderr and "packed corpus" in run.stderr
+    assert sorted(p.name for p in repo.iterdir()) == ["recipes"]  # nothing trained or written
 
 
 @pytest.mark.parametrize("args, where", [(["12", "--set", "train.session_minutes=8.5"], "DATA"),

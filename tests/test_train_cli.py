@@ -1435,6 +1435,27 @@ def test_a_finished_phase_is_done_only_for_a_rerun_with_every_setting_that_shape
     assert "a new phase (data.snr_low -5.0 -> -10.0; train.sisdr_weight 0.0 -> 1.0)" in how
 
 
+def test_a_split_phase_that_finds_its_corpus_at_another_path_continues():
+    """Was: data.clean_dir and data.noise_dir were in the phase identity, so a phase split over
+    machines (train.session_minutes; recipes/train_denoiser_gpu.sh DATA) that found the same corpus
+    elsewhere in its next call started a new phase, its decay and budget from the start again
+    (validation_key already left the folders' paths out for that reason)."""
+    from audioae.train import _finished_phase, _phase_done, _phase_of, _resumed_phase
+
+    stage = {"steps": 10**6, "lr": 1e-3, "max_minutes": 0.05}
+    here = {"clean_dir": "corpus/train/speech", "noise_dir": "corpus/train/noise",
+            "val_clean_dir": "corpus/val/speech", "val_noise_dir": "corpus/val/noise"}
+    there = {k: v.replace("corpus/", "/mnt/.gpucorpus/") for k, v in here.items()}
+    saved = _phase_of(_staged_run(data=here, **stage), 0, 0.02)
+    start, minutes, how, continuing = _resumed_phase(_staged_run(data=there, **stage), 40, saved)
+    assert continuing and (start, minutes) == (0, 0.02), how
+    done = _phase_done(_phase_of(_staged_run(data=here, **stage), 0, 0.0503), 90)
+    assert _finished_phase(_staged_run(data=there, **stage), [done]) == done
+    # what is mixed still is: another SNR range is another phase, wherever the corpus is
+    _, _, how, continuing = _resumed_phase(_staged_run(data={**there, "snr_low": -10.0}, **stage), 40, saved)
+    assert not continuing and "data.snr_low" in how and "clean_dir" not in how
+
+
 def test_a_later_stage_that_reuses_a_finished_schedule_with_another_loss_trains(tmp_path, capsys):
     """The CLI's side of the test above: stage 3 reuses stage 1's rate and budget with another loss
     (was: "already ran to its end", nothing trained, exit 0); stage 1 rerun with fewer minutes and
