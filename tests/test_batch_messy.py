@@ -317,6 +317,40 @@ def test_the_record_of_an_output_follows_its_file_whichever_name_comes_first(tmp
             run_denoise(inputs, out, _opts(other))
 
 
+@pytest.mark.parametrize("how", ["folder-renamed", "first-hard-link-deleted"])
+def test_the_record_follows_its_file_when_the_old_name_is_gone(tmp_path, causal_ckpt, how):
+    """Where the old name no longer exists, which file it named cannot be asked. Was: the record
+    stayed under the gone name, the rerun recorded the output "skipped" with nothing of what made
+    it, and the run after, with another model, skipped it as "already done" and exited 0."""
+    import torch
+
+    from audioae.checkpoint import save_checkpoint
+    from audioae.models import build_model
+
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(build_model("recurrent", {"hidden": 32, "code_dim": 16}), other)
+    a, out = tmp_path / "a", tmp_path / "o"
+    first = _wav(a / "x.wav")
+    if how == "folder-renamed":
+        s = run_denoise([a], out, _opts(causal_ckpt))
+        a.rename(tmp_path / "a2")
+        inputs = [tmp_path / "a2"]
+    else:
+        b = _second_name("hard", first, tmp_path / "b" / "x.wav").parent
+        s = run_denoise([a, b], out, _opts(causal_ckpt))
+        first.unlink()
+        inputs = [b]
+    assert s["ok"] == 1
+    made = {k: read_manifest(out / "audioae-manifest.jsonl")[0][k] for k in ("sha256", "input_size", "duration")}
+    s = run_denoise(inputs, out, _opts(causal_ckpt))
+    assert (s["skipped"], s["left_out"]) == (1, []), s
+    recs = {r["input"]: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert {k: recs[str(inputs[0] / "x.wav")][k] for k in made} == made, recs
+    with pytest.raises(ValueError, match="made with other settings"):
+        run_denoise(inputs, out, _opts(other))
+
+
 def test_a_second_name_says_what_came_of_its_first(tmp_path, causal_ckpt):
     """Was: a second name's line was written before any file was denoised, and it and stderr said
     "denoised once to OUTPUT" of a file that failed under its first name, into an output that

@@ -250,6 +250,44 @@ def test_unreachable_address_fails_in_seconds(tmp_path, monkeypatch):
         _check_reachable("auto")
 
 
+
+def test_auto_joins_the_cluster_it_resolved_to_and_ray_address_auto_is_no_address(tmp_path, monkeypatch):
+    """ray.init("auto") (Ray 2.60) prefers a single gcs_server running here, another job's own local
+    Ray included, to the recorded cluster that was resolved and probed: ray.init is given that one.
+    RAY_ADDRESS=auto went to ray.init("auto") unresolved and unprobed (Ray takes it as unset)."""
+    import socket
+
+    from audioae.batch.ray_engine import _check_reachable
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as head:  # someone answers at the recorded address
+        recorded = f"127.0.0.1:{head.getsockname()[1]}"
+        (tmp_path / "ray" / "ray_current_cluster").write_text(recorded)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        assert _check_reachable("auto") == recorded
+        monkeypatch.setenv("RAY_ADDRESS", "auto")
+        assert _check_reachable("auto") == recorded
+    with pytest.raises(RuntimeError, match=rf"at 'auto' \(auto: {recorded}, from ray_current_cluster"):
+        _check_reachable("auto")  # nobody answers there now
+    (tmp_path / "ray" / "ray_current_cluster").unlink()
+    with pytest.raises(RuntimeError, match="no `ray start` cluster is recorded"):
+        _check_reachable("auto")
+
+
+@pytest.mark.parametrize("env", ["ray://127.0.0.1:10001", "http://127.0.0.1:8265"])
+def test_auto_resolving_to_a_ray_address_that_cannot_run_the_job_is_refused(env, monkeypatch):
+    """--address auto takes RAY_ADDRESS first: a ray:// or http:// one there skipped the up-front
+    refusal and failed later with "Name or service not known"."""
+    from audioae.batch.ray_engine import check_address
+
+    monkeypatch.setenv("RAY_ADDRESS", env)
+    with pytest.raises(ValueError, match=rf"--address auto resolves to RAY_ADDRESS {env}: "):
+        check_address("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    check_address("auto")
+
+
 @pytest.mark.parametrize(("ask", "says"), [
     ({"address": "ray://127.0.0.1:10001"}, "Ray Client .* cannot run this job.*ray job submit"),
     ({"address": "http://127.0.0.1:8265"}, "GCS address is HOST:PORT .* not a URL"),
@@ -276,13 +314,16 @@ def test_a_stopped_jobs_ray_shutdown_outlasts_ctrl_c_pressed_again(tmp_path):
                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "shut down: True" in run.stdout and "KeyboardInterrupt" not in run.stderr, (run.stdout, run.stderr[-3000:])
+    pressed = int(run.stdout.split("pressed during shutdown:")[1].split()[0])
+    assert pressed >= 1, run.stdout  # Ctrl-C did come while ray.shutdown ran
+    assert "handler restored: True" in run.stdout, run.stdout  # Ctrl-C means Ctrl-C again afterwards
 
 
 SHUTDOWN_UNDER_CTRL_C = """
 import os, signal, sys, threading, time, ray
 from audioae.batch.ray_engine import _shutdown
 ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
-done, main = threading.Event(), threading.main_thread().ident
+done, main, pressed = threading.Event(), threading.main_thread().ident, [0]
 def in_ray_shutdown():
     f = sys._current_frames().get(main)
     while f is not None and not (f.f_code.co_name == "shutdown" and "ray" in f.f_code.co_filename):
@@ -293,14 +334,19 @@ def press():  # Ctrl-C, again and again, from the moment ray.shutdown runs until
         time.sleep(0.001)
     while not done.is_set():
         os.kill(os.getpid(), signal.SIGINT)
+        pressed[0] += 1
         time.sleep(0.05)
 threading.Thread(target=press, daemon=True).start()
+original = signal.getsignal(signal.SIGINT)
 try:
     _shutdown(ray, stopped=True)
 finally:
     done.set()
-print("shut down:", not ray.is_initialized())
+restored = signal.getsignal(signal.SIGINT) is original
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the presses still in flight
+print("shut down:", not ray.is_initialized())
+print("pressed during shutdown:", pressed[0])
+print("handler restored:", restored)
 """
 
 

@@ -41,9 +41,11 @@ from .plan import (
     MANIFEST_NAME,
     PART_SUFFIX,
     FileTask,
+    SourceState,
     names_one_file,
     plan_tasks,
     remove_stale_parts,
+    same_file,
     split_done,
 )
 from .process import BLOCK_SECONDS, made_from, not_attempted, source_state
@@ -471,9 +473,14 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     (the output kept, "already done"), a changed input went unseen, and what a stopped
     --overwrite had made was made again. Until 2026-12-06 an input was named by the file its link
     leads to (now by the link: :func:`.plan.found_at`): those lines are renamed to the link too.
+    Where the old name is gone (the input folder renamed, the first of two hard links deleted),
+    which file it named cannot be asked: the record follows when the planned name has no record
+    of its own and its file has the size and time recorded (:func:`_moved_here`); until
+    2026-12-07 it did not, with the same "skipped" line as above.
     One stat of two names per line whose output is planned under another name."""
     planned = {t.output: t.input for t in tasks}
     inputs = set(planned.values())
+    recorded = {r["input"] for r in earlier if r.get("status") != DUPLICATE}  # names with records of their own
     kept, changed = [], False
     for r in earlier:
         if r.get("status") == DUPLICATE:
@@ -483,7 +490,8 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
                 kept.append(r)
             continue
         name = planned.get(r.get("output"))
-        if name is not None and r["input"] not in inputs and names_one_file(Path(name), Path(r["input"])):
+        if name is not None and r["input"] not in inputs and (
+                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and _moved_here(r, name))):
             r["input"] = name
             changed = True
         kept.append(r)
@@ -493,6 +501,16 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
         except OSError as exc:  # a full disk: this run reads them renamed all the same
             log.warning("%s: lines of files under other names not renamed (%s)", path, exc.strerror or exc)
     return kept
+
+
+def _moved_here(record: dict, name: str) -> bool:
+    """Whether the file ``record`` was made from, whose name is gone, is the one at ``name``, as
+    far as a stat can tell: the size and modification time recorded."""
+    if os.path.lexists(record["input"]) or not isinstance(record.get("input_size"), int) \
+            or not isinstance(record.get("input_mtime_ns"), int):
+        return False
+    now = source_state(name)
+    return now is not None and same_file(SourceState(record["input_size"], record["input_mtime_ns"]), now)
 
 
 def _record_second_names(path: Path, duplicates: Sequence[tuple[str, str, str]], results: list[FileResult]) -> None:

@@ -167,6 +167,9 @@ def check_address(address: str | None) -> None:
     A URL (the dashboard's http://HOST:8265): --address wants the GCS's HOST:PORT."""
     where = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
+    if address == "auto":  # auto resolves to RAY_ADDRESS first: the same refusal for what it resolves to
+        env = os.environ.get("RAY_ADDRESS")
+        where, address = "--address auto resolves to RAY_ADDRESS", (env if env != "auto" else None)
     if not address or "://" not in address:
         return
     if address.startswith("ray://"):
@@ -194,8 +197,8 @@ def _resolve_auto() -> tuple[str, str] | None:
     else the cluster this machine last started with `ray start` (ray/ray_current_cluster under
     RAY_TMPDIR or /tmp). None where this Ray's private API differs (left to Ray). Without either,
     ray.init would join any Ray process it finds running here, another job's own local Ray
-    included (gone when that job ends): refused."""
-    if os.environ.get("RAY_ADDRESS"):
+    included (gone when that job ends): refused. RAY_ADDRESS=auto counts as unset, as Ray takes it."""
+    if os.environ.get("RAY_ADDRESS") not in (None, "", "auto"):
         return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     try:
         from ray._private.services import find_bootstrap_address
@@ -210,18 +213,20 @@ def _resolve_auto() -> tuple[str, str] | None:
     return recorded, "ray_current_cluster, the cluster this machine last started with `ray start`"
 
 
-def _check_reachable(address: str | None) -> None:
+def _check_reachable(address: str | None) -> str | None:
     """Fail in seconds on a HOST:PORT nobody answers on: ray.init retries such an address for
     minutes. ``auto`` is resolved first (a head that was killed leaves its address in
     ray_current_cluster, and ray.init waited on it for minutes too); anything else not shaped
-    HOST:PORT is left to Ray."""
+    HOST:PORT is left to Ray. Returns the address to give ray.init: for ``auto``, the one it
+    resolved to (Ray 2.60's ray.init("auto") prefers a single gcs_server running here, another
+    job's own local Ray included, to the recorded cluster)."""
     if not address or address == LOCAL:
-        return
+        return address
     found = ""
     if address == "auto":
         resolved = _resolve_auto()
         if resolved is None:
-            return
+            return address
         target, where = resolved
         found = f" (auto: {target}, from {where})"
         log.info("--address auto is %s, from %s", target, where)
@@ -229,12 +234,13 @@ def _check_reachable(address: str | None) -> None:
         target = address
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit():
-        return
+        return target
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         raise RuntimeError(f"cannot reach the Ray cluster at {address!r}{found}: {exc.strerror or exc}") from exc
+    return target
 
 
 def _check_actor_fits(ray, threads: int, gpus_per_worker: float, *, autoscaled: bool,
@@ -281,7 +287,7 @@ def _start_or_join(ray, address: str) -> None:
     """ray.init: a new local Ray for :data:`LOCAL`, else the cluster at ``address``, failing in
     words when it cannot be reached."""
     check_address(address)
-    _check_reachable(address)
+    target = _check_reachable(address)
     # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
     # job as Ctrl-C does (audioae.cli): put the caller's back. A SIGTERM during ray.init met Ray's
     # (exit 15, not a word): it is handed to the caller's.
@@ -297,7 +303,7 @@ def _start_or_join(ray, address: str) -> None:
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=target, include_dashboard=False, logging_level=logging.WARNING)
     except SystemExit as exc:
         if exc.code != signal.SIGTERM or not callable(caller):
             raise
@@ -451,14 +457,16 @@ def _shutdown(ray, *, stopped: bool) -> None:
     if not stopped:
         ray.shutdown()
         return
-    main = threading.current_thread() is threading.main_thread()
-    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    # Only the main thread may set handlers. A handler Python did not install (getsignal: None)
+    # could not be put back afterwards: it is left as it is.
+    deaf = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if deaf else None
     try:
         ray.shutdown()
     except Exception as exc:  # noqa: BLE001 (the stop that is under way is what the caller hears of)
         log.debug("ray.shutdown after a stop: %s", exc)
     finally:
-        if sigint is not None:
+        if deaf:
             signal.signal(signal.SIGINT, sigint)
 
 
