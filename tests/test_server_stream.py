@@ -424,6 +424,18 @@ def _tensors(state) -> list[torch.Tensor]:
     return [t for part in (state if isinstance(state, tuple | list) else ()) for t in _tensors(part)]
 
 
+def _stream_until_exhausted(srv, timeout: float):
+    """2 s of speech streamed in quarter seconds to a stream that ends RESOURCE_EXHAUSTED: the
+    responses, the error and the samples answered before it."""
+    x = _speech(2.0)
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = audioae_pb2_grpc.AudioAEStub(ch)
+        msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
+        got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=timeout))
+    assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+    return got, err, (got[-1].samples_out if got else 0)
+
+
 def test_running_out_of_memory_mid_stream_ends_it_in_words_and_frees_its_state(tiny, monkeypatch, caplog):
     """A stream runs on its gRPC thread, outside the batcher: out of memory there went out as the
     unary calls' "send shorter audio" (which a stream cannot), and the cache was not emptied. Now the
@@ -450,13 +462,7 @@ def test_running_out_of_memory_mid_stream_ends_it_in_words_and_frees_its_state(t
     monkeypatch.setattr(model, "stream_step", stream_step)
     monkeypatch.setattr(servicer_module, "release_device_memory", release)
     try:
-        x = _speech(2.0)
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            stub = audioae_pb2_grpc.AudioAEStub(ch)
-            msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
-            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=60))
-        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-        answered = got[-1].samples_out if got else 0
+        got, err, answered = _stream_until_exhausted(srv, timeout=60)
         assert err.details() == (
             f"the server ran out of host memory running the model on audio chunk 3 (the 4th message), 0.75 s into "
             f"the stream: the stream was ended, its audio answered up to {answered / SR:.2f} s; other calls share "
@@ -490,13 +496,7 @@ def test_running_out_of_host_memory_decoding_a_chunk_names_that_chunk_and_the_ho
 
     monkeypatch.setattr(servicer_module, "pcm_bytes_to_array", decode)
     try:
-        x = _speech(2.0)
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            stub = audioae_pb2_grpc.AudioAEStub(ch)
-            msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
-            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=120))
-        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
-        answered = got[-1].samples_out if got else 0
+        got, err, answered = _stream_until_exhausted(srv, timeout=120)
         assert err.details() == (
             f"the server ran out of host memory decoding audio chunk 3 (the 4th message), 0.50 s into the stream: "
             f"the stream was ended, its audio answered up to {answered / SR:.2f} s; other calls share that "
@@ -530,12 +530,7 @@ def test_cuda_running_out_of_memory_mid_stream_empties_the_cache(tiny, monkeypat
         torch.cuda.synchronize()
         before = torch.cuda.memory_reserved()
         monkeypatch.setattr(model, "stream_step", stream_step)
-        x = _speech(2.0)
-        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
-            stub = audioae_pb2_grpc.AudioAEStub(ch)
-            msgs = [_config()] + [_audio(x[i : i + SR // 4]) for i in range(0, len(x), SR // 4)]
-            got, err = _collect(stub.StreamDenoise(iter(msgs), timeout=120))
-        assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        _, err, _ = _stream_until_exhausted(srv, timeout=120)
         assert err.details().startswith(
             "the server ran out of memory (cuda:0) running the model on audio chunk 3 (the 4th message)"), err.details()
         assert torch.cuda.memory_reserved() < before + (128 << 20), (before, torch.cuda.memory_reserved())
