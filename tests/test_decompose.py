@@ -901,17 +901,22 @@ def test_clusters_that_are_pieces_of_one_sound_are_merged_shipped():
     assert len(decompose(model, wav, sr, group="cluster", groups=8).labels) == 8
 
 
+def _decomposed_chord(level: float):
+    """3 s of a C-E-G chord (each note at ``level``) decomposed by the shipped model into
+    clusters: ``(decomposition, the notes' Hz, the FFT bins' Hz of a component's waveform)``."""
+    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
+    notes = np.array([261.63, 329.63, 392.0])
+    t = np.arange(3 * SR) / SR
+    chord = sum(level * np.sin(2 * np.pi * f * t) for f in notes).astype(np.float32)
+    return decompose(model, chord, SR, group="cluster"), notes, np.fft.rfftfreq(chord.size, 1 / SR)
+
+
 def test_a_components_dominant_frequency_is_what_its_waveform_holds_shipped():
     """In a C-E-G chord, "cluster 6 (~250 Hz)" held 62% of its energy at 392 Hz and "cluster 4
     (~281 Hz)" lay between two notes: both were read off the masked STFT power, not the waveform
     the component file holds. Each component's dominant frequency now names a note of the chord
     (within 10 Hz: its peak is interpolated between bins) holding a large share of its file's energy."""
-    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
-    notes = np.array([261.63, 329.63, 392.0])
-    t = np.arange(3 * SR) / SR
-    chord = sum(0.15 * np.sin(2 * np.pi * f * t) for f in notes).astype(np.float32)
-    dec = decompose(model, chord, SR, group="cluster")
-    freqs = np.fft.rfftfreq(chord.size, 1 / SR)
+    dec, notes, freqs = _decomposed_chord(0.15)
     for k, hz in enumerate(dec.dominant_hz):
         power = np.abs(np.fft.rfft(dec.components[k, 0].astype(np.float64))) ** 2  # [F] of the waveform
         near = int(np.argmin(np.abs(notes - hz)))
@@ -1029,12 +1034,7 @@ def test_cluster_labels_agree_with_what_the_components_hold_shipped():
     """A chord's clusters are named by every note holding at least a third of their energy, and a
     chirp's band holds its dominant frequency or says where it lies ("190-1600 Hz" was dominant
     at 168 Hz, "1100-7200 Hz" at 441 Hz)."""
-    model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
-    notes = np.array([261.63, 329.63, 392.0])
-    t = np.arange(3 * SR) / SR
-    chord = sum(0.1 * np.sin(2 * np.pi * f * t) for f in notes).astype(np.float32)
-    dec = decompose(model, chord, SR, group="cluster")
-    freqs = np.fft.rfftfreq(chord.size, 1 / SR)
+    dec, notes, freqs = _decomposed_chord(0.1)
     for k, label in enumerate(dec.labels):
         power = np.abs(np.fft.rfft(dec.components[k, 0].astype(np.float64))) ** 2
         held = {round(f) for f in notes if power[np.abs(freqs - f) < 8].sum() > power.sum() / 3}
@@ -1043,8 +1043,9 @@ def test_cluster_labels_agree_with_what_the_components_hold_shipped():
         named = [int(hz) for hz in named.group(1).split("+")]
         assert all(any(abs(n - h) <= 4 for n in named) for h in held), (label, held)
         assert abs(named[0] - dec.dominant_hz[k]) < 1, (label, dec.dominant_hz[k])
+    t = np.arange(3 * SR) / SR
     chirp = (0.3 * np.sin(2 * np.pi * (100 * t + 650 * t**2))).astype(np.float32)
-    dec = decompose(model, chirp, SR, group="cluster")
+    dec = decompose(load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER), chirp, SR, group="cluster")
     for label, hz in zip(dec.labels, dec.dominant_hz, strict=True):
         band = re.fullmatch(r"cluster \d \((\d+)-(\d+) Hz(, peak (\d+) Hz)?, \d+ units?\)", label)
         assert band, label
