@@ -56,14 +56,27 @@ class QueueFull(Exception):
     """The device queue is at its bound."""
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message for an exception raised while serving a call, the message
-    clipped to what gRPC carries (:func:`clip_status`)."""
-    code, message = _status_of(exc)
+# What a unary call that ran out of memory can send less of, by RPC: "send shorter audio" was
+# said to every call, Decode's (which takes a code, not audio) included. Decompose's memory grows
+# with the components it keeps as well as with the audio (audioae.decompose.memory_estimate).
+OOM_ADVICE = {
+    "Denoise": "send shorter audio or fewer channels",
+    "Decompose": "send shorter audio or fewer channels, ask for a smaller top_k, or group the units "
+                 "(group=band or cluster)",
+    "Encode": "send shorter audio, fewer channels, or a tensor of fewer items",
+    "Decode": "send a shorter code (fewer frames), or fewer items",
+}
+
+
+def status_of(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
+    """The status code and message for an exception raised while serving a call to ``rpc`` (its
+    name: what running out of memory advises sending less of), the message clipped to what gRPC
+    carries (:func:`clip_status`)."""
+    code, message = _status_of(exc, rpc)
     return code, clip_status(message)
 
 
-def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+def _status_of(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, Abort):
         return exc.code, exc.message
     if isinstance(exc, ShuttingDown):
@@ -77,6 +90,6 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if is_out_of_memory(exc):  # the device (or host) is full now; another moment, or less audio, may fit
         log.warning("out of memory while serving a call: %s", exc)
         return grpc.StatusCode.RESOURCE_EXHAUSTED, (f"the server ran out of memory for this request ({exc}); "
-                                                    f"retry later, or send shorter audio")
+                                                    f"retry later, or {OOM_ADVICE.get(rpc, 'send shorter audio')}")
     log.exception("internal error while serving a call", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

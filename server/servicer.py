@@ -125,7 +125,7 @@ def _unary(method: Callable) -> Callable:
                 log.warning("%s from %s: %s", method.__name__, peer_of(context), warning)
             return response
         except Exception as exc:
-            code, message = status_of(exc)
+            code, message = status_of(exc, method.__name__)
             context.abort(code, message)
         finally:
             self.metrics.requests.labels(method.__name__, code.name).inc()
@@ -208,8 +208,10 @@ def _check_channels(channels: int, name: str) -> None:
         raise Abort(INVALID, f"{name}: the audio has {channels} channels; this server takes 1..{MAX_CHANNELS}")
 
 
-def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str], scale: str):
-    """``fn(x)`` for Encode/Decode: running out of memory is RESOURCE_EXHAUSTED; any other error
+def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str], scale: str, less: str):
+    """``fn(x)`` for Encode/Decode: running out of memory is RESOURCE_EXHAUSTED, ``less`` saying
+    what to send less of (was "a smaller batch" for every call: a code of one item and 600,000
+    frames cannot be a smaller batch, nor audio, whose channels are the batch); any other error
     inside the network is a shape the model does not take (ValueError: INVALID_ARGUMENT), told
     by ``explain(first line of the error)``. An answer of NaN or Inf is refused (INVALID_ARGUMENT),
     with ``scale`` saying what values the model expects: finite input that large overflowed the
@@ -218,7 +220,7 @@ def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[st
         y = fn(x)
     except (RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
-            raise Abort(EXHAUSTED, f"out of memory {doing}: send a smaller batch") from exc
+            raise Abort(EXHAUSTED, f"out of memory {doing}: {less}") from exc
         raise ValueError(explain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
     if not torch.isfinite(y).all():
         raise Abort(INVALID, f"{doing} gave NaN or Inf: the model's float32 arithmetic overflows on values this "
@@ -845,6 +847,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"it takes {self._input_hint(sm)} ({exc})",
                 "send the values the model was trained on" + (" (compressed magnitudes are of order 1; Encode "
                                                               "computes them from audio)" if sm.is_audio else ""),
+                "send shorter audio or fewer channels" if x is None else "send a tensor of fewer items (a smaller batch)",
             )
             return h.float().cpu().numpy()
 
@@ -875,6 +878,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 lambda exc: f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
                 f"(code_dim {model.config.code_dim}): {exc}",
                 "send a code of the size its Encode returns",
+                "send a shorter code (fewer frames), or fewer items",
             )
             return y.float().cpu().numpy()
 

@@ -639,6 +639,32 @@ def test_out_of_memory_is_told_apart_from_shape_errors():
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later, or send shorter audio" in msg
 
 
+def test_a_unary_call_out_of_memory_is_told_what_to_send_less_of(server, client, monkeypatch):
+    """Every unary call out of memory was told "send shorter audio", or "send a smaller batch" where
+    Encode/Decode's model ran out: a Decode (a code, no audio) of one item, and a Decompose whose
+    components, as much as its audio, take the memory. The failures are the allocator's own refusal."""
+    import audioae.decompose as decompose_module
+
+    def no_memory(*args, **kwargs):
+        torch.empty(1 << 60, dtype=torch.uint8)  # RuntimeError: can't allocate memory
+
+    monkeypatch.setattr(decompose_module, "_spectrum_and_features", no_memory)
+    x = _noisy(0.5, 16000)
+    req = pb.DecomposeRequest(model="dict", audio=pb.Audio(pcm=pcm_message(x, 16000, pb.FLOAT32)))
+    code, msg = _code(client.stub.Decompose, req, timeout=60)
+    assert code == CODE.RESOURCE_EXHAUSTED, msg
+    assert msg.startswith("the server ran out of memory for this request ("), msg
+    assert msg.endswith("retry later, or send shorter audio or fewer channels, ask for a smaller top_k, or group "
+                        "the units (group=band or cluster)"), msg
+
+    monkeypatch.setattr(server.store.models["tiny"].model, "decode", no_memory)
+    code, msg = _code(client.stub.Decode, pb.DecodeRequest(model="tiny", code=_tensor([1, 16, 7])), timeout=60)
+    assert code == CODE.RESOURCE_EXHAUSTED, msg
+    assert msg == "out of memory decoding a code of shape [1, 16, 7]: send a shorter code (fewer frames), or fewer items"
+    monkeypatch.undo()
+    assert client.denoise(x, 16000, model="tiny").shape == x.shape  # the server goes on
+
+
 @pytest.mark.parametrize("text", [
     "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
     "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
