@@ -1378,24 +1378,22 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
         # A finished phase skipped says so in one line: nothing of the resume's warnings (other model
         # settings than the resume point's, a best.safetensors scored under another validation, an
         # unused init_from) concerns a call that trains and validates nothing.
-        if done_before is not None:
-            if rank == 0:  # (the summary's best_val: the folder's, if scored under this validation)
-                best, best_input = _resumed_best(out / "best.safetensors", val_key, warn=False)
+        trains_on = done_before is None and step < tc.steps  # trains on from here, and says so
+        if rank == 0:  # the rank that validates and keeps best.safetensors (and the summary's best_val)
+            if trains_on and model_changes:
+                log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out "
+                            "starts a new run instead", out, "; ".join(model_changes))
+            best, best_input = _resumed_best(out / "best.safetensors", val_key, warn=trains_on)
+            if done_before is not None:
                 d = done_before
                 schedule = ", ".join(f"train.{k} {d['settings'][k]}" for k in PHASE_SETTINGS)
                 say(f"{out}: this phase ({schedule}, its other settings alike) already ran to its end (steps "
                     f"{d['start_step']}..{d['end_step']}, {d['minutes']:.2f} min) and the run went on to step "
                     f"{step}: nothing to train, the weights stay as they are (--no-resume or another --out trains "
                     f"it anew)")
-        elif rank == 0 and step >= tc.steps:  # said below, in one line: not "resumed" and then "nothing"
-            best, best_input = _resumed_best(out / "best.safetensors", val_key, warn=False)
-        elif rank == 0:  # the rank that validates and keeps best.safetensors
-            if model_changes:
-                log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out "
-                            "starts a new run instead", out, "; ".join(model_changes))
-            best, best_input = _resumed_best(out / "best.safetensors", val_key)
-            say(f"resumed from {last} at step {step}: {how}")
-        if tc.init_from and rank == 0 and done_before is None and step < tc.steps:
+            elif trains_on:  # step >= train.steps is said below, in one line: not "resumed" and then "nothing"
+                say(f"resumed from {last} at step {step}: {how}")
+        if tc.init_from and rank == 0 and trains_on:
             _warn_init_from_unused(out, tc.init_from, record)
         if step >= tc.steps and done_before is None:
             log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "

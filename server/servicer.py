@@ -58,7 +58,7 @@ from audioae.v1 import audioae_pb2_grpc
 from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
 from .config import ServerConfig
-from .errors import Abort, status_of
+from .errors import OOM_ADVICE, Abort, status_of
 from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
 from .handlers import logged, peer_of
 from .lifecycle import Gate
@@ -847,7 +847,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"it takes {self._input_hint(sm)} ({exc})",
                 "send the values the model was trained on" + (" (compressed magnitudes are of order 1; Encode "
                                                               "computes them from audio)" if sm.is_audio else ""),
-                "send shorter audio or fewer channels" if x is None else "send a tensor of fewer items (a smaller batch)",
+                OOM_ADVICE["Denoise"] if x is None else "send a tensor of fewer items (a smaller batch)",
             )
             return h.float().cpu().numpy()
 
@@ -878,7 +878,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 lambda exc: f"model {sm.name!r} cannot decode a code of shape {list(h.shape)} "
                 f"(code_dim {model.config.code_dim}): {exc}",
                 "send a code of the size its Encode returns",
-                "send a shorter code (fewer frames), or fewer items",
+                OOM_ADVICE["Decode"],
             )
             return y.float().cpu().numpy()
 
