@@ -610,12 +610,17 @@ def _phase_identity(run: RunConfig) -> dict:
     return {k: v for k, v in _flat_settings(run.to_dict()).items() if k not in NOT_IN_PHASE_IDENTITY}
 
 
-def _identity_changes(saved: dict, run: RunConfig) -> dict[str, tuple]:
-    """``{setting: (was, now)}`` for each setting of ``run``'s phase identity that differs from
-    ``saved`` (a phase record's). A setting ``saved`` lacks (added to audioae since) counts as
-    its default, which the saved run trained with."""
-    now = _phase_identity(run)
-    default = _phase_identity(RunConfig(model=run.model))
+def _run_identities(run: RunConfig) -> tuple[dict, dict]:
+    """``run``'s phase identity and the defaults' (with ``run``'s model), what
+    :func:`_identity_changes` compares a phase record with: computed once for all the records."""
+    return _phase_identity(run), _phase_identity(RunConfig(model=run.model))
+
+
+def _identity_changes(saved: dict, identities: tuple[dict, dict]) -> dict[str, tuple]:
+    """``{setting: (was, now)}`` for each setting of a run's phase identity that differs from
+    ``saved`` (a phase record's); ``identities`` is the run's :func:`_run_identities`. A setting
+    ``saved`` lacks (added to audioae since) counts as its default, which the saved run trained with."""
+    now, default = identities
     missing = object()
     changed = {}
     for k, v in now.items():
@@ -698,8 +703,13 @@ def _finished_phase(run: RunConfig, done: list[dict]) -> dict | None:
     than it ran, or under another setting (a later stage that reuses a schedule with another
     loss), is a new phase. Phases recorded before 2026-12-07 keep no identity and are never done."""
     tc = run.train
+    identities = None  # the run's, computed once for all the phases (and not when none records one)
     for phase in reversed(done):
-        if phase.get("identity") is None or _identity_changes(phase["identity"], run):
+        if phase.get("identity") is None:
+            continue
+        if identities is None:
+            identities = _run_identities(run)
+        if _identity_changes(phase["identity"], identities):
             continue
         if tc.steps <= phase["end_step"] or 0 < tc.max_minutes <= phase["minutes"]:
             return phase
@@ -1169,7 +1179,7 @@ def _resumed_phase(run: RunConfig, step: int, saved: dict | None) -> tuple[int, 
         changed = {f"train.{k}": (saved["settings"].get(k), getattr(tc, k)) for k in PHASE_SETTINGS
                    if k != "max_minutes" and saved["settings"].get(k) != getattr(tc, k)}
     else:
-        changed = _identity_changes(saved["identity"], run)
+        changed = _identity_changes(saved["identity"], _run_identities(run))
     if changed == {}:
         was = saved["settings"].get("max_minutes")
         budget = f" with train.max_minutes {was} -> {tc.max_minutes}" if was != tc.max_minutes else ""
