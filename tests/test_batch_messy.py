@@ -17,7 +17,8 @@ import test_output_paths
 from audio_tree import outputs
 
 from audioae.batch import DenoiseOptions, read_manifest, run_denoise
-from audioae.batch.job import own_name_clash
+from audioae.batch.job import _refuse_own_names, own_name_clash
+from audioae.batch.plan import FileTask
 from audioae.cli import main
 
 case_blind_disk = test_output_paths.case_blind_disk  # a fixture: a FAT card, whose names ignore case, mounted with FUSE
@@ -181,6 +182,14 @@ def test_own_name_clash_names_the_tools_files(name):
     assert own_name_clash(name)
     assert own_name_clash(f"sub/{name}")
     assert not own_name_clash("a.wav") and not own_name_clash("audioae-manifest.wav")
+    # The job's own check (_refuse_own_names) refuses the same outputs, naming that clash, and keeps the rest.
+    rels = [name, f"sub/{name}", "a.wav", "audioae-manifest.wav"]
+    kept, refused = _refuse_own_names([FileTask(f"/in/{rel}", f"/out/{rel}", rel) for rel in rels])
+    assert [t.rel for t in kept] == ["a.wav", "audioae-manifest.wav"]
+    assert [(r.input, r.output, r.status) for r in refused] == [(f"/in/{rel}", f"/out/{rel}", "error")
+                                                                for rel in rels[:2]]
+    for rel, r in zip(rels[:2], refused, strict=True):
+        assert f"would clash with a file the tool keeps in the output folder: {own_name_clash(rel)}; " in r.error
 
 
 def test_inputs_named_as_the_tools_own_files_fail_and_leave_those_files_alone(tmp_path, causal_ckpt):

@@ -306,6 +306,25 @@ def test_what_the_ray_engine_cannot_do_is_refused_before_anything_is_written(tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("address", "says"), [
+    ("ray://127.0.0.1:10001", "--address ray://127.0.0.1:10001: Ray Client .* cannot run this job"),
+    ("http://127.0.0.1:8265", "--address http://127.0.0.1:8265: the cluster's GCS address is HOST:PORT"),
+], ids=["ray-client", "dashboard-url"])
+def test_run_ray_called_directly_refuses_an_address_it_cannot_use(tmp_path, address, says):
+    """run_denoise checks the address up front (check_request) and runs the job without checking it
+    again; a caller of run_ray itself is still refused before ray.init."""
+    import ray
+
+    from audioae.batch.journal import Journal
+    from audioae.batch.plan import FileTask
+    from audioae.batch.ray_engine import run_ray
+
+    with pytest.raises(ValueError, match=says):
+        next(run_ray([FileTask(str(tmp_path / "a.wav"), str(tmp_path / "o" / "a.wav"), "a.wav")], model_bytes=b"",
+                     sha256="", journal=Journal(tmp_path / "j"), address=address))
+    assert not ray.is_initialized()
+
+
 def test_a_stopped_jobs_ray_shutdown_outlasts_ctrl_c_pressed_again(tmp_path):
     """Ctrl-C pressed again broke off ray.shutdown: Ray's atexit shutdown then printed
     "Exception ignored in atexit callback ... KeyboardInterrupt" and the job exited 1."""

@@ -130,12 +130,13 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
     # workers then verify they load these same bytes.
     expected = sidecar_sha256(ckpt) or sha
     if opts.engine == "ray":
-        from .ray_engine import run_ray
+        from .ray_engine import _run_ray
 
         load_checkpoint(ckpt, expected_sha256=expected)  # fail here, clearly, not in every actor
-        yield from run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
-                           workers=opts.workers, address=opts.address, gpus_per_worker=opts.gpus_per_worker,
-                           device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds)
+        # run_ray without its address check: run_denoise's check_request made it before anything was written
+        yield from _run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
+                            workers=opts.workers, address=opts.address, gpus_per_worker=opts.gpus_per_worker,
+                            device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds, check=False)
         return
     from .local import run_local
 
@@ -241,7 +242,8 @@ def own_name_clash(rel: str) -> str:
     ``.NAME.part``: an output's temporary name (:func:`.plan.part_path`; :func:`.fileio.atomic_open`'s
     ``.NAME.XXXXXXXX.part``), which a rerun deletes as what a killed run left. Until 2026-12-07 such
     an input was denoised over the tool's file: an output named ``audioae-manifest.jsonl`` broke
-    the folder for every later run."""
+    the folder for every later run. The job's check (:func:`_refuse_own_names`) is this one, with
+    the clashing part's place in ``rel`` (:func:`_clash`); docs/batch.md names this function."""
     return _clash(rel)[1]
 
 

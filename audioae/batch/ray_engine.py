@@ -183,7 +183,8 @@ def check_address(address: str | None) -> None:
 
 def check_request(address: str | None, device: str, gpus_per_worker: float) -> None:
     """Refuse, before anything is written, what the Ray engine cannot do as asked (run_denoise
-    calls it; run_ray checks the address again)."""
+    calls it, then runs the job without checking the address again; run_ray, called directly,
+    checks it)."""
     check_address(address)
     if device.startswith("cuda:"):  # the actor's cuda is the GPU Ray gave it (CUDA_VISIBLE_DEVICES)
         raise ValueError(f"--device {device}: on the Ray engine Ray assigns each actor its GPU(s); pass --device cuda")
@@ -283,10 +284,12 @@ def _refused_token(exc: BaseException) -> bool:
     return False
 
 
-def _start_or_join(ray, address: str) -> None:
+def _start_or_join(ray, address: str, *, check: bool = True) -> None:
     """ray.init: a new local Ray for :data:`LOCAL`, else the cluster at ``address``, failing in
-    words when it cannot be reached."""
-    check_address(address)
+    words when it cannot be reached. ``check``: refuse an address this engine cannot use
+    (:func:`check_address`); False where the job checked it already (:func:`check_request`)."""
+    if check:
+        check_address(address)
     target = _check_reachable(address)
     # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
     # job as Ctrl-C does (audioae.cli): put the caller's back. A SIGTERM during ray.init met Ray's
@@ -377,7 +380,18 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
             block_seconds: float = BLOCK_SECONDS, device: str = "auto") -> Iterator[FileResult]:
     """Results for ``todo`` as the pipeline yields them. Joins the running Ray (the one this
     process already started, else ``address``, else ``RAY_ADDRESS``), or starts a local Ray of
-    its own. Actors get ``gpus_per_worker`` GPUs each, or one with ``device`` cuda."""
+    its own, refusing an address this engine cannot use (:func:`check_address`). Actors get
+    ``gpus_per_worker`` GPUs each, or one with ``device`` cuda."""
+    yield from _run_ray(todo, model_bytes=model_bytes, sha256=sha256, journal=journal, strength=strength,
+                        workers=workers, address=address, gpus_per_worker=gpus_per_worker, threads=threads,
+                        block_seconds=block_seconds, device=device, check=True)
+
+
+def _run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float,
+             workers: int, address: str | None, gpus_per_worker: float, threads: int, block_seconds: float,
+             device: str, check: bool) -> Iterator[FileResult]:
+    """:func:`run_ray`; ``check`` False for a job whose address :func:`check_request` checked
+    already (run_denoise's), which it does not check again."""
     ray = require_ray()
     if not todo:
         return
@@ -396,7 +410,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     started = False
     try:
         if not ray.is_initialized():
-            _start_or_join(ray, address)
+            _start_or_join(ray, address, check=check)
             started = True
         _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL, gpu_flag=gpu_flag)
         _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)
