@@ -144,13 +144,14 @@ class ModelStore:
         self.device = device
         self.stop = stop
         self.models: dict[str, ServedModel] = {}
-        specs = list(specs) or self.shipped_defaults()
+        shipped = pretrained.shipped()  # looked for once, for every spec
+        specs = list(specs) or self.shipped_defaults(shipped)
         if not specs:
             raise ValueError(NO_MODELS)
         named: dict[str, tuple[Path, str]] = {}
         for spec in specs:
             check_stop(stop, "stopped while loading the models")
-            self._load(spec, named)
+            self._load(spec, named, shipped)
         # The models that Denoise (a sparse dictionary does not: ServedModel.refusal), causal ones
         # first, so that a call naming no model can both Denoise and StreamDenoise.
         served = list(self.models.values())
@@ -163,21 +164,25 @@ class ModelStore:
     def check_specs(specs: tuple[str, ...] | list[str]) -> None:
         """Refuse a spec naming no shipped model nor checkpoint file, and an empty default, without
         loading anything: the server checks them before it binds its port."""
-        if not specs and not ModelStore.shipped_defaults():
+        shipped = pretrained.shipped()  # looked for once, for every spec
+        if not specs and not ModelStore.shipped_defaults(shipped):
             raise ValueError(NO_MODELS)
         named: dict[str, tuple[Path, str]] = {}
         for spec in specs:  # two files named alike loaded the first model, then bound, then failed
-            ModelStore._check_unique(spec, named)
+            ModelStore._check_unique(spec, named, shipped)
 
     @staticmethod
-    def _check_unique(spec: str, named: dict[str, tuple[Path, str]]) -> tuple[str, Path]:
+    def _check_unique(spec: str, named: dict[str, tuple[Path, str]],
+                      shipped: dict[str, Path]) -> tuple[str, Path]:
         """``spec``'s (served name, path); ValueError naming both paths, and how each got the name,
-        when ``named`` (name -> (path, how it was named), which this adds to) already serves that name."""
+        when ``named`` (name -> (path, how it was named), which this adds to) already serves that name.
+        ``shipped``: :func:`audioae.pretrained.shipped`'s answer, looked for once for all the specs."""
         given, target = _split_spec(spec)
-        path = pretrained.resolve(target)
-        shipped = target in pretrained.shipped()
-        name = given or (target if shipped else path.name.removesuffix(".safetensors"))
-        how = "by NAME=PATH" if given else "the shipped model's name" if shipped else "after its file name"
+        is_shipped = bool(target) and target in shipped  # (an empty name: resolve's refusal)
+        # a shipped name as pretrained.resolve takes it, without looking for the shipped files again
+        path = shipped[target] if is_shipped else pretrained.resolve(target)
+        name = given or (target if is_shipped else path.name.removesuffix(".safetensors"))
+        how = "by NAME=PATH" if given else "the shipped model's name" if is_shipped else "after its file name"
         if name in named:
             # Worded by how both got the name (was by the second spec's alone, and said no path where
             # that one was bare: a NAME=PATH beside a bare path was told "each NAME=PATH needs a NAME
@@ -196,8 +201,10 @@ class ModelStore:
         return name, path
 
     @staticmethod
-    def shipped_defaults() -> list[str]:
-        shipped = pretrained.shipped()
+    def shipped_defaults(shipped: dict[str, Path] | None = None) -> list[str]:
+        """The shipped models served when --models names none; ``shipped``: :func:`audioae.pretrained.shipped`'s
+        answer where the caller has it."""
+        shipped = pretrained.shipped() if shipped is None else shipped
         return [n for n in (pretrained.DEFAULT_DENOISER, pretrained.DEFAULT_DECOMPOSER) if n in shipped]
 
     @staticmethod
@@ -206,10 +213,10 @@ class ModelStore:
             return preferred
         return candidates[0] if candidates else ""
 
-    def _load(self, spec: str, named: dict[str, tuple[Path, str]]) -> None:
-        """Load ``spec``; ``named``: as :meth:`_check_unique` keeps it, over the specs loaded so far."""
-        name, path = self._check_unique(spec, named)
-        shipped = pretrained.shipped()
+    def _load(self, spec: str, named: dict[str, tuple[Path, str]], shipped: dict[str, Path]) -> None:
+        """Load ``spec``; ``named``: as :meth:`_check_unique` keeps it, over the specs loaded so far;
+        ``shipped``: as :meth:`_check_unique` takes it."""
+        name, path = self._check_unique(spec, named, shipped)
         if name in shipped and path.resolve() != shipped[name].resolve():
             # Callers asking for the shipped model by name would get this file, with nothing to tell them.
             log.warning("model name %r now means %s, not the shipped model of that name", name, path)

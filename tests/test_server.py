@@ -1829,6 +1829,23 @@ def test_a_file_served_under_a_shipped_models_name_is_warned_of(model_dir, tmp_p
     assert served(f"mine={tiny}") == ([("mine", sha256_file(tiny))], [])  # a name of its own: nothing to say
 
 
+def test_a_shipped_name_and_paths_load_side_by_side(model_dir):
+    """The store looks for the shipped files once for all the --models specs: a shipped name, a
+    bare path and a NAME=PATH each still load what they name."""
+    from audioae import pretrained
+    from server.store import ModelStore
+
+    shipped = pretrained.shipped()
+    if "denoiser-small" not in shipped:
+        pytest.skip("no shipped denoiser-small")
+    tiny = model_dir / "tiny.safetensors"
+    specs = ("denoiser-small", str(tiny), f"mine={tiny}")
+    ModelStore.check_specs(specs)
+    store = ModelStore(specs, torch.device("cpu"))
+    assert {n: m.path for n, m in store.models.items()} == {"denoiser-small": shipped["denoiser-small"],
+                                                             "tiny": tiny, "mine": tiny}
+
+
 @pytest.mark.parametrize(("pcm", "text"), [
     # was "audio: sample rate 0 Hz is outside 1000..384000 Hz": a field left out, read as 0
     (_pcm(_ONE_SECOND, sr=0), "audio: the sample rate is unset (0); set it to the audio's rate in Hz, 1000..384000 "
