@@ -8,6 +8,10 @@ peak memory after it (the banks kept add up).
         [--rates 44100 48000 5512 47952 44056 15932 24885 63512] \
         [--seconds 20] [--out benchmarks/results/odd-rates.json]
 
+It prints a line per rate; ``--out`` writes the figures as JSON too. ``benchmarks/results/odd-rates.json``
+holds the stored run: name it to replace that on purpose (a run for a look, without ``--out``, leaves it
+as it is).
+
 It takes minutes, not seconds: 5.6 minutes with ``--seconds 3`` on a shared 2-core machine
 (2026-12-07), so ``--seconds`` shortens little of it; fewer ``--rates`` do.
 
@@ -61,7 +65,8 @@ def main() -> None:
     p.add_argument("--model", default="denoiser-small", help="a shipped model name or a .safetensors path")
     p.add_argument("--rates", type=sample_rate, nargs="+", default=[44100, 48000, 5512, 47952, 44056, 15932, 24885, 63512])
     p.add_argument("--seconds", type=positive_seconds, default=20.0)
-    p.add_argument("--out", default="benchmarks/results/odd-rates.json")
+    p.add_argument("--out", default=None, help="write the figures as JSON here (the stored run: "
+                   "benchmarks/results/odd-rates.json); without it they are printed only")
     args = p.parse_args()
     check_one_sample(p, args.seconds, min(args.rates))
     model_path = resolve_arg(p, args.model, "--model", family="denoiser")
@@ -73,6 +78,8 @@ def main() -> None:
     for sr in args.rates:
         rows.append(measure(model, sr, args.seconds, limits))
         print(rows[-1], flush=True)
+    if not args.out:
+        return
     atomic_write_json(args.out, {"model": args.model, "stream_limit_mb": limits[0] / 1e6,
                                  "offline_limit_mb": limits[1] / 1e6, "seconds": args.seconds, "rows": rows,
                                  "command": "python benchmarks/odd_rates.py" + (f" --rates {' '.join(map(str, args.rates))}"
