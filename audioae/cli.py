@@ -736,11 +736,11 @@ def _add_serve(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
-    from server import ServerConfig, serve
+    from audioae.server import ServerConfig, serve
 
     for spec in args.models:
         _model_given(spec, "--models")
-    logging.getLogger("server").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("audioae.server").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     for handler in logging.getLogger().handlers:  # a server's log is read later: each line says when
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     config = ServerConfig(

@@ -258,7 +258,7 @@ def audio_message(wav: np.ndarray, form: AudioForm, encode: Callable = encode_au
 def pcm_seconds(audio) -> float | None:
     """Duration of an ``Audio`` message's PCM from its byte count (None when malformed, or when
     the message carries file bytes: their header is read by a codec, which the server does in
-    its codec processes, ``server.codecs``)."""
+    its codec processes, ``audioae.server.codecs``)."""
     which = audio.WhichOneof("data")
     if which == "pcm":
         p = audio.pcm

@@ -3,7 +3,7 @@ per byte (every channel is upsampled to the model's 16 kHz and run as one row of
 
     python benchmarks/channel_memory.py [--out benchmarks/results/channel-memory.json]
 
-Starts `python -m server` on its defaults (`--threads 1`), sends each request once with the
+Starts `python -m audioae.server` on its defaults (`--threads 1`), sends each request once with the
 Python client and reads the server's peak resident memory (VmHWM, /proc) before and after it.
 Until 2026-12-06 a clip chose the in-memory path by its seconds alone: the five requests grew
 the server's peak by 2,469 MB, 1,575 MB of it on 8 channels x 115 s at 1 kHz
@@ -75,7 +75,7 @@ def main() -> None:
                              "wall_s": round(wall, 2), "peak_growth_mb": round(grew, 1)})
                 print(rows[-1], flush=True)
     if args.out:
-        atomic_write_json(args.out, {"server": "python -m server --threads 1 (defaults)", "rows": rows})
+        atomic_write_json(args.out, {"server": "python -m audioae.server --threads 1 (defaults)", "rows": rows})
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
     python benchmarks/codec_processes.py [--rounds 7] [--out benchmarks/results/codec-processes.json]
 
-A real server (``python -m server --port 0 --threads 1``, the shipped models) answers ``Denoise``
+A real server (``python -m audioae.server --port 0 --threads 1``, the shipped models) answers ``Denoise``
 calls with encoded uploads (answered in the same container), once with ``--codec-workers 2``
-(the default: server/codecs.py) and once with ``--codec-workers 0`` (in the server's process,
+(the default: audioae/server/codecs.py) and once with ``--codec-workers 0`` (in the server's process,
 as before). Per upload kind: the median wall time of a call over ``--rounds`` calls after one
 warm-up call; the resident memory (VmRSS from /proc) of the codec processes (the server's
 multiprocessing children; Linux only) before and after the calls, and of the server after them.
@@ -82,9 +82,9 @@ def measure(workers: int, uploads: dict[str, bytes], rounds: int) -> dict:
 
 
 def codec_calls(data: bytes, rounds: int) -> dict:
-    """The three codec calls of one encoded Denoise, timed alone (``server.codecs.Codecs`` with
+    """The three codec calls of one encoded Denoise, timed alone (``audioae.server.codecs.Codecs`` with
     2 processes and in this one): where the cost of the processes lies."""
-    from server.codecs import Codecs
+    from audioae.server.codecs import Codecs
 
     out = {}
     for workers in (2, 0):

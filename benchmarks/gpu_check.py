@@ -439,7 +439,7 @@ def _grpc_on_cuda(cpu_model, n: int = 32, device: str = "cuda") -> dict:
 
     from audioae.client import Client
     from audioae.decompose import decompose
-    from server import AudioServer, ServerConfig
+    from audioae.server import AudioServer, ServerConfig
 
     out: dict = {}
     srv = AudioServer(ServerConfig(port=0, device=device, metrics_port=None))

@@ -2,7 +2,7 @@
 
     python benchmarks/health_under_load.py [--repo PATH] [--out benchmarks/results/health-under-load.json]
 
-Starts `python -m server --threads 1 --max-queue 2 --max-streams 1 --codec-workers 1
+Starts `python -m audioae.server --threads 1 --max-queue 2 --max-streams 1 --codec-workers 1
 --max-batch-seconds 0` (the shipped denoiser), sends 20 concurrent Denoise calls of a 60 s
 16 kHz Ogg Vorbis upload while a 21st thread polls Health/Check every 50 ms, and counts each
 outcome. ``--repo``: run the server from another checkout (a worktree of an older commit), to

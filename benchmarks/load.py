@@ -3,7 +3,7 @@
 
 Reports requests/s, seconds of audio per second, latency p50/p95/p99, errors by status code,
 the batch sizes the server formed, and the server's RSS before and after. By default it starts
-the server itself (``python -m server``) on a free port with a random-init causal recurrent model
+the server itself (``python -m audioae.server``) on a free port with a random-init causal recurrent model
 of the shipped denoiser's size (no training needed for throughput figures); ``--server`` points it
 at a running one instead. ``--compare-unbatched`` runs a second server with batching off.
 
@@ -69,13 +69,13 @@ def rss_mb(pid: int | None) -> float | None:
 
 
 class ServerProcess:
-    """``python -m server`` on a free port; waits for "ready", stops with SIGTERM (drain)."""
+    """``python -m audioae.server`` on a free port; waits for "ready", stops with SIGTERM (drain)."""
 
     def __init__(self, model_path: Path, extra: list[str], threads: int):
         cmd = [
             sys.executable,
             "-m",
-            "server",
+            "audioae.server",
             "--port",
             "0",
             "--models",

@@ -1,4 +1,4 @@
-"""A `python -m server` for a benchmark: started on a free port, ready, stopped at the end.
+"""A `python -m audioae.server` for a benchmark: started on a free port, ready, stopped at the end.
 
     with running_server("--threads", "1") as (proc, port):
         ...
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 def running_server(*args: str, cwd: str | None = None, env: dict | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
     """The server process and its port, once it has said "ready:" (its models loaded). ``cwd`` and
     ``env``: run it from another checkout."""
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "audioae.server", "--port", "0", *args],
                             stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
     try:
         port = None

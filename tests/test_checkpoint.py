@@ -276,7 +276,7 @@ def test_serve_refuses_two_checkpoints_of_one_name_before_binding_or_loading(tmp
         (tmp_path / run).mkdir()
         paths.append(tmp_path / run / "best.safetensors")
         save_checkpoint(build_model("linear", {"code_dim": 4, "n_fft": 64, "hop_length": 16}), paths[-1])
-    run = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--models", *map(str, paths)],
+    run = subprocess.run([sys.executable, "-m", "audioae.server", "--port", "0", "--models", *map(str, paths)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "two models named 'best'; name them explicitly with NAME=PATH" in run.stderr, run.stderr
     assert "listening on" not in run.stderr and "loaded" not in run.stderr, run.stderr

@@ -30,8 +30,8 @@ from audioae.data.synthetic import speech_like
 from audioae.enhance import denoise
 from audioae.models import build_model
 from audioae.pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER
-from server import AudioServer, ServerConfig
-from server.auth import read_tokens as server_read_tokens
+from audioae.server import AudioServer, ServerConfig
+from audioae.server.auth import read_tokens as server_read_tokens
 
 CODE = grpc.StatusCode
 MB = 1024 * 1024
@@ -802,8 +802,8 @@ def test_an_unavailable_is_the_servers_only_in_its_own_words(tmp_path, capsys):
     a keepalive timeout, a proxy's reply. Only the server's own UNAVAILABLE (it starts "the server
     is ") is its answer now."""
     from audioae.client import SERVER_UNAVAILABLE, unavailable_source
-    from server.errors import Abort
-    from server.lifecycle import Gate
+    from audioae.server.errors import Abort
+    from audioae.server.lifecycle import Gate
 
     src = tmp_path / "in.wav"
     write_audio(src, _noisy(0.5, 16000), 16000)

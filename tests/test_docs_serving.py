@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server import AudioServer, ServerConfig
+from audioae.server import AudioServer, ServerConfig
 
 DOC = Path(__file__).parents[1] / "docs" / "serving.md"
 ADDRESS = "127.0.0.1:50051"

@@ -32,12 +32,12 @@ from audioae.client import Client, array_from_tensor, pcm_message, tensor_messag
 from audioae.data.synthetic import speech_like
 from audioae.enhance import denoise, denoise_batch, is_out_of_memory
 from audioae.models import build_model
+from audioae.server import AudioServer, ServerConfig
+from audioae.server.batcher import Batcher, Job
+from audioae.server.errors import MAX_STATUS_BYTES, Abort, status_of
+from audioae.server.metrics import Metrics
+from audioae.server.servicer import MAX_COMPONENT_BYTES, AudioAEServicer, _queued, _took
 from audioae.v1 import audioae_pb2 as pb
-from server import AudioServer, ServerConfig
-from server.batcher import Batcher, Job
-from server.errors import MAX_STATUS_BYTES, Abort, status_of
-from server.metrics import Metrics
-from server.servicer import MAX_COMPONENT_BYTES, AudioAEServicer, _queued, _took
 
 CODE = grpc.StatusCode
 TOL = 2e-5  # float32 rounding of batched vs single matrix products
@@ -568,14 +568,14 @@ def test_a_file_cut_short_is_answered_with_a_warning_for_the_audio_it_holds(serv
     wav, whole = _cut_short("WAV", "PCM_16")
     held = sf.info(io.BytesIO(wav)).frames
     assert held < whole
-    with caplog.at_level("WARNING", logger="server.servicer"):
+    with caplog.at_level("WARNING", logger="audioae.server.servicer"):
         resp = client.denoise_bytes(wav, model="tiny")
     assert sf.info(io.BytesIO(resp.audio.encoded)).frames == held  # answered for what it holds
     assert len(resp.warnings) == 1, resp.warnings
     assert re.fullmatch(r"audio: its header claims 64,000 bytes of audio but the file holds 3\d,\d{3} \(a copy cut "
                         rf"short, or a recording that stopped mid-write\?\): answered for the {held / 16000:.2f} s "
                         r"it holds", resp.warnings[0]), resp.warnings[0]
-    logged = [r.getMessage() for r in caplog.records if r.name == "server.servicer"]  # the operator hears of it
+    logged = [r.getMessage() for r in caplog.records if r.name == "audioae.server.servicer"]  # the operator hears of it
     assert len(logged) == 1 and re.fullmatch(r"Denoise from \S+: " + re.escape(resp.warnings[0]), logged[0]), logged
 
     d = client.decompose(wav, model="dict", top_k=2, fit_steps=0)
@@ -672,7 +672,7 @@ def test_a_unary_call_out_of_memory_is_told_what_to_send_less_of(server, client,
 def test_a_cuda_library_allocation_failure_is_out_of_memory(text, monkeypatch):
     """Was INTERNAL, and the batcher retried clip by clip without handing the cache back: cuBLAS,
     cuDNN and cuFFT failing to allocate on a full GPU raise a plain RuntimeError with these words."""
-    import server.batcher as batcher_module
+    import audioae.server.batcher as batcher_module
 
     assert is_out_of_memory(RuntimeError(text))
     code, msg = status_of(RuntimeError(text))
@@ -697,7 +697,7 @@ def test_a_cuda_library_allocation_failure_is_out_of_memory(text, monkeypatch):
 def test_a_job_being_gathered_into_a_batch_is_cut_off_too():
     """A job the worker had taken from the queue, waiting for others to batch with it, was in
     neither the queue nor the running list: cut_off() missed it, and it ran after the cut-off."""
-    from server.errors import ShuttingDown
+    from audioae.server.errors import ShuttingDown
 
     batcher = Batcher(Metrics(), max_delay_ms=600_000)  # it gathers a batch for 10 minutes
     ran = threading.Event()
@@ -1237,7 +1237,7 @@ def test_a_stream_message_protobuf_cannot_parse_is_invalid_argument(client):
 
 
 def test_stream_messages_are_named_by_ordinals():
-    from server.servicer import _nth
+    from audioae.server.servicer import _nth
 
     assert [_nth(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th", "112th"]
@@ -1666,7 +1666,7 @@ def test_bad_server_settings_are_refused_before_anything_loads(flags, text, caps
 
 
 def test_a_large_request_limit_keeps_answers_within_what_grpc_can_carry():
-    from server.config import ServerConfig
+    from audioae.server.config import ServerConfig
 
     c = ServerConfig(max_request_mb=1000)  # 4x would be 4000 MB: grpcio raised OverflowError at start
     assert c.max_message_bytes == 1000 * 2**20 and c.max_send_bytes == 2**31 - 1
@@ -1690,7 +1690,7 @@ def test_a_taken_port_is_a_plain_error_and_nothing_stays_bound(model_dir, taken,
 
 def test_a_checkpoint_path_holding_an_equals_sign_is_a_path(model_dir, tmp_path):
     """Was: "runs/lr=1e-3/best.safetensors" split as the name "runs/lr" and the path "1e-3/..."."""
-    from server.store import _split_spec
+    from audioae.server.store import _split_spec
 
     run = tmp_path / "runs" / "lr=1e-3"
     run.mkdir(parents=True)
@@ -1746,7 +1746,7 @@ def test_each_model_is_warmed_up_through_the_rpcs_it_serves(model_dir, monkeypat
     import logging
 
     import audioae.decompose
-    import server.store as store_module
+    import audioae.server.store as store_module
 
     ran: dict[str, list] = {"denoise": [], "decompose": []}
 
@@ -1758,7 +1758,7 @@ def test_each_model_is_warmed_up_through_the_rpcs_it_serves(model_dir, monkeypat
 
     monkeypatch.setattr(store_module, "denoise", counted("denoise", store_module.denoise))
     monkeypatch.setattr(audioae.decompose, "decompose", counted("decompose", audioae.decompose.decompose))
-    caplog.set_level(logging.INFO, logger="server.store")
+    caplog.set_level(logging.INFO, logger="audioae.server.store")
     srv = AudioServer(_config(model_dir, metrics_port=None, codec_workers=0))
     srv.start()
     try:
@@ -1808,7 +1808,7 @@ def test_a_file_served_under_a_shipped_models_name_is_warned_of(model_dir, tmp_p
     if "denoiser-small" not in pretrained.shipped():
         pytest.skip("no shipped denoiser-small")
     tiny = model_dir / "tiny.safetensors"
-    caplog.set_level(logging.WARNING, logger="server")
+    caplog.set_level(logging.WARNING, logger="audioae.server")
 
     def served(spec: str) -> tuple[list[tuple[str, str]], list[str]]:
         """(name, sha256) of each model a real server of ``spec`` lists, and its warnings."""
@@ -1833,7 +1833,7 @@ def test_a_shipped_name_and_paths_load_side_by_side(model_dir):
     """The store looks for the shipped files once for all the --models specs: a shipped name, a
     bare path and a NAME=PATH each still load what they name."""
     from audioae import pretrained
-    from server.store import ModelStore
+    from audioae.server.store import ModelStore
 
     shipped = pretrained.shipped()
     if "denoiser-small" not in shipped:

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from audioae.client import Client
-from server import AudioServer, ServerConfig
+from audioae.server import AudioServer, ServerConfig
 
 SECRET = "s3cret-token-of-the-test"
 
@@ -30,7 +30,7 @@ def _tokens(tmp_path, mode: int):
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("server")]
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("audioae.server")]
 
 
 def test_serving_beyond_loopback_warns_of_no_token_of_plaintext_tokens_and_of_a_readable_token_file(

@@ -1,4 +1,4 @@
-"""A real `python -m server` process: SIGTERM gives NOT_SERVING, new calls UNAVAILABLE, the call
+"""A real `python -m audioae.server` process: SIGTERM gives NOT_SERVING, new calls UNAVAILABLE, the call
 in flight finishes with the right answer, then the process exits 0 (1 when a call outlasts
 --drain-seconds); what once killed the process (a long Ogg Vorbis upload, answered in Ogg Vorbis)
 is answered; its codec processes killed and frozen for real, counted on /metrics; and TLS checked
@@ -53,13 +53,13 @@ def _wait_for(lines: queue.Queue, pattern: str, log: list[str], timeout: float =
 
 def _start_server(tmp_path, *flags: str, own_group: bool = False,
                   hidden: int = 32) -> tuple[subprocess.Popen, queue.Queue, list[str], Path]:
-    """``python -m server`` with a tiny causal model ("tiny", ``hidden`` wide): the process, its
+    """``python -m audioae.server`` with a tiny causal model ("tiny", ``hidden`` wide): the process, its
     stderr lines, the log of those read, and the checkpoint."""
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
     save_checkpoint(build_model("recurrent", {"hidden": hidden, "code_dim": 16}), ckpt)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--models", str(ckpt), "--threads", "1", *flags],
+        [sys.executable, "-m", "audioae.server", "--port", "0", "--models", str(ckpt), "--threads", "1", *flags],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -512,7 +512,7 @@ def test_a_stop_while_the_models_load_stops_at_once_and_health_never_says_servin
     """A stop signal after "listening on", while the models load: the server stopped only once they
     had loaded, reported SERVING, then drained. Now loading stops at the next model and health
     never says SERVING. (Was a SIGTERM to a process loading 20 models, which raced the loading.)"""
-    from server import AudioServer, ServerConfig
+    from audioae.server import AudioServer, ServerConfig
 
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"
@@ -521,7 +521,7 @@ def test_a_stop_while_the_models_load_stops_at_once_and_health_never_says_servin
                                    codec_workers=0, torch_threads=1))
     port = srv.start()
     stopper = _StopAfterFirstModel(srv)
-    store_log = logging.getLogger("server.store")
+    store_log = logging.getLogger("audioae.server.store")
     level = store_log.level
     try:
         seen: list[str] = []
@@ -542,13 +542,13 @@ def test_a_stop_while_the_models_load_stops_at_once_and_health_never_says_servin
 
 # `audioae serve` whose loading of each checkpoint waits, after saying so, until a line can be read
 # from the FIFO named by $AUDIOAE_TEST_GATE: a load that is observably in progress for as long as
-# the test needs, with no clock involved. The rest is the real entry point (python -m server).
+# the test needs, with no clock involved. The rest is the real entry point (python -m audioae.server).
 _GATED_SERVE = """
 import os, sys
-import server.store
+import audioae.server.store
 from audioae.cli import main
 
-real = server.store.read_metadata
+real = audioae.server.store.read_metadata
 
 def gated(path):
     print(f"test gate: loading {path}", file=sys.stderr, flush=True)
@@ -556,7 +556,7 @@ def gated(path):
         gate.readline()
     return real(path)
 
-server.store.read_metadata = gated
+audioae.server.store.read_metadata = gated
 sys.exit(main(["serve", *sys.argv[1:]]))
 """
 
@@ -724,7 +724,7 @@ def test_serve_refuses_equal_ports_and_a_missing_model_before_binding(tmp_path):
                          "port (--port) and metrics_port (--metrics-port) are both 50987"),
                         (["--port", "0", "--models", str(tmp_path / "missing.safetensors")],
                          "no such checkpoint file")):
-        run = subprocess.run([sys.executable, "-m", "server", *flags], capture_output=True, text=True, timeout=120)
+        run = subprocess.run([sys.executable, "-m", "audioae.server", *flags], capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and said in run.stderr, run.stderr
         assert "listening on" not in run.stderr, run.stderr
 
@@ -738,7 +738,7 @@ def test_serve_refuses_two_models_named_alike_before_binding(tmp_path):
         save_checkpoint(build_model("recurrent", {"hidden": 16, "code_dim": 8}), tmp_path / run / "best.safetensors")
     best, other = tmp_path / "r1" / "best.safetensors", tmp_path / "r2" / "best.safetensors"
     for specs in ((str(best), f"best={other}"), (f"best={best}", str(other)), (str(best), str(other))):
-        run = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--models", *specs],
+        run = subprocess.run([sys.executable, "-m", "audioae.server", "--port", "0", "--models", *specs],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and "two models named 'best'" in run.stderr, run.stderr
         assert f"{best}: " in run.stderr and f"{other}: " in run.stderr, run.stderr
@@ -748,10 +748,10 @@ def test_serve_refuses_two_models_named_alike_before_binding(tmp_path):
 def test_a_stream_cut_off_takes_no_more_of_its_queued_messages(tmp_path):
     """After a cut-off (the drain over) a stream still took up to 3 messages already queued and put
     each through the model. Now it answers the audio it had taken and ends with the reason."""
+    from audioae.server import AudioServer, ServerConfig
+    from audioae.server.errors import Abort
+    from audioae.server.feed import MessageFeed
     from audioae.v1 import audioae_pb2 as pb
-    from server import AudioServer, ServerConfig
-    from server.errors import Abort
-    from server.feed import MessageFeed
 
     torch.manual_seed(0)
     ckpt = tmp_path / "tiny.safetensors"

@@ -13,7 +13,7 @@ from audioae.checkpoint import load_checkpoint
 from audioae.client import Client
 from audioae.data.synthetic import speech_like
 from audioae.enhance import model_input
-from server import AudioServer, ServerConfig
+from audioae.server import AudioServer, ServerConfig
 
 
 @pytest.fixture(scope="module")

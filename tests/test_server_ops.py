@@ -15,8 +15,8 @@ import pytest
 
 from audioae.cli import main as cli_main
 from audioae.client import Client
-from server import AudioServer, ServerConfig
-from server.config import grpc_host
+from audioae.server import AudioServer, ServerConfig
+from audioae.server.config import grpc_host
 
 
 @pytest.fixture
@@ -29,13 +29,13 @@ def served(causal_ckpt):
 
 
 def _calls(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "server.servicer" and r.levelno == logging.INFO]
+    return [r.getMessage() for r in caplog.records if r.name == "audioae.server.servicer" and r.levelno == logging.INFO]
 
 
 def test_each_finished_call_is_logged_once_with_its_status_model_audio_time_and_peer(served, caplog):
     """Successful calls and refusals (NOT_FOUND, INVALID_ARGUMENT) left no log line; a stream gets
     one line at its end, not one per chunk."""
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="audioae.server")
     x = (0.1 * np.random.default_rng(0).standard_normal((1, 8000))).astype(np.float32)
     with Client(f"127.0.0.1:{served.port}", timeout=30) as c:
         c.denoise(x, 16000)
@@ -61,9 +61,9 @@ def test_a_callers_model_name_is_logged_quoted_and_clipped(served, caplog):
     made-up log line forged a second line, and an 8 MB name wrote an 8 MB line. A plain name is
     logged as it is; any other quoted (repr) and clipped to 64 characters. A stream refused at its
     StreamConfig logged no model at all: it names the one asked for now."""
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="audioae.server")
     x = (0.1 * np.random.default_rng(0).standard_normal((1, 8000))).astype(np.float32)
-    forged = "nope\n2026-12-07 18:02:28,782 INFO server.servicer: Denoise OK 97 ms model tiny from ipv4:1.2.3.4:5"
+    forged = "nope\n2026-12-07 18:02:28,782 INFO audioae.server.servicer: Denoise OK 97 ms model tiny from ipv4:1.2.3.4:5"
     huge = "x" * (8 << 20)
     with Client(f"127.0.0.1:{served.port}", timeout=60) as c:
         for name in (forged, huge):
@@ -92,12 +92,12 @@ def test_an_auth_refusal_names_the_caller(causal_ckpt, tmp_path, caplog):
     srv.start()
     try:
         srv.load()
-        caplog.set_level(logging.INFO, logger="server")
+        caplog.set_level(logging.INFO, logger="audioae.server")
         with Client(f"127.0.0.1:{srv.port}", timeout=30) as c, pytest.raises(grpc.RpcError):
             c.list_models()
     finally:
         srv.stop()
-    said = [r.getMessage() for r in caplog.records if r.name == "server.auth"]
+    said = [r.getMessage() for r in caplog.records if r.name == "audioae.server.auth"]
     assert len(said) == 1 and re.fullmatch(r"refused /audioae\.v1\.AudioAE/ListModels from ipv4:127\.0\.0\.1:\d+: "
                                            r"missing bearer token: .*", said[0]), said
 

@@ -21,9 +21,9 @@ from audioae.client import Client
 from audioae.data.synthetic import speech_like
 from audioae.enhance import denoise
 from audioae.models import build_model
+from audioae.server import AudioServer, ServerConfig
 from audioae.v1 import audioae_pb2 as pb
 from audioae.v1 import audioae_pb2_grpc
-from server import AudioServer, ServerConfig
 
 SR = 16000
 
@@ -198,7 +198,7 @@ def test_a_drain_ends_an_open_stream_with_its_audio_answered(tiny, caplog):
     drainer = threading.Thread(target=drain)
     drainer.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="server"), grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        with caplog.at_level(logging.WARNING, logger="audioae.server"), grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
             got, err = _collect(audioae_pb2_grpc.AudioAEStub(ch).StreamDenoise(live_call(), timeout=60))
             stop.set()
             drainer.join(30)
@@ -241,7 +241,7 @@ def test_a_stream_its_client_finished_before_the_drain_deadline_ends_ok(tiny):
     # deadline has passed before the call reads anything: its config, its audio and its
     # half-close are all still to be taken (the stream's own path, fed from a list; an end-to-end
     # version depended on the machine's speed).
-    from server.feed import MessageFeed
+    from audioae.server.feed import MessageFeed
 
     srv = _server(tiny)
     try:
@@ -265,7 +265,7 @@ def test_a_stream_its_client_finished_before_the_drain_deadline_ends_ok(tiny):
 def test_a_drain_leaves_streams_half_its_margin_for_messages_on_their_way():
     # was: after the deadline a stream waited up to 0.5 s for each of three messages, 1.5 s in
     # all, past the 1 s margin before the drain's end, where gRPC cancels it without a message
-    from server.lifecycle import STREAM_END_MARGIN, Gate
+    from audioae.server.lifecycle import STREAM_END_MARGIN, Gate
 
     gate = Gate()
     assert gate.stream_grace_left() == float("inf")  # no drain
@@ -442,7 +442,7 @@ def test_running_out_of_memory_mid_stream_ends_it_in_words_and_frees_its_state(t
     stream ends RESOURCE_EXHAUSTED saying where and what was answered, its state on the device let go
     before the cache is emptied, and the server goes on. The failure is the allocator's own refusal
     (CUDA's cannot be had on a CPU), made in the model's 3rd stream step."""
-    import server.servicer as servicer_module
+    import audioae.server.servicer as servicer_module
 
     srv = _server(tiny)
     model = srv.store.models["tiny"].model
@@ -482,7 +482,7 @@ def test_running_out_of_host_memory_decoding_a_chunk_names_that_chunk_and_the_ho
     """A host MemoryError while audio chunk 3 was decoded (before the stream's place was moved on) was
     said as chunk 2's, and as the memory of the model's device ("cuda:0"). The failure is numpy's own
     refusal of an allocation, made in the 3rd chunk's decode."""
-    import server.servicer as servicer_module
+    import audioae.server.servicer as servicer_module
 
     srv = _server(tiny, device=device)
     calls = []

@@ -1,4 +1,4 @@
-"""``python -m server ...`` is ``audioae serve ...``."""
+"""``python -m audioae.server ...`` is ``audioae serve ...``."""
 
 import sys
 

@@ -9,7 +9,7 @@ message; the servicer then refuses the call with INVALID_ARGUMENT, counted like 
 A message over the limit becomes an :class:`Oversized`, refused by the servicer with
 RESOURCE_EXHAUSTED. gRPC's own check would end the call before the servicer saw anything: a stream
 lost the answers to the audio before that message, and every caller read only "Received message
-larger than max (N vs. M)". So gRPC's limit sits above this one (server/app.py says how far).
+larger than max (N vs. M)". So gRPC's limit sits above this one (audioae/server/app.py says how far).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; None: off, 0: any free port
     drain_seconds: float = 30.0  # how long SIGTERM waits for in-flight calls
     torch_threads: int = 0  # torch intra-op threads; 0: torch's default
-    codec_workers: int = 2  # processes that decode uploads and encode answers (server/codecs.py); 0: in-process
+    codec_workers: int = 2  # processes that decode uploads and encode answers (audioae/server/codecs.py); 0: in-process
     codec_timeout: float = 60.0  # seconds one decode or encode may take before its process is stopped
 
     def __post_init__(self):
@@ -86,7 +86,7 @@ class ServerConfig:
     @property
     def max_read_bytes(self) -> int:
         # gRPC's own receive limit, above --max-request-mb: a message between the two is read and
-        # refused by the servicer in words (server/parsing.py); one above it, by gRPC (server/app.py).
+        # refused by the servicer in words (audioae/server/parsing.py); one above it, by gRPC (audioae/server/app.py).
         return min(2 * self.max_message_bytes, MAX_GRPC_BYTES)
 
     @property

@@ -1,9 +1,9 @@
 """The audioae gRPC service: servicer, dynamic batcher, auth, limits, health, reflection,
 Prometheus metrics and SIGTERM drain. Imports audioae's public API only.
 
-Start it with ``audioae serve`` (or ``python -m server``); in code::
+Start it with ``audioae serve`` (or ``python -m audioae.server``); in code::
 
-    from server import AudioServer, ServerConfig
+    from audioae.server import AudioServer, ServerConfig
     srv = AudioServer(ServerConfig(port=0, models=("tiny.safetensors",)))
     port = srv.start()      # listening; health NOT_SERVING
     srv.load()              # models loaded and warmed up; health SERVING

@@ -1,13 +1,13 @@
 """The ``audioae.v1.AudioAE`` servicer: validates each request, queues device work on the
-:class:`~server.batcher.Batcher`, and answers in the caller's own format.
+:class:`~audioae.server.batcher.Batcher`, and answers in the caller's own format.
 
 Status codes: INVALID_ARGUMENT for bad audio or parameters, NOT_FOUND for an unknown model,
-RESOURCE_EXHAUSTED for oversized input (a message over ``--max-request-mb``: :mod:`server.parsing`),
-a full queue or too many calls in progress (the gate's admission limit, :mod:`server.lifecycle`),
+RESOURCE_EXHAUSTED for oversized input (a message over ``--max-request-mb``: :mod:`audioae.server.parsing`),
+a full queue or too many calls in progress (the gate's admission limit, :mod:`audioae.server.lifecycle`),
 UNAVAILABLE while starting or draining,
 DEADLINE_EXCEEDED when the caller's deadline passes while it waits, UNIMPLEMENTED when this
 build lacks the decomposition module. A string of the request quoted in a message is clipped
-(:func:`audioae.config.quoted`), and so is the message (:func:`server.errors.status_of`).
+(:func:`audioae.config.quoted`), and so is the message (:func:`audioae.server.errors.status_of`).
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _wait(self, job: Job, context: grpc.ServicerContext):
         """Queue ``job`` and wait for it within the caller's deadline; a call that ends early
         (cancelled, timed out) abandons its job: dropped if still queued, stopped at its next piece
-        if it is a long denoise already running (:meth:`~server.batcher.Job.abandon`)."""
+        if it is a long denoise already running (:meth:`~audioae.server.batcher.Job.abandon`)."""
         fut = self.batcher.submit(job)
         if not context.add_callback(job.abandon):  # the call had ended already
             job.abandon()

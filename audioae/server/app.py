@@ -102,7 +102,7 @@ class AudioServer:
             torch.set_num_threads(config.torch_threads)
         self.device = pick_device(config.device)
         self.metrics = Metrics()
-        # Admission control (server/lifecycle.py): unary calls in progress, counted from entry to
+        # Admission control (audioae/server/lifecycle.py): unary calls in progress, counted from entry to
         # exit whatever they wait for: up to --max-queue waiting for the device, as many again
         # being decoded, waiting for a codec process or having their answers encoded.
         self.max_calls = 2 * config.max_queue
@@ -138,7 +138,7 @@ class AudioServer:
             interceptors=interceptors,
             options=[
                 # 2x --max-request-mb: a message between the two is refused by the servicer in words,
-                # after a stream's earlier audio is answered (docs/serving.md#limits, server/parsing.py).
+                # after a stream's earlier audio is answered (docs/serving.md#limits, audioae/server/parsing.py).
                 ("grpc.max_receive_message_length", config.max_read_bytes),
                 ("grpc.max_send_message_length", config.max_send_bytes),
                 ("grpc.so_reuseport", 0),
