@@ -1,13 +1,27 @@
 """audioae: sparse and denoising autoencoders over spectrograms.
 
-Public API (what the CLI, the server and the batch engines import):
+Public API: the modules the CLI (``audioae.cli``), the gRPC service (``audioae.server``) and the
+folder engines (``audioae.batch``) import, and what scripts may build on:
 
-- :mod:`audioae.audio`       read/write audio files, resample
-- :mod:`audioae.spectral`    STFT / iSTFT, compression, masks
-- :mod:`audioae.models`      the registry of autoencoder families
-- :mod:`audioae.checkpoint`  safetensors checkpoints
-- :mod:`audioae.enhance`     the pure denoising functions
-- :mod:`audioae.train`       the training loop
+- :mod:`audioae.audio`                 read/write/encode audio files, resample
+- :mod:`audioae.spectral`              STFT / iSTFT, compression, masks, streaming STFT
+- :mod:`audioae.models`                the registry of autoencoder families (``models.image``: the image family)
+- :mod:`audioae.checkpoint`            safetensors checkpoints: config, versions, sha256
+- :mod:`audioae.pretrained`            the shipped models by name, the example recordings
+- :mod:`audioae.enhance`               the denoising functions: denoise, denoise_batch, StreamingDenoiser
+- :mod:`audioae.decompose`             components from a sparse model; grouping; sum-to-input
+- :mod:`audioae.decomposition_folder`  the folder a decomposition is written into (local and client alike)
+- :mod:`audioae.client`                the gRPC client and the wire codec it shares with the server
+- :mod:`audioae.config`                typed config fields; the KEY=VALUE (``--set``) parser
+- :mod:`audioae.isolation`             one call in a child process (a codec that may crash on a file)
+- :mod:`audioae.fileio`                atomic writes, output-folder checks
+- :mod:`audioae.evaluate`, :mod:`audioae.metrics`  ``audioae eval``; SI-SDR, PESQ, STOI
+- :mod:`audioae.plots`                 the figures of ``decompose --plot`` and ``inspect``
+- :mod:`audioae.train`                 training: ``train`` (run configs) and ``fit_arrays`` (tensors)
+- :mod:`audioae.v1`                    the generated gRPC code of ``proto/audioae/v1/audioae.proto``
+
+The applications on top: :mod:`audioae.cli`, :mod:`audioae.server`, :mod:`audioae.batch`,
+:mod:`audioae.images` (the course's image experiments).
 """
 
 __version__ = "0.1.0"

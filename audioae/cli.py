@@ -1,6 +1,6 @@
 """The ``audioae`` command. Thin: parse, call the library, print results for people.
 
-Subcommands: train, models, denoise, eval, decompose, inspect, images, serve, client.
+Subcommands: train, models, examples, denoise, eval, decompose, inspect, images, serve, client.
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ def _cmd_train(args) -> int:
     from .train import load_run_config, train
 
     if args.config is None and not args.overrides:  # was: 1,000 steps of a plain autoencoder into ./runs/default
-        raise ValueError("name a run config, e.g. audioae train configs/tiny-synthetic.toml (configs/ holds the "
-                         "shipped ones), or describe the run with --set section.key=value")
+        raise ValueError("name a run config, e.g. audioae train configs/tiny-synthetic.toml (the example configs "
+                         "are in the source repository's configs/: train from a checkout of it), or describe the "
+                         "run with --set section.key=value")
     overrides = list(args.overrides)
     if _out_given(args.out, "--out", "name the run's folder, or omit --out for the config's train.out_dir"):
         overrides.append(f"train.out_dir={json.dumps(args.out)}")
@@ -208,7 +209,48 @@ def _cmd_models(args) -> int:
         lat = "offline" if s["latency_ms"] is None else f"{s['latency_ms']} ms"
         print(f"  {s['name']:<18} {s['family']:<11} {s['sample_rate'] or '-':>6} Hz  code {s['code_dim']:<4} "
               f"{s['parameters']:>9,} params  latency {lat}")
+    # An installed user has no checkout's audioae/pretrained/ to look in (README's quick start).
+    print(f"Shipped files: {_SHIPPED}: the models, their cards (.md), examples/ (noisy recordings: "
+          f"`audioae examples` prints its path) and examples-clean/ (their clean speech)")
     return 0
+
+
+# ---- examples ----------------------------------------------------------------------------------
+# The installed package's own folder (site-packages/audioae, or a checkout's audioae/), found
+# without importing torch: the client uses it too.
+_PACKAGE = Path(__file__).resolve().parent
+_SHIPPED = _PACKAGE / "pretrained"
+
+
+def _add_examples(sub) -> None:
+    p = sub.add_parser("examples", help="print the folder of the shipped example recordings",
+                       description="Print the folder holding the shipped noisy example recordings (with --clean: "
+                                   "their clean speech), wherever audioae is installed, e.g. audioae denoise "
+                                   "\"$(audioae examples)\" -o cleaned. In a source checkout it is "
+                                   "audioae/pretrained/examples.")
+    p.add_argument("--clean", action="store_true",
+                   help="the examples' clean speech instead (for audioae eval --clean)")
+    p.set_defaults(func=_cmd_examples)
+
+
+def _cmd_examples(args) -> int:
+    print(_SHIPPED / ("examples-clean" if args.clean else "examples"))
+    return 0
+
+
+def _checkout_path_hint(argv: list[str], message: str) -> str:
+    """README's ``audioae denoise audioae/pretrained/examples -o cleaned`` run outside a source
+    checkout (audioae installed from a wheel): where this installation's copy of that path is."""
+    for arg in argv:
+        given = Path(arg.rpartition("=")[2])  # --clean=audioae/pretrained/examples-clean too
+        if given.is_absolute() or given.parts[:2] != ("audioae", "pretrained") or os.path.lexists(given):
+            continue
+        installed = _PACKAGE.joinpath(*given.parts[1:])
+        if str(given) in message and installed.exists():
+            clean = " --clean" if given.parts[2:3] == ("examples-clean",) else ""
+            return (f" ({given} is a path in a source checkout; this installation's copy is {installed}: "
+                    f"`audioae examples{clean}` prints its folder)")
+    return ""
 
 
 # ---- subcommands owned by other modules register below (one function each) --------------------
@@ -782,12 +824,12 @@ def _add_client(sub) -> None:
     csub = p.add_subparsers(dest="client_command", required=True)
     d = csub.add_parser("denoise", parents=[conn], help="denoise a file (same rate, channels, length)")
     d.add_argument("input")
-    d.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
+    d.add_argument("-o", "--out", help=f"output file (default: INPUT.denoised.EXT beside it; {_HERE_IF_SHIPPED})")
     d.add_argument("--model", help="served model name (default: the server's denoiser)")
     d.add_argument("--strength", type=float, help="0..1 (default 1)")
     s = csub.add_parser("stream", parents=[conn], help="stream a file through StreamDenoise in chunks")
     s.add_argument("input")
-    s.add_argument("-o", "--out", help="output file (default: INPUT.denoised.EXT beside it)")
+    s.add_argument("-o", "--out", help=f"output file (default: INPUT.denoised.EXT beside it; {_HERE_IF_SHIPPED})")
     s.add_argument("--model", help="served model name (default: the server's denoiser)")
     s.add_argument("--strength", type=float)
     s.add_argument("--chunk-ms", type=_positive_ms, default=100.0, help="chunk length sent per message")
@@ -795,7 +837,7 @@ def _add_client(sub) -> None:
                         "(the files audioae decompose writes, but no figure: the answer has no atoms to draw)")
     c.add_argument("input", help="the recording to send (any format the server reads: WAV, FLAC, OGG, ...)")
     c.add_argument("-o", "--out", help="output folder (default: the input's name with .components in place of "
-                   "its extension, beside it: song.wav -> song.components/)")
+                   f"its extension, beside it: song.wav -> song.components/; {_HERE_IF_SHIPPED})")
     c.add_argument("--model", help="served model name (default: the server's decomposer)")
     # The local command's defaults, and Client.decompose's: the RPC's own (every unit, ungrouped)
     # can run to hundreds of component waveforms, over the answer limit for a few seconds of stereo.
@@ -817,9 +859,21 @@ def _add_client(sub) -> None:
     p.set_defaults(func=_cmd_client)
 
 
+_HERE_IF_SHIPPED = "in the current folder for an input inside the installed audioae package, such as its examples"
+
+
+def _beside(path: str, name: str) -> str:
+    """``name`` beside the input ``path``, the client's default output; in the current folder where
+    ``path`` lies inside the installed audioae package (``audioae examples``): beside them it went into
+    site-packages, and a later ``audioae denoise`` of the examples found one file more."""
+    if Path(path).resolve().is_relative_to(_PACKAGE):
+        return name
+    return str(Path(path).with_name(name))
+
+
 def _default_out(path: str, tag: str) -> str:
     p = Path(path)
-    return str(p.with_name(f"{p.stem}.{tag}{p.suffix}"))
+    return _beside(path, f"{p.stem}.{tag}{p.suffix}")
 
 
 def _cmd_client(args) -> int:
@@ -938,7 +992,7 @@ def _client_call(args, client) -> int:
                                strength=args.strength)
         print(f"{args.input} -> {r['output']} ({r['frames']} frames at {r['sample_rate']} Hz, streamed)")
     elif cmd == "decompose":
-        out = args.out or str(Path(args.input).with_suffix(".components"))
+        out = args.out or _beside(args.input, Path(args.input).with_suffix(".components").name)
         # checked and held before the call, not after
         with folder.claim(out, [args.input], residual=not args.no_audio) as held:
             res = client.decompose(Path(args.input).read_bytes(), model=model, top_k=args.top_k,
@@ -965,7 +1019,7 @@ def _client_call(args, client) -> int:
     return 0
 
 
-COMMANDS = [_add_train, _add_models, _add_denoise, _add_eval, _add_serve, _add_client, _add_images,
+COMMANDS = [_add_train, _add_models, _add_examples, _add_denoise, _add_eval, _add_serve, _add_client, _add_images,
             _add_decompose, _add_inspect]
 
 
@@ -973,7 +1027,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="audioae", description="Denoise speech, split recordings into learned components and serve both over "
         "gRPC with small spectrogram autoencoders; train your own. `audioae COMMAND --help` for each command.",
-        epilog="Start with: audioae denoise audioae/pretrained/examples -o cleaned")
+        epilog="Start with: audioae denoise audioae/pretrained/examples -o cleaned (in a source checkout; "
+               "installed from a wheel: audioae denoise \"$(audioae examples)\" -o cleaned)")
     parser.add_argument("--version", action="version", version=f"audioae {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1017,7 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
         # Library errors carry messages meant for people (AudioError, CheckpointError, config errors),
         # and so do the system's (a full disk, a permission: "[Errno 28] No space left on device: ...").
-        print(f"audioae {args.command}: error: {exc}", file=sys.stderr)
+        hint = _checkout_path_hint(sys.argv[1:] if argv is None else argv, str(exc))
+        print(f"audioae {args.command}: error: {exc}{hint}", file=sys.stderr)
         return 2
 
 

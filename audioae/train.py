@@ -271,7 +271,8 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
         # Each was the bare OSError or codec message, without the word config ("[Errno 2] No such file
         # or directory: ...", "'utf-8' codec can't decode byte 0x83 ...").
         if not Path(path).exists():
-            raise ValueError(f"{path}: no such run config (configs/ holds the shipped ones)")
+            raise ValueError(f"{path}: no such run config (the example configs are in the source repository's "
+                             f"configs/: train from a checkout of it)")
         if Path(path).is_dir():
             raise ValueError(f"{path}: a folder, not a run config; name a .toml file in it")
         with open(path, "rb") as f:

@@ -528,7 +528,7 @@ def test_a_missing_binary_or_folder_config_is_named_as_a_run_config(tmp_path, ca
     """Were "[Errno 2] No such file or directory: ...", "[Errno 21] Is a directory: ..." and
     "'utf-8' codec can't decode byte ...": nothing said it was the run config."""
     (tmp_path / "bytes.toml").write_bytes(bytes(range(128, 256)))
-    for path, text in [(tmp_path / "nope.toml", "nope.toml: no such run config (configs/ holds the shipped ones)"),
+    for path, text in [(tmp_path / "nope.toml", "nope.toml: no such run config (the example configs are in the source repository's configs/"),
                        (tmp_path, "a folder, not a run config; name a .toml file in it"),
                        (tmp_path / "bytes.toml", "bytes.toml: not a TOML run config ('utf-8' codec")]:
         assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2

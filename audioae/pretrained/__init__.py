@@ -1,5 +1,6 @@
 """Shipped models. Each ``<name>.safetensors`` has a ``<name>.safetensors.sha256`` (checked on
-load) and a model card ``<name>.md`` saying how it was trained, on what, and what it scored."""
+load) and a model card ``<name>.md`` saying how it was trained, on what, and what it scored.
+Beside them: example recordings (:data:`EXAMPLES`) and their clean speech (:data:`EXAMPLES_CLEAN`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from ..checkpoint import CheckpointError, config_of, load_checkpoint, read_metad
 from ..models import Autoencoder, AutoencoderConfig
 
 HERE = Path(__file__).parent
+# Example recordings (noisy speech) and their clean speech, for ``audioae denoise`` and ``audioae eval``;
+# ``audioae examples [--clean]`` prints these paths wherever the package is installed.
+EXAMPLES = HERE / "examples"
+EXAMPLES_CLEAN = HERE / "examples-clean"
 DEFAULT_DENOISER = "denoiser-small"
 DEFAULT_DECOMPOSER = "decomposer-small"
 
