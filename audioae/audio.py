@@ -609,6 +609,9 @@ MAX_CHANNELS = 64  # the most channels one call or file may carry (the wire cont
 def check_channels(channels: int, name: str = "", field: str = "Pcm.channels") -> None:
     """The channel limit every path holds: 1..MAX_CHANNELS (``name``: the audio's, in the message;
     ``field``: the request field the count came from, named when it is unset)."""
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral):  # 2.0 reached torch's TypeError
+        raise AudioError(f"{name + ': ' if name else ''}a channel count is a whole number, got {channels!r} "
+                         f"(a {type(channels).__name__})")
     if channels == 0:  # a message's field left out reads as 0
         raise AudioError(f"{name + ': ' if name else ''}the channel count is unset (0); set it to the audio's "
                          f"channels, 1..{MAX_CHANNELS} (in a request: {field})")
@@ -657,6 +660,12 @@ def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, boo
     if not isinstance(wav, torch.Tensor):
         wav = np.asarray(wav)
     check_audio_array(wav)
+    if isinstance(wav, np.ndarray) and (wav.dtype != np.float32 or not wav.flags.writeable
+                                        or any(s < 0 for s in wav.strides)):
+        # torch warns for a read-only array (np.frombuffer of bytes) and refuses a big-endian one
+        # or negative strides (x[:, ::-1]); a native float32 copy is what it would have made of
+        # another dtype anyway. A writable native float32 array is still shared, not copied.
+        wav = wav.astype(np.float32)
     x = torch.as_tensor(wav, dtype=torch.float32)
     return (x[None], True) if x.dim() == 1 else (x, False)
 

@@ -566,8 +566,10 @@ class StreamingDenoiser:
     """Denoise audio chunk by chunk, carrying state between chunks.
 
     ``push(chunk [C, n])`` returns the cleaned samples that are ready (possibly none);
-    ``finish()`` returns the rest. The concatenation has exactly the input's length and equals
-    :func:`denoise` on the whole input to float tolerance. Needs a causal model.
+    ``finish()`` returns the rest. Both answer as :func:`denoise` does: ``[n]`` for a 1-D chunk,
+    a numpy array for an array; a tensor chunk gets an ordinary CPU tensor. The concatenation has
+    exactly the input's length and equals :func:`denoise` on the whole input to float tolerance.
+    Needs a causal model.
 
     ``realtime``: fed as it happens in small calls (a server's stream, a microphone), so a rate
     whose resampling filter would not keep up is refused (:data:`~audioae.audio.MAX_RESAMPLE_FILTER_BYTES`:
@@ -586,6 +588,7 @@ class StreamingDenoiser:
         check_sample_rate(sr, "stream")
         sr = int(sr)
         check_channels(channels)  # AudioError: the folder tool reports it like any bad file
+        channels = int(channels)  # numpy's integers too
         c = model.config
         self.model, self.sr, self.strength, self.channels = model, sr, strength, channels
         self.finished = False
@@ -615,6 +618,7 @@ class StreamingDenoiser:
         self.dry = torch.zeros(channels, 0)  # input kept for blending, aligned with output
         self.n_in = 0
         self.n_out = 0
+        self.as_tensor, self.squeeze = False, False  # how the last chunk came: how answers go back
 
     def _features(self, frames: torch.Tensor, ahead: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The new frames that have their look-ahead frames too, and their features ``[C, F', m]``."""
@@ -695,12 +699,25 @@ class StreamingDenoiser:
         if self.finished:
             raise RuntimeError("this stream has finished; start a new StreamingDenoiser for the next one")
 
-    @torch.inference_mode()
-    def push(self, chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x, _ = as_channels_first(chunk)
+    def push(self, chunk: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """The cleaned samples of ``chunk`` (``[C, n]``, or ``[n]`` for a mono stream) that are
+        ready, possibly none, laid out and typed as :func:`denoise` gives them: a 1-D chunk's as
+        ``[m]``, a 2-D one's as ``[C, m]``; a numpy array for an array (or a list), a CPU tensor
+        (an ordinary one, not an inference tensor: in-place ops work) for a tensor."""
+        x, squeeze = as_channels_first(chunk)
         self._check_open()
         if x.shape[0] != self.channels:
+            if not squeeze and x.shape[1] == self.channels:  # sounddevice's blocks of <= 64 frames
+                raise AudioError(f"chunk: channels first ([C, T]) expected, got shape {tuple(x.shape)}, which looks "
+                                 f"like [T, C] (soundfile.read's layout) for this stream's {self.channels} "
+                                 f"channel(s): pass its transpose, x.T")
             raise ValueError(f"this stream has {self.channels} channel(s), the chunk has {x.shape[0]}")
+        y = self._push_checked(x)
+        self.as_tensor, self.squeeze = isinstance(chunk, torch.Tensor), squeeze  # finish() answers alike
+        return self._answer(y)
+
+    @torch.inference_mode()
+    def _push_checked(self, x: torch.Tensor) -> torch.Tensor:
         check_levels(x.cpu(), f"chunk after {self.n_in} samples")
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
@@ -711,6 +728,15 @@ class StreamingDenoiser:
         if x.shape[-1] > step:
             return torch.cat([self._push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)], dim=-1)
         return self._push(x)
+
+    def _answer(self, y: torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``y [C, m]`` (made in inference mode) as the last chunk came: 1-D for a 1-D chunk; a
+        numpy array for an array, else an ordinary tensor (a clone made outside inference mode;
+        inside it, as :func:`denoise` calls, the caller's mode applies)."""
+        y = y[0] if self.squeeze else y  # a fresh tensor: nothing here keeps or reuses it
+        if not self.as_tensor:
+            return y.numpy()
+        return y if torch.is_inference_mode_enabled() else y.clone()
 
     def _push(self, x: torch.Tensor) -> torch.Tensor:
         """One checked chunk ``[C, n]`` of at most a step's length -> the cleaned samples ready."""
@@ -723,9 +749,13 @@ class StreamingDenoiser:
         ahead = self.ahead.push(z) if self.ahead else None  # [C, F, m'], m' <= pending + m
         return self._output(self._process(frames, ahead, final=False), final=False)
 
-    @torch.inference_mode()
-    def finish(self) -> torch.Tensor:
+    def finish(self) -> np.ndarray | torch.Tensor:
+        """The rest of the cleaned samples, typed and laid out as the last :meth:`push`'s answer."""
         self._check_open()
+        return self._answer(self._finish())
+
+    @torch.inference_mode()
+    def _finish(self) -> torch.Tensor:
         if self.n_in == 0:
             raise AudioError("the stream carried no audio")
         self.finished = True

@@ -318,7 +318,8 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     if noisy is not None:  # a pair without its noisy file has no SI-SDRi: null, as the docs say, not absent
         for f in files:
             f.setdefault("si_sdr_i", None)
-    metrics = [m for m in METRICS if any(m in f for f in files)]
+    # every metric the run scores, even when no pair could be read: its mean is then null (docs/batch.md)
+    metrics = [m for m in METRICS if m != "si_sdr_i" or noisy is not None]
     mean = {m: _mean([f.get(m) for f in files]) for m in metrics}
     # how many files each mean is over: a pair a metric could not score (notes say why) is left out
     mean_of = {m: sum(f.get(m) is not None for f in files) for m in metrics}

@@ -37,9 +37,9 @@ def multires_stft_loss(est: torch.Tensor, ref: torch.Tensor,
     total = est.new_zeros(())
     for n_fft, hop in resolutions:
         e = magnitude(reflect_stft(est, n_fft, hop))  # [B, F, N]
-        r = magnitude(reflect_stft(ref, n_fft, hop))
-        sc = torch.linalg.norm(r - e, dim=(-2, -1)) / torch.linalg.norm(r, dim=(-2, -1)).clamp_min(1e-7)
-        logmag = (torch.log(e + 1e-7) - torch.log(r + 1e-7)).abs().mean(dim=(-2, -1))
+        r = magnitude(reflect_stft(ref, n_fft, hop))  # [B, F, N]
+        sc = torch.linalg.norm(r - e, dim=(-2, -1)) / torch.linalg.norm(r, dim=(-2, -1)).clamp_min(1e-7)  # [B]
+        logmag = (torch.log(e + 1e-7) - torch.log(r + 1e-7)).abs().mean(dim=(-2, -1))  # [B]
         total = total + (sc + logmag).mean()
     return total / len(resolutions)
 

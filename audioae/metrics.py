@@ -20,14 +20,14 @@ def si_sdr(estimate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.nda
     array for numpy inputs.
     """
     as_numpy = not isinstance(estimate, torch.Tensor)
-    est = torch.as_tensor(estimate, dtype=torch.float64 if as_numpy else None)
-    ref = torch.as_tensor(reference, dtype=est.dtype, device=est.device)
-    est = est - est.mean(-1, keepdim=True)
-    ref = ref - ref.mean(-1, keepdim=True)
-    alpha = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
-    target = alpha * ref
-    noise = est - target
-    val = 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
+    est = torch.as_tensor(estimate, dtype=torch.float64 if as_numpy else None)  # [..., T]
+    ref = torch.as_tensor(reference, dtype=est.dtype, device=est.device)  # [..., T]
+    est = est - est.mean(-1, keepdim=True)  # [..., T]
+    ref = ref - ref.mean(-1, keepdim=True)  # [..., T]
+    alpha = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)  # [..., 1]
+    target = alpha * ref  # [..., T]
+    noise = est - target  # [..., T]
+    val = 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))  # [...]
     if as_numpy:
         v = val.numpy()
         return float(v) if v.ndim == 0 else v
@@ -61,7 +61,7 @@ def si_sdr_score(estimate: np.ndarray, reference: np.ndarray, sr: int, also: str
     undefined: a pair shorter than :data:`SI_SDR_MIN_SECONDS` (a handful of samples decides the
     score, and one sample has none once its mean is removed), or a silent reference (the target is
     nothing: the score would be ``eps / eps``, 0 dB, or about -100 dB). Its ``eps`` is scaled to the
-    reference's energy, so that a quiet reference scores as a loud one would. ``also``: a metric
+    pair's energy (:func:`_eps_for`), so that a quiet pair scores as a loud one would. ``also``: a metric
     that the missing score takes with it, named in the reason; ``label``: what the reason names
     instead (a score of another span than the pair's)."""
     what = label or (f"SI-SDR (and so {also})" if also else "SI-SDR")
@@ -82,13 +82,18 @@ def si_sdr_score(estimate: np.ndarray, reference: np.ndarray, sr: int, also: str
 
 
 def _eps_for(*signals: np.ndarray) -> float:
-    """:func:`si_sdr`'s ``eps`` for this pair: its default, 1e-8, when both signals have an energy of
-    1 or more, less for a quieter one, where 1e-8 would bias the score (a 1 s white-noise reference
-    at 16 kHz, 15 dB above the noise added to it, scored 14.2 dB at -100 dBFS and 1.0 dB at -120
-    dBFS; a perfect estimate 120 dB below its reference scored 0.07 dB); it only keeps a perfect
-    estimate from dividing by zero."""
+    """:func:`si_sdr`'s ``eps`` for this pair: 1e-10 of the smaller of the two energies (after
+    removing the mean), so that it scales with the signals and a pair scores the same at any level.
+    A fixed 1e-8 biased quiet pairs (a 1 s white-noise reference at 16 kHz, 15 dB above the noise
+    added to it, scored 14.2 dB at -100 dBFS and 1.0 dB at -120 dBFS; a perfect estimate 120 dB
+    below its reference scored 0.07 dB), and 1e-8 * min(energy, 1) made the ceiling depend on the
+    level: an identical pair scored 80.0 dB when quiet and up to 120.8 dB when loud. It only keeps
+    a perfect estimate from dividing by zero: an identical pair scores 100 dB at any level, one 40 dB
+    apart loses 4e-6 dB to it (1e-10 is about what 1e-8 was for speech files with energies of 10 to
+    1e4, so their scores hold). Floored at the smallest normal float64, so that silence (which
+    :func:`si_sdr_score` refuses before) still gives a finite number."""
     energies = [float(((x - x.mean()) ** 2).sum()) for x in (np.asarray(s, np.float64) for s in signals)]
-    return 1e-8 * min(*energies, 1.0)
+    return max(1e-10 * min(energies), float(np.finfo(np.float64).tiny))
 
 
 def _to_16k(x: np.ndarray, sr: int) -> np.ndarray:

@@ -44,7 +44,7 @@ def stream(model, wav: np.ndarray, sr: int, chunk: int, times: list[float] | Non
         if times is not None:
             times.append(time.perf_counter() - t0)
     out.append(s.finish())
-    return torch.cat(out, -1).numpy()[0]  # [T]
+    return np.concatenate(out, -1)  # [T]: 1-D chunks come back 1-D, as denoise() answers
 
 
 def mixture_names(folder: Path, count: int) -> list[str]:

@@ -103,8 +103,8 @@ def test_odd_rates_whose_filter_is_small_enough_are_denoised_offline_and_streame
     assert y.shape == x.shape and np.isfinite(y).all()
     s = StreamingDenoiser(causal, sr, 1)
     step = sr // 100
-    streamed = torch.cat([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
-    np.testing.assert_allclose(streamed.numpy(), y, atol=1e-5)
+    streamed = np.concatenate([s.push(x[:, i : i + step]) for i in range(0, x.shape[-1], step)] + [s.finish()], -1)
+    np.testing.assert_allclose(streamed, y, atol=1e-5)
 
 
 def test_a_rate_whose_way_back_needs_the_larger_filter_is_refused_before_the_model_runs():
@@ -192,8 +192,8 @@ def test_a_stream_refuses_bad_chunks_and_settings_and_stays_usable_after_a_refus
         s.push(np.zeros((2, 160), np.float32))
     with pytest.raises(AudioError, match="chunk after 1600 samples: the audio contains NaN"):
         s.push(np.full(160, np.nan, np.float32))
-    rest = torch.cat([s.push(x[1600:]), s.finish()], -1)
-    np.testing.assert_allclose(torch.cat([first, rest], -1)[0].numpy(), denoise(causal, x, 16000), atol=1e-5)
+    rest = np.concatenate([s.push(x[1600:]), s.finish()], -1)  # [T]: 1-D chunks, 1-D answers
+    np.testing.assert_allclose(np.concatenate([first, rest]), denoise(causal, x, 16000), atol=1e-5)
     for call in (lambda: s.push(x[:160]), s.finish):
         with pytest.raises(RuntimeError, match="this stream has finished"):
             call()
@@ -582,7 +582,7 @@ def test_a_model_that_keeps_everything_gives_a_higher_rate_input_back_whole(sr):
     np.testing.assert_allclose(y, x, atol=2e-5)
     streamed = StreamingDenoiser(model, sr, 2)
     parts = [streamed.push(x[:, i : i + 997]) for i in range(0, x.shape[-1], 997)]
-    np.testing.assert_allclose(torch.cat([*parts, streamed.finish()], -1).numpy(), y, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([*parts, streamed.finish()], -1), y, atol=1e-5)
     narrow = denoise(model, x, sr, high_band=enhance.HighBand(keep=False))  # the earlier behaviour: above 4 kHz gone
     assert _above(narrow, sr, 4400) < 0.01 * _above(x, sr, 4400)  # the resampler's skirt is all that is left
     np.testing.assert_allclose(_above(y, sr, 4400), _above(x, sr, 4400), rtol=1e-3)
@@ -598,7 +598,7 @@ def test_a_model_that_removes_everything_leaves_no_high_band_either(sr):
     assert np.abs(y).max() < 1e-6
     streamed = StreamingDenoiser(model, sr, 2)
     parts = [streamed.push(x[:, i : i + 441]) for i in range(0, x.shape[-1], 441)]
-    np.testing.assert_allclose(torch.cat([*parts, streamed.finish()], -1).numpy(), y, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([*parts, streamed.finish()], -1), y, atol=1e-6)
 
 
 def test_inputs_at_or_below_the_models_rate_have_no_band_above_it_and_take_the_plain_path(monkeypatch):
@@ -702,3 +702,76 @@ def test_a_level_lift_that_would_turn_frames_down_or_make_nan_is_refused(kwargs)
 
     with pytest.raises(ValueError, match="LevelLift needs a finite target_db and a finite max_gain_db >= 0"):
         LevelLift(**kwargs)
+
+
+def _stream(model, sr: int, channels: int, chunks: list) -> list:
+    s = StreamingDenoiser(model, sr, channels)
+    return [s.push(c) for c in chunks] + [s.finish()]
+
+
+def test_a_stream_answers_as_denoise_does_and_its_tensors_take_in_place_ops():
+    """Until 2026-12-07 push() and finish() gave torch inference tensors for any input, ``[1, n]``
+    for a 1-D chunk (denoise: ``[T]``), and ``y.clamp_()`` raised "Inplace update to inference tensor
+    outside InferenceMode"."""
+    model, sr = _causal(), 8000
+    x = (0.1 * np.random.default_rng(0).standard_normal((2, 4000))).astype(np.float32)  # [C, T]
+    for wav in (x[0], x):  # [T], [C, T]
+        want = denoise(model, wav, sr)
+        cuts = [0, 1, 160, 161, 161, 2000, wav.shape[-1]]  # an empty chunk among them
+        chunks = [wav[..., a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+        parts = _stream(model, sr, len(x) if wav.ndim == 2 else 1, chunks)
+        for p in parts:  # numpy in, numpy out, in denoise()'s layout
+            assert isinstance(p, np.ndarray) and p.dtype == np.float32 and p.ndim == wav.ndim, p.shape
+        np.testing.assert_allclose(np.concatenate(parts, -1), want, atol=1e-5)
+        parts[-1].clip(-0.5, 0.5, out=parts[-1])  # writable
+        tparts = _stream(model, sr, len(x) if wav.ndim == 2 else 1, [torch.from_numpy(c) for c in chunks])
+        for p in tparts:  # a tensor in, an ordinary CPU tensor out
+            assert isinstance(p, torch.Tensor) and not p.is_inference() and p.dim() == wav.ndim, p.shape
+            p.clamp_(-0.5, 0.5).mul_(2.0)  # was: "Inplace update to inference tensor outside InferenceMode"
+        np.testing.assert_allclose(torch.cat(tparts, -1).numpy(), 2 * np.clip(want, -0.5, 0.5), atol=2e-5)
+    listed = StreamingDenoiser(model, sr).push([0.0, 0.1, -0.1] * 100)  # a list: as an array
+    assert isinstance(listed, np.ndarray) and listed.ndim == 1
+
+
+@pytest.mark.parametrize("shape", [(32, 2), (64, 2), (1, 2), (160, 1)])
+def test_a_time_first_chunk_of_few_frames_gets_the_layout_hint(shape):
+    """Was: "this stream has 2 channel(s), the chunk has 32" for sounddevice's low-latency blocks
+    (<= 64 frames); (480, 2) had the hint from check_audio_array already."""
+    channels = shape[1]
+    s = StreamingDenoiser(_causal(), 8000, channels)
+    hint = re.escape(f"got shape {shape}, which looks like [T, C] (soundfile.read's layout)") + ".*x\\.T"
+    with pytest.raises(AudioError, match=hint):
+        s.push(np.zeros(shape, np.float32))
+    assert s.push(np.zeros(shape, np.float32).T).shape[0] == channels  # the stream is still usable
+    with pytest.raises(ValueError, match=re.escape("this stream has 2 channel(s), the chunk has 3")):
+        StreamingDenoiser(_causal(), 8000, 2).push(np.zeros((3, 40), np.float32))  # neither way round
+    with pytest.raises(ValueError, match=re.escape("this stream has 2 channel(s), the chunk has 1")):
+        StreamingDenoiser(_causal(), 8000, 2).push(np.zeros(2, np.float32))  # [T]: mono, not [T, C]
+
+
+@pytest.mark.parametrize("channels", [2.0, True, "2", None, 1.5])
+def test_a_channel_count_that_is_not_a_whole_number_is_refused_as_the_sample_rate_is(channels):
+    # was: torch's TypeError from torch.zeros(2.0, 0); True passed as 1 channel
+    with pytest.raises(AudioError, match=re.escape(f"a channel count is a whole number, got {channels!r} "
+                                                   f"(a {type(channels).__name__})")):
+        StreamingDenoiser(_causal(), 16000, channels)
+
+
+def test_numpy_integer_channel_counts_are_taken():
+    s = StreamingDenoiser(_causal(), 16000, np.int64(2))
+    assert s.push(np.zeros((2, 160), np.float32)).shape[0] == 2 and type(s.channels) is int
+
+
+def test_read_only_big_endian_and_reversed_arrays_are_taken_silently(recwarn):
+    """np.frombuffer of bytes is read-only (torch warned "The given NumPy array is not writable"),
+    a big-endian array was refused by torch, and so was a reversed view (negative strides)."""
+    model, sr = _causal(), 8000
+    x = (0.1 * np.random.default_rng(1).standard_normal(1600)).astype(np.float32)  # [T]
+    want = denoise(model, x, sr)
+    read_only = np.frombuffer(x.tobytes(), np.float32)
+    assert not read_only.flags.writeable
+    for wav in (read_only, x.astype(">f4"), x.astype(">f8"), x[::-1].copy()[::-1]):
+        np.testing.assert_allclose(denoise(model, wav, sr), want, atol=1e-6)
+        np.testing.assert_allclose(np.concatenate(_stream(model, sr, 1, [wav[:800], wav[800:]])), want, atol=1e-5)
+    assert not [w for w in recwarn.list if "writable" in str(w.message)], [str(w.message) for w in recwarn.list]
+    assert not read_only.flags.writeable and x.flags.writeable  # nothing changed in place

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -578,3 +579,45 @@ def test_a_run_where_no_pair_could_be_read_says_nothing_was_scored(tmp_path, cap
     (enhanced / "a.wav").write_text("not audio")
     assert main(["eval", "--clean", str(clean), "--enhanced", str(enhanced)]) == 1
     assert "audioae eval: no pair could be scored (0 of 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_noisy", [False, True])
+def test_the_means_name_every_metric_even_when_no_pair_could_be_read(tmp_path, capsys, with_noisy):
+    """docs/batch.md: one key per metric, null where no file scored it (si_sdr_i with --noisy);
+    with no pair read, ``mean`` and ``mean_of`` were ``{}``."""
+    dirs = {k: tmp_path / k for k in ("clean", "enhanced", "noisy")}
+    for d in dirs.values():
+        d.mkdir()
+    x = speech_like(np.random.default_rng(0), 1.0, SR)
+    sf.write(dirs["clean"] / "a.wav", x, SR)
+    sf.write(dirs["noisy"] / "a.wav", x, SR)
+    (dirs["enhanced"] / "a.wav").write_text("not audio")
+    args = ["eval", "--clean", str(dirs["clean"]), "--enhanced", str(dirs["enhanced"]), "--json", "-", "--no-progress"]
+    assert main(args + (["--noisy", str(dirs["noisy"])] if with_noisy else [])) == 1
+    rep = json.loads(capsys.readouterr().out)
+    names = ["si_sdr", "si_sdr_i", "pesq", "stoi"] if with_noisy else ["si_sdr", "pesq", "stoi"]
+    assert (rep["read"], rep["mean"], rep["mean_of"]) == (0, dict.fromkeys(names), dict.fromkeys(names, 0))
+    table = format_table(rep)  # no empty table, and no "means leave out" line over nothing
+    assert table.startswith("0 of 1 pairs scored\nerror: ") and "leave out" not in table, table
+
+
+def test_si_sdr_does_not_depend_on_the_level_of_the_pair():
+    """Scaling both signals by g leaves the score alone. With eps = 1e-8 * min(energy, 1), an
+    identical pair scored 80.0 to 120.8 dB by its level, and an error 100 dB down 79.96 dB at a
+    gain of 1e-3 but 99.99 dB at 0.5."""
+    from audioae.metrics import _eps_for, si_sdr_score
+
+    rng = np.random.default_rng(5)
+    clean = speech_like(rng, 1.0, SR).astype(np.float64)
+    err = noise(rng, 1.0, SR, "white").astype(np.float64)
+    err *= 1e-5 * np.sqrt((clean**2).sum() / (err**2).sum())  # -100 dB
+    est = at_snr(clean.astype(np.float32), noise(rng, 1.0, SR, "pink"), 10.0).astype(np.float64)
+    gains = (1e-5, 1e-3, 0.5, 1.0, 40.0)
+    for e, want in ((clean, 100.0), (clean + err, 96.99), (est, si_sdr(est, clean))):
+        scores = [si_sdr_score(g * e, g * clean, SR) for g in gains]
+        assert max(scores) - min(scores) < 1e-6, scores
+        assert scores[0] == pytest.approx(want, abs=0.01), scores
+    assert si_sdr(est, clean) == pytest.approx(10.0, abs=0.3)  # a real pair is far below the ceiling
+    zeros = np.zeros(SR)
+    for a, b in ((zeros, zeros), (zeros, clean), (clean, zeros)):  # silence: refused by si_sdr_score, finite here
+        assert math.isfinite(si_sdr(a, b, eps=_eps_for(b, a)))

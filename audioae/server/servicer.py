@@ -604,14 +604,14 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
     def _push(self, den: StreamingDenoiser, x: np.ndarray) -> np.ndarray:
         t0 = time.monotonic()
-        y = den.push(x).numpy()  # [C, m]; a long chunk goes through in pieces (bounded memory)
+        y = den.push(x)  # [C, m] numpy, as x; a long chunk goes through in pieces (bounded memory)
         self.metrics.compute_seconds.labels("stream").observe(time.monotonic() - t0)
         return y
 
     def _tail(self, den: StreamingDenoiser, cfg, n_in: int, n_out: int, name: str,
               doing: Callable[..., None]) -> pb.StreamDenoiseResponse:
         doing("running the model on the audio before the stream's end", model=True)
-        y = den.finish().numpy()  # [C, rest]
+        y = den.finish()  # [C, rest] numpy, as the chunks
         self.metrics.audio_seconds.labels("StreamDenoise").inc(n_in / cfg.sample_rate)
         doing("encoding the answer to the audio before the stream's end")
         return self._chunk(y, cfg, n_in, n_out + y.shape[-1], name)
