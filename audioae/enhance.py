@@ -152,8 +152,17 @@ def model_input(model: SpectralAutoencoder, wav: torch.Tensor, *,
     features [B, F', N])``, the features lifted by a :class:`LevelTracker` (offline, whole) as
     ``level_lift`` says."""
     spec = model.stft(wav)  # [B, F, N]
+    return spec, network_features(model, spec, wav, level_lift=level_lift)
+
+
+def network_features(model: SpectralAutoencoder, spec: torch.Tensor, wav: torch.Tensor | None, *,
+                     level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> torch.Tensor:
+    """The features denoising feeds the network for ``spec [B, F, N]``, the STFT of ``wav [B, T]``
+    at the model's rate (which gives a look-ahead model its look-ahead frames; None for another),
+    lifted by a :class:`LevelTracker` (offline, whole, row by row) as ``level_lift`` says. Training
+    validation passes its own noisy STFT (for ``patches`` corruption not quite ``model.stft(wav)``)."""
     ahead = model.stft.ahead(wav, model.config.lookahead) if model.config.lookahead else None  # [B, F, N]
-    return spec, lifted_features(model, spec, ahead, LevelTracker(model, level_lift).gains(spec))
+    return lifted_features(model, spec, ahead, LevelTracker(model, level_lift).gains(spec))
 
 
 # ---- above the model's band ----------------------------------------------------------------------
@@ -413,18 +422,11 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
         seen.append(z if high_band.applies(sr, model) else None)
         specs.append(spec)
         feats.append(feat)
-    n_max = max(s.shape[-1] for s in specs)
-    feats = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
-    out, code = model(feats)  # [R, F, N], [R, K, N']
-    results, row = [], 0
-    for (x, squeeze, sr, strength), length, z, spec in zip(checked, lengths, seen, specs, strict=True):
-        c, n = spec.shape[0], spec.shape[-1]
-        est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
+    estimated, results = estimate_clips(model, specs, feats), []
+    for (x, squeeze, sr, strength), length, z, trace in zip(checked, lengths, seen, estimated, strict=True):
+        spec, est, c = trace.spec, trace.est, trace.spec.shape[0]  # [C, F, N_i] each
         if traces is not None:
-            n_code = -(-n // model.code_stride)  # the clip's own code frames, as it alone would have
-            traces.append(DenoiseTrace(spec, feats[row : row + c, :, :n], out[row : row + c, :, :n],
-                                       code[row : row + c, ..., :n_code], est))
-        row += c
+            traces.append(trace)
         if z is not None:  # a high band: one inverse for output and gain, one resampling for output and input
             gains = gain_frames(high_band.gains(spec, est), model.stft.spec.window)  # [C, F, N_i]
             y_gain = model.stft.inverse(torch.cat([est, gains]), length).float().cpu()  # [2C, T'] at the model's rate
@@ -453,6 +455,27 @@ class DenoiseTrace:
     out: torch.Tensor
     code: torch.Tensor
     est: torch.Tensor
+
+
+def estimate_clips(model: SpectralAutoencoder, specs: list[torch.Tensor], feats: list[torch.Tensor]) -> list[DenoiseTrace]:
+    """The network run as denoising runs it, the one place it is (:func:`denoise`, :func:`denoise_batch`,
+    training validation): clips at the model's rate, each its STFT ``specs[i] [C_i, F, N_i]`` and
+    features ``feats[i] [C_i, F', N_i]`` (:func:`network_features`, :func:`model_input`), zero-padded
+    at the end to the longest and run as one batch; each clip's estimate ``est [C_i, F, N_i]`` (whose
+    iSTFT is the output) from its own frames of the output, as float32. Returns each clip's
+    :class:`DenoiseTrace`. Call it under ``torch.inference_mode()`` (or no_grad)."""
+    n_max = max(s.shape[-1] for s in specs)
+    batch = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
+    out, code = model(batch)  # [R, F, N], [R, K, N']
+    traces, row = [], 0
+    for spec in specs:
+        c, n = spec.shape[0], spec.shape[-1]
+        est = model.estimate_spec(spec, out[row : row + c, :, :n].float())  # [C, F, N_i]
+        n_code = -(-n // model.code_stride)  # the clip's own code frames, as it alone would have
+        traces.append(DenoiseTrace(spec, batch[row : row + c, :, :n], out[row : row + c, :, :n],
+                                   code[row : row + c, ..., :n_code], est))
+        row += c
+    return traces
 
 
 @torch.inference_mode()

@@ -60,7 +60,7 @@ from .data.mixing import (
     synthetic_noise,
     synthetic_speech,
 )
-from .enhance import pick_device
+from .enhance import SHIPPED_LEVEL_LIFT, LevelLift, denoise, estimate_clips, network_features, pick_device
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
 from .models import Autoencoder, SpectralAutoencoder, build_model, family, takes_audio
@@ -504,24 +504,58 @@ def _scores_of_input(noisy: torch.Tensor, clean: torch.Tensor, sr: int, metrics)
             **_wave_scores(noisy, clean, sr, metrics, "_in")}
 
 
+# How validation feeds the network quiet input: lifted as `audioae denoise` lifts it (enhance.LevelLift),
+# so that the scores that choose best.safetensors are those of what users get from it. Until
+# 2026-12-07 validation ran the network on unlifted features, its own way: on the shipped denoiser at
+# 5 dB SNR the same mixture scored SI-SDR 11.52 both ways at -25 dBFS, 11.30 against denoise()'s
+# 11.09 at -45 dBFS and 4.10 against 8.78 at -60 dBFS. The lift is causal and per row (each
+# mixture's own level, whatever else is in the batch), and the validation mixtures are whole clips
+# of one length, so the batch is what denoise() computes clip by clip; at the levels the mixtures
+# are made at it lifts few frames, and a validation with none lifted scores as before to the bit.
+VALIDATION_LEVEL_LIFT = SHIPPED_LEVEL_LIFT
+
+
 @torch.inference_mode()
 def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi"),
-             inputs: dict[str, float] | None = None) -> dict[str, float]:
+             inputs: dict[str, float] | None = None, *,
+             level_lift: LevelLift = VALIDATION_LEVEL_LIFT) -> dict[str, float]:
     """Mean metrics of the model's output on the fixed validation set, and of its unprocessed
     input (``si_sdr_in``, ``pesq_in``, ``stoi_in``: a model's score means little without the
     input's). The input is the same at every validation, so ``inputs`` may be the ``*_in``
-    entries of an earlier call or of input_scores(), which are then not scored again."""
+    entries of an earlier call or of input_scores(), which are then not scored again.
+    The network runs as denoising runs it (enhance.estimate_clips), on the features of the noisy
+    STFT lifted as ``level_lift`` says (:data:`VALIDATION_LEVEL_LIFT`: as ``audioae denoise``);
+    :func:`score_denoised` scores denoise()'s own output, its checks included."""
     model.eval()
     clean, noisy, spec = _val_mix(model, val_set)
-    out, _ = model(model.features_of(spec, noisy))
-    est = model.stft.inverse(model.estimate_spec(spec, out), clean.shape[-1]).float().cpu()  # [B, T]
-    noisy = noisy.float().cpu()
+    feats = network_features(model, spec, noisy, level_lift=level_lift)  # [B, F', N]
+    est = estimate_clips(model, [spec], [feats])[0].est  # [B, F, N]
+    est = model.stft.inverse(est, clean.shape[-1]).float().cpu()  # [B, T]
+    res = _scores_of_output(est, clean, noisy.float().cpu(), model.config.sample_rate, metrics, inputs)
+    model.train()
+    return res
+
+
+@torch.inference_mode()
+def score_denoised(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi")) -> dict[str, float]:
+    """:func:`validate`'s scores of what ``audioae denoise`` outputs for the validation mixtures:
+    each mixture through :func:`audioae.enhance.denoise` as a file would go (the shipped level lift,
+    its checks of the output). How recipes/compare_checkpoints.py ranks the checkpoints to ship.
+    The model's train/eval mode is left as it is (give an eval() one)."""
+    clean, noisy, _ = _val_mix(model, val_set)
+    noisy = noisy.float().cpu()  # [B, T]
     sr = model.config.sample_rate
+    est = torch.from_numpy(np.stack([denoise(model, x.numpy(), sr) for x in noisy]))  # [B, T]
+    return _scores_of_output(est, clean, noisy, sr, metrics, None)
+
+
+def _scores_of_output(est: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor, sr: int, metrics,
+                      inputs: dict[str, float] | None) -> dict[str, float]:
+    """The scores of ``est [B, T]`` and of the input ``noisy [B, T]`` (``inputs``, where already scored)."""
     if inputs is None:
         inputs = _scores_of_input(noisy, clean, sr, metrics)
     res = {"si_sdr": float(si_sdr(est.double(), clean.double()).mean()), "si_sdr_in": inputs["si_sdr_in"],
            **_wave_scores(est, clean, sr, metrics, "")}
-    model.train()
     return {**res, **inputs}
 
 
@@ -1305,36 +1339,78 @@ def train(run: RunConfig, resume: bool = True, report=None) -> dict:
         return _train(run, resume, report)
 
 
+@dataclass
+class ResumeState:
+    """Where a call of :func:`train` starts: a fresh run's defaults, or what :func:`_restore` read
+    from the run's resume point (and its ``best.safetensors`` and ``run.json``)."""
+
+    step: int = 0
+    best: float = -math.inf  # the best score of select_by so far, best.safetensors'
+    best_input: float | None = None  # the unprocessed input's score of select_by, beside best
+    minutes_total: float = 0.0  # the run's minutes of training in all its invocations (never reset)
+    minutes_before: float = 0.0  # the phase's clock when this call starts
+    phase_start: int = 0  # the step this phase's schedule counts from
+    phases_done: list[dict] = field(default_factory=list)  # the run's earlier phases that ran to their end (_phase_done)
+    done_before: dict | None = None  # the finished phase this invocation's schedule would train again
+    saved_average: Autoencoder | None = None  # the weight average a resumed run continues (last.ema.safetensors)
+    record: dict | None = None  # a resumed run's run.json, read once: what it started with and its resumes
+
+
+@dataclass
+class _Loop:
+    """What the step loop of :func:`_train` carries from step to step, and what its helpers
+    (:func:`_train_step`, :func:`_account_step`, :func:`_validate_and_log`, :func:`_summary`) share."""
+
+    run: RunConfig
+    model: SpectralAutoencoder
+    forward: torch.nn.Module  # the model, or its DDP wrapper under torchrun
+    evaluated: torch.nn.Module  # what validation scores and best keeps: the model or its weight average
+    ema: AveragedModel | None
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+    out: Path
+    rank: int
+    world: int
+    val_key: dict
+    step: int
+    phase_start: int
+    phases_done: list[dict]
+    best: float
+    best_input: float | None
+    minutes_total: float  # the run's minutes as the last resume point recorded them (the summary's minutes_done)
+    phase_minutes: float  # the phase's clock, likewise
+    minutes_before_run: float  # the run's minutes when this call began training
+    t0: float  # when this call's clock started (time.monotonic)
+    clock0: float  # when the phase's clock started: minutes_before earlier than t0
+    deadline: float  # the phase's train.max_minutes on that clock
+    stop_share: float  # the share of the budget at which this invocation stops (1: the run's end)
+    t_last_ckpt: float
+    audio_seconds: float = 0.0
+    skipped: int = 0  # non-finite steps skipped
+    bad_in_a_row: int = 0
+    scaler_skipped: int = 0  # float16 steps its GradScaler skipped (overflow)
+    overflow_in_a_row: int = 0
+
+    def resume_point(self, keep_loss_scale: bool = True) -> None:
+        """Write the resume point at this step; ``keep_loss_scale=False``: without float16's loss scale."""
+        now = time.monotonic()
+        # The summary reports what the resume point holds: computed later, it was a little more,
+        # and the next call's minutes_done (from the file) came out lower than this one's.
+        self.minutes_total = self.minutes_before_run + (now - self.t0) / 60
+        self.phase_minutes = (now - self.clock0) / 60
+        _save_resume_point(self.model, self.opt, self.step, self.out, self.ema, self.minutes_total,
+                           self.scaler if keep_loss_scale else None,
+                           _phase_of(self.run, self.phase_start, self.phase_minutes), self.phases_done)
+
+
 def _train(run: RunConfig, resume: bool, report) -> dict:
     say = report or (lambda line: log.info("%s", line))
     tc = run.train
-    device = pick_device(tc.device)
-    started_dist = _maybe_init_distributed(device)
-    rank, world = _dist_info()
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    elif device.type == "cuda" and device.index is not None:
-        # one process on cuda:N: the current device too, or cuDNN handles, AMP's scaler and any
-        # bare "cuda" tensor (torch.cuda.* calls without a device) land on cuda:0
-        torch.cuda.set_device(device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    # before the folder: a bad config leaves none
-    model = build_model(run.model, _section(family(run.model).config, run.model_config, "model.config"))
-    if not takes_audio(model):
-        raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
-                         f"{model.config.input!r} trains with fit_arrays (see audioae images)")
-    check_corruption_inputs(run, model)
-    check_model_settings_read(model)
-    check_deterministic_support(run, model)
-    losses.check_proxy_imports({"pesq_weight": tc.pesq_weight, "stoi_weight": tc.stoi_weight})
-    for name in ("segment_seconds", "val_seconds"):  # 0 samples was numpy's "zero-size array to reduction ..."
-        samples = int(getattr(run.data, name) * model.config.sample_rate)
-        if samples < model.config.n_fft:
-            raise ValueError(f"data.{name}={getattr(run.data, name):g} is {samples} samples at the model's "
-                             f"{model.config.sample_rate} Hz, shorter than one STFT window (n_fft={model.config.n_fft})")
+    device, started_dist, rank, world = _setup_device(tc)
+    model = _build_checked_model(run)  # before the folder: a bad config leaves none
     out = Path(tc.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the run's output folder {out} is a file; give a folder (--out or train.out_dir)")
@@ -1348,283 +1424,55 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
     amp_dtype = _amp_dtype(tc.amp_dtype)
     # Before the resume: a resume point keeps float16's loss scale.
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    step, best, minutes_before = 0, -math.inf, 0.0
-    best_input = None  # the unprocessed input's score of select_by, beside best
-    minutes_total = 0.0  # the run's minutes of training in all its invocations (never reset)
-    phase_start = 0  # the step this phase's schedule counts from
-    phases_done: list[dict] = []  # the run's earlier phases that ran to their end (_phase_done)
-    done_before = None  # the finished phase this invocation's schedule would train again
-    saved_average = None  # the weight average a resumed run continues (last.ema.safetensors)
-    record = None  # a resumed run's run.json, read once: what it started with and its resumes
-    last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
-    resuming = resume and last.is_file() and last_opt.is_file()
-    if resume and last.is_file() != last_opt.is_file():  # half a resume point: never start over in silence
-        have, lack = (last, last_opt) if last.is_file() else (last_opt, last)
-        raise ValueError(f"{out} holds {have.name} but not {lack.name}, and a resume needs both; restore it, or "
-                         f"start over with --no-resume (replacing this run's checkpoints) or another --out")
-    if resuming:
-        record = _read_run_record(out)
-        weights_step, model_changes = _resume_weights(model, last)
-        step, minutes_total, saved_phase, phases_done = _load_optimizer(opt, last_opt, scaler)
-        ema_step = None
-        if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
-            saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors", model)
-        _check_resume_steps(out, step, weights_step, ema_step)
-        phase_start, minutes_before, how, continuing = _resumed_phase(run, step, saved_phase)
-        ended = None if continuing or saved_phase is None else _phase_done(saved_phase, step)
-        # Other settings than the resume point's phase: a phase the run finished earlier (a recipe
-        # rerun from its top after it stopped in a later stage) is done, not trained again over the
-        # later stages' weights; otherwise a new phase, and the one it follows joins the finished ones.
-        done_before = None if continuing else _finished_phase(run, phases_done)
-        if done_before is None and ended is not None:
-            phases_done = [*phases_done, ended]
-        # The run config, not the saved state, sets the rate: the schedule's at this step (what the
-        # summary's final_lr reports when nothing more is trained: the rate the run ended at).
-        resumed_lr = scheduled_lr(tc, minutes_before / tc.max_minutes if tc.decay_by_time else 0.0, step, phase_start)
-        if done_before is not None and saved_phase is not None:  # the run stays in the phase it was in
-            phase_start, minutes_before = saved_phase["start_step"], saved_phase["minutes"]
-            resumed_lr = _phase_lr(saved_phase, step, resumed_lr)
-        for group in opt.param_groups:
-            group["lr"] = resumed_lr
-        # A finished phase skipped says so in one line: nothing of the resume's warnings (other model
-        # settings than the resume point's, a best.safetensors scored under another validation, an
-        # unused init_from) concerns a call that trains and validates nothing.
-        trains_on = done_before is None and step < tc.steps  # trains on from here, and says so
-        if rank == 0:  # the rank that validates and keeps best.safetensors (and the summary's best_val)
-            if trains_on and model_changes:
-                log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out "
-                            "starts a new run instead", out, "; ".join(model_changes))
-            best, best_input = _resumed_best(out / "best.safetensors", val_key, warn=trains_on)
-            if done_before is not None:
-                d = done_before
-                schedule = ", ".join(f"train.{k} {d['settings'][k]}" for k in PHASE_SETTINGS)
-                say(f"{out}: this phase ({schedule}, its other settings alike) already ran to its end (steps "
-                    f"{d['start_step']}..{d['end_step']}, {d['minutes']:.2f} min) and the run went on to step "
-                    f"{step}: nothing to train, the weights stay as they are (--no-resume or another --out trains "
-                    f"it anew)")
-            elif trains_on:  # step >= train.steps is said below, in one line: not "resumed" and then "nothing"
-                say(f"resumed from {last} at step {step}: {how}")
-        if tc.init_from and rank == 0 and trains_on:
-            _warn_init_from_unused(out, tc.init_from, record)
-        if step >= tc.steps and done_before is None:
-            log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
-                        "go on, or start over with --no-resume or another --out", out, step, tc.steps)
-    elif tc.init_from:
-        from .pretrained import resolve  # a shipped name, as --model takes, or a path
-
-        source = load_checkpoint(resolve(tc.init_from))
-        if source.registry_name != run.model:  # grow_into would only say that parameter names differ
-            raise ValueError(f"train.init_from={tc.init_from!r} is a {source.registry_name} model and this run "
-                             f"trains a {run.model} one: init_from grows a model of the same family")
-        # Same shapes at another rate or compression, or bins of another FFT size grown with zeros
-        # (and the STFT window with them): the weights would hear another signal.
-        moved = differences(dataclasses.asdict(source.config), dataclasses.asdict(model.config), SIGNAL_FIXED)
-        if moved:
-            raise ValueError(f"train.init_from={tc.init_from!r} was trained on another signal ({', '.join(moved)}): "
-                             f"init_from grows a model at the same signal settings")
-        grown = grow_into(model, source.state_dict())
-        log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
-    if resuming and not tc.ema_decay and (out / "last.ema.safetensors").is_file() and done_before is None:
-        raise ValueError(f"{out} was trained with a weight average (last.ema.safetensors), and this run sets "
-                         f"train.ema_decay=0: the average would stop, and ema.safetensors stay at step {step} as if it "
-                         f"were the run's; resume with the run's train.ema_decay (run.json), or start over with "
-                         f"--no-resume or another --out")
-    # A phase whose budget is spent: each further call of a split run trained one more step and said nothing.
-    spent = done_before is None and step < tc.steps and tc.max_minutes > 0 and minutes_before >= tc.max_minutes
-    idle = spent or done_before is not None or step >= tc.steps  # nothing to train
-    if spent and rank == 0:
-        log.warning("%s: the phase's budget is spent (%.2f min on its clock, train.max_minutes=%g): nothing to "
-                    "train; a larger train.max_minutes continues the phase, another schedule starts a new one",
-                    out, minutes_before, tc.max_minutes)
+    state, resuming = _starting_point(run, model, opt, scaler, out, val_key, rank, resume, say)
+    idle = _nothing_to_train(tc, out, state, rank)
     # The data before the folder too: a missing or empty corpus folder leaves no empty run behind. Not
     # read when there is nothing to train (a finished run rerun spent most of its time loading it).
     sources = None if idle else _sources(run.data, sr, val=False)
     val_set = (make_validation_set(model, run.data, _validation_sources(run.data, sr, sources))
                if rank == 0 and not idle else None)
-    # Only now, with every check passed: a refused run leaves the folder as it was.
-    if resuming and rank == 0:
-        _forget_lost_steps(out / "log.jsonl", step)
-    elif rank == 0:
-        # Also without a resume point: a run killed before its first one (3 minutes by default) left
-        # best.safetensors and log.jsonl, and the same command started over beside them, logging
-        # every step a second time.
-        _forget_previous_run(out, "--no-resume" if not resume else "no resume point (last.safetensors)")
-    # Only now, with the weights in place: a bad init_from or resume point leaves no empty run behind.
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_folder(out, rank, resume, resuming, state.step)
     model.train()
-    ema = _weight_average(model, tc.ema_decay, saved_average)
+    ema = _weight_average(model, tc.ema_decay, state.saved_average)
     evaluated = model if ema is None else ema.module  # what validation scores and best keeps
     forward = model
     if world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob,
-                    second_noise_prob=run.data.second_noise_prob)
-    # Each step's batch from (seed, rank, step) alone: each rank draws its own, and a resumed run
-    # draws the batches the uninterrupted run would have (it was seeded from the resume step, and
-    # drew others), whatever the number of mixers: mixer k mixes steps step + k, step + k + K, ...
-    n_mixers = max(1, tc.loader_threads)
-    mixers = [] if idle else [StepMixer(*sources, sr, mix, key=(tc.seed, rank), first_step=step + k,
-                                        stride=n_mixers) for k in range(n_mixers)]
+    mixers = [] if idle else _step_mixers(run, sources, sr, rank, state.step)
     # With nothing to train, run.json keeps what made the weights (and lists no resume that trained nothing).
-    if rank == 0 and step < tc.steps and not idle:
-        _record_settings(out, run, step if resuming else None, record)
+    if rank == 0 and state.step < tc.steps and not idle:
+        _record_settings(out, run, state.step if resuming else None, state.record)
 
-    bar = None
-    if rank == 0 and tc.progress and sys.stderr.isatty():  # a redirected log got every update of the bar
-        from tqdm import tqdm
-
-        bar = tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = _progress_bar(tc, state.step) if rank == 0 else None
     # The input's scores, the same at every validation: scored here, before the clock starts (PESQ
     # and STOI of the input, scored at every first validation, came out of every session's budget).
-    val_inputs = input_scores(evaluated, val_set, tc.metrics) if rank == 0 and step < tc.steps and not idle else None
+    val_inputs = (input_scores(evaluated, val_set, tc.metrics) if rank == 0 and state.step < tc.steps and not idle
+                  else None)
     t_last_ckpt = time.monotonic()
-    t0, audio_seconds = time.monotonic(), 0.0
-    history = []
+    t0 = time.monotonic()
     # The phase's clock: it started minutes_before earlier when this invocation continues a phase (or
     # carries a split run's clock, train.session_minutes).
-    clock0 = t0 - 60 * minutes_before
-    deadline = clock0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf
-    # The share of the budget at which this invocation stops (1: the run's end).
-    stop_share = min(1.0, (minutes_before + tc.session_minutes) / tc.max_minutes) if tc.session_minutes else 1.0
-    start_step = step
-    minutes_before_run, phase_minutes = minutes_total, minutes_before
-
-    def resume_point(scaler_=scaler) -> None:
-        nonlocal minutes_total, phase_minutes
-        now = time.monotonic()
-        # The summary reports what the resume point holds: computed later, it was a little more,
-        # and the next call's minutes_done (from the file) came out lower than this one's.
-        minutes_total, phase_minutes = minutes_before_run + (now - t0) / 60, (now - clock0) / 60
-        _save_resume_point(model, opt, step, out, ema, minutes_total, scaler_,
-                           _phase_of(run, phase_start, phase_minutes), phases_done)
-
-    skipped = bad_in_a_row = 0
-    scaler_skipped = overflow_in_a_row = 0  # float16 steps its GradScaler skipped (overflow)
+    clock0 = t0 - 60 * state.minutes_before
+    loop = _Loop(run, model, forward, evaluated, ema, opt, scaler, device, use_amp, amp_dtype, out, rank, world,
+                 val_key, state.step, state.phase_start, state.phases_done, state.best, state.best_input,
+                 minutes_total=state.minutes_total, phase_minutes=state.minutes_before,
+                 minutes_before_run=state.minutes_total, t0=t0, clock0=clock0,
+                 deadline=clock0 + 60 * tc.max_minutes if tc.max_minutes > 0 else math.inf,
+                 stop_share=(min(1.0, (state.minutes_before + tc.session_minutes) / tc.max_minutes)
+                             if tc.session_minutes else 1.0),
+                 t_last_ckpt=t_last_ckpt)
     loader = "inline" if tc.loader_threads <= 0 else "processes" if tc.loader_processes else "threads"
     with (_StopSignals(world == 1) as stop,
           contextlib.nullcontext() if idle else
           mixed_batches(mixers, tc.batch_size, loader, pin_memory=device.type == "cuda") as batches):
-        while step < tc.steps and not idle:
-            if stop.received is not None:
-                resume_point()
-                if bar is not None:
-                    bar.close()
-                raise TrainingStopped(f"{signal.Signals(stop.received).name} at step {step}; "
-                                      f"{out / 'last.safetensors'} holds it, and the same command resumes",
-                                      stop.received)
-            time_used = _time_used(clock0, deadline, world, device)
-            last_step = step + 1 == tc.steps or time_used >= stop_share
-            clean, noise, snr = next(batches)
-            # non_blocking: a pinned batch (process loader) copies while the GPU still computes.
-            clean, noise, snr = (t.to(device, non_blocking=True) for t in (clean, noise, snr))
-            # gaussian and patches draw too: from the step's own generator, as the mixer does
-            draws = None if model.config.corruption not in ("gaussian", "patches") else \
-                torch.Generator(device=clean.device).manual_seed(step_seed((tc.seed, rank), step))
-            with torch.no_grad():
-                noisy, spec = corrupt_batch(model, clean, noise, snr, draws)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, parts = batch_loss(model, clean, spec, tc, forward=forward, noisy=noisy)
-            if tc.decay_steps or tc.decay_by_time:
-                for group in opt.param_groups:
-                    group["lr"] = scheduled_lr(tc, time_used, step, phase_start)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            outcome = _apply_gradients(model, opt, scaler, tc.grad_clip, loss)
-            if outcome == "applied":
-                bad_in_a_row = overflow_in_a_row = 0
-                if ema is not None:
-                    ema.update_parameters(model)
-            elif outcome == "overflow":  # fp16's scaler skipped it: not counted as bad, but no update to average
-                scaler_skipped += 1
-                overflow_in_a_row += 1
-                if overflow_in_a_row >= MAX_SCALER_SKIPS:
-                    if rank == 0:
-                        resume_point(None)
-                    if world > 1:
-                        dist.barrier()
-                    raise FloatingPointError(
-                        f"{out}: float16's GradScaler skipped {overflow_in_a_row} steps in a row on inf/NaN gradients "
-                        f"(up to step {step + 1}, loss scale now {scaler.get_scale():g}); last.safetensors holds the "
-                        f"last applied weights. train.amp_dtype=\"bfloat16\" or train.amp=false runs without it.")
-            else:
-                skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= MAX_NONFINITE_STEPS:
-                    if rank == 0:  # the weights are still the last finite ones: keep them
-                        # Not the loss scale: the streak halved it every step (1/16 after 20), and a
-                        # resume that kept it would grow it back by doubling once per 2000 steps.
-                        resume_point(None)
-                    if world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
-                        dist.barrier()
-                    raise FloatingPointError(
-                        f"{out}: the loss or its gradient was non-finite for {bad_in_a_row} steps in a row "
-                        f"(up to step {step + 1}, loss {float(loss.detach())}); those updates were skipped and "
-                        f"last.safetensors holds the last finite weights. "
-                        + ("On CUDA, train.amp=false runs without mixed precision." if use_amp else ""))
-            step += 1
-            audio_seconds += clean.shape[0] * clean.shape[1] / sr * world
-            if bar is not None:
-                if device.type != "cuda" or step % LOG_EVERY == 0:  # reading the loss waits for the GPU
-                    rate = audio_seconds / max(time.monotonic() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
-                bar.update(1)
-            if rank != 0:
-                if last_step:
-                    break
-                continue
-            validating = step % tc.val_every == 0 or last_step
-            record = None
-            if validating or step % LOG_EVERY == 0:
-                record = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()},
-                          "lr": opt.param_groups[0]["lr"], **({"skipped": skipped} if skipped else {}),
-                          **({"scaler_skipped": scaler_skipped, "loss_scale": scaler.get_scale()}
-                             if scaler.is_enabled() else {})}
-            if validating:
-                record["val"] = validate(evaluated, val_set, tc.metrics, val_inputs)
-                # NaN only from a non-finite output (eps keeps silence finite). Rank 0 alone validates:
-                # under DDP the other ranks wait in their next all-reduce until torchrun ends them.
-                if not math.isfinite(record["val"]["si_sdr"]):
-                    raise FloatingPointError(
-                        f"{out}: at step {step} the model's output on the validation set is not finite (SI-SDR "
-                        f"{record['val']['si_sdr']}): its weights no longer work (train.lr {tc.lr} too high?). "
-                        f"best.safetensors, if written, holds the best weights before that; last.safetensors may "
-                        f"hold broken ones, so start again with --no-resume, or from best.safetensors with "
-                        f"--set train.init_from=... and another --out")
-                if record["val"][tc.select_by] > best:
-                    best, best_input = record["val"][tc.select_by], record["val"].get(tc.select_by + "_in")
-                    save_checkpoint(evaluated, out / "best.safetensors",
-                                    {"step": step, "val": record["val"], "validation": val_key,
-                                     "run": _provenance(run, out, minutes_before_run + (time.monotonic() - t0) / 60)})
-                line = validation_line(step, record["val"], (time.monotonic() - t0) / 60)
-                if bar is not None:
-                    bar.write(line)
-                else:
-                    say(line)
-            if record is not None:
-                history.append(record)
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if time.monotonic() - t_last_ckpt > tc.checkpoint_seconds or last_step:
-                resume_point()
-                t_last_ckpt = time.monotonic()
-            if last_step:
-                break
+        if not idle:
+            _run_steps(loop, batches, stop, bar, val_set, val_inputs, say)
     if bar is not None:
         bar.close()
-    if ema is not None and rank == 0 and done_before is None:  # (it would name the finished phase's settings)
-        save_checkpoint(ema.module, out / "ema.safetensors", {"step": step, "run": _provenance(run, out, minutes_total)})
-    summary = {"steps": step, "resumed_at_step": start_step if resuming else None, "select_by": tc.select_by, "best_val": best if math.isfinite(best) else None,
-               "best_val_input": best_input if math.isfinite(best) else None,
-               "seconds": time.monotonic() - t0,
-               "audio_seconds": audio_seconds, "out_dir": str(out), "world_size": world,
-               "final_lr": opt.param_groups[0]["lr"], "skipped_steps": skipped,
-               # float16 only (else 0 and None): overflow skips are its calibration, not bad steps
-               "scaler_skipped_steps": scaler_skipped,
-               "final_loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
-               "minutes_done": minutes_total, "phase_minutes": phase_minutes}
-    if world > 1:
-        summary["replica_max_abs_diff"] = replica_divergence(model)
+    if ema is not None and rank == 0 and state.done_before is None:  # (it would name the finished phase's settings)
+        save_checkpoint(ema.module, out / "ema.safetensors",
+                        {"step": loop.step, "run": _provenance(run, out, loop.minutes_total)})
+    summary = _summary(loop, state.step if resuming else None)
     # One process or torchrun's: the folder says how its last training call went (fields: docs/training.md).
     # A call that trained nothing leaves the one before, as it leaves the weights and run.json.
     if rank == 0 and not idle:
@@ -1632,6 +1480,358 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
     if started_dist:
         dist.barrier()
         dist.destroy_process_group()
+    return summary
+
+
+def _setup_device(tc: TrainConfig) -> tuple[torch.device, bool, int, int]:
+    """The device this process trains on, and torch's threads: ``(device, whether this call
+    started the process group, rank, world size)``."""
+    device = pick_device(tc.device)
+    started_dist = _maybe_init_distributed(device)
+    rank, world = _dist_info()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    elif device.type == "cuda" and device.index is not None:
+        # one process on cuda:N: the current device too, or cuDNN handles, AMP's scaler and any
+        # bare "cuda" tensor (torch.cuda.* calls without a device) land on cuda:0
+        torch.cuda.set_device(device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    return device, started_dist, rank, world
+
+
+def _build_checked_model(run: RunConfig) -> SpectralAutoencoder:
+    """The run's model, its weights drawn from ``train.seed``, after every check of the run's
+    settings against it that needs no file: a refused run has written nothing."""
+    tc = run.train
+    torch.manual_seed(tc.seed)
+    model = build_model(run.model, _section(family(run.model).config, run.model_config, "model.config"))
+    if not takes_audio(model):
+        raise ValueError(f"audioae train trains spectrogram models; {run.model} with input "
+                         f"{model.config.input!r} trains with fit_arrays (see audioae images)")
+    check_corruption_inputs(run, model)
+    check_model_settings_read(model)
+    check_deterministic_support(run, model)
+    losses.check_proxy_imports({"pesq_weight": tc.pesq_weight, "stoi_weight": tc.stoi_weight})
+    for name in ("segment_seconds", "val_seconds"):  # 0 samples was numpy's "zero-size array to reduction ..."
+        samples = int(getattr(run.data, name) * model.config.sample_rate)
+        if samples < model.config.n_fft:
+            raise ValueError(f"data.{name}={getattr(run.data, name):g} is {samples} samples at the model's "
+                             f"{model.config.sample_rate} Hz, shorter than one STFT window (n_fft={model.config.n_fft})")
+    return model
+
+
+def _starting_point(run: RunConfig, model: SpectralAutoencoder, opt: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, out: Path, val_key: dict, rank: int, resume: bool,
+                    say) -> tuple[ResumeState, bool]:
+    """Where this call starts, and whether it resumes: the run's resume point in ``out``
+    (:func:`_restore`), else ``train.init_from``'s weights grown into ``model``, else the model
+    as built."""
+    tc = run.train
+    last, last_opt = out / "last.safetensors", out / "last.optim.safetensors"
+    resuming = resume and last.is_file() and last_opt.is_file()
+    if resume and last.is_file() != last_opt.is_file():  # half a resume point: never start over in silence
+        have, lack = (last, last_opt) if last.is_file() else (last_opt, last)
+        raise ValueError(f"{out} holds {have.name} but not {lack.name}, and a resume needs both; restore it, or "
+                         f"start over with --no-resume (replacing this run's checkpoints) or another --out")
+    state = ResumeState()
+    if resuming:
+        state = _restore(run, model, opt, scaler, out, val_key, rank, say)
+    elif tc.init_from:
+        _init_from(run, model)
+    if resuming and not tc.ema_decay and (out / "last.ema.safetensors").is_file() and state.done_before is None:
+        raise ValueError(f"{out} was trained with a weight average (last.ema.safetensors), and this run sets "
+                         f"train.ema_decay=0: the average would stop, and ema.safetensors stay at step {state.step} as "
+                         f"if it were the run's; resume with the run's train.ema_decay (run.json), or start over with "
+                         f"--no-resume or another --out")
+    return state, resuming
+
+
+def _restore(run: RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             out: Path, val_key: dict, rank: int, say) -> ResumeState:
+    """Load the run's resume point in ``out`` into ``model``, ``opt`` and ``scaler``, and decide
+    which phase this call trains in (and whether it trains at all: a finished phase, or the run
+    at train.steps); says the resume line and its warnings on the rank that validates."""
+    tc = run.train
+    last = out / "last.safetensors"
+    state = ResumeState(record=_read_run_record(out))
+    weights_step, model_changes = _resume_weights(model, last)
+    state.step, state.minutes_total, saved_phase, state.phases_done = _load_optimizer(
+        opt, out / "last.optim.safetensors", scaler)
+    step = state.step
+    ema_step = None
+    if tc.ema_decay > 0 and (out / "last.ema.safetensors").is_file():
+        state.saved_average, ema_step = _read_resume_average(out / "last.ema.safetensors", model)
+    _check_resume_steps(out, step, weights_step, ema_step)
+    state.phase_start, state.minutes_before, how, continuing = _resumed_phase(run, step, saved_phase)
+    ended = None if continuing or saved_phase is None else _phase_done(saved_phase, step)
+    # Other settings than the resume point's phase: a phase the run finished earlier (a recipe
+    # rerun from its top after it stopped in a later stage) is done, not trained again over the
+    # later stages' weights; otherwise a new phase, and the one it follows joins the finished ones.
+    state.done_before = None if continuing else _finished_phase(run, state.phases_done)
+    if state.done_before is None and ended is not None:
+        state.phases_done = [*state.phases_done, ended]
+    # The run config, not the saved state, sets the rate: the schedule's at this step (what the
+    # summary's final_lr reports when nothing more is trained: the rate the run ended at).
+    resumed_lr = scheduled_lr(tc, state.minutes_before / tc.max_minutes if tc.decay_by_time else 0.0, step,
+                              state.phase_start)
+    if state.done_before is not None and saved_phase is not None:  # the run stays in the phase it was in
+        state.phase_start, state.minutes_before = saved_phase["start_step"], saved_phase["minutes"]
+        resumed_lr = _phase_lr(saved_phase, step, resumed_lr)
+    for group in opt.param_groups:
+        group["lr"] = resumed_lr
+    # A finished phase skipped says so in one line: nothing of the resume's warnings (other model
+    # settings than the resume point's, a best.safetensors scored under another validation, an
+    # unused init_from) concerns a call that trains and validates nothing.
+    trains_on = state.done_before is None and step < tc.steps  # trains on from here, and says so
+    if rank == 0:  # the rank that validates and keeps best.safetensors (and the summary's best_val)
+        if trains_on and model_changes:
+            log.warning("%s: resuming its run with other model settings (%s); --no-resume or another --out "
+                        "starts a new run instead", out, "; ".join(model_changes))
+        state.best, state.best_input = _resumed_best(out / "best.safetensors", val_key, warn=trains_on)
+        if state.done_before is not None:
+            d = state.done_before
+            schedule = ", ".join(f"train.{k} {d['settings'][k]}" for k in PHASE_SETTINGS)
+            say(f"{out}: this phase ({schedule}, its other settings alike) already ran to its end (steps "
+                f"{d['start_step']}..{d['end_step']}, {d['minutes']:.2f} min) and the run went on to step "
+                f"{step}: nothing to train, the weights stay as they are (--no-resume or another --out trains "
+                f"it anew)")
+        elif trains_on:  # step >= train.steps is said below, in one line: not "resumed" and then "nothing"
+            say(f"resumed from {last} at step {step}: {how}")
+    if tc.init_from and rank == 0 and trains_on:
+        _warn_init_from_unused(out, tc.init_from, state.record)
+    if step >= tc.steps and state.done_before is None:
+        log.warning("%s already holds %d steps, train.steps is %d: nothing to train; raise --steps to "
+                    "go on, or start over with --no-resume or another --out", out, step, tc.steps)
+    return state
+
+
+def _init_from(run: RunConfig, model: SpectralAutoencoder) -> None:
+    """Grow ``train.init_from``'s weights (a shipped name, as --model takes, or a path) into a new
+    run's ``model``: the same family at the same signal settings."""
+    from .pretrained import resolve
+
+    tc = run.train
+    source = load_checkpoint(resolve(tc.init_from))
+    if source.registry_name != run.model:  # grow_into would only say that parameter names differ
+        raise ValueError(f"train.init_from={tc.init_from!r} is a {source.registry_name} model and this run "
+                         f"trains a {run.model} one: init_from grows a model of the same family")
+    # Same shapes at another rate or compression, or bins of another FFT size grown with zeros
+    # (and the STFT window with them): the weights would hear another signal.
+    moved = differences(dataclasses.asdict(source.config), dataclasses.asdict(model.config), SIGNAL_FIXED)
+    if moved:
+        raise ValueError(f"train.init_from={tc.init_from!r} was trained on another signal ({', '.join(moved)}): "
+                         f"init_from grows a model at the same signal settings")
+    grown = grow_into(model, source.state_dict())
+    log.info("initialised from %s (grown: %s)", tc.init_from, ", ".join(grown) or "none")
+
+
+def _nothing_to_train(tc: TrainConfig, out: Path, state: ResumeState, rank: int) -> bool:
+    """Whether this call trains nothing: a finished phase, the run at train.steps, or a phase
+    whose budget is spent (said here: each further call of a split run trained one more step and
+    said nothing)."""
+    spent = (state.done_before is None and state.step < tc.steps and tc.max_minutes > 0
+             and state.minutes_before >= tc.max_minutes)
+    if spent and rank == 0:
+        log.warning("%s: the phase's budget is spent (%.2f min on its clock, train.max_minutes=%g): nothing to "
+                    "train; a larger train.max_minutes continues the phase, another schedule starts a new one",
+                    out, state.minutes_before, tc.max_minutes)
+    return spent or state.done_before is not None or state.step >= tc.steps
+
+
+def _prepare_folder(out: Path, rank: int, resume: bool, resuming: bool, step: int) -> None:
+    """Only now, with every check passed (a refused run leaves the folder as it was) and the weights
+    in place (a bad init_from or resume point leaves no empty run behind): the log past the resume
+    point dropped, or an earlier run's files removed, and the folder made."""
+    if resuming and rank == 0:
+        _forget_lost_steps(out / "log.jsonl", step)
+    elif rank == 0:
+        # Also without a resume point: a run killed before its first one (3 minutes by default) left
+        # best.safetensors and log.jsonl, and the same command started over beside them, logging
+        # every step a second time.
+        _forget_previous_run(out, "--no-resume" if not resume else "no resume point (last.safetensors)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _step_mixers(run: RunConfig, sources: tuple[Source, Source], sr: int, rank: int, step: int) -> list[StepMixer]:
+    """The mixers of the training batches from ``step`` on. Each step's batch from (seed, rank,
+    step) alone: each rank draws its own, and a resumed run draws the batches the uninterrupted run
+    would have (it was seeded from the resume step, and drew others), whatever the number of
+    mixers: mixer k mixes steps step + k, step + k + K, ..."""
+    tc = run.train
+    mix = MixConfig(run.data.segment_seconds, run.data.snr_low, run.data.snr_high, reverb_prob=run.data.reverb_prob,
+                    second_noise_prob=run.data.second_noise_prob)
+    n_mixers = max(1, tc.loader_threads)
+    return [StepMixer(*sources, sr, mix, key=(tc.seed, rank), first_step=step + k, stride=n_mixers)
+            for k in range(n_mixers)]
+
+
+def _run_steps(loop: _Loop, batches, stop: _StopSignals, bar, val_set, val_inputs, say) -> None:
+    """Train from ``loop.step`` until train.steps or this call's share of the time budget, with a
+    resume point every train.checkpoint_seconds and at the end; a signal stops it at the next step
+    boundary, with a resume point (:class:`TrainingStopped`)."""
+    tc, sr = loop.run.train, loop.model.config.sample_rate
+    while loop.step < tc.steps:
+        if stop.received is not None:
+            loop.resume_point()
+            if bar is not None:
+                bar.close()
+            raise TrainingStopped(f"{signal.Signals(stop.received).name} at step {loop.step}; "
+                                  f"{loop.out / 'last.safetensors'} holds it, and the same command resumes",
+                                  stop.received)
+        time_used = _time_used(loop.clock0, loop.deadline, loop.world, loop.device)
+        last_step = loop.step + 1 == tc.steps or time_used >= loop.stop_share
+        outcome, loss, parts, clean = _train_step(loop, batches, time_used)
+        _account_step(loop, outcome, loss)
+        loop.step += 1
+        loop.audio_seconds += clean.shape[0] * clean.shape[1] / sr * loop.world
+        if bar is not None:
+            _show_progress(bar, loop, loss)
+        if loop.rank != 0:
+            if last_step:
+                break
+            continue
+        _validate_and_log(loop, loss, parts, last_step, val_set, val_inputs, bar, say)
+        if time.monotonic() - loop.t_last_ckpt > tc.checkpoint_seconds or last_step:
+            loop.resume_point()
+            loop.t_last_ckpt = time.monotonic()
+        if last_step:
+            break
+
+
+def _train_step(loop: _Loop, batches, time_used: float) -> tuple[str, torch.Tensor, dict, torch.Tensor]:
+    """One step on the next batch: ``(outcome, loss, its parts, the clean batch)``, the outcome
+    :func:`_apply_gradients`' ("applied", "overflow" or "bad")."""
+    tc, model, opt, scaler = loop.run.train, loop.model, loop.opt, loop.scaler
+    clean, noise, snr = next(batches)
+    # non_blocking: a pinned batch (process loader) copies while the GPU still computes.
+    clean, noise, snr = (t.to(loop.device, non_blocking=True) for t in (clean, noise, snr))
+    # gaussian and patches draw too: from the step's own generator, as the mixer does
+    draws = None if model.config.corruption not in ("gaussian", "patches") else \
+        torch.Generator(device=clean.device).manual_seed(step_seed((tc.seed, loop.rank), loop.step))
+    with torch.no_grad():
+        noisy, spec = corrupt_batch(model, clean, noise, snr, draws)
+    with torch.autocast(loop.device.type, dtype=loop.amp_dtype, enabled=loop.use_amp):
+        loss, parts = batch_loss(model, clean, spec, tc, forward=loop.forward, noisy=noisy)
+    if tc.decay_steps or tc.decay_by_time:
+        for group in opt.param_groups:
+            group["lr"] = scheduled_lr(tc, time_used, loop.step, loop.phase_start)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    return _apply_gradients(model, opt, scaler, tc.grad_clip, loss), loss, parts, clean
+
+
+def _account_step(loop: _Loop, outcome: str, loss: torch.Tensor) -> None:
+    """Count a step's outcome (before its step is counted); an applied step updates the weight
+    average. Too many overflows or bad steps in a row stop the run, with a resume point of the last
+    applied weights."""
+    out, step = loop.out, loop.step
+    if outcome == "applied":
+        loop.bad_in_a_row = loop.overflow_in_a_row = 0
+        if loop.ema is not None:
+            loop.ema.update_parameters(loop.model)
+    elif outcome == "overflow":  # fp16's scaler skipped it: not counted as bad, but no update to average
+        loop.scaler_skipped += 1
+        loop.overflow_in_a_row += 1
+        if loop.overflow_in_a_row >= MAX_SCALER_SKIPS:
+            if loop.rank == 0:
+                loop.resume_point(keep_loss_scale=False)
+            if loop.world > 1:
+                dist.barrier()
+            raise FloatingPointError(
+                f"{out}: float16's GradScaler skipped {loop.overflow_in_a_row} steps in a row on inf/NaN gradients "
+                f"(up to step {step + 1}, loss scale now {loop.scaler.get_scale():g}); last.safetensors holds the "
+                f"last applied weights. train.amp_dtype=\"bfloat16\" or train.amp=false runs without it.")
+    else:
+        loop.skipped += 1
+        loop.bad_in_a_row += 1
+        if loop.bad_in_a_row >= MAX_NONFINITE_STEPS:
+            if loop.rank == 0:  # the weights are still the last finite ones: keep them
+                # Not the loss scale: the streak halved it every step (1/16 after 20), and a
+                # resume that kept it would grow it back by doubling once per 2000 steps.
+                loop.resume_point(keep_loss_scale=False)
+            if loop.world > 1:  # every rank got here (same reduced gradients): let rank 0 finish
+                dist.barrier()
+            raise FloatingPointError(
+                f"{out}: the loss or its gradient was non-finite for {loop.bad_in_a_row} steps in a row "
+                f"(up to step {step + 1}, loss {float(loss.detach())}); those updates were skipped and "
+                f"last.safetensors holds the last finite weights. "
+                + ("On CUDA, train.amp=false runs without mixed precision." if loop.use_amp else ""))
+
+
+def _progress_bar(tc: TrainConfig, step: int):
+    """tqdm's bar on a terminal, else None: a redirected log got every update of the bar."""
+    if not (tc.progress and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=tc.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _show_progress(bar, loop: _Loop, loss: torch.Tensor) -> None:
+    if loop.device.type != "cuda" or loop.step % LOG_EVERY == 0:  # reading the loss waits for the GPU
+        rate = loop.audio_seconds / max(time.monotonic() - loop.t0, 1e-9)
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", audio_s_per_s=f"{rate:.0f}")
+    bar.update(1)
+
+
+def _validate_and_log(loop: _Loop, loss: torch.Tensor, parts: dict, last_step: bool, val_set, val_inputs,
+                      bar, say) -> None:
+    """On the rank that validates, after the step: validate (every train.val_every steps and at the
+    last), keep a better ``best.safetensors``, say the validation's line, and log the step to
+    ``log.jsonl`` (with every validation, and every LOG_EVERY steps)."""
+    tc, step, scaler = loop.run.train, loop.step, loop.scaler
+    validating = step % tc.val_every == 0 or last_step
+    if not (validating or step % LOG_EVERY == 0):
+        return
+    record = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()},
+              "lr": loop.opt.param_groups[0]["lr"], **({"skipped": loop.skipped} if loop.skipped else {}),
+              **({"scaler_skipped": loop.scaler_skipped, "loss_scale": scaler.get_scale()}
+                 if scaler.is_enabled() else {})}
+    if validating:
+        out = loop.out
+        record["val"] = validate(loop.evaluated, val_set, tc.metrics, val_inputs)
+        # NaN only from a non-finite output (eps keeps silence finite). Rank 0 alone validates:
+        # under DDP the other ranks wait in their next all-reduce until torchrun ends them.
+        if not math.isfinite(record["val"]["si_sdr"]):
+            raise FloatingPointError(
+                f"{out}: at step {step} the model's output on the validation set is not finite (SI-SDR "
+                f"{record['val']['si_sdr']}): its weights no longer work (train.lr {tc.lr} too high?). "
+                f"best.safetensors, if written, holds the best weights before that; last.safetensors may "
+                f"hold broken ones, so start again with --no-resume, or from best.safetensors with "
+                f"--set train.init_from=... and another --out")
+        if record["val"][tc.select_by] > loop.best:
+            loop.best, loop.best_input = record["val"][tc.select_by], record["val"].get(tc.select_by + "_in")
+            save_checkpoint(loop.evaluated, out / "best.safetensors",
+                            {"step": step, "val": record["val"], "validation": loop.val_key,
+                             "run": _provenance(loop.run, out,
+                                                loop.minutes_before_run + (time.monotonic() - loop.t0) / 60)})
+        line = validation_line(step, record["val"], (time.monotonic() - loop.t0) / 60)
+        if bar is not None:
+            bar.write(line)
+        else:
+            say(line)
+    with open(loop.out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _summary(loop: _Loop, resumed_at_step: int | None) -> dict:
+    """How this call went: the JSON ``audioae train`` prints and ``summary.json`` keeps (fields:
+    docs/training.md)."""
+    tc, best, scaler = loop.run.train, loop.best, loop.scaler
+    summary = {"steps": loop.step, "resumed_at_step": resumed_at_step, "select_by": tc.select_by,
+               "best_val": best if math.isfinite(best) else None,
+               "best_val_input": loop.best_input if math.isfinite(best) else None,
+               "seconds": time.monotonic() - loop.t0,
+               "audio_seconds": loop.audio_seconds, "out_dir": str(loop.out), "world_size": loop.world,
+               "final_lr": loop.opt.param_groups[0]["lr"], "skipped_steps": loop.skipped,
+               # float16 only (else 0 and None): overflow skips are its calibration, not bad steps
+               "scaler_skipped_steps": loop.scaler_skipped,
+               "final_loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
+               "minutes_done": loop.minutes_total, "phase_minutes": loop.phase_minutes}
+    if loop.world > 1:
+        summary["replica_max_abs_diff"] = replica_divergence(loop.model)
     return summary
 
 

@@ -6,7 +6,9 @@
 Builds the validation mixtures of a run config's ``[data]`` section (the corpus's *val* split:
 held-out voices and noises; never the test set) with ``--examples`` mixtures and a fixed seed,
 so every checkpoint is scored on the same mixtures, and prints SI-SDR (and of the input), PESQ
-and STOI per checkpoint as JSON lines. ``--mask-power`` also scores each checkpoint with its
+and STOI per checkpoint as JSON lines. Each mixture goes through ``audioae denoise``'s own path
+(``denoise()``, its level lift included), so the ranking is that of what users get; until
+2026-12-07 it scored training validation's own forward pass, which skipped the lift. ``--mask-power`` also scores each checkpoint with its
 mask raised to these powers (the ``mask_power`` knob of the model config). ``--base B --alpha
 A...`` also scores each checkpoint's weights interpolated towards B's (``alpha * ckpt + (1 - alpha)
 * B``: a fine-tuned model against the weights it started from; B is first grown into the
@@ -29,7 +31,7 @@ import torch
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
 from audioae.data.mixing import corpus_missing
 from audioae.pretrained import resolve_arg
-from audioae.train import grown_like, load_run_config, make_validation_set, validate
+from audioae.train import grown_like, load_run_config, make_validation_set, score_denoised
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             blend = {} if alpha is None else {"base": args.base, "alpha": alpha}
             for power in [None, *args.mask_power]:
                 m = model if power is None else model.with_config(mask_power=power)
-                scores = validate(m, val_set)
+                scores = score_denoised(m, val_set)  # what `audioae denoise` makes of each mixture
                 print(json.dumps({"checkpoint": path, **blend, "mask_power": m.config.mask_power,
                                   **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
     return 0

@@ -15,7 +15,9 @@ much PESQ the speech distortion alone costs (PESQ of the filtered speech) and ho
 residual noise alone costs (PESQ of clean + filtered noise), overall and per SNR.
 
 ``postproc``: simple changes to the mask after the network (smoothing across frequency or time,
-a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``.
+a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``, each
+through ``denoise()`` as ``audioae denoise`` runs it (until 2026-12-07: training validation's own
+forward pass, without the level lift; so are ``swap``'s scores).
 
 ``swap``: the model with one part of its weights (encoder, code layers, decoder GRU, output
 layer, or only the output's mask rows or filter-tap rows) taken from ``--other``, a fine-tuning
@@ -51,11 +53,11 @@ import torch.nn.functional as F
 
 from audioae import pretrained
 from audioae.data.mixing import corpus_missing
-from audioae.enhance import denoise, model_input
+from audioae.enhance import denoise, estimate_clips, model_input
 from audioae.metrics import pesq_wb
 from audioae.pretrained import resolve_arg
 from audioae.spectral import apply_mask
-from audioae.train import load_run_config, make_validation_set, validate
+from audioae.train import load_run_config, make_validation_set, score_denoised
 
 REPO = Path(__file__).resolve().parents[1]  # defaults found from any folder, not the current one's
 
@@ -67,11 +69,13 @@ def filtered_parts(model, noisy: np.ndarray, clean: np.ndarray) -> tuple[np.ndar
     mask and taps come from the mixture, then are applied to each part; the two parts sum to the
     output (the filter is linear in its input)."""
     x = torch.from_numpy(np.stack([noisy, clean, noisy - clean]))  # [3, T]: mixture, speech, noise
-    with torch.no_grad():
+    with torch.inference_mode():
         spec = model.stft(x)  # [3, F, N]
-        out, _ = model(model_input(model, x[:1])[1])  # mask and taps from the mixture only, as denoise computes them
-        y, speech, noise = (model.stft.inverse(model.estimate_spec(spec[i : i + 1], out), x.shape[-1])[0].numpy()
-                            for i in range(3))
+        # mask and taps from the mixture only, computed as denoise computes them (its level lift included)
+        mix_spec, mix_feats = model_input(model, x[:1])  # [1, F, N], [1, F', N]
+        mixture = estimate_clips(model, [mix_spec], [mix_feats])[0]
+        ests = [mixture.est, *(model.estimate_spec(spec[i : i + 1], mixture.out.float()) for i in (1, 2))]
+        y, speech, noise = (model.stft.inverse(e, x.shape[-1])[0].numpy() for e in ests)
     return y, speech, noise
 
 
@@ -163,7 +167,7 @@ def postproc(model, config: str, examples: int = 48, seed: int = 1234):
             out = head(self, y)  # [B, F + taps, N]
             return out if fn is None else torch.cat([fn(out[:, :n_bins]), out[:, n_bins:]], dim=1)
         model.head = patched.__get__(model)  # this instance only
-        scores = validate(model, val_set)  # runs under inference_mode itself
+        scores = score_denoised(model, val_set)  # what denoise() outputs with this head
         yield {"variant": name, **{k: round(v, 4) for k, v in scores.items()}}
     del model.head
 
@@ -188,7 +192,7 @@ def swap(model, other, config: str, examples: int = 48, seed: int = 1234):
             mixed[k][rows] = theirs[k][rows]
         trial = copy.deepcopy(model)
         trial.load_state_dict(mixed)
-        yield {"swapped": name, **{k: round(v, 4) for k, v in validate(trial.eval(), val_set).items()}}
+        yield {"swapped": name, **{k: round(v, 4) for k, v in score_denoised(trial.eval(), val_set).items()}}
 
 
 def gate(model, root: Path) -> dict:
@@ -197,8 +201,9 @@ def gate(model, root: Path) -> dict:
     rows = []
     for m in json.loads((root / "meta.json").read_text())["mixtures"]:
         noisy = torch.from_numpy(sf.read(root / "noisy" / m["file"], dtype="float32")[0])[None]  # [1, T]
-        with torch.no_grad():
-            out, _ = model(model_input(model, noisy)[1])  # [1, F', N]: the features denoise feeds it
+        with torch.inference_mode():
+            spec, feats = model_input(model, noisy)  # [1, F, N], [1, F', N]: the features denoise feeds it
+            out = estimate_clips(model, [spec], [feats])[0].out  # [1, F_out, N], the network run as denoise runs it
         g = out[0, -1]  # [N]: the gate row
         rows.append({"noise_type": m["noise_type"], "snr_db": m["snr_db"], "mean": float(g.mean()), "max": float(g.max())})
     keys = ("mean", "max")

@@ -310,6 +310,24 @@ def test_diagnostic_swap_of_a_models_own_weights_changes_nothing():
     assert len({r["si_sdr"] for r in other}) == 6  # each part of b's moves the output its own way
 
 
+def test_compare_checkpoints_scores_what_denoise_outputs(capsys):
+    """The checkpoint to ship is chosen on denoise()'s output (score_denoised), not on a forward
+    pass of the recipe's own: quiet input lifted as `audioae denoise` lifts it."""
+    import dataclasses
+
+    from audioae import pretrained
+    from audioae.train import load_run_config, make_validation_set, score_denoised
+
+    compare = _load("compare_checkpoints", ROOT / "recipes" / "compare_checkpoints.py")
+    config = str(ROOT / "configs" / "tiny-synthetic.toml")  # generated val mixtures, no corpus
+    assert compare.main(["denoiser-small", "--config", config, "--examples", "2"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    model = pretrained.load("denoiser-small").eval()
+    data = load_run_config(config).data
+    val_set = make_validation_set(model, dataclasses.replace(data, val_examples=2), seed=1234)
+    assert row["si_sdr"] == round(score_denoised(model, val_set)["si_sdr"], 4)
+
+
 def test_pack_corpus_codes_every_readable_file_and_keeps_what_exists(tmp_path, monkeypatch, capsys):
     from audioae.metrics import si_sdr
 

@@ -266,3 +266,38 @@ def test_fit_arrays_refuses_data_it_cannot_fit_and_stops_at_a_non_finite_loss():
         fit_arrays(model, big, steps=3)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert len(fit_arrays(model, x, steps=3)) == 3
+
+
+def _quiet_mixture(model, dbfs: float, seconds: float = 2.0):
+    """A validation set of one speech-like mixture at 5 dB SNR whose mix is at ``dbfs`` (RMS)."""
+    rng = np.random.default_rng(0)
+    sr = model.config.sample_rate
+    clean = torch.from_numpy(synthetic.speech_like(rng, seconds, sr).astype(np.float32))[None]  # [1, T]
+    noise = torch.from_numpy(synthetic.noise(rng, seconds, sr, "pink").astype(np.float32))[None]  # [1, T]
+    noise = noise * clean.pow(2).mean().sqrt() / noise.pow(2).mean().sqrt() / 10 ** (5 / 20)
+    gain = 10 ** (dbfs / 20) / (clean + noise).pow(2).mean().sqrt()
+    return clean * gain, noise * gain, torch.tensor([5.0])
+
+
+@pytest.mark.parametrize("dbfs", [-25.0, -60.0])
+def test_validation_scores_what_denoise_outputs_also_for_quiet_input(dbfs):
+    """Training validation (which keeps best.safetensors) runs the network as denoise() runs it,
+    level lift included: at -60 dBFS the lift is most of the score, and validation without it (its
+    own path until 2026-12-07) scored the shipped denoiser 6 dB under what `audioae denoise` gave."""
+    from audioae import pretrained
+    from audioae.enhance import LevelLift, denoise
+    from audioae.train import _val_mix, score_denoised, validate
+
+    model = pretrained.load("denoiser-small").eval()
+    val_set = _quiet_mixture(model, dbfs)
+    clean, noisy, _ = _val_mix(model, val_set)
+    served = si_sdr(denoise(model, noisy[0].numpy(), model.config.sample_rate), clean[0].numpy())
+    validated = validate(model, val_set, ("si_sdr",))
+    model.eval()  # validate() leaves a model in training mode, as the training loop wants it
+    assert validated["si_sdr"] == pytest.approx(served, abs=1e-3)
+    assert score_denoised(model, val_set, ("si_sdr",))["si_sdr"] == pytest.approx(served, abs=1e-6)
+    unlifted = validate(model, val_set, ("si_sdr",), level_lift=LevelLift(max_gain_db=0.0))["si_sdr"]
+    if dbfs == -25.0:  # trained levels: nothing lifted, the same scores to the bit
+        assert unlifted == validated["si_sdr"]
+    else:
+        assert unlifted < served - 3
