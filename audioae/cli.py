@@ -518,10 +518,9 @@ def _cmd_decompose(args) -> int:
     return 0
 
 
-INSPECT_SECONDS = 600.0  # of a recording inspect --audio shows by default
-
-
 def _add_inspect(sub) -> None:
+    from .inspect import INSPECT_SECONDS  # no torch: --help stays fast
+
     p = sub.add_parser("inspect", help="draw a decomposition model's dictionary, or what a denoiser does to a file",
                        description="A sparse_dict model: every atom of its learned dictionary. Any other "
                                    "spectrogram model with --audio FILE: the file's input and output "
@@ -568,9 +567,9 @@ def _figure_path(out: str | None, default: str) -> Path:
 
 
 def _cmd_inspect(args) -> int:
+    from .inspect import INSPECT_SECONDS, inspect_denoising, inspect_dictionary
     from .models.base import SpectralAutoencoder
     from .models.dictionary import SparseDictionary
-    from .plots import dictionary_stats, plot_dictionary
     from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
 
     _model_given(args.model, "MODEL")
@@ -595,94 +594,17 @@ def _cmd_inspect(args) -> int:
                              f"components of a recording run: audioae decompose {args.audio} -o DIR --plot")
         if not isinstance(model, SpectralAutoencoder):
             raise ValueError(f"{path}: --audio needs a spectrogram model, this is a {model.registry_name} model")
-        return _inspect_denoising(model, path, args.audio, _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png"),
-                                  args.start, args.seconds)
+        out = _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png")
+        said = inspect_denoising(model, path, args.audio, out, args.start, args.seconds,
+                                 note=lambda text: print(f"note: {text}", file=sys.stderr))
+        print(json.dumps(said, indent=2))
+        return 0
     if not isinstance(model, SparseDictionary):
         raise ValueError(f"{path}: without --audio, inspect draws sparse_dict dictionaries; this is a "
                          f"{model.registry_name} model: add --audio FILE to see what it does to a recording "
                          f"(its config and training record: audioae models {spec})")
     out = _figure_path(args.out, f"{name}-dictionary.png")
-    plot_dictionary(model, out)
-    print(json.dumps({"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}, indent=2))
-    return 0
-
-
-def _check_long_enough_to_inspect(model, audio: str, samples: int, frames: int, sr: int, start: float,
-                                  seconds: float) -> None:
-    """Refuse a part shorter than one analysis window, as decompose does: its spectrograms, gains
-    and code describe the STFT's zero padding, not the recording (a part under one sample once
-    failed inside torch, "cannot reshape tensor of 0 elements")."""
-    from .spectral import window_samples
-
-    n_fft, msr = model.config.n_fft, model.config.sample_rate
-    least = window_samples(n_fft, msr, sr)
-    if samples >= least:
-        return
-    window = f"the model's {1000 * n_fft / msr:.0f} ms analysis window ({least} samples at {sr} Hz)"
-    lasts = f"{1000 * samples / sr:.1f} ms ({samples} sample{'s' * (samples != 1)})"
-    if samples == frames:  # the whole recording
-        raise ValueError(f"{audio} lasts {lasts}, shorter than {window}: too short to inspect")
-    end = min(start + seconds, frames / sr)
-    raise ValueError(f"the part of {audio} shown ({start:g}-{end:g} s of its {frames / sr:.2f} s) lasts {lasts}, "
-                     f"shorter than {window}: choose an earlier --start or a longer --seconds")
-
-
-def _inspect_context(model, begin: int, end: int, frames: int, sr: int) -> tuple[int, int]:
-    """Samples before and after the part shown that the model runs over too, so that the part's
-    numbers are what ``audioae denoise`` did to it: all of those before (a causal model's state
-    depends on all it heard: started a few seconds early, its gain in a band still differed by
-    several dB); after it, one analysis window (what a causal model's last frames see), or as much
-    as fits for a model that sees the whole input. Within the :data:`INSPECT_SECONDS` the model may
-    run over (memory); past that, said on stderr."""
-    from .enhance import OFFLINE_MAX_SECONDS
-    from .spectral import window_samples
-
-    budget = max(0, round(INSPECT_SECONDS * sr) - (end - begin))
-    window = window_samples(model.config.n_fft, model.config.sample_rate, sr)
-    # Before the part first, for every model (a non-causal one's level tracker is causal too), then
-    # what is left after it: all of it took the budget from a non-causal model's left context.
-    before = max(0, min(begin, budget - min(frames - end, window)))  # (no budget left: none)
-    after = min(frames - end, window if model.causal else budget, budget - before)
-    if before < begin or (not model.causal and end + after < frames):
-        print(f"note: the model runs over {(begin - before) / sr:.2f}-{(end + after) / sr:.2f} s, not the whole "
-              f"file (inspect runs it over at most {INSPECT_SECONDS:.0f} s): its numbers for this part may differ "
-              f"from what audioae denoise does to the whole file", file=sys.stderr)
-    elif not model.causal and frames / sr > OFFLINE_MAX_SECONDS:
-        print(f"note: audioae denoise runs this model over {OFFLINE_MAX_SECONDS:.0f} s windows of a longer "
-              f"file, cross-faded; inspect runs it over the file at once: its numbers for this part may differ "
-              f"a little", file=sys.stderr)
-    return before, after
-
-
-def _inspect_denoising(model, path, audio: str, out, start: float = 0.0, seconds: float = INSPECT_SECONDS) -> int:
-    from .audio import read_audio
-    from .plots import denoising_stats, denoising_view, plot_denoising
-
-    wav, sr, _info = read_audio(audio)
-    frames = wav.shape[-1]
-    total = frames / sr
-    if start >= total:
-        raise ValueError(f"--start {start:g} s: {audio} lasts {total:.2f} s")
-    begin, end = round(start * sr), min(round((start + seconds) * sr), frames)
-    _check_long_enough_to_inspect(model, audio, end - begin, frames, sr, start, seconds)
-    shown = (end - begin) / sr
-    before, after = _inspect_context(model, begin, end, frames, sr)
-    wav = wav[:, begin - before : end + after]  # [C, T'] the part shown, in what the model runs over
-    if shown < total:
-        print(f"note: showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; --start and --seconds pick "
-              f"another part", file=sys.stderr)
-    channels = wav.shape[0]
-    mixed = f", the mean of its {channels} channels" if channels > 1 else ""
-    if channels > 1:
-        print(f"note: {audio} has {channels} channels; the figure and the numbers show their mean (mono)",
-              file=sys.stderr)
-    view = denoising_view(model.eval(), wav, sr, shown_from=before, shown_to=before + end - begin,
-                          file_start_s=(begin - before) / sr)
-    plot_denoising(view, out, title=f"{audio} {start:.2f}-{start + shown:.2f} s ({sr} Hz{mixed}, shown at the "
-                                    f"model's {model.config.sample_rate} Hz)", model=str(path))
-    print(json.dumps({"model": str(path), "audio": audio, "figure": str(out), "start_s": round(start, 3),
-                      "seconds": round(shown, 3), "audio_seconds": round(total, 3), "audio_channels": channels,
-                      **denoising_stats(view)}, indent=2))
+    print(json.dumps(inspect_dictionary(model, path, out), indent=2))
     return 0
 
 

@@ -134,7 +134,7 @@ class Options:
     wav, sr, **options.kwargs())``)."""
 
     group: str
-    groups: int  # bands or clusters (8 unless asked; ignored by group "none"), as decompose's groups=
+    groups: int  # bands or clusters (8, or the model's units where fewer, unless asked; ignored by group "none"), as decompose's groups=
     top_k: int | None  # None: every component
     fit_steps: int | None  # None: the model's default
 
@@ -482,12 +482,18 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     """Split ``wav`` (``[T]`` or ``[C, T]``, any rate) into components that sum to it.
 
     ``group``: ``none`` (one component per active unit), ``band`` (``groups`` band-limited
-    dyadic bands; fewer where some hold nothing; unset: 8) or ``cluster`` (at most ``groups`` clusters:
+    dyadic bands; fewer where some hold nothing) or ``cluster`` (at most ``groups`` clusters:
     fewer when fewer units are active, and clusters that are pieces of one sound -- nearly
-    proportional waveforms, :data:`SAME_SOUND` -- are merged). ``top_k``: keep only the ``top_k`` strongest
+    proportional waveforms, :data:`SAME_SOUND` -- are merged). ``groups`` unset: 8, or the
+    model's units where it has fewer. ``top_k``: keep only the ``top_k`` strongest
     components, the others join the residual; 0 or None: every component (as ``--top 0`` and the
     server's ``top_k``; until 2026-12-07 0 raised). ``n_groups``: the old name of ``groups``
-    (deprecated; a DeprecationWarning; a TypeError beside ``groups``). Components come back as ``[K, C, T]`` at the
+    (deprecated; a DeprecationWarning; a TypeError beside ``groups``). The options go through
+    :func:`check_options`, as the CLI's and the server's do, so a direct call takes and refuses
+    what they take and refuse, with the same defaults (until 2026-12-07 a direct call asked a
+    4-unit model for 8 bands where they asked for 4, and took ``groups=50`` and
+    ``fit_steps=1000``); the one difference: ``groups`` is ignored under group ``none``, as
+    :meth:`Options.kwargs` passes it. Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
@@ -498,40 +504,67 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     energies, the ranking), before each fit step, each batch of clusters inverted and each batch
     of components; when it says True,
     :class:`audioae.enhance.Stopped` is raised (the server: the caller went away).
+
+    The steps: :func:`_request` (the options), :func:`_analyse` (spectrogram, code, masks'
+    weights, active units), :func:`_group` (bands or clusters), :func:`_keep_top` and
+    :func:`_rank_and_label` (waveforms, residual, ranking, names).
     """
-    _check_model(model)
-    if group not in GROUPS:
-        raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+    options = _request(model, group, groups, top_k, fit_steps, n_groups)
+    x = as_channels_first(wav)[0].cpu()  # [C, T]
+    check_pcm(x.numpy(), sr)
+    _check_long_enough(x.shape[-1], sr, model)
+    most = options.groups if group != "none" else model.config.code_dim  # components there can be
+    _warn_if_long(x.shape[0], x.shape[-1], sr, model.config.sample_rate, min(options.top_k or most, most))
+    model = _on_cpu_for_inference(model)
+    steps = model.config.fit_steps if options.fit_steps is None else options.fit_steps
+    analysis = _analyse(model, x, sr, steps, stop)
+    grouped = _keep_top(_group(model, analysis, group, options.groups, sr, stop), options.top_k)
+    check_stop(stop, "decomposition stopped before the components")
+    return _rank_and_label(model, analysis, grouped, x, sr, options, steps, stop)
+
+
+def _request(model, group: str, groups: int | None, top_k: int | None, fit_steps: int | None,
+             n_groups: int | None) -> Options:
+    """:func:`decompose`'s options, through :func:`check_options` (one check, one set of
+    defaults for every caller), after the ``n_groups=`` shim. ``groups`` is dropped under group
+    ``none``, where it means nothing: :meth:`Options.kwargs` passes it there (8)."""
     if n_groups is not None:
         if groups is not None:  # which one was meant? The old name silently won.
             raise TypeError(f"decompose got both groups={groups} and its deprecated old name n_groups={n_groups}: "
                             f"give groups only")
         warnings.warn("decompose(n_groups=...) is now decompose(groups=...), as in check_options and the CLI's "
-                      "--groups", DeprecationWarning, stacklevel=3)  # 3: past inference_mode's wrapper
+                      "--groups", DeprecationWarning, stacklevel=4)  # 4: past this, decompose and inference_mode's wrapper
         groups = n_groups
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0: all components), got {top_k}")
-    top_k = top_k or None
-    groups = DEFAULT_GROUPS if groups is None else groups
-    if groups < 1:
-        raise ValueError(f"groups must be at least 1, got {groups}")
-    n_groups = groups
-    fit_steps = model.config.fit_steps if fit_steps is None else fit_steps
-    if fit_steps < 0:
-        raise ValueError(f"fit_steps must be >= 0, got {fit_steps}")
-    x = as_channels_first(wav)[0].cpu()  # [C, T]
-    check_pcm(x.numpy(), sr)
-    _check_long_enough(x.shape[-1], sr, model)
-    most = n_groups if group != "none" else model.config.code_dim  # components there can be
-    _warn_if_long(x.shape[0], x.shape[-1], sr, model.config.sample_rate, min(top_k or most, most))
-    model = _on_cpu_for_inference(model)
-    c = model.config
-    msr = c.sample_rate
+    return check_options(model, group=group, groups=None if group == "none" else groups, top_k=top_k or 0,
+                         fit_steps=fit_steps)
 
-    # Stops are checked between stages and inside the long ones: a long recording's first stages
-    # took seconds that a caller past its deadline no longer waited for (benchmarks/decompose_deadline.py).
+
+@dataclass
+class _Analysis:
+    """What the model makes of one input, at its rate: all the grouping and masking read."""
+
+    spec: torch.Tensor  # [C, F, N] complex: the input's STFT (its phase is the components')
+    z_len: int  # T': the input's samples at the model's rate
+    h: torch.Tensor  # [C, U, N] the code (fitted to the signal when asked), level units
+    atoms: torch.Tensor  # [U, F, L] the model's, or adapted to this signal
+    denom: torch.Tensor  # [C, F, N] the masks' denominator
+    share_weight: torch.Tensor  # [C, F, N] |X|^2 / denom: a mask numerator to a share of the input
+    weight: torch.Tensor  # [C, F, N] |X|^2 / denom^2: a numerator squared to masked STFT energy
+    unit_energy: torch.Tensor  # [U] masked STFT energy per unit
+    active: list[int]  # units holding more than ACTIVE_SHARE of the input's STFT energy
+    floor: float  # that energy: ACTIVE_SHARE * |X|^2 summed
+    acts: np.ndarray  # [U, N] absolute magnitude units, mean over channels
+
+
+def _analyse(model: SparseDictionary, x: torch.Tensor, sr: int, fit_steps: int,
+             stop: Callable[[], bool] | None) -> _Analysis:
+    """``x [C, T]`` at ``sr``: resampled to the model's rate, its spectrogram, code (fitted for
+    ``fit_steps``), the masks' weights and the units' energies. Stops are checked between stages
+    and inside the long ones: a long recording's first stages took seconds that a caller past its
+    deadline no longer waited for (benchmarks/decompose_deadline.py)."""
     check_stop(stop, "decomposition stopped before it began")
-    z = resample_in_blocks(x, sr, msr, stop=lambda: check_stop(stop, "decomposition stopped while resampling"))  # [C, T']
+    z = resample_in_blocks(x, sr, model.config.sample_rate,
+                           stop=lambda: check_stop(stop, "decomposition stopped while resampling"))  # [C, T']
     spec, feats = _spectrum_and_features(model, z, stop)  # [C, F, N] complex, [C, F, N]
     check_stop(stop, "decomposition stopped before encoding")
     mag = spec.abs()  # [C, F, N]
@@ -550,57 +583,80 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     total = float(power.sum())
     active = [u for u in range(h.shape[1]) if unit_energy[u] > ACTIVE_SHARE * total] if total > 0 else []
     acts = (h * level).mean(0).numpy()  # [U, N] absolute magnitude units, mean over channels
-    explained, bins, waves = None, None, None
-    if group == "band":
-        explained = model.magnitudes(h[:, active], atoms[active]) if active else None  # [C, F, N]
-        groups, labels, bins, g_share = (_band_split(model, h, atoms, explained, weight, share_weight, active,
-                                                      n_groups, ACTIVE_SHARE * total, sr) if active else ([], [], [], []))
-    else:
-        labels = None  # named after ranking, by what their waveforms hold
-        groups = group_units(model, acts, unit_energy.numpy(), active, group, n_groups, atoms)
-        if group == "cluster" and len(groups) > 1:
-            # Clusters that are pieces of one sound are merged: masks, inverse STFT and resampling
-            # are linear, so a merged cluster's waveform is the sum of its pieces'.
-            waves = _group_waves(model, h, atoms, spec, denom, groups, z.shape[-1], stop)  # [K, C, T']
-            sounds = _same_sound(waves)
-            if len(sounds) < len(groups):
-                log.info("%d clusters of %d asked: k-means cut %d sound(s) in pieces, merged", len(sounds),
-                         n_groups, sum(len(p) > 1 for p in sounds))
-                waves = torch.stack([waves[p].sum(0) for p in sounds])
-            groups = [[u for k in p for u in groups[k]] for p in sounds]
-        # the sum of the units' shares: cheap, no group spectrogram is formed twice
-        unit_share = model.unit_projections(h, share_weight, atoms, lambda: check_stop(stop, "decomposition "
-                                                                                     "stopped in the shares"))  # [U]
-        g_share = [float(unit_share[g].sum()) for g in groups]
+    return _Analysis(spec=spec, z_len=z.shape[-1], h=h, atoms=atoms, denom=denom, share_weight=share_weight,
+                     weight=weight, unit_energy=unit_energy, active=active, floor=ACTIVE_SHARE * total, acts=acts)
 
-    # Pick the top-k by that share; the final order is by the energy attributed to each waveform.
-    # (By the units' masked energies alone, --top 3 kept clusters 1, 3 and 5: test_top_k_keeps_...)
-    order = np.argsort(g_share, kind="stable")[::-1]
+
+@dataclass
+class _Groups:
+    """Groups of units, unranked: one component each."""
+
+    units: list[list[int]]  # the units behind each group
+    share: list[float]  # each one's share of the input, what --top picks by
+    labels: list[str] | None = None  # bands' (their edges); None: named once ranked, by their waveforms
+    bins: list[tuple[int, int]] | None = None  # group "band": each one's STFT bins [lo, hi)
+    explained: torch.Tensor | None = None  # group "band": [C, F, N] the active units' mask numerators
+    waves: torch.Tensor | None = None  # group "cluster": [K, C, T'] already inverted, at the model's rate
+
+
+def _group(model: SparseDictionary, a: _Analysis, group: str, n_groups: int, sr: int,
+           stop: Callable[[], bool] | None) -> _Groups:
+    """The active units in bands (:func:`_band_split`), clusters (:func:`group_units`; those
+    that are pieces of one sound merged) or one per unit, each with its share of the input."""
+    if group == "band":
+        if not a.active:
+            return _Groups([], [], [], [])
+        explained = model.magnitudes(a.h[:, a.active], a.atoms[a.active])  # [C, F, N]
+        units, labels, bins, share = _band_split(model, a.h, a.atoms, explained, a.weight, a.share_weight, a.active,
+                                                 n_groups, a.floor, sr)
+        return _Groups(units, share, labels, bins, explained)
+    units = group_units(model, a.acts, a.unit_energy.numpy(), a.active, group, n_groups, a.atoms)
+    waves = None
+    if group == "cluster" and len(units) > 1:
+        # Clusters that are pieces of one sound are merged: masks, inverse STFT and resampling
+        # are linear, so a merged cluster's waveform is the sum of its pieces'.
+        waves = _group_waves(model, a.h, a.atoms, a.spec, a.denom, units, a.z_len, stop)  # [K, C, T']
+        sounds = _same_sound(waves)
+        if len(sounds) < len(units):
+            log.info("%d clusters of %d asked: k-means cut %d sound(s) in pieces, merged", len(sounds),
+                     n_groups, sum(len(p) > 1 for p in sounds))
+            waves = torch.stack([waves[p].sum(0) for p in sounds])  # [K', C, T']: one per sound
+        units = [[u for k in p for u in units[k]] for p in sounds]
+    # the sum of the units' shares: cheap, no group spectrogram is formed twice
+    unit_share = model.unit_projections(a.h, a.share_weight, a.atoms, lambda: check_stop(stop, "decomposition "
+                                                                                         "stopped in the shares"))  # [U]
+    return _Groups(units, [float(unit_share[g].sum()) for g in units], waves=waves)
+
+
+def _keep_top(g: _Groups, top_k: int | None) -> _Groups:
+    """``g``'s ``top_k`` largest shares (all when None), largest first; the final order is by the
+    energy attributed to each waveform (:func:`_rank_and_label`). (By the units' masked
+    energies alone, --top 3 kept clusters 1, 3 and 5: test_top_k_keeps_...)"""
+    order = np.argsort(g.share, kind="stable")[::-1]  # [K]
     if top_k is not None:
         order = order[:top_k]
-    groups = [groups[i] for i in order]
-    labels = [labels[i] for i in order] if labels is not None else None
-    bins = [bins[i] for i in order] if bins is not None else None
-    waves = waves[torch.from_numpy(order.copy())] if waves is not None else None
+    return _Groups(
+        units=[g.units[i] for i in order], share=[g.share[i] for i in order],
+        labels=[g.labels[i] for i in order] if g.labels is not None else None,
+        bins=[g.bins[i] for i in order] if g.bins is not None else None, explained=g.explained,
+        waves=g.waves[torch.from_numpy(order.copy())] if g.waves is not None else None)  # [k, C, T']
 
-    check_stop(stop, "decomposition stopped before the components")
-    comps, dom_hz, bands, envs, tones = _component_waveforms(model, h, atoms, spec, denom, groups, sr, x.shape[-1],
-                                                      z.shape[-1], explained, bins, waves, stop)
-    residual, energy, x_energy, err_energy, residual_energy = _residual_and_energies(x.numpy(), comps, stop)
-    rank = np.argsort(-energy, kind="stable")
+
+def _rank_and_label(model: SparseDictionary, a: _Analysis, g: _Groups, x: torch.Tensor, sr: int, options: Options,
+                    fit_steps: int, stop: Callable[[], bool] | None) -> Decomposition:
+    """The groups' waveforms at the caller's rate (``x [C, T]``), the residual, ranked by the
+    energy attributed to each and named, as a :class:`Decomposition`."""
+    c = model.config
+    comps, dom_hz, bands, envs, tones = _component_waveforms(model, a.h, a.atoms, a.spec, a.denom, g.units, sr,
+                                                             x.shape[-1], a.z_len, g.explained, g.bins, g.waves,
+                                                             stop)  # [K, C, T], [K], [K, 2], [K, N], K lists
+    residual, energy, x_energy, err_energy, residual_energy = _residual_and_energies(x.numpy(), comps, stop)  # [C, T], [K]
+    rank = np.argsort(-energy, kind="stable")  # [K]
     _rank_in_place(comps, rank, stop)
     energy, dom_hz, bands, envs = energy[rank], dom_hz[rank], bands[rank], envs[rank]
-    groups = [groups[i] for i in rank]
-    tones = [tones[i] for i in rank]
-    bins = [bins[i] for i in rank] if bins is not None else []
-    if group == "cluster":  # name clusters by what they sound like, in rank order
-        labels = [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(g), t, c.sample_rate / c.n_fft)
-                  for i, (hz, (lo, hi), g, t) in enumerate(zip(dom_hz, bands, groups, tones, strict=True))]
-    elif group == "none":  # by what the waveform holds: its atom's peak was off by up to a bin, or far off
-        labels = [f"unit {g[0]} (~{hz:.0f} Hz)" for g, hz in zip(groups, dom_hz, strict=True)]
-    else:  # bands keep the labels of their edges
-        labels = [labels[i] for i in rank]
-
+    groups = [g.units[i] for i in rank]
+    labels = _labels(options.group, groups, dom_hz, bands, [tones[i] for i in rank],
+                     [g.labels[i] for i in rank] if g.labels is not None else None, c.sample_rate / c.n_fft)
     silent = x_energy == 0
     x_energy = max(x_energy, 1e-30)
     # An exact sum (a silent input, say) is -inf dB, not whatever ratio two epsilons make.
@@ -608,14 +664,27 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     if error_db > EXACT_DB:
         log.warning("components sum to the input only within %.1f dB (contract: %.0f dB)", error_db, EXACT_DB)
     return Decomposition(
-        components=comps, residual=residual, labels=labels, units=[sorted(g) for g in groups],
-        activations=acts.astype(np.float32), energy_share=(energy / x_energy).astype(np.float32),
-        frame_rate=msr / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
+        components=comps, residual=residual, labels=labels, units=[sorted(u) for u in groups],
+        activations=a.acts.astype(np.float32), energy_share=(energy / x_energy).astype(np.float32),
+        frame_rate=c.sample_rate / c.hop_length, sample_rate=sr, dominant_hz=dom_hz, envelopes=envs,
         residual_share=math.nan if silent else residual_energy / x_energy,
-        error_db=error_db, group=group, atoms=atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
-        band_bins=bins, edge_frames=edge_frames(c),
-        groups_asked=None if group == "none" else n_groups,
+        error_db=error_db, group=options.group, atoms=a.atoms.detach().numpy().astype(np.float32), fit_steps=fit_steps,
+        band_bins=[g.bins[i] for i in rank] if g.bins is not None else [], edge_frames=edge_frames(c),
+        groups_asked=None if options.group == "none" else options.groups,
     )
+
+
+def _labels(group: str, units: list[list[int]], dom_hz: np.ndarray, bands: np.ndarray, tones: list[list[float]],
+            band_labels: list[str] | None, bin_hz: float) -> list[str]:
+    """The ranked components' names: clusters by what they sound like, in rank order; units by
+    what the waveform holds (its atom's peak was off by up to a bin, or far off); bands by their
+    edges. ``dom_hz [K]``, ``bands [K, 2]`` (Hz)."""
+    if group == "cluster":
+        return [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(u), t, bin_hz)
+                for i, (hz, (lo, hi), u, t) in enumerate(zip(dom_hz, bands, units, tones, strict=True))]
+    if group == "none":
+        return [f"unit {u[0]} (~{hz:.0f} Hz)" for u, hz in zip(units, dom_hz, strict=True)]
+    return band_labels
 
 
 def _mask_weights(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor, mag: torch.Tensor,
@@ -627,16 +696,16 @@ def _mask_weights(model: SparseDictionary, h: torch.Tensor, atoms: torch.Tensor,
     it), ``stop`` asked before each after the first: uncut, 550 s ran on 0.79 s past a stop
     (docs/decomposition.md)."""
     n = h.shape[-1]
-    denom, share_weight, weight = torch.empty_like(mag), torch.empty_like(mag), torch.empty_like(mag)
+    denom, share_weight, weight = torch.empty_like(mag), torch.empty_like(mag), torch.empty_like(mag)  # [C, F, N] each
     for lo, a, b, hi in frame_blocks(n, model._pad):
         if a:
             check_stop(stop, f"decomposition stopped at frame {a} of {n} of its masks")
         v = model.magnitudes(h[..., lo:hi], atoms)[..., a - lo : b - lo]  # [C, F, b - a]
-        d = torch.maximum(v, MASK_FLOOR * mag[..., a:b] / level[..., a:b]).clamp_min(1e-12)
+        d = torch.maximum(v, MASK_FLOOR * mag[..., a:b] / level[..., a:b]).clamp_min(1e-12)  # [C, F, b - a]
         denom[..., a:b] = d
         # A component's share of the input, <c_k, x>, is close to sum(mask_k |X|^2): linear in the
         # mask, so the cross terms between a group's units count, as in the ranking of the waveforms.
-        share = power[..., a:b] / d  # turns a mask numerator into that share
+        share = power[..., a:b] / d  # [C, F, b - a]: turns a mask numerator into that share
         share_weight[..., a:b] = share
         weight[..., a:b] = share / d  # turns a mask numerator squared into masked STFT energy
     return denom, share_weight, weight

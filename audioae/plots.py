@@ -1,4 +1,5 @@
-"""Figures for decompositions and dictionaries (matplotlib, Agg backend; written atomically, in
+"""Figures for decompositions and dictionaries (matplotlib's object API: a ``Figure`` on an Agg
+canvas, no pyplot, so importing audioae sets no backend and keeps no figures; written atomically, in
 the format the file's extension names, and never over a file that is not such a figure).
 
 - :func:`plot_decomposition`: input spectrogram, the atoms behind the strongest components,
@@ -19,19 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .decompose import Decomposition  # noqa: E402
-from .fileio import atomic_write_bytes  # noqa: E402
-from .models.base import SpectralAutoencoder  # noqa: E402
-from .models.dictionary import SparseDictionary  # noqa: E402
-from .spectral import STFT  # noqa: E402
+from .decompose import Decomposition
+from .fileio import atomic_write_bytes
+from .models.base import SpectralAutoencoder
+from .models.dictionary import SparseDictionary
+from .spectral import STFT
 
 MAX_PANELS = 8  # component spectrograms shown (the strongest)
 
@@ -65,7 +65,6 @@ _PILLOW_FEATURE = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "avif": "avif"} 
 
 def figure_formats() -> list[str]:
     """Extensions a figure can be written under here (lower case, no dot), PNG first."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import features
 
     listed = FigureCanvasAgg.get_supported_filetypes()
@@ -105,15 +104,21 @@ def check_figure_path(path: str | os.PathLike) -> str:
     return fmt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _figure(**kwargs) -> Figure:
+    """A ``Figure(**kwargs)`` on its own Agg canvas. Not pyplot's: ``matplotlib.use("Agg")`` at
+    import switched the backend of every program that imported audioae (an interactive session's
+    windows stopped showing), and pyplot keeps each figure until it is closed."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """``fig`` written atomically to ``path``, in the format its extension names (and only over a
     figure of that format: :func:`check_figure_path`)."""
-    try:
-        fmt = check_figure_path(path)
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fmt = check_figure_path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -239,7 +244,7 @@ def plot_decomposition(dec: Decomposition, wav: np.ndarray, sr: int, model: Spar
     seconds = len(mono) / sr
     k = min(max_components, len(dec.labels))
     rows = 2 + max(1, math.ceil(k / 4))
-    fig = plt.figure(figsize=(15, 3.2 * rows))
+    fig = _figure(figsize=(15, 3.2 * rows))
     grid = fig.add_gridspec(rows, 4, hspace=0.6, wspace=0.3)
 
     c = model.config
@@ -278,7 +283,7 @@ def _draw_atoms_and_activations(ax_atoms, ax_acts, dec: Decomposition, model: Sp
     spectra = dec.atoms.sum(-1)  # [U, F]: the atoms this decomposition used (adapted when fitted)
     freqs = np.arange(c.n_fft // 2 + 1) * c.sample_rate / c.n_fft
     within = (freqs > 0) & (freqs <= top_hz)  # 0 Hz has no place on a log axis; above top_hz the file holds nothing
-    colors = plt.cm.tab10(np.arange(max(k, 1)) % 10)
+    colors = matplotlib.colormaps["tab10"](np.arange(max(k, 1)) % 10)  # [k, 4] RGBA
     t_frames = np.arange(dec.activations.shape[1]) / dec.frame_rate
     for i in range(k):
         units = dec.units[i]
@@ -350,7 +355,7 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
     spectra = model.atom_spectra().detach().numpy()  # [U, F]
     peak = model.atom_frequencies().detach().numpy()
     order = np.argsort(peak, kind="stable")
-    fig = plt.figure(figsize=(15, 9))
+    fig = _figure(figsize=(15, 9))
     grid = fig.add_gridspec(2, 3, height_ratios=[2, 1], hspace=0.35, wspace=0.3)
     ax = fig.add_subplot(grid[0, :])
     db = 20 * np.log10(spectra[order].T / spectra.max() + 1e-6)  # [F, U]
@@ -508,7 +513,8 @@ def _blank_above(ax, nyquist_hz: float, top_hz: float) -> None:
 def plot_denoising(view: dict, path: str | os.PathLike, title: str = "", model: str = "") -> Path:
     """One PNG: input and output spectrograms, the effective gain, and the latent code over time;
     ``model`` (the checkpoint's path) names what made the output, so two runs' figures differ."""
-    fig, axes = plt.subplots(4, 1, figsize=(14, 13), gridspec_kw={"hspace": 0.45})
+    fig = _figure(figsize=(14, 13))
+    axes = fig.subplots(4, 1, gridspec_kw={"hspace": 0.45})
     hop_s, bin_hz = view["hop_s"], view["bin_hz"]
     t0 = view.get("t0_s", 0.0)  # the file's time: --start 1 shows 1.0-2.5 s, not 0-1.5
     db_in, db_out = _db(view["mag_in"]), _db(view["mag_out"])  # [F, N]

@@ -197,8 +197,8 @@ def test_more_octave_bands_than_the_frames_resolve_are_capped(rng, caplog, sr, m
     # was: --groups 50 split the 0 Hz bin off as "band 0-0 Hz" and left 41 bands empty unsaid; then
     # the lowest band was the 0 Hz bin alone ("band 0-31 Hz" of an 8 kHz file with the shipped model)
     x = (0.1 * rng.standard_normal(sr)).astype(np.float32)
-    dec = decompose(tiny_model(), x, sr, group="band", groups=50)  # 256-point frames: 62.5 Hz bins
-    assert f"50 octave bands asked; {most} fit the model's {SR / 256:.1f} Hz frequency bins" in caplog.text
+    dec = decompose(tiny_model(), x, sr, group="band", groups=48)  # 256-point frames: 62.5 Hz bins; 48: its units
+    assert f"48 octave bands asked; {most} fit the model's {SR / 256:.1f} Hz frequency bins" in caplog.text
     assert len(dec.labels) <= most and "band 0-0 Hz" not in dec.labels
     assert min(lo for lo, _ in dec.band_bins) == 0
     assert all(hi >= 2 for lo, hi in dec.band_bins if lo == 0)  # the lowest band holds a bin above 0 Hz
@@ -689,6 +689,32 @@ def test_the_api_takes_what_the_cli_and_check_options_take():
     assert options.groups == 3  # the field is named as the keyword it fills (was n_groups)
     with pytest.raises(TypeError, match="both groups=4 and its deprecated old name n_groups=3"):
         decompose(model, x, SR, group="cluster", groups=4, n_groups=3, fit_steps=0)  # 3 was used, unsaid
+
+
+def test_a_direct_call_groups_as_check_options_does_and_refuses_what_it_refuses():
+    """decompose() asked a 4-unit model for 8 groups where check_options (the CLI's and the
+    server's path) asked for 4 (up to 7 bands against 4), and took groups=50 and fit_steps=1000, which
+    check_options refuses: one check now, the same defaults and messages."""
+    model = tiny_model(code_dim=4, topk=2)  # fewer units than the 8 groups asked by default
+    x = (0.05 * np.random.default_rng(0).standard_normal(SR // 2)).astype(np.float32) + tone(0.5, SR, 440.0)
+    for group in ("band", "cluster"):
+        direct = decompose(model, x, SR, group=group, fit_steps=0)
+        checked = decompose(model, x, SR, **check_options(model, group=group, fit_steps=0).kwargs())
+        assert direct.groups_asked == checked.groups_asked == 4
+        assert direct.labels == checked.labels and direct.units == checked.units
+        assert direct.band_bins == checked.band_bins
+        np.testing.assert_array_equal(direct.components, checked.components)
+    assert len(decompose(model, x, SR, group="band", fit_steps=0).labels) <= 4  # was 7
+    for kw in ({"group": "band", "groups": 50}, {"group": "cluster", "groups": 5}, {"group": "band", "groups": 0},
+               {"fit_steps": MAX_FIT_STEPS + 1}, {"fit_steps": -1}, {"top_k": -1}, {"group": "wavelet"}):
+        with pytest.raises(ValueError) as refused:
+            check_options(model, **kw)
+        with pytest.raises(ValueError) as direct_refused:
+            decompose(model, x, SR, **kw)
+        assert str(direct_refused.value) == str(refused.value), kw
+    # what check_options passes on is taken as it is, groups under group "none" included (ignored there)
+    none = decompose(model, x, SR, **check_options(model, fit_steps=0).kwargs())
+    assert none.groups_asked is None and none.labels == decompose(model, x, SR, fit_steps=0).labels
 
 
 def test_audio_shorter_than_one_window_is_refused_not_decomposed_into_padding():

@@ -13,9 +13,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _tiny_figure():
-    import matplotlib.pyplot as plt
+    from audioae.plots import _figure
 
-    fig = plt.figure(figsize=(1, 1))
+    fig = _figure(figsize=(1, 1))
     fig.add_subplot().plot([0, 1])
     return fig
 
@@ -121,7 +121,7 @@ def test_inspect_audio_says_it_shows_the_mean_of_the_channels(tmp_path, capsys):
     write_audio(src, stereo.astype(np.float32), 16000)
     assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
     out, err = capsys.readouterr()
-    assert "has 2 channels; the figure and the numbers show their mean (mono)" in err
+    assert f"note: {src} has 2 channels; the figure and the numbers show their mean (mono)" in err  # via the CLI
     assert json.loads(out)["audio_channels"] == 2
     write_audio(src, stereo[:1].astype(np.float32), 16000)
     assert main(["inspect", "--audio", str(src), "-o", str(tmp_path / "v.png")]) == 0
@@ -202,14 +202,13 @@ def _noisy_speech(path, seconds: float, sr: int = 16000, seed: int = 0):
 
 
 def _drawn_figures(monkeypatch) -> list:
-    """The figures inspect draws, kept open after they are written (to read their axes)."""
+    """The figures inspect draws, kept after they are written (to read their axes)."""
     import audioae.plots as plots
 
     drawn, save = [], plots._save
 
     def keep(fig, path):
         drawn.append(fig)
-        monkeypatch.setattr(plots.plt, "close", lambda fig: None)  # _save closes it
         return save(fig, path)
 
     monkeypatch.setattr(plots, "_save", keep)
@@ -323,29 +322,36 @@ def test_the_band_above_the_model_is_null_at_the_resamplers_floor_and_measured_a
             assert gain == pytest.approx(_band_gain_db(x, y, sr, 8000, 24001), abs=0.1)
 
 
-def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes(capsys):
-    from audioae.cli import INSPECT_SECONDS, _inspect_context
+def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes():
+    from audioae.inspect import INSPECT_SECONDS, context_note, model_context
     from audioae.models import build_model
     from audioae.pretrained import load
+
+    notes: list[str | None] = []
+
+    def context(model, begin: int, end: int, frames: int, sr: int) -> tuple[int, int]:
+        before, after = model_context(model, begin, end, frames, sr)
+        notes.append(context_note(model, begin, end, before, after, frames, sr))
+        return before, after
 
     causal, whole = load("denoiser-small"), build_model("conv1d", {})  # whole: sees the whole input
     assert causal.causal and not whole.causal
     sr, minute = 16000, 60 * 16000
     window = causal.config.n_fft  # at the model's own rate
-    assert _inspect_context(causal, 5 * sr, 8 * sr, 20 * sr, sr) == (5 * sr, window)  # all before, a window after
-    assert _inspect_context(whole, 5 * sr, 8 * sr, 20 * sr, sr) == (5 * sr, 12 * sr)  # and all after
-    assert capsys.readouterr().err == ""
+    assert context(causal, 5 * sr, 8 * sr, 20 * sr, sr) == (5 * sr, window)  # all before, a window after
+    assert context(whole, 5 * sr, 8 * sr, 20 * sr, sr) == (5 * sr, 12 * sr)  # and all after
+    assert notes == [None, None]
     # 5 minutes shown at 8-13 minutes of 20: 10 in all, so the model starts 3 minutes in
     assert INSPECT_SECONDS == 600
-    assert _inspect_context(causal, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - window, window)
-    assert "note: the model runs over 180.02-780.02 s, not the whole file" in capsys.readouterr().err
+    assert context(causal, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - window, window)
+    assert notes[-1].startswith("the model runs over 180.02-780.02 s, not the whole file")
     # a non-causal model keeps its context before the part too (the part after took it all: a cold start)
     win = whole.config.n_fft
-    assert _inspect_context(whole, 500 * sr, 510 * sr, 20 * minute, sr) == (500 * sr, 90 * sr)
-    assert _inspect_context(whole, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - win, win)
-    capsys.readouterr()
-    assert _inspect_context(whole, 5 * sr, 8 * sr, 200 * sr, sr) == (5 * sr, 192 * sr)  # over denoise's windows
-    assert "audioae denoise runs this model over 120 s windows" in capsys.readouterr().err
+    assert context(whole, 500 * sr, 510 * sr, 20 * minute, sr) == (500 * sr, 90 * sr)
+    assert context(whole, 8 * minute, 13 * minute, 20 * minute, sr) == (5 * minute - win, win)
+    assert context(whole, 5 * sr, 8 * sr, 200 * sr, sr) == (5 * sr, 192 * sr)  # over denoise's windows
+    assert notes[-1].startswith("audioae denoise runs this model over 120 s windows")
     # the part takes the whole budget (the default --start 0 of a recording over 10 minutes): no context
-    assert _inspect_context(causal, 0, 10 * minute, 12 * minute, sr) == (0, 0)  # was (-window, window)
-    assert _inspect_context(causal, 1 * minute, 11 * minute, 12 * minute, sr) == (0, 0)
+    assert context(causal, 0, 10 * minute, 12 * minute, sr) == (0, 0)  # was (-window, window)
+    assert context(causal, 1 * minute, 11 * minute, 12 * minute, sr) == (0, 0)
+
