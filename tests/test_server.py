@@ -8,8 +8,11 @@ import contextlib
 import datetime
 import io
 import ipaddress
+import logging
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -358,6 +361,116 @@ def test_calls_past_the_admission_limit_get_the_servers_busy_message_and_health_
     finally:
         c.close()
         srv.stop()
+
+
+def _requests(srv, method: str, code: str) -> float | None:
+    return srv.metrics.registry.get_sample_value("audioae_requests_total", {"method": method, "code": code})
+
+
+PEER = r"from ipv(4:127\.0\.0\.1|6:\[::1\]):\d+"
+
+
+def _call_lines(caplog, rpc: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "audioae.server.servicer" and r.levelno == logging.INFO and r.getMessage().startswith(rpc)]
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_call_that_ends_while_it_waits_for_a_codec_process_stops_waiting(model_dir, how, caplog):
+    """Ten abandoned 9.5 MB FLAC uploads (timeout=0.3) kept the codec processes busy 3 s after
+    their callers left, and the next small call waited for them. A call that ends while its upload
+    waits for a codec process now stops waiting and is not decoded; one that ends while its answer
+    waits is not encoded. Each is counted and logged as it ended, with the caller's address."""
+    caplog.set_level(logging.INFO, logger="audioae.server")
+    label = "CANCELLED" if how == "cancel" else "DEADLINE_EXCEEDED"
+    with _serving(model_dir, "tiny", codec_workers=1) as (srv, c):
+        x = _noisy(0.3, 16000)
+        wav = encode_audio(np.clip(x, -1, 1), 16000, subtype="PCM_16")
+        req = pb.DenoiseRequest(audio=pb.Audio(encoded=wav))
+
+        def ended(call, n: int) -> None:  # the client's view, then the server's, the codec still held
+            if how == "cancel":
+                call.cancel()
+            assert _wait_until(lambda: call.done(), timeout=60)
+            assert _wait_until(lambda: _requests(srv, "Denoise", label) == n and srv.codecs.waiting == 0, 60)
+
+        codec = srv.codecs._idle.get(timeout=10)  # the one codec process, taken: the upload waits for it
+        try:
+            call = c.stub.Denoise.future(req, timeout=60 if how == "cancel" else 1.0)
+            assert _wait_until(lambda: srv.codecs.waiting == 1, timeout=60)
+            ended(call, 1)  # while the codec process is still taken: it waited no more
+        finally:
+            srv.codecs._idle.put(codec)
+        assert srv.batcher.depth == 0 and _requests(srv, "Denoise", "OK") is None
+        # Decoded and queued, then its answer waits for the codec process: not encoded once it ends.
+        with srv.batcher.hold():
+            call = c.stub.Denoise.future(req, timeout=60 if how == "cancel" else 3.0)
+            assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
+            codec = srv.codecs._idle.get(timeout=10)  # back from the decode
+        try:
+            assert _wait_until(lambda: srv.codecs.waiting == 1 or call.done(), timeout=60)
+            ended(call, 2)
+            assert srv.codecs._idle.empty()  # still taken: the call did not wait for it
+        finally:
+            srv.codecs._idle.put(codec)
+        assert _requests(srv, "Denoise", "OK") is None
+        assert len(c.denoise_bytes(wav).audio.encoded) == len(wav)  # the server goes on
+    lines = _call_lines(caplog, "Denoise")
+    assert len(lines) == 3, lines
+    for line in lines[:2]:  # the caller's address, read as the call came (was "from ''")
+        assert re.fullmatch(rf"Denoise {label} \d+ ms model tiny( 0\.30 s of audio)? {PEER}", line), line
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_a_unary_call_that_ends_while_its_work_runs_is_counted_as_it_ended(model_dir, monkeypatch, how, caplog):
+    """A Denoise (or Encode, Decode) cancelled while its work ran to its end returned its answer to
+    nobody and was logged and counted OK ({code="OK"} in audioae_requests_total), and logged
+    "from ''": the peer was read after the call had ended."""
+    caplog.set_level(logging.INFO, logger="audioae.server")
+    with _serving(model_dir, "tiny") as (srv, c):
+        model = srv.store.get("tiny").model
+        decode, running = model.decode, threading.Event()
+
+        def held_decode(h):  # the whole call (not the 8-frame probe of its answer's size) waits for its end
+            if h.shape[-1] > 8:
+                job = srv.batcher._running[0]
+                running.set()
+                assert job.abandoned.wait(60)
+            return decode(h)
+
+        monkeypatch.setattr(model, "decode", held_decode)
+        req = pb.DecodeRequest(model="tiny", code=tensor_message(np.zeros((1, 16, 20), np.float32)))
+        call = c.stub.Decode.future(req, timeout=60 if how == "cancel" else 2.0)
+        assert running.wait(60)
+        if how == "cancel":
+            call.cancel()
+        label = "CANCELLED" if how == "cancel" else "DEADLINE_EXCEEDED"
+        assert _wait_until(lambda: _requests(srv, "Decode", label) == 1, timeout=60), srv.metrics.text()
+        assert _requests(srv, "Decode", "OK") is None
+        monkeypatch.setattr(model, "decode", decode)
+        assert c.decode(np.zeros((1, 16, 20), np.float32), model="tiny").shape[-1] > 0
+    lines = _call_lines(caplog, "Decode")
+    assert re.fullmatch(rf"Decode {label} \d+ ms model tiny {PEER}", lines[0]), lines
+
+
+def test_a_call_whose_deadline_passes_while_its_upload_decodes_is_counted_deadline_exceeded(model_dir):
+    """Its job, submitted for a call already ended, was abandoned at once, and the call counted
+    CANCELLED, the caller having seen DEADLINE_EXCEEDED. The codec process is stopped (SIGSTOP)
+    while it holds the upload, and let go once the deadline has passed."""
+    with _serving(model_dir, "tiny", codec_workers=1) as (srv, c):
+        wav = encode_audio(np.clip(_noisy(0.3, 16000), -1, 1), 16000, subtype="PCM_16")
+        (worker,) = srv.codecs._all
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            call = c.stub.Denoise.future(pb.DenoiseRequest(audio=pb.Audio(encoded=wav)), timeout=1.0)
+            assert _wait_until(lambda: srv.codecs._idle.empty() and srv.codecs.waiting == 0, timeout=60)
+            assert call.exception(timeout=60).code() == CODE.DEADLINE_EXCEEDED
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        assert _wait_until(lambda: _requests(srv, "Denoise", "DEADLINE_EXCEEDED") == 1, timeout=60)
+        assert _requests(srv, "Denoise", "CANCELLED") is None and _requests(srv, "Denoise", "OK") is None
+        assert srv.metrics.registry.get_sample_value("audioae_compute_seconds_count", {"kind": "denoise"}) in (None, 0)
+        assert len(c.denoise_bytes(wav).audio.encoded) == len(wav)
 
 
 # ---- bad input: precise status, clear message, server stays up ----------------------------------
@@ -735,6 +848,42 @@ def test_decompose_whose_components_could_exceed_the_cap_is_refused(model_dir):
         assert r.components.shape == (2, 1, x.shape[-1])
         np.testing.assert_allclose(r.components.sum(0) + r.residual, x, atol=1e-5)
         assert c.health() == "SERVING"
+
+
+@pytest.mark.parametrize("components", [False, True], ids=["activations", "with-components"])
+def test_a_decompose_answer_over_the_answer_limit_is_refused_before_any_work(model_dir, components):
+    """The activations are [units, frames] float32 at the model's frame rate whatever the caller's
+    rate: 200 s at 1 kHz, a 400 kB question, ran the whole decomposition, then met gRPC's own
+    "Sent message larger than max" RESOURCE_EXHAUSTED, and the call was counted OK. Now refused
+    from the audio's length before any work, in the server's words, with what length fits."""
+    with _serving(model_dir, "dict", max_request_mb=0.125, max_audio_seconds=600) as (srv, c):
+        # 0.5 MB answers, 95% for the arrays: 24 units x 125 frames/s x 4 B = 12 kB a second of
+        # activations; with components, the residual's 4 B a sample at 1 kHz is 4 kB a second more.
+        seconds = 36 if components else 50  # 36 s: 432 kB of activations, within the limit alone, not with the residual
+        x = _noisy(seconds, 1000)
+        req = pb.DecomposeRequest(model="dict", audio=pb.Audio(pcm=pcm_message(x, 1000, "int16")), top_k=1,
+                                  group="none", fit_steps=0, return_components=components)
+        assert req.ByteSize() < 0.125 * 2**20
+        code, msg = _code(c.stub.Decompose, req, timeout=60)
+        assert code == CODE.RESOURCE_EXHAUSTED, msg
+        frames = 1 + seconds * 16000 // 128
+        residual = f" and its residual [1, {seconds * 1000}]" if components else ""
+        said = re.fullmatch(
+            rf"decomposing {seconds}\.0 s of audio at 1000 Hz would answer activations of shape \[24, {frames}\]"
+            rf"{re.escape(residual)}: 0\.[56] MB of float32, over this server's 0\.5 MB answer limit: send at most "
+            rf"(\d+\.\d) s of audio at this rate per call"
+            + (r" \(with its residual and up to 1 component waveform\)" if components else ""), msg)
+        assert said, msg
+        count = srv.metrics.registry.get_sample_value
+        assert count("audioae_requests_total", {"method": "Decompose", "code": "RESOURCE_EXHAUSTED"}) == 1
+        assert count("audioae_requests_total", {"method": "Decompose", "code": "OK"}) is None
+        assert count("audioae_compute_seconds_count", {"kind": "decompose"}) in (None, 0)  # no work ran
+        # What it says fits is answered, up to the last sample.
+        fit = int(float(said.group(1)) * 1000)
+        req.audio.pcm.CopyFrom(pcm_message(x[:, :fit], 1000, "int16"))
+        r = c.stub.Decompose(req, timeout=120)
+        assert (r.sample_rate, r.samples, list(r.activations.shape)) == (1000, fit, [24, 1 + fit * 16 // 128])
+        assert len(r.residual.pcm.data) == (4 * fit if components else 0)
 
 
 # ---- StreamDenoise --------------------------------------------------------------------------------
@@ -1745,7 +1894,6 @@ def test_each_model_is_warmed_up_through_the_rpcs_it_serves(model_dir, monkeypat
     warmed. The real functions run, counted; the log says which RPCs each was warmed for."""
     import logging
 
-    import audioae.decompose
     import audioae.server.store as store_module
 
     ran: dict[str, list] = {"denoise": [], "decompose": []}
@@ -1757,7 +1905,7 @@ def test_each_model_is_warmed_up_through_the_rpcs_it_serves(model_dir, monkeypat
         return call
 
     monkeypatch.setattr(store_module, "denoise", counted("denoise", store_module.denoise))
-    monkeypatch.setattr(audioae.decompose, "decompose", counted("decompose", audioae.decompose.decompose))
+    monkeypatch.setattr(store_module, "decompose", counted("decompose", store_module.decompose))
     caplog.set_level(logging.INFO, logger="audioae.server.store")
     srv = AudioServer(_config(model_dir, metrics_port=None, codec_workers=0))
     srv.start()

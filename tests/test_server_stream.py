@@ -5,6 +5,7 @@ the call's status says why. Real servers on 127.0.0.1."""
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 import time
@@ -536,5 +537,38 @@ def test_cuda_running_out_of_memory_mid_stream_empties_the_cache(tiny, monkeypat
         assert torch.cuda.memory_reserved() < before + (128 << 20), (before, torch.cuda.memory_reserved())
         monkeypatch.setattr(model, "stream_step", real_step)
         _counted_and_goes_on(srv, "RESOURCE_EXHAUSTED", 1)
+    finally:
+        srv.stop()
+
+
+def test_a_stream_sends_its_headers_once_its_config_is_taken(tiny):
+    """gRPC sent a stream's response headers with its first answer: a client that waits for them
+    before sending audio (Go's ``stream.Header()``, Java's ``onHeaders``) waited until
+    ``--stream-idle-seconds`` ended the stream. They come once the StreamConfig is taken; the
+    stream is still open then, and answers the audio sent after them."""
+    srv = _server(tiny, stream_idle_seconds=60)
+    try:
+        sent: queue.Queue[pb.StreamDenoiseRequest | None] = queue.Queue()
+        sent.put(_config())
+
+        def messages():
+            while (msg := sent.get(timeout=120)) is not None:
+                yield msg
+
+        x = _speech(0.5)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            call = audioae_pb2_grpc.AudioAEStub(ch).StreamDenoise(messages(), timeout=120)
+            headers = threading.Thread(target=call.initial_metadata, daemon=True)
+            headers.start()
+            headers.join(60)  # a bound against a hang, not a timing: it waited for the idle limit's 60 s
+            assert not headers.is_alive(), "no response headers after the StreamConfig"
+            assert call.is_active() and not call.done()  # the stream is open, nothing ended it
+            assert srv.metrics.registry.get_sample_value("audioae_inflight_calls") == 1
+            sent.put(_audio(x))
+            sent.put(None)
+            got, err = _collect(call)
+        assert err is None, err
+        assert _samples(got).shape == x.shape
+        _counted_and_goes_on(srv, "OK", 1)
     finally:
         srv.stop()

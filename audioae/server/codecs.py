@@ -7,7 +7,9 @@ answered if it was innocent (the worker was killed from outside, by hand or by t
 killer), refused with INVALID_ARGUMENT if its upload kills that process too. The dead worker is
 replaced. A call that takes longer than the timeout (a decoder caught in a loop) has its process
 stopped and is refused, not tried again. The workers import numpy and soundfile only (tens of
-MB each), never torch. PCM never reaches a codec.
+MB each), never torch. PCM never reaches a codec. A call given ``is_active`` (its gRPC call's)
+stops waiting for a worker once that says False, and is not run: an abandoned upload takes no
+worker from the calls still waiting.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import numpy as np
 from audioae.audio import AudioError, AudioInfo, encode_audio, header_shape, read_audio
 from audioae.isolation import CallTimedOut, ProcessDied, Worker, call_in_child
 
-from .errors import ShuttingDown
+from .errors import CallEnded, ShuttingDown
 
 log = logging.getLogger(__name__)
+IsActive = Callable[[], bool] | None  # a call's context.is_active: False once the call has ended
 
 
 class Codecs:
     """``header``, ``read`` and ``encode`` of file bytes, in ``workers`` processes (0: in this one).
-    A call takes an idle worker (waiting while all are busy) and gives it back."""
+    A call takes an idle worker (waiting while all are busy, or until its ``is_active()`` says
+    False: :class:`~audioae.server.errors.CallEnded`) and gives it back."""
 
     def __init__(self, workers: int, timeout: float = 60.0, on_death: Callable[[str], None] = lambda outcome: None):
         self.workers = workers
@@ -42,6 +46,13 @@ class Codecs:
         self._started = False
         # Set by close(): a worker dead from then on was stopped by the shutdown, not by its input.
         self._closing: str | None = None
+        self._waiting = 0  # calls waiting for an idle worker
+        self._waiting_lock = threading.Lock()  # not _lock: a worker's replacement holds that for its start
+
+    @property
+    def waiting(self) -> int:
+        """How many calls wait for an idle worker now."""
+        return self._waiting
 
     def start(self) -> None:
         """Start the workers and wait until each answers (they boot in parallel, about 0.3 s): the
@@ -59,30 +70,50 @@ class Codecs:
         self._all.add(worker)
         self._idle.put(worker)
 
-    def header(self, data: bytes) -> tuple[int, int, int] | None:
+    def header(self, data: bytes, is_active: IsActive = None) -> tuple[int, int, int] | None:
         """``(frames, channels, sample_rate)`` from the file's header; None when it has none."""
-        return self._run(header_shape, (data,), {}, "reading the audio file's header")
+        return self._run(header_shape, (data,), {}, "reading the audio file's header", is_active=is_active)
 
-    def read(self, data: bytes, name: str = "audio") -> tuple[np.ndarray, int, AudioInfo]:
-        return self._run(read_audio, (data,), {"name": name}, "decoding the audio file")
+    def read(self, data: bytes, name: str = "audio", is_active: IsActive = None) -> tuple[np.ndarray, int, AudioInfo]:
+        return self._run(read_audio, (data,), {"name": name}, "decoding the audio file", is_active=is_active)
 
-    def encode(self, wav: np.ndarray, sr: int, *, format: str, subtype: str | None, kbps: float | None = None) -> bytes:
+    def encode(self, wav: np.ndarray, sr: int, *, format: str, subtype: str | None, kbps: float | None = None,
+               is_active: IsActive = None) -> bytes:
         return self._run(encode_audio, (wav, sr), {"format": format, "subtype": subtype, "kbps": kbps},
-                         f"encoding the answer as {format}", ours=True)
+                         f"encoding the answer as {format}", ours=True, is_active=is_active)
 
-    def _run(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool = False) -> Any:
+    def _run(self, fn: Callable, args: tuple, kwargs: dict, doing: str, ours: bool = False,
+             is_active: IsActive = None) -> Any:
+        def ended() -> CallEnded | None:
+            if is_active is None or is_active():
+                return None
+            return CallEnded(f"{doing}: the call ended before a codec process took it")
+
         if self.workers == 0:
+            if (exc := ended()) is not None:
+                raise exc
             return fn(*args, **kwargs)
         if not self._started:  # the server starts them in load(); a Codecs used on its own, here
             self.start()
         worker = None
-        while worker is None:  # close() returns no worker to the queue: look at it while waiting
-            if self._closing is not None:
-                raise ShuttingDown(self._closing)
-            try:
-                worker = self._idle.get(timeout=0.2)
-            except queue.Empty:
-                pass
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            while worker is None:  # close() returns no worker to the queue: look at it while waiting
+                if self._closing is not None:
+                    raise ShuttingDown(self._closing)
+                if (exc := ended()) is not None:  # its caller left: it waits no more, and takes no worker
+                    raise exc
+                try:
+                    worker = self._idle.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        if (exc := ended()) is not None:  # it ended as the worker came: the worker goes to the next call
+            self._idle.put(worker)
+            raise exc
         try:
             answer = worker.call(fn, *args, timeout=self.timeout, **kwargs)
         except (CallTimedOut, ProcessDied) as died:

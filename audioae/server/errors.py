@@ -52,6 +52,12 @@ class ShuttingDown(Exception):
     came); the message says so. UNAVAILABLE: another replica can answer it."""
 
 
+class CallEnded(Exception):
+    """The call ended (its caller cancelled it, or its deadline passed) before this step of its
+    work: the step is skipped. Nobody hears the status; the servicer counts and logs it as
+    CANCELLED or DEADLINE_EXCEEDED, from the call's context (``servicer._ended``)."""
+
+
 class QueueFull(Exception):
     """The device queue is at its bound."""
 
@@ -79,6 +85,8 @@ def status_of(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
 def _status_of(exc: BaseException, rpc: str = "") -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, Abort):
         return exc.code, exc.message
+    if isinstance(exc, CallEnded):
+        return grpc.StatusCode.CANCELLED, str(exc)
     if isinstance(exc, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, QueueFull):

@@ -5,8 +5,9 @@ Status codes: INVALID_ARGUMENT for bad audio or parameters, NOT_FOUND for an unk
 RESOURCE_EXHAUSTED for oversized input (a message over ``--max-request-mb``: :mod:`audioae.server.parsing`),
 a full queue or too many calls in progress (the gate's admission limit, :mod:`audioae.server.lifecycle`),
 UNAVAILABLE while starting or draining,
-DEADLINE_EXCEEDED when the caller's deadline passes while it waits, UNIMPLEMENTED when this
-build lacks the decomposition module. A string of the request quoted in a message is clipped
+DEADLINE_EXCEEDED when the caller's deadline passes while it waits. A call that ends early (the
+caller cancelled it, or its deadline passed) is logged and counted as CANCELLED or
+DEADLINE_EXCEEDED, whatever the handler went on to do. A string of the request quoted in a message is clipped
 (:func:`audioae.config.quoted`), and so is the message (:func:`audioae.server.errors.status_of`).
 """
 
@@ -50,6 +51,7 @@ from audioae.client import (
     tensor_message,
 )
 from audioae.config import quoted
+from audioae.decompose import DEFAULT_GROUPS, check_options, decompose, summarize
 from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, is_out_of_memory, release_device_memory
 from audioae.models.image import check_grey_levels
 from audioae.v1 import audioae_pb2 as pb
@@ -58,7 +60,7 @@ from audioae.v1 import audioae_pb2_grpc
 from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
 from .config import ServerConfig
-from .errors import OOM_ADVICE, Abort, status_of
+from .errors import OOM_ADVICE, Abort, CallEnded, status_of
 from .feed import QUEUE_MESSAGES, FeedTimeout, MessageFeed
 from .handlers import logged, peer_of
 from .lifecycle import Gate
@@ -90,24 +92,29 @@ def _note(**fields) -> None:
         note.update(fields)
 
 
-def _log_call(rpc: str, code: grpc.StatusCode, started: float, context: grpc.ServicerContext) -> None:
-    """One INFO line per finished call: RPC, status, milliseconds, model, seconds of audio, peer."""
+def _log_call(rpc: str, code: grpc.StatusCode, started: float, peer: str) -> None:
+    """One INFO line per finished call: RPC, status, milliseconds, model, seconds of audio, peer
+    (read as the call began: gRPC names none once the call has ended, and a cancelled call was
+    logged "from ''")."""
     note = getattr(_calls, "note", None) or {}
     _calls.note = None
     what = "".join((f" model {logged(note['model'])}" if note.get("model") else "",
                     f" {note['seconds']:.2f} s of audio" if note.get("seconds") is not None else ""))
-    log.info("%s %s %.0f ms%s from %s", rpc, code.name, 1000 * (time.monotonic() - started), what, peer_of(context))
+    log.info("%s %s %.0f ms%s from %s", rpc, code.name, 1000 * (time.monotonic() - started), what, peer)
 
 
 def _unary(method: Callable) -> Callable:
     """Count the call, enter the gate (which refuses it when the server is busy), map exceptions
     to status codes, log the call once it ends, and log the answer's ``warnings`` (where it has
-    them) with the caller's address."""
+    them) with the caller's address. A call that ended before its answer (cancelled, or past its
+    deadline) is counted and logged as such (:func:`_ended`): it was counted OK when the handler
+    went on to answer it, nobody listening."""
 
     @functools.wraps(method)
     def wrapper(self: AudioAEServicer, request, context: grpc.ServicerContext):
         code = grpc.StatusCode.OK
         started = time.monotonic()
+        peer = peer_of(context)  # now: once the call has ended, gRPC names no peer
         _calls.note = {"model": getattr(request, "model", "")}  # the name asked for; the one served, below
         self.metrics.inflight.inc()
         try:
@@ -120,17 +127,22 @@ def _unary(method: Callable) -> Callable:
                 response = method(self, request, context)
             finally:
                 self.gate.exit()
+            if not context.is_active():  # cancelled or timed out while it ran: the answer reaches nobody
+                code = _ended(context)
+                return response
             # The operator hears what the caller was warned of (a file cut short: AudioAEServicer._audio).
             for warning in getattr(response, "warnings", ()):
-                log.warning("%s from %s: %s", method.__name__, peer_of(context), warning)
+                log.warning("%s from %s: %s", method.__name__, peer, warning)
             return response
         except Exception as exc:
             code, message = status_of(exc, method.__name__)
+            if not context.is_active():  # the call had ended: that is its status, whatever stopped the work
+                code = _ended(context)
             context.abort(code, message)
         finally:
             self.metrics.requests.labels(method.__name__, code.name).inc()
             self.metrics.inflight.dec()
-            _log_call(method.__name__, code, started, context)
+            _log_call(method.__name__, code, started, peer)
 
     return wrapper
 
@@ -292,6 +304,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         """Queue ``job`` and wait for it within the caller's deadline; a call that ends early
         (cancelled, timed out) abandons its job: dropped if still queued, stopped at its next piece
         if it is a long denoise already running (:meth:`~audioae.server.batcher.Job.abandon`)."""
+        if not context.is_active():  # it ended while its upload was decoded: no work for a call that has ended
+            raise CallEnded("the call ended before its work was queued")
         fut = self.batcher.submit(job)
         if not context.add_callback(job.abandon):  # the call had ended already
             job.abandon()
@@ -308,8 +322,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 f"the deadline passed while the request waited for the device "
                 f"({_queued(self.batcher.queued_besides(job))} besides it)",
             ) from None
-        except CancelledError:
-            raise Abort(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+        except CancelledError:  # abandoned: its call was cancelled, or its deadline passed (was always CANCELLED)
+            code = _ended(context) if not context.is_active() else grpc.StatusCode.CANCELLED
+            said = "the deadline passed" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "the call was cancelled"
+            raise Abort(code, said) from None
         except Stopped as exc:  # stopped at its next piece or step, its call having ended: not INTERNAL
             raise self._ended_while_working(_ended(context), job, str(exc)) from None
 
@@ -380,18 +396,23 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             )
 
     def _audio(
-        self, audio, model_sr: int, name: str = "audio", check: Callable[[int, int, int], None] | None = None
+        self, audio, model_sr: int, context: grpc.ServicerContext, name: str = "audio",
+        check: Callable[[int, int, int], None] | None = None,
     ) -> tuple[np.ndarray, int, object, list[str]]:
         """Decode ``audio`` for a model of rate ``model_sr``, refusing what the limits forbid from
         its header first, before decoding. ``check(frames, channels, sample_rate)``: the RPC's own
         limit, applied to the header and again to the decoded audio. Returns the audio ``[C, T]``,
         its rate, its form and the warnings for the caller (a file cut short:
-        :func:`audioae.audio.cut_short`), which :func:`_unary` logs once they are answered."""
+        :func:`audioae.audio.cut_short`), which :func:`_unary` logs once they are answered. An
+        encoded upload whose call ends (``context``: cancelled, or past its deadline) while it waits
+        for a codec process stops waiting and is not decoded (:class:`~audioae.server.errors.CallEnded`):
+        ten abandoned 9.5 MB FLAC uploads held the codec processes 3 s after their callers left."""
         if audio is None or audio.WhichOneof("data") is None:
             raise Abort(INVALID, f"{name}: no audio given (set either encoded file bytes or pcm)")
         encoded = audio.WhichOneof("data") == "encoded"
+        is_active = context.is_active
         # Before decoding, from the header or the byte count alone: refuse cheaply.
-        declared = self.codecs.header(bytes(audio.encoded)) if encoded else _pcm_shape(audio)
+        declared = self.codecs.header(bytes(audio.encoded), is_active=is_active) if encoded else _pcm_shape(audio)
         if declared is not None:
             _check_channels(declared[1], name)
             self._check_seconds(declared[0] / declared[2] if declared[2] > 0 else None, declared[1])
@@ -401,7 +422,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 check_resample(declared[2], model_sr, target="the model's ", served=True)
             if check is not None:
                 check(*declared)
-        wav, sr, form = audio_from_message(audio, name, read=self.codecs.read)
+        wav, sr, form = audio_from_message(audio, name, read=functools.partial(self.codecs.read, is_active=is_active))
         _note(seconds=wav.shape[-1] / sr)
         check_resample(sr, model_sr, target="the model's ", served=True)  # a header the codecs could not read ahead
         _check_channels(wav.shape[0], name)
@@ -426,7 +447,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         sm = self.store.denoiser(request.model)
         _note(model=sm.name)
         strength = self._strength(request)
-        wav, sr, form, warnings = self._audio(request.audio, sm.model.config.sample_rate)
+        wav, sr, form, warnings = self._audio(request.audio, sm.model.config.sample_rate, context)
         seconds, work = wav.shape[-1] / sr, channel_seconds(wav, sr)
         job = Job("denoise", work, key=batch_key(sm.name, sm.model, work), args=(sm.model, wav, sr, strength))
         y, info = self._wait(job, context)
@@ -444,7 +465,10 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             # A file that compresses far better than its denoised audio (FLAC of a square wave: 10x)
             # can have an answer over the limit; gRPC's own refusal was counted OK here. The size
             # from the bytes in hand: resp.ByteSize() serialised the whole answer to count it.
-            data = self.codecs.encode(wav, sr, **kwargs)
+            # No answer is encoded for a call that has ended, nor waits for a codec process then.
+            if not context.is_active():
+                raise CallEnded("the call ended before its answer was encoded")
+            data = self.codecs.encode(wav, sr, is_active=context.is_active, **kwargs)
             size = others + _field_bytes(_field_bytes(len(data)))  # + audio {encoded: data}, exactly
             if size > self.config.max_send_bytes:
                 raise self._too_large("the answer would be", size, f"{form.format} {form.subtype}",
@@ -461,6 +485,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def StreamDenoise(self, request_iterator, context) -> Iterator[pb.StreamDenoiseResponse]:
         code = grpc.StatusCode.OK
         started = time.monotonic()
+        peer = peer_of(context)  # now: once the call has ended, gRPC names no peer
         _calls.note = {}
         self.metrics.inflight.inc()
         try:
@@ -480,7 +505,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 code = _ended(context)
             self.metrics.requests.labels("StreamDenoise", code.name).inc()
             self.metrics.inflight.dec()
-            _log_call("StreamDenoise", code, started, context)  # one line per stream, at its end
+            _log_call("StreamDenoise", code, started, peer)  # one line per stream, at its end
 
     def _stream_config(self, first) -> tuple[ServedModel, pb.StreamConfig, float]:
         if first is None:
@@ -511,11 +536,14 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def _stream(self, requests, context) -> Iterator[pb.StreamDenoiseResponse]:
         feed = MessageFeed(requests)
         try:
-            yield from self._stream_from(feed)
+            yield from self._stream_from(feed, context)
         finally:
             feed.close()
 
-    def _stream_from(self, feed: MessageFeed) -> Iterator[pb.StreamDenoiseResponse]:
+    def _stream_from(self, feed: MessageFeed,
+                     context: grpc.ServicerContext | None = None) -> Iterator[pb.StreamDenoiseResponse]:
+        """The stream of ``feed``'s messages, answered; ``context``: the call's, which is sent its
+        response headers once the StreamConfig is taken (None: a feed alone, no call to send them on)."""
         try:
             first = self._next_message(feed)
         except _StreamCut as cut:  # before any audio: nothing to answer
@@ -524,6 +552,11 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
             raise Abort(cut.code, message) from None
         sm, cfg, strength = self._stream_config(first)
         _note(model=sm.name)
+        # The response headers, now that the stream is taken (its slot granted, its config valid): a
+        # client that waits for them before sending audio (Go's stream.Header(), Java's onHeaders)
+        # waited until --stream-idle-seconds ended the stream, gRPC sending them with the first answer.
+        if context is not None:
+            context.send_initial_metadata(())
         # Where the stream is: samples in and answered, what it was doing, and whether that was the
         # model's work (on its device) or the server's own on the host (for an out-of-memory message).
         done = {"in": 0, "out": 0, "at": "as the stream started", "model": True}  # its state, on the device
@@ -670,10 +703,6 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
     def Decompose(self, request: pb.DecomposeRequest, context) -> pb.DecomposeResponse:
         sm = self.store.decomposer(request.model)
         _note(model=sm.name)
-        try:
-            from audioae.decompose import DEFAULT_GROUPS, check_options, decompose, summarize
-        except ImportError:
-            raise Abort(grpc.StatusCode.UNIMPLEMENTED, "this audioae has no decomposition module") from None
         # the limits and messages `audioae decompose` has too (ValueError: INVALID_ARGUMENT)
         options = check_options(sm.model, group=request.group or "none",
                                 groups=request.groups if request.HasField("groups") else None,
@@ -693,8 +722,9 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     f"{MAX_COMPONENT_BYTES / 2**30:g} GiB: send shorter audio, ask for a smaller top_k, "
                     f"or group the units (group=band or cluster: {DEFAULT_GROUPS} components unless groups says)",
                 )
+            self._check_decompose_answer(sm, frames, channels, sr, k if request.return_components else None)
 
-        wav, sr, _, warnings = self._audio(request.audio, sm.model.config.sample_rate, check=check_components)
+        wav, sr, _, warnings = self._audio(request.audio, sm.model.config.sample_rate, context, check=check_components)
         seconds = wav.shape[-1] / sr
 
         def run():  # stops between its stages once the call has ended (a minute's work held the device)
@@ -726,7 +756,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 active_spans=entry["active_spans"],
             )
         if request.return_components:
-            size = 4 * (np.asarray(d.components).size + np.asarray(d.residual).size)
+            # The activations are in the answer too (they were left out of this sum).
+            size = 4 * (np.asarray(d.activations).size + np.asarray(d.components).size + np.asarray(d.residual).size)
             if size > self.config.max_send_bytes * 0.95:  # 5% left for the rest of the answer
                 raise self._too_large(f"{len(d.labels)} component waveforms and the residual would be", size,
                                       "float32", "ask for a smaller top_k, or send shorter audio")
@@ -735,6 +766,47 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 comp.audio.pcm.CopyFrom(pcm_message(wave, sr, pb.FLOAT32))
             resp.residual.pcm.CopyFrom(pcm_message(d.residual, sr, pb.FLOAT32))
         return resp
+
+    def _check_decompose_answer(self, sm: ServedModel, frames: int, channels: int, sr: int,
+                                components: int | None) -> None:
+        """Refuse, before any work, a ``Decompose`` of ``frames`` at ``sr`` whose answer could not
+        be sent: its activations are ``[units, N]`` float32, ``N`` the model's STFT frames of the
+        audio at its own rate, whatever the caller's rate and channels, and with ``return_components``
+        (``components``: the most waveforms it may return) the residual ``[channels, frames]``
+        float32 at the caller's rate, there however many components come. 200 s at 1 kHz, a 400 kB
+        question, ran the whole job and then met gRPC's own "Sent message larger than max", the
+        call counted OK. 5% of the limit is left for the rest of the answer. The length the
+        message advises fits with ``components`` waveforms too; how many come is known only after
+        the work (checked then: :meth:`Decompose`)."""
+        if sr <= 0 or frames <= 0:  # the decode says what is wrong
+            return
+        c = sm.model.config
+        units, msr = c.code_dim, c.sample_rate
+
+        waves = 0 if components is None else 1  # the residual
+
+        def size(t: int, waves: int) -> tuple[int, int]:
+            n = sm.model.stft.num_frames(math.ceil(t * msr / sr))  # resampled as decompose() does
+            return 4 * (units * n + waves * channels * t), n
+
+        limit = 0.95 * self.config.max_send_bytes
+        need, n = size(frames, waves)
+        if need <= limit:
+            return
+        waves += components or 0  # what fits, fits whatever comes
+        per_sample = 4 * (units * msr / (sr * c.hop_length) + waves * channels)
+        fit = max(0, int((limit - 4 * units * 2) / per_sample))  # a frame's slack for the rounding
+        while fit > 0 and size(fit, waves)[0] > limit:
+            fit -= max(1, math.ceil(c.hop_length * sr / msr))
+        fit_s = max(fit, 0) / sr
+        fit_s = math.floor(fit_s * 10) / 10 if fit_s >= 1 else math.floor(fit_s * 1000) / 1000
+        residual = f" and its residual [{channels}, {frames}]" if components is not None else ""
+        with_them = (f" (with its residual and up to {components} component waveform{'s' if components > 1 else ''})"
+                     if components else "")
+        raise self._too_large(
+            f"decomposing {frames / sr:.1f} s of audio at {sr} Hz would answer activations of shape "
+            f"[{units}, {n}]{residual}:", need, "float32",
+            f"send at most {_took(fit_s)} of audio at this rate per call{with_them}", say_source=False)
 
     # ---- Encode / Decode -------------------------------------------------------------------------
     def _tensor(self, t, name: str) -> torch.Tensor:
@@ -825,7 +897,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 raise Abort(
                     INVALID, f"model {sm.name!r} takes {self._input_hint(sm)}, not audio: send a tensor"
                 )
-            wav, sr, _, warnings = self._audio(request.audio, model.config.sample_rate)
+            wav, sr, _, warnings = self._audio(request.audio, model.config.sample_rate, context)
             seconds = wav.shape[-1] / sr
             x = None
         else:

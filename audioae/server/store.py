@@ -16,6 +16,7 @@ import audioae.models
 from audioae import pretrained
 from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from audioae.config import quoted
+from audioae.decompose import decompose
 from audioae.enhance import StreamingDenoiser, check_stop, denoise, model_input
 from audioae.models import Autoencoder, takes_audio
 
@@ -310,14 +311,9 @@ class ModelStore:
                 s.push(x[:, : sr // 10])
                 s.finish()
             if "Decompose" in rpcs:
-                try:
-                    from audioae.decompose import decompose
-                except ImportError:  # the server answers UNIMPLEMENTED
-                    rpcs.remove("Decompose")
-                else:
-                    # One fit step (a call may ask for some whatever the model's default) and one
-                    # component: each stage runs, at a fraction of a full call's cost.
-                    decompose(m.model, x, sr, top_k=1, fit_steps=1)
+                # One fit step (a call may ask for some whatever the model's default) and one
+                # component: each stage runs, at a fraction of a full call's cost.
+                decompose(m.model, x, sr, top_k=1, fit_steps=1)
             inp = model_input(m.model, torch.from_numpy(x).to(m.device))[1]  # [1, F', N], as Encode feeds it
         else:
             try:
