@@ -984,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
+        if argv is None:  # the process ends here: a second Ctrl-C would only break its exit (torch's atexit traceback)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"interrupted: {str(exc) or 'Ctrl-C'}", file=sys.stderr)  # SIGTERM's says "SIGTERM"
         return 128 + getattr(exc, "signum", signal.SIGINT)  # as a shell reports a command killed by it
     except BrokenPipeError:  # `audioae models --json | head`: the reader left; say nothing more

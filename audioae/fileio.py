@@ -157,6 +157,18 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
     return out
 
 
+def cannot_write_into(folder: str | os.PathLike, exc: OSError) -> OSError:
+    """``exc``, met creating a file of the tool's own in ``folder`` (a lock), said of the folder
+    rather than of a file the user never made: "OUT: cannot write into this folder (Permission
+    denied)", and on a read-only mount "OUT: cannot write into this folder (Read-only file system:
+    the file system holding it is mounted read-only)" (until 2026-12-07 a bare "[Errno 30]
+    Read-only file system: 'OUT/.audioae.lock'"). The same errno, so the same class."""
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EROFS:
+        why += ": the file system holding it is mounted read-only"
+    return OSError(exc.errno, f"{folder}: cannot write into this folder ({why})")
+
+
 def _open_theirs(folder: Path, path: Path, refused: PermissionError) -> int:
     """The lock file ``path``, which this user may not write, opened to read: another user's, held
     now or left by a killed run. Without one, the folder is read-only: said so, not "[Errno 13]
@@ -164,7 +176,7 @@ def _open_theirs(folder: Path, path: Path, refused: PermissionError) -> int:
     try:
         return os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise PermissionError(refused.errno, f"{folder}: cannot write into this folder ({refused.strerror})") from None
+        raise cannot_write_into(folder, refused) from None
     except OSError as exc:
         raise PermissionError(exc.errno, f"{path}: cannot open this lock file ({exc.strerror}); delete it if no "
                                          f"audioae run is writing into the folder") from None
@@ -238,6 +250,10 @@ def hold_folder(folder: Path, lock_name: str, holder: str, error: type[FolderHel
             continue
         except PermissionError as exc:
             fd, theirs = _open_theirs(folder, path, exc), True
+        except OSError as exc:
+            if exc.errno == errno.EROFS:  # a read-only mount: no lock can be made, nor any output
+                raise cannot_write_into(folder, exc) from None
+            raise
         try:
             _flock_exclusive(fcntl, fd)
         except BlockingIOError:

@@ -636,6 +636,32 @@ def test_progress_counts_seconds_of_audio_not_files(tmp_path):
     assert quiet.seconds == {}  # --no-progress reads no headers
 
 
+def test_the_bar_ends_at_its_total_when_the_total_rounds_down(tmp_path, recwarn):
+    """The bar's total was the seconds of audio rounded to 1 ms, its steps each file's seconds
+    unrounded: three files of 16,001 frames at 48 kHz (1.0000625 s, shown 1.0) took it past its
+    end, with tqdm's "clamping frac to range [0, 1]" warning and a negative ETA."""
+    from tqdm import TqdmWarning
+
+    from audioae.batch.job import Progress
+
+    tasks = []
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(tmp_path / name, np.zeros(16001, np.float32), 48000)
+        tasks.append(FileTask(str(tmp_path / name), str(tmp_path / "out" / name), name))
+    stream = io.StringIO()
+    bar = Progress(tasks, 0, enabled=True, stream=stream)
+    bar.bar.mininterval = bar.bar.miniters = 0  # drawn at every step
+    for t in tasks:
+        bar.advance(FileResult(t.input, t.output, "ok", duration=16001 / 48000))
+        bar.bar.refresh()
+        assert bar.bar.n <= bar.bar.total
+    assert bar.bar.n == bar.bar.total
+    bar.close()
+    assert not [w for w in recwarn if issubclass(w.category, TqdmWarning)], [str(w.message) for w in recwarn]
+    last = stream.getvalue().split("\r")[-1]
+    assert "100%|" in last and "1/1 s of audio" in last and "-" not in last.split("[")[1], last
+
+
 def test_the_bars_clock_starts_with_the_first_file_not_with_rays_start_up(tmp_path):
     """The bar's elapsed time and ETA counted Ray's start-up (20 s and more here) as work: its
     first ETA was minutes too long (00:23<16:08). Until the first result it says "starting", and
@@ -784,6 +810,48 @@ def test_a_read_only_output_folder_is_named_as_one(tmp_path, causal_ckpt, unpriv
     assert f"{out}: cannot write into this folder (Permission denied)" in proc.stderr
     assert ".audioae.lock" not in proc.stderr and not list(out.iterdir())
 
+
+
+def test_a_read_only_mount_is_named_as_one(tmp_path, monkeypatch):
+    """Was: "audioae denoise: error: [Errno 30] Read-only file system: 'romnt/out/.audioae.lock'", a
+    file the user never made. Root writes through permissions but not into a read-only mount, which
+    a test cannot make: the wording is asked of the functions that give it, with an EROFS."""
+    import errno
+
+    from audioae.batch.job import _cannot_create
+    from audioae.fileio import cannot_write_into, hold_folder
+
+    ro = OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "out" / ".audioae.lock"))
+    said = cannot_write_into(tmp_path / "out", ro)
+    assert said.errno == errno.EROFS and str(said) == (
+        f"[Errno 30] {tmp_path / 'out'}: cannot write into this folder (Read-only file system: the file system "
+        f"holding it is mounted read-only)")
+    denied = cannot_write_into(tmp_path / "out", PermissionError(errno.EACCES, "Permission denied"))
+    assert isinstance(denied, PermissionError) and str(denied).endswith("cannot write into this folder (Permission denied)")
+    new = tmp_path / "romnt" / "new"
+    said = _cannot_create(new, OSError(errno.EROFS, os.strerror(errno.EROFS), str(new)))
+    assert str(said) == (f"cannot create the output folder {new}: read-only file system ({tmp_path / 'romnt'} is on a "
+                         f"file system mounted read-only); choose another output folder")
+    assert "permission denied (this user may not write into" in str(
+        _cannot_create(new, PermissionError(errno.EACCES, "Permission denied", str(new))))
+    other = OSError(errno.ENOSPC, "No space left on device")
+    assert _cannot_create(new, other) is other
+
+    # the lock, as the job takes it, on a read-only mount
+    real_open = os.open
+
+    def read_only_open(path, flags, *args):
+        if str(path).endswith(".audioae.lock") and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError, match=r"out: cannot write into this folder \(Read-only file system: the file system "
+                                      r"holding it is mounted read-only\)$") as caught, \
+            hold_folder(tmp_path / "out", ".audioae.lock", "another audioae denoise job"):
+        pass
+    assert caught.value.errno == errno.EROFS and ".audioae.lock" not in str(caught.value)
 
 
 def test_a_lock_file_another_user_cannot_write_is_taken_over_unless_held(tmp_path, causal_ckpt, unprivileged):
@@ -1703,6 +1771,22 @@ def test_a_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, caps
     batched = FileDenoiser(load_checkpoint(causal_ckpt))._run_batched(  # the GPU path, on CPU
         [(FileTask(str(src / "cut.wav"), str(tmp_path / "gpu" / "cut.wav"), "cut.wav"), None)])
     assert next(iter(batched)).warning == recs["cut.wav"]["warning"]
+
+
+def test_a_folder_search_takes_every_name_of_the_containers_libsndfile_writes(tmp_path, causal_ckpt, capsys):
+    """Was: a folder search passed over .bwf, .wave, .aifc, .oga and .snd files without a word
+    ("0 files"), though named on the command line they denoised fine. Each output keeps its
+    input's name and container."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    made = {"take.bwf": ("WAV", "PCM_24"), "take.wave": ("WAV", "PCM_16"), "take.aifc": ("AIFF", "ULAW"),
+            "take.oga": ("OGG", "VORBIS"), "take.snd": ("AU", "PCM_16"), "TAKE2.BWF": ("WAV", "FLOAT")}
+    write_tree(src, [(name, 16000, 1, fmt, subtype, 0.6) for name, (fmt, subtype) in made.items()])
+    assert main(["denoise", str(src), "-o", str(out), "--model", str(causal_ckpt), "--no-progress"]) == 0
+    assert "6 files: 6 denoised" in capsys.readouterr().out
+    assert outputs(out) == set(made)
+    for name, (fmt, subtype) in made.items():
+        info = sf.info(out / name)
+        assert (info.format, info.subtype, info.frames) == (fmt, subtype, sf.info(src / name).frames), name
 
 
 def test_a_w64_or_rf64_copy_cut_short_is_denoised_with_a_warning(tmp_path, causal_ckpt, capsys):

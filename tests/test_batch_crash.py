@@ -247,6 +247,37 @@ def test_ctrl_c_makes_no_file_a_suspect(tmp_path, causal_ckpt):
     assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"
 
 
+@pytest.mark.parametrize("gap", [0.01, 0.05, 0.1])
+def test_ctrl_c_pressed_twice_leaves_no_suspect_nor_part_file(tmp_path, causal_ckpt, gap):
+    """Ctrl-C pressed twice quickly, with workers on files. Was: the second one landed in the pool's
+    stop, which then never removed the files' in-flight markers nor their .part files; the rerun
+    took them for files a process had died on (each isolated, a model load each)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _write_inputs(src, {"a.wav": 1.0, "b.wav": 300.0, "c.wav": 300.0, "d.wav": 1.0})
+    cmd = [sys.executable, "-m", "audioae.cli", "denoise", str(src), "-o", str(out), "--model", str(causal_ckpt),
+           "--no-progress", "--workers", "2"]
+    env = {**_job_env(src), "AUDIOAE_TEST_SLOW_FILE": "b.wav"}
+    (src.parent / "slow-reads" / "sitecustomize.py").write_text(SLOW_READS.replace(
+        '== os.environ["AUDIOAE_TEST_SLOW_FILE"]', 'in ("b.wav", "c.wav")'))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+    _wait_for(_started(out, "b.wav"), proc, "b.wav's in-flight marker")
+    _wait_for(_started(out, "c.wav"), proc, "c.wav's in-flight marker")  # both workers busy, each on a slow file
+    _wait_for(lambda: list(out.glob(".*.part")), proc, "a .part file being written")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    time.sleep(gap)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)  # again, as people press it
+    _, err = proc.communicate(timeout=120)
+    # A second press once the job has ended, as Python exits, is ignored (audioae.cli.main): it used
+    # to end the process with -SIGINT or a KeyboardInterrupt in torch's atexit callback.
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "interrupted: Ctrl-C" in err and "Traceback" not in err, err[-3000:]
+    left = [p.name for p in (out / JOURNAL_NAME).glob("*")] if (out / JOURNAL_NAME).exists() else []
+    assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"
+    assert not list(out.glob("*.part")) and not list(out.glob(".*.part")), err[-3000:]
+
+
 def _gone(pid: int) -> bool:
     """Whether ``pid`` has exited: no such process, or a zombie (where nothing reaps orphans)."""
     try:

@@ -360,6 +360,77 @@ def test_the_record_follows_its_file_when_the_old_name_is_gone(tmp_path, causal_
         run_denoise(inputs, out, _opts(other))
 
 
+@pytest.mark.parametrize("moved", ["project", "output", "input", "project-after-a-broken-rerun"])
+def test_the_records_follow_a_moved_project(tmp_path, causal_ckpt, moved):
+    """A project moved (``mv proj proj2``, a card mounted elsewhere) with its input and output
+    folders. Was: its manifest's lines named the old paths, so the rerun with another --strength
+    was not refused ("3 files: 0 denoised, 3 skipped", exit 0, the old outputs kept), its lines
+    said nothing of what made the outputs ("model": "", "strength": null: no later run was
+    checked), the old lines stayed beside them, and a stopped --overwrite was not gone on with.
+    Only the input folder or only the output folder moved was refused already."""
+    from audioae.batch.overwrite import OVERWRITE_NAME
+
+    proj = tmp_path / "proj"
+    for rel in ("a.wav", "sub/b.wav", "sub/deep/c.wav"):
+        _wav(proj / "raw" / rel, seed=len(rel))
+    s = run_denoise([proj / "raw"], proj / "clean", _opts(causal_ckpt))
+    assert s["ok"] == 3
+    made = {Path(r["output"]).relative_to(proj / "clean").as_posix(): {k: r[k] for k in ("sha256", "strength", "input_size")}
+            for r in read_manifest(proj / "clean" / "audioae-manifest.jsonl")}
+    if moved == "project-after-a-broken-rerun":  # the lines a rerun wrote before 2026-12-07, old ones kept
+        lines = read_manifest(proj / "clean" / "audioae-manifest.jsonl")
+        broken = [{**r, "input": r["input"].replace("/proj/", "/proj2/"), "output": r["output"].replace("/proj/", "/proj2/"),
+                   "status": "skipped", "model": "", "sha256": "", "strength": None} for r in lines]
+        (proj / "clean" / "audioae-manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines + broken))
+    if moved == "input":
+        src, out = (proj / "raw").rename(tmp_path / "raw2"), proj / "clean"
+    elif moved == "output":
+        src, out = proj / "raw", (proj / "clean").rename(tmp_path / "clean2")
+    else:
+        proj = proj.rename(tmp_path / "proj2")
+        src, out = proj / "raw", proj / "clean"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")}
+    with pytest.raises(ValueError, match="3 output.s. made with other settings"):
+        run_denoise([src], out, _opts(causal_ckpt, strength=0.5))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")} == stamps
+    s = run_denoise([src], out, _opts(causal_ckpt))
+    assert (s["skipped"], s["ok"], s["left_out"]) == (3, 0, []), s
+    lines = read_manifest(out / "audioae-manifest.jsonl")
+    assert sorted((r["input"], r["output"]) for r in lines) == sorted(
+        (str(src / rel), str(out / rel)) for rel in made)  # one line per input, under the names now
+    assert {Path(r["output"]).relative_to(out).as_posix(): {k: r[k] for k in ("sha256", "strength", "input_size")}
+            for r in lines} == made
+    with pytest.raises(ValueError, match="made with other settings"):  # and the run after is checked too
+        run_denoise([src], out, _opts(causal_ckpt, strength=0.5))
+
+    # A stopped --overwrite (its record left, as a stop leaves it), then the project moved again.
+    s = run_denoise([src], out, _opts(causal_ckpt, strength=0.5, overwrite=True))
+    assert s["ok"] == 3
+    line = read_manifest(out / "audioae-manifest.jsonl")[0]
+    (out / OVERWRITE_NAME).write_text(json.dumps({"id": line["overwrite_run"], "started": "2026-12-07 10:00:00", "made": {
+        k: line[k] for k in ("model", "sha256", "strength")}}) + "\n")
+    stamps = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*.wav")}
+    moved_again = tmp_path / "proj3"
+    moved_again.mkdir()
+    src, out = src.rename(moved_again / "raw"), out.rename(moved_again / "clean")
+    s = run_denoise([src], out, _opts(causal_ckpt, strength=0.5, overwrite=True))
+    assert (s["skipped"], s["ok"]) == (3, 0), s  # gone on with: what it had remade is kept
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*.wav")} == stamps
+    assert len(read_manifest(out / "audioae-manifest.jsonl")) == 3
+
+
+def test_a_record_is_not_taken_by_an_output_of_the_same_name_elsewhere_in_out(tmp_path, causal_ckpt):
+    """The relative match of a moved OUT never reads a line of this OUT's own sub/x.wav as x.wav's."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "o"
+    _wav(a / "sub" / "x.wav")
+    _wav(b / "x.wav", seconds=0.7)
+    assert run_denoise([a], out, _opts(causal_ckpt))["ok"] == 1
+    s = run_denoise([b], out, _opts(causal_ckpt))  # x.wav, not sub/x.wav: denoised, nothing renamed
+    assert s["ok"] == 1, s
+    recs = {r["input"]: r["output"] for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert recs == {str(a / "sub" / "x.wav"): str(out / "sub" / "x.wav"), str(b / "x.wav"): str(out / "x.wav")}
+
+
 def test_a_second_name_says_what_came_of_its_first(tmp_path, causal_ckpt):
     """Was: a second name's line was written before any file was denoised, and it and stderr said
     "denoised once to OUTPUT" of a file that failed under its first name, into an output that

@@ -342,7 +342,7 @@ def test_cli_client_never_writes_over_its_input_and_writes_into_a_folder(mixed_s
     y, sr, _ = read_audio(tmp_path / "cleaned" / "in.wav")
     assert sr == 16000 and y.shape[-1] == 8000
     assert cli_main([*base, "-o", str(tmp_path / "out.m4a")]) == 2  # was: WAV bytes in a file named .mp3
-    assert "audio is written as .wav, .flac, .ogg, .mp3, .aif, .aiff, .au, .caf, .w64, .rf64; got .m4a" in \
+    assert "audio is written as .wav, .flac, .ogg, .mp3, .aif, .aiff, .au, .caf, .w64, .rf64, .wave, .bwf, .aifc, .snd, .oga; got .m4a" in \
         capsys.readouterr().err
     assert not (tmp_path / "out.m4a").exists()
     assert cli_main([*base, "-o", str(tmp_path / "out.mp3")]) == 0  # a container libsndfile writes: transcoded

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..isolation import ProcessDied, call_in_child, how_it_ended
+from .interrupts import deaf_to_ctrl_c
 from .journal import Journal
 from .manifest import FileResult
 from .plan import FileTask, part_path
@@ -67,8 +68,9 @@ def _marked_group(den, group: Sequence[tuple[FileTask, bytes | None]], journal: 
             journal.result(r)
             yield r
     except BaseException:  # an interruption (Ctrl-C), not the file's fault: a crash never gets here
-        for name in running:
-            journal.interrupted(name)
+        with deaf_to_ctrl_c():  # Ctrl-C pressed again: not before the markers are gone
+            for name in running:
+                journal.interrupted(name)
         raise
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sideca
 from ..enhance import pick_device
 from ..fileio import FolderHeld, atomic_write_text, hold_folder, holder_of
 from ..isolation import ProcessDied, answering_worker, how_it_ended
+from .interrupts import deaf_to_ctrl_c
 from .journal import JOURNAL_NAME, Journal
 from .manifest import (
     DUPLICATE,
@@ -193,9 +195,8 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except PermissionError as exc:  # was a bare "[Errno 13] Permission denied: 'ro/new'"
-        raise PermissionError(f"cannot create the output folder {out}: permission denied (this user may not write "
-                              f"into {Path(exc.filename or out).parent}); choose another output folder") from None
+    except OSError as exc:
+        raise _cannot_create(out, exc) from None
     t0 = time.perf_counter()
     results: list[FileResult] = []
     try:
@@ -224,6 +225,20 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     summary["manifest"] = str(manifest.path)
     summary["engine"] = options.engine
     return summary
+
+
+def _cannot_create(out: Path, exc: OSError) -> OSError:
+    """``exc``, met making the output folder ``out``, in words: a permission (was a bare "[Errno 13]
+    Permission denied: 'ro/new'") or a read-only mount (until 2026-12-07 "[Errno 30] Read-only
+    file system: 'romnt/new'"), naming the folder that could not be written into; any other as it is."""
+    where = Path(exc.filename or out).parent
+    if isinstance(exc, PermissionError):
+        return PermissionError(f"cannot create the output folder {out}: permission denied (this user may not write "
+                               f"into {where}); choose another output folder")
+    if exc.errno == errno.EROFS:
+        return OSError(f"cannot create the output folder {out}: read-only file system ({where} is on a file system "
+                       f"mounted read-only); choose another output folder")
+    return exc
 
 
 def _remove_unused(out: Path) -> None:
@@ -388,17 +403,18 @@ def _run_in(out: Path, tasks: Sequence[FileTask], options: DenoiseOptions, ckpt:
                     (out / OVERWRITE_NAME).unlink()
             raise
         finally:
-            bar.close()
-            manifest.close()
-            try:
-                _recorded_late(results, _record_finished(journal, manifest.path))
-            except OSError as exc:  # e.g. the full disk that stopped the job: their markers stay, for the next run
-                log.warning("%s: outputs finished late not recorded (%s); the next run records them",
-                            manifest.path, exc.strerror or exc)
-            if completed:
-                _record_second_names(manifest.path, duplicates, results)
-            _clear_completed(journal, results, tasks)
-            manifest.compact()
+            with deaf_to_ctrl_c(not completed):  # a stopped job's records, not broken off by Ctrl-C pressed again
+                bar.close()
+                manifest.close()
+                try:
+                    _recorded_late(results, _record_finished(journal, manifest.path))
+                except OSError as exc:  # e.g. the full disk that stopped the job: their markers stay, for the next run
+                    log.warning("%s: outputs finished late not recorded (%s); the next run records them",
+                                manifest.path, exc.strerror or exc)
+                if completed:
+                    _record_second_names(manifest.path, duplicates, results)
+                _clear_completed(journal, results, tasks)
+                manifest.compact()
         # Not reached when the job is stopped, nor called when a full disk passed files over: a
         # rerun of its --overwrite goes on from here. Files that failed were tried: that run finished.
         if not any(not_attempted(r) for r in results):
@@ -479,10 +495,19 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     which file it named cannot be asked: the record follows when the planned name has no record
     of its own and its file has the size and time recorded (:func:`_moved_here`); until
     2026-12-07 it did not, with the same "skipped" line as above.
+    Where OUT itself has moved (the project folder renamed, moved or mounted elsewhere, the inputs
+    with it or not), a line's output is not planned under its old name: it is matched by its path
+    relative to OUT, where the manifest lives (:func:`_outputs_moved`), and follows there, its
+    input as above. Until 2026-12-07 such a line stayed under the old names, and the rerun's
+    "skipped" line said nothing of what made the output: another --strength was not refused, and a
+    stopped --overwrite was not gone on with. A name whose only lines are such "skipped" ones
+    (:func:`_says_nothing`) takes the record that follows it, which mends those manifests.
     One stat of two names per line whose output is planned under another name."""
     planned = {t.output: t.input for t in tasks}
     inputs = set(planned.values())
-    recorded = {r["input"] for r in earlier if r.get("status") != DUPLICATE}  # names with records of their own
+    # names with records of their own
+    recorded = {r["input"] for r in earlier if r.get("status") != DUPLICATE and not _says_nothing(r)}
+    moved = _outputs_moved(earlier, planned, path.parent.resolve())
     kept, changed = [], False
     for r in earlier:
         if r.get("status") == DUPLICATE:
@@ -491,11 +516,13 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
             else:
                 kept.append(r)
             continue
-        name = planned.get(r.get("output"))
-        if name is not None and r["input"] not in inputs and (
-                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and _moved_here(r, name))):
-            r["input"] = name
-            changed = True
+        output = r.get("output")
+        output = output if output in planned else moved.get(output)  # type: ignore[arg-type]
+        name = planned.get(output) if output is not None else None
+        if name is not None and (r["input"] == name or r["input"] not in inputs and (
+                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and _moved_here(r, name)))):
+            changed = changed or (r["input"], r["output"]) != (name, output)
+            r["input"], r["output"] = name, output
         kept.append(r)
     if changed:
         try:
@@ -503,6 +530,42 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
         except OSError as exc:  # a full disk: this run reads them renamed all the same
             log.warning("%s: lines of files under other names not renamed (%s)", path, exc.strerror or exc)
     return kept
+
+
+def _says_nothing(record: dict) -> bool:
+    """A "skipped" line that says nothing of what made the output (no model, no error): what a
+    rerun wrote of an output whose record it did not find (before 2026-12-07, in a moved project)."""
+    return record.get("status") == "skipped" and not record.get("sha256") and not record.get("error")
+
+
+def _outputs_moved(earlier: list[dict], planned: dict[str, str], out: Path) -> dict[str, str]:
+    """Per output a line names that is not planned, the planned output at its path relative to the
+    folder it was written in (the old OUT; ``out``: OUT now, resolved), where one is: the lines of
+    an OUT that has moved. The old OUT is not recorded: it is the folder above the line's output
+    that most lines agree on (``o/sub/x.wav`` may be ``sub/x.wav`` in ``o`` or ``x.wav`` in ``o/sub``
+    when both are planned). OUT itself, a folder inside it and one above it are never taken: their
+    lines' outputs would be planned under their own names. Lookups only, no file is asked."""
+    by_rel: dict[tuple[str, ...], str] = {}
+    for output in planned:
+        with contextlib.suppress(ValueError):
+            by_rel[Path(output).relative_to(out).parts] = output
+    found: dict[str, list[tuple[Path, str]]] = {}  # output then: (its OUT then, output now) for each reading
+    votes: dict[Path, int] = {}
+    for r in earlier:
+        then = r.get("output")
+        if not isinstance(then, str) or then in planned or then in found or not os.path.isabs(then):
+            continue
+        parts = Path(then).parts
+        found[then] = readings = []
+        for i in range(1, len(parts)):
+            now = by_rel.get(parts[i:])
+            root = Path(*parts[:i])
+            if now is None or root == out or out in root.parents or root in out.parents:
+                continue
+            readings.append((root, now))
+            votes[root] = votes.get(root, 0) + 1
+    return {then: max(readings, key=lambda reading: votes[reading[0]])[1]
+            for then, readings in found.items() if readings}
 
 
 def _moved_here(record: dict, name: str) -> bool:
@@ -676,7 +739,11 @@ class Progress:
             self._start_clock(result.seconds)
         self.files += 1
         seconds = self.seconds.get(result.input, 0.0)
-        self.bar.update(seconds)
+        # The total is rounded to 1 ms, the steps are not: never past the end (until 2026-12-07 a total
+        # that rounded down ended past it, tqdm's "clamping frac to range [0, 1]" and a negative ETA),
+        # and the last file ends it exactly.
+        left = max(self.bar.total - self.bar.n, 0.0)
+        self.bar.update(left if self.files >= self.total_files else min(seconds, left))
         if result.status == "ok":  # a file that failed took its time, but nothing came of it
             self.denoised += result.duration if result.duration is not None else seconds
         speed = self.denoised / max(time.perf_counter() - self.t0, 1e-9)

@@ -14,6 +14,7 @@ import torch
 
 from ..isolation import ProcessDied, Worker
 from ..models import SpectralAutoencoder
+from .interrupts import deaf_to_ctrl_c
 from .isolated import Settings, isolate, run_marked
 from .journal import Journal
 from .manifest import FileResult
@@ -87,21 +88,27 @@ def _in_pool(todo: Sequence[FileTask], settings: Settings, journal: Journal, wor
     model once and fed by a thread of this process from one queue. A worker that dies (a codec
     crash, the out-of-memory killer) costs only the file it was on, which is denoised alone in a
     process of its own after the others; a fresh worker takes its place. Ctrl-C stops the workers at once
-    and leaves no file marked: they were interrupted, not crashed on."""
+    and leaves no file marked, nor its .part file: they were interrupted, not crashed on. Ctrl-C
+    pressed again while the pool stops is ignored (:func:`.interrupts.deaf_to_ctrl_c`): until
+    2026-12-07 it broke off the stop, and the files' markers and .part files stayed."""
     pool = _Pool(todo, settings, journal)
     feeders = [threading.Thread(target=pool.feed, name=f"audioae-worker-{i}", daemon=True)
                for i in range(min(workers, len(todo)))]
-    for feeder in feeders:
-        feeder.start()
+    stopped = True  # until every result came: Ctrl-C, SIGTERM, or the job stopped reading
     try:
+        for feeder in feeders:
+            feeder.start()
         for _ in feeders:  # each feeder ends with None after its last result
             while (result := pool.results.get()) is not None:
                 yield result
+        stopped = False
     finally:
-        pool.stop()
-        for feeder in feeders:
-            feeder.join()
-        pool.forget_interrupted()
+        with deaf_to_ctrl_c(stopped):
+            pool.stop()
+            for feeder in feeders:
+                if feeder.is_alive():
+                    feeder.join()
+            pool.forget_interrupted()
     yield from pool.unstarted()
     for task in pool.died:  # here, not in a feeder thread: Ctrl-C reaches this one, and stops its child
         yield isolate(task, settings, journal)

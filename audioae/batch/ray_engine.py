@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..audio import AudioError
+from .interrupts import deaf_to_ctrl_c
 from .isolated import Settings, run_marked
 from .journal import Journal
 from .manifest import FileResult
@@ -471,17 +472,11 @@ def _shutdown(ray, *, stopped: bool) -> None:
     if not stopped:
         ray.shutdown()
         return
-    # Only the main thread may set handlers. A handler Python did not install (getsignal: None)
-    # could not be put back afterwards: it is left as it is.
-    deaf = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
-    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if deaf else None
-    try:
-        ray.shutdown()
-    except Exception as exc:  # noqa: BLE001 (the stop that is under way is what the caller hears of)
-        log.debug("ray.shutdown after a stop: %s", exc)
-    finally:
-        if deaf:
-            signal.signal(signal.SIGINT, sigint)
+    with deaf_to_ctrl_c():  # shared with the local engine's pool (:mod:`.interrupts`)
+        try:
+            ray.shutdown()
+        except Exception as exc:  # noqa: BLE001 (the stop that is under way is what the caller hears of)
+            log.debug("ray.shutdown after a stop: %s", exc)
 
 
 def _restore(levels: dict[str, int], color: str | None) -> None:
