@@ -1142,7 +1142,7 @@ def test_run_json_keeps_the_starting_settings_and_lists_each_resume_with_what_it
 
 
 @pytest.mark.parametrize(("argv", "text"), [
-    ([], "the following arguments are required: {train,models,denoise,"),
+    ([], "the following arguments are required: {train,models,examples,denoise,"),
     (["images"], "the following arguments are required: {report}"),
     (["client"], "the following arguments are required: {denoise,stream,decompose,models,health}"),
 ])
