@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # header); one it would cut short is refused (scan_coded).
 _NAMED = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF",
           ".au": "AU", ".caf": "CAF", ".w64": "W64", ".rf64": "RF64",
-          # other names of those containers (until 2026-12-07 a folder search passed them over without a word)
+          # other names of those containers (until 2026-12-08 a folder search passed them over without a word)
           ".wave": "WAV", ".bwf": "WAV", ".aifc": "AIFF", ".snd": "AU", ".oga": "OGG"}
 CONTAINERS = {ext: fmt for ext, fmt in _NAMED.items() if fmt in sf.available_formats()}
 # Ogg Opus (voice messages) is read by its contents; never written by name: Ogg's default is Vorbis.

@@ -490,7 +490,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     server's ``top_k``; until 2026-12-07 0 raised). ``n_groups``: the old name of ``groups``
     (deprecated; a DeprecationWarning; a TypeError beside ``groups``). The options go through
     :func:`check_options`, as the CLI's and the server's do, so a direct call takes and refuses
-    what they take and refuse, with the same defaults (until 2026-12-07 a direct call asked a
+    what they take and refuse, with the same defaults (until 2026-12-08 a direct call asked a
     4-unit model for 8 bands where they asked for 4, and took ``groups=50`` and
     ``fit_steps=1000``); the one difference: ``groups`` is ignored under group ``none``, as
     :meth:`Options.kwargs` passes it. Components come back as ``[K, C, T]`` at the

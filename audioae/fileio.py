@@ -161,7 +161,7 @@ def cannot_write_into(folder: str | os.PathLike, exc: OSError) -> OSError:
     """``exc``, met creating a file of the tool's own in ``folder`` (a lock), said of the folder
     rather than of a file the user never made: "OUT: cannot write into this folder (Permission
     denied)", and on a read-only mount "OUT: cannot write into this folder (Read-only file system:
-    the file system holding it is mounted read-only)" (until 2026-12-07 a bare "[Errno 30]
+    the file system holding it is mounted read-only)" (until 2026-12-08 a bare "[Errno 30]
     Read-only file system: 'OUT/.audioae.lock'"). The same errno, so the same class."""
     why = exc.strerror or str(exc)
     if exc.errno == errno.EROFS:

@@ -506,7 +506,7 @@ def _scores_of_input(noisy: torch.Tensor, clean: torch.Tensor, sr: int, metrics)
 
 # How validation feeds the network quiet input: lifted as `audioae denoise` lifts it (enhance.LevelLift),
 # so that the scores that choose best.safetensors are those of what users get from it. Until
-# 2026-12-07 validation ran the network on unlifted features, its own way: on the shipped denoiser at
+# 2026-12-08 validation ran the network on unlifted features, its own way: on the shipped denoiser at
 # 5 dB SNR the same mixture scored SI-SDR 11.52 both ways at -25 dBFS, 11.30 against denoise()'s
 # 11.09 at -45 dBFS and 4.10 against 8.78 at -60 dBFS. The lift is causal and per row (each
 # mixture's own level, whatever else is in the batch), and the validation mixtures are whole clips

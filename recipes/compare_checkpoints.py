@@ -8,7 +8,7 @@ held-out voices and noises; never the test set) with ``--examples`` mixtures and
 so every checkpoint is scored on the same mixtures, and prints SI-SDR (and of the input), PESQ
 and STOI per checkpoint as JSON lines. Each mixture goes through ``audioae denoise``'s own path
 (``denoise()``, its level lift included), so the ranking is that of what users get; until
-2026-12-07 it scored training validation's own forward pass, which skipped the lift. ``--mask-power`` also scores each checkpoint with its
+2026-12-08 it scored training validation's own forward pass, which skipped the lift. ``--mask-power`` also scores each checkpoint with its
 mask raised to these powers (the ``mask_power`` knob of the model config). ``--base B --alpha
 A...`` also scores each checkpoint's weights interpolated towards B's (``alpha * ckpt + (1 - alpha)
 * B``: a fine-tuned model against the weights it started from; B is first grown into the

@@ -16,7 +16,7 @@ residual noise alone costs (PESQ of clean + filtered noise), overall and per SNR
 
 ``postproc``: simple changes to the mask after the network (smoothing across frequency or time,
 a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``, each
-through ``denoise()`` as ``audioae denoise`` runs it (until 2026-12-07: training validation's own
+through ``denoise()`` as ``audioae denoise`` runs it (until 2026-12-08: training validation's own
 forward pass, without the level lift; so are ``swap``'s scores).
 
 ``swap``: the model with one part of its weights (encoder, code layers, decoder GRU, output

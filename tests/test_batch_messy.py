@@ -377,7 +377,7 @@ def test_the_records_follow_a_moved_project(tmp_path, causal_ckpt, moved):
     assert s["ok"] == 3
     made = {Path(r["output"]).relative_to(proj / "clean").as_posix(): {k: r[k] for k in ("sha256", "strength", "input_size")}
             for r in read_manifest(proj / "clean" / "audioae-manifest.jsonl")}
-    if moved == "project-after-a-broken-rerun":  # the lines a rerun wrote before 2026-12-07, old ones kept
+    if moved == "project-after-a-broken-rerun":  # the lines a rerun wrote before 2026-12-08, old ones kept
         lines = read_manifest(proj / "clean" / "audioae-manifest.jsonl")
         broken = [{**r, "input": r["input"].replace("/proj/", "/proj2/"), "output": r["output"].replace("/proj/", "/proj2/"),
                    "status": "skipped", "model": "", "sha256": "", "strength": None} for r in lines]

@@ -710,7 +710,7 @@ def _stream(model, sr: int, channels: int, chunks: list) -> list:
 
 
 def test_a_stream_answers_as_denoise_does_and_its_tensors_take_in_place_ops():
-    """Until 2026-12-07 push() and finish() gave torch inference tensors for any input, ``[1, n]``
+    """Until 2026-12-08 push() and finish() gave torch inference tensors for any input, ``[1, n]``
     for a 1-D chunk (denoise: ``[T]``), and ``y.clamp_()`` raised "Inplace update to inference tensor
     outside InferenceMode"."""
     model, sr = _causal(), 8000

@@ -283,7 +283,7 @@ def _quiet_mixture(model, dbfs: float, seconds: float = 2.0):
 def test_validation_scores_what_denoise_outputs_also_for_quiet_input(dbfs):
     """Training validation (which keeps best.safetensors) runs the network as denoise() runs it,
     level lift included: at -60 dBFS the lift is most of the score, and validation without it (its
-    own path until 2026-12-07) scored the shipped denoiser 6 dB under what `audioae denoise` gave."""
+    own path until 2026-12-08) scored the shipped denoiser 6 dB under what `audioae denoise` gave."""
     from audioae import pretrained
     from audioae.enhance import LevelLift, denoise
     from audioae.train import _val_mix, score_denoised, validate

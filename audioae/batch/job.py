@@ -229,7 +229,7 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
 
 def _cannot_create(out: Path, exc: OSError) -> OSError:
     """``exc``, met making the output folder ``out``, in words: a permission (was a bare "[Errno 13]
-    Permission denied: 'ro/new'") or a read-only mount (until 2026-12-07 "[Errno 30] Read-only
+    Permission denied: 'ro/new'") or a read-only mount (until 2026-12-08 "[Errno 30] Read-only
     file system: 'romnt/new'"), naming the folder that could not be written into; any other as it is."""
     where = Path(exc.filename or out).parent
     if isinstance(exc, PermissionError):
@@ -498,7 +498,7 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     Where OUT itself has moved (the project folder renamed, moved or mounted elsewhere, the inputs
     with it or not), a line's output is not planned under its old name: it is matched by its path
     relative to OUT, where the manifest lives (:func:`_outputs_moved`), and follows there, its
-    input as above. Until 2026-12-07 such a line stayed under the old names, and the rerun's
+    input as above. Until 2026-12-08 such a line stayed under the old names, and the rerun's
     "skipped" line said nothing of what made the output: another --strength was not refused, and a
     stopped --overwrite was not gone on with. A name whose only lines are such "skipped" ones
     (:func:`_says_nothing`) takes the record that follows it, which mends those manifests.
@@ -534,7 +534,7 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
 
 def _says_nothing(record: dict) -> bool:
     """A "skipped" line that says nothing of what made the output (no model, no error): what a
-    rerun wrote of an output whose record it did not find (before 2026-12-07, in a moved project)."""
+    rerun wrote of an output whose record it did not find (before 2026-12-08, in a moved project)."""
     return record.get("status") == "skipped" and not record.get("sha256") and not record.get("error")
 
 
@@ -739,7 +739,7 @@ class Progress:
             self._start_clock(result.seconds)
         self.files += 1
         seconds = self.seconds.get(result.input, 0.0)
-        # The total is rounded to 1 ms, the steps are not: never past the end (until 2026-12-07 a total
+        # The total is rounded to 1 ms, the steps are not: never past the end (until 2026-12-08 a total
         # that rounded down ended past it, tqdm's "clamping frac to range [0, 1]" and a negative ETA),
         # and the last file ends it exactly.
         left = max(self.bar.total - self.bar.n, 0.0)

@@ -90,7 +90,7 @@ def _in_pool(todo: Sequence[FileTask], settings: Settings, journal: Journal, wor
     process of its own after the others; a fresh worker takes its place. Ctrl-C stops the workers at once
     and leaves no file marked, nor its .part file: they were interrupted, not crashed on. Ctrl-C
     pressed again while the pool stops is ignored (:func:`.interrupts.deaf_to_ctrl_c`): until
-    2026-12-07 it broke off the stop, and the files' markers and .part files stayed."""
+    2026-12-08 it broke off the stop, and the files' markers and .part files stayed."""
     pool = _Pool(todo, settings, journal)
     feeders = [threading.Thread(target=pool.feed, name=f"audioae-worker-{i}", daemon=True)
                for i in range(min(workers, len(todo)))]
