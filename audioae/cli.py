@@ -477,9 +477,10 @@ def _add_decompose(sub) -> None:
                    help=f"cluster: units that look and move alike; band: octave bands; none: one component per "
                         f"latent unit (default: {DEFAULT_GROUP})")
     p.add_argument("--groups", type=_positive, default=None,
-                   help=f"number of bands or clusters (default {DEFAULT_GROUPS}): about as many as the sources you "
-                        f"expect; at most this many clusters come out, fewer where fewer are distinct (pieces of "
-                        f"one sound are merged: a lone tone is one cluster, plus slivers of its ends)")
+                   help=f"number of bands or clusters (default {DEFAULT_GROUPS}, or the model's units where fewer): "
+                        "about as many as the sources you expect; at most this many clusters come out, fewer "
+                        "where fewer are distinct (pieces of one sound are merged: a lone tone is one cluster, "
+                        "plus slivers of its ends)")
     p.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="joint atom + code updates on this recording: purer components, ~8 ms per step "
                         "per 4 s of audio (0..100; default: the model's, 10 for decomposer-small; 0: fastest)")
@@ -519,7 +520,7 @@ def _cmd_decompose(args) -> int:
 
 
 def _add_inspect(sub) -> None:
-    from .inspect import INSPECT_SECONDS  # no torch: --help stays fast
+    from .inspection import INSPECT_SECONDS  # no torch: --help stays fast
 
     p = sub.add_parser("inspect", help="draw a decomposition model's dictionary, or what a denoiser does to a file",
                        description="A sparse_dict model: every atom of its learned dictionary. Any other "
@@ -567,7 +568,7 @@ def _figure_path(out: str | None, default: str) -> Path:
 
 
 def _cmd_inspect(args) -> int:
-    from .inspect import INSPECT_SECONDS, inspect_denoising, inspect_dictionary
+    from .inspection import INSPECT_SECONDS, inspect_denoising, inspect_dictionary
     from .models.base import SpectralAutoencoder
     from .models.dictionary import SparseDictionary
     from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
@@ -596,7 +597,7 @@ def _cmd_inspect(args) -> int:
             raise ValueError(f"{path}: --audio needs a spectrogram model, this is a {model.registry_name} model")
         out = _figure_path(args.out, f"{Path(args.audio).stem}.{name}.png")
         said = inspect_denoising(model, path, args.audio, out, args.start, args.seconds,
-                                 note=lambda text: print(f"note: {text}", file=sys.stderr))
+                                 note=lambda text: print(f"note: {text}", file=sys.stderr), flags=True)
         print(json.dumps(said, indent=2))
         return 0
     if not isinstance(model, SparseDictionary):

@@ -134,11 +134,14 @@ class Options:
     wav, sr, **options.kwargs())``)."""
 
     group: str
-    groups: int  # bands or clusters (8, or the model's units where fewer, unless asked; ignored by group "none"), as decompose's groups=
+    # bands or clusters (8, or the model's units where fewer, unless asked), as decompose's
+    # groups=; None under group "none", which has no count
+    groups: int | None
     top_k: int | None  # None: every component
     fit_steps: int | None  # None: the model's default
 
     def kwargs(self) -> dict:
+        """``decompose``'s keywords; ``groups`` None under group ``none``, where decompose refuses a count."""
         return {"group": self.group, "groups": self.groups, "top_k": self.top_k, "fit_steps": self.fit_steps}
 
 
@@ -146,8 +149,9 @@ def check_options(model, *, group: str = "none", groups: int | None = None, top_
                   fit_steps: int | None = None, flags: bool = False) -> Options:
     """The one check of what a decomposition request asks for, with the limits and messages the
     CLI (``audioae decompose``) and the server (``Decompose``) share; call it before reading the
-    audio. ``groups`` / ``fit_steps``: None when not given (8 groups, the model's fit);
-    ``top_k`` 0: every component. ``flags``: name the CLI's flags (``--fit``) in messages, not
+    audio. ``groups`` / ``fit_steps``: None when not given (``min(8, units)`` groups, the model's
+    fit; ``groups`` stays None under group ``none``, which refuses a count); ``top_k`` 0: every
+    component. ``flags``: name the CLI's flags (``--fit``) in messages, not
     the request's fields (``fit_steps``). Raises ValueError."""
     _check_model(model)
     name = {"group": "--group", "groups": "--groups", "top_k": "--top", "fit_steps": "--fit"} if flags else \
@@ -160,7 +164,7 @@ def check_options(model, *, group: str = "none", groups: int | None = None, top_
         raise ValueError(f"{name['fit_steps']} must be 0..{MAX_FIT_STEPS} (unset: the model's default, "
                          f"{model.config.fit_steps} for this one), got {fit_steps}")
     units = model.config.code_dim
-    n_groups = min(DEFAULT_GROUPS, units)
+    n_groups = None if group == "none" else min(DEFAULT_GROUPS, units)
     if groups is not None:
         if group == "none":
             raise ValueError(f"{name['groups']} counts bands or clusters: set {name['group']} to band or cluster, "
@@ -490,10 +494,10 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     server's ``top_k``; until 2026-12-07 0 raised). ``n_groups``: the old name of ``groups``
     (deprecated; a DeprecationWarning; a TypeError beside ``groups``). The options go through
     :func:`check_options`, as the CLI's and the server's do, so a direct call takes and refuses
-    what they take and refuse, with the same defaults (until 2026-12-08 a direct call asked a
+    what they take and refuse, with check_options' defaults (until 2026-12-08 a direct call asked a
     4-unit model for 8 bands where they asked for 4, and took ``groups=50`` and
-    ``fit_steps=1000``); the one difference: ``groups`` is ignored under group ``none``, as
-    :meth:`Options.kwargs` passes it. Components come back as ``[K, C, T]`` at the
+    ``fit_steps=1000``), ``groups`` under group ``none`` refused as there; the CLI's flags have
+    defaults of their own (``--group cluster``, ``--top 16``). Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
     code updates on this signal (:meth:`SparseDictionary.fit_signal`; default: the model
@@ -526,8 +530,9 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
 def _request(model, group: str, groups: int | None, top_k: int | None, fit_steps: int | None,
              n_groups: int | None) -> Options:
     """:func:`decompose`'s options, through :func:`check_options` (one check, one set of
-    defaults for every caller), after the ``n_groups=`` shim. ``groups`` is dropped under group
-    ``none``, where it means nothing: :meth:`Options.kwargs` passes it there (8)."""
+    defaults for every caller: ``groups`` unset is ``min(8, units)``), after the ``n_groups=``
+    shim. ``groups`` goes as given: under group ``none`` check_options refuses it, as it does the
+    CLI's and the server's, and :meth:`Options.kwargs` passes None there."""
     if n_groups is not None:
         if groups is not None:  # which one was meant? The old name silently won.
             raise TypeError(f"decompose got both groups={groups} and its deprecated old name n_groups={n_groups}: "
@@ -535,8 +540,7 @@ def _request(model, group: str, groups: int | None, top_k: int | None, fit_steps
         warnings.warn("decompose(n_groups=...) is now decompose(groups=...), as in check_options and the CLI's "
                       "--groups", DeprecationWarning, stacklevel=4)  # 4: past this, decompose and inference_mode's wrapper
         groups = n_groups
-    return check_options(model, group=group, groups=None if group == "none" else groups, top_k=top_k or 0,
-                         fit_steps=fit_steps)
+    return check_options(model, group=group, groups=groups, top_k=top_k or 0, fit_steps=fit_steps)
 
 
 @dataclass
@@ -599,7 +603,7 @@ class _Groups:
     waves: torch.Tensor | None = None  # group "cluster": [K, C, T'] already inverted, at the model's rate
 
 
-def _group(model: SparseDictionary, a: _Analysis, group: str, n_groups: int, sr: int,
+def _group(model: SparseDictionary, a: _Analysis, group: str, n_groups: int | None, sr: int,
            stop: Callable[[], bool] | None) -> _Groups:
     """The active units in bands (:func:`_band_split`), clusters (:func:`group_units`; those
     that are pieces of one sound merged) or one per unit, each with its share of the input."""

@@ -141,8 +141,8 @@ def stft(x: np.ndarray, model) -> torch.Tensor:
     return model.stft(torch.from_numpy(x))  # [F, N]
 
 
-def run_ours(model, x: np.ndarray, group: str, n_groups: int = 8, fit_steps: int = 0):
-    dec = decompose(model, x, SR, group=group, groups=n_groups, fit_steps=fit_steps)
+def run_ours(model, x: np.ndarray, group: str, fit_steps: int = 0):
+    dec = decompose(model, x, SR, group=group, fit_steps=fit_steps)  # groups unset: 8 (decomposer-small has 320 units)
     return dec.components[:, 0], dec.residual[0], dec
 
 

@@ -121,7 +121,7 @@ def test_components_sum_to_the_input_at_any_rate_and_length(sr, length, channels
     shape = (length,) if channels == 0 else (channels, length)
     x = (0.1 * rng.standard_normal(shape)).astype(np.float32)
     x += tone(length / sr, sr, 440.0)[:length]
-    dec = decompose(model, x, sr, group=group, groups=4, fit_steps=fit)
+    dec = decompose(model, x, sr, group=group, groups=None if group == "none" else 4, fit_steps=fit)
     assert dec.fit_steps == fit
     c = 1 if channels == 0 else channels
     k = len(dec.labels)
@@ -149,7 +149,7 @@ def test_components_are_ranked_by_energy_and_shares_add_up(rng):
     model = tiny_model()
     x = (0.1 * rng.standard_normal((2, 9000))).astype(np.float32) + tone(9000 / SR, SR)
     for group in GROUPS:
-        dec = decompose(model, x, SR, group=group, groups=4)
+        dec = decompose(model, x, SR, group=group, groups=None if group == "none" else 4)
         share = dec.energy_share
         assert np.all(np.diff(share) <= 1e-7), f"{group}: not ranked by energy: {share}"
         recomputed = (dec.components.astype(np.float64) * x[None]).sum(axis=(1, 2)) / (x.astype(np.float64) ** 2).sum()
@@ -161,7 +161,7 @@ def test_groups_partition_the_units(rng):
     model = tiny_model()
     x = (0.1 * rng.standard_normal(16000)).astype(np.float32)
     for group in ("none", "cluster"):
-        dec = decompose(model, x, SR, group=group, groups=4)
+        dec = decompose(model, x, SR, group=group, groups=None if group == "none" else 4)
         flat = [u for g in dec.units for u in g]
         assert len(flat) == len(set(flat)), f"{group}: a unit in two components"
         assert len(dec.labels) == len(dec.units) > 0
@@ -706,13 +706,18 @@ def test_a_direct_call_groups_as_check_options_does_and_refuses_what_it_refuses(
         np.testing.assert_array_equal(direct.components, checked.components)
     assert len(decompose(model, x, SR, group="band", fit_steps=0).labels) <= 4  # was 7
     for kw in ({"group": "band", "groups": 50}, {"group": "cluster", "groups": 5}, {"group": "band", "groups": 0},
-               {"fit_steps": MAX_FIT_STEPS + 1}, {"fit_steps": -1}, {"top_k": -1}, {"group": "wavelet"}):
+               {"fit_steps": MAX_FIT_STEPS + 1}, {"fit_steps": -1}, {"top_k": -1}, {"group": "wavelet"},
+               {"groups": 3}, {"group": "none", "groups": 0}, {"group": "none", "groups": 10**6}):
         with pytest.raises(ValueError) as refused:
             check_options(model, **kw)
         with pytest.raises(ValueError) as direct_refused:
             decompose(model, x, SR, **kw)
         assert str(direct_refused.value) == str(refused.value), kw
-    # what check_options passes on is taken as it is, groups under group "none" included (ignored there)
+    # groups under group "none" (decompose(m, x, sr, groups=4), group forgotten) was taken and
+    # ignored: per-unit components, unsaid. What check_options passes on is taken as it is.
+    with pytest.raises(ValueError, match="groups counts bands or clusters: set group to band or cluster"):
+        decompose(model, x, SR, groups=4, fit_steps=0)
+    assert check_options(model, fit_steps=0).kwargs()["groups"] is None
     none = decompose(model, x, SR, **check_options(model, fit_steps=0).kwargs())
     assert none.groups_asked is None and none.labels == decompose(model, x, SR, fit_steps=0).labels
 
@@ -1547,7 +1552,8 @@ def test_the_cli_and_the_server_share_one_check_of_the_options(tmp_path, capsys)
             check_options(model, **kw)
     with pytest.raises(ValueError, match="sparse_dict model"):
         check_options(build_model("linear", {"n_fft": 128, "hop_length": 32}))
-    assert check_options(model).kwargs() == {"group": "none", "groups": 8, "top_k": None, "fit_steps": None}
+    assert check_options(model).kwargs() == {"group": "none", "groups": None, "top_k": None, "fit_steps": None}
+    assert check_options(model, group="cluster").kwargs()["groups"] == 8  # min(8, units)
     assert check_options(model, group="band", groups=3, top_k=2, fit_steps=0).kwargs() == \
         {"group": "band", "groups": 3, "top_k": 2, "fit_steps": 0}
 

@@ -323,7 +323,7 @@ def test_the_band_above_the_model_is_null_at_the_resamplers_floor_and_measured_a
 
 
 def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes():
-    from audioae.inspect import INSPECT_SECONDS, context_note, model_context
+    from audioae.inspection import INSPECT_SECONDS, context_note, model_context
     from audioae.models import build_model
     from audioae.pretrained import load
 
@@ -355,3 +355,95 @@ def test_the_model_runs_from_the_files_start_within_inspects_ten_minutes():
     assert context(causal, 0, 10 * minute, 12 * minute, sr) == (0, 0)  # was (-window, window)
     assert context(causal, 1 * minute, 11 * minute, 12 * minute, sr) == (0, 0)
 
+
+
+def _stereo_tone(path, seconds: float = 3.0, sr: int = 16000) -> None:
+    import numpy as np
+
+    from audioae.audio import write_audio
+
+    t = np.arange(int(seconds * sr)) / sr
+    noise = 0.05 * np.random.default_rng(0).standard_normal(len(t))
+    write_audio(path, np.stack([0.3 * np.sin(2 * np.pi * 440 * t), noise]).astype(np.float32), sr)
+
+
+def test_inspect_denoising_gives_its_notes_to_note_and_logs_them_at_warning_without_one(tmp_path, capsys, caplog):
+    # was: without note= they were logged at INFO, so a library caller never saw "the numbers show
+    # the mean of 2 channels"; with note= they go there alone
+    import logging
+
+    from audioae.inspection import inspect_denoising
+    from audioae.pretrained import load
+
+    src, fig = tmp_path / "two.wav", tmp_path / "v.png"
+    _stereo_tone(src)
+    model = load("denoiser-small")
+    notes: list[str] = []
+    with caplog.at_level(logging.DEBUG, logger="audioae.inspection"):
+        said = inspect_denoising(model, "denoiser-small", str(src), fig, start=1.0, seconds=1.0, note=notes.append)
+    assert said["audio_channels"] == 2 and said["seconds"] == 1.0
+    assert notes == ["showing 1.00-2.00 s of 3.00 s; start and seconds pick another part",
+                     f"{src} has 2 channels; the figure and the numbers show their mean (mono)"]
+    assert capsys.readouterr().err == ""
+    assert not [r for r in caplog.records if r.name == "audioae.inspection"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="audioae.inspection"):  # logging's default level
+        inspect_denoising(model, "denoiser-small", str(src), fig, start=1.0, seconds=1.0)
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "audioae.inspection"]
+    assert logged == [(logging.WARNING, text) for text in notes]
+
+
+def test_inspect_denoising_names_its_keywords_and_the_cli_its_flags(tmp_path, capsys):
+    # was: a library caller passing start= read "--start 5 s: ..." and "choose an earlier --start"
+    from audioae.inspection import inspect_denoising
+    from audioae.pretrained import load
+
+    src, fig = tmp_path / "three.wav", tmp_path / "v.png"
+    _tone(src, 48000)
+    model = load("denoiser-small")
+    with pytest.raises(ValueError) as late:
+        inspect_denoising(model, "denoiser-small", str(src), fig, start=5.0, note=print)
+    assert str(late.value) == f"start 5 s: {src} lasts 3.00 s"
+    with pytest.raises(ValueError) as short:
+        inspect_denoising(model, "denoiser-small", str(src), fig, start=2.99, note=print)
+    assert str(short.value).endswith("window (384 samples at 16000 Hz): choose an earlier start or a longer seconds")
+    assert "--" not in str(late.value) + str(short.value)
+    assert not fig.exists()
+    assert main(["inspect", "--audio", str(src), "-o", str(fig), "--start", "5"]) == 2
+    assert f"audioae inspect: error: --start 5 s: {src} lasts 3.00 s" in capsys.readouterr().err
+    assert main(["inspect", "--audio", str(src), "-o", str(fig), "--start", "1", "--seconds", "1"]) == 0
+    assert "note: showing 1.00-2.00 s of 3.00 s; --start and --seconds pick another part" in capsys.readouterr().err
+
+
+def test_inspect_help_loads_neither_torch_nor_matplotlib():
+    """``audioae inspect --help`` reads INSPECT_SECONDS from audioae.inspection, which imports
+    neither at import: a fresh process, so nothing another test imported counts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from audioae.cli import main\n"
+        "try:\n"
+        "    main(['inspect', '--help'])\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+        "loaded = [m for m in ('torch', 'matplotlib') if m in sys.modules]\n"
+        "assert not loaded, f'inspect --help imported {loaded}'\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "--seconds" in run.stdout
+
+
+def test_importing_audioae_plots_leaves_matplotlibs_backend_alone():
+    """It called matplotlib.use("Agg") at import, switching the backend of any program that
+    imported it; the figures are drawn on their own Agg canvas."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import audioae.plots, matplotlib; assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MPLBACKEND": "pdf"})
+    assert run.returncode == 0, run.stderr[-2000:]

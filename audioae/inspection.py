@@ -1,7 +1,11 @@
 """What ``audioae inspect`` draws and the numbers it reports beside the figure: a sparse_dict
 model's dictionary (:func:`inspect_dictionary`), or what a denoiser does to a part of a recording
 (:func:`inspect_denoising`: which part, how much context the model runs over, the figure). The CLI
-parses its flags, calls these and prints what they return.
+parses its flags, calls these (``flags=True``: messages name its flags, ``--start``, where a
+library caller's name the keywords, ``start``) and prints what they return.
+
+Named ``inspection``, not ``inspect``: a module named as the standard library's ``inspect``
+shadows it for any script run with ``audioae/`` on ``sys.path``.
 
 Light at import (no torch, no matplotlib): the CLI reads :data:`INSPECT_SECONDS` for ``--help``.
 """
@@ -18,7 +22,15 @@ INSPECT_SECONDS = 600.0  # of a recording inspect --audio shows by default, and 
 
 
 def _log_note(text: str) -> None:
-    log.info("%s", text)
+    """:func:`inspect_denoising`'s notes where the caller passes no ``note``: at WARNING, so that a
+    library caller sees them (logging's default), as the CLI prints them: they change how the
+    numbers read (the mean of 2 channels, a model run over part of the file)."""
+    log.warning("%s", text)
+
+
+def _names(flags: bool) -> dict[str, str]:
+    """How messages name the part's options: the CLI's flags, or the keywords."""
+    return {"start": "--start", "seconds": "--seconds"} if flags else {"start": "start", "seconds": "seconds"}
 
 
 def inspect_dictionary(model, path: str | os.PathLike, out: str | os.PathLike) -> dict:
@@ -30,11 +42,13 @@ def inspect_dictionary(model, path: str | os.PathLike, out: str | os.PathLike) -
     return {"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}
 
 
-def check_long_enough(model, audio: str, samples: int, frames: int, sr: int, start: float, seconds: float) -> None:
+def check_long_enough(model, audio: str, samples: int, frames: int, sr: int, start: float, seconds: float,
+                      flags: bool = False) -> None:
     """Refuse a part (``samples`` of the recording's ``frames`` at ``sr``) shorter than one
     analysis window, as decompose does: its spectrograms, gains and code describe the STFT's
     zero padding, not the recording (a part under one sample once failed inside torch, "cannot
-    reshape tensor of 0 elements"). Raises ValueError."""
+    reshape tensor of 0 elements"). ``flags``: name the CLI's ``--start`` / ``--seconds``, not
+    the keywords. Raises ValueError."""
     from .spectral import window_samples
 
     n_fft, msr = model.config.n_fft, model.config.sample_rate
@@ -46,8 +60,9 @@ def check_long_enough(model, audio: str, samples: int, frames: int, sr: int, sta
     if samples == frames:  # the whole recording
         raise ValueError(f"{audio} lasts {lasts}, shorter than {window}: too short to inspect")
     end = min(start + seconds, frames / sr)
+    name = _names(flags)
     raise ValueError(f"the part of {audio} shown ({start:g}-{end:g} s of its {frames / sr:.2f} s) lasts {lasts}, "
-                     f"shorter than {window}: choose an earlier --start or a longer --seconds")
+                     f"shorter than {window}: choose an earlier {name['start']} or a longer {name['seconds']}")
 
 
 def model_context(model, begin: int, end: int, frames: int, sr: int) -> tuple[int, int]:
@@ -86,29 +101,34 @@ def context_note(model, begin: int, end: int, before: int, after: int, frames: i
 
 
 def inspect_denoising(model, path: str | os.PathLike, audio: str, out: str | os.PathLike, start: float = 0.0,
-                      seconds: float = INSPECT_SECONDS, note: Callable[[str], None] = _log_note) -> dict:
+                      seconds: float = INSPECT_SECONDS, note: Callable[[str], None] = _log_note,
+                      flags: bool = False) -> dict:
     """Draw what ``model`` (a spectrogram model loaded from ``path``) does to ``seconds`` of the
     recording ``audio`` from ``start`` to the figure ``out``; its numbers, JSON-ready. ``note``
     gets what people should know, as it comes (the part shown, channels mixed, a model run over
-    less than the whole file): the CLI prints it on stderr. Raises ValueError for a part the
-    recording does not hold or one shorter than an analysis window."""
+    less than the whole file): the CLI prints it on stderr; unset, it is logged at WARNING
+    (logger ``audioae.inspection``). ``flags``: messages name the CLI's ``--start`` and
+    ``--seconds``, not the keywords. Raises ValueError for a part the recording does not hold or
+    one shorter than an analysis window."""
     from .audio import read_audio
     from .plots import denoising_stats, denoising_view, plot_denoising
 
     wav, sr, _info = read_audio(audio)
     frames = wav.shape[-1]
     total = frames / sr
+    name = _names(flags)
     if start >= total:
-        raise ValueError(f"--start {start:g} s: {audio} lasts {total:.2f} s")
+        raise ValueError(f"{name['start']} {start:g} s: {audio} lasts {total:.2f} s")
     begin, end = round(start * sr), min(round((start + seconds) * sr), frames)
-    check_long_enough(model, audio, end - begin, frames, sr, start, seconds)
+    check_long_enough(model, audio, end - begin, frames, sr, start, seconds, flags)
     shown = (end - begin) / sr
     before, after = model_context(model, begin, end, frames, sr)
     if (said := context_note(model, begin, end, before, after, frames, sr)) is not None:
         note(said)
     wav = wav[:, begin - before : end + after]  # [C, T'] the part shown, in what the model runs over
     if shown < total:
-        note(f"showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; --start and --seconds pick another part")
+        note(f"showing {start:.2f}-{start + shown:.2f} s of {total:.2f} s; {name['start']} and {name['seconds']} "
+             f"pick another part")
     channels = wav.shape[0]
     mixed = f", the mean of its {channels} channels" if channels > 1 else ""
     if channels > 1:
