@@ -397,8 +397,8 @@ def denoise_batch(model: SpectralAutoencoder, items: list[tuple[np.ndarray, int,
     _check_audio_model(model)
     if not items:
         raise ValueError("denoise_batch needs at least one clip")
-    if len(items) > 1 and not model.causal:
-        raise ValueError("only a causal model can batch clips of different lengths (end padding)")
+    if len(items) > 1 and not model.causal:  # before any work; estimate_clips holds the same rule
+        raise ValueError(NON_CAUSAL_BATCH)
     # The checks denoise() makes, clip by clip: unchecked, int16 came back as noise and [T, C] as
     # T channels of C samples.
     return _denoise_clips(model, [(*checked_clip(wav, sr, strength), int(sr), strength) for wav, sr, strength in items],
@@ -441,6 +441,9 @@ def _denoise_clips(model: SpectralAutoencoder, checked: list[tuple[torch.Tensor,
     return results
 
 
+NON_CAUSAL_BATCH = "only a causal model can batch clips of different lengths (end padding)"
+
+
 @dataclass(frozen=True)
 class DenoiseTrace:
     """What the offline path computed for one clip on the way to its output, at the model's rate
@@ -463,8 +466,14 @@ def estimate_clips(model: SpectralAutoencoder, specs: list[torch.Tensor], feats:
     features ``feats[i] [C_i, F', N_i]`` (:func:`network_features`, :func:`model_input`), zero-padded
     at the end to the longest and run as one batch; each clip's estimate ``est [C_i, F, N_i]`` (whose
     iSTFT is the output) from its own frames of the output, as float32. Returns each clip's
-    :class:`DenoiseTrace`. Call it under ``torch.inference_mode()`` (or no_grad)."""
+    :class:`DenoiseTrace`. Call it under ``torch.inference_mode()`` (or no_grad).
+
+    A non-causal model's output at a frame depends on the frames after it, end padding included,
+    so clips of different lengths are refused for one (ValueError, as :func:`denoise_batch`
+    refuses them); clips of one length (validation's mixtures, the rows of one clip) need no padding."""
     n_max = max(s.shape[-1] for s in specs)
+    if not model.causal and any(s.shape[-1] != n_max for s in specs):
+        raise ValueError(NON_CAUSAL_BATCH)
     batch = torch.cat([F.pad(f, (0, n_max - f.shape[-1])) for f in feats])  # [R, F', N]
     out, code = model(batch)  # [R, F, N], [R, K, N']
     traces, row = [], 0
@@ -724,10 +733,12 @@ class StreamingDenoiser:
 
     def push(self, chunk: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """The cleaned samples of ``chunk`` (``[C, n]``, or ``[n]`` for a mono stream) that are
-        ready, possibly none, laid out and typed as :func:`denoise` gives them: a 1-D chunk's as
-        ``[m]``, a 2-D one's as ``[C, m]``; a numpy array for an array (or a list), a CPU tensor
-        (an ordinary one, not an inference tensor: in-place ops work) for a tensor."""
+        ready, possibly none, laid out as :func:`denoise` gives them: a 1-D chunk's as ``[m]``, a
+        2-D one's as ``[C, m]``; a numpy array for an array (or a list), as denoise() gives, and a
+        CPU tensor (an ordinary one, not an inference tensor: in-place ops work) for a tensor on
+        any device, where denoise() would give a numpy array."""
         x, squeeze = as_channels_first(chunk)
+        x = x.cpu()  # [C, n]: the stream's state (input kept for blending, resamplers) is on the CPU
         self._check_open()
         if x.shape[0] != self.channels:
             if not squeeze and x.shape[1] == self.channels:  # sounddevice's blocks of <= 64 frames
@@ -741,7 +752,7 @@ class StreamingDenoiser:
 
     @torch.inference_mode()
     def _push_checked(self, x: torch.Tensor) -> torch.Tensor:
-        check_levels(x.cpu(), f"chunk after {self.n_in} samples")
+        check_levels(x, f"chunk after {self.n_in} samples")  # x on the CPU (push)
         if x.shape[-1] == 0:
             return torch.zeros(x.shape[0], 0)
         # A long chunk goes through in pieces: the model's working memory grows with a push's
@@ -762,15 +773,19 @@ class StreamingDenoiser:
         return y if torch.is_inference_mode_enabled() else y.clone()
 
     def _push(self, x: torch.Tensor) -> torch.Tensor:
-        """One checked chunk ``[C, n]`` of at most a step's length -> the cleaned samples ready."""
-        self.n_in += x.shape[-1]
-        self.dry = torch.cat([self.dry, x], dim=-1)
+        """One checked chunk ``[C, n]`` (on the CPU) of at most a step's length -> the cleaned
+        samples ready. What counts the input (``n_in``, which finish() pads the output to, and the
+        input kept for blending) is updated once the network has run, so that a chunk that raises
+        before (out of memory) is not counted: finish() would pad the output by its length."""
         z = self.down.push(x)  # [C, n'] at the model's rate
+        z_dev = z.to(self.device)
+        frames = self.stft.push(z_dev)  # [C, F, m]
+        ahead = self.ahead.push(z_dev) if self.ahead else None  # [C, F, m'], m' <= pending + m
+        y = self._process(frames, ahead, final=False)  # [C, k] at the model's rate ([2C, k] with the gains)
         self._remember(z)
-        z = z.to(self.device)
-        frames = self.stft.push(z)  # [C, F, m]
-        ahead = self.ahead.push(z) if self.ahead else None  # [C, F, m'], m' <= pending + m
-        return self._output(self._process(frames, ahead, final=False), final=False)
+        self.dry = torch.cat([self.dry, x], dim=-1)
+        self.n_in += x.shape[-1]
+        return self._output(y, final=False)
 
     def finish(self) -> np.ndarray | torch.Tensor:
         """The rest of the cleaned samples, typed and laid out as the last :meth:`push`'s answer."""

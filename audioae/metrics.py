@@ -17,7 +17,10 @@ def si_sdr(estimate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.nda
     """Scale-invariant SDR in dB over the last axis, after removing the mean (Le Roux et al. 2019).
 
     Returns a tensor for tensor inputs (differentiable: the training loss uses it) and a float or
-    array for numpy inputs.
+    array for numpy inputs. Silence (after the mean is removed) has no SI-SDR: called on it, this
+    returns a finite number that means nothing (0 dB for a silent estimate, about -3096 dB for a
+    speech estimate of a silent reference with :func:`_eps_for`'s eps). :func:`si_sdr_score` (what
+    ``audioae eval`` scores with) refuses silent signals, and pairs too short to score, before scoring.
     """
     as_numpy = not isinstance(estimate, torch.Tensor)
     est = torch.as_tensor(estimate, dtype=torch.float64 if as_numpy else None)  # [..., T]

@@ -505,10 +505,11 @@ def _scores_of_input(noisy: torch.Tensor, clean: torch.Tensor, sr: int, metrics)
 
 
 # How validation feeds the network quiet input: lifted as `audioae denoise` lifts it (enhance.LevelLift),
-# so that the scores that choose best.safetensors are those of what users get from it. Until
-# 2026-12-08 validation ran the network on unlifted features, its own way: on the shipped denoiser at
-# 5 dB SNR the same mixture scored SI-SDR 11.52 both ways at -25 dBFS, 11.30 against denoise()'s
-# 11.09 at -45 dBFS and 4.10 against 8.78 at -60 dBFS. The lift is causal and per row (each
+# so that the scores that choose best.safetensors are those of what users get from it; validation_key
+# records it, so a best score from unlifted validation is not compared with lifted ones. Unlifted, the
+# shipped denoiser's scores on tests/test_training.py's _quiet_mixture (2 s, 5 dB SNR; docs/training.md
+# gives the command) were SI-SDR 11.36 as denoise()'s at -25 dBFS, 10.78 against denoise()'s 10.33
+# at -45 dBFS and 4.48 against 7.67 at -60 dBFS. The lift is causal and per row (each
 # mixture's own level, whatever else is in the batch), and the validation mixtures are whole clips
 # of one length, so the batch is what denoise() computes clip by clip; at the levels the mixtures
 # are made at it lifts few frames, and a validation with none lifted scores as before to the bit.
@@ -518,14 +519,16 @@ VALIDATION_LEVEL_LIFT = SHIPPED_LEVEL_LIFT
 @torch.inference_mode()
 def validate(model: SpectralAutoencoder, val_set, metrics=("si_sdr", "pesq", "stoi"),
              inputs: dict[str, float] | None = None, *,
-             level_lift: LevelLift = VALIDATION_LEVEL_LIFT) -> dict[str, float]:
+             level_lift: LevelLift | None = None) -> dict[str, float]:
     """Mean metrics of the model's output on the fixed validation set, and of its unprocessed
     input (``si_sdr_in``, ``pesq_in``, ``stoi_in``: a model's score means little without the
     input's). The input is the same at every validation, so ``inputs`` may be the ``*_in``
     entries of an earlier call or of input_scores(), which are then not scored again.
     The network runs as denoising runs it (enhance.estimate_clips), on the features of the noisy
-    STFT lifted as ``level_lift`` says (:data:`VALIDATION_LEVEL_LIFT`: as ``audioae denoise``);
-    :func:`score_denoised` scores denoise()'s own output, its checks included."""
+    STFT lifted as ``level_lift`` says (None: :data:`VALIDATION_LEVEL_LIFT` as it is at the call,
+    as ``audioae denoise`` lifts; :func:`validation_key` records it); :func:`score_denoised` scores
+    denoise()'s own output, its checks included."""
+    level_lift = VALIDATION_LEVEL_LIFT if level_lift is None else level_lift
     model.eval()
     clean, noisy, spec = _val_mix(model, val_set)
     feats = network_features(model, spec, noisy, level_lift=level_lift)  # [B, F', N]
@@ -1156,11 +1159,15 @@ def _provenance(run: RunConfig, out: Path, minutes_done: float) -> dict:
 def validation_key(run: RunConfig, model: SpectralAutoencoder) -> dict:
     """What a validation score depends on besides the weights and the audio, as JSON values:
     best.safetensors records it, and a resumed run compares its scores with that file's only
-    under the same key. Not the folders' paths: a run split over machines (train.session_minutes)
-    may find the same corpus elsewhere on each."""
+    under the same key. ``level_lift``: the lift validate() feeds the network quiet input with
+    (:data:`VALIDATION_LEVEL_LIFT`); a file recorded without it was scored on unlifted features and
+    is not compared with lifted scores. Not the folders' paths: a run split over machines
+    (train.session_minutes) may find the same corpus elsewhere on each."""
     d, c = run.data, model.config
+    lift = VALIDATION_LEVEL_LIFT  # how validate() runs the network: scores with another lift are not comparable
     key = {"select_by": run.train.select_by, "examples": d.val_examples, "seconds": d.val_seconds,
-           "snr": [d.snr_low, d.snr_high], "reverb_prob": d.reverb_prob, "corruption": c.corruption}
+           "snr": [d.snr_low, d.snr_high], "reverb_prob": d.reverb_prob, "corruption": c.corruption,
+           "level_lift": [lift.target_db, lift.max_gain_db]}
     if c.corruption == "gaussian":
         key["gaussian_snr"] = [c.snr_low, c.snr_high]
     if c.corruption == "patches":

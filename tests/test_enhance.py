@@ -733,10 +733,80 @@ def test_a_stream_answers_as_denoise_does_and_its_tensors_take_in_place_ops():
     assert isinstance(listed, np.ndarray) and listed.ndim == 1
 
 
-@pytest.mark.parametrize("shape", [(32, 2), (64, 2), (1, 2), (160, 1)])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model_device", ["cpu", "cuda"])
+def test_a_cuda_chunk_streams_as_the_same_chunk_on_the_cpu(model_device):
+    """Was: push() kept a CUDA chunk on its device, counted it, then torch.cat with the input
+    kept on the CPU raised; finish() padded the output by the chunk's length."""
+    sr = 8000
+    x = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal((2, 3000))).astype(np.float32))  # [C, T]
+    model = _causal()
+    want = torch.cat(_stream(model, sr, 2, [x[:, :1000], x[:, 1000:]]), -1)  # [C, T]
+    s = StreamingDenoiser(model.to(model_device), sr, 2)
+    parts = [s.push(x[:, :1000].cuda()), s.push(x[:, 1000:].cuda()), s.finish()]
+    for p in parts:  # an ordinary CPU tensor, as for a CPU chunk
+        assert p.device.type == "cpu" and not p.is_inference()
+    assert s.n_in == x.shape[-1]
+    # the same model's output (on the GPU: its own float arithmetic, TF32 in cuDNN)
+    torch.testing.assert_close(torch.cat(parts, -1), want, atol=1e-5 if model_device == "cpu" else 1e-3, rtol=0)
+
+
+def test_a_chunk_that_raises_inside_push_is_not_counted(monkeypatch):
+    """Was: push() counted a chunk (n_in, the input kept for blending) before running it, so one
+    that raised on the way (a CUDA chunk against the CPU's input, out of memory) was counted and
+    finish() padded the output by its length."""
+    model, sr = _causal(), 8000
+    x = (0.1 * np.random.default_rng(0).standard_normal(3000)).astype(np.float32)  # [T]
+    want = np.concatenate(_stream(model, sr, 1, [x[:1000], x[1000:]]))
+    s = StreamingDenoiser(model, sr)
+    first = s.push(x[:1000])
+
+    def refuse(*_):
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as m:  # before anything in the stream has moved
+        m.setattr(s.down, "push", refuse)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            s.push(x[1000:2000])
+    assert (s.n_in, s.dry.shape[-1]) == (1000, 1000 - s.n_out)
+    y = np.concatenate([first, s.push(x[1000:]), s.finish()])
+    assert y.shape == x.shape  # was 4000 samples: the refused chunk's 1000 padded at the end
+    np.testing.assert_allclose(y, want, atol=1e-6)
+    # raised in the network itself: the count stays too
+    s = StreamingDenoiser(model, sr)
+    s.push(x[:1000])
+    monkeypatch.setattr(s.model, "stream_step", refuse)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        s.push(x[1000:2000])
+    assert s.n_in == 1000
+
+
+def test_estimate_clips_refuses_a_non_causal_model_clips_of_different_lengths():
+    """The one place the network runs holds denoise_batch's rule: end padding would change a
+    non-causal model's output. Clips of one length (validation's mixtures) need none."""
+    from audioae.enhance import denoise_batch, estimate_clips, model_input
+
+    model, sr = _bidirectional(), 8000
+    rng = np.random.default_rng(0)
+    clips = [torch.from_numpy((0.1 * rng.standard_normal((1, n))).astype(np.float32)) for n in (800, 1600, 1600)]
+    (s1, f1), (s2, f2), (s3, f3) = (model_input(model, c) for c in clips)
+    text = re.escape("only a causal model can batch clips of different lengths (end padding)")
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match=text):
+            estimate_clips(model, [s1, s2], [f1, f2])
+        alone = estimate_clips(model, [s2], [f2])[0].est
+        both = estimate_clips(model, [s2, s3], [f2, f3])
+    torch.testing.assert_close(both[0].est, alone)
+    with pytest.raises(ValueError, match=text):  # the same words from denoise_batch, before any work
+        denoise_batch(model, [(c[0].numpy(), sr, 1.0) for c in clips[:2]])
+
+
+@pytest.mark.parametrize("shape", [(32, 2), (64, 2), (1, 2), (40, 1), (2, 1), (160, 1)])
 def test_a_time_first_chunk_of_few_frames_gets_the_layout_hint(shape):
     """Was: "this stream has 2 channel(s), the chunk has 32" for sounddevice's low-latency blocks
-    (<= 64 frames); (480, 2) had the hint from check_audio_array already."""
+    (<= 64 frames), and a mono stream's (40, 1) "has 1 channel(s), the chunk has 40"; (480, 2) and
+    (160, 1) had the hint from check_audio_array already (over 64 frames). The advice holds for
+    (2, 1) too: [T=2, C=1], whose transpose is 2 samples of the mono stream."""
     channels = shape[1]
     s = StreamingDenoiser(_causal(), 8000, channels)
     hint = re.escape(f"got shape {shape}, which looks like [T, C] (soundfile.read's layout)") + ".*x\\.T"

@@ -844,6 +844,7 @@ def test_a_resume_under_another_validation_starts_best_over_and_keeps_it_after(t
     summary = json.loads(capsys.readouterr().out)
     best = checkpoint_extra(out / "best.safetensors")
     assert best["step"] == 4 and summary["best_val"] == best["val"]["stoi"] < 1
+    assert best["validation"]["level_lift"] == [-45.0, 40.0]  # how the network ran: the shipped lift
     assert "was scored under another validation (select_by: 'si_sdr' there, 'stoi' now)" in caplog.text
     # A harder validation (lower SNRs) scores below the recorded SI-SDR: it starts over too.
     assert main(["train", *common, "--steps", "6", "--set", "data.snr_high=-4"]) == 0
@@ -853,6 +854,34 @@ def test_a_resume_under_another_validation_starts_best_over_and_keeps_it_after(t
     # exactly it again, which does not replace the file.
     assert main(["train", *common, "--steps", "8", "--set", "data.snr_high=-4", "--set", "train.lr=0"]) == 0
     assert checkpoint_extra(out / "best.safetensors")["step"] == 6
+
+
+def test_a_resume_from_a_best_scored_without_the_level_lift_starts_best_over(tmp_path, capsys, caplog):
+    """The validation key names how validation runs the network (its level lift): a best.safetensors
+    recorded without it (validation on unlifted features, whose scores differ from lifted ones on
+    quiet input) was compared with lifted scores under an otherwise equal key, and a worse model
+    could take the file. Here its recorded score is one no validation reaches, as an unlifted score
+    above the lifted ones would be: the first validation of the resumed run replaces it all the same."""
+    from audioae.checkpoint import checkpoint_extra, load_checkpoint, save_checkpoint
+    from audioae.train import VALIDATION_LEVEL_LIFT
+
+    out = tmp_path / "run"
+    common = [CONFIG, "--out", str(out), "--set", "train.val_every=2", "--set", "train.progress=false",
+              "--set", "model.config.hidden=16"]
+    assert main(["train", *common, "--steps", "2"]) == 0
+    best = out / "best.safetensors"
+    extra = checkpoint_extra(best)
+    lift = [VALIDATION_LEVEL_LIFT.target_db, VALIDATION_LEVEL_LIFT.max_gain_db]
+    assert extra["step"] == 2 and extra["validation"]["level_lift"] == lift == [-45.0, 40.0]
+    del extra["validation"]["level_lift"]  # as a run before the field recorded it
+    extra["val"]["si_sdr"] = 1000.0
+    save_checkpoint(load_checkpoint(best), best, extra)
+    capsys.readouterr()
+    assert main(["train", *common, "--steps", "4"]) == 0
+    assert (f"{best} was scored under another validation (level_lift: None there, [-45.0, 40.0] now): "
+            "the first validation of this run replaces it") in caplog.text
+    extra = checkpoint_extra(best)
+    assert extra["step"] == 4 and extra["val"]["si_sdr"] < 1000 and extra["validation"]["level_lift"] == lift
 
 
 def test_a_resume_with_other_model_settings_names_them(tmp_path, capsys, caplog):
