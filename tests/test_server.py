@@ -396,7 +396,9 @@ def test_a_call_that_ends_while_it_waits_for_a_codec_process_stops_waiting(model
 
         codec = srv.codecs._idle.get(timeout=10)  # the one codec process, taken: the upload waits for it
         try:
-            call = c.stub.Denoise.future(req, timeout=60 if how == "cancel" else 1.0)
+            # A deadline far enough away that the upload reaches its wait for the codec process first
+            # on a loaded machine, too (1 s could pass before it did, and the wait was never seen).
+            call = c.stub.Denoise.future(req, timeout=60 if how == "cancel" else 5.0)
             assert _wait_until(lambda: srv.codecs.waiting == 1, timeout=60)
             ended(call, 1)  # while the codec process is still taken: it waited no more
         finally:
@@ -404,7 +406,7 @@ def test_a_call_that_ends_while_it_waits_for_a_codec_process_stops_waiting(model
         assert srv.batcher.depth == 0 and _requests(srv, "Denoise", "OK") is None
         # Decoded and queued, then its answer waits for the codec process: not encoded once it ends.
         with srv.batcher.hold():
-            call = c.stub.Denoise.future(req, timeout=60 if how == "cancel" else 3.0)
+            call = c.stub.Denoise.future(req, timeout=60 if how == "cancel" else 5.0)  # decoded and queued first
             assert _wait_until(lambda: srv.batcher.depth == 1, timeout=60)
             codec = srv.codecs._idle.get(timeout=10)  # back from the decode
         try:
@@ -440,7 +442,7 @@ def test_a_unary_call_that_ends_while_its_work_runs_is_counted_as_it_ended(model
 
         monkeypatch.setattr(model, "decode", held_decode)
         req = pb.DecodeRequest(model="tiny", code=tensor_message(np.zeros((1, 16, 20), np.float32)))
-        call = c.stub.Decode.future(req, timeout=60 if how == "cancel" else 2.0)
+        call = c.stub.Decode.future(req, timeout=60 if how == "cancel" else 5.0)  # its work starts well before
         assert running.wait(60)
         if how == "cancel":
             call.cancel()
@@ -462,7 +464,8 @@ def test_a_call_whose_deadline_passes_while_its_upload_decodes_is_counted_deadli
         (worker,) = srv.codecs._all
         os.kill(worker.pid, signal.SIGSTOP)
         try:
-            call = c.stub.Denoise.future(pb.DenoiseRequest(audio=pb.Audio(encoded=wav)), timeout=1.0)
+            # 5 s: the upload reaches the stopped codec process before its deadline, on a loaded machine too
+            call = c.stub.Denoise.future(pb.DenoiseRequest(audio=pb.Audio(encoded=wav)), timeout=5.0)
             assert _wait_until(lambda: srv.codecs._idle.empty() and srv.codecs.waiting == 0, timeout=60)
             assert call.exception(timeout=60).code() == CODE.DEADLINE_EXCEEDED
         finally:
@@ -870,7 +873,8 @@ def test_a_decompose_answer_over_the_answer_limit_is_refused_before_any_work(mod
         residual = f" and its residual [1, {seconds * 1000}]" if components else ""
         said = re.fullmatch(
             rf"decomposing {seconds}\.0 s of audio at 1000 Hz would answer activations of shape \[24, {frames}\]"
-            rf"{re.escape(residual)}: 0\.[56] MB of float32, over this server's 0\.5 MB answer limit: send at most "
+            rf"{re.escape(residual)}, and the summaries of up to 1 component: 0\.[56] MB of float32 and summaries, "
+            rf"over this server's 0\.5 MB answer limit: send at most "
             rf"(\d+\.\d) s of audio at this rate per call"
             + (r" \(with its residual and up to 1 component waveform\)" if components else ""), msg)
         assert said, msg
@@ -885,6 +889,80 @@ def test_a_decompose_answer_over_the_answer_limit_is_refused_before_any_work(mod
         assert (r.sample_rate, r.samples, list(r.activations.shape)) == (1000, fit, [24, 1 + fit * 16 // 128])
         assert len(r.residual.pcm.data) == (4 * fit if components else 0)
 
+
+
+def _decomposer_small() -> Path:
+    from audioae import pretrained
+
+    shipped = pretrained.shipped()
+    if "decomposer-small" not in shipped:
+        pytest.skip("no shipped decomposer-small")
+    return Path(shipped["decomposer-small"])
+
+
+def _gated_noise(seconds: float, sr: int, channels: int = 1) -> np.ndarray:
+    """Noise on and off every 50 ms: every unit that answers it is active in many spans (the
+    summary of each component at its largest, MAX_SPANS spans)."""
+    x = 0.3 * np.random.default_rng(0).standard_normal((channels, round(seconds * sr)))
+    return (x * ((np.arange(x.shape[-1]) // (sr // 20)) % 2 == 0)).astype(np.float32)
+
+
+def test_the_length_a_decompose_refusal_advises_is_answered_with_every_components_summary(model_dir):
+    """The estimate counted the float32 arrays only: the 320 components of decomposer-small
+    (top_k=0, group none) carry up to 1.1 kB of summary each (label, units, three doubles, 50
+    spans), and 6 s at 8 kHz under --max-request-mb 0.125 advised 3.0 s, whose answer met gRPC's
+    own "Sent message larger than max (524355 vs. 524288)", the call counted OK."""
+    with _serving(model_dir, _decomposer_small(), max_request_mb=0.125, max_audio_seconds=600) as (srv, c):
+        x = _gated_noise(6, 8000)
+        req = pb.DecomposeRequest(audio=pb.Audio(pcm=pcm_message(x, 8000, "int16")), top_k=0, group="none",
+                                  fit_steps=0)
+        code, msg = _code(c.stub.Decompose, req, timeout=120)
+        assert code == CODE.RESOURCE_EXHAUSTED, msg
+        assert "[320, 751], and the summaries of up to 320 components:" in msg, msg
+        said = re.search(r"send at most (\d+) ms of audio at this rate per call$", msg)
+        assert said, msg
+        fit = int(said.group(1)) * 8
+        req.audio.pcm.CopyFrom(pcm_message(x[:, :fit], 8000, "int16"))
+        r = c.stub.Decompose(req, timeout=300)  # was gRPC's own RESOURCE_EXHAUSTED
+        assert r.samples == fit and len(r.components) > 100, (r.samples, len(r.components))
+        assert r.ByteSize() <= srv.config.max_send_bytes
+        assert _requests(srv, "Decompose", "OK") == 1
+        assert _requests(srv, "Decompose", "RESOURCE_EXHAUSTED") == 1
+        # 320 waveforms of 2 channels and the summaries leave no room for even one analysis window:
+        # said so, not "send at most 3 ms" and then "too short to decompose".
+        req.audio.pcm.CopyFrom(pcm_message(np.tile(x[:, :8000], (2, 1)), 8000, "int16"))
+        req.return_components = True
+        code, msg = _code(c.stub.Decompose, req, timeout=120)
+        assert code == CODE.RESOURCE_EXHAUSTED, msg
+        assert msg.endswith(
+            "no audio fits under it at this rate, not even the shortest the model takes (32 ms, its analysis "
+            "window): ask for fewer components (a smaller top_k, or group=band or cluster), send fewer channels, "
+            "or have the server run with a larger --max-request-mb"), msg
+        assert "send at most" not in msg, msg
+
+
+def test_a_decompose_answer_over_the_limit_after_the_work_is_refused_in_the_servers_words(model_dir, monkeypatch):
+    """Past the estimate before the work (a loose one, here none at all), the answer's exact size
+    is checked before its waveforms are copied in: refused RESOURCE_EXHAUSTED in the server's
+    words, not sent to meet gRPC's own "Sent message larger than max", the call counted OK."""
+    monkeypatch.setattr(AudioAEServicer, "_check_decompose_answer", lambda *args: None)
+    with _serving(model_dir, "dict", max_request_mb=0.125, max_audio_seconds=600) as (srv, c):
+        # 50 s at 1 kHz: 0.6 MB of activations ([24, 6251] float32); 20 s: 0.24 MB of them, and 80 kB
+        # for each waveform returned (the residual and every component's).
+        x = _gated_noise(50, 1000)
+        for seconds, components in ((50, False), (20, True)):
+            audio = pb.Audio(pcm=pcm_message(x[:, : seconds * 1000], 1000, "int16"))
+            req = pb.DecomposeRequest(model="dict", audio=audio, top_k=0, group="none", fit_steps=0,
+                                      return_components=components)
+            code, msg = _code(c.stub.Decompose, req, timeout=120)
+            assert code == CODE.RESOURCE_EXHAUSTED, msg
+            waves = ", their waveforms and the residual" if components else ""
+            assert re.fullmatch(
+                rf"the answer \(the activations and \d+ components' summaries{waves}\) would be \d\.\d MB of "
+                r"float32 and summaries, over this server's 0\.5 MB answer limit \(4 x --max-request-mb\): ask for "
+                r"a smaller top_k, group the units, or send shorter audio", msg), msg
+        assert _requests(srv, "Decompose", "RESOURCE_EXHAUSTED") == 2
+        assert _requests(srv, "Decompose", "OK") is None
 
 # ---- StreamDenoise --------------------------------------------------------------------------------
 @pytest.mark.parametrize(

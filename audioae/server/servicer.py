@@ -265,7 +265,49 @@ def _answer_size(fn: Callable, x: torch.Tensor) -> tuple[float, int]:
 def _field_bytes(n: int) -> int:
     """Bytes a length-delimited protobuf field numbered below 16 takes on the wire with ``n`` bytes
     of payload: its key, its length as a varint, the payload."""
-    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+    return 1 + _varint_bytes(n) + n
+
+
+def _varint_bytes(n: int) -> int:
+    """Bytes a non-negative ``n`` takes as a protobuf varint."""
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+# Upper bounds of a Decompose answer's parts besides its float32 payload, in protobuf's encoding
+# (proto/audioae/v1/audioae.proto). A length below 2^35 (an answer is under 2 GiB) is a varint of
+# at most 5 bytes, a non-negative int32 too; a double field is its key and 8 bytes.
+_LEN, _DOUBLE = 5, 1 + 8
+# Audio {pcm: Pcm {data, format, sample_rate, channels}} in a Component or as the residual: the
+# keys and lengths of the three messages, an enum, two int32s; the samples come on top.
+_WAVE_HEADER = (1 + _LEN) * 3 + (1 + 1) + (1 + _LEN) * 2
+# Tensor {shape: [U, N] packed int64, datatype "FP32", data} as the activations; the data on top.
+_TENSOR_HEADER = (1 + _LEN) + (1 + 1 + 2 * 10) + (1 + 1 + 4) + (1 + _LEN)
+
+
+def _max_label_bytes(units: int) -> int:
+    """The longest label :mod:`audioae.decompose` gives a component (``unit 3 (~440 Hz)``, ``band
+    500-1000 Hz``, ``cluster 2 (~262+330 Hz, 2 units)``, ``cluster 4 (780-7200 Hz, peak 168 Hz,
+    60 units)``), every number as wide as it may be: a count as wide as ``units``, a frequency
+    (below the Nyquist frequency of the highest rate served) signed. ASCII: a byte a character."""
+    n, hz = "9" * len(str(units)), "-" + "9" * len(str(MAX_SAMPLE_RATE))
+    return max(len(f"unit {n} (~{hz} Hz)"), len(f"band {hz}-{hz} Hz"),
+               len(f"cluster {n} (~{hz}+{hz}+{hz} Hz, {n} units)"),
+               len(f"cluster {n} ({hz}-{hz} Hz, peak {hz} Hz, {n} units)"))
+
+
+def _summary_bytes(units: int, components: int, group: str) -> int:
+    """An upper bound of the bytes the per-component summary of a Decompose answer takes (every
+    ``Component`` field but its waveform) for at most ``components`` components of a model of
+    ``units`` units grouped by ``group``: per component its key and length, the label, the units'
+    key and length, three doubles, :data:`MAX_SPANS` spans of two doubles each and ``active_spans``;
+    and each unit index listed (one per component under ``none``; ``cluster`` partitions the
+    units; a ``band`` lists any unit that holds 1% of its energy, so every band may list them all)."""
+    label = _max_label_bytes(units)
+    span = _field_bytes(2 * _DOUBLE)  # Span {start, end}: 20 bytes
+    per_component = ((1 + _LEN) + (1 + _varint_bytes(label) + label) + (1 + _LEN) + 3 * _DOUBLE
+                     + MAX_SPANS * span + (1 + _LEN))
+    listed = components if group == "none" else units if group == "cluster" else components * units
+    return components * per_component + listed * _varint_bytes(max(units - 1, 0))
 
 
 def _mb(size: float) -> str:
@@ -722,7 +764,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                     f"{MAX_COMPONENT_BYTES / 2**30:g} GiB: send shorter audio, ask for a smaller top_k, "
                     f"or group the units (group=band or cluster: {DEFAULT_GROUPS} components unless groups says)",
                 )
-            self._check_decompose_answer(sm, frames, channels, sr, k if request.return_components else None)
+            self._check_decompose_answer(sm, frames, channels, sr, k, group, request.return_components)
 
         wav, sr, _, warnings = self._audio(request.audio, sm.model.config.sample_rate, context, check=check_components)
         seconds = wav.shape[-1] / sr
@@ -755,57 +797,85 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 active=[pb.Span(start=a, end=b) for a, b in entry["active_seconds"]],
                 active_spans=entry["active_spans"],
             )
+        # Checked before any work from a bound (_check_decompose_answer); here exactly, before the
+        # waveforms are copied in: the answer so far and the bytes the waveforms will add.
+        size = resp.ByteSize()
         if request.return_components:
-            # The activations are in the answer too (they were left out of this sum).
-            size = 4 * (np.asarray(d.activations).size + np.asarray(d.components).size + np.asarray(d.residual).size)
-            if size > self.config.max_send_bytes * 0.95:  # 5% left for the rest of the answer
-                raise self._too_large(f"{len(d.labels)} component waveforms and the residual would be", size,
-                                      "float32", "ask for a smaller top_k, or send shorter audio")
+            header = pb.Pcm(format=pb.FLOAT32, sample_rate=sr, channels=d.residual.shape[0]).ByteSize()
+            # One waveform as a field: Audio {pcm: Pcm {data: [C, T] float32, ...}}, keys and lengths.
+            wave = _field_bytes(_field_bytes(header + _field_bytes(4 * d.residual.size)))
+            size += wave  # the residual
+            for comp in resp.components:  # each component's waveform lengthens its Component too
+                n = comp.ByteSize()
+                size += _field_bytes(n + wave) - _field_bytes(n)
+        if size > self.config.max_send_bytes:
+            waves = ", their waveforms and the residual" if request.return_components else ""
+            raise self._too_large(f"the answer (the activations and {len(d.labels)} components' summaries{waves}) "
+                                  "would be", size, "float32 and summaries",
+                                  "ask for a smaller top_k, group the units, or send shorter audio")
+        if request.return_components:
             # Float32 PCM whatever the input's format: components + residual == input exactly.
             for comp, wave in zip(resp.components, d.components, strict=True):
                 comp.audio.pcm.CopyFrom(pcm_message(wave, sr, pb.FLOAT32))
             resp.residual.pcm.CopyFrom(pcm_message(d.residual, sr, pb.FLOAT32))
         return resp
 
-    def _check_decompose_answer(self, sm: ServedModel, frames: int, channels: int, sr: int,
-                                components: int | None) -> None:
+    def _check_decompose_answer(self, sm: ServedModel, frames: int, channels: int, sr: int, components: int,
+                                group: str, waveforms: bool) -> None:
         """Refuse, before any work, a ``Decompose`` of ``frames`` at ``sr`` whose answer could not
         be sent: its activations are ``[units, N]`` float32, ``N`` the model's STFT frames of the
-        audio at its own rate, whatever the caller's rate and channels, and with ``return_components``
-        (``components``: the most waveforms it may return) the residual ``[channels, frames]``
-        float32 at the caller's rate, there however many components come. 200 s at 1 kHz, a 400 kB
-        question, ran the whole job and then met gRPC's own "Sent message larger than max", the
-        call counted OK. 5% of the limit is left for the rest of the answer. The length the
-        message advises fits with ``components`` waveforms too; how many come is known only after
-        the work (checked then: :meth:`Decompose`)."""
+        audio at its own rate, whatever the caller's rate and channels; the summaries of up to
+        ``components`` components (grouped by ``group``), counted at their largest
+        (:func:`_summary_bytes`: up to 1.1 kB a component, 350 kB for the 320 units of
+        decomposer-small); and with ``waveforms`` (``return_components``) the residual ``[channels,
+        frames]`` float32 at the caller's rate, there however many components come. 200 s at 1 kHz,
+        a 400 kB question, ran the whole job and then met gRPC's own "Sent message larger than
+        max", the call counted OK. 5% of the limit is left for the rest of the answer. The length
+        the message advises fits with ``components`` waveforms too; how many come is known only
+        after the work (the answer's exact size is checked then: :meth:`Decompose`). Where not even
+        the shortest audio the model takes (one analysis window) would fit, it says so."""
         if sr <= 0 or frames <= 0:  # the decode says what is wrong
             return
         c = sm.model.config
         units, msr = c.code_dim, c.sample_rate
-
-        waves = 0 if components is None else 1  # the residual
+        fixed = _TENSOR_HEADER + _summary_bytes(units, components, group)
 
         def size(t: int, waves: int) -> tuple[int, int]:
             n = sm.model.stft.num_frames(math.ceil(t * msr / sr))  # resampled as decompose() does
-            return 4 * (units * n + waves * channels * t), n
+            return 4 * (units * n + waves * channels * t) + waves * _WAVE_HEADER + fixed, n
 
         limit = 0.95 * self.config.max_send_bytes
+        waves = 1 if waveforms else 0  # the residual
         need, n = size(frames, waves)
         if need <= limit:
             return
-        waves += components or 0  # what fits, fits whatever comes
+        if waveforms:
+            waves += components  # what fits, fits whatever comes
         per_sample = 4 * (units * msr / (sr * c.hop_length) + waves * channels)
-        fit = max(0, int((limit - 4 * units * 2) / per_sample))  # a frame's slack for the rounding
+        room = limit - fixed - waves * _WAVE_HEADER - 4 * units * 2  # a frame's slack for the rounding
+        fit = max(0, int(room / per_sample))
         while fit > 0 and size(fit, waves)[0] > limit:
             fit -= max(1, math.ceil(c.hop_length * sr / msr))
         fit_s = max(fit, 0) / sr
         fit_s = math.floor(fit_s * 10) / 10 if fit_s >= 1 else math.floor(fit_s * 1000) / 1000
-        residual = f" and its residual [{channels}, {frames}]" if components is not None else ""
+        residual = f" and its residual [{channels}, {frames}]" if waveforms else ""
+        said = (f"decomposing {frames / sr:.1f} s of audio at {sr} Hz would answer activations of shape "
+                f"[{units}, {n}]{residual}, and the summaries of up to {components} "
+                f"component{'s' if components > 1 else ''}:")
+        shortest = window_samples(c.n_fft, msr, sr)
+        if math.floor(fit_s * sr + 1e-9) < shortest:  # "send at most 3 ms", then "too short to decompose"
+            fewer = [what for what, helps in (
+                ("ask for fewer components (a smaller top_k, or group=band or cluster)", components > 1),
+                ("send fewer channels", waveforms and channels > 1)) if helps]
+            raise self._too_large(
+                said, need, "float32 and summaries",
+                f"no audio fits under it at this rate, not even the shortest the model takes "
+                f"({_took(shortest / sr)}, its analysis window): {', '.join(fewer) + ', or ' if fewer else ''}"
+                f"have the server run with a larger --max-request-mb", say_source=False)
         with_them = (f" (with its residual and up to {components} component waveform{'s' if components > 1 else ''})"
-                     if components else "")
+                     if waveforms else "")
         raise self._too_large(
-            f"decomposing {frames / sr:.1f} s of audio at {sr} Hz would answer activations of shape "
-            f"[{units}, {n}]{residual}:", need, "float32",
+            said, need, "float32 and summaries",
             f"send at most {_took(fit_s)} of audio at this rate per call{with_them}", say_source=False)
 
     # ---- Encode / Decode -------------------------------------------------------------------------
