@@ -1,7 +1,5 @@
-"""``python -m audioae ...`` is the ``audioae`` console script (pyproject's ``audioae.cli:main``)."""
+"""``python -m audioae ...`` is the ``audioae`` console script (pyproject's ``audioae.cli:run``)."""
 
-import sys
+from audioae.cli import run
 
-from audioae.cli import main
-
-sys.exit(main())
+run()

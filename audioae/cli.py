@@ -234,7 +234,12 @@ def _add_examples(sub) -> None:
 
 
 def _cmd_examples(args) -> int:
-    print(_SHIPPED / ("examples-clean" if args.clean else "examples"))
+    folder = _SHIPPED / ("examples-clean" if args.clean else "examples")
+    if not folder.is_dir():  # a package built without them: a path printed would fail later, unexplained
+        raise ValueError(f"this installation of audioae has no {folder.name} folder ({folder} is missing); "
+                         f"the wheel and the source repository ship them, a package built without its data "
+                         f"files does not")
+    print(folder)
     return 0
 
 
@@ -985,8 +990,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
-        if argv is None:  # the process ends here: a second Ctrl-C would only break its exit (torch's atexit traceback)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"interrupted: {str(exc) or 'Ctrl-C'}", file=sys.stderr)  # SIGTERM's says "SIGTERM"
         return 128 + getattr(exc, "signum", signal.SIGINT)  # as a shell reports a command killed by it
     except BrokenPipeError:  # `audioae models --json | head`: the reader left; say nothing more
@@ -1002,5 +1005,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _exit_at_once(signum, _frame) -> None:
+    os._exit(128 + signum)  # as a shell reports a command killed by it
+
+
+def run() -> None:
+    """The ``audioae`` command: pyproject's console script, ``python -m audioae`` and ``python -m
+    audioae.cli``. :func:`main`, then the process leaves, and a Ctrl-C while it leaves (a second
+    press after an interrupted job, as people press it; torch's or Ray's exit handlers, which may
+    take a while or hang) ends it at once, exit 130, without a traceback: the default broke off an
+    exit handler with a KeyboardInterrupt traceback. main() leaves SIGINT as it found it, for a
+    program that calls it; a command that keeps its own (``serve``) keeps it."""
+    code = main()
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        for stream in (sys.stdout, sys.stderr):  # what was said is said before a press can end it
+            with contextlib.suppress(Exception):
+                stream.flush()
+        signal.signal(signal.SIGINT, _exit_at_once)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -269,8 +269,8 @@ def test_ctrl_c_pressed_twice_leaves_no_suspect_nor_part_file(tmp_path, causal_c
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)  # again, as people press it
     _, err = proc.communicate(timeout=120)
-    # A second press once the job has ended, as Python exits, is ignored (audioae.cli.main): it used
-    # to end the process with -SIGINT or a KeyboardInterrupt in torch's atexit callback.
+    # A second press once the job has ended, as Python exits, ends it at once with 130 (audioae.cli.run):
+    # it used to end the process with -SIGINT or a KeyboardInterrupt in torch's atexit callback.
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "interrupted: Ctrl-C" in err and "Traceback" not in err, err[-3000:]
     left = [p.name for p in (out / JOURNAL_NAME).glob("*")] if (out / JOURNAL_NAME).exists() else []

@@ -419,6 +419,84 @@ def test_the_records_follow_a_moved_project(tmp_path, causal_ckpt, moved):
     assert len(read_manifest(out / "audioae-manifest.jsonl")) == 3
 
 
+@pytest.mark.parametrize("how", ["copied-then-deleted", "edited-after-the-move"])
+def test_the_records_follow_a_project_copied_then_deleted_or_edited_after_its_move(tmp_path, causal_ckpt, how):
+    """A project moved by copying it and deleting the original (``cp -r proj proj2 && rm -rf proj``,
+    rsync or scp without keeping times: every input has a new time), or moved and then one input
+    edited. Was: a record followed a gone input only where its size and time matched, so the rerun
+    with another --strength was not refused, its lines were "skipped" ones that said nothing of what
+    made the outputs, and the old paths' lines stayed. Now the lines follow by where the inputs lie
+    (the output's path under OUT is the input's under its folder), and the recorded size and time
+    name the inputs that are not the files their outputs were made from."""
+    proj = tmp_path / "proj"
+    for rel in ("a.wav", "sub/b.wav"):
+        _wav(proj / "raw" / rel, seed=len(rel))
+    assert run_denoise([proj / "raw"], proj / "clean", _opts(causal_ckpt))["ok"] == 2
+    made = {Path(r["output"]).relative_to(proj / "clean").as_posix(): {k: r[k] for k in ("sha256", "strength", "input_size",
+                                                                                       "input_mtime_ns")}
+            for r in read_manifest(proj / "clean" / "audioae-manifest.jsonl")}
+    moved = tmp_path / "proj2"
+    if how == "copied-then-deleted":
+        shutil.copytree(proj, moved, copy_function=shutil.copyfile)  # cp -r: the files' times are not kept
+        for p in (moved / "raw").rglob("*.wav"):  # later than the outputs' however fast the copy
+            st = p.stat()
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+        shutil.rmtree(proj)
+        changed = ["a.wav", "sub/b.wav"]
+    else:
+        proj.rename(moved)
+        _wav(moved / "raw" / "a.wav", seconds=0.7, seed=9)
+        changed = ["a.wav"]
+    src, out = moved / "raw", moved / "clean"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")}
+    with pytest.raises(ValueError, match="2 output.s. made with other settings"):
+        run_denoise([src], out, _opts(causal_ckpt, strength=0.5))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")} == stamps
+    for _ in range(2):  # the run after names them too: their lines keep the sizes and times recorded
+        s = run_denoise([src], out, _opts(causal_ckpt))
+        assert (s["skipped"], s["ok"]) == (2, 0), s
+        assert sorted(Path(x["path"]).relative_to(src).as_posix() for x in s["left_out"]) == changed, s
+        assert all(x["why"].startswith("changed after its output") for x in s["left_out"]), s
+        lines = read_manifest(out / "audioae-manifest.jsonl")
+        assert sorted((r["input"], r["output"]) for r in lines) == sorted(
+            (str(src / rel), str(out / rel)) for rel in made)  # one line per input, under the new paths
+        assert {Path(r["output"]).relative_to(out).as_posix(): {k: r[k] for k in made["a.wav"]} for r in lines} == made
+    with pytest.raises(ValueError, match="2 output.s. made with other settings"):
+        run_denoise([src], out, _opts(causal_ckpt, strength=0.5))
+
+
+@pytest.mark.parametrize("moved", ["project", "output"])
+def test_a_moved_out_s_line_goes_to_the_output_its_input_bears_out(tmp_path, causal_ckpt, moved):
+    """An OUT named ``o`` moved, and the inputs now hold both ``x.wav`` and ``o/x.wav``: the line of
+    ``o/x.wav`` (old OUT ``proj/o``) reads as ``o/x.wav`` under ``proj`` or as ``x.wav`` under ``proj/o``,
+    one vote each. Was: the tie took the shallower reading, which its input (``raw/x.wav``) does not
+    bear out, so x.wav's record went to o/x.wav's output: x.wav's line said nothing of what made it,
+    and another --strength was not refused over it. With the inputs where they were (only OUT
+    moved), x.wav's line is found by its input's name all the same."""
+    proj = tmp_path / "proj"
+    _wav(proj / "raw" / "x.wav", seed=1)
+    out = proj / "o" if moved == "project" else tmp_path / "a" / "o"
+    assert run_denoise([proj / "raw"], out, _opts(causal_ckpt, strength=0.7))["ok"] == 1
+    made = {k: read_manifest(out / "audioae-manifest.jsonl")[0][k] for k in ("sha256", "strength", "input_size")}
+    if moved == "project":  # o/x.wav the same file's copy, its size and time too
+        (proj / "raw" / "o").mkdir()
+        shutil.copy2(proj / "raw" / "x.wav", proj / "raw" / "o" / "x.wav")
+        proj = proj.rename(tmp_path / "proj2")
+        out = (proj / "o").rename(proj / "clean")
+    else:
+        _wav(proj / "raw" / "o" / "x.wav", seed=3)
+        (tmp_path / "b").mkdir()
+        out = out.rename(tmp_path / "b" / "clean")
+    s = run_denoise([proj / "raw"], out, _opts(causal_ckpt, strength=0.7))
+    assert (s["skipped"], s["ok"], s["left_out"]) == (1, 1, []), s
+    recs = {r["output"]: r for r in read_manifest(out / "audioae-manifest.jsonl")}
+    assert sorted(recs) == [str(out / "o" / "x.wav"), str(out / "x.wav")]
+    assert recs[str(out / "x.wav")]["input"] == str(proj / "raw" / "x.wav")
+    assert {k: recs[str(out / "x.wav")][k] for k in made} == made
+    with pytest.raises(ValueError, match="2 output.s. made with other settings"):
+        run_denoise([proj / "raw"], out, _opts(causal_ckpt, strength=0.5))
+
+
 def test_a_record_is_not_taken_by_an_output_of_the_same_name_elsewhere_in_out(tmp_path, causal_ckpt):
     """The relative match of a moved OUT never reads a line of this OUT's own sub/x.wav as x.wav's."""
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "o"

@@ -73,7 +73,70 @@ def test_the_sdist_manifest_takes_what_the_tests_and_recipes_need():
         assert (ROOT / folder).is_dir(), f"MANIFEST.in grafts {folder}/, which is not in the repository"
 
 
+def test_the_wheel_takes_the_package_data_it_names_and_nothing_else():
+    """Was: setuptools' include-package-data put in the wheel every file MANIFEST.in's ``graft
+    audioae`` took into the sdist: an editor's backup, a README run's cleaned/ folder with its
+    manifest and lock. The patterns must name every data file the package ships."""
+    import fnmatch
+
+    assert PYPROJECT["tool"]["setuptools"]["include-package-data"] is False
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["audioae"]
+    package = ROOT / "audioae"
+    shipped = [package / "v1" / "audioae_pb2.pyi", *pretrained.shipped().values(),
+               *pretrained.EXAMPLES.iterdir(), *pretrained.EXAMPLES_CLEAN.iterdir()]
+    shipped += [p.with_name(p.name + ".sha256") for p in pretrained.shipped().values()]
+    shipped += [p.with_suffix(".md") for p in pretrained.shipped().values()]
+    for path in shipped:
+        rel = path.resolve().relative_to(package.resolve()).as_posix()
+        assert any(fnmatch.fnmatch(rel, pattern) for pattern in patterns), f"{rel}: in no package-data pattern"
+    excluded = {w for line in (ROOT / "MANIFEST.in").read_text().splitlines()
+                if line.startswith("global-exclude") for w in line.split()[1:]}
+    assert {"*~", "*.swp", "*.orig", "*.rej", ".audioae.lock", "audioae-manifest.jsonl", "*.part"} <= excluded
+
+
+def test_the_console_script_leaves_at_once_on_a_ctrl_c_and_main_leaves_sigint_alone(tmp_path, monkeypatch, capsys):
+    """Was: main() set SIGINT to be ignored once interrupted: a program calling it in-process could
+    no longer be stopped with Ctrl-C, nor could a hang in an exit handler (Ray's shutdown). The
+    console script (:func:`audioae.cli.run`) ends the process at once on a Ctrl-C while it leaves."""
+    import signal
+    import subprocess
+    import sys
+
+    assert PYPROJECT["project"]["scripts"]["audioae"] == "audioae.cli:run"
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(cli, "_cmd_examples", interrupted)
+    monkeypatch.setattr(sys, "argv", ["audioae", "examples"])
+    assert main() == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "interrupted: Ctrl-C" in capsys.readouterr().err
+
+    leaving = ("import atexit, os, signal, sys, time\n"
+               "from audioae import cli\n"
+               "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(60)))\n"
+               "sys.argv = ['audioae', 'examples']\n"
+               "cli.run()\n")
+    proc = subprocess.run([sys.executable, "-c", leaving], cwd=tmp_path, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+    assert "Traceback" not in proc.stderr and Path(proc.stdout.strip()) == pretrained.EXAMPLES
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_examples_missing_from_the_package_is_an_error(tmp_path, monkeypatch, capsys, clean):
+    """Was: the missing folder's path printed, exit 0, for a package built without its examples."""
+    monkeypatch.setattr(cli, "_SHIPPED", tmp_path / "pretrained")
+    assert main(["examples", *(["--clean"] if clean else [])]) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert f"has no {'examples-clean' if clean else 'examples'} folder ({tmp_path / 'pretrained'}" in said.err
+
+
 def test_examples_prints_the_shipped_folders_wherever_it_runs(tmp_path, monkeypatch, capsys):
+    # one path, resolved (was: the CLI's resolved, pretrained's not: unequal under a linked site-packages)
+    assert cli._SHIPPED == pretrained.HERE
     monkeypatch.chdir(tmp_path)  # no checkout here: README's audioae/pretrained/examples is not found
     assert main(["examples"]) == 0
     assert Path(capsys.readouterr().out.strip()) == pretrained.EXAMPLES

@@ -135,10 +135,10 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
         from .ray_engine import _run_ray
 
         load_checkpoint(ckpt, expected_sha256=expected)  # fail here, clearly, not in every actor
-        # run_ray without its address check: run_denoise's check_request made it before anything was written
+        # run_ray past its address check: run_denoise's check_request made it before anything was written
         yield from _run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
                             workers=opts.workers, address=opts.address, gpus_per_worker=opts.gpus_per_worker,
-                            device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds, check=False)
+                            device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds)
         return
     from .local import run_local
 
@@ -498,7 +498,8 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     Where OUT itself has moved (the project folder renamed, moved or mounted elsewhere, the inputs
     with it or not), a line's output is not planned under its old name: it is matched by its path
     relative to OUT, where the manifest lives (:func:`_outputs_moved`), and follows there, its
-    input as above. Until 2026-12-08 such a line stayed under the old names, and the rerun's
+    input as above, or a gone name where the planned name lies as it did under the input folder,
+    which moved with OUT, whatever its size and time (:func:`_moved_along`). Until 2026-12-08 such a line stayed under the old names, and the rerun's
     "skipped" line said nothing of what made the output: another --strength was not refused, and a
     stopped --overwrite was not gone on with. A name whose only lines are such "skipped" ones
     (:func:`_says_nothing`) takes the record that follows it, which mends those manifests.
@@ -507,7 +508,9 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     inputs = set(planned.values())
     # names with records of their own
     recorded = {r["input"] for r in earlier if r.get("status") != DUPLICATE and not _says_nothing(r)}
-    moved = _outputs_moved(earlier, planned, path.parent.resolve())
+    here = path.parent.resolve()
+    moved = _outputs_moved(earlier, planned, here)
+    inside = str(here).rstrip(os.sep) + os.sep
     kept, changed = [], False
     for r in earlier:
         if r.get("status") == DUPLICATE:
@@ -517,10 +520,12 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
                 kept.append(r)
             continue
         output = r.get("output")
-        output = output if output in planned else moved.get(output)  # type: ignore[arg-type]
+        elsewhere = output not in planned  # OUT moved: matched by its path relative to OUT
+        output = moved.get(output) if elsewhere else output  # type: ignore[arg-type]
         name = planned.get(output) if output is not None else None
         if name is not None and (r["input"] == name or r["input"] not in inputs and (
-                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and _moved_here(r, name)))):
+                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and (
+                    _moved_here(r, name) or elsewhere and _moved_along(r, name, output[len(inside):]))))):
             changed = changed or (r["input"], r["output"]) != (name, output)
             r["input"], r["output"] = name, output
         kept.append(r)
@@ -543,29 +548,65 @@ def _outputs_moved(earlier: list[dict], planned: dict[str, str], out: Path) -> d
     folder it was written in (the old OUT; ``out``: OUT now, resolved), where one is: the lines of
     an OUT that has moved. The old OUT is not recorded: it is the folder above the line's output
     that most lines agree on (``o/sub/x.wav`` may be ``sub/x.wav`` in ``o`` or ``x.wav`` in ``o/sub``
-    when both are planned). OUT itself, a folder inside it and one above it are never taken: their
-    lines' outputs would be planned under their own names. Lookups only, no file is asked."""
-    by_rel: dict[tuple[str, ...], str] = {}
-    for output in planned:
-        with contextlib.suppress(ValueError):
-            by_rel[Path(output).relative_to(out).parts] = output
-    found: dict[str, list[tuple[Path, str]]] = {}  # output then: (its OUT then, output now) for each reading
-    votes: dict[Path, int] = {}
+    when both are planned), where a line votes only for the readings its input bears out (the
+    input's path ends with the output's relative path, as a folder search lays outputs out:
+    :func:`_same_layout`); a line's own such reading wins a tie. OUT itself, a folder inside it and
+    one above it are never taken: their lines' outputs would be planned under their own names.
+    Lookups and string operations only, no file is asked: a line of an output in OUT now (an
+    earlier job's, not planned this time) is passed over at once, for an OUT of many jobs has many."""
+    here = str(out)
+    inside = here.rstrip(os.sep) + os.sep  # "/" stays "/"
+    by_rel = {output[len(inside):]: output for output in planned if output.startswith(inside)}
+    depths = {rel.count(os.sep) + 1 for rel in by_rel}  # how many parts a planned relative path has
+    deepest = max(depths, default=0)
+    found: dict[str, list[tuple[str, str, bool]]] = {}  # output then: (its OUT then, output now, borne out)
+    votes: dict[str, int] = {}
     for r in earlier:
         then = r.get("output")
-        if not isinstance(then, str) or then in planned or then in found or not os.path.isabs(then):
+        if not isinstance(then, str) or then.startswith(inside) or then in planned or then in found \
+                or not os.path.isabs(then):
             continue
-        parts = Path(then).parts
         found[then] = readings = []
-        for i in range(1, len(parts)):
-            now = by_rel.get(parts[i:])
-            root = Path(*parts[:i])
-            if now is None or root == out or out in root.parents or root in out.parents:
+        name = r.get("input")
+        name = name if isinstance(name, str) else ""
+        i = len(then)
+        for parts in range(1, deepest + 1):  # the relative paths from the end, as long as a planned one
+            i = then.rfind(os.sep, 0, i)
+            if i <= 0:
+                break
+            if parts not in depths:
                 continue
-            readings.append((root, now))
-            votes[root] = votes.get(root, 0) + 1
-    return {then: max(readings, key=lambda reading: votes[reading[0]])[1]
+            rel = then[i + 1:]
+            now = by_rel.get(rel)
+            if now is None:
+                continue
+            root = then[:i]
+            if root == here or root.startswith(inside) or inside.startswith(root + os.sep):
+                continue  # OUT, a folder inside it, or one above it
+            borne = name == rel or name.endswith(os.sep + rel)  # _same_layout, in the loop over every line
+            readings.append((root, now, borne))
+            if borne:
+                votes[root] = votes.get(root, 0) + 1
+    # the most votes; then a reading the line's input bears out; then the longest relative path
+    return {then: max(readings, key=lambda reading: (votes.get(reading[0], 0), reading[2], -len(reading[0])))[1]
             for then, readings in found.items() if readings}
+
+
+def _same_layout(name: object, rel: str) -> bool:
+    """Whether the input ``name`` ends with the output's path ``rel`` relative to its OUT: the
+    layout a folder search gives (the input's path under its folder is the output's under OUT;
+    a file named on its own has its name)."""
+    return isinstance(name, str) and (name == rel or name.endswith(os.sep + rel))
+
+
+def _moved_along(record: dict, name: str, rel: str) -> bool:
+    """Whether the file ``record`` was made from, whose name is gone, is the one at ``name`` by
+    where it lies: both names end with ``rel``, the output's path relative to OUT then and now
+    (the same layout under the input folder, which moved with OUT). Its size and time are not
+    asked: a copy that keeps no times (``cp -r``, rsync or scp without ``-t``/``-p``) and then
+    the old copy deleted, or an input edited after the move, is still the file the record is of,
+    and the rerun's check of the recorded size and time names it changed."""
+    return _same_layout(record["input"], rel) and _same_layout(name, rel) and not os.path.lexists(record["input"])
 
 
 def _moved_here(record: dict, name: str) -> bool:

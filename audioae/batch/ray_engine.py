@@ -285,12 +285,9 @@ def _refused_token(exc: BaseException) -> bool:
     return False
 
 
-def _start_or_join(ray, address: str, *, check: bool = True) -> None:
-    """ray.init: a new local Ray for :data:`LOCAL`, else the cluster at ``address``, failing in
-    words when it cannot be reached. ``check``: refuse an address this engine cannot use
-    (:func:`check_address`); False where the job checked it already (:func:`check_request`)."""
-    if check:
-        check_address(address)
+def _start_or_join(ray, address: str) -> None:
+    """ray.init: a new local Ray for :data:`LOCAL`, else the cluster at ``address`` (which
+    :func:`check_address` passed), failing in words when it cannot be reached."""
     target = _check_reachable(address)
     # ray.init puts its own SIGTERM handler (sys.exit) in place of the caller's, which ends the
     # job as Ctrl-C does (audioae.cli): put the caller's back. A SIGTERM during ray.init met Ray's
@@ -383,16 +380,17 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     process already started, else ``address``, else ``RAY_ADDRESS``), or starts a local Ray of
     its own, refusing an address this engine cannot use (:func:`check_address`). Actors get
     ``gpus_per_worker`` GPUs each, or one with ``device`` cuda."""
+    check_address(address)
     yield from _run_ray(todo, model_bytes=model_bytes, sha256=sha256, journal=journal, strength=strength,
                         workers=workers, address=address, gpus_per_worker=gpus_per_worker, threads=threads,
-                        block_seconds=block_seconds, device=device, check=True)
+                        block_seconds=block_seconds, device=device)
 
 
 def _run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float,
              workers: int, address: str | None, gpus_per_worker: float, threads: int, block_seconds: float,
-             device: str, check: bool) -> Iterator[FileResult]:
-    """:func:`run_ray`; ``check`` False for a job whose address :func:`check_request` checked
-    already (run_denoise's), which it does not check again."""
+             device: str) -> Iterator[FileResult]:
+    """:func:`run_ray` for an address :func:`check_address` passed (run_denoise's
+    :func:`check_request` checks it before anything is written)."""
     ray = require_ray()
     if not todo:
         return
@@ -411,7 +409,7 @@ def _run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journ
     started = False
     try:
         if not ray.is_initialized():
-            _start_or_join(ray, address, check=check)
+            _start_or_join(ray, address)
             started = True
         _check_actor_fits(ray, threads, gpus_per_worker, autoscaled=address != LOCAL, gpu_flag=gpu_flag)
         _warn_too_many_actors(ray, workers, threads, autoscaled=address != LOCAL)

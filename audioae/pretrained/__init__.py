@@ -14,7 +14,7 @@ from pathlib import Path
 from ..checkpoint import CheckpointError, config_of, load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from ..models import Autoencoder, AutoencoderConfig
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent  # resolved, as the CLI's (which imports no torch) is: one path to print
 # Example recordings (noisy speech) and their clean speech, for ``audioae denoise`` and ``audioae eval``;
 # ``audioae examples [--clean]`` prints these paths wherever the package is installed.
 EXAMPLES = HERE / "examples"
