@@ -1330,6 +1330,82 @@ def _built_resampler(orig_sr: int, new_sr: int):
         return T.Resample(orig_sr, new_sr, dtype=torch.float32).eval()  # its kernel computed as the functional form's
 
 
+class StreamingResampler:
+    """Resampling chunk by chunk that equals ``torchaudio.functional.resample`` on the whole input
+    (to float rounding).
+
+    torchaudio works in blocks of ``orig/g`` input samples (``new/g`` output samples, ``g = gcd``),
+    and an output sample reads the input within the sinc kernel's ``width`` of its position. So
+    each call answers every output sample whose kernel the input has reached, computed from a
+    short segment with whole blocks of context on both sides (zeros past the input, where the
+    kernel's window is zero), and keeps the samples asked for. Until 2026-12-06 it answered whole
+    blocks with a block of context to spare: a 44.1 kHz stream, whose blocks are 441 samples,
+    waited 60-80 ms for its audio, an 11.025 kHz one 200-240 ms. Raises
+    :class:`AudioError` for rate pairs :func:`check_resample` refuses
+    (``realtime``: at the bound of a stream of small calls; False: a file read in long blocks).
+    """
+
+    LOWPASS_WIDTH = 6  # torchaudio's default lowpass_filter_width
+    ROLLOFF = 0.99
+
+    def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = "", realtime: bool = True):
+        import torch
+
+        # the blocks below are orig/g samples long, and every call computes its context blocks
+        check_resample(orig_sr, new_sr, target=target, realtime=realtime)
+        self.orig_sr, self.new_sr = orig_sr, new_sr
+        # Held for the stream's life: asked of the 8-pair cache on each chunk, a server with streams
+        # at more pairs than that rebuilt a kernel per chunk. A stream holds its own 1-2 pairs.
+        self.kernel = resampler(orig_sr, new_sr) if orig_sr != new_sr else None
+        g = math.gcd(orig_sr, new_sr)
+        self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
+        # torchaudio's kernel half-width in input samples: an output sample reads no further
+        self.width = math.ceil(self.LOWPASS_WIDTH * self.bi / (min(self.bi, self.bo) * self.ROLLOFF))
+        self.ctx = max(1, math.ceil(self.width / self.bi))  # context in whole blocks on each side
+        self.buf = torch.zeros(channels, self.ctx * self.bi)  # zeros before the start, as offline
+        self.buf_block = -self.ctx  # block index of buf[..., 0]
+        self.next_sample = 0  # first output sample not yet produced
+        self.length = 0  # input samples pushed
+
+    def _run(self, upto: int) -> torch.Tensor:
+        """Output samples ``[next_sample, upto)``: each reads input already in ``buf`` (or past the
+        input's end, which offline pads with zeros too)."""
+        import torch
+
+        if upto <= self.next_sample:
+            return self.buf.new_zeros(self.buf.shape[0], 0)
+        b0, b1 = self.next_sample // self.bo, -(-upto // self.bo)  # the blocks holding them
+        lo = (b0 - self.ctx - self.buf_block) * self.bi
+        hi = (b1 + self.ctx - self.buf_block) * self.bi
+        seg = self.buf[:, lo:hi]  # [C, n]
+        seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))  # zeros where no input is yet
+        y = resampled(seg, self.orig_sr, self.new_sr, self.kernel)  # [C, n * bo / bi]
+        y = y[:, self.ctx * self.bo + self.next_sample - b0 * self.bo : self.ctx * self.bo + upto - b0 * self.bo]
+        self.next_sample = upto
+        keep = self.next_sample // self.bo - self.ctx  # the next call's first context block
+        self.buf = self.buf[:, (keep - self.buf_block) * self.bi :]
+        self.buf_block = keep
+        return y
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.orig_sr == self.new_sr:
+            return x
+        self.length += x.shape[-1]
+        self.buf = torch.cat([self.buf, x], dim=-1)
+        # output sample n sits at input position n * bi / bo and reads input up to ``width`` past it
+        ready = (self.length - self.width) * self.bo // self.bi + 1 if self.length >= self.width else 0
+        return self._run(ready)
+
+    def finish(self) -> torch.Tensor:
+        import torch
+
+        if self.orig_sr == self.new_sr:
+            return torch.zeros(self.buf.shape[0], 0)
+        return self._run(math.ceil(self.new_sr * self.length / self.orig_sr))
+
+
 def band_above(wav: torch.Tensor | np.ndarray, sr: int, band_sr: int) -> torch.Tensor:
     """The part of ``wav`` (last axis at ``sr``) that resampling to ``band_sr`` drops: the input
     minus its round trip through ``band_sr``, same length (what a model at ``band_sr`` never sees)."""

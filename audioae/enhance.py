@@ -8,7 +8,6 @@ rate and channel count. The model's own rate is internal: we resample in and out
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,18 +17,18 @@ import torch.nn.functional as F
 
 from .audio import (
     AudioError,
+    StreamingResampler,  # used here; re-exported: it lived here
     as_channels_first,
     check_channels,
     check_levels,
     check_pcm,
-    check_resample,
     check_sample_rate,
     fit_length,
     resample,
-    resampled,
-    resampler,
 )
-from .config import DEVICE_NAMES
+
+# Re-exported: these lived here, and `from audioae.enhance import pick_device` keeps working.
+from .device import LIBRARY_ALLOC_FAILURES, is_out_of_memory, pick_device, release_device_memory  # noqa: F401
 from .models import SpectralAutoencoder, takes_audio
 from .spectral import StreamingSTFT, gain_frames, hann_energy
 
@@ -50,24 +49,6 @@ def check_stop(stop: Callable[[], bool] | None, where: str) -> None:
     is no longer wanted: between the pieces of a long denoise, and the stages of a decomposition."""
     if stop is not None and stop():
         raise Stopped(where)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when torch sees one, else CPU; ``cpu``, ``cuda`` or ``cuda:N``. Asking for a
-    CUDA device torch does not see is an error, and so is any other name."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(DEVICE_NAMES, name):  # "auto" returned above
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            # Neutral about where the name came from: --device, --set train.device or a config file.
-            raise RuntimeError(f"device {name!r} was asked for, but torch sees no CUDA device")
-        index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
-        if index >= count:
-            raise RuntimeError(f"device {name!r} was asked for, but torch sees {count} CUDA device(s) "
-                               f"(cuda:0..{count - 1})")
-    return torch.device(name)
 
 
 # ---- input level ---------------------------------------------------------------------------------
@@ -163,6 +144,28 @@ def network_features(model: SpectralAutoencoder, spec: torch.Tensor, wav: torch.
     validation passes its own noisy STFT (for ``patches`` corruption not quite ``model.stft(wav)``)."""
     ahead = model.stft.ahead(wav, model.config.lookahead) if model.config.lookahead else None  # [B, F, N]
     return lifted_features(model, spec, ahead, LevelTracker(model, level_lift).gains(spec))
+
+
+# ---- codes ---------------------------------------------------------------------------------------
+# Encode's audio path (the server's Encode RPC, its warm-up): the code is the model's encoding of
+# the very features denoising feeds it, so a code decoded and masked matches what denoise() does.
+@torch.inference_mode()
+def code_input(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *,
+               level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> torch.Tensor:
+    """The features ``model.encode`` takes for ``wav [C, T]`` (float, already checked) at ``sr``:
+    resampled to the model's rate, on the model's device, lifted as :func:`model_input` lifts
+    them; ``[C, F', N]``, the channels as the batch. The server runs ``model.encode`` on them
+    itself (to bound and explain its answer); otherwise call :func:`audio_code`."""
+    x = resample(wav, sr, model.config.sample_rate).to(_device_of(model))  # [C, T'] at the model's rate
+    return model_input(model, x, level_lift=level_lift)[1]  # [C, F', N]
+
+
+@torch.inference_mode()
+def audio_code(model: SpectralAutoencoder, wav: np.ndarray | torch.Tensor, sr: int, *,
+               level_lift: LevelLift = SHIPPED_LEVEL_LIFT) -> torch.Tensor:
+    """The code of ``wav [C, T]`` at ``sr``: ``model.encode`` of :func:`code_input`,
+    ``[C, code_dim, N]`` (N frames at the model's rate), on the model's device."""
+    return model.encode(code_input(model, wav, sr, level_lift=level_lift))  # [C, code_dim, N]
 
 
 # ---- above the model's band ----------------------------------------------------------------------
@@ -343,31 +346,6 @@ def checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tu
     return x, squeeze
 
 
-# What CUDA's libraries say when their own allocation fails (a workspace, a handle) on a full GPU:
-# torch raises a plain RuntimeError with it, not OutOfMemoryError, e.g. "CUDA error:
-# CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
-LIBRARY_ALLOC_FAILURES = ("cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cufft_alloc_failed",
-                          "cusolver_status_alloc_failed", "cusparse_status_alloc_failed")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is the host or the device running out of memory (torch raises a plain
-    RuntimeError for the CPU allocator, MPS and cuBLAS/cuDNN/cuFFT allocation failures,
-    ``torch.cuda.OutOfMemoryError`` for its CUDA allocator)."""
-    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                              or any(name in text for name in LIBRARY_ALLOC_FAILURES))
-
-
-def release_device_memory() -> None:
-    """Hand the CUDA allocator's cached blocks back after running out of memory, so that the
-    retries (smaller batches, one clip each) can have them."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def channel_seconds(wav: np.ndarray | torch.Tensor, sr: int) -> float:
     """What a clip ``[C, T]`` (or ``[T]``) costs the model: seconds times channels."""
     channels = wav.shape[0] if wav.ndim == 2 else 1
@@ -526,80 +504,14 @@ def _denoise_windows(model: SpectralAutoencoder, x: torch.Tensor, sr: int, stren
     return out / weight.clamp_min(1e-8)
 
 
-class StreamingResampler:
-    """Resampling chunk by chunk that equals ``torchaudio.functional.resample`` on the whole input
-    (to float rounding).
-
-    torchaudio works in blocks of ``orig/g`` input samples (``new/g`` output samples, ``g = gcd``),
-    and an output sample reads the input within the sinc kernel's ``width`` of its position. So
-    each call answers every output sample whose kernel the input has reached, computed from a
-    short segment with whole blocks of context on both sides (zeros past the input, where the
-    kernel's window is zero), and keeps the samples asked for. Until 2026-12-06 it answered whole
-    blocks with a block of context to spare: a 44.1 kHz stream, whose blocks are 441 samples,
-    waited 60-80 ms for its audio, an 11.025 kHz one 200-240 ms. Raises
-    :class:`~audioae.audio.AudioError` for rate pairs :func:`~audioae.audio.check_resample` refuses
-    (``realtime``: at the bound of a stream of small calls; False: a file read in long blocks).
-    """
-
-    LOWPASS_WIDTH = 6  # torchaudio's default lowpass_filter_width
-    ROLLOFF = 0.99
-
-    def __init__(self, orig_sr: int, new_sr: int, channels: int, *, target: str = "", realtime: bool = True):
-        # the blocks below are orig/g samples long, and every call computes its context blocks
-        check_resample(orig_sr, new_sr, target=target, realtime=realtime)
-        self.orig_sr, self.new_sr = orig_sr, new_sr
-        # Held for the stream's life: asked of the 8-pair cache on each chunk, a server with streams
-        # at more pairs than that rebuilt a kernel per chunk. A stream holds its own 1-2 pairs.
-        self.kernel = resampler(orig_sr, new_sr) if orig_sr != new_sr else None
-        g = math.gcd(orig_sr, new_sr)
-        self.bi, self.bo = orig_sr // g, new_sr // g  # block sizes in and out
-        # torchaudio's kernel half-width in input samples: an output sample reads no further
-        self.width = math.ceil(self.LOWPASS_WIDTH * self.bi / (min(self.bi, self.bo) * self.ROLLOFF))
-        self.ctx = max(1, math.ceil(self.width / self.bi))  # context in whole blocks on each side
-        self.buf = torch.zeros(channels, self.ctx * self.bi)  # zeros before the start, as offline
-        self.buf_block = -self.ctx  # block index of buf[..., 0]
-        self.next_sample = 0  # first output sample not yet produced
-        self.length = 0  # input samples pushed
-
-    def _run(self, upto: int) -> torch.Tensor:
-        """Output samples ``[next_sample, upto)``: each reads input already in ``buf`` (or past the
-        input's end, which offline pads with zeros too)."""
-        if upto <= self.next_sample:
-            return self.buf.new_zeros(self.buf.shape[0], 0)
-        b0, b1 = self.next_sample // self.bo, -(-upto // self.bo)  # the blocks holding them
-        lo = (b0 - self.ctx - self.buf_block) * self.bi
-        hi = (b1 + self.ctx - self.buf_block) * self.bi
-        seg = self.buf[:, lo:hi]  # [C, n]
-        seg = torch.nn.functional.pad(seg, (0, hi - lo - seg.shape[-1]))  # zeros where no input is yet
-        y = resampled(seg, self.orig_sr, self.new_sr, self.kernel)  # [C, n * bo / bi]
-        y = y[:, self.ctx * self.bo + self.next_sample - b0 * self.bo : self.ctx * self.bo + upto - b0 * self.bo]
-        self.next_sample = upto
-        keep = self.next_sample // self.bo - self.ctx  # the next call's first context block
-        self.buf = self.buf[:, (keep - self.buf_block) * self.bi :]
-        self.buf_block = keep
-        return y
-
-    def push(self, x: torch.Tensor) -> torch.Tensor:
-        if self.orig_sr == self.new_sr:
-            return x
-        self.length += x.shape[-1]
-        self.buf = torch.cat([self.buf, x], dim=-1)
-        # output sample n sits at input position n * bi / bo and reads input up to ``width`` past it
-        ready = (self.length - self.width) * self.bo // self.bi + 1 if self.length >= self.width else 0
-        return self._run(ready)
-
-    def finish(self) -> torch.Tensor:
-        if self.orig_sr == self.new_sr:
-            return torch.zeros(self.buf.shape[0], 0)
-        return self._run(math.ceil(self.new_sr * self.length / self.orig_sr))
-
-
 class StreamingDenoiser:
     """Denoise audio chunk by chunk, carrying state between chunks.
 
     ``push(chunk [C, n])`` returns the cleaned samples that are ready (possibly none);
-    ``finish()`` returns the rest. Both answer as :func:`denoise` does: ``[n]`` for a 1-D chunk,
-    a numpy array for an array; a tensor chunk gets an ordinary CPU tensor. The concatenation has
+    ``finish()`` returns the rest. Both lay it out as :func:`denoise` does (``[n]`` for a 1-D
+    chunk, ``[C, n]`` for a 2-D one) and type it by the chunk: a numpy array for an array (or a
+    list), as denoise() gives, but an ordinary CPU tensor for a tensor chunk (on any device), where
+    denoise() gives a numpy array for any input. The concatenation has
     exactly the input's length and equals :func:`denoise` on the whole input to float tolerance.
     Needs a causal model.
 

@@ -60,7 +60,8 @@ from .data.mixing import (
     synthetic_noise,
     synthetic_speech,
 )
-from .enhance import SHIPPED_LEVEL_LIFT, LevelLift, denoise, estimate_clips, network_features, pick_device
+from .device import pick_device
+from .enhance import SHIPPED_LEVEL_LIFT, LevelLift, denoise, estimate_clips, network_features
 from .fileio import atomic_write_bytes
 from .metrics import pesq_wb, si_sdr, stoi
 from .models import Autoencoder, SpectralAutoencoder, build_model, family, takes_audio

@@ -69,7 +69,8 @@ import numpy as np
 import torch
 
 from audioae import pretrained
-from audioae.enhance import denoise, denoise_batch, pick_device
+from audioae.device import pick_device
+from audioae.enhance import denoise, denoise_batch
 from audioae.fileio import atomic_write_json
 from audioae.models import build_model
 from audioae.train import batch_loss, corrupt_batch, load_run_config, train

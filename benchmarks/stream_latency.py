@@ -9,7 +9,7 @@ plus, at a rate other than the model's, the two resamplers' kernels: about 13 sa
 of the two rates (under 1 ms above 16 kHz, 13 ms at 1 kHz). ``bound_ms`` is that sum, which the
 largest hold-back stays under: ``ListModels``' ``latency_ms`` + :func:`resampling_reach_ms`. Until 2026-12-06 the resampler answered whole blocks of
 441 input samples at 44.1, 22.05 and 11.025 kHz, with a block of context to spare: 60-80,
-100-120 and 200-240 ms (``audioae.enhance.StreamingResampler``).
+100-120 and 200-240 ms (``audioae.audio.StreamingResampler``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from audioae import pretrained
-from audioae.enhance import StreamingDenoiser, StreamingResampler
+from audioae.audio import StreamingResampler
+from audioae.enhance import StreamingDenoiser
 from audioae.fileio import atomic_write_json
 
 RATES = (1000, 8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
-from ..enhance import pick_device
+from ..device import pick_device
 from ..fileio import FolderHeld, atomic_write_text, hold_folder, holder_of
 from ..isolation import ProcessDied, answering_worker, how_it_ended
 from .interrupts import deaf_to_ctrl_c

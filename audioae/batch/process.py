@@ -50,13 +50,12 @@ from ..audio import (
     unopened,
     write_frames,
 )
+from ..device import is_out_of_memory, release_device_memory
 from ..enhance import (
     StreamingDenoiser,
     channel_seconds,
     denoise,
     denoise_batch,
-    is_out_of_memory,
-    release_device_memory,
 )
 from ..fileio import file_in_the_way, missing, nearest_existing
 from ..models import SpectralAutoencoder

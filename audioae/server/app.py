@@ -18,7 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from audioae.config import quoted
-from audioae.enhance import Stopped, denoise_batch, pick_device
+from audioae.device import pick_device
+from audioae.enhance import Stopped, denoise_batch
 from audioae.v1 import audioae_pb2, audioae_pb2_grpc
 
 from .auth import TokenAuth, exposure_warnings, read_tokens

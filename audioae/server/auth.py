@@ -15,7 +15,7 @@ import stat
 
 import grpc
 
-from audioae.client import is_loopback, read_tokens
+from audioae.wire import is_loopback, read_tokens
 
 from .handlers import logged, peer_of, rebuilt
 from .metrics import Metrics

@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from audioae.device import is_out_of_memory, release_device_memory
 from audioae.enhance import (
     OFFLINE_MAX_SECONDS,
     Stopped,
     denoise,
     denoise_batch,
-    is_out_of_memory,
-    release_device_memory,
 )
 from audioae.models import SpectralAutoencoder
 

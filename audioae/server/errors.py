@@ -7,7 +7,7 @@ import logging
 import grpc
 
 from audioae.audio import AudioError
-from audioae.enhance import is_out_of_memory
+from audioae.device import is_out_of_memory
 from audioae.models import UnknownModelError
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,16 @@ from audioae.audio import (
     check_levels,
     check_resample,
     check_sample_rate,
-    resample,
 )
-from audioae.client import (
+from audioae.config import quoted
+from audioae.decompose import DEFAULT_GROUPS, MAX_SPANS, check_options, decompose, summarize
+from audioae.device import is_out_of_memory, release_device_memory
+from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, code_input
+from audioae.models.image import check_grey_levels
+from audioae.spectral import window_samples
+from audioae.v1 import audioae_pb2 as pb
+from audioae.v1 import audioae_pb2_grpc
+from audioae.wire import (
     DATATYPES,
     array_from_tensor,
     audio_from_message,
@@ -50,12 +57,6 @@ from audioae.client import (
     pcm_seconds,
     tensor_message,
 )
-from audioae.config import quoted
-from audioae.decompose import DEFAULT_GROUPS, check_options, decompose, summarize
-from audioae.enhance import Stopped, StreamingDenoiser, channel_seconds, is_out_of_memory, release_device_memory
-from audioae.models.image import check_grey_levels
-from audioae.v1 import audioae_pb2 as pb
-from audioae.v1 import audioae_pb2_grpc
 
 from .batcher import Batcher, Job, batch_key
 from .codecs import Codecs
@@ -977,10 +978,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         def run() -> np.ndarray:
             inp = x
             if inp is None:  # audio: the features denoising feeds the network (quiet input lifted), channels as the batch
-                from audioae.enhance import model_input
-
-                z = resample(torch.from_numpy(wav), sr, model.config.sample_rate).to(device)  # [C, T']
-                inp = model_input(model, z)[1]  # [C, F', N]
+                inp = code_input(model, wav, sr)  # [C, F', N] at the model's rate, on its device
             inp = inp.to(device)
             doing = f"encoding a tensor of shape {list(inp.shape)}"
             h = _call_model(

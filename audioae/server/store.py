@@ -17,7 +17,7 @@ from audioae import pretrained
 from audioae.checkpoint import load_checkpoint, read_metadata, sha256_file, sidecar_sha256
 from audioae.config import quoted
 from audioae.decompose import decompose
-from audioae.enhance import StreamingDenoiser, check_stop, denoise, model_input
+from audioae.enhance import StreamingDenoiser, audio_code, check_stop, denoise
 from audioae.models import Autoencoder, takes_audio
 
 from .errors import Abort
@@ -314,13 +314,13 @@ class ModelStore:
                 # One fit step (a call may ask for some whatever the model's default) and one
                 # component: each stage runs, at a fraction of a full call's cost.
                 decompose(m.model, x, sr, top_k=1, fit_steps=1)
-            inp = model_input(m.model, torch.from_numpy(x).to(m.device))[1]  # [1, F', N], as Encode feeds it
+            h = audio_code(m.model, x, sr)  # [1, code_dim, N], as Encode computes it
         else:
             try:
                 inp = m.model.example_input(1).to(m.device)
             except NotImplementedError:
                 return []
-        h = m.model.encode(inp)  # [1, code_dim, N] or [1, code_dim]
+            h = m.model.encode(inp)  # [1, code_dim]
         if "Decode" in rpcs:
             m.model.decode(h)
         return rpcs
