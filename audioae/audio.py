@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # header); one it would cut short is refused (scan_coded).
 _NAMED = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF",
           ".au": "AU", ".caf": "CAF", ".w64": "W64", ".rf64": "RF64",
-          # other names of those containers (until 2026-12-08 a folder search passed them over without a word)
+          # other names of those containers, so that a folder search takes them too
           ".wave": "WAV", ".bwf": "WAV", ".aifc": "AIFF", ".snd": "AU", ".oga": "OGG"}
 CONTAINERS = {ext: fmt for ext, fmt in _NAMED.items() if fmt in sf.available_formats()}
 # Ogg Opus (voice messages) is read by its contents; never written by name: Ogg's default is Vorbis.
@@ -56,8 +56,8 @@ MAX_SAMPLE_RATE = 384_000
 # 44101 -> 16000 Hz would be ~700 M floats (2.8 GB). Banks up to this size are built (once per
 # rate pair, kept: :func:`resampler`): every standard rate against 16000 Hz needs at most 1.2 MB
 # (11025 Hz), 5512 Hz 5.6 MB, the NTSC pull-down of 48 kHz (47952 Hz) 12 MB; that of 44.1 kHz
-# (44056 Hz) needs 44 MB. Until 2026-12-07 the bound was the reduced rates' product (1,000,000),
-# which refused 47952 and 5512 Hz too. A bound per path: a filter's cost is paid per call, in
+# (44056 Hz) needs 44 MB. A bound on the reduced rates' product (1,000,000)
+# would refuse 47952 and 5512 Hz too. A bound per path: a filter's cost is paid per call, in
 # context blocks of orig/g samples, so small real-time calls pay it many times a second (44056 Hz:
 # 82 ms per 10 ms call) where a file's seconds-long calls do not (44056 Hz: a whole 20 s clip's
 # denoise() ran at 50x real time; benchmarks/odd_rates.py, benchmarks/results/odd-rates.json).
@@ -97,7 +97,7 @@ def check_sample_rate(sr: float, name: str = "audio", field: str = "Pcm.sample_r
     """A whole number of Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] (16000.0 passes; 44100.5 does
     not). ``field``: the request field the rate came from, named when it is unset."""
     whole_hz(sr, name)
-    if sr == 0:  # a message's field left out reads as 0: "0 Hz is outside ..." did not say it was never set
+    if sr == 0:  # a message's field left out reads as 0: "0 Hz is outside ..." would not say it was never set
         raise AudioError(f"{name}: the sample rate is unset (0); set it to the audio's rate in Hz, "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (in a request: {field})")
     if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
@@ -220,8 +220,8 @@ def empty_audio(name: str, source: str | os.PathLike | bytes, fmt: str) -> Audio
     """The error for a file of 0 samples (``fmt``: its container); one whose header is unfinished,
     or an Ogg cut off before its end page, says so: "empty" led to deleting a recording that holds
     all its audio. The error's ``empty`` is True where the file is just empty (nothing says there
-    is more): the folder tool writes an empty output for it. Until 2026-12-07 every 0-sample Ogg was
-    "may be cut short", and an empty Ogg (libsndfile writes one) failed on every run."""
+    is more): the folder tool writes an empty output for it. An empty Ogg (libsndfile writes one) is
+    just empty, not "may be cut short", which would fail it on every run."""
     held = unfinished_wav_bytes(source)
     if held:
         return AudioError(f"{name}: its header says the audio is empty, but {held:,} bytes of it follow: a recording "
@@ -910,7 +910,7 @@ def vorbis_compression(kbps: float, sr: int, channels: int) -> float:
     1.2.2, outside 8,000 to 50,000 Hz), ``kbps`` is a mean bitrate (:func:`vorbis_mean_compression`).
     libsndfile codes Vorbis at quality 1 - level; libvorbis's nominal bitrate names that quality for the rate and channels
     whatever the audio, where the mean bitrate does not: the table of means measured on white noise,
-    used alone until 2026-12-07, sent speech (which codes lower) back at a lower quality, level 0.92
+    used alone, would send speech (which codes lower) back at a lower quality, level 0.92
     for a speech file coded at 0.6. Within 0..1: a bitrate beyond the quality range's gets its end
     (tests/test_batch.py checks outputs against their inputs' nominal bitrates and sizes)."""
     by_level = np.array(_vorbis_nominal_by_level(sr, channels))
@@ -951,8 +951,8 @@ def coded_kbps(f: sf.SoundFile, scan: CodedScan | None, frames: int,
     bitrate (tests/test_batch.py::test_tags_cover_art_and_chained_files_are_told_from_the_audio).
     An MP3's bytes are over the samples its frames hold (``scan.held``), not the ``frames`` it
     decodes to: with an Info frame a decoder trims the encoder's delay and padding (over 1,500
-    samples), which the frames' bytes still code, and a half-second 56 kbps file read as 61 kbps
-    came back at 64 (until 2026-12-07)."""
+    samples), which the frames' bytes still code: counted over ``frames``, a half-second 56 kbps file
+    would read as 61 kbps and come back at 64."""
     if scan is None or not frames or (f.format != "MP3" and f.subtype not in ("OPUS", "VORBIS")):
         return None
     coded = scan.held if f.format == "MP3" and scan.held else frames  # samples the counted bytes code
@@ -1069,9 +1069,9 @@ def walk_audio(folder: str | os.PathLike,
     in), each real folder once, so a link loop ends: the real folders first, under their own
     names, each folder's files in name order, then the links whose targets were not searched;
     no folder reached through a link is searched where it lies in ``searched_elsewhere`` (the
-    real paths of the job's other input folders), nor twice. Until 2026-12-07 the walk went in name
-    order, and ``a_latest -> z_2024`` took z_2024's place: its outputs went under the link's
-    name, and once the link moved on to z_2025, that folder was skipped as searched already.
+    real paths of the job's other input folders), nor twice. Real folders go first so that ``a_latest -> z_2024``
+    does not take z_2024's place: in plain name order its outputs would go under the link's
+    name, and once the link moved on to z_2025, that folder would be skipped as searched already.
     ``prune(here, real, filenames, folders)`` returning True skips a folder and everything under
     it: ``real`` is ``here``'s real path, ``filenames`` and ``folders`` its listing's names (hidden
     ones too), so that the caller asks the file system nothing the walk knows. Other audio kinds are counted in one warning.
@@ -1338,9 +1338,9 @@ class StreamingResampler:
     and an output sample reads the input within the sinc kernel's ``width`` of its position. So
     each call answers every output sample whose kernel the input has reached, computed from a
     short segment with whole blocks of context on both sides (zeros past the input, where the
-    kernel's window is zero), and keeps the samples asked for. Until 2026-12-06 it answered whole
-    blocks with a block of context to spare: a 44.1 kHz stream, whose blocks are 441 samples,
-    waited 60-80 ms for its audio, an 11.025 kHz one 200-240 ms. Raises
+    kernel's window is zero), and keeps the samples asked for. Answering whole blocks
+    with a block of context to spare would make a 44.1 kHz stream (blocks of 441 samples) wait
+    60-80 ms for its audio, an 11.025 kHz one 200-240 ms. Raises
     :class:`AudioError` for rate pairs :func:`check_resample` refuses
     (``realtime``: at the bound of a stream of small calls; False: a file read in long blocks).
     """

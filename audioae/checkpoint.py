@@ -224,11 +224,11 @@ def sidecar_sha256(path: str | os.PathLike) -> str | None:
     with open(sidecar, "rb") as f:
         head = f.read(SIDECAR_BYTES)  # sha256sum's line; a sidecar of gigabytes is not read whole
     words = head.split()
-    if not words:  # was an IndexError
+    if not words:  # not an IndexError below
         raise CheckpointError(f"{sidecar}: empty; it should hold the checkpoint's sha256 (sha256sum's output)")
     digest = words[0].decode("ascii", errors="replace").lower()  # hex digits in either case
     if len(digest) != 64 or any(c not in string.hexdigits for c in digest):
-        # was "sha256 mismatch (expected <whatever it held>...)", as if the checkpoint were at fault
+        # the sidecar is at fault, not the checkpoint: no "sha256 mismatch"
         raise CheckpointError(f"{sidecar}: does not start with a sha256 (64 hex digits, sha256sum's output), "
                               f"but {quoted(digest, 20)}")
     return digest

@@ -90,7 +90,8 @@ def _positive_ms(text: str) -> float:
 
 
 def _positive_mb(text: str) -> float:
-    """argparse type: a finite number of MB above 0 (was "max_message_mb must be positive" from the client)."""
+    """argparse type: a finite number of MB above 0, checked here so that the error names the flag,
+    not the client's max_message_mb."""
     return _positive_amount(text, "MB", "MB")
 
 
@@ -150,7 +151,7 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     from .train import load_run_config, train
 
-    if args.config is None and not args.overrides:  # was: 1,000 steps of a plain autoencoder into ./runs/default
+    if args.config is None and not args.overrides:  # no silent default run (1,000 steps into ./runs/default)
         raise ValueError("name a run config, e.g. audioae train configs/tiny-synthetic.toml (the example configs "
                          "are in the source repository's configs/: train from a checkout of it), or describe the "
                          "run with --set section.key=value")
@@ -438,7 +439,7 @@ def _cmd_eval(args) -> int:
     _check_json_out(args.json_out)
     report = _escaped(evaluate_folders(args.clean, args.enhanced, args.noisy, progress=not args.no_progress))
     if report["paired"] == 0:
-        # the ambiguity is why, when there is one (was: "no files ... pair", the reason unsaid)
+        # name the ambiguity when there is one: it is why nothing pairs
         why = "".join(f"; several files stand for {rel}" for rel in report["ambiguous"])
         raise ValueError(f"no files of {args.enhanced} pair with {args.clean} by relative path{why}")
     text = json.dumps(report, indent=2)
@@ -453,7 +454,7 @@ def _cmd_eval(args) -> int:
             print(f"JSON: {args.json_out}")
     # An enhanced file without a clean one is a problem too: the folders were to match.
     problems = any(report[k] for k in ("errors", "missing_enhanced", "extra_enhanced", "missing_noisy", "ambiguous"))
-    # was exit 0 under an all-dash table: a script took it for a result; pairs of empty files alone are no failure
+    # not exit 0 under an all-dash table, which a script takes for a result; pairs of empty files alone are no failure
     if report["scored"] == 0 and report["paired"] > report.get("empty", 0):
         print(f"audioae eval: no pair could be scored (0 of {report['paired']}): "
               + ("see the errors and notes above" if args.json_out != "-" else "see errors and notes in the JSON"),
@@ -560,7 +561,7 @@ def _figure_path(out: str | None, default: str) -> Path:
 
     path = Path(out or default)
     # "-o figs/" names a folder, made if new; so does a new "-o figs": a figure's name has an
-    # extension (was "the name has no extension", though OUT may be a folder)
+    # extension
     if path.is_dir() or (out or "").endswith(("/", os.sep)) or (out and not path.suffix and not path.exists()):
         path = path / default
     if is_audio_name(path):
@@ -820,13 +821,13 @@ def _cmd_client(args) -> int:
         return _client_call(args, client)
     except grpc.RpcError as exc:
         details, hint = exc.details() or "", ""
-        # gRPC's own words, or the server's: a drain's UNAVAILABLE is an answer (was "could not be reached")
+        # gRPC's own words, or the server's: a drain's UNAVAILABLE is an answer, not "could not be reached"
         source = unavailable_source(details) if exc.code() == grpc.StatusCode.UNAVAILABLE else "server"
         # docs/serving.md: a stream that fails keeps none of what was answered before it failed
         unwritten = f"; nothing was written to {_stream_output(args)}" if args.client_command == "stream" else ""
         if source == "closed":
             # A server that stopped mid-call (killed, restarted) says the same as a TLS server to a
-            # plain client: name both (it was "could not be reached ... pass --tls-ca" alone).
+            # plain client: name both, not "pass --tls-ca" alone.
             tls = "" if args.tls_ca else "; or, if it uses TLS, pass --tls-ca"
             hint = f" (the connection closed: the server stopped or restarted during the call, try again{tls})"
         elif exc.code() == grpc.StatusCode.UNAVAILABLE and "connection refused" in details.lower():
@@ -836,7 +837,7 @@ def _cmd_client(args) -> int:
                     "audioae serve prints the port it serves on)")
         own = re.search(r"CLIENT: (Sent|Received) message larger than max \((\d+) vs\. \d+\)", details)
         if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and own:
-            # gRPC's own refusal, in this process (was reported as the server's answer)
+            # gRPC's own refusal, in this process, not the server's answer
             size = f"{int(own[2]) / 2**20:.1f} MB"
             if own[1] == "Sent":
                 raise RuntimeError(f"the request is {size}, over this client's --max-message-mb {mb:g}: raise it "

@@ -109,8 +109,7 @@ def unavailable_source(details: str) -> str:
     :data:`SERVER_UNAVAILABLE`, such as a drain's; a retry on another replica may succeed),
     ``"closed"`` (gRPC: the connection closed during the call, or as soon as it was made) or
     ``"unreached"`` (gRPC or a proxy: no server answered; also any words not listed here, such as
-    a proxy's "upstream connect error"). Until 2026-12-07 any words not on gRPC's lists read
-    "server" ("answered")."""
+    a proxy's "upstream connect error")."""
     if details.startswith(SERVER_UNAVAILABLE):
         return "server"
     text = details.lower()
@@ -189,7 +188,7 @@ class DecomposeResult:
     dominant_hz: list[float] = dataclasses.field(default_factory=list)  # [K]
     active_fraction: list[float] = dataclasses.field(default_factory=list)  # [K]
     active_seconds: list[list[list[float]]] = dataclasses.field(default_factory=list)  # [K][spans][start, end]
-    # [K] spans before the list was cut to 50 (None: a server before 2026-12-06 did not say)
+    # [K] spans before the list was cut to 50 (None: an older server does not say)
     active_spans: list[int | None] = dataclasses.field(default_factory=list)
     groups: int | None = None  # bands or clusters asked for, the server's default filled in (None: group none)
     warnings: list[str] = dataclasses.field(default_factory=list)  # the server's, about this answer
@@ -229,7 +228,7 @@ def decompose_result(resp) -> DecomposeResult:
         samples=resp.samples or shape[-1],
         group=resp.group,
         fit_steps=resp.fit_steps,
-        # unset: a silent input, which has no energy to share (a server before 2026-12-07 sent 0.0)
+        # unset: a silent input, which has no energy to share (an older server sends 0.0)
         residual_energy_share=resp.residual_energy_share if resp.HasField("residual_energy_share") else None,
         error_db=resp.error_db if resp.HasField("error_db") else None,
         dominant_hz=[c.dominant_hz for c in resp.components],
@@ -520,7 +519,7 @@ class Client:
         )
         resp = self._warned("Decompose", self.stub.Decompose(req, **self._kw(timeout)))
         result = decompose_result(resp)
-        if result.groups is None and result.group in ("band", "cluster"):  # a server before 2026-12-07: the
+        if result.groups is None and result.group in ("band", "cluster"):  # an older server says none: the
             result.groups = folder.DEFAULT_GROUPS if groups is None else groups  # request's (wrong for < 8 units)
         return result
 

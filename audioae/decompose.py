@@ -192,9 +192,8 @@ def memory_estimate(channels: int, samples: int, sr: int, model_sr: int, kept: i
 
 
 def _warn_if_long(channels: int, samples: int, sr: int, model_sr: int, kept: int) -> None:
-    """Say what a long input will cost before the work starts: it is held whole. Until 2026-12-07
-    the warning came above 10 minutes, whatever the rate and channels: 10 minutes of 44.1 kHz
-    stereo peaked at 5.1 GB unwarned."""
+    """Say what a long input will cost before the work starts: it is held whole. The bound is on
+    memory, not minutes, whatever the rate and channels: 10 minutes of 44.1 kHz stereo peaks at 5.1 GB."""
     need = memory_estimate(channels, samples, sr, model_sr, kept)
     if need <= LONG_BYTES:
         return
@@ -491,12 +490,11 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     proportional waveforms, :data:`SAME_SOUND` -- are merged). ``groups`` unset: 8, or the
     model's units where it has fewer. ``top_k``: keep only the ``top_k`` strongest
     components, the others join the residual; 0 or None: every component (as ``--top 0`` and the
-    server's ``top_k``; until 2026-12-07 0 raised). ``n_groups``: the old name of ``groups``
+    server's ``top_k``). ``n_groups``: the old name of ``groups``
     (deprecated; a DeprecationWarning; a TypeError beside ``groups``). The options go through
     :func:`check_options`, as the CLI's and the server's do, so a direct call takes and refuses
-    what they take and refuse, with check_options' defaults (until 2026-12-08 a direct call asked a
-    4-unit model for 8 bands where they asked for 4, and took ``groups=50`` and
-    ``fit_steps=1000``), ``groups`` under group ``none`` refused as there; the CLI's flags have
+    what they take and refuse, with check_options' defaults, ``groups`` under group ``none``
+    refused as there; the CLI's flags have
     defaults of their own (``--group cluster``, ``--top 16``). Components come back as ``[K, C, T]`` at the
     caller's rate and length (mono input gives ``C = 1``), ranked by energy; every channel shares
     the same units and groups (each channel gets its own masks). ``fit_steps``: joint atom and
@@ -907,10 +905,8 @@ def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], u
     band (a flat spectrum's highest bin may lie anywhere). ``band_hz``'s edges are the centres
     of its first and last bins (:func:`_energy_band`), ``bin_hz`` apart, so the band reaches half
     a bin past them: an interpolated peak of 1010 Hz in a top bin centred at 1000 Hz lies in
-    "1000-2000 Hz" (it read ", peak 1010 Hz"). Until 2026-12-07 a component whose
-    energy lay within an octave was named by its dominant frequency alone: a cluster holding C
-    and E alike read "~262 Hz", a chirp's "~901 Hz"; and a wider one's band left out its
-    dominant frequency (a chirp's "190-1600 Hz", dominant 168 Hz)."""
+    "1000-2000 Hz". The dominant frequency alone would misname a component whose energy lies
+    within an octave (a cluster holding C and E alike as "~262 Hz")."""
     lo, hi = band_hz
     if tones_hz and hi <= 2 * lo:  # a wider band is no tone's: pink noise through one-bin atoms has sharp peaks
         where = f"~{'+'.join(f'{hz:.0f}' for hz in tones_hz)} Hz"

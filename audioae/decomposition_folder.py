@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 COMPONENT_FILE = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as component_file_name writes
 OTHER_FILES = ("residual.wav", "summary.json", "activations.npy", "decomposition.png")
-# What the client wrote until 2026-12-06 (component_00_<label>.wav, decomposition.json): cleared
+# What older clients wrote (component_00_<label>.wav, decomposition.json): cleared
 # too, so that a rerun into a folder an older client wrote still adds up to its input.
 _OLD_CLIENT_COMPONENT = re.compile(r"component_\d{2,}_[\w-]*\.wav")
 _OLD_CLIENT_FILES = ("decomposition.json",)
@@ -369,8 +369,7 @@ def recover(out: str | os.PathLike) -> None:
 
 def fewer_groups(summary: dict) -> str | None:
     """Why a decomposition has fewer bands or clusters than were asked for (``summary["groups"]``),
-    or None when it has as many, or ``top`` kept fewer, or the summary does not say (one from
-    before 2026-12-06)."""
+    or None when it has as many, or ``top`` kept fewer, or the summary does not say (an older one)."""
     asked, made, top = summary.get("groups"), len(summary["components"]), summary.get("top")
     if not asked or made >= asked or (top is not None and made >= top):
         return None
@@ -405,7 +404,7 @@ def describe(summary: dict, out: str | os.PathLike) -> list[str]:
         lines.append(f"  {'#':>3}  {'energy':>7}  {'dominant':>10}  {'active':>6}  {'spans':>5}  {'first-last':<15} label")
     for entry in summary["components"]:
         spans = entry["active_seconds"]
-        count = entry.get("active_spans", len(spans))  # absent from a summary.json before 2026-12-06
+        count = entry.get("active_spans", len(spans))  # absent from an older summary.json
         when = f"{spans[0][0]:.2f}-{spans[-1][1]:.2f} s" if spans else "-"
         lines.append(f"  {entry['index'] + 1:>3}  {100 * entry['energy_share']:6.2f}%  {entry['dominant_hz']:7.0f} Hz  "
                      f"{100 * entry['active_fraction']:5.0f}%  {len(spans) if count is None else count:>4}"

@@ -71,8 +71,8 @@ LEVEL_RELEASE_S = 3.0  # the tracked level rises at once with a louder frame and
 @dataclass(frozen=True)
 class LevelLift:
     """How quiet input's features are lifted, passed explicitly to :func:`denoise`,
-    :func:`denoise_batch`, :class:`StreamingDenoiser` and :func:`model_input` (it was module
-    globals that benchmarks/input_level.py patched around each call). The default is the shipped
+    :func:`denoise_batch`, :class:`StreamingDenoiser` and :func:`model_input` (not module
+    globals for benchmarks/input_level.py to patch around each call). The default is the shipped
     lift. ``target_db``: the tracked frame level (dB re full-scale mean square) below which frames
     are lifted; ``max_gain_db``: at most this much (0: no lift, the behaviour before the tracker)."""
 
@@ -188,10 +188,10 @@ HIGH_BAND_GAIN_SCALE = 1.3
 @dataclass(frozen=True)
 class HighBand:
     """How the band above the model's is treated, passed explicitly to :func:`denoise`,
-    :func:`denoise_batch` and :class:`StreamingDenoiser` (it was module globals that
-    benchmarks/high_band.py patched around each call). The default is the shipped rule.
+    :func:`denoise_batch` and :class:`StreamingDenoiser` (not module globals for
+    benchmarks/high_band.py to patch around each call). The default is the shipped rule.
 
-    ``keep``: False gives the behaviour before 2026-12-07, nothing above the model's band.
+    ``keep``: False passes nothing above the model's band (to compare with a band-limited output).
     ``scale``, ``power``: the gain is ``min(1, scale * r**power)``, ``r`` the top-band amplitude
     ratio within [0, 1] (:func:`top_band_gains`); other values only to compare rules."""
 

@@ -8,8 +8,7 @@ mixdown, the other files resampled to the clean file's rate; SI-SDR at that rate
 reference) gives None, left out of the mean, and its reason goes into the file's notes. Files
 present on one side only, and files that cannot be read, are reported rather than fatal. A pair
 whose clean and enhanced files are both empty (0 samples: ``audioae denoise`` makes an empty output
-of an empty recording) is not scored, and is a note, not an error (until 2026-12-07 "the audio is
-empty", exit 1); files
+of an empty recording) is not scored, and is a note, not an error; files
 are decoded in a child process, so that one that crashes libsndfile (C) is reported too instead
 of ending the evaluation.
 """
@@ -75,7 +74,7 @@ def pair_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     given = [Path(p) for p in (clean, enhanced, noisy) if p is not None]
     if any(p.is_file() for p in given):
         absent = [str(p) for p in given if not p.exists()]
-        if absent:  # a typo, not a folder among files: say so (was "not a file: enh/nope.wav")
+        if absent:  # a typo, not a folder among files: say "no such file"
             raise ValueError(f"{', '.join(absent)}: no such file")
         if not all(p.is_file() for p in given):
             missing = [str(p) for p in given if not p.is_file()]
@@ -253,7 +252,7 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
     if noisy is not None:
         try:
             mix = _mono_at(noisy, sr, None, cinfo.channels, notes, "noisy", read)
-        except AudioError as exc:  # the noisy file is for SI-SDRi alone: was the whole pair dropped
+        except AudioError as exc:  # the noisy file is for SI-SDRi alone: keep the pair
             noisy_error = str(exc)
             notes.append("SI-SDRi could not score this pair: its noisy file could not be read (see the error for it)")
     if mix is not None and len(mix) > n:
@@ -261,7 +260,7 @@ def score_pair(clean: Path, enhanced: Path, noisy: Path | None = None, read: Rea
     with _metric_warnings_as(notes):
         if mix is None or len(mix) >= n:
             res = score(est[:n], ref[:n], sr, None if mix is None else mix[:n])
-        else:  # was: every metric over the noisy file's length
+        else:  # a short noisy file cuts SI-SDRi alone, not every metric
             res = score(est[:n], ref[:n], sr)
             m = len(mix)
             if m < SI_SDR_MIN_SECONDS * sr:
@@ -290,8 +289,8 @@ def _is_empty(path: Path, read: Reader) -> bool:
 
 
 def _note_pesq_rate(res: dict, sr: int, notes: list[str]) -> None:
-    """Say when PESQ ran on resampled audio (it was silent: 8 kHz pairs got wide-band PESQ of an
-    upsampled signal, 44.1/48 kHz ones were scored at 16 kHz unsaid)."""
+    """Say when PESQ ran on resampled audio (8 kHz pairs get wide-band PESQ of an
+    upsampled signal, 44.1/48 kHz ones are scored at 16 kHz: unsaid, that misleads)."""
     note = pesq_rate_note(sr)
     if note and math.isfinite(res["pesq"]):
         notes.append(note)
@@ -324,7 +323,7 @@ def evaluate_folders(clean: str | os.PathLike, enhanced: str | os.PathLike,
     # how many files each mean is over: a pair a metric could not score (notes say why) is left out
     mean_of = {m: sum(f.get(m) is not None for f in files) for m in metrics}
     # "scored": pairs with at least one score; a pair read whose every metric was undefined (too
-    # short, silent) is "read" only (was counted as scored: "10 of 10 pairs scored" over 8 blank rows)
+    # short, silent) is "read" only (so "10 of 10 pairs scored" never sits over 8 blank rows)
     scored = sum(any(f.get(m) is not None for m in METRICS) for f in files)
     return {"clean": str(clean), "enhanced": str(enhanced), "noisy": None if noisy is None else str(noisy),
             "paired": len(pairing.pairs), "read": len(files), "scored": scored,

@@ -124,9 +124,7 @@ def file_in_the_way(folder: str | os.PathLike) -> Path | None:
 
 def missing(path: str | os.PathLike) -> str:
     """Why nothing is at ``path``, in the words every tool uses: "a symbolic link loop (it leads
-    back to itself through X)", "a link to X, which does not exist", or "no such file or folder".
-    Until 2026-12-07 ``-o loop`` with ``loop -> loop`` said "loop is a link to loop, which does not
-    exist"."""
+    back to itself through X)", "a link to X, which does not exist", or "no such file or folder"."""
     if os.path.islink(path):
         try:
             os.stat(path)
@@ -146,7 +144,7 @@ def check_output_folder(out: str | os.PathLike, owns: Callable[[str], bool],
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is an existing file; -o names the folder the files are written into")
     blocked = file_in_the_way(out)
-    if blocked is not None and blocked.is_symlink() and not blocked.exists():  # was "... is a file"
+    if blocked is not None and blocked.is_symlink() and not blocked.exists():  # a dangling link, not "a file"
         raise ValueError(f"cannot make the output folder {out}: {blocked} is {missing(blocked)}")
     if blocked is not None:
         raise ValueError(f"cannot make the output folder {out}: {blocked} is a file")
@@ -161,8 +159,7 @@ def cannot_write_into(folder: str | os.PathLike, exc: OSError) -> OSError:
     """``exc``, met creating a file of the tool's own in ``folder`` (a lock), said of the folder
     rather than of a file the user never made: "OUT: cannot write into this folder (Permission
     denied)", and on a read-only mount "OUT: cannot write into this folder (Read-only file system:
-    the file system holding it is mounted read-only)" (until 2026-12-08 a bare "[Errno 30]
-    Read-only file system: 'OUT/.audioae.lock'"). The same errno, so the same class."""
+    the file system holding it is mounted read-only)". The same errno, so the same class."""
     why = exc.strerror or str(exc)
     if exc.errno == errno.EROFS:
         why += ": the file system holding it is mounted read-only"

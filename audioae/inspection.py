@@ -46,7 +46,7 @@ def check_long_enough(model, audio: str, samples: int, frames: int, sr: int, sta
                       flags: bool = False) -> None:
     """Refuse a part (``samples`` of the recording's ``frames`` at ``sr``) shorter than one
     analysis window, as decompose does: its spectrograms, gains and code describe the STFT's
-    zero padding, not the recording (a part under one sample once failed inside torch, "cannot
+    zero padding, not the recording (a part under one sample would fail inside torch, "cannot
     reshape tensor of 0 elements"). ``flags``: name the CLI's ``--start`` / ``--seconds``, not
     the keywords. Raises ValueError."""
     from .spectral import window_samples

@@ -191,7 +191,7 @@ def si_sdr_improvement(estimate: np.ndarray, reference: np.ndarray, noisy: np.nd
     if not math.isfinite(estimate_sdr):  # said already, for both
         return math.nan
     silent = _silence(noisy)
-    if silent:  # was said of "the estimate" as "SI-SDR (and so SI-SDRi)", beside the SI-SDR it showed
+    if silent:  # the noisy file is at fault, not the estimate, whose SI-SDR is still shown
         log.warning("SI-SDRi could not score this pair: the noisy file is %s, and its SI-SDR is undefined", silent)
         return math.nan
     return estimate_sdr - si_sdr(noisy, reference, eps=_eps_for(reference, noisy))

@@ -312,7 +312,7 @@ def _draw_atoms_and_activations(ax_atoms, ax_acts, dec: Decomposition, model: Sp
     ax_atoms.set_xscale("log")
     ax_atoms.set_xlim(freqs[1], top_hz)
     _hz_ticks(ax_atoms.xaxis, freqs[1], top_hz)
-    ax_acts.set_xlim(0, seconds)  # the input's length, also with nothing drawn (was 0-1 s for a silent 2 s file)
+    ax_acts.set_xlim(0, seconds)  # the input's length, also with nothing drawn (an empty plot's default is 0-1 s)
 
 
 def atom_bandwidths(model: SparseDictionary) -> tuple[np.ndarray, np.ndarray]:

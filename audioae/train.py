@@ -102,7 +102,7 @@ class DataConfig:
         for name in ("reverb_prob", "second_noise_prob"):  # the mixer took 5 as 1 and -1 as 0, in silence
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} is a share of the examples, within [0, 1]; got {getattr(self, name)}")
-        for weights in ("noise_weights", "speech_weights"):  # was the mixer's message, naming neither, after loading
+        for weights in ("noise_weights", "speech_weights"):  # here, before loading: the mixer's message names neither
             bad = bad_family_weights(getattr(self, weights))
             if bad:
                 raise ValueError(f"data.{weights}: each weight must be a number >= 0, as in {{ babble = 2.0 }}; "
@@ -135,8 +135,8 @@ class TrainConfig:
     # says so. The resume point also lists the run's earlier phases that ran to their end (budget
     # spent, or train.steps reached): a rerun of one with all those settings alike and no more
     # steps or minutes than it ran, as when the recipe stopped in a later stage and is run again
-    # from the top, trains nothing, says so in one line and leaves the weights alone. Resume points
-    # written before 2026-12-07 record no phase: a new one.
+    # from the top, trains nothing, says so in one line and leaves the weights alone. Older resume
+    # points record no phase: a new one.
     lr_final: float = 0.0
     decay_steps: int = 0
     # Decay over max_minutes of wall time instead (a rented GPU: the budget is minutes and the
@@ -226,7 +226,7 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         unknown = [m for m in self.metrics if m not in VAL_METRICS]
-        if unknown:  # an unknown name was ignored, or (as select_by) ended the run after training
+        if unknown:  # refused now, not ignored, nor (as select_by) an error after training
             raise ValueError(f"train.metrics: unknown {unknown}; choose from {list(VAL_METRICS)}")
         # Values a library would refuse later in its own words, or take the wrong way silently:
         # clip_grad_norm_ scales gradients by max_norm / norm, so a negative grad_clip turned every
@@ -269,8 +269,8 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
     (``model.config.hidden=64``, ``train.steps=10``, ``model.name=conv1d``)."""
     raw: dict = {}
     if path:
-        # Each was the bare OSError or codec message, without the word config ("[Errno 2] No such file
-        # or directory: ...", "'utf-8' codec can't decode byte 0x83 ...").
+        # Each in words that name the config, not the bare OSError or codec message ("[Errno 2] No
+        # such file or directory: ...", "'utf-8' codec can't decode byte 0x83 ...").
         if not Path(path).exists():
             raise ValueError(f"{path}: no such run config (the example configs are in the source repository's "
                              f"configs/: train from a checkout of it)")
@@ -681,7 +681,7 @@ def _phase_of(run: RunConfig, start_step: int, minutes: float) -> dict:
 
 
 def _identity_of(record: dict) -> dict | None:
-    """A phase record's identity; None in one written before 2026-12-07 (its schedule alone)."""
+    """A phase record's identity; None in an older one (its schedule alone)."""
     identity = record.get("identity")
     if identity is not None and not isinstance(identity, dict):
         raise TypeError("identity")
@@ -689,9 +689,9 @@ def _identity_of(record: dict) -> dict | None:
 
 
 def _saved_phase(meta: dict) -> dict | None:
-    """The phase a resume point recorded, or None (written before 2026-12-07, or unreadable);
-    ``steps`` None where it records none (written before 2026-12-07), ``identity`` None where it
-    records none (before 2026-12-07)."""
+    """The phase a resume point recorded, or None (an older one, or unreadable);
+    ``steps`` None where it records none, ``identity`` None where it records none (both: older
+    resume points)."""
     try:
         phase = json.loads(meta.get("phase", "null"))
         if not (isinstance(phase, dict) and isinstance(phase.get("settings"), dict)):
@@ -705,8 +705,8 @@ def _saved_phase(meta: dict) -> dict | None:
 
 def _saved_phases_done(meta: dict, path: Path) -> list[dict]:
     """The finished phases a resume point recorded before its own (:func:`_phase_done`); none in
-    files written before 2026-12-07. An unreadable list is named in a warning and taken as none:
-    its phases, rerun, train again as new ones (as before the list was kept)."""
+    older files. An unreadable list is named in a warning and taken as none: its phases, rerun,
+    train again as new ones."""
     try:
         done = json.loads(meta.get("phases_done", "[]"))
         return [{"settings": dict(d["settings"]), "identity": _identity_of(d), "start_step": int(d["start_step"]),
@@ -740,7 +740,7 @@ def _finished_phase(run: RunConfig, done: list[dict]) -> dict | None:
     or a train.max_minutes within the minutes it ran (max_minutes is no part of the identity: a
     rerun of a recipe's stage with another MINUTES is still that stage). A phase asked for more
     than it ran, or under another setting (a later stage that reuses a schedule with another
-    loss), is a new phase. Phases recorded before 2026-12-07 keep no identity and are never done."""
+    loss), is a new phase. Phases an older version recorded keep no identity and are never done."""
     tc = run.train
     identities = None  # the run's, computed once for all the phases (and not when none records one)
     for phase in reversed(done):
@@ -780,7 +780,7 @@ def _scaler_metadata(scaler: torch.amp.GradScaler | None) -> dict[str, str]:
 
 def _restore_scaler(scaler: torch.amp.GradScaler | None, meta: dict, path: Path) -> None:
     """Load the loss scale a resume point kept into ``scaler`` (float16 AMP); a resume point of a
-    run without one (float32, bfloat16, or written before 2026-12-07) leaves its initial scale."""
+    run without one (float32, bfloat16, or an older one) leaves its initial scale."""
     if scaler is None or not scaler.is_enabled():
         return
     if not all(k in meta for k in SCALER_KEYS):
@@ -894,9 +894,9 @@ def _weight_average(model: torch.nn.Module, decay: float, resume_from: Autoencod
 def _load_optimizer(opt: torch.optim.Optimizer, path: Path,
                     scaler: torch.amp.GradScaler | None = None) -> tuple[int, float, dict | None, list[dict]]:
     """Load ``path`` into ``opt`` (and its float16 loss scale into ``scaler``, when given and
-    enabled); returns the step, the run's minutes done, the phase it recorded (None in files
-    written before 2026-12-07) and the finished phases before that one (:func:`_phase_done`). A
-    "best" that files written before 2026-12-07 also hold is ignored (:func:`_resumed_best`)."""
+    enabled); returns the step, the run's minutes done, the phase it recorded (None in older
+    files) and the finished phases before that one (:func:`_phase_done`). A "best" that older
+    files also hold is ignored (:func:`_resumed_best`)."""
     try:
         data = path.read_bytes()  # read once: hashed, parsed and loaded from the same bytes
         # First, as for the weights: a truncated file is named as such. (State files written before
@@ -1082,8 +1082,8 @@ def _warn_init_from_unused(out: Path, init_from: str, record: dict | None) -> No
 def _record_settings(out: Path, run: RunConfig, resumed_at: int | None, record: dict | None) -> None:
     """Write run.json: the settings the run started with (``model``, ``data``, ``train``, as
     :meth:`RunConfig.to_dict` gives them) and, for each resume, ``{"step": <resumed at>,
-    "changed": {"train.lr": {"was": ..., "now": ...}, ...}}`` under ``resumes``. A resume used to
-    rewrite it with its own settings, and the folder then no longer said what the earlier steps were
+    "changed": {"train.lr": {"was": ..., "now": ...}, ...}}`` under ``resumes``. A resume does not
+    rewrite it with its own settings, so that the folder still says what the earlier steps were
     trained with; readers of the settings (``run["train"]["init_from"]``) still read the start's.
     ``record``: run.json as the resume read it (None: a new run, or none readable)."""
     settings = run.to_dict()
@@ -1182,8 +1182,8 @@ def _resumed_best(path: Path, key: dict, warn: bool = True) -> tuple[float, floa
     unprocessed input's score beside it (None where not recorded). ``warn``: say why a file is
     not taken (false for a call that validates nothing).
 
-    Not a score saved with the optimizer state (files before 2026-12-07 hold one, unread): a run
-    resumed with another select_by compared STOI with that SI-SDR in dB and never replaced
+    Not a score saved with the optimizer state (older files hold one, unread): a run
+    resumed with another select_by would compare STOI with that SI-SDR in dB and never replace
     best.safetensors again, and a run killed after a validation improved it (before the next
     resume point) could replace it with a worse model."""
     if not path.is_file():
@@ -1405,8 +1405,8 @@ class _Loop:
     def resume_point(self, keep_loss_scale: bool = True) -> None:
         """Write the resume point at this step; ``keep_loss_scale=False``: without float16's loss scale."""
         now = time.monotonic()
-        # The summary reports what the resume point holds: computed later, it was a little more,
-        # and the next call's minutes_done (from the file) came out lower than this one's.
+        # The summary reports what the resume point holds: computed later, it would be a little more,
+        # and the next call's minutes_done (from the file) would come out lower than this one's.
         self.minutes_total = self.minutes_before_run + (now - self.t0) / 60
         self.phase_minutes = (now - self.clock0) / 60
         _save_resume_point(self.model, self.opt, self.step, self.out, self.ema, self.minutes_total,
@@ -1868,7 +1868,7 @@ def _apply_gradients(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler:
     good = bool(finite)
     if good and scaler.is_enabled():
         # The scaler skips by itself on inf/NaN gradients only: a NaN loss with finite ones (the
-        # 1/x above) it stepped on, while the step was counted as skipped.
+        # 1/x above) it steps on, while the step is counted as skipped.
         scaler.step(opt)
     elif good:
         opt.step()

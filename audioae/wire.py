@@ -242,7 +242,7 @@ def read_tokens(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"--token-file {path}: no such file")
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:  # was a bare UnicodeDecodeError, naming no file
+    except UnicodeDecodeError:  # name the file: a bare UnicodeDecodeError does not
         raise ValueError(f"--token-file {path}: not text (UTF-8); it should hold one token per line") from None
     lines = ((n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1))
     tokens = [check_token(ln, f"--token-file {path}, line {n}") for n, ln in lines if ln and not ln.startswith("#")]

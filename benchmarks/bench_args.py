@@ -1,5 +1,5 @@
 """argparse types the benchmark and recipe scripts share: a bad value is a usage error (exit 2)
-naming the flag, before any work, where it was a traceback from deep inside (numpy's "zero-size
+naming the flag, before any work, not a traceback from deep inside (numpy's "zero-size
 array", a StopIteration, a range() of step 0). A model name is checked the same way by
 :func:`audioae.pretrained.resolve_arg`."""
 

@@ -5,10 +5,10 @@ per byte (every channel is upsampled to the model's 16 kHz and run as one row of
 
 Starts `python -m audioae.server` on its defaults (`--threads 1`), sends each request once with the
 Python client and reads the server's peak resident memory (VmHWM, /proc) before and after it.
-Until 2026-12-06 a clip chose the in-memory path by its seconds alone: the five requests grew
+With the in-memory path chosen by a clip's seconds alone, the five requests grew
 the server's peak by 2,469 MB, 1,575 MB of it on 8 channels x 115 s at 1 kHz
-(`benchmarks/results/channel-memory-before.json`); now clips over 120 channel-seconds stream in
-pushes of at most 32 channel-seconds, over 1,200 (600 s of stereo) they are refused, and the same
+(`benchmarks/results/channel-memory-before.json`); with clips over 120 channel-seconds streamed in
+pushes of at most 32 channel-seconds, and those over 1,200 (600 s of stereo) refused, the same
 requests grow it by 264 MB (307 MB in the first run; `benchmarks/results/channel-memory.json`),
 and the same clips sent as one stream message each by 108 MB more.
 """
@@ -52,8 +52,8 @@ def main() -> None:
         with Client(f"127.0.0.1:{port}", timeout=600) as c:
             c.denoise(np.zeros(16000, np.float32), 16000)  # warm-up
             # each clip as a Denoise call, then the same clips as one StreamDenoise message each
-            # (until 2026-12-06 a stream pushed a whole message at once: 8 ch x 115 s at 1 kHz grew
-            # the peak by 1.5 GB, this script against the server of commit c361bf3:
+            # (pushing a whole message at once, the server of commit c361bf3 grew its peak by 1.5 GB
+            # on 8 ch x 115 s at 1 kHz, this script against it:
             # benchmarks/results/channel-memory-before-stream.json)
             calls = [(name, spec, False) for name, spec in REQUESTS.items()]
             calls += [(f"stream: {name}", spec, True) for name, spec in REQUESTS.items()]

@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{'; '.join(partial)}: give --out (the default, {FULL_RUN}, holds the card's full run: "
                      f"--model on {TESTSET}, every method, speed measured)")
         args.out = FULL_RUN
-    if not (args.testset / "meta.json").is_file():  # was a FileNotFoundError traceback
+    if not (args.testset / "meta.json").is_file():  # not a FileNotFoundError traceback
         ap.error(f"--testset {args.testset}: no meta.json there; build the corpus first "
                  f"(python recipes/build_corpus.py --ready, docs/corpus.md)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = pick_device("auto")
     if args.out is None:
         if dev.type != "cuda" and not (args.proxy_speed_only or args.dry_run):
-            # was: the stored GPU results replaced by this machine's preflight
+            # never replace the stored GPU results with this machine's preflight
             raise SystemExit("no CUDA device: nothing to check, and benchmarks/results/gpu.json (the stored GPU "
                              "results) left as it is; --dry-run --out FILE writes this machine's preflight")
         args.out = str(REPO / "benchmarks/results/gpu.json")
@@ -238,7 +238,7 @@ def _amp_train(res: dict, path: str) -> None:
         summary = train(run, resume=False)
         _keep(res, path, "amp_train", {**summary, "wall_s": time.perf_counter() - t})
         # the same command with more steps resumes: the optimizer state must reach the device too
-        # (until 2026-12-06 it stayed on the CPU, and the first resumed step failed)
+        # (left on the CPU, the first resumed step fails)
         resumed = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=30))
         _keep(res, path, "amp_train_resumed", {"steps": train(resumed, resume=True)["steps"]})
 
@@ -265,8 +265,8 @@ def _folder_cuda_vs_cpu(n: int = 40) -> dict:
             path = f"{src}/d{i % 4}/f{i:02d}.wav"
             os.makedirs(os.path.dirname(path), exist_ok=True)
             sf.write(path, x, sr, subtype="FLOAT")
-        # one file no batch can take (a rate that cannot be resampled): until 2026-12-06 it ended
-        # the --device cuda job; it must be that file's error on both devices
+        # one file no batch can take (a rate that cannot be resampled): it must
+        # be that file's error on both devices, not the end of the --device cuda job
         sf.write(f"{src}/odd-rate.wav", 0.1 * rng.standard_normal(44101).astype(np.float32), 44101)
         for device in ("cuda", "cpu"):
             t = time.perf_counter()

@@ -3,7 +3,7 @@
     python benchmarks/header_reads.py [--files 2000] [--repeats 5] [--out benchmarks/results/header-reads.json]
 
 Writes ``--files`` short WAV files to a temporary folder, then times ``audioae.audio.header_shapes``
-over them in this process (how the bar read them before 2026-12-06) against
+over them in this process (the alternative for the progress bar) against
 ``audioae.batch.job.header_seconds`` (a spawned child process: its start, its imports, the pipe).
 Run it as a script: a spawned child imports the main module again, and this one is light, as
 ``audioae.cli`` is.

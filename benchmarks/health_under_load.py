@@ -6,8 +6,8 @@ Starts `python -m audioae.server --threads 1 --max-queue 2 --max-streams 1 --cod
 --max-batch-seconds 0` (the shipped denoiser), sends 20 concurrent Denoise calls of a 60 s
 16 kHz Ogg Vorbis upload while a 21st thread polls Health/Check every 50 ms, and counts each
 outcome. ``--repo``: run the server from another checkout (a worktree of an older commit), to
-compare. Until 2026-12-06 the gRPC thread pool and its concurrency cap were both 2 x max-queue +
-max-streams + 8, and uploads waiting for a codec process were counted by neither.
+compare: e.g. one whose gRPC thread pool and concurrency cap are both 2 x max-queue +
+max-streams + 8, and which counts uploads waiting for a codec process in neither.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ the clean clip has some (its energy above -50 dB relative to the whole clip).
 ``--gain-power P --gain-scale S``: the "kept" column with the gain ``min(1, S * r**P)``, ``r`` the
 root of the model's output over input energy in its top band (:func:`audioae.enhance.top_band_gains`
 without its scale), to compare rules; the shipped rule is P = 1, S =
-:data:`audioae.enhance.HIGH_BAND_GAIN_SCALE` (1.3; 1 until it was chosen with this option).
+:data:`audioae.enhance.HIGH_BAND_GAIN_SCALE` (1.3, chosen with this option).
 
 Speed: seconds of a ``--speed-seconds`` 44.1 kHz noise file denoised per second of wall time on one
 thread, with and without the high band, the two timed in turn in each of ``--speed-rounds`` rounds

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     run = load_run_config(args.config)
     d = run.data
-    missing = corpus_missing(d.clean_dir, d.noise_dir)  # was a FileNotFoundError traceback after the op timing
+    missing = corpus_missing(d.clean_dir, d.noise_dir)  # not a FileNotFoundError traceback after the op timing
     if missing:
         ap.error(missing)
     sr = run.model_config.get("sample_rate", 16000)

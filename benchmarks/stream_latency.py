@@ -7,9 +7,9 @@ the first 0.3 s counted).
 The model's own latency is one 24 ms window (a hop of it still to come when a frame completes),
 plus, at a rate other than the model's, the two resamplers' kernels: about 13 samples of the lower
 of the two rates (under 1 ms above 16 kHz, 13 ms at 1 kHz). ``bound_ms`` is that sum, which the
-largest hold-back stays under: ``ListModels``' ``latency_ms`` + :func:`resampling_reach_ms`. Until 2026-12-06 the resampler answered whole blocks of
-441 input samples at 44.1, 22.05 and 11.025 kHz, with a block of context to spare: 60-80,
-100-120 and 200-240 ms (``audioae.audio.StreamingResampler``).
+largest hold-back stays under: ``ListModels``' ``latency_ms`` + :func:`resampling_reach_ms`. A resampler answering whole blocks of
+441 input samples at 44.1, 22.05 and 11.025 kHz, with a block of context to spare, would hold back
+60-80, 100-120 and 200-240 ms (``audioae.audio.StreamingResampler`` does not).
 """
 
 from __future__ import annotations

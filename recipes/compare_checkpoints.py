@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.examples < 1:
         ap.error(f"--examples must be at least 1, got {args.examples}")
-    if not all(0 < p < math.inf for p in args.mask_power):  # was the model config's traceback, after a scoring
+    if not all(0 < p < math.inf for p in args.mask_power):  # here, not the model config's traceback after a scoring
         ap.error(f"--mask-power values must be finite numbers above 0, got {args.mask_power}")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha):
         ap.error(f"--alpha values must be within [0, 1], got {args.alpha}")
-    if args.base and not args.alpha:  # was: ignored in silence
+    if args.base and not args.alpha:  # not ignored in silence
         ap.error("--base needs --alpha (the weights of each checkpoint to score)")
     if args.alpha and not args.base:
         ap.error("--alpha needs --base")

@@ -16,8 +16,8 @@ residual noise alone costs (PESQ of clean + filtered noise), overall and per SNR
 
 ``postproc``: simple changes to the mask after the network (smoothing across frequency or time,
 a gain floor) scored on the 48 fixed val mixtures of ``recipes/compare_checkpoints.py``, each
-through ``denoise()`` as ``audioae denoise`` runs it (until 2026-12-08: training validation's own
-forward pass, without the level lift; so are ``swap``'s scores).
+through ``denoise()`` as ``audioae denoise`` runs it (with its level lift;
+so are ``swap``'s scores).
 
 ``swap``: the model with one part of its weights (encoder, code layers, decoder GRU, output
 layer, or only the output's mask rows or filter-tap rows) taken from ``--other``, a fine-tuning
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = resolve_arg(ap, args.model, "--model", family="denoiser")
     other_path = resolve_arg(ap, args.other, "--other", family="denoiser") if args.what == "swap" else None
     if args.what in ("split", "gate", "oracle") and not (args.mixtures / "meta.json").is_file():
-        # was a FileNotFoundError traceback on meta.json
+        # not a FileNotFoundError traceback on meta.json
         ap.error(f"--mixtures {args.mixtures}: no meta.json there; "
                  f"{corpus_missing(args.mixtures) or 'build the mixtures: python recipes/build_corpus.py --stages val_mixtures'}")
     if args.what in ("swap", "postproc"):

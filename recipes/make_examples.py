@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)  # before anything is written: --help wrote the package's examples
     missing = corpus_missing(*(CORPUS / kind / sub for speech, noise, *_ in EXAMPLES
                                for kind, sub in (("speech", speech), ("noise", noise))))
-    if missing:  # was a FileNotFoundError traceback, after the examples folder was made
+    if missing:  # before the examples folder is made, not a FileNotFoundError traceback after
         p.error(missing)
     out, clean_out = args.out, CLEAN_OUT if args.out == OUT else args.out.with_name(args.out.name + "-clean")
     rng = np.random.default_rng(2026)

@@ -67,7 +67,7 @@ def main() -> None:
         p.error(f"--quality must be within [0, 1] (0 best, 1 smallest), got {args.quality}")
     if not args.src.is_dir():
         p.error(f"{args.src}: no such folder")
-    if args.threads < 1 or args.measure < 0:  # was ThreadPoolExecutor's traceback
+    if args.threads < 1 or args.measure < 0:  # not ThreadPoolExecutor's traceback
         p.error(f"--threads must be at least 1 and --measure at least 0, got {args.threads} and {args.measure}")
     files = list_audio(args.src)
     jobs = [(f, args.dst / f.relative_to(args.src).with_suffix(".ogg")) for f in files]

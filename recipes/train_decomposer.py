@@ -76,7 +76,7 @@ def pool_settings(n: int, seed: int) -> dict:
 
 
 def _read_pool(cache: Path) -> tuple[dict | None, list[np.ndarray]]:
-    """The settings a cache records (None: one made before 2026-12-06 records none) and its clips."""
+    """The settings a cache records (None: an older one records none) and its clips."""
     with np.load(cache) as data:
         made = json.loads(str(data[POOL_RECORD])) if POOL_RECORD in data.files else None
         return made, [data[k] for k in sorted(data.files) if k != POOL_RECORD]
@@ -97,7 +97,7 @@ def espeak_pool(cache: Path, n: int, seed: int, *, resume: bool = False) -> list
     Cached in ``cache`` with what they were made from (:func:`pool_settings`): a cache made from
     anything else (another count, seed, voice or word list) is remade, or, without espeak-ng to
     remake it, refused (ValueError), never used as this run's in silence. ``resume``: the run
-    resumes, and a cache from before 2026-12-06, which records nothing, is the one it began with."""
+    resumes, and an older cache, which records nothing, is the one it began with."""
     want = pool_settings(n, seed)
     exe = shutil.which("espeak-ng")
     if cache.is_file():
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume:
         saved = json.loads(progress_path.read_text())
         now = json.loads(json.dumps(settings))  # tuples as lists, as the file holds them
-        changed = differences(saved.get("settings", now), now, sorted(now))  # a run before 2026-12-06 kept none
+        changed = differences(saved.get("settings", now), now, sorted(now))  # an older run kept none
         if changed:
             ap.error(f"{out} holds a run with other settings ({', '.join(changed)}); "
                      f"resume with its settings (progress.json), or give another --out")

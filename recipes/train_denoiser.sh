@@ -48,7 +48,7 @@
 #    modulated noise drawn twice as often (configs/denoiser-small-audible.toml), then exports that
 #    run's moving average with mask power 0.7 (chosen on the validation split:
 #    benchmarks/results/denoiser-selection-audible.jsonl). The shipped stages 1-9 trained on
-#    coloured noise from before synthetic.AUDIBLE_HZ, which this recipe no longer makes (model card).
+#    coloured noise without synthetic.AUDIBLE_HZ's cut, which this recipe does not make (model card).
 # Every phase resumes from its run folder's last.safetensors when rerun, and a phase that already
 # ran to its end trains nothing again (a rerun with the same settings, MINUTES aside, and no more
 # minutes than it ran): rerun from the top after a stop, it goes on in the stage it stopped in.

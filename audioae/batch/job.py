@@ -211,12 +211,12 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # Of the failed, files passed over once a write had found the disk full (:func:`.process.no_room`).
     summary["not_attempted"] = sum(not_attempted(r) for r in results)
     # Left out (a folder that cannot be listed, a named pipe, an input changed since its output was
-    # made): until 2026-12-07 warnings alone, and the job exited 0 as if it had done every file.
+    # made): counted, not warnings alone, so that the job does not exit 0 as if it had done every file.
     summary["left_out"] = [{"path": path, "why": why} for path, why in left_out]
     # Of the skipped, inputs changed since their outputs were made: counted once, as left out, not
-    # also as "already done" (until 2026-12-07 "1 file: ... 1 skipped (already done), ... 1 left out").
+    # also as "already done".
     summary["skipped_changed"] = len(left_out) - walked
-    # Second names of files done once (until 2026-12-07 neither counted nor named): from their
+    # Second names of files done once: from their
     # results, as the "duplicate" count is, with what came of the first name ("status").
     of = {name: first for name, first, _ in duplicates}
     status = {r.input: r.status for r in results}
@@ -228,9 +228,9 @@ def run_denoise(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
 
 
 def _cannot_create(out: Path, exc: OSError) -> OSError:
-    """``exc``, met making the output folder ``out``, in words: a permission (was a bare "[Errno 13]
-    Permission denied: 'ro/new'") or a read-only mount (until 2026-12-08 "[Errno 30] Read-only
-    file system: 'romnt/new'"), naming the folder that could not be written into; any other as it is."""
+    """``exc``, met making the output folder ``out``, in words: a permission or a read-only mount,
+    naming the folder that could not be written into (not a bare "[Errno 13] Permission denied:
+    'ro/new'"); any other as it is."""
     where = Path(exc.filename or out).parent
     if isinstance(exc, PermissionError):
         return PermissionError(f"cannot create the output folder {out}: permission denied (this user may not write "
@@ -255,10 +255,10 @@ def own_name_clash(rel: str) -> str:
     """What of the tool's own an output at ``rel`` (relative to OUT) would take the name of, or "".
     The job keeps these in OUT (a nested job's lock in a folder under it: :func:`_refuse_nested_jobs`);
     ``.NAME.part``: an output's temporary name (:func:`.plan.part_path`; :func:`.fileio.atomic_open`'s
-    ``.NAME.XXXXXXXX.part``), which a rerun deletes as what a killed run left. Until 2026-12-07 such
-    an input was denoised over the tool's file: an output named ``audioae-manifest.jsonl`` broke
-    the folder for every later run. The job's check (:func:`_refuse_own_names`) is this one, with
-    the clashing part's place in ``rel`` (:func:`_clash`); docs/batch.md names this function."""
+    ``.NAME.XXXXXXXX.part``), which a rerun deletes as what a killed run left. Such an
+    input is refused so that it is never denoised over the tool's file: an output named
+    ``audioae-manifest.jsonl`` would break the folder for every later run. The job's check
+    (:func:`_refuse_own_names`) is this one, with the clashing part's place in ``rel`` (:func:`_clash`); docs/batch.md names this function."""
     return _clash(rel)[1]
 
 
@@ -284,11 +284,9 @@ def _refuse_own_names(tasks: Sequence[FileTask]) -> tuple[list[FileTask], list[F
     """``(tasks, refused)``: the tasks whose output takes a name of the tool's own
     (:func:`own_name_clash`) fail, each with its error, and nothing is written for them. The way
     out names what to rename: the input, or, where the clash is a folder a search went through
-    (``in/audioae-manifest.jsonl/x.wav``), that folder (until 2026-12-07 "rename the input (e.g.
-    to a name ending in .wav)" there too), as the search found it: a link of that name is the one
-    to rename (until 2026-12-07 it was named relative to the input folder, "rename the folder
-    audioae-manifest.jsonl", or where its target had the name too, as the target, whose renaming
-    left the link dangling and its files out of the job without a word)."""
+    (``in/audioae-manifest.jsonl/x.wav``), that folder, as the search found it: a link of that
+    name is the one to rename (renaming its target would leave the link dangling and its files out
+    of the job without a word)."""
     kept, refused = [], []
     for t in tasks:
         i, clash = _clash(t.rel)
@@ -447,7 +445,7 @@ def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], 
     as done, for its latest line is no error), so that no output is stat'ed twice; under
     ``--overwrite`` it asked none, and the outputs asked about are stat'ed here."""
     # Files only, as the rerun's split counts them: a folder under an output's name is no one's
-    # output; its file fails, saying so (it was counted here as skipped, then tried).
+    # output; its file fails, saying so (not counted here as skipped, then tried).
     latest = {} if fresh else {r["input"]: r for r in earlier}
 
     def said_so(t: FileTask) -> bool:
@@ -469,7 +467,7 @@ def _files_of_others(out: Path, tasks: Sequence[FileTask], earlier: list[dict], 
 
 def _source_of(task: FileTask, recorded: dict[str, tuple[int, int]], changed: set[str]) -> dict[str, int]:
     """The input identity a skipped file's line carries: the one recorded with its output, or for
-    an output recorded without one (before 2026-12-07) the input as it is now, unless it looks
+    an output recorded without one (by an older version) the input as it is now, unless it looks
     changed since (then it stays unrecorded, and is named again on the next rerun)."""
     then = recorded.get(task.input)
     if then is not None:
@@ -485,23 +483,23 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     name, and that name's own ``duplicate`` lines, which say nothing of what made the output, go.
 
     Which of two names of a file is denoised is the one planned first (:func:`.plan.plan_tasks`),
-    so it follows the order of the inputs. Until 2026-12-07 a rerun with the names swapped found
-    no record under the new first name, and its line replaced the record with a "skipped" one
-    that said nothing of what made the output: on the run after, another model was not refused
-    (the output kept, "already done"), a changed input went unseen, and what a stopped
-    --overwrite had made was made again. Until 2026-12-06 an input was named by the file its link
-    leads to (now by the link: :func:`.plan.found_at`): those lines are renamed to the link too.
+    so it follows the order of the inputs. A rerun with the names swapped must find the record
+    under the new first name: a "skipped" line that says nothing of what made the output would let
+    another model pass unrefused (the output kept, "already done"), a changed input go unseen, and
+    what a stopped --overwrite made be made again. Lines of older manifests that name an input by
+    the file its link leads to (it is named by the link: :func:`.plan.found_at`) are renamed to
+    the link too.
     Where the old name is gone (the input folder renamed, the first of two hard links deleted),
     which file it named cannot be asked: the record follows when the planned name has no record
-    of its own and its file has the size and time recorded (:func:`_moved_here`); until
-    2026-12-07 it did not, with the same "skipped" line as above.
+    of its own and its file has the size and time recorded (:func:`_moved_here`), not left behind
+    with the same "skipped" line as above.
     Where OUT itself has moved (the project folder renamed, moved or mounted elsewhere, the inputs
     with it or not), a line's output is not planned under its old name: it is matched by its path
     relative to OUT, where the manifest lives (:func:`_outputs_moved`), and follows there, its
     input as above, or a gone name where the planned name lies as it did under the input folder,
-    which moved with OUT, whatever its size and time (:func:`_moved_along`). Until 2026-12-08 such a line stayed under the old names, and the rerun's
-    "skipped" line said nothing of what made the output: another --strength was not refused, and a
-    stopped --overwrite was not gone on with. A name whose only lines are such "skipped" ones
+    which moved with OUT, whatever its size and time (:func:`_moved_along`). Left under
+    the old names, the rerun's "skipped" line would say nothing of what made the output: another
+    --strength would not be refused, nor a stopped --overwrite gone on with. A name whose only lines are such "skipped" ones
     (:func:`_says_nothing`) takes the record that follows it, which mends those manifests.
     One stat of two names per line whose output is planned under another name."""
     planned = {t.output: t.input for t in tasks}
@@ -539,7 +537,7 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
 
 def _says_nothing(record: dict) -> bool:
     """A "skipped" line that says nothing of what made the output (no model, no error): what a
-    rerun wrote of an output whose record it did not find (before 2026-12-08, in a moved project)."""
+    rerun wrote of an output whose record it did not find (an older version's, in a moved project)."""
     return record.get("status") == "skipped" and not record.get("sha256") and not record.get("error")
 
 
@@ -622,8 +620,8 @@ def _moved_here(record: dict, name: str) -> bool:
 def _record_second_names(path: Path, duplicates: Sequence[tuple[str, str, str]], results: list[FileResult]) -> None:
     """Append to ``results`` and to the manifest at ``path`` a line for each second name of a file
     (``duplicates``: ``(name, first name, output)``), saying what came of the file under its first
-    name, whose result ``results`` holds. Until 2026-12-07 these lines were written before any
-    file was denoised, and said "denoised once" of a file that failed or was refused."""
+    name, whose result ``results`` holds: written after the work, so that no line says "denoised
+    once" of a file that failed or was refused."""
     latest = {r.input: r for r in results}
     found = [FileResult(name, output, DUPLICATE, f"the same file as {first} (a link or a hard link): "
                                                  f"{_what_came_of(latest.get(first))} under that name")
@@ -780,8 +778,8 @@ class Progress:
             self._start_clock(result.seconds)
         self.files += 1
         seconds = self.seconds.get(result.input, 0.0)
-        # The total is rounded to 1 ms, the steps are not: never past the end (until 2026-12-08 a total
-        # that rounded down ended past it, tqdm's "clamping frac to range [0, 1]" and a negative ETA),
+        # The total is rounded to 1 ms, the steps are not: never past the end (a total
+        # that rounds down would end past it: tqdm's "clamping frac to range [0, 1]" and a negative ETA),
         # and the last file ends it exactly.
         left = max(self.bar.total - self.bar.n, 0.0)
         self.bar.update(left if self.files >= self.total_files else min(seconds, left))

@@ -69,8 +69,8 @@ def _same_file(then: list, now: list[int]) -> bool:
     network mount's device number differs between the machines (a Ray actor, the driver) and the
     mounts (a reboot) reading a marker. Or the same size and modification time under another
     inode: a copy of the output folder (``cp -a``, ``rsync -a``) gives every file a new inode,
-    and read by inode alone an interrupted ``--overwrite``'s earlier outputs passed for finished
-    ones, recorded as made by the new settings. A marker from before 2026-12-07 holds
+    and read by inode alone an interrupted ``--overwrite``'s earlier outputs would pass for
+    finished ones, recorded as made by the new settings. An older marker holds
     ``[st_dev, st_ino]``: the inode alone."""
     return then[1:2] == now[1:2] or (len(then) == 4 and then[2:] == now[2:])
 
@@ -78,7 +78,7 @@ def _same_file(then: list, now: list[int]) -> bool:
 class Journal:
     """The markers of files in flight. Picklable (a path and the job's settings): worker processes
     and Ray actors mark too. ``made``: what this job makes outputs with, written into each marker
-    of a file it denoises (None: markers without it, as before 2026-12-06); ``overwrite_run``: the
+    of a file it denoises (None: markers without it, as older ones); ``overwrite_run``: the
     id of the ``--overwrite`` run it makes them for (:mod:`.overwrite`), if any."""
 
     def __init__(self, folder: str | os.PathLike, made: MadeWith | None = None, overwrite_run: str = ""):
@@ -104,7 +104,7 @@ class Journal:
         return output if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
     def _output(self, rec: dict) -> Path:
-        """A marker's output path as this journal reads it (absolute in markers before 2026-12-07)."""
+        """A marker's output path as this journal reads it (absolute in older markers)."""
         return self.folder.parent / rec["output"]
 
     def started(self, input_path: str, pid: int | None = None, output: str | None = None) -> None:

@@ -146,7 +146,7 @@ def previous_warnings(records: Iterable[dict]) -> dict[str, str]:
 
 def previous_inputs(records: Iterable[dict]) -> dict[str, tuple[int, int]]:
     """Per input, ``(size, mtime_ns)`` of the file its output was made from, as earlier runs
-    recorded it (a "skipped" line carries it forward). Manifests before 2026-12-07 record none."""
+    recorded it (a "skipped" line carries it forward). Older manifests record none."""
     return {r["input"]: (r["input_size"], r["input_mtime_ns"]) for r in records
             if r.get("status") in ("ok", "skipped") and isinstance(r.get("input_size"), int)
             and isinstance(r.get("input_mtime_ns"), int)}
@@ -174,8 +174,8 @@ class MadeWith:
 def previous_settings(records: Iterable[dict]) -> dict[str, MadeWith]:
     """Per input, what made its output according to earlier runs (``records``:
     :func:`read_manifest`; a "skipped" line carries forward what the line before it recorded, and
-    so does an "error" line of a file whose earlier output stayed in place). Manifests written
-    before 2026-12-06 record none."""
+    so does an "error" line of a file whose earlier output stayed in place). Older manifests
+    record none."""
     made = {}
     for r in records:
         if r.get("sha256") and isinstance(r.get("strength"), int | float):

@@ -1,10 +1,10 @@
 """An ``--overwrite`` run that was stopped, and the rerun that goes on where it stopped.
 
-``--overwrite`` redoes every file, so a rerun of an interrupted one used to start over (hours of
-work redone), and a rerun without it kept the older outputs it had not reached. Now an
+``--overwrite`` redoes every file, so a plain rerun of an interrupted one would start over (hours
+of work redone), and a rerun without it would keep the older outputs it had not reached. So an
 ``--overwrite`` job writes ``OUT/.audioae-overwrite.json`` (its id, when it started, what it makes
 outputs with) before its work and removes it when a job in ``OUT`` finishes (one that passed files
-over for a full disk did not); each output it makes
+over for a full disk does not); each output it makes
 or keeps carries its id in the manifest (``overwrite_run``). A record still there when the next
 ``--overwrite`` starts names a run that was stopped (Ctrl-C, a kill, a full disk). With the same
 model and strength the new job goes on with that run: it keeps the outputs that run made, recorded

@@ -103,8 +103,8 @@ def _discover(folder: Path, out_dir: Path, recordings: set[str], fold: Callable[
     rerun would otherwise take its own outputs as inputs), and in a subfolder that holds
     another run's manifest, the outputs it lists (denoised copies, not recordings; the whole
     subfolder where its manifest cannot be read or lists none there, as for a folder moved
-    since). Until 2026-12-07 every such subfolder was skipped: a recording that sat in a folder
-    once used as ``-o`` was never denoised again. The audio files an OUT inside
+    since). Skipping such a subfolder whole would never again denoise a recording that sits in a
+    folder once used as ``-o``. The audio files an OUT inside
     ``folder`` holds before any run (no manifest yet) are recordings: added to ``recordings``
     (as ``fold`` keys their real paths: :func:`plan_tasks`)."""
     made: set[str] = set()  # the outputs earlier runs' manifests list (real paths)
@@ -249,15 +249,14 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     _check_output_folder(Path(check_named(out_dir)))
     out = Path(out_dir).resolve()
     # How paths compare where the outputs go: a disk that ignores case (an SD card's exFAT) makes
-    # Take.wav and take.wav one file. Until 2026-12-07 two such inputs were both "denoised" into
-    # one output, and -o IN beside an input folder "in" wrote the outputs over the inputs.
+    # Take.wav and take.wav one file: two such inputs would both be "denoised" into one output,
+    # and -o IN beside an input folder "in" would write the outputs over the inputs.
     case_blind = ignores_case(out)
     fold: Callable[[Path], str] = (lambda p: str(p).casefold()) if case_blind else str
     pairs: list[tuple[Path, str, str]] = []  # (input, rel, the folder it was found in)
     empty: list[Path] = []  # input folders without audio files
     recordings: set[str] = set()  # audio files in an OUT inside an input folder before any run (fold keys)
-    # Each input stat'ed once, and each folder among them resolved once (until 2026-12-07 an isdir,
-    # then a stat, then a resolve or two: a folder's resolve once per other input folder).
+    # Each input stat'ed once, and each folder among them resolved once.
     given = [(Path(item), _mode(item)) for item in inputs]
     for p, mode in given:
         if mode == _UNREACHABLE:  # Path.is_dir raised it bare: "[Errno 13] Permission denied: 'in/a.wav'"
@@ -301,8 +300,8 @@ def plan_tasks(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             first, first_dst = by_output[key]
             if src == first:
                 continue  # the same name twice (e.g. a file and its folder)
-            if names_one_file(first, src):  # another name of it: denoised once, the name reported (was: said nothing)
-                # once per name (a second name found in its folder and named too was reported twice), with
+            if names_one_file(first, src):  # another name of it: denoised once, the name reported
+                # once per name (also one both found in its folder and named), with
                 # the output as written (first_dst: on a disk that ignores case, not this name's casing)
                 if duplicates is not None and src not in second_names:
                     second_names.add(src)
@@ -374,7 +373,7 @@ def split_done(tasks: Sequence[FileTask], failed: Collection[str] = (),
     the old one's output. They are still skipped (outputs that exist are done); the job warns.
     An input is changed when it is not the file ``recorded`` holds for it by size and mtime
     (:func:`~.manifest.previous_inputs`; :func:`same_file`, as a file's own run checks it: a
-    network mount's whole-second time of the same file is no change); without a record (a manifest before 2026-12-07), when it
+    network mount's whole-second time of the same file is no change); without a record (an older manifest), when it
     was modified after its output was written, which a recorder whose FAT clock runs ahead of
     this machine's (local time taken as UTC) tripped on every rerun. One stat per output and per
     input of a done task."""

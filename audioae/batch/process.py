@@ -91,8 +91,8 @@ def changed_error(path: str, before: SourceState, now: SourceState | None) -> Au
 
 def check_unchanged(path: str, before: SourceState | None) -> None:
     """Raise :class:`AudioError` when the input at ``path`` is no longer the file it was before it
-    was opened: a file cut short, rewritten or still being recorded while it was read gave an
-    output of part of it, recorded as denoised in full."""
+    was opened: a file cut short, rewritten or still being recorded while it was read would give
+    an output of part of it, recorded as denoised in full."""
     if before is not None and (exc := changed_error(path, before, source_state(path))) is not None:
         raise exc
 
@@ -131,9 +131,8 @@ def _check_header(task: FileTask, f: sf.SoundFile, data: bytes | None) -> HeldAu
 
 
 def _write_empty(task: FileTask, f: sf.SoundFile, t0: float, before: SourceState | None) -> FileResult:
-    """An input of 0 samples becomes an output of 0 samples, of its format, rate and channels:
-    until 2026-12-07 it failed on every run ("the audio is empty"), and a folder holding one could
-    never finish clean."""
+    """An input of 0 samples becomes an output of 0 samples, of its format, rate and channels,
+    so that a folder holding one can finish clean (failing it would fail every run)."""
     fmt, subtype = output_format(f.format, f.subtype, task.input)
     writer = _PartWriter(task, f.samplerate, f.channels, fmt, subtype, f.copy_metadata())
     try:

@@ -34,9 +34,9 @@ def speech_like(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray
 
 
 # Below this the noise has no energy, as after any microphone's high-pass. Without it, 1/f noise
-# put its largest bins at DC and a fraction of a hertz: 10 s of pink noise held 56% of its energy
-# below 20 Hz and brown 99.8%, so "pink at 0 dB SNR" was about 3.5 dB of audible noise and brown
-# noise was an inaudible drift.
+# puts its largest bins at DC and a fraction of a hertz: 10 s of pink noise holds 56% of its energy
+# below 20 Hz and brown 99.8%, so "pink at 0 dB SNR" is about 3.5 dB of audible noise and brown
+# noise an inaudible drift.
 AUDIBLE_HZ = 20.0
 
 

@@ -49,14 +49,14 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
     into ``[H, W]``. ``stride`` defaults to a quarter patch: each pixel is then seen in up to 16
     positions, which hides the seams between patches."""
     if not hasattr(model.config, "image_size") or getattr(model.config, "in_channels", 1) != 1:
-        # was an AttributeError ('LinearConfig' object has no attribute 'image_size') or a conv's shape error
+        # not an AttributeError ('LinearConfig' object has no attribute 'image_size') or a conv's shape error
         raise ValueError(f"reconstruct_image needs an image model of grey-level patches; this model's family "
                          f"is {model.registry_name}" + (f", with {model.config.in_channels} input channels"
                                                         if hasattr(model.config, "in_channels") else ""))
     img = torch.as_tensor(img)
     if img.dim() != 2:
         raise ValueError(f"a grey-level image [H, W] expected, got shape {tuple(img.shape)}" + _channel_hint(img.shape))
-    if img.numel() == 0:  # was numpy's IndexError from the percentiles of nothing
+    if img.numel() == 0:  # not numpy's IndexError from the percentiles of nothing
         raise ValueError(f"an empty image: shape {tuple(img.shape)}")
     if not img.is_floating_point():
         raise ValueError(f"grey levels in [0, 1] expected, got {img.dtype}; for 8-bit images pass img / 255")

@@ -160,7 +160,7 @@ class SpectralConfig(AutoencoderConfig):
         self.require_positive("sample_rate", "compression_power")
         if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:  # the rates audio may have
             raise ValueError(f"sample_rate must be within {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {self.sample_rate}")
-        if self.n_fft % 2 or not 2 <= self.n_fft <= MAX_N_FFT:  # was "lookahead must be within [0, -32]" for -64
+        if self.n_fft % 2 or not 2 <= self.n_fft <= MAX_N_FFT:  # first: a bad n_fft skews lookahead's bound
             raise ValueError(f"n_fft must be even and within 2..{MAX_N_FFT}, got {self.n_fft}")
         if not 0 < self.hop_length <= self.n_fft // 2:
             raise ValueError(f"need 0 < hop <= n_fft/2 = {self.n_fft // 2}, got hop_length={self.hop_length}")

@@ -36,7 +36,7 @@ def empty_name_error() -> str:
 
 def resolve(spec: str | None, default: str = DEFAULT_DENOISER) -> Path:
     """A shipped model name or a path to a ``.safetensors`` checkpoint -> its path; None: ``default``.
-    An empty name is refused, not taken for the default (it once loaded ``default`` unsaid)."""
+    An empty name is refused, not silently taken for the default."""
     if spec is None:
         spec = default
     if not spec:

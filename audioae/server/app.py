@@ -298,8 +298,8 @@ def serve(config: ServerConfig, announce: Callable[[str], None] = log.warning) -
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    # The models load on a thread of their own, so that a signal meanwhile is acted on at once
-    # (was: after they loaded, with SERVING reported and then a drain).
+    # The models load on a thread of their own, so that a signal meanwhile is acted on at once,
+    # not after they load (SERVING reported, then a drain).
     failed: list[BaseException] = []
 
     def load() -> None:

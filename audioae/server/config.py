@@ -59,7 +59,7 @@ class ServerConfig:
         for name in ("max_request_mb", "max_audio_seconds", "drain_seconds", "codec_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_named(name)} must be positive, got {getattr(self, name)}")
-        if self.max_message_bytes > MAX_GRPC_BYTES:  # was: grpcio's OverflowError traceback at start
+        if self.max_message_bytes > MAX_GRPC_BYTES:  # not grpcio's OverflowError traceback at start
             raise ValueError(f"{_named('max_request_mb')} must be below 2048 (a gRPC message is at most "
                              f"2 GB), got {self.max_request_mb:g}")
         for name, zero in (("max_batch_seconds", "no batching"), ("max_delay_ms", "no wait"),

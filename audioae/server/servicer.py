@@ -108,7 +108,7 @@ def _unary(method: Callable) -> Callable:
     """Count the call, enter the gate (which refuses it when the server is busy), map exceptions
     to status codes, log the call once it ends, and log the answer's ``warnings`` (where it has
     them) with the caller's address. A call that ended before its answer (cancelled, or past its
-    deadline) is counted and logged as such (:func:`_ended`): it was counted OK when the handler
+    deadline) is counted and logged as such (:func:`_ended`), not OK because the handler
     went on to answer it, nobody listening."""
 
     @functools.wraps(method)
@@ -171,8 +171,8 @@ class _StreamCut(Exception):
 def _stream_audio(msg, i: int, cfg: pb.StreamConfig) -> np.ndarray:
     """Audio chunk ``i`` (the stream's ``i + 1``-th message) as ``[C, n]`` float32 samples; raises a
     :class:`_StreamCut` (``refused``) saying why the message is not one. Every refusal ends the stream
-    the same way, the tail of the audio before it answered first (until 2026-12-07 a bad audio chunk,
-    a second StreamConfig or an empty message lost that tail, where an oversized or unparsable one had it)."""
+    the same way, the tail of the audio before it answered first, so that no kind of bad
+    message (a bad audio chunk, a second StreamConfig, an empty one) loses that tail."""
     nth = f"the {_nth(i + 1)} message"
     if isinstance(msg, Oversized):
         raise _StreamCut(EXHAUSTED, msg.refusal(nth), refused=True)
@@ -223,7 +223,7 @@ def _check_channels(channels: int, name: str) -> None:
 
 def _call_model(fn: Callable, x: torch.Tensor, doing: str, explain: Callable[[str], str], scale: str, less: str):
     """``fn(x)`` for Encode/Decode: running out of memory is RESOURCE_EXHAUSTED, ``less`` saying
-    what to send less of (was "a smaller batch" for every call: a code of one item and 600,000
+    what to send less of (not always "a smaller batch": a code of one item and 600,000
     frames cannot be a smaller batch, nor audio, whose channels are the batch); any other error
     inside the network is a shape the model does not take (ValueError: INVALID_ARGUMENT), told
     by ``explain(first line of the error)``. An answer of NaN or Inf is refused (INVALID_ARGUMENT),
@@ -358,14 +358,14 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         except FutureTimeout:
             running = fut.running()  # before abandon: a queued job's future is cancelled there
             job.abandon()
-            if running:  # was: "while the request waited for the device (0 requests queued)"
+            if running:  # on the device, not waiting for it: say so
                 raise self._ended_while_working(grpc.StatusCode.DEADLINE_EXCEEDED, job) from None
             raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the deadline passed while the request waited for the device "
                 f"({_queued(self.batcher.queued_besides(job))} besides it)",
             ) from None
-        except CancelledError:  # abandoned: its call was cancelled, or its deadline passed (was always CANCELLED)
+        except CancelledError:  # abandoned: its call was cancelled, or its deadline passed (the code says which)
             code = _ended(context) if not context.is_active() else grpc.StatusCode.CANCELLED
             said = "the deadline passed" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "the call was cancelled"
             raise Abort(code, said) from None
@@ -506,8 +506,8 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
 
         def encode(wav: np.ndarray, sr: int, **kwargs) -> bytes:
             # A file that compresses far better than its denoised audio (FLAC of a square wave: 10x)
-            # can have an answer over the limit; gRPC's own refusal was counted OK here. The size
-            # from the bytes in hand: resp.ByteSize() serialised the whole answer to count it.
+            # can have an answer over the limit; gRPC's own refusal would be counted OK. The size
+            # from the bytes in hand: resp.ByteSize() would serialise the whole answer to count it.
             # No answer is encoded for a call that has ended, nor waits for a codec process then.
             if not context.is_active():
                 raise CallEnded("the call ended before its answer was encoded")
@@ -560,7 +560,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
         if isinstance(first, Unparsed):
             raise Abort(INVALID, f"{first_message}: {first.refusal()}")
         if first.WhichOneof("msg") != "config":
-            # was "...; audio came first" for a message with neither field set too
+            # an empty first message is not "audio came first"
             came = "audio came first" if first.WhichOneof("msg") == "audio" else \
                 "the 1st message is empty (neither a StreamConfig nor audio)"
             raise Abort(INVALID, f"the first message must be a StreamConfig (model, sample_rate, channels, format); {came}")
@@ -648,7 +648,7 @@ class AudioAEServicer(audioae_pb2_grpc.AudioAEServicer):
                 if self.gate.cut_reason:  # cut off while this message was taken: not through the model
                     raise self._drain_cut()
                 chunk = f"audio chunk {i} (the {_nth(i + 1)} message)"
-                doing(f"decoding {chunk}")  # was said as the chunk before, on the model's device
+                doing(f"decoding {chunk}")  # set first: a decoding error names this chunk, not the one before
                 x = _stream_audio(msg, i, cfg)  # [C, n]
                 over = n_in + x.shape[-1] > limit
                 x = x[:, : max(0, int(limit - n_in))] if over else x  # [C, n'], what fits in the limit

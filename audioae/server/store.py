@@ -82,8 +82,6 @@ class ServedModel:
             return (f"model {self.name!r} ({self.model.registry_name}, input {c.input}) cannot "
                     f"{AUDIO_RPCS[rpc]} audio")
         if rpc == "Denoise" and self.decomposes:
-            # Until 2026-12-07 served and listed: its answer was its reconstruction of the input, noise
-            # included (never a default denoiser; StreamDenoise refused it already).
             return (f"model {self.name!r} is a decomposition model ({self.model.registry_name}): its output would "
                     f"be its reconstruction of the input, noise included, not a denoised copy; use Decompose "
                     f"with it")
@@ -93,7 +91,6 @@ class ServedModel:
             return (f"model {self.name!r} ({self.model.registry_name}) cannot decompose: that needs a sparse "
                     f"dictionary model (sparse_dict)")
         if rpc == "Decode" and not self.decodes_codes:
-            # Until 2026-12-07 a max-unpooling model listed Decode, which refused its every call.
             return (f"model {self.name!r} unpools with the encoder's max-pooling indices, which are not part "
                     f"of the code and do not travel over the wire; Decode needs a model with unpool=nearest "
                     f"or transposed")
@@ -185,9 +182,8 @@ class ModelStore:
         name = given or (target if is_shipped else path.name.removesuffix(".safetensors"))
         how = "by NAME=PATH" if given else "the shipped model's name" if is_shipped else "after its file name"
         if name in named:
-            # Worded by how both got the name (was by the second spec's alone, and said no path where
-            # that one was bare: a NAME=PATH beside a bare path was told "each NAME=PATH needs a NAME
-            # of its own" or "name them explicitly", by their order).
+            # Worded by how both specs got the name, naming both paths, so that the advice does not
+            # depend on their order.
             first, first_how = named[name]
             explicit = [p for p, h in ((first, first_how), (path, how)) if h == "by NAME=PATH"]
             if len(explicit) == 2:
@@ -252,7 +248,7 @@ class ModelStore:
         why (:meth:`ServedModel.refusal`) and which models here do, NOT_FOUND for an unknown name."""
         if not name and not default:
             # As Encode/Decode without a model name: the request lacks an argument this server needs.
-            # A default is empty only where no model can serve the purpose (was "...; name one: (none here can)").
+            # A default is empty only where no model can serve the purpose ("name one" would be no advice).
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                         f"no model named, and this server holds no model that can {AUDIO_RPCS[rpc]}: that needs "
                         f"{self.NEEDS[rpc]}; it serves {', '.join(self.models) or 'none'}")
@@ -294,9 +290,9 @@ class ModelStore:
 
     @staticmethod
     def _warm_up_one(m: ServedModel, rng: np.random.Generator, batch_fn) -> list[str]:
-        """Run ``m`` once on noise, half a second of it for audio, as each RPC it serves would (until
-        2026-12-07 a sparse dictionary was warmed through ``denoise()``, which it no longer serves, and
-        not through ``decompose()``, which it does); the RPCs warmed, none for a model with no example
+        """Run ``m`` once on noise, half a second of it for audio, as each RPC it serves would (a
+        sparse dictionary through ``decompose()``, not ``denoise()``, which it does not serve); the
+        RPCs warmed, none for a model with no example
         input to run."""
         rpcs = m.rpcs()
         if m.is_audio:
