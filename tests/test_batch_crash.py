@@ -269,9 +269,10 @@ def test_ctrl_c_pressed_twice_leaves_no_suspect_nor_part_file(tmp_path, causal_c
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)  # again, as people press it
     _, err = proc.communicate(timeout=120)
-    # A second press once the job has ended, as Python exits, ends it at once with 130 (audioae.cli.run):
-    # it used to end the process with -SIGINT or a KeyboardInterrupt in torch's atexit callback.
-    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    # A second press once the job has ended, as Python exits, ends it at once (audioae.cli.run): 130,
+    # or killed by SIGINT itself when it lands after Python has put the system's handler back at its
+    # very end (a shell reports both as 130); never a KeyboardInterrupt traceback from an exit handler.
+    assert proc.returncode in (128 + signal.SIGINT, -signal.SIGINT), err[-3000:]
     assert "interrupted: Ctrl-C" in err and "Traceback" not in err, err[-3000:]
     left = [p.name for p in (out / JOURNAL_NAME).glob("*")] if (out / JOURNAL_NAME).exists() else []
     assert not left, f"interrupted files were left marked as suspects: {left}\n{err[-3000:]}"
