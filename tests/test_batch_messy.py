@@ -110,7 +110,7 @@ def test_a_folder_reached_through_two_links_is_no_loop_and_an_unlisted_one_count
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return scandir(path)
 
-    monkeypatch.setattr("audioae.audio.os.scandir", refusing)
+    monkeypatch.setattr("audioae.audio.walk.os.scandir", refusing)  # where walk_audio looks it up
     s = run_denoise([r], tmp_path / "out3", _opts(causal_ckpt))
     assert [e["path"] for e in s["left_out"]] == [str(locked)]
 

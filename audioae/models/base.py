@@ -21,7 +21,7 @@ from .sparsity import PENALTIES, check_topk, keep_topk, sparsity_penalty
 
 # Bounds on sizes that a checkpoint's config sets and its weights do not bound, while inference
 # allocates by them: with n_fft 65536 and hop 1 (under 1 MB of weights), each 4 s of 16 kHz audio
-# would be 17 GB of STFT frames. (The sample rate's bound is in audio.py: at 10**8 Hz a 1 s clip is
+# would be 17 GB of STFT frames. (The sample rate's bound is in audio/checks.py: at 10**8 Hz a 1 s clip is
 # resampled to 10**8 samples, whose STFT alone, at n_fft 512 and hop 128, is 781,251 x 257 complex64, 1.6 GB.)
 MAX_N_FFT = 65536  # 4 s at 16 kHz: no frame-by-frame model needs a longer window
 MAX_OVERLAP = 16  # n_fft / hop_length: frames hold this many times the audio's samples (shipped: at most 4)
