@@ -576,7 +576,7 @@ def _figure_path(out: str | None, default: str) -> Path:
 def _cmd_inspect(args) -> int:
     from .inspection import INSPECT_SECONDS, inspect_denoising, inspect_dictionary
     from .models.base import SpectralAutoencoder
-    from .models.dictionary import SparseDictionary
+    from .models.sparse_dict import SparseDictionary
     from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
 
     _model_given(args.model, "MODEL")

@@ -1,6 +1,6 @@
 """Components from a sparse dictionary model: soft masks, grouping, and sum-to-input.
 
-A :class:`~audioae.models.dictionary.SparseDictionary` explains the input's magnitude spectrogram
+A :class:`~audioae.models.sparse_dict.SparseDictionary` explains the input's magnitude spectrogram
 ``|X|`` as a sum of unit spectrograms ``V_u`` (atom * activation). A group ``g`` of units (one
 unit, or a cluster) gets the soft mask::
 
@@ -36,7 +36,7 @@ from .audio import AudioError, as_channels_first, check_pcm, fit_length, resampl
 from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
 from .enhance import check_stop
-from .models.dictionary import MAX_FIT_STEPS, SparseDictionary, frame_blocks  # MAX_FIT_STEPS: also a request's
+from .models.sparse_dict import MAX_FIT_STEPS, SparseDictionary, frame_blocks  # MAX_FIT_STEPS: also a request's
 from .spectral import window_samples
 
 log = logging.getLogger(__name__)

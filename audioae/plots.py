@@ -4,7 +4,7 @@ the format the file's extension names, and never over a file that is not such a 
 
 - :func:`plot_decomposition`: input spectrogram, the atoms behind the strongest components,
   their activations over time, and their spectrograms -- one PNG to read at a glance;
-- :func:`plot_dictionary`: every atom of a :class:`~audioae.models.dictionary.SparseDictionary`,
+- :func:`plot_dictionary`: every atom of a :class:`~audioae.models.sparse_dict.SparseDictionary`,
   sorted by peak frequency, with where the atoms sit and how wide they are (a wavelet basis would
   show a constant bandwidth-to-frequency ratio);
 - :func:`plot_denoising` (with :func:`denoising_view` and :func:`denoising_stats`): what a
@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from .decompose import Decomposition
 from .fileio import atomic_write_bytes
 from .models.base import SpectralAutoencoder
-from .models.dictionary import SparseDictionary
+from .models.sparse_dict import SparseDictionary
 from .spectral import STFT
 
 MAX_PANELS = 8  # component spectrograms shown (the strongest)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the shipped decomposition model ``audioae/pretrained/decomposer-small.safetensors``.
 
-A :class:`~audioae.models.dictionary.SparseDictionary` (registry name ``sparse_dict``) learns a
+A :class:`~audioae.models.sparse_dict.SparseDictionary` (registry name ``sparse_dict``) learns a
 non-negative convolutive dictionary from mixtures of speech and synthesised music-like and noise
 signals, all made here at 16 kHz:
 
@@ -49,7 +49,7 @@ from audioae.config import differences, parse_assignments
 from audioae.data import synthetic
 from audioae.fileio import atomic_write_bytes
 from audioae.models import build_model
-from audioae.models.dictionary import SparseDictionary
+from audioae.models.sparse_dict import SparseDictionary
 from audioae.spectral import decompress
 from audioae.train import NonFiniteLoss, fit_arrays
 

@@ -264,7 +264,7 @@ def test_a_long_decomposition_asks_stop_in_every_block_of_its_spectrogram_and_co
     the first stop question (benchmarks/decompose_deadline.py): now they run in blocks of frames,
     stop asked before each block after the first, and the blocks give what the whole did."""
     from audioae.enhance import Stopped
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model()
     x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]  # [1, T]
@@ -370,7 +370,7 @@ def test_clusters_ask_stop_before_each_is_inverted_and_in_every_block_of_frames(
     """A long input's clusters were inverted one after another with no stop question between them,
     and each inverse STFT uncut. 20 s: one cluster per batch, each inverse in three blocks."""
     from audioae.enhance import Stopped
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model()
     x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]
@@ -393,7 +393,7 @@ def test_each_components_masks_and_inverse_stft_ask_stop_in_every_block_of_frame
     """One component's masks and inverse STFT ran uncut (550 s at 44.1 kHz: 0.8-1.0 s past a
     stop, docs/decomposition.md): now in blocks of frames, stop asked before each but the first."""
     from audioae.enhance import Stopped
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model()
     x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]
@@ -415,7 +415,7 @@ def test_masked_inverse_stft_in_blocks_gives_the_whole_signal_inverse(channels):
     envelopes and dominant frequencies are the whole computation's, one unit, a group of units,
     a band, and the clusters' waveforms alike, length for length."""
     from audioae.decompose import _component_waveforms, _group_waves, _mask_weights
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model()
     x = np.stack([tone(17.0, SR) + noise_bursts(17.0, SR), noise_bursts(17.0, SR, seed=1)])[:channels]
@@ -486,7 +486,7 @@ def test_a_fit_step_asks_stop_in_every_block_and_the_blocks_give_the_whole_step(
     each step runs in blocks of frames, stop asked before each block but the first, and the
     blocks give the whole step's code and atoms to float rounding (stereo: one set of atoms)."""
     from audioae.enhance import Stopped
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model(**extra)
     x = np.stack([tone(20.0, SR) + noise_bursts(20.0, SR), noise_bursts(20.0, SR, seed=1)])  # [2, T]
@@ -521,7 +521,7 @@ def test_the_masks_ask_stop_in_every_block_and_the_blocks_give_the_whole():
     docs/decomposition.md): now in blocks of frames, stop asked before each but the first."""
     from audioae.decompose import MASK_FLOOR, _mask_weights
     from audioae.enhance import Stopped
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model()
     x = (tone(20.0, SR) + noise_bursts(20.0, SR))[None]
@@ -571,7 +571,7 @@ def test_the_residual_energies_and_ranking_ask_stop_in_every_block_of_samples():
 def test_blocks_give_what_the_whole_gives_for_stereo_and_wider_receptive_fields(extra):
     """The halos cover what a frame reads: wider atoms and more refinements widen it."""
     from audioae.decompose import _spectrum_and_features
-    from audioae.models.dictionary import BLOCK_FRAMES
+    from audioae.models.sparse_dict import BLOCK_FRAMES
 
     model = tiny_model(**extra)
     x = np.stack([tone(17.0, SR), noise_bursts(17.0, SR)])  # [2, T]: stereo, two blocks

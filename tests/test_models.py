@@ -11,7 +11,7 @@ from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkp
 from audioae.enhance import StreamingDenoiser, denoise
 from audioae.models import REGISTRY, SpectralAutoencoder, UnknownModelError, build_model
 from audioae.models.conv1d import UNPOOLING
-from audioae.models.dictionary import default_topk
+from audioae.models.sparse_dict import default_topk
 from audioae.pretrained import HERE
 
 TINY = {

@@ -6,10 +6,10 @@ from typing import NamedTuple
 
 from .base import Autoencoder, AutoencoderConfig, SpectralAutoencoder, SpectralConfig, takes_audio
 from .conv1d import Conv1dAutoencoder, Conv1dConfig
-from .dictionary import SparseDictConfig, SparseDictionary
 from .image import ImageAutoencoder, ImageConfig
 from .linear import LinearAutoencoder, LinearConfig
 from .recurrent import RecurrentAutoencoder, RecurrentConfig
+from .sparse_dict import SparseDictConfig, SparseDictionary
 
 
 class Family(NamedTuple):
