@@ -1448,13 +1448,13 @@ def _train(run: RunConfig, resume: bool, report) -> dict:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     mixers = [] if idle else _step_mixers(run, sources, sr, rank, state.step)
     # With nothing to train, run.json keeps what made the weights (and lists no resume that trained nothing).
-    if rank == 0 and state.step < tc.steps and not idle:
+    if rank == 0 and not idle:
         _record_settings(out, run, state.step if resuming else None, state.record)
 
     bar = _progress_bar(tc, state.step) if rank == 0 else None
     # The input's scores, the same at every validation: scored here, before the clock starts (PESQ
     # and STOI of the input, scored at every first validation, came out of every session's budget).
-    val_inputs = (input_scores(evaluated, val_set, tc.metrics) if rank == 0 and state.step < tc.steps and not idle
+    val_inputs = (input_scores(evaluated, val_set, tc.metrics) if rank == 0 and not idle
                   else None)
     t_last_ckpt = time.monotonic()
     t0 = time.monotonic()

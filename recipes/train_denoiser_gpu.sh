@@ -34,8 +34,8 @@ MINUTES=${1:-7}
 DATA=${2:-corpus}
 OUT=${3:-runs/denoiser-small-gpu}
 # The weights a new run starts from (configs/denoiser-small-gpu.toml's train.init_from, or a --set of
-# it): an export of an earlier stage, made on the machine that trained that stage. Without it the
-# run would fail after the corpus loaded; a resume (OUT/last.safetensors) does not read it.
+# it): an export of an earlier stage, made on the machine that trained that stage. Checked here to
+# point at train_denoiser.sh and the copy step; a resume (OUT/last.safetensors) does not read it.
 INIT=runs/denoiser-small-stage5.safetensors
 args=("${@:4}")
 for ((i = 0; i + 1 < ${#args[@]}; i++)); do

@@ -52,7 +52,7 @@ def test_the_licence_is_declared_and_shipped():
     assert setuptools and int(_lower_bound(setuptools, "setuptools").split(".")[0]) >= 77  # reads license-files
 
 
-def test_every_imported_third_party_library_is_declared():
+def test_pillow_which_plots_imports_is_declared():
     """plots.py imports PIL (pillow): it came only through matplotlib's own requirements."""
     deps = " ".join(PYPROJECT["project"]["dependencies"]).lower()
     assert "from PIL import" in (ROOT / "audioae" / "plots.py").read_text() and "pillow" in deps

@@ -311,8 +311,8 @@ def test_what_the_ray_engine_cannot_do_is_refused_before_anything_is_written(tmp
     ("http://127.0.0.1:8265", "--address http://127.0.0.1:8265: the cluster's GCS address is HOST:PORT"),
 ], ids=["ray-client", "dashboard-url"])
 def test_run_ray_called_directly_refuses_an_address_it_cannot_use(tmp_path, address, says):
-    """run_denoise checks the address up front (check_request) and runs the job without checking it
-    again; a caller of run_ray itself is still refused before ray.init."""
+    """run_denoise checks the address up front (check_request); a caller of run_ray itself is
+    refused too, before ray.init, whether or not a Ray is already running."""
     import ray
 
     from audioae.batch.journal import Journal

@@ -132,13 +132,12 @@ def _engine_results(todo: Sequence[FileTask], opts: DenoiseOptions, ckpt: Path, 
     # workers then verify they load these same bytes.
     expected = sidecar_sha256(ckpt) or sha
     if opts.engine == "ray":
-        from .ray_engine import _run_ray
+        from .ray_engine import run_ray
 
         load_checkpoint(ckpt, expected_sha256=expected)  # fail here, clearly, not in every actor
-        # run_ray past its address check: run_denoise's check_request made it before anything was written
-        yield from _run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
-                            workers=opts.workers, address=opts.address, gpus_per_worker=opts.gpus_per_worker,
-                            device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds)
+        yield from run_ray(todo, model_bytes=data, sha256=sha, journal=journal, strength=opts.strength,
+                           workers=opts.workers, address=opts.address, gpus_per_worker=opts.gpus_per_worker,
+                           device=opts.device, threads=opts.threads, block_seconds=opts.block_seconds)
         return
     from .local import run_local
 
@@ -581,7 +580,7 @@ def _outputs_moved(earlier: list[dict], planned: dict[str, str], out: Path) -> d
             root = then[:i]
             if root == here or root.startswith(inside) or inside.startswith(root + os.sep):
                 continue  # OUT, a folder inside it, or one above it
-            borne = name == rel or name.endswith(os.sep + rel)  # _same_layout, in the loop over every line
+            borne = _same_layout(name, rel)
             readings.append((root, now, borne))
             if borne:
                 votes[root] = votes.get(root, 0) + 1

@@ -184,8 +184,7 @@ def check_address(address: str | None) -> None:
 
 def check_request(address: str | None, device: str, gpus_per_worker: float) -> None:
     """Refuse, before anything is written, what the Ray engine cannot do as asked (run_denoise
-    calls it, then runs the job without checking the address again; run_ray, called directly,
-    checks it)."""
+    calls it)."""
     check_address(address)
     if device.startswith("cuda:"):  # the actor's cuda is the GPU Ray gave it (CUDA_VISIBLE_DEVICES)
         raise ValueError(f"--device {device}: on the Ray engine Ray assigns each actor its GPU(s); pass --device cuda")
@@ -380,17 +379,7 @@ def run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journa
     process already started, else ``address``, else ``RAY_ADDRESS``), or starts a local Ray of
     its own, refusing an address this engine cannot use (:func:`check_address`). Actors get
     ``gpus_per_worker`` GPUs each, or one with ``device`` cuda."""
-    check_address(address)
-    yield from _run_ray(todo, model_bytes=model_bytes, sha256=sha256, journal=journal, strength=strength,
-                        workers=workers, address=address, gpus_per_worker=gpus_per_worker, threads=threads,
-                        block_seconds=block_seconds, device=device)
-
-
-def _run_ray(todo: Sequence[FileTask], *, model_bytes: bytes, sha256: str, journal: Journal, strength: float,
-             workers: int, address: str | None, gpus_per_worker: float, threads: int, block_seconds: float,
-             device: str) -> Iterator[FileResult]:
-    """:func:`run_ray` for an address :func:`check_address` passed (run_denoise's
-    :func:`check_request` checks it before anything is written)."""
+    check_address(address)  # a string test: run_denoise made it too, before anything was written
     ray = require_ray()
     if not todo:
         return

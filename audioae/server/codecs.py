@@ -89,9 +89,9 @@ class Codecs:
                 return None
             return CallEnded(f"{doing}: the call ended before a codec process took it")
 
+        if (exc := ended()) is not None:  # no work, nor a wait for a process, for a call that has ended
+            raise exc
         if self.workers == 0:
-            if (exc := ended()) is not None:
-                raise exc
             return fn(*args, **kwargs)
         if not self._started:  # the server starts them in load(); a Codecs used on its own, here
             self.start()

@@ -198,10 +198,9 @@ class ModelStore:
         return name, path
 
     @staticmethod
-    def shipped_defaults(shipped: dict[str, Path] | None = None) -> list[str]:
+    def shipped_defaults(shipped: dict[str, Path]) -> list[str]:
         """The shipped models served when --models names none; ``shipped``: :func:`audioae.pretrained.shipped`'s
-        answer where the caller has it."""
-        shipped = pretrained.shipped() if shipped is None else shipped
+        answer."""
         return [n for n in (pretrained.DEFAULT_DENOISER, pretrained.DEFAULT_DECOMPOSER) if n in shipped]
 
     @staticmethod
