@@ -500,7 +500,8 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
     the old names, the rerun's "skipped" line would say nothing of what made the output: another
     --strength would not be refused, nor a stopped --overwrite gone on with. A name whose only lines are such "skipped" ones
     (:func:`_says_nothing`) takes the record that follows it, which mends those manifests.
-    One stat of two names per line whose output is planned under another name."""
+    Per line whose output is planned under another name: a stat of the two names, then, where
+    the old name is gone, an lstat of it and a stat of the planned name."""
     planned = {t.output: t.input for t in tasks}
     inputs = set(planned.values())
     # names with records of their own
@@ -521,8 +522,8 @@ def _records_follow_files(path: Path, earlier: list[dict], tasks: Sequence[FileT
         output = moved.get(output) if elsewhere else output  # type: ignore[arg-type]
         name = planned.get(output) if output is not None else None
         if name is not None and (r["input"] == name or r["input"] not in inputs and (
-                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and (
-                    _moved_here(r, name) or elsewhere and _moved_along(r, name, output[len(inside):]))))):
+                names_one_file(Path(name), Path(r["input"])) or (name not in recorded and _gone_name_is(
+                    r, name, output[len(inside):] if elsewhere else None)))):
             changed = changed or (r["input"], r["output"]) != (name, output)
             r["input"], r["output"] = name, output
         kept.append(r)
@@ -596,6 +597,15 @@ def _same_layout(name: object, rel: str) -> bool:
     return isinstance(name, str) and (name == rel or name.endswith(os.sep + rel))
 
 
+def _gone_name_is(record: dict, name: str, rel: str | None) -> bool:
+    """Whether ``record``'s input name is gone and its file is the one at ``name``: by its size and
+    time (:func:`_moved_here`), or, where OUT has moved (``rel``: the output's path relative to
+    OUT), by where it lies (:func:`_moved_along`)."""
+    if os.path.lexists(record["input"]):
+        return False
+    return _moved_here(record, name) or rel is not None and _moved_along(record, name, rel)
+
+
 def _moved_along(record: dict, name: str, rel: str) -> bool:
     """Whether the file ``record`` was made from, whose name is gone, is the one at ``name`` by
     where it lies: both names end with ``rel``, the output's path relative to OUT then and now
@@ -603,14 +613,13 @@ def _moved_along(record: dict, name: str, rel: str) -> bool:
     asked: a copy that keeps no times (``cp -r``, rsync or scp without ``-t``/``-p``) and then
     the old copy deleted, or an input edited after the move, is still the file the record is of,
     and the rerun's check of the recorded size and time names it changed."""
-    return _same_layout(record["input"], rel) and _same_layout(name, rel) and not os.path.lexists(record["input"])
+    return _same_layout(record["input"], rel) and _same_layout(name, rel)
 
 
 def _moved_here(record: dict, name: str) -> bool:
     """Whether the file ``record`` was made from, whose name is gone, is the one at ``name``, as
     far as a stat can tell: the size and modification time recorded."""
-    if os.path.lexists(record["input"]) or not isinstance(record.get("input_size"), int) \
-            or not isinstance(record.get("input_mtime_ns"), int):
+    if not isinstance(record.get("input_size"), int) or not isinstance(record.get("input_mtime_ns"), int):
         return False
     now = source_state(name)
     return now is not None and same_file(SourceState(record["input_size"], record["input_mtime_ns"]), now)
