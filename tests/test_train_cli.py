@@ -450,7 +450,7 @@ def test_one_process_on_cuda_n_makes_it_the_current_device(tmp_path, monkeypatch
         calls.append(device)
         raise Stop
 
-    monkeypatch.setattr(train_module, "pick_device", lambda name: torch.device(name))
+    monkeypatch.setattr(train_module.loop, "pick_device", lambda name: torch.device(name))
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
     run = train_module.load_run_config(CONFIG, [f'train.out_dir="{tmp_path / "run"}"', 'train.device="cuda:1"'])
     with pytest.raises(Stop):
@@ -754,8 +754,8 @@ def test_the_input_is_scored_before_the_clock_starts(tmp_path, capsys, monkeypat
         inputs_given.append(inputs)
         return validate(model, val_set, metrics, inputs)
 
-    monkeypatch.setattr(train_module, "input_scores", slow_input_scores)
-    monkeypatch.setattr(train_module, "validate", recording_validate)
+    monkeypatch.setattr(train_module.loop, "input_scores", slow_input_scores)
+    monkeypatch.setattr(train_module.loop, "validate", recording_validate)
     assert main(["train", CONFIG, "--out", str(tmp_path / "run"), "--steps", "2", "--set", "train.val_every=1",
                  "--set", "train.progress=false", "--set", "model.config.hidden=16",
                  "--set", 'train.metrics=["si_sdr", "stoi"]']) == 0
@@ -1207,8 +1207,8 @@ def test_a_finished_run_rerun_says_nothing_to_train_once_before_reading_any_data
     def refuse(*args, **kwargs):
         raise AssertionError("read the data with nothing to train")
 
-    monkeypatch.setattr(train_module, "_sources", refuse)
-    monkeypatch.setattr(train_module, "make_validation_set", refuse)
+    monkeypatch.setattr(train_module.loop, "_sources", refuse)
+    monkeypatch.setattr(train_module.loop, "make_validation_set", refuse)
     assert main(cmd) == 0
     said = capsys.readouterr()
     assert "resumed from" not in said.err and "nothing to train" in said.err + caplog.text

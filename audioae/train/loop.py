@@ -37,8 +37,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import losses
-from .checkpoint import (
+from .. import losses
+from ..checkpoint import (
     CheckpointError,
     check_sha256,
     checkpoint_extra,
@@ -48,8 +48,8 @@ from .checkpoint import (
     save_checkpoint,
     write_with_sha256,
 )
-from .config import coerce_value, differences, refuse_non_finite, typed_fields
-from .data.mixing import (
+from ..config import coerce_value, differences, refuse_non_finite, typed_fields
+from ..data.mixing import (
     MixConfig,
     Mixer,
     Source,
@@ -60,14 +60,14 @@ from .data.mixing import (
     synthetic_noise,
     synthetic_speech,
 )
-from .device import pick_device
-from .enhance import SHIPPED_LEVEL_LIFT, LevelLift, denoise, estimate_clips, network_features
-from .fileio import atomic_write_bytes
-from .metrics import pesq_wb, si_sdr, stoi
-from .models import Autoencoder, SpectralAutoencoder, build_model, family, takes_audio
-from .models.corruption import add_gaussian, darken_patches, mix_at_snr
+from ..device import pick_device
+from ..enhance import SHIPPED_LEVEL_LIFT, LevelLift, denoise, estimate_clips, network_features
+from ..fileio import atomic_write_bytes
+from ..metrics import pesq_wb, si_sdr, stoi
+from ..models import Autoencoder, SpectralAutoencoder, build_model, family, takes_audio
+from ..models.corruption import add_gaussian, darken_patches, mix_at_snr
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("audioae.train")  # the name it had as one module
 
 
 @dataclass(frozen=True)
@@ -1618,7 +1618,7 @@ def _restore(run: RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
 def _init_from(run: RunConfig, model: SpectralAutoencoder) -> None:
     """Grow ``train.init_from``'s weights (a shipped name, as --model takes, or a path) into a new
     run's ``model``: the same family at the same signal settings."""
-    from .pretrained import resolve
+    from ..pretrained import resolve
 
     tc = run.train
     source = load_checkpoint(resolve(tc.init_from))
