@@ -20,7 +20,7 @@ folder engines (``audioae.batch``) import, and what scripts may build on:
 - :mod:`audioae.evaluate`, :mod:`audioae.metrics`  ``audioae eval``; SI-SDR, PESQ, STOI
 - :mod:`audioae.plots`                 the figures of ``decompose --plot`` and ``inspect``
 - :mod:`audioae.inspection`            what ``audioae inspect`` draws and reports (inspect_dictionary, inspect_denoising)
-- :mod:`audioae.train`                 training: ``train`` (run configs) and ``fit_arrays`` (tensors)
+- :mod:`audioae.train`                 training: ``train`` (run configs) and ``fit_arrays`` (tensors); a module per concern
 - :mod:`audioae.v1`                    the generated gRPC code of ``proto/audioae/v1/audioae.proto``
 
 The applications on top: :mod:`audioae.cli`, :mod:`audioae.server`, :mod:`audioae.batch`,

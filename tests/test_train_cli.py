@@ -450,7 +450,7 @@ def test_one_process_on_cuda_n_makes_it_the_current_device(tmp_path, monkeypatch
         calls.append(device)
         raise Stop
 
-    monkeypatch.setattr(train_module.loop, "pick_device", lambda name: torch.device(name))
+    monkeypatch.setattr(train_module.runtime, "pick_device", lambda name: torch.device(name))
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
     run = train_module.load_run_config(CONFIG, [f'train.out_dir="{tmp_path / "run"}"', 'train.device="cuda:1"'])
     with pytest.raises(Stop):

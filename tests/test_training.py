@@ -303,5 +303,5 @@ def test_validation_scores_what_denoise_outputs_also_for_quiet_input(dbfs, monke
     else:
         assert unlifted < served - 3
         # validate()'s default is the module's lift as it is at the call, not as it was at import
-        monkeypatch.setattr(train.loop, "VALIDATION_LEVEL_LIFT", LevelLift(max_gain_db=0.0))
+        monkeypatch.setattr(train.validation, "VALIDATION_LEVEL_LIFT", LevelLift(max_gain_db=0.0))
         assert validate(model, val_set, ("si_sdr",))["si_sdr"] == unlifted

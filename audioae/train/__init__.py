@@ -13,62 +13,69 @@ A run is described by a :class:`RunConfig` read from TOML with ``section.key=val
     [train]
     steps = 20000
 
-The code is in :mod:`audioae.train.loop` (``audioae/train.py`` until it became this package);
-every name that code imported from ``audioae.train`` is importable from here as it was. Patch a
-name where it is looked up (``audioae.train.loop``), not here.
+The modules, by concern (each name is importable from here, as it was from the one module
+``audioae/train.py`` this package replaces); each imports only from those above it:
+
+- :mod:`~audioae.train.config`      the run's settings (:class:`RunConfig`, :func:`load_run_config`) and their checks
+- :mod:`~audioae.train.loss`        one batch: its corruption (:func:`corrupt_batch`) and its loss (:func:`batch_loss`)
+- :mod:`~audioae.train.validation`  the data sources, the validation set, :func:`validate` and its scores
+- :mod:`~audioae.train.growth`      weights grown into a larger model (:func:`grow_into`); ``train.init_from``
+- :mod:`~audioae.train.records`     ``run.json``: the settings a run started with and each resume's changes
+- :mod:`~audioae.train.phases`      the learning-rate schedule; phases, and what a resume continues
+- :mod:`~audioae.train.resume`      the resume point written and read back; where a call starts
+- :mod:`~audioae.train.runtime`     the device, DDP, AMP's dtype, ``train.deterministic``
+- :mod:`~audioae.train.loop`        :func:`train` and its steps: gradients, weight average, log, checkpoints, signals
+- :mod:`~audioae.train.arrays`      :func:`fit_arrays`, for one tensor in memory
+
+Patch a name where it is looked up: in its module (``audioae.train.validation.VALIDATION_LEVEL_LIFT``,
+``audioae.train.loop.validate``), not here.
 """
 
 from __future__ import annotations
 
-from .loop import (
+from .arrays import NonFiniteLoss, fit_arrays
+from .config import (
     AMP_DTYPES,
-    CUBLAS_DETERMINISTIC,
-    FP32_PRECISION,
-    LOG_EVERY,
-    MAX_NONFINITE_STEPS,
-    MAX_SCALER_SKIPS,
-    NOT_IN_PHASE_IDENTITY,
-    PHASE_SETTINGS,
-    RESUME_FIXED,
-    RUN_FILES,
-    SCALER_KEYS,
-    SIGNAL_FIXED,
     VAL_METRICS,
-    VALIDATION_LEVEL_LIFT,
     DataConfig,
-    NonFiniteLoss,
-    ResumeState,
     RunConfig,
     TrainConfig,
-    TrainingStopped,
-    _apply_gradients,
-    _finished_phase,
-    _load_optimizer,
-    _phase_done,
-    _phase_of,
-    _resumed_phase,
-    _save_resume_point,
-    _sources,
-    _val_mix,
-    _validation_sources,
-    _weight_average,
-    batch_loss,
     check_corruption_inputs,
     check_deterministic_support,
     check_model_settings_read,
-    corrupt_batch,
-    decayed_lr,
-    fit_arrays,
-    grow_into,
-    grown_like,
-    input_scores,
     load_run_config,
-    make_validation_set,
-    replica_divergence,
+)
+from .growth import SIGNAL_FIXED, grow_into, grown_like
+from .loop import LOG_EVERY, MAX_NONFINITE_STEPS, MAX_SCALER_SKIPS, TrainingStopped, _apply_gradients, train
+from .loss import batch_loss, corrupt_batch, step_seed
+from .phases import (
+    NOT_IN_PHASE_IDENTITY,
+    PHASE_SETTINGS,
+    _finished_phase,
+    _phase_done,
+    _phase_of,
+    _resumed_phase,
+    decayed_lr,
     scheduled_lr,
+)
+from .resume import (
+    RESUME_FIXED,
+    RUN_FILES,
+    SCALER_KEYS,
+    ResumeState,
+    _load_optimizer,
+    _save_resume_point,
+    _weight_average,
+)
+from .runtime import CUBLAS_DETERMINISTIC, FP32_PRECISION, replica_divergence
+from .validation import (
+    VALIDATION_LEVEL_LIFT,
+    _sources,
+    _val_mix,
+    _validation_sources,
+    input_scores,
+    make_validation_set,
     score_denoised,
-    step_seed,
-    train,
     validate,
     validation_key,
     validation_line,
@@ -119,12 +126,12 @@ __all__ = [
     "_sources",
     "_validation_sources",
     "_val_mix",
-    "_finished_phase",
-    "_phase_done",
     "_phase_of",
+    "_phase_done",
+    "_finished_phase",
     "_resumed_phase",
     "_save_resume_point",
-    "_load_optimizer",
     "_weight_average",
+    "_load_optimizer",
     "_apply_gradients",
 ]
