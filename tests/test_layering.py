@@ -66,3 +66,24 @@ def test_audio_code_is_the_inline_computation_it_replaced_bit_for_bit(sr, channe
     got = audio_code(model, wav, sr)
     assert got.shape == (channels, model.config.code_dim, inp.shape[-1])
     assert torch.equal(got, h)
+
+
+# audioae.train's modules, each importing only from those before it (the package docstring's map)
+TRAIN_ORDER = ("config", "arrays", "loss", "validation", "growth", "records", "phases", "runtime", "resume", "loop")
+
+
+def test_the_train_packages_modules_import_only_from_those_below_them():
+    import ast
+    from pathlib import Path
+
+    import audioae.train
+
+    folder = Path(audioae.train.__file__).parent
+    modules = {p.stem: p for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert set(modules) == set(TRAIN_ORDER), "place a new module of audioae/train/ in TRAIN_ORDER"
+    for rank, name in enumerate(TRAIN_ORDER):
+        tree = ast.parse(modules[name].read_text())
+        siblings = {n.module or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                    for a in n.names}  # from .x import y, and from . import x
+        above = siblings - set(TRAIN_ORDER[:rank])
+        assert not above, f"audioae/train/{name}.py imports {sorted(above)}, which come after it"

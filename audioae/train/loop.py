@@ -48,7 +48,7 @@ from .validation import (
     validation_line,
 )
 
-log = logging.getLogger("audioae.train")  # the name it had as one module
+log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
 
 
 MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import RunConfig, TrainConfig
 from .records import _flat_settings
 
-log = logging.getLogger("audioae.train")  # the name it had as one module
+log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
 
 
 # The settings of a phase's schedule: its learning rate at each step (_phase_lr) and what the

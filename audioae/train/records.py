@@ -14,7 +14,7 @@ from ..fileio import atomic_write_bytes
 from ..models import family
 from .config import RunConfig
 
-log = logging.getLogger("audioae.train")  # the name it had as one module
+log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
 
 
 def _warn_init_from_unused(out: Path, init_from: str, record: dict | None) -> None:
