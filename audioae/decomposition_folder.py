@@ -1,7 +1,8 @@
 """The folder a decomposition is written into: one layout for ``audioae decompose`` (computed
 here) and ``audioae client decompose`` (computed by a server).
 
-- ``01_<label>.wav``, ``02_<label>.wav``, ...: one float32 WAV per component, strongest first;
+- ``01_<label>.wav``, ``02_<label>.wav``, ...: one float32 WAV per component, strongest first,
+  numbered to the count's width (``001_`` ... ``229_`` for 229), so that they list in order;
 - ``residual.wav``: the rest; the component files plus the residual add up to the input;
 - ``activations.npy``: ``[U, N]`` latent activations over frames;
 - ``summary.json``: what :func:`audioae.decompose.summarize` describes, plus the file names;
@@ -33,7 +34,7 @@ from .fileio import FolderHeld, atomic_write_bytes, check_output_folder, hold_fo
 
 log = logging.getLogger(__name__)
 
-COMPONENT_FILE = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav, as component_file_name writes
+COMPONENT_FILE = re.compile(r"\d{2,}_[A-Za-z0-9_]*\.wav")  # 01_<label>.wav (001_ past 99), as component_file_name writes
 OTHER_FILES = ("residual.wav", "summary.json", "activations.npy", "decomposition.png")
 # What older clients wrote (component_00_<label>.wav, decomposition.json): cleared
 # too, so that a rerun into a folder an older client wrote still adds up to its input.
@@ -202,10 +203,13 @@ def summary(*, sample_rate: int, channels: int, samples: int, group: str, fit_st
     }
 
 
-def component_file_name(index: int, label: str) -> str:
-    """``01_cluster_1_219_Hz_1_unit.wav`` for component ``index`` 0: numbered as people count."""
+def component_file_name(index: int, label: str, count: int) -> str:
+    """``01_cluster_1_219_Hz_1_unit.wav`` for component ``index`` 0 of ``count``: numbered as people
+    count, zero-padded to the width of ``count`` (at least 2 digits), so that a listing sorted by
+    name is the ranking: ``001_`` .. ``229_`` of 229 (``09_``, ``100_``, ``10_`` was the listing
+    of ``01_`` .. ``229_``)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")[:80]  # labels are short; names stay < 255 bytes
-    return f"{index + 1:02d}_{slug}.wav"
+    return f"{index + 1:0{max(2, len(str(count)))}d}_{slug}.wav"
 
 
 def write_folder(out: str | os.PathLike | Claim, summary: dict, activations: np.ndarray,
@@ -253,7 +257,7 @@ def _write_files(folder: Path, summary: dict, activations: np.ndarray, component
         summary["residual_file"] = None
     else:
         for comp, entry in zip(components, summary["components"], strict=True):
-            entry["file"] = component_file_name(entry["index"], entry["label"])
+            entry["file"] = component_file_name(entry["index"], entry["label"], len(summary["components"]))
             write_audio(folder / entry["file"], comp, sample_rate, subtype="FLOAT")  # float: the files sum to the input
             names.append(entry["file"])
         write_audio(folder / "residual.wav", residual, sample_rate, subtype="FLOAT")

@@ -1467,6 +1467,22 @@ def test_a_hold_reads_the_earlier_summary_once_and_knows_the_files_it_wrote_itse
     np.testing.assert_array_equal(read_audio(out / "01_part_0.wav")[0] + read_audio(out / "residual.wav")[0], x)
 
 
+def test_component_files_past_99_are_numbered_to_the_counts_width_and_list_in_rank_order(tmp_path):
+    """229 components were written 01_ .. 99_, 100_ .. 229_: a listing by name read 09_, 100_, 10_."""
+    out = tmp_path / "parts"
+    x = np.zeros((1, 4000), np.float32)
+    folder.write_folder(out, _summary_of(101), np.zeros((3, 5), np.float32), np.zeros((101, 1, 4000), np.float32), x,
+                        16000)
+    summary = json.loads((out / "summary.json").read_text())
+    files = [entry["file"] for entry in summary["components"]]
+    assert files[0] == "001_part_0.wav" and files[9] == "010_part_9.wav" and files[100] == "101_part_100.wav"
+    assert sorted(f.name for f in out.iterdir() if f.name[0].isdigit()) == files
+    assert all(folder.writes(name) for name in files)  # a rerun clears them
+    folder.write_folder(out, _summary_of(3), np.zeros((3, 5), np.float32), np.zeros((3, 1, 4000), np.float32), x, 16000)
+    assert sorted(f.name for f in out.iterdir() if f.name[0].isdigit()) == ["01_part_0.wav", "02_part_1.wav",
+                                                                          "03_part_2.wav"]  # under 100: as before
+
+
 def test_a_held_folder_is_neither_recovered_nor_written_by_another_hold(tmp_path):
     """Recovery is for what a killed run left: under another run's hold, .audioae-new is that run's
     work in progress (was: check_folder, which `audioae client decompose` runs before its call,
