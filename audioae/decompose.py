@@ -34,7 +34,7 @@ import torch
 
 from .audio import AudioError, as_channels_first, check_pcm, fit_length, resample_in_blocks
 from .config import quoted
-from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, summary
+from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, hz_text, summary
 from .enhance import check_stop
 from .models.sparse_dict import MAX_FIT_STEPS, SparseDictionary, frame_blocks  # MAX_FIT_STEPS: also a request's
 from .spectral import window_samples
@@ -52,9 +52,15 @@ ACTIVE_DB = -30.0  # a component is "active" in frames within this much of its l
 # decomposer-small) is this many times its neighbours' geometric mean, and its 3 bins hold this
 # share of the energy. Measured with decomposer-small: the clusters of a C-E-G chord 1.5-4.8 (1.5:
 # E, its lobe overlapping G's 2 bins away), those of a 100-4000 Hz chirp 1.0-1.3 (a flat top), a
-# voice's in pink noise 1.4 (the broadband one) and 2.0-2.4.
+# voice's in pink noise 1.4 (the broadband one) and 2.0-2.4. A Hann window's main lobe is 4 bins
+# wide, so tones about 2 bins apart (C, E, G: 68 and 62 Hz) fill each other's neighbours: the one
+# cluster of that chord (--groups 1 --fit 0) peaked 1.23 at E, flat as a chirp's top, and read
+# "250-410 Hz". Through windows PEAK_WINDOW times longer (7.8 Hz bins, _resolving_spectra) the
+# chord's notes peak 4.1-4.9 in every cluster, the chirp's clusters 1.0-1.1, the voice's 1.0-1.4
+# (its harmonics glide): the rule is tried there first, then on the model's bins.
 TONE_SHARPNESS = 1.5
 TONE_SHARE = 0.2
+PEAK_WINDOW = 4  # the resolving spectrum's window: this many times the model's n_fft (128 ms for decomposer-small)
 # Clusters whose component waveforms have a cosine similarity above this are one sound cut in
 # pieces, and are merged. Measured with decomposer-small in 8 clusters (docs/decomposition.md): the
 # pieces of one steady tone 0.96-1.00; any other two clusters at most 0.78 (two at ~1 kHz in a 1 kHz
@@ -685,7 +691,7 @@ def _labels(group: str, units: list[list[int]], dom_hz: np.ndarray, bands: np.nd
         return [cluster_label(i + 1, float(hz), (float(lo), float(hi)), len(u), t, bin_hz)
                 for i, (hz, (lo, hi), u, t) in enumerate(zip(dom_hz, bands, units, tones, strict=True))]
     if group == "none":
-        return [f"unit {u[0]} (~{hz:.0f} Hz)" for u, hz in zip(units, dom_hz, strict=True)]
+        return [f"unit {u[0]} (~{hz_text(hz)} Hz)" for u, hz in zip(units, dom_hz, strict=True)]
     return band_labels
 
 
@@ -770,7 +776,7 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     """Masked, inverted and resampled components ``[K, C, T]`` float32, their dominant
     frequencies ``[K]``, the bands holding the middle 80% of their energy ``[K, 2]`` (Hz), their
     energy envelopes ``[K, N]`` (model frames, summed over channels) and the tones each is mostly
-    made of (Hz, :func:`_tone_peaks`; ``[]`` for none), one list per component. With ``bins``,
+    made of (Hz, :func:`_tones_and_peak`; ``[]`` for none), one list per component. With ``bins``,
     component ``k``'s mask numerator is ``explained [C, F, N]`` within ``bins[k]`` only. With
     ``waves [K, C, T']``, the groups' waveforms at the model's rate already inverted
     (:func:`_group_waves`), these are resampled instead. Masks and inverse STFT in blocks of
@@ -778,9 +784,10 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
     ``stop`` asked before each block but the first and before each batch of components.
 
     Frequencies, bands and envelopes are measured on the inverted waveforms
-    (:func:`_waveform_spectra`), what the component files hold: the masked power ``M^2 |X|^2``
-    they were once taken from differs from it where masks swing fast from frame to frame (in a
-    C-E-G chord, a cluster labelled ~250 Hz held 62% of its energy at 392 Hz)."""
+    (:func:`_waveform_spectra`, and :func:`_resolving_spectra` for tones), what the component
+    files hold: the masked power ``M^2 |X|^2`` they were once taken from differs from it where
+    masks swing fast from frame to frame (in a C-E-G chord, a cluster labelled ~250 Hz held 62%
+    of its energy at 392 Hz)."""
     c = model.config
     n_ch, n_bins, n_frames = spec.shape
     spec_ri = torch.view_as_real(spec)  # [C, F, N, 2]
@@ -801,9 +808,12 @@ def _component_waveforms(model: SparseDictionary, h: torch.Tensor, atoms: torch.
              if waves is None else waves[lo : lo + k])  # [k, C, T']
         measuring = partial(ask, where=f"measuring the spectrum of component {lo + 1} of {len(groups)}")
         spectrum, envs[lo : lo + k] = _waveform_spectra(model, y, measuring)  # [k, F], [k, N]
-        dom[lo : lo + k] = _peak_bins(spectrum.numpy()) * bin_hz
+        resolving = _resolving_spectra(model, y, measuring)  # [k, F'] or None
         spans[lo : lo + k] = _energy_band(spectrum.numpy()) * bin_hz
-        tones += [[b * bin_hz for b in _tone_peaks(row)] for row in spectrum.numpy()]
+        for j in range(k):
+            row_tones, dom[lo + j] = _tones_and_peak(spectrum[j].numpy(), bin_hz, None if resolving is None else
+                                                     resolving[j].numpy(), c.sample_rate / (PEAK_WINDOW * c.n_fft))
+            tones.append([float(dom[lo + j]), *row_tones[1:]] if row_tones else [])  # the first: dominant_hz as kept
         # After the inverse STFT, and in blocks with a stop question before each: uncut, a stop ran on
         # to the next component (benchmarks/results/decompose-deadline-tail-before.json).
         resampling = partial(check_stop, stop, f"decomposition stopped while resampling component {lo + 1} of "
@@ -833,10 +843,59 @@ def _waveform_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[i
     return spectrum, envs
 
 
+def _resolving_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[int], None]) -> torch.Tensor | None:
+    """The power spectra ``[k, F']`` (float64, summed over frames and channels) of waveforms ``y
+    [k, C, T']`` at the model's rate through Hann windows :data:`PEAK_WINDOW` times the model's
+    ``n_fft`` (half overlapping, each wholly inside the signal), fine enough to resolve tones a
+    model's bin or two apart; None where ``y`` is shorter than one window. In blocks of frames,
+    ``ask(a)`` (``a``: a model frame) before each block but the first."""
+    c = model.config
+    n = PEAK_WINDOW * c.n_fft
+    hop, length = n // 2, y.shape[-1]
+    if length < n:
+        return None
+    window = torch.hann_window(n, dtype=y.dtype)
+    frames = 1 + (length - n) // hop
+    step = max(1, CHUNK_FLOATS // (y.shape[0] * y.shape[1] * n))  # frames per block
+    spectrum = torch.zeros((y.shape[0], n // 2 + 1), dtype=torch.float64)  # [k, F']
+    for a in range(0, frames, step):
+        if a:
+            ask(a * hop // c.hop_length)
+        b = min(frames, a + step)
+        framed = y[..., a * hop : (b - 1) * hop + n].unfold(-1, n, hop)  # [k, C, b - a, n]
+        spec = torch.fft.rfft(framed * window)  # [k, C, b - a, F']
+        spectrum += (spec.real.pow(2) + spec.imag.pow(2)).sum((1, 2), dtype=torch.float64)
+    return spectrum
+
+
+def _tones_and_peak(spectrum: np.ndarray, bin_hz: float, resolving: np.ndarray | None,
+                    resolving_hz: float) -> tuple[list[float], float]:
+    """``(tones Hz, dominant Hz)`` of one component from its spectrum through the model's STFT
+    (``spectrum [F]``, ``bin_hz`` apart) and through longer windows (``resolving [F']``,
+    ``resolving_hz`` apart; None for a signal shorter than one): the tones (:func:`_tone_peaks`)
+    of the resolving spectrum, else of the model's (a voice's gliding harmonics are sharp only
+    through its short window), strongest first; the dominant frequency is the first tone, else
+    the model spectrum's peak (:func:`_peak_bins`). The tones 68 and 62 Hz apart of a C-E-G
+    chord, one cluster, were no sharp peak in the model's bins and its dominant frequency read
+    338 Hz, no note of it."""
+    for p, hz in ((resolving, resolving_hz), (spectrum, bin_hz)):
+        if p is not None:
+            tones = [b * hz for b in _tone_peaks(p)]
+            if tones:
+                return tones, tones[0]
+    return [], float(_peak_bins(spectrum[None])[0]) * bin_hz
+
+
 def _peak_bins(spectrum: np.ndarray) -> np.ndarray:
     """``[k]`` the fractional bin of each ``spectrum [k, F]``'s peak: the vertex of a parabola
     through the log power of the top bin and its neighbours (a Hann window's main lobe is close
-    to one), so that a 392 Hz tone reads ~392 Hz, not the 406 Hz of its top 31.25 Hz bin."""
+    to one), so that a 392 Hz tone reads ~392 Hz, not the 406 Hz of its top 31.25 Hz bin. A lone
+    tone reads within 0.5 Hz in 31.25 Hz bins (262.05 for 261.63 Hz) and 0.1 Hz in
+    :func:`_resolving_spectra`'s. The Hann window's own two-bin formula, exact for a lone tone,
+    was tried and not taken: a voice's harmonic, whose lobe is wider than a tone's, read 228.6 Hz
+    where its energy centres on 225.5 (the parabola: 224.5). E of a C-E-G chord read 333.0 Hz in the
+    model's bins through C's and G's lobes beside it, not through the parabola: the resolving
+    spectrum reads it 329.7."""
     top = spectrum.argmax(-1)  # [k]
     rows = np.arange(len(spectrum))
     inner = (top > 0) & (top < spectrum.shape[-1] - 1) & (spectrum[rows, top] > 0)
@@ -864,8 +923,9 @@ def _round_hz(hz: float) -> str:
 
 
 def _tone_peaks(spectrum: np.ndarray, named: float = TONE_SHARE, tonal: float = 0.5, most: int = 3) -> list[float]:
-    """The fractional bins of the tones that ``spectrum [F]`` (a power spectrum through the
-    model's Hann STFT) is mostly made of, strongest bin first, or ``[]``. A tone is a local
+    """The fractional bins of the tones that ``spectrum [F]`` (a power spectrum through a Hann
+    window: the model's STFT, or :func:`_resolving_spectra`) is mostly made of, strongest bin
+    first, or ``[]``. A tone is a local
     maximum at least :data:`TONE_SHARPNESS` times the geometric mean of its neighbours (a tone's
     main lobe; a sweep's or a noise's flat top is not) whose bin and neighbours hold at least
     ``named`` of the energy; at most ``most`` of them. ``[]`` unless the strongest bin is one
@@ -878,7 +938,10 @@ def _tone_peaks(spectrum: np.ndarray, named: float = TONE_SHARE, tonal: float = 
         return []
     peaks: list[int] = []
     held: set[int] = set()  # the bins of the peaks' lobes, each counted once
-    for i in np.argsort(-p[2:-1], kind="stable") + 2:  # beside the 0 Hz bin, pink noise's rise read as a tone
+    # Only a bin holding named / 3 of the energy can top a 3-bin lobe holding named: the others
+    # are passed over at once, not one by one (a resolving spectrum has 1025 bins for decomposer-small).
+    order = np.argsort(-p[2:-1], kind="stable") + 2  # beside the 0 Hz bin, pink noise's rise read as a tone
+    for i in order[p[order] >= named * total / 3]:
         if len(peaks) == most:
             break
         if p[i] < p[i - 1] or p[i] < p[i + 1] or any(abs(i - j) < 2 for j in peaks):
@@ -909,11 +972,11 @@ def cluster_label(rank: int, dominant_hz: float, band_hz: tuple[float, float], u
     within an octave (a cluster holding C and E alike as "~262 Hz")."""
     lo, hi = band_hz
     if tones_hz and hi <= 2 * lo:  # a wider band is no tone's: pink noise through one-bin atoms has sharp peaks
-        where = f"~{'+'.join(f'{hz:.0f}' for hz in tones_hz)} Hz"
+        where = f"~{'+'.join(hz_text(hz) for hz in tones_hz)} Hz"
     else:
         where = f"{_round_hz(lo)}-{_round_hz(hi)} Hz"
         if not lo - bin_hz / 2 <= dominant_hz <= hi + bin_hz / 2:
-            where += f", peak {dominant_hz:.0f} Hz"
+            where += f", peak {hz_text(dominant_hz)} Hz"
     return f"cluster {rank} ({where}, {units} unit{'s' if units > 1 else ''})"
 
 

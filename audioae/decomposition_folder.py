@@ -388,6 +388,14 @@ def fewer_groups(summary: dict) -> str | None:
     return f"{made} of the {asked} {summary['group']}s asked (--groups): {why}"
 
 
+def hz_text(hz: float) -> str:
+    """A frequency in whole Hz as labels and the table print it, rounded as ``summary.json``
+    keeps it (to 0.1 Hz) and then half up: the label and the table read one figure (62.5 Hz was
+    ``unit 254 (~63 Hz)`` beside a dominant ``62 Hz``, the one rounded from 62.50x, the other
+    from 62.5 half to even)."""
+    return f"{math.floor(round(float(hz), 1) + 0.5):d}"
+
+
 def residual_text(share: float | None) -> str:
     """The residual's share for people: ``12.3% of the energy``, or ``silent input`` (``None``:
     an input without energy has no shares; 0.0% read as if the components held it all)."""
@@ -410,7 +418,7 @@ def describe(summary: dict, out: str | os.PathLike) -> list[str]:
         spans = entry["active_seconds"]
         count = entry.get("active_spans", len(spans))  # absent from an older summary.json
         when = f"{spans[0][0]:.2f}-{spans[-1][1]:.2f} s" if spans else "-"
-        lines.append(f"  {entry['index'] + 1:>3}  {100 * entry['energy_share']:6.2f}%  {entry['dominant_hz']:7.0f} Hz  "
+        lines.append(f"  {entry['index'] + 1:>3}  {100 * entry['energy_share']:6.2f}%  {hz_text(entry['dominant_hz']):>7} Hz  "
                      f"{100 * entry['active_fraction']:5.0f}%  {len(spans) if count is None else count:>4}"
                      f"{'+' if count is None else ' '}  {when:<15} {entry['label']}")
     return lines
