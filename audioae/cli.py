@@ -485,8 +485,8 @@ def _add_decompose(sub) -> None:
     p.add_argument("--groups", type=_positive, default=None,
                    help=f"number of bands or clusters (default {DEFAULT_GROUPS}, or the model's units where fewer): "
                         "about as many as the sources you expect; at most this many clusters come out, fewer "
-                        "where fewer are distinct (pieces of one sound are merged: a lone tone is one cluster, "
-                        "plus slivers of its ends)")
+                        "where fewer are distinct (clusters whose waveforms are nearly proportional, pieces of one "
+                        "steady sound, are merged; one sound may still come out as several clusters)")
     p.add_argument("--fit", type=int, default=None, metavar="STEPS",
                    help="joint atom + code updates on this recording: purer components, ~8 ms per step "
                         "per 4 s of audio (0..100; default: the model's, 10 for decomposer-small; 0: fastest)")
