@@ -4,7 +4,7 @@ here) and ``audioae client decompose`` (computed by a server).
 - ``01_<label>.wav``, ``02_<label>.wav``, ...: one float32 WAV per component, strongest first,
   numbered to the count's width (``001_`` ... ``229_`` for 229), so that they list in order;
 - ``residual.wav``: the rest; the component files plus the residual add up to the input;
-- ``activations.npy``: ``[U, N]`` latent activations over frames;
+- ``activations.npy``: ``[U, N]`` latent activations over frames (the mean over channels);
 - ``summary.json``: what :func:`audioae.decompose.summarize` describes, plus the file names;
 - ``decomposition.png``: the local command's figure, with ``--plot``.
 

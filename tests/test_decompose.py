@@ -1547,6 +1547,23 @@ def test_a_hold_reads_the_earlier_summary_once_and_knows_the_files_it_wrote_itse
     np.testing.assert_array_equal(read_audio(out / "01_part_0.wav")[0] + read_audio(out / "residual.wav")[0], x)
 
 
+def test_multichannel_activations_are_one_matrix_the_mean_over_the_channels(tmp_path):
+    """docs/decomposition.md and the proto say so: activations.npy is [U, N] for any channel count,
+    each channel coded on its own (no fit: the fit adapts one set of atoms to every channel) and
+    the codes averaged."""
+    model = tiny_model()
+    x = np.stack([tone(1.0, SR, 440.0) + noise_bursts(1.0, SR), tone(1.0, SR, 1000.0)])  # [2, T]
+    both = decompose(model, x, SR, fit_steps=0)
+    alone = [decompose(model, x[c], SR, fit_steps=0).activations for c in range(2)]
+    assert both.activations.shape == (model.config.code_dim, alone[0].shape[-1])
+    np.testing.assert_allclose(both.activations, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-7)
+    ckpt, src = tmp_path / "tiny.safetensors", tmp_path / "stereo.wav"
+    save_checkpoint(model, ckpt)
+    write_audio(src, x, SR, subtype="FLOAT")
+    assert main(["decompose", str(src), "-o", str(tmp_path / "d"), "--model", str(ckpt), "--fit", "0"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "d" / "activations.npy"), both.activations, rtol=1e-5, atol=1e-7)
+
+
 def test_component_files_past_99_are_numbered_to_the_counts_width_and_list_in_rank_order(tmp_path):
     """229 components were written 01_ .. 99_, 100_ .. 229_: a listing by name read 09_, 100_, 10_."""
     out = tmp_path / "parts"
