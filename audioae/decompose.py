@@ -519,7 +519,7 @@ def decompose(model: SparseDictionary, wav: np.ndarray | torch.Tensor, sr: int, 
     """
     options = _request(model, group, groups, top_k, fit_steps, n_groups)
     x = as_channels_first(wav)[0].cpu()  # [C, T]
-    check_pcm(x.numpy(), sr)
+    check_pcm(x.numpy(), sr, "wav", argument="sr")  # decompose's own parameters, not a request's fields
     _check_long_enough(x.shape[-1], sr, model)
     most = options.groups if group != "none" else model.config.code_dim  # components there can be
     _warn_if_long(x.shape[0], x.shape[-1], sr, model.config.sample_rate, min(options.top_k or most, most))

@@ -407,7 +407,8 @@ def describe(summary: dict, out: str | os.PathLike) -> list[str]:
     energy share, dominant frequency, share of frames active, number of active spans, and the
     first and last active time (gaps in between are in summary.json's ``active_seconds``)."""
     error = "exact" if summary["error_db"] is None else f"{summary['error_db']:.0f} dB"  # None: a silent input
-    lines = [f"{len(summary['components'])} components + residual ({residual_text(summary['residual_energy_share'])}), "
+    n = len(summary["components"])
+    lines = [f"{n} component{'' if n == 1 else 's'} + residual ({residual_text(summary['residual_energy_share'])}), "
              f"sum-to-input error {error} -> {out}"]
     note = fewer_groups(summary)
     if note:

@@ -218,7 +218,7 @@ def _input_title(dec: Decomposition, sr: int, seconds: float, channels: int, sho
     mixed = f"; every panel: the mean of its {channels} channels" if channels > 1 else ""
     total = len(dec.labels)
     drawn = f"the {shown} strongest drawn below" if shown < total else "all drawn below"
-    comps = f"{total} components ({drawn})" if total else "no components"
+    comps = f"{total} component{'' if total == 1 else 's'} ({drawn})" if total else "no components"
     return (f"input ({sr} Hz, {seconds:.2f} s{mixed}): {comps} + residual ({residual_text(dec.residual_share)}); "
             f"sum-to-input error {dec.error_text}")
 

@@ -1153,6 +1153,31 @@ def test_resolving_spectra_in_blocks_are_the_whole_and_ask_stop_between_them(mon
     assert len(tones) == 1 and abs(dominant - 1000) < 1 and tones[0] == dominant
 
 
+def test_a_library_call_without_a_rate_is_told_of_its_argument_not_a_request_field():
+    """decompose(m, wav, 0) said "<pcm>: the sample rate is unset (0); ... (in a request:
+    Pcm.sample_rate)", the server's words; the server's stay (tests/test_server.py)."""
+    from audioae.audio import AudioError
+
+    with pytest.raises(AudioError) as caught:
+        decompose(tiny_model(), tone(1.0, SR), 0)
+    assert str(caught.value) == "wav: sr is 0; pass the audio's sample rate in Hz, 1000..384000"
+    with pytest.raises(AudioError, match=re.escape("wav: sample rate 500 Hz is outside 1000..384000 Hz")):
+        decompose(tiny_model(), tone(1.0, SR), 500)
+
+
+def test_one_component_is_counted_in_the_singular():
+    """--groups 1 printed "1 components + residual", and the figure's title said so too."""
+    from audioae.decompose import Decomposition
+    from audioae.plots import _input_title
+
+    assert folder.describe(_summary_of(1), "d")[0].startswith("1 component + residual (50.0% of the energy)")
+    assert folder.describe(_summary_of(2), "d")[0].startswith("2 components + residual")
+    dec = Decomposition(components=np.zeros((1, 1, 10), np.float32), residual=np.zeros((1, 10), np.float32),
+                        labels=["cluster 1 (~440 Hz, 3 units)"], units=[[0, 1, 2]], activations=np.zeros((3, 1)),
+                        energy_share=np.ones(1), frame_rate=125.0, sample_rate=SR, residual_share=0.0, error_db=-150.0)
+    assert ": 1 component (all drawn below) + residual" in _input_title(dec, SR, 1.0, 1, 1)
+
+
 def test_a_label_and_the_table_round_the_dominant_frequency_alike():
     """62.5 Hz read "unit 254 (~63 Hz)" in the label (62.50x, half up) and 62 Hz in the table
     (summary.json's 62.5, half to even)."""

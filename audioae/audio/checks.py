@@ -45,20 +45,26 @@ def whole_hz(sr: float, name: str = "audio") -> int:
         raise AudioError(f"{name}: a sample rate is a whole number of Hz, got {sr}")
     return int(sr)
 
-def check_sample_rate(sr: float, name: str = "audio", field: str = "Pcm.sample_rate") -> None:
+def check_sample_rate(sr: float, name: str = "audio", field: str = "Pcm.sample_rate", *,
+                      argument: str | None = None) -> None:
     """A whole number of Hz within [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE] (16000.0 passes; 44100.5 does
-    not). ``field``: the request field the rate came from, named when it is unset."""
+    not). ``field``: the request field the rate came from, named when it is unset; ``argument``:
+    a library call's parameter it came from (``sr``), named instead (a caller of ``decompose``
+    was told of ``Pcm.sample_rate``, a request field it never saw)."""
     whole_hz(sr, name)
+    if sr == 0 and argument:
+        raise AudioError(f"{name}: {argument} is 0; pass the audio's sample rate in Hz, "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
     if sr == 0:  # a message's field left out reads as 0: "0 Hz is outside ..." would not say it was never set
         raise AudioError(f"{name}: the sample rate is unset (0); set it to the audio's rate in Hz, "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (in a request: {field})")
     if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
         raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
 
-def _check_samples(wav: np.ndarray, sr: int, name: str) -> None:
+def _check_samples(wav: np.ndarray, sr: int, name: str, argument: str | None = None) -> None:
     if wav.size == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{name}: the audio is empty (0 samples)")
-    check_sample_rate(sr, name)
+    check_sample_rate(sr, name, argument=argument)
     check_levels(wav, name)
 
 MAX_ABS_SAMPLE = 1e9  # 180 dB over full scale; 1e18 made the decomposer's float32 energies Inf
@@ -143,6 +149,7 @@ def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, boo
     x = torch.as_tensor(wav, dtype=torch.float32)
     return (x[None], True) if x.dim() == 1 else (x, False)
 
-def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>") -> None:
-    """Validate in-memory audio the same way files are validated."""
-    _check_samples(wav, sr, name)
+def check_pcm(wav: np.ndarray, sr: int, name: str = "<pcm>", *, argument: str | None = None) -> None:
+    """Validate in-memory audio the same way files are validated. ``argument``: the library
+    parameter the rate came from (:func:`check_sample_rate`)."""
+    _check_samples(wav, sr, name, argument)
