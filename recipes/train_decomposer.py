@@ -51,7 +51,7 @@ from audioae.fileio import atomic_write_bytes
 from audioae.models import build_model
 from audioae.models.sparse_dict import SparseDictionary
 from audioae.spectral import decompress
-from audioae.train import NonFiniteLoss, fit_arrays
+from audioae.train import NonFiniteLoss, configured_corruption, fit_arrays
 
 log = logging.getLogger("train_decomposer")
 
@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         config = {**MODEL_CONFIG, **parse_assignments(args.overrides)}
-        build_model("sparse_dict", config)  # every key and value checked before the run folder is made
+        # every key and value checked before the run folder is made, and a corruption fit_arrays would refuse
+        configured_corruption(build_model("sparse_dict", config))
     except ValueError as exc:
         ap.error(str(exc))
     out.mkdir(parents=True, exist_ok=True)

@@ -846,3 +846,59 @@ def test_the_figure_labels_its_maps_scales_and_groups(tmp_path, monkeypatch):
     for label in codes.texts:
         box = label.get_window_extent(renderer)
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1, label.get_text()
+
+
+def test_fit_arrays_trains_on_the_models_own_corruption_unless_told_otherwise(digits):
+    """A config's corruption was ignored without corrupt=: a plain autoencoder was trained while
+    the checkpoint said "gaussian" (docs/images.md's first example is such a config)."""
+    from audioae.train import configured_corruption
+
+    x = digits[0][:64]  # [64, 1, 8, 8]
+
+    def first_input(model, **kw) -> torch.Tensor:
+        seen = []
+        fit_arrays(model, x, steps=1, batch_size=64, forward=lambda b: (seen.append(b), model(b))[1], **kw)
+        return seen[0]
+
+    noisy = _tiny_image(corruption="gaussian", noise_std=0.5)
+    assert abs(float((first_input(noisy) - x).std()) - 0.5) < 0.02  # noise of its noise_std
+    dark = _tiny_image(corruption="patches", patch_fraction=0.5, patch_size=(2, 2))
+    assert abs(float((first_input(dark) == 0).float().mean() - (x == 0).float().mean())) > 0.2  # darkened
+    assert torch.equal(first_input(_tiny_image()), x)  # corruption "none": the clean batch
+    assert torch.equal(first_input(noisy, corrupt=lambda b, g: b), x)  # a corrupt= given is the one used
+    vector = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 8, "corruption": "gaussian"})
+    assert configured_corruption(vector) is not None
+    for family, config, text in [
+            ("linear", {"input": "vector", "input_dim": 64, "code_dim": 8, "corruption": "patches"},
+             "corruption 'patches' to its vector input"),
+            ("linear", {"corruption": "gaussian"}, "corruption 'gaussian' to its spectrogram input"),
+            ("sparse_dict", {"corruption": "mix"}, "corruption 'mix' to its spectrogram input")]:
+        model = build_model(family, config)
+        with pytest.raises(ValueError, match=re.escape(text) + ".*pass corrupt=, or build the model with corruption='none'"):
+            configured_corruption(model)
+        with pytest.raises(ValueError, match=re.escape(text)):
+            fit_arrays(model, model.example_input(4), steps=1)
+
+
+def test_fit_arrays_says_what_input_a_model_takes_and_takes_arrays_and_doubles(digits):
+    """Were torch's "mat1 and mat2 shapes cannot be multiplied" (digits [N, 1, 8, 8] to a vector
+    model), an AttributeError (a NumPy array), a dtype RuntimeError (float64), and a huge loss in
+    silence (an image model given 0..255 levels)."""
+    x = digits[0][:64]  # [64, 1, 8, 8]
+    vector = build_model("linear", {"input": "vector", "input_dim": 64, "code_dim": 8})
+    start = {k: v.clone() for k, v in vector.state_dict().items()}
+    with pytest.raises(ValueError, match=re.escape("takes x [N, 64], got shape [64, 1, 8, 8]: flatten with x.flatten(1)")):
+        fit_arrays(vector, x, steps=1)
+    assert all(torch.equal(v, start[k]) for k, v in vector.state_dict().items())
+    image = _tiny_image()
+    with pytest.raises(ValueError, match=re.escape("takes x [N, 1, 8, 8], got shape [64, 64]: reshape with "
+                                                   "x.reshape(-1, 1, 8, 8)")):
+        fit_arrays(image, x.flatten(1), steps=1)
+    with pytest.raises(ValueError, match=re.escape("takes x [N, 1, 8, 8], got shape [64, 1, 16, 16]") + "$"):
+        fit_arrays(image, torch.rand(64, 1, 16, 16), steps=1)
+    with pytest.raises(ValueError, match=r"98% of x spans 0\.\.255 .*; for 0\.\.255 levels pass x / 255"):
+        fit_arrays(image, x * 255, steps=1)
+    assert len(fit_arrays(vector, x.flatten(1).numpy(), steps=2)) == 2
+    assert len(fit_arrays(image, x.double(), steps=2)) == 2
+    assert len(fit_arrays(image, np.require(x.numpy(), requirements="C").astype(">f4"), steps=2)) == 2  # byte-swapped
+    assert all(p.dtype == torch.float32 for p in image.parameters())

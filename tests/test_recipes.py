@@ -455,7 +455,9 @@ def test_train_decomposer_refuses_a_bad_set_before_making_its_run_folder(tmp_pat
     recipe = _load("train_decomposer", ROOT / "recipes" / "train_decomposer.py")
     for item, said in (("topk=abc", "SparseDictConfig topk = 'abc': expected int"),
                        ("nope=3", "SparseDictConfig has no key(s) ['nope']"),
-                       ("topk", "--set 'topk': expected KEY=VALUE")):
+                       ("topk", "--set 'topk': expected KEY=VALUE"),
+                       # fit_arrays refuses it (it was trained without, in silence)
+                       ('corruption="gaussian"', "cannot apply this sparse_dict model's corruption 'gaussian'")):
         with pytest.raises(SystemExit) as stop:
             recipe.main(["--out", str(tmp_path / "run"), "--set", item])
         assert stop.value.code == 2 and said in capsys.readouterr().err

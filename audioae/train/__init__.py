@@ -33,7 +33,7 @@ Patch a name where it is looked up: in its module (``audioae.train.validation.VA
 
 from __future__ import annotations
 
-from .arrays import NonFiniteLoss, fit_arrays
+from .arrays import NonFiniteLoss, configured_corruption, fit_arrays
 from .config import (
     AMP_DTYPES,
     VAL_METRICS,
@@ -122,6 +122,7 @@ __all__ = [
     "train",
     "NonFiniteLoss",
     "fit_arrays",
+    "configured_corruption",
     # not public: tests, recipes and benchmarks import these from here
     "_sources",
     "_validation_sources",

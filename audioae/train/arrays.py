@@ -4,9 +4,14 @@ memory (MSE plus its sparsity penalty, Adam, nothing saved).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from ..models import Autoencoder
+from ..models.image import check_grey_levels, corrupt_images
 
 
 class NonFiniteLoss(ValueError):
@@ -17,19 +22,22 @@ class NonFiniteLoss(ValueError):
         self.losses = losses
 
 
-def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
-               corrupt=None, seed: int = 0, weight_decay: float = 0.0, forward=None) -> list[float]:
-    """Train ``model`` to reconstruct ``x [N, ...]`` with MSE plus its sparsity penalty.
+def fit_arrays(model: Autoencoder, x: torch.Tensor | np.ndarray, *, steps: int = 1000, batch_size: int = 64,
+               lr: float = 1e-3, corrupt=None, seed: int = 0, weight_decay: float = 0.0, forward=None) -> list[float]:
+    """Train ``model`` to reconstruct ``x [N, ...]`` (a tensor or a NumPy array, converted to the
+    model's parameter dtype) with MSE plus its sparsity penalty.
 
     ``corrupt(batch, generator) -> batch`` makes it a denoising autoencoder: the model sees the
-    corrupted batch and is scored against the clean one. Returns the loss every step. A
-    non-finite loss stops it with :class:`NonFiniteLoss` (a ValueError) before that step is taken
-    (the weights are those of the step before).
+    corrupted batch and is scored against the clean one. Left at None, the model's own
+    ``config.corruption`` is applied (:func:`configured_corruption`; none for ``"none"``). Returns
+    the loss every step. A non-finite loss stops it with :class:`NonFiniteLoss` (a ValueError)
+    before that step is taken (the weights are those of the step before).
     """
     # Each of these trained on in silence: an empty set or batch gave a NaN loss every step and
     # left the weights as they were; NaN in x made every weight NaN.
     if steps < 0 or batch_size < 1:
         raise ValueError(f"fit_arrays needs steps >= 0 and batch_size >= 1, got steps={steps}, batch_size={batch_size}")
+    x = _as_tensor(x)
     if x.numel() == 0:
         raise ValueError(f"fit_arrays got no data to fit: x has shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -37,6 +45,14 @@ def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_
     if not torch.isfinite(x).all():
         raise ValueError(f"fit_arrays got NaN or Inf in x (in {int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())} "
                          f"of its {x.shape[0]} examples)")
+    param = next(model.parameters(), None)
+    if param is not None and x.dtype != param.dtype:  # float64 data met float32 weights: torch's dtype error
+        x = x.to(param.dtype)
+    _check_layout(model, x)
+    if getattr(model.config, "input", None) == "image":  # 0..255 levels trained silently to a huge loss
+        check_grey_levels(x, what="x", fix="pass x / 255", noise_std=model.config.noise_std)
+    if corrupt is None:  # a denoising config trained as a plain autoencoder while its checkpoint said otherwise
+        corrupt = configured_corruption(model)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     forward = forward or model
@@ -61,3 +77,54 @@ def fit_arrays(model: Autoencoder, x: torch.Tensor, *, steps: int = 1000, batch_
         history.append(float(loss.detach()))
     model.eval()
     return history
+
+
+def configured_corruption(model: Autoencoder) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+    """``corrupt(batch, generator)`` applying ``model.config.corruption`` to what :func:`fit_arrays`
+    trains on, or None for ``"none"``: image models take each of theirs (:func:`corrupt_images`),
+    vector models ``gaussian``. A corruption that cannot apply to the model's input (the audio
+    models' corruptions act on waveforms and STFTs before the features fit_arrays is given) is
+    refused: training without it would make a plain autoencoder under a denoising config."""
+    config = model.config
+    kind = getattr(config, "corruption", "none")
+    if kind == "none":
+        return None
+    given = getattr(config, "input", None)
+    if given == "image" or (given == "vector" and kind == "gaussian"):
+        return lambda batch, generator: corrupt_images(batch, config, generator)
+    where = {"vector": "a vector has no rows and columns to darken; gaussian applies to vectors"}.get(
+        given, "audioae train applies it to the waveform or the STFT, and fit_arrays is given the features")
+    raise ValueError(f"fit_arrays cannot apply this {model.registry_name} model's corruption {kind!r} to its "
+                     f"{given} input ({where}): pass corrupt=, or build the model with corruption='none'")
+
+
+def _as_tensor(x) -> torch.Tensor:
+    """``x`` as a tensor: NumPy arrays (read-only or byte-swapped ones copied) and nested lists taken."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray) and (not x.flags.writeable or not x.dtype.isnative):
+        x = x.astype(x.dtype.newbyteorder("="))  # torch warns on read-only arrays and refuses byte-swapped ones
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"fit_arrays needs x as a tensor or a NumPy array [N, ...], got {type(x).__name__} "
+                         f"({exc})") from None
+
+
+def _check_layout(model: Autoencoder, x: torch.Tensor) -> None:
+    """Refuse ``x`` unless each example has the model's input shape (vector and image models):
+    a vector model given [N, 1, 8, 8] digits failed inside torch ("mat1 and mat2 shapes cannot
+    be multiplied")."""
+    c = model.config
+    given = getattr(c, "input", None)
+    if given == "vector":
+        want, fix = (c.input_dim,), "flatten with x.flatten(1)"
+    elif given == "image":
+        want = (c.in_channels, *c.image_size)
+        fix = f"reshape with x.reshape(-1, {', '.join(map(str, want))})"
+    else:
+        return
+    if tuple(x.shape[1:]) != want:
+        fits = x.dim() >= 2 and math.prod(x.shape[1:]) == math.prod(want)
+        raise ValueError(f"this {model.registry_name} model takes x [N, {', '.join(map(str, want))}], got shape "
+                         f"{list(x.shape)}" + (f": {fix}" if fits else ""))
