@@ -902,3 +902,27 @@ def test_fit_arrays_says_what_input_a_model_takes_and_takes_arrays_and_doubles(d
     assert len(fit_arrays(image, x.double(), steps=2)) == 2
     assert len(fit_arrays(image, np.require(x.numpy(), requirements="C").astype(">f4"), steps=2)) == 2  # byte-swapped
     assert all(p.dtype == torch.float32 for p in image.parameters())
+
+
+def test_psnr_takes_arrays_and_refuses_images_of_other_shapes():
+    """Were an AttributeError ('numpy.ndarray' object has no attribute 'double') and torch's
+    broadcasting error, or a silent broadcast of [H, 1] against [1, W]."""
+    a = np.zeros((4, 4))
+    assert psnr(a, a) == float("inf")
+    assert psnr(np.full((4, 4), 0.1), torch.zeros(4, 4)) == pytest.approx(20.0)
+    for other in (torch.zeros(4, 5), torch.zeros(1, 4)):
+        with pytest.raises(ValueError, match=re.escape(f"same shape, got (4, 4) and {tuple(other.shape)}")):
+            psnr(torch.zeros(4, 4), other)
+
+
+def test_photograph_patches_take_one_name_and_say_what_they_refuse():
+    """A name alone ("coins") was read letter by letter ("unknown photograph 'c'"), per_image=0 was
+    torch's "stack expects a non-empty TensorList", and a patch past a photograph's size did not
+    say which photograph."""
+    assert torch.equal(photograph_patches("coins", per_image=3), photograph_patches(("coins",), per_image=3))
+    with pytest.raises(ValueError, match="per_image >= 1, got 1 photograph\\(s\\) and per_image=0"):
+        photograph_patches("coins", per_image=0)
+    with pytest.raises(ValueError, match="at least one photograph"):
+        photograph_patches((), per_image=3)
+    with pytest.raises(ValueError, match=re.escape("photograph 'text' at scale 0.5 (86, 224) is smaller than the patch size 200")):
+        photograph_patches("text", size=200, per_image=2)

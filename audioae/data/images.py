@@ -53,22 +53,31 @@ def load_photograph(name: str, scale: float = 0.5) -> np.ndarray:
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def random_patches(img: np.ndarray, size: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` patches ``[count, 1, size, size]`` at random positions of ``img [H, W]``."""
+def random_patches(img: np.ndarray, size: int, count: int, generator: torch.Generator,
+                   name: str = "image") -> torch.Tensor:
+    """``count`` patches ``[count, 1, size, size]`` at random positions of ``img [H, W]``
+    (``name`` says which image in messages)."""
     h, w = img.shape
     if h < size or w < size:
-        raise ValueError(f"image {img.shape} is smaller than the patch size {size}")
+        raise ValueError(f"{name} {img.shape} is smaller than the patch size {size}")
     rows = torch.randint(0, h - size + 1, (count,), generator=generator).tolist()
     cols = torch.randint(0, w - size + 1, (count,), generator=generator).tolist()
     t = torch.from_numpy(img)
     return torch.stack([t[r : r + size, c : c + size] for r, c in zip(rows, cols, strict=True)])[:, None]
 
 
-def photograph_patches(names: tuple[str, ...] = TRAIN_PHOTOGRAPHS, size: int = 16, per_image: int = 500,
+def photograph_patches(names: tuple[str, ...] | str = TRAIN_PHOTOGRAPHS, size: int = 16, per_image: int = 500,
                        scale: float = 0.5, seed: int = 0) -> torch.Tensor:
-    """Random patches ``[len(names) * per_image, 1, size, size]`` of the named photographs."""
+    """Random patches ``[len(names) * per_image, 1, size, size]`` of the named photographs (one
+    name alone: of that photograph)."""
+    if isinstance(names, str):  # "coins" was read as the names 'c', 'o', ...: "unknown photograph 'c'"
+        names = (names,)
+    if not names or per_image < 1:  # not torch's "stack expects a non-empty TensorList"
+        raise ValueError(f"photograph_patches needs at least one photograph and per_image >= 1, got "
+                         f"{len(names)} photograph(s) and per_image={per_image}")
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([random_patches(load_photograph(n, scale), size, per_image, gen) for n in names])
+    return torch.cat([random_patches(load_photograph(n, scale), size, per_image, gen, f"photograph {n!r} at scale {scale:g}")
+                      for n in names])
 
 
 def _grid(length: int, size: int, stride: int) -> int:

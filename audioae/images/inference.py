@@ -13,8 +13,13 @@ from ..models import Autoencoder
 from ..models.image import check_grey_levels
 
 
-def psnr(estimate: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB over all elements: ``10 log10(range^2 / MSE)``."""
+def psnr(estimate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB over all elements: ``10 log10(range^2 / MSE)``; tensors or
+    arrays of the same shape."""
+    estimate, reference = torch.as_tensor(estimate), torch.as_tensor(reference)
+    if estimate.shape != reference.shape:  # was torch's broadcasting error, or a silent broadcast ([H, 1] with [1, W])
+        raise ValueError(f"psnr needs two images of the same shape, got {tuple(estimate.shape)} and "
+                         f"{tuple(reference.shape)}")
     mse = float((estimate.double() - reference.double()).pow(2).mean())
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
