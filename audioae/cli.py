@@ -49,6 +49,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    """argparse type of a torch --threads: 0 (torch's default) up to the machine's cap (config.max_threads)."""
+    from .config import check_thread_count
+
+    value = _count(text)
+    try:
+        check_thread_count(value, "--threads")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threads ")) from None
+    return value
+
+
 def _positive(text: str) -> int:
     """argparse type: a whole number, 1 or more."""
     value = _whole_number(text)
@@ -629,7 +641,7 @@ def _add_images(sub) -> None:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReportConfig field, e.g. --set digit_steps=3000 --set code_sizes=[2,8,32]")
     r.add_argument("--seed", type=int, help="random seed (split, initialisation, batches, corruptions)")
-    r.add_argument("--threads", type=_count, default=0, help="torch CPU threads; 0: torch's default")
+    r.add_argument("--threads", type=_threads, default=0, help="torch CPU threads; 0: torch's default")
     r.add_argument("--no-models", action="store_true", help="do not save the trained models")
     r.set_defaults(func=_cmd_images_report)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import tomllib
 import types
 import typing
@@ -17,6 +18,25 @@ QUOTE_CHARS = 80  # of a caller's string, quoted in a message
 INT_LIMIT = 2**63
 # The devices a --device or train.device names (pick_device says whether torch sees it).
 DEVICE_NAMES = r"auto|cpu|cuda(:\d+)?"
+# Thread settings (--threads, train.threads, ...): torch takes any count, and 99999 crashed the
+# process (exit 139, in jemalloc) as it made them. More threads than CPUs only slow torch down, but
+# the cap stops a typo, not oversubscription on purpose: a config written for a larger machine runs.
+THREADS_PER_CPU = 8
+MIN_THREADS_CAP = 64
+
+
+def max_threads() -> int:
+    """The most threads a thread setting takes on this machine: :data:`THREADS_PER_CPU` per CPU
+    (``os.cpu_count()``), and at least :data:`MIN_THREADS_CAP`."""
+    return max(MIN_THREADS_CAP, THREADS_PER_CPU * (os.cpu_count() or 1))
+
+
+def check_thread_count(value: int, name: str) -> None:
+    """Refuse a thread count above :func:`max_threads`, naming the setting (its flag or field) and
+    this machine's CPUs; each setting checks its own lower bound (0 means torch's default in some)."""
+    if value > max_threads():
+        raise ValueError(f"{name} must be at most {max_threads()} on this machine ({os.cpu_count()} CPUs; "
+                         f"{THREADS_PER_CPU} threads per CPU, at least {MIN_THREADS_CAP}), got {value}")
 
 
 def quoted(text: str, limit: int = QUOTE_CHARS) -> str:

@@ -926,3 +926,27 @@ def test_photograph_patches_take_one_name_and_say_what_they_refuse():
         photograph_patches((), per_image=3)
     with pytest.raises(ValueError, match=re.escape("photograph 'text' at scale 0.5 (86, 224) is smaller than the patch size 200")):
         photograph_patches("text", size=200, per_image=2)
+
+
+def test_a_thread_count_past_the_machines_cap_is_refused(tmp_path, capsys, monkeypatch):
+    """`images report --threads 99999` crashed as torch made the threads (exit 139, in jemalloc);
+    every thread setting is bounded by the same check, which names the machine's CPUs."""
+    import os
+
+    from audioae import config
+    from audioae.batch import DenoiseOptions
+
+    with pytest.raises(SystemExit) as stop:
+        main(["images", "report", "-o", str(tmp_path / "r"), "--quick", "--threads", "99999"])
+    assert stop.value.code == 2 and not (tmp_path / "r").exists()
+    err = capsys.readouterr().err
+    assert f"--threads: must be at most {config.max_threads()} on this machine ({os.cpu_count()} CPUs" in err
+    (tmp_path / "in").mkdir()
+    assert main(["denoise", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "99999"]) == 2
+    assert "--threads must be at most" in capsys.readouterr().err
+    DenoiseOptions(engine="ray", threads=99999).check()  # a Ray actor's: checked against the cluster's nodes
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    assert config.max_threads() == 256
+    config.check_thread_count(256, "--threads")
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert config.max_threads() == config.MIN_THREADS_CAP

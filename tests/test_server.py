@@ -1886,7 +1886,9 @@ def test_stream_cancelled_or_timed_out_stops_server_work(server, client, how):
     (["--max-request-mb", "3000"], "max_request_mb (--max-request-mb) must be below 2048 (a gRPC message is at most 2 GB)"),
     (["--max-batch-seconds", "-1"], "max_batch_seconds (--max-batch-seconds) must be >= 0 (0: no batching), got -1"),
     (["--max-delay-ms", "-5"], "max_delay_ms (--max-delay-ms) must be >= 0 (0: no wait), got -5"),
-    (["--threads", "-1"], "torch_threads (--threads) must be >= 0 (0: torch's default)")])
+    (["--threads", "-1"], "torch_threads (--threads) must be >= 0 (0: torch's default)"),
+    # was a crash as torch made the threads (exit 139)
+    (["--threads", "99999"], "torch_threads (--threads) must be at most")])
 def test_bad_server_settings_are_refused_before_anything_loads(flags, text, capsys):
     assert cli_main(["serve", *flags]) == 2  # gRPC alone would bind port 70000 as 4464
     assert text in capsys.readouterr().err

@@ -76,6 +76,9 @@ def test_every_config_in_the_repo_loads_and_its_init_weights_fit(path):
                                                 ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
                                                 ("train.seed=-1", "train.seed must be >= 0 and below 2**64, got -1"),
                                                 ("train.threads=-1", "train.threads must be >= 0"),
+                                                # was a crash as torch made them (exit 139, in jemalloc)
+                                                ("train.threads=99999", "train.threads must be at most"),
+                                                ("train.loader_threads=99999", "train.loader_threads must be at most"),
                                                 ("train.weight_decay=nan", "train.weight_decay must be a finite number, got nan"),
                                                 # was taken: the run wrote weights that give NaN and exited 0
                                                 ("train.lr=inf", "train.lr must be a finite number, got inf"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..audio import header_shapes
 from ..checkpoint import CheckpointError, load_checkpoint, read_metadata, sidecar_sha256
+from ..config import check_thread_count
 from ..device import pick_device
 from ..fileio import FolderHeld, atomic_write_text, hold_folder, holder_of
 from ..isolation import ProcessDied, answering_worker, how_it_ended
@@ -85,6 +86,8 @@ class DenoiseOptions:
             raise ValueError(f"{flag} is for --engine ray; the local engine takes --device and --workers")
         if self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.engine == "local":  # a Ray actor's threads are checked against the cluster's nodes (ray_engine)
+            check_thread_count(self.threads, "--threads")
         if self.block_seconds <= 0:
             raise ValueError("block_seconds must be positive")
 

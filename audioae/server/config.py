@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..config import check_thread_count
+
 MB = 1024 * 1024
 MAX_GRPC_BYTES = 2**31 - 1  # gRPC's message limits are int32, and protobuf's messages stop at 2 GB
 
@@ -67,6 +69,7 @@ class ServerConfig:
                            ("torch_threads", "torch's default"), ("codec_workers", "in the server's process")):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_named(name)} must be >= 0 (0: {zero}), got {getattr(self, name)}")
+        check_thread_count(self.torch_threads, _named("torch_threads"))
         for name in ("max_queue", "max_streams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{_named(name)} must be >= 1, got {getattr(self, name)}")

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import coerce_value, refuse_non_finite, typed_fields
+from ..config import check_thread_count, coerce_value, refuse_non_finite, typed_fields
 from ..data.mixing import bad_family_weights
 from ..models import Autoencoder, SpectralAutoencoder
 
@@ -188,6 +188,8 @@ class TrainConfig:
                                ("loader_threads", self.loader_threads >= 0, ">= 0 (0: mix on the training thread)")):
             if not ok:  # (NaN fails every comparison)
                 raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)}")
+        for name in ("threads", "loader_threads"):
+            check_thread_count(getattr(self, name), f"train.{name}")
 
 
 @dataclass(frozen=True)
