@@ -586,7 +586,7 @@ def _figure_path(out: str | None, default: str) -> Path:
 
 
 def _cmd_inspect(args) -> int:
-    from .inspection import INSPECT_SECONDS, inspect_denoising, inspect_dictionary
+    from .inspection import INSPECT_SECONDS, dictionary_text, inspect_denoising, inspect_dictionary
     from .models.base import SpectralAutoencoder
     from .models.sparse_dict import SparseDictionary
     from .pretrained import DEFAULT_DECOMPOSER, DEFAULT_DENOISER, load, resolve
@@ -623,23 +623,44 @@ def _cmd_inspect(args) -> int:
                          f"{model.registry_name} model: add --audio FILE to see what it does to a recording "
                          f"(its config and training record: audioae models {spec})")
     out = _figure_path(args.out, f"{name}-dictionary.png")
-    print(json.dumps(inspect_dictionary(model, path, out), indent=2))
+    print(dictionary_text(inspect_dictionary(model, path, out)))
     return 0
 
 
 # [images]
+class _LazyEpilogParser(argparse.ArgumentParser):
+    """A parser whose epilog ``epilog_from()`` makes when its help is shown: ``images report``'s
+    lists ReportConfig's fields, and making it at every start would import torch for every command."""
+
+    epilog_from = None
+
+    def format_help(self) -> str:
+        if self.epilog is None and self.epilog_from is not None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
+
+
+def _report_settings() -> str:
+    from .images.experiments import settings_help
+
+    return settings_help()
+
+
 def _add_images(sub) -> None:
     p = sub.add_parser("images", help="the course's image autoencoders: train small models, write a report",
                        description="Image autoencoders on scikit-learn's digits and scikit-image's bundled "
                                    "photographs (nothing is downloaded). See docs/images.md.")
-    isub = p.add_subparsers(dest="images_command", required=True)
+    isub = p.add_subparsers(dest="images_command", required=True, parser_class=_LazyEpilogParser)
     r = isub.add_parser("report", help="train the report's models; write report.png, report.json, summary.md, models/",
-                        description="PCA against linear and convolutional autoencoders, codes as features, "
-                                    "denoising, L1/L2 sparse codes, the three unpooling methods, generation.")
+                        description="PCA against linear and convolutional autoencoders, codes as features, denoising,\n"
+                                    "L1/L2 sparse codes, the three unpooling methods, generation.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # the settings' list, line by line
+    r.epilog_from = _report_settings
     r.add_argument("-o", "--out", required=True, help="output folder")
     r.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of about 20 s with --threads 1, numbers meaningless")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a ReportConfig field, e.g. --set digit_steps=3000 --set code_sizes=[2,8,32]")
+                   help="override a ReportConfig field (the keys are listed below), e.g. --set digit_steps=3000 "
+                        "--set 'code_sizes=[2,8,32]'")
     r.add_argument("--seed", type=int, help="random seed (split, initialisation, batches, corruptions)")
     r.add_argument("--threads", type=_threads, default=0, help="torch CPU threads; 0: torch's default")
     r.add_argument("--no-models", action="store_true", help="do not save the trained models")
@@ -660,8 +681,14 @@ def _cmd_images_report(args) -> int:
     cfg = ReportConfig.quick(**changes) if args.quick else ReportConfig(**changes)
     if args.threads:
         torch.set_num_threads(args.threads)
-    numbers = run_report(args.out, cfg, save_models=not args.no_models,
-                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        numbers = run_report(args.out, cfg, save_models=not args.no_models,
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as exc:
+        # The run started: exit 1, as a denoise with failed files does; 2 is for what was refused before
+        # any work (the settings, the output folder), and a diverged run said 2 as if it were a usage error.
+        print(f"audioae images report: error: {exc}", file=sys.stderr)
+        return 1
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/report.png, report.json, summary.md"
           + ("" if args.no_models else f" and {len(numbers.get('models', []))} models in {args.out}/models/"))

@@ -568,7 +568,7 @@ def test_a_late_failure_keeps_the_numbers_and_the_models(tmp_path, capsys):
     tiny = ["digit_steps=3", "photo_steps=3", "linear_steps=3", "code_sizes=[8]", "patches_per_image=4",
             'sparse_runs=[["l1",0.01]]', "perturb_scales=[1.0]", "gaussian_samples=24"]
     args = ["images", "report", "-o", str(out), "--quick", "--threads", "1"]
-    assert main(args + [a for t in tiny for a in ("--set", t)]) == 2
+    assert main(args + [a for t in tiny for a in ("--set", t)]) == 1  # failed after it started (was 2, a usage error's)
     err = capsys.readouterr().err
     assert f"drawing the figure failed; the numbers are in {out / 'report.json'}" in err
     numbers = json.loads((out / "report.json").read_text())
@@ -686,7 +686,7 @@ def test_a_failed_rerun_removes_none_of_the_earlier_reports_models(tmp_path, mon
         raise OSError("the photographs went away")
 
     monkeypatch.setattr(experiments, "load_photos", broken)
-    assert main(args) == 2
+    assert main(args) == 1
     assert sorted(p.name for p in (out / "models").glob("*.safetensors")) == before and before
     monkeypatch.undo()  # and the next run that finishes clears them, as the failed one left them listed
     assert main([*args, "--no-models"]) == 0
@@ -765,7 +765,7 @@ def test_a_failed_rerun_leaves_no_figure_of_the_earlier_numbers(tmp_path, monkey
             'sparse_runs=[["l1",0.01]]', "perturb_scales=[1.0]", "gaussian_samples=24", "code_sizes=[2]", "map_code_dim=2"]
     args = ["images", "report", "-o", str(out), "--quick", "--threads", "1", *[a for t in tiny for a in ("--set", t)]]
     assert main(args) == 0 and (out / "report.png").is_file()
-    assert main([*args, "--set", "lr=1e6"]) == 2  # the loss turns NaN in the first experiment
+    assert main([*args, "--set", "lr=1e6"]) == 1  # the loss turns NaN in the first experiment (was exit 2)
     assert not (out / "report.png").exists()
     assert "the earlier report's figure was removed" in capsys.readouterr().err
     assert "No figure is drawn for an incomplete report" in (out / "summary.md").read_text()
@@ -776,7 +776,7 @@ def test_a_failed_rerun_leaves_no_figure_of_the_earlier_numbers(tmp_path, monkey
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(figure, "draw", broken)
-    assert main(args) == 2
+    assert main(args) == 1
     assert not (out / "report.png").exists() and "failed" not in json.loads((out / "report.json").read_text())
     assert "the earlier report's figure was removed" in capsys.readouterr().err
 
@@ -950,3 +950,20 @@ def test_a_thread_count_past_the_machines_cap_is_refused(tmp_path, capsys, monke
     config.check_thread_count(256, "--threads")
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert config.max_threads() == config.MIN_THREADS_CAP
+
+
+def test_images_report_help_lists_every_setting_with_its_default(capsys):
+    """The --set keys, their defaults and meanings were only in ReportConfig's source."""
+    from audioae.images import ReportConfig
+    from audioae.images.experiments import SETTING_MEANINGS
+
+    fields = [f.name for f in dataclasses.fields(ReportConfig)]
+    assert list(SETTING_MEANINGS) == fields  # a new setting needs its meaning, in the class's order
+    with pytest.raises(SystemExit) as stop:
+        main(["images", "report", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    for name in fields:
+        assert re.search(rf"^  {name} = \S", out, re.M), name
+        assert SETTING_MEANINGS[name] in out
+    assert "  digit_steps = 1200 (--quick: 40)\n" in out and "  code_sizes = [2,4,8,16,32] (--quick: [2,8])\n" in out

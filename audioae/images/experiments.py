@@ -255,6 +255,64 @@ class ReportConfig:
         return dataclasses.asdict(self)
 
 
+# What each --set key means, for `audioae images report --help` (settings_help); the keys, defaults
+# and --quick values come from ReportConfig itself, and a test holds this to its fields.
+SETTING_MEANINGS = {
+    "seed": "random seed: split, initialisation, batches, corruptions (also --seed)",
+    "test_fraction": "share of the 1,797 digits held out as the test set",
+    "digit_steps": "training steps of each digit model",
+    "photo_steps": "training steps of each photograph-patch model",
+    "linear_steps": "full-batch steps of each linear autoencoder",
+    "linear_lr": "learning rate of the linear autoencoders",
+    "linear_fine_steps": "then this many more steps at linear_lr / 10",
+    "batch_size": "digits per batch",
+    "photo_batch_size": "photograph patches per batch",
+    "lr": "learning rate (Adam) of the other models",
+    "channels": "conv channels per level, 1 to 3 levels (each halves the image)",
+    "unpool": "decoder of the digit and denoising models: nearest or transposed",
+    "code_sizes": "code sizes of PCA and the linear and conv autoencoders (1..64)",
+    "map_code_dim": "the code size (one of code_sizes) whose codes are mapped in 2-D and perturbed",
+    "map_points": "test digits in the 2-D maps; 0: all",
+    "tsne_perplexity": "t-SNE perplexity, at most (points - 1) / 3",
+    "image_scale": "factor the photographs are shrunk by, in (0, 1]",
+    "patch": "side of the square photograph patches, in pixels (a multiple of 2**levels)",
+    "patches_per_image": "random training patches from each training photograph",
+    "photo_code_dim": "code size of the photograph models",
+    "noise_std": "std of the Gaussian corruption (pixels in [0, 1]; at most 1)",
+    "dark_fraction": "share of the pixels the patches corruption darkens",
+    "dark_patch": "[rows, cols] of each darkened patch (at most patch / 2)",
+    "sparse_code_dim": "units of the overcomplete sparse ReLU code",
+    "sparse_steps": "training steps of each sparse model",
+    "sparse_runs": "[penalty, weight] pairs of the sparse models; penalty none, l1 or l2",
+    "perturb_scales": "code noise of the generation experiment, times each unit's std",
+    "interpolation_steps": "images along each interpolation path (at least 3)",
+    "gaussian_samples": "samples of the Gaussian fitted to the codes (at least 24)",
+    "dpi": "resolution of report.png (1..600)",
+}
+
+
+def _setting_text(value, top: bool = True) -> str:
+    """A setting as --set takes it (TOML): lists in brackets, strings quoted inside them."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_setting_text(v, False) for v in value) + "]"
+    if isinstance(value, str):
+        return value if top else f'"{value}"'
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_help() -> str:
+    """The ``--set`` keys of ``audioae images report``, one per ReportConfig field: its default,
+    its ``--quick`` value where that differs, and what it means (:data:`SETTING_MEANINGS`)."""
+    default, quick = ReportConfig(), ReportConfig.quick()
+    lines = ["--set KEY=VALUE keys (ReportConfig's fields): the default, the --quick value where it",
+             "differs, and what it sets. Quote lists for the shell: --set 'code_sizes=[2,8,32]'", ""]
+    for f in dataclasses.fields(ReportConfig):
+        d, q = getattr(default, f.name), getattr(quick, f.name)
+        value = _setting_text(d) + (f" (--quick: {_setting_text(q)})" if q != d else "")
+        lines += [f"  {f.name} = {value}", f"      {SETTING_MEANINGS.get(f.name, '')}"]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Data
 
