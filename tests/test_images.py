@@ -967,3 +967,12 @@ def test_images_report_help_lists_every_setting_with_its_default(capsys):
         assert re.search(rf"^  {name} = \S", out, re.M), name
         assert SETTING_MEANINGS[name] in out
     assert "  digit_steps = 1200 (--quick: 40)\n" in out and "  code_sizes = [2,4,8,16,32] (--quick: [2,8])\n" in out
+
+
+def test_the_docs_quote_every_set_that_holds_brackets():
+    """`--set code_sizes=[2,4,8,16,32,48]` unquoted: zsh reads it as a file pattern ("no matches found")."""
+    from pathlib import Path
+
+    for doc in [Path(__file__).parents[1] / "README.md", *(Path(__file__).parents[1] / "docs").glob("*.md")]:
+        unquoted = re.findall(r"--set [^'\"\s]*\[", doc.read_text())
+        assert not unquoted, (doc.name, unquoted)
