@@ -806,8 +806,9 @@ def test_a_or_an_reads_the_number_aloud():
 def test_the_figure_labels_its_maps_scales_and_groups(tmp_path, monkeypatch):
     """What report.png lacked: axis labels on the 2-D maps, a colour bar per code heat map (each on
     its own scale), a label on the perturbed strip's first column and lines between its noise
-    scales, the linear AE's angle to PCA's subspace; "a 8-unit code"; and the sparsity labels ran
-    over the tick labels at --quick's 40 dpi."""
+    scales, the linear AE's angle to PCA's subspace; "a 8-unit code"; the sparsity labels ran
+    over the tick labels at --quick's 40 dpi; the second denoising row's clean image had no title,
+    the atoms no colour scale, and summary.md's "gain" did not say over what."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from audioae.images import ReportConfig, figure, run_report
@@ -832,6 +833,9 @@ def test_the_figure_labels_its_maps_scales_and_groups(tmp_path, monkeypatch):
                  ("t-SNE axis 1", "t-SNE axis 2")):
         assert pair in labels
     assert sum(ax.get_ylabel() == "activation" for ax in axes) == 3  # a colour bar per heat map
+    assert sum(ax.get_xlabel() == "weight / atom's\nlargest |weight|" for ax in axes) == 2  # L1's and L2's atoms
+    assert sum(ax.get_title() == "clean (held out)" for ax in axes) == 2  # each denoising row's
+    assert "| gain over the input (denoising AE - input) |" in (tmp_path / "r" / "summary.md").read_text()
     strip = next(ax for ax in axes if ax.get_title().startswith("perturbed codes"))
     assert [t.get_text() for t in strip.get_xticklabels()] == ["recon-\nstruction", "noise 0.5σ", "noise 1σ"]
     assert len(strip.get_lines()) == 2  # a line before each scale's columns

@@ -113,7 +113,7 @@ def _band_denoising(sf, n: dict, a: dict) -> None:
     for row, kind, label in ((0, "gaussian", f"Gaussian noise, std {n['gaussian'].get('noise_std', '')}"),
                              (1, "patches", "darkened patches")):
         res = n[kind]
-        _gray(axes[row, 0], a["clean"], "clean (held out)" if row == 0 else "")
+        _gray(axes[row, 0], a["clean"], "clean (held out)")  # each row's: the rows are read one by one
         _gray(axes[row, 1], a[f"{kind}_noisy"], f"{label}: {res['psnr_in']:.1f} dB")
         if f"{kind}_plain" in a:
             _gray(axes[row, 2], a[f"{kind}_plain"], f"plain autoencoder: {res['psnr_plain_autoencoder']:.1f} dB")
@@ -176,8 +176,10 @@ def _band_sparsity(sf, n: dict, a: dict) -> None:
         tiles = atoms[np.argsort(-use)[:24]]  # [24, 8, 8]
         tiles = tiles / np.abs(tiles).max(axis=(1, 2), keepdims=True).clip(1e-12)
         tiles = np.concatenate([tiles, np.full((24 - len(tiles), *tiles.shape[1:]), np.nan)])  # fewer than 24 units
-        ax.imshow(mosaic(tiles.reshape(8, 3, *tiles.shape[1:])), cmap="RdBu_r", vmin=-1, vmax=1,
-                  interpolation="nearest")
+        im = ax.imshow(mosaic(tiles.reshape(8, 3, *tiles.shape[1:])), cmap="RdBu_r", vmin=-1, vmax=1,
+                       interpolation="nearest")
+        bar = sf.colorbar(im, ax=ax, orientation="horizontal", fraction=0.04, pad=0.02, ticks=[-1, 0, 1])
+        bar.set_label("weight / atom's\nlargest |weight|", fontsize=8)  # short lines: a narrow panel
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{key.upper()} atoms,\nmost used\nfirst", fontsize=10)  # short lines: a narrow panel

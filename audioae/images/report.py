@@ -253,7 +253,8 @@ def _dimensionality_md(d: dict) -> list[str]:
 
 def _denoising_md(n: dict) -> list[str]:
     lines = ["## Denoising (PSNR in dB on the held-out photograph)", "",
-             "| corruption | input | plain AE | denoising AE | gain |", "|---|---|---|---|---|"]
+             "| corruption | input | plain AE | denoising AE | gain over the input (denoising AE - input) |",
+             "|---|---|---|---|---|"]
     for kind in ("gaussian", "patches"):
         r = n[kind]
         lines.append(f"| {kind} | {_f(r['psnr_in'])} | {_f(r.get('psnr_plain_autoencoder'))} | {_f(r['psnr_out'])} | "
