@@ -12,6 +12,7 @@ Light at import (no torch, no matplotlib): the CLI reads :data:`INSPECT_SECONDS`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -35,11 +36,24 @@ def _names(flags: bool) -> dict[str, str]:
 
 def inspect_dictionary(model, path: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Draw every atom of ``model`` (a sparse_dict model loaded from ``path``) to the figure
-    ``out``; the model, its description, the figure and the dictionary's numbers, JSON-ready."""
-    from .plots import dictionary_stats, plot_dictionary
+    ``out``; the model, its description, the figure and the dictionary's numbers, JSON-ready,
+    ``atoms`` last: each atom's unit and peak frequency, in the figure's column order."""
+    from .plots import atoms_by_peak, dictionary_stats, plot_dictionary
 
     plot_dictionary(model, out)
-    return {"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model)}
+    return {"model": str(path), **model.describe(), "figure": str(out), **dictionary_stats(model),
+            "atoms": atoms_by_peak(model)}
+
+
+def dictionary_text(result: dict) -> str:
+    """:func:`inspect_dictionary`'s answer as ``audioae inspect`` prints it: indented JSON, one line
+    per atom (``{"unit": 253, "peak_hz": 1015.6}``), not six: 320 atoms stay grep-able."""
+    rest = {k: v for k, v in result.items() if k != "atoms"}
+    text = json.dumps(rest, indent=2)
+    if "atoms" not in result:
+        return text
+    atoms = ",\n".join(f"    {json.dumps(atom)}" for atom in result["atoms"])
+    return f'{text[:-2]},\n  "atoms": [\n{atoms}\n  ]\n}}'
 
 
 def check_long_enough(model, audio: str, samples: int, frames: int, sr: int, start: float, seconds: float,

@@ -348,13 +348,22 @@ def dictionary_stats(model: SparseDictionary) -> dict:
             "median_atom_centre_hz": round(float(np.sort(centre)[len(centre) // 2]), 1)}
 
 
+def atoms_by_peak(model: SparseDictionary) -> list[dict]:
+    """Every atom as :func:`plot_dictionary` draws them, column by column (sorted by peak
+    frequency): ``{"unit": u, "peak_hz": f}``, so that a unit ``decompose`` names (``unit 253``)
+    can be found in the figure, which has no room for 320 unit ids."""
+    peak = model.atom_frequencies().detach().numpy()  # [U]
+    return [{"unit": int(u), "peak_hz": round(float(peak[u]), 1)} for u in np.argsort(peak, kind="stable")]
+
+
 def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
-    """Every atom as a column (sorted by peak frequency, dB colour), where the atoms' peaks sit
-    by octave, and bandwidth against centre frequency."""
+    """Every atom as a column (sorted by peak frequency, dB colour: :func:`atoms_by_peak` gives
+    each column's unit), where the atoms' peaks sit by octave, and bandwidth against centre
+    frequency."""
     c = model.config
     spectra = model.atom_spectra().detach().numpy()  # [U, F]
     peak = model.atom_frequencies().detach().numpy()
-    order = np.argsort(peak, kind="stable")
+    order = np.argsort(peak, kind="stable")  # atoms_by_peak's order
     fig = _figure(figsize=(15, 9))
     grid = fig.add_gridspec(2, 3, height_ratios=[2, 1], hspace=0.35, wspace=0.3)
     ax = fig.add_subplot(grid[0, :])
@@ -363,7 +372,7 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
                    extent=(0, len(order), 0, c.sample_rate / 2))
     ax.set_title(f"{model.registry_name}: {c.code_dim} atoms of {c.atom_frames} frame(s), sorted by peak "
                  f"frequency ({c.sample_rate} Hz, n_fft {c.n_fft}, hop {c.hop_length})", fontsize=10)
-    ax.set_xlabel("atom (sorted)")
+    ax.set_xlabel("atom, sorted by peak (each column's unit: the \"atoms\" list audioae inspect prints)")
     ax.set_ylabel("Hz")
     fig.colorbar(im, ax=ax, label="dB re the largest atom value", pad=0.01)
 

@@ -55,6 +55,22 @@ def test_inspect_refuses_to_replace_a_file_that_is_not_its_figure(tmp_path, caps
          "fig", "decomposer-small-dictionary.png"])  # fig/: the folder -o fig made, and its figure
 
 
+def test_the_dictionary_json_gives_each_columns_unit_one_line_each(tmp_path, capsys):
+    """The figure and the JSON sorted atoms by peak frequency without unit ids: "unit 253" from
+    decompose could not be found there."""
+    from audioae.pretrained import DEFAULT_DECOMPOSER, load
+
+    assert main(["inspect", "-o", str(tmp_path / "d.png")]) == 0
+    out = capsys.readouterr().out
+    atoms = json.loads(out)["atoms"]
+    peak = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER).atom_frequencies().detach().numpy()
+    assert sorted(a["unit"] for a in atoms) == list(range(len(peak)))  # every unit once
+    assert [a["peak_hz"] for a in atoms] == sorted(a["peak_hz"] for a in atoms)  # the figure's columns
+    assert all(a["peak_hz"] == round(float(peak[a["unit"]]), 1) for a in atoms)
+    line = next(t for t in out.splitlines() if '"unit": 253,' in t)
+    assert line.strip().rstrip(",") == json.dumps(next(a for a in atoms if a["unit"] == 253))  # one line: grep finds it
+
+
 def test_inspect_writes_the_format_its_extension_names(tmp_path, capsys):
     # was: `-o pic.jpg` wrote PNG bytes under .jpg
     for name, magic in (("pic.jpg", b"\xff\xd8\xff"), ("FIG.PDF", b"%PDF-")):
