@@ -341,7 +341,7 @@ def checked_clip(wav: np.ndarray | torch.Tensor, sr: int, strength: float) -> tu
     _check_strength(strength)
     x, squeeze = as_channels_first(wav)
     x = x.cpu()
-    check_pcm(x.numpy(), sr)
+    check_pcm(x.numpy(), sr, "wav", argument="sr")  # the library's parameters, not a request's fields
     check_channels(x.shape[0])  # the streamed path refused these; the offline one took them
     return x, squeeze
 

@@ -182,6 +182,19 @@ def test_denoise_and_streaming_refuse_a_rate_the_model_cannot_resample_to():
     assert denoise(causal, x[:, :22050], 22050).shape == (1, 22050)  # a standard rate still works
 
 
+def test_denoise_without_a_rate_is_told_of_its_argument_not_a_request_field():
+    """denoise(m, wav, 0) said "<pcm>: the sample rate is unset (0); ... (in a request:
+    Pcm.sample_rate)", the server's words for a field a library caller never saw."""
+    torch.manual_seed(0)
+    causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
+    x = np.zeros(1600, np.float32)
+    with pytest.raises(AudioError) as caught:
+        denoise(causal, x, 0)
+    assert str(caught.value) == "wav: sr is 0; pass the audio's sample rate in Hz, 1000..384000"
+    with pytest.raises(AudioError, match=re.escape("wav: sample rate 500 Hz is outside 1000..384000 Hz")):
+        denoise(causal, x, 500)
+
+
 def test_a_stream_refuses_bad_chunks_and_settings_and_stays_usable_after_a_refused_chunk():
     torch.manual_seed(0)
     causal = build_model("recurrent", {"sample_rate": 16000, "hidden": 16, "code_dim": 8}).eval()
