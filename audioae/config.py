@@ -31,9 +31,12 @@ def max_threads() -> int:
     return max(MIN_THREADS_CAP, THREADS_PER_CPU * (os.cpu_count() or 1))
 
 
-def check_thread_count(value: int, name: str) -> None:
+def check_thread_count(value: int, name: str, least: int | None = None) -> None:
     """Refuse a thread count above :func:`max_threads`, naming the setting (its flag or field) and
-    this machine's CPUs; each setting checks its own lower bound (0 means torch's default in some)."""
+    this machine's CPUs, and one below ``least`` where given (0 means torch's default in some
+    settings, so each says its own lower bound)."""
+    if least is not None and value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
     if value > max_threads():
         raise ValueError(f"{name} must be at most {max_threads()} on this machine ({os.cpu_count()} CPUs; "
                          f"{THREADS_PER_CPU} threads per CPU, at least {MIN_THREADS_CAP}), got {value}")

@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from audioae import pretrained
+from audioae.config import check_thread_count
 from audioae.device import pick_device
 from audioae.enhance import denoise, denoise_batch
 from audioae.fileio import atomic_write_json
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                    help="finite_training's precisions (each takes about a minute on an H200)")
     args = p.parse_args(argv)
+    try:
+        check_thread_count(args.threads, "--threads", least=0)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = pick_device("auto")

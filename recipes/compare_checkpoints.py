@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from audioae.checkpoint import CheckpointError, interpolate_weights, load_checkpoint
+from audioae.config import check_thread_count
 from audioae.data.mixing import corpus_missing
 from audioae.pretrained import resolve_arg
 from audioae.train import grown_like, load_run_config, make_validation_set, score_denoised
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.examples < 1:
         ap.error(f"--examples must be at least 1, got {args.examples}")
+    try:
+        check_thread_count(args.threads, "--threads", least=1)
+    except ValueError as exc:
+        ap.error(str(exc))
     if not all(0 < p < math.inf for p in args.mask_power):  # here, not the model config's traceback after a scoring
         ap.error(f"--mask-power values must be finite numbers above 0, got {args.mask_power}")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha):

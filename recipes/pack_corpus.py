@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from audioae.audio import AudioError, read_audio, resample
+from audioae.config import check_thread_count
 from audioae.data.mixing import list_audio
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -67,8 +68,12 @@ def main() -> None:
         p.error(f"--quality must be within [0, 1] (0 best, 1 smallest), got {args.quality}")
     if not args.src.is_dir():
         p.error(f"{args.src}: no such folder")
-    if args.threads < 1 or args.measure < 0:  # not ThreadPoolExecutor's traceback
-        p.error(f"--threads must be at least 1 and --measure at least 0, got {args.threads} and {args.measure}")
+    if args.measure < 0:
+        p.error(f"--measure must be at least 0, got {args.measure}")
+    try:  # not ThreadPoolExecutor's traceback, nor a thread per file
+        check_thread_count(args.threads, "--threads", least=1)
+    except ValueError as exc:
+        p.error(str(exc))
     files = list_audio(args.src)
     jobs = [(f, args.dst / f.relative_to(args.src).with_suffix(".ogg")) for f in files]
     with ThreadPoolExecutor(args.threads) as pool:

@@ -45,7 +45,7 @@ import torch
 
 from audioae.audio import resample
 from audioae.checkpoint import load_checkpoint, save_checkpoint
-from audioae.config import differences, parse_assignments
+from audioae.config import check_thread_count, differences, parse_assignments
 from audioae.data import synthetic
 from audioae.fileio import atomic_write_bytes
 from audioae.models import build_model
@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("seconds", "lr", "minutes"):
         if not 0 < getattr(args, name) < math.inf:
             ap.error(f"--{name} must be a finite number above 0, got {getattr(args, name)}")
+    try:
+        check_thread_count(args.threads, "--threads")
+    except ValueError as exc:
+        ap.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     out = Path(args.out)

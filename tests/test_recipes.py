@@ -609,6 +609,13 @@ def test_train_decomposer_refuses_a_speech_cache_it_cannot_remake(tmp_path, monk
     ("recipes/denoiser_diagnostics.py", ["swap", "--other", "decomposer-small"], "--other: decomposer-small is a "
      "sparse_dict model"),
     ("recipes/compare_checkpoints.py", ["denoiser-small", "decomposer-small"], "decomposer-small is a sparse_dict"),
+    # thread counts: torch's "set_num_threads expects a positive integer" traceback (0, -1), or a crash making 99999
+    ("recipes/compare_checkpoints.py", ["denoiser-small", "--threads", "0"], "--threads must be at least 1, got 0"),
+    ("recipes/compare_checkpoints.py", ["denoiser-small", "--threads", "99999"], "--threads must be at most"),
+    ("recipes/train_decomposer.py", ["--threads", "99999"], "--threads must be at most"),
+    ("recipes/pack_corpus.py", [".", "dst", "--threads", "99999"], "--threads must be at most"),
+    ("benchmarks/gpu_check.py", ["--dry-run", "--threads", "-1"], "--threads must be at least 0, got -1"),
+    ("benchmarks/gpu_check.py", ["--dry-run", "--threads", "99999"], "--threads must be at most"),
 ])
 def test_a_script_given_a_bad_argument_says_so_and_does_nothing(tmp_path, script, args, said):
     import subprocess
