@@ -37,7 +37,7 @@ from .config import quoted
 from .decomposition_folder import DEFAULT_GROUPS, MAX_SPANS, component_entry, hz_text, summary
 from .enhance import check_stop
 from .models.sparse_dict import MAX_FIT_STEPS, SparseDictionary, frame_blocks  # MAX_FIT_STEPS: also a request's
-from .spectral import window_samples
+from .spectral import framed_rfft, unfold_frames, window_samples
 
 log = logging.getLogger(__name__)
 
@@ -855,6 +855,7 @@ def _resolving_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[
     if length < n:
         return None
     window = torch.hann_window(n, dtype=y.dtype)
+    flat = y.reshape(-1, length)  # [k * C, T']
     frames = 1 + (length - n) // hop
     step = max(1, CHUNK_FLOATS // (y.shape[0] * y.shape[1] * n))  # frames per block
     spectrum = torch.zeros((y.shape[0], n // 2 + 1), dtype=torch.float64)  # [k, F']
@@ -862,9 +863,10 @@ def _resolving_spectra(model: SparseDictionary, y: torch.Tensor, ask: Callable[[
         if a:
             ask(a * hop // c.hop_length)
         b = min(frames, a + step)
-        framed = y[..., a * hop : (b - 1) * hop + n].unfold(-1, n, hop)  # [k, C, b - a, n]
-        spec = torch.fft.rfft(framed * window)  # [k, C, b - a, F']
-        spectrum += (spec.real.pow(2) + spec.imag.pow(2)).sum((1, 2), dtype=torch.float64)
+        framed = unfold_frames(flat[:, a * hop : (b - 1) * hop + n], n, hop)  # [k * C, n, b - a]
+        spec = framed_rfft(framed, window, n)  # [k * C, F', b - a]
+        power = (spec.real.pow(2) + spec.imag.pow(2)).reshape(*y.shape[:2], *spec.shape[1:])  # [k, C, F', b - a]
+        spectrum += power.sum((1, 3), dtype=torch.float64)
     return spectrum
 
 

@@ -353,7 +353,12 @@ def atoms_by_peak(model: SparseDictionary) -> list[dict]:
     frequency): ``{"unit": u, "peak_hz": f}``, so that a unit ``decompose`` names (``unit 253``)
     can be found in the figure, which has no room for 320 unit ids."""
     peak = model.atom_frequencies().detach().numpy()  # [U]
-    return [{"unit": int(u), "peak_hz": round(float(peak[u]), 1)} for u in np.argsort(peak, kind="stable")]
+    return [{"unit": int(u), "peak_hz": round(float(peak[u]), 1)} for u in _peak_order(peak)]
+
+
+def _peak_order(peak: np.ndarray) -> np.ndarray:
+    """The atoms' order in the dictionary figure and in :func:`atoms_by_peak`: by peak frequency."""
+    return np.argsort(peak, kind="stable")
 
 
 def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
@@ -363,7 +368,7 @@ def plot_dictionary(model: SparseDictionary, path: str | os.PathLike) -> Path:
     c = model.config
     spectra = model.atom_spectra().detach().numpy()  # [U, F]
     peak = model.atom_frequencies().detach().numpy()
-    order = np.argsort(peak, kind="stable")  # atoms_by_peak's order
+    order = _peak_order(peak)
     fig = _figure(figsize=(15, 9))
     grid = fig.add_gridspec(2, 3, height_ratios=[2, 1], hspace=0.35, wspace=0.3)
     ax = fig.add_subplot(grid[0, :])

@@ -273,14 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # Sizes of 0 trained nothing while the log counted steps (--batch-size 0: loss nan, atoms as drawn)
     # or failed deep inside numpy (--examples 0, --seconds 0).
-    for name in ("round_steps", "examples", "batch_size", "speech_utterances", "max_rounds", "threads"):
+    for name in ("round_steps", "examples", "batch_size", "speech_utterances", "max_rounds"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("seconds", "lr", "minutes"):
         if not 0 < getattr(args, name) < math.inf:
             ap.error(f"--{name} must be a finite number above 0, got {getattr(args, name)}")
     try:
-        check_thread_count(args.threads, "--threads")
+        check_thread_count(args.threads, "--threads", least=1)
     except ValueError as exc:
         ap.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1115,7 +1115,7 @@ def test_cluster_labels_agree_with_what_the_components_hold_shipped():
 
 def test_one_cluster_of_a_chord_is_named_by_its_three_notes_shipped():
     """C, E and G in one cluster (--groups 1 --fit 0), at 32, 37 and 31% of its energy, read
-    "cluster 1 (250-410 Hz, 31 units)", dominant 338 Hz, no note of the chord: tones 68 and 62
+    "cluster 1 (250-410 Hz, 30 units)", dominant 338 Hz, no note of the chord: tones 68 and 62
     Hz apart fill each other's neighbours in the model's 31.25 Hz bins, so no peak was sharp."""
     model = load(DEFAULT_DECOMPOSER, default=DEFAULT_DECOMPOSER)
     notes = np.array([261.63, 329.63, 392.0])

@@ -69,7 +69,7 @@ def test_audio_code_is_the_inline_computation_it_replaced_bit_for_bit(sr, channe
 
 
 # audioae.train's modules, each importing only from those before it (the package docstring's map)
-TRAIN_ORDER = ("config", "arrays", "loss", "validation", "growth", "records", "phases", "runtime", "resume", "loop")
+TRAIN_ORDER = ("config", "loss", "validation", "growth", "records", "phases", "resume", "runtime", "loop", "arrays")
 
 
 def test_the_train_packages_modules_import_only_from_those_below_them():

@@ -52,11 +52,10 @@ def check_sample_rate(sr: float, name: str = "audio", field: str = "Pcm.sample_r
     a library call's parameter it came from (``sr``), named instead (a caller of ``decompose``
     was told of ``Pcm.sample_rate``, a request field it never saw)."""
     whole_hz(sr, name)
-    if sr == 0 and argument:
-        raise AudioError(f"{name}: {argument} is 0; pass the audio's sample rate in Hz, "
-                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
     if sr == 0:  # a message's field left out reads as 0: "0 Hz is outside ..." would not say it was never set
-        raise AudioError(f"{name}: the sample rate is unset (0); set it to the audio's rate in Hz, "
+        raise AudioError(f"{name}: {argument} is 0; pass the audio's sample rate in Hz, "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}" if argument else
+                         f"{name}: the sample rate is unset (0); set it to the audio's rate in Hz, "
                          f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} (in a request: {field})")
     if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
         raise AudioError(f"{name}: sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
@@ -133,6 +132,23 @@ def check_audio_array(wav: np.ndarray | torch.Tensor, name: str = "audio") -> No
         raise AudioError(f"{name}: channels first ([C, T]) expected, got shape {shape}, which looks like "
                          f"[T, C] (soundfile.read's layout): pass its transpose, x.T")
 
+
+def needs_native_copy(a: np.ndarray) -> bool:
+    """Whether torch.as_tensor would warn on or refuse ``a`` as it is: read-only (np.frombuffer of
+    bytes), big-endian, or with negative strides (``x[:, ::-1]``)."""
+    return not a.flags.writeable or not a.dtype.isnative or any(s < 0 for s in a.strides)
+
+
+def as_native_tensor(x) -> torch.Tensor:
+    """``torch.as_tensor(x)`` of its own dtype, a NumPy array copied where torch would warn on or
+    refuse it as it is (:func:`needs_native_copy`)."""
+    import torch
+
+    if isinstance(x, np.ndarray) and needs_native_copy(x):
+        x = x.astype(x.dtype.newbyteorder("="))
+    return torch.as_tensor(x)
+
+
 def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``[T]`` or ``[C, T]`` float audio -> float32 ``[C, T]`` and whether the input was 1-D."""
     import torch
@@ -140,11 +156,9 @@ def as_channels_first(wav: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, boo
     if not isinstance(wav, torch.Tensor):
         wav = np.asarray(wav)
     check_audio_array(wav)
-    if isinstance(wav, np.ndarray) and (wav.dtype != np.float32 or not wav.flags.writeable
-                                        or any(s < 0 for s in wav.strides)):
-        # torch warns for a read-only array (np.frombuffer of bytes) and refuses a big-endian one
-        # or negative strides (x[:, ::-1]); a native float32 copy is what it would have made of
-        # another dtype anyway. A writable native float32 array is still shared, not copied.
+    if isinstance(wav, np.ndarray) and (wav.dtype != np.float32 or needs_native_copy(wav)):
+        # a native float32 copy is what torch would have made of another dtype anyway; a
+        # writable native float32 array is still shared, not copied
         wav = wav.astype(np.float32)
     x = torch.as_tensor(wav, dtype=torch.float32)
     return (x[None], True) if x.dim() == 1 else (x, False)

@@ -31,7 +31,7 @@ from ..models import Autoencoder, build_model
 from ..models.image import UNPOOLING, ImageAutoencoder, corrupt_images
 from ..models.sparsity import fraction_near_zero, hoyer_sparsity
 from ..train import fit_arrays
-from .inference import psnr, reconstruct_image, run_batches
+from .inference import mse, psnr, reconstruct_image, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -370,24 +370,16 @@ def _train(name: str, config: dict, x: torch.Tensor, cfg: ReportConfig, steps: i
     model = build_model(name, config)
     if init is not None:
         init(model)
-    corrupt = None
-    if getattr(model.config, "corruption", "none") != "none":
-        def corrupt(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            return corrupt_images(batch, model.config, gen)
     t0 = time.perf_counter()
     lr = lr or cfg.lr
-    hist = fit_arrays(model, x, steps=steps, batch_size=batch_size, lr=lr, corrupt=corrupt, seed=cfg.seed + seed_offset)
+    # fit_arrays corrupts by the model's config (the denoising autoencoders)
+    hist = fit_arrays(model, x, steps=steps, batch_size=batch_size, lr=lr, seed=cfg.seed + seed_offset)
     if fine_steps:
-        hist += fit_arrays(model, x, steps=fine_steps, batch_size=batch_size, lr=lr / 10, corrupt=corrupt,
-                           seed=cfg.seed + seed_offset + 1)
+        hist += fit_arrays(model, x, steps=fine_steps, batch_size=batch_size, lr=lr / 10, seed=cfg.seed + seed_offset + 1)
     info = {"train_seconds": round(time.perf_counter() - t0, 3), "final_loss": float(np.mean(hist[-20:])),
             "parameters": model.num_parameters()}
     log.info("trained %s %s: %s", name, config, info)
     return model.eval(), info
-
-
-def _mse(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
-    return float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).pow(2).mean())
 
 
 def _digit_model_config(cfg: ReportConfig, code_dim: int, **extra) -> dict:
@@ -458,8 +450,8 @@ def dimensionality(cfg: ReportConfig, digits: Digits) -> Result:
 
     def record(method: str, rec_tr, rec_te, code_tr, code_te) -> None:
         """Errors of the reconstructions and accuracy of a classifier on the codes."""
-        numbers["mse"][method].append(_mse(rec_te, xte))
-        numbers["train_mse"][method].append(_mse(rec_tr, xtr))
+        numbers["mse"][method].append(mse(rec_te, xte))
+        numbers["train_mse"][method].append(mse(rec_tr, xtr))
         numbers["accuracy"][method].append(float(_logistic(code_tr, ytr, cfg.seed).score(code_te, yte)))
 
     for k in cfg.code_sizes:
@@ -540,7 +532,7 @@ def _gaussian_filter_oracle(noisy: np.ndarray, clean: np.ndarray) -> tuple[float
     """Best PSNR of a Gaussian blur over a few widths (chosen on the clean image: an upper bound)."""
     from scipy.ndimage import gaussian_filter
 
-    best = max((psnr(torch.from_numpy(gaussian_filter(noisy, s)), torch.from_numpy(clean)), s)
+    best = max((psnr(gaussian_filter(noisy, s), clean), s)
                for s in (0.5, 0.75, 1.0, 1.5, 2.0))
     return best
 
@@ -633,7 +625,7 @@ def sparse_codes(cfg: ReportConfig, digits: Digits) -> Result:
         model, info = _train("image", _sparse_model_config(cfg, penalty, weight), digits.x_train, cfg,
                              cfg.sparse_steps, batch_size=cfg.batch_size, seed_offset=20 + i, init=init)
         rec, h = run_batches(model, digits.x_test)  # [N, 1, 8, 8], [N, K]
-        rows.append({"penalty": penalty, "weight": weight, "mse": _mse(rec, digits.x_test), "code_dim": h.shape[1],
+        rows.append({"penalty": penalty, "weight": weight, "mse": mse(rec, digits.x_test), "code_dim": h.shape[1],
                      **sparsity_numbers(h), "live_units_at_init": sparsity_numbers(h_init[i])["live_units"], **info})
         key = "none" if penalty == "none" else f"{penalty} {weight:g}"
         codes[key] = h.numpy()
@@ -672,7 +664,7 @@ def unpooling(cfg: ReportConfig, photos: Photos) -> Result:
                              batch_size=cfg.photo_batch_size, seed_offset=30)
         rec, _ = run_batches(model, test)
         whole = reconstruct_image(model, photos.test_image)  # [H, W]
-        rows.append({"method": method, "mse": _mse(rec, test), "psnr": psnr(rec, test),
+        rows.append({"method": method, "mse": mse(rec, test), "psnr": psnr(rec, test),
                      "psnr_whole_image_overlapping": psnr(whole, photos.test_image),
                      "inference_ms_per_1000": _inference_ms(model, test),
                      "decodes_bare_code": method != "maxunpool", **info})
@@ -708,7 +700,7 @@ def generation(cfg: ReportConfig, digits: Digits, model: ImageAutoencoder, train
         out = model.decode(h_test + torch.randn(h_test.shape, generator=gen) * std * scale)  # [M, 1, 8, 8]
         numbers["perturbation"].append({"scale": scale,
                                         "label_kept": float((predict(out).argmax(1) == digits.y_test).mean()),
-                                        "mse_to_reconstruction": _mse(out, base_rec)})
+                                        "mse_to_reconstruction": mse(out, base_rec)})
         h_ex = h_test[examples]  # [E, K]
         draws = [model.decode(h_ex + torch.randn(h_ex.shape, generator=gen) * std * scale) for _ in range(6)]
         arrays["perturbed"][scale] = torch.stack(draws, 1).numpy()  # [E, 6, 1, 8, 8]

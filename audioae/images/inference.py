@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ..audio.checks import as_native_tensor
 from ..data.images import image_to_patches, patches_to_image
 from ..models import Autoencoder
 from ..models.image import check_grey_levels
@@ -16,12 +17,17 @@ from ..models.image import check_grey_levels
 def psnr(estimate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB over all elements: ``10 log10(range^2 / MSE)``; tensors or
     arrays of the same shape."""
-    estimate, reference = torch.as_tensor(estimate), torch.as_tensor(reference)
+    estimate, reference = as_native_tensor(estimate), as_native_tensor(reference)
     if estimate.shape != reference.shape:  # was torch's broadcasting error, or a silent broadcast ([H, 1] with [1, W])
         raise ValueError(f"psnr needs two images of the same shape, got {tuple(estimate.shape)} and "
                          f"{tuple(reference.shape)}")
-    mse = float((estimate.double() - reference.double()).pow(2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+    err = mse(estimate, reference)
+    return math.inf if err == 0 else 10 * math.log10(data_range**2 / err)
+
+
+def mse(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """The mean squared difference over all elements, in float64; tensors or arrays."""
+    return float((as_native_tensor(a).double() - as_native_tensor(b).double()).pow(2).mean())
 
 
 @torch.inference_mode()
@@ -58,7 +64,7 @@ def reconstruct_image(model: Autoencoder, img: torch.Tensor | np.ndarray, stride
         raise ValueError(f"reconstruct_image needs an image model of grey-level patches; this model's family "
                          f"is {model.registry_name}" + (f", with {model.config.in_channels} input channels"
                                                         if hasattr(model.config, "in_channels") else ""))
-    img = torch.as_tensor(img)
+    img = as_native_tensor(img)
     if img.dim() != 2:
         raise ValueError(f"a grey-level image [H, W] expected, got shape {tuple(img.shape)}" + _channel_hint(img.shape))
     if img.numel() == 0:  # not numpy's IndexError from the percentiles of nothing

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..audio.checks import as_native_tensor
 from ..models import Autoencoder
 from ..models.image import check_grey_levels, corrupt_images
 
@@ -42,14 +43,14 @@ def fit_arrays(model: Autoencoder, x: torch.Tensor | np.ndarray, *, steps: int =
         raise ValueError(f"fit_arrays got no data to fit: x has shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"fit_arrays needs floating-point data, got {x.dtype}; for 8-bit images pass x / 255")
+    param = next(model.parameters(), None)
+    if param is not None and x.dtype != param.dtype:  # float64 data met float32 weights: torch's dtype error
+        x = x.to(param.dtype)  # before the check: 1e300 in float64 is Inf in float32
     if not torch.isfinite(x).all():
         raise ValueError(f"fit_arrays got NaN or Inf in x (in {int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())} "
                          f"of its {x.shape[0]} examples)")
-    param = next(model.parameters(), None)
-    if param is not None and x.dtype != param.dtype:  # float64 data met float32 weights: torch's dtype error
-        x = x.to(param.dtype)
     _check_layout(model, x)
-    if getattr(model.config, "input", None) == "image":  # 0..255 levels trained silently to a huge loss
+    if model.config.input == "image":  # 0..255 levels trained silently to a huge loss
         check_grey_levels(x, what="x", fix="pass x / 255", noise_std=model.config.noise_std)
     if corrupt is None:  # a denoising config trained as a plain autoencoder while its checkpoint said otherwise
         corrupt = configured_corruption(model)
@@ -86,10 +87,10 @@ def configured_corruption(model: Autoencoder) -> Callable[[torch.Tensor, torch.G
     models' corruptions act on waveforms and STFTs before the features fit_arrays is given) is
     refused: training without it would make a plain autoencoder under a denoising config."""
     config = model.config
-    kind = getattr(config, "corruption", "none")
+    kind = config.corruption
     if kind == "none":
         return None
-    given = getattr(config, "input", None)
+    given = config.input
     if given == "image" or (given == "vector" and kind == "gaussian"):
         return lambda batch, generator: corrupt_images(batch, config, generator)
     where = {"vector": "a vector has no rows and columns to darken; gaussian applies to vectors"}.get(
@@ -99,13 +100,11 @@ def configured_corruption(model: Autoencoder) -> Callable[[torch.Tensor, torch.G
 
 
 def _as_tensor(x) -> torch.Tensor:
-    """``x`` as a tensor: NumPy arrays (read-only or byte-swapped ones copied) and nested lists taken."""
+    """``x`` as a tensor: NumPy arrays (copied where torch would not take them as they are) and nested lists taken."""
     if isinstance(x, torch.Tensor):
         return x
-    if isinstance(x, np.ndarray) and (not x.flags.writeable or not x.dtype.isnative):
-        x = x.astype(x.dtype.newbyteorder("="))  # torch warns on read-only arrays and refuses byte-swapped ones
     try:
-        return torch.as_tensor(x)
+        return as_native_tensor(x)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"fit_arrays needs x as a tensor or a NumPy array [N, ...], got {type(x).__name__} "
                          f"({exc})") from None
@@ -115,15 +114,11 @@ def _check_layout(model: Autoencoder, x: torch.Tensor) -> None:
     """Refuse ``x`` unless each example has the model's input shape (vector and image models):
     a vector model given [N, 1, 8, 8] digits failed inside torch ("mat1 and mat2 shapes cannot
     be multiplied")."""
-    c = model.config
-    given = getattr(c, "input", None)
-    if given == "vector":
-        want, fix = (c.input_dim,), "flatten with x.flatten(1)"
-    elif given == "image":
-        want = (c.in_channels, *c.image_size)
-        fix = f"reshape with x.reshape(-1, {', '.join(map(str, want))})"
-    else:
+    given = model.config.input
+    if given not in ("vector", "image"):
         return
+    want = tuple(model.example_input(1).shape[1:])  # [D] or [C, H, W]
+    fix = "flatten with x.flatten(1)" if given == "vector" else f"reshape with x.reshape(-1, {', '.join(map(str, want))})"
     if tuple(x.shape[1:]) != want:
         fits = x.dim() >= 2 and math.prod(x.shape[1:]) == math.prod(want)
         raise ValueError(f"this {model.registry_name} model takes x [N, {', '.join(map(str, want))}], got shape "

@@ -15,7 +15,7 @@ from ..config import differences
 from ..models import Autoencoder, SpectralAutoencoder
 from .config import RunConfig
 
-log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
+log = logging.getLogger(__package__)  # audioae.train, whichever module logs
 
 
 def grow_into(model: torch.nn.Module, old: dict[str, torch.Tensor]) -> list[str]:

@@ -48,7 +48,7 @@ from .validation import (
     validation_line,
 )
 
-log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
+log = logging.getLogger(__package__)  # audioae.train, whichever module logs
 
 
 MAX_NONFINITE_STEPS = 20  # non-finite gradients in a row before training stops

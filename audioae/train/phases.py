@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import RunConfig, TrainConfig
 from .records import _flat_settings
 
-log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
+log = logging.getLogger(__package__)  # audioae.train, whichever module logs
 
 
 # The settings of a phase's schedule: its learning rate at each step (_phase_lr) and what the

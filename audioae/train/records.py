@@ -14,7 +14,7 @@ from ..fileio import atomic_write_bytes
 from ..models import family
 from .config import RunConfig
 
-log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
+log = logging.getLogger(__package__)  # audioae.train, whichever module logs
 
 
 def _warn_init_from_unused(out: Path, init_from: str, record: dict | None) -> None:

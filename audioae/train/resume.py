@@ -44,7 +44,7 @@ from .phases import (
 )
 from .records import _read_run_record, _warn_init_from_unused
 
-log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
+log = logging.getLogger(__package__)  # audioae.train, whichever module logs
 
 
 def _save_optimizer(opt: torch.optim.Optimizer, step: int, path: Path, minutes_done: float,

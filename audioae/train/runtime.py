@@ -17,7 +17,7 @@ import torch.distributed as dist
 from ..device import pick_device
 from .config import TrainConfig
 
-log = logging.getLogger("audioae.train")  # one logger for the package: its lines name audioae.train, whichever module
+log = logging.getLogger(__package__)  # audioae.train, whichever module logs
 
 
 def _dist_info() -> tuple[int, int]:
